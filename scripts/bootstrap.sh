@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs every Debian package shunt's build, tests, demo and benchmarks need.
+# Idempotent and quiet when everything is already present.
+set -euo pipefail
+
+PKGS=(
+	# build
+	build-essential cmake pkg-config clang llvm
+	libbpf-dev bpftool libelf-dev zlib1g-dev
+	libcjson-dev libcurl4-gnutls-dev android-libboringssl-dev
+	libnghttp2-dev libyaml-dev libcmocka-dev libclang-rt-14-dev
+	# runtime and tests
+	iproute2 iptables curl openssl socat netcat-openbsd tcpdump procps
+	python3 python3-pytest python3-grpcio prometheus
+	# benchmarks and peers
+	haproxy nginx wrk nghttp2-client sockperf iperf3
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	case "$p" in \#*) continue ;; esac
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "bootstrap: missing packages (${missing[*]}); run as root to install them" >&2
+	exit 1
+fi
+echo "bootstrap: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The packaged daemons must not hold ports the tests and benchmarks use.
+for svc in haproxy nginx prometheus prometheus-node-exporter iperf3; do
+	if command -v systemctl >/dev/null 2>&1; then
+		systemctl disable --now "$svc" >/dev/null 2>&1 || true
+	fi
+done

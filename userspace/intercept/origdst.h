@@ -1,0 +1,26 @@
+/* Original destination of a captured connection.
+ *
+ * One interface for every capture mode: iptables REDIRECT answers through
+ * SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST; eBPF capture will answer from its
+ * map (and through cgroup/getsockopt for the same socket option). */
+#ifndef SHUNT_INTERCEPT_ORIGDST_H
+#define SHUNT_INTERCEPT_ORIGDST_H
+
+#include <sys/socket.h>
+
+enum origdst_result {
+	ORIGDST_OK = 0,
+	ORIGDST_NOT_REDIRECTED, /* the socket reached us directly (dst == our listener) */
+	ORIGDST_ERROR,		/* the kernel could not answer: errno is set */
+};
+
+/* fd is an accepted socket; local is its getsockname() address. */
+enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
+				struct sockaddr_storage *out);
+
+/* Start-up self-test: proves the running kernel can answer SO_ORIGINAL_DST
+ * (conntrack loaded, the nat table present). On failure fills why with what
+ * to fix and returns -1. */
+int origdst_selftest(char *why, size_t whylen);
+
+#endif

@@ -1,0 +1,43 @@
+/* The proxy: N worker threads, each with its own event loop and its own
+ * SO_REUSEPORT listeners on the inbound and outbound ports. A connection
+ * lives on the worker that accepted it for its whole life.
+ *
+ * The main thread owns the proxy object; workers read the configuration
+ * through a snapshot and never take a lock on the data path. */
+#ifndef SHUNT_PROXY_PROXY_H
+#define SHUNT_PROXY_PROXY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/strbuf.h"
+
+struct proxy;
+
+/* Creates the workers and binds their listeners (nothing runs yet). The
+ * proxy takes a new reference to cfg. On failure err says which address. */
+struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen);
+/* Starts the worker threads. */
+int proxy_start(struct proxy *p);
+/* Publishes a new configuration to the workers (takes a new reference).
+ * Listener addresses and the worker count do not change on reload. */
+void proxy_set_config(struct proxy *p, struct shunt_config *cfg);
+/* Closes the listeners: no new connections; existing ones continue. */
+void proxy_stop_accepting(struct proxy *p);
+/* Connections open right now, over all workers. */
+uint64_t proxy_active(struct proxy *p);
+/* Closes every connection, stops and joins the workers, frees everything. */
+void proxy_free(struct proxy *p);
+
+/* Listener addresses as JSON array items: [{"name","address"}, ...]. */
+void proxy_render_listeners(struct proxy *p, struct strbuf *out);
+/* {"active","accepted","rejected"} counts. */
+void proxy_render_counts(struct proxy *p, struct strbuf *out);
+/* Prometheus text for every proxy counter. */
+void proxy_render_metrics(struct proxy *p, struct strbuf *out);
+/* {"connections":[...]} asking each worker for its live connections. */
+int proxy_render_connections(struct proxy *p, struct strbuf *out);
+
+#endif
