@@ -1,0 +1,101 @@
+"""Fixtures for shunt's integration tests (see shuntlib.py for the harness).
+
+Every fixture that creates something removes it in a finally block, so a
+failing test leaves no namespace, rule or process behind."""
+
+import os
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+
+def pytest_configure(config):
+    if os.geteuid() != 0:
+        raise pytest.UsageError("shunt integration tests create network namespaces: run as root")
+    sl.install_guards()
+    sl.sweep_stale()
+    sl.raise_nofile(16384)
+
+
+def pytest_unconfigure(config):
+    sl.cleanup_all()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("setup", "call"):
+        for d in sl.recent_daemons():
+            try:
+                rep.sections.append(("shuntd log " + d.pod.name, d.log_tail(80)))
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def topo():
+    t = T()
+    try:
+        yield t
+    finally:
+        t.delete()
+
+
+# name -> (kind, listen specs); started in the remote pod.
+REMOTE_PEERS = {
+    "echo": ("echo", ["%s:7000" % T.REMOTE4, "[%s]:7000" % T.REMOTE6]),
+    "http": ("http", ["%s:8080" % T.REMOTE4, "[%s]:8080" % T.REMOTE6]),
+    "greet": ("greet", ["%s:2525" % T.REMOTE4, "[%s]:2525" % T.REMOTE6]),
+    "halfclose": ("halfclose", ["%s:7100" % T.REMOTE4, "[%s]:7100" % T.REMOTE6]),
+    "reset": ("reset", ["%s:7200" % T.REMOTE4, "[%s]:7200" % T.REMOTE6]),
+    "addr-a": ("addr", ["%s:7001" % T.REMOTE4, "[%s]:7001" % T.REMOTE6]),
+    "addr-b": ("addr", ["%s:7001" % T.REMOTE4B, "[%s]:7001" % T.REMOTE6B]),
+    "addr-c": ("addr", ["%s:7002" % T.REMOTE4, "[%s]:7002" % T.REMOTE6]),
+}
+
+
+@pytest.fixture(scope="module")
+def remote_peers(topo):
+    """The servers of REMOTE_PEERS, running in the remote pod."""
+    procs = {}
+    try:
+        for name, (kind, listen) in REMOTE_PEERS.items():
+            procs[name] = topo.remote.spawn_peer(kind, name, listen)
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture
+def start_shuntd():
+    """Factory: start_shuntd(pod, args=None, config=None, ready=True) -> Shuntd.
+    Every daemon it started is stopped at teardown."""
+    started = []
+
+    def start(pod, args=None, config=None, ready=True, env=None):
+        d = sl.Shuntd(pod, sl.shuntd_args() if args is None else args, config=config, env=env)
+        started.append(d)
+        if ready:
+            d.wait_ready()
+        return d
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            d.stop()
+
+
+@pytest.fixture(scope="module")
+def shuntd(topo, remote_peers):
+    """One shuntd with iptables capture in the app pod, shared by a module."""
+    d = sl.Shuntd(topo.app, sl.shuntd_args())
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()

@@ -1,0 +1,715 @@
+"""Harness for shunt's integration tests: pods as network namespaces.
+
+A pod is a network namespace (named "shunt-t-<pid>-<n>-<role>") with lo up.
+Pods are joined by veth pairs carrying IPv4 (10.77.0.0/24) and IPv6
+(fd77::/64, nodad) addresses. Processes run inside a pod with
+`ip netns exec`; sockets for in-test clients are created directly in the
+pod's namespace by a helper thread that has called setns(2), so a test can
+hold connections open while it looks at shuntd's admin API.
+
+Everything created here is registered and removed by cleanup_all(), which
+runs from the fixtures' finalizers, at interpreter exit and on SIGTERM/SIGINT.
+A run killed with SIGKILL leaves namespaces behind; sweep_stale() removes
+those of runs whose pid no longer exists.
+"""
+
+import atexit
+import concurrent.futures
+import ctypes
+import http.client
+import json
+import os
+import re
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS = os.path.join(HERE, "peers.py")
+SOURCE = os.environ.get("SHUNT_SOURCE") or os.path.abspath(os.path.join(HERE, "..", ".."))
+BUILD = os.environ.get("SHUNT_BUILD") or os.path.join(SOURCE, "build")
+SHUNTD = os.path.join(BUILD, "shuntd")
+SHUNTCTL = os.path.join(BUILD, "shuntctl")
+
+NS_PREFIX = "shunt-t-"
+RUN_PREFIX = "%s%d-" % (NS_PREFIX, os.getpid())
+CLONE_NEWNET = 0x40000000
+
+# Shuntd in tests does not exempt root's traffic (the tests' clients run as
+# root): only its SO_MARK keeps it out of its own capture. 4242 is an uid
+# nothing here runs as.
+TEST_PROXY_UID = "4242"
+MARK = 0x539
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_lock = threading.Lock()
+_live_procs = []  # Proc
+_live_pods = []  # Pod
+_tmpdirs = []
+_daemons = []  # Shuntd, most recent last (for failure reports)
+_counter = [0]
+
+
+class HarnessError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- waiting
+
+
+def wait_until(pred, timeout, interval=0.05, what="condition"):
+    """Polls pred() until it returns a truthy value; returns it. Raises
+    HarnessError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - remembered for the message
+            last_exc = e
+        if time.monotonic() >= deadline:
+            msg = "timed out after %.1f s waiting for %s" % (timeout, what)
+            if last_exc is not None:
+                msg += " (last error: %r)" % (last_exc,)
+            raise HarnessError(msg)
+        time.sleep(interval)
+
+
+def raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(max(n, soft), hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+def tmpdir():
+    d = tempfile.mkdtemp(prefix=RUN_PREFIX)
+    _tmpdirs.append(d)
+    return d
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Proc:
+    """A process started inside a pod; its stdout/stderr go to files."""
+
+    def __init__(self, pod, argv, name, env=None, stdout_pipe=False):
+        self.pod = pod
+        self.name = name
+        self.argv = list(argv)
+        d = tmpdir()
+        self.out_path = os.path.join(d, name + ".out")
+        self.err_path = os.path.join(d, name + ".err")
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        full = ["ip", "netns", "exec", pod.name] + self.argv
+        self.popen = subprocess.Popen(
+            full,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else self._out,
+            stderr=self._err,
+            env=env,
+            start_new_session=True,
+        )
+        with _lock:
+            _live_procs.append(self)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout):
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig=None, timeout=10.0):
+        """Signals the process, waits up to timeout, then SIGKILLs it.
+        Returns the exit status (negative for a signal)."""
+        if sig is None:
+            sig = signal.SIGTERM
+        if self.alive():
+            try:
+                os.kill(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            if self.wait(timeout) is None:
+                try:
+                    os.kill(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(timeout=10)
+        self._close()
+        return self.popen.returncode
+
+    def _close(self):
+        with _lock:
+            if self in _live_procs:
+                _live_procs.remove(self)
+        for f in (self._out, self._err):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.popen.stdout:
+            self.popen.stdout.close()
+
+    def read_stderr(self):
+        with open(self.err_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def read_stdout(self):
+        with open(self.out_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def readline(self, timeout):
+        """One line from a piped stdout, or None on timeout/EOF."""
+        sel = selectors.DefaultSelector()
+        sel.register(self.popen.stdout, selectors.EVENT_READ)
+        try:
+            if not sel.select(timeout):
+                return None
+        finally:
+            sel.close()
+        line = self.popen.stdout.readline()
+        return line.decode("utf-8", "replace") if line else None
+
+
+def run(argv, timeout=30, check=True, **kw):
+    """subprocess.run in the host namespace with captured text output."""
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise HarnessError(
+            "%s exited %d: %s%s" % (" ".join(argv), p.returncode, p.stdout, p.stderr)
+        )
+    return p
+
+
+# ---------------------------------------------------------------- pods
+
+
+def _setns_initializer(path):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "setns(%s): %s" % (path, os.strerror(e)))
+    finally:
+        os.close(fd)
+
+
+class Pod:
+    """One network namespace standing for a pod."""
+
+    def __init__(self, role):
+        with _lock:
+            _counter[0] += 1
+            n = _counter[0]
+        self.role = role
+        self.name = "%s%d-%s" % (RUN_PREFIX, n, role)
+        self.v4 = []
+        self.v6 = []
+        self._exec = None
+        run(["ip", "netns", "add", self.name])
+        with _lock:
+            _live_pods.append(self)
+        self.ip("link", "set", "lo", "up")
+
+    # -- commands in the pod
+    def ip(self, *args):
+        return run(["ip", "-n", self.name] + list(args))
+
+    def run(self, argv, timeout=30, check=True, **kw):
+        return run(["ip", "netns", "exec", self.name] + list(argv), timeout=timeout, check=check, **kw)
+
+    def spawn(self, argv, name, env=None, stdout_pipe=False):
+        return Proc(self, argv, name, env=env, stdout_pipe=stdout_pipe)
+
+    def curl(self, args, timeout=20):
+        """curl in the pod; returns CompletedProcess (never raises on status)."""
+        return self.run(
+            ["curl", "-sS", "--max-time", str(timeout)] + list(args), timeout=timeout + 5, check=False
+        )
+
+    def sysctl(self, key, value):
+        self.run(["sysctl", "-qw", "%s=%s" % (key, value)])
+
+    # -- sockets in the pod
+    def _executor(self):
+        if self._exec is None:
+            self._exec = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1,
+                initializer=_setns_initializer,
+                initargs=("/run/netns/" + self.name,),
+            )
+        return self._exec
+
+    def in_ns(self, fn, *args):
+        """Runs fn(*args) on a thread inside this pod's network namespace."""
+        return self._executor().submit(fn, *args).result()
+
+    def sockets(self, n, family=socket.AF_INET):
+        return self.in_ns(lambda: [socket.socket(family, socket.SOCK_STREAM) for _ in range(n)])
+
+    def socket(self, family=socket.AF_INET, type_=socket.SOCK_STREAM):  # noqa: A003
+        return self.in_ns(socket.socket, family, type_)
+
+    def connect(self, host, port, timeout=5.0):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = self.socket(fam)
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def http(self, host, port, method, path, body=None, timeout=5.0, headers=None):
+        """One HTTP/1.1 request from inside the pod: (status, headers, body bytes)."""
+        s = self.connect(host, port, timeout)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.sock = s
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, dict(resp.getheaders()), data
+        finally:
+            conn.close()
+
+    def spawn_peer(self, kind, name, listen, extra=(), timeout=10.0):
+        """Starts a peers.py server and waits for its READY line."""
+        argv = [sys.executable, PEERS, kind, "--name", name, "--lifetime", "600"]
+        for spec in listen if isinstance(listen, (list, tuple)) else [listen]:
+            argv += ["--listen", spec]
+        argv += list(extra)
+        p = self.spawn(argv, "peer-" + name, stdout_pipe=True)
+        line = p.readline(timeout)
+        if not line or not line.startswith("READY"):
+            p.stop()
+            raise HarnessError(
+                "peer %s (%s) did not start: %r; stderr: %s" % (name, kind, line, p.read_stderr())
+            )
+        return p
+
+    def iptables_save(self, v6=False):
+        return self.run(["ip6tables-save" if v6 else "iptables-save", "-t", "nat"]).stdout
+
+    def delete(self):
+        # Processes first (a netns lives on while a process is in it).
+        for p in list(_live_procs):
+            if p.pod is self:
+                p.stop(signal.SIGKILL, timeout=5)
+        r = subprocess.run(
+            ["ip", "netns", "pids", self.name], capture_output=True, text=True, timeout=10
+        )
+        for pid in r.stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        if self._exec is not None:
+            self._exec.shutdown(wait=True)
+            self._exec = None
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
+        with _lock:
+            if self in _live_pods:
+                _live_pods.remove(self)
+
+
+def link(a, b, a_v4, b_v4, a_v6, b_v6, extra_b_v4=(), extra_b_v6=(), prefix4=24, prefix6=64):
+    """Joins pods a and b with a veth pair named eth-<peer role> on each side."""
+    an = ("e-" + b.role)[:15]
+    bn = ("e-" + a.role)[:15]
+    a.ip("link", "add", an, "type", "veth", "peer", "name", bn, "netns", b.name)
+    for pod, dev, v4s, v6s in ((a, an, [a_v4], [a_v6]), (b, bn, [b_v4] + list(extra_b_v4), [b_v6] + list(extra_b_v6))):
+        pod.sysctl("net.ipv6.conf.all.disable_ipv6", 0)
+        for addr in v4s:
+            pod.ip("addr", "add", "%s/%d" % (addr, prefix4), "dev", dev)
+            pod.v4.append(addr)
+        for addr in v6s:
+            pod.ip("-6", "addr", "add", "%s/%d" % (addr, prefix6), "dev", dev, "nodad")
+            pod.v6.append(addr)
+        pod.ip("link", "set", dev, "up")
+
+
+class Topology:
+    """Pod "app" (10.77.0.1, fd77::1) and pod "remote" (10.77.0.2 and .3,
+    fd77::2 and ::3) joined by one veth pair."""
+
+    APP4, REMOTE4, REMOTE4B = "10.77.0.1", "10.77.0.2", "10.77.0.3"
+    APP6, REMOTE6, REMOTE6B = "fd77::1", "fd77::2", "fd77::3"
+
+    def __init__(self):
+        self.app = Pod("app")
+        self.remote = Pod("remote")
+        link(
+            self.app,
+            self.remote,
+            self.APP4,
+            self.REMOTE4,
+            self.APP6,
+            self.REMOTE6,
+            extra_b_v4=[self.REMOTE4B],
+            extra_b_v6=[self.REMOTE6B],
+        )
+        # Addresses are usable at once (nodad); wait for carrier on both ends.
+        for pod in (self.app, self.remote):
+            wait_until(
+                lambda p=pod: all(
+                    l.get("operstate") == "UP"
+                    for l in json.loads(p.ip("-j", "link", "show", "type", "veth").stdout)
+                ),
+                10,
+                what="veth up in " + pod.name,
+            )
+
+    def delete(self):
+        self.app.delete()
+        self.remote.delete()
+
+
+# ---------------------------------------------------------------- shuntd
+
+
+def parse_metrics(text):
+    """Prometheus text -> {(name, ((label, value), ...)): float}."""
+    out = {}
+    lab_re = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)(\s+\S+)?$", line)
+        if not m:
+            raise HarnessError("unparsable metrics line: %r" % line)
+        labels = tuple(sorted(lab_re.findall(m.group(2) or "")))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def hostport(v):
+    """Normalizes an address as shuntd may print it ("1.2.3.4:80",
+    "[fd77::2]:80", or {"address"|"ip"|"host", "port"}) to (host, port)."""
+    if isinstance(v, dict):
+        host = v.get("address") or v.get("ip") or v.get("host")
+        return host, int(v["port"])
+    if isinstance(v, (list, tuple)):
+        return v[0], int(v[1])
+    s = str(v)
+    if s.startswith("["):
+        host, _, port = s[1:].partition("]:")
+        return host, int(port)
+    host, _, port = s.rpartition(":")
+    return host, int(port)
+
+
+class Shuntd:
+    """One shuntd inside a pod, with its stderr (JSON logs) in a file."""
+
+    def __init__(self, pod, args=(), config=None, name="shuntd", env=None):
+        if not os.access(SHUNTD, os.X_OK):
+            raise HarnessError("shuntd not found at %s (set SHUNT_BUILD)" % SHUNTD)
+        self.pod = pod
+        self.config_path = None
+        argv = [SHUNTD]
+        if config is not None:
+            self.config_path = os.path.join(tmpdir(), "shunt.json")
+            self.write_config(config)
+            argv += ["--config", self.config_path]
+        argv += list(args)
+        self.argv = argv
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        self.proc = pod.spawn(argv, name, env=e)
+        with _lock:
+            _daemons.append(self)
+            del _daemons[:-8]
+        self.admin = ("127.0.0.1", 15003)
+
+    def write_config(self, config):
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            if isinstance(config, str):
+                f.write(config)
+            else:
+                json.dump(config, f)
+        os.rename(tmp, self.config_path)
+
+    # -- lifecycle
+    def alive(self):
+        return self.proc.alive()
+
+    def wait_ready(self, timeout=20.0):
+        def ready():
+            if not self.proc.alive():
+                raise HarnessError(
+                    "shuntd exited with %s before ready:\n%s"
+                    % (self.proc.popen.returncode, self.log_tail())
+                )
+            try:
+                return self.get("/ready")[0] == 200
+            except OSError:
+                return False
+
+        try:
+            wait_until(ready, timeout, interval=0.05, what="shuntd /ready in " + self.pod.name)
+        except HarnessError as e:
+            raise HarnessError("%s\n%s" % (e, self.log_tail())) from None
+        return self
+
+    def signal(self, sig):
+        self.proc.signal(sig)
+
+    def wait(self, timeout):
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout=15.0):
+        return self.proc.stop(signal.SIGTERM, timeout)
+
+    # -- admin
+    def get(self, path, timeout=5.0):
+        status, _, body = self.pod.http(self.admin[0], self.admin[1], "GET", path, timeout=timeout)
+        return status, body
+
+    def post(self, path, body, timeout=5.0):
+        status, _, data = self.pod.http(
+            self.admin[0], self.admin[1], "POST", path, body=body, timeout=timeout
+        )
+        return status, data
+
+    def json(self, path):
+        status, body = self.get(path)
+        if status != 200:
+            raise HarnessError("GET %s -> %d: %r" % (path, status, body[:300]))
+        return json.loads(body)
+
+    def metrics_text(self):
+        status, body = self.get("/metrics")
+        if status != 200:
+            raise HarnessError("GET /metrics -> %d" % status)
+        return body.decode()
+
+    def metrics(self):
+        return parse_metrics(self.metrics_text())
+
+    def metric(self, name, default=None, **labels):
+        m = self.metrics()
+        key = (name, tuple(sorted(labels.items())))
+        if key in m:
+            return m[key]
+        if default is not None:
+            return default
+        raise KeyError("metric %s%r not in /metrics" % (name, labels))
+
+    def connections(self):
+        return self.json("/connections")["connections"]
+
+    def config_value(self, key):
+        """Effective value of a dotted key from /config, accepting a flat
+        {"a.b": {"value"}} or nested {"a": {"b": {"value"}}} dump."""
+        cfg = self.json("/config")
+        if key in cfg:
+            node = cfg[key]
+        else:
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+        if isinstance(node, dict) and "value" in node:
+            return node["value"], node.get("source")
+        return node, None
+
+    # -- logs
+    def log_text(self):
+        return self.proc.read_stderr()
+
+    def log_lines(self):
+        """Parsed JSON log lines; a line that is not JSON is {"_raw": line}."""
+        out = []
+        for line in self.log_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                out.append(obj if isinstance(obj, dict) else {"_raw": line})
+            except ValueError:
+                out.append({"_raw": line})
+        return out
+
+    def log_tail(self, n=60):
+        lines = self.log_text().splitlines()
+        return "--- shuntd log (%s, last %d of %d lines) ---\n%s" % (
+            self.pod.name,
+            min(n, len(lines)),
+            len(lines),
+            "\n".join(lines[-n:]),
+        )
+
+
+def shuntd_args(**flags):
+    """Test defaults as flags; keyword overrides (underscores -> dashes),
+    None removes a default."""
+    base = {
+        "redirect": "iptables",
+        "workers": "2",
+        "log-level": "debug",
+        "proxy-uid": TEST_PROXY_UID,
+        "drain-timeout": "2s",
+    }
+    for k, v in flags.items():
+        base[k.replace("_", "-")] = v
+    out = []
+    for k, v in base.items():
+        if v is not None:
+            out += ["--" + k, str(v)]
+    return out
+
+
+def shuntctl(pod, *args, timeout=15):
+    if not os.access(SHUNTCTL, os.X_OK):
+        raise HarnessError("shuntctl not found at %s (set SHUNT_BUILD)" % SHUNTCTL)
+    return pod.run([SHUNTCTL] + list(args), timeout=timeout, check=False)
+
+
+# ---------------------------------------------------------------- sockets
+
+
+def recv_exact(sock, n, timeout=10.0):
+    sock.settimeout(timeout)
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise HarnessError("EOF after %d of %d bytes" % (len(buf), n))
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_line(sock, timeout=10.0, limit=65536):
+    sock.settimeout(timeout)
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        c = sock.recv(1)
+        if not c:
+            raise HarnessError("EOF before end of line: %r" % bytes(buf))
+        buf += c
+        if len(buf) > limit:
+            raise HarnessError("line too long")
+    return bytes(buf)
+
+
+def recv_all(sock, timeout=10.0):
+    sock.settimeout(timeout)
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+
+
+def echo(sock, data, timeout=10.0):
+    sock.sendall(data)
+    return recv_exact(sock, len(data), timeout)
+
+
+def addr_hello(sock, timeout=10.0):
+    """First line of an `addr` peer: {"server", "peer", "local"}."""
+    return json.loads(recv_line(sock, timeout))
+
+
+def iptables_counts(text):
+    """Counts in an iptables-save -t nat dump: chain declarations and jumps."""
+    c = {}
+    for chain in ("SIDECAR_PROXY_INBOUND", "SIDECAR_PROXY_OUTBOUND"):
+        c[chain + ":decl"] = len(re.findall(r"^:%s " % chain, text, re.M))
+        c[chain + ":jumps"] = len(re.findall(r"^-A \S+ .*-j %s(\s|$)" % chain, text, re.M))
+    c["PREROUTING->INBOUND"] = len(
+        re.findall(r"^-A PREROUTING .*-j SIDECAR_PROXY_INBOUND(\s|$)", text, re.M)
+    )
+    c["OUTPUT->OUTBOUND"] = len(
+        re.findall(r"^-A OUTPUT .*-j SIDECAR_PROXY_OUTBOUND(\s|$)", text, re.M)
+    )
+    return c
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+def recent_daemons():
+    with _lock:
+        return list(_daemons)
+
+
+def cleanup_all():
+    for p in list(_live_procs):
+        try:
+            p.stop(signal.SIGKILL, timeout=5)
+        except Exception:  # noqa: BLE001 - best effort at teardown
+            pass
+    for pod in list(_live_pods):
+        try:
+            pod.delete()
+        except Exception:  # noqa: BLE001
+            pass
+    for d in list(_tmpdirs):
+        subprocess.run(["rm", "-rf", "--", d], capture_output=True)
+        _tmpdirs.remove(d)
+
+
+def sweep_stale():
+    """Deletes namespaces left by an earlier run of this harness that was
+    killed (its pid in the name no longer exists)."""
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(r"^%s(\d+)-" % re.escape(NS_PREFIX), name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        if os.path.exists("/proc/%s" % m.group(1)):
+            continue
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _on_signal(signum, frame):
+    cleanup_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+_installed = [False]
+
+
+def install_guards():
+    if _installed[0]:
+        return
+    _installed[0] = True
+    atexit.register(cleanup_all)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
