@@ -1,0 +1,912 @@
+#include "admin/admin.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+
+#define COMP            "admin"
+#define WRITE_BUDGET    (256 * 1024) /* bytes written per wake-up */
+#define READ_BUDGET     (256 * 1024) /* bytes read per wake-up */
+#define LINGER_MS       1000         /* max time to drain a client after responding */
+#define LINGER_MAX      (2 * ADMIN_MAX_BODY)
+#define ACCEPT_BUDGET   64
+#define ACCEPT_RETRY_MS 100
+
+struct route {
+        char method[8];
+        char *path;
+        admin_handler_fn fn;
+        void *ctx;
+};
+
+enum conn_state { C_HEAD, C_BODY, C_WRITE, C_LINGER };
+
+struct admin_conn {
+        struct admin *a;
+        struct admin_conn *prev, *next;
+        struct loop_io io;
+        struct loop_timer timer;
+        enum conn_state state;
+        uint64_t start_ms;
+        char peer[64];
+
+        char head[ADMIN_MAX_HEAD + 1];
+        size_t head_len;
+
+        /* parsed request */
+        char method[16];
+        char *path;
+        char *query;
+        const struct route *route;
+        bool is_head;
+        char *body;
+        size_t body_len, body_need;
+
+        /* response */
+        int status;
+        struct strbuf out;
+        size_t out_off;
+        size_t lingered;
+};
+
+struct admin {
+        struct loop *loop;
+        struct loop_io lio;
+        struct loop_timer accept_retry;
+        uint16_t port;
+        unsigned read_timeout_ms;
+        struct route *routes;
+        size_t nroutes;
+        struct admin_conn *conns;
+        size_t nconns;
+        bool overloaded;
+};
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static const char *reason_phrase(int status)
+{
+        switch (status) {
+        case 100:
+                return "Continue";
+        case 200:
+                return "OK";
+        case 201:
+                return "Created";
+        case 202:
+                return "Accepted";
+        case 204:
+                return "No Content";
+        case 400:
+                return "Bad Request";
+        case 403:
+                return "Forbidden";
+        case 404:
+                return "Not Found";
+        case 405:
+                return "Method Not Allowed";
+        case 408:
+                return "Request Timeout";
+        case 409:
+                return "Conflict";
+        case 411:
+                return "Length Required";
+        case 413:
+                return "Content Too Large";
+        case 415:
+                return "Unsupported Media Type";
+        case 422:
+                return "Unprocessable Content";
+        case 429:
+                return "Too Many Requests";
+        case 431:
+                return "Request Header Fields Too Large";
+        case 500:
+                return "Internal Server Error";
+        case 501:
+                return "Not Implemented";
+        case 503:
+                return "Service Unavailable";
+        case 505:
+                return "HTTP Version Not Supported";
+        }
+        if (status >= 200 && status < 300)
+                return "OK";
+        if (status >= 400 && status < 500)
+                return "Client Error";
+        return "Server Error";
+}
+
+void admin_respond_error(struct admin_response *resp, int status, const char *msg)
+{
+        resp->status = status;
+        resp->content_type = "application/json";
+        strbuf_reset(&resp->body);
+        strbuf_append(&resp->body, "{\"error\":");
+        strbuf_append_json_string(&resp->body, msg);
+        strbuf_append(&resp->body, "}\n");
+}
+
+static int hexval(char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+/* Decodes s[0..n) (percent escapes, '+' as space) into out; returns the decoded
+ * length or -ENOSPC. */
+static int form_decode(const char *s, size_t n, char *out, size_t outlen)
+{
+        size_t o = 0;
+        for (size_t i = 0; i < n; i++) {
+                char c = s[i];
+                if (c == '+') {
+                        c = ' ';
+                } else if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 &&
+                           hexval(s[i + 2]) >= 0) {
+                        c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+                        i += 2;
+                }
+                if (o + 1 >= outlen)
+                        return -ENOSPC;
+                out[o++] = c;
+        }
+        if (outlen)
+                out[o] = '\0';
+        return (int)o;
+}
+
+int admin_query_get(const char *query, const char *key, char *out, size_t outlen)
+{
+        if (!query || !key)
+                return -ENOENT;
+        const char *p = query;
+        while (*p) {
+                const char *end = strchr(p, '&');
+                if (!end)
+                        end = p + strlen(p);
+                const char *eq = memchr(p, '=', (size_t)(end - p));
+                const char *kend = eq ? eq : end;
+                char kbuf[128];
+                int kl = form_decode(p, (size_t)(kend - p), kbuf, sizeof(kbuf));
+                if (kl >= 0 && strcmp(kbuf, key) == 0) {
+                        if (!eq)
+                                return form_decode("", 0, out, outlen);
+                        return form_decode(eq + 1, (size_t)(end - eq - 1), out, outlen);
+                }
+                p = *end ? end + 1 : end;
+        }
+        return -ENOENT;
+}
+
+static void format_peer(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+        char ip[INET6_ADDRSTRLEN] = "?";
+        if (ss->ss_family == AF_INET) {
+                const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+                inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+                snprintf(buf, len, "%s:%u", ip, ntohs(sin->sin_port));
+        } else if (ss->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+                inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+                snprintf(buf, len, "[%s]:%u", ip, ntohs(sin6->sin6_port));
+        } else {
+                snprintf(buf, len, "unknown");
+        }
+}
+
+/* ---- connections -------------------------------------------------------------- */
+
+static void conn_close(struct admin_conn *c)
+{
+        struct admin *a = c->a;
+        loop_timer_cancel(a->loop, &c->timer);
+        loop_io_del(a->loop, &c->io);
+        close(c->io.fd);
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                a->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        a->nconns--;
+        if (a->nconns < ADMIN_MAX_CONNS)
+                a->overloaded = false;
+        free(c->body);
+        strbuf_free(&c->out);
+        free(c);
+}
+
+static void conn_linger(struct admin_conn *c)
+{
+        /* Everything is written: half-close, then read what the client still
+         * sends until it closes, so that closing with unread input does not
+         * reset the connection before the client has read the response. */
+        shutdown(c->io.fd, SHUT_WR);
+        c->state = C_LINGER;
+        if (loop_io_mod(c->a->loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0) {
+                conn_close(c);
+                return;
+        }
+        unsigned ms = c->a->read_timeout_ms < LINGER_MS ? c->a->read_timeout_ms : LINGER_MS;
+        if (loop_timer_arm(c->a->loop, &c->timer, ms) < 0)
+                conn_close(c);
+}
+
+/* Returns false when c was closed. */
+static bool conn_write(struct admin_conn *c)
+{
+        size_t budget = WRITE_BUDGET;
+        while (c->out_off < c->out.len && budget) {
+                size_t n = c->out.len - c->out_off;
+                if (n > budget)
+                        n = budget;
+                ssize_t w =
+                    send(c->io.fd, c->out.data + c->out_off, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (w < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN || errno == EWOULDBLOCK)
+                                break;
+                        log_debug(COMP, 0, "write to %s: %s", c->peer, strerror(errno));
+                        conn_close(c);
+                        return false;
+                }
+                c->out_off += (size_t)w;
+                budget -= (size_t)w;
+        }
+        if (c->out_off == c->out.len) {
+                conn_linger(c);
+                return true;
+        }
+        /* Not done: wait until writable (level-triggered, so an exhausted budget
+         * on a writable socket simply comes back next loop iteration). */
+        if (loop_io_mod(c->a->loop, &c->io, EPOLLOUT) < 0) {
+                conn_close(c);
+                return false;
+        }
+        return true;
+}
+
+static void conn_respond(struct admin_conn *c, int status, const char *content_type,
+                         const char *extra_headers, const char *body, size_t body_len)
+{
+        c->status = status;
+        strbuf_reset(&c->out);
+        strbuf_appendf(&c->out, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+        strbuf_appendf(&c->out, "Content-Type: %s\r\n",
+                       content_type ? content_type : "application/json");
+        strbuf_appendf(&c->out, "Content-Length: %zu\r\n", body_len);
+        strbuf_append(&c->out, "Cache-Control: no-store\r\nConnection: close\r\n");
+        if (extra_headers)
+                strbuf_append(&c->out, extra_headers);
+        strbuf_append(&c->out, "\r\n");
+        if (!c->is_head)
+                strbuf_appendn(&c->out, body, body_len);
+        if (c->out.truncated) {
+                log_error(COMP, 0, "out of memory building a response for %s", c->peer);
+                conn_close(c);
+                return;
+        }
+        uint64_t ms = loop_now_ms(c->a->loop) - c->start_ms;
+        log_debug(COMP, 0, "%s %s %s -> %d (%zu bytes, %llu ms)", c->peer,
+                  c->method[0] ? c->method : "-", c->path ? c->path : "-", status, body_len,
+                  (unsigned long long)ms);
+        c->state = C_WRITE;
+        free(c->body);
+        c->body = NULL;
+        if (loop_timer_arm(c->a->loop, &c->timer, c->a->read_timeout_ms) < 0) {
+                conn_close(c);
+                return;
+        }
+        conn_write(c);
+}
+
+static void conn_error(struct admin_conn *c, int status, const char *extra_headers, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+
+static void conn_error(struct admin_conn *c, int status, const char *extra_headers, const char *fmt,
+                       ...)
+{
+        char msg[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        struct admin_response r = {.status = status};
+        strbuf_init(&r.body);
+        admin_respond_error(&r, status, msg);
+        conn_respond(c, status, "application/json", extra_headers, r.body.data ? r.body.data : "",
+                     r.body.len);
+        strbuf_free(&r.body);
+}
+
+static void conn_dispatch(struct admin_conn *c)
+{
+        struct admin_request req = {
+            .method = c->method,
+            .path = c->path,
+            .query = c->query,
+            .body = c->body ? c->body : "",
+            .body_len = c->body_len,
+        };
+        struct admin_response resp = {.status = 200};
+        strbuf_init(&resp.body);
+        c->route->fn(&req, &resp, c->route->ctx);
+        if (resp.body.truncated) {
+                strbuf_free(&resp.body);
+                conn_error(c, 500, NULL, "out of memory building the response");
+                return;
+        }
+        if (resp.status < 100 || resp.status > 599)
+                resp.status = 500;
+        conn_respond(c, resp.status, resp.content_type, NULL, resp.body.data ? resp.body.data : "",
+                     resp.body.len);
+        strbuf_free(&resp.body);
+}
+
+static bool is_tchar(char ch)
+{
+        unsigned char u = (unsigned char)ch;
+        if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9'))
+                return true;
+        return u && strchr("!#$%&'*+-.^_`|~", u) != NULL;
+}
+
+static char *trim_ows(char *s, char *end)
+{
+        while (s < end && (*s == ' ' || *s == '\t'))
+                s++;
+        while (end > s && (end[-1] == ' ' || end[-1] == '\t'))
+                end--;
+        *end = '\0';
+        return s;
+}
+
+/* Parses c->head[0..head_end). Returns 0 with the request fields set, or an
+ * HTTP status with the response already started. */
+static int conn_parse_head(struct admin_conn *c, size_t head_end)
+{
+        char *p = c->head;
+        char *end = c->head + head_end;
+        for (char *q = p; q < end; q++) {
+                if (*q == '\0')
+                        return conn_error(c, 400, NULL, "NUL byte in request head"), 400;
+        }
+
+        /* request line */
+        char *eol = memchr(p, '\n', (size_t)(end - p));
+        char *line_end = eol;
+        if (line_end > p && line_end[-1] == '\r')
+                line_end--;
+        *line_end = '\0';
+        char *sp1 = strchr(p, ' ');
+        char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+        if (!sp1 || !sp2 || strchr(sp2 + 1, ' ') || sp1 == p || sp2 == sp1 + 1)
+                return conn_error(c, 400, NULL, "malformed request line"), 400;
+        *sp1 = *sp2 = '\0';
+        if ((size_t)(sp1 - p) >= sizeof(c->method))
+                return conn_error(c, 501, NULL, "method not implemented"), 501;
+        for (char *q = p; q < sp1; q++)
+                if (!is_tchar(*q))
+                        return conn_error(c, 400, NULL, "malformed method"), 400;
+        memcpy(c->method, p, (size_t)(sp1 - p) + 1);
+        char *target = sp1 + 1;
+        char *version = sp2 + 1;
+        bool http11;
+        if (strcmp(version, "HTTP/1.1") == 0)
+                http11 = true;
+        else if (strcmp(version, "HTTP/1.0") == 0)
+                http11 = false;
+        else if (strncmp(version, "HTTP/", 5) == 0)
+                return conn_error(c, 505, NULL, "only HTTP/1.0 and HTTP/1.1 are supported"), 505;
+        else
+                return conn_error(c, 400, NULL, "malformed HTTP version"), 400;
+        if (target[0] != '/')
+                return conn_error(c, 400, NULL, "request target must be an absolute path"), 400;
+        for (char *q = target; *q; q++)
+                if ((unsigned char)*q <= 0x20 || *q == 0x7f)
+                        return conn_error(c, 400, NULL, "invalid character in request target"), 400;
+        char *hash = strchr(target, '#');
+        if (hash)
+                *hash = '\0';
+        char *qm = strchr(target, '?');
+        if (qm) {
+                *qm = '\0';
+                c->query = qm + 1;
+        } else {
+                c->query = target + strlen(target);
+        }
+        c->path = target;
+
+        /* header fields */
+        bool have_cl = false, have_te = false, have_host = false, expect_continue = false;
+        unsigned long long cl = 0;
+        p = eol + 1;
+        while (p < end) {
+                eol = memchr(p, '\n', (size_t)(end - p));
+                if (!eol)
+                        break;
+                line_end = eol;
+                if (line_end > p && line_end[-1] == '\r')
+                        line_end--;
+                if (line_end == p)
+                        break; /* the empty line ending the head */
+                for (char *q = p; q < line_end; q++)
+                        if (*q == '\r')
+                                return conn_error(c, 400, NULL, "bare CR in header field"), 400;
+                if (*p == ' ' || *p == '\t')
+                        return conn_error(c, 400, NULL, "obsolete header line folding"), 400;
+                char *colon = memchr(p, ':', (size_t)(line_end - p));
+                if (!colon || colon == p)
+                        return conn_error(c, 400, NULL, "malformed header field"), 400;
+                for (char *q = p; q < colon; q++)
+                        if (!is_tchar(*q))
+                                return conn_error(c, 400, NULL, "malformed header field name"), 400;
+                *colon = '\0';
+                char *name = p;
+                char *value = trim_ows(colon + 1, line_end);
+                if (strcasecmp(name, "Content-Length") == 0) {
+                        if (!*value || strlen(value) > 18)
+                                return conn_error(c, 400, NULL, "invalid Content-Length"), 400;
+                        unsigned long long v = 0;
+                        for (char *q = value; *q; q++) {
+                                if (*q < '0' || *q > '9')
+                                        return conn_error(c, 400, NULL, "invalid Content-Length"),
+                                               400;
+                                v = v * 10 + (unsigned)(*q - '0');
+                        }
+                        if (have_cl && v != cl)
+                                return conn_error(c, 400, NULL, "conflicting Content-Length"), 400;
+                        have_cl = true;
+                        cl = v;
+                } else if (strcasecmp(name, "Transfer-Encoding") == 0) {
+                        have_te = true;
+                } else if (strcasecmp(name, "Host") == 0) {
+                        have_host = true;
+                } else if (strcasecmp(name, "Expect") == 0) {
+                        if (strcasecmp(value, "100-continue") == 0)
+                                expect_continue = true;
+                }
+                p = eol + 1;
+        }
+        if (http11 && !have_host)
+                return conn_error(c, 400, NULL, "missing Host header"), 400;
+        if (have_te)
+                return conn_error(c, 411, NULL,
+                                  "chunked request bodies are not supported; send Content-Length"),
+                       411;
+        if (cl > ADMIN_MAX_BODY)
+                return conn_error(c, 413, NULL,
+                                  "request body of %llu bytes exceeds the limit of %d", cl,
+                                  ADMIN_MAX_BODY),
+                       413;
+
+        /* routing */
+        struct admin *a = c->a;
+        const struct route *match = NULL;
+        char allow[64] = "";
+        c->is_head = strcmp(c->method, "HEAD") == 0;
+        for (size_t i = 0; i < a->nroutes; i++) {
+                const struct route *r = &a->routes[i];
+                if (strcmp(r->path, c->path) != 0)
+                        continue;
+                if (strcmp(r->method, c->method) == 0 ||
+                    (c->is_head && strcmp(r->method, "GET") == 0))
+                        match = r;
+                size_t al = strlen(allow);
+                snprintf(allow + al, sizeof(allow) - al, "%s%s%s", al ? ", " : "", r->method,
+                         strcmp(r->method, "GET") == 0 ? ", HEAD" : "");
+        }
+        if (!match && !allow[0])
+                return conn_error(c, 404, NULL, "no such admin endpoint: %s", c->path), 404;
+        if (!match) {
+                char hdr[96];
+                snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
+                return conn_error(c, 405, hdr, "method %s not allowed for %s; allowed: %s",
+                                  c->method, c->path, allow),
+                       405;
+        }
+        c->route = match;
+        c->body_need = (size_t)cl;
+        if (cl) {
+                c->body = malloc((size_t)cl + 1);
+                if (!c->body)
+                        return conn_error(c, 500, NULL, "out of memory for the request body"), 500;
+                if (expect_continue && c->head_len - head_end < cl) {
+                        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                        /* Small enough to fit a fresh socket's send buffer; if it
+                         * does not, the client sends the body after its own wait. */
+                        ssize_t w =
+                            send(c->io.fd, cont, sizeof(cont) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+                        (void)w;
+                }
+        }
+        return 0;
+}
+
+/* Finds the end of the request head (after the empty line) in c->head, from
+ * offset from. Returns the length of the head or 0. Accepts bare LF line
+ * endings as RFC 9112 allows. */
+static size_t find_head_end(const char *buf, size_t len, size_t from)
+{
+        for (size_t i = from; i < len; i++) {
+                if (buf[i] != '\n')
+                        continue;
+                if (i + 1 < len && buf[i + 1] == '\n')
+                        return i + 2;
+                if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+                        return i + 3;
+        }
+        return 0;
+}
+
+/* Returns true when the request was complete and has been dispatched (c may
+ * then be gone). */
+static bool conn_body_complete(struct admin_conn *c)
+{
+        if (c->body_len < c->body_need)
+                return false;
+        if (c->body)
+                c->body[c->body_len] = '\0';
+        conn_dispatch(c);
+        return true;
+}
+
+static void conn_read(struct admin_conn *c)
+{
+        size_t budget = READ_BUDGET;
+        while (budget) {
+                char *dst;
+                size_t room;
+                if (c->state == C_HEAD) {
+                        dst = c->head + c->head_len;
+                        room = ADMIN_MAX_HEAD - c->head_len;
+                } else if (c->state == C_BODY) {
+                        dst = c->body + c->body_len;
+                        room = c->body_need - c->body_len;
+                } else {
+                        return;
+                }
+                if (room > budget)
+                        room = budget;
+                ssize_t n = recv(c->io.fd, dst, room, MSG_DONTWAIT);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN || errno == EWOULDBLOCK)
+                                return;
+                        log_debug(COMP, 0, "read from %s: %s", c->peer, strerror(errno));
+                        conn_close(c);
+                        return;
+                }
+                if (n == 0) {
+                        /* The client went away before a complete request. */
+                        log_debug(COMP, 0, "%s closed before sending a complete request", c->peer);
+                        conn_close(c);
+                        return;
+                }
+                budget -= (size_t)n;
+                if (c->state == C_HEAD) {
+                        size_t from = c->head_len > 2 ? c->head_len - 2 : 0;
+                        c->head_len += (size_t)n;
+                        size_t head_end = find_head_end(c->head, c->head_len, from);
+                        if (!head_end) {
+                                if (c->head_len >= ADMIN_MAX_HEAD) {
+                                        c->path = NULL;
+                                        conn_error(c, 431, NULL,
+                                                   "request head exceeds the limit of %d bytes",
+                                                   ADMIN_MAX_HEAD);
+                                        return;
+                                }
+                                continue;
+                        }
+                        size_t extra = c->head_len - head_end;
+                        if (conn_parse_head(c, head_end) != 0)
+                                return;
+                        if (extra > c->body_need)
+                                extra = c->body_need; /* pipelined bytes are ignored */
+                        if (extra)
+                                memcpy(c->body, c->head + head_end, extra);
+                        c->body_len = extra;
+                        c->state = C_BODY;
+                        if (conn_body_complete(c))
+                                return;
+                } else {
+                        c->body_len += (size_t)n;
+                        if (conn_body_complete(c))
+                                return;
+                }
+        }
+}
+
+static void conn_drain(struct admin_conn *c)
+{
+        char scratch[16384];
+        for (int i = 0; i < 16; i++) {
+                ssize_t n = recv(c->io.fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        return;
+                if (n <= 0) {
+                        conn_close(c);
+                        return;
+                }
+                c->lingered += (size_t)n;
+                if (c->lingered > LINGER_MAX) {
+                        conn_close(c);
+                        return;
+                }
+        }
+}
+
+static void conn_on_io(struct loop *loop, struct loop_io *io, uint32_t events)
+{
+        struct admin_conn *c = io->data;
+        switch (c->state) {
+        case C_HEAD:
+        case C_BODY:
+                if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                        conn_read(c);
+                break;
+        case C_WRITE:
+                if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                        conn_write(c);
+                break;
+        case C_LINGER:
+                conn_drain(c);
+                break;
+        }
+}
+
+static void conn_on_timer(struct loop *loop, struct loop_timer *t)
+{
+        struct admin_conn *c = t->data;
+        static const char *const names[] = {"reading the request head", "reading the request body",
+                                            "writing the response", "closing"};
+        if (c->state != C_LINGER)
+                log_debug(COMP, 0, "%s: timed out %s", c->peer, names[c->state]);
+        conn_close(c);
+}
+
+static void reject_overloaded(struct admin *a, int fd, const char *peer)
+{
+        static const char body[] = "{\"error\":\"too many admin connections (limit 64)\"}\n";
+        char resp[256];
+        int n = snprintf(resp, sizeof(resp),
+                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
+                         sizeof(body) - 1, body);
+        /* Consume what the client already sent so that close() sends FIN, not RST. */
+        char scratch[4096];
+        for (int i = 0; i < 4 && recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT) > 0; i++)
+                ;
+        ssize_t w = send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+        shutdown(fd, SHUT_WR);
+        close(fd);
+        if (!a->overloaded)
+                log_warn(COMP, 0, "admin connection limit (%d) reached; answering 503 to %s",
+                         ADMIN_MAX_CONNS, peer);
+        else
+                log_debug(COMP, 0, "%s -> 503 (connection limit)", peer);
+        a->overloaded = true;
+}
+
+static void on_accept_retry(struct loop *loop, struct loop_timer *t)
+{
+        struct admin *a = t->data;
+        if (loop_io_add(loop, &a->lio, EPOLLIN) < 0)
+                loop_timer_arm(loop, &a->accept_retry, ACCEPT_RETRY_MS);
+}
+
+static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
+{
+        struct admin *a = io->data;
+        for (int i = 0; i < ACCEPT_BUDGET; i++) {
+                struct sockaddr_storage ss;
+                socklen_t sl = sizeof(ss);
+                int fd = accept4(io->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                        if (errno == EINTR || errno == ECONNABORTED)
+                                continue;
+                        if (errno == EAGAIN || errno == EWOULDBLOCK)
+                                return;
+                        log_warn(COMP, 0, "accept on admin port %u: %s; retrying in %d ms", a->port,
+                                 strerror(errno), ACCEPT_RETRY_MS);
+                        /* Out of descriptors or memory: stop polling the listener for
+                         * a moment instead of spinning on it. */
+                        loop_io_del(loop, &a->lio);
+                        loop_timer_arm(loop, &a->accept_retry, ACCEPT_RETRY_MS);
+                        return;
+                }
+                char peer[64];
+                format_peer(&ss, peer, sizeof(peer));
+                if (a->nconns >= ADMIN_MAX_CONNS) {
+                        reject_overloaded(a, fd, peer);
+                        continue;
+                }
+                struct admin_conn *c = calloc(1, sizeof(*c));
+                if (!c) {
+                        close(fd);
+                        continue;
+                }
+                c->a = a;
+                c->state = C_HEAD;
+                c->start_ms = loop_now_ms(loop);
+                memcpy(c->peer, peer, sizeof(c->peer));
+                strbuf_init(&c->out);
+                loop_io_init(&c->io, fd, conn_on_io, c);
+                loop_timer_init(&c->timer, conn_on_timer, c);
+                if (loop_io_add(loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0 ||
+                    loop_timer_arm(loop, &c->timer, a->read_timeout_ms) < 0) {
+                        loop_timer_cancel(loop, &c->timer);
+                        close(fd);
+                        free(c);
+                        continue;
+                }
+                c->next = a->conns;
+                if (a->conns)
+                        a->conns->prev = c;
+                a->conns = c;
+                a->nconns++;
+        }
+}
+
+/* ---- public API --------------------------------------------------------------- */
+
+struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, char *err,
+                        size_t errlen)
+{
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        memset(&ss, 0, sizeof(ss));
+        char host[INET6_ADDRSTRLEN + 2];
+        if (!address || strlen(address) >= sizeof(host)) {
+                snprintf(err, errlen, "admin address '%s' is not an IPv4 or IPv6 literal",
+                         address ? address : "(null)");
+                return NULL;
+        }
+        strcpy(host, address);
+        size_t hl = strlen(host);
+        if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+                memmove(host, host + 1, hl - 2);
+                host[hl - 2] = '\0';
+        }
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+        if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+                sin->sin_family = AF_INET;
+                sin->sin_port = htons(port);
+                sl = sizeof(*sin);
+        } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+                sin6->sin6_family = AF_INET6;
+                sin6->sin6_port = htons(port);
+                sl = sizeof(*sin6);
+        } else {
+                snprintf(err, errlen, "admin address '%s' is not an IPv4 or IPv6 literal", address);
+                return NULL;
+        }
+
+        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                snprintf(err, errlen, "admin socket for %s: %s", address, strerror(errno));
+                return NULL;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ss.ss_family == AF_INET6)
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        const char *fmt = ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u";
+        char where[INET6_ADDRSTRLEN + 16];
+        snprintf(where, sizeof(where), fmt, host, port);
+        if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
+                snprintf(err, errlen, "admin: cannot bind %s: %s", where, strerror(errno));
+                close(fd);
+                return NULL;
+        }
+        if (listen(fd, 128) < 0) {
+                snprintf(err, errlen, "admin: cannot listen on %s: %s", where, strerror(errno));
+                close(fd);
+                return NULL;
+        }
+        struct sockaddr_storage bound;
+        socklen_t bl = sizeof(bound);
+        getsockname(fd, (struct sockaddr *)&bound, &bl);
+
+        struct admin *a = calloc(1, sizeof(*a));
+        if (!a) {
+                snprintf(err, errlen, "admin: out of memory");
+                close(fd);
+                return NULL;
+        }
+        a->loop = loop;
+        a->read_timeout_ms = ADMIN_DEFAULT_READ_TIMEOUT_MS;
+        a->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                    : ((struct sockaddr_in *)&bound)->sin_port);
+        loop_io_init(&a->lio, fd, on_accept, a);
+        loop_timer_init(&a->accept_retry, on_accept_retry, a);
+        int rc = loop_io_add(loop, &a->lio, EPOLLIN);
+        if (rc < 0) {
+                snprintf(err, errlen, "admin: epoll for %s: %s", where, strerror(-rc));
+                close(fd);
+                free(a);
+                return NULL;
+        }
+        snprintf(where, sizeof(where), fmt, host, a->port);
+        log_info(COMP, 0, "admin listening on http://%s", where);
+        return a;
+}
+
+int admin_route(struct admin *a, const char *method, const char *path, admin_handler_fn fn,
+                void *ctx)
+{
+        if (!a || !method || !path || path[0] != '/' || !fn)
+                return -EINVAL;
+        if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0 &&
+            strcmp(method, "PUT") != 0 && strcmp(method, "DELETE") != 0)
+                return -EINVAL;
+        for (size_t i = 0; i < a->nroutes; i++) {
+                struct route *r = &a->routes[i];
+                if (strcmp(r->method, method) == 0 && strcmp(r->path, path) == 0) {
+                        r->fn = fn;
+                        r->ctx = ctx;
+                        return 0;
+                }
+        }
+        struct route *routes = realloc(a->routes, (a->nroutes + 1) * sizeof(*routes));
+        if (!routes)
+                return -ENOMEM;
+        a->routes = routes;
+        struct route *r = &routes[a->nroutes];
+        memset(r, 0, sizeof(*r));
+        snprintf(r->method, sizeof(r->method), "%s", method);
+        r->path = strdup(path);
+        if (!r->path)
+                return -ENOMEM;
+        r->fn = fn;
+        r->ctx = ctx;
+        a->nroutes++;
+        return 0;
+}
+
+uint16_t admin_port(const struct admin *a)
+{
+        return a->port;
+}
+
+void admin_set_read_timeout_ms(struct admin *a, unsigned ms)
+{
+        a->read_timeout_ms = ms ? ms : 1;
+}
+
+void admin_free(struct admin *a)
+{
+        if (!a)
+                return;
+        while (a->conns)
+                conn_close(a->conns);
+        loop_timer_cancel(a->loop, &a->accept_retry);
+        loop_io_del(a->loop, &a->lio);
+        close(a->lio.fd);
+        for (size_t i = 0; i < a->nroutes; i++)
+                free(a->routes[i].path);
+        free(a->routes);
+        free(a);
+}

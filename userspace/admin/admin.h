@@ -1,0 +1,70 @@
+/* Admin HTTP server: a small HTTP/1.1 server on the main thread's event loop.
+ *
+ * One request per connection; every response carries "Connection: close".
+ * Bounds: 64 concurrent connections (more are answered 503 and closed),
+ * 16 KiB request head (431), 1 MiB body with Content-Length (413; chunked
+ * bodies get 411), a read timeout per connection (5 s by default) after which
+ * the connection is closed. Unknown paths get 404, a known path with another
+ * method 405 with Allow; both with a JSON body {"error":"..."}. A GET route
+ * also answers HEAD.
+ *
+ * All functions run on the loop's thread (or before the loop runs). Handlers
+ * run on the loop's thread and must not block. */
+#ifndef SHUNT_ADMIN_ADMIN_H
+#define SHUNT_ADMIN_ADMIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "core/strbuf.h"
+
+#define ADMIN_MAX_CONNS               64
+#define ADMIN_MAX_HEAD                (16 * 1024)
+#define ADMIN_MAX_BODY                (1024 * 1024)
+#define ADMIN_DEFAULT_READ_TIMEOUT_MS 5000
+
+struct admin;
+
+struct admin_request {
+        const char *method;
+        const char *path;
+        const char *query; /* after '?', "" if none */
+        const char *body;  /* NUL-terminated as a convenience; body_len excludes it */
+        size_t body_len;
+};
+
+struct admin_response {
+        int status;               /* 200 unless the handler sets it */
+        const char *content_type; /* default "application/json"; must be a static string */
+        struct strbuf body;
+};
+
+typedef void (*admin_handler_fn)(const struct admin_request *req, struct admin_response *resp,
+                                 void *ctx);
+
+/* Binds address (an IPv4 or IPv6 literal, "[::1]" accepted) and port (0 picks
+ * a free port, see admin_port), listens and registers with loop. On failure
+ * returns NULL with a message naming the address in err. */
+struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, char *err,
+                        size_t errlen);
+/* Exact path match; method "GET" or "POST". A second route for the same
+ * method and path replaces the first. Returns 0, -EINVAL or -ENOMEM. */
+int admin_route(struct admin *a, const char *method, const char *path, admin_handler_fn fn,
+                void *ctx);
+/* The bound port (useful after binding port 0). */
+uint16_t admin_port(const struct admin *a);
+/* Time a client has to send a complete request (and to read the response)
+ * before the connection is closed. Applies to connections accepted later. */
+void admin_set_read_timeout_ms(struct admin *a, unsigned ms);
+/* Closes the listener and every connection. */
+void admin_free(struct admin *a);
+
+/* Helpers for handlers: sets status and a JSON body {"error":"msg"}. */
+void admin_respond_error(struct admin_response *resp, int status, const char *msg);
+/* Finds key in an application/x-www-form-urlencoded query string and copies
+ * its decoded value into out. Returns the value's length, or -ENOENT when the
+ * key is absent, -ENOSPC when the value does not fit. */
+int admin_query_get(const char *query, const char *key, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,728 @@
+/* shuntctl: command-line client for shuntd's admin HTTP API.
+ *
+ *   shuntctl [--admin HOST:PORT] [--json] COMMAND [ARGS]
+ *
+ * Talks HTTP/1.1 over a plain TCP socket, one request per connection, with a
+ * 5 s deadline for the whole exchange. Exit codes: 0 success, 1 the daemon
+ * could not be reached or answered with an error, 2 bad usage. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/strbuf.h"
+
+#define DEFAULT_ADMIN    "127.0.0.1:15003"
+#define TIMEOUT_MS       5000
+#define MAX_RESPONSE     (64u * 1024 * 1024)
+#define SHUNTCTL_VERSION "0.1.0"
+
+static const char usage_text[] =
+    "usage: shuntctl [--admin HOST:PORT] [--json] COMMAND [ARGS]\n"
+    "\n"
+    "Query and control a running shuntd through its admin API.\n"
+    "\n"
+    "commands:\n"
+    "  status           mode, readiness, listeners, rule state, connection counts\n"
+    "  rules            installed iptables rules with packet and byte counts\n"
+    "  conns            live proxied connections\n"
+    "  config           effective configuration and where each value came from\n"
+    "  log-level LEVEL  set the daemon's log level (debug, info, warn, error)\n"
+    "\n"
+    "options:\n"
+    "  --admin HOST:PORT  admin address (default " DEFAULT_ADMIN ", or $SHUNTCTL_ADMIN)\n"
+    "  --json             print the daemon's JSON unchanged\n"
+    "  -h, --help         show this help\n"
+    "\n"
+    "exit status: 0 success, 1 daemon unreachable or error, 2 bad usage\n";
+
+static const char *g_admin = DEFAULT_ADMIN;
+static bool g_json;
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_usage(const char *fmt, ...)
+{
+        va_list ap;
+        va_start(ap, fmt);
+        fputs("shuntctl: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputs("\nrun 'shuntctl --help' for usage\n", stderr);
+        va_end(ap);
+        exit(2);
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+        va_list ap;
+        va_start(ap, fmt);
+        fputs("shuntctl: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+        exit(1);
+}
+
+/* ---- HTTP client ------------------------------------------------------------ */
+
+struct endpoint {
+        char host[256];
+        char port[8];
+};
+
+/* HOST:PORT, [V6]:PORT, HOST (default port), or a bare IPv6 literal. */
+static int parse_endpoint(const char *s, struct endpoint *ep)
+{
+        const char *host = s, *port = "15003";
+        size_t hlen;
+        if (s[0] == '[') {
+                const char *rb = strchr(s, ']');
+                if (!rb)
+                        return -EINVAL;
+                host = s + 1;
+                hlen = (size_t)(rb - host);
+                if (rb[1] == ':')
+                        port = rb + 2;
+                else if (rb[1])
+                        return -EINVAL;
+        } else {
+                const char *colon = strrchr(s, ':');
+                if (colon && colon == strchr(s, ':')) {
+                        hlen = (size_t)(colon - s);
+                        port = colon + 1;
+                } else {
+                        hlen = strlen(s); /* no port, or a bare IPv6 literal */
+                }
+        }
+        if (hlen == 0 || hlen >= sizeof(ep->host))
+                return -EINVAL;
+        char *end;
+        errno = 0;
+        long p = strtol(port, &end, 10);
+        if (!*port || *end || errno || p < 1 || p > 65535)
+                return -EINVAL;
+        memcpy(ep->host, host, hlen);
+        ep->host[hlen] = '\0';
+        snprintf(ep->port, sizeof(ep->port), "%ld", p);
+        return 0;
+}
+
+static int64_t now_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for events on fd until the deadline. Returns 0 or -ETIMEDOUT/-errno. */
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+        for (;;) {
+                int64_t left = deadline - now_ms();
+                if (left <= 0)
+                        return -ETIMEDOUT;
+                struct pollfd pfd = {.fd = fd, .events = events};
+                int n = poll(&pfd, 1, (int)left);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        return -ETIMEDOUT;
+                return 0;
+        }
+}
+
+static int connect_to(const struct endpoint *ep, int64_t deadline, char *err, size_t errlen)
+{
+        struct addrinfo hints = {
+            .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+        struct addrinfo *res;
+        int gai = getaddrinfo(ep->host, ep->port, &hints, &res);
+        if (gai != 0) {
+                snprintf(err, errlen, "%s", gai_strerror(gai));
+                return -1;
+        }
+        int last = ECONNREFUSED;
+        int fd = -1;
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+                fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                            ai->ai_protocol);
+                if (fd < 0) {
+                        last = errno;
+                        continue;
+                }
+                if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+                        break;
+                if (errno == EINPROGRESS) {
+                        int rc = wait_fd(fd, POLLOUT, deadline);
+                        if (rc == 0) {
+                                int soerr = 0;
+                                socklen_t sl = sizeof(soerr);
+                                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+                                if (soerr == 0)
+                                        break;
+                                last = soerr;
+                        } else {
+                                last = -rc;
+                        }
+                } else {
+                        last = errno;
+                }
+                close(fd);
+                fd = -1;
+        }
+        freeaddrinfo(res);
+        if (fd < 0)
+                snprintf(err, errlen, "%s", strerror(last));
+        return fd;
+}
+
+struct http_response {
+        int status;
+        char *body; /* NUL-terminated */
+        size_t body_len;
+};
+
+/* Decodes a chunked body in place. Returns the decoded length or -1. */
+static long dechunk(char *buf, size_t len)
+{
+        size_t in = 0, out = 0;
+        for (;;) {
+                char *eol = memmem(buf + in, len - in, "\r\n", 2);
+                if (!eol)
+                        return -1;
+                char *end;
+                unsigned long n = strtoul(buf + in, &end, 16);
+                if (end == buf + in)
+                        return -1;
+                in = (size_t)(eol - buf) + 2;
+                if (n == 0)
+                        return (long)out;
+                if (n > len - in || len - in - n < 2)
+                        return -1;
+                memmove(buf + out, buf + in, n);
+                out += n;
+                in += n + 2;
+        }
+}
+
+/* Performs one request. On a transport failure prints the "cannot reach"
+ * line and exits 1. */
+static void http_call(const char *method, const char *path, const char *body,
+                      struct http_response *resp)
+{
+        struct endpoint ep;
+        if (parse_endpoint(g_admin, &ep) < 0)
+                die_usage("invalid admin address '%s' (want HOST:PORT, e.g. %s)", g_admin,
+                          DEFAULT_ADMIN);
+        int64_t deadline = now_ms() + TIMEOUT_MS;
+        char err[256];
+        int fd = connect_to(&ep, deadline, err, sizeof(err));
+        if (fd < 0)
+                die("cannot reach shuntd admin at %s: %s", g_admin, err);
+
+        struct strbuf req;
+        strbuf_init(&req);
+        bool v6 = strchr(ep.host, ':') != NULL;
+        strbuf_appendf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%s\r\n", method, path, v6 ? "[" : "",
+                       ep.host, v6 ? "]" : "", ep.port);
+        strbuf_append(&req, "User-Agent: shuntctl/" SHUNTCTL_VERSION
+                            "\r\nAccept: application/json\r\nConnection: close\r\n");
+        if (body)
+                strbuf_appendf(&req, "Content-Type: text/plain\r\nContent-Length: %zu\r\n",
+                               strlen(body));
+        strbuf_append(&req, "\r\n");
+        if (body)
+                strbuf_append(&req, body);
+        if (req.truncated)
+                die("out of memory");
+
+        size_t off = 0;
+        while (off < req.len) {
+                ssize_t w = send(fd, req.data + off, req.len - off, MSG_NOSIGNAL);
+                if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                        int rc = wait_fd(fd, POLLOUT, deadline);
+                        if (rc < 0)
+                                die("cannot reach shuntd admin at %s: %s", g_admin, strerror(-rc));
+                        continue;
+                }
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w < 0)
+                        die("cannot reach shuntd admin at %s: %s", g_admin, strerror(errno));
+                off += (size_t)w;
+        }
+        strbuf_free(&req);
+
+        struct strbuf in;
+        strbuf_init(&in);
+        char chunk[16384];
+        for (;;) {
+                ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+                if (n > 0) {
+                        strbuf_appendn(&in, chunk, (size_t)n);
+                        if (in.truncated || in.len > MAX_RESPONSE)
+                                die("response from shuntd admin at %s is too large", g_admin);
+                        continue;
+                }
+                if (n == 0)
+                        break;
+                if (errno == EINTR)
+                        continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                        int rc = wait_fd(fd, POLLIN, deadline);
+                        if (rc < 0)
+                                die("no answer from shuntd admin at %s: %s", g_admin,
+                                    strerror(-rc));
+                        continue;
+                }
+                /* A reset after a complete response still counts as complete. */
+                if (in.len)
+                        break;
+                die("cannot reach shuntd admin at %s: %s", g_admin, strerror(errno));
+        }
+        close(fd);
+
+        if (!in.data)
+                die("shuntd admin at %s closed the connection without answering", g_admin);
+        char *head_end = strstr(in.data, "\r\n\r\n");
+        int major, minor, status;
+        if (!head_end || sscanf(in.data, "HTTP/%d.%d %d", &major, &minor, &status) != 3)
+                die("malformed HTTP response from shuntd admin at %s", g_admin);
+        *head_end = '\0';
+        char *b = head_end + 4;
+        size_t blen = in.len - (size_t)(b - in.data);
+        long clen = -1;
+        bool chunked = false;
+        for (char *line = strstr(in.data, "\r\n"); line && line < head_end;
+             line = strstr(line, "\r\n")) {
+                line += 2;
+                if (strncasecmp(line, "Content-Length:", 15) == 0)
+                        clen = strtol(line + 15, NULL, 10);
+                else if (strncasecmp(line, "Transfer-Encoding:", 18) == 0 &&
+                         strcasestr(line, "chunked"))
+                        chunked = true;
+        }
+        if (chunked) {
+                long n = dechunk(b, blen);
+                if (n < 0)
+                        die("malformed chunked response from shuntd admin at %s", g_admin);
+                blen = (size_t)n;
+        } else if (clen >= 0) {
+                if ((size_t)clen > blen)
+                        die("truncated response from shuntd admin at %s (%zu of %ld bytes)",
+                            g_admin, blen, clen);
+                blen = (size_t)clen;
+        }
+        resp->status = status;
+        resp->body = malloc(blen + 1);
+        if (!resp->body)
+                die("out of memory");
+        memcpy(resp->body, b, blen);
+        resp->body[blen] = '\0';
+        resp->body_len = blen;
+        strbuf_free(&in);
+}
+
+/* Fetches path; prints the raw body and exits with --json; exits 1 on an
+ * error status. Returns the parsed JSON otherwise. */
+static cJSON *fetch(const char *method, const char *path, const char *body)
+{
+        struct http_response r;
+        http_call(method, path, body, &r);
+        if (g_json) {
+                fwrite(r.body, 1, r.body_len, stdout);
+                if (r.body_len && r.body[r.body_len - 1] != '\n')
+                        fputc('\n', stdout);
+        }
+        if (r.status < 200 || r.status > 299) {
+                cJSON *e = cJSON_Parse(r.body);
+                const char *msg =
+                    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "error"));
+                char tmp[200];
+                if (!msg) {
+                        snprintf(tmp, sizeof(tmp), "%.*s", (int)strcspn(r.body, "\r\n"), r.body);
+                        msg = tmp;
+                }
+                fprintf(stderr, "shuntctl: shuntd admin at %s answered %d to %s %s: %s\n", g_admin,
+                        r.status, method, path, msg);
+                exit(1);
+        }
+        if (g_json)
+                exit(0);
+        cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
+        if (!j)
+                die("shuntd admin at %s sent invalid JSON for %s", g_admin, path);
+        free(r.body);
+        return j;
+}
+
+/* ---- output helpers ----------------------------------------------------------- */
+
+#define MAX_COLS 12
+
+struct table {
+        int ncols;
+        const char *header[MAX_COLS];
+        bool right[MAX_COLS];
+        char **cells; /* rows * ncols */
+        size_t rows, cap;
+};
+
+static void table_add(struct table *t, ...)
+{
+        if (t->rows == t->cap) {
+                t->cap = t->cap ? t->cap * 2 : 16;
+                t->cells = realloc(t->cells, t->cap * (size_t)t->ncols * sizeof(char *));
+                if (!t->cells)
+                        die("out of memory");
+        }
+        va_list ap;
+        va_start(ap, t);
+        for (int i = 0; i < t->ncols; i++) {
+                const char *s = va_arg(ap, const char *);
+                t->cells[t->rows * (size_t)t->ncols + (size_t)i] = strdup(s ? s : "");
+        }
+        va_end(ap);
+        t->rows++;
+}
+
+static void table_print(struct table *t)
+{
+        size_t w[MAX_COLS];
+        for (int i = 0; i < t->ncols; i++) {
+                w[i] = strlen(t->header[i]);
+                for (size_t r = 0; r < t->rows; r++) {
+                        size_t l = strlen(t->cells[r * (size_t)t->ncols + (size_t)i]);
+                        if (l > w[i])
+                                w[i] = l;
+                }
+        }
+        for (size_t r = 0; r <= t->rows; r++) {
+                for (int i = 0; i < t->ncols; i++) {
+                        const char *s = r == 0 ? t->header[i]
+                                               : t->cells[(r - 1) * (size_t)t->ncols + (size_t)i];
+                        bool last = i == t->ncols - 1;
+                        if (t->right[i])
+                                printf("%*s", (int)w[i], s);
+                        else if (last)
+                                printf("%s", s);
+                        else
+                                printf("%-*s", (int)w[i], s);
+                        printf(last ? "\n" : "  ");
+                }
+        }
+        for (size_t i = 0; i < t->rows * (size_t)t->ncols; i++)
+                free(t->cells[i]);
+        free(t->cells);
+        t->cells = NULL;
+        t->rows = t->cap = 0;
+}
+
+static const char *jstr(const cJSON *o, const char *key, const char *dflt)
+{
+        const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));
+        return s ? s : dflt;
+}
+
+static bool jnum(const cJSON *o, const char *key, double *out)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        if (!cJSON_IsNumber(v))
+                return false;
+        *out = v->valuedouble;
+        return true;
+}
+
+/* Formats a JSON number field as an integer, or "-" when absent. */
+static const char *jint(const cJSON *o, const char *key, char *buf, size_t len)
+{
+        double d;
+        if (!jnum(o, key, &d))
+                return "-";
+        snprintf(buf, len, "%.0f", d);
+        return buf;
+}
+
+static const char *fmt_bytes(double b, char *buf, size_t len)
+{
+        static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+        int u = 0;
+        while (b >= 1024 && u < 4) {
+                b /= 1024;
+                u++;
+        }
+        if (u == 0)
+                snprintf(buf, len, "%.0f B", b);
+        else
+                snprintf(buf, len, "%.1f %s", b, units[u]);
+        return buf;
+}
+
+static const char *fmt_duration_ms(double ms, char *buf, size_t len)
+{
+        if (ms < 1000) {
+                snprintf(buf, len, "%.0fms", ms);
+                return buf;
+        }
+        double s = ms / 1000;
+        if (s < 60) {
+                snprintf(buf, len, "%.1fs", s);
+                return buf;
+        }
+        unsigned long long t = (unsigned long long)s;
+        if (t < 3600)
+                snprintf(buf, len, "%llum%02llus", t / 60, t % 60);
+        else if (t < 86400)
+                snprintf(buf, len, "%lluh%02llum", t / 3600, t / 60 % 60);
+        else
+                snprintf(buf, len, "%llud%02lluh", t / 86400, t / 3600 % 24);
+        return buf;
+}
+
+/* ---- commands ----------------------------------------------------------------- */
+
+static int cmd_status(void)
+{
+        cJSON *j = fetch("GET", "/status", NULL);
+        char b1[64], b2[64], b3[64];
+        double d;
+
+        printf("shuntd %s", jstr(j, "version", "?"));
+        if (jnum(j, "pid", &d))
+                printf(", pid %.0f", d);
+        if (jnum(j, "uptime_s", &d))
+                printf(", up %s", fmt_duration_ms(d * 1000, b1, sizeof(b1)));
+        printf("\n");
+
+        const cJSON *ready = cJSON_GetObjectItemCaseSensitive(j, "ready");
+        printf("%-13s%s\n",
+               "ready:", cJSON_IsBool(ready) ? (cJSON_IsTrue(ready) ? "yes" : "no") : "unknown");
+        const char *mode = jstr(j, "redirect_mode", "unknown");
+        const char *reason = jstr(j, "redirect_reason", "");
+        if (*reason)
+                printf("%-13s%s (%s)\n", "redirect:", mode, reason);
+        else
+                printf("%-13s%s\n", "redirect:", mode);
+        if (jnum(j, "workers", &d))
+                printf("%-13s%.0f\n", "workers:", d);
+
+        const cJSON *ls = cJSON_GetObjectItemCaseSensitive(j, "listeners");
+        int n = cJSON_GetArraySize(ls);
+        size_t nw = 0;
+        for (int i = 0; i < n; i++) {
+                size_t l = strlen(jstr(cJSON_GetArrayItem(ls, i), "name", "?"));
+                nw = l > nw ? l : nw;
+        }
+        if (n == 0)
+                printf("%-13snone\n", "listeners:");
+        for (int i = 0; i < n; i++) {
+                const cJSON *l = cJSON_GetArrayItem(ls, i);
+                printf("%-13s%-*s  %s\n", i == 0 ? "listeners:" : "", (int)nw, jstr(l, "name", "?"),
+                       jstr(l, "address", "?"));
+        }
+
+        const cJSON *rules = cJSON_GetObjectItemCaseSensitive(j, "rules");
+        if (rules) {
+                bool inst = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "installed"));
+                bool v6 = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "ipv6"));
+                printf("%-13s%s\n", "rules:",
+                       inst ? (v6 ? "installed (IPv4 and IPv6)" : "installed (IPv4 only)")
+                            : "not installed");
+        }
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "connections");
+        if (c)
+                printf("%-13s%s active, %s accepted, %s rejected\n",
+                       "connections:", jint(c, "active", b1, sizeof(b1)),
+                       jint(c, "accepted", b2, sizeof(b2)), jint(c, "rejected", b3, sizeof(b3)));
+        const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(j, "config");
+        if (cfg)
+                printf("%-13s%s (generation %s)\n", "config:", jstr(cfg, "path", "(none)"),
+                       jint(cfg, "generation", b1, sizeof(b1)));
+        printf("%-13s%s\n", "log level:", jstr(j, "log_level", "unknown"));
+        cJSON_Delete(j);
+        return 0;
+}
+
+static int cmd_rules(void)
+{
+        cJSON *j = fetch("GET", "/rules", NULL);
+        struct table t = {.ncols = 5,
+                          .header = {"FAMILY", "CHAIN", "PACKETS", "BYTES", "RULE"},
+                          .right = {false, false, true, true, false}};
+        static const char *const fams[] = {"ipv4", "ipv6"};
+        for (int f = 0; f < 2; f++) {
+                const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, fams[f]);
+                const cJSON *r;
+                cJSON_ArrayForEach(r, arr)
+                {
+                        char p[32], b[32];
+                        table_add(&t, fams[f], jstr(r, "chain", "?"),
+                                  jint(r, "packets", p, sizeof(p)), jint(r, "bytes", b, sizeof(b)),
+                                  jstr(r, "rule", ""));
+                }
+        }
+        if (t.rows == 0)
+                printf("no shunt rules installed\n");
+        else
+                table_print(&t);
+        cJSON_Delete(j);
+        return 0;
+}
+
+static int cmd_conns(void)
+{
+        cJSON *j = fetch("GET", "/connections", NULL);
+        struct table t = {
+            .ncols = 10,
+            .header = {"ID", "WORKER", "DIR", "CLIENT", "ORIGINAL_DST", "PROTO", "STATE", "IN",
+                       "OUT", "AGE"},
+            .right = {true, true, false, false, false, false, false, true, true, true}};
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "connections"))
+        {
+                char id[32], wk[32], in[32] = "-", out[32] = "-", age[32] = "-";
+                double d;
+                if (jnum(c, "bytes_in", &d))
+                        fmt_bytes(d, in, sizeof(in));
+                if (jnum(c, "bytes_out", &d))
+                        fmt_bytes(d, out, sizeof(out));
+                if (jnum(c, "age_ms", &d))
+                        fmt_duration_ms(d, age, sizeof(age));
+                const char *dir = jstr(c, "direction", "?");
+                table_add(&t, jint(c, "id", id, sizeof(id)), jint(c, "worker", wk, sizeof(wk)),
+                          strcmp(dir, "outbound") == 0  ? "out"
+                          : strcmp(dir, "inbound") == 0 ? "in"
+                                                        : dir,
+                          jstr(c, "client", "?"), jstr(c, "original_dst", "?"),
+                          jstr(c, "protocol", "?"), jstr(c, "state", "?"), in, out, age);
+        }
+        if (t.rows == 0)
+                printf("no active connections\n");
+        else
+                table_print(&t);
+        cJSON_Delete(j);
+        return 0;
+}
+
+static int cmd_config(void)
+{
+        cJSON *j = fetch("GET", "/config", NULL);
+        struct table t = {.ncols = 3, .header = {"KEY", "VALUE", "SOURCE"}};
+        const cJSON *e;
+        cJSON_ArrayForEach(e, j)
+        {
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "value");
+                char *printed = NULL;
+                const char *val;
+                if (cJSON_IsString(v)) {
+                        val = v->valuestring;
+                } else if (v) {
+                        printed = cJSON_PrintUnformatted(v);
+                        val = printed ? printed : "?";
+                } else {
+                        val = "-";
+                }
+                table_add(&t, e->string ? e->string : "?", val, jstr(e, "source", "?"));
+                free(printed);
+        }
+        table_print(&t);
+        cJSON_Delete(j);
+        return 0;
+}
+
+static int cmd_log_level(const char *level)
+{
+        enum log_level lv;
+        if (log_level_parse(level, &lv) < 0)
+                die_usage("invalid log level '%s' (allowed: debug, info, warn, error)", level);
+        cJSON *j = fetch("POST", "/admin/log-level", level);
+        printf("log level: %s\n", jstr(j, "log_level", level));
+        cJSON_Delete(j);
+        return 0;
+}
+
+int main(int argc, char **argv)
+{
+        const char *env = getenv("SHUNTCTL_ADMIN");
+        if (env && *env)
+                g_admin = env;
+        const char *cmd = NULL;
+        const char *args[4];
+        int nargs = 0;
+        for (int i = 1; i < argc; i++) {
+                const char *a = argv[i];
+                if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "help") == 0) {
+                        fputs(usage_text, stdout);
+                        return 0;
+                } else if (strcmp(a, "--json") == 0) {
+                        g_json = true;
+                } else if (strcmp(a, "--admin") == 0) {
+                        if (i + 1 >= argc)
+                                die_usage("--admin needs HOST:PORT");
+                        g_admin = argv[++i];
+                } else if (strncmp(a, "--admin=", 8) == 0) {
+                        g_admin = a + 8;
+                } else if (a[0] == '-' && a[1]) {
+                        die_usage("unknown option '%s'", a);
+                } else if (!cmd) {
+                        cmd = a;
+                } else if (nargs < 4) {
+                        args[nargs++] = a;
+                } else {
+                        die_usage("too many arguments");
+                }
+        }
+        if (!cmd)
+                die_usage("no command given");
+        struct endpoint ep;
+        if (parse_endpoint(g_admin, &ep) < 0)
+                die_usage("invalid admin address '%s' (want HOST:PORT, e.g. %s)", g_admin,
+                          DEFAULT_ADMIN);
+
+        struct {
+                const char *name;
+                int nargs;
+                const char *argname;
+        } const cmds[] = {{"status", 0, NULL},
+                          {"rules", 0, NULL},
+                          {"conns", 0, NULL},
+                          {"config", 0, NULL},
+                          {"log-level", 1, "LEVEL"}};
+        for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+                if (strcmp(cmd, cmds[i].name) != 0)
+                        continue;
+                if (nargs != cmds[i].nargs) {
+                        if (cmds[i].nargs)
+                                die_usage("'%s' needs %s", cmd, cmds[i].argname);
+                        die_usage("'%s' takes no arguments", cmd);
+                }
+                switch (i) {
+                case 0:
+                        return cmd_status();
+                case 1:
+                        return cmd_rules();
+                case 2:
+                        return cmd_conns();
+                case 3:
+                        return cmd_config();
+                default:
+                        return cmd_log_level(args[0]);
+                }
+        }
+        die_usage("unknown command '%s'", cmd);
+}
