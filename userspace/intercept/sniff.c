@@ -129,6 +129,19 @@ static bool grpc_content_type(const uint8_t *v, size_t n)
         return n == glen || v[glen] == '+' || v[glen] == ';';
 }
 
+/* gRPC. The value is kept only if it fits whole (printable ASCII). */
+static void grpc_found(struct sniff_result *r, const uint8_t *v, size_t n)
+{
+        r->proto = PROTO_GRPC;
+        if (n >= sizeof(r->grpc_content_type))
+                return;
+        for (size_t k = 0; k < n; k++)
+                if (v[k] < 0x20 || v[k] > 0x7e)
+                        return;
+        memcpy(r->grpc_content_type, v, n);
+        r->grpc_content_type[n] = '\0';
+}
+
 /* Decodes one complete header block (split in fragments) and looks for a gRPC
  * content-type. A block that does not decode is plain HTTP/2. */
 static void h2_inspect_headers(const struct fragment *frag, size_t nfrag, struct sniff_result *r)
@@ -153,12 +166,8 @@ static void h2_inspect_headers(const struct fragment *frag, size_t nfrag, struct
                         inlen -= (size_t)n;
                         if (flags & NGHTTP2_HD_INFLATE_EMIT) {
                                 if (nv.namelen == 12 && memcmp(nv.name, "content-type", 12) == 0) {
-                                        if (grpc_content_type(nv.value, nv.valuelen) &&
-                                            nv.valuelen < sizeof(r->grpc_content_type)) {
-                                                r->proto = PROTO_GRPC;
-                                                memcpy(r->grpc_content_type, nv.value, nv.valuelen);
-                                                r->grpc_content_type[nv.valuelen] = '\0';
-                                        }
+                                        if (grpc_content_type(nv.value, nv.valuelen))
+                                                grpc_found(r, nv.value, nv.valuelen);
                                         done = true; /* the first content-type decides */
                                         break;
                                 }
@@ -439,7 +448,7 @@ static enum verdict sniff_tls(const uint8_t *buf, size_t len, bool final, struct
                 if (partial || len - off < TLS_RECORD_HDR)
                         return final ? V_YES : V_MORE;
                 const uint8_t *h = buf + off;
-                if (h[0] != TLS_HANDSHAKE || h[1] != 0x03 || h[2] != buf[2])
+                if (h[0] != TLS_HANDSHAKE || h[1] != 0x03 || h[2] > 0x04)
                         return V_YES; /* the hello stops short: fields left empty */
                 size_t n = (size_t)h[3] << 8 | h[4];
                 if (n == 0 || n > TLS_MAX_RECORD)
