@@ -44,30 +44,27 @@ def topo():
         t.delete()
 
 
-# name -> (kind, listen specs); started in the remote pod.
-REMOTE_PEERS = {
-    "echo": ("echo", ["%s:7000" % T.REMOTE4, "[%s]:7000" % T.REMOTE6]),
-    "http": ("http", ["%s:8080" % T.REMOTE4, "[%s]:8080" % T.REMOTE6]),
-    "greet": ("greet", ["%s:2525" % T.REMOTE4, "[%s]:2525" % T.REMOTE6]),
-    "halfclose": ("halfclose", ["%s:7100" % T.REMOTE4, "[%s]:7100" % T.REMOTE6]),
-    "reset": ("reset", ["%s:7200" % T.REMOTE4, "[%s]:7200" % T.REMOTE6]),
-    "addr-a": ("addr", ["%s:7001" % T.REMOTE4, "[%s]:7001" % T.REMOTE6]),
-    "addr-b": ("addr", ["%s:7001" % T.REMOTE4B, "[%s]:7001" % T.REMOTE6B]),
-    "addr-c": ("addr", ["%s:7002" % T.REMOTE4, "[%s]:7002" % T.REMOTE6]),
-}
-
-
 @pytest.fixture(scope="module")
 def remote_peers(topo):
-    """The servers of REMOTE_PEERS, running in the remote pod."""
+    """The servers of shuntlib.REMOTE_PEERS, running in the remote pod."""
     procs = {}
     try:
-        for name, (kind, listen) in REMOTE_PEERS.items():
-            procs[name] = topo.remote.spawn_peer(kind, name, listen)
+        sl.spawn_remote_peers(topo, procs)
         yield procs
     finally:
         for p in procs.values():
             p.stop()
+
+
+@pytest.fixture
+def fresh_topo():
+    """A topology of its own, for a test that runs a differently configured
+    shuntd (the module's shared one would hold the app pod's ports)."""
+    t = T()
+    try:
+        yield t
+    finally:
+        t.delete()
 
 
 @pytest.fixture

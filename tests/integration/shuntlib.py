@@ -388,6 +388,28 @@ class Topology:
         self.remote.delete()
 
 
+# name -> (kind, listen specs); servers in the remote pod.
+REMOTE_PEERS = {
+    "echo": ("echo", ["%s:7000" % Topology.REMOTE4, "[%s]:7000" % Topology.REMOTE6]),
+    "http": ("http", ["%s:8080" % Topology.REMOTE4, "[%s]:8080" % Topology.REMOTE6]),
+    "greet": ("greet", ["%s:2525" % Topology.REMOTE4, "[%s]:2525" % Topology.REMOTE6]),
+    "halfclose": ("halfclose", ["%s:7100" % Topology.REMOTE4, "[%s]:7100" % Topology.REMOTE6]),
+    "reset": ("reset", ["%s:7200" % Topology.REMOTE4, "[%s]:7200" % Topology.REMOTE6]),
+    "addr-a": ("addr", ["%s:7001" % Topology.REMOTE4, "[%s]:7001" % Topology.REMOTE6]),
+    "addr-b": ("addr", ["%s:7001" % Topology.REMOTE4B, "[%s]:7001" % Topology.REMOTE6B]),
+    "addr-c": ("addr", ["%s:7002" % Topology.REMOTE4, "[%s]:7002" % Topology.REMOTE6]),
+}
+
+
+def spawn_remote_peers(topo, procs, names=None):
+    """Starts REMOTE_PEERS (or the named subset) in topo.remote, adding each
+    to procs as it starts (so the caller can stop what did start)."""
+    for name in names or REMOTE_PEERS:
+        kind, listen = REMOTE_PEERS[name]
+        procs[name] = topo.remote.spawn_peer(kind, name, listen)
+    return procs
+
+
 # ---------------------------------------------------------------- shuntd
 
 

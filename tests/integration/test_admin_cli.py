@@ -1,0 +1,204 @@
+"""Admin API and shuntctl against a running shuntd with iptables capture."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+CONN_FIELDS = {
+    "id",
+    "worker",
+    "direction",
+    "client",
+    "original_dst",
+    "upstream",
+    "protocol",
+    "state",
+    "bytes_in",
+    "bytes_out",
+    "age_ms",
+    "sni",
+}
+
+
+@pytest.fixture
+def open_conn(topo, shuntd):
+    """One echo connection held open through shuntd."""
+    s = topo.app.connect(T.REMOTE4, 7000)
+    try:
+        assert sl.echo(s, b"held open\n") == b"held open\n"
+        sl.wait_until(lambda: shuntd.connections(), 5, what="the held connection listed")
+        yield s
+    finally:
+        s.close()
+
+
+def test_health_and_ready(shuntd):
+    assert shuntd.get("/health")[0] == 200
+    status, body = shuntd.get("/ready")
+    assert status == 200, body
+    assert shuntd.get("/no-such-endpoint")[0] == 404
+
+
+def test_admin_only_on_loopback(topo, shuntd):
+    """The admin port listens on 127.0.0.1 only: not reachable from the
+    other pod (and port 15003 is not captured either)."""
+    with pytest.raises(OSError):
+        topo.remote.connect(T.APP4, 15003, timeout=2).close()
+
+
+def test_metrics_pass_promtool(topo, shuntd):
+    # Some traffic first, so the counters have values.
+    for host in (T.REMOTE4, T.REMOTE6):
+        r = topo.app.curl(["-g", "http://%s:8080/m" % (host if ":" not in host else "[%s]" % host)])
+        assert r.returncode == 0, r.stderr
+    text = shuntd.metrics_text()
+    p = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert p.returncode == 0, p.stdout + p.stderr + "\n" + text
+    m = sl.parse_metrics(text)
+    names = {k[0] for k in m}
+    for fam in (
+        "shunt_connections_accepted_total",
+        "shunt_connections_active",
+        "shunt_bytes_total",
+        "shunt_protocol_detected_total",
+        "shunt_errors_total",
+        "shunt_original_dst_total",
+    ):
+        assert fam in names, fam
+    for d in ("inbound", "outbound"):
+        assert ("shunt_connections_accepted_total", (("direction", d),)) in m
+        assert ("shunt_connections_active", (("direction", d),)) in m
+    for d in ("upstream", "downstream"):
+        assert m[("shunt_bytes_total", (("direction", d),))] > 0
+    for proto in ("tcp", "http1", "http2", "grpc", "tls"):
+        assert ("shunt_protocol_detected_total", (("protocol", proto),)) in m
+    for res in ("ok", "not_redirected", "error"):
+        assert ("shunt_original_dst_total", (("result", res),)) in m
+    assert m[("shunt_protocol_detected_total", (("protocol", "http1"),))] >= 2
+
+
+def test_connections_json_shape(topo, shuntd, open_conn):
+    conns = shuntd.connections()
+    assert len(conns) == 1, conns
+    c = conns[0]
+    assert CONN_FIELDS <= set(c), set(c) ^ CONN_FIELDS
+    assert c["direction"] == "outbound"
+    assert sl.hostport(c["original_dst"]) == (T.REMOTE4, 7000)
+    assert sl.hostport(c["client"]) == tuple(open_conn.getsockname()[:2])
+    assert c["bytes_in"] >= 10 and c["bytes_out"] >= 10
+    assert c["age_ms"] >= 0
+    assert isinstance(c["worker"], int)
+
+
+def test_status_json_shape(shuntd):
+    st = shuntd.json("/status")
+    assert st["redirect_mode"] == "iptables"
+    assert st["ready"] is True
+    assert st["workers"] == 2
+    assert st["rules"]["installed"] is True
+    assert st["rules"]["ipv6"] is True
+    assert isinstance(st["listeners"], list) and st["listeners"]
+    assert json.dumps(st["listeners"]).count("15001") >= 1
+    assert json.dumps(st["listeners"]).count("15002") >= 1
+    for k in ("active", "accepted", "rejected"):
+        assert isinstance(st["connections"][k], int)
+
+
+def test_log_level_at_runtime(topo, shuntd):
+    assert shuntd.post("/admin/log-level", b"info")[0] == 200
+    assert shuntd.config_value("log_level")[0] == "info"
+    n = len(shuntd.log_lines())
+    assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"q") == b"q"
+    sl.wait_until(lambda: len(shuntd.log_lines()) > n, 5, what="access log line")
+    assert not [l for l in shuntd.log_lines()[n:] if l.get("level") == "debug"]
+
+    assert shuntd.post("/admin/log-level", b"debug")[0] == 200
+    assert shuntd.config_value("log_level")[0] == "debug"
+    n = len(shuntd.log_lines())
+    assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"q") == b"q"
+    sl.wait_until(
+        lambda: [l for l in shuntd.log_lines()[n:] if l.get("level") == "debug"],
+        5,
+        what="debug lines after switching to debug",
+    )
+    status, _ = shuntd.post("/admin/log-level", b"loud")
+    assert status == 400
+    assert shuntd.config_value("log_level")[0] == "debug"
+
+
+def test_log_lines_are_json(shuntd):
+    lines = shuntd.log_lines()
+    assert lines
+    rfc3339_us = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+    for l in lines:
+        assert "_raw" not in l, l
+        assert rfc3339_us.match(l["time"]), l
+        assert l["level"] in ("debug", "info", "warn", "error"), l
+        assert l["component"] and isinstance(l["msg"], str), l
+        if "conn" in l:
+            assert isinstance(l["conn"], int), l
+
+
+def ctl(pod, *args):
+    p = sl.shuntctl(pod, *args)
+    assert p.returncode == 0, (args, p.returncode, p.stdout, p.stderr)
+    return p.stdout
+
+
+def test_shuntctl_status(topo, shuntd):
+    text = ctl(topo.app, "status")
+    assert "iptables" in text
+    assert "15001" in text and "15002" in text
+    st = json.loads(ctl(topo.app, "--json", "status"))
+    assert st["redirect_mode"] == "iptables" and st["ready"] is True
+    assert st["rules"]["installed"] is True
+
+
+def test_shuntctl_rules(topo, shuntd):
+    # Traffic so that some counter moves.
+    assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"count me") == b"count me"
+    text = ctl(topo.app, "rules")
+    assert "SIDECAR_PROXY_INBOUND" in text and "SIDECAR_PROXY_OUTBOUND" in text
+    rules = json.loads(ctl(topo.app, "--json", "rules"))
+    for fam in ("ipv4", "ipv6"):
+        chains = {r["chain"] for r in rules[fam]}
+        assert {"SIDECAR_PROXY_INBOUND", "SIDECAR_PROXY_OUTBOUND"} <= chains, rules[fam]
+    redirects = [
+        r for r in rules["ipv4"] if r["chain"] == "SIDECAR_PROXY_OUTBOUND" and "15002" in r["rule"]
+    ]
+    assert redirects, rules["ipv4"]
+    assert sum(r["packets"] for r in redirects) >= 1
+
+
+def test_shuntctl_conns(topo, shuntd, open_conn):
+    text = ctl(topo.app, "conns")
+    assert "%s:7000" % T.REMOTE4 in text, text
+    assert "outbound" in text
+    data = json.loads(ctl(topo.app, "--json", "conns"))
+    assert [sl.hostport(c["original_dst"]) for c in data["connections"]] == [(T.REMOTE4, 7000)]
+
+
+def test_shuntctl_config(topo, shuntd):
+    cfg = json.loads(ctl(topo.app, "--json", "config"))
+    assert cfg["redirect"]["value"] == "iptables"
+    assert cfg["workers"] == {"value": 2, "source": "flag"}
+    assert cfg["inbound_port"] == {"value": 15001, "source": "default"}
+
+
+def test_shuntctl_unreachable_daemon(topo):
+    p = sl.shuntctl(topo.app, "--admin", "127.0.0.1:1", "status")
+    assert p.returncode == 1
+    assert p.stderr.startswith("shuntctl: ") and "127.0.0.1:1" in p.stderr, p.stderr
+
+
+def test_shuntctl_bad_usage(topo):
+    p = sl.shuntctl(topo.app, "frobnicate")
+    assert p.returncode == 2
+    assert "frobnicate" in p.stderr

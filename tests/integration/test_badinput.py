@@ -1,0 +1,240 @@
+"""Bad input: a bad configuration stops start-up with one clear line and
+exit code 2; bad bytes and bad peers on the data path get a clear log line
+and nothing else breaks."""
+
+import os
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+
+@pytest.fixture(scope="module")
+def lone_pod():
+    """A pod with only lo, for daemons that must refuse to start."""
+    p = sl.Pod("cfg")
+    try:
+        yield p
+    finally:
+        p.delete()
+
+
+def run_bad(pod, args, config_text=None):
+    """Runs shuntd expecting it to refuse its configuration."""
+    argv = [sl.SHUNTD]
+    if config_text is not None:
+        path = os.path.join(sl.tmpdir(), "bad.json")
+        with open(path, "w") as f:
+            f.write(config_text)
+        argv += ["--config", path]
+    argv += list(args)
+    p = pod.run(argv, timeout=20, check=False)
+    return p
+
+
+BAD_CONFIGS = [
+    # (id, flags, file contents, words the error line must contain)
+    ("malformed-json", [], '{"inbound_port": 15001,, }', ["config"]),
+    ("truncated-json", [], '{"timeouts": {"connect": "5s"', ["config"]),
+    ("port-out-of-range-flag", ["--inbound-port", "70000"], None, ["inbound", "70000"]),
+    ("port-zero-file", [], '{"outbound_port": 0}', ["outbound_port", "0"]),
+    ("port-negative", ["--admin-port", "-1"], None, ["admin", "-1"]),
+    ("unknown-key-file", [], '{"inbound_port": 15001, "no_such_key": 1}', ["no_such_key"]),
+    ("unknown-nested-key", [], '{"timeouts": {"conect": "5s"}}', ["conect"]),
+    ("unknown-flag", ["--no-such-flag", "1"], None, ["no-such-flag"]),
+    ("bad-duration", ["--drain-timeout", "banana"], None, ["drain", "banana"]),
+    ("bad-redirect", ["--redirect", "sideways"], None, ["redirect", "sideways"]),
+    ("bad-workers", ["--workers", "100000"], None, ["workers", "100000"]),
+    ("bad-cidr", ["--exclude-outbound-cidrs", "10.0.0.0/33"], None, ["10.0.0.0/33"]),
+    ("wrong-type", [], '{"inbound_port": "many"}', ["inbound_port"]),
+    ("missing-file", ["--config", "/nonexistent/shunt.json"], None, ["/nonexistent/shunt.json"]),
+]
+
+
+@pytest.mark.parametrize("flags,text,words", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_exits_2_with_one_line(lone_pod, flags, text, words):
+    p = run_bad(lone_pod, flags, text)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("config: "), lines[0]
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    # Nothing was set up on the way.
+    assert "SIDECAR_PROXY" not in lone_pod.iptables_save()
+    assert "SIDECAR_PROXY" not in lone_pod.iptables_save(v6=True)
+
+
+def accepted(d):
+    return d.metric("shunt_connections_accepted_total", default=0.0, direction="outbound")
+
+
+def proto_count(d, proto):
+    return d.metric("shunt_protocol_detected_total", default=0.0, protocol=proto)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        bytes([0x00, 0xFF, 0x13, 0x37]) + os.urandom(200),
+        b"\x16\x03\x01\x00\x05hello",  # a TLS record header, then not a ClientHello
+        b"GET\x00\xff not http at all\r\n\r\n",
+        b"G\x00\x01\x02\r\n\r\n",  # starts like GET, is not
+        b"\x00" * 3,
+    ],
+    ids=["binary", "fake-tls", "broken-http", "almost-get", "three-zeros"],
+)
+def test_garbage_before_protocol_is_relayed_as_tcp(topo, shuntd, payload):
+    """Bytes that match no protocol are relayed unchanged, as TCP."""
+    before = accepted(shuntd)
+    tcp_before = proto_count(shuntd, "tcp")
+    s = topo.app.connect(T.REMOTE4, 7000)
+    try:
+        assert sl.echo(s, payload) == payload
+        assert sl.echo(s, b"and more") == b"and more"
+    finally:
+        s.close()
+    assert accepted(shuntd) == before + 1
+    sl.wait_until(lambda: proto_count(shuntd, "tcp") == tcp_before + 1, 5, what="sniffed as tcp")
+
+
+def test_silent_client_is_relayed_after_detection_timeout(topo, shuntd):
+    """A client that sends nothing: after protocol_detection_timeout the
+    connection is TCP; a server-first greeting arrives; later bytes flow."""
+    tcp_before = proto_count(shuntd, "tcp")
+    s = topo.app.connect(T.REMOTE4, 2525)
+    try:
+        assert sl.recv_line(s, timeout=3) == b"220 greet ready\r\n"
+        # Default detection timeout is 100 ms; well past it:
+        sl.wait_until(lambda: proto_count(shuntd, "tcp") == tcp_before + 1, 5, what="tcp verdict")
+        c = [x for x in shuntd.connections() if sl.hostport(x["original_dst"]) == (T.REMOTE4, 2525)]
+        assert len(c) == 1 and c[0]["protocol"] == "tcp", c
+        # Client-first after the verdict: an HTTP request is still relayed
+        # byte for byte (the verdict stays tcp).
+        req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert sl.echo(s, req) == req
+    finally:
+        s.close()
+    s = topo.app.connect(T.REMOTE4, 7000)
+    try:
+        time.sleep(0.5)
+        assert sl.echo(s, b"late") == b"late"
+    finally:
+        s.close()
+
+
+def test_client_that_sends_nothing_and_closes(topo, shuntd):
+    before = accepted(shuntd)
+    for _ in range(5):
+        s = topo.app.connect(T.REMOTE4, 7000)
+        s.close()
+    assert accepted(shuntd) == before + 5
+    sl.wait_until(lambda: shuntd.connections() == [], 5, what="silent connections freed")
+    assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"ok") == b"ok"
+
+
+def test_upstream_reset_mid_stream(topo, shuntd):
+    """The server sends 64 KiB then resets (SO_LINGER 0). The client sees its
+    connection end (EOF or reset), shuntd logs it and serves others."""
+    n_lines = len(shuntd.log_lines())
+    s = topo.app.connect(T.REMOTE4, 7200)
+    got = 0
+    ended = None
+    try:
+        s.settimeout(10)
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                ended = "reset"
+                break
+            if not chunk:
+                ended = "eof"
+                break
+            got += len(chunk)
+    finally:
+        s.close()
+    assert ended in ("reset", "eof")
+    assert got <= 65536
+    lines = sl.wait_until(
+        lambda: [l for l in shuntd.log_lines()[n_lines:] if "reset" in l.get("msg", "").lower()],
+        5,
+        what="a log line about the reset",
+    )
+    assert any(l.get("conn") for l in lines), lines
+    assert shuntd.metric("shunt_errors_total", default=0.0, reason="upstream_reset") >= 1
+    # Others are served.
+    s2 = topo.app.connect(T.REMOTE4, 7000)
+    try:
+        assert sl.echo(s2, b"still serving") == b"still serving"
+    finally:
+        s2.close()
+    sl.wait_until(lambda: shuntd.connections() == [], 5, what="connections freed")
+
+
+def test_client_reset_mid_stream(topo, shuntd):
+    """A client that resets while data is in flight: shuntd logs it,
+    frees the connection, and serves others."""
+    n_lines = len(shuntd.log_lines())
+    s = topo.app.connect(T.REMOTE4, 7000)
+    s.sendall(os.urandom(512 * 1024))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    sl.wait_until(lambda: shuntd.connections() == [], 10, what="reset connection freed")
+    sl.wait_until(
+        lambda: [l for l in shuntd.log_lines()[n_lines:] if l.get("conn")],
+        5,
+        what="a log line for the reset connection",
+    )
+    s2 = topo.app.connect(T.REMOTE4, 7000)
+    try:
+        assert sl.echo(s2, b"still serving") == b"still serving"
+    finally:
+        s2.close()
+    assert shuntd.alive()
+
+
+def test_connect_refused_upstream(topo, shuntd):
+    """No server at the original destination: the client's connection is
+    closed, the error is counted and logged, shuntd keeps serving."""
+    n_lines = len(shuntd.log_lines())
+    s = topo.app.connect(T.REMOTE4, 7999)
+    try:
+        s.settimeout(10)
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        s.close()
+    sl.wait_until(
+        lambda: [l for l in shuntd.log_lines()[n_lines:] if "7999" in l.get("msg", "")],
+        5,
+        what="a log line naming the refused destination",
+    )
+    assert shuntd.metric("shunt_errors_total", default=0.0, reason="connect_refused") >= 1
+    assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"ok") == b"ok"
+
+
+def test_sigkill_of_a_peer_does_not_hurt_shuntd(topo, shuntd):
+    """A server process killed with connections open: the client connection
+    ends, shuntd keeps serving the other servers."""
+    p = topo.remote.spawn_peer("echo", "doomed", ["%s:7300" % T.REMOTE4])
+    s = topo.app.connect(T.REMOTE4, 7300)
+    try:
+        assert sl.echo(s, b"a") == b"a"
+        p.stop(signal.SIGKILL)
+        s.settimeout(10)
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        s.close()
+    assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"ok") == b"ok"
+    assert shuntd.alive()
