@@ -453,23 +453,50 @@ static bool is_our_chain(const char *s, size_t n)
                (n == strlen(IPT_CHAIN_OUTBOUND) && !memcmp(s, IPT_CHAIN_OUTBOUND, n));
 }
 
+/* Next whitespace-separated word of [*p, end), a "quoted string" counting
+ * as one word (iptables-save quotes comments with spaces). */
+static bool next_word(const char **p, const char *end, const char **w, size_t *wl)
+{
+        const char *s = *p;
+        while (s < end && *s == ' ')
+                s++;
+        if (s == end)
+                return false;
+        const char *e = s;
+        bool quoted = false;
+        while (e < end && (quoted || *e != ' ')) {
+                if (*e == '\\' && e + 1 < end)
+                        e++;
+                else if (*e == '"')
+                        quoted = !quoted;
+                e++;
+        }
+        *w = s;
+        *wl = (size_t)(e - s);
+        *p = e;
+        return true;
+}
+
+static bool word_is(const char *w, size_t wl, const char *lit)
+{
+        return wl == strlen(lit) && !memcmp(w, lit, wl);
+}
+
 /* The chain a rule jumps or goes to when it is one of ours, else NULL. */
 static const char *our_target(const char *spec, size_t len)
 {
-        static const char *const opts[] = {" -j ", " -g "};
-        static const char *const chains[] = {IPT_CHAIN_INBOUND, IPT_CHAIN_OUTBOUND};
-        for (size_t i = 0; i < 2; i++) {
-                for (size_t k = 0; k < 2; k++) {
-                        char needle[64];
-                        int nl = snprintf(needle, sizeof(needle), "%s%s", opts[i], chains[k]);
-                        const char *p = spec, *end = spec + len;
-                        while ((p = memmem(p, (size_t)(end - p), needle, (size_t)nl)) != NULL) {
-                                const char *after = p + nl;
-                                if (after == end || *after == ' ')
-                                        return chains[k];
-                                p = after;
-                        }
-                }
+        const char *p = spec, *end = spec + len, *w;
+        size_t wl;
+        while (next_word(&p, end, &w, &wl)) {
+                if (!word_is(w, wl, "-j") && !word_is(w, wl, "-g") && !word_is(w, wl, "--jump") &&
+                    !word_is(w, wl, "--goto"))
+                        continue;
+                if (!next_word(&p, end, &w, &wl))
+                        break;
+                if (word_is(w, wl, IPT_CHAIN_INBOUND))
+                        return IPT_CHAIN_INBOUND;
+                if (word_is(w, wl, IPT_CHAIN_OUTBOUND))
+                        return IPT_CHAIN_OUTBOUND;
         }
         return NULL;
 }
