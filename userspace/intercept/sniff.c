@@ -179,6 +179,10 @@ static void h2_inspect_headers(const struct fragment *frag, size_t nfrag, struct
                         }
                         if (!(flags & NGHTTP2_HD_INFLATE_EMIT) && inlen == 0)
                                 break; /* this fragment is consumed */
+                        if (!(flags & NGHTTP2_HD_INFLATE_EMIT) && n == 0) {
+                                done = true; /* no progress: give up, plain HTTP/2 */
+                                break;
+                        }
                 }
         }
         nghttp2_hd_inflate_del(inf);
