@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -751,6 +752,97 @@ static void test_traffic_redirect(void **state)
         assert_int_equal(RUN(NULL, NULL, "ip", "link", "del", "d0"), 0);
 }
 
+static char g_wrap_dir[64];
+static char g_saved_path[4096];
+
+/* Teardown: the real tools back in PATH, the wrapper gone. */
+static int unwrap(void **state)
+{
+        if (!g_wrap_dir[0] || strchr(g_wrap_dir, 'X'))
+                return 0;
+        setenv("PATH", g_saved_path, 1);
+        char f[128];
+        snprintf(f, sizeof(f), "%s/iptables-restore", g_wrap_dir);
+        unlink(f);
+        rmdir(g_wrap_dir);
+        snprintf(g_wrap_dir, sizeof(g_wrap_dir), "/tmp/shunt-ipt-XXXXXX");
+        return 0;
+}
+
+static void write_script(const char *dir, const char *name, const char *body)
+{
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(body, f);
+        fclose(f);
+        assert_int_equal(chmod(path, 0755), 0);
+}
+
+/* Failures of iptables-restore reach the caller with its stderr; a kernel
+ * without the comment match gets the rules without comments. The real
+ * tools are wrapped by scripts placed first in PATH. */
+static void test_restore_errors_and_comment_fallback(void **state)
+{
+        LIVE();
+        char *dir = g_wrap_dir;
+        assert_non_null(mkdtemp(dir));
+        const char *old = getenv("PATH");
+        snprintf(g_saved_path, sizeof(g_saved_path), "%s", old ? old : "");
+        char path[4096 + 64];
+        snprintf(path, sizeof(path), "%s:%s", dir, g_saved_path);
+        setenv("PATH", path, 1);
+
+        char err[512];
+        struct ipt_options o;
+        base_options(&o);
+        write_script(dir, "iptables-restore",
+                     "#!/bin/sh\ncat >/dev/null\necho 'line 7: bad rule here' >&2\nexit 2\n");
+        int rc = ipt_install(&o, err, sizeof(err));
+        assert_int_equal(rc, -EIO);
+        assert_non_null(strstr(err, "iptables-restore --noflush: exit status 2"));
+        assert_non_null(strstr(err, "line 7: bad rule here"));
+        assert_false(ipt_installed());
+
+        /* Missing comment match: retried without comments. */
+        write_script(dir, "iptables-restore",
+                     "#!/bin/sh\nin=$(cat)\n"
+                     "if printf '%s' \"$in\" | grep -q -- '-m comment'; then\n"
+                     "  echo \"iptables-restore: Couldn't load match 'comment'\" >&2; exit 2\n"
+                     "fi\n"
+                     "printf '%s\\n' \"$in\" | exec /usr/sbin/iptables-restore \"$@\"\n");
+        rc = ipt_install(&o, err, sizeof(err));
+        if (rc)
+                fail_msg("install without comment match: %s", err);
+        assert_true(ipt_installed());
+        char *s = nat_save(false);
+        assert_null(strstr(s, "comment"));
+        assert_int_equal(count_line(s, "-A PREROUTING -p tcp -j SIDECAR_PROXY_INBOUND"), 1);
+        assert_int_equal(count_line(s, "-A OUTPUT -p tcp -j SIDECAR_PROXY_OUTBOUND"), 1);
+        free(s);
+        s = nat_save(true); /* ip6tables-restore was not wrapped: comments there */
+        assert_int_equal(count_line(s, JUMP_IN), 1);
+        free(s);
+
+        /* Removal failing is reported too. */
+        write_script(dir, "iptables-restore",
+                     "#!/bin/sh\ncat >/dev/null\necho 'permission denied (you must be root)' >&2\n"
+                     "exit 4\n");
+        rc = ipt_remove(err, sizeof(err));
+        assert_true(rc < 0);
+        assert_non_null(strstr(err, "you must be root"));
+
+        unwrap(NULL);
+        assert_int_equal(ipt_remove(err, sizeof(err)), 0);
+        assert_nothing_left(false);
+        assert_nothing_left(true);
+
+        o.inbound_port = 0;
+        assert_int_equal(ipt_install(&o, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "inbound_port 0"));
+}
+
 static int write_sysctl(const char *path, const char *v)
 {
         FILE *f = fopen(path, "w");
@@ -816,6 +908,7 @@ int main(void)
         snprintf(newpath, sizeof(newpath), "%s:/usr/sbin:/sbin", path ? path : "/usr/bin:/bin");
         setenv("PATH", newpath, 1);
 
+        snprintf(g_wrap_dir, sizeof(g_wrap_dir), "/tmp/shunt-ipt-XXXXXX");
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_render_v4),
             cmocka_unit_test(test_render_v6),
@@ -826,6 +919,7 @@ int main(void)
             cmocka_unit_test(test_remove_idempotent),
             cmocka_unit_test(test_dump_json),
             cmocka_unit_test(test_traffic_redirect),
+            cmocka_unit_test_teardown(test_restore_errors_and_comment_fallback, unwrap),
             cmocka_unit_test(test_ipv6_disabled_skipped),
         };
         return cmocka_run_group_tests(tests, enter_namespace, NULL);

@@ -208,11 +208,25 @@ static int run_cmd(char *const argv[], const char *input, size_t inlen, struct s
         if (timed_out || out_open || err_open)
                 kill(pid, SIGKILL);
 
+        /* The child may have closed its output and still be running: wait
+         * for it until the same deadline, then kill it. */
         int status = 0;
-        while (waitpid(pid, &status, 0) < 0) {
-                if (errno != EINTR) {
+        for (;;) {
+                pid_t w = waitpid(pid, &status, timed_out ? 0 : WNOHANG);
+                if (w == pid)
+                        break;
+                if (w < 0 && errno != EINTR) {
                         rc = -errno;
                         goto out_close;
+                }
+                if (w == 0) {
+                        if (now_ms() >= deadline) {
+                                timed_out = true;
+                                kill(pid, SIGKILL);
+                        } else {
+                                struct timespec ts = {0, 2 * 1000 * 1000};
+                                nanosleep(&ts, NULL);
+                        }
                 }
         }
         int exec_errno = 0;
@@ -603,15 +617,20 @@ static int read_state(const struct family_tools *ft, struct nat_state *st, char 
 
 static int remove_family(const struct family_tools *ft, char *err, size_t errlen)
 {
-        int rc = 0;
-        for (int attempt = 0; attempt < REMOVE_TRIES; attempt++) {
+        char errmsg[512] = "";
+        int last = 0; /* the latest restore's result */
+        for (int attempt = 0;; attempt++) {
                 struct nat_state st;
-                rc = read_state(ft, &st, err, errlen);
+                int rc = read_state(ft, &st, err, errlen);
                 if (rc < 0)
                         return rc;
                 if (!st.have_inbound && !st.have_outbound && st.refs == 0) {
                         strbuf_free(&st.deletes);
                         return 0;
+                }
+                if (attempt == REMOVE_TRIES) {
+                        strbuf_free(&st.deletes);
+                        break;
                 }
                 struct strbuf in;
                 strbuf_init(&in);
@@ -629,24 +648,28 @@ static int remove_family(const struct family_tools *ft, char *err, size_t errlen
                         strbuf_append(&in, "-X " IPT_CHAIN_OUTBOUND "\n");
                 strbuf_append(&in, "COMMIT\n");
                 strbuf_free(&st.deletes);
-                rc = in.truncated ? -ENOMEM : run_restore(ft, &in, err, errlen, NULL);
+                last = in.truncated ? -ENOMEM : run_restore(ft, &in, errmsg, sizeof(errmsg), NULL);
                 strbuf_free(&in);
+                if (last == -ENOENT || last == -ENOMEM)
+                        break;
                 /* On failure the state may have changed under us: read it again. */
         }
-        if (rc == 0) {
-                snprintf(err, errlen, "%s: chains %s/%s still present after %d attempts",
-                         ft->restore, IPT_CHAIN_INBOUND, IPT_CHAIN_OUTBOUND, REMOVE_TRIES);
-                rc = -EBUSY;
+        if (last < 0) {
+                snprintf(err, errlen, "%s", errmsg);
+                return last;
         }
-        return rc;
+        snprintf(err, errlen, "%s: chains %s/%s still present after %d attempts", ft->restore,
+                 IPT_CHAIN_INBOUND, IPT_CHAIN_OUTBOUND, REMOVE_TRIES);
+        return -EBUSY;
 }
 
 static int install_family(const struct ipt_options *o, const struct family_tools *ft, char *err,
                           size_t errlen)
 {
         bool comments = !o->no_comments;
+        char errmsg[512] = "";
         bool restored = false;
-        int rc = 0;
+        int rc = 0, last = 0; /* last: the latest restore's result */
         for (int attempt = 0;; attempt++) {
                 struct nat_state st;
                 rc = read_state(ft, &st, err, errlen);
@@ -671,14 +694,18 @@ static int install_family(const struct ipt_options *o, const struct family_tools
                 render(o, ft->family, st.deletes.data, comments, &in);
                 strbuf_free(&st.deletes);
                 bool comment_missing = false;
-                rc = in.truncated ? -ENOMEM : run_restore(ft, &in, err, errlen, &comment_missing);
+                last = in.truncated
+                           ? -ENOMEM
+                           : run_restore(ft, &in, errmsg, sizeof(errmsg), &comment_missing);
                 strbuf_free(&in);
-                if (rc == 0) {
+                if (last == 0) {
                         restored = true;
                         continue;
                 }
-                if (rc == -ENOENT || rc == -ENOMEM)
-                        return rc;
+                if (last == -ENOENT || last == -ENOMEM) {
+                        snprintf(err, errlen, "%s", errmsg);
+                        return last;
+                }
                 if (comment_missing && comments) {
                         log_warn(COMP, 0,
                                  "%s: the comment match is not available; rules go in without "
@@ -689,14 +716,15 @@ static int install_family(const struct ipt_options *o, const struct family_tools
                 /* Otherwise the table may have changed between save and restore:
                  * read it again and retry. */
         }
-        if (rc == 0) {
-                snprintf(err, errlen,
-                         "%s: rules did not settle after %d attempts (something else edits the "
-                         "nat table)",
-                         ft->restore, INSTALL_TRIES);
-                rc = -EBUSY;
+        if (last < 0) {
+                snprintf(err, errlen, "%s", errmsg);
+                return last;
         }
-        return rc;
+        snprintf(err, errlen,
+                 "%s: rules did not settle after %d attempts (something else edits the nat "
+                 "table)",
+                 ft->restore, INSTALL_TRIES);
+        return -EBUSY;
 }
 
 /* IPv6 is usable when the stack is on in this network namespace. */
@@ -754,6 +782,7 @@ int ipt_install(const struct ipt_options *o, char *err, size_t errlen)
                 }
                 log_info(COMP, 0, "ipv6: installed %s -> %u and %s -> %u", IPT_CHAIN_INBOUND,
                          o->inbound_port, IPT_CHAIN_OUTBOUND, o->outbound_port);
+                err[0] = '\0';
                 return 0;
         }
         if (o->ipv6)
@@ -763,6 +792,7 @@ int ipt_install(const struct ipt_options *o, char *err, size_t errlen)
         rc = remove_family(&FAM_V6, ignored, sizeof(ignored));
         if (rc < 0 && rc != -ENOENT)
                 log_warn(COMP, 0, "ipv6: could not remove stale chains: %s", ignored);
+        err[0] = '\0';
         return 0;
 }
 
