@@ -1,0 +1,1412 @@
+/* Configuration: one table of key descriptors drives defaults, the JSON file,
+ * the environment, the flags, validation messages, --help and the dump. */
+#include "core/config.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/strbuf.h"
+
+#define CONFIG_FILE_MAX (4u << 20) /* a config file larger than this is refused */
+#define WORKERS_MAX     256
+#define SHOW_MAX        64 /* bytes of a bad value quoted in an error */
+#define KEY_MAX         128
+#define MS_PER_HOUR     3600000LL
+#define LB_WEIGHT_MAX   65535
+
+enum ktype {
+        K_PORT,    /* uint16_t 1..65535 */
+        K_INT,     /* int, min..max */
+        K_U32,     /* uint32_t, min..max */
+        K_MARK,    /* uint32_t, decimal or 0x hex */
+        K_BYTES,   /* uint32_t, integer bytes or with a KiB/MiB suffix */
+        K_ADDR,    /* char[], an IPv4 or IPv6 address */
+        K_STR,     /* char[] */
+        K_ENUM,    /* enum (int): index into names */
+        K_STRENUM, /* char[]: one of names */
+        K_DUR_MS,  /* uint32_t milliseconds, min..max in ms */
+        K_DUR_S,   /* uint32_t seconds, min..max in ms, whole seconds */
+        K_PORTS,   /* uint16_t[CONFIG_MAX_EXCLUDES] + size_t count */
+        K_CIDRS,   /* struct cidr[CONFIG_MAX_EXCLUDES] + size_t count */
+        K_WEIGHTS, /* JSON object name -> weight, validated, not stored */
+};
+
+#define KF_SECRET       0x1 /* never shown: dump and errors say <redacted> */
+#define KF_NONEMPTY     0x2
+#define KF_TRUST_DOMAIN 0x4 /* SPIFFE trust domain characters */
+#define KF_FILE_ONLY    0x8 /* no flag, not in the dump */
+
+struct key_desc {
+        const char *path; /* dotted JSON path */
+        const char *env;  /* environment variable or NULL */
+        enum ktype type;
+        size_t off, size; /* the field in struct shunt_config */
+        size_t count_off; /* lists: the size_t count */
+        long long min, max;
+        const char *const *names;    /* enums: allowed spellings, index = value */
+        const char *const *reserved; /* enums: spellings known but not built yet */
+        const char *reserved_why;
+        const char *def;  /* default, as text parsed like a flag; NULL = zero/empty */
+        const char *note; /* appended to the description of what is allowed */
+        unsigned flags;
+};
+
+#define FIELD(f)                                                                                   \
+        .off = offsetof(struct shunt_config, f), .size = sizeof(((struct shunt_config *)0)->f)
+#define LIST(f, n) FIELD(f), .count_off = offsetof(struct shunt_config, n)
+
+static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
+static const char *const redirect_names[] = {"iptables", "off", NULL};
+static const char *const redirect_future[] = {"auto", "ebpf", NULL};
+static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
+static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
+static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
+static const char *const lb_names[] = {"round_robin", "least_connections", "weighted",
+                                       "consistent_hash", NULL};
+
+/* clang-format off */
+static const struct key_desc keys[] = {
+        {.path = "inbound_port", .env = "SIDECAR_INBOUND_PORT", .type = K_PORT, FIELD(inbound_port), .def = "15001"},
+        {.path = "outbound_port", .env = "SIDECAR_OUTBOUND_PORT", .type = K_PORT, FIELD(outbound_port), .def = "15002"},
+        {.path = "admin_port", .env = "SIDECAR_ADMIN_PORT", .type = K_PORT, FIELD(admin_port), .def = "15003"},
+        {.path = "bind_address", .env = "SIDECAR_BIND_ADDRESS", .type = K_ADDR, FIELD(bind_address), .def = "0.0.0.0"},
+        {.path = "admin_address", .env = "SIDECAR_ADMIN_ADDRESS", .type = K_ADDR, FIELD(admin_address), .def = "127.0.0.1"},
+        {.path = "workers", .env = "SHUNT_WORKERS", .type = K_INT, FIELD(workers), .min = 0, .max = WORKERS_MAX,
+         .def = "0", .note = "0 = one per online CPU"},
+        {.path = "log_level", .env = "SHUNT_LOG_LEVEL", .type = K_ENUM, FIELD(log_level), .names = log_level_names,
+         .def = "info"},
+        {.path = "redirect", .env = "SHUNT_REDIRECT", .type = K_ENUM, FIELD(redirect), .names = redirect_names,
+         .reserved = redirect_future, .reserved_why = "needs eBPF capture, which is not built yet", .def = "iptables"},
+        {.path = "proxy_mark", .type = K_MARK, FIELD(proxy_mark), .min = 1, .max = UINT32_MAX, .def = "0x539"},
+        {.path = "proxy_uid", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX, .def = "-1",
+         .note = "-1 = automatic"},
+        {.path = "exclude_inbound_ports", .type = K_PORTS, LIST(exclude_inbound_ports, n_exclude_inbound_ports),
+         .def = "22"},
+        {.path = "exclude_outbound_ports", .type = K_PORTS, LIST(exclude_outbound_ports, n_exclude_outbound_ports)},
+        {.path = "exclude_outbound_cidrs", .type = K_CIDRS, LIST(exclude_outbound_cidrs, n_exclude_outbound_cidrs)},
+        {.path = "outbound_policy", .env = "SHUNT_OUTBOUND_POLICY", .type = K_ENUM, FIELD(outbound_policy),
+         .names = policy_names, .def = "allow_any"},
+        {.path = "protocol_detection_timeout", .env = "SHUNT_PROTOCOL_DETECTION_TIMEOUT", .type = K_DUR_MS,
+         FIELD(protocol_detection_timeout_ms), .min = 1, .max = 10000, .def = "100ms"},
+        {.path = "drain_timeout", .env = "SHUNT_DRAIN_TIMEOUT", .type = K_DUR_MS, FIELD(drain_timeout_ms),
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "30s"},
+        {.path = "max_connections", .type = K_U32, FIELD(max_connections), .min = 1, .max = 1048576, .def = "65536"},
+        {.path = "buffer_size", .type = K_BYTES, FIELD(buffer_size), .min = 4096, .max = 16777216, .def = "65536"},
+        {.path = "timeouts.connect", .env = "CONNECT_TIMEOUT", .type = K_DUR_MS, FIELD(connect_timeout_ms),
+         .min = 1, .max = 24 * MS_PER_HOUR, .def = "30s"},
+        {.path = "timeouts.request", .env = "REQUEST_TIMEOUT", .type = K_DUR_MS, FIELD(request_timeout_ms),
+         .min = 1, .max = 24 * MS_PER_HOUR, .def = "30s"},
+        {.path = "timeouts.idle_timeout", .env = "IDLE_TIMEOUT", .type = K_DUR_MS, FIELD(idle_timeout_ms),
+         .min = 1, .max = 24 * MS_PER_HOUR, .def = "60s"},
+        {.path = "service_discovery.type", .env = "SERVICE_DISCOVERY_TYPE", .type = K_STRENUM, FIELD(sd_type),
+         .names = sd_names, .def = "file"},
+        {.path = "service_discovery.file.path", .type = K_STR, FIELD(sd_file_path)},
+        {.path = "service_discovery.kubernetes.kubeconfig_path", .env = "KUBECONFIG_PATH", .type = K_STR,
+         FIELD(k8s_kubeconfig)},
+        {.path = "service_discovery.kubernetes.namespace", .env = "KUBERNETES_NAMESPACE", .type = K_STR,
+         FIELD(k8s_namespace), .def = "default", .flags = KF_NONEMPTY},
+        {.path = "service_discovery.kubernetes.label_selector", .env = "KUBERNETES_LABEL_SELECTOR", .type = K_STR,
+         FIELD(k8s_label_selector)},
+        {.path = "service_discovery.consul.address", .env = "CONSUL_ADDRESS", .type = K_STR, FIELD(consul_address),
+         .def = "localhost:8500", .flags = KF_NONEMPTY},
+        {.path = "service_discovery.consul.token", .env = "CONSUL_TOKEN", .type = K_STR, FIELD(consul_token),
+         .flags = KF_SECRET},
+        {.path = "service_discovery.consul.datacenter", .env = "CONSUL_DATACENTER", .type = K_STR,
+         FIELD(consul_datacenter), .def = "dc1", .flags = KF_NONEMPTY},
+        {.path = "mtls.trust_domain", .env = "TRUST_DOMAIN", .type = K_STR, FIELD(trust_domain),
+         .def = "cluster.local", .flags = KF_NONEMPTY | KF_TRUST_DOMAIN},
+        {.path = "mtls.cert_rotation", .env = "CERT_ROTATION_INTERVAL", .type = K_DUR_S, FIELD(cert_rotation_s),
+         .min = 1000, .max = 8760 * MS_PER_HOUR, .def = "24h"},
+        {.path = "mtls.ca_bundle", .env = "CA_BUNDLE_PATH", .type = K_STR, FIELD(ca_bundle)},
+        {.path = "mtls.certificate_file", .env = "CERTIFICATE_FILE", .type = K_STR, FIELD(certificate_file)},
+        {.path = "mtls.private_key_file", .env = "PRIVATE_KEY_FILE", .type = K_STR, FIELD(private_key_file)},
+        {.path = "mtls.mode", .env = "MTLS_MODE", .type = K_ENUM, FIELD(mtls_mode), .names = mtls_names,
+         .def = "permissive"},
+        {.path = "load_balancing.algorithm", .env = "LOAD_BALANCING_ALGORITHM", .type = K_STRENUM,
+         FIELD(lb_algorithm), .names = lb_names, .def = "round_robin"},
+        {.path = "load_balancing.hash_key", .type = K_STR, FIELD(lb_hash_key), .def = "X-Request-Key",
+         .flags = KF_NONEMPTY},
+        /* The seed's per-service weights map. Weights are carried by the service
+         * registry (each endpoint's "weight"), so this is validated and not stored. */
+        {.path = "load_balancing.weights", .type = K_WEIGHTS, .min = 0, .max = LB_WEIGHT_MAX, .flags = KF_FILE_ONLY},
+};
+/* clang-format on */
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields are stored as int");
+_Static_assert(sizeof(enum redirect_mode) == sizeof(int), "enum fields are stored as int");
+_Static_assert(sizeof(enum mtls_mode) == sizeof(int), "enum fields are stored as int");
+_Static_assert(sizeof(enum outbound_policy) == sizeof(int), "enum fields are stored as int");
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static void *field(struct shunt_config *c, const struct key_desc *d)
+{
+        return (char *)c + d->off;
+}
+
+static const void *cfield(const struct shunt_config *c, const struct key_desc *d)
+{
+        return (const char *)c + d->off;
+}
+
+static size_t *count_field(struct shunt_config *c, const struct key_desc *d)
+{
+        return (size_t *)(void *)((char *)c + d->count_off);
+}
+
+static size_t ccount(const struct shunt_config *c, const struct key_desc *d)
+{
+        return *(const size_t *)(const void *)((const char *)c + d->count_off);
+}
+
+/* "timeouts.idle_timeout" -> "timeouts.idle-timeout" */
+static void flag_name(const struct key_desc *d, char *buf, size_t n)
+{
+        size_t i = 0;
+        for (; d->path[i] && i + 1 < n; i++)
+                buf[i] = d->path[i] == '_' ? '-' : d->path[i];
+        buf[i] = '\0';
+}
+
+static const struct key_desc *find_key(const char *path)
+{
+        for (size_t i = 0; i < NKEYS; i++)
+                if (!strcmp(keys[i].path, path))
+                        return &keys[i];
+        return NULL;
+}
+
+static size_t key_index(const struct key_desc *d)
+{
+        return (size_t)(d - keys);
+}
+
+/* True when some key lies below prefix ("timeouts" for "timeouts.connect"). */
+static bool is_group(const char *prefix)
+{
+        size_t n = strlen(prefix);
+        for (size_t i = 0; i < NKEYS; i++)
+                if (!strncmp(keys[i].path, prefix, n) && keys[i].path[n] == '.')
+                        return true;
+        return false;
+}
+
+/* The distinct names directly below prefix ("" = top level), comma separated. */
+static void children_of(const char *prefix, char *buf, size_t n)
+{
+        struct strbuf sb;
+        strbuf_init_static(&sb, buf, n);
+        size_t plen = strlen(prefix);
+        for (size_t i = 0; i < NKEYS; i++) {
+                const char *p = keys[i].path;
+                if (plen) {
+                        if (strncmp(p, prefix, plen) || p[plen] != '.')
+                                continue;
+                        p += plen + 1;
+                }
+                size_t seg = strcspn(p, ".");
+                /* skip a name already listed by an earlier key */
+                bool dup = false;
+                for (size_t j = 0; j < i && !dup; j++) {
+                        const char *q = keys[j].path;
+                        if (plen) {
+                                if (strncmp(q, prefix, plen) || q[plen] != '.')
+                                        continue;
+                                q += plen + 1;
+                        }
+                        dup = strcspn(q, ".") == seg && !strncmp(p, q, seg);
+                }
+                if (dup)
+                        continue;
+                if (sb.len)
+                        strbuf_append(&sb, ", ");
+                strbuf_appendn(&sb, p, seg);
+        }
+}
+
+static void join_names(const char *const *names, char *buf, size_t n)
+{
+        struct strbuf sb;
+        strbuf_init_static(&sb, buf, n);
+        for (size_t i = 0; names[i]; i++)
+                strbuf_appendf(&sb, "%s%s", i ? ", " : "", names[i]);
+}
+
+/* 90061001 -> "25h1m1s1ms"; 0 -> "0s" */
+static void fmt_duration(uint64_t ms, char *buf, size_t n)
+{
+        struct strbuf sb;
+        strbuf_init_static(&sb, buf, n);
+        if (!ms) {
+                strbuf_append(&sb, "0s");
+                return;
+        }
+        uint64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, r = ms % 1000;
+        if (h)
+                strbuf_appendf(&sb, "%lluh", (unsigned long long)h);
+        if (m)
+                strbuf_appendf(&sb, "%llum", (unsigned long long)m);
+        if (s)
+                strbuf_appendf(&sb, "%llus", (unsigned long long)s);
+        if (r)
+                strbuf_appendf(&sb, "%llums", (unsigned long long)r);
+}
+
+/* What a key accepts, for error messages and --help. */
+static void describe(const struct key_desc *d, char *buf, size_t n)
+{
+        char a[256], b[32], c[32];
+        switch (d->type) {
+        case K_PORT:
+                snprintf(buf, n, "expected a port 1..65535");
+                break;
+        case K_INT:
+        case K_U32:
+                snprintf(buf, n, "expected an integer %lld..%lld%s%s", d->min, d->max,
+                         d->note ? ", " : "", d->note ? d->note : "");
+                break;
+        case K_MARK:
+                snprintf(buf, n, "expected a mark 1..0xffffffff (decimal or 0x hex)");
+                break;
+        case K_BYTES:
+                snprintf(buf, n, "expected a size in bytes %lld..%lld (e.g. 65536, 64KiB, 1MiB)",
+                         d->min, d->max);
+                break;
+        case K_ADDR:
+                snprintf(buf, n, "expected an IPv4 or IPv6 address");
+                break;
+        case K_STR:
+                if (d->flags & KF_TRUST_DOMAIN)
+                        snprintf(buf, n,
+                                 "expected a trust domain of lowercase letters, digits, '.', '-', "
+                                 "'_' (1..%zu bytes)",
+                                 d->size - 1);
+                else
+                        snprintf(buf, n, "expected a %sstring of at most %zu bytes",
+                                 d->flags & KF_NONEMPTY ? "non-empty " : "", d->size - 1);
+                break;
+        case K_ENUM:
+        case K_STRENUM:
+                join_names(d->names, a, sizeof(a));
+                snprintf(buf, n, "allowed: %s", a);
+                break;
+        case K_DUR_MS:
+        case K_DUR_S:
+                fmt_duration((uint64_t)d->min, b, sizeof(b));
+                fmt_duration((uint64_t)d->max, c, sizeof(c));
+                snprintf(buf, n,
+                         "expected a duration %s..%s%s (e.g. 100ms, 1.5s, 1m30s; a bare integer is "
+                         "seconds)",
+                         b, c, d->type == K_DUR_S ? " in whole seconds" : "");
+                break;
+        case K_PORTS:
+                snprintf(buf, n,
+                         "expected at most %d ports 1..65535 (a JSON array, or comma-separated)",
+                         CONFIG_MAX_EXCLUDES);
+                break;
+        case K_CIDRS:
+                snprintf(buf, n,
+                         "expected at most %d CIDRs like 10.0.0.0/8 or fd00::/8 (a JSON array, or "
+                         "comma-separated)",
+                         CONFIG_MAX_EXCLUDES);
+                break;
+        case K_WEIGHTS:
+                snprintf(buf, n, "expected an object of name: integer weight %lld..%lld", d->min,
+                         d->max);
+                break;
+        }
+}
+
+/* ---- errors -------------------------------------------------------------- */
+
+struct ctx {
+        struct shunt_config *c;
+        char *err;
+        size_t errlen;
+};
+
+static void errf(struct ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void errf(struct ctx *x, const char *fmt, ...)
+{
+        if (!x->err || !x->errlen)
+                return;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(x->err, x->errlen, fmt, ap);
+        va_end(ap);
+}
+
+static void label(const struct key_desc *d, enum config_source src, char *buf, size_t n)
+{
+        char f[KEY_MAX];
+        switch (src) {
+        case CONFIG_SRC_ENV:
+                snprintf(buf, n, "%s (env)", d->env);
+                break;
+        case CONFIG_SRC_FLAG:
+                flag_name(d, f, sizeof(f));
+                snprintf(buf, n, "--%s", f);
+                break;
+        case CONFIG_SRC_DEFAULT:
+                snprintf(buf, n, "%s (built-in default)", d->path);
+                break;
+        case CONFIG_SRC_FILE:
+                snprintf(buf, n, "%s", d->path);
+                break;
+        }
+}
+
+/* A bad value, shortened and with control characters escaped. */
+static void show(const struct key_desc *d, const char *v, char *buf, size_t n)
+{
+        struct strbuf sb;
+        strbuf_init_static(&sb, buf, n);
+        if (d && (d->flags & KF_SECRET)) {
+                strbuf_append(&sb, "<redacted>");
+                return;
+        }
+        if (!*v) {
+                strbuf_append(&sb, "\"\"");
+                return;
+        }
+        size_t i = 0;
+        for (; v[i] && i < SHOW_MAX; i++) {
+                unsigned char ch = (unsigned char)v[i];
+                if (ch < 0x20 || ch == 0x7f)
+                        strbuf_appendf(&sb, "\\x%02x", ch);
+                else
+                        strbuf_appendn(&sb, &v[i], 1);
+        }
+        if (v[i])
+                strbuf_append(&sb, "...");
+}
+
+/* "config: <label>: <value>: <what>" ; what defaults to describe(d). */
+static int bad(struct ctx *x, const struct key_desc *d, enum config_source src, const char *value,
+               const char *what)
+{
+        char l[KEY_MAX + 16], v[SHOW_MAX * 4 + 8], w[512];
+        label(d, src, l, sizeof(l));
+        show(d, value, v, sizeof(v));
+        if (!what) {
+                describe(d, w, sizeof(w));
+                what = w;
+        }
+        errf(x, "config: %s: %s: %s", l, v, what);
+        return -EINVAL;
+}
+
+/* ---- parsing single values ----------------------------------------------- */
+
+/* Strict decimal (or 0x hex when hex): no spaces, no '+', no junk. */
+static bool parse_ll(const char *s, bool hex, long long *out)
+{
+        int base = 10;
+        const char *p = s;
+        if (hex && p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+                base = 16;
+                p += 2;
+                if (!*p || p[strspn(p, "0123456789abcdefABCDEF")])
+                        return false;
+        } else if (!isdigit((unsigned char)*p) && !(*p == '-' && isdigit((unsigned char)p[1]))) {
+                return false;
+        }
+        errno = 0;
+        char *end;
+        long long v = strtoll(p, &end, base);
+        if (errno || *end || end == p)
+                return false;
+        *out = v;
+        return true;
+}
+
+static bool parse_bytes(const char *s, long long *out)
+{
+        size_t n = strspn(s, "0123456789");
+        if (!n || n > 12)
+                return false;
+        char num[16];
+        memcpy(num, s, n);
+        num[n] = '\0';
+        long long v = strtoll(num, NULL, 10);
+        const char *u = s + n;
+        if (!strcmp(u, "") || !strcmp(u, "B"))
+                ;
+        else if (!strcmp(u, "K") || !strcmp(u, "KiB"))
+                v *= 1024;
+        else if (!strcmp(u, "M") || !strcmp(u, "MiB"))
+                v *= 1024 * 1024;
+        else
+                return false;
+        *out = v;
+        return true;
+}
+
+static bool valid_trust_domain(const char *s)
+{
+        for (; *s; s++)
+                if (!islower((unsigned char)*s) && !isdigit((unsigned char)*s) &&
+                    !strchr(".-_", *s))
+                        return false;
+        return true;
+}
+
+static int store_string(struct ctx *x, const struct key_desc *d, enum config_source src,
+                        const char *text, const char *display)
+{
+        size_t len = strlen(text);
+        if (len >= d->size || ((d->flags & KF_NONEMPTY) && !len) ||
+            ((d->flags & KF_TRUST_DOMAIN) && !valid_trust_domain(text)))
+                return bad(x, d, src, display, NULL);
+        memcpy(field(x->c, d), text, len + 1);
+        return 0;
+}
+
+static int store_enum(struct ctx *x, const struct key_desc *d, enum config_source src,
+                      const char *text, const char *display)
+{
+        for (int i = 0; d->names[i]; i++) {
+                if (strcmp(text, d->names[i]))
+                        continue;
+                if (d->type == K_ENUM)
+                        *(int *)field(x->c, d) = i;
+                else
+                        snprintf(field(x->c, d), d->size, "%s", text);
+                return 0;
+        }
+        for (int i = 0; d->reserved && d->reserved[i]; i++) {
+                if (strcmp(text, d->reserved[i]))
+                        continue;
+                char names[256], what[400];
+                join_names(d->names, names, sizeof(names));
+                snprintf(what, sizeof(what), "%s; allowed: %s", d->reserved_why, names);
+                return bad(x, d, src, display, what);
+        }
+        return bad(x, d, src, display, NULL);
+}
+
+/* One element of a list key, stored at index i. */
+static int store_elem(struct ctx *x, const struct key_desc *d, enum config_source src,
+                      const char *text, const char *display, size_t i)
+{
+        if (i >= CONFIG_MAX_EXCLUDES)
+                return bad(x, d, src, display, NULL);
+        if (d->type == K_PORTS) {
+                long long v;
+                if (!parse_ll(text, false, &v) || v < 1 || v > 65535)
+                        return bad(x, d, src, display, NULL);
+                ((uint16_t *)field(x->c, d))[i] = (uint16_t)v;
+        } else {
+                if (parse_cidr(text, &((struct cidr *)field(x->c, d))[i]))
+                        return bad(x, d, src, display, NULL);
+        }
+        *count_field(x->c, d) = i + 1;
+        return 0;
+}
+
+/* A comma-separated list; spaces around elements are ignored; "" = empty. */
+static int store_list_text(struct ctx *x, const struct key_desc *d, enum config_source src,
+                           const char *text)
+{
+        *count_field(x->c, d) = 0;
+        const char *p = text;
+        while (*p == ' ' || *p == '\t')
+                p++;
+        if (!*p)
+                return 0;
+        for (size_t i = 0;; i++) {
+                const char *end = strchr(p, ',');
+                size_t n = end ? (size_t)(end - p) : strlen(p);
+                char elem[96];
+                while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+                        n--;
+                if (n >= sizeof(elem))
+                        n = sizeof(elem) - 1;
+                memcpy(elem, p, n);
+                elem[n] = '\0';
+                int rc = store_elem(x, d, src, elem, n ? elem : text, i);
+                if (rc)
+                        return rc;
+                if (!end)
+                        return 0;
+                p = end + 1;
+                while (*p == ' ' || *p == '\t')
+                        p++;
+        }
+}
+
+/* Sets key d from text (default, environment or flag; the file path converts
+ * its JSON value to text first). display is what an error shows. */
+static int set_text(struct ctx *x, const struct key_desc *d, enum config_source src,
+                    const char *text, const char *display)
+{
+        long long v;
+        uint64_t ms;
+        if (!display)
+                display = text;
+        switch (d->type) {
+        case K_PORT:
+                if (!parse_ll(text, false, &v) || v < 1 || v > 65535)
+                        return bad(x, d, src, display, NULL);
+                *(uint16_t *)field(x->c, d) = (uint16_t)v;
+                break;
+        case K_INT:
+        case K_U32:
+        case K_MARK:
+        case K_BYTES:
+                if (d->type == K_BYTES ? !parse_bytes(text, &v)
+                                       : !parse_ll(text, d->type == K_MARK, &v))
+                        return bad(x, d, src, display, NULL);
+                if (v < d->min || v > d->max)
+                        return bad(x, d, src, display, NULL);
+                if (d->type == K_INT)
+                        *(int *)field(x->c, d) = (int)v;
+                else
+                        *(uint32_t *)field(x->c, d) = (uint32_t)v;
+                break;
+        case K_ADDR: {
+                unsigned char tmp[sizeof(struct in6_addr)];
+                if (strlen(text) >= d->size ||
+                    (inet_pton(AF_INET, text, tmp) != 1 && inet_pton(AF_INET6, text, tmp) != 1))
+                        return bad(x, d, src, display, NULL);
+                snprintf(field(x->c, d), d->size, "%s", text);
+                break;
+        }
+        case K_STR:
+                return store_string(x, d, src, text, display);
+        case K_ENUM:
+        case K_STRENUM:
+                return store_enum(x, d, src, text, display);
+        case K_DUR_MS:
+        case K_DUR_S:
+                if (parse_duration_ms(text, &ms) || ms < (uint64_t)d->min ||
+                    ms > (uint64_t)d->max || (d->type == K_DUR_S && ms % 1000))
+                        return bad(x, d, src, display, NULL);
+                *(uint32_t *)field(x->c, d) = (uint32_t)(d->type == K_DUR_S ? ms / 1000 : ms);
+                break;
+        case K_PORTS:
+        case K_CIDRS:
+                return store_list_text(x, d, src, text);
+        case K_WEIGHTS:
+                return bad(x, d, src, display, "only settable in the config file");
+        }
+        return 0;
+}
+
+/* ---- the JSON file ------------------------------------------------------- */
+
+/* The JSON text of v, shortened, for error messages (caller frees). */
+static char *json_show(const cJSON *v)
+{
+        char *s = cJSON_PrintUnformatted(v);
+        return s ? s : strdup("?");
+}
+
+/* An integral JSON number as decimal text, or NULL when it is not one. */
+static const char *json_int_text(const cJSON *v, char *buf, size_t n)
+{
+        if (!cJSON_IsNumber(v))
+                return NULL;
+        double dv = v->valuedouble;
+        if (!(dv > -1e15 && dv < 1e15) || (double)(long long)dv != dv)
+                return NULL;
+        snprintf(buf, n, "%lld", (long long)dv);
+        return buf;
+}
+
+static const char *json_kind(const struct key_desc *d)
+{
+        switch (d->type) {
+        case K_PORT:
+        case K_INT:
+        case K_U32:
+                return "an integer";
+        case K_MARK:
+        case K_BYTES:
+        case K_DUR_MS:
+        case K_DUR_S:
+                return "a string or an integer";
+        case K_ADDR:
+        case K_STR:
+        case K_ENUM:
+        case K_STRENUM:
+                return "a string";
+        case K_PORTS:
+        case K_CIDRS:
+                return "an array";
+        case K_WEIGHTS:
+                return "an object";
+        }
+        return "?";
+}
+
+/* what == NULL: v has the wrong JSON type. */
+static int bad_json(struct ctx *x, const struct key_desc *d, const cJSON *v, const char *what)
+{
+        char buf[600], desc[512];
+        if (!what) {
+                describe(d, desc, sizeof(desc));
+                snprintf(buf, sizeof(buf), "%s (in JSON: %s)", desc, json_kind(d));
+                what = buf;
+        }
+        char *s = json_show(v);
+        int rc = bad(x, d, CONFIG_SRC_FILE, s, what);
+        free(s);
+        return rc;
+}
+
+static int set_json(struct ctx *x, const struct key_desc *d, const cJSON *v)
+{
+        char num[32], *disp = NULL;
+        const char *text = NULL;
+        int rc;
+        switch (d->type) {
+        case K_PORT:
+        case K_INT:
+        case K_U32:
+                text = json_int_text(v, num, sizeof(num));
+                break;
+        case K_MARK:
+        case K_BYTES:
+        case K_DUR_MS:
+        case K_DUR_S:
+                text = cJSON_IsString(v) ? v->valuestring : json_int_text(v, num, sizeof(num));
+                break;
+        case K_ADDR:
+        case K_STR:
+        case K_ENUM:
+        case K_STRENUM:
+                text = cJSON_IsString(v) ? v->valuestring : NULL;
+                break;
+        case K_PORTS:
+        case K_CIDRS: {
+                if (!cJSON_IsArray(v))
+                        return bad_json(x, d, v, NULL);
+                *count_field(x->c, d) = 0;
+                size_t i = 0;
+                const cJSON *e;
+                cJSON_ArrayForEach(e, v)
+                {
+                        const char *t = d->type == K_PORTS
+                                            ? json_int_text(e, num, sizeof(num))
+                                            : (cJSON_IsString(e) ? e->valuestring : NULL);
+                        disp = json_show(e);
+                        rc = t ? store_elem(x, d, CONFIG_SRC_FILE, t, disp, i++)
+                               : bad(x, d, CONFIG_SRC_FILE, disp, NULL);
+                        free(disp);
+                        if (rc)
+                                return rc;
+                }
+                return 0;
+        }
+        case K_WEIGHTS: {
+                if (!cJSON_IsObject(v))
+                        return bad_json(x, d, v, NULL);
+                const cJSON *e;
+                cJSON_ArrayForEach(e, v)
+                {
+                        long long w;
+                        const char *t = json_int_text(e, num, sizeof(num));
+                        if (!*e->string || !t || !parse_ll(t, false, &w) || w < d->min ||
+                            w > d->max) {
+                                char what[400], desc[200];
+                                describe(d, desc, sizeof(desc));
+                                snprintf(what, sizeof(what), "weight of \"%.64s\": %s", e->string,
+                                         desc);
+                                return bad_json(x, d, e, what);
+                        }
+                }
+                return 0;
+        }
+        }
+        if (!text)
+                return bad_json(x, d, v, NULL);
+        disp = json_show(v);
+        rc = set_text(x, d, CONFIG_SRC_FILE, text, disp);
+        free(disp);
+        return rc;
+}
+
+static int walk(struct ctx *x, const cJSON *obj, const char *prefix)
+{
+        const cJSON *child;
+        cJSON_ArrayForEach(child, obj)
+        {
+                char path[KEY_MAX], allowed[1024];
+                const char *name = child->string ? child->string : "";
+                int n = snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "." : "", name);
+                bool too_long = n < 0 || (size_t)n >= sizeof(path);
+                for (const cJSON *s = obj->child; s != child; s = s->next) {
+                        if (!strcmp(s->string, name)) {
+                                errf(x, "config: %s: duplicate key", path);
+                                return -EINVAL;
+                        }
+                }
+                const struct key_desc *d = too_long ? NULL : find_key(path);
+                if (d) {
+                        int rc = set_json(x, d, child);
+                        if (rc)
+                                return rc;
+                        x->c->origins[key_index(d)].source = CONFIG_SRC_FILE;
+                } else if (!too_long && is_group(path)) {
+                        if (!cJSON_IsObject(child)) {
+                                char *s = json_show(child);
+                                children_of(path, allowed, sizeof(allowed));
+                                errf(x, "config: %s: %.64s%s: expected an object with keys %s",
+                                     path, s, strlen(s) > 64 ? "..." : "", allowed);
+                                free(s);
+                                return -EINVAL;
+                        }
+                        int rc = walk(x, child, path);
+                        if (rc)
+                                return rc;
+                } else {
+                        children_of(prefix, allowed, sizeof(allowed));
+                        errf(x, "config: %.*s: unknown key: allowed%s%s: %s", KEY_MAX, path,
+                             *prefix ? " in " : " at the top level", prefix, allowed);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+/* Reads the whole file (a regular file, a pipe or /dev/stdin), at most
+ * CONFIG_FILE_MAX bytes, NUL-terminated. */
+static int read_file(struct ctx *x, const char *path, char **out, size_t *len)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                int e = errno;
+                errf(x, "config: %s: cannot open: %s", path, strerror(e));
+                return -e;
+        }
+        size_t cap = 4096, got = 0;
+        char *buf = malloc(cap);
+        int rc = 0;
+        while (buf) {
+                if (got + 1 == cap) {
+                        if (cap > CONFIG_FILE_MAX) {
+                                errf(x, "config: %s: larger than %u bytes", path, CONFIG_FILE_MAX);
+                                rc = -EFBIG;
+                                break;
+                        }
+                        char *nb = realloc(buf, cap * 2);
+                        if (!nb) {
+                                rc = -ENOMEM;
+                                errf(x, "config: %s: %s", path, strerror(ENOMEM));
+                                break;
+                        }
+                        buf = nb;
+                        cap *= 2;
+                }
+                ssize_t r = read(fd, buf + got, cap - 1 - got);
+                if (r < 0 && errno == EINTR)
+                        continue;
+                if (r < 0) {
+                        rc = -errno;
+                        errf(x, "config: %s: cannot read: %s", path, strerror(-rc));
+                        break;
+                }
+                if (r == 0)
+                        break;
+                got += (size_t)r;
+        }
+        close(fd);
+        if (!buf) {
+                errf(x, "config: %s: %s", path, strerror(ENOMEM));
+                rc = -ENOMEM;
+        }
+        if (rc) {
+                free(buf);
+                return rc;
+        }
+        buf[got] = '\0';
+        *out = buf;
+        *len = got;
+        return 0;
+}
+
+static unsigned line_of(const char *buf, const char *pos)
+{
+        unsigned line = 1;
+        for (const char *p = buf; p < pos; p++)
+                line += *p == '\n';
+        return line;
+}
+
+static int load_file(struct ctx *x, const char *path)
+{
+        char *buf;
+        size_t len;
+        int rc = read_file(x, path, &buf, &len);
+        if (rc)
+                return rc;
+        const char *nul = memchr(buf, '\0', len);
+        if (nul) {
+                errf(x, "config: %s:%u: invalid JSON: contains a NUL byte", path,
+                     line_of(buf, nul));
+                free(buf);
+                return -EINVAL;
+        }
+        const char *end = NULL;
+        cJSON *root = cJSON_ParseWithOpts(buf, &end, 1);
+        if (!root) {
+                if (!end || end < buf || end > buf + len)
+                        end = buf + len;
+                char near[SHOW_MAX * 4 + 8];
+                size_t n = strcspn(end, "\r\n");
+                if (n > 24)
+                        n = 24;
+                char snip[32];
+                memcpy(snip, end, n);
+                snip[n] = '\0';
+                show(NULL, snip, near, sizeof(near));
+                if (*end)
+                        errf(x, "config: %s:%u: invalid JSON near '%s'", path, line_of(buf, end),
+                             near);
+                else
+                        errf(x, "config: %s:%u: invalid JSON: unexpected end of file", path,
+                             line_of(buf, end));
+                free(buf);
+                return -EINVAL;
+        }
+        if (!cJSON_IsObject(root)) {
+                errf(x, "config: %s:1: the top level must be a JSON object", path);
+                rc = -EINVAL;
+        } else {
+                rc = walk(x, root, "");
+        }
+        cJSON_Delete(root);
+        free(buf);
+        return rc;
+}
+
+/* ---- flags and environment ----------------------------------------------- */
+
+struct flag_set {
+        const struct key_desc *d;
+        const char *value;
+};
+
+static const struct key_desc *find_flag(const char *name, size_t n)
+{
+        char f[KEY_MAX];
+        for (size_t i = 0; i < NKEYS; i++) {
+                if (keys[i].flags & KF_FILE_ONLY)
+                        continue;
+                flag_name(&keys[i], f, sizeof(f));
+                if (strlen(f) == n && !strncmp(f, name, n))
+                        return &keys[i];
+        }
+        return NULL;
+}
+
+/* Checks the flags' shape and collects them; applied after file and env. */
+static int scan_flags(struct ctx *x, int argc, char *const argv[], struct flag_set *sets,
+                      size_t *nsets, const char **config_path)
+{
+        *nsets = 0;
+        *config_path = NULL;
+        for (int i = 1; i < argc; i++) {
+                const char *a = argv[i];
+                if (strncmp(a, "--", 2) || !a[2]) {
+                        char v[SHOW_MAX * 4 + 8];
+                        show(NULL, a, v, sizeof(v));
+                        errf(
+                            x,
+                            "config: %s: unexpected argument: flags are --key value or --key=value",
+                            v);
+                        return -EINVAL;
+                }
+                const char *name = a + 2, *eq = strchr(name, '='), *value;
+                size_t n = eq ? (size_t)(eq - name) : strlen(name);
+                bool is_config = n == 6 && !strncmp(name, "config", 6);
+                const struct key_desc *d = is_config ? NULL : find_flag(name, n);
+                if (!is_config && !d) {
+                        char v[SHOW_MAX * 4 + 8], nm[KEY_MAX];
+                        snprintf(nm, sizeof(nm), "%.*s", (int)(n < KEY_MAX - 1 ? n : KEY_MAX - 1),
+                                 name);
+                        show(NULL, nm, v, sizeof(v));
+                        errf(x, "config: --%s: unknown flag; the flags are listed by --help", v);
+                        return -EINVAL;
+                }
+                if (eq) {
+                        value = eq + 1;
+                } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2)) {
+                        value = argv[++i];
+                } else {
+                        char what[512];
+                        if (is_config)
+                                snprintf(what, sizeof(what), "expected a file name");
+                        else
+                                describe(d, what, sizeof(what));
+                        errf(x, "config: --%.*s: missing value: %s", (int)n, name, what);
+                        return -EINVAL;
+                }
+                if (is_config) {
+                        if (!*value) {
+                                errf(x, "config: --config: empty value: expected a file name");
+                                return -EINVAL;
+                        }
+                        *config_path = value;
+                } else {
+                        sets[(*nsets)++] = (struct flag_set){d, value};
+                }
+        }
+        return 0;
+}
+
+/* The first NAME=value in envp (as getenv would), or NULL. */
+static const char *env_lookup(char *const envp[], const char *name)
+{
+        size_t n = strlen(name);
+        for (size_t i = 0; envp && envp[i]; i++)
+                if (!strncmp(envp[i], name, n) && envp[i][n] == '=')
+                        return envp[i] + n + 1;
+        return NULL;
+}
+
+/* ---- load ---------------------------------------------------------------- */
+
+static void config_destroy(struct snapshot *s)
+{
+        struct shunt_config *c = (struct shunt_config *)s;
+        free(c->origins);
+        free(c);
+}
+
+static const struct key_desc *later(const struct shunt_config *c, const struct key_desc *a,
+                                    const struct key_desc *b)
+{
+        /* The key with the more specific source is the one to name. */
+        return c->origins[key_index(a)].source > c->origins[key_index(b)].source ? a : b;
+}
+
+static int check_ports(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        const struct key_desc *p[3] = {find_key("inbound_port"), find_key("outbound_port"),
+                                       find_key("admin_port")};
+        for (int i = 0; i < 3; i++) {
+                for (int j = i + 1; j < 3; j++) {
+                        uint16_t a = *(uint16_t *)field(c, p[i]), b = *(uint16_t *)field(c, p[j]);
+                        if (a != b)
+                                continue;
+                        const struct key_desc *d = later(c, p[i], p[j]);
+                        const struct key_desc *o = d == p[i] ? p[j] : p[i];
+                        char v[16], what[128];
+                        snprintf(v, sizeof(v), "%u", a);
+                        snprintf(what, sizeof(what), "must differ from %s (also %u)", o->path, a);
+                        return bad(x, d, c->origins[key_index(d)].source, v, what);
+                }
+        }
+        return 0;
+}
+
+static int finish(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        int rc = check_ports(x);
+        if (rc)
+                return rc;
+        if (c->workers == 0) {
+                long n = sysconf(_SC_NPROCESSORS_ONLN);
+                c->workers = n < 1 ? 1 : n > WORKERS_MAX ? WORKERS_MAX : (int)n;
+        }
+        /* The admin port is never captured unless the operator lists the
+         * excluded ports explicitly. */
+        const struct key_desc *ex = find_key("exclude_inbound_ports");
+        if (c->origins[key_index(ex)].source == CONFIG_SRC_DEFAULT) {
+                bool have = false;
+                for (size_t i = 0; i < c->n_exclude_inbound_ports; i++)
+                        have |= c->exclude_inbound_ports[i] == c->admin_port;
+                if (!have && c->n_exclude_inbound_ports < CONFIG_MAX_EXCLUDES)
+                        c->exclude_inbound_ports[c->n_exclude_inbound_ports++] = c->admin_port;
+        }
+        return 0;
+}
+
+int config_load(int argc, char *const argv[], char *const envp[], struct shunt_config **out,
+                char *err, size_t errlen)
+{
+        *out = NULL;
+        if (err && errlen)
+                err[0] = '\0';
+        struct shunt_config *c = calloc(1, sizeof(*c));
+        struct flag_set *sets = calloc(argc > 0 ? (size_t)argc : 1, sizeof(*sets));
+        if (c)
+                c->origins = calloc(NKEYS, sizeof(*c->origins));
+        struct ctx x = {.c = c, .err = err, .errlen = errlen};
+        if (!c || !c->origins || !sets) {
+                if (c)
+                        free(c->origins);
+                free(c);
+                free(sets);
+                errf(&x, "config: %s", strerror(ENOMEM));
+                return -ENOMEM;
+        }
+        c->n_origins = NKEYS;
+        int rc = 0;
+        for (size_t i = 0; i < NKEYS && !rc; i++) {
+                c->origins[i] = (struct config_origin){keys[i].path, CONFIG_SRC_DEFAULT};
+                if (keys[i].def)
+                        rc = set_text(&x, &keys[i], CONFIG_SRC_DEFAULT, keys[i].def, NULL);
+        }
+
+        size_t nsets = 0;
+        const char *path = NULL;
+        if (!rc)
+                rc = scan_flags(&x, argc, argv, sets, &nsets, &path);
+        if (!rc && path) {
+                if (strlen(path) >= sizeof(c->path)) {
+                        errf(&x, "config: --config: %.64s...: file name longer than %zu bytes",
+                             path, sizeof(c->path) - 1);
+                        rc = -EINVAL;
+                } else {
+                        snprintf(c->path, sizeof(c->path), "%s", path);
+                        rc = load_file(&x, path);
+                }
+        }
+        for (size_t i = 0; i < NKEYS && !rc; i++) {
+                const char *v = keys[i].env ? env_lookup(envp, keys[i].env) : NULL;
+                if (!v || !*v)
+                        continue;
+                rc = set_text(&x, &keys[i], CONFIG_SRC_ENV, v, NULL);
+                c->origins[i].source = CONFIG_SRC_ENV;
+        }
+        for (size_t i = 0; i < nsets && !rc; i++) {
+                rc = set_text(&x, sets[i].d, CONFIG_SRC_FLAG, sets[i].value, NULL);
+                c->origins[key_index(sets[i].d)].source = CONFIG_SRC_FLAG;
+        }
+        if (!rc)
+                rc = finish(&x);
+        free(sets);
+        if (rc) {
+                config_destroy(&c->snap);
+                return rc;
+        }
+        snapshot_init(&c->snap, config_destroy);
+        *out = c;
+        return 0;
+}
+
+int config_reload(const struct shunt_config *old, int argc, char *const argv[], char *const envp[],
+                  struct shunt_config **out, char *err, size_t errlen)
+{
+        (void)old; /* the sources are argv and envp; the file is read afresh */
+        return config_load(argc, argv, envp, out, err, errlen);
+}
+
+/* ---- output -------------------------------------------------------------- */
+
+static const char *value_hint(const struct key_desc *d)
+{
+        switch (d->type) {
+        case K_PORT:
+                return "PORT";
+        case K_INT:
+        case K_U32:
+                return "N";
+        case K_MARK:
+                return "MARK";
+        case K_BYTES:
+                return "BYTES";
+        case K_ADDR:
+                return "ADDR";
+        case K_STR:
+                return "STRING";
+        case K_ENUM:
+        case K_STRENUM:
+                return "NAME";
+        case K_DUR_MS:
+        case K_DUR_S:
+                return "DURATION";
+        case K_PORTS:
+                return "PORT,...";
+        case K_CIDRS:
+                return "CIDR,...";
+        case K_WEIGHTS:
+                return "";
+        }
+        return "";
+}
+
+static char usage_text[16384];
+static pthread_once_t usage_once = PTHREAD_ONCE_INIT;
+
+static void build_usage(void)
+{
+        struct strbuf sb;
+        strbuf_init_static(&sb, usage_text, sizeof(usage_text));
+        strbuf_append(
+            &sb, "  --config FILE  JSON configuration file (keys as below, dotted = nested)\n");
+        for (size_t i = 0; i < NKEYS; i++) {
+                const struct key_desc *d = &keys[i];
+                if (d->flags & KF_FILE_ONLY)
+                        continue;
+                char f[KEY_MAX], what[512];
+                flag_name(d, f, sizeof(f));
+                describe(d, what, sizeof(what));
+                strbuf_appendf(&sb, "  --%s %s  %s%s%s; default %s%s%s\n", f, value_hint(d), what,
+                               d->env ? "; env " : "", d->env ? d->env : "", d->def ? "\"" : "",
+                               d->def ? d->def : "(empty)", d->def ? "\"" : "");
+        }
+}
+
+const char *config_usage(void)
+{
+        pthread_once(&usage_once, build_usage);
+        return usage_text;
+}
+
+const char *config_source_name(enum config_source s)
+{
+        switch (s) {
+        case CONFIG_SRC_DEFAULT:
+                return "default";
+        case CONFIG_SRC_FILE:
+                return "file";
+        case CONFIG_SRC_ENV:
+                return "env";
+        case CONFIG_SRC_FLAG:
+                return "flag";
+        }
+        return "?";
+}
+
+int config_source_of(const struct shunt_config *cfg, const char *key)
+{
+        for (size_t i = 0; i < cfg->n_origins; i++)
+                if (!strcmp(cfg->origins[i].key, key))
+                        return (int)cfg->origins[i].source;
+        return -1;
+}
+
+static cJSON *dump_value(const struct shunt_config *c, const struct key_desc *d)
+{
+        char buf[INET6_ADDRSTRLEN + 8];
+        const void *f = cfield(c, d);
+        switch (d->type) {
+        case K_PORT:
+                return cJSON_CreateNumber(*(const uint16_t *)f);
+        case K_INT:
+                return cJSON_CreateNumber(*(const int *)f);
+        case K_U32:
+        case K_BYTES:
+                return cJSON_CreateNumber(*(const uint32_t *)f);
+        case K_MARK:
+                snprintf(buf, sizeof(buf), "0x%x", *(const uint32_t *)f);
+                return cJSON_CreateString(buf);
+        case K_ADDR:
+        case K_STR:
+        case K_STRENUM:
+                if ((d->flags & KF_SECRET) && *(const char *)f)
+                        return cJSON_CreateString("<redacted>");
+                return cJSON_CreateString(f);
+        case K_ENUM:
+                return cJSON_CreateString(d->names[*(const int *)f]);
+        case K_DUR_MS:
+        case K_DUR_S: {
+                uint64_t v = *(const uint32_t *)f;
+                fmt_duration(d->type == K_DUR_S ? v * 1000 : v, buf, sizeof(buf));
+                return cJSON_CreateString(buf);
+        }
+        case K_PORTS:
+        case K_CIDRS: {
+                cJSON *a = cJSON_CreateArray();
+                for (size_t i = 0; a && i < ccount(c, d); i++) {
+                        cJSON *e;
+                        if (d->type == K_PORTS) {
+                                e = cJSON_CreateNumber(((const uint16_t *)f)[i]);
+                        } else {
+                                const struct cidr *r = &((const struct cidr *)f)[i];
+                                char s[INET6_ADDRSTRLEN + 8];
+                                inet_ntop(r->family, &r->addr, s, sizeof(s));
+                                snprintf(s + strlen(s), sizeof(s) - strlen(s), "/%u",
+                                         r->prefix_len);
+                                e = cJSON_CreateString(s);
+                        }
+                        if (!e || !cJSON_AddItemToArray(a, e)) {
+                                cJSON_Delete(e);
+                                cJSON_Delete(a);
+                                return NULL;
+                        }
+                }
+                return a;
+        }
+        case K_WEIGHTS:
+                break;
+        }
+        return NULL;
+}
+
+char *config_dump_json(const struct shunt_config *cfg)
+{
+        cJSON *root = cJSON_CreateObject();
+        if (!root)
+                return NULL;
+        for (size_t i = 0; i < NKEYS; i++) {
+                const struct key_desc *d = &keys[i];
+                if (d->flags & KF_FILE_ONLY)
+                        continue;
+                cJSON *o = cJSON_AddObjectToObject(root, d->path);
+                cJSON *v = o ? dump_value(cfg, d) : NULL;
+                if (!v)
+                        goto fail;
+                if (!cJSON_AddItemToObject(o, "value", v)) {
+                        cJSON_Delete(v);
+                        goto fail;
+                }
+                if (!cJSON_AddStringToObject(o, "source",
+                                             config_source_name(cfg->origins[i].source)))
+                        goto fail;
+        }
+        char *s = cJSON_Print(root);
+        cJSON_Delete(root);
+        return s;
+fail:
+        cJSON_Delete(root);
+        return NULL;
+}
+
+/* ---- durations and CIDRs ------------------------------------------------- */
+
+int parse_duration_ms(const char *s, uint64_t *out_ms)
+{
+        if (!s || !*s)
+                return -EINVAL;
+        if (s[strspn(s, "0123456789")] == '\0') {
+                /* bare integer: seconds */
+                unsigned __int128 v = 0;
+                for (const char *p = s; *p; p++) {
+                        v = v * 10 + (unsigned)(*p - '0');
+                        if (v > UINT64_MAX / 1000000000ULL) /* same bound as below: 2^64 ns */
+                                return -EINVAL;
+                }
+                *out_ms = (uint64_t)v * 1000;
+                return 0;
+        }
+        static const struct {
+                const char *name;
+                uint64_t ns;
+        } units[] = {
+            {"ns", 1ULL},           {"us", 1000ULL},
+            {"\xc2\xb5s", 1000ULL}, /* µs */
+            {"ms", 1000000ULL},     {"s", 1000000000ULL},
+            {"m", 60000000000ULL},  {"h", 3600000000000ULL},
+        };
+        unsigned __int128 total = 0;
+        const char *p = s;
+        while (*p) {
+                unsigned __int128 whole = 0, frac = 0, scale = 1;
+                bool digits = false;
+                for (; isdigit((unsigned char)*p); p++, digits = true) {
+                        whole = whole * 10 + (unsigned)(*p - '0');
+                        if (whole > UINT64_MAX)
+                                return -EINVAL;
+                }
+                if (*p == '.') {
+                        for (p++; isdigit((unsigned char)*p); p++, digits = true) {
+                                if (scale >= 1000000000000000000ULL)
+                                        continue; /* beyond a nanosecond of an hour */
+                                frac = frac * 10 + (unsigned)(*p - '0');
+                                scale *= 10;
+                        }
+                }
+                if (!digits)
+                        return -EINVAL;
+                uint64_t unit = 0;
+                size_t ulen = 0;
+                for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+                        size_t n = strlen(units[i].name);
+                        /* longest match: "ms" before "m" */
+                        if (n > ulen && !strncmp(p, units[i].name, n)) {
+                                unit = units[i].ns;
+                                ulen = n;
+                        }
+                }
+                if (!unit)
+                        return -EINVAL;
+                p += ulen;
+                total += whole * unit + (frac * unit + scale - 1) / scale;
+                if (total > UINT64_MAX)
+                        return -EINVAL;
+        }
+        *out_ms = (uint64_t)((total + 999999) / 1000000);
+        return 0;
+}
+
+int parse_cidr(const char *s, struct cidr *out)
+{
+        char addr[INET6_ADDRSTRLEN + 1];
+        const char *slash = strchr(s, '/');
+        size_t n = slash ? (size_t)(slash - s) : strlen(s);
+        if (!n || n >= sizeof(addr))
+                return -EINVAL;
+        memcpy(addr, s, n);
+        addr[n] = '\0';
+        struct cidr c;
+        memset(&c, 0, sizeof(c));
+        unsigned max;
+        if (inet_pton(AF_INET, addr, &c.addr.v4) == 1) {
+                c.family = AF_INET;
+                max = 32;
+        } else if (inet_pton(AF_INET6, addr, &c.addr.v6) == 1) {
+                c.family = AF_INET6;
+                max = 128;
+        } else {
+                return -EINVAL;
+        }
+        unsigned len = max;
+        if (slash) {
+                const char *p = slash + 1;
+                size_t nd = strspn(p, "0123456789");
+                if (!nd || nd > 3 || p[nd])
+                        return -EINVAL;
+                len = (unsigned)atoi(p);
+                if (len > max)
+                        return -EINVAL;
+        }
+        /* host bits are accepted and cleared: 10.1.2.3/8 is 10.0.0.0/8 */
+        unsigned char *b = c.family == AF_INET ? (unsigned char *)&c.addr.v4 : c.addr.v6.s6_addr;
+        for (unsigned i = 0; i < max / 8; i++) {
+                if (i * 8 >= len)
+                        b[i] = 0;
+                else if (i * 8 + 8 > len)
+                        b[i] &= (unsigned char)(0xff << (8 - (len - i * 8)));
+        }
+        c.prefix_len = (uint8_t)len;
+        *out = c;
+        return 0;
+}
+
+const char *redirect_mode_name(enum redirect_mode m)
+{
+        return (unsigned)m < sizeof(redirect_names) / sizeof(redirect_names[0]) - 1
+                   ? redirect_names[m]
+                   : "?";
+}
+
+const char *outbound_policy_name(enum outbound_policy p)
+{
+        return (unsigned)p < sizeof(policy_names) / sizeof(policy_names[0]) - 1 ? policy_names[p]
+                                                                                : "?";
+}
+
+const char *mtls_mode_name(enum mtls_mode m)
+{
+        return (unsigned)m < sizeof(mtls_names) / sizeof(mtls_names[0]) - 1 ? mtls_names[m] : "?";
+}

@@ -1,0 +1,160 @@
+/* Configuration: defaults < JSON file (--config) < environment < flags.
+ *
+ * Every key remembers where its value came from, for the /config dump.
+ * Validation rejects a bad value with one line naming the key, the value and
+ * what is allowed; nothing is silently replaced by a default. */
+#ifndef SHUNT_CORE_CONFIG_H
+#define SHUNT_CORE_CONFIG_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/log.h"
+#include "core/snapshot.h"
+
+#define CONFIG_MAX_EXCLUDES 32
+#define CONFIG_PATH_MAX     256
+#define CONFIG_STR_MAX      128
+
+enum redirect_mode {
+        REDIRECT_IPTABLES = 0,
+        REDIRECT_OFF,
+        /* REDIRECT_AUTO and REDIRECT_EBPF arrive with eBPF capture. */
+};
+
+enum outbound_policy {
+        OUTBOUND_ALLOW_ANY = 0,
+        OUTBOUND_REGISTRY_ONLY,
+};
+
+enum mtls_mode {
+        MTLS_STRICT = 0,
+        MTLS_PERMISSIVE,
+        MTLS_DISABLED,
+};
+
+/* An IPv4 or IPv6 prefix, e.g. 10.0.0.0/8 or fd00::/8. */
+struct cidr {
+        int family; /* AF_INET or AF_INET6 */
+        union {
+                struct in_addr v4;
+                struct in6_addr v6;
+        } addr;
+        uint8_t prefix_len;
+};
+
+/* Where an effective value came from. */
+enum config_source {
+        CONFIG_SRC_DEFAULT = 0,
+        CONFIG_SRC_FILE,
+        CONFIG_SRC_ENV,
+        CONFIG_SRC_FLAG,
+};
+
+/* Provenance of one key: cfg->origins has one entry per key, in the order of
+ * config_usage(). key is the dotted JSON path (static storage). */
+struct config_origin {
+        const char *key;
+        enum config_source source;
+};
+
+struct shunt_config {
+        struct snapshot snap; /* published to workers through a snapshot slot */
+
+        /* network */
+        uint16_t inbound_port;    /* inbound_port, SIDECAR_INBOUND_PORT, 15001 */
+        uint16_t outbound_port;   /* outbound_port, SIDECAR_OUTBOUND_PORT, 15002 */
+        uint16_t admin_port;      /* admin_port, SIDECAR_ADMIN_PORT, 15003 */
+        char bind_address[64];    /* bind_address, SIDECAR_BIND_ADDRESS, "0.0.0.0" (v4 or v6) */
+        char admin_address[64];   /* admin_address, SIDECAR_ADMIN_ADDRESS, "127.0.0.1" */
+        int workers;              /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
+        enum log_level log_level; /* log_level, SHUNT_LOG_LEVEL, info */
+
+        /* capture */
+        enum redirect_mode redirect; /* redirect, SHUNT_REDIRECT, "iptables" | "off" */
+        uint32_t proxy_mark;         /* proxy_mark: SO_MARK of shuntd's sockets, 0x539 */
+        int proxy_uid;               /* proxy_uid: uid whose traffic is not captured; -1 = auto */
+        /* default {22, admin_port}; a configured list is taken as given */
+        uint16_t exclude_inbound_ports[CONFIG_MAX_EXCLUDES];
+        size_t n_exclude_inbound_ports;
+        uint16_t exclude_outbound_ports[CONFIG_MAX_EXCLUDES]; /* default {} */
+        size_t n_exclude_outbound_ports;
+        struct cidr exclude_outbound_cidrs[CONFIG_MAX_EXCLUDES]; /* default {} */
+        size_t n_exclude_outbound_cidrs;
+        enum outbound_policy outbound_policy; /* "allow_any" | "registry_only" */
+
+        /* proxying; durations are milliseconds */
+        uint32_t protocol_detection_timeout_ms; /* 100ms */
+        uint32_t connect_timeout_ms;            /* timeouts.connect, CONNECT_TIMEOUT, 30s */
+        uint32_t request_timeout_ms;            /* timeouts.request, REQUEST_TIMEOUT, 30s */
+        uint32_t idle_timeout_ms;               /* timeouts.idle_timeout, IDLE_TIMEOUT, 60s */
+        uint32_t drain_timeout_ms;              /* drain_timeout, SHUNT_DRAIN_TIMEOUT, 30s */
+        uint32_t max_connections;               /* max_connections, per daemon, 65536 */
+        uint32_t buffer_size;                   /* buffer_size, per direction, 64KiB */
+
+        /* service discovery */
+        char sd_type[16];                     /* service_discovery.type: file|kubernetes|consul */
+        char sd_file_path[CONFIG_PATH_MAX];   /* service_discovery.file.path */
+        char k8s_kubeconfig[CONFIG_PATH_MAX]; /* ...kubernetes.kubeconfig_path, KUBECONFIG_PATH */
+        char k8s_namespace[CONFIG_STR_MAX];   /* ...kubernetes.namespace, KUBERNETES_NAMESPACE */
+        char k8s_label_selector[CONFIG_STR_MAX]; /* ...label_selector */
+        char consul_address[CONFIG_STR_MAX];     /* ...consul.address, CONSUL_ADDRESS */
+        char consul_token[CONFIG_STR_MAX];       /* ...consul.token, CONSUL_TOKEN (never dumped) */
+        char consul_datacenter[CONFIG_STR_MAX];  /* ...consul.datacenter, CONSUL_DATACENTER */
+
+        /* mTLS */
+        char trust_domain[CONFIG_STR_MAX];      /* mtls.trust_domain, TRUST_DOMAIN */
+        uint32_t cert_rotation_s;               /* mtls.cert_rotation, CERT_ROTATION_INTERVAL */
+        char ca_bundle[CONFIG_PATH_MAX];        /* mtls.ca_bundle, CA_BUNDLE_PATH */
+        char certificate_file[CONFIG_PATH_MAX]; /* mtls.certificate_file, CERTIFICATE_FILE */
+        char private_key_file[CONFIG_PATH_MAX]; /* mtls.private_key_file, PRIVATE_KEY_FILE */
+        enum mtls_mode mtls_mode;               /* mtls.mode */
+
+        /* load balancing */
+        char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */
+        char lb_hash_key[CONFIG_STR_MAX]; /* load_balancing.hash_key */
+
+        char path[CONFIG_PATH_MAX]; /* the --config file, "" when none */
+
+        /* Provenance, one entry per key that was set or defaulted; see config.c. */
+        struct config_origin *origins;
+        size_t n_origins;
+};
+
+/* Builds a configuration from defaults, the file named by --config (if any),
+ * envp and argv (flags: see config_usage()). argv[0] is skipped; unknown
+ * flags are errors. On failure returns -EINVAL (or -errno for I/O) and writes
+ * one line into err: "config: <key>: <value>: <what is allowed>".
+ * The result has refs == 1 and must be released with snapshot_unref. */
+int config_load(int argc, char *const argv[], char *const envp[], struct shunt_config **out,
+                char *err, size_t errlen);
+/* Re-reads the same sources (the file may have changed). */
+int config_reload(const struct shunt_config *old, int argc, char *const argv[], char *const envp[],
+                  struct shunt_config **out, char *err, size_t errlen);
+
+/* The flags config_load accepts, one per line, for --help. */
+const char *config_usage(void);
+
+/* Effective values as JSON: {"key": {"value": ..., "source": "default|file|env|flag"}}.
+ * Secrets are shown as "<redacted>". Returns malloc'd string or NULL. */
+char *config_dump_json(const struct shunt_config *cfg);
+
+/* "100ms", "1.5s", "2m", "1h", "250us" (rounded up to ms), or bare integer
+ * seconds. Returns 0 or -EINVAL (negative, overflow, unknown unit, empty). */
+int parse_duration_ms(const char *s, uint64_t *out_ms);
+
+/* "10.0.0.0/8", "fd00::/8", or a plain address (full-length prefix). */
+int parse_cidr(const char *s, struct cidr *out);
+
+const char *config_source_name(enum config_source s); /* "default", "file", ... */
+/* Where key (dotted JSON path, e.g. "timeouts.connect") came from; -1 if no
+ * such key. */
+int config_source_of(const struct shunt_config *cfg, const char *key);
+
+const char *redirect_mode_name(enum redirect_mode m);
+const char *outbound_policy_name(enum outbound_policy p);
+const char *mtls_mode_name(enum mtls_mode m);
+
+#endif
