@@ -257,6 +257,28 @@ static void test_render_no_mark_no_uid_no_comment(void **state)
         strbuf_free(&sb);
 }
 
+/* No silent cap on the number of exclusions. */
+static void test_render_many_ports(void **state)
+{
+        struct ipt_options o;
+        base_options(&o);
+        uint16_t ports[200];
+        for (int i = 0; i < 200; i++)
+                ports[i] = (uint16_t)(1000 + i % 100); /* 100 distinct, each twice */
+        o.exclude_outbound_ports = ports;
+        o.n_exclude_outbound_ports = 200;
+        struct strbuf sb;
+        strbuf_init(&sb);
+        ipt_render(&o, AF_INET, &sb);
+        for (int i = 0; i < 100; i++) {
+                char line[160];
+                snprintf(line, sizeof(line),
+                         "-A SIDECAR_PROXY_OUTBOUND -p tcp --dport %d" C " -j RETURN", 1000 + i);
+                assert_int_equal(count_line(sb.data, line), 1);
+        }
+        strbuf_free(&sb);
+}
+
 static void test_options_from_config(void **state)
 {
         struct shunt_config *cfg = calloc(1, sizeof(*cfg));
@@ -913,6 +935,7 @@ int main(void)
             cmocka_unit_test(test_render_v4),
             cmocka_unit_test(test_render_v6),
             cmocka_unit_test(test_render_no_mark_no_uid_no_comment),
+            cmocka_unit_test(test_render_many_ports),
             cmocka_unit_test(test_options_from_config),
             cmocka_unit_test(test_install_idempotent),
             cmocka_unit_test(test_stale_set_replaced),

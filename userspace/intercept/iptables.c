@@ -378,21 +378,18 @@ static void render(const struct ipt_options *o, int family, const char *stale_de
                 strbuf_append(out, stale_deletes);
 
         /* Inbound: excluded ports, our own ports (no double redirect), capture. */
-        uint16_t seen[2 * CONFIG_MAX_EXCLUDES + 2];
-        size_t nseen = 0;
-        for (size_t i = 0; i < o->n_exclude_inbound_ports; i++) {
-                uint16_t p = o->exclude_inbound_ports[i];
-                if (port_seen(seen, nseen, p) || nseen >= sizeof(seen) / sizeof(seen[0]))
-                        continue;
-                seen[nseen++] = p;
-                snprintf(m, sizeof(m), "--dport %u", p);
+        const uint16_t *in_ex = o->exclude_inbound_ports;
+        size_t n_in_ex = in_ex ? o->n_exclude_inbound_ports : 0;
+        for (size_t i = 0; i < n_in_ex; i++) {
+                if (port_seen(in_ex, i, in_ex[i]))
+                        continue; /* a duplicate: one rule is enough */
+                snprintf(m, sizeof(m), "--dport %u", in_ex[i]);
                 rule(out, IPT_CHAIN_INBOUND, m, comments, "RETURN");
         }
         uint16_t own[2] = {o->inbound_port, o->outbound_port};
         for (size_t i = 0; i < 2; i++) {
-                if (port_seen(seen, nseen, own[i]))
+                if (port_seen(in_ex, n_in_ex, own[i]) || port_seen(own, i, own[i]))
                         continue;
-                seen[nseen++] = own[i];
                 snprintf(m, sizeof(m), "--dport %u", own[i]);
                 rule(out, IPT_CHAIN_INBOUND, m, comments, "RETURN");
         }
@@ -413,16 +410,15 @@ static void render(const struct ipt_options *o, int family, const char *stale_de
         rule(out, IPT_CHAIN_OUTBOUND, "-o lo", comments, "RETURN");
         rule(out, IPT_CHAIN_OUTBOUND, family == AF_INET ? "-d 127.0.0.0/8" : "-d ::1/128", comments,
              "RETURN");
-        nseen = 0;
-        for (size_t i = 0; i < o->n_exclude_outbound_ports; i++) {
-                uint16_t p = o->exclude_outbound_ports[i];
-                if (port_seen(seen, nseen, p) || nseen >= sizeof(seen) / sizeof(seen[0]))
+        const uint16_t *out_ex = o->exclude_outbound_ports;
+        size_t n_out_ex = out_ex ? o->n_exclude_outbound_ports : 0;
+        for (size_t i = 0; i < n_out_ex; i++) {
+                if (port_seen(out_ex, i, out_ex[i]))
                         continue;
-                seen[nseen++] = p;
-                snprintf(m, sizeof(m), "--dport %u", p);
+                snprintf(m, sizeof(m), "--dport %u", out_ex[i]);
                 rule(out, IPT_CHAIN_OUTBOUND, m, comments, "RETURN");
         }
-        for (size_t i = 0; i < o->n_exclude_outbound_cidrs; i++) {
+        for (size_t i = 0; o->exclude_outbound_cidrs && i < o->n_exclude_outbound_cidrs; i++) {
                 char c[INET6_ADDRSTRLEN + 8];
                 if (!cidr_text(&o->exclude_outbound_cidrs[i], family, c, sizeof(c)))
                         continue;
