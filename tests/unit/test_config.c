@@ -527,8 +527,9 @@ static void test_file_errors(void **state)
                  "least_connections, weighted, consistent_hash",
                  NULL);
         char *a8[] = {"shuntd", "--config", FIX("bad_cidr.json"), NULL};
-        load_err(a8, no_env, -EINVAL, "config: exclude_outbound_cidrs: \"10.0.0.0/33\": expected",
-                 "10.0.0.0/8 or fd00::/8", NULL);
+        load_err(a8, no_env, -EINVAL,
+                 "config: exclude_outbound_cidrs: \"10.0.0.0/33\": expected a CIDR",
+                 "10.0.0.0/8 or fd00::/8 (prefix length at most 32 for IPv4, 128 for IPv6)", NULL);
         char *a9[] = {"shuntd", "--config", FIX("bad_duration.json"), NULL};
         load_err(a9, no_env, -EINVAL,
                  "config: timeouts.request: \"30 seconds\": expected a duration 1ms..24h", NULL);
@@ -618,15 +619,18 @@ static void test_json_errors(void **state)
         json_err("{\"exclude_inbound_ports\": 22}",
                  "config: exclude_inbound_ports: 22: expected at most 32 ports",
                  "(in JSON: an array)", NULL);
-        json_err("{\"exclude_inbound_ports\": [22, \"80\"]}",
-                 "config: exclude_inbound_ports: \"80\": expected", NULL);
-        json_err("{\"exclude_outbound_ports\": [0]}", "config: exclude_outbound_ports: 0: expected",
-                 NULL);
+        json_err(
+            "{\"exclude_inbound_ports\": [22, \"80\"]}",
+            "config: exclude_inbound_ports: \"80\": expected a port 1..65535 (in JSON: an integer)",
+            NULL);
+        json_err("{\"exclude_outbound_ports\": [0]}",
+                 "config: exclude_outbound_ports: 0: expected a port 1..65535", NULL);
         json_err("{\"exclude_outbound_ports\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,"
                  "21,22,23,24,25,26,27,28,29,30,31,32,33]}",
-                 "config: exclude_outbound_ports: 33: expected at most 32 ports", NULL);
+                 "config: exclude_outbound_ports: 33: too many entries: at most 32", NULL);
         json_err("{\"exclude_outbound_cidrs\": [\"10.0.0.0/8\", 10]}",
-                 "config: exclude_outbound_cidrs: 10: expected", NULL);
+                 "config: exclude_outbound_cidrs: 10: expected a CIDR", "(in JSON: a string)",
+                 NULL);
         json_err("{\"load_balancing\": {\"weights\": {\"a\": -1}}}",
                  "config: load_balancing.weights: -1: weight of \"a\": expected an object of name: "
                  "integer weight 0..65535",
@@ -728,13 +732,22 @@ static void test_flag_errors(void **state)
         load_err(a10, no_env, -EINVAL,
                  "config: --timeouts.connect: forever: expected a duration 1ms..24h", NULL);
         char *a11[] = {"shuntd", "--exclude-outbound-cidrs", "10.0.0.0/8,,fd00::/8", NULL};
-        load_err(
-            a11, no_env, -EINVAL,
-            "config: --exclude-outbound-cidrs: 10.0.0.0/8,,fd00::/8: expected at most 32 CIDRs",
-            NULL);
-        char *a12[] = {"shuntd", "--exclude-outbound-cidrs", "10.0.0.0/8,fd00::/129", NULL};
-        load_err(a12, no_env, -EINVAL, "config: --exclude-outbound-cidrs: fd00::/129: expected",
+        load_err(a11, no_env, -EINVAL,
+                 "config: --exclude-outbound-cidrs: 10.0.0.0/8,,fd00::/8: expected a CIDR like",
                  NULL);
+        char *a12[] = {"shuntd", "--exclude-outbound-cidrs", "10.0.0.0/8,fd00::/129", NULL};
+        load_err(a12, no_env, -EINVAL,
+                 "config: --exclude-outbound-cidrs: fd00::/129: expected a CIDR", NULL);
+        char *a19[] = {
+            "shuntd", "--exclude-inbound-ports",
+            "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,"
+            "30,31,32,33",
+            NULL};
+        load_err(a19, no_env, -EINVAL,
+                 "config: --exclude-inbound-ports: 33: too many entries: at most 32", NULL);
+        char *a20[] = {"shuntd", "--exclude-inbound-ports", "22,ssh", NULL};
+        load_err(a20, no_env, -EINVAL,
+                 "config: --exclude-inbound-ports: ssh: expected a port 1..65535", NULL);
         char *a13[] = {"shuntd", "--load-balancing.weights", "{}", NULL};
         load_err(a13, no_env, -EINVAL, "config: --load-balancing.weights: unknown flag", NULL);
         char *a14[] = {"shuntd", "--workers=", NULL};
@@ -922,7 +935,8 @@ static void test_usage_and_names(void **state)
         const char *u = config_usage();
         static const char *const want[] = {
             "--config FILE",
-            "--inbound-port PORT",
+            "--inbound-port PORT\n      expected a port 1..65535; env SIDECAR_INBOUND_PORT; "
+            "default \"15001\"\n",
             "SIDECAR_INBOUND_PORT",
             "--timeouts.connect DURATION",
             "CONNECT_TIMEOUT",

@@ -498,20 +498,28 @@ static int store_enum(struct ctx *x, const struct key_desc *d, enum config_sourc
         return bad(x, d, src, display, NULL);
 }
 
+#define ELEM_PORT "expected a port 1..65535"
+#define ELEM_CIDR                                                                                  \
+        "expected a CIDR like 10.0.0.0/8 or fd00::/8 (prefix length at most 32 for IPv4, 128 "     \
+        "for IPv6)"
+
 /* One element of a list key, stored at index i. */
 static int store_elem(struct ctx *x, const struct key_desc *d, enum config_source src,
                       const char *text, const char *display, size_t i)
 {
-        if (i >= CONFIG_MAX_EXCLUDES)
-                return bad(x, d, src, display, NULL);
+        if (i >= CONFIG_MAX_EXCLUDES) {
+                char what[64];
+                snprintf(what, sizeof(what), "too many entries: at most %d", CONFIG_MAX_EXCLUDES);
+                return bad(x, d, src, display, what);
+        }
         if (d->type == K_PORTS) {
                 long long v;
                 if (!parse_ll(text, false, &v) || v < 1 || v > 65535)
-                        return bad(x, d, src, display, NULL);
+                        return bad(x, d, src, display, ELEM_PORT);
                 ((uint16_t *)field(x->c, d))[i] = (uint16_t)v;
         } else {
                 if (parse_cidr(text, &((struct cidr *)field(x->c, d))[i]))
-                        return bad(x, d, src, display, NULL);
+                        return bad(x, d, src, display, ELEM_CIDR);
         }
         *count_field(x->c, d) = i + 1;
         return 0;
@@ -705,7 +713,9 @@ static int set_json(struct ctx *x, const struct key_desc *d, const cJSON *v)
                                             : (cJSON_IsString(e) ? e->valuestring : NULL);
                         disp = json_show(e);
                         rc = t ? store_elem(x, d, CONFIG_SRC_FILE, t, disp, i++)
-                               : bad(x, d, CONFIG_SRC_FILE, disp, NULL);
+                               : bad(x, d, CONFIG_SRC_FILE, disp,
+                                     d->type == K_PORTS ? ELEM_PORT " (in JSON: an integer)"
+                                                        : ELEM_CIDR " (in JSON: a string)");
                         free(disp);
                         if (rc)
                                 return rc;
@@ -1152,7 +1162,8 @@ static void build_usage(void)
         struct strbuf sb;
         strbuf_init_static(&sb, usage_text, sizeof(usage_text));
         strbuf_append(
-            &sb, "  --config FILE  JSON configuration file (keys as below, dotted = nested)\n");
+            &sb, "  --config FILE\n      the JSON configuration file; its keys are the flag names "
+                 "with '-' written '_' (dots = nesting)\n");
         for (size_t i = 0; i < NKEYS; i++) {
                 const struct key_desc *d = &keys[i];
                 if (d->flags & KF_FILE_ONLY)
@@ -1160,9 +1171,9 @@ static void build_usage(void)
                 char f[KEY_MAX], what[512];
                 flag_name(d, f, sizeof(f));
                 describe(d, what, sizeof(what));
-                strbuf_appendf(&sb, "  --%s %s  %s%s%s; default %s%s%s\n", f, value_hint(d), what,
-                               d->env ? "; env " : "", d->env ? d->env : "", d->def ? "\"" : "",
-                               d->def ? d->def : "(empty)", d->def ? "\"" : "");
+                strbuf_appendf(&sb, "  --%s %s\n      %s%s%s; default %s%s%s\n", f, value_hint(d),
+                               what, d->env ? "; env " : "", d->env ? d->env : "",
+                               d->def ? "\"" : "", d->def ? d->def : "(empty)", d->def ? "\"" : "");
         }
 }
 
