@@ -913,15 +913,17 @@ static void test_ctl_conns(void **state)
         int rc = run_ctl(child_addr(), out, sizeof(out), err, sizeof(err), "conns", NULL);
         if (rc != 0)
                 fail_msg("shuntctl conns exited %d: %s", rc, err);
-        const char *want[] = {"ID",    "ORIGINAL_DST",   "10.0.0.1:5555", "10.0.0.2:80",
-                              "http1", "relaying",       "1.5 KiB",       "3.0 MiB",
-                              "1m05s", "[fd00::2]:8443", "sniffing",      "12ms"};
+        const char *want[] = {"ID",       "ORIGINAL_DST",   "10.0.0.1:5555", "10.0.0.2:80",
+                              "http1",    "relaying",       "1.5 KiB",       "3.0 MiB",
+                              "1m05s",    "[fd00::2]:8443", "sniffing",      "12ms",
+                              "outbound", "inbound"};
         for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
                 if (!strstr(out, want[i]))
                         fail_msg("missing '%s' in:\n%s", want[i], out);
         assert_aligned(out, "CLIENT", "relaying", "10.0.0.1:5555");
         assert_aligned(out, "CLIENT", "sniffing", "[fd00::1]:40000");
         assert_aligned(out, "PROTO", "sniffing", "tls");
+        assert_aligned(out, "DIR", "relaying", "outbound");
         /* three lines: header and two connections */
         int lines = 0;
         for (const char *p = out; *p; p++)

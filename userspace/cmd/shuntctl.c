@@ -603,13 +603,10 @@ static int cmd_conns(void)
                         fmt_bytes(d, out, sizeof(out));
                 if (jnum(c, "age_ms", &d))
                         fmt_duration_ms(d, age, sizeof(age));
-                const char *dir = jstr(c, "direction", "?");
                 table_add(&t, jint(c, "id", id, sizeof(id)), jint(c, "worker", wk, sizeof(wk)),
-                          strcmp(dir, "outbound") == 0  ? "out"
-                          : strcmp(dir, "inbound") == 0 ? "in"
-                                                        : dir,
-                          jstr(c, "client", "?"), jstr(c, "original_dst", "?"),
-                          jstr(c, "protocol", "?"), jstr(c, "state", "?"), in, out, age);
+                          jstr(c, "direction", "?"), jstr(c, "client", "?"),
+                          jstr(c, "original_dst", "?"), jstr(c, "protocol", "?"),
+                          jstr(c, "state", "?"), in, out, age);
         }
         if (t.rows == 0)
                 printf("no active connections\n");
