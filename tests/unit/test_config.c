@@ -833,6 +833,8 @@ static void test_duration(void **state)
             {"0s", 0, 0},
             {"007s", 0, 7000},
             {"1.0000001s", 0, 1001}, /* rounded up */
+            {"0.0000000001s", 0, 1}, /* any positive amount is at least 1ms */
+            {"0.000s", 0, 0},
             {"", -EINVAL, 0},
             {"s", -EINVAL, 0},
             {".s", -EINVAL, 0},
