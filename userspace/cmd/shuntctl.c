@@ -358,8 +358,8 @@ static cJSON *fetch(const char *method, const char *path, const char *body)
                         snprintf(tmp, sizeof(tmp), "%.*s", (int)strcspn(r.body, "\r\n"), r.body);
                         msg = tmp;
                 }
-                fprintf(stderr, "shuntctl: shuntd admin at %s answered %d to %s %s: %s\n", g_admin,
-                        r.status, method, path, msg);
+                fprintf(stderr, "shuntctl: shuntd admin at %s answered %d to %s %s%s%s\n", g_admin,
+                        r.status, method, path, *msg ? ": " : "", msg);
                 exit(1);
         }
         if (g_json)
@@ -510,8 +510,10 @@ static int cmd_status(void)
         printf("\n");
 
         const cJSON *ready = cJSON_GetObjectItemCaseSensitive(j, "ready");
-        printf("%-13s%s\n",
-               "ready:", cJSON_IsBool(ready) ? (cJSON_IsTrue(ready) ? "yes" : "no") : "unknown");
+        bool draining = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "draining"));
+        printf("%-13s%s%s\n",
+               "ready:", cJSON_IsBool(ready) ? (cJSON_IsTrue(ready) ? "yes" : "no") : "unknown",
+               draining ? " (draining)" : "");
         const char *mode = jstr(j, "redirect_mode", "unknown");
         const char *reason = jstr(j, "redirect_reason", "");
         if (*reason)
