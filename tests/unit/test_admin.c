@@ -238,7 +238,7 @@ static int curl_port(const char *host, uint16_t port, const char *extra, const c
 {
         struct strbuf cmd;
         strbuf_init(&cmd);
-        strbuf_append(&cmd, "curl -g -s -S --max-time 10 -w '\\n%{http_code}' ");
+        strbuf_append(&cmd, "curl -g -s -S --noproxy '*' --max-time 10 -w '\\n%{http_code}' ");
         strbuf_append(&cmd, extra);
         strbuf_appendf(&cmd, " 'http://%s:%u%s'", host, port, path);
         FILE *p = popen(cmd.data, "r");
