@@ -7,7 +7,22 @@
  * the answer the whole input gives, however the bytes are split into reads.
  *
  * Bytes past SNIFF_MAX_BYTES are never looked at: a buffer that long is
- * treated as if the peer had closed after SNIFF_MAX_BYTES bytes. */
+ * treated as if the peer had closed after SNIFF_MAX_BYTES bytes.
+ *
+ * Decisions:
+ *  - HTTP/1: "METHOD SP target SP HTTP/1." (method: 1-15 RFC 9110 token chars,
+ *    target: visible ASCII) within the first 8 KiB. TCP at the first byte that
+ *    breaks this; a partial request line at eof is TCP.
+ *  - HTTP/2: the 24-byte preface, then frames up to the first complete header
+ *    block (HEADERS + CONTINUATION). gRPC when its first content-type is
+ *    application/grpc[+...|;...]; anything else, a malformed block, eof or the
+ *    bound before the block is complete: plain HTTP/2. A partial preface at
+ *    eof is TCP.
+ *  - TLS: a handshake record (0x16, version 3.0-3.4, length 1..2^14) whose
+ *    first handshake byte is ClientHello. That alone makes it TLS; SNI and ALPN
+ *    are filled only from a complete, well-formed hello (which may span
+ *    records), otherwise left empty.
+ *  - Everything else, and nothing at all at eof, is TCP. */
 #include "intercept/sniff.h"
 
 #include <errno.h>
