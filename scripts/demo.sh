@@ -26,7 +26,9 @@ note() { printf '%s%s%s\n' "$dim" "$*" "$off"; }
 show() {
 	local pod=$1
 	shift
-	printf '%s[%s]$ %s%s\n' "$dim" "$pod" "$*" "$off"
+	printf '%s[%s]$' "$dim" "$pod"
+	printf ' %q' "$@"
+	printf '%s\n' "$off"
 	ip netns exec "$(ns "$pod")" "$@"
 }
 
