@@ -88,12 +88,12 @@ ip netns add "$NS_A"
 ip netns add "$NS_B"
 ip -n "$NS_A" link add eth0 type veth peer name eth0 netns "$NS_B"
 for side in "A $A4 $A6" "B $B4 $B6"; do
-	set -- $side
-	n=$(ns "$1")
+	read -r pod a4 a6 <<<"$side"
+	n=$(ns "$pod")
 	ip -n "$n" link set lo up
 	ip netns exec "$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=0
-	ip -n "$n" addr add "$2/24" dev eth0
-	ip -n "$n" -6 addr add "$3/64" dev eth0 nodad
+	ip -n "$n" addr add "$a4/24" dev eth0
+	ip -n "$n" -6 addr add "$a6/64" dev eth0 nodad
 	ip -n "$n" link set eth0 up
 done
 ip -n "$NS_A" -br addr show dev eth0

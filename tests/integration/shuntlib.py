@@ -466,7 +466,7 @@ class Shuntd:
         self.proc = pod.spawn(argv, name, env=e)
         with _lock:
             _daemons.append(self)
-            del _daemons[:-8]
+            del _daemons[:-3]
         self.admin = ("127.0.0.1", 15003)
 
     def write_config(self, config):
