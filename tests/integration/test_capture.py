@@ -192,3 +192,74 @@ def test_loopback_not_captured(topo, shuntd, app_server):
         finally:
             s.close()
     assert accepted(shuntd, "outbound") == out_before
+
+
+def client_hello(sni, alpn):
+    """The bytes of a real TLS ClientHello (Python's ssl), without a peer."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.set_alpn_protocols(alpn)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def h2_frame(ftype, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def hpack_literal(index, value):
+    """Literal header field with incremental indexing, indexed name (<63),
+    plain (non-Huffman) value shorter than 127 bytes."""
+    v = value.encode()
+    return bytes([0x40 | index, len(v)]) + v
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b"")
+GRPC_HEADERS = h2_frame(
+    1,
+    0x4,  # END_HEADERS
+    1,
+    bytes([0x83, 0x86])  # :method POST, :scheme http
+    + hpack_literal(4, "/demo.Echo/Say")  # :path
+    + hpack_literal(1, "svc.example")  # :authority
+    + hpack_literal(31, "application/grpc"),  # content-type
+)
+
+
+H2_HEADERS = h2_frame(
+    1,
+    0x5,  # END_STREAM | END_HEADERS
+    1,
+    bytes([0x82, 0x86, 0x84])  # :method GET, :scheme http, :path /
+    + hpack_literal(1, "svc.example"),  # :authority
+)
+
+
+@pytest.mark.parametrize(
+    "proto,payload,sni",
+    [
+        ("http1", b"GET /x HTTP/1.1\r\nHost: svc\r\n\r\n", ""),
+        ("http2", H2_PREFACE + H2_HEADERS, ""),
+        ("grpc", H2_PREFACE + GRPC_HEADERS, ""),
+        ("tls", None, "api.example.test"),
+    ],
+)
+def test_sniffed_protocol_and_bytes_replayed(topo, shuntd, proto, payload, sni):
+    """Each protocol's first bytes are recognised (metrics, /connections,
+    SNI for TLS) and reach the server unchanged (the echo returns them)."""
+    if payload is None:
+        payload = client_hello(sni, ["h2", "http/1.1"])
+    before = shuntd.metric("shunt_protocol_detected_total", default=0.0, protocol=proto)
+    s = topo.app.connect(T.REMOTE4, 7000)
+    try:
+        assert sl.echo(s, payload) == payload
+        c = sl.wait_until(lambda: find_conn(shuntd, T.REMOTE4, 7000), 5, what="conn listed")
+        assert c["protocol"] == proto, c
+        assert c["sni"] == sni, c
+    finally:
+        s.close()
+    assert shuntd.metric("shunt_protocol_detected_total", protocol=proto) == before + 1
