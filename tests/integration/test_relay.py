@@ -49,7 +49,7 @@ def test_half_close_delivers_all_bytes(topo, shuntd, family):
     try:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
-        reply = sl.recv_all(s, timeout=30)
+        reply = sl.recv_all(s, timeout=15)
     finally:
         s.close()
     assert reply == ("%d %s\n" % (len(data), hashlib.sha256(data).hexdigest())).encode()
@@ -64,7 +64,7 @@ def test_half_close_other_direction(topo, shuntd):
     try:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
-        got = sl.recv_all(s, timeout=30)
+        got = sl.recv_all(s, timeout=15)
     finally:
         s.close()
     assert got == data
