@@ -700,8 +700,8 @@ def cleanup_all():
 
 
 def sweep_stale():
-    """Deletes namespaces left by an earlier run of this harness that was
-    killed (its pid in the name no longer exists)."""
+    """Deletes namespaces and temporary directories left by an earlier run
+    of this harness that was killed (its pid in the name no longer exists)."""
     r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     for line in r.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
@@ -717,6 +717,11 @@ def sweep_stale():
             except (ProcessLookupError, ValueError):
                 pass
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    tmp = tempfile.gettempdir()
+    for entry in os.listdir(tmp):
+        m = re.match(r"^%s(\d+)-" % re.escape(NS_PREFIX), entry)
+        if m and int(m.group(1)) != os.getpid() and not os.path.exists("/proc/" + m.group(1)):
+            subprocess.run(["rm", "-rf", "--", os.path.join(tmp, entry)], capture_output=True)
 
 
 def _on_signal(signum, frame):
