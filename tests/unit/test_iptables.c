@@ -391,12 +391,12 @@ static void test_install_idempotent(void **state)
         struct ipt_options o;
         base_options(&o);
         assert_int_equal(ipt_remove(err, sizeof(err)), 0);
-        assert_false(ipt_installed());
+        assert_false(ipt_installed(AF_INET));
         for (int i = 0; i < 3; i++) {
                 int rc = ipt_install(&o, err, sizeof(err));
                 if (rc)
                         fail_msg("install %d: %s", i, err);
-                assert_true(ipt_installed());
+                assert_true(ipt_installed(AF_INET));
                 assert_installed_once(false);
                 assert_installed_once(true);
         }
@@ -475,9 +475,9 @@ static void test_remove_idempotent(void **state)
         int rc = ipt_install(&o, err, sizeof(err));
         if (rc)
                 fail_msg("install: %s", err);
-        assert_true(ipt_installed());
+        assert_true(ipt_installed(AF_INET));
         assert_int_equal(ipt_remove(err, sizeof(err)), 0);
-        assert_false(ipt_installed());
+        assert_false(ipt_installed(AF_INET));
         assert_nothing_left(false);
         assert_nothing_left(true);
         assert_int_equal(ipt_remove(err, sizeof(err)), 0);
@@ -489,7 +489,7 @@ static void test_remove_idempotent(void **state)
         rc = RUN(NULL, NULL, "iptables", "-t", "nat", "-D", "OUTPUT", "-p", "tcp", "-m", "comment",
                  "--comment", "shunt", "-j", "SIDECAR_PROXY_OUTBOUND");
         assert_int_equal(rc, 0);
-        assert_false(ipt_installed());
+        assert_false(ipt_installed(AF_INET));
         assert_int_equal(ipt_remove(err, sizeof(err)), 0);
         assert_nothing_left(false);
         assert_nothing_left(true);
@@ -825,7 +825,7 @@ static void test_restore_errors_and_comment_fallback(void **state)
         assert_int_equal(rc, -EIO);
         assert_non_null(strstr(err, "iptables-restore --noflush: exit status 2"));
         assert_non_null(strstr(err, "line 7: bad rule here"));
-        assert_false(ipt_installed());
+        assert_false(ipt_installed(AF_INET));
 
         /* Missing comment match: retried without comments. */
         write_script(dir, "iptables-restore",
@@ -837,7 +837,7 @@ static void test_restore_errors_and_comment_fallback(void **state)
         rc = ipt_install(&o, err, sizeof(err));
         if (rc)
                 fail_msg("install without comment match: %s", err);
-        assert_true(ipt_installed());
+        assert_true(ipt_installed(AF_INET));
         char *s = nat_save(false);
         assert_null(strstr(s, "comment"));
         assert_int_equal(count_line(s, "-A PREROUTING -p tcp -j SIDECAR_PROXY_INBOUND"), 1);

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -17,28 +18,27 @@
 #include "intercept/origdst.h"
 #include "proxy/proxy.h"
 
-#define SHUNT_VERSION	"0.1.0"
-#define DRAIN_POLL_MS	100
-#define UID_NONE	UINT32_MAX
+#define SHUNT_VERSION "0.1.0"
+#define DRAIN_POLL_MS 100
 
 struct daemon {
-	int argc;
-	char **argv;
-	struct shunt_config *cfg;
-	uint64_t cfg_generation;
-	struct loop *loop;
-	struct proxy *proxy;
-	struct admin *admin;
-	struct loop_io sig_io;
-	struct loop_timer drain_timer;
-	uint64_t drain_deadline_ms;
-	uint64_t started_ms;
-	bool rules_installed;
-	bool ready;
-	bool draining;
-	uint32_t capture_uid;
-	char redirect_reason[256];
-	int exit_code;
+        int argc;
+        char **argv;
+        struct shunt_config *cfg;
+        uint64_t cfg_generation;
+        struct loop *loop;
+        struct proxy *proxy;
+        struct admin *admin;
+        struct loop_io sig_io;
+        struct loop_timer drain_timer;
+        uint64_t drain_deadline_ms;
+        uint64_t started_ms;
+        bool rules_installed;
+        bool ready;
+        bool draining;
+        uint32_t capture_uid;
+        char redirect_reason[256];
+        int exit_code;
 };
 
 extern char **environ;
@@ -47,362 +47,366 @@ extern char **environ;
 
 static uint32_t capture_uid(const struct shunt_config *cfg)
 {
-	if (cfg->proxy_uid >= 0)
-		return (uint32_t)cfg->proxy_uid;
-	/* Automatic: our own uid, unless we are root, whom applications share. */
-	uid_t me = geteuid();
-	return me != 0 ? (uint32_t)me : UID_NONE;
+        if (cfg->proxy_uid >= 0)
+                return (uint32_t)cfg->proxy_uid;
+        /* Automatic: our own uid, unless we are root, whom applications share. */
+        uid_t me = geteuid();
+        return me != 0 ? (uint32_t)me : IPT_UID_NONE;
 }
 
 static int rules_install(struct daemon *d)
 {
-	struct ipt_options o;
-	ipt_options_from_config(&o, d->cfg, capture_uid(d->cfg));
-	char err[512];
-	if (ipt_install(&o, err, sizeof(err)) < 0) {
-		log_error("intercept", 0, "installing iptables rules failed: %s", err);
-		return -1;
-	}
-	d->rules_installed = true;
-	log_info("intercept", 0, "iptables capture installed: inbound -> %u, outbound -> %u",
-		 d->cfg->inbound_port, d->cfg->outbound_port);
-	return 0;
+        struct ipt_options o;
+        ipt_options_from_config(&o, d->cfg, capture_uid(d->cfg));
+        char err[512];
+        if (ipt_install(&o, err, sizeof(err)) < 0) {
+                log_error("intercept", 0, "installing iptables rules failed: %s", err);
+                return -1;
+        }
+        d->rules_installed = true;
+        log_info("intercept", 0, "iptables capture installed: inbound -> %u, outbound -> %u",
+                 d->cfg->inbound_port, d->cfg->outbound_port);
+        return 0;
 }
 
 static void rules_remove(struct daemon *d)
 {
-	if (!d->rules_installed)
-		return;
-	char err[512];
-	if (ipt_remove(err, sizeof(err)) < 0)
-		log_error("intercept", 0, "removing iptables rules failed: %s", err);
-	else
-		log_info("intercept", 0, "iptables capture removed");
-	d->rules_installed = false;
+        if (!d->rules_installed)
+                return;
+        char err[512];
+        if (ipt_remove(err, sizeof(err)) < 0)
+                log_error("intercept", 0, "removing iptables rules failed: %s", err);
+        else
+                log_info("intercept", 0, "iptables capture removed");
+        d->rules_installed = false;
 }
 
 /* ---- admin handlers ------------------------------------------------------------ */
 
 static void h_health(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	strbuf_append(&resp->body, "{\"status\":\"ok\"}");
+        strbuf_append(&resp->body, "{\"status\":\"ok\"}");
 }
 
 static void h_ready(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	struct daemon *d = ctx;
-	if (d->ready) {
-		strbuf_append(&resp->body, "{\"ready\":true}");
-		return;
-	}
-	resp->status = 503;
-	strbuf_appendf(&resp->body, "{\"ready\":false,\"reason\":\"%s\"}",
-		       d->draining ? "draining" : "starting");
+        struct daemon *d = ctx;
+        if (d->ready) {
+                strbuf_append(&resp->body, "{\"ready\":true}");
+                return;
+        }
+        resp->status = 503;
+        strbuf_appendf(&resp->body, "{\"ready\":false,\"reason\":\"%s\"}",
+                       d->draining ? "draining" : "starting");
 }
 
 static void h_metrics(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	struct daemon *d = ctx;
-	resp->content_type = "text/plain; version=0.0.4";
-	proxy_render_metrics(d->proxy, &resp->body);
-	prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
-	prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
-	prom_family(&resp->body, "shunt_config_reloads_total", "counter",
-		    "Configuration generations applied after the first.");
-	prom_sample_u64(&resp->body, "shunt_config_reloads_total", NULL, d->cfg_generation - 1);
-	prom_family(&resp->body, "shunt_uptime_seconds", "gauge", "Seconds since start.");
-	prom_sample_u64(&resp->body, "shunt_uptime_seconds", NULL,
-			(clock_mono_ms() - d->started_ms) / 1000);
+        struct daemon *d = ctx;
+        resp->content_type = PROM_CONTENT_TYPE;
+        proxy_render_metrics(d->proxy, &resp->body);
+        prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
+        prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
+        prom_family(&resp->body, "shunt_config_reloads_total", "counter",
+                    "Configuration generations applied after the first.");
+        prom_sample_u64(&resp->body, "shunt_config_reloads_total", NULL, d->cfg_generation - 1);
+        prom_family(&resp->body, "shunt_uptime_seconds", "gauge", "Seconds since start.");
+        prom_sample_u64(&resp->body, "shunt_uptime_seconds", NULL,
+                        (clock_mono_ms() - d->started_ms) / 1000);
 }
 
 static void h_config(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	struct daemon *d = ctx;
-	char *json = config_dump_json(d->cfg);
-	if (!json) {
-		resp->status = 500;
-		strbuf_append(&resp->body, "{\"error\":\"out of memory\"}");
-		return;
-	}
-	strbuf_append(&resp->body, json);
-	free(json);
+        struct daemon *d = ctx;
+        char *json = config_dump_json(d->cfg);
+        if (!json) {
+                resp->status = 500;
+                strbuf_append(&resp->body, "{\"error\":\"out of memory\"}");
+                return;
+        }
+        strbuf_append(&resp->body, json);
+        free(json);
 }
 
 static void h_status(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	struct daemon *d = ctx;
-	struct strbuf *b = &resp->body;
-	strbuf_appendf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime_s\":%llu,", SHUNT_VERSION,
-		       (int)getpid(),
-		       (unsigned long long)((clock_mono_ms() - d->started_ms) / 1000));
-	strbuf_appendf(b, "\"redirect_mode\":\"%s\",\"redirect_reason\":",
-		       redirect_mode_name(d->cfg->redirect));
-	strbuf_append_json_string(b, d->redirect_reason);
-	strbuf_appendf(b, ",\"ready\":%s,\"draining\":%s,\"workers\":%d,\"listeners\":",
-		       d->ready ? "true" : "false", d->draining ? "true" : "false",
-		       d->cfg->workers);
-	proxy_render_listeners(d->proxy, b);
-	bool installed = d->cfg->redirect == REDIRECT_IPTABLES && ipt_installed();
-	strbuf_appendf(b, ",\"rules\":{\"installed\":%s,\"ipv6\":%s},\"connections\":",
-		       installed ? "true" : "false", installed && ipt_installed_v6() ? "true" : "false");
-	proxy_render_counts(d->proxy, b);
-	strbuf_append(b, ",\"config\":{\"path\":");
-	strbuf_append_json_string(b, d->cfg->path);
-	strbuf_appendf(b, ",\"generation\":%llu},\"log_level\":\"%s\"}",
-		       (unsigned long long)d->cfg_generation, log_level_name(log_get_level()));
+        struct daemon *d = ctx;
+        struct strbuf *b = &resp->body;
+        strbuf_appendf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime_s\":%llu,", SHUNT_VERSION,
+                       (int)getpid(),
+                       (unsigned long long)((clock_mono_ms() - d->started_ms) / 1000));
+        strbuf_appendf(b, "\"redirect_mode\":\"%s\",\"redirect_reason\":",
+                       redirect_mode_name(d->cfg->redirect));
+        strbuf_append_json_string(b, d->redirect_reason);
+        strbuf_appendf(b, ",\"ready\":%s,\"draining\":%s,\"workers\":%d,\"listeners\":",
+                       d->ready ? "true" : "false", d->draining ? "true" : "false",
+                       d->cfg->workers);
+        proxy_render_listeners(d->proxy, b);
+        bool installed = d->cfg->redirect == REDIRECT_IPTABLES && ipt_installed(AF_INET);
+        bool installed6 = d->cfg->redirect == REDIRECT_IPTABLES && ipt_installed(AF_INET6);
+        strbuf_appendf(b, ",\"rules\":{\"installed\":%s,\"ipv6\":%s},\"connections\":",
+                       installed ? "true" : "false", installed6 ? "true" : "false");
+        proxy_render_counts(d->proxy, b);
+        strbuf_append(b, ",\"config\":{\"path\":");
+        strbuf_append_json_string(b, d->cfg->path);
+        strbuf_appendf(b, ",\"generation\":%llu},\"log_level\":\"%s\"}",
+                       (unsigned long long)d->cfg_generation, log_level_name(log_get_level()));
 }
 
 static void h_rules(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	if (ipt_dump_json(&resp->body) < 0) {
-		strbuf_reset(&resp->body);
-		resp->status = 500;
-		strbuf_append(&resp->body, "{\"error\":\"cannot read the nat table\"}");
-	}
+        if (ipt_dump_json(&resp->body) < 0) {
+                strbuf_reset(&resp->body);
+                resp->status = 500;
+                strbuf_append(&resp->body, "{\"error\":\"cannot read the nat table\"}");
+        }
 }
 
-static void h_connections(const struct admin_request *req, struct admin_response *resp,
-			  void *ctx)
+static void h_connections(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	struct daemon *d = ctx;
-	if (proxy_render_connections(d->proxy, &resp->body) < 0) {
-		strbuf_reset(&resp->body);
-		resp->status = 500;
-		strbuf_append(&resp->body, "{\"error\":\"out of memory\"}");
-	}
+        struct daemon *d = ctx;
+        if (proxy_render_connections(d->proxy, &resp->body) < 0) {
+                strbuf_reset(&resp->body);
+                resp->status = 500;
+                strbuf_append(&resp->body, "{\"error\":\"out of memory\"}");
+        }
 }
 
 static void h_log_level(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
-	char want[16] = "";
-	size_t n = req->body_len < sizeof(want) - 1 ? req->body_len : sizeof(want) - 1;
-	memcpy(want, req->body, n);
-	while (n && (want[n - 1] == '\n' || want[n - 1] == '\r' || want[n - 1] == ' '))
-		want[--n] = '\0';
-	enum log_level lvl;
-	if (log_level_parse(want, &lvl) < 0) {
-		resp->status = 400;
-		strbuf_append(&resp->body, "{\"error\":\"log level must be debug, info, warn or error\"}");
-		return;
-	}
-	log_set_level(lvl);
-	log_info("admin", 0, "log level set to %s", log_level_name(lvl));
-	strbuf_appendf(&resp->body, "{\"log_level\":\"%s\"}", log_level_name(lvl));
+        char want[16] = "";
+        size_t n = req->body_len < sizeof(want) - 1 ? req->body_len : sizeof(want) - 1;
+        memcpy(want, req->body, n);
+        while (n && (want[n - 1] == '\n' || want[n - 1] == '\r' || want[n - 1] == ' '))
+                want[--n] = '\0';
+        enum log_level lvl;
+        if (log_level_parse(want, &lvl) < 0) {
+                resp->status = 400;
+                strbuf_append(&resp->body,
+                              "{\"error\":\"log level must be debug, info, warn or error\"}");
+                return;
+        }
+        log_set_level(lvl);
+        log_info("admin", 0, "log level set to %s", log_level_name(lvl));
+        strbuf_appendf(&resp->body, "{\"log_level\":\"%s\"}", log_level_name(lvl));
 }
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
 static void reload(struct daemon *d)
 {
-	struct shunt_config *next;
-	char err[512];
-	if (config_reload(d->cfg, d->argc, d->argv, environ, &next, err, sizeof(err)) < 0) {
-		log_error("config", 0, "reload rejected, keeping the running configuration: %s",
-			  err);
-		return;
-	}
-	struct shunt_config *old = d->cfg;
-	if (next->inbound_port != old->inbound_port || next->outbound_port != old->outbound_port ||
-	    next->workers != old->workers || strcmp(next->bind_address, old->bind_address) ||
-	    next->admin_port != old->admin_port || strcmp(next->admin_address, old->admin_address) ||
-	    next->redirect != old->redirect)
-		log_warn("config", 0,
-			 "listener addresses, workers and redirect mode change only on restart");
-	log_set_level(next->log_level);
-	d->cfg = next;
-	d->cfg_generation++;
-	proxy_set_config(d->proxy, next);
-	if (d->rules_installed)
-		rules_install(d); /* exclusions may have changed; replaced atomically */
-	snapshot_unref(&old->snap);
-	log_info("config", 0, "configuration reloaded (generation %llu)",
-		 (unsigned long long)d->cfg_generation);
+        struct shunt_config *next;
+        char err[512];
+        if (config_reload(d->cfg, d->argc, d->argv, environ, &next, err, sizeof(err)) < 0) {
+                log_error("config", 0, "reload rejected, keeping the running configuration: %s",
+                          err);
+                return;
+        }
+        struct shunt_config *old = d->cfg;
+        if (next->inbound_port != old->inbound_port || next->outbound_port != old->outbound_port ||
+            next->workers != old->workers || strcmp(next->bind_address, old->bind_address) ||
+            next->admin_port != old->admin_port ||
+            strcmp(next->admin_address, old->admin_address) || next->redirect != old->redirect)
+                log_warn("config", 0,
+                         "listener addresses, workers and redirect mode change only on restart");
+        log_set_level(next->log_level);
+        d->cfg = next;
+        d->cfg_generation++;
+        proxy_set_config(d->proxy, next);
+        if (d->rules_installed)
+                rules_install(d); /* exclusions may have changed; replaced atomically */
+        snapshot_unref(&old->snap);
+        log_info("config", 0, "configuration reloaded (generation %llu)",
+                 (unsigned long long)d->cfg_generation);
 }
 
 static void finish(struct daemon *d)
 {
-	loop_timer_cancel(d->loop, &d->drain_timer);
-	loop_stop(d->loop);
+        loop_timer_cancel(d->loop, &d->drain_timer);
+        loop_stop(d->loop);
 }
 
 static void on_drain_tick(struct loop *loop, struct loop_timer *t)
 {
-	struct daemon *d = t->data;
-	uint64_t active = proxy_active(d->proxy);
-	if (active == 0) {
-		log_info("shuntd", 0, "drained: no connections left");
-		finish(d);
-		return;
-	}
-	if (clock_mono_ms() >= d->drain_deadline_ms) {
-		log_warn("shuntd", 0, "drain_timeout reached with %llu connections open: closing them",
-			 (unsigned long long)active);
-		finish(d);
-		return;
-	}
-	loop_timer_arm(loop, t, DRAIN_POLL_MS);
+        struct daemon *d = t->data;
+        uint64_t active = proxy_active(d->proxy);
+        if (active == 0) {
+                log_info("shuntd", 0, "drained: no connections left");
+                finish(d);
+                return;
+        }
+        if (clock_mono_ms() >= d->drain_deadline_ms) {
+                log_warn("shuntd", 0,
+                         "drain_timeout reached with %llu connections open: closing them",
+                         (unsigned long long)active);
+                finish(d);
+                return;
+        }
+        loop_timer_arm(loop, t, DRAIN_POLL_MS);
 }
 
 static void start_drain(struct daemon *d, const char *sig)
 {
-	if (d->draining) {
-		log_warn("shuntd", 0, "%s again: stopping now", sig);
-		finish(d);
-		return;
-	}
-	d->draining = true;
-	d->ready = false;
-	log_info("shuntd", 0, "%s: no new connections; draining %llu for up to %u ms", sig,
-		 (unsigned long long)proxy_active(d->proxy), d->cfg->drain_timeout_ms);
-	proxy_stop_accepting(d->proxy);
-	d->drain_deadline_ms = clock_mono_ms() + d->cfg->drain_timeout_ms;
-	loop_timer_init(&d->drain_timer, on_drain_tick, d);
-	on_drain_tick(d->loop, &d->drain_timer);
+        if (d->draining) {
+                log_warn("shuntd", 0, "%s again: stopping now", sig);
+                finish(d);
+                return;
+        }
+        d->draining = true;
+        d->ready = false;
+        log_info("shuntd", 0, "%s: no new connections; draining %llu for up to %u ms", sig,
+                 (unsigned long long)proxy_active(d->proxy), d->cfg->drain_timeout_ms);
+        proxy_stop_accepting(d->proxy);
+        d->drain_deadline_ms = clock_mono_ms() + d->cfg->drain_timeout_ms;
+        loop_timer_init(&d->drain_timer, on_drain_tick, d);
+        on_drain_tick(d->loop, &d->drain_timer);
 }
 
 static void on_signal(struct loop *loop, struct loop_io *io, uint32_t events)
 {
-	struct daemon *d = io->data;
-	struct signalfd_siginfo si;
-	while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-		switch (si.ssi_signo) {
-		case SIGHUP:
-			reload(d);
-			break;
-		case SIGTERM:
-			start_drain(d, "SIGTERM");
-			break;
-		case SIGINT:
-			start_drain(d, "SIGINT");
-			break;
-		}
-	}
+        struct daemon *d = io->data;
+        struct signalfd_siginfo si;
+        while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+                switch (si.ssi_signo) {
+                case SIGHUP:
+                        reload(d);
+                        break;
+                case SIGTERM:
+                        start_drain(d, "SIGTERM");
+                        break;
+                case SIGINT:
+                        start_drain(d, "SIGINT");
+                        break;
+                }
+        }
 }
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: shuntd [--config FILE] [--KEY VALUE ...]\n"
-		"       shuntd --help | --version\n\n"
-		"Transparent service-mesh proxy. Every configuration key can be given as a flag;\n"
-		"flags override environment variables, which override the file.\n\n%s",
-		config_usage());
+        fprintf(f,
+                "usage: shuntd [--config FILE] [--KEY VALUE ...]\n"
+                "       shuntd --help | --version\n\n"
+                "Transparent service-mesh proxy. Every configuration key can be given as a flag;\n"
+                "flags override environment variables, which override the file.\n\n%s",
+                config_usage());
 }
 
 static void raise_fd_limit(void)
 {
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                setrlimit(RLIMIT_NOFILE, &rl);
+        }
 }
 
 int main(int argc, char **argv)
 {
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-			usage(stdout);
-			return 0;
-		}
-		if (!strcmp(argv[i], "--version")) {
-			printf("shuntd %s\n", SHUNT_VERSION);
-			return 0;
-		}
-	}
+        for (int i = 1; i < argc; i++) {
+                if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+                        usage(stdout);
+                        return 0;
+                }
+                if (!strcmp(argv[i], "--version")) {
+                        printf("shuntd %s\n", SHUNT_VERSION);
+                        return 0;
+                }
+        }
 
-	struct daemon d = {.argc = argc, .argv = argv, .exit_code = 0};
-	char err[512];
-	if (config_load(argc, argv, environ, &d.cfg, err, sizeof(err)) < 0) {
-		fprintf(stderr, "%s\n", err);
-		return 2;
-	}
-	d.cfg_generation = 1;
-	d.started_ms = clock_mono_ms();
-	log_set_level(d.cfg->log_level);
-	signal(SIGPIPE, SIG_IGN);
-	raise_fd_limit();
+        struct daemon d = {.argc = argc, .argv = argv, .exit_code = 0};
+        char err[512];
+        if (config_load(argc, argv, environ, &d.cfg, err, sizeof(err)) < 0) {
+                fprintf(stderr, "%s\n", err);
+                return 2;
+        }
+        d.cfg_generation = 1;
+        d.started_ms = clock_mono_ms();
+        log_set_level(d.cfg->log_level);
+        signal(SIGPIPE, SIG_IGN);
+        raise_fd_limit();
 
-	sigset_t mask;
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &mask, NULL); /* before any thread starts */
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &mask, NULL); /* before any thread starts */
 
-	d.loop = loop_new();
-	int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (!d.loop || sfd < 0) {
-		log_error("shuntd", 0, "cannot create the main event loop: %s", strerror(errno));
-		return 1;
-	}
-	loop_io_init(&d.sig_io, sfd, on_signal, &d);
-	loop_io_add(d.loop, &d.sig_io, EPOLLIN);
+        d.loop = loop_new();
+        int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+        if (!d.loop || sfd < 0) {
+                log_error("shuntd", 0, "cannot create the main event loop: %s", strerror(errno));
+                return 1;
+        }
+        loop_io_init(&d.sig_io, sfd, on_signal, &d);
+        loop_io_add(d.loop, &d.sig_io, EPOLLIN);
 
-	d.proxy = proxy_new(d.cfg, err, sizeof(err));
-	if (!d.proxy) {
-		log_error("proxy", 0, "cannot start listeners: %s", err);
-		d.exit_code = 1;
-		goto out;
-	}
-	d.admin = admin_new(d.loop, d.cfg->admin_address, d.cfg->admin_port, err, sizeof(err));
-	if (!d.admin) {
-		log_error("admin", 0, "cannot start the admin server: %s", err);
-		d.exit_code = 1;
-		goto out;
-	}
-	admin_route(d.admin, "GET", "/health", h_health, &d);
-	admin_route(d.admin, "GET", "/ready", h_ready, &d);
-	admin_route(d.admin, "GET", "/metrics", h_metrics, &d);
-	admin_route(d.admin, "GET", "/config", h_config, &d);
-	admin_route(d.admin, "GET", "/status", h_status, &d);
-	admin_route(d.admin, "GET", "/rules", h_rules, &d);
-	admin_route(d.admin, "GET", "/connections", h_connections, &d);
-	admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
+        d.proxy = proxy_new(d.cfg, err, sizeof(err));
+        if (!d.proxy) {
+                log_error("proxy", 0, "cannot start listeners: %s", err);
+                d.exit_code = 1;
+                goto out;
+        }
+        d.admin = admin_new(d.loop, d.cfg->admin_address, d.cfg->admin_port, err, sizeof(err));
+        if (!d.admin) {
+                log_error("admin", 0, "cannot start the admin server: %s", err);
+                d.exit_code = 1;
+                goto out;
+        }
+        admin_route(d.admin, "GET", "/health", h_health, &d);
+        admin_route(d.admin, "GET", "/ready", h_ready, &d);
+        admin_route(d.admin, "GET", "/metrics", h_metrics, &d);
+        admin_route(d.admin, "GET", "/config", h_config, &d);
+        admin_route(d.admin, "GET", "/status", h_status, &d);
+        admin_route(d.admin, "GET", "/rules", h_rules, &d);
+        admin_route(d.admin, "GET", "/connections", h_connections, &d);
+        admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
 
-	switch (d.cfg->redirect) {
-	case REDIRECT_IPTABLES:
-		if (rules_install(&d) < 0) {
-			d.exit_code = 1;
-			goto out;
-		}
-		snprintf(d.redirect_reason, sizeof(d.redirect_reason), "configured: iptables");
-		break;
-	case REDIRECT_OFF:
-		snprintf(d.redirect_reason, sizeof(d.redirect_reason),
-			 "configured: off (connections must be redirected by something else)");
-		break;
-	}
-	if (origdst_selftest(err, sizeof(err)) < 0) {
-		log_error("intercept", 0, "original destination self-test failed: %s", err);
-		d.exit_code = 1;
-		goto out;
-	}
-	if (proxy_start(d.proxy) < 0) {
-		d.exit_code = 1;
-		goto out;
-	}
-	d.ready = true;
-	log_info("shuntd", 0,
-		 "ready: %d workers, inbound %s:%u, outbound %s:%u, admin %s:%u, redirect %s",
-		 d.cfg->workers, d.cfg->bind_address, d.cfg->inbound_port, d.cfg->bind_address,
-		 d.cfg->outbound_port, d.cfg->admin_address, d.cfg->admin_port,
-		 redirect_mode_name(d.cfg->redirect));
+        switch (d.cfg->redirect) {
+        case REDIRECT_IPTABLES:
+                if (rules_install(&d) < 0) {
+                        d.exit_code = 1;
+                        goto out;
+                }
+                snprintf(d.redirect_reason, sizeof(d.redirect_reason), "configured: iptables");
+                break;
+        case REDIRECT_OFF:
+                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                         "configured: off (connections must be redirected by something else)");
+                break;
+        }
+        if (origdst_selftest(err, sizeof(err)) < 0) {
+                log_error("intercept", 0, "original destination self-test failed: %s", err);
+                d.exit_code = 1;
+                goto out;
+        }
+        if (proxy_start(d.proxy) < 0) {
+                d.exit_code = 1;
+                goto out;
+        }
+        d.ready = true;
+        log_info("shuntd", 0,
+                 "ready: %d workers, inbound %s:%u, outbound %s:%u, admin %s:%u, redirect %s",
+                 d.cfg->workers, d.cfg->bind_address, d.cfg->inbound_port, d.cfg->bind_address,
+                 d.cfg->outbound_port, d.cfg->admin_address, d.cfg->admin_port,
+                 redirect_mode_name(d.cfg->redirect));
 
-	int rc = loop_run(d.loop);
-	if (rc < 0) {
-		log_error("shuntd", 0, "main loop failed: %s", strerror(-rc));
-		d.exit_code = 1;
-	}
+        int rc = loop_run(d.loop);
+        if (rc < 0) {
+                log_error("shuntd", 0, "main loop failed: %s", strerror(-rc));
+                d.exit_code = 1;
+        }
 out:
-	d.ready = false;
-	rules_remove(&d);
-	proxy_free(d.proxy);
-	admin_free(d.admin);
-	if (d.loop)
-		loop_free(d.loop);
-	close(sfd);
-	snapshot_unref(&d.cfg->snap);
-	log_info("shuntd", 0, "exit %d", d.exit_code);
-	return d.exit_code;
+        d.ready = false;
+        /* Close the remaining connections while the NAT rules still exist, so
+         * their final FIN or RST is translated back and reaches the client. */
+        proxy_free(d.proxy);
+        rules_remove(&d);
+        admin_free(d.admin);
+        if (d.loop)
+                loop_free(d.loop);
+        close(sfd);
+        snapshot_unref(&d.cfg->snap);
+        log_info("shuntd", 0, "exit %d", d.exit_code);
+        return d.exit_code;
 }

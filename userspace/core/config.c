@@ -859,8 +859,8 @@ static unsigned line_of(const char *buf, const char *pos)
 
 static int load_file(struct ctx *x, const char *path)
 {
-        char *buf;
-        size_t len;
+        char *buf = NULL;
+        size_t len = 0;
         int rc = read_file(x, path, &buf, &len);
         if (rc)
                 return rc;

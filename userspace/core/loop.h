@@ -20,17 +20,17 @@ typedef void (*loop_timer_fn)(struct loop *loop, struct loop_timer *t);
 typedef void (*loop_task_fn)(void *arg);
 
 struct loop_io {
-	int fd;
-	uint32_t events; /* EPOLL* mask currently registered */
-	loop_io_fn fn;
-	void *data;
+        int fd;
+        uint32_t events; /* EPOLL* mask currently registered */
+        loop_io_fn fn;
+        void *data;
 };
 
 struct loop_timer {
-	uint64_t deadline_ms; /* CLOCK_MONOTONIC milliseconds */
-	size_t heap_index;    /* 0 = not armed */
-	loop_timer_fn fn;
-	void *data;
+        uint64_t deadline_ms; /* CLOCK_MONOTONIC milliseconds */
+        size_t heap_index;    /* 0 = not armed */
+        loop_timer_fn fn;
+        void *data;
 };
 
 struct loop *loop_new(void);
@@ -47,10 +47,10 @@ uint64_t clock_mono_ms(void);
 
 static inline void loop_io_init(struct loop_io *io, int fd, loop_io_fn fn, void *data)
 {
-	io->fd = fd;
-	io->events = 0;
-	io->fn = fn;
-	io->data = data;
+        io->fd = fd;
+        io->events = 0;
+        io->fn = fn;
+        io->data = data;
 }
 
 /* Registers, changes or removes interest. Return 0 or -errno. */
@@ -60,18 +60,24 @@ void loop_io_del(struct loop *loop, struct loop_io *io);
 
 static inline void loop_timer_init(struct loop_timer *t, loop_timer_fn fn, void *data)
 {
-	t->deadline_ms = 0;
-	t->heap_index = 0;
-	t->fn = fn;
-	t->data = data;
+        t->deadline_ms = 0;
+        t->heap_index = 0;
+        t->fn = fn;
+        t->data = data;
 }
 static inline bool loop_timer_armed(const struct loop_timer *t)
 {
-	return t->heap_index != 0;
+        return t->heap_index != 0;
 }
 /* (Re)arms t to fire once after ms milliseconds. Returns 0 or -ENOMEM. */
 int loop_timer_arm(struct loop *loop, struct loop_timer *t, uint64_t ms);
 void loop_timer_cancel(struct loop *loop, struct loop_timer *t);
+
+/* Frees ptr (with free()) once the events of the current epoll batch have
+ * all been dispatched: an object whose handles may still appear later in the
+ * same batch must not be freed at once. Loop thread only. 0 or -ENOMEM (then
+ * ptr is freed immediately, which is only safe outside a batch). */
+int loop_defer_free(struct loop *loop, void *ptr);
 
 /* Queues fn(arg) to run on the loop's thread. Any thread. 0 or -ENOMEM. */
 int loop_post(struct loop *loop, loop_task_fn fn, void *arg);

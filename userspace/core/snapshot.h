@@ -13,14 +13,14 @@
 #include <stdint.h>
 
 struct snapshot {
-	_Atomic uint32_t refs;
-	void (*destroy)(struct snapshot *s); /* frees the enclosing object */
+        _Atomic uint32_t refs;
+        void (*destroy)(struct snapshot *s); /* frees the enclosing object */
 };
 
 struct snapshot_slot {
-	pthread_mutex_t mu;
-	struct snapshot *cur;
-	_Atomic uint64_t gen;
+        pthread_mutex_t mu;
+        struct snapshot *cur;
+        _Atomic uint64_t gen;
 };
 
 /* Sets refs to 1: the creator's reference, handed over by publish. */
@@ -39,33 +39,33 @@ struct snapshot *snapshot_acquire(struct snapshot_slot *slot, uint64_t *gen);
 
 static inline uint64_t snapshot_gen(struct snapshot_slot *slot)
 {
-	return atomic_load_explicit(&slot->gen, memory_order_acquire);
+        return atomic_load_explicit(&slot->gen, memory_order_acquire);
 }
 
 /* A reader's cached reference: refresh it once per loop iteration or event. */
 struct snapshot_reader {
-	struct snapshot *cur;
-	uint64_t gen;
+        struct snapshot *cur;
+        uint64_t gen;
 };
 
 static inline struct snapshot *snapshot_reader_get(struct snapshot_reader *r,
-						   struct snapshot_slot *slot)
+                                                   struct snapshot_slot *slot)
 {
-	if (__builtin_expect(snapshot_gen(slot) != r->gen || !r->cur, 0)) {
-		struct snapshot *old = r->cur;
-		r->cur = snapshot_acquire(slot, &r->gen);
-		if (old)
-			snapshot_unref(old);
-	}
-	return r->cur;
+        if (__builtin_expect(snapshot_gen(slot) != r->gen || !r->cur, 0)) {
+                struct snapshot *old = r->cur;
+                r->cur = snapshot_acquire(slot, &r->gen);
+                if (old)
+                        snapshot_unref(old);
+        }
+        return r->cur;
 }
 
 static inline void snapshot_reader_release(struct snapshot_reader *r)
 {
-	if (r->cur)
-		snapshot_unref(r->cur);
-	r->cur = NULL;
-	r->gen = 0;
+        if (r->cur)
+                snapshot_unref(r->cur);
+        r->cur = NULL;
+        r->gen = 0;
 }
 
 #endif

@@ -6,11 +6,11 @@
 #include <stddef.h>
 
 struct strbuf {
-	char *data;
-	size_t len;
-	size_t cap;
-	bool fixed;	/* storage is the caller's: never grown, output truncated */
-	bool truncated; /* something did not fit (fixed) or allocation failed */
+        char *data;
+        size_t len;
+        size_t cap;
+        bool fixed;     /* storage is the caller's: never grown, output truncated */
+        bool truncated; /* something did not fit (fixed) or allocation failed */
 };
 
 void strbuf_init(struct strbuf *sb);

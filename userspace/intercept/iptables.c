@@ -818,11 +818,11 @@ int ipt_remove(char *err, size_t errlen)
         return 0;
 }
 
-bool ipt_installed(void)
+bool ipt_installed(int family)
 {
         struct nat_state st;
         char err[256];
-        if (read_state(&FAM_V4, &st, err, sizeof(err)) < 0)
+        if (read_state(family == AF_INET6 ? &FAM_V6 : &FAM_V4, &st, err, sizeof(err)) < 0)
                 return false;
         strbuf_free(&st.deletes);
         return st.have_inbound && st.have_outbound && st.pre_jumps > 0 && st.out_jumps > 0;

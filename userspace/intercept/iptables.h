@@ -54,8 +54,9 @@ void ipt_render(const struct ipt_options *o, int family, struct strbuf *out);
 int ipt_install(const struct ipt_options *o, char *err, size_t errlen);
 /* Removes the jumps and chains for both families. Idempotent. */
 int ipt_remove(char *err, size_t errlen);
-/* True when our chains exist and PREROUTING/OUTPUT jump to them (IPv4). */
-bool ipt_installed(void);
+/* True when our chains exist and PREROUTING/OUTPUT jump to them, for
+ * family AF_INET or AF_INET6. */
+bool ipt_installed(int family);
 
 /* Installed rules with packet and byte counters, for shuntctl rules and
  * admin /rules: JSON {"ipv4": [{"chain", "rule", "packets", "bytes"}], "ipv6": [...]}. */

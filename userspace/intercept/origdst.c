@@ -1,44 +1,51 @@
 #include "intercept/origdst.h"
 
 #include <errno.h>
-#include <linux/netfilter_ipv4.h>
-#include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+/* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
+ * which clash with the libc headers. */
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
 static int sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
-	if (a->ss_family != b->ss_family)
-		return 0;
-	if (a->ss_family == AF_INET) {
-		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-	}
-	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-	return x->sin6_port == y->sin6_port &&
-	       memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+        if (a->ss_family != b->ss_family)
+                return 0;
+        if (a->ss_family == AF_INET) {
+                const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+                return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+        }
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
 }
 
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
-				struct sockaddr_storage *out)
+                                struct sockaddr_storage *out)
 {
-	socklen_t len = sizeof(*out);
-	int rc;
-	memset(out, 0, sizeof(*out));
-	if (local->ss_family == AF_INET6)
-		rc = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len);
-	else
-		rc = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
-	if (rc < 0) {
-		/* ENOENT: conntrack has no entry, so nothing was redirected. */
-		return errno == ENOENT ? ORIGDST_NOT_REDIRECTED : ORIGDST_ERROR;
-	}
-	/* Without a NAT the tuple's destination is the listener itself. */
-	if (sockaddr_equal(out, local))
-		return ORIGDST_NOT_REDIRECTED;
-	return ORIGDST_OK;
+        socklen_t len = sizeof(*out);
+        int rc;
+        memset(out, 0, sizeof(*out));
+        if (local->ss_family == AF_INET6)
+                rc = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len);
+        else
+                rc = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
+        if (rc < 0) {
+                /* ENOENT: conntrack has no entry, so nothing was redirected. */
+                return errno == ENOENT ? ORIGDST_NOT_REDIRECTED : ORIGDST_ERROR;
+        }
+        /* Without a NAT the tuple's destination is the listener itself. */
+        if (sockaddr_equal(out, local))
+                return ORIGDST_NOT_REDIRECTED;
+        return ORIGDST_OK;
 }
 
 /* Connects a socket to a listener on the loopback of family and asks the
@@ -47,84 +54,84 @@ enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
  * where redirected connections were going. */
 static int selftest_family(int family, char *why, size_t whylen)
 {
-	int ls = -1, cs = -1, as = -1, ret = -1;
-	struct sockaddr_storage addr;
-	socklen_t alen;
-	memset(&addr, 0, sizeof(addr));
-	if (family == AF_INET) {
-		struct sockaddr_in *a = (void *)&addr;
-		a->sin_family = AF_INET;
-		a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		alen = sizeof(*a);
-	} else {
-		struct sockaddr_in6 *a = (void *)&addr;
-		a->sin6_family = AF_INET6;
-		a->sin6_addr = in6addr_loopback;
-		alen = sizeof(*a);
-	}
-	const char *fam = family == AF_INET ? "IPv4" : "IPv6";
-	ls = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (ls < 0 || bind(ls, (void *)&addr, alen) < 0 || listen(ls, 1) < 0 ||
-	    getsockname(ls, (void *)&addr, &alen) < 0) {
-		snprintf(why, whylen, "%s loopback listener: %s", fam, strerror(errno));
-		goto out;
-	}
-	cs = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (cs < 0 || connect(cs, (void *)&addr, alen) < 0) {
-		snprintf(why, whylen, "%s loopback connect: %s (is lo up?)", fam, strerror(errno));
-		goto out;
-	}
-	as = accept(ls, NULL, NULL);
-	if (as < 0) {
-		snprintf(why, whylen, "%s loopback accept: %s", fam, strerror(errno));
-		goto out;
-	}
-	struct sockaddr_storage local, orig;
-	socklen_t llen = sizeof(local);
-	getsockname(as, (void *)&local, &llen);
-	socklen_t olen = sizeof(orig);
-	int rc = family == AF_INET
-			 ? getsockopt(as, SOL_IP, SO_ORIGINAL_DST, &orig, &olen)
-			 : getsockopt(as, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &orig, &olen);
-	if (rc < 0) {
-		if (errno == ENOENT)
-			snprintf(why, whylen,
-				 "%s: connection tracking does not see connections "
-				 "(SO_ORIGINAL_DST: ENOENT); load nf_conntrack and the nat table "
-				 "(modprobe nf_conntrack iptable_nat ip6table_nat) in this namespace",
-				 fam);
-		else
-			snprintf(why, whylen,
-				 "%s: SO_ORIGINAL_DST unsupported (%s); the kernel needs "
-				 "CONFIG_NF_CONNTRACK and CONFIG_NF_NAT",
-				 fam, strerror(errno));
-		goto out;
-	}
-	if (!sockaddr_equal(&orig, &local)) {
-		snprintf(why, whylen, "%s: SO_ORIGINAL_DST returned an unexpected address", fam);
-		goto out;
-	}
-	ret = 0;
+        int ls = -1, cs = -1, as = -1, ret = -1;
+        struct sockaddr_storage addr;
+        socklen_t alen;
+        memset(&addr, 0, sizeof(addr));
+        if (family == AF_INET) {
+                struct sockaddr_in *a = (void *)&addr;
+                a->sin_family = AF_INET;
+                a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                alen = sizeof(*a);
+        } else {
+                struct sockaddr_in6 *a = (void *)&addr;
+                a->sin6_family = AF_INET6;
+                a->sin6_addr = in6addr_loopback;
+                alen = sizeof(*a);
+        }
+        const char *fam = family == AF_INET ? "IPv4" : "IPv6";
+        ls = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (ls < 0 || bind(ls, (void *)&addr, alen) < 0 || listen(ls, 1) < 0 ||
+            getsockname(ls, (void *)&addr, &alen) < 0) {
+                snprintf(why, whylen, "%s loopback listener: %s", fam, strerror(errno));
+                goto out;
+        }
+        cs = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (cs < 0 || connect(cs, (void *)&addr, alen) < 0) {
+                snprintf(why, whylen, "%s loopback connect: %s (is lo up?)", fam, strerror(errno));
+                goto out;
+        }
+        as = accept(ls, NULL, NULL);
+        if (as < 0) {
+                snprintf(why, whylen, "%s loopback accept: %s", fam, strerror(errno));
+                goto out;
+        }
+        struct sockaddr_storage local, orig;
+        socklen_t llen = sizeof(local);
+        getsockname(as, (void *)&local, &llen);
+        socklen_t olen = sizeof(orig);
+        int rc = family == AF_INET ? getsockopt(as, SOL_IP, SO_ORIGINAL_DST, &orig, &olen)
+                                   : getsockopt(as, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &orig, &olen);
+        if (rc < 0) {
+                if (errno == ENOENT)
+                        snprintf(
+                            why, whylen,
+                            "%s: connection tracking does not see connections "
+                            "(SO_ORIGINAL_DST: ENOENT); load nf_conntrack and the nat table "
+                            "(modprobe nf_conntrack iptable_nat ip6table_nat) in this namespace",
+                            fam);
+                else
+                        snprintf(why, whylen,
+                                 "%s: SO_ORIGINAL_DST unsupported (%s); the kernel needs "
+                                 "CONFIG_NF_CONNTRACK and CONFIG_NF_NAT",
+                                 fam, strerror(errno));
+                goto out;
+        }
+        if (!sockaddr_equal(&orig, &local)) {
+                snprintf(why, whylen, "%s: SO_ORIGINAL_DST returned an unexpected address", fam);
+                goto out;
+        }
+        ret = 0;
 out:
-	if (as >= 0)
-		close(as);
-	if (cs >= 0)
-		close(cs);
-	if (ls >= 0)
-		close(ls);
-	return ret;
+        if (as >= 0)
+                close(as);
+        if (cs >= 0)
+                close(cs);
+        if (ls >= 0)
+                close(ls);
+        return ret;
 }
 
 int origdst_selftest(char *why, size_t whylen)
 {
-	if (selftest_family(AF_INET, why, whylen) < 0)
-		return -1;
-	/* IPv6 may be disabled in a pod: only IPv4 is mandatory. */
-	char why6[256];
-	if (selftest_family(AF_INET6, why6, sizeof(why6)) < 0 &&
-	    strstr(why6, "listener") == NULL && strstr(why6, "connect") == NULL) {
-		snprintf(why, whylen, "%s", why6);
-		return -1;
-	}
-	return 0;
+        if (selftest_family(AF_INET, why, whylen) < 0)
+                return -1;
+        /* IPv6 may be disabled in a pod: only IPv4 is mandatory. */
+        char why6[256];
+        if (selftest_family(AF_INET6, why6, sizeof(why6)) < 0 && strstr(why6, "listener") == NULL &&
+            strstr(why6, "connect") == NULL) {
+                snprintf(why, whylen, "%s", why6);
+                return -1;
+        }
+        return 0;
 }

@@ -16,65 +16,65 @@
 #include "intercept/sniff.h"
 
 enum conn_dir {
-	DIR_INBOUND = 0,
-	DIR_OUTBOUND = 1,
+        DIR_INBOUND = 0,
+        DIR_OUTBOUND = 1,
 };
 
 /* Why a connection ended or was refused; each has a counter. */
 enum conn_reason {
-	REASON_DONE = 0,	/* both sides closed cleanly */
-	REASON_CLIENT_RESET,	/* the client reset or errored */
-	REASON_UPSTREAM_RESET,	/* the upstream reset or errored mid-stream */
-	REASON_CONNECT_REFUSED, /* upstream refused or unreachable */
-	REASON_CONNECT_TIMEOUT,
-	REASON_IDLE_TIMEOUT,
-	REASON_NO_ORIGINAL_DST, /* accepted but not redirected, or the kernel could not say */
-	REASON_LOOP,		/* original destination is one of our own listeners */
-	REASON_OVERLOAD,	/* max_connections reached: shed */
-	REASON_NO_MEMORY,
-	REASON_SOCKET,		/* socket/setsockopt/connect failed locally */
-	REASON_SHUTDOWN,	/* closed by the daemon's shutdown after the drain */
-	REASON__COUNT,
+        REASON_DONE = 0,        /* both sides closed cleanly */
+        REASON_CLIENT_RESET,    /* the client reset or errored */
+        REASON_UPSTREAM_RESET,  /* the upstream reset or errored mid-stream */
+        REASON_CONNECT_REFUSED, /* upstream refused or unreachable */
+        REASON_CONNECT_TIMEOUT,
+        REASON_IDLE_TIMEOUT,
+        REASON_NO_ORIGINAL_DST, /* accepted but not redirected, or the kernel could not say */
+        REASON_LOOP,            /* original destination is one of our own listeners */
+        REASON_OVERLOAD,        /* max_connections reached: shed */
+        REASON_NO_MEMORY,
+        REASON_SOCKET,   /* socket/setsockopt/connect failed locally */
+        REASON_SHUTDOWN, /* closed by the daemon's shutdown after the drain */
+        REASON__COUNT,
 };
 
 enum stat_id {
-	ST_ACCEPTED_IN,
-	ST_ACCEPTED_OUT,
-	ST_ACTIVE_IN,
-	ST_ACTIVE_OUT,
-	ST_BYTES_UPSTREAM,   /* client -> upstream */
-	ST_BYTES_DOWNSTREAM, /* upstream -> client */
-	ST_ORIGDST_OK,
-	ST_ORIGDST_NOT_REDIRECTED,
-	ST_ORIGDST_ERROR,
-	ST_SNIFF_TIMEOUT,
-	ST_PROTO_FIRST, /* one per enum proto, PROTO_UNKNOWN unused */
-	ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
-	ST__COUNT = ST_REASON_FIRST + REASON__COUNT,
+        ST_ACCEPTED_IN,
+        ST_ACCEPTED_OUT,
+        ST_ACTIVE_IN,
+        ST_ACTIVE_OUT,
+        ST_BYTES_UPSTREAM,   /* client -> upstream */
+        ST_BYTES_DOWNSTREAM, /* upstream -> client */
+        ST_ORIGDST_OK,
+        ST_ORIGDST_NOT_REDIRECTED,
+        ST_ORIGDST_ERROR,
+        ST_SNIFF_TIMEOUT,
+        ST_PROTO_FIRST, /* one per enum proto, PROTO_UNKNOWN unused */
+        ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
+        ST__COUNT = ST_REASON_FIRST + REASON__COUNT,
 };
 
 /* Counters have a single writer (the owning worker) and are read by the
  * admin thread: relaxed atomic loads and stores, no read-modify-write. */
 struct worker_stats {
-	_Atomic uint64_t v[ST__COUNT];
+        _Atomic uint64_t v[ST__COUNT];
 };
 
 static inline void stat_add(struct worker_stats *s, enum stat_id id, uint64_t n)
 {
-	uint64_t cur = atomic_load_explicit(&s->v[id], memory_order_relaxed);
-	atomic_store_explicit(&s->v[id], cur + n, memory_order_relaxed);
+        uint64_t cur = atomic_load_explicit(&s->v[id], memory_order_relaxed);
+        atomic_store_explicit(&s->v[id], cur + n, memory_order_relaxed);
 }
 
 static inline void stat_sub(struct worker_stats *s, enum stat_id id, uint64_t n)
 {
-	uint64_t cur = atomic_load_explicit(&s->v[id], memory_order_relaxed);
-	atomic_store_explicit(&s->v[id], cur - n, memory_order_relaxed);
+        uint64_t cur = atomic_load_explicit(&s->v[id], memory_order_relaxed);
+        atomic_store_explicit(&s->v[id], cur - n, memory_order_relaxed);
 }
 
 struct listener {
-	struct loop_io io;
-	enum conn_dir dir;
-	struct sockaddr_storage addr;
+        struct loop_io io;
+        enum conn_dir dir;
+        struct sockaddr_storage addr;
 };
 
 #define WORKER_MAX_LISTENERS 4 /* {inbound, outbound} x {IPv4, IPv6} */
@@ -84,35 +84,35 @@ struct conn;
 struct proxy;
 
 struct worker {
-	struct proxy *proxy;
-	int index;
-	pthread_t thread;
-	bool started;
-	struct loop *loop;
-	struct listener listeners[WORKER_MAX_LISTENERS];
-	int n_listeners;
-	struct snapshot_reader cfg_reader;
-	struct conn *conns; /* doubly linked list of live connections */
-	uint8_t *buf_cache[WORKER_BUF_CACHE]; /* free relay buffers of buf_cache_size */
-	int n_buf_cache;
-	uint32_t buf_cache_size;
-	struct worker_stats stats;
+        struct proxy *proxy;
+        int index;
+        pthread_t thread;
+        bool started;
+        struct loop *loop;
+        struct listener listeners[WORKER_MAX_LISTENERS];
+        int n_listeners;
+        struct snapshot_reader cfg_reader;
+        struct conn *conns;                   /* doubly linked list of live connections */
+        uint8_t *buf_cache[WORKER_BUF_CACHE]; /* free relay buffers of buf_cache_size */
+        int n_buf_cache;
+        uint32_t buf_cache_size;
+        struct worker_stats stats;
 };
 
 struct proxy {
-	struct worker *workers;
-	int n_workers;
-	struct snapshot_slot cfg_slot;
-	_Atomic uint64_t active;  /* over all workers, for max_connections */
-	_Atomic uint64_t rejected;
-	_Atomic uint64_t next_conn_id;
-	uint16_t inbound_port, outbound_port;
+        struct worker *workers;
+        int n_workers;
+        struct snapshot_slot cfg_slot;
+        _Atomic uint64_t active; /* over all workers, for max_connections */
+        _Atomic uint64_t rejected;
+        _Atomic uint64_t next_conn_id;
+        uint16_t inbound_port, outbound_port;
 };
 
 static inline const struct shunt_config *worker_cfg(struct worker *w)
 {
-	struct snapshot *s = snapshot_reader_get(&w->cfg_reader, &w->proxy->cfg_slot);
-	return (const struct shunt_config *)(const void *)s;
+        struct snapshot *s = snapshot_reader_get(&w->cfg_reader, &w->proxy->cfg_slot);
+        return (const struct shunt_config *)(const void *)s;
 }
 
 /* relay.c */

@@ -15,359 +15,359 @@
 #include "core/sockaddr.h"
 #include "proxy/proxy-t.h"
 
-#define ACCEPT_BATCH 32
+#define ACCEPT_BATCH   32
 #define LISTEN_BACKLOG 4096
 
 static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
 {
-	struct listener *l = (struct listener *)io;
-	struct worker *w = io->data;
-	for (int i = 0; i < ACCEPT_BATCH; i++) {
-		int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE)
-				log_error("proxy", 0, "accept: %s: shedding (raise the fd limit)",
-					  strerror(errno));
-			return;
-		}
-		relay_accept(w, l, fd);
-	}
+        struct listener *l = (struct listener *)io;
+        struct worker *w = io->data;
+        for (int i = 0; i < ACCEPT_BATCH; i++) {
+                int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                        if (errno == EMFILE || errno == ENFILE)
+                                log_error("proxy", 0, "accept: %s: shedding (raise the fd limit)",
+                                          strerror(errno));
+                        return;
+                }
+                relay_accept(w, l, fd);
+        }
 }
 
 static int listen_on(struct listener *l, const struct sockaddr_storage *addr, char *err,
-		     size_t errlen)
+                     size_t errlen)
 {
-	char abuf[SOCKADDR_STRLEN];
-	int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		goto fail;
-	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
-		goto fail;
-	if (addr->ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (const struct sockaddr *)addr, sockaddr_len(addr)) < 0)
-		goto fail;
-	if (listen(fd, LISTEN_BACKLOG) < 0)
-		goto fail;
-	l->addr = *addr;
-	l->io.fd = fd;
-	return 0;
+        char abuf[SOCKADDR_STRLEN];
+        int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                goto fail;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+                goto fail;
+        if (addr->ss_family == AF_INET6)
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, (const struct sockaddr *)addr, sockaddr_len(addr)) < 0)
+                goto fail;
+        if (listen(fd, LISTEN_BACKLOG) < 0)
+                goto fail;
+        l->addr = *addr;
+        l->io.fd = fd;
+        return 0;
 fail:;
-	int e = errno;
-	snprintf(err, errlen, "listen on %s: %s", sockaddr_format(addr, abuf, sizeof(abuf)),
-		 strerror(e));
-	if (fd >= 0)
-		close(fd);
-	return -e;
+        int e = errno;
+        snprintf(err, errlen, "listen on %s: %s", sockaddr_format(addr, abuf, sizeof(abuf)),
+                 strerror(e));
+        if (fd >= 0)
+                close(fd);
+        return -e;
 }
 
 /* Binds one worker's listeners: inbound and outbound, on bind_address; a
  * wildcard IPv4 bind also gets an IPv6 wildcard listener when IPv6 works. */
-static int worker_listen(struct worker *w, const struct shunt_config *cfg, char *err,
-			 size_t errlen)
+static int worker_listen(struct worker *w, const struct shunt_config *cfg, char *err, size_t errlen)
 {
-	const uint16_t ports[2] = {cfg->inbound_port, cfg->outbound_port};
-	const enum conn_dir dirs[2] = {DIR_INBOUND, DIR_OUTBOUND};
-	for (int i = 0; i < 2; i++) {
-		struct sockaddr_storage addr;
-		if (sockaddr_from_string(cfg->bind_address, ports[i], &addr) < 0) {
-			snprintf(err, errlen, "bind_address %s: not an IP address",
-				 cfg->bind_address);
-			return -EINVAL;
-		}
-		struct listener *l = &w->listeners[w->n_listeners];
-		loop_io_init(&l->io, -1, on_accept, w);
-		l->dir = dirs[i];
-		int rc = listen_on(l, &addr, err, errlen);
-		if (rc < 0)
-			return rc;
-		w->n_listeners++;
-		if (addr.ss_family == AF_INET && sockaddr_is_any(&addr)) {
-			struct sockaddr_storage a6;
-			sockaddr_from_string("::", ports[i], &a6);
-			l = &w->listeners[w->n_listeners];
-			loop_io_init(&l->io, -1, on_accept, w);
-			l->dir = dirs[i];
-			char e6[256];
-			if (listen_on(l, &a6, e6, sizeof(e6)) == 0)
-				w->n_listeners++;
-			else if (w->index == 0)
-				log_warn("proxy", 0, "no IPv6 listener (%s): IPv6 is not proxied", e6);
-		}
-	}
-	return 0;
+        const uint16_t ports[2] = {cfg->inbound_port, cfg->outbound_port};
+        const enum conn_dir dirs[2] = {DIR_INBOUND, DIR_OUTBOUND};
+        for (int i = 0; i < 2; i++) {
+                struct sockaddr_storage addr;
+                if (sockaddr_from_string(cfg->bind_address, ports[i], &addr) < 0) {
+                        snprintf(err, errlen, "bind_address %s: not an IP address",
+                                 cfg->bind_address);
+                        return -EINVAL;
+                }
+                struct listener *l = &w->listeners[w->n_listeners];
+                loop_io_init(&l->io, -1, on_accept, w);
+                l->dir = dirs[i];
+                int rc = listen_on(l, &addr, err, errlen);
+                if (rc < 0)
+                        return rc;
+                w->n_listeners++;
+                if (addr.ss_family == AF_INET && sockaddr_is_any(&addr)) {
+                        struct sockaddr_storage a6;
+                        sockaddr_from_string("::", ports[i], &a6);
+                        l = &w->listeners[w->n_listeners];
+                        loop_io_init(&l->io, -1, on_accept, w);
+                        l->dir = dirs[i];
+                        char e6[256];
+                        if (listen_on(l, &a6, e6, sizeof(e6)) == 0)
+                                w->n_listeners++;
+                        else if (w->index == 0)
+                                log_warn("proxy", 0, "no IPv6 listener (%s): IPv6 is not proxied",
+                                         e6);
+                }
+        }
+        return 0;
 }
 
 static void *worker_main(void *arg)
 {
-	struct worker *w = arg;
-	char name[16];
-	snprintf(name, sizeof(name), "shunt-w%d", w->index);
-	pthread_setname_np(pthread_self(), name);
-	int rc = loop_run(w->loop);
-	if (rc < 0)
-		log_error("proxy", 0, "worker %d: event loop failed: %s", w->index, strerror(-rc));
-	return NULL;
+        struct worker *w = arg;
+        char name[16];
+        snprintf(name, sizeof(name), "shunt-w%d", w->index);
+        pthread_setname_np(pthread_self(), name);
+        int rc = loop_run(w->loop);
+        if (rc < 0)
+                log_error("proxy", 0, "worker %d: event loop failed: %s", w->index, strerror(-rc));
+        return NULL;
 }
 
 struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
 {
-	struct proxy *p = calloc(1, sizeof(*p));
-	if (!p) {
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
-	snapshot_slot_init(&p->cfg_slot);
-	snapshot_ref(&cfg->snap);
-	snapshot_publish(&p->cfg_slot, &cfg->snap);
-	p->inbound_port = cfg->inbound_port;
-	p->outbound_port = cfg->outbound_port;
-	p->n_workers = cfg->workers > 0 ? cfg->workers : 1;
-	p->workers = calloc((size_t)p->n_workers, sizeof(*p->workers));
-	if (!p->workers) {
-		snprintf(err, errlen, "out of memory");
-		goto fail;
-	}
-	for (int i = 0; i < p->n_workers; i++) {
-		struct worker *w = &p->workers[i];
-		w->proxy = p;
-		w->index = i;
-		w->loop = loop_new();
-		if (!w->loop) {
-			snprintf(err, errlen, "worker %d: cannot create event loop", i);
-			goto fail;
-		}
-		if (worker_listen(w, cfg, err, errlen) < 0)
-			goto fail;
-		for (int j = 0; j < w->n_listeners; j++) {
-			if (loop_io_add(w->loop, &w->listeners[j].io, EPOLLIN) < 0) {
-				snprintf(err, errlen, "worker %d: epoll: %s", i, strerror(errno));
-				goto fail;
-			}
-		}
-	}
-	return p;
+        struct proxy *p = calloc(1, sizeof(*p));
+        if (!p) {
+                snprintf(err, errlen, "out of memory");
+                return NULL;
+        }
+        snapshot_slot_init(&p->cfg_slot);
+        snapshot_ref(&cfg->snap);
+        snapshot_publish(&p->cfg_slot, &cfg->snap);
+        p->inbound_port = cfg->inbound_port;
+        p->outbound_port = cfg->outbound_port;
+        p->n_workers = cfg->workers > 0 ? cfg->workers : 1;
+        p->workers = calloc((size_t)p->n_workers, sizeof(*p->workers));
+        if (!p->workers) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+        }
+        for (int i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                w->proxy = p;
+                w->index = i;
+                w->loop = loop_new();
+                if (!w->loop) {
+                        snprintf(err, errlen, "worker %d: cannot create event loop", i);
+                        goto fail;
+                }
+                if (worker_listen(w, cfg, err, errlen) < 0)
+                        goto fail;
+                for (int j = 0; j < w->n_listeners; j++) {
+                        if (loop_io_add(w->loop, &w->listeners[j].io, EPOLLIN) < 0) {
+                                snprintf(err, errlen, "worker %d: epoll: %s", i, strerror(errno));
+                                goto fail;
+                        }
+                }
+        }
+        return p;
 fail:
-	proxy_free(p);
-	return NULL;
+        proxy_free(p);
+        return NULL;
 }
 
 int proxy_start(struct proxy *p)
 {
-	for (int i = 0; i < p->n_workers; i++) {
-		struct worker *w = &p->workers[i];
-		int rc = pthread_create(&w->thread, NULL, worker_main, w);
-		if (rc != 0) {
-			log_error("proxy", 0, "cannot start worker %d: %s", i, strerror(rc));
-			return -rc;
-		}
-		w->started = true;
-	}
-	return 0;
+        for (int i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                int rc = pthread_create(&w->thread, NULL, worker_main, w);
+                if (rc != 0) {
+                        log_error("proxy", 0, "cannot start worker %d: %s", i, strerror(rc));
+                        return -rc;
+                }
+                w->started = true;
+        }
+        return 0;
 }
 
 void proxy_set_config(struct proxy *p, struct shunt_config *cfg)
 {
-	snapshot_ref(&cfg->snap);
-	snapshot_publish(&p->cfg_slot, &cfg->snap);
-	/* Wake each worker so it picks the new snapshot up promptly even when idle;
-	 * the reader refreshes on its next event. */
+        snapshot_ref(&cfg->snap);
+        snapshot_publish(&p->cfg_slot, &cfg->snap);
+        /* Wake each worker so it picks the new snapshot up promptly even when idle;
+         * the reader refreshes on its next event. */
 }
 
 static void close_listeners(void *arg)
 {
-	struct worker *w = arg;
-	for (int i = 0; i < w->n_listeners; i++) {
-		if (w->listeners[i].io.fd < 0)
-			continue;
-		loop_io_del(w->loop, &w->listeners[i].io);
-		close(w->listeners[i].io.fd);
-		w->listeners[i].io.fd = -1;
-	}
+        struct worker *w = arg;
+        for (int i = 0; i < w->n_listeners; i++) {
+                if (w->listeners[i].io.fd < 0)
+                        continue;
+                loop_io_del(w->loop, &w->listeners[i].io);
+                close(w->listeners[i].io.fd);
+                w->listeners[i].io.fd = -1;
+        }
 }
 
 void proxy_stop_accepting(struct proxy *p)
 {
-	for (int i = 0; i < p->n_workers; i++) {
-		struct worker *w = &p->workers[i];
-		if (w->started)
-			loop_call(w->loop, close_listeners, w, 5000);
-		else
-			close_listeners(w);
-	}
+        for (int i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                if (w->started)
+                        loop_call(w->loop, close_listeners, w, 5000);
+                else
+                        close_listeners(w);
+        }
 }
 
 uint64_t proxy_active(struct proxy *p)
 {
-	return atomic_load_explicit(&p->active, memory_order_relaxed);
+        return atomic_load_explicit(&p->active, memory_order_relaxed);
 }
 
 static void worker_stop(void *arg)
 {
-	struct worker *w = arg;
-	close_listeners(w);
-	relay_close_all(w, REASON_SHUTDOWN);
-	loop_stop(w->loop);
+        struct worker *w = arg;
+        close_listeners(w);
+        relay_close_all(w, REASON_SHUTDOWN);
+        loop_stop(w->loop);
 }
 
 void proxy_free(struct proxy *p)
 {
-	if (!p)
-		return;
-	for (int i = 0; p->workers && i < p->n_workers; i++) {
-		struct worker *w = &p->workers[i];
-		if (!w->loop)
-			continue;
-		if (w->started) {
-			loop_post(w->loop, worker_stop, w);
-			pthread_join(w->thread, NULL);
-		} else {
-			close_listeners(w);
-			relay_close_all(w, REASON_SHUTDOWN);
-		}
-		snapshot_reader_release(&w->cfg_reader);
-		while (w->n_buf_cache)
-			free(w->buf_cache[--w->n_buf_cache]);
-		loop_free(w->loop);
-	}
-	free(p->workers);
-	snapshot_slot_destroy(&p->cfg_slot);
-	free(p);
+        if (!p)
+                return;
+        for (int i = 0; p->workers && i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                if (!w->loop)
+                        continue;
+                if (w->started) {
+                        loop_post(w->loop, worker_stop, w);
+                        pthread_join(w->thread, NULL);
+                } else {
+                        close_listeners(w);
+                        relay_close_all(w, REASON_SHUTDOWN);
+                }
+                snapshot_reader_release(&w->cfg_reader);
+                while (w->n_buf_cache)
+                        free(w->buf_cache[--w->n_buf_cache]);
+                loop_free(w->loop);
+        }
+        free(p->workers);
+        snapshot_slot_destroy(&p->cfg_slot);
+        free(p);
 }
 
 /* ---- reporting (admin thread) -------------------------------------------------- */
 
 static uint64_t sum(struct proxy *p, enum stat_id id)
 {
-	uint64_t total = 0;
-	for (int i = 0; i < p->n_workers; i++)
-		total += atomic_load_explicit(&p->workers[i].stats.v[id], memory_order_relaxed);
-	return total;
+        uint64_t total = 0;
+        for (int i = 0; i < p->n_workers; i++)
+                total += atomic_load_explicit(&p->workers[i].stats.v[id], memory_order_relaxed);
+        return total;
 }
 
 void proxy_render_listeners(struct proxy *p, struct strbuf *out)
 {
-	static const char *const names[] = {"inbound", "outbound"};
-	struct worker *w = &p->workers[0];
-	strbuf_append(out, "[");
-	for (int i = 0; i < w->n_listeners; i++) {
-		char abuf[SOCKADDR_STRLEN];
-		strbuf_appendf(out, "%s{\"name\":\"%s\",\"address\":", i ? "," : "",
-			       names[w->listeners[i].dir]);
-		strbuf_append_json_string(out,
-					  sockaddr_format(&w->listeners[i].addr, abuf, sizeof(abuf)));
-		strbuf_appendf(out, ",\"open\":%s}", w->listeners[i].io.fd >= 0 ? "true" : "false");
-	}
-	strbuf_append(out, "]");
+        static const char *const names[] = {"inbound", "outbound"};
+        struct worker *w = &p->workers[0];
+        strbuf_append(out, "[");
+        for (int i = 0; i < w->n_listeners; i++) {
+                char abuf[SOCKADDR_STRLEN];
+                strbuf_appendf(out, "%s{\"name\":\"%s\",\"address\":", i ? "," : "",
+                               names[w->listeners[i].dir]);
+                strbuf_append_json_string(
+                    out, sockaddr_format(&w->listeners[i].addr, abuf, sizeof(abuf)));
+                strbuf_appendf(out, ",\"open\":%s}", w->listeners[i].io.fd >= 0 ? "true" : "false");
+        }
+        strbuf_append(out, "]");
 }
 
 void proxy_render_counts(struct proxy *p, struct strbuf *out)
 {
-	strbuf_appendf(out, "{\"active\":%llu,\"accepted\":%llu,\"rejected\":%llu}",
-		       (unsigned long long)proxy_active(p),
-		       (unsigned long long)(sum(p, ST_ACCEPTED_IN) + sum(p, ST_ACCEPTED_OUT)),
-		       (unsigned long long)atomic_load(&p->rejected));
+        strbuf_appendf(out, "{\"active\":%llu,\"accepted\":%llu,\"rejected\":%llu}",
+                       (unsigned long long)proxy_active(p),
+                       (unsigned long long)(sum(p, ST_ACCEPTED_IN) + sum(p, ST_ACCEPTED_OUT)),
+                       (unsigned long long)atomic_load(&p->rejected));
 }
 
 void proxy_render_metrics(struct proxy *p, struct strbuf *out)
 {
-	prom_family(out, "shunt_connections_accepted_total", "counter",
-		    "Connections accepted on the capture listeners.");
-	prom_sample_u64(out, "shunt_connections_accepted_total", "direction=\"inbound\"",
-			sum(p, ST_ACCEPTED_IN));
-	prom_sample_u64(out, "shunt_connections_accepted_total", "direction=\"outbound\"",
-			sum(p, ST_ACCEPTED_OUT));
-	prom_family(out, "shunt_connections_active", "gauge", "Connections being proxied now.");
-	prom_sample_u64(out, "shunt_connections_active", "direction=\"inbound\"",
-			sum(p, ST_ACTIVE_IN));
-	prom_sample_u64(out, "shunt_connections_active", "direction=\"outbound\"",
-			sum(p, ST_ACTIVE_OUT));
-	prom_family(out, "shunt_connections_rejected_total", "counter",
-		    "Connections refused because max_connections was reached.");
-	prom_sample_u64(out, "shunt_connections_rejected_total", NULL,
-			atomic_load(&p->rejected));
-	prom_family(out, "shunt_bytes_total", "counter",
-		    "Bytes relayed: upstream is client to server, downstream server to client.");
-	prom_sample_u64(out, "shunt_bytes_total", "direction=\"upstream\"",
-			sum(p, ST_BYTES_UPSTREAM));
-	prom_sample_u64(out, "shunt_bytes_total", "direction=\"downstream\"",
-			sum(p, ST_BYTES_DOWNSTREAM));
-	prom_family(out, "shunt_original_dst_total", "counter",
-		    "Original destination lookups by result.");
-	prom_sample_u64(out, "shunt_original_dst_total", "result=\"ok\"", sum(p, ST_ORIGDST_OK));
-	prom_sample_u64(out, "shunt_original_dst_total", "result=\"not_redirected\"",
-			sum(p, ST_ORIGDST_NOT_REDIRECTED));
-	prom_sample_u64(out, "shunt_original_dst_total", "result=\"error\"",
-			sum(p, ST_ORIGDST_ERROR));
-	prom_family(out, "shunt_protocol_detected_total", "counter",
-		    "Connections by sniffed protocol.");
-	for (int pr = PROTO_TCP; pr < PROTO__COUNT; pr++) {
-		char labels[64];
-		snprintf(labels, sizeof(labels), "protocol=\"%s\"", proto_name((enum proto)pr));
-		prom_sample_u64(out, "shunt_protocol_detected_total", labels,
-				sum(p, (enum stat_id)(ST_PROTO_FIRST + pr)));
-	}
-	prom_family(out, "shunt_protocol_detection_timeouts_total", "counter",
-		    "Connections whose client sent nothing within protocol_detection_timeout.");
-	prom_sample_u64(out, "shunt_protocol_detection_timeouts_total", NULL,
-			sum(p, ST_SNIFF_TIMEOUT));
-	prom_family(out, "shunt_connections_closed_total", "counter",
-		    "Connections ended or refused, by reason.");
-	for (int r = 0; r < REASON__COUNT; r++) {
-		char labels[64];
-		snprintf(labels, sizeof(labels), "reason=\"%s\"",
-			 conn_reason_name((enum conn_reason)r));
-		prom_sample_u64(out, "shunt_connections_closed_total", labels,
-				sum(p, (enum stat_id)(ST_REASON_FIRST + r)));
-	}
-	prom_family(out, "shunt_errors_total", "counter", "Connections that ended in an error.");
-	for (int r = REASON_CLIENT_RESET; r < REASON__COUNT; r++) {
-		char labels[64];
-		snprintf(labels, sizeof(labels), "reason=\"%s\"",
-			 conn_reason_name((enum conn_reason)r));
-		prom_sample_u64(out, "shunt_errors_total", labels,
-				sum(p, (enum stat_id)(ST_REASON_FIRST + r)));
-	}
+        prom_family(out, "shunt_connections_accepted_total", "counter",
+                    "Connections accepted on the capture listeners.");
+        prom_sample_u64(out, "shunt_connections_accepted_total", "direction=\"inbound\"",
+                        sum(p, ST_ACCEPTED_IN));
+        prom_sample_u64(out, "shunt_connections_accepted_total", "direction=\"outbound\"",
+                        sum(p, ST_ACCEPTED_OUT));
+        prom_family(out, "shunt_connections_active", "gauge", "Connections being proxied now.");
+        prom_sample_u64(out, "shunt_connections_active", "direction=\"inbound\"",
+                        sum(p, ST_ACTIVE_IN));
+        prom_sample_u64(out, "shunt_connections_active", "direction=\"outbound\"",
+                        sum(p, ST_ACTIVE_OUT));
+        prom_family(out, "shunt_connections_rejected_total", "counter",
+                    "Connections refused because max_connections was reached.");
+        prom_sample_u64(out, "shunt_connections_rejected_total", NULL, atomic_load(&p->rejected));
+        prom_family(out, "shunt_bytes_total", "counter",
+                    "Bytes relayed: upstream is client to server, downstream server to client.");
+        prom_sample_u64(out, "shunt_bytes_total", "direction=\"upstream\"",
+                        sum(p, ST_BYTES_UPSTREAM));
+        prom_sample_u64(out, "shunt_bytes_total", "direction=\"downstream\"",
+                        sum(p, ST_BYTES_DOWNSTREAM));
+        prom_family(out, "shunt_original_dst_total", "counter",
+                    "Original destination lookups by result.");
+        prom_sample_u64(out, "shunt_original_dst_total", "result=\"ok\"", sum(p, ST_ORIGDST_OK));
+        prom_sample_u64(out, "shunt_original_dst_total", "result=\"not_redirected\"",
+                        sum(p, ST_ORIGDST_NOT_REDIRECTED));
+        prom_sample_u64(out, "shunt_original_dst_total", "result=\"error\"",
+                        sum(p, ST_ORIGDST_ERROR));
+        prom_family(out, "shunt_protocol_detected_total", "counter",
+                    "Connections by sniffed protocol.");
+        for (int pr = PROTO_TCP; pr < PROTO__COUNT; pr++) {
+                char labels[64];
+                snprintf(labels, sizeof(labels), "protocol=\"%s\"", proto_name((enum proto)pr));
+                prom_sample_u64(out, "shunt_protocol_detected_total", labels,
+                                sum(p, (enum stat_id)(ST_PROTO_FIRST + pr)));
+        }
+        prom_family(out, "shunt_protocol_detection_timeouts_total", "counter",
+                    "Connections whose client sent nothing within protocol_detection_timeout.");
+        prom_sample_u64(out, "shunt_protocol_detection_timeouts_total", NULL,
+                        sum(p, ST_SNIFF_TIMEOUT));
+        prom_family(out, "shunt_connections_closed_total", "counter",
+                    "Connections ended or refused, by reason.");
+        for (int r = 0; r < REASON__COUNT; r++) {
+                char labels[64];
+                snprintf(labels, sizeof(labels), "reason=\"%s\"",
+                         conn_reason_name((enum conn_reason)r));
+                prom_sample_u64(out, "shunt_connections_closed_total", labels,
+                                sum(p, (enum stat_id)(ST_REASON_FIRST + r)));
+        }
+        prom_family(out, "shunt_errors_total", "counter", "Connections that ended in an error.");
+        for (int r = REASON_CLIENT_RESET; r < REASON__COUNT; r++) {
+                char labels[64];
+                snprintf(labels, sizeof(labels), "reason=\"%s\"",
+                         conn_reason_name((enum conn_reason)r));
+                prom_sample_u64(out, "shunt_errors_total", labels,
+                                sum(p, (enum stat_id)(ST_REASON_FIRST + r)));
+        }
 }
 
 struct render_call {
-	struct worker *w;
-	struct strbuf sb;
-	bool first;
+        struct worker *w;
+        struct strbuf sb;
+        bool first;
 };
 
 static void render_task(void *arg)
 {
-	struct render_call *rc = arg;
-	relay_render(rc->w, &rc->sb, &rc->first);
+        struct render_call *rc = arg;
+        relay_render(rc->w, &rc->sb, &rc->first);
 }
 
 int proxy_render_connections(struct proxy *p, struct strbuf *out)
 {
-	strbuf_append(out, "{\"connections\":[");
-	bool first = true;
-	for (int i = 0; i < p->n_workers; i++) {
-		struct render_call *rc = calloc(1, sizeof(*rc));
-		if (!rc)
-			return -ENOMEM;
-		rc->w = &p->workers[i];
-		rc->first = first;
-		strbuf_init(&rc->sb);
-		int err = p->workers[i].started ? loop_call(p->workers[i].loop, render_task, rc, 2000)
-						: (render_task(rc), 0);
-		if (err < 0) {
-			/* The worker still owns rc and will write into it: leak it. */
-			log_warn("admin", 0, "worker %d did not answer: connections incomplete", i);
-			continue;
-		}
-		first = rc->first;
-		if (rc->sb.len)
-			strbuf_appendn(out, rc->sb.data, rc->sb.len);
-		strbuf_free(&rc->sb);
-		free(rc);
-	}
-	strbuf_append(out, "]}");
-	return 0;
+        strbuf_append(out, "{\"connections\":[");
+        bool first = true;
+        for (int i = 0; i < p->n_workers; i++) {
+                struct render_call *rc = calloc(1, sizeof(*rc));
+                if (!rc)
+                        return -ENOMEM;
+                rc->w = &p->workers[i];
+                rc->first = first;
+                strbuf_init(&rc->sb);
+                int err = p->workers[i].started
+                              ? loop_call(p->workers[i].loop, render_task, rc, 2000)
+                              : (render_task(rc), 0);
+                if (err < 0) {
+                        /* The worker still owns rc and will write into it: leak it. */
+                        log_warn("admin", 0, "worker %d did not answer: connections incomplete", i);
+                        continue;
+                }
+                first = rc->first;
+                if (rc->sb.len)
+                        strbuf_appendn(out, rc->sb.data, rc->sb.len);
+                strbuf_free(&rc->sb);
+                free(rc);
+        }
+        strbuf_append(out, "]}");
+        return 0;
 }

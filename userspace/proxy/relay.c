@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -21,193 +22,197 @@
 #define RELAY_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 
 enum conn_state {
-	CONN_CONNECTING, /* upstream connect in flight (sniffing may go on too) */
-	CONN_RELAYING,
+        CONN_CONNECTING, /* upstream connect in flight (sniffing may go on too) */
+        CONN_RELAYING,
 };
 
 struct side {
-	struct loop_io io;
-	bool readable;
-	bool writable;
+        struct loop_io io;
+        bool readable;
+        bool writable;
+        bool rdhup; /* the peer's FIN is queued: a short read does not mean drained */
 };
 
 /* Bytes flowing one way. The buffer is taken from the worker's cache when
  * bytes arrive and given back as soon as it is empty, so idle connections
  * hold no buffer memory. */
 struct half {
-	uint8_t *buf;
-	uint32_t off, len, cap;
-	uint64_t bytes;
-	bool eof;  /* the source sent FIN */
-	bool shut; /* FIN passed on to the destination */
+        uint8_t *buf;
+        uint32_t off, len, cap;
+        uint64_t bytes;
+        bool eof;  /* the source sent FIN */
+        bool shut; /* FIN passed on to the destination */
 };
 
 struct conn {
-	struct worker *w;
-	struct conn *prev, *next;
-	uint64_t id;
-	enum conn_dir dir;
-	enum conn_state state;
-	bool sniffed;
-	enum proto proto;
-	uint32_t sniffed_len; /* bytes the sniffer has seen */
-	struct side cli, up;
-	struct half c2u, u2c;
-	struct loop_timer timer;       /* connect timeout, then idle timeout */
-	struct loop_timer sniff_timer; /* protocol_detection_timeout */
-	uint64_t created_ms;
-	uint64_t last_active_ms;
-	struct sockaddr_storage client_addr, orig_dst;
-	char sni[64];
+        struct worker *w;
+        struct conn *prev, *next;
+        uint64_t id;
+        enum conn_dir dir;
+        enum conn_state state;
+        bool closed; /* freed after this epoll batch; ignore its remaining events */
+        bool sniffed;
+        enum proto proto;
+        uint32_t sniffed_len; /* bytes the sniffer has seen */
+        struct side cli, up;
+        struct half c2u, u2c;
+        struct loop_timer timer;       /* connect timeout, then idle timeout */
+        struct loop_timer sniff_timer; /* protocol_detection_timeout */
+        uint64_t created_ms;
+        uint64_t last_active_ms;
+        struct sockaddr_storage client_addr, orig_dst;
+        char sni[256];
 };
 
 static const char *const reason_names[REASON__COUNT] = {
-	[REASON_DONE] = "done",
-	[REASON_CLIENT_RESET] = "client_reset",
-	[REASON_UPSTREAM_RESET] = "upstream_reset",
-	[REASON_CONNECT_REFUSED] = "connect_refused",
-	[REASON_CONNECT_TIMEOUT] = "connect_timeout",
-	[REASON_IDLE_TIMEOUT] = "idle_timeout",
-	[REASON_NO_ORIGINAL_DST] = "no_original_dst",
-	[REASON_LOOP] = "loop",
-	[REASON_OVERLOAD] = "overload",
-	[REASON_NO_MEMORY] = "no_memory",
-	[REASON_SOCKET] = "socket",
-	[REASON_SHUTDOWN] = "shutdown",
+    [REASON_DONE] = "done",
+    [REASON_CLIENT_RESET] = "client_reset",
+    [REASON_UPSTREAM_RESET] = "upstream_reset",
+    [REASON_CONNECT_REFUSED] = "connect_refused",
+    [REASON_CONNECT_TIMEOUT] = "connect_timeout",
+    [REASON_IDLE_TIMEOUT] = "idle_timeout",
+    [REASON_NO_ORIGINAL_DST] = "no_original_dst",
+    [REASON_LOOP] = "loop",
+    [REASON_OVERLOAD] = "overload",
+    [REASON_NO_MEMORY] = "no_memory",
+    [REASON_SOCKET] = "socket",
+    [REASON_SHUTDOWN] = "shutdown",
 };
 
 const char *conn_reason_name(enum conn_reason r)
 {
-	return (unsigned)r < REASON__COUNT ? reason_names[r] : "unknown";
+        return (unsigned)r < REASON__COUNT ? reason_names[r] : "unknown";
 }
 
 static const char *dir_name(enum conn_dir d)
 {
-	return d == DIR_INBOUND ? "inbound" : "outbound";
+        return d == DIR_INBOUND ? "inbound" : "outbound";
 }
 
 /* ---- buffers ------------------------------------------------------------ */
 
 static int half_take_buf(struct worker *w, struct half *h)
 {
-	uint32_t size = worker_cfg(w)->buffer_size;
-	if (w->buf_cache_size != size) {
-		while (w->n_buf_cache)
-			free(w->buf_cache[--w->n_buf_cache]);
-		w->buf_cache_size = size;
-	}
-	h->buf = w->n_buf_cache ? w->buf_cache[--w->n_buf_cache] : malloc(size);
-	if (!h->buf)
-		return -ENOMEM;
-	h->cap = size;
-	h->off = h->len = 0;
-	return 0;
+        uint32_t size = worker_cfg(w)->buffer_size;
+        if (w->buf_cache_size != size) {
+                while (w->n_buf_cache)
+                        free(w->buf_cache[--w->n_buf_cache]);
+                w->buf_cache_size = size;
+        }
+        h->buf = w->n_buf_cache ? w->buf_cache[--w->n_buf_cache] : malloc(size);
+        if (!h->buf)
+                return -ENOMEM;
+        h->cap = size;
+        h->off = h->len = 0;
+        return 0;
 }
 
 static void half_give_buf(struct worker *w, struct half *h)
 {
-	if (!h->buf)
-		return;
-	if (h->cap == w->buf_cache_size && w->n_buf_cache < WORKER_BUF_CACHE)
-		w->buf_cache[w->n_buf_cache++] = h->buf;
-	else
-		free(h->buf);
-	h->buf = NULL;
-	h->cap = h->off = h->len = 0;
+        if (!h->buf)
+                return;
+        if (h->cap == w->buf_cache_size && w->n_buf_cache < WORKER_BUF_CACHE)
+                w->buf_cache[w->n_buf_cache++] = h->buf;
+        else
+                free(h->buf);
+        h->buf = NULL;
+        h->cap = h->off = h->len = 0;
 }
 
 /* ---- lifecycle -------------------------------------------------------------- */
 
 static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client)
 {
-	struct worker *w = c->w;
-	struct loop *loop = w->loop;
+        struct worker *w = c->w;
+        struct loop *loop = w->loop;
 
-	loop_timer_cancel(loop, &c->timer);
-	loop_timer_cancel(loop, &c->sniff_timer);
-	if (reset_client) {
-		/* Pass an upstream reset on to the client as a reset. */
-		struct linger lg = {.l_onoff = 1, .l_linger = 0};
-		setsockopt(c->cli.io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	}
-	loop_io_del(loop, &c->cli.io);
-	close(c->cli.io.fd);
-	if (c->up.io.fd >= 0) {
-		loop_io_del(loop, &c->up.io);
-		close(c->up.io.fd);
-	}
-	half_give_buf(w, &c->c2u);
-	half_give_buf(w, &c->u2c);
+        loop_timer_cancel(loop, &c->timer);
+        loop_timer_cancel(loop, &c->sniff_timer);
+        if (reset_client) {
+                /* Pass an upstream reset on to the client as a reset. */
+                struct linger lg = {.l_onoff = 1, .l_linger = 0};
+                setsockopt(c->cli.io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        loop_io_del(loop, &c->cli.io);
+        close(c->cli.io.fd);
+        if (c->up.io.fd >= 0) {
+                loop_io_del(loop, &c->up.io);
+                close(c->up.io.fd);
+        }
+        half_give_buf(w, &c->c2u);
+        half_give_buf(w, &c->u2c);
+        c->closed = true;
 
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		w->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                w->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
 
-	stat_sub(&w->stats, c->dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
-	stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
-	atomic_fetch_sub_explicit(&w->proxy->active, 1, memory_order_relaxed);
+        stat_sub(&w->stats, c->dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
+        stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
+        atomic_fetch_sub_explicit(&w->proxy->active, 1, memory_order_relaxed);
 
-	if (log_enabled(LOG_INFO)) {
-		char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
-		log_emit(LOG_INFO, "access", c->id,
-			 "%s %s -> %s proto=%s sent=%llu received=%llu duration_ms=%llu end=%s",
-			 dir_name(c->dir), sockaddr_format(&c->client_addr, cbuf, sizeof(cbuf)),
-			 sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)),
-			 proto_name(c->sniffed ? c->proto : PROTO_TCP),
-			 (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
-			 (unsigned long long)(loop_now_ms(loop) - c->created_ms),
-			 conn_reason_name(reason));
-	}
-	free(c);
+        if (log_enabled(LOG_INFO)) {
+                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
+                log_emit(LOG_INFO, "access", c->id,
+                         "%s %s -> %s proto=%s sent=%llu received=%llu duration_ms=%llu end=%s",
+                         dir_name(c->dir), sockaddr_format(&c->client_addr, cbuf, sizeof(cbuf)),
+                         sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)),
+                         proto_name(c->sniffed ? c->proto : PROTO_TCP),
+                         (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
+                         (unsigned long long)(loop_now_ms(loop) - c->created_ms),
+                         conn_reason_name(reason));
+        }
+        /* An event for the other socket may still be pending in this batch. */
+        loop_defer_free(loop, c);
 }
 
 /* ---- sniffing ------------------------------------------------------------------ */
 
 static void sniff_finish(struct conn *c, enum proto proto, const struct sniff_result *r)
 {
-	c->sniffed = true;
-	c->proto = proto;
-	loop_timer_cancel(c->w->loop, &c->sniff_timer);
-	stat_add(&c->w->stats, ST_PROTO_FIRST + proto, 1);
-	if (r && r->sni[0])
-		snprintf(c->sni, sizeof(c->sni), "%s", r->sni);
-	log_debug("sniff", c->id, "protocol %s%s%s", proto_name(proto), c->sni[0] ? " sni=" : "",
-		  c->sni);
+        c->sniffed = true;
+        c->proto = proto;
+        loop_timer_cancel(c->w->loop, &c->sniff_timer);
+        stat_add(&c->w->stats, ST_PROTO_FIRST + proto, 1);
+        if (r && r->sni[0])
+                snprintf(c->sni, sizeof(c->sni), "%s", r->sni);
+        log_debug("sniff", c->id, "protocol %s%s%s", proto_name(proto), c->sni[0] ? " sni=" : "",
+                  c->sni);
 }
 
 /* Reads what the client has sent so far into c2u and asks the sniffer.
  * Returns a reason when the client side failed, else -1. */
 static int sniff_step(struct conn *c)
 {
-	struct half *h = &c->c2u;
-	if (!h->buf && half_take_buf(c->w, h) < 0)
-		return REASON_NO_MEMORY;
-	while (c->cli.readable && !h->eof && h->len < h->cap) {
-		ssize_t n = recv(c->cli.io.fd, h->buf + h->len, h->cap - h->len, 0);
-		if (n > 0) {
-			h->len += (uint32_t)n;
-		} else if (n == 0) {
-			h->eof = true;
-		} else if (errno == EAGAIN) {
-			c->cli.readable = false;
-		} else if (errno != EINTR) {
-			return REASON_CLIENT_RESET;
-		}
-	}
-	int final = h->eof || h->len >= h->cap;
-	if (h->len == c->sniffed_len && !final)
-		return -1; /* nothing new to look at */
-	c->sniffed_len = h->len;
-	struct sniff_result r;
-	memset(&r, 0, sizeof(r));
-	if (sniff(h->buf, h->len, final, &r) == SNIFF_DONE || final)
-		sniff_finish(c, r.proto == PROTO_UNKNOWN ? PROTO_TCP : r.proto, &r);
-	if (h->len == 0 && c->sniffed)
-		half_give_buf(c->w, h);
-	return -1;
+        struct half *h = &c->c2u;
+        if (!h->buf && half_take_buf(c->w, h) < 0)
+                return REASON_NO_MEMORY;
+        while (c->cli.readable && !h->eof && h->len < h->cap) {
+                ssize_t n = recv(c->cli.io.fd, h->buf + h->len, h->cap - h->len, 0);
+                if (n > 0) {
+                        h->len += (uint32_t)n;
+                } else if (n == 0) {
+                        h->eof = true;
+                } else if (errno == EAGAIN) {
+                        c->cli.readable = false;
+                } else if (errno != EINTR) {
+                        return REASON_CLIENT_RESET;
+                }
+        }
+        int final = h->eof || h->len >= h->cap;
+        if (h->len == c->sniffed_len && !final)
+                return -1; /* nothing new to look at */
+        c->sniffed_len = h->len;
+        struct sniff_result r;
+        memset(&r, 0, sizeof(r));
+        if (sniff(h->buf, h->len, final, &r) == SNIFF_DONE || final)
+                sniff_finish(c, r.proto == PROTO_UNKNOWN ? PROTO_TCP : r.proto, &r);
+        if (h->len == 0 && c->sniffed)
+                half_give_buf(c->w, h);
+        return -1;
 }
 
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t);
@@ -217,334 +222,345 @@ static void on_sniff_timeout(struct loop *loop, struct loop_timer *t);
 /* Moves bytes src -> h -> dst until neither a read nor a write can make
  * progress. Returns 0, or -1 with *reason set. */
 static int pump(struct conn *c, struct side *src, struct side *dst, struct half *h,
-		enum stat_id bytes_stat, enum conn_reason src_err, enum conn_reason dst_err,
-		enum conn_reason *reason)
+                enum stat_id bytes_stat, enum conn_reason src_err, enum conn_reason dst_err,
+                enum conn_reason *reason)
 {
-	bool progress;
-	do {
-		progress = false;
-		if (h->len > h->off && dst->writable) {
-			size_t want = h->len - h->off;
-			ssize_t n = send(dst->io.fd, h->buf + h->off, want, MSG_NOSIGNAL);
-			if (n > 0) {
-				h->off += (uint32_t)n;
-				h->bytes += (uint64_t)n;
-				stat_add(&c->w->stats, bytes_stat, (uint64_t)n);
-				progress = true;
-				if ((size_t)n < want)
-					dst->writable = false;
-			} else if (errno == EAGAIN) {
-				dst->writable = false;
-			} else if (errno != EINTR) {
-				*reason = dst_err;
-				return -1;
-			}
-		}
-		if (h->buf && h->off == h->len)
-			h->off = h->len = 0;
-		if (!h->eof && src->readable && (!h->buf || h->len < h->cap)) {
-			if (!h->buf && half_take_buf(c->w, h) < 0) {
-				*reason = REASON_NO_MEMORY;
-				return -1;
-			}
-			size_t space = h->cap - h->len;
-			ssize_t n = recv(src->io.fd, h->buf + h->len, space, 0);
-			if (n > 0) {
-				h->len += (uint32_t)n;
-				progress = true;
-				if ((size_t)n < space)
-					src->readable = false;
-			} else if (n == 0) {
-				h->eof = true;
-				progress = true;
-			} else if (errno == EAGAIN) {
-				src->readable = false;
-			} else if (errno != EINTR) {
-				*reason = src_err;
-				return -1;
-			}
-		}
-	} while (progress);
+        bool progress;
+        do {
+                progress = false;
+                if (h->len > h->off && dst->writable) {
+                        size_t want = h->len - h->off;
+                        ssize_t n = send(dst->io.fd, h->buf + h->off, want, MSG_NOSIGNAL);
+                        if (n > 0) {
+                                h->off += (uint32_t)n;
+                                h->bytes += (uint64_t)n;
+                                stat_add(&c->w->stats, bytes_stat, (uint64_t)n);
+                                progress = true;
+                                if ((size_t)n < want)
+                                        dst->writable = false;
+                        } else if (errno == EAGAIN) {
+                                dst->writable = false;
+                        } else if (errno != EINTR) {
+                                *reason = dst_err;
+                                return -1;
+                        }
+                }
+                if (h->buf && h->off == h->len)
+                        h->off = h->len = 0;
+                if (!h->eof && src->readable && (!h->buf || h->len < h->cap)) {
+                        if (!h->buf && half_take_buf(c->w, h) < 0) {
+                                *reason = REASON_NO_MEMORY;
+                                return -1;
+                        }
+                        size_t space = h->cap - h->len;
+                        ssize_t n = recv(src->io.fd, h->buf + h->len, space, 0);
+                        if (n > 0) {
+                                h->len += (uint32_t)n;
+                                progress = true;
+                                if ((size_t)n < space && !src->rdhup)
+                                        src->readable = false;
+                        } else if (n == 0) {
+                                h->eof = true;
+                                progress = true;
+                        } else if (errno == EAGAIN) {
+                                src->readable = false;
+                        } else if (errno != EINTR) {
+                                *reason = src_err;
+                                return -1;
+                        }
+                }
+        } while (progress);
 
-	if (h->len == h->off) {
-		half_give_buf(c->w, h);
-		if (h->eof && !h->shut) {
-			/* Half-close: pass the FIN on only once every byte is out. */
-			shutdown(dst->io.fd, SHUT_WR);
-			h->shut = true;
-		}
-	}
-	return 0;
+        if (h->len == h->off) {
+                half_give_buf(c->w, h);
+                if (h->eof && !h->shut) {
+                        /* Half-close: pass the FIN on only once every byte is out. */
+                        shutdown(dst->io.fd, SHUT_WR);
+                        h->shut = true;
+                }
+        }
+        return 0;
 }
 
 static void conn_drive(struct conn *c)
 {
-	enum conn_reason reason = REASON_DONE;
-	if (!c->sniffed) {
-		int r = sniff_step(c);
-		if (r >= 0) {
-			conn_free(c, (enum conn_reason)r, false);
-			return;
-		}
-	}
-	if (c->state != CONN_RELAYING)
-		return;
+        enum conn_reason reason = REASON_DONE;
+        if (!c->sniffed) {
+                int r = sniff_step(c);
+                if (r >= 0) {
+                        conn_free(c, (enum conn_reason)r, false);
+                        return;
+                }
+        }
+        if (c->state != CONN_RELAYING)
+                return;
 
-	uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
-	if (c->sniffed && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM, REASON_CLIENT_RESET,
-			       REASON_UPSTREAM_RESET, &reason) < 0)
-		goto fail;
-	if (pump(c, &c->up, &c->cli, &c->u2c, ST_BYTES_DOWNSTREAM, REASON_UPSTREAM_RESET,
-		 REASON_CLIENT_RESET, &reason) < 0)
-		goto fail;
-	if (c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof != before)
-		c->last_active_ms = loop_now_ms(c->w->loop);
-	if (c->c2u.shut && c->u2c.shut)
-		conn_free(c, REASON_DONE, false);
-	return;
+        uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
+        if (c->sniffed && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM, REASON_CLIENT_RESET,
+                               REASON_UPSTREAM_RESET, &reason) < 0)
+                goto fail;
+        if (pump(c, &c->up, &c->cli, &c->u2c, ST_BYTES_DOWNSTREAM, REASON_UPSTREAM_RESET,
+                 REASON_CLIENT_RESET, &reason) < 0)
+                goto fail;
+        if (c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof != before)
+                c->last_active_ms = loop_now_ms(c->w->loop);
+        if (c->c2u.shut && c->u2c.shut)
+                conn_free(c, REASON_DONE, false);
+        return;
 fail:
-	conn_free(c, reason, reason == REASON_UPSTREAM_RESET);
+        conn_free(c, reason, reason == REASON_UPSTREAM_RESET);
 }
 
 /* ---- events --------------------------------------------------------------------- */
 
 static void side_mark(struct side *s, uint32_t events)
 {
-	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-		s->readable = true;
-	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-		s->writable = true;
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                s->readable = true;
+        if (events & (EPOLLRDHUP | EPOLLHUP))
+                s->rdhup = true;
+        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                s->writable = true;
 }
 
 static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
 {
-	struct conn *c = io->data;
-	side_mark(&c->cli, events);
-	conn_drive(c);
+        struct conn *c = io->data;
+        if (c->closed)
+                return;
+        side_mark(&c->cli, events);
+        conn_drive(c);
 }
 
 static void arm_idle(struct conn *c)
 {
-	loop_timer_arm(c->w->loop, &c->timer, worker_cfg(c->w)->idle_timeout_ms);
+        loop_timer_arm(c->w->loop, &c->timer, worker_cfg(c->w)->idle_timeout_ms);
 }
 
 static void on_upstream(struct loop *loop, struct loop_io *io, uint32_t events)
 {
-	struct conn *c = io->data;
-	side_mark(&c->up, events);
-	if (c->state == CONN_CONNECTING) {
-		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
-			return;
-		int err = 0;
-		socklen_t len = sizeof(err);
-		getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-		if (err) {
-			char obuf[SOCKADDR_STRLEN];
-			log_warn("proxy", c->id, "connect to %s failed: %s",
-				 sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)), strerror(err));
-			conn_free(c, REASON_CONNECT_REFUSED, true);
-			return;
-		}
-		c->state = CONN_RELAYING;
-		c->last_active_ms = loop_now_ms(loop);
-		arm_idle(c);
-	}
-	conn_drive(c);
+        struct conn *c = io->data;
+        if (c->closed)
+                return;
+        side_mark(&c->up, events);
+        if (c->state == CONN_CONNECTING) {
+                if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+                        return;
+                int err = 0;
+                socklen_t len = sizeof(err);
+                getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                        char obuf[SOCKADDR_STRLEN];
+                        log_warn("proxy", c->id, "connect to %s failed: %s",
+                                 sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)), strerror(err));
+                        conn_free(c, REASON_CONNECT_REFUSED, true);
+                        return;
+                }
+                c->state = CONN_RELAYING;
+                c->last_active_ms = loop_now_ms(loop);
+                arm_idle(c);
+        }
+        conn_drive(c);
 }
 
 static void on_timer(struct loop *loop, struct loop_timer *t)
 {
-	struct conn *c = t->data;
-	if (c->state == CONN_CONNECTING) {
-		char obuf[SOCKADDR_STRLEN];
-		log_warn("proxy", c->id, "connect to %s timed out",
-			 sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
-		conn_free(c, REASON_CONNECT_TIMEOUT, true);
-		return;
-	}
-	uint64_t idle = worker_cfg(c->w)->idle_timeout_ms;
-	uint64_t quiet = loop_now_ms(loop) - c->last_active_ms;
-	if (quiet >= idle) {
-		log_debug("proxy", c->id, "idle for %llu ms: closing", (unsigned long long)quiet);
-		conn_free(c, REASON_IDLE_TIMEOUT, false);
-		return;
-	}
-	loop_timer_arm(loop, t, idle - quiet);
+        struct conn *c = t->data;
+        if (c->state == CONN_CONNECTING) {
+                char obuf[SOCKADDR_STRLEN];
+                log_warn("proxy", c->id, "connect to %s timed out",
+                         sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
+                conn_free(c, REASON_CONNECT_TIMEOUT, true);
+                return;
+        }
+        uint64_t idle = worker_cfg(c->w)->idle_timeout_ms;
+        uint64_t quiet = loop_now_ms(loop) - c->last_active_ms;
+        if (quiet >= idle) {
+                log_debug("proxy", c->id, "idle for %llu ms: closing", (unsigned long long)quiet);
+                conn_free(c, REASON_IDLE_TIMEOUT, false);
+                return;
+        }
+        loop_timer_arm(loop, t, idle - quiet);
 }
 
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t)
 {
-	struct conn *c = t->data;
-	stat_add(&c->w->stats, ST_SNIFF_TIMEOUT, 1);
-	sniff_finish(c, PROTO_TCP, NULL);
-	if (c->c2u.buf && c->c2u.len == 0)
-		half_give_buf(c->w, &c->c2u);
-	conn_drive(c);
+        struct conn *c = t->data;
+        stat_add(&c->w->stats, ST_SNIFF_TIMEOUT, 1);
+        /* Decide on what has arrived, as if nothing more will come: a complete
+         * HTTP/2 preface without a request yet is still HTTP/2. */
+        struct sniff_result r;
+        memset(&r, 0, sizeof(r));
+        if (c->c2u.len)
+                sniff(c->c2u.buf, c->c2u.len, 1, &r);
+        sniff_finish(c, r.proto == PROTO_UNKNOWN ? PROTO_TCP : r.proto, &r);
+        if (c->c2u.buf && c->c2u.len == 0)
+                half_give_buf(c->w, &c->c2u);
+        conn_drive(c);
 }
 
 /* ---- accept --------------------------------------------------------------------- */
 
 static bool is_own_listener(struct worker *w, const struct sockaddr_storage *dst)
 {
-	uint16_t port = sockaddr_port(dst);
-	if (port != w->proxy->inbound_port && port != w->proxy->outbound_port)
-		return false;
-	for (int i = 0; i < w->n_listeners; i++) {
-		const struct sockaddr_storage *l = &w->listeners[i].addr;
-		if (l->ss_family == dst->ss_family && sockaddr_port(l) == port)
-			return true; /* bound to any or the same address: ours */
-	}
-	return false;
+        uint16_t port = sockaddr_port(dst);
+        if (port != w->proxy->inbound_port && port != w->proxy->outbound_port)
+                return false;
+        for (int i = 0; i < w->n_listeners; i++) {
+                const struct sockaddr_storage *l = &w->listeners[i].addr;
+                if (l->ss_family == dst->ss_family && sockaddr_port(l) == port)
+                        return true; /* bound to any or the same address: ours */
+        }
+        return false;
 }
 
 static void reject(struct worker *w, int fd, enum conn_reason reason)
 {
-	struct linger lg = {.l_onoff = 1, .l_linger = 0};
-	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	close(fd);
-	stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(fd);
+        stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
 }
 
 void relay_accept(struct worker *w, struct listener *l, int fd)
 {
-	const struct shunt_config *cfg = worker_cfg(w);
-	struct proxy *p = w->proxy;
+        const struct shunt_config *cfg = worker_cfg(w);
+        struct proxy *p = w->proxy;
 
-	stat_add(&w->stats, l->dir == DIR_INBOUND ? ST_ACCEPTED_IN : ST_ACCEPTED_OUT, 1);
-	uint64_t active = atomic_fetch_add_explicit(&p->active, 1, memory_order_relaxed);
-	if (active >= cfg->max_connections) {
-		atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&p->rejected, 1, memory_order_relaxed);
-		reject(w, fd, REASON_OVERLOAD);
-		log_warn("proxy", 0, "max_connections (%u) reached: connection refused",
-			 cfg->max_connections);
-		return;
-	}
+        stat_add(&w->stats, l->dir == DIR_INBOUND ? ST_ACCEPTED_IN : ST_ACCEPTED_OUT, 1);
+        uint64_t active = atomic_fetch_add_explicit(&p->active, 1, memory_order_relaxed);
+        if (active >= cfg->max_connections) {
+                atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&p->rejected, 1, memory_order_relaxed);
+                reject(w, fd, REASON_OVERLOAD);
+                log_warn("proxy", 0, "max_connections (%u) reached: connection refused",
+                         cfg->max_connections);
+                return;
+        }
 
-	struct sockaddr_storage local, peer;
-	socklen_t llen = sizeof(local), plen = sizeof(peer);
-	getsockname(fd, (struct sockaddr *)&local, &llen);
-	getpeername(fd, (struct sockaddr *)&peer, &plen);
+        struct sockaddr_storage local, peer;
+        socklen_t llen = sizeof(local), plen = sizeof(peer);
+        getsockname(fd, (struct sockaddr *)&local, &llen);
+        getpeername(fd, (struct sockaddr *)&peer, &plen);
 
-	struct sockaddr_storage dst;
-	enum origdst_result od = origdst_get(fd, &local, &dst);
-	enum conn_reason refuse = REASON__COUNT;
-	char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
-	if (od == ORIGDST_OK) {
-		stat_add(&w->stats, ST_ORIGDST_OK, 1);
-		if (is_own_listener(w, &dst))
-			refuse = REASON_LOOP;
-	} else {
-		stat_add(&w->stats,
-			 od == ORIGDST_NOT_REDIRECTED ? ST_ORIGDST_NOT_REDIRECTED : ST_ORIGDST_ERROR,
-			 1);
-		refuse = REASON_NO_ORIGINAL_DST;
-	}
-	if (refuse != REASON__COUNT) {
-		atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
-		log_warn("proxy", 0, "%s connection from %s refused: %s",
-			 dir_name(l->dir), sockaddr_format(&peer, pbuf, sizeof(pbuf)),
-			 refuse == REASON_LOOP ? "original destination is shuntd itself (loop)"
-					       : "no original destination (not redirected)");
-		reject(w, fd, refuse);
-		return;
-	}
+        struct sockaddr_storage dst;
+        enum origdst_result od = origdst_get(fd, &local, &dst);
+        enum conn_reason refuse = REASON__COUNT;
+        char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
+        if (od == ORIGDST_OK) {
+                stat_add(&w->stats, ST_ORIGDST_OK, 1);
+                if (is_own_listener(w, &dst))
+                        refuse = REASON_LOOP;
+        } else {
+                stat_add(
+                    &w->stats,
+                    od == ORIGDST_NOT_REDIRECTED ? ST_ORIGDST_NOT_REDIRECTED : ST_ORIGDST_ERROR, 1);
+                refuse = REASON_NO_ORIGINAL_DST;
+        }
+        if (refuse != REASON__COUNT) {
+                atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
+                log_warn("proxy", 0, "%s connection from %s refused: %s", dir_name(l->dir),
+                         sockaddr_format(&peer, pbuf, sizeof(pbuf)),
+                         refuse == REASON_LOOP ? "original destination is shuntd itself (loop)"
+                                               : "no original destination (not redirected)");
+                reject(w, fd, refuse);
+                return;
+        }
 
-	struct conn *c = calloc(1, sizeof(*c));
-	int ufd = -1;
-	if (!c) {
-		atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
-		reject(w, fd, REASON_NO_MEMORY);
-		return;
-	}
-	c->w = w;
-	c->id = atomic_fetch_add_explicit(&p->next_conn_id, 1, memory_order_relaxed) + 1;
-	c->dir = l->dir;
-	c->state = CONN_CONNECTING;
-	c->client_addr = peer;
-	c->orig_dst = dst;
-	c->created_ms = c->last_active_ms = loop_now_ms(w->loop);
-	loop_io_init(&c->cli.io, fd, on_client, c);
-	loop_io_init(&c->up.io, -1, on_upstream, c);
-	loop_timer_init(&c->timer, on_timer, c);
-	loop_timer_init(&c->sniff_timer, on_sniff_timeout, c);
+        struct conn *c = calloc(1, sizeof(*c));
+        int ufd = -1;
+        if (!c) {
+                atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
+                reject(w, fd, REASON_NO_MEMORY);
+                return;
+        }
+        c->w = w;
+        c->id = atomic_fetch_add_explicit(&p->next_conn_id, 1, memory_order_relaxed) + 1;
+        c->dir = l->dir;
+        c->state = CONN_CONNECTING;
+        c->client_addr = peer;
+        c->orig_dst = dst;
+        c->created_ms = c->last_active_ms = loop_now_ms(w->loop);
+        loop_io_init(&c->cli.io, fd, on_client, c);
+        loop_io_init(&c->up.io, -1, on_upstream, c);
+        loop_timer_init(&c->timer, on_timer, c);
+        loop_timer_init(&c->sniff_timer, on_sniff_timeout, c);
 
-	c->next = w->conns;
-	if (w->conns)
-		w->conns->prev = c;
-	w->conns = c;
-	stat_add(&w->stats, c->dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
+        c->next = w->conns;
+        if (w->conns)
+                w->conns->prev = c;
+        w->conns = c;
+        stat_add(&w->stats, c->dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
 
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	ufd = socket(dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
-	if (ufd < 0) {
-		log_error("proxy", c->id, "upstream socket: %s", strerror(errno));
-		conn_free(c, REASON_SOCKET, false);
-		return;
-	}
-	c->up.io.fd = ufd;
-	setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	/* The mark keeps our own connection out of the capture rules. */
-	uint32_t mark = cfg->proxy_mark;
-	if (setsockopt(ufd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
-		log_error("proxy", c->id, "SO_MARK 0x%x: %s (needs CAP_NET_ADMIN)", mark,
-			  strerror(errno));
-		conn_free(c, REASON_SOCKET, false);
-		return;
-	}
-	if (connect(ufd, (struct sockaddr *)&dst, sockaddr_len(&dst)) < 0 &&
-	    errno != EINPROGRESS) {
-		log_warn("proxy", c->id, "connect to %s: %s",
-			 sockaddr_format(&dst, dbuf, sizeof(dbuf)), strerror(errno));
-		conn_free(c, REASON_CONNECT_REFUSED, true);
-		return;
-	}
-	if (loop_io_add(w->loop, &c->cli.io, RELAY_EVENTS) < 0 ||
-	    loop_io_add(w->loop, &c->up.io, RELAY_EVENTS) < 0) {
-		conn_free(c, REASON_SOCKET, false);
-		return;
-	}
-	loop_timer_arm(w->loop, &c->timer, cfg->connect_timeout_ms);
-	loop_timer_arm(w->loop, &c->sniff_timer, cfg->protocol_detection_timeout_ms);
-	log_debug("proxy", c->id, "%s %s -> %s", dir_name(c->dir),
-		  sockaddr_format(&peer, pbuf, sizeof(pbuf)),
-		  sockaddr_format(&dst, dbuf, sizeof(dbuf)));
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        ufd = socket(dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+        if (ufd < 0) {
+                log_error("proxy", c->id, "upstream socket: %s", strerror(errno));
+                conn_free(c, REASON_SOCKET, false);
+                return;
+        }
+        c->up.io.fd = ufd;
+        setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* The mark keeps our own connection out of the capture rules. */
+        uint32_t mark = cfg->proxy_mark;
+        if (setsockopt(ufd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
+                log_error("proxy", c->id, "SO_MARK 0x%x: %s (needs CAP_NET_ADMIN)", mark,
+                          strerror(errno));
+                conn_free(c, REASON_SOCKET, false);
+                return;
+        }
+        if (connect(ufd, (struct sockaddr *)&dst, sockaddr_len(&dst)) < 0 && errno != EINPROGRESS) {
+                log_warn("proxy", c->id, "connect to %s: %s",
+                         sockaddr_format(&dst, dbuf, sizeof(dbuf)), strerror(errno));
+                conn_free(c, REASON_CONNECT_REFUSED, true);
+                return;
+        }
+        if (loop_io_add(w->loop, &c->cli.io, RELAY_EVENTS) < 0 ||
+            loop_io_add(w->loop, &c->up.io, RELAY_EVENTS) < 0) {
+                conn_free(c, REASON_SOCKET, false);
+                return;
+        }
+        loop_timer_arm(w->loop, &c->timer, cfg->connect_timeout_ms);
+        loop_timer_arm(w->loop, &c->sniff_timer, cfg->protocol_detection_timeout_ms);
+        log_debug("proxy", c->id, "%s %s -> %s", dir_name(c->dir),
+                  sockaddr_format(&peer, pbuf, sizeof(pbuf)),
+                  sockaddr_format(&dst, dbuf, sizeof(dbuf)));
 }
 
 void relay_close_all(struct worker *w, enum conn_reason reason)
 {
-	while (w->conns)
-		conn_free(w->conns, reason, false);
+        while (w->conns)
+                conn_free(w->conns, reason, false);
 }
 
 void relay_render(struct worker *w, struct strbuf *out, bool *first)
 {
-	uint64_t now = clock_mono_ms();
-	for (struct conn *c = w->conns; c; c = c->next) {
-		char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
-		strbuf_append(out, *first ? "" : ",");
-		*first = false;
-		strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"%s\",",
-			       (unsigned long long)c->id, w->index, dir_name(c->dir));
-		strbuf_append(out, "\"client\":");
-		strbuf_append_json_string(out,
-					  sockaddr_format(&c->client_addr, cbuf, sizeof(cbuf)));
-		strbuf_append(out, ",\"original_dst\":");
-		strbuf_append_json_string(out, sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
-		strbuf_append(out, ",\"upstream\":");
-		strbuf_append_json_string(out, obuf);
-		const char *state = c->state == CONN_CONNECTING ? "connecting"
-				    : !c->sniffed		? "sniffing"
-				    : c->c2u.shut || c->u2c.shut ? "half_closed"
-								 : "relaying";
-		strbuf_appendf(out,
-			       ",\"protocol\":\"%s\",\"state\":\"%s\",\"bytes_in\":%llu,"
-			       "\"bytes_out\":%llu,\"age_ms\":%llu,\"sni\":",
-			       c->sniffed ? proto_name(c->proto) : "unknown", state,
-			       (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
-			       (unsigned long long)(now - c->created_ms));
-		strbuf_append_json_string(out, c->sni);
-		strbuf_append(out, "}");
-	}
+        uint64_t now = clock_mono_ms();
+        for (struct conn *c = w->conns; c; c = c->next) {
+                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
+                strbuf_append(out, *first ? "" : ",");
+                *first = false;
+                strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"%s\",",
+                               (unsigned long long)c->id, w->index, dir_name(c->dir));
+                strbuf_append(out, "\"client\":");
+                strbuf_append_json_string(out,
+                                          sockaddr_format(&c->client_addr, cbuf, sizeof(cbuf)));
+                strbuf_append(out, ",\"original_dst\":");
+                strbuf_append_json_string(out, sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
+                strbuf_append(out, ",\"upstream\":");
+                strbuf_append_json_string(out, obuf);
+                const char *state = c->state == CONN_CONNECTING  ? "connecting"
+                                    : !c->sniffed                ? "sniffing"
+                                    : c->c2u.shut || c->u2c.shut ? "half_closed"
+                                                                 : "relaying";
+                strbuf_appendf(out,
+                               ",\"protocol\":\"%s\",\"state\":\"%s\",\"bytes_in\":%llu,"
+                               "\"bytes_out\":%llu,\"age_ms\":%llu,\"sni\":",
+                               c->sniffed ? proto_name(c->proto) : "unknown", state,
+                               (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
+                               (unsigned long long)(now - c->created_ms));
+                strbuf_append_json_string(out, c->sni);
+                strbuf_append(out, "}");
+        }
 }
