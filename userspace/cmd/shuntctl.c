@@ -552,9 +552,12 @@ static int cmd_status(void)
                        "connections:", jint(c, "active", b1, sizeof(b1)),
                        jint(c, "accepted", b2, sizeof(b2)), jint(c, "rejected", b3, sizeof(b3)));
         const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(j, "config");
-        if (cfg)
-                printf("%-13s%s (generation %s)\n", "config:", jstr(cfg, "path", "(none)"),
+        if (cfg) {
+                const char *path = jstr(cfg, "path", "");
+                printf("%-13s%s (generation %s)\n", "config:",
+                       path[0] ? path : "no file (defaults, environment, flags)",
                        jint(cfg, "generation", b1, sizeof(b1)));
+        }
         printf("%-13s%s\n", "log level:", jstr(j, "log_level", "unknown"));
         cJSON_Delete(j);
         return 0;
