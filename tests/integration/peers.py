@@ -18,6 +18,7 @@ Kinds:
   greet      server-first (like SMTP): sends "220 NAME ready\\r\\n" on accept, then echoes
   halfclose  reads until EOF, then sends "<byte count> <sha256 hex>\\n" and closes
   reset      sends --reset-after bytes, then resets the connection (SO_LINGER 0)
+  stall      reads nothing for --stall seconds, then behaves like halfclose
   http       HTTP/1.1 with keep-alive; answers every request with JSON
              {"server", "host", "method", "path", "peer", "local"};
              GET /slow/<ms> delays the answer; GET /bytes/<n> answers n bytes
@@ -61,6 +62,7 @@ class Peer:
     def __init__(self, args):
         self.name = args.name
         self.reset_after = args.reset_after
+        self.stall = args.stall
 
     async def handle(self, kind, reader, writer):
         try:
@@ -113,6 +115,13 @@ class Peer:
             h.update(data)
         writer.write(("%d %s\n" % (n, h.hexdigest())).encode())
         await writer.drain()
+
+    async def kind_stall(self, reader, writer):
+        # A slow reader: the sender must be held back, not buffered for.
+        writer.transport.pause_reading()
+        await asyncio.sleep(self.stall)
+        writer.transport.resume_reading()
+        await self.kind_halfclose(reader, writer)
 
     async def kind_reset(self, reader, writer):
         chunk = b"r" * 4096
@@ -206,11 +215,12 @@ async def main(args):
 
 def cli(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("kind", choices=["echo", "addr", "greet", "halfclose", "reset", "http"])
+    p.add_argument("kind", choices=["echo", "addr", "greet", "halfclose", "stall", "reset", "http"])
     p.add_argument("--name", default="peer")
     p.add_argument("--listen", action="append", required=True)
     p.add_argument("--lifetime", type=float, default=600.0)
     p.add_argument("--reset-after", type=int, default=65536)
+    p.add_argument("--stall", type=float, default=3.0)
     args = p.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

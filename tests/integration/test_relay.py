@@ -168,3 +168,57 @@ def test_idle_timeout_closes_quiet_connection(fresh_topo, start_shuntd):
     finally:
         s.close()
     sl.wait_until(lambda: d.connections() == [], 5, what="connection freed")
+
+
+def _rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+def test_backpressure_bounds_memory_for_a_slow_reader(topo, shuntd):
+    """The server reads nothing for 4 s while the client pushes as fast as it
+    can: shuntd must stop reading from the client (bounded buffers) instead of
+    queueing, so the client is held back and shuntd's memory does not grow by
+    more than a few buffers. Then the server drains and every byte arrives."""
+    stall = topo.remote.spawn_peer(
+        "stall", "stall", ["%s:7300" % T.REMOTE4], extra=["--stall", "4"]
+    )
+    try:
+        pid = shuntd.proc.pid
+        rss_before = _rss_kib(pid)
+        s = topo.app.connect(T.REMOTE4, 7300, timeout=10)
+        total = 64 * 1024 * 1024
+        h = hashlib.sha256()
+        chunk = os.urandom(1024 * 1024)
+        sent = 0
+        s.setblocking(False)
+        deadline = time.monotonic() + 2.5
+        while sent < total and time.monotonic() < deadline:
+            try:
+                n = s.send(chunk)
+                h.update(chunk[:n])
+                sent += n
+            except BlockingIOError:
+                time.sleep(0.01)
+        held_back = sent
+        rss_stalled = _rss_kib(pid)
+        # Kernel socket buffers on three sockets can hold some MiB; shuntd
+        # adds at most its two 64 KiB relay buffers. Unbounded queueing
+        # would have taken all 64 MiB.
+        assert held_back < total, "the client was never held back"
+        assert rss_stalled - rss_before < 16 * 1024, (rss_before, rss_stalled)
+        s.setblocking(True)
+        s.settimeout(30)
+        while sent < total:
+            n = s.send(chunk[: min(len(chunk), total - sent)])
+            h.update(chunk[:n])
+            sent += n
+        s.shutdown(socket.SHUT_WR)
+        reply = sl.recv_all(s, timeout=30)
+        s.close()
+        assert reply == ("%d %s\n" % (total, h.hexdigest())).encode()
+    finally:
+        stall.stop()
