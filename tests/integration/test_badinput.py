@@ -240,3 +240,41 @@ def test_sigkill_of_a_peer_does_not_hurt_shuntd(topo, shuntd):
         s.close()
     assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"ok") == b"ok"
     assert shuntd.alive()
+
+
+def test_max_connections_sheds_load_and_says_so(fresh_topo, start_shuntd):
+    """At max_connections a new connection is refused at once (not queued),
+    counted and logged; existing ones keep working; after one closes, new
+    connections are accepted again."""
+    topo = fresh_topo
+    sl.spawn_remote_peers(topo, {}, ["echo"])
+    d = start_shuntd(topo.app, sl.shuntd_args(**{"max-connections": "3"}))
+    held = [topo.app.connect(T.REMOTE4, 7000) for _ in range(3)]
+    try:
+        for i, s in enumerate(held):
+            assert sl.echo(s, b"held %d" % i) == b"held %d" % i
+        extra = topo.app.connect(T.REMOTE4, 7000)
+        extra.settimeout(10)
+        try:
+            extra.sendall(b"x")
+            assert extra.recv(10) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        finally:
+            extra.close()
+        assert d.metric("shunt_connections_rejected_total") == 1
+        assert d.metric("shunt_connections_closed_total", reason="overload") == 1
+        assert [l for l in d.log_lines() if "max_connections (3) reached" in l.get("msg", "")]
+        for i, s in enumerate(held):
+            assert sl.echo(s, b"still %d" % i) == b"still %d" % i
+    finally:
+        held.pop().close()
+    try:
+        sl.wait_until(lambda: d.json("/status")["connections"]["active"] == 2, 5,
+                      what="one connection freed")
+        s = topo.app.connect(T.REMOTE4, 7000)
+        assert sl.echo(s, b"again") == b"again"
+        s.close()
+    finally:
+        for s in held:
+            s.close()

@@ -96,6 +96,7 @@ struct worker {
         uint8_t *buf_cache[WORKER_BUF_CACHE]; /* free relay buffers of buf_cache_size */
         int n_buf_cache;
         uint32_t buf_cache_size;
+        uint64_t overload_logged_ms;
         struct worker_stats stats;
 };
 

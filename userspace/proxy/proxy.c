@@ -172,8 +172,8 @@ void proxy_set_config(struct proxy *p, struct shunt_config *cfg)
 {
         snapshot_ref(&cfg->snap);
         snapshot_publish(&p->cfg_slot, &cfg->snap);
-        /* Wake each worker so it picks the new snapshot up promptly even when idle;
-         * the reader refreshes on its next event. */
+        /* Each worker picks the new snapshot up at its next event; an idle worker
+         * holds the old one until then, which costs nothing. */
 }
 
 static void close_listeners(void *arg)

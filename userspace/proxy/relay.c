@@ -433,8 +433,15 @@ void relay_accept(struct worker *w, struct listener *l, int fd)
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
                 atomic_fetch_add_explicit(&p->rejected, 1, memory_order_relaxed);
                 reject(w, fd, REASON_OVERLOAD);
-                log_warn("proxy", 0, "max_connections (%u) reached: connection refused",
-                         cfg->max_connections);
+                /* At most one line a second per worker: overload must not flood the log. */
+                uint64_t now = loop_now_ms(w->loop);
+                if (now - w->overload_logged_ms >= 1000) {
+                        w->overload_logged_ms = now;
+                        log_warn("proxy", 0,
+                                 "max_connections (%u) reached: refusing new connections "
+                                 "(shunt_connections_rejected_total counts them)",
+                                 cfg->max_connections);
+                }
                 return;
         }
 
