@@ -117,7 +117,9 @@ static inline const struct shunt_config *worker_cfg(struct worker *w)
 }
 
 /* relay.c */
-void relay_accept(struct worker *w, struct listener *l, int fd);
+/* fd was just accepted on l from peer. */
+void relay_accept(struct worker *w, struct listener *l, int fd,
+                  const struct sockaddr_storage *peer);
 void relay_close_all(struct worker *w, enum conn_reason reason);
 void relay_render(struct worker *w, struct strbuf *out, bool *first);
 const char *conn_reason_name(enum conn_reason r);

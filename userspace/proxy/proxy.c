@@ -23,14 +23,17 @@ static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
         struct listener *l = (struct listener *)io;
         struct worker *w = io->data;
         for (int i = 0; i < ACCEPT_BATCH; i++) {
-                int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                struct sockaddr_storage peer;
+                socklen_t plen = sizeof(peer);
+                int fd =
+                    accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0) {
                         if (errno == EMFILE || errno == ENFILE)
                                 log_error("proxy", 0, "accept: %s: shedding (raise the fd limit)",
                                           strerror(errno));
                         return;
                 }
-                relay_accept(w, l, fd);
+                relay_accept(w, l, fd, &peer);
         }
 }
 

@@ -422,7 +422,7 @@ static void reject(struct worker *w, int fd, enum conn_reason reason)
         stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
 }
 
-void relay_accept(struct worker *w, struct listener *l, int fd)
+void relay_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr_storage *peer)
 {
         const struct shunt_config *cfg = worker_cfg(w);
         struct proxy *p = w->proxy;
@@ -445,10 +445,9 @@ void relay_accept(struct worker *w, struct listener *l, int fd)
                 return;
         }
 
-        struct sockaddr_storage local, peer;
-        socklen_t llen = sizeof(local), plen = sizeof(peer);
+        struct sockaddr_storage local;
+        socklen_t llen = sizeof(local);
         getsockname(fd, (struct sockaddr *)&local, &llen);
-        getpeername(fd, (struct sockaddr *)&peer, &plen);
 
         struct sockaddr_storage dst;
         enum origdst_result od = origdst_get(fd, &local, &dst);
@@ -467,7 +466,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd)
         if (refuse != REASON__COUNT) {
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
                 log_warn("proxy", 0, "%s connection from %s refused: %s", dir_name(l->dir),
-                         sockaddr_format(&peer, pbuf, sizeof(pbuf)),
+                         sockaddr_format(peer, pbuf, sizeof(pbuf)),
                          refuse == REASON_LOOP ? "original destination is shuntd itself (loop)"
                                                : "no original destination (not redirected)");
                 reject(w, fd, refuse);
@@ -485,7 +484,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd)
         c->id = atomic_fetch_add_explicit(&p->next_conn_id, 1, memory_order_relaxed) + 1;
         c->dir = l->dir;
         c->state = CONN_CONNECTING;
-        c->client_addr = peer;
+        c->client_addr = *peer;
         c->orig_dst = dst;
         c->created_ms = c->last_active_ms = loop_now_ms(w->loop);
         loop_io_init(&c->cli.io, fd, on_client, c);
@@ -531,7 +530,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd)
         loop_timer_arm(w->loop, &c->timer, cfg->connect_timeout_ms);
         loop_timer_arm(w->loop, &c->sniff_timer, cfg->protocol_detection_timeout_ms);
         log_debug("proxy", c->id, "%s %s -> %s", dir_name(c->dir),
-                  sockaddr_format(&peer, pbuf, sizeof(pbuf)),
+                  sockaddr_format(peer, pbuf, sizeof(pbuf)),
                   sockaddr_format(&dst, dbuf, sizeof(dbuf)));
 }
 
