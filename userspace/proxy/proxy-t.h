@@ -105,7 +105,6 @@ struct proxy {
         int n_workers;
         struct snapshot_slot cfg_slot;
         _Atomic uint64_t active; /* over all workers, for max_connections */
-        _Atomic uint64_t rejected;
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
 };

@@ -266,72 +266,99 @@ void proxy_render_listeners(struct proxy *p, struct strbuf *out)
         strbuf_append(out, "]");
 }
 
+static uint64_t rejected(struct proxy *p)
+{
+        return sum(p, (enum stat_id)(ST_REASON_FIRST + REASON_OVERLOAD));
+}
+
 void proxy_render_counts(struct proxy *p, struct strbuf *out)
 {
         strbuf_appendf(out, "{\"active\":%llu,\"accepted\":%llu,\"rejected\":%llu}",
                        (unsigned long long)proxy_active(p),
                        (unsigned long long)(sum(p, ST_ACCEPTED_IN) + sum(p, ST_ACCEPTED_OUT)),
-                       (unsigned long long)atomic_load(&p->rejected));
+                       (unsigned long long)rejected(p));
+}
+
+struct metric_sample {
+        const char *labels;
+        enum stat_id id;
+};
+
+struct metric_def {
+        const char *name;
+        const char *type;
+        const char *help;
+        struct metric_sample samples[3];
+};
+
+static const struct metric_def proxy_metrics[] = {
+    {"shunt_connections_accepted_total",
+     "counter",
+     "Connections accepted on the capture listeners.",
+     {{"direction=\"inbound\"", ST_ACCEPTED_IN}, {"direction=\"outbound\"", ST_ACCEPTED_OUT}}},
+    {"shunt_connections_active",
+     "gauge",
+     "Connections being proxied now.",
+     {{"direction=\"inbound\"", ST_ACTIVE_IN}, {"direction=\"outbound\"", ST_ACTIVE_OUT}}},
+    {"shunt_bytes_total",
+     "counter",
+     "Bytes relayed: upstream is client to server, downstream server to client.",
+     {{"direction=\"upstream\"", ST_BYTES_UPSTREAM},
+      {"direction=\"downstream\"", ST_BYTES_DOWNSTREAM}}},
+    {"shunt_original_dst_total",
+     "counter",
+     "Original destination lookups by result.",
+     {{"result=\"ok\"", ST_ORIGDST_OK},
+      {"result=\"not_redirected\"", ST_ORIGDST_NOT_REDIRECTED},
+      {"result=\"error\"", ST_ORIGDST_ERROR}}},
+    {"shunt_protocol_detection_timeouts_total",
+     "counter",
+     "Connections whose client sent nothing within protocol_detection_timeout.",
+     {{"", ST_SNIFF_TIMEOUT}}},
+};
+
+/* One family whose samples are a range of counters named by a function. */
+static void render_range(struct proxy *p, struct strbuf *out, const char *name, const char *help,
+                         const char *label, int first, int last, enum stat_id base,
+                         const char *(*label_value)(int))
+{
+        prom_family(out, name, "counter", help);
+        for (int i = first; i < last; i++) {
+                char labels[96];
+                snprintf(labels, sizeof(labels), "%s=\"%s\"", label, label_value(i));
+                prom_sample_u64(out, name, labels, sum(p, (enum stat_id)(base + i)));
+        }
+}
+
+static const char *proto_label(int i)
+{
+        return proto_name((enum proto)i);
+}
+
+static const char *reason_label(int i)
+{
+        return conn_reason_name((enum conn_reason)i);
 }
 
 void proxy_render_metrics(struct proxy *p, struct strbuf *out)
 {
-        prom_family(out, "shunt_connections_accepted_total", "counter",
-                    "Connections accepted on the capture listeners.");
-        prom_sample_u64(out, "shunt_connections_accepted_total", "direction=\"inbound\"",
-                        sum(p, ST_ACCEPTED_IN));
-        prom_sample_u64(out, "shunt_connections_accepted_total", "direction=\"outbound\"",
-                        sum(p, ST_ACCEPTED_OUT));
-        prom_family(out, "shunt_connections_active", "gauge", "Connections being proxied now.");
-        prom_sample_u64(out, "shunt_connections_active", "direction=\"inbound\"",
-                        sum(p, ST_ACTIVE_IN));
-        prom_sample_u64(out, "shunt_connections_active", "direction=\"outbound\"",
-                        sum(p, ST_ACTIVE_OUT));
+        for (size_t i = 0; i < sizeof(proxy_metrics) / sizeof(proxy_metrics[0]); i++) {
+                const struct metric_def *m = &proxy_metrics[i];
+                prom_family(out, m->name, m->type, m->help);
+                for (size_t k = 0; k < 3 && m->samples[k].labels; k++)
+                        prom_sample_u64(out, m->name, m->samples[k].labels,
+                                        sum(p, m->samples[k].id));
+        }
         prom_family(out, "shunt_connections_rejected_total", "counter",
                     "Connections refused because max_connections was reached.");
-        prom_sample_u64(out, "shunt_connections_rejected_total", NULL, atomic_load(&p->rejected));
-        prom_family(out, "shunt_bytes_total", "counter",
-                    "Bytes relayed: upstream is client to server, downstream server to client.");
-        prom_sample_u64(out, "shunt_bytes_total", "direction=\"upstream\"",
-                        sum(p, ST_BYTES_UPSTREAM));
-        prom_sample_u64(out, "shunt_bytes_total", "direction=\"downstream\"",
-                        sum(p, ST_BYTES_DOWNSTREAM));
-        prom_family(out, "shunt_original_dst_total", "counter",
-                    "Original destination lookups by result.");
-        prom_sample_u64(out, "shunt_original_dst_total", "result=\"ok\"", sum(p, ST_ORIGDST_OK));
-        prom_sample_u64(out, "shunt_original_dst_total", "result=\"not_redirected\"",
-                        sum(p, ST_ORIGDST_NOT_REDIRECTED));
-        prom_sample_u64(out, "shunt_original_dst_total", "result=\"error\"",
-                        sum(p, ST_ORIGDST_ERROR));
-        prom_family(out, "shunt_protocol_detected_total", "counter",
-                    "Connections by sniffed protocol.");
-        for (int pr = PROTO_TCP; pr < PROTO__COUNT; pr++) {
-                char labels[64];
-                snprintf(labels, sizeof(labels), "protocol=\"%s\"", proto_name((enum proto)pr));
-                prom_sample_u64(out, "shunt_protocol_detected_total", labels,
-                                sum(p, (enum stat_id)(ST_PROTO_FIRST + pr)));
-        }
-        prom_family(out, "shunt_protocol_detection_timeouts_total", "counter",
-                    "Connections whose client sent nothing within protocol_detection_timeout.");
-        prom_sample_u64(out, "shunt_protocol_detection_timeouts_total", NULL,
-                        sum(p, ST_SNIFF_TIMEOUT));
-        prom_family(out, "shunt_connections_closed_total", "counter",
-                    "Connections ended or refused, by reason.");
-        for (int r = 0; r < REASON__COUNT; r++) {
-                char labels[64];
-                snprintf(labels, sizeof(labels), "reason=\"%s\"",
-                         conn_reason_name((enum conn_reason)r));
-                prom_sample_u64(out, "shunt_connections_closed_total", labels,
-                                sum(p, (enum stat_id)(ST_REASON_FIRST + r)));
-        }
-        prom_family(out, "shunt_errors_total", "counter", "Connections that ended in an error.");
-        for (int r = REASON_CLIENT_RESET; r < REASON__COUNT; r++) {
-                char labels[64];
-                snprintf(labels, sizeof(labels), "reason=\"%s\"",
-                         conn_reason_name((enum conn_reason)r));
-                prom_sample_u64(out, "shunt_errors_total", labels,
-                                sum(p, (enum stat_id)(ST_REASON_FIRST + r)));
-        }
+        prom_sample_u64(out, "shunt_connections_rejected_total", NULL, rejected(p));
+        render_range(p, out, "shunt_protocol_detected_total", "Connections by sniffed protocol.",
+                     "protocol", PROTO_TCP, PROTO__COUNT, ST_PROTO_FIRST, proto_label);
+        render_range(p, out, "shunt_connections_closed_total",
+                     "Connections ended or refused, by reason.", "reason", 0, REASON__COUNT,
+                     ST_REASON_FIRST, reason_label);
+        render_range(p, out, "shunt_errors_total", "Connections that ended in an error.", "reason",
+                     REASON_CLIENT_RESET, REASON__COUNT, ST_REASON_FIRST, reason_label);
 }
 
 struct render_call {

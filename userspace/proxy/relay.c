@@ -431,7 +431,6 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         uint64_t active = atomic_fetch_add_explicit(&p->active, 1, memory_order_relaxed);
         if (active >= cfg->max_connections) {
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
-                atomic_fetch_add_explicit(&p->rejected, 1, memory_order_relaxed);
                 reject(w, fd, REASON_OVERLOAD);
                 /* At most one line a second per worker: overload must not flood the log. */
                 uint64_t now = loop_now_ms(w->loop);
