@@ -1,0 +1,743 @@
+#!/usr/bin/env python3
+"""Driver of bench/run.sh: runs the scenarios for each contender and writes
+the raw results (one value per repetition) as JSON.
+
+run.sh creates the two network namespaces, compiles rr.c and removes
+everything on exit; this script starts and stops the processes (each in its
+own session, all stopped in a finally block and on SIGTERM/SIGINT) and runs
+the load generators with bounded timeouts.
+
+Topology: pod "client" (10.78.0.1) and pod "server" (10.78.0.2) joined by a
+veth pair. The load generators (rr, iperf3, wrk) run in the client pod, the
+servers (rr echo, iperf3 -s, nginx origin) in the server pod. Every proxy runs
+in the client pod, as a sidecar would: HAProxy and nginx are addressed
+explicitly (127.0.0.1:<port>), shuntd captures the client's connections to
+10.78.0.2 transparently (iptables, like in a pod).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVER = "10.78.0.2"
+PORT_RR, PORT_BULK, PORT_HTTP = 7001, 5201, 8080
+PROXY_RR, PROXY_BULK, PROXY_HTTP_TCP, PROXY_HTTP_HTTP = 27001, 25201, 28080, 28081
+HTTP_PATH = "/128.bin"
+MAXCONN = [10000]  # per proxy, set from RLIMIT_NOFILE in main()
+SHUNTD_UID = "4242"  # an uid nothing runs as: the load generators (root) are captured
+
+# name -> kind; "l4" contenders run every scenario, "http" ones only HTTP ones.
+CONTENDERS = {
+    "direct": "l4",
+    "shunt-iptables": "l4",
+    "shunt-ebpf": "l4",
+    "haproxy-tcp": "l4",
+    "haproxy-http": "http",
+    "nginx-stream": "l4",
+    "nginx-http": "http",
+}
+PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http")
+
+# name -> (kinds it applies to, description)
+SCENARIOS = {
+    "rr-64": ("l4", "request-response over one connection, 64 B each way"),
+    "rr-4k": ("l4", "request-response over one connection, 4 KiB each way"),
+    "bulk-1": ("l4", "bulk throughput, 1 connection (iperf3)"),
+    "bulk-8": ("l4", "bulk throughput, 8 connections (iperf3 -P 8)"),
+    "http-keepalive": ("http", "HTTP/1.1 keep-alive, wrk -t1 -c16, 128-byte file"),
+    "http-close": ("http", "HTTP/1.1 new connection per request (Connection: close), wrk -t1 -c16"),
+    "conn-setup": ("l4", "new connection per request, sequential: connect + 64 B round trip + close"),
+    "idle-10k": ("l4", "RSS of the proxy idle and holding 10,000 idle connections"),
+    "mtls-handshake": ("mtls", "mTLS pod to pod: handshakes per second"),
+    "mtls-keepalive": ("mtls", "mTLS pod to pod: keep-alive requests per second"),
+}
+QUICK_SCENARIOS = ["rr-64", "bulk-1", "http-keepalive", "http-close"]
+
+# metric name -> (unit, "higher"|"lower" is better)
+METRICS = {
+    "p50_us": ("µs", "lower"),
+    "p99_us": ("µs", "lower"),
+    "p999_us": ("µs", "lower"),
+    "gbit_s": ("Gbit/s", "higher"),
+    "req_s": ("req/s", "higher"),
+    "conn_s": ("conn/s", "higher"),
+    "p50_ms": ("ms", "lower"),
+    "p99_ms": ("ms", "lower"),
+    "setup_p50_us": ("µs", "lower"),
+    "setup_p99_us": ("µs", "lower"),
+    "cpu_s_per_100k": ("CPU s / 100k req", "lower"),
+    "cpu_us_per_rt": ("CPU µs / round trip", "lower"),
+    "rss_idle_mb": ("MB", "lower"),
+    "pss_idle_mb": ("MB", "lower"),
+    "rss_10k_mb": ("MB", "lower"),
+    "kib_per_conn": ("KiB / conn", "lower"),
+    "errors": ("count", "lower"),
+}
+
+MTLS_NOTE = (
+    "mTLS is not built in shuntd yet (issue: mutual TLS with SPIFFE identities); "
+    "the scenario is declared here and skipped. To enable: start shuntd with "
+    "mtls in both pods (inbound 15001 in the server pod), and for the peer a "
+    "HAProxy originating TLS in the client pod to a HAProxy terminating TLS in "
+    "the server pod; then run_mtls() measures handshakes/s with rr conn and "
+    "keep-alive req/s with wrk."
+)
+
+_procs = []  # live Proc objects
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    sys.stderr.write("bench: %s\n" % msg)
+    sys.stderr.flush()
+
+
+class Proc:
+    """A long-running process in a namespace, in its own session."""
+
+    def __init__(self, ns, argv, name, workdir, stdout_pipe=False, stdin_pipe=False):
+        self.name = name
+        self.err_path = os.path.join(workdir, name + ".err")
+        self._err = open(self.err_path, "ab")
+        self.popen = subprocess.Popen(
+            ["ip", "netns", "exec", ns] + list(argv),
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else subprocess.DEVNULL,
+            stderr=self._err,
+            start_new_session=True,
+        )
+        _procs.append(self)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def stderr_tail(self, n=20):
+        try:
+            with open(self.err_path, "rb") as f:
+                return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout=10.0):
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(timeout=10)
+        for f in (self.popen.stdin, self.popen.stdout):
+            if f:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self._err.close()
+        if self in _procs:
+            _procs.remove(self)
+
+
+def stop_all():
+    for p in list(reversed(_procs)):
+        try:
+            p.stop(timeout=5)
+        except Exception as e:  # noqa: BLE001 - best effort at exit
+            log("stopping %s: %r" % (p.name, e))
+
+
+def run(ns, argv, timeout):
+    """Runs a command in a namespace; returns stdout. Raises on failure."""
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+    try:
+        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError("%s: timed out after %ds" % (" ".join(argv), timeout)) from None
+    if p.returncode != 0:
+        raise BenchError(
+            "%s exited %d: %s" % (" ".join(argv), p.returncode, (p.stderr or p.stdout)[-600:])
+        )
+    return p.stdout
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise BenchError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
+def listening(ns, port):
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-Hltn", "sport = :%d" % port],
+        capture_output=True, text=True, timeout=10,
+    ).stdout
+    return bool(out.strip())
+
+
+def render(template, out_path, work):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    text = text.replace("@SERVER@", SERVER).replace("@WORK@", work)
+    text = text.replace("@MAXCONN@", str(MAXCONN[0]))
+    with open(out_path, "w") as f:
+        f.write(text)
+    return out_path
+
+
+# ---------------------------------------------------------------- /proc
+
+
+def session_pids(sid):
+    """Pids of every process in session sid (a proxy and its workers)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        # fields[0] is state (field 3); session is field 6 -> fields[3]
+        if int(fields[3]) == sid:
+            pids.append(int(d))
+    return pids
+
+
+def cpu_seconds(sid):
+    """utime+stime of every process in the session, in seconds."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in session_pids(sid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
+    return total / tck
+
+
+def _sum_field(sid, path, field):
+    kb = 0
+    for pid in session_pids(sid):
+        try:
+            with open(path % pid) as f:
+                for line in f:
+                    if line.startswith(field):
+                        kb += int(line.split()[1])
+        except OSError:
+            continue
+    return kb * 1024 / 1e6
+
+
+def rss_mb(sid):
+    """Sum of VmRSS of every process in the session, in MB (10^6 bytes).
+    Counts pages shared between nginx's master and workers once per process."""
+    return _sum_field(sid, "/proc/%d/status", "VmRSS:")
+
+
+def pss_mb(sid):
+    """Sum of the proportional set size (shared pages divided among their
+    users), in MB: comparable between one-process and multi-process proxies."""
+    return _sum_field(sid, "/proc/%d/smaps_rollup", "Pss:")
+
+
+# ---------------------------------------------------------------- contenders
+
+
+class Contender:
+    def __init__(self, name, env):
+        self.name = name
+        self.kind = CONTENDERS[name]
+        self.env = env
+        self.proc = None
+
+    def target(self, scenario_port):
+        """(host, port) the client connects to for a server port."""
+        n = self.name
+        if n == "direct" or n.startswith("shunt-"):
+            return SERVER, scenario_port
+        if scenario_port == PORT_HTTP:
+            return "127.0.0.1", PROXY_HTTP_HTTP if self.kind == "http" else PROXY_HTTP_TCP
+        return "127.0.0.1", {PORT_RR: PROXY_RR, PORT_BULK: PROXY_BULK}[scenario_port]
+
+    def start(self):
+        e = self.env
+        n = self.name
+        if n == "direct":
+            return
+        if n.startswith("shunt-"):
+            mode = n.split("-", 1)[1]
+            argv = [
+                e.shuntd, "--redirect", mode, "--workers", "2", "--log-level", "warn",
+                "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s",
+            ]
+            self.proc = Proc(e.cli, argv, n, e.work)
+
+            def ready():
+                if not self.proc.alive():
+                    raise BenchError("shuntd exited: %s" % self.proc.stderr_tail())
+                r = subprocess.run(
+                    ["ip", "netns", "exec", e.cli, "curl", "-s", "--noproxy", "*", "-o",
+                     "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                     "http://127.0.0.1:15003/ready"],
+                    capture_output=True, text=True, timeout=10,
+                )
+                return r.stdout.strip() == "200"
+
+            wait_until(ready, 20, "shuntd /ready")
+            return
+        if n.startswith("haproxy-"):
+            cfg = render("haproxy.cfg", os.path.join(e.work, "haproxy.cfg"), e.work)
+            self.proc = Proc(e.cli, ["haproxy", "-db", "-f", cfg], n, e.work)
+        elif n.startswith("nginx-"):
+            cfg = render("nginx-proxy.conf", os.path.join(e.work, "nginx-proxy.conf"), e.work)
+            self.proc = Proc(e.cli, ["nginx", "-c", cfg, "-p", e.work], n, e.work)
+        else:
+            raise BenchError("no start rule for contender %s" % n)
+
+        def up():
+            if not self.proc.alive():
+                raise BenchError("%s exited: %s" % (n, self.proc.stderr_tail()))
+            return all(listening(e.cli, p) for p in (PROXY_RR, PROXY_BULK, PROXY_HTTP_TCP, PROXY_HTTP_HTTP))
+
+        wait_until(up, 20, "%s listening" % n)
+        # nginx workers start after the master binds: wait for them too.
+        if n.startswith("nginx-"):
+            wait_until(lambda: len(session_pids(self.proc.pid)) >= 3, 10, "nginx workers")
+
+    @property
+    def sid(self):
+        return self.proc.pid if self.proc else None
+
+    def cpu(self):
+        return cpu_seconds(self.sid) if self.proc else None
+
+    def rss(self):
+        return rss_mb(self.sid) if self.proc else None
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def rr(env, *args, timeout=120):
+    return json.loads(run(env.cli, [env.rr] + [str(a) for a in args], timeout).strip().splitlines()[-1])
+
+
+def wrk(env, host, port, seconds, close=False):
+    argv = [
+        "wrk", "-t1", "-c16", "-d%ds" % seconds, "--timeout", "5s",
+        "-s", os.path.join(HERE, "wrk-report.lua"),
+    ]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append("http://%s:%d%s" % (host, port, HTTP_PATH))
+    out = run(env.cli, argv, seconds + 30)
+    line = [l for l in out.splitlines() if l.startswith("{")]
+    if not line:
+        raise BenchError("wrk printed no result: %s" % out[-400:])
+    return json.loads(line[-1])
+
+
+def scenario_rr(env, c, size):
+    host, port = c.target(PORT_RR)
+    count = env.p["rr_count"]
+    cpu0 = c.cpu()
+    r = rr(env, "ping", host, port, size, count, count // 10)
+    cpu1 = c.cpu()
+    out = {k: r["rtt"][k] for k in ("p50_us", "p99_us", "p999_us")}
+    if cpu0 is not None:
+        out["cpu_us_per_rt"] = (cpu1 - cpu0) * 1e6 / (count + count // 10)
+    return out
+
+
+def scenario_bulk(env, c, streams):
+    host, port = c.target(PORT_BULK)
+    secs = env.p["bulk_s"]
+    out = run(
+        env.cli,
+        ["iperf3", "-c", host, "-p", str(port), "-t", str(secs), "-P", str(streams), "-J",
+         "--connect-timeout", "5000"],
+        secs + 30,
+    )
+    j = json.loads(out)
+    if "error" in j:
+        raise BenchError("iperf3: %s" % j["error"])
+    return {"gbit_s": j["end"]["sum_received"]["bits_per_second"] / 1e9}
+
+
+def scenario_http(env, c, close):
+    host, port = c.target(PORT_HTTP)
+    secs = env.p["http_s"]
+    cpu0 = c.cpu()
+    r = wrk(env, host, port, secs, close=close)
+    cpu1 = c.cpu()
+    if r["requests"] == 0:
+        raise BenchError("wrk completed no request")
+    rate = r["requests"] * 1e6 / r["duration_us"]
+    out = {
+        ("conn_s" if close else "req_s"): rate,
+        "p50_ms": r["p50_us"] / 1000.0,
+        "p99_ms": r["p99_us"] / 1000.0,
+        "errors": r["errors"] + r["status_errors"],
+    }
+    if cpu0 is not None:
+        out["cpu_s_per_100k"] = (cpu1 - cpu0) * 100000.0 / r["requests"]
+    return out
+
+
+def scenario_conn(env, c):
+    host, port = c.target(PORT_RR)
+    r = rr(env, "conn", host, port, 64, env.p["conn_count"])
+    return {
+        "conn_s": r["conn_per_s"],
+        "setup_p50_us": r["setup"]["p50_us"],
+        "setup_p99_us": r["setup"]["p99_us"],
+    }
+
+
+def scenario_idle(env, c):
+    host, port = c.target(PORT_RR)
+    n = env.p["idle_conns"]
+    before = c.rss()
+    hold = Proc(env.cli, [env.rr, "hold", host, str(port), str(n), "300"], "rr-hold", env.work,
+                stdout_pipe=True, stdin_pipe=True)
+    try:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(hold.popen.stdout, selectors.EVENT_READ)
+        ready = sel.select(120)
+        sel.close()
+        line = hold.popen.stdout.readline().decode() if ready else ""
+        if not line.startswith("HELD"):
+            raise BenchError("rr hold did not hold %d connections: %r %s" % (n, line, hold.stderr_tail()))
+        time.sleep(0.5)
+        during = c.rss()
+    finally:
+        hold.stop()
+    if before is None:
+        return {}
+    per_conn_mb = (during - before) / n
+    return {
+        "rss_idle_mb": before,
+        "rss_10k_mb": before + per_conn_mb * 10000,
+        "kib_per_conn": per_conn_mb * 1e6 / 1024,
+    }
+
+
+def run_scenario(env, name, c):
+    if name == "rr-64":
+        return scenario_rr(env, c, 64)
+    if name == "rr-4k":
+        return scenario_rr(env, c, 4096)
+    if name == "bulk-1":
+        return scenario_bulk(env, c, 1)
+    if name == "bulk-8":
+        return scenario_bulk(env, c, 8)
+    if name == "http-keepalive":
+        return scenario_http(env, c, close=False)
+    if name == "http-close":
+        return scenario_http(env, c, close=True)
+    if name == "conn-setup":
+        return scenario_conn(env, c)
+    if name == "idle-10k":
+        return scenario_idle(env, c)
+    raise BenchError("no runner for scenario %s" % name)
+
+
+def applies(scenario, contender):
+    kind = SCENARIOS[scenario][0]
+    ck = CONTENDERS[contender]
+    if kind == "mtls":
+        return False
+    return kind == "http" or ck == "l4"
+
+
+# ---------------------------------------------------------------- servers
+
+
+def start_servers(env):
+    www = os.path.join(env.work, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, HTTP_PATH.lstrip("/")), "wb") as f:
+        f.write(bytes((i * 7) % 256 for i in range(128)))
+    rrs = Proc(env.srv, [env.rr, "server", SERVER, str(PORT_RR)], "rr-server", env.work)
+    ip = Proc(env.srv, ["iperf3", "-s", "-B", SERVER, "-p", str(PORT_BULK), "--idle-timeout", "60"],
+              "iperf3-server", env.work)
+    cfg = render("nginx-origin.conf", os.path.join(env.work, "nginx-origin.conf"), env.work)
+    ng = Proc(env.srv, ["nginx", "-c", cfg, "-p", env.work], "nginx-origin", env.work)
+    for p, port in ((rrs, PORT_RR), (ip, PORT_BULK), (ng, PORT_HTTP)):
+        wait_until(lambda p=p, port=port: p.alive() and listening(env.srv, port), 20,
+                   "%s on %d" % (p.name, port))
+    return [rrs, ip, ng]
+
+
+# ---------------------------------------------------------------- main
+
+
+def machine():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    return {
+        "nproc": os.cpu_count(),
+        "model": model,
+        "kernel": platform.release(),
+        "loadavg_start": load,
+    }
+
+
+def tool_versions(env):
+    def first(argv):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "unavailable"
+
+    cache = os.path.join(os.path.dirname(env.shuntd), "CMakeCache.txt")
+    build = {}
+    if os.path.exists(cache):
+        with open(cache) as f:
+            for line in f:
+                m = re.match(r"(CMAKE_BUILD_TYPE|SHUNT_SANITIZE):\w+=(.*)", line)
+                if m:
+                    build[m.group(1)] = m.group(2).strip()
+    return {
+        "shuntd": first([env.shuntd, "--version"]),
+        "shuntd_build": build,
+        "haproxy": first(["haproxy", "-v"]),
+        "nginx": first(["nginx", "-v"]),
+        "wrk": first(["wrk", "-v"]),
+        "iperf3": first(["iperf3", "-v"]),
+    }
+
+
+def shuntd_modes(shuntd):
+    try:
+        h = subprocess.run([shuntd, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return set()
+    m = re.search(r"--redirect NAME\s*\n\s*allowed: ([^;\n]+)", h)
+    return set(x.strip() for x in m.group(1).split(",")) if m else set()
+
+
+def profile_start(env, c, scenario):
+    data = os.path.join(env.work, "perf-%s.data" % scenario)
+    p = subprocess.Popen(
+        ["perf", "record", "-g", "-F", "999", "-o", data, "-p", str(c.proc.pid)],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(env.work, "perf.err"), "ab"),
+        start_new_session=True,
+    )
+    time.sleep(0.5)
+    return p, data
+
+
+def profile_stop(env, handle, scenario):
+    p, data = handle
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+    out = subprocess.run(
+        ["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "0.5",
+         "-g", "none", "--sort", "dso,symbol"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    lines = [l for l in out.splitlines() if l.strip() and not l.startswith("#")][:60]
+    path = os.path.join(env.out, "%s-profile-%s.txt" % (env.stamp, scenario))
+    with open(path, "w") as f:
+        f.write("perf record -g -F 999 -p <shuntd> during scenario %s\n" % scenario)
+        f.write("perf report --no-children --sort dso,symbol (top)\n\n")
+        f.write("\n".join(lines) + "\n")
+    log("profile written to %s" % path)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--scenario", action="append", default=[])
+    ap.add_argument("--contenders", default="")
+    ap.add_argument("--reps", type=int, default=0)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--stamp", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--srv", required=True)
+    ap.add_argument("--shuntd", required=True)
+    ap.add_argument("--rr", required=True)
+    ap.add_argument("--command", default="")
+    env = ap.parse_args()
+
+    if env.quick:
+        env.p = {"reps": 3, "rr_count": 3000, "bulk_s": 1, "http_s": 2, "conn_count": 1000,
+                 "idle_conns": 10000}
+    else:
+        env.p = {"reps": 3, "rr_count": 20000, "bulk_s": 5, "http_s": 8, "conn_count": 5000,
+                 "idle_conns": 10000}
+    if env.reps:
+        env.p["reps"] = max(1, min(env.reps, 50))
+    # A single-process proxy needs two descriptors per proxied connection.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    fit = (nofile - 256) // 2
+    MAXCONN[0] = min(fit + 64, 60000)
+    idle_note = None
+    if fit < env.p["idle_conns"]:
+        idle_note = (
+            "idle-10k holds %d connections, not %d: RLIMIT_NOFILE is %d here and raising it "
+            "needs CAP_SYS_RESOURCE; a proxy holds 2 descriptors per connection. rss_10k_mb "
+            "is extrapolated to 10,000 from the measured KiB per connection."
+            % (fit, env.p["idle_conns"], nofile)
+        )
+        env.p["idle_conns"] = fit
+
+    scenarios = []
+    for s in env.scenario:
+        scenarios += [x for x in s.split(",") if x]
+    if not scenarios:
+        scenarios = QUICK_SCENARIOS if env.quick else list(SCENARIOS)
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise SystemExit("bench: unknown scenario %r; known: %s" % (s, ", ".join(SCENARIOS)))
+    contenders = [x for x in env.contenders.split(",") if x] or list(CONTENDERS)
+    for c in contenders:
+        if c not in CONTENDERS:
+            raise SystemExit("bench: unknown contender %r; known: %s" % (c, ", ".join(CONTENDERS)))
+
+    skipped = []
+    modes = shuntd_modes(env.shuntd)
+    for c in list(contenders):
+        if c.startswith("shunt-") and c.split("-", 1)[1] not in modes:
+            skipped.append({"contender": c, "reason": "shuntd has no --redirect %s yet (allowed: %s); "
+                            "the contender starts shuntd with it as soon as it exists"
+                            % (c.split("-", 1)[1], ", ".join(sorted(modes)) or "?")})
+            contenders.remove(c)
+    for s in list(scenarios):
+        if SCENARIOS[s][0] == "mtls":
+            skipped.append({"scenario": s, "reason": MTLS_NOTE})
+            scenarios.remove(s)
+
+    result = {
+        "timestamp": env.stamp,
+        "command": env.command,
+        "quick": env.quick,
+        "params": env.p,
+        "machine": machine(),
+        "versions": tool_versions(env),
+        "topology": __doc__.split("Topology:", 1)[1].strip(),
+        "notes": [
+            "shuntd runs with --workers 2 --log-level warn (its per-connection access log is "
+            "info level, so it is off), HAProxy with nbthread 2 and no log, nginx with "
+            "worker_processes 2 and access_log off.",
+            "The machine may be shared with other work: compare ratios within one run, "
+            "not absolute numbers across runs.",
+        ] + ([idle_note] if idle_note else []),
+        "scenarios": {s: SCENARIOS[s][1] for s in scenarios},
+        "contenders": contenders,
+        "skipped": skipped,
+        "metrics": METRICS,
+        "results": {},
+        "failures": [],
+    }
+    res = result["results"]
+    profiled = set()
+
+    def sig(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, sig)
+    try:
+        start_servers(env)
+        for rep in range(env.p["reps"]):
+            for cname in contenders:
+                todo = [s for s in scenarios if applies(s, cname)]
+                if not todo:
+                    continue
+                c = Contender(cname, env)
+                log("rep %d/%d: %s: %s" % (rep + 1, env.p["reps"], cname, ", ".join(todo)))
+                try:
+                    c.start()
+                    time.sleep(0.3)
+                    if c.proc:
+                        r = res.setdefault("resources", {}).setdefault(cname, {})
+                        r.setdefault("rss_idle_mb", []).append(c.rss())
+                        r.setdefault("pss_idle_mb", []).append(pss_mb(c.sid))
+                    for s in todo:
+                        prof = None
+                        if env.profile and cname.startswith("shunt-") and s not in profiled:
+                            prof = profile_start(env, c, s)
+                        try:
+                            vals = run_scenario(env, s, c)
+                        except BenchError as e:
+                            log("%s / %s failed: %s" % (s, cname, e))
+                            result["failures"].append({"scenario": s, "contender": cname,
+                                                       "rep": rep + 1, "error": str(e)})
+                            vals = {}
+                        finally:
+                            if prof:
+                                profiled.add(s)
+                                result.setdefault("profiles", []).append(profile_stop(env, prof, s))
+                        for k, v in vals.items():
+                            res.setdefault(s, {}).setdefault(cname, {}).setdefault(k, []).append(v)
+                except BenchError as e:
+                    log("%s failed to start: %s" % (cname, e))
+                    result["failures"].append({"contender": cname, "rep": rep + 1, "error": str(e)})
+                finally:
+                    c.stop()
+    except KeyboardInterrupt:
+        log("interrupted; writing partial results")
+        result["interrupted"] = True
+    finally:
+        stop_all()
+    with open("/proc/loadavg") as f:
+        result["machine"]["loadavg_end"] = f.read().split()[:3]
+    path = os.path.join(env.out, env.stamp + ".json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=False)
+    print(path)
+    return 1 if result.get("interrupted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
