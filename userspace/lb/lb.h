@@ -1,0 +1,193 @@
+/* Load balancing: per-service tables built by the main thread, picks made by
+ * workers without locks.
+ *
+ * Model
+ *   - The main thread turns a service's endpoint list (struct lb_endpoint_in)
+ *     into an immutable table (struct lb_table) and publishes it as a snapshot
+ *     (core/snapshot.h). Building from the previous table carries over each
+ *     surviving endpoint's shared state (active connections, availability) and
+ *     updates the hash ring incrementally.
+ *   - A worker keeps one struct lb_worker per service: round-robin cursors,
+ *     smooth-weighted current weights, a random generator. It is owned by one
+ *     thread, so picks take no lock and no read-modify-write atomic.
+ *   - Each endpoint has a shared struct lb_ep_state: an active-connection count
+ *     (relaxed atomics, shared by all workers so least-connections sees the
+ *     endpoint's real load, not one worker's share) and an "available" flag
+ *     that the owner of the circuit breaker / outlier detector sets. Picks
+ *     only read it (relaxed loads).
+ *
+ * Which endpoints can be picked
+ *   Only endpoints that are healthy in the table (discovery's health) and
+ *   available (breaker not open, not ejected). Weight 0 means "drain" for the
+ *   weighted and hash algorithms (never picked while another endpoint has a
+ *   positive weight); when every weight is 0 all count as equal.
+ *   Round robin and least connections ignore weights.
+ *
+ * Locality
+ *   With cfg.local_zone set, picks use only the endpoints of that zone while
+ *   the zone has "enough" of them: at least
+ *   max(1, ceil(locality_min_percent * Z / 100)) healthy and available
+ *   endpoints, where Z counts every endpoint of the zone in the table, healthy
+ *   or not (default 70 %, about Envoy's 1.4 overprovisioning factor). Below
+ *   that, picks use every healthy, available endpoint of every zone.
+ *
+ * Errors: a pick with nothing to pick returns -EHOSTUNREACH (LB_ENOENDPOINT). */
+#ifndef SHUNT_LB_LB_H
+#define SHUNT_LB_LB_H
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/snapshot.h"
+
+#define LB_ENOENDPOINT (-EHOSTUNREACH)
+
+#define LB_ZONE_MAX          64       /* bytes, with the terminating NUL */
+#define LB_WEIGHT_MAX        65535u   /* as config.c's load_balancing.weights */
+#define LB_ENDPOINTS_MAX     16384u   /* per service */
+#define LB_RING_VNODES_MAX   4096u    /* virtual nodes per unit of weight */
+#define LB_RING_POINTS_MAX   4194304u /* upper bound for ring_max_points */
+#define LB_MAGLEV_SIZE_MAX   1048573u /* a prime; upper bound for maglev_table_size */
+#define LB_SWRR_SCHEDULE_MAX 1048576u /* upper bound for swrr_schedule_max */
+#define LB_P2C_THRESHOLD_MAX LB_ENDPOINTS_MAX
+
+enum lb_algorithm {
+        LB_ROUND_ROBIN = 0,
+        LB_LEAST_CONNECTIONS = 1,
+        LB_WEIGHTED = 2,        /* smooth weighted round robin */
+        LB_CONSISTENT_HASH = 3, /* ring hash */
+        LB_MAGLEV = 4,
+};
+
+/* "round_robin", "least_connections", "weighted", "consistent_hash" (the
+ * config names) and "maglev". 0 or -EINVAL (logged, naming the value). */
+int lb_algorithm_parse(const char *name, enum lb_algorithm *out);
+const char *lb_algorithm_name(enum lb_algorithm a);
+
+struct lb_config {
+        enum lb_algorithm algorithm;
+        char local_zone[LB_ZONE_MAX];  /* "" = no locality preference */
+        uint32_t locality_min_percent; /* 0..100, default 70 */
+        uint32_t ring_vnodes;          /* points per unit of weight, default 160 */
+        uint32_t ring_weight_unit;     /* weight that earns ring_vnodes points, default 1 */
+        uint32_t ring_max_points;      /* per ring, default 262144 */
+        uint32_t maglev_table_size;    /* prime, default 65537 */
+        uint32_t p2c_threshold;        /* least connections: P2C above this many, default 32 */
+        uint32_t swrr_schedule_max;    /* precomputed SWRR period bound, default 65536 */
+};
+
+void lb_config_default(struct lb_config *cfg);
+/* 0 or -EINVAL, logging the field, the value and what is allowed. */
+int lb_config_validate(const struct lb_config *cfg);
+
+/* What the discovery layer hands over. */
+struct lb_endpoint_in {
+        struct sockaddr_storage addr; /* AF_INET or AF_INET6, with the port */
+        uint32_t weight;              /* 0..LB_WEIGHT_MAX */
+        char zone[LB_ZONE_MAX];
+        bool healthy;
+};
+
+struct lb_shared;
+
+/* Shared per-endpoint state: lives as long as a table or a connection holds
+ * it, and is carried from one table to the next while the endpoint stays. */
+struct lb_ep_state {
+        _Atomic uint32_t refs;
+        _Atomic int32_t active;     /* connections/requests in flight, all workers */
+        _Atomic uint32_t available; /* 1 unless the breaker/outlier owner says no */
+        struct lb_shared *shared;
+};
+
+/* One endpoint of a table, read-only. */
+struct lb_endpoint {
+        struct sockaddr_storage addr;
+        uint64_t id; /* lb_hash of family, address and port: stable across tables */
+        uint32_t weight;
+        bool healthy;
+        bool local; /* zone == cfg.local_zone */
+        char zone[LB_ZONE_MAX];
+        struct lb_ep_state *state;
+};
+
+struct lb_table;
+
+/* Builds a table. prev (may be NULL) is the service's current table: state
+ * of endpoints present in both is shared, and the ring is updated
+ * incrementally when the configuration is unchanged. Returns 0, -EINVAL
+ * (logged: which endpoint or field) or -ENOMEM. The new table has one
+ * reference, owned by the caller (hand it to snapshot_publish through
+ * lb_table_snapshot). */
+int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps, size_t n,
+                   const struct lb_table *prev, struct lb_table **out);
+struct snapshot *lb_table_snapshot(struct lb_table *t);
+struct lb_table *lb_table_from_snapshot(struct snapshot *s);
+void lb_table_ref(struct lb_table *t);
+void lb_table_unref(struct lb_table *t);
+
+size_t lb_table_count(const struct lb_table *t);
+const struct lb_endpoint *lb_table_endpoint(const struct lb_table *t, size_t i);
+/* Index of the endpoint with this address, or -ENOENT. */
+int lb_table_find(const struct lb_table *t, const struct sockaddr_storage *addr);
+const struct lb_config *lb_table_config(const struct lb_table *t);
+/* Unique per built table (never reused in the process). */
+uint64_t lb_table_serial(const struct lb_table *t);
+/* Ring points or Maglev entries of the all-zones set (0 for other algorithms). */
+size_t lb_table_hash_size(const struct lb_table *t);
+
+/* Marks an endpoint (un)available for picks: breaker open, outlier ejected.
+ * Any thread. */
+void lb_ep_set_available(struct lb_ep_state *st, bool available);
+static inline bool lb_ep_available(const struct lb_ep_state *st)
+{
+        return atomic_load_explicit(&st->available, memory_order_relaxed) != 0;
+}
+static inline int32_t lb_ep_active(const struct lb_ep_state *st)
+{
+        return atomic_load_explicit(&st->active, memory_order_relaxed);
+}
+
+/* Per-worker, per-service selection state. */
+struct lb_worker;
+struct lb_worker *lb_worker_new(uint64_t seed);
+void lb_worker_free(struct lb_worker *w);
+
+struct lb_pick {
+        uint32_t index;               /* in the table */
+        const struct lb_endpoint *ep; /* valid while the table is held */
+        struct lb_ep_state *state;    /* for lb_conn_begin */
+};
+
+/* Chooses an endpoint. hash: the request's key hash for the hash algorithms
+ * (lb_hash_*); NULL when the request has no key, in which case they pick by
+ * round robin. Returns 0, LB_ENOENDPOINT when no healthy available endpoint
+ * exists, or -ENOMEM (only when the worker first meets a new table whose
+ * weighted state it must allocate). */
+int lb_pick(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
+            struct lb_pick *out);
+
+/* Counts a connection (or request) against the endpoint until lb_conn_end;
+ * holds a reference on the state so it can outlive the table. */
+void lb_conn_begin(struct lb_ep_state *st);
+void lb_conn_end(struct lb_ep_state *st);
+
+/* ---- hashing ------------------------------------------------------------- */
+
+/* 64-bit FNV-1a over the bytes, finished with the murmur3 fmix64 avalanche.
+ * Stable across processes and versions (the ring depends on it). */
+uint64_t lb_hash(const void *data, size_t len);
+/* splitmix64 step: mixes a 64-bit value. */
+uint64_t lb_mix64(uint64_t x);
+/* Key helpers. A header value is hashed with optional whitespace trimmed; a
+ * source address by its IP only (not the port); a cookie by the value of the
+ * named cookie in a Cookie header. lb_hash_cookie returns -ENOENT when the
+ * cookie is absent or the header malformed (the caller then has no key). */
+uint64_t lb_hash_header_value(const char *value, size_t len);
+uint64_t lb_hash_source_ip(const struct sockaddr_storage *addr);
+int lb_hash_cookie(const char *cookie_header, size_t len, const char *name, uint64_t *out);
+
+#endif
