@@ -1,0 +1,620 @@
+/* TLS contexts, peer verification and non-blocking connections (BoringSSL). */
+#include "tls/conn.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "core/log.h"
+#include "core/sockaddr.h"
+#include "tls/spiffe.h"
+#include "tls/tls-int.h"
+
+#define COMP "tls"
+
+static const char *const fail_names[TLS_FAIL__COUNT] = {
+    [TLS_OK] = "ok",
+    [TLS_FAIL_NO_CERTIFICATE] = "no_certificate",
+    [TLS_FAIL_UNTRUSTED_CA] = "untrusted_ca",
+    [TLS_FAIL_EXPIRED] = "expired",
+    [TLS_FAIL_NOT_YET_VALID] = "not_yet_valid",
+    [TLS_FAIL_NO_SPIFFE_ID] = "no_spiffe_id",
+    [TLS_FAIL_BAD_SPIFFE_ID] = "bad_spiffe_id",
+    [TLS_FAIL_WRONG_TRUST_DOMAIN] = "wrong_trust_domain",
+    [TLS_FAIL_NOT_ALLOWED] = "not_allowed",
+    [TLS_FAIL_WRONG_IDENTITY] = "wrong_identity",
+    [TLS_FAIL_BAD_CERTIFICATE] = "bad_certificate",
+    [TLS_FAIL_NO_DESTINATION] = "no_destination",
+    [TLS_FAIL_PROTOCOL_VERSION] = "protocol_version",
+    [TLS_FAIL_PEER_ALERT] = "peer_alert",
+    [TLS_FAIL_HANDSHAKE_TIMEOUT] = "handshake_timeout",
+    [TLS_FAIL_HANDSHAKE_ERROR] = "handshake_error",
+    [TLS_FAIL_INTERNAL] = "internal_error",
+};
+
+const char *tls_fail_name(enum tls_fail f)
+{
+        return (unsigned)f < TLS_FAIL__COUNT ? fail_names[f] : "unknown";
+}
+
+/* ---- snapshot accessors ------------------------------------------------------ */
+
+struct tls_snapshot *tls_snapshot_get(struct snapshot *s)
+{
+        return s ? (struct tls_snapshot *)((char *)s - offsetof(struct tls_snapshot, base)) : NULL;
+}
+
+void tls_snapshot_ref(struct tls_snapshot *snap)
+{
+        snapshot_ref(&snap->base);
+}
+
+void tls_snapshot_unref(struct tls_snapshot *snap)
+{
+        if (snap)
+                snapshot_unref(&snap->base);
+}
+
+const char *tls_snapshot_identity(const struct tls_snapshot *snap)
+{
+        return snap->identity;
+}
+
+const char *tls_snapshot_serial(const struct tls_snapshot *snap)
+{
+        return snap->serial;
+}
+
+int64_t tls_snapshot_not_after(const struct tls_snapshot *snap)
+{
+        return snap->not_after;
+}
+
+int64_t tls_snapshot_conns(const struct tls_snapshot *snap)
+{
+        return atomic_load_explicit(&snap->conns, memory_order_relaxed);
+}
+
+/* ---- connections -------------------------------------------------------------- */
+
+struct tls_conn {
+        SSL *ssl;
+        struct tls_snapshot *snap;
+        int fd;
+        uint64_t id;
+        bool server;
+        bool established;
+        bool reported; /* outcome counted and logged */
+        bool clean_eof;
+        enum tls_want want;
+        enum tls_fail fail;
+        uint16_t dst_port;
+        char *expected;
+        char detail[160];
+        char peer_id[SPIFFE_ID_MAX + 1];
+        char peer_serial[80];
+};
+
+static void set_fail(struct tls_conn *c, enum tls_fail f, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_fail(struct tls_conn *c, enum tls_fail f, const char *fmt, ...)
+{
+        if (c->fail != TLS_OK)
+                return; /* the first reason is the real one */
+        c->fail = f;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->detail, sizeof(c->detail), fmt, ap);
+        va_end(ap);
+}
+
+static bool allowed(const struct tls_snapshot *snap, uint16_t port, const char *id)
+{
+        bool any_rule = false;
+        for (size_t i = 0; i < snap->n_allow; i++) {
+                const struct tls_allow *a = &snap->allow[i];
+                if (a->port != 0 && a->port != port)
+                        continue;
+                any_rule = true;
+                if (strcmp(a->id, id) == 0)
+                        return true;
+        }
+        return !any_rule;
+}
+
+static enum tls_fail map_x509_err(int err)
+{
+        switch (err) {
+        case X509_V_ERR_CERT_HAS_EXPIRED:
+                return TLS_FAIL_EXPIRED;
+        case X509_V_ERR_CERT_NOT_YET_VALID:
+                return TLS_FAIL_NOT_YET_VALID;
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+        case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+        case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+        case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+        case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+        case X509_V_ERR_CERT_UNTRUSTED:
+                return TLS_FAIL_UNTRUSTED_CA;
+        default:
+                return TLS_FAIL_BAD_CERTIFICATE;
+        }
+}
+
+/* X509_V_ERR code of verifying chain (leaf first) against the bundle at t. */
+static int chain_verify(struct tls_snapshot *snap, STACK_OF(X509) * chain, bool server, time_t t)
+{
+        X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+        if (!ctx)
+                return X509_V_ERR_OUT_OF_MEM;
+        int rc = X509_V_ERR_UNSPECIFIED;
+        if (X509_STORE_CTX_init(ctx, snap->trust, sk_X509_value(chain, 0), chain) &&
+            X509_STORE_CTX_set_purpose(ctx, server ? X509_PURPOSE_SSL_CLIENT
+                                                   : X509_PURPOSE_SSL_SERVER)) {
+                X509_STORE_CTX_set_time(ctx, 0, t);
+                rc = X509_verify_cert(ctx) == 1 ? X509_V_OK : X509_STORE_CTX_get_error(ctx);
+                if (rc == X509_V_OK && X509_STORE_CTX_get_error(ctx) != X509_V_OK)
+                        rc = X509_STORE_CTX_get_error(ctx);
+        }
+        X509_STORE_CTX_free(ctx);
+        ERR_clear_error();
+        return rc;
+}
+
+static enum ssl_verify_result_t verify_peer(SSL *ssl, uint8_t *alert)
+{
+        struct tls_conn *c = SSL_get_app_data(ssl);
+        struct tls_snapshot *snap = c->snap;
+        STACK_OF(X509) *chain = SSL_get_peer_full_cert_chain(ssl);
+        *alert = SSL_AD_BAD_CERTIFICATE;
+        if (!chain || sk_X509_num(chain) == 0) {
+                set_fail(c, TLS_FAIL_NO_CERTIFICATE, "peer presented no certificate");
+                *alert = SSL_AD_CERTIFICATE_REQUIRED;
+                return ssl_verify_invalid;
+        }
+        X509 *leaf = sk_X509_value(chain, 0);
+        tls_cert_serial_hex(leaf, c->peer_serial, sizeof(c->peer_serial));
+        const char *why = NULL;
+        int urc = tls_cert_spiffe_uri(leaf, c->peer_id, sizeof(c->peer_id), &why);
+
+        time_t now = time(NULL);
+        int v = chain_verify(snap, chain, c->server, now);
+        if (v == X509_V_ERR_CERT_HAS_EXPIRED)
+                v = chain_verify(snap, chain, c->server, now - (time_t)snap->skew_s);
+        else if (v == X509_V_ERR_CERT_NOT_YET_VALID)
+                v = chain_verify(snap, chain, c->server, now + (time_t)snap->skew_s);
+        if (v != X509_V_OK) {
+                enum tls_fail f = map_x509_err(v);
+                set_fail(c, f, "%s", X509_verify_cert_error_string(v));
+                *alert = f == TLS_FAIL_EXPIRED        ? SSL_AD_CERTIFICATE_EXPIRED
+                         : f == TLS_FAIL_UNTRUSTED_CA ? SSL_AD_UNKNOWN_CA
+                                                      : SSL_AD_BAD_CERTIFICATE;
+                return ssl_verify_invalid;
+        }
+        if (X509_check_ca(leaf) > 0) {
+                set_fail(c, TLS_FAIL_BAD_CERTIFICATE, "peer's leaf certificate is a CA");
+                return ssl_verify_invalid;
+        }
+        if (urc == -ENOENT) {
+                set_fail(c, TLS_FAIL_NO_SPIFFE_ID, "%s", why);
+                return ssl_verify_invalid;
+        }
+        if (urc < 0) {
+                set_fail(c, TLS_FAIL_BAD_SPIFFE_ID, "%s", why ? why : "invalid URI SAN");
+                return ssl_verify_invalid;
+        }
+        struct spiffe_id *id = malloc(sizeof(*id));
+        if (!id || spiffe_id_parse(c->peer_id, id, NULL) < 0) {
+                free(id);
+                set_fail(c, TLS_FAIL_INTERNAL, "out of memory");
+                *alert = SSL_AD_INTERNAL_ERROR;
+                return ssl_verify_invalid;
+        }
+        bool td_ok = strcmp(id->trust_domain, snap->trust_domain) == 0;
+        free(id);
+        if (!td_ok) {
+                set_fail(c, TLS_FAIL_WRONG_TRUST_DOMAIN, "trust domain is not %s",
+                         snap->trust_domain);
+                return ssl_verify_invalid;
+        }
+        if (c->server && !allowed(snap, c->dst_port, c->peer_id)) {
+                set_fail(c, TLS_FAIL_NOT_ALLOWED, "not on the allow-list for port %u",
+                         (unsigned)c->dst_port);
+                *alert = SSL_AD_ACCESS_DENIED;
+                return ssl_verify_invalid;
+        }
+        if (!c->server && strcmp(c->peer_id, c->expected) != 0) {
+                set_fail(c, TLS_FAIL_WRONG_IDENTITY, "expected %.100s", c->expected);
+                return ssl_verify_invalid;
+        }
+        return ssl_verify_ok;
+}
+
+static int on_servername(SSL *ssl, int *alert, void *arg)
+{
+        struct tls_conn *c = SSL_get_app_data(ssl);
+        const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+        uint16_t port = 0;
+        if (sni && tls_sni_port(sni, &port) == 0) {
+                c->dst_port = port;
+                return SSL_TLSEXT_ERR_OK;
+        }
+        if (!c->snap->require_port)
+                return SSL_TLSEXT_ERR_OK;
+        set_fail(c, TLS_FAIL_NO_DESTINATION, "%s",
+                 sni ? "server name is not port-<N>[.<suffix>]"
+                     : "no server name with the destination port");
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+static SSL_CTX *ctx_new(const struct tls_material *m, bool server)
+{
+        SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+        if (!ctx)
+                return NULL;
+        bool ok = SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) &&
+                  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
+                  SSL_CTX_use_certificate(ctx, m->leaf) && SSL_CTX_use_PrivateKey(ctx, m->key);
+        for (size_t i = 0; ok && i < sk_X509_num(m->chain); i++)
+                ok = SSL_CTX_add1_chain_cert(ctx, sk_X509_value(m->chain, i));
+        ok = ok && SSL_CTX_check_private_key(ctx);
+        if (!ok) {
+                SSL_CTX_free(ctx);
+                return NULL;
+        }
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        if (server) {
+                SSL_CTX_set_num_tickets(ctx, 0);
+                SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                                          verify_peer);
+                SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+        } else {
+                SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER, verify_peer);
+        }
+        return ctx;
+}
+
+int tls_ctx_build(struct tls_snapshot *snap, const struct tls_material *m)
+{
+        snap->server = ctx_new(m, true);
+        snap->client = ctx_new(m, false);
+        if (!snap->server || !snap->client) {
+                uint32_t e = ERR_peek_last_error();
+                log_error(COMP, 0, "building TLS contexts for certificate %s failed: %s",
+                          snap->serial,
+                          ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "unknown");
+                ERR_clear_error();
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int conn_new(struct tls_snapshot *snap, int fd, uint64_t id, bool server,
+                    struct tls_conn **out)
+{
+        if (!snap || fd < 0)
+                return -EINVAL;
+        struct tls_conn *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->ssl = SSL_new(server ? snap->server : snap->client);
+        if (!c->ssl || !SSL_set_fd(c->ssl, fd)) {
+                SSL_free(c->ssl);
+                free(c);
+                ERR_clear_error();
+                log_error(COMP, id, "cannot create a TLS session for fd %d", fd);
+                return -ENOMEM;
+        }
+        SSL_set_app_data(c->ssl, c);
+        if (server)
+                SSL_set_accept_state(c->ssl);
+        else
+                SSL_set_connect_state(c->ssl);
+        c->snap = snap;
+        tls_snapshot_ref(snap);
+        atomic_fetch_add_explicit(&snap->conns, 1, memory_order_relaxed);
+        c->fd = fd;
+        c->id = id;
+        c->server = server;
+        *out = c;
+        return 0;
+}
+
+int tls_conn_server_new(struct tls_snapshot *snap, int fd, uint64_t conn_id, struct tls_conn **out)
+{
+        return conn_new(snap, fd, conn_id, true, out);
+}
+
+int tls_conn_client_new(struct tls_snapshot *snap, int fd, uint64_t conn_id,
+                        const char *expected_id, uint16_t dst_port, struct tls_conn **out)
+{
+        const char *why;
+        struct spiffe_id *id = malloc(sizeof(*id));
+        if (!id)
+                return -ENOMEM;
+        int rc = expected_id ? spiffe_id_parse(expected_id, id, &why) : -EINVAL;
+        free(id);
+        if (rc < 0 || dst_port == 0) {
+                log_error(COMP, conn_id,
+                          "outbound TLS: expected identity \"%s\" or port %u invalid",
+                          expected_id ? expected_id : "", (unsigned)dst_port);
+                return -EINVAL;
+        }
+        struct tls_conn *c;
+        rc = conn_new(snap, fd, conn_id, false, &c);
+        if (rc < 0)
+                return rc;
+        char sni[300];
+        c->expected = strdup(expected_id);
+        if (!c->expected || tls_sni_format(dst_port, snap->trust_domain, sni, sizeof(sni)) < 0 ||
+            !SSL_set_tlsext_host_name(c->ssl, sni)) {
+                ERR_clear_error();
+                tls_conn_free(c);
+                return -ENOMEM;
+        }
+        c->dst_port = dst_port;
+        *out = c;
+        return 0;
+}
+
+void tls_conn_free(struct tls_conn *c)
+{
+        if (!c)
+                return;
+        SSL_free(c->ssl);
+        atomic_fetch_sub_explicit(&c->snap->conns, 1, memory_order_relaxed);
+        tls_snapshot_unref(c->snap);
+        free(c->expected);
+        free(c);
+}
+
+static void report(struct tls_conn *c)
+{
+        if (c->reported)
+                return;
+        c->reported = true;
+        int dir = c->server ? 0 : 1;
+        if (c->fail == TLS_OK) {
+                atomic_fetch_add_explicit(&c->snap->stats->ok[dir], 1, memory_order_relaxed);
+                log_debug(COMP, c->id, "%s TLS handshake done: peer %s serial %s port %u",
+                          c->server ? "inbound" : "outbound", c->peer_id, c->peer_serial,
+                          (unsigned)c->dst_port);
+                return;
+        }
+        atomic_fetch_add_explicit(&c->snap->stats->fail[dir][c->fail], 1, memory_order_relaxed);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        char addr[SOCKADDR_STRLEN] = "-";
+        memset(&ss, 0, sizeof(ss));
+        if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0)
+                sockaddr_format(&ss, addr, sizeof(addr));
+        log_warn(COMP, c->id,
+                 "audit: %s TLS handshake refused: peer=%s reason=%s detail=\"%s\" identity=\"%s\" "
+                 "serial=%s",
+                 c->server ? "inbound" : "outbound", addr, tls_fail_name(c->fail), c->detail,
+                 c->peer_id, c->peer_serial[0] ? c->peer_serial : "-");
+}
+
+/* Classifies a failed SSL call; returns the value for the caller. */
+static int io_error(struct tls_conn *c, int ret, bool handshake)
+{
+        int err = SSL_get_error(c->ssl, ret);
+        int sys = errno;
+        switch (err) {
+        case SSL_ERROR_WANT_READ:
+                c->want = TLS_WANT_READ;
+                return -EAGAIN;
+        case SSL_ERROR_WANT_WRITE:
+                c->want = TLS_WANT_WRITE;
+                return -EAGAIN;
+        default:
+                break;
+        }
+        c->want = TLS_WANT_NOTHING;
+        if (!handshake) {
+                if (err == SSL_ERROR_ZERO_RETURN) {
+                        c->clean_eof = true;
+                        return 0;
+                }
+                if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+                        ERR_clear_error();
+                        return sys ? -sys : 0; /* bare EOF: clean_eof stays false */
+                }
+                uint32_t e = ERR_peek_error();
+                int reason = ERR_GET_REASON(e);
+                if (!c->server && c->fail == TLS_OK && reason >= SSL_AD_REASON_OFFSET) {
+                        /* TLS 1.3: the server's verdict on our certificate. */
+                        c->reported = false;
+                        set_fail(c, TLS_FAIL_PEER_ALERT, "peer sent alert: %s",
+                                 SSL_alert_desc_string_long(reason - SSL_AD_REASON_OFFSET));
+                        report(c);
+                }
+                ERR_clear_error();
+                return -EPROTO;
+        }
+        uint32_t e = ERR_peek_error();
+        int reason = ERR_GET_REASON(e);
+        if (c->fail == TLS_OK) {
+                if (err == SSL_ERROR_SYSCALL && e == 0) {
+                        set_fail(c, TLS_FAIL_HANDSHAKE_ERROR, "%s",
+                                 sys ? strerror(sys) : "peer closed the connection");
+                } else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
+                           reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+                        set_fail(c, TLS_FAIL_NO_CERTIFICATE, "peer presented no certificate");
+                } else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
+                           (reason == SSL_R_UNSUPPORTED_PROTOCOL ||
+                            reason == SSL_R_TLSV1_ALERT_PROTOCOL_VERSION)) {
+                        set_fail(c, TLS_FAIL_PROTOCOL_VERSION, "peer does not offer TLS 1.3");
+                } else if (ERR_GET_LIB(e) == ERR_LIB_SSL && reason >= SSL_AD_REASON_OFFSET) {
+                        set_fail(c, TLS_FAIL_PEER_ALERT, "peer sent alert: %s",
+                                 SSL_alert_desc_string_long(reason - SSL_AD_REASON_OFFSET));
+                } else {
+                        const char *r = ERR_reason_error_string(e);
+                        set_fail(c, TLS_FAIL_HANDSHAKE_ERROR, "%s", r ? r : "handshake failed");
+                }
+        }
+        ERR_clear_error();
+        report(c);
+        return -EPROTO;
+}
+
+int tls_conn_handshake(struct tls_conn *c)
+{
+        if (c->established)
+                return 0;
+        if (c->reported)
+                return -EPROTO; /* failed or timed out before */
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_do_handshake(c->ssl);
+        if (r == 1) {
+                c->established = true;
+                c->want = TLS_WANT_NOTHING;
+                report(c);
+                return 0;
+        }
+        return io_error(c, r, true);
+}
+
+bool tls_conn_established(const struct tls_conn *c)
+{
+        return c->established;
+}
+
+enum tls_want tls_conn_want(const struct tls_conn *c)
+{
+        return c->want;
+}
+
+ssize_t tls_conn_read(struct tls_conn *c, void *buf, size_t len)
+{
+        if (!c->established)
+                return -ENOTCONN;
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_read(c->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+        if (r > 0) {
+                c->want = TLS_WANT_NOTHING;
+                return r;
+        }
+        return io_error(c, r, false);
+}
+
+ssize_t tls_conn_write(struct tls_conn *c, const void *buf, size_t len)
+{
+        if (!c->established)
+                return -ENOTCONN;
+        if (len == 0)
+                return 0;
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_write(c->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+        if (r > 0) {
+                c->want = TLS_WANT_NOTHING;
+                return r;
+        }
+        int rc = io_error(c, r, false);
+        return rc == 0 ? -EPIPE : rc;
+}
+
+int tls_conn_shutdown(struct tls_conn *c)
+{
+        if (!c->established)
+                return -ENOTCONN;
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_shutdown(c->ssl);
+        if (r >= 0)
+                return 0;
+        int rc = io_error(c, r, false);
+        return rc == 0 ? -EPIPE : rc;
+}
+
+size_t tls_conn_pending(const struct tls_conn *c)
+{
+        int n = SSL_pending(c->ssl);
+        return n > 0 ? (size_t)n : 0;
+}
+
+bool tls_conn_clean_eof(const struct tls_conn *c)
+{
+        return c->clean_eof;
+}
+
+void tls_conn_timeout(struct tls_conn *c)
+{
+        if (c->established || c->reported)
+                return;
+        set_fail(c, TLS_FAIL_HANDSHAKE_TIMEOUT, "handshake did not finish in time");
+        report(c);
+}
+
+enum tls_fail tls_conn_fail(const struct tls_conn *c)
+{
+        return c->fail;
+}
+
+const char *tls_conn_fail_detail(const struct tls_conn *c)
+{
+        return c->detail;
+}
+
+const char *tls_conn_peer_id(const struct tls_conn *c)
+{
+        return c->peer_id;
+}
+
+const char *tls_conn_peer_serial(const struct tls_conn *c)
+{
+        return c->peer_serial;
+}
+
+uint16_t tls_conn_dst_port(const struct tls_conn *c)
+{
+        return c->dst_port;
+}
+
+struct tls_snapshot *tls_conn_snapshot(const struct tls_conn *c)
+{
+        return c->snap;
+}
+
+int tls_sni_format(uint16_t port, const char *suffix, char *buf, size_t len)
+{
+        int n = suffix && *suffix ? snprintf(buf, len, "port-%u.%s", (unsigned)port, suffix)
+                                  : snprintf(buf, len, "port-%u", (unsigned)port);
+        return n < 0 || (size_t)n >= len ? -ENOSPC : n;
+}
+
+int tls_sni_port(const char *sni, uint16_t *port)
+{
+        if (!sni || strncmp(sni, "port-", 5) != 0)
+                return -EINVAL;
+        const char *p = sni + 5;
+        if (*p < '1' || *p > '9')
+                return -EINVAL; /* empty, or a leading zero */
+        uint32_t v = 0;
+        int digits = 0;
+        for (; *p >= '0' && *p <= '9'; p++) {
+                if (++digits > 5)
+                        return -EINVAL;
+                v = v * 10 + (uint32_t)(*p - '0');
+        }
+        if ((*p != 0 && *p != '.') || v > 65535)
+                return -EINVAL;
+        *port = (uint16_t)v;
+        return 0;
+}

@@ -1,0 +1,658 @@
+/* Certificate store: snapshots, rotation with backoff, drain, reporting. */
+#include "tls/store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+
+#include "core/log.h"
+#include "core/prom.h"
+#include "tls/tls-int.h"
+
+#define COMP           "tls"
+#define BACKOFF_MIN_MS 1000u
+#define BACKOFF_MAX_MS 30000u
+#define TICK_MAX_MS    60000u
+#define TICK_MIN_MS    20u
+
+struct tls_store {
+        pthread_mutex_t mu; /* reporting fields, against readers on other threads */
+        char *trust_domain;
+        uint32_t skew_s, drain_s, poll_ms;
+        bool require_port;
+        struct tls_allow *allow;
+        size_t n_allow;
+
+        struct tls_source *src;
+        struct tls_material *mat; /* of cur */
+        struct tls_snapshot *cur; /* the store's own reference */
+        struct snapshot_slot slot;
+        struct tls_snapshot *prev; /* in drain, or NULL */
+        int64_t prev_until_ms;     /* wall clock */
+
+        struct tls_stats stats;
+        int64_t rotate_at_ms; /* wall clock; 0: never */
+        bool pending;         /* a fetch is wanted */
+        uint64_t retry_at_ms; /* monotonic */
+        uint32_t backoff_ms;
+        uint32_t failures; /* consecutive */
+        uint64_t rotations, rotation_failures;
+        int64_t last_rotation; /* unix seconds, 0: none since start */
+        char last_error[512];
+
+        struct loop *loop;
+        struct loop_timer timer;
+};
+
+static int64_t wall_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tls_store_options_init(struct tls_store_options *opt)
+{
+        memset(opt, 0, sizeof(*opt));
+        opt->clock_skew_s = TLS_DEFAULT_SKEW_S;
+        opt->drain_s = TLS_DEFAULT_DRAIN_S;
+        opt->poll_ms = TLS_DEFAULT_POLL_MS;
+        opt->require_port = true;
+}
+
+static void allow_free(struct tls_allow *a, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                free(a[i].id);
+        free(a);
+}
+
+static int allow_copy(const struct tls_allow_rule *in, size_t n, struct tls_allow **out)
+{
+        *out = NULL;
+        if (n > TLS_ALLOW_MAX) {
+                log_error(COMP, 0, "allow-list has %zu entries, at most %d are allowed", n,
+                          TLS_ALLOW_MAX);
+                return -E2BIG;
+        }
+        if (n == 0)
+                return 0;
+        struct tls_allow *a = calloc(n, sizeof(*a));
+        struct spiffe_id *id = malloc(sizeof(*id));
+        if (!a || !id) {
+                free(a);
+                free(id);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                const char *why;
+                if (spiffe_id_parse(in[i].id, id, &why) < 0) {
+                        log_error(COMP, 0, "allow-list entry %zu \"%s\" is not a SPIFFE ID: %s", i,
+                                  in[i].id ? in[i].id : "", why);
+                        allow_free(a, n);
+                        free(id);
+                        return -EINVAL;
+                }
+                a[i].port = in[i].port;
+                a[i].id = strdup(in[i].id);
+                if (!a[i].id) {
+                        allow_free(a, n);
+                        free(id);
+                        return -ENOMEM;
+                }
+        }
+        free(id);
+        *out = a;
+        return 0;
+}
+
+static void snap_destroy(struct snapshot *s)
+{
+        struct tls_snapshot *snap = tls_snapshot_get(s);
+        SSL_CTX_free(snap->server);
+        SSL_CTX_free(snap->client);
+        X509_STORE_free(snap->trust);
+        X509_free(snap->leaf);
+        free(snap->identity);
+        free(snap->trust_domain);
+        allow_free(snap->allow, snap->n_allow);
+        free(snap);
+}
+
+static int snap_build(struct tls_store *st, const struct tls_material *m, struct tls_snapshot **out)
+{
+        struct tls_snapshot *snap = calloc(1, sizeof(*snap));
+        if (!snap)
+                return -ENOMEM;
+        snapshot_init(&snap->base, snap_destroy);
+        char uri[SPIFFE_ID_MAX + 1] = "";
+        tls_cert_spiffe_uri(m->leaf, uri, sizeof(uri), NULL);
+        tls_cert_serial_hex(m->leaf, snap->serial, sizeof(snap->serial));
+        snap->not_before = tls_cert_not_before(m->leaf);
+        snap->not_after = tls_cert_not_after(m->leaf);
+        snap->identity = strdup(uri);
+        snap->trust_domain = strdup(st->trust_domain);
+        snap->skew_s = st->skew_s;
+        snap->require_port = st->require_port;
+        snap->stats = &st->stats;
+        snap->trust = X509_STORE_new();
+        snap->leaf = m->leaf;
+        X509_up_ref(m->leaf);
+        int rc = snap->identity && snap->trust_domain && snap->trust ? 0 : -ENOMEM;
+        for (size_t i = 0; rc == 0 && i < sk_X509_num(m->bundle); i++)
+                if (!X509_STORE_add_cert(snap->trust, sk_X509_value(m->bundle, i)))
+                        rc = -ENOMEM;
+        if (rc == 0 && st->n_allow) {
+                struct tls_allow_rule *r = calloc(st->n_allow, sizeof(*r));
+                if (!r)
+                        rc = -ENOMEM;
+                for (size_t i = 0; rc == 0 && i < st->n_allow; i++)
+                        r[i] = (struct tls_allow_rule){st->allow[i].port, st->allow[i].id};
+                if (rc == 0) {
+                        rc = allow_copy(r, st->n_allow, &snap->allow);
+                        snap->n_allow = rc == 0 ? st->n_allow : 0;
+                }
+                free(r);
+        }
+        if (rc == 0)
+                rc = tls_ctx_build(snap, m);
+        if (rc < 0) {
+                snapshot_unref(&snap->base);
+                return rc;
+        }
+        *out = snap;
+        return 0;
+}
+
+static void schedule_rotation(struct tls_store *st)
+{
+        if (!st->src->ops->rotates) {
+                st->rotate_at_ms = 0;
+                return;
+        }
+        int64_t start = (int64_t)st->mat->issued_at * 1000;
+        int64_t end = (int64_t)tls_cert_not_after(st->mat->leaf) * 1000;
+        st->rotate_at_ms = end - (end - start) / 3;
+}
+
+/* Publishes m (taking it over) as the current identity. */
+static int install(struct tls_store *st, struct tls_material *m)
+{
+        struct tls_snapshot *snap;
+        int rc = snap_build(st, m, &snap);
+        if (rc < 0) {
+                tls_material_free(m);
+                return rc;
+        }
+        char nb[32], na[32];
+        tls_time_rfc3339(snap->not_before, nb, sizeof(nb));
+        tls_time_rfc3339(snap->not_after, na, sizeof(na));
+        pthread_mutex_lock(&st->mu);
+        struct tls_snapshot *old = st->cur;
+        struct tls_snapshot *dropped = NULL;
+        if (old) {
+                dropped = st->prev;
+                st->prev = old;
+                st->prev_until_ms = wall_ms() + (int64_t)st->drain_s * 1000;
+                st->rotations++;
+                st->last_rotation = time(NULL);
+        }
+        tls_material_free(st->mat);
+        st->mat = m;
+        st->cur = snap;
+        tls_snapshot_ref(snap);
+        snapshot_publish(&st->slot, &snap->base);
+        schedule_rotation(st);
+        pthread_mutex_unlock(&st->mu);
+        if (old)
+                log_info(
+                    COMP, 0,
+                    "audit: certificate rotated: identity=%s old_serial=%s new_serial=%s "
+                    "not_before=%s not_after=%s; the old one drains for %us (%lld connections)",
+                    snap->identity, old->serial, snap->serial, nb, na, st->drain_s,
+                    (long long)tls_snapshot_conns(old));
+        else
+                log_info(COMP, 0,
+                         "certificate installed: identity=%s serial=%s not_before=%s not_after=%s "
+                         "source=%s",
+                         snap->identity, snap->serial, nb, na, st->src->ops->kind);
+        tls_snapshot_unref(dropped);
+        return 0;
+}
+
+int tls_store_new(const struct tls_store_options *opt, struct tls_source *src,
+                  struct tls_store **out)
+{
+        if (!src)
+                return -EINVAL;
+        if (!spiffe_trust_domain_valid(opt->trust_domain)) {
+                log_error(COMP, 0,
+                          "trust domain \"%s\" is not valid: 1-255 characters of [a-z0-9.-_]",
+                          opt->trust_domain ? opt->trust_domain : "");
+                tls_source_free(src);
+                return -EINVAL;
+        }
+        struct tls_store *st = calloc(1, sizeof(*st));
+        if (!st) {
+                tls_source_free(src);
+                return -ENOMEM;
+        }
+        pthread_mutex_init(&st->mu, NULL);
+        snapshot_slot_init(&st->slot);
+        st->src = src;
+        st->trust_domain = strdup(opt->trust_domain);
+        st->skew_s = opt->clock_skew_s;
+        st->drain_s = opt->drain_s;
+        st->poll_ms = opt->poll_ms ? opt->poll_ms : TLS_DEFAULT_POLL_MS;
+        st->require_port = opt->require_port;
+        int rc = st->trust_domain ? allow_copy(opt->allow, opt->n_allow, &st->allow) : -ENOMEM;
+        if (rc == 0)
+                st->n_allow = opt->n_allow;
+        struct tls_material *m = NULL;
+        char err[sizeof(st->last_error)] = "";
+        if (rc == 0) {
+                rc = src->ops->fetch(src, &m, err, sizeof(err));
+                if (rc < 0)
+                        log_error(COMP, 0, "no certificate from the %s source: %s", src->ops->kind,
+                                  err);
+        }
+        if (rc == 0 &&
+            (rc = tls_material_check(m, st->trust_domain, st->skew_s, err, sizeof(err))) < 0) {
+                log_error(COMP, 0, "certificate from the %s source is not usable: %s",
+                          src->ops->kind, err);
+                tls_material_free(m);
+        }
+        if (rc == 0)
+                rc = install(st, m);
+        if (rc < 0) {
+                tls_store_free(st);
+                return rc;
+        }
+        *out = st;
+        return 0;
+}
+
+void tls_store_free(struct tls_store *st)
+{
+        if (!st)
+                return;
+        if (st->loop)
+                loop_timer_cancel(st->loop, &st->timer);
+        snapshot_slot_destroy(&st->slot);
+        tls_snapshot_unref(st->cur);
+        tls_snapshot_unref(st->prev);
+        tls_material_free(st->mat);
+        tls_source_free(st->src);
+        allow_free(st->allow, st->n_allow);
+        free(st->trust_domain);
+        pthread_mutex_destroy(&st->mu);
+        free(st);
+}
+
+struct snapshot_slot *tls_store_slot(struct tls_store *st)
+{
+        return &st->slot;
+}
+
+struct tls_snapshot *tls_store_acquire(struct tls_store *st)
+{
+        uint64_t gen;
+        return tls_snapshot_get(snapshot_acquire(&st->slot, &gen));
+}
+
+static uint32_t jitter(uint32_t ms)
+{
+        uint32_t r;
+        RAND_bytes((uint8_t *)&r, sizeof(r));
+        /* ms * [0.8, 1.2) */
+        return (uint32_t)((uint64_t)ms * (800 + r % 400) / 1000);
+}
+
+static void fetch_now(struct tls_store *st, const char *why)
+{
+        char err[sizeof(st->last_error)] = "";
+        struct tls_material *m = NULL;
+        int rc = st->src->ops->fetch(st->src, &m, err, sizeof(err));
+        if (rc == 0 &&
+            (rc = tls_material_check(m, st->trust_domain, st->skew_s, err, sizeof(err))) < 0)
+                tls_material_free(m);
+        if (rc == 0) {
+                rc = install(st, m);
+                if (rc < 0)
+                        snprintf(err, sizeof(err), "building TLS contexts failed");
+        }
+        pthread_mutex_lock(&st->mu);
+        if (rc == 0) {
+                st->pending = false;
+                st->failures = 0;
+                st->backoff_ms = 0;
+                st->last_error[0] = 0;
+                pthread_mutex_unlock(&st->mu);
+                return;
+        }
+        st->failures++;
+        st->rotation_failures++;
+        snprintf(st->last_error, sizeof(st->last_error), "%s", err[0] ? err : strerror(-rc));
+        if (st->src->ops->rotates) {
+                st->backoff_ms = st->backoff_ms ? st->backoff_ms * 2 : BACKOFF_MIN_MS;
+                if (st->backoff_ms > BACKOFF_MAX_MS)
+                        st->backoff_ms = BACKOFF_MAX_MS;
+                st->retry_at_ms = clock_mono_ms() + jitter(st->backoff_ms);
+        } else {
+                st->pending = false; /* wait for the next change */
+        }
+        char na[32];
+        tls_time_rfc3339(st->cur->not_after, na, sizeof(na));
+        log_error(
+            COMP, 0, "certificate %s (%s) failed: %s; serial %s keeps serving (valid until %s)%s",
+            st->src->ops->rotates ? "renewal" : "reload", why, st->last_error, st->cur->serial, na,
+            st->src->ops->rotates ? ", retrying with backoff"
+                                  : ", waiting for the files to change");
+        pthread_mutex_unlock(&st->mu);
+}
+
+uint64_t tls_store_tick(struct tls_store *st)
+{
+        int64_t now = wall_ms();
+        /* End of drain. */
+        pthread_mutex_lock(&st->mu);
+        struct tls_snapshot *done = NULL;
+        if (st->prev && now >= st->prev_until_ms) {
+                done = st->prev;
+                st->prev = NULL;
+        }
+        pthread_mutex_unlock(&st->mu);
+        if (done) {
+                log_info(COMP, 0, "drain of certificate %s is over (%lld connections still use it)",
+                         done->serial, (long long)tls_snapshot_conns(done));
+                tls_snapshot_unref(done);
+        }
+        const char *why = NULL;
+        if (st->src->ops->rotates && st->rotate_at_ms && now >= st->rotate_at_ms)
+                why = "a third of the lifetime is left";
+        if (st->src->ops->changed && st->src->ops->changed(st->src) > 0)
+                why = "the source changed";
+        if (why || st->pending) {
+                if (!st->pending) {
+                        st->pending = true;
+                        st->retry_at_ms = 0;
+                }
+                if (clock_mono_ms() >= st->retry_at_ms)
+                        fetch_now(st, why ? why : "operator request");
+        }
+        /* Next wake-up. */
+        now = wall_ms();
+        uint64_t next = TICK_MAX_MS;
+        if (st->src->ops->changed && st->poll_ms < next)
+                next = st->poll_ms;
+        if (st->rotate_at_ms) {
+                int64_t d = st->rotate_at_ms - now;
+                if (d < (int64_t)next)
+                        next = d > 0 ? (uint64_t)d : 0;
+        }
+        if (st->pending) {
+                uint64_t m = clock_mono_ms();
+                uint64_t d = st->retry_at_ms > m ? st->retry_at_ms - m : 0;
+                if (d < next)
+                        next = d;
+        }
+        if (st->prev) {
+                int64_t d = st->prev_until_ms - now;
+                if (d < (int64_t)next)
+                        next = d > 0 ? (uint64_t)d : 0;
+        }
+        return next < TICK_MIN_MS ? TICK_MIN_MS : next;
+}
+
+static void on_timer(struct loop *loop, struct loop_timer *t)
+{
+        struct tls_store *st = t->data;
+        uint64_t next = tls_store_tick(st);
+        if (loop_timer_arm(loop, &st->timer, next) < 0)
+                log_error(COMP, 0, "cannot re-arm the certificate timer: out of memory");
+}
+
+int tls_store_start(struct tls_store *st, struct loop *loop)
+{
+        st->loop = loop;
+        loop_timer_init(&st->timer, on_timer, st);
+        return loop_timer_arm(loop, &st->timer, tls_store_tick(st));
+}
+
+void tls_store_rotate_now(struct tls_store *st)
+{
+        pthread_mutex_lock(&st->mu);
+        st->pending = true;
+        st->retry_at_ms = 0;
+        pthread_mutex_unlock(&st->mu);
+}
+
+int tls_store_set_allow(struct tls_store *st, const struct tls_allow_rule *allow, size_t n)
+{
+        struct tls_allow *a;
+        int rc = allow_copy(allow, n, &a);
+        if (rc < 0)
+                return rc;
+        struct tls_snapshot *snap;
+        pthread_mutex_lock(&st->mu);
+        struct tls_allow *old = st->allow;
+        size_t old_n = st->n_allow;
+        st->allow = a;
+        st->n_allow = n;
+        rc = snap_build(st, st->mat, &snap);
+        if (rc < 0) {
+                st->allow = old;
+                st->n_allow = old_n;
+                pthread_mutex_unlock(&st->mu);
+                allow_free(a, n);
+                return rc;
+        }
+        struct tls_snapshot *prev_cur = st->cur;
+        st->cur = snap;
+        tls_snapshot_ref(snap);
+        snapshot_publish(&st->slot, &snap->base);
+        pthread_mutex_unlock(&st->mu);
+        allow_free(old, old_n);
+        tls_snapshot_unref(prev_cur);
+        log_info(COMP, 0, "inbound allow-list replaced: %zu entries", n);
+        return 0;
+}
+
+/* ---- reporting --------------------------------------------------------------- */
+
+static void json_time(struct strbuf *sb, const char *key, int64_t t)
+{
+        char b[32];
+        tls_time_rfc3339((time_t)t, b, sizeof(b));
+        strbuf_appendf(sb, "\"%s\":", key);
+        strbuf_append_json_string(sb, b);
+}
+
+static void json_cert(struct strbuf *sb, X509 *x, int64_t now)
+{
+        char buf[512];
+        tls_cert_serial_hex(x, buf, sizeof(buf));
+        strbuf_append(sb, "{\"serial\":");
+        strbuf_append_json_string(sb, buf);
+        tls_cert_subject(x, buf, sizeof(buf));
+        strbuf_append(sb, ",\"subject\":");
+        strbuf_append_json_string(sb, buf);
+        strbuf_append(sb, ",");
+        json_time(sb, "not_before", tls_cert_not_before(x));
+        strbuf_append(sb, ",");
+        json_time(sb, "not_after", tls_cert_not_after(x));
+        strbuf_appendf(sb, ",\"expires_in_s\":%lld}", (long long)(tls_cert_not_after(x) - now));
+}
+
+static void json_snap(struct strbuf *sb, const struct tls_snapshot *s, int64_t now)
+{
+        strbuf_append(sb, "{\"identity\":");
+        strbuf_append_json_string(sb, s->identity);
+        strbuf_append(sb, ",\"serial\":");
+        strbuf_append_json_string(sb, s->serial);
+        strbuf_append(sb, ",");
+        json_time(sb, "not_before", s->not_before);
+        strbuf_append(sb, ",");
+        json_time(sb, "not_after", s->not_after);
+        strbuf_appendf(sb, ",\"expires_in_s\":%lld,\"connections\":%lld",
+                       (long long)(s->not_after - now), (long long)tls_snapshot_conns(s));
+}
+
+void tls_store_render_json(struct tls_store *st, struct strbuf *sb)
+{
+        pthread_mutex_lock(&st->mu);
+        int64_t now = time(NULL);
+        struct tls_snapshot *cur = st->cur;
+        strbuf_append(sb, "{\"identity\":");
+        strbuf_append_json_string(sb, cur->identity);
+        strbuf_append(sb, ",\"trust_domain\":");
+        strbuf_append_json_string(sb, st->trust_domain);
+        strbuf_append(sb, ",\"source\":");
+        strbuf_append_json_string(sb, st->src->ops->kind);
+        strbuf_append(sb, ",\"current\":");
+        json_snap(sb, cur, now);
+        EVP_PKEY *pk = X509_get0_pubkey(st->mat->leaf);
+        strbuf_appendf(sb, ",\"key_type\":\"%s\"}",
+                       pk && EVP_PKEY_id(pk) == EVP_PKEY_RSA ? "rsa-2048" : "ecdsa-p256");
+        strbuf_append(sb, ",\"rotation\":{\"state\":");
+        const char *state = st->last_error[0]       ? "retrying"
+                            : cur->not_after <= now ? "expired"
+                            : st->prev              ? "draining"
+                                                    : "ok";
+        strbuf_append_json_string(sb, state);
+        if (st->rotate_at_ms) {
+                strbuf_append(sb, ",");
+                json_time(sb, "next_rotation", st->rotate_at_ms / 1000);
+        } else {
+                strbuf_append(sb, ",\"next_rotation\":null");
+        }
+        if (st->last_rotation) {
+                strbuf_append(sb, ",");
+                json_time(sb, "last_rotation", st->last_rotation);
+        } else {
+                strbuf_append(sb, ",\"last_rotation\":null");
+        }
+        strbuf_appendf(sb, ",\"rotations\":%llu,\"failures\":%llu,\"consecutive_failures\":%u",
+                       (unsigned long long)st->rotations, (unsigned long long)st->rotation_failures,
+                       st->failures);
+        strbuf_append(sb, ",\"last_error\":");
+        if (st->last_error[0])
+                strbuf_append_json_string(sb, st->last_error);
+        else
+                strbuf_append(sb, "null");
+        if (st->last_error[0] && st->src->ops->rotates) {
+                uint64_t m = clock_mono_ms();
+                strbuf_appendf(sb, ",\"retry_in_ms\":%llu",
+                               (unsigned long long)(st->retry_at_ms > m ? st->retry_at_ms - m : 0));
+        }
+        strbuf_append(sb, "},\"previous\":");
+        if (st->prev) {
+                json_snap(sb, st->prev, now);
+                strbuf_append(sb, ",");
+                json_time(sb, "drain_ends", st->prev_until_ms / 1000);
+                strbuf_append(sb, "}");
+        } else {
+                strbuf_append(sb, "null");
+        }
+        strbuf_append(sb, ",\"trust_bundle\":[");
+        for (size_t i = 0; i < sk_X509_num(st->mat->bundle); i++) {
+                if (i)
+                        strbuf_append(sb, ",");
+                json_cert(sb, sk_X509_value(st->mat->bundle, i), now);
+        }
+        strbuf_appendf(sb,
+                       "],\"policy\":{\"tls\":\"1.3\",\"clock_skew_s\":%u,\"drain_s\":%u,"
+                       "\"require_port\":%s,\"allow\":[",
+                       st->skew_s, st->drain_s, st->require_port ? "true" : "false");
+        for (size_t i = 0; i < st->n_allow; i++) {
+                strbuf_appendf(sb, "%s{\"port\":%u,\"id\":", i ? "," : "",
+                               (unsigned)st->allow[i].port);
+                strbuf_append_json_string(sb, st->allow[i].id);
+                strbuf_append(sb, "}");
+        }
+        strbuf_append(sb, "]}}");
+        pthread_mutex_unlock(&st->mu);
+}
+
+void tls_store_counts(struct tls_store *st, struct tls_store_counts *out)
+{
+        memset(out, 0, sizeof(*out));
+        pthread_mutex_lock(&st->mu);
+        out->rotations = st->rotations;
+        out->rotation_failures = st->rotation_failures;
+        out->retrying = st->last_error[0] != 0;
+        out->draining = st->prev != NULL;
+        pthread_mutex_unlock(&st->mu);
+        for (int d = 0; d < 2; d++) {
+                out->handshakes_ok[d] = atomic_load(&st->stats.ok[d]);
+                for (int f = 0; f < TLS_FAIL__COUNT; f++)
+                        out->handshake_fail[d][f] = atomic_load(&st->stats.fail[d][f]);
+        }
+}
+
+const char *tls_store_last_error(struct tls_store *st)
+{
+        return st->last_error;
+}
+
+void tls_store_render_metrics(struct tls_store *st, struct strbuf *sb)
+{
+        static const char *const dirs[2] = {"inbound", "outbound"};
+        struct tls_store_counts c;
+        tls_store_counts(st, &c);
+        prom_family(sb, "shunt_tls_handshakes_total", "counter",
+                    "TLS handshakes completed and verified, by direction.");
+        for (int d = 0; d < 2; d++) {
+                char l[64];
+                snprintf(l, sizeof(l), "direction=\"%s\"", dirs[d]);
+                prom_sample_u64(sb, "shunt_tls_handshakes_total", l, c.handshakes_ok[d]);
+        }
+        prom_family(sb, "shunt_tls_handshake_failures_total", "counter",
+                    "TLS handshakes refused or failed, by direction and reason.");
+        for (int d = 0; d < 2; d++)
+                for (int f = 1; f < TLS_FAIL__COUNT; f++) {
+                        char l[96];
+                        snprintf(l, sizeof(l), "direction=\"%s\",reason=\"%s\"", dirs[d],
+                                 tls_fail_name((enum tls_fail)f));
+                        prom_sample_u64(sb, "shunt_tls_handshake_failures_total", l,
+                                        c.handshake_fail[d][f]);
+                }
+        prom_family(sb, "shunt_tls_rotations_total", "counter",
+                    "Workload certificates replaced since start.");
+        prom_sample_u64(sb, "shunt_tls_rotations_total", NULL, c.rotations);
+        prom_family(sb, "shunt_tls_rotation_failures_total", "counter",
+                    "Failed attempts to obtain a new workload certificate.");
+        prom_sample_u64(sb, "shunt_tls_rotation_failures_total", NULL, c.rotation_failures);
+
+        pthread_mutex_lock(&st->mu);
+        int64_t now = time(NULL);
+        int64_t cur_exp = st->cur->not_after - now;
+        int64_t bundle_exp = INT64_MAX;
+        for (size_t i = 0; i < sk_X509_num(st->mat->bundle); i++) {
+                int64_t e = tls_cert_not_after(sk_X509_value(st->mat->bundle, i)) - now;
+                if (e < bundle_exp)
+                        bundle_exp = e;
+        }
+        int64_t cur_conns = tls_snapshot_conns(st->cur);
+        int64_t prev_conns = st->prev ? tls_snapshot_conns(st->prev) : 0;
+        pthread_mutex_unlock(&st->mu);
+        prom_family(sb, "shunt_tls_cert_expiry_seconds", "gauge",
+                    "Seconds until the current workload certificate expires.");
+        prom_sample(sb, "shunt_tls_cert_expiry_seconds", NULL, (double)cur_exp);
+        prom_family(sb, "shunt_tls_trust_bundle_expiry_seconds", "gauge",
+                    "Seconds until the first CA of the trust bundle expires.");
+        prom_sample(sb, "shunt_tls_trust_bundle_expiry_seconds", NULL, (double)bundle_exp);
+        prom_family(sb, "shunt_tls_rotation_retrying", "gauge",
+                    "1 while the last attempt to renew or reload failed.");
+        prom_sample_u64(sb, "shunt_tls_rotation_retrying", NULL, c.retrying ? 1 : 0);
+        prom_family(sb, "shunt_tls_connections", "gauge",
+                    "TLS connections by the certificate they use.");
+        prom_sample_u64(sb, "shunt_tls_connections", "cert=\"current\"", (uint64_t)cur_conns);
+        prom_sample_u64(sb, "shunt_tls_connections", "cert=\"previous\"", (uint64_t)prev_conns);
+}
