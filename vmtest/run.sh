@@ -294,8 +294,9 @@ exec </dev/null >/dev/console 2>&1
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# /tmp and /run stay on the initramfs (already in memory): a build directory
+# under /tmp is in there.
+chmod 1777 /tmp /var/tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs cgroup /sys/fs/cgroup
 mkdir -p /sys/fs/cgroup/unified
