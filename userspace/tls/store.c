@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "core/prom.h"
+#include "tls/spiffe.h"
 #include "tls/tls-int.h"
 
 #define COMP           "tls"
@@ -517,9 +518,10 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb)
         strbuf_append_json_string(sb, st->src->ops->kind);
         strbuf_append(sb, ",\"current\":");
         json_snap(sb, cur, now);
-        EVP_PKEY *pk = X509_get0_pubkey(st->mat->leaf);
+        EVP_PKEY *pk = X509_get_pubkey(st->mat->leaf);
         strbuf_appendf(sb, ",\"key_type\":\"%s\"}",
                        pk && EVP_PKEY_id(pk) == EVP_PKEY_RSA ? "rsa-2048" : "ecdsa-p256");
+        EVP_PKEY_free(pk);
         strbuf_append(sb, ",\"rotation\":{\"state\":");
         const char *state = st->last_error[0]       ? "retrying"
                             : cur->not_after <= now ? "expired"
