@@ -170,14 +170,15 @@ void lb_breaker_record(struct lb_breaker *b, const struct lb_breaker_config *c, 
                 if (success) {
                         b->ok[b->head]++;
                         b->consecutive = 0;
-                        return;
+                } else {
+                        b->fail[b->head]++;
+                        if (++b->consecutive >= c->consecutive_failures) {
+                                trip(b, c, now);
+                                return;
+                        }
                 }
-                b->fail[b->head]++;
-                b->consecutive++;
-                if (b->consecutive >= c->consecutive_failures) {
-                        trip(b, c, now);
-                        return;
-                }
+                /* Checked after successes too: the one that brings the
+                 * count to min_requests may find the rate already high. */
                 uint64_t ok = 0, fail = 0;
                 for (int i = 0; i < LB_BREAKER_BUCKETS; i++) {
                         ok += b->ok[i];
