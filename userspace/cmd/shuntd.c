@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/prom.h"
+#include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
 #include "intercept/origdst.h"
 #include "proxy/proxy.h"
@@ -54,11 +55,45 @@ static uint32_t capture_uid(const struct shunt_config *cfg)
         return me != 0 ? (uint32_t)me : IPT_UID_NONE;
 }
 
+/* eBPF mode: the loaded programs (NULL in the other modes). */
+static struct bpfcap *bpf_capture;
+
+static void bpf_options(struct daemon *d, struct bpfcap_options *o)
+{
+        uint32_t uid = capture_uid(d->cfg);
+        bpfcap_options_from_config(o, d->cfg, uid == IPT_UID_NONE ? SHUNT_UID_NONE : uid);
+}
+
+/* Probes and attaches eBPF capture; on failure why says what is missing. */
+static int bpf_install(struct daemon *d, char *why, size_t whylen)
+{
+        struct bpfcap_options o;
+        bpf_options(d, &o);
+        if (bpfcap_probe(o.cgroup_path, why, whylen) < 0)
+                return -1;
+        bpf_capture = bpfcap_open(&o, why, whylen);
+        if (!bpf_capture)
+                return -1;
+        origdst_use_bpf(bpf_capture);
+        d->rules_installed = true;
+        return 0;
+}
+
 static int rules_install(struct daemon *d)
 {
+        char err[512];
+        if (bpf_capture) {
+                /* A reload: new exclusions, mark, uid, port; programs stay. */
+                struct bpfcap_options o;
+                bpf_options(d, &o);
+                if (bpfcap_configure(bpf_capture, &o, err, sizeof(err)) < 0) {
+                        log_error("intercept", 0, "updating eBPF capture failed: %s", err);
+                        return -1;
+                }
+                return 0;
+        }
         struct ipt_options o;
         ipt_options_from_config(&o, d->cfg, capture_uid(d->cfg));
-        char err[512];
         if (ipt_install(&o, err, sizeof(err)) < 0) {
                 log_error("intercept", 0, "installing iptables rules failed: %s", err);
                 return -1;
@@ -73,6 +108,16 @@ static void rules_remove(struct daemon *d)
 {
         if (!d->rules_installed)
                 return;
+        if (bpf_capture) {
+                /* Clean exit: links detached, pins removed. A crash leaves the
+                 * pins, and the next start takes them over. */
+                origdst_use_bpf(NULL);
+                bpfcap_close(bpf_capture, true);
+                bpf_capture = NULL;
+                log_info("intercept", 0, "eBPF capture detached");
+                d->rules_installed = false;
+                return;
+        }
         char err[512];
         if (ipt_remove(err, sizeof(err)) < 0)
                 log_error("intercept", 0, "removing iptables rules failed: %s", err);
@@ -369,6 +414,30 @@ int main(int argc, char **argv)
                         goto out;
                 }
                 snprintf(d.redirect_reason, sizeof(d.redirect_reason), "configured: iptables");
+                break;
+        case REDIRECT_EBPF:
+                if (bpf_install(&d, err, sizeof(err)) < 0) {
+                        log_error("intercept", 0, "eBPF capture unavailable: %s", err);
+                        d.exit_code = 1;
+                        goto out;
+                }
+                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                         "configured: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
+                break;
+        case REDIRECT_AUTO:
+                if (bpf_install(&d, err, sizeof(err)) == 0) {
+                        snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                                 "auto: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
+                        break;
+                }
+                log_warn("intercept", 0,
+                         "redirect auto: using iptables, eBPF capture unavailable: %s", err);
+                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                         "auto: iptables (eBPF: %.200s)", err);
+                if (rules_install(&d) < 0) {
+                        d.exit_code = 1;
+                        goto out;
+                }
                 break;
         case REDIRECT_OFF:
                 snprintf(d.redirect_reason, sizeof(d.redirect_reason),

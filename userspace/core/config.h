@@ -21,7 +21,8 @@
 enum redirect_mode {
         REDIRECT_IPTABLES = 0,
         REDIRECT_OFF,
-        /* REDIRECT_AUTO and REDIRECT_EBPF arrive with eBPF capture. */
+        REDIRECT_AUTO, /* eBPF when the kernel can (see intercept/bpfcap.h), else iptables */
+        REDIRECT_EBPF,
 };
 
 enum outbound_policy {
@@ -73,7 +74,9 @@ struct shunt_config {
         enum log_level log_level; /* log_level, SHUNT_LOG_LEVEL, info */
 
         /* capture */
-        enum redirect_mode redirect; /* redirect, SHUNT_REDIRECT, "iptables" | "off" */
+        enum redirect_mode redirect; /* redirect, SHUNT_REDIRECT, "iptables" | "off" | "auto" | "ebpf" */
+        char redirect_cgroup[CONFIG_PATH_MAX]; /* redirect_cgroup, SHUNT_REDIRECT_CGROUP, "" */
+        char bpf_pin_root[CONFIG_PATH_MAX];    /* bpf_pin_root, SHUNT_BPF_PIN_ROOT, "" = /sys/fs/bpf/shunt */
         uint32_t proxy_mark;         /* proxy_mark: SO_MARK of shuntd's sockets, 0x539 */
         int proxy_uid;               /* proxy_uid: uid whose traffic is not captured; -1 = auto */
         /* default {22, admin_port}; a configured list is taken as given */

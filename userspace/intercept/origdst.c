@@ -6,6 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "intercept/bpfcap.h"
+
 /* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
  * which clash with the libc headers. */
 #ifndef SO_ORIGINAL_DST
@@ -28,12 +30,41 @@ static int sockaddr_equal(const struct sockaddr_storage *a, const struct sockadd
                memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
 }
 
+static struct bpfcap *bpf_capture;
+
+void origdst_use_bpf(struct bpfcap *b)
+{
+        bpf_capture = b;
+}
+
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
                                 struct sockaddr_storage *out)
 {
         socklen_t len = sizeof(*out);
         int rc;
         memset(out, 0, sizeof(*out));
+        if (bpf_capture) {
+                struct sockaddr_storage peer;
+                socklen_t plen = sizeof(peer);
+                if (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0)
+                        return ORIGDST_ERROR;
+                rc = bpfcap_lookup(bpf_capture, &peer, local, out, true);
+                if (rc == 0)
+                        return ORIGDST_OK;
+                if (rc != -ENOENT) {
+                        errno = -rc;
+                        return ORIGDST_ERROR;
+                }
+                /* Not in the map: maybe redirected by iptables (inbound). */
+                len = sizeof(*out);
+                if (local->ss_family == AF_INET6)
+                        rc = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len);
+                else
+                        rc = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
+                if (rc < 0 || sockaddr_equal(out, local))
+                        return ORIGDST_NOT_REDIRECTED;
+                return ORIGDST_OK;
+        }
         if (local->ss_family == AF_INET6)
                 rc = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len);
         else
@@ -124,6 +155,8 @@ out:
 
 int origdst_selftest(char *why, size_t whylen)
 {
+        if (bpf_capture)
+                return 0;
         if (selftest_family(AF_INET, why, whylen) < 0)
                 return -1;
         /* IPv6 may be disabled in a pod: only IPv4 is mandatory. */

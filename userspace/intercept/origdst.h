@@ -8,6 +8,8 @@
 
 #include <sys/socket.h>
 
+struct bpfcap;
+
 enum origdst_result {
 	ORIGDST_OK = 0,
 	ORIGDST_NOT_REDIRECTED, /* the socket reached us directly (dst == our listener) */
@@ -18,9 +20,15 @@ enum origdst_result {
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
 				struct sockaddr_storage *out);
 
+/* eBPF mode: answer from the capture's 4-tuple map first (the entry is
+ * consumed), then from the kernel as above. NULL returns to the kernel only.
+ * Set before the workers start; b must outlive them. */
+void origdst_use_bpf(struct bpfcap *b);
+
 /* Start-up self-test: proves the running kernel can answer SO_ORIGINAL_DST
  * (conntrack loaded, the nat table present). On failure fills why with what
- * to fix and returns -1. */
+ * to fix and returns -1. In eBPF mode, which does not need conntrack for
+ * outbound connections, it checks nothing and returns 0. */
 int origdst_selftest(char *why, size_t whylen);
 
 #endif

@@ -1,0 +1,86 @@
+/* Map keys and values shared by the BPF capture programs (bpf/capture.bpf.c)
+ * and userspace (userspace/intercept/bpfcap.c, shuntctl).
+ *
+ * Conventions: addresses are stored in network byte order in a 16-byte
+ * array (an IPv4 address in the first 4 bytes, the rest zero); ports in
+ * network byte order unless the field name ends in _host. Every struct has
+ * explicit padding so both compilers agree on the layout. */
+#ifndef SHUNT_CAPTURE_H
+#define SHUNT_CAPTURE_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define SHUNT_PIN_ROOT "/sys/fs/bpf/shunt"
+
+/* Map sizes: each is a hard bound. When one is full the connection takes
+ * the normal path (not captured, or not shortcut) and map_full is counted. */
+#define SHUNT_MAX_ORIGDST  65536
+#define SHUNT_MAX_SOCKETS  65536
+#define SHUNT_MAX_EXCLUDES 64
+
+#define SHUNT_UID_NONE 0xffffffffu
+
+/* Socket options answered by cgroup/getsockopt (from <linux/netfilter_ipv4.h>
+ * and <linux/netfilter_ipv6/ip6_tables.h>). */
+#define SHUNT_SO_ORIGINAL_DST 80
+#define SHUNT_SOL_IP          0
+#define SHUNT_SOL_IPV6        41
+
+#define SHUNT_AF_INET  2
+#define SHUNT_AF_INET6 10
+
+/* One TCP connection as seen from one of its sockets. */
+struct shunt_tuple {
+        __u8 saddr[16];
+        __u8 daddr[16];
+        __u16 sport; /* network order */
+        __u16 dport; /* network order */
+        __u16 family;
+        __u16 pad;
+};
+
+/* Where an application's connect() was going. */
+struct shunt_origdst {
+        __u8 addr[16];
+        __u16 port; /* network order */
+        __u16 family;
+        __u32 pid;        /* thread group that called connect() */
+        __u64 created_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) at connect() */
+};
+
+/* The daemon's settings, one element of shunt_config. */
+struct shunt_capture_config {
+        __u32 enabled;            /* 0: connect programs pass everything untouched */
+        __u32 mark;               /* SO_MARK of shuntd's sockets; 0 = none */
+        __u32 uid;                /* shuntd's uid, or SHUNT_UID_NONE */
+        __u16 outbound_port_host; /* where captured connects go (127.0.0.1 / ::1) */
+        __u16 shortcut;           /* 1: pair local sockets in the sockhash */
+};
+
+/* Key of shunt_exclude_cidrs (LPM trie): prefixlen counts the family byte
+ * (8 bits) plus the prefix. */
+struct shunt_cidr_key {
+        __u32 prefixlen;
+        __u8 family;
+        __u8 addr[16];
+};
+
+/* Per-CPU counters: one element; userspace sums the CPUs. */
+struct shunt_counters {
+        __u64 redirected;       /* connect() rewritten to the outbound listener */
+        __u64 skipped_own;      /* shuntd's own connects (mark or uid) */
+        __u64 skipped_excluded; /* loopback, excluded port or CIDR */
+        __u64 established;      /* original destination moved to its 4-tuple */
+        __u64 sockhash_added;   /* sockets paired for the shortcut */
+        __u64 shortcut_msgs;    /* sendmsg calls redirected to the peer socket */
+        __u64 shortcut_bytes;   /* bytes redirected */
+        __u64 shortcut_off;     /* sends that took the stack because the flag was off */
+        __u64 getsockopt_answered;
+        __u64 lookup_missed; /* an established captured socket with no cookie entry,
+                                or SO_ORIGINAL_DST asked for an unknown tuple */
+        __u64 map_full;      /* an insert failed: connection left on the normal path */
+};
+
+#endif

@@ -1,0 +1,709 @@
+/* eBPF capture (intercept/bpfcap.h, bpf/capture.bpf.c) on the running kernel.
+ *
+ * The process enters a private network namespace (only its own loopback
+ * carries traffic), loads and attaches the programs to a throwaway cgroup
+ * (/sys/fs/cgroup/unified/shunt-test-<pid>) with pins under a throwaway root
+ * (/sys/fs/bpf/shunt-test-<pid>), and runs every scenario in a forked child
+ * moved into that cgroup. Everything is removed at the end, also when a test
+ * fails. Needs root; skipped otherwise. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/sockaddr.h"
+#include "intercept/bpfcap.h"
+
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+
+#define MARK       0x539u
+#define EXCL_PORT  9999
+#define SHORT_CONN 1000
+
+static char g_cgroup[256];
+static char g_pins[256];
+static uint16_t g_port;
+static struct bpfcap *g_cap;
+static bool g_live;
+static char g_skip_why[1024];
+static struct cidr g_excl_cidr;
+
+/* ---- environment ------------------------------------------------------------ */
+
+static int lo_up(void)
+{
+        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (s < 0)
+                return -1;
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof(ifr));
+        snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+        int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+        if (rc == 0) {
+                ifr.ifr_flags |= IFF_UP;
+                rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+        }
+        close(s);
+        return rc;
+}
+
+static uint16_t free_port(void)
+{
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t l = sizeof(a);
+        if (s < 0 || bind(s, (void *)&a, sizeof(a)) < 0 || getsockname(s, (void *)&a, &l) < 0)
+                return 0;
+        close(s);
+        return ntohs(a.sin_port);
+}
+
+static void options(struct bpfcap_options *o)
+{
+        static uint16_t ports[] = {EXCL_PORT};
+        memset(o, 0, sizeof(*o));
+        o->pin_root = g_pins;
+        o->cgroup_path = g_cgroup;
+        o->outbound_port = g_port;
+        o->mark = MARK;
+        o->uid = SHUNT_UID_NONE;
+        o->shortcut = true;
+        o->exclude_ports = ports;
+        o->n_exclude_ports = 1;
+        o->exclude_cidrs = &g_excl_cidr;
+        o->n_exclude_cidrs = 1;
+}
+
+static int group_setup(void **state)
+{
+        if (geteuid() != 0) {
+                snprintf(g_skip_why, sizeof(g_skip_why), "not root");
+                return 0;
+        }
+        if (unshare(CLONE_NEWNET) < 0 || lo_up() < 0) {
+                snprintf(g_skip_why, sizeof(g_skip_why), "private network namespace: %s",
+                         strerror(errno));
+                return 0;
+        }
+        char why[256];
+        snprintf(g_cgroup, sizeof(g_cgroup), "/sys/fs/cgroup/unified/shunt-test-%d", (int)getpid());
+        snprintf(g_pins, sizeof(g_pins), "/sys/fs/bpf/shunt-test-%d", (int)getpid());
+        if (mkdir(g_cgroup, 0755) < 0) {
+                snprintf(g_skip_why, sizeof(g_skip_why), "mkdir %s: %s", g_cgroup, strerror(errno));
+                return 0;
+        }
+        if (bpfcap_probe(g_cgroup, why, sizeof(why)) < 0) {
+                snprintf(g_skip_why, sizeof(g_skip_why), "probe: %s", why);
+                rmdir(g_cgroup);
+                g_cgroup[0] = '\0';
+                return 0;
+        }
+        g_port = free_port();
+        assert_true(g_port != 0);
+        assert_int_equal(parse_cidr("10.99.0.0/16", &g_excl_cidr), 0);
+        struct bpfcap_options o;
+        options(&o);
+        char err[512];
+        g_cap = bpfcap_open(&o, err, sizeof(err));
+        if (!g_cap) {
+                fprintf(stderr, "bpfcap_open: %s\n", err);
+                return -1;
+        }
+        g_live = true;
+        return 0;
+}
+
+static int group_teardown(void **state)
+{
+        if (g_cap)
+                bpfcap_close(g_cap, true);
+        g_cap = NULL;
+        if (g_pins[0])
+                bpfcap_remove_pins(g_pins);
+        char other[300];
+        snprintf(other, sizeof(other), "%s/old", g_cgroup);
+        if (g_cgroup[0])
+                rmdir(other);
+        if (g_cgroup[0] && rmdir(g_cgroup) < 0 && errno != ENOENT)
+                fprintf(stderr, "rmdir %s: %s\n", g_cgroup, strerror(errno));
+        return 0;
+}
+
+#define LIVE()                                                                                     \
+        do {                                                                                       \
+                if (!g_live) {                                                                     \
+                        print_message("skipped: %s\n", g_skip_why);                                \
+                        skip();                                                                    \
+                }                                                                                  \
+        } while (0)
+
+/* ---- a child in the cgroup ------------------------------------------------------ */
+
+struct result {
+        int ok;        /* 1 when every step in the child worked */
+        char msg[256]; /* the first step that failed */
+        char orig_sockopt[64];
+        char orig_lookup[64];
+        char client_peer[64];
+        int n;
+};
+
+static void step_fail(struct result *r, const char *step)
+{
+        if (r->ok) {
+                r->ok = 0;
+                snprintf(r->msg, sizeof(r->msg), "%s: %s", step, strerror(errno));
+        }
+}
+
+static void fmt(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+        char a[INET6_ADDRSTRLEN] = "?";
+        if (ss->ss_family == AF_INET) {
+                const struct sockaddr_in *s = (const void *)ss;
+                inet_ntop(AF_INET, &s->sin_addr, a, sizeof(a));
+                snprintf(buf, len, "%s:%u", a, ntohs(s->sin_port));
+        } else if (ss->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *s = (const void *)ss;
+                inet_ntop(AF_INET6, &s->sin6_addr, a, sizeof(a));
+                snprintf(buf, len, "[%s]:%u", a, ntohs(s->sin6_port));
+        } else {
+                snprintf(buf, len, "family %d", ss->ss_family);
+        }
+}
+
+/* Runs fn in a child that first joins the test cgroup; returns its result. */
+static void in_cgroup(void (*fn)(struct result *, void *), void *arg, struct result *out)
+{
+        int p[2];
+        assert_int_equal(pipe(p), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                close(p[0]);
+                struct result r;
+                memset(&r, 0, sizeof(r));
+                r.ok = 1;
+                char procs[300];
+                snprintf(procs, sizeof(procs), "%s/cgroup.procs", g_cgroup);
+                int fd = open(procs, O_WRONLY | O_CLOEXEC);
+                if (fd < 0 || write(fd, "0\n", 2) != 2)
+                        step_fail(&r, "joining the cgroup");
+                else
+                        fn(&r, arg);
+                if (fd >= 0)
+                        close(fd);
+                ssize_t w = write(p[1], &r, sizeof(r));
+                _exit(w == (ssize_t)sizeof(r) ? 0 : 1);
+        }
+        close(p[1]);
+        memset(out, 0, sizeof(*out));
+        ssize_t n = read(p[0], out, sizeof(*out));
+        close(p[0]);
+        int status;
+        waitpid(pid, &status, 0);
+        assert_int_equal(n, (ssize_t)sizeof(*out));
+        if (!out->ok)
+                print_message("child: %s\n", out->msg);
+}
+
+static int listener(int family)
+{
+        struct sockaddr_storage ss;
+        sockaddr_from_string(family == AF_INET ? "127.0.0.1" : "::1", g_port, &ss);
+        int s = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int one = 1;
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (family == AF_INET6)
+                setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (s < 0 || bind(s, (void *)&ss, sockaddr_len(&ss)) < 0 || listen(s, 64) < 0) {
+                if (s >= 0)
+                        close(s);
+                return -1;
+        }
+        return s;
+}
+
+/* One captured connection: connect to dst (rewritten to our listener),
+ * accept, ask for the original destination both ways, exchange bytes. */
+static void one_conn(struct result *r, int ls, const char *ip, uint16_t port, bool check_lookup,
+                     bool exchange)
+{
+        struct sockaddr_storage dst, local, peer, orig;
+        sockaddr_from_string(ip, port, &dst);
+        int c = socket(dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c < 0 || connect(c, (void *)&dst, sockaddr_len(&dst)) < 0) {
+                step_fail(r, "connect");
+                if (c >= 0)
+                        close(c);
+                return;
+        }
+        socklen_t l = sizeof(peer);
+        getpeername(c, (void *)&peer, &l);
+        fmt(&peer, r->client_peer, sizeof(r->client_peer));
+        int a = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+        if (a < 0) {
+                step_fail(r, "accept");
+                close(c);
+                return;
+        }
+        socklen_t ol = sizeof(orig);
+        memset(&orig, 0, sizeof(orig));
+        int rc = dst.ss_family == AF_INET
+                     ? getsockopt(a, SOL_IP, SO_ORIGINAL_DST, &orig, &ol)
+                     : getsockopt(a, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &orig, &ol);
+        if (rc < 0)
+                step_fail(r, "getsockopt(SO_ORIGINAL_DST)");
+        else
+                fmt(&orig, r->orig_sockopt, sizeof(r->orig_sockopt));
+        if (check_lookup) {
+                l = sizeof(local);
+                getsockname(a, (void *)&local, &l);
+                l = sizeof(peer);
+                getpeername(a, (void *)&peer, &l);
+                rc = bpfcap_lookup(g_cap, &peer, &local, &orig, false);
+                if (rc < 0) {
+                        errno = -rc;
+                        step_fail(r, "bpfcap_lookup");
+                } else {
+                        fmt(&orig, r->orig_lookup, sizeof(r->orig_lookup));
+                }
+        }
+        if (exchange) {
+                /* Both ends are in the cgroup, so both are paired: these
+                 * bytes take the sk_msg shortcut. */
+                char buf[4096], got[4096];
+                memset(buf, 'x', sizeof(buf));
+                for (int i = 0; i < 16 && r->ok; i++) {
+                        if (send(c, buf, sizeof(buf), 0) != (ssize_t)sizeof(buf))
+                                step_fail(r, "send app->proxy");
+                        size_t have = 0;
+                        while (have < sizeof(got) && r->ok) {
+                                ssize_t n = recv(a, got + have, sizeof(got) - have, 0);
+                                if (n <= 0)
+                                        step_fail(r, "recv at proxy");
+                                else
+                                        have += (size_t)n;
+                        }
+                        if (r->ok && send(a, got, have, 0) != (ssize_t)have)
+                                step_fail(r, "send proxy->app");
+                        have = 0;
+                        while (have < sizeof(got) && r->ok) {
+                                ssize_t n = recv(c, got + have, sizeof(got) - have, 0);
+                                if (n <= 0)
+                                        step_fail(r, "recv at app");
+                                else
+                                        have += (size_t)n;
+                        }
+                        if (r->ok && memcmp(got, buf, sizeof(buf)) != 0) {
+                                errno = EIO;
+                                step_fail(r, "echoed bytes differ");
+                        }
+                }
+        }
+        close(c);
+        close(a);
+}
+
+static void child_v4(struct result *r, void *arg)
+{
+        int ls = listener(AF_INET);
+        if (ls < 0) {
+                step_fail(r, "listen");
+                return;
+        }
+        one_conn(r, ls, "10.200.0.1", 8080, true, true);
+        close(ls);
+}
+
+static void child_v6(struct result *r, void *arg)
+{
+        int ls = listener(AF_INET6);
+        if (ls < 0) {
+                step_fail(r, "listen v6");
+                return;
+        }
+        one_conn(r, ls, "fd00:1::5", 443, true, true);
+        close(ls);
+}
+
+static void port_text(char *buf, size_t len, const char *addr, uint16_t port)
+{
+        snprintf(buf, len, "%s:%u", addr, port);
+}
+
+static void test_ipv4_capture(void **state)
+{
+        LIVE();
+        struct shunt_counters before, after;
+        assert_int_equal(bpfcap_counters(g_cap, &before), 0);
+        struct result r;
+        in_cgroup(child_v4, NULL, &r);
+        assert_true(r.ok);
+        char want[64];
+        port_text(want, sizeof(want), "127.0.0.1", g_port);
+        assert_string_equal(r.client_peer, want); /* the connect went to the listener */
+        assert_string_equal(r.orig_sockopt, "10.200.0.1:8080");
+        assert_string_equal(r.orig_lookup, "10.200.0.1:8080");
+        assert_int_equal(bpfcap_counters(g_cap, &after), 0);
+        assert_true(after.redirected >= before.redirected + 1);
+        assert_true(after.established >= before.established + 1);
+        assert_true(after.getsockopt_answered >= before.getsockopt_answered + 1);
+        assert_true(after.sockhash_added >= before.sockhash_added + 2);
+        /* 16 x 4 KiB each way went through the shortcut. */
+        assert_true(after.shortcut_bytes >= before.shortcut_bytes + 2 * 16 * 4096);
+        assert_true(after.shortcut_msgs > before.shortcut_msgs);
+}
+
+static void test_ipv6_capture(void **state)
+{
+        LIVE();
+        struct result r;
+        in_cgroup(child_v6, NULL, &r);
+        assert_true(r.ok);
+        char want[64];
+        snprintf(want, sizeof(want), "[::1]:%u", g_port);
+        assert_string_equal(r.client_peer, want);
+        assert_string_equal(r.orig_sockopt, "[fd00:1::5]:443");
+        assert_string_equal(r.orig_lookup, "[fd00:1::5]:443");
+}
+
+/* Connects that must not be captured: a socket with shuntd's mark, an
+ * excluded port, an excluded CIDR. None may reach the listener. */
+static void child_not_captured(struct result *r, void *arg)
+{
+        int ls = listener(AF_INET);
+        if (ls < 0) {
+                step_fail(r, "listen");
+                return;
+        }
+        const struct {
+                const char *ip;
+                uint16_t port;
+                bool mark;
+        } cases[] = {
+            {"10.200.0.1", 8080, true}, {"10.200.0.1", EXCL_PORT, false}, {"10.99.3.4", 80, false}};
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct sockaddr_storage dst;
+                sockaddr_from_string(cases[i].ip, cases[i].port, &dst);
+                int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                uint32_t mark = MARK;
+                if (cases[i].mark && setsockopt(c, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
+                        step_fail(r, "SO_MARK");
+                /* In this namespace only lo is up: an uncaptured connect to
+                 * 10.x fails at once (ENETUNREACH), a captured one would
+                 * reach the listener. */
+                int rc = connect(c, (void *)&dst, sockaddr_len(&dst));
+                if (rc == 0 || errno != ENETUNREACH) {
+                        errno = rc == 0 ? EISCONN : errno;
+                        r->n = (int)i;
+                        step_fail(r, "an excluded connect was not left alone");
+                }
+                uint64_t cookie = 0;
+                socklen_t cl = sizeof(cookie);
+                struct shunt_origdst od;
+                if (getsockopt(c, SOL_SOCKET, SO_COOKIE, &cookie, &cl) < 0)
+                        step_fail(r, "SO_COOKIE");
+                else if (bpf_map_lookup_elem(bpfcap_map_fd(g_cap, BPFCAP_ORIG_BY_COOKIE), &cookie,
+                                             &od) == 0) {
+                        errno = EEXIST;
+                        step_fail(r, "an excluded socket has a cookie entry");
+                }
+                close(c);
+        }
+        struct pollfd pfd = {.fd = ls, .events = POLLIN};
+        if (poll(&pfd, 1, 100) != 0) {
+                errno = EISCONN;
+                step_fail(r, "the listener got a connection");
+        }
+        close(ls);
+}
+
+static void test_not_captured(void **state)
+{
+        LIVE();
+        struct shunt_counters before, after;
+        assert_int_equal(bpfcap_counters(g_cap, &before), 0);
+        struct result r;
+        in_cgroup(child_not_captured, NULL, &r);
+        assert_true(r.ok);
+        assert_int_equal(bpfcap_counters(g_cap, &after), 0);
+        assert_int_equal(after.redirected, before.redirected);
+        assert_int_equal(after.skipped_own, before.skipped_own + 1);
+        assert_int_equal(after.skipped_excluded, before.skipped_excluded + 2);
+}
+
+/* Not in the cgroup: nothing is captured at all. */
+static void test_outside_cgroup_untouched(void **state)
+{
+        LIVE();
+        struct sockaddr_storage dst;
+        sockaddr_from_string("10.200.0.1", 8080, &dst);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(c >= 0);
+        assert_int_equal(connect(c, (void *)&dst, sockaddr_len(&dst)), -1);
+        assert_int_equal(errno, ENETUNREACH);
+        close(c);
+}
+
+static void child_many(struct result *r, void *arg)
+{
+        int ls = listener(AF_INET);
+        int ls6 = listener(AF_INET6);
+        if (ls < 0 || ls6 < 0) {
+                step_fail(r, "listen");
+                return;
+        }
+        for (int i = 0; i < SHORT_CONN && r->ok; i++) {
+                bool v6 = i % 4 == 3;
+                one_conn(r, v6 ? ls6 : ls, v6 ? "fd00:1::7" : "10.200.0.2", (uint16_t)(1000 + i),
+                         false, false);
+                char want[64];
+                if (v6)
+                        snprintf(want, sizeof(want), "[fd00:1::7]:%u", 1000 + i);
+                else
+                        snprintf(want, sizeof(want), "10.200.0.2:%u", 1000 + i);
+                if (r->ok && strcmp(r->orig_sockopt, want) != 0) {
+                        errno = EINVAL;
+                        snprintf(r->msg, sizeof(r->msg), "connection %d: got %s, want %s", i,
+                                 r->orig_sockopt, want);
+                        r->ok = 0;
+                }
+                r->n = i + 1;
+        }
+        close(ls);
+        close(ls6);
+}
+
+static long entries_settled(enum bpfcap_map m)
+{
+        long n = -1;
+        for (int i = 0; i < 100; i++) { /* up to 2 s for the last closes */
+                n = bpfcap_map_entries(g_cap, m);
+                if (n == 0)
+                        break;
+                struct timespec ts = {0, 20 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+        }
+        return n;
+}
+
+static void test_no_entries_left(void **state)
+{
+        LIVE();
+        struct shunt_counters before, after;
+        assert_int_equal(bpfcap_counters(g_cap, &before), 0);
+        struct result r;
+        in_cgroup(child_many, NULL, &r);
+        assert_true(r.ok);
+        assert_int_equal(r.n, SHORT_CONN);
+        assert_int_equal(bpfcap_counters(g_cap, &after), 0);
+        assert_int_equal(after.redirected - before.redirected, SHORT_CONN);
+        assert_int_equal(after.getsockopt_answered - before.getsockopt_answered, SHORT_CONN);
+        assert_int_equal(after.map_full, before.map_full);
+        assert_int_equal(entries_settled(BPFCAP_ORIG_BY_COOKIE), 0);
+        assert_int_equal(entries_settled(BPFCAP_ORIG_BY_TUPLE), 0);
+        assert_int_equal(entries_settled(BPFCAP_SOCKHASH), 0);
+        assert_int_equal(entries_settled(BPFCAP_SHORTCUT_OFF), 0);
+}
+
+/* The shortcut flag: off, the bytes take the TCP stack and are counted so. */
+static void child_flag(struct result *r, void *arg)
+{
+        int ls = listener(AF_INET);
+        struct sockaddr_storage dst;
+        sockaddr_from_string("10.200.0.1", 8080, &dst);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (ls < 0 || c < 0 || connect(c, (void *)&dst, sockaddr_len(&dst)) < 0) {
+                step_fail(r, "connect");
+                return;
+        }
+        int a = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+        int rc = bpfcap_shortcut_set(g_cap, a, false);
+        if (rc < 0) {
+                errno = -rc;
+                step_fail(r, "bpfcap_shortcut_set off");
+        }
+        r->n = (int)bpfcap_map_entries(g_cap, BPFCAP_SHORTCUT_OFF);
+        char buf[100] = "ping", got[100];
+        if (send(c, buf, 4, 0) != 4 || recv(a, got, sizeof(got), 0) != 4)
+                step_fail(r, "exchange with the shortcut off");
+        close(c);
+        close(a);
+        close(ls);
+}
+
+static void test_shortcut_flag(void **state)
+{
+        LIVE();
+        struct shunt_counters before, after;
+        assert_int_equal(bpfcap_counters(g_cap, &before), 0);
+        struct result r;
+        in_cgroup(child_flag, NULL, &r);
+        assert_true(r.ok);
+        assert_int_equal(r.n, 2); /* both directions */
+        assert_int_equal(bpfcap_counters(g_cap, &after), 0);
+        assert_int_equal(after.shortcut_bytes, before.shortcut_bytes);
+        assert_true(after.shortcut_off >= before.shortcut_off + 1);
+        /* Closing removed the flags. */
+        assert_int_equal(entries_settled(BPFCAP_SHORTCUT_OFF), 0);
+}
+
+/* ---- pins ---------------------------------------------------------------------- */
+
+static bool exists(const char *dir, const char *name)
+{
+        char p[512];
+        struct stat st;
+        snprintf(p, sizeof(p), "%s/%s", dir, name);
+        return stat(p, &st) == 0;
+}
+
+static const char *const pinned[] = {
+    "shunt_orig_by_cookie", "shunt_orig_by_tuple", "shunt_sockhash",      "shunt_shortcut_off",
+    "shunt_config",         "shunt_exclude_ports", "shunt_exclude_cidrs", "shunt_counters",
+    "link_connect4",        "link_connect6",       "link_sockops",        "link_getsockopt",
+};
+
+/* bpftool, a real reader of the pins, prints the counters by name. */
+static void test_pins_and_bpftool(void **state)
+{
+        LIVE();
+        for (size_t i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++)
+                assert_true(exists(g_pins, pinned[i]));
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "bpftool map dump pinned %s/shunt_counters 2>&1", g_pins);
+        FILE *f = popen(cmd, "r");
+        assert_non_null(f);
+        char out[65536];
+        size_t n = fread(out, 1, sizeof(out) - 1, f);
+        out[n] = '\0';
+        assert_int_equal(pclose(f), 0);
+        assert_non_null(strstr(out, "\"redirected\": "));
+        assert_non_null(strstr(out, "\"shortcut_bytes\": "));
+}
+
+/* A restart: close without detaching leaves capture running on the pins;
+ * the next open reuses them in place; a clean close removes everything and
+ * capture stops. */
+static void test_restart_and_clean_exit(void **state)
+{
+        LIVE();
+        bpfcap_close(g_cap, false);
+        g_cap = NULL;
+        for (size_t i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++)
+                assert_true(exists(g_pins, pinned[i]));
+        struct bpfcap_options o;
+        options(&o);
+        char err[512];
+        g_cap = bpfcap_open(&o, err, sizeof(err));
+        assert_non_null(g_cap);
+        /* The counters survived: the maps were reused, not recreated. */
+        struct shunt_counters c;
+        assert_int_equal(bpfcap_counters(g_cap, &c), 0);
+        assert_true(c.redirected >= SHORT_CONN);
+        struct result r;
+        in_cgroup(child_v4, NULL, &r);
+        assert_true(r.ok);
+        assert_string_equal(r.orig_sockopt, "10.200.0.1:8080");
+
+        bpfcap_close(g_cap, true);
+        g_cap = NULL;
+        struct stat st;
+        assert_int_equal(stat(g_pins, &st), -1);
+        assert_int_equal(errno, ENOENT);
+}
+
+static void test_stale_pins_replaced(void **state)
+{
+        LIVE();
+        /* A "crashed" run attached to another cgroup. */
+        char other[300];
+        snprintf(other, sizeof(other), "%s/old", g_cgroup);
+        assert_int_equal(mkdir(other, 0755), 0);
+        struct bpfcap_options o;
+        options(&o);
+        o.cgroup_path = other;
+        char err[512];
+        struct bpfcap *old = bpfcap_open(&o, err, sizeof(err));
+        assert_non_null(old);
+        bpfcap_close(old, false); /* as if killed: pins stay */
+        options(&o);
+        g_cap = bpfcap_open(&o, err, sizeof(err));
+        assert_non_null(g_cap);
+        /* The link now serves the configured cgroup. */
+        struct result r;
+        in_cgroup(child_v4, NULL, &r);
+        assert_true(r.ok);
+        assert_string_equal(r.orig_sockopt, "10.200.0.1:8080");
+        /* Nothing is attached to the old cgroup any more. */
+        int cfd = open(other, O_RDONLY | O_DIRECTORY);
+        assert_true(cfd >= 0);
+        uint32_t ids[4], cnt = 4;
+        assert_int_equal(bpf_prog_query(cfd, BPF_CGROUP_INET4_CONNECT, 0, NULL, ids, &cnt), 0);
+        assert_int_equal(cnt, 0);
+        close(cfd);
+        assert_int_equal(rmdir(other), 0);
+}
+
+static void test_probe_refused(void **state)
+{
+        char why[256];
+        setenv("SHUNT_BPF_REFUSE", "1", 1);
+        assert_int_equal(bpfcap_probe("/sys/fs/cgroup/unified", why, sizeof(why)), -1);
+        unsetenv("SHUNT_BPF_REFUSE");
+        assert_non_null(strstr(why, "refused"));
+        assert_int_equal(bpfcap_probe("/nonexistent-cgroup", why, sizeof(why)), -1);
+        assert_non_null(strstr(why, "/nonexistent-cgroup"));
+        assert_int_equal(bpfcap_probe("/tmp", why, sizeof(why)), -1);
+        assert_non_null(strstr(why, "not a cgroup v2"));
+        assert_int_equal(bpfcap_probe("", why, sizeof(why)), -1);
+        assert_non_null(strstr(why, "redirect_cgroup is not set"));
+}
+
+int main(void)
+{
+        log_set_level(LOG_WARN);
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_probe_refused),
+            cmocka_unit_test(test_ipv4_capture),
+            cmocka_unit_test(test_ipv6_capture),
+            cmocka_unit_test(test_not_captured),
+            cmocka_unit_test(test_outside_cgroup_untouched),
+            cmocka_unit_test(test_no_entries_left),
+            cmocka_unit_test(test_shortcut_flag),
+            cmocka_unit_test(test_pins_and_bpftool),
+            cmocka_unit_test(test_restart_and_clean_exit),
+            cmocka_unit_test(test_stale_pins_replaced),
+        };
+        return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,708 @@
+/* eBPF capture loader: see bpfcap.h and bpf/capture.bpf.c. */
+#include "intercept/bpfcap.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include "capture.skel.h"
+#include "core/log.h"
+#include "core/prom.h"
+
+#define PIN_PATH_MAX 512
+
+/* The cgroup links, each pinned as <root>/link_<name>. */
+struct link_desc {
+        const char *name;
+        enum bpf_attach_type type;
+};
+static const struct link_desc link_descs[] = {
+    {"connect4", BPF_CGROUP_INET4_CONNECT},
+    {"connect6", BPF_CGROUP_INET6_CONNECT},
+    {"sockops", BPF_CGROUP_SOCK_OPS},
+    {"getsockopt", BPF_CGROUP_GETSOCKOPT},
+};
+#define N_LINKS (sizeof(link_descs) / sizeof(link_descs[0]))
+
+struct bpfcap {
+        struct shunt_capture *skel;
+        char pin_root[PIN_PATH_MAX];
+        int cgroup_fd;
+        int link_fds[N_LINKS];
+        bool msg_attached;
+};
+
+/* ---- libbpf messages into our log ------------------------------------------ */
+
+static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+        if (level == LIBBPF_DEBUG && !log_enabled(LOG_DEBUG))
+                return 0;
+        char line[1024];
+        vsnprintf(line, sizeof(line), fmt, ap);
+        size_t n = strlen(line);
+        while (n && line[n - 1] == '\n')
+                line[--n] = '\0';
+        if (n == 0)
+                return 0;
+        if (level == LIBBPF_WARN)
+                log_warn("bpf", 0, "libbpf: %s", line);
+        else
+                log_debug("bpf", 0, "libbpf: %s", line);
+        return 0;
+}
+
+static void libbpf_setup(void)
+{
+        static bool done;
+        if (!done) {
+                libbpf_set_print(libbpf_log);
+                done = true;
+        }
+}
+
+/* ---- options ------------------------------------------------------------------ */
+
+void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_config *cfg,
+                                uint32_t uid)
+{
+        memset(o, 0, sizeof(*o));
+        o->pin_root = cfg->bpf_pin_root[0] ? cfg->bpf_pin_root : SHUNT_PIN_ROOT;
+        o->cgroup_path = cfg->redirect_cgroup;
+        o->outbound_port = cfg->outbound_port;
+        o->mark = cfg->proxy_mark;
+        o->uid = cfg->proxy_uid >= 0 ? (uint32_t)cfg->proxy_uid : uid;
+        o->shortcut = true;
+        o->exclude_ports = cfg->exclude_outbound_ports;
+        o->n_exclude_ports = cfg->n_exclude_outbound_ports;
+        o->exclude_cidrs = cfg->exclude_outbound_cidrs;
+        o->n_exclude_cidrs = cfg->n_exclude_outbound_cidrs;
+}
+
+/* ---- probe ------------------------------------------------------------------------ */
+
+static int check_cgroup(const char *path, char *why, size_t whylen)
+{
+        struct statfs sf;
+        if (!path || !*path) {
+                snprintf(why, whylen, "redirect_cgroup is not set (the workload's cgroup v2 path)");
+                return -EINVAL;
+        }
+        if (statfs(path, &sf) < 0) {
+                int e = errno;
+                snprintf(why, whylen, "redirect_cgroup %s: %s", path, strerror(e));
+                return -e;
+        }
+        if (sf.f_type != CGROUP2_SUPER_MAGIC) {
+                snprintf(why, whylen, "redirect_cgroup %s: not a cgroup v2 directory", path);
+                return -ENOTDIR;
+        }
+        return 0;
+}
+
+int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
+{
+        libbpf_setup();
+        const char *refuse = getenv("SHUNT_BPF_REFUSE");
+        if (refuse && *refuse && strcmp(refuse, "0") != 0) {
+                snprintf(why, whylen,
+                         "BPF program load refused: Operation not permitted (simulated: "
+                         "SHUNT_BPF_REFUSE is set)");
+                return -1;
+        }
+        static const struct {
+                enum bpf_prog_type type;
+                const char *name;
+        } progs[] = {
+            {BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "cgroup/connect"},
+            {BPF_PROG_TYPE_SOCK_OPS, "sockops"},
+            {BPF_PROG_TYPE_SK_MSG, "sk_msg"},
+            {BPF_PROG_TYPE_CGROUP_SOCKOPT, "cgroup/getsockopt"},
+        };
+        for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++) {
+                int rc = libbpf_probe_bpf_prog_type(progs[i].type, NULL);
+                if (rc <= 0) {
+                        snprintf(why, whylen, "BPF program type %s: %s", progs[i].name,
+                                 rc == 0 ? "not supported by this kernel" : strerror(-rc));
+                        return -1;
+                }
+        }
+        static const struct {
+                enum bpf_map_type type;
+                const char *name;
+        } maps[] = {
+            {BPF_MAP_TYPE_SOCKHASH, "sockhash"},
+            {BPF_MAP_TYPE_LPM_TRIE, "lpm_trie"},
+            {BPF_MAP_TYPE_PERCPU_ARRAY, "percpu_array"},
+        };
+        for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+                int rc = libbpf_probe_bpf_map_type(maps[i].type, NULL);
+                if (rc <= 0) {
+                        snprintf(why, whylen, "BPF map type %s: %s", maps[i].name,
+                                 rc == 0 ? "not supported by this kernel" : strerror(-rc));
+                        return -1;
+                }
+        }
+        static const struct {
+                enum bpf_prog_type prog;
+                enum bpf_func_id helper;
+                const char *name;
+        } helpers[] = {
+            {BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_socket_cookie, "get_socket_cookie"},
+            {BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_current_uid_gid, "get_current_uid_gid"},
+            {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_get_socket_cookie, "get_socket_cookie (sockops)"},
+            {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_hash_update, "sock_hash_update"},
+            {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_ops_cb_flags_set, "sock_ops_cb_flags_set"},
+            {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_msg_redirect_hash, "msg_redirect_hash"},
+        };
+        for (size_t i = 0; i < sizeof(helpers) / sizeof(helpers[0]); i++) {
+                int rc = libbpf_probe_bpf_helper(helpers[i].prog, helpers[i].helper, NULL);
+                if (rc <= 0) {
+                        snprintf(why, whylen, "BPF helper %s: %s", helpers[i].name,
+                                 rc == 0 ? "not available" : strerror(-rc));
+                        return -1;
+                }
+        }
+        return check_cgroup(cgroup_path, why, whylen) < 0 ? -1 : 0;
+}
+
+/* ---- pins ---------------------------------------------------------------------------- */
+
+static int pin_path(char *buf, size_t len, const char *root, const char *prefix, const char *name)
+{
+        int n = snprintf(buf, len, "%s/%s%s", root, prefix, name);
+        return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* The pin root must be on a bpffs; when its parent is /sys/fs/bpf and no bpffs
+ * is mounted there, mount one (as systemd does on most distributions). */
+static int ensure_pin_root(const char *root, char *err, size_t errlen)
+{
+        char parent[PIN_PATH_MAX];
+        if (!root || root[0] != '/' || strlen(root) >= sizeof(parent)) {
+                snprintf(err, errlen, "bpf_pin_root %s: must be an absolute path under a bpffs",
+                         root ? root : "(null)");
+                return -EINVAL;
+        }
+        snprintf(parent, sizeof(parent), "%s", root);
+        char *slash = strrchr(parent, '/');
+        if (slash == parent)
+                slash[1] = '\0';
+        else
+                *slash = '\0';
+        struct statfs sf;
+        if (statfs(parent, &sf) < 0) {
+                int e = errno;
+                snprintf(err, errlen, "bpf_pin_root %s: %s: %s", root, parent, strerror(e));
+                return -e;
+        }
+        if (sf.f_type != BPF_FS_MAGIC) {
+                if (strcmp(parent, "/sys/fs/bpf") != 0) {
+                        snprintf(err, errlen, "bpf_pin_root %s: %s is not a bpffs", root, parent);
+                        return -EINVAL;
+                }
+                if (mount("bpf", parent, "bpf", 0, "mode=0700") < 0) {
+                        int e = errno;
+                        snprintf(err, errlen, "bpf_pin_root %s: mounting bpffs on %s: %s", root,
+                                 parent, strerror(e));
+                        return -e;
+                }
+                log_info("bpf", 0, "mounted bpffs on %s", parent);
+        }
+        if (mkdir(root, 0700) < 0 && errno != EEXIST) {
+                int e = errno;
+                snprintf(err, errlen, "bpf_pin_root %s: %s", root, strerror(e));
+                return -e;
+        }
+        return 0;
+}
+
+int bpfcap_remove_pins(const char *pin_root)
+{
+        char path[PIN_PATH_MAX];
+        for (size_t i = 0; i < N_LINKS; i++) {
+                if (pin_path(path, sizeof(path), pin_root, "link_", link_descs[i].name) < 0)
+                        return -ENAMETOOLONG;
+                int fd = bpf_obj_get(path);
+                if (fd >= 0) {
+                        bpf_link_detach(fd);
+                        close(fd);
+                }
+                if (unlink(path) < 0 && errno != ENOENT)
+                        log_warn("bpf", 0, "removing %s: %s", path, strerror(errno));
+        }
+        /* The sk_msg program is attached to the sockhash: it goes with the map. */
+        static const char *const maps[] = {
+            "shunt_orig_by_cookie", "shunt_orig_by_tuple", "shunt_sockhash",
+            "shunt_shortcut_off",   "shunt_config",        "shunt_exclude_ports",
+            "shunt_exclude_cidrs",  "shunt_counters",
+        };
+        for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+                if (pin_path(path, sizeof(path), pin_root, "", maps[i]) < 0)
+                        return -ENAMETOOLONG;
+                if (unlink(path) < 0 && errno != ENOENT)
+                        log_warn("bpf", 0, "removing %s: %s", path, strerror(errno));
+        }
+        if (rmdir(pin_root) < 0 && errno != ENOENT) {
+                int e = errno;
+                log_warn("bpf", 0, "removing %s: %s (something else is pinned there)", pin_root,
+                         strerror(e));
+                return -e;
+        }
+        return 0;
+}
+
+static int set_pin_paths(struct shunt_capture *skel, const char *root)
+{
+        struct bpf_map *m;
+        char path[PIN_PATH_MAX];
+        bpf_object__for_each_map(m, skel->obj)
+        {
+                if (pin_path(path, sizeof(path), root, "", bpf_map__name(m)) < 0)
+                        return -ENAMETOOLONG;
+                int rc = bpf_map__set_pin_path(m, path);
+                if (rc < 0)
+                        return rc;
+        }
+        return 0;
+}
+
+/* Opens and loads the skeleton with its maps pinned under root; pinned maps
+ * of a previous run are reused so live connections keep their entries. */
+static struct shunt_capture *load(const char *root, bool *reused, char *err, size_t errlen)
+{
+        for (int attempt = 0; attempt < 2; attempt++) {
+                struct shunt_capture *skel = shunt_capture__open();
+                if (!skel) {
+                        snprintf(err, errlen, "opening the BPF object: %s", strerror(errno));
+                        return NULL;
+                }
+                int rc = set_pin_paths(skel, root);
+                if (rc == 0)
+                        rc = shunt_capture__load(skel);
+                if (rc == 0) {
+                        *reused = attempt == 0;
+                        return skel;
+                }
+                shunt_capture__destroy(skel);
+                if (attempt == 0 && rc != -EPERM && rc != -EACCES) {
+                        /* Maybe pins of an incompatible build: start clean. */
+                        log_warn("bpf", 0,
+                                 "loading with the pins in %s failed (%s): removing them and "
+                                 "retrying",
+                                 root, strerror(-rc));
+                        bpfcap_remove_pins(root);
+                        if (mkdir(root, 0700) < 0 && errno != EEXIST) {
+                                snprintf(err, errlen, "bpf_pin_root %s: %s", root, strerror(errno));
+                                return NULL;
+                        }
+                        continue;
+                }
+                snprintf(err, errlen, "loading the BPF programs: %s", strerror(-rc));
+                return NULL;
+        }
+        return NULL;
+}
+
+static uint64_t cgroup_id(int cgroup_fd)
+{
+        struct stat st;
+        return fstat(cgroup_fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+/* Attaches prog to the cgroup through the pinned link path: a pinned link
+ * on the same cgroup and hook gets the new program in place (no moment
+ * without capture); anything else there is detached and replaced. */
+static int attach_link(struct bpfcap *b, size_t i, int prog_fd, char *err, size_t errlen)
+{
+        char path[PIN_PATH_MAX];
+        if (pin_path(path, sizeof(path), b->pin_root, "link_", link_descs[i].name) < 0) {
+                snprintf(err, errlen, "bpf_pin_root %s: path too long", b->pin_root);
+                return -ENAMETOOLONG;
+        }
+        int fd = bpf_obj_get(path);
+        if (fd >= 0) {
+                struct bpf_link_info info;
+                uint32_t len = sizeof(info);
+                memset(&info, 0, sizeof(info));
+                if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
+                    info.type == BPF_LINK_TYPE_CGROUP &&
+                    info.cgroup.cgroup_id == cgroup_id(b->cgroup_fd) &&
+                    info.cgroup.attach_type == link_descs[i].type &&
+                    bpf_link_update(fd, prog_fd, NULL) == 0) {
+                        b->link_fds[i] = fd;
+                        log_info("bpf", 0, "%s: pinned link reused, program replaced in place",
+                                 link_descs[i].name);
+                        return 0;
+                }
+                log_warn("bpf", 0, "%s: stale pinned link %s replaced", link_descs[i].name, path);
+                bpf_link_detach(fd);
+                close(fd);
+                unlink(path);
+        }
+        fd = bpf_link_create(prog_fd, b->cgroup_fd, link_descs[i].type, NULL);
+        if (fd < 0) {
+                int e = errno;
+                snprintf(err, errlen, "attaching %s to cgroup %s: %s", link_descs[i].name,
+                         b->pin_root, strerror(e));
+                return -e;
+        }
+        if (bpf_obj_pin(fd, path) < 0) {
+                int e = errno;
+                snprintf(err, errlen, "pinning %s: %s", path, strerror(e));
+                bpf_link_detach(fd);
+                close(fd);
+                return -e;
+        }
+        b->link_fds[i] = fd;
+        return 0;
+}
+
+static int prog_fd_for(struct bpfcap *b, size_t i)
+{
+        struct shunt_capture *s = b->skel;
+        struct bpf_program *p[N_LINKS] = {s->progs.shunt_connect4, s->progs.shunt_connect6,
+                                          s->progs.shunt_sockops, s->progs.shunt_getsockopt};
+        return bpf_program__fd(p[i]);
+}
+
+/* ---- configuration maps ---------------------------------------------------------------- */
+
+static void clear_map(int fd, size_t key_size)
+{
+        unsigned char key[64], next[64];
+        if (key_size > sizeof(key))
+                return;
+        /* Bounded: at most the map's own capacity of deletions. */
+        for (int i = 0; i < SHUNT_MAX_EXCLUDES * 2; i++) {
+                if (bpf_map_get_next_key(fd, NULL, next) < 0)
+                        break;
+                memcpy(key, next, key_size);
+                bpf_map_delete_elem(fd, key);
+        }
+}
+
+int bpfcap_configure(struct bpfcap *b, const struct bpfcap_options *o, char *err, size_t errlen)
+{
+        struct shunt_capture *s = b->skel;
+        int ports_fd = bpf_map__fd(s->maps.shunt_exclude_ports);
+        int cidrs_fd = bpf_map__fd(s->maps.shunt_exclude_cidrs);
+        if (o->n_exclude_ports > SHUNT_MAX_EXCLUDES || o->n_exclude_cidrs > SHUNT_MAX_EXCLUDES) {
+                snprintf(err, errlen, "more than %d excluded ports or CIDRs", SHUNT_MAX_EXCLUDES);
+                return -E2BIG;
+        }
+        clear_map(ports_fd, sizeof(uint16_t));
+        clear_map(cidrs_fd, sizeof(struct shunt_cidr_key));
+        uint8_t one = 1;
+        for (size_t i = 0; i < o->n_exclude_ports; i++) {
+                uint16_t port = o->exclude_ports[i];
+                if (bpf_map_update_elem(ports_fd, &port, &one, BPF_ANY) < 0) {
+                        int e = errno;
+                        snprintf(err, errlen, "excluded port %u: %s", port, strerror(e));
+                        return -e;
+                }
+        }
+        for (size_t i = 0; i < o->n_exclude_cidrs; i++) {
+                const struct cidr *c = &o->exclude_cidrs[i];
+                struct shunt_cidr_key k;
+                memset(&k, 0, sizeof(k));
+                k.family = c->family == AF_INET ? SHUNT_AF_INET : SHUNT_AF_INET6;
+                k.prefixlen = 8u + c->prefix_len;
+                memcpy(k.addr, &c->addr, c->family == AF_INET ? 4 : 16);
+                if (bpf_map_update_elem(cidrs_fd, &k, &one, BPF_ANY) < 0) {
+                        int e = errno;
+                        snprintf(err, errlen, "excluded CIDR #%zu: %s", i, strerror(e));
+                        return -e;
+                }
+        }
+        struct shunt_capture_config cfg = {
+            .enabled = 1,
+            .mark = o->mark,
+            .uid = o->uid,
+            .outbound_port_host = o->outbound_port,
+            .shortcut = o->shortcut ? 1 : 0,
+        };
+        uint32_t zero = 0;
+        if (bpf_map_update_elem(bpf_map__fd(s->maps.shunt_config), &zero, &cfg, BPF_ANY) < 0) {
+                int e = errno;
+                snprintf(err, errlen, "writing the capture configuration: %s", strerror(e));
+                return -e;
+        }
+        return 0;
+}
+
+/* ---- open / close -------------------------------------------------------------------------- */
+
+struct bpfcap *bpfcap_open(const struct bpfcap_options *o, char *err, size_t errlen)
+{
+        libbpf_setup();
+        if (check_cgroup(o->cgroup_path, err, errlen) < 0)
+                return NULL;
+        if (o->outbound_port == 0) {
+                snprintf(err, errlen, "outbound_port 0: captured connections need a listener");
+                return NULL;
+        }
+        struct bpfcap *b = calloc(1, sizeof(*b));
+        if (!b) {
+                snprintf(err, errlen, "out of memory");
+                return NULL;
+        }
+        b->cgroup_fd = -1;
+        for (size_t i = 0; i < N_LINKS; i++)
+                b->link_fds[i] = -1;
+        if (strlen(o->pin_root) >= sizeof(b->pin_root)) {
+                snprintf(err, errlen, "bpf_pin_root %s: too long", o->pin_root);
+                goto fail;
+        }
+        snprintf(b->pin_root, sizeof(b->pin_root), "%s", o->pin_root);
+        if (ensure_pin_root(b->pin_root, err, errlen) < 0)
+                goto fail;
+        b->cgroup_fd = open(o->cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (b->cgroup_fd < 0) {
+                snprintf(err, errlen, "redirect_cgroup %s: %s", o->cgroup_path, strerror(errno));
+                goto fail;
+        }
+        bool reused = false;
+        b->skel = load(b->pin_root, &reused, err, errlen);
+        if (!b->skel)
+                goto fail;
+        if (bpfcap_configure(b, o, err, errlen) < 0)
+                goto fail;
+        /* sk_msg before sockops: a socket paired by sockops must find the
+         * verdict program already on the map. */
+        if (bpf_prog_attach(bpf_program__fd(b->skel->progs.shunt_msg),
+                            bpf_map__fd(b->skel->maps.shunt_sockhash), BPF_SK_MSG_VERDICT, 0) < 0) {
+                snprintf(err, errlen, "attaching sk_msg to the sockhash: %s", strerror(errno));
+                goto fail;
+        }
+        b->msg_attached = true;
+        for (size_t i = 0; i < N_LINKS; i++)
+                if (attach_link(b, i, prog_fd_for(b, i), err, errlen) < 0)
+                        goto fail;
+        log_info("bpf", 0, "eBPF capture attached to %s (pins in %s%s): outbound -> %u",
+                 o->cgroup_path, b->pin_root, reused ? ", maps reused" : "", o->outbound_port);
+        return b;
+fail:
+        bpfcap_close(b, true);
+        return NULL;
+}
+
+void bpfcap_close(struct bpfcap *b, bool detach)
+{
+        if (!b)
+                return;
+        if (detach) {
+                /* Stop capturing first, so nothing new lands in the maps. */
+                for (size_t i = 0; i < N_LINKS; i++) {
+                        if (b->link_fds[i] >= 0)
+                                bpf_link_detach(b->link_fds[i]);
+                }
+                if (b->msg_attached && b->skel)
+                        bpf_prog_detach2(bpf_program__fd(b->skel->progs.shunt_msg),
+                                         bpf_map__fd(b->skel->maps.shunt_sockhash),
+                                         BPF_SK_MSG_VERDICT);
+        }
+        for (size_t i = 0; i < N_LINKS; i++)
+                if (b->link_fds[i] >= 0)
+                        close(b->link_fds[i]);
+        if (b->skel)
+                shunt_capture__destroy(b->skel);
+        if (detach && b->pin_root[0])
+                bpfcap_remove_pins(b->pin_root);
+        if (b->cgroup_fd >= 0)
+                close(b->cgroup_fd);
+        free(b);
+}
+
+const char *bpfcap_pin_root(const struct bpfcap *b)
+{
+        return b->pin_root;
+}
+
+/* ---- lookups ------------------------------------------------------------------------------- */
+
+static int addr_into(const struct sockaddr_storage *ss, uint8_t out[16], uint16_t *port)
+{
+        if (ss->ss_family == AF_INET) {
+                const struct sockaddr_in *s = (const void *)ss;
+                memset(out, 0, 16);
+                memcpy(out, &s->sin_addr, 4);
+                *port = s->sin_port;
+                return SHUNT_AF_INET;
+        }
+        if (ss->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *s = (const void *)ss;
+                memcpy(out, &s->sin6_addr, 16);
+                *port = s->sin6_port;
+                return SHUNT_AF_INET6;
+        }
+        return -EAFNOSUPPORT;
+}
+
+static int make_tuple(const struct sockaddr_storage *src, const struct sockaddr_storage *dst,
+                      struct shunt_tuple *t)
+{
+        memset(t, 0, sizeof(*t));
+        int f1 = addr_into(src, t->saddr, &t->sport);
+        int f2 = addr_into(dst, t->daddr, &t->dport);
+        if (f1 < 0 || f1 != f2)
+                return -EAFNOSUPPORT;
+        t->family = (uint16_t)f1;
+        return 0;
+}
+
+int bpfcap_lookup(struct bpfcap *b, const struct sockaddr_storage *client,
+                  const struct sockaddr_storage *local, struct sockaddr_storage *out, bool consume)
+{
+        struct shunt_tuple t;
+        if (make_tuple(client, local, &t) < 0)
+                return -EAFNOSUPPORT;
+        struct shunt_origdst od;
+        int fd = bpf_map__fd(b->skel->maps.shunt_orig_by_tuple);
+        int rc = consume ? bpf_map_lookup_and_delete_elem(fd, &t, &od)
+                         : bpf_map_lookup_elem(fd, &t, &od);
+        if (rc < 0 && consume && errno != ENOENT) {
+                /* Kernels before 5.14 cannot lookup-and-delete a hash. */
+                rc = bpf_map_lookup_elem(fd, &t, &od);
+                if (rc == 0)
+                        bpf_map_delete_elem(fd, &t);
+        }
+        if (rc < 0)
+                return -errno;
+        memset(out, 0, sizeof(*out));
+        if (od.family == SHUNT_AF_INET) {
+                struct sockaddr_in *s = (void *)out;
+                s->sin_family = AF_INET;
+                s->sin_port = od.port;
+                memcpy(&s->sin_addr, od.addr, 4);
+        } else if (od.family == SHUNT_AF_INET6) {
+                struct sockaddr_in6 *s = (void *)out;
+                s->sin6_family = AF_INET6;
+                s->sin6_port = od.port;
+                memcpy(&s->sin6_addr, od.addr, 16);
+        } else {
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int bpfcap_shortcut_set(struct bpfcap *b, int fd, bool on)
+{
+        struct sockaddr_storage local, peer;
+        socklen_t ll = sizeof(local), pl = sizeof(peer);
+        if (getsockname(fd, (void *)&local, &ll) < 0 || getpeername(fd, (void *)&peer, &pl) < 0)
+                return -errno;
+        struct shunt_tuple mine, theirs;
+        if (make_tuple(&local, &peer, &mine) < 0 || make_tuple(&peer, &local, &theirs) < 0)
+                return -EAFNOSUPPORT;
+        int mfd = bpf_map__fd(b->skel->maps.shunt_shortcut_off);
+        uint8_t one = 1;
+        for (int i = 0; i < 2; i++) {
+                const struct shunt_tuple *t = i == 0 ? &mine : &theirs;
+                int rc = on ? bpf_map_delete_elem(mfd, t) : bpf_map_update_elem(mfd, t, &one, 0);
+                if (rc < 0 && !(on && errno == ENOENT))
+                        return -errno;
+        }
+        return 0;
+}
+
+int bpfcap_counters(struct bpfcap *b, struct shunt_counters *out)
+{
+        int ncpu = libbpf_num_possible_cpus();
+        if (ncpu <= 0)
+                return ncpu < 0 ? ncpu : -EINVAL;
+        struct shunt_counters *per = calloc((size_t)ncpu, sizeof(*per));
+        if (!per)
+                return -ENOMEM;
+        uint32_t zero = 0;
+        int rc = bpf_map_lookup_elem(bpf_map__fd(b->skel->maps.shunt_counters), &zero, per);
+        if (rc < 0) {
+                rc = -errno;
+                free(per);
+                return rc;
+        }
+        memset(out, 0, sizeof(*out));
+        uint64_t *sum = (uint64_t *)out;
+        for (int c = 0; c < ncpu; c++) {
+                const uint64_t *v = (const uint64_t *)&per[c];
+                for (size_t f = 0; f < sizeof(*out) / sizeof(uint64_t); f++)
+                        sum[f] += v[f];
+        }
+        free(per);
+        return 0;
+}
+
+int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m)
+{
+        struct shunt_capture *s = b->skel;
+        switch (m) {
+        case BPFCAP_ORIG_BY_COOKIE:
+                return bpf_map__fd(s->maps.shunt_orig_by_cookie);
+        case BPFCAP_ORIG_BY_TUPLE:
+                return bpf_map__fd(s->maps.shunt_orig_by_tuple);
+        case BPFCAP_SOCKHASH:
+                return bpf_map__fd(s->maps.shunt_sockhash);
+        case BPFCAP_SHORTCUT_OFF:
+                return bpf_map__fd(s->maps.shunt_shortcut_off);
+        }
+        return -EINVAL;
+}
+
+long bpfcap_map_entries(struct bpfcap *b, enum bpfcap_map m)
+{
+        int fd = bpfcap_map_fd(b, m);
+        if (fd < 0)
+                return fd;
+        struct shunt_tuple key, next; /* the largest key of these maps */
+        long n = 0;
+        void *prev = NULL;
+        while (n <= (long)SHUNT_MAX_ORIGDST && bpf_map_get_next_key(fd, prev, &next) == 0) {
+                key = next;
+                prev = &key;
+                n++;
+        }
+        return n;
+}
+
+void bpfcap_render_metrics(struct bpfcap *b, struct strbuf *out)
+{
+        struct shunt_counters c;
+        if (bpfcap_counters(b, &c) < 0)
+                return;
+        static const struct {
+                const char *name, *help;
+                size_t off;
+        } rows[] = {
+#define ROW(f, h) {"shunt_bpf_" #f "_total", h, offsetof(struct shunt_counters, f)}
+            ROW(redirected, "Application connects redirected to the outbound listener."),
+            ROW(skipped_own, "Connects of shuntd's own sockets (mark or uid) left alone."),
+            ROW(skipped_excluded, "Connects to loopback or excluded ports and CIDRs left alone."),
+            ROW(established, "Captured connections whose original destination moved to the "
+                             "4-tuple map."),
+            ROW(sockhash_added, "Sockets paired in the sockhash for the shortcut."),
+            ROW(shortcut_msgs, "Sends redirected to the peer socket (not in ss or tcpdump)."),
+            ROW(shortcut_bytes, "Bytes redirected to the peer socket (not in ss or tcpdump)."),
+            ROW(shortcut_off, "Sends that took the TCP stack because the shortcut was off."),
+            ROW(getsockopt_answered, "SO_ORIGINAL_DST answered from the map."),
+            ROW(lookup_missed, "SO_ORIGINAL_DST asked for a connection that was not captured."),
+            ROW(map_full, "Inserts refused by a full map (connection took the normal path)."),
+#undef ROW
+        };
+        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+                prom_family(out, rows[i].name, "counter", rows[i].help);
+                uint64_t v;
+                memcpy(&v, (const char *)&c + rows[i].off, sizeof(v));
+                prom_sample_u64(out, rows[i].name, NULL, v);
+        }
+}

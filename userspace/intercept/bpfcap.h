@@ -1,0 +1,102 @@
+/* eBPF capture: loads bpf/capture.bpf.c, attaches it to a cgroup v2 and pins
+ * its maps and links under a bpffs directory (SHUNT_PIN_ROOT by default).
+ *
+ *   <pin root>/shunt_orig_by_cookie, shunt_orig_by_tuple, shunt_sockhash,
+ *             shunt_shortcut_off, shunt_config, shunt_exclude_ports,
+ *             shunt_exclude_cidrs, shunt_counters      maps (with BTF)
+ *   <pin root>/link_connect4, link_connect6, link_sockops,
+ *             link_getsockopt                          cgroup links
+ *
+ * Pinned links keep capturing when shuntd is gone, so a restart does not
+ * interrupt traffic: the next bpfcap_open reuses the pinned maps and swaps
+ * the program of each pinned link in place (a link on another cgroup, or an
+ * incompatible map from another build, is removed and created again).
+ * bpfcap_close(b, true) detaches and unpins everything (clean exit). */
+#ifndef SHUNT_INTERCEPT_BPFCAP_H
+#define SHUNT_INTERCEPT_BPFCAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/config.h"
+#include "core/strbuf.h"
+#include "shunt/capture.h"
+
+struct bpfcap;
+
+struct bpfcap_options {
+        const char *pin_root;          /* bpffs directory; created (bpffs mounted on
+                                          /sys/fs/bpf if nothing is) */
+        const char *cgroup_path;       /* cgroup v2 directory the programs attach to */
+        uint16_t outbound_port;        /* captured connects go to 127.0.0.1 / ::1 : this */
+        uint32_t mark;                 /* SO_MARK of shuntd's sockets (0 = none) */
+        uint32_t uid;                  /* shuntd's uid, or SHUNT_UID_NONE */
+        bool shortcut;                 /* pair local sockets for the sk_msg shortcut */
+        const uint16_t *exclude_ports; /* destination ports never captured */
+        size_t n_exclude_ports;
+        const struct cidr *exclude_cidrs; /* destination prefixes never captured */
+        size_t n_exclude_cidrs;
+};
+
+/* Fills o from cfg (redirect_cgroup, bpf_pin_root, outbound_port,
+ * proxy_mark, exclude_outbound_*); uid as for ipt_options_from_config
+ * (SHUNT_UID_NONE for none). o points into cfg: keep cfg alive. */
+void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_config *cfg,
+                                uint32_t uid);
+
+/* Checks that this kernel and these privileges can run eBPF capture on
+ * cgroup_path: the program and map types, the helpers the programs call,
+ * a cgroup v2 directory. Returns 0, or -1 with one line in why naming what
+ * is missing. The environment variable SHUNT_BPF_REFUSE=1 makes the probe
+ * fail as if the kernel refused to load programs (for testing fallback). */
+int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen);
+
+/* Loads, pins and attaches. NULL with err on failure (nothing is left
+ * attached or pinned by a failed open, apart from pins that existed). */
+struct bpfcap *bpfcap_open(const struct bpfcap_options *o, char *err, size_t errlen);
+
+/* Applies new exclusions, mark, uid and port to the running programs. */
+int bpfcap_configure(struct bpfcap *b, const struct bpfcap_options *o, char *err, size_t errlen);
+
+/* detach: remove the links, the sk_msg attachment and every pin (clean
+ * exit). Without it the pins stay and capture continues (restart). */
+void bpfcap_close(struct bpfcap *b, bool detach);
+
+/* Removes the pins under pin_root (links detached first) left by another
+ * run. 0 or negative errno. Idempotent. */
+int bpfcap_remove_pins(const char *pin_root);
+
+/* Original destination of the connection whose accepted socket has peer
+ * address client and local address local (both as returned by
+ * getpeername/getsockname). consume: delete the entry once read.
+ * 0, -ENOENT when not captured, or negative errno. */
+int bpfcap_lookup(struct bpfcap *b, const struct sockaddr_storage *client,
+                  const struct sockaddr_storage *local, struct sockaddr_storage *out, bool consume);
+
+/* Turns the sk_msg shortcut off (or back on) for both directions of the
+ * connection of fd, a socket of one of its ends (pitfall 1: a slow reader). */
+int bpfcap_shortcut_set(struct bpfcap *b, int fd, bool on);
+
+/* Counters summed over CPUs. */
+int bpfcap_counters(struct bpfcap *b, struct shunt_counters *out);
+
+enum bpfcap_map {
+        BPFCAP_ORIG_BY_COOKIE,
+        BPFCAP_ORIG_BY_TUPLE,
+        BPFCAP_SOCKHASH,
+        BPFCAP_SHORTCUT_OFF,
+};
+/* Entries in a map now (walks the keys; bounded by the map size). */
+long bpfcap_map_entries(struct bpfcap *b, enum bpfcap_map m);
+
+/* Map file descriptor, for tests and tools. */
+int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m);
+
+/* Counters as Prometheus text (shunt_bpf_*). */
+void bpfcap_render_metrics(struct bpfcap *b, struct strbuf *out);
+
+const char *bpfcap_pin_root(const struct bpfcap *b);
+
+#endif
