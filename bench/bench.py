@@ -578,17 +578,23 @@ def profile_stop(env, handle, scenario):
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=10)
-    out = subprocess.run(
-        ["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "0.5",
-         "-g", "none", "--sort", "dso,symbol"],
-        capture_output=True, text=True, timeout=120,
-    ).stdout
-    lines = [l for l in out.splitlines() if l.strip() and not l.startswith("#")][:60]
+    def report(sort, limit):
+        out = subprocess.run(
+            ["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "0.3",
+             "-g", "none", "--sort", sort],
+            capture_output=True, text=True, timeout=120,
+        ).stdout
+        lines = [re.sub(r"(\s+-)+\s*$", "", l) for l in out.splitlines()
+                 if l.strip() and not l.startswith("#")]
+        return lines[:limit]
+
     path = os.path.join(env.out, "%s-profile-%s.txt" % (env.stamp, scenario))
     with open(path, "w") as f:
-        f.write("perf record -g -F 999 -p <shuntd> during scenario %s\n" % scenario)
-        f.write("perf report --no-children --sort dso,symbol (top)\n\n")
-        f.write("\n".join(lines) + "\n")
+        f.write("perf record -g -F 999 -p <shuntd> during scenario %s\n\n" % scenario)
+        f.write("perf report --no-children --sort dso (share of samples by object)\n")
+        f.write("\n".join(report("dso", 10)) + "\n\n")
+        f.write("perf report --no-children --sort dso,symbol (top 60)\n")
+        f.write("\n".join(report("dso,symbol", 60)) + "\n")
     log("profile written to %s" % path)
     return path
 

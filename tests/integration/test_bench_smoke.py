@@ -1,0 +1,102 @@
+"""Smoke test of the benchmark harness (bench/run.sh), so it cannot rot.
+
+Runs the quick mode on one scenario (rr-64) for the direct path and shunt
+with iptables capture, one repetition, into a temporary output directory,
+and checks the JSON, the Markdown report, the charts, and that the run left
+no namespace or process behind. No timing is asserted: only that every
+number is there and that shuntd did relay the traffic (it spent CPU on it).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+
+import pytest
+
+import shuntlib as sl
+
+RUN_SH = os.path.join(sl.SOURCE, "bench", "run.sh")
+
+
+def bench(args, timeout=150):
+    out = tempfile.mkdtemp(prefix=sl.RUN_PREFIX + "bench-")
+    sl._tmpdirs.append(out)
+    p = subprocess.Popen(
+        ["bash", RUN_SH, "--build", sl.BUILD, "--out", out] + list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # run.sh's trap removes its namespaces and processes on SIGTERM.
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate(timeout=10)
+        pytest.fail("bench/run.sh %s did not finish in %d s" % (" ".join(args), timeout))
+    return p.returncode, stdout, stderr, out, p.pid
+
+
+def leftovers(pid):
+    names = sl.run(["ip", "netns", "list"]).stdout
+    return [l.split()[0] for l in names.splitlines() if l.startswith("shunt-b-%d-" % pid)]
+
+
+def test_quick_one_scenario():
+    if not os.access(sl.SHUNTD, os.X_OK):
+        pytest.fail("shuntd not built at %s" % sl.SHUNTD)
+    rc, stdout, stderr, out, pid = bench(
+        ["--quick", "--scenario", "rr-64", "--contenders", "direct,shunt-iptables,shunt-ebpf", "--reps", "1"]
+    )
+    assert rc == 0, "run.sh failed (%d):\n%s\n%s" % (rc, stdout[-2000:], stderr[-3000:])
+    assert leftovers(pid) == [], "namespaces left behind"
+
+    jsons = [f for f in os.listdir(out) if f.endswith(".json")]
+    assert len(jsons) == 1, os.listdir(out)
+    stamp = jsons[0][: -len(".json")]
+    with open(os.path.join(out, jsons[0])) as f:
+        r = json.load(f)
+    assert r["failures"] == [], r["failures"]
+    assert r["quick"] is True and r["params"]["reps"] == 1
+    assert r["machine"]["nproc"] >= 1 and r["machine"]["kernel"]
+    assert list(r["scenarios"]) == ["rr-64"]
+    res = r["results"]["rr-64"]
+    for c in ("direct", "shunt-iptables"):
+        for k in ("p50_us", "p99_us", "p999_us"):
+            vals = res[c][k]
+            assert len(vals) == 1 and vals[0] > 0, (c, k, vals)
+        assert res[c]["p50_us"][0] <= res[c]["p99_us"][0] <= res[c]["p999_us"][0], res[c]
+    # shuntd was started and relayed the round trips: it used CPU for them.
+    assert res["shunt-iptables"]["cpu_us_per_rt"][0] > 0, res["shunt-iptables"]
+    assert r["results"]["resources"]["shunt-iptables"]["rss_idle_mb"][0] > 0
+    # Contenders that cannot run yet are reported, not silently dropped.
+    skipped = {s.get("contender") for s in r["skipped"]}
+    assert ("shunt-ebpf" in skipped) != ("shunt-ebpf" in res), (r["skipped"], list(res))
+    if "shunt-ebpf" in skipped:
+        assert "Skipped shunt-ebpf" in open(os.path.join(out, stamp + ".md")).read()
+
+    with open(os.path.join(out, stamp + ".md")) as f:
+        md = f.read()
+    assert "## rr-64" in md
+    assert "| shunt-iptables |" in md and "| direct |" in md
+    assert "×direct" in md
+    pngs = [f for f in os.listdir(out) if f.startswith(stamp) and f.endswith(".png")]
+    assert pngs, os.listdir(out)
+    for png in pngs:
+        with open(os.path.join(out, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+        assert "(%s)" % png in md, png
+
+
+def test_unknown_scenario_is_refused():
+    rc, stdout, stderr, _, pid = bench(["--quick", "--scenario", "no-such-scenario"], timeout=60)
+    assert rc != 0
+    assert "no-such-scenario" in stderr
+    assert leftovers(pid) == []
