@@ -1,0 +1,476 @@
+/* tls: connections against real peers. Our server (a thread on 127.0.0.1)
+ * against `openssl s_client`: a mesh certificate passes; no certificate,
+ * another CA, another trust domain, expired, not yet valid, no SPIFFE URI
+ * (signed by the real openssl), TLS 1.2, no destination port, the allow-list
+ * are refused with the right reason. Our client against `openssl s_server`:
+ * right and wrong SPIFFE ID, untrusted server. Rotation with a 3 s lifetime
+ * while a connection keeps exchanging data; CA rotation with overlap; bad
+ * input (random bytes, truncated ClientHello, slow handshake). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+
+#include <openssl/rand.h>
+
+#include "test_tls_util.h"
+#include "tls/conn.h"
+#include "tls/spiffe.h"
+#include "tls/source.h"
+#include "tls/store.h"
+
+#define TD        "cluster.local"
+#define SERVER_ID "spiffe://cluster.local/ns/default/sa/server"
+#define CLIENT_ID "spiffe://cluster.local/ns/default/sa/client"
+
+struct fix {
+        char *tmp;
+        char cadir[512], cafile[600], cakey[600];
+        struct tls_ca *ca; /* the mesh CA (same files the store's source uses) */
+        struct tls_store *st;
+};
+
+static struct tls_store *store_new(const char *cadir, const char *id, uint32_t lifetime,
+                                   const char *extra_bundle)
+{
+        struct tls_builtin_options bo = {
+            .ca = {.state_dir = cadir, .trust_domain = TD},
+            .spiffe_id = id,
+            .dns_name = "server.default.svc.cluster.local",
+            .lifetime_s = lifetime,
+            .backdate_s = lifetime > 60 ? 60 : 0,
+            .extra_bundle_file = extra_bundle,
+        };
+        struct tls_source *src;
+        assert_int_equal(tls_source_builtin_new(&bo, &src), 0);
+        struct tls_store_options so;
+        tls_store_options_init(&so);
+        so.trust_domain = TD;
+        struct tls_store *st;
+        assert_int_equal(tls_store_new(&so, src, &st), 0);
+        return st;
+}
+
+static int setup(void **state)
+{
+        struct fix *f = calloc(1, sizeof(*f));
+        f->tmp = tu_mkdtemp();
+        tu_path(f->cadir, sizeof(f->cadir), f->tmp, "ca");
+        tu_path(f->cafile, sizeof(f->cafile), f->cadir, "ca.pem");
+        tu_path(f->cakey, sizeof(f->cakey), f->cadir, "ca-key.pem");
+        f->st = store_new(f->cadir, SERVER_ID, 3600, NULL);
+        struct tls_ca_options o = {.state_dir = f->cadir};
+        assert_int_equal(tls_ca_open(&o, &f->ca), 0);
+        *state = f;
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        struct fix *f = *state;
+        tls_store_free(f->st);
+        tls_ca_free(f->ca);
+        tu_rmrf(f->tmp);
+        free(f->tmp);
+        free(f);
+        return 0;
+}
+
+/* Issues a client certificate into <tmp>/<name>.pem and -key.pem. */
+static void issue_to(struct tls_ca *ca, const char *dir, const char *name, const char *id,
+                     long from, long to)
+{
+        time_t now = time(NULL);
+        struct tls_issue_req r = {.spiffe_id = id,
+                                  .dns_name = "client.default.svc.cluster.local",
+                                  .key_type = TLS_KEY_ECDSA_P256,
+                                  .not_before = now + from,
+                                  .not_after = now + to};
+        struct tls_material *m;
+        assert_int_equal(tls_ca_issue(ca, &r, &m), 0);
+        tu_write_material(m, dir, name);
+        tls_material_free(m);
+}
+
+/* ---- a one-connection server thread ------------------------------------------- */
+
+struct srv {
+        int lfd;
+        uint16_t port;
+        struct tls_store *st;
+        int hs_timeout_ms;
+        pthread_t th;
+        /* results */
+        enum tls_fail fail;
+        char peer_id[SPIFFE_ID_MAX + 1];
+        char serial[80];
+        uint16_t dst_port;
+        bool echoed;
+};
+
+static int wait_fd(int fd, short ev, int ms)
+{
+        struct pollfd p = {.fd = fd, .events = ev};
+        return poll(&p, 1, ms);
+}
+
+static void *srv_main(void *arg)
+{
+        struct srv *s = arg;
+        s->fail = TLS_FAIL__COUNT;
+        if (wait_fd(s->lfd, POLLIN, 10000) <= 0)
+                return NULL;
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+                return NULL;
+        struct tls_snapshot *snap = tls_store_acquire(s->st);
+        snprintf(s->serial, sizeof(s->serial), "%s", tls_snapshot_serial(snap));
+        struct tls_conn *c;
+        if (tls_conn_server_new(snap, fd, 1, &c) < 0)
+                abort();
+        tls_snapshot_unref(snap);
+        uint64_t deadline = tu_now_ms() + (uint64_t)s->hs_timeout_ms;
+        int rc;
+        while ((rc = tls_conn_handshake(c)) == -EAGAIN) {
+                uint64_t now = tu_now_ms();
+                if (now >= deadline ||
+                    wait_fd(fd, tls_conn_want(c) == TLS_WANT_WRITE ? POLLOUT : POLLIN,
+                            (int)(deadline - now)) == 0) {
+                        if (tu_now_ms() >= deadline) {
+                                tls_conn_timeout(c);
+                                rc = -ETIMEDOUT;
+                                break;
+                        }
+                }
+        }
+        if (rc == 0) {
+                char buf[4096];
+                for (int i = 0; i < 200; i++) {
+                        ssize_t n = tls_conn_read(c, buf, sizeof(buf));
+                        if (n == -EAGAIN) {
+                                wait_fd(fd, POLLIN, 50);
+                                continue;
+                        }
+                        if (n > 0) {
+                                ssize_t w;
+                                while ((w = tls_conn_write(c, buf, (size_t)n)) == -EAGAIN)
+                                        wait_fd(fd, POLLOUT, 50);
+                                s->echoed = w == n;
+                        }
+                        break;
+                }
+                tls_conn_shutdown(c);
+        }
+        s->fail = tls_conn_fail(c);
+        snprintf(s->peer_id, sizeof(s->peer_id), "%s", tls_conn_peer_id(c));
+        s->dst_port = tls_conn_dst_port(c);
+        tls_conn_free(c);
+        close(fd);
+        return NULL;
+}
+
+static void srv_start(struct srv *s, struct tls_store *st, int hs_timeout_ms)
+{
+        memset(s, 0, sizeof(*s));
+        s->st = st;
+        s->hs_timeout_ms = hs_timeout_ms;
+        s->lfd = tu_listen(&s->port);
+        assert_int_equal(pthread_create(&s->th, NULL, srv_main, s), 0);
+}
+
+static void srv_join(struct srv *s)
+{
+        pthread_join(s->th, NULL);
+        close(s->lfd);
+}
+
+/* openssl s_client against our server; returns what the server saw. */
+static enum tls_fail s_client(struct fix *f, struct tls_store *st, const char *cert,
+                              const char *key, const char *cafile, const char *version,
+                              const char *sni, struct srv *s, char *out, size_t outlen)
+{
+        srv_start(s, st, 5000);
+        char port[32];
+        snprintf(port, sizeof(port), "127.0.0.1:%u", s->port);
+        char *argv[24];
+        int n = 0;
+        argv[n++] = "openssl";
+        argv[n++] = "s_client";
+        argv[n++] = "-connect";
+        argv[n++] = port;
+        argv[n++] = (char *)version;
+        argv[n++] = "-CAfile";
+        argv[n++] = (char *)(cafile ? cafile : f->cafile);
+        argv[n++] = "-verify_return_error";
+        argv[n++] = "-quiet";
+        if (sni) {
+                argv[n++] = "-servername";
+                argv[n++] = (char *)sni;
+        } else {
+                argv[n++] = "-noservername";
+        }
+        if (cert) {
+                argv[n++] = "-cert";
+                argv[n++] = (char *)cert;
+                argv[n++] = "-key";
+                argv[n++] = (char *)key;
+        }
+        argv[n] = NULL;
+        tu_run(argv, "hello-mesh\n", out, outlen, 10000);
+        srv_join(s);
+        return s->fail;
+}
+
+static enum tls_fail client_with(struct fix *f, const char *name, struct srv *s, char *out,
+                                 size_t outlen)
+{
+        char cert[600], key[600];
+        snprintf(cert, sizeof(cert), "%s/%s.pem", f->tmp, name);
+        snprintf(key, sizeof(key), "%s/%s-key.pem", f->tmp, name);
+        return s_client(f, f->st, cert, key, NULL, "-tls1_3", "port-8080." TD, s, out, outlen);
+}
+
+static void test_server_vs_s_client(void **state)
+{
+        struct fix *f = *state;
+        struct srv s;
+        char out[8192];
+        /* A mesh certificate: accepted, identity and port known, data flows. */
+        issue_to(f->ca, f->tmp, "good", CLIENT_ID, -60, 3600);
+        assert_int_equal(client_with(f, "good", &s, out, sizeof(out)), TLS_OK);
+        assert_string_equal(s.peer_id, CLIENT_ID);
+        assert_int_equal(s.dst_port, 8080);
+        assert_true(s.echoed);
+        assert_non_null(strstr(out, "hello-mesh"));
+
+        /* No client certificate. */
+        assert_int_equal(
+            s_client(f, f->st, NULL, NULL, NULL, "-tls1_3", "port-8080." TD, &s, out, sizeof(out)),
+            TLS_FAIL_NO_CERTIFICATE);
+        assert_false(s.echoed);
+
+        /* Another CA. */
+        char odir[600];
+        tu_path(odir, sizeof(odir), f->tmp, "otherca");
+        struct tls_ca_options oo = {.state_dir = odir};
+        struct tls_ca *other;
+        assert_int_equal(tls_ca_open(&oo, &other), 0);
+        issue_to(other, f->tmp, "foreign", CLIENT_ID, -60, 3600);
+        tls_ca_free(other);
+        assert_int_equal(client_with(f, "foreign", &s, out, sizeof(out)), TLS_FAIL_UNTRUSTED_CA);
+        assert_string_equal(s.peer_id, CLIENT_ID); /* presented identity kept for the audit */
+
+        /* Another trust domain, same CA. */
+        issue_to(f->ca, f->tmp, "otherdomain", "spiffe://evil.org/ns/default/sa/client", -60, 3600);
+        assert_int_equal(client_with(f, "otherdomain", &s, out, sizeof(out)),
+                         TLS_FAIL_WRONG_TRUST_DOMAIN);
+
+        /* Expired an hour ago; expired a minute ago is inside the 5 min skew. */
+        issue_to(f->ca, f->tmp, "expired", CLIENT_ID, -7200, -3600);
+        assert_int_equal(client_with(f, "expired", &s, out, sizeof(out)), TLS_FAIL_EXPIRED);
+        issue_to(f->ca, f->tmp, "justexpired", CLIENT_ID, -7200, -60);
+        assert_int_equal(client_with(f, "justexpired", &s, out, sizeof(out)), TLS_OK);
+        issue_to(f->ca, f->tmp, "future", CLIENT_ID, 3600, 7200);
+        assert_int_equal(client_with(f, "future", &s, out, sizeof(out)), TLS_FAIL_NOT_YET_VALID);
+
+        /* No SPIFFE URI: a certificate made by the real openssl with the mesh CA. */
+        char csr[600], key[600], crt[600], ext[600];
+        tu_path(csr, sizeof(csr), f->tmp, "nouri.csr");
+        tu_path(key, sizeof(key), f->tmp, "nouri-key.pem");
+        tu_path(crt, sizeof(crt), f->tmp, "nouri.pem");
+        tu_path(ext, sizeof(ext), f->tmp, "nouri.ext");
+        FILE *fp = fopen(ext, "w");
+        fputs("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
+              "subjectAltName=DNS:legacy.default.svc.cluster.local\n",
+              fp);
+        fclose(fp);
+        char *req[] = {"openssl",
+                       "req",
+                       "-new",
+                       "-newkey",
+                       "ec",
+                       "-pkeyopt",
+                       "ec_paramgen_curve:prime256v1",
+                       "-nodes",
+                       "-keyout",
+                       key,
+                       "-out",
+                       csr,
+                       "-subj",
+                       "/CN=spiffe:\\/\\/cluster.local\\/ns\\/default\\/sa\\/client",
+                       NULL};
+        assert_int_equal(tu_run(req, NULL, out, sizeof(out), 10000), 0);
+        char *sign[] = {"openssl", "x509",     "-req",   "-in",         csr,    "-CA",
+                        f->cafile, "-CAkey",   f->cakey, "-set_serial", "4660", "-days",
+                        "1",       "-extfile", ext,      "-out",        crt,    NULL};
+        assert_int_equal(tu_run(sign, NULL, out, sizeof(out), 10000), 0);
+        assert_int_equal(
+            s_client(f, f->st, crt, key, NULL, "-tls1_3", "port-8080." TD, &s, out, sizeof(out)),
+            TLS_FAIL_NO_SPIFFE_ID); /* the CN holds a SPIFFE ID: no CN fallback */
+
+        /* TLS 1.2 is refused. */
+        char gc[600], gk[600];
+        snprintf(gc, sizeof(gc), "%s/good.pem", f->tmp);
+        snprintf(gk, sizeof(gk), "%s/good-key.pem", f->tmp);
+        assert_int_equal(
+            s_client(f, f->st, gc, gk, NULL, "-tls1_2", "port-8080." TD, &s, out, sizeof(out)),
+            TLS_FAIL_PROTOCOL_VERSION);
+        /* No destination port in the server name. */
+        assert_int_equal(s_client(f, f->st, gc, gk, NULL, "-tls1_3", NULL, &s, out, sizeof(out)),
+                         TLS_FAIL_NO_DESTINATION);
+        assert_int_equal(
+            s_client(f, f->st, gc, gk, NULL, "-tls1_3", "www.example.com", &s, out, sizeof(out)),
+            TLS_FAIL_NO_DESTINATION);
+
+        /* Allow-list for port 8080: another identity is refused there, not on 9090. */
+        struct tls_allow_rule allow[] = {{8080, "spiffe://cluster.local/ns/default/sa/frontend"}};
+        assert_int_equal(tls_store_set_allow(f->st, allow, 1), 0);
+        assert_int_equal(client_with(f, "good", &s, out, sizeof(out)), TLS_FAIL_NOT_ALLOWED);
+        assert_int_equal(
+            s_client(f, f->st, gc, gk, NULL, "-tls1_3", "port-9090." TD, &s, out, sizeof(out)),
+            TLS_OK);
+        assert_int_equal(s.dst_port, 9090);
+        assert_int_equal(tls_store_set_allow(f->st, NULL, 0), 0);
+        assert_int_equal(client_with(f, "good", &s, out, sizeof(out)), TLS_OK);
+
+        /* Every refusal is counted by reason. */
+        struct tls_store_counts c;
+        tls_store_counts(f->st, &c);
+        assert_int_equal(c.handshakes_ok[0], 4);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_NO_CERTIFICATE], 1);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_UNTRUSTED_CA], 1);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_WRONG_TRUST_DOMAIN], 1);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_EXPIRED], 1);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_NOT_YET_VALID], 1);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_NO_SPIFFE_ID], 1);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_PROTOCOL_VERSION], 1);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_NO_DESTINATION], 2);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_NOT_ALLOWED], 1);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        tls_store_render_metrics(f->st, &sb);
+        assert_non_null(strstr(
+            sb.data,
+            "shunt_tls_handshake_failures_total{direction=\"inbound\",reason=\"expired\"} 1\n"));
+        assert_non_null(strstr(sb.data, "shunt_tls_handshakes_total{direction=\"inbound\"} 4\n"));
+        strbuf_free(&sb);
+}
+
+/* ---- our client against openssl s_server ------------------------------------ */
+
+static pid_t spawn_quiet(char *const argv[])
+{
+        pid_t pid = fork();
+        if (pid == 0) {
+                int dn = open("/dev/null", O_RDWR);
+                dup2(dn, 0);
+                dup2(dn, 1);
+                dup2(dn, 2);
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        return pid;
+}
+
+/* Connects (retrying while s_server starts), handshakes, sends "abc\n" and
+ * expects it reversed (s_server -rev). */
+static enum tls_fail client_run(struct tls_store *st, uint16_t port, const char *expected,
+                                char *peer_serial, size_t len)
+{
+        int fd = -1;
+        for (int i = 0; i < 100 && fd < 0; i++) {
+                fd = tu_connect(port, true);
+                if (fd < 0)
+                        tu_sleep_ms(50);
+        }
+        assert_true(fd >= 0);
+        struct tls_snapshot *snap = tls_store_acquire(st);
+        struct tls_conn *c;
+        assert_int_equal(tls_conn_client_new(snap, fd, 7, expected, 8080, &c), 0);
+        tls_snapshot_unref(snap);
+        int rc;
+        uint64_t deadline = tu_now_ms() + 5000;
+        while ((rc = tls_conn_handshake(c)) == -EAGAIN && tu_now_ms() < deadline)
+                wait_fd(fd, tls_conn_want(c) == TLS_WANT_WRITE ? POLLOUT : POLLIN, 100);
+        enum tls_fail res = tls_conn_fail(c);
+        if (rc == 0) {
+                assert_int_equal(tls_conn_write(c, "abc\n", 4), 4);
+                char buf[256] = "";
+                size_t got = 0;
+                while (got < 4 && tu_now_ms() < deadline) {
+                        ssize_t n = tls_conn_read(c, buf + got, sizeof(buf) - 1 - got);
+                        if (n == -EAGAIN) {
+                                wait_fd(fd, POLLIN, 100);
+                                continue;
+                        }
+                        assert_true(n > 0);
+                        got += (size_t)n;
+                }
+                buf[got] = 0;
+                assert_non_null(strstr(buf, "cba"));
+                assert_string_equal(tls_conn_peer_id(c), SERVER_ID);
+        }
+        if (peer_serial)
+                snprintf(peer_serial, len, "%s", tls_conn_peer_serial(c));
+        tls_conn_free(c);
+        close(fd);
+        return res;
+}
+
+static void test_client_vs_s_server(void **state)
+{
+        struct fix *f = *state;
+        issue_to(f->ca, f->tmp, "srv", SERVER_ID, -60, 3600);
+        char cert[600], key[600];
+        snprintf(cert, sizeof(cert), "%s/srv.pem", f->tmp);
+        snprintf(key, sizeof(key), "%s/srv-key.pem", f->tmp);
+        uint16_t port = tu_free_port();
+        char ps[16];
+        snprintf(ps, sizeof(ps), "%u", port);
+        /* -Verify 1: s_server requires and checks our client certificate. */
+        char *argv[] = {
+            "openssl", "s_server", "-accept", ps,        "-tls1_3", "-cert", cert,
+            "-key",    key,        "-CAfile", f->cafile, "-Verify", "1",     "-verify_return_error",
+            "-rev",    "-quiet",   NULL};
+        pid_t pid = spawn_quiet(argv);
+        assert_int_equal(client_run(f->st, port, SERVER_ID, NULL, 0), TLS_OK);
+        assert_int_equal(
+            client_run(f->st, port, "spiffe://cluster.local/ns/default/sa/other", NULL, 0),
+            TLS_FAIL_WRONG_IDENTITY);
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+
+        /* A server from another CA. */
+        char odir[600];
+        tu_path(odir, sizeof(odir), f->tmp, "otherca2");
+        struct tls_ca_options oo = {.state_dir = odir};
+        struct tls_ca *other;
+        assert_int_equal(tls_ca_open(&oo, &other), 0);
+        issue_to(other, f->tmp, "srv2", SERVER_ID, -60, 3600);
+        tls_ca_free(other);
+        snprintf(cert, sizeof(cert), "%s/srv2.pem", f->tmp);
+        snprintf(key, sizeof(key), "%s/srv2-key.pem", f->tmp);
+        port = tu_free_port();
+        snprintf(ps, sizeof(ps), "%u", port);
+        pid = spawn_quiet(argv);
+        assert_int_equal(client_run(f->st, port, SERVER_ID, NULL, 0), TLS_FAIL_UNTRUSTED_CA);
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+        struct tls_store_counts c;
+        tls_store_counts(f->st, &c);
+        assert_int_equal(c.handshakes_ok[1], 1);
+        assert_int_equal(c.handshake_fail[1][TLS_FAIL_WRONG_IDENTITY], 1);
+        assert_int_equal(c.handshake_fail[1][TLS_FAIL_UNTRUSTED_CA], 1);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_server_vs_s_client, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_client_vs_s_server, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
