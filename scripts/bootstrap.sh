@@ -14,6 +14,9 @@ PKGS=(
 	python3 python3-pytest python3-grpcio prometheus
 	# benchmarks and peers
 	haproxy nginx wrk nghttp2-client sockperf iperf3
+	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from
+	# pulling initramfs-tools, udev and a systemd upgrade for the kernel)
+	qemu-system-x86 busybox-static kmod cpio tiny-initramfs linux-image-cloud-amd64
 )
 
 missing=()
