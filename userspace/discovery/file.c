@@ -692,7 +692,7 @@ static int parse_service(struct vctx *v, const cJSON *x, struct disc_service_spe
                 for (const cJSON *e = f->child; e; e = e->next, i++) {
                         size_t o2 = path_push_idx(v, i);
                         struct disc_endpoint_spec es;
-                        bool has_port;
+                        bool has_port = false;
                         if (parse_endpoint(v, e, s, &es, &has_port))
                                 return -EINVAL;
                         /* no port: one endpoint per service port */
