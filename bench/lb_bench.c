@@ -21,7 +21,7 @@ static uint64_t now_ns(void)
         return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static struct lb_endpoint_in *make_endpoints(unsigned n, bool weighted)
+static struct lb_endpoint_in *make_endpoints(unsigned n, unsigned wmax)
 {
         struct lb_endpoint_in *eps = calloc(n + 1, sizeof(*eps));
         if (!eps)
@@ -30,7 +30,7 @@ static struct lb_endpoint_in *make_endpoints(unsigned n, bool weighted)
                 char ip[32];
                 snprintf(ip, sizeof(ip), "10.%u.%u.%u", (i >> 16) & 255, (i >> 8) & 255, i & 255);
                 sockaddr_from_string(ip, 8080, &eps[i].addr);
-                eps[i].weight = weighted ? 1 + i % 10 : 1;
+                eps[i].weight = 1 + (i * 7919u) % wmax;
                 snprintf(eps[i].zone, sizeof(eps[i].zone), "zone-%u", i % 3);
                 eps[i].healthy = i % 50 != 7; /* 2 % unhealthy */
         }
@@ -40,7 +40,7 @@ static struct lb_endpoint_in *make_endpoints(unsigned n, bool weighted)
 struct row {
         const char *name;
         enum lb_algorithm algo;
-        bool weighted;
+        unsigned wmax; /* weights 1..wmax */
         bool keyed;
         bool local;
         uint32_t p2c_threshold;
@@ -57,7 +57,7 @@ static int bench_row(const struct row *r, unsigned n, unsigned picks)
         c.swrr_schedule_max = r->swrr_schedule_max;
         if (r->local)
                 snprintf(c.local_zone, sizeof(c.local_zone), "zone-1");
-        struct lb_endpoint_in *eps = make_endpoints(n, r->weighted);
+        struct lb_endpoint_in *eps = make_endpoints(n, r->wmax);
         if (!eps)
                 return -ENOMEM;
         struct lb_table *t = NULL;
@@ -131,17 +131,18 @@ int main(int argc, char **argv)
         }
         log_set_level(LOG_WARN);
         static const struct row rows[] = {
-            {"round_robin", LB_ROUND_ROBIN, false, false, false, 0, 65536},
-            {"round_robin, locality", LB_ROUND_ROBIN, false, false, true, 0, 65536},
-            {"least_connections (p2c)", LB_LEAST_CONNECTIONS, false, false, false, 0, 65536},
-            {"least_connections (exact scan)", LB_LEAST_CONNECTIONS, false, false, false,
+            {"round_robin", LB_ROUND_ROBIN, 1, false, false, 0, 65536},
+            {"round_robin, locality", LB_ROUND_ROBIN, 1, false, true, 0, 65536},
+            {"least_connections (p2c)", LB_LEAST_CONNECTIONS, 1, false, false, 0, 65536},
+            {"least_connections (exact scan)", LB_LEAST_CONNECTIONS, 1, false, false,
              LB_ENDPOINTS_MAX, 65536},
-            {"weighted 1..10 (schedule)", LB_WEIGHTED, true, false, false, 0, 65536},
-            {"weighted 1..10 (per-pick scan)", LB_WEIGHTED, true, false, false, 0, 0},
-            {"consistent_hash (ring)", LB_CONSISTENT_HASH, false, true, false, 0, 65536},
-            {"consistent_hash, weighted 1..10", LB_CONSISTENT_HASH, true, true, false, 0, 65536},
-            {"maglev (65537)", LB_MAGLEV, false, true, false, 0, 65536},
-            {"maglev, weighted 1..10", LB_MAGLEV, true, true, false, 0, 65536},
+            {"weighted 1..10 (schedule)", LB_WEIGHTED, 10, false, false, 0, 65536},
+            {"weighted 1..100 (scaled schedule)", LB_WEIGHTED, 100, false, false, 0, 65536},
+            {"weighted 1..10 (per-pick scan)", LB_WEIGHTED, 10, false, false, 0, 0},
+            {"consistent_hash (ring)", LB_CONSISTENT_HASH, 1, true, false, 0, 65536},
+            {"consistent_hash, weighted 1..10", LB_CONSISTENT_HASH, 10, true, false, 0, 65536},
+            {"maglev (65537)", LB_MAGLEV, 1, true, false, 0, 65536},
+            {"maglev, weighted 1..10", LB_MAGLEV, 10, true, false, 0, 65536},
         };
         printf("lb_bench: %u endpoints (2 %% unhealthy, 3 zones), %u picks per row, one worker\n\n",
                n, picks);

@@ -133,6 +133,26 @@ static void test_weighted_600(void **state)
         weighted_1_2_3(0);     /* per-pick current weights */
 }
 
+/* A period longer than the bound is scaled: 1000:2000:3001 (period 6001)
+ * with a bound of 100 becomes 17:33:50, within 2 % of the true shares. */
+static void test_weighted_scaled(void **state)
+{
+        struct lb_config c = cfg_for(LB_WEIGHTED);
+        c.swrr_schedule_max = 100;
+        struct lb_endpoint_in eps[3] = {mkep(1, 1000, "", true), mkep(2, 2000, "", true),
+                                        mkep(3, 3001, "", true)};
+        struct lb_table *t = build(&c, eps, 3, NULL);
+        struct lb_worker *w = lb_worker_new(7);
+        int count[3] = {0};
+        for (int i = 0; i < 1000; i++)
+                count[pick(w, t, NULL)]++;
+        assert_int_equal(count[0], 170);
+        assert_int_equal(count[1], 330);
+        assert_int_equal(count[2], 500);
+        lb_worker_free(w);
+        lb_table_unref(t);
+}
+
 /* nginx's example: weights 5,1,1 give a a b a c a a (never b or c twice in a
  * row, and a at most twice in a row), whichever path runs. */
 static void test_weighted_smooth(void **state)
@@ -782,6 +802,7 @@ int main(void)
             cmocka_unit_test(test_round_robin_300),
             cmocka_unit_test(test_weighted_600),
             cmocka_unit_test(test_weighted_smooth),
+            cmocka_unit_test(test_weighted_scaled),
             cmocka_unit_test(test_weighted_zero),
             cmocka_unit_test(test_unhealthy_gets_zero),
             cmocka_unit_test(test_empty_set),

@@ -77,7 +77,11 @@ struct lb_config {
         uint32_t ring_max_points;      /* per ring, default 262144 */
         uint32_t maglev_table_size;    /* prime, default 65537 */
         uint32_t p2c_threshold;        /* least connections: P2C above this many, default 32 */
-        uint32_t swrr_schedule_max;    /* precomputed SWRR period bound, default 65536 */
+        /* Weighted: picks follow a precomputed period of the SWRR sequence,
+         * at most this long (default 65536); a longer exact period is scaled
+         * down to fit (shares exact to half a scaled unit). 0 = compute per
+         * pick, O(endpoints). */
+        uint32_t swrr_schedule_max;
 };
 
 void lb_config_default(struct lb_config *cfg);

@@ -315,41 +315,79 @@ static int set_weights(const struct lb_table *t, struct lb_set *s)
 /* One period of nginx's smooth weighted round robin: every step each member
  * gains its weight, the largest current weight wins (first in order on a tie)
  * and loses the total. Weights are divided by their gcd first, so the period
- * is sum(w)/gcd. Too long a period leaves sched NULL: picks then run the same
- * algorithm with per-worker current weights. */
+ * is sum(w)/gcd and the schedule is exact.
+ *
+ * The period is bounded by P = min(swrr_schedule_max, SWRR_BUILD_WORK_MAX /
+ * members) (memory, and build time on the main thread). A longer exact period
+ * is scaled to fit: each positive weight becomes max(1, round(w * P / sum)),
+ * so every share is exact to within half a unit of the scaled weight. Only
+ * when the members do not fit even at one unit each (members > P) is sched
+ * left NULL: picks then run the same algorithm per worker, O(members). */
 static int build_swrr(const struct lb_table *t, struct lb_set *s)
 {
         uint64_t g = 0, sum = 0;
-        for (uint32_t k = 0; k < s->n; k++)
-                if (s->w[k])
+        uint32_t np = 0;
+        for (uint32_t k = 0; k < s->n; k++) {
+                if (s->w[k]) {
                         g = gcd64(s->w[k], g);
+                        np++;
+                }
+        }
         if (g == 0)
                 return 0;
-        for (uint32_t k = 0; k < s->n; k++)
-                sum += s->w[k] / g;
-        if (sum > t->cfg.swrr_schedule_max || sum * s->n > SWRR_BUILD_WORK_MAX)
+        uint64_t bound = SWRR_BUILD_WORK_MAX / np;
+        if (bound > t->cfg.swrr_schedule_max)
+                bound = t->cfg.swrr_schedule_max;
+        if (np > bound)
                 return 0;
-        int64_t *cw = calloc(s->n, sizeof(*cw));
-        s->sched = malloc(sum * sizeof(*s->sched));
-        if (!cw || !s->sched) {
-                free(cw);
-                return -ENOMEM;
-        }
-        for (uint64_t step = 0; step < sum; step++) {
-                uint32_t best = UINT32_MAX;
-                for (uint32_t k = 0; k < s->n; k++) {
-                        if (!s->w[k])
-                                continue;
-                        cw[k] += (int64_t)(s->w[k] / g);
-                        if (best == UINT32_MAX || cw[k] > cw[best])
-                                best = k;
+        uint32_t *pos = malloc(np * sizeof(*pos)); /* positive members */
+        int64_t *w = malloc(np * sizeof(*w));
+        int64_t *cw = calloc(np, sizeof(*cw));
+        if (!pos || !w || !cw)
+                goto nomem;
+        np = 0;
+        for (uint32_t k = 0; k < s->n; k++) {
+                if (s->w[k]) {
+                        pos[np] = s->idx[k];
+                        w[np] = s->w[k] / g;
+                        sum += (uint64_t)w[np];
+                        np++;
                 }
+        }
+        if (sum > bound) {
+                uint64_t raw = sum;
+                sum = 0;
+                for (uint32_t j = 0; j < np; j++) {
+                        uint64_t v = ((uint64_t)w[j] * bound * 2 + raw) / (2 * raw);
+                        w[j] = v ? (int64_t)v : 1;
+                        sum += (uint64_t)w[j];
+                }
+                /* Rounding up and the floor of 1 may overshoot a little:
+                 * still at most bound + np <= 2 * bound steps. */
+        }
+        s->sched = malloc(sum * sizeof(*s->sched));
+        if (!s->sched)
+                goto nomem;
+        for (uint64_t step = 0; step < sum; step++) {
+                for (uint32_t j = 0; j < np; j++)
+                        cw[j] += w[j];
+                uint32_t best = 0;
+                for (uint32_t j = 1; j < np; j++)
+                        if (cw[j] > cw[best])
+                                best = j;
                 cw[best] -= (int64_t)sum;
-                s->sched[step] = s->idx[best];
+                s->sched[step] = pos[best];
         }
         s->sched_len = (uint32_t)sum;
+        free(pos);
+        free(w);
         free(cw);
         return 0;
+nomem:
+        free(pos);
+        free(w);
+        free(cw);
+        return -ENOMEM;
 }
 
 /* ---- ring hash ------------------------------------------------------------ */
