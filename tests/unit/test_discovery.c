@@ -23,6 +23,7 @@
 
 #include "core/log.h"
 #include "core/loop.h"
+#include "discovery/backend.h"
 #include "discovery/file.h"
 #include "discovery/registry.h"
 
@@ -933,6 +934,45 @@ static void test_limits(void **state)
         disc_registry_free(r);
 }
 
+static void test_backend(void **state)
+{
+        (void)state;
+        struct shunt_config *cfg = calloc(1, sizeof(*cfg));
+        assert_non_null(cfg);
+        struct disc_registry *r = disc_registry_new(NULL);
+        struct loop *loop = loop_new();
+        struct disc_backend *b = NULL;
+        char err[512] = "";
+        snprintf(cfg->sd_type, sizeof(cfg->sd_type), "consul");
+        assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), -ENOTSUP);
+        assert_non_null(strstr(err, "service_discovery.type: consul"));
+        snprintf(cfg->sd_type, sizeof(cfg->sd_type), "file");
+        snprintf(cfg->sd_file_path, sizeof(cfg->sd_file_path), "%s", fixture("bad_port.json"));
+        assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), 0);
+        assert_int_equal(disc_backend_start(b, loop, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "bad_port.json:7: services[0].endpoints[0].port: 8080 is not "
+                                    "a target_port of this service"));
+        disc_backend_free(b);
+        disc_registry_free(r);
+        r = disc_registry_new(NULL);
+        snprintf(cfg->sd_file_path, sizeof(cfg->sd_file_path), "%s", fixture("full.json"));
+        assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), 0);
+        assert_int_equal(disc_backend_start(b, loop, err, sizeof(err)), 0);
+        const struct disc_snapshot *s = disc_registry_acquire(r);
+        assert_int_equal(disc_snapshot_n_services(s), 3);
+        disc_snapshot_release(s);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        disc_backend_render(b, &sb);
+        assert_non_null(strstr(sb.data, "\"type\":\"file\""));
+        assert_non_null(strstr(sb.data, "\"valid\":true"));
+        strbuf_free(&sb);
+        disc_backend_free(b);
+        disc_registry_free(r);
+        loop_free(loop);
+        free(cfg);
+}
+
 int main(void)
 {
         log_set_level(LOG_ERROR);
@@ -951,6 +991,7 @@ int main(void)
             cmocka_unit_test(test_admin_apply_and_render),
             cmocka_unit_test(test_memory_bounded),
             cmocka_unit_test(test_limits),
+            cmocka_unit_test(test_backend),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

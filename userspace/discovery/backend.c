@@ -1,0 +1,138 @@
+/* Backend selection and the file backend's adapter. */
+#include "discovery/backend.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "discovery/file.h"
+
+struct disc_backend {
+        const struct disc_backend_ops *ops;
+        void *impl;
+};
+
+/* ---- file ------------------------------------------------------------------ */
+
+struct file_backend {
+        struct disc_file *f;
+        bool enabled; /* a path is configured */
+};
+
+static int file_create(struct disc_registry *r, const struct shunt_config *cfg, void **impl,
+                       char *err, size_t errlen)
+{
+        struct file_backend *fb = calloc(1, sizeof(*fb));
+        if (!fb) {
+                snprintf(err, errlen, "discovery: out of memory");
+                return -ENOMEM;
+        }
+        if (cfg->sd_file_path[0]) {
+                fb->f = disc_file_new(r, cfg->sd_file_path, err, errlen);
+                if (!fb->f) {
+                        free(fb);
+                        return -EINVAL;
+                }
+                fb->enabled = true;
+        }
+        *impl = fb;
+        return 0;
+}
+
+static int file_start(void *impl, struct loop *loop, char *err, size_t errlen)
+{
+        struct file_backend *fb = impl;
+        if (!fb->enabled) {
+                log_info("discovery", 0,
+                         "no service_discovery.file.path: the registry starts empty (manual "
+                         "registration only)");
+                return 0;
+        }
+        char msg[DISC_ERROR_MAX];
+        int rc = disc_file_check(fb->f, msg, sizeof(msg));
+        if (rc < 0) {
+                snprintf(err, errlen, "config: service_discovery.file.path: %s", msg);
+                return rc;
+        }
+        return disc_file_watch(fb->f, loop, DISC_FILE_POLL_MS);
+}
+
+static void file_render(const void *impl, struct strbuf *sb)
+{
+        const struct file_backend *fb = impl;
+        if (fb->enabled)
+                disc_file_render(fb->f, sb);
+        else
+                strbuf_append(sb, "{\"path\":null}");
+}
+
+static void file_destroy(void *impl)
+{
+        struct file_backend *fb = impl;
+        disc_file_free(fb->f);
+        free(fb);
+}
+
+static const struct disc_backend_ops file_ops = {
+    .type = "file",
+    .create = file_create,
+    .start = file_start,
+    .render = file_render,
+    .destroy = file_destroy,
+};
+
+static const struct disc_backend_ops *const backends[] = {&file_ops};
+
+int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
+                     struct disc_backend **out, char *err, size_t errlen)
+{
+        const char *type = cfg->sd_type[0] ? cfg->sd_type : "file";
+        const struct disc_backend_ops *ops = NULL;
+        for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++) {
+                if (strcmp(backends[i]->type, type) == 0)
+                        ops = backends[i];
+        }
+        if (!ops) {
+                snprintf(err, errlen,
+                         "config: service_discovery.type: %s: not built yet (available: file)",
+                         type);
+                return -ENOTSUP;
+        }
+        struct disc_backend *b = calloc(1, sizeof(*b));
+        if (!b) {
+                snprintf(err, errlen, "discovery: out of memory");
+                return -ENOMEM;
+        }
+        b->ops = ops;
+        int rc = ops->create(r, cfg, &b->impl, err, errlen);
+        if (rc) {
+                free(b);
+                return rc;
+        }
+        *out = b;
+        return 0;
+}
+
+int disc_backend_start(struct disc_backend *b, struct loop *loop, char *err, size_t errlen)
+{
+        return b->ops->start(b->impl, loop, err, errlen);
+}
+
+void disc_backend_render(const struct disc_backend *b, struct strbuf *sb)
+{
+        strbuf_append(sb, "{\"type\":");
+        strbuf_append_json_string(sb, b->ops->type);
+        strbuf_append(sb, ",\"state\":");
+        b->ops->render(b->impl, sb);
+        strbuf_append(sb, "}");
+}
+
+void disc_backend_free(struct disc_backend *b)
+{
+        if (!b)
+                return;
+        b->ops->destroy(b->impl);
+        free(b);
+}
