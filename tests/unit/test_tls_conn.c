@@ -466,11 +466,278 @@ static void test_client_vs_s_server(void **state)
         assert_int_equal(c.handshake_fail[1][TLS_FAIL_UNTRUSTED_CA], 1);
 }
 
+/* ---- rotation while a connection lives ----------------------------------------- */
+
+struct pair {
+        int cfd, sfd;
+        struct tls_conn *cli, *srv;
+};
+
+static void pair_open(struct tls_store *st, const char *expected, struct pair *p)
+{
+        uint16_t port;
+        int lfd = tu_listen(&port);
+        p->cfd = tu_connect(port, true);
+        assert_true(p->cfd >= 0);
+        p->sfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        assert_true(p->sfd >= 0);
+        close(lfd);
+        struct tls_snapshot *snap = tls_store_acquire(st);
+        assert_int_equal(tls_conn_server_new(snap, p->sfd, 1, &p->srv), 0);
+        assert_int_equal(tls_conn_client_new(snap, p->cfd, 2, expected, 8080, &p->cli), 0);
+        tls_snapshot_unref(snap);
+        int rc_c = -EAGAIN, rc_s = -EAGAIN;
+        uint64_t deadline = tu_now_ms() + 5000;
+        while ((rc_c == -EAGAIN || rc_s == -EAGAIN) && tu_now_ms() < deadline) {
+                if (rc_c == -EAGAIN)
+                        rc_c = tls_conn_handshake(p->cli);
+                if (rc_s == -EAGAIN)
+                        rc_s = tls_conn_handshake(p->srv);
+                struct pollfd pf[2] = {{.fd = p->cfd, .events = POLLIN},
+                                       {.fd = p->sfd, .events = POLLIN}};
+                if (rc_c == -EAGAIN || rc_s == -EAGAIN)
+                        poll(pf, 2, 20);
+        }
+        assert_int_equal(rc_c, 0);
+        assert_int_equal(rc_s, 0);
+}
+
+static void pair_close(struct pair *p)
+{
+        tls_conn_free(p->cli);
+        tls_conn_free(p->srv);
+        close(p->cfd);
+        close(p->sfd);
+}
+
+/* Sends len bytes from a to b and checks they arrive unchanged. */
+static void transfer(struct tls_conn *a, int afd, struct tls_conn *b, int bfd, uint32_t seq)
+{
+        unsigned char out[2048], in[2048];
+        for (size_t i = 0; i < sizeof(out); i++)
+                out[i] = (unsigned char)(seq * 31 + i);
+        size_t sent = 0, got = 0;
+        uint64_t deadline = tu_now_ms() + 5000;
+        while (got < sizeof(in) && tu_now_ms() < deadline) {
+                if (sent < sizeof(out)) {
+                        ssize_t w = tls_conn_write(a, out + sent, sizeof(out) - sent);
+                        if (w > 0)
+                                sent += (size_t)w;
+                        else
+                                assert_int_equal(w, -EAGAIN);
+                }
+                ssize_t r = tls_conn_read(b, in + got, sizeof(in) - got);
+                if (r > 0) {
+                        got += (size_t)r;
+                        continue;
+                }
+                assert_int_equal(r, -EAGAIN);
+                struct pollfd pf[2] = {{.fd = afd, .events = POLLOUT},
+                                       {.fd = bfd, .events = POLLIN}};
+                poll(pf, 2, 20);
+        }
+        assert_int_equal(got, sizeof(in));
+        assert_memory_equal(in, out, sizeof(out));
+}
+
+static void test_rotation_keeps_connections(void **state)
+{
+        struct fix *f = *state;
+        const char *id = "spiffe://cluster.local/ns/default/sa/rot";
+        /* 3 s lifetime: rotation after 2 s. */
+        struct tls_store *st = store_new(f->cadir, id, 3, NULL);
+        struct pair longp;
+        pair_open(st, id, &longp);
+        char first[80];
+        snprintf(first, sizeof(first), "%s", tls_conn_peer_serial(longp.cli));
+        char serials[8][80];
+        int nser = 0;
+        uint64_t start = tu_now_ms();
+        uint32_t seq = 0;
+        uint64_t next_new = start;
+        /* ~4.5 s: past the first rotation (2 s) and the second (4 s); the long
+         * connection's certificate even expires (3 s) while it keeps going. */
+        while (tu_now_ms() - start < 4500) {
+                tls_store_tick(st);
+                transfer(longp.cli, longp.cfd, longp.srv, longp.sfd, seq++);
+                transfer(longp.srv, longp.sfd, longp.cli, longp.cfd, seq++);
+                if (tu_now_ms() >= next_new && nser < 8) {
+                        struct pair p;
+                        pair_open(st, id, &p);
+                        transfer(p.cli, p.cfd, p.srv, p.sfd, seq++);
+                        snprintf(serials[nser++], 80, "%s", tls_conn_peer_serial(p.cli));
+                        pair_close(&p);
+                        next_new += 700;
+                }
+                tu_sleep_ms(50);
+        }
+        /* New handshakes presented new serials; the long connection lived on. */
+        assert_true(nser >= 3);
+        assert_string_equal(serials[0], first);
+        struct pair last;
+        pair_open(st, id, &last);
+        assert_string_not_equal(tls_conn_peer_serial(last.cli), first);
+        assert_string_equal(tls_conn_peer_serial(last.cli),
+                            tls_snapshot_serial(tls_conn_snapshot(last.srv)));
+        pair_close(&last);
+        int distinct = 1;
+        for (int i = 1; i < nser; i++)
+                if (strcmp(serials[i], serials[i - 1]) != 0)
+                        distinct++;
+        assert_true(distinct >= 2);
+        struct tls_store_counts c;
+        tls_store_counts(st, &c);
+        assert_true(c.rotations >= 1);
+        assert_int_equal(c.rotation_failures, 0);
+        assert_true(c.draining);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_HANDSHAKE_ERROR], 0);
+        transfer(longp.cli, longp.cfd, longp.srv, longp.sfd, seq++);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        tls_store_render_json(st, &sb);
+        assert_non_null(strstr(sb.data, "\"previous\":{\"identity\":"));
+        strbuf_free(&sb);
+        /* The long connection still holds its original snapshot. */
+        assert_string_equal(tls_snapshot_serial(tls_conn_snapshot(longp.srv)), first);
+        assert_int_equal(tls_snapshot_conns(tls_conn_snapshot(longp.srv)), 2);
+        pair_close(&longp);
+        tls_store_free(st);
+}
+
+/* ---- CA rotation with overlap ---------------------------------------------------- */
+
+static void test_ca_overlap(void **state)
+{
+        struct fix *f = *state;
+        /* The new CA; the old one (f->ca) stays trusted through the extra bundle. */
+        char newdir[600], newca[600], both[600];
+        tu_path(newdir, sizeof(newdir), f->tmp, "newca");
+        tu_path(newca, sizeof(newca), newdir, "ca.pem");
+        tu_path(both, sizeof(both), f->tmp, "both.pem");
+        struct tls_store *st = store_new(newdir, SERVER_ID, 3600, f->cafile);
+        struct tls_ca_options o = {.state_dir = newdir};
+        struct tls_ca *nca;
+        assert_int_equal(tls_ca_open(&o, &nca), 0);
+        X509 *roots[2] = {tls_ca_cert(f->ca), tls_ca_cert(nca)};
+        tu_write_certs(both, roots, 2);
+        issue_to(f->ca, f->tmp, "oldpeer", CLIENT_ID, -60, 3600);
+        issue_to(nca, f->tmp, "newpeer", CLIENT_ID, -60, 3600);
+        char c1[600], k1[600], c2[600], k2[600], out[4096];
+        snprintf(c1, sizeof(c1), "%s/oldpeer.pem", f->tmp);
+        snprintf(k1, sizeof(k1), "%s/oldpeer-key.pem", f->tmp);
+        snprintf(c2, sizeof(c2), "%s/newpeer.pem", f->tmp);
+        snprintf(k2, sizeof(k2), "%s/newpeer-key.pem", f->tmp);
+        struct srv s;
+        assert_int_equal(
+            s_client(f, st, c1, k1, both, "-tls1_3", "port-80." TD, &s, out, sizeof(out)), TLS_OK);
+        assert_int_equal(
+            s_client(f, st, c2, k2, both, "-tls1_3", "port-80." TD, &s, out, sizeof(out)), TLS_OK);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        tls_store_render_json(st, &sb);
+        /* Two CAs in the trust bundle. */
+        const char *tb = strstr(sb.data, "\"trust_bundle\":[");
+        assert_non_null(tb);
+        assert_non_null(strstr(tb, "},{\"serial\":"));
+        strbuf_free(&sb);
+        tls_store_free(st);
+        /* After the overlap (old CA dropped): old peers are refused. */
+        st = store_new(newdir, SERVER_ID, 3600, NULL);
+        assert_int_equal(
+            s_client(f, st, c1, k1, both, "-tls1_3", "port-80." TD, &s, out, sizeof(out)),
+            TLS_FAIL_UNTRUSTED_CA);
+        assert_int_equal(
+            s_client(f, st, c2, k2, newca, "-tls1_3", "port-80." TD, &s, out, sizeof(out)), TLS_OK);
+        tls_store_free(st);
+        tls_ca_free(nca);
+}
+
+/* ---- bad input --------------------------------------------------------------------- */
+
+/* A real ClientHello from our client, captured over a socketpair. */
+static size_t client_hello(struct tls_store *st, unsigned char *buf, size_t len)
+{
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+        struct tls_snapshot *snap = tls_store_acquire(st);
+        struct tls_conn *c;
+        assert_int_equal(tls_conn_client_new(snap, sv[0], 3, SERVER_ID, 8080, &c), 0);
+        tls_snapshot_unref(snap);
+        assert_int_equal(tls_conn_handshake(c), -EAGAIN);
+        ssize_t n = read(sv[1], buf, len);
+        assert_true(n > 100);
+        assert_int_equal(buf[0], 0x16); /* handshake record */
+        tls_conn_free(c);
+        close(sv[0]);
+        close(sv[1]);
+        return (size_t)n;
+}
+
+static void test_bad_input(void **state)
+{
+        struct fix *f = *state;
+        unsigned char hello[4096];
+        size_t hl = client_hello(f->st, hello, sizeof(hello));
+        struct srv s;
+        int fd;
+
+        /* Random bytes. */
+        srv_start(&s, f->st, 2000);
+        fd = tu_connect(s.port, false);
+        unsigned char junk[600];
+        RAND_bytes(junk, sizeof(junk));
+        junk[0] = 0x17; /* not a handshake record either way */
+        assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+        srv_join(&s);
+        close(fd);
+        assert_int_equal(s.fail, TLS_FAIL_HANDSHAKE_ERROR);
+
+        /* Truncated ClientHello, then the client goes away. */
+        srv_start(&s, f->st, 2000);
+        fd = tu_connect(s.port, false);
+        assert_int_equal(write(fd, hello, hl / 2), (ssize_t)(hl / 2));
+        shutdown(fd, SHUT_WR);
+        srv_join(&s);
+        close(fd);
+        assert_int_equal(s.fail, TLS_FAIL_HANDSHAKE_ERROR);
+
+        /* Slow handshake: a few bytes, then nothing: the caller's timeout. */
+        srv_start(&s, f->st, 300);
+        fd = tu_connect(s.port, false);
+        assert_int_equal(write(fd, hello, 7), 7);
+        srv_join(&s);
+        close(fd);
+        assert_int_equal(s.fail, TLS_FAIL_HANDSHAKE_TIMEOUT);
+
+        /* A plaintext HTTP request. */
+        srv_start(&s, f->st, 2000);
+        fd = tu_connect(s.port, false);
+        const char *http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_int_equal(write(fd, http, strlen(http)), (ssize_t)strlen(http));
+        srv_join(&s);
+        close(fd);
+        assert_int_equal(s.fail, TLS_FAIL_HANDSHAKE_ERROR);
+
+        /* Nothing else affected: a mesh client still gets through. */
+        issue_to(f->ca, f->tmp, "good", CLIENT_ID, -60, 3600);
+        char out[4096];
+        assert_int_equal(client_with(f, "good", &s, out, sizeof(out)), TLS_OK);
+        assert_true(s.echoed);
+        struct tls_store_counts c;
+        tls_store_counts(f->st, &c);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_HANDSHAKE_ERROR], 3);
+        assert_int_equal(c.handshake_fail[0][TLS_FAIL_HANDSHAKE_TIMEOUT], 1);
+        assert_int_equal(c.handshakes_ok[0], 1);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_server_vs_s_client, setup, teardown),
             cmocka_unit_test_setup_teardown(test_client_vs_s_server, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_ca_overlap, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_rotation_keeps_connections, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
