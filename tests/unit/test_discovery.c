@@ -947,7 +947,7 @@ static void test_backend(void **state)
         assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), -ENOTSUP);
         assert_non_null(strstr(err, "service_discovery.type: consul"));
         snprintf(cfg->sd_type, sizeof(cfg->sd_type), "file");
-        snprintf(cfg->sd_file_path, sizeof(cfg->sd_file_path), "%s", fixture("bad_port.json"));
+        snprintf(cfg->sd_file_path, sizeof(cfg->sd_file_path), "%.200s", fixture("bad_port.json"));
         assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), 0);
         assert_int_equal(disc_backend_start(b, loop, err, sizeof(err)), -EINVAL);
         assert_non_null(strstr(err, "bad_port.json:7: services[0].endpoints[0].port: 8080 is not "
@@ -955,7 +955,7 @@ static void test_backend(void **state)
         disc_backend_free(b);
         disc_registry_free(r);
         r = disc_registry_new(NULL);
-        snprintf(cfg->sd_file_path, sizeof(cfg->sd_file_path), "%s", fixture("full.json"));
+        snprintf(cfg->sd_file_path, sizeof(cfg->sd_file_path), "%.200s", fixture("full.json"));
         assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), 0);
         assert_int_equal(disc_backend_start(b, loop, err, sizeof(err)), 0);
         const struct disc_snapshot *s = disc_registry_acquire(r);
