@@ -520,6 +520,31 @@ static void test_hash_weights(void **state)
         }
 }
 
+/* Weight 0 drains an endpoint from the hash algorithms too, until nothing
+ * else is available. */
+static void test_hash_zero_weight(void **state)
+{
+        for (int a = 0; a < 2; a++) {
+                struct lb_config c = cfg_for(a ? LB_MAGLEV : LB_CONSISTENT_HASH);
+                struct lb_endpoint_in eps[3] = {mkep(1, 0, "", true), mkep(2, 1, "", true),
+                                                mkep(3, 1, "", true)};
+                struct lb_table *t = build(&c, eps, 3, NULL);
+                struct lb_worker *w = lb_worker_new(1);
+                for (unsigned k = 0; k < 500; k++) {
+                        uint64_t h = key_hash(k);
+                        assert_int_not_equal(pick(w, t, &h), 0);
+                }
+                lb_ep_set_available(lb_table_endpoint(t, 1)->state, false);
+                lb_ep_set_available(lb_table_endpoint(t, 2)->state, false);
+                uint64_t h = key_hash(1);
+                assert_int_equal(pick(w, t, &h), 0);
+                lb_ep_set_available(lb_table_endpoint(t, 0)->state, false);
+                assert_int_equal(pick(w, t, &h), LB_ENOENDPOINT);
+                lb_worker_free(w);
+                lb_table_unref(t);
+        }
+}
+
 /* Maglev spreads evenly: 10 equal endpoints, 20000 keys, each within 10 %. */
 static void test_maglev_even(void **state)
 {
@@ -811,6 +836,7 @@ int main(void)
             cmocka_unit_test(test_ring_hash),
             cmocka_unit_test(test_maglev),
             cmocka_unit_test(test_hash_weights),
+            cmocka_unit_test(test_hash_zero_weight),
             cmocka_unit_test(test_maglev_even),
             cmocka_unit_test(test_ring_cap),
             cmocka_unit_test(test_locality),

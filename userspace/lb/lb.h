@@ -19,8 +19,9 @@
  * Which endpoints can be picked
  *   Only endpoints that are healthy in the table (discovery's health) and
  *   available (breaker not open, not ejected). Weight 0 means "drain" for the
- *   weighted and hash algorithms (never picked while another endpoint has a
- *   positive weight); when every weight is 0 all count as equal.
+ *   weighted and hash algorithms (never picked while an endpoint with a
+ *   positive weight is available; then they are picked in turn); when every
+ *   weight is 0 all count as equal.
  *   Round robin and least connections ignore weights.
  *
  * Locality
@@ -125,7 +126,7 @@ struct lb_table;
  * incrementally when the configuration is unchanged. Returns 0, -EINVAL
  * (logged: which endpoint or field) or -ENOMEM. The new table has one
  * reference, owned by the caller (hand it to snapshot_publish through
- * lb_table_snapshot). */
+ * lb_table_snapshot). prev must be a table of the same service. */
 int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps, size_t n,
                    const struct lb_table *prev, struct lb_table **out);
 struct snapshot *lb_table_snapshot(struct lb_table *t);

@@ -258,7 +258,10 @@ static int pick_set(struct lb_worker *w, const struct lb_table *t, int which, co
                  * nothing. */
                 return r >= 0 ? r : pick_rr(t, s, ws);
         case LB_CONSISTENT_HASH:
-                return hash ? pick_ring(t, s, *hash) : pick_rr(t, s, ws);
+                if (!hash)
+                        return pick_rr(t, s, ws);
+                r = pick_ring(t, s, *hash);
+                return r >= 0 ? r : pick_rr(t, s, ws);
         case LB_MAGLEV:
                 if (!hash)
                         return pick_rr(t, s, ws);
