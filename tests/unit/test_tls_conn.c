@@ -17,6 +17,7 @@
 #include <openssl/rand.h>
 
 #include "test_tls_util.h"
+#include "core/loop.h"
 #include "tls/conn.h"
 #include "tls/spiffe.h"
 #include "tls/source.h"
@@ -730,12 +731,93 @@ static void test_bad_input(void **state)
         assert_int_equal(c.handshakes_ok[0], 1);
 }
 
+/* TLS 1.3: the client finishes first; the server's refusal arrives as an
+ * alert on the client's first read. */
+static void test_refusal_reaches_client(void **state)
+{
+        struct fix *f = *state;
+        const char *id = "spiffe://cluster.local/ns/default/sa/rot";
+        struct tls_store *st = store_new(f->cadir, id, 3600, NULL);
+        struct tls_allow_rule allow[] = {{0, "spiffe://cluster.local/ns/default/sa/someone"}};
+        assert_int_equal(tls_store_set_allow(st, allow, 1), 0);
+        uint16_t port;
+        int lfd = tu_listen(&port);
+        int cfd = tu_connect(port, true);
+        int sfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        close(lfd);
+        struct tls_snapshot *snap = tls_store_acquire(st);
+        struct tls_conn *cli, *srv;
+        assert_int_equal(tls_conn_server_new(snap, sfd, 1, &srv), 0);
+        assert_int_equal(tls_conn_client_new(snap, cfd, 2, id, 443, &cli), 0);
+        tls_snapshot_unref(snap);
+        int rc_c = -EAGAIN, rc_s = -EAGAIN;
+        uint64_t deadline = tu_now_ms() + 5000;
+        while ((rc_c == -EAGAIN || rc_s == -EAGAIN) && tu_now_ms() < deadline) {
+                if (rc_c == -EAGAIN)
+                        rc_c = tls_conn_handshake(cli);
+                if (rc_s == -EAGAIN)
+                        rc_s = tls_conn_handshake(srv);
+                struct pollfd pf[2] = {{.fd = cfd, .events = POLLIN},
+                                       {.fd = sfd, .events = POLLIN}};
+                poll(pf, 2, 20);
+        }
+        assert_int_equal(rc_c, 0);
+        assert_int_equal(rc_s, -EPROTO);
+        assert_int_equal(tls_conn_fail(srv), TLS_FAIL_NOT_ALLOWED);
+        assert_int_equal(tls_conn_dst_port(srv), 443);
+        ssize_t n = -EAGAIN;
+        char buf[64];
+        while (n == -EAGAIN && tu_now_ms() < deadline) {
+                n = tls_conn_read(cli, buf, sizeof(buf));
+                if (n == -EAGAIN)
+                        wait_fd(cfd, POLLIN, 50);
+        }
+        assert_int_equal(n, -EPROTO);
+        assert_int_equal(tls_conn_fail(cli), TLS_FAIL_PEER_ALERT);
+        assert_non_null(strstr(tls_conn_fail_detail(cli), "access denied"));
+        struct tls_store_counts c;
+        tls_store_counts(st, &c);
+        assert_int_equal(c.handshake_fail[1][TLS_FAIL_PEER_ALERT], 1);
+        assert_int_equal(c.handshakes_ok[1], 1);
+        tls_conn_free(cli);
+        tls_conn_free(srv);
+        close(cfd);
+        close(sfd);
+        tls_store_free(st);
+}
+
+static void stop_loop(struct loop *loop, struct loop_timer *t)
+{
+        loop_stop(loop);
+}
+
+/* tls_store_start drives rotation from the main loop's timer. */
+static void test_store_on_loop(void **state)
+{
+        struct fix *f = *state;
+        struct tls_store *st = store_new(f->cadir, SERVER_ID, 3, NULL);
+        struct loop *loop = loop_new();
+        assert_non_null(loop);
+        assert_int_equal(tls_store_start(st, loop), 0);
+        struct loop_timer stop;
+        loop_timer_init(&stop, stop_loop, NULL);
+        assert_int_equal(loop_timer_arm(loop, &stop, 3500), 0);
+        assert_int_equal(loop_run(loop), 0);
+        struct tls_store_counts c;
+        tls_store_counts(st, &c);
+        assert_true(c.rotations >= 1);
+        tls_store_free(st);
+        loop_free(loop);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_server_vs_s_client, setup, teardown),
             cmocka_unit_test_setup_teardown(test_client_vs_s_server, setup, teardown),
             cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_refusal_reaches_client, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_store_on_loop, setup, teardown),
             cmocka_unit_test_setup_teardown(test_ca_overlap, setup, teardown),
             cmocka_unit_test_setup_teardown(test_rotation_keeps_connections, setup, teardown),
         };
