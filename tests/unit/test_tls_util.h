@@ -37,7 +37,8 @@ static inline void tu_rmrf(const char *dir)
 
 static inline void tu_path(char *buf, size_t len, const char *dir, const char *name)
 {
-        snprintf(buf, len, "%s/%s", dir, name);
+        if (snprintf(buf, len, "%s/%s", dir, name) >= (int)len)
+                abort();
 }
 
 /* Writes <dir>/<name>.pem (leaf + chain) and <dir>/<name>-key.pem. */
