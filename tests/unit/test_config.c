@@ -239,6 +239,8 @@ static void test_file_values(void **state)
         assert_int_equal(c->mtls_mode, MTLS_STRICT);
         assert_string_equal(c->lb_algorithm, "consistent_hash");
         assert_string_equal(c->lb_hash_key, "X-User-Id");
+        assert_string_equal(c->redirect_cgroup, "/sys/fs/cgroup/unified/shop");
+        assert_string_equal(c->bpf_pin_root, "/sys/fs/bpf/shunt-shop");
         assert_string_equal(c->path, FIX("full.json"));
         /* every key in the file is recorded as coming from it */
         for (size_t i = 0; i < c->n_origins; i++)
@@ -570,13 +572,10 @@ static void test_json_errors(void **state)
                  "config: bind_address: \"localhost\": expected an IPv4 or IPv6 address", NULL);
         json_err("{\"bind_address\": 0}", "config: bind_address: 0: expected an IPv4 or IPv6",
                  "(in JSON: a string)", NULL);
-        json_err("{\"redirect\": \"ebpf\"}",
-                 "config: redirect: \"ebpf\": needs eBPF capture, which is not built yet; allowed: "
-                 "iptables, off",
-                 NULL);
-        json_err("{\"redirect\": \"auto\"}", "needs eBPF capture", "allowed: iptables, off", NULL);
+        json_err("{\"redirect\": \"bpf\"}",
+                 "config: redirect: \"bpf\": allowed: iptables, off, auto, ebpf", NULL);
         json_err("{\"redirect\": \"IPTABLES\"}",
-                 "config: redirect: \"IPTABLES\": allowed: iptables, off", NULL);
+                 "config: redirect: \"IPTABLES\": allowed: iptables, off, auto, ebpf", NULL);
         json_err("{\"mtls\": {\"mode\": \"STRICT\"}}",
                  "config: mtls.mode: \"STRICT\": allowed: strict, permissive, disabled", NULL);
         json_err("{\"outbound_policy\": \"deny\"}", "allowed: allow_any, registry_only", NULL);
@@ -678,8 +677,9 @@ static void test_env_errors(void **state)
                  "config: LOAD_BALANCING_ALGORITHM (env): random: allowed: round_robin, "
                  "least_connections, weighted, consistent_hash",
                  NULL);
-        char *e7[] = {"SHUNT_REDIRECT=ebpf", NULL};
-        load_err(argv, e7, -EINVAL, "config: SHUNT_REDIRECT (env): ebpf: needs eBPF capture", NULL);
+        char *e7[] = {"SHUNT_REDIRECT=bpf", NULL};
+        load_err(argv, e7, -EINVAL,
+                 "config: SHUNT_REDIRECT (env): bpf: allowed: iptables, off, auto, ebpf", NULL);
         char *e8[] = {"SIDECAR_ADMIN_PORT=15001", NULL};
         load_err(
             argv, e8, -EINVAL,
@@ -760,11 +760,9 @@ static void test_flag_errors(void **state)
         load_err(a16, no_env, -EINVAL, "config: --bogus: unknown flag", NULL);
         char *a17[] = {"shuntd", "--", NULL};
         load_err(a17, no_env, -EINVAL, "config: --: unexpected argument", NULL);
-        char *a18[] = {"shuntd", "--redirect=ebpf", NULL};
+        char *a18[] = {"shuntd", "--redirect=xdp", NULL};
         load_err(a18, no_env, -EINVAL,
-                 "config: --redirect: ebpf: needs eBPF capture, which is not built yet; allowed: "
-                 "iptables, off",
-                 NULL);
+                 "config: --redirect: xdp: allowed: iptables, off, auto, ebpf", NULL);
 }
 
 static void test_reload(void **state)
@@ -966,6 +964,8 @@ static void test_usage_and_names(void **state)
 
         assert_string_equal(redirect_mode_name(REDIRECT_IPTABLES), "iptables");
         assert_string_equal(redirect_mode_name(REDIRECT_OFF), "off");
+        assert_string_equal(redirect_mode_name(REDIRECT_AUTO), "auto");
+        assert_string_equal(redirect_mode_name(REDIRECT_EBPF), "ebpf");
         assert_string_equal(outbound_policy_name(OUTBOUND_ALLOW_ANY), "allow_any");
         assert_string_equal(outbound_policy_name(OUTBOUND_REGISTRY_ONLY), "registry_only");
         assert_string_equal(mtls_mode_name(MTLS_STRICT), "strict");

@@ -67,8 +67,7 @@ struct key_desc {
 #define LIST(f, n) FIELD(f), .count_off = offsetof(struct shunt_config, n)
 
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
-static const char *const redirect_names[] = {"iptables", "off", NULL};
-static const char *const redirect_future[] = {"auto", "ebpf", NULL};
+static const char *const redirect_names[] = {"iptables", "off", "auto", "ebpf", NULL};
 static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
@@ -87,7 +86,11 @@ static const struct key_desc keys[] = {
         {.path = "log_level", .env = "SHUNT_LOG_LEVEL", .type = K_ENUM, FIELD(log_level), .names = log_level_names,
          .def = "info"},
         {.path = "redirect", .env = "SHUNT_REDIRECT", .type = K_ENUM, FIELD(redirect), .names = redirect_names,
-         .reserved = redirect_future, .reserved_why = "needs eBPF capture, which is not built yet", .def = "iptables"},
+         .def = "iptables"},
+        {.path = "redirect_cgroup", .env = "SHUNT_REDIRECT_CGROUP", .type = K_STR, FIELD(redirect_cgroup),
+         .note = "cgroup v2 directory of the workload (eBPF capture); required by ebpf, auto falls back without it"},
+        {.path = "bpf_pin_root", .env = "SHUNT_BPF_PIN_ROOT", .type = K_STR, FIELD(bpf_pin_root),
+         .note = "bpffs directory for maps and links; empty = /sys/fs/bpf/shunt"},
         {.path = "proxy_mark", .type = K_MARK, FIELD(proxy_mark), .min = 1, .max = UINT32_MAX, .def = "0x539"},
         {.path = "proxy_uid", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX, .def = "-1",
          .note = "-1 = automatic"},

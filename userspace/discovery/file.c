@@ -358,7 +358,7 @@ static int parse_port(struct vctx *v, const cJSON *x, struct disc_port_spec *p)
         long long n;
         size_t old;
         memset(p, 0, sizeof(*p));
-        p->proto = PROTO_TCP;
+        p->proto = PROTO_UNKNOWN; /* not declared: the proxy sniffs */
         if ((f = FIELD(x, "name"))) {
                 old = path_push_key(v, "name");
                 if (want_string(v, f, sizeof(p->name), p->name))

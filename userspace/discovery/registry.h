@@ -145,7 +145,7 @@ struct disc_port_spec {
         char name[DISC_NAME_MAX]; /* "" if unnamed */
         uint16_t port;
         uint16_t target_port; /* 0: same as port */
-        enum proto proto;     /* PROTO_TCP, PROTO_HTTP1, PROTO_HTTP2, PROTO_GRPC, PROTO_TLS */
+        enum proto proto;     /* declared protocol; PROTO_UNKNOWN when not declared (sniffed) */
 };
 
 struct disc_endpoint_spec {
