@@ -561,6 +561,14 @@ static void test_backoff_and_report(void **state)
         assert_non_null(strstr(sb.data, "shunt_tls_handshake_failures_total{direction=\"inbound\","
                                         "reason=\"untrusted_ca\"} 0\n"));
         assert_non_null(strstr(sb.data, "shunt_tls_cert_expiry_seconds "));
+        /* The real promtool accepts the exposition (when installed). */
+        if (system("command -v promtool >/dev/null 2>&1") == 0) {
+                char *pt[] = {"promtool", "check", "metrics", NULL};
+                char pout[4096];
+                int prc = tu_run(pt, sb.data, pout, sizeof(pout), 10000);
+                if (prc != 0)
+                        fail_msg("promtool: %s", pout);
+        }
         strbuf_free(&sb);
 
         /* Bad allow-list entries are refused. */
