@@ -17,10 +17,13 @@
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
 #include "intercept/origdst.h"
+#include "discovery/backend.h"
+#include "discovery/registry.h"
 #include "proxy/proxy.h"
 
-#define SHUNT_VERSION "0.1.0"
-#define DRAIN_POLL_MS 100
+#define SHUNT_VERSION  "0.1.0"
+#define DRAIN_POLL_MS  100
+#define ROUTES_POLL_MS 100 /* how often a new registry snapshot is looked for */
 
 struct daemon {
         int argc;
@@ -34,6 +37,11 @@ struct daemon {
         struct loop_timer drain_timer;
         uint64_t drain_deadline_ms;
         uint64_t started_ms;
+        struct bpfcap *bpf; /* eBPF capture, when active */
+        struct disc_registry *registry;
+        struct disc_backend *backend;
+        uint64_t routes_version; /* registry version the proxy routes by */
+        struct loop_timer routes_timer;
         bool rules_installed;
         bool ready;
         bool draining;
@@ -55,9 +63,6 @@ static uint32_t capture_uid(const struct shunt_config *cfg)
         return me != 0 ? (uint32_t)me : IPT_UID_NONE;
 }
 
-/* eBPF mode: the loaded programs (NULL in the other modes). */
-static struct bpfcap *bpf_capture;
-
 static void bpf_options(struct daemon *d, struct bpfcap_options *o)
 {
         uint32_t uid = capture_uid(d->cfg);
@@ -71,10 +76,10 @@ static int bpf_install(struct daemon *d, char *why, size_t whylen)
         bpf_options(d, &o);
         if (bpfcap_probe(o.cgroup_path, why, whylen) < 0)
                 return -1;
-        bpf_capture = bpfcap_open(&o, why, whylen);
-        if (!bpf_capture)
+        d->bpf = bpfcap_open(&o, why, whylen);
+        if (!d->bpf)
                 return -1;
-        origdst_use_bpf(bpf_capture);
+        origdst_use_bpf(d->bpf);
         d->rules_installed = true;
         return 0;
 }
@@ -82,11 +87,11 @@ static int bpf_install(struct daemon *d, char *why, size_t whylen)
 static int rules_install(struct daemon *d)
 {
         char err[512];
-        if (bpf_capture) {
+        if (d->bpf) {
                 /* A reload: new exclusions, mark, uid, port; programs stay. */
                 struct bpfcap_options o;
                 bpf_options(d, &o);
-                if (bpfcap_configure(bpf_capture, &o, err, sizeof(err)) < 0) {
+                if (bpfcap_configure(d->bpf, &o, err, sizeof(err)) < 0) {
                         log_error("intercept", 0, "updating eBPF capture failed: %s", err);
                         return -1;
                 }
@@ -108,12 +113,12 @@ static void rules_remove(struct daemon *d)
 {
         if (!d->rules_installed)
                 return;
-        if (bpf_capture) {
+        if (d->bpf) {
                 /* Clean exit: links detached, pins removed. A crash leaves the
                  * pins, and the next start takes them over. */
                 origdst_use_bpf(NULL);
-                bpfcap_close(bpf_capture, true);
-                bpf_capture = NULL;
+                bpfcap_close(d->bpf, true);
+                d->bpf = NULL;
                 log_info("intercept", 0, "eBPF capture detached");
                 d->rules_installed = false;
                 return;
@@ -150,6 +155,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         struct daemon *d = ctx;
         resp->content_type = PROM_CONTENT_TYPE;
         proxy_render_metrics(d->proxy, &resp->body);
+        if (d->bpf)
+                bpfcap_render_metrics(d->bpf, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
@@ -180,15 +187,19 @@ static void h_status(const struct admin_request *req, struct admin_response *res
         strbuf_appendf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime_s\":%llu,", SHUNT_VERSION,
                        (int)getpid(),
                        (unsigned long long)((clock_mono_ms() - d->started_ms) / 1000));
-        strbuf_appendf(b, "\"redirect_mode\":\"%s\",\"redirect_reason\":",
-                       redirect_mode_name(d->cfg->redirect));
+        const char *active = d->bpf ? "ebpf" : d->rules_installed ? "iptables" : "off";
+        strbuf_appendf(b,
+                       "\"redirect_mode\":\"%s\",\"redirect_configured\":\"%s\","
+                       "\"redirect_reason\":",
+                       active, redirect_mode_name(d->cfg->redirect));
         strbuf_append_json_string(b, d->redirect_reason);
         strbuf_appendf(b, ",\"ready\":%s,\"draining\":%s,\"workers\":%d,\"listeners\":",
                        d->ready ? "true" : "false", d->draining ? "true" : "false",
                        d->cfg->workers);
         proxy_render_listeners(d->proxy, b);
-        bool installed = d->cfg->redirect == REDIRECT_IPTABLES && ipt_installed(AF_INET);
-        bool installed6 = d->cfg->redirect == REDIRECT_IPTABLES && ipt_installed(AF_INET6);
+        bool iptables = d->rules_installed && !d->bpf;
+        bool installed = iptables && ipt_installed(AF_INET);
+        bool installed6 = iptables && ipt_installed(AF_INET6);
         strbuf_appendf(b, ",\"rules\":{\"installed\":%s,\"ipv6\":%s},\"connections\":",
                        installed ? "true" : "false", installed6 ? "true" : "false");
         proxy_render_counts(d->proxy, b);
@@ -234,6 +245,60 @@ static void h_log_level(const struct admin_request *req, struct admin_response *
         log_set_level(lvl);
         log_info("admin", 0, "log level set to %s", log_level_name(lvl));
         strbuf_appendf(&resp->body, "{\"log_level\":\"%s\"}", log_level_name(lvl));
+}
+
+static void h_endpoints(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        char service[160] = "";
+        admin_query_get(req->query, "service", service, sizeof(service));
+        disc_render_endpoints(d->registry, &resp->body, service[0] ? service : NULL);
+}
+
+static void h_debug_cache(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        strbuf_append(&resp->body, "{\"registry\":");
+        disc_render_cache(d->registry, &resp->body);
+        strbuf_append(&resp->body, ",\"backend\":");
+        disc_backend_render(d->backend, &resp->body);
+        strbuf_append(&resp->body, "}");
+}
+
+static void h_post_endpoints(const struct admin_request *req, struct admin_response *resp,
+                             void *ctx)
+{
+        struct daemon *d = ctx;
+        char err[DISC_ERROR_MAX];
+        int rc = disc_admin_apply(d->registry, req->body, req->body_len, err, sizeof(err));
+        if (rc < 0) {
+                admin_respond_error(resp, rc == -EINVAL ? 400 : 500, err);
+                return;
+        }
+        strbuf_appendf(&resp->body, "{\"applied\":true,\"version\":%llu}",
+                       (unsigned long long)disc_registry_version(d->registry));
+}
+
+/* ---- routes: a new registry snapshot becomes the proxy's route table ---- */
+
+static void update_routes(struct daemon *d)
+{
+        uint64_t v = disc_registry_version(d->registry);
+        if (v == d->routes_version)
+                return;
+        const struct disc_snapshot *snap = disc_registry_acquire(d->registry);
+        if (!snap)
+                return;
+        proxy_set_registry(d->proxy, snap);
+        disc_snapshot_release(snap);
+        d->routes_version = v;
+        log_debug("route", 0, "routing by registry version %llu", (unsigned long long)v);
+}
+
+static void on_routes_tick(struct loop *loop, struct loop_timer *t)
+{
+        update_routes(t->data);
+        loop_timer_arm(loop, t, ROUTES_POLL_MS);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------ */
@@ -406,6 +471,22 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/rules", h_rules, &d);
         admin_route(d.admin, "GET", "/connections", h_connections, &d);
         admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
+        admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);
+        admin_route(d.admin, "GET", "/debug/cache", h_debug_cache, &d);
+        admin_route(d.admin, "POST", "/admin/endpoints", h_post_endpoints, &d);
+
+        d.registry = disc_registry_new(NULL);
+        if (!d.registry || disc_backend_new(d.registry, d.cfg, &d.backend, err, sizeof(err)) < 0 ||
+            disc_backend_start(d.backend, d.loop, err, sizeof(err)) < 0 ||
+            disc_registry_attach(d.registry, d.loop) < 0) {
+                log_error("discovery", 0, "service discovery: %s",
+                          d.registry ? err : "out of memory");
+                d.exit_code = 1;
+                goto out;
+        }
+        update_routes(&d);
+        loop_timer_init(&d.routes_timer, on_routes_tick, &d);
+        loop_timer_arm(d.loop, &d.routes_timer, ROUTES_POLL_MS);
 
         switch (d.cfg->redirect) {
         case REDIRECT_IPTABLES:
@@ -472,6 +553,13 @@ out:
         proxy_free(d.proxy);
         rules_remove(&d);
         admin_free(d.admin);
+        if (d.loop)
+                loop_timer_cancel(d.loop, &d.routes_timer);
+        disc_backend_free(d.backend);
+        if (d.registry) {
+                disc_registry_detach(d.registry);
+                disc_registry_free(d.registry);
+        }
         if (d.loop)
                 loop_free(d.loop);
         close(sfd);

@@ -14,6 +14,7 @@
 #include "core/snapshot.h"
 #include "core/strbuf.h"
 #include "intercept/sniff.h"
+#include "proxy/route.h"
 
 enum conn_dir {
         DIR_INBOUND = 0,
@@ -32,8 +33,10 @@ enum conn_reason {
         REASON_LOOP,            /* original destination is one of our own listeners */
         REASON_OVERLOAD,        /* max_connections reached: shed */
         REASON_NO_MEMORY,
-        REASON_SOCKET,   /* socket/setsockopt/connect failed locally */
-        REASON_SHUTDOWN, /* closed by the daemon's shutdown after the drain */
+        REASON_SOCKET,              /* socket/setsockopt/connect failed locally */
+        REASON_SHUTDOWN,            /* closed by the daemon's shutdown after the drain */
+        REASON_NO_ENDPOINT,         /* a known service with no endpoint that can serve */
+        REASON_UNKNOWN_DESTINATION, /* outbound_policy registry_only: not a known service */
         REASON__COUNT,
 };
 
@@ -48,7 +51,10 @@ enum stat_id {
         ST_ORIGDST_NOT_REDIRECTED,
         ST_ORIGDST_ERROR,
         ST_SNIFF_TIMEOUT,
-        ST_PROTO_FIRST, /* one per enum proto, PROTO_UNKNOWN unused */
+        ST_ROUTE_SERVICE,     /* outbound connections routed to a service endpoint */
+        ST_ROUTE_PASSTHROUGH, /* outbound connections relayed to their original destination */
+        ST_CONNECT_RETRIES,   /* connects retried on another endpoint */
+        ST_PROTO_FIRST,       /* one per enum proto, PROTO_UNKNOWN unused */
         ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
         ST__COUNT = ST_REASON_FIRST + REASON__COUNT,
 };
@@ -92,6 +98,8 @@ struct worker {
         struct listener listeners[WORKER_MAX_LISTENERS];
         int n_listeners;
         struct snapshot_reader cfg_reader;
+        struct snapshot_reader route_reader;
+        struct route_workers *route_workers;  /* lb cursors for the route table */
         struct conn *conns;                   /* doubly linked list of live connections */
         uint8_t *buf_cache[WORKER_BUF_CACHE]; /* free relay buffers of buf_cache_size */
         int n_buf_cache;
@@ -104,7 +112,9 @@ struct proxy {
         struct worker *workers;
         int n_workers;
         struct snapshot_slot cfg_slot;
-        _Atomic uint64_t active; /* over all workers, for max_connections */
+        struct snapshot_slot route_slot; /* struct route_table, published by main */
+        struct route_table *routes;      /* main thread's view of the latest one */
+        _Atomic uint64_t active;         /* over all workers, for max_connections */
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
 };

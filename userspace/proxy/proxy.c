@@ -123,6 +123,7 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
                 return NULL;
         }
         snapshot_slot_init(&p->cfg_slot);
+        snapshot_slot_init(&p->route_slot);
         snapshot_ref(&cfg->snap);
         snapshot_publish(&p->cfg_slot, &cfg->snap);
         p->inbound_port = cfg->inbound_port;
@@ -202,6 +203,19 @@ void proxy_stop_accepting(struct proxy *p)
         }
 }
 
+void proxy_set_registry(struct proxy *p, const struct disc_snapshot *disc)
+{
+        struct snapshot *cs = snapshot_acquire(&p->cfg_slot, NULL);
+        struct route_table *t =
+            route_table_build(disc, (const struct shunt_config *)(void *)cs, p->routes);
+        snapshot_unref(cs);
+        if (!t)
+                return; /* logged; the previous routes stay */
+        p->routes = t;
+        /* The slot keeps t alive, and with it p->routes, until the next publish. */
+        snapshot_publish(&p->route_slot, route_table_snapshot(t));
+}
+
 uint64_t proxy_active(struct proxy *p)
 {
         return atomic_load_explicit(&p->active, memory_order_relaxed);
@@ -231,12 +245,15 @@ void proxy_free(struct proxy *p)
                         relay_close_all(w, REASON_SHUTDOWN);
                 }
                 snapshot_reader_release(&w->cfg_reader);
+                snapshot_reader_release(&w->route_reader);
+                route_workers_free(w->route_workers);
                 while (w->n_buf_cache)
                         free(w->buf_cache[--w->n_buf_cache]);
                 loop_free(w->loop);
         }
         free(p->workers);
         snapshot_slot_destroy(&p->cfg_slot);
+        snapshot_slot_destroy(&p->route_slot);
         free(p);
 }
 
@@ -311,6 +328,14 @@ static const struct metric_def proxy_metrics[] = {
      {{"result=\"ok\"", ST_ORIGDST_OK},
       {"result=\"not_redirected\"", ST_ORIGDST_NOT_REDIRECTED},
       {"result=\"error\"", ST_ORIGDST_ERROR}}},
+    {"shunt_outbound_routes_total",
+     "counter",
+     "Outbound connections by route: a service endpoint or the original destination.",
+     {{"route=\"service\"", ST_ROUTE_SERVICE}, {"route=\"passthrough\"", ST_ROUTE_PASSTHROUGH}}},
+    {"shunt_connect_retries_total",
+     "counter",
+     "Upstream connects retried on another endpoint of the same service.",
+     {{"", ST_CONNECT_RETRIES}}},
     {"shunt_protocol_detection_timeouts_total",
      "counter",
      "Connections whose client sent nothing within protocol_detection_timeout.",

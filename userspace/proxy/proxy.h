@@ -24,6 +24,10 @@ int proxy_start(struct proxy *p);
 /* Publishes a new configuration to the workers (takes a new reference).
  * Listener addresses and the worker count do not change on reload. */
 void proxy_set_config(struct proxy *p, struct shunt_config *cfg);
+/* Routes outbound connections by the services of a discovery snapshot
+ * (takes a reference); main thread only. */
+struct disc_snapshot;
+void proxy_set_registry(struct proxy *p, const struct disc_snapshot *disc);
 /* Closes the listeners: no new connections; existing ones continue. */
 void proxy_stop_accepting(struct proxy *p);
 /* Connections open right now, over all workers. */

@@ -19,7 +19,8 @@
 #include "intercept/origdst.h"
 #include "proxy/proxy-t.h"
 
-#define RELAY_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+#define RELAY_EVENTS    (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+#define CONNECT_RETRIES 2 /* further endpoints tried after a failed connect */
 
 enum conn_state {
         CONN_CONNECTING, /* upstream connect in flight (sniffing may go on too) */
@@ -60,7 +61,9 @@ struct conn {
         struct loop_timer sniff_timer; /* protocol_detection_timeout */
         uint64_t created_ms;
         uint64_t last_active_ms;
-        struct sockaddr_storage client_addr, orig_dst;
+        struct sockaddr_storage client_addr, orig_dst, upstream;
+        struct route_use route; /* the service endpoint, when routed */
+        uint8_t connect_attempts;
         char sni[256];
 };
 
@@ -77,6 +80,8 @@ static const char *const reason_names[REASON__COUNT] = {
     [REASON_NO_MEMORY] = "no_memory",
     [REASON_SOCKET] = "socket",
     [REASON_SHUTDOWN] = "shutdown",
+    [REASON_NO_ENDPOINT] = "no_endpoint",
+    [REASON_UNKNOWN_DESTINATION] = "unknown_destination",
 };
 
 const char *conn_reason_name(enum conn_reason r)
@@ -155,16 +160,20 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
         atomic_fetch_sub_explicit(&w->proxy->active, 1, memory_order_relaxed);
 
         if (log_enabled(LOG_INFO)) {
-                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
+                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN], ubuf[SOCKADDR_STRLEN];
                 log_emit(LOG_INFO, "access", c->id,
-                         "%s %s -> %s proto=%s sent=%llu received=%llu duration_ms=%llu end=%s",
+                         "%s %s -> %s service=%s upstream=%s proto=%s sent=%llu received=%llu "
+                         "duration_ms=%llu end=%s",
                          dir_name(c->dir), sockaddr_format(&c->client_addr, cbuf, sizeof(cbuf)),
                          sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)),
+                         route_service_name(&c->route),
+                         sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)),
                          proto_name(c->sniffed ? c->proto : PROTO_TCP),
                          (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
                          (unsigned long long)(loop_now_ms(loop) - c->created_ms),
                          conn_reason_name(reason));
         }
+        route_release(&c->route);
         /* An event for the other socket may still be pending in this batch. */
         loop_defer_free(loop, c);
 }
@@ -216,6 +225,7 @@ static int sniff_step(struct conn *c)
 }
 
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t);
+static void connect_failed(struct conn *c, enum conn_reason reason, const char *what);
 
 /* ---- relay ---------------------------------------------------------------------- */
 
@@ -350,12 +360,10 @@ static void on_upstream(struct loop *loop, struct loop_io *io, uint32_t events)
                 socklen_t len = sizeof(err);
                 getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
                 if (err) {
-                        char obuf[SOCKADDR_STRLEN];
-                        log_warn("proxy", c->id, "connect to %s failed: %s",
-                                 sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)), strerror(err));
-                        conn_free(c, REASON_CONNECT_REFUSED, true);
+                        connect_failed(c, REASON_CONNECT_REFUSED, strerror(err));
                         return;
                 }
+                route_report(&c->route, &c->upstream, true);
                 c->state = CONN_RELAYING;
                 c->last_active_ms = loop_now_ms(loop);
                 arm_idle(c);
@@ -367,10 +375,7 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
 {
         struct conn *c = t->data;
         if (c->state == CONN_CONNECTING) {
-                char obuf[SOCKADDR_STRLEN];
-                log_warn("proxy", c->id, "connect to %s timed out",
-                         sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
-                conn_free(c, REASON_CONNECT_TIMEOUT, true);
+                connect_failed(c, REASON_CONNECT_TIMEOUT, "timed out");
                 return;
         }
         uint64_t idle = worker_cfg(c->w)->idle_timeout_ms;
@@ -420,6 +425,105 @@ static void reject(struct worker *w, int fd, enum conn_reason reason)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         close(fd);
         stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
+}
+
+/* Picks the upstream of an outbound connection. Returns REASON__COUNT when
+ * it may go ahead, else why it is refused. */
+static enum conn_reason route_outbound(struct worker *w, const struct shunt_config *cfg,
+                                       const struct sockaddr_storage *dst,
+                                       const struct sockaddr_storage *peer,
+                                       struct sockaddr_storage *upstream, struct route_use *use)
+{
+        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+            &w->route_reader, &w->proxy->route_slot);
+        switch (
+            route_pick(t, &w->route_workers, (uint64_t)w->index, dst, peer, NULL, upstream, use)) {
+        case ROUTE_ENDPOINT:
+                stat_add(&w->stats, ST_ROUTE_SERVICE, 1);
+                return REASON__COUNT;
+        case ROUTE_NO_ENDPOINT:
+                return REASON_NO_ENDPOINT;
+        case ROUTE_PASSTHROUGH:
+                break;
+        }
+        if (cfg->outbound_policy == OUTBOUND_REGISTRY_ONLY)
+                return REASON_UNKNOWN_DESTINATION;
+        stat_add(&w->stats, ST_ROUTE_PASSTHROUGH, 1);
+        *upstream = *dst;
+        return REASON__COUNT;
+}
+
+/* Opens the upstream socket and starts a non-blocking connect to
+ * c->upstream; frees c on a local failure. */
+static void conn_connect(struct conn *c)
+{
+        struct worker *w = c->w;
+        const struct shunt_config *cfg = worker_cfg(w);
+        int one = 1;
+        c->connect_attempts++;
+        int ufd =
+            socket(c->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+        if (ufd < 0) {
+                log_error("proxy", c->id, "upstream socket: %s", strerror(errno));
+                conn_free(c, REASON_SOCKET, false);
+                return;
+        }
+        c->up.io.fd = ufd;
+        c->up.readable = c->up.writable = c->up.rdhup = false;
+        setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* The mark keeps our own connection out of the capture rules. */
+        uint32_t mark = cfg->proxy_mark;
+        if (setsockopt(ufd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
+                log_error("proxy", c->id, "SO_MARK 0x%x: %s (needs CAP_NET_ADMIN)", mark,
+                          strerror(errno));
+                conn_free(c, REASON_SOCKET, false);
+                return;
+        }
+        if (connect(ufd, (struct sockaddr *)&c->upstream, sockaddr_len(&c->upstream)) < 0 &&
+            errno != EINPROGRESS) {
+                connect_failed(c, REASON_CONNECT_REFUSED, strerror(errno));
+                return;
+        }
+        if (loop_io_add(w->loop, &c->up.io, RELAY_EVENTS) < 0) {
+                log_error("proxy", c->id, "epoll_ctl on the upstream socket: %s", strerror(errno));
+                conn_free(c, REASON_SOCKET, false);
+                return;
+        }
+        loop_timer_arm(w->loop, &c->timer, cfg->connect_timeout_ms);
+}
+
+/* A connect to c->upstream failed. A service connection is retried on
+ * another endpoint (nothing has gone upstream yet: the client's bytes wait
+ * in c2u); anything else ends, and the client sees a reset. */
+static void connect_failed(struct conn *c, enum conn_reason reason, const char *what)
+{
+        char ubuf[SOCKADDR_STRLEN];
+        log_warn("proxy", c->id, "connect to %s (service %s) failed: %s",
+                 sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)), route_service_name(&c->route),
+                 what);
+        if (c->up.io.fd >= 0) {
+                loop_io_del(c->w->loop, &c->up.io);
+                close(c->up.io.fd);
+                c->up.io.fd = -1;
+        }
+        route_report(&c->route, &c->upstream, false);
+        if (!c->route.table || c->connect_attempts > CONNECT_RETRIES) {
+                conn_free(c, reason, true);
+                return;
+        }
+        struct route_use next;
+        struct sockaddr_storage failed = c->upstream;
+        enum route_result r =
+            route_pick(c->route.table, &c->w->route_workers, (uint64_t)c->w->index, &c->orig_dst,
+                       &c->client_addr, &failed, &c->upstream, &next);
+        route_release(&c->route);
+        if (r != ROUTE_ENDPOINT) {
+                conn_free(c, reason, true);
+                return;
+        }
+        c->route = next;
+        stat_add(&c->w->stats, ST_CONNECT_RETRIES, 1);
+        conn_connect(c);
 }
 
 void relay_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr_storage *peer)
@@ -472,9 +576,26 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                 return;
         }
 
+        struct route_use route = {.declared = PROTO_UNKNOWN};
+        struct sockaddr_storage upstream = dst;
+        if (l->dir == DIR_OUTBOUND) {
+                enum conn_reason why = route_outbound(w, cfg, &dst, peer, &upstream, &route);
+                if (why != REASON__COUNT) {
+                        atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
+                        log_warn("proxy", 0, "outbound connection from %s to %s refused: %s",
+                                 sockaddr_format(peer, pbuf, sizeof(pbuf)),
+                                 sockaddr_format(&dst, dbuf, sizeof(dbuf)),
+                                 why == REASON_NO_ENDPOINT
+                                     ? "its service has no endpoint that can serve"
+                                     : "not a known service (outbound_policy registry_only)");
+                        reject(w, fd, why);
+                        return;
+                }
+        }
+
         struct conn *c = calloc(1, sizeof(*c));
-        int ufd = -1;
         if (!c) {
+                route_release(&route);
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
                 reject(w, fd, REASON_NO_MEMORY);
                 return;
@@ -485,6 +606,8 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         c->state = CONN_CONNECTING;
         c->client_addr = *peer;
         c->orig_dst = dst;
+        c->upstream = upstream;
+        c->route = route;
         c->created_ms = c->last_active_ms = loop_now_ms(w->loop);
         loop_io_init(&c->cli.io, fd, on_client, c);
         loop_io_init(&c->up.io, -1, on_upstream, c);
@@ -499,38 +622,18 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
 
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        ufd = socket(dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
-        if (ufd < 0) {
-                log_error("proxy", c->id, "upstream socket: %s", strerror(errno));
+        if (c->route.declared != PROTO_UNKNOWN)
+                sniff_finish(c, c->route.declared, NULL); /* declared: no sniffing */
+        else
+                loop_timer_arm(w->loop, &c->sniff_timer, cfg->protocol_detection_timeout_ms);
+        if (loop_io_add(w->loop, &c->cli.io, RELAY_EVENTS) < 0) {
                 conn_free(c, REASON_SOCKET, false);
                 return;
         }
-        c->up.io.fd = ufd;
-        setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        /* The mark keeps our own connection out of the capture rules. */
-        uint32_t mark = cfg->proxy_mark;
-        if (setsockopt(ufd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
-                log_error("proxy", c->id, "SO_MARK 0x%x: %s (needs CAP_NET_ADMIN)", mark,
-                          strerror(errno));
-                conn_free(c, REASON_SOCKET, false);
-                return;
-        }
-        if (connect(ufd, (struct sockaddr *)&dst, sockaddr_len(&dst)) < 0 && errno != EINPROGRESS) {
-                log_warn("proxy", c->id, "connect to %s: %s",
-                         sockaddr_format(&dst, dbuf, sizeof(dbuf)), strerror(errno));
-                conn_free(c, REASON_CONNECT_REFUSED, true);
-                return;
-        }
-        if (loop_io_add(w->loop, &c->cli.io, RELAY_EVENTS) < 0 ||
-            loop_io_add(w->loop, &c->up.io, RELAY_EVENTS) < 0) {
-                conn_free(c, REASON_SOCKET, false);
-                return;
-        }
-        loop_timer_arm(w->loop, &c->timer, cfg->connect_timeout_ms);
-        loop_timer_arm(w->loop, &c->sniff_timer, cfg->protocol_detection_timeout_ms);
-        log_debug("proxy", c->id, "%s %s -> %s", dir_name(c->dir),
+        log_debug("proxy", c->id, "%s %s -> %s via %s", dir_name(c->dir),
                   sockaddr_format(peer, pbuf, sizeof(pbuf)),
-                  sockaddr_format(&dst, dbuf, sizeof(dbuf)));
+                  sockaddr_format(&dst, dbuf, sizeof(dbuf)), route_service_name(&c->route));
+        conn_connect(c);
 }
 
 void relay_close_all(struct worker *w, enum conn_reason reason)
@@ -554,7 +657,9 @@ void relay_render(struct worker *w, struct strbuf *out, bool *first)
                 strbuf_append(out, ",\"original_dst\":");
                 strbuf_append_json_string(out, sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
                 strbuf_append(out, ",\"upstream\":");
-                strbuf_append_json_string(out, obuf);
+                strbuf_append_json_string(out, sockaddr_format(&c->upstream, obuf, sizeof(obuf)));
+                strbuf_append(out, ",\"service\":");
+                strbuf_append_json_string(out, route_service_name(&c->route));
                 const char *state = c->state == CONN_CONNECTING  ? "connecting"
                                     : !c->sniffed                ? "sniffing"
                                     : c->c2u.shut || c->u2c.shut ? "half_closed"

@@ -1,0 +1,209 @@
+"""Outbound routing by the file registry: a connection to a service's
+virtual address reaches one of its endpoints, chosen by the load balancer;
+the registry is watched; a failed endpoint is retried around; a service
+with no endpoint that can serve is refused at once."""
+
+import collections
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+VIP4, VIP6 = "10.96.0.10", "fd96::10"
+EXTRA4 = "10.77.0.4"  # a third endpoint address in the remote pod
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 8081
+
+
+def registry(endpoints, health=None, algorithm=None, extra_services=()):
+    svc = {
+        "name": "web",
+        "namespace": "default",
+        "addresses": [VIP4, VIP6],
+        "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
+        "endpoints": [
+            {"address": a, "port": PORT, **({"health": health[a]} if health and a in health else {})}
+            for a in endpoints
+        ],
+    }
+    if algorithm:
+        svc["load_balancing"] = {"algorithm": algorithm}
+    return {"services": [svc] + list(extra_services)}
+
+
+def write_registry(path, reg):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(reg, f)
+    os.rename(tmp, path)
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = T()
+    procs = []
+    daemon = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        # Virtual addresses route out of the pod like any remote address; the
+        # capture rules redirect them before they leave.
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.app.ip("-6", "route", "add", "fd96::/64", "dev", "e-remote")
+        for i, a in enumerate(EP_ADDRS):
+            procs.append(topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
+        path = os.path.join(sl.tmpdir(), "registry.json")
+        write_registry(path, registry(EP_ADDRS))
+        daemon = sl.Shuntd(
+            topo.app, sl.shuntd_args(**{"service-discovery.file.path": path})
+        ).wait_ready()
+        yield topo, daemon, path, procs
+    finally:
+        if daemon:
+            daemon.stop()
+        for p in procs:
+            p.stop()
+        topo.delete()
+
+
+def served_by(topo, host, n):
+    """n requests, each on a new connection: which endpoint answered."""
+    counts = collections.Counter()
+    for _ in range(n):
+        status, _, body = topo.app.http(host, 80, "GET", "/")
+        assert status == 200
+        counts[json.loads(body)["server"]] += 1
+    return counts
+
+
+def test_round_robin_spreads_over_endpoints(env):
+    topo, d, path, _ = env
+    before = d.metric("shunt_outbound_routes_total", route="service")
+    counts = served_by(topo, VIP4, 300)
+    # One rotation per worker (2 workers): each endpoint within 100 +- 5.
+    assert sorted(counts) == ["ep0", "ep1", "ep2"], counts
+    assert all(95 <= n <= 105 for n in counts.values()), counts
+    assert d.metric("shunt_outbound_routes_total", route="service") == before + 300
+
+
+def test_ipv6_virtual_address(env):
+    topo, d, _, _ = env
+    counts = served_by(topo, VIP6, 6)
+    assert sum(counts.values()) == 6 and len(counts) >= 2, counts
+
+
+def test_declared_protocol_skips_sniffing(env):
+    """Port 80 of the service is declared HTTP: the connection is http1 before
+    the client has sent a byte (nothing waits for sniffing)."""
+    topo, d, _, _ = env
+    s = topo.app.connect(VIP4, 80)
+    try:
+        conns = sl.wait_until(
+            lambda: [c for c in d.connections() if c["service"] == "default/web:80"],
+            5,
+            what="the connection in /connections",
+        )
+        assert conns[0]["protocol"] == "http1"
+        assert conns[0]["original_dst"] == "%s:80" % VIP4
+        assert conns[0]["upstream"].endswith(":%d" % PORT)
+    finally:
+        s.close()
+
+
+def test_endpoints_admin_and_manual_registration(env):
+    topo, d, _, _ = env
+    eps = d.json("/endpoints")
+    text = json.dumps(eps)
+    for a in EP_ADDRS:
+        assert a in text
+    status, body = d.post(
+        "/admin/endpoints",
+        json.dumps({"service": "manual-svc", "endpoints": [{"id": "10.77.0.2:9999"}]}),
+    )
+    assert status == 200, body
+    assert "manual-svc" in json.dumps(d.json("/endpoints"))
+    status, body = d.post("/admin/endpoints", "{not json")
+    assert status == 400 and b"error" in body
+
+
+def test_failed_endpoint_is_retried_around(env):
+    """A dead endpoint: connects to it fail, shuntd retries another endpoint,
+    the client never notices; passive health then takes it out."""
+    topo, d, _, procs = env
+    retries = d.metric("shunt_connect_retries_total")
+    procs[2].stop(signal.SIGKILL)
+    try:
+        counts = served_by(topo, VIP4, 30)
+        assert sum(counts.values()) == 30 and "ep2" not in counts, counts
+        assert d.metric("shunt_connect_retries_total") > retries
+    finally:
+        procs[2] = topo.remote.spawn_peer("http", "ep2", ["%s:%d" % (EXTRA4, PORT)])
+
+
+def test_registry_edit_is_followed(env):
+    """Scaled from 3 to 2 endpoints by editing the file: picked up within a
+    second or two; back to 3 afterwards."""
+    topo, d, path, _ = env
+    write_registry(path, registry(EP_ADDRS[:2]))
+    try:
+        sl.wait_until(
+            lambda: "ep2" not in served_by(topo, VIP4, 6), 5, what="ep2 out of rotation"
+        )
+        assert "ep2" not in served_by(topo, VIP4, 30)
+    finally:
+        write_registry(path, registry(EP_ADDRS))
+    sl.wait_until(lambda: "ep2" in served_by(topo, VIP4, 6), 5, what="ep2 back")
+
+
+def test_no_endpoint_refused_at_once(env):
+    """Every endpoint unhealthy: the client's connection is refused at once
+    (reset), counted as no_endpoint, and logged."""
+    topo, d, path, _ = env
+    write_registry(path, registry(EP_ADDRS, health={a: "unhealthy" for a in EP_ADDRS}))
+    try:
+        def refused():
+            try:
+                topo.app.http(VIP4, 80, "GET", "/", timeout=2)
+                return False
+            except (ConnectionError, OSError):
+                return True
+        sl.wait_until(refused, 5, what="the unhealthy service refused")
+        assert d.metric("shunt_connections_closed_total", reason="no_endpoint") >= 1
+        assert [l for l in d.log_lines() if "no endpoint that can serve" in l.get("msg", "")]
+    finally:
+        write_registry(path, registry(EP_ADDRS))
+    sl.wait_until(lambda: sum(served_by(topo, VIP4, 3).values()) == 3, 5, what="service back")
+
+
+def test_unknown_destination_passes_through_by_default(env):
+    topo, d, _, procs = env
+    before = d.metric("shunt_outbound_routes_total", route="passthrough")
+    status, _, body = topo.app.http(T.REMOTE4, PORT, "GET", "/")
+    assert status == 200 and json.loads(body)["server"] == "ep0"
+    assert d.metric("shunt_outbound_routes_total", route="passthrough") == before + 1
+
+
+def test_registry_only_policy(fresh_topo, start_shuntd):
+    topo = fresh_topo
+    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    p = topo.remote.spawn_peer("http", "ep0", ["%s:%d" % (T.REMOTE4, PORT)])
+    try:
+        path = os.path.join(sl.tmpdir(), "registry-only.json")
+        write_registry(path, registry([T.REMOTE4]))
+        d = start_shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{"service-discovery.file.path": path, "outbound-policy": "registry_only"}
+            ),
+        )
+        assert json.loads(topo.app.http(VIP4, 80, "GET", "/")[2])["server"] == "ep0"
+        with pytest.raises((ConnectionError, OSError)):
+            topo.app.http(T.REMOTE4, PORT, "GET", "/", timeout=2)
+        assert d.metric("shunt_connections_closed_total", reason="unknown_destination") == 1
+    finally:
+        p.stop()
