@@ -207,3 +207,17 @@ def test_registry_only_policy(fresh_topo, start_shuntd):
         assert d.metric("shunt_connections_closed_total", reason="unknown_destination") == 1
     finally:
         p.stop()
+
+
+def test_shuntctl_endpoints(env):
+    topo, _, _, _ = env
+    out = sl.shuntctl(topo.app, "endpoints", "default/web")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["SERVICE", "ENDPOINT", "HEALTH"]
+    for a in EP_ADDRS:
+        assert any("default/web" in l and "%s:%d" % (a, PORT) in l for l in lines), out.stdout
+    js = sl.shuntctl(topo.app, "--json", "endpoints")
+    assert js.returncode == 0 and json.loads(js.stdout)["services"]
+    bad = sl.shuntctl(topo.app, "endpoints", "a b")
+    assert bad.returncode == 2

@@ -6,6 +6,7 @@
  * 5 s deadline for the whole exchange. Exit codes: 0 success, 1 the daemon
  * could not be reached or answered with an error, 2 bad usage. */
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -39,6 +40,8 @@ static const char usage_text[] =
     "  status           mode, readiness, listeners, rule state, connection counts\n"
     "  rules            installed iptables rules with packet and byte counts\n"
     "  conns            live proxied connections\n"
+    "  endpoints [SVC]  services and endpoints with health, weight, zone, staleness\n"
+    "                   (SVC: name or namespace/name)\n"
     "  config           effective configuration and where each value came from\n"
     "  log-level LEVEL  set the daemon's log level (debug, info, warn, error)\n"
     "\n"
@@ -554,8 +557,8 @@ static int cmd_status(void)
         const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(j, "config");
         if (cfg) {
                 const char *path = jstr(cfg, "path", "");
-                printf("%-13s%s (generation %s)\n", "config:",
-                       path[0] ? path : "no file (defaults, environment, flags)",
+                printf("%-13s%s (generation %s)\n",
+                       "config:", path[0] ? path : "no file (defaults, environment, flags)",
                        jint(cfg, "generation", b1, sizeof(b1)));
         }
         printf("%-13s%s\n", "log level:", jstr(j, "log_level", "unknown"));
@@ -615,6 +618,53 @@ static int cmd_conns(void)
         }
         if (t.rows == 0)
                 printf("no active connections\n");
+        else
+                table_print(&t);
+        cJSON_Delete(j);
+        return 0;
+}
+
+static int cmd_endpoints(const char *service)
+{
+        char path[256] = "/endpoints";
+        if (service) {
+                for (const char *p = service; *p; p++)
+                        if (!isalnum((unsigned char)*p) && !strchr("._-/", *p))
+                                die_usage("invalid service name '%s'", service);
+                snprintf(path, sizeof(path), "/endpoints?service=%.200s", service);
+        }
+        cJSON *j = fetch("GET", path, NULL);
+        struct table t = {.ncols = 8,
+                          .header = {"SERVICE", "ENDPOINT", "HEALTH", "WEIGHT", "ZONE", "SOURCE",
+                                     "STALE", "FAILURES"},
+                          .right = {false, false, false, true, false, false, true, true}};
+        const cJSON *svc;
+        cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(j, "services"))
+        {
+                char name[160];
+                snprintf(name, sizeof(name), "%s/%s", jstr(svc, "namespace", "?"),
+                         jstr(svc, "name", "?"));
+                const cJSON *ep;
+                cJSON_ArrayForEach(ep, cJSON_GetObjectItemCaseSensitive(svc, "endpoints"))
+                {
+                        char addr[96], port[16], weight[16], stale[32] = "-", fails[16] = "0";
+                        const char *a = jstr(ep, "address", "?");
+                        jint(ep, "port", port, sizeof(port));
+                        snprintf(addr, sizeof(addr), strchr(a, ':') ? "[%s]:%s" : "%s:%s", a, port);
+                        const cJSON *b = cJSON_GetObjectItemCaseSensitive(ep, "stale");
+                        if (cJSON_IsTrue(b))
+                                jint(ep, "staleness_seconds", stale, sizeof(stale));
+                        const cJSON *passive = cJSON_GetObjectItemCaseSensitive(ep, "passive");
+                        if (passive)
+                                jint(passive, "failures", fails, sizeof(fails));
+                        table_add(&t, name, addr, jstr(ep, "health", "?"),
+                                  jint(ep, "weight", weight, sizeof(weight)),
+                                  jstr(ep, "zone", "")[0] ? jstr(ep, "zone", "") : "-",
+                                  jstr(ep, "source", "?"), stale, fails);
+                }
+        }
+        if (t.rows == 0)
+                printf("no endpoints%s%s\n", service ? " for " : "", service ? service : "");
         else
                 table_print(&t);
         cJSON_Delete(j);
@@ -700,15 +750,16 @@ int main(int argc, char **argv)
                 const char *name;
                 int nargs;
                 const char *argname;
-        } const cmds[] = {{"status", 0, NULL},
-                          {"rules", 0, NULL},
-                          {"conns", 0, NULL},
-                          {"config", 0, NULL},
-                          {"log-level", 1, "LEVEL"}};
+        } const cmds[] = {{"status", 0, NULL},       {"rules", 0, NULL},
+                          {"conns", 0, NULL},        {"config", 0, NULL},
+                          {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
-                if (nargs != cmds[i].nargs) {
+                if (cmds[i].nargs < 0 ? nargs > 1 : nargs != cmds[i].nargs) {
+                        if (cmds[i].nargs < 0)
+                                die_usage("'%s' takes at most one argument, %s", cmd,
+                                          cmds[i].argname);
                         if (cmds[i].nargs)
                                 die_usage("'%s' needs %s", cmd, cmds[i].argname);
                         die_usage("'%s' takes no arguments", cmd);
@@ -722,8 +773,10 @@ int main(int argc, char **argv)
                         return cmd_conns();
                 case 3:
                         return cmd_config();
-                default:
+                case 4:
                         return cmd_log_level(args[0]);
+                default:
+                        return cmd_endpoints(nargs ? args[0] : NULL);
                 }
         }
         die_usage("unknown command '%s'", cmd);
