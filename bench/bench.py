@@ -43,8 +43,12 @@ CONTENDERS = {
     "haproxy-http": "http",
     "nginx-stream": "l4",
     "nginx-http": "http",
+    "shunt-mtls": "mtls",
+    "haproxy-mtls": "mtls",
 }
-PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http")
+PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "haproxy-mtls")
+MTLS_CONN, MTLS_CONN_HTTP, MTLS_HTTP = 29001, 29002, 29080  # client pod, haproxy-mtls
+MTLS_SERVER_PORTS = (29443, 29444, 29445)  # server pod, haproxy-mtls
 
 # name -> (kinds it applies to, description)
 SCENARIOS = {
@@ -52,12 +56,15 @@ SCENARIOS = {
     "rr-4k": ("l4", "request-response over one connection, 4 KiB each way"),
     "bulk-1": ("l4", "bulk throughput, 1 connection (iperf3)"),
     "bulk-8": ("l4", "bulk throughput, 8 connections (iperf3 -P 8)"),
-    "http-keepalive": ("http", "HTTP/1.1 keep-alive, wrk -t1 -c16, 128-byte file"),
-    "http-close": ("http", "HTTP/1.1 new connection per request (Connection: close), wrk -t1 -c16"),
     "conn-setup": ("l4", "new connection per request, sequential: connect + 64 B round trip + close"),
     "idle-10k": ("l4", "RSS of the proxy idle and holding 10,000 idle connections"),
-    "mtls-handshake": ("mtls", "mTLS pod to pod: handshakes per second"),
-    "mtls-keepalive": ("mtls", "mTLS pod to pod: keep-alive requests per second"),
+    "http-keepalive": ("http", "HTTP/1.1 keep-alive, wrk -t1 -c16, 128-byte file"),
+    "http-close": ("http", "HTTP/1.1 new connection per request (Connection: close), wrk -t1 -c16"),
+    "mtls-handshake": ("mtls", "mTLS pod to pod, a full handshake per connection: wrk -t1 -c16 "
+                       "with Connection: close (conn_s = handshakes/s) and sequential "
+                       "connect + 64 B round trip (setup time); direct is plaintext"),
+    "mtls-keepalive": ("mtls", "mTLS pod to pod, HTTP/1.1 keep-alive over reused mTLS "
+                       "connections, wrk -t1 -c16; direct is plaintext"),
 }
 QUICK_SCENARIOS = ["rr-64", "bulk-1", "http-keepalive", "http-close"]
 
@@ -83,13 +90,22 @@ METRICS = {
 }
 
 MTLS_NOTE = (
-    "mTLS is not built in shuntd yet (issue: mutual TLS with SPIFFE identities); "
-    "the scenario is declared here and skipped. To enable: start shuntd with "
-    "mtls in both pods (inbound 15001 in the server pod), and for the peer a "
-    "HAProxy originating TLS in the client pod to a HAProxy terminating TLS in "
-    "the server pod; then run_mtls() measures handshakes/s with rr conn and "
-    "keep-alive req/s with wrk."
+    "shuntd has no mutual TLS yet, so shunt-to-shunt mTLS is not measured; the "
+    "mtls scenarios run for the peer (haproxy-mtls: a HAProxy originating mTLS "
+    "in the client pod to a HAProxy terminating it in the server pod) and direct "
+    "(plaintext). Hook: shunt_mtls_supported() and Contender.start in bench/bench.py."
 )
+
+
+def shunt_mtls_supported(shuntd):
+    """Whether shuntd can run the shunt-mtls contender. It needs: shuntd in the
+    client pod originating mTLS for captured connections to the server pod,
+    and a second shuntd in the server pod (inbound capture to 15001)
+    terminating it, with certificates from the bench CA (make_certs). Until
+    mTLS lands (README status: "mutual TLS with SPIFFE identities: not yet")
+    there is nothing to start."""
+    del shuntd
+    return False
 
 _procs = []  # live Proc objects
 
@@ -276,13 +292,17 @@ class Contender:
         self.name = name
         self.kind = CONTENDERS[name]
         self.env = env
-        self.proc = None
+        self.proc = None  # the proxy in the client pod
+        self.procs = []  # every process of the contender (haproxy-mtls: two)
 
-    def target(self, scenario_port):
-        """(host, port) the client connects to for a server port."""
+    def target(self, scenario_port, mtls=None):
+        """(host, port) the client connects to for a server port; mtls is the
+        haproxy-mtls frontend to use instead of a plain proxy's."""
         n = self.name
         if n == "direct" or n.startswith("shunt-"):
             return SERVER, scenario_port
+        if n == "haproxy-mtls":
+            return "127.0.0.1", mtls
         if scenario_port == PORT_HTTP:
             return "127.0.0.1", PROXY_HTTP_HTTP if self.kind == "http" else PROXY_HTTP_TCP
         return "127.0.0.1", {PORT_RR: PROXY_RR, PORT_BULK: PROXY_BULK}[scenario_port]
@@ -299,6 +319,7 @@ class Contender:
                 "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s",
             ]
             self.proc = Proc(e.cli, argv, n, e.work)
+            self.procs = [self.proc]
 
             def ready():
                 if not self.proc.alive():
@@ -313,7 +334,15 @@ class Contender:
 
             wait_until(ready, 20, "shuntd /ready")
             return
-        if n.startswith("haproxy-"):
+        ports = {e.cli: (PROXY_RR, PROXY_BULK, PROXY_HTTP_TCP, PROXY_HTTP_HTTP)}
+        if n == "haproxy-mtls":
+            make_certs(e)
+            srv = render("haproxy-mtls-server.cfg", os.path.join(e.work, "haproxy-mtls-server.cfg"), e.work)
+            cli = render("haproxy-mtls-client.cfg", os.path.join(e.work, "haproxy-mtls-client.cfg"), e.work)
+            self.procs.append(Proc(e.srv, ["haproxy", "-db", "-f", srv], n + "-server", e.work))
+            self.proc = Proc(e.cli, ["haproxy", "-db", "-f", cli], n, e.work)
+            ports = {e.cli: (MTLS_CONN, MTLS_CONN_HTTP, MTLS_HTTP), e.srv: MTLS_SERVER_PORTS}
+        elif n.startswith("haproxy-"):
             cfg = render("haproxy.cfg", os.path.join(e.work, "haproxy.cfg"), e.work)
             self.proc = Proc(e.cli, ["haproxy", "-db", "-f", cfg], n, e.work)
         elif n.startswith("nginx-"):
@@ -321,31 +350,34 @@ class Contender:
             self.proc = Proc(e.cli, ["nginx", "-c", cfg, "-p", e.work], n, e.work)
         else:
             raise BenchError("no start rule for contender %s" % n)
+        self.procs.append(self.proc)
 
         def up():
-            if not self.proc.alive():
-                raise BenchError("%s exited: %s" % (n, self.proc.stderr_tail()))
-            return all(listening(e.cli, p) for p in (PROXY_RR, PROXY_BULK, PROXY_HTTP_TCP, PROXY_HTTP_HTTP))
+            for p in self.procs:
+                if not p.alive():
+                    raise BenchError("%s exited: %s" % (p.name, p.stderr_tail()))
+            return all(listening(ns, p) for ns, ps in ports.items() for p in ps)
 
         wait_until(up, 20, "%s listening" % n)
         # nginx workers start after the master binds: wait for them too.
         if n.startswith("nginx-"):
             wait_until(lambda: len(session_pids(self.proc.pid)) >= 3, 10, "nginx workers")
 
-    @property
-    def sid(self):
-        return self.proc.pid if self.proc else None
-
+    # Resources sum over every process of the contender (both sides for a pair).
     def cpu(self):
-        return cpu_seconds(self.sid) if self.proc else None
+        return sum(cpu_seconds(p.pid) for p in self.procs) if self.procs else None
 
     def rss(self):
-        return rss_mb(self.sid) if self.proc else None
+        return sum(rss_mb(p.pid) for p in self.procs) if self.procs else None
+
+    def pss(self):
+        return sum(pss_mb(p.pid) for p in self.procs) if self.procs else None
 
     def stop(self):
-        if self.proc:
-            self.proc.stop()
-            self.proc = None
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs = []
+        self.proc = None
 
 
 # ---------------------------------------------------------------- scenarios
@@ -397,8 +429,8 @@ def scenario_bulk(env, c, streams):
     return {"gbit_s": j["end"]["sum_received"]["bits_per_second"] / 1e9}
 
 
-def scenario_http(env, c, close):
-    host, port = c.target(PORT_HTTP)
+def scenario_http(env, c, close, mtls=None):
+    host, port = c.target(PORT_HTTP, mtls)
     secs = env.p["http_s"]
     cpu0 = c.cpu()
     r = wrk(env, host, port, secs, close=close)
@@ -417,8 +449,8 @@ def scenario_http(env, c, close):
     return out
 
 
-def scenario_conn(env, c):
-    host, port = c.target(PORT_RR)
+def scenario_conn(env, c, mtls=None):
+    host, port = c.target(PORT_RR, mtls)
     r = rr(env, "conn", host, port, 64, env.p["conn_count"])
     return {
         "conn_s": r["conn_per_s"],
@@ -474,6 +506,14 @@ def run_scenario(env, name, c):
         return scenario_conn(env, c)
     if name == "idle-10k":
         return scenario_idle(env, c)
+    if name == "mtls-handshake":
+        out = scenario_http(env, c, close=True, mtls=MTLS_CONN_HTTP)  # conn_s under load
+        seq = scenario_conn(env, c, mtls=MTLS_CONN)
+        out["setup_p50_us"] = seq["setup_p50_us"]
+        out["setup_p99_us"] = seq["setup_p99_us"]
+        return out
+    if name == "mtls-keepalive":
+        return scenario_http(env, c, close=False, mtls=MTLS_HTTP)
     raise BenchError("no runner for scenario %s" % name)
 
 
@@ -481,8 +521,46 @@ def applies(scenario, contender):
     kind = SCENARIOS[scenario][0]
     ck = CONTENDERS[contender]
     if kind == "mtls":
+        return ck == "mtls" or contender == "direct"
+    if ck == "mtls":
         return False
     return kind == "http" or ck == "l4"
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def make_certs(env):
+    """A bench CA and two ECDSA P-256 leaf certificates with SPIFFE IDs
+    (server and client), valid for 2 days, in WORK/tls; HAProxy's crt files
+    hold certificate and key together. Made once per run."""
+    d = os.path.join(env.work, "tls")
+    if os.path.exists(os.path.join(d, "client.pem")):
+        return d
+    os.makedirs(d, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run(None, ["openssl", "req", "-x509"] + ec + [
+        "-keyout", os.path.join(d, "ca.key"), "-out", os.path.join(d, "ca.pem"),
+        "-subj", "/CN=shunt bench CA", "-days", "2",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign"], 30)
+    for name in ("server", "client"):
+        key, csr, crt = (os.path.join(d, name + x) for x in (".key", ".csr", ".crt"))
+        ext = os.path.join(d, name + ".ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=URI:spiffe://cluster.local/ns/bench/sa/%s\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n"
+                    "keyUsage=critical,digitalSignature\n" % name)
+        run(None, ["openssl", "req"] + ec + ["-keyout", key, "-out", csr, "-subj", "/CN=" + name], 30)
+        run(None, ["openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(d, "ca.pem"),
+                   "-CAkey", os.path.join(d, "ca.key"), "-set_serial",
+                   str(int.from_bytes(os.urandom(15), "big")), "-days", "2",
+                   "-extfile", ext, "-out", crt], 30)
+        with open(os.path.join(d, name + ".pem"), "w") as out:
+            for part in (crt, key):
+                with open(part) as f:
+                    out.write(f.read())
+    return d
 
 
 # ---------------------------------------------------------------- servers
@@ -654,15 +732,15 @@ def main():
     skipped = []
     modes = shuntd_modes(env.shuntd)
     for c in list(contenders):
-        if c.startswith("shunt-") and c.split("-", 1)[1] not in modes:
+        if CONTENDERS[c] == "l4" and c.startswith("shunt-") and c.split("-", 1)[1] not in modes:
             skipped.append({"contender": c, "reason": "shuntd has no --redirect %s yet (allowed: %s); "
                             "the contender starts shuntd with it as soon as it exists"
                             % (c.split("-", 1)[1], ", ".join(sorted(modes)) or "?")})
             contenders.remove(c)
-    for s in list(scenarios):
-        if SCENARIOS[s][0] == "mtls":
-            skipped.append({"scenario": s, "reason": MTLS_NOTE})
-            scenarios.remove(s)
+    if "shunt-mtls" in contenders and not shunt_mtls_supported(env.shuntd):
+        contenders.remove("shunt-mtls")
+        if any(SCENARIOS[s][0] == "mtls" for s in scenarios):
+            skipped.append({"contender": "shunt-mtls", "reason": MTLS_NOTE})
 
     result = {
         "timestamp": env.stamp,
@@ -697,7 +775,10 @@ def main():
         start_servers(env)
         for rep in range(env.p["reps"]):
             for cname in contenders:
-                todo = [s for s in scenarios if applies(s, cname)]
+                # Fixed order: the connection churn of http-close leaves
+                # TIME-WAIT state in the client pod for 60 s; conn-setup runs
+                # before it (see README: reading of results).
+                todo = [s for s in SCENARIOS if s in scenarios and applies(s, cname)]
                 if not todo:
                     continue
                 c = Contender(cname, env)
@@ -708,7 +789,7 @@ def main():
                     if c.proc:
                         r = res.setdefault("resources", {}).setdefault(cname, {})
                         r.setdefault("rss_idle_mb", []).append(c.rss())
-                        r.setdefault("pss_idle_mb", []).append(pss_mb(c.sid))
+                        r.setdefault("pss_idle_mb", []).append(c.pss())
                     for s in todo:
                         prof = None
                         if env.profile and cname.startswith("shunt-") and s not in profiled:

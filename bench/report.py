@@ -18,11 +18,11 @@ import subprocess
 import sys
 import tempfile
 
-PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http")
+PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "haproxy-mtls")
 ORDER = ["direct", "shunt-iptables", "shunt-ebpf", "haproxy-tcp", "haproxy-http",
-         "nginx-stream", "nginx-http"]
+         "nginx-stream", "nginx-http", "shunt-mtls", "haproxy-mtls"]
 SCENARIO_ORDER = ["rr-64", "rr-4k", "bulk-1", "bulk-8", "http-keepalive", "http-close",
-                  "conn-setup", "idle-10k", "resources"]
+                  "conn-setup", "idle-10k", "mtls-handshake", "mtls-keepalive", "resources"]
 CHARTS = {
     "rr-64": ["p50_us", "p99_us"],
     "rr-4k": ["p50_us"],
@@ -32,6 +32,8 @@ CHARTS = {
     "http-close": ["conn_s"],
     "conn-setup": ["setup_p50_us"],
     "idle-10k": ["rss_10k_mb"],
+    "mtls-handshake": ["conn_s"],
+    "mtls-keepalive": ["req_s"],
     "resources": ["rss_idle_mb"],
 }
 

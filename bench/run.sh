@@ -21,7 +21,7 @@ PASS=()
 usage() {
 	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 	echo "scenarios: rr-64 rr-4k bulk-1 bulk-8 http-keepalive http-close conn-setup idle-10k mtls-handshake mtls-keepalive"
-	echo "contenders: direct shunt-iptables shunt-ebpf haproxy-tcp haproxy-http nginx-stream nginx-http"
+	echo "contenders: direct shunt-iptables shunt-ebpf haproxy-tcp haproxy-http nginx-stream nginx-http shunt-mtls haproxy-mtls"
 }
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -128,7 +128,9 @@ ip -n "$CLI" addr add 10.78.0.1/24 dev b-srv
 ip -n "$SRV" addr add 10.78.0.2/24 dev b-cli
 for ns in "$CLI" "$SRV"; do
 	ip -n "$ns" link set lo up
-	ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="10240 65000"
+	# Every listening port here is below the ephemeral range: a client
+	# socket can never hold a port a proxy is about to bind.
+	ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="32768 60999"
 	ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1
 	ip netns exec "$ns" sysctl -qw net.core.somaxconn=8192
 	ip netns exec "$ns" sysctl -qw net.ipv4.tcp_max_syn_backlog=8192
