@@ -774,7 +774,10 @@ def main():
     try:
         start_servers(env)
         for rep in range(env.p["reps"]):
-            for cname in contenders:
+            # Rotate the contenders' order each repetition so a slow drift
+            # of the shared machine does not always hit the same one.
+            k = rep % len(contenders) if contenders else 0
+            for cname in contenders[k:] + contenders[:k]:
                 # Fixed order: the connection churn of http-close leaves
                 # TIME-WAIT state in the client pod for 60 s; conn-setup runs
                 # before it (see README: reading of results).
