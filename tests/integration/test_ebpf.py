@@ -236,6 +236,47 @@ def test_curl(topo, shuntd):
                                         direction="outbound") >= 2, 5, what="2 outbound accepted")
 
 
+@pytest.fixture(scope="module")
+def app_server(topo):
+    p = topo.app.spawn_peer("addr", "app-server", ["0.0.0.0:9000", "[::]:9000"])
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def accepted(d, direction):
+    return d.metric("shunt_connections_accepted_total", default=0.0, direction=direction)
+
+
+@pytest.mark.parametrize("host", [T.APP4, T.APP6])
+def test_inbound_stays_on_iptables(topo, shuntd, app_server, host):
+    """eBPF mode captures outbound only; inbound is PREROUTING REDIRECT to
+    15001 (the inbound half of the iptables rules, nothing in OUTPUT)."""
+    for v6 in (False, True):
+        nat = topo.app.iptables_save(v6=v6)
+        assert "-A PREROUTING -p tcp -m comment --comment shunt -j SIDECAR_PROXY_INBOUND" in nat, nat
+        assert "SIDECAR_PROXY_OUTBOUND" not in nat, nat
+    rules = shuntd.json("/status")["rules"]
+    assert rules["installed"] is True and rules["inbound_only"] is True, rules
+    assert rules["ipv6"] is True, rules
+    in_before = accepted(shuntd, "inbound")
+    out_before = accepted(shuntd, "outbound")
+    s = topo.remote.connect(host, 9000)
+    try:
+        hello = sl.addr_hello(s)
+        assert hello["server"] == "app-server"
+        assert hello["local"] == [host, 9000]
+        assert sl.echo(s, b"inbound") == b"inbound"
+    finally:
+        s.close()
+    assert accepted(shuntd, "inbound") == in_before + 1
+    # Meanwhile outbound capture is eBPF's: a captured client still works.
+    out = client(topo.app, T.REMOTE4, 7001, "addr")
+    assert out["reply"]["server"] == "addr-a"
+    assert accepted(shuntd, "outbound") == out_before + 1
+
+
 def test_outside_cgroup_not_captured(topo, shuntd):
     """A process of the same pod outside the cgroup connects directly."""
     before = bpf_counters()
@@ -297,6 +338,8 @@ def test_clean_exit_detaches(fresh_topo, cgroup2):
         assert not os.path.exists(pins)
         out = sl.run(["bpftool", "-j", "cgroup", "show", cgroup2]).stdout.strip()
         assert out in ("", "[]"), out
+        for v6 in (False, True):  # the inbound rules went with it
+            assert "SIDECAR_PROXY" not in fresh_topo.app.iptables_save(v6=v6)
     finally:
         d.stop()
         remove_pins(pins)

@@ -195,6 +195,27 @@ static void test_render_v4(void **state)
         strbuf_free(&sb);
 }
 
+static void test_render_inbound_only(void **state)
+{
+        struct ipt_options o;
+        base_options(&o);
+        o.inbound_only = true;
+        struct strbuf sb;
+        strbuf_init(&sb);
+        ipt_render(&o, AF_INET, &sb);
+        const char *want = "*nat\n"
+                           ":SIDECAR_PROXY_INBOUND - [0:0]\n"
+                           "-A SIDECAR_PROXY_INBOUND -p tcp --dport 22" C " -j RETURN\n"
+                           "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15003" C " -j RETURN\n"
+                           "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15001" C " -j RETURN\n"
+                           "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15002" C " -j RETURN\n"
+                           "-A SIDECAR_PROXY_INBOUND -p tcp" C " -j REDIRECT --to-ports 15001\n"
+                           "-A PREROUTING -p tcp" C " -j SIDECAR_PROXY_INBOUND\n"
+                           "COMMIT\n";
+        assert_string_equal(sb.data, want);
+        strbuf_free(&sb);
+}
+
 static void test_render_v6(void **state)
 {
         struct ipt_options o;
@@ -401,6 +422,43 @@ static void test_install_idempotent(void **state)
                 assert_installed_once(true);
         }
         assert_int_equal(ipt_remove(err, sizeof(err)), 0);
+}
+
+/* eBPF mode: only the inbound half. Installed over a full set it removes the
+ * outbound chain and its jump; ipt_installed (both halves) is then false. */
+static void test_install_inbound_only(void **state)
+{
+        LIVE();
+        char err[512];
+        struct ipt_options o;
+        base_options(&o);
+        assert_int_equal(ipt_remove(err, sizeof(err)), 0);
+        int rc = ipt_install(&o, err, sizeof(err));
+        if (rc)
+                fail_msg("full install: %s", err);
+        assert_true(ipt_installed(AF_INET));
+        o.inbound_only = true;
+        for (int i = 0; i < 2; i++) {
+                rc = ipt_install(&o, err, sizeof(err));
+                if (rc)
+                        fail_msg("inbound-only install %d: %s", i, err);
+                for (int v6 = 0; v6 < 2; v6++) {
+                        char *s = nat_save(v6);
+                        assert_int_equal(count_line(s, JUMP_IN), 1);
+                        assert_null(strstr(s, IPT_CHAIN_OUTBOUND));
+                        char *in = chain_lines(s, IPT_CHAIN_INBOUND);
+                        assert_string_equal(in, SAVED_IN_V4);
+                        free(in);
+                        free(s);
+                }
+                assert_true(ipt_inbound_installed(AF_INET));
+                assert_true(ipt_inbound_installed(AF_INET6));
+                assert_false(ipt_installed(AF_INET));
+        }
+        assert_int_equal(ipt_remove(err, sizeof(err)), 0);
+        assert_false(ipt_inbound_installed(AF_INET));
+        assert_nothing_left(false);
+        assert_nothing_left(true);
 }
 
 static void test_stale_set_replaced(void **state)
@@ -933,11 +991,13 @@ int main(void)
         snprintf(g_wrap_dir, sizeof(g_wrap_dir), "/tmp/shunt-ipt-XXXXXX");
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_render_v4),
+            cmocka_unit_test(test_render_inbound_only),
             cmocka_unit_test(test_render_v6),
             cmocka_unit_test(test_render_no_mark_no_uid_no_comment),
             cmocka_unit_test(test_render_many_ports),
             cmocka_unit_test(test_options_from_config),
             cmocka_unit_test(test_install_idempotent),
+            cmocka_unit_test(test_install_inbound_only),
             cmocka_unit_test(test_stale_set_replaced),
             cmocka_unit_test(test_remove_idempotent),
             cmocka_unit_test(test_dump_json),

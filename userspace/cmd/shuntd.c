@@ -69,7 +69,22 @@ static void bpf_options(struct daemon *d, struct bpfcap_options *o)
         bpfcap_options_from_config(o, d->cfg, uid == IPT_UID_NONE ? SHUNT_UID_NONE : uid);
 }
 
-/* Probes and attaches eBPF capture; on failure why says what is missing. */
+/* Inbound capture stays on iptables PREROUTING in eBPF mode too. */
+static int inbound_install(struct daemon *d, char *err, size_t errlen)
+{
+        struct ipt_options o;
+        ipt_options_from_config(&o, d->cfg, capture_uid(d->cfg));
+        o.inbound_only = true;
+        char e[400];
+        if (ipt_install(&o, e, sizeof(e)) < 0) {
+                snprintf(err, errlen, "iptables inbound rules: %s", e);
+                return -1;
+        }
+        return 0;
+}
+
+/* Probes and attaches eBPF capture (plus the inbound iptables rules); on
+ * failure why says what is missing and nothing stays attached. */
 static int bpf_install(struct daemon *d, char *why, size_t whylen)
 {
         struct bpfcap_options o;
@@ -79,8 +94,15 @@ static int bpf_install(struct daemon *d, char *why, size_t whylen)
         d->bpf = bpfcap_open(&o, why, whylen);
         if (!d->bpf)
                 return -1;
+        if (inbound_install(d, why, whylen) < 0) {
+                bpfcap_close(d->bpf, true);
+                d->bpf = NULL;
+                return -1;
+        }
         origdst_use_bpf(d->bpf);
         d->rules_installed = true;
+        log_info("intercept", 0, "eBPF capture: outbound -> %u (eBPF), inbound -> %u (iptables)",
+                 d->cfg->outbound_port, d->cfg->inbound_port);
         return 0;
 }
 
@@ -93,6 +115,10 @@ static int rules_install(struct daemon *d)
                 bpf_options(d, &o);
                 if (bpfcap_configure(d->bpf, &o, err, sizeof(err)) < 0) {
                         log_error("intercept", 0, "updating eBPF capture failed: %s", err);
+                        return -1;
+                }
+                if (inbound_install(d, err, sizeof(err)) < 0) {
+                        log_error("intercept", 0, "updating inbound capture failed: %s", err);
                         return -1;
                 }
                 return 0;
@@ -120,8 +146,6 @@ static void rules_remove(struct daemon *d)
                 bpfcap_close(d->bpf, true);
                 d->bpf = NULL;
                 log_info("intercept", 0, "eBPF capture detached");
-                d->rules_installed = false;
-                return;
         }
         char err[512];
         if (ipt_remove(err, sizeof(err)) < 0)
@@ -197,11 +221,15 @@ static void h_status(const struct admin_request *req, struct admin_response *res
                        d->ready ? "true" : "false", d->draining ? "true" : "false",
                        d->cfg->workers);
         proxy_render_listeners(d->proxy, b);
-        bool iptables = d->rules_installed && !d->bpf;
-        bool installed = iptables && ipt_installed(AF_INET);
-        bool installed6 = iptables && ipt_installed(AF_INET6);
-        strbuf_appendf(b, ",\"rules\":{\"installed\":%s,\"ipv6\":%s},\"connections\":",
-                       installed ? "true" : "false", installed6 ? "true" : "false");
+        /* eBPF mode: the rules are the inbound half only. */
+        bool (*check)(int) = d->bpf ? ipt_inbound_installed : ipt_installed;
+        bool installed = d->rules_installed && check(AF_INET);
+        bool installed6 = d->rules_installed && check(AF_INET6);
+        strbuf_appendf(b,
+                       ",\"rules\":{\"installed\":%s,\"ipv6\":%s,\"inbound_only\":%s},"
+                       "\"connections\":",
+                       installed ? "true" : "false", installed6 ? "true" : "false",
+                       d->bpf ? "true" : "false");
         proxy_render_counts(d->proxy, b);
         strbuf_append(b, ",\"config\":{\"path\":");
         strbuf_append_json_string(b, d->cfg->path);

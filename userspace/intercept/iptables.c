@@ -367,15 +367,20 @@ static bool cidr_text(const struct cidr *c, int family, char *buf, size_t len)
 }
 
 static void render(const struct ipt_options *o, int family, const char *stale_deletes,
-                   bool comments, struct strbuf *out)
+                   bool have_stale_outbound, bool comments, struct strbuf *out)
 {
         char m[160];
         strbuf_append(out, "*nat\n");
         /* In a --noflush restore, declaring a chain creates it or flushes it. */
         strbuf_append(out, ":" IPT_CHAIN_INBOUND " - [0:0]\n");
-        strbuf_append(out, ":" IPT_CHAIN_OUTBOUND " - [0:0]\n");
+        if (!o->inbound_only || have_stale_outbound)
+                strbuf_append(out, ":" IPT_CHAIN_OUTBOUND " - [0:0]\n");
         if (stale_deletes)
                 strbuf_append(out, stale_deletes);
+        /* Inbound only: a stale outbound chain (flushed by its declaration
+         * above, its jumps deleted) goes away. */
+        if (o->inbound_only && have_stale_outbound)
+                strbuf_append(out, "-X " IPT_CHAIN_OUTBOUND "\n");
 
         /* Inbound: excluded ports, our own ports (no double redirect), capture. */
         const uint16_t *in_ex = o->exclude_inbound_ports;
@@ -396,6 +401,12 @@ static void render(const struct ipt_options *o, int family, const char *stale_de
         char target[64];
         snprintf(target, sizeof(target), "REDIRECT --to-ports %u", o->inbound_port);
         rule(out, IPT_CHAIN_INBOUND, "", comments, target);
+
+        if (o->inbound_only) {
+                rule(out, "PREROUTING", "", comments, IPT_CHAIN_INBOUND);
+                strbuf_append(out, "COMMIT\n");
+                return;
+        }
 
         /* Outbound, in order: shuntd's mark, shuntd's uid, loopback, excluded
          * ports, excluded CIDRs of this family, capture. */
@@ -436,7 +447,7 @@ static void render(const struct ipt_options *o, int family, const char *stale_de
 
 void ipt_render(const struct ipt_options *o, int family, struct strbuf *out)
 {
-        render(o, family, NULL, !o->no_comments, out);
+        render(o, family, NULL, false, !o->no_comments, out);
 }
 
 void ipt_options_from_config(struct ipt_options *o, const struct shunt_config *cfg, uint32_t uid)
@@ -673,8 +684,12 @@ static int install_family(const struct ipt_options *o, const struct family_tools
                         return rc;
                 /* Done when our restore went through and exactly our two jumps
                  * refer to the chains (a concurrent editor may have added more). */
-                if (restored && st.have_inbound && st.have_outbound && st.pre_jumps == 1 &&
-                    st.out_jumps == 1 && st.refs == 2) {
+                bool settled = o->inbound_only
+                                   ? st.have_inbound && !st.have_outbound && st.pre_jumps == 1 &&
+                                         st.out_jumps == 0 && st.refs == 1
+                                   : st.have_inbound && st.have_outbound && st.pre_jumps == 1 &&
+                                         st.out_jumps == 1 && st.refs == 2;
+                if (restored && settled) {
                         strbuf_free(&st.deletes);
                         return 0;
                 }
@@ -687,7 +702,7 @@ static int install_family(const struct ipt_options *o, const struct family_tools
                                  ft->label, st.refs);
                 struct strbuf in;
                 strbuf_init(&in);
-                render(o, ft->family, st.deletes.data, comments, &in);
+                render(o, ft->family, st.deletes.data, st.have_outbound, comments, &in);
                 strbuf_free(&st.deletes);
                 bool comment_missing = false;
                 last = in.truncated
@@ -741,6 +756,16 @@ static bool ipv6_enabled(const char **why)
         return true;
 }
 
+static void log_installed(const char *label, const struct ipt_options *o)
+{
+        if (o->inbound_only)
+                log_info(COMP, 0, "%s: installed %s -> %u (inbound only)", label, IPT_CHAIN_INBOUND,
+                         o->inbound_port);
+        else
+                log_info(COMP, 0, "%s: installed %s -> %u and %s -> %u", label, IPT_CHAIN_INBOUND,
+                         o->inbound_port, IPT_CHAIN_OUTBOUND, o->outbound_port);
+}
+
 int ipt_install(const struct ipt_options *o, char *err, size_t errlen)
 {
         char dummy[8];
@@ -758,8 +783,7 @@ int ipt_install(const struct ipt_options *o, char *err, size_t errlen)
         int rc = install_family(o, &FAM_V4, err, errlen);
         if (rc < 0)
                 return rc;
-        log_info(COMP, 0, "ipv4: installed %s -> %u and %s -> %u", IPT_CHAIN_INBOUND,
-                 o->inbound_port, IPT_CHAIN_OUTBOUND, o->outbound_port);
+        log_installed("ipv4", o);
 
         const char *why = NULL;
         if (o->ipv6 && ipv6_enabled(&why)) {
@@ -776,8 +800,7 @@ int ipt_install(const struct ipt_options *o, char *err, size_t errlen)
                                 log_warn(COMP, 0, "ipv4: roll-back failed: %s", ignored);
                         return rc;
                 }
-                log_info(COMP, 0, "ipv6: installed %s -> %u and %s -> %u", IPT_CHAIN_INBOUND,
-                         o->inbound_port, IPT_CHAIN_OUTBOUND, o->outbound_port);
+                log_installed("ipv6", o);
                 err[0] = '\0';
                 return 0;
         }
@@ -816,6 +839,16 @@ int ipt_remove(char *err, size_t errlen)
                 return rc6;
         }
         return 0;
+}
+
+bool ipt_inbound_installed(int family)
+{
+        struct nat_state st;
+        char err[256];
+        if (read_state(family == AF_INET6 ? &FAM_V6 : &FAM_V4, &st, err, sizeof(err)) < 0)
+                return false;
+        strbuf_free(&st.deletes);
+        return st.have_inbound && st.pre_jumps > 0;
 }
 
 bool ipt_installed(int family)

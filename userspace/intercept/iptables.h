@@ -38,6 +38,8 @@ struct ipt_options {
         bool ipv6;        /* also install with ip6tables (skipped with a log line if unavailable) */
         bool no_comments; /* leave out "-m comment --comment shunt" (ipt_install also
                              drops it by itself when the comment match is missing) */
+        bool inbound_only; /* only SIDECAR_PROXY_INBOUND and its PREROUTING jump (eBPF
+                              mode captures outbound); a stale outbound chain is removed */
 };
 
 /* Fills o from cfg (mark from cfg->proxy_mark, ipv6 on). The excluded uid is
@@ -57,6 +59,9 @@ int ipt_remove(char *err, size_t errlen);
 /* True when our chains exist and PREROUTING/OUTPUT jump to them, for
  * family AF_INET or AF_INET6. */
 bool ipt_installed(int family);
+/* True when the inbound chain exists and PREROUTING jumps to it (whether or
+ * not the outbound half is there). */
+bool ipt_inbound_installed(int family);
 
 /* Installed rules with packet and byte counters, for shuntctl rules and
  * admin /rules: JSON {"ipv4": [{"chain", "rule", "packets", "bytes"}], "ipv6": [...]}. */
