@@ -18,6 +18,7 @@
 #include "intercept/iptables.h"
 #include "intercept/origdst.h"
 #include "discovery/backend.h"
+#include "discovery/health.h"
 #include "discovery/registry.h"
 #include "proxy/proxy.h"
 
@@ -40,6 +41,7 @@ struct daemon {
         struct bpfcap *bpf; /* eBPF capture, when active */
         struct disc_registry *registry;
         struct disc_backend *backend;
+        struct disc_checker *health;
         uint64_t routes_version; /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
@@ -506,7 +508,8 @@ int main(int argc, char **argv)
         d.registry = disc_registry_new(NULL);
         if (!d.registry || disc_backend_new(d.registry, d.cfg, &d.backend, err, sizeof(err)) < 0 ||
             disc_backend_start(d.backend, d.loop, err, sizeof(err)) < 0 ||
-            disc_registry_attach(d.registry, d.loop) < 0) {
+            disc_registry_attach(d.registry, d.loop) < 0 ||
+            !(d.health = disc_health_start(d.registry, d.loop, d.cfg->proxy_mark))) {
                 log_error("discovery", 0, "service discovery: %s",
                           d.registry ? err : "out of memory");
                 d.exit_code = 1;
@@ -584,6 +587,7 @@ out:
         if (d.loop)
                 loop_timer_cancel(d.loop, &d.routes_timer);
         disc_backend_free(d.backend);
+        disc_health_stop(d.health);
         if (d.registry) {
                 disc_registry_detach(d.registry);
                 disc_registry_free(d.registry);
