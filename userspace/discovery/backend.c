@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "discovery/file.h"
+#include "discovery/k8s.h"
 
 struct disc_backend {
         const struct disc_backend_ops *ops;
@@ -83,7 +84,7 @@ static const struct disc_backend_ops file_ops = {
     .destroy = file_destroy,
 };
 
-static const struct disc_backend_ops *const backends[] = {&file_ops};
+static const struct disc_backend_ops *const backends[] = {&file_ops, &k8s_backend_ops};
 
 int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
                      struct disc_backend **out, char *err, size_t errlen)

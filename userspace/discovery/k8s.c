@@ -1,0 +1,1155 @@
+/* Kubernetes watcher: credentials, list then watch per resource over libcurl
+ * multi on the main loop, relist on 410 Gone, backoff on failures, a silence
+ * bound on watch streams, staleness reported to the registry. */
+#include "discovery/k8s.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <openssl/base64.h>
+#ifdef SHUNT_HAVE_YAML
+#include <yaml.h>
+#endif
+
+#include "core/log.h"
+#include "core/loop.h"
+
+#define COMP "discovery"
+
+#define K8S_TOKEN_MAX       16384
+#define K8S_KUBECONFIG_MAX  (4u << 20)
+#define K8S_ERRBODY_MAX     65536
+#define K8S_CONNECT_MS      5000
+#define K8S_LIST_TIMEOUT_MS 60000
+#define K8S_TICK_MS         500
+#define K8S_DEFAULT_SA_DIR  "/var/run/secrets/kubernetes.io/serviceaccount"
+#define K8S_MIN_WATCH_MS                                                                           \
+        1000 /* a watch that ends sooner with nothing received counts as failed                    \
+              */
+
+enum wstate { W_IDLE = 0, W_LIST, W_WATCH, W_BACKOFF };
+
+static const char *const kind_name[K8S__KINDS] = {"services", "endpointslices"};
+static const char *const state_name[] = {"idle", "listing", "watching", "backoff"};
+
+struct k8s;
+
+struct k8s_watch {
+        struct k8s *k;
+        enum k8s_kind kind;
+        enum wstate state;
+        CURL *easy;
+        struct curl_slist *hdrs;
+        char errbuf[CURL_ERROR_SIZE];
+        char *buf;
+        size_t len, cap;
+        long status;
+        char rv[K8S_MAX_RV];
+        bool listed;  /* a complete list has been applied */
+        bool healthy; /* the last request succeeded (list done / watch open) */
+        bool gone;    /* a 410 ERROR event arrived on this watch */
+        char abort_why[DISC_ERROR_MAX];
+        uint32_t backoff_ms;
+        uint64_t started_ms, last_data_ms;
+        uint64_t req_events; /* events and bookmarks in the current request */
+        uint64_t n_lists, n_watches, n_events, n_bookmarks, n_bad, n_gone, n_failures, n_silent;
+        struct loop_timer retry;
+        char last_error[DISC_ERROR_MAX];
+};
+
+struct k8s_sock {
+        struct loop_io io;
+        struct k8s *k;
+};
+
+struct k8s {
+        struct disc_registry *r;
+        int src;
+        struct loop *loop;
+        CURLM *multi;
+        bool closing;
+        struct loop_timer curl_timer, tick;
+        struct k8s_cache *cache;
+        char mode[16]; /* "in-cluster" or "kubeconfig" */
+        char origin[PATH_MAX];
+        char server[512];
+        char ca_path[PATH_MAX];
+        char cert_path[PATH_MAX];
+        char key_path[PATH_MAX];
+        int mem_fds[3];
+        bool insecure;
+        char token[K8S_TOKEN_MAX];
+        char token_file[PATH_MAX];
+        bool token_seen;
+        struct stat token_st;
+        char ns[DISC_NAME_MAX];
+        char *selector_q; /* escaped label selector, or NULL */
+        uint32_t watch_s;
+        uint64_t silence_ms;
+        uint64_t n_builds;
+        struct k8s_watch w[K8S__KINDS];
+};
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+static uint64_t now_ms(const struct k8s *k)
+{
+        return k->loop ? loop_now_ms(k->loop) : clock_mono_ms();
+}
+
+static int read_small_file(const char *path, size_t max, char **out, size_t *outlen, char *err,
+                           size_t errlen)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                snprintf(err, errlen, "%s: %s", path, strerror(errno));
+                if (fd >= 0)
+                        close(fd);
+                return -errno;
+        }
+        if (!S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
+                snprintf(err, errlen, "%s: not a regular file of at most %zu bytes", path, max);
+                close(fd);
+                return -EINVAL;
+        }
+        char *buf = malloc((size_t)st.st_size + 1);
+        if (!buf) {
+                close(fd);
+                snprintf(err, errlen, "%s: out of memory", path);
+                return -ENOMEM;
+        }
+        size_t got = 0;
+        while (got < (size_t)st.st_size) {
+                ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break;
+                got += (size_t)n;
+        }
+        close(fd);
+        buf[got] = '\0';
+        *out = buf;
+        *outlen = got;
+        return 0;
+}
+
+/* Refreshes the bearer token from its file when the file changed (a
+ * projected service-account token is rotated in place). */
+static void token_refresh(struct k8s *k)
+{
+        if (!k->token_file[0])
+                return;
+        struct stat st;
+        if (stat(k->token_file, &st) < 0) {
+                log_warn(COMP, 0, "kubernetes: token file %s: %s (keeping the last token)",
+                         k->token_file, strerror(errno));
+                return;
+        }
+        if (k->token_seen && st.st_ino == k->token_st.st_ino && st.st_dev == k->token_st.st_dev &&
+            st.st_size == k->token_st.st_size && st.st_mtim.tv_sec == k->token_st.st_mtim.tv_sec &&
+            st.st_mtim.tv_nsec == k->token_st.st_mtim.tv_nsec)
+                return;
+        char *buf;
+        size_t len;
+        char err[DISC_ERROR_MAX];
+        if (read_small_file(k->token_file, K8S_TOKEN_MAX - 1, &buf, &len, err, sizeof(err))) {
+                log_warn(COMP, 0, "kubernetes: token: %s (keeping the last token)", err);
+                return;
+        }
+        while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
+                buf[--len] = '\0';
+        memcpy(k->token, buf, len + 1);
+        free(buf);
+        if (k->token_seen)
+                log_info(COMP, 0, "kubernetes: token file %s changed: re-read", k->token_file);
+        k->token_seen = true;
+        k->token_st = st;
+}
+
+/* Inline PEM data (base64 in a kubeconfig) into a memfd curl can read by path. */
+static int data_to_path(struct k8s *k, int slot, const char *b64, char *path, size_t pathlen,
+                        const char *what, char *err, size_t errlen)
+{
+        size_t inlen = strlen(b64), max;
+        if (!EVP_DecodedLength(&max, inlen)) {
+                snprintf(err, errlen, "kubeconfig %s: %s: not base64", k->origin, what);
+                return -EINVAL;
+        }
+        uint8_t *raw = malloc(max ? max : 1);
+        size_t n = 0;
+        if (!raw || !EVP_DecodeBase64(raw, &n, max, (const uint8_t *)b64, inlen)) {
+                free(raw);
+                snprintf(err, errlen, "kubeconfig %s: %s: not base64", k->origin, what);
+                return -EINVAL;
+        }
+        int fd = memfd_create(what, MFD_CLOEXEC);
+        if (fd < 0 || write(fd, raw, n) != (ssize_t)n) {
+                snprintf(err, errlen, "kubeconfig %s: %s: memfd: %s", k->origin, what,
+                         strerror(errno));
+                free(raw);
+                if (fd >= 0)
+                        close(fd);
+                return -EIO;
+        }
+        free(raw);
+        k->mem_fds[slot] = fd;
+        snprintf(path, pathlen, "/proc/self/fd/%d", fd);
+        return 0;
+}
+
+/* ---- kubeconfig -------------------------------------------------------------- */
+
+#ifdef SHUNT_HAVE_YAML
+/* YAML (block or flow) -> cJSON, strings and booleans only: enough for a
+ * kubeconfig. Anchors and aliases are refused. */
+static cJSON *yaml_value(yaml_parser_t *p, yaml_event_t *ev, int depth, char *err, size_t errlen);
+
+static cJSON *yaml_next(yaml_parser_t *p, int depth, char *err, size_t errlen, bool *end)
+{
+        yaml_event_t ev;
+        if (!yaml_parser_parse(p, &ev)) {
+                snprintf(err, errlen, "line %zu: %s", p->problem_mark.line + 1,
+                         p->problem ? p->problem : "YAML error");
+                return NULL;
+        }
+        if (ev.type == YAML_MAPPING_END_EVENT || ev.type == YAML_SEQUENCE_END_EVENT) {
+                *end = true;
+                yaml_event_delete(&ev);
+                return NULL;
+        }
+        cJSON *v = yaml_value(p, &ev, depth, err, errlen);
+        yaml_event_delete(&ev);
+        return v;
+}
+
+static cJSON *yaml_value(yaml_parser_t *p, yaml_event_t *ev, int depth, char *err, size_t errlen)
+{
+        if (depth > 64) {
+                snprintf(err, errlen, "nested deeper than 64");
+                return NULL;
+        }
+        if (ev->type == YAML_SCALAR_EVENT) {
+                const char *s = (const char *)ev->data.scalar.value;
+                if (ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+                    (strcmp(s, "true") == 0 || strcmp(s, "false") == 0))
+                        return cJSON_CreateBool(s[0] == 't');
+                return cJSON_CreateString(s);
+        }
+        bool map = ev->type == YAML_MAPPING_START_EVENT;
+        if (!map && ev->type != YAML_SEQUENCE_START_EVENT) {
+                snprintf(err, errlen, "line %zu: unsupported YAML (anchors, aliases, tags)",
+                         ev->start_mark.line + 1);
+                return NULL;
+        }
+        cJSON *out = map ? cJSON_CreateObject() : cJSON_CreateArray();
+        for (;;) {
+                bool end = false;
+                cJSON *key = yaml_next(p, depth + 1, err, errlen, &end);
+                if (end)
+                        return out;
+                if (!key) {
+                        cJSON_Delete(out);
+                        return NULL;
+                }
+                if (!map) {
+                        cJSON_AddItemToArray(out, key);
+                        continue;
+                }
+                if (!cJSON_IsString(key)) {
+                        cJSON_Delete(key);
+                        cJSON_Delete(out);
+                        snprintf(err, errlen, "a mapping key is not a string");
+                        return NULL;
+                }
+                cJSON *val = yaml_next(p, depth + 1, err, errlen, &end);
+                if (!val) {
+                        cJSON_Delete(key);
+                        cJSON_Delete(out);
+                        if (end)
+                                snprintf(err, errlen, "mapping key without a value");
+                        return NULL;
+                }
+                cJSON_AddItemToObject(out, key->valuestring, val);
+                cJSON_Delete(key);
+        }
+}
+
+static cJSON *parse_yaml(const char *text, size_t len, char *err, size_t errlen)
+{
+        yaml_parser_t p;
+        if (!yaml_parser_initialize(&p)) {
+                snprintf(err, errlen, "out of memory");
+                return NULL;
+        }
+        yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+        cJSON *root = NULL;
+        for (;;) {
+                yaml_event_t ev;
+                if (!yaml_parser_parse(&p, &ev)) {
+                        snprintf(err, errlen, "line %zu: %s", p.problem_mark.line + 1,
+                                 p.problem ? p.problem : "YAML error");
+                        break;
+                }
+                yaml_event_type_t t = ev.type;
+                if (t == YAML_MAPPING_START_EVENT && !root) {
+                        root = yaml_value(&p, &ev, 0, err, errlen);
+                        yaml_event_delete(&ev);
+                        if (!root)
+                                break;
+                        continue;
+                }
+                yaml_event_delete(&ev);
+                if (t == YAML_STREAM_END_EVENT) {
+                        if (!root)
+                                snprintf(err, errlen, "no mapping at the top level");
+                        break;
+                }
+        }
+        yaml_parser_delete(&p);
+        return root;
+}
+#endif
+
+static const cJSON *named(const cJSON *list, const char *name, const char *inner)
+{
+        const cJSON *it;
+        cJSON_ArrayForEach(it, (cJSON_IsArray(list) ? list : NULL))
+        {
+                const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "name");
+                if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
+                        return cJSON_GetObjectItemCaseSensitive(it, inner);
+        }
+        return NULL;
+}
+
+static const char *kstr(const cJSON *o, const char *key)
+{
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsString(x) && x->valuestring[0] ? x->valuestring : NULL;
+}
+
+/* A path from the kubeconfig, relative to the kubeconfig's directory. */
+static int kpath(const struct k8s *k, const char *p, char *out, size_t outlen)
+{
+        int n;
+        if (p[0] == '/') {
+                n = snprintf(out, outlen, "%s", p);
+        } else {
+                const char *slash = strrchr(k->origin, '/');
+                n = snprintf(out, outlen, "%.*s%s", slash ? (int)(slash - k->origin + 1) : 0,
+                             k->origin, p);
+        }
+        return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+static int load_kubeconfig(struct k8s *k, const char *path, char *err, size_t errlen)
+{
+        snprintf(k->mode, sizeof(k->mode), "kubeconfig");
+        snprintf(k->origin, sizeof(k->origin), "%s", path);
+        char *text;
+        size_t len;
+        char msg[DISC_ERROR_MAX];
+        if (read_small_file(path, K8S_KUBECONFIG_MAX, &text, &len, msg, sizeof(msg))) {
+                snprintf(err, errlen, "kubernetes: kubeconfig %s", msg);
+                return -EINVAL;
+        }
+        size_t i = 0;
+        while (i < len && (text[i] == ' ' || text[i] == '\n' || text[i] == '\t' || text[i] == '\r'))
+                i++;
+        cJSON *root = NULL;
+        if (i < len && text[i] == '{') {
+                root = cJSON_ParseWithLength(text, len);
+                if (!root)
+                        snprintf(msg, sizeof(msg), "invalid JSON");
+        } else {
+#ifdef SHUNT_HAVE_YAML
+                root = parse_yaml(text, len, msg, sizeof(msg));
+#else
+                snprintf(msg, sizeof(msg),
+                         "YAML kubeconfigs need a build with libyaml; this build reads the JSON "
+                         "form (kubectl config view --raw -o json)");
+#endif
+        }
+        free(text);
+        if (!root) {
+                snprintf(err, errlen, "kubernetes: kubeconfig %s: %s", path, msg);
+                return -EINVAL;
+        }
+        int rc = -EINVAL;
+        const char *cur = kstr(root, "current-context");
+        const cJSON *ctx =
+            cur ? named(cJSON_GetObjectItemCaseSensitive(root, "contexts"), cur, "context") : NULL;
+        const char *cname = ctx ? kstr(ctx, "cluster") : NULL;
+        const char *uname = ctx ? kstr(ctx, "user") : NULL;
+        const cJSON *cl =
+            cname ? named(cJSON_GetObjectItemCaseSensitive(root, "clusters"), cname, "cluster")
+                  : NULL;
+        const cJSON *us =
+            uname ? named(cJSON_GetObjectItemCaseSensitive(root, "users"), uname, "user") : NULL;
+        const char *server = cl ? kstr(cl, "server") : NULL;
+        if (!cur || !ctx) {
+                snprintf(err, errlen, "kubernetes: kubeconfig %s: current-context %s%s", path,
+                         cur ? cur : "", cur ? " not found in contexts" : "is not set");
+                goto out;
+        }
+        if (!cl || !server) {
+                snprintf(err, errlen, "kubernetes: kubeconfig %s: cluster '%s' has no server", path,
+                         cname ? cname : "");
+                goto out;
+        }
+        if (strncmp(server, "https://", 8) != 0 && strncmp(server, "http://", 7) != 0) {
+                snprintf(err, errlen, "kubernetes: kubeconfig %s: server '%.200s' is not an URL",
+                         path, server);
+                goto out;
+        }
+        if (strlen(server) >= sizeof(k->server)) {
+                snprintf(err, errlen, "kubernetes: kubeconfig %s: server URL too long", path);
+                goto out;
+        }
+        snprintf(k->server, sizeof(k->server), "%s", server);
+        const cJSON *insec = cJSON_GetObjectItemCaseSensitive(cl, "insecure-skip-tls-verify");
+        k->insecure = cJSON_IsTrue(insec) ||
+                      (cJSON_IsString(insec) && strcmp(insec->valuestring, "true") == 0);
+        const char *s;
+        if ((s = kstr(cl, "certificate-authority-data"))) {
+                if (data_to_path(k, 0, s, k->ca_path, sizeof(k->ca_path), "k8s-ca", err, errlen))
+                        goto out;
+        } else if ((s = kstr(cl, "certificate-authority"))) {
+                if (kpath(k, s, k->ca_path, sizeof(k->ca_path))) {
+                        snprintf(err, errlen, "kubernetes: kubeconfig %s: path too long", path);
+                        goto out;
+                }
+        }
+        if (us) {
+                if ((s = kstr(us, "client-certificate-data"))) {
+                        if (data_to_path(k, 1, s, k->cert_path, sizeof(k->cert_path),
+                                         "k8s-client-cert", err, errlen))
+                                goto out;
+                } else if ((s = kstr(us, "client-certificate"))) {
+                        kpath(k, s, k->cert_path, sizeof(k->cert_path));
+                }
+                if ((s = kstr(us, "client-key-data"))) {
+                        if (data_to_path(k, 2, s, k->key_path, sizeof(k->key_path),
+                                         "k8s-client-key", err, errlen))
+                                goto out;
+                } else if ((s = kstr(us, "client-key"))) {
+                        kpath(k, s, k->key_path, sizeof(k->key_path));
+                }
+                if ((s = kstr(us, "token"))) {
+                        if (strlen(s) >= sizeof(k->token)) {
+                                snprintf(err, errlen, "kubernetes: kubeconfig %s: token too long",
+                                         path);
+                                goto out;
+                        }
+                        snprintf(k->token, sizeof(k->token), "%s", s);
+                } else if ((s = kstr(us, "tokenFile"))) {
+                        kpath(k, s, k->token_file, sizeof(k->token_file));
+                }
+                if (cJSON_GetObjectItemCaseSensitive(us, "exec") ||
+                    cJSON_GetObjectItemCaseSensitive(us, "auth-provider"))
+                        log_warn(COMP, 0,
+                                 "kubernetes: kubeconfig %s: user '%s': exec and auth-provider "
+                                 "credentials are not supported",
+                                 path, uname);
+        }
+        if ((k->cert_path[0] != 0) != (k->key_path[0] != 0)) {
+                snprintf(err, errlen,
+                         "kubernetes: kubeconfig %s: user '%s': client certificate and key must "
+                         "be given together",
+                         path, uname ? uname : "");
+                goto out;
+        }
+        rc = 0;
+out:
+        cJSON_Delete(root);
+        return rc;
+}
+
+static int load_in_cluster(struct k8s *k, char *err, size_t errlen)
+{
+        const char *host = getenv("KUBERNETES_SERVICE_HOST");
+        const char *port = getenv("KUBERNETES_SERVICE_PORT");
+        const char *dir = getenv("SHUNT_K8S_SERVICEACCOUNT_DIR");
+        if (!dir || !*dir)
+                dir = K8S_DEFAULT_SA_DIR;
+        snprintf(k->mode, sizeof(k->mode), "in-cluster");
+        snprintf(k->origin, sizeof(k->origin), "%s", dir);
+        if (!port || !*port)
+                port = "443";
+        int n = snprintf(k->server, sizeof(k->server),
+                         strchr(host, ':') ? "https://[%s]:%s" : "https://%s:%s", host, port);
+        if (n < 0 || (size_t)n >= sizeof(k->server) ||
+            snprintf(k->token_file, sizeof(k->token_file), "%s/token", dir) >=
+                (int)sizeof(k->token_file) ||
+            snprintf(k->ca_path, sizeof(k->ca_path), "%s/ca.crt", dir) >= (int)sizeof(k->ca_path)) {
+                snprintf(err, errlen, "kubernetes: in-cluster: host or directory too long");
+                return -EINVAL;
+        }
+        if (access(k->token_file, R_OK) < 0 || access(k->ca_path, R_OK) < 0) {
+                snprintf(err, errlen, "kubernetes: in-cluster credentials: %s/token or ca.crt: %s",
+                         dir, strerror(errno));
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* ---- registry ------------------------------------------------------------------ */
+
+static void rebuild(struct k8s *k)
+{
+        if (!k->w[K8S_SERVICES].listed || !k->w[K8S_SLICES].listed)
+                return; /* the first full picture needs both lists */
+        struct disc_service_spec *svcs;
+        size_t n;
+        int rc = k8s_cache_build(k->cache, &svcs, &n);
+        if (rc == 0) {
+                rc = disc_registry_replace(k->r, k->src, svcs, n);
+                k8s_specs_free(svcs, n);
+        }
+        if (rc) {
+                log_error(COMP, 0, "kubernetes: cannot apply %zu services: %s",
+                          k8s_cache_count(k->cache, K8S_SERVICES), strerror(-rc));
+                return;
+        }
+        k->n_builds++;
+        disc_registry_publish(k->r);
+}
+
+static void check_sync(struct k8s *k)
+{
+        if (k->w[K8S_SERVICES].healthy && k->w[K8S_SLICES].healthy && k->w[K8S_SERVICES].listed &&
+            k->w[K8S_SLICES].listed) {
+                disc_source_sync_ok(k->r, k->src);
+                disc_registry_publish(k->r);
+        }
+}
+
+/* ---- requests --------------------------------------------------------------------- */
+
+static void start(struct k8s_watch *w);
+
+static void release_easy(struct k8s_watch *w)
+{
+        if (w->easy) {
+                curl_multi_remove_handle(w->k->multi, w->easy);
+                curl_easy_cleanup(w->easy);
+                w->easy = NULL;
+        }
+        curl_slist_free_all(w->hdrs);
+        w->hdrs = NULL;
+        w->len = 0;
+}
+
+static void retry_cb(struct loop *loop, struct loop_timer *t)
+{
+        struct k8s_watch *w = t->data;
+        start(w);
+}
+
+static void fail(struct k8s_watch *w, const char *why)
+{
+        struct k8s *k = w->k;
+        release_easy(w);
+        w->healthy = false;
+        w->n_failures++;
+        snprintf(w->last_error, sizeof(w->last_error), "%s", why);
+        uint32_t jitter;
+        if (getrandom(&jitter, sizeof(jitter), GRND_NONBLOCK) != sizeof(jitter))
+                jitter = (uint32_t)now_ms(k) * 2654435761u;
+        /* base * [0.8, 1.2) */
+        uint64_t delay = (uint64_t)w->backoff_ms * (800 + jitter % 400) / 1000;
+        log_warn(COMP, 0, "kubernetes: %s: %s; retrying in %llums", kind_name[w->kind], why,
+                 (unsigned long long)delay);
+        w->backoff_ms =
+            w->backoff_ms * 2 > K8S_BACKOFF_MAX_MS ? K8S_BACKOFF_MAX_MS : w->backoff_ms * 2;
+        char msg[DISC_ERROR_MAX];
+        snprintf(msg, sizeof(msg), "%s: %s", kind_name[w->kind], why);
+        disc_source_sync_failed(k->r, k->src, msg);
+        disc_registry_publish(k->r);
+        w->state = W_BACKOFF;
+        if (k->closing)
+                return;
+        loop_timer_arm(k->loop, &w->retry, delay);
+}
+
+static bool buf_append(struct k8s_watch *w, const char *p, size_t n, size_t max)
+{
+        if (w->len + n > max)
+                return false;
+        if (w->len + n + 1 > w->cap) {
+                size_t nc = w->cap ? w->cap : 16384;
+                while (nc < w->len + n + 1)
+                        nc *= 2;
+                char *b = realloc(w->buf, nc);
+                if (!b)
+                        return false;
+                w->buf = b;
+                w->cap = nc;
+        }
+        memcpy(w->buf + w->len, p, n);
+        w->len += n;
+        w->buf[w->len] = '\0';
+        return true;
+}
+
+static void watch_lines(struct k8s_watch *w)
+{
+        struct k8s *k = w->k;
+        size_t off = 0;
+        bool dirty = false;
+        char *nl;
+        while (!w->gone && !w->abort_why[0] &&
+               (nl = memchr(w->buf + off, '\n', w->len - off)) != NULL) {
+                size_t n = (size_t)(nl - (w->buf + off));
+                const char *line = w->buf + off;
+                off += n + 1;
+                while (n && (line[n - 1] == '\r' || line[n - 1] == ' '))
+                        n--;
+                if (!n)
+                        continue;
+                char err[DISC_ERROR_MAX];
+                err[0] = '\0';
+                switch (k8s_cache_event(k->cache, w->kind, line, n, w->rv, err, sizeof(err))) {
+                case K8S_EV_APPLIED:
+                        w->n_events++;
+                        w->req_events++;
+                        dirty = true;
+                        break;
+                case K8S_EV_BOOKMARK:
+                        w->n_bookmarks++;
+                        w->req_events++;
+                        break;
+                case K8S_EV_GONE:
+                        w->gone = true;
+                        w->n_gone++;
+                        log_info(COMP, 0, "kubernetes: %s watch: %s: relisting", kind_name[w->kind],
+                                 err);
+                        break;
+                case K8S_EV_ERROR:
+                        snprintf(w->abort_why, sizeof(w->abort_why), "%s", err);
+                        break;
+                case K8S_EV_BAD:
+                        w->n_bad++;
+                        log_error(COMP, 0, "kubernetes: %s watch: event skipped: %s",
+                                  kind_name[w->kind], err);
+                        break;
+                }
+        }
+        memmove(w->buf, w->buf + off, w->len - off);
+        w->len -= off;
+        if (dirty)
+                rebuild(k);
+}
+
+static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
+{
+        struct k8s_watch *w = ud;
+        size_t n = size * nmemb;
+        w->last_data_ms = now_ms(w->k);
+        if (!w->status)
+                curl_easy_getinfo(w->easy, CURLINFO_RESPONSE_CODE, &w->status);
+        if (w->status != 200) {
+                buf_append(w, p, n, K8S_ERRBODY_MAX); /* the Status, truncated is fine */
+                return n;
+        }
+        if (w->state == W_LIST) {
+                if (!buf_append(w, p, n, K8S_MAX_LIST_BYTES)) {
+                        snprintf(w->abort_why, sizeof(w->abort_why),
+                                 "list response larger than %u bytes", K8S_MAX_LIST_BYTES);
+                        return 0;
+                }
+                return n;
+        }
+        if (!buf_append(w, p, n, K8S_MAX_EVENT_BYTES)) {
+                snprintf(w->abort_why, sizeof(w->abort_why), "watch event larger than %u bytes",
+                         K8S_MAX_EVENT_BYTES);
+                return 0;
+        }
+        watch_lines(w);
+        return w->gone || w->abort_why[0] ? 0 : n;
+}
+
+static size_t header_cb(char *p, size_t size, size_t nmemb, void *ud)
+{
+        struct k8s_watch *w = ud;
+        size_t n = size * nmemb;
+        w->last_data_ms = now_ms(w->k);
+        if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) { /* end of the headers */
+                long code = 0;
+                curl_easy_getinfo(w->easy, CURLINFO_RESPONSE_CODE, &code);
+                if (code == 200 && w->state == W_WATCH && !w->healthy) {
+                        w->healthy = true;
+                        w->backoff_ms = K8S_BACKOFF_MIN_MS;
+                        check_sync(w->k);
+                }
+        }
+        return n;
+}
+
+static void status_message(const struct k8s_watch *w, char *out, size_t len)
+{
+        cJSON *st = w->len ? cJSON_ParseWithLength(w->buf, w->len) : NULL;
+        const cJSON *m = st ? cJSON_GetObjectItemCaseSensitive(st, "message") : NULL;
+        snprintf(out, len, "%s", cJSON_IsString(m) ? m->valuestring : "");
+        cJSON_Delete(st);
+}
+
+static void done(struct k8s_watch *w, CURLcode res)
+{
+        struct k8s *k = w->k;
+        long status = 0;
+        curl_easy_getinfo(w->easy, CURLINFO_RESPONSE_CODE, &status);
+        char why[DISC_ERROR_MAX];
+        if (w->gone || (status == 410 && w->state == W_WATCH)) {
+                if (!w->gone)
+                        w->n_gone++;
+                log_info(COMP, 0,
+                         "kubernetes: %s: resourceVersion %s expired (410 Gone): relisting",
+                         kind_name[w->kind], w->rv);
+                release_easy(w);
+                w->rv[0] = '\0';
+                w->state = W_IDLE;
+                start(w);
+                return;
+        }
+        if (w->abort_why[0]) {
+                snprintf(why, sizeof(why), "%s", w->abort_why);
+                fail(w, why);
+                return;
+        }
+        if (res != CURLE_OK) {
+                snprintf(why, sizeof(why), "%s: %s", curl_easy_strerror(res),
+                         w->errbuf[0] ? w->errbuf : "no detail");
+                fail(w, why);
+                return;
+        }
+        if (status != 200) {
+                char m[256];
+                status_message(w, m, sizeof(m));
+                snprintf(why, sizeof(why), "HTTP %ld%s%s", status, m[0] ? ": " : "", m);
+                if (status == 401 || status == 403)
+                        log_error(COMP, 0,
+                                  "kubernetes: %s: the API server refused the "
+                                  "credentials from %s: %s",
+                                  kind_name[w->kind], k->origin, why);
+                fail(w, why);
+                return;
+        }
+        if (w->state == W_LIST) {
+                char err[DISC_ERROR_MAX];
+                int rc = k8s_cache_list(k->cache, w->kind, w->buf ? w->buf : "", w->len, w->rv, err,
+                                        sizeof(err));
+                if (rc) {
+                        fail(w, err);
+                        return;
+                }
+                release_easy(w);
+                w->listed = true;
+                w->healthy = true;
+                w->backoff_ms = K8S_BACKOFF_MIN_MS;
+                log_info(COMP, 0, "kubernetes: listed %zu %s at resourceVersion %s",
+                         k8s_cache_count(k->cache, w->kind), kind_name[w->kind], w->rv);
+                rebuild(k);
+                check_sync(k);
+                w->state = W_IDLE;
+                start(w);
+                return;
+        }
+        /* The server ended the watch (timeoutSeconds): watch again from rv. A
+         * watch that ends at once with nothing in it is a failure (no loop). */
+        bool quick = now_ms(k) - w->started_ms < K8S_MIN_WATCH_MS && !w->req_events;
+        if (quick) {
+                fail(w, "watch ended at once");
+                return;
+        }
+        release_easy(w);
+        w->state = W_IDLE;
+        start(w);
+}
+
+static void start(struct k8s_watch *w)
+{
+        struct k8s *k = w->k;
+        if (k->closing)
+                return;
+        bool watch = w->listed && w->rv[0];
+        char path[256];
+        if (k->ns[0])
+                snprintf(path, sizeof(path),
+                         w->kind == K8S_SERVICES ? "/api/v1/namespaces/%s/services"
+                                                 : "/apis/discovery.k8s.io/v1/namespaces/%s/"
+                                                   "endpointslices",
+                         k->ns);
+        else
+                snprintf(path, sizeof(path), "%s",
+                         w->kind == K8S_SERVICES ? "/api/v1/services"
+                                                 : "/apis/discovery.k8s.io/v1/endpointslices");
+        size_t slen = strlen(k->server);
+        while (slen && k->server[slen - 1] == '/')
+                slen--;
+        char url[2048];
+        int n;
+        const char *sel = w->kind == K8S_SERVICES ? k->selector_q : NULL;
+        char *rv_q = curl_easy_escape(NULL, w->rv, 0);
+        if (watch)
+                n = snprintf(url, sizeof(url),
+                             "%.*s%s?watch=1&allowWatchBookmarks=true&resourceVersion=%s&"
+                             "timeoutSeconds=%u%s%s",
+                             (int)slen, k->server, path, rv_q ? rv_q : "", k->watch_s,
+                             sel ? "&labelSelector=" : "", sel ? sel : "");
+        else
+                n = snprintf(url, sizeof(url), "%.*s%s%s%s", (int)slen, k->server, path,
+                             sel ? "?labelSelector=" : "", sel ? sel : "");
+        curl_free(rv_q);
+        if (n < 0 || (size_t)n >= sizeof(url)) {
+                fail(w, "request URL too long");
+                return;
+        }
+        token_refresh(k);
+        w->easy = curl_easy_init();
+        if (!w->easy) {
+                fail(w, "curl_easy_init failed");
+                return;
+        }
+        w->hdrs = curl_slist_append(NULL, "Accept: application/json");
+        if (k->token[0]) {
+                char auth[K8S_TOKEN_MAX + 32];
+                snprintf(auth, sizeof(auth), "Authorization: Bearer %s", k->token);
+                struct curl_slist *h = curl_slist_append(w->hdrs, auth);
+                if (h)
+                        w->hdrs = h;
+        }
+        w->status = 0;
+        w->len = 0;
+        w->gone = false;
+        w->abort_why[0] = '\0';
+        w->errbuf[0] = '\0';
+        w->req_events = 0;
+        CURL *e = w->easy;
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        curl_easy_setopt(e, CURLOPT_PRIVATE, w);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, w->hdrs);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, w);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, w);
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, w->errbuf);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)K8S_CONNECT_MS);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+        if (!watch)
+                curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)K8S_LIST_TIMEOUT_MS);
+        if (k->ca_path[0])
+                curl_easy_setopt(e, CURLOPT_CAINFO, k->ca_path);
+        if (k->cert_path[0]) {
+                curl_easy_setopt(e, CURLOPT_SSLCERT, k->cert_path);
+                curl_easy_setopt(e, CURLOPT_SSLKEY, k->key_path);
+        }
+        if (k->insecure) {
+                curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+                curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+        }
+        w->state = watch ? W_WATCH : W_LIST;
+        if (watch)
+                w->n_watches++;
+        else
+                w->n_lists++;
+        w->started_ms = w->last_data_ms = now_ms(k);
+        log_debug(COMP, 0, "kubernetes: %s %s", watch ? "watch" : "list", url);
+        CURLMcode mc = curl_multi_add_handle(k->multi, e);
+        if (mc != CURLM_OK)
+                fail(w, curl_multi_strerror(mc));
+}
+
+/* ---- curl multi on the loop ------------------------------------------------------------ */
+
+static void drain(struct k8s *k)
+{
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(k->multi, &left))) {
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                struct k8s_watch *w = NULL;
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&w);
+                if (w && w->easy == msg->easy_handle)
+                        done(w, msg->data.result);
+        }
+}
+
+static void io_cb(struct loop *loop, struct loop_io *io, uint32_t events)
+{
+        struct k8s_sock *ks = io->data;
+        struct k8s *k = ks->k;
+        int act = 0;
+        if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+                act |= CURL_CSELECT_IN;
+        if (events & EPOLLOUT)
+                act |= CURL_CSELECT_OUT;
+        if (events & EPOLLERR)
+                act |= CURL_CSELECT_ERR;
+        int running;
+        curl_multi_socket_action(k->multi, io->fd, act, &running);
+        drain(k);
+}
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+        struct k8s *k = userp;
+        struct k8s_sock *ks = socketp;
+        if (what == CURL_POLL_REMOVE) {
+                if (ks) {
+                        if (k->loop && ks->io.events)
+                                loop_io_del(k->loop, &ks->io);
+                        curl_multi_assign(k->multi, s, NULL);
+                        if (k->closing || !k->loop)
+                                free(ks);
+                        else
+                                loop_defer_free(k->loop, ks);
+                }
+                return 0;
+        }
+        uint32_t ev = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+        if (!ks) {
+                ks = calloc(1, sizeof(*ks));
+                if (!ks)
+                        return -1;
+                ks->k = k;
+                loop_io_init(&ks->io, s, io_cb, ks);
+                if (loop_io_add(k->loop, &ks->io, ev)) {
+                        free(ks);
+                        return -1;
+                }
+                curl_multi_assign(k->multi, s, ks);
+                return 0;
+        }
+        return loop_io_mod(k->loop, &ks->io, ev) ? -1 : 0;
+}
+
+static void curl_timer_cb(struct loop *loop, struct loop_timer *t)
+{
+        struct k8s *k = t->data;
+        int running;
+        curl_multi_socket_action(k->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        drain(k);
+}
+
+static int timer_fn(CURLM *m, long ms, void *userp)
+{
+        struct k8s *k = userp;
+        if (ms < 0)
+                loop_timer_cancel(k->loop, &k->curl_timer);
+        else
+                loop_timer_arm(k->loop, &k->curl_timer, (uint64_t)ms);
+        return 0;
+}
+
+static void tick_cb(struct loop *loop, struct loop_timer *t)
+{
+        struct k8s *k = t->data;
+        uint64_t now = now_ms(k);
+        for (int i = 0; i < K8S__KINDS; i++) {
+                struct k8s_watch *w = &k->w[i];
+                if (w->state == W_WATCH && now - w->last_data_ms > k->silence_ms) {
+                        w->n_silent++;
+                        char why[128];
+                        snprintf(why, sizeof(why), "watch stream silent for %llums",
+                                 (unsigned long long)(now - w->last_data_ms));
+                        fail(w, why);
+                }
+        }
+        check_sync(k);
+        loop_timer_arm(loop, t, K8S_TICK_MS);
+}
+
+/* ---- backend ops --------------------------------------------------------------------------- */
+
+static void k8s_destroy(void *impl)
+{
+        struct k8s *k = impl;
+        if (!k)
+                return;
+        k->closing = true;
+        for (int i = 0; i < K8S__KINDS; i++) {
+                release_easy(&k->w[i]);
+                if (k->loop)
+                        loop_timer_cancel(k->loop, &k->w[i].retry);
+                free(k->w[i].buf);
+        }
+        if (k->loop) {
+                loop_timer_cancel(k->loop, &k->curl_timer);
+                loop_timer_cancel(k->loop, &k->tick);
+        }
+        if (k->multi)
+                curl_multi_cleanup(k->multi);
+        for (int i = 0; i < 3; i++) {
+                if (k->mem_fds[i] >= 0)
+                        close(k->mem_fds[i]);
+        }
+        curl_free(k->selector_q);
+        k8s_cache_free(k->cache);
+        free(k);
+}
+
+static int k8s_create(struct disc_registry *r, const struct shunt_config *cfg, void **impl,
+                      char *err, size_t errlen)
+{
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+                snprintf(err, errlen, "kubernetes: curl_global_init failed");
+                return -EIO;
+        }
+        struct k8s *k = calloc(1, sizeof(*k));
+        if (!k) {
+                snprintf(err, errlen, "discovery: out of memory");
+                return -ENOMEM;
+        }
+        k->r = r;
+        for (int i = 0; i < 3; i++)
+                k->mem_fds[i] = -1;
+        k->cache = k8s_cache_new();
+        k->multi = curl_multi_init();
+        if (!k->cache || !k->multi) {
+                snprintf(err, errlen, "kubernetes: out of memory");
+                goto fail;
+        }
+        int rc;
+        if (cfg->k8s_kubeconfig[0])
+                rc = load_kubeconfig(k, cfg->k8s_kubeconfig, err, errlen);
+        else if (getenv("KUBERNETES_SERVICE_HOST") && *getenv("KUBERNETES_SERVICE_HOST"))
+                rc = load_in_cluster(k, err, errlen);
+        else {
+                snprintf(err, errlen,
+                         "config: service_discovery.kubernetes.kubeconfig_path is not set and "
+                         "KUBERNETES_SERVICE_HOST is not in the environment (not in a cluster)");
+                rc = -EINVAL;
+        }
+        if (rc)
+                goto fail;
+        if (strlen(cfg->k8s_namespace) >= sizeof(k->ns)) {
+                snprintf(err, errlen, "config: service_discovery.kubernetes.namespace: too long");
+                goto fail;
+        }
+        memcpy(k->ns, cfg->k8s_namespace, strlen(cfg->k8s_namespace) + 1);
+        if (cfg->k8s_label_selector[0]) {
+                k->selector_q = curl_easy_escape(NULL, cfg->k8s_label_selector, 0);
+                if (!k->selector_q) {
+                        snprintf(err, errlen, "kubernetes: out of memory");
+                        goto fail;
+                }
+        }
+        k->watch_s = K8S_DEFAULT_WATCH_S;
+        const char *ws = getenv("SHUNT_K8S_WATCH_TIMEOUT");
+        if (ws && *ws) {
+                char *end;
+                unsigned long v = strtoul(ws, &end, 10);
+                if (*end || v < 1 || v > 3600) {
+                        snprintf(err, errlen, "SHUNT_K8S_WATCH_TIMEOUT: '%s' is not 1..3600", ws);
+                        goto fail;
+                }
+                k->watch_s = (uint32_t)v;
+        }
+        k->silence_ms = 2ull * k->watch_s * 1000;
+        k->src = disc_source_add(r, "kubernetes", DISC_SOURCE_KUBERNETES);
+        if (k->src < 0) {
+                snprintf(err, errlen, "discovery: cannot register the kubernetes source: %s",
+                         strerror(-k->src));
+                goto fail;
+        }
+        for (int i = 0; i < K8S__KINDS; i++) {
+                struct k8s_watch *w = &k->w[i];
+                w->k = k;
+                w->kind = (enum k8s_kind)i;
+                w->backoff_ms = K8S_BACKOFF_MIN_MS;
+                loop_timer_init(&w->retry, retry_cb, w);
+        }
+        loop_timer_init(&k->curl_timer, curl_timer_cb, k);
+        loop_timer_init(&k->tick, tick_cb, k);
+        curl_multi_setopt(k->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+        curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
+        curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
+        curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
+        log_info(COMP, 0,
+                 "kubernetes: %s credentials from %s, server %s, namespace %s, label selector "
+                 "'%s', watch timeout %us",
+                 k->mode, k->origin, k->server, k->ns[0] ? k->ns : "(all)", cfg->k8s_label_selector,
+                 k->watch_s);
+        *impl = k;
+        return 0;
+fail:
+        k8s_destroy(k);
+        return -EINVAL;
+}
+
+static int k8s_start(void *impl, struct loop *loop, char *err, size_t errlen)
+{
+        struct k8s *k = impl;
+        k->loop = loop;
+        for (int i = 0; i < K8S__KINDS; i++)
+                start(&k->w[i]);
+        int rc = loop_timer_arm(loop, &k->tick, K8S_TICK_MS);
+        if (rc)
+                snprintf(err, errlen, "kubernetes: cannot arm a timer");
+        return rc;
+}
+
+static void k8s_render(const void *impl, struct strbuf *sb)
+{
+        const struct k8s *k = impl;
+        strbuf_append(sb, "{\"credentials\":");
+        strbuf_append_json_string(sb, k->mode);
+        strbuf_append(sb, ",\"from\":");
+        strbuf_append_json_string(sb, k->origin);
+        strbuf_append(sb, ",\"server\":");
+        strbuf_append_json_string(sb, k->server);
+        strbuf_append(sb, ",\"namespace\":");
+        strbuf_append_json_string(sb, k->ns);
+        strbuf_appendf(sb, ",\"watch_timeout_s\":%u,\"silence_ms\":%llu,\"builds\":%llu",
+                       k->watch_s, (unsigned long long)k->silence_ms,
+                       (unsigned long long)k->n_builds);
+        for (int i = 0; i < K8S__KINDS; i++) {
+                const struct k8s_watch *w = &k->w[i];
+                strbuf_appendf(sb, ",\"%s\":{\"state\":\"%s\",\"resource_version\":", kind_name[i],
+                               state_name[w->state]);
+                strbuf_append_json_string(sb, w->rv);
+                strbuf_appendf(
+                    sb,
+                    ",\"objects\":%zu,\"lists\":%llu,\"watches\":%llu,\"bookmarks\":%llu,"
+                    "\"bad_events\":%llu,\"gone\":%llu,\"failures\":%llu,\"silent\":%llu,"
+                    "\"backoff_ms\":%u,\"last_error\":",
+                    k8s_cache_count(k->cache, (enum k8s_kind)i), (unsigned long long)w->n_lists,
+                    (unsigned long long)w->n_watches, (unsigned long long)w->n_bookmarks,
+                    (unsigned long long)w->n_bad, (unsigned long long)w->n_gone,
+                    (unsigned long long)w->n_failures, (unsigned long long)w->n_silent,
+                    w->backoff_ms);
+                if (w->last_error[0])
+                        strbuf_append_json_string(sb, w->last_error);
+                else
+                        strbuf_append(sb, "null");
+                strbuf_append(sb, "}");
+        }
+        strbuf_append(sb, "}");
+}
+
+const struct disc_backend_ops k8s_backend_ops = {
+    .type = "kubernetes",
+    .create = k8s_create,
+    .start = k8s_start,
+    .render = k8s_render,
+    .destroy = k8s_destroy,
+};

@@ -1,0 +1,78 @@
+/* Kubernetes backend: Services (v1) and EndpointSlices (discovery.k8s.io/v1)
+ * listed, then watched with resourceVersion and bookmarks, over libcurl multi
+ * driven from the main loop.
+ *
+ * Two parts:
+ *  - the cache (pure, unit-tested): Kubernetes objects as received from list
+ *    responses and watch events, turned into registry service specs;
+ *  - the watcher (k8s_backend_ops): credentials (in-cluster or a kubeconfig),
+ *    list/watch per resource, 410 Gone -> relist, reconnect with backoff on a
+ *    dropped or silent stream, staleness reported to the registry.
+ *
+ * Tuning from the environment (until config keys exist):
+ *   SHUNT_K8S_WATCH_TIMEOUT   seconds asked of the server per watch
+ *                             (timeoutSeconds, default 300, 1..3600); a
+ *                             stream silent for twice that is reconnected
+ *   SHUNT_K8S_SERVICEACCOUNT_DIR  in-cluster credentials directory (default
+ *                             /var/run/secrets/kubernetes.io/serviceaccount) */
+#ifndef SHUNT_DISCOVERY_K8S_H
+#define SHUNT_DISCOVERY_K8S_H
+
+#include <stddef.h>
+
+#include "discovery/backend.h"
+#include "discovery/registry.h"
+
+#define K8S_MAX_OBJECT_NAME     254  /* metadata.name of a slice (incl. NUL) */
+#define K8S_MAX_SLICE_ENDPOINTS 1000 /* the API's own limit per slice */
+#define K8S_MAX_RV              128  /* resourceVersion (incl. NUL) */
+#define K8S_MAX_LIST_BYTES      (256u << 20)
+#define K8S_MAX_EVENT_BYTES     (16u << 20)
+#define K8S_DEFAULT_WATCH_S     300
+#define K8S_BACKOFF_MIN_MS      1000
+#define K8S_BACKOFF_MAX_MS      30000
+
+extern const struct disc_backend_ops k8s_backend_ops;
+
+/* ---- the cache ------------------------------------------------------------- */
+
+enum k8s_kind {
+        K8S_SERVICES = 0,
+        K8S_SLICES,
+        K8S__KINDS,
+};
+
+/* What one watch event line did. */
+enum k8s_event_result {
+        K8S_EV_APPLIED = 0, /* ADDED/MODIFIED/DELETED applied; rv updated */
+        K8S_EV_BOOKMARK,    /* rv updated, nothing else */
+        K8S_EV_GONE,        /* ERROR event with code 410: relist */
+        K8S_EV_ERROR,       /* ERROR event with another code: reconnect */
+        K8S_EV_BAD,         /* unparsable or invalid: skipped (err says why) */
+};
+
+struct k8s_cache;
+
+struct k8s_cache *k8s_cache_new(void);
+void k8s_cache_free(struct k8s_cache *c);
+/* Replaces every object of kind with the items of a list response body;
+ * rv (K8S_MAX_RV bytes) receives metadata.resourceVersion. Items that are
+ * invalid are skipped with a warning. 0 or -EINVAL (the body is not a list;
+ * nothing changed; err says why). */
+int k8s_cache_list(struct k8s_cache *c, enum k8s_kind kind, const char *body, size_t len, char *rv,
+                   char *err, size_t errlen);
+/* One watch event line ({"type":..., "object":...}). rv is updated from the
+ * object's metadata.resourceVersion when the event is applied or a bookmark. */
+enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, const char *line,
+                                      size_t len, char *rv, char *err, size_t errlen);
+/* The registry specs for every cached Service with its slices' endpoints.
+ * Free with k8s_specs_free. 0 or -ENOMEM. */
+int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **svcs, size_t *n);
+void k8s_specs_free(struct disc_service_spec *svcs, size_t n);
+size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind);
+
+/* Maps a Service port's appProtocol to a declared protocol (PROTO_UNKNOWN
+ * when absent or not one we know: the proxy sniffs). */
+enum proto k8s_app_protocol(const char *app_protocol);
+
+#endif

@@ -1,0 +1,669 @@
+/* Kubernetes objects -> registry specs. Services and EndpointSlices are kept
+ * parsed (only the fields the mesh uses); a build joins each Service with
+ * the slices labelled kubernetes.io/service-name=<its name> in its namespace. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/log.h"
+#include "discovery/k8s.h"
+
+#define COMP "discovery"
+
+#define SLICE_MAX_PORTS DISC_MAX_PORTS
+
+struct k8s_svc_port {
+        char name[DISC_NAME_MAX];
+        uint16_t port;
+        uint16_t target_num;             /* numeric targetPort, 0 if named or absent */
+        char target_name[DISC_NAME_MAX]; /* named targetPort */
+        enum proto proto;
+};
+
+struct k8s_svc {
+        char ns[DISC_NAME_MAX];
+        char name[DISC_NAME_MAX];
+        struct disc_addr vips[DISC_MAX_VIPS];
+        uint32_t n_vips;
+        struct k8s_svc_port ports[DISC_MAX_PORTS];
+        uint32_t n_ports;
+};
+
+struct k8s_slice_ep {
+        struct disc_addr addr; /* port 0 */
+        enum disc_health health;
+        char zone[DISC_NAME_MAX];
+};
+
+struct k8s_slice {
+        char ns[DISC_NAME_MAX];
+        char name[K8S_MAX_OBJECT_NAME];
+        char svc[DISC_NAME_MAX]; /* kubernetes.io/service-name */
+        struct {
+                char name[DISC_NAME_MAX];
+                uint16_t port;
+        } ports[SLICE_MAX_PORTS];
+        uint32_t n_ports;
+        struct k8s_slice_ep *eps;
+        uint32_t n_eps;
+};
+
+struct k8s_cache {
+        struct k8s_svc *svcs;
+        size_t n_svcs, cap_svcs;
+        struct k8s_slice *slices;
+        size_t n_slices, cap_slices;
+};
+
+struct k8s_cache *k8s_cache_new(void)
+{
+        return calloc(1, sizeof(struct k8s_cache));
+}
+
+static void slices_clear(struct k8s_cache *c)
+{
+        for (size_t i = 0; i < c->n_slices; i++)
+                free(c->slices[i].eps);
+        c->n_slices = 0;
+}
+
+void k8s_cache_free(struct k8s_cache *c)
+{
+        if (!c)
+                return;
+        slices_clear(c);
+        free(c->slices);
+        free(c->svcs);
+        free(c);
+}
+
+size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind)
+{
+        return kind == K8S_SERVICES ? c->n_svcs : c->n_slices;
+}
+
+enum proto k8s_app_protocol(const char *ap)
+{
+        if (!ap || !*ap)
+                return PROTO_UNKNOWN;
+        static const struct {
+                const char *name;
+                enum proto p;
+        } map[] = {
+            {"http", PROTO_HTTP1},
+            {"http1", PROTO_HTTP1},
+            {"kubernetes.io/h2c", PROTO_HTTP2},
+            {"h2c", PROTO_HTTP2},
+            {"http2", PROTO_HTTP2},
+            {"grpc", PROTO_GRPC},
+            {"kubernetes.io/grpc", PROTO_GRPC},
+            {"tcp", PROTO_TCP},
+            {"https", PROTO_TLS},
+            {"tls", PROTO_TLS},
+        };
+        for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+                if (strcasecmp(ap, map[i].name) == 0)
+                        return map[i].p;
+        }
+        return PROTO_UNKNOWN;
+}
+
+/* ---- JSON helpers ------------------------------------------------------------ */
+
+#define FIELD(o, k) cJSON_GetObjectItemCaseSensitive(o, k)
+
+static const char *str_at(const cJSON *o, const char *k)
+{
+        const cJSON *x = FIELD(o, k);
+        return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+static int copy_str(char *dst, size_t cap, const char *src, const char *what, char *err,
+                    size_t errlen)
+{
+        if (!src || !*src) {
+                snprintf(err, errlen, "missing %s", what);
+                return -EINVAL;
+        }
+        size_t n = strlen(src);
+        if (n >= cap) {
+                snprintf(err, errlen, "%s longer than %zu characters", what, cap - 1);
+                return -EINVAL;
+        }
+        memcpy(dst, src, n + 1);
+        return 0;
+}
+
+static int meta(const cJSON *obj, char *ns, char *name, size_t name_cap, char *err, size_t errlen)
+{
+        const cJSON *m = FIELD(obj, "metadata");
+        if (!cJSON_IsObject(m)) {
+                snprintf(err, errlen, "object without metadata");
+                return -EINVAL;
+        }
+        if (copy_str(name, name_cap, str_at(m, "name"), "metadata.name", err, errlen))
+                return -EINVAL;
+        const char *n = str_at(m, "namespace");
+        return copy_str(ns, DISC_NAME_MAX, n && *n ? n : DISC_DEFAULT_NAMESPACE,
+                        "metadata.namespace", err, errlen);
+}
+
+static bool port_number(const cJSON *x, uint16_t *out)
+{
+        if (!cJSON_IsNumber(x) || x->valuedouble < 1 || x->valuedouble > 65535 ||
+            x->valuedouble != (double)(int)x->valuedouble)
+                return false;
+        *out = (uint16_t)x->valuedouble;
+        return true;
+}
+
+/* ---- Service ------------------------------------------------------------------ */
+
+static int add_vip(struct k8s_svc *s, const char *ip)
+{
+        if (!ip || !*ip || strcmp(ip, "None") == 0)
+                return 0; /* headless */
+        struct disc_addr a;
+        if (disc_addr_parse(ip, 0, &a))
+                return -EINVAL;
+        for (uint32_t i = 0; i < s->n_vips; i++) {
+                if (memcmp(&s->vips[i], &a, sizeof(a)) == 0)
+                        return 0;
+        }
+        if (s->n_vips < DISC_MAX_VIPS)
+                s->vips[s->n_vips++] = a;
+        return 0;
+}
+
+static int parse_service(const cJSON *obj, struct k8s_svc *s, char *err, size_t errlen)
+{
+        memset(s, 0, sizeof(*s));
+        if (meta(obj, s->ns, s->name, sizeof(s->name), err, errlen))
+                return -EINVAL;
+        const cJSON *spec = FIELD(obj, "spec");
+        if (!cJSON_IsObject(spec)) {
+                snprintf(err, errlen, "service %s/%s: no spec", s->ns, s->name);
+                return -EINVAL;
+        }
+        const cJSON *ips = FIELD(spec, "clusterIPs"), *ip;
+        cJSON_ArrayForEach(ip, (cJSON_IsArray(ips) ? ips : NULL))
+        {
+                if (!cJSON_IsString(ip) || add_vip(s, ip->valuestring)) {
+                        snprintf(err, errlen, "service %s/%s: spec.clusterIPs: not an address",
+                                 s->ns, s->name);
+                        return -EINVAL;
+                }
+        }
+        if (add_vip(s, str_at(spec, "clusterIP"))) {
+                snprintf(err, errlen, "service %s/%s: spec.clusterIP '%s' is not an address", s->ns,
+                         s->name, str_at(spec, "clusterIP"));
+                return -EINVAL;
+        }
+        const cJSON *ports = FIELD(spec, "ports"), *p;
+        size_t i = 0;
+        cJSON_ArrayForEach(p, (cJSON_IsArray(ports) ? ports : NULL))
+        {
+                if (s->n_ports == DISC_MAX_PORTS) {
+                        log_warn(COMP, 0, "kubernetes: service %s/%s: ports beyond %d ignored",
+                                 s->ns, s->name, DISC_MAX_PORTS);
+                        break;
+                }
+                const char *proto = str_at(p, "protocol");
+                if (proto && strcmp(proto, "TCP") != 0) {
+                        i++;
+                        continue; /* UDP, SCTP: not proxied */
+                }
+                struct k8s_svc_port *sp = &s->ports[s->n_ports];
+                memset(sp, 0, sizeof(*sp));
+                const char *name = str_at(p, "name");
+                if (name && strlen(name) >= sizeof(sp->name)) {
+                        snprintf(err, errlen, "service %s/%s: spec.ports[%zu].name too long", s->ns,
+                                 s->name, i);
+                        return -EINVAL;
+                }
+                snprintf(sp->name, sizeof(sp->name), "%s", name ? name : "");
+                if (!port_number(FIELD(p, "port"), &sp->port)) {
+                        snprintf(err, errlen, "service %s/%s: spec.ports[%zu].port: not 1..65535",
+                                 s->ns, s->name, i);
+                        return -EINVAL;
+                }
+                const cJSON *tp = FIELD(p, "targetPort");
+                if (cJSON_IsString(tp)) {
+                        if (strlen(tp->valuestring) >= sizeof(sp->target_name)) {
+                                snprintf(err, errlen,
+                                         "service %s/%s: spec.ports[%zu].targetPort too long",
+                                         s->ns, s->name, i);
+                                return -EINVAL;
+                        }
+                        snprintf(sp->target_name, sizeof(sp->target_name), "%s", tp->valuestring);
+                } else if (tp && !port_number(tp, &sp->target_num)) {
+                        snprintf(err, errlen,
+                                 "service %s/%s: spec.ports[%zu].targetPort: not 1..65535", s->ns,
+                                 s->name, i);
+                        return -EINVAL;
+                } else if (!tp) {
+                        sp->target_num = sp->port;
+                }
+                sp->proto = k8s_app_protocol(str_at(p, "appProtocol"));
+                s->n_ports++;
+                i++;
+        }
+        return 0;
+}
+
+/* ---- EndpointSlice -------------------------------------------------------------- */
+
+static enum disc_health ep_health(const cJSON *cond)
+{
+        const cJSON *ready = FIELD(cond, "ready"), *term = FIELD(cond, "terminating");
+        if (cJSON_IsTrue(term))
+                return DISC_HEALTH_DRAINING; /* serving or not: no new connections */
+        if (cJSON_IsTrue(ready))
+                return DISC_HEALTH_HEALTHY;
+        if (cJSON_IsFalse(ready))
+                return DISC_HEALTH_UNHEALTHY;
+        return DISC_HEALTH_UNKNOWN; /* nil: unknown, routable */
+}
+
+static int parse_slice(const cJSON *obj, struct k8s_slice *s, char *err, size_t errlen)
+{
+        memset(s, 0, sizeof(*s));
+        if (meta(obj, s->ns, s->name, sizeof(s->name), err, errlen))
+                return -EINVAL;
+        const cJSON *labels = FIELD(FIELD(obj, "metadata"), "labels");
+        const char *svc = str_at(labels, "kubernetes.io/service-name");
+        if (!svc || strlen(svc) >= sizeof(s->svc)) {
+                /* not owned by a Service (or a name no Service can have): kept, unused */
+                s->svc[0] = '\0';
+        } else {
+                memcpy(s->svc, svc, strlen(svc) + 1);
+        }
+        const char *at = str_at(obj, "addressType");
+        if (!at) {
+                snprintf(err, errlen, "endpointslice %s/%s: no addressType", s->ns, s->name);
+                return -EINVAL;
+        }
+        if (strcmp(at, "IPv4") != 0 && strcmp(at, "IPv6") != 0)
+                return 0; /* FQDN: nothing we can route to */
+        const cJSON *ports = FIELD(obj, "ports"), *p;
+        cJSON_ArrayForEach(p, (cJSON_IsArray(ports) ? ports : NULL))
+        {
+                if (s->n_ports == SLICE_MAX_PORTS)
+                        break;
+                const char *proto = str_at(p, "protocol");
+                if (proto && strcmp(proto, "TCP") != 0)
+                        continue;
+                const char *name = str_at(p, "name");
+                uint16_t num;
+                if (!port_number(FIELD(p, "port"), &num))
+                        continue; /* nil port: "all ports", not routable by number */
+                if (name && strlen(name) >= DISC_NAME_MAX)
+                        continue;
+                snprintf(s->ports[s->n_ports].name, DISC_NAME_MAX, "%s", name ? name : "");
+                s->ports[s->n_ports++].port = num;
+        }
+        const cJSON *eps = FIELD(obj, "endpoints"), *e;
+        int n = cJSON_IsArray(eps) ? cJSON_GetArraySize(eps) : 0;
+        if (n > K8S_MAX_SLICE_ENDPOINTS) {
+                snprintf(err, errlen, "endpointslice %s/%s: more than %d endpoints", s->ns, s->name,
+                         K8S_MAX_SLICE_ENDPOINTS);
+                return -EINVAL;
+        }
+        size_t cap = 0;
+        cJSON_ArrayForEach(e, (n ? eps : NULL))
+        {
+                const cJSON *addrs = FIELD(e, "addresses");
+                cap += cJSON_IsArray(addrs) ? (size_t)cJSON_GetArraySize(addrs) : 0;
+        }
+        if (cap > 100u * K8S_MAX_SLICE_ENDPOINTS) {
+                snprintf(err, errlen, "endpointslice %s/%s: too many addresses", s->ns, s->name);
+                return -EINVAL;
+        }
+        s->eps = cap ? calloc(cap, sizeof(*s->eps)) : NULL;
+        if (cap && !s->eps) {
+                snprintf(err, errlen, "endpointslice %s/%s: out of memory", s->ns, s->name);
+                return -ENOMEM;
+        }
+        size_t idx = 0;
+        cJSON_ArrayForEach(e, (n ? eps : NULL))
+        {
+                enum disc_health h = ep_health(FIELD(e, "conditions"));
+                const char *zone = str_at(e, "zone");
+                const cJSON *a, *addrs = FIELD(e, "addresses");
+                cJSON_ArrayForEach(a, (cJSON_IsArray(addrs) ? addrs : NULL))
+                {
+                        struct k8s_slice_ep *ep = &s->eps[s->n_eps];
+                        if (!cJSON_IsString(a) || disc_addr_parse(a->valuestring, 0, &ep->addr)) {
+                                snprintf(err, errlen,
+                                         "endpointslice %s/%s: endpoints[%zu]: address is not an "
+                                         "IP literal",
+                                         s->ns, s->name, idx);
+                                free(s->eps);
+                                s->eps = NULL;
+                                return -EINVAL;
+                        }
+                        ep->health = h;
+                        snprintf(ep->zone, sizeof(ep->zone), "%s",
+                                 zone && strlen(zone) < sizeof(ep->zone) ? zone : "");
+                        s->n_eps++;
+                }
+                idx++;
+        }
+        return 0;
+}
+
+/* ---- the maps -------------------------------------------------------------------- */
+
+static struct k8s_svc *find_svc(struct k8s_cache *c, const char *ns, const char *name)
+{
+        for (size_t i = 0; i < c->n_svcs; i++) {
+                if (strcmp(c->svcs[i].name, name) == 0 && strcmp(c->svcs[i].ns, ns) == 0)
+                        return &c->svcs[i];
+        }
+        return NULL;
+}
+
+static struct k8s_slice *find_slice(struct k8s_cache *c, const char *ns, const char *name)
+{
+        for (size_t i = 0; i < c->n_slices; i++) {
+                if (strcmp(c->slices[i].name, name) == 0 && strcmp(c->slices[i].ns, ns) == 0)
+                        return &c->slices[i];
+        }
+        return NULL;
+}
+
+static int grow(void **arr, size_t *cap, size_t need, size_t elem)
+{
+        if (need <= *cap)
+                return 0;
+        size_t nc = *cap ? *cap * 2 : 16;
+        while (nc < need)
+                nc *= 2;
+        void *p = realloc(*arr, nc * elem);
+        if (!p)
+                return -ENOMEM;
+        *arr = p;
+        *cap = nc;
+        return 0;
+}
+
+static int put_svc(struct k8s_cache *c, const struct k8s_svc *s)
+{
+        struct k8s_svc *old = find_svc(c, s->ns, s->name);
+        if (old) {
+                *old = *s;
+                return 0;
+        }
+        if (grow((void **)&c->svcs, &c->cap_svcs, c->n_svcs + 1, sizeof(*c->svcs)))
+                return -ENOMEM;
+        c->svcs[c->n_svcs++] = *s;
+        return 0;
+}
+
+static void del_svc(struct k8s_cache *c, const char *ns, const char *name)
+{
+        struct k8s_svc *old = find_svc(c, ns, name);
+        if (old)
+                *old = c->svcs[--c->n_svcs];
+}
+
+static int put_slice(struct k8s_cache *c, struct k8s_slice *s)
+{
+        struct k8s_slice *old = find_slice(c, s->ns, s->name);
+        if (old) {
+                free(old->eps);
+                *old = *s;
+                return 0;
+        }
+        if (grow((void **)&c->slices, &c->cap_slices, c->n_slices + 1, sizeof(*c->slices)))
+                return -ENOMEM;
+        c->slices[c->n_slices++] = *s;
+        return 0;
+}
+
+static void del_slice(struct k8s_cache *c, const char *ns, const char *name)
+{
+        struct k8s_slice *old = find_slice(c, ns, name);
+        if (old) {
+                free(old->eps);
+                *old = c->slices[--c->n_slices];
+        }
+}
+
+static int apply_object(struct k8s_cache *c, enum k8s_kind kind, const cJSON *obj, bool del,
+                        char *err, size_t errlen)
+{
+        if (kind == K8S_SERVICES) {
+                struct k8s_svc s;
+                if (del) {
+                        if (meta(obj, s.ns, s.name, sizeof(s.name), err, errlen))
+                                return -EINVAL;
+                        del_svc(c, s.ns, s.name);
+                        return 0;
+                }
+                if (parse_service(obj, &s, err, errlen))
+                        return -EINVAL;
+                return put_svc(c, &s);
+        }
+        struct k8s_slice s;
+        if (del) {
+                if (meta(obj, s.ns, s.name, sizeof(s.name), err, errlen))
+                        return -EINVAL;
+                del_slice(c, s.ns, s.name);
+                return 0;
+        }
+        int rc = parse_slice(obj, &s, err, errlen);
+        if (rc)
+                return rc;
+        rc = put_slice(c, &s);
+        if (rc)
+                free(s.eps);
+        return rc;
+}
+
+static void object_rv(const cJSON *obj, char *rv)
+{
+        const char *v = str_at(FIELD(obj, "metadata"), "resourceVersion");
+        if (v && strlen(v) < K8S_MAX_RV)
+                memcpy(rv, v, strlen(v) + 1);
+}
+
+int k8s_cache_list(struct k8s_cache *c, enum k8s_kind kind, const char *body, size_t len, char *rv,
+                   char *err, size_t errlen)
+{
+        cJSON *root = cJSON_ParseWithLength(body, len);
+        const cJSON *items = root ? FIELD(root, "items") : NULL;
+        const char *lrv = root ? str_at(FIELD(root, "metadata"), "resourceVersion") : NULL;
+        if (!root || !(cJSON_IsArray(items) || cJSON_IsNull(items)) || !lrv ||
+            strlen(lrv) >= K8S_MAX_RV) {
+                snprintf(err, errlen, "%s list: %s",
+                         kind == K8S_SERVICES ? "services" : "endpointslices",
+                         !root ? "not JSON" : "no items or no metadata.resourceVersion");
+                cJSON_Delete(root);
+                return -EINVAL;
+        }
+        /* Parse everything first into a fresh cache, then swap the kind in. */
+        struct k8s_cache fresh = {0};
+        const cJSON *it;
+        cJSON_ArrayForEach(it, (cJSON_IsArray(items) ? items : NULL))
+        {
+                char why[DISC_ERROR_MAX];
+                int rc = apply_object(&fresh, kind, it, false, why, sizeof(why));
+                if (rc == -ENOMEM) {
+                        snprintf(err, errlen, "out of memory");
+                        slices_clear(&fresh);
+                        free(fresh.slices);
+                        free(fresh.svcs);
+                        cJSON_Delete(root);
+                        return -ENOMEM;
+                }
+                if (rc)
+                        log_warn(COMP, 0, "kubernetes: list item skipped: %s", why);
+        }
+        if (kind == K8S_SERVICES) {
+                free(c->svcs);
+                c->svcs = fresh.svcs;
+                c->n_svcs = fresh.n_svcs;
+                c->cap_svcs = fresh.cap_svcs;
+        } else {
+                slices_clear(c);
+                free(c->slices);
+                c->slices = fresh.slices;
+                c->n_slices = fresh.n_slices;
+                c->cap_slices = fresh.cap_slices;
+        }
+        memcpy(rv, lrv, strlen(lrv) + 1);
+        cJSON_Delete(root);
+        return 0;
+}
+
+enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, const char *line,
+                                      size_t len, char *rv, char *err, size_t errlen)
+{
+        cJSON *ev = cJSON_ParseWithLength(line, len);
+        enum k8s_event_result res = K8S_EV_BAD;
+        const char *type = ev ? str_at(ev, "type") : NULL;
+        const cJSON *obj = ev ? FIELD(ev, "object") : NULL;
+        if (!ev) {
+                snprintf(err, errlen, "watch event is not JSON: %.80s", line);
+        } else if (!type || !cJSON_IsObject(obj)) {
+                snprintf(err, errlen, "watch event without type or object");
+        } else if (strcmp(type, "BOOKMARK") == 0) {
+                object_rv(obj, rv);
+                res = K8S_EV_BOOKMARK;
+        } else if (strcmp(type, "ERROR") == 0) {
+                const cJSON *code = FIELD(obj, "code");
+                const char *msg = str_at(obj, "message");
+                snprintf(err, errlen, "watch ERROR event: code %d: %s",
+                         cJSON_IsNumber(code) ? code->valueint : 0, msg ? msg : "(no message)");
+                res = cJSON_IsNumber(code) && code->valueint == 410 ? K8S_EV_GONE : K8S_EV_ERROR;
+        } else if (strcmp(type, "ADDED") == 0 || strcmp(type, "MODIFIED") == 0 ||
+                   strcmp(type, "DELETED") == 0) {
+                int rc = apply_object(c, kind, obj, type[0] == 'D', err, errlen);
+                if (rc == 0) {
+                        object_rv(obj, rv);
+                        res = K8S_EV_APPLIED;
+                }
+        } else {
+                snprintf(err, errlen, "watch event of unknown type '%.32s'", type);
+        }
+        cJSON_Delete(ev);
+        return res;
+}
+
+/* ---- build ------------------------------------------------------------------------- */
+
+void k8s_specs_free(struct disc_service_spec *svcs, size_t n)
+{
+        if (!svcs)
+                return;
+        for (size_t i = 0; i < n; i++)
+                free(svcs[i].endpoints);
+        free(svcs);
+}
+
+static bool slice_port(const struct k8s_slice *sl, const char *name, uint16_t *out)
+{
+        for (uint32_t i = 0; i < sl->n_ports; i++) {
+                if (strcmp(sl->ports[i].name, name) == 0) {
+                        *out = sl->ports[i].port;
+                        return true;
+                }
+        }
+        return false;
+}
+
+static int ep_cmp(const void *a, const void *b)
+{
+        const struct disc_endpoint_spec *x = a, *y = b;
+        return memcmp(&x->addr, &y->addr, sizeof(x->addr));
+}
+
+static int build_one(const struct k8s_cache *c, const struct k8s_svc *ks,
+                     struct disc_service_spec *sp)
+{
+        disc_service_spec_init(sp);
+        memcpy(sp->name, ks->name, sizeof(sp->name));
+        memcpy(sp->ns, ks->ns, sizeof(sp->ns));
+        memcpy(sp->vips, ks->vips, sizeof(sp->vips));
+        sp->n_vips = ks->n_vips;
+        size_t cap = 0;
+        for (size_t i = 0; i < c->n_slices; i++) {
+                const struct k8s_slice *sl = &c->slices[i];
+                if (strcmp(sl->svc, ks->name) == 0 && strcmp(sl->ns, ks->ns) == 0)
+                        cap += (size_t)sl->n_eps * ks->n_ports;
+        }
+        sp->endpoints = cap ? calloc(cap, sizeof(*sp->endpoints)) : NULL;
+        if (cap && !sp->endpoints)
+                return -ENOMEM;
+        for (uint32_t p = 0; p < ks->n_ports; p++) {
+                const struct k8s_svc_port *kp = &ks->ports[p];
+                struct disc_port_spec *ps = &sp->ports[sp->n_ports++];
+                memcpy(ps->name, kp->name, sizeof(ps->name));
+                ps->port = kp->port;
+                ps->proto = kp->proto;
+                /* The slices name their ports after the Service's ports and
+                 * carry the resolved number (also for a named targetPort). The
+                 * registry keeps one target port per service port: the first
+                 * slice's wins. */
+                uint16_t target = kp->target_num;
+                bool found = false;
+                for (size_t i = 0; i < c->n_slices && !found; i++) {
+                        const struct k8s_slice *sl = &c->slices[i];
+                        if (strcmp(sl->svc, ks->name) == 0 && strcmp(sl->ns, ks->ns) == 0 &&
+                            sl->n_eps && slice_port(sl, kp->name, &target))
+                                found = true;
+                }
+                ps->target_port = target ? target : kp->port;
+                if (!found && !kp->target_num)
+                        continue; /* named targetPort not resolved yet: no endpoints */
+                for (size_t i = 0; i < c->n_slices; i++) {
+                        const struct k8s_slice *sl = &c->slices[i];
+                        uint16_t num;
+                        if (strcmp(sl->svc, ks->name) != 0 || strcmp(sl->ns, ks->ns) != 0 ||
+                            !slice_port(sl, kp->name, &num) || num != ps->target_port)
+                                continue;
+                        for (uint32_t e = 0; e < sl->n_eps; e++) {
+                                struct disc_endpoint_spec es = {0};
+                                es.addr = sl->eps[e].addr;
+                                es.addr.port = num;
+                                es.weight = DISC_DEFAULT_WEIGHT;
+                                es.health = sl->eps[e].health;
+                                memcpy(es.zone, sl->eps[e].zone, sizeof(es.zone));
+                                sp->endpoints[sp->n_endpoints++] = es;
+                        }
+                }
+        }
+        /* The same endpoint in two slices (during a slice rebalance): keep one. */
+        if (sp->n_endpoints > 1) {
+                qsort(sp->endpoints, sp->n_endpoints, sizeof(*sp->endpoints), ep_cmp);
+                uint32_t w = 1;
+                for (uint32_t r = 1; r < sp->n_endpoints; r++) {
+                        if (memcmp(&sp->endpoints[r].addr, &sp->endpoints[w - 1].addr,
+                                   sizeof(struct disc_addr)) != 0)
+                                sp->endpoints[w++] = sp->endpoints[r];
+                }
+                sp->n_endpoints = w;
+        }
+        return 0;
+}
+
+int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **out, size_t *n)
+{
+        struct disc_service_spec *svcs = calloc(c->n_svcs ? c->n_svcs : 1, sizeof(*svcs));
+        if (!svcs)
+                return -ENOMEM;
+        for (size_t i = 0; i < c->n_svcs; i++) {
+                if (build_one(c, &c->svcs[i], &svcs[i])) {
+                        k8s_specs_free(svcs, i + 1);
+                        return -ENOMEM;
+                }
+        }
+        *out = svcs;
+        *n = c->n_svcs;
+        return 0;
+}
