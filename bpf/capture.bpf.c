@@ -352,9 +352,11 @@ int shunt_sockops(struct bpf_sock_ops *skops)
                 if (t.sport != bpf_htons(cfg->outbound_port_host) || !tuple_is_loopback(&t, 1))
                         break;
                 swap_tuple(&t, &peer);
-                if (!bpf_map_lookup_elem(&shunt_orig_by_tuple, &peer))
+                struct shunt_origdst *pod = bpf_map_lookup_elem(&shunt_orig_by_tuple, &peer);
+                if (!pod)
                         break; /* reached the listener directly: not ours to pair */
                 watch_close(skops);
+                pod->flags |= SHUNT_OD_WATCHED; /* removed when this socket closes */
                 if (cfg->shortcut)
                         pair(skops, &t);
                 break;

@@ -48,7 +48,15 @@ struct shunt_origdst {
         __u16 family;
         __u32 pid;        /* thread group that called connect() */
         __u64 created_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) at connect() */
+        __u32 flags;      /* SHUNT_OD_* */
+        __u32 pad;
 };
+
+/* shunt_origdst.flags: the accepting socket (shuntd's) is watched by sockops,
+ * so the entry is removed when it closes; the daemon reads without deleting.
+ * Unset when shuntd's listener lives outside the cgroup: the daemon deletes
+ * the entry once read. */
+#define SHUNT_OD_WATCHED 1u
 
 /* The daemon's settings, one element of shunt_config. */
 struct shunt_capture_config {

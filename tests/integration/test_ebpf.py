@@ -168,17 +168,33 @@ def ebpf_args(**kw):
     return sl.shuntd_args(redirect="ebpf", redirect_cgroup=CGROUP, bpf_pin_root=PINS, **kw)
 
 
+class InCgroup:
+    """A pod whose spawned processes start inside cgroup (a shell writes its
+    pid into cgroup.procs and execs the command, so the pid is the same)."""
+
+    def __init__(self, pod, cgroup):
+        self._pod = pod
+        self._cgroup = cgroup
+
+    def spawn(self, argv, name, env=None, stdout_pipe=False):
+        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self._cgroup]
+        return self._pod.spawn(wrap + list(argv), name, env=env, stdout_pipe=stdout_pipe)
+
+    def __getattr__(self, name):
+        return getattr(self._pod, name)
+
+
 @pytest.fixture(scope="module")
 def shuntd(topo, cgroup, peers):
     if shutil.which("bpftool") is None:
         pytest.skip("bpftool is not installed")
-    d = sl.Shuntd(topo.app, ebpf_args())
+    # Started inside the application's cgroup, as in a pod: its listeners
+    # belong to the cgroup (so the accepted sockets are paired for the
+    # shortcut) and its upstream connects meet the programs and must be
+    # skipped by SO_MARK.
+    d = sl.Shuntd(InCgroup(topo.app, CGROUP), ebpf_args())
     try:
         d.wait_ready()
-        # Into the application's cgroup, as in a pod: its upstream connects
-        # now meet the programs and must be skipped by SO_MARK.
-        with open(os.path.join(CGROUP, "cgroup.procs"), "w") as f:
-            f.write("%d\n" % d.proc.pid)
         yield d
     finally:
         d.stop()
@@ -277,6 +293,75 @@ def test_inbound_stays_on_iptables(topo, shuntd, app_server, host):
     assert accepted(shuntd, "outbound") == out_before + 1
 
 
+# Holds one captured connection open: echoes a line, prints where it is
+# connected, then waits until killed.
+HOLDER = r"""
+import json, os, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"hold\n")
+got = b""
+while not got.endswith(b"\n"):
+    got += s.recv(100)
+print(json.dumps({"pid": os.getpid(), "local": list(s.getsockname()[:2]),
+                  "peer": list(s.getpeername()[:2])}), flush=True)
+time.sleep(60)
+"""
+
+
+def hold_connection(pod, host, port, name):
+    wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
+            sys.executable, "-c", HOLDER, host, str(port)]
+    p = pod.spawn(wrap, name, stdout_pipe=True)
+    line = p.readline(10)
+    if not line:
+        p.stop()
+        raise AssertionError("holder did not connect: %s" % p.read_stderr())
+    return p, json.loads(line)
+
+
+def test_maps_decoded(topo, shuntd):
+    """GET /maps and shuntctl maps decode every map: a live captured
+    connection is listed with its original destination, pid and age."""
+    p, info = hold_connection(topo.app, T.REMOTE4, 7000, "holder-maps")
+    try:
+        app = "%s:%d" % tuple(info["local"])
+
+        def listed():
+            m = shuntd.json("/maps")
+            items = m["maps"]["orig_by_tuple"]["items"]
+            return m if any(i["app"] == app for i in items) else None
+
+        m = sl.wait_until(listed, 5, what="connection in /maps")
+        assert m["mode"] == "ebpf"
+        maps = m["maps"]
+        assert maps["pin_root"] == PINS
+        item = [i for i in maps["orig_by_tuple"]["items"] if i["app"] == app][0]
+        assert item["original_dst"] == "%s:7000" % T.REMOTE4
+        assert item["listener"] == "127.0.0.1:15002"
+        assert item["pid"] == info["pid"]
+        assert 0 <= item["age_ms"] < 60000
+        assert item["watched"] is True  # shuntd's socket is in the cgroup
+        assert maps["orig_by_tuple"]["max"] == 65536
+        assert maps["orig_by_tuple"]["entries"] >= 1
+        assert maps["sockhash"]["entries"] >= 2  # both ends of the app-to-shuntd hop
+        assert maps["config"]["outbound_port"] == 15002 and maps["config"]["mark"] == 0x539
+        # The counters agree with bpftool reading the pinned map.
+        assert maps["counters"]["redirected"] == bpf_counters()["redirected"]
+        r = sl.shuntctl(topo.app, "maps")
+        assert r.returncode == 0, r.stderr
+        assert "mode:        ebpf" in r.stdout, r.stdout
+        row = [l for l in r.stdout.splitlines() if l.startswith(app)]
+        assert row and "%s:7000" % T.REMOTE4 in row[0] and str(info["pid"]) in row[0], r.stdout
+        for name in ("orig_by_tuple", "sockhash", "redirected", "shortcut_bytes", "map_full"):
+            assert name in r.stdout, r.stdout
+    finally:
+        p.stop()
+    # Closed: the entry goes away with the connection.
+    sl.wait_until(lambda: not any(i["app"] == app for i in
+                                  shuntd.json("/maps")["maps"]["orig_by_tuple"]["items"]),
+                  5, what="entry removed on close")
+
+
 def test_outside_cgroup_not_captured(topo, shuntd):
     """A process of the same pod outside the cgroup connects directly."""
     before = bpf_counters()
@@ -372,6 +457,10 @@ def test_auto_falls_back_to_iptables(fresh_topo, cgroup2):
                if "redirect auto: using iptables" in l.get("msg", "")]
         assert len(why) == 1 and "refused" in why[0], why
         assert "SIDECAR_PROXY_OUTBOUND" in fresh_topo.app.iptables_save()
+        m = d.json("/maps")
+        assert m["mode"] == "iptables" and m["maps"] is None, m
+        r = sl.shuntctl(fresh_topo.app, "maps")
+        assert r.returncode == 0 and "no eBPF maps" in r.stdout, r.stdout + r.stderr
         st = d.json("/status")
         assert "iptables" in st["redirect_reason"] and "refused" in st["redirect_reason"]
         assert not os.path.exists(pins)

@@ -39,6 +39,8 @@ static const char usage_text[] =
     "commands:\n"
     "  status           mode, readiness, listeners, rule state, connection counts\n"
     "  rules            installed iptables rules with packet and byte counts\n"
+    "  maps             eBPF capture maps decoded: original destinations with age,\n"
+    "                   sockhash size, shortcut flags, exclusions, counters\n"
     "  conns            live proxied connections\n"
     "  endpoints [SVC]  services and endpoints with health, weight, zone, staleness\n"
     "                   (SVC: name or namespace/name)\n"
@@ -592,6 +594,100 @@ static int cmd_rules(void)
         return 0;
 }
 
+static int cmd_maps(void)
+{
+        cJSON *j = fetch("GET", "/maps", NULL);
+        const char *mode = jstr(j, "mode", "unknown");
+        const char *reason = jstr(j, "reason", "");
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "maps");
+        printf("%-13s%s%s%s%s\n", "mode:", mode, *reason ? " (" : "", reason, *reason ? ")" : "");
+        if (!cJSON_IsObject(m)) {
+                printf("no eBPF maps: capture is not in eBPF mode\n");
+                cJSON_Delete(j);
+                return 0;
+        }
+        char b1[64], b2[64], b3[64];
+        printf("%-13s%s\n", "pins:", jstr(m, "pin_root", "?"));
+        const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(m, "config");
+        if (cfg) {
+                double mark = 0, uid = -1;
+                jnum(cfg, "mark", &mark);
+                jnum(cfg, "uid", &uid);
+                printf(
+                    "%-13soutbound -> %s, mark 0x%llx, uid %s, shortcut %s\n",
+                    "config:", jint(cfg, "outbound_port", b1, sizeof(b1)), (unsigned long long)mark,
+                    uid < 0 ? "none" : jint(cfg, "uid", b2, sizeof(b2)),
+                    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "shortcut")) ? "on" : "off");
+        }
+        static const char *const names[] = {"orig_by_cookie", "orig_by_tuple", "sockhash",
+                                            "shortcut_off",   "exclude_ports", "exclude_cidrs"};
+        struct table t = {
+            .ncols = 3, .header = {"MAP", "ENTRIES", "MAX"}, .right = {false, true, true}};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                const cJSON *x = cJSON_GetObjectItemCaseSensitive(m, names[i]);
+                table_add(&t, names[i], jint(x, "entries", b1, sizeof(b1)),
+                          jint(x, "max", b2, sizeof(b2)));
+        }
+        printf("\n");
+        table_print(&t);
+
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "counters");
+        struct table tc = {.ncols = 2, .header = {"COUNTER", "VALUE"}, .right = {false, true}};
+        const cJSON *e;
+        cJSON_ArrayForEach(e, c)
+        {
+                snprintf(b1, sizeof(b1), "%.0f", cJSON_GetNumberValue(e));
+                table_add(&tc, e->string, b1);
+        }
+        printf("\n");
+        table_print(&tc);
+
+        struct table to = {.ncols = 5,
+                           .header = {"APP", "LISTENER", "ORIGINAL_DST", "PID", "AGE"},
+                           .right = {false, false, false, true, true}};
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(
+                                  cJSON_GetObjectItemCaseSensitive(m, "orig_by_tuple"), "items"))
+        {
+                double age = 0;
+                jnum(e, "age_ms", &age);
+                table_add(&to, jstr(e, "app", "?"), jstr(e, "listener", "?"),
+                          jstr(e, "original_dst", "?"), jint(e, "pid", b1, sizeof(b1)),
+                          fmt_duration_ms(age, b2, sizeof(b2)));
+        }
+        printf("\noriginal destinations (established, waiting for shuntd):\n");
+        if (to.rows)
+                table_print(&to);
+        else
+                printf("  none\n");
+
+        struct table tk = {.ncols = 4,
+                           .header = {"COOKIE", "ORIGINAL_DST", "PID", "AGE"},
+                           .right = {true, false, true, true}};
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(
+                                  cJSON_GetObjectItemCaseSensitive(m, "orig_by_cookie"), "items"))
+        {
+                double age = 0;
+                jnum(e, "age_ms", &age);
+                table_add(&tk, jint(e, "cookie", b1, sizeof(b1)), jstr(e, "original_dst", "?"),
+                          jint(e, "pid", b2, sizeof(b2)), fmt_duration_ms(age, b3, sizeof(b3)));
+        }
+        if (tk.rows) {
+                printf("\nconnects in progress:\n");
+                table_print(&tk);
+        }
+
+        struct table ts = {.ncols = 2, .header = {"LOCAL", "REMOTE"}};
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(
+                                  cJSON_GetObjectItemCaseSensitive(m, "shortcut_off"), "items"))
+            table_add(&ts, jstr(e, "local", "?"), jstr(e, "remote", "?"));
+        if (ts.rows) {
+                printf("\nshortcut off (slow reader):\n");
+                table_print(&ts);
+        }
+        cJSON_Delete(j);
+        return 0;
+}
+
 static int cmd_conns(void)
 {
         cJSON *j = fetch("GET", "/connections", NULL);
@@ -752,7 +848,8 @@ int main(int argc, char **argv)
                 const char *argname;
         } const cmds[] = {{"status", 0, NULL},       {"rules", 0, NULL},
                           {"conns", 0, NULL},        {"config", 0, NULL},
-                          {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"}};
+                          {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"},
+                          {"maps", 0, NULL}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -775,6 +872,8 @@ int main(int argc, char **argv)
                         return cmd_config();
                 case 4:
                         return cmd_log_level(args[0]);
+                case 6:
+                        return cmd_maps();
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }

@@ -248,6 +248,21 @@ static void h_rules(const struct admin_request *req, struct admin_response *resp
         }
 }
 
+/* eBPF maps decoded; in another mode says which and that there are none. */
+static void h_maps(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        const char *mode = d->bpf ? "ebpf" : d->rules_installed ? "iptables" : "off";
+        strbuf_appendf(&resp->body, "{\"mode\":\"%s\",\"reason\":", mode);
+        strbuf_append_json_string(&resp->body, d->redirect_reason);
+        strbuf_append(&resp->body, ",\"maps\":");
+        if (d->bpf)
+                bpfcap_render_maps(d->bpf, &resp->body);
+        else
+                strbuf_append(&resp->body, "null");
+        strbuf_append(&resp->body, "}");
+}
+
 static void h_connections(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
         struct daemon *d = ctx;
@@ -499,6 +514,7 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/config", h_config, &d);
         admin_route(d.admin, "GET", "/status", h_status, &d);
         admin_route(d.admin, "GET", "/rules", h_rules, &d);
+        admin_route(d.admin, "GET", "/maps", h_maps, &d);
         admin_route(d.admin, "GET", "/connections", h_connections, &d);
         admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
         admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);

@@ -14,6 +14,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "capture.skel.h"
@@ -570,16 +571,13 @@ int bpfcap_lookup(struct bpfcap *b, const struct sockaddr_storage *client,
                 return -EAFNOSUPPORT;
         struct shunt_origdst od;
         int fd = bpf_map__fd(b->skel->maps.shunt_orig_by_tuple);
-        int rc = consume ? bpf_map_lookup_and_delete_elem(fd, &t, &od)
-                         : bpf_map_lookup_elem(fd, &t, &od);
-        if (rc < 0 && consume && errno != ENOENT) {
-                /* Kernels before 5.14 cannot lookup-and-delete a hash. */
-                rc = bpf_map_lookup_elem(fd, &t, &od);
-                if (rc == 0)
-                        bpf_map_delete_elem(fd, &t);
-        }
+        int rc = bpf_map_lookup_elem(fd, &t, &od);
         if (rc < 0)
                 return -errno;
+        /* A watched entry leaves with the connection (sockops); only an
+         * unwatched one would leak if not deleted here. */
+        if (consume && !(od.flags & SHUNT_OD_WATCHED))
+                bpf_map_delete_elem(fd, &t);
         memset(out, 0, sizeof(*out));
         if (od.family == SHUNT_AF_INET) {
                 struct sockaddr_in *s = (void *)out;
@@ -675,34 +673,210 @@ long bpfcap_map_entries(struct bpfcap *b, enum bpfcap_map m)
         return n;
 }
 
+static const struct counter_row {
+        const char *field, *name, *help;
+        size_t off;
+} counter_rows[] = {
+#define ROW(f, h)                                                                                  \
+        {                                                                                          \
+#f, "shunt_bpf_" #f "_total", h, offsetof(struct shunt_counters, f)                \
+        }
+    ROW(redirected, "Application connects redirected to the outbound listener."),
+    ROW(skipped_own, "Connects of shuntd's own sockets (mark or uid) left alone."),
+    ROW(skipped_excluded, "Connects to loopback or excluded ports and CIDRs left alone."),
+    ROW(established, "Captured connections whose original destination moved to the "
+                     "4-tuple map."),
+    ROW(sockhash_added, "Sockets paired in the sockhash for the shortcut."),
+    ROW(shortcut_msgs, "Sends redirected to the peer socket (not in ss or tcpdump)."),
+    ROW(shortcut_bytes, "Bytes redirected to the peer socket (not in ss or tcpdump)."),
+    ROW(shortcut_off, "Sends that took the TCP stack because the shortcut was off."),
+    ROW(getsockopt_answered, "SO_ORIGINAL_DST answered from the map."),
+    ROW(lookup_missed, "SO_ORIGINAL_DST asked for a connection that was not captured."),
+    ROW(map_full, "Inserts refused by a full map (connection took the normal path)."),
+#undef ROW
+};
+#define N_COUNTER_ROWS (sizeof(counter_rows) / sizeof(counter_rows[0]))
+
+static uint64_t counter_value(const struct shunt_counters *c, size_t i)
+{
+        uint64_t v;
+        memcpy(&v, (const char *)c + counter_rows[i].off, sizeof(v));
+        return v;
+}
+
 void bpfcap_render_metrics(struct bpfcap *b, struct strbuf *out)
 {
         struct shunt_counters c;
         if (bpfcap_counters(b, &c) < 0)
                 return;
-        static const struct {
-                const char *name, *help;
-                size_t off;
-        } rows[] = {
-#define ROW(f, h) {"shunt_bpf_" #f "_total", h, offsetof(struct shunt_counters, f)}
-            ROW(redirected, "Application connects redirected to the outbound listener."),
-            ROW(skipped_own, "Connects of shuntd's own sockets (mark or uid) left alone."),
-            ROW(skipped_excluded, "Connects to loopback or excluded ports and CIDRs left alone."),
-            ROW(established, "Captured connections whose original destination moved to the "
-                             "4-tuple map."),
-            ROW(sockhash_added, "Sockets paired in the sockhash for the shortcut."),
-            ROW(shortcut_msgs, "Sends redirected to the peer socket (not in ss or tcpdump)."),
-            ROW(shortcut_bytes, "Bytes redirected to the peer socket (not in ss or tcpdump)."),
-            ROW(shortcut_off, "Sends that took the TCP stack because the shortcut was off."),
-            ROW(getsockopt_answered, "SO_ORIGINAL_DST answered from the map."),
-            ROW(lookup_missed, "SO_ORIGINAL_DST asked for a connection that was not captured."),
-            ROW(map_full, "Inserts refused by a full map (connection took the normal path)."),
-#undef ROW
-        };
-        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
-                prom_family(out, rows[i].name, "counter", rows[i].help);
-                uint64_t v;
-                memcpy(&v, (const char *)&c + rows[i].off, sizeof(v));
-                prom_sample_u64(out, rows[i].name, NULL, v);
+        for (size_t i = 0; i < N_COUNTER_ROWS; i++) {
+                prom_family(out, counter_rows[i].name, "counter", counter_rows[i].help);
+                prom_sample_u64(out, counter_rows[i].name, NULL, counter_value(&c, i));
         }
+}
+
+/* ---- maps as JSON ------------------------------------------------------------------------- */
+
+/* "1.2.3.4:80" or "[::1]:80" (family SHUNT_AF_*; port in network order). */
+static void append_endpoint(struct strbuf *out, uint16_t family, const uint8_t addr[16],
+                            uint16_t port_be)
+{
+        char a[INET6_ADDRSTRLEN] = "?";
+        int af = family == SHUNT_AF_INET ? AF_INET : AF_INET6;
+        if (family != SHUNT_AF_INET && family != SHUNT_AF_INET6)
+                snprintf(a, sizeof(a), "family-%u", family);
+        else
+                inet_ntop(af, addr, a, sizeof(a));
+        strbuf_appendf(out, af == AF_INET6 ? "\"[%s]:%u\"" : "\"%s:%u\"", a, ntohs(port_be));
+}
+
+static uint64_t mono_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void append_origdst(struct strbuf *out, const struct shunt_origdst *od, uint64_t now)
+{
+        strbuf_append(out, "\"original_dst\":");
+        append_endpoint(out, od->family, od->addr, od->port);
+        uint64_t age = now > od->created_ns ? (now - od->created_ns) / 1000000 : 0;
+        strbuf_appendf(out, ",\"pid\":%u,\"age_ms\":%llu,\"watched\":%s", od->pid,
+                       (unsigned long long)age, od->flags & SHUNT_OD_WATCHED ? "true" : "false");
+}
+
+/* Walks map fd (keys of key_size, at most its max entries): "entries",
+ * "max" and, for the first BPFCAP_MAP_ITEMS_MAX, "items" rendered by item()
+ * (NULL: no items). */
+static void render_map(struct strbuf *out, const char *name, struct bpf_map *m,
+                       void (*item)(struct strbuf *, int, const void *, uint64_t))
+{
+        int fd = bpf_map__fd(m);
+        uint32_t max = bpf_map__max_entries(m);
+        size_t ksz = bpf_map__key_size(m);
+        unsigned char key[64], next[64];
+        uint64_t now = mono_ns();
+        strbuf_appendf(out, "\"%s\":{", name);
+        if (ksz > sizeof(key)) {
+                strbuf_append(out, "\"error\":\"key too large\"}");
+                return;
+        }
+        long n = 0;
+        void *prev = NULL;
+        bool first = true;
+        if (item)
+                strbuf_append(out, "\"items\":[");
+        while (n <= (long)max && bpf_map_get_next_key(fd, prev, next) == 0) {
+                memcpy(key, next, ksz);
+                prev = key;
+                if (item && n < BPFCAP_MAP_ITEMS_MAX) {
+                        strbuf_append(out, first ? "{" : ",{");
+                        item(out, fd, key, now);
+                        strbuf_append(out, "}");
+                        first = false;
+                }
+                n++;
+        }
+        if (item)
+                strbuf_append(out, "],");
+        strbuf_appendf(out, "\"entries\":%ld,\"max\":%u,\"truncated\":%s}", n, max,
+                       item && n > BPFCAP_MAP_ITEMS_MAX ? "true" : "false");
+}
+
+static void item_by_cookie(struct strbuf *out, int fd, const void *key, uint64_t now)
+{
+        uint64_t cookie;
+        memcpy(&cookie, key, sizeof(cookie));
+        strbuf_appendf(out, "\"cookie\":%llu,", (unsigned long long)cookie);
+        struct shunt_origdst od;
+        if (bpf_map_lookup_elem(fd, key, &od) == 0)
+                append_origdst(out, &od, now);
+        else
+                strbuf_append(out, "\"gone\":true");
+}
+
+static void item_by_tuple(struct strbuf *out, int fd, const void *key, uint64_t now)
+{
+        struct shunt_tuple t;
+        memcpy(&t, key, sizeof(t));
+        strbuf_append(out, "\"app\":");
+        append_endpoint(out, t.family, t.saddr, t.sport);
+        strbuf_append(out, ",\"listener\":");
+        append_endpoint(out, t.family, t.daddr, t.dport);
+        struct shunt_origdst od;
+        if (bpf_map_lookup_elem(fd, key, &od) == 0) {
+                strbuf_append(out, ",");
+                append_origdst(out, &od, now);
+        }
+}
+
+static void item_tuple_only(struct strbuf *out, int fd, const void *key, uint64_t now)
+{
+        (void)fd;
+        (void)now;
+        struct shunt_tuple t;
+        memcpy(&t, key, sizeof(t));
+        strbuf_append(out, "\"local\":");
+        append_endpoint(out, t.family, t.saddr, t.sport);
+        strbuf_append(out, ",\"remote\":");
+        append_endpoint(out, t.family, t.daddr, t.dport);
+}
+
+static void item_port(struct strbuf *out, int fd, const void *key, uint64_t now)
+{
+        (void)fd;
+        (void)now;
+        uint16_t port;
+        memcpy(&port, key, sizeof(port));
+        strbuf_appendf(out, "\"port\":%u", port);
+}
+
+static void item_cidr(struct strbuf *out, int fd, const void *key, uint64_t now)
+{
+        (void)fd;
+        (void)now;
+        struct shunt_cidr_key k;
+        memcpy(&k, key, sizeof(k));
+        char a[INET6_ADDRSTRLEN] = "?";
+        inet_ntop(k.family == SHUNT_AF_INET ? AF_INET : AF_INET6, k.addr, a, sizeof(a));
+        strbuf_appendf(out, "\"cidr\":\"%s/%u\"", a, k.prefixlen > 8 ? k.prefixlen - 8 : 0);
+}
+
+void bpfcap_render_maps(struct bpfcap *b, struct strbuf *out)
+{
+        struct shunt_capture *s = b->skel;
+        strbuf_append(out, "{\"pin_root\":");
+        strbuf_append_json_string(out, b->pin_root);
+        struct shunt_capture_config cfg;
+        uint32_t zero = 0;
+        if (bpf_map_lookup_elem(bpf_map__fd(s->maps.shunt_config), &zero, &cfg) == 0) {
+                strbuf_appendf(out,
+                               ",\"config\":{\"enabled\":%s,\"mark\":%u,\"uid\":%lld,"
+                               "\"outbound_port\":%u,\"shortcut\":%s}",
+                               cfg.enabled ? "true" : "false", cfg.mark,
+                               cfg.uid == SHUNT_UID_NONE ? -1LL : (long long)cfg.uid,
+                               cfg.outbound_port_host, cfg.shortcut ? "true" : "false");
+        }
+        struct shunt_counters c;
+        if (bpfcap_counters(b, &c) == 0) {
+                strbuf_append(out, ",\"counters\":{");
+                for (size_t i = 0; i < N_COUNTER_ROWS; i++)
+                        strbuf_appendf(out, "%s\"%s\":%llu", i ? "," : "", counter_rows[i].field,
+                                       (unsigned long long)counter_value(&c, i));
+                strbuf_append(out, "}");
+        }
+        strbuf_append(out, ",");
+        render_map(out, "orig_by_cookie", s->maps.shunt_orig_by_cookie, item_by_cookie);
+        strbuf_append(out, ",");
+        render_map(out, "orig_by_tuple", s->maps.shunt_orig_by_tuple, item_by_tuple);
+        strbuf_append(out, ",");
+        render_map(out, "sockhash", s->maps.shunt_sockhash, NULL);
+        strbuf_append(out, ",");
+        render_map(out, "shortcut_off", s->maps.shunt_shortcut_off, item_tuple_only);
+        strbuf_append(out, ",");
+        render_map(out, "exclude_ports", s->maps.shunt_exclude_ports, item_port);
+        strbuf_append(out, ",");
+        render_map(out, "exclude_cidrs", s->maps.shunt_exclude_cidrs, item_cidr);
+        strbuf_append(out, "}");
 }

@@ -70,7 +70,9 @@ int bpfcap_remove_pins(const char *pin_root);
 
 /* Original destination of the connection whose accepted socket has peer
  * address client and local address local (both as returned by
- * getpeername/getsockname). consume: delete the entry once read.
+ * getpeername/getsockname). consume: delete the entry once read unless the
+ * kernel removes it when the accepted socket closes (SHUNT_OD_WATCHED: the
+ * listener was created inside the cgroup), so live connections stay listed.
  * 0, -ENOENT when not captured, or negative errno. */
 int bpfcap_lookup(struct bpfcap *b, const struct sockaddr_storage *client,
                   const struct sockaddr_storage *local, struct sockaddr_storage *out, bool consume);
@@ -93,6 +95,18 @@ long bpfcap_map_entries(struct bpfcap *b, enum bpfcap_map m);
 
 /* Map file descriptor, for tests and tools. */
 int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m);
+
+/* Every map decoded as one JSON object, for admin /maps and shuntctl maps:
+ *   {"pin_root", "config": {...}, "counters": {field: sum over CPUs},
+ *    "orig_by_cookie" | "orig_by_tuple" | "sockhash" | "shortcut_off" |
+ *    "exclude_ports" | "exclude_cidrs": {"entries", "max", "truncated",
+ *    "items": [...]}}
+ * Original destinations carry "original_dst", "pid" and "age_ms"; at most
+ * BPFCAP_MAP_ITEMS_MAX items per map are listed ("truncated" says so), the
+ * entry count is exact. The sockhash lists no items (its values are
+ * sockets). */
+#define BPFCAP_MAP_ITEMS_MAX 1000
+void bpfcap_render_maps(struct bpfcap *b, struct strbuf *out);
 
 /* Counters as Prometheus text (shunt_bpf_*). */
 void bpfcap_render_metrics(struct bpfcap *b, struct strbuf *out);

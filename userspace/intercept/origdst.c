@@ -48,6 +48,7 @@ enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
                 socklen_t plen = sizeof(peer);
                 if (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0)
                         return ORIGDST_ERROR;
+                /* Consumed unless sockops removes it when our socket closes. */
                 rc = bpfcap_lookup(bpf_capture, &peer, local, out, true);
                 if (rc == 0)
                         return ORIGDST_OK;

@@ -11,17 +11,18 @@
 struct bpfcap;
 
 enum origdst_result {
-	ORIGDST_OK = 0,
-	ORIGDST_NOT_REDIRECTED, /* the socket reached us directly (dst == our listener) */
-	ORIGDST_ERROR,		/* the kernel could not answer: errno is set */
+        ORIGDST_OK = 0,
+        ORIGDST_NOT_REDIRECTED, /* the socket reached us directly (dst == our listener) */
+        ORIGDST_ERROR,          /* the kernel could not answer: errno is set */
 };
 
 /* fd is an accepted socket; local is its getsockname() address. */
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
-				struct sockaddr_storage *out);
+                                struct sockaddr_storage *out);
 
 /* eBPF mode: answer from the capture's 4-tuple map first (the entry is
- * consumed), then from the kernel as above. NULL returns to the kernel only.
+ * consumed unless the kernel removes it on close, see bpfcap_lookup), then
+ * from the kernel as above. NULL returns to the kernel only.
  * Set before the workers start; b must outlive them. */
 void origdst_use_bpf(struct bpfcap *b);
 
