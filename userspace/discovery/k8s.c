@@ -1045,7 +1045,9 @@ static int k8s_create(struct disc_registry *r, const struct shunt_config *cfg, v
                 snprintf(err, errlen, "config: service_discovery.kubernetes.namespace: too long");
                 goto fail;
         }
-        memcpy(k->ns, cfg->k8s_namespace, strlen(cfg->k8s_namespace) + 1);
+        /* "*" watches every namespace (cluster-wide list and watch) */
+        if (strcmp(cfg->k8s_namespace, "*") != 0)
+                memcpy(k->ns, cfg->k8s_namespace, strlen(cfg->k8s_namespace) + 1);
         if (cfg->k8s_label_selector[0]) {
                 k->selector_q = curl_easy_escape(NULL, cfg->k8s_label_selector, 0);
                 if (!k->selector_q) {

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""A stand-in for the Kubernetes API server, for shunt's kubernetes discovery
+tests. Written from the API documentation (API concepts: efficient detection
+of changes, watch bookmarks, resource versions, 410 Gone), serving only what
+the discovery backend uses:
+
+  GET /api/v1[/namespaces/NS]/services
+  GET /apis/discovery.k8s.io/v1[/namespaces/NS]/endpointslices
+      list:  {"kind":"...List","metadata":{"resourceVersion":"N"},"items":[...]}
+      ?watch=1&resourceVersion=N[&allowWatchBookmarks=true][&timeoutSeconds=S]
+             200, Transfer-Encoding: chunked, one JSON event per line
+             {"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":{...}};
+             a resourceVersion older than the event history -> an ERROR event
+             with a Status of code 410 (or HTTP 410, see gone_as_status)
+      ?labelSelector=k=v,k!=v,k,!k (equality and existence)
+  Authorization: Bearer TOKEN checked (401 Status otherwise), TLS with the
+  given certificate.
+
+A plain-HTTP control endpoint (loopback) lets the test change objects and
+inject failures:
+
+  POST /apply   {"kind":"services|endpointslices","type":"ADDED|MODIFIED|DELETED","object":{...}}
+  POST /inject  {"bad_json":"endpointslices"}   one malformed line on open watches
+                {"silence":true}                 open watch streams go silent (stay open)
+                {"gone_event":true}              history compacted; open watches get ERROR 410
+                {"gone_status":true}             history compacted; open watches closed;
+                                                 old resourceVersions then get HTTP 410
+                {"bookmark_s":N}                 bookmark interval (0: none)
+                {"token":"..."}                  the accepted bearer token
+  GET  /stats   request counters
+
+State (objects and resourceVersion) is kept in --state so that a restarted
+server keeps its objects; its event history starts empty, as an API server's
+watch cache does after a restart.
+"""
+
+import argparse
+import copy
+import json
+import os
+import ssl
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+KINDS = {
+    "services": ("v1", "Service", "ServiceList", "/api/v1"),
+    "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice", "EndpointSliceList",
+                       "/apis/discovery.k8s.io/v1"),
+}
+
+
+class State:
+    def __init__(self, path, token, bookmark_s):
+        self.path = path
+        self.cv = threading.Condition()
+        self.objects = {k: {} for k in KINDS}
+        self.rv = 1
+        if path and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            self.objects = {k: {tuple(key.split("/", 1)): o for key, o in v.items()}
+                            for k, v in saved["objects"].items()}
+            self.rv = saved["rv"]
+        # history: list of (seq, rv, kind, line bytes); floor: oldest rv a watch may resume from
+        self.history = []
+        self.seq = 0
+        self.floor = self.rv
+        self.epoch = 0  # bumped by compaction: open watches of older epochs end
+        self.watch_ids = 0
+        self.silence_upto = 0  # watch streams with an id up to this one are silent
+        self.token = token
+        self.bookmark_s = bookmark_s
+        self.gone_as_status = False
+        self.stats = {"list": {k: 0 for k in KINDS}, "watch": {k: 0 for k in KINDS},
+                      "unauthorized": 0, "gone_status": 0, "gone_event": 0, "open_watches": 0}
+
+    def save(self):
+        if not self.path:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"rv": self.rv, "objects": {
+                k: {"/".join(key): o for key, o in v.items()} for k, v in self.objects.items()}}, f)
+        os.rename(tmp, self.path)
+
+    def push(self, kind, line, bump):
+        self.seq += 1
+        self.history.append((self.seq, self.rv, kind, line))
+        del self.history[:-2000]
+        self.cv.notify_all()
+
+    def apply(self, kind, etype, obj):
+        with self.cv:
+            md = obj.setdefault("metadata", {})
+            md.setdefault("namespace", "default")
+            key = (md["namespace"], md["name"])
+            self.rv += 1
+            md["resourceVersion"] = str(self.rv)
+            api, k, _, _ = KINDS[kind]
+            obj.setdefault("apiVersion", api)
+            obj.setdefault("kind", k)
+            if etype == "DELETED":
+                old = self.objects[kind].pop(key, None)
+                if old is None:
+                    return False
+                obj = old
+                obj["metadata"]["resourceVersion"] = str(self.rv)
+            else:
+                self.objects[kind][key] = obj
+            line = json.dumps({"type": etype, "object": obj}).encode()
+            self.push(kind, line, True)
+            self.save()
+            return True
+
+
+def selector_match(sel, labels):
+    if not sel:
+        return True
+    for term in sel.split(","):
+        term = term.strip()
+        if not term:
+            continue
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k.strip()) == v.strip():
+                return False
+        elif "==" in term or "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            if labels.get(k.strip()) != v.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def status(code, reason, message):
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+class Api(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "k8s-standin"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def send_json(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def route(self, path):
+        for kind, (_, _, _, prefix) in KINDS.items():
+            if path == "%s/%s" % (prefix, kind):
+                return kind, None
+            if path.startswith(prefix + "/namespaces/") and path.endswith("/" + kind):
+                ns = path[len(prefix + "/namespaces/"):-len("/" + kind)]
+                if ns and "/" not in ns:
+                    return kind, ns
+        return None, None
+
+    def do_GET(self):  # noqa: N802
+        st = self.server.state
+        u = urllib.parse.urlsplit(self.path)
+        q = dict(urllib.parse.parse_qsl(u.query))
+        if self.headers.get("Authorization") != "Bearer " + st.token:
+            with st.cv:
+                st.stats["unauthorized"] += 1
+            return self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
+        kind, ns = self.route(u.path)
+        if not kind:
+            return self.send_json(404, status(404, "NotFound", "the server could not find the "
+                                              "requested resource"))
+        sel = q.get("labelSelector", "")
+
+        def visible(obj):
+            md = obj["metadata"]
+            return (ns is None or md.get("namespace") == ns) and selector_match(
+                sel, md.get("labels") or {})
+
+        if q.get("watch") not in ("1", "true"):
+            with st.cv:
+                st.stats["list"][kind] += 1
+                items = [copy.deepcopy(o) for o in st.objects[kind].values() if visible(o)]
+                rv = st.rv
+            api, _, lkind, _ = KINDS[kind]
+            return self.send_json(200, {"kind": lkind, "apiVersion": api,
+                                        "metadata": {"resourceVersion": str(rv)}, "items": items})
+        self.watch(st, kind, q, visible)
+
+    def chunk(self, data):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def watch(self, st, kind, q, visible):
+        try:
+            rv = int(q.get("resourceVersion", "0") or "0")
+        except ValueError:
+            return self.send_json(400, status(400, "BadRequest", "invalid resourceVersion"))
+        timeout = float(q.get("timeoutSeconds", "1800"))
+        bookmarks = q.get("allowWatchBookmarks") == "true"
+        with st.cv:
+            st.stats["watch"][kind] += 1
+            too_old = rv < st.floor
+            if too_old and st.gone_as_status:
+                st.stats["gone_status"] += 1
+        msg = "too old resource version: %d (%d)" % (rv, st.floor)
+        if too_old and st.gone_as_status:
+            return self.send_json(410, status(410, "Expired", msg))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        if too_old:
+            with st.cv:
+                st.stats["gone_event"] += 1
+            self.chunk(json.dumps({"type": "ERROR", "object": status(410, "Expired", msg)})
+                       .encode() + b"\n")
+            self.chunk(b"")
+            return
+        end = time.monotonic() + timeout
+        with st.cv:
+            epoch = st.epoch
+            # resume after rv: the entries newer than it
+            seq = 0
+            for s, erv, _, _ in st.history:
+                if erv <= rv:
+                    seq = s
+            st.stats["open_watches"] += 1
+            st.watch_ids += 1
+            wid = st.watch_ids
+        last_bookmark = time.monotonic()
+        try:
+            while True:
+                out = []
+                with st.cv:
+                    now = time.monotonic()
+                    if wid <= st.silence_upto:
+                        # this stream was open when silence was injected: it hangs,
+                        # past its timeout too, sending nothing (bounded: 120 s)
+                        if now >= end + 120:
+                            self.close_connection = True
+                            return
+                        st.cv.wait(0.5)
+                        continue
+                    if now >= end:
+                        break
+                    if st.epoch != epoch:
+                        if st.gone_as_status:
+                            break  # dropped; the client reconnects and gets HTTP 410
+                        out.append(json.dumps({"type": "ERROR", "object": status(
+                            410, "Expired", "too old resource version")}).encode())
+                        st.stats["gone_event"] += 1
+                        closing = True
+                    else:
+                        closing = False
+                        for s, erv, k, line in st.history:
+                            if s <= seq:
+                                continue
+                            seq = s
+                            if k != kind:
+                                continue
+                            if line.startswith(b"{") and line.endswith(b"}"):
+                                ev = json.loads(line)
+                                if not visible(ev["object"]):
+                                    continue
+                            out.append(line)
+                        if not out and bookmarks and st.bookmark_s and \
+                                now - last_bookmark >= st.bookmark_s:
+                            api, k, _, _ = KINDS[kind]
+                            out.append(json.dumps({"type": "BOOKMARK", "object": {
+                                "kind": k, "apiVersion": api,
+                                "metadata": {"resourceVersion": str(st.rv)}}}).encode())
+                            last_bookmark = now
+                        if not out:
+                            st.cv.wait(min(end - now, 0.2))
+                            continue
+                for line in out:
+                    self.chunk(line + b"\n")
+                if closing:
+                    break
+            self.chunk(b"")
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            self.close_connection = True
+        finally:
+            with st.cv:
+                st.stats["open_watches"] -= 1
+
+
+class Control(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def reply(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        st = self.server.state
+        with st.cv:
+            return self.reply(200, dict(st.stats, rv=st.rv, floor=st.floor))
+
+    def do_POST(self):  # noqa: N802
+        st = self.server.state
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        if self.path == "/apply":
+            ok = st.apply(body["kind"], body["type"], body["object"])
+            return self.reply(200 if ok else 404, {"rv": st.rv})
+        if self.path == "/inject":
+            with st.cv:
+                if "bad_json" in body:
+                    st.push(body["bad_json"], b'{"type":"MODIFIED","object":{"metadata":', False)
+                if body.get("silence"):
+                    st.silence_upto = st.watch_ids
+                if body.get("gone_event") or body.get("gone_status"):
+                    st.gone_as_status = bool(body.get("gone_status"))
+                    st.history = []
+                    st.floor = st.rv + 1  # every resourceVersion handed out is now too old
+                    st.rv += 1
+                    st.epoch += 1
+                    st.save()
+                if "bookmark_s" in body:
+                    st.bookmark_s = float(body["bookmark_s"])
+                if "token" in body:
+                    st.token = body["token"]
+                st.cv.notify_all()
+            return self.reply(200, {"rv": st.rv})
+        return self.reply(404, {"error": "unknown"})
+
+
+def hostport(s):
+    h, p = s.rsplit(":", 1)
+    return h.strip("[]"), int(p)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--listen", required=True)
+    ap.add_argument("--control", required=True)
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--state")
+    ap.add_argument("--bookmark-s", type=float, default=1.0)
+    a = ap.parse_args()
+    st = State(a.state, a.token, a.bookmark_s)
+    api = ThreadingHTTPServer(hostport(a.listen), Api)
+    api.daemon_threads = True
+    api.state = st
+    if a.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        api.socket = ctx.wrap_socket(api.socket, server_side=True)
+    ctl = ThreadingHTTPServer(hostport(a.control), Control)
+    ctl.daemon_threads = True
+    ctl.state = st
+    threading.Thread(target=ctl.serve_forever, daemon=True).start()
+    print("READY", flush=True)
+    api.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""Kubernetes discovery against a stand-in API server (k8s_standin.py, HTTPS
+with a throwaway CA, bearer token) in the app pod: Services and
+EndpointSlices listed then watched; scaling, terminating endpoints, bad
+JSON, 410 Gone (as an event and as a status), a silent stream, a killed
+and restarted API server, a rotated token. Real traffic goes through the
+service's clusterIP to http peers in the remote pod."""
+
+import base64
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STANDIN = os.path.join(HERE, "k8s_standin.py")
+VIP = "10.96.0.20"
+PORT = 8081
+EXTRA = ["10.77.0.4", "10.77.0.5", "10.77.0.6"]
+EPS = [T.REMOTE4, T.REMOTE4B] + EXTRA  # ep0..ep4
+API = ("127.0.0.1", 16443)
+CTL = ("127.0.0.1", 16444)
+WATCH_TIMEOUT_S = 2  # shuntd asks for 2 s watches: a stream silent for 4 s is dead
+
+
+def service_obj(name="web", labels=None):
+    return {
+        "metadata": {"name": name, "namespace": "default", "labels": labels or {"app": name}},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": VIP,
+            "clusterIPs": [VIP],
+            "ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP",
+                       "appProtocol": "http"}],
+        },
+    }
+
+
+def slice_obj(addrs, terminating=(), not_ready=(), name="web-abcde", zone="zone-a"):
+    eps = []
+    for a in addrs:
+        term = a in terminating
+        eps.append({
+            "addresses": [a],
+            "conditions": {"ready": not term and a not in not_ready, "serving": a not in not_ready,
+                           "terminating": term},
+            "zone": zone,
+            "targetRef": {"kind": "Pod", "name": "pod-" + a.replace(".", "-")},
+        })
+    return {
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web",
+                                "endpointslice.kubernetes.io/managed-by": "standin"}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "http", "port": PORT, "protocol": "TCP"}],
+    }
+
+
+def openssl(*args):
+    subprocess.run(["openssl"] + list(args), check=True, capture_output=True, timeout=30)
+
+
+class Env:
+    def __init__(self):
+        self.topo = T()
+        self.procs = []
+        self.standin = None
+        self.daemon = None
+        self.dir = sl.tmpdir()
+        os.chmod(self.dir, 0o755)
+
+    def make_certs(self):
+        d = self.dir
+        p = lambda n: os.path.join(d, n)  # noqa: E731
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", p("ca.key"), "-out", p("ca.pem"), "-days", "1", "-subj", "/CN=k8s-test-ca")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", p("srv.key"), "-out", p("srv.csr"), "-subj", "/CN=kube-apiserver")
+        with open(p("ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:kubernetes.default.svc\n")
+        openssl("x509", "-req", "-in", p("srv.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+                "-CAcreateserial", "-out", p("srv.pem"), "-days", "1", "-extfile", p("ext"))
+
+    def write_kubeconfig(self, token_file):
+        with open(os.path.join(self.dir, "ca.pem"), "rb") as f:
+            ca = base64.b64encode(f.read()).decode()
+        kc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
+            "clusters": [{"name": "standin", "cluster": {
+                "server": "https://%s:%d" % API, "certificate-authority-data": ca}}],
+            "users": [{"name": "mesh", "user": {"tokenFile": token_file}}],
+            "contexts": [{"name": "test", "context": {"cluster": "standin", "user": "mesh"}}],
+        }
+        path = os.path.join(self.dir, "kubeconfig.json")
+        with open(path, "w") as f:
+            json.dump(kc, f)
+        return path
+
+    def start_standin(self):
+        self.standin = self.topo.app.spawn(
+            [sys.executable, STANDIN, "--listen", "%s:%d" % API, "--control", "%s:%d" % CTL,
+             "--cert", os.path.join(self.dir, "srv.pem"), "--key", os.path.join(self.dir, "srv.key"),
+             "--token", self.token, "--state", os.path.join(self.dir, "state.json")],
+            "k8s-standin", stdout_pipe=True)
+        line = self.standin.readline(10)
+        if not line or not line.startswith("READY"):
+            raise sl.HarnessError("stand-in did not start: %r %s" % (line, self.standin.read_stderr()))
+
+    def ctl(self, method, path, body=None):
+        status, _, data = self.topo.app.http(CTL[0], CTL[1], method, path,
+                                             body=json.dumps(body) if body is not None else None)
+        assert status == 200, (path, status, data)
+        return json.loads(data)
+
+    def apply(self, kind, etype, obj):
+        return self.ctl("POST", "/apply", {"kind": kind, "type": etype, "object": obj})
+
+    def stats(self):
+        return self.ctl("GET", "/stats")
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = Env()
+    try:
+        for a in EXTRA:
+            e.topo.remote.ip("addr", "add", a + "/24", "dev", "e-app")
+        e.topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        for i, a in enumerate(EPS):
+            e.procs.append(e.topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
+        e.make_certs()
+        e.token = "standin-token-1"
+        e.token_file = os.path.join(e.dir, "token")
+        with open(e.token_file, "w") as f:
+            f.write(e.token + "\n")
+        os.chmod(e.token_file, 0o644)
+        kubeconfig = e.write_kubeconfig(e.token_file)
+        e.start_standin()
+        e.apply("services", "ADDED", service_obj())
+        e.apply("services", "ADDED", service_obj("other", labels={"app": "other", "mesh": "off"}))
+        e.apply("endpointslices", "ADDED", slice_obj(EPS[:3]))
+        e.daemon = sl.Shuntd(
+            e.topo.app,
+            sl.shuntd_args(**{
+                "service-discovery.type": "kubernetes",
+                "service-discovery.kubernetes.kubeconfig-path": kubeconfig,
+                "service-discovery.kubernetes.label-selector": "mesh!=off",
+            }),
+            env={"SHUNT_K8S_WATCH_TIMEOUT": str(WATCH_TIMEOUT_S)},
+        ).wait_ready()
+        yield e
+    finally:
+        rc = e.daemon.stop() if e.daemon else 0
+        if e.standin:
+            e.standin.stop()
+        for p in e.procs:
+            p.stop()
+        e.topo.delete()
+    # a clean exit: curl handles, memfds and the cache freed (ASan build: no leak report)
+    if e.daemon:
+        assert rc == 0, e.daemon.log_tail()
+        assert "Sanitizer" not in e.daemon.log_text()
+
+
+def web(d):
+    for s in d.json("/endpoints")["services"]:
+        if s["name"] == "web":
+            return s
+    return None
+
+
+def addrs(d, health=None):
+    s = web(d)
+    if not s:
+        return None
+    return sorted(ep["address"] for ep in s["endpoints"] if health is None or ep["health"] == health)
+
+
+def k8s_state(d):
+    """The backend's own state from /debug/cache."""
+    text = json.dumps(d.json("/debug/cache"))
+    cache = d.json("/debug/cache")
+
+    def find(o):
+        if isinstance(o, dict):
+            if o.get("type") == "kubernetes" and isinstance(o.get("state"), dict):
+                return o["state"]
+            for v in o.values():
+                r = find(v)
+                if r:
+                    return r
+        elif isinstance(o, list):
+            for v in o:
+                r = find(v)
+                if r:
+                    return r
+        return None
+
+    st = find(cache)
+    assert st, text
+    return st
+
+
+def served_by(e, n):
+    counts = collections.Counter()
+    for _ in range(n):
+        status, _, body = e.topo.app.http(VIP, 80, "GET", "/")
+        assert status == 200
+        counts[json.loads(body)["server"]] += 1
+    return counts
+
+
+def names(idx):
+    return {"ep%d" % i for i in idx}
+
+
+def scale(e, idx, **kw):
+    e.apply("endpointslices", "MODIFIED", slice_obj([EPS[i] for i in idx], **kw))
+    t0 = time.monotonic()
+    want = sorted(EPS[i] for i in idx)
+    sl.wait_until(lambda: addrs(e.daemon) == want, 10, what="endpoints %s" % want)
+    lat = time.monotonic() - t0
+    # the proxy takes a new snapshot as its route table on its own tick
+    healthy = {"ep%d" % i for i in idx if EPS[i] not in kw.get("terminating", ())
+               and EPS[i] not in kw.get("not_ready", ())}
+    sl.wait_until(lambda: set(served_by(e, 3 * len(healthy))) == healthy, 10,
+                  what="traffic on %s" % sorted(healthy))
+    return lat
+
+
+def test_initial_sync_and_mapping(env):
+    d = env.daemon
+    sl.wait_until(lambda: addrs(d) == sorted(EPS[:3]), 10, what="first sync")
+    s = web(d)
+    assert s["addresses"] == [VIP]
+    assert s["ports"][0]["port"] == 80 and s["ports"][0]["target_port"] == PORT
+    assert s["ports"][0]["protocol"] == "http1"
+    assert all(ep["zone"] == "zone-a" and ep["health"] == "healthy" for ep in s["endpoints"])
+    # the label selector leaves "other" out
+    assert [x["name"] for x in d.json("/endpoints")["services"]] == ["web"]
+    st = k8s_state(d)
+    assert st["credentials"] == "kubeconfig" and st["services"]["objects"] == 1
+    stats = env.stats()
+    assert stats["list"]["services"] >= 1 and stats["list"]["endpointslices"] >= 1
+    assert served_by(env, 9).keys() == names([0, 1, 2])
+
+
+def test_scale_3_5_2(env):
+    lat = [scale(env, range(5))]
+    assert served_by(env, 20).keys() == names(range(5))
+    lat.append(scale(env, [3, 4]))
+    assert served_by(env, 10).keys() == names([3, 4])
+    lat.append(scale(env, range(3)))
+    print("scale propagation seconds:", ["%.3f" % x for x in lat])
+
+
+def test_bookmarks_and_rewatch(env):
+    """Watches are asked for 2 s: the server ends them and shuntd watches
+    again from its resourceVersion (no relist); bookmarks arrive."""
+    before = env.stats()
+    time.sleep(2 * WATCH_TIMEOUT_S + 0.5)
+    after = env.stats()
+    assert after["watch"]["services"] > before["watch"]["services"]
+    assert after["list"] == before["list"]
+    assert k8s_state(env.daemon)["services"]["bookmarks"] >= 1
+
+
+def test_terminating_endpoint_drains(env):
+    d = env.daemon
+    env.apply("endpointslices", "MODIFIED",
+              slice_obj(EPS[:3], terminating=[EPS[2]], not_ready=[EPS[1]]))
+    sl.wait_until(lambda: addrs(d, "draining") == [EPS[2]], 10, what="ep2 draining")
+    assert addrs(d, "unhealthy") == [EPS[1]]
+    sl.wait_until(lambda: set(served_by(env, 4)) == names([0]), 10, what="traffic on ep0 only")
+    assert served_by(env, 10).keys() == names([0])
+    scale(env, range(3))
+    sl.wait_until(lambda: addrs(d, "healthy") == sorted(EPS[:3]), 10, what="all healthy again")
+
+
+def test_bad_json_event_skipped(env):
+    d = env.daemon
+    bad = k8s_state(d)["endpointslices"]["bad_events"]
+    env.ctl("POST", "/inject", {"bad_json": "endpointslices"})
+    scale(env, [0, 1])  # the next event on the same stream still applies
+    st = k8s_state(d)
+    assert st["endpointslices"]["bad_events"] == bad + 1
+    assert [l for l in d.log_lines() if "event skipped" in l.get("msg", "")]
+    scale(env, range(3))
+
+
+def test_gone_event_relists(env):
+    before = env.stats()
+    env.ctl("POST", "/inject", {"gone_event": True})
+    sl.wait_until(
+        lambda: all(env.stats()["list"][k] > before["list"][k] for k in before["list"]),
+        10, what="both resources relisted")
+    assert env.stats()["gone_event"] > before["gone_event"]
+    scale(env, [1, 2])
+    scale(env, range(3))
+
+
+def test_gone_status_relists(env):
+    before = env.stats()
+    env.ctl("POST", "/inject", {"gone_status": True})
+    sl.wait_until(
+        lambda: all(env.stats()["list"][k] > before["list"][k] for k in before["list"]),
+        10, what="both resources relisted after HTTP 410")
+    assert env.stats()["gone_status"] > before["gone_status"]
+    assert k8s_state(env.daemon)["services"]["gone"] >= 1
+    scale(env, [0, 2])
+    scale(env, range(3))
+
+
+def test_silent_stream_reconnects(env):
+    d = env.daemon
+    silent = k8s_state(d)["endpointslices"]["silent"]
+    env.ctl("POST", "/inject", {"silence": True})
+    sl.wait_until(lambda: k8s_state(d)["endpointslices"]["silent"] > silent, 15,
+                  what="silent stream detected")
+    assert [l for l in d.log_lines() if "silent" in l.get("msg", "")]
+    scale(env, [0, 1])
+    scale(env, range(3))
+
+
+def test_api_server_down_keeps_last_endpoints(env):
+    d = env.daemon
+    env.standin.stop(signal.SIGKILL)
+    env.standin = None
+    sl.wait_until(lambda: web(d)["stale"], 10, what="the service stale")
+    assert all(ep["stale"] for ep in web(d)["endpoints"])
+    assert addrs(d, "healthy") == sorted(EPS[:3])  # last health kept
+    assert served_by(env, 9).keys() == names([0, 1, 2])
+    time.sleep(3)  # a few failed reconnects (backoff 1 s, 2 s, ...)
+    assert served_by(env, 3)
+    env.start_standin()
+    sl.wait_until(lambda: not web(d)["stale"], 40, what="resynced after the restart")
+    scale(env, [2, 3, 4])
+    assert served_by(env, 9).keys() == names([2, 3, 4])
+    scale(env, range(3))
+
+
+def test_token_rotation(env):
+    """The server starts accepting only a new token: shuntd gets 401 and
+    goes stale until the token file carries the new token, which it re-reads."""
+    d = env.daemon
+    env.ctl("POST", "/inject", {"token": "standin-token-2"})
+    sl.wait_until(lambda: env.stats()["unauthorized"] > 0, 15, what="a request with the old token")
+    sl.wait_until(lambda: web(d)["stale"], 10, what="stale while refused")
+    assert [l for l in d.log_lines() if "refused the credentials" in l.get("msg", "")]
+    tmp = env.token_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("standin-token-2\n")
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, env.token_file)
+    sl.wait_until(lambda: not web(d)["stale"], 40, what="recovered with the new token")
+    scale(env, [0, 4])
+    scale(env, range(3))
