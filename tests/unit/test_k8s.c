@@ -1,0 +1,394 @@
+/* Kubernetes discovery: list responses and watch events (fixtures written
+ * from the API reference) mapped to registry specs: clusterIPs, ports with
+ * named and numeric targetPorts, appProtocol, UDP left out, endpoint
+ * conditions -> health, zones, slices joined by kubernetes.io/service-name
+ * within a namespace, duplicates across slices, FQDN slices, headless
+ * services; bookmarks, 410 and other ERROR events, bad JSON; and the
+ * backend's credential errors (no cluster, kubeconfig problems). */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "discovery/backend.h"
+#include "discovery/k8s.h"
+#include "discovery/registry.h"
+
+static char *slurp(const char *name, size_t *len)
+{
+        char path[512];
+        snprintf(path, sizeof(path), "%s/k8s/%s", SHUNT_FIXTURES, name);
+        FILE *f = fopen(path, "rb");
+        assert_non_null(f);
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *buf = malloc((size_t)n + 1);
+        assert_non_null(buf);
+        assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+        buf[n] = '\0';
+        fclose(f);
+        *len = (size_t)n;
+        return buf;
+}
+
+static struct k8s_cache *loaded(void)
+{
+        struct k8s_cache *c = k8s_cache_new();
+        assert_non_null(c);
+        char rv[K8S_MAX_RV] = "", err[256];
+        size_t len;
+        char *body = slurp("services.json", &len);
+        assert_int_equal(k8s_cache_list(c, K8S_SERVICES, body, len, rv, err, sizeof(err)), 0);
+        assert_string_equal(rv, "1042");
+        free(body);
+        body = slurp("endpointslices.json", &len);
+        assert_int_equal(k8s_cache_list(c, K8S_SLICES, body, len, rv, err, sizeof(err)), 0);
+        assert_string_equal(rv, "1043");
+        free(body);
+        return c;
+}
+
+static const struct disc_service_spec *spec(const struct disc_service_spec *s, size_t n,
+                                            const char *name)
+{
+        for (size_t i = 0; i < n; i++) {
+                if (strcmp(s[i].name, name) == 0)
+                        return &s[i];
+        }
+        return NULL;
+}
+
+static const struct disc_endpoint_spec *ep(const struct disc_service_spec *s, const char *ip,
+                                           uint16_t port)
+{
+        struct disc_addr a;
+        assert_int_equal(disc_addr_parse(ip, port, &a), 0);
+        for (uint32_t i = 0; i < s->n_endpoints; i++) {
+                if (memcmp(&s->endpoints[i].addr, &a, sizeof(a)) == 0)
+                        return &s->endpoints[i];
+        }
+        return NULL;
+}
+
+static void test_list_mapping(void **state)
+{
+        struct k8s_cache *c = loaded();
+        /* "broken" (clusterIP not an address) is skipped, the rest stays */
+        assert_int_equal(k8s_cache_count(c, K8S_SERVICES), 2);
+        assert_int_equal(k8s_cache_count(c, K8S_SLICES), 6);
+        struct disc_service_spec *svcs;
+        size_t n;
+        assert_int_equal(k8s_cache_build(c, &svcs, &n), 0);
+        assert_int_equal(n, 2);
+        const struct disc_service_spec *web = spec(svcs, n, "web");
+        assert_non_null(web);
+        assert_string_equal(web->ns, "shop");
+        assert_int_equal(web->n_vips, 2);
+        char ip[64];
+        assert_string_equal(disc_addr_ip(&web->vips[0], ip, sizeof(ip)), "10.96.3.7");
+        assert_string_equal(disc_addr_ip(&web->vips[1], ip, sizeof(ip)), "fd00:96::3:7");
+        /* UDP port left out; named targetPort resolved through the slices */
+        assert_int_equal(web->n_ports, 2);
+        assert_string_equal(web->ports[0].name, "http");
+        assert_int_equal(web->ports[0].port, 80);
+        assert_int_equal(web->ports[0].target_port, 8080);
+        assert_int_equal(web->ports[0].proto, PROTO_HTTP1);
+        assert_int_equal(web->ports[1].port, 9090);
+        assert_int_equal(web->ports[1].target_port, 9091);
+        assert_int_equal(web->ports[1].proto, PROTO_HTTP2);
+        /* http: .5 (in two slices, once), .6 .7 .8 .9 and fd00:1::5; grpc: .5-.8 */
+        assert_int_equal(web->n_endpoints, 10);
+        assert_int_equal(ep(web, "10.1.0.5", 8080)->health, DISC_HEALTH_HEALTHY);
+        assert_string_equal(ep(web, "10.1.0.5", 8080)->zone, "eu-west-1a");
+        assert_int_equal(ep(web, "10.1.0.6", 8080)->health, DISC_HEALTH_DRAINING);
+        assert_int_equal(ep(web, "10.1.0.7", 8080)->health, DISC_HEALTH_UNHEALTHY);
+        assert_int_equal(ep(web, "10.1.0.8", 8080)->health, DISC_HEALTH_UNKNOWN);
+        assert_string_equal(ep(web, "10.1.0.9", 8080)->zone, "eu-west-1c");
+        assert_non_null(ep(web, "fd00:1::5", 8080));
+        assert_non_null(ep(web, "10.1.0.6", 9091));
+        assert_null(ep(web, "10.1.0.9", 9091)); /* its slice has no grpc port */
+        assert_null(ep(web, "10.2.0.1", 8080)); /* same service name, other namespace */
+        for (uint32_t i = 0; i < web->n_endpoints; i++)
+                assert_int_equal(web->endpoints[i].weight, DISC_DEFAULT_WEIGHT);
+        const struct disc_service_spec *db = spec(svcs, n, "db");
+        assert_non_null(db);
+        assert_int_equal(db->n_vips, 0); /* headless */
+        assert_int_equal(db->n_ports, 1);
+        assert_int_equal(db->ports[0].target_port, 5432);
+        assert_int_equal(db->ports[0].proto, PROTO_UNKNOWN);
+        assert_int_equal(db->n_endpoints, 1);
+        assert_non_null(ep(db, "10.1.1.1", 5432));
+        /* the specs go into a registry as they are */
+        struct disc_registry *r = disc_registry_new(NULL);
+        int src = disc_source_add(r, "kubernetes", DISC_SOURCE_KUBERNETES);
+        assert_int_equal(disc_registry_replace(r, src, svcs, n), 0);
+        assert_int_equal(disc_registry_publish(r), 0);
+        const struct disc_snapshot *snap = disc_registry_acquire(r);
+        struct disc_addr vip;
+        disc_addr_parse("10.96.3.7", 80, &vip);
+        uint32_t pi;
+        const struct disc_service *s = disc_find_vip(snap, &vip, &pi);
+        assert_non_null(s);
+        assert_string_equal(s->name, "web");
+        assert_int_equal(s->ports[pi].target_port, 8080);
+        disc_snapshot_release(snap);
+        disc_registry_free(r);
+        k8s_specs_free(svcs, n);
+        k8s_cache_free(c);
+}
+
+static enum k8s_event_result ev(struct k8s_cache *c, enum k8s_kind kind, const char *line, char *rv)
+{
+        char err[256];
+        return k8s_cache_event(c, kind, line, strlen(line), rv, err, sizeof(err));
+}
+
+static uint32_t n_eps(struct k8s_cache *c, const char *name)
+{
+        struct disc_service_spec *svcs;
+        size_t n;
+        assert_int_equal(k8s_cache_build(c, &svcs, &n), 0);
+        const struct disc_service_spec *s = spec(svcs, n, name);
+        uint32_t r = s ? s->n_endpoints : UINT32_MAX;
+        k8s_specs_free(svcs, n);
+        return r;
+}
+
+static void test_watch_events(void **state)
+{
+        struct k8s_cache *c = loaded();
+        char rv[K8S_MAX_RV] = "1043";
+        assert_int_equal(n_eps(c, "web"), 10);
+        /* a slice deleted: 10.1.0.9 goes, 10.1.0.5 stays (still in the other slice) */
+        assert_int_equal(
+            ev(c, K8S_SLICES,
+               "{\"type\":\"DELETED\",\"object\":{\"metadata\":{\"name\":\"web-d3e4f\","
+               "\"namespace\":\"shop\",\"resourceVersion\":\"1050\"}}}",
+               rv),
+            K8S_EV_APPLIED);
+        assert_string_equal(rv, "1050");
+        assert_int_equal(n_eps(c, "web"), 9);
+        /* bookmark: only the resourceVersion moves */
+        assert_int_equal(ev(c, K8S_SLICES,
+                            "{\"type\":\"BOOKMARK\",\"object\":{\"kind\":\"EndpointSlice\","
+                            "\"metadata\":{\"resourceVersion\":\"1077\"}}}",
+                            rv),
+                         K8S_EV_BOOKMARK);
+        assert_string_equal(rv, "1077");
+        /* bad JSON and invalid objects: skipped, nothing changes */
+        assert_int_equal(ev(c, K8S_SLICES, "{\"type\":\"MODIFIED\",\"object\":{\"metad", rv),
+                         K8S_EV_BAD);
+        assert_int_equal(ev(c, K8S_SLICES, "[1,2]", rv), K8S_EV_BAD);
+        assert_int_equal(ev(c, K8S_SLICES, "{\"type\":\"SHRUGGED\",\"object\":{}}", rv),
+                         K8S_EV_BAD);
+        assert_int_equal(ev(c, K8S_SERVICES,
+                            "{\"type\":\"MODIFIED\",\"object\":{\"metadata\":{\"name\":\"web\","
+                            "\"namespace\":\"shop\",\"resourceVersion\":\"1090\"},\"spec\":{"
+                            "\"ports\":[{\"port\":70000}]}}}",
+                            rv),
+                         K8S_EV_BAD);
+        assert_string_equal(rv, "1077");
+        assert_int_equal(n_eps(c, "web"), 9);
+        /* a service added, then its slice */
+        assert_int_equal(ev(c, K8S_SERVICES,
+                            "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"api\","
+                            "\"namespace\":\"shop\",\"resourceVersion\":\"1100\"},\"spec\":{"
+                            "\"clusterIP\":\"10.96.3.9\",\"ports\":[{\"name\":\"h\",\"port\":80,"
+                            "\"targetPort\":8000,\"appProtocol\":\"grpc\"}]}}}",
+                            rv),
+                         K8S_EV_APPLIED);
+        assert_int_equal(n_eps(c, "api"), 0);
+        assert_int_equal(ev(c, K8S_SLICES,
+                            "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"api-1\","
+                            "\"namespace\":\"shop\",\"resourceVersion\":\"1101\",\"labels\":{"
+                            "\"kubernetes.io/service-name\":\"api\"}},\"addressType\":\"IPv4\","
+                            "\"endpoints\":[{\"addresses\":[\"10.3.0.1\"],\"conditions\":{"
+                            "\"ready\":true}},{\"addresses\":[\"10.3.0.2\"],\"conditions\":{"
+                            "\"ready\":true}}],\"ports\":[{\"name\":\"h\",\"port\":8000}]}}",
+                            rv),
+                         K8S_EV_APPLIED);
+        assert_string_equal(rv, "1101");
+        assert_int_equal(n_eps(c, "api"), 2);
+        /* the slice's port number is the resolved one and wins over the
+         * Service's numeric targetPort */
+        assert_int_equal(ev(c, K8S_SLICES,
+                            "{\"type\":\"MODIFIED\",\"object\":{\"metadata\":{\"name\":\"api-1\","
+                            "\"namespace\":\"shop\",\"resourceVersion\":\"1102\",\"labels\":{"
+                            "\"kubernetes.io/service-name\":\"api\"}},\"addressType\":\"IPv4\","
+                            "\"endpoints\":[{\"addresses\":[\"10.3.0.1\"]}],\"ports\":[{\"name\":"
+                            "\"h\",\"port\":8001}]}}",
+                            rv),
+                         K8S_EV_APPLIED);
+        assert_int_equal(n_eps(c, "api"), 1);
+        /* the service deleted */
+        assert_int_equal(ev(c, K8S_SERVICES,
+                            "{\"type\":\"DELETED\",\"object\":{\"metadata\":{\"name\":\"api\","
+                            "\"namespace\":\"shop\",\"resourceVersion\":\"1103\"}}}",
+                            rv),
+                         K8S_EV_APPLIED);
+        assert_int_equal(n_eps(c, "api"), UINT32_MAX);
+        /* ERROR events: 410 means relist, anything else reconnect */
+        assert_int_equal(ev(c, K8S_SERVICES,
+                            "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"status\":"
+                            "\"Failure\",\"message\":\"too old resource version: 1 (1103)\","
+                            "\"reason\":\"Expired\",\"code\":410}}",
+                            rv),
+                         K8S_EV_GONE);
+        assert_int_equal(ev(c, K8S_SERVICES,
+                            "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":500}}",
+                            rv),
+                         K8S_EV_ERROR);
+        k8s_cache_free(c);
+}
+
+static void test_list_errors(void **state)
+{
+        struct k8s_cache *c = loaded();
+        char rv[K8S_MAX_RV] = "7", err[256];
+        const char *bad[] = {"not json", "{\"items\":[]}", "{\"metadata\":{}}",
+                             "{\"metadata\":{\"resourceVersion\":\"5\"},\"items\":{}}"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                assert_int_equal(
+                    k8s_cache_list(c, K8S_SERVICES, bad[i], strlen(bad[i]), rv, err, sizeof(err)),
+                    -EINVAL);
+                assert_non_null(strstr(err, "services list"));
+        }
+        assert_string_equal(rv, "7");
+        assert_int_equal(k8s_cache_count(c, K8S_SERVICES), 2); /* unchanged */
+        /* an empty list replaces everything */
+        const char *empty = "{\"kind\":\"ServiceList\",\"metadata\":{\"resourceVersion\":\"9\"},"
+                            "\"items\":[]}";
+        assert_int_equal(
+            k8s_cache_list(c, K8S_SERVICES, empty, strlen(empty), rv, err, sizeof(err)), 0);
+        assert_string_equal(rv, "9");
+        assert_int_equal(k8s_cache_count(c, K8S_SERVICES), 0);
+        k8s_cache_free(c);
+}
+
+static void test_app_protocol(void **state)
+{
+        assert_int_equal(k8s_app_protocol(NULL), PROTO_UNKNOWN);
+        assert_int_equal(k8s_app_protocol("HTTP"), PROTO_HTTP1);
+        assert_int_equal(k8s_app_protocol("kubernetes.io/h2c"), PROTO_HTTP2);
+        assert_int_equal(k8s_app_protocol("grpc"), PROTO_GRPC);
+        assert_int_equal(k8s_app_protocol("https"), PROTO_TLS);
+        assert_int_equal(k8s_app_protocol("kubernetes.io/ws"), PROTO_UNKNOWN);
+}
+
+/* ---- backend creation: credentials ------------------------------------------- */
+
+static int create(const char *kubeconfig, char *err, size_t errlen)
+{
+        struct shunt_config *cfg = calloc(1, sizeof(*cfg));
+        assert_non_null(cfg);
+        snprintf(cfg->sd_type, sizeof(cfg->sd_type), "kubernetes");
+        snprintf(cfg->k8s_kubeconfig, sizeof(cfg->k8s_kubeconfig), "%s", kubeconfig);
+        snprintf(cfg->k8s_namespace, sizeof(cfg->k8s_namespace), "default");
+        struct disc_registry *r = disc_registry_new(NULL);
+        struct disc_backend *b = NULL;
+        int rc = disc_backend_new(r, cfg, &b, err, errlen);
+        if (rc == 0) {
+                struct strbuf sb;
+                strbuf_init(&sb);
+                disc_backend_render(b, &sb);
+                assert_non_null(strstr(sb.data, "\"type\":\"kubernetes\""));
+                assert_non_null(strstr(sb.data, "\"credentials\":\"kubeconfig\""));
+                assert_non_null(strstr(sb.data, "https://10.0.0.1:6443"));
+                strbuf_free(&sb);
+                disc_backend_free(b);
+        }
+        disc_registry_free(r);
+        free(cfg);
+        return rc;
+}
+
+static void write_file(const char *path, const char *text)
+{
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(text, f);
+        fclose(f);
+}
+
+static void test_credentials(void **state)
+{
+        char err[512];
+        unsetenv("KUBERNETES_SERVICE_HOST");
+        assert_int_equal(create("", err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "KUBERNETES_SERVICE_HOST"));
+        assert_int_equal(create("/nonexistent/kubeconfig", err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "/nonexistent/kubeconfig"));
+        char dir[] = "/tmp/shunt-k8s-unit-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        char path[256];
+        snprintf(path, sizeof(path), "%s/kubeconfig", dir);
+        write_file(path, "{\"clusters\":[]}");
+        assert_int_equal(create(path, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "current-context"));
+        write_file(path, "{\"current-context\":\"c\",\"contexts\":[{\"name\":\"c\",\"context\":{"
+                         "\"cluster\":\"k\",\"user\":\"u\"}}],\"clusters\":[{\"name\":\"k\","
+                         "\"cluster\":{\"server\":\"https://10.0.0.1:6443\","
+                         "\"certificate-authority-data\":\"bm90IGEgY2VydA==\"}}],\"users\":[{"
+                         "\"name\":\"u\",\"user\":{\"token\":\"abc\"}}]}");
+        assert_int_equal(create(path, err, sizeof(err)), 0);
+        write_file(path, "{\"current-context\":\"c\",\"contexts\":[{\"name\":\"c\",\"context\":{"
+                         "\"cluster\":\"k\",\"user\":\"u\"}}],\"clusters\":[{\"name\":\"k\","
+                         "\"cluster\":{\"server\":\"https://10.0.0.1:6443\","
+                         "\"certificate-authority-data\":\"%%%\"}}]}");
+        assert_int_equal(create(path, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "base64"));
+        write_file(path, "{\"current-context\":\"c\",\"contexts\":[{\"name\":\"c\",\"context\":{"
+                         "\"cluster\":\"k\",\"user\":\"u\"}}],\"clusters\":[{\"name\":\"k\","
+                         "\"cluster\":{\"server\":\"https://10.0.0.1:6443\"}}],\"users\":[{"
+                         "\"name\":\"u\",\"user\":{\"client-certificate\":\"c.pem\"}}]}");
+        assert_int_equal(create(path, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "together"));
+        /* the usual YAML form */
+        write_file(path, "apiVersion: v1\n"
+                         "kind: Config\n"
+                         "current-context: c\n"
+                         "clusters:\n"
+                         "- name: k\n"
+                         "  cluster:\n"
+                         "    server: https://10.0.0.1:6443\n"
+                         "    insecure-skip-tls-verify: true\n"
+                         "contexts:\n"
+                         "- name: c\n"
+                         "  context: {cluster: k, user: u}\n"
+                         "users:\n"
+                         "- name: u\n"
+                         "  user:\n"
+                         "    token: \"abc\"\n");
+#ifdef SHUNT_HAVE_YAML
+        assert_int_equal(create(path, err, sizeof(err)), 0);
+        write_file(path, "current-context: [unclosed\n");
+        assert_int_equal(create(path, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "line"));
+#else
+        assert_int_equal(create(path, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "libyaml"));
+#endif
+        unlink(path);
+        rmdir(dir);
+}
+
+int main(void)
+{
+        log_set_level(LOG_ERROR);
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_list_mapping), cmocka_unit_test(test_watch_events),
+            cmocka_unit_test(test_list_errors),  cmocka_unit_test(test_app_protocol),
+            cmocka_unit_test(test_credentials),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
