@@ -108,6 +108,19 @@ def shunt_mtls_supported(shuntd):
     return False
 
 _procs = []  # live Proc objects
+# (client namespace, cgroup path): every process started in the client pod
+# runs in the pod's cgroup, where eBPF capture attaches (set in main()).
+POD_CGROUP = [None, None]
+
+
+def in_pod(ns, argv):
+    """argv run in namespace ns; in the client pod, inside its cgroup (a shell
+    writes its pid into cgroup.procs and execs argv, so the pid stays)."""
+    if ns is None:
+        return list(argv)
+    if ns == POD_CGROUP[0] and POD_CGROUP[1]:
+        argv = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', POD_CGROUP[1]] + list(argv)
+    return ["ip", "netns", "exec", ns] + list(argv)
 
 
 class BenchError(Exception):
@@ -125,9 +138,9 @@ class Proc:
     def __init__(self, ns, argv, name, workdir, stdout_pipe=False, stdin_pipe=False):
         self.name = name
         self.err_path = os.path.join(workdir, name + ".err")
-        self._err = open(self.err_path, "ab")
+        self._err = open(self.err_path, "wb")
         self.popen = subprocess.Popen(
-            ["ip", "netns", "exec", ns] + list(argv),
+            in_pod(ns, argv),
             stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdout_pipe else subprocess.DEVNULL,
             stderr=self._err,
@@ -184,7 +197,7 @@ def stop_all():
 
 def run(ns, argv, timeout):
     """Runs a command in a namespace; returns stdout. Raises on failure."""
-    full = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+    full = in_pod(ns, argv)
     try:
         p = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -318,6 +331,8 @@ class Contender:
                 e.shuntd, "--redirect", mode, "--workers", "2", "--log-level", "warn",
                 "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s",
             ]
+            if mode == "ebpf":
+                argv += ["--redirect-cgroup", e.cgroup, "--bpf-pin-root", e.pins]
             self.proc = Proc(e.cli, argv, n, e.work)
             self.procs = [self.proc]
 
@@ -692,7 +707,10 @@ def main():
     ap.add_argument("--shuntd", required=True)
     ap.add_argument("--rr", required=True)
     ap.add_argument("--command", default="")
+    ap.add_argument("--cgroup", default="")
+    ap.add_argument("--pins", default="")
     env = ap.parse_args()
+    POD_CGROUP[:] = [env.cli, env.cgroup or None]
 
     if env.quick:
         env.p = {"reps": 3, "rr_count": 3000, "bulk_s": 1, "http_s": 2, "conn_count": 1000,
@@ -751,6 +769,9 @@ def main():
         "versions": tool_versions(env),
         "topology": __doc__.split("Topology:", 1)[1].strip(),
         "notes": [
+            "Every process in the client pod (load generators and proxies) runs in the "
+            "pod's cgroup; shunt-ebpf attaches its programs there (cgroup/connect4, "
+            "sockops, sk_msg shortcut between the client and shuntd).",
             "shuntd runs with --workers 2 --log-level warn (its per-connection access log is "
             "info level, so it is off), HAProxy with nbthread 2 and no log, nginx with "
             "worker_processes 2 and access_log off.",

@@ -82,7 +82,32 @@ SHUNTD="$BUILD/shuntd"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-# Namespaces of earlier runs that were killed with SIGKILL.
+# cgroup and bpffs of a run (eBPF capture attaches to the client pod's
+# cgroup). `ip netns exec` remounts /sys, hiding the host's cgroup2 and bpffs,
+# so both are mounted under /run where every namespace sees them.
+remove_cgroup() { # $1 = run pid
+	local cg="/run/shunt-b-$1-cg" bpf="/run/shunt-b-$1-bpf" p i
+	if [ -d "$cg/shunt-b-$1-app" ]; then
+		for p in $(cat "$cg/shunt-b-$1-app/cgroup.procs" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+		for i in $(seq 1 50); do
+			[ -z "$(cat "$cg/shunt-b-$1-app/cgroup.procs" 2>/dev/null)" ] && break
+			sleep 0.1
+		done
+		rmdir "$cg/shunt-b-$1-app" 2>/dev/null || true
+	fi
+	if [ -d "$bpf/shunt" ]; then
+		rm -f -- "$bpf"/shunt/* 2>/dev/null || true
+		rmdir "$bpf/shunt" 2>/dev/null || true
+	fi
+	for d in "$cg" "$bpf"; do
+		if [ -d "$d" ]; then
+			mountpoint -q "$d" && umount -l "$d"
+			rmdir "$d" 2>/dev/null || true
+		fi
+	done
+}
+
+# Namespaces and cgroups of earlier runs that were killed with SIGKILL.
 for ns in $(ip netns list | awk '{print $1}' | grep '^shunt-b-' || true); do
 	pid=${ns#shunt-b-}
 	pid=${pid%%-*}
@@ -90,6 +115,12 @@ for ns in $(ip netns list | awk '{print $1}' | grep '^shunt-b-' || true); do
 		for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
 		ip netns del "$ns" 2>/dev/null || true
 	fi
+done
+for d in /run/shunt-b-*-cg; do
+	[ -d "$d" ] || continue
+	pid=${d#/run/shunt-b-}
+	pid=${pid%%-*}
+	kill -0 "$pid" 2>/dev/null || remove_cgroup "$pid"
 done
 
 CLI="shunt-b-$$-cli"
@@ -114,12 +145,20 @@ cleanup() {
 			ip netns del "$ns" 2>/dev/null || true
 		fi
 	done
+	remove_cgroup $$
 	rm -rf -- "$WORK"
 	exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+CGROOT="/run/shunt-b-$$-cg"
+BPFFS="/run/shunt-b-$$-bpf"
+mkdir "$CGROOT" "$BPFFS"
+mount -t cgroup2 cgroup2 "$CGROOT"
+mount -t bpf bpf "$BPFFS"
+mkdir "$CGROOT/shunt-b-$$-app"
 
 ip netns add "$CLI"
 ip netns add "$SRV"
@@ -154,6 +193,7 @@ cc -O2 -std=gnu11 -Wall -Wextra -Werror -Wshadow -o "$WORK/rr" "$HERE/rr.c"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 CMDLINE="bench/run.sh${PASS[*]:+ ${PASS[*]}}"
 python3 "$HERE/bench.py" "${PASS[@]}" --out "$OUT" --stamp "$STAMP" --work "$WORK" \
-	--cli "$CLI" --srv "$SRV" --shuntd "$SHUNTD" --rr "$WORK/rr" --command "$CMDLINE"
+	--cli "$CLI" --srv "$SRV" --shuntd "$SHUNTD" --rr "$WORK/rr" --command "$CMDLINE" \
+	--cgroup "$CGROOT/shunt-b-$$-app" --pins "$BPFFS/shunt"
 python3 "$HERE/report.py" "$OUT/$STAMP.json"
 echo "run.sh: report $OUT/$STAMP.md"
