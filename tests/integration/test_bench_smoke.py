@@ -46,7 +46,9 @@ def bench(args, timeout=150):
 
 def leftovers(pid):
     names = sl.run(["ip", "netns", "list"]).stdout
-    return [l.split()[0] for l in names.splitlines() if l.startswith("shunt-b-%d-" % pid)]
+    left = [l.split()[0] for l in names.splitlines() if l.startswith("shunt-b-%d-" % pid)]
+    left += [d for d in ("/run/shunt-b-%d-cg" % pid, "/run/shunt-b-%d-bpf" % pid) if os.path.exists(d)]
+    return left
 
 
 def test_quick_one_scenario():
@@ -56,7 +58,7 @@ def test_quick_one_scenario():
         ["--quick", "--scenario", "rr-64", "--contenders", "direct,shunt-iptables,shunt-ebpf", "--reps", "1"]
     )
     assert rc == 0, "run.sh failed (%d):\n%s\n%s" % (rc, stdout[-2000:], stderr[-3000:])
-    assert leftovers(pid) == [], "namespaces left behind"
+    assert leftovers(pid) == [], "namespaces or cgroup mounts left behind"
 
     jsons = [f for f in os.listdir(out) if f.endswith(".json")]
     assert len(jsons) == 1, os.listdir(out)
