@@ -367,7 +367,11 @@ int shunt_sockops(struct bpf_sock_ops *skops)
                 bpf_map_delete_elem(&shunt_orig_by_cookie, &cookie);
                 if (sockops_tuple(skops, &t) < 0)
                         break;
+                /* Both directions' flags: the other end may not be watched
+                 * (shuntd's listener outside the cgroup). */
                 bpf_map_delete_elem(&shunt_shortcut_off, &t);
+                swap_tuple(&t, &peer);
+                bpf_map_delete_elem(&shunt_shortcut_off, &peer);
                 /* The 4-tuple entry lives until the accepting side closes
                  * (or the daemon consumes it): the application may close
                  * before shuntd has accepted. */

@@ -366,28 +366,28 @@ def test_maps_decoded(topo, shuntd):
 
 
 # Connects (captured), prints its local port, waits for the go file, then
-# echoes N bytes through the echo peer with a reader thread, prints a result.
+# echoes N bytes through the echo peer, prints a result.
 TRANSFER = r"""
-import json, os, socket, sys, threading, time
+import json, os, socket, sys, time
 host, port, go, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 s = socket.create_connection((host, port), timeout=20)
 print(json.dumps({"local": list(s.getsockname()[:2])}), flush=True)
 deadline = time.time() + 20
 while not os.path.exists(go) and time.time() < deadline:
     time.sleep(0.02)
+# 32 KiB at a time, each echoed before the next: shuntd's 64 KiB client
+# buffer never fills, so the shortcut stays on (see the slow reader test).
 payload = bytes(range(256)) * (n // 256)
 got = bytearray()
-def reader():
-    while len(got) < len(payload):
-        b = s.recv(1 << 16)
+for i in range(0, len(payload), 32768):
+    part = payload[i:i + 32768]
+    s.sendall(part)
+    want = len(got) + len(part)
+    while len(got) < want:
+        b = s.recv(want - len(got))
         if not b:
             break
         got.extend(b)
-t = threading.Thread(target=reader)
-t.start()
-for i in range(0, len(payload), 65536):
-    s.sendall(payload[i:i + 65536])
-t.join(20)
 print(json.dumps({"ok": bytes(got) == payload, "len": len(got)}), flush=True)
 """
 
@@ -480,6 +480,87 @@ def test_shortcut_skips_loopback_tcp(topo, shuntd):
     # The flags went away with the connection.
     sl.wait_until(lambda: shuntd.json("/maps")["maps"]["shortcut_off"]["entries"] == 0, 5,
                   what="shortcut_off emptied on close")
+
+
+# Pushes as fast as it can for 2.5 s (non-blocking) to a server that stalls,
+# reports how far it got, waits for the go file, sends the rest and checks
+# the server's "<length> <sha256>" reply.
+PUSHER = r"""
+import hashlib, json, os, socket, sys, time
+host, port, go, total = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+s = socket.create_connection((host, port), timeout=10)
+chunk = os.urandom(1 << 20)
+h = hashlib.sha256()
+sent = 0
+s.setblocking(False)
+deadline = time.monotonic() + 2.5
+while sent < total and time.monotonic() < deadline:
+    try:
+        n = s.send(chunk[:min(len(chunk), total - sent)])
+        h.update(chunk[:n])
+        sent += n
+    except BlockingIOError:
+        time.sleep(0.01)
+print(json.dumps({"held_back": sent, "local": list(s.getsockname()[:2])}), flush=True)
+end = time.monotonic() + 20
+while not os.path.exists(go) and time.monotonic() < end:
+    time.sleep(0.02)
+s.setblocking(True)
+s.settimeout(30)
+while sent < total:
+    n = s.send(chunk[:min(len(chunk), total - sent)])
+    h.update(chunk[:n])
+    sent += n
+s.shutdown(socket.SHUT_WR)
+reply = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    reply += b
+print(json.dumps({"ok": reply == ("%d %s\n" % (total, h.hexdigest())).encode(),
+                  "reply": reply.decode(errors="replace")}), flush=True)
+"""
+
+
+def test_slow_reader_turns_the_shortcut_off(topo, shuntd):
+    """Pitfall 1: an upstream that reads nothing fills shuntd's client buffer;
+    shuntd then turns the shortcut off for that connection, so the
+    application is held back by TCP instead of queueing everything into
+    shuntd's socket. Every byte still arrives in order, and the flag goes
+    away with the connection."""
+    total = 64 * 1024 * 1024
+    stall = topo.remote.spawn_peer("stall", "stall-ebpf", ["%s:7300" % T.REMOTE4],
+                                   extra=["--stall", "4"])
+    go = os.path.join(sl.tmpdir(), "pusher.go")
+    proc = None
+    try:
+        before = bpf_counters()
+        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
+                sys.executable, "-c", PUSHER, T.REMOTE4, "7300", go, str(total)]
+        proc = topo.app.spawn(wrap, "pusher", stdout_pipe=True)
+        line = proc.readline(15)
+        assert line, proc.read_stderr()
+        first = json.loads(line)
+        assert first["held_back"] < total, "the application was never held back"
+        stalled = bpf_counters()
+        # The flag is set for both directions of this connection.
+        app = "%s:%d" % tuple(first["local"])
+        off = shuntd.json("/maps")["maps"]["shortcut_off"]
+        assert any(i["local"] == app for i in off["items"]), off
+        assert stalled["shortcut_off"] > before["shortcut_off"], stalled
+        assert stalled["shortcut_bytes"] > before["shortcut_bytes"]  # it was on at first
+        open(go, "w").close()
+        line = proc.readline(60)
+        assert line, proc.read_stderr()
+        res = json.loads(line)
+        assert res["ok"], res
+    finally:
+        if proc:
+            proc.stop()
+        stall.stop()
+    sl.wait_until(lambda: shuntd.json("/maps")["maps"]["shortcut_off"]["entries"] == 0, 5,
+                  what="shortcut_off emptied")
 
 
 def test_outside_cgroup_not_captured(topo, shuntd):

@@ -31,10 +31,19 @@ static int sockaddr_equal(const struct sockaddr_storage *a, const struct sockadd
 }
 
 static struct bpfcap *bpf_capture;
+bool origdst_shortcut_enabled;
 
 void origdst_use_bpf(struct bpfcap *b)
 {
         bpf_capture = b;
+        origdst_shortcut_enabled = b != NULL;
+}
+
+int origdst_shortcut_set(int fd, bool on)
+{
+        if (!bpf_capture)
+                return -ENOTSUP;
+        return bpfcap_shortcut_set(bpf_capture, fd, on);
 }
 
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,

@@ -6,6 +6,7 @@
 #ifndef SHUNT_INTERCEPT_ORIGDST_H
 #define SHUNT_INTERCEPT_ORIGDST_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
 struct bpfcap;
@@ -25,6 +26,24 @@ enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
  * from the kernel as above. NULL returns to the kernel only.
  * Set before the workers start; b must outlive them. */
 void origdst_use_bpf(struct bpfcap *b);
+
+/* Pitfall 1 (DESIGN.md): bytes an application sends over the sk_msg
+ * shortcut land in shuntd's socket with no flow control. When the relay
+ * stops reading a connection because its buffer is full it turns the
+ * shortcut off for that connection, both directions, for the rest of its
+ * life: the application's sends then take TCP, whose window holds it back.
+ * It is not turned on again: bytes still in TCP (the sender's write queue,
+ * our receive queue) would be overtaken by redirected ones, which the
+ * integration tests caught as corrupted streams.
+ * origdst_shortcut_active() is the cheap test for the hot path: true only in
+ * eBPF mode. origdst_shortcut_set: 0 or negative errno (-ENOTSUP outside
+ * eBPF mode). */
+extern bool origdst_shortcut_enabled;
+static inline bool origdst_shortcut_active(void)
+{
+        return origdst_shortcut_enabled;
+}
+int origdst_shortcut_set(int fd, bool on);
 
 /* Start-up self-test: proves the running kernel can answer SO_ORIGINAL_DST
  * (conntrack loaded, the nat table present). On failure fills why with what

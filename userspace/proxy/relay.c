@@ -64,6 +64,7 @@ struct conn {
         struct sockaddr_storage client_addr, orig_dst, upstream;
         struct route_use route; /* the service endpoint, when routed */
         uint8_t connect_attempts;
+        bool shortcut_off; /* eBPF shortcut turned off: c2u was full (pitfall 1) */
         char sni[256];
 };
 
@@ -138,12 +139,11 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
                 struct linger lg = {.l_onoff = 1, .l_linger = 0};
                 setsockopt(c->cli.io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         }
-        loop_io_del(loop, &c->cli.io);
+        /* close() also drops the epoll registrations (nothing dup()s these
+         * sockets), so no epoll_ctl is spent on them. */
         close(c->cli.io.fd);
-        if (c->up.io.fd >= 0) {
-                loop_io_del(loop, &c->up.io);
+        if (c->up.io.fd >= 0)
                 close(c->up.io.fd);
-        }
         half_give_buf(w, &c->c2u);
         half_give_buf(w, &c->u2c);
         c->closed = true;
@@ -202,6 +202,9 @@ static int sniff_step(struct conn *c)
         while (c->cli.readable && !h->eof && h->len < h->cap) {
                 ssize_t n = recv(c->cli.io.fd, h->buf + h->len, h->cap - h->len, 0);
                 if (n > 0) {
+                        /* A short read drained the socket, unless a FIN waits. */
+                        if ((uint32_t)n < h->cap - h->len && !c->cli.rdhup)
+                                c->cli.readable = false;
                         h->len += (uint32_t)n;
                 } else if (n == 0) {
                         h->eof = true;
@@ -280,6 +283,15 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                         }
                 }
         } while (progress);
+
+        /* eBPF mode, the application's bytes: once we cannot keep up (a full
+         * buffer) the connection leaves the shortcut for TCP's flow control. */
+        if (origdst_shortcut_active() && !c->shortcut_off && h == &c->c2u &&
+            c->dir == DIR_OUTBOUND && h->buf && h->len == h->cap &&
+            origdst_shortcut_set(src->io.fd, false) == 0) {
+                c->shortcut_off = true;
+                log_debug("relay", c->id, "client buffer full: shortcut off for this connection");
+        }
 
         if (h->len == h->off) {
                 half_give_buf(c->w, h);
@@ -502,8 +514,7 @@ static void connect_failed(struct conn *c, enum conn_reason reason, const char *
                  sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)), route_service_name(&c->route),
                  what);
         if (c->up.io.fd >= 0) {
-                loop_io_del(c->w->loop, &c->up.io);
-                close(c->up.io.fd);
+                close(c->up.io.fd); /* leaves epoll with it */
                 c->up.io.fd = -1;
         }
         route_report(&c->route, &c->upstream, false);
@@ -620,8 +631,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         w->conns = c;
         stat_add(&w->stats, c->dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
 
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* TCP_NODELAY comes from the listener. */
         if (c->route.declared != PROTO_UNKNOWN)
                 sniff_finish(c, c->route.declared, NULL); /* declared: no sniffing */
         else
