@@ -30,20 +30,21 @@ CTL = ("127.0.0.1", 16444)
 WATCH_TIMEOUT_S = 2  # shuntd asks for 2 s watches: a stream silent for 4 s is dead
 
 
-def service_obj(name="web", labels=None):
+def service_obj(name="web", labels=None, ns="default", vip=VIP):
     return {
-        "metadata": {"name": name, "namespace": "default", "labels": labels or {"app": name}},
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {"app": name}},
         "spec": {
             "type": "ClusterIP",
-            "clusterIP": VIP,
-            "clusterIPs": [VIP],
+            "clusterIP": vip,
+            "clusterIPs": [vip],
             "ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP",
                        "appProtocol": "http"}],
         },
     }
 
 
-def slice_obj(addrs, terminating=(), not_ready=(), name="web-abcde", zone="zone-a"):
+def slice_obj(addrs, terminating=(), not_ready=(), name="web-abcde", zone="zone-a", svc="web",
+              ns="default"):
     eps = []
     for a in addrs:
         term = a in terminating
@@ -55,8 +56,8 @@ def slice_obj(addrs, terminating=(), not_ready=(), name="web-abcde", zone="zone-
             "targetRef": {"kind": "Pod", "name": "pod-" + a.replace(".", "-")},
         })
     return {
-        "metadata": {"name": name, "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "web",
+        "metadata": {"name": name, "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": svc,
                                 "endpointslice.kubernetes.io/managed-by": "standin"}},
         "addressType": "IPv4",
         "endpoints": eps,
@@ -69,8 +70,8 @@ def openssl(*args):
 
 
 class Env:
-    def __init__(self):
-        self.topo = T()
+    def __init__(self, topo=None):
+        self.topo = topo or T()
         self.procs = []
         self.standin = None
         self.daemon = None
@@ -365,3 +366,53 @@ def test_token_rotation(env):
     sl.wait_until(lambda: not web(d)["stale"], 40, what="recovered with the new token")
     scale(env, [0, 4])
     scale(env, range(3))
+
+
+def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
+    """KUBERNETES_SERVICE_HOST/PORT and a service-account directory (token,
+    ca.crt); namespace "*" watches every namespace."""
+    e = Env(fresh_topo)
+    peer = None
+    try:
+        e.make_certs()
+        sa = os.path.join(e.dir, "serviceaccount")
+        os.mkdir(sa)
+        with open(os.path.join(e.dir, "ca.pem")) as src, open(os.path.join(sa, "ca.crt"), "w") as dst:
+            dst.write(src.read())
+        e.token = "in-cluster-token"
+        with open(os.path.join(sa, "token"), "w") as f:
+            f.write(e.token)
+        for n in ("ca.crt", "token"):
+            os.chmod(os.path.join(sa, n), 0o644)
+        os.chmod(sa, 0o755)
+        e.start_standin()
+        e.topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        peer = e.topo.remote.spawn_peer("http", "ep0", ["%s:%d" % (T.REMOTE4, PORT)])
+        e.apply("services", "ADDED", service_obj())
+        e.apply("services", "ADDED", service_obj("api", ns="team-b", vip="10.96.0.21"))
+        e.apply("endpointslices", "ADDED", slice_obj([T.REMOTE4]))
+        e.apply("endpointslices", "ADDED",
+                slice_obj([T.REMOTE4], name="api-1", svc="api", ns="team-b"))
+        d = start_shuntd(
+            e.topo.app,
+            sl.shuntd_args(**{"service-discovery.type": "kubernetes",
+                              "service-discovery.kubernetes.namespace": "*"}),
+            env={"KUBERNETES_SERVICE_HOST": API[0], "KUBERNETES_SERVICE_PORT": str(API[1]),
+                 "SHUNT_K8S_SERVICEACCOUNT_DIR": sa, "KUBECONFIG_PATH": ""},
+        )
+
+        def services():
+            return sorted((s["namespace"], s["name"], len(s["endpoints"]))
+                          for s in d.json("/endpoints")["services"])
+
+        sl.wait_until(lambda: services() == [("default", "web", 1), ("team-b", "api", 1)], 10,
+                      what="both namespaces")
+        st = k8s_state(d)
+        assert st["credentials"] == "in-cluster" and st["namespace"] == ""
+        status, _, body = e.topo.app.http("10.96.0.21", 80, "GET", "/")
+        assert status == 200 and json.loads(body)["server"] == "ep0"
+    finally:
+        if e.standin:
+            e.standin.stop()
+        if peer:
+            peer.stop()

@@ -34,9 +34,10 @@
 #define K8S_LIST_TIMEOUT_MS 60000
 #define K8S_TICK_MS         500
 #define K8S_DEFAULT_SA_DIR  "/var/run/secrets/kubernetes.io/serviceaccount"
-#define K8S_MIN_WATCH_MS                                                                           \
-        1000 /* a watch that ends sooner with nothing received counts as failed                    \
-              */
+#define K8S_KEEP_BUF        (1u << 20)
+#define K8S_KEEPALIVE_S     30L
+/* A watch that ends sooner than this with nothing received counts as failed. */
+#define K8S_MIN_WATCH_MS 1000
 
 enum wstate { W_IDLE = 0, W_LIST, W_WATCH, W_BACKOFF };
 
@@ -551,6 +552,11 @@ static void release_easy(struct k8s_watch *w)
         curl_slist_free_all(w->hdrs);
         w->hdrs = NULL;
         w->len = 0;
+        if (w->cap > K8S_KEEP_BUF) { /* a big list is not kept around */
+                free(w->buf);
+                w->buf = NULL;
+                w->cap = 0;
+        }
 }
 
 static void retry_cb(struct loop *loop, struct loop_timer *t)
@@ -852,6 +858,8 @@ static void start(struct k8s_watch *w)
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)K8S_CONNECT_MS);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, K8S_KEEPALIVE_S);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, K8S_KEEPALIVE_S / 3);
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
         if (!watch)
                 curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)K8S_LIST_TIMEOUT_MS);

@@ -11,7 +11,7 @@
  *
  * Tuning from the environment (until config keys exist):
  *   SHUNT_K8S_WATCH_TIMEOUT   seconds asked of the server per watch
- *                             (timeoutSeconds, default 300, 1..3600); a
+ *                             (timeoutSeconds, default 60, 1..3600); a
  *                             stream silent for twice that is reconnected
  *   SHUNT_K8S_SERVICEACCOUNT_DIR  in-cluster credentials directory (default
  *                             /var/run/secrets/kubernetes.io/serviceaccount) */
@@ -28,7 +28,7 @@
 #define K8S_MAX_RV              128  /* resourceVersion (incl. NUL) */
 #define K8S_MAX_LIST_BYTES      (256u << 20)
 #define K8S_MAX_EVENT_BYTES     (16u << 20)
-#define K8S_DEFAULT_WATCH_S     300
+#define K8S_DEFAULT_WATCH_S     60
 #define K8S_BACKOFF_MIN_MS      1000
 #define K8S_BACKOFF_MAX_MS      30000
 
