@@ -1,0 +1,411 @@
+#!/usr/bin/env python3
+"""A stand-in for a Consul agent's HTTP API, for shunt's integration tests.
+
+Written from Consul's documented wire behaviour (HTTP API: catalog, health,
+blocking queries, ACL tokens), not from its code. It serves:
+
+  GET /v1/catalog/services        {"name": [tags...], ...}
+  GET /v1/health/service/<name>   [{"Node": {...}, "Service": {...}, "Checks": [...]}]
+
+Both are blocking endpoints: every answer carries X-Consul-Index; with
+?index=N (N > 0) the request hangs while the resource's index is still N or
+lower, until it changes (answered at once) or the wait runs out (answered
+with the same index: nothing changed). ?wait= takes "10s", "5m" or "100ms",
+default 5m, capped by --max-wait (real Consul caps at 10 minutes; a small cap
+keeps tests short; Consul also adds up to wait/16 of jitter, as here).
+?dc= must name --datacenter (else 500 "No path to datacenter").
+With --token, X-Consul-Token (or ?token=) must match: else 403
+"ACL not found".
+
+    consul_standin.py --listen HOST:PORT --control HOST:PORT [--token T]
+                      [--datacenter dc1] [--max-wait SECONDS] [--lifetime S]
+
+It prints "READY {...}" on stdout when both listeners are up. The control
+listener takes POST /control with a JSON object {"op": ...}:
+
+  {"op": "set_service", "name", "instances": [{"id", "node", "node_address",
+      "address", "port", "tags", "tagged_addresses", "weights", "status"}]}
+  {"op": "delete_service", "name"}
+  {"op": "set_status", "name", "id", "status": "passing|warning|critical"}
+  {"op": "fail", "mode": "slow|bad_json|drop|http500", "count": N, "seconds": S}
+       the next N API requests (-1: all until {"mode": "none"}) misbehave
+  {"op": "down"} / {"op": "up"}     stop / restart the API listener
+  {"op": "set_token", "token": T}  the ACL token required from now on
+  {"op": "reset_index"}             every index goes backwards (like a
+                                    restored snapshot or a new cluster)
+  {"op": "stats"}                   request counts and the last queries
+
+and answers {"ok": true, ...}. It exits after --lifetime seconds (default
+600) whatever happens.
+"""
+
+import argparse
+import json
+import random
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class State:
+    def __init__(self, datacenter, token, max_wait):
+        self.cv = threading.Condition()
+        self.dc = datacenter
+        self.token = token
+        self.max_wait = max_wait
+        self.index = 10  # raft index: every write takes the next one
+        self.catalog_index = 10
+        self.services = {"consul": {"index": 10, "instances": []}}
+        self.fail_mode = "none"
+        self.fail_count = 0
+        self.fail_seconds = 0.0
+        self.requests = 0
+        self.blocked = 0
+        self.by_status = {}
+        self.last = []  # recent (path, query, token) triples
+
+    def bump(self):
+        self.index += 1
+        return self.index
+
+    # ---- writes (control) ----------------------------------------------------
+
+    def set_service(self, name, instances):
+        with self.cv:
+            idx = self.bump()
+            if name not in self.services:
+                self.catalog_index = idx
+            elif [i.get("tags") for i in instances] != [
+                i.get("tags") for i in self.services[name]["instances"]
+            ]:
+                self.catalog_index = idx
+            self.services[name] = {"index": idx, "instances": [dict(i) for i in instances]}
+            self.cv.notify_all()
+
+    def delete_service(self, name):
+        with self.cv:
+            if name in self.services:
+                idx = self.bump()
+                del self.services[name]
+                self.catalog_index = idx
+                self.cv.notify_all()
+
+    def set_status(self, name, iid, status):
+        with self.cv:
+            for inst in self.services[name]["instances"]:
+                if inst["id"] == iid:
+                    inst["status"] = status
+                    self.services[name]["index"] = self.bump()
+                    self.cv.notify_all()
+                    return True
+            return False
+
+    def reset_index(self):
+        """Every index goes backwards: a restored snapshot or a new cluster."""
+        with self.cv:
+            self.index = 2
+            self.catalog_index = self.bump()
+            for s in self.services.values():
+                s["index"] = self.bump()
+            self.cv.notify_all()
+
+    # ---- reads ----------------------------------------------------------------
+
+    def resource_index(self, kind, name):
+        if kind == "catalog":
+            return self.catalog_index
+        s = self.services.get(name)
+        return s["index"] if s else self.catalog_index
+
+    def render(self, kind, name):
+        if kind == "catalog":
+            out = {}
+            for n, s in sorted(self.services.items()):
+                tags = []
+                for i in s["instances"]:
+                    for t in i.get("tags", []):
+                        if t not in tags:
+                            tags.append(t)
+                out[n] = tags
+            return out
+        s = self.services.get(name)
+        if not s:
+            return []
+        out = []
+        for i in s["instances"]:
+            node = i.get("node", "node-" + i["id"])
+            sid = i["id"]
+            out.append(
+                {
+                    "Node": {
+                        "ID": "",
+                        "Node": node,
+                        "Address": i.get("node_address", "127.0.0.1"),
+                        "Datacenter": self.dc,
+                        "TaggedAddresses": {"lan": i.get("node_address", "127.0.0.1")},
+                        "Meta": {},
+                        "CreateIndex": 5,
+                        "ModifyIndex": 5,
+                    },
+                    "Service": {
+                        "ID": sid,
+                        "Service": name,
+                        "Tags": i.get("tags", []),
+                        "Address": i.get("address", ""),
+                        "TaggedAddresses": i.get("tagged_addresses", {}),
+                        "Meta": {},
+                        "Port": i["port"],
+                        "Weights": i.get("weights", {"Passing": 1, "Warning": 1}),
+                        "EnableTagOverride": False,
+                        "CreateIndex": s["index"],
+                        "ModifyIndex": s["index"],
+                    },
+                    "Checks": [
+                        {
+                            "Node": node,
+                            "CheckID": "serfHealth",
+                            "Name": "Serf Health Status",
+                            "Status": "passing",
+                            "ServiceID": "",
+                            "ServiceName": "",
+                        },
+                        {
+                            "Node": node,
+                            "CheckID": "service:" + sid,
+                            "Name": "Service '%s' check" % name,
+                            "Status": i.get("status", "passing"),
+                            "ServiceID": sid,
+                            "ServiceName": name,
+                        },
+                    ],
+                }
+            )
+        return out
+
+
+def parse_wait(s):
+    m = re.fullmatch(r"(\d+)(ms|s|m)", s or "")
+    if not m:
+        return None
+    n, unit = int(m.group(1)), m.group(2)
+    return n / 1000.0 if unit == "ms" else n if unit == "s" else n * 60
+
+
+def make_handler(st):
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):
+            pass
+
+        def send(self, code, body, index=None, raw=False):
+            data = body if raw else json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            if index is not None:
+                self.send_header("X-Consul-Index", str(index))
+                self.send_header("X-Consul-KnownLeader", "true")
+                self.send_header("X-Consul-LastContact", "0")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            with st.cv:
+                st.by_status[code] = st.by_status.get(code, 0) + 1
+
+        def do_GET(self):  # noqa: N802 - http.server naming
+            u = urllib.parse.urlsplit(self.path)
+            q = dict(urllib.parse.parse_qsl(u.query, keep_blank_values=True))
+            token = self.headers.get("X-Consul-Token") or q.get("token", "")
+            with st.cv:
+                st.requests += 1
+                st.last.append({"path": u.path, "query": q, "token": token})
+                del st.last[:-200]
+                mode = st.fail_mode
+                if mode != "none" and st.fail_count != 0:
+                    if st.fail_count > 0:
+                        st.fail_count -= 1
+                        if st.fail_count == 0:
+                            st.fail_mode = "none"
+                else:
+                    mode = "none"
+                seconds = st.fail_seconds
+            if mode == "drop":
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+            if mode == "slow":
+                time.sleep(seconds)
+            if mode == "http500":
+                self.send(500, b"rpc error: stand-in failure", raw=True)
+                return
+            if st.token and token != st.token:
+                self.send(403, b"ACL not found", raw=True)
+                return
+            if q.get("dc") and q["dc"] != st.dc:
+                self.send(500, b"No path to datacenter", raw=True)
+                return
+            if u.path == "/v1/catalog/services":
+                kind, name = "catalog", None
+            elif u.path.startswith("/v1/health/service/"):
+                kind, name = "health", urllib.parse.unquote(u.path[len("/v1/health/service/"):])
+            else:
+                self.send(404, b"not found", raw=True)
+                return
+            try:
+                want = int(q.get("index", "0"))
+            except ValueError:
+                self.send(400, b"Invalid index", raw=True)
+                return
+            wait = parse_wait(q.get("wait", "5m")) if "wait" in q else 300
+            if wait is None:
+                self.send(400, b"Invalid wait time", raw=True)
+                return
+            wait = min(wait, 600, st.max_wait)
+            wait += random.uniform(0, wait / 16)
+            deadline = time.monotonic() + wait
+            with st.cv:
+                if want > 0 and st.resource_index(kind, name) <= want:
+                    st.blocked += 1
+                    while st.resource_index(kind, name) <= want:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        st.cv.wait(left)
+                idx = st.resource_index(kind, name)
+                body = st.render(kind, name)
+            if mode == "bad_json":
+                self.send(200, b'[{"Node": {"Node": "x"', index=idx + 1, raw=True)
+                return
+            self.send(200, body, index=idx)
+
+    return H
+
+
+def make_control(st, api):
+    class C(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            n = int(self.headers.get("Content-Length", "0"))
+            try:
+                req = json.loads(self.rfile.read(n) or b"{}")
+                out = self.handle_op(req)
+                code = 200
+            except Exception as e:  # noqa: BLE001 - reported to the test
+                out, code = {"ok": False, "error": repr(e)}, 400
+            data = json.dumps(out).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def handle_op(self, req):
+            op = req["op"]
+            if op == "set_service":
+                st.set_service(req["name"], req["instances"])
+            elif op == "delete_service":
+                st.delete_service(req["name"])
+            elif op == "set_status":
+                if not st.set_status(req["name"], req["id"], req["status"]):
+                    raise KeyError(req["id"])
+            elif op == "fail":
+                with st.cv:
+                    st.fail_mode = req["mode"]
+                    st.fail_count = int(req.get("count", 1))
+                    st.fail_seconds = float(req.get("seconds", 0))
+            elif op == "down":
+                api.down()
+            elif op == "up":
+                api.up()
+            elif op == "set_token":
+                with st.cv:
+                    st.token = req["token"]
+            elif op == "reset_index":
+                st.reset_index()
+            elif op == "stats":
+                with st.cv:
+                    return {
+                        "ok": True,
+                        "requests": st.requests,
+                        "blocked": st.blocked,
+                        "by_status": {str(k): v for k, v in st.by_status.items()},
+                        "last": st.last[-50:],
+                        "index": st.index,
+                        "up": api.server is not None,
+                    }
+            else:
+                raise ValueError("unknown op " + op)
+            return {"ok": True}
+
+    return C
+
+
+class Api:
+    """The API listener, which the test can stop and restart on the same port."""
+
+    def __init__(self, host, port, handler):
+        self.host, self.port, self.handler = host, port, handler
+        self.server = None
+        self.lock = threading.Lock()
+
+    def up(self):
+        with self.lock:
+            if self.server:
+                return
+            ThreadingHTTPServer.allow_reuse_address = True
+            ThreadingHTTPServer.daemon_threads = True
+            srv = ThreadingHTTPServer((self.host, self.port), self.handler)
+            self.port = srv.server_address[1]
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            self.server = srv
+
+    def down(self):
+        with self.lock:
+            srv, self.server = self.server, None
+        if srv:
+            srv.shutdown()
+            srv.server_close()
+
+
+def hostport(s):
+    h, _, p = s.rpartition(":")
+    return h.strip("[]"), int(p)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--listen", required=True)
+    ap.add_argument("--control", required=True)
+    ap.add_argument("--token", default="")
+    ap.add_argument("--datacenter", default="dc1")
+    ap.add_argument("--max-wait", type=float, default=600)
+    ap.add_argument("--lifetime", type=float, default=600)
+    a = ap.parse_args()
+    st = State(a.datacenter, a.token, a.max_wait)
+    api = Api(*hostport(a.listen), make_handler(st))
+    api.up()
+    ch, cp = hostport(a.control)
+    ThreadingHTTPServer.daemon_threads = True
+    ctl = ThreadingHTTPServer((ch, cp), make_control(st, api))
+    threading.Thread(target=ctl.serve_forever, daemon=True).start()
+    print(
+        "READY " + json.dumps({"listen": [api.host, api.port], "control": [ch, ctl.server_address[1]]}),
+        flush=True,
+    )
+    time.sleep(a.lifetime)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""The consul discovery backend against a stand-in Consul agent
+(consul_standin.py): services learnt from the catalog, endpoints from
+blocking queries on /v1/health/service/<name> with the ACL token and the
+datacenter, traffic through the service's virtual IP (TaggedAddresses
+consul-virtual), warning -> half weight, critical -> out, index resets,
+agent failures (down, bad JSON, dropped connection, rejected token) -> stale
+with traffic still flowing, and resync when the agent is back."""
+
+import collections
+import json
+import os
+import sys
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STANDIN = os.path.join(HERE, "consul_standin.py")
+VIP = "240.0.0.10"
+EXTRA4 = "10.77.0.4"
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 8081
+API, CTL = 8500, 8600
+TOKEN = "s3cret-token"
+
+
+def instance(i, addr, status="passing"):
+    return {
+        "id": "web-%d" % i,
+        "node": "node-%d" % i,
+        "node_address": addr,
+        "address": "" if i == 0 else addr,  # instance 0: Node.Address fallback
+        "port": PORT,
+        "tags": ["v1", "protocol=http"],
+        "tagged_addresses": {"consul-virtual": {"Address": VIP, "Port": 80}},
+        "status": status,
+    }
+
+
+class Agent:
+    def __init__(self, topo):
+        self.topo = topo
+        self.proc = topo.app.spawn(
+            [
+                sys.executable, STANDIN,
+                "--listen", "127.0.0.1:%d" % API,
+                "--control", "127.0.0.1:%d" % CTL,
+                "--token", TOKEN,
+                "--datacenter", "dc1",
+                "--max-wait", "1",
+                "--lifetime", "300",
+            ],
+            "consul-standin",
+            stdout_pipe=True,
+        )
+        line = self.proc.readline(10)
+        if not line or not line.startswith("READY"):
+            self.proc.stop()
+            raise sl.HarnessError("consul stand-in did not start: %r %s" % (line, self.proc.read_stderr()))
+
+    def ctl(self, **req):
+        status, _, body = self.topo.app.http(
+            "127.0.0.1", CTL, "POST", "/control", body=json.dumps(req).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        out = json.loads(body)
+        assert status == 200 and out["ok"], out
+        return out
+
+    def set_web(self, statuses=None, addrs=EP_ADDRS):
+        statuses = statuses or {}
+        self.ctl(op="set_service", name="web",
+                 instances=[instance(i, a, statuses.get(i, "passing")) for i, a in enumerate(addrs)])
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = T()
+    procs = []
+    agent = None
+    daemon = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.app.ip("route", "add", "240.0.0.0/8", "dev", "e-remote")
+        for i, a in enumerate(EP_ADDRS):
+            procs.append(topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
+        agent = Agent(topo)
+        agent.set_web()
+        daemon = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(**{
+                "service-discovery.type": "consul",
+                "service-discovery.consul.address": "127.0.0.1:%d" % API,
+                "service-discovery.consul.token": TOKEN,
+                "service-discovery.consul.datacenter": "dc1",
+                "load-balancing.algorithm": "weighted",
+            }),
+        )
+        try:
+            daemon.wait_ready()
+        except sl.HarnessError:
+            if "service_discovery.type: consul: not built yet" in daemon.log_text():
+                pytest.skip("the consul backend is not registered in discovery/backend.c yet")
+            raise
+        yield topo, daemon, agent
+    finally:
+        if daemon:
+            daemon.stop()
+        if agent:
+            agent.proc.stop()
+        for p in procs:
+            p.stop()
+        topo.delete()
+
+
+def web(d):
+    for svc in d.json("/endpoints")["services"]:
+        if svc["name"] == "web":
+            return svc
+    return None
+
+
+def eps_by_addr(d):
+    svc = web(d)
+    return {e["address"]: e for e in svc["endpoints"]} if svc else {}
+
+
+def consul_state(d):
+    return d.json("/debug/cache")["backend"]["state"]
+
+
+def wait_routed(d, pred, what):
+    """Waits until pred(/endpoints) holds and the proxy routes by that
+    registry version (or a later one)."""
+    def ok():
+        js = d.json("/endpoints")
+        return js["version"] if pred(js) else None
+
+    v = sl.wait_until(ok, 15, what=what)
+    prefix = "routing by registry version "
+    sl.wait_until(
+        lambda: any(
+            l.get("msg", "").startswith(prefix) and int(l["msg"][len(prefix):]) >= v
+            for l in d.log_lines()
+        ),
+        10,
+        what="the proxy routing by version %d" % v,
+    )
+
+
+def svc_eps(js):
+    for svc in js["services"]:
+        if svc["name"] == "web":
+            return {e["address"]: e for e in svc["endpoints"]}
+    return {}
+
+
+def served_by(topo, n):
+    counts = collections.Counter()
+    for _ in range(n):
+        status, _, body = topo.app.http(VIP, 80, "GET", "/")
+        assert status == 200
+        counts[json.loads(body)["server"]] += 1
+    return counts
+
+
+def all_passing(js):
+    eps = svc_eps(js)
+    return len(eps) == 3 and all(e["health"] == "healthy" and e["weight"] == 100 for e in eps.values())
+
+
+def test_traffic_through_virtual_ip(env):
+    topo, d, agent = env
+    wait_routed(d, all_passing, "3 healthy endpoints of web from consul")
+    svc = web(d)
+    assert VIP in svc["addresses"]
+    assert svc["ports"][0]["port"] == 80 and svc["ports"][0]["target_port"] == PORT
+    assert svc["ports"][0]["protocol"] in ("http1", "HTTP", "http")
+    out = topo.app.curl(["http://%s/" % VIP])
+    assert out.returncode == 0 and json.loads(out.stdout)["server"] in ("ep0", "ep1", "ep2"), out
+    counts = served_by(topo, 30)
+    assert sorted(counts) == ["ep0", "ep1", "ep2"], counts
+    # wire behaviour: token on every request, the datacenter, blocking queries
+    st = sl.wait_until(
+        lambda: (lambda s: s if s["blocked"] > 0 and any(
+            q["path"] == "/v1/health/service/web" and "index" in q["query"] for q in s["last"]
+        ) else None)(agent.ctl(op="stats")),
+        10,
+        what="a blocking query on web",
+    )
+    assert st["last"] and all(q["token"] == TOKEN for q in st["last"])
+    assert all(q["query"].get("dc") == "dc1" for q in st["last"])
+    # a wait that runs out returns the same index: more requests, no change
+    before = {s["name"]: s for s in consul_state(d)["services"]}["web"]
+    sl.wait_until(
+        lambda: {s["name"]: s for s in consul_state(d)["services"]}["web"]["requests"]
+        >= before["requests"] + 2,
+        10,
+        what="two more blocking queries on web",
+    )
+    after = {s["name"]: s for s in consul_state(d)["services"]}["web"]
+    assert after["changes"] == before["changes"] and after["index"] == before["index"]
+
+
+def test_warning_halves_weight_critical_takes_out(env):
+    topo, d, agent = env
+    agent.set_web({1: "warning"})
+    wait_routed(
+        d,
+        lambda js: svc_eps(js).get(EP_ADDRS[1], {}).get("weight") == 50
+        and svc_eps(js)[EP_ADDRS[1]]["health"] == "healthy",
+        "ep1 at half weight",
+    )
+    counts = served_by(topo, 250)
+    # smooth weighted round robin, weights 100:50:100, two workers
+    assert 40 <= counts["ep1"] <= 60, counts
+    assert 90 <= counts["ep0"] <= 110 and 90 <= counts["ep2"] <= 110, counts
+    agent.set_web({1: "critical"})
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[1], {}).get("health") == "unhealthy", "ep1 out")
+    counts = served_by(topo, 40)
+    assert counts["ep1"] == 0 and sum(counts.values()) == 40, counts
+    agent.set_web()
+    wait_routed(d, all_passing, "ep1 back")
+    assert served_by(topo, 30)["ep1"] > 0
+
+
+def test_index_reset(env):
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+    resets = sum(s["index_resets"] for s in consul_state(d)["services"])
+    agent.ctl(op="reset_index")
+    sl.wait_until(
+        lambda: sum(s["index_resets"] for s in consul_state(d)["services"]) > resets,
+        10,
+        what="an index reset seen by the web watch",
+    )
+    # after the reset, changes are followed again
+    agent.set_web(addrs=EP_ADDRS[:2])
+    wait_routed(d, lambda js: len(svc_eps(js)) == 2, "web scaled to 2 after the reset")
+    assert "ep2" not in served_by(topo, 20)
+    agent.set_web()
+    wait_routed(d, all_passing, "web back to 3")
+
+
+def test_agent_down_stale_then_resync(env):
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+    agent.ctl(op="down")
+    try:
+        sl.wait_until(lambda: web(d)["stale"], 15, what="web stale while the agent is down")
+        assert consul_state(d)["stale"]
+        assert "refused" in (consul_state(d)["last_error"] or "") or consul_state(d)["last_error"]
+        # last known endpoints keep serving, with their last health
+        counts = served_by(topo, 30)
+        assert sorted(counts) == ["ep0", "ep1", "ep2"], counts
+        assert all(e["health"] == "healthy" for e in svc_eps(d.json("/endpoints")).values())
+    finally:
+        agent.ctl(op="up")
+    # the agent is back with a change made while it was away
+    agent.set_web(addrs=EP_ADDRS[:2])
+    wait_routed(d, lambda js: len(svc_eps(js)) == 2 and not web(d)["stale"], "resync after the outage")
+    assert not consul_state(d)["stale"]
+    agent.set_web()
+    wait_routed(d, all_passing, "web back to 3")
+
+
+@pytest.mark.parametrize("mode", ["bad_json", "drop", "http500"])
+def test_bad_answers_are_retried(env, mode):
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+    errors = sum(s["errors"] for s in consul_state(d)["services"]) + consul_state(d)["catalog"]["errors"]
+    agent.ctl(op="fail", mode=mode, count=2)
+    agent.set_web({2: "warning"})  # wakes the blocked query into the failure
+    sl.wait_until(
+        lambda: sum(s["errors"] for s in consul_state(d)["services"])
+        + consul_state(d)["catalog"]["errors"] > errors,
+        10,
+        what="the %s answer counted as an error" % mode,
+    )
+    # traffic keeps flowing meanwhile, and the change arrives after the retry
+    assert sum(served_by(topo, 10).values()) == 10
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[2], {}).get("weight") == 50, "change after retry")
+    sl.wait_until(lambda: not consul_state(d)["stale"], 10, what="not stale after the retry")
+    agent.set_web()
+    wait_routed(d, all_passing, "all passing again")
+
+
+def test_rejected_token(env):
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+    agent.ctl(op="set_token", token="another-token")
+    try:
+        # queries already blocked were admitted with the old token; the next
+        # ones are refused
+        sl.wait_until(lambda: consul_state(d)["stale"], 10, what="stale on 403")
+        assert "403" in consul_state(d)["last_error"]
+        assert [l for l in d.log_lines() if "ACL token rejected" in l.get("msg", "")]
+        def web_watch():
+            return {s["name"]: s for s in consul_state(d)["services"]}["web"]
+
+        sl.wait_until(lambda: web_watch()["failures"] > 0, 10, what="the web watch refused")
+        agent.set_web({0: "critical"})  # not visible: every query is refused
+        errors = web_watch()["errors"]
+        sl.wait_until(lambda: web_watch()["errors"] > errors, 10, what="another 403 on web")
+        assert svc_eps(d.json("/endpoints"))[EP_ADDRS[0]]["health"] == "healthy"
+        assert sum(served_by(topo, 10).values()) == 10
+    finally:
+        agent.ctl(op="set_token", token=TOKEN)
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[0], {}).get("health") == "unhealthy", "seen after the token is back")
+    agent.set_web()
+    wait_routed(d, all_passing, "all passing again")
+
+
+def test_catalog_learns_and_forgets_services(env):
+    topo, d, agent = env
+    agent.ctl(op="set_service", name="api", instances=[
+        {"id": "api-0", "address": T.REMOTE4, "port": PORT,
+         "tagged_addresses": {"virtual": {"Address": "10.96.7.7", "Port": 8080}}}])
+    sl.wait_until(lambda: any(s["name"] == "api" for s in d.json("/endpoints")["services"]), 10,
+                  what="api learnt from the catalog")
+    api = [s for s in d.json("/endpoints")["services"] if s["name"] == "api"][0]
+    assert api["addresses"] == ["10.96.7.7"] and api["ports"][0]["port"] == 8080
+    agent.ctl(op="delete_service", name="api")
+    sl.wait_until(lambda: not any(s["name"] == "api" for s in d.json("/endpoints")["services"]), 10,
+                  what="api forgotten")

@@ -1,0 +1,686 @@
+/* The Consul backend: catalog and per-service blocking queries on the main
+ * loop (see consul.h). */
+#include "discovery/consul.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <strings.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/log.h"
+#include "discovery/consul_http.h"
+
+#define COMP "consul"
+
+struct consul;
+
+struct watch {
+        struct consul *cb;
+        bool is_catalog;
+        char name[DISC_NAME_MAX]; /* service name; "" for the catalog */
+        uint64_t index;           /* 0: the next query does not block */
+        struct chttp *req;
+        struct loop_timer timer; /* next query (gap, backoff) */
+        uint64_t last_start_ms;
+        uint32_t failures; /* consecutive */
+        bool seen;         /* in the last catalog listing */
+        uint64_t requests, errors, resets, changes;
+};
+
+struct consul {
+        struct disc_registry *reg;
+        int src;
+        struct loop *loop;
+        struct sockaddr_storage addr;
+        char address[CONFIG_STR_MAX]; /* as configured, for the Host header and logs */
+        char token[CONFIG_STR_MAX];
+        char dc[CONFIG_STR_MAX];
+        uint32_t mark;
+        struct watch catalog;
+        struct watch *svcs[CONSUL_MAX_WATCHES];
+        uint32_t n_svcs;
+        uint32_t n_failing;
+        bool over_limit_logged;
+        uint64_t syncs;
+        char last_error[DISC_ERROR_MAX];
+        unsigned rand_state;
+};
+
+static void watch_query(struct watch *w);
+
+uint32_t consul_backoff_ms(uint32_t failures, double r)
+{
+        uint64_t ms = CONSUL_BACKOFF_MIN_MS;
+        for (uint32_t i = 1; i < failures && ms < CONSUL_BACKOFF_MAX_MS; i++)
+                ms *= 2;
+        if (ms > CONSUL_BACKOFF_MAX_MS)
+                ms = CONSUL_BACKOFF_MAX_MS;
+        /* ±20 % */
+        double f = 0.8 + 0.4 * r;
+        return (uint32_t)((double)ms * f);
+}
+
+static double rnd(struct consul *cb)
+{
+        return (double)rand_r(&cb->rand_state) / ((double)RAND_MAX + 1.0);
+}
+
+static void watch_timer(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        watch_query(t->data);
+}
+
+static void watch_init(struct watch *w, struct consul *cb, const char *name)
+{
+        w->cb = cb;
+        w->is_catalog = name == NULL;
+        snprintf(w->name, sizeof(w->name), "%s", name ? name : "");
+        loop_timer_init(&w->timer, watch_timer, w);
+}
+
+static void watch_stop(struct watch *w)
+{
+        chttp_cancel(w->req);
+        w->req = NULL;
+        if (w->cb->loop)
+                loop_timer_cancel(w->cb->loop, &w->timer);
+}
+
+static const char *watch_what(const struct watch *w, char *buf, size_t len)
+{
+        if (w->is_catalog)
+                snprintf(buf, len, "catalog");
+        else
+                snprintf(buf, len, "service %s", w->name);
+        return buf;
+}
+
+/* Schedules the next query of w: at once, but no sooner than the minimum gap
+ * after the previous one. */
+static void watch_next(struct watch *w, uint32_t delay_ms)
+{
+        struct consul *cb = w->cb;
+        uint64_t now = loop_now_ms(cb->loop);
+        uint64_t earliest = w->last_start_ms + CONSUL_MIN_GAP_MS;
+        if (now + delay_ms < earliest)
+                delay_ms = (uint32_t)(earliest - now);
+        loop_timer_arm(cb->loop, &w->timer, delay_ms);
+}
+
+static void watch_failed(struct watch *w, const char *why)
+{
+        struct consul *cb = w->cb;
+        char what[DISC_NAME_MAX + 16];
+        w->errors++;
+        if (w->failures++ == 0)
+                cb->n_failing++;
+        uint32_t delay = consul_backoff_ms(w->failures, rnd(cb));
+        snprintf(cb->last_error, sizeof(cb->last_error), "consul %s: %s: %s", cb->address,
+                 watch_what(w, what, sizeof(what)), why);
+        log_warn(COMP, 0, "%s (retry %u in %ums)", cb->last_error, w->failures, delay);
+        disc_source_sync_failed(cb->reg, cb->src, cb->last_error);
+        disc_registry_publish(cb->reg);
+        watch_next(w, delay);
+}
+
+static void watch_ok(struct watch *w)
+{
+        struct consul *cb = w->cb;
+        if (w->failures) {
+                char what[DISC_NAME_MAX + 16];
+                log_info(COMP, 0, "consul %s: %s: recovered after %u failures", cb->address,
+                         watch_what(w, what, sizeof(what)), w->failures);
+                w->failures = 0;
+                cb->n_failing--;
+        }
+        if (cb->n_failing == 0) {
+                cb->syncs++;
+                disc_source_sync_ok(cb->reg, cb->src);
+        }
+}
+
+/* ---- mapping a health/service answer to a service spec ---------------------- */
+
+static const char *jstr(const cJSON *o, const char *key)
+{
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+static int status_rank(const char *s)
+{
+        if (!s)
+                return 2;
+        if (strcmp(s, "passing") == 0)
+                return 0;
+        if (strcmp(s, "warning") == 0)
+                return 1;
+        return 2; /* critical, maintenance or anything unknown: out */
+}
+
+static void add_vip(struct disc_service_spec *s, const cJSON *ta, const char *key, uint16_t *vport)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(ta, key);
+        if (!cJSON_IsObject(v))
+                return;
+        const char *a = jstr(v, "Address");
+        struct disc_addr vip;
+        if (!a || disc_addr_parse(a, 0, &vip) < 0)
+                return;
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(v, "Port");
+        if (cJSON_IsNumber(p) && p->valuedouble >= 1 && p->valuedouble <= 65535 && !*vport)
+                *vport = (uint16_t)p->valuedouble;
+        for (uint32_t i = 0; i < s->n_vips; i++) {
+                if (memcmp(&s->vips[i], &vip, sizeof(vip)) == 0)
+                        return;
+        }
+        if (s->n_vips < DISC_MAX_VIPS)
+                s->vips[s->n_vips++] = vip;
+}
+
+static enum proto tag_protocol(const cJSON *tags)
+{
+        const cJSON *t;
+        cJSON_ArrayForEach(t, tags)
+        {
+                if (!cJSON_IsString(t) || strncmp(t->valuestring, "protocol=", 9) != 0)
+                        continue;
+                const char *v = t->valuestring + 9;
+                enum proto p;
+                if (strcasecmp(v, "http1") == 0)
+                        return PROTO_HTTP1;
+                if (proto_parse(v, &p) == 0)
+                        return p;
+        }
+        return PROTO_UNKNOWN;
+}
+
+/* Parses the body of /v1/health/service/<name> into s (endpoints in eps,
+ * capacity CONSUL_MAX_INSTANCES). 0 or -EINVAL with why. */
+static int map_health(const char *name, const char *body, size_t len, struct disc_service_spec *s,
+                      struct disc_endpoint_spec *eps, char *why, size_t whylen)
+{
+        cJSON *root = cJSON_ParseWithLength(body, len);
+        if (!cJSON_IsArray(root)) {
+                snprintf(why, whylen, "health/service/%s: %s", name,
+                         root ? "expected a JSON array" : "invalid JSON");
+                cJSON_Delete(root);
+                return -EINVAL;
+        }
+        disc_service_spec_init(s);
+        snprintf(s->name, sizeof(s->name), "%s", name);
+        s->endpoints = eps;
+        uint16_t vport = 0;
+        uint16_t tports[DISC_MAX_PORTS];
+        enum proto tproto[DISC_MAX_PORTS];
+        uint32_t n_tports = 0, skipped = 0;
+        const cJSON *entry;
+        cJSON_ArrayForEach(entry, root)
+        {
+                const cJSON *svc = cJSON_GetObjectItemCaseSensitive(entry, "Service");
+                const cJSON *node = cJSON_GetObjectItemCaseSensitive(entry, "Node");
+                if (!cJSON_IsObject(svc)) {
+                        skipped++;
+                        continue;
+                }
+                const char *addr = jstr(svc, "Address");
+                if (!addr || !addr[0])
+                        addr = jstr(node, "Address");
+                const cJSON *port = cJSON_GetObjectItemCaseSensitive(svc, "Port");
+                struct disc_endpoint_spec e;
+                memset(&e, 0, sizeof(e));
+                if (!addr || !cJSON_IsNumber(port) || port->valuedouble < 1 ||
+                    port->valuedouble > 65535 ||
+                    disc_addr_parse(addr, (uint16_t)port->valuedouble, &e.addr) < 0) {
+                        skipped++; /* a hostname, no port: cannot be dialled directly */
+                        continue;
+                }
+                int worst = 0;
+                const cJSON *c;
+                cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(entry, "Checks"))
+                {
+                        int r = status_rank(jstr(c, "Status"));
+                        if (r > worst)
+                                worst = r;
+                }
+                uint32_t base = 1;
+                const cJSON *wts = cJSON_GetObjectItemCaseSensitive(svc, "Weights");
+                const cJSON *wp = cJSON_GetObjectItemCaseSensitive(wts, "Passing");
+                if (cJSON_IsNumber(wp) && wp->valuedouble >= 0)
+                        base = wp->valuedouble > DISC_WEIGHT_MAX ? DISC_WEIGHT_MAX
+                                                                 : (uint32_t)wp->valuedouble;
+                uint64_t w = (uint64_t)base * CONSUL_WEIGHT_SCALE;
+                if (w > DISC_WEIGHT_MAX)
+                        w = DISC_WEIGHT_MAX;
+                e.weight = (uint32_t)(worst == 1 ? w / 2 : w);
+                e.health = worst == 2 ? DISC_HEALTH_UNHEALTHY : DISC_HEALTH_HEALTHY;
+                const cJSON *loc = cJSON_GetObjectItemCaseSensitive(svc, "Locality");
+                const char *region = jstr(loc, "Region"), *zone = jstr(loc, "Zone");
+                if (!region || !region[0])
+                        region = jstr(node, "Datacenter");
+                if (region)
+                        snprintf(e.region, sizeof(e.region), "%s", region);
+                if (zone)
+                        snprintf(e.zone, sizeof(e.zone), "%s", zone);
+                add_vip(s, cJSON_GetObjectItemCaseSensitive(svc, "TaggedAddresses"),
+                        "consul-virtual", &vport);
+                add_vip(s, cJSON_GetObjectItemCaseSensitive(svc, "TaggedAddresses"), "virtual",
+                        &vport);
+                uint32_t k;
+                for (k = 0; k < n_tports && tports[k] != e.addr.port; k++)
+                        ;
+                if (k == n_tports) {
+                        if (n_tports == DISC_MAX_PORTS) {
+                                skipped++;
+                                continue;
+                        }
+                        tports[n_tports] = e.addr.port;
+                        tproto[n_tports++] =
+                            tag_protocol(cJSON_GetObjectItemCaseSensitive(svc, "Tags"));
+                }
+                bool dup = false;
+                for (uint32_t i = 0; i < s->n_endpoints && !dup; i++)
+                        dup = memcmp(&eps[i].addr, &e.addr, sizeof(e.addr)) == 0;
+                if (dup)
+                        continue;
+                if (s->n_endpoints == CONSUL_MAX_INSTANCES) {
+                        skipped++;
+                        continue;
+                }
+                eps[s->n_endpoints++] = e;
+        }
+        cJSON_Delete(root);
+        for (uint32_t k = 0; k < n_tports; k++) {
+                struct disc_port_spec *p = &s->ports[s->n_ports++];
+                p->port = (n_tports == 1 && vport) ? vport : tports[k];
+                p->target_port = tports[k];
+                p->proto = tproto[k];
+        }
+        if (skipped)
+                log_debug(COMP, 0,
+                          "service %s: %u instances skipped (no IP address and port, or "
+                          "over the bounds)",
+                          name, skipped);
+        return 0;
+}
+
+/* ---- watches ------------------------------------------------------------------ */
+
+static void remove_watch(struct consul *cb, uint32_t i)
+{
+        struct watch *w = cb->svcs[i];
+        watch_stop(w);
+        if (w->failures)
+                cb->n_failing--;
+        int rc = disc_registry_remove_service(cb->reg, cb->src, DISC_DEFAULT_NAMESPACE, w->name);
+        if (rc < 0 && rc != -ENOENT)
+                log_warn(COMP, 0, "service %s: removal failed: %s", w->name, strerror(-rc));
+        log_info(COMP, 0, "service %s: gone from the catalog", w->name);
+        free(w);
+        cb->svcs[i] = cb->svcs[--cb->n_svcs];
+}
+
+static int apply_catalog(struct consul *cb, const char *body, size_t len, char *why, size_t whylen)
+{
+        cJSON *root = cJSON_ParseWithLength(body, len);
+        if (!cJSON_IsObject(root)) {
+                snprintf(why, whylen, "catalog/services: %s",
+                         root ? "expected a JSON object" : "invalid JSON");
+                cJSON_Delete(root);
+                return -EINVAL;
+        }
+        for (uint32_t i = 0; i < cb->n_svcs; i++)
+                cb->svcs[i]->seen = false;
+        uint32_t over = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, root)
+        {
+                const char *name = x->string;
+                if (!name || !name[0] || strlen(name) >= DISC_NAME_MAX) {
+                        log_debug(COMP, 0,
+                                  "catalog: service name '%s' skipped (empty or over %d "
+                                  "bytes)",
+                                  name ? name : "", DISC_NAME_MAX - 1);
+                        continue;
+                }
+                struct watch *w = NULL;
+                for (uint32_t i = 0; i < cb->n_svcs && !w; i++) {
+                        if (strcmp(cb->svcs[i]->name, name) == 0)
+                                w = cb->svcs[i];
+                }
+                if (w) {
+                        w->seen = true;
+                        continue;
+                }
+                if (cb->n_svcs == CONSUL_MAX_WATCHES) {
+                        over++;
+                        continue;
+                }
+                w = calloc(1, sizeof(*w));
+                if (!w) {
+                        over++;
+                        continue;
+                }
+                watch_init(w, cb, name);
+                w->seen = true;
+                cb->svcs[cb->n_svcs++] = w;
+                log_info(COMP, 0, "service %s: new in the catalog, watching it", name);
+                watch_query(w);
+        }
+        cJSON_Delete(root);
+        if (over && !cb->over_limit_logged) {
+                log_warn(COMP, 0, "catalog: %u services not watched: at most %d are", over,
+                         CONSUL_MAX_WATCHES);
+                cb->over_limit_logged = true;
+        }
+        for (uint32_t i = 0; i < cb->n_svcs;) {
+                if (!cb->svcs[i]->seen)
+                        remove_watch(cb, i);
+                else
+                        i++;
+        }
+        disc_registry_publish(cb->reg);
+        return 0;
+}
+
+static int apply_service(struct watch *w, const char *body, size_t len, char *why, size_t whylen)
+{
+        struct consul *cb = w->cb;
+        struct disc_endpoint_spec *eps = calloc(CONSUL_MAX_INSTANCES, sizeof(*eps));
+        if (!eps) {
+                snprintf(why, whylen, "out of memory");
+                return -ENOMEM;
+        }
+        struct disc_service_spec s;
+        int rc = map_health(w->name, body, len, &s, eps, why, whylen);
+        if (rc == 0) {
+                rc = disc_registry_upsert_service(cb->reg, cb->src, &s, true);
+                if (rc < 0)
+                        snprintf(why, whylen, "service %s rejected by the registry: %s", w->name,
+                                 strerror(-rc));
+                else
+                        disc_registry_publish(cb->reg);
+        }
+        free(eps);
+        return rc;
+}
+
+static void on_response(void *ctx, int err, const struct chttp_resp *resp, const char *why)
+{
+        struct watch *w = ctx;
+        struct consul *cb = w->cb;
+        w->req = NULL;
+        char msg[DISC_ERROR_MAX];
+        if (err) {
+                watch_failed(w, why);
+                return;
+        }
+        if (resp->status != 200) {
+                snprintf(msg, sizeof(msg), "HTTP %d%s", resp->status,
+                         resp->status == 403 ? " (ACL token rejected)" : "");
+                watch_failed(w, msg);
+                return;
+        }
+        if (!resp->index_valid) {
+                watch_failed(w, resp->has_index ? "invalid X-Consul-Index"
+                                                : "no X-Consul-Index header");
+                return;
+        }
+        uint64_t idx = resp->index;
+        if (idx == 0)
+                idx = 1; /* must be > 0, or blocking would never block */
+        char what[DISC_NAME_MAX + 16];
+        if (w->index && idx == w->index) {
+                /* the wait ran out (or an idempotent write): nothing changed */
+                watch_ok(w);
+                watch_next(w, 0);
+                return;
+        }
+        bool reset = w->index && idx < w->index;
+        int rc = w->is_catalog ? apply_catalog(cb, resp->body, resp->body_len, msg, sizeof(msg))
+                               : apply_service(w, resp->body, resp->body_len, msg, sizeof(msg));
+        if (rc < 0) {
+                watch_failed(w, msg);
+                return;
+        }
+        w->changes++;
+        if (reset) {
+                /* went backwards (agent restarted, snapshot restored): start
+                 * over with a non-blocking query */
+                w->resets++;
+                log_info(COMP, 0, "consul %s: %s: index went backwards (%llu < %llu), reset",
+                         cb->address, watch_what(w, what, sizeof(what)), (unsigned long long)idx,
+                         (unsigned long long)w->index);
+                w->index = 0;
+        } else {
+                w->index = idx;
+        }
+        watch_ok(w);
+        watch_next(w, 0);
+}
+
+static void url_escape(const char *in, char *out, size_t len)
+{
+        static const char hex[] = "0123456789ABCDEF";
+        size_t o = 0;
+        for (const unsigned char *p = (const unsigned char *)in; *p && o + 4 < len; p++) {
+                if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                    (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+                        out[o++] = (char)*p;
+                } else {
+                        out[o++] = '%';
+                        out[o++] = hex[*p >> 4];
+                        out[o++] = hex[*p & 15];
+                }
+        }
+        out[o] = '\0';
+}
+
+static void watch_query(struct watch *w)
+{
+        struct consul *cb = w->cb;
+        if (w->req)
+                return;
+        char target[CHTTP_TARGET_MAX], name[DISC_NAME_MAX * 3 + 1], dc[CONFIG_STR_MAX * 3 + 1];
+        url_escape(w->name, name, sizeof(name));
+        url_escape(cb->dc, dc, sizeof(dc));
+        int n = snprintf(target, sizeof(target), "/v1/%s%s?wait=%ds%s%s",
+                         w->is_catalog ? "catalog/services" : "health/service/",
+                         w->is_catalog ? "" : name, CONSUL_WAIT_S, dc[0] ? "&dc=" : "", dc);
+        if (w->index && n > 0 && (size_t)n < sizeof(target))
+                n += snprintf(target + n, sizeof(target) - (size_t)n, "&index=%llu",
+                              (unsigned long long)w->index);
+        char hdrs[CONFIG_STR_MAX + 32] = "";
+        if (cb->token[0])
+                snprintf(hdrs, sizeof(hdrs), "X-Consul-Token: %s\r\n", cb->token);
+        /* Consul adds up to wait/16 of jitter to the wait */
+        uint32_t timeout = CONSUL_WAIT_S * 1000 + CONSUL_WAIT_S * 1000 / 16 + 5000;
+        char why[256];
+        w->last_start_ms = loop_now_ms(cb->loop);
+        w->requests++;
+        w->req = chttp_get(cb->loop, &cb->addr, cb->address, target, hdrs, timeout, CONSUL_RESP_MAX,
+                           cb->mark, on_response, w, why, sizeof(why));
+        if (!w->req)
+                watch_failed(w, why);
+}
+
+/* ---- backend ops ------------------------------------------------------------- */
+
+static int parse_address(const char *in, struct sockaddr_storage *out, char *host, size_t hostlen,
+                         char *err, size_t errlen)
+{
+        const char *a = in[0] ? in : CONSUL_DEFAULT_ADDRESS;
+        if (strncmp(a, "https://", 8) == 0) {
+                snprintf(err, errlen,
+                         "config: service_discovery.consul.address: %s: https is not supported "
+                         "(use the agent's plain HTTP port, or a local agent)",
+                         in);
+                return -EINVAL;
+        }
+        if (strncmp(a, "http://", 7) == 0)
+                a += 7;
+        char buf[CONFIG_STR_MAX];
+        snprintf(buf, sizeof(buf), "%s", a);
+        size_t bl = strlen(buf);
+        if (bl && buf[bl - 1] == '/')
+                buf[--bl] = '\0';
+        char *h = buf, *port = NULL;
+        if (buf[0] == '[') {
+                char *e = strchr(buf, ']');
+                if (!e) {
+                        snprintf(err, errlen,
+                                 "config: service_discovery.consul.address: %s: "
+                                 "unterminated '['",
+                                 in);
+                        return -EINVAL;
+                }
+                *e = '\0';
+                h = buf + 1;
+                if (e[1] == ':')
+                        port = e + 2;
+                else if (e[1]) {
+                        snprintf(err, errlen,
+                                 "config: service_discovery.consul.address: %s: "
+                                 "expected host:port",
+                                 in);
+                        return -EINVAL;
+                }
+        } else {
+                char *c = strrchr(buf, ':');
+                if (c && strchr(buf, ':') == c) {
+                        *c = '\0';
+                        port = c + 1;
+                }
+        }
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+        int rc = getaddrinfo(h, port && *port ? port : "8500", &hints, &res);
+        if (rc || !res) {
+                snprintf(err, errlen, "config: service_discovery.consul.address: %s: %s", in,
+                         rc ? gai_strerror(rc) : "no address");
+                return -EINVAL;
+        }
+        memset(out, 0, sizeof(*out));
+        memcpy(out, res->ai_addr, res->ai_addrlen);
+        freeaddrinfo(res);
+        snprintf(host, hostlen, "%s", a);
+        return 0;
+}
+
+static int consul_create(struct disc_registry *r, const struct shunt_config *cfg, void **impl,
+                         char *err, size_t errlen)
+{
+        struct consul *cb = calloc(1, sizeof(*cb));
+        if (!cb) {
+                snprintf(err, errlen, "discovery: out of memory");
+                return -ENOMEM;
+        }
+        int rc = parse_address(cfg->consul_address, &cb->addr, cb->address, sizeof(cb->address),
+                               err, errlen);
+        if (rc) {
+                free(cb);
+                return rc;
+        }
+        for (const char *p = cfg->consul_token; *p; p++) {
+                if ((unsigned char)*p < ' ' || *p == 0x7f) {
+                        snprintf(err, errlen,
+                                 "config: service_discovery.consul.token: contains a "
+                                 "control character");
+                        free(cb);
+                        return -EINVAL;
+                }
+        }
+        snprintf(cb->token, sizeof(cb->token), "%s", cfg->consul_token);
+        snprintf(cb->dc, sizeof(cb->dc), "%s", cfg->consul_datacenter);
+        cb->mark = cfg->proxy_mark;
+        cb->reg = r;
+        cb->rand_state = (unsigned)clock_mono_ms() ^ (unsigned)getpid();
+        int src = disc_source_add(r, "consul", DISC_SOURCE_CONSUL);
+        if (src < 0) {
+                snprintf(err, errlen, "discovery: cannot add the consul source: %s",
+                         strerror(-src));
+                free(cb);
+                return src;
+        }
+        cb->src = src;
+        watch_init(&cb->catalog, cb, NULL);
+        *impl = cb;
+        return 0;
+}
+
+static int consul_start(void *impl, struct loop *loop, char *err, size_t errlen)
+{
+        struct consul *cb = impl;
+        (void)err;
+        (void)errlen;
+        cb->loop = loop;
+        log_info(COMP, 0, "watching the Consul catalog at %s%s%s%s", cb->address,
+                 cb->dc[0] ? " (datacenter " : "", cb->dc, cb->dc[0] ? ")" : "");
+        /* an unreachable agent does not fail start-up: the watch retries */
+        watch_query(&cb->catalog);
+        return 0;
+}
+
+static void render_watch(const struct watch *w, struct strbuf *sb)
+{
+        strbuf_appendf(sb,
+                       "\"index\":%llu,\"failures\":%u,\"requests\":%llu,\"errors\":%llu,"
+                       "\"changes\":%llu,\"index_resets\":%llu,\"in_flight\":%s",
+                       (unsigned long long)w->index, w->failures, (unsigned long long)w->requests,
+                       (unsigned long long)w->errors, (unsigned long long)w->changes,
+                       (unsigned long long)w->resets, w->req ? "true" : "false");
+}
+
+static void consul_render(const void *impl, struct strbuf *sb)
+{
+        const struct consul *cb = impl;
+        strbuf_append(sb, "{\"address\":");
+        strbuf_append_json_string(sb, cb->address);
+        strbuf_append(sb, ",\"datacenter\":");
+        strbuf_append_json_string(sb, cb->dc);
+        strbuf_appendf(sb, ",\"acl_token\":%s,\"stale\":%s,\"syncs\":%llu,\"last_error\":",
+                       cb->token[0] ? "true" : "false", cb->n_failing ? "true" : "false",
+                       (unsigned long long)cb->syncs);
+        if (cb->last_error[0])
+                strbuf_append_json_string(sb, cb->last_error);
+        else
+                strbuf_append(sb, "null");
+        strbuf_append(sb, ",\"catalog\":{");
+        render_watch(&cb->catalog, sb);
+        strbuf_append(sb, "},\"services\":[");
+        for (uint32_t i = 0; i < cb->n_svcs; i++) {
+                strbuf_append(sb, i ? ",{\"name\":" : "{\"name\":");
+                strbuf_append_json_string(sb, cb->svcs[i]->name);
+                strbuf_append(sb, ",");
+                render_watch(cb->svcs[i], sb);
+                strbuf_append(sb, "}");
+        }
+        strbuf_append(sb, "]}");
+}
+
+static void consul_destroy(void *impl)
+{
+        struct consul *cb = impl;
+        if (!cb)
+                return;
+        watch_stop(&cb->catalog);
+        for (uint32_t i = 0; i < cb->n_svcs; i++) {
+                watch_stop(cb->svcs[i]);
+                free(cb->svcs[i]);
+        }
+        free(cb);
+}
+
+const struct disc_backend_ops disc_consul_ops = {
+    .type = "consul",
+    .create = consul_create,
+    .start = consul_start,
+    .render = consul_render,
+    .destroy = consul_destroy,
+};
