@@ -285,6 +285,63 @@ static void test_app_protocol(void **state)
         assert_int_equal(k8s_app_protocol("kubernetes.io/ws"), PROTO_UNKNOWN);
 }
 
+/* Many services over two namespaces, two slices each (listed in an order
+ * unrelated to the services'): every service gets exactly its own. */
+static void test_many_services(void **state)
+{
+        enum { NSVC = 600 };
+        struct k8s_cache *c = k8s_cache_new();
+        char rv[K8S_MAX_RV], err[256];
+        struct strbuf sb;
+        strbuf_init(&sb);
+        strbuf_append(&sb, "{\"metadata\":{\"resourceVersion\":\"1\"},\"items\":[");
+        for (int i = 0; i < NSVC; i++)
+                strbuf_appendf(&sb,
+                               "%s{\"metadata\":{\"name\":\"s%d\",\"namespace\":\"ns%d\"},"
+                               "\"spec\":{\"clusterIP\":\"10.96.%d.%d\",\"ports\":[{\"port\":"
+                               "80,\"targetPort\":8080}]}}",
+                               i ? "," : "", i, i % 2, i / 250, i % 250 + 1);
+        strbuf_append(&sb, "]}");
+        assert_int_equal(k8s_cache_list(c, K8S_SERVICES, sb.data, sb.len, rv, err, sizeof(err)), 0);
+        strbuf_reset(&sb);
+        strbuf_append(&sb, "{\"metadata\":{\"resourceVersion\":\"2\"},\"items\":[");
+        for (int k = 0; k < 2 * NSVC; k++) {
+                int i = (k * 7919) % NSVC, half = k >= NSVC;
+                strbuf_appendf(&sb,
+                               "%s{\"metadata\":{\"name\":\"s%d-%d\",\"namespace\":\"ns%d\","
+                               "\"labels\":{\"kubernetes.io/service-name\":\"s%d\"}},"
+                               "\"addressType\":\"IPv4\",\"ports\":[{\"port\":8080}],"
+                               "\"endpoints\":[{\"addresses\":[\"10.%d.%d.%d\"]},{\"addresses\":"
+                               "[\"10.%d.%d.%d\"]}]}",
+                               k ? "," : "", i, half, i % 2, i, 100 + half, i / 200, i % 200,
+                               100 + half, i / 200 + 10, i % 200);
+        }
+        strbuf_append(&sb, "]}");
+        assert_int_equal(k8s_cache_list(c, K8S_SLICES, sb.data, sb.len, rv, err, sizeof(err)), 0);
+        strbuf_free(&sb);
+        struct disc_service_spec *svcs;
+        size_t n;
+        assert_int_equal(k8s_cache_build(c, &svcs, &n), 0);
+        assert_int_equal(n, NSVC);
+        for (size_t i = 0; i < n; i++) {
+                int id = atoi(svcs[i].name + 1);
+                /* two slices, each with two distinct addresses */
+                assert_int_equal(svcs[i].n_endpoints, 4);
+                char want[32];
+                snprintf(want, sizeof(want), "ns%d", id % 2);
+                assert_string_equal(svcs[i].ns, want);
+                char ip[64];
+                snprintf(want, sizeof(want), "10.100.%d.%d", id / 200, id % 200);
+                bool seen = false;
+                for (uint32_t e = 0; e < svcs[i].n_endpoints; e++)
+                        seen |= strcmp(disc_addr_ip(&svcs[i].endpoints[e].addr, ip, sizeof(ip)),
+                                       want) == 0;
+                assert_true(seen);
+        }
+        k8s_specs_free(svcs, n);
+        k8s_cache_free(c);
+}
+
 /* ---- backend creation: credentials ------------------------------------------- */
 
 static int create(const char *kubeconfig, char *err, size_t errlen)
@@ -386,9 +443,9 @@ int main(void)
 {
         log_set_level(LOG_ERROR);
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_list_mapping), cmocka_unit_test(test_watch_events),
-            cmocka_unit_test(test_list_errors),  cmocka_unit_test(test_app_protocol),
-            cmocka_unit_test(test_credentials),
+            cmocka_unit_test(test_list_mapping),  cmocka_unit_test(test_watch_events),
+            cmocka_unit_test(test_list_errors),   cmocka_unit_test(test_app_protocol),
+            cmocka_unit_test(test_many_services), cmocka_unit_test(test_credentials),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

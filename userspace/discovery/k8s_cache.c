@@ -583,7 +583,9 @@ static int ep_cmp(const void *a, const void *b)
         return memcmp(&x->addr, &y->addr, sizeof(x->addr));
 }
 
-static int build_one(const struct k8s_cache *c, const struct k8s_svc *ks,
+/* sls: the slices of this service (same namespace and service name), in
+ * slice name order. */
+static int build_one(const struct k8s_slice *const *sls, size_t nsl, const struct k8s_svc *ks,
                      struct disc_service_spec *sp)
 {
         disc_service_spec_init(sp);
@@ -592,11 +594,8 @@ static int build_one(const struct k8s_cache *c, const struct k8s_svc *ks,
         memcpy(sp->vips, ks->vips, sizeof(sp->vips));
         sp->n_vips = ks->n_vips;
         size_t cap = 0;
-        for (size_t i = 0; i < c->n_slices; i++) {
-                const struct k8s_slice *sl = &c->slices[i];
-                if (strcmp(sl->svc, ks->name) == 0 && strcmp(sl->ns, ks->ns) == 0)
-                        cap += (size_t)sl->n_eps * ks->n_ports;
-        }
+        for (size_t i = 0; i < nsl; i++)
+                cap += (size_t)sls[i]->n_eps * ks->n_ports;
         sp->endpoints = cap ? calloc(cap, sizeof(*sp->endpoints)) : NULL;
         if (cap && !sp->endpoints)
                 return -ENOMEM;
@@ -612,20 +611,17 @@ static int build_one(const struct k8s_cache *c, const struct k8s_svc *ks,
                  * slice's wins. */
                 uint16_t target = kp->target_num;
                 bool found = false;
-                for (size_t i = 0; i < c->n_slices && !found; i++) {
-                        const struct k8s_slice *sl = &c->slices[i];
-                        if (strcmp(sl->svc, ks->name) == 0 && strcmp(sl->ns, ks->ns) == 0 &&
-                            sl->n_eps && slice_port(sl, kp->name, &target))
+                for (size_t i = 0; i < nsl && !found; i++) {
+                        if (sls[i]->n_eps && slice_port(sls[i], kp->name, &target))
                                 found = true;
                 }
                 ps->target_port = target ? target : kp->port;
                 if (!found && !kp->target_num)
                         continue; /* named targetPort not resolved yet: no endpoints */
-                for (size_t i = 0; i < c->n_slices; i++) {
-                        const struct k8s_slice *sl = &c->slices[i];
+                for (size_t i = 0; i < nsl; i++) {
+                        const struct k8s_slice *sl = sls[i];
                         uint16_t num;
-                        if (strcmp(sl->svc, ks->name) != 0 || strcmp(sl->ns, ks->ns) != 0 ||
-                            !slice_port(sl, kp->name, &num) || num != ps->target_port)
+                        if (!slice_port(sl, kp->name, &num) || num != ps->target_port)
                                 continue;
                         for (uint32_t e = 0; e < sl->n_eps; e++) {
                                 struct disc_endpoint_spec es = {0};
@@ -652,17 +648,59 @@ static int build_one(const struct k8s_cache *c, const struct k8s_svc *ks,
         return 0;
 }
 
+static int slice_cmp(const void *a, const void *b)
+{
+        const struct k8s_slice *x = *(const struct k8s_slice *const *)a;
+        const struct k8s_slice *y = *(const struct k8s_slice *const *)b;
+        int r = strcmp(x->ns, y->ns);
+        if (!r)
+                r = strcmp(x->svc, y->svc);
+        return r ? r : strcmp(x->name, y->name);
+}
+
+/* Index of the first slice in sorted idx at or after (ns, svc). */
+static size_t slice_lower(const struct k8s_slice *const *idx, size_t n, const char *ns,
+                          const char *svc)
+{
+        size_t lo = 0, hi = n;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                int r = strcmp(idx[mid]->ns, ns);
+                if (!r)
+                        r = strcmp(idx[mid]->svc, svc);
+                if (r < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo;
+}
+
 int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **out, size_t *n)
 {
         struct disc_service_spec *svcs = calloc(c->n_svcs ? c->n_svcs : 1, sizeof(*svcs));
-        if (!svcs)
+        const struct k8s_slice **idx = calloc(c->n_slices ? c->n_slices : 1, sizeof(*idx));
+        if (!svcs || !idx) {
+                free(svcs);
+                free(idx);
                 return -ENOMEM;
+        }
+        for (size_t i = 0; i < c->n_slices; i++)
+                idx[i] = &c->slices[i];
+        qsort(idx, c->n_slices, sizeof(*idx), slice_cmp);
         for (size_t i = 0; i < c->n_svcs; i++) {
-                if (build_one(c, &c->svcs[i], &svcs[i])) {
+                const struct k8s_svc *ks = &c->svcs[i];
+                size_t lo = slice_lower(idx, c->n_slices, ks->ns, ks->name), hi = lo;
+                while (hi < c->n_slices && strcmp(idx[hi]->ns, ks->ns) == 0 &&
+                       strcmp(idx[hi]->svc, ks->name) == 0)
+                        hi++;
+                if (build_one(idx + lo, hi - lo, ks, &svcs[i])) {
                         k8s_specs_free(svcs, i + 1);
+                        free(idx);
                         return -ENOMEM;
                 }
         }
+        free(idx);
         *out = svcs;
         *n = c->n_svcs;
         return 0;
