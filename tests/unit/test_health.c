@@ -374,6 +374,59 @@ static void test_follows_registry(void **state)
         loop_free(loop);
 }
 
+/* More due probes than the in-flight bound: at most
+ * DISC_HEALTH_MAX_INFLIGHT run at once, the rest are shed (counted) and run
+ * later. 300 endpoints (distinct loopback addresses) point at a listener
+ * that never accepts, so every HTTP probe waits for its timeout. */
+static void test_inflight_bound(void **state)
+{
+        (void)state;
+        enum { N = 300 };
+        struct loop *loop = loop_new();
+        struct disc_registry *r = disc_registry_new(NULL);
+        int src = disc_source_add(r, "test", DISC_SOURCE_FILE);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        sa.sin_addr.s_addr = htonl(INADDR_ANY);
+        assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        assert_int_equal(listen(fd, 1024), 0);
+        socklen_t l = sizeof(sa);
+        getsockname(fd, (struct sockaddr *)&sa, &l);
+        uint16_t port = ntohs(sa.sin_port);
+        struct disc_endpoint_spec *eps = calloc(N, sizeof(*eps));
+        for (int i = 0; i < N; i++) {
+                char ip[32];
+                snprintf(ip, sizeof(ip), "127.0.%d.%d", 1 + i / 200, 1 + i % 200);
+                assert_int_equal(disc_addr_parse(ip, port, &eps[i].addr), 0);
+                eps[i].weight = 1;
+        }
+        struct disc_service_spec s;
+        service(&s, "many", DISC_HC_HTTP, "/h", eps, N);
+        s.hc.interval_ms = 3000;
+        s.hc.timeout_ms = 1000;
+        assert_int_equal(disc_registry_replace(r, src, &s, 1), 0);
+        assert_int_equal(disc_registry_publish(r), 0);
+        struct disc_checker *h = disc_health_start(r, loop, 0);
+        struct disc_health_stats st;
+        run_ticks(loop, r, 8); /* < the timeout: nothing has finished */
+        disc_health_get_stats(h, &st);
+        assert_int_equal(st.targets, N);
+        assert_int_equal(st.in_flight, DISC_HEALTH_MAX_INFLIGHT);
+        assert_int_equal(st.probes, DISC_HEALTH_MAX_INFLIGHT);
+        assert_true(st.shed >= N - DISC_HEALTH_MAX_INFLIGHT);
+        /* after the timeouts the shed ones run */
+        run_ticks(loop, r, 150);
+        disc_health_get_stats(h, &st);
+        assert_true(st.probes >= N);
+        assert_true(st.failed >= DISC_HEALTH_MAX_INFLIGHT);
+        assert_true(st.in_flight <= DISC_HEALTH_MAX_INFLIGHT);
+        disc_health_stop(h);
+        close(fd);
+        free(eps);
+        disc_registry_free(r);
+        loop_free(loop);
+}
+
 int main(void)
 {
         log_set_level(LOG_WARN);
@@ -381,6 +434,7 @@ int main(void)
             cmocka_unit_test(test_tcp_listener_goes_away),
             cmocka_unit_test(test_http_status),
             cmocka_unit_test(test_follows_registry),
+            cmocka_unit_test(test_inflight_bound),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
