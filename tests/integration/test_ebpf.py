@@ -612,6 +612,192 @@ def test_no_loops_and_no_leaks(topo, shuntd):
                    if l.get("level") == "warn")
 
 
+def test_ten_thousand_short_connections_leave_nothing(topo, shuntd):
+    """10,000 short captured connections (4 threads): every one redirected,
+    none failing, and no entry left in any per-connection map."""
+    n, threads = 10000, 4
+    script = (
+        "import socket, sys, threading\n"
+        "errors = []\n"
+        "def run(k):\n"
+        "    try:\n"
+        "        for i in range(k):\n"
+        "            s = socket.create_connection((sys.argv[1], 7000), timeout=10)\n"
+        "            s.sendall(b'y' * 64); s.shutdown(socket.SHUT_WR)\n"
+        "            got = b''\n"
+        "            while True:\n"
+        "                b = s.recv(4096)\n"
+        "                if not b: break\n"
+        "                got += b\n"
+        "            assert got == b'y' * 64, got\n"
+        "            s.close()\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "ts = [threading.Thread(target=run, args=(%d,)) for _ in range(%d)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "assert not errors, errors[:3]\n" % (n // threads, threads)
+    )
+    before = bpf_counters()
+    r = in_cgroup(topo.app, [sys.executable, "-c", script, T.REMOTE4], timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = bpf_counters()
+    assert after["redirected"] - before["redirected"] == n
+    assert after["map_full"] == before["map_full"]
+
+    def left():
+        m = shuntd.json("/maps")["maps"]
+        return {k: m[k]["entries"] for k in ("orig_by_cookie", "orig_by_tuple", "sockhash",
+                                             "shortcut_off")}
+
+    sl.wait_until(lambda: not any(left().values()), 10, what="maps empty")
+
+
+def fill_map(path, key_size, value_size, count):
+    """Inserts count made-up entries (keys 1..count) into a pinned hash map."""
+    for i in range(1, count + 1):
+        key = ["%02x" % b for b in i.to_bytes(key_size, "little")]
+        sl.run(["bpftool", "map", "update", "pinned", path, "key", "hex"] + key +
+               ["value", "hex"] + ["00"] * value_size)
+
+
+def test_full_maps_degrade_to_the_normal_path(fresh_topo, cgroup2):
+    """SHUNT_BPF_TEST_MAP_MAX=1: with the cookie map full a connect is left
+    alone (it goes directly, and works); with room for only one sockhash
+    entry the pair is incomplete and bytes take the TCP stack. Both are
+    counted as map_full; nothing breaks."""
+    pins = PINS + "-full"
+    procs = {}
+    d = None
+    try:
+        sl.spawn_remote_peers(fresh_topo, procs, ["addr-a"])
+        d = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2),
+                      sl.shuntd_args(redirect="ebpf", redirect_cgroup=cgroup2, bpf_pin_root=pins),
+                      env={"SHUNT_BPF_TEST_MAP_MAX": "1"})
+        d.wait_ready()
+        maps = d.json("/maps")["maps"]
+        assert maps["orig_by_cookie"]["max"] == 1 and maps["sockhash"]["max"] == 1, maps
+
+        def run_client():
+            wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup2,
+                    sys.executable, "-c", CLIENT, T.REMOTE4, "7001", "addr"]
+            r = fresh_topo.app.run(wrap, timeout=30, check=False)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+
+        # The cookie map is full: not captured, straight to the server.
+        fill_map(os.path.join(pins, "shunt_orig_by_cookie"), 8, 40, 1)
+        c0 = bpf_counters(pins)
+        out = run_client()
+        assert out["reply"]["server"] == "addr-a"
+        assert out["peername"] == [T.REMOTE4, 7001]  # the normal path
+        c1 = bpf_counters(pins)
+        assert c1["map_full"] == c0["map_full"] + 1
+        assert c1["redirected"] == c0["redirected"]
+
+        # Room again: captured; the sockhash takes only the application's end.
+        sl.run(["bpftool", "map", "delete", "pinned", os.path.join(pins, "shunt_orig_by_cookie"),
+                "key", "hex", "01", "00", "00", "00", "00", "00", "00", "00"])
+        out = run_client()
+        assert out["reply"]["server"] == "addr-a"
+        assert out["peername"] == ["127.0.0.1", 15002]
+        c2 = bpf_counters(pins)
+        assert c2["redirected"] == c1["redirected"] + 1
+        assert c2["map_full"] == c1["map_full"] + 1  # shuntd's end found no room
+        assert c2["shortcut_bytes"] == c1["shortcut_bytes"]  # bytes took the stack
+    finally:
+        if d:
+            d.stop()
+        for p in procs.values():
+            p.stop()
+        remove_pins(pins)
+
+
+def test_kill_9_and_restart(fresh_topo, cgroup2):
+    """kill -9 leaves the pins and links: capture goes on, so while shuntd is
+    dead a captured connect is refused at once (nothing listens on 15002)
+    rather than leaking past the proxy; a connection that does not go
+    through shuntd (excluded port) stays up. The restart takes the pins
+    over (links updated in place, one program per hook), and a stale pin of
+    an incompatible build is replaced."""
+    pins = PINS + "-kill"
+    procs = {}
+    d = d2 = held = None
+    args = sl.shuntd_args(redirect="ebpf", redirect_cgroup=cgroup2, bpf_pin_root=pins,
+                          exclude_outbound_ports="7000")
+    try:
+        sl.spawn_remote_peers(fresh_topo, procs, ["echo", "addr-a"])
+        d = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2), args)
+        d.wait_ready()
+        # An application connection not proxied (excluded port), held open.
+        held = fresh_topo.app.spawn(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
+                                     cgroup2, sys.executable, "-c", HOLDER, T.REMOTE4, "7000"],
+                                    "holder-kill", stdout_pipe=True)
+        line = held.readline(10)
+        assert line, held.read_stderr()
+        assert json.loads(line)["peer"] == [T.REMOTE4, 7000]
+        d.proc.popen.kill()
+        d.proc.popen.wait(10)
+        assert os.path.exists(os.path.join(pins, "link_connect4"))
+        out = sl.run(["bpftool", "cgroup", "show", cgroup2]).stdout
+        assert "cgroup_inet4_connect" in out, out
+        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup2,
+                sys.executable, "-c", CLIENT, T.REMOTE4, "7001", "addr"]
+        r = fresh_topo.app.run(wrap, timeout=30, check=False)
+        assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr, r.stderr
+
+        # A stale pin of an incompatible build (same name, other shape).
+        os.unlink(os.path.join(pins, "shunt_counters"))
+        sl.run(["bpftool", "map", "create", os.path.join(pins, "shunt_counters"), "type", "hash",
+                "key", "4", "value", "4", "entries", "1", "name", "shunt_counters"])
+        d2 = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2), args, name="shuntd-2")
+        d2.wait_ready()
+        msgs = [l.get("msg", "") for l in d2.log_lines()]
+        assert any("removing them and retrying" in m for m in msgs), msgs[-20:]
+        out = sl.run(["bpftool", "-j", "cgroup", "show", cgroup2]).stdout
+        hooks = [e["attach_type"] for e in json.loads(out)]
+        for h in ("cgroup_inet4_connect", "cgroup_inet6_connect", "cgroup_sock_ops",
+                  "cgroup_getsockopt"):
+            assert hooks.count(h) == 1, hooks
+        r = fresh_topo.app.run(wrap, timeout=30, check=False)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["reply"]["server"] == "addr-a"
+        # The unproxied connection lived through it all.
+        assert held.alive()
+        d2.stop()
+        assert d2.proc.popen.returncode == 0
+        assert not os.path.exists(pins)
+    finally:
+        for x in (held, d, d2):
+            if x:
+                x.stop()
+        for p in procs.values():
+            p.stop()
+        remove_pins(pins)
+
+
+def test_restart_reuses_pins(fresh_topo, cgroup2):
+    """kill -9 then restart of a compatible build: maps are reused and the
+    links get the new programs in place."""
+    pins = PINS + "-reuse"
+    args = sl.shuntd_args(redirect="ebpf", redirect_cgroup=cgroup2, bpf_pin_root=pins)
+    d = d2 = None
+    try:
+        d = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2), args)
+        d.wait_ready()
+        d.proc.popen.kill()
+        d.proc.popen.wait(10)
+        d2 = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2), args, name="shuntd-2")
+        d2.wait_ready()
+        msgs = [l.get("msg", "") for l in d2.log_lines()]
+        assert any("maps reused" in m for m in msgs), msgs[-20:]
+        assert sum("program replaced in place" in m for m in msgs) == 4, msgs[-20:]
+    finally:
+        for x in (d, d2):
+            if x:
+                x.stop()
+        remove_pins(pins)
+
+
 def test_clean_exit_detaches(fresh_topo, cgroup2):
     pins = PINS + "-exit"
     d = sl.Shuntd(fresh_topo.app, sl.shuntd_args(redirect="ebpf", redirect_cgroup=cgroup2,

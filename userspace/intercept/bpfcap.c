@@ -279,6 +279,31 @@ static int set_pin_paths(struct shunt_capture *skel, const char *root)
         return 0;
 }
 
+/* SHUNT_BPF_TEST_MAP_MAX=N (tests only): orig_by_cookie, the sockhash and
+ * shortcut_off hold at most N entries, so a test can fill them. */
+static int apply_test_map_max(struct shunt_capture *skel)
+{
+        const char *v = getenv("SHUNT_BPF_TEST_MAP_MAX");
+        if (!v || !*v)
+                return 0;
+        char *end;
+        unsigned long n = strtoul(v, &end, 10);
+        if (*end || n < 1 || n > SHUNT_MAX_SOCKETS) {
+                log_error("bpf", 0, "SHUNT_BPF_TEST_MAP_MAX %s: want 1..%d", v, SHUNT_MAX_SOCKETS);
+                return -EINVAL;
+        }
+        log_warn("bpf", 0, "SHUNT_BPF_TEST_MAP_MAX: capture maps limited to %lu entries (testing)",
+                 n);
+        struct bpf_map *maps[] = {skel->maps.shunt_orig_by_cookie, skel->maps.shunt_sockhash,
+                                  skel->maps.shunt_shortcut_off};
+        for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+                int rc = bpf_map__set_max_entries(maps[i], (uint32_t)n);
+                if (rc < 0)
+                        return rc;
+        }
+        return 0;
+}
+
 /* Opens and loads the skeleton with its maps pinned under root; pinned maps
  * of a previous run are reused so live connections keep their entries. */
 static struct shunt_capture *load(const char *root, bool *reused, char *err, size_t errlen)
@@ -290,6 +315,8 @@ static struct shunt_capture *load(const char *root, bool *reused, char *err, siz
                         return NULL;
                 }
                 int rc = set_pin_paths(skel, root);
+                if (rc == 0)
+                        rc = apply_test_map_max(skel);
                 if (rc == 0)
                         rc = shunt_capture__load(skel);
                 if (rc == 0) {

@@ -50,7 +50,9 @@ void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_con
  * cgroup_path: the program and map types, the helpers the programs call,
  * a cgroup v2 directory. Returns 0, or -1 with one line in why naming what
  * is missing. The environment variable SHUNT_BPF_REFUSE=1 makes the probe
- * fail as if the kernel refused to load programs (for testing fallback). */
+ * fail as if the kernel refused to load programs (for testing fallback).
+ * SHUNT_BPF_TEST_MAP_MAX=N (testing only) shrinks orig_by_cookie, the sockhash
+ * and shortcut_off to N entries so tests can fill them. */
 int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen);
 
 /* Loads, pins and attaches. NULL with err on failure (nothing is left
