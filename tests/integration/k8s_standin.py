@@ -85,9 +85,11 @@ class State:
                 k: {"/".join(key): o for key, o in v.items()} for k, v in self.objects.items()}}, f)
         os.rename(tmp, self.path)
 
-    def push(self, kind, line, bump):
+    def push(self, kind, line, pending=False):
+        # a pending entry (injected bad JSON) sorts after the current
+        # resourceVersion: a watch opened from it still receives it
         self.seq += 1
-        self.history.append((self.seq, self.rv, kind, line))
+        self.history.append((self.seq, self.rv + (0.5 if pending else 0), kind, line))
         del self.history[:-2000]
         self.cv.notify_all()
 
@@ -110,7 +112,7 @@ class State:
             else:
                 self.objects[kind][key] = obj
             line = json.dumps({"type": etype, "object": obj}).encode()
-            self.push(kind, line, True)
+            self.push(kind, line)
             self.save()
             return True
 
@@ -325,7 +327,10 @@ class Control(BaseHTTPRequestHandler):
         if self.path == "/inject":
             with st.cv:
                 if "bad_json" in body:
-                    st.push(body["bad_json"], b'{"type":"MODIFIED","object":{"metadata":', False)
+                    st.push(body["bad_json"], b'{"type":"MODIFIED","object":{"metadata":', pending=True)
+                    then = body.get("then_apply")
+                    if then:  # a good event right behind it, on the same streams
+                        st.apply(then["kind"], then["type"], then["object"])
                 if body.get("silence"):
                     st.silence_upto = st.watch_ids
                 if body.get("gone_event") or body.get("gone_status"):

@@ -291,10 +291,14 @@ def test_terminating_endpoint_drains(env):
 def test_bad_json_event_skipped(env):
     d = env.daemon
     bad = k8s_state(d)["endpointslices"]["bad_events"]
-    env.ctl("POST", "/inject", {"bad_json": "endpointslices"})
-    scale(env, [0, 1])  # the next event on the same stream still applies
+    failures = k8s_state(d)["endpointslices"]["failures"]
+    # a malformed line, then a good event right behind it on the same stream
+    env.ctl("POST", "/inject", {"bad_json": "endpointslices", "then_apply": {
+        "kind": "endpointslices", "type": "MODIFIED", "object": slice_obj(EPS[:2])}})
+    sl.wait_until(lambda: addrs(d) == sorted(EPS[:2]), 10, what="the event after the bad one")
     st = k8s_state(d)
     assert st["endpointslices"]["bad_events"] == bad + 1
+    assert st["endpointslices"]["failures"] == failures  # no reconnect for it
     assert [l for l in d.log_lines() if "event skipped" in l.get("msg", "")]
     scale(env, range(3))
 
