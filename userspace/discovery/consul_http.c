@@ -25,6 +25,7 @@ struct chttp {
         chttp_done_fn fn;
         void *ctx;
         bool connected;
+        bool dead; /* released: a later event of the same epoll batch is ignored */
         char *req;
         size_t req_len, req_off;
         char *buf; /* the response as received */
@@ -37,6 +38,7 @@ struct chttp {
 
 static void release(struct chttp *c)
 {
+        c->dead = true;
         if (c->io.fd >= 0) {
                 if (c->io.events)
                         loop_io_del(c->loop, &c->io);
@@ -254,6 +256,8 @@ static void on_io(struct loop *loop, struct loop_io *io, uint32_t events)
 {
         struct chttp *c = io->data;
         (void)events;
+        if (c->dead)
+                return;
         if (!c->connected) {
                 int err = 0;
                 socklen_t l = sizeof(err);

@@ -32,6 +32,7 @@ struct probe {
         uint32_t slot, gen;
         enum disc_hc_type type;
         enum probe_state state;
+        bool dead; /* freed (deferred): a later event of the same batch is ignored */
         char req[DISC_HC_PATH_MAX + DISC_NAME_MAX + 128];
         size_t req_len, req_off;
         char resp[DISC_HEALTH_RESP_MAX + 1];
@@ -135,6 +136,7 @@ static void rebuild(struct disc_checker *h, const struct disc_snapshot *s, uint6
 static void probe_free(struct probe *p, bool deferred)
 {
         struct disc_checker *h = p->h;
+        p->dead = true;
         if (p->io.fd >= 0) {
                 if (p->io.events)
                         loop_io_del(h->loop, &p->io);
@@ -199,6 +201,8 @@ static void probe_io(struct loop *loop, struct loop_io *io, uint32_t events)
 {
         struct probe *p = io->data;
         (void)loop;
+        if (p->dead)
+                return;
         if (p->state == P_CONNECTING) {
                 int err = 0;
                 socklen_t len = sizeof(err);
