@@ -13,8 +13,9 @@ the discovery backend uses:
              a resourceVersion older than the event history -> an ERROR event
              with a Status of code 410 (or HTTP 410, see gone_as_status)
       ?labelSelector=k=v,k!=v,k,!k (equality and existence)
-  Authorization: Bearer TOKEN checked (401 Status otherwise), TLS with the
-  given certificate.
+  Authorization: Bearer TOKEN checked (401 Status otherwise), unless the
+  client presented a certificate issued by --client-ca; TLS with the given
+  certificate.
 
 A plain-HTTP control endpoint (loopback) lets the test change objects and
 inject failures:
@@ -74,7 +75,7 @@ class State:
         self.bookmark_s = bookmark_s
         self.gone_as_status = False
         self.stats = {"list": {k: 0 for k in KINDS}, "watch": {k: 0 for k in KINDS},
-                      "unauthorized": 0, "gone_status": 0, "gone_event": 0, "open_watches": 0}
+                      "unauthorized": 0, "client_cert": 0, "gone_status": 0, "gone_event": 0, "open_watches": 0}
 
     def save(self):
         if not self.path:
@@ -174,7 +175,15 @@ class Api(BaseHTTPRequestHandler):
         st = self.server.state
         u = urllib.parse.urlsplit(self.path)
         q = dict(urllib.parse.parse_qsl(u.query))
-        if self.headers.get("Authorization") != "Bearer " + st.token:
+        cert = None
+        try:
+            cert = self.connection.getpeercert()
+        except (AttributeError, ValueError):
+            pass
+        if cert:
+            with st.cv:
+                st.stats["client_cert"] += 1
+        elif self.headers.get("Authorization") != "Bearer " + st.token:
             with st.cv:
                 st.stats["unauthorized"] += 1
             return self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
@@ -362,6 +371,7 @@ def main():
     ap.add_argument("--key")
     ap.add_argument("--token", required=True)
     ap.add_argument("--state")
+    ap.add_argument("--client-ca", help="also accept client certificates issued by this CA")
     ap.add_argument("--bookmark-s", type=float, default=1.0)
     a = ap.parse_args()
     st = State(a.state, a.token, a.bookmark_s)
@@ -371,6 +381,9 @@ def main():
     if a.cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.cert, a.key)
+        if a.client_ca:
+            ctx.load_verify_locations(a.client_ca)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         api.socket = ctx.wrap_socket(api.socket, server_side=True)
     ctl = ThreadingHTTPServer(hostport(a.control), Control)
     ctl.daemon_threads = True

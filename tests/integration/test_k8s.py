@@ -107,12 +107,23 @@ class Env:
             json.dump(kc, f)
         return path
 
-    def start_standin(self):
-        self.standin = self.topo.app.spawn(
-            [sys.executable, STANDIN, "--listen", "%s:%d" % API, "--control", "%s:%d" % CTL,
-             "--cert", os.path.join(self.dir, "srv.pem"), "--key", os.path.join(self.dir, "srv.key"),
-             "--token", self.token, "--state", os.path.join(self.dir, "state.json")],
-            "k8s-standin", stdout_pipe=True)
+    def make_client_cert(self):
+        p = lambda n: os.path.join(self.dir, n)  # noqa: E731
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", p("client.key"), "-out", p("client.csr"), "-subj",
+                "/O=system:masters/CN=shunt")
+        with open(p("cext"), "w") as f:
+            f.write("extendedKeyUsage=clientAuth\n")
+        openssl("x509", "-req", "-in", p("client.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+                "-CAcreateserial", "-out", p("client.pem"), "-days", "1", "-extfile", p("cext"))
+
+    def start_standin(self, client_ca=False):
+        argv = [sys.executable, STANDIN, "--listen", "%s:%d" % API, "--control", "%s:%d" % CTL,
+                "--cert", os.path.join(self.dir, "srv.pem"), "--key", os.path.join(self.dir, "srv.key"),
+                "--token", self.token, "--state", os.path.join(self.dir, "state.json")]
+        if client_ca:
+            argv += ["--client-ca", os.path.join(self.dir, "ca.pem")]
+        self.standin = self.topo.app.spawn(argv, "k8s-standin", stdout_pipe=True)
         line = self.standin.readline(10)
         if not line or not line.startswith("READY"):
             raise sl.HarnessError("stand-in did not start: %r %s" % (line, self.standin.read_stderr()))
@@ -420,3 +431,44 @@ def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
             e.standin.stop()
         if peer:
             peer.stop()
+
+
+def test_kubeconfig_client_certificate(fresh_topo, start_shuntd):
+    """A kubeconfig with the CA as a file path (relative to the kubeconfig)
+    and a client certificate and key inline (-data): the stand-in accepts
+    the certificate, no token is sent."""
+    e = Env(fresh_topo)
+    try:
+        e.make_certs()
+        e.make_client_cert()
+        e.token = "unused-token"
+        e.start_standin(client_ca=True)
+        e.apply("services", "ADDED", service_obj())
+        e.apply("endpointslices", "ADDED", slice_obj([T.REMOTE4]))
+
+        def b64(name):
+            with open(os.path.join(e.dir, name), "rb") as f:
+                return base64.b64encode(f.read()).decode()
+
+        kc = {
+            "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {"server": "https://%s:%d" % API,
+                                                   "certificate-authority": "ca.pem"}}],
+            "users": [{"name": "u", "user": {"client-certificate-data": b64("client.pem"),
+                                             "client-key-data": b64("client.key")}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        }
+        path = os.path.join(e.dir, "kubeconfig")
+        with open(path, "w") as f:
+            json.dump(kc, f)
+        for n in ("kubeconfig", "ca.pem"):
+            os.chmod(os.path.join(e.dir, n), 0o644)
+        d = start_shuntd(e.topo.app, sl.shuntd_args(**{
+            "service-discovery.type": "kubernetes",
+            "service-discovery.kubernetes.kubeconfig-path": path}))
+        sl.wait_until(lambda: addrs(d) == [T.REMOTE4], 10, what="synced with a client certificate")
+        st = e.stats()
+        assert st["client_cert"] >= 2 and st["unauthorized"] == 0
+    finally:
+        if e.standin:
+            e.standin.stop()
