@@ -325,3 +325,21 @@ def test_catalog_learns_and_forgets_services(env):
     agent.ctl(op="delete_service", name="api")
     sl.wait_until(lambda: not any(s["name"] == "api" for s in d.json("/endpoints")["services"]), 10,
                   what="api forgotten")
+
+
+def test_slow_answers_are_waited_for(env):
+    """Answers slower than usual (but within the request timeout) are not
+    errors: the change they carry arrives and nothing goes stale."""
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+    state = consul_state(d)
+    errors = sum(s["errors"] for s in state["services"]) + state["catalog"]["errors"]
+    agent.ctl(op="fail", mode="slow", seconds=1.5, count=3)
+    agent.set_web({0: "warning"})
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[0], {}).get("weight") == 50, "change via slow answers")
+    state = consul_state(d)
+    assert sum(s["errors"] for s in state["services"]) + state["catalog"]["errors"] == errors
+    assert not state["stale"]
+    agent.ctl(op="fail", mode="none", count=0)
+    agent.set_web()
+    wait_routed(d, all_passing, "all passing again")
