@@ -264,7 +264,8 @@ def test_initial_sync_and_mapping(env):
     assert st["credentials"] == "kubeconfig" and st["services"]["objects"] == 1
     stats = env.stats()
     assert stats["list"]["services"] >= 1 and stats["list"]["endpointslices"] >= 1
-    assert served_by(env, 9).keys() == names([0, 1, 2])
+    sl.wait_until(lambda: set(served_by(env, 9)) == names([0, 1, 2]), 10,
+                  what="traffic through the clusterIP")
 
 
 def test_scale_3_5_2(env):
@@ -424,8 +425,15 @@ def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
                       what="both namespaces")
         st = k8s_state(d)
         assert st["credentials"] == "in-cluster" and st["namespace"] == ""
-        status, _, body = e.topo.app.http("10.96.0.21", 80, "GET", "/")
-        assert status == 200 and json.loads(body)["server"] == "ep0"
+
+        def reached():  # the proxy takes the new snapshot as its route table on its own tick
+            try:
+                status, _, body = e.topo.app.http("10.96.0.21", 80, "GET", "/")
+            except OSError:
+                return False
+            return status == 200 and json.loads(body)["server"] == "ep0"
+
+        sl.wait_until(reached, 10, what="team-b/api reached through its clusterIP")
     finally:
         if e.standin:
             e.standin.stop()
