@@ -131,7 +131,7 @@ static void test_defaults(void **state)
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         assert_int_equal(c->workers, cpus > 256 ? 256 : cpus);
         assert_int_equal(c->log_level, LOG_INFO);
-        assert_int_equal(c->redirect, REDIRECT_IPTABLES);
+        assert_int_equal(c->redirect, REDIRECT_AUTO);
         assert_int_equal(c->proxy_mark, 0x539);
         assert_int_equal(c->proxy_uid, -1);
         assert_int_equal(c->n_exclude_inbound_ports, 2); /* 22 and the admin port */
@@ -482,7 +482,7 @@ static void test_dump(void **state)
         v = dump_entry(root, "drain_timeout", "default");
         assert_string_equal(v->valuestring, "30s");
         v = dump_entry(root, "redirect", "default");
-        assert_string_equal(v->valuestring, "iptables");
+        assert_string_equal(v->valuestring, "auto");
         cJSON_Delete(root);
         free(s);
         snapshot_unref(&c->snap);

@@ -86,7 +86,7 @@ static const struct key_desc keys[] = {
         {.path = "log_level", .env = "SHUNT_LOG_LEVEL", .type = K_ENUM, FIELD(log_level), .names = log_level_names,
          .def = "info"},
         {.path = "redirect", .env = "SHUNT_REDIRECT", .type = K_ENUM, FIELD(redirect), .names = redirect_names,
-         .def = "iptables"},
+         .def = "auto", .note = "auto: eBPF when the kernel and redirect_cgroup allow it, else iptables (one log line says why)"},
         {.path = "redirect_cgroup", .env = "SHUNT_REDIRECT_CGROUP", .type = K_STR, FIELD(redirect_cgroup),
          .note = "cgroup v2 directory of the workload (eBPF capture); required by ebpf, auto falls back without it"},
         {.path = "bpf_pin_root", .env = "SHUNT_BPF_PIN_ROOT", .type = K_STR, FIELD(bpf_pin_root),
