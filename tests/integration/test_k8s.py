@@ -366,10 +366,14 @@ def test_api_server_down_keeps_last_endpoints(env):
     assert all(ep["stale"] for ep in web(d)["endpoints"])
     assert addrs(d, "healthy") == sorted(EPS[:3])  # last health kept
     assert served_by(env, 9).keys() == names([0, 1, 2])
-    time.sleep(3)  # a few failed reconnects (backoff 1 s, 2 s, ...)
+    # failed reconnects back off: 1 s, 2 s, 4 s ... (the next delay doubles)
+    sl.wait_until(lambda: k8s_state(d)["services"]["backoff_ms"] >= 4000, 15,
+                  what="backoff doubling")
     assert served_by(env, 3)
     env.start_standin()
     sl.wait_until(lambda: not web(d)["stale"], 40, what="resynced after the restart")
+    st = k8s_state(d)  # reset on success
+    assert st["services"]["backoff_ms"] == st["endpointslices"]["backoff_ms"] == 1000, st
     scale(env, [2, 3, 4])
     assert served_by(env, 9).keys() == names([2, 3, 4])
     scale(env, range(3))
