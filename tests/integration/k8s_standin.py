@@ -12,6 +12,8 @@ the discovery backend uses:
              {"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":{...}};
              a resourceVersion older than the event history -> an ERROR event
              with a Status of code 410 (or HTTP 410, see gone_as_status)
+      ?limit=N[&continue=TOKEN]: pages (at most --max-page items each), the
+             continue token in metadata.continue; an expired token -> 410
       ?labelSelector=k=v,k!=v,k,!k (equality and existence)
   Authorization: Bearer TOKEN checked (401 Status otherwise), unless the
   client presented a certificate issued by --client-ca; TLS with the given
@@ -28,6 +30,7 @@ inject failures:
                                                  old resourceVersions then get HTTP 410
                 {"bookmark_s":N}                 bookmark interval (0: none)
                 {"token":"..."}                  the accepted bearer token
+                {"expire_continue":true}         the next list continue token gets 410
   GET  /stats   request counters
 
 State (objects and resourceVersion) is kept in --state so that a restarted
@@ -36,6 +39,7 @@ watch cache does after a restart.
 """
 
 import argparse
+import base64
 import copy
 import json
 import os
@@ -74,8 +78,10 @@ class State:
         self.token = token
         self.bookmark_s = bookmark_s
         self.gone_as_status = False
+        self.max_page = 0
+        self.expire_continue = False
         self.stats = {"list": {k: 0 for k in KINDS}, "watch": {k: 0 for k in KINDS},
-                      "unauthorized": 0, "client_cert": 0, "gone_status": 0, "gone_event": 0, "open_watches": 0}
+                      "unauthorized": 0, "client_cert": 0, "pages": 0, "continue_expired": 0, "gone_status": 0, "gone_event": 0, "open_watches": 0}
 
     def save(self):
         if not self.path:
@@ -199,14 +205,45 @@ class Api(BaseHTTPRequestHandler):
                 sel, md.get("labels") or {})
 
         if q.get("watch") not in ("1", "true"):
-            with st.cv:
-                st.stats["list"][kind] += 1
-                items = [copy.deepcopy(o) for o in st.objects[kind].values() if visible(o)]
-                rv = st.rv
-            api, _, lkind, _ = KINDS[kind]
-            return self.send_json(200, {"kind": lkind, "apiVersion": api,
-                                        "metadata": {"resourceVersion": str(rv)}, "items": items})
+            return self.list(st, kind, q, visible)
         self.watch(st, kind, q, visible)
+
+    def list(self, st, kind, q, visible):
+        """A list; with limit, pages of at most min(limit, --max-page) items
+        and a continue token (the server may return fewer than asked)."""
+        api, _, lkind, _ = KINDS[kind]
+        with st.cv:
+            st.stats["list"][kind] += 1
+            st.stats["pages"] += 1
+            rv, after = st.rv, None
+            if q.get("continue"):
+                try:
+                    tok = json.loads(base64.b64decode(q["continue"]))
+                except (ValueError, TypeError):
+                    return self.send_json(400, status(400, "BadRequest", "invalid continue"))
+                if tok["epoch"] != st.epoch or st.expire_continue:
+                    st.expire_continue = False
+                    st.stats["continue_expired"] += 1
+                    return self.send_json(410, status(
+                        410, "Expired", "The provided continue parameter is too old to display a "
+                        "consistent list result. You can start a new list without the continue "
+                        "parameter."))
+                rv, after = tok["rv"], tuple(tok["after"])
+            keys = sorted(k for k, o in st.objects[kind].items()
+                          if visible(o) and (after is None or k > after))
+            limit = int(q.get("limit", "0") or "0")
+            if limit and st.max_page:
+                limit = min(limit, st.max_page)
+            more = bool(limit) and len(keys) > limit
+            if limit:
+                keys = keys[:limit]
+            items = [copy.deepcopy(st.objects[kind][k]) for k in keys]
+            md = {"resourceVersion": str(rv)}
+            if more:
+                md["continue"] = base64.b64encode(json.dumps(
+                    {"rv": rv, "after": list(keys[-1]), "epoch": st.epoch}).encode()).decode()
+        return self.send_json(200, {"kind": lkind, "apiVersion": api, "metadata": md,
+                                    "items": items})
 
     def chunk(self, data):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -351,6 +388,8 @@ class Control(BaseHTTPRequestHandler):
                     st.save()
                 if "bookmark_s" in body:
                     st.bookmark_s = float(body["bookmark_s"])
+                if body.get("expire_continue"):
+                    st.expire_continue = True
                 if "token" in body:
                     st.token = body["token"]
                 st.cv.notify_all()
@@ -373,8 +412,10 @@ def main():
     ap.add_argument("--state")
     ap.add_argument("--client-ca", help="also accept client certificates issued by this CA")
     ap.add_argument("--bookmark-s", type=float, default=1.0)
+    ap.add_argument("--max-page", type=int, default=0, help="cap on list page sizes")
     a = ap.parse_args()
     st = State(a.state, a.token, a.bookmark_s)
+    st.max_page = a.max_page
     api = ThreadingHTTPServer(hostport(a.listen), Api)
     api.daemon_threads = True
     api.state = st

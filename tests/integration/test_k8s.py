@@ -117,12 +117,14 @@ class Env:
         openssl("x509", "-req", "-in", p("client.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
                 "-CAcreateserial", "-out", p("client.pem"), "-days", "1", "-extfile", p("cext"))
 
-    def start_standin(self, client_ca=False):
+    def start_standin(self, client_ca=False, max_page=0):
         argv = [sys.executable, STANDIN, "--listen", "%s:%d" % API, "--control", "%s:%d" % CTL,
                 "--cert", os.path.join(self.dir, "srv.pem"), "--key", os.path.join(self.dir, "srv.key"),
                 "--token", self.token, "--state", os.path.join(self.dir, "state.json")]
         if client_ca:
             argv += ["--client-ca", os.path.join(self.dir, "ca.pem")]
+        if max_page:
+            argv += ["--max-page", str(max_page)]
         self.standin = self.topo.app.spawn(argv, "k8s-standin", stdout_pipe=True)
         line = self.standin.readline(10)
         if not line or not line.startswith("READY"):
@@ -399,7 +401,9 @@ def test_token_rotation(env):
 
 def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
     """KUBERNETES_SERVICE_HOST/PORT and a service-account directory (token,
-    ca.crt); namespace "*" watches every namespace."""
+    ca.crt); namespace "*" watches every namespace; lists come in pages of
+    one item (limit/continue), and an expired continue token restarts the
+    list."""
     e = Env(fresh_topo)
     peer = None
     try:
@@ -414,7 +418,7 @@ def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
         for n in ("ca.crt", "token"):
             os.chmod(os.path.join(sa, n), 0o644)
         os.chmod(sa, 0o755)
-        e.start_standin()
+        e.start_standin(max_page=1)
         e.topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
         peer = e.topo.remote.spawn_peer("http", "ep0", ["%s:%d" % (T.REMOTE4, PORT)])
         e.apply("services", "ADDED", service_obj())
@@ -447,6 +451,19 @@ def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
             return status == 200 and json.loads(body)["server"] == "ep0"
 
         sl.wait_until(reached, 10, what="team-b/api reached through its clusterIP")
+        assert all(st[k]["pages"] >= 2 for k in ("services", "endpointslices")), st
+        # relist (410 on the watches), with the continue token of the second page expired
+        e.ctl("POST", "/inject", {"expire_continue": True})
+        e.ctl("POST", "/inject", {"gone_event": True})
+        sl.wait_until(lambda: e.stats()["continue_expired"] == 1, 10, what="an expired continue")
+        sl.wait_until(lambda: sum(k8s_state(d)[k]["continue_expired"]
+                                  for k in ("services", "endpointslices")) == 1, 10,
+                      what="the expired continue seen")
+        e.apply("endpointslices", "MODIFIED",
+                slice_obj([T.REMOTE4, T.REMOTE4B], name="api-1", svc="api", ns="team-b"))
+        sl.wait_until(lambda: services() == [("default", "web", 1), ("team-b", "api", 2)], 10,
+                      what="synced after the restarted list")
+        assert not any(s["stale"] for s in d.json("/endpoints")["services"])
     finally:
         if e.standin:
             e.standin.stop()

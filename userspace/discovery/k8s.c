@@ -63,7 +63,11 @@ struct k8s_watch {
         char abort_why[DISC_ERROR_MAX];
         uint32_t backoff_ms;
         uint64_t started_ms, last_data_ms;
-        uint64_t req_events; /* events and bookmarks in the current request */
+        uint64_t req_events;         /* events and bookmarks in the current request */
+        struct k8s_cache *staging;   /* a paginated list in progress */
+        char cont[K8S_MAX_CONTINUE]; /* its continue token ("" before the first page) */
+        char list_rv[K8S_MAX_RV];
+        uint64_t n_pages, n_cont_expired;
         uint64_t n_lists, n_watches, n_events, n_bookmarks, n_bad, n_gone, n_failures, n_silent;
         struct loop_timer retry;
         char last_error[DISC_ERROR_MAX];
@@ -559,6 +563,13 @@ static void release_easy(struct k8s_watch *w)
         }
 }
 
+static void drop_paging(struct k8s_watch *w)
+{
+        k8s_cache_free(w->staging);
+        w->staging = NULL;
+        w->cont[0] = '\0';
+}
+
 static void retry_cb(struct loop *loop, struct loop_timer *t)
 {
         struct k8s_watch *w = t->data;
@@ -569,6 +580,7 @@ static void fail(struct k8s_watch *w, const char *why)
 {
         struct k8s *k = w->k;
         release_easy(w);
+        drop_paging(w);
         w->healthy = false;
         w->n_failures++;
         snprintf(w->last_error, sizeof(w->last_error), "%s", why);
@@ -731,6 +743,19 @@ static void done(struct k8s_watch *w, CURLcode res)
                 start(w);
                 return;
         }
+        if (status == 410 && w->state == W_LIST && w->cont[0]) {
+                /* the continue token expired (compaction): list from the start */
+                w->n_cont_expired++;
+                log_info(COMP, 0,
+                         "kubernetes: %s: list continue token expired (410 Gone): listing "
+                         "again from the first page",
+                         kind_name[w->kind]);
+                release_easy(w);
+                drop_paging(w);
+                w->state = W_IDLE;
+                start(w);
+                return;
+        }
         if (w->abort_why[0]) {
                 snprintf(why, sizeof(why), "%s", w->abort_why);
                 fail(w, why);
@@ -756,16 +781,29 @@ static void done(struct k8s_watch *w, CURLcode res)
         }
         if (w->state == W_LIST) {
                 char err[DISC_ERROR_MAX];
-                int rc = k8s_cache_list(k->cache, w->kind, w->buf ? w->buf : "", w->len, w->rv, err,
-                                        sizeof(err));
+                if (!w->staging)
+                        w->staging = k8s_cache_new();
+                int rc = w->staging
+                             ? k8s_cache_list_page(w->staging, w->kind, w->buf ? w->buf : "",
+                                                   w->len, w->list_rv, w->cont, err, sizeof(err))
+                             : -ENOMEM;
                 if (rc) {
-                        fail(w, err);
+                        fail(w, rc == -ENOMEM ? "out of memory" : err);
                         return;
                 }
+                w->n_pages++;
                 release_easy(w);
+                w->backoff_ms = K8S_BACKOFF_MIN_MS;
+                if (w->cont[0]) { /* more pages */
+                        w->state = W_IDLE;
+                        start(w);
+                        return;
+                }
+                k8s_cache_take(k->cache, w->staging, w->kind);
+                drop_paging(w);
+                memcpy(w->rv, w->list_rv, sizeof(w->rv));
                 w->listed = true;
                 w->healthy = true;
-                w->backoff_ms = K8S_BACKOFF_MIN_MS;
                 log_info(COMP, 0, "kubernetes: listed %zu %s at resourceVersion %s",
                          k8s_cache_count(k->cache, w->kind), kind_name[w->kind], w->rv);
                 rebuild(k);
@@ -791,7 +829,7 @@ static void start(struct k8s_watch *w)
         struct k8s *k = w->k;
         if (k->closing)
                 return;
-        bool watch = w->listed && w->rv[0];
+        bool watch = w->listed && w->rv[0] && !w->cont[0];
         char path[256];
         if (k->ns[0])
                 snprintf(path, sizeof(path),
@@ -806,10 +844,11 @@ static void start(struct k8s_watch *w)
         size_t slen = strlen(k->server);
         while (slen && k->server[slen - 1] == '/')
                 slen--;
-        char url[2048];
+        char url[2 * K8S_MAX_CONTINUE + 1024];
         int n;
         const char *sel = w->kind == K8S_SERVICES ? k->selector_q : NULL;
         char *rv_q = curl_easy_escape(NULL, w->rv, 0);
+        char *cont_q = w->cont[0] ? curl_easy_escape(NULL, w->cont, 0) : NULL;
         if (watch)
                 n = snprintf(url, sizeof(url),
                              "%.*s%s?watch=1&allowWatchBookmarks=true&resourceVersion=%s&"
@@ -817,9 +856,11 @@ static void start(struct k8s_watch *w)
                              (int)slen, k->server, path, rv_q ? rv_q : "", k->watch_s,
                              sel ? "&labelSelector=" : "", sel ? sel : "");
         else
-                n = snprintf(url, sizeof(url), "%.*s%s%s%s", (int)slen, k->server, path,
-                             sel ? "?labelSelector=" : "", sel ? sel : "");
+                n = snprintf(url, sizeof(url), "%.*s%s?limit=%u%s%s%s%s", (int)slen, k->server,
+                             path, K8S_LIST_LIMIT, cont_q ? "&continue=" : "", cont_q ? cont_q : "",
+                             sel ? "&labelSelector=" : "", sel ? sel : "");
         curl_free(rv_q);
+        curl_free(cont_q);
         if (n < 0 || (size_t)n >= sizeof(url)) {
                 fail(w, "request URL too long");
                 return;
@@ -999,6 +1040,7 @@ static void k8s_destroy(void *impl)
                 if (k->loop)
                         loop_timer_cancel(k->loop, &k->w[i].retry);
                 free(k->w[i].buf);
+                drop_paging(&k->w[i]);
         }
         if (k->loop) {
                 loop_timer_cancel(k->loop, &k->curl_timer);
@@ -1141,12 +1183,13 @@ static void k8s_render(const void *impl, struct strbuf *sb)
                     sb,
                     ",\"objects\":%zu,\"lists\":%llu,\"watches\":%llu,\"bookmarks\":%llu,"
                     "\"bad_events\":%llu,\"gone\":%llu,\"failures\":%llu,\"silent\":%llu,"
-                    "\"backoff_ms\":%u,\"last_error\":",
+                    "\"backoff_ms\":%u,\"pages\":%llu,\"continue_expired\":%llu,\"last_error\":",
                     k8s_cache_count(k->cache, (enum k8s_kind)i), (unsigned long long)w->n_lists,
                     (unsigned long long)w->n_watches, (unsigned long long)w->n_bookmarks,
                     (unsigned long long)w->n_bad, (unsigned long long)w->n_gone,
                     (unsigned long long)w->n_failures, (unsigned long long)w->n_silent,
-                    w->backoff_ms);
+                    w->backoff_ms, (unsigned long long)w->n_pages,
+                    (unsigned long long)w->n_cont_expired);
                 if (w->last_error[0])
                         strbuf_append_json_string(sb, w->last_error);
                 else

@@ -26,6 +26,8 @@
 #define K8S_MAX_OBJECT_NAME     254  /* metadata.name of a slice (incl. NUL) */
 #define K8S_MAX_SLICE_ENDPOINTS 1000 /* the API's own limit per slice */
 #define K8S_MAX_RV              128  /* resourceVersion (incl. NUL) */
+#define K8S_MAX_CONTINUE        4096 /* continue token of a list page (incl. NUL) */
+#define K8S_LIST_LIMIT          500  /* items asked per list page */
 #define K8S_MAX_LIST_BYTES      (256u << 20)
 #define K8S_MAX_EVENT_BYTES     (16u << 20)
 #define K8S_DEFAULT_WATCH_S     60
@@ -61,6 +63,13 @@ void k8s_cache_free(struct k8s_cache *c);
  * nothing changed; err says why). */
 int k8s_cache_list(struct k8s_cache *c, enum k8s_kind kind, const char *body, size_t len, char *rv,
                    char *err, size_t errlen);
+/* One page of a paginated list (limit/continue): its items are added to
+ * staging (a cache used only for this list), rv receives the list's
+ * resourceVersion and cont (K8S_MAX_CONTINUE bytes) the continue token, ""
+ * on the last page. Then k8s_cache_take moves the kind from staging into c. */
+int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const char *body, size_t len,
+                        char *rv, char *cont, char *err, size_t errlen);
+void k8s_cache_take(struct k8s_cache *c, struct k8s_cache *staging, enum k8s_kind kind);
 /* One watch event line ({"type":..., "object":...}). rv is updated from the
  * object's metadata.resourceVersion when the event is applied or a bookmark. */
 enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, const char *line,

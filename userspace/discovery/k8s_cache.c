@@ -472,53 +472,81 @@ static void object_rv(const cJSON *obj, char *rv)
                 memcpy(rv, v, strlen(v) + 1);
 }
 
-int k8s_cache_list(struct k8s_cache *c, enum k8s_kind kind, const char *body, size_t len, char *rv,
-                   char *err, size_t errlen)
+int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const char *body, size_t len,
+                        char *rv, char *cont, char *err, size_t errlen)
 {
         cJSON *root = cJSON_ParseWithLength(body, len);
         const cJSON *items = root ? FIELD(root, "items") : NULL;
-        const char *lrv = root ? str_at(FIELD(root, "metadata"), "resourceVersion") : NULL;
+        const cJSON *md = root ? FIELD(root, "metadata") : NULL;
+        const char *lrv = str_at(md, "resourceVersion");
+        const char *lcont = str_at(md, "continue");
         if (!root || !(cJSON_IsArray(items) || cJSON_IsNull(items)) || !lrv ||
-            strlen(lrv) >= K8S_MAX_RV) {
+            strlen(lrv) >= K8S_MAX_RV || (lcont && strlen(lcont) >= K8S_MAX_CONTINUE)) {
                 snprintf(err, errlen, "%s list: %s",
                          kind == K8S_SERVICES ? "services" : "endpointslices",
-                         !root ? "not JSON" : "no items or no metadata.resourceVersion");
+                         !root ? "not JSON"
+                         : lcont && strlen(lcont) >= K8S_MAX_CONTINUE
+                             ? "continue token too long"
+                             : "no items or no metadata.resourceVersion");
                 cJSON_Delete(root);
                 return -EINVAL;
         }
-        /* Parse everything first into a fresh cache, then swap the kind in. */
-        struct k8s_cache fresh = {0};
         const cJSON *it;
         cJSON_ArrayForEach(it, (cJSON_IsArray(items) ? items : NULL))
         {
                 char why[DISC_ERROR_MAX];
-                int rc = apply_object(&fresh, kind, it, false, why, sizeof(why));
+                int rc = apply_object(staging, kind, it, false, why, sizeof(why));
                 if (rc == -ENOMEM) {
                         snprintf(err, errlen, "out of memory");
-                        slices_clear(&fresh);
-                        free(fresh.slices);
-                        free(fresh.svcs);
                         cJSON_Delete(root);
                         return -ENOMEM;
                 }
                 if (rc)
                         log_warn(COMP, 0, "kubernetes: list item skipped: %s", why);
         }
+        memcpy(rv, lrv, strlen(lrv) + 1);
+        snprintf(cont, K8S_MAX_CONTINUE, "%s", lcont ? lcont : "");
+        cJSON_Delete(root);
+        return 0;
+}
+
+void k8s_cache_take(struct k8s_cache *c, struct k8s_cache *staging, enum k8s_kind kind)
+{
         if (kind == K8S_SERVICES) {
                 free(c->svcs);
-                c->svcs = fresh.svcs;
-                c->n_svcs = fresh.n_svcs;
-                c->cap_svcs = fresh.cap_svcs;
+                c->svcs = staging->svcs;
+                c->n_svcs = staging->n_svcs;
+                c->cap_svcs = staging->cap_svcs;
+                staging->svcs = NULL;
+                staging->n_svcs = staging->cap_svcs = 0;
         } else {
                 slices_clear(c);
                 free(c->slices);
-                c->slices = fresh.slices;
-                c->n_slices = fresh.n_slices;
-                c->cap_slices = fresh.cap_slices;
+                c->slices = staging->slices;
+                c->n_slices = staging->n_slices;
+                c->cap_slices = staging->cap_slices;
+                staging->slices = NULL;
+                staging->n_slices = staging->cap_slices = 0;
         }
-        memcpy(rv, lrv, strlen(lrv) + 1);
-        cJSON_Delete(root);
-        return 0;
+}
+
+int k8s_cache_list(struct k8s_cache *c, enum k8s_kind kind, const char *body, size_t len, char *rv,
+                   char *err, size_t errlen)
+{
+        /* Parse everything first into a fresh cache, then swap the kind in. */
+        struct k8s_cache *fresh = k8s_cache_new();
+        char cont[K8S_MAX_CONTINUE], lrv[K8S_MAX_RV];
+        if (!fresh) {
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+        }
+        int rc = k8s_cache_list_page(fresh, kind, body, len, lrv, cont, err, errlen);
+        if (rc == 0) {
+                k8s_cache_take(c, fresh, kind);
+                memcpy(rv, lrv, strlen(lrv) + 1);
+        }
+        k8s_cache_free(fresh);
+        return rc;
 }
 
 enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, const char *line,
