@@ -275,6 +275,54 @@ static void test_list_errors(void **state)
         k8s_cache_free(c);
 }
 
+static void test_list_pages(void **state)
+{
+        struct k8s_cache *c = loaded(), *staging = k8s_cache_new();
+        char rv[K8S_MAX_RV], cont[K8S_MAX_CONTINUE], err[256];
+        const char *p1 = "{\"metadata\":{\"resourceVersion\":\"50\",\"continue\":\"tok-1\"},"
+                         "\"items\":[{\"metadata\":{\"name\":\"a\",\"namespace\":\"x\"},"
+                         "\"spec\":{\"clusterIP\":\"10.96.9.1\",\"ports\":[{\"port\":80}]}}]}";
+        const char *p2 = "{\"metadata\":{\"resourceVersion\":\"50\"},\"items\":[{\"metadata\":{"
+                         "\"name\":\"b\",\"namespace\":\"x\"},\"spec\":{\"clusterIP\":"
+                         "\"10.96.9.2\",\"ports\":[{\"port\":80}]}}]}";
+        assert_int_equal(
+            k8s_cache_list_page(staging, K8S_SERVICES, p1, strlen(p1), rv, cont, err, sizeof(err)),
+            0);
+        assert_string_equal(cont, "tok-1");
+        assert_string_equal(rv, "50");
+        /* nothing reaches the cache before the last page */
+        assert_int_equal(k8s_cache_count(c, K8S_SERVICES), 2);
+        assert_int_equal(
+            k8s_cache_list_page(staging, K8S_SERVICES, p2, strlen(p2), rv, cont, err, sizeof(err)),
+            0);
+        assert_string_equal(cont, "");
+        k8s_cache_take(c, staging, K8S_SERVICES);
+        assert_int_equal(k8s_cache_count(c, K8S_SERVICES), 2); /* a and b replace web and db */
+        assert_int_equal(k8s_cache_count(staging, K8S_SERVICES), 0);
+        assert_int_equal(k8s_cache_count(c, K8S_SLICES), 6); /* the other kind untouched */
+        struct disc_service_spec *svcs;
+        size_t n;
+        assert_int_equal(k8s_cache_build(c, &svcs, &n), 0);
+        assert_non_null(spec(svcs, n, "a"));
+        assert_non_null(spec(svcs, n, "b"));
+        assert_null(spec(svcs, n, "web"));
+        k8s_specs_free(svcs, n);
+        /* a continue token beyond the bound is refused */
+        struct strbuf sb;
+        strbuf_init(&sb);
+        strbuf_append(&sb, "{\"metadata\":{\"resourceVersion\":\"1\",\"continue\":\"");
+        for (int i = 0; i < K8S_MAX_CONTINUE; i++)
+                strbuf_append(&sb, "x");
+        strbuf_append(&sb, "\"},\"items\":[]}");
+        assert_int_equal(
+            k8s_cache_list_page(staging, K8S_SERVICES, sb.data, sb.len, rv, cont, err, sizeof(err)),
+            -EINVAL);
+        assert_non_null(strstr(err, "continue"));
+        strbuf_free(&sb);
+        k8s_cache_free(staging);
+        k8s_cache_free(c);
+}
+
 static void test_app_protocol(void **state)
 {
         assert_int_equal(k8s_app_protocol(NULL), PROTO_UNKNOWN);
@@ -443,9 +491,10 @@ int main(void)
 {
         log_set_level(LOG_ERROR);
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_list_mapping),  cmocka_unit_test(test_watch_events),
-            cmocka_unit_test(test_list_errors),   cmocka_unit_test(test_app_protocol),
-            cmocka_unit_test(test_many_services), cmocka_unit_test(test_credentials),
+            cmocka_unit_test(test_list_mapping), cmocka_unit_test(test_watch_events),
+            cmocka_unit_test(test_list_errors),  cmocka_unit_test(test_list_pages),
+            cmocka_unit_test(test_app_protocol), cmocka_unit_test(test_many_services),
+            cmocka_unit_test(test_credentials),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

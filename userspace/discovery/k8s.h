@@ -6,8 +6,11 @@
  *  - the cache (pure, unit-tested): Kubernetes objects as received from list
  *    responses and watch events, turned into registry service specs;
  *  - the watcher (k8s_backend_ops): credentials (in-cluster or a kubeconfig),
- *    list/watch per resource, 410 Gone -> relist, reconnect with backoff on a
- *    dropped or silent stream, staleness reported to the registry.
+ *    paginated list (limit/continue) then watch per resource, 410 Gone ->
+ *    relist, reconnect with backoff (1 s doubling to 30 s, +-20 % jitter,
+ *    reset on success) on a dropped or silent stream, staleness reported to
+ *    the registry. The label selector applies to Services; EndpointSlices
+ *    are joined to them by kubernetes.io/service-name.
  *
  * Tuning from the environment (until config keys exist):
  *   SHUNT_K8S_WATCH_TIMEOUT   seconds asked of the server per watch
