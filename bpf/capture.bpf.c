@@ -187,10 +187,29 @@ static __always_inline int excluded(__u16 port_host, __u8 family, const __u32 *a
         return bpf_map_lookup_elem(&shunt_exclude_cidrs, &k) != NULL;
 }
 
+/* The 4-tuple map slot a connect reserves until it is established: a tuple
+ * of family 0 holding the socket cookie (never a real connection). */
+static __always_inline void reservation(__u64 cookie, struct shunt_tuple *k)
+{
+        __builtin_memset(k, 0, sizeof(*k));
+        __builtin_memcpy(k->saddr, &cookie, sizeof(cookie));
+}
+
+/* A connect is captured only when both maps have room for it: the 4-tuple
+ * entry the daemon needs after accept() is reserved now, so a full map sends
+ * the connection down the normal path instead of to a daemon that could not
+ * tell where it was going. */
 static __always_inline int record(void *ctx, const struct shunt_origdst *od)
 {
         __u64 cookie = bpf_get_socket_cookie(ctx);
+        struct shunt_tuple rk;
+        reservation(cookie, &rk);
+        if (bpf_map_update_elem(&shunt_orig_by_tuple, &rk, od, BPF_ANY) != 0) {
+                COUNT(map_full, 1);
+                return -1;
+        }
         if (bpf_map_update_elem(&shunt_orig_by_cookie, &cookie, od, BPF_ANY) != 0) {
+                bpf_map_delete_elem(&shunt_orig_by_tuple, &rk);
                 COUNT(map_full, 1);
                 return -1;
         }
@@ -335,6 +354,8 @@ int shunt_sockops(struct bpf_sock_ops *skops)
                 if (!od)
                         break; /* not captured */
                 watch_close(skops);
+                reservation(cookie, &peer);
+                bpf_map_delete_elem(&shunt_orig_by_tuple, &peer); /* its slot, for t */
                 if (bpf_map_update_elem(&shunt_orig_by_tuple, &t, od, BPF_ANY) == 0) {
                         COUNT(established, 1);
                         bpf_map_delete_elem(&shunt_orig_by_cookie, &cookie);
@@ -364,7 +385,11 @@ int shunt_sockops(struct bpf_sock_ops *skops)
                 if (skops->args[1] != BPF_TCP_CLOSE)
                         break;
                 cookie = bpf_get_socket_cookie(skops);
-                bpf_map_delete_elem(&shunt_orig_by_cookie, &cookie);
+                if (bpf_map_delete_elem(&shunt_orig_by_cookie, &cookie) == 0) {
+                        /* Closed before it was established. */
+                        reservation(cookie, &t);
+                        bpf_map_delete_elem(&shunt_orig_by_tuple, &t);
+                }
                 if (sockops_tuple(skops, &t) < 0)
                         break;
                 /* Both directions' flags: the other end may not be watched

@@ -301,7 +301,8 @@ def test_inbound_stays_on_iptables(topo, shuntd, app_server, host):
 HOLDER = r"""
 import json, os, socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-s.sendall(b"hold\n")
+if sys.argv[3] == "echo":
+    s.sendall(b"hold\n")
 got = b""
 while not got.endswith(b"\n"):
     got += s.recv(100)
@@ -311,9 +312,11 @@ time.sleep(60)
 """
 
 
-def hold_connection(pod, host, port, name):
-    wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
-            sys.executable, "-c", HOLDER, host, str(port)]
+def hold_connection(pod, host, port, name, cgroup=CGROUP, first_line=True):
+    """first_line: the peer is an echo server (we send a line first); else it
+    speaks first (addr)."""
+    wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
+            sys.executable, "-c", HOLDER, host, str(port), "echo" if first_line else "listen"]
     p = pod.spawn(wrap, name, stdout_pipe=True)
     line = p.readline(10)
     if not line:
@@ -663,8 +666,9 @@ def fill_map(path, key_size, value_size, count):
 def test_full_maps_degrade_to_the_normal_path(fresh_topo, cgroup2):
     """SHUNT_BPF_TEST_MAP_MAX=1: with the cookie map full a connect is left
     alone (it goes directly, and works); with room for only one sockhash
-    entry the pair is incomplete and bytes take the TCP stack. Both are
-    counted as map_full; nothing breaks."""
+    entry the pair is incomplete and bytes take the TCP stack; with the
+    4-tuple map held by a live connection the next connect goes directly.
+    Each is counted as map_full; nothing breaks."""
     pins = PINS + "-full"
     procs = {}
     d = None
@@ -704,6 +708,27 @@ def test_full_maps_degrade_to_the_normal_path(fresh_topo, cgroup2):
         assert c2["redirected"] == c1["redirected"] + 1
         assert c2["map_full"] == c1["map_full"] + 1  # shuntd's end found no room
         assert c2["shortcut_bytes"] == c1["shortcut_bytes"]  # bytes took the stack
+
+        # A live captured connection holds the only 4-tuple slot: the next
+        # connect finds no room to reserve and goes directly (shuntd could
+        # not have told where it was going).
+        held, info = hold_connection(fresh_topo.app, T.REMOTE4, 7001, "holder-full", cgroup2,
+                                     first_line=False)
+        try:
+            assert info["peer"] == ["127.0.0.1", 15002]
+            c2 = bpf_counters(pins)  # (the holder's own pair found no room either)
+            out = run_client()
+            assert out["reply"]["server"] == "addr-a"
+            assert out["peername"] == [T.REMOTE4, 7001]
+            c3 = bpf_counters(pins)
+            assert c3["map_full"] == c2["map_full"] + 1
+            assert c3["redirected"] == c2["redirected"]
+        finally:
+            held.stop()
+        sl.wait_until(lambda: d.json("/maps")["maps"]["orig_by_tuple"]["entries"] == 0, 5,
+                      what="slot freed on close")
+        out = run_client()
+        assert out["peername"] == ["127.0.0.1", 15002]  # captured again
     finally:
         if d:
             d.stop()
@@ -730,7 +755,8 @@ def test_kill_9_and_restart(fresh_topo, cgroup2):
         d.wait_ready()
         # An application connection not proxied (excluded port), held open.
         held = fresh_topo.app.spawn(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
-                                     cgroup2, sys.executable, "-c", HOLDER, T.REMOTE4, "7000"],
+                                     cgroup2, sys.executable, "-c", HOLDER, T.REMOTE4, "7000",
+                                     "echo"],
                                     "holder-kill", stdout_pipe=True)
         line = held.readline(10)
         assert line, held.read_stderr()

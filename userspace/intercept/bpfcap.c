@@ -279,8 +279,8 @@ static int set_pin_paths(struct shunt_capture *skel, const char *root)
         return 0;
 }
 
-/* SHUNT_BPF_TEST_MAP_MAX=N (tests only): orig_by_cookie, the sockhash and
- * shortcut_off hold at most N entries, so a test can fill them. */
+/* SHUNT_BPF_TEST_MAP_MAX=N (tests only): orig_by_cookie, orig_by_tuple, the
+ * sockhash and shortcut_off hold at most N entries, so a test can fill them. */
 static int apply_test_map_max(struct shunt_capture *skel)
 {
         const char *v = getenv("SHUNT_BPF_TEST_MAP_MAX");
@@ -294,8 +294,8 @@ static int apply_test_map_max(struct shunt_capture *skel)
         }
         log_warn("bpf", 0, "SHUNT_BPF_TEST_MAP_MAX: capture maps limited to %lu entries (testing)",
                  n);
-        struct bpf_map *maps[] = {skel->maps.shunt_orig_by_cookie, skel->maps.shunt_sockhash,
-                                  skel->maps.shunt_shortcut_off};
+        struct bpf_map *maps[] = {skel->maps.shunt_orig_by_cookie, skel->maps.shunt_orig_by_tuple,
+                                  skel->maps.shunt_sockhash, skel->maps.shunt_shortcut_off};
         for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
                 int rc = bpf_map__set_max_entries(maps[i], (uint32_t)n);
                 if (rc < 0)
@@ -827,6 +827,13 @@ static void item_by_tuple(struct strbuf *out, int fd, const void *key, uint64_t 
 {
         struct shunt_tuple t;
         memcpy(&t, key, sizeof(t));
+        if (t.family == 0) {
+                /* A connect's reserved slot (bpf/capture.bpf.c reservation()). */
+                uint64_t cookie;
+                memcpy(&cookie, t.saddr, sizeof(cookie));
+                strbuf_appendf(out, "\"reserved_for_cookie\":%llu", (unsigned long long)cookie);
+                return;
+        }
         strbuf_append(out, "\"app\":");
         append_endpoint(out, t.family, t.saddr, t.sport);
         strbuf_append(out, ",\"listener\":");

@@ -51,8 +51,9 @@ void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_con
  * a cgroup v2 directory. Returns 0, or -1 with one line in why naming what
  * is missing. The environment variable SHUNT_BPF_REFUSE=1 makes the probe
  * fail as if the kernel refused to load programs (for testing fallback).
- * SHUNT_BPF_TEST_MAP_MAX=N (testing only) shrinks orig_by_cookie, the sockhash
- * and shortcut_off to N entries so tests can fill them. */
+ * SHUNT_BPF_TEST_MAP_MAX=N (testing only) shrinks orig_by_cookie,
+ * orig_by_tuple, the sockhash and shortcut_off to N entries so tests can fill
+ * them. */
 int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen);
 
 /* Loads, pins and attaches. NULL with err on failure (nothing is left
@@ -103,7 +104,9 @@ int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m);
  *    "orig_by_cookie" | "orig_by_tuple" | "sockhash" | "shortcut_off" |
  *    "exclude_ports" | "exclude_cidrs": {"entries", "max", "truncated",
  *    "items": [...]}}
- * Original destinations carry "original_dst", "pid" and "age_ms"; at most
+ * Original destinations carry "original_dst", "pid" and "age_ms"; a
+ * connect in progress holds a slot of orig_by_tuple ("reserved_for_cookie"),
+ * so a full map leaves new connects on the normal path; at most
  * BPFCAP_MAP_ITEMS_MAX items per map are listed ("truncated" says so), the
  * entry count is exact. The sockhash lists no items (its values are
  * sockets). */
