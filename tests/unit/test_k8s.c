@@ -6,6 +6,7 @@
  * services; bookmarks, 410 and other ERROR events, bad JSON; and the
  * backend's credential errors (no cluster, kubeconfig problems). */
 #include <errno.h>
+#include <malloc.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -390,6 +391,51 @@ static void test_many_services(void **state)
         k8s_cache_free(c);
 }
 
+/* Bytes in use: the sanitizer's count under ASan, mallinfo2 otherwise. */
+size_t __sanitizer_get_current_allocated_bytes(void) __attribute__((weak));
+
+static size_t bytes_in_use(void)
+{
+        if (__sanitizer_get_current_allocated_bytes)
+                return __sanitizer_get_current_allocated_bytes();
+        return mallinfo2().uordblks;
+}
+
+/* Watch churn: slices added, modified and deleted over and over, with a
+ * build after each event: memory after the second pass is what it was after
+ * the first (no growth). */
+static void test_churn_bounded(void **state)
+{
+        enum { SLICES = 200, PASS = 4000 };
+        struct k8s_cache *c = k8s_cache_new();
+        char rv[K8S_MAX_RV] = "", line[1024];
+        const char *svc = "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"web\","
+                          "\"namespace\":\"x\"},\"spec\":{\"clusterIP\":\"10.96.9.9\","
+                          "\"ports\":[{\"port\":80,\"targetPort\":8080}]}}}";
+        assert_int_equal(ev(c, K8S_SERVICES, svc, rv), K8S_EV_APPLIED);
+        size_t after_first = 0;
+        for (int pass = 0; pass < 2; pass++) {
+                for (int i = 0; i < PASS; i++) {
+                        int id = i % SLICES;
+                        const char *type = i % 3 == 2 ? "DELETED" : i % 3 ? "MODIFIED" : "ADDED";
+                        snprintf(line, sizeof(line),
+                                 "{\"type\":\"%s\",\"object\":{\"metadata\":{\"name\":"
+                                 "\"web-%d\",\"namespace\":\"x\",\"resourceVersion\":\"%d\","
+                                 "\"labels\":{\"kubernetes.io/service-name\":\"web\"}},"
+                                 "\"addressType\":\"IPv4\",\"ports\":[{\"port\":8080}],"
+                                 "\"endpoints\":[{\"addresses\":[\"10.5.%d.%d\"]},{"
+                                 "\"addresses\":[\"10.6.%d.%d\"]}]}}",
+                                 type, id, i, id / 250, id % 250, i % 7, id % 250);
+                        assert_int_equal(ev(c, K8S_SLICES, line, rv), K8S_EV_APPLIED);
+                        assert_true(n_eps(c, "web") <= 2 * SLICES);
+                }
+                if (pass == 0)
+                        after_first = bytes_in_use();
+        }
+        assert_true(bytes_in_use() <= after_first);
+        k8s_cache_free(c);
+}
+
 /* ---- backend creation: credentials ------------------------------------------- */
 
 static int create(const char *kubeconfig, char *err, size_t errlen)
@@ -491,10 +537,10 @@ int main(void)
 {
         log_set_level(LOG_ERROR);
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_list_mapping), cmocka_unit_test(test_watch_events),
-            cmocka_unit_test(test_list_errors),  cmocka_unit_test(test_list_pages),
-            cmocka_unit_test(test_app_protocol), cmocka_unit_test(test_many_services),
-            cmocka_unit_test(test_credentials),
+            cmocka_unit_test(test_list_mapping),  cmocka_unit_test(test_watch_events),
+            cmocka_unit_test(test_list_errors),   cmocka_unit_test(test_list_pages),
+            cmocka_unit_test(test_app_protocol),  cmocka_unit_test(test_many_services),
+            cmocka_unit_test(test_churn_bounded), cmocka_unit_test(test_credentials),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -846,7 +846,8 @@ static void start(struct k8s_watch *w)
                 slen--;
         char url[2 * K8S_MAX_CONTINUE + 1024];
         int n;
-        const char *sel = w->kind == K8S_SERVICES ? k->selector_q : NULL;
+        /* Services: the configured selector. Slices: only those a Service owns. */
+        const char *sel = w->kind == K8S_SERVICES ? k->selector_q : "kubernetes.io%2Fservice-name";
         char *rv_q = curl_easy_escape(NULL, w->rv, 0);
         char *cont_q = w->cont[0] ? curl_easy_escape(NULL, w->cont, 0) : NULL;
         if (watch)
