@@ -78,6 +78,9 @@ METRICS = {
     "conn_s": ("conn/s", "higher"),
     "p50_ms": ("ms", "lower"),
     "p99_ms": ("ms", "lower"),
+    "p999_ms": ("ms", "lower"),
+    "max_ms": ("ms", "lower"),
+    "mean_ms": ("ms", "lower"),
     "setup_p50_us": ("µs", "lower"),
     "setup_p99_us": ("µs", "lower"),
     "cpu_s_per_100k": ("CPU s / 100k req", "lower"),
@@ -457,6 +460,9 @@ def scenario_http(env, c, close, mtls=None):
         ("conn_s" if close else "req_s"): rate,
         "p50_ms": r["p50_us"] / 1000.0,
         "p99_ms": r["p99_us"] / 1000.0,
+        "p999_ms": r["p999_us"] / 1000.0,
+        "max_ms": r["max_us"] / 1000.0,
+        "mean_ms": r["mean_us"] / 1000.0,
         "errors": r["errors"] + r["status_errors"],
     }
     if cpu0 is not None:
@@ -671,14 +677,16 @@ def profile_stop(env, handle, scenario):
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=10)
-    def report(sort, limit):
+    def report(sort, limit, children=False, match=None):
         out = subprocess.run(
-            ["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "0.3",
-             "-g", "none", "--sort", sort],
+            ["perf", "report", "-i", data, "--children" if children else "--no-children",
+             "--stdio", "--percent-limit", "0.3", "-g", "none", "--sort", sort],
             capture_output=True, text=True, timeout=120,
         ).stdout
         lines = [re.sub(r"(\s+-)+\s*$", "", l) for l in out.splitlines()
                  if l.strip() and not l.startswith("#")]
+        if match:
+            lines = [l for l in lines if re.search(match, l)]
         return lines[:limit]
 
     path = os.path.join(env.out, "%s-profile-%s.txt" % (env.stamp, scenario))
@@ -686,6 +694,11 @@ def profile_stop(env, handle, scenario):
         f.write("perf record -g -F 999 -p <shuntd> during scenario %s\n\n" % scenario)
         f.write("perf report --no-children --sort dso (share of samples by object)\n")
         f.write("\n".join(report("dso", 10)) + "\n\n")
+        f.write("perf report --children --sort symbol, syscall entry points only "
+                "(inclusive: where the kernel time is spent, by syscall)\n")
+        f.write("\n".join(report("symbol", 25, children=True,
+                                 match=r"\] (__x64_sys_|__do_sys_|do_syscall_64$|"
+                                       r"entry_SYSCALL|syscall_exit|asm_)")) + "\n\n")
         f.write("perf report --no-children --sort dso,symbol (top 60)\n")
         f.write("\n".join(report("dso,symbol", 60)) + "\n")
     log("profile written to %s" % path)
