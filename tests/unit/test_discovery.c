@@ -943,9 +943,9 @@ static void test_backend(void **state)
         struct loop *loop = loop_new();
         struct disc_backend *b = NULL;
         char err[512] = "";
-        snprintf(cfg->sd_type, sizeof(cfg->sd_type), "consul");
+        snprintf(cfg->sd_type, sizeof(cfg->sd_type), "etcd");
         assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), -ENOTSUP);
-        assert_non_null(strstr(err, "service_discovery.type: consul"));
+        assert_non_null(strstr(err, "service_discovery.type: etcd"));
         snprintf(cfg->sd_type, sizeof(cfg->sd_type), "file");
         snprintf(cfg->sd_file_path, sizeof(cfg->sd_file_path), "%.200s", fixture("bad_port.json"));
         assert_int_equal(disc_backend_new(r, cfg, &b, err, sizeof(err)), 0);

@@ -307,6 +307,8 @@ static void h_debug_cache(const struct admin_request *req, struct admin_response
         disc_render_cache(d->registry, &resp->body);
         strbuf_append(&resp->body, ",\"backend\":");
         disc_backend_render(d->backend, &resp->body);
+        strbuf_append(&resp->body, ",\"health_checks\":");
+        disc_health_render(d->health, &resp->body);
         strbuf_append(&resp->body, "}");
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "discovery/consul.h"
 #include "discovery/file.h"
 #include "discovery/k8s.h"
 
@@ -84,7 +85,8 @@ static const struct disc_backend_ops file_ops = {
     .destroy = file_destroy,
 };
 
-static const struct disc_backend_ops *const backends[] = {&file_ops, &k8s_backend_ops};
+static const struct disc_backend_ops *const backends[] = {&file_ops, &k8s_backend_ops,
+                                                          &disc_consul_ops};
 
 int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
                      struct disc_backend **out, char *err, size_t errlen)
@@ -97,7 +99,8 @@ int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
         }
         if (!ops) {
                 snprintf(err, errlen,
-                         "config: service_discovery.type: %s: not built yet (available: file)",
+                         "config: service_discovery.type: %s: unknown (allowed: file, kubernetes, "
+                         "consul)",
                          type);
                 return -ENOTSUP;
         }
