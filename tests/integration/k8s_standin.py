@@ -31,6 +31,7 @@ inject failures:
                 {"bookmark_s":N}                 bookmark interval (0: none)
                 {"token":"..."}                  the accepted bearer token
                 {"expire_continue":true}         the next list continue token gets 410
+                {"huge":{"kind":..,"object":..}} the object MODIFIED with a 17 MiB annotation
   GET  /stats   request counters
 
 State (objects and resourceVersion) is kept in --state so that a restarted
@@ -388,6 +389,10 @@ class Control(BaseHTTPRequestHandler):
                     st.save()
                 if "bookmark_s" in body:
                     st.bookmark_s = float(body["bookmark_s"])
+                if "huge" in body:  # an object whose event line is over 16 MiB
+                    obj = copy.deepcopy(body["huge"]["object"])
+                    obj["metadata"].setdefault("annotations", {})["big"] = "x" * (17 << 20)
+                    st.apply(body["huge"]["kind"], "MODIFIED", obj)
                 if body.get("expire_continue"):
                     st.expire_continue = True
                 if "token" in body:

@@ -360,6 +360,21 @@ def test_silent_stream_reconnects(env):
     scale(env, range(3))
 
 
+def test_oversized_event_relists(env):
+    """An event line over the 16 MiB bound cuts the stream; watching again
+    from the same resourceVersion would bring it back, so shuntd lists again
+    (the list, under its own 256 MiB bound, carries the object)."""
+    d = env.daemon
+    before = env.stats()["list"]["services"]
+    env.ctl("POST", "/inject", {"huge": {"kind": "services", "object": service_obj()}})
+    sl.wait_until(lambda: env.stats()["list"]["services"] > before, 20, what="a relist")
+    assert "larger than" in (k8s_state(d)["services"]["last_error"] or "")
+    sl.wait_until(lambda: not web(d)["stale"], 20, what="in sync again")
+    env.apply("services", "MODIFIED", service_obj())  # back to a small object
+    scale(env, [0, 1])
+    scale(env, range(3))
+
+
 def test_api_server_down_keeps_last_endpoints(env):
     d = env.daemon
     env.standin.stop(signal.SIGKILL)

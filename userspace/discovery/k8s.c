@@ -57,9 +57,10 @@ struct k8s_watch {
         size_t len, cap;
         long status;
         char rv[K8S_MAX_RV];
-        bool listed;  /* a complete list has been applied */
-        bool healthy; /* the last request succeeded (list done / watch open) */
-        bool gone;    /* a 410 ERROR event arrived on this watch */
+        bool listed;      /* a complete list has been applied */
+        bool healthy;     /* the last request succeeded (list done / watch open) */
+        bool gone;        /* a 410 ERROR event arrived on this watch */
+        bool relist_next; /* the stream was cut for an oversized event */
         char abort_why[DISC_ERROR_MAX];
         uint32_t backoff_ms;
         uint64_t started_ms, last_data_ms;
@@ -692,8 +693,9 @@ static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
                 return n;
         }
         if (!buf_append(w, p, n, K8S_MAX_EVENT_BYTES)) {
-                snprintf(w->abort_why, sizeof(w->abort_why), "watch event larger than %u bytes",
-                         K8S_MAX_EVENT_BYTES);
+                snprintf(w->abort_why, sizeof(w->abort_why),
+                         "watch event larger than %u bytes: listing again", K8S_MAX_EVENT_BYTES);
+                w->relist_next = true; /* watching from rv would bring it again */
                 return 0;
         }
         watch_lines(w);
@@ -758,6 +760,8 @@ static void done(struct k8s_watch *w, CURLcode res)
         }
         if (w->abort_why[0]) {
                 snprintf(why, sizeof(why), "%s", w->abort_why);
+                if (w->relist_next)
+                        w->rv[0] = '\0';
                 fail(w, why);
                 return;
         }
@@ -883,6 +887,7 @@ static void start(struct k8s_watch *w)
         w->status = 0;
         w->len = 0;
         w->gone = false;
+        w->relist_next = false;
         w->abort_why[0] = '\0';
         w->errbuf[0] = '\0';
         w->req_events = 0;
