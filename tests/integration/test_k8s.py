@@ -489,15 +489,13 @@ def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
 def test_kubeconfig_client_certificate(fresh_topo, start_shuntd):
     """A kubeconfig with the CA as a file path (relative to the kubeconfig)
     and a client certificate and key inline (-data): the stand-in accepts
-    the certificate, no token is sent."""
+    the certificate, no token is sent. shuntd starts before the API server
+    is up and syncs once it is."""
     e = Env(fresh_topo)
     try:
         e.make_certs()
         e.make_client_cert()
         e.token = "unused-token"
-        e.start_standin(client_ca=True)
-        e.apply("services", "ADDED", service_obj())
-        e.apply("endpointslices", "ADDED", slice_obj([T.REMOTE4]))
 
         def b64(name):
             with open(os.path.join(e.dir, name), "rb") as f:
@@ -519,7 +517,14 @@ def test_kubeconfig_client_certificate(fresh_topo, start_shuntd):
         d = start_shuntd(e.topo.app, sl.shuntd_args(**{
             "service-discovery.type": "kubernetes",
             "service-discovery.kubernetes.kubeconfig-path": path}))
-        sl.wait_until(lambda: addrs(d) == [T.REMOTE4], 10, what="synced with a client certificate")
+        # the API server is not up yet: shuntd starts anyway and keeps trying
+        sl.wait_until(lambda: k8s_state(d)["services"]["failures"] >= 1, 10,
+                      what="a failed first list")
+        assert d.json("/endpoints")["services"] == []
+        e.start_standin(client_ca=True)
+        e.apply("services", "ADDED", service_obj())
+        e.apply("endpointslices", "ADDED", slice_obj([T.REMOTE4]))
+        sl.wait_until(lambda: addrs(d) == [T.REMOTE4], 20, what="synced with a client certificate")
         st = e.stats()
         assert st["client_cert"] >= 2 and st["unauthorized"] == 0
     finally:

@@ -970,7 +970,7 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
         struct k8s_sock *ks = socketp;
         if (what == CURL_POLL_REMOVE) {
                 if (ks) {
-                        if (k->loop && ks->io.events)
+                        if (k->loop)
                                 loop_io_del(k->loop, &ks->io);
                         curl_multi_assign(k->multi, s, NULL);
                         if (k->closing || !k->loop)
