@@ -139,11 +139,15 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
                 struct linger lg = {.l_onoff = 1, .l_linger = 0};
                 setsockopt(c->cli.io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         }
-        /* close() also drops the epoll registrations (nothing dup()s these
-         * sockets), so no epoll_ctl is spent on them. */
+        /* Deregister before close(): a fork() elsewhere in the process (the
+         * iptables commands) can hold the socket open for a moment, and a
+         * closed but still open file keeps delivering events. */
+        loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
-        if (c->up.io.fd >= 0)
+        if (c->up.io.fd >= 0) {
+                loop_io_del(loop, &c->up.io);
                 close(c->up.io.fd);
+        }
         half_give_buf(w, &c->c2u);
         half_give_buf(w, &c->u2c);
         c->closed = true;
@@ -514,7 +518,8 @@ static void connect_failed(struct conn *c, enum conn_reason reason, const char *
                  sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)), route_service_name(&c->route),
                  what);
         if (c->up.io.fd >= 0) {
-                close(c->up.io.fd); /* leaves epoll with it */
+                loop_io_del(c->w->loop, &c->up.io);
+                close(c->up.io.fd);
                 c->up.io.fd = -1;
         }
         route_report(&c->route, &c->upstream, false);
