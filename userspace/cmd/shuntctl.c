@@ -547,9 +547,12 @@ static int cmd_status(void)
         if (rules) {
                 bool inst = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "installed"));
                 bool v6 = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "ipv6"));
-                printf("%-13s%s\n", "rules:",
+                bool in_only =
+                    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "inbound_only"));
+                printf("%-13s%s%s\n", "rules:",
                        inst ? (v6 ? "installed (IPv4 and IPv6)" : "installed (IPv4 only)")
-                            : "not installed");
+                            : "not installed",
+                       inst && in_only ? ", inbound only (outbound is eBPF)" : "");
         }
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "connections");
         if (c)
