@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -221,3 +222,40 @@ def test_shuntctl_endpoints(env):
     assert js.returncode == 0 and json.loads(js.stdout)["services"]
     bad = sl.shuntctl(topo.app, "endpoints", "a b")
     assert bad.returncode == 2
+
+
+def test_staleness_metric_when_the_registry_breaks(env):
+    """A broken registry file keeps the last endpoints serving, marks the
+    source down and stale; fixing it recovers. promtool accepts /metrics."""
+    topo, d, path, _ = env
+    assert d.metric("shunt_discovery_source_up", source="file", type="file") == 1
+    with open(path + ".tmp", "w") as f:
+        f.write('{"services": [ {"name": ')
+    os.rename(path + ".tmp", path)
+    try:
+        sl.wait_until(
+            lambda: d.metric("shunt_discovery_source_up", source="file", type="file") == 0,
+            5,
+            what="the file source marked down",
+        )
+        sl.wait_until(
+            lambda: d.metric("shunt_discovery_staleness_seconds", source="file", type="file") >= 1,
+            5,
+            what="staleness seconds growing",
+        )
+        # The last good endpoints keep serving.
+        assert sum(served_by(topo, VIP4, 3).values()) == 3
+        assert d.metric("shunt_discovery_endpoints", health="unknown") + d.metric(
+            "shunt_discovery_endpoints", health="healthy"
+        ) >= 3
+        text = d.metrics_text()
+        p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        write_registry(path, registry(EP_ADDRS))
+    sl.wait_until(
+        lambda: d.metric("shunt_discovery_source_up", source="file", type="file") == 1,
+        5,
+        what="the file source back up",
+    )

@@ -183,6 +183,7 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         proxy_render_metrics(d->proxy, &resp->body);
         if (d->bpf)
                 bpfcap_render_metrics(d->bpf, &resp->body);
+        disc_render_metrics(d->registry, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",

@@ -359,6 +359,9 @@ void disc_render_endpoints(struct disc_registry *r, struct strbuf *sb, const cha
 /* GET /debug/cache: snapshot version and size, counts by health, sources
  * with last sync, staleness and last error. */
 void disc_render_cache(struct disc_registry *r, struct strbuf *sb);
+/* Prometheus families: endpoints by health, services, version, and per
+ * source staleness seconds, up, sync failures. */
+void disc_render_metrics(struct disc_registry *r, struct strbuf *sb);
 /* POST /admin/endpoints: {"service": "name", "namespace": "ns",
  * "endpoints": [{"address", "port", "weight", "zone", "region", "health"} or
  * {"id": "10.0.0.1:8080", "weight"}]} sets the manually registered endpoints

@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/log.h"
+#include "core/prom.h"
 #include "discovery/registry-int.h"
 
 #define COMP "discovery"
@@ -462,4 +463,57 @@ out:
         free(eps);
         cJSON_Delete(root);
         return rc;
+}
+
+void disc_render_metrics(struct disc_registry *r, struct strbuf *sb)
+{
+        const struct disc_snapshot *snap = disc_registry_acquire(r);
+        uint32_t by_health[DISC_HEALTH__COUNT] = {0};
+        for (uint32_t i = 0; snap && i < disc_snapshot_n_endpoints(snap); i++)
+                by_health[disc_snapshot_endpoint(snap, i)->health]++;
+        prom_family(sb, "shunt_discovery_endpoints", "gauge",
+                    "Endpoints in the published registry, by effective health.");
+        for (int h = 0; h < DISC_HEALTH__COUNT; h++) {
+                char labels[48];
+                snprintf(labels, sizeof(labels), "health=\"%s\"",
+                         disc_health_name((enum disc_health)h));
+                prom_sample_u64(sb, "shunt_discovery_endpoints", labels, by_health[h]);
+        }
+        prom_family(sb, "shunt_discovery_services", "gauge", "Services in the published registry.");
+        prom_sample_u64(sb, "shunt_discovery_services", NULL,
+                        snap ? disc_snapshot_n_services(snap) : 0);
+        prom_family(sb, "shunt_discovery_registry_version", "gauge",
+                    "Version of the published registry snapshot.");
+        prom_sample_u64(sb, "shunt_discovery_registry_version", NULL,
+                        snap ? disc_snapshot_version(snap) : 0);
+        if (snap)
+                disc_snapshot_release(snap);
+
+        static const struct {
+                const char *name, *type, *help;
+        } fams[] = {
+            {"shunt_discovery_staleness_seconds", "gauge",
+             "Seconds since the source last synced while it is failing (0 when current)."},
+            {"shunt_discovery_source_up", "gauge",
+             "1 while the source syncs, 0 while it fails (its last data is kept)."},
+            {"shunt_discovery_sync_failures_total", "counter", "Failed syncs of the source."},
+        };
+        /* Samples of one family stay together, as the text format requires. */
+        for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
+                prom_family(sb, fams[f].name, fams[f].type, fams[f].help);
+                for (int i = 0; i < DISC_MAX_SOURCES; i++) {
+                        const struct source *s = &r->sources[i];
+                        if (!s->used)
+                                continue;
+                        struct strbuf labels;
+                        strbuf_init(&labels);
+                        prom_label(&labels, "source", s->name);
+                        prom_label(&labels, "type", disc_source_kind_name(s->kind));
+                        uint64_t v = f == 0   ? disc_source_staleness_ms(r, i) / 1000
+                                     : f == 1 ? !s->failing
+                                              : s->n_failed;
+                        prom_sample_u64(sb, fams[f].name, labels.data ? labels.data : "", v);
+                        strbuf_free(&labels);
+                }
+        }
 }
