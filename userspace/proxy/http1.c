@@ -893,10 +893,12 @@ ssize_t http1_chunked_feed(struct http1_chunked *c, const char *buf, size_t len,
                                 c->state = CH_EXT;
                         } else if (ch == ' ' || ch == '\t') {
                                 c->state = CH_SIZE_WS;
+                        } else if (ch == '\n') {
+                                return chunk_fail(c, HTTP1_E_CHUNK_CRLF, i);
                         } else {
                                 return chunk_fail(c, HTTP1_E_CHUNK_SIZE, i);
                         }
-                        c->ext_len = 0;
+                        c->ext_len = 1; /* the ';' or blank just seen */
                         i++;
                         break;
                 }
