@@ -749,6 +749,23 @@ static void test_write_request(void **state)
         assert_true(req("GET / HTTP/1.1\r\nHost: h\r\n\r\n") > 0);
         struct http1_forward evil = {.request_id = "a\r\nX-Evil: 1"};
         assert_int_equal(http1_write_request_head(&msg, &evil, &sb), -EINVAL);
+
+        /* 1.0 without Host goes out as 1.1 with one; Connection cannot drop framing */
+        assert_true(req("POST /p HTTP/1.0\r\nConnection: Content-Length, Host, X-A\r\n"
+                        "X-A: 1\r\nContent-Length: 2\r\n\r\n") > 0);
+        strbuf_reset(&sb);
+        struct http1_forward fw3 = {.default_host = "backend:8080"};
+        assert_int_equal(http1_write_request_head(&msg, &fw3, &sb), 0);
+        assert_string_equal(sb.data, "POST /p HTTP/1.1\r\nContent-Length: 2\r\n"
+                                     "Host: backend:8080\r\n\r\n");
+        strbuf_reset(&sb);
+        assert_true(req("GET http://a.b:1/x HTTP/1.0\r\n\r\n") > 0);
+        assert_int_equal(http1_write_request_head(&msg, &fw3, &sb), 0);
+        assert_string_equal(sb.data, "GET http://a.b:1/x HTTP/1.1\r\nHost: a.b:1\r\n\r\n");
+        strbuf_reset(&sb);
+        assert_true(req("GET / HTTP/1.0\r\n\r\n") > 0);
+        assert_int_equal(http1_write_request_head(&msg, NULL, &sb), 0);
+        assert_string_equal(sb.data, "GET / HTTP/1.1\r\nHost: \r\n\r\n");
         strbuf_free(&sb);
 
         /* fixed storage too small */

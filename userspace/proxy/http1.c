@@ -656,6 +656,12 @@ bool http1_is_hop_by_hop(const struct http1_msg *msg, struct http1_slice name)
         for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
                 if (http1_slice_eq_ci(name, fixed[i]))
                         return true;
+        /* Fields that frame or route the message are never dropped because a
+         * Connection header names them: that would let a client change the
+         * framing a proxy forwards. */
+        if (http1_slice_eq_ci(name, "Host") || http1_slice_eq_ci(name, "Content-Length") ||
+            http1_slice_eq_ci(name, "Transfer-Encoding"))
+                return false;
         for (int i = http1_header_find(msg, "Connection", 0); i >= 0;
              i = http1_header_find(msg, "Connection", (size_t)i + 1)) {
                 size_t pos = 0;
@@ -698,6 +704,22 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
                 put(out, h->name);
                 strbuf_append(out, ": ");
                 put(out, h->value);
+                strbuf_append(out, "\r\n");
+        }
+        if (m->is_request && http1_header_find(m, "Host", 0) < 0) {
+                /* An HTTP/1.0 request without Host goes out as HTTP/1.1,
+                 * which needs one (RFC 9112 3.2): the target's authority, the
+                 * caller's default, or empty. */
+                const char *dh = fw->default_host ? fw->default_host : "";
+                if (!is_header_safe(dh)) {
+                        log_error(COMP, 0, "default host %s has CR/LF, not added", dh);
+                        return -EINVAL;
+                }
+                strbuf_append(out, "Host: ");
+                if (m->authority.n)
+                        put(out, m->authority);
+                else
+                        strbuf_append(out, dh);
                 strbuf_append(out, "\r\n");
         }
         if (fw->request_id && !http1_has_request_id(m)) {

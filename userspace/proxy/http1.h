@@ -202,13 +202,16 @@ int http1_hash_key(const struct http1_msg *req, enum http1_key_source src, const
 
 /* True for the hop-by-hop fields a proxy never forwards: Connection,
  * Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade, and any field named in
- * a Connection header of msg. Transfer-Encoding is handled by the writers. */
+ * a Connection header of msg except Host, Content-Length and
+ * Transfer-Encoding (those frame the message and are always forwarded). */
 bool http1_is_hop_by_hop(const struct http1_msg *msg, struct http1_slice name);
 
 /* ---- writing heads when forwarding ---- */
 
 struct http1_forward {
         const char *request_id;         /* add X-Request-ID: <this> when absent (NULL: don't) */
+        const char *default_host;       /* Host for a request without one and without an authority
+                                           in its target (NULL: empty Host) */
         const struct http1_header *add; /* extra fields appended as given */
         size_t nadd;
         bool keep_upgrade; /* forward Upgrade and send Connection: upgrade (msg->upgrade) */
@@ -216,8 +219,9 @@ struct http1_forward {
 };
 
 /* Writes the request head (request line as HTTP/1.1, fields without the
- * hop-by-hop ones, Transfer-Encoding/Content-Length kept because the body is
- * forwarded with its framing unchanged, then the additions) into out.
+ * hop-by-hop ones, Transfer-Encoding and Content-Length kept because the body
+ * is forwarded with its framing unchanged, a Host when the request had none,
+ * then the additions) into out.
  * Returns 0, or -ENOSPC when out is fixed and too small, -ENOMEM when it
  * could not grow. */
 int http1_write_request_head(const struct http1_msg *req, const struct http1_forward *fw,

@@ -1,0 +1,273 @@
+/* Fuzz target for the HTTP/1.1 parser (proxy/http1.h).
+ *
+ * The input is parsed as a request head and as a response head (with the
+ * default limits and with small ones), and as a chunked body. Checked for
+ * any bytes:
+ *  - a head parser returns need-more, a length within the input and within
+ *    max_head, or -EPROTO with a known error; never anything else;
+ *  - every view (method, target, names, values) lies inside the head, names
+ *    are non-empty tokens and values hold no CR, LF or NUL;
+ *  - framing is consistent: a length body has a Content-Length > 0 and no
+ *    Transfer-Encoding, a chunked request has no Content-Length;
+ *  - feeding the input in pieces (byte by byte and in uneven steps) gives the
+ *    same answer as one call; a need-more answer for the whole input is also
+ *    the answer for every prefix that was fed;
+ *  - a parsed request written back out by the forwarding writer parses again
+ *    with the same method, target and body framing;
+ *  - the chunked decoder reports payload inside what it consumed, consumes
+ *    nothing after the end, and gives the same payload, end and error
+ *    whether fed at once or in pieces. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/strbuf.h"
+#include "proxy/http1.h"
+
+static void die(const char *what)
+{
+        fprintf(stderr, "fuzz_http1: %s\n", what);
+        abort();
+}
+
+static bool is_tchar(unsigned char c)
+{
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static void check_in(struct http1_slice s, const char *buf, size_t head_len, const char *what)
+{
+        if (s.n == 0)
+                return;
+        if (s.p < buf || s.p + s.n > buf + head_len)
+                die(what);
+}
+
+static void check_msg(const struct http1_msg *m, const char *buf, size_t len, int rc,
+                      const struct http1_limits *lim)
+{
+        if (rc == 0) {
+                if (m->error != HTTP1_OK)
+                        die("need-more with an error set");
+                return;
+        }
+        if (rc < 0) {
+                if (rc != -EPROTO || m->error <= HTTP1_OK || m->error >= HTTP1_E_COUNT)
+                        die("bad error return");
+                if (!http1_error_str(m->error)[0] || http1_error_status(m->error) < 400)
+                        die("error without text or status");
+                return;
+        }
+        size_t hl = (size_t)rc;
+        if (hl > len || hl > lim->max_head || hl != m->head_len || m->error != HTTP1_OK)
+                die("head length out of range");
+        if (hl < 4 || memcmp(buf + hl - 4, "\r\n\r\n", 4) != 0)
+                die("head does not end in CRLFCRLF");
+        if (m->nheaders > lim->max_headers)
+                die("more headers than max_headers");
+        bool cl = false, te = false;
+        for (size_t i = 0; i < m->nheaders; i++) {
+                const struct http1_header *h = &m->headers[i];
+                check_in(h->name, buf, hl, "name outside head");
+                check_in(h->value, buf, hl, "value outside head");
+                if (h->name.n == 0)
+                        die("empty header name");
+                for (size_t j = 0; j < h->name.n; j++)
+                        if (!is_tchar((unsigned char)h->name.p[j]))
+                                die("non-token header name");
+                for (size_t j = 0; j < h->value.n; j++) {
+                        char c = h->value.p[j];
+                        if (c == '\r' || c == '\n' || c == '\0')
+                                die("CR/LF/NUL in a value");
+                }
+                if (h->value.n && (h->value.p[0] == ' ' || h->value.p[h->value.n - 1] == ' '))
+                        die("value not trimmed");
+                cl |= http1_slice_eq_ci(h->name, "Content-Length");
+                te |= http1_slice_eq_ci(h->name, "Transfer-Encoding");
+        }
+        if (cl && te)
+                die("Content-Length and Transfer-Encoding accepted together");
+        if (m->body == HTTP1_BODY_LENGTH && (!cl || m->content_length == 0))
+                die("length body without Content-Length");
+        if (m->body == HTTP1_BODY_CHUNKED && !te)
+                die("chunked body without Transfer-Encoding");
+        if (m->content_length >= (1ull << 62))
+                die("content length too large");
+        if (m->is_request) {
+                check_in(m->method_str, buf, hl, "method outside head");
+                check_in(m->target, buf, hl, "target outside head");
+                check_in(m->host, buf, hl, "host outside head");
+                check_in(m->authority, buf, hl, "authority outside head");
+                if (m->method_str.n == 0 || m->target.n == 0)
+                        die("empty method or target");
+                if (m->body == HTTP1_BODY_UNTIL_CLOSE)
+                        die("request body until close");
+                if (m->version_minor == 1 && http1_header_find(m, "Host", 0) < 0)
+                        die("1.1 request without Host accepted");
+        } else {
+                check_in(m->reason, buf, hl, "reason outside head");
+                if (m->status < 100 || m->status > 599)
+                        die("status out of range");
+        }
+}
+
+static struct http1_msg one, inc, again;
+
+static void incremental(const uint8_t *data, size_t size, const struct http1_limits *lim,
+                        bool request, enum http1_method meth, size_t step, int want)
+{
+        const char *buf = (const char *)data;
+        http1_msg_reset(&inc);
+        int rc = 0;
+        size_t k = 0;
+        while (k < size) {
+                k += step;
+                if (k > size)
+                        k = size;
+                rc = request ? http1_parse_request_head(buf, k, lim, &inc)
+                             : http1_parse_response_head(buf, k, lim, meth, &inc);
+                if (rc != 0)
+                        break;
+        }
+        if (size == 0)
+                rc = request ? http1_parse_request_head(buf, 0, lim, &inc)
+                             : http1_parse_response_head(buf, 0, lim, meth, &inc);
+        if (rc != want)
+                die("incremental result differs from one-shot");
+        if (rc < 0 && inc.error != one.error)
+                die("incremental error differs");
+        if (rc > 0 && (inc.body != one.body || inc.content_length != one.content_length ||
+                       inc.nheaders != one.nheaders || inc.keep_alive != one.keep_alive))
+                die("incremental message differs");
+}
+
+static void heads(const uint8_t *data, size_t size, const struct http1_limits *lim)
+{
+        const char *buf = (const char *)data;
+        for (int request = 0; request < 2; request++) {
+                enum http1_method meth = (size && (data[0] & 1)) ? HTTP1_M_HEAD : HTTP1_M_GET;
+                http1_msg_reset(&one);
+                int rc = request ? http1_parse_request_head(buf, size, lim, &one)
+                                 : http1_parse_response_head(buf, size, lim, meth, &one);
+                check_msg(&one, buf, size, rc, lim);
+                /* asking again gives the same answer */
+                int rc2 = request ? http1_parse_request_head(buf, size, lim, &one)
+                                  : http1_parse_response_head(buf, size, lim, meth, &one);
+                if (rc2 != rc)
+                        die("repeated call differs");
+                incremental(data, size, lim, request, meth, 1, rc);
+                incremental(data, size, lim, request, meth, 1 + (size ? data[size / 2] % 61 : 0),
+                            rc);
+                if (rc <= 0 || !request)
+                        continue;
+
+                /* write back and parse again */
+                struct strbuf sb;
+                strbuf_init(&sb);
+                struct http1_forward fw = {.request_id = "fuzz-id", .close = (data[0] & 2) != 0};
+                if (http1_write_request_head(&one, &fw, &sb) != 0)
+                        die("writer failed");
+                struct http1_limits big = *lim;
+                big.max_head = sb.len + 1;
+                big.max_line = sb.len + 1;
+                big.max_headers = HTTP1_HEADERS_CAP;
+                http1_msg_reset(&again);
+                int rc3 = http1_parse_request_head(sb.data, sb.len, &big, &again);
+                if (rc3 != (int)sb.len) {
+                        fprintf(stderr, "rewritten head (rc %d, %s):\n%.*s\n", rc3,
+                                http1_error_str(again.error), (int)sb.len, sb.data);
+                        die("rewritten request does not parse");
+                }
+                if (again.body != one.body || again.content_length != one.content_length ||
+                    again.method != one.method || !http1_has_request_id(&again) ||
+                    again.target.n != one.target.n ||
+                    memcmp(again.target.p, one.target.p, one.target.n) != 0)
+                        die("rewritten request differs");
+                strbuf_free(&sb);
+        }
+}
+
+struct chunk_out {
+        uint64_t hash;
+        size_t payload;
+        size_t consumed;
+        bool done;
+        int rc;
+        enum http1_error error;
+};
+
+static void chunked(const uint8_t *data, size_t size, const struct http1_limits *lim, size_t step,
+                    struct chunk_out *out)
+{
+        struct http1_chunked c;
+        http1_chunked_init(&c, lim);
+        memset(out, 0, sizeof(*out));
+        out->hash = 1469598103934665603ull;
+        size_t off = 0;
+        while (off < size && !out->done) {
+                size_t n = size - off < step ? size - off : step;
+                size_t used = 0;
+                while (used < n) {
+                        size_t doff, dlen;
+                        ssize_t r = http1_chunked_feed(&c, (const char *)data + off + used,
+                                                       n - used, &doff, &dlen);
+                        if (r < 0) {
+                                if (r != -EPROTO || c.error <= HTTP1_OK || c.error >= HTTP1_E_COUNT)
+                                        die("chunked: bad error");
+                                out->rc = (int)r;
+                                out->error = c.error;
+                                return;
+                        }
+                        if ((size_t)r > n - used || doff + dlen > (size_t)r)
+                                die("chunked: payload outside consumed bytes");
+                        for (size_t i = 0; i < dlen; i++)
+                                out->hash =
+                                    (out->hash ^ data[off + used + doff + i]) * 1099511628211ull;
+                        out->payload += dlen;
+                        used += (size_t)r;
+                        out->consumed += (size_t)r;
+                        if (http1_chunked_done(&c)) {
+                                out->done = true;
+                                break;
+                        }
+                        if (r == 0)
+                                die("chunked: no progress");
+                }
+                off += n;
+        }
+        if (out->payload > out->consumed)
+                die("chunked: more payload than input");
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+        struct http1_limits dflt, small;
+        http1_limits_default(&dflt);
+        small = dflt;
+        small.max_head = 512;
+        small.max_line = 128;
+        small.max_headers = 8;
+        small.max_chunk_ext = 16;
+        small.max_trailer = 64;
+
+        heads(data, size, &dflt);
+        heads(data, size, &small);
+
+        const struct http1_limits *lims[2] = {&dflt, &small};
+        for (int l = 0; l < 2; l++) {
+                struct chunk_out a, b, c;
+                chunked(data, size, lims[l], size ? size : 1, &a);
+                chunked(data, size, lims[l], 1, &b);
+                chunked(data, size, lims[l], 1 + (size ? data[0] % 37 : 0), &c);
+                const struct chunk_out *o[2] = {&b, &c};
+                for (int j = 0; j < 2; j++)
+                        if (a.hash != o[j]->hash || a.payload != o[j]->payload ||
+                            a.done != o[j]->done || a.rc != o[j]->rc || a.error != o[j]->error ||
+                            (a.rc == 0 && a.consumed != o[j]->consumed))
+                                die("chunked: result depends on how the input was split");
+        }
+        return 0;
+}
