@@ -161,6 +161,15 @@ static void test_defaults(void **state)
         assert_string_equal(c->certificate_file, "");
         assert_string_equal(c->private_key_file, "");
         assert_int_equal(c->mtls_mode, MTLS_PERMISSIVE);
+        assert_string_equal(c->mtls_ca_dir, "/var/lib/shunt/ca");
+        assert_string_equal(c->mtls_namespace, "default");
+        char host[256] = "";
+        assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+        assert_string_equal(c->mtls_service_name, host);
+        assert_string_equal(c->mtls_service_account, host);
+        assert_string_equal(c->mtls_key_type, "ecdsa-p256");
+        assert_int_equal(c->mtls_clock_skew_s, 300);
+        assert_int_equal(c->mtls_handshake_timeout_ms, 10000);
         assert_string_equal(c->lb_algorithm, "round_robin");
         assert_string_equal(c->lb_hash_key, "X-Request-Key");
         assert_string_equal(c->path, "");
@@ -237,6 +246,13 @@ static void test_file_values(void **state)
         assert_string_equal(c->certificate_file, "/etc/shunt/tls.crt");
         assert_string_equal(c->private_key_file, "/etc/shunt/tls.key");
         assert_int_equal(c->mtls_mode, MTLS_STRICT);
+        assert_string_equal(c->mtls_ca_dir, "/var/lib/shunt-shop/ca");
+        assert_string_equal(c->mtls_namespace, "shop");
+        assert_string_equal(c->mtls_service_name, "cart");
+        assert_string_equal(c->mtls_service_account, "cart-sa");
+        assert_string_equal(c->mtls_key_type, "rsa-2048");
+        assert_int_equal(c->mtls_clock_skew_s, 120);
+        assert_int_equal(c->mtls_handshake_timeout_ms, 3000);
         assert_string_equal(c->lb_algorithm, "consistent_hash");
         assert_string_equal(c->lb_hash_key, "X-User-Id");
         assert_string_equal(c->redirect_cgroup, "/sys/fs/cgroup/unified/shop");
@@ -598,6 +614,28 @@ static void test_json_errors(void **state)
                  "config: mtls.trust_domain: \"Example.org\": expected a trust domain", NULL);
         json_err("{\"mtls\": {\"trust_domain\": \"\"}}",
                  "config: mtls.trust_domain: \"\": expected", NULL);
+        json_err("{\"mtls\": {\"namespace\": \"a/b\"}}",
+                 "config: mtls.namespace: \"a/b\": expected a name of letters", NULL);
+        json_err("{\"mtls\": {\"namespace\": \"\"}}", "config: mtls.namespace: \"\": expected",
+                 "not empty", NULL);
+        json_err("{\"mtls\": {\"service_account\": \"..\"}}",
+                 "config: mtls.service_account: \"..\": expected a name", NULL);
+        json_err("{\"mtls\": {\"service_name\": \"a b\"}}",
+                 "config: mtls.service_name: \"a b\": expected a name", NULL);
+        json_err("{\"mtls\": {\"key_type\": \"ed25519\"}}",
+                 "config: mtls.key_type: \"ed25519\": allowed: ecdsa-p256, rsa-2048", NULL);
+        json_err("{\"mtls\": {\"handshake_timeout\": \"0s\"}}",
+                 "config: mtls.handshake_timeout: \"0s\": expected a duration 1ms..1h", NULL);
+        json_err("{\"mtls\": {\"clock_skew\": \"25h\"}}",
+                 "config: mtls.clock_skew: \"25h\": expected a duration", NULL);
+        json_err("{\"mtls\": {\"certificate_file\": \"/c.pem\"}}",
+                 "config: mtls.private_key_file (built-in default): \"\": required when "
+                 "mtls.certificate_file is set",
+                 NULL);
+        json_err("{\"mtls\": {\"certificate_file\": \"/c.pem\", \"private_key_file\": \"/k.pem\"}}",
+                 "config: mtls.ca_bundle (built-in default): \"\": required when "
+                 "mtls.certificate_file is set",
+                 NULL);
         json_err(
             "{\"service_discovery\": {\"kubernetes\": {\"namespace\": \"\"}}}",
             "config: service_discovery.kubernetes.namespace: \"\": expected a non-empty string",

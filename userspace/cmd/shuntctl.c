@@ -44,6 +44,8 @@ static const char usage_text[] =
     "  conns            live proxied connections\n"
     "  endpoints [SVC]  services and endpoints with health, weight, zone, staleness\n"
     "                   (SVC: name or namespace/name)\n"
+    "  certs            mTLS: identity, certificate serials and validity, rotation\n"
+    "                   state, trust bundle\n"
     "  config           effective configuration and where each value came from\n"
     "  log-level LEVEL  set the daemon's log level (debug, info, warn, error)\n"
     "\n"
@@ -770,6 +772,80 @@ static int cmd_endpoints(const char *service)
         return 0;
 }
 
+/* One certificate line: serial, validity and time left. */
+static void print_cert(const char *label, const cJSON *c)
+{
+        char left[64] = "-";
+        double d;
+        if (jnum(c, "expires_in_s", &d))
+                fmt_duration_ms(d > 0 ? d * 1000 : 0, left, sizeof(left));
+        printf("%-15sserial %s, valid %s .. %s (%s%s)\n", label, jstr(c, "serial", "?"),
+               jstr(c, "not_before", "?"), jstr(c, "not_after", "?"),
+               jnum(c, "expires_in_s", &d) && d <= 0 ? "expired" : "expires in ",
+               jnum(c, "expires_in_s", &d) && d <= 0 ? "" : left);
+}
+
+static int cmd_certs(void)
+{
+        cJSON *j = fetch("GET", "/certs", NULL);
+        char b1[64];
+        printf("%-15s%s\n", "mtls mode:", jstr(j, "mode", "?"));
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "identity");
+        if (!cJSON_IsString(id)) {
+                printf("%-15snone (mtls.mode is disabled)\n", "identity:");
+                cJSON_Delete(j);
+                return 0;
+        }
+        printf("%-15s%s\n", "identity:", id->valuestring);
+        printf("%-15s%s\n", "trust domain:", jstr(j, "trust_domain", "?"));
+        printf("%-15s%s\n", "source:", jstr(j, "source", "?"));
+        const cJSON *cur = cJSON_GetObjectItemCaseSensitive(j, "current");
+        if (cur) {
+                print_cert("certificate:", cur);
+                printf("%-15s%s, %s connections\n", "", jstr(cur, "key_type", "?"),
+                       jint(cur, "connections", b1, sizeof(b1)));
+        }
+        const cJSON *prev = cJSON_GetObjectItemCaseSensitive(j, "previous");
+        if (cJSON_IsObject(prev)) {
+                print_cert("previous:", prev);
+                printf("%-15sdraining until %s, %s connections\n", "",
+                       jstr(prev, "drain_ends", "?"), jint(prev, "connections", b1, sizeof(b1)));
+        }
+        const cJSON *rot = cJSON_GetObjectItemCaseSensitive(j, "rotation");
+        if (rot) {
+                const cJSON *next = cJSON_GetObjectItemCaseSensitive(rot, "next_rotation");
+                const cJSON *last = cJSON_GetObjectItemCaseSensitive(rot, "last_rotation");
+                char b2[64];
+                printf("%-15s%s, next %s, last %s, %s rotations, %s failures\n",
+                       "rotation:", jstr(rot, "state", "?"),
+                       cJSON_IsString(next) ? next->valuestring : "on file change",
+                       cJSON_IsString(last) ? last->valuestring : "never",
+                       jint(rot, "rotations", b1, sizeof(b1)),
+                       jint(rot, "failures", b2, sizeof(b2)));
+                const cJSON *e = cJSON_GetObjectItemCaseSensitive(rot, "last_error");
+                if (cJSON_IsString(e))
+                        printf("%-15s%s\n", "last error:", e->valuestring);
+        }
+        const cJSON *bundle = cJSON_GetObjectItemCaseSensitive(j, "trust_bundle");
+        struct table t = {.ncols = 4, .header = {"TRUST BUNDLE", "SERIAL", "NOT_AFTER", "SUBJECT"}};
+        const cJSON *c;
+        int i = 0;
+        cJSON_ArrayForEach(c, bundle)
+        {
+                char n[16];
+                snprintf(n, sizeof(n), "%d", ++i);
+                table_add(&t, n, jstr(c, "serial", "?"), jstr(c, "not_after", "?"),
+                          jstr(c, "subject", "?"));
+        }
+        printf("\n");
+        if (t.rows)
+                table_print(&t);
+        else
+                printf("trust bundle: empty\n");
+        cJSON_Delete(j);
+        return 0;
+}
+
 static int cmd_config(void)
 {
         cJSON *j = fetch("GET", "/config", NULL);
@@ -852,7 +928,7 @@ int main(int argc, char **argv)
         } const cmds[] = {{"status", 0, NULL},       {"rules", 0, NULL},
                           {"conns", 0, NULL},        {"config", 0, NULL},
                           {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"},
-                          {"maps", 0, NULL}};
+                          {"maps", 0, NULL},         {"certs", 0, NULL}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -877,6 +953,8 @@ int main(int argc, char **argv)
                         return cmd_log_level(args[0]);
                 case 6:
                         return cmd_maps();
+                case 7:
+                        return cmd_certs();
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }

@@ -21,6 +21,10 @@
 #include "discovery/health.h"
 #include "discovery/registry.h"
 #include "proxy/proxy.h"
+#include "tls/cert.h"
+#include "tls/source.h"
+#include "tls/spiffe.h"
+#include "tls/store.h"
 
 #define SHUNT_VERSION  "0.1.0"
 #define DRAIN_POLL_MS  100
@@ -42,6 +46,7 @@ struct daemon {
         struct disc_registry *registry;
         struct disc_backend *backend;
         struct disc_checker *health;
+        struct tls_store *tls;   /* NULL when mtls.mode is disabled */
         uint64_t routes_version; /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
@@ -184,6 +189,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         if (d->bpf)
                 bpfcap_render_metrics(d->bpf, &resp->body);
         disc_render_metrics(d->registry, &resp->body);
+        if (d->tls)
+                tls_store_render_metrics(d->tls, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
@@ -238,6 +245,28 @@ static void h_status(const struct admin_request *req, struct admin_response *res
         strbuf_append_json_string(b, d->cfg->path);
         strbuf_appendf(b, ",\"generation\":%llu},\"log_level\":\"%s\"}",
                        (unsigned long long)d->cfg_generation, log_level_name(log_get_level()));
+}
+
+/* The store's JSON with the mode in front; {"mode":"disabled","identity":null}
+ * when mTLS is off. */
+static void h_certs(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        strbuf_appendf(&resp->body, "{\"mode\":\"%s\"", mtls_mode_name(d->cfg->mtls_mode));
+        if (!d->tls) {
+                strbuf_append(&resp->body, ",\"identity\":null}");
+                return;
+        }
+        struct strbuf sb;
+        strbuf_init(&sb);
+        tls_store_render_json(d->tls, &sb);
+        if (sb.len > 2 && sb.data[0] == '{') {
+                strbuf_append(&resp->body, ",");
+                strbuf_appendn(&resp->body, sb.data + 1, sb.len - 1);
+        } else {
+                strbuf_append(&resp->body, "}");
+        }
+        strbuf_free(&sb);
 }
 
 static void h_rules(const struct admin_request *req, struct admin_response *resp, void *ctx)
@@ -327,6 +356,69 @@ static void h_post_endpoints(const struct admin_request *req, struct admin_respo
                        (unsigned long long)disc_registry_version(d->registry));
 }
 
+/* ---- mutual TLS: the certificate store ------------------------------------ */
+
+/* Builds the certificate source from the configuration: files when
+ * mtls.certificate_file is set, else the built-in CA in mtls.ca_dir. */
+static int tls_open(struct daemon *d)
+{
+        const struct shunt_config *c = d->cfg;
+        enum tls_key_type kt;
+        if (tls_key_type_parse(c->mtls_key_type, &kt) < 0)
+                return -EINVAL;
+        struct tls_source *src = NULL;
+        int rc;
+        if (c->certificate_file[0]) {
+                struct tls_files_options fo = {
+                    .cert_file = c->certificate_file,
+                    .key_file = c->private_key_file,
+                    .bundle_file = c->ca_bundle,
+                    .trust_domain = c->trust_domain,
+                    .clock_skew_s = c->mtls_clock_skew_s,
+                };
+                rc = tls_source_files_new(&fo, &src);
+        } else {
+                struct spiffe_id id;
+                rc = spiffe_id_build(c->trust_domain, c->mtls_namespace, c->mtls_service_account,
+                                     &id);
+                if (rc < 0)
+                        return rc;
+                char dns[2 * CONFIG_STR_MAX + 32];
+                snprintf(dns, sizeof(dns), "%s.%s.svc.cluster.local", c->mtls_service_name,
+                         c->mtls_namespace);
+                struct tls_builtin_options bo = {
+                    .ca = {.state_dir = c->mtls_ca_dir,
+                           .trust_domain = c->trust_domain,
+                           .key_type = kt},
+                    .spiffe_id = id.uri,
+                    .dns_name = dns,
+                    .key_type = kt,
+                    .lifetime_s = c->cert_rotation_s,
+                    .backdate_s = TLS_DEFAULT_BACKDATE_S,
+                    .extra_bundle_file = c->ca_bundle[0] ? c->ca_bundle : NULL,
+                };
+                rc = tls_source_builtin_new(&bo, &src);
+        }
+        if (rc < 0)
+                return rc;
+        struct tls_store_options so;
+        tls_store_options_init(&so);
+        so.trust_domain = c->trust_domain;
+        so.clock_skew_s = c->mtls_clock_skew_s;
+        rc = tls_store_new(&so, src, &d->tls);
+        if (rc < 0)
+                return rc;
+        rc = tls_store_start(d->tls, d->loop);
+        if (rc < 0)
+                return rc;
+        struct tls_snapshot *snap = tls_store_acquire(d->tls);
+        log_info("tls", 0, "mTLS %s: identity %s, serial %s, source %s",
+                 mtls_mode_name(c->mtls_mode), tls_snapshot_identity(snap),
+                 tls_snapshot_serial(snap), c->certificate_file[0] ? "files" : "builtin-ca");
+        tls_snapshot_unref(snap);
+        return 0;
+}
+
 /* ---- routes: a new registry snapshot becomes the proxy's route table ---- */
 
 static void update_routes(struct daemon *d)
@@ -367,6 +459,18 @@ static void reload(struct daemon *d)
             strcmp(next->admin_address, old->admin_address) || next->redirect != old->redirect)
                 log_warn("config", 0,
                          "listener addresses, workers and redirect mode change only on restart");
+        if (next->mtls_mode != old->mtls_mode || strcmp(next->trust_domain, old->trust_domain) ||
+            strcmp(next->mtls_ca_dir, old->mtls_ca_dir) ||
+            strcmp(next->mtls_namespace, old->mtls_namespace) ||
+            strcmp(next->mtls_service_account, old->mtls_service_account) ||
+            strcmp(next->mtls_service_name, old->mtls_service_name) ||
+            strcmp(next->certificate_file, old->certificate_file) ||
+            strcmp(next->private_key_file, old->private_key_file) ||
+            strcmp(next->ca_bundle, old->ca_bundle) ||
+            next->cert_rotation_s != old->cert_rotation_s ||
+            next->mtls_clock_skew_s != old->mtls_clock_skew_s ||
+            strcmp(next->mtls_key_type, old->mtls_key_type))
+                log_warn("config", 0, "mtls settings change only on restart");
         log_set_level(next->log_level);
         d->cfg = next;
         d->cfg_generation++;
@@ -499,6 +603,14 @@ int main(int argc, char **argv)
         loop_io_init(&d.sig_io, sfd, on_signal, &d);
         loop_io_add(d.loop, &d.sig_io, EPOLLIN);
 
+        if (d.cfg->mtls_mode != MTLS_DISABLED && tls_open(&d) < 0) {
+                log_error("tls", 0,
+                          "cannot set up mTLS (mtls.mode %s; set mtls.mode disabled to "
+                          "run without it)",
+                          mtls_mode_name(d.cfg->mtls_mode));
+                d.exit_code = 1;
+                goto out;
+        }
         d.proxy = proxy_new(d.cfg, err, sizeof(err));
         if (!d.proxy) {
                 log_error("proxy", 0, "cannot start listeners: %s", err);
@@ -518,6 +630,7 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/status", h_status, &d);
         admin_route(d.admin, "GET", "/rules", h_rules, &d);
         admin_route(d.admin, "GET", "/maps", h_maps, &d);
+        admin_route(d.admin, "GET", "/certs", h_certs, &d);
         admin_route(d.admin, "GET", "/connections", h_connections, &d);
         admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
         admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);
@@ -601,6 +714,7 @@ out:
         /* Close the remaining connections while the NAT rules still exist, so
          * their final FIN or RST is translated back and reaches the client. */
         proxy_free(d.proxy);
+        tls_store_free(d.tls); /* after every tls_conn is gone */
         rules_remove(&d);
         admin_free(d.admin);
         if (d.loop)

@@ -44,8 +44,9 @@ enum ktype {
 
 #define KF_SECRET       0x1 /* never shown: dump and errors say <redacted> */
 #define KF_NONEMPTY     0x2
-#define KF_TRUST_DOMAIN 0x4 /* SPIFFE trust domain characters */
-#define KF_FILE_ONLY    0x8 /* no flag, not in the dump */
+#define KF_TRUST_DOMAIN 0x4  /* SPIFFE trust domain characters */
+#define KF_FILE_ONLY    0x8  /* no flag, not in the dump */
+#define KF_NAME         0x10 /* SPIFFE path segment: [A-Za-z0-9.-_], not "." or ".." */
 
 struct key_desc {
         const char *path; /* dotted JSON path */
@@ -70,6 +71,7 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 static const char *const redirect_names[] = {"iptables", "off", "auto", "ebpf", NULL};
 static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
+static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
 static const char *const lb_names[] = {"round_robin", "least_connections", "weighted",
                                        "consistent_hash", NULL};
@@ -136,6 +138,21 @@ static const struct key_desc keys[] = {
         {.path = "mtls.private_key_file", .env = "PRIVATE_KEY_FILE", .type = K_STR, FIELD(private_key_file)},
         {.path = "mtls.mode", .env = "MTLS_MODE", .type = K_ENUM, FIELD(mtls_mode), .names = mtls_names,
          .def = "permissive"},
+        {.path = "mtls.ca_dir", .env = "SHUNT_MTLS_CA_DIR", .type = K_STR, FIELD(mtls_ca_dir),
+         .def = "/var/lib/shunt/ca", .flags = KF_NONEMPTY,
+         .note = "state directory of the built-in CA (ca.pem, ca-key.pem 0600); unused with certificate_file"},
+        {.path = "mtls.namespace", .env = "SHUNT_MTLS_NAMESPACE", .type = K_STR, FIELD(mtls_namespace),
+         .def = "default", .flags = KF_NONEMPTY | KF_NAME},
+        {.path = "mtls.service_name", .env = "SHUNT_MTLS_SERVICE_NAME", .type = K_STR, FIELD(mtls_service_name),
+         .flags = KF_NAME, .note = "empty = the host name"},
+        {.path = "mtls.service_account", .env = "SHUNT_MTLS_SERVICE_ACCOUNT", .type = K_STR,
+         FIELD(mtls_service_account), .flags = KF_NAME, .note = "empty = mtls.service_name"},
+        {.path = "mtls.key_type", .env = "SHUNT_MTLS_KEY_TYPE", .type = K_STRENUM, FIELD(mtls_key_type),
+         .names = key_type_names, .def = "ecdsa-p256"},
+        {.path = "mtls.clock_skew", .env = "SHUNT_MTLS_CLOCK_SKEW", .type = K_DUR_S, FIELD(mtls_clock_skew_s),
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "5m"},
+        {.path = "mtls.handshake_timeout", .env = "SHUNT_MTLS_HANDSHAKE_TIMEOUT", .type = K_DUR_MS,
+         FIELD(mtls_handshake_timeout_ms), .min = 1, .max = MS_PER_HOUR, .def = "10s"},
         {.path = "load_balancing.algorithm", .env = "LOAD_BALANCING_ALGORITHM", .type = K_STRENUM,
          FIELD(lb_algorithm), .names = lb_names, .def = "round_robin"},
         {.path = "load_balancing.hash_key", .type = K_STR, FIELD(lb_hash_key), .def = "X-Request-Key",
@@ -297,6 +314,11 @@ static void describe(const struct key_desc *d, char *buf, size_t n)
                                  "expected a trust domain of lowercase letters, digits, '.', '-', "
                                  "'_' (1..%zu bytes)",
                                  d->size - 1);
+                else if (d->flags & KF_NAME)
+                        snprintf(buf, n,
+                                 "expected a name of letters, digits, '.', '-', '_' (at most %zu "
+                                 "bytes, not \".\" or \"..\")%s",
+                                 d->size - 1, d->flags & KF_NONEMPTY ? ", not empty" : "");
                 else
                         snprintf(buf, n, "expected a %sstring of at most %zu bytes",
                                  d->flags & KF_NONEMPTY ? "non-empty " : "", d->size - 1);
@@ -467,12 +489,24 @@ static bool valid_trust_domain(const char *s)
         return true;
 }
 
+/* A SPIFFE path segment (namespace, service account); "" is checked by KF_NONEMPTY. */
+static bool valid_name(const char *s)
+{
+        if (!strcmp(s, ".") || !strcmp(s, ".."))
+                return false;
+        for (; *s; s++)
+                if (!isalnum((unsigned char)*s) && !strchr(".-_", *s))
+                        return false;
+        return true;
+}
+
 static int store_string(struct ctx *x, const struct key_desc *d, enum config_source src,
                         const char *text, const char *display)
 {
         size_t len = strlen(text);
         if (len >= d->size || ((d->flags & KF_NONEMPTY) && !len) ||
-            ((d->flags & KF_TRUST_DOMAIN) && !valid_trust_domain(text)))
+            ((d->flags & KF_TRUST_DOMAIN) && !valid_trust_domain(text)) ||
+            ((d->flags & KF_NAME) && !valid_name(text)))
                 return bad(x, d, src, display, NULL);
         memcpy(field(x->c, d), text, len + 1);
         return 0;
@@ -1029,10 +1063,43 @@ static int check_ports(struct ctx *x)
         return 0;
 }
 
+/* The workload's identity defaults and the certificate source's keys. */
+static int check_mtls(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        if (!c->mtls_service_name[0]) {
+                char host[256] = "";
+                if (gethostname(host, sizeof(host) - 1) < 0 || !host[0] || !valid_name(host) ||
+                    strlen(host) >= sizeof(c->mtls_service_name)) {
+                        const struct key_desc *d = find_key("mtls.service_name");
+                        return bad(x, d, c->origins[key_index(d)].source, "",
+                                   "the host name is not a valid service name: set it");
+                }
+                memcpy(c->mtls_service_name, host, strlen(host) + 1);
+        }
+        if (!c->mtls_service_account[0])
+                snprintf(c->mtls_service_account, sizeof(c->mtls_service_account), "%s",
+                         c->mtls_service_name);
+        if (!c->certificate_file[0])
+                return 0;
+        const char *need[] = {"mtls.private_key_file", "mtls.ca_bundle"};
+        const char *have[] = {c->private_key_file, c->ca_bundle};
+        for (int i = 0; i < 2; i++) {
+                if (have[i][0])
+                        continue;
+                const struct key_desc *d = find_key(need[i]);
+                return bad(x, d, c->origins[key_index(d)].source, "",
+                           "required when mtls.certificate_file is set");
+        }
+        return 0;
+}
+
 static int finish(struct ctx *x)
 {
         struct shunt_config *c = x->c;
         int rc = check_ports(x);
+        if (!rc)
+                rc = check_mtls(x);
         if (rc)
                 return rc;
         if (c->workers == 0) {

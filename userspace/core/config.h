@@ -74,11 +74,13 @@ struct shunt_config {
         enum log_level log_level; /* log_level, SHUNT_LOG_LEVEL, info */
 
         /* capture */
-        enum redirect_mode redirect; /* redirect, SHUNT_REDIRECT, "iptables" | "off" | "auto" | "ebpf" */
+        enum redirect_mode
+            redirect; /* redirect, SHUNT_REDIRECT, "iptables" | "off" | "auto" | "ebpf" */
         char redirect_cgroup[CONFIG_PATH_MAX]; /* redirect_cgroup, SHUNT_REDIRECT_CGROUP, "" */
-        char bpf_pin_root[CONFIG_PATH_MAX];    /* bpf_pin_root, SHUNT_BPF_PIN_ROOT, "" = /sys/fs/bpf/shunt */
-        uint32_t proxy_mark;         /* proxy_mark: SO_MARK of shuntd's sockets, 0x539 */
-        int proxy_uid;               /* proxy_uid: uid whose traffic is not captured; -1 = auto */
+        char bpf_pin_root[CONFIG_PATH_MAX];    /* bpf_pin_root, SHUNT_BPF_PIN_ROOT, "" =
+                                                  /sys/fs/bpf/shunt */
+        uint32_t proxy_mark;                   /* proxy_mark: SO_MARK of shuntd's sockets, 0x539 */
+        int proxy_uid; /* proxy_uid: uid whose traffic is not captured; -1 = auto */
         /* default {22, admin_port}; a configured list is taken as given */
         uint16_t exclude_inbound_ports[CONFIG_MAX_EXCLUDES];
         size_t n_exclude_inbound_ports;
@@ -108,12 +110,26 @@ struct shunt_config {
         char consul_datacenter[CONFIG_STR_MAX];  /* ...consul.datacenter, CONSUL_DATACENTER */
 
         /* mTLS */
-        char trust_domain[CONFIG_STR_MAX];      /* mtls.trust_domain, TRUST_DOMAIN */
-        uint32_t cert_rotation_s;               /* mtls.cert_rotation, CERT_ROTATION_INTERVAL */
+        char trust_domain[CONFIG_STR_MAX]; /* mtls.trust_domain, TRUST_DOMAIN */
+        /* mtls.cert_rotation, CERT_ROTATION_INTERVAL, 24h: the lifetime of the
+         * workload certificates the built-in CA issues (renewed when a third
+         * of it is left) */
+        uint32_t cert_rotation_s;
         char ca_bundle[CONFIG_PATH_MAX];        /* mtls.ca_bundle, CA_BUNDLE_PATH */
         char certificate_file[CONFIG_PATH_MAX]; /* mtls.certificate_file, CERTIFICATE_FILE */
         char private_key_file[CONFIG_PATH_MAX]; /* mtls.private_key_file, PRIVATE_KEY_FILE */
         enum mtls_mode mtls_mode;               /* mtls.mode */
+        /* mtls.ca_dir, SHUNT_MTLS_CA_DIR, "/var/lib/shunt/ca": the built-in CA's
+         * state (used when certificate_file is empty). The workload's identity is
+         * spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>; its DNS
+         * SAN <service_name>.<namespace>.svc.cluster.local. */
+        char mtls_ca_dir[CONFIG_PATH_MAX];
+        char mtls_namespace[CONFIG_STR_MAX];       /* mtls.namespace, "default" */
+        char mtls_service_name[CONFIG_STR_MAX];    /* mtls.service_name; "" -> host name */
+        char mtls_service_account[CONFIG_STR_MAX]; /* mtls.service_account; "" -> service_name */
+        char mtls_key_type[16];                    /* mtls.key_type: ecdsa-p256 | rsa-2048 */
+        uint32_t mtls_clock_skew_s;                /* mtls.clock_skew, 5m */
+        uint32_t mtls_handshake_timeout_ms;        /* mtls.handshake_timeout, 10s */
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */

@@ -677,6 +677,37 @@ static int ca_load(struct tls_ca *ca, const char *cert_file, const char *key_fil
         return 0;
 }
 
+/* Creates the missing parents of dir (0755), like mkdir -p without the last
+ * component. 0 or -errno (logged). */
+static int mkdir_parents(const char *dir)
+{
+        char p[PATH_MAX];
+        if (snprintf(p, sizeof(p), "%s", dir) >= (int)sizeof(p)) {
+                log_error(COMP, 0, "state directory path %s is too long", dir);
+                return -ENAMETOOLONG;
+        }
+        char *last = strrchr(p, '/');
+        if (!last || last == p)
+                return 0;
+        *last = '\0';
+        for (char *s = p + 1;; s++) {
+                if (*s != '/' && *s != '\0')
+                        continue;
+                char c = *s;
+                *s = '\0';
+                if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+                        int e = errno;
+                        log_error(COMP, 0,
+                                  "cannot create directory %s (for state directory %s): %s", p, dir,
+                                  strerror(e));
+                        return -e;
+                }
+                *s = c;
+                if (!c)
+                        return 0;
+        }
+}
+
 int tls_ca_open(const struct tls_ca_options *opt, struct tls_ca **out)
 {
         struct tls_ca *ca = calloc(1, sizeof(*ca));
@@ -707,6 +738,9 @@ int tls_ca_open(const struct tls_ca_options *opt, struct tls_ca **out)
                 rc = -ENAMETOOLONG;
                 goto done;
         }
+        rc = mkdir_parents(opt->state_dir);
+        if (rc < 0)
+                goto done;
         if (mkdir(opt->state_dir, 0700) < 0 && errno != EEXIST) {
                 rc = -errno;
                 log_error(COMP, 0, "cannot create state directory %s: %s", opt->state_dir,
