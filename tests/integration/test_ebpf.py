@@ -43,7 +43,9 @@ if not _ebpf_mode_built():
 
 CGROOT = "/run/shunt-t-%d-cg" % os.getpid()
 BPFFS = "/run/shunt-t-%d-bpf" % os.getpid()
-CGROUP = CGROOT + "/app"
+# The mount shows the whole cgroup2 hierarchy: the pod cgroup name must be
+# unique to this run, or two runs (or a killed one) would collide.
+CGROUP = CGROOT + "/shunt-t-%d-app" % os.getpid()
 PINS = BPFFS + "/shunt"
 
 # A client for the application side: connects, then either reads the addr
