@@ -639,7 +639,13 @@ def tool_versions(env):
                 m = re.match(r"(CMAKE_BUILD_TYPE|SHUNT_SANITIZE):\w+=(.*)", line)
                 if m:
                     build[m.group(1)] = m.group(2).strip()
+    src = os.path.dirname(HERE)
+    head = subprocess.run(["git", "-C", src, "log", "-1", "--format=%h %cI"],
+                          capture_output=True, text=True, timeout=10).stdout.strip()
+    built = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.stat(env.shuntd).st_mtime))
     return {
+        "source_head": head or "unknown",
+        "shuntd_built": built,
         "shuntd": first([env.shuntd, "--version"]),
         "shuntd_build": build,
         "haproxy": first(["haproxy", "-v"]),

@@ -136,8 +136,10 @@ def main(argv):
         " ".join(m.get("loadavg_end", ["?"]))))
     L.append("")
     b = v.get("shuntd_build", {})
-    L.append("Versions: %s (build %s, sanitizers %s); %s; %s; %s; %s." % (
+    L.append("Versions: %s (build %s, sanitizers %s%s); %s; %s; %s; %s." % (
         v["shuntd"], b.get("CMAKE_BUILD_TYPE", "?"), b.get("SHUNT_SANITIZE", "?"),
+        ", binary built %s, tree at %s" % (v["shuntd_built"], v["source_head"])
+        if "shuntd_built" in v else "",
         v["haproxy"], v["nginx"], v["wrk"], v["iperf3"]))
     L.append("")
     p = R["params"]
