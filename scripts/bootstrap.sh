@@ -13,7 +13,7 @@ PKGS=(
 	iproute2 iptables curl openssl socat netcat-openbsd tcpdump procps
 	python3 python3-pytest python3-grpcio prometheus
 	# benchmarks and peers
-	haproxy nginx wrk nghttp2-client sockperf iperf3
+	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf
 	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from
 	# pulling initramfs-tools, udev and a systemd upgrade for the kernel)
 	qemu-system-x86 busybox-static kmod cpio tiny-initramfs linux-image-cloud-amd64
