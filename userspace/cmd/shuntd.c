@@ -617,6 +617,8 @@ int main(int argc, char **argv)
                 d.exit_code = 1;
                 goto out;
         }
+        if (d.tls)
+                proxy_set_tls(d.proxy, tls_store_slot(d.tls));
         d.admin = admin_new(d.loop, d.cfg->admin_address, d.cfg->admin_port, err, sizeof(err));
         if (!d.admin) {
                 log_error("admin", 0, "cannot start the admin server: %s", err);

@@ -37,6 +37,9 @@ enum conn_reason {
         REASON_SHUTDOWN,            /* closed by the daemon's shutdown after the drain */
         REASON_NO_ENDPOINT,         /* a known service with no endpoint that can serve */
         REASON_UNKNOWN_DESTINATION, /* outbound_policy registry_only: not a known service */
+        REASON_TLS_HANDSHAKE,       /* mTLS handshake failed or timed out (audit line says why) */
+        REASON_PLAINTEXT_REFUSED,   /* inbound plaintext with mtls.mode strict */
+        REASON_TLS_PORT_MISMATCH,   /* the SNI port is not the original destination's */
         REASON__COUNT,
 };
 
@@ -99,6 +102,7 @@ struct worker {
         int n_listeners;
         struct snapshot_reader cfg_reader;
         struct snapshot_reader route_reader;
+        struct snapshot_reader tls_reader;    /* when proxy->tls_slot is set */
         struct route_workers *route_workers;  /* lb cursors for the route table */
         struct conn *conns;                   /* doubly linked list of live connections */
         uint8_t *buf_cache[WORKER_BUF_CACHE]; /* free relay buffers of buf_cache_size */
@@ -114,6 +118,7 @@ struct proxy {
         struct snapshot_slot cfg_slot;
         struct snapshot_slot route_slot; /* struct route_table, published by main */
         struct route_table *routes;      /* main thread's view of the latest one */
+        struct snapshot_slot *tls_slot;  /* the TLS store's (tls/store.h), or NULL: no mTLS */
         _Atomic uint64_t active;         /* over all workers, for max_connections */
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;

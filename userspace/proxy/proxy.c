@@ -232,6 +232,11 @@ static void worker_stop(void *arg)
         loop_stop(w->loop);
 }
 
+void proxy_set_tls(struct proxy *p, struct snapshot_slot *slot)
+{
+        p->tls_slot = slot;
+}
+
 void proxy_free(struct proxy *p)
 {
         if (!p)
@@ -249,6 +254,7 @@ void proxy_free(struct proxy *p)
                 }
                 snapshot_reader_release(&w->cfg_reader);
                 snapshot_reader_release(&w->route_reader);
+                snapshot_reader_release(&w->tls_reader);
                 route_workers_free(w->route_workers);
                 while (w->n_buf_cache)
                         free(w->buf_cache[--w->n_buf_cache]);

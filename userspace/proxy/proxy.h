@@ -28,6 +28,11 @@ void proxy_set_config(struct proxy *p, struct shunt_config *cfg);
  * (takes a reference); main thread only. */
 struct disc_snapshot;
 void proxy_set_registry(struct proxy *p, const struct disc_snapshot *disc);
+/* Enables mutual TLS: workers take certificates from slot (tls_store_slot),
+ * originate TLS to services that have an identity and terminate mesh TLS on
+ * the inbound port. Before proxy_start; the store must outlive the proxy. */
+struct snapshot_slot;
+void proxy_set_tls(struct proxy *p, struct snapshot_slot *slot);
 /* Closes the listeners: no new connections; existing ones continue. */
 void proxy_stop_accepting(struct proxy *p);
 /* Connections open right now, over all workers. */

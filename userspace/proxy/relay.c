@@ -18,20 +18,26 @@
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
 #include "proxy/proxy-t.h"
+#include "tls/conn.h"
 
 #define RELAY_EVENTS    (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 #define CONNECT_RETRIES 2 /* further endpoints tried after a failed connect */
 
 enum conn_state {
         CONN_CONNECTING, /* upstream connect in flight (sniffing may go on too) */
+        CONN_HANDSHAKE,  /* outbound: TLS handshake with the peer's shuntd */
         CONN_RELAYING,
 };
 
+/* A socket; with tls set, every byte goes through the TLS connection. A TLS
+ * side is never taken as drained after a short read (the TLS layer may hold
+ * decrypted bytes epoll does not know about): it is read until -EAGAIN. */
 struct side {
         struct loop_io io;
         bool readable;
         bool writable;
         bool rdhup; /* the peer's FIN is queued: a short read does not mean drained */
+        struct tls_conn *tls;
 };
 
 /* Bytes flowing one way. The buffer is taken from the worker's cache when
@@ -65,6 +71,11 @@ struct conn {
         struct route_use route; /* the service endpoint, when routed */
         uint8_t connect_attempts;
         bool shortcut_off; /* eBPF shortcut turned off: c2u was full (pitfall 1) */
+        /* Inbound with mTLS on: the client's first bytes are peeked, not read,
+         * so a TLS handshake can start from the ClientHello. */
+        bool peek;
+        bool cli_hs_done; /* inbound TLS handshake finished and checked */
+        bool tls_out;     /* outbound: originate TLS to the service's identity */
         char sni[256];
 };
 
@@ -83,6 +94,9 @@ static const char *const reason_names[REASON__COUNT] = {
     [REASON_SHUTDOWN] = "shutdown",
     [REASON_NO_ENDPOINT] = "no_endpoint",
     [REASON_UNKNOWN_DESTINATION] = "unknown_destination",
+    [REASON_TLS_HANDSHAKE] = "tls_handshake",
+    [REASON_PLAINTEXT_REFUSED] = "plaintext_refused",
+    [REASON_TLS_PORT_MISMATCH] = "tls_port_mismatch",
 };
 
 const char *conn_reason_name(enum conn_reason r)
@@ -142,6 +156,9 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
         /* Deregister before close(): a fork() elsewhere in the process (the
          * iptables commands) can hold the socket open for a moment, and a
          * closed but still open file keeps delivering events. */
+        tls_conn_free(c->cli.tls);
+        tls_conn_free(c->up.tls);
+        c->cli.tls = c->up.tls = NULL;
         loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
         if (c->up.io.fd >= 0) {
@@ -203,7 +220,21 @@ static int sniff_step(struct conn *c)
         struct half *h = &c->c2u;
         if (!h->buf && half_take_buf(c->w, h) < 0)
                 return REASON_NO_MEMORY;
-        while (c->cli.readable && !h->eof && h->len < h->cap) {
+        if (c->peek && c->cli.readable && !h->eof) {
+                /* The bytes stay in the socket: each new edge peeks them all again. */
+                ssize_t n;
+                do
+                        n = recv(c->cli.io.fd, h->buf, h->cap, MSG_PEEK);
+                while (n < 0 && errno == EINTR);
+                c->cli.readable = false;
+                if (n > 0)
+                        h->len = (uint32_t)n;
+                else if (n == 0)
+                        h->eof = true;
+                else if (errno != EAGAIN)
+                        return REASON_CLIENT_RESET;
+        }
+        while (!c->peek && c->cli.readable && !h->eof && h->len < h->cap) {
                 ssize_t n = recv(c->cli.io.fd, h->buf + h->len, h->cap - h->len, 0);
                 if (n > 0) {
                         /* A short read drained the socket, unless a FIN waits. */
@@ -236,6 +267,51 @@ static void connect_failed(struct conn *c, enum conn_reason reason, const char *
 
 /* ---- relay ---------------------------------------------------------------------- */
 
+/* recv/send on a side, through TLS when it has it; -1 with errno on failure. */
+static ssize_t side_recv(struct side *s, void *buf, size_t len)
+{
+        if (!s->tls)
+                return recv(s->io.fd, buf, len, 0);
+        ssize_t n = tls_conn_read(s->tls, buf, len);
+        if (n < 0) {
+                errno = (int)-n;
+                return -1;
+        }
+        return n;
+}
+
+static ssize_t side_send(struct side *s, const void *buf, size_t len)
+{
+        if (!s->tls)
+                return send(s->io.fd, buf, len, MSG_NOSIGNAL);
+        ssize_t n = tls_conn_write(s->tls, buf, len);
+        if (n < 0) {
+                errno = (int)-n;
+                return -1;
+        }
+        return n;
+}
+
+/* Runs a side's TLS handshake. 0 done, 1 waiting for the socket, -1 failed
+ * (logged by the TLS layer as an audit line, and counted there). */
+static int side_handshake(struct conn *c, struct side *s)
+{
+        if (tls_conn_established(s->tls))
+                return 0;
+        int r = tls_conn_handshake(s->tls);
+        if (r == 0) {
+                log_debug("tls", c->id, "%s handshake done: peer %s serial %s",
+                          s == &c->cli ? "inbound" : "outbound", tls_conn_peer_id(s->tls),
+                          tls_conn_peer_serial(s->tls));
+                return 0;
+        }
+        if (r == -EAGAIN) {
+                s->readable = s->writable = false;
+                return 1;
+        }
+        return -1;
+}
+
 /* Moves bytes src -> h -> dst until neither a read nor a write can make
  * progress. Returns 0, or -1 with *reason set. */
 static int pump(struct conn *c, struct side *src, struct side *dst, struct half *h,
@@ -247,13 +323,14 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                 progress = false;
                 if (h->len > h->off && dst->writable) {
                         size_t want = h->len - h->off;
-                        ssize_t n = send(dst->io.fd, h->buf + h->off, want, MSG_NOSIGNAL);
+                        ssize_t n = side_send(dst, h->buf + h->off, want);
                         if (n > 0) {
                                 h->off += (uint32_t)n;
                                 h->bytes += (uint64_t)n;
                                 stat_add(&c->w->stats, bytes_stat, (uint64_t)n);
                                 progress = true;
-                                if ((size_t)n < want)
+                                /* TLS writes a record at a time: only EAGAIN says full. */
+                                if ((size_t)n < want && !dst->tls)
                                         dst->writable = false;
                         } else if (errno == EAGAIN) {
                                 dst->writable = false;
@@ -270,11 +347,11 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                                 return -1;
                         }
                         size_t space = h->cap - h->len;
-                        ssize_t n = recv(src->io.fd, h->buf + h->len, space, 0);
+                        ssize_t n = side_recv(src, h->buf + h->len, space);
                         if (n > 0) {
                                 h->len += (uint32_t)n;
                                 progress = true;
-                                if ((size_t)n < space && !src->rdhup)
+                                if ((size_t)n < space && !src->rdhup && !src->tls)
                                         src->readable = false;
                         } else if (n == 0) {
                                 h->eof = true;
@@ -300,10 +377,100 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
         if (h->len == h->off) {
                 half_give_buf(c->w, h);
                 if (h->eof && !h->shut) {
-                        /* Half-close: pass the FIN on only once every byte is out. */
+                        /* Half-close: pass the FIN on only once every byte is out;
+                         * on TLS, close_notify first. */
+                        if (dst->tls) {
+                                int r = tls_conn_shutdown(dst->tls);
+                                if (r == -EAGAIN) {
+                                        dst->writable = false;
+                                        return 0;
+                                }
+                        }
                         shutdown(dst->io.fd, SHUT_WR);
                         h->shut = true;
                 }
+        }
+        return 0;
+}
+
+static struct tls_snapshot *worker_tls(struct worker *w)
+{
+        if (!w->proxy->tls_slot)
+                return NULL;
+        struct snapshot *s = snapshot_reader_get(&w->tls_reader, w->proxy->tls_slot);
+        return s ? tls_snapshot_get(s) : NULL;
+}
+
+/* Inbound with mTLS on, once the client's first bytes are known: terminate
+ * mesh TLS (a port-<N> SNI name; in strict mode any TLS), refuse plaintext
+ * in strict mode, or relay as it is. Returns a reason to end, or -1. */
+static int inbound_decide(struct conn *c)
+{
+        const struct shunt_config *cfg = worker_cfg(c->w);
+        struct half *h = &c->c2u;
+        c->peek = false;
+        /* What was peeked is still in the socket: from now on it is read. */
+        h->len = h->off = 0;
+        h->eof = false;
+        half_give_buf(c->w, h);
+        c->cli.readable = c->cli.writable = true;
+        uint16_t port;
+        bool mesh = c->proto == PROTO_TLS &&
+                    (cfg->mtls_mode == MTLS_STRICT || tls_sni_port(c->sni, &port) == 0);
+        char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
+        if (mesh) {
+                struct tls_snapshot *ts = worker_tls(c->w);
+                if (!ts || tls_conn_server_new(ts, c->cli.io.fd, c->id, &c->cli.tls) < 0)
+                        return REASON_NO_MEMORY;
+                loop_timer_arm(c->w->loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms);
+                return -1;
+        }
+        if (cfg->mtls_mode == MTLS_STRICT) {
+                log_warn("tls", c->id,
+                         "inbound %s connection from %s to %s refused: mtls.mode is strict",
+                         c->proto == PROTO_TLS ? "non-mesh TLS" : "plaintext",
+                         sockaddr_format(&c->client_addr, pbuf, sizeof(pbuf)),
+                         sockaddr_format(&c->orig_dst, dbuf, sizeof(dbuf)));
+                return REASON_PLAINTEXT_REFUSED;
+        }
+        return -1;
+}
+
+/* TLS handshakes before any byte is relayed. 0 go on, 1 wait, -1 freed. */
+static int conn_handshakes(struct conn *c)
+{
+        if (c->cli.tls && !c->cli_hs_done) {
+                int r = side_handshake(c, &c->cli);
+                if (r < 0) {
+                        conn_free(c, REASON_TLS_HANDSHAKE, true);
+                        return -1;
+                }
+                if (r > 0)
+                        return 1;
+                c->cli_hs_done = true;
+                loop_timer_cancel(c->w->loop, &c->sniff_timer);
+                /* The allow-list was applied to the SNI port: forward only there. */
+                uint16_t sp = tls_conn_dst_port(c->cli.tls);
+                if (sp && sp != sockaddr_port(&c->orig_dst)) {
+                        log_warn("tls", c->id,
+                                 "inbound TLS from %s names port %u but was sent to port %u: "
+                                 "refused",
+                                 tls_conn_peer_id(c->cli.tls), sp, sockaddr_port(&c->orig_dst));
+                        conn_free(c, REASON_TLS_PORT_MISMATCH, true);
+                        return -1;
+                }
+        }
+        if (c->state == CONN_HANDSHAKE) {
+                int r = side_handshake(c, &c->up);
+                if (r < 0) {
+                        conn_free(c, REASON_TLS_HANDSHAKE, true);
+                        return -1;
+                }
+                if (r > 0)
+                        return 1;
+                c->state = CONN_RELAYING;
+                c->last_active_ms = loop_now_ms(c->w->loop);
+                loop_timer_arm(c->w->loop, &c->timer, worker_cfg(c->w)->idle_timeout_ms);
         }
         return 0;
 }
@@ -318,7 +485,17 @@ static void conn_drive(struct conn *c)
                         return;
                 }
         }
-        if (c->state != CONN_RELAYING)
+        if (c->sniffed && c->peek) {
+                int r = inbound_decide(c);
+                if (r >= 0) {
+                        conn_free(c, (enum conn_reason)r, true);
+                        return;
+                }
+        }
+        if (conn_handshakes(c) != 0)
+                return;
+        /* Inbound with mTLS on: nothing flows before the decision. */
+        if (c->state != CONN_RELAYING || c->peek)
                 return;
 
         uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
@@ -347,6 +524,9 @@ static void side_mark(struct side *s, uint32_t events)
                 s->rdhup = true;
         if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                 s->writable = true;
+        /* TLS may need to write to read and read to write: try both. */
+        if (s->tls && events)
+                s->readable = s->writable = true;
 }
 
 static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
@@ -380,9 +560,23 @@ static void on_upstream(struct loop *loop, struct loop_io *io, uint32_t events)
                         return;
                 }
                 route_report(&c->route, &c->upstream, true);
-                c->state = CONN_RELAYING;
-                c->last_active_ms = loop_now_ms(loop);
-                arm_idle(c);
+                if (c->tls_out) {
+                        struct tls_snapshot *ts = worker_tls(c->w);
+                        if (!ts ||
+                            tls_conn_client_new(ts, io->fd, c->id, route_identity(&c->route),
+                                                sockaddr_port(&c->upstream), &c->up.tls) < 0) {
+                                conn_free(c, REASON_NO_MEMORY, true);
+                                return;
+                        }
+                        c->state = CONN_HANDSHAKE;
+                        c->up.readable = c->up.writable = true;
+                        loop_timer_arm(loop, &c->timer,
+                                       worker_cfg(c->w)->mtls_handshake_timeout_ms);
+                } else {
+                        c->state = CONN_RELAYING;
+                        c->last_active_ms = loop_now_ms(loop);
+                        arm_idle(c);
+                }
         }
         conn_drive(c);
 }
@@ -392,6 +586,11 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
         struct conn *c = t->data;
         if (c->state == CONN_CONNECTING) {
                 connect_failed(c, REASON_CONNECT_TIMEOUT, "timed out");
+                return;
+        }
+        if (c->state == CONN_HANDSHAKE) {
+                tls_conn_timeout(c->up.tls);
+                conn_free(c, REASON_TLS_HANDSHAKE, true);
                 return;
         }
         uint64_t idle = worker_cfg(c->w)->idle_timeout_ms;
@@ -407,6 +606,14 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t)
 {
         struct conn *c = t->data;
+        if (c->sniffed) {
+                /* Inbound: the sniff timer now bounds the TLS handshake. */
+                if (c->cli.tls && !c->cli_hs_done) {
+                        tls_conn_timeout(c->cli.tls);
+                        conn_free(c, REASON_TLS_HANDSHAKE, true);
+                }
+                return;
+        }
         stat_add(&c->w->stats, ST_SNIFF_TIMEOUT, 1);
         /* Decide on what has arrived, as if nothing more will come: a complete
          * HTTP/2 preface without a request yet is still HTTP/2. */
@@ -624,6 +831,13 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         c->orig_dst = dst;
         c->upstream = upstream;
         c->route = route;
+        if (l->dir == DIR_INBOUND) {
+                c->peek = p->tls_slot && cfg->mtls_mode != MTLS_DISABLED;
+        } else if (p->tls_slot && route.table && route_identity(&route)[0]) {
+                enum disc_mtls m = route_mtls(&route);
+                c->tls_out = m == DISC_MTLS_DEFAULT ? cfg->mtls_mode != MTLS_DISABLED
+                                                    : m != DISC_MTLS_DISABLED;
+        }
         c->created_ms = c->last_active_ms = loop_now_ms(w->loop);
         loop_io_init(&c->cli.io, fd, on_client, c);
         loop_io_init(&c->up.io, -1, on_upstream, c);
@@ -676,6 +890,7 @@ void relay_render(struct worker *w, struct strbuf *out, bool *first)
                 strbuf_append(out, ",\"service\":");
                 strbuf_append_json_string(out, route_service_name(&c->route));
                 const char *state = c->state == CONN_CONNECTING  ? "connecting"
+                                    : c->state == CONN_HANDSHAKE ? "tls_handshake"
                                     : !c->sniffed                ? "sniffing"
                                     : c->c2u.shut || c->u2c.shut ? "half_closed"
                                                                  : "relaying";

@@ -263,3 +263,19 @@ const char *route_service_name(const struct route_use *use)
 {
         return use->table ? use->table->entries[use->entry].key : "-";
 }
+
+const char *route_identity(const struct route_use *use)
+{
+        if (!use->table)
+                return "";
+        const struct route_table *t = use->table;
+        return disc_snapshot_service(t->disc, t->entries[use->entry].service)->identity;
+}
+
+enum disc_mtls route_mtls(const struct route_use *use)
+{
+        if (!use->table)
+                return DISC_MTLS_DEFAULT;
+        const struct route_table *t = use->table;
+        return disc_snapshot_service(t->disc, t->entries[use->entry].service)->mtls;
+}

@@ -58,6 +58,11 @@ enum route_result route_pick(struct route_table *t, struct route_workers **rw, u
 /* Reports a connect outcome to discovery's passive health. */
 void route_report(const struct route_use *use, const struct sockaddr_storage *upstream, bool ok);
 void route_release(struct route_use *use);
+/* The SPIFFE ID of the service behind use ("" when none or no service) and
+ * its mTLS mode as the registry says it (DISC_MTLS_DEFAULT when not set or no
+ * service: the daemon's mtls.mode applies). */
+const char *route_identity(const struct route_use *use);
+enum disc_mtls route_mtls(const struct route_use *use);
 /* "ns/name" of the service behind use, for logs. */
 const char *route_service_name(const struct route_use *use);
 
