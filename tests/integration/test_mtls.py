@@ -3,6 +3,7 @@ sharing one built-in CA. The app pod's registry lists the remote pod's service
 with its SPIFFE identity, so shuntd originates TLS 1.3 to it; the remote
 shuntd terminates it on 15001 and forwards plaintext to the application."""
 
+import hashlib
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ from shuntlib import Topology as T
 
 TD = "cluster.local"
 WEB_ID = "spiffe://%s/ns/default/sa/web" % TD
-VIP_WEB, VIP_ECHO = "10.96.0.20", "10.96.0.21"
+VIP_WEB, VIP_ECHO, VIP_HC = "10.96.0.20", "10.96.0.21", "10.96.0.22"
 
 
 def registry(web_identity=WEB_ID):
@@ -36,6 +37,7 @@ def registry(web_identity=WEB_ID):
         "services": [
             svc("web", VIP_WEB, 8080, web_identity),
             svc("echo", VIP_ECHO, 7000, WEB_ID),
+            svc("halfclose", VIP_HC, 7100, WEB_ID),
         ]
     }
 
@@ -86,6 +88,7 @@ def mesh():
         topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
         procs.append(topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
         procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:7000" % T.REMOTE4]))
+        procs.append(topo.remote.spawn_peer("halfclose", "hc", ["%s:7100" % T.REMOTE4]))
         tmp = sl.tmpdir()
         ca_dir = os.path.join(tmp, "ca")
         reg = os.path.join(tmp, "registry.json")
@@ -94,7 +97,13 @@ def mesh():
         # A starts first and creates the CA; B loads the same one.
         a = sl.Shuntd(
             topo.app,
-            mtls_args(ca_dir, "client", **{"service-discovery.file.path": reg}),
+            # 15001 not captured in A: the s_client test addresses B's
+            # inbound port directly (A's shuntd would take it for a loop).
+            mtls_args(
+                ca_dir,
+                "client",
+                **{"service-discovery.file.path": reg, "exclude-outbound-ports": "15001"},
+            ),
             name="shuntd-a",
         )
         daemons.append(a)
@@ -182,6 +191,22 @@ def test_http_through_mtls(mesh):
     assert ok_in and float(ok_in[0].split()[-1]) >= 1, ok_in
 
 
+def test_bulk_and_half_close(mesh):
+    """4 MiB through both TLS hops, then a half-close: the server sees every
+    byte and the FIN (close_notify, then FIN, on the wire), and its answer
+    still comes back."""
+    topo, a, b, tmp, _ = mesh
+    data = os.urandom(4 << 20)
+    s = topo.app.connect(VIP_HC, 7100)
+    try:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = sl.recv_all(s, timeout=20)
+    finally:
+        s.close()
+    assert reply == ("%d %s\n" % (len(data), hashlib.sha256(data).hexdigest())).encode()
+
+
 def test_wrong_identity_refused(mesh):
     """The registry expects another identity for the service: A refuses B."""
     topo, a, b, tmp, _ = mesh
@@ -207,9 +232,9 @@ def test_wrong_identity_refused(mesh):
         )
 
 
-def s_client(pod, args, data="GET /s HTTP/1.0\r\n\r\n"):
+def s_client(pod, args, data="GET /s HTTP/1.0\r\n\r\n", port=8080):
     argv = [
-        "openssl", "s_client", "-connect", "%s:8080" % T.REMOTE4, "-servername",
+        "openssl", "s_client", "-connect", "%s:%d" % (T.REMOTE4, port), "-servername",
         "port-8080.%s" % TD, "-tls1_3", "-ign_eof", "-quiet",
     ] + args  # fmt: skip
     return pod.run(argv, timeout=20, check=False, input=data)
@@ -221,6 +246,25 @@ def test_s_client(mesh):
     pem, key = issue(tmp, "tester", ca_pem, ca_key, "spiffe://%s/ns/default/sa/tester" % TD)
     r = s_client(topo.app, ["-cert", pem, "-key", key, "-CAfile", ca_pem, "-verify_return_error"])
     assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
+    # Addressed to B's inbound port itself: the SNI name says where to go.
+    r = s_client(
+        topo.app,
+        ["-cert", pem, "-key", key, "-CAfile", ca_pem, "-verify_return_error"],
+        port=15001,
+    )
+    assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
+    # Plaintext to the inbound port itself is a loop: refused.
+    s = topo.app.connect(T.REMOTE4, 15001)
+    try:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        s.settimeout(10)
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        s.close()
+    sl.wait_until(lambda: "to shuntd's own port" in b.log_text(), 5, what="loop refusal logged")
 
     # No client certificate: refused, and B's audit line says why.
     r = s_client(topo.app, ["-CAfile", ca_pem])

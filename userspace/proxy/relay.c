@@ -76,6 +76,9 @@ struct conn {
         bool peek;
         bool cli_hs_done; /* inbound TLS handshake finished and checked */
         bool tls_out;     /* outbound: originate TLS to the service's identity */
+        /* Inbound, sent to the inbound port itself: only mesh TLS may go on,
+         * to the port its SNI name carries; the connect waits for it. */
+        bool to_listener;
         char sni[256];
 };
 
@@ -264,6 +267,15 @@ static int sniff_step(struct conn *c)
 
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t);
 static void connect_failed(struct conn *c, enum conn_reason reason, const char *what);
+static void conn_connect(struct conn *c);
+
+static void sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+        if (ss->ss_family == AF_INET)
+                ((struct sockaddr_in *)(void *)ss)->sin_port = htons(port);
+        else if (ss->ss_family == AF_INET6)
+                ((struct sockaddr_in6 *)(void *)ss)->sin6_port = htons(port);
+}
 
 /* ---- relay ---------------------------------------------------------------------- */
 
@@ -418,11 +430,27 @@ static int inbound_decide(struct conn *c)
         bool mesh = c->proto == PROTO_TLS &&
                     (cfg->mtls_mode == MTLS_STRICT || tls_sni_port(c->sni, &port) == 0);
         char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
+        if (c->to_listener &&
+            (!mesh || tls_sni_port(c->sni, &port) < 0 || port == c->w->proxy->inbound_port ||
+             port == c->w->proxy->outbound_port)) {
+                log_warn("tls", c->id,
+                         "inbound connection from %s to shuntd's own port %s refused: only mesh "
+                         "TLS naming an application port may address it",
+                         sockaddr_format(&c->client_addr, pbuf, sizeof(pbuf)),
+                         sockaddr_format(&c->orig_dst, dbuf, sizeof(dbuf)));
+                return REASON_LOOP;
+        }
         if (mesh) {
                 struct tls_snapshot *ts = worker_tls(c->w);
                 if (!ts || tls_conn_server_new(ts, c->cli.io.fd, c->id, &c->cli.tls) < 0)
                         return REASON_NO_MEMORY;
                 loop_timer_arm(c->w->loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms);
+                if (c->to_listener) {
+                        sockaddr_set_port(&c->upstream, port);
+                        conn_connect(c);
+                        if (c->closed)
+                                return -2;
+                }
                 return -1;
         }
         if (cfg->mtls_mode == MTLS_STRICT) {
@@ -451,7 +479,7 @@ static int conn_handshakes(struct conn *c)
                 loop_timer_cancel(c->w->loop, &c->sniff_timer);
                 /* The allow-list was applied to the SNI port: forward only there. */
                 uint16_t sp = tls_conn_dst_port(c->cli.tls);
-                if (sp && sp != sockaddr_port(&c->orig_dst)) {
+                if (sp && sp != sockaddr_port(c->to_listener ? &c->upstream : &c->orig_dst)) {
                         log_warn("tls", c->id,
                                  "inbound TLS from %s names port %u but was sent to port %u: "
                                  "refused",
@@ -487,6 +515,8 @@ static void conn_drive(struct conn *c)
         }
         if (c->sniffed && c->peek) {
                 int r = inbound_decide(c);
+                if (r == -2)
+                        return; /* freed by a failed connect */
                 if (r >= 0) {
                         conn_free(c, (enum conn_reason)r, true);
                         return;
@@ -779,7 +809,14 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         enum origdst_result od = origdst_get(fd, &local, &dst);
         enum conn_reason refuse = REASON__COUNT;
         char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
-        if (od == ORIGDST_OK) {
+        bool mtls_in = l->dir == DIR_INBOUND && p->tls_slot && cfg->mtls_mode != MTLS_DISABLED;
+        if (od == ORIGDST_NOT_REDIRECTED && mtls_in && sockaddr_port(&local) == p->inbound_port) {
+                /* Addressed to the inbound port itself (not redirected): mesh
+                 * TLS may name the application port in its SNI name. */
+                stat_add(&w->stats, ST_ORIGDST_NOT_REDIRECTED, 1);
+                dst = local;
+                refuse = REASON_LOOP;
+        } else if (od == ORIGDST_OK) {
                 stat_add(&w->stats, ST_ORIGDST_OK, 1);
                 if (is_own_listener(w, &dst))
                         refuse = REASON_LOOP;
@@ -789,6 +826,8 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                     od == ORIGDST_NOT_REDIRECTED ? ST_ORIGDST_NOT_REDIRECTED : ST_ORIGDST_ERROR, 1);
                 refuse = REASON_NO_ORIGINAL_DST;
         }
+        if (refuse == REASON_LOOP && mtls_in && sockaddr_port(&dst) == p->inbound_port)
+                refuse = REASON__COUNT; /* decided after sniffing (c->to_listener) */
         if (refuse != REASON__COUNT) {
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
                 log_warn("proxy", 0, "%s connection from %s refused: %s", dir_name(l->dir),
@@ -833,6 +872,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         c->route = route;
         if (l->dir == DIR_INBOUND) {
                 c->peek = p->tls_slot && cfg->mtls_mode != MTLS_DISABLED;
+                c->to_listener = c->peek && is_own_listener(w, &dst);
         } else if (p->tls_slot && route.table && route_identity(&route)[0]) {
                 enum disc_mtls m = route_mtls(&route);
                 c->tls_out = m == DISC_MTLS_DEFAULT ? cfg->mtls_mode != MTLS_DISABLED
@@ -862,7 +902,8 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         log_debug("proxy", c->id, "%s %s -> %s via %s", dir_name(c->dir),
                   sockaddr_format(peer, pbuf, sizeof(pbuf)),
                   sockaddr_format(&dst, dbuf, sizeof(dbuf)), route_service_name(&c->route));
-        conn_connect(c);
+        if (!c->to_listener)
+                conn_connect(c);
 }
 
 void relay_close_all(struct worker *w, enum conn_reason reason)
