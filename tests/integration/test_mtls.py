@@ -63,13 +63,14 @@ def openssl(*args, **kw):
     return p.stdout
 
 
-def issue(tmp, name, ca_pem, ca_key, uri):
+def issue(tmp, name, ca_pem, ca_key, uri, san=None):
     """A client certificate signed by the given CA (openssl, not shuntd)."""
     key, csr, pem, ext = (os.path.join(tmp, name + s) for s in ("-key.pem", ".csr", ".pem", ".ext"))
     with open(ext, "w") as f:
         f.write(
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-            "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=URI:%s\n" % uri
+            "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n"
+            % (san or "URI:" + uri)
         )
     openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
     openssl("req", "-new", "-key", key, "-out", csr, "-subj", "/CN=" + name)
@@ -284,6 +285,16 @@ def test_s_client(mesh):
     r = s_client(topo.app, ["-cert", pem2, "-key", key2])
     assert "HTTP/1.1 200" not in r.stdout
     sl.wait_until(lambda: "reason=untrusted_ca" in b.log_text(), 5, what="untrusted_ca audit")
+
+    # The mesh CA, but another trust domain; and no SPIFFE URI at all.
+    for name, uri, san, reason in (
+        ("foreign", "spiffe://other.org/ns/default/sa/x", None, "wrong_trust_domain"),
+        ("nouri", None, "DNS:web.default.svc.cluster.local", "no_spiffe_id"),
+    ):
+        pem3, key3 = issue(tmp, name, ca_pem, ca_key, uri, san=san)
+        r = s_client(topo.app, ["-cert", pem3, "-key", key3, "-CAfile", ca_pem])
+        assert "HTTP/1.1 200" not in r.stdout
+        sl.wait_until(lambda: "reason=" + reason in b.log_text(), 5, what=reason + " audit")
 
 
 def test_rotation_keeps_connections(mesh):
