@@ -333,6 +333,7 @@ class Contender:
             argv = [
                 e.shuntd, "--redirect", mode, "--workers", "2", "--log-level", "warn",
                 "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s",
+                "--mtls.ca-dir", os.path.join(e.work, "ca-" + n),
             ]
             if mode == "ebpf":
                 argv += ["--redirect-cgroup", e.cgroup, "--bpf-pin-root", e.pins]

@@ -105,9 +105,9 @@ ip netns exec "$NS_B" python3 "$PEERS" http --name pod-b-app --listen 0.0.0.0:80
 PIDS+=($!)
 
 heading "shuntd in each pod (--redirect iptables)"
-ip netns exec "$NS_A" "$SHUNTD" --redirect iptables --workers 2 2>"$TMP/shuntd-a.log" &
+ip netns exec "$NS_A" "$SHUNTD" --redirect iptables --workers 2 --mtls.ca-dir "$TMP/ca-a" 2>"$TMP/shuntd-a.log" &
 PIDS+=($!)
-ip netns exec "$NS_B" "$SHUNTD" --redirect iptables --workers 2 2>"$TMP/shuntd-b.log" &
+ip netns exec "$NS_B" "$SHUNTD" --redirect iptables --workers 2 --mtls.ca-dir "$TMP/ca-b" 2>"$TMP/shuntd-b.log" &
 PIDS+=($!)
 for p in A B; do
 	ok=

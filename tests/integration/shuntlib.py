@@ -459,6 +459,10 @@ class Shuntd:
             self.write_config(config)
             argv += ["--config", self.config_path]
         argv += list(args)
+        # The built-in CA keeps its state in mtls.ca_dir (/var/lib/shunt/ca by
+        # default): tests keep theirs in a temporary directory.
+        if not any(str(a).startswith("--mtls.ca-dir") for a in argv):
+            argv += ["--mtls.ca-dir", os.path.join(tmpdir(), "ca")]
         self.argv = argv
         e = dict(os.environ)
         if env:
