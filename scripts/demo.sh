@@ -104,15 +104,19 @@ ip netns exec "$NS_B" python3 "$PEERS" http --name pod-b-app --listen 0.0.0.0:80
 	--listen "[::]:8080" --lifetime 300 >"$TMP/server.out" 2>"$TMP/server.err" &
 PIDS+=($!)
 
-heading "shuntd in each pod (--redirect iptables)"
-ip netns exec "$NS_A" "$SHUNTD" --redirect iptables --workers 2 --mtls.ca-dir "$TMP/ca-a" 2>"$TMP/shuntd-a.log" &
-PIDS+=($!)
-ip netns exec "$NS_B" "$SHUNTD" --redirect iptables --workers 2 --mtls.ca-dir "$TMP/ca-b" 2>"$TMP/shuntd-b.log" &
-PIDS+=($!)
-for p in A B; do
-	ok=
+heading "shuntd in each pod (--redirect iptables), one mesh CA"
+note "pod A knows service 'reviews' ($B4:8080, identity spiffe://cluster.local/ns/default/sa/reviews)"
+note "from a file registry; both pods share the built-in CA in $TMP/ca"
+cat >"$TMP/registry.json" <<JSON
+{"services": [{"name": "reviews", "namespace": "default", "addresses": ["$B4"],
+  "ports": [{"name": "http", "port": 8080, "target_port": 8080, "protocol": "HTTP"}],
+  "identity": "spiffe://cluster.local/ns/default/sa/reviews",
+  "endpoints": [{"address": "$B4", "port": 8080}]}]}
+JSON
+wait_ready() { # $1 = A or B
+	local p=$1 ok=
 	for _ in $(seq 100); do
-		if ip netns exec "$(ns $p)" curl -sf -o /dev/null --max-time 1 http://127.0.0.1:15003/ready; then
+		if ip netns exec "$(ns "$p")" curl -sf -o /dev/null --max-time 1 http://127.0.0.1:15003/ready; then
 			ok=1
 			break
 		fi
@@ -120,19 +124,28 @@ for p in A B; do
 	done
 	if [ -z "$ok" ]; then
 		echo "demo: shuntd in pod $p did not become ready:" >&2
-		tail -n 20 "$TMP/shuntd-$(echo $p | tr AB ab).log" >&2
+		tail -n 20 "$TMP/shuntd-$(echo "$p" | tr AB ab).log" >&2
 		exit 1
 	fi
 	note "pod $p: shuntd ready"
-done
+}
+ip netns exec "$NS_A" "$SHUNTD" --redirect iptables --workers 2 --mtls.ca-dir "$TMP/ca" \
+	--mtls.service-name productpage --service-discovery.file.path "$TMP/registry.json" \
+	2>"$TMP/shuntd-a.log" &
+PIDS+=($!)
+wait_ready A # A creates the CA; B then shares it
+ip netns exec "$NS_B" "$SHUNTD" --redirect iptables --workers 2 --mtls.ca-dir "$TMP/ca" \
+	--mtls.service-name reviews 2>"$TMP/shuntd-b.log" &
+PIDS+=($!)
+wait_ready B
 for _ in $(seq 50); do grep -q READY "$TMP/server.out" && break; sleep 0.1; done
 
-heading "Pod A's app: curl http://$B4:8080/hello"
-note "A OUTPUT -> A shuntd :15002 -> $B4:8080 -> B PREROUTING -> B shuntd :15001 -> server"
+heading "Pod A's app: curl http://$B4:8080/hello (service reviews: mutual TLS between the pods)"
+note "A OUTPUT -> A shuntd :15002 -> TLS 1.3 -> $B4:8080 -> B PREROUTING -> B shuntd :15001 -> server"
 show A curl -sS --max-time 10 -H 'Host: reviews.demo' "http://$B4:8080/hello"
 note "(the server saw Host and path unchanged; peer is pod B's shuntd, which delivered it)"
 
-heading "Same over IPv6: curl http://[$B6]:8080/hello6"
+heading "Same over IPv6: curl http://[$B6]:8080/hello6 (not in the registry: plain passthrough)"
 show A curl -sS --max-time 10 -g "http://[$B6]:8080/hello6"
 
 heading "A connection while it is open (a request the server answers after 3 s)"
@@ -151,6 +164,13 @@ done
 for p in A B; do
 	heading "shuntctl status (pod $p)"
 	show $p "$SHUNTCTL" status
+done
+
+heading "Certificates: pod B's identity and the handshakes both sides counted"
+show B "$SHUNTCTL" certs
+for p in A B; do
+	note "pod $p: $(ip netns exec "$(ns $p)" curl -s http://127.0.0.1:15003/metrics |
+		grep -E '^shunt_tls_handshakes_total' | tr '\n' ' ')"
 done
 
 heading "Access logs (one JSON line per connection)"
