@@ -378,6 +378,7 @@ def test_oversized_event_relists(env):
 def test_api_server_down_keeps_last_endpoints(env):
     d = env.daemon
     env.standin.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
     env.standin = None
     sl.wait_until(lambda: web(d)["stale"], 10, what="the service stale")
     assert all(ep["stale"] for ep in web(d)["endpoints"])
@@ -387,6 +388,12 @@ def test_api_server_down_keeps_last_endpoints(env):
     sl.wait_until(lambda: k8s_state(d)["services"]["backoff_ms"] >= 4000, 15,
                   what="backoff doubling")
     assert served_by(env, 3)
+    # The registry stays away for 30 seconds; traffic keeps flowing to the
+    # last known endpoints all along (a bounded loop).
+    while time.monotonic() - killed_at < 30:
+        assert served_by(env, 3).keys() <= names([0, 1, 2])
+        assert web(d)["stale"]
+        time.sleep(2)
     env.start_standin()
     sl.wait_until(lambda: not web(d)["stale"], 40, what="resynced after the restart")
     st = k8s_state(d)  # reset on success
