@@ -850,7 +850,7 @@ static size_t bytes_in_use(void)
 static void test_memory_bounded(void **state)
 {
         (void)state;
-        enum { N = 10000, UPDATES = 200000, PASS = 20000 };
+        enum { N = 10000, UPDATES = 1000000, PASS = 100000 };
         struct disc_registry *r = disc_registry_new(NULL);
         int src = disc_source_add(r, "churn", DISC_SOURCE_KUBERNETES);
         struct disc_service_spec *spec = malloc(sizeof(*spec));
