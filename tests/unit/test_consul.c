@@ -33,8 +33,11 @@
 
 #define MAX_REQS 256
 
+struct sconn;
+
 struct srv {
         struct loop_io lio;
+        struct sconn *conns; /* open server-side connections, freed by srv_stop */
         uint16_t port;
         /* answer for a request (NULL: never answer) */
         const char *(*answer)(struct srv *s, const char *req);
@@ -48,10 +51,24 @@ struct srv {
 struct sconn {
         struct loop_io io;
         struct srv *s;
+        struct sconn *prev, *next;
         char buf[4096];
         size_t len;
         bool answered;
 };
+
+static void sconn_close(struct loop *loop, struct sconn *c)
+{
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                c->s->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        loop_io_del(loop, &c->io);
+        close(c->io.fd);
+        loop_defer_free(loop, c);
+}
 
 static void sconn_io(struct loop *loop, struct loop_io *io, uint32_t events)
 {
@@ -76,9 +93,7 @@ static void sconn_io(struct loop *loop, struct loop_io *io, uint32_t events)
         }
         if (r < 0 && errno == EAGAIN)
                 return;
-        loop_io_del(loop, io);
-        close(io->fd);
-        loop_defer_free(loop, c);
+        sconn_close(loop, c);
 }
 
 static void srv_accept(struct loop *loop, struct loop_io *io, uint32_t events)
@@ -88,6 +103,10 @@ static void srv_accept(struct loop *loop, struct loop_io *io, uint32_t events)
         while ((fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
                 struct sconn *c = calloc(1, sizeof(*c));
                 c->s = io->data;
+                c->next = c->s->conns;
+                if (c->next)
+                        c->next->prev = c;
+                c->s->conns = c;
                 loop_io_init(&c->io, fd, sconn_io, c);
                 assert_int_equal(loop_io_add(loop, &c->io, EPOLLIN), 0);
         }
@@ -111,6 +130,8 @@ static void srv_stop(struct loop *loop, struct srv *s)
 {
         loop_io_del(loop, &s->lio);
         close(s->lio.fd);
+        while (s->conns)
+                sconn_close(loop, s->conns);
         for (unsigned i = 0; i < s->n_reqs; i++)
                 free(s->reqs[i]);
         s->n_reqs = 0;
