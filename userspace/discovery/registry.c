@@ -332,6 +332,26 @@ static void update_effective(struct disc_registry *r, struct ep_rec *e, uint64_t
 
 /* ---- records -------------------------------------------------------------- */
 
+/* Makes room for one more record in a growable array, doubling up to max.
+ * Returns false when max is reached or memory is short. */
+static bool rec_reserve(void **arr, uint32_t *cap, uint32_t n, uint32_t first, uint32_t max,
+                        size_t size)
+{
+        if (n < *cap)
+                return true;
+        uint32_t want = *cap ? *cap * 2 : first;
+        if (want > max)
+                want = max;
+        if (want <= n)
+                return false;
+        void *p = realloc(*arr, (size_t)want * size);
+        if (!p)
+                return false;
+        *arr = p;
+        *cap = want;
+        return true;
+}
+
 static uint32_t svc_alloc(struct disc_registry *r)
 {
         if (r->svc_free != NONE) {
@@ -339,18 +359,9 @@ static uint32_t svc_alloc(struct disc_registry *r)
                 r->svc_free = r->svcs[i].hnext;
                 return i;
         }
-        if (r->n_svc_recs == r->cap_svcs) {
-                uint32_t cap = r->cap_svcs ? r->cap_svcs * 2 : 16;
-                if (cap > r->opts.max_services)
-                        cap = r->opts.max_services;
-                if (cap <= r->n_svc_recs)
-                        return NONE;
-                struct svc_rec *n = realloc(r->svcs, (size_t)cap * sizeof(*n));
-                if (!n)
-                        return NONE;
-                r->svcs = n;
-                r->cap_svcs = cap;
-        }
+        if (!rec_reserve((void **)&r->svcs, &r->cap_svcs, r->n_svc_recs, 16, r->opts.max_services,
+                         sizeof(*r->svcs)))
+                return NONE;
         return r->n_svc_recs++;
 }
 
@@ -361,18 +372,9 @@ static uint32_t ep_alloc(struct disc_registry *r)
                 r->ep_free = r->eps[i].hnext;
                 return i;
         }
-        if (r->n_ep_recs == r->cap_eps) {
-                uint32_t cap = r->cap_eps ? r->cap_eps * 2 : 64;
-                if (cap > r->opts.max_endpoints)
-                        cap = r->opts.max_endpoints;
-                if (cap <= r->n_ep_recs)
-                        return NONE;
-                struct ep_rec *n = realloc(r->eps, (size_t)cap * sizeof(*n));
-                if (!n)
-                        return NONE;
-                r->eps = n;
-                r->cap_eps = cap;
-        }
+        if (!rec_reserve((void **)&r->eps, &r->cap_eps, r->n_ep_recs, 64, r->opts.max_endpoints,
+                         sizeof(*r->eps)))
+                return NONE;
         uint32_t i = r->n_ep_recs++;
         r->eps[i].gen = 0;
         return i;
