@@ -52,7 +52,6 @@ struct daemon {
         bool rules_installed;
         bool ready;
         bool draining;
-        uint32_t capture_uid;
         char redirect_reason[256];
         int exit_code;
 };
