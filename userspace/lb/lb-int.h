@@ -4,6 +4,7 @@
 #define SHUNT_LB_LB_INT_H
 
 #include "lb/lb.h"
+#include "lb/resilience.h"
 
 /* State shared by every table of one service (carried through prev). */
 struct lb_shared {
@@ -11,6 +12,7 @@ struct lb_shared {
         /* Bumped whenever an endpoint's availability flips: workers re-check
          * the locality decision only then. */
         _Atomic uint64_t avail_gen;
+        struct lb_service_res res;
 };
 
 struct lb_point {

@@ -222,4 +222,22 @@ int lb_retry_budget_acquire(struct lb_retry_budget *b, const struct lb_retry_con
                             uint32_t active);
 void lb_retry_budget_release(struct lb_retry_budget *b);
 
+/* ---- per-service state ---------------------------------------------------- */
+
+/* Shared by every table of one service (carried across rebuilds like the
+ * endpoints' state) and by every worker: relaxed atomics only. */
+struct lb_service_res {
+        struct lb_limits limits;
+        struct lb_retry_budget budget;
+        _Atomic uint32_t ejected;           /* endpoints ejected right now */
+        _Atomic uint64_t ejections;         /* total */
+        _Atomic uint64_t ejections_skipped; /* refused by max_ejection_percent */
+        _Atomic uint64_t retries;           /* retries granted */
+        _Atomic uint64_t retries_exhausted; /* refused: per-request attempts used up */
+};
+
+struct lb_table;
+/* The service's shared resilience state (valid while t is held). */
+struct lb_service_res *lb_table_res(const struct lb_table *t);
+
 #endif

@@ -185,6 +185,11 @@ static void state_unref(struct lb_ep_state *st)
         }
 }
 
+struct lb_service_res *lb_table_res(const struct lb_table *t)
+{
+        return &t->shared->res;
+}
+
 void lb_ep_set_available(struct lb_ep_state *st, bool available)
 {
         uint32_t v = available ? 1 : 0;
@@ -691,6 +696,10 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                         goto fail;
                 atomic_init(&t->shared->refs, 1);
                 atomic_init(&t->shared->avail_gen, 1);
+                struct lb_limits_config lc;
+                lb_limits_config_default(&lc);
+                lb_limits_init(&t->shared->res.limits, &lc);
+                lb_retry_budget_init(&t->shared->res.budget);
         }
 
         uint32_t cap = 4;

@@ -20,8 +20,7 @@
 #include "proxy/proxy-t.h"
 #include "tls/conn.h"
 
-#define RELAY_EVENTS    (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
-#define CONNECT_RETRIES 2 /* further endpoints tried after a failed connect */
+#define RELAY_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 
 enum conn_state {
         CONN_CONNECTING, /* upstream connect in flight (sniffing may go on too) */
@@ -589,7 +588,7 @@ static void on_upstream(struct loop *loop, struct loop_io *io, uint32_t events)
                         connect_failed(c, REASON_CONNECT_REFUSED, strerror(err));
                         return;
                 }
-                route_report(&c->route, &c->upstream, true);
+                route_request_done(&c->route, &c->upstream, ROUTE_SUCCESS);
                 if (c->tls_out) {
                         struct tls_snapshot *ts = worker_tls(c->w);
                         if (!ts ||
@@ -615,6 +614,10 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
 {
         struct conn *c = t->data;
         if (c->state == CONN_CONNECTING) {
+                if (c->up.io.fd < 0) {
+                        conn_connect(c); /* the retry's backoff is over */
+                        return;
+                }
                 connect_failed(c, REASON_CONNECT_TIMEOUT, "timed out");
                 return;
         }
@@ -692,6 +695,10 @@ static enum conn_reason route_outbound(struct worker *w, const struct shunt_conf
         switch (
             route_pick(t, &w->route_workers, (uint64_t)w->index, dst, peer, NULL, upstream, use)) {
         case ROUTE_ENDPOINT:
+                if (route_limit_acquire(use, LB_LIMIT_CONNECTIONS) < 0) {
+                        route_release(use); /* limits.max_connections of the service */
+                        return REASON_OVERLOAD;
+                }
                 stat_add(&w->stats, ST_ROUTE_SERVICE, 1);
                 return REASON__COUNT;
         case ROUTE_NO_ENDPOINT:
@@ -759,24 +766,21 @@ static void connect_failed(struct conn *c, enum conn_reason reason, const char *
                 close(c->up.io.fd);
                 c->up.io.fd = -1;
         }
-        route_report(&c->route, &c->upstream, false);
-        if (!c->route.table || c->connect_attempts > CONNECT_RETRIES) {
+        route_request_done(&c->route, &c->upstream, ROUTE_CONNECT_FAILURE);
+        uint32_t backoff_ms;
+        if (!c->route.table ||
+            !route_retry_allowed(&c->route, ROUTE_CONNECT_FAILURE, 0, false, &backoff_ms)) {
                 conn_free(c, reason, true);
                 return;
         }
-        struct route_use next;
-        struct sockaddr_storage failed = c->upstream;
-        enum route_result r =
-            route_pick(c->route.table, &c->w->route_workers, (uint64_t)c->w->index, &c->orig_dst,
-                       &c->client_addr, &failed, &c->upstream, &next);
-        route_release(&c->route);
-        if (r != ROUTE_ENDPOINT) {
+        if (route_retry_pick(&c->route, &c->w->route_workers, (uint64_t)c->w->index,
+                             &c->client_addr, NULL, &c->upstream) != ROUTE_ENDPOINT) {
                 conn_free(c, reason, true);
                 return;
         }
-        c->route = next;
         stat_add(&c->w->stats, ST_CONNECT_RETRIES, 1);
-        conn_connect(c);
+        /* Jittered backoff (retries.backoff_base..backoff_max); on_timer connects. */
+        loop_timer_arm(c->w->loop, &c->timer, backoff_ms);
 }
 
 void relay_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr_storage *peer)
@@ -849,6 +853,8 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                                  sockaddr_format(&dst, dbuf, sizeof(dbuf)),
                                  why == REASON_NO_ENDPOINT
                                      ? "its service has no endpoint that can serve"
+                                 : why == REASON_OVERLOAD
+                                     ? "its service is at limits.max_connections"
                                      : "not a known service (outbound_policy registry_only)");
                         reject(w, fd, why);
                         return;

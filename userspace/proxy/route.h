@@ -15,6 +15,7 @@
 #include "core/snapshot.h"
 #include "discovery/registry.h"
 #include "lb/lb.h"
+#include "lb/resilience.h"
 
 struct route_table;
 struct worker;
@@ -25,12 +26,28 @@ enum route_result {
         ROUTE_NO_ENDPOINT,     /* a known service with no endpoint that can serve */
 };
 
-/* What a connection keeps of its route while it lives. */
+/* How one attempt (a request, or for plain TCP a connection) on an endpoint
+ * ended; feeds the endpoint's circuit breaker, outlier detection and
+ * discovery's passive health. */
+enum route_outcome {
+        ROUTE_SUCCESS = 0,     /* a response below 500; TCP: the connect succeeded */
+        ROUTE_HTTP_5XX,        /* the upstream answered 5xx (gRPC: UNAVAILABLE) */
+        ROUTE_CONNECT_FAILURE, /* refused, unreachable or connect timeout: nothing was sent */
+        ROUTE_TIMEOUT,         /* no (complete) response within timeouts.request */
+        ROUTE_RESET,           /* reset or closed before the response was complete */
+        ROUTE_CANCELLED,       /* ended without a verdict (the client left): counts nowhere */
+};
+const char *route_outcome_name(enum route_outcome o);
+
+/* What a connection or request keeps of its route while it lives. Owned by
+ * one worker; route_release frees everything it holds. */
 struct route_use {
         struct route_table *table; /* a reference, or NULL */
         struct lb_ep_state *ep;    /* counted with lb_conn_begin, or NULL */
         uint32_t entry;
         enum proto declared; /* the port's declared protocol, PROTO_UNKNOWN if none */
+        uint8_t held;        /* ROUTE_HELD_* (private) */
+        uint8_t retries;     /* retries granted so far to this request */
 };
 
 /* Builds a route table from a discovery snapshot (taking a reference to it)
@@ -55,8 +72,61 @@ enum route_result route_pick(struct route_table *t, struct route_workers **rw, u
                              const struct sockaddr_storage *client,
                              const struct sockaddr_storage *exclude,
                              struct sockaddr_storage *upstream, struct route_use *use);
-/* Reports a connect outcome to discovery's passive health. */
-void route_report(const struct route_use *use, const struct sockaddr_storage *upstream, bool ok);
+/* As route_pick for one request: key_hash is the request's hash key
+ * (lb_hash_header_value / lb_hash_cookie of route_hash_key's key), NULL
+ * when the request has none; the hash algorithms then hash the client's
+ * source address. */
+enum route_result route_pick_request(struct route_table *t, struct route_workers **rw,
+                                     uint64_t seed, const struct sockaddr_storage *dst,
+                                     const struct sockaddr_storage *client,
+                                     const uint64_t *key_hash, struct sockaddr_storage *upstream,
+                                     struct route_use *use);
+/* The hash key of the service at dst as the registry gives it ("" when
+ * none: load_balancing.hash_key applies), or NULL when dst is no service. */
+const char *route_hash_key(struct route_table *t, const struct sockaddr_storage *dst);
+
+/* ---- per request (HTTP/1.1 and HTTP/2 streams; relay.c per connection) ----
+ *
+ * The life of a request:
+ *   route_pick_request -> route_limit_acquire(LB_LIMIT_REQUESTS) [503 on
+ *   LB_ELIMIT] -> (connect or take a pooled connection) -> send ->
+ *   route_request_done(outcome) -> on failure route_retry_allowed ->
+ *   wait *backoff_ms -> route_retry_pick -> ... -> route_release.
+ * Nothing here blocks or takes a lock. */
+
+/* Reports how the attempt on use's endpoint ended (once per attempt;
+ * upstream is the address it went to). Feeds the breaker, outlier detection
+ * and passive health; ends a half-open probe. */
+void route_request_done(struct route_use *use, const struct sockaddr_storage *upstream,
+                        enum route_outcome o);
+/* After route_request_done reported a failure: may the request be tried
+ * again on another endpoint? Connect failures are retried for any request;
+ * a reset and a 502/503/504 (status, else 0) only when idempotent; a request
+ * timeout never. At most retries.max_retries per request, and the service's
+ * retry budget must have room: retries in flight <= max(retries.budget_min,
+ * retries.budget_percent % of the service's active requests). On true,
+ * *backoff_ms is the jittered delay to wait before route_retry_pick (the
+ * budget slot is held by use until route_release). False is counted
+ * (budget exhausted, or attempts used up). */
+bool route_retry_allowed(struct route_use *use, enum route_outcome o, int status, bool idempotent,
+                         uint32_t *backoff_ms);
+/* Moves use to another endpoint of the same service for the retry (not the
+ * one in *upstream unless nothing else is left), keeping its limits and
+ * budget slot; *upstream becomes the new endpoint. ROUTE_ENDPOINT, or
+ * ROUTE_NO_ENDPOINT with use unchanged (release it and answer 503). */
+enum route_result route_retry_pick(struct route_use *use, struct route_workers **rw, uint64_t seed,
+                                   const struct sockaddr_storage *client, const uint64_t *key_hash,
+                                   struct sockaddr_storage *upstream);
+/* Per-service limits (limits.max_connections / max_pending_requests /
+ * max_requests). 0, or LB_ELIMIT when the service is at its limit: counted
+ * (shunt_limit_overflows_total) and the caller refuses (HTTP: 503 with
+ * Retry-After; TCP: reset). A use holds each kind at most once; release is
+ * idempotent and route_release releases whatever is still held. */
+int route_limit_acquire(struct route_use *use, enum lb_limit_kind k);
+void route_limit_release(struct route_use *use, enum lb_limit_kind k);
+
+/* Reports a connect outcome (ROUTE_SUCCESS / ROUTE_CONNECT_FAILURE). */
+void route_report(struct route_use *use, const struct sockaddr_storage *upstream, bool ok);
 void route_release(struct route_use *use);
 /* The SPIFFE ID of the service behind use ("" when none or no service) and
  * its mTLS mode as the registry says it (DISC_MTLS_DEFAULT when not set or no
