@@ -253,6 +253,11 @@ static void test_file_values(void **state)
         assert_string_equal(c->mtls_key_type, "rsa-2048");
         assert_int_equal(c->mtls_clock_skew_s, 120);
         assert_int_equal(c->mtls_handshake_timeout_ms, 3000);
+        assert_int_equal(c->n_mtls_allow, 3);
+        assert_int_equal(c->mtls_allow[0].port, 8080);
+        assert_string_equal(c->mtls_allow[1].id, "spiffe://example.org/ns/ops/sa/probe");
+        assert_int_equal(c->mtls_allow[2].port, 0); /* "*" */
+        assert_string_equal(c->mtls_allow[2].id, "spiffe://example.org/ns/ops/sa/admin");
         assert_string_equal(c->lb_algorithm, "consistent_hash");
         assert_string_equal(c->lb_hash_key, "X-User-Id");
         assert_string_equal(c->redirect_cgroup, "/sys/fs/cgroup/unified/shop");
@@ -576,6 +581,29 @@ static void test_json_errors(void **state)
         json_err("{\"inbound_port\": 1, \"inbound_port\": 2}",
                  "config: inbound_port: duplicate key", NULL);
         json_err("{\"mtls\": {}, \"mtls\": {}}", "config: mtls: duplicate key", NULL);
+        /* mtls.allow: ports, SPIFFE IDs, the trust domain, the bound */
+        json_err("{\"mtls\": {\"allow\": [\"x\"]}}",
+                 "config: mtls.allow: [\"x\"]: expected an object", NULL);
+        json_err("{\"mtls\": {\"allow\": {\"0\": [\"spiffe://cluster.local/a\"]}}}",
+                 "config: mtls.allow: ", "key \"0\" is not a port", NULL);
+        json_err("{\"mtls\": {\"allow\": {\"80\": []}}}",
+                 "config: mtls.allow: []: port \"80\": expected a non-empty array", NULL);
+        json_err("{\"mtls\": {\"allow\": {\"80\": [\"spiffe://cluster.local\"]}}}",
+                 "config: mtls.allow: \"spiffe://cluster.local\": port \"80\": not a usable "
+                 "SPIFFE ID (no path",
+                 NULL);
+        json_err("{\"mtls\": {\"allow\": {\"80\": [\"spiffe://Cluster/ns/a\"]}}}",
+                 "not a usable SPIFFE ID (trust domain has characters", NULL);
+        {
+                char big[8192];
+                size_t n = (size_t)snprintf(big, sizeof(big), "{\"mtls\": {\"allow\": {\"80\": [");
+                for (int i = 0; i <= CONFIG_MAX_ALLOW; i++)
+                        n += (size_t)snprintf(big + n, sizeof(big) - n,
+                                              "%s\"spiffe://cluster.local/ns/a/sa/s%d\"",
+                                              i ? "," : "", i);
+                snprintf(big + n, sizeof(big) - n, "]}}}");
+                json_err(big, "more than 64 SPIFFE IDs in all", NULL);
+        }
         json_err("{\"workers\": 1.5}", "config: workers: 1.5: expected an integer 0..256", NULL);
         json_err("{\"workers\": 257}", "config: workers: 257: expected an integer 0..256", NULL);
         json_err("{\"workers\": true}", "config: workers: true: expected an integer", NULL);

@@ -357,6 +357,25 @@ static void h_post_endpoints(const struct admin_request *req, struct admin_respo
 
 /* ---- mutual TLS: the certificate store ------------------------------------ */
 
+/* mtls.allow as the store's rules; returns the count. */
+static size_t allow_rules(const struct shunt_config *c, struct tls_allow_rule *out)
+{
+        for (size_t i = 0; i < c->n_mtls_allow; i++)
+                out[i] = (struct tls_allow_rule){c->mtls_allow[i].port, c->mtls_allow[i].id};
+        return c->n_mtls_allow;
+}
+
+static bool allow_equal(const struct shunt_config *a, const struct shunt_config *b)
+{
+        if (a->n_mtls_allow != b->n_mtls_allow)
+                return false;
+        for (size_t i = 0; i < a->n_mtls_allow; i++)
+                if (a->mtls_allow[i].port != b->mtls_allow[i].port ||
+                    strcmp(a->mtls_allow[i].id, b->mtls_allow[i].id))
+                        return false;
+        return true;
+}
+
 /* Builds the certificate source from the configuration: files when
  * mtls.certificate_file is set, else the built-in CA in mtls.ca_dir. */
 static int tls_open(struct daemon *d)
@@ -404,6 +423,9 @@ static int tls_open(struct daemon *d)
         tls_store_options_init(&so);
         so.trust_domain = c->trust_domain;
         so.clock_skew_s = c->mtls_clock_skew_s;
+        struct tls_allow_rule allow[CONFIG_MAX_ALLOW];
+        so.n_allow = allow_rules(c, allow);
+        so.allow = allow;
         rc = tls_store_new(&so, src, &d->tls);
         if (rc < 0)
                 return rc;
@@ -470,6 +492,15 @@ static void reload(struct daemon *d)
             next->mtls_clock_skew_s != old->mtls_clock_skew_s ||
             strcmp(next->mtls_key_type, old->mtls_key_type))
                 log_warn("config", 0, "mtls settings change only on restart");
+        /* The inbound allow-list applies to new handshakes at once. */
+        if (d->tls && !allow_equal(next, old)) {
+                struct tls_allow_rule allow[CONFIG_MAX_ALLOW];
+                size_t n = allow_rules(next, allow);
+                if (tls_store_set_allow(d->tls, allow, n) < 0)
+                        log_error("config", 0,
+                                  "mtls.allow: the new allow-list could not be applied; the "
+                                  "previous one stays");
+        }
         log_set_level(next->log_level);
         d->cfg = next;
         d->cfg_generation++;

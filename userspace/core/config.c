@@ -40,6 +40,7 @@ enum ktype {
         K_PORTS,   /* uint16_t[CONFIG_MAX_EXCLUDES] + size_t count */
         K_CIDRS,   /* struct cidr[CONFIG_MAX_EXCLUDES] + size_t count */
         K_WEIGHTS, /* JSON object name -> weight, validated, not stored */
+        K_ALLOW,   /* JSON object port -> [SPIFFE ID], struct config_allow[] + count */
 };
 
 #define KF_SECRET       0x1 /* never shown: dump and errors say <redacted> */
@@ -153,6 +154,7 @@ static const struct key_desc keys[] = {
          .min = 0, .max = 24 * MS_PER_HOUR, .def = "5m"},
         {.path = "mtls.handshake_timeout", .env = "SHUNT_MTLS_HANDSHAKE_TIMEOUT", .type = K_DUR_MS,
          FIELD(mtls_handshake_timeout_ms), .min = 1, .max = MS_PER_HOUR, .def = "10s"},
+        {.path = "mtls.allow", .type = K_ALLOW, LIST(mtls_allow, n_mtls_allow), .flags = KF_FILE_ONLY},
         {.path = "load_balancing.algorithm", .env = "LOAD_BALANCING_ALGORITHM", .type = K_STRENUM,
          FIELD(lb_algorithm), .names = lb_names, .def = "round_robin"},
         {.path = "load_balancing.hash_key", .type = K_STR, FIELD(lb_hash_key), .def = "X-Request-Key",
@@ -352,6 +354,13 @@ static void describe(const struct key_desc *d, char *buf, size_t n)
                 snprintf(buf, n, "expected an object of name: integer weight %lld..%lld", d->min,
                          d->max);
                 break;
+        case K_ALLOW:
+                snprintf(buf, n,
+                         "expected an object of destination port (\"1\"..\"65535\", or \"*\" for "
+                         "every port): array of SPIFFE IDs spiffe://<mtls.trust_domain>/<path>, at "
+                         "most %d IDs in all, each under %d bytes",
+                         CONFIG_MAX_ALLOW, CONFIG_PATH_MAX);
+                break;
         }
 }
 
@@ -500,6 +509,39 @@ static bool valid_name(const char *s)
         return true;
 }
 
+/* A SPIFFE ID as mtls.allow takes it: "spiffe://" <trust domain> then
+ * "/"-separated path segments (valid_name). NULL when valid, else what is
+ * wrong. The same rules as tls/spiffe.c, which core does not depend on. */
+static const char *spiffe_id_problem(const char *s)
+{
+        if (strncmp(s, "spiffe://", 9))
+                return "does not start with spiffe://";
+        const char *td = s + 9, *slash = strchr(td, '/');
+        size_t tdlen = slash ? (size_t)(slash - td) : strlen(td);
+        if (!tdlen || tdlen > 255)
+                return "trust domain is empty or longer than 255 bytes";
+        char buf[256];
+        memcpy(buf, td, tdlen);
+        buf[tdlen] = 0;
+        if (!valid_trust_domain(buf))
+                return "trust domain has characters other than a-z 0-9 . - _";
+        if (!slash || !slash[1])
+                return "no path (a workload ID looks like spiffe://<td>/ns/<ns>/sa/<sa>)";
+        for (const char *p = slash; *p;) {
+                const char *seg = p + 1, *end = strchr(seg, '/');
+                size_t len = end ? (size_t)(end - seg) : strlen(seg);
+                if (!len || len >= sizeof(buf))
+                        return "empty or overlong path segment";
+                memcpy(buf, seg, len);
+                buf[len] = 0;
+                if (!valid_name(buf))
+                        return "path segment is \".\", \"..\" or has characters other than "
+                               "letters, digits . - _";
+                p = seg + len;
+        }
+        return NULL;
+}
+
 static int store_string(struct ctx *x, const struct key_desc *d, enum config_source src,
                         const char *text, const char *display)
 {
@@ -646,6 +688,7 @@ static int set_text(struct ctx *x, const struct key_desc *d, enum config_source 
         case K_CIDRS:
                 return store_list_text(x, d, src, text);
         case K_WEIGHTS:
+        case K_ALLOW:
                 return bad(x, d, src, display, "only settable in the config file");
         }
         return 0;
@@ -693,6 +736,7 @@ static const char *json_kind(const struct key_desc *d)
         case K_CIDRS:
                 return "an array";
         case K_WEIGHTS:
+        case K_ALLOW:
                 return "an object";
         }
         return "?";
@@ -774,6 +818,64 @@ static int set_json(struct ctx *x, const struct key_desc *d, const cJSON *v)
                                 snprintf(what, sizeof(what), "weight of \"%.64s\": %s", e->string,
                                          desc);
                                 return bad_json(x, d, e, what);
+                        }
+                }
+                return 0;
+        }
+        case K_ALLOW: {
+                if (!cJSON_IsObject(v))
+                        return bad_json(x, d, v, NULL);
+                struct config_allow *out = field(x->c, d);
+                size_t *cnt = count_field(x->c, d);
+                *cnt = 0;
+                const cJSON *e;
+                cJSON_ArrayForEach(e, v)
+                {
+                        char what[600], desc[400];
+                        long long port = 0;
+                        describe(d, desc, sizeof(desc));
+                        bool any = !strcmp(e->string, "*");
+                        if (!any && (!parse_ll(e->string, false, &port) || port < 1 ||
+                                     port > 65535 || e->string[0] == '0')) {
+                                snprintf(what, sizeof(what), "key \"%.16s\" is not a port: %s",
+                                         e->string, desc);
+                                return bad_json(x, d, v, what);
+                        }
+                        for (const cJSON *p = v->child; p != e; p = p->next)
+                                if (!strcmp(p->string, e->string)) {
+                                        snprintf(what, sizeof(what), "port \"%s\" given twice",
+                                                 e->string);
+                                        return bad_json(x, d, v, what);
+                                }
+                        if (!cJSON_IsArray(e) || !cJSON_GetArraySize(e)) {
+                                snprintf(what, sizeof(what),
+                                         "port \"%s\": expected a non-empty array of SPIFFE IDs",
+                                         e->string);
+                                return bad_json(x, d, e, what);
+                        }
+                        const cJSON *id;
+                        cJSON_ArrayForEach(id, e)
+                        {
+                                const char *why = !cJSON_IsString(id) ? "not a string"
+                                                  : strlen(id->valuestring) >= sizeof(out->id)
+                                                      ? "too long"
+                                                      : spiffe_id_problem(id->valuestring);
+                                if (!why && *cnt >= CONFIG_MAX_ALLOW) {
+                                        snprintf(what, sizeof(what),
+                                                 "more than %d SPIFFE IDs in all (the bound of "
+                                                 "mtls.allow)",
+                                                 CONFIG_MAX_ALLOW);
+                                        return bad_json(x, d, id, what);
+                                }
+                                if (why) {
+                                        snprintf(what, sizeof(what),
+                                                 "port \"%s\": not a usable SPIFFE ID (%s): %s",
+                                                 e->string, why, desc);
+                                        return bad_json(x, d, id, what);
+                                }
+                                out[*cnt].port = (uint16_t)port;
+                                snprintf(out[*cnt].id, sizeof(out->id), "%s", id->valuestring);
+                                (*cnt)++;
                         }
                 }
                 return 0;
@@ -1219,6 +1321,7 @@ static const char *value_hint(const struct key_desc *d)
         case K_CIDRS:
                 return "CIDR,...";
         case K_WEIGHTS:
+        case K_ALLOW:
                 return "";
         }
         return "";
@@ -1328,6 +1431,25 @@ static cJSON *dump_value(const struct shunt_config *c, const struct key_desc *d)
                 }
                 return a;
         }
+        case K_ALLOW: {
+                /* {"8080": [...], "*": [...]}, in file order */
+                cJSON *o = cJSON_CreateObject();
+                const struct config_allow *a = f;
+                for (size_t i = 0; o && i < ccount(c, d); i++) {
+                        char port[8];
+                        snprintf(port, sizeof(port), "%u", (unsigned)a[i].port);
+                        const char *k = a[i].port ? port : "*";
+                        cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, k);
+                        if (!arr && !(arr = cJSON_AddArrayToObject(o, k)))
+                                break;
+                        cJSON *e = cJSON_CreateString(a[i].id);
+                        if (!e || !cJSON_AddItemToArray(arr, e)) {
+                                cJSON_Delete(e);
+                                break;
+                        }
+                }
+                return o;
+        }
         case K_WEIGHTS:
                 break;
         }
@@ -1341,7 +1463,7 @@ char *config_dump_json(const struct shunt_config *cfg)
                 return NULL;
         for (size_t i = 0; i < NKEYS; i++) {
                 const struct key_desc *d = &keys[i];
-                if (d->flags & KF_FILE_ONLY)
+                if ((d->flags & KF_FILE_ONLY) && d->type != K_ALLOW) /* K_ALLOW is stored */
                         continue;
                 cJSON *o = cJSON_AddObjectToObject(root, d->path);
                 cJSON *v = o ? dump_value(cfg, d) : NULL;

@@ -17,6 +17,7 @@
 #define CONFIG_MAX_EXCLUDES 32
 #define CONFIG_PATH_MAX     256
 #define CONFIG_STR_MAX      128
+#define CONFIG_MAX_ALLOW    64 /* mtls.allow entries in all */
 
 enum redirect_mode {
         REDIRECT_IPTABLES = 0,
@@ -130,6 +131,13 @@ struct shunt_config {
         char mtls_key_type[16];                    /* mtls.key_type: ecdsa-p256 | rsa-2048 */
         uint32_t mtls_clock_skew_s;                /* mtls.clock_skew, 5m */
         uint32_t mtls_handshake_timeout_ms;        /* mtls.handshake_timeout, 10s */
+        /* mtls.allow (file only): {"<port>"|"*": ["spiffe://...", ...]}; a port
+         * with entries (its own or "*"'s) admits only those source IDs */
+        struct config_allow {
+                uint16_t port; /* 0: every port ("*") */
+                char id[CONFIG_PATH_MAX];
+        } mtls_allow[CONFIG_MAX_ALLOW];
+        size_t n_mtls_allow;
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */

@@ -74,6 +74,19 @@ static void allow_free(struct tls_allow *a, size_t n)
         free(a);
 }
 
+/* An allowed ID outside our trust domain can never connect: say so. */
+static void allow_check_domain(const struct tls_allow *a, size_t n, const char *td)
+{
+        struct spiffe_id *id = malloc(sizeof(*id));
+        for (size_t i = 0; id && i < n; i++)
+                if (spiffe_id_parse(a[i].id, id, NULL) == 0 && strcmp(id->trust_domain, td))
+                        log_warn(COMP, 0,
+                                 "allow-list entry %s is not in trust domain %s: such a peer is "
+                                 "always refused",
+                                 a[i].id, td);
+        free(id);
+}
+
 static int allow_copy(const struct tls_allow_rule *in, size_t n, struct tls_allow **out)
 {
         *out = NULL;
@@ -253,8 +266,10 @@ int tls_store_new(const struct tls_store_options *opt, struct tls_source *src,
         st->poll_ms = opt->poll_ms ? opt->poll_ms : TLS_DEFAULT_POLL_MS;
         st->require_port = opt->require_port;
         int rc = st->trust_domain ? allow_copy(opt->allow, opt->n_allow, &st->allow) : -ENOMEM;
-        if (rc == 0)
+        if (rc == 0) {
                 st->n_allow = opt->n_allow;
+                allow_check_domain(st->allow, st->n_allow, st->trust_domain);
+        }
         struct tls_material *m = NULL;
         char err[sizeof(st->last_error)] = "";
         if (rc == 0) {
@@ -340,21 +355,22 @@ static void fetch_now(struct tls_store *st, const char *why)
         st->failures++;
         st->rotation_failures++;
         snprintf(st->last_error, sizeof(st->last_error), "%s", err[0] ? err : strerror(-rc));
-        if (st->src->ops->rotates) {
-                st->backoff_ms = st->backoff_ms ? st->backoff_ms * 2 : BACKOFF_MIN_MS;
-                if (st->backoff_ms > BACKOFF_MAX_MS)
-                        st->backoff_ms = BACKOFF_MAX_MS;
-                st->retry_at_ms = clock_mono_ms() + jitter(st->backoff_ms);
-        } else {
-                st->pending = false; /* wait for the next change */
-        }
+        /* Both kinds retry: a file source may have failed on a transient
+         * state (a key being rewritten, a mount not there yet) that no further
+         * change announces. A change retries at once (tls_store_tick). */
+        st->backoff_ms = st->backoff_ms ? st->backoff_ms * 2 : BACKOFF_MIN_MS;
+        if (st->backoff_ms > BACKOFF_MAX_MS)
+                st->backoff_ms = BACKOFF_MAX_MS;
+        uint32_t delay = jitter(st->backoff_ms);
+        st->retry_at_ms = clock_mono_ms() + delay;
         char na[32];
         tls_time_rfc3339(st->cur->not_after, na, sizeof(na));
-        log_error(
-            COMP, 0, "certificate %s (%s) failed: %s; serial %s keeps serving (valid until %s)%s",
-            st->src->ops->rotates ? "renewal" : "reload", why, st->last_error, st->cur->serial, na,
-            st->src->ops->rotates ? ", retrying with backoff"
-                                  : ", waiting for the files to change");
+        log_error(COMP, 0,
+                  "certificate %s (%s) failed: %s; serial %s keeps serving (valid until %s), "
+                  "retrying in %.1fs with backoff%s",
+                  st->src->ops->rotates ? "renewal" : "reload", why, st->last_error,
+                  st->cur->serial, na, delay / 1000.0,
+                  st->src->ops->rotates ? "" : " and at once when the files change");
         pthread_mutex_unlock(&st->mu);
 }
 
@@ -377,10 +393,11 @@ uint64_t tls_store_tick(struct tls_store *st)
         const char *why = NULL;
         if (st->src->ops->rotates && st->rotate_at_ms && now >= st->rotate_at_ms)
                 why = "a third of the lifetime is left";
-        if (st->src->ops->changed && st->src->ops->changed(st->src) > 0)
+        bool changed = st->src->ops->changed && st->src->ops->changed(st->src) > 0;
+        if (changed)
                 why = "the source changed";
         if (why || st->pending) {
-                if (!st->pending) {
+                if (!st->pending || changed) {
                         st->pending = true;
                         st->retry_at_ms = 0;
                 }
@@ -461,6 +478,7 @@ int tls_store_set_allow(struct tls_store *st, const struct tls_allow_rule *allow
         pthread_mutex_unlock(&st->mu);
         allow_free(old, old_n);
         tls_snapshot_unref(prev_cur);
+        allow_check_domain(a, n, st->trust_domain);
         log_info(COMP, 0, "inbound allow-list replaced: %zu entries", n);
         return 0;
 }

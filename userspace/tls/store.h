@@ -11,8 +11,8 @@
  * certificate when a third of the current one's lifetime (issued_at to
  * notAfter) is left; a source that changes (files) is asked when changed()
  * says so. A failed fetch keeps the current certificate serving and is
- * retried after 1 s, doubling to 30 s, ±20 % jitter (file sources wait for
- * the next change instead). The replaced snapshot stays referenced by the
+ * retried after 1 s, doubling to 30 s, ±20 % jitter, and at once when the
+ * source changes again. The replaced snapshot stays referenced by the
  * connections that use it; the store keeps it for drain_s more seconds to
  * report it (/certs), then lets it go. */
 #ifndef SHUNT_TLS_STORE_H

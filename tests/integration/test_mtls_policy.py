@@ -1,0 +1,473 @@
+"""mTLS policy and bad input on inbound 15001, two pods with shuntd:
+mtls.allow (per-port allow-list of source SPIFFE IDs, also changed by a
+reload), expired and not-yet-valid client certificates, garbage on the
+handshake, a ClientHello dripped too slowly, and a file source whose key is
+broken while the daemon runs (the current certificate keeps serving, the
+reload retries with backoff and recovers). A private key never shows up in
+a log or the admin output."""
+
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import time
+
+import pytest
+
+import mtls_pki as pki
+import shuntlib as sl
+from shuntlib import Topology as T
+
+VIP_WEB, VIP_ECHO = "10.96.0.30", "10.96.0.31"
+WEB_ID = pki.spiffe("web")
+TESTER_ID = pki.spiffe("tester")
+CLIENT_ID = pki.spiffe("client")  # pod A's identity
+
+
+def registry():
+    def svc(name, vip, port):
+        return {
+            "name": name,
+            "namespace": "default",
+            "addresses": [vip],
+            "ports": [{"name": "p", "port": port, "target_port": port, "protocol": "TCP"}],
+            "identity": WEB_ID,
+            "endpoints": [{"address": T.REMOTE4, "port": port}],
+        }
+
+    return {"services": [svc("web", VIP_WEB, 8080), svc("echo", VIP_ECHO, 7000)]}
+
+
+def b_config(allow):
+    return {"mtls": {"mode": "strict", "handshake_timeout": "1s", "allow": allow}}
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    topo = T()
+    procs, daemons = [], []
+    try:
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        procs.append(topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
+        procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:7000" % T.REMOTE4]))
+        tmp = sl.tmpdir()
+        ca_dir = os.path.join(tmp, "ca")
+        reg = os.path.join(tmp, "registry.json")
+        with open(reg, "w") as f:
+            json.dump(registry(), f)
+        a = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{
+                    "mtls.ca-dir": ca_dir,
+                    "mtls.service-name": "client",
+                    "service-discovery.file.path": reg,
+                    "exclude-outbound-ports": "15001",
+                }
+            ),
+            name="shuntd-a",
+        )
+        daemons.append(a)
+        a.wait_ready()
+        b = sl.Shuntd(
+            topo.remote,
+            sl.shuntd_args(**{"mtls.ca-dir": ca_dir, "mtls.service-name": "web"}),
+            config=b_config({"8080": [TESTER_ID]}),
+            name="shuntd-b",
+        )
+        daemons.append(b)
+        b.wait_ready()
+        ca = pki.CA.load(ca_dir)
+        yield topo, a, b, tmp, ca
+    finally:
+        bad = []
+        for d in daemons:
+            rc = d.stop()
+            log = d.log_text()
+            if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
+                bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
+        for p in procs:
+            p.stop()
+        topo.delete()
+        assert not bad, "\n".join(bad)
+
+
+def audit_lines(d, reason):
+    """The messages of d's audit lines for handshakes refused with reason."""
+    msgs = [l.get("msg", "") for l in d.log_lines()]
+    return [m for m in msgs if "audit:" in m and "reason=" + reason + " " in m]
+
+
+def client_files(tmp, ca, name, uri, **kw):
+    pem, key, serial, _ = ca.issue_files(tmp, name, uri, **kw)
+    return ["-cert", pem, "-key", key, "-CAfile", os.path.join(tmp, "ca", "ca.pem")], serial
+
+
+def test_allow_list(mesh):
+    topo, a, b, tmp, ca = mesh
+    certs = b.json("/certs")
+    assert certs["policy"]["allow"] == [{"port": 8080, "id": TESTER_ID}], certs["policy"]
+
+    ok, _ = client_files(tmp, ca, "tester", TESTER_ID)
+    r = pki.s_client(topo.app, T.REMOTE4, ok)
+    assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
+
+    # A valid mesh certificate whose identity is not on the list.
+    stranger_id = pki.spiffe("stranger", ns="other")
+    bad, serial = client_files(tmp, ca, "stranger", stranger_id)
+    r = pki.s_client(topo.app, T.REMOTE4, bad)
+    assert "HTTP/1.1 200" not in r.stdout
+    sl.wait_until(lambda: audit_lines(b, "not_allowed"), 5, what="not_allowed audit line")
+    line = audit_lines(b, "not_allowed")[-1]
+    assert 'identity="%s"' % stranger_id in line, line
+    assert "serial=%s" % serial in line, line
+    assert "peer=%s:" % T.APP4 in line, line
+    assert "port 8080" in line, line
+
+    # Pod A's own identity is not on the list for 8080 either; port 7000 has
+    # no rule, so any identity of the trust domain may use it.
+    r = topo.app.curl(["-s", "-m", "5", "http://%s:8080/x" % VIP_WEB])
+    assert r.returncode != 0 or "HTTP" not in r.stdout
+    sl.wait_until(
+        lambda: any('identity="%s"' % CLIENT_ID in l for l in audit_lines(b, "not_allowed")),
+        5,
+        what="A refused by the allow-list",
+    )
+    s = topo.app.connect(VIP_ECHO, 7000)
+    try:
+        assert sl.echo(s, b"port 7000 has no list\n") == b"port 7000 has no list\n"
+    finally:
+        s.close()
+
+    # A reload adds A's identity: new handshakes see it at once.
+    b.write_config(b_config({"8080": [TESTER_ID, CLIENT_ID]}))
+    b.signal(signal.SIGHUP)
+    sl.wait_until(lambda: len(b.json("/certs")["policy"]["allow"]) == 2, 10, what="reloaded list")
+    r = topo.app.curl(["-s", "-m", "5", "http://%s:8080/x" % VIP_WEB])
+    assert r.returncode == 0 and json.loads(r.stdout)["server"] == "web", r.stdout + r.stderr
+    # "*" covers every port: only the tester may reach 7000 now.
+    b.write_config(b_config({"8080": [TESTER_ID, CLIENT_ID], "*": [TESTER_ID]}))
+    b.signal(signal.SIGHUP)
+    sl.wait_until(lambda: len(b.json("/certs")["policy"]["allow"]) == 3, 10, what="reloaded list")
+    n = len(audit_lines(b, "not_allowed"))
+    try:
+        # A's side of the handshake may fail before connect() returns here.
+        s = topo.app.connect(VIP_ECHO, 7000)
+        try:
+            s.sendall(b"x\n")
+            s.settimeout(5)
+            assert s.recv(10) == b""
+        finally:
+            s.close()
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    sl.wait_until(lambda: len(audit_lines(b, "not_allowed")) > n, 5, what="refused on 7000")
+    # Back to the module's list.
+    b.write_config(b_config({"8080": [TESTER_ID]}))
+    b.signal(signal.SIGHUP)
+    sl.wait_until(lambda: len(b.json("/certs")["policy"]["allow"]) == 1, 10, what="reloaded list")
+
+
+@pytest.mark.parametrize(
+    "name,offset,reason",
+    [
+        # Beyond the 5 minute clock-skew allowance either way.
+        ("expired", (-3 * 3600, -600), "expired"),
+        ("future", (600, 3600), "not_yet_valid"),
+    ],
+)
+def test_validity_refused(mesh, name, offset, reason):
+    topo, a, b, tmp, ca = mesh
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    args, serial = client_files(
+        tmp,
+        ca,
+        name,
+        TESTER_ID,
+        not_before=now + datetime.timedelta(seconds=offset[0]),
+        not_after=now + datetime.timedelta(seconds=offset[1]),
+    )
+    r = pki.s_client(topo.app, T.REMOTE4, args)
+    assert "HTTP/1.1 200" not in r.stdout
+    sl.wait_until(
+        lambda: any("serial=" + serial in l for l in audit_lines(b, reason)),
+        5,
+        what=reason + " audit line",
+    )
+    line = [l for l in audit_lines(b, reason) if "serial=" + serial in l][-1]
+    assert 'identity="%s"' % TESTER_ID in line, line
+
+
+def test_expired_within_skew_accepted(mesh):
+    """Expired two minutes ago: inside the 5 minute allowance."""
+    topo, a, b, tmp, ca = mesh
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    args, _ = client_files(
+        tmp,
+        ca,
+        "justexpired",
+        TESTER_ID,
+        not_before=now - datetime.timedelta(hours=1),
+        not_after=now - datetime.timedelta(seconds=120),
+    )
+    r = pki.s_client(topo.app, T.REMOTE4, args)
+    assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
+
+
+def client_hello():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="port-8080.%s" % pki.TD)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def send_and_drain(topo, data, per_byte_s=0.0, port=8080, limit_s=10):
+    """Sends data to B's port (byte by byte when per_byte_s) and reads until
+    B ends the connection. True when B closed or reset it."""
+    s = topo.app.connect(T.REMOTE4, port)
+    try:
+        s.settimeout(limit_s)
+        try:
+            if per_byte_s:
+                deadline = time.monotonic() + limit_s
+                for i in range(len(data)):
+                    if time.monotonic() > deadline:
+                        return False
+                    s.send(data[i : i + 1])
+                    time.sleep(per_byte_s)
+            else:
+                s.sendall(data)
+            while s.recv(4096):
+                pass
+            return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+    finally:
+        s.close()
+
+
+def test_bad_handshakes(mesh):
+    """Random bytes, a TLS record of garbage, a truncated ClientHello, a
+    ClientHello followed by garbage, and a handshake dripped one byte every
+    0.3 s (never finished within the 1 s handshake timeout): each ends with a
+    reason; a mesh connection open meanwhile is not affected."""
+    topo, a, b, tmp, ca = mesh
+    long_lived = topo.app.connect(VIP_ECHO, 7000)
+    try:
+        assert sl.echo(long_lived, b"before\n") == b"before\n"
+        key = ("shunt_connections_closed_total", (("reason", "plaintext_refused"),))
+        refused = sl.parse_metrics(b.metrics_text()).get(key, 0)
+        errors, timeouts = len(audit_lines(b, "handshake_error")), len(
+            audit_lines(b, "handshake_timeout")
+        )
+
+        # Random bytes that are not TLS: plaintext, refused in strict mode.
+        junk = b"\x00" + os.urandom(2000)
+        assert send_and_drain(topo, junk)
+        sl.wait_until(
+            lambda: sl.parse_metrics(b.metrics_text()).get(key, 0) > refused,
+            5,
+            what="random bytes refused as plaintext",
+        )
+        # A TLS record header with random contents: no ClientHello to the
+        # sniffer (plaintext, refused), or, when the random bytes happen to
+        # look like one, a failed handshake.
+        body = os.urandom(300)
+        assert send_and_drain(topo, b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body)
+        sl.wait_until(
+            lambda: sl.parse_metrics(b.metrics_text()).get(key, 0) > refused + 1
+            or len(audit_lines(b, "handshake_error")) > errors,
+            5,
+            what="random record refused",
+        )
+        refused = sl.parse_metrics(b.metrics_text()).get(key, 0) - 2
+        errors = len(audit_lines(b, "handshake_error"))
+        # A real ClientHello, then a record of random bytes where the
+        # client's encrypted flight belongs: the handshake fails.
+        hello = client_hello()
+        s = topo.app.connect(T.REMOTE4, 8080)
+        try:
+            s.sendall(hello)
+            s.settimeout(5)
+            assert s.recv(1)  # the server's flight has started
+            try:
+                s.sendall(b"\x17\x03\x03\x00\x40" + os.urandom(64))
+                s.settimeout(10)
+                while s.recv(4096):
+                    pass
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+        finally:
+            s.close()
+        sl.wait_until(
+            lambda: len(audit_lines(b, "handshake_error")) > errors,
+            5,
+            what="handshake_error audit line",
+        )
+        # Half a ClientHello, then silence: refused like plaintext when the
+        # sniffer gives up on it (protocol_detection_timeout), or taken for
+        # mesh TLS when the half it saw already named the port, and then ended
+        # by the handshake timeout.
+        timeouts = len(audit_lines(b, "handshake_timeout"))
+        assert send_and_drain(topo, hello[: len(hello) // 2])
+        sl.wait_until(
+            lambda: sl.parse_metrics(b.metrics_text()).get(key, 0) > refused + 2
+            or len(audit_lines(b, "handshake_timeout")) > timeouts,
+            5,
+            what="truncated ClientHello refused",
+        )
+        timeouts = len(audit_lines(b, "handshake_timeout"))
+        # A whole ClientHello, then the client's next record one byte every
+        # 0.3 s: the 1 s handshake timeout ends it.
+        s = topo.app.connect(T.REMOTE4, 8080)
+        ended = False
+        try:
+            s.sendall(hello)
+            s.settimeout(5)
+            assert s.recv(1)
+            rec = b"\x17\x03\x03\x00\x40" + os.urandom(64)
+            for i in range(len(rec)):  # at most 69 * 0.3 s
+                try:
+                    s.send(rec[i : i + 1])
+                except (ConnectionResetError, BrokenPipeError):
+                    ended = True
+                    break
+                if audit_lines(b, "handshake_timeout")[timeouts:]:
+                    ended = True
+                    break
+                time.sleep(0.3)
+        finally:
+            s.close()
+        assert ended
+        sl.wait_until(
+            lambda: len(audit_lines(b, "handshake_timeout")) > timeouts,
+            5,
+            what="handshake_timeout audit line (drip)",
+        )
+        assert len(audit_lines(b, "handshake_error")) == errors + 1
+        # Nothing else affected: the open connection and a new one work.
+        assert sl.echo(long_lived, b"after\n") == b"after\n"
+        s = topo.app.connect(VIP_ECHO, 7000)
+        try:
+            assert sl.echo(s, b"new\n") == b"new\n"
+        finally:
+            s.close()
+        assert b.alive()
+    finally:
+        long_lived.close()
+
+
+def test_files_source_broken_key_while_running(mesh):
+    """B served from files (an external CA's Secret mount). The key turns to
+    garbage, then disappears: one-line error, the current certificate keeps
+    serving, retries back off; a good new set is picked up."""
+    topo, a, b, tmp, ca = mesh
+    b.stop()
+    mount = pki.SecretMount(os.path.join(tmp, "secret"))
+    cert1, key1, serial1 = ca.issue(WEB_ID, dns="web.default.svc.cluster.local")
+    mount.publish(cert1, key1, ca.pem)
+    b2 = sl.Shuntd(
+        topo.remote,
+        sl.shuntd_args(
+            **{
+                "mtls.service-name": "web",
+                "mtls.certificate-file": mount.path("tls.crt"),
+                "mtls.private-key-file": mount.path("tls.key"),
+                "mtls.ca-bundle": mount.path("ca.crt"),
+            }
+        ),
+        config=b_config({"8080": [TESTER_ID, CLIENT_ID]}),
+        name="b-files",
+    )
+    keys = [key1]
+    try:
+        b2.wait_ready()
+        assert b2.json("/certs")["current"]["serial"] == serial1
+        tester, _ = client_files(tmp, ca, "tester2", TESTER_ID)
+        ca_pem = os.path.join(tmp, "ca", "ca.pem")
+        served = lambda: pki.served_serial(topo.app, T.REMOTE4, ca_pem, tester[1], tester[3])
+
+        def mesh_ok():
+            r = topo.app.curl(["-s", "-m", "5", "http://%s:8080/f" % VIP_WEB])
+            return r.returncode == 0 and json.loads(r.stdout)["server"] == "web"
+
+        assert mesh_ok()
+
+        # Garbage in place of the key (written in place, as a broken writer would).
+        real_key = os.path.realpath(mount.path("tls.key"))
+        with open(real_key, "wb") as f:
+            f.write(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+        sl.wait_until(
+            lambda: b2.json("/certs")["rotation"]["state"] == "retrying", 10, what="retrying"
+        )
+        rot = b2.json("/certs")["rotation"]
+        err = rot["last_error"]
+        assert "\n" not in err and "tls.key" in err, err
+        assert "no valid PEM private key" in err, err
+        lines = [l.get("msg", "") for l in b2.log_lines() if "certificate reload" in l.get("msg", "")]
+        assert lines and "keeps serving" in lines[-1] and serial1 in lines[-1], lines
+        assert "retrying in" in lines[-1], lines[-1]
+        assert b2.metric("shunt_tls_rotation_retrying") == 1
+        # Still serving the current certificate, to new handshakes too.
+        assert served() == serial1
+        assert mesh_ok()
+        # Retries back off without any further change of the files.
+        f0 = rot["failures"]
+        sl.wait_until(
+            lambda: b2.json("/certs")["rotation"]["failures"] >= f0 + 2,
+            15,
+            interval=0.3,
+            what="two more retries",
+        )
+
+        # The key disappears (an unreadable file: root reads any mode, so
+        # a missing one stands in for chmod 000).
+        os.unlink(real_key)
+        sl.wait_until(
+            lambda: "No such file" in (b2.json("/certs")["rotation"]["last_error"] or ""),
+            15,
+            interval=0.3,
+            what="missing key reported",
+        )
+        assert served() == serial1
+
+        # A good new set: picked up, the rotation is audited.
+        cert2, key2, serial2 = ca.issue(WEB_ID, dns="web.default.svc.cluster.local")
+        keys.append(key2)
+        mount.publish(cert2, key2, ca.pem)
+        sl.wait_until(
+            lambda: b2.json("/certs")["current"]["serial"] == serial2, 10, what="new set loaded"
+        )
+        certs = b2.json("/certs")
+        assert certs["rotation"]["state"] in ("ok", "draining"), certs["rotation"]
+        assert certs["rotation"]["last_error"] is None
+        assert b2.metric("shunt_tls_rotation_retrying") == 0
+        audit = [l.get("msg", "") for l in b2.log_lines()]
+        audit = [m for m in audit if "audit: certificate rotated" in m]
+        assert audit, b2.log_tail(30)
+        assert "old_serial=%s new_serial=%s" % (serial1, serial2) in audit[-1], audit[-1]
+        assert re.search(r"not_after=\d{4}-\d\d-\d\dT", audit[-1]), audit[-1]
+        assert served() == serial2
+        assert mesh_ok()
+
+        # No private key in the logs or the admin output.
+        texts = [b2.log_text(), a.log_text(), json.dumps(certs), b2.get("/config")[1].decode()]
+        texts.append(b2.metrics_text())
+        texts.append(sl.shuntctl(topo.remote, "certs").stdout)
+        for k in keys + [pki.key_pem(ca.key)]:
+            for line in pki.key_lines(k):
+                for t in texts:
+                    assert line not in t, "private key material leaked"
+    finally:
+        rc = b2.stop()
+        log = b2.log_text()
+        assert rc in (0, None) and "Sanitizer" not in log, b2.log_tail(40)
