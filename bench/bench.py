@@ -90,25 +90,105 @@ METRICS = {
     "rss_10k_mb": ("MB", "lower"),
     "kib_per_conn": ("KiB / conn", "lower"),
     "errors": ("count", "lower"),
+    "tls_handshakes_per_conn": ("handshakes / connection", "lower"),
+    "tls_handshakes": ("count", "lower"),
 }
 
 MTLS_NOTE = (
-    "shuntd has no mutual TLS yet, so shunt-to-shunt mTLS is not measured; the "
-    "mtls scenarios run for the peer (haproxy-mtls: a HAProxy originating mTLS "
-    "in the client pod to a HAProxy terminating it in the server pod) and direct "
-    "(plaintext). Hook: shunt_mtls_supported() and Contender.start in bench/bench.py."
+    "shuntd in this build cannot originate mutual TLS (no --mtls.mode, "
+    "--mtls.ca-dir and --service-discovery.file.path flags), so shunt-to-shunt "
+    "mTLS is not measured; the mtls scenarios run for haproxy-mtls and direct."
 )
+MTLS_SERVICE = "bench-server"  # the server pod's identity: .../ns/default/sa/bench-server
 
 
 def shunt_mtls_supported(shuntd):
-    """Whether shuntd can run the shunt-mtls contender. It needs: shuntd in the
-    client pod originating mTLS for captured connections to the server pod,
-    and a second shuntd in the server pod (inbound capture to 15001)
-    terminating it, with certificates from the bench CA (make_certs). Until
-    mTLS lands (README status: "mutual TLS with SPIFFE identities: not yet")
-    there is nothing to start."""
-    del shuntd
-    return False
+    """Whether shuntd can run the shunt-mtls contender: a shuntd in the client
+    pod originating mTLS for captured connections to a registry service with
+    an identity, and a shuntd in the server pod terminating it (inbound
+    capture), both with certificates from one built-in CA. Needs the mTLS
+    and file-registry flags."""
+    try:
+        h = subprocess.run([shuntd, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return False
+    return all(f in h for f in ("--mtls.mode", "--mtls.ca-dir", "--mtls.service-name",
+                                "--service-discovery.file.path"))
+
+
+def write_mtls_registry(env):
+    """The client pod's file registry: the server pod (10.78.0.2) as one
+    service with the rr echo and the HTTP origin ports, reached over mTLS and
+    expected to present the bench-server identity. Both ports are declared
+    TCP: shunt relays them at L4 over TLS, like the HAProxy pair's tcp-mode
+    frontends (no HTTP parsing on either side)."""
+    path = os.path.join(env.work, "mtls-registry.json")
+    reg = {"services": [{
+        "name": MTLS_SERVICE, "namespace": "default", "addresses": [SERVER],
+        "ports": [{"name": "rr", "port": PORT_RR, "target_port": PORT_RR, "protocol": "TCP"},
+                  {"name": "http", "port": PORT_HTTP, "target_port": PORT_HTTP,
+                   "protocol": "TCP"}],
+        "identity": "spiffe://cluster.local/ns/default/sa/%s" % MTLS_SERVICE,
+        "mtls": "strict",
+        "endpoints": [{"address": SERVER, "port": PORT_RR}, {"address": SERVER, "port": PORT_HTTP}],
+    }]}
+    with open(path, "w") as f:
+        json.dump(reg, f)
+    return path
+
+
+def shunt_metric(ns, name, labels=""):
+    """Sum of the samples of a Prometheus counter on shuntd's admin port in
+    namespace ns whose labels contain labels."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "--noproxy", "*", "--max-time", "5",
+                        "http://127.0.0.1:15003/metrics"], capture_output=True, text=True, timeout=15)
+    total = 0.0
+    for line in r.stdout.splitlines():
+        if line.startswith(name) and (line[len(name):len(name) + 1] in (" ", "{")) and labels in line:
+            total += float(line.rsplit(None, 1)[1])
+    return total
+
+
+# Anything that loads BPF programs or touches the shared BPF state runs under
+# this lock (the project's rule; test_ebpf and vmtest take it too). The
+# shunt-ebpf contender holds it from its start to its stop, not for the whole
+# run; a caller that already holds it (flock ... bench/run.sh) sets
+# SHUNT_BPF_LOCK_HELD=1.
+BPF_LOCK = "/tmp/shunt-bpf.lock"
+BPF_LOCK_WAIT_S = 900
+
+
+class BpfLock:
+    def __init__(self):
+        self.fd = None
+
+    def acquire(self):
+        if os.environ.get("SHUNT_BPF_LOCK_HELD") == "1":
+            return
+        import fcntl
+
+        self.fd = os.open(BPF_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        deadline = time.monotonic() + BPF_LOCK_WAIT_S
+        logged = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise BenchError("%s held by someone else for %d s" % (BPF_LOCK, BPF_LOCK_WAIT_S))
+                if not logged:
+                    log("waiting for %s (someone else is using BPF)" % BPF_LOCK)
+                    logged = True
+                time.sleep(0.5)
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor releases the lock
+            self.fd = None
+
 
 _procs = []  # live Proc objects
 # (client namespace, cgroup path): every process started in the client pod
@@ -300,6 +380,56 @@ def pss_mb(sid):
     return _sum_field(sid, "/proc/%d/smaps_rollup", "Pss:")
 
 
+# TCP counters of a pod, sampled around each scenario: a proxy that drops
+# SYNs (accept queue full, a SYN meeting a TIME-WAIT socket it cannot reuse)
+# shows up here, not in the load generator's latency (wrk does not count the
+# connect in its latency). Values are the deltas over the scenario.
+TCP_COUNTERS = (
+    "TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpEstabResets",
+    "TcpRetransSegs", "TcpOutRsts", "TcpExtListenOverflows", "TcpExtListenDrops",
+    "TcpExtTCPSynRetrans", "TcpExtTW", "TcpExtTWRecycled", "TcpExtTCPTimeWaitOverflow",
+    "TcpExtPAWSEstab", "TcpExtTCPReqQFullDrop", "TcpExtTCPBacklogDrop",
+    "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnClose",
+)
+
+
+def tcp_counters(ns):
+    """{name: value} from /proc/net/snmp and /proc/net/netstat of namespace ns
+    (the names nstat prints)."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp", "/proc/net/netstat"],
+                       capture_output=True, text=True, timeout=10)
+    out = {}
+    lines = r.stdout.splitlines()
+    for head, vals in zip(lines[0::2], lines[1::2]):
+        hk, hv = head.split(":", 1), vals.split(":", 1)
+        if len(hk) != 2 or len(hv) != 2 or hk[0] != hv[0]:
+            continue
+        prefix = hk[0]
+        for k, v in zip(hk[1].split(), hv[1].split()):
+            try:
+                out[prefix + k] = int(v)
+            except ValueError:
+                pass
+    return out
+
+
+def tcp_states(ns):
+    """Sockets of namespace ns by TCP state (ss), e.g. {"TIME-WAIT": 812}."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htan"], capture_output=True,
+                       text=True, timeout=30)
+    states = {}
+    for line in r.stdout.splitlines():
+        st = line.split(None, 1)[0] if line.strip() else ""
+        if st:
+            states[st] = states.get(st, 0) + 1
+    return states
+
+
+def tcp_delta(before, after):
+    return {k: after.get(k, 0) - before.get(k, 0) for k in TCP_COUNTERS
+            if after.get(k, 0) - before.get(k, 0)}
+
+
 # ---------------------------------------------------------------- contenders
 
 
@@ -310,6 +440,7 @@ class Contender:
         self.env = env
         self.proc = None  # the proxy in the client pod
         self.procs = []  # every process of the contender (haproxy-mtls: two)
+        self.bpf_lock = None  # held while shunt-ebpf runs
 
     def target(self, scenario_port, mtls=None):
         """(host, port) the client connects to for a server port; mtls is the
@@ -327,6 +458,12 @@ class Contender:
         e = self.env
         n = self.name
         if n == "direct":
+            return
+        if n == "shunt-ebpf":
+            self.bpf_lock = BpfLock()
+            self.bpf_lock.acquire()
+        if n == "shunt-mtls":
+            self._start_shunt_mtls()
             return
         if n.startswith("shunt-"):
             mode = n.split("-", 1)[1]
@@ -382,6 +519,48 @@ class Contender:
         if n.startswith("nginx-"):
             wait_until(lambda: len(session_pids(self.proc.pid)) >= 3, 10, "nginx workers")
 
+    def _shuntd_ready(self, ns, proc):
+        def ready():
+            if not proc.alive():
+                raise BenchError("shuntd (%s) exited: %s" % (proc.name, proc.stderr_tail()))
+            r = subprocess.run(
+                ["ip", "netns", "exec", ns, "curl", "-s", "--noproxy", "*", "-o", "/dev/null",
+                 "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:15003/ready"],
+                capture_output=True, text=True, timeout=10,
+            )
+            return r.stdout.strip() == "200"
+
+        wait_until(ready, 30, "%s /ready" % proc.name)
+
+    def _start_shunt_mtls(self):
+        """Two sidecars, as scripts/demo.sh: shuntd in the client pod captures
+        the client's connections (iptables) and originates mTLS to the server
+        pod, whose shuntd captures them inbound (PREROUTING to 15001),
+        terminates mTLS (strict) and hands plaintext to the local server. One
+        built-in CA (ECDSA P-256, TLS 1.3); both with 2 workers."""
+        e = self.env
+        ca = os.path.join(e.work, "ca-shunt-mtls")
+        common = ["--redirect", "iptables", "--workers", "2", "--log-level", "warn",
+                  "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s", "--mtls.ca-dir", ca,
+                  "--mtls.key-type", "ecdsa-p256"]
+        cli = Proc(e.cli, [e.shuntd] + common + [
+            "--mtls.service-name", "bench-client",
+            "--service-discovery.file.path", write_mtls_registry(e)], "shunt-mtls", e.work)
+        self.proc = cli
+        self.procs = [cli]
+        self._shuntd_ready(e.cli, cli)  # the client side creates the CA; the server shares it
+        srv = Proc(e.srv, [e.shuntd] + common + [
+            "--mtls.service-name", MTLS_SERVICE, "--mtls.mode", "strict"],
+            "shunt-mtls-server", e.work)
+        self.procs.append(srv)
+        self._shuntd_ready(e.srv, srv)
+
+    def tls_handshakes(self):
+        """Handshakes the client-side shuntd completed (shunt-mtls), else None."""
+        if self.name != "shunt-mtls" or not self.proc:
+            return None
+        return shunt_metric(self.env.cli, "shunt_tls_handshakes_total", 'direction="outbound"')
+
     # Resources sum over every process of the contender (both sides for a pair).
     def cpu(self):
         return sum(cpu_seconds(p.pid) for p in self.procs) if self.procs else None
@@ -397,6 +576,9 @@ class Contender:
             p.stop()
         self.procs = []
         self.proc = None
+        if self.bpf_lock:
+            self.bpf_lock.release()
+            self.bpf_lock = None
 
 
 # ---------------------------------------------------------------- scenarios
@@ -466,6 +648,8 @@ def scenario_http(env, c, close, mtls=None):
         "mean_ms": r["mean_us"] / 1000.0,
         "errors": r["errors"] + r["status_errors"],
     }
+    if mtls:
+        out["_requests"] = r["requests"]
     if cpu0 is not None:
         out["cpu_s_per_100k"] = (cpu1 - cpu0) * 100000.0 / r["requests"]
     return out
@@ -529,13 +713,24 @@ def run_scenario(env, name, c):
     if name == "idle-10k":
         return scenario_idle(env, c)
     if name == "mtls-handshake":
+        hs0 = c.tls_handshakes()
         out = scenario_http(env, c, close=True, mtls=MTLS_CONN_HTTP)  # conn_s under load
+        if hs0 is not None:
+            # Proof that every connection was a full mTLS handshake through
+            # both sidecars: handshakes counted by the client-side shuntd.
+            out["tls_handshakes_per_conn"] = (c.tls_handshakes() - hs0) / max(1, out.pop("_requests"))
+        out.pop("_requests", None)
         seq = scenario_conn(env, c, mtls=MTLS_CONN)
         out["setup_p50_us"] = seq["setup_p50_us"]
         out["setup_p99_us"] = seq["setup_p99_us"]
         return out
     if name == "mtls-keepalive":
-        return scenario_http(env, c, close=False, mtls=MTLS_HTTP)
+        hs0 = c.tls_handshakes()
+        out = scenario_http(env, c, close=False, mtls=MTLS_HTTP)
+        out.pop("_requests", None)
+        if hs0 is not None:
+            out["tls_handshakes"] = c.tls_handshakes() - hs0
+        return out
     raise BenchError("no runner for scenario %s" % name)
 
 
@@ -795,14 +990,17 @@ def main():
             "shuntd runs with --workers 2 --log-level warn (its per-connection access log is "
             "info level, so it is off), HAProxy with nbthread 2 and no log, nginx with "
             "worker_processes 2 and access_log off.",
-            "The machine may be shared with other work: compare ratios within one run, "
-            "not absolute numbers across runs.",
+            "The machine may be shared with other work (here: other engineers building and "
+            "testing during the run; the load average at start and end is above, and each "
+            "scenario's in the JSON under tcp): compare ratios within one run, not absolute "
+            "numbers across runs.",
         ] + ([idle_note] if idle_note else []),
         "scenarios": {s: SCENARIOS[s][1] for s in scenarios},
         "contenders": contenders,
         "skipped": skipped,
         "metrics": METRICS,
         "results": {},
+        "tcp": {},
         "failures": [],
     }
     res = result["results"]
@@ -819,9 +1017,10 @@ def main():
             # of the shared machine does not always hit the same one.
             k = rep % len(contenders) if contenders else 0
             for cname in contenders[k:] + contenders[:k]:
-                # Fixed order: the connection churn of http-close leaves
-                # TIME-WAIT state in the client pod for 60 s; conn-setup runs
-                # before it (see README: reading of results).
+                # Fixed order (SCENARIOS): the connection churn of http-close
+                # leaves TIME-WAIT sockets in the client pod for 60 s, so the
+                # sequential conn-setup runs before it; the TCP counters in
+                # the report show what churn costs each contender.
                 todo = [s for s in SCENARIOS if s in scenarios and applies(s, cname)]
                 if not todo:
                     continue
@@ -838,6 +1037,9 @@ def main():
                         prof = None
                         if env.profile and cname.startswith("shunt-") and s not in profiled:
                             prof = profile_start(env, c, s)
+                        tcp0 = {ns: tcp_counters(ns) for ns in (env.cli, env.srv)}
+                        with open("/proc/loadavg") as f:
+                            load0 = float(f.read().split()[0])
                         try:
                             vals = run_scenario(env, s, c)
                         except BenchError as e:
@@ -851,6 +1053,13 @@ def main():
                                 result.setdefault("profiles", []).append(profile_stop(env, prof, s))
                         for k, v in vals.items():
                             res.setdefault(s, {}).setdefault(cname, {}).setdefault(k, []).append(v)
+                        tcp = result["tcp"].setdefault(s, {}).setdefault(cname, [])
+                        tcp.append({
+                            "loadavg_1m_before": load0,
+                            "client_pod": tcp_delta(tcp0[env.cli], tcp_counters(env.cli)),
+                            "server_pod": tcp_delta(tcp0[env.srv], tcp_counters(env.srv)),
+                            "client_pod_states_after": tcp_states(env.cli),
+                        })
                 except BenchError as e:
                     log("%s failed to start: %s" % (cname, e))
                     result["failures"].append({"contender": cname, "rep": rep + 1, "error": str(e)})

@@ -66,8 +66,17 @@ def summarize(vals):
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
-def best_peer(stats, metric, better):
-    cands = [(c, s[metric]["median"]) for c, s in stats.items() if c in PEERS and metric in s]
+def peers_of(contender):
+    """The peers a contender is compared with: a sidecar pair (shunt-mtls)
+    with the HAProxy pair, everything else with the single proxies."""
+    if contender and contender.endswith("-mtls"):
+        return ("haproxy-mtls",)
+    return tuple(p for p in PEERS if not p.endswith("-mtls"))
+
+
+def best_peer(stats, metric, better, contender=None):
+    peers = peers_of(contender) if contender else PEERS
+    cands = [(c, s[metric]["median"]) for c, s in stats.items() if c in peers and metric in s]
     if not cands:
         return None, None
     pick = max if better == "higher" else min
@@ -112,6 +121,88 @@ def chart(path, title, unit, rows):
             raise RuntimeError("gnuplot failed for %s: %s" % (path, r.stderr[-400:]))
 
 
+# The metric each scenario is judged by in the headline table.
+HEADLINE = [
+    ("rr-64", "p50_us"), ("rr-64", "p99_us"), ("rr-4k", "p50_us"), ("bulk-1", "gbit_s"),
+    ("bulk-8", "gbit_s"), ("http-keepalive", "req_s"), ("http-keepalive", "cpu_s_per_100k"),
+    ("http-close", "conn_s"), ("http-close", "cpu_s_per_100k"), ("conn-setup", "setup_p50_us"),
+    ("idle-10k", "rss_10k_mb"), ("mtls-handshake", "conn_s"), ("mtls-handshake", "cpu_s_per_100k"),
+    ("mtls-keepalive", "req_s"), ("mtls-keepalive", "cpu_s_per_100k"), ("resources", "rss_idle_mb"),
+]
+SHUNTS = ("shunt-iptables", "shunt-ebpf", "shunt-mtls")
+
+
+def headline(R, scen):
+    """One row per (scenario, metric): each shunt contender's median as a
+    ratio to the best peer's median (and the peer), then direct's."""
+    metrics = R["metrics"]
+    rows = []
+    for s, k in HEADLINE:
+        if s not in scen:
+            continue
+        data = R["results"][s]
+        stats = {c: {m: summarize(vs) for m, vs in d.items()} for c, d in data.items()}
+        stats = {c: {m: x for m, x in d.items() if x} for c, d in stats.items()}
+        unit, better = metrics.get(k, ["", "lower"])
+        cells, bests = [], []
+        for c in SHUNTS:
+            x = stats.get(c, {}).get(k)
+            bp, bpv = best_peer(stats, k, better, c)
+            cells.append("%s (%s)" % (fmt(x["median"]), ratio(x["median"], bpv)) if x else "—")
+            if x and bp and "%s %s" % (bp, fmt(bpv)) not in bests:
+                bests.append("%s %s" % (bp, fmt(bpv)))
+        if all(c == "—" for c in cells):
+            continue
+        d = stats.get("direct", {}).get(k)
+        rows.append("| %s | %s (%s, %s) | %s | %s | %s |" % (
+            s, k, unit, better, " | ".join(cells), "; ".join(bests) or "—",
+            fmt(d["median"]) if d else "—"))
+    if not rows:
+        return []
+    return ["## Summary", "",
+            "Medians; in brackets the ratio to the best peer's median (HAProxy or nginx in "
+            "either mode, whichever did best on that metric in this run; for shunt-mtls, a "
+            "pair of sidecars, the HAProxy pair).", "",
+            "| scenario | metric | shunt-iptables | shunt-ebpf | shunt-mtls | best peer | direct |",
+            "|---|---|---:|---:|---:|---|---:|"] + rows + [""]
+
+
+TCP_SHOWN = ("TcpExtTCPSynRetrans", "TcpExtListenOverflows", "TcpExtListenDrops",
+             "TcpExtTWRecycled", "TcpOutRsts")
+
+
+def tcp_section(R, scen):
+    """Median per contender of the TCP counters (client pod, deltas over the
+    scenario) that show dropped or retried connection attempts."""
+    tcp = R.get("tcp") or {}
+    L = []
+    for s in scen:
+        if s not in tcp or s in ("rr-64", "rr-4k", "bulk-1", "bulk-8", "idle-10k"):
+            continue
+        rows = []
+        for c in [c for c in ORDER if c in tcp[s]]:
+            reps = tcp[s][c]
+            vals = [statistics.median([r["client_pod"].get(k, 0) for r in reps]) for k in TCP_SHOWN]
+            tw = statistics.median([r.get("client_pod_states_after", {}).get("TIME-WAIT", 0)
+                                    for r in reps])
+            opens = statistics.median([r["client_pod"].get("TcpActiveOpens", 0) for r in reps])
+            rows.append("| %s | %s | %s | %s |" % (c, fmt(opens), " | ".join(fmt(v) if v else "0"
+                                                                          for v in vals), fmt(tw)))
+        if rows:
+            L += ["**%s**" % s, "",
+                  "| contender | active opens | SYN retransmits | listen overflows | listen drops "
+                  "| TIME-WAIT reused by connect | RSTs sent | TIME-WAIT after |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"] + rows + [""]
+    if not L:
+        return []
+    return ["## TCP counters", "",
+            "Client pod, median over the repetitions of each counter's change during the "
+            "scenario (`/proc/net/netstat`, `/proc/net/snmp`: TcpExtTCPSynRetrans, "
+            "TcpExtListenOverflows, TcpExtListenDrops, TcpExtTWRecycled, TcpOutRsts), and the "
+            "TIME-WAIT sockets left in the pod afterwards (`ss`). wrk does not count the "
+            "connect in its latency: a retried SYN shows here, not there.", ""] + L
+
+
 def main(argv):
     if not argv or argv[0].startswith("-"):
         sys.stderr.write(__doc__)
@@ -153,7 +244,8 @@ def main(argv):
     for n in R.get("notes", []):
         L.append("- " + n)
     L.append("- Ratios: median ÷ direct's median (×direct) and ÷ the best peer's median "
-             "(×best peer; peers are HAProxy and nginx in either mode). Higher-is-better "
+             "(×best peer; peers are HAProxy and nginx in either mode; shunt-mtls, a pair of "
+             "sidecars, is compared with the HAProxy pair). Higher-is-better "
              "metrics: above 1 is better; lower-is-better metrics: below 1 is better.")
     for s in R.get("skipped", []):
         what = s.get("contender") or s.get("scenario")
@@ -167,6 +259,7 @@ def main(argv):
     L.append("")
 
     scen = [s for s in SCENARIO_ORDER if s in R["results"]]
+    L += headline(R, scen)
     for s in scen:
         data = R["results"][s]
         stats = {c: {k: summarize(vs) for k, vs in d.items()} for c, d in data.items()}
@@ -196,10 +289,14 @@ def main(argv):
             if k == "errors" and all(stats[c].get(k, {}).get("max", 0) == 0 for c in names):
                 continue
             unit, better = metrics.get(k, ["", "lower"])
-            bp, bpv = best_peer(stats, k, better)
+            bps = []
+            for probe in ("direct", "shunt-mtls"):
+                bp, _ = best_peer(stats, k, better, probe)
+                if bp and bp not in bps:
+                    bps.append(bp)
             dv = stats.get("direct", {}).get(k, {}).get("median")
             L.append("**%s** (%s, %s is better)%s" % (
-                k, unit, better, "; best peer: %s" % bp if bp else ""))
+                k, unit, better, "; best peer: %s" % ", ".join(bps) if bps else ""))
             L.append("")
             L.append("| contender | median | spread (min–max) | ×direct | ×best peer |")
             L.append("|---|---:|---:|---:|---:|")
@@ -210,7 +307,7 @@ def main(argv):
                     continue
                 L.append("| %s | %s | %s–%s | %s | %s |" % (
                     c, fmt(x["median"]), fmt(x["min"]), fmt(x["max"]),
-                    ratio(x["median"], dv), ratio(x["median"], bpv)))
+                    ratio(x["median"], dv), ratio(x["median"], best_peer(stats, k, better, c)[1])))
                 rows.append((c, x["median"], x["min"], x["max"]))
             L.append("")
             if charts and k in CHARTS.get(s, []) and rows:
@@ -218,6 +315,7 @@ def main(argv):
                 chart(os.path.join(out_dir, png), "%s: %s (median, min-max)" % (s, k), unit, rows)
                 L.append("![%s %s](%s)" % (s, k, png))
                 L.append("")
+    L += tcp_section(R, scen)
     for prof in R.get("profiles", []):
         L.append("Profile: `%s`" % os.path.basename(prof))
         L.append("")

@@ -1,7 +1,8 @@
 """Smoke test of the benchmark harness (bench/run.sh), so it cannot rot.
 
 Runs the quick mode on one scenario (rr-64) for the direct path and shunt
-with iptables capture, one repetition, into a temporary output directory,
+with iptables and eBPF capture, and on mtls-keepalive for the two sidecar
+pairs, one repetition each, into a temporary output directory,
 and checks the JSON, the Markdown report, the charts, and that the run left
 no namespace or process behind. No timing is asserted: only that every
 number is there and that shuntd did relay the traffic (it spent CPU on it).
@@ -95,6 +96,32 @@ def test_quick_one_scenario():
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
         assert "(%s)" % png in md, png
+
+
+def test_quick_mtls_pair():
+    """shunt to shunt over mTLS against the HAProxy pair, one repetition of
+    the keep-alive scenario: both relay requests, and shuntd's handshake
+    counter shows the traffic went through mutual TLS."""
+    if not os.access(sl.SHUNTD, os.X_OK):
+        pytest.fail("shuntd not built at %s" % sl.SHUNTD)
+    rc, stdout, stderr, out, pid = bench(
+        ["--quick", "--scenario", "mtls-keepalive", "--contenders", "shunt-mtls,haproxy-mtls",
+         "--reps", "1"]
+    )
+    assert rc == 0, "run.sh failed (%d):\n%s\n%s" % (rc, stdout[-2000:], stderr[-3000:])
+    assert leftovers(pid) == [], "namespaces or cgroup mounts left behind"
+    jsons = [f for f in os.listdir(out) if f.endswith(".json")]
+    with open(os.path.join(out, jsons[0])) as f:
+        r = json.load(f)
+    assert r["failures"] == [] and r["skipped"] == [], (r["failures"], r["skipped"])
+    res = r["results"]["mtls-keepalive"]
+    for c in ("shunt-mtls", "haproxy-mtls"):
+        assert res[c]["req_s"][0] > 0 and res[c]["errors"][0] == 0, res[c]
+        assert res[c]["cpu_s_per_100k"][0] > 0, res[c]
+    # wrk's 16 connections each needed one handshake between the sidecars.
+    assert res["shunt-mtls"]["tls_handshakes"][0] >= 16, res["shunt-mtls"]
+    md = open(os.path.join(out, jsons[0][: -len(".json")] + ".md")).read()
+    assert "| shunt-mtls |" in md and "## Summary" in md
 
 
 def test_unknown_scenario_is_refused():
