@@ -100,7 +100,8 @@ def test_ipv6_virtual_address(env):
 
 def test_declared_protocol_skips_sniffing(env):
     """Port 80 of the service is declared HTTP: the connection is http1 before
-    the client has sent a byte (nothing waits for sniffing)."""
+    the client has sent a byte (nothing waits for sniffing); it is proxied
+    request by request, /connections shows the last request's endpoint."""
     topo, d, _, _ = env
     s = topo.app.connect(VIP4, 80)
     try:
@@ -111,7 +112,11 @@ def test_declared_protocol_skips_sniffing(env):
         )
         assert conns[0]["protocol"] == "http1"
         assert conns[0]["original_dst"] == "%s:80" % VIP4
-        assert conns[0]["upstream"].endswith(":%d" % PORT)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        assert sl.recv_line(s).startswith(b"HTTP/1.1 200")
+        conns = [c for c in d.connections() if c["service"] == "default/web:80"]
+        assert conns[0]["upstream"].endswith(":%d" % PORT), conns
+        assert conns[0]["requests"] == 1
     finally:
         s.close()
 
@@ -161,21 +166,19 @@ def test_registry_edit_is_followed(env):
     sl.wait_until(lambda: "ep2" in served_by(topo, VIP4, 6), 5, what="ep2 back")
 
 
-def test_no_endpoint_refused_at_once(env):
-    """Every endpoint unhealthy: the client's connection is refused at once
-    (reset), counted as no_endpoint, and logged."""
+def test_no_endpoint_answered_at_once(env):
+    """Every endpoint unhealthy: the client of the service's HTTP port gets a
+    503 with Retry-After and the reason at once, not a reset or a hang."""
     topo, d, path, _ = env
     write_registry(path, registry(EP_ADDRS, health={a: "unhealthy" for a in EP_ADDRS}))
     try:
-        def refused():
-            try:
-                topo.app.http(VIP4, 80, "GET", "/", timeout=2)
-                return False
-            except (ConnectionError, OSError):
-                return True
-        sl.wait_until(refused, 5, what="the unhealthy service refused")
-        assert d.metric("shunt_connections_closed_total", reason="no_endpoint") >= 1
-        assert [l for l in d.log_lines() if "no endpoint that can serve" in l.get("msg", "")]
+        def unavailable():
+            status, headers, _ = topo.app.http(VIP4, 80, "GET", "/", timeout=2)
+            return status == 503 and headers
+        headers = sl.wait_until(unavailable, 5, what="503 from the unhealthy service")
+        assert headers.get("Retry-After") == "1", headers
+        assert "no healthy endpoint" in headers.get("X-Shunt-Reason", ""), headers
+        assert d.metric("shunt_http_local_responses_total", status="503") >= 1
     finally:
         write_registry(path, registry(EP_ADDRS))
     sl.wait_until(lambda: sum(served_by(topo, VIP4, 3).values()) == 3, 5, what="service back")

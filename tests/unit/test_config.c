@@ -232,6 +232,10 @@ static void test_file_values(void **state)
         assert_int_equal(c->connect_timeout_ms, 5000);
         assert_int_equal(c->request_timeout_ms, 90000);
         assert_int_equal(c->idle_timeout_ms, 300000);
+        assert_int_equal(c->http_upstream_idle_timeout_ms, 2500);
+        assert_int_equal(c->http_upstream_max_idle, 8);
+        assert_int_equal(c->http_max_header_bytes, 16384);
+        assert_int_equal(c->http_max_headers, 50);
         assert_string_equal(c->sd_type, "file");
         assert_string_equal(c->sd_file_path, "/etc/shunt/registry.json");
         assert_string_equal(c->k8s_kubeconfig, "/root/.kube/config");

@@ -100,6 +100,12 @@ struct shunt_config {
         uint32_t max_connections;               /* max_connections, per daemon, 65536 */
         uint32_t buffer_size;                   /* buffer_size, per direction, 64KiB */
 
+        /* HTTP/1.1 request-level proxying (proxy/h1proxy.c, proxy/upstream.c) */
+        uint32_t http_upstream_idle_timeout_ms; /* http.upstream_idle_timeout, 4s */
+        uint32_t http_upstream_max_idle;        /* http.upstream_max_idle, per endpoint+worker, 32 */
+        uint32_t http_max_header_bytes;         /* http.max_request_header_bytes, 64KiB */
+        uint32_t http_max_headers;              /* http.max_request_headers, 100 */
+
         /* service discovery */
         char sd_type[16];                     /* service_discovery.type: file|kubernetes|consul */
         char sd_file_path[CONFIG_PATH_MAX];   /* service_discovery.file.path */

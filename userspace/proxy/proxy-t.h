@@ -43,6 +43,17 @@ enum conn_reason {
         REASON__COUNT,
 };
 
+/* Responses shuntd makes itself on the HTTP paths; each has a counter. */
+enum http_local {
+        HTTP_LOCAL_400 = 0, /* malformed request (also 414, 501, 505 for what they mean) */
+        HTTP_LOCAL_431,     /* request head over the limits */
+        HTTP_LOCAL_502,     /* the upstream failed or answered garbage */
+        HTTP_LOCAL_503,     /* no endpoint can serve */
+        HTTP_LOCAL_504,     /* no response within timeouts.request */
+        HTTP_LOCAL_OTHER,
+        HTTP_LOCAL__COUNT,
+};
+
 enum stat_id {
         ST_ACCEPTED_IN,
         ST_ACCEPTED_OUT,
@@ -57,7 +68,20 @@ enum stat_id {
         ST_ROUTE_SERVICE,     /* outbound connections routed to a service endpoint */
         ST_ROUTE_PASSTHROUGH, /* outbound connections relayed to their original destination */
         ST_CONNECT_RETRIES,   /* connects retried on another endpoint */
-        ST_PROTO_FIRST,       /* one per enum proto, PROTO_UNKNOWN unused */
+        /* upstream connections of request-level proxying (upstream.c) */
+        ST_UPSTREAM_OPENED,
+        ST_UPSTREAM_REUSED,       /* taken from the idle pool */
+        ST_UPSTREAM_IDLE,         /* gauge: in the idle pool now */
+        ST_UPSTREAM_IDLE_EXPIRED, /* closed by http.upstream_idle_timeout */
+        ST_UPSTREAM_IDLE_PEER,    /* closed because the server closed it while idle */
+        ST_UPSTREAM_POOL_FULL,    /* not pooled: http.upstream_max_idle reached */
+        /* HTTP/1.1 requests (h1proxy.c), by the status the client got */
+        ST_HTTP_STATUS_FIRST,                       /* 1xx .. 5xx: five counters */
+        ST_HTTP_ABORTED = ST_HTTP_STATUS_FIRST + 5, /* ended without a complete response */
+        ST_HTTP_RETRIES,                            /* requests re-sent after an upstream failure */
+        ST_HTTP_LOCAL_FIRST, /* responses shuntd made itself: one per enum http_local */
+        ST_PROTO_FIRST =
+            ST_HTTP_LOCAL_FIRST + HTTP_LOCAL__COUNT, /* one per enum proto, PROTO_UNKNOWN unused */
         ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
         ST__COUNT = ST_REASON_FIRST + REASON__COUNT,
 };
@@ -91,6 +115,8 @@ struct listener {
 
 struct conn;
 struct proxy;
+struct upstream_pool;
+struct h1_worker;
 
 struct worker {
         struct proxy *proxy;
@@ -109,6 +135,9 @@ struct worker {
         int n_buf_cache;
         uint32_t buf_cache_size;
         uint64_t overload_logged_ms;
+        struct upstream_pool *upstreams; /* idle upstream connections (upstream.c) */
+        struct h1_worker *h1;            /* HTTP/1.1 sessions (h1proxy.c) */
+        uint64_t rng;                    /* worker_random() state */
         struct worker_stats stats;
 };
 
@@ -129,6 +158,64 @@ static inline const struct shunt_config *worker_cfg(struct worker *w)
         struct snapshot *s = snapshot_reader_get(&w->cfg_reader, &w->proxy->cfg_slot);
         return (const struct shunt_config *)(const void *)s;
 }
+
+/* A xorshift64* step of the worker's generator (request ids, jitter). */
+static inline uint64_t worker_random(struct worker *w)
+{
+        uint64_t x = w->rng ? w->rng : 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)w;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        w->rng = x;
+        return x * 0x2545f4914f6cdd1dull;
+}
+
+/* ---- protocol sessions: connections the relay hands over ------------------
+ *
+ * An outbound connection to a known service whose protocol (declared for
+ * the port, or sniffed) has an engine below is not relayed byte for byte:
+ * the relay hands the client socket to the engine, which proxies request by
+ * request and picks an endpoint for each. To add an engine, give it a
+ * struct proto_engine and list it in relay.c's engines[] under its
+ * protocols. */
+
+/* What the relay hands over. */
+struct handoff {
+        uint64_t id;
+        int fd; /* client socket: non-blocking, not registered with the loop */
+        enum proto proto;
+        struct sockaddr_storage client_addr, orig_dst;
+        uint8_t *buf; /* client bytes read so far, a worker buffer (worker_buf_take) or NULL */
+        uint32_t len, cap;
+        bool client_eof; /* the client already sent FIN */
+        uint64_t created_ms;
+};
+
+struct proto_engine {
+        const char *name;
+        /* Takes h over, always: fd and buf are the engine's from now on, and
+         * it ends the connection with session_end() (also on failure). */
+        void (*start)(struct worker *w, struct handoff *h);
+        /* Closes every session of w (shutdown) with reason. */
+        void (*close_all)(struct worker *w, int reason);
+        /* Appends w's sessions as /connections items. */
+        void (*render)(struct worker *w, struct strbuf *out, bool *first);
+        /* Frees the engine's per-worker state, after close_all. */
+        void (*worker_free)(struct worker *w);
+};
+
+extern const struct proto_engine h1_engine; /* h1proxy.c */
+
+/* relay.c: a handed-over connection ended: counted as a connection that
+ * ended for reason (active gauges, max_connections, reason counters). */
+void session_end(struct worker *w, enum conn_reason reason);
+/* Buffers of buffer_size from the worker's cache; *cap gets the size. */
+uint8_t *worker_buf_take(struct worker *w, uint32_t *cap);
+void worker_buf_give(struct worker *w, uint8_t *buf, uint32_t cap);
+/* Every engine's close_all / worker_free (proxy.c calls these). */
+void engines_close_all(struct worker *w, enum conn_reason reason);
+void engines_worker_free(struct worker *w);
+const char *conn_dir_name(enum conn_dir d);
 
 /* relay.c */
 /* fd was just accepted on l from peer. */

@@ -255,6 +255,7 @@ void proxy_free(struct proxy *p)
                 snapshot_reader_release(&w->cfg_reader);
                 snapshot_reader_release(&w->route_reader);
                 snapshot_reader_release(&w->tls_reader);
+                engines_worker_free(w);
                 route_workers_free(w->route_workers);
                 while (w->n_buf_cache)
                         free(w->buf_cache[--w->n_buf_cache]);
@@ -349,6 +350,30 @@ static const struct metric_def proxy_metrics[] = {
      "counter",
      "Connections whose client sent nothing within protocol_detection_timeout.",
      {{"", ST_SNIFF_TIMEOUT}}},
+    {"shunt_upstream_connections_total",
+     "counter",
+     "Upstream connections of request-level proxying: opened, or reused from the idle pool.",
+     {{"event=\"opened\"", ST_UPSTREAM_OPENED}, {"event=\"reused\"", ST_UPSTREAM_REUSED}}},
+    {"shunt_upstream_idle_connections",
+     "gauge",
+     "Upstream connections in the idle pool now.",
+     {{"", ST_UPSTREAM_IDLE}}},
+    {"shunt_upstream_idle_closed_total",
+     "counter",
+     "Idle upstream connections closed: http.upstream_idle_timeout, the server closed it, or "
+     "the pool was full (http.upstream_max_idle).",
+     {{"reason=\"timeout\"", ST_UPSTREAM_IDLE_EXPIRED},
+      {"reason=\"peer_closed\"", ST_UPSTREAM_IDLE_PEER},
+      {"reason=\"pool_full\"", ST_UPSTREAM_POOL_FULL}}},
+    {"shunt_http_retries_total",
+     "counter",
+     "HTTP requests re-sent after an upstream failed before any response byte.",
+     {{"", ST_HTTP_RETRIES}}},
+    {"shunt_http_requests_aborted_total",
+     "counter",
+     "HTTP requests that ended without a complete response (client gone, upstream reset "
+     "mid-response, shutdown).",
+     {{"", ST_HTTP_ABORTED}}},
 };
 
 /* One family whose samples are a range of counters named by a function. */
@@ -362,6 +387,19 @@ static void render_range(struct proxy *p, struct strbuf *out, const char *name, 
                 snprintf(labels, sizeof(labels), "%s=\"%s\"", label, label_value(i));
                 prom_sample_u64(out, name, labels, sum(p, (enum stat_id)(base + i)));
         }
+}
+
+static const char *status_class_label(int i)
+{
+        static const char *const names[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+        return names[i];
+}
+
+static const char *local_label(int i)
+{
+        static const char *const names[HTTP_LOCAL__COUNT] = {"400", "431", "502",
+                                                             "503", "504", "other"};
+        return names[i];
 }
 
 static const char *proto_label(int i)
@@ -391,6 +429,12 @@ void proxy_render_metrics(struct proxy *p, struct strbuf *out)
         render_range(p, out, "shunt_connections_closed_total",
                      "Connections ended or refused, by reason.", "reason", 0, REASON__COUNT,
                      ST_REASON_FIRST, reason_label);
+        render_range(p, out, "shunt_http_requests_total",
+                     "HTTP requests by the status class the client got.", "class", 0, 5,
+                     ST_HTTP_STATUS_FIRST, status_class_label);
+        render_range(p, out, "shunt_http_local_responses_total",
+                     "HTTP responses shuntd made itself (other: 414, 501, 505).", "status", 0,
+                     HTTP_LOCAL__COUNT, ST_HTTP_LOCAL_FIRST, local_label);
         render_range(p, out, "shunt_errors_total", "Connections that ended in an error.", "reason",
                      REASON_CLIENT_RESET, REASON__COUNT, ST_REASON_FIRST, reason_label);
 }

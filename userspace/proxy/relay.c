@@ -18,6 +18,7 @@
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
 #include "proxy/proxy-t.h"
+#include "proxy/upstream.h"
 #include "tls/conn.h"
 
 #define RELAY_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
@@ -78,7 +79,15 @@ struct conn {
         /* Inbound, sent to the inbound port itself: only mesh TLS may go on,
          * to the port its SNI name carries; the connect waits for it. */
         bool to_listener;
+        /* Outbound to a known service with no endpoint: sniffed for an
+         * engine that can answer per request (503), else refused. */
+        bool no_endpoint;
         char sni[256];
+};
+
+/* Protocol engines, by the protocol they take over (see proxy-t.h). */
+static const struct proto_engine *const engines[PROTO__COUNT] = {
+    [PROTO_HTTP1] = &h1_engine,
 };
 
 static const char *const reason_names[REASON__COUNT] = {
@@ -106,14 +115,15 @@ const char *conn_reason_name(enum conn_reason r)
         return (unsigned)r < REASON__COUNT ? reason_names[r] : "unknown";
 }
 
-static const char *dir_name(enum conn_dir d)
+const char *conn_dir_name(enum conn_dir d)
 {
         return d == DIR_INBOUND ? "inbound" : "outbound";
 }
+#define dir_name conn_dir_name
 
 /* ---- buffers ------------------------------------------------------------ */
 
-static int half_take_buf(struct worker *w, struct half *h)
+uint8_t *worker_buf_take(struct worker *w, uint32_t *cap)
 {
         uint32_t size = worker_cfg(w)->buffer_size;
         if (w->buf_cache_size != size) {
@@ -121,27 +131,123 @@ static int half_take_buf(struct worker *w, struct half *h)
                         free(w->buf_cache[--w->n_buf_cache]);
                 w->buf_cache_size = size;
         }
-        h->buf = w->n_buf_cache ? w->buf_cache[--w->n_buf_cache] : malloc(size);
+        uint8_t *b = w->n_buf_cache ? w->buf_cache[--w->n_buf_cache] : malloc(size);
+        *cap = b ? size : 0;
+        return b;
+}
+
+void worker_buf_give(struct worker *w, uint8_t *buf, uint32_t cap)
+{
+        if (!buf)
+                return;
+        if (cap == w->buf_cache_size && w->n_buf_cache < WORKER_BUF_CACHE)
+                w->buf_cache[w->n_buf_cache++] = buf;
+        else
+                free(buf);
+}
+
+static int half_take_buf(struct worker *w, struct half *h)
+{
+        h->buf = worker_buf_take(w, &h->cap);
         if (!h->buf)
                 return -ENOMEM;
-        h->cap = size;
         h->off = h->len = 0;
         return 0;
 }
 
 static void half_give_buf(struct worker *w, struct half *h)
 {
-        if (!h->buf)
-                return;
-        if (h->cap == w->buf_cache_size && w->n_buf_cache < WORKER_BUF_CACHE)
-                w->buf_cache[w->n_buf_cache++] = h->buf;
-        else
-                free(h->buf);
+        worker_buf_give(w, h->buf, h->cap);
         h->buf = NULL;
         h->cap = h->off = h->len = 0;
 }
 
+void session_end(struct worker *w, enum conn_reason reason)
+{
+        stat_sub(&w->stats, ST_ACTIVE_OUT, 1);
+        stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
+        atomic_fetch_sub_explicit(&w->proxy->active, 1, memory_order_relaxed);
+}
+
+/* Each engine once, though it may be listed under several protocols. */
+static const struct proto_engine *engine_at(int i)
+{
+        for (int j = 0; j < i; j++)
+                if (engines[j] == engines[i])
+                        return NULL;
+        return engines[i];
+}
+
+void engines_close_all(struct worker *w, enum conn_reason reason)
+{
+        for (int i = 0; i < PROTO__COUNT; i++)
+                if (engine_at(i))
+                        engines[i]->close_all(w, (int)reason);
+}
+
+void engines_worker_free(struct worker *w)
+{
+        for (int i = 0; i < PROTO__COUNT; i++)
+                if (engine_at(i))
+                        engines[i]->worker_free(w);
+}
+
 /* ---- lifecycle -------------------------------------------------------------- */
+
+/* Frees everything of c but the client socket and the counters. */
+static void conn_detach(struct conn *c)
+{
+        struct worker *w = c->w;
+        struct loop *loop = w->loop;
+        loop_timer_cancel(loop, &c->timer);
+        loop_timer_cancel(loop, &c->sniff_timer);
+        tls_conn_free(c->cli.tls);
+        tls_conn_free(c->up.tls);
+        c->cli.tls = c->up.tls = NULL;
+        if (c->up.io.fd >= 0) {
+                loop_io_del(loop, &c->up.io);
+                close(c->up.io.fd);
+                c->up.io.fd = -1;
+        }
+        half_give_buf(w, &c->c2u);
+        half_give_buf(w, &c->u2c);
+        c->closed = true;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                w->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        route_release(&c->route);
+        /* An event for the other socket may still be pending in this batch. */
+        loop_defer_free(loop, c);
+}
+
+/* Hands c's client over to engine e (see proxy-t.h): what was read from the
+ * client goes along; an upstream connect in flight is dropped (the engine
+ * picks per request). */
+static void conn_handoff(struct conn *c, const struct proto_engine *e)
+{
+        struct worker *w = c->w;
+        struct handoff h = {
+            .id = c->id,
+            .fd = c->cli.io.fd,
+            .proto = c->proto,
+            .client_addr = c->client_addr,
+            .orig_dst = c->orig_dst,
+            .buf = c->c2u.buf,
+            .len = c->c2u.len,
+            .cap = c->c2u.cap,
+            .client_eof = c->c2u.eof,
+            .created_ms = c->created_ms,
+        };
+        c->c2u.buf = NULL;
+        c->c2u.len = c->c2u.cap = 0;
+        loop_io_del(w->loop, &c->cli.io);
+        log_debug("proxy", c->id, "%s session for %s", e->name, route_service_name(&c->route));
+        conn_detach(c);
+        e->start(w, &h);
+}
 
 static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client)
 {
@@ -159,24 +265,9 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
          * iptables commands) can hold the socket open for a moment, and a
          * closed but still open file keeps delivering events. */
         tls_conn_free(c->cli.tls);
-        tls_conn_free(c->up.tls);
-        c->cli.tls = c->up.tls = NULL;
+        c->cli.tls = NULL;
         loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
-        if (c->up.io.fd >= 0) {
-                loop_io_del(loop, &c->up.io);
-                close(c->up.io.fd);
-        }
-        half_give_buf(w, &c->c2u);
-        half_give_buf(w, &c->u2c);
-        c->closed = true;
-
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                w->conns = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
 
         stat_sub(&w->stats, c->dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
         stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
@@ -196,9 +287,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
                          (unsigned long long)(loop_now_ms(loop) - c->created_ms),
                          conn_reason_name(reason));
         }
-        route_release(&c->route);
-        /* An event for the other socket may still be pending in this batch. */
-        loop_defer_free(loop, c);
+        conn_detach(c);
 }
 
 /* ---- sniffing ------------------------------------------------------------------ */
@@ -281,26 +370,12 @@ static void sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port)
 /* recv/send on a side, through TLS when it has it; -1 with errno on failure. */
 static ssize_t side_recv(struct side *s, void *buf, size_t len)
 {
-        if (!s->tls)
-                return recv(s->io.fd, buf, len, 0);
-        ssize_t n = tls_conn_read(s->tls, buf, len);
-        if (n < 0) {
-                errno = (int)-n;
-                return -1;
-        }
-        return n;
+        return upstream_io_recv(s->io.fd, s->tls, buf, len);
 }
 
 static ssize_t side_send(struct side *s, const void *buf, size_t len)
 {
-        if (!s->tls)
-                return send(s->io.fd, buf, len, MSG_NOSIGNAL);
-        ssize_t n = tls_conn_write(s->tls, buf, len);
-        if (n < 0) {
-                errno = (int)-n;
-                return -1;
-        }
-        return n;
+        return upstream_io_send(s->io.fd, s->tls, buf, len);
 }
 
 /* Runs a side's TLS handshake. 0 done, 1 waiting for the socket, -1 failed
@@ -404,13 +479,7 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
         return 0;
 }
 
-static struct tls_snapshot *worker_tls(struct worker *w)
-{
-        if (!w->proxy->tls_slot)
-                return NULL;
-        struct snapshot *s = snapshot_reader_get(&w->tls_reader, w->proxy->tls_slot);
-        return s ? tls_snapshot_get(s) : NULL;
-}
+#define worker_tls upstream_worker_tls
 
 /* Inbound with mTLS on, once the client's first bytes are known: terminate
  * mesh TLS (a port-<N> SNI name; in strict mode any TLS), refuse plaintext
@@ -509,6 +578,16 @@ static void conn_drive(struct conn *c)
                 int r = sniff_step(c);
                 if (r >= 0) {
                         conn_free(c, (enum conn_reason)r, false);
+                        return;
+                }
+        }
+        if (c->sniffed && c->dir == DIR_OUTBOUND && (c->route.table || c->no_endpoint)) {
+                if (engines[c->proto]) {
+                        conn_handoff(c, engines[c->proto]);
+                        return;
+                }
+                if (c->no_endpoint) {
+                        conn_free(c, REASON_NO_ENDPOINT, true);
                         return;
                 }
         }
@@ -719,31 +798,20 @@ static void conn_connect(struct conn *c)
 {
         struct worker *w = c->w;
         const struct shunt_config *cfg = worker_cfg(w);
-        int one = 1;
         c->connect_attempts++;
-        int ufd =
-            socket(c->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+        c->up.readable = c->up.writable = c->up.rdhup = false;
+        const char *what = "";
+        int ufd = upstream_socket(&c->upstream, cfg->proxy_mark, &what);
+        if (ufd < 0 && strcmp(what, "connect") == 0) {
+                connect_failed(c, REASON_CONNECT_REFUSED, strerror(-ufd));
+                return;
+        }
         if (ufd < 0) {
-                log_error("proxy", c->id, "upstream socket: %s", strerror(errno));
+                log_error("proxy", c->id, "upstream %s: %s", what, strerror(-ufd));
                 conn_free(c, REASON_SOCKET, false);
                 return;
         }
         c->up.io.fd = ufd;
-        c->up.readable = c->up.writable = c->up.rdhup = false;
-        setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        /* The mark keeps our own connection out of the capture rules. */
-        uint32_t mark = cfg->proxy_mark;
-        if (setsockopt(ufd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
-                log_error("proxy", c->id, "SO_MARK 0x%x: %s (needs CAP_NET_ADMIN)", mark,
-                          strerror(errno));
-                conn_free(c, REASON_SOCKET, false);
-                return;
-        }
-        if (connect(ufd, (struct sockaddr *)&c->upstream, sockaddr_len(&c->upstream)) < 0 &&
-            errno != EINPROGRESS) {
-                connect_failed(c, REASON_CONNECT_REFUSED, strerror(errno));
-                return;
-        }
         if (loop_io_add(w->loop, &c->up.io, RELAY_EVENTS) < 0) {
                 log_error("proxy", c->id, "epoll_ctl on the upstream socket: %s", strerror(errno));
                 conn_free(c, REASON_SOCKET, false);
@@ -781,6 +849,26 @@ static void connect_failed(struct conn *c, enum conn_reason reason, const char *
         stat_add(&c->w->stats, ST_CONNECT_RETRIES, 1);
         /* Jittered backoff (retries.backoff_base..backoff_max); on_timer connects. */
         loop_timer_arm(c->w->loop, &c->timer, backoff_ms);
+}
+
+/* An outbound connection to a service port declared with a protocol an
+ * engine takes: counted as a routed connection, then handed over. */
+static void start_session(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                          const struct sockaddr_storage *dst, enum proto proto)
+{
+        struct proxy *p = w->proxy;
+        stat_add(&w->stats, ST_ROUTE_SERVICE, 1);
+        stat_add(&w->stats, ST_PROTO_FIRST + proto, 1);
+        stat_add(&w->stats, ST_ACTIVE_OUT, 1);
+        struct handoff h = {
+            .id = atomic_fetch_add_explicit(&p->next_conn_id, 1, memory_order_relaxed) + 1,
+            .fd = fd,
+            .proto = proto,
+            .client_addr = *peer,
+            .orig_dst = *dst,
+            .created_ms = loop_now_ms(w->loop),
+        };
+        engines[proto]->start(w, &h);
 }
 
 void relay_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr_storage *peer)
@@ -844,8 +932,24 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
 
         struct route_use route = {.declared = PROTO_UNKNOWN};
         struct sockaddr_storage upstream = dst;
+        bool no_endpoint = false;
         if (l->dir == DIR_OUTBOUND) {
+                /* A service port declared with a protocol an engine proxies
+                 * per request: hand over at once, nothing to pick now. */
+                struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+                    &w->route_reader, &p->route_slot);
+                enum proto declared;
+                if (route_lookup(t, &dst, &declared, NULL, NULL) != ROUTE_PASSTHROUGH &&
+                    engines[declared]) {
+                        start_session(w, fd, peer, &dst, declared);
+                        return;
+                }
                 enum conn_reason why = route_outbound(w, cfg, &dst, peer, &upstream, &route);
+                if (why == REASON_NO_ENDPOINT && declared == PROTO_UNKNOWN) {
+                        /* Sniff first: an HTTP client gets a 503, not a reset. */
+                        no_endpoint = true;
+                        why = REASON__COUNT;
+                }
                 if (why != REASON__COUNT) {
                         atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
                         log_warn("proxy", 0, "outbound connection from %s to %s refused: %s",
@@ -876,6 +980,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         c->orig_dst = dst;
         c->upstream = upstream;
         c->route = route;
+        c->no_endpoint = no_endpoint;
         if (l->dir == DIR_INBOUND) {
                 c->peek = p->tls_slot && cfg->mtls_mode != MTLS_DISABLED;
                 c->to_listener = c->peek && is_own_listener(w, &dst);
@@ -908,7 +1013,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         log_debug("proxy", c->id, "%s %s -> %s via %s", dir_name(c->dir),
                   sockaddr_format(peer, pbuf, sizeof(pbuf)),
                   sockaddr_format(&dst, dbuf, sizeof(dbuf)), route_service_name(&c->route));
-        if (!c->to_listener)
+        if (!c->to_listener && !c->no_endpoint)
                 conn_connect(c);
 }
 
@@ -916,6 +1021,8 @@ void relay_close_all(struct worker *w, enum conn_reason reason)
 {
         while (w->conns)
                 conn_free(w->conns, reason, false);
+        engines_close_all(w, reason);
+        upstream_pool_free(w);
 }
 
 void relay_render(struct worker *w, struct strbuf *out, bool *first)
@@ -950,4 +1057,7 @@ void relay_render(struct worker *w, struct strbuf *out, bool *first)
                 strbuf_append_json_string(out, c->sni);
                 strbuf_append(out, "}");
         }
+        for (int i = 0; i < PROTO__COUNT; i++)
+                if (engine_at(i))
+                        engines[i]->render(w, out, first);
 }

@@ -268,6 +268,26 @@ static enum route_result pick_new(struct route_table *t, struct route_workers **
         return ROUTE_ENDPOINT;
 }
 
+enum route_result route_lookup(struct route_table *t, const struct sockaddr_storage *dst,
+                               enum proto *declared, const char **hash_key, const char **name)
+{
+        *declared = PROTO_UNKNOWN;
+        if (!t)
+                return ROUTE_PASSTHROUGH;
+        uint32_t port_idx;
+        const struct disc_service *svc = disc_find_vip_sa(t->disc, dst, &port_idx);
+        if (!svc)
+                return ROUTE_PASSTHROUGH;
+        uint32_t s = (uint32_t)(svc - disc_snapshot_service(t->disc, 0));
+        const struct route_entry *e = &t->entries[t->first_entry[s] + port_idx];
+        *declared = svc->ports[port_idx].proto;
+        if (hash_key)
+                *hash_key = svc->hash_key ? svc->hash_key : "";
+        if (name)
+                *name = e->key;
+        return e->lb ? ROUTE_ENDPOINT : ROUTE_NO_ENDPOINT;
+}
+
 enum route_result route_pick(struct route_table *t, struct route_workers **rw, uint64_t seed,
                              const struct sockaddr_storage *dst,
                              const struct sockaddr_storage *client,

@@ -81,6 +81,13 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
                                      const struct sockaddr_storage *client,
                                      const uint64_t *key_hash, struct sockaddr_storage *upstream,
                                      struct route_use *use);
+/* What dst is, without picking: ROUTE_PASSTHROUGH (no service),
+ * ROUTE_ENDPOINT (a service port with endpoints) or ROUTE_NO_ENDPOINT.
+ * *declared gets the port's declared protocol (PROTO_UNKNOWN if none),
+ * *hash_key (when not NULL) the service's load_balancing.hash_key ("" when
+ * not set) and *name (when not NULL) "ns/name:port". */
+enum route_result route_lookup(struct route_table *t, const struct sockaddr_storage *dst,
+                               enum proto *declared, const char **hash_key, const char **name);
 /* The hash key of the service at dst as the registry gives it ("" when
  * none: load_balancing.hash_key applies), or NULL when dst is no service. */
 const char *route_hash_key(struct route_table *t, const struct sockaddr_storage *dst);

@@ -1,0 +1,1292 @@
+/* HTTP/1.1 request-level proxying on the outbound side.
+ *
+ * The relay hands over an outbound connection to a known service once its
+ * protocol is HTTP/1.x (declared for the port or sniffed). From then on the
+ * session reads one request head at a time (http1.h, strict framing),
+ * picks an endpoint for that request (route_pick_request, with the request's
+ * hash key), takes an upstream connection from the worker's pool or opens
+ * one (upstream.h), forwards the rewritten head and streams the body with
+ * its framing unchanged, then streams the response back the same way. Only
+ * one request is in flight per client connection; pipelined requests wait
+ * in the input buffer.
+ *
+ * Memory per session is bounded: two buffers of buffer_size (client input,
+ * upstream input), taken from the worker's cache while a request is in
+ * flight, plus the two rewritten heads. A full buffer stops reading its
+ * source (backpressure both ways); idle keep-alive sessions hold no buffer.
+ *
+ * Errors shuntd answers itself (each with X-Shunt-Reason, Connection: close):
+ * 400/414/431/501/505 for requests the parser refuses, 503 with Retry-After
+ * when no endpoint can serve or none could be connected, 504 when no
+ * response head arrived within timeouts.request, 502 when the upstream
+ * failed or sent garbage before the response started. After response bytes
+ * went to the client a failure can only reset the client connection. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/sockaddr.h"
+#include "lb/lb.h"
+#include "proxy/http1.h"
+#include "proxy/proxy-t.h"
+#include "proxy/upstream.h"
+
+#define H1_EVENTS      (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+#define LINGER_MS      1000 /* reading what a client still sends after an error reply */
+#define BACKOFF_MS     25   /* first retry backoff; doubles, +-50 % jitter */
+#define RETRY_AFTER_S  1    /* Retry-After of a 503 */
+#define SERVICE_MAX    160
+#define LOG_TARGET_MAX 128
+
+/* One direction of an exchange: a rewritten head to send first, then the
+ * raw bytes of the source in buf. [off, cls) are bytes of the current
+ * message that may be sent; [cls, len) are not classified yet (or belong
+ * to the next message). */
+struct flow {
+        uint8_t *buf;
+        uint32_t cap, len, off, cls;
+        struct strbuf head;
+        size_t head_off;
+        bool eof; /* the source sent FIN */
+        enum http1_body kind;
+        uint64_t left; /* HTTP1_BODY_LENGTH: body bytes not classified yet */
+        struct http1_chunked ch;
+        bool body_done;
+        uint64_t bytes; /* sent to the destination, this session */
+};
+
+enum h1_state {
+        S_HEAD,     /* reading a request head (idle between requests) */
+        S_EXCHANGE, /* a request is in flight */
+        S_BACKOFF,  /* waiting to retry the request */
+        S_CLOSING,  /* sending a last response, then closing */
+};
+
+struct h1s {
+        struct worker *w;
+        struct h1s *prev, *next;
+        uint64_t id;
+        struct loop_io io;
+        bool readable, writable, rdhup;
+        bool closed;
+        bool shut_wr;
+        enum h1_state state;
+        struct sockaddr_storage client_addr, orig_dst, upstream_addr;
+        char service[SERVICE_MAX];
+        struct flow req, resp;
+        struct http1_msg *msg; /* the head being parsed, while one is */
+        struct upstream *up;
+        struct route_use route;
+        struct loop_timer timer;     /* idle, backoff, linger */
+        struct loop_timer req_timer; /* timeouts.request until the response head */
+        uint64_t created_ms, last_active_ms, req_start_ms;
+        uint64_t requests;
+        /* the request in flight */
+        enum http1_method method;
+        char method_s[16];
+        char target[LOG_TARGET_MAX];
+        char request_id[40];
+        bool keep_alive;   /* the client may send another request */
+        bool http10;       /* an HTTP/1.0 client */
+        bool idempotent;   /* may be re-sent after an upstream failure */
+        bool body_dropped; /* body bytes left the buffer: cannot be re-sent */
+        bool have_key;
+        uint64_t key_hash;
+        uint32_t body_start; /* the request body in req.buf, for a re-send */
+        uint32_t attempts;   /* upstream attempts made for this request */
+        bool fresh;          /* the next attempt must not reuse a pooled connection */
+        bool committed;      /* response bytes for this request went out */
+        bool reported;       /* the attempt's outcome went to route_request_done */
+        bool stale_retried;  /* re-sent once after a pooled connection broke */
+        bool resp_head_done;
+        bool resp_close; /* close the client after this response */
+        bool upstream_keep_alive;
+        int status;
+        uint32_t local_status; /* shuntd answered itself */
+};
+
+struct h1_worker {
+        struct h1s *sessions;
+};
+
+static void drive(struct h1s *s);
+
+/* ---- bookkeeping -------------------------------------------------------------------- */
+
+static void flow_give(struct worker *w, struct flow *f)
+{
+        worker_buf_give(w, f->buf, f->cap);
+        f->buf = NULL;
+        f->cap = f->len = f->off = f->cls = 0;
+}
+
+static int flow_take(struct worker *w, struct flow *f)
+{
+        if (f->buf)
+                return 0;
+        f->buf = worker_buf_take(w, &f->cap);
+        f->len = f->off = f->cls = 0;
+        return f->buf ? 0 : -ENOMEM;
+}
+
+static void flow_set_body(struct flow *f, const struct http1_msg *m)
+{
+        f->kind = m->body;
+        f->left = m->content_length;
+        f->body_done = false;
+        if (f->kind == HTTP1_BODY_CHUNKED)
+                http1_chunked_init(&f->ch, NULL);
+}
+
+/* Marks the body bytes in [cls, len) as part of the message. -EPROTO on a
+ * malformed chunked body. */
+static int flow_classify(struct flow *f)
+{
+        while (!f->body_done) {
+                uint32_t avail = f->len - f->cls;
+                switch (f->kind) {
+                case HTTP1_BODY_NONE:
+                        f->body_done = true;
+                        break;
+                case HTTP1_BODY_LENGTH: {
+                        uint64_t take = avail < f->left ? avail : f->left;
+                        f->cls += (uint32_t)take;
+                        f->left -= take;
+                        if (f->left == 0)
+                                f->body_done = true;
+                        return 0;
+                }
+                case HTTP1_BODY_CHUNKED: {
+                        if (avail == 0)
+                                return 0;
+                        size_t doff, dlen;
+                        ssize_t n = http1_chunked_feed(&f->ch, (const char *)f->buf + f->cls, avail,
+                                                       &doff, &dlen);
+                        if (n < 0)
+                                return -EPROTO;
+                        f->cls += (uint32_t)n;
+                        if (http1_chunked_done(&f->ch))
+                                f->body_done = true;
+                        else if (n == 0)
+                                return 0;
+                        break;
+                }
+                case HTTP1_BODY_UNTIL_CLOSE:
+                        f->cls = f->len;
+                        if (f->eof)
+                                f->body_done = true;
+                        return 0;
+                }
+        }
+        return 0;
+}
+
+static const char *state_name(const struct h1s *s)
+{
+        switch (s->state) {
+        case S_HEAD:
+                return s->req.len > s->req.off ? "reading_request" : "idle";
+        case S_EXCHANGE:
+                return s->resp_head_done ? "streaming_response" : "awaiting_response";
+        case S_BACKOFF:
+                return "retry_backoff";
+        case S_CLOSING:
+                return "closing";
+        }
+        return "unknown";
+}
+
+static void count_status(struct h1s *s, int status)
+{
+        if (status >= 100 && status <= 599)
+                stat_add(&s->w->stats, ST_HTTP_STATUS_FIRST + status / 100 - 1, 1);
+}
+
+static void access_log(struct h1s *s, const char *end)
+{
+        if (!log_enabled(LOG_INFO))
+                return;
+        char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN], ubuf[SOCKADDR_STRLEN];
+        log_emit(LOG_INFO, "access", s->id,
+                 "outbound http1 %s -> %s service=%s upstream=%s method=%s target=%s status=%d "
+                 "request_id=%s attempts=%u duration_ms=%llu end=%s",
+                 sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)),
+                 sockaddr_format(&s->orig_dst, obuf, sizeof(obuf)), s->service,
+                 s->upstream_addr.ss_family ? sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf))
+                                            : "-",
+                 s->method_s, s->target, s->status, s->request_id, s->attempts,
+                 (unsigned long long)(loop_now_ms(s->w->loop) - s->req_start_ms), end);
+}
+
+static void up_drop(struct h1s *s, bool reusable)
+{
+        if (s->up) {
+                upstream_put(s->up, reusable);
+                s->up = NULL;
+        }
+}
+
+static void report(struct h1s *s, enum route_outcome o);
+
+/* The request is over: the attempt's outcome unless already reported
+ * (o), the connection back or closed, the route's hold released. */
+static void release_upstream(struct h1s *s, bool reusable, enum route_outcome o)
+{
+        up_drop(s, reusable);
+        report(s, o);
+        route_release(&s->route);
+}
+
+static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
+{
+        struct worker *w = s->w;
+        if (s->closed)
+                return;
+        if (s->state == S_EXCHANGE || s->state == S_BACKOFF) {
+                stat_add(&w->stats, ST_HTTP_ABORTED, 1);
+                access_log(s, conn_reason_name(reason));
+        }
+        release_upstream(s, false, ROUTE_CANCELLED);
+        loop_timer_cancel(w->loop, &s->timer);
+        loop_timer_cancel(w->loop, &s->req_timer);
+        if (reset) {
+                struct linger lg = {.l_onoff = 1, .l_linger = 0};
+                setsockopt(s->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        loop_io_del(w->loop, &s->io);
+        close(s->io.fd);
+        flow_give(w, &s->req);
+        flow_give(w, &s->resp);
+        strbuf_free(&s->req.head);
+        strbuf_free(&s->resp.head);
+        free(s->msg);
+        s->msg = NULL;
+        s->closed = true;
+        if (s->prev)
+                s->prev->next = s->next;
+        else
+                w->h1->sessions = s->next;
+        if (s->next)
+                s->next->prev = s->prev;
+        if (log_enabled(LOG_DEBUG)) {
+                char cbuf[SOCKADDR_STRLEN];
+                log_debug("http1", s->id, "session from %s ended: %s, %llu requests",
+                          sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)),
+                          conn_reason_name(reason), (unsigned long long)s->requests);
+        }
+        session_end(w, reason);
+        loop_defer_free(w->loop, s);
+}
+
+static struct http1_msg *msg_get(struct h1s *s)
+{
+        if (!s->msg) {
+                s->msg = malloc(sizeof(*s->msg));
+                if (s->msg)
+                        http1_msg_reset(s->msg);
+        }
+        return s->msg;
+}
+
+static void msg_done(struct h1s *s)
+{
+        free(s->msg);
+        s->msg = NULL;
+}
+
+static void arm_idle(struct h1s *s)
+{
+        loop_timer_arm(s->w->loop, &s->timer, worker_cfg(s->w)->idle_timeout_ms);
+}
+
+/* ---- answers shuntd makes itself -------------------------------------------------------- */
+
+static enum http_local local_slot(int status)
+{
+        switch (status) {
+        case 400:
+                return HTTP_LOCAL_400;
+        case 431:
+                return HTTP_LOCAL_431;
+        case 502:
+                return HTTP_LOCAL_502;
+        case 503:
+                return HTTP_LOCAL_503;
+        case 504:
+                return HTTP_LOCAL_504;
+        default:
+                return HTTP_LOCAL_OTHER;
+        }
+}
+
+/* Ends the request with a response of our own and closes the client after
+ * it. When response bytes already went out, the client can only be reset.
+ * Returns -1: the caller stops driving (the session may be gone). */
+static int local_reply(struct h1s *s, int status, const char *reason, unsigned retry_after)
+{
+        struct worker *w = s->w;
+        bool in_request = s->state != S_HEAD;
+        release_upstream(s, false, ROUTE_CANCELLED);
+        loop_timer_cancel(w->loop, &s->req_timer);
+        stat_add(&w->stats, ST_HTTP_LOCAL_FIRST + local_slot(status), 1);
+        log_warn("http1", s->id, "%s %s service=%s: %d %s", s->method_s[0] ? s->method_s : "-",
+                 s->target[0] ? s->target : "-", s->service, status, reason);
+        if (s->committed) {
+                s->status = status;
+                session_free(s, REASON_UPSTREAM_RESET, true);
+                return -1;
+        }
+        s->status = status;
+        s->local_status = (uint32_t)status;
+        count_status(s, status);
+        if (in_request)
+                access_log(s, "local");
+        strbuf_reset(&s->resp.head);
+        s->resp.head_off = 0;
+        s->resp.off = s->resp.len = s->resp.cls = 0;
+        s->resp.kind = HTTP1_BODY_NONE;
+        s->resp.body_done = true;
+        if (http1_write_error_response(&s->resp.head, status, reason, retry_after) < 0) {
+                session_free(s, REASON_NO_MEMORY, true);
+                return -1;
+        }
+        s->committed = true;
+        s->state = S_CLOSING;
+        loop_timer_arm(w->loop, &s->timer, worker_cfg(w)->idle_timeout_ms);
+        drive(s);
+        return -1;
+}
+
+/* ---- sockets ------------------------------------------------------------------------- */
+
+/* Reads the client into req.buf while there is room. 0, or -1 when the
+ * session ended. */
+static int client_read(struct h1s *s, bool *progress)
+{
+        struct flow *f = &s->req;
+        while (s->readable && !f->eof) {
+                if (flow_take(s->w, f) < 0) {
+                        session_free(s, REASON_NO_MEMORY, true);
+                        return -1;
+                }
+                if (s->state == S_CLOSING)
+                        f->len = f->off = f->cls = 0; /* draining: what comes is dropped */
+                if (f->len == f->cap && f->off > 0) {
+                        /* Make room. Sent body bytes leave the buffer: no
+                         * re-send of this request any more. */
+                        if (s->state != S_HEAD && f->off > s->body_start)
+                                s->body_dropped = true;
+                        memmove(f->buf, f->buf + f->off, f->len - f->off);
+                        f->len -= f->off;
+                        f->cls -= f->off;
+                        s->body_start = s->body_start > f->off ? s->body_start - f->off : 0;
+                        f->off = 0;
+                }
+                if (f->len == f->cap)
+                        return 0; /* full: the client waits (backpressure) */
+                ssize_t n = recv(s->io.fd, f->buf + f->len, f->cap - f->len, 0);
+                if (n > 0) {
+                        if ((uint32_t)n < f->cap - f->len && !s->rdhup)
+                                s->readable = false;
+                        f->len += (uint32_t)n;
+                        *progress = true;
+                        s->last_active_ms = loop_now_ms(s->w->loop);
+                } else if (n == 0) {
+                        f->eof = true;
+                        *progress = true;
+                } else if (errno == EAGAIN) {
+                        s->readable = false;
+                } else if (errno != EINTR) {
+                        session_free(s, REASON_CLIENT_RESET, false);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+/* Sends f's head then f's sendable bytes to the client. 0 or -1 (ended). */
+static int client_write(struct h1s *s, bool *progress)
+{
+        struct flow *f = &s->resp;
+        while (s->writable) {
+                const void *p;
+                size_t n;
+                bool head = f->head_off < f->head.len;
+                if (head) {
+                        p = f->head.data + f->head_off;
+                        n = f->head.len - f->head_off;
+                } else if (s->resp_head_done && f->cls > f->off) {
+                        p = f->buf + f->off;
+                        n = f->cls - f->off;
+                } else {
+                        return 0;
+                }
+                ssize_t k = send(s->io.fd, p, n, MSG_NOSIGNAL);
+                if (k > 0) {
+                        *progress = true;
+                        s->last_active_ms = loop_now_ms(s->w->loop);
+                        f->bytes += (uint64_t)k;
+                        stat_add(&s->w->stats, ST_BYTES_DOWNSTREAM, (uint64_t)k);
+                        if (head) {
+                                f->head_off += (size_t)k;
+                                if (f->head_off == f->head.len) {
+                                        strbuf_reset(&f->head);
+                                        f->head_off = 0;
+                                }
+                        } else {
+                                f->off += (uint32_t)k;
+                                if (f->off == f->len) /* all of it out: start over */
+                                        f->off = f->len = f->cls = 0;
+                        }
+                        if ((size_t)k < n)
+                                s->writable = false;
+                } else if (errno == EAGAIN) {
+                        s->writable = false;
+                } else if (errno != EINTR) {
+                        session_free(s, REASON_CLIENT_RESET, false);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+/* ---- upstream attempts ------------------------------------------------------------------ */
+
+static void on_upstream(struct upstream *u, enum upstream_event ev, void *owner);
+static int attempt(struct h1s *s);
+static int connect_upstream(struct h1s *s);
+
+static bool all_sent(const struct h1s *s)
+{
+        return s->req.head_off == s->req.head.len && s->req.body_done && s->req.off == s->req.cls;
+}
+
+/* Reports how the current attempt ended (once per attempt) to the
+ * breaker, outlier detection and passive health. */
+static void report(struct h1s *s, enum route_outcome o)
+{
+        if (s->reported || !s->route.table)
+                return;
+        s->reported = true;
+        route_request_done(&s->route, &s->upstream_addr, o);
+}
+
+/* Waits the retry's backoff; on_timer then moves the request to another
+ * endpoint (route_retry_pick) and connects. */
+static int retry_later(struct h1s *s, uint32_t backoff_ms)
+{
+        s->req.head_off = 0;
+        s->req.off = s->body_start;
+        s->state = S_BACKOFF;
+        loop_timer_arm(s->w->loop, &s->timer, backoff_ms);
+        return -1;
+}
+
+/* The upstream failed before any response byte. Re-sends the request when
+ * that is safe (and the retry budget agrees), else 502. Returns -1 when the
+ * caller must stop. */
+static int upstream_broke(struct h1s *s, const char *what)
+{
+        struct worker *w = s->w;
+        bool reused = s->up && s->up->reused;
+        bool replayable = !s->body_dropped;
+        char ubuf[SOCKADDR_STRLEN];
+        sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf));
+        up_drop(s, false);
+        if (reused && !s->stale_retried && replayable && s->idempotent) {
+                /* A pooled connection the server closed under us: not the
+                 * endpoint's fault. Once, at once, on a fresh connection. */
+                report(s, ROUTE_CANCELLED);
+                s->stale_retried = true;
+                s->fresh = true;
+                stat_add(&w->stats, ST_HTTP_RETRIES, 1);
+                s->req.head_off = 0;
+                s->req.off = s->body_start;
+                log_debug("http1", s->id, "pooled connection to %s %s: re-sending on a fresh one",
+                          ubuf, what);
+                return connect_upstream(s);
+        }
+        report(s, ROUTE_RESET);
+        uint32_t backoff_ms;
+        if (replayable && s->route.table &&
+            route_retry_allowed(&s->route, ROUTE_RESET, 0, s->idempotent, &backoff_ms)) {
+                stat_add(&w->stats, ST_HTTP_RETRIES, 1);
+                log_debug("http1", s->id, "upstream %s %s before responding: re-sending %s", ubuf,
+                          what, s->method_s);
+                return retry_later(s, backoff_ms);
+        }
+        char reason[160];
+        snprintf(reason, sizeof(reason), "upstream %s %s before responding", ubuf, what);
+        return local_reply(s, 502, reason, 0);
+}
+
+/* A connect (or TLS handshake) to the picked endpoint failed: retried on
+ * another endpoint while the retry policy and budget allow, then 503. */
+static int connect_failed(struct h1s *s, const char *what)
+{
+        struct worker *w = s->w;
+        char ubuf[SOCKADDR_STRLEN];
+        sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf));
+        log_warn("http1", s->id, "connect to %s (service %s) failed: %s", ubuf, s->service, what);
+        up_drop(s, false);
+        report(s, ROUTE_CONNECT_FAILURE);
+        route_limit_release(&s->route, LB_LIMIT_PENDING);
+        uint32_t backoff_ms;
+        if (s->route.table &&
+            route_retry_allowed(&s->route, ROUTE_CONNECT_FAILURE, 0, s->idempotent, &backoff_ms)) {
+                stat_add(&w->stats, ST_CONNECT_RETRIES, 1);
+                return retry_later(s, backoff_ms);
+        }
+        char reason[320];
+        snprintf(reason, sizeof(reason), "no endpoint of %s could be reached (last %s: %s)",
+                 s->service, ubuf, what);
+        return local_reply(s, 503, reason, RETRY_AFTER_S);
+}
+
+static const char *upstream_identity(struct h1s *s)
+{
+        struct worker *w = s->w;
+        if (!w->proxy->tls_slot || !s->route.table)
+                return "";
+        const char *id = route_identity(&s->route);
+        if (!id[0])
+                return "";
+        enum disc_mtls m = route_mtls(&s->route);
+        bool on = m == DISC_MTLS_DEFAULT ? worker_cfg(w)->mtls_mode != MTLS_DISABLED
+                                         : m != DISC_MTLS_DISABLED;
+        return on ? id : "";
+}
+
+/* Gets a connection to s->upstream_addr: pooled (ready at once) or new.
+ * Returns -1 when the caller must stop. */
+static int connect_upstream(struct h1s *s)
+{
+        struct worker *w = s->w;
+        s->state = S_EXCHANGE;
+        s->attempts++;
+        s->reported = false;
+        int err = 0;
+        const char *what = "";
+        struct upstream *u = upstream_get(w, &s->upstream_addr, upstream_identity(s), s->fresh,
+                                          s->id, on_upstream, s, &err, &what);
+        s->fresh = false;
+        if (!u) {
+                char detail[96];
+                snprintf(detail, sizeof(detail), "%s: %s", what, strerror(-err));
+                if (err == -ENOMEM || strcmp(what, "connect") != 0) {
+                        char reason[160];
+                        snprintf(reason, sizeof(reason), "cannot open an upstream connection (%s)",
+                                 detail);
+                        return local_reply(s, 503, reason, RETRY_AFTER_S);
+                }
+                return connect_failed(s, detail);
+        }
+        s->up = u;
+        u->requests++;
+        if (u->state != UPSTREAM_OPEN && s->route.table &&
+            route_limit_acquire(&s->route, LB_LIMIT_PENDING) < 0) {
+                up_drop(s, false);
+                return local_reply(s, 503, "service at limits.max_pending_requests", RETRY_AFTER_S);
+        }
+        return 0;
+}
+
+/* The first attempt of a request: pick an endpoint, take a request slot of
+ * the service's limits, connect. Returns -1 when the caller must stop. */
+static int attempt(struct h1s *s)
+{
+        struct worker *w = s->w;
+        const struct shunt_config *cfg = worker_cfg(w);
+        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+            &w->route_reader, &w->proxy->route_slot);
+        enum route_result rr = route_pick_request(
+            t, &w->route_workers, (uint64_t)w->index, &s->orig_dst, &s->client_addr,
+            s->have_key ? &s->key_hash : NULL, &s->upstream_addr, &s->route);
+        if (rr == ROUTE_NO_ENDPOINT) {
+                char reason[320];
+                snprintf(reason, sizeof(reason), "no healthy endpoint for %s", s->service);
+                return local_reply(s, 503, reason, RETRY_AFTER_S);
+        }
+        if (rr == ROUTE_PASSTHROUGH) {
+                /* The service left the registry while this client stayed. */
+                if (cfg->outbound_policy == OUTBOUND_REGISTRY_ONLY)
+                        return local_reply(s, 503, "not a known service any more", RETRY_AFTER_S);
+                s->upstream_addr = s->orig_dst;
+        } else if (route_limit_acquire(&s->route, LB_LIMIT_REQUESTS) < 0) {
+                return local_reply(s, 503, "service at limits.max_requests", RETRY_AFTER_S);
+        }
+        return connect_upstream(s);
+}
+
+/* The backoff of a retry is over: another endpoint, then connect. */
+static int retry_now(struct h1s *s)
+{
+        if (route_retry_pick(&s->route, &s->w->route_workers, (uint64_t)s->w->index,
+                             &s->client_addr, s->have_key ? &s->key_hash : NULL,
+                             &s->upstream_addr) != ROUTE_ENDPOINT) {
+                char reason[320];
+                snprintf(reason, sizeof(reason), "no healthy endpoint left for %s", s->service);
+                return local_reply(s, 503, reason, RETRY_AFTER_S);
+        }
+        return connect_upstream(s);
+}
+
+static void on_upstream(struct upstream *u, enum upstream_event ev, void *owner)
+{
+        struct h1s *s = owner;
+        if (s->closed || s->up != u)
+                return;
+        if (ev == UPSTREAM_FAILED) {
+                if (connect_failed(s, u->fail_what) < 0 || s->closed)
+                        return;
+        } else if (ev == UPSTREAM_READY) {
+                route_limit_release(&s->route, LB_LIMIT_PENDING);
+        }
+        drive(s);
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+static bool method_idempotent(enum http1_method m)
+{
+        return m == HTTP1_M_GET || m == HTTP1_M_HEAD || m == HTTP1_M_OPTIONS || m == HTTP1_M_PUT ||
+               m == HTTP1_M_DELETE || m == HTTP1_M_TRACE;
+}
+
+/* The request's hash key by the service's (else the daemon's)
+ * load_balancing.hash_key: "Header-Name" or "header:Name", "cookie:name",
+ * or "source_ip" (no key: the source address is hashed). */
+static bool request_key(const struct http1_msg *m, const char *setting, uint64_t *h)
+{
+        struct http1_slice v;
+        if (strcasecmp(setting, "source_ip") == 0)
+                return false;
+        if (strncasecmp(setting, "cookie:", 7) == 0) {
+                if (http1_cookie_get(m, setting + 7, &v) < 0 || v.n == 0)
+                        return false;
+        } else {
+                const char *name = strncasecmp(setting, "header:", 7) == 0 ? setting + 7 : setting;
+                if (http1_header_get(m, name, &v) < 0 || v.n == 0)
+                        return false;
+        }
+        *h = lb_hash_header_value(v.p, v.n);
+        return true;
+}
+
+static void new_request_id(struct h1s *s)
+{
+        uint64_t a = worker_random(s->w), b = worker_random(s->w);
+        /* RFC 9562 version 4 layout. */
+        snprintf(s->request_id, sizeof(s->request_id), "%08x-%04x-4%03x-%04x-%012llx",
+                 (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff, (unsigned)a & 0xfff,
+                 (unsigned)((b >> 48) & 0x3fff) | 0x8000,
+                 (unsigned long long)(b & 0xffffffffffffull));
+}
+
+static void copy_slice(char *dst, size_t cap, struct http1_slice v)
+{
+        size_t n = v.n < cap - 1 ? v.n : cap - 1;
+        for (size_t i = 0; i < n; i++)
+                dst[i] = (v.p[i] > 0x20 && v.p[i] < 0x7f) ? v.p[i] : '?';
+        dst[n] = '\0';
+}
+
+/* A complete request head of head_len bytes at req.buf + req.off. */
+static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_len)
+{
+        struct worker *w = s->w;
+        const struct shunt_config *cfg = worker_cfg(w);
+        s->requests++;
+        s->req_start_ms = loop_now_ms(w->loop);
+        s->method = m->method;
+        copy_slice(s->method_s, sizeof(s->method_s), m->method_str);
+        copy_slice(s->target, sizeof(s->target), m->target);
+        s->keep_alive = m->keep_alive;
+        s->http10 = m->version_minor == 0;
+        s->idempotent = method_idempotent(m->method);
+        s->body_dropped = false;
+        s->attempts = 0;
+        s->fresh = false;
+        s->stale_retried = false;
+        s->reported = false;
+        s->committed = false;
+        s->resp_head_done = false;
+        s->resp_close = !m->keep_alive;
+        s->status = 0;
+        s->local_status = 0;
+        s->upstream_addr.ss_family = 0;
+        struct http1_slice rid;
+        if (http1_header_get(m, "X-Request-ID", &rid) == 0 && rid.n)
+                copy_slice(s->request_id, sizeof(s->request_id), rid);
+        else
+                new_request_id(s);
+
+        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+            &w->route_reader, &w->proxy->route_slot);
+        enum proto declared;
+        const char *hk = "", *name = NULL;
+        route_lookup(t, &s->orig_dst, &declared, &hk, &name);
+        if (name)
+                snprintf(s->service, sizeof(s->service), "%s", name);
+        s->have_key = request_key(m, hk[0] ? hk : cfg->lb_hash_key, &s->key_hash);
+
+        struct http1_forward fw = {
+            .request_id = http1_has_request_id(m) ? NULL : s->request_id,
+        };
+        strbuf_reset(&s->req.head);
+        s->req.head_off = 0;
+        if (http1_write_request_head(m, &fw, &s->req.head) < 0)
+                return local_reply(s, 400, "request head cannot be forwarded", 0);
+        if (m->upgrade)
+                log_debug("http1", s->id, "Upgrade is not proxied: forwarded without it");
+        s->req.off += (uint32_t)head_len;
+        s->req.cls = s->req.off;
+        s->body_start = s->req.off;
+        flow_set_body(&s->req, m);
+        /* The response flow starts empty for each request. */
+        strbuf_reset(&s->resp.head);
+        s->resp.head_off = 0;
+        s->resp.eof = false;
+        s->resp.body_done = false;
+        s->resp.kind = HTTP1_BODY_NONE;
+        if (flow_classify(&s->req) < 0)
+                return local_reply(s, 400, http1_error_str(s->req.ch.error), 0);
+        loop_timer_arm(w->loop, &s->req_timer, cfg->request_timeout_ms);
+        loop_timer_cancel(w->loop, &s->timer);
+        return attempt(s);
+}
+
+/* S_HEAD: parse what the client sent. */
+static int parse_request(struct h1s *s, bool *progress)
+{
+        struct flow *f = &s->req;
+        const struct shunt_config *cfg = worker_cfg(s->w);
+        if (f->len == f->off) {
+                if (f->eof) {
+                        session_free(s, REASON_DONE, false);
+                        return -1;
+                }
+                /* Idle between requests: hold no buffer. */
+                if (f->buf && !s->resp.buf) {
+                        flow_give(s->w, f);
+                }
+                return 0;
+        }
+        struct http1_msg *m = msg_get(s);
+        if (!m) {
+                session_free(s, REASON_NO_MEMORY, true);
+                return -1;
+        }
+        struct http1_limits lim;
+        http1_limits_default(&lim);
+        lim.max_head = cfg->http_max_header_bytes < f->cap ? cfg->http_max_header_bytes : f->cap;
+        if (lim.max_line > lim.max_head)
+                lim.max_line = lim.max_head;
+        lim.max_headers = cfg->http_max_headers;
+        int rc = http1_parse_request_head((const char *)f->buf + f->off, f->len - f->off, &lim, m);
+        if (rc < 0) {
+                int status = http1_error_status(m->error);
+                const char *why = http1_error_str(m->error);
+                msg_done(s);
+                return local_reply(s, status, why, 0);
+        }
+        if (rc == 0) {
+                if (f->off == 0 && f->len == f->cap) {
+                        msg_done(s);
+                        char why[96];
+                        snprintf(why, sizeof(why), "request head larger than %zu bytes",
+                                 lim.max_head);
+                        return local_reply(s, 431, why, 0);
+                }
+                if (f->eof) {
+                        msg_done(s);
+                        session_free(s, REASON_CLIENT_RESET, false);
+                        return -1;
+                }
+                return 0;
+        }
+        *progress = true;
+        int r = begin_request(s, m, (size_t)rc);
+        msg_done(s);
+        return r;
+}
+
+/* ---- responses ------------------------------------------------------------------------ */
+
+/* Reads the upstream into resp.buf while there is room and the response is
+ * not complete. 0, or -1 when the caller must stop. */
+static int upstream_read(struct h1s *s, bool *progress)
+{
+        struct flow *f = &s->resp;
+        struct upstream *u = s->up;
+        while (u->readable && !f->eof && !(s->resp_head_done && f->body_done)) {
+                if (flow_take(s->w, f) < 0) {
+                        session_free(s, REASON_NO_MEMORY, true);
+                        return -1;
+                }
+                if (f->len == f->cap && f->off > 0) {
+                        memmove(f->buf, f->buf + f->off, f->len - f->off);
+                        f->len -= f->off;
+                        f->cls -= f->off;
+                        f->off = 0;
+                }
+                if (f->len == f->cap)
+                        return 0; /* the client is slow: wait for it */
+                ssize_t n = upstream_recv(u, f->buf + f->len, f->cap - f->len);
+                if (n > 0) {
+                        if ((size_t)n < f->cap - f->len && !u->rdhup && !u->tls)
+                                u->readable = false;
+                        f->len += (uint32_t)n;
+                        *progress = true;
+                        s->last_active_ms = loop_now_ms(s->w->loop);
+                } else if (n == 0) {
+                        f->eof = true;
+                        *progress = true;
+                } else if (errno == EAGAIN) {
+                        u->readable = false;
+                } else if (errno != EINTR) {
+                        if (s->committed) {
+                                log_warn("http1", s->id, "upstream reset mid-response: %s",
+                                         strerror(errno));
+                                report(s, ROUTE_RESET);
+                                session_free(s, REASON_UPSTREAM_RESET, true);
+                                return -1;
+                        }
+                        if (f->len > f->off) {
+                                report(s, ROUTE_RESET);
+                                return local_reply(s, 502, "upstream reset mid-response head", 0);
+                        }
+                        return upstream_broke(s, "reset the connection");
+                }
+        }
+        return 0;
+}
+
+static int upstream_write(struct h1s *s, bool *progress)
+{
+        struct flow *f = &s->req;
+        struct upstream *u = s->up;
+        while (u->writable) {
+                const void *p;
+                size_t n;
+                bool head = f->head_off < f->head.len;
+                if (head) {
+                        p = f->head.data + f->head_off;
+                        n = f->head.len - f->head_off;
+                } else if (f->cls > f->off) {
+                        p = f->buf + f->off;
+                        n = f->cls - f->off;
+                } else {
+                        return 0;
+                }
+                ssize_t k = upstream_send(u, p, n);
+                if (k > 0) {
+                        *progress = true;
+                        f->bytes += (uint64_t)k;
+                        stat_add(&s->w->stats, ST_BYTES_UPSTREAM, (uint64_t)k);
+                        if (head)
+                                f->head_off += (size_t)k;
+                        else
+                                f->off += (uint32_t)k;
+                        if ((size_t)k < n && !u->tls)
+                                u->writable = false;
+                } else if (errno == EAGAIN) {
+                        u->writable = false;
+                } else if (errno != EINTR) {
+                        if (s->committed || s->resp.len > 0) {
+                                /* The server answered and closed (e.g. an early
+                                 * error): let the response through. */
+                                u->writable = false;
+                                f->off = f->cls;
+                                s->upstream_keep_alive = false;
+                                return 0;
+                        }
+                        return upstream_broke(s, "reset the connection");
+                }
+        }
+        return 0;
+}
+
+/* Parses response heads in resp.buf: 1xx are passed on, the final one
+ * starts the body. */
+static int parse_response(struct h1s *s, bool *progress)
+{
+        struct flow *f = &s->resp;
+        while (!s->resp_head_done && f->len > f->off) {
+                struct http1_msg *m = msg_get(s);
+                if (!m) {
+                        session_free(s, REASON_NO_MEMORY, true);
+                        return -1;
+                }
+                int rc = http1_parse_response_head((const char *)f->buf + f->off, f->len - f->off,
+                                                   NULL, s->method, m);
+                if (rc < 0) {
+                        char why[160];
+                        snprintf(why, sizeof(why), "upstream sent a malformed response: %s",
+                                 http1_error_str(m->error));
+                        msg_done(s);
+                        return local_reply(s, 502, why, 0);
+                }
+                if (rc == 0) {
+                        if (f->off == 0 && f->len == f->cap) {
+                                msg_done(s);
+                                return local_reply(s, 502, "upstream response head too large", 0);
+                        }
+                        if (f->eof) {
+                                msg_done(s);
+                                return local_reply(s, 502, "upstream closed mid-response head", 0);
+                        }
+                        return 0;
+                }
+                *progress = true;
+                struct http1_forward fw = {0};
+                if (m->status >= 100 && m->status < 200) {
+                        if (m->status == 101 || s->http10) {
+                                /* Upgrades are not proxied (the request went
+                                 * without Upgrade); 1.0 clients get no 1xx. */
+                                f->off += (uint32_t)rc;
+                                http1_msg_reset(m);
+                                continue;
+                        }
+                        if (http1_write_response_head(m, &fw, &f->head) < 0) {
+                                msg_done(s);
+                                return local_reply(s, 502, "cannot forward a 1xx response", 0);
+                        }
+                        s->committed = true;
+                        f->off += (uint32_t)rc;
+                        f->cls = f->off;
+                        http1_msg_reset(m);
+                        continue;
+                }
+                s->status = m->status;
+                s->upstream_keep_alive = m->keep_alive;
+                if (m->body == HTTP1_BODY_UNTIL_CLOSE)
+                        s->resp_close = true; /* the end of the body is our close */
+                struct http1_header ka = {
+                    .name = {"Connection", 10},
+                    .value = {"keep-alive", 10},
+                };
+                if (s->http10 && !s->resp_close) {
+                        fw.add = &ka;
+                        fw.nadd = 1;
+                }
+                fw.close = s->resp_close;
+                if (http1_write_response_head(m, &fw, &f->head) < 0) {
+                        msg_done(s);
+                        return local_reply(s, 502, "cannot forward the response head", 0);
+                }
+                s->committed = true;
+                s->resp_head_done = true;
+                f->off += (uint32_t)rc;
+                f->cls = f->off;
+                flow_set_body(f, m);
+                msg_done(s);
+                loop_timer_cancel(s->w->loop, &s->req_timer);
+                arm_idle(s);
+        }
+        if (s->resp_head_done && flow_classify(f) < 0) {
+                log_warn("http1", s->id, "upstream sent a malformed chunked body: %s",
+                         http1_error_str(f->ch.error));
+                session_free(s, REASON_UPSTREAM_RESET, true);
+                return -1;
+        }
+        return 0;
+}
+
+/* The response is out: the upstream goes back to the pool when it can
+ * carry another request, the client goes on with its next one. */
+static int finish_exchange(struct h1s *s)
+{
+        struct worker *w = s->w;
+        bool sent = all_sent(s);
+        bool reusable = sent && s->upstream_keep_alive && !s->resp.eof &&
+                        s->resp.len == s->resp.off && s->resp.kind != HTTP1_BODY_UNTIL_CLOSE;
+        count_status(s, s->status);
+        access_log(s, "done");
+        release_upstream(s, reusable, s->status >= 500 ? ROUTE_HTTP_5XX : ROUTE_SUCCESS);
+        loop_timer_cancel(w->loop, &s->req_timer);
+        s->resp.off = s->resp.len = s->resp.cls = 0;
+        if (s->resp_close || !s->req.body_done) {
+                s->state = S_CLOSING;
+                return 0;
+        }
+        /* Next request: what follows this one in the buffer. */
+        s->req.off = s->req.cls;
+        s->state = S_HEAD;
+        s->method_s[0] = s->target[0] = '\0';
+        strbuf_reset(&s->req.head);
+        s->req.head_off = 0;
+        flow_give(w, &s->resp);
+        arm_idle(s);
+        return 0;
+}
+
+static int exchange_step(struct h1s *s, bool *progress)
+{
+        if (!s->req.body_done && flow_classify(&s->req) < 0) {
+                if (s->committed) {
+                        session_free(s, REASON_CLIENT_RESET, true);
+                        return -1;
+                }
+                return local_reply(s, 400, http1_error_str(s->req.ch.error), 0);
+        }
+        if (s->req.eof && !s->req.body_done) {
+                /* The client went away in the middle of its request. */
+                session_free(s, REASON_CLIENT_RESET, false);
+                return -1;
+        }
+        struct upstream *u = s->up;
+        if (u && u->state == UPSTREAM_OPEN) {
+                if (upstream_write(s, progress) < 0 || s->closed || s->up != u)
+                        return -1;
+                if (upstream_read(s, progress) < 0 || s->closed || s->up != u)
+                        return -1;
+                if (parse_response(s, progress) < 0 || s->closed || s->state != S_EXCHANGE)
+                        return -1;
+                if (s->resp.eof && !s->resp_head_done) {
+                        if (s->resp.len == 0 && !s->committed)
+                                return upstream_broke(s, "closed the connection");
+                        report(s, ROUTE_RESET);
+                        return local_reply(s, 502, "upstream closed mid-response head", 0);
+                }
+                if (s->resp.eof && s->resp_head_done && !s->resp.body_done) {
+                        log_warn("http1", s->id, "upstream closed mid-response body");
+                        report(s, ROUTE_RESET);
+                        /* Let what arrived reach the client first. */
+                        if (client_write(s, progress) < 0)
+                                return -1;
+                        session_free(s, REASON_UPSTREAM_RESET, true);
+                        return -1;
+                }
+        }
+        if (client_write(s, progress) < 0)
+                return -1;
+        if (s->resp_head_done && s->resp.body_done && s->resp.head.len == 0 &&
+            s->resp.off == s->resp.cls)
+                return finish_exchange(s);
+        return 0;
+}
+
+static int closing_step(struct h1s *s, bool *progress)
+{
+        if (client_write(s, progress) < 0)
+                return -1;
+        if (s->resp.head.len > 0 || s->resp.cls > s->resp.off)
+                return 0;
+        if (!s->shut_wr) {
+                /* Everything is out: FIN, then read what the client still
+                 * sends for a moment, so a reset does not eat our reply. */
+                shutdown(s->io.fd, SHUT_WR);
+                s->shut_wr = true;
+                loop_timer_arm(s->w->loop, &s->timer, LINGER_MS);
+        }
+        if (s->req.eof) {
+                session_free(s, REASON_DONE, false);
+                return -1;
+        }
+        return 0;
+}
+
+static void drive(struct h1s *s)
+{
+        bool progress = true;
+        while (progress && !s->closed) {
+                progress = false;
+                if (client_read(s, &progress) < 0)
+                        return;
+                int r = 0;
+                switch (s->state) {
+                case S_HEAD:
+                        r = parse_request(s, &progress);
+                        break;
+                case S_EXCHANGE:
+                        r = exchange_step(s, &progress);
+                        break;
+                case S_BACKOFF:
+                        if (s->req.eof && !s->req.body_done) {
+                                session_free(s, REASON_CLIENT_RESET, false);
+                                return;
+                        }
+                        break;
+                case S_CLOSING:
+                        r = closing_step(s, &progress);
+                        break;
+                }
+                if (r < 0)
+                        return;
+        }
+}
+
+/* ---- events ------------------------------------------------------------------------------ */
+
+static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
+{
+        struct h1s *s = io->data;
+        (void)loop;
+        if (s->closed)
+                return;
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                s->readable = true;
+        if (events & (EPOLLRDHUP | EPOLLHUP))
+                s->rdhup = true;
+        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                s->writable = true;
+        drive(s);
+}
+
+static void on_timer(struct loop *loop, struct loop_timer *t)
+{
+        struct h1s *s = t->data;
+        uint64_t now = loop_now_ms(loop);
+        const struct shunt_config *cfg = worker_cfg(s->w);
+        switch (s->state) {
+        case S_BACKOFF:
+                if (retry_now(s) == 0)
+                        drive(s);
+                return;
+        case S_CLOSING:
+                session_free(s, s->shut_wr ? REASON_DONE : REASON_IDLE_TIMEOUT, false);
+                return;
+        case S_HEAD:
+        case S_EXCHANGE:
+                if (now - s->last_active_ms >= cfg->idle_timeout_ms) {
+                        log_debug("http1", s->id, "idle for %llu ms: closing",
+                                  (unsigned long long)(now - s->last_active_ms));
+                        session_free(s, REASON_IDLE_TIMEOUT, s->state == S_EXCHANGE);
+                        return;
+                }
+                loop_timer_arm(loop, t, cfg->idle_timeout_ms - (now - s->last_active_ms));
+                return;
+        }
+}
+
+static void on_request_timeout(struct loop *loop, struct loop_timer *t)
+{
+        struct h1s *s = t->data;
+        (void)loop;
+        if (s->state != S_EXCHANGE && s->state != S_BACKOFF)
+                return;
+        if (s->resp_head_done)
+                return;
+        const struct shunt_config *cfg = worker_cfg(s->w);
+        char ubuf[SOCKADDR_STRLEN], reason[320];
+        if (s->up && s->up->state == UPSTREAM_OPEN)
+                report(s, ROUTE_TIMEOUT);
+        snprintf(reason, sizeof(reason), "no response from %s within timeouts.request (%u ms)",
+                 s->upstream_addr.ss_family ? sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf))
+                                            : s->service,
+                 cfg->request_timeout_ms);
+        local_reply(s, 504, reason, 0);
+}
+
+/* ---- the engine ------------------------------------------------------------------------ */
+
+static void h1_start(struct worker *w, struct handoff *h)
+{
+        if (!w->h1)
+                w->h1 = calloc(1, sizeof(*w->h1));
+        struct h1s *s = w->h1 ? calloc(1, sizeof(*s)) : NULL;
+        if (!s) {
+                worker_buf_give(w, h->buf, h->cap);
+                struct linger lg = {.l_onoff = 1, .l_linger = 0};
+                setsockopt(h->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+                close(h->fd);
+                session_end(w, REASON_NO_MEMORY);
+                return;
+        }
+        s->w = w;
+        s->id = h->id;
+        s->client_addr = h->client_addr;
+        s->orig_dst = h->orig_dst;
+        s->created_ms = h->created_ms;
+        s->last_active_ms = loop_now_ms(w->loop);
+        s->req.buf = h->buf;
+        s->req.cap = h->cap;
+        s->req.len = h->len;
+        s->req.eof = h->client_eof;
+        strbuf_init(&s->req.head);
+        strbuf_init(&s->resp.head);
+        snprintf(s->service, sizeof(s->service), "-");
+        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+            &w->route_reader, &w->proxy->route_slot);
+        enum proto declared;
+        const char *name = NULL;
+        route_lookup(t, &s->orig_dst, &declared, NULL, &name);
+        if (name)
+                snprintf(s->service, sizeof(s->service), "%s", name);
+        s->state = S_HEAD;
+        loop_io_init(&s->io, h->fd, on_client, s);
+        loop_timer_init(&s->timer, on_timer, s);
+        loop_timer_init(&s->req_timer, on_request_timeout, s);
+        s->next = w->h1->sessions;
+        if (s->next)
+                s->next->prev = s;
+        w->h1->sessions = s;
+        s->readable = s->writable = true;
+        if (loop_io_add(w->loop, &s->io, H1_EVENTS) < 0) {
+                session_free(s, REASON_SOCKET, true);
+                return;
+        }
+        arm_idle(s);
+        drive(s);
+}
+
+static void h1_close_all(struct worker *w, int reason)
+{
+        while (w->h1 && w->h1->sessions)
+                session_free(w->h1->sessions, (enum conn_reason)reason, false);
+}
+
+static void h1_render(struct worker *w, struct strbuf *out, bool *first)
+{
+        if (!w->h1)
+                return;
+        uint64_t now = clock_mono_ms();
+        for (struct h1s *s = w->h1->sessions; s; s = s->next) {
+                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
+                strbuf_append(out, *first ? "" : ",");
+                *first = false;
+                strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"outbound\",",
+                               (unsigned long long)s->id, w->index);
+                strbuf_append(out, "\"client\":");
+                strbuf_append_json_string(out,
+                                          sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)));
+                strbuf_append(out, ",\"original_dst\":");
+                strbuf_append_json_string(out, sockaddr_format(&s->orig_dst, obuf, sizeof(obuf)));
+                strbuf_append(out, ",\"upstream\":");
+                strbuf_append_json_string(
+                    out, s->upstream_addr.ss_family
+                             ? sockaddr_format(&s->upstream_addr, obuf, sizeof(obuf))
+                             : "");
+                strbuf_append(out, ",\"service\":");
+                strbuf_append_json_string(out, s->service);
+                strbuf_appendf(out,
+                               ",\"protocol\":\"http1\",\"state\":\"%s\",\"bytes_in\":%llu,"
+                               "\"bytes_out\":%llu,\"age_ms\":%llu,\"requests\":%llu,\"sni\":\"\"}",
+                               state_name(s), (unsigned long long)s->req.bytes,
+                               (unsigned long long)s->resp.bytes,
+                               (unsigned long long)(now - s->created_ms),
+                               (unsigned long long)s->requests);
+        }
+}
+
+static void h1_worker_free(struct worker *w)
+{
+        free(w->h1);
+        w->h1 = NULL;
+}
+
+const struct proto_engine h1_engine = {
+    .name = "http1",
+    .start = h1_start,
+    .close_all = h1_close_all,
+    .render = h1_render,
+    .worker_free = h1_worker_free,
+};

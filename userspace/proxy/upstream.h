@@ -1,0 +1,107 @@
+/* Upstream connections opened by the proxy itself, and a per-worker pool of
+ * idle ones for request-level proxying.
+ *
+ * Every upstream socket is non-blocking, carries shuntd's SO_MARK (so the
+ * capture rules let it pass) and TCP_NODELAY. When the service has a SPIFFE
+ * identity the connection is mutual TLS (tls/conn.h): the SNI name carries the
+ * endpoint's port, the server must present exactly that identity.
+ *
+ * A struct upstream has one owner at a time: the session using it (which gets
+ * its events through a callback) or the worker's idle pool. Idle connections
+ * are kept per (endpoint address, identity), at most http.upstream_max_idle
+ * of them per endpoint and worker, and closed after http.upstream_idle_timeout
+ * of idleness. That timeout is meant to be shorter than the servers' own
+ * keep-alive timeout, so a reused connection does not race a server-side
+ * close; an idle connection that becomes readable (the server closed it or
+ * sent something unasked) is closed at once. Private to userspace/proxy/. */
+#ifndef SHUNT_PROXY_UPSTREAM_H
+#define SHUNT_PROXY_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "core/loop.h"
+
+struct worker;
+struct tls_conn;
+struct tls_snapshot;
+
+/* ---- building blocks shared with relay.c -------------------------------------- */
+
+/* Opens a marked, TCP_NODELAY, non-blocking socket and starts connecting it
+ * to addr. Returns the fd (the connect may still be in progress), or -errno;
+ * *what then names the step that failed ("socket", "SO_MARK", "connect"). */
+int upstream_socket(const struct sockaddr_storage *addr, uint32_t mark, const char **what);
+
+/* The worker's current certificate snapshot, or NULL when mTLS is off. */
+struct tls_snapshot *upstream_worker_tls(struct worker *w);
+
+/* recv/send on fd, through tls when it is set; -1 with errno on failure. */
+ssize_t upstream_io_recv(int fd, struct tls_conn *tls, void *buf, size_t len);
+ssize_t upstream_io_send(int fd, struct tls_conn *tls, const void *buf, size_t len);
+
+/* ---- pooled connections ------------------------------------------------------ */
+
+enum upstream_event {
+        UPSTREAM_READY,  /* connected (and TLS established): requests may go */
+        UPSTREAM_FAILED, /* connect, TLS handshake or their timeout failed: see fail_* */
+        UPSTREAM_IO,     /* readiness changed: readable / writable / rdhup updated */
+};
+
+enum upstream_state {
+        UPSTREAM_CONNECTING,
+        UPSTREAM_HANDSHAKE,
+        UPSTREAM_OPEN,
+        UPSTREAM_DEAD, /* failed; only upstream_put may follow */
+};
+
+struct upstream;
+typedef void (*upstream_fn)(struct upstream *u, enum upstream_event ev, void *owner);
+
+/* Fields an owner reads; the owner clears readable/writable when a call
+ * would block (edge-triggered). */
+struct upstream {
+        struct loop_io io;
+        struct tls_conn *tls;
+        enum upstream_state state;
+        bool readable, writable, rdhup;
+        bool reused;           /* taken from the idle pool */
+        int fail_reason;       /* enum conn_reason when FAILED */
+        const char *fail_what; /* one-line text when FAILED */
+        uint64_t conn_id;      /* the session's id, for log lines */
+        uint32_t requests;     /* requests carried so far */
+        struct sockaddr_storage addr;
+        /* private */
+        struct worker *w;
+        struct loop_timer timer; /* connect/handshake timeout, then idle expiry */
+        upstream_fn fn;
+        void *owner;
+        struct upstream *pool_prev, *pool_next;
+        uint32_t bucket;
+        bool in_pool;
+        char identity[256]; /* "" = plaintext */
+};
+
+/* An open connection to addr for owner: an idle one from the pool when one
+ * is there (and !fresh): ready at once, state UPSTREAM_OPEN, reused set;
+ * else a new one, whose UPSTREAM_READY or UPSTREAM_FAILED comes later
+ * through fn. identity "" means plaintext. Returns NULL with *err (-errno)
+ * and *what set when no socket could be made (nothing to retry on). */
+struct upstream *upstream_get(struct worker *w, const struct sockaddr_storage *addr,
+                              const char *identity, bool fresh, uint64_t conn_id, upstream_fn fn,
+                              void *owner, int *err, const char **what);
+/* The owner is done with u: back to the idle pool when reusable (an open
+ * connection that carried a complete exchange and holds no unread byte),
+ * else closed. */
+void upstream_put(struct upstream *u, bool reusable);
+/* Reads/writes u (through TLS when it has it); -1 with errno. */
+ssize_t upstream_recv(struct upstream *u, void *buf, size_t len);
+ssize_t upstream_send(struct upstream *u, const void *buf, size_t len);
+
+/* Closes every idle connection of w's pool and frees it (worker stop). */
+void upstream_pool_free(struct worker *w);
+
+#endif
