@@ -1,0 +1,342 @@
+"""HTTP/1.1 request-level proxying on the outbound side, with real clients
+(curl, wrk, raw sockets) and real HTTP/1.1 backends (httpbackend.py) in
+network namespaces, iptables capture."""
+
+import collections
+import http.client
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BACKEND = os.path.join(HERE, "httpbackend.py")
+
+VIP_WEB = "10.96.1.10"  # HTTP declared: handed over at accept
+VIP_SNIFF = "10.96.1.11"  # no protocol declared: sniffed, then handed over
+VIP_DOWN = "10.96.1.12"  # endpoints where nothing listens
+EXTRA4 = "10.77.0.4"
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 8081
+DEAD_PORT = 8099
+REQUEST_TIMEOUT_MS = 1000
+
+
+def registry():
+    def svc(name, vip, port, eps, protocol="HTTP"):
+        p = {"name": "http", "port": 80, "target_port": port}
+        if protocol:
+            p["protocol"] = protocol
+        return {
+            "name": name,
+            "namespace": "default",
+            "addresses": [vip],
+            "ports": [p],
+            "endpoints": [{"address": a, "port": port} for a in eps],
+        }
+
+    return {
+        "services": [
+            svc("web", VIP_WEB, PORT, EP_ADDRS),
+            svc("sniffed", VIP_SNIFF, PORT, EP_ADDRS, protocol=None),
+            svc("down", VIP_DOWN, DEAD_PORT, EP_ADDRS[:2]),
+        ]
+    }
+
+
+def spawn_backends(pod, specs):
+    """One httpbackend.py process serving every ADDR:PORT=NAME in specs."""
+    argv = [sys.executable, BACKEND, "--lifetime", "900"]
+    for s in specs:
+        argv += ["--listen", s]
+    p = pod.spawn(argv, "httpbackend", stdout_pipe=True)
+    line = p.readline(10)
+    if not line or not line.startswith("READY"):
+        p.stop()
+        raise sl.HarnessError("httpbackend did not start: %r %s" % (line, p.read_stderr()))
+    return p
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = T()
+    procs = []
+    daemon = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        procs.append(
+            spawn_backends(topo.remote, ["%s:%d=ep%d" % (a, PORT, i) for i, a in enumerate(EP_ADDRS)])
+        )
+        path = os.path.join(sl.tmpdir(), "registry.json")
+        with open(path, "w") as f:
+            json.dump(registry(), f)
+        daemon = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{
+                    "service-discovery.file.path": path,
+                    "timeouts.request": "%dms" % REQUEST_TIMEOUT_MS,
+                    "log-level": "info",
+                }
+            ),
+        ).wait_ready()
+        yield topo, daemon
+    finally:
+        if daemon:
+            daemon.stop()
+        for p in procs:
+            p.stop()
+        topo.delete()
+
+
+def keepalive(topo, host, n, path="/", headers=None):
+    """n requests over one client connection: the parsed JSON bodies."""
+    s = topo.app.connect(host, 80)
+    conn = http.client.HTTPConnection(host, 80, timeout=10)
+    conn.sock = s
+    out = []
+    try:
+        for i in range(n):
+            h = headers(i) if callable(headers) else (headers or {})
+            conn.request("GET", path, headers=h)
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200, (resp.status, body)
+            out.append(json.loads(body))
+    finally:
+        conn.close()
+    return out
+
+
+def raw(topo, host, data, timeout=5.0):
+    """Sends data on a new connection, returns everything until the server
+    closes (or timeout)."""
+    s = topo.app.connect(host, 80, timeout)
+    try:
+        s.sendall(data)
+        return sl.recv_all(s, timeout)
+    finally:
+        s.close()
+
+
+def status_of(resp):
+    m = re.match(rb"HTTP/1\.1 (\d{3}) ", resp)
+    assert m, resp[:200]
+    return int(m.group(1))
+
+
+def header_of(resp, name):
+    head = re.split(rb"\r?\n\r?\n", resp, 1)[0].decode("latin-1")
+    for line in re.split(r"\r?\n", head)[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == name.lower():
+            return v.strip()
+    return None
+
+
+def test_curl_keepalive_spread_over_endpoints(env):
+    """Six requests over one curl connection: one connection to shuntd, each
+    request picked on its own (round robin over the three endpoints)."""
+    topo, d = env
+    urls = ["http://%s/r%d" % (VIP_WEB, i) for i in range(6)]
+    r = topo.app.curl(["-w", "%{num_connects}\\n"] + urls)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.strip()]
+    bodies = [json.loads(l) for l in lines if l.startswith("{")]
+    connects = [int(l) for l in lines if not l.startswith("{")]
+    assert len(bodies) == 6
+    assert sum(connects) == 1, connects  # curl reused its connection
+    counts = collections.Counter(b["server"] for b in bodies)
+    assert counts == {"ep0": 2, "ep1": 2, "ep2": 2}, counts
+    assert [b["path"] for b in bodies] == ["/r%d" % i for i in range(6)]
+
+
+def test_sniffed_port_is_proxied_per_request(env):
+    """A port without a declared protocol: sniffed as HTTP/1.1, then
+    per-request picks over one client connection."""
+    topo, d = env
+    bodies = keepalive(topo, VIP_SNIFF, 6)
+    assert len({b["server"] for b in bodies}) >= 2, bodies
+
+
+def test_upstream_connections_are_reused(env):
+    topo, d = env
+    reused = d.metric("shunt_upstream_connections_total", event="reused")
+    bodies = keepalive(topo, VIP_WEB, 30)
+    assert d.metric("shunt_upstream_connections_total", event="reused") >= reused + 20
+    # The backends saw few connections: the same conn numbers come back.
+    per_server = collections.defaultdict(set)
+    for b in bodies:
+        per_server[b["server"]].add(b["conn"])
+    assert all(len(c) <= 3 for c in per_server.values()), per_server
+
+
+def test_wrk_through_shuntd(env):
+    topo, d = env
+    ok2xx = d.metric("shunt_http_requests_total", **{"class": "2xx"})
+    r = topo.app.run(
+        ["wrk", "-t1", "-c8", "-d3s", "--timeout", "5s", "http://%s/" % VIP_WEB], timeout=30
+    )
+    out = r.stdout
+    m = re.search(r"(\d+) requests in", out)
+    assert m, out
+    n = int(m.group(1))
+    assert n > 100, out
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    # wrk's last in-flight requests may be cut at the end: all but those counted.
+    assert d.metric("shunt_http_requests_total", **{"class": "2xx"}) >= ok2xx + n
+
+
+def test_all_endpoints_down_503_at_once(env):
+    topo, d = env
+    before = d.metric("shunt_http_local_responses_total", status="503")
+    r = topo.app.curl(["-i", "--max-time", "5", "http://%s/" % VIP_DOWN], timeout=8)
+    assert r.returncode == 0, r.stderr
+    resp = r.stdout.encode()
+    assert status_of(resp) == 503, r.stdout
+    assert header_of(resp, "Retry-After") == "1"
+    reason = header_of(resp, "X-Shunt-Reason")
+    assert reason and "default/down:80" in reason and "could be reached" in reason, reason
+    assert d.metric("shunt_http_local_responses_total", status="503") == before + 1
+    assert d.metric("shunt_connect_retries_total") >= 1
+
+
+def test_no_response_504(env):
+    topo, d = env
+    before = d.metric("shunt_http_local_responses_total", status="504")
+    resp = raw(topo, VIP_WEB, b"GET /hang HTTP/1.1\r\nHost: web\r\n\r\n", timeout=10)
+    assert status_of(resp) == 504, resp
+    assert "timeouts.request" in header_of(resp, "X-Shunt-Reason")
+    assert d.metric("shunt_http_local_responses_total", status="504") == before + 1
+
+
+@pytest.mark.parametrize(
+    "name,request_bytes",
+    [
+        (
+            "cl_and_te",
+            b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+        ),
+        ("bad_chunk_size", b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+        (
+            "chunk_size_overflow",
+            b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"fffffffffffffffffff\r\n",
+        ),
+        (
+            "two_lengths",
+            b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        ),
+        ("te_not_chunked", b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+        ("obs_fold", b"GET / HTTP/1.1\r\nHost: web\r\nX-A: 1\r\n  folded\r\n\r\n"),
+    ],
+)
+def test_smuggling_attempts_get_400(env, name, request_bytes):
+    topo, d = env
+    before = d.metric("shunt_http_local_responses_total", status="400")
+    resp = raw(topo, VIP_WEB, request_bytes)
+    assert status_of(resp) == 400, (name, resp)
+    assert header_of(resp, "X-Shunt-Reason")
+    assert header_of(resp, "Connection") == "close"
+    # Only one response: nothing smuggled reached a backend.
+    assert resp.count(b"HTTP/1.1") == 1, resp
+    assert d.metric("shunt_http_local_responses_total", status="400") == before + 1
+
+
+def test_header_over_limit_431(env):
+    topo, d = env
+    before = d.metric("shunt_http_local_responses_total", status="431")
+    big = b"GET / HTTP/1.1\r\nHost: web\r\n" + b"X-Big: " + b"a" * 8000 + b"\r\n"
+    req = big + b"".join(b"X-Fill-%d: %s\r\n" % (i, b"b" * 8000) for i in range(10)) + b"\r\n"
+    resp = raw(topo, VIP_WEB, req)
+    assert status_of(resp) == 431, resp[:300]
+    assert "larger than" in header_of(resp, "X-Shunt-Reason")
+    assert d.metric("shunt_http_local_responses_total", status="431") == before + 1
+    # The service is fine for the next client.
+    assert keepalive(topo, VIP_WEB, 1)[0]["server"].startswith("ep")
+
+
+def test_request_id_added_and_kept_traceparent_passed(env):
+    topo, d = env
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    b = keepalive(topo, VIP_WEB, 1, headers={"traceparent": tp})[0]
+    rid = b["headers"].get("x-request-id", "")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", rid), b
+    assert b["headers"]["traceparent"] == tp
+    b2 = keepalive(topo, VIP_WEB, 1, headers={"X-Request-ID": "abc-123"})[0]
+    assert b2["headers"]["x-request-id"] == "abc-123"
+    # Two requests, two ids.
+    ids = {x["headers"]["x-request-id"] for x in keepalive(topo, VIP_WEB, 2)}
+    assert len(ids) == 2
+
+
+def test_chunked_request_body_and_streamed_response(env):
+    """A chunked request body goes through with its framing; a chunked
+    300 kB response comes back whole; both on one client connection."""
+    topo, d = env
+    s = topo.app.connect(VIP_WEB, 80)
+    conn = http.client.HTTPConnection(VIP_WEB, 80, timeout=10)
+    conn.sock = s
+    try:
+        chunks = [b"z" * n for n in (1, 1000, 70000)]
+        conn.request("POST", "/x", body=iter(chunks), encode_chunked=True)
+        r1 = conn.getresponse()
+        j = json.loads(r1.read())
+        assert r1.status == 200 and j["method"] == "POST" and j["body_len"] == 71001, j
+        assert j["headers"]["transfer-encoding"] == "chunked"
+        conn.request("GET", "/bytes/300000")
+        r2 = conn.getresponse()
+        assert r2.getheader("Transfer-Encoding") == "chunked"
+        assert len(r2.read()) == 300000
+        conn.request("HEAD", "/bytes/300000")
+        r3 = conn.getresponse()
+        assert r3.status == 200 and r3.read() == b""
+    finally:
+        conn.close()
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_slow_reader_bounded_memory_others_unaffected(env):
+    """A client asks for 200 MB and reads nothing: shuntd's buffers fill and
+    it stops reading the backend (whose writes then block); its memory stays
+    bounded and other clients are served meanwhile."""
+    topo, d = env
+    pid = d.proc.pid
+    base = rss_kb(pid)
+    stalled = []
+    try:
+        for _ in range(4):
+            s = topo.app.connect(VIP_WEB, 80)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /bytes/200000000 HTTP/1.1\r\nHost: web\r\n\r\n")
+            stalled.append(s)
+        peak = base
+        for _ in range(20):
+            time.sleep(0.1)
+            peak = max(peak, rss_kb(pid))
+            assert keepalive(topo, VIP_WEB, 1)[0]["server"].startswith("ep")
+        # Four stalled sessions hold at most two 64 KiB buffers each.
+        assert peak - base < 16 * 1024, (base, peak)
+        st = [c for c in d.connections() if c.get("protocol") == "http1"]
+        assert any(c["state"] == "streaming_response" for c in st), st
+        assert all(c["bytes_out"] < 50_000_000 for c in st), st
+    finally:
+        for s in stalled:
+            s.close()
