@@ -19,6 +19,7 @@ Prints "READY" once every listener is up; exits after --lifetime seconds.
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 
@@ -147,6 +148,21 @@ class Backend:
             left -= k
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+def spawn(pod, specs, lifetime=900):
+    """For the tests: one httpbackend.py process in pod (shuntlib.Pod)
+    serving every ADDR:PORT=NAME of specs, started and READY."""
+    argv = [sys.executable, os.path.abspath(__file__), "--lifetime", str(lifetime)]
+    for s in specs:
+        argv += ["--listen", s]
+    p = pod.spawn(argv, "httpbackend", stdout_pipe=True)
+    line = p.readline(10)
+    if not line or not line.startswith("READY"):
+        err = p.read_stderr()
+        p.stop()
+        raise RuntimeError("httpbackend did not start: %r %s" % (line, err))
+    return p
 
 
 async def main(args):

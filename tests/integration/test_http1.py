@@ -8,17 +8,13 @@ import json
 import os
 import re
 import socket
-import sys
-import threading
 import time
 
 import pytest
 
+import httpbackend
 import shuntlib as sl
 from shuntlib import Topology as T
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-BACKEND = os.path.join(HERE, "httpbackend.py")
 
 VIP_WEB = "10.96.1.10"  # HTTP declared: handed over at accept
 VIP_SNIFF = "10.96.1.11"  # no protocol declared: sniffed, then handed over
@@ -52,19 +48,6 @@ def registry():
     }
 
 
-def spawn_backends(pod, specs):
-    """One httpbackend.py process serving every ADDR:PORT=NAME in specs."""
-    argv = [sys.executable, BACKEND, "--lifetime", "900"]
-    for s in specs:
-        argv += ["--listen", s]
-    p = pod.spawn(argv, "httpbackend", stdout_pipe=True)
-    line = p.readline(10)
-    if not line or not line.startswith("READY"):
-        p.stop()
-        raise sl.HarnessError("httpbackend did not start: %r %s" % (line, p.read_stderr()))
-    return p
-
-
 @pytest.fixture(scope="module")
 def env():
     topo = T()
@@ -74,7 +57,7 @@ def env():
         topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
         topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
         procs.append(
-            spawn_backends(topo.remote, ["%s:%d=ep%d" % (a, PORT, i) for i, a in enumerate(EP_ADDRS)])
+            httpbackend.spawn(topo.remote, ["%s:%d=ep%d" % (a, PORT, i) for i, a in enumerate(EP_ADDRS)])
         )
         path = os.path.join(sl.tmpdir(), "registry.json")
         with open(path, "w") as f:
