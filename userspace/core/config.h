@@ -99,6 +99,10 @@ struct shunt_config {
         uint32_t drain_timeout_ms;              /* drain_timeout, SHUNT_DRAIN_TIMEOUT, 30s */
         uint32_t max_connections;               /* max_connections, per daemon, 65536 */
         uint32_t buffer_size;                   /* buffer_size, per direction, 64KiB */
+        /* HTTP/2 and gRPC request proxying (outbound) */
+        uint32_t h2_max_concurrent_streams; /* http2.max_concurrent_streams, per client conn, 100 */
+        uint32_t h2_max_header_list_size;   /* http2.max_header_list_size, bytes, 64KiB */
+        uint32_t h2_max_control_frames;     /* http2.max_control_frames_per_second, 1000 */
 
         /* HTTP/1.1 request-level proxying (proxy/h1proxy.c, proxy/upstream.c) */
         uint32_t http_upstream_idle_timeout_ms; /* http.upstream_idle_timeout, 4s */

@@ -80,8 +80,24 @@ enum stat_id {
         ST_HTTP_ABORTED = ST_HTTP_STATUS_FIRST + 5, /* ended without a complete response */
         ST_HTTP_RETRIES,                            /* requests re-sent after an upstream failure */
         ST_HTTP_LOCAL_FIRST, /* responses shuntd made itself: one per enum http_local */
-        ST_PROTO_FIRST =
-            ST_HTTP_LOCAL_FIRST + HTTP_LOCAL__COUNT, /* one per enum proto, PROTO_UNKNOWN unused */
+        /* HTTP/2 and gRPC request proxying (h2proxy.c) */
+        ST_H2_CONNS = ST_HTTP_LOCAL_FIRST + HTTP_LOCAL__COUNT, /* handed to the HTTP/2 proxy */
+        ST_H2_STREAMS,         /* request streams proxied */
+        ST_H2_STREAMS_ACTIVE,  /* gauge */
+        ST_H2_UP_OPENED,       /* upstream HTTP/2 sessions opened */
+        ST_H2_UP_ACTIVE,       /* gauge */
+        ST_H2_UP_FAILED,       /* upstream sessions that failed (connect, TLS, reset) */
+        ST_H2_STREAM_RETRIES,  /* streams moved to another endpoint before any byte went out */
+        ST_H2_REPLY_503,       /* local answers: nothing could serve (gRPC: UNAVAILABLE) */
+        ST_H2_REPLY_504,       /* upstream timeout (gRPC: DEADLINE_EXCEEDED) */
+        ST_H2_REPLY_431,       /* request header list over the limit (gRPC: RESOURCE_EXHAUSTED) */
+        ST_H2_STREAM_RESETS,   /* streams reset towards the client after the response began */
+        ST_H2_FLOOD,           /* connections closed for a frame flood (GOAWAY ENHANCE_YOUR_CALM) */
+        ST_H2_PROTOCOL_ERROR,  /* connections closed for an HTTP/2 protocol error */
+        ST_H2_WRITE_STALL,     /* connections closed: the client stopped reading */
+        ST_GRPC_STATUS_FIRST,  /* one per gRPC status code 0..16 */
+        ST_GRPC_STATUS_LAST = ST_GRPC_STATUS_FIRST + 16,
+        ST_PROTO_FIRST,       /* one per enum proto, PROTO_UNKNOWN unused */
         ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
         ST__COUNT = ST_REASON_FIRST + REASON__COUNT,
 };
@@ -117,6 +133,7 @@ struct conn;
 struct proxy;
 struct upstream_pool;
 struct h1_worker;
+struct h2_worker;
 
 struct worker {
         struct proxy *proxy;
@@ -138,6 +155,7 @@ struct worker {
         struct upstream_pool *upstreams; /* idle upstream connections (upstream.c) */
         struct h1_worker *h1;            /* HTTP/1.1 sessions (h1proxy.c) */
         uint64_t rng;                    /* worker_random() state */
+        struct h2_worker *h2; /* HTTP/2 proxy state (h2proxy.c), created on first use */
         struct worker_stats stats;
 };
 
@@ -205,6 +223,7 @@ struct proto_engine {
 };
 
 extern const struct proto_engine h1_engine; /* h1proxy.c */
+extern const struct proto_engine h2_engine; /* h2proxy.c: HTTP/2 and gRPC */
 
 /* relay.c: a handed-over connection ended: counted as a connection that
  * ended for reason (active gauges, max_connections, reason counters). */

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/prom.h"
 #include "core/sockaddr.h"
+#include "proxy/h2proxy.h"
 #include "proxy/proxy-t.h"
 
 #define ACCEPT_BATCH   32
@@ -346,6 +347,49 @@ static const struct metric_def proxy_metrics[] = {
      "counter",
      "Upstream connects retried on another endpoint of the same service.",
      {{"", ST_CONNECT_RETRIES}}},
+    {"shunt_http2_connections_total",
+     "counter",
+     "Outbound HTTP/2 and gRPC client connections proxied request by request.",
+     {{"", ST_H2_CONNS}}},
+    {"shunt_http2_streams_total",
+     "counter",
+     "HTTP/2 request streams proxied.",
+     {{"", ST_H2_STREAMS}}},
+    {"shunt_http2_streams_active",
+     "gauge",
+     "HTTP/2 request streams open now.",
+     {{"", ST_H2_STREAMS_ACTIVE}}},
+    {"shunt_http2_upstream_sessions_total",
+     "counter",
+     "Upstream HTTP/2 sessions: opened, and those that failed (connect, TLS, reset).",
+     {{"event=\"opened\"", ST_H2_UP_OPENED}, {"event=\"failed\"", ST_H2_UP_FAILED}}},
+    {"shunt_http2_upstream_sessions_active",
+     "gauge",
+     "Upstream HTTP/2 sessions open now.",
+     {{"", ST_H2_UP_ACTIVE}}},
+    {"shunt_http2_stream_retries_total",
+     "counter",
+     "HTTP/2 streams moved to another endpoint before any of their bytes went upstream.",
+     {{"", ST_H2_STREAM_RETRIES}}},
+    {"shunt_http2_local_responses_total",
+     "counter",
+     "HTTP/2 responses shuntd made itself (gRPC: 503 is UNAVAILABLE, 504 DEADLINE_EXCEEDED, 431 "
+     "RESOURCE_EXHAUSTED).",
+     {{"status=\"503\"", ST_H2_REPLY_503},
+      {"status=\"504\"", ST_H2_REPLY_504},
+      {"status=\"431\"", ST_H2_REPLY_431}}},
+    {"shunt_http2_stream_resets_total",
+     "counter",
+     "HTTP/2 streams reset towards the client because the upstream failed after the response "
+     "began.",
+     {{"", ST_H2_STREAM_RESETS}}},
+    {"shunt_http2_connections_closed_total",
+     "counter",
+     "HTTP/2 client connections closed by shuntd: frame flood, protocol error, client stopped "
+     "reading.",
+     {{"reason=\"flood\"", ST_H2_FLOOD},
+      {"reason=\"protocol_error\"", ST_H2_PROTOCOL_ERROR},
+      {"reason=\"write_stall\"", ST_H2_WRITE_STALL}}},
     {"shunt_protocol_detection_timeouts_total",
      "counter",
      "Connections whose client sent nothing within protocol_detection_timeout.",
@@ -407,6 +451,11 @@ static const char *proto_label(int i)
         return proto_name((enum proto)i);
 }
 
+static const char *grpc_label(int i)
+{
+        return h2proxy_grpc_code_name(i);
+}
+
 static const char *reason_label(int i)
 {
         return conn_reason_name((enum conn_reason)i);
@@ -426,6 +475,9 @@ void proxy_render_metrics(struct proxy *p, struct strbuf *out)
         prom_sample_u64(out, "shunt_connections_rejected_total", NULL, rejected(p));
         render_range(p, out, "shunt_protocol_detected_total", "Connections by sniffed protocol.",
                      "protocol", PROTO_TCP, PROTO__COUNT, ST_PROTO_FIRST, proto_label);
+        render_range(p, out, "shunt_grpc_requests_total",
+                     "gRPC calls proxied per request, by the grpc-status the client got.", "code",
+                     0, GRPC_CODES, ST_GRPC_STATUS_FIRST, grpc_label);
         render_range(p, out, "shunt_connections_closed_total",
                      "Connections ended or refused, by reason.", "reason", 0, REASON__COUNT,
                      ST_REASON_FIRST, reason_label);

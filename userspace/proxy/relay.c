@@ -88,6 +88,8 @@ struct conn {
 /* Protocol engines, by the protocol they take over (see proxy-t.h). */
 static const struct proto_engine *const engines[PROTO__COUNT] = {
     [PROTO_HTTP1] = &h1_engine,
+    [PROTO_HTTP2] = &h2_engine,
+    [PROTO_GRPC] = &h2_engine,
 };
 
 static const char *const reason_names[REASON__COUNT] = {
@@ -582,7 +584,10 @@ static void conn_drive(struct conn *c)
                 }
         }
         if (c->sniffed && c->dir == DIR_OUTBOUND && (c->route.table || c->no_endpoint)) {
-                if (engines[c->proto]) {
+                /* Not once the server's bytes reached the client (an HTTP/2
+                 * server's SETTINGS belong to that session): then it stays a
+                 * byte relay. */
+                if (engines[c->proto] && !c->u2c.bytes) {
                         conn_handoff(c, engines[c->proto]);
                         return;
                 }
@@ -610,7 +615,11 @@ static void conn_drive(struct conn *c)
         if (c->sniffed && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM, REASON_CLIENT_RESET,
                                REASON_UPSTREAM_RESET, &reason) < 0)
                 goto fail;
-        if (pump(c, &c->up, &c->cli, &c->u2c, ST_BYTES_DOWNSTREAM, REASON_UPSTREAM_RESET,
+        /* Outbound to a service, the server's bytes wait for the sniffer (at
+         * most protocol_detection_timeout): an HTTP/2 server's SETTINGS must
+         * not reach a client whose connection h2proxy may take over. */
+        if ((c->sniffed || c->dir != DIR_OUTBOUND || !c->route.table) &&
+            pump(c, &c->up, &c->cli, &c->u2c, ST_BYTES_DOWNSTREAM, REASON_UPSTREAM_RESET,
                  REASON_CLIENT_RESET, &reason) < 0)
                 goto fail;
         if (c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof != before)

@@ -1,0 +1,305 @@
+"""gRPC through shuntd, request by request: python3-grpcio clients in the
+app pod call three grpcio servers (grpcpeer.py) in the remote pod through a
+service's virtual address. Every call is an HTTP/2 stream and gets its own
+endpoint, so calls over one channel spread; failures come back as gRPC
+status in trailers, never as a broken connection; a frame flood closes only
+the flooding connection."""
+
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
+VIP = "10.96.0.20"  # GRPC declared on the port
+VIP_SNIFF = "10.96.0.21"  # nothing declared: sniffed as gRPC
+VIP_DOWN = "10.96.0.22"  # endpoints with nothing listening
+VIP_STALL = "10.96.0.23"  # an endpoint that accepts and then reads nothing
+STALL_PORT = 50060
+EXTRA4 = "10.77.0.4"
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 50051
+DEAD_PORT = 50099
+FLOOD_LIMIT = 200
+
+
+def service(name, vip, port, protocol=None, addrs=EP_ADDRS):
+    p = {"name": "grpc", "port": 80, "target_port": port}
+    if protocol:
+        p["protocol"] = protocol
+    return {
+        "name": name,
+        "namespace": "default",
+        "addresses": [vip],
+        "ports": [p],
+        "endpoints": [{"address": a, "port": port} for a in addrs],
+    }
+
+
+def grpc_server(pod, name, addr):
+    p = pod.spawn(
+        [sys.executable, GRPCPEER, "server", "--name", name, "--listen", "%s:%d" % (addr, PORT)],
+        "grpc-" + name,
+        stdout_pipe=True,
+    )
+    line = p.readline(20)
+    if not line or not line.startswith("READY"):
+        p.stop()
+        raise sl.HarnessError("grpc server %s did not start: %r %s" % (name, line, p.read_stderr()))
+    return p
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = T()
+    daemon = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        for i, a in enumerate(EP_ADDRS):
+            grpc_server(topo.remote, "ep%d" % i, a)
+        topo.remote.spawn_peer(
+            "stall", "stalled", ["%s:%d" % (T.REMOTE4, STALL_PORT)], extra=["--stall", "120"]
+        )
+        path = os.path.join(sl.tmpdir(), "registry.json")
+        with open(path, "w") as f:
+            json.dump(
+                {
+                    "services": [
+                        service("greeter", VIP, PORT, "GRPC"),
+                        service("greeter-sniffed", VIP_SNIFF, PORT),
+                        service("greeter-down", VIP_DOWN, DEAD_PORT, "GRPC"),
+                        service("greeter-stalled", VIP_STALL, STALL_PORT, "GRPC", [T.REMOTE4]),
+                    ]
+                },
+                f,
+            )
+        daemon = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{
+                    "service-discovery.file.path": path,
+                    "http2.max-control-frames-per-second": str(FLOOD_LIMIT),
+                    "log-level": "debug",
+                }
+            ),
+        ).wait_ready()
+        yield topo, daemon
+    finally:
+        if daemon:
+            daemon.stop()
+        topo.delete()
+
+
+def client(topo, vip, *args, timeout=120):
+    r = topo.app.run(
+        [sys.executable, GRPCPEER, "client", "--target", "%s:80" % vip] + [str(a) for a in args],
+        timeout=timeout,
+        check=False,
+    )
+    if r.returncode != 0:
+        raise sl.HarnessError("grpc client failed (%d): %s %s" % (r.returncode, r.stdout, r.stderr))
+    return json.loads(r.stdout)
+
+
+def metric(d, name, **labels):
+    return d.metric(name, default=0.0, **labels)
+
+
+def test_unary_calls_over_one_channel_spread(env):
+    topo, d = env
+    conns = metric(d, "shunt_http2_connections_total")
+    ok = metric(d, "shunt_grpc_requests_total", code="OK")
+    out = client(topo, VIP, "unary", "--n", 300, "--size", 2000)
+    assert out["codes"] == {"OK": 300}, out
+    # Round robin per call: 100 each, give or take the other worker's cursor.
+    assert sorted(out["servers"]) == ["ep0", "ep1", "ep2"], out
+    assert all(90 <= n <= 110 for n in out["servers"].values()), out
+    assert metric(d, "shunt_http2_connections_total") == conns + 1
+    assert metric(d, "shunt_grpc_requests_total", code="OK") == ok + 300
+    assert metric(d, "shunt_http2_upstream_sessions_total", event="opened") >= 3
+
+
+def test_sniffed_grpc_port_is_proxied_per_call(env):
+    topo, d = env
+    out = client(topo, VIP_SNIFF, "unary", "--n", 30)
+    assert out["codes"] == {"OK": 30}, out
+    assert len(out["servers"]) == 3, out
+
+
+def test_bidi_streams_spread_and_keep_their_endpoint(env):
+    """30 bidirectional calls on one channel, 8 ping-pong messages of 200 KB
+    each (several stream windows): every byte arrives intact, each call
+    stays on one endpoint, the calls spread over all three."""
+    topo, d = env
+    out = client(topo, VIP, "bidi", "--calls", 30, "--messages", 8, "--size", 200000)
+    assert out["codes"] == {"OK": 30}, out
+    for seen in out["calls"]:
+        assert len(seen) == 8 and len(set(seen)) == 1, seen
+    assert sorted(out["servers"]) == ["ep0", "ep1", "ep2"], out
+    assert all(n >= 6 for n in out["servers"].values()), out
+    assert metric(d, "shunt_http2_streams_active") == 0
+
+
+def test_all_endpoints_down_is_unavailable_not_a_hang(env):
+    topo, d = env
+    before = metric(d, "shunt_http2_local_responses_total", status="503")
+    # A 20 s deadline: a hang would surface as DEADLINE_EXCEEDED.
+    out = client(topo, VIP_DOWN, "--timeout", 20, "unary", "--n", 10)
+    assert out["codes"] == {"UNAVAILABLE": 10}, out
+    assert any("refused" in x or "no endpoint" in x for x in out["details"]), out
+    assert metric(d, "shunt_http2_local_responses_total", status="503") >= before + 10
+    assert metric(d, "shunt_grpc_requests_total", code="UNAVAILABLE") >= 10
+    # The good service is unaffected.
+    assert client(topo, VIP, "unary", "--n", 6)["codes"] == {"OK": 6}
+
+
+def grpc_frame(payload):
+    return struct.pack(">BI", 0, len(payload)) + payload
+
+
+def test_deadline_shorter_than_slow_backend(env):
+    """A 300 ms deadline against a backend that takes 3 s: the client gets
+    DEADLINE_EXCEEDED (from whichever deadline fires first: grpcio servers
+    enforce grpc-timeout too), and the connection stays usable."""
+    topo, d = env
+    out = client(topo, VIP, "--timeout", 0.3, "unary", "--n", 4, "--sleep-ms", 3000)
+    assert out["codes"] == {"DEADLINE_EXCEEDED": 4}, out
+    assert client(topo, VIP, "unary", "--n", 6)["codes"] == {"OK": 6}
+
+
+def nghttp_grpc(topo, vip, timeout_header, sleep_ms=0):
+    body = os.path.join(sl.tmpdir(), "req.bin")
+    with open(body, "wb") as f:
+        f.write(grpc_frame(b"hello"))
+    return topo.app.run(
+        [
+            "nghttp", "-v", "-d", body,
+            "-H", "content-type: application/grpc",
+            "-H", "te: trailers",
+            "-H", "grpc-timeout: " + timeout_header,
+            "-H", "x-sleep-ms: %d" % sleep_ms,
+            "http://%s:80/shunt.Test/Unary" % vip,
+        ],
+        timeout=30,
+        check=False,
+    ).stdout
+
+
+def test_deadline_enforced_by_shuntd(env):
+    """A backend that accepted the connection but never answers (it reads
+    nothing): only shuntd can end the call, with DEADLINE_EXCEEDED in a
+    trailers-only response when grpc-timeout elapses. nghttp sends the
+    header without enforcing a deadline of its own."""
+    topo, d = env
+    before = metric(d, "shunt_grpc_requests_total", code="DEADLINE_EXCEEDED")
+    local = metric(d, "shunt_http2_local_responses_total", status="504")
+    out = nghttp_grpc(topo, VIP_STALL, "300m")
+    assert "grpc-status: 4" in out, out[-3000:]
+    assert "grpc-message: deadline of 300 ms" in out, out[-3000:]
+    assert "END_STREAM | END_HEADERS" in out, out[-3000:]  # trailers-only
+    assert metric(d, "shunt_grpc_requests_total", code="DEADLINE_EXCEEDED") == before + 1
+    assert metric(d, "shunt_http2_local_responses_total", status="504") == local + 1
+    # A deadline long enough passes.
+    assert "grpc-status: 0" in nghttp_grpc(topo, VIP, "5S", 100)
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def frame(ftype, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+
+
+def read_frames(sock, limit=1 << 22, timeout=15):
+    """Frames the server sent until it closed: [(type, flags, sid, payload)]."""
+    sock.settimeout(timeout)
+    buf = b""
+    try:
+        while len(buf) < limit:
+            b = sock.recv(65536)
+            if not b:
+                break
+            buf += b
+    except (ConnectionResetError, socket.timeout):
+        pass
+    out = []
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + n:
+            break
+        out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9 : 9 + n]))
+        buf = buf[9 + n :]
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["ping", "settings", "empty_data", "rst"],
+)
+def test_frame_flood_closes_only_that_connection(env, kind):
+    topo, d = env
+    floods = metric(d, "shunt_http2_connections_closed_total", reason="flood")
+    s = topo.app.connect(VIP, 80)
+    frames = []
+    reader = threading.Thread(target=lambda: frames.extend(read_frames(s)))
+    reader.start()
+    # A parallel well-behaved client, on its own connection.
+    good = {}
+    gt = threading.Thread(target=lambda: good.update(client(topo, VIP, "unary", "--n", 60)))
+    gt.start()
+    try:
+        s.sendall(PREFACE + frame(4, 0, 0))
+        n = FLOOD_LIMIT * 20
+        if kind == "ping":
+            burst = frame(6, 0, 0, b"12345678") * n
+        elif kind == "settings":
+            burst = frame(4, 0, 0) * n
+        elif kind == "empty_data":
+            # One open stream (a literal-only HPACK block), then empty DATA frames.
+            hdrs = b"".join(
+                bytes([0, len(k)]) + k + bytes([len(v)]) + v
+                for k, v in [
+                    (b":method", b"POST"),
+                    (b":scheme", b"http"),
+                    (b":path", b"/shunt.Test/Unary"),
+                    (b":authority", b"x"),
+                    (b"content-type", b"application/grpc"),
+                ]
+            )
+            burst = frame(1, 4, 1, hdrs) + frame(0, 0, 1) * n
+        else:
+            hdrs = b"".join(
+                bytes([0, len(k)]) + k + bytes([len(v)]) + v
+                for k, v in [
+                    (b":method", b"GET"),
+                    (b":scheme", b"http"),
+                    (b":path", b"/"),
+                    (b":authority", b"x"),
+                ]
+            )
+            burst = b"".join(
+                frame(1, 5, sid, hdrs) + frame(3, 0, sid, struct.pack(">I", 8))
+                for sid in range(1, 2 * n, 2)
+            )
+        try:
+            s.sendall(burst)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us mid-flood: what we want
+        reader.join(20)
+    finally:
+        s.close()
+        gt.join(120)
+    goaways = [f for f in frames if f[0] == 7]
+    assert goaways, "no GOAWAY among %d frames" % len(frames)
+    assert int.from_bytes(goaways[-1][3][4:8], "big") == 11, goaways  # ENHANCE_YOUR_CALM
+    assert metric(d, "shunt_http2_connections_closed_total", reason="flood") == floods + 1
+    assert good.get("codes") == {"OK": 60}, good
+    assert d.alive()

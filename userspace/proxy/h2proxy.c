@@ -1,0 +1,1752 @@
+/* HTTP/2 and gRPC request-level proxying; see h2proxy.h.
+ *
+ * Objects:
+ *   h2c  a client connection: nghttp2 server session on the client socket
+ *   h2u  an upstream session: nghttp2 client session to one endpoint
+ *   h2s  one proxied request: a client stream and (when routed) an
+ *        upstream stream, with one bounded body buffer per direction
+ *
+ * Both kinds of session share struct sess (socket, nghttp2 session, output
+ * remainder, readiness flags). Sessions are never freed from inside
+ * nghttp2 callbacks: work on them is queued on the worker's dirty list and
+ * done by pump() at the top of an event, where closing is safe.
+ *
+ * Flow control: automatic WINDOW_UPDATEs are off on every session. Bytes a
+ * peer sends are kept in the stream's buffer and consumed on that session
+ * (nghttp2_session_consume) only when the other session's data callback
+ * copies them into a frame, whose bytes then leave before the next frame is
+ * produced (one mem_send chunk at most is kept per session). A stream thus
+ * buffers at most H2_STREAM_WINDOW bytes each way and a session at most
+ * H2_CONN_WINDOW. */
+#include "proxy/h2proxy.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/sockaddr.h"
+#include "proxy/proxy-t.h"
+#include "tls/conn.h"
+
+#define H2_EVENTS          (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+#define H2_STREAM_WINDOW   65535      /* per stream, each way: the buffer bound */
+#define H2_CONN_WINDOW     (1u << 20) /* per session */
+#define H2_READ_CHUNK      16384
+#define H2_UP_PER_ENDPOINT 4     /* upstream sessions per endpoint before streams queue */
+#define H2_UP_IDLE_MS      20000 /* an idle upstream session is closed after this */
+#define H2_RETRIES         2     /* further endpoints tried by a stream nothing was sent for */
+#define H2_DIRTY_ROUNDS    100000
+#define H2_REASON_MAX      160
+
+enum sess_kind { SESS_CLIENT, SESS_UPSTREAM };
+
+struct h2_worker;
+
+struct bbuf {
+        uint8_t *p;
+        uint32_t off, len, cap;
+};
+
+/* A header block, copied: names and values in one arena, by offset. */
+struct hdr {
+        uint32_t name, namelen, value, valuelen;
+};
+struct hdrs {
+        struct hdr *v;
+        uint32_t n, cap;
+        char *arena;
+        uint32_t alen, acap;
+};
+
+struct sess {
+        enum sess_kind kind;
+        struct h2_worker *hw;
+        struct loop_io io;
+        nghttp2_session *ng;
+        struct tls_conn *tls;
+        struct bbuf out; /* the unsent rest of the last mem_send chunk */
+        bool readable, writable;
+        bool dirty, closed;
+        bool dead; /* close at the next pump */
+        struct sess *dnext;
+        uint64_t last_active_ms;
+        uint64_t last_write_ms; /* last time bytes left (write-stall check) */
+};
+
+struct h2s;
+
+struct h2c {
+        struct sess s; /* first: a struct sess * is a struct h2c * */
+        struct h2c *prev, *next;
+        uint64_t id;
+        enum proto proto;
+        struct sockaddr_storage client, orig_dst;
+        struct h2s *streams;
+        uint32_t n_streams;
+        uint64_t n_total;
+        struct loop_timer timer;
+        uint64_t created_ms;
+        uint64_t flood_window_ms;
+        uint32_t flood_count;
+        bool flood, protocol_error, stalled, eof;
+        uint64_t bytes_in, bytes_out;
+};
+
+enum up_state { UP_CONNECTING, UP_HANDSHAKE, UP_READY };
+
+struct h2u {
+        struct sess s;
+        struct h2u *prev, *next;
+        uint64_t id;
+        enum up_state state;
+        struct sockaddr_storage addr;
+        char identity[256]; /* "" = plaintext h2c */
+        struct h2s *streams;
+        uint32_t n_streams;
+        bool goaway;
+        bool reported; /* connect outcome given to passive health */
+        struct loop_timer timer;
+};
+
+struct h2s {
+        struct h2_worker *hw;
+        struct h2c *c;
+        int32_t cid;
+        struct h2u *u;
+        int32_t uid;
+        struct h2s *cprev, *cnext; /* on c->streams */
+        struct h2s *uprev, *unext; /* on u->streams */
+        struct route_use route;
+        struct sockaddr_storage upstream;
+        bool routed;
+        struct hdrs req, qtrail, resp, rtrail;
+        uint32_t req_hdr_bytes;
+        struct bbuf reqb, respb;
+        uint64_t req_sent; /* body bytes passed upstream */
+        bool c_open, u_open;
+        bool req_eof, resp_eof;
+        bool grpc, too_big;
+        bool resp_started; /* response headers received from upstream */
+        bool replied;      /* response headers submitted to the client */
+        bool local;        /* answered by us: further request bytes are dropped */
+        bool blk_trailers; /* the upstream header block being received is trailers */
+        int blk_status;    /* :status of that block */
+        int grpc_status;   /* -1 none seen */
+        int http_status;
+        uint8_t attempts;
+        struct loop_timer deadline;
+        bool deadline_grpc;
+        uint64_t timeout_ms;
+        uint64_t start_ms;
+};
+
+struct h2_worker {
+        struct worker *w;
+        struct h2c *conns;
+        struct h2u *ups;
+        struct sess *dirty;
+        bool running;
+        nghttp2_session_callbacks *cb_server, *cb_client;
+        nghttp2_option *opt_server, *opt_client;
+        uint64_t next_up_id;
+};
+
+static const char *const grpc_names[GRPC_CODES] = {
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+};
+
+const char *h2proxy_grpc_code_name(int code)
+{
+        return code >= 0 && code < GRPC_CODES ? grpc_names[code] : "UNKNOWN";
+}
+
+#define GRPC_DEADLINE_EXCEEDED  4
+#define GRPC_RESOURCE_EXHAUSTED 8
+#define GRPC_UNAVAILABLE        14
+
+static void mark_dirty(struct sess *s);
+static void hw_run(struct h2_worker *hw);
+static void stream_fail(struct h2s *st, int grpc, int http, const char *reason);
+static void stream_maybe_free(struct h2s *st);
+static void stream_route(struct h2s *st, const struct sockaddr_storage *exclude);
+
+/* ---- small buffers -------------------------------------------------------------- */
+
+/* Appends n bytes; growth is bounded by the flow-control window the peer
+ * honours (nghttp2 refuses DATA over it), plus small local bodies. */
+static int bbuf_put(struct bbuf *b, const uint8_t *d, size_t n)
+{
+        if (b->off && b->off == b->len)
+                b->off = b->len = 0;
+        if (b->len + n > b->cap) {
+                if (b->off) {
+                        memmove(b->p, b->p + b->off, b->len - b->off);
+                        b->len -= b->off;
+                        b->off = 0;
+                }
+                if (b->len + n > b->cap) {
+                        uint32_t cap = b->cap ? b->cap : 4096;
+                        while (cap < b->len + n)
+                                cap *= 2;
+                        uint8_t *p = realloc(b->p, cap);
+                        if (!p)
+                                return -ENOMEM;
+                        b->p = p;
+                        b->cap = cap;
+                }
+        }
+        memcpy(b->p + b->len, d, n);
+        b->len += (uint32_t)n;
+        return 0;
+}
+
+static uint32_t bbuf_avail(const struct bbuf *b)
+{
+        return b->len - b->off;
+}
+
+static void bbuf_free(struct bbuf *b)
+{
+        free(b->p);
+        memset(b, 0, sizeof(*b));
+}
+
+static int hdrs_add(struct hdrs *h, const uint8_t *name, size_t nl, const uint8_t *value, size_t vl)
+{
+        if (h->n == h->cap) {
+                uint32_t cap = h->cap ? h->cap * 2 : 16;
+                struct hdr *v = realloc(h->v, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                h->v = v;
+                h->cap = cap;
+        }
+        if (h->alen + nl + vl + 2 > h->acap) {
+                uint32_t cap = h->acap ? h->acap : 512;
+                while (cap < h->alen + nl + vl + 2)
+                        cap *= 2;
+                char *a = realloc(h->arena, cap);
+                if (!a)
+                        return -ENOMEM;
+                h->arena = a;
+                h->acap = cap;
+        }
+        struct hdr *e = &h->v[h->n++];
+        e->name = h->alen;
+        e->namelen = (uint32_t)nl;
+        memcpy(h->arena + h->alen, name, nl);
+        h->alen += (uint32_t)nl + 1;
+        e->value = h->alen;
+        e->valuelen = (uint32_t)vl;
+        memcpy(h->arena + h->alen, value, vl);
+        h->alen += (uint32_t)vl + 1;
+        return 0;
+}
+
+static void hdrs_clear(struct hdrs *h)
+{
+        h->n = 0;
+        h->alen = 0;
+}
+
+static void hdrs_free(struct hdrs *h)
+{
+        free(h->v);
+        free(h->arena);
+        memset(h, 0, sizeof(*h));
+}
+
+/* nghttp2 copies what it is given: the array lives only for the call. */
+static nghttp2_nv *hdrs_nv(const struct hdrs *h)
+{
+        nghttp2_nv *nv = calloc(h->n ? h->n : 1, sizeof(*nv));
+        if (!nv)
+                return NULL;
+        for (uint32_t i = 0; i < h->n; i++) {
+                nv[i].name = (uint8_t *)h->arena + h->v[i].name;
+                nv[i].namelen = h->v[i].namelen;
+                nv[i].value = (uint8_t *)h->arena + h->v[i].value;
+                nv[i].valuelen = h->v[i].valuelen;
+                nv[i].flags = NGHTTP2_NV_FLAG_NONE;
+        }
+        return nv;
+}
+
+#define NV(n, v)                                                                                   \
+        {                                                                                          \
+                (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE     \
+        }
+
+/* ---- worker state ----------------------------------------------------------------- */
+
+static const struct shunt_config *hw_cfg(struct h2_worker *hw)
+{
+        return worker_cfg(hw->w);
+}
+
+static struct loop *hw_loop(struct h2_worker *hw)
+{
+        return hw->w->loop;
+}
+
+static void stat_inc(struct h2_worker *hw, enum stat_id id)
+{
+        stat_add(&hw->w->stats, id, 1);
+}
+
+static void stat_dec(struct h2_worker *hw, enum stat_id id)
+{
+        stat_sub(&hw->w->stats, id, 1);
+}
+
+static void mark_dirty(struct sess *s)
+{
+        if (s->dirty || s->closed)
+                return;
+        s->dirty = true;
+        s->dnext = s->hw->dirty;
+        s->hw->dirty = s;
+}
+
+/* ---- streams ------------------------------------------------------------------------ */
+
+static const char *grpc_encode(const char *in, char *out, size_t len)
+{
+        static const char hex[] = "0123456789ABCDEF";
+        size_t o = 0;
+        for (const unsigned char *p = (const unsigned char *)in; *p && o + 4 < len; p++) {
+                if (*p >= 0x20 && *p <= 0x7e && *p != '%') {
+                        out[o++] = (char)*p;
+                } else {
+                        out[o++] = '%';
+                        out[o++] = hex[*p >> 4];
+                        out[o++] = hex[*p & 15];
+                }
+        }
+        out[o] = 0;
+        return out;
+}
+
+/* grpc-timeout: 1-8 digits and a unit (H M S m u n); ms rounded up, 0 if bad. */
+static uint64_t grpc_timeout_ms(const uint8_t *v, size_t n)
+{
+        if (n < 2 || n > 9)
+                return 0;
+        uint64_t x = 0;
+        for (size_t i = 0; i + 1 < n; i++) {
+                if (v[i] < '0' || v[i] > '9')
+                        return 0;
+                x = x * 10 + (uint64_t)(v[i] - '0');
+        }
+        switch (v[n - 1]) {
+        case 'H':
+                return x * 3600000;
+        case 'M':
+                return x * 60000;
+        case 'S':
+                return x * 1000;
+        case 'm':
+                return x ? x : 1;
+        case 'u':
+                return (x + 999) / 1000 ? (x + 999) / 1000 : 1;
+        case 'n':
+                return (x + 999999) / 1000000 ? (x + 999999) / 1000000 : 1;
+        }
+        return 0;
+}
+
+static void stream_unlink_up(struct h2s *st)
+{
+        struct h2u *u = st->u;
+        if (!u)
+                return;
+        if (st->uprev)
+                st->uprev->unext = st->unext;
+        else
+                u->streams = st->unext;
+        if (st->unext)
+                st->unext->uprev = st->uprev;
+        st->uprev = st->unext = NULL;
+        u->n_streams--;
+        /* What was buffered from this stream still counts against the
+         * session's connection window: give it back. */
+        if (!u->s.closed && bbuf_avail(&st->respb)) {
+                nghttp2_session_consume_connection(u->s.ng, bbuf_avail(&st->respb));
+                mark_dirty(&u->s);
+        }
+        if (!u->n_streams && !u->s.closed)
+                loop_timer_arm(hw_loop(st->hw), &u->timer, H2_UP_IDLE_MS);
+        st->u = NULL;
+        st->u_open = false;
+        st->uid = 0;
+}
+
+static void stream_free(struct h2s *st)
+{
+        struct h2_worker *hw = st->hw;
+        loop_timer_cancel(hw_loop(hw), &st->deadline);
+        if (st->c) {
+                struct h2c *c = st->c;
+                if (st->cprev)
+                        st->cprev->cnext = st->cnext;
+                else
+                        c->streams = st->cnext;
+                if (st->cnext)
+                        st->cnext->cprev = st->cprev;
+                c->n_streams--;
+                c->s.last_active_ms = loop_now_ms(hw_loop(hw));
+        }
+        if (st->grpc) {
+                int code = st->grpc_status >= 0 && st->grpc_status < GRPC_CODES ? st->grpc_status
+                                                                                : 2 /* UNKNOWN */;
+                stat_inc(hw, (enum stat_id)(ST_GRPC_STATUS_FIRST + code));
+        }
+        log_debug("h2", st->c ? st->c->id : 0,
+                  "stream %d done: upstream %s status %d grpc-status %d attempts %u", st->cid,
+                  st->routed ? "routed" : "none", st->http_status, st->grpc_status, st->attempts);
+        route_release(&st->route);
+        stat_dec(hw, ST_H2_STREAMS_ACTIVE);
+        hdrs_free(&st->req);
+        hdrs_free(&st->qtrail);
+        hdrs_free(&st->resp);
+        hdrs_free(&st->rtrail);
+        bbuf_free(&st->reqb);
+        bbuf_free(&st->respb);
+        free(st);
+}
+
+static void stream_maybe_free(struct h2s *st)
+{
+        if (!st->c_open && !st->u_open)
+                stream_free(st);
+}
+
+/* Resets the upstream half (the client half is gone or answered locally). */
+static void stream_cancel_up(struct h2s *st)
+{
+        if (st->u && st->u_open && !st->u->s.closed) {
+                nghttp2_submit_rst_stream(st->u->s.ng, NGHTTP2_FLAG_NONE, st->uid, NGHTTP2_CANCEL);
+                mark_dirty(&st->u->s);
+        }
+}
+
+/* Reading the response body for the client (client session's data callback). */
+static ssize_t resp_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+        (void)ud;
+        struct h2s *st = src->ptr;
+        size_t n = bbuf_avail(&st->respb);
+        if (n > length)
+                n = length;
+        if (n) {
+                memcpy(buf, st->respb.p + st->respb.off, n);
+                st->respb.off += (uint32_t)n;
+                /* A local answer's body never came from upstream. */
+                if (st->u && !st->u->s.closed && !st->local) {
+                        nghttp2_session_consume(st->u->s.ng, st->uid, n);
+                        mark_dirty(&st->u->s);
+                }
+        }
+        if (!bbuf_avail(&st->respb) && st->resp_eof) {
+                *flags |= NGHTTP2_DATA_FLAG_EOF;
+                if (st->rtrail.n) {
+                        nghttp2_nv *nv = hdrs_nv(&st->rtrail);
+                        if (nv) {
+                                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                                nghttp2_submit_trailer(ng, sid, nv, st->rtrail.n);
+                                free(nv);
+                        }
+                }
+                return (ssize_t)n;
+        }
+        if (!n)
+                return NGHTTP2_ERR_DEFERRED;
+        return (ssize_t)n;
+}
+
+/* Reading the request body for the upstream (upstream session's callback). */
+static ssize_t req_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length,
+                        uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+        (void)ud;
+        struct h2s *st = src->ptr;
+        size_t n = bbuf_avail(&st->reqb);
+        if (n > length)
+                n = length;
+        if (n) {
+                memcpy(buf, st->reqb.p + st->reqb.off, n);
+                st->reqb.off += (uint32_t)n;
+                st->req_sent += n;
+                if (st->c && st->c_open) {
+                        nghttp2_session_consume(st->c->s.ng, st->cid, n);
+                        mark_dirty(&st->c->s);
+                }
+        }
+        if (!bbuf_avail(&st->reqb) && st->req_eof) {
+                *flags |= NGHTTP2_DATA_FLAG_EOF;
+                if (st->qtrail.n) {
+                        nghttp2_nv *nv = hdrs_nv(&st->qtrail);
+                        if (nv) {
+                                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                                nghttp2_submit_trailer(ng, sid, nv, st->qtrail.n);
+                                free(nv);
+                        }
+                }
+                return (ssize_t)n;
+        }
+        if (!n)
+                return NGHTTP2_ERR_DEFERRED;
+        return (ssize_t)n;
+}
+
+/* Answers the client ourselves: gRPC gets a trailers-only response with a
+ * grpc-status, HTTP a short text with a one-line reason header. After the
+ * response began, all that is left is a reset. */
+static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
+{
+        struct h2_worker *hw = st->hw;
+        stream_cancel_up(st);
+        if (!st->c_open || !st->c || st->c->s.closed)
+                return;
+        struct h2c *c = st->c;
+        if (st->replied) {
+                nghttp2_submit_rst_stream(c->s.ng, NGHTTP2_FLAG_NONE, st->cid,
+                                          grpc == GRPC_DEADLINE_EXCEEDED ? NGHTTP2_CANCEL
+                                                                         : NGHTTP2_INTERNAL_ERROR);
+                stat_inc(hw, ST_H2_STREAM_RESETS);
+                if (st->grpc && st->grpc_status < 0)
+                        st->grpc_status = grpc;
+                mark_dirty(&c->s);
+                return;
+        }
+        st->replied = st->local = true;
+        stat_inc(hw, http == 504   ? ST_H2_REPLY_504
+                     : http == 431 ? ST_H2_REPLY_431
+                                   : ST_H2_REPLY_503);
+        log_warn("h2", c->id, "stream %d (%s) answered locally: %s %d: %s", st->cid,
+                 route_service_name(&st->route), st->grpc ? "grpc-status" : "status",
+                 st->grpc ? grpc : http, reason);
+        /* The request body is no longer wanted: drop it and reopen its window. */
+        if (bbuf_avail(&st->reqb))
+                nghttp2_session_consume(c->s.ng, st->cid, bbuf_avail(&st->reqb));
+        st->reqb.off = st->reqb.len = 0;
+        if (st->u && !st->u->s.closed && bbuf_avail(&st->respb)) {
+                nghttp2_session_consume(st->u->s.ng, st->uid, bbuf_avail(&st->respb));
+                mark_dirty(&st->u->s);
+        }
+        st->respb.off = st->respb.len = 0;
+        char code[16];
+        if (st->grpc) {
+                char msg[3 * H2_REASON_MAX + 1];
+                snprintf(code, sizeof(code), "%d", grpc);
+                st->grpc_status = grpc;
+                st->http_status = 200;
+                nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
+                                   NV("grpc-status", code),
+                                   NV("grpc-message", grpc_encode(reason, msg, sizeof(msg)))};
+                nghttp2_submit_response(c->s.ng, st->cid, nv, 4, NULL);
+        } else {
+                char status[8], clen[16];
+                snprintf(status, sizeof(status), "%d", http);
+                st->http_status = http;
+                st->respb.off = st->respb.len = 0;
+                bbuf_put(&st->respb, (const uint8_t *)reason, strlen(reason));
+                bbuf_put(&st->respb, (const uint8_t *)"\n", 1);
+                snprintf(clen, sizeof(clen), "%u", bbuf_avail(&st->respb));
+                st->resp_eof = true;
+                hdrs_clear(&st->rtrail);
+                nghttp2_nv nv[] = {NV(":status", status), NV("content-type", "text/plain"),
+                                   NV("content-length", clen), NV("x-shunt-reason", reason),
+                                   NV("retry-after", "1")};
+                nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = resp_read};
+                /* Retry-After only where retrying may help (503). */
+                nghttp2_submit_response(c->s.ng, st->cid, nv, http == 503 ? 5 : 4, &prd);
+        }
+        mark_dirty(&c->s);
+}
+
+static void on_deadline(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        struct h2s *st = t->data;
+        struct h2_worker *hw = st->hw;
+        if (st->deadline_grpc) {
+                char why[H2_REASON_MAX];
+                snprintf(why, sizeof(why), "deadline of %llu ms (grpc-timeout) exceeded upstream",
+                         (unsigned long long)st->timeout_ms);
+                stream_fail(st, GRPC_DEADLINE_EXCEEDED, 504, why);
+        } else if (!st->resp_started) {
+                stream_fail(st, GRPC_UNAVAILABLE, 504,
+                            "upstream did not answer within timeouts.request");
+        }
+        hw_run(hw);
+}
+
+/* ---- upstream sessions ------------------------------------------------------------ */
+
+static struct tls_snapshot *worker_tls(struct worker *w)
+{
+        if (!w->proxy->tls_slot)
+                return NULL;
+        struct snapshot *s = snapshot_reader_get(&w->tls_reader, w->proxy->tls_slot);
+        return s ? tls_snapshot_get(s) : NULL;
+}
+
+static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events);
+static void on_up_timer(struct loop *loop, struct loop_timer *t);
+
+static void up_free(struct h2u *u)
+{
+        struct h2_worker *hw = u->s.hw;
+        loop_timer_cancel(hw_loop(hw), &u->timer);
+        if (u->s.io.fd >= 0) {
+                loop_io_del(hw_loop(hw), &u->s.io);
+                close(u->s.io.fd);
+        }
+        tls_conn_free(u->s.tls);
+        nghttp2_session_del(u->s.ng);
+        bbuf_free(&u->s.out);
+        u->s.closed = true;
+        if (u->prev)
+                u->prev->next = u->next;
+        else
+                hw->ups = u->next;
+        if (u->next)
+                u->next->prev = u->prev;
+        stat_dec(hw, ST_H2_UP_ACTIVE);
+        loop_defer_free(hw_loop(hw), u);
+}
+
+/* The session is gone: each of its streams tries another endpoint when
+ * nothing of it went out (a connect failure, a refused stream), or fails. */
+static void up_fail(struct h2u *u, const char *what)
+{
+        struct h2_worker *hw = u->s.hw;
+        char abuf[SOCKADDR_STRLEN];
+        log_warn("h2", u->id, "upstream session to %s %s: %s",
+                 sockaddr_format(&u->addr, abuf, sizeof(abuf)),
+                 u->state == UP_READY ? "failed" : "could not be opened", what);
+        stat_inc(hw, ST_H2_UP_FAILED);
+        u->s.closed = true; /* no new streams, no callbacks from here on */
+        if (!u->reported && u->streams) {
+                route_report(&u->streams->route, &u->addr, false);
+                u->reported = true;
+        }
+        while (u->streams) {
+                struct h2s *st = u->streams;
+                bool fresh = !st->resp_started && !st->req_sent;
+                struct sockaddr_storage failed = st->upstream;
+                stream_unlink_up(st);
+                if (!st->c_open) {
+                        stream_maybe_free(st);
+                        continue;
+                }
+                if (fresh && st->attempts <= H2_RETRIES) {
+                        stat_inc(hw, ST_H2_STREAM_RETRIES);
+                        stream_route(st, &failed);
+                } else if (!st->resp_started) {
+                        char why[H2_REASON_MAX];
+                        snprintf(why, sizeof(why), "upstream %s: %s", abuf, what);
+                        stream_fail(st, GRPC_UNAVAILABLE, 503, why);
+                } else {
+                        stream_fail(st, GRPC_UNAVAILABLE, 502, "upstream failed mid-response");
+                }
+        }
+        up_free(u);
+}
+
+static void up_ready_report(struct h2u *u)
+{
+        if (!u->reported && u->streams) {
+                route_report(&u->streams->route, &u->addr, true);
+                u->reported = true;
+        }
+}
+
+static struct h2u *up_new(struct h2_worker *hw, const struct sockaddr_storage *addr,
+                          const char *identity)
+{
+        const struct shunt_config *cfg = hw_cfg(hw);
+        struct h2u *u = calloc(1, sizeof(*u));
+        if (!u)
+                return NULL;
+        u->s.kind = SESS_UPSTREAM;
+        u->s.hw = hw;
+        u->id = ++hw->next_up_id;
+        u->addr = *addr;
+        snprintf(u->identity, sizeof(u->identity), "%s", identity ? identity : "");
+        loop_io_init(&u->s.io, -1, on_up_io, u);
+        loop_timer_init(&u->timer, on_up_timer, u);
+        if (nghttp2_session_client_new2(&u->s.ng, hw->cb_client, u, hw->opt_client) != 0) {
+                free(u);
+                return NULL;
+        }
+        nghttp2_settings_entry iv[] = {
+            {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
+            {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->h2_max_header_list_size},
+        };
+        nghttp2_submit_settings(u->s.ng, NGHTTP2_FLAG_NONE, iv, 3);
+        nghttp2_session_set_local_window_size(u->s.ng, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW);
+
+        int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+        int one = 1;
+        uint32_t mark = cfg->proxy_mark;
+        if (fd < 0 || setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
+                log_error("h2", u->id, "upstream socket: %s", strerror(errno));
+                if (fd >= 0)
+                        close(fd);
+                nghttp2_session_del(u->s.ng);
+                free(u);
+                return NULL;
+        }
+        u->s.io.fd = fd;
+        u->next = hw->ups;
+        if (hw->ups)
+                hw->ups->prev = u;
+        hw->ups = u;
+        stat_inc(hw, ST_H2_UP_OPENED);
+        stat_inc(hw, ST_H2_UP_ACTIVE);
+        u->s.last_active_ms = u->s.last_write_ms = loop_now_ms(hw_loop(hw));
+        if (connect(fd, (const struct sockaddr *)addr, sockaddr_len(addr)) < 0 &&
+            errno != EINPROGRESS) {
+                u->s.dead = true; /* up_fail at the next pump, with its streams */
+                mark_dirty(&u->s);
+        } else if (loop_io_add(hw_loop(hw), &u->s.io, H2_EVENTS) < 0) {
+                u->s.dead = true;
+                mark_dirty(&u->s);
+        }
+        loop_timer_arm(hw_loop(hw), &u->timer, cfg->connect_timeout_ms);
+        return u;
+}
+
+/* A session to addr (with identity) that can take another stream: the
+ * least loaded one under its peer's concurrency limit, else a new one,
+ * else the least loaded (nghttp2 holds the stream until one ends). */
+static struct h2u *up_get(struct h2_worker *hw, const struct sockaddr_storage *addr,
+                          const char *identity)
+{
+        struct h2u *best = NULL, *any = NULL;
+        int count = 0;
+        for (struct h2u *u = hw->ups; u; u = u->next) {
+                if (u->s.closed || u->s.dead || u->goaway ||
+                    memcmp(&u->addr, addr, sizeof(*addr)) != 0 || strcmp(u->identity, identity))
+                        continue;
+                count++;
+                uint32_t max = nghttp2_session_get_remote_settings(
+                    u->s.ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+                if (!any || u->n_streams < any->n_streams)
+                        any = u;
+                if (u->n_streams < max && (!best || u->n_streams < best->n_streams))
+                        best = u;
+        }
+        if (best)
+                return best;
+        if (count < H2_UP_PER_ENDPOINT) {
+                struct h2u *u = up_new(hw, addr, identity);
+                if (u)
+                        return u;
+        }
+        return any;
+}
+
+/* Picks an endpoint for the stream and sends the request there. */
+static void stream_route(struct h2s *st, const struct sockaddr_storage *exclude)
+{
+        struct h2_worker *hw = st->hw;
+        struct worker *w = hw->w;
+        struct h2c *c = st->c;
+        char why[H2_REASON_MAX];
+        route_release(&st->route);
+        st->attempts++;
+        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+            &w->route_reader, &w->proxy->route_slot);
+        enum route_result r = route_pick(t, &w->route_workers, (uint64_t)w->index, &c->orig_dst,
+                                         &c->client, exclude, &st->upstream, &st->route);
+        if (r != ROUTE_ENDPOINT) {
+                snprintf(why, sizeof(why), "%s",
+                         r == ROUTE_NO_ENDPOINT ? "no endpoint of the service can serve"
+                                                : "the destination is no longer a known service");
+                stream_fail(st, GRPC_UNAVAILABLE, 503, why);
+                return;
+        }
+        st->routed = true;
+        const char *identity = "";
+        if (w->proxy->tls_slot && route_identity(&st->route)[0]) {
+                enum disc_mtls m = route_mtls(&st->route);
+                bool tls = m == DISC_MTLS_DEFAULT ? hw_cfg(hw)->mtls_mode != MTLS_DISABLED
+                                                  : m != DISC_MTLS_DISABLED;
+                if (tls)
+                        identity = route_identity(&st->route);
+        }
+        struct h2u *u = up_get(hw, &st->upstream, identity);
+        if (!u) {
+                stream_fail(st, GRPC_UNAVAILABLE, 503, "cannot open an upstream connection");
+                return;
+        }
+        nghttp2_nv *nv = hdrs_nv(&st->req);
+        if (!nv) {
+                stream_fail(st, GRPC_UNAVAILABLE, 503, "out of memory");
+                return;
+        }
+        nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = req_read};
+        bool body = !st->req_eof || bbuf_avail(&st->reqb) || st->qtrail.n;
+        int32_t id = nghttp2_submit_request(u->s.ng, NULL, nv, st->req.n, body ? &prd : NULL, st);
+        free(nv);
+        if (id < 0) {
+                snprintf(why, sizeof(why), "upstream session refused the stream: %s",
+                         nghttp2_strerror(id));
+                stream_fail(st, GRPC_UNAVAILABLE, 503, why);
+                return;
+        }
+        st->u = u;
+        st->uid = id;
+        st->u_open = true;
+        st->unext = u->streams;
+        st->uprev = NULL;
+        if (u->streams)
+                u->streams->uprev = st;
+        u->streams = st;
+        u->n_streams++;
+        loop_timer_cancel(hw_loop(hw), &u->timer);
+        if (u->state != UP_READY) /* still the connect or handshake timeout */
+                loop_timer_arm(hw_loop(hw), &u->timer,
+                               u->state == UP_CONNECTING ? hw_cfg(hw)->connect_timeout_ms
+                                                         : hw_cfg(hw)->mtls_handshake_timeout_ms);
+        mark_dirty(&u->s);
+}
+
+/* ---- upstream session callbacks ------------------------------------------------------ */
+
+static int up_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+        (void)ud;
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+        if (!st || f->hd.type != NGHTTP2_HEADERS)
+                return 0;
+        st->blk_trailers = st->resp_started;
+        st->blk_status = 0;
+        if (!st->resp_started)
+                hdrs_clear(&st->resp);
+        return 0;
+}
+
+static int up_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                        const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+{
+        (void)flags;
+        (void)ud;
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+        if (!st || f->hd.type != NGHTTP2_HEADERS)
+                return 0;
+        if (nl == 7 && !memcmp(name, ":status", 7)) {
+                st->blk_status = 0;
+                for (size_t i = 0; i < vl && i < 3; i++)
+                        st->blk_status = st->blk_status * 10 + (value[i] - '0');
+        }
+        if (nl == 11 && !memcmp(name, "grpc-status", 11)) {
+                int v = 0;
+                for (size_t i = 0; i < vl && i < 3; i++)
+                        v = v * 10 + (value[i] - '0');
+                st->grpc_status = v;
+        }
+        if (hdrs_add(st->blk_trailers ? &st->rtrail : &st->resp, name, nl, value, vl) < 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        return 0;
+}
+
+static void resume_client(struct h2s *st)
+{
+        if (st->c && st->c_open && st->replied && !st->local) {
+                nghttp2_session_resume_data(st->c->s.ng, st->cid);
+                mark_dirty(&st->c->s);
+        }
+}
+
+static int up_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+        struct h2u *u = ud;
+        if (f->hd.type == NGHTTP2_GOAWAY) {
+                u->goaway = true; /* streams past its last id come back refused: retried */
+                return 0;
+        }
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+        if (!st)
+                return 0;
+        bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+        if (f->hd.type == NGHTTP2_HEADERS) {
+                if (!st->blk_trailers) {
+                        if (st->blk_status < 200) {
+                                hdrs_clear(&st->resp); /* informational: not passed on */
+                                return 0;
+                        }
+                        st->resp_started = true;
+                        st->http_status = st->blk_status;
+                        if (!st->deadline_grpc)
+                                loop_timer_cancel(hw_loop(st->hw), &st->deadline);
+                        if (end)
+                                st->resp_eof = true;
+                        if (st->c_open && !st->replied) {
+                                st->replied = true;
+                                nghttp2_nv *nv = hdrs_nv(&st->resp);
+                                nghttp2_data_provider prd = {.source = {.ptr = st},
+                                                             .read_callback = resp_read};
+                                if (!nv) {
+                                        stream_fail(st, GRPC_UNAVAILABLE, 503, "out of memory");
+                                        return 0;
+                                }
+                                nghttp2_submit_response(st->c->s.ng, st->cid, nv, st->resp.n,
+                                                        end ? NULL : &prd);
+                                free(nv);
+                                mark_dirty(&st->c->s);
+                        }
+                } else {
+                        st->resp_eof = true;
+                        resume_client(st);
+                }
+        } else if (f->hd.type == NGHTTP2_DATA && end) {
+                st->resp_eof = true;
+                resume_client(st);
+        }
+        return 0;
+}
+
+static int up_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uint8_t *data,
+                      size_t len, void *ud)
+{
+        (void)flags;
+        (void)ud;
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, sid);
+        if (!st || !st->c_open || st->local) {
+                nghttp2_session_consume(ng, sid, len);
+                return 0;
+        }
+        if (bbuf_put(&st->respb, data, len) < 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        resume_client(st);
+        return 0;
+}
+
+static int up_on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, void *ud)
+{
+        (void)ud;
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, sid);
+        if (!st)
+                return 0;
+        bool fresh = !st->resp_started && !st->req_sent;
+        struct sockaddr_storage failed = st->upstream;
+        stream_unlink_up(st);
+        if (st->c_open && !st->local && (code != NGHTTP2_NO_ERROR || !st->resp_eof)) {
+                if (code == NGHTTP2_REFUSED_STREAM && fresh && st->attempts <= H2_RETRIES) {
+                        /* Refused (GOAWAY, concurrency): never processed, safe to retry. */
+                        stat_inc(st->hw, ST_H2_STREAM_RETRIES);
+                        stream_route(st, &failed);
+                } else {
+                        char why[H2_REASON_MAX];
+                        snprintf(why, sizeof(why), "upstream reset the stream (%s)%s",
+                                 nghttp2_http2_strerror(code),
+                                 st->resp_started ? " mid-response" : " before responding");
+                        stream_fail(st, GRPC_UNAVAILABLE, 503, why);
+                }
+        }
+        stream_maybe_free(st);
+        return 0;
+}
+
+/* ---- client session callbacks -------------------------------------------------------- */
+
+static void flood_count(struct h2c *c)
+{
+        uint64_t now = loop_now_ms(hw_loop(c->s.hw));
+        if (now - c->flood_window_ms >= 1000) {
+                c->flood_window_ms = now;
+                c->flood_count = 0;
+        }
+        if (++c->flood_count > hw_cfg(c->s.hw)->h2_max_control_frames && !c->flood) {
+                c->flood = true;
+                log_warn("h2", c->id,
+                         "frame flood: more than %u control or empty frames in a second; "
+                         "closing with GOAWAY ENHANCE_YOUR_CALM",
+                         hw_cfg(c->s.hw)->h2_max_control_frames);
+                nghttp2_session_terminate_session(c->s.ng, NGHTTP2_ENHANCE_YOUR_CALM);
+        }
+}
+
+static int cl_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+        struct h2c *c = ud;
+        if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+                return 0;
+        struct h2s *st = calloc(1, sizeof(*st));
+        if (!st)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        st->hw = c->s.hw;
+        st->c = c;
+        st->cid = f->hd.stream_id;
+        st->c_open = true;
+        st->grpc_status = -1;
+        st->start_ms = loop_now_ms(hw_loop(c->s.hw));
+        loop_timer_init(&st->deadline, on_deadline, st);
+        st->cnext = c->streams;
+        if (c->streams)
+                c->streams->cprev = st;
+        c->streams = st;
+        c->n_streams++;
+        c->n_total++;
+        stat_inc(c->s.hw, ST_H2_STREAMS);
+        stat_inc(c->s.hw, ST_H2_STREAMS_ACTIVE);
+        nghttp2_session_set_stream_user_data(ng, f->hd.stream_id, st);
+        return 0;
+}
+
+static int cl_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                        const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+{
+        (void)flags;
+        struct h2c *c = ud;
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+        if (!st || f->hd.type != NGHTTP2_HEADERS)
+                return 0;
+        /* RFC 9113 6.5.2: name + value + 32 per field. */
+        st->req_hdr_bytes += (uint32_t)(nl + vl + 32);
+        if (st->req_hdr_bytes > hw_cfg(c->s.hw)->h2_max_header_list_size)
+                st->too_big = true;
+        if (nl == 12 && !memcmp(name, "content-type", 12) && vl >= 16 &&
+            !memcmp(value, "application/grpc", 16))
+                st->grpc = true;
+        if (nl == 12 && !memcmp(name, "grpc-timeout", 12))
+                st->timeout_ms = grpc_timeout_ms(value, vl);
+        if (st->too_big)
+                return 0;
+        struct hdrs *h = f->headers.cat == NGHTTP2_HCAT_REQUEST ? &st->req : &st->qtrail;
+        if (hdrs_add(h, name, nl, value, vl) < 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        return 0;
+}
+
+static void resume_up(struct h2s *st)
+{
+        if (st->u && st->u_open && !st->u->s.closed) {
+                nghttp2_session_resume_data(st->u->s.ng, st->uid);
+                mark_dirty(&st->u->s);
+        }
+}
+
+static void stream_start(struct h2s *st)
+{
+        struct h2_worker *hw = st->hw;
+        if (st->too_big) {
+                stream_fail(st, GRPC_RESOURCE_EXHAUSTED, 431,
+                            "request header list over http2.max_header_list_size");
+                return;
+        }
+        if (st->grpc && st->timeout_ms) {
+                st->deadline_grpc = true;
+                loop_timer_arm(hw_loop(hw), &st->deadline, st->timeout_ms);
+        } else if (!st->grpc) {
+                loop_timer_arm(hw_loop(hw), &st->deadline, hw_cfg(hw)->request_timeout_ms);
+        }
+        stream_route(st, NULL);
+}
+
+static int cl_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+        struct h2c *c = ud;
+        bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+        switch (f->hd.type) {
+        case NGHTTP2_PING:
+        case NGHTTP2_SETTINGS:
+                if (!(f->hd.flags & NGHTTP2_FLAG_ACK))
+                        flood_count(c);
+                return 0;
+        case NGHTTP2_RST_STREAM:
+        case NGHTTP2_PRIORITY:
+                flood_count(c);
+                return 0;
+        case NGHTTP2_DATA:
+                if (f->hd.length == 0 && !end)
+                        flood_count(c);
+                break;
+        case NGHTTP2_HEADERS:
+                break;
+        default:
+                return 0;
+        }
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+        if (!st)
+                return 0;
+        if (end)
+                st->req_eof = true;
+        if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+                stream_start(st);
+                return 0;
+        }
+        if (end || f->hd.type == NGHTTP2_HEADERS)
+                resume_up(st);
+        return 0;
+}
+
+static int cl_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uint8_t *data,
+                      size_t len, void *ud)
+{
+        (void)flags;
+        struct h2c *c = ud;
+        c->bytes_in += len;
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, sid);
+        if (!st || st->local) {
+                nghttp2_session_consume(ng, sid, len);
+                mark_dirty(&c->s);
+                return 0;
+        }
+        if (bbuf_put(&st->reqb, data, len) < 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        resume_up(st);
+        return 0;
+}
+
+static int cl_on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, void *ud)
+{
+        (void)ud;
+        struct h2s *st = nghttp2_session_get_stream_user_data(ng, sid);
+        if (!st)
+                return 0;
+        st->c_open = false;
+        if (code != NGHTTP2_NO_ERROR && st->grpc_status < 0)
+                st->grpc_status = 1; /* CANCELLED: the client gave up */
+        stream_cancel_up(st);
+        stream_maybe_free(st);
+        return 0;
+}
+
+static int cl_on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+        (void)ng;
+        struct h2c *c = ud;
+        if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM &&
+            !c->flood) {
+                /* nghttp2's own flood checks (e.g. the stream reset rate). */
+                c->flood = true;
+                log_warn("h2", c->id, "nghttp2 flood protection: GOAWAY ENHANCE_YOUR_CALM");
+        }
+        if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code == NGHTTP2_PROTOCOL_ERROR)
+                c->protocol_error = true;
+        if (f->hd.type == NGHTTP2_GOAWAY)
+                log_debug("h2", c->id, "GOAWAY sent: %s",
+                          nghttp2_http2_strerror(f->goaway.error_code));
+        return 0;
+}
+
+static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *f, int err, void *ud)
+{
+        (void)ng;
+        (void)ud;
+        log_debug("h2", 0, "invalid frame type %u stream %d: %s", f->hd.type, f->hd.stream_id,
+                  nghttp2_strerror(err));
+        return 0;
+}
+
+/* nghttp2's own words on what went wrong (debug level). */
+static int on_ng_error(nghttp2_session *ng, int code, const char *msg, size_t len, void *ud)
+{
+        (void)ng;
+        (void)code;
+        (void)ud;
+        log_debug("h2", 0, "nghttp2: %.*s", (int)len, msg);
+        return 0;
+}
+
+/* ---- sockets -------------------------------------------------------------------------- */
+
+static ssize_t sess_recv(struct sess *s, void *buf, size_t len)
+{
+        if (!s->tls)
+                return recv(s->io.fd, buf, len, 0);
+        ssize_t n = tls_conn_read(s->tls, buf, len);
+        if (n < 0) {
+                errno = (int)-n;
+                return -1;
+        }
+        return n;
+}
+
+static ssize_t sess_send(struct sess *s, const void *buf, size_t len)
+{
+        if (!s->tls)
+                return send(s->io.fd, buf, len, MSG_NOSIGNAL);
+        ssize_t n = tls_conn_write(s->tls, buf, len);
+        if (n < 0) {
+                errno = (int)-n;
+                return -1;
+        }
+        return n;
+}
+
+/* Reads and feeds nghttp2 until the socket is drained. -1: the session
+ * must end (why in *what). */
+static int sess_read(struct sess *s, const char **what)
+{
+        uint8_t buf[H2_READ_CHUNK];
+        /* Not past a GOAWAY of ours (a flood ends here, not after the socket is drained). */
+        while (s->readable && !s->closed && nghttp2_session_want_read(s->ng)) {
+                ssize_t n = sess_recv(s, buf, sizeof(buf));
+                if (n > 0) {
+                        if ((size_t)n < sizeof(buf) && !s->tls)
+                                s->readable = false;
+                        s->last_active_ms = loop_now_ms(hw_loop(s->hw));
+                        ssize_t rv = nghttp2_session_mem_recv(s->ng, buf, (size_t)n);
+                        if (rv < 0) {
+                                *what = nghttp2_strerror((int)rv);
+                                if (s->kind == SESS_CLIENT) {
+                                        struct h2c *c = (struct h2c *)s;
+                                        if (rv == NGHTTP2_ERR_FLOODED)
+                                                c->flood = true;
+                                        else
+                                                c->protocol_error = true;
+                                }
+                                return -1;
+                        }
+                } else if (n == 0) {
+                        *what = "peer closed the connection";
+                        if (s->kind == SESS_CLIENT)
+                                ((struct h2c *)s)->eof = true;
+                        return -1;
+                } else if (errno == EAGAIN) {
+                        s->readable = false;
+                } else if (errno != EINTR) {
+                        *what = strerror(errno);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+/* Writes the pending rest, then what nghttp2 has to send, until the socket
+ * is full or nothing is left. */
+static int sess_write(struct sess *s, const char **what)
+{
+        for (;;) {
+                if (!s->writable)
+                        return 0;
+                if (bbuf_avail(&s->out)) {
+                        size_t want = bbuf_avail(&s->out);
+                        ssize_t n = sess_send(s, s->out.p + s->out.off, want);
+                        if (n > 0) {
+                                s->out.off += (uint32_t)n;
+                                s->last_write_ms = loop_now_ms(hw_loop(s->hw));
+                                if ((size_t)n < want && !s->tls)
+                                        s->writable = false;
+                        } else if (errno == EAGAIN) {
+                                s->writable = false;
+                        } else if (errno != EINTR) {
+                                *what = strerror(errno);
+                                return -1;
+                        }
+                        if (bbuf_avail(&s->out))
+                                continue;
+                        s->out.off = s->out.len = 0;
+                }
+                const uint8_t *data;
+                ssize_t n = nghttp2_session_mem_send(s->ng, &data);
+                if (n < 0) {
+                        *what = nghttp2_strerror((int)n);
+                        return -1;
+                }
+                if (n == 0)
+                        return 0;
+                if (s->kind == SESS_CLIENT)
+                        ((struct h2c *)s)->bytes_out += (uint64_t)n;
+                ssize_t m = sess_send(s, data, (size_t)n);
+                if (m < 0) {
+                        if (errno != EAGAIN && errno != EINTR) {
+                                *what = strerror(errno);
+                                return -1;
+                        }
+                        m = 0;
+                        s->writable = false;
+                } else {
+                        s->last_write_ms = loop_now_ms(hw_loop(s->hw));
+                }
+                if (m < n) {
+                        if (!s->tls)
+                                s->writable = false;
+                        /* The chunk is only valid until the next mem_send: keep the rest. */
+                        if (bbuf_put(&s->out, data + m, (size_t)(n - m)) < 0) {
+                                *what = "out of memory";
+                                return -1;
+                        }
+                }
+        }
+}
+
+/* ---- client connections ------------------------------------------------------------ */
+
+static void on_client_io(struct loop *loop, struct loop_io *io, uint32_t events);
+static void on_client_timer(struct loop *loop, struct loop_timer *t);
+
+static void client_free(struct h2c *c, const char *why)
+{
+        struct h2_worker *hw = c->s.hw;
+        struct worker *w = hw->w;
+        loop_timer_cancel(hw_loop(hw), &c->timer);
+        loop_io_del(hw_loop(hw), &c->s.io);
+        close(c->s.io.fd);
+        c->s.closed = true;
+        /* Every stream ends on the client side; upstream halves are reset. */
+        while (c->streams) {
+                struct h2s *st = c->streams;
+                st->c_open = false;
+                stream_cancel_up(st);
+                if (st->u_open) {
+                        /* Detach: the upstream half ends on its own. */
+                        c->streams = st->cnext;
+                        if (c->streams)
+                                c->streams->cprev = NULL;
+                        st->cprev = st->cnext = NULL;
+                        c->n_streams--;
+                        st->c = NULL;
+                } else {
+                        stream_free(st);
+                }
+        }
+        nghttp2_session_del(c->s.ng);
+        bbuf_free(&c->s.out);
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                hw->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        enum conn_reason reason = c->eof ? REASON_DONE : REASON_CLIENT_RESET;
+        if (c->flood) {
+                stat_inc(hw, ST_H2_FLOOD);
+                reason = REASON_CLIENT_RESET;
+        } else if (c->protocol_error) {
+                stat_inc(hw, ST_H2_PROTOCOL_ERROR);
+        } else if (c->stalled) {
+                stat_inc(hw, ST_H2_WRITE_STALL);
+                reason = REASON_IDLE_TIMEOUT;
+        } else if (!c->eof && !strcmp(why, "idle")) {
+                reason = REASON_IDLE_TIMEOUT;
+        } else if (!c->eof && !strcmp(why, "shutdown")) {
+                reason = REASON_SHUTDOWN;
+        }
+        session_end(w, reason);
+        if (log_enabled(LOG_INFO)) {
+                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
+                log_emit(LOG_INFO, "access", c->id,
+                         "outbound %s -> %s proto=%s streams=%llu sent=%llu received=%llu "
+                         "duration_ms=%llu end=%s (%s)",
+                         sockaddr_format(&c->client, cbuf, sizeof(cbuf)),
+                         sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)), proto_name(c->proto),
+                         (unsigned long long)c->n_total, (unsigned long long)c->bytes_in,
+                         (unsigned long long)c->bytes_out,
+                         (unsigned long long)(loop_now_ms(hw_loop(hw)) - c->created_ms),
+                         conn_reason_name(reason), why);
+        }
+        loop_defer_free(hw_loop(hw), c);
+}
+
+/* The work queued on one session: read, write, close when it is done. */
+static void pump(struct sess *s)
+{
+        const char *what = NULL;
+        if (s->kind == SESS_UPSTREAM) {
+                struct h2u *u = (struct h2u *)s;
+                if (s->dead) {
+                        up_fail(u, "connect failed");
+                        return;
+                }
+                if (u->state != UP_READY)
+                        return;
+                if (sess_read(s, &what) < 0 || sess_write(s, &what) < 0) {
+                        if (u->streams)
+                                up_fail(u, what);
+                        else
+                                up_free(u); /* an idle session closed by the server */
+                        return;
+                }
+                if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) &&
+                    !bbuf_avail(&s->out)) {
+                        if (u->streams)
+                                up_fail(u, "session ended");
+                        else
+                                up_free(u);
+                }
+                return;
+        }
+        struct h2c *c = (struct h2c *)s;
+        if (s->dead) {
+                client_free(c, "closed");
+                return;
+        }
+        const char *werr = NULL;
+        int rr = sess_read(s, &what);
+        /* Whatever nghttp2 queued (a GOAWAY after an error) goes out if it can. */
+        int wr = sess_write(s, &werr);
+        if (rr < 0 || wr < 0) {
+                client_free(c, what ? what : werr ? werr : "error");
+                return;
+        }
+        if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) &&
+            !bbuf_avail(&s->out))
+                client_free(c, c->flood ? "flood" : "session ended");
+}
+
+static void hw_run(struct h2_worker *hw)
+{
+        if (hw->running)
+                return;
+        hw->running = true;
+        for (int i = 0; hw->dirty && i < H2_DIRTY_ROUNDS; i++) {
+                struct sess *s = hw->dirty;
+                hw->dirty = s->dnext;
+                s->dirty = false;
+                if (!s->closed)
+                        pump(s);
+        }
+        hw->running = false;
+}
+
+static void on_client_io(struct loop *loop, struct loop_io *io, uint32_t events)
+{
+        (void)loop;
+        struct h2c *c = io->data;
+        if (c->s.closed)
+                return;
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                c->s.readable = true;
+        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                c->s.writable = true;
+        mark_dirty(&c->s);
+        hw_run(c->s.hw);
+}
+
+static void on_client_timer(struct loop *loop, struct loop_timer *t)
+{
+        struct h2c *c = t->data;
+        const struct shunt_config *cfg = hw_cfg(c->s.hw);
+        uint64_t now = loop_now_ms(loop);
+        uint64_t idle = cfg->idle_timeout_ms;
+        if (bbuf_avail(&c->s.out) && now - c->s.last_write_ms >= idle) {
+                c->stalled = true;
+                log_warn("h2", c->id, "client read nothing for %llu ms: closing",
+                         (unsigned long long)(now - c->s.last_write_ms));
+                client_free(c, "stalled");
+                hw_run(c->s.hw);
+                return;
+        }
+        if (!c->n_streams && now - c->s.last_active_ms >= idle) {
+                log_debug("h2", c->id, "idle for %llu ms: GOAWAY",
+                          (unsigned long long)(now - c->s.last_active_ms));
+                nghttp2_session_terminate_session(c->s.ng, NGHTTP2_NO_ERROR);
+                mark_dirty(&c->s);
+                c->s.dead = !c->s.writable; /* nobody would read the GOAWAY */
+                hw_run(c->s.hw);
+                if (!c->s.closed)
+                        loop_timer_arm(loop, t, 1000);
+                return;
+        }
+        loop_timer_arm(loop, t, idle / 4 ? idle / 4 : 1);
+}
+
+static void h2_worker_free(struct worker *w);
+
+static struct h2_worker *hw_get(struct worker *w)
+{
+        if (w->h2)
+                return w->h2;
+        struct h2_worker *hw = calloc(1, sizeof(*hw));
+        if (!hw)
+                return NULL;
+        hw->w = w;
+        nghttp2_session_callbacks *cb;
+        if (nghttp2_session_callbacks_new(&hw->cb_server) ||
+            nghttp2_session_callbacks_new(&hw->cb_client) || nghttp2_option_new(&hw->opt_server) ||
+            nghttp2_option_new(&hw->opt_client)) {
+                h2_worker_free(w);
+                return NULL;
+        }
+        cb = hw->cb_server;
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cb, cl_on_begin_headers);
+        nghttp2_session_callbacks_set_on_header_callback(cb, cl_on_header);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cb, cl_on_frame_recv);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, cl_on_data);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cb, cl_on_stream_close);
+        nghttp2_session_callbacks_set_on_frame_send_callback(cb, cl_on_frame_send);
+        nghttp2_session_callbacks_set_error_callback2(cb, on_ng_error);
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+        cb = hw->cb_client;
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cb, up_on_begin_headers);
+        nghttp2_session_callbacks_set_on_header_callback(cb, up_on_header);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cb, up_on_frame_recv);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, up_on_data);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cb, up_on_stream_close);
+        nghttp2_session_callbacks_set_error_callback2(cb, on_ng_error);
+        /* Windows reopen only as bytes leave for the other side. */
+        nghttp2_option_set_no_auto_window_update(hw->opt_server, 1);
+        nghttp2_option_set_no_auto_window_update(hw->opt_client, 1);
+        /* No server push from upstream (also refused by SETTINGS). */
+        nghttp2_option_set_max_reserved_remote_streams(hw->opt_client, 0);
+        w->h2 = hw;
+        return hw;
+}
+
+static void h2_start(struct worker *w, struct handoff *h)
+{
+        int fd = h->fd;
+        uint64_t id = h->id;
+        const uint8_t *pre = h->buf;
+        size_t len = h->len;
+        enum proto proto = h->proto;
+        const struct sockaddr_storage *client = &h->client_addr;
+        const struct sockaddr_storage *orig_dst = &h->orig_dst;
+        uint64_t created_ms = h->created_ms;
+        struct h2_worker *hw = hw_get(w);
+        struct h2c *c = hw ? calloc(1, sizeof(*c)) : NULL;
+        const struct shunt_config *cfg = worker_cfg(w);
+        if (!c || nghttp2_session_server_new2(&c->s.ng, hw->cb_server, c, hw->opt_server) != 0) {
+                log_error("h2", id, "out of memory for an HTTP/2 connection: closed");
+                free(c);
+                close(fd);
+                worker_buf_give(w, h->buf, h->cap);
+                session_end(w, REASON_NO_MEMORY);
+                return;
+        }
+        c->s.kind = SESS_CLIENT;
+        c->s.hw = hw;
+        c->id = id;
+        c->proto = proto;
+        c->client = *client;
+        c->orig_dst = *orig_dst;
+        c->created_ms = created_ms;
+        c->s.last_active_ms = c->s.last_write_ms = loop_now_ms(w->loop);
+        c->flood_window_ms = c->s.last_active_ms;
+        loop_io_init(&c->s.io, fd, on_client_io, c);
+        loop_timer_init(&c->timer, on_client_timer, c);
+        c->next = hw->conns;
+        if (hw->conns)
+                hw->conns->prev = c;
+        hw->conns = c;
+        stat_inc(hw, ST_H2_CONNS);
+
+        nghttp2_settings_entry iv[] = {
+            {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->h2_max_concurrent_streams},
+            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
+            {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->h2_max_header_list_size},
+        };
+        nghttp2_submit_settings(c->s.ng, NGHTTP2_FLAG_NONE, iv, 3);
+        nghttp2_session_set_local_window_size(c->s.ng, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW);
+        log_debug("h2", id, "%s connection taken over for per-request routing (%zu bytes replayed)",
+                  proto_name(proto), len);
+        c->s.readable = c->s.writable = true;
+        if (len) {
+                ssize_t rv = nghttp2_session_mem_recv(c->s.ng, pre, len);
+                if (rv < 0) {
+                        c->protocol_error = true;
+                        c->s.dead = true;
+                }
+        }
+        worker_buf_give(w, h->buf, h->cap);
+        h->buf = NULL;
+        if (loop_io_add(w->loop, &c->s.io, H2_EVENTS) < 0) {
+                c->s.dead = true;
+        }
+        loop_timer_arm(w->loop, &c->timer, cfg->idle_timeout_ms / 4 ? cfg->idle_timeout_ms / 4 : 1);
+        mark_dirty(&c->s);
+        hw_run(hw);
+}
+
+/* ---- upstream events ------------------------------------------------------------------ */
+
+static void up_connected(struct h2u *u)
+{
+        struct h2_worker *hw = u->s.hw;
+        up_ready_report(u);
+        if (u->identity[0]) {
+                struct tls_snapshot *ts = worker_tls(hw->w);
+                if (!ts || tls_conn_client_new(ts, u->s.io.fd, u->id, u->identity,
+                                               sockaddr_port(&u->addr), &u->s.tls) < 0) {
+                        up_fail(u, "cannot start TLS");
+                        return;
+                }
+                u->state = UP_HANDSHAKE;
+                loop_timer_arm(hw_loop(hw), &u->timer, hw_cfg(hw)->mtls_handshake_timeout_ms);
+                return;
+        }
+        u->state = UP_READY;
+        loop_timer_cancel(hw_loop(hw), &u->timer);
+        if (!u->n_streams)
+                loop_timer_arm(hw_loop(hw), &u->timer, H2_UP_IDLE_MS);
+}
+
+static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events)
+{
+        (void)loop;
+        struct h2u *u = io->data;
+        struct h2_worker *hw = u->s.hw;
+        if (u->s.closed)
+                return;
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                u->s.readable = true;
+        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                u->s.writable = true;
+        if (u->s.tls && events)
+                u->s.readable = u->s.writable = true;
+        if (u->state == UP_CONNECTING) {
+                if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+                        return;
+                int err = 0;
+                socklen_t len = sizeof(err);
+                getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                        up_fail(u, strerror(err));
+                        hw_run(hw);
+                        return;
+                }
+                up_connected(u);
+                if (u->s.closed) {
+                        hw_run(hw);
+                        return;
+                }
+                u->s.readable = u->s.writable = true;
+        }
+        if (u->state == UP_HANDSHAKE) {
+                int r = tls_conn_handshake(u->s.tls);
+                if (r == -EAGAIN) {
+                        hw_run(hw);
+                        return;
+                }
+                if (r < 0) {
+                        up_fail(u, "TLS handshake failed");
+                        hw_run(hw);
+                        return;
+                }
+                u->state = UP_READY;
+                loop_timer_cancel(hw_loop(hw), &u->timer);
+                u->s.readable = u->s.writable = true;
+        }
+        mark_dirty(&u->s);
+        hw_run(hw);
+}
+
+static void on_up_timer(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        struct h2u *u = t->data;
+        struct h2_worker *hw = u->s.hw;
+        if (u->state == UP_CONNECTING) {
+                up_fail(u, "connect timed out");
+        } else if (u->state == UP_HANDSHAKE) {
+                tls_conn_timeout(u->s.tls);
+                up_fail(u, "TLS handshake timed out");
+        } else if (!u->n_streams) {
+                log_debug("h2", u->id, "upstream session idle: closing");
+                up_free(u);
+        }
+        hw_run(hw);
+}
+
+/* ---- worker lifetime and reporting ----------------------------------------------------- */
+
+static void h2_close_all(struct worker *w, int reason)
+{
+        (void)reason; /* counted as shutdown */
+        struct h2_worker *hw = w->h2;
+        if (!hw)
+                return;
+        hw->running = true; /* no pumping while everything goes */
+        while (hw->conns)
+                client_free(hw->conns, "shutdown");
+        while (hw->ups) {
+                struct h2u *u = hw->ups;
+                while (u->streams) {
+                        struct h2s *st = u->streams;
+                        stream_unlink_up(st);
+                        stream_maybe_free(st);
+                }
+                up_free(u);
+        }
+        hw->dirty = NULL;
+        hw->running = false;
+}
+
+static void h2_worker_free(struct worker *w)
+{
+        struct h2_worker *hw = w->h2;
+        if (!hw)
+                return;
+        h2_close_all(w, REASON_SHUTDOWN);
+        if (hw->cb_server)
+                nghttp2_session_callbacks_del(hw->cb_server);
+        if (hw->cb_client)
+                nghttp2_session_callbacks_del(hw->cb_client);
+        if (hw->opt_server)
+                nghttp2_option_del(hw->opt_server);
+        if (hw->opt_client)
+                nghttp2_option_del(hw->opt_client);
+        free(hw);
+        w->h2 = NULL;
+}
+
+static void h2_render(struct worker *w, struct strbuf *out, bool *first)
+{
+        struct h2_worker *hw = w->h2;
+        if (!hw)
+                return;
+        uint64_t now = clock_mono_ms();
+        for (struct h2c *c = hw->conns; c; c = c->next) {
+                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
+                strbuf_append(out, *first ? "" : ",");
+                *first = false;
+                strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"outbound\",",
+                               (unsigned long long)c->id, w->index);
+                strbuf_append(out, "\"client\":");
+                strbuf_append_json_string(out, sockaddr_format(&c->client, cbuf, sizeof(cbuf)));
+                strbuf_append(out, ",\"original_dst\":");
+                strbuf_append_json_string(out, sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
+                /* One upstream per request: the connection itself has none. */
+                strbuf_append(out, ",\"upstream\":\"per-request\",\"service\":");
+                struct h2s *st = c->streams;
+                strbuf_append_json_string(out, st ? route_service_name(&st->route) : "-");
+                strbuf_appendf(out,
+                               ",\"protocol\":\"%s\",\"state\":\"streams\",\"streams\":%u,"
+                               "\"streams_total\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+                               "\"age_ms\":%llu,\"sni\":\"\"}",
+                               proto_name(c->proto), c->n_streams, (unsigned long long)c->n_total,
+                               (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out,
+                               (unsigned long long)(now - c->created_ms));
+        }
+}
+
+const struct proto_engine h2_engine = {
+    .name = "http2",
+    .start = h2_start,
+    .close_all = h2_close_all,
+    .render = h2_render,
+    .worker_free = h2_worker_free,
+};
