@@ -41,7 +41,6 @@
 #define H2_READ_CHUNK      16384
 #define H2_UP_PER_ENDPOINT 4     /* upstream sessions per endpoint before streams queue */
 #define H2_UP_IDLE_MS      20000 /* an idle upstream session is closed after this */
-#define H2_RETRIES         2     /* further endpoints tried by a stream nothing was sent for */
 #define H2_DIRTY_ROUNDS    100000
 #define H2_REASON_MAX      160
 
@@ -111,7 +110,6 @@ struct h2u {
         struct h2s *streams;
         uint32_t n_streams;
         bool goaway;
-        bool reported; /* connect outcome given to passive health */
         struct loop_timer timer;
 };
 
@@ -141,6 +139,10 @@ struct h2s {
         int grpc_status;   /* -1 none seen */
         int http_status;
         uint8_t attempts;
+        bool attempt_open; /* an attempt on st->upstream awaits route_request_done */
+        bool has_key;      /* key_hash: the request's consistent-hash key */
+        uint64_t key_hash;
+        struct loop_timer retry; /* backoff before a retry */
         struct loop_timer deadline;
         bool deadline_grpc;
         uint64_t timeout_ms;
@@ -191,7 +193,8 @@ static void mark_dirty(struct sess *s);
 static void hw_run(struct h2_worker *hw);
 static void stream_fail(struct h2s *st, int grpc, int http, const char *reason);
 static void stream_maybe_free(struct h2s *st);
-static void stream_route(struct h2s *st, const struct sockaddr_storage *exclude);
+static void stream_route(struct h2s *st);
+static void stream_retry(struct h2s *st, enum route_outcome o, const char *what);
 
 /* ---- small buffers -------------------------------------------------------------- */
 
@@ -408,6 +411,9 @@ static void stream_free(struct h2s *st)
 {
         struct h2_worker *hw = st->hw;
         loop_timer_cancel(hw_loop(hw), &st->deadline);
+        loop_timer_cancel(hw_loop(hw), &st->retry);
+        if (st->attempt_open)
+                route_request_done(&st->route, &st->upstream, ROUTE_CANCELLED);
         if (st->c) {
                 struct h2c *c = st->c;
                 if (st->cprev)
@@ -444,9 +450,28 @@ static void stream_maybe_free(struct h2s *st)
                 stream_free(st);
 }
 
+/* The verdict on the current attempt, once, for breakers and outlier
+ * detection (route.h). */
+static void attempt_done(struct h2s *st, enum route_outcome o)
+{
+        if (!st->attempt_open)
+                return;
+        st->attempt_open = false;
+        route_request_done(&st->route, &st->upstream, o);
+}
+
+/* How a finished response counts: 5xx, and gRPC UNAVAILABLE, as failures. */
+static enum route_outcome response_outcome(const struct h2s *st)
+{
+        if (st->http_status >= 500 || st->grpc_status == GRPC_UNAVAILABLE)
+                return ROUTE_HTTP_5XX;
+        return ROUTE_SUCCESS;
+}
+
 /* Resets the upstream half (the client half is gone or answered locally). */
 static void stream_cancel_up(struct h2s *st)
 {
+        attempt_done(st, ROUTE_CANCELLED);
         if (st->u && st->u_open && !st->u->s.closed) {
                 nghttp2_submit_rst_stream(st->u->s.ng, NGHTTP2_FLAG_NONE, st->uid, NGHTTP2_CANCEL);
                 mark_dirty(&st->u->s);
@@ -595,11 +620,14 @@ static void on_deadline(struct loop *loop, struct loop_timer *t)
         struct h2s *st = t->data;
         struct h2_worker *hw = st->hw;
         if (st->deadline_grpc) {
+                /* The caller's budget ran out: no verdict on the endpoint. */
+                attempt_done(st, ROUTE_CANCELLED);
                 char why[H2_REASON_MAX];
                 snprintf(why, sizeof(why), "deadline of %llu ms (grpc-timeout) exceeded upstream",
                          (unsigned long long)st->timeout_ms);
                 stream_fail(st, GRPC_DEADLINE_EXCEEDED, 504, why);
         } else if (!st->resp_started) {
+                attempt_done(st, ROUTE_TIMEOUT);
                 stream_fail(st, GRPC_UNAVAILABLE, 504,
                             "upstream did not answer within timeouts.request");
         }
@@ -641,50 +669,34 @@ static void up_free(struct h2u *u)
         loop_defer_free(hw_loop(hw), u);
 }
 
-/* The session is gone: each of its streams tries another endpoint when
- * nothing of it went out (a connect failure, a refused stream), or fails. */
+/* The session is gone: each of its streams is retried on another endpoint
+ * when nothing of it went out and route.h allows it, or fails. */
 static void up_fail(struct h2u *u, const char *what)
 {
         struct h2_worker *hw = u->s.hw;
-        char abuf[SOCKADDR_STRLEN];
-        log_warn("h2", u->id, "upstream session to %s %s: %s",
+        char abuf[SOCKADDR_STRLEN], why[H2_REASON_MAX];
+        log_warn("h2", 0, "upstream session %llu to %s %s: %s", (unsigned long long)u->id,
                  sockaddr_format(&u->addr, abuf, sizeof(abuf)),
                  u->state == UP_READY ? "failed" : "could not be opened", what);
         stat_inc(hw, ST_H2_UP_FAILED);
         u->s.closed = true; /* no new streams, no callbacks from here on */
-        if (!u->reported && u->streams) {
-                route_report(&u->streams->route, &u->addr, false);
-                u->reported = true;
-        }
+        snprintf(why, sizeof(why), "upstream %s: %s", abuf, what);
         while (u->streams) {
                 struct h2s *st = u->streams;
                 bool fresh = !st->resp_started && !st->req_sent;
-                struct sockaddr_storage failed = st->upstream;
+                enum route_outcome o = u->state != UP_READY ? ROUTE_CONNECT_FAILURE : ROUTE_RESET;
                 stream_unlink_up(st);
-                if (!st->c_open) {
+                attempt_done(st, o);
+                if (!st->c_open)
                         stream_maybe_free(st);
-                        continue;
-                }
-                if (fresh && st->attempts <= H2_RETRIES) {
-                        stat_inc(hw, ST_H2_STREAM_RETRIES);
-                        stream_route(st, &failed);
-                } else if (!st->resp_started) {
-                        char why[H2_REASON_MAX];
-                        snprintf(why, sizeof(why), "upstream %s: %s", abuf, what);
+                else if (fresh)
+                        stream_retry(st, o, why);
+                else if (!st->resp_started)
                         stream_fail(st, GRPC_UNAVAILABLE, 503, why);
-                } else {
+                else
                         stream_fail(st, GRPC_UNAVAILABLE, 502, "upstream failed mid-response");
-                }
         }
         up_free(u);
-}
-
-static void up_ready_report(struct h2u *u)
-{
-        if (!u->reported && u->streams) {
-                route_report(&u->streams->route, &u->addr, true);
-                u->reported = true;
-        }
 }
 
 static struct h2u *up_new(struct h2_worker *hw, const struct sockaddr_storage *addr,
@@ -775,27 +787,13 @@ static struct h2u *up_get(struct h2_worker *hw, const struct sockaddr_storage *a
         return any;
 }
 
-/* Picks an endpoint for the stream and sends the request there. */
-static void stream_route(struct h2s *st, const struct sockaddr_storage *exclude)
+/* Sends the request to st->upstream, on a session shared with others. */
+static void stream_send(struct h2s *st)
 {
         struct h2_worker *hw = st->hw;
         struct worker *w = hw->w;
-        struct h2c *c = st->c;
         char why[H2_REASON_MAX];
-        route_release(&st->route);
         st->attempts++;
-        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
-            &w->route_reader, &w->proxy->route_slot);
-        enum route_result r = route_pick(t, &w->route_workers, (uint64_t)w->index, &c->orig_dst,
-                                         &c->client, exclude, &st->upstream, &st->route);
-        if (r != ROUTE_ENDPOINT) {
-                snprintf(why, sizeof(why), "%s",
-                         r == ROUTE_NO_ENDPOINT ? "no endpoint of the service can serve"
-                                                : "the destination is no longer a known service");
-                stream_fail(st, GRPC_UNAVAILABLE, 503, why);
-                return;
-        }
-        st->routed = true;
         const char *identity = "";
         if (w->proxy->tls_slot && route_identity(&st->route)[0]) {
                 enum disc_mtls m = route_mtls(&st->route);
@@ -824,6 +822,7 @@ static void stream_route(struct h2s *st, const struct sockaddr_storage *exclude)
                 stream_fail(st, GRPC_UNAVAILABLE, 503, why);
                 return;
         }
+        st->attempt_open = true;
         st->u = u;
         st->uid = id;
         st->u_open = true;
@@ -833,12 +832,109 @@ static void stream_route(struct h2s *st, const struct sockaddr_storage *exclude)
                 u->streams->uprev = st;
         u->streams = st;
         u->n_streams++;
-        loop_timer_cancel(hw_loop(hw), &u->timer);
-        if (u->state != UP_READY) /* still the connect or handshake timeout */
-                loop_timer_arm(hw_loop(hw), &u->timer,
-                               u->state == UP_CONNECTING ? hw_cfg(hw)->connect_timeout_ms
-                                                         : hw_cfg(hw)->mtls_handshake_timeout_ms);
+        if (u->state == UP_READY)
+                loop_timer_cancel(hw_loop(hw), &u->timer); /* the idle timer */
         mark_dirty(&u->s);
+}
+
+/* The request's consistent-hash key: the service's hash_key (else
+ * load_balancing.hash_key) names a header, or "cookie:<name>" a cookie. */
+static void stream_key(struct h2s *st, struct route_table *t)
+{
+        const char *key = route_hash_key(t, &st->c->orig_dst);
+        if (!key || !key[0])
+                key = hw_cfg(st->hw)->lb_hash_key;
+        bool cookie = !strncmp(key, "cookie:", 7);
+        const char *name = cookie ? key + 7 : key;
+        size_t nl = strlen(name);
+        for (uint32_t i = 0; i < st->req.n; i++) {
+                const struct hdr *h = &st->req.v[i];
+                const char *hn = st->req.arena + h->name;
+                const char *hv = st->req.arena + h->value;
+                if (cookie && h->namelen == 6 && !memcmp(hn, "cookie", 6)) {
+                        if (lb_hash_cookie(hv, h->valuelen, name, &st->key_hash) == 0) {
+                                st->has_key = true;
+                                return;
+                        }
+                } else if (!cookie && h->namelen == nl && !strncasecmp(hn, name, nl) &&
+                           h->valuelen) {
+                        st->key_hash = lb_hash_header_value(hv, h->valuelen);
+                        st->has_key = true;
+                        return;
+                }
+        }
+}
+
+/* Picks the endpoint for a new request (route.h's per-request life). */
+static void stream_route(struct h2s *st)
+{
+        struct h2_worker *hw = st->hw;
+        struct worker *w = hw->w;
+        struct h2c *c = st->c;
+        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+            &w->route_reader, &w->proxy->route_slot);
+        stream_key(st, t);
+        enum route_result r =
+            route_pick_request(t, &w->route_workers, (uint64_t)w->index, &c->orig_dst, &c->client,
+                               st->has_key ? &st->key_hash : NULL, &st->upstream, &st->route);
+        if (r != ROUTE_ENDPOINT) {
+                stream_fail(st, GRPC_UNAVAILABLE, 503,
+                            r == ROUTE_NO_ENDPOINT
+                                ? "no endpoint of the service can serve"
+                                : "the destination is no longer a known service");
+                return;
+        }
+        st->routed = true;
+        if (route_limit_acquire(&st->route, LB_LIMIT_REQUESTS) < 0) {
+                stream_fail(st, GRPC_UNAVAILABLE, 503, "the service is at limits.max_requests");
+                return;
+        }
+        stream_send(st);
+}
+
+static void on_retry(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        struct h2s *st = t->data;
+        struct h2_worker *hw = st->hw;
+        struct worker *w = hw->w;
+        enum route_result r =
+            route_retry_pick(&st->route, &w->route_workers, (uint64_t)w->index, &st->c->client,
+                             st->has_key ? &st->key_hash : NULL, &st->upstream);
+        if (r != ROUTE_ENDPOINT)
+                stream_fail(st, GRPC_UNAVAILABLE, 503, "no other endpoint left to retry on");
+        else
+                stream_send(st);
+        hw_run(hw);
+}
+
+static bool stream_idempotent(const struct h2s *st)
+{
+        static const char *const safe[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"};
+        for (uint32_t i = 0; i < st->req.n; i++) {
+                const struct hdr *h = &st->req.v[i];
+                if (h->namelen != 7 || memcmp(st->req.arena + h->name, ":method", 7))
+                        continue;
+                for (size_t k = 0; k < sizeof(safe) / sizeof(safe[0]); k++)
+                        if (!strcmp(st->req.arena + h->value, safe[k]))
+                                return true;
+                return false;
+        }
+        return false;
+}
+
+/* An attempt failed before anything of the request went out: another
+ * endpoint after the jittered backoff, if the retry budget allows. */
+static void stream_retry(struct h2s *st, enum route_outcome o, const char *what)
+{
+        uint32_t backoff = 0;
+        if (!route_retry_allowed(&st->route, o, 0, stream_idempotent(st), &backoff)) {
+                stream_fail(st, GRPC_UNAVAILABLE, 503, what);
+                return;
+        }
+        stat_inc(st->hw, ST_H2_STREAM_RETRIES);
+        log_debug("h2", st->c->id, "stream %d: retry in %u ms after %s", st->cid, backoff, what);
+        loop_timer_arm(hw_loop(st->hw), &st->retry, backoff);
 }
 
 /* ---- upstream session callbacks ------------------------------------------------------ */
@@ -959,14 +1055,19 @@ static int up_on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, v
         if (!st)
                 return 0;
         bool fresh = !st->resp_started && !st->req_sent;
-        struct sockaddr_storage failed = st->upstream;
+        bool complete = code == NGHTTP2_NO_ERROR && st->resp_eof;
         stream_unlink_up(st);
-        if (st->c_open && !st->local && (code != NGHTTP2_NO_ERROR || !st->resp_eof)) {
-                if (code == NGHTTP2_REFUSED_STREAM && fresh && st->attempts <= H2_RETRIES) {
-                        /* Refused (GOAWAY, concurrency): never processed, safe to retry. */
-                        stat_inc(st->hw, ST_H2_STREAM_RETRIES);
-                        stream_route(st, &failed);
-                } else {
+        if (complete) {
+                attempt_done(st, response_outcome(st));
+        } else if (code == NGHTTP2_REFUSED_STREAM && fresh) {
+                /* Refused (GOAWAY, concurrency): never processed, like a
+                 * failed connect, and no fault of the endpoint. */
+                attempt_done(st, ROUTE_CANCELLED);
+                if (st->c_open && !st->local)
+                        stream_retry(st, ROUTE_CONNECT_FAILURE, "upstream refused the stream");
+        } else {
+                attempt_done(st, ROUTE_RESET);
+                if (st->c_open && !st->local) {
                         char why[H2_REASON_MAX];
                         snprintf(why, sizeof(why), "upstream reset the stream (%s)%s",
                                  nghttp2_http2_strerror(code),
@@ -1012,6 +1113,7 @@ static int cl_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void
         st->grpc_status = -1;
         st->start_ms = loop_now_ms(hw_loop(c->s.hw));
         loop_timer_init(&st->deadline, on_deadline, st);
+        loop_timer_init(&st->retry, on_retry, st);
         st->cnext = c->streams;
         if (c->streams)
                 c->streams->cprev = st;
@@ -1071,7 +1173,7 @@ static void stream_start(struct h2s *st)
         } else if (!st->grpc) {
                 loop_timer_arm(hw_loop(hw), &st->deadline, hw_cfg(hw)->request_timeout_ms);
         }
-        stream_route(st, NULL);
+        stream_route(st);
 }
 
 static int cl_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
@@ -1586,7 +1688,6 @@ static void h2_start(struct worker *w, struct handoff *h)
 static void up_connected(struct h2u *u)
 {
         struct h2_worker *hw = u->s.hw;
-        up_ready_report(u);
         if (u->identity[0]) {
                 struct tls_snapshot *ts = worker_tls(hw->w);
                 if (!ts || tls_conn_client_new(ts, u->s.io.fd, u->id, u->identity,
