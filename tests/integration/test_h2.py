@@ -1,0 +1,236 @@
+"""Plain HTTP/2 through shuntd, request by request: h2load, curl and nghttp in
+the app pod; three nginx servers speaking h2c (prior knowledge) in the
+remote pod. Requests spread over the endpoints per stream, bodies keep
+their bytes through flow control, and what cannot be served gets 503 (with
+Retry-After and a reason header), 504 or 431 from shuntd."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+VIP = "10.96.0.30"  # HTTP2 declared
+VIP_SNIFF = "10.96.0.31"  # sniffed
+VIP_DOWN = "10.96.0.32"
+VIP_STALL = "10.96.0.33"
+EXTRA4 = "10.77.0.4"
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 8082
+DEAD_PORT = 8099
+STALL_PORT = 8098
+BIG = 3 * 1024 * 1024 + 17
+HEADER_LIMIT = 4096
+
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen {addr}:{port} http2;
+        http2_max_concurrent_streams 256;
+        keepalive_requests 100000;
+        root {dir}/www;
+        location = / {{ return 200 "{name}\\n"; }}
+    }}
+}}
+"""
+
+
+def service(name, vip, port, protocol=None, addrs=EP_ADDRS):
+    p = {"name": "web", "port": 80, "target_port": port}
+    if protocol:
+        p["protocol"] = protocol
+    return {
+        "name": name,
+        "namespace": "default",
+        "addresses": [vip],
+        "ports": [p],
+        "endpoints": [{"address": a, "port": port} for a in addrs],
+    }
+
+
+def nginx(pod, name, addr, big):
+    d = sl.tmpdir()
+    os.makedirs(os.path.join(d, "www"))
+    shutil.copy(big, os.path.join(d, "www", "big.bin"))
+    os.chmod(d, 0o755)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=d, addr=addr, port=PORT, name=name))
+    p = pod.spawn(
+        ["nginx", "-e", os.path.join(d, "error.log"), "-c", conf, "-g", "daemon off;"],
+        "nginx-" + name,
+    )
+
+    def up():
+        if not p.alive():
+            raise sl.HarnessError("nginx %s exited: %s" % (name, p.read_stderr()))
+        s = pod.connect(addr, PORT, timeout=1)
+        s.close()
+        return True
+
+    sl.wait_until(up, 10, what="nginx %s listening" % name)
+    return os.path.join(d, "access.log")
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = T()
+    daemon = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        big = os.path.join(sl.tmpdir(), "big.bin")
+        with open(big, "wb") as f:
+            f.write(os.urandom(BIG))
+        logs = {
+            "ep%d" % i: nginx(topo.remote, "ep%d" % i, a, big) for i, a in enumerate(EP_ADDRS)
+        }
+        topo.remote.spawn_peer(
+            "stall", "stalled", ["%s:%d" % (T.REMOTE4, STALL_PORT)], extra=["--stall", "120"]
+        )
+        path = os.path.join(sl.tmpdir(), "registry.json")
+        with open(path, "w") as f:
+            json.dump(
+                {
+                    "services": [
+                        service("web2", VIP, PORT, "HTTP2"),
+                        service("web2-sniffed", VIP_SNIFF, PORT),
+                        service("web2-down", VIP_DOWN, DEAD_PORT, "HTTP2"),
+                        service("web2-stalled", VIP_STALL, STALL_PORT, "HTTP2", [T.REMOTE4]),
+                    ]
+                },
+                f,
+            )
+        daemon = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{
+                    "service-discovery.file.path": path,
+                    "timeouts.request": "1s",
+                    "http2.max-header-list-size": str(HEADER_LIMIT),
+                    "log-level": "info",
+                }
+            ),
+        ).wait_ready()
+        yield topo, daemon, logs, big
+    finally:
+        if daemon:
+            daemon.stop()
+        topo.delete()
+
+
+def metric(d, name, **labels):
+    return d.metric(name, default=0.0, **labels)
+
+
+def access_counts(logs):
+    out = {}
+    for name, path in logs.items():
+        try:
+            with open(path) as f:
+                out[name] = sum(1 for line in f if '"GET / HTTP/2.0" 200' in line)
+        except FileNotFoundError:
+            out[name] = 0
+    return out
+
+
+def test_h2load_requests_spread_over_endpoints(env):
+    topo, d, logs, _ = env
+    before = access_counts(logs)
+    streams = metric(d, "shunt_http2_streams_total")
+    r = topo.app.run(
+        ["h2load", "-n", "2000", "-c", "4", "-m", "10", "http://%s:80/" % VIP],
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", r.stdout)
+    assert m and m.group(1) == "2000", r.stdout
+    assert "2000 succeeded" in r.stdout, r.stdout
+    after = access_counts(logs)
+    got = {k: after[k] - before[k] for k in logs}
+    assert sum(got.values()) == 2000, got
+    # Round robin per stream (4 connections, 2 workers): a third each.
+    assert all(600 <= n <= 734 for n in got.values()), got
+    assert metric(d, "shunt_http2_streams_total") == streams + 2000
+    # Streams share upstream sessions: far fewer sessions than streams.
+    assert metric(d, "shunt_http2_upstream_sessions_total", event="opened") <= 3 * 2 * 4
+
+
+def test_sniffed_h2c_port(env):
+    topo, d, logs, _ = env
+    before = access_counts(logs)
+    r = topo.app.run(
+        ["h2load", "-n", "90", "-c", "1", "-m", "5", "http://%s:80/" % VIP_SNIFF],
+        timeout=60,
+        check=False,
+    )
+    assert "90 succeeded" in r.stdout, r.stdout
+    after = access_counts(logs)
+    assert all(after[k] - before[k] == 30 for k in logs), (before, after)
+
+
+def test_large_body_keeps_its_bytes(env):
+    """A 3 MB download is many stream windows: it only completes if window
+    updates flow as the bytes leave, and every byte arrives intact."""
+    topo, _, _, big = env
+    with open(big, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    for _ in range(3):
+        r = topo.app.run(
+            ["sh", "-c", "curl -sS --http2-prior-knowledge http://%s:80/big.bin | sha256sum" % VIP],
+            timeout=60,
+            check=False,
+        )
+        assert r.stdout.split()[0] == want, r.stdout + r.stderr
+
+
+def curl_head(topo, url, extra=()):
+    r = topo.app.curl(["--http2-prior-knowledge", "-i"] + list(extra) + [url], timeout=20)
+    return r.stdout
+
+
+def test_no_endpoint_gets_503_with_reason(env):
+    topo, d, _, _ = env
+    before = metric(d, "shunt_http2_local_responses_total", status="503")
+    out = curl_head(topo, "http://%s:80/" % VIP_DOWN)
+    assert out.startswith("HTTP/2 503"), out
+    assert re.search(r"(?im)^retry-after: 1\r?$", out), out
+    assert re.search(r"(?im)^x-shunt-reason: .*(refused|no endpoint)", out), out
+    assert metric(d, "shunt_http2_local_responses_total", status="503") > before
+
+
+def test_upstream_timeout_gets_504(env):
+    topo, d, _, _ = env
+    before = metric(d, "shunt_http2_local_responses_total", status="504")
+    out = curl_head(topo, "http://%s:80/" % VIP_STALL)
+    assert out.startswith("HTTP/2 504"), out
+    assert re.search(r"(?im)^x-shunt-reason: .*timeouts.request", out), out
+    assert "retry-after" not in out.lower(), out
+    assert metric(d, "shunt_http2_local_responses_total", status="504") == before + 1
+
+
+def test_header_list_over_limit_gets_431(env):
+    topo, d, logs, _ = env
+    before = metric(d, "shunt_http2_local_responses_total", status="431")
+    out = curl_head(topo, "http://%s:80/" % VIP, ["-H", "x-big: " + "a" * (HEADER_LIMIT + 10)])
+    assert out.startswith("HTTP/2 431"), out
+    assert metric(d, "shunt_http2_local_responses_total", status="431") == before + 1
+    # The same connection type right after: fine.
+    out = curl_head(topo, "http://%s:80/" % VIP)
+    assert out.startswith("HTTP/2 200"), out
