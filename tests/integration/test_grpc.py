@@ -93,9 +93,13 @@ def env():
         ).wait_ready()
         yield topo, daemon
     finally:
+        log = ""
         if daemon:
             daemon.stop()
+            log = daemon.log_text()
         topo.delete()
+        # Under ASan (build-asan) a leak or memory error shows here.
+        assert "Sanitizer" not in log, log[-6000:]
 
 
 def client(topo, vip, *args, timeout=120):

@@ -129,9 +129,13 @@ def env():
         ).wait_ready()
         yield topo, daemon, logs, big
     finally:
+        log = ""
         if daemon:
             daemon.stop()
+            log = daemon.log_text()
         topo.delete()
+        # Under ASan (build-asan) a leak or memory error shows here.
+        assert "Sanitizer" not in log, log[-6000:]
 
 
 def metric(d, name, **labels):
