@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import struct
 
 import pytest
 
@@ -122,6 +124,7 @@ def env():
                 **{
                     "service-discovery.file.path": path,
                     "timeouts.request": "1s",
+                    "timeouts.idle-timeout": "2s",
                     "http2.max-header-list-size": str(HEADER_LIMIT),
                     "log-level": "info",
                 }
@@ -238,3 +241,51 @@ def test_header_list_over_limit_gets_431(env):
     # The same connection type right after: fine.
     out = curl_head(topo, "http://%s:80/" % VIP)
     assert out.startswith("HTTP/2 200"), out
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def frame(ftype, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+
+
+def literal_headers(pairs):
+    """An HPACK block of literal fields without indexing (short strings)."""
+    return b"".join(bytes([0, len(k)]) + k + bytes([len(v)]) + v for k, v in pairs)
+
+
+def test_client_that_stops_reading_is_closed_alone(env):
+    """A client opens the largest windows and asks for 5 x 3 MB but reads
+    nothing: shuntd's writes stall, it keeps at most its bounded buffers, and
+    after timeouts.idle_timeout without progress it closes that connection.
+    Another client meanwhile is served normally."""
+    topo, d, _, _ = env
+    stalls = metric(d, "shunt_http2_connections_closed_total", reason="write_stall")
+    s = topo.app.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect((VIP, 80))
+    try:
+        big = 0x7FFFFFFF
+        msg = PREFACE + frame(4, 0, 0, struct.pack(">HI", 4, big))
+        msg += frame(8, 0, 0, struct.pack(">I", big - 65535))
+        hdrs = literal_headers(
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/big.bin"),
+             (b":authority", VIP.encode())]
+        )
+        for sid in range(1, 11, 2):
+            msg += frame(1, 5, sid, hdrs)
+        s.sendall(msg)
+        for _ in range(3):
+            assert curl_head(topo, "http://%s:80/" % VIP).startswith("HTTP/2 200")
+        sl.wait_until(
+            lambda: metric(d, "shunt_http2_connections_closed_total", reason="write_stall")
+            == stalls + 1,
+            20,
+            what="the stalled client closed",
+        )
+        assert curl_head(topo, "http://%s:80/" % VIP).startswith("HTTP/2 200")
+        assert metric(d, "shunt_http2_streams_active") == 0
+    finally:
+        s.close()
