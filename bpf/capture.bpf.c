@@ -13,7 +13,10 @@
  *                              leave when the socket closes
  *   sk_msg                     bytes between two paired sockets go straight
  *                              into the peer's receive queue, unless the
- *                              sender's shortcut flag is off
+ *                              sender's shortcut flag is off or the peer
+ *                              has too much unread (flow control: the
+ *                              bytes take TCP, whose window holds the
+ *                              sender back)
  *   cgroup/getsockopt          SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST from
  *                              the 4-tuple map
  */
@@ -64,6 +67,14 @@ struct {
         __type(key, struct shunt_tuple);
         __type(value, __u8);
 } shunt_shortcut_off SEC(".maps");
+
+/* Flow control state of each paired socket as a reader (its own view). */
+struct {
+        __uint(type, BPF_MAP_TYPE_HASH);
+        __uint(max_entries, SHUNT_MAX_SOCKETS);
+        __type(key, struct shunt_tuple);
+        __type(value, struct shunt_flow);
+} shunt_flow SEC(".maps");
 
 struct {
         __uint(type, BPF_MAP_TYPE_HASH);
@@ -322,12 +333,28 @@ static __always_inline void watch_close(struct bpf_sock_ops *skops)
         bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* A paired socket gets its flow state (as a reader) first: a socket without
+ * one is never redirected to. Its sender starts in SHUNT_FLOW_START, so bytes
+ * sent by TCP before both ends were paired are read before any redirected. */
 static __always_inline void pair(struct bpf_sock_ops *skops, struct shunt_tuple *t)
 {
-        if (bpf_sock_hash_update(skops, &shunt_sockhash, t, BPF_NOEXIST) == 0)
-                COUNT(sockhash_added, 1);
-        else
+        struct bpf_sock *sk = skops->sk;
+        if (!sk)
+                return;
+        struct shunt_flow f = {};
+        f.cookie = bpf_get_socket_cookie(skops);
+        f.sk = (__u64)sk;
+        f.state = SHUNT_FLOW_START;
+        if (bpf_map_update_elem(&shunt_flow, t, &f, BPF_ANY) != 0) {
                 COUNT(map_full, 1);
+                return;
+        }
+        if (bpf_sock_hash_update(skops, &shunt_sockhash, t, BPF_NOEXIST) == 0) {
+                COUNT(sockhash_added, 1);
+        } else {
+                bpf_map_delete_elem(&shunt_flow, t);
+                COUNT(map_full, 1);
+        }
 }
 
 SEC("sockops")
@@ -395,6 +422,7 @@ int shunt_sockops(struct bpf_sock_ops *skops)
                 /* Both directions' flags: the other end may not be watched
                  * (shuntd's listener outside the cgroup). */
                 bpf_map_delete_elem(&shunt_shortcut_off, &t);
+                bpf_map_delete_elem(&shunt_flow, &t);
                 swap_tuple(&t, &peer);
                 bpf_map_delete_elem(&shunt_shortcut_off, &peer);
                 /* The 4-tuple entry lives until the accepting side closes
@@ -408,6 +436,37 @@ int shunt_sockops(struct bpf_sock_ops *skops)
                 break;
         }
         return 1;
+}
+
+/* Messages counted in a reader's queue on kernels without msg_tot_len; a
+ * longer queue counts as over the threshold. */
+#define FLOW_WALK_MAX 64
+
+/* Bytes waiting in the shortcut receive queue of reader r (its psock's
+ * ingress_msg), or -1 when it cannot be read. 6.18 keeps a total
+ * (msg_tot_len); 6.1 does not, so the queue is walked. Read without the
+ * queue's lock: a value off by a message in flight only moves a pause by
+ * that much. */
+static __always_inline __s64 reader_queued(struct sock *r)
+{
+        unsigned long ud = (unsigned long)BPF_CORE_READ(r, sk_user_data);
+        struct sk_psock *ps = (void *)(ud & ~7ul); /* SK_USER_DATA_* flag bits */
+        if (!ps)
+                return -1;
+        if (bpf_core_field_exists(ps->msg_tot_len))
+                return BPF_CORE_READ(ps, msg_tot_len);
+        unsigned long head = (unsigned long)ps + bpf_core_field_offset(ps->ingress_msg);
+        unsigned long next = (unsigned long)BPF_CORE_READ(ps, ingress_msg.next);
+        unsigned long list_off = bpf_core_field_offset(struct sk_msg, list);
+        __s64 total = 0;
+        for (int i = 0; i < FLOW_WALK_MAX; i++) {
+                if (next == head || next == 0)
+                        return total;
+                struct sk_msg *m = (void *)(next - list_off);
+                total += BPF_CORE_READ(m, sg.size);
+                next = (unsigned long)BPF_CORE_READ(m, list.next);
+        }
+        return SHUNT_FLOW_HIGH + 1; /* longer than we count: treat as full */
 }
 
 SEC("sk_msg")
@@ -429,17 +488,63 @@ int shunt_msg(struct sk_msg_md *msg)
         } else {
                 return SK_PASS;
         }
+        swap_tuple(&t, &peer);
+        /* The peer as a reader: no state, not paired (yet): TCP. */
+        struct shunt_flow *f = bpf_map_lookup_elem(&shunt_flow, &peer);
+        if (!f)
+                return SK_PASS;
+        __u32 size = msg->size;
         if (bpf_map_lookup_elem(&shunt_shortcut_off, &t)) {
+                /* When the flag goes, the shortcut resumes as after a pause. */
+                f->state = SHUNT_FLOW_TCP;
                 COUNT(shortcut_off, 1);
                 return SK_PASS;
         }
-        swap_tuple(&t, &peer);
-        __u32 size = msg->size;
+        struct shunt_capture_config *cfg = get_config();
+        __s64 high = cfg ? cfg->flow_high : SHUNT_FLOW_HIGH;
+        __s64 low = cfg ? cfg->flow_low : SHUNT_FLOW_LOW;
+        struct sock *r = (void *)f->sk;
+        __s64 queued = -1;
+        if (BPF_CORE_READ(r, __sk_common.skc_cookie.counter) == (__s64)f->cookie)
+                queued = reader_queued(r);
+        if (queued < 0) {
+                f->state = SHUNT_FLOW_TCP;
+                COUNT(flow_unknown, 1);
+                return SK_PASS;
+        }
+        if (f->state != SHUNT_FLOW_REDIRECT) {
+                /* Paused (or new): back to the shortcut only when the reader
+                 * has caught up and has read every byte we put on TCP, for
+                 * it reads its shortcut queue first and would take later
+                 * redirected bytes before those. */
+                struct tcp_sock *tp = msg->sk ? bpf_skc_to_tcp_sock(msg->sk) : 0;
+                if (queued > low || !tp ||
+                    tp->write_seq != BPF_CORE_READ((struct tcp_sock *)r, copied_seq)) {
+                        COUNT(flow_tcp_msgs, 1);
+                        COUNT(flow_tcp_bytes, size);
+                        return SK_PASS;
+                }
+                if (f->state == SHUNT_FLOW_TCP)
+                        COUNT(flow_resumed, 1);
+                f->state = SHUNT_FLOW_REDIRECT;
+        }
+        if (queued + size > high) {
+                /* This and the next sends queue in TCP, whose window holds
+                 * the sender back; the reader takes what we redirected
+                 * before them, so the order holds. */
+                f->state = SHUNT_FLOW_TCP;
+                COUNT(flow_paused, 1);
+                COUNT(flow_tcp_msgs, 1);
+                COUNT(flow_tcp_bytes, size);
+                return SK_PASS;
+        }
         /* No peer in the sockhash: the helper reports SK_DROP without
          * redirecting; the bytes then take the normal stack path. */
         if (bpf_msg_redirect_hash(msg, &shunt_sockhash, &peer, BPF_F_INGRESS) == SK_PASS) {
                 COUNT(shortcut_msgs, 1);
                 COUNT(shortcut_bytes, size);
+        } else {
+                f->state = SHUNT_FLOW_TCP; /* the next redirect waits for these */
         }
         return SK_PASS;
 }

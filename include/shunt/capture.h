@@ -20,6 +20,14 @@
 #define SHUNT_MAX_SOCKETS  65536
 #define SHUNT_MAX_EXCLUDES 64
 
+/* Flow control of the shortcut (DESIGN.md pitfall 1): a redirect lands in the
+ * peer's receive queue with no window, so the sender's bytes take TCP while
+ * more than SHUNT_FLOW_HIGH redirected bytes wait unread there, and come back
+ * to the shortcut once no more than SHUNT_FLOW_LOW wait and the reader has
+ * consumed every byte that went by TCP (so none is overtaken). */
+#define SHUNT_FLOW_HIGH (2u << 20)
+#define SHUNT_FLOW_LOW  (1u << 20)
+
 #define SHUNT_UID_NONE 0xffffffffu
 
 /* Socket options answered by cgroup/getsockopt (from <linux/netfilter_ipv4.h>
@@ -65,7 +73,26 @@ struct shunt_capture_config {
         __u32 uid;                /* shuntd's uid, or SHUNT_UID_NONE */
         __u16 outbound_port_host; /* where captured connects go (127.0.0.1 / ::1) */
         __u16 shortcut;           /* 1: pair local sockets in the sockhash */
+        __u32 flow_high;          /* SHUNT_FLOW_HIGH: redirected bytes a reader may have unread */
+        __u32 flow_low;           /* SHUNT_FLOW_LOW: at most this many for the shortcut to resume */
 };
+
+/* One direction of a paired connection, keyed by the receiving socket's own
+ * view (shunt_flow). The sender's sk_msg program reads the receiver's queue
+ * through sk: the kernel address sockops saw when it paired the socket,
+ * only ever read with bpf_probe_read_kernel and trusted only while the
+ * cookie read there still matches (the entry leaves when the socket
+ * closes). */
+struct shunt_flow {
+        __u64 cookie; /* the receiving socket's cookie */
+        __u64 sk;     /* its struct sock, as an address */
+        __u32 state;  /* SHUNT_FLOW_*: its sender's path */
+        __u32 pad;
+};
+
+#define SHUNT_FLOW_REDIRECT 0u /* sends are redirected */
+#define SHUNT_FLOW_TCP      1u /* sends take TCP until the reader catches up */
+#define SHUNT_FLOW_START    2u /* new: first send checks nothing went by TCP before pairing */
 
 /* Key of shunt_exclude_cidrs (LPM trie): prefixlen counts the family byte
  * (8 bits) plus the prefix. */
@@ -89,6 +116,11 @@ struct shunt_counters {
         __u64 lookup_missed; /* an established captured socket with no cookie entry,
                                 or SO_ORIGINAL_DST asked for an unknown tuple */
         __u64 map_full;      /* an insert failed: connection left on the normal path */
+        __u64 flow_paused;   /* a reader had SHUNT_FLOW_HIGH unread: its sender went to TCP */
+        __u64 flow_resumed;  /* the reader caught up: its sender back on the shortcut */
+        __u64 flow_tcp_msgs; /* sends that took TCP for flow control (paused or draining) */
+        __u64 flow_tcp_bytes;
+        __u64 flow_unknown; /* a reader's queue could not be read: its sender took TCP */
 };
 
 #endif

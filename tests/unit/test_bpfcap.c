@@ -591,7 +591,8 @@ static bool exists(const char *dir, const char *name)
 static const char *const pinned[] = {
     "shunt_orig_by_cookie", "shunt_orig_by_tuple", "shunt_sockhash",      "shunt_shortcut_off",
     "shunt_config",         "shunt_exclude_ports", "shunt_exclude_cidrs", "shunt_counters",
-    "link_connect4",        "link_connect6",       "link_sockops",        "link_getsockopt",
+    "shunt_flow",           "link_connect4",       "link_connect6",       "link_sockops",
+    "link_getsockopt",
 };
 
 /* bpftool, a real reader of the pins, prints the counters by name. */

@@ -623,9 +623,14 @@ static int cmd_maps(void)
                     "config:", jint(cfg, "outbound_port", b1, sizeof(b1)), (unsigned long long)mark,
                     uid < 0 ? "none" : jint(cfg, "uid", b2, sizeof(b2)),
                     cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "shortcut")) ? "on" : "off");
+                printf("%-13sa sender leaves the shortcut for TCP when its reader has %s bytes "
+                       "unread, returns at %s\n",
+                       "flow:", jint(cfg, "flow_high", b1, sizeof(b1)),
+                       jint(cfg, "flow_low", b2, sizeof(b2)));
         }
         static const char *const names[] = {"orig_by_cookie", "orig_by_tuple", "sockhash",
-                                            "shortcut_off",   "exclude_ports", "exclude_cidrs"};
+                                            "shortcut_off",   "flow",          "exclude_ports",
+                                            "exclude_cidrs"};
         struct table t = {
             .ncols = 3, .header = {"MAP", "ENTRIES", "MAX"}, .right = {false, true, true}};
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -686,8 +691,22 @@ static int cmd_maps(void)
                                   cJSON_GetObjectItemCaseSensitive(m, "shortcut_off"), "items"))
             table_add(&ts, jstr(e, "local", "?"), jstr(e, "remote", "?"));
         if (ts.rows) {
-                printf("\nshortcut off (slow reader):\n");
+                printf("\nshortcut off (set by hand):\n");
                 table_print(&ts);
+        }
+
+        /* Readers whose sender is off the shortcut now (flow control). */
+        struct table tf = {.ncols = 3, .header = {"READER", "WRITER", "STATE"}};
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(
+                                  cJSON_GetObjectItemCaseSensitive(m, "flow"), "items"))
+        {
+                const char *state = jstr(e, "state", "?");
+                if (strcmp(state, "tcp") == 0)
+                        table_add(&tf, jstr(e, "local", "?"), jstr(e, "remote", "?"), state);
+        }
+        if (tf.rows) {
+                printf("\nshortcut paused (the reader is behind; its writer's bytes take TCP):\n");
+                table_print(&tf);
         }
         cJSON_Delete(j);
         return 0;

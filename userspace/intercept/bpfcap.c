@@ -166,6 +166,8 @@ int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
             {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_hash_update, "sock_hash_update"},
             {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_ops_cb_flags_set, "sock_ops_cb_flags_set"},
             {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_msg_redirect_hash, "msg_redirect_hash"},
+            {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_skc_to_tcp_sock, "skc_to_tcp_sock (sk_msg)"},
+            {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_probe_read_kernel, "probe_read_kernel (sk_msg)"},
         };
         for (size_t i = 0; i < sizeof(helpers) / sizeof(helpers[0]); i++) {
                 int rc = libbpf_probe_bpf_helper(helpers[i].prog, helpers[i].helper, NULL);
@@ -247,7 +249,7 @@ int bpfcap_remove_pins(const char *pin_root)
         static const char *const maps[] = {
             "shunt_orig_by_cookie", "shunt_orig_by_tuple", "shunt_sockhash",
             "shunt_shortcut_off",   "shunt_config",        "shunt_exclude_ports",
-            "shunt_exclude_cidrs",  "shunt_counters",
+            "shunt_exclude_cidrs",  "shunt_counters",      "shunt_flow",
         };
         for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
                 if (pin_path(path, sizeof(path), pin_root, "", maps[i]) < 0)
@@ -280,7 +282,8 @@ static int set_pin_paths(struct shunt_capture *skel, const char *root)
 }
 
 /* SHUNT_BPF_TEST_MAP_MAX=N (tests only): orig_by_cookie, orig_by_tuple, the
- * sockhash and shortcut_off hold at most N entries, so a test can fill them. */
+ * sockhash, shortcut_off and flow hold at most N entries, so a test can fill
+ * them. */
 static int apply_test_map_max(struct shunt_capture *skel)
 {
         const char *v = getenv("SHUNT_BPF_TEST_MAP_MAX");
@@ -295,7 +298,8 @@ static int apply_test_map_max(struct shunt_capture *skel)
         log_warn("bpf", 0, "SHUNT_BPF_TEST_MAP_MAX: capture maps limited to %lu entries (testing)",
                  n);
         struct bpf_map *maps[] = {skel->maps.shunt_orig_by_cookie, skel->maps.shunt_orig_by_tuple,
-                                  skel->maps.shunt_sockhash, skel->maps.shunt_shortcut_off};
+                                  skel->maps.shunt_sockhash, skel->maps.shunt_shortcut_off,
+                                  skel->maps.shunt_flow};
         for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
                 int rc = bpf_map__set_max_entries(maps[i], (uint32_t)n);
                 if (rc < 0)
@@ -460,6 +464,8 @@ int bpfcap_configure(struct bpfcap *b, const struct bpfcap_options *o, char *err
             .uid = o->uid,
             .outbound_port_host = o->outbound_port,
             .shortcut = o->shortcut ? 1 : 0,
+            .flow_high = SHUNT_FLOW_HIGH,
+            .flow_low = SHUNT_FLOW_LOW,
         };
         uint32_t zero = 0;
         if (bpf_map_update_elem(bpf_map__fd(s->maps.shunt_config), &zero, &cfg, BPF_ANY) < 0) {
@@ -680,6 +686,8 @@ int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m)
                 return bpf_map__fd(s->maps.shunt_sockhash);
         case BPFCAP_SHORTCUT_OFF:
                 return bpf_map__fd(s->maps.shunt_shortcut_off);
+        case BPFCAP_FLOW:
+                return bpf_map__fd(s->maps.shunt_flow);
         }
         return -EINVAL;
 }
@@ -720,6 +728,12 @@ static const struct counter_row {
     ROW(getsockopt_answered, "SO_ORIGINAL_DST answered from the map."),
     ROW(lookup_missed, "SO_ORIGINAL_DST asked for a connection that was not captured."),
     ROW(map_full, "Inserts refused by a full map (connection took the normal path)."),
+    ROW(flow_paused, "Shortcut paused: the reader had the flow-control threshold unread, its "
+                     "sender's bytes went to TCP."),
+    ROW(flow_resumed, "Shortcut resumed: the reader caught up, TCP bytes all read."),
+    ROW(flow_tcp_msgs, "Sends that took TCP for flow control (paused or draining)."),
+    ROW(flow_tcp_bytes, "Bytes that took TCP for flow control."),
+    ROW(flow_unknown, "Sends that took TCP because the reader's queue could not be read."),
 #undef ROW
 };
 #define N_COUNTER_ROWS (sizeof(counter_rows) / sizeof(counter_rows[0]))
@@ -857,6 +871,17 @@ static void item_tuple_only(struct strbuf *out, int fd, const void *key, uint64_
         append_endpoint(out, t.family, t.daddr, t.dport);
 }
 
+static void item_flow(struct strbuf *out, int fd, const void *key, uint64_t now)
+{
+        item_tuple_only(out, fd, key, now);
+        struct shunt_flow f;
+        if (bpf_map_lookup_elem(fd, key, &f) < 0)
+                return;
+        static const char *const states[] = {"redirect", "tcp", "start"};
+        strbuf_appendf(out, ",\"cookie\":%llu,\"state\":\"%s\"", (unsigned long long)f.cookie,
+                       f.state < 3 ? states[f.state] : "?");
+}
+
 static void item_port(struct strbuf *out, int fd, const void *key, uint64_t now)
 {
         (void)fd;
@@ -887,10 +912,12 @@ void bpfcap_render_maps(struct bpfcap *b, struct strbuf *out)
         if (bpf_map_lookup_elem(bpf_map__fd(s->maps.shunt_config), &zero, &cfg) == 0) {
                 strbuf_appendf(out,
                                ",\"config\":{\"enabled\":%s,\"mark\":%u,\"uid\":%lld,"
-                               "\"outbound_port\":%u,\"shortcut\":%s}",
+                               "\"outbound_port\":%u,\"shortcut\":%s,\"flow_high\":%u,"
+                               "\"flow_low\":%u}",
                                cfg.enabled ? "true" : "false", cfg.mark,
                                cfg.uid == SHUNT_UID_NONE ? -1LL : (long long)cfg.uid,
-                               cfg.outbound_port_host, cfg.shortcut ? "true" : "false");
+                               cfg.outbound_port_host, cfg.shortcut ? "true" : "false",
+                               cfg.flow_high, cfg.flow_low);
         }
         struct shunt_counters c;
         if (bpfcap_counters(b, &c) == 0) {
@@ -908,6 +935,8 @@ void bpfcap_render_maps(struct bpfcap *b, struct strbuf *out)
         render_map(out, "sockhash", s->maps.shunt_sockhash, NULL);
         strbuf_append(out, ",");
         render_map(out, "shortcut_off", s->maps.shunt_shortcut_off, item_tuple_only);
+        strbuf_append(out, ",");
+        render_map(out, "flow", s->maps.shunt_flow, item_flow);
         strbuf_append(out, ",");
         render_map(out, "exclude_ports", s->maps.shunt_exclude_ports, item_port);
         strbuf_append(out, ",");

@@ -4,6 +4,7 @@
  *   <pin root>/shunt_orig_by_cookie, shunt_orig_by_tuple, shunt_sockhash,
  *             shunt_shortcut_off, shunt_config, shunt_exclude_ports,
  *             shunt_exclude_cidrs, shunt_counters      maps (with BTF)
+ *             shunt_flow
  *   <pin root>/link_connect4, link_connect6, link_sockops,
  *             link_getsockopt                          cgroup links
  *
@@ -52,8 +53,8 @@ void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_con
  * is missing. The environment variable SHUNT_BPF_REFUSE=1 makes the probe
  * fail as if the kernel refused to load programs (for testing fallback).
  * SHUNT_BPF_TEST_MAP_MAX=N (testing only) shrinks orig_by_cookie,
- * orig_by_tuple, the sockhash and shortcut_off to N entries so tests can fill
- * them. */
+ * orig_by_tuple, the sockhash, shortcut_off and flow to N entries so tests
+ * can fill them. */
 int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen);
 
 /* Loads, pins and attaches. NULL with err on failure (nothing is left
@@ -81,7 +82,9 @@ int bpfcap_lookup(struct bpfcap *b, const struct sockaddr_storage *client,
                   const struct sockaddr_storage *local, struct sockaddr_storage *out, bool consume);
 
 /* Turns the sk_msg shortcut off (or back on) for both directions of the
- * connection of fd, a socket of one of its ends (pitfall 1: a slow reader). */
+ * connection of fd, a socket of one of its ends (an operator's or a test's
+ * switch: flow control needs none). Back on, each direction resumes as after
+ * a flow-control pause, once its TCP bytes have been read. */
 int bpfcap_shortcut_set(struct bpfcap *b, int fd, bool on);
 
 /* Counters summed over CPUs. */
@@ -92,6 +95,7 @@ enum bpfcap_map {
         BPFCAP_ORIG_BY_TUPLE,
         BPFCAP_SOCKHASH,
         BPFCAP_SHORTCUT_OFF,
+        BPFCAP_FLOW,
 };
 /* Entries in a map now (walks the keys; bounded by the map size). */
 long bpfcap_map_entries(struct bpfcap *b, enum bpfcap_map m);
@@ -102,8 +106,11 @@ int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m);
 /* Every map decoded as one JSON object, for admin /maps and shuntctl maps:
  *   {"pin_root", "config": {...}, "counters": {field: sum over CPUs},
  *    "orig_by_cookie" | "orig_by_tuple" | "sockhash" | "shortcut_off" |
- *    "exclude_ports" | "exclude_cidrs": {"entries", "max", "truncated",
- *    "items": [...]}}
+ *    "flow" | "exclude_ports" | "exclude_cidrs": {"entries", "max",
+ *    "truncated", "items": [...]}}
+ * A flow item is one paired socket as a reader ("local", "remote", its
+ * "cookie") and the path its sender is on ("state": redirect; tcp, paused
+ * by flow control or the shortcut_off flag; start, nothing sent yet).
  * Original destinations carry "original_dst", "pid" and "age_ms"; a
  * connect in progress holds a slot of orig_by_tuple ("reserved_for_cookie"),
  * so a full map leaves new connects on the normal path; at most

@@ -39,13 +39,6 @@ void origdst_use_bpf(struct bpfcap *b)
         origdst_shortcut_enabled = b != NULL;
 }
 
-int origdst_shortcut_set(int fd, bool on)
-{
-        if (!bpf_capture)
-                return -ENOTSUP;
-        return bpfcap_shortcut_set(bpf_capture, fd, on);
-}
-
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
                                 struct sockaddr_storage *out)
 {

@@ -27,23 +27,18 @@ enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
  * Set before the workers start; b must outlive them. */
 void origdst_use_bpf(struct bpfcap *b);
 
-/* Pitfall 1 (DESIGN.md): bytes an application sends over the sk_msg
- * shortcut land in shuntd's socket with no flow control. When the relay
- * stops reading a connection because its buffer is full it turns the
- * shortcut off for that connection, both directions, for the rest of its
- * life: the application's sends then take TCP, whose window holds it back.
- * It is not turned on again: bytes still in TCP (the sender's write queue,
- * our receive queue) would be overtaken by redirected ones, which the
- * integration tests caught as corrupted streams.
- * origdst_shortcut_active() is the cheap test for the hot path: true only in
- * eBPF mode. origdst_shortcut_set: 0 or negative errno (-ENOTSUP outside
- * eBPF mode). */
+/* eBPF mode: the application's end of an outbound connection may be a
+ * sk_msg shortcut socket. Flow control (bpf/capture.bpf.c) moves each
+ * direction between the shortcut and TCP as the reader keeps up or not, and
+ * a read of such a socket returns only shortcut bytes while any wait, TCP
+ * bytes only after: a short read does not mean the socket is drained, so
+ * the relay reads it until EAGAIN. origdst_shortcut_active() is the cheap
+ * test for the hot path: true only in eBPF mode. */
 extern bool origdst_shortcut_enabled;
 static inline bool origdst_shortcut_active(void)
 {
         return origdst_shortcut_enabled;
 }
-int origdst_shortcut_set(int fd, bool on);
 
 /* Start-up self-test: proves the running kernel can answer SO_ORIGINAL_DST
  * (conntrack loaded, the nat table present). On failure fills why with what

@@ -70,7 +70,6 @@ struct conn {
         struct sockaddr_storage client_addr, orig_dst, upstream;
         struct route_use route; /* the service endpoint, when routed */
         uint8_t connect_attempts;
-        bool shortcut_off; /* eBPF shortcut turned off: c2u was full (pitfall 1) */
         /* Inbound with mTLS on: the client's first bytes are peeked, not read,
          * so a TLS handshake can start from the ClientHello. */
         bool peek;
@@ -306,6 +305,15 @@ static void sniff_finish(struct conn *c, enum proto proto, const struct sniff_re
                   c->sni);
 }
 
+/* eBPF mode: the application's socket of an outbound connection may be on
+ * the sk_msg shortcut, where a read returns the shortcut's bytes alone while
+ * TCP bytes wait behind them (flow control, see origdst.h): only EAGAIN
+ * says it is drained. */
+static bool shortcut_side(const struct conn *c, const struct side *s)
+{
+        return origdst_shortcut_active() && c->dir == DIR_OUTBOUND && s == &c->cli;
+}
+
 /* Reads what the client has sent so far into c2u and asks the sniffer.
  * Returns a reason when the client side failed, else -1. */
 static int sniff_step(struct conn *c)
@@ -331,7 +339,8 @@ static int sniff_step(struct conn *c)
                 ssize_t n = recv(c->cli.io.fd, h->buf + h->len, h->cap - h->len, 0);
                 if (n > 0) {
                         /* A short read drained the socket, unless a FIN waits. */
-                        if ((uint32_t)n < h->cap - h->len && !c->cli.rdhup)
+                        if ((uint32_t)n < h->cap - h->len && !c->cli.rdhup &&
+                            !shortcut_side(c, &c->cli))
                                 c->cli.readable = false;
                         h->len += (uint32_t)n;
                 } else if (n == 0) {
@@ -439,7 +448,8 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                         if (n > 0) {
                                 h->len += (uint32_t)n;
                                 progress = true;
-                                if ((size_t)n < space && !src->rdhup && !src->tls)
+                                if ((size_t)n < space && !src->rdhup && !src->tls &&
+                                    !shortcut_side(c, src))
                                         src->readable = false;
                         } else if (n == 0) {
                                 h->eof = true;
@@ -452,15 +462,6 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                         }
                 }
         } while (progress);
-
-        /* eBPF mode, the application's bytes: once we cannot keep up (a full
-         * buffer) the connection leaves the shortcut for TCP's flow control. */
-        if (origdst_shortcut_active() && !c->shortcut_off && h == &c->c2u &&
-            c->dir == DIR_OUTBOUND && h->buf && h->len == h->cap &&
-            origdst_shortcut_set(src->io.fd, false) == 0) {
-                c->shortcut_off = true;
-                log_debug("relay", c->id, "client buffer full: shortcut off for this connection");
-        }
 
         if (h->len == h->off) {
                 half_give_buf(c->w, h);
