@@ -175,6 +175,7 @@ struct result {
         char orig_lookup[64];
         char client_peer[64];
         int n;
+        uint64_t v[4];
 };
 
 static void step_fail(struct result *r, const char *step)
@@ -578,6 +579,147 @@ static void test_shortcut_flag(void **state)
         assert_int_equal(entries_settled(BPFCAP_SHORTCUT_OFF), 0);
 }
 
+/* ---- flow control ------------------------------------------------------------ */
+
+/* The byte at stream offset i: a reordered, lost or repeated chunk of the
+ * stream shows as a mismatch. */
+static uint8_t pattern(uint64_t i)
+{
+        return (uint8_t)(i ^ (i >> 8) ^ (i >> 16) ^ (i >> 24));
+}
+
+/* Sends the pattern from stream offset off on w until the kernel takes no
+ * more (EAGAIN) or max bytes went; the bytes sent, or -1. */
+static int64_t fill(int w, uint64_t off, uint64_t max)
+{
+        static uint8_t buf[65536];
+        uint64_t n = 0;
+        while (n < max) {
+                size_t len = max - n < sizeof(buf) ? (size_t)(max - n) : sizeof(buf);
+                for (size_t k = 0; k < len; k++)
+                        buf[k] = pattern(off + n + k);
+                ssize_t s = send(w, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (s < 0 && errno == EINTR)
+                        continue;
+                if (s < 0)
+                        return errno == EAGAIN ? (int64_t)n : -1;
+                n += (uint64_t)s;
+        }
+        return (int64_t)n;
+}
+
+#define FLOW_OFFER (64ull << 20) /* what the writer offers while nobody reads */
+#define FLOW_MORE  (8ull << 20)  /* written afterwards while the reader keeps up */
+#define FLOW_CHUNK (256u << 10)
+
+/* One direction of a paired connection, w -> rd: the writer offers
+ * FLOW_OFFER while rd reads nothing, then rd reads everything and checks
+ * it while w writes FLOW_MORE. v[0]: taken while rd slept, v[1]: shortcut
+ * bytes meanwhile, v[2]: pauses meanwhile, v[3]: resumes afterwards. */
+static void flow_one_way(struct result *r, int w, int rd)
+{
+        struct shunt_counters c0, c1, c2;
+        bpfcap_counters(g_cap, &c0);
+        int64_t took = fill(w, 0, FLOW_OFFER);
+        if (took < 0) {
+                step_fail(r, "writing while the reader sleeps");
+                return;
+        }
+        bpfcap_counters(g_cap, &c1);
+        r->v[0] = (uint64_t)took;
+        r->v[1] = c1.shortcut_bytes - c0.shortcut_bytes;
+        r->v[2] = c1.flow_paused - c0.flow_paused;
+        uint64_t wr = (uint64_t)took, got = 0, goal = wr + FLOW_MORE;
+        static uint8_t buf[65536];
+        for (int rounds = 0; got < goal && rounds < 200000 && r->ok; rounds++) {
+                ssize_t n = recv(rd, buf, sizeof(buf), MSG_DONTWAIT);
+                if (n > 0) {
+                        for (ssize_t k = 0; k < n; k++) {
+                                if (buf[k] != pattern(got + (uint64_t)k)) {
+                                        errno = EIO;
+                                        step_fail(r, "a byte out of place");
+                                        break;
+                                }
+                        }
+                        got += (uint64_t)n;
+                        continue;
+                }
+                if (n == 0 || errno != EAGAIN) {
+                        step_fail(r, "reading");
+                        break;
+                }
+                if (wr < goal) {
+                        int64_t more = fill(w, wr, goal - wr < FLOW_CHUNK ? goal - wr : FLOW_CHUNK);
+                        if (more < 0)
+                                step_fail(r, "writing while the reader keeps up");
+                        else
+                                wr += (uint64_t)more;
+                } else {
+                        struct pollfd p = {.fd = rd, .events = POLLIN};
+                        if (poll(&p, 1, 5000) == 0) {
+                                errno = ETIMEDOUT;
+                                step_fail(r, "waiting for the last bytes");
+                        }
+                }
+        }
+        if (r->ok && got != goal) {
+                errno = EIO;
+                step_fail(r, "not every byte arrived");
+        }
+        bpfcap_counters(g_cap, &c2);
+        r->v[3] = c2.flow_resumed - c1.flow_resumed;
+}
+
+static void child_flow(struct result *r, void *arg)
+{
+        bool to_app = *(bool *)arg;
+        int ls = listener(AF_INET);
+        struct sockaddr_storage dst;
+        sockaddr_from_string("10.200.0.2", 8080, &dst);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (ls < 0 || c < 0 || connect(c, (void *)&dst, sockaddr_len(&dst)) < 0) {
+                step_fail(r, "connect");
+                return;
+        }
+        int a = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+        if (a < 0)
+                step_fail(r, "accept");
+        else if (to_app)
+                flow_one_way(r, a, c); /* the proxy writes, the application sleeps */
+        else
+                flow_one_way(r, c, a); /* the application writes, the proxy sleeps */
+        close(c);
+        if (a >= 0)
+                close(a);
+        close(ls);
+}
+
+/* Pitfall 1: a reader that stops reading holds at most SHUNT_FLOW_HIGH
+ * shortcut bytes; the writer's further bytes take TCP, whose window stops
+ * it; once the reader has caught up the shortcut resumes, and every byte
+ * arrives in order. Each direction. */
+static void test_flow_control(void **state)
+{
+        LIVE();
+        for (int dir = 0; dir < 2; dir++) {
+                bool to_app = dir == 1;
+                struct result r;
+                in_cgroup(child_flow, &to_app, &r);
+                print_message("%s: taken while the reader slept %llu, by the shortcut %llu, "
+                              "pauses %llu, resumes %llu\n",
+                              to_app ? "proxy -> app" : "app -> proxy", (unsigned long long)r.v[0],
+                              (unsigned long long)r.v[1], (unsigned long long)r.v[2],
+                              (unsigned long long)r.v[3]);
+                assert_true(r.ok);
+                assert_true(r.v[0] < FLOW_OFFER);      /* held back */
+                assert_true(r.v[0] > SHUNT_FLOW_HIGH); /* TCP took more */
+                assert_true(r.v[1] > 0 && r.v[1] <= SHUNT_FLOW_HIGH);
+                assert_true(r.v[2] >= 1);
+                assert_true(r.v[3] >= 1);
+        }
+        assert_int_equal(entries_settled(BPFCAP_FLOW), 0);
+}
+
 /* ---- pins ---------------------------------------------------------------------- */
 
 static bool exists(const char *dir, const char *name)
@@ -702,6 +844,7 @@ int main(void)
             cmocka_unit_test(test_outside_cgroup_untouched),
             cmocka_unit_test(test_no_entries_left),
             cmocka_unit_test(test_shortcut_flag),
+            cmocka_unit_test(test_flow_control),
             cmocka_unit_test(test_pins_and_bpftool),
             cmocka_unit_test(test_restart_and_clean_exit),
             cmocka_unit_test(test_stale_pins_replaced),
