@@ -39,6 +39,7 @@ CONTENDERS = {
     "direct": "l4",
     "shunt-iptables": "l4",
     "shunt-ebpf": "l4",
+    "shunt-http": "http",
     "haproxy-tcp": "l4",
     "haproxy-http": "http",
     "nginx-stream": "l4",
@@ -114,6 +115,23 @@ def shunt_mtls_supported(shuntd):
         return False
     return all(f in h for f in ("--mtls.mode", "--mtls.ca-dir", "--mtls.service-name",
                                 "--service-discovery.file.path"))
+
+
+def write_http_registry(env):
+    """shunt-http's file registry: the HTTP origin in the server pod as a
+    service whose port is declared HTTP, so shuntd proxies it request by
+    request (HTTP/1.1 engine, idle upstream connections reused), as HAProxy
+    and nginx do in HTTP mode. No identity: plaintext, like theirs."""
+    path = os.path.join(env.work, "http-registry.json")
+    reg = {"services": [{
+        "name": "bench-origin", "namespace": "default", "addresses": [SERVER],
+        "ports": [{"name": "http", "port": PORT_HTTP, "target_port": PORT_HTTP,
+                   "protocol": "HTTP"}],
+        "endpoints": [{"address": SERVER, "port": PORT_HTTP}],
+    }]}
+    with open(path, "w") as f:
+        json.dump(reg, f)
+    return path
 
 
 def write_mtls_registry(env):
@@ -467,11 +485,15 @@ class Contender:
             return
         if n.startswith("shunt-"):
             mode = n.split("-", 1)[1]
+            extra = []
+            if mode == "http":
+                mode = "iptables"
+                extra = ["--service-discovery.file.path", write_http_registry(e)]
             argv = [
                 e.shuntd, "--redirect", mode, "--workers", "2", "--log-level", "warn",
                 "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s",
                 "--mtls.ca-dir", os.path.join(e.work, "ca-" + n),
-            ]
+            ] + extra
             if mode == "ebpf":
                 argv += ["--redirect-cgroup", e.cgroup, "--bpf-pin-root", e.pins]
             self.proc = Proc(e.cli, argv, n, e.work)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "haproxy-mtls")
-ORDER = ["direct", "shunt-iptables", "shunt-ebpf", "haproxy-tcp", "haproxy-http",
+ORDER = ["direct", "shunt-iptables", "shunt-ebpf", "shunt-http", "haproxy-tcp", "haproxy-http",
          "nginx-stream", "nginx-http", "shunt-mtls", "haproxy-mtls"]
 SCENARIO_ORDER = ["rr-64", "rr-4k", "bulk-1", "bulk-8", "http-keepalive", "http-close",
                   "conn-setup", "idle-10k", "mtls-handshake", "mtls-keepalive", "resources"]
@@ -129,7 +129,7 @@ HEADLINE = [
     ("idle-10k", "rss_10k_mb"), ("mtls-handshake", "conn_s"), ("mtls-handshake", "cpu_s_per_100k"),
     ("mtls-keepalive", "req_s"), ("mtls-keepalive", "cpu_s_per_100k"), ("resources", "rss_idle_mb"),
 ]
-SHUNTS = ("shunt-iptables", "shunt-ebpf", "shunt-mtls")
+SHUNTS = ("shunt-iptables", "shunt-ebpf", "shunt-http", "shunt-mtls")
 
 
 def headline(R, scen):
@@ -163,8 +163,9 @@ def headline(R, scen):
             "Medians; in brackets the ratio to the best peer's median (HAProxy or nginx in "
             "either mode, whichever did best on that metric in this run; for shunt-mtls, a "
             "pair of sidecars, the HAProxy pair).", "",
-            "| scenario | metric | shunt-iptables | shunt-ebpf | shunt-mtls | best peer | direct |",
-            "|---|---|---:|---:|---:|---|---:|"] + rows + [""]
+            "| scenario | metric | shunt-iptables | shunt-ebpf | shunt-http | shunt-mtls | best peer "
+            "| direct |",
+            "|---|---|---:|---:|---:|---:|---|---:|"] + rows + [""]
 
 
 TCP_SHOWN = ("TcpExtTCPSynRetrans", "TcpExtListenOverflows", "TcpExtListenDrops",
