@@ -56,7 +56,9 @@ def key_lines(pem):
 
 
 class CA:
-    """A root CA held in memory; load() takes shuntd's built-in CA files."""
+    """A root CA held in memory; load() takes shuntd's built-in CA files.
+    Made without a subjectKeyIdentifier, as some tools make roots: shuntd
+    must verify with it and, as its built-in CA, issue from it."""
 
     def __init__(self, name="ext root", key=None, cert=None):
         if cert is None:

@@ -501,6 +501,11 @@ static int add_key_ids(X509 *x, X509 *issuer)
         X509_EXTENSION_free(ski);
         if (!ok)
                 return -EINVAL;
+        /* A CA loaded from files may lack the subjectKeyIdentifier RFC 5280
+         * asks for (some tools leave it out): then no authorityKeyIdentifier,
+         * chains still build by name and signature. */
+        if (X509_get_ext_by_NID(issuer, NID_subject_key_identifier, -1) < 0)
+                return 0;
         X509_EXTENSION *aki =
             X509V3_EXT_nconf_nid(NULL, &v3, NID_authority_key_identifier, "keyid:always");
         ok = aki && X509_add_ext(x, aki, -1);
