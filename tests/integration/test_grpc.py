@@ -307,3 +307,87 @@ def test_frame_flood_closes_only_that_connection(env, kind):
     assert metric(d, "shunt_http2_connections_closed_total", reason="flood") == floods + 1
     assert good.get("codes") == {"OK": 60}, good
     assert d.alive()
+
+
+# ---------------------------------------------------------------- through mTLS
+
+WEB_ID = "spiffe://cluster.local/ns/default/sa/web"
+VIP_MESH = "10.96.0.40"
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    """Two pods, each with shuntd, sharing one built-in CA: the app pod's
+    registry gives the gRPC service a SPIFFE identity, so its HTTP/2 sessions
+    to the endpoints run inside mutual TLS to the remote pod's shuntd, which
+    relays them to the grpcio servers."""
+    topo = T()
+    daemons = []
+    try:
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        addrs = [T.REMOTE4, T.REMOTE4B]
+        for i, a in enumerate(addrs):
+            grpc_server(topo.remote, "ep%d" % i, a)
+        tmp = sl.tmpdir()
+        ca_dir = os.path.join(tmp, "ca")
+        reg = os.path.join(tmp, "registry.json")
+        svc = service("greeter-mtls", VIP_MESH, PORT, "GRPC", addrs)
+        svc["identity"] = WEB_ID
+        with open(reg, "w") as f:
+            json.dump({"services": [svc]}, f)
+        a = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{
+                    "mtls.ca-dir": ca_dir,
+                    "mtls.service-name": "client",
+                    "service-discovery.file.path": reg,
+                }
+            ),
+            name="shuntd-a",
+        )
+        daemons.append(a)
+        a.wait_ready()
+        b = sl.Shuntd(
+            topo.remote,
+            sl.shuntd_args(**{"mtls.ca-dir": ca_dir, "mtls.service-name": "web"}),
+            name="shuntd-b",
+        )
+        daemons.append(b)
+        b.wait_ready()
+        yield topo, a, b
+    finally:
+        logs = []
+        for d in daemons:
+            d.stop()
+            logs.append(d.log_text())
+        topo.delete()
+        for log in logs:
+            assert "Sanitizer" not in log, log[-6000:]
+
+
+def handshakes(d, direction):
+    lines = [
+        l
+        for l in d.metrics_text().splitlines()
+        if l.startswith("shunt_tls_handshakes_total") and direction in l
+    ]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_grpc_inside_mutual_tls(mesh):
+    """Calls over one channel spread over both endpoints, each upstream HTTP/2
+    session is one TLS handshake shared by many calls, and the remote shuntd
+    saw them arrive over TLS."""
+    topo, a, b = mesh
+    out = client(topo, VIP_MESH, "unary", "--n", 60, "--size", 5000)
+    assert out["codes"] == {"OK": 60}, out
+    assert sorted(out["servers"]) == ["ep0", "ep1"], out
+    assert all(25 <= n <= 35 for n in out["servers"].values()), out
+    out = client(topo, VIP_MESH, "bidi", "--calls", 6, "--messages", 4, "--size", 100000)
+    assert out["codes"] == {"OK": 6}, out
+    opened = metric(a, "shunt_http2_upstream_sessions_total", event="opened")
+    hs = handshakes(a, "outbound")
+    assert 2 <= hs <= opened, (hs, opened)
+    assert opened < 66, opened  # sessions are shared, not one per call
+    assert handshakes(b, "inbound") >= 2

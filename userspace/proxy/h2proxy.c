@@ -33,14 +33,14 @@
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "proxy/proxy-t.h"
+#include "proxy/upstream.h"
 #include "tls/conn.h"
 
 #define H2_EVENTS          (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 #define H2_STREAM_WINDOW   65535      /* per stream, each way: the buffer bound */
 #define H2_CONN_WINDOW     (1u << 20) /* per session */
 #define H2_READ_CHUNK      16384
-#define H2_UP_PER_ENDPOINT 4     /* upstream sessions per endpoint before streams queue */
-#define H2_UP_IDLE_MS      20000 /* an idle upstream session is closed after this */
+#define H2_UP_PER_ENDPOINT 4 /* upstream sessions per endpoint before streams queue */
 #define H2_DIRTY_ROUNDS    100000
 #define H2_REASON_MAX      160
 
@@ -110,6 +110,7 @@ struct h2u {
         struct h2s *streams;
         uint32_t n_streams;
         bool goaway;
+        const char *dead_why; /* a static string */
         struct loop_timer timer;
 };
 
@@ -310,6 +311,13 @@ static const struct shunt_config *hw_cfg(struct h2_worker *hw)
         return worker_cfg(hw->w);
 }
 
+/* An idle upstream session closes first, like pooled HTTP/1.1 connections:
+ * before the server's own idle timeout can race a new stream. */
+static uint32_t up_idle_ms(struct h2_worker *hw)
+{
+        return hw_cfg(hw)->http_upstream_idle_timeout_ms;
+}
+
 static struct loop *hw_loop(struct h2_worker *hw)
 {
         return hw->w->loop;
@@ -401,7 +409,7 @@ static void stream_unlink_up(struct h2s *st)
                 mark_dirty(&u->s);
         }
         if (!u->n_streams && !u->s.closed)
-                loop_timer_arm(hw_loop(st->hw), &u->timer, H2_UP_IDLE_MS);
+                loop_timer_arm(hw_loop(st->hw), &u->timer, up_idle_ms(st->hw));
         st->u = NULL;
         st->u_open = false;
         st->uid = 0;
@@ -636,14 +644,6 @@ static void on_deadline(struct loop *loop, struct loop_timer *t)
 
 /* ---- upstream sessions ------------------------------------------------------------ */
 
-static struct tls_snapshot *worker_tls(struct worker *w)
-{
-        if (!w->proxy->tls_slot)
-                return NULL;
-        struct snapshot *s = snapshot_reader_get(&w->tls_reader, w->proxy->tls_slot);
-        return s ? tls_snapshot_get(s) : NULL;
-}
-
 static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events);
 static void on_up_timer(struct loop *loop, struct loop_timer *t);
 
@@ -725,19 +725,15 @@ static struct h2u *up_new(struct h2_worker *hw, const struct sockaddr_storage *a
         nghttp2_submit_settings(u->s.ng, NGHTTP2_FLAG_NONE, iv, 3);
         nghttp2_session_set_local_window_size(u->s.ng, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW);
 
-        int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
-        int one = 1;
-        uint32_t mark = cfg->proxy_mark;
-        if (fd < 0 || setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
-                log_error("h2", u->id, "upstream socket: %s", strerror(errno));
-                if (fd >= 0)
-                        close(fd);
+        const char *what = "";
+        int fd = upstream_socket(addr, cfg->proxy_mark, &what);
+        if (fd < 0 && strcmp(what, "connect") != 0) {
+                log_error("h2", 0, "upstream %s: %s", what, strerror(-fd));
                 nghttp2_session_del(u->s.ng);
                 free(u);
                 return NULL;
         }
-        u->s.io.fd = fd;
+        u->s.io.fd = fd < 0 ? -1 : fd;
         u->next = hw->ups;
         if (hw->ups)
                 hw->ups->prev = u;
@@ -745,11 +741,12 @@ static struct h2u *up_new(struct h2_worker *hw, const struct sockaddr_storage *a
         stat_inc(hw, ST_H2_UP_OPENED);
         stat_inc(hw, ST_H2_UP_ACTIVE);
         u->s.last_active_ms = u->s.last_write_ms = loop_now_ms(hw_loop(hw));
-        if (connect(fd, (const struct sockaddr *)addr, sockaddr_len(addr)) < 0 &&
-            errno != EINPROGRESS) {
-                u->s.dead = true; /* up_fail at the next pump, with its streams */
+        if (fd < 0) {
+                u->dead_why = strerror(-fd); /* up_fail at the next pump, with its streams */
+                u->s.dead = true;
                 mark_dirty(&u->s);
         } else if (loop_io_add(hw_loop(hw), &u->s.io, H2_EVENTS) < 0) {
+                u->dead_why = "cannot register with epoll";
                 u->s.dead = true;
                 mark_dirty(&u->s);
         }
@@ -1286,26 +1283,12 @@ static int on_ng_error(nghttp2_session *ng, int code, const char *msg, size_t le
 
 static ssize_t sess_recv(struct sess *s, void *buf, size_t len)
 {
-        if (!s->tls)
-                return recv(s->io.fd, buf, len, 0);
-        ssize_t n = tls_conn_read(s->tls, buf, len);
-        if (n < 0) {
-                errno = (int)-n;
-                return -1;
-        }
-        return n;
+        return upstream_io_recv(s->io.fd, s->tls, buf, len);
 }
 
 static ssize_t sess_send(struct sess *s, const void *buf, size_t len)
 {
-        if (!s->tls)
-                return send(s->io.fd, buf, len, MSG_NOSIGNAL);
-        ssize_t n = tls_conn_write(s->tls, buf, len);
-        if (n < 0) {
-                errno = (int)-n;
-                return -1;
-        }
-        return n;
+        return upstream_io_send(s->io.fd, s->tls, buf, len);
 }
 
 /* Reads and feeds nghttp2 until the socket is drained. -1: the session
@@ -1480,7 +1463,7 @@ static void pump(struct sess *s)
         if (s->kind == SESS_UPSTREAM) {
                 struct h2u *u = (struct h2u *)s;
                 if (s->dead) {
-                        up_fail(u, "connect failed");
+                        up_fail(u, u->dead_why ? u->dead_why : "connect failed");
                         return;
                 }
                 if (u->state != UP_READY)
@@ -1689,7 +1672,7 @@ static void up_connected(struct h2u *u)
 {
         struct h2_worker *hw = u->s.hw;
         if (u->identity[0]) {
-                struct tls_snapshot *ts = worker_tls(hw->w);
+                struct tls_snapshot *ts = upstream_worker_tls(hw->w);
                 if (!ts || tls_conn_client_new(ts, u->s.io.fd, u->id, u->identity,
                                                sockaddr_port(&u->addr), &u->s.tls) < 0) {
                         up_fail(u, "cannot start TLS");
@@ -1702,7 +1685,7 @@ static void up_connected(struct h2u *u)
         u->state = UP_READY;
         loop_timer_cancel(hw_loop(hw), &u->timer);
         if (!u->n_streams)
-                loop_timer_arm(hw_loop(hw), &u->timer, H2_UP_IDLE_MS);
+                loop_timer_arm(hw_loop(hw), &u->timer, up_idle_ms(hw));
 }
 
 static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events)
