@@ -13,6 +13,9 @@ Every listener answers as its NAME. Paths:
   /bytes/N        N bytes of body, chunked, written as the client reads
   /status/CODE    an empty response with that status
   /close          answers with Connection: close and closes
+  /drop-if-reused closes without an answer when the connection has served
+                  a request before (a server closing a kept-alive
+                  connection just as the next request arrives)
 Prints "READY" once every listener is up; exits after --lifetime seconds.
 """
 
@@ -71,6 +74,7 @@ class Backend:
             writer.close()
 
     async def serve(self, reader, writer, conn):
+        served = 0
         while True:
             line = await reader.readline()
             if not line:
@@ -90,6 +94,9 @@ class Backend:
                 headers[k.strip().lower()] = v.strip()
             body_len = await read_body(reader, headers)
             close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
+            if path == "/drop-if-reused" and served:
+                return
+            served += 1
             if path == "/hang":
                 await reader.read()  # until the client (shuntd) gives up
                 return

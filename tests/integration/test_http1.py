@@ -19,11 +19,14 @@ from shuntlib import Topology as T
 VIP_WEB = "10.96.1.10"  # HTTP declared: handed over at accept
 VIP_SNIFF = "10.96.1.11"  # no protocol declared: sniffed, then handed over
 VIP_DOWN = "10.96.1.12"  # endpoints where nothing listens
+VIP_ONE = "10.96.1.13"  # a single endpoint
 EXTRA4 = "10.77.0.4"
 EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
 PORT = 8081
 DEAD_PORT = 8099
+ONE_PORT = 8083  # its own listener: no other service's pooled connections
 REQUEST_TIMEOUT_MS = 1000
+UPSTREAM_IDLE_MS = 1500
 
 
 def registry():
@@ -44,6 +47,7 @@ def registry():
             svc("web", VIP_WEB, PORT, EP_ADDRS),
             svc("sniffed", VIP_SNIFF, PORT, EP_ADDRS, protocol=None),
             svc("down", VIP_DOWN, DEAD_PORT, EP_ADDRS[:2]),
+            svc("one", VIP_ONE, ONE_PORT, EP_ADDRS[:1]),
         ]
     }
 
@@ -57,7 +61,11 @@ def env():
         topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
         topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
         procs.append(
-            httpbackend.spawn(topo.remote, ["%s:%d=ep%d" % (a, PORT, i) for i, a in enumerate(EP_ADDRS)])
+            httpbackend.spawn(
+                topo.remote,
+                ["%s:%d=ep%d" % (a, PORT, i) for i, a in enumerate(EP_ADDRS)]
+                + ["%s:%d=one" % (EP_ADDRS[0], ONE_PORT)],
+            )
         )
         path = os.path.join(sl.tmpdir(), "registry.json")
         with open(path, "w") as f:
@@ -68,6 +76,7 @@ def env():
                 **{
                     "service-discovery.file.path": path,
                     "timeouts.request": "%dms" % REQUEST_TIMEOUT_MS,
+                    "http.upstream-idle-timeout": "%dms" % UPSTREAM_IDLE_MS,
                     "log-level": "info",
                 }
             ),
@@ -161,6 +170,31 @@ def test_upstream_connections_are_reused(env):
     for b in bodies:
         per_server[b["server"]].add(b["conn"])
     assert all(len(c) <= 3 for c in per_server.values()), per_server
+
+
+def test_stale_pooled_connection_retried_on_a_fresh_one(env):
+    """The server closes a pooled connection just as the next request comes
+    (without answering): shuntd re-sends it on a fresh connection and the
+    client never notices."""
+    topo, d = env
+    retries = d.metric("shunt_http_retries_total")
+    first, second = keepalive(topo, VIP_ONE, 2, path="/drop-if-reused")
+    assert first["server"] == second["server"] == "one"
+    assert second["conn"] != first["conn"]
+    assert d.metric("shunt_http_retries_total") == retries + 1
+
+
+def test_idle_upstream_closed_before_the_server_would(env):
+    """A pooled connection is closed after http.upstream_idle_timeout."""
+    topo, d = env
+    expired = d.metric("shunt_upstream_idle_closed_total", reason="timeout")
+    keepalive(topo, VIP_ONE, 1)
+    assert d.metric("shunt_upstream_idle_connections") >= 1
+    sl.wait_until(
+        lambda: d.metric("shunt_upstream_idle_closed_total", reason="timeout") > expired,
+        UPSTREAM_IDLE_MS / 1000 + 5,
+        what="the idle upstream connection expired",
+    )
 
 
 def test_wrk_through_shuntd(env):
@@ -323,3 +357,107 @@ def test_slow_reader_bounded_memory_others_unaffected(env):
     finally:
         for s in stalled:
             s.close()
+
+
+# ---- mutual TLS to a service with an identity ---------------------------------
+
+WEB_ID = "spiffe://cluster.local/ns/default/sa/web"
+VIP_TLS, VIP_TLS_WRONG = "10.96.3.10", "10.96.3.11"
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    """Two pods with shuntd and one built-in CA: A's registry gives the
+    remote HTTP service its SPIFFE identity (and once a wrong one)."""
+    topo = T()
+    procs, daemons = [], []
+    try:
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=tls-web" % (T.REMOTE4, PORT)]))
+        tmp = sl.tmpdir()
+        ca_dir = os.path.join(tmp, "ca")
+        reg = os.path.join(tmp, "registry.json")
+
+        def svc(name, vip, identity):
+            return {
+                "name": name,
+                "namespace": "default",
+                "addresses": [vip],
+                "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
+                "identity": identity,
+                "endpoints": [{"address": T.REMOTE4, "port": PORT}],
+            }
+
+        with open(reg, "w") as f:
+            json.dump(
+                {
+                    "services": [
+                        svc("web", VIP_TLS, WEB_ID),
+                        svc("wrong", VIP_TLS_WRONG, "spiffe://cluster.local/ns/default/sa/other"),
+                    ]
+                },
+                f,
+            )
+        a = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{
+                    "mtls.ca-dir": ca_dir,
+                    "mtls.service-name": "client",
+                    "service-discovery.file.path": reg,
+                }
+            ),
+            name="shuntd-a",
+        )
+        daemons.append(a)
+        a.wait_ready()
+        b = sl.Shuntd(
+            topo.remote,
+            sl.shuntd_args(**{"mtls.ca-dir": ca_dir, "mtls.service-name": "web"}),
+            name="shuntd-b",
+        )
+        daemons.append(b)
+        b.wait_ready()
+        yield topo, a, b
+    finally:
+        bad = []
+        for d in daemons:
+            rc = d.stop()
+            log = d.log_text()
+            if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
+                bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
+        for p in procs:
+            p.stop()
+        topo.delete()
+        assert not bad, "\n".join(bad)
+
+
+def handshakes(d, direction, failure=None):
+    """Completed handshakes, or failures for a reason."""
+    if failure:
+        return d.metric("shunt_tls_handshake_failures_total", direction=direction, reason=failure)
+    return d.metric("shunt_tls_handshakes_total", direction=direction)
+
+
+def test_mtls_upstream_pooled(mesh):
+    """Requests to a service with an identity go over mutual TLS (the peer's
+    shuntd terminates it); the TLS connection is pooled, so many requests on
+    several client connections cost about one handshake per worker."""
+    topo, a, b = mesh
+    before = handshakes(a, "outbound")
+    servers = []
+    for _ in range(4):
+        servers += [x["server"] for x in keepalive(topo, VIP_TLS, 5)]
+    assert servers == ["tls-web"] * 20
+    made = handshakes(a, "outbound") - before
+    assert 1 <= made <= 2, made  # at most one pooled connection per worker (2 workers)
+    assert handshakes(b, "inbound") >= made
+
+
+def test_mtls_wrong_identity_is_503(mesh):
+    topo, a, b = mesh
+    r = topo.app.curl(["-i", "http://%s/" % VIP_TLS_WRONG], timeout=10)
+    resp = r.stdout.encode()
+    assert status_of(resp) == 503, r.stdout
+    assert "could be reached" in header_of(resp, "X-Shunt-Reason")
+    assert handshakes(a, "outbound", failure="wrong_identity") >= 1

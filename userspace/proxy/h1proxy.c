@@ -572,6 +572,9 @@ static int connect_upstream(struct h1s *s)
         s->state = S_EXCHANGE;
         s->attempts++;
         s->reported = false;
+        /* Nothing of a failed attempt's response is kept (none had begun). */
+        s->resp.eof = false;
+        s->resp.off = s->resp.len = s->resp.cls = 0;
         int err = 0;
         const char *what = "";
         struct upstream *u = upstream_get(w, &s->upstream_addr, upstream_identity(s), s->fresh,
