@@ -7,6 +7,7 @@ the flooding connection."""
 
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -63,8 +64,7 @@ def env():
     try:
         topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
         topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
-        for i, a in enumerate(EP_ADDRS):
-            grpc_server(topo.remote, "ep%d" % i, a)
+        servers = [grpc_server(topo.remote, "ep%d" % i, a) for i, a in enumerate(EP_ADDRS)]
         topo.remote.spawn_peer(
             "stall", "stalled", ["%s:%d" % (T.REMOTE4, STALL_PORT)], extra=["--stall", "120"]
         )
@@ -91,7 +91,7 @@ def env():
                 }
             ),
         ).wait_ready()
-        yield topo, daemon
+        yield topo, daemon, servers
     finally:
         log = ""
         if daemon:
@@ -118,7 +118,7 @@ def metric(d, name, **labels):
 
 
 def test_unary_calls_over_one_channel_spread(env):
-    topo, d = env
+    topo, d, _ = env
     conns = metric(d, "shunt_http2_connections_total")
     ok = metric(d, "shunt_grpc_requests_total", code="OK")
     out = client(topo, VIP, "unary", "--n", 300, "--size", 2000)
@@ -132,7 +132,7 @@ def test_unary_calls_over_one_channel_spread(env):
 
 
 def test_sniffed_grpc_port_is_proxied_per_call(env):
-    topo, d = env
+    topo, d, _ = env
     out = client(topo, VIP_SNIFF, "unary", "--n", 30)
     assert out["codes"] == {"OK": 30}, out
     assert len(out["servers"]) == 3, out
@@ -142,7 +142,7 @@ def test_bidi_streams_spread_and_keep_their_endpoint(env):
     """30 bidirectional calls on one channel, 8 ping-pong messages of 200 KB
     each (several stream windows): every byte arrives intact, each call
     stays on one endpoint, the calls spread over all three."""
-    topo, d = env
+    topo, d, _ = env
     out = client(topo, VIP, "bidi", "--calls", 30, "--messages", 8, "--size", 200000)
     assert out["codes"] == {"OK": 30}, out
     for seen in out["calls"]:
@@ -152,8 +152,24 @@ def test_bidi_streams_spread_and_keep_their_endpoint(env):
     assert metric(d, "shunt_http2_streams_active") == 0
 
 
+def test_killed_backend_is_retried_around(env):
+    """One of three servers killed: the session to it dies, new calls that
+    pick it fail to connect and are retried on the others before anything
+    was sent, so every call succeeds; passive health then takes it out.
+    Two calls at a time: the retry budget allows 3 retries in flight
+    (retries.budget_min), and every call holds at most one."""
+    topo, d, servers = env
+    retries = metric(d, "shunt_http2_stream_retries_total")
+    servers[2].stop(signal.SIGKILL)
+    out = client(topo, VIP, "--parallel", 2, "unary", "--n", 90)
+    assert out["codes"] == {"OK": 90}, out
+    assert "ep2" not in out["servers"] and len(out["servers"]) == 2, out
+    assert metric(d, "shunt_http2_stream_retries_total") > retries
+    assert metric(d, "shunt_http2_upstream_sessions_total", event="failed") >= 1
+
+
 def test_all_endpoints_down_is_unavailable_not_a_hang(env):
-    topo, d = env
+    topo, d, _ = env
     before = metric(d, "shunt_http2_local_responses_total", status="503")
     # A 20 s deadline: a hang would surface as DEADLINE_EXCEEDED.
     out = client(topo, VIP_DOWN, "--timeout", 20, "unary", "--n", 10)
@@ -173,7 +189,7 @@ def test_deadline_shorter_than_slow_backend(env):
     """A 300 ms deadline against a backend that takes 3 s: the client gets
     DEADLINE_EXCEEDED (from whichever deadline fires first: grpcio servers
     enforce grpc-timeout too), and the connection stays usable."""
-    topo, d = env
+    topo, d, _ = env
     out = client(topo, VIP, "--timeout", 0.3, "unary", "--n", 4, "--sleep-ms", 3000)
     assert out["codes"] == {"DEADLINE_EXCEEDED": 4}, out
     assert client(topo, VIP, "unary", "--n", 6)["codes"] == {"OK": 6}
@@ -202,7 +218,7 @@ def test_deadline_enforced_by_shuntd(env):
     nothing): only shuntd can end the call, with DEADLINE_EXCEEDED in a
     trailers-only response when grpc-timeout elapses. nghttp sends the
     header without enforcing a deadline of its own."""
-    topo, d = env
+    topo, d, _ = env
     before = metric(d, "shunt_grpc_requests_total", code="DEADLINE_EXCEEDED")
     local = metric(d, "shunt_http2_local_responses_total", status="504")
     out = nghttp_grpc(topo, VIP_STALL, "300m")
@@ -249,7 +265,7 @@ def read_frames(sock, limit=1 << 22, timeout=15):
     ["ping", "settings", "empty_data", "rst"],
 )
 def test_frame_flood_closes_only_that_connection(env, kind):
-    topo, d = env
+    topo, d, _ = env
     floods = metric(d, "shunt_http2_connections_closed_total", reason="flood")
     s = topo.app.connect(VIP, 80)
     frames = []
