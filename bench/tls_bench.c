@@ -245,9 +245,23 @@ struct hs {
         const char *sni;
         int ep;
         uint64_t done, errors, connect_errors;
+        char first_error[160]; /* what the first failure was */
         uint64_t *lat;
         size_t n_lat;
 };
+
+static void note_error(struct hs *h, const char *stage, int err)
+{
+        if (h->first_error[0])
+                return;
+        unsigned long e = ERR_peek_error();
+        if (e)
+                snprintf(h->first_error, sizeof(h->first_error), "%s: %s", stage,
+                         ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "TLS error");
+        else
+                snprintf(h->first_error, sizeof(h->first_error), "%s: %s", stage,
+                         err ? strerror(err) : "closed");
+}
 
 static void slot_close(struct hs *h, struct slot *s, bool ok)
 {
@@ -278,6 +292,7 @@ static void slot_start(struct hs *h, struct slot *s, size_t idx)
         setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (connect(s->fd, (struct sockaddr *)&h->dst, sizeof(h->dst)) < 0 &&
             errno != EINPROGRESS) {
+                note_error(h, "connect", errno);
                 h->connect_errors++;
                 slot_close(h, s, false);
                 return;
@@ -313,6 +328,7 @@ static void slot_step(struct hs *h, struct slot *s)
                         socklen_t l = sizeof(err);
                         getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &l);
                         if (err) {
+                                note_error(h, "connect", err);
                                 h->connect_errors++;
                                 slot_close(h, s, false);
                                 return;
@@ -331,6 +347,7 @@ static void slot_step(struct hs *h, struct slot *s)
                                 slot_want(h, s, e);
                                 return;
                         }
+                        note_error(h, "handshake", errno);
                         slot_close(h, s, false);
                         return;
                 case S_WRITE:
@@ -344,6 +361,7 @@ static void slot_step(struct hs *h, struct slot *s)
                                 slot_want(h, s, e);
                                 return;
                         }
+                        note_error(h, "write", errno);
                         slot_close(h, s, false);
                         return;
                 case S_READ: {
@@ -358,6 +376,7 @@ static void slot_step(struct hs *h, struct slot *s)
                                 slot_want(h, s, e);
                                 return;
                         }
+                        note_error(h, "read", errno);
                         slot_close(h, s, false);
                         return;
                 }
@@ -424,11 +443,11 @@ static int cmd_handshake(int argc, char **argv)
         qsort(h.lat, h.n_lat, sizeof(*h.lat), cmp_u64);
         printf("{\"handshakes\":%llu,\"errors\":%llu,\"connect_errors\":%llu,\"seconds\":%.2f,"
                "\"per_s\":%.1f,\"latency_us\":{\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f},"
-               "\"conns\":%d}\n",
+               "\"conns\":%d,\"first_error\":\"%s\"}\n",
                (unsigned long long)h.done, (unsigned long long)h.errors,
                (unsigned long long)h.connect_errors, el, (double)h.done / el,
                pct(h.lat, h.n_lat, 0.5) / 1e3, pct(h.lat, h.n_lat, 0.9) / 1e3,
-               pct(h.lat, h.n_lat, 0.99) / 1e3, conns);
+               pct(h.lat, h.n_lat, 0.99) / 1e3, conns, h.first_error);
         return 0;
 }
 

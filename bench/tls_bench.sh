@@ -144,19 +144,21 @@ for r in $(seq 1 $ROUNDS); do
 	HAP_RUNS+=("$(run haproxy $HAP_PORT)")
 	echo "${HAP_RUNS[-1]}" >&2
 done
-HS_COUNT=$(ip netns exec "$SRV" curl -s http://127.0.0.1:15003/metrics |
-	awk '/^shunt_tls_handshakes_total\{direction="inbound"\}/ {print $2}')
+METRICS=$(ip netns exec "$SRV" curl -s http://127.0.0.1:15003/metrics)
+HS_COUNT=$(awk '/^shunt_tls_handshakes_total\{direction="inbound"\}/ {print $2}' <<<"$METRICS")
+# How shuntd's connections ended and why handshakes failed (non-zero only).
+ENDS=$(awk '/^(shunt_connections_closed_total|shunt_tls_handshake_failures_total)\{/ && $2 != "0" {printf "%s%s=%s", sep, $1, $2; sep=" "}' <<<"$METRICS")
 
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-python3 - "$OUT/tls-$STAMP" "$COMMIT" "$ROUNDS" "$SECONDS_EACH" "$CONNS" "$HS_COUNT" \
+python3 - "$OUT/tls-$STAMP" "$COMMIT" "$ROUNDS" "$SECONDS_EACH" "$CONNS" "$HS_COUNT" "$ENDS" \
 	"$ISSUE_EC" "$ISSUE_RSA" "${#SHUNT_RUNS[@]}" "${SHUNT_RUNS[@]}" "${HAP_RUNS[@]}" <<'PY'
 import json, statistics, sys, platform, os
-out, commit, rounds, secs, conns, hs = sys.argv[1:7]
-ec, rsa = json.loads(sys.argv[7]), json.loads(sys.argv[8])
-n = int(sys.argv[9])
-runs = [json.loads(x) for x in sys.argv[10:]]
+out, commit, rounds, secs, conns, hs, ends = sys.argv[1:8]
+ec, rsa = json.loads(sys.argv[8]), json.loads(sys.argv[9])
+n = int(sys.argv[10])
+runs = [json.loads(x) for x in sys.argv[11:]]
 shunt, hap = runs[:n], runs[n:]
 def med(rs, key, sub=None):
     v = [r[key][sub] if sub else r[key] for r in rs]
@@ -175,6 +177,7 @@ res = {
                     "median_p99_us": med(hap, "latency_us", "p99")},
     },
     "shuntd_inbound_handshakes_counted": float(hs or 0),
+    "shuntd_ends": dict(x.rsplit("=", 1) for x in ends.split()),
 }
 s, h = res["handshakes"]["shuntd_inbound"], res["handshakes"]["haproxy"]
 res["ratio_shuntd_to_haproxy"] = round(s["median_per_s"] / h["median_per_s"], 3) if h["median_per_s"] else None

@@ -366,6 +366,48 @@ def test_bad_handshakes(mesh):
         long_lived.close()
 
 
+def test_slow_client_hello(mesh):
+    """A mesh client that sends its ClientHello after the protocol detection
+    timeout (100 ms) is not taken for plaintext in strict mode: it has the
+    handshake timeout (1 s here). So is one whose ClientHello arrives in two
+    parts 0.4 s apart."""
+    topo, a, b, tmp, ca = mesh
+    args, _ = client_files(tmp, ca, "slow", TESTER_ID)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(args[1], args[3])
+    key = ("shunt_connections_closed_total", (("reason", "plaintext_refused"),))
+    refused = sl.parse_metrics(b.metrics_text()).get(key, 0)
+    for split in (False, True):
+        raw = topo.app.connect(T.REMOTE4, 8080)
+        try:
+            time.sleep(0.4)
+            if split:
+                # The first 3 bytes of the record header, the rest later.
+                hello = client_hello()
+                raw.sendall(hello[:3])
+                time.sleep(0.4)
+                raw.sendall(hello[3:])
+                raw.settimeout(5)
+                assert raw.recv(1), "no ServerHello after a split ClientHello"
+                continue
+            s = ctx.wrap_socket(raw, server_hostname="port-8080.%s" % pki.TD)
+            s.settimeout(10)
+            s.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            assert b"HTTP/1.1 200" in data, data[:200]
+        finally:
+            raw.close()
+    assert sl.parse_metrics(b.metrics_text()).get(key, 0) == refused
+
+
 def test_files_source_broken_key_while_running(mesh):
     """B served from files (an external CA's Secret mount). The key turns to
     garbage, then disappears: one-line error, the current certificate keeps

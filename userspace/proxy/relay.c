@@ -745,6 +745,19 @@ static void on_sniff_timeout(struct loop *loop, struct loop_timer *t)
                 }
                 return;
         }
+        /* Inbound with mTLS: the start of a TLS record, or (strict, where
+         * plaintext is refused anyway) nothing yet, is a client slow to send
+         * its ClientHello: it gets mtls.handshake_timeout, not a plaintext
+         * verdict after protocol_detection_timeout. */
+        const struct shunt_config *cfg = worker_cfg(c->w);
+        if (c->peek && ((c->c2u.len && c->c2u.buf[0] == 0x16) ||
+                        (!c->c2u.len && cfg->mtls_mode == MTLS_STRICT))) {
+                uint64_t age = loop_now_ms(loop) - c->created_ms;
+                if (age < cfg->mtls_handshake_timeout_ms) {
+                        loop_timer_arm(loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms - age);
+                        return;
+                }
+        }
         stat_add(&c->w->stats, ST_SNIFF_TIMEOUT, 1);
         /* Decide on what has arrived, as if nothing more will come: a complete
          * HTTP/2 preface without a request yet is still HTTP/2. */
