@@ -24,6 +24,8 @@ VIP_SNIFF = "10.96.0.21"  # nothing declared: sniffed as gRPC
 VIP_DOWN = "10.96.0.22"  # endpoints with nothing listening
 VIP_STALL = "10.96.0.23"  # an endpoint that accepts and then reads nothing
 STALL_PORT = 50060
+VIP_RESET = "10.96.0.24"  # an endpoint that accepts and then resets
+RESET_PORT = 50070
 EXTRA4 = "10.77.0.4"
 EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
 PORT = 50051
@@ -68,6 +70,9 @@ def env():
         topo.remote.spawn_peer(
             "stall", "stalled", ["%s:%d" % (T.REMOTE4, STALL_PORT)], extra=["--stall", "120"]
         )
+        topo.remote.spawn_peer(
+            "reset", "resetting", ["%s:%d" % (T.REMOTE4, RESET_PORT)], extra=["--reset-after", "0"]
+        )
         path = os.path.join(sl.tmpdir(), "registry.json")
         with open(path, "w") as f:
             json.dump(
@@ -77,6 +82,7 @@ def env():
                         service("greeter-sniffed", VIP_SNIFF, PORT),
                         service("greeter-down", VIP_DOWN, DEAD_PORT, "GRPC"),
                         service("greeter-stalled", VIP_STALL, STALL_PORT, "GRPC", [T.REMOTE4]),
+                        service("greeter-reset", VIP_RESET, RESET_PORT, "GRPC", [T.REMOTE4]),
                     ]
                 },
                 f,
@@ -179,6 +185,17 @@ def test_all_endpoints_down_is_unavailable_not_a_hang(env):
     assert metric(d, "shunt_grpc_requests_total", code="UNAVAILABLE") >= 10
     # The good service is unaffected.
     assert client(topo, VIP, "unary", "--n", 6)["codes"] == {"OK": 6}
+
+
+def test_upstream_reset_before_response_is_unavailable(env):
+    """The only endpoint accepts, then resets the connection before any
+    response: each call gets UNAVAILABLE with the reason, the client's
+    connection stays up for the next calls."""
+    topo, d, _ = env
+    out = client(topo, VIP_RESET, "--parallel", 1, "unary", "--n", 3)
+    assert out["codes"] == {"UNAVAILABLE": 3}, out
+    assert all("upstream" in x for x in out["details"]), out
+    assert metric(d, "shunt_http2_upstream_sessions_total", event="failed") >= 1
 
 
 def grpc_frame(payload):

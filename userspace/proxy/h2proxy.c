@@ -127,6 +127,7 @@ struct h2s {
         bool routed;
         struct hdrs req, qtrail, resp, rtrail;
         uint32_t req_hdr_bytes;
+        uint32_t resp_hdr_bytes; /* response headers and trailers from upstream */
         struct bbuf reqb, respb;
         uint64_t req_sent; /* body bytes passed upstream */
         bool c_open, u_open;
@@ -957,6 +958,11 @@ static int up_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8
         struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
         if (!st || f->hd.type != NGHTTP2_HEADERS)
                 return 0;
+        /* The same bound as for requests: an upstream cannot make us hold
+         * more (the stream is reset and the client told UNAVAILABLE/503). */
+        st->resp_hdr_bytes += (uint32_t)(nl + vl + 32);
+        if (st->resp_hdr_bytes > hw_cfg(st->hw)->h2_max_header_list_size)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         if (nl == 7 && !memcmp(name, ":status", 7)) {
                 st->blk_status = 0;
                 for (size_t i = 0; i < vl && i < 3; i++)
