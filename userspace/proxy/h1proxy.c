@@ -33,6 +33,7 @@
 
 #include "core/log.h"
 #include "core/sockaddr.h"
+#include "intercept/origdst.h"
 #include "lb/lb.h"
 #include "proxy/http1.h"
 #include "proxy/proxy-t.h"
@@ -393,7 +394,10 @@ static int client_read(struct h1s *s, bool *progress)
                         return 0; /* full: the client waits (backpressure) */
                 ssize_t n = recv(s->io.fd, f->buf + f->len, f->cap - f->len, 0);
                 if (n > 0) {
-                        if ((uint32_t)n < f->cap - f->len && !s->rdhup)
+                        /* On the eBPF shortcut a short read does not mean
+                         * drained (intercept/origdst.h): read to EAGAIN. */
+                        if ((uint32_t)n < f->cap - f->len && !s->rdhup &&
+                            !origdst_shortcut_active())
                                 s->readable = false;
                         f->len += (uint32_t)n;
                         *progress = true;

@@ -1,0 +1,97 @@
+"""HTTP/1.1 request-level proxying with eBPF capture: the application's
+bytes reach shuntd through the sk_msg shortcut (where a short read does not
+mean the socket is drained). curl runs in the application's cgroup; real
+HTTP/1.1 backends in the remote pod. Run under the BPF lock:
+flock /tmp/shunt-bpf.lock ctest -R integration.test_http1_ebpf"""
+
+import collections
+import json
+import os
+import shutil
+
+import pytest
+
+import httpbackend
+import shuntlib as sl
+from shuntlib import Topology as T
+from test_ebpf import CGROUP, PINS, InCgroup, cgroup, ebpf_args, in_cgroup, mounts  # noqa: F401
+
+VIP = "10.96.4.10"
+EXTRA4 = "10.77.0.4"
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 8081
+
+
+@pytest.fixture(scope="module")
+def env(topo, cgroup):  # noqa: F811 - the fixture imported above
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool is not installed")
+    procs = []
+    d = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        procs.append(
+            httpbackend.spawn(
+                topo.remote, ["%s:%d=ep%d" % (a, PORT, i) for i, a in enumerate(EP_ADDRS)]
+            )
+        )
+        reg = os.path.join(sl.tmpdir(), "registry.json")
+        with open(reg, "w") as f:
+            json.dump(
+                {
+                    "services": [
+                        {
+                            "name": "web",
+                            "addresses": [VIP],
+                            "ports": [
+                                {"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}
+                            ],
+                            "endpoints": [{"address": a, "port": PORT} for a in EP_ADDRS],
+                        }
+                    ]
+                },
+                f,
+            )
+        d = sl.Shuntd(
+            InCgroup(topo.app, CGROUP),
+            ebpf_args(**{"service-discovery.file.path": reg, "log-level": "info"}),
+        )
+        d.wait_ready()
+        assert d.json("/status")["redirect_mode"] == "ebpf"
+        yield topo, d
+    finally:
+        if d:
+            d.stop()
+        for p in procs:
+            p.stop()
+
+
+def curl(topo, args, timeout=30):
+    r = in_cgroup(topo.app, ["curl", "-sS", "--max-time", str(timeout)] + args, timeout + 5)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_keepalive_spread(env):
+    topo, d = env
+    out = curl(topo, ["-w", "%{num_connects}\\n"] + ["http://%s/r%d" % (VIP, i) for i in range(6)])
+    lines = [l for l in out.splitlines() if l.strip()]
+    bodies = [json.loads(l) for l in lines if l.startswith("{")]
+    assert sum(int(l) for l in lines if not l.startswith("{")) == 1
+    assert collections.Counter(b["server"] for b in bodies) == {"ep0": 2, "ep1": 2, "ep2": 2}
+
+
+def test_large_bodies_both_ways(env):
+    """A 4 MiB chunked upload and a 20 MB chunked download, whole."""
+    topo, d = env
+    path = os.path.join(sl.tmpdir(), "upload.bin")
+    with open(path, "wb") as f:
+        f.write(os.urandom(4 << 20))
+    out = curl(
+        topo,
+        ["-H", "Transfer-Encoding: chunked", "--data-binary", "@" + path, "http://%s/up" % VIP],
+    )
+    assert json.loads(out)["body_len"] == 4 << 20
+    out = curl(topo, ["-o", "/dev/null", "-w", "%{size_download}", "http://%s/bytes/20000000" % VIP])
+    assert int(out) == 20000000
