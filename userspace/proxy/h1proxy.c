@@ -29,6 +29,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -416,39 +417,71 @@ static int client_read(struct h1s *s, bool *progress)
 }
 
 /* Sends f's head then f's sendable bytes to the client. 0 or -1 (ended). */
+/* What f has ready to go, head first, then (body_ok) the sendable body
+ * bytes: up to two iovecs. */
+static int flow_iov(struct flow *f, bool body_ok, struct iovec iov[2], size_t *total)
+{
+        int n = 0;
+        *total = 0;
+        if (f->head_off < f->head.len) {
+                iov[n].iov_base = f->head.data + f->head_off;
+                iov[n].iov_len = f->head.len - f->head_off;
+                *total += iov[n++].iov_len;
+        }
+        if (body_ok && f->cls > f->off) {
+                iov[n].iov_base = f->buf + f->off;
+                iov[n].iov_len = f->cls - f->off;
+                *total += iov[n++].iov_len;
+        }
+        return n;
+}
+
+/* k bytes of what flow_iov offered went out. A response flow forgets what
+ * went out; a request flow keeps its head and bytes for a re-send. */
+static void flow_sent(struct flow *f, size_t k, bool forget)
+{
+        size_t h = f->head.len - f->head_off;
+        if (h) {
+                size_t t = k < h ? k : h;
+                f->head_off += t;
+                k -= t;
+                if (forget && f->head_off == f->head.len) {
+                        strbuf_reset(&f->head);
+                        f->head_off = 0;
+                }
+        }
+        f->off += (uint32_t)k;
+        if (forget && f->off == f->len) /* all of it out: start over */
+                f->off = f->len = f->cls = 0;
+}
+
+/* Sends what is ready of f to fd: one sendmsg for head and body. */
+static ssize_t flow_sendmsg(int fd, struct flow *f, bool body_ok, size_t *want)
+{
+        struct iovec iov[2];
+        int n = flow_iov(f, body_ok, iov, want);
+        if (n == 0)
+                return 0;
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        return sendmsg(fd, &mh, MSG_NOSIGNAL);
+}
+
+/* Sends the response flow's head then its sendable bytes to the client.
+ * 0 or -1 (ended). */
 static int client_write(struct h1s *s, bool *progress)
 {
         struct flow *f = &s->resp;
         while (s->writable) {
-                const void *p;
                 size_t n;
-                bool head = f->head_off < f->head.len;
-                if (head) {
-                        p = f->head.data + f->head_off;
-                        n = f->head.len - f->head_off;
-                } else if (s->resp_head_done && f->cls > f->off) {
-                        p = f->buf + f->off;
-                        n = f->cls - f->off;
-                } else {
+                ssize_t k = flow_sendmsg(s->io.fd, f, s->resp_head_done, &n);
+                if (n == 0)
                         return 0;
-                }
-                ssize_t k = send(s->io.fd, p, n, MSG_NOSIGNAL);
                 if (k > 0) {
                         *progress = true;
                         s->last_active_ms = loop_now_ms(s->w->loop);
                         f->bytes += (uint64_t)k;
                         stat_add(&s->w->stats, ST_BYTES_DOWNSTREAM, (uint64_t)k);
-                        if (head) {
-                                f->head_off += (size_t)k;
-                                if (f->head_off == f->head.len) {
-                                        strbuf_reset(&f->head);
-                                        f->head_off = 0;
-                                }
-                        } else {
-                                f->off += (uint32_t)k;
-                                if (f->off == f->len) /* all of it out: start over */
-                                        f->off = f->len = f->cls = 0;
-                        }
+                        flow_sent(f, (size_t)k, true);
                         if ((size_t)k < n)
                                 s->writable = false;
                 } else if (errno == EAGAIN) {
@@ -881,27 +914,26 @@ static int upstream_write(struct h1s *s, bool *progress)
         struct flow *f = &s->req;
         struct upstream *u = s->up;
         while (u->writable) {
-                const void *p;
                 size_t n;
-                bool head = f->head_off < f->head.len;
-                if (head) {
-                        p = f->head.data + f->head_off;
-                        n = f->head.len - f->head_off;
-                } else if (f->cls > f->off) {
-                        p = f->buf + f->off;
-                        n = f->cls - f->off;
+                ssize_t k;
+                if (u->tls) {
+                        /* TLS writes one buffer at a time. */
+                        struct iovec iov[2];
+                        if (flow_iov(f, true, iov, &n) == 0)
+                                return 0;
+                        n = iov[0].iov_len;
+                        k = upstream_send(u, iov[0].iov_base, n);
                 } else {
-                        return 0;
+                        k = flow_sendmsg(u->io.fd, f, true, &n);
+                        if (n == 0)
+                                return 0;
                 }
-                ssize_t k = upstream_send(u, p, n);
                 if (k > 0) {
                         *progress = true;
                         f->bytes += (uint64_t)k;
                         stat_add(&s->w->stats, ST_BYTES_UPSTREAM, (uint64_t)k);
-                        if (head)
-                                f->head_off += (size_t)k;
-                        else
-                                f->off += (uint32_t)k;
+                        /* The request stays in the buffer for a re-send. */
+                        flow_sent(f, (size_t)k, false);
                         if ((size_t)k < n && !u->tls)
                                 u->writable = false;
                 } else if (errno == EAGAIN) {

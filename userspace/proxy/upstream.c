@@ -193,6 +193,23 @@ static void handshake(struct upstream *u)
         }
 }
 
+/* An idle connection became readable: the server closed it, or sent bytes
+ * nobody asked for; either way it cannot carry a request. On TLS the record
+ * may also be a post-handshake message (a session ticket), which the TLS
+ * layer consumes: the connection stays. */
+static bool idle_broken(struct upstream *u)
+{
+        char b;
+        ssize_t n;
+        if (u->tls)
+                n = tls_conn_read(u->tls, &b, 1);
+        else
+                n = recv(u->io.fd, &b, 1, MSG_PEEK);
+        if (n < 0 && (n == -EAGAIN || (!u->tls && errno == EAGAIN)))
+                return false;
+        return true;
+}
+
 static void on_io(struct loop *loop, struct loop_io *io, uint32_t events)
 {
         struct upstream *u = io->data;
@@ -208,9 +225,7 @@ static void on_io(struct loop *loop, struct loop_io *io, uint32_t events)
         if (u->tls && events)
                 u->readable = u->writable = true;
         if (u->in_pool) {
-                /* Idle: any readiness to read means the server closed it or
-                 * spoke unasked. Either way it cannot carry a request. */
-                if (u->readable) {
+                if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && idle_broken(u)) {
                         stat_add(&u->w->stats, ST_UPSTREAM_IDLE_PEER, 1);
                         upstream_close(u);
                 }
