@@ -208,6 +208,9 @@ md += [
         h["median_per_s"], h["median_p50_us"], h["median_p99_us"], errs[1]),
     "",
     "The client (BoringSSL, bench/tls_bench.c) shares the machine's CPUs with the proxy.",
+    "shuntd's counters after the run (they include the connections each round cuts off "
+    "when its time is up; `client_reset`: the client closes without reading the "
+    "close_notify): " + ", ".join("%s %s" % (k, v) for k, v in res["shuntd_ends"].items()),
 ]
 open(out + ".md", "w").write("\n".join(md) + "\n")
 print("\n".join(md))
