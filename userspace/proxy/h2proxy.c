@@ -32,6 +32,7 @@
 
 #include "core/log.h"
 #include "core/sockaddr.h"
+#include "intercept/origdst.h"
 #include "proxy/proxy-t.h"
 #include "proxy/upstream.h"
 #include "tls/conn.h"
@@ -72,6 +73,8 @@ struct sess {
         struct tls_conn *tls;
         struct bbuf out; /* the unsent rest of the last mem_send chunk */
         bool readable, writable;
+        bool rdhup;        /* the peer's FIN is queued: a short read does not mean drained */
+        bool drain_eagain; /* only EAGAIN says drained (TLS; the eBPF shortcut) */
         bool dirty, closed;
         bool dead; /* close at the next pump */
         struct sess *dnext;
@@ -1306,7 +1309,7 @@ static int sess_read(struct sess *s, const char **what)
         while (s->readable && !s->closed && nghttp2_session_want_read(s->ng)) {
                 ssize_t n = sess_recv(s, buf, sizeof(buf));
                 if (n > 0) {
-                        if ((size_t)n < sizeof(buf) && !s->tls)
+                        if ((size_t)n < sizeof(buf) && !s->tls && !s->rdhup && !s->drain_eagain)
                                 s->readable = false;
                         s->last_active_ms = loop_now_ms(hw_loop(s->hw));
                         ssize_t rv = nghttp2_session_mem_recv(s->ng, buf, (size_t)n);
@@ -1531,6 +1534,8 @@ static void on_client_io(struct loop *loop, struct loop_io *io, uint32_t events)
                 return;
         if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                 c->s.readable = true;
+        if (events & (EPOLLRDHUP | EPOLLHUP))
+                c->s.rdhup = true;
         if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                 c->s.writable = true;
         mark_dirty(&c->s);
@@ -1655,6 +1660,10 @@ static void h2_start(struct worker *w, struct handoff *h)
         log_debug("h2", id, "%s connection taken over for per-request routing (%zu bytes replayed)",
                   proto_name(proto), len);
         c->s.readable = c->s.writable = true;
+        /* eBPF mode: the application's socket may be on the sk_msg shortcut,
+         * where a read returns the shortcut's bytes alone while TCP bytes
+         * wait behind them (origdst.h): only EAGAIN says it is drained. */
+        c->s.drain_eagain = origdst_shortcut_active();
         if (len) {
                 ssize_t rv = nghttp2_session_mem_recv(c->s.ng, pre, len);
                 if (rv < 0) {
@@ -1703,6 +1712,8 @@ static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events)
                 return;
         if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                 u->s.readable = true;
+        if (events & (EPOLLRDHUP | EPOLLHUP))
+                u->s.rdhup = true;
         if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                 u->s.writable = true;
         if (u->s.tls && events)
