@@ -60,8 +60,17 @@ def env():
             procs.append(topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
         path = os.path.join(sl.tmpdir(), "registry.json")
         write_registry(path, registry(EP_ADDRS))
+        # A killed endpoint opens its circuit breaker and is ejected; short
+        # times let the next tests see it back within their 5 s waits.
         daemon = sl.Shuntd(
-            topo.app, sl.shuntd_args(**{"service-discovery.file.path": path})
+            topo.app,
+            sl.shuntd_args(
+                **{
+                    "service-discovery.file.path": path,
+                    "circuit-breaker.open-timeout": "500ms",
+                    "outlier-detection.base-ejection-time": "500ms",
+                }
+            ),
         ).wait_ready()
         yield topo, daemon, path, procs
     finally:

@@ -239,6 +239,26 @@ static void test_file_values(void **state)
         assert_int_equal(c->h2_max_concurrent_streams, 64);
         assert_int_equal(c->h2_max_header_list_size, 32768);
         assert_int_equal(c->h2_max_control_frames, 500);
+        assert_int_equal(c->cb_consecutive_failures, 7);
+        assert_int_equal(c->cb_failure_percent, 60);
+        assert_int_equal(c->cb_min_requests, 30);
+        assert_int_equal(c->cb_window_ms, 40000);
+        assert_int_equal(c->cb_open_timeout_ms, 20000);
+        assert_int_equal(c->cb_jitter_percent, 5);
+        assert_int_equal(c->cb_half_open_probes, 4);
+        assert_int_equal(c->cb_success_threshold, 2);
+        assert_int_equal(c->od_consecutive_failures, 6);
+        assert_int_equal(c->od_base_ejection_ms, 10000);
+        assert_int_equal(c->od_max_ejection_ms, 120000);
+        assert_int_equal(c->od_max_ejection_percent, 25);
+        assert_int_equal(c->limit_max_connections, 500);
+        assert_int_equal(c->limit_max_pending, 600);
+        assert_int_equal(c->limit_max_requests, 700);
+        assert_int_equal(c->retry_max, 3);
+        assert_int_equal(c->retry_backoff_base_ms, 10);
+        assert_int_equal(c->retry_backoff_max_ms, 1000);
+        assert_int_equal(c->retry_budget_percent, 30);
+        assert_int_equal(c->retry_budget_min, 5);
         assert_string_equal(c->sd_type, "file");
         assert_string_equal(c->sd_file_path, "/etc/shunt/registry.json");
         assert_string_equal(c->k8s_kubeconfig, "/root/.kube/config");
@@ -804,6 +824,20 @@ static void test_flag_errors(void **state)
         char *a10[] = {"shuntd", "--timeouts.connect=forever", NULL};
         load_err(a10, no_env, -EINVAL,
                  "config: --timeouts.connect: forever: expected a duration 1ms..24h", NULL);
+        char *r1[] = {"shuntd", "--outlier-detection.max-ejection-percent=101", NULL};
+        load_err(r1, no_env, -EINVAL, "--outlier-detection.max-ejection-percent: 101", "0..100",
+                 NULL);
+        char *r2[] = {"shuntd", "--circuit-breaker.consecutive-failures=0", NULL};
+        load_err(r2, no_env, -EINVAL, "--circuit-breaker.consecutive-failures: 0", NULL);
+        char *r3[] = {"shuntd", "--outlier-detection.base-ejection-time=1m",
+                      "--outlier-detection.max-ejection-time=30s", NULL};
+        load_err(r3, no_env, -EINVAL, "--outlier-detection.max-ejection-time: 30000ms",
+                 "at least outlier_detection.base_ejection_time", NULL);
+        char *r4[] = {"shuntd", "--retries.backoff-max=10ms", NULL};
+        load_err(r4, no_env, -EINVAL, "--retries.backoff-max: 10ms",
+                 "at least retries.backoff_base", NULL);
+        char *r5[] = {"shuntd", "--retries.max-retries=11", NULL};
+        load_err(r5, no_env, -EINVAL, "--retries.max-retries: 11", NULL);
         char *a11[] = {"shuntd", "--exclude-outbound-cidrs", "10.0.0.0/8,,fd00::/8", NULL};
         load_err(a11, no_env, -EINVAL,
                  "config: --exclude-outbound-cidrs: 10.0.0.0/8,,fd00::/8: expected a CIDR like",

@@ -42,7 +42,8 @@ static const char usage_text[] =
     "  maps             eBPF capture maps decoded: original destinations with age,\n"
     "                   sockhash size, shortcut flags, exclusions, counters\n"
     "  conns            live proxied connections\n"
-    "  endpoints [SVC]  services and endpoints with health, weight, zone, staleness\n"
+    "  endpoints [SVC]  services and endpoints with health, weight, zone, staleness,\n"
+    "                   circuit breaker, ejection and requests in flight\n"
     "                   (SVC: name or namespace/name)\n"
     "  certs            mTLS: identity, certificate serials and validity, rotation\n"
     "                   state, trust bundle\n"
@@ -754,10 +755,11 @@ static int cmd_endpoints(const char *service)
                 snprintf(path, sizeof(path), "/endpoints?service=%.200s", service);
         }
         cJSON *j = fetch("GET", path, NULL);
-        struct table t = {.ncols = 8,
-                          .header = {"SERVICE", "ENDPOINT", "HEALTH", "WEIGHT", "ZONE", "SOURCE",
-                                     "STALE", "FAILURES"},
-                          .right = {false, false, false, true, false, false, true, true}};
+        struct table t = {
+            .ncols = 11,
+            .header = {"SERVICE", "ENDPOINT", "HEALTH", "WEIGHT", "ZONE", "SOURCE", "STALE",
+                       "FAILURES", "BREAKER", "EJECTED_MS", "ACTIVE"},
+            .right = {false, false, false, true, false, false, true, true, false, true, true}};
         const cJSON *svc;
         cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(j, "services"))
         {
@@ -777,10 +779,22 @@ static int cmd_endpoints(const char *service)
                         const cJSON *passive = cJSON_GetObjectItemCaseSensitive(ep, "passive");
                         if (passive)
                                 jint(passive, "failures", fails, sizeof(fails));
+                        /* The proxy's view (first port): breaker state, time
+                         * left in an ejection, requests/connections in flight. */
+                        char ejected[32] = "-", active[16] = "-";
+                        const char *breaker = "-";
+                        const cJSON *res = cJSON_GetArrayItem(
+                            cJSON_GetObjectItemCaseSensitive(ep, "resilience"), 0);
+                        if (res) {
+                                breaker = jstr(res, "breaker", "?");
+                                if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "ejected")))
+                                        jint(res, "ejected_for_ms", ejected, sizeof(ejected));
+                                jint(res, "active", active, sizeof(active));
+                        }
                         table_add(&t, name, addr, jstr(ep, "health", "?"),
                                   jint(ep, "weight", weight, sizeof(weight)),
                                   jstr(ep, "zone", "")[0] ? jstr(ep, "zone", "") : "-",
-                                  jstr(ep, "source", "?"), stale, fails);
+                                  jstr(ep, "source", "?"), stale, fails, breaker, ejected, active);
                 }
         }
         if (t.rows == 0)

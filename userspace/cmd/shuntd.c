@@ -12,6 +12,7 @@
 #include "admin/admin.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/sockaddr.h"
 #include "core/loop.h"
 #include "core/prom.h"
 #include "intercept/bpfcap.h"
@@ -326,7 +327,58 @@ static void h_endpoints(const struct admin_request *req, struct admin_response *
         struct daemon *d = ctx;
         char service[160] = "";
         admin_query_get(req->query, "service", service, sizeof(service));
-        disc_render_endpoints(d->registry, &resp->body, service[0] ? service : NULL);
+        struct disc_render_hooks hooks;
+        proxy_render_hooks(d->proxy, &hooks);
+        disc_render_endpoints_with(d->registry, &resp->body, service[0] ? service : NULL, &hooks);
+}
+
+/* "10.0.0.1:80" or "[fd00::1]:80". 0 or -EINVAL. */
+static int parse_hostport(const char *s, struct sockaddr_storage *out)
+{
+        const char *colon = strrchr(s, ':');
+        if (!colon || colon == s)
+                return -EINVAL;
+        char ip[64];
+        size_t n = (size_t)(colon - s);
+        if (s[0] == '[' && n >= 2 && s[n - 1] == ']') {
+                s++;
+                n -= 2;
+        }
+        if (n >= sizeof(ip))
+                return -EINVAL;
+        memcpy(ip, s, n);
+        ip[n] = 0;
+        char *end;
+        unsigned long port = strtoul(colon + 1, &end, 10);
+        if (!colon[1] || *end || port == 0 || port > 65535)
+                return -EINVAL;
+        return sockaddr_from_string(ip, (uint16_t)port, out);
+}
+
+/* POST /admin/circuit-breaker?service=ns/name&endpoint=IP:PORT&state=forced_open|closed */
+static void h_breaker(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        char service[160] = "", endpoint[80] = "", state[32] = "";
+        admin_query_get(req->query, "service", service, sizeof(service));
+        admin_query_get(req->query, "endpoint", endpoint, sizeof(endpoint));
+        admin_query_get(req->query, "state", state, sizeof(state));
+        bool on = strcmp(state, "forced_open") == 0;
+        struct sockaddr_storage sa;
+        if (!service[0] || (!on && strcmp(state, "closed") != 0) ||
+            parse_hostport(endpoint, &sa) < 0) {
+                admin_respond_error(resp, 400,
+                                    "want service=NS/NAME, endpoint=IP:PORT and "
+                                    "state=forced_open or closed");
+                return;
+        }
+        if (proxy_force_open(d->proxy, service, &sa, on) < 0) {
+                admin_respond_error(resp, 404, "no such endpoint in that service's routes");
+                return;
+        }
+        log_warn("admin", 0, "circuit breaker of %s (service %s) %s by the operator", endpoint,
+                 service, on ? "forced open" : "released");
+        strbuf_appendf(&resp->body, "{\"state\":\"%s\"}", on ? "forced_open" : "closed");
 }
 
 static void h_debug_cache(const struct admin_request *req, struct admin_response *resp, void *ctx)
@@ -458,7 +510,9 @@ static void update_routes(struct daemon *d)
 
 static void on_routes_tick(struct loop *loop, struct loop_timer *t)
 {
-        update_routes(t->data);
+        struct daemon *d = t->data;
+        update_routes(d);
+        proxy_tick(d->proxy); /* breakers that become half-open, ejections that end */
         loop_timer_arm(loop, t, ROUTES_POLL_MS);
 }
 
@@ -668,6 +722,7 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);
         admin_route(d.admin, "GET", "/debug/cache", h_debug_cache, &d);
         admin_route(d.admin, "POST", "/admin/endpoints", h_post_endpoints, &d);
+        admin_route(d.admin, "POST", "/admin/circuit-breaker", h_breaker, &d);
 
         d.registry = disc_registry_new(NULL);
         if (!d.registry || disc_backend_new(d.registry, d.cfg, &d.backend, err, sizeof(err)) < 0 ||

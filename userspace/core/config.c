@@ -131,6 +131,45 @@ static const struct key_desc keys[] = {
          .min = 1, .max = 24 * MS_PER_HOUR, .def = "30s"},
         {.path = "timeouts.idle_timeout", .env = "IDLE_TIMEOUT", .type = K_DUR_MS, FIELD(idle_timeout_ms),
          .min = 1, .max = 24 * MS_PER_HOUR, .def = "60s"},
+        {.path = "circuit_breaker.consecutive_failures", .type = K_U32, FIELD(cb_consecutive_failures),
+         .min = 1, .max = 1000000, .def = "5", .note = "failures in a row that open an endpoint's breaker"},
+        {.path = "circuit_breaker.failure_percent", .type = K_U32, FIELD(cb_failure_percent), .min = 1, .max = 100,
+         .def = "50", .note = "failure rate over the window that opens it (with min_requests results)"},
+        {.path = "circuit_breaker.min_requests", .type = K_U32, FIELD(cb_min_requests), .min = 1, .max = 1000000,
+         .def = "20"},
+        {.path = "circuit_breaker.window", .type = K_DUR_MS, FIELD(cb_window_ms), .min = 10, .max = MS_PER_HOUR,
+         .def = "30s"},
+        {.path = "circuit_breaker.open_timeout", .type = K_DUR_MS, FIELD(cb_open_timeout_ms), .min = 1,
+         .max = MS_PER_HOUR, .def = "30s", .note = "time open before half-open, +-jitter_percent"},
+        {.path = "circuit_breaker.jitter_percent", .type = K_U32, FIELD(cb_jitter_percent), .min = 0, .max = 50,
+         .def = "10"},
+        {.path = "circuit_breaker.half_open_probes", .type = K_U32, FIELD(cb_half_open_probes), .min = 1,
+         .max = 1000, .def = "3", .note = "requests in flight while half-open"},
+        {.path = "circuit_breaker.success_threshold", .type = K_U32, FIELD(cb_success_threshold), .min = 1,
+         .max = 1000, .def = "3", .note = "probe successes that close it"},
+        {.path = "outlier_detection.consecutive_failures", .type = K_U32, FIELD(od_consecutive_failures), .min = 1,
+         .max = 1000000, .def = "5", .note = "connect failures or 5xx in a row that eject an endpoint"},
+        {.path = "outlier_detection.base_ejection_time", .type = K_DUR_MS, FIELD(od_base_ejection_ms), .min = 1,
+         .max = MS_PER_HOUR, .def = "30s", .note = "the k-th ejection lasts k times this"},
+        {.path = "outlier_detection.max_ejection_time", .type = K_DUR_MS, FIELD(od_max_ejection_ms), .min = 1,
+         .max = 24 * MS_PER_HOUR, .def = "300s", .note = "at least base_ejection_time"},
+        {.path = "outlier_detection.max_ejection_percent", .type = K_U32, FIELD(od_max_ejection_percent), .min = 0,
+         .max = 100, .def = "10", .note = "cap = floor(n * p / 100), at least 1 when p > 0 and n >= 2, at most n - 1"},
+        {.path = "limits.max_connections", .type = K_U32, FIELD(limit_max_connections), .min = 1, .max = 10000000,
+         .def = "1024", .note = "upstream connections per service"},
+        {.path = "limits.max_pending_requests", .type = K_U32, FIELD(limit_max_pending), .min = 1, .max = 10000000,
+         .def = "1024", .note = "requests per service waiting for a connection"},
+        {.path = "limits.max_requests", .type = K_U32, FIELD(limit_max_requests), .min = 1, .max = 10000000,
+         .def = "1024", .note = "requests in flight per service"},
+        {.path = "retries.max_retries", .type = K_U32, FIELD(retry_max), .min = 0, .max = 10, .def = "2"},
+        {.path = "retries.backoff_base", .type = K_DUR_MS, FIELD(retry_backoff_base_ms), .min = 1, .max = 60000,
+         .def = "25ms"},
+        {.path = "retries.backoff_max", .type = K_DUR_MS, FIELD(retry_backoff_max_ms), .min = 1, .max = 300000,
+         .def = "250ms", .note = "at least backoff_base"},
+        {.path = "retries.budget_percent", .type = K_U32, FIELD(retry_budget_percent), .min = 0, .max = 100,
+         .def = "20", .note = "retries in flight <= this % of the service's active requests"},
+        {.path = "retries.budget_min", .type = K_U32, FIELD(retry_budget_min), .min = 0, .max = 10000000,
+         .def = "3", .note = "... but always this many"},
         {.path = "service_discovery.type", .env = "SERVICE_DISCOVERY_TYPE", .type = K_STRENUM, FIELD(sd_type),
          .names = sd_names, .def = "file"},
         {.path = "service_discovery.file.path", .type = K_STR, FIELD(sd_file_path)},
@@ -1212,12 +1251,35 @@ static int check_mtls(struct ctx *x)
         return 0;
 }
 
+/* Pairs of keys where one bounds the other. */
+static int check_resilience(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        if (c->od_max_ejection_ms < c->od_base_ejection_ms) {
+                const struct key_desc *d = find_key("outlier_detection.max_ejection_time");
+                char v[32];
+                snprintf(v, sizeof(v), "%ums", c->od_max_ejection_ms);
+                return bad(x, d, c->origins[key_index(d)].source, v,
+                           "at least outlier_detection.base_ejection_time");
+        }
+        if (c->retry_backoff_max_ms < c->retry_backoff_base_ms) {
+                const struct key_desc *d = find_key("retries.backoff_max");
+                char v[32];
+                snprintf(v, sizeof(v), "%ums", c->retry_backoff_max_ms);
+                return bad(x, d, c->origins[key_index(d)].source, v,
+                           "at least retries.backoff_base");
+        }
+        return 0;
+}
+
 static int finish(struct ctx *x)
 {
         struct shunt_config *c = x->c;
         int rc = check_ports(x);
         if (!rc)
                 rc = check_mtls(x);
+        if (!rc)
+                rc = check_resilience(x);
         if (rc)
                 return rc;
         if (c->workers == 0) {

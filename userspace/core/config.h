@@ -106,9 +106,31 @@ struct shunt_config {
 
         /* HTTP/1.1 request-level proxying (proxy/h1proxy.c, proxy/upstream.c) */
         uint32_t http_upstream_idle_timeout_ms; /* http.upstream_idle_timeout, 4s */
-        uint32_t http_upstream_max_idle;        /* http.upstream_max_idle, per endpoint+worker, 32 */
-        uint32_t http_max_header_bytes;         /* http.max_request_header_bytes, 64KiB */
-        uint32_t http_max_headers;              /* http.max_request_headers, 100 */
+        uint32_t http_upstream_max_idle; /* http.upstream_max_idle, per endpoint+worker, 32 */
+        uint32_t http_max_header_bytes;  /* http.max_request_header_bytes, 64KiB */
+        uint32_t http_max_headers;       /* http.max_request_headers, 100 */
+
+        /* resilience, per upstream service (README "Resilience") */
+        uint32_t cb_consecutive_failures; /* circuit_breaker.consecutive_failures, 5 */
+        uint32_t cb_failure_percent;      /* circuit_breaker.failure_percent, 50 */
+        uint32_t cb_min_requests;         /* circuit_breaker.min_requests, 20 */
+        uint32_t cb_window_ms;            /* circuit_breaker.window, 30s */
+        uint32_t cb_open_timeout_ms;      /* circuit_breaker.open_timeout, 30s */
+        uint32_t cb_jitter_percent;       /* circuit_breaker.jitter_percent, 10 */
+        uint32_t cb_half_open_probes;     /* circuit_breaker.half_open_probes, 3 */
+        uint32_t cb_success_threshold;    /* circuit_breaker.success_threshold, 3 */
+        uint32_t od_consecutive_failures; /* outlier_detection.consecutive_failures, 5 */
+        uint32_t od_base_ejection_ms;     /* outlier_detection.base_ejection_time, 30s */
+        uint32_t od_max_ejection_ms;      /* outlier_detection.max_ejection_time, 300s */
+        uint32_t od_max_ejection_percent; /* outlier_detection.max_ejection_percent, 10 */
+        uint32_t limit_max_connections;   /* limits.max_connections, 1024 */
+        uint32_t limit_max_pending;       /* limits.max_pending_requests, 1024 */
+        uint32_t limit_max_requests;      /* limits.max_requests, 1024 */
+        uint32_t retry_max;               /* retries.max_retries, 2 */
+        uint32_t retry_backoff_base_ms;   /* retries.backoff_base, 25ms */
+        uint32_t retry_backoff_max_ms;    /* retries.backoff_max, 250ms */
+        uint32_t retry_budget_percent;    /* retries.budget_percent, 20 */
+        uint32_t retry_budget_min;        /* retries.budget_min, 3 */
 
         /* service discovery */
         char sd_type[16];                     /* service_discovery.type: file|kubernetes|consul */

@@ -356,6 +356,17 @@ uint64_t disc_registry_version(const struct disc_registry *r);
  * weight, zone, region, source, staleness, passive state). service may be
  * NULL (all) or "name" / "namespace/name". */
 void disc_render_endpoints(struct disc_registry *r, struct strbuf *sb, const char *service);
+/* Members other components add to /endpoints (cmd/ wires the proxy's
+ * resilience state in): each hook appends ",\"key\":value" pairs to the
+ * service's or the endpoint's object. Either may be NULL. */
+struct disc_render_hooks {
+        void (*service)(void *ctx, const struct disc_service *svc, struct strbuf *sb);
+        void (*endpoint)(void *ctx, const struct disc_service *svc, const struct disc_endpoint *ep,
+                         struct strbuf *sb);
+        void *ctx;
+};
+void disc_render_endpoints_with(struct disc_registry *r, struct strbuf *sb, const char *service,
+                                const struct disc_render_hooks *hooks);
 /* GET /debug/cache: snapshot version and size, counts by health, sources
  * with last sync, staleness and last error. */
 void disc_render_cache(struct disc_registry *r, struct strbuf *sb);

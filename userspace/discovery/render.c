@@ -48,7 +48,8 @@ static void append_src(struct strbuf *sb, const struct disc_registry *r, int src
 }
 
 static void render_service(struct disc_registry *r, struct strbuf *sb,
-                           const struct disc_snapshot *snap, const struct disc_service *svc)
+                           const struct disc_snapshot *snap, const struct disc_service *svc,
+                           const struct disc_render_hooks *hooks)
 {
         uint32_t si = disc_svc_find(r, svc->ns, svc->name);
         if (si == DISC_NONE)
@@ -115,13 +116,24 @@ static void render_service(struct disc_registry *r, struct strbuf *sb,
                 append_src(sb, r, ep->source);
                 strbuf_append(sb, ",\"last_seen\":");
                 append_time(sb, r, e->last_seen_ms, e->last_seen_ms != 0);
+                if (hooks && hooks->endpoint)
+                        hooks->endpoint(hooks->ctx, svc, ep, sb);
                 strbuf_append(sb, "}");
         }
-        strbuf_append(sb, "]}");
+        strbuf_append(sb, "]");
+        if (hooks && hooks->service)
+                hooks->service(hooks->ctx, svc, sb);
+        strbuf_append(sb, "}");
         (void)snap;
 }
 
 void disc_render_endpoints(struct disc_registry *r, struct strbuf *sb, const char *service)
+{
+        disc_render_endpoints_with(r, sb, service, NULL);
+}
+
+void disc_render_endpoints_with(struct disc_registry *r, struct strbuf *sb, const char *service,
+                                const struct disc_render_hooks *hooks)
 {
         disc_registry_publish(r); /* so the snapshot shows every change */
         const struct disc_snapshot *snap = disc_registry_acquire(r);
@@ -145,7 +157,7 @@ void disc_render_endpoints(struct disc_registry *r, struct strbuf *sb, const cha
                 if (!first)
                         strbuf_append(sb, ",");
                 first = false;
-                render_service(r, sb, snap, svc);
+                render_service(r, sb, snap, svc, hooks);
         }
         strbuf_append(sb, "]}");
         disc_snapshot_release(snap);

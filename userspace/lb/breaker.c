@@ -1,5 +1,6 @@
 /* Circuit breaker per endpoint: closed -> open -> half-open -> closed, and an
- * operator's forced open. Pure logic; the caller passes the time. */
+ * operator's forced open. The caller passes the time; any thread may call
+ * (see struct lb_breaker for how without a lock). */
 #include <string.h>
 
 #include "core/log.h"
@@ -61,91 +62,151 @@ int lb_breaker_config_validate(const struct lb_breaker_config *c)
         return 0;
 }
 
+/* The state word: state in bits 0-15, probes in flight 16-31, half-open
+ * successes 32-47. */
+#define W_STATE(w)           ((enum lb_breaker_state)((w)&0xffff))
+#define W_PROBES(w)          ((uint32_t)(((w) >> 16) & 0xffff))
+#define W_OK(w)              ((uint32_t)(((w) >> 32) & 0xffff))
+#define W_MAKE(st, pr, succ) ((uint64_t)(st) | (uint64_t)(pr) << 16 | (uint64_t)(succ) << 32)
+
+#define LD(x)    atomic_load_explicit(&(x), memory_order_relaxed)
+#define ST(x, v) atomic_store_explicit(&(x), (v), memory_order_relaxed)
+
 static void clear_window(struct lb_breaker *b, uint64_t now)
 {
-        memset(b->ok, 0, sizeof(b->ok));
-        memset(b->fail, 0, sizeof(b->fail));
-        b->head = 0;
-        b->bucket_start = now;
-        b->consecutive = 0;
+        for (int i = 0; i < LB_BREAKER_BUCKETS; i++) {
+                ST(b->tag[i], 0);
+                ST(b->ok[i], 0);
+                ST(b->fail[i], 0);
+        }
+        ST(b->base, now);
+        ST(b->consecutive, 0);
 }
 
 void lb_breaker_init(struct lb_breaker *b, uint64_t seed, uint64_t now)
 {
         memset(b, 0, sizeof(*b));
-        b->state = LB_BREAKER_CLOSED;
-        b->rng = seed;
+        atomic_init(&b->word, W_MAKE(LB_BREAKER_CLOSED, 0, 0));
+        atomic_init(&b->rng, seed);
         clear_window(b, now);
-}
-
-/* Moves the window so that the newest bucket contains now. */
-static void advance(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t now)
-{
-        uint64_t width = c->window_ns / LB_BREAKER_BUCKETS;
-        if (now < b->bucket_start + width)
-                return; /* also when the clock is behind bucket_start */
-        uint64_t k = (now - b->bucket_start) / width;
-        b->bucket_start += k * width;
-        if (k > LB_BREAKER_BUCKETS)
-                k = LB_BREAKER_BUCKETS;
-        for (uint64_t j = 0; j < k; j++) {
-                b->head = (b->head + 1) % LB_BREAKER_BUCKETS;
-                b->ok[b->head] = 0;
-                b->fail[b->head] = 0;
-        }
 }
 
 static uint64_t next_rand(struct lb_breaker *b)
 {
-        b->rng += 0x9e3779b97f4a7c15ull;
-        return lb_mix64(b->rng);
+        uint64_t r =
+            atomic_fetch_add_explicit(&b->rng, 0x9e3779b97f4a7c15ull, memory_order_relaxed) +
+            0x9e3779b97f4a7c15ull;
+        return lb_mix64(r);
 }
 
-static void trip(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t now)
+/* Bucket number of now: buckets of window/B counted from the window's
+ * origin (a clock behind the origin falls in bucket 0). */
+static uint64_t bucket_of(const struct lb_breaker *b, const struct lb_breaker_config *c,
+                          uint64_t now)
+{
+        uint64_t base = LD(b->base);
+        return now > base ? (now - base) / (c->window_ns / LB_BREAKER_BUCKETS) : 0;
+}
+
+/* Counts a result in the bucket of now; returns the window's totals (the
+ * current bucket and the B-1 before it). */
+static void window_add(struct lb_breaker *b, const struct lb_breaker_config *c, bool success,
+                       uint64_t now, uint64_t *ok, uint64_t *fail)
+{
+        uint64_t k = bucket_of(b, c, now);
+        uint32_t i = (uint32_t)(k % LB_BREAKER_BUCKETS);
+        uint64_t tag = LD(b->tag[i]);
+        if (tag != k + 1) {
+                /* The slot holds an older bucket: the one who moves the tag
+                 * clears the counts. A result landing in between is lost. */
+                if (tag < k + 1 && atomic_compare_exchange_strong_explicit(&b->tag[i], &tag, k + 1,
+                                                                           memory_order_relaxed,
+                                                                           memory_order_relaxed)) {
+                        ST(b->ok[i], 0);
+                        ST(b->fail[i], 0);
+                }
+        }
+        atomic_fetch_add_explicit(success ? &b->ok[i] : &b->fail[i], 1, memory_order_relaxed);
+        *ok = *fail = 0;
+        for (int j = 0; j < LB_BREAKER_BUCKETS; j++) {
+                uint64_t t = LD(b->tag[j]);
+                if (t == 0 || t > k + 1 || k + 1 - t >= LB_BREAKER_BUCKETS)
+                        continue;
+                *ok += LD(b->ok[j]);
+                *fail += LD(b->fail[j]);
+        }
+}
+
+/* Moves the word from `from` to open. Only the winner of the swap resets
+ * the window. open_until is stored before the swap so that whoever sees the
+ * new state also sees a time of this opening. */
+static void trip(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t from,
+                 uint64_t now)
 {
         uint64_t jitter = c->open_ns * c->jitter_percent / 100; /* <= 1.8e14: no overflow */
         uint64_t span = 2 * jitter + 1;
-        b->state = LB_BREAKER_OPEN;
-        b->opened_at = now;
-        b->open_until = now + c->open_ns - jitter + next_rand(b) % span;
-        b->probes_in_flight = 0;
-        b->probe_successes = 0;
-        b->opens++;
-        clear_window(b, now);
-}
-
-static void close_breaker(struct lb_breaker *b, uint64_t now)
-{
-        b->state = LB_BREAKER_CLOSED;
-        b->probes_in_flight = 0;
-        b->probe_successes = 0;
+        uint64_t until = now + c->open_ns - jitter + next_rand(b) % span;
+        for (;;) {
+                enum lb_breaker_state st = W_STATE(from);
+                if (st == LB_BREAKER_OPEN || st == LB_BREAKER_FORCED_OPEN)
+                        return; /* someone else tripped it (or an operator) */
+                atomic_store_explicit(&b->open_until, until, memory_order_release);
+                if (atomic_compare_exchange_weak_explicit(
+                        &b->word, &from, W_MAKE(LB_BREAKER_OPEN, 0, 0), memory_order_acq_rel,
+                        memory_order_acquire))
+                        break;
+        }
+        ST(b->opened_at, now);
+        atomic_fetch_add_explicit(&b->opens, 1, memory_order_relaxed);
         clear_window(b, now);
 }
 
 enum lb_breaker_state lb_breaker_state(struct lb_breaker *b, const struct lb_breaker_config *c,
                                        uint64_t now)
 {
-        if (b->state == LB_BREAKER_OPEN && now >= b->open_until) {
-                b->state = LB_BREAKER_HALF_OPEN;
-                b->probes_in_flight = 0;
-                b->probe_successes = 0;
+        (void)c;
+        uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+        while (W_STATE(w) == LB_BREAKER_OPEN &&
+               now >= atomic_load_explicit(&b->open_until, memory_order_acquire)) {
+                if (atomic_compare_exchange_weak_explicit(
+                        &b->word, &w, W_MAKE(LB_BREAKER_HALF_OPEN, 0, 0), memory_order_acq_rel,
+                        memory_order_acquire))
+                        return LB_BREAKER_HALF_OPEN;
         }
-        return b->state;
+        return W_STATE(w);
+}
+
+enum lb_breaker_state lb_breaker_peek(const struct lb_breaker *b)
+{
+        return W_STATE(atomic_load_explicit(&b->word, memory_order_acquire));
+}
+
+uint64_t lb_breaker_opens(const struct lb_breaker *b)
+{
+        return LD(b->opens);
 }
 
 int lb_breaker_allow(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t now)
 {
-        switch (lb_breaker_state(b, c, now)) {
-        case LB_BREAKER_CLOSED:
+        if (lb_breaker_state(b, c, now) == LB_BREAKER_CLOSED)
                 return 0;
-        case LB_BREAKER_HALF_OPEN:
-                if (b->probes_in_flight < c->half_open_probes) {
-                        b->probes_in_flight++;
+        uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+        for (;;) {
+                switch (W_STATE(w)) {
+                case LB_BREAKER_CLOSED:
                         return 0;
+                case LB_BREAKER_HALF_OPEN:
+                        if (W_PROBES(w) >= c->half_open_probes)
+                                return LB_EBREAKER;
+                        if (atomic_compare_exchange_weak_explicit(
+                                &b->word, &w,
+                                W_MAKE(LB_BREAKER_HALF_OPEN, W_PROBES(w) + 1, W_OK(w)),
+                                memory_order_acq_rel, memory_order_acquire))
+                                return 0;
+                        break;
+                default:
+                        return LB_EBREAKER;
                 }
-                return LB_EBREAKER;
-        default:
-                return LB_EBREAKER;
         }
 }
 
@@ -155,77 +216,98 @@ bool lb_breaker_pickable(struct lb_breaker *b, const struct lb_breaker_config *c
         case LB_BREAKER_CLOSED:
                 return true;
         case LB_BREAKER_HALF_OPEN:
-                return b->probes_in_flight < c->half_open_probes;
+                return W_PROBES(atomic_load_explicit(&b->word, memory_order_acquire)) <
+                       c->half_open_probes;
         default:
                 return false;
         }
 }
 
-void lb_breaker_record(struct lb_breaker *b, const struct lb_breaker_config *c, bool success,
-                       uint64_t now)
+enum lb_breaker_state lb_breaker_result(struct lb_breaker *b, const struct lb_breaker_config *c,
+                                        bool success, bool probe, uint64_t now)
 {
-        switch (lb_breaker_state(b, c, now)) {
-        case LB_BREAKER_CLOSED: {
-                advance(b, c, now);
-                if (success) {
-                        b->ok[b->head]++;
-                        b->consecutive = 0;
-                } else {
-                        b->fail[b->head]++;
-                        if (++b->consecutive >= c->consecutive_failures) {
-                                trip(b, c, now);
-                                return;
-                        }
+        enum lb_breaker_state st = lb_breaker_state(b, c, now);
+        uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+        if (st == LB_BREAKER_CLOSED && W_STATE(w) == LB_BREAKER_CLOSED) {
+                uint32_t run = 0;
+                if (success)
+                        ST(b->consecutive, 0);
+                else
+                        run =
+                            atomic_fetch_add_explicit(&b->consecutive, 1, memory_order_relaxed) + 1;
+                if (run >= c->consecutive_failures) {
+                        trip(b, c, w, now);
+                        return lb_breaker_peek(b);
                 }
+                uint64_t ok, fail;
+                window_add(b, c, success, now, &ok, &fail);
                 /* Checked after successes too: the one that brings the
                  * count to min_requests may find the rate already high. */
-                uint64_t ok = 0, fail = 0;
-                for (int i = 0; i < LB_BREAKER_BUCKETS; i++) {
-                        ok += b->ok[i];
-                        fail += b->fail[i];
-                }
-                if (ok + fail >= c->min_requests && fail * 100 >= c->failure_percent * (ok + fail))
-                        trip(b, c, now);
-                return;
+                if (ok + fail >= c->min_requests &&
+                    fail * 100 >= (uint64_t)c->failure_percent * (ok + fail))
+                        trip(b, c, w, now);
+                return lb_breaker_peek(b);
         }
-        case LB_BREAKER_HALF_OPEN:
-                if (b->probes_in_flight > 0)
-                        b->probes_in_flight--;
+        if (W_STATE(w) != LB_BREAKER_HALF_OPEN || !probe)
+                return W_STATE(w); /* open or forced: a late result changes nothing */
+        for (;;) {
+                uint32_t probes = W_PROBES(w) ? W_PROBES(w) - 1 : 0;
                 if (!success) {
-                        trip(b, c, now);
-                        return;
+                        trip(b, c, w, now);
+                        return lb_breaker_peek(b);
                 }
-                if (++b->probe_successes >= c->success_threshold)
-                        close_breaker(b, now);
-                return;
-        default:
-                return; /* open or forced open: a late result changes nothing */
+                uint32_t okc = W_OK(w) + 1;
+                uint64_t next = okc >= c->success_threshold
+                                    ? W_MAKE(LB_BREAKER_CLOSED, 0, 0)
+                                    : W_MAKE(LB_BREAKER_HALF_OPEN, probes, okc);
+                if (okc >= c->success_threshold)
+                        clear_window(b, now); /* before the swap: closed starts clean */
+                if (atomic_compare_exchange_weak_explicit(&b->word, &w, next, memory_order_acq_rel,
+                                                          memory_order_acquire))
+                        return W_STATE(next);
+                if (W_STATE(w) != LB_BREAKER_HALF_OPEN)
+                        return W_STATE(w);
         }
+}
+
+enum lb_breaker_state lb_breaker_record(struct lb_breaker *b, const struct lb_breaker_config *c,
+                                        bool success, uint64_t now)
+{
+        return lb_breaker_result(b, c, success, true, now);
 }
 
 void lb_breaker_cancel(struct lb_breaker *b)
 {
-        if (b->state == LB_BREAKER_HALF_OPEN && b->probes_in_flight > 0)
-                b->probes_in_flight--;
+        uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+        while (W_STATE(w) == LB_BREAKER_HALF_OPEN && W_PROBES(w) > 0 &&
+               !atomic_compare_exchange_weak_explicit(
+                   &b->word, &w, W_MAKE(LB_BREAKER_HALF_OPEN, W_PROBES(w) - 1, W_OK(w)),
+                   memory_order_acq_rel, memory_order_acquire))
+                ;
 }
 
 void lb_breaker_force_open(struct lb_breaker *b, bool on, uint64_t now)
 {
+        uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
         if (on) {
-                if (b->state != LB_BREAKER_FORCED_OPEN)
-                        b->opens++;
-                b->state = LB_BREAKER_FORCED_OPEN;
-                b->opened_at = now;
-                b->probes_in_flight = 0;
-                b->probe_successes = 0;
-        } else if (b->state == LB_BREAKER_FORCED_OPEN) {
-                close_breaker(b, now);
+                if (atomic_exchange_explicit(&b->word, W_MAKE(LB_BREAKER_FORCED_OPEN, 0, 0),
+                                             memory_order_acq_rel) !=
+                    W_MAKE(LB_BREAKER_FORCED_OPEN, 0, 0)) {
+                        atomic_fetch_add_explicit(&b->opens, 1, memory_order_relaxed);
+                        ST(b->opened_at, now);
+                }
+                return;
         }
+        if (W_STATE(w) != LB_BREAKER_FORCED_OPEN)
+                return;
+        clear_window(b, now);
+        atomic_compare_exchange_strong_explicit(&b->word, &w, W_MAKE(LB_BREAKER_CLOSED, 0, 0),
+                                                memory_order_acq_rel, memory_order_acquire);
 }
 
 uint64_t lb_breaker_open_until(const struct lb_breaker *b)
 {
-        return b->open_until;
+        return atomic_load_explicit(&b->open_until, memory_order_acquire);
 }
 
 void lb_breaker_aggregate(struct lb_breaker *const *b, size_t n, const struct lb_breaker_config *c,

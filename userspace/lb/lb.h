@@ -44,6 +44,7 @@
 #include <sys/socket.h>
 
 #include "core/snapshot.h"
+#include "lb/resilience.h"
 
 #define LB_ENOENDPOINT (-EHOSTUNREACH)
 
@@ -106,6 +107,10 @@ struct lb_ep_state {
         _Atomic int32_t active;     /* connections/requests in flight, all workers */
         _Atomic uint32_t available; /* 1 unless the breaker/outlier owner says no */
         struct lb_shared *shared;
+        /* Resilience (resilience.h): updated by every worker with atomics. */
+        struct lb_breaker breaker;
+        struct lb_outlier_ep outlier;
+        _Atomic uint32_t gone; /* no longer in the service's table */
 };
 
 /* One endpoint of a table, read-only. */

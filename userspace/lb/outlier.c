@@ -1,28 +1,13 @@
 /* Outlier detection: consecutive connect failures or 5xx eject an endpoint
  * for a time that grows with each ejection, under a cap on how many
  * endpoints of the service may be out at once. */
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "core/log.h"
 #include "lb/resilience.h"
 
 #define COMP "lb"
-
-struct ep {
-        uint32_t consecutive;
-        uint32_t count; /* ejections, decaying */
-        bool ejected;
-        uint64_t until;
-        uint64_t decay_from; /* when count last dropped or the endpoint returned */
-};
-
-struct lb_outlier {
-        struct lb_outlier_config cfg;
-        uint32_t n;
-        uint32_t num_ejected;
-        uint64_t skipped;
-        struct ep eps[];
-};
 
 uint32_t lb_outlier_max_ejected(uint32_t n, uint32_t percent)
 {
@@ -74,6 +59,16 @@ int lb_outlier_config_validate(const struct lb_outlier_config *c)
         return 0;
 }
 
+struct lb_outlier {
+        struct lb_outlier_config cfg;
+        uint32_t n;
+        struct lb_outlier_svc svc;
+        struct lb_outlier_ep eps[];
+};
+
+#define LD(x)    atomic_load_explicit(&(x), memory_order_relaxed)
+#define ST(x, v) atomic_store_explicit(&(x), (v), memory_order_relaxed)
+
 struct lb_outlier *lb_outlier_new(const struct lb_outlier_config *c, uint32_t n)
 {
         if (lb_outlier_config_validate(c) < 0)
@@ -93,12 +88,96 @@ void lb_outlier_free(struct lb_outlier *o)
         free(o);
 }
 
-static void decay(const struct lb_outlier *o, struct ep *e, uint64_t now)
+/* One step down per max_ejection_ns in service; the swap of decay_from
+ * makes each step happen once when two threads decay together. */
+static void decay(const struct lb_outlier_config *c, struct lb_outlier_ep *e, uint64_t now)
 {
-        while (e->count > 0 && now >= e->decay_from + o->cfg.max_ejection_ns) {
-                e->count--;
-                e->decay_from += o->cfg.max_ejection_ns;
+        uint64_t from = LD(e->decay_from);
+        while (LD(e->count) > 0 && now >= from + c->max_ejection_ns) {
+                if (atomic_compare_exchange_weak_explicit(
+                        &e->decay_from, &from, from + c->max_ejection_ns, memory_order_relaxed,
+                        memory_order_relaxed)) {
+                        atomic_fetch_sub_explicit(&e->count, 1, memory_order_relaxed);
+                        from += c->max_ejection_ns;
+                }
         }
+}
+
+/* Takes one unit of *cur unless it has reached max. */
+static bool take(_Atomic uint32_t *cur, uint32_t max)
+{
+        uint32_t v = LD(*cur);
+        do {
+                if (v >= max)
+                        return false;
+        } while (!atomic_compare_exchange_weak_explicit(cur, &v, v + 1, memory_order_relaxed,
+                                                        memory_order_relaxed));
+        return true;
+}
+
+int lb_outlier_ep_record(const struct lb_outlier_config *c, struct lb_outlier_svc *svc,
+                         struct lb_outlier_ep *e, uint32_t n, enum lb_outcome r, uint64_t now)
+{
+        if (LD(e->until))
+                return 0; /* results of requests sent before the ejection */
+        if (r == LB_OUTCOME_SUCCESS) {
+                if (LD(e->consecutive))
+                        ST(e->consecutive, 0);
+                return 0;
+        }
+        if (r != LB_OUTCOME_CONNECT_FAILURE && r != LB_OUTCOME_5XX)
+                return 0;
+        uint32_t run = atomic_fetch_add_explicit(&e->consecutive, 1, memory_order_relaxed) + 1;
+        /* The run ends with the result that swaps it back to 0: of results
+         * racing past the threshold only one does. */
+        if (run < c->consecutive_failures ||
+            !atomic_compare_exchange_strong_explicit(&e->consecutive, &run, 0, memory_order_relaxed,
+                                                     memory_order_relaxed))
+                return 0;
+        if (!take(&svc->ejected, lb_outlier_max_ejected(n, c->max_ejection_percent))) {
+                atomic_fetch_add_explicit(&svc->skipped, 1, memory_order_relaxed);
+                return 0;
+        }
+        decay(c, e, now);
+        uint32_t k = atomic_fetch_add_explicit(&e->count, 1, memory_order_relaxed) + 1;
+        uint64_t d = c->base_ejection_ns * k; /* k <= 24 h / 1 ms: no overflow */
+        if (d > c->max_ejection_ns || d / k != c->base_ejection_ns)
+                d = c->max_ejection_ns;
+        uint64_t zero = 0;
+        if (!atomic_compare_exchange_strong_explicit(&e->until, &zero, now + d,
+                                                     memory_order_relaxed, memory_order_relaxed)) {
+                /* Ejected meanwhile by a result of another run: give the slot back. */
+                atomic_fetch_sub_explicit(&e->count, 1, memory_order_relaxed);
+                atomic_fetch_sub_explicit(&svc->ejected, 1, memory_order_relaxed);
+                return 0;
+        }
+        atomic_fetch_add_explicit(&svc->ejections, 1, memory_order_relaxed);
+        return 1;
+}
+
+bool lb_outlier_ep_expire(const struct lb_outlier_config *c, struct lb_outlier_svc *svc,
+                          struct lb_outlier_ep *e, uint64_t now)
+{
+        uint64_t until = LD(e->until);
+        if (!until) {
+                decay(c, e, now);
+                return false;
+        }
+        if (now < until || !atomic_compare_exchange_strong_explicit(
+                               &e->until, &until, 0, memory_order_relaxed, memory_order_relaxed))
+                return false;
+        ST(e->consecutive, 0);
+        ST(e->decay_from, now);
+        atomic_fetch_sub_explicit(&svc->ejected, 1, memory_order_relaxed);
+        return true;
+}
+
+void lb_outlier_ep_release(struct lb_outlier_svc *svc, struct lb_outlier_ep *e)
+{
+        uint64_t until = LD(e->until);
+        if (until && atomic_compare_exchange_strong_explicit(
+                         &e->until, &until, 0, memory_order_relaxed, memory_order_relaxed))
+                atomic_fetch_sub_explicit(&svc->ejected, 1, memory_order_relaxed);
 }
 
 int lb_outlier_record(struct lb_outlier *o, uint32_t i, enum lb_outcome r, uint64_t now)
@@ -108,72 +187,38 @@ int lb_outlier_record(struct lb_outlier *o, uint32_t i, enum lb_outcome r, uint6
                           i, o->n);
                 return -EINVAL;
         }
-        struct ep *e = &o->eps[i];
-        if (e->ejected)
-                return 0; /* results of requests sent before the ejection */
-        if (r == LB_OUTCOME_SUCCESS) {
-                e->consecutive = 0;
-                return 0;
-        }
-        if (r != LB_OUTCOME_CONNECT_FAILURE && r != LB_OUTCOME_5XX)
-                return 0;
-        if (++e->consecutive < o->cfg.consecutive_failures)
-                return 0;
-        e->consecutive = 0;
-        if (o->num_ejected >= lb_outlier_max_ejected(o->n, o->cfg.max_ejection_percent)) {
-                o->skipped++;
-                return 0;
-        }
-        decay(o, e, now);
-        e->count++;
-        uint64_t d = o->cfg.base_ejection_ns * e->count; /* count <= 24 h / 1 ms: no overflow */
-        if (d > o->cfg.max_ejection_ns || d / e->count != o->cfg.base_ejection_ns)
-                d = o->cfg.max_ejection_ns;
-        e->ejected = true;
-        e->until = now + d;
-        o->num_ejected++;
-        return 1;
+        return lb_outlier_ep_record(&o->cfg, &o->svc, &o->eps[i], o->n, r, now);
 }
 
 uint32_t lb_outlier_tick(struct lb_outlier *o, uint64_t now)
 {
         uint32_t back = 0;
-        for (uint32_t i = 0; i < o->n; i++) {
-                struct ep *e = &o->eps[i];
-                if (e->ejected && now >= e->until) {
-                        e->ejected = false;
-                        e->consecutive = 0;
-                        e->decay_from = now;
-                        o->num_ejected--;
-                        back++;
-                } else if (!e->ejected) {
-                        decay(o, e, now);
-                }
-        }
+        for (uint32_t i = 0; i < o->n; i++)
+                back += lb_outlier_ep_expire(&o->cfg, &o->svc, &o->eps[i], now);
         return back;
 }
 
 bool lb_outlier_ejected(const struct lb_outlier *o, uint32_t i)
 {
-        return i < o->n && o->eps[i].ejected;
+        return i < o->n && LD(o->eps[i].until) != 0;
 }
 
 uint64_t lb_outlier_ejected_until(const struct lb_outlier *o, uint32_t i)
 {
-        return i < o->n && o->eps[i].ejected ? o->eps[i].until : 0;
+        return i < o->n ? LD(o->eps[i].until) : 0;
 }
 
 uint32_t lb_outlier_ejection_count(const struct lb_outlier *o, uint32_t i)
 {
-        return i < o->n ? o->eps[i].count : 0;
+        return i < o->n ? LD(o->eps[i].count) : 0;
 }
 
 uint32_t lb_outlier_num_ejected(const struct lb_outlier *o)
 {
-        return o->num_ejected;
+        return LD(o->svc.ejected);
 }
 
 uint64_t lb_outlier_skipped(const struct lb_outlier *o)
 {
-        return o->skipped;
+        return LD(o->svc.skipped);
 }

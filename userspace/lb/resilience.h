@@ -57,19 +57,27 @@ struct lb_breaker_config {
 void lb_breaker_config_default(struct lb_breaker_config *c);
 int lb_breaker_config_validate(const struct lb_breaker_config *c);
 
-/* Fields are private; the struct is public so it can be embedded. */
+/* Fields are private; the struct is public so it can be embedded (one per
+ * endpoint, in struct lb_ep_state).
+ *
+ * Every worker records results and asks for admission concurrently, without
+ * a lock: the state, the half-open probes in flight and the half-open
+ * successes live in one 64-bit word changed only by compare-and-swap, so a
+ * transition and its counters are never seen half done (e.g. no worker
+ * takes a probe slot of the previous half-open period). The failure window
+ * and the consecutive-failure count are plain atomic counters: two results
+ * racing with a bucket change may lose one count, which moves a rate
+ * decision by one result at most. */
 struct lb_breaker {
-        enum lb_breaker_state state;
-        uint32_t consecutive;
-        uint32_t probes_in_flight;
-        uint32_t probe_successes;
-        uint64_t open_until;
-        uint64_t opened_at;
-        uint64_t bucket_start; /* start of the newest bucket */
-        uint32_t head;         /* index of the newest bucket */
-        uint32_t ok[LB_BREAKER_BUCKETS], fail[LB_BREAKER_BUCKETS];
-        uint64_t rng;
-        uint64_t opens; /* times it opened (metric) */
+        _Atomic uint64_t word; /* state | probes << 16 | successes << 32 */
+        _Atomic uint32_t consecutive;
+        _Atomic uint64_t open_until;
+        _Atomic uint64_t opened_at;
+        _Atomic uint64_t base;                    /* window origin (its last reset) */
+        _Atomic uint64_t tag[LB_BREAKER_BUCKETS]; /* bucket number + 1 the counts belong to */
+        _Atomic uint32_t ok[LB_BREAKER_BUCKETS], fail[LB_BREAKER_BUCKETS];
+        _Atomic uint64_t rng;
+        _Atomic uint64_t opens; /* times it opened (metric) */
 };
 
 void lb_breaker_init(struct lb_breaker *b, uint64_t seed, uint64_t now);
@@ -81,9 +89,15 @@ enum lb_breaker_state lb_breaker_state(struct lb_breaker *b, const struct lb_bre
  * half-open counts a probe: report its result with lb_breaker_record. */
 int lb_breaker_allow(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t now);
 /* Result of a request that allow() let through. Results that arrive while
- * open (requests admitted before it opened) are ignored. */
-void lb_breaker_record(struct lb_breaker *b, const struct lb_breaker_config *c, bool success,
-                       uint64_t now);
+ * open (requests admitted before it opened) are ignored; in half-open every
+ * result counts as a probe's. Returns the state after the result. */
+enum lb_breaker_state lb_breaker_record(struct lb_breaker *b, const struct lb_breaker_config *c,
+                                        bool success, uint64_t now);
+/* As lb_breaker_record, telling whether the request was admitted as a
+ * half-open probe: a result of a request admitted while closed that arrives
+ * in half-open is ignored (only probes decide). */
+enum lb_breaker_state lb_breaker_result(struct lb_breaker *b, const struct lb_breaker_config *c,
+                                        bool success, bool probe, uint64_t now);
 /* A probe admitted in half-open that ended without a result (cancelled). */
 void lb_breaker_cancel(struct lb_breaker *b);
 /* Operator override: forced open rejects everything; releasing it closes
@@ -91,6 +105,10 @@ void lb_breaker_cancel(struct lb_breaker *b);
 void lb_breaker_force_open(struct lb_breaker *b, bool on, uint64_t now);
 /* When an open breaker turns half-open (meaningful in LB_BREAKER_OPEN). */
 uint64_t lb_breaker_open_until(const struct lb_breaker *b);
+/* The state as last stored, without the time-driven open -> half-open step
+ * (for rendering). */
+enum lb_breaker_state lb_breaker_peek(const struct lb_breaker *b);
+uint64_t lb_breaker_opens(const struct lb_breaker *b);
 /* Whether picks should consider the endpoint: closed, or half-open with a
  * free probe slot. */
 bool lb_breaker_pickable(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t now);
@@ -128,8 +146,41 @@ enum lb_outcome {
         LB_OUTCOME_OTHER_FAILURE = 3,   /* counted by breakers, not by outlier detection */
 };
 
+/* Per endpoint (embedded in struct lb_ep_state) and per service (in struct
+ * lb_service_res); any thread, no lock. The failure run is an atomic count
+ * and only the result that brings it exactly to the threshold tries to
+ * eject, so one run ejects once. The cap is honoured exactly under
+ * concurrency: an ejection first takes a slot of the service's ejected
+ * count with a compare-and-swap that never passes the cap. */
+struct lb_outlier_ep {
+        _Atomic uint32_t consecutive;
+        _Atomic uint32_t count;      /* ejections, decaying */
+        _Atomic uint64_t until;      /* ejected until this time; 0 = in service */
+        _Atomic uint64_t decay_from; /* when count last dropped or the endpoint returned */
+};
+struct lb_outlier_svc {
+        _Atomic uint32_t ejected;   /* endpoints ejected right now */
+        _Atomic uint64_t ejections; /* total */
+        _Atomic uint64_t skipped;   /* ejections refused by the cap */
+};
+/* n: the service's endpoints now (for the cap). Returns 1 when this result
+ * ejected the endpoint, else 0. */
+int lb_outlier_ep_record(const struct lb_outlier_config *c, struct lb_outlier_svc *svc,
+                         struct lb_outlier_ep *e, uint32_t n, enum lb_outcome r, uint64_t now);
+/* Returns the endpoint to service when its time is up (true: it returned
+ * now); decays its ejection count while in service. */
+bool lb_outlier_ep_expire(const struct lb_outlier_config *c, struct lb_outlier_svc *svc,
+                          struct lb_outlier_ep *e, uint64_t now);
+/* Ends an ejection now, whatever its time (the endpoint left the service). */
+void lb_outlier_ep_release(struct lb_outlier_svc *svc, struct lb_outlier_ep *e);
+static inline uint64_t lb_outlier_ep_until(const struct lb_outlier_ep *e)
+{
+        return atomic_load_explicit(&e->until, memory_order_relaxed);
+}
+
+/* A service's detector over n endpoints indexed 0..n-1 (tests, tools). */
 struct lb_outlier;
-/* n endpoints, indexed like the service's table. NULL on -ENOMEM (logged). */
+/* NULL on -ENOMEM (logged) or a bad config (logged). */
 struct lb_outlier *lb_outlier_new(const struct lb_outlier_config *c, uint32_t n);
 void lb_outlier_free(struct lb_outlier *o);
 /* Records a result for endpoint i. Returns 1 when this result ejected it,
@@ -229,9 +280,7 @@ void lb_retry_budget_release(struct lb_retry_budget *b);
 struct lb_service_res {
         struct lb_limits limits;
         struct lb_retry_budget budget;
-        _Atomic uint32_t ejected;           /* endpoints ejected right now */
-        _Atomic uint64_t ejections;         /* total */
-        _Atomic uint64_t ejections_skipped; /* refused by max_ejection_percent */
+        struct lb_outlier_svc outlier;
         _Atomic uint64_t retries;           /* retries granted */
         _Atomic uint64_t retries_exhausted; /* refused: per-request attempts used up */
 };

@@ -193,6 +193,10 @@ struct lb_service_res *lb_table_res(const struct lb_table *t)
 void lb_ep_set_available(struct lb_ep_state *st, bool available)
 {
         uint32_t v = available ? 1 : 0;
+        /* A plain load first: results call this on every failure, and a
+         * write would bounce the line between workers for nothing. */
+        if (atomic_load_explicit(&st->available, memory_order_relaxed) == v)
+                return;
         if (atomic_exchange_explicit(&st->available, v, memory_order_relaxed) != v)
                 atomic_fetch_add_explicit(&st->shared->avail_gen, 1, memory_order_release);
 }
@@ -744,6 +748,7 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                         atomic_init(&e->state->refs, 1);
                         atomic_init(&e->state->active, 0);
                         atomic_init(&e->state->available, 1);
+                        lb_breaker_init(&e->state->breaker, e->id, 0);
                         e->state->shared = t->shared;
                         atomic_fetch_add_explicit(&t->shared->refs, 1, memory_order_relaxed);
                 }
@@ -768,6 +773,15 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                                same_ring ? &prev->local : NULL, prev_to_new);
         if (rc < 0)
                 goto fail;
+        /* Endpoints that left the service: out of its ejection count, and
+         * late results of their connections no longer count. */
+        for (uint32_t i = 0; prev && i < prev->n; i++) {
+                if (lb_table_find(t, &prev->eps[i].addr) >= 0)
+                        continue;
+                struct lb_ep_state *st = prev->eps[i].state;
+                atomic_store_explicit(&st->gone, 1, memory_order_relaxed);
+                lb_outlier_ep_release(&t->shared->res.outlier, &st->outlier);
+        }
         free(prev_to_new);
         *out = t;
         return 0;

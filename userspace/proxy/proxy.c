@@ -180,6 +180,9 @@ void proxy_set_config(struct proxy *p, struct shunt_config *cfg)
 {
         snapshot_ref(&cfg->snap);
         snapshot_publish(&p->cfg_slot, &cfg->snap);
+        /* Resilience settings live in the route table: rebuild it. */
+        if (p->routes)
+                proxy_set_registry(p, route_table_disc(p->routes));
         /* Each worker picks the new snapshot up at its next event; an idle worker
          * holds the old one until then, which costs nothing. */
 }
@@ -218,6 +221,39 @@ void proxy_set_registry(struct proxy *p, const struct disc_snapshot *disc)
         p->routes = t;
         /* The slot keeps t alive, and with it p->routes, until the next publish. */
         snapshot_publish(&p->route_slot, route_table_snapshot(t));
+}
+
+void proxy_tick(struct proxy *p)
+{
+        route_table_tick(p->routes);
+}
+
+static void hook_service(void *ctx, const struct disc_service *svc, struct strbuf *sb)
+{
+        struct proxy *p = ctx;
+        route_render_service(p->routes, svc, sb);
+}
+
+static void hook_endpoint(void *ctx, const struct disc_service *svc, const struct disc_endpoint *ep,
+                          struct strbuf *sb)
+{
+        struct proxy *p = ctx;
+        struct sockaddr_storage sa;
+        disc_addr_to_sockaddr(&ep->addr, &sa);
+        route_render_endpoint(p->routes, svc, &sa, sb);
+}
+
+void proxy_render_hooks(struct proxy *p, struct disc_render_hooks *h)
+{
+        h->service = hook_service;
+        h->endpoint = hook_endpoint;
+        h->ctx = p;
+}
+
+int proxy_force_open(struct proxy *p, const char *service, const struct sockaddr_storage *addr,
+                     bool on)
+{
+        return route_force_open(p->routes, service, addr, on);
 }
 
 uint64_t proxy_active(struct proxy *p)
@@ -489,6 +525,7 @@ void proxy_render_metrics(struct proxy *p, struct strbuf *out)
                      HTTP_LOCAL__COUNT, ST_HTTP_LOCAL_FIRST, local_label);
         render_range(p, out, "shunt_errors_total", "Connections that ended in an error.", "reason",
                      REASON_CLIENT_RESET, REASON__COUNT, ST_REASON_FIRST, reason_label);
+        route_render_metrics(p->routes, out);
 }
 
 struct render_call {

@@ -46,6 +46,15 @@ void proxy_render_listeners(struct proxy *p, struct strbuf *out);
 void proxy_render_counts(struct proxy *p, struct strbuf *out);
 /* Prometheus text for every proxy counter. */
 void proxy_render_metrics(struct proxy *p, struct strbuf *out);
+/* Resilience (main thread): the time-driven breaker and ejection steps
+ * (call every ~100 ms), the /endpoints hooks, and the operator's forced
+ * open of one endpoint's breaker (0 or -ENOENT). */
+void proxy_tick(struct proxy *p);
+struct disc_render_hooks;
+void proxy_render_hooks(struct proxy *p, struct disc_render_hooks *h);
+struct sockaddr_storage;
+int proxy_force_open(struct proxy *p, const char *service, const struct sockaddr_storage *addr,
+                     bool on);
 /* {"connections":[...]} asking each worker for its live connections. */
 int proxy_render_connections(struct proxy *p, struct strbuf *out);
 

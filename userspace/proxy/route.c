@@ -2,10 +2,13 @@
 #include "proxy/route.h"
 
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/log.h"
+#include "core/prom.h"
+#include "core/sockaddr.h"
 
 /* route_use.held bits */
 #define HELD_LIMIT(k) (1u << (k)) /* enum lb_limit_kind */
@@ -30,6 +33,8 @@ struct route_table {
         /* Resilience settings in force for requests picked from this table. */
         struct lb_retry_config retry;
         struct lb_limits_config limits;
+        struct lb_breaker_config breaker;
+        struct lb_outlier_config outlier;
 };
 
 struct route_workers {
@@ -54,6 +59,91 @@ static void table_destroy(struct snapshot *s)
 struct snapshot *route_table_snapshot(struct route_table *t)
 {
         return &t->snap;
+}
+
+#define MS_NS 1000000ull
+
+/* The configuration's resilience keys (validated by config.c with the same
+ * bounds as the lb validators). */
+static void resilience_config(const struct shunt_config *cfg, struct route_table *t)
+{
+        struct lb_breaker_config *b = &t->breaker;
+        lb_breaker_config_default(b);
+        b->consecutive_failures = cfg->cb_consecutive_failures;
+        b->failure_percent = cfg->cb_failure_percent;
+        b->min_requests = cfg->cb_min_requests;
+        b->window_ns = cfg->cb_window_ms * MS_NS;
+        b->open_ns = cfg->cb_open_timeout_ms * MS_NS;
+        b->jitter_percent = cfg->cb_jitter_percent;
+        b->half_open_probes = cfg->cb_half_open_probes;
+        b->success_threshold = cfg->cb_success_threshold;
+        struct lb_outlier_config *o = &t->outlier;
+        lb_outlier_config_default(o);
+        o->consecutive_failures = cfg->od_consecutive_failures;
+        o->base_ejection_ns = cfg->od_base_ejection_ms * MS_NS;
+        o->max_ejection_ns = cfg->od_max_ejection_ms * MS_NS;
+        o->max_ejection_percent = cfg->od_max_ejection_percent;
+        lb_limits_config_default(&t->limits);
+        t->limits.max[LB_LIMIT_CONNECTIONS] = cfg->limit_max_connections;
+        t->limits.max[LB_LIMIT_PENDING] = cfg->limit_max_pending;
+        t->limits.max[LB_LIMIT_REQUESTS] = cfg->limit_max_requests;
+        struct lb_retry_config *r = &t->retry;
+        lb_retry_config_default(r);
+        r->max_retries = cfg->retry_max;
+        r->backoff_base_ns = cfg->retry_backoff_base_ms * MS_NS;
+        r->backoff_max_ns = cfg->retry_backoff_max_ms * MS_NS;
+        r->budget_percent = cfg->retry_budget_percent;
+        r->budget_min = cfg->retry_budget_min;
+        /* Config bounds are the lb validators' bounds; a mismatch would be a
+         * bug, and these log it. */
+        if (lb_breaker_config_validate(b) < 0 || lb_outlier_config_validate(o) < 0 ||
+            lb_limits_config_validate(&t->limits) < 0 || lb_retry_config_validate(r) < 0)
+                log_error("route", 0, "resilience settings out of range (see above)");
+}
+
+static uint64_t now_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether picks should consider the endpoint now: not ejected, breaker
+ * closed or half-open with a free probe slot. Any thread; two threads may
+ * store a stale value in a race, which admit() corrects on the next pick
+ * and the main thread's tick (route_table_tick) within its period. */
+static bool ep_refresh(const struct route_table *t, struct lb_ep_state *st, uint64_t now)
+{
+        bool ok = lb_outlier_ep_until(&st->outlier) == 0 &&
+                  lb_breaker_pickable(&st->breaker, &t->breaker, now);
+        lb_ep_set_available(st, ok);
+        return ok;
+}
+
+/* Admission of a picked endpoint: not ejected, breaker not open; in
+ * half-open it takes a probe slot (*probe). */
+static bool admit(const struct route_table *t, struct lb_service_res *r, struct lb_ep_state *st,
+                  uint64_t now, bool *probe)
+{
+        *probe = false;
+        uint64_t until = lb_outlier_ep_until(&st->outlier);
+        if (until) {
+                if (now < until)
+                        return false;
+                lb_outlier_ep_expire(&t->outlier, &r->outlier, &st->outlier, now);
+        }
+        switch (lb_breaker_state(&st->breaker, &t->breaker, now)) {
+        case LB_BREAKER_CLOSED:
+                return until == 0 || ep_refresh(t, st, now);
+        case LB_BREAKER_HALF_OPEN:
+                if (lb_breaker_allow(&st->breaker, &t->breaker, now) < 0)
+                        return false;
+                *probe = true;
+                ep_refresh(t, st, now); /* the last free slot makes it unpickable */
+                return true;
+        default:
+                return false;
+        }
 }
 
 static enum lb_algorithm service_algorithm(const struct disc_service *svc,
@@ -139,8 +229,7 @@ struct route_table *route_table_build(const struct disc_snapshot *disc,
         snapshot_ref((struct snapshot *)(void *)disc);
         t->disc = disc;
         t->serial = ++serial;
-        lb_retry_config_default(&t->retry);
-        lb_limits_config_default(&t->limits);
+        resilience_config(cfg, t);
         t->first_entry = calloc(n_svc ? n_svc : 1, sizeof(*t->first_entry));
         t->entries = calloc(n_entries ? n_entries : 1, sizeof(*t->entries));
         if (!t->first_entry || !t->entries)
@@ -196,10 +285,12 @@ static struct lb_worker *entry_worker(struct route_table *t, struct route_worker
         return rw->w[entry];
 }
 
-/* One pick on entry `entry` of t: not exclude unless nothing else is left. */
+/* One pick on entry `entry` of t: not exclude unless nothing else is left,
+ * and only an endpoint the breaker and outlier detection admit (*probe:
+ * it was admitted as a half-open probe). */
 static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t seed, uint32_t entry,
                    const struct sockaddr_storage *client, const uint64_t *key_hash,
-                   const struct sockaddr_storage *exclude, struct lb_pick *pick)
+                   const struct sockaddr_storage *exclude, struct lb_pick *pick, bool *probe)
 {
         struct route_entry *e = &t->entries[entry];
         if (!e->lb)
@@ -210,18 +301,37 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
         uint64_t h = 0;
         if (e->hashed)
                 h = key_hash ? *key_hash : lb_hash_source_ip(client);
-        /* A retry tries the other endpoints before the one that failed. */
-        size_t tries = exclude ? lb_table_count(e->lb) : 1;
-        for (size_t i = 0; i < tries; i++) {
+        uint64_t now = now_ns();
+        /* Bounded: a refused endpoint is made unavailable, so each further
+         * try sees one fewer; a retry tries the others before the one that
+         * failed. */
+        size_t n = lb_table_count(e->lb);
+        bool have_excluded = false;
+        struct lb_pick excluded;
+        for (size_t i = 0; i <= n; i++) {
                 int rc = lb_pick(lw, e->lb, e->hashed ? &h : NULL, pick);
                 if (rc < 0)
-                        return rc;
-                if (!exclude || memcmp(&pick->ep->addr, exclude, sizeof(*exclude)) != 0)
                         break;
+                if (exclude && memcmp(&pick->ep->addr, exclude, sizeof(*exclude)) == 0) {
+                        if (!have_excluded) {
+                                excluded = *pick;
+                                have_excluded = true;
+                        }
+                        if (e->hashed)
+                                h = lb_mix64(h);
+                        continue;
+                }
+                if (admit(t, lb_table_res(e->lb), pick->state, now, probe))
+                        return 0;
+                ep_refresh(t, pick->state, now);
                 if (e->hashed)
                         h = lb_mix64(h);
         }
-        return 0;
+        if (have_excluded && admit(t, lb_table_res(e->lb), excluded.state, now, probe)) {
+                *pick = excluded; /* nothing else is left */
+                return 0;
+        }
+        return LB_ENOENDPOINT;
 }
 
 static void use_take(struct route_table *t, uint32_t entry, const struct lb_pick *pick,
@@ -261,10 +371,13 @@ static enum route_result pick_new(struct route_table *t, struct route_workers **
                 return ROUTE_PASSTHROUGH;
         uint32_t entry = use->entry;
         struct lb_pick pick;
-        if (pick_on(t, rw, seed, entry, client, key_hash, exclude, &pick) < 0)
+        bool probe;
+        if (pick_on(t, rw, seed, entry, client, key_hash, exclude, &pick, &probe) < 0)
                 return ROUTE_NO_ENDPOINT;
         *upstream = pick.ep->addr;
         use_take(t, entry, &pick, use);
+        if (probe)
+                use->held |= HELD_PROBE;
         return ROUTE_ENDPOINT;
 }
 
@@ -341,15 +454,76 @@ static void passive_report(const struct route_use *use, const struct sockaddr_st
                 disc_report(t->disc, ep, ok ? DISC_OUTCOME_SUCCESS : DISC_OUTCOME_FAILURE);
 }
 
+/* Outcomes as outlier detection counts them: a request timeout is a
+ * gateway timeout (504) and a reset a bad gateway (502), both 5xx. */
+static enum lb_outcome outlier_outcome(enum route_outcome o)
+{
+        switch (o) {
+        case ROUTE_SUCCESS:
+                return LB_OUTCOME_SUCCESS;
+        case ROUTE_CONNECT_FAILURE:
+                return LB_OUTCOME_CONNECT_FAILURE;
+        case ROUTE_HTTP_5XX:
+        case ROUTE_TIMEOUT:
+        case ROUTE_RESET:
+                return LB_OUTCOME_5XX;
+        default:
+                return LB_OUTCOME_OTHER_FAILURE;
+        }
+}
+
 void route_request_done(struct route_use *use, const struct sockaddr_storage *upstream,
                         enum route_outcome o)
 {
         if (!use->table || !use->ep)
                 return;
+        const struct route_table *t = use->table;
+        struct lb_ep_state *st = use->ep;
+        bool probe = use->held & HELD_PROBE;
         use->held &= (uint8_t)~HELD_PROBE;
-        if (o == ROUTE_CANCELLED)
+        if (o == ROUTE_CANCELLED) {
+                if (probe) {
+                        lb_breaker_cancel(&st->breaker);
+                        ep_refresh(t, st, now_ns());
+                }
                 return;
+        }
         passive_report(use, upstream, o == ROUTE_SUCCESS);
+        uint64_t now = now_ns();
+        char ubuf[SOCKADDR_STRLEN];
+        enum lb_breaker_state before = lb_breaker_peek(&st->breaker);
+        enum lb_breaker_state after =
+            lb_breaker_result(&st->breaker, &t->breaker, o == ROUTE_SUCCESS, probe, now);
+        bool changed = before != after;
+        if (changed && after == LB_BREAKER_OPEN)
+                log_warn("route", 0,
+                         "circuit breaker of %s (service %s) opened after a %s: no requests for "
+                         "%llu ms",
+                         sockaddr_format(upstream, ubuf, sizeof(ubuf)), route_service_name(use),
+                         route_outcome_name(o),
+                         (unsigned long long)((lb_breaker_open_until(&st->breaker) - now) / MS_NS));
+        else if (changed && after == LB_BREAKER_CLOSED)
+                log_info("route", 0, "circuit breaker of %s (service %s) closed: probes succeeded",
+                         sockaddr_format(upstream, ubuf, sizeof(ubuf)), route_service_name(use));
+        struct lb_table *lb = t->entries[use->entry].lb;
+        if (lb && !atomic_load_explicit(&st->gone, memory_order_relaxed)) {
+                struct lb_service_res *r = lb_table_res(lb);
+                if (lb_outlier_ep_record(&t->outlier, &r->outlier, &st->outlier,
+                                         (uint32_t)lb_table_count(lb), outlier_outcome(o),
+                                         now) == 1) {
+                        changed = true;
+                        log_warn(
+                            "route", 0,
+                            "%s (service %s) ejected for %llu ms after %u consecutive "
+                            "failures (ejection %u)",
+                            sockaddr_format(upstream, ubuf, sizeof(ubuf)), route_service_name(use),
+                            (unsigned long long)((lb_outlier_ep_until(&st->outlier) - now) / MS_NS),
+                            t->outlier.consecutive_failures,
+                            atomic_load_explicit(&st->outlier.count, memory_order_relaxed));
+                }
+        }
+        if (changed || probe || o != ROUTE_SUCCESS)
+                ep_refresh(t, st, now);
 }
 
 void route_report(struct route_use *use, const struct sockaddr_storage *upstream, bool ok)
@@ -421,12 +595,20 @@ enum route_result route_retry_pick(struct route_use *use, struct route_workers *
         if (!use->table || !use->ep)
                 return ROUTE_NO_ENDPOINT;
         struct lb_pick pick;
-        if (pick_on(use->table, rw, seed, use->entry, client, key_hash, upstream, &pick) < 0)
+        bool probe;
+        if (use->held & HELD_PROBE) { /* route_request_done was not called */
+                lb_breaker_cancel(&use->ep->breaker);
+                use->held &= (uint8_t)~HELD_PROBE;
+        }
+        if (pick_on(use->table, rw, seed, use->entry, client, key_hash, upstream, &pick, &probe) <
+            0)
                 return ROUTE_NO_ENDPOINT;
         *upstream = pick.ep->addr;
         lb_conn_begin(pick.state);
         lb_conn_end(use->ep);
         use->ep = pick.state;
+        if (probe)
+                use->held |= HELD_PROBE;
         return ROUTE_ENDPOINT;
 }
 
@@ -461,6 +643,8 @@ void route_release(struct route_use *use)
                 if (use->held & HELD_RETRY)
                         lb_retry_budget_release(&r->budget);
         }
+        if ((use->held & HELD_PROBE) && use->ep)
+                lb_breaker_cancel(&use->ep->breaker); /* a probe that never reported */
         use->held = 0;
         if (use->ep)
                 lb_conn_end(use->ep);
@@ -489,4 +673,276 @@ enum disc_mtls route_mtls(const struct route_use *use)
                 return DISC_MTLS_DEFAULT;
         const struct route_table *t = use->table;
         return disc_snapshot_service(t->disc, t->entries[use->entry].service)->mtls;
+}
+
+/* ---- main thread: time-driven transitions, rendering ---------------------- */
+
+const struct disc_snapshot *route_table_disc(const struct route_table *t)
+{
+        return t ? t->disc : NULL;
+}
+
+void route_table_tick(struct route_table *t)
+{
+        if (!t)
+                return;
+        uint64_t now = now_ns();
+        char ubuf[SOCKADDR_STRLEN];
+        for (uint32_t i = 0; i < t->n_entries; i++) {
+                struct route_entry *e = &t->entries[i];
+                if (!e->lb)
+                        continue;
+                struct lb_service_res *r = lb_table_res(e->lb);
+                for (size_t k = 0; k < lb_table_count(e->lb); k++) {
+                        const struct lb_endpoint *ep = lb_table_endpoint(e->lb, k);
+                        struct lb_ep_state *st = ep->state;
+                        if (lb_outlier_ep_expire(&t->outlier, &r->outlier, &st->outlier, now))
+                                log_info("route", 0, "%s (service %s) back from ejection",
+                                         sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), e->key);
+                        enum lb_breaker_state before = lb_breaker_peek(&st->breaker);
+                        if (before == LB_BREAKER_OPEN &&
+                            lb_breaker_state(&st->breaker, &t->breaker, now) ==
+                                LB_BREAKER_HALF_OPEN)
+                                log_info("route", 0,
+                                         "circuit breaker of %s (service %s) half-open: up to %u "
+                                         "probe requests",
+                                         sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), e->key,
+                                         t->breaker.half_open_probes);
+                        ep_refresh(t, st, now);
+                }
+        }
+}
+
+static void labels_svc(struct strbuf *lb, const struct route_entry *e, const char *ep)
+{
+        strbuf_reset(lb);
+        prom_label(lb, "service", e->key);
+        if (ep)
+                prom_label(lb, "endpoint", ep);
+}
+
+void route_render_metrics(struct route_table *t, struct strbuf *out)
+{
+        static const char *const fam[][3] = {
+            {"shunt_circuit_breaker_state", "gauge",
+             "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half_open, 3 forced_open."},
+            {"shunt_circuit_breaker_opened_total", "counter",
+             "Times an endpoint's circuit breaker opened (forced open included)."},
+            {"shunt_circuit_breaker_endpoints", "gauge",
+             "Endpoints of a service per circuit breaker state."},
+            {"shunt_outlier_ejected", "gauge",
+             "1 while an endpoint is ejected by outlier detection."},
+            {"shunt_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection."},
+            {"shunt_outlier_ejections_skipped_total", "counter",
+             "Ejections refused because max_ejection_percent was reached."},
+            {"shunt_endpoint_active", "gauge", "Connections or requests in flight per endpoint."},
+            {"shunt_retries_total", "counter",
+             "Retries granted (connect failures, idempotent requests)."},
+            {"shunt_retry_budget_exhausted_total", "counter",
+             "Retries refused because the service's retry budget was used up."},
+            {"shunt_retries_exhausted_total", "counter",
+             "Failed requests not retried because retries.max_retries were used."},
+            {"shunt_limit_current", "gauge",
+             "Per-service upstream connections, pending requests and requests in flight."},
+            {"shunt_limit_overflows_total", "counter",
+             "Requests or connections refused because a per-service limit was reached."},
+        };
+        enum {
+                F_STATE,
+                F_OPENED,
+                F_ENDPOINTS,
+                F_EJECTED,
+                F_EJECTIONS,
+                F_SKIPPED,
+                F_ACTIVE,
+                F_RETRIES,
+                F_BUDGET,
+                F_EXHAUSTED,
+                F_LIMIT,
+                F_OVERFLOW,
+                F__COUNT
+        };
+        static const char *const limit_label[LB_LIMIT_NKINDS] = {"connections", "pending_requests",
+                                                                 "requests"};
+        struct strbuf lb;
+        strbuf_init(&lb);
+        char ubuf[SOCKADDR_STRLEN];
+        uint64_t now = now_ns();
+        for (int f = 0; f < F__COUNT; f++) {
+                prom_family(out, fam[f][0], fam[f][1], fam[f][2]);
+                for (uint32_t i = 0; t && i < t->n_entries; i++) {
+                        const struct route_entry *e = &t->entries[i];
+                        if (!e->lb)
+                                continue;
+                        struct lb_service_res *r = lb_table_res(e->lb);
+                        size_t n = lb_table_count(e->lb);
+                        switch (f) {
+                        case F_STATE:
+                        case F_OPENED:
+                        case F_EJECTED:
+                        case F_ACTIVE:
+                                for (size_t k = 0; k < n; k++) {
+                                        const struct lb_endpoint *ep = lb_table_endpoint(e->lb, k);
+                                        labels_svc(&lb, e,
+                                                   sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)));
+                                        uint64_t v =
+                                            f == F_STATE
+                                                ? (uint64_t)lb_breaker_peek(&ep->state->breaker)
+                                            : f == F_OPENED ? lb_breaker_opens(&ep->state->breaker)
+                                            : f == F_EJECTED
+                                                ? lb_outlier_ep_until(&ep->state->outlier) != 0
+                                                : (uint64_t)(lb_ep_active(ep->state) > 0
+                                                                 ? lb_ep_active(ep->state)
+                                                                 : 0);
+                                        prom_sample_u64(out, fam[f][0], lb.data, v);
+                                }
+                                break;
+                        case F_ENDPOINTS: {
+                                uint64_t cnt[LB_BREAKER_NSTATES] = {0};
+                                for (size_t k = 0; k < n; k++)
+                                        cnt[lb_breaker_state(
+                                            &lb_table_endpoint(e->lb, k)->state->breaker,
+                                            &t->breaker, now)]++;
+                                for (int st = 0; st < LB_BREAKER_NSTATES; st++) {
+                                        labels_svc(&lb, e, NULL);
+                                        prom_label(&lb, "state", lb_breaker_state_name(st));
+                                        prom_sample_u64(out, fam[f][0], lb.data, cnt[st]);
+                                }
+                                break;
+                        }
+                        case F_LIMIT:
+                        case F_OVERFLOW:
+                                for (int k = 0; k < LB_LIMIT_NKINDS; k++) {
+                                        labels_svc(&lb, e, NULL);
+                                        prom_label(&lb, "limit", limit_label[k]);
+                                        prom_sample_u64(out, fam[f][0], lb.data,
+                                                        f == F_LIMIT
+                                                            ? lb_limits_current(&r->limits, k)
+                                                            : lb_limits_refused(&r->limits, k));
+                                }
+                                break;
+                        default: {
+                                labels_svc(&lb, e, NULL);
+                                _Atomic uint64_t *c = f == F_EJECTIONS ? &r->outlier.ejections
+                                                      : f == F_SKIPPED ? &r->outlier.skipped
+                                                      : f == F_RETRIES ? &r->retries
+                                                      : f == F_BUDGET  ? &r->budget.refused
+                                                                       : &r->retries_exhausted;
+                                prom_sample_u64(out, fam[f][0], lb.data,
+                                                atomic_load_explicit(c, memory_order_relaxed));
+                        }
+                        }
+                }
+        }
+        strbuf_free(&lb);
+}
+
+/* The entries of service svc (by namespace and name) in t. */
+static bool entry_is(const struct route_table *t, const struct route_entry *e,
+                     const struct disc_service *svc)
+{
+        const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
+        return strcmp(s->name, svc->name) == 0 && strcmp(s->ns, svc->ns) == 0;
+}
+
+void route_render_service(struct route_table *t, const struct disc_service *svc, struct strbuf *sb)
+{
+        strbuf_append(sb, ",\"resilience\":[");
+        bool first = true;
+        uint64_t now = now_ns();
+        for (uint32_t i = 0; t && i < t->n_entries; i++) {
+                const struct route_entry *e = &t->entries[i];
+                if (!e->lb || !entry_is(t, e, svc))
+                        continue;
+                struct lb_service_res *r = lb_table_res(e->lb);
+                const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
+                uint32_t n = (uint32_t)lb_table_count(e->lb);
+                uint64_t cnt[LB_BREAKER_NSTATES] = {0};
+                for (uint32_t k = 0; k < n; k++)
+                        cnt[lb_breaker_state(&lb_table_endpoint(e->lb, k)->state->breaker,
+                                             &t->breaker, now)]++;
+                strbuf_appendf(
+                    sb,
+                    "%s{\"port\":%u,\"connections\":%u,\"pending_requests\":%u,\"requests\":%u,"
+                    "\"max_connections\":%u,\"max_pending_requests\":%u,\"max_requests\":%u,"
+                    "\"retries_in_flight\":%u,\"retry_budget\":%u,\"ejected\":%u,\"max_ejected\":%"
+                    "u,"
+                    "\"breakers\":{\"closed\":%llu,\"open\":%llu,\"half_open\":%llu,"
+                    "\"forced_open\":%llu}}",
+                    first ? "" : ",", s->ports[e->port_idx].port,
+                    lb_limits_current(&r->limits, LB_LIMIT_CONNECTIONS),
+                    lb_limits_current(&r->limits, LB_LIMIT_PENDING),
+                    lb_limits_current(&r->limits, LB_LIMIT_REQUESTS),
+                    t->limits.max[LB_LIMIT_CONNECTIONS], t->limits.max[LB_LIMIT_PENDING],
+                    t->limits.max[LB_LIMIT_REQUESTS],
+                    atomic_load_explicit(&r->budget.in_flight, memory_order_relaxed),
+                    lb_retry_budget_limit(&t->retry, service_active(r)),
+                    atomic_load_explicit(&r->outlier.ejected, memory_order_relaxed),
+                    lb_outlier_max_ejected(n, t->outlier.max_ejection_percent),
+                    (unsigned long long)cnt[0], (unsigned long long)cnt[1],
+                    (unsigned long long)cnt[2], (unsigned long long)cnt[3]);
+                first = false;
+        }
+        strbuf_append(sb, "]");
+}
+
+void route_render_endpoint(struct route_table *t, const struct disc_service *svc,
+                           const struct sockaddr_storage *addr, struct strbuf *sb)
+{
+        strbuf_append(sb, ",\"resilience\":[");
+        bool first = true;
+        uint64_t now = now_ns();
+        for (uint32_t i = 0; t && i < t->n_entries; i++) {
+                const struct route_entry *e = &t->entries[i];
+                if (!e->lb || !entry_is(t, e, svc))
+                        continue;
+                int k = lb_table_find(e->lb, addr);
+                if (k < 0)
+                        continue;
+                struct lb_ep_state *st = lb_table_endpoint(e->lb, (size_t)k)->state;
+                const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
+                enum lb_breaker_state bs = lb_breaker_state(&st->breaker, &t->breaker, now);
+                uint64_t open_until = lb_breaker_open_until(&st->breaker);
+                uint64_t ej = lb_outlier_ep_until(&st->outlier);
+                strbuf_appendf(
+                    sb,
+                    "%s{\"port\":%u,\"breaker\":\"%s\",\"breaker_opens\":%llu,"
+                    "\"half_open_in_ms\":%llu,\"ejected\":%s,\"ejected_for_ms\":%llu,"
+                    "\"ejections\":%u,\"active\":%d,\"available\":%s}",
+                    first ? "" : ",", s->ports[e->port_idx].port, lb_breaker_state_name(bs),
+                    (unsigned long long)lb_breaker_opens(&st->breaker),
+                    (unsigned long long)(bs == LB_BREAKER_OPEN && open_until > now
+                                             ? (open_until - now) / MS_NS
+                                             : 0),
+                    ej ? "true" : "false", (unsigned long long)(ej > now ? (ej - now) / MS_NS : 0),
+                    atomic_load_explicit(&st->outlier.count, memory_order_relaxed),
+                    lb_ep_active(st), lb_ep_available(st) ? "true" : "false");
+                first = false;
+        }
+        strbuf_append(sb, "]");
+}
+
+int route_force_open(struct route_table *t, const char *service,
+                     const struct sockaddr_storage *addr, bool on)
+{
+        int found = 0;
+        uint64_t now = now_ns();
+        for (uint32_t i = 0; t && i < t->n_entries; i++) {
+                const struct route_entry *e = &t->entries[i];
+                if (!e->lb)
+                        continue;
+                const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
+                char name[2 * DISC_NAME_MAX + 2];
+                snprintf(name, sizeof(name), "%s/%s", s->ns, s->name);
+                if (strcmp(name, service) && strcmp(s->name, service) && strcmp(e->key, service))
+                        continue;
+                int k = lb_table_find(e->lb, addr);
+                if (k < 0)
+                        continue;
+                struct lb_ep_state *st = lb_table_endpoint(e->lb, (size_t)k)->state;
+                lb_breaker_force_open(&st->breaker, on, now);
+                ep_refresh(t, st, now);
+                found++;
+        }
+        return found ? 0 : -ENOENT;
 }

@@ -13,6 +13,7 @@
 
 #include "core/config.h"
 #include "core/snapshot.h"
+#include "core/strbuf.h"
 #include "discovery/registry.h"
 #include "lb/lb.h"
 #include "lb/resilience.h"
@@ -135,6 +136,29 @@ void route_limit_release(struct route_use *use, enum lb_limit_kind k);
 /* Reports a connect outcome (ROUTE_SUCCESS / ROUTE_CONNECT_FAILURE). */
 void route_report(struct route_use *use, const struct sockaddr_storage *upstream, bool ok);
 void route_release(struct route_use *use);
+/* ---- main thread ---------------------------------------------------------- */
+
+/* Time-driven transitions: ejections that ended, open breakers whose time
+ * is up become half-open; refreshes what picks may choose. Called every
+ * ROUTES_POLL_MS (100 ms) by shuntd, so these happen within 100 ms of due. */
+void route_table_tick(struct route_table *t);
+const struct disc_snapshot *route_table_disc(const struct route_table *t);
+/* Prometheus families shunt_circuit_breaker_*, shunt_outlier_*, shunt_retr*,
+ * shunt_limit_*, shunt_endpoint_active (t may be NULL: families only). */
+void route_render_metrics(struct route_table *t, struct strbuf *out);
+/* /endpoints: appends ,"resilience":[...] to a service's object (one item
+ * per port: limits in use, retry budget, ejected vs cap, breakers per
+ * state) and to an endpoint's (per port: breaker state, half_open_in_ms,
+ * ejected_for_ms, ejections, active, available). */
+void route_render_service(struct route_table *t, const struct disc_service *svc, struct strbuf *sb);
+void route_render_endpoint(struct route_table *t, const struct disc_service *svc,
+                           const struct sockaddr_storage *addr, struct strbuf *sb);
+/* Operator override: forces the breaker of endpoint addr of service
+ * ("ns/name", "name" or "ns/name:port") open, or releases it (closed).
+ * 0 or -ENOENT. */
+int route_force_open(struct route_table *t, const char *service,
+                     const struct sockaddr_storage *addr, bool on);
+
 /* The SPIFFE ID of the service behind use ("" when none or no service) and
  * its mTLS mode as the registry says it (DISC_MTLS_DEFAULT when not set or no
  * service: the daemon's mtls.mode applies). */
