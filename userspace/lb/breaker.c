@@ -161,19 +161,30 @@ static void trip(struct lb_breaker *b, const struct lb_breaker_config *c, uint64
         clear_window(b, now);
 }
 
-enum lb_breaker_state lb_breaker_state(struct lb_breaker *b, const struct lb_breaker_config *c,
-                                       uint64_t now)
+enum lb_breaker_state lb_breaker_advance(struct lb_breaker *b, const struct lb_breaker_config *c,
+                                         uint64_t now, bool *moved)
 {
         (void)c;
+        if (moved)
+                *moved = false;
         uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
         while (W_STATE(w) == LB_BREAKER_OPEN &&
                now >= atomic_load_explicit(&b->open_until, memory_order_acquire)) {
                 if (atomic_compare_exchange_weak_explicit(
                         &b->word, &w, W_MAKE(LB_BREAKER_HALF_OPEN, 0, 0), memory_order_acq_rel,
-                        memory_order_acquire))
+                        memory_order_acquire)) {
+                        if (moved)
+                                *moved = true;
                         return LB_BREAKER_HALF_OPEN;
+                }
         }
         return W_STATE(w);
+}
+
+enum lb_breaker_state lb_breaker_state(struct lb_breaker *b, const struct lb_breaker_config *c,
+                                       uint64_t now)
+{
+        return lb_breaker_advance(b, c, now, NULL);
 }
 
 enum lb_breaker_state lb_breaker_peek(const struct lb_breaker *b)
@@ -210,14 +221,27 @@ int lb_breaker_allow(struct lb_breaker *b, const struct lb_breaker_config *c, ui
         }
 }
 
-bool lb_breaker_pickable(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t now)
+enum lb_breaker_state lb_breaker_view(const struct lb_breaker *b, uint64_t now)
 {
-        switch (lb_breaker_state(b, c, now)) {
+        enum lb_breaker_state s = lb_breaker_peek(b);
+        if (s == LB_BREAKER_OPEN &&
+            now >= atomic_load_explicit(&b->open_until, memory_order_acquire))
+                return LB_BREAKER_HALF_OPEN;
+        return s;
+}
+
+bool lb_breaker_pickable(const struct lb_breaker *b, const struct lb_breaker_config *c,
+                         uint64_t now)
+{
+        uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+        switch (W_STATE(w)) {
         case LB_BREAKER_CLOSED:
                 return true;
         case LB_BREAKER_HALF_OPEN:
-                return W_PROBES(atomic_load_explicit(&b->word, memory_order_acquire)) <
-                       c->half_open_probes;
+                return W_PROBES(w) < c->half_open_probes;
+        case LB_BREAKER_OPEN:
+                /* Time is up: the next allow() makes it half-open. */
+                return now >= atomic_load_explicit(&b->open_until, memory_order_acquire);
         default:
                 return false;
         }

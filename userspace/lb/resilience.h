@@ -84,6 +84,10 @@ void lb_breaker_init(struct lb_breaker *b, uint64_t seed, uint64_t now);
 /* Current state; an open breaker whose time is up becomes half-open here. */
 enum lb_breaker_state lb_breaker_state(struct lb_breaker *b, const struct lb_breaker_config *c,
                                        uint64_t now);
+/* As lb_breaker_state; *moved tells whether this call made the open ->
+ * half-open step (exactly one caller sees true per step). */
+enum lb_breaker_state lb_breaker_advance(struct lb_breaker *b, const struct lb_breaker_config *c,
+                                         uint64_t now, bool *moved);
 /* May a request go to this endpoint? 0, or LB_EBREAKER when open, forced
  * open, or half-open with half_open_probes already in flight. A 0 in
  * half-open counts a probe: report its result with lb_breaker_record. */
@@ -109,9 +113,13 @@ uint64_t lb_breaker_open_until(const struct lb_breaker *b);
  * (for rendering). */
 enum lb_breaker_state lb_breaker_peek(const struct lb_breaker *b);
 uint64_t lb_breaker_opens(const struct lb_breaker *b);
-/* Whether picks should consider the endpoint: closed, or half-open with a
- * free probe slot. */
-bool lb_breaker_pickable(struct lb_breaker *b, const struct lb_breaker_config *c, uint64_t now);
+/* Whether picks should consider the endpoint: closed, half-open with a
+ * free probe slot, or open with its time up. Changes nothing. */
+bool lb_breaker_pickable(const struct lb_breaker *b, const struct lb_breaker_config *c,
+                         uint64_t now);
+/* The state lb_breaker_state would return, without making the open ->
+ * half-open step (for rendering: only admission moves it, and logs). */
+enum lb_breaker_state lb_breaker_view(const struct lb_breaker *b, uint64_t now);
 
 /* Per-service aggregation: how many endpoints are in each state. */
 struct lb_breaker_counts {

@@ -120,11 +120,30 @@ static bool ep_refresh(const struct route_table *t, struct lb_ep_state *st, uint
         return ok;
 }
 
+/* The breaker's state now; the caller that moves it from open to
+ * half-open logs it (a worker's pick or the main thread's tick). */
+static enum lb_breaker_state breaker_now(const struct route_table *t, const struct lb_endpoint *ep,
+                                         const char *key, uint64_t now)
+{
+        bool moved;
+        enum lb_breaker_state s = lb_breaker_advance(&ep->state->breaker, &t->breaker, now, &moved);
+        if (moved) {
+                char ubuf[SOCKADDR_STRLEN];
+                log_info("route", 0,
+                         "circuit breaker of %s (service %s) half-open: up to %u probe requests",
+                         sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), key,
+                         t->breaker.half_open_probes);
+        }
+        return s;
+}
+
 /* Admission of a picked endpoint: not ejected, breaker not open; in
  * half-open it takes a probe slot (*probe). */
-static bool admit(const struct route_table *t, struct lb_service_res *r, struct lb_ep_state *st,
-                  uint64_t now, bool *probe)
+static bool admit(const struct route_table *t, const struct route_entry *e,
+                  const struct lb_endpoint *ep, uint64_t now, bool *probe)
 {
+        struct lb_service_res *r = lb_table_res(e->lb);
+        struct lb_ep_state *st = ep->state;
         *probe = false;
         uint64_t until = lb_outlier_ep_until(&st->outlier);
         if (until) {
@@ -132,7 +151,7 @@ static bool admit(const struct route_table *t, struct lb_service_res *r, struct 
                         return false;
                 lb_outlier_ep_expire(&t->outlier, &r->outlier, &st->outlier, now);
         }
-        switch (lb_breaker_state(&st->breaker, &t->breaker, now)) {
+        switch (breaker_now(t, ep, e->key, now)) {
         case LB_BREAKER_CLOSED:
                 return until == 0 || ep_refresh(t, st, now);
         case LB_BREAKER_HALF_OPEN:
@@ -321,13 +340,13 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
                                 h = lb_mix64(h);
                         continue;
                 }
-                if (admit(t, lb_table_res(e->lb), pick->state, now, probe))
+                if (admit(t, e, pick->ep, now, probe))
                         return 0;
                 ep_refresh(t, pick->state, now);
                 if (e->hashed)
                         h = lb_mix64(h);
         }
-        if (have_excluded && admit(t, lb_table_res(e->lb), excluded.state, now, probe)) {
+        if (have_excluded && admit(t, e, excluded.ep, now, probe)) {
                 *pick = excluded; /* nothing else is left */
                 return 0;
         }
@@ -491,6 +510,12 @@ void route_request_done(struct route_use *use, const struct sockaddr_storage *up
         passive_report(use, upstream, o == ROUTE_SUCCESS);
         uint64_t now = now_ns();
         char ubuf[SOCKADDR_STRLEN];
+        int k = lb_breaker_peek(&st->breaker) == LB_BREAKER_OPEN
+                    ? lb_table_find(t->entries[use->entry].lb, upstream)
+                    : -1;
+        if (k >= 0)
+                breaker_now(t, lb_table_endpoint(t->entries[use->entry].lb, (size_t)k),
+                            route_service_name(use), now);
         enum lb_breaker_state before = lb_breaker_peek(&st->breaker);
         enum lb_breaker_state after =
             lb_breaker_result(&st->breaker, &t->breaker, o == ROUTE_SUCCESS, probe, now);
@@ -699,15 +724,7 @@ void route_table_tick(struct route_table *t)
                         if (lb_outlier_ep_expire(&t->outlier, &r->outlier, &st->outlier, now))
                                 log_info("route", 0, "%s (service %s) back from ejection",
                                          sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), e->key);
-                        enum lb_breaker_state before = lb_breaker_peek(&st->breaker);
-                        if (before == LB_BREAKER_OPEN &&
-                            lb_breaker_state(&st->breaker, &t->breaker, now) ==
-                                LB_BREAKER_HALF_OPEN)
-                                log_info("route", 0,
-                                         "circuit breaker of %s (service %s) half-open: up to %u "
-                                         "probe requests",
-                                         sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), e->key,
-                                         t->breaker.half_open_probes);
+                        breaker_now(t, ep, e->key, now);
                         ep_refresh(t, st, now);
                 }
         }
@@ -800,9 +817,8 @@ void route_render_metrics(struct route_table *t, struct strbuf *out)
                         case F_ENDPOINTS: {
                                 uint64_t cnt[LB_BREAKER_NSTATES] = {0};
                                 for (size_t k = 0; k < n; k++)
-                                        cnt[lb_breaker_state(
-                                            &lb_table_endpoint(e->lb, k)->state->breaker,
-                                            &t->breaker, now)]++;
+                                        cnt[lb_breaker_view(
+                                            &lb_table_endpoint(e->lb, k)->state->breaker, now)]++;
                                 for (int st = 0; st < LB_BREAKER_NSTATES; st++) {
                                         labels_svc(&lb, e, NULL);
                                         prom_label(&lb, "state", lb_breaker_state_name(st));
@@ -859,8 +875,7 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
                 uint32_t n = (uint32_t)lb_table_count(e->lb);
                 uint64_t cnt[LB_BREAKER_NSTATES] = {0};
                 for (uint32_t k = 0; k < n; k++)
-                        cnt[lb_breaker_state(&lb_table_endpoint(e->lb, k)->state->breaker,
-                                             &t->breaker, now)]++;
+                        cnt[lb_breaker_view(&lb_table_endpoint(e->lb, k)->state->breaker, now)]++;
                 strbuf_appendf(
                     sb,
                     "%s{\"port\":%u,\"connections\":%u,\"pending_requests\":%u,\"requests\":%u,"
@@ -901,7 +916,7 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
                         continue;
                 struct lb_ep_state *st = lb_table_endpoint(e->lb, (size_t)k)->state;
                 const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
-                enum lb_breaker_state bs = lb_breaker_state(&st->breaker, &t->breaker, now);
+                enum lb_breaker_state bs = lb_breaker_view(&st->breaker, now);
                 uint64_t open_until = lb_breaker_open_until(&st->breaker);
                 uint64_t ej = lb_outlier_ep_until(&st->outlier);
                 strbuf_appendf(

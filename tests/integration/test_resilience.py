@@ -1,0 +1,306 @@
+"""Resilience with real backends: three HTTP servers in the remote pod behind
+one service, balanced per connection through the TCP relay. One backend is
+killed under load: its circuit breaker opens (seen in /endpoints, metrics and
+shuntctl), requests move to the other two, and connect retries hide every
+failure from the client. The backend comes back: the breaker goes half-open,
+its probes succeed and it closes. Also: the operator's forced open, and the
+per-service connection limit.
+
+Short thresholds and times (configured below) keep each test to seconds."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+
+VIP = "10.96.0.20"
+EXTRA4 = "10.77.0.4"  # a third backend address in the remote pod
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 8081
+SERVICE = "default/web"
+
+BREAKER_FLAGS = {
+    "circuit-breaker.consecutive-failures": "3",
+    "circuit-breaker.open-timeout": "1500ms",
+    "circuit-breaker.jitter-percent": "10",
+    "circuit-breaker.half-open-probes": "3",
+    "circuit-breaker.success-threshold": "3",
+    "outlier-detection.consecutive-failures": "5",
+    "outlier-detection.base-ejection-time": "500ms",
+    "outlier-detection.max-ejection-time": "1s",
+    "retries.max-retries": "2",
+    "retries.backoff-base": "5ms",
+    "retries.backoff-max": "20ms",
+}
+
+
+def registry():
+    return {
+        "services": [
+            {
+                "name": "web",
+                "namespace": "default",
+                "addresses": [VIP],
+                "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
+                # Discovery's own passive ejection off: this test is about the
+                # proxy's breaker and outlier detection.
+                "health_check": {"passive_failures": 0},
+                "endpoints": [{"address": a, "port": PORT} for a in EP_ADDRS],
+            }
+        ]
+    }
+
+
+def write_registry(path, reg):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(reg, f)
+    os.rename(tmp, path)
+
+
+def start_backend(topo, i):
+    return topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (EP_ADDRS[i], PORT)])
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = T()
+    procs = []
+    daemon = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        for i in range(len(EP_ADDRS)):
+            procs.append(start_backend(topo, i))
+        path = os.path.join(sl.tmpdir(), "registry.json")
+        write_registry(path, registry())
+        daemon = sl.Shuntd(
+            topo.app, sl.shuntd_args(**{"service-discovery.file.path": path}, **BREAKER_FLAGS)
+        ).wait_ready()
+        yield topo, daemon, procs
+    finally:
+        if daemon:
+            daemon.stop()
+        for p in procs:
+            p.stop()
+        topo.delete()
+
+
+def ep_resilience(d, addr):
+    """The proxy's view of one endpoint of the service in /endpoints."""
+    eps = d.json("/endpoints?service=" + SERVICE)
+    for svc in eps["services"]:
+        for ep in svc["endpoints"]:
+            if ep["address"] == addr:
+                return ep["resilience"][0]
+    raise AssertionError("endpoint %s not in /endpoints" % addr)
+
+
+def served_by(topo, n):
+    counts = collections.Counter()
+    for _ in range(n):
+        status, _, body = topo.app.http(VIP, 80, "GET", "/", timeout=5)
+        assert status == 200
+        counts[json.loads(body)["server"]] += 1
+    return counts
+
+
+class Load:
+    """Requests on new connections, one after another, from a thread; every
+    request's start, end and failure (if any) is kept."""
+
+    def __init__(self, topo):
+        self.topo = topo
+        self.stop = threading.Event()
+        self.ok = collections.Counter()
+        self.failed = []  # (start, end, error)
+        self.log = []  # (end, server)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        deadline = time.monotonic() + 60  # bounded even if stop is never set
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            start = time.monotonic()
+            try:
+                status, _, body = self.topo.app.http(VIP, 80, "GET", "/", timeout=5)
+                if status != 200:
+                    self.failed.append((start, time.monotonic(), "status %d" % status))
+                    continue
+                server = json.loads(body)["server"]
+                self.ok[server] += 1
+                self.log.append((time.monotonic(), server))
+            except (OSError, ValueError) as e:
+                self.failed.append((start, time.monotonic(), repr(e)))
+            time.sleep(0.005)
+
+    def errors_except_during(self, t0, t1):
+        """Failures of requests not in flight between t0 and t1 (a request
+        on a backend's connection when it dies loses its reply: no proxy can
+        retry bytes already sent on a plain TCP relay)."""
+        return [f for f in self.failed if not (f[0] <= t1 and f[1] >= t0)]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(15)
+
+
+def promtool_check(text):
+    r = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    # promtool exits 0 when clean, 3 for lint warnings only; anything else is an error.
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_kill_one_backend_under_load(env):
+    topo, d, procs = env
+    dead = EP_ADDRS[2]
+    label = {"service": SERVICE + ":80", "endpoint": "%s:%d" % (dead, PORT)}
+    assert set(served_by(topo, 9)) == {"ep0", "ep1", "ep2"}
+    assert ep_resilience(d, dead)["breaker"] == "closed"
+    retries0 = d.metric("shunt_retries_total", default=0, service=SERVICE + ":80")
+    opened0 = d.metric("shunt_circuit_breaker_opened_total", default=0, **label)
+
+    with Load(topo) as load:
+        sl.wait_until(lambda: load.ok["ep2"] > 0, 10, what="load reaching ep2")
+        killed_at = time.monotonic()
+        procs[2].stop(signal.SIGKILL)
+        dead_at = time.monotonic()
+
+        # The breaker opens: /endpoints, the metric, the log, shuntctl.
+        sl.wait_until(
+            lambda: d.metric("shunt_circuit_breaker_opened_total", default=0, **label) > opened0,
+            10,
+            what="ep2's breaker to open",
+        )
+        sl.wait_until(
+            lambda: ep_resilience(d, dead)["breaker"] in ("open", "half_open"),
+            5,
+            what="/endpoints to show the breaker open",
+        )
+        msgs = [l.get("msg", "") for l in d.log_lines() if l.get("component") == "route"]
+        assert any(
+            "circuit breaker of %s:%d" % (dead, PORT) in m and "opened" in m for m in msgs
+        ), msgs
+        out = sl.shuntctl(topo.app, "endpoints", SERVICE)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0].split()[8:11] == ["BREAKER", "EJECTED_MS", "ACTIVE"]
+        row = [l for l in out.stdout.splitlines() if "%s:%d" % (dead, PORT) in l]
+        assert row and row[0].split()[8] in ("open", "half_open"), out.stdout
+
+        # Requests move to the others; connect retries hid the failures.
+        served_before = sum(load.ok.values())
+        sl.wait_until(
+            lambda: sum(load.ok.values()) >= served_before + 60, 20, what="60 more requests"
+        )
+        assert d.metric("shunt_retries_total", service=SERVICE + ":80") > retries0
+        promtool_check(d.metrics_text())
+
+        # Back: half-open probes succeed, the breaker closes, ep2 serves again.
+        procs[2] = start_backend(topo, 2)
+        sl.wait_until(
+            lambda: ep_resilience(d, dead)["breaker"] == "closed", 15, what="ep2's breaker to close"
+        )
+        back = sum(1 for t, s in load.log if s == "ep2" and t > killed_at)
+        sl.wait_until(
+            lambda: sum(1 for t, s in load.log if s == "ep2" and t > killed_at) > back + 3,
+            10,
+            what="ep2 serving again",
+        )
+    assert load.errors_except_during(killed_at, dead_at) == [], load.failed[:5]
+    assert len(load.failed) <= 1, load.failed
+    msgs = [l.get("msg", "") for l in d.log_lines()]
+    ep = "%s:%d" % (dead, PORT)
+    assert any("circuit breaker of %s" % ep in m and "half-open" in m for m in msgs)
+    assert any("circuit breaker of %s" % ep in m and "closed: probes succeeded" in m for m in msgs)
+    assert sum(load.ok.values()) >= 100, load.ok
+    states = d.metric("shunt_circuit_breaker_endpoints", service=SERVICE + ":80", state="closed")
+    assert states == 3
+
+
+def test_forced_open_by_the_operator(env):
+    topo, d, _ = env
+    ep = "%s:%d" % (EP_ADDRS[0], PORT)
+    status, body = d.post(
+        "/admin/circuit-breaker?service=%s&endpoint=%s&state=forced_open" % (SERVICE, ep), ""
+    )
+    assert status == 200, body
+    try:
+        assert ep_resilience(d, EP_ADDRS[0])["breaker"] == "forced_open"
+        assert ep_resilience(d, EP_ADDRS[0])["available"] is False
+        counts = served_by(topo, 20)
+        assert "ep0" not in counts and sum(counts.values()) == 20, counts
+        assert (
+            d.metric(
+                "shunt_circuit_breaker_state", service=SERVICE + ":80", endpoint=ep
+            )
+            == 3
+        )
+    finally:
+        status, body = d.post(
+            "/admin/circuit-breaker?service=%s&endpoint=%s&state=closed" % (SERVICE, ep), ""
+        )
+        assert status == 200, body
+    assert ep_resilience(d, EP_ADDRS[0])["breaker"] == "closed"
+    assert "ep0" in served_by(topo, 6)
+    status, _ = d.post("/admin/circuit-breaker?service=%s&endpoint=nonsense&state=x" % SERVICE, "")
+    assert status == 400
+    status, _ = d.post(
+        "/admin/circuit-breaker?service=%s&endpoint=10.1.2.3:9&state=closed" % SERVICE, ""
+    )
+    assert status == 404
+
+
+def test_connection_limit_per_service(fresh_topo, start_shuntd):
+    topo = fresh_topo
+    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    p = topo.remote.spawn_peer("http", "ep0", ["%s:%d" % (T.REMOTE4, PORT)])
+    held = []
+    try:
+        path = os.path.join(sl.tmpdir(), "registry-limit.json")
+        reg = registry()
+        reg["services"][0]["endpoints"] = [{"address": T.REMOTE4, "port": PORT}]
+        write_registry(path, reg)
+        d = start_shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{"service-discovery.file.path": path, "limits.max-connections": "2"}
+            ),
+        )
+        lab = {"service": SERVICE + ":80", "limit": "connections"}
+        for _ in range(2):
+            held.append(topo.app.connect(VIP, 80))
+        sl.wait_until(
+            lambda: d.metric("shunt_limit_current", **lab) == 2, 5, what="two connections counted"
+        )
+        # The third is refused at once (reset), counted and logged.
+        with pytest.raises((ConnectionError, OSError)):
+            topo.app.http(VIP, 80, "GET", "/", timeout=2)
+        sl.wait_until(
+            lambda: d.metric("shunt_limit_overflows_total", **lab) == 1, 5, what="overflow counted"
+        )
+        assert any("limits.max_connections" in l.get("msg", "") for l in d.log_lines())
+        svc = d.json("/endpoints?service=" + SERVICE)["services"][0]["resilience"][0]
+        assert svc["connections"] == 2 and svc["max_connections"] == 2
+        held.pop().close()
+        sl.wait_until(
+            lambda: d.metric("shunt_limit_current", **lab) == 1, 5, what="a connection released"
+        )
+        status, _, _ = topo.app.http(VIP, 80, "GET", "/", timeout=5)
+        assert status == 200
+    finally:
+        for s in held:
+            s.close()
+        p.stop()
