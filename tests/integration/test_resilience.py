@@ -1,5 +1,7 @@
 """Resilience with real backends: three HTTP servers in the remote pod behind
-one service, balanced per connection through the TCP relay. One backend is
+one service with two ports: 80 declared HTTP (the HTTP/1.1 engine picks an
+endpoint per request) and 81 declared TCP (the relay picks one per
+connection); the client opens a new connection per request on both. One backend is
 killed under load: its circuit breaker opens (seen in /endpoints, metrics and
 shuntctl), requests move to the other two, and connect retries hide every
 failure from the client. The backend comes back: the breaker goes half-open,
@@ -49,7 +51,10 @@ def registry():
                 "name": "web",
                 "namespace": "default",
                 "addresses": [VIP],
-                "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
+                "ports": [
+                    {"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"},
+                    {"name": "tcp", "port": 81, "target_port": PORT, "protocol": "TCP"},
+                ],
                 # Discovery's own passive ejection off: this test is about the
                 # proxy's breaker and outlier detection.
                 "health_check": {"passive_failures": 0},
@@ -94,20 +99,21 @@ def env():
         topo.delete()
 
 
-def ep_resilience(d, addr):
-    """The proxy's view of one endpoint of the service in /endpoints."""
+def ep_resilience(d, addr, port=80):
+    """The proxy's view of one endpoint of the service (for one service
+    port) in /endpoints."""
     eps = d.json("/endpoints?service=" + SERVICE)
     for svc in eps["services"]:
         for ep in svc["endpoints"]:
             if ep["address"] == addr:
-                return ep["resilience"][0]
+                return [r for r in ep["resilience"] if r["port"] == port][0]
     raise AssertionError("endpoint %s not in /endpoints" % addr)
 
 
-def served_by(topo, n):
+def served_by(topo, n, port=80):
     counts = collections.Counter()
     for _ in range(n):
-        status, _, body = topo.app.http(VIP, 80, "GET", "/", timeout=5)
+        status, _, body = topo.app.http(VIP, port, "GET", "/", timeout=5)
         assert status == 200
         counts[json.loads(body)["server"]] += 1
     return counts
@@ -117,8 +123,9 @@ class Load:
     """Requests on new connections, one after another, from a thread; every
     request's start, end and failure (if any) is kept."""
 
-    def __init__(self, topo):
+    def __init__(self, topo, port):
         self.topo = topo
+        self.port = port
         self.stop = threading.Event()
         self.ok = collections.Counter()
         self.failed = []  # (start, end, error)
@@ -130,7 +137,7 @@ class Load:
         while not self.stop.is_set() and time.monotonic() < deadline:
             start = time.monotonic()
             try:
-                status, _, body = self.topo.app.http(VIP, 80, "GET", "/", timeout=5)
+                status, _, body = self.topo.app.http(VIP, self.port, "GET", "/", timeout=5)
                 if status != 200:
                     self.failed.append((start, time.monotonic(), "status %d" % status))
                     continue
@@ -164,16 +171,18 @@ def promtool_check(text):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_kill_one_backend_under_load(env):
+@pytest.mark.parametrize("vport", [80, 81], ids=["http-per-request", "tcp-per-connection"])
+def test_kill_one_backend_under_load(env, vport):
     topo, d, procs = env
     dead = EP_ADDRS[2]
-    label = {"service": SERVICE + ":80", "endpoint": "%s:%d" % (dead, PORT)}
-    assert set(served_by(topo, 9)) == {"ep0", "ep1", "ep2"}
-    assert ep_resilience(d, dead)["breaker"] == "closed"
-    retries0 = d.metric("shunt_retries_total", default=0, service=SERVICE + ":80")
+    svc = "%s:%d" % (SERVICE, vport)
+    label = {"service": svc, "endpoint": "%s:%d" % (dead, PORT)}
+    assert set(served_by(topo, 9, vport)) == {"ep0", "ep1", "ep2"}
+    assert ep_resilience(d, dead, vport)["breaker"] == "closed"
+    retries0 = d.metric("shunt_retries_total", default=0, service=svc)
     opened0 = d.metric("shunt_circuit_breaker_opened_total", default=0, **label)
 
-    with Load(topo) as load:
+    with Load(topo, vport) as load:
         sl.wait_until(lambda: load.ok["ep2"] > 0, 10, what="load reaching ep2")
         killed_at = time.monotonic()
         procs[2].stop(signal.SIGKILL)
@@ -186,32 +195,34 @@ def test_kill_one_backend_under_load(env):
             what="ep2's breaker to open",
         )
         sl.wait_until(
-            lambda: ep_resilience(d, dead)["breaker"] in ("open", "half_open"),
+            lambda: ep_resilience(d, dead, vport)["breaker"] in ("open", "half_open"),
             5,
             what="/endpoints to show the breaker open",
         )
         msgs = [l.get("msg", "") for l in d.log_lines() if l.get("component") == "route"]
-        assert any(
-            "circuit breaker of %s:%d" % (dead, PORT) in m and "opened" in m for m in msgs
-        ), msgs
+        who = "circuit breaker of %s:%d (service %s)" % (dead, PORT, svc)
+        assert any(who in m and "opened" in m for m in msgs), msgs
         out = sl.shuntctl(topo.app, "endpoints", SERVICE)
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines()[0].split()[8:11] == ["BREAKER", "EJECTED_MS", "ACTIVE"]
         row = [l for l in out.stdout.splitlines() if "%s:%d" % (dead, PORT) in l]
-        assert row and row[0].split()[8] in ("open", "half_open"), out.stdout
+        if vport == 80:  # shuntctl shows the first port's breaker
+            assert row and row[0].split()[8] in ("open", "half_open"), out.stdout
 
         # Requests move to the others; connect retries hid the failures.
         served_before = sum(load.ok.values())
         sl.wait_until(
             lambda: sum(load.ok.values()) >= served_before + 60, 20, what="60 more requests"
         )
-        assert d.metric("shunt_retries_total", service=SERVICE + ":80") > retries0
+        assert d.metric("shunt_retries_total", service=svc) > retries0
         promtool_check(d.metrics_text())
 
         # Back: half-open probes succeed, the breaker closes, ep2 serves again.
         procs[2] = start_backend(topo, 2)
         sl.wait_until(
-            lambda: ep_resilience(d, dead)["breaker"] == "closed", 15, what="ep2's breaker to close"
+            lambda: ep_resilience(d, dead, vport)["breaker"] == "closed",
+            15,
+            what="ep2's breaker to close",
         )
         back = sum(1 for t, s in load.log if s == "ep2" and t > killed_at)
         sl.wait_until(
@@ -222,11 +233,10 @@ def test_kill_one_backend_under_load(env):
     assert load.errors_except_during(killed_at, dead_at) == [], load.failed[:5]
     assert len(load.failed) <= 1, load.failed
     msgs = [l.get("msg", "") for l in d.log_lines()]
-    ep = "%s:%d" % (dead, PORT)
-    assert any("circuit breaker of %s" % ep in m and "half-open" in m for m in msgs)
-    assert any("circuit breaker of %s" % ep in m and "closed: probes succeeded" in m for m in msgs)
+    assert any(who in m and "half-open" in m for m in msgs)
+    assert any(who in m and "closed: probes succeeded" in m for m in msgs)
     assert sum(load.ok.values()) >= 100, load.ok
-    states = d.metric("shunt_circuit_breaker_endpoints", service=SERVICE + ":80", state="closed")
+    states = d.metric("shunt_circuit_breaker_endpoints", service=svc, state="closed")
     assert states == 3
 
 
@@ -279,26 +289,28 @@ def test_connection_limit_per_service(fresh_topo, start_shuntd):
                 **{"service-discovery.file.path": path, "limits.max-connections": "2"}
             ),
         )
-        lab = {"service": SERVICE + ":80", "limit": "connections"}
+        # Port 81 (TCP): every client connection is an upstream connection.
+        lab = {"service": SERVICE + ":81", "limit": "connections"}
         for _ in range(2):
-            held.append(topo.app.connect(VIP, 80))
+            held.append(topo.app.connect(VIP, 81))
         sl.wait_until(
             lambda: d.metric("shunt_limit_current", **lab) == 2, 5, what="two connections counted"
         )
         # The third is refused at once (reset), counted and logged.
         with pytest.raises((ConnectionError, OSError)):
-            topo.app.http(VIP, 80, "GET", "/", timeout=2)
+            topo.app.http(VIP, 81, "GET", "/", timeout=2)
         sl.wait_until(
             lambda: d.metric("shunt_limit_overflows_total", **lab) == 1, 5, what="overflow counted"
         )
         assert any("limits.max_connections" in l.get("msg", "") for l in d.log_lines())
-        svc = d.json("/endpoints?service=" + SERVICE)["services"][0]["resilience"][0]
+        res = d.json("/endpoints?service=" + SERVICE)["services"][0]["resilience"]
+        svc = [r for r in res if r["port"] == 81][0]
         assert svc["connections"] == 2 and svc["max_connections"] == 2
         held.pop().close()
         sl.wait_until(
             lambda: d.metric("shunt_limit_current", **lab) == 1, 5, what="a connection released"
         )
-        status, _, _ = topo.app.http(VIP, 80, "GET", "/", timeout=5)
+        status, _, _ = topo.app.http(VIP, 81, "GET", "/", timeout=5)
         assert status == 200
     finally:
         for s in held:
