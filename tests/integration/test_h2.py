@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import struct
+import time
 
 import pytest
 
@@ -28,6 +29,7 @@ DEAD_PORT = 8099
 STALL_PORT = 8098
 BIG = 3 * 1024 * 1024 + 17
 HEADER_LIMIT = 4096
+MAX_STREAMS = 8
 
 NGINX_CONF = """
 worker_processes 1;
@@ -126,6 +128,7 @@ def env():
                     "timeouts.request": "1s",
                     "timeouts.idle-timeout": "2s",
                     "http2.max-header-list-size": str(HEADER_LIMIT),
+                    "http2.max-concurrent-streams": str(MAX_STREAMS),
                     "log-level": "info",
                 }
             ),
@@ -289,3 +292,56 @@ def test_client_that_stops_reading_is_closed_alone(env):
         assert metric(d, "shunt_http2_streams_active") == 0
     finally:
         s.close()
+
+
+def read_frames(sock, seconds):
+    """Frames the server sends within `seconds` (or until it closes)."""
+    sock.settimeout(0.2)
+    buf = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            b = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not b:
+            break
+        buf += b
+    out = []
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + n:
+            break
+        out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9 : 9 + n]))
+        buf = buf[9 + n :]
+    return out
+
+
+def test_streams_over_the_limit_are_refused(env):
+    """http2.max_concurrent_streams per client connection: streams past it
+    get RST_STREAM REFUSED_STREAM, the others are served (here: 504, the
+    endpoint never answers), and /connections shows the connection."""
+    topo, d, _, _ = env
+    s = topo.app.connect(VIP_STALL, 80)
+    try:
+        hdrs = literal_headers(
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+             (b":authority", VIP_STALL.encode())]
+        )
+        n = MAX_STREAMS + 3
+        s.sendall(PREFACE + frame(4, 0, 0) + b"".join(frame(1, 5, 2 * i + 1, hdrs) for i in range(n)))
+        conns = sl.wait_until(
+            lambda: [c for c in d.connections() if c.get("upstream") == "per-request"],
+            5,
+            what="the HTTP/2 connection in /connections",
+        )
+        assert conns[0]["protocol"] == "http2" and conns[0]["original_dst"] == "%s:80" % VIP_STALL
+        frames = read_frames(s, 3)
+    finally:
+        s.close()
+    refused = [f for f in frames if f[0] == 3 and f[3] == struct.pack(">I", 7)]
+    answered = {f[2] for f in frames if f[0] == 1}
+    assert len(refused) == 3, frames
+    assert len(answered) == MAX_STREAMS, frames
