@@ -164,7 +164,7 @@ def test_h2load_requests_spread_over_endpoints(env):
     before = access_counts(logs)
     streams = metric(d, "shunt_http2_streams_total")
     r = topo.app.run(
-        ["h2load", "-n", "2000", "-c", "4", "-m", "10", "http://%s:80/" % VIP],
+        ["h2load", "-n", "2000", "-c", "4", "-m", str(MAX_STREAMS), "http://%s:80/" % VIP],
         timeout=120,
         check=False,
     )
