@@ -889,16 +889,43 @@ def test_full_maps_degrade_to_the_normal_path(fresh_topo, cgroup2):
         remove_pins(pins)
 
 
+# Connects (captured), reads the addr peer's line, prints where it is
+# connected, then blocks in recv until the connection ends and says how.
+WATCH_END = r"""
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+f = s.makefile("rb")
+f.readline()
+print(json.dumps({"peer": list(s.getpeername()[:2])}), flush=True)
+s.settimeout(30)
+end = "timeout"
+for _ in range(1000):
+    try:
+        if s.recv(4096) == b"":
+            end = "eof"
+            break
+    except BlockingIOError:
+        continue  # pitfall 2: a wake-up with nothing queued
+    except ConnectionResetError:
+        end = "reset"
+        break
+    except socket.timeout:
+        break
+print(json.dumps({"end": end}), flush=True)
+"""
+
+
 def test_kill_9_and_restart(fresh_topo, cgroup2):
     """kill -9 leaves the pins and links: capture goes on, so while shuntd is
     dead a captured connect is refused at once (nothing listens on 15002)
     rather than leaking past the proxy; a connection that does not go
-    through shuntd (excluded port) stays up. The restart takes the pins
+    through shuntd (excluded port) stays up; one it relayed ends at once
+    (the application reads EOF or a reset), it cannot outlive its relay. The restart takes the pins
     over (links updated in place, one program per hook), and a stale pin of
     an incompatible build is replaced."""
     pins = PINS + "-kill"
     procs = {}
-    d = d2 = held = None
+    d = d2 = held = relayed_conn = None
     args = sl.shuntd_args(redirect="ebpf", redirect_cgroup=cgroup2, bpf_pin_root=pins,
                           exclude_outbound_ports="7000")
     try:
@@ -913,8 +940,18 @@ def test_kill_9_and_restart(fresh_topo, cgroup2):
         line = held.readline(10)
         assert line, held.read_stderr()
         assert json.loads(line)["peer"] == [T.REMOTE4, 7000]
+        # A connection shuntd relays (its application socket paired for the
+        # shortcut), held open too: it cannot outlive the relay, but it
+        # must end at once rather than hang.
+        relayed_conn = fresh_topo.app.spawn(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
+                                             cgroup2, sys.executable, "-c", WATCH_END, T.REMOTE4,
+                                             "7001"], "relayed-kill", stdout_pipe=True)
+        line = relayed_conn.readline(10)
+        assert line and json.loads(line)["peer"] == ["127.0.0.1", 15002], relayed_conn.read_stderr()
         d.proc.popen.kill()
         d.proc.popen.wait(10)
+        line = relayed_conn.readline(10)
+        assert line and json.loads(line)["end"] in ("eof", "reset"), line
         assert os.path.exists(os.path.join(pins, "link_connect4"))
         out = sl.run(["bpftool", "cgroup", "show", cgroup2]).stdout
         assert "cgroup_inet4_connect" in out, out
@@ -945,7 +982,7 @@ def test_kill_9_and_restart(fresh_topo, cgroup2):
         assert d2.proc.popen.returncode == 0
         assert not os.path.exists(pins)
     finally:
-        for x in (held, d, d2):
+        for x in (held, relayed_conn, d, d2):
             if x:
                 x.stop()
         for p in procs.values():
@@ -1083,3 +1120,80 @@ def test_iperf3_bulk(topo, shuntd, iperf_server, streams):
         assert delta["redirected"] == streams + 1  # the data streams and the control connection
         assert delta["shortcut_bytes"] > 0
         assert delta["flow_unknown"] == 0
+
+
+
+# A blocking client (no timeout): sends, shuts its side down, reads to EOF.
+# EAGAIN from a blocking recv is counted and retried; prints the counts.
+BLOCKING = r"""
+import json, os, socket, sys
+host, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+payload = os.urandom(size)
+eagain = bad = 0
+for i in range(n):
+    s = socket.create_connection((host, port))
+    s.settimeout(None)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    for _ in range(100000):
+        try:
+            b = s.recv(1 << 20)
+        except BlockingIOError:
+            eagain += 1
+            continue
+        if not b:
+            break
+        got += b
+    bad += bytes(got) != payload
+    s.close()
+print(json.dumps({"eagain": eagain, "bad": bad}))
+"""
+
+
+def blocking_echoes(pod, cgroup, n, size):
+    wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
+            sys.executable, "-c", BLOCKING, T.REMOTE4, "7000", str(n), str(size)]
+    r = pod.run(wrap, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def test_blocking_read_after_shut_wr(fresh_topo, cgroup2):
+    """Pitfall 2: on a shortcut socket a blocking recv() after
+    shutdown(SHUT_WR) can fail with EAGAIN (the kernel's tcp_bpf recvmsg
+    returns it when a wake-up, such as the ACK of the FIN, finds nothing
+    queued). No byte is lost for a client that retries; with bpf_shortcut
+    off the application's socket is a plain TCP socket and never sees it."""
+    procs = {}
+    d = None
+    pins = PINS + "-p2"
+    try:
+        sl.spawn_remote_peers(fresh_topo, procs, ["echo"])
+        for shortcut in ("on", "off"):
+            d = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2),
+                          sl.shuntd_args(redirect="ebpf", redirect_cgroup=cgroup2,
+                                         bpf_pin_root=pins, bpf_shortcut=shortcut))
+            d.wait_ready()
+            before = bpf_counters(pins)
+            runs = [blocking_echoes(fresh_topo.app, cgroup2, 100, size) for size in (100, 65536)]
+            runs.append(blocking_echoes(fresh_topo.app, cgroup2, 10, 4 << 20))
+            after = bpf_counters(pins)
+            print("bpf_shortcut=%s: EAGAIN from a blocking recv in %s" % (
+                shortcut, [x["eagain"] for x in runs]))
+            assert all(x["bad"] == 0 for x in runs), runs
+            if shortcut == "on":
+                assert after["shortcut_bytes"] > before["shortcut_bytes"]
+            else:
+                assert after["shortcut_bytes"] == before["shortcut_bytes"]
+                assert after["sockhash_added"] == before["sockhash_added"]
+                assert all(x["eagain"] == 0 for x in runs), runs
+            d.stop()
+            assert d.proc.popen.returncode == 0
+            d = None
+    finally:
+        if d:
+            d.stop()
+        for p in procs.values():
+            p.stop()
+        remove_pins(pins)

@@ -71,6 +71,7 @@ struct key_desc {
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const redirect_names[] = {"iptables", "off", "auto", "ebpf", NULL};
 static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
+static const char *const off_on_names[] = {"off", "on", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
@@ -94,6 +95,9 @@ static const struct key_desc keys[] = {
          .note = "cgroup v2 directory of the workload (eBPF capture); required by ebpf, auto falls back without it"},
         {.path = "bpf_pin_root", .env = "SHUNT_BPF_PIN_ROOT", .type = K_STR, FIELD(bpf_pin_root),
          .note = "bpffs directory for maps and links; empty = /sys/fs/bpf/shunt"},
+        {.path = "bpf_shortcut", .env = "SHUNT_BPF_SHORTCUT", .type = K_ENUM, FIELD(bpf_shortcut),
+         .names = off_on_names, .def = "on",
+         .note = "eBPF mode: sk_msg shortcut between the application and shuntd; off = loopback TCP"},
         {.path = "proxy_mark", .type = K_MARK, FIELD(proxy_mark), .min = 1, .max = UINT32_MAX, .def = "0x539"},
         {.path = "proxy_uid", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX, .def = "-1",
          .note = "-1 = automatic"},

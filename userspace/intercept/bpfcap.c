@@ -84,7 +84,7 @@ void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_con
         o->outbound_port = cfg->outbound_port;
         o->mark = cfg->proxy_mark;
         o->uid = cfg->proxy_uid >= 0 ? (uint32_t)cfg->proxy_uid : uid;
-        o->shortcut = true;
+        o->shortcut = cfg->bpf_shortcut == 1;
         o->exclude_ports = cfg->exclude_outbound_ports;
         o->n_exclude_ports = cfg->n_exclude_outbound_ports;
         o->exclude_cidrs = cfg->exclude_outbound_cidrs;

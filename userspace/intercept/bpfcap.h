@@ -41,8 +41,8 @@ struct bpfcap_options {
         size_t n_exclude_cidrs;
 };
 
-/* Fills o from cfg (redirect_cgroup, bpf_pin_root, outbound_port,
- * proxy_mark, exclude_outbound_*); uid as for ipt_options_from_config
+/* Fills o from cfg (redirect_cgroup, bpf_pin_root, bpf_shortcut,
+ * outbound_port, proxy_mark, exclude_outbound_*); uid as for ipt_options_from_config
  * (SHUNT_UID_NONE for none). o points into cfg: keep cfg alive. */
 void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_config *cfg,
                                 uint32_t uid);
