@@ -80,9 +80,9 @@ struct shunt_config {
         char redirect_cgroup[CONFIG_PATH_MAX]; /* redirect_cgroup, SHUNT_REDIRECT_CGROUP, "" */
         char bpf_pin_root[CONFIG_PATH_MAX];    /* bpf_pin_root, SHUNT_BPF_PIN_ROOT, "" =
                                                   /sys/fs/bpf/shunt */
-        int bpf_shortcut; /* bpf_shortcut, SHUNT_BPF_SHORTCUT, "off" 0 | "on" 1 (default) */
-        uint32_t proxy_mark;                   /* proxy_mark: SO_MARK of shuntd's sockets, 0x539 */
-        int proxy_uid; /* proxy_uid: uid whose traffic is not captured; -1 = auto */
+        int bpf_shortcut;    /* bpf_shortcut, SHUNT_BPF_SHORTCUT, "off" 0 | "on" 1 (default) */
+        uint32_t proxy_mark; /* proxy_mark: SO_MARK of shuntd's sockets, 0x539 */
+        int proxy_uid;       /* proxy_uid: uid whose traffic is not captured; -1 = auto */
         /* default {22, admin_port}; a configured list is taken as given */
         uint16_t exclude_inbound_ports[CONFIG_MAX_EXCLUDES];
         size_t n_exclude_inbound_ports;
