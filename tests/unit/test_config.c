@@ -132,6 +132,7 @@ static void test_defaults(void **state)
         assert_int_equal(c->workers, cpus > 256 ? 256 : cpus);
         assert_int_equal(c->log_level, LOG_INFO);
         assert_int_equal(c->redirect, REDIRECT_AUTO);
+        assert_int_equal(c->bpf_shortcut, 1); /* on */
         assert_int_equal(c->proxy_mark, 0x539);
         assert_int_equal(c->proxy_uid, -1);
         assert_int_equal(c->n_exclude_inbound_ports, 2); /* 22 and the admin port */
@@ -289,6 +290,7 @@ static void test_file_values(void **state)
         assert_string_equal(c->lb_hash_key, "X-User-Id");
         assert_string_equal(c->redirect_cgroup, "/sys/fs/cgroup/unified/shop");
         assert_string_equal(c->bpf_pin_root, "/sys/fs/bpf/shunt-shop");
+        assert_int_equal(c->bpf_shortcut, 0); /* off */
         assert_string_equal(c->path, FIX("full.json"));
         /* every key in the file is recorded as coming from it */
         for (size_t i = 0; i < c->n_origins; i++)
