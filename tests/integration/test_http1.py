@@ -52,6 +52,17 @@ def registry():
     }
 
 
+def stop_checked(daemons):
+    """Stops the daemons; a sanitizer report or a bad exit fails the module."""
+    bad = []
+    for d in daemons:
+        rc = d.stop()
+        log = d.log_text()
+        if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
+            bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
+    assert not bad, "\n".join(bad)
+
+
 @pytest.fixture(scope="module")
 def env():
     topo = T()
@@ -83,11 +94,12 @@ def env():
         ).wait_ready()
         yield topo, daemon
     finally:
-        if daemon:
-            daemon.stop()
-        for p in procs:
-            p.stop()
-        topo.delete()
+        try:
+            stop_checked([daemon] if daemon else [])
+        finally:
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 def keepalive(topo, host, n, path="/", headers=None):
@@ -283,6 +295,30 @@ def test_header_over_limit_431(env):
     assert keepalive(topo, VIP_WEB, 1)[0]["server"].startswith("ep")
 
 
+def test_http10_client(env):
+    """An HTTP/1.0 client: its request goes out as HTTP/1.1 (with a Host),
+    the answer comes back and the connection closes after it; with
+    keep-alive asked for, it stays open and says so."""
+    topo, d = env
+    resp = raw(topo, VIP_WEB, b"GET /old HTTP/1.0\r\n\r\n")
+    assert status_of(resp) == 200 and header_of(resp, "Connection") == "close", resp
+    assert json.loads(resp.split(b"\r\n\r\n", 1)[1])["path"] == "/old"
+    s = topo.app.connect(VIP_WEB, 80)
+    try:
+        for _ in range(2):
+            s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert header_of(head, "Connection") == "keep-alive", head
+            n = int(header_of(head, "Content-Length"))
+            body = head.split(b"\r\n\r\n", 1)[1]
+            body += sl.recv_exact(s, n - len(body)) if n > len(body) else b""
+            assert json.loads(body)["server"].startswith("ep")
+    finally:
+        s.close()
+
+
 def test_request_id_added_and_kept_traceparent_passed(env):
     topo, d = env
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -420,16 +456,12 @@ def mesh():
         b.wait_ready()
         yield topo, a, b
     finally:
-        bad = []
-        for d in daemons:
-            rc = d.stop()
-            log = d.log_text()
-            if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
-                bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
-        for p in procs:
-            p.stop()
-        topo.delete()
-        assert not bad, "\n".join(bad)
+        try:
+            stop_checked(daemons)
+        finally:
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 def handshakes(d, direction, failure=None):

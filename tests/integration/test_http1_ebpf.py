@@ -13,6 +13,7 @@ import pytest
 
 import httpbackend
 import shuntlib as sl
+from test_http1 import stop_checked
 from shuntlib import Topology as T
 from test_ebpf import CGROUP, PINS, InCgroup, cgroup, ebpf_args, in_cgroup, mounts  # noqa: F401
 
@@ -61,10 +62,11 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
         assert d.json("/status")["redirect_mode"] == "ebpf"
         yield topo, d
     finally:
-        if d:
-            d.stop()
-        for p in procs:
-            p.stop()
+        try:
+            stop_checked([d] if d else [])
+        finally:
+            for p in procs:
+                p.stop()
 
 
 def curl(topo, args, timeout=30):

@@ -12,6 +12,7 @@ import pytest
 
 import httpbackend
 import shuntlib as sl
+from test_http1 import stop_checked
 from shuntlib import Topology as T
 
 # Endpoint addresses in the remote pod (10.77.0.2 and .3 exist already).
@@ -23,6 +24,7 @@ VIPS = {
     "health": "10.96.2.4",
     "least": "10.96.2.5",
     "cookie": "10.96.2.6",
+    "source": "10.96.2.7",
 }
 PORTS = {name: 9001 + i for i, name in enumerate(VIPS)}
 
@@ -62,6 +64,7 @@ def registry(hash_endpoints=4):
             service("health", 3, unhealthy=(1,)),
             service("least", 3, "least_connections"),
             service("cookie", 4, "consistent_hash", hash_key="cookie:session"),
+            service("source", 4, "consistent_hash", hash_key="source_ip"),
         ]
     }
 
@@ -95,11 +98,12 @@ def env():
         ).wait_ready()
         yield topo, daemon, path
     finally:
-        if daemon:
-            daemon.stop()
-        for p in procs:
-            p.stop()
-        topo.delete()
+        try:
+            stop_checked([daemon] if daemon else [])
+        finally:
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 class Client:
@@ -189,6 +193,17 @@ def test_consistent_hash_by_cookie(env):
     first = hash_map(topo, VIPS["cookie"], keys, cookie="session")
     assert len(set(first.values())) == 4
     assert hash_map(topo, VIPS["cookie"], keys, cookie="session") == first
+
+
+def test_consistent_hash_by_source_address(env):
+    """hash_key "source_ip": the client's address decides, whatever the
+    request carries; without a configured key the source address is also the
+    fallback for a request without X-Request-Key."""
+    topo, d, _ = env
+    by_source = hash_map(topo, VIPS["source"], ["k%d" % i for i in range(100)], "X-Request-Key")
+    assert len(set(by_source.values())) == 1, collections.Counter(by_source.values())
+    no_key = count(topo, VIPS["hash"], 50)
+    assert len(no_key) == 1, no_key
 
 
 def test_one_of_three_unhealthy_gets_nothing(env):
