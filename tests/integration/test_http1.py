@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import time
 
@@ -493,3 +494,41 @@ def test_mtls_wrong_identity_is_503(mesh):
     assert status_of(resp) == 503, r.stdout
     assert "could be reached" in header_of(resp, "X-Shunt-Reason")
     assert handshakes(a, "outbound", failure="wrong_identity") >= 1
+
+
+def test_drain_closes_idle_keepalive_and_finishes_requests(fresh_topo, tmp_path):
+    """SIGTERM with a long drain_timeout: an idle keep-alive client is
+    closed at once, a request in flight is answered (with Connection: close),
+    and shuntd exits without waiting out the drain timeout."""
+    topo = fresh_topo
+    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    backend = httpbackend.spawn(topo.remote, ["%s:%d=ep0" % (T.REMOTE4, PORT)])
+    d = None
+    try:
+        reg = str(tmp_path / "registry.json")
+        with open(reg, "w") as f:
+            json.dump({"services": [registry()["services"][0] | {"endpoints": [
+                {"address": T.REMOTE4, "port": PORT}]}]}, f)
+        d = sl.Shuntd(
+            topo.app,
+            sl.shuntd_args(**{"service-discovery.file.path": reg, "drain-timeout": "60s"}),
+        ).wait_ready()
+        idle = topo.app.connect(VIP_WEB, 80)
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        assert sl.recv_line(idle).startswith(b"HTTP/1.1 200")
+        busy = topo.app.connect(VIP_WEB, 80)
+        busy.sendall(b"GET /slow/1500 HTTP/1.1\r\nHost: web\r\n\r\n")
+        sl.wait_until(
+            lambda: any(c["state"] == "awaiting_response" for c in d.connections()),
+            5,
+            what="the slow request in flight",
+        )
+        d.signal(signal.SIGTERM)
+        rest = sl.recv_all(idle, timeout=10)  # EOF comes (after the rest of the answer)
+        assert b"HTTP/1.1" not in rest
+        resp = sl.recv_all(busy, timeout=10)
+        assert status_of(resp) == 200 and header_of(resp, "Connection") == "close", resp
+        assert d.wait(20) == 0
+    finally:
+        stop_checked([d] if d else [])
+        backend.stop()

@@ -116,6 +116,7 @@ struct h1s {
 
 struct h1_worker {
         struct h1s *sessions;
+        bool draining; /* every response says Connection: close */
 };
 
 static void drive(struct h1s *s);
@@ -758,7 +759,7 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->reported = false;
         s->committed = false;
         s->resp_head_done = false;
-        s->resp_close = !m->keep_alive;
+        s->resp_close = !m->keep_alive || s->w->h1->draining;
         s->status = 0;
         s->local_status = 0;
         s->upstream_addr.ss_family = 0;
@@ -1316,6 +1317,21 @@ static void h1_render(struct worker *w, struct strbuf *out, bool *first)
         }
 }
 
+static void h1_drain(struct worker *w)
+{
+        if (!w->h1)
+                return;
+        w->h1->draining = true;
+        struct h1s *next;
+        for (struct h1s *s = w->h1->sessions; s; s = next) {
+                next = s->next;
+                if (s->state == S_HEAD && s->req.len == s->req.off)
+                        session_free(s, REASON_SHUTDOWN, false); /* idle keep-alive */
+                else if (s->state != S_CLOSING)
+                        s->resp_close = true; /* after this response */
+        }
+}
+
 static void h1_worker_free(struct worker *w)
 {
         free(w->h1);
@@ -1328,4 +1344,5 @@ const struct proto_engine h1_engine = {
     .close_all = h1_close_all,
     .render = h1_render,
     .worker_free = h1_worker_free,
+    .drain = h1_drain,
 };

@@ -220,6 +220,10 @@ struct proto_engine {
         void (*render)(struct worker *w, struct strbuf *out, bool *first);
         /* Frees the engine's per-worker state, after close_all. */
         void (*worker_free)(struct worker *w);
+        /* Optional (NULL: nothing to do): the daemon drains; sessions end
+         * as soon as they can (idle ones now, busy ones after what is in
+         * flight). Workers stop accepting at the same time. */
+        void (*drain)(struct worker *w);
 };
 
 extern const struct proto_engine h1_engine; /* h1proxy.c */
@@ -234,6 +238,7 @@ void worker_buf_give(struct worker *w, uint8_t *buf, uint32_t cap);
 /* Every engine's close_all / worker_free (proxy.c calls these). */
 void engines_close_all(struct worker *w, enum conn_reason reason);
 void engines_worker_free(struct worker *w);
+void engines_drain(struct worker *w);
 const char *conn_dir_name(enum conn_dir d);
 
 /* relay.c */

@@ -199,14 +199,22 @@ static void close_listeners(void *arg)
         }
 }
 
+/* The drain starts: no new connections, and protocol sessions (HTTP
+ * keep-alive) end as soon as they can instead of waiting for the client. */
+static void stop_accepting(void *arg)
+{
+        close_listeners(arg);
+        engines_drain(arg);
+}
+
 void proxy_stop_accepting(struct proxy *p)
 {
         for (int i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 if (w->started)
-                        loop_call(w->loop, close_listeners, w, 5000);
+                        loop_call(w->loop, stop_accepting, w, 5000);
                 else
-                        close_listeners(w);
+                        stop_accepting(w);
         }
 }
 

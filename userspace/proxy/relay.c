@@ -186,6 +186,13 @@ void engines_close_all(struct worker *w, enum conn_reason reason)
                         engines[i]->close_all(w, (int)reason);
 }
 
+void engines_drain(struct worker *w)
+{
+        for (int i = 0; i < PROTO__COUNT; i++)
+                if (engine_at(i) && engines[i]->drain)
+                        engines[i]->drain(w);
+}
+
 void engines_worker_free(struct worker *w)
 {
         for (int i = 0; i < PROTO__COUNT; i++)
