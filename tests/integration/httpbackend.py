@@ -13,6 +13,9 @@ Every listener answers as its NAME. Paths:
   /bytes/N        N bytes of body, chunked, written as the client reads
   /status/CODE    an empty response with that status
   /close          answers with Connection: close and closes
+  /badhead        a response head with a malformed header line
+  /badchunk       a chunked response whose second chunk size is not hex
+  /truncate       Content-Length 100000, 10 bytes, then close
   /drop-if-reused closes without an answer when the connection has served
                   a request before (a server closing a kept-alive
                   connection just as the next request arrives)
@@ -27,6 +30,11 @@ import socket
 import sys
 
 CHUNK = 65536
+BROKEN = {
+    "/badhead": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nBad Header\r\n\r\nok",
+    "/badchunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+    "/truncate": b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789",
+}
 
 
 def parse_listen(spec):
@@ -97,6 +105,10 @@ class Backend:
             if path == "/drop-if-reused" and served:
                 return
             served += 1
+            if path in BROKEN:
+                writer.write(BROKEN[path])
+                await writer.drain()
+                return
             if path == "/hang":
                 await reader.read()  # until the client (shuntd) gives up
                 return

@@ -532,3 +532,55 @@ def test_drain_closes_idle_keepalive_and_finishes_requests(fresh_topo, tmp_path)
     finally:
         stop_checked([d] if d else [])
         backend.stop()
+
+
+def read_response(f):
+    """(status, headers, body) of one Content-Length response from file f."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while True:
+        line = f.readline().rstrip(b"\r\n")
+        if not line:
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, f.read(int(headers.get("content-length", "0")))
+
+
+def test_pipelined_and_byte_by_byte_requests(env):
+    """Three pipelined requests in one write are answered in order; a
+    request sent one byte at a time is answered too."""
+    topo, d = env
+    s = topo.app.connect(VIP_WEB, 80)
+    try:
+        s.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nHost: web\r\n\r\n" % i for i in range(3)))
+        f = s.makefile("rb")
+        for i in range(3):
+            status, _, body = read_response(f)
+            assert status == 200 and json.loads(body)["path"] == "/p%d" % i
+        for b in b"GET /slowly HTTP/1.1\r\nHost: web\r\nX-A: b\r\n\r\n":
+            s.send(bytes([b]))
+        status, _, body = read_response(f)
+        assert status == 200 and json.loads(body)["path"] == "/slowly"
+    finally:
+        s.close()
+
+
+def test_broken_upstream_responses(env):
+    """A malformed response head is a 502; a malformed chunked body or a
+    body cut short after the head went out resets the client (it must not
+    take a truncated body for a whole one); the next client is served."""
+    topo, d = env
+    resp = raw(topo, VIP_WEB, b"GET /badhead HTTP/1.1\r\nHost: web\r\n\r\n")
+    assert status_of(resp) == 502 and "malformed" in header_of(resp, "X-Shunt-Reason"), resp
+    for path in ("/badchunk", "/truncate"):
+        s = topo.app.connect(VIP_WEB, 80)
+        try:
+            conn = http.client.HTTPConnection(VIP_WEB, 80, timeout=10)
+            conn.sock = s
+            conn.request("GET", path)
+            with pytest.raises((http.client.IncompleteRead, ConnectionResetError)):
+                conn.getresponse().read()
+        finally:
+            s.close()
+    assert keepalive(topo, VIP_WEB, 3)[2]["server"].startswith("ep")
