@@ -2,7 +2,11 @@
 # Side-by-side benchmarks: shunt against the direct path, HAProxy and nginx.
 #
 #   bench/run.sh [--quick] [--scenario NAME[,NAME]] [--contenders a,b] [--reps N]
-#                [--build DIR] [--out DIR] [--profile]
+#                [--build DIR] [--out DIR] [--profile] [--tls]
+#
+# --tls also runs bench/tls_bench.sh (certificate issuance and full TLS 1.3
+# client-certificate handshakes into shuntd's inbound side next to HAProxy)
+# after the scenarios, into the same OUT, and links its report.
 #
 # Writes OUT/<timestamp>.json (raw values per repetition), OUT/<timestamp>.md
 # (tables: median, spread, ratio to direct and to the best peer) and
@@ -18,14 +22,16 @@ ROOT=$(cd "$HERE/.." && pwd)
 OUT="$HERE/results"
 BUILD="${SHUNT_BUILD:-}"
 PASS=()
+TLS=
 usage() {
-	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 	echo "scenarios: rr-64 rr-4k bulk-1 bulk-8 http-keepalive http-close conn-setup idle-10k mtls-handshake mtls-keepalive"
 	echo "contenders: direct shunt-iptables shunt-ebpf shunt-http haproxy-tcp haproxy-http nginx-stream nginx-http shunt-mtls haproxy-mtls"
 }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick | --profile) PASS+=("$1") ;;
+	--tls) TLS=1 ;;
 	--scenario | --contenders | --reps)
 		[ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 2; }
 		PASS+=("$1" "$2")
@@ -76,6 +82,13 @@ if [ -z "$BUILD" ]; then
 		cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHUNT_SANITIZE=OFF >/dev/null
 		cmake --build "$BUILD" -j2 --target shuntd >/dev/null
 	fi
+	if [ -n "$TLS" ] && [ ! -x "$BUILD/tls_bench" ]; then
+		cmake --build "$BUILD" -j2 --target tls_bench >/dev/null
+	fi
+fi
+if [ -n "$TLS" ] && [ ! -x "$BUILD/tls_bench" ]; then
+	echo "run.sh: --tls needs $BUILD/tls_bench (cmake --build $BUILD --target tls_bench)" >&2
+	exit 1
 fi
 SHUNTD="$BUILD/shuntd"
 [ -x "$SHUNTD" ] || { echo "run.sh: no shuntd at $SHUNTD" >&2; exit 1; }
@@ -191,9 +204,27 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cc -O2 -std=gnu11 -Wall -Wextra -Werror -Wshadow -o "$WORK/rr" "$HERE/rr.c"
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-CMDLINE="bench/run.sh${PASS[*]:+ ${PASS[*]}}"
+CMDLINE="bench/run.sh${PASS[*]:+ ${PASS[*]}}${TLS:+ --tls}"
 python3 "$HERE/bench.py" "${PASS[@]}" --out "$OUT" --stamp "$STAMP" --work "$WORK" \
 	--cli "$CLI" --srv "$SRV" --shuntd "$SHUNTD" --rr "$WORK/rr" --command "$CMDLINE" \
 	--cgroup "$CGROOT/shunt-b-$$-app" --pins "$BPFFS/shunt"
 python3 "$HERE/report.py" "$OUT/$STAMP.json"
+if [ -n "$TLS" ]; then
+	# tls_bench.sh makes and removes its own namespaces and processes.
+	quick=()
+	for a in "${PASS[@]}"; do
+		if [ "$a" = --quick ]; then quick=(--quick); fi
+	done
+	before=$(ls "$OUT"/tls-*.md 2>/dev/null | sort | tail -n 1 || true)
+	if "$HERE/tls_bench.sh" "${quick[@]}" --build "$BUILD" --out "$OUT"; then
+		tls_md=$(ls "$OUT"/tls-*.md 2>/dev/null | sort | tail -n 1 || true)
+		if [ -n "$tls_md" ] && [ "$tls_md" != "$before" ]; then
+			printf '\n## TLS handshakes and issuance (bench/tls_bench.sh)\n\nRun right after the scenarios above: [%s](%s).\n' \
+				"$(basename "$tls_md")" "$(basename "$tls_md")" >>"$OUT/$STAMP.md"
+		fi
+	else
+		echo "run.sh: bench/tls_bench.sh failed (the scenarios' report stands)" >&2
+		printf '\n- **Failed**: bench/tls_bench.sh (see the run'"'"'s stderr).\n' >>"$OUT/$STAMP.md"
+	fi
+fi
 echo "run.sh: report $OUT/$STAMP.md"
