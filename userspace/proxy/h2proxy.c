@@ -14,10 +14,10 @@
  * Flow control: automatic WINDOW_UPDATEs are off on every session. Bytes a
  * peer sends are kept in the stream's buffer and consumed on that session
  * (nghttp2_session_consume) only when the other session's data callback
- * copies them into a frame, whose bytes then leave before the next frame is
- * produced (one mem_send chunk at most is kept per session). A stream thus
+ * copies them into a frame, and frames are produced only when the previous
+ * batch (at most H2_OUT_BATCH bytes and one frame) has left. A stream thus
  * buffers at most H2_STREAM_WINDOW bytes each way and a session at most
- * H2_CONN_WINDOW. */
+ * H2_CONN_WINDOW, plus its output batch. */
 #include "proxy/h2proxy.h"
 
 #include <errno.h>
@@ -41,7 +41,8 @@
 #define H2_STREAM_WINDOW   65535      /* per stream, each way: the buffer bound */
 #define H2_CONN_WINDOW     (1u << 20) /* per session */
 #define H2_READ_CHUNK      16384
-#define H2_UP_PER_ENDPOINT 4 /* upstream sessions per endpoint before streams queue */
+#define H2_OUT_BATCH       65536 /* frames gathered for one send */
+#define H2_UP_PER_ENDPOINT 4     /* upstream sessions per endpoint before streams queue */
 #define H2_DIRTY_ROUNDS    100000
 #define H2_REASON_MAX      160
 
@@ -1339,60 +1340,49 @@ static int sess_read(struct sess *s, const char **what)
         return 0;
 }
 
-/* Writes the pending rest, then what nghttp2 has to send, until the socket
- * is full or nothing is left. */
+/* Writes what nghttp2 has to send until the socket is full or nothing is
+ * left. nghttp2 hands frames out one at a time; they are gathered into one
+ * buffer of up to H2_OUT_BATCH bytes and written with one send, since a
+ * syscall per frame costs far more than the copy. */
 static int sess_write(struct sess *s, const char **what)
 {
         for (;;) {
                 if (!s->writable)
                         return 0;
-                if (bbuf_avail(&s->out)) {
-                        size_t want = bbuf_avail(&s->out);
-                        ssize_t n = sess_send(s, s->out.p + s->out.off, want);
-                        if (n > 0) {
-                                s->out.off += (uint32_t)n;
-                                s->last_write_ms = loop_now_ms(hw_loop(s->hw));
-                                if ((size_t)n < want && !s->tls)
-                                        s->writable = false;
-                        } else if (errno == EAGAIN) {
-                                s->writable = false;
-                        } else if (errno != EINTR) {
-                                *what = strerror(errno);
-                                return -1;
-                        }
-                        if (bbuf_avail(&s->out))
-                                continue;
+                if (!bbuf_avail(&s->out)) {
                         s->out.off = s->out.len = 0;
-                }
-                const uint8_t *data;
-                ssize_t n = nghttp2_session_mem_send(s->ng, &data);
-                if (n < 0) {
-                        *what = nghttp2_strerror((int)n);
-                        return -1;
-                }
-                if (n == 0)
-                        return 0;
-                if (s->kind == SESS_CLIENT)
-                        ((struct h2c *)s)->bytes_out += (uint64_t)n;
-                ssize_t m = sess_send(s, data, (size_t)n);
-                if (m < 0) {
-                        if (errno != EAGAIN && errno != EINTR) {
-                                *what = strerror(errno);
-                                return -1;
+                        while (s->out.len < H2_OUT_BATCH) {
+                                const uint8_t *data;
+                                ssize_t n = nghttp2_session_mem_send(s->ng, &data);
+                                if (n < 0) {
+                                        *what = nghttp2_strerror((int)n);
+                                        return -1;
+                                }
+                                if (n == 0)
+                                        break;
+                                if (s->kind == SESS_CLIENT)
+                                        ((struct h2c *)s)->bytes_out += (uint64_t)n;
+                                /* The chunk is only valid until the next mem_send. */
+                                if (bbuf_put(&s->out, data, (size_t)n) < 0) {
+                                        *what = "out of memory";
+                                        return -1;
+                                }
                         }
-                        m = 0;
-                        s->writable = false;
-                } else {
+                        if (!bbuf_avail(&s->out))
+                                return 0;
+                }
+                size_t want = bbuf_avail(&s->out);
+                ssize_t n = sess_send(s, s->out.p + s->out.off, want);
+                if (n > 0) {
+                        s->out.off += (uint32_t)n;
                         s->last_write_ms = loop_now_ms(hw_loop(s->hw));
-                }
-                if (m < n) {
-                        if (!s->tls)
+                        if ((size_t)n < want && !s->tls)
                                 s->writable = false;
-                        /* The chunk is only valid until the next mem_send: keep the rest. */
-                        if (bbuf_put(&s->out, data + m, (size_t)(n - m)) < 0) {
-                                *what = "out of memory";
-                                return -1;
-                        }
+                } else if (errno == EAGAIN) {
+                        s->writable = false;
+                } else if (errno != EINTR) {
+                        *what = strerror(errno);
+                        return -1;
                 }
         }
 }
