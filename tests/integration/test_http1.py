@@ -584,3 +584,23 @@ def test_broken_upstream_responses(env):
         finally:
             s.close()
     assert keepalive(topo, VIP_WEB, 3)[2]["server"].startswith("ep")
+
+
+def test_trickling_head_gets_408(env):
+    """A head that never completes is answered 408 after timeouts.request,
+    however the bytes trickle (not only after the idle timeout)."""
+    topo, d = env
+    s = topo.app.connect(VIP_WEB, 80)
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n")
+        for _ in range(3):  # a byte every 0.4 s: never idle for long
+            time.sleep(0.4)
+            try:
+                s.send(b"X")
+            except OSError:
+                break
+        resp = sl.recv_all(s, timeout=10)
+    finally:
+        s.close()
+    assert status_of(resp) == 408, resp
+    assert "timeouts.request" in header_of(resp, "X-Shunt-Reason")

@@ -851,6 +851,10 @@ static int parse_request(struct h1s *s, bool *progress)
                         session_free(s, REASON_CLIENT_RESET, false);
                         return -1;
                 }
+                /* A head trickling in is bounded by timeouts.request as a
+                 * whole, not only by the idle timeout between bytes. */
+                if (!loop_timer_armed(&s->req_timer))
+                        loop_timer_arm(s->w->loop, &s->req_timer, cfg->request_timeout_ms);
                 return 0;
         }
         *progress = true;
@@ -1211,6 +1215,10 @@ static void on_request_timeout(struct loop *loop, struct loop_timer *t)
 {
         struct h1s *s = t->data;
         (void)loop;
+        if (s->state == S_HEAD && s->req.len > s->req.off) {
+                local_reply(s, 408, "request head not complete within timeouts.request", 0);
+                return;
+        }
         if (s->state != S_EXCHANGE && s->state != S_BACKOFF)
                 return;
         if (s->resp_head_done)

@@ -781,6 +781,8 @@ static const char *status_text(int status)
                 return "Bad Request";
         case 404:
                 return "Not Found";
+        case 408:
+                return "Request Timeout";
         case 413:
                 return "Content Too Large";
         case 414:
