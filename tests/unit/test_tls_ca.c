@@ -3,6 +3,7 @@
  * real `openssl x509`), the file source (reload, a bad new file keeps the old
  * one), the store's retry backoff and its JSON and metrics. */
 #include <setjmp.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -449,6 +450,60 @@ static void test_file_source(void **state)
         free(tmp);
 }
 
+/* A root loaded from files without the subjectKeyIdentifier RFC 5280 asks
+ * for: the built-in CA still issues from it (no authorityKeyIdentifier), and
+ * the result verifies. */
+static void test_ca_without_ski(void **state)
+{
+        (void)state;
+        char *tmp = tu_mkdtemp();
+        char cadir[512], cert[600], key[600];
+        tu_path(cadir, sizeof(cadir), tmp, "ca");
+        assert_int_equal(mkdir(cadir, 0700), 0);
+        tu_path(cert, sizeof(cert), cadir, "ca.pem");
+        tu_path(key, sizeof(key), cadir, "ca-key.pem");
+        EVP_PKEY *k;
+        assert_int_equal(tls_key_generate(TLS_KEY_ECDSA_P256, &k), 0);
+        X509 *x = X509_new();
+        assert_non_null(x);
+        assert_true(X509_set_version(x, X509_VERSION_3));
+        assert_true(ASN1_INTEGER_set(X509_get_serialNumber(x), 4242));
+        X509_NAME *n = X509_get_subject_name(x);
+        assert_true(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
+                                               (const uint8_t *)"root without SKI", -1, -1, 0));
+        assert_true(X509_set_issuer_name(x, n));
+        assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -3600));
+        assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 86400));
+        assert_true(X509_set_pubkey(x, k));
+        X509V3_CTX v3;
+        X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+        X509_EXTENSION *bc =
+            X509V3_EXT_nconf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE");
+        X509_EXTENSION *ku =
+            X509V3_EXT_nconf_nid(NULL, &v3, NID_key_usage, "critical,keyCertSign,cRLSign");
+        assert_true(bc && ku && X509_add_ext(x, bc, -1) && X509_add_ext(x, ku, -1));
+        X509_EXTENSION_free(bc);
+        X509_EXTENSION_free(ku);
+        assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+        assert_true(X509_get_ext_by_NID(x, NID_subject_key_identifier, -1) < 0);
+        assert_int_equal(tls_pem_write_certs(cert, &x, 1, 0644), 0);
+        assert_int_equal(tls_pem_write_key(key, k, 0600), 0);
+
+        struct tls_ca_options o = {.state_dir = cadir};
+        struct tls_ca *ca;
+        assert_int_equal(tls_ca_open(&o, &ca), 0);
+        struct tls_material *m = issue(ca, "spiffe://cluster.local/ns/default/sa/api", -60, 3600);
+        assert_true(X509_get_ext_by_NID(m->leaf, NID_authority_key_identifier, -1) < 0);
+        char err[256] = "";
+        assert_int_equal(tls_material_check(m, "cluster.local", 300, err, sizeof(err)), 0);
+        tls_material_free(m);
+        tls_ca_free(ca);
+        X509_free(x);
+        EVP_PKEY_free(k);
+        tu_rmrf(tmp);
+        free(tmp);
+}
+
 /* A source that fails on demand, wrapping the built-in CA. */
 struct flaky {
         struct tls_source src;
@@ -590,9 +645,10 @@ static void test_backoff_and_report(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_spiffe_table), cmocka_unit_test(test_sni_port),
-            cmocka_unit_test(test_ca_state_dir), cmocka_unit_test(test_issued_fields),
-            cmocka_unit_test(test_file_source),  cmocka_unit_test(test_backoff_and_report),
+            cmocka_unit_test(test_spiffe_table),       cmocka_unit_test(test_sni_port),
+            cmocka_unit_test(test_ca_state_dir),       cmocka_unit_test(test_issued_fields),
+            cmocka_unit_test(test_file_source),        cmocka_unit_test(test_ca_without_ski),
+            cmocka_unit_test(test_backoff_and_report),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
