@@ -110,6 +110,10 @@ def test_allow_list(mesh):
     topo, a, b, tmp, ca = mesh
     certs = b.json("/certs")
     assert certs["policy"]["allow"] == [{"port": 8080, "id": TESTER_ID}], certs["policy"]
+    r = sl.shuntctl(topo.remote, "certs")
+    assert r.returncode == 0 and "port 8080: " + TESTER_ID in r.stdout, r.stdout + r.stderr
+    r = sl.shuntctl(topo.app, "certs")
+    assert "any identity of the trust domain" in r.stdout, r.stdout
 
     ok, _ = client_files(tmp, ca, "tester", TESTER_ID)
     r = pki.s_client(topo.app, T.REMOTE4, ok)
@@ -152,6 +156,7 @@ def test_allow_list(mesh):
     b.write_config(b_config({"8080": [TESTER_ID, CLIENT_ID], "*": [TESTER_ID]}))
     b.signal(signal.SIGHUP)
     sl.wait_until(lambda: len(b.json("/certs")["policy"]["allow"]) == 3, 10, what="reloaded list")
+    assert "port *: " + TESTER_ID in sl.shuntctl(topo.remote, "certs").stdout
     n = len(audit_lines(b, "not_allowed"))
     try:
         # A's side of the handshake may fail before connect() returns here.

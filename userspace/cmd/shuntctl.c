@@ -859,6 +859,22 @@ static int cmd_certs(void)
                 if (cJSON_IsString(e))
                         printf("%-15s%s\n", "last error:", e->valuestring);
         }
+        /* The inbound allow-list (mtls.allow), one line per entry. */
+        const cJSON *pol = cJSON_GetObjectItemCaseSensitive(j, "policy");
+        const cJSON *allow = pol ? cJSON_GetObjectItemCaseSensitive(pol, "allow") : NULL;
+        if (cJSON_GetArraySize(allow) == 0) {
+                printf("%-15sany identity of the trust domain, every port\n", "inbound allow:");
+        } else {
+                const cJSON *a;
+                bool first = true;
+                cJSON_ArrayForEach(a, allow)
+                {
+                        const char *port = jint(a, "port", b1, sizeof(b1));
+                        printf("%-15sport %s: %s\n", first ? "inbound allow:" : "",
+                               strcmp(port, "0") ? port : "*", jstr(a, "id", "?"));
+                        first = false;
+                }
+        }
         const cJSON *bundle = cJSON_GetObjectItemCaseSensitive(j, "trust_bundle");
         struct table t = {.ncols = 4, .header = {"TRUST BUNDLE", "SERIAL", "NOT_AFTER", "SUBJECT"}};
         const cJSON *c;
