@@ -316,3 +316,43 @@ def test_connection_limit_per_service(fresh_topo, start_shuntd):
         for s in held:
             s.close()
         p.stop()
+
+
+def test_locality_and_retry_leave_the_zone(fresh_topo, start_shuntd):
+    """load_balancing.local_zone: only the own zone's endpoint serves while it
+    is up. Killed: the connect retry goes to the other zone at once (the
+    failed endpoint is excluded, not picked again by the zone preference),
+    the breaker opens, and the other zone serves without a client error."""
+    topo = fresh_topo
+    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    addrs = [T.REMOTE4, T.REMOTE4B]
+    procs = [topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]) for i, a in
+             enumerate(addrs)]
+    try:
+        path = os.path.join(sl.tmpdir(), "registry-zones.json")
+        reg = registry()
+        reg["services"][0]["endpoints"] = [
+            {"address": a, "port": PORT, "zone": z} for a, z in zip(addrs, ["zone-a", "zone-b"])
+        ]
+        write_registry(path, reg)
+        d = start_shuntd(
+            topo.app,
+            sl.shuntd_args(
+                **{"service-discovery.file.path": path, "load-balancing.local-zone": "zone-a"},
+                **BREAKER_FLAGS,
+            ),
+        )
+        for vport in (80, 81):
+            assert served_by(topo, 10, vport) == {"ep0": 10}
+        procs[0].stop(signal.SIGKILL)
+        for vport in (81, 80):
+            assert served_by(topo, 10, vport) == {"ep1": 10}
+        sl.wait_until(
+            lambda: ep_resilience(d, addrs[0], 81)["breaker"] in ("open", "half_open"),
+            5,
+            what="zone-a's breaker open",
+        )
+        assert d.metric("shunt_retries_total", service=SERVICE + ":81") >= 1
+    finally:
+        for p in procs:
+            p.stop()

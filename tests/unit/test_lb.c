@@ -657,6 +657,46 @@ static void test_locality(void **state)
 
 /* ---- tables: validation, identity, lifetimes -------------------------------- */
 
+/* A retry's pick never returns the endpoint that failed while another can
+ * serve: with one local endpoint it leaves the zone; with nothing else left
+ * it reports LB_ENOENDPOINT (the caller decides to go back). */
+static void test_pick_excluding(void **state)
+{
+        for (size_t a = 0; a < sizeof(all_algos) / sizeof(all_algos[0]); a++) {
+                struct lb_config c = cfg_for(all_algos[a]);
+                snprintf(c.local_zone, sizeof(c.local_zone), "zone-a");
+                struct lb_endpoint_in eps[3] = {mkep(1, 1, "zone-a", true),
+                                                mkep(2, 1, "zone-b", true),
+                                                mkep(3, 1, "zone-b", true)};
+                struct lb_table *t = build(&c, eps, 3, NULL);
+                struct lb_worker *w = lb_worker_new(a + 7);
+                for (unsigned k = 0; k < 100; k++) {
+                        uint64_t h = key_hash(k);
+                        struct lb_pick p;
+                        /* Locality: the plain pick stays in zone-a. */
+                        assert_int_equal(lb_pick(w, t, &h, &p), 0);
+                        assert_int_equal(p.index, 0);
+                        int rc = lb_pick_excluding(w, t, &h, 0, &p);
+                        if (rc != 0)
+                                print_error("algorithm %s key %u: %d\n",
+                                            lb_algorithm_name(all_algos[a]), k, rc);
+                        assert_int_equal(rc, 0);
+                        assert_true(p.index == 1 || p.index == 2);
+                        assert_int_equal(lb_pick_excluding(w, t, &h, 1, &p), 0);
+                        assert_int_equal(p.index, 0);
+                }
+                /* Only the excluded one is available. */
+                lb_ep_set_available(lb_table_endpoint(t, 1)->state, false);
+                lb_ep_set_available(lb_table_endpoint(t, 2)->state, false);
+                uint64_t h = key_hash(1);
+                struct lb_pick p;
+                assert_int_equal(lb_pick_excluding(w, t, &h, 0, &p), LB_ENOENDPOINT);
+                assert_int_equal(lb_pick_excluding(w, t, NULL, 0, &p), LB_ENOENDPOINT);
+                lb_worker_free(w);
+                lb_table_unref(t);
+        }
+}
+
 static void test_table_validation(void **state)
 {
         struct lb_config c = cfg_for(LB_ROUND_ROBIN);
@@ -840,6 +880,7 @@ int main(void)
             cmocka_unit_test(test_maglev_even),
             cmocka_unit_test(test_ring_cap),
             cmocka_unit_test(test_locality),
+            cmocka_unit_test(test_pick_excluding),
             cmocka_unit_test(test_table_validation),
             cmocka_unit_test(test_state_carryover),
             cmocka_unit_test(test_worker_rebind),

@@ -256,6 +256,93 @@ static void test_breaker_aggregate_and_config(void **state)
         assert_int_equal(lb_breaker_config_validate(&bad), -EINVAL);
 }
 
+/* Only probes decide in half-open; rendering (view, pickable) moves
+ * nothing; exactly one caller sees the open -> half-open step. */
+static void test_breaker_probes_and_views(void **state)
+{
+        struct lb_breaker_config c = bcfg();
+        struct lb_breaker b;
+        uint64_t now = 50 * S;
+        lb_breaker_init(&b, 11, now);
+        open_it(&b, &c, now);
+        uint64_t until = lb_breaker_open_until(&b);
+        assert_false(lb_breaker_pickable(&b, &c, until - 1));
+        /* Time up: pickable and viewed as half-open, still stored open. */
+        assert_true(lb_breaker_pickable(&b, &c, until));
+        assert_int_equal(lb_breaker_view(&b, until), LB_BREAKER_HALF_OPEN);
+        assert_int_equal(lb_breaker_peek(&b), LB_BREAKER_OPEN);
+        bool moved;
+        assert_int_equal(lb_breaker_advance(&b, &c, until, &moved), LB_BREAKER_HALF_OPEN);
+        assert_true(moved);
+        assert_int_equal(lb_breaker_advance(&b, &c, until, &moved), LB_BREAKER_HALF_OPEN);
+        assert_false(moved);
+        /* Results of requests admitted before (not probes) are ignored. */
+        for (int i = 0; i < 10; i++)
+                assert_int_equal(lb_breaker_result(&b, &c, false, false, until),
+                                 LB_BREAKER_HALF_OPEN);
+        for (int i = 0; i < 10; i++)
+                lb_breaker_result(&b, &c, true, false, until);
+        assert_int_equal(lb_breaker_state(&b, &c, until), LB_BREAKER_HALF_OPEN);
+        /* Probes: slots taken by allow; the last slot makes it unpickable. */
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(lb_breaker_allow(&b, &c, until), 0);
+        assert_false(lb_breaker_pickable(&b, &c, until));
+        assert_int_equal(lb_breaker_result(&b, &c, true, true, until), LB_BREAKER_HALF_OPEN);
+        assert_true(lb_breaker_pickable(&b, &c, until));
+        assert_int_equal(lb_breaker_result(&b, &c, true, true, until), LB_BREAKER_HALF_OPEN);
+        assert_int_equal(lb_breaker_result(&b, &c, true, true, until), LB_BREAKER_CLOSED);
+        assert_int_equal(lb_breaker_opens(&b), 1);
+}
+
+struct brace {
+        struct lb_breaker *b;
+        const struct lb_breaker_config *c;
+        uint64_t now;
+        _Atomic int admitted;
+};
+
+static void *breaker_failer(void *arg)
+{
+        struct brace *r = arg;
+        for (int i = 0; i < 5000; i++)
+                lb_breaker_record(r->b, r->c, false, r->now);
+        return NULL;
+}
+
+static void *breaker_prober(void *arg)
+{
+        struct brace *r = arg;
+        for (int i = 0; i < 1000; i++)
+                if (lb_breaker_allow(r->b, r->c, r->now) == 0)
+                        atomic_fetch_add(&r->admitted, 1);
+        return NULL;
+}
+
+/* Four threads at once: failures open the breaker once (later results
+ * while open change nothing); in half-open exactly half_open_probes
+ * requests are admitted however many threads ask. */
+static void test_breaker_threads(void **state)
+{
+        struct lb_breaker_config c = bcfg();
+        struct lb_breaker b;
+        lb_breaker_init(&b, 12, S);
+        struct brace r = {.b = &b, .c = &c, .now = S};
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(pthread_create(&th[i], NULL, breaker_failer, &r), 0);
+        for (int i = 0; i < 4; i++)
+                pthread_join(th[i], NULL);
+        assert_int_equal(lb_breaker_peek(&b), LB_BREAKER_OPEN);
+        assert_int_equal(lb_breaker_opens(&b), 1);
+        r.now = lb_breaker_open_until(&b);
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(pthread_create(&th[i], NULL, breaker_prober, &r), 0);
+        for (int i = 0; i < 4; i++)
+                pthread_join(th[i], NULL);
+        assert_int_equal(atomic_load(&r.admitted), 3);
+        assert_int_equal(lb_breaker_peek(&b), LB_BREAKER_HALF_OPEN);
+}
+
 /* ---- outlier detection ------------------------------------------------------------ */
 
 static void fail_n(struct lb_outlier *o, uint32_t i, int n, enum lb_outcome r, uint64_t now,
@@ -364,6 +451,64 @@ static void test_outlier_cap(void **state)
         bad = c;
         bad.consecutive_failures = 0;
         assert_int_equal(lb_outlier_config_validate(&bad), -EINVAL);
+}
+
+struct orace {
+        const struct lb_outlier_config *c;
+        struct lb_outlier_svc *svc;
+        struct lb_outlier_ep *eps;
+        uint32_t n;
+        int first;
+};
+
+static void *outlier_failer(void *arg)
+{
+        struct orace *r = arg;
+        for (int round = 0; round < 50; round++)
+                for (uint32_t i = 0; i < r->n; i++)
+                        lb_outlier_ep_record(r->c, r->svc, &r->eps[(i + (uint32_t)r->first) % r->n],
+                                             r->n, LB_OUTCOME_5XX, S);
+        return NULL;
+}
+
+/* Every endpoint failing from four threads at once: the cap (20 endpoints
+ * at 10 % -> 2) is never passed; the rest count as skipped. */
+static void test_outlier_cap_threads(void **state)
+{
+        struct lb_outlier_config c;
+        lb_outlier_config_default(&c);
+        struct lb_outlier_svc svc;
+        memset(&svc, 0, sizeof(svc));
+        struct lb_outlier_ep eps[20];
+        memset(eps, 0, sizeof(eps));
+        struct orace r[4];
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++) {
+                r[i] = (struct orace){.c = &c, .svc = &svc, .eps = eps, .n = 20, .first = i * 5};
+                assert_int_equal(pthread_create(&th[i], NULL, outlier_failer, &r[i]), 0);
+        }
+        for (int i = 0; i < 4; i++)
+                pthread_join(th[i], NULL);
+        assert_int_equal(atomic_load(&svc.ejected), 2);
+        assert_int_equal(atomic_load(&svc.ejections), 2);
+        assert_true(atomic_load(&svc.skipped) > 0);
+        uint32_t out = 0;
+        for (int i = 0; i < 20; i++)
+                out += lb_outlier_ep_until(&eps[i]) != 0;
+        assert_int_equal(out, 2);
+        /* Expiry returns them and frees the slots; a removed endpoint's
+         * release frees its slot at once. */
+        uint32_t back = 0;
+        for (int i = 0; i < 20; i++)
+                back += lb_outlier_ep_expire(&c, &svc, &eps[i], S + 30 * S);
+        assert_int_equal(back, 2);
+        assert_int_equal(atomic_load(&svc.ejected), 0);
+        for (int k = 0; k < 5; k++)
+                lb_outlier_ep_record(&c, &svc, &eps[7], 20, LB_OUTCOME_CONNECT_FAILURE, 40 * S);
+        assert_int_equal(atomic_load(&svc.ejected), 1);
+        lb_outlier_ep_release(&svc, &eps[7]);
+        assert_int_equal(atomic_load(&svc.ejected), 0);
+        assert_int_equal(lb_outlier_ep_until(&eps[7]), 0);
 }
 
 /* ---- limits ------------------------------------------------------------------------- */
@@ -554,8 +699,11 @@ int main(void)
             cmocka_unit_test(test_breaker_half_open),
             cmocka_unit_test(test_breaker_forced),
             cmocka_unit_test(test_breaker_aggregate_and_config),
+            cmocka_unit_test(test_breaker_probes_and_views),
+            cmocka_unit_test(test_breaker_threads),
             cmocka_unit_test(test_outlier_growth),
             cmocka_unit_test(test_outlier_cap),
+            cmocka_unit_test(test_outlier_cap_threads),
             cmocka_unit_test(test_limits),
             cmocka_unit_test(test_limits_threads),
             cmocka_unit_test(test_retry_policy),

@@ -76,7 +76,7 @@ static const char *const mtls_names[] = {"strict", "permissive", "disabled", NUL
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
 static const char *const lb_names[] = {"round_robin", "least_connections", "weighted",
-                                       "consistent_hash", NULL};
+                                       "consistent_hash", "maglev", NULL};
 
 /* clang-format off */
 static const struct key_desc keys[] = {
@@ -135,6 +135,11 @@ static const struct key_desc keys[] = {
          .min = 1, .max = 24 * MS_PER_HOUR, .def = "30s"},
         {.path = "timeouts.idle_timeout", .env = "IDLE_TIMEOUT", .type = K_DUR_MS, FIELD(idle_timeout_ms),
          .min = 1, .max = 24 * MS_PER_HOUR, .def = "60s"},
+        {.path = "load_balancing.local_zone", .env = "SHUNT_LOCAL_ZONE", .type = K_STR, FIELD(lb_local_zone),
+         .note = "this workload's zone: picks stay in it while it has enough endpoints; empty = no preference"},
+        {.path = "load_balancing.locality_min_percent", .type = K_U32, FIELD(lb_locality_min_percent), .min = 0,
+         .max = 100, .def = "70",
+         .note = "stay local while max(1, ceil(p% of the zone's endpoints)) are healthy and available"},
         {.path = "circuit_breaker.consecutive_failures", .type = K_U32, FIELD(cb_consecutive_failures),
          .min = 1, .max = 1000000, .def = "5", .note = "failures in a row that open an endpoint's breaker"},
         {.path = "circuit_breaker.failure_percent", .type = K_U32, FIELD(cb_failure_percent), .min = 1, .max = 100,

@@ -112,6 +112,8 @@ struct shunt_config {
         uint32_t http_max_headers;       /* http.max_request_headers, 100 */
 
         /* resilience, per upstream service (README "Resilience") */
+        char lb_local_zone[64];           /* load_balancing.local_zone, SHUNT_LOCAL_ZONE, "" */
+        uint32_t lb_locality_min_percent; /* load_balancing.locality_min_percent, 70 */
         uint32_t cb_consecutive_failures; /* circuit_breaker.consecutive_failures, 5 */
         uint32_t cb_failure_percent;      /* circuit_breaker.failure_percent, 50 */
         uint32_t cb_min_requests;         /* circuit_breaker.min_requests, 20 */

@@ -180,6 +180,12 @@ struct lb_pick {
 int lb_pick(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
             struct lb_pick *out);
 
+/* As lb_pick, never returning table index exclude (a retry after a failure
+ * there): tries the local zone's set, then every zone's, before giving up
+ * with LB_ENOENDPOINT (the caller may then fall back to exclude). */
+int lb_pick_excluding(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
+                      uint32_t exclude, struct lb_pick *out);
+
 /* Counts a connection (or request) against the endpoint until lb_conn_end;
  * holds a reference on the state so it can outlive the table. */
 void lb_conn_begin(struct lb_ep_state *st);

@@ -312,3 +312,46 @@ int lb_pick(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
         out->state = t->eps[i].state;
         return 0;
 }
+
+int lb_pick_excluding(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
+                      uint32_t exclude, struct lb_pick *out)
+{
+        if (__builtin_expect(w->serial != t->serial, 0)) {
+                int rc = worker_bind(w, t);
+                if (rc < 0)
+                        return rc;
+        }
+        uint64_t h = hash ? *hash : 0;
+        int i = LB_ENOENDPOINT;
+        for (int k = use_local(w, t) ? SET_LOCAL : SET_ALL; k >= SET_ALL && i < 0; k--) {
+                const struct lb_set *s = k == SET_LOCAL ? &t->local : &t->all;
+                /* The algorithm first (round robin and the schedules move on
+                 * at each call, a hash is mixed to land elsewhere), a few
+                 * times; then the set's next available member in rotation,
+                 * which least connections may never offer while the excluded
+                 * endpoint is the least busy. */
+                for (int tries = 0; tries < 4 && i < 0; tries++) {
+                        int r = pick_set(w, t, k, hash ? &h : NULL);
+                        if (r < 0)
+                                break;
+                        if ((uint32_t)r != exclude)
+                                i = r;
+                        h = lb_mix64(h);
+                }
+                struct wset *ws = &w->s[k];
+                for (uint32_t n = 0; n < s->n && i < 0; n++) {
+                        uint32_t pos = (ws->rr + n) % s->n;
+                        uint32_t x = s->idx[pos];
+                        if (x != exclude && avail(t, x)) {
+                                i = (int)x;
+                                ws->rr = pos + 1;
+                        }
+                }
+        }
+        if (i < 0)
+                return LB_ENOENDPOINT;
+        out->index = (uint32_t)i;
+        out->ep = &t->eps[i];
+        out->state = t->eps[i].state;
+        return 0;
+}

@@ -218,6 +218,8 @@ static int build_entry(struct route_entry *e, const struct disc_service *svc, ui
         struct lb_config lc;
         lb_config_default(&lc);
         lc.algorithm = service_algorithm(svc, cfg);
+        snprintf(lc.local_zone, sizeof(lc.local_zone), "%s", cfg->lb_local_zone);
+        lc.locality_min_percent = cfg->lb_locality_min_percent;
         e->hashed = lc.algorithm == LB_CONSISTENT_HASH || lc.algorithm == LB_MAGLEV;
         const struct route_entry *pe = find_prev(prev, e->key);
         int rc = lb_table_build(&lc, scratch, n, pe ? pe->lb : NULL, &e->lb);
@@ -322,33 +324,31 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
                 h = key_hash ? *key_hash : lb_hash_source_ip(client);
         uint64_t now = now_ns();
         /* Bounded: a refused endpoint is made unavailable, so each further
-         * try sees one fewer; a retry tries the others before the one that
-         * failed. */
+         * try sees one fewer. A retry picks among the others (local zone
+         * first, then all) and comes back to the one that failed only when
+         * nothing else is left. */
         size_t n = lb_table_count(e->lb);
-        bool have_excluded = false;
-        struct lb_pick excluded;
+        int xi = exclude ? lb_table_find(e->lb, exclude) : -1;
         for (size_t i = 0; i <= n; i++) {
-                int rc = lb_pick(lw, e->lb, e->hashed ? &h : NULL, pick);
+                int rc = xi >= 0 ? lb_pick_excluding(lw, e->lb, e->hashed ? &h : NULL, (uint32_t)xi,
+                                                     pick)
+                                 : lb_pick(lw, e->lb, e->hashed ? &h : NULL, pick);
                 if (rc < 0)
                         break;
-                if (exclude && memcmp(&pick->ep->addr, exclude, sizeof(*exclude)) == 0) {
-                        if (!have_excluded) {
-                                excluded = *pick;
-                                have_excluded = true;
-                        }
-                        if (e->hashed)
-                                h = lb_mix64(h);
-                        continue;
-                }
                 if (admit(t, e, pick->ep, now, probe))
                         return 0;
                 ep_refresh(t, pick->state, now);
                 if (e->hashed)
                         h = lb_mix64(h);
         }
-        if (have_excluded && admit(t, e, excluded.ep, now, probe)) {
-                *pick = excluded; /* nothing else is left */
-                return 0;
+        if (xi >= 0) {
+                const struct lb_endpoint *x = lb_table_endpoint(e->lb, (size_t)xi);
+                if (x->healthy && admit(t, e, x, now, probe)) {
+                        pick->index = (uint32_t)xi; /* nothing else is left */
+                        pick->ep = x;
+                        pick->state = x->state;
+                        return 0;
+                }
         }
         return LB_ENOENDPOINT;
 }
