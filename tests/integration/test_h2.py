@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import time
@@ -37,7 +38,8 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {dir}/access.log;
+    log_format ids '$remote_addr "$request" $status rid=$http_x_request_id tp=$http_traceparent';
+    access_log {dir}/access.log ids;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -129,6 +131,7 @@ def env():
                     "timeouts.idle-timeout": "2s",
                     "http2.max-header-list-size": str(HEADER_LIMIT),
                     "http2.max-concurrent-streams": str(MAX_STREAMS),
+                    "drain-timeout": "10s",
                     "log-level": "info",
                 }
             ),
@@ -345,3 +348,62 @@ def test_streams_over_the_limit_are_refused(env):
     answered = {f[2] for f in frames if f[0] == 1}
     assert len(refused) == 3, frames
     assert len(answered) == MAX_STREAMS, frames
+
+
+def test_request_id_added_and_kept(env):
+    """A request without x-request-id gets one (a UUID) on its way upstream;
+    one the client set, and a traceparent, pass unchanged."""
+    topo, _, logs, _ = env
+
+    def last_lines():
+        out = []
+        for path in logs.values():
+            with open(path) as f:
+                out += f.read().splitlines()
+        return out
+
+    before = set(last_lines())
+    assert curl_head(topo, "http://%s:80/?rid=none" % VIP).startswith("HTTP/2 200")
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert curl_head(
+        topo, "http://%s:80/?rid=given" % VIP, ["-H", "x-request-id: abc-123", "-H", "traceparent: " + tp]
+    ).startswith("HTTP/2 200")
+    new = [l for l in last_lines() if l not in before]
+    none = [l for l in new if "rid=none" in l]
+    given = [l for l in new if "rid=given" in l]
+    assert len(none) == 1 and re.search(r"rid=[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12} ", none[0]), new
+    assert len(given) == 1 and "rid=abc-123 tp=" + tp in given[0], new
+
+
+def test_drain_sends_goaway_and_lets_streams_finish(env):
+    """SIGTERM: every HTTP/2 client gets GOAWAY NO_ERROR; an idle connection
+    closes at once, a busy one after its stream got its answer (here the 504
+    of a backend that never answers), and shuntd finds nothing left before
+    drain_timeout. Runs last: it stops the module's shuntd."""
+    topo, d, logs, _ = env
+    idle = topo.app.connect(VIP, 80)
+    busy = topo.app.connect(VIP_STALL, 80)
+    try:
+        idle.sendall(PREFACE + frame(4, 0, 0))
+        hdrs = literal_headers(
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+             (b":authority", VIP_STALL.encode())]
+        )
+        busy.sendall(PREFACE + frame(4, 0, 0) + frame(1, 5, 1, hdrs))
+        sl.wait_until(
+            lambda: len([c for c in d.connections() if c.get("upstream") == "per-request"]) == 2,
+            5,
+            what="both connections in /connections",
+        )
+        d.signal(signal.SIGTERM)
+        f_idle = read_frames(idle, 5)
+        f_busy = read_frames(busy, 5)
+    finally:
+        idle.close()
+        busy.close()
+    for frames in (f_idle, f_busy):
+        goaway = [f for f in frames if f[0] == 7]
+        assert goaway and goaway[0][3][4:8] == b"\0\0\0\0", frames  # NO_ERROR
+    assert any(f[0] == 1 and f[2] == 1 for f in f_busy), f_busy  # its answer came
+    assert d.wait(15) is not None
+    assert "drained: no connections left" in d.log_text(), d.log_tail()

@@ -99,6 +99,7 @@ struct h2c {
         uint64_t flood_window_ms;
         uint32_t flood_count;
         bool flood, protocol_error, stalled, eof;
+        bool draining; /* GOAWAY sent for the daemon's drain: ends with its last stream */
         uint64_t bytes_in, bytes_out;
 };
 
@@ -867,6 +868,24 @@ static void stream_key(struct h2s *st, struct route_table *t)
         }
 }
 
+/* Like the HTTP/1.1 engine: a request without an x-request-id gets one
+ * (a version 4 UUID), so both hops can log the same id. */
+static void stream_request_id(struct h2s *st)
+{
+        for (uint32_t i = 0; i < st->req.n; i++)
+                if (st->req.v[i].namelen == 12 &&
+                    !memcmp(st->req.arena + st->req.v[i].name, "x-request-id", 12) &&
+                    st->req.v[i].valuelen)
+                        return;
+        uint64_t a = worker_random(st->hw->w), b = worker_random(st->hw->w);
+        char id[40];
+        snprintf(id, sizeof(id), "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32),
+                 (unsigned)(a >> 16) & 0xffff, (unsigned)a & 0xfff,
+                 (unsigned)((b >> 48) & 0x3fff) | 0x8000,
+                 (unsigned long long)(b & 0xffffffffffffull));
+        hdrs_add(&st->req, (const uint8_t *)"x-request-id", 12, (const uint8_t *)id, strlen(id));
+}
+
 /* Picks the endpoint for a new request (route.h's per-request life). */
 static void stream_route(struct h2s *st)
 {
@@ -876,6 +895,7 @@ static void stream_route(struct h2s *st)
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);
         stream_key(st, t);
+        stream_request_id(st);
         enum route_result r =
             route_pick_request(t, &w->route_workers, (uint64_t)w->index, &c->orig_dst, &c->client,
                                st->has_key ? &st->key_hash : NULL, &st->upstream, &st->route);
@@ -1436,6 +1456,8 @@ static void client_free(struct h2c *c, const char *why)
                 reason = REASON_IDLE_TIMEOUT;
         } else if (!c->eof && !strcmp(why, "idle")) {
                 reason = REASON_IDLE_TIMEOUT;
+        } else if (!strcmp(why, "drained")) {
+                reason = REASON_DONE;
         } else if (!c->eof && !strcmp(why, "shutdown")) {
                 reason = REASON_SHUTDOWN;
         }
@@ -1499,6 +1521,9 @@ static void pump(struct sess *s)
         if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) &&
             !bbuf_avail(&s->out))
                 client_free(c, c->flood ? "flood" : "session ended");
+        else if (c->draining && !c->n_streams && !bbuf_avail(&s->out) &&
+                 !nghttp2_session_want_write(s->ng))
+                client_free(c, "drained");
 }
 
 static void hw_run(struct h2_worker *hw)
@@ -1786,6 +1811,26 @@ static void h2_close_all(struct worker *w, int reason)
         hw->running = false;
 }
 
+/* The daemon drains: every client gets GOAWAY (NO_ERROR) naming the last
+ * stream it started, so it opens new streams elsewhere; the connection ends
+ * once its streams have, an idle one at once. */
+static void h2_drain(struct worker *w)
+{
+        struct h2_worker *hw = w->h2;
+        if (!hw)
+                return;
+        for (struct h2c *c = hw->conns; c; c = c->next) {
+                if (c->s.closed || c->draining)
+                        continue;
+                c->draining = true;
+                nghttp2_submit_goaway(c->s.ng, NGHTTP2_FLAG_NONE,
+                                      nghttp2_session_get_last_proc_stream_id(c->s.ng),
+                                      NGHTTP2_NO_ERROR, NULL, 0);
+                mark_dirty(&c->s);
+        }
+        hw_run(hw);
+}
+
 static void h2_worker_free(struct worker *w)
 {
         struct h2_worker *hw = w->h2;
@@ -1840,4 +1885,5 @@ const struct proto_engine h2_engine = {
     .close_all = h2_close_all,
     .render = h2_render,
     .worker_free = h2_worker_free,
+    .drain = h2_drain,
 };
