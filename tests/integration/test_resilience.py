@@ -273,6 +273,18 @@ def test_forced_open_by_the_operator(env):
     assert status == 404
 
 
+def stop_clean(d):
+    """Stops a daemon: exit 0 and no sanitizer report (ASan builds)."""
+    rc = d.stop()
+    log = d.log_text()
+    assert rc == 0 and "Sanitizer" not in log and "runtime error" not in log, d.log_tail(40)
+
+
+def test_daemon_exits_clean(env):
+    _, d, _ = env
+    stop_clean(d)
+
+
 def test_connection_limit_per_service(fresh_topo, start_shuntd):
     topo = fresh_topo
     topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
@@ -283,12 +295,8 @@ def test_connection_limit_per_service(fresh_topo, start_shuntd):
         reg = registry()
         reg["services"][0]["endpoints"] = [{"address": T.REMOTE4, "port": PORT}]
         write_registry(path, reg)
-        d = start_shuntd(
-            topo.app,
-            sl.shuntd_args(
-                **{"service-discovery.file.path": path, "limits.max-connections": "2"}
-            ),
-        )
+        conf = {"service_discovery": {"file": {"path": path}}, "limits": {"max_connections": 2}}
+        d = start_shuntd(topo.app, sl.shuntd_args(), config=conf)
         # Port 81 (TCP): every client connection is an upstream connection.
         lab = {"service": SERVICE + ":81", "limit": "connections"}
         for _ in range(2):
@@ -312,6 +320,23 @@ def test_connection_limit_per_service(fresh_topo, start_shuntd):
         )
         status, _, _ = topo.app.http(VIP, 81, "GET", "/", timeout=5)
         assert status == 200
+        # A reload raises the limit for new connections (nothing in flight is cut).
+        held.append(topo.app.connect(VIP, 81))
+        conf["limits"]["max_connections"] = 3
+        d.write_config(conf)
+        d.signal(signal.SIGHUP)
+        sl.wait_until(
+            lambda: [r for r in d.json("/endpoints?service=" + SERVICE)["services"][0]["resilience"]
+                     if r["port"] == 81][0]["max_connections"] == 3,
+            5,
+            what="the reloaded limit",
+        )
+        status, _, _ = topo.app.http(VIP, 81, "GET", "/", timeout=5)
+        assert status == 200
+        assert d.metric("shunt_limit_overflows_total", **lab) == 1
+        for s in held:
+            s.close()
+        stop_clean(d)
     finally:
         for s in held:
             s.close()
@@ -353,6 +378,7 @@ def test_locality_and_retry_leave_the_zone(fresh_topo, start_shuntd):
             what="zone-a's breaker open",
         )
         assert d.metric("shunt_retries_total", service=SERVICE + ":81") >= 1
+        stop_clean(d)
     finally:
         for p in procs:
             p.stop()
