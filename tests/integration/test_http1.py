@@ -21,6 +21,7 @@ VIP_WEB = "10.96.1.10"  # HTTP declared: handed over at accept
 VIP_SNIFF = "10.96.1.11"  # no protocol declared: sniffed, then handed over
 VIP_DOWN = "10.96.1.12"  # endpoints where nothing listens
 VIP_ONE = "10.96.1.13"  # a single endpoint
+VIP_SNIFF2 = "10.96.1.14"  # sniffed, two endpoints
 EXTRA4 = "10.77.0.4"
 EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
 PORT = 8081
@@ -49,6 +50,7 @@ def registry():
             svc("sniffed", VIP_SNIFF, PORT, EP_ADDRS, protocol=None),
             svc("down", VIP_DOWN, DEAD_PORT, EP_ADDRS[:2]),
             svc("one", VIP_ONE, ONE_PORT, EP_ADDRS[:1]),
+            svc("sniffed2", VIP_SNIFF2, PORT, EP_ADDRS[:2], protocol=None),
         ]
     }
 
@@ -171,6 +173,18 @@ def test_sniffed_port_is_proxied_per_request(env):
     topo, d = env
     bodies = keepalive(topo, VIP_SNIFF, 6)
     assert len({b["server"] for b in bodies}) >= 2, bodies
+
+
+def test_sniffed_one_request_per_connection_round_robin(env):
+    """One request per connection on a sniffed port with two endpoints: the
+    relay's pick (made before sniffing) serves the first request, and its
+    already open connection is used, so round robin alternates."""
+    topo, d = env
+    opened = d.metric("shunt_upstream_connections_total", event="opened")
+    counts = collections.Counter(keepalive(topo, VIP_SNIFF2, 1)[0]["server"] for _ in range(40))
+    assert set(counts) == {"ep0", "ep1"} and abs(counts["ep0"] - counts["ep1"]) <= 2, counts
+    # Every request went over the connection the relay had opened for it.
+    assert d.metric("shunt_upstream_connections_total", event="opened") - opened <= 40
 
 
 def test_upstream_connections_are_reused(env):

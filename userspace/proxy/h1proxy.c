@@ -86,6 +86,8 @@ struct h1s {
         struct http1_msg *msg; /* the head being parsed, while one is */
         struct upstream *up;
         struct route_use route;
+        struct route_use first; /* the relay's pick, for the first request (hand-off) */
+        struct sockaddr_storage first_upstream;
         struct loop_timer timer;     /* idle, backoff, linger */
         struct loop_timer req_timer; /* timeouts.request until the response head */
         uint64_t created_ms, last_active_ms, req_start_ms;
@@ -257,6 +259,7 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
                 access_log(s, conn_reason_name(reason));
         }
         release_upstream(s, false, ROUTE_CANCELLED);
+        route_release(&s->first);
         loop_timer_cancel(w->loop, &s->timer);
         loop_timer_cancel(w->loop, &s->req_timer);
         if (reset) {
@@ -647,9 +650,21 @@ static int attempt(struct h1s *s)
         const struct shunt_config *cfg = worker_cfg(w);
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);
-        enum route_result rr = route_pick_request(
-            t, &w->route_workers, (uint64_t)w->index, &s->orig_dst, &s->client_addr,
-            s->have_key ? &s->key_hash : NULL, &s->upstream_addr, &s->route);
+        enum route_result rr;
+        if (s->first.table && !s->have_key) {
+                /* The relay picked for this connection before the hand-off:
+                 * that pick serves the first request (its connection, if it
+                 * was open, waits in the pool). */
+                s->route = s->first;
+                s->upstream_addr = s->first_upstream;
+                memset(&s->first, 0, sizeof(s->first));
+                rr = ROUTE_ENDPOINT;
+        } else {
+                route_release(&s->first);
+                rr = route_pick_request(t, &w->route_workers, (uint64_t)w->index, &s->orig_dst,
+                                        &s->client_addr, s->have_key ? &s->key_hash : NULL,
+                                        &s->upstream_addr, &s->route);
+        }
         if (rr == ROUTE_NO_ENDPOINT) {
                 char reason[320];
                 snprintf(reason, sizeof(reason), "no healthy endpoint for %s", s->service);
@@ -1259,6 +1274,8 @@ static void h1_start(struct worker *w, struct handoff *h)
         s->req.cap = h->cap;
         s->req.len = h->len;
         s->req.eof = h->client_eof;
+        s->first = h->route;
+        s->first_upstream = h->upstream;
         strbuf_init(&s->req.head);
         strbuf_init(&s->resp.head);
         snprintf(s->service, sizeof(s->service), "-");
@@ -1353,4 +1370,5 @@ const struct proto_engine h1_engine = {
     .render = h1_render,
     .worker_free = h1_worker_free,
     .drain = h1_drain,
+    .takes_route = true,
 };

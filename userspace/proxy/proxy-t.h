@@ -207,6 +207,14 @@ struct handoff {
         uint32_t len, cap;
         bool client_eof; /* the client already sent FIN */
         uint64_t created_ms;
+        /* Only for an engine with takes_route, after sniffing: the endpoint
+         * the relay picked for the connection (route.table NULL when none),
+         * the engine's to use for the first request or release. Its
+         * connection, when already open and silent, waits in the worker's
+         * upstream pool. So a sniffed connection costs one pick, not two
+         * (two picks per connection would skew round robin). */
+        struct route_use route;
+        struct sockaddr_storage upstream;
 };
 
 struct proto_engine {
@@ -224,6 +232,7 @@ struct proto_engine {
          * as soon as they can (idle ones now, busy ones after what is in
          * flight). Workers stop accepting at the same time. */
         void (*drain)(struct worker *w);
+        bool takes_route; /* gets handoff.route (else the relay releases it) */
 };
 
 extern const struct proto_engine h1_engine; /* h1proxy.c */

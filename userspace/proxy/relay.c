@@ -253,6 +253,22 @@ static void conn_handoff(struct conn *c, const struct proto_engine *e)
         c->c2u.len = c->c2u.cap = 0;
         loop_io_del(w->loop, &c->cli.io);
         log_debug("proxy", c->id, "%s session for %s", e->name, route_service_name(&c->route));
+        if (e->takes_route && c->route.table) {
+                /* The pick goes along (limits of a connection are not a
+                 * request's); an open, silent upstream goes to the pool. */
+                route_limit_release(&c->route, LB_LIMIT_CONNECTIONS);
+                h.route = c->route;
+                h.upstream = c->upstream;
+                memset(&c->route, 0, sizeof(c->route));
+                if (c->state == CONN_RELAYING && c->up.io.fd >= 0 && c->u2c.len == 0 &&
+                    !c->u2c.eof && !c->up.rdhup) {
+                        loop_io_del(w->loop, &c->up.io);
+                        upstream_adopt(w, c->up.io.fd, c->up.tls, &c->upstream,
+                                       c->tls_out ? route_identity(&h.route) : "");
+                        c->up.io.fd = -1;
+                        c->up.tls = NULL;
+                }
+        }
         conn_detach(c);
         e->start(w, &h);
 }

@@ -387,6 +387,32 @@ void upstream_put(struct upstream *u, bool reusable)
         loop_timer_arm(w->loop, &u->timer, cfg->http_upstream_idle_timeout_ms);
 }
 
+void upstream_adopt(struct worker *w, int fd, struct tls_conn *tls,
+                    const struct sockaddr_storage *addr, const char *identity)
+{
+        struct upstream *u = strlen(identity) < sizeof(u->identity) ? calloc(1, sizeof(*u)) : NULL;
+        if (!u) {
+                tls_conn_free(tls);
+                close(fd);
+                return;
+        }
+        u->w = w;
+        u->addr = *addr;
+        snprintf(u->identity, sizeof(u->identity), "%s", identity);
+        u->tls = tls;
+        u->state = UPSTREAM_OPEN;
+        loop_io_init(&u->io, fd, on_io, u);
+        loop_timer_init(&u->timer, on_timer, u);
+        if (loop_io_add(w->loop, &u->io, UPSTREAM_EVENTS) < 0) {
+                tls_conn_free(tls);
+                close(fd);
+                free(u);
+                return;
+        }
+        stat_add(&w->stats, ST_UPSTREAM_OPENED, 1);
+        upstream_put(u, true);
+}
+
 void upstream_pool_free(struct worker *w)
 {
         struct upstream_pool *p = w->upstreams;

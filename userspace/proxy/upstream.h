@@ -101,6 +101,12 @@ void upstream_put(struct upstream *u, bool reusable);
 ssize_t upstream_recv(struct upstream *u, void *buf, size_t len);
 ssize_t upstream_send(struct upstream *u, const void *buf, size_t len);
 
+/* Puts an open connection made elsewhere (the relay's, before a hand-off)
+ * into w's idle pool: fd (connected, non-blocking, not registered with
+ * the loop) and tls (established, or NULL) are the pool's from now on. */
+void upstream_adopt(struct worker *w, int fd, struct tls_conn *tls,
+                    const struct sockaddr_storage *addr, const char *identity);
+
 /* Closes every idle connection of w's pool and frees it (worker stop). */
 void upstream_pool_free(struct worker *w);
 
