@@ -321,7 +321,13 @@ def test_connection_limit_per_service(fresh_topo, start_shuntd):
         status, _, _ = topo.app.http(VIP, 81, "GET", "/", timeout=5)
         assert status == 200
         # A reload raises the limit for new connections (nothing in flight is cut).
+        sl.wait_until(
+            lambda: d.metric("shunt_limit_current", **lab) == 1, 5, what="the request's release"
+        )
         held.append(topo.app.connect(VIP, 81))
+        sl.wait_until(
+            lambda: d.metric("shunt_limit_current", **lab) == 2, 5, what="two held again"
+        )
         conf["limits"]["max_connections"] = 3
         d.write_config(conf)
         d.signal(signal.SIGHUP)
