@@ -413,6 +413,86 @@ def test_slow_client_hello(mesh):
     assert sl.parse_metrics(b.metrics_text()).get(key, 0) == refused
 
 
+def plain_echo_ok(topo, port):
+    """Plaintext from pod A straight to B's address (not a service address:
+    A relays it as it is). True when it echoes."""
+    try:
+        s = topo.app.connect(T.REMOTE4, port)
+    except (ConnectionResetError, BrokenPipeError):
+        return False
+    try:
+        s.settimeout(5)
+        s.sendall(b"plain\n")
+        return s.recv(100) == b"plain\n"
+    except (ConnectionResetError, BrokenPipeError, socket.timeout):
+        return False
+    finally:
+        s.close()
+
+
+def test_registry_mode_per_port(mesh):
+    """Inbound honours the registry's "mtls" of the service B's own address
+    and port belong to; the daemon's mtls.mode applies to ports no service
+    sets a mode for. Changed by the registry, without a restart."""
+    topo, a, b, tmp, ca = mesh
+    reg = os.path.join(tmp, "b-registry.json")
+
+    def write(modes):
+        svcs = []
+        for name, port in (("echo", 7000), ("alt", 7001)):
+            svc = {
+                "name": name,
+                "namespace": "default",
+                "addresses": ["10.96.1.%d" % (port - 6990)],
+                "ports": [{"name": "p", "port": port, "target_port": port}],
+                "identity": WEB_ID,
+                "endpoints": [{"address": T.REMOTE4, "port": port}],
+            }
+            if modes.get(name):
+                svc["mtls"] = modes[name]
+            svcs.append(svc)
+        with open(reg + ".tmp", "w") as f:
+            json.dump({"services": svcs}, f)
+        os.rename(reg + ".tmp", reg)
+
+    write({"echo": "permissive"})
+    b.stop()
+    peer = topo.remote.spawn_peer("echo", "echo2", ["%s:7001" % T.REMOTE4])
+    b2 = sl.Shuntd(
+        topo.remote,
+        sl.shuntd_args(
+            **{
+                "mtls.ca-dir": os.path.join(tmp, "ca"),
+                "mtls.service-name": "web",
+                "service-discovery.file.path": reg,
+            }
+        ),
+        config=b_config({"8080": [TESTER_ID, CLIENT_ID]}),
+        name="b-registry",
+    )
+    try:
+        b2.wait_ready()
+        # Daemon strict; echo (7000) permissive by the registry, alt (7001)
+        # unset: strict.
+        assert plain_echo_ok(topo, 7000)
+        assert not plain_echo_ok(topo, 7001)
+        # Mesh TLS still works on the permissive port.
+        s = topo.app.connect(VIP_ECHO, 7000)
+        try:
+            assert sl.echo(s, b"mesh\n") == b"mesh\n"
+        finally:
+            s.close()
+        # The registry makes 7000 strict and 7001 disabled (relayed as is).
+        write({"echo": "strict", "alt": "disabled"})
+        sl.wait_until(lambda: not plain_echo_ok(topo, 7000), 10, interval=0.3, what="7000 strict")
+        assert plain_echo_ok(topo, 7001)
+    finally:
+        peer.stop()
+        rc = b2.stop()
+        log = b2.log_text()
+        assert rc in (0, None) and "Sanitizer" not in log, b2.log_tail(40)
+
+
 def test_files_source_broken_key_while_running(mesh):
     """B served from files (an external CA's Secret mount). The key turns to
     garbage, then disappears: one-line error, the current certificate keeps

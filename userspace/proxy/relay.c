@@ -73,6 +73,9 @@ struct conn {
         /* Inbound with mTLS on: the client's first bytes are peeked, not read,
          * so a TLS handshake can start from the ClientHello. */
         bool peek;
+        /* Inbound: mtls.mode, or the registry's "mtls" of the service this
+         * pod's address and port serve (route_inbound_mtls). */
+        enum mtls_mode in_mode;
         bool cli_hs_done; /* inbound TLS handshake finished and checked */
         bool tls_out;     /* outbound: originate TLS to the service's identity */
         /* Inbound, sent to the inbound port itself: only mesh TLS may go on,
@@ -528,7 +531,7 @@ static int inbound_decide(struct conn *c)
         c->cli.readable = c->cli.writable = true;
         uint16_t port;
         bool mesh = c->proto == PROTO_TLS &&
-                    (cfg->mtls_mode == MTLS_STRICT || tls_sni_port(c->sni, &port) == 0);
+                    (c->in_mode == MTLS_STRICT || tls_sni_port(c->sni, &port) == 0);
         char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
         if (c->to_listener &&
             (!mesh || tls_sni_port(c->sni, &port) < 0 || port == c->w->proxy->inbound_port ||
@@ -553,7 +556,7 @@ static int inbound_decide(struct conn *c)
                 }
                 return -1;
         }
-        if (cfg->mtls_mode == MTLS_STRICT) {
+        if (c->in_mode == MTLS_STRICT) {
                 log_warn("tls", c->id,
                          "inbound %s connection from %s to %s refused: mtls.mode is strict",
                          c->proto == PROTO_TLS ? "non-mesh TLS" : "plaintext",
@@ -773,8 +776,8 @@ static void on_sniff_timeout(struct loop *loop, struct loop_timer *t)
          * its ClientHello: it gets mtls.handshake_timeout, not a plaintext
          * verdict after protocol_detection_timeout. */
         const struct shunt_config *cfg = worker_cfg(c->w);
-        if (c->peek && ((c->c2u.len && c->c2u.buf[0] == 0x16) ||
-                        (!c->c2u.len && cfg->mtls_mode == MTLS_STRICT))) {
+        if (c->peek &&
+            ((c->c2u.len && c->c2u.buf[0] == 0x16) || (!c->c2u.len && c->in_mode == MTLS_STRICT))) {
                 uint64_t age = loop_now_ms(loop) - c->created_ms;
                 if (age < cfg->mtls_handshake_timeout_ms) {
                         loop_timer_arm(loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms - age);
@@ -1037,7 +1040,20 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         c->route = route;
         c->no_endpoint = no_endpoint;
         if (l->dir == DIR_INBOUND) {
-                c->peek = p->tls_slot && cfg->mtls_mode != MTLS_DISABLED;
+                /* The registry may set the mode for this pod's service
+                 * port; without certificates (mtls.mode disabled) nothing can
+                 * be terminated, whatever it says. */
+                c->in_mode = cfg->mtls_mode;
+                if (p->tls_slot && c->in_mode != MTLS_DISABLED) {
+                        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+                            &w->route_reader, &p->route_slot);
+                        enum disc_mtls sm = route_inbound_mtls(t, &dst);
+                        if (sm != DISC_MTLS_DEFAULT)
+                                c->in_mode = sm == DISC_MTLS_STRICT       ? MTLS_STRICT
+                                             : sm == DISC_MTLS_PERMISSIVE ? MTLS_PERMISSIVE
+                                                                          : MTLS_DISABLED;
+                }
+                c->peek = p->tls_slot && c->in_mode != MTLS_DISABLED;
                 c->to_listener = c->peek && is_own_listener(w, &dst);
         } else if (p->tls_slot && route.table && route_identity(&route)[0]) {
                 enum disc_mtls m = route_mtls(&route);

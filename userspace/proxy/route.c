@@ -400,6 +400,29 @@ static enum route_result pick_new(struct route_table *t, struct route_workers **
         return ROUTE_ENDPOINT;
 }
 
+enum disc_mtls route_inbound_mtls(struct route_table *t, const struct sockaddr_storage *local)
+{
+        struct disc_addr a;
+        if (!t || disc_addr_from_sockaddr(local, &a) < 0)
+                return DISC_MTLS_DEFAULT;
+        /* Strictness order of the registry's values. */
+        static const int rank[] = {[DISC_MTLS_DEFAULT] = 0,
+                                   [DISC_MTLS_DISABLED] = 1,
+                                   [DISC_MTLS_PERMISSIVE] = 2,
+                                   [DISC_MTLS_STRICT] = 3};
+        enum disc_mtls best = DISC_MTLS_DEFAULT;
+        const struct disc_endpoint *ep = disc_find_endpoint(t->disc, &a);
+        for (uint32_t n = 0; ep && n < disc_snapshot_n_endpoints(t->disc); n++) {
+                const struct disc_service *svc = disc_endpoint_service(t->disc, ep);
+                if (svc && rank[svc->mtls] > rank[best])
+                        best = svc->mtls;
+                ep = ep->next_same_addr == UINT32_MAX
+                         ? NULL
+                         : disc_snapshot_endpoint(t->disc, ep->next_same_addr);
+        }
+        return best;
+}
+
 enum route_result route_lookup(struct route_table *t, const struct sockaddr_storage *dst,
                                enum proto *declared, const char **hash_key, const char **name)
 {

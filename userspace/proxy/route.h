@@ -89,6 +89,11 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
  * not set) and *name (when not NULL) "ns/name:port". */
 enum route_result route_lookup(struct route_table *t, const struct sockaddr_storage *dst,
                                enum proto *declared, const char **hash_key, const char **name);
+/* Inbound: the registry's mTLS mode for local, an address and port of this
+ * pod that some service lists as one of its endpoints. Several services
+ * listing it: the strictest mode set wins (strict, permissive, disabled).
+ * DISC_MTLS_DEFAULT when no service sets one, or t is NULL. */
+enum disc_mtls route_inbound_mtls(struct route_table *t, const struct sockaddr_storage *local);
 /* The hash key of the service at dst as the registry gives it ("" when
  * none: load_balancing.hash_key applies), or NULL when dst is no service. */
 const char *route_hash_key(struct route_table *t, const struct sockaddr_storage *dst);
