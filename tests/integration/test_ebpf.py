@@ -516,6 +516,15 @@ while sent < total:
     n = s.send(chunk[:min(len(chunk), total - sent)])
     h.update(chunk[:n])
     sent += n
+print(json.dumps({"sent": sent}), flush=True)
+# Then a trickle (4 KiB every 20 ms) until the stop file appears: sends
+# that find shuntd caught up.
+end = time.monotonic() + 20
+while not os.path.exists(go + ".stop") and time.monotonic() < end:
+    n = s.send(chunk[:4096])
+    h.update(chunk[:n])
+    sent += n
+    time.sleep(0.02)
 s.shutdown(socket.SHUT_WR)
 reply = b""
 while True:
@@ -523,7 +532,7 @@ while True:
     if not b:
         break
     reply += b
-print(json.dumps({"ok": reply == ("%d %s\n" % (total, h.hexdigest())).encode(),
+print(json.dumps({"ok": reply == ("%d %s\n" % (sent, h.hexdigest())).encode(),
                   "reply": reply.decode(errors="replace")}), flush=True)
 """
 
@@ -542,6 +551,7 @@ def app_addr(addr):
 
 
 FLOW_HIGH = 2 << 20  # SHUNT_FLOW_HIGH: shortcut bytes a reader may have unread
+LISTENER = {False: "127.0.0.1:15002", True: "[::1]:15002"}  # shuntd's end of the hop
 
 
 def tcp_queues(pod, local, peer):
@@ -563,22 +573,24 @@ def relayed(d, app):
     raise AssertionError("no connection from %s" % app)
 
 
-def test_slow_reader_app_to_shuntd(topo, shuntd):
+@pytest.mark.parametrize("host", [T.REMOTE4, T.REMOTE6])
+def test_slow_reader_app_to_shuntd(topo, shuntd, host):
     """Pitfall 1, application to shuntd: an upstream that reads nothing for
     4 s stops shuntd reading the application; once 2 MiB wait unread in
     shuntd's socket the application's sends take TCP, whose window holds it
     back (256 MiB offered, a bounded amount accepted). Every byte arrives in
-    order (sha256 at the server), and the shortcut resumes once shuntd has
-    caught up."""
+    order (sha256 at the server), and a trickle after the bulk finds shuntd
+    caught up and goes by the shortcut again. IPv4 and IPv6."""
     total = 256 * 1024 * 1024
-    stall = topo.remote.spawn_peer("stall", "stall-ebpf", ["%s:7300" % T.REMOTE4],
+    stall = topo.remote.spawn_peer("stall", "stall-ebpf", [app_addr((host, 7300))],
                                    extra=["--stall", "4"])
+    listener = LISTENER[":" in host]
     go = os.path.join(sl.tmpdir(), "pusher.go")
     proc = None
     try:
         before = bpf_counters()
         wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
-                sys.executable, "-c", PUSHER, T.REMOTE4, "7300", go, str(total)]
+                sys.executable, "-c", PUSHER, host, "7300", go, str(total)]
         proc = topo.app.spawn(wrap, "pusher", stdout_pipe=True)
         line = proc.readline(15)
         assert line, proc.read_stderr()
@@ -590,8 +602,8 @@ def test_slow_reader_app_to_shuntd(topo, shuntd):
         # most FLOW_HIGH.
         held = first["held_back"]
         forwarded = relayed(shuntd, app)["bytes_in"]
-        _, app_sendq = tcp_queues(topo.app, app, "127.0.0.1:15002")
-        shuntd_recvq, _ = tcp_queues(topo.app, "127.0.0.1:15002", app)
+        _, app_sendq = tcp_queues(topo.app, app, listener)
+        shuntd_recvq, _ = tcp_queues(topo.app, listener, app)
         shortcut = held - forwarded - app_sendq - shuntd_recvq
         print("app -> shuntd, upstream stalled: accepted %d, forwarded %d, TCP %d + %d, "
               "shortcut and buffer %d" % (held, forwarded, app_sendq, shuntd_recvq, shortcut))
@@ -599,7 +611,7 @@ def test_slow_reader_app_to_shuntd(topo, shuntd):
         assert 0 <= shortcut <= FLOW_HIGH + int(shuntd.config_value("buffer_size")[0]), shortcut
         stalled = bpf_counters()
         # shuntd's socket, as the reader, has its writer (the app) on TCP.
-        assert flow_states(shuntd, "127.0.0.1:15002", app) == "tcp"
+        assert flow_states(shuntd, listener, app) == "tcp"
         assert stalled["flow_paused"] > before["flow_paused"], stalled
         assert stalled["flow_tcp_bytes"] > before["flow_tcp_bytes"], stalled
         assert stalled["shortcut_bytes"] > before["shortcut_bytes"]  # it was on at first
@@ -608,16 +620,23 @@ def test_slow_reader_app_to_shuntd(topo, shuntd):
         open(go, "w").close()
         line = proc.readline(120)
         assert line, proc.read_stderr()
+        # A bulk writer may keep shuntd's TCP window full to the end; the
+        # trickle that follows finds shuntd caught up: back on the shortcut.
+        sl.wait_until(lambda: bpf_counters()["flow_resumed"] > stalled["flow_resumed"], 15,
+                      what="the shortcut resumed")
+        sl.wait_until(lambda: flow_states(shuntd, listener, app) == "redirect", 5,
+                      what="the writer back on the shortcut")
+        open(go + ".stop", "w").close()
+        line = proc.readline(30)
+        assert line, proc.read_stderr()
         res = json.loads(line)
         assert res["ok"], res
-        after = bpf_counters()
-        assert after["flow_resumed"] > stalled["flow_resumed"], after
-        assert after["flow_unknown"] == before["flow_unknown"], after
+        assert bpf_counters()["flow_unknown"] == before["flow_unknown"]
     finally:
         if proc:
             proc.stop()
         stall.stop()
-    sl.wait_until(lambda: flow_states(shuntd, "127.0.0.1:15002", app) is None, 5,
+    sl.wait_until(lambda: flow_states(shuntd, listener, app) is None, 5,
                   what="flow entry removed on close")
 
 
@@ -664,27 +683,51 @@ while got < total and time.monotonic() < end:
             got += len(b)
     if w:
         send_some()
-        if sent == total:
-            s.shutdown(socket.SHUT_WR)
-print(json.dumps({"ok": got == total and hs.digest() == hr.digest(), "sent": sent, "got": got}),
+print(json.dumps({"sent": sent, "got": got}), flush=True)
+# Then 4 KiB echoes every 20 ms until the stop file appears: echoes that
+# find the application caught up.
+end = time.monotonic() + 20
+while got == total and not os.path.exists(go + ".stop") and time.monotonic() < end:
+    part = chunk[:4096]
+    s.setblocking(True)
+    s.sendall(part)
+    hs.update(part)
+    sent += len(part)
+    s.settimeout(10)
+    want = got + len(part)
+    while got < want:
+        try:
+            b = s.recv(want - got)
+        except BlockingIOError:
+            continue  # pitfall 2
+        if not b:
+            break
+        hr.update(b)
+        got += len(b)
+    time.sleep(0.02)
+s.shutdown(socket.SHUT_WR)
+print(json.dumps({"ok": got == sent and hs.digest() == hr.digest(), "sent": sent, "got": got}),
       flush=True)
 """
 
 
-def test_slow_reader_shuntd_to_app(topo, shuntd):
+@pytest.mark.parametrize("host", [T.REMOTE4, T.REMOTE6])
+def test_slow_reader_shuntd_to_app(topo, shuntd, host):
     """Pitfall 1, shuntd to the application: the application writes to an
     echo server and reads nothing for 3 s. Once 2 MiB of echoes wait in its
     socket shuntd's sends take TCP; the backpressure reaches the echo server
     and, through it, the application's own writes: a bounded amount of 256
-    MiB is accepted. Then it reads everything back: sha256 of what it wrote
-    and what it read agree, and both directions resumed the shortcut."""
+    MiB is accepted. Then it reads everything back, and small echoes that find
+    it caught up put shuntd back on the shortcut: sha256 of what it wrote
+    and what it read agree. IPv4 and IPv6."""
     total = 256 * 1024 * 1024
     go = os.path.join(sl.tmpdir(), "slowapp.go")
+    listener = LISTENER[":" in host]
     proc = None
     try:
         before = bpf_counters()
         wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
-                sys.executable, "-c", SLOW_APP, T.REMOTE4, "7000", go, str(total)]
+                sys.executable, "-c", SLOW_APP, host, "7000", go, str(total)]
         proc = topo.app.spawn(wrap, "slow-app", stdout_pipe=True)
         line = proc.readline(15)
         assert line, proc.read_stderr()
@@ -694,25 +737,31 @@ def test_slow_reader_shuntd_to_app(topo, shuntd):
         # read nothing, sits in the hop's TCP queues (ss) or the shortcut
         # queue, which holds at most FLOW_HIGH.
         out = relayed(shuntd, app)["bytes_out"]
-        app_recvq, _ = tcp_queues(topo.app, app, "127.0.0.1:15002")
-        _, shuntd_sendq = tcp_queues(topo.app, "127.0.0.1:15002", app)
+        app_recvq, _ = tcp_queues(topo.app, app, listener)
+        _, shuntd_sendq = tcp_queues(topo.app, listener, app)
         shortcut = out - app_recvq - shuntd_sendq
         print("shuntd -> app, app not reading: app accepted %d, shuntd sent it %d, TCP %d + %d, "
               "shortcut %d" % (first["held_back"], out, app_recvq, shuntd_sendq, shortcut))
         assert first["held_back"] < total, "the application was never held back"
         assert 0 <= shortcut <= FLOW_HIGH, shortcut
         # The application's socket, as the reader, has its writer (shuntd) on TCP.
-        assert flow_states(shuntd, app, "127.0.0.1:15002") == "tcp"
+        assert flow_states(shuntd, app, listener) == "tcp"
         stalled = bpf_counters()
         assert stalled["flow_paused"] > before["flow_paused"], stalled
         open(go, "w").close()
         line = proc.readline(150)
         assert line, proc.read_stderr()
+        assert json.loads(line)["got"] == total, line
+        sl.wait_until(lambda: bpf_counters()["flow_resumed"] > stalled["flow_resumed"], 15,
+                      what="the shortcut resumed")
+        sl.wait_until(lambda: flow_states(shuntd, app, listener) == "redirect", 5,
+                      what="shuntd back on the shortcut")
+        open(go + ".stop", "w").close()
+        line = proc.readline(30)
+        assert line, proc.read_stderr()
         res = json.loads(line)
         assert res["ok"], res
-        after = bpf_counters()
-        assert after["flow_resumed"] > stalled["flow_resumed"], after
-        assert after["flow_unknown"] == before["flow_unknown"], after
+        assert bpf_counters()["flow_unknown"] == before["flow_unknown"]
     finally:
         if proc:
             proc.stop()
