@@ -97,7 +97,6 @@ struct h1s {
         char method_s[16];
         char target[LOG_TARGET_MAX];
         char request_id[40];
-        bool keep_alive;   /* the client may send another request */
         bool http10;       /* an HTTP/1.0 client */
         bool idempotent;   /* may be re-sent after an upstream failure */
         bool body_dropped; /* body bytes left the buffer: cannot be re-sent */
@@ -113,7 +112,6 @@ struct h1s {
         bool resp_close; /* close the client after this response */
         bool upstream_keep_alive;
         int status;
-        uint32_t local_status; /* shuntd answered itself */
 };
 
 struct h1_worker {
@@ -350,7 +348,6 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
                 return -1;
         }
         s->status = status;
-        s->local_status = (uint32_t)status;
         count_status(s, status);
         if (in_request)
                 access_log(s, "local");
@@ -541,7 +538,9 @@ static int upstream_broke(struct h1s *s, const char *what)
         char ubuf[SOCKADDR_STRLEN];
         sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf));
         up_drop(s, false);
-        if (reused && !s->stale_retried && replayable && s->idempotent) {
+        /* Nothing of this attempt went out: safe to re-send any method. */
+        bool unsent = s->req.head_off == 0;
+        if (reused && !s->stale_retried && replayable && (s->idempotent || unsent)) {
                 /* A pooled connection the server closed under us: not the
                  * endpoint's fault. Once, at once, on a fresh connection. */
                 report(s, ROUTE_CANCELLED);
@@ -764,7 +763,6 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->method = m->method;
         copy_slice(s->method_s, sizeof(s->method_s), m->method_str);
         copy_slice(s->target, sizeof(s->target), m->target);
-        s->keep_alive = m->keep_alive;
         s->http10 = m->version_minor == 0;
         s->idempotent = method_idempotent(m->method);
         s->body_dropped = false;
@@ -776,7 +774,6 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->resp_head_done = false;
         s->resp_close = !m->keep_alive || s->w->h1->draining;
         s->status = 0;
-        s->local_status = 0;
         s->upstream_addr.ss_family = 0;
         struct http1_slice rid;
         if (http1_header_get(m, "X-Request-ID", &rid) == 0 && rid.n)
