@@ -45,6 +45,9 @@ struct row {
         bool local;
         uint32_t p2c_threshold;
         uint32_t swrr_schedule_max;
+        /* Also what the proxy adds per request: a clock read, the breaker and
+         * ejection check before, the result to both after. */
+        bool resilience;
 };
 
 static int bench_row(const struct row *r, unsigned n, unsigned picks)
@@ -102,10 +105,26 @@ static int bench_row(const struct row *r, unsigned n, unsigned picks)
                 if (lb_pick(w, t, r->keyed ? &keys[k & 4095] : NULL, &p) == 0)
                         sink += p.index;
         }
+        struct lb_breaker_config bc;
+        lb_breaker_config_default(&bc);
+        struct lb_outlier_config oc;
+        lb_outlier_config_default(&oc);
+        struct lb_outlier_svc osvc;
+        memset(&osvc, 0, sizeof(osvc));
         uint64_t t0 = now_ns();
         for (unsigned k = 0; k < picks; k++) {
-                if (lb_pick(w, t, r->keyed ? &keys[k & 4095] : NULL, &p) == 0)
-                        sink += p.index;
+                if (lb_pick(w, t, r->keyed ? &keys[k & 4095] : NULL, &p) != 0)
+                        continue;
+                sink += p.index;
+                if (r->resilience) {
+                        uint64_t now = now_ns();
+                        if (lb_outlier_ep_until(&p.state->outlier) == 0 &&
+                            lb_breaker_state(&p.state->breaker, &bc, now) == LB_BREAKER_CLOSED) {
+                                lb_breaker_result(&p.state->breaker, &bc, true, false, now);
+                                lb_outlier_ep_record(&oc, &osvc, &p.state->outlier, n,
+                                                     LB_OUTCOME_SUCCESS, now);
+                        }
+                }
         }
         uint64_t dt = now_ns() - t0;
         printf("| %-34s | %8.1f | %10.3f | %12.3f | %9zu |\n", r->name, (double)dt / picks,
@@ -131,18 +150,20 @@ int main(int argc, char **argv)
         }
         log_set_level(LOG_WARN);
         static const struct row rows[] = {
-            {"round_robin", LB_ROUND_ROBIN, 1, false, false, 0, 65536},
-            {"round_robin, locality", LB_ROUND_ROBIN, 1, false, true, 0, 65536},
-            {"least_connections (p2c)", LB_LEAST_CONNECTIONS, 1, false, false, 0, 65536},
+            {"round_robin", LB_ROUND_ROBIN, 1, false, false, 0, 65536, false},
+            {"round_robin + breaker/outlier", LB_ROUND_ROBIN, 1, false, false, 0, 65536, true},
+            {"round_robin, locality", LB_ROUND_ROBIN, 1, false, true, 0, 65536, false},
+            {"least_connections (p2c)", LB_LEAST_CONNECTIONS, 1, false, false, 0, 65536, false},
             {"least_connections (exact scan)", LB_LEAST_CONNECTIONS, 1, false, false,
-             LB_ENDPOINTS_MAX, 65536},
-            {"weighted 1..10 (schedule)", LB_WEIGHTED, 10, false, false, 0, 65536},
-            {"weighted 1..100 (scaled schedule)", LB_WEIGHTED, 100, false, false, 0, 65536},
-            {"weighted 1..10 (per-pick scan)", LB_WEIGHTED, 10, false, false, 0, 0},
-            {"consistent_hash (ring)", LB_CONSISTENT_HASH, 1, true, false, 0, 65536},
-            {"consistent_hash, weighted 1..10", LB_CONSISTENT_HASH, 10, true, false, 0, 65536},
-            {"maglev (65537)", LB_MAGLEV, 1, true, false, 0, 65536},
-            {"maglev, weighted 1..10", LB_MAGLEV, 10, true, false, 0, 65536},
+             LB_ENDPOINTS_MAX, 65536, false},
+            {"weighted 1..10 (schedule)", LB_WEIGHTED, 10, false, false, 0, 65536, false},
+            {"weighted 1..100 (scaled schedule)", LB_WEIGHTED, 100, false, false, 0, 65536, false},
+            {"weighted 1..10 (per-pick scan)", LB_WEIGHTED, 10, false, false, 0, 0, false},
+            {"consistent_hash (ring)", LB_CONSISTENT_HASH, 1, true, false, 0, 65536, false},
+            {"consistent_hash, weighted 1..10", LB_CONSISTENT_HASH, 10, true, false, 0, 65536,
+             false},
+            {"maglev (65537)", LB_MAGLEV, 1, true, false, 0, 65536, false},
+            {"maglev, weighted 1..10", LB_MAGLEV, 10, true, false, 0, 65536, false},
         };
         printf("lb_bench: %u endpoints (2 %% unhealthy, 3 zones), %u picks per row, one worker\n\n",
                n, picks);

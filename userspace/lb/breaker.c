@@ -254,9 +254,10 @@ enum lb_breaker_state lb_breaker_result(struct lb_breaker *b, const struct lb_br
         uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
         if (st == LB_BREAKER_CLOSED && W_STATE(w) == LB_BREAKER_CLOSED) {
                 uint32_t run = 0;
-                if (success)
-                        ST(b->consecutive, 0);
-                else
+                if (success) {
+                        if (LD(b->consecutive)) /* no write (line bounce) when already 0 */
+                                ST(b->consecutive, 0);
+                } else
                         run =
                             atomic_fetch_add_explicit(&b->consecutive, 1, memory_order_relaxed) + 1;
                 if (run >= c->consecutive_failures) {
