@@ -314,6 +314,10 @@ def test_connection_limit_per_service(fresh_topo, start_shuntd):
         res = d.json("/endpoints?service=" + SERVICE)["services"][0]["resilience"]
         svc = [r for r in res if r["port"] == 81][0]
         assert svc["connections"] == 2 and svc["max_connections"] == 2
+        assert svc["max_retries"] == 2
+        assert svc["timeouts_ms"] == {"connect": 30000, "request": 30000, "idle": 60000}
+        assert svc["breakers"] == {"closed": 1, "open": 0, "half_open": 0, "forced_open": 0}
+        assert svc["max_ejected"] == 0  # a lone endpoint is never ejected
         held.pop().close()
         sl.wait_until(
             lambda: d.metric("shunt_limit_current", **lab) == 1, 5, what="a connection released"

@@ -35,6 +35,7 @@ struct route_table {
         struct lb_limits_config limits;
         struct lb_breaker_config breaker;
         struct lb_outlier_config outlier;
+        uint32_t connect_ms, request_ms, idle_ms; /* timeouts.*, shown in /endpoints */
 };
 
 struct route_workers {
@@ -94,6 +95,9 @@ static void resilience_config(const struct shunt_config *cfg, struct route_table
         r->backoff_max_ns = cfg->retry_backoff_max_ms * MS_NS;
         r->budget_percent = cfg->retry_budget_percent;
         r->budget_min = cfg->retry_budget_min;
+        t->connect_ms = cfg->connect_timeout_ms;
+        t->request_ms = cfg->request_timeout_ms;
+        t->idle_ms = cfg->idle_timeout_ms;
         /* Config bounds are the lb validators' bounds; a mismatch would be a
          * bug, and these log it. */
         if (lb_breaker_config_validate(b) < 0 || lb_outlier_config_validate(o) < 0 ||
@@ -906,7 +910,8 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
                     "\"retries_in_flight\":%u,\"retry_budget\":%u,\"ejected\":%u,\"max_ejected\":%"
                     "u,"
                     "\"breakers\":{\"closed\":%llu,\"open\":%llu,\"half_open\":%llu,"
-                    "\"forced_open\":%llu}}",
+                    "\"forced_open\":%llu},\"max_retries\":%u,\"timeouts_ms\":{\"connect\":%u,"
+                    "\"request\":%u,\"idle\":%u}}",
                     first ? "" : ",", s->ports[e->port_idx].port,
                     lb_limits_current(&r->limits, LB_LIMIT_CONNECTIONS),
                     lb_limits_current(&r->limits, LB_LIMIT_PENDING),
@@ -918,7 +923,8 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
                     atomic_load_explicit(&r->outlier.ejected, memory_order_relaxed),
                     lb_outlier_max_ejected(n, t->outlier.max_ejection_percent),
                     (unsigned long long)cnt[0], (unsigned long long)cnt[1],
-                    (unsigned long long)cnt[2], (unsigned long long)cnt[3]);
+                    (unsigned long long)cnt[2], (unsigned long long)cnt[3], t->retry.max_retries,
+                    t->connect_ms, t->request_ms, t->idle_ms);
                 first = false;
         }
         strbuf_append(sb, "]");
