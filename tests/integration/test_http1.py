@@ -618,3 +618,55 @@ def test_trickling_head_gets_408(env):
         s.close()
     assert status_of(resp) == 408, resp
     assert "timeouts.request" in header_of(resp, "X-Shunt-Reason")
+
+
+def test_random_clients_leave_nothing_behind(env):
+    """300 clients with valid, malformed, pipelined, split and abandoned
+    requests (seeded, so a failure repeats): shuntd answers what it can,
+    every session ends, the active gauge returns to where it was, and the
+    service still works."""
+    import random
+
+    topo, d = env
+    rnd = random.Random(6)
+    active = d.metric("shunt_connections_active", direction="outbound")
+    pieces = [
+        b"GET / HTTP/1.1\r\nHost: web\r\n\r\n",
+        b"GET /bytes/70000 HTTP/1.1\r\nHost: web\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+        b"GET /status/500 HTTP/1.1\r\nHost: web\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nq\r\n",
+        b"\x00\x01\x02\xff" * 10,
+    ]
+    for i in range(300):
+        data = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 4)))
+        if rnd.random() < 0.2:
+            data = data[: rnd.randint(0, len(data))]  # abandoned mid-request
+        s = topo.app.connect(VIP_WEB, 80)
+        try:
+            pos = 0
+            while pos < len(data):
+                n = rnd.randint(1, 64) if rnd.random() < 0.3 else len(data)
+                s.sendall(data[pos : pos + n])
+                pos += n
+            if rnd.random() < 0.5:
+                s.settimeout(0.05)
+                try:
+                    while s.recv(65536):
+                        pass
+                except OSError:
+                    pass
+        finally:
+            s.close()
+    sl.wait_until(
+        lambda: d.metric("shunt_connections_active", direction="outbound") == active,
+        REQUEST_TIMEOUT_MS / 1000 + 10,
+        what="every session ended",
+    )
+    assert d.alive()
+    assert keepalive(topo, VIP_WEB, 3)[2]["server"].startswith("ep")
