@@ -16,6 +16,9 @@ Every listener answers as its NAME. Paths:
   /badhead        a response head with a malformed header line
   /badchunk       a chunked response whose second chunk size is not hex
   /truncate       Content-Length 100000, 10 bytes, then close
+  /upgrade        with "Upgrade: echo" (listed in Connection): 101, then
+                  echoes raw bytes until the client's FIN, then closes;
+                  without it: 426
   /drop-if-reused closes without an answer when the connection has served
                   a request before (a server closing a kept-alive
                   connection just as the next request arrives)
@@ -105,6 +108,9 @@ class Backend:
             if path == "/drop-if-reused" and served:
                 return
             served += 1
+            if path == "/upgrade":
+                await self.upgrade(reader, writer, headers)
+                return
             if path in BROKEN:
                 writer.write(BROKEN[path])
                 await writer.drain()
@@ -147,6 +153,26 @@ class Backend:
             await writer.drain()
             if close:
                 return
+
+    async def upgrade(self, reader, writer, headers):
+        conn = [t.strip().lower() for t in headers.get("connection", "").split(",")]
+        if headers.get("upgrade", "").lower() != "echo" or "upgrade" not in conn:
+            writer.write(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            return
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n"
+            b"X-Served-By: " + self.name.encode() + b"\r\n\r\n"
+        )
+        await writer.drain()
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+        await writer.drain()
 
     async def stream(self, writer, n, head_only):
         writer.write(

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -670,3 +671,59 @@ def test_random_clients_leave_nothing_behind(env):
     )
     assert d.alive()
     assert keepalive(topo, VIP_WEB, 3)[2]["server"].startswith("ep")
+
+
+def test_upgrade_tunnel(env):
+    """An Upgrade request goes out with its Upgrade header; the 101 comes
+    back and the connection becomes a byte tunnel: 1 MiB echoed through it,
+    the client's half-close passed on, the server's close comes back."""
+    topo, d = env
+    s = topo.app.connect(VIP_WEB, 80, timeout=10)
+    try:
+        s.sendall(
+            b"GET /upgrade HTTP/1.1\r\nHost: web\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+        head, rest = head.split(b"\r\n\r\n", 1)
+        assert status_of(head + b"\r\n\r\n") == 101, head
+        assert header_of(head + b"\r\n\r\n", "Upgrade") == "echo"
+        conns = [c for c in d.connections() if c.get("state") == "tunnel"]
+        assert len(conns) == 1, d.connections()
+        data = os.urandom(1 << 20)
+        got = bytearray(rest)
+
+        def reader():
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    return
+                got.extend(b)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        t.join(15)
+        assert not t.is_alive()
+        assert bytes(got) == data
+    finally:
+        s.close()
+    sl.wait_until(
+        lambda: not [c for c in d.connections() if c.get("state") == "tunnel"],
+        5,
+        what="the tunnel closed",
+    )
+    # Declined (no Upgrade: echo): an ordinary answer on a kept-alive connection.
+    s = topo.app.connect(VIP_WEB, 80)
+    try:
+        f = s.makefile("rb")
+        s.sendall(b"GET /upgrade HTTP/1.1\r\nHost: web\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n")
+        assert read_response(f)[0] == 426
+        s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        assert read_response(f)[0] == 200
+    finally:
+        s.close()

@@ -39,6 +39,7 @@
 #include "proxy/http1.h"
 #include "proxy/proxy-t.h"
 #include "proxy/upstream.h"
+#include "tls/conn.h"
 
 #define H1_EVENTS      (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 #define LINGER_MS      1000 /* reading what a client still sends after an error reply */
@@ -69,6 +70,7 @@ enum h1_state {
         S_EXCHANGE, /* a request is in flight */
         S_BACKOFF,  /* waiting to retry the request */
         S_CLOSING,  /* sending a last response, then closing */
+        S_TUNNEL,   /* after a 101 (Upgrade): bytes both ways until both sides closed */
 };
 
 struct h1s {
@@ -111,6 +113,8 @@ struct h1s {
         bool resp_head_done;
         bool resp_close; /* close the client after this response */
         bool upstream_keep_alive;
+        bool upgrade;    /* the request asks for an Upgrade (forwarded with it) */
+        bool up_shut_wr; /* tunnel: the client's FIN passed on upstream */
         int status;
 };
 
@@ -202,6 +206,8 @@ static const char *state_name(const struct h1s *s)
                 return "retry_backoff";
         case S_CLOSING:
                 return "closing";
+        case S_TUNNEL:
+                return "tunnel";
         }
         return "unknown";
 }
@@ -790,15 +796,17 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
                 snprintf(s->service, sizeof(s->service), "%s", name);
         s->have_key = request_key(m, hk[0] ? hk : cfg->lb_hash_key, &s->key_hash);
 
+        /* An Upgrade (WebSocket) goes out with it; a 101 turns the
+         * connection into a tunnel. HTTP/1.0 has no Upgrade. */
+        s->upgrade = m->upgrade && !s->http10;
         struct http1_forward fw = {
             .request_id = http1_has_request_id(m) ? NULL : s->request_id,
+            .keep_upgrade = s->upgrade,
         };
         strbuf_reset(&s->req.head);
         s->req.head_off = 0;
         if (http1_write_request_head(m, &fw, &s->req.head) < 0)
                 return local_reply(s, 400, "request head cannot be forwarded", 0);
-        if (m->upgrade)
-                log_debug("http1", s->id, "Upgrade is not proxied: forwarded without it");
         s->req.off += (uint32_t)head_len;
         s->req.cls = s->req.off;
         s->body_start = s->req.off;
@@ -970,6 +978,72 @@ static int upstream_write(struct h1s *s, bool *progress)
         return 0;
 }
 
+/* The upstream switched protocols: the 101 goes to the client, then bytes
+ * flow both ways unparsed until both sides closed (the upstream connection
+ * is never pooled). */
+static int start_tunnel(struct h1s *s, struct http1_msg *m, size_t head_len)
+{
+        struct flow *f = &s->resp;
+        struct http1_forward fw = {.keep_upgrade = true};
+        if (http1_write_response_head(m, &fw, &f->head) < 0) {
+                msg_done(s);
+                return local_reply(s, 502, "cannot forward the 101 response", 0);
+        }
+        msg_done(s);
+        s->status = 101;
+        s->committed = true;
+        s->resp_head_done = true;
+        s->resp_close = true;
+        f->off += (uint32_t)head_len;
+        f->cls = f->off;
+        f->kind = HTTP1_BODY_UNTIL_CLOSE;
+        f->body_done = false;
+        /* What the client sends from now on is the new protocol. */
+        s->req.kind = HTTP1_BODY_UNTIL_CLOSE;
+        s->req.body_done = false;
+        s->body_dropped = true;
+        loop_timer_cancel(s->w->loop, &s->req_timer);
+        report(s, ROUTE_SUCCESS);
+        count_status(s, 101);
+        access_log(s, "upgraded");
+        s->state = S_TUNNEL;
+        arm_idle(s);
+        return 0;
+}
+
+/* S_TUNNEL: both ways, half-closes passed on once everything before them
+ * went out; the session ends when both directions are closed. */
+static int tunnel_step(struct h1s *s, bool *progress)
+{
+        struct flow *q = &s->req, *r = &s->resp;
+        struct upstream *u = s->up;
+        flow_classify(q);
+        if (upstream_write(s, progress) < 0 || s->closed)
+                return -1;
+        if (q->off == q->len)
+                q->off = q->len = q->cls = 0;
+        if (q->eof && q->off == q->len && !s->up_shut_wr) {
+                if (u->tls && tls_conn_shutdown(u->tls) == -EAGAIN)
+                        return 0;
+                shutdown(u->io.fd, SHUT_WR);
+                s->up_shut_wr = true;
+        }
+        if (upstream_read(s, progress) < 0 || s->closed)
+                return -1;
+        flow_classify(r);
+        if (client_write(s, progress) < 0)
+                return -1;
+        if (r->eof && r->head.len == 0 && r->off == r->len && !s->shut_wr) {
+                shutdown(s->io.fd, SHUT_WR);
+                s->shut_wr = true;
+        }
+        if (s->shut_wr && s->up_shut_wr) {
+                session_free(s, REASON_DONE, false);
+                return -1;
+        }
+        return 0;
+}
+
 /* Parses response heads in resp.buf: 1xx are passed on, the final one
  * starts the body. */
 static int parse_response(struct h1s *s, bool *progress)
@@ -1003,10 +1077,12 @@ static int parse_response(struct h1s *s, bool *progress)
                 }
                 *progress = true;
                 struct http1_forward fw = {0};
+                if (m->status == 101 && s->upgrade)
+                        return start_tunnel(s, m, (size_t)rc);
                 if (m->status >= 100 && m->status < 200) {
                         if (m->status == 101 || s->http10) {
-                                /* Upgrades are not proxied (the request went
-                                 * without Upgrade); 1.0 clients get no 1xx. */
+                                /* A 101 nobody asked for is dropped; 1.0
+                                 * clients get no 1xx. */
                                 f->off += (uint32_t)rc;
                                 http1_msg_reset(m);
                                 continue;
@@ -1104,7 +1180,11 @@ static int exchange_step(struct h1s *s, bool *progress)
                         return -1;
                 if (upstream_read(s, progress) < 0 || s->closed || s->up != u)
                         return -1;
-                if (parse_response(s, progress) < 0 || s->closed || s->state != S_EXCHANGE)
+                if (parse_response(s, progress) < 0 || s->closed)
+                        return -1;
+                if (s->state == S_TUNNEL)
+                        return 0; /* a 101: the tunnel takes over (drive loops) */
+                if (s->state != S_EXCHANGE)
                         return -1;
                 if (s->resp.eof && !s->resp_head_done) {
                         if (s->resp.len == 0 && !s->committed)
@@ -1174,6 +1254,9 @@ static void drive(struct h1s *s)
                 case S_CLOSING:
                         r = closing_step(s, &progress);
                         break;
+                case S_TUNNEL:
+                        r = tunnel_step(s, &progress);
+                        break;
                 }
                 if (r < 0)
                         return;
@@ -1212,10 +1295,11 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
                 return;
         case S_HEAD:
         case S_EXCHANGE:
+        case S_TUNNEL:
                 if (now - s->last_active_ms >= cfg->idle_timeout_ms) {
                         log_debug("http1", s->id, "idle for %llu ms: closing",
                                   (unsigned long long)(now - s->last_active_ms));
-                        session_free(s, REASON_IDLE_TIMEOUT, s->state == S_EXCHANGE);
+                        session_free(s, REASON_IDLE_TIMEOUT, s->state != S_HEAD);
                         return;
                 }
                 loop_timer_arm(loop, t, cfg->idle_timeout_ms - (now - s->last_active_ms));
