@@ -258,9 +258,11 @@ def test_all_endpoints_down_503_at_once(env):
 def test_no_response_504(env):
     topo, d = env
     before = d.metric("shunt_http_local_responses_total", status="504")
-    resp = raw(topo, VIP_WEB, b"GET /hang HTTP/1.1\r\nHost: web\r\n\r\n", timeout=10)
+    resp = raw(topo, VIP_WEB, b"GET /hang HTTP/1.1\r\nHost: web\r\nX-Request-ID: t-504\r\n\r\n",
+               timeout=10)
     assert status_of(resp) == 504, resp
     assert "timeouts.request" in header_of(resp, "X-Shunt-Reason")
+    assert header_of(resp, "X-Request-ID") == "t-504"  # the answer names the request
     assert d.metric("shunt_http_local_responses_total", status="504") == before + 1
 
 

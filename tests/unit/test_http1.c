@@ -805,6 +805,12 @@ static void test_write_response(void **state)
         assert_non_null(strstr(sb.data, "431 Request Header Fields Too Large\r\n"));
         assert_null(strstr(sb.data, "Retry-After"));
         assert_int_equal(http1_write_error_response(&sb, 42, "x", 0), -EINVAL);
+        strbuf_reset(&sb);
+        assert_int_equal(http1_write_error_response_id(&sb, 504, "slow", 0, "req-1"), 0);
+        assert_non_null(strstr(sb.data, "\r\nX-Request-ID: req-1\r\n"));
+        strbuf_reset(&sb);
+        assert_int_equal(http1_write_error_response_id(&sb, 504, "slow", 0, "a\r\nX: y"), 0);
+        assert_null(strstr(sb.data, "X-Request-ID"));
         strbuf_free(&sb);
 }
 

@@ -362,7 +362,8 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
         s->resp.off = s->resp.len = s->resp.cls = 0;
         s->resp.kind = HTTP1_BODY_NONE;
         s->resp.body_done = true;
-        if (http1_write_error_response(&s->resp.head, status, reason, retry_after) < 0) {
+        if (http1_write_error_response_id(&s->resp.head, status, reason, retry_after,
+                                          in_request ? s->request_id : NULL) < 0) {
                 session_free(s, REASON_NO_MEMORY, true);
                 return -1;
         }

@@ -809,6 +809,20 @@ static const char *status_text(int status)
 int http1_write_error_response(struct strbuf *out, int status, const char *reason,
                                unsigned retry_after_s)
 {
+        return http1_write_error_response_id(out, status, reason, retry_after_s, NULL);
+}
+
+static bool visible_ascii(const char *s)
+{
+        for (; *s; s++)
+                if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+                        return false;
+        return true;
+}
+
+int http1_write_error_response_id(struct strbuf *out, int status, const char *reason,
+                                  unsigned retry_after_s, const char *request_id)
+{
         char line[256];
         size_t n = 0;
         for (const char *s = reason ? reason : ""; *s && n < sizeof(line) - 1; s++)
@@ -823,6 +837,8 @@ int http1_write_error_response(struct strbuf *out, int status, const char *reaso
         strbuf_appendf(out, "X-Shunt-Reason: %s\r\n", line);
         if (retry_after_s)
                 strbuf_appendf(out, "Retry-After: %u\r\n", retry_after_s);
+        if (request_id && request_id[0] && visible_ascii(request_id))
+                strbuf_appendf(out, "X-Request-ID: %s\r\n", request_id);
         strbuf_appendf(out, "Connection: close\r\nContent-Length: %zu\r\n\r\n%s\n", n + 1, line);
         if (out->truncated) {
                 log_warn(COMP, 0, "error response %d does not fit", status);

@@ -236,6 +236,10 @@ int http1_write_response_head(const struct http1_msg *resp, const struct http1_f
  * Connection: close, Content-Length and the reason as body. 0 or -ENOSPC/-ENOMEM. */
 int http1_write_error_response(struct strbuf *out, int status, const char *reason,
                                unsigned retry_after_s);
+/* The same with X-Request-ID: <request_id> (NULL or "": none; a value with
+ * bytes other than visible ASCII is left out). */
+int http1_write_error_response_id(struct strbuf *out, int status, const char *reason,
+                                  unsigned retry_after_s, const char *request_id);
 
 /* ---- chunked body decoder ---- */
 
