@@ -424,7 +424,6 @@ static int client_read(struct h1s *s, bool *progress)
         return 0;
 }
 
-/* Sends f's head then f's sendable bytes to the client. 0 or -1 (ended). */
 /* What f has ready to go, head first, then (body_ok) the sendable body
  * bytes: up to two iovecs. */
 static int flow_iov(struct flow *f, bool body_ok, struct iovec iov[2], size_t *total)
