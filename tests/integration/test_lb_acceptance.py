@@ -223,9 +223,9 @@ def test_least_connections_picks_the_least_busy(env):
     busy = []
 
     def slow():
-        c = Client(topo, vip, timeout=20)
+        c = Client(topo, vip, timeout=30)
         try:
-            c.conn.request("GET", "/slow/3000")
+            c.conn.request("GET", "/slow/6000")  # outlasts the quick requests on a busy machine
             r = c.conn.getresponse()
             return json.loads(r.read())["server"]
         finally:
@@ -246,7 +246,7 @@ def test_least_connections_picks_the_least_busy(env):
             what="two slow requests in flight",
         )
         quick = count(topo, vip, 30)
-        busy = [f.result(timeout=20) for f in futs]
+        busy = [f.result(timeout=30) for f in futs]
     assert len(set(busy)) == 2, busy
     (idle,) = {"least-ep0", "least-ep1", "least-ep2"} - set(busy)
     assert quick == {idle: 30}, (busy, quick)
