@@ -1145,7 +1145,15 @@ static int finish_exchange(struct h1s *s)
         release_upstream(s, reusable, s->status >= 500 ? ROUTE_HTTP_5XX : ROUTE_SUCCESS);
         loop_timer_cancel(w->loop, &s->req_timer);
         s->resp.off = s->resp.len = s->resp.cls = 0;
+        if (s->resp_close && s->req.body_done && s->req.cls == s->req.len) {
+                /* The response is out and nothing of the client is left
+                 * unread: close now (its FIN follows the response). */
+                session_free(s, REASON_DONE, false);
+                return -1;
+        }
         if (s->resp_close || !s->req.body_done) {
+                /* Bytes of the client may still come: FIN, then read them
+                 * for a moment so a reset does not eat the response. */
                 s->state = S_CLOSING;
                 return 0;
         }
