@@ -120,8 +120,29 @@ struct h1s {
 
 struct h1_worker {
         struct h1s *sessions;
-        bool draining; /* every response says Connection: close */
+        bool draining;       /* every response says Connection: close */
+        uint64_t warned_ms;  /* last warning line (at most one a second) */
+        uint64_t suppressed; /* warnings left out since */
 };
+
+/* Warnings about failed requests, at most one line a second per worker: a
+ * dead service under load must not flood the log (every request still has
+ * its access line and its counters). True when the caller may log. */
+static bool warn_allowed(struct h1s *s)
+{
+        struct h1_worker *hw = s->w->h1;
+        uint64_t now = loop_now_ms(s->w->loop);
+        if (hw->warned_ms && now - hw->warned_ms < 1000) {
+                hw->suppressed++;
+                return false;
+        }
+        if (hw->suppressed)
+                log_warn("http1", 0, "%llu similar warnings left out in the last second",
+                         (unsigned long long)hw->suppressed);
+        hw->warned_ms = now;
+        hw->suppressed = 0;
+        return true;
+}
 
 static void drive(struct h1s *s);
 
@@ -346,8 +367,10 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
         release_upstream(s, false, ROUTE_CANCELLED);
         loop_timer_cancel(w->loop, &s->req_timer);
         stat_add(&w->stats, ST_HTTP_LOCAL_FIRST + local_slot(status), 1);
-        log_warn("http1", s->id, "%s %s service=%s: %d %s", s->method_s[0] ? s->method_s : "-",
-                 s->target[0] ? s->target : "-", s->service, status, reason);
+        if (warn_allowed(s))
+                log_warn("http1", s->id, "%s %s service=%s: %d %s",
+                         s->method_s[0] ? s->method_s : "-", s->target[0] ? s->target : "-",
+                         s->service, status, reason);
         if (s->committed) {
                 s->status = status;
                 session_free(s, REASON_UPSTREAM_RESET, true);
@@ -580,7 +603,9 @@ static int connect_failed(struct h1s *s, const char *what)
         struct worker *w = s->w;
         char ubuf[SOCKADDR_STRLEN];
         sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf));
-        log_warn("http1", s->id, "connect to %s (service %s) failed: %s", ubuf, s->service, what);
+        if (warn_allowed(s))
+                log_warn("http1", s->id, "connect to %s (service %s) failed: %s", ubuf, s->service,
+                         what);
         up_drop(s, false);
         report(s, ROUTE_CONNECT_FAILURE);
         route_limit_release(&s->route, LB_LIMIT_PENDING);
