@@ -360,8 +360,14 @@ def test_maps_decoded(topo, shuntd):
         assert "mode:        ebpf" in r.stdout, r.stdout
         row = [l for l in r.stdout.splitlines() if l.startswith(app)]
         assert row and "%s:7000" % T.REMOTE4 in row[0] and str(info["pid"]) in row[0], r.stdout
-        for name in ("orig_by_tuple", "sockhash", "redirected", "shortcut_bytes", "map_full"):
+        for name in ("orig_by_tuple", "sockhash", "redirected", "shortcut_bytes", "map_full",
+                     "flow", "flow_paused", "flow_resumed", "flow_tcp_bytes"):
             assert name in r.stdout, r.stdout
+        assert "more than 2097152" in r.stdout and "back at 1048576" in r.stdout, r.stdout
+        # Both ends of the hop have flow state, as readers.
+        flows = [(i["local"], i["remote"]) for i in maps["flow"]["items"]]
+        assert (app, "127.0.0.1:15002") in flows and ("127.0.0.1:15002", app) in flows, flows
+        assert maps["config"]["flow_high"] == 2 << 20 and maps["config"]["flow_low"] == 1 << 20
     finally:
         p.stop()
     # Closed: the entry goes away with the connection.

@@ -624,8 +624,8 @@ static int cmd_maps(void)
                     "config:", jint(cfg, "outbound_port", b1, sizeof(b1)), (unsigned long long)mark,
                     uid < 0 ? "none" : jint(cfg, "uid", b2, sizeof(b2)),
                     cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "shortcut")) ? "on" : "off");
-                printf("%-13sa sender leaves the shortcut for TCP when its reader has %s bytes "
-                       "unread, returns at %s\n",
+                printf("%-13sa sender takes TCP while its reader would have more than %s "
+                       "shortcut bytes unread; back at %s or less, its TCP bytes read\n",
                        "flow:", jint(cfg, "flow_high", b1, sizeof(b1)),
                        jint(cfg, "flow_low", b2, sizeof(b2)));
         }
