@@ -99,13 +99,16 @@ def env():
         ).wait_ready()
         yield topo, daemon, servers
     finally:
-        log = ""
+        log, rc = "", 0
         if daemon:
-            daemon.stop()
+            rc = daemon.stop()
             log = daemon.log_text()
         topo.delete()
-        # Under ASan (build-asan) a leak or memory error shows here.
-        assert "Sanitizer" not in log, log[-6000:]
+        # Under ASan/UBSan (build-asan) a leak or memory error shows here.
+        assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
+            rc,
+            log[-6000:],
+        )
 
 
 def client(topo, vip, *args, timeout=120):
@@ -390,13 +393,16 @@ def mesh():
         b.wait_ready()
         yield topo, a, b
     finally:
-        logs = []
+        ends = []
         for d in daemons:
-            d.stop()
-            logs.append(d.log_text())
+            rc = d.stop()
+            ends.append((rc, d.log_text()))
         topo.delete()
-        for log in logs:
-            assert "Sanitizer" not in log, log[-6000:]
+        for rc, log in ends:
+            assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
+                rc,
+                log[-6000:],
+            )
 
 
 def handshakes(d, direction):

@@ -138,13 +138,16 @@ def env():
         ).wait_ready()
         yield topo, daemon, logs, big
     finally:
-        log = ""
+        log, rc = "", 0
         if daemon:
-            daemon.stop()
+            rc = daemon.stop()
             log = daemon.log_text()
         topo.delete()
-        # Under ASan (build-asan) a leak or memory error shows here.
-        assert "Sanitizer" not in log, log[-6000:]
+        # Under ASan/UBSan (build-asan) a leak or memory error shows here.
+        assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
+            rc,
+            log[-6000:],
+        )
 
 
 def metric(d, name, **labels):

@@ -1,0 +1,87 @@
+"""gRPC proxied per stream with eBPF capture: the application's bytes reach
+shuntd through the sk_msg shortcut (where a short read does not mean the
+socket is drained) and the HTTP/2 engine takes the connection over. The
+grpcio client runs in the application's cgroup; three grpcio servers in the
+remote pod. Run under the BPF lock:
+flock /tmp/shunt-bpf.lock ctest -R integration.test_h2_ebpf"""
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+from test_ebpf import CGROUP, InCgroup, cgroup, ebpf_args, in_cgroup, mounts  # noqa: F401
+from test_grpc import GRPCPEER, grpc_server, service
+
+VIP = "10.96.5.10"  # GRPC declared
+VIP_SNIFF = "10.96.5.11"  # sniffed
+EXTRA4 = "10.77.0.4"
+EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+PORT = 50051
+
+
+@pytest.fixture(scope="module")
+def env(topo, cgroup):  # noqa: F811 - the fixture imported above
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool is not installed")
+    d = None
+    try:
+        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        for i, a in enumerate(EP_ADDRS):
+            grpc_server(topo.remote, "ep%d" % i, a)
+        reg = os.path.join(sl.tmpdir(), "registry.json")
+        with open(reg, "w") as f:
+            json.dump(
+                {
+                    "services": [
+                        dict(service("greeter", VIP, PORT, "GRPC"), addresses=[VIP]),
+                        dict(service("greeter-sniffed", VIP_SNIFF, PORT), addresses=[VIP_SNIFF]),
+                    ]
+                },
+                f,
+            )
+        d = sl.Shuntd(
+            InCgroup(topo.app, CGROUP),
+            ebpf_args(**{"service-discovery.file.path": reg, "log-level": "info"}),
+        )
+        d.wait_ready()
+        assert d.json("/status")["redirect_mode"] == "ebpf"
+        yield topo, d
+    finally:
+        if d:
+            rc = d.stop()
+            log = d.log_text()
+            assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
+                d.log_tail(60)
+            )
+
+
+def client(topo, vip, *args, timeout=120):
+    argv = [sys.executable, GRPCPEER, "client", "--target", "%s:80" % vip] + [str(a) for a in args]
+    r = in_cgroup(topo.app, argv, timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("vip", [VIP, VIP_SNIFF])
+def test_unary_spread_over_the_shortcut(env, vip):
+    topo, d = env
+    out = client(topo, vip, "unary", "--n", 150, "--size", 3000)
+    assert out["codes"] == {"OK": 150}, out
+    assert sorted(out["servers"]) == ["ep0", "ep1", "ep2"], out
+    assert all(40 <= n <= 60 for n in out["servers"].values()), out
+
+
+def test_bidi_large_messages_over_the_shortcut(env):
+    """Eight 1 MB messages each way per call, ten calls on one channel: the
+    shortcut's bytes and TCP's are read until EAGAIN, nothing is lost."""
+    topo, d = env
+    out = client(topo, VIP, "bidi", "--calls", 10, "--messages", 8, "--size", 1000000)
+    assert out["codes"] == {"OK": 10}, out
+    assert all(len(seen) == 8 and len(set(seen)) == 1 for seen in out["calls"]), out
+    assert d.metric("shunt_http2_streams_active") == 0
