@@ -25,6 +25,8 @@ VIP_DOWN = "10.96.0.22"  # endpoints with nothing listening
 VIP_STALL = "10.96.0.23"  # an endpoint that accepts and then reads nothing
 STALL_PORT = 50060
 VIP_RESET = "10.96.0.24"  # an endpoint that accepts and then resets
+VIP_EMPTY = "10.96.0.25"  # no endpoints at all, GRPC declared
+VIP_EMPTY_SNIFF = "10.96.0.26"  # no endpoints at all, sniffed
 RESET_PORT = 50070
 EXTRA4 = "10.77.0.4"
 EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
@@ -83,6 +85,8 @@ def env():
                         service("greeter-down", VIP_DOWN, DEAD_PORT, "GRPC"),
                         service("greeter-stalled", VIP_STALL, STALL_PORT, "GRPC", [T.REMOTE4]),
                         service("greeter-reset", VIP_RESET, RESET_PORT, "GRPC", [T.REMOTE4]),
+                        service("greeter-empty", VIP_EMPTY, PORT, "GRPC", []),
+                        service("greeter-empty-sniffed", VIP_EMPTY_SNIFF, PORT, None, []),
                     ]
                 },
                 f,
@@ -188,6 +192,16 @@ def test_all_endpoints_down_is_unavailable_not_a_hang(env):
     assert metric(d, "shunt_grpc_requests_total", code="UNAVAILABLE") >= 10
     # The good service is unaffected.
     assert client(topo, VIP, "unary", "--n", 6)["codes"] == {"OK": 6}
+
+
+@pytest.mark.parametrize("vip", [VIP_EMPTY, VIP_EMPTY_SNIFF])
+def test_service_without_endpoints_is_unavailable(env, vip):
+    """A known service with no endpoint at all: the connection is still taken
+    (declared, or sniffed as gRPC) and every call gets UNAVAILABLE."""
+    topo, d, _ = env
+    out = client(topo, vip, "--timeout", 20, "unary", "--n", 5)
+    assert out["codes"] == {"UNAVAILABLE": 5}, out
+    assert all("no endpoint" in x for x in out["details"]), out
 
 
 def test_upstream_reset_before_response_is_unavailable(env):
