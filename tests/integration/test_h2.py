@@ -48,7 +48,7 @@ http {{
     server {{
         listen {addr}:{port} http2;
         http2_max_concurrent_streams 256;
-        keepalive_requests 100000;
+        keepalive_requests 100;
         root {dir}/www;
         location = / {{ return 200 "{name}\\n"; }}
     }}
@@ -169,6 +169,7 @@ def test_h2load_requests_spread_over_endpoints(env):
     topo, d, logs, _ = env
     before = access_counts(logs)
     streams = metric(d, "shunt_http2_streams_total")
+    sessions = metric(d, "shunt_http2_upstream_sessions_total", event="opened")
     r = topo.app.run(
         ["h2load", "-n", "2000", "-c", "4", "-m", str(MAX_STREAMS), "http://%s:80/" % VIP],
         timeout=120,
@@ -184,8 +185,12 @@ def test_h2load_requests_spread_over_endpoints(env):
     # Round robin per stream (4 connections, 2 workers): a third each.
     assert all(600 <= n <= 734 for n in got.values()), got
     assert metric(d, "shunt_http2_streams_total") == streams + 2000
-    # Streams share upstream sessions: far fewer sessions than streams.
-    assert metric(d, "shunt_http2_upstream_sessions_total", event="opened") <= 3 * 2 * 4
+    # Streams share upstream sessions: nginx ends each after 100 requests
+    # (keepalive_requests, a graceful GOAWAY; the streams it refused go again
+    # on a new session and nobody sees a 5xx), and otherwise at most 4 per
+    # endpoint and worker are opened.
+    opened = metric(d, "shunt_http2_upstream_sessions_total", event="opened") - sessions
+    assert 2000 // 100 <= opened <= 2000 // 100 + 3 * 2 * 4, opened
 
 
 def test_sniffed_h2c_port(env):

@@ -42,6 +42,7 @@
 #define H2_CONN_WINDOW     (1u << 20) /* per session */
 #define H2_READ_CHUNK      16384
 #define H2_OUT_BATCH       65536 /* frames gathered for one send */
+#define H2_REFUSED_MAX     4     /* re-sends of a stream the upstream refused unprocessed */
 #define H2_UP_PER_ENDPOINT 4     /* upstream sessions per endpoint before streams queue */
 #define H2_DIRTY_ROUNDS    100000
 #define H2_REASON_MAX      160
@@ -146,6 +147,7 @@ struct h2s {
         int grpc_status;   /* -1 none seen */
         int http_status;
         uint8_t attempts;
+        uint8_t refused;   /* re-sent after REFUSED_STREAM */
         bool attempt_open; /* an attempt on st->upstream awaits route_request_done */
         bool has_key;      /* key_hash: the request's consistent-hash key */
         uint64_t key_hash;
@@ -1087,11 +1089,22 @@ static int up_on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, v
         if (complete) {
                 attempt_done(st, response_outcome(st));
         } else if (code == NGHTTP2_REFUSED_STREAM && fresh) {
-                /* Refused (GOAWAY, concurrency): never processed, like a
-                 * failed connect, and no fault of the endpoint. */
+                /* Refused unprocessed (RFC 9113 8.7): past a graceful GOAWAY
+                 * (a server ending a connection after so many requests) or
+                 * over its stream limit. No fault of the endpoint and no
+                 * retry: the request goes again to the same endpoint, on a
+                 * session that is not going away, at most H2_REFUSED_MAX
+                 * times. */
                 attempt_done(st, ROUTE_CANCELLED);
-                if (st->c_open && !st->local)
-                        stream_retry(st, ROUTE_CONNECT_FAILURE, "upstream refused the stream");
+                if (st->c_open && !st->local) {
+                        if (st->refused++ < H2_REFUSED_MAX) {
+                                stat_inc(st->hw, ST_H2_STREAM_RETRIES);
+                                stream_send(st);
+                        } else {
+                                stream_fail(st, GRPC_UNAVAILABLE, 503,
+                                            "upstream refused the stream again and again");
+                        }
+                }
         } else {
                 attempt_done(st, ROUTE_RESET);
                 if (st->c_open && !st->local) {
