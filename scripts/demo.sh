@@ -173,7 +173,7 @@ for p in A B; do
 		grep -E '^shunt_tls_handshakes_total' | tr '\n' ' ')"
 done
 
-heading "Access logs (one JSON line per connection)"
+heading "Access logs (one JSON line per HTTP request or TCP connection)"
 for p in a b; do
 	note "pod ${p^^}:"
 	grep '"component":"access"' "$TMP/shuntd-$p.log" || true
