@@ -20,6 +20,7 @@ import shuntlib as sl
 from shuntlib import Topology as T
 
 VIP = "10.96.0.30"  # HTTP2 declared
+VIP6 = "fd96::30"  # the same service's IPv6 address
 VIP_SNIFF = "10.96.0.31"  # sniffed
 VIP_DOWN = "10.96.0.32"
 VIP_STALL = "10.96.0.33"
@@ -100,6 +101,7 @@ def env():
     try:
         topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
         topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.app.ip("-6", "route", "add", "fd96::/64", "dev", "e-remote")
         big = os.path.join(sl.tmpdir(), "big.bin")
         with open(big, "wb") as f:
             f.write(os.urandom(BIG))
@@ -114,7 +116,7 @@ def env():
             json.dump(
                 {
                     "services": [
-                        service("web2", VIP, PORT, "HTTP2"),
+                        dict(service("web2", VIP, PORT, "HTTP2"), addresses=[VIP, VIP6]),
                         service("web2-sniffed", VIP_SNIFF, PORT),
                         service("web2-down", VIP_DOWN, DEAD_PORT, "HTTP2"),
                         service("web2-stalled", VIP_STALL, STALL_PORT, "HTTP2", [T.REMOTE4]),
@@ -204,6 +206,20 @@ def test_sniffed_h2c_port(env):
     assert "90 succeeded" in r.stdout, r.stdout
     after = access_counts(logs)
     assert all(after[k] - before[k] == 30 for k in logs), (before, after)
+
+
+def test_ipv6_virtual_address(env):
+    topo, _, logs, _ = env
+    before = access_counts(logs)
+    # One connection, six streams: one worker's round robin, two each.
+    r = topo.app.run(
+        ["h2load", "-n", "6", "-c", "1", "-m", "1", "http://[%s]:80/" % VIP6],
+        timeout=60,
+        check=False,
+    )
+    assert "6 succeeded" in r.stdout, r.stdout + r.stderr
+    after = access_counts(logs)
+    assert all(after[k] - before[k] == 2 for k in logs), (before, after)
 
 
 def test_large_body_keeps_its_bytes(env):
