@@ -306,6 +306,7 @@ static void test_lookups(void **state)
         assert_non_null(db);
         assert_string_equal(db->name, "db");
         assert_string_equal(db->ns, "data");
+        assert_int_equal(db->lb, DISC_LB_MAGLEV);
 
         struct disc_addr ea = A("fd00:1::3", 9090);
         const struct disc_endpoint *ep = disc_find_endpoint(s, &ea);

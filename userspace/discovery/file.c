@@ -401,9 +401,9 @@ static int parse_lb(struct vctx *v, const cJSON *x, struct disc_service_spec *s)
                 old = path_push_key(v, "algorithm");
                 static const enum disc_lb_algorithm algos[] = {
                     DISC_LB_ROUND_ROBIN, DISC_LB_LEAST_CONNECTIONS, DISC_LB_WEIGHTED,
-                    DISC_LB_CONSISTENT_HASH};
+                    DISC_LB_CONSISTENT_HASH, DISC_LB_MAGLEV};
                 bool ok = false;
-                for (size_t i = 0; cJSON_IsString(f) && i < 4; i++) {
+                for (size_t i = 0; cJSON_IsString(f) && i < sizeof(algos) / sizeof(algos[0]); i++) {
                         if (strcmp(f->valuestring, disc_lb_name(algos[i])) == 0) {
                                 s->lb = algos[i];
                                 ok = true;
@@ -412,7 +412,7 @@ static int parse_lb(struct vctx *v, const cJSON *x, struct disc_service_spec *s)
                 if (!ok)
                         return fail(v, f,
                                     "expected one of round_robin, least_connections, weighted, "
-                                    "consistent_hash");
+                                    "consistent_hash, maglev");
                 path_pop(v, old);
         }
         if ((f = FIELD(x, "hash_key"))) {

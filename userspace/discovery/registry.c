@@ -51,9 +51,9 @@ const char *disc_mtls_name(enum disc_mtls m)
 
 const char *disc_lb_name(enum disc_lb_algorithm a)
 {
-        static const char *const n[] = {"default", "round_robin", "least_connections", "weighted",
-                                        "consistent_hash"};
-        return (unsigned)a < 5 ? n[a] : "?";
+        static const char *const n[] = {"default",  "round_robin",     "least_connections",
+                                        "weighted", "consistent_hash", "maglev"};
+        return (unsigned)a < sizeof(n) / sizeof(n[0]) ? n[a] : "?";
 }
 
 const char *disc_hc_type_name(enum disc_hc_type t)

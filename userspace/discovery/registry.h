@@ -71,6 +71,7 @@ enum disc_lb_algorithm {
         DISC_LB_LEAST_CONNECTIONS,
         DISC_LB_WEIGHTED,
         DISC_LB_CONSISTENT_HASH,
+        DISC_LB_MAGLEV,
 };
 
 enum disc_hc_type {

@@ -181,6 +181,8 @@ static enum lb_algorithm service_algorithm(const struct disc_service *svc,
                 return LB_WEIGHTED;
         case DISC_LB_CONSISTENT_HASH:
                 return LB_CONSISTENT_HASH;
+        case DISC_LB_MAGLEV:
+                return LB_MAGLEV;
         case DISC_LB_DEFAULT:
                 break;
         }
