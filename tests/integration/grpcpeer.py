@@ -14,6 +14,7 @@ no generated code are needed.
     grpcpeer.py client --target HOST:PORT unary --n N [--size B] [--sleep-ms MS]
                        [--timeout S] [--reply-bytes B]
     grpcpeer.py client --target HOST:PORT bidi --calls C --messages M [--size B]
+                       [--pause-ms MS]
         All calls share ONE channel (one HTTP/2 connection). Prints one JSON
         object: {"servers": {name: n}, "codes": {code: n}, "details": [...],
         "calls": [...]} (for bidi, "calls" lists the servers each call saw).
@@ -174,7 +175,9 @@ def run_bidi(args, ch):
             got = threading.Semaphore(0)
 
             def gen():
-                for m in msgs:
+                for k, m in enumerate(msgs):
+                    if k and args.pause_ms:
+                        time.sleep(args.pause_ms / 1000.0)
                     yield m
                     if not got.acquire(timeout=args.timeout):
                         return
@@ -235,6 +238,7 @@ def main():
     b.add_argument("--calls", type=int, default=1)
     b.add_argument("--messages", type=int, default=4)
     b.add_argument("--size", type=int, default=16)
+    b.add_argument("--pause-ms", type=int, default=0, help="before each message after the first")
     args = ap.parse_args()
     if args.role == "server":
         serve(args)

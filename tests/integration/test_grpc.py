@@ -12,6 +12,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 import pytest
 
@@ -25,6 +26,8 @@ VIP_DOWN = "10.96.0.22"  # endpoints with nothing listening
 VIP_STALL = "10.96.0.23"  # an endpoint that accepts and then reads nothing
 STALL_PORT = 50060
 VIP_RESET = "10.96.0.24"  # an endpoint that accepts and then resets
+VIP_DIE = "10.96.0.27"  # one server, killed in the middle of a call
+DIE_PORT = 50080
 VIP_EMPTY = "10.96.0.25"  # no endpoints at all, GRPC declared
 VIP_EMPTY_SNIFF = "10.96.0.26"  # no endpoints at all, sniffed
 RESET_PORT = 50070
@@ -48,9 +51,9 @@ def service(name, vip, port, protocol=None, addrs=EP_ADDRS):
     }
 
 
-def grpc_server(pod, name, addr):
+def grpc_server(pod, name, addr, port=PORT):
     p = pod.spawn(
-        [sys.executable, GRPCPEER, "server", "--name", name, "--listen", "%s:%d" % (addr, PORT)],
+        [sys.executable, GRPCPEER, "server", "--name", name, "--listen", "%s:%d" % (addr, port)],
         "grpc-" + name,
         stdout_pipe=True,
     )
@@ -69,6 +72,7 @@ def env():
         topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
         topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
         servers = [grpc_server(topo.remote, "ep%d" % i, a) for i, a in enumerate(EP_ADDRS)]
+        servers.append(grpc_server(topo.remote, "dies", T.REMOTE4B, DIE_PORT))
         topo.remote.spawn_peer(
             "stall", "stalled", ["%s:%d" % (T.REMOTE4, STALL_PORT)], extra=["--stall", "120"]
         )
@@ -86,6 +90,7 @@ def env():
                         service("greeter-stalled", VIP_STALL, STALL_PORT, "GRPC", [T.REMOTE4]),
                         service("greeter-reset", VIP_RESET, RESET_PORT, "GRPC", [T.REMOTE4]),
                         service("greeter-empty", VIP_EMPTY, PORT, "GRPC", []),
+                        service("greeter-die", VIP_DIE, DIE_PORT, "GRPC", [T.REMOTE4B]),
                         service("greeter-empty-sniffed", VIP_EMPTY_SNIFF, PORT, None, []),
                     ]
                 },
@@ -179,6 +184,35 @@ def test_killed_backend_is_retried_around(env):
     assert "ep2" not in out["servers"] and len(out["servers"]) == 2, out
     assert metric(d, "shunt_http2_stream_retries_total") > retries
     assert metric(d, "shunt_http2_upstream_sessions_total", event="failed") >= 1
+
+
+def test_upstream_dying_mid_call_resets_that_call(env):
+    """A bidirectional call got its first reply, then its server dies: the
+    call ends with an error at once (the stream is reset towards the client,
+    its connection stays), not a hang until the deadline."""
+    topo, d, servers = env
+    resets = metric(d, "shunt_http2_stream_resets_total")
+    c = topo.app.spawn(
+        [sys.executable, GRPCPEER, "client", "--target", "%s:80" % VIP_DIE, "--timeout", "30",
+         "bidi", "--calls", "1", "--messages", "3", "--pause-ms", "3000"],
+        "grpc-client-die",
+        stdout_pipe=True,
+    )
+    try:
+        sl.wait_until(
+            lambda: metric(d, "shunt_http2_streams_active") >= 1,
+            10,
+            what="the call open",
+        )
+        time.sleep(1)  # the first reply is back; the client pauses 3 s
+        servers[3].stop(signal.SIGKILL)
+        line = c.readline(20)
+    finally:
+        c.stop()
+    out = json.loads(line)
+    assert out["codes"] in ({"INTERNAL": 1}, {"UNAVAILABLE": 1}), out
+    assert out["calls"] == [["dies"]], out
+    assert metric(d, "shunt_http2_stream_resets_total") == resets + 1
 
 
 def test_all_endpoints_down_is_unavailable_not_a_hang(env):
