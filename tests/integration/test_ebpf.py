@@ -571,6 +571,19 @@ def tcp_queues(pod, local, peer):
     raise AssertionError("no socket %s -> %s in ss" % (local, peer))
 
 
+def settled(sample):
+    """sample() once two readings 100 ms apart agree: on a loaded machine
+    shuntd may still be moving bytes when the writer has stopped."""
+    last = sample()
+    for _ in range(100):
+        time.sleep(0.1)
+        now = sample()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("still moving after 10 s: %s" % (last,))
+
+
 def relayed(d, app):
     """shuntd's connection for this application address."""
     for c in d.json("/connections")["connections"]:
@@ -602,14 +615,17 @@ def test_slow_reader_app_to_shuntd(topo, shuntd, host):
         assert line, proc.read_stderr()
         first = json.loads(line)
         app = app_addr(first["local"])
-        # Everything is still now: what the application got accepted and
+        # Once everything is still, what the application got accepted and
         # shuntd has not sent on sits in the hop's TCP queues (ss), shuntd's
         # buffer (up to buffer_size) or the shortcut queue, which holds at
         # most FLOW_HIGH.
         held = first["held_back"]
-        forwarded = relayed(shuntd, app)["bytes_in"]
-        _, app_sendq = tcp_queues(topo.app, app, listener)
-        shuntd_recvq, _ = tcp_queues(topo.app, listener, app)
+
+        def sample():
+            return (relayed(shuntd, app)["bytes_in"], tcp_queues(topo.app, app, listener)[1],
+                    tcp_queues(topo.app, listener, app)[0])
+
+        forwarded, app_sendq, shuntd_recvq = settled(sample)
         shortcut = held - forwarded - app_sendq - shuntd_recvq
         print("app -> shuntd, upstream stalled: accepted %d, forwarded %d, TCP %d + %d, "
               "shortcut and buffer %d" % (held, forwarded, app_sendq, shuntd_recvq, shortcut))
@@ -739,12 +755,14 @@ def test_slow_reader_shuntd_to_app(topo, shuntd, host):
         assert line, proc.read_stderr()
         first = json.loads(line)
         app = app_addr(first["local"])
-        # Everything is still now: what shuntd sent the application, which
+        # Once everything is still, what shuntd sent the application, which
         # read nothing, sits in the hop's TCP queues (ss) or the shortcut
         # queue, which holds at most FLOW_HIGH.
-        out = relayed(shuntd, app)["bytes_out"]
-        app_recvq, _ = tcp_queues(topo.app, app, listener)
-        _, shuntd_sendq = tcp_queues(topo.app, listener, app)
+        def sample():
+            return (relayed(shuntd, app)["bytes_out"], tcp_queues(topo.app, app, listener)[0],
+                    tcp_queues(topo.app, listener, app)[1])
+
+        out, app_recvq, shuntd_sendq = settled(sample)
         shortcut = out - app_recvq - shuntd_sendq
         print("shuntd -> app, app not reading: app accepted %d, shuntd sent it %d, TCP %d + %d, "
               "shortcut %d" % (first["held_back"], out, app_recvq, shuntd_sendq, shortcut))
