@@ -24,6 +24,7 @@ VIP6 = "fd96::30"  # the same service's IPv6 address
 VIP_SNIFF = "10.96.0.31"  # sniffed
 VIP_DOWN = "10.96.0.32"
 VIP_STALL = "10.96.0.33"
+VIP_HASH = "10.96.0.34"  # consistent hash on X-Request-Key
 EXTRA4 = "10.77.0.4"
 EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
 PORT = 8082
@@ -120,6 +121,10 @@ def env():
                         service("web2-sniffed", VIP_SNIFF, PORT),
                         service("web2-down", VIP_DOWN, DEAD_PORT, "HTTP2"),
                         service("web2-stalled", VIP_STALL, STALL_PORT, "HTTP2", [T.REMOTE4]),
+                        dict(
+                            service("web2-hash", VIP_HASH, PORT, "HTTP2"),
+                            load_balancing={"algorithm": "consistent_hash"},
+                        ),
                     ]
                 },
                 f,
@@ -220,6 +225,27 @@ def test_ipv6_virtual_address(env):
     assert "6 succeeded" in r.stdout, r.stdout + r.stderr
     after = access_counts(logs)
     assert all(after[k] - before[k] == 2 for k in logs), (before, after)
+
+
+def test_consistent_hash_on_the_request_key(env):
+    """consistent_hash per stream: every request with one X-Request-Key goes
+    to one endpoint, whatever connection it comes on; different keys spread."""
+    topo, _, logs, _ = env
+    chosen = {}
+    for k in range(12):
+        before = access_counts(logs)
+        r = topo.app.run(
+            ["h2load", "-n", "10", "-c", "2", "-m", "2", "-H", "x-request-key: key-%d" % k,
+             "http://%s:80/" % VIP_HASH],
+            timeout=60,
+            check=False,
+        )
+        assert "10 succeeded" in r.stdout, r.stdout + r.stderr
+        after = access_counts(logs)
+        got = [name for name in logs if after[name] != before[name]]
+        assert len(got) == 1 and after[got[0]] - before[got[0]] == 10, (before, after)
+        chosen[k] = got[0]
+    assert len(set(chosen.values())) >= 2, chosen
 
 
 def test_large_body_keeps_its_bytes(env):

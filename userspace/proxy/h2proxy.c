@@ -842,15 +842,19 @@ static void stream_send(struct h2s *st)
         mark_dirty(&u->s);
 }
 
-/* The request's consistent-hash key: the service's hash_key (else
- * load_balancing.hash_key) names a header, or "cookie:<name>" a cookie. */
+/* The request's consistent-hash key, as for HTTP/1.1: the service's
+ * hash_key (else load_balancing.hash_key) is a header name ("Name" or
+ * "header:Name"), "cookie:name", or "source_ip" (no key: the source address
+ * is hashed). */
 static void stream_key(struct h2s *st, struct route_table *t)
 {
         const char *key = route_hash_key(t, &st->c->orig_dst);
         if (!key || !key[0])
                 key = hw_cfg(st->hw)->lb_hash_key;
-        bool cookie = !strncmp(key, "cookie:", 7);
-        const char *name = cookie ? key + 7 : key;
+        if (!strcasecmp(key, "source_ip"))
+                return;
+        bool cookie = !strncasecmp(key, "cookie:", 7);
+        const char *name = cookie || !strncasecmp(key, "header:", 7) ? key + 7 : key;
         size_t nl = strlen(name);
         for (uint32_t i = 0; i < st->req.n; i++) {
                 const struct hdr *h = &st->req.v[i];
