@@ -548,6 +548,16 @@ class Shuntd:
             return default
         raise KeyError("metric %s%r not in /metrics" % (name, labels))
 
+    def wait_metric(self, name, pred, timeout=5, **labels):
+        """Polls metric name{labels} (0 when absent) until pred(value) holds;
+        returns the value. Workers count an event just after acting on it,
+        so a counter may lag the log line or the socket close by a moment."""
+        def check():
+            v = self.metric(name, default=0.0, **labels)
+            return (v,) if pred(v) else None
+
+        return wait_until(check, timeout, what="%s%r" % (name, labels))[0]
+
     def connections(self):
         return self.json("/connections")["connections"]
 

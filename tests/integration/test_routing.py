@@ -221,11 +221,7 @@ def test_registry_only_policy(fresh_topo, start_shuntd):
         with pytest.raises((ConnectionError, OSError)):
             topo.app.http(T.REMOTE4, PORT, "GET", "/", timeout=2)
         # The worker counts the refusal just after closing the socket.
-        sl.wait_until(
-            lambda: d.metric("shunt_connections_closed_total", reason="unknown_destination") == 1,
-            5,
-            what="the unknown_destination counter",
-        )
+        d.wait_metric("shunt_connections_closed_total", lambda v: v == 1, reason="unknown_destination")
     finally:
         p.stop()
 
