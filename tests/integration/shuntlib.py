@@ -383,9 +383,29 @@ class Topology:
                 what="veth up in " + pod.name,
             )
 
+    def add_remote4(self, *addrs):
+        """More IPv4 addresses on the remote pod's end of the veth (EXTRA4
+        when none are given): room for a third endpoint and more."""
+        for a in addrs or (EXTRA4,):
+            self.remote.ip("addr", "add", a + "/24", "dev", "e-app")
+
+    def route_vips(self, v6=False):
+        """Services' virtual addresses route out of the app pod like any
+        remote address; the capture redirects them before they leave."""
+        self.app.ip("route", "add", VIP_NET4, "dev", "e-remote")
+        if v6:
+            self.app.ip("-6", "route", "add", VIP_NET6, "dev", "e-remote")
+
     def delete(self):
         self.app.delete()
         self.remote.delete()
+
+
+# Services' virtual addresses (Topology.route_vips), and the three endpoint
+# addresses most request-level tests spread over (EXTRA4 needs add_remote4).
+VIP_NET4, VIP_NET6 = "10.96.0.0/16", "fd96::/64"
+EXTRA4 = "10.77.0.4"
+EP_ADDRS = [Topology.REMOTE4, Topology.REMOTE4B, EXTRA4]
 
 
 # name -> (kind, listen specs); servers in the remote pod.
@@ -408,6 +428,44 @@ def spawn_remote_peers(topo, procs, names=None):
         kind, listen = REMOTE_PEERS[name]
         procs[name] = topo.remote.spawn_peer(kind, name, listen)
     return procs
+
+
+# ---------------------------------------------------------------- registry
+
+
+def service(name, vip, port, addrs, protocol=None, port_name="http", service_port=80, **extra):
+    """One service of the file registry: vip (one address or a list) on
+    service_port, forwarded to port on each of addrs; protocol declared when
+    given (else sniffed). extra keys (identity, load_balancing, ...) are
+    added as they are."""
+    p = {"name": port_name, "port": service_port, "target_port": port}
+    if protocol:
+        p["protocol"] = protocol
+    svc = {
+        "name": name,
+        "namespace": "default",
+        "addresses": list(vip) if isinstance(vip, (list, tuple)) else [vip],
+        "ports": [p],
+        "endpoints": [{"address": a, "port": port} for a in addrs],
+    }
+    svc.update(extra)
+    return svc
+
+
+def write_json(path, obj):
+    """Writes obj as JSON by rename, so a watcher never reads half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.rename(tmp, path)
+
+
+def registry_file(reg, d=None):
+    """Writes a file registry ({"services": [...]}) as registry.json in
+    directory d (a new temporary one by default); returns its path."""
+    path = os.path.join(d or tmpdir(), "registry.json")
+    write_json(path, reg)
+    return path
 
 
 # ---------------------------------------------------------------- shuntd
@@ -600,6 +658,40 @@ class Shuntd:
             len(lines),
             "\n".join(lines[-n:]),
         )
+
+
+def stop_checked(daemons):
+    """Stops every daemon in turn; a bad exit or a
+    sanitizer report in any one's log fails the caller."""
+    bad = []
+    for d in daemons:
+        rc = d.stop()
+        log = d.log_text()
+        if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
+            bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(80)))
+    assert not bad, "\n".join(bad)
+
+
+def start_mtls_pair(topo, daemons, ca_dir=None, a_flags=None, b_flags=None, b_config=None):
+    """The two sidecars of a mutual TLS test: "shuntd-a" in topo.app (service
+    name client), then "shuntd-b" in topo.remote (service name web). With
+    ca_dir both use that built-in CA: A starts first and creates it, B loads
+    it. a_flags and b_flags add to or override these flags. Each daemon
+    joins daemons as soon as it exists, so the caller's stop_checked(daemons)
+    stops whatever did start. Returns (a, b)."""
+    out = []
+    for pod, name, svc, flags, config in (
+        (topo.app, "shuntd-a", "client", a_flags, None),
+        (topo.remote, "shuntd-b", "web", b_flags, b_config),
+    ):
+        f = {"mtls.ca-dir": ca_dir} if ca_dir else {}
+        f["mtls.service-name"] = svc
+        f.update(flags or {})
+        d = Shuntd(pod, shuntd_args(**f), config=config, name=name)
+        daemons.append(d)
+        d.wait_ready()
+        out.append(d)
+    return tuple(out)
 
 
 def shuntd_args(**flags):

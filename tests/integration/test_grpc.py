@@ -31,24 +31,14 @@ DIE_PORT = 50080
 VIP_EMPTY = "10.96.0.25"  # no endpoints at all, GRPC declared
 VIP_EMPTY_SNIFF = "10.96.0.26"  # no endpoints at all, sniffed
 RESET_PORT = 50070
-EXTRA4 = "10.77.0.4"
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS
 PORT = 50051
 DEAD_PORT = 50099
 FLOOD_LIMIT = 200
 
 
-def service(name, vip, port, protocol=None, addrs=EP_ADDRS):
-    p = {"name": "grpc", "port": 80, "target_port": port}
-    if protocol:
-        p["protocol"] = protocol
-    return {
-        "name": name,
-        "namespace": "default",
-        "addresses": [vip],
-        "ports": [p],
-        "endpoints": [{"address": a, "port": port} for a in addrs],
-    }
+def service(name, vip, port, protocol=None, addrs=EP_ADDRS, **extra):
+    return sl.service(name, vip, port, addrs, protocol, port_name="grpc", **extra)
 
 
 def grpc_server(pod, name, addr, port=PORT):
@@ -69,8 +59,8 @@ def env():
     topo = T()
     daemon = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips()
         servers = [grpc_server(topo.remote, "ep%d" % i, a) for i, a in enumerate(EP_ADDRS)]
         servers.append(grpc_server(topo.remote, "dies", T.REMOTE4B, DIE_PORT))
         topo.remote.spawn_peer(
@@ -79,23 +69,20 @@ def env():
         topo.remote.spawn_peer(
             "reset", "resetting", ["%s:%d" % (T.REMOTE4, RESET_PORT)], extra=["--reset-after", "0"]
         )
-        path = os.path.join(sl.tmpdir(), "registry.json")
-        with open(path, "w") as f:
-            json.dump(
-                {
-                    "services": [
-                        service("greeter", VIP, PORT, "GRPC"),
-                        service("greeter-sniffed", VIP_SNIFF, PORT),
-                        service("greeter-down", VIP_DOWN, DEAD_PORT, "GRPC"),
-                        service("greeter-stalled", VIP_STALL, STALL_PORT, "GRPC", [T.REMOTE4]),
-                        service("greeter-reset", VIP_RESET, RESET_PORT, "GRPC", [T.REMOTE4]),
-                        service("greeter-empty", VIP_EMPTY, PORT, "GRPC", []),
-                        service("greeter-die", VIP_DIE, DIE_PORT, "GRPC", [T.REMOTE4B]),
-                        service("greeter-empty-sniffed", VIP_EMPTY_SNIFF, PORT, None, []),
-                    ]
-                },
-                f,
-            )
+        path = sl.registry_file(
+            {
+                "services": [
+                    service("greeter", VIP, PORT, "GRPC"),
+                    service("greeter-sniffed", VIP_SNIFF, PORT),
+                    service("greeter-down", VIP_DOWN, DEAD_PORT, "GRPC"),
+                    service("greeter-stalled", VIP_STALL, STALL_PORT, "GRPC", [T.REMOTE4]),
+                    service("greeter-reset", VIP_RESET, RESET_PORT, "GRPC", [T.REMOTE4]),
+                    service("greeter-empty", VIP_EMPTY, PORT, "GRPC", []),
+                    service("greeter-die", VIP_DIE, DIE_PORT, "GRPC", [T.REMOTE4B]),
+                    service("greeter-empty-sniffed", VIP_EMPTY_SNIFF, PORT, None, []),
+                ]
+            }
+        )
         daemon = sl.Shuntd(
             topo.app,
             sl.shuntd_args(
@@ -108,16 +95,11 @@ def env():
         ).wait_ready()
         yield topo, daemon, servers
     finally:
-        log, rc = "", 0
-        if daemon:
-            rc = daemon.stop()
-            log = daemon.log_text()
-        topo.delete()
-        # Under ASan/UBSan (build-asan) a leak or memory error shows here.
-        assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
-            rc,
-            log[-6000:],
-        )
+        try:
+            # Under ASan/UBSan (build-asan) a leak or memory error shows here.
+            sl.stop_checked([daemon] if daemon else [])
+        finally:
+            topo.delete()
 
 
 def client(topo, vip, *args, timeout=120):
@@ -408,49 +390,23 @@ def mesh():
     topo = T()
     daemons = []
     try:
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.route_vips()
         addrs = [T.REMOTE4, T.REMOTE4B]
         for i, a in enumerate(addrs):
             grpc_server(topo.remote, "ep%d" % i, a)
         tmp = sl.tmpdir()
         ca_dir = os.path.join(tmp, "ca")
-        reg = os.path.join(tmp, "registry.json")
-        svc = service("greeter-mtls", VIP_MESH, PORT, "GRPC", addrs)
-        svc["identity"] = WEB_ID
-        with open(reg, "w") as f:
-            json.dump({"services": [svc]}, f)
-        a = sl.Shuntd(
-            topo.app,
-            sl.shuntd_args(
-                **{
-                    "mtls.ca-dir": ca_dir,
-                    "mtls.service-name": "client",
-                    "service-discovery.file.path": reg,
-                }
-            ),
-            name="shuntd-a",
+        svc = service("greeter-mtls", VIP_MESH, PORT, "GRPC", addrs, identity=WEB_ID)
+        reg = sl.registry_file({"services": [svc]}, tmp)
+        a, b = sl.start_mtls_pair(
+            topo, daemons, ca_dir, a_flags={"service-discovery.file.path": reg}
         )
-        daemons.append(a)
-        a.wait_ready()
-        b = sl.Shuntd(
-            topo.remote,
-            sl.shuntd_args(**{"mtls.ca-dir": ca_dir, "mtls.service-name": "web"}),
-            name="shuntd-b",
-        )
-        daemons.append(b)
-        b.wait_ready()
         yield topo, a, b
     finally:
-        ends = []
-        for d in daemons:
-            rc = d.stop()
-            ends.append((rc, d.log_text()))
-        topo.delete()
-        for rc, log in ends:
-            assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
-                rc,
-                log[-6000:],
-            )
+        try:
+            sl.stop_checked(daemons)
+        finally:
+            topo.delete()
 
 
 def handshakes(d, direction):

@@ -5,7 +5,6 @@ their bytes through flow control, and what cannot be served gets 503 (with
 Retry-After and a reason header), 504 or 431 from shuntd."""
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -25,8 +24,7 @@ VIP_SNIFF = "10.96.0.31"  # sniffed
 VIP_DOWN = "10.96.0.32"
 VIP_STALL = "10.96.0.33"
 VIP_HASH = "10.96.0.34"  # consistent hash on X-Request-Key
-EXTRA4 = "10.77.0.4"
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS
 PORT = 8082
 DEAD_PORT = 8099
 STALL_PORT = 8098
@@ -58,17 +56,8 @@ http {{
 """
 
 
-def service(name, vip, port, protocol=None, addrs=EP_ADDRS):
-    p = {"name": "web", "port": 80, "target_port": port}
-    if protocol:
-        p["protocol"] = protocol
-    return {
-        "name": name,
-        "namespace": "default",
-        "addresses": [vip],
-        "ports": [p],
-        "endpoints": [{"address": a, "port": port} for a in addrs],
-    }
+def service(name, vip, port, protocol=None, addrs=EP_ADDRS, **extra):
+    return sl.service(name, vip, port, addrs, protocol, port_name="web", **extra)
 
 
 def nginx(pod, name, addr, big):
@@ -100,9 +89,8 @@ def env():
     topo = T()
     daemon = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
-        topo.app.ip("-6", "route", "add", "fd96::/64", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips(v6=True)
         big = os.path.join(sl.tmpdir(), "big.bin")
         with open(big, "wb") as f:
             f.write(os.urandom(BIG))
@@ -112,23 +100,23 @@ def env():
         topo.remote.spawn_peer(
             "stall", "stalled", ["%s:%d" % (T.REMOTE4, STALL_PORT)], extra=["--stall", "120"]
         )
-        path = os.path.join(sl.tmpdir(), "registry.json")
-        with open(path, "w") as f:
-            json.dump(
-                {
-                    "services": [
-                        dict(service("web2", VIP, PORT, "HTTP2"), addresses=[VIP, VIP6]),
-                        service("web2-sniffed", VIP_SNIFF, PORT),
-                        service("web2-down", VIP_DOWN, DEAD_PORT, "HTTP2"),
-                        service("web2-stalled", VIP_STALL, STALL_PORT, "HTTP2", [T.REMOTE4]),
-                        dict(
-                            service("web2-hash", VIP_HASH, PORT, "HTTP2"),
-                            load_balancing={"algorithm": "consistent_hash"},
-                        ),
-                    ]
-                },
-                f,
-            )
+        path = sl.registry_file(
+            {
+                "services": [
+                    service("web2", [VIP, VIP6], PORT, "HTTP2"),
+                    service("web2-sniffed", VIP_SNIFF, PORT),
+                    service("web2-down", VIP_DOWN, DEAD_PORT, "HTTP2"),
+                    service("web2-stalled", VIP_STALL, STALL_PORT, "HTTP2", [T.REMOTE4]),
+                    service(
+                        "web2-hash",
+                        VIP_HASH,
+                        PORT,
+                        "HTTP2",
+                        load_balancing={"algorithm": "consistent_hash"},
+                    ),
+                ]
+            }
+        )
         daemon = sl.Shuntd(
             topo.app,
             sl.shuntd_args(
@@ -145,16 +133,11 @@ def env():
         ).wait_ready()
         yield topo, daemon, logs, big
     finally:
-        log, rc = "", 0
-        if daemon:
-            rc = daemon.stop()
-            log = daemon.log_text()
-        topo.delete()
-        # Under ASan/UBSan (build-asan) a leak or memory error shows here.
-        assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
-            rc,
-            log[-6000:],
-        )
+        try:
+            # Under ASan/UBSan (build-asan) a leak or memory error shows here.
+            sl.stop_checked([daemon] if daemon else [])
+        finally:
+            topo.delete()
 
 
 def metric(d, name, **labels):

@@ -6,7 +6,6 @@ remote pod. Run under the BPF lock:
 flock /tmp/shunt-bpf.lock ctest -R integration.test_h2_ebpf"""
 
 import json
-import os
 import shutil
 import sys
 
@@ -19,8 +18,7 @@ from test_grpc import GRPCPEER, grpc_server, service
 
 VIP = "10.96.5.10"  # GRPC declared
 VIP_SNIFF = "10.96.5.11"  # sniffed
-EXTRA4 = "10.77.0.4"
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS
 PORT = 50051
 
 
@@ -30,21 +28,18 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
         pytest.skip("bpftool is not installed")
     d = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips()
         for i, a in enumerate(EP_ADDRS):
             grpc_server(topo.remote, "ep%d" % i, a)
-        reg = os.path.join(sl.tmpdir(), "registry.json")
-        with open(reg, "w") as f:
-            json.dump(
-                {
-                    "services": [
-                        dict(service("greeter", VIP, PORT, "GRPC"), addresses=[VIP]),
-                        dict(service("greeter-sniffed", VIP_SNIFF, PORT), addresses=[VIP_SNIFF]),
-                    ]
-                },
-                f,
-            )
+        reg = sl.registry_file(
+            {
+                "services": [
+                    service("greeter", VIP, PORT, "GRPC"),
+                    service("greeter-sniffed", VIP_SNIFF, PORT),
+                ]
+            }
+        )
         d = sl.Shuntd(
             InCgroup(topo.app, CGROUP),
             ebpf_args(**{"service-discovery.file.path": reg, "log-level": "info"}),
@@ -53,12 +48,7 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
         assert d.json("/status")["redirect_mode"] == "ebpf"
         yield topo, d
     finally:
-        if d:
-            rc = d.stop()
-            log = d.log_text()
-            assert rc in (0, None) and "Sanitizer" not in log and "runtime error" not in log, (
-                d.log_tail(60)
-            )
+        sl.stop_checked([d] if d else [])
 
 
 def client(topo, vip, *args, timeout=120):

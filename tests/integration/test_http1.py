@@ -23,8 +23,7 @@ VIP_SNIFF = "10.96.1.11"  # no protocol declared: sniffed, then handed over
 VIP_DOWN = "10.96.1.12"  # endpoints where nothing listens
 VIP_ONE = "10.96.1.13"  # a single endpoint
 VIP_SNIFF2 = "10.96.1.14"  # sniffed, two endpoints
-EXTRA4 = "10.77.0.4"
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 DEAD_PORT = 8099
 ONE_PORT = 8083  # its own listener: no other service's pooled connections
@@ -34,16 +33,7 @@ UPSTREAM_IDLE_MS = 1500
 
 def registry():
     def svc(name, vip, port, eps, protocol="HTTP"):
-        p = {"name": "http", "port": 80, "target_port": port}
-        if protocol:
-            p["protocol"] = protocol
-        return {
-            "name": name,
-            "namespace": "default",
-            "addresses": [vip],
-            "ports": [p],
-            "endpoints": [{"address": a, "port": port} for a in eps],
-        }
+        return sl.service(name, vip, port, eps, protocol)
 
     return {
         "services": [
@@ -56,25 +46,14 @@ def registry():
     }
 
 
-def stop_checked(daemons):
-    """Stops the daemons; a sanitizer report or a bad exit fails the module."""
-    bad = []
-    for d in daemons:
-        rc = d.stop()
-        log = d.log_text()
-        if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
-            bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
-    assert not bad, "\n".join(bad)
-
-
 @pytest.fixture(scope="module")
 def env():
     topo = T()
     procs = []
     daemon = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips()
         procs.append(
             httpbackend.spawn(
                 topo.remote,
@@ -82,9 +61,7 @@ def env():
                 + ["%s:%d=one" % (EP_ADDRS[0], ONE_PORT)],
             )
         )
-        path = os.path.join(sl.tmpdir(), "registry.json")
-        with open(path, "w") as f:
-            json.dump(registry(), f)
+        path = sl.registry_file(registry())
         daemon = sl.Shuntd(
             topo.app,
             sl.shuntd_args(
@@ -99,7 +76,7 @@ def env():
         yield topo, daemon
     finally:
         try:
-            stop_checked([daemon] if daemon else [])
+            sl.stop_checked([daemon] if daemon else [])
         finally:
             for p in procs:
                 p.stop()
@@ -426,56 +403,30 @@ def mesh():
     topo = T()
     procs, daemons = [], []
     try:
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.route_vips()
         procs.append(httpbackend.spawn(topo.remote, ["%s:%d=tls-web" % (T.REMOTE4, PORT)]))
         tmp = sl.tmpdir()
         ca_dir = os.path.join(tmp, "ca")
-        reg = os.path.join(tmp, "registry.json")
 
         def svc(name, vip, identity):
-            return {
-                "name": name,
-                "namespace": "default",
-                "addresses": [vip],
-                "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
-                "identity": identity,
-                "endpoints": [{"address": T.REMOTE4, "port": PORT}],
-            }
+            return sl.service(name, vip, PORT, [T.REMOTE4], "HTTP", identity=identity)
 
-        with open(reg, "w") as f:
-            json.dump(
-                {
-                    "services": [
-                        svc("web", VIP_TLS, WEB_ID),
-                        svc("wrong", VIP_TLS_WRONG, "spiffe://cluster.local/ns/default/sa/other"),
-                    ]
-                },
-                f,
-            )
-        a = sl.Shuntd(
-            topo.app,
-            sl.shuntd_args(
-                **{
-                    "mtls.ca-dir": ca_dir,
-                    "mtls.service-name": "client",
-                    "service-discovery.file.path": reg,
-                }
-            ),
-            name="shuntd-a",
+        reg = sl.registry_file(
+            {
+                "services": [
+                    svc("web", VIP_TLS, WEB_ID),
+                    svc("wrong", VIP_TLS_WRONG, "spiffe://cluster.local/ns/default/sa/other"),
+                ]
+            },
+            tmp,
         )
-        daemons.append(a)
-        a.wait_ready()
-        b = sl.Shuntd(
-            topo.remote,
-            sl.shuntd_args(**{"mtls.ca-dir": ca_dir, "mtls.service-name": "web"}),
-            name="shuntd-b",
+        a, b = sl.start_mtls_pair(
+            topo, daemons, ca_dir, a_flags={"service-discovery.file.path": reg}
         )
-        daemons.append(b)
-        b.wait_ready()
         yield topo, a, b
     finally:
         try:
-            stop_checked(daemons)
+            sl.stop_checked(daemons)
         finally:
             for p in procs:
                 p.stop()
@@ -518,7 +469,7 @@ def test_drain_closes_idle_keepalive_and_finishes_requests(fresh_topo, tmp_path)
     closed at once, a request in flight is answered (with Connection: close),
     and shuntd exits without waiting out the drain timeout."""
     topo = fresh_topo
-    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    topo.route_vips()
     backend = httpbackend.spawn(topo.remote, ["%s:%d=ep0" % (T.REMOTE4, PORT)])
     d = None
     try:
@@ -547,7 +498,7 @@ def test_drain_closes_idle_keepalive_and_finishes_requests(fresh_topo, tmp_path)
         assert status_of(resp) == 200 and header_of(resp, "Connection") == "close", resp
         assert d.wait(20) == 0
     finally:
-        stop_checked([d] if d else [])
+        sl.stop_checked([d] if d else [])
         backend.stop()
 
 

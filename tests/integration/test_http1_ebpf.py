@@ -13,13 +13,11 @@ import pytest
 
 import httpbackend
 import shuntlib as sl
-from test_http1 import stop_checked
 from shuntlib import Topology as T
 from test_ebpf import CGROUP, PINS, InCgroup, cgroup, ebpf_args, in_cgroup, mounts  # noqa: F401
 
 VIP = "10.96.4.10"
-EXTRA4 = "10.77.0.4"
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 
 
@@ -30,30 +28,14 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
     procs = []
     d = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips()
         procs.append(
             httpbackend.spawn(
                 topo.remote, ["%s:%d=ep%d" % (a, PORT, i) for i, a in enumerate(EP_ADDRS)]
             )
         )
-        reg = os.path.join(sl.tmpdir(), "registry.json")
-        with open(reg, "w") as f:
-            json.dump(
-                {
-                    "services": [
-                        {
-                            "name": "web",
-                            "addresses": [VIP],
-                            "ports": [
-                                {"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}
-                            ],
-                            "endpoints": [{"address": a, "port": PORT} for a in EP_ADDRS],
-                        }
-                    ]
-                },
-                f,
-            )
+        reg = sl.registry_file({"services": [sl.service("web", VIP, PORT, EP_ADDRS, "HTTP")]})
         d = sl.Shuntd(
             InCgroup(topo.app, CGROUP),
             ebpf_args(**{"service-discovery.file.path": reg, "log-level": "info"}),
@@ -63,7 +45,7 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
         yield topo, d
     finally:
         try:
-            stop_checked([d] if d else [])
+            sl.stop_checked([d] if d else [])
         finally:
             for p in procs:
                 p.stop()

@@ -6,13 +6,11 @@ import collections
 import concurrent.futures
 import http.client
 import json
-import os
 
 import pytest
 
 import httpbackend
 import shuntlib as sl
-from test_http1 import stop_checked
 from shuntlib import Topology as T
 
 # Endpoint addresses in the remote pod (10.77.0.2 and .3 exist already).
@@ -69,29 +67,21 @@ def registry(hash_endpoints=4):
     }
 
 
-def write_registry(path, reg):
-    with open(path + ".tmp", "w") as f:
-        json.dump(reg, f)
-    os.rename(path + ".tmp", path)
-
-
 @pytest.fixture(scope="module")
 def env():
     topo = T()
     procs = []
     daemon = None
     try:
-        for a in ADDRS[2:]:
-            topo.remote.ip("addr", "add", a + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.add_remote4(*ADDRS[2:])
+        topo.route_vips()
         specs = [
             "%s:%d=%s-ep%d" % (a, PORTS[name], name, i)
             for name in VIPS
             for i, a in enumerate(ADDRS)
         ]
         procs.append(httpbackend.spawn(topo.remote, specs))
-        path = os.path.join(sl.tmpdir(), "registry.json")
-        write_registry(path, registry())
+        path = sl.registry_file(registry())
         daemon = sl.Shuntd(
             topo.app,
             sl.shuntd_args(**{"service-discovery.file.path": path, "log-level": "info"}),
@@ -99,7 +89,7 @@ def env():
         yield topo, daemon, path
     finally:
         try:
-            stop_checked([daemon] if daemon else [])
+            sl.stop_checked([daemon] if daemon else [])
         finally:
             for p in procs:
                 p.stop()
@@ -169,7 +159,7 @@ def test_consistent_hash_1000_sessions_stick_and_a_fifth_moves(env):
         again = hash_map(topo, VIPS["hash"], keys, header="X-Request-Key")
         assert again == first
     # A fifth endpoint: about a fifth of the keys move, all of them to it.
-    write_registry(path, registry(hash_endpoints=5))
+    sl.write_json(path, registry(hash_endpoints=5))
     try:
         sl.wait_until(
             lambda: "hash-ep4" in hash_map(topo, VIPS["hash"], keys[:50], "X-Request-Key").values(),
@@ -183,7 +173,7 @@ def test_consistent_hash_1000_sessions_stick_and_a_fifth_moves(env):
         )
         assert 0.12 <= len(moved) / len(keys) <= 0.28, len(moved)
     finally:
-        write_registry(path, registry())
+        sl.write_json(path, registry())
 
 
 def test_consistent_hash_by_cookie(env):

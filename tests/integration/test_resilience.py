@@ -24,8 +24,7 @@ import shuntlib as sl
 from shuntlib import Topology as T
 
 VIP = "10.96.0.20"
-EXTRA4 = "10.77.0.4"  # a third backend address in the remote pod
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS  # the third one added to the remote pod below
 PORT = 8081
 SERVICE = "default/web"
 
@@ -64,13 +63,6 @@ def registry():
     }
 
 
-def write_registry(path, reg):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(reg, f)
-    os.rename(tmp, path)
-
-
 def start_backend(topo, i):
     return topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (EP_ADDRS[i], PORT)])
 
@@ -81,22 +73,22 @@ def env():
     procs = []
     daemon = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips()
         for i in range(len(EP_ADDRS)):
             procs.append(start_backend(topo, i))
-        path = os.path.join(sl.tmpdir(), "registry.json")
-        write_registry(path, registry())
+        path = sl.registry_file(registry())
         daemon = sl.Shuntd(
             topo.app, sl.shuntd_args(**{"service-discovery.file.path": path}, **BREAKER_FLAGS)
         ).wait_ready()
         yield topo, daemon, procs
     finally:
-        if daemon:
-            daemon.stop()
-        for p in procs:
-            p.stop()
-        topo.delete()
+        try:
+            sl.stop_checked([daemon] if daemon else [])
+        finally:
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 def ep_resilience(d, addr, port=80):
@@ -287,14 +279,14 @@ def test_daemon_exits_clean(env):
 
 def test_connection_limit_per_service(fresh_topo, start_shuntd):
     topo = fresh_topo
-    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    topo.route_vips()
     p = topo.remote.spawn_peer("http", "ep0", ["%s:%d" % (T.REMOTE4, PORT)])
     held = []
     try:
         path = os.path.join(sl.tmpdir(), "registry-limit.json")
         reg = registry()
         reg["services"][0]["endpoints"] = [{"address": T.REMOTE4, "port": PORT}]
-        write_registry(path, reg)
+        sl.write_json(path, reg)
         conf = {"service_discovery": {"file": {"path": path}}, "limits": {"max_connections": 2}}
         d = start_shuntd(topo.app, sl.shuntd_args(), config=conf)
         # Port 81 (TCP): every client connection is an upstream connection.
@@ -359,7 +351,7 @@ def test_locality_and_retry_leave_the_zone(fresh_topo, start_shuntd):
     failed endpoint is excluded, not picked again by the zone preference),
     the breaker opens, and the other zone serves without a client error."""
     topo = fresh_topo
-    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    topo.route_vips()
     addrs = [T.REMOTE4, T.REMOTE4B]
     procs = [topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]) for i, a in
              enumerate(addrs)]
@@ -369,7 +361,7 @@ def test_locality_and_retry_leave_the_zone(fresh_topo, start_shuntd):
         reg["services"][0]["endpoints"] = [
             {"address": a, "port": PORT, "zone": z} for a, z in zip(addrs, ["zone-a", "zone-b"])
         ]
-        write_registry(path, reg)
+        sl.write_json(path, reg)
         d = start_shuntd(
             topo.app,
             sl.shuntd_args(

@@ -17,8 +17,8 @@ import shuntlib as sl
 from shuntlib import Topology as T
 
 VIP4, VIP6 = "10.96.0.10", "fd96::10"
-EXTRA4 = "10.77.0.4"  # a third endpoint address in the remote pod
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EXTRA4 = sl.EXTRA4  # a third endpoint address in the remote pod
+EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 
 
@@ -38,28 +38,17 @@ def registry(endpoints, health=None, algorithm=None, extra_services=()):
     return {"services": [svc] + list(extra_services)}
 
 
-def write_registry(path, reg):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(reg, f)
-    os.rename(tmp, path)
-
-
 @pytest.fixture(scope="module")
 def env():
     topo = T()
     procs = []
     daemon = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        # Virtual addresses route out of the pod like any remote address; the
-        # capture rules redirect them before they leave.
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
-        topo.app.ip("-6", "route", "add", "fd96::/64", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips(v6=True)
         for i, a in enumerate(EP_ADDRS):
             procs.append(topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
-        path = os.path.join(sl.tmpdir(), "registry.json")
-        write_registry(path, registry(EP_ADDRS))
+        path = sl.registry_file(registry(EP_ADDRS))
         # A killed endpoint opens its circuit breaker and is ejected; short
         # times let the next tests see it back within their 5 s waits.
         daemon = sl.Shuntd(
@@ -74,11 +63,12 @@ def env():
         ).wait_ready()
         yield topo, daemon, path, procs
     finally:
-        if daemon:
-            daemon.stop()
-        for p in procs:
-            p.stop()
-        topo.delete()
+        try:
+            sl.stop_checked([daemon] if daemon else [])
+        finally:
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 def served_by(topo, host, n):
@@ -167,14 +157,14 @@ def test_registry_edit_is_followed(env):
     """Scaled from 3 to 2 endpoints by editing the file: picked up within a
     second or two; back to 3 afterwards."""
     topo, d, path, _ = env
-    write_registry(path, registry(EP_ADDRS[:2]))
+    sl.write_json(path, registry(EP_ADDRS[:2]))
     try:
         sl.wait_until(
             lambda: "ep2" not in served_by(topo, VIP4, 6), 5, what="ep2 out of rotation"
         )
         assert "ep2" not in served_by(topo, VIP4, 30)
     finally:
-        write_registry(path, registry(EP_ADDRS))
+        sl.write_json(path, registry(EP_ADDRS))
     sl.wait_until(lambda: "ep2" in served_by(topo, VIP4, 6), 5, what="ep2 back")
 
 
@@ -182,7 +172,7 @@ def test_no_endpoint_answered_at_once(env):
     """Every endpoint unhealthy: the client of the service's HTTP port gets a
     503 with Retry-After and the reason at once, not a reset or a hang."""
     topo, d, path, _ = env
-    write_registry(path, registry(EP_ADDRS, health={a: "unhealthy" for a in EP_ADDRS}))
+    sl.write_json(path, registry(EP_ADDRS, health={a: "unhealthy" for a in EP_ADDRS}))
     try:
         def unavailable():
             status, headers, _ = topo.app.http(VIP4, 80, "GET", "/", timeout=2)
@@ -192,7 +182,7 @@ def test_no_endpoint_answered_at_once(env):
         assert "no healthy endpoint" in headers.get("X-Shunt-Reason", ""), headers
         assert d.metric("shunt_http_local_responses_total", status="503") >= 1
     finally:
-        write_registry(path, registry(EP_ADDRS))
+        sl.write_json(path, registry(EP_ADDRS))
     sl.wait_until(lambda: sum(served_by(topo, VIP4, 3).values()) == 3, 5, what="service back")
 
 
@@ -206,11 +196,11 @@ def test_unknown_destination_passes_through_by_default(env):
 
 def test_registry_only_policy(fresh_topo, start_shuntd):
     topo = fresh_topo
-    topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+    topo.route_vips()
     p = topo.remote.spawn_peer("http", "ep0", ["%s:%d" % (T.REMOTE4, PORT)])
     try:
         path = os.path.join(sl.tmpdir(), "registry-only.json")
-        write_registry(path, registry([T.REMOTE4]))
+        sl.write_json(path, registry([T.REMOTE4]))
         d = start_shuntd(
             topo.app,
             sl.shuntd_args(
@@ -269,7 +259,7 @@ def test_staleness_metric_when_the_registry_breaks(env):
                            text=True, timeout=30)
         assert p.returncode == 0, p.stdout + p.stderr
     finally:
-        write_registry(path, registry(EP_ADDRS))
+        sl.write_json(path, registry(EP_ADDRS))
     sl.wait_until(
         lambda: d.metric("shunt_discovery_source_up", source="file", type="file") == 1,
         5,
