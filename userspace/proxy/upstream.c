@@ -355,7 +355,11 @@ void upstream_put(struct upstream *u, bool reusable)
         const struct shunt_config *cfg = worker_cfg(w);
         u->fn = NULL;
         u->owner = NULL;
-        if (!reusable || u->state != UPSTREAM_OPEN || cfg->http_upstream_max_idle == 0) {
+        /* The server's FIN already came (with the last response, say): the
+         * edge is spent, so the pool would never notice, and the next request
+         * would go out on a closed connection. */
+        if (!reusable || u->rdhup || u->state != UPSTREAM_OPEN ||
+            cfg->http_upstream_max_idle == 0) {
                 upstream_close(u);
                 return;
         }
