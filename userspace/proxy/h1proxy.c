@@ -1304,12 +1304,7 @@ static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
         (void)loop;
         if (s->closed)
                 return;
-        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                s->readable = true;
-        if (events & (EPOLLRDHUP | EPOLLHUP))
-                s->rdhup = true;
-        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                s->writable = true;
+        upstream_io_mark(events, false, &s->readable, &s->writable, &s->rdhup);
         drive(s);
 }
 
@@ -1371,6 +1366,7 @@ static void h1_start(struct worker *w, struct handoff *h)
                 w->h1 = calloc(1, sizeof(*w->h1));
         struct h1s *s = w->h1 ? calloc(1, sizeof(*s)) : NULL;
         if (!s) {
+                route_release(&h->route); /* the relay's pick came along */
                 worker_buf_give(w, h->buf, h->cap);
                 struct linger lg = {.l_onoff = 1, .l_linger = 0};
                 setsockopt(h->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));

@@ -1564,12 +1564,7 @@ static void on_client_io(struct loop *loop, struct loop_io *io, uint32_t events)
         struct h2c *c = io->data;
         if (c->s.closed)
                 return;
-        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                c->s.readable = true;
-        if (events & (EPOLLRDHUP | EPOLLHUP))
-                c->s.rdhup = true;
-        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                c->s.writable = true;
+        upstream_io_mark(events, false, &c->s.readable, &c->s.writable, &c->s.rdhup);
         mark_dirty(&c->s);
         hw_run(c->s.hw);
 }
@@ -1719,9 +1714,8 @@ static void up_connected(struct h2u *u)
 {
         struct h2_worker *hw = u->s.hw;
         if (u->identity[0]) {
-                struct tls_snapshot *ts = upstream_worker_tls(hw->w);
-                if (!ts || tls_conn_client_new(ts, u->s.io.fd, u->id, u->identity,
-                                               sockaddr_port(&u->addr), &u->s.tls) < 0) {
+                if (upstream_tls_start(hw->w, u->s.io.fd, u->id, u->identity, &u->addr, &u->s.tls) <
+                    0) {
                         up_fail(u, "cannot start TLS");
                         return;
                 }
@@ -1742,20 +1736,11 @@ static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events)
         struct h2_worker *hw = u->s.hw;
         if (u->s.closed)
                 return;
-        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                u->s.readable = true;
-        if (events & (EPOLLRDHUP | EPOLLHUP))
-                u->s.rdhup = true;
-        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                u->s.writable = true;
-        if (u->s.tls && events)
-                u->s.readable = u->s.writable = true;
+        upstream_io_mark(events, u->s.tls, &u->s.readable, &u->s.writable, &u->s.rdhup);
         if (u->state == UP_CONNECTING) {
-                if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+                int err = upstream_connect_result(io->fd, events);
+                if (err == 1)
                         return;
-                int err = 0;
-                socklen_t len = sizeof(err);
-                getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
                 if (err) {
                         up_fail(u, strerror(err));
                         hw_run(hw);

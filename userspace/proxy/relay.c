@@ -668,15 +668,7 @@ fail:
 
 static void side_mark(struct side *s, uint32_t events)
 {
-        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                s->readable = true;
-        if (events & (EPOLLRDHUP | EPOLLHUP))
-                s->rdhup = true;
-        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                s->writable = true;
-        /* TLS may need to write to read and read to write: try both. */
-        if (s->tls && events)
-                s->readable = s->writable = true;
+        upstream_io_mark(events, s->tls, &s->readable, &s->writable, &s->rdhup);
 }
 
 static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
@@ -700,24 +692,17 @@ static void on_upstream(struct loop *loop, struct loop_io *io, uint32_t events)
                 return;
         side_mark(&c->up, events);
         if (c->state == CONN_CONNECTING) {
-                if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+                int err = upstream_connect_result(io->fd, events);
+                if (err == 1)
                         return;
-                /* Writable without an error event: the connect succeeded;
-                 * SO_ERROR is read only when there is something to read. */
-                int err = 0;
-                socklen_t len = sizeof(err);
-                if (events & (EPOLLERR | EPOLLHUP))
-                        getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
                 if (err) {
                         connect_failed(c, REASON_CONNECT_REFUSED, strerror(err));
                         return;
                 }
                 route_request_done(&c->route, &c->upstream, ROUTE_SUCCESS);
                 if (c->tls_out) {
-                        struct tls_snapshot *ts = worker_tls(c->w);
-                        if (!ts ||
-                            tls_conn_client_new(ts, io->fd, c->id, route_identity(&c->route),
-                                                sockaddr_port(&c->upstream), &c->up.tls) < 0) {
+                        if (upstream_tls_start(c->w, io->fd, c->id, route_identity(&c->route),
+                                               &c->upstream, &c->up.tls) < 0) {
                                 conn_free(c, REASON_NO_MEMORY, true);
                                 return;
                         }

@@ -59,6 +59,27 @@ struct tls_snapshot *upstream_worker_tls(struct worker *w)
         return s ? tls_snapshot_get(s) : NULL;
 }
 
+int upstream_connect_result(int fd, uint32_t events)
+{
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+                return 1;
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if ((events & (EPOLLERR | EPOLLHUP)) &&
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                err = errno;
+        return err;
+}
+
+int upstream_tls_start(struct worker *w, int fd, uint64_t conn_id, const char *identity,
+                       const struct sockaddr_storage *addr, struct tls_conn **tls)
+{
+        struct tls_snapshot *ts = upstream_worker_tls(w);
+        if (!ts || tls_conn_client_new(ts, fd, conn_id, identity, sockaddr_port(addr), tls) < 0)
+                return -1;
+        return 0;
+}
+
 ssize_t upstream_io_recv(int fd, struct tls_conn *tls, void *buf, size_t len)
 {
         if (!tls)
@@ -216,14 +237,7 @@ static void on_io(struct loop *loop, struct loop_io *io, uint32_t events)
         (void)loop;
         if (u->state == UPSTREAM_DEAD)
                 return;
-        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                u->readable = true;
-        if (events & (EPOLLRDHUP | EPOLLHUP))
-                u->rdhup = true;
-        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                u->writable = true;
-        if (u->tls && events)
-                u->readable = u->writable = true;
+        upstream_io_mark(events, u->tls, &u->readable, &u->writable, &u->rdhup);
         if (u->in_pool) {
                 if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && idle_broken(u)) {
                         stat_add(&u->w->stats, ST_UPSTREAM_IDLE_PEER, 1);
@@ -232,19 +246,16 @@ static void on_io(struct loop *loop, struct loop_io *io, uint32_t events)
                 return;
         }
         if (u->state == UPSTREAM_CONNECTING) {
-                if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+                int err = upstream_connect_result(io->fd, events);
+                if (err == 1)
                         return;
-                int err = 0;
-                socklen_t len = sizeof(err);
-                getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
                 if (err) {
                         fail(u, REASON_CONNECT_REFUSED, strerror(err));
                         return;
                 }
                 if (u->identity[0]) {
-                        struct tls_snapshot *ts = upstream_worker_tls(u->w);
-                        if (!ts || tls_conn_client_new(ts, io->fd, u->conn_id, u->identity,
-                                                       sockaddr_port(&u->addr), &u->tls) < 0) {
+                        if (upstream_tls_start(u->w, io->fd, u->conn_id, u->identity, &u->addr,
+                                               &u->tls) < 0) {
                                 fail(u, REASON_NO_MEMORY, "cannot start TLS");
                                 return;
                         }

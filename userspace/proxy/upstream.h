@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -38,6 +39,33 @@ int upstream_socket(const struct sockaddr_storage *addr, uint32_t mark, const ch
 
 /* The worker's current certificate snapshot, or NULL when mTLS is off. */
 struct tls_snapshot *upstream_worker_tls(struct worker *w);
+
+/* The readiness an epoll event mask brings (edge-triggered: it only ever
+ * sets; the owner clears a flag when a call would block). TLS may need to
+ * write to read and read to write: with tls any event lets both be tried. */
+static inline void upstream_io_mark(uint32_t events, bool tls, bool *readable, bool *writable,
+                                    bool *rdhup)
+{
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                *readable = true;
+        if (events & (EPOLLRDHUP | EPOLLHUP))
+                *rdhup = true;
+        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                *writable = true;
+        if (tls && events)
+                *readable = *writable = true;
+}
+
+/* How a non-blocking connect on fd stands after an event: 1 still in
+ * progress, 0 connected, else the errno it failed with. Writable without an
+ * error event is a success: SO_ERROR is read (a syscall) only when the
+ * event says there is an error. */
+int upstream_connect_result(int fd, uint32_t events);
+
+/* Starts client mTLS on the connected fd to identity (the SNI name carries
+ * addr's port). 0, or -1 when there are no certificates or no memory. */
+int upstream_tls_start(struct worker *w, int fd, uint64_t conn_id, const char *identity,
+                       const struct sockaddr_storage *addr, struct tls_conn **tls);
 
 /* recv/send on fd, through tls when it is set; -1 with errno on failure. */
 ssize_t upstream_io_recv(int fd, struct tls_conn *tls, void *buf, size_t len);
