@@ -9,29 +9,24 @@ import os
 import socket
 import ssl
 import struct
-import subprocess
 import time
 
 import pytest
 
+import mtls_pki as pki
 import shuntlib as sl
 from shuntlib import Topology as T
 
-TD = "cluster.local"
-WEB_ID = "spiffe://%s/ns/default/sa/web" % TD
+TD = pki.TD
+WEB_ID = pki.spiffe("web")
 VIP_WEB, VIP_ECHO, VIP_HC = "10.96.0.20", "10.96.0.21", "10.96.0.22"
 
 
 def registry(web_identity=WEB_ID):
     def svc(name, vip, port, identity):
-        return {
-            "name": name,
-            "namespace": "default",
-            "addresses": [vip],
-            "ports": [{"name": "p", "port": port, "target_port": port, "protocol": "TCP"}],
-            "identity": identity,
-            "endpoints": [{"address": T.REMOTE4, "port": port}],
-        }
+        return sl.service(
+            name, vip, port, [T.REMOTE4], "TCP", port_name="p", service_port=port, identity=identity
+        )
 
     return {
         "services": [
@@ -57,12 +52,6 @@ def mtls_args(ca_dir, name, **extra):
     return sl.shuntd_args(**flags)
 
 
-def openssl(*args, **kw):
-    p = subprocess.run(["openssl"] + list(args), capture_output=True, text=True, timeout=30, **kw)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p.stdout
-
-
 def issue(tmp, name, ca_pem, ca_key, uri, san=None):
     """A client certificate signed by the given CA (openssl, not shuntd)."""
     key, csr, pem, ext = (os.path.join(tmp, name + s) for s in ("-key.pem", ".csr", ".pem", ".ext"))
@@ -72,9 +61,9 @@ def issue(tmp, name, ca_pem, ca_key, uri, san=None):
             "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n"
             % (san or "URI:" + uri)
         )
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
-    openssl("req", "-new", "-key", key, "-out", csr, "-subj", "/CN=" + name)
-    openssl(
+    pki.openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+    pki.openssl("req", "-new", "-key", key, "-out", csr, "-subj", "/CN=" + name)
+    pki.openssl(
         "x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial",
         "-out", pem, "-days", "1", "-extfile", ext,
     )  # fmt: skip
@@ -86,44 +75,35 @@ def mesh():
     topo = T()
     procs, daemons = [], []
     try:
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.route_vips()
         procs.append(topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
         procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:7000" % T.REMOTE4]))
         procs.append(topo.remote.spawn_peer("halfclose", "hc", ["%s:7100" % T.REMOTE4]))
         tmp = sl.tmpdir()
         ca_dir = os.path.join(tmp, "ca")
-        reg = os.path.join(tmp, "registry.json")
-        with open(reg, "w") as f:
-            json.dump(registry(), f)
-        # A starts first and creates the CA; B loads the same one.
-        a = sl.Shuntd(
-            topo.app,
-            # 15001 not captured in A: the s_client test addresses B's
-            # inbound port directly (A's shuntd would take it for a loop).
-            mtls_args(
-                ca_dir,
-                "client",
-                **{"service-discovery.file.path": reg, "exclude-outbound-ports": "15001"},
-            ),
-            name="shuntd-a",
+        reg = sl.registry_file(registry(), tmp)
+        rotation = {"mtls.cert-rotation": "%ds" % LIFETIME_S}
+        # 15001 not captured in A: the s_client test addresses B's inbound
+        # port directly (A's shuntd would take it for a loop).
+        a, b = sl.start_mtls_pair(
+            topo,
+            daemons,
+            ca_dir,
+            a_flags={
+                **rotation,
+                "service-discovery.file.path": reg,
+                "exclude-outbound-ports": "15001",
+            },
+            b_flags=rotation,
         )
-        daemons.append(a)
-        a.wait_ready()
-        b = sl.Shuntd(topo.remote, mtls_args(ca_dir, "web"), name="shuntd-b")
-        daemons.append(b)
-        b.wait_ready()
         yield topo, a, b, tmp, ca_dir
     finally:
-        bad = []
-        for d in daemons:
-            rc = d.stop()
-            log = d.log_text()
-            if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
-                bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
-        for p in procs:
-            p.stop()
-        topo.delete()
-        assert not bad, "\n".join(bad)
+        try:
+            sl.stop_checked(daemons)
+        finally:
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 def tcp_payloads(pcap):
@@ -212,9 +192,7 @@ def test_wrong_identity_refused(mesh):
     """The registry expects another identity for the service: A refuses B."""
     topo, a, b, tmp, _ = mesh
     reg = os.path.join(tmp, "registry.json")
-    with open(reg + ".tmp", "w") as f:
-        json.dump(registry("spiffe://%s/ns/default/sa/other" % TD), f)
-    os.rename(reg + ".tmp", reg)
+    sl.write_json(reg, registry(pki.spiffe("other")))
     try:
         def refused():
             r = topo.app.curl(["-s", "-m", "5", "http://%s:8080/x" % VIP_WEB])
@@ -222,9 +200,7 @@ def test_wrong_identity_refused(mesh):
         sl.wait_until(refused, 10, interval=0.3, what="the wrong identity refused")
         sl.wait_until(lambda: "reason=wrong_identity" in a.log_text(), 5, what="audit line")
     finally:
-        with open(reg + ".tmp", "w") as f:
-            json.dump(registry(), f)
-        os.rename(reg + ".tmp", reg)
+        sl.write_json(reg, registry())
         sl.wait_until(
             lambda: topo.app.curl(["-s", "-m", "5", "http://%s:8080/x" % VIP_WEB]).returncode == 0,
             10,
@@ -233,23 +209,18 @@ def test_wrong_identity_refused(mesh):
         )
 
 
-def s_client(pod, args, data="GET /s HTTP/1.0\r\n\r\n", port=8080):
-    argv = [
-        "openssl", "s_client", "-connect", "%s:%d" % (T.REMOTE4, port), "-servername",
-        "port-8080.%s" % TD, "-tls1_3", "-ign_eof", "-quiet",
-    ] + args  # fmt: skip
-    return pod.run(argv, timeout=20, check=False, input=data)
-
-
 def test_s_client(mesh):
     topo, a, b, tmp, ca_dir = mesh
     ca_pem, ca_key = os.path.join(ca_dir, "ca.pem"), os.path.join(ca_dir, "ca-key.pem")
     pem, key = issue(tmp, "tester", ca_pem, ca_key, "spiffe://%s/ns/default/sa/tester" % TD)
-    r = s_client(topo.app, ["-cert", pem, "-key", key, "-CAfile", ca_pem, "-verify_return_error"])
+    r = pki.s_client(
+        topo.app, T.REMOTE4, ["-cert", pem, "-key", key, "-CAfile", ca_pem, "-verify_return_error"]
+    )
     assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
     # Addressed to B's inbound port itself: the SNI name says where to go.
-    r = s_client(
+    r = pki.s_client(
         topo.app,
+        T.REMOTE4,
         ["-cert", pem, "-key", key, "-CAfile", ca_pem, "-verify_return_error"],
         port=15001,
     )
@@ -268,7 +239,7 @@ def test_s_client(mesh):
     sl.wait_until(lambda: "to shuntd's own port" in b.log_text(), 5, what="loop refusal logged")
 
     # No client certificate: refused, and B's audit line says why.
-    r = s_client(topo.app, ["-CAfile", ca_pem])
+    r = pki.s_client(topo.app, T.REMOTE4, ["-CAfile", ca_pem])
     assert "HTTP/1.1 200" not in r.stdout
     sl.wait_until(lambda: "reason=no_certificate" in b.log_text(), 5, what="no_certificate audit")
 
@@ -276,13 +247,13 @@ def test_s_client(mesh):
     other = os.path.join(tmp, "other")
     os.makedirs(other, exist_ok=True)
     o_key, o_pem = os.path.join(other, "ca-key.pem"), os.path.join(other, "ca.pem")
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", o_key)
-    openssl(
+    pki.openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", o_key)
+    pki.openssl(
         "req", "-x509", "-new", "-key", o_key, "-out", o_pem, "-days", "2", "-subj", "/CN=other",
         "-addext", "basicConstraints=critical,CA:TRUE",
     )  # fmt: skip
     pem2, key2 = issue(other, "intruder", o_pem, o_key, "spiffe://%s/ns/default/sa/x" % TD)
-    r = s_client(topo.app, ["-cert", pem2, "-key", key2])
+    r = pki.s_client(topo.app, T.REMOTE4, ["-cert", pem2, "-key", key2])
     assert "HTTP/1.1 200" not in r.stdout
     sl.wait_until(lambda: "reason=untrusted_ca" in b.log_text(), 5, what="untrusted_ca audit")
 
@@ -292,7 +263,7 @@ def test_s_client(mesh):
         ("nouri", None, "DNS:web.default.svc.cluster.local", "no_spiffe_id"),
     ):
         pem3, key3 = issue(tmp, name, ca_pem, ca_key, uri, san=san)
-        r = s_client(topo.app, ["-cert", pem3, "-key", key3, "-CAfile", ca_pem])
+        r = pki.s_client(topo.app, T.REMOTE4, ["-cert", pem3, "-key", key3, "-CAfile", ca_pem])
         assert "HTTP/1.1 200" not in r.stdout
         sl.wait_until(lambda: "reason=" + reason in b.log_text(), 5, what=reason + " audit")
 
@@ -337,7 +308,7 @@ def test_rotation_keeps_connections(mesh):
     )  # fmt: skip
     pem = out.stdout[out.stdout.find("-----BEGIN CERTIFICATE-----") :]
     pem = pem[: pem.find("-----END CERTIFICATE-----") + 25]
-    got = openssl("x509", "-noout", "-serial", input=pem).strip().split("=")[1].lower().lstrip("0")
+    got = pki.openssl("x509", "-noout", "-serial", input=pem).strip().split("=")[1].lower().lstrip("0")
     # The serial may have moved on again since: it must be the current or a newer one.
     assert got == serial or got == b.json("/certs")["current"]["serial"], (got, serial)
 
@@ -409,6 +380,4 @@ def test_permissive_plaintext_then_strict(mesh):
         r = topo.app.curl(["-s", "http://%s:8080/strict" % VIP_WEB])
         assert r.returncode == 0 and json.loads(r.stdout)["server"] == "web", r.stderr
     finally:
-        rc = b2.stop()
-        log = b2.log_text()
-        assert rc in (0, None) and "Sanitizer" not in log, b2.log_tail(40)
+        sl.stop_checked([b2])

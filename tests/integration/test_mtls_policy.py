@@ -29,14 +29,9 @@ CLIENT_ID = pki.spiffe("client")  # pod A's identity
 
 def registry():
     def svc(name, vip, port):
-        return {
-            "name": name,
-            "namespace": "default",
-            "addresses": [vip],
-            "ports": [{"name": "p", "port": port, "target_port": port, "protocol": "TCP"}],
-            "identity": WEB_ID,
-            "endpoints": [{"address": T.REMOTE4, "port": port}],
-        }
+        return sl.service(
+            name, vip, port, [T.REMOTE4], "TCP", port_name="p", service_port=port, identity=WEB_ID
+        )
 
     return {"services": [svc("web", VIP_WEB, 8080), svc("echo", VIP_ECHO, 7000)]}
 
@@ -50,49 +45,28 @@ def mesh():
     topo = T()
     procs, daemons = [], []
     try:
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.route_vips()
         procs.append(topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
         procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:7000" % T.REMOTE4]))
         tmp = sl.tmpdir()
         ca_dir = os.path.join(tmp, "ca")
-        reg = os.path.join(tmp, "registry.json")
-        with open(reg, "w") as f:
-            json.dump(registry(), f)
-        a = sl.Shuntd(
-            topo.app,
-            sl.shuntd_args(
-                **{
-                    "mtls.ca-dir": ca_dir,
-                    "mtls.service-name": "client",
-                    "service-discovery.file.path": reg,
-                    "exclude-outbound-ports": "15001",
-                }
-            ),
-            name="shuntd-a",
+        reg = sl.registry_file(registry(), tmp)
+        a, b = sl.start_mtls_pair(
+            topo,
+            daemons,
+            ca_dir,
+            a_flags={"service-discovery.file.path": reg, "exclude-outbound-ports": "15001"},
+            b_config=b_config({"8080": [TESTER_ID]}),
         )
-        daemons.append(a)
-        a.wait_ready()
-        b = sl.Shuntd(
-            topo.remote,
-            sl.shuntd_args(**{"mtls.ca-dir": ca_dir, "mtls.service-name": "web"}),
-            config=b_config({"8080": [TESTER_ID]}),
-            name="shuntd-b",
-        )
-        daemons.append(b)
-        b.wait_ready()
         ca = pki.CA.load(ca_dir)
         yield topo, a, b, tmp, ca
     finally:
-        bad = []
-        for d in daemons:
-            rc = d.stop()
-            log = d.log_text()
-            if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
-                bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
-        for p in procs:
-            p.stop()
-        topo.delete()
-        assert not bad, "\n".join(bad)
+        try:
+            sl.stop_checked(daemons)
+        finally:
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 def audit_lines(d, reason):
@@ -440,20 +414,14 @@ def test_registry_mode_per_port(mesh):
     def write(modes):
         svcs = []
         for name, port in (("echo", 7000), ("alt", 7001)):
-            svc = {
-                "name": name,
-                "namespace": "default",
-                "addresses": ["10.96.1.%d" % (port - 6990)],
-                "ports": [{"name": "p", "port": port, "target_port": port}],
-                "identity": WEB_ID,
-                "endpoints": [{"address": T.REMOTE4, "port": port}],
-            }
+            vip = "10.96.1.%d" % (port - 6990)
+            svc = sl.service(
+                name, vip, port, [T.REMOTE4], port_name="p", service_port=port, identity=WEB_ID
+            )
             if modes.get(name):
                 svc["mtls"] = modes[name]
             svcs.append(svc)
-        with open(reg + ".tmp", "w") as f:
-            json.dump({"services": svcs}, f)
-        os.rename(reg + ".tmp", reg)
+        sl.write_json(reg, {"services": svcs})
 
     write({"echo": "permissive"})
     b.stop()
@@ -488,9 +456,7 @@ def test_registry_mode_per_port(mesh):
         assert plain_echo_ok(topo, 7001)
     finally:
         peer.stop()
-        rc = b2.stop()
-        log = b2.log_text()
-        assert rc in (0, None) and "Sanitizer" not in log, b2.log_tail(40)
+        sl.stop_checked([b2])
 
 
 def test_files_source_broken_key_while_running(mesh):
@@ -595,6 +561,4 @@ def test_files_source_broken_key_while_running(mesh):
                 for t in texts:
                     assert line not in t, "private key material leaked"
     finally:
-        rc = b2.stop()
-        log = b2.log_text()
-        assert rc in (0, None) and "Sanitizer" not in log, b2.log_tail(40)
+        sl.stop_checked([b2])

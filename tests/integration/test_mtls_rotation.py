@@ -33,14 +33,9 @@ LIFETIME_S = 30
 
 def registry():
     def svc(name, vip, port):
-        return {
-            "name": name,
-            "namespace": "default",
-            "addresses": [vip],
-            "ports": [{"name": "p", "port": port, "target_port": port, "protocol": "TCP"}],
-            "identity": WEB_ID,
-            "endpoints": [{"address": T.REMOTE4, "port": port}],
-        }
+        return sl.service(
+            name, vip, port, [T.REMOTE4], "TCP", port_name="p", service_port=port, identity=WEB_ID
+        )
 
     return {"services": [svc("web", VIP_WEB, 8080), svc("echo", VIP_ECHO, 7000)]}
 
@@ -53,43 +48,28 @@ class Mesh:
         self.topo = T()
         self.procs, self.daemons = [], []
         self.tmp = sl.tmpdir()
-        self.reg = os.path.join(self.tmp, "registry.json")
-        with open(self.reg, "w") as f:
-            json.dump(registry(), f)
-        self.topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        self.reg = sl.registry_file(registry(), self.tmp)
+        self.topo.route_vips()
         self.procs.append(self.topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
         self.procs.append(self.topo.remote.spawn_peer("echo", "echo", ["%s:7000" % T.REMOTE4]))
 
     def start(self, a_flags, b_flags):
         a_flags = dict(a_flags)
         a_flags.update(
-            {
-                "service-discovery.file.path": self.reg,
-                "exclude-outbound-ports": "15001",
-                "mtls.service-name": "client",
-            }
+            {"service-discovery.file.path": self.reg, "exclude-outbound-ports": "15001"}
         )
-        b_flags = dict(b_flags)
-        b_flags["mtls.service-name"] = "web"
-        self.a = sl.Shuntd(self.topo.app, sl.shuntd_args(**a_flags), name="shuntd-a")
-        self.daemons.append(self.a)
-        self.a.wait_ready()
-        self.b = sl.Shuntd(self.topo.remote, sl.shuntd_args(**b_flags), name="shuntd-b")
-        self.daemons.append(self.b)
-        self.b.wait_ready()
+        self.a, self.b = sl.start_mtls_pair(
+            self.topo, self.daemons, a_flags=a_flags, b_flags=b_flags
+        )
         return self.a, self.b
 
     def close(self):
-        bad = []
-        for d in self.daemons:
-            rc = d.stop()
-            log = d.log_text()
-            if rc not in (0, None) or "Sanitizer" in log or "runtime error" in log:
-                bad.append("%s exited %s\n%s" % (d.pod.name, rc, d.log_tail(40)))
-        for p in self.procs:
-            p.stop()
-        self.topo.delete()
-        assert not bad, "\n".join(bad)
+        try:
+            sl.stop_checked(self.daemons)
+        finally:
+            for p in self.procs:
+                p.stop()
+            self.topo.delete()
 
     def curl_ok(self, path="/r"):
         r = self.topo.app.curl(["-s", "-m", "5", "http://%s:8080%s" % (VIP_WEB, path)])
