@@ -120,28 +120,13 @@ struct h1s {
 
 struct h1_worker {
         struct h1s *sessions;
-        bool draining;       /* every response says Connection: close */
-        uint64_t warned_ms;  /* last warning line (at most one a second) */
-        uint64_t suppressed; /* warnings left out since */
+        bool draining;          /* every response says Connection: close */
+        struct warn_limit warn; /* failed requests: one line a second */
 };
 
-/* Warnings about failed requests, at most one line a second per worker: a
- * dead service under load must not flood the log (every request still has
- * its access line and its counters). True when the caller may log. */
 static bool warn_allowed(struct h1s *s)
 {
-        struct h1_worker *hw = s->w->h1;
-        uint64_t now = loop_now_ms(s->w->loop);
-        if (hw->warned_ms && now - hw->warned_ms < 1000) {
-                hw->suppressed++;
-                return false;
-        }
-        if (hw->suppressed)
-                log_warn("http1", 0, "%llu similar warnings left out in the last second",
-                         (unsigned long long)hw->suppressed);
-        hw->warned_ms = now;
-        hw->suppressed = 0;
-        return true;
+        return warn_limit_allow(&s->w->h1->warn, loop_now_ms(s->w->loop), "http1");
 }
 
 static void drive(struct h1s *s);
@@ -1425,23 +1410,12 @@ static void h1_render(struct worker *w, struct strbuf *out, bool *first)
                 return;
         uint64_t now = clock_mono_ms();
         for (struct h1s *s = w->h1->sessions; s; s = s->next) {
-                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
-                strbuf_append(out, *first ? "" : ",");
-                *first = false;
-                strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"outbound\",",
-                               (unsigned long long)s->id, w->index);
-                strbuf_append(out, "\"client\":");
-                strbuf_append_json_string(out,
-                                          sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)));
-                strbuf_append(out, ",\"original_dst\":");
-                strbuf_append_json_string(out, sockaddr_format(&s->orig_dst, obuf, sizeof(obuf)));
-                strbuf_append(out, ",\"upstream\":");
-                strbuf_append_json_string(
-                    out, s->upstream_addr.ss_family
-                             ? sockaddr_format(&s->upstream_addr, obuf, sizeof(obuf))
-                             : "");
-                strbuf_append(out, ",\"service\":");
-                strbuf_append_json_string(out, s->service);
+                char ubuf[SOCKADDR_STRLEN];
+                conn_render_open(out, first, w, s->id, DIR_OUTBOUND, &s->client_addr, &s->orig_dst,
+                                 s->upstream_addr.ss_family
+                                     ? sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf))
+                                     : "",
+                                 s->service);
                 strbuf_appendf(out,
                                ",\"protocol\":\"http1\",\"state\":\"%s\",\"bytes_in\":%llu,"
                                "\"bytes_out\":%llu,\"age_ms\":%llu,\"requests\":%llu,\"sni\":\"\"}",

@@ -167,6 +167,7 @@ struct h2_worker {
         nghttp2_session_callbacks *cb_server, *cb_client;
         nghttp2_option *opt_server, *opt_client;
         uint64_t next_up_id;
+        struct warn_limit warn; /* streams answered locally: one line a second */
 };
 
 static const char *const grpc_names[GRPC_CODES] = {
@@ -588,9 +589,10 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
         stat_inc(hw, http == 504   ? ST_H2_REPLY_504
                      : http == 431 ? ST_H2_REPLY_431
                                    : ST_H2_REPLY_503);
-        log_warn("h2", c->id, "stream %d (%s) answered locally: %s %d: %s", st->cid,
-                 route_service_name(&st->route), st->grpc ? "grpc-status" : "status",
-                 st->grpc ? grpc : http, reason);
+        if (warn_limit_allow(&hw->warn, loop_now_ms(hw_loop(hw)), "h2"))
+                log_warn("h2", c->id, "stream %d (%s) answered locally: %s %d: %s", st->cid,
+                         route_service_name(&st->route), st->grpc ? "grpc-status" : "status",
+                         st->grpc ? grpc : http, reason);
         /* The request body is no longer wanted: drop it and reopen its window. */
         if (bbuf_avail(&st->reqb))
                 nghttp2_session_consume(c->s.ng, st->cid, bbuf_avail(&st->reqb));
@@ -1858,19 +1860,10 @@ static void h2_render(struct worker *w, struct strbuf *out, bool *first)
                 return;
         uint64_t now = clock_mono_ms();
         for (struct h2c *c = hw->conns; c; c = c->next) {
-                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
-                strbuf_append(out, *first ? "" : ",");
-                *first = false;
-                strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"outbound\",",
-                               (unsigned long long)c->id, w->index);
-                strbuf_append(out, "\"client\":");
-                strbuf_append_json_string(out, sockaddr_format(&c->client, cbuf, sizeof(cbuf)));
-                strbuf_append(out, ",\"original_dst\":");
-                strbuf_append_json_string(out, sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
                 /* One upstream per request: the connection itself has none. */
-                strbuf_append(out, ",\"upstream\":\"per-request\",\"service\":");
                 struct h2s *st = c->streams;
-                strbuf_append_json_string(out, st ? route_service_name(&st->route) : "-");
+                conn_render_open(out, first, w, c->id, DIR_OUTBOUND, &c->client, &c->orig_dst,
+                                 "per-request", st ? route_service_name(&st->route) : "-");
                 strbuf_appendf(out,
                                ",\"protocol\":\"%s\",\"state\":\"streams\",\"streams\":%u,"
                                "\"streams_total\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"

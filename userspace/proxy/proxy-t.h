@@ -249,6 +249,13 @@ void engines_close_all(struct worker *w, enum conn_reason reason);
 void engines_worker_free(struct worker *w);
 void engines_drain(struct worker *w);
 const char *conn_dir_name(enum conn_dir d);
+/* /connections: opens one connection's object with the fields every kind
+ * has (id, worker, direction, client, original_dst, upstream, service); the
+ * caller appends its own and the closing brace. */
+void conn_render_open(struct strbuf *out, bool *first, struct worker *w, uint64_t id,
+                      enum conn_dir dir, const struct sockaddr_storage *client,
+                      const struct sockaddr_storage *orig_dst, const char *upstream,
+                      const char *service);
 
 /* relay.c */
 /* fd was just accepted on l from peer. */

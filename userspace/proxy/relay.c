@@ -1098,24 +1098,34 @@ void relay_close_all(struct worker *w, enum conn_reason reason)
         upstream_pool_free(w);
 }
 
+void conn_render_open(struct strbuf *out, bool *first, struct worker *w, uint64_t id,
+                      enum conn_dir dir, const struct sockaddr_storage *client,
+                      const struct sockaddr_storage *orig_dst, const char *upstream,
+                      const char *service)
+{
+        char buf[SOCKADDR_STRLEN];
+        strbuf_append(out, *first ? "" : ",");
+        *first = false;
+        strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"%s\",",
+                       (unsigned long long)id, w->index, dir_name(dir));
+        strbuf_append(out, "\"client\":");
+        strbuf_append_json_string(out, sockaddr_format(client, buf, sizeof(buf)));
+        strbuf_append(out, ",\"original_dst\":");
+        strbuf_append_json_string(out, sockaddr_format(orig_dst, buf, sizeof(buf)));
+        strbuf_append(out, ",\"upstream\":");
+        strbuf_append_json_string(out, upstream);
+        strbuf_append(out, ",\"service\":");
+        strbuf_append_json_string(out, service);
+}
+
 void relay_render(struct worker *w, struct strbuf *out, bool *first)
 {
         uint64_t now = clock_mono_ms();
         for (struct conn *c = w->conns; c; c = c->next) {
-                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
-                strbuf_append(out, *first ? "" : ",");
-                *first = false;
-                strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"%s\",",
-                               (unsigned long long)c->id, w->index, dir_name(c->dir));
-                strbuf_append(out, "\"client\":");
-                strbuf_append_json_string(out,
-                                          sockaddr_format(&c->client_addr, cbuf, sizeof(cbuf)));
-                strbuf_append(out, ",\"original_dst\":");
-                strbuf_append_json_string(out, sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)));
-                strbuf_append(out, ",\"upstream\":");
-                strbuf_append_json_string(out, sockaddr_format(&c->upstream, obuf, sizeof(obuf)));
-                strbuf_append(out, ",\"service\":");
-                strbuf_append_json_string(out, route_service_name(&c->route));
+                char ubuf[SOCKADDR_STRLEN];
+                conn_render_open(out, first, w, c->id, c->dir, &c->client_addr, &c->orig_dst,
+                                 sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)),
+                                 route_service_name(&c->route));
                 const char *state = c->state == CONN_CONNECTING  ? "connecting"
                                     : c->state == CONN_HANDSHAKE ? "tls_handshake"
                                     : !c->sniffed                ? "sniffing"

@@ -59,6 +59,20 @@ struct tls_snapshot *upstream_worker_tls(struct worker *w)
         return s ? tls_snapshot_get(s) : NULL;
 }
 
+bool warn_limit_allow(struct warn_limit *wl, uint64_t now_ms, const char *component)
+{
+        if (wl->last_ms && now_ms - wl->last_ms < 1000) {
+                wl->suppressed++;
+                return false;
+        }
+        if (wl->suppressed)
+                log_warn(component, 0, "%llu similar warnings left out in the last second",
+                         (unsigned long long)wl->suppressed);
+        wl->last_ms = now_ms;
+        wl->suppressed = 0;
+        return true;
+}
+
 int upstream_connect_result(int fd, uint32_t events)
 {
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))

@@ -67,6 +67,17 @@ int upstream_connect_result(int fd, uint32_t events);
 int upstream_tls_start(struct worker *w, int fd, uint64_t conn_id, const char *identity,
                        const struct sockaddr_storage *addr, struct tls_conn **tls);
 
+/* Warnings about failed requests, at most one line a second per worker
+ * and engine: a dead service under load must not flood the log (every
+ * request still has its counters, HTTP/1.1 its access line). */
+struct warn_limit {
+        uint64_t last_ms;    /* last warning line */
+        uint64_t suppressed; /* warnings left out since */
+};
+/* True when the caller may log now; first says (under component) how many
+ * were left out since the last line. */
+bool warn_limit_allow(struct warn_limit *wl, uint64_t now_ms, const char *component);
+
 /* recv/send on fd, through tls when it is set; -1 with errno on failure. */
 ssize_t upstream_io_recv(int fd, struct tls_conn *tls, void *buf, size_t len);
 ssize_t upstream_io_send(int fd, struct tls_conn *tls, const void *buf, size_t len);
