@@ -51,8 +51,7 @@ void lb_limits_set(struct lb_limits *l, const struct lb_limits_config *c)
                 atomic_store_explicit(&l->max[k], c->max[k], memory_order_relaxed);
 }
 
-/* Takes one unit of *cur unless it has reached max: never goes above. */
-static bool take(_Atomic uint32_t *cur, uint32_t max)
+bool lb_slot_take(_Atomic uint32_t *cur, uint32_t max)
 {
         uint32_t v = atomic_load_explicit(cur, memory_order_relaxed);
         do {
@@ -75,7 +74,7 @@ static void give(_Atomic uint32_t *cur)
 
 int lb_limits_acquire(struct lb_limits *l, enum lb_limit_kind k)
 {
-        if (take(&l->cur[k], atomic_load_explicit(&l->max[k], memory_order_relaxed)))
+        if (lb_slot_take(&l->cur[k], atomic_load_explicit(&l->max[k], memory_order_relaxed)))
                 return 0;
         atomic_fetch_add_explicit(&l->refused[k], 1, memory_order_relaxed);
         return LB_ELIMIT;
@@ -194,7 +193,7 @@ uint32_t lb_retry_budget_limit(const struct lb_retry_config *c, uint32_t active)
 int lb_retry_budget_acquire(struct lb_retry_budget *b, const struct lb_retry_config *c,
                             uint32_t active)
 {
-        if (take(&b->in_flight, lb_retry_budget_limit(c, active)))
+        if (lb_slot_take(&b->in_flight, lb_retry_budget_limit(c, active)))
                 return 0;
         atomic_fetch_add_explicit(&b->refused, 1, memory_order_relaxed);
         return LB_EBUDGET;

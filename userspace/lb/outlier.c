@@ -103,18 +103,6 @@ static void decay(const struct lb_outlier_config *c, struct lb_outlier_ep *e, ui
         }
 }
 
-/* Takes one unit of *cur unless it has reached max. */
-static bool take(_Atomic uint32_t *cur, uint32_t max)
-{
-        uint32_t v = LD(*cur);
-        do {
-                if (v >= max)
-                        return false;
-        } while (!atomic_compare_exchange_weak_explicit(cur, &v, v + 1, memory_order_relaxed,
-                                                        memory_order_relaxed));
-        return true;
-}
-
 int lb_outlier_ep_record(const struct lb_outlier_config *c, struct lb_outlier_svc *svc,
                          struct lb_outlier_ep *e, uint32_t n, enum lb_outcome r, uint64_t now)
 {
@@ -134,7 +122,7 @@ int lb_outlier_ep_record(const struct lb_outlier_config *c, struct lb_outlier_sv
             !atomic_compare_exchange_strong_explicit(&e->consecutive, &run, 0, memory_order_relaxed,
                                                      memory_order_relaxed))
                 return 0;
-        if (!take(&svc->ejected, lb_outlier_max_ejected(n, c->max_ejection_percent))) {
+        if (!lb_slot_take(&svc->ejected, lb_outlier_max_ejected(n, c->max_ejection_percent))) {
                 atomic_fetch_add_explicit(&svc->skipped, 1, memory_order_relaxed);
                 return 0;
         }

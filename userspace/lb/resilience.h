@@ -225,6 +225,10 @@ struct lb_limits {
         _Atomic uint32_t max[LB_LIMIT_NKINDS];
 };
 void lb_limits_init(struct lb_limits *l, const struct lb_limits_config *c);
+/* Takes one unit of *cur unless it has reached max (never goes above, also
+ * when threads race): the slot counters of limits, the retry budget and
+ * the ejection cap. */
+bool lb_slot_take(_Atomic uint32_t *cur, uint32_t max);
 /* New maxima apply to later acquires; nothing in flight is cut. */
 void lb_limits_set(struct lb_limits *l, const struct lb_limits_config *c);
 /* 0, or LB_ELIMIT when cur has reached max (counted in refused). */

@@ -882,12 +882,23 @@ void route_render_metrics(struct route_table *t, struct strbuf *out)
         strbuf_free(&lb);
 }
 
-/* The entries of service svc (by namespace and name) in t. */
-static bool entry_is(const struct route_table *t, const struct route_entry *e,
-                     const struct disc_service *svc)
+/* The next entry from *i on (then past it) of service svc (by namespace
+ * and name) in t that has endpoints, or NULL; *s gets its service. */
+static const struct route_entry *next_entry_of(const struct route_table *t,
+                                               const struct disc_service *svc, uint32_t *i,
+                                               const struct disc_service **s)
 {
-        const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
-        return strcmp(s->name, svc->name) == 0 && strcmp(s->ns, svc->ns) == 0;
+        for (; t && *i < t->n_entries; (*i)++) {
+                const struct route_entry *e = &t->entries[*i];
+                if (!e->lb)
+                        continue;
+                *s = disc_snapshot_service(t->disc, e->service);
+                if (strcmp((*s)->name, svc->name) == 0 && strcmp((*s)->ns, svc->ns) == 0) {
+                        (*i)++;
+                        return e;
+                }
+        }
+        return NULL;
 }
 
 void route_render_service(struct route_table *t, const struct disc_service *svc, struct strbuf *sb)
@@ -895,12 +906,10 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
         strbuf_append(sb, ",\"resilience\":[");
         bool first = true;
         uint64_t now = now_ns();
-        for (uint32_t i = 0; t && i < t->n_entries; i++) {
-                const struct route_entry *e = &t->entries[i];
-                if (!e->lb || !entry_is(t, e, svc))
-                        continue;
+        const struct route_entry *e;
+        const struct disc_service *s;
+        for (uint32_t i = 0; (e = next_entry_of(t, svc, &i, &s));) {
                 struct lb_service_res *r = lb_table_res(e->lb);
-                const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
                 uint32_t n = (uint32_t)lb_table_count(e->lb);
                 uint64_t cnt[LB_BREAKER_NSTATES] = {0};
                 for (uint32_t k = 0; k < n; k++)
@@ -938,15 +947,13 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
         strbuf_append(sb, ",\"resilience\":[");
         bool first = true;
         uint64_t now = now_ns();
-        for (uint32_t i = 0; t && i < t->n_entries; i++) {
-                const struct route_entry *e = &t->entries[i];
-                if (!e->lb || !entry_is(t, e, svc))
-                        continue;
+        const struct route_entry *e;
+        const struct disc_service *s;
+        for (uint32_t i = 0; (e = next_entry_of(t, svc, &i, &s));) {
                 int k = lb_table_find(e->lb, addr);
                 if (k < 0)
                         continue;
                 struct lb_ep_state *st = lb_table_endpoint(e->lb, (size_t)k)->state;
-                const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
                 enum lb_breaker_state bs = lb_breaker_view(&st->breaker, now);
                 uint64_t open_until = lb_breaker_open_until(&st->breaker);
                 uint64_t ej = lb_outlier_ep_until(&st->outlier);
