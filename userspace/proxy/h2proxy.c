@@ -571,6 +571,8 @@ static ssize_t req_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t l
 static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
 {
         struct h2_worker *hw = st->hw;
+        /* The answer is final: a retry waiting out its backoff goes too. */
+        loop_timer_cancel(hw_loop(hw), &st->retry);
         stream_cancel_up(st);
         if (!st->c_open || !st->c || st->c->s.closed)
                 return;
