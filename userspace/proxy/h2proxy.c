@@ -292,10 +292,14 @@ static void hdrs_free(struct hdrs *h)
         memset(h, 0, sizeof(*h));
 }
 
-/* nghttp2 copies what it is given: the array lives only for the call. */
-static nghttp2_nv *hdrs_nv(const struct hdrs *h)
+/* nghttp2 copies what it is given: the array lives only for the call. It
+ * is the caller's stack array of H2_NV_STACK entries when the block fits
+ * (most do: no allocation per request and response), else allocated;
+ * hdrs_nv_done frees it then. */
+#define H2_NV_STACK 32
+static nghttp2_nv *hdrs_nv(const struct hdrs *h, nghttp2_nv *stack)
 {
-        nghttp2_nv *nv = calloc(h->n ? h->n : 1, sizeof(*nv));
+        nghttp2_nv *nv = h->n <= H2_NV_STACK ? stack : calloc(h->n, sizeof(*nv));
         if (!nv)
                 return NULL;
         for (uint32_t i = 0; i < h->n; i++) {
@@ -306,6 +310,12 @@ static nghttp2_nv *hdrs_nv(const struct hdrs *h)
                 nv[i].flags = NGHTTP2_NV_FLAG_NONE;
         }
         return nv;
+}
+
+static void hdrs_nv_done(nghttp2_nv *nv, const nghttp2_nv *stack)
+{
+        if (nv != stack)
+                free(nv);
 }
 
 #define NV(n, v)                                                                                   \
@@ -516,11 +526,11 @@ static ssize_t resp_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t 
         if (!bbuf_avail(&st->respb) && st->resp_eof) {
                 *flags |= NGHTTP2_DATA_FLAG_EOF;
                 if (st->rtrail.n) {
-                        nghttp2_nv *nv = hdrs_nv(&st->rtrail);
+                        nghttp2_nv nvs[H2_NV_STACK], *nv = hdrs_nv(&st->rtrail, nvs);
                         if (nv) {
                                 *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
                                 nghttp2_submit_trailer(ng, sid, nv, st->rtrail.n);
-                                free(nv);
+                                hdrs_nv_done(nv, nvs);
                         }
                 }
                 return (ssize_t)n;
@@ -551,11 +561,11 @@ static ssize_t req_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t l
         if (!bbuf_avail(&st->reqb) && st->req_eof) {
                 *flags |= NGHTTP2_DATA_FLAG_EOF;
                 if (st->qtrail.n) {
-                        nghttp2_nv *nv = hdrs_nv(&st->qtrail);
+                        nghttp2_nv nvs[H2_NV_STACK], *nv = hdrs_nv(&st->qtrail, nvs);
                         if (nv) {
                                 *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
                                 nghttp2_submit_trailer(ng, sid, nv, st->qtrail.n);
-                                free(nv);
+                                hdrs_nv_done(nv, nvs);
                         }
                 }
                 return (ssize_t)n;
@@ -699,8 +709,8 @@ static void up_fail(struct h2u *u, const char *what)
                 enum route_outcome o = u->state != UP_READY ? ROUTE_CONNECT_FAILURE : ROUTE_RESET;
                 stream_unlink_up(st);
                 attempt_done(st, o);
-                if (!st->c_open)
-                        stream_maybe_free(st);
+                if (!st->c_open || st->local)
+                        stream_maybe_free(st); /* gone, or answered: nothing to retry */
                 else if (fresh)
                         stream_retry(st, o, why);
                 else if (!st->resp_started)
@@ -816,7 +826,7 @@ static void stream_send(struct h2s *st)
                 stream_fail(st, GRPC_UNAVAILABLE, 503, "cannot open an upstream connection");
                 return;
         }
-        nghttp2_nv *nv = hdrs_nv(&st->req);
+        nghttp2_nv nvs[H2_NV_STACK], *nv = hdrs_nv(&st->req, nvs);
         if (!nv) {
                 stream_fail(st, GRPC_UNAVAILABLE, 503, "out of memory");
                 return;
@@ -824,7 +834,7 @@ static void stream_send(struct h2s *st)
         nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = req_read};
         bool body = !st->req_eof || bbuf_avail(&st->reqb) || st->qtrail.n;
         int32_t id = nghttp2_submit_request(u->s.ng, NULL, nv, st->req.n, body ? &prd : NULL, st);
-        free(nv);
+        hdrs_nv_done(nv, nvs);
         if (id < 0) {
                 snprintf(why, sizeof(why), "upstream session refused the stream: %s",
                          nghttp2_strerror(id));
@@ -1045,17 +1055,17 @@ static int up_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *u
                         if (end)
                                 st->resp_eof = true;
                         if (st->c_open && !st->replied) {
-                                st->replied = true;
-                                nghttp2_nv *nv = hdrs_nv(&st->resp);
+                                nghttp2_nv nvs[H2_NV_STACK], *nv = hdrs_nv(&st->resp, nvs);
                                 nghttp2_data_provider prd = {.source = {.ptr = st},
                                                              .read_callback = resp_read};
-                                if (!nv) {
+                                if (!nv) { /* before replied: the client gets a 503 */
                                         stream_fail(st, GRPC_UNAVAILABLE, 503, "out of memory");
                                         return 0;
                                 }
+                                st->replied = true;
                                 nghttp2_submit_response(st->c->s.ng, st->cid, nv, st->resp.n,
                                                         end ? NULL : &prd);
-                                free(nv);
+                                hdrs_nv_done(nv, nvs);
                                 mark_dirty(&st->c->s);
                         }
                 } else {
