@@ -44,6 +44,7 @@
 #define H2_OUT_BATCH       65536 /* frames gathered for one send */
 #define H2_REFUSED_MAX     4     /* re-sends of a stream the upstream refused unprocessed */
 #define H2_UP_PER_ENDPOINT 4     /* upstream sessions per endpoint before streams queue */
+#define H2_UP_BUCKETS      256   /* upstream sessions by (endpoint, identity); power of two */
 #define H2_DIRTY_ROUNDS    100000
 #define H2_REASON_MAX      160
 
@@ -109,6 +110,8 @@ enum up_state { UP_CONNECTING, UP_HANDSHAKE, UP_READY };
 struct h2u {
         struct sess s;
         struct h2u *prev, *next;
+        struct h2u *bprev, *bnext; /* on hw->up_bucket[bucket] */
+        uint32_t bucket;
         uint64_t id;
         enum up_state state;
         struct sockaddr_storage addr;
@@ -162,6 +165,9 @@ struct h2_worker {
         struct worker *w;
         struct h2c *conns;
         struct h2u *ups;
+        /* The same sessions by key: a stream finds its endpoint's without
+         * walking every session of the worker. */
+        struct h2u *up_bucket[H2_UP_BUCKETS];
         struct sess *dirty;
         bool running;
         nghttp2_session_callbacks *cb_server, *cb_client;
@@ -687,6 +693,12 @@ static void up_free(struct h2u *u)
                 hw->ups = u->next;
         if (u->next)
                 u->next->prev = u->prev;
+        if (u->bprev)
+                u->bprev->bnext = u->bnext;
+        else
+                hw->up_bucket[u->bucket] = u->bnext;
+        if (u->bnext)
+                u->bnext->bprev = u->bprev;
         stat_dec(hw, ST_H2_UP_ACTIVE);
         loop_defer_free(hw_loop(hw), u);
 }
@@ -760,6 +772,11 @@ static struct h2u *up_new(struct h2_worker *hw, const struct sockaddr_storage *a
         if (hw->ups)
                 hw->ups->prev = u;
         hw->ups = u;
+        u->bucket = (uint32_t)(upstream_key_hash(addr, u->identity) & (H2_UP_BUCKETS - 1));
+        u->bnext = hw->up_bucket[u->bucket];
+        if (u->bnext)
+                u->bnext->bprev = u;
+        hw->up_bucket[u->bucket] = u;
         stat_inc(hw, ST_H2_UP_OPENED);
         stat_inc(hw, ST_H2_UP_ACTIVE);
         u->s.last_active_ms = u->s.last_write_ms = loop_now_ms(hw_loop(hw));
@@ -784,9 +801,10 @@ static struct h2u *up_get(struct h2_worker *hw, const struct sockaddr_storage *a
 {
         struct h2u *best = NULL, *any = NULL;
         int count = 0;
-        for (struct h2u *u = hw->ups; u; u = u->next) {
-                if (u->s.closed || u->s.dead || u->goaway ||
-                    memcmp(&u->addr, addr, sizeof(*addr)) != 0 || strcmp(u->identity, identity))
+        uint32_t b = (uint32_t)(upstream_key_hash(addr, identity) & (H2_UP_BUCKETS - 1));
+        for (struct h2u *u = hw->up_bucket[b]; u; u = u->bnext) {
+                if (u->s.closed || u->s.dead || u->goaway || !upstream_addr_equal(&u->addr, addr) ||
+                    strcmp(u->identity, identity))
                         continue;
                 count++;
                 uint32_t max = nghttp2_session_get_remote_settings(

@@ -130,17 +130,22 @@ ssize_t upstream_send(struct upstream *u, const void *buf, size_t len)
 
 /* ---- pool ------------------------------------------------------------------------ */
 
-static uint32_t key_bucket(const struct sockaddr_storage *addr, const char *identity)
+uint64_t upstream_key_hash(const struct sockaddr_storage *addr, const char *identity)
 {
         uint64_t h = lb_hash(identity, strlen(identity)) ^ sockaddr_port(addr);
         if (addr->ss_family == AF_INET)
                 h ^= lb_hash(&((const struct sockaddr_in *)(const void *)addr)->sin_addr, 4);
         else
                 h ^= lb_hash(&((const struct sockaddr_in6 *)(const void *)addr)->sin6_addr, 16);
-        return (uint32_t)(h & (POOL_BUCKETS - 1));
+        return h;
 }
 
-static bool addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+static uint32_t key_bucket(const struct sockaddr_storage *addr, const char *identity)
+{
+        return (uint32_t)(upstream_key_hash(addr, identity) & (POOL_BUCKETS - 1));
+}
+
+bool upstream_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
         if (a->ss_family != b->ss_family)
                 return false;
@@ -157,7 +162,7 @@ static bool addr_equal(const struct sockaddr_storage *a, const struct sockaddr_s
 static bool same_key(const struct upstream *u, const struct sockaddr_storage *addr,
                      const char *identity)
 {
-        return addr_equal(&u->addr, addr) && strcmp(u->identity, identity) == 0;
+        return upstream_addr_equal(&u->addr, addr) && strcmp(u->identity, identity) == 0;
 }
 
 static void pool_unlink(struct upstream *u)
