@@ -149,6 +149,15 @@ static int flow_take(struct worker *w, struct flow *f)
         return f->buf ? 0 : -ENOMEM;
 }
 
+/* Moves the bytes from off on to the start of the buffer: room to read. */
+static void flow_compact(struct flow *f)
+{
+        memmove(f->buf, f->buf + f->off, f->len - f->off);
+        f->len -= f->off;
+        f->cls -= f->off;
+        f->off = 0;
+}
+
 static void flow_set_body(struct flow *f, const struct http1_msg *m)
 {
         f->kind = m->body;
@@ -401,11 +410,8 @@ static int client_read(struct h1s *s, bool *progress)
                          * re-send of this request any more. */
                         if (s->state != S_HEAD && f->off > s->body_start)
                                 s->body_dropped = true;
-                        memmove(f->buf, f->buf + f->off, f->len - f->off);
-                        f->len -= f->off;
-                        f->cls -= f->off;
                         s->body_start = s->body_start > f->off ? s->body_start - f->off : 0;
-                        f->off = 0;
+                        flow_compact(f);
                 }
                 if (f->len == f->cap)
                         return 0; /* full: the client waits (backpressure) */
@@ -906,12 +912,8 @@ static int upstream_read(struct h1s *s, bool *progress)
                         session_free(s, REASON_NO_MEMORY, true);
                         return -1;
                 }
-                if (f->len == f->cap && f->off > 0) {
-                        memmove(f->buf, f->buf + f->off, f->len - f->off);
-                        f->len -= f->off;
-                        f->cls -= f->off;
-                        f->off = 0;
-                }
+                if (f->len == f->cap && f->off > 0)
+                        flow_compact(f);
                 if (f->len == f->cap)
                         return 0; /* the client is slow: wait for it */
                 ssize_t n = upstream_recv(u, f->buf + f->len, f->cap - f->len);
