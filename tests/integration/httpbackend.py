@@ -47,7 +47,31 @@ def parse_listen(spec):
     return host, int(port), name or addr
 
 
+async def read_head(reader, writer):
+    """One request head: (method, path, version, headers by lower-case
+    name), or None at EOF or once a bad request line got its 400."""
+    line = await reader.readline()
+    if not line:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        return None
+    method, path, version = parts
+    headers = {}
+    while True:
+        h = await reader.readline()
+        if h in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = h.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return method, path, version, headers
+
+
 async def read_body(reader, headers):
+    """Reads (and drops) a request body, Content-Length or chunked; returns
+    its length."""
     te = headers.get("transfer-encoding", "").lower()
     if te:
         if te != "chunked":
@@ -87,22 +111,10 @@ class Backend:
     async def serve(self, reader, writer, conn):
         served = 0
         while True:
-            line = await reader.readline()
-            if not line:
+            req = await read_head(reader, writer)
+            if req is None:
                 return
-            parts = line.decode("latin-1").split()
-            if len(parts) != 3:
-                writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-                return
-            method, path, version = parts
-            headers = {}
-            while True:
-                h = await reader.readline()
-                if h in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = h.decode("latin-1").partition(":")
-                headers[k.strip().lower()] = v.strip()
+            method, path, version, headers = req
             body_len = await read_body(reader, headers)
             close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
             if path == "/drop-if-reused" and served:
@@ -201,13 +213,7 @@ def spawn(pod, specs, lifetime=900):
     argv = [sys.executable, os.path.abspath(__file__), "--lifetime", str(lifetime)]
     for s in specs:
         argv += ["--listen", s]
-    p = pod.spawn(argv, "httpbackend", stdout_pipe=True)
-    line = p.readline(10)
-    if not line or not line.startswith("READY"):
-        err = p.read_stderr()
-        p.stop()
-        raise RuntimeError("httpbackend did not start: %r %s" % (line, err))
-    return p
+    return pod.spawn_ready(argv, "httpbackend")
 
 
 async def main(args):

@@ -34,6 +34,8 @@ import socket
 import struct
 import sys
 
+import httpbackend  # the HTTP/1.1 request parsing (this script's directory)
+
 
 def parse_listen(spec):
     if spec.startswith("["):
@@ -67,7 +69,7 @@ class Peer:
     async def handle(self, kind, reader, writer):
         try:
             await getattr(self, "kind_" + kind)(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError):
             pass
         finally:
             try:
@@ -140,25 +142,11 @@ class Peer:
         peer = addr_of(writer.get_extra_info("peername"))
         local = addr_of(writer.get_extra_info("sockname"))
         while True:
-            line = await reader.readline()
-            if not line:
+            req = await httpbackend.read_head(reader, writer)
+            if req is None:
                 return
-            parts = line.decode("latin-1").split()
-            if len(parts) != 3:
-                writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-                return
-            method, path, version = parts
-            headers = {}
-            while True:
-                h = await reader.readline()
-                if h in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = h.decode("latin-1").partition(":")
-                headers[k.strip().lower()] = v.strip()
-            clen = int(headers.get("content-length", "0") or "0")
-            if clen:
-                await reader.readexactly(clen)
+            method, path, version, headers = req
+            await httpbackend.read_body(reader, headers)
             close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
             ctype = "application/json"
             if path.startswith("/slow/"):

@@ -296,20 +296,28 @@ class Pod:
         finally:
             conn.close()
 
+    def spawn_ready(self, argv, name, timeout=10.0, what=None):
+        """Starts a server that prints a line beginning with READY once it
+        listens (peers.py, httpbackend.py, grpcpeer.py, the stand-ins) and
+        waits up to timeout for that line."""
+        p = self.spawn(argv, name, stdout_pipe=True)
+        line = p.readline(timeout)
+        if not line or not line.startswith("READY"):
+            p.stop()
+            raise HarnessError(
+                "%s did not start: %r; stderr: %s" % (what or name, line, p.read_stderr())
+            )
+        return p
+
     def spawn_peer(self, kind, name, listen, extra=(), timeout=10.0):
         """Starts a peers.py server and waits for its READY line."""
         argv = [sys.executable, PEERS, kind, "--name", name, "--lifetime", "600"]
         for spec in listen if isinstance(listen, (list, tuple)) else [listen]:
             argv += ["--listen", spec]
         argv += list(extra)
-        p = self.spawn(argv, "peer-" + name, stdout_pipe=True)
-        line = p.readline(timeout)
-        if not line or not line.startswith("READY"):
-            p.stop()
-            raise HarnessError(
-                "peer %s (%s) did not start: %r; stderr: %s" % (name, kind, line, p.read_stderr())
-            )
-        return p
+        return self.spawn_ready(
+            argv, "peer-" + name, timeout, what="peer %s (%s)" % (name, kind)
+        )
 
     def iptables_save(self, v6=False):
         return self.run(["ip6tables-save" if v6 else "iptables-save", "-t", "nat"]).stdout

@@ -19,8 +19,7 @@ from shuntlib import Topology as T
 HERE = os.path.dirname(os.path.abspath(__file__))
 STANDIN = os.path.join(HERE, "consul_standin.py")
 VIP = "240.0.0.10"
-EXTRA4 = "10.77.0.4"
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 API, CTL = 8500, 8600
 TOKEN = "s3cret-token"
@@ -42,7 +41,7 @@ def instance(i, addr, status="passing"):
 class Agent:
     def __init__(self, topo):
         self.topo = topo
-        self.proc = topo.app.spawn(
+        self.proc = topo.app.spawn_ready(
             [
                 sys.executable, STANDIN,
                 "--listen", "127.0.0.1:%d" % API,
@@ -53,12 +52,7 @@ class Agent:
                 "--lifetime", "300",
             ],
             "consul-standin",
-            stdout_pipe=True,
         )
-        line = self.proc.readline(10)
-        if not line or not line.startswith("READY"):
-            self.proc.stop()
-            raise sl.HarnessError("consul stand-in did not start: %r %s" % (line, self.proc.read_stderr()))
 
     def ctl(self, **req):
         status, _, body = self.topo.app.http(
@@ -94,7 +88,7 @@ def env():
     agent = None
     daemon = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
+        topo.add_remote4()
         topo.app.ip("route", "add", "240.0.0.0/8", "dev", "e-remote")
         for i, a in enumerate(EP_ADDRS):
             procs.append(topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))

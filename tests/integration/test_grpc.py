@@ -42,16 +42,12 @@ def service(name, vip, port, protocol=None, addrs=EP_ADDRS, **extra):
 
 
 def grpc_server(pod, name, addr, port=PORT):
-    p = pod.spawn(
+    return pod.spawn_ready(
         [sys.executable, GRPCPEER, "server", "--name", name, "--listen", "%s:%d" % (addr, port)],
         "grpc-" + name,
-        stdout_pipe=True,
+        20,
+        what="grpc server " + name,
     )
-    line = p.readline(20)
-    if not line or not line.startswith("READY"):
-        p.stop()
-        raise sl.HarnessError("grpc server %s did not start: %r %s" % (name, line, p.read_stderr()))
-    return p
 
 
 @pytest.fixture(scope="module")

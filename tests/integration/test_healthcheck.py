@@ -7,7 +7,6 @@ its check passes again; a backend killed outright is taken out by its check
 
 import collections
 import json
-import os
 import signal
 
 import pytest
@@ -16,33 +15,22 @@ import shuntlib as sl
 from shuntlib import Topology as T
 
 VIP4 = "10.96.0.20"
-EXTRA4 = "10.77.0.4"
-EP_ADDRS = [T.REMOTE4, T.REMOTE4B, EXTRA4]
+EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 HC_PORT = 8082
 
 
 def registry():
-    return {
-        "services": [
-            {
-                "name": "web",
-                "namespace": "default",
-                "addresses": [VIP4],
-                "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
-                "health_check": {
-                    "type": "http",
-                    "path": "/healthz",
-                    "port": HC_PORT,
-                    "interval": "200ms",
-                    "timeout": "150ms",
-                    "healthy_threshold": 1,
-                    "unhealthy_threshold": 1,
-                },
-                "endpoints": [{"address": a, "port": PORT} for a in EP_ADDRS],
-            }
-        ]
+    hc = {
+        "type": "http",
+        "path": "/healthz",
+        "port": HC_PORT,
+        "interval": "200ms",
+        "timeout": "150ms",
+        "healthy_threshold": 1,
+        "unhealthy_threshold": 1,
     }
+    return {"services": [sl.service("web", VIP4, PORT, EP_ADDRS, "HTTP", health_check=hc)]}
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +39,23 @@ def env():
     traffic, health = [], []
     daemon = None
     try:
-        topo.remote.ip("addr", "add", EXTRA4 + "/24", "dev", "e-app")
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.add_remote4()
+        topo.route_vips()
         for i, a in enumerate(EP_ADDRS):
             traffic.append(topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
             health.append(topo.remote.spawn_peer("http", "hc%d" % i, ["%s:%d" % (a, HC_PORT)]))
-        path = os.path.join(sl.tmpdir(), "registry-hc.json")
-        with open(path, "w") as f:
-            json.dump(registry(), f)
+        path = sl.registry_file(registry())
         daemon = sl.Shuntd(
             topo.app, sl.shuntd_args(**{"service-discovery.file.path": path})
         ).wait_ready()
         yield topo, daemon, traffic, health
     finally:
-        if daemon:
-            daemon.stop()
-        for p in traffic + health:
-            p.stop()
-        topo.delete()
+        try:
+            sl.stop_checked([daemon] if daemon else [])
+        finally:
+            for p in traffic + health:
+                p.stop()
+            topo.delete()
 
 
 def health_of(d, addr):

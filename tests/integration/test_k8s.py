@@ -125,10 +125,7 @@ class Env:
             argv += ["--client-ca", os.path.join(self.dir, "ca.pem")]
         if max_page:
             argv += ["--max-page", str(max_page)]
-        self.standin = self.topo.app.spawn(argv, "k8s-standin", stdout_pipe=True)
-        line = self.standin.readline(10)
-        if not line or not line.startswith("READY"):
-            raise sl.HarnessError("stand-in did not start: %r %s" % (line, self.standin.read_stderr()))
+        self.standin = self.topo.app.spawn_ready(argv, "k8s-standin", what="stand-in")
 
     def ctl(self, method, path, body=None):
         status, _, data = self.topo.app.http(CTL[0], CTL[1], method, path,
@@ -147,9 +144,8 @@ class Env:
 def env():
     e = Env()
     try:
-        for a in EXTRA:
-            e.topo.remote.ip("addr", "add", a + "/24", "dev", "e-app")
-        e.topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        e.topo.add_remote4(*EXTRA)
+        e.topo.route_vips()
         for i, a in enumerate(EPS):
             e.procs.append(e.topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
         e.make_certs()
@@ -441,7 +437,7 @@ def test_in_cluster_credentials_all_namespaces(fresh_topo, start_shuntd):
             os.chmod(os.path.join(sa, n), 0o644)
         os.chmod(sa, 0o755)
         e.start_standin(max_page=1)
-        e.topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        e.topo.route_vips()
         peer = e.topo.remote.spawn_peer("http", "ep0", ["%s:%d" % (T.REMOTE4, PORT)])
         e.apply("services", "ADDED", service_obj())
         e.apply("services", "ADDED", service_obj("api", ns="team-b", vip="10.96.0.21"))

@@ -5,7 +5,6 @@ never see it, and the next request, a POST that cannot be re-sent, would
 get a 502."""
 
 import json
-import os
 import socket
 import threading
 import time
@@ -103,22 +102,9 @@ def env():
     server = None
     daemon = None
     try:
-        topo.app.ip("route", "add", "10.96.0.0/16", "dev", "e-remote")
+        topo.route_vips()
         server = FinServer(topo.remote)
-        reg = {
-            "services": [
-                {
-                    "name": "fin",
-                    "namespace": "default",
-                    "addresses": [VIP],
-                    "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
-                    "endpoints": [{"address": T.REMOTE4, "port": PORT}],
-                }
-            ]
-        }
-        path = os.path.join(sl.tmpdir(), "registry-h1pool.json")
-        with open(path, "w") as f:
-            json.dump(reg, f)
+        path = sl.registry_file({"services": [sl.service("fin", VIP, PORT, [T.REMOTE4], "HTTP")]})
         daemon = sl.Shuntd(
             topo.app, sl.shuntd_args(
                 **{"service-discovery.file.path": path, "buffer-size": str(BUFFER)}
@@ -127,11 +113,7 @@ def env():
         yield topo, daemon, server
     finally:
         try:
-            if daemon:
-                rc = daemon.stop()
-                log = daemon.log_text()
-                assert rc in (0, None), daemon.log_tail(40)
-                assert "Sanitizer" not in log and "runtime error" not in log, daemon.log_tail(40)
+            sl.stop_checked([daemon] if daemon else [])
         finally:
             if server:
                 server.close()
