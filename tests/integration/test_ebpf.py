@@ -77,10 +77,15 @@ print(json.dumps(out))
 """
 
 
+def cgroup_argv(cgroup, argv):
+    """argv started inside cgroup: a shell writes its pid into cgroup.procs
+    and execs argv, so the pid stays the same."""
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup] + list(argv)
+
+
 def in_cgroup(pod, argv, timeout=30):
     """Runs argv in pod's network namespace, inside the app cgroup."""
-    wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP] + list(argv)
-    return pod.run(wrap, timeout=timeout, check=False)
+    return pod.run(cgroup_argv(CGROUP, argv), timeout=timeout, check=False)
 
 
 def client(pod, host, port, mode):
@@ -182,8 +187,8 @@ class InCgroup:
         self._cgroup = cgroup
 
     def spawn(self, argv, name, env=None, stdout_pipe=False):
-        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self._cgroup]
-        return self._pod.spawn(wrap + list(argv), name, env=env, stdout_pipe=stdout_pipe)
+        argv = cgroup_argv(self._cgroup, argv)
+        return self._pod.spawn(argv, name, env=env, stdout_pipe=stdout_pipe)
 
     def __getattr__(self, name):
         return getattr(self._pod, name)
@@ -317,8 +322,8 @@ time.sleep(60)
 def hold_connection(pod, host, port, name, cgroup=CGROUP, first_line=True):
     """first_line: the peer is an echo server (we send a line first); else it
     speaks first (addr)."""
-    wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
-            sys.executable, "-c", HOLDER, host, str(port), "echo" if first_line else "listen"]
+    wrap = cgroup_argv(cgroup, [sys.executable, "-c", HOLDER, host, str(port),
+                                "echo" if first_line else "listen"])
     p = pod.spawn(wrap, name, stdout_pipe=True)
     line = p.readline(10)
     if not line:
@@ -440,8 +445,7 @@ def transfer_on_lo(topo, name, n, shortcut):
     try:
         sl.wait_until(lambda: os.path.exists(pcap) and
                       "listening" in open(dump.err_path).read(), 10, what="tcpdump listening")
-        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
-                sys.executable, "-c", TRANSFER, T.REMOTE4, "7000", go, str(n)]
+        wrap = cgroup_argv(CGROUP, [sys.executable, "-c", TRANSFER, T.REMOTE4, "7000", go, str(n)])
         proc = topo.app.spawn(wrap, "transfer-" + name, stdout_pipe=True)
         first = proc.readline(10)
         assert first, proc.read_stderr()
@@ -608,8 +612,7 @@ def test_slow_reader_app_to_shuntd(topo, shuntd, host):
     proc = None
     try:
         before = bpf_counters()
-        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
-                sys.executable, "-c", PUSHER, host, "7300", go, str(total)]
+        wrap = cgroup_argv(CGROUP, [sys.executable, "-c", PUSHER, host, "7300", go, str(total)])
         proc = topo.app.spawn(wrap, "pusher", stdout_pipe=True)
         line = proc.readline(15)
         assert line, proc.read_stderr()
@@ -748,8 +751,7 @@ def test_slow_reader_shuntd_to_app(topo, shuntd, host):
     proc = None
     try:
         before = bpf_counters()
-        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', CGROUP,
-                sys.executable, "-c", SLOW_APP, host, "7000", go, str(total)]
+        wrap = cgroup_argv(CGROUP, [sys.executable, "-c", SLOW_APP, host, "7000", go, str(total)])
         proc = topo.app.spawn(wrap, "slow-app", stdout_pipe=True)
         line = proc.readline(15)
         assert line, proc.read_stderr()
@@ -907,8 +909,7 @@ def test_full_maps_degrade_to_the_normal_path(fresh_topo, cgroup2):
         assert maps["orig_by_cookie"]["max"] == 1 and maps["sockhash"]["max"] == 1, maps
 
         def run_client():
-            wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup2,
-                    sys.executable, "-c", CLIENT, T.REMOTE4, "7001", "addr"]
+            wrap = cgroup_argv(cgroup2, [sys.executable, "-c", CLIENT, T.REMOTE4, "7001", "addr"])
             r = fresh_topo.app.run(wrap, timeout=30, check=False)
             assert r.returncode == 0, r.stderr
             return json.loads(r.stdout)
@@ -1006,19 +1007,18 @@ def test_kill_9_and_restart(fresh_topo, cgroup2):
         d = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2), args)
         d.wait_ready()
         # An application connection not proxied (excluded port), held open.
-        held = fresh_topo.app.spawn(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
-                                     cgroup2, sys.executable, "-c", HOLDER, T.REMOTE4, "7000",
-                                     "echo"],
-                                    "holder-kill", stdout_pipe=True)
+        held = fresh_topo.app.spawn(
+            cgroup_argv(cgroup2, [sys.executable, "-c", HOLDER, T.REMOTE4, "7000", "echo"]),
+            "holder-kill", stdout_pipe=True)
         line = held.readline(10)
         assert line, held.read_stderr()
         assert json.loads(line)["peer"] == [T.REMOTE4, 7000]
         # A connection shuntd relays (its application socket paired for the
         # shortcut), held open too: it cannot outlive the relay, but it
         # must end at once rather than hang.
-        relayed_conn = fresh_topo.app.spawn(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
-                                             cgroup2, sys.executable, "-c", WATCH_END, T.REMOTE4,
-                                             "7001"], "relayed-kill", stdout_pipe=True)
+        relayed_conn = fresh_topo.app.spawn(
+            cgroup_argv(cgroup2, [sys.executable, "-c", WATCH_END, T.REMOTE4, "7001"]),
+            "relayed-kill", stdout_pipe=True)
         line = relayed_conn.readline(10)
         assert line and json.loads(line)["peer"] == ["127.0.0.1", 15002], relayed_conn.read_stderr()
         d.proc.popen.kill()
@@ -1028,8 +1028,7 @@ def test_kill_9_and_restart(fresh_topo, cgroup2):
         assert os.path.exists(os.path.join(pins, "link_connect4"))
         out = sl.run(["bpftool", "cgroup", "show", cgroup2]).stdout
         assert "cgroup_inet4_connect" in out, out
-        wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup2,
-                sys.executable, "-c", CLIENT, T.REMOTE4, "7001", "addr"]
+        wrap = cgroup_argv(cgroup2, [sys.executable, "-c", CLIENT, T.REMOTE4, "7001", "addr"])
         r = fresh_topo.app.run(wrap, timeout=30, check=False)
         assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr, r.stderr
 
@@ -1225,8 +1224,8 @@ print(json.dumps({"eagain": eagain, "bad": bad}))
 
 
 def blocking_echoes(pod, cgroup, n, size):
-    wrap = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
-            sys.executable, "-c", BLOCKING, T.REMOTE4, "7000", str(n), str(size)]
+    wrap = cgroup_argv(cgroup, [sys.executable, "-c", BLOCKING, T.REMOTE4, "7000", str(n),
+                                str(size)])
     r = pod.run(wrap, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
