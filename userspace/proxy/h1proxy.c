@@ -120,8 +120,9 @@ struct h1s {
 
 struct h1_worker {
         struct h1s *sessions;
-        bool draining;          /* every response says Connection: close */
-        struct warn_limit warn; /* failed requests: one line a second */
+        bool draining;               /* every response says Connection: close */
+        struct warn_limit warn;      /* failed requests: one line a second */
+        struct http1_msg *spare_msg; /* see msg_get */
 };
 
 static bool warn_allowed(struct h1s *s)
@@ -130,6 +131,7 @@ static bool warn_allowed(struct h1s *s)
 }
 
 static void drive(struct h1s *s);
+static void msg_done(struct h1s *s);
 
 /* ---- bookkeeping -------------------------------------------------------------------- */
 
@@ -291,8 +293,7 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
         flow_give(w, &s->resp);
         strbuf_free(&s->req.head);
         strbuf_free(&s->resp.head);
-        free(s->msg);
-        s->msg = NULL;
+        msg_done(s);
         s->closed = true;
         if (s->prev)
                 s->prev->next = s->next;
@@ -310,10 +311,15 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
         loop_defer_free(w->loop, s);
 }
 
+/* A head being parsed holds a struct http1_msg (some 4 KiB) until it is
+ * complete: most are complete at once, so the worker keeps one spare and
+ * a request and its response cost no allocation. */
 static struct http1_msg *msg_get(struct h1s *s)
 {
         if (!s->msg) {
-                s->msg = malloc(sizeof(*s->msg));
+                struct h1_worker *hw = s->w->h1;
+                s->msg = hw->spare_msg ? hw->spare_msg : malloc(sizeof(*s->msg));
+                hw->spare_msg = NULL;
                 if (s->msg)
                         http1_msg_reset(s->msg);
         }
@@ -322,7 +328,11 @@ static struct http1_msg *msg_get(struct h1s *s)
 
 static void msg_done(struct h1s *s)
 {
-        free(s->msg);
+        struct h1_worker *hw = s->w->h1;
+        if (!hw->spare_msg)
+                hw->spare_msg = s->msg;
+        else
+                free(s->msg);
         s->msg = NULL;
 }
 
@@ -1445,6 +1455,8 @@ static void h1_drain(struct worker *w)
 
 static void h1_worker_free(struct worker *w)
 {
+        if (w->h1)
+                free(w->h1->spare_msg);
         free(w->h1);
         w->h1 = NULL;
 }
