@@ -1031,10 +1031,12 @@ static int up_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8
                         st->blk_status = st->blk_status * 10 + (value[i] - '0');
         }
         if (nl == 11 && !memcmp(name, "grpc-status", 11)) {
-                int v = 0;
-                for (size_t i = 0; i < vl && i < 3; i++)
-                        v = v * 10 + (value[i] - '0');
-                st->grpc_status = v;
+                /* 1-3 digits; anything else is UNKNOWN (2), never a code
+                 * made of other characters (UNAVAILABLE counts as a failure). */
+                int v = vl >= 1 && vl <= 3 ? 0 : -1;
+                for (size_t i = 0; v >= 0 && i < vl; i++)
+                        v = value[i] >= '0' && value[i] <= '9' ? v * 10 + (value[i] - '0') : -1;
+                st->grpc_status = v < 0 ? 2 : v;
         }
         if (hdrs_add(st->blk_trailers ? &st->rtrail : &st->resp, name, nl, value, vl) < 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
