@@ -680,6 +680,19 @@ def stop_checked(daemons):
     assert not bad, "\n".join(bad)
 
 
+def teardown(topo=None, daemons=(), procs=()):
+    """The end of a fixture: stop_checked(daemons) (None entries are daemons
+    that never started), then, whatever that found, stops procs and deletes
+    topo."""
+    try:
+        stop_checked([d for d in daemons if d is not None])
+    finally:
+        for p in procs:
+            p.stop()
+        if topo is not None:
+            topo.delete()
+
+
 def start_mtls_pair(topo, daemons, ca_dir=None, a_flags=None, b_flags=None, b_config=None):
     """The two sidecars of a mutual TLS test: "shuntd-a" in topo.app (service
     name client), then "shuntd-b" in topo.remote (service name web). With
@@ -787,6 +800,29 @@ def iptables_counts(text):
         re.findall(r"^-A OUTPUT .*-j SIDECAR_PROXY_OUTBOUND(\s|$)", text, re.M)
     )
     return c
+
+
+# ---------------------------------------------------------------- raw HTTP/2
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2_frame(ftype, flags, sid, payload=b""):
+    """One HTTP/2 frame as bytes (RFC 9113 section 4.1)."""
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def h2_frames(buf):
+    """The whole frames at the start of buf: [(type, flags, stream id,
+    payload)]; an incomplete last frame is left out."""
+    out = []
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + n:
+            break
+        out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9 : 9 + n]))
+        buf = buf[9 + n :]
+    return out
 
 
 # ---------------------------------------------------------------- cleanup

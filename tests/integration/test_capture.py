@@ -207,10 +207,6 @@ def client_hello(sni, alpn):
     return out.read()
 
 
-def h2_frame(ftype, flags, stream, payload):
-    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
-
-
 def hpack_literal(index, value):
     """Literal header field with incremental indexing, indexed name (<63),
     plain (non-Huffman) value shorter than 127 bytes."""
@@ -218,8 +214,8 @@ def hpack_literal(index, value):
     return bytes([0x40 | index, len(v)]) + v
 
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b"")
-GRPC_HEADERS = h2_frame(
+H2_PREFACE = sl.H2_PREFACE + sl.h2_frame(4, 0, 0, b"")
+GRPC_HEADERS = sl.h2_frame(
     1,
     0x4,  # END_HEADERS
     1,
@@ -230,7 +226,7 @@ GRPC_HEADERS = h2_frame(
 )
 
 
-H2_HEADERS = h2_frame(
+H2_HEADERS = sl.h2_frame(
     1,
     0x5,  # END_STREAM | END_HEADERS
     1,

@@ -91,11 +91,8 @@ def env():
         ).wait_ready()
         yield topo, daemon, servers
     finally:
-        try:
-            # Under ASan/UBSan (build-asan) a leak or memory error shows here.
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            topo.delete()
+        # Under ASan/UBSan (build-asan) a leak or memory error shows here.
+        sl.teardown(topo, [daemon])
 
 
 def client(topo, vip, *args, timeout=120):
@@ -277,11 +274,7 @@ def test_deadline_enforced_by_shuntd(env):
     assert "grpc-status: 0" in nghttp_grpc(topo, VIP, "5S", 100)
 
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def frame(ftype, flags, sid, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+PREFACE, frame = sl.H2_PREFACE, sl.h2_frame
 
 
 def read_frames(sock, limit=1 << 22, timeout=15):
@@ -296,14 +289,7 @@ def read_frames(sock, limit=1 << 22, timeout=15):
             buf += b
     except (ConnectionResetError, socket.timeout):
         pass
-    out = []
-    while len(buf) >= 9:
-        n = int.from_bytes(buf[:3], "big")
-        if len(buf) < 9 + n:
-            break
-        out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9 : 9 + n]))
-        buf = buf[9 + n :]
-    return out
+    return sl.h2_frames(buf)
 
 
 @pytest.mark.parametrize(
@@ -399,10 +385,7 @@ def mesh():
         )
         yield topo, a, b
     finally:
-        try:
-            sl.stop_checked(daemons)
-        finally:
-            topo.delete()
+        sl.teardown(topo, daemons)
 
 
 def handshakes(d, direction):

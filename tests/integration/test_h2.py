@@ -133,11 +133,8 @@ def env():
         ).wait_ready()
         yield topo, daemon, logs, big
     finally:
-        try:
-            # Under ASan/UBSan (build-asan) a leak or memory error shows here.
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            topo.delete()
+        # Under ASan/UBSan (build-asan) a leak or memory error shows here.
+        sl.teardown(topo, [daemon])
 
 
 def metric(d, name, **labels):
@@ -282,11 +279,7 @@ def test_header_list_over_limit_gets_431(env):
     assert out.startswith("HTTP/2 200"), out
 
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def frame(ftype, flags, sid, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+PREFACE, frame = sl.H2_PREFACE, sl.h2_frame
 
 
 def literal_headers(pairs):
@@ -345,14 +338,7 @@ def read_frames(sock, seconds):
         if not b:
             break
         buf += b
-    out = []
-    while len(buf) >= 9:
-        n = int.from_bytes(buf[:3], "big")
-        if len(buf) < 9 + n:
-            break
-        out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9 : 9 + n]))
-        buf = buf[9 + n :]
-    return out
+    return sl.h2_frames(buf)
 
 
 def test_streams_over_the_limit_are_refused(env):

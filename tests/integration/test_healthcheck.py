@@ -50,12 +50,7 @@ def env():
         ).wait_ready()
         yield topo, daemon, traffic, health
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            for p in traffic + health:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, [daemon], traffic + health)
 
 
 def health_of(d, addr):

@@ -75,12 +75,7 @@ def env():
         ).wait_ready()
         yield topo, daemon
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            for p in procs:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, [daemon], procs)
 
 
 def keepalive(topo, host, n, path="/", headers=None):
@@ -425,12 +420,7 @@ def mesh():
         )
         yield topo, a, b
     finally:
-        try:
-            sl.stop_checked(daemons)
-        finally:
-            for p in procs:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, daemons, procs)
 
 
 def handshakes(d, direction, failure=None):

@@ -44,11 +44,7 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
         assert d.json("/status")["redirect_mode"] == "ebpf"
         yield topo, d
     finally:
-        try:
-            sl.stop_checked([d] if d else [])
-        finally:
-            for p in procs:
-                p.stop()
+        sl.teardown(None, [d], procs)
 
 
 def curl(topo, args, timeout=30):

@@ -88,12 +88,7 @@ def env():
         ).wait_ready()
         yield topo, daemon, path
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            for p in procs:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, [daemon], procs)
 
 
 class Client:

@@ -98,12 +98,7 @@ def mesh():
         )
         yield topo, a, b, tmp, ca_dir
     finally:
-        try:
-            sl.stop_checked(daemons)
-        finally:
-            for p in procs:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, daemons, procs)
 
 
 def tcp_payloads(pcap):

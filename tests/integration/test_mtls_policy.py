@@ -61,12 +61,7 @@ def mesh():
         ca = pki.CA.load(ca_dir)
         yield topo, a, b, tmp, ca
     finally:
-        try:
-            sl.stop_checked(daemons)
-        finally:
-            for p in procs:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, daemons, procs)
 
 
 def audit_lines(d, reason):

@@ -64,12 +64,7 @@ class Mesh:
         return self.a, self.b
 
     def close(self):
-        try:
-            sl.stop_checked(self.daemons)
-        finally:
-            for p in self.procs:
-                p.stop()
-            self.topo.delete()
+        sl.teardown(self.topo, self.daemons, self.procs)
 
     def curl_ok(self, path="/r"):
         r = self.topo.app.curl(["-s", "-m", "5", "http://%s:8080%s" % (VIP_WEB, path)])

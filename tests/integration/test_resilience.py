@@ -83,12 +83,7 @@ def env():
         ).wait_ready()
         yield topo, daemon, procs
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            for p in procs:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, [daemon], procs)
 
 
 def ep_resilience(d, addr, port=80):

@@ -63,12 +63,7 @@ def env():
         ).wait_ready()
         yield topo, daemon, path, procs
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            for p in procs:
-                p.stop()
-            topo.delete()
+        sl.teardown(topo, [daemon], procs)
 
 
 def served_by(topo, host, n):
