@@ -4,7 +4,6 @@ against the endpoint). The upstream is a raw HTTP/2 server written here;
 curl sends the call."""
 
 import socket
-import struct
 import threading
 
 import pytest
@@ -14,10 +13,6 @@ from shuntlib import Topology as T
 
 VIP = "10.96.7.50"
 PORT = 8094
-
-
-def frame(ftype, flags, sid, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
 
 
 def literal(name, value):
@@ -71,19 +66,19 @@ class OddStatusServer:
                     return
                 buf += chunk
             buf = buf[24:]  # the client preface
-            conn.sendall(frame(4, 0, 0))
+            conn.sendall(sl.h2_frame(4, 0, 0))
             while True:
                 f, buf = recv_frame(conn, buf)
                 if f is None:
                     return
                 ftype, flags, sid = f
                 if ftype == 4 and not flags & 1:
-                    conn.sendall(frame(4, 1, 0))
+                    conn.sendall(sl.h2_frame(4, 1, 0))
                 elif ftype == 1:
                     head = b"\x88" + literal(b"content-type", b"application/grpc")
                     conn.sendall(
-                        frame(1, 0x4, sid, head)
-                        + frame(1, 0x5, sid, literal(b"grpc-status", self.STATUS))
+                        sl.h2_frame(1, 0x4, sid, head)
+                        + sl.h2_frame(1, 0x5, sid, literal(b"grpc-status", self.STATUS))
                     )
         except OSError:
             pass

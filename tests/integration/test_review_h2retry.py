@@ -4,7 +4,6 @@ backoff ends: the client has its answer. The client keeps its request
 open (no END_STREAM), so the stream lives on after the answer."""
 
 import socket
-import struct
 import time
 
 import pytest
@@ -14,10 +13,6 @@ from shuntlib import Topology as T
 
 VIP = "10.96.7.30"
 DEAD_PORT = 8096  # nothing listens: every connect is refused
-
-
-def frame(ftype, flags, sid, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
 
 
 def request_headers(authority):
@@ -81,9 +76,9 @@ def test_answered_stream_is_not_retried_after_its_backoff(env):
     s = topo.app.connect(VIP, 80)
     try:
         s.sendall(
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-            + frame(4, 0, 0)  # SETTINGS
-            + frame(1, 0x4, 1, request_headers(VIP))  # HEADERS, END_HEADERS, no END_STREAM
+            sl.H2_PREFACE
+            + sl.h2_frame(4, 0, 0)  # SETTINGS
+            + sl.h2_frame(1, 0x4, 1, request_headers(VIP))  # HEADERS, END_HEADERS, no END_STREAM
         )
         # The first attempt is refused, the retry waits its backoff (1.5 to
         # 3 s), the request timeout (0.2 s) answers 504 meanwhile.
