@@ -23,6 +23,7 @@ OUT="$HERE/results"
 BUILD="${SHUNT_BUILD:-}"
 PASS=()
 TLS=
+BUILD_ARG=
 usage() {
 	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 	echo "scenarios: rr-64 rr-4k bulk-1 bulk-8 http-keepalive http-close conn-setup idle-10k mtls-handshake mtls-keepalive"
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
 	--build)
 		[ $# -ge 2 ] || { echo "run.sh: --build needs a directory" >&2; exit 2; }
 		BUILD=$2
+		BUILD_ARG=$2
 		shift
 		;;
 	--out)
@@ -204,7 +206,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cc -O2 -std=gnu11 -Wall -Wextra -Werror -Wshadow -o "$WORK/rr" "$HERE/rr.c"
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-CMDLINE="bench/run.sh${PASS[*]:+ ${PASS[*]}}${TLS:+ --tls}"
+CMDLINE="bench/run.sh${PASS[*]:+ ${PASS[*]}}${TLS:+ --tls}${BUILD_ARG:+ --build $BUILD_ARG}"
 python3 "$HERE/bench.py" "${PASS[@]}" --out "$OUT" --stamp "$STAMP" --work "$WORK" \
 	--cli "$CLI" --srv "$SRV" --shuntd "$SHUNTD" --rr "$WORK/rr" --command "$CMDLINE" \
 	--cgroup "$CGROOT/shunt-b-$$-app" --pins "$BPFFS/shunt"
