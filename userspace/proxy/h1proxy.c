@@ -767,16 +767,6 @@ static bool request_key(const struct http1_msg *m, const char *setting, uint64_t
         return true;
 }
 
-static void new_request_id(struct h1s *s)
-{
-        uint64_t a = worker_random(s->w), b = worker_random(s->w);
-        /* RFC 9562 version 4 layout. */
-        snprintf(s->request_id, sizeof(s->request_id), "%08x-%04x-4%03x-%04x-%012llx",
-                 (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff, (unsigned)a & 0xfff,
-                 (unsigned)((b >> 48) & 0x3fff) | 0x8000,
-                 (unsigned long long)(b & 0xffffffffffffull));
-}
-
 static void copy_slice(char *dst, size_t cap, struct http1_slice v)
 {
         size_t n = v.n < cap - 1 ? v.n : cap - 1;
@@ -811,7 +801,7 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         if (http1_header_get(m, "X-Request-ID", &rid) == 0 && rid.n)
                 copy_slice(s->request_id, sizeof(s->request_id), rid);
         else
-                new_request_id(s);
+                worker_request_id(s->w, s->request_id);
 
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);

@@ -915,13 +915,10 @@ static void stream_request_id(struct h2s *st)
                     !memcmp(st->req.arena + st->req.v[i].name, "x-request-id", 12) &&
                     st->req.v[i].valuelen)
                         return;
-        uint64_t a = worker_random(st->hw->w), b = worker_random(st->hw->w);
-        char id[40];
-        snprintf(id, sizeof(id), "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32),
-                 (unsigned)(a >> 16) & 0xffff, (unsigned)a & 0xfff,
-                 (unsigned)((b >> 48) & 0x3fff) | 0x8000,
-                 (unsigned long long)(b & 0xffffffffffffull));
-        hdrs_add(&st->req, (const uint8_t *)"x-request-id", 12, (const uint8_t *)id, strlen(id));
+        char id[REQUEST_ID_LEN + 1];
+        worker_request_id(st->hw->w, id);
+        hdrs_add(&st->req, (const uint8_t *)"x-request-id", 12, (const uint8_t *)id,
+                 REQUEST_ID_LEN);
 }
 
 /* Picks the endpoint for a new request (route.h's per-request life). */

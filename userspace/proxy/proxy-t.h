@@ -82,22 +82,22 @@ enum stat_id {
         ST_HTTP_LOCAL_FIRST, /* responses shuntd made itself: one per enum http_local */
         /* HTTP/2 and gRPC request proxying (h2proxy.c) */
         ST_H2_CONNS = ST_HTTP_LOCAL_FIRST + HTTP_LOCAL__COUNT, /* handed to the HTTP/2 proxy */
-        ST_H2_STREAMS,         /* request streams proxied */
-        ST_H2_STREAMS_ACTIVE,  /* gauge */
-        ST_H2_UP_OPENED,       /* upstream HTTP/2 sessions opened */
-        ST_H2_UP_ACTIVE,       /* gauge */
-        ST_H2_UP_FAILED,       /* upstream sessions that failed (connect, TLS, reset) */
-        ST_H2_STREAM_RETRIES,  /* streams moved to another endpoint before any byte went out */
-        ST_H2_REPLY_503,       /* local answers: nothing could serve (gRPC: UNAVAILABLE) */
-        ST_H2_REPLY_504,       /* upstream timeout (gRPC: DEADLINE_EXCEEDED) */
-        ST_H2_REPLY_431,       /* request header list over the limit (gRPC: RESOURCE_EXHAUSTED) */
-        ST_H2_STREAM_RESETS,   /* streams reset towards the client after the response began */
-        ST_H2_FLOOD,           /* connections closed for a frame flood (GOAWAY ENHANCE_YOUR_CALM) */
-        ST_H2_PROTOCOL_ERROR,  /* connections closed for an HTTP/2 protocol error */
-        ST_H2_WRITE_STALL,     /* connections closed: the client stopped reading */
-        ST_GRPC_STATUS_FIRST,  /* one per gRPC status code 0..16 */
+        ST_H2_STREAMS,                                         /* request streams proxied */
+        ST_H2_STREAMS_ACTIVE,                                  /* gauge */
+        ST_H2_UP_OPENED,                                       /* upstream HTTP/2 sessions opened */
+        ST_H2_UP_ACTIVE,                                       /* gauge */
+        ST_H2_UP_FAILED,      /* upstream sessions that failed (connect, TLS, reset) */
+        ST_H2_STREAM_RETRIES, /* streams moved to another endpoint before any byte went out */
+        ST_H2_REPLY_503,      /* local answers: nothing could serve (gRPC: UNAVAILABLE) */
+        ST_H2_REPLY_504,      /* upstream timeout (gRPC: DEADLINE_EXCEEDED) */
+        ST_H2_REPLY_431,      /* request header list over the limit (gRPC: RESOURCE_EXHAUSTED) */
+        ST_H2_STREAM_RESETS,  /* streams reset towards the client after the response began */
+        ST_H2_FLOOD,          /* connections closed for a frame flood (GOAWAY ENHANCE_YOUR_CALM) */
+        ST_H2_PROTOCOL_ERROR, /* connections closed for an HTTP/2 protocol error */
+        ST_H2_WRITE_STALL,    /* connections closed: the client stopped reading */
+        ST_GRPC_STATUS_FIRST, /* one per gRPC status code 0..16 */
         ST_GRPC_STATUS_LAST = ST_GRPC_STATUS_FIRST + 16,
-        ST_PROTO_FIRST,       /* one per enum proto, PROTO_UNKNOWN unused */
+        ST_PROTO_FIRST, /* one per enum proto, PROTO_UNKNOWN unused */
         ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
         ST__COUNT = ST_REASON_FIRST + REASON__COUNT,
 };
@@ -155,7 +155,7 @@ struct worker {
         struct upstream_pool *upstreams; /* idle upstream connections (upstream.c) */
         struct h1_worker *h1;            /* HTTP/1.1 sessions (h1proxy.c) */
         uint64_t rng;                    /* worker_random() state */
-        struct h2_worker *h2; /* HTTP/2 proxy state (h2proxy.c), created on first use */
+        struct h2_worker *h2;            /* HTTP/2 proxy state (h2proxy.c), created on first use */
         struct worker_stats stats;
 };
 
@@ -186,6 +186,27 @@ static inline uint64_t worker_random(struct worker *w)
         x ^= x >> 27;
         w->rng = x;
         return x * 0x2545f4914f6cdd1dull;
+}
+
+#define REQUEST_ID_LEN 36 /* a UUID in text form, without the NUL */
+
+/* Writes a new version 4 UUID (RFC 9562) and a NUL to out, for requests that
+ * arrive without an X-Request-ID: both hops can then log the same id. Hex is
+ * written by hand: this runs for most requests. */
+static inline void worker_request_id(struct worker *w, char out[REQUEST_ID_LEN + 1])
+{
+        static const char hex[] = "0123456789abcdef";
+        uint64_t a = worker_random(w), b = worker_random(w);
+        a = (a & ~0xf000ull) | 0x4000ull;                 /* version 4 */
+        b = (b & ~(0xc000ull << 48)) | (0x8000ull << 48); /* variant 10 */
+        char *p = out;
+        for (int i = 0; i < 32; i++) {
+                if (i == 8 || i == 12 || i == 16 || i == 20)
+                        *p++ = '-';
+                uint64_t v = i < 16 ? a : b;
+                *p++ = hex[(v >> (60 - 4 * (i & 15))) & 0xf];
+        }
+        *p = '\0';
 }
 
 /* ---- protocol sessions: connections the relay hands over ------------------
