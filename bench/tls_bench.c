@@ -15,7 +15,9 @@
  *                                       send one byte, wait for the answer
  *                                       (so the server has verified us and
  *                                       reached the application), close. One
- *                                       JSON line: rate, latencies, errors.
+ *                                       JSON line: rate, latencies, errors;
+ *                                       exit 1 (and one line on stderr) when
+ *                                       not one handshake completed.
  *
  * Never run by ctest. Build in release mode for meaningful numbers. */
 #include <arpa/inet.h>
@@ -195,6 +197,10 @@ static int cmd_serve(int argc, char **argv)
         int lfd = listen_on(argv[0], atoi(argv[1]));
         if (lfd < 0)
                 return die("cannot listen");
+        /* A proxy may reset its side between our read and our write (a
+         * round's end cuts its connections off): that write must fail with
+         * EPIPE, not kill the application for every round after it. */
+        signal(SIGPIPE, SIG_IGN);
         int ep = epoll_create1(0);
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
         epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
@@ -213,11 +219,16 @@ static int cmd_serve(int argc, char **argv)
                                         if (epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce) < 0)
                                                 close(c);
                                 }
+                                if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+                                        fprintf(stderr, "tls_bench serve: accept: %s\n",
+                                                strerror(errno));
+                                        return 1;
+                                }
                                 continue;
                         }
                         char buf[4096];
                         ssize_t r = read(fd, buf, sizeof(buf));
-                        if (r > 0 && write(fd, "y", 1) < 0)
+                        if (r > 0 && send(fd, "y", 1, MSG_NOSIGNAL) < 0)
                                 r = -1;
                         if (r > 0 || r == 0 || errno != EAGAIN) {
                                 epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
@@ -448,6 +459,15 @@ static int cmd_handshake(int argc, char **argv)
                (unsigned long long)h.connect_errors, el, (double)h.done / el,
                pct(h.lat, h.n_lat, 0.5) / 1e3, pct(h.lat, h.n_lat, 0.9) / 1e3,
                pct(h.lat, h.n_lat, 0.99) / 1e3, conns, h.first_error);
+        /* Not a rate of 0/s: nothing answered, so the setup is broken. */
+        if (h.done == 0) {
+                fprintf(stderr,
+                        "tls_bench handshake: 0 successful handshakes to %s:%s in %.1f s "
+                        "(%llu errors, first: %s)\n",
+                        argv[0], argv[1], el, (unsigned long long)h.errors,
+                        h.first_error[0] ? h.first_error : "none");
+                return 1;
+        }
         return 0;
 }
 

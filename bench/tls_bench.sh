@@ -86,7 +86,8 @@ cat "$TMP/server.pem" "$TMP/server-key.pem" >"$TMP/haproxy.pem"
 chmod 600 "$TMP/haproxy.pem"
 
 ip netns exec "$SRV" "$BUILD/tls_bench" serve 0.0.0.0 $APP_PORT >"$TMP/app.out" 2>&1 &
-PIDS+=($!)
+APP_PID=$!
+PIDS+=($APP_PID)
 
 cat >"$TMP/haproxy.cfg" <<EOF
 global
@@ -130,18 +131,35 @@ ip netns exec "$SRV" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 
 PIDS+=($!)
 wait_port "$SRV" $SIP $HAP_PORT
 
+# One round against one proxy; sets RESULT (one JSON line). A round without
+# a single completed handshake is a broken setup, not a result of 0/s: stop
+# with one line saying what happened. Not in a subshell: it waits for the app.
 run() { # name port
-	ip netns exec "$CLI" "$BUILD/tls_bench" handshake $SIP "$2" "port-$APP_PORT.cluster.local" \
-		"$TMP" $CONNS $SECONDS_EACH
+	local out rc=0
+	out=$(ip netns exec "$CLI" "$BUILD/tls_bench" handshake $SIP "$2" "port-$APP_PORT.cluster.local" \
+		"$TMP" $CONNS $SECONDS_EACH) || rc=$?
+	if ! kill -0 "$APP_PID" 2>/dev/null; then
+		local app_rc=0
+		wait "$APP_PID" || app_rc=$?
+		echo "tls_bench.sh: round $r ($1): the application (tls_bench serve) exited, status $app_rc" >&2
+		exit 1
+	fi
+	if [ "$rc" -ne 0 ]; then
+		echo "tls_bench.sh: round $r ($1): failed (tls_bench handshake exit $rc, 0 handshakes counts as failure)" >&2
+		exit 1
+	fi
+	RESULT=$out
 }
 SHUNT_RUNS=()
 HAP_RUNS=()
 for r in $(seq 1 $ROUNDS); do
 	echo "== round $r: shuntd inbound" >&2
-	SHUNT_RUNS+=("$(run shuntd $APP_PORT)")
+	run shuntd $APP_PORT
+	SHUNT_RUNS+=("$RESULT")
 	echo "${SHUNT_RUNS[-1]}" >&2
 	echo "== round $r: haproxy" >&2
-	HAP_RUNS+=("$(run haproxy $HAP_PORT)")
+	run haproxy $HAP_PORT
+	HAP_RUNS+=("$RESULT")
 	echo "${HAP_RUNS[-1]}" >&2
 done
 METRICS=$(ip netns exec "$SRV" curl -s http://127.0.0.1:15003/metrics)
