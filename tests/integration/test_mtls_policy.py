@@ -340,6 +340,29 @@ def test_bad_handshakes(mesh):
         long_lived.close()
 
 
+def test_silent_client_is_not_plaintext(mesh):
+    """In strict mode a client that connects and closes without sending a
+    byte (a TCP probe, a client giving up) was refused nothing: it ends as
+    done, not as plaintext_refused, and logs no refusal."""
+    topo, a, b, tmp, ca = mesh
+    key = ("shunt_connections_closed_total", (("reason", "plaintext_refused"),))
+    refused = sl.parse_metrics(b.metrics_text()).get(key, 0)
+    done = b.metric("shunt_connections_closed_total", default=0.0, reason="done")
+    n_lines = len(b.log_lines())
+    for _ in range(3):
+        s = topo.app.connect(T.REMOTE4, 8080)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    b.wait_metric("shunt_connections_closed_total", lambda v: v >= done + 3, reason="done")
+    assert sl.parse_metrics(b.metrics_text()).get(key, 0) == refused
+    assert not [l for l in b.log_lines()[n_lines:] if "refused" in l.get("msg", "")]
+
+
 def test_slow_client_hello(mesh):
     """A mesh client that sends its ClientHello after the protocol detection
     timeout (100 ms) is not taken for plaintext in strict mode: it has the

@@ -523,6 +523,10 @@ static int inbound_decide(struct conn *c)
 {
         const struct shunt_config *cfg = worker_cfg(c->w);
         struct half *h = &c->c2u;
+        /* The client closed before sending a byte: nothing was refused (a
+         * TCP probe, a client giving up). Where nothing could be relayed
+         * anyway, it ends quietly as done. */
+        bool silent = h->eof && h->len == 0;
         c->peek = false;
         /* What was peeked is still in the socket: from now on it is read. */
         h->len = h->off = 0;
@@ -532,6 +536,8 @@ static int inbound_decide(struct conn *c)
         uint16_t port;
         bool mesh = c->proto == PROTO_TLS &&
                     (c->in_mode == MTLS_STRICT || tls_sni_port(c->sni, &port) == 0);
+        if (silent && (c->to_listener || c->in_mode == MTLS_STRICT))
+                return REASON_DONE;
         char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
         if (c->to_listener &&
             (!mesh || tls_sni_port(c->sni, &port) < 0 || port == c->w->proxy->inbound_port ||
