@@ -39,21 +39,31 @@ void origdst_use_bpf(struct bpfcap *b)
         origdst_shortcut_enabled = b != NULL;
 }
 
+/* ::ffff:a.b.c.d:port becomes a.b.c.d:port; anything else is left alone. */
+static void unmap_v4(struct sockaddr_storage *ss)
+{
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)(const void *)ss;
+        if (ss->ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr))
+                return;
+        struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = a6->sin6_port};
+        memcpy(&a4.sin_addr, &a6->sin6_addr.s6_addr[12], 4);
+        memset(ss, 0, sizeof(*ss));
+        memcpy(ss, &a4, sizeof(a4));
+}
+
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
-                                struct sockaddr_storage *out)
+                                const struct sockaddr_storage *peer, struct sockaddr_storage *out)
 {
         socklen_t len = sizeof(*out);
         int rc;
         memset(out, 0, sizeof(*out));
         if (bpf_capture) {
-                struct sockaddr_storage peer;
-                socklen_t plen = sizeof(peer);
-                if (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0)
-                        return ORIGDST_ERROR;
                 /* Consumed unless sockops removes it when our socket closes. */
-                rc = bpfcap_lookup(bpf_capture, &peer, local, out, true);
-                if (rc == 0)
+                rc = bpfcap_lookup(bpf_capture, peer, local, out, true);
+                if (rc == 0) {
+                        unmap_v4(out);
                         return ORIGDST_OK;
+                }
                 if (rc != -ENOENT) {
                         errno = -rc;
                         return ORIGDST_ERROR;

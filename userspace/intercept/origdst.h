@@ -17,9 +17,12 @@ enum origdst_result {
         ORIGDST_ERROR,          /* the kernel could not answer: errno is set */
 };
 
-/* fd is an accepted socket; local is its getsockname() address. */
+/* fd is an accepted socket; local is its getsockname() address and peer the
+ * address accept() returned. An IPv4-mapped IPv6 destination (a dual-stack
+ * client's IPv6 socket connected to ::ffff:a.b.c.d, as eBPF capture sees it)
+ * comes back as the IPv4 address, as iptables capture reports it. */
 enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
-                                struct sockaddr_storage *out);
+                                const struct sockaddr_storage *peer, struct sockaddr_storage *out);
 
 /* eBPF mode: answer from the capture's 4-tuple map first (the entry is
  * consumed unless the kernel removes it on close, see bpfcap_lookup), then

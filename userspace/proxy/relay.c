@@ -803,21 +803,6 @@ static bool is_own_listener(struct worker *w, const struct sockaddr_storage *dst
         return false;
 }
 
-/* A dual-stack client (gRPC's C core, Java) connects an IPv6 socket to an
- * IPv4-mapped address; eBPF capture then reports ::ffff:a.b.c.d. The
- * destination is the IPv4 address: services are looked up, and upstreams
- * connected, by it. */
-static void unmap_v4(struct sockaddr_storage *ss)
-{
-        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)(const void *)ss;
-        if (ss->ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr))
-                return;
-        struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = a6->sin6_port};
-        memcpy(&a4.sin_addr, &a6->sin6_addr.s6_addr[12], 4);
-        memset(ss, 0, sizeof(*ss));
-        memcpy(ss, &a4, sizeof(a4));
-}
-
 static void reject(struct worker *w, int fd, enum conn_reason reason)
 {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
@@ -962,9 +947,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         getsockname(fd, (struct sockaddr *)&local, &llen);
 
         struct sockaddr_storage dst;
-        enum origdst_result od = origdst_get(fd, &local, &dst);
-        if (od == ORIGDST_OK)
-                unmap_v4(&dst);
+        enum origdst_result od = origdst_get(fd, &local, peer, &dst);
         enum conn_reason refuse = REASON__COUNT;
         char pbuf[SOCKADDR_STRLEN], dbuf[SOCKADDR_STRLEN];
         bool mtls_in = l->dir == DIR_INBOUND && p->tls_slot && cfg->mtls_mode != MTLS_DISABLED;
