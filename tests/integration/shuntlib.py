@@ -807,6 +807,56 @@ def iptables_counts(text):
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+class ThreadedServer:
+    """A raw TCP server for tests that need a misbehaving upstream: listens in
+    pod at (addr, port) and hands the n-th accepted connection (from 1) to
+    self.serve(conn, n), in a thread of its own when threaded, else in the
+    accept loop's thread (one connection at a time). The connection is closed
+    after serve returns; close() stops the server."""
+
+    def __init__(self, pod, addr, port, backlog=16, threaded=True):
+        self.sock = pod.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, port))
+        self.sock.listen(backlog)
+        self.sock.settimeout(0.2)
+        self.threaded = threaded
+        self.stop = False
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+
+    def serve(self, conn, n):
+        raise NotImplementedError
+
+    def _serve_and_close(self, conn, n):
+        try:
+            self.serve(conn, n)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _accept_loop(self):
+        n = 0
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            n += 1
+            if self.threaded:
+                threading.Thread(target=self._serve_and_close, args=(conn, n), daemon=True).start()
+            else:
+                self._serve_and_close(conn, n)
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+        self.thread.join(5)
+
+
 def h2_frame(ftype, flags, sid, payload=b""):
     """One HTTP/2 frame as bytes (RFC 9113 section 4.1)."""
     return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload

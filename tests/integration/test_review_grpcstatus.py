@@ -3,9 +3,6 @@ made of its characters ("0>" once read as 14, UNAVAILABLE, which counts
 against the endpoint). The upstream is a raw HTTP/2 server written here;
 curl sends the call."""
 
-import socket
-import threading
-
 import pytest
 
 import shuntlib as sl
@@ -30,65 +27,38 @@ def recv_frame(conn, buf):
     return (buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF), buf[9 + n :]
 
 
-class OddStatusServer:
+class OddStatusServer(sl.ThreadedServer):
     """Answers every stream with :status 200 and a grpc-status trailer of
     STATUS."""
 
     STATUS = b"0>"
 
     def __init__(self, pod):
-        self.sock = pod.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((T.REMOTE4, PORT))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        super().__init__(pod, T.REMOTE4, PORT, backlog=8)
 
-    def run(self):
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
+    def serve(self, conn, n):
+        conn.settimeout(10)
+        buf = b""
+        while len(buf) < 24:
+            chunk = conn.recv(65536)
+            if not chunk:
                 return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
-        try:
-            conn.settimeout(10)
-            buf = b""
-            while len(buf) < 24:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
-            buf = buf[24:]  # the client preface
-            conn.sendall(sl.h2_frame(4, 0, 0))
-            while True:
-                f, buf = recv_frame(conn, buf)
-                if f is None:
-                    return
-                ftype, flags, sid = f
-                if ftype == 4 and not flags & 1:
-                    conn.sendall(sl.h2_frame(4, 1, 0))
-                elif ftype == 1:
-                    head = b"\x88" + literal(b"content-type", b"application/grpc")
-                    conn.sendall(
-                        sl.h2_frame(1, 0x4, sid, head)
-                        + sl.h2_frame(1, 0x5, sid, literal(b"grpc-status", self.STATUS))
-                    )
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.stop = True
-        self.sock.close()
-        self.thread.join(5)
+            buf += chunk
+        buf = buf[24:]  # the client preface
+        conn.sendall(sl.h2_frame(4, 0, 0))
+        while True:
+            f, buf = recv_frame(conn, buf)
+            if f is None:
+                return
+            ftype, flags, sid = f
+            if ftype == 4 and not flags & 1:
+                conn.sendall(sl.h2_frame(4, 1, 0))
+            elif ftype == 1:
+                head = b"\x88" + literal(b"content-type", b"application/grpc")
+                conn.sendall(
+                    sl.h2_frame(1, 0x4, sid, head)
+                    + sl.h2_frame(1, 0x5, sid, literal(b"grpc-status", self.STATUS))
+                )
 
 
 @pytest.fixture(scope="module")

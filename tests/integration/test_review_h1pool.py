@@ -6,7 +6,6 @@ get a 502."""
 
 import json
 import socket
-import threading
 import time
 
 import pytest
@@ -43,57 +42,29 @@ def read_request(conn):
     return lines[0].split(" ")[0]
 
 
-class FinServer:
+class FinServer(sl.ThreadedServer):
     """Answers one request per connection, then closes a moment later; no
     Connection: close is sent. GET gets BODY bytes, anything else a short
-    JSON body and Connection: close."""
+    JSON body and Connection: close. One connection at a time."""
 
     def __init__(self, pod):
-        self.sock = pod.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((T.REMOTE4, PORT))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
         self.seen = []  # (connection number, method)
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        super().__init__(pod, T.REMOTE4, PORT, threaded=False)
 
-    def run(self):
-        n = 0
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            n += 1
-            try:
-                conn.settimeout(5)
-                method = read_request(conn)
-                if method is None:
-                    continue
-                self.seen.append((n, method))
-                if method == "GET":
-                    body, close = b"x" * BODY, b""
-                else:
-                    body = json.dumps({"conn": n, "method": method}).encode()
-                    close = b"Connection: close\r\n"  # never pooled: no race with the next
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), close, body)
-                )
-                if method == "GET":
-                    time.sleep(0.3)  # shuntd has the whole body; the client not yet
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def close(self):
-        self.stop = True
-        self.sock.close()
-        self.thread.join(5)
+    def serve(self, conn, n):
+        conn.settimeout(5)
+        method = read_request(conn)
+        if method is None:
+            return
+        self.seen.append((n, method))
+        if method == "GET":
+            body, close = b"x" * BODY, b""
+        else:
+            body = json.dumps({"conn": n, "method": method}).encode()
+            close = b"Connection: close\r\n"  # never pooled: no race with the next
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), close, body))
+        if method == "GET":
+            time.sleep(0.3)  # shuntd has the whole body; the client not yet
 
 
 @pytest.fixture(scope="module")
