@@ -69,7 +69,6 @@ struct conn {
         uint64_t last_active_ms;
         struct sockaddr_storage client_addr, orig_dst, upstream;
         struct route_use route; /* the service endpoint, when routed */
-        uint8_t connect_attempts;
         /* Inbound with mTLS on: the client's first bytes are peeked, not read,
          * so a TLS handshake can start from the ClientHello. */
         bool peek;
@@ -847,7 +846,6 @@ static void conn_connect(struct conn *c)
 {
         struct worker *w = c->w;
         const struct shunt_config *cfg = worker_cfg(w);
-        c->connect_attempts++;
         c->up.readable = c->up.writable = c->up.rdhup = false;
         const char *what = "";
         int ufd = upstream_socket(&c->upstream, cfg->proxy_mark, &what);
