@@ -541,6 +541,21 @@ static void transfer(struct tls_conn *a, int afd, struct tls_conn *b, int bfd, u
         assert_memory_equal(in, out, sizeof(out));
 }
 
+/* A write the kernel answers with EPIPE returns -EPIPE; it never raises
+ * SIGPIPE (main() leaves SIGPIPE at its default disposition, which would
+ * kill us). Shutting our own side for writing makes the EPIPE certain. */
+static void test_write_epipe_no_sigpipe(void **state)
+{
+        struct fix *f = *state;
+        struct pair p;
+        pair_open(f->st, SERVER_ID, &p);
+        transfer(p.cli, p.cfd, p.srv, p.sfd, 1);
+        assert_int_equal(shutdown(p.cfd, SHUT_WR), 0);
+        char buf[512] = {0};
+        assert_int_equal(tls_conn_write(p.cli, buf, sizeof(buf)), -EPIPE);
+        pair_close(&p);
+}
+
 static void test_rotation_keeps_connections(void **state)
 {
         struct fix *f = *state;
@@ -812,6 +827,9 @@ static void test_store_on_loop(void **state)
 
 int main(void)
 {
+        /* The default disposition, whatever ctest or a shell handed us: a
+         * write that raises SIGPIPE must fail this test, not pass by luck. */
+        signal(SIGPIPE, SIG_DFL);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_server_vs_s_client, setup, teardown),
             cmocka_unit_test_setup_teardown(test_client_vs_s_server, setup, teardown),
@@ -820,6 +838,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_store_on_loop, setup, teardown),
             cmocka_unit_test_setup_teardown(test_ca_overlap, setup, teardown),
             cmocka_unit_test_setup_teardown(test_rotation_keeps_connections, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_write_epipe_no_sigpipe, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -89,9 +89,13 @@ static inline int tu_run(char *const argv[], const char *in, char *out, size_t o
         close(pin[0]);
         close(pout[1]);
         if (in) {
+                /* A child that exits without reading its input must not kill
+                 * us with SIGPIPE, whatever our disposition. */
+                void (*old)(int) = signal(SIGPIPE, SIG_IGN);
                 size_t l = strlen(in);
                 if (write(pin[1], in, l) != (ssize_t)l)
                         fprintf(stderr, "short write to child\n");
+                signal(SIGPIPE, old);
         }
         close(pin[1]);
         size_t used = 0;

@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -302,6 +304,72 @@ int tls_ctx_build(struct tls_snapshot *snap, const struct tls_material *m)
         return 0;
 }
 
+/* The sessions' transport: recv and send on the socket, the latter with
+ * MSG_NOSIGNAL, so writing to a peer that has gone returns EPIPE instead of
+ * raising SIGPIPE, whatever disposition the process inherited (BoringSSL's
+ * socket BIO uses write(2)). */
+static BIO_METHOD *sock_method;
+static pthread_once_t sock_method_once = PTHREAD_ONCE_INIT;
+
+static int sock_fd(BIO *b)
+{
+        return (int)(intptr_t)BIO_get_data(b);
+}
+
+static bool sock_retry(void)
+{
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+}
+
+static int sock_read(BIO *b, char *buf, int len)
+{
+        BIO_clear_retry_flags(b);
+        ssize_t n = recv(sock_fd(b), buf, (size_t)len, 0);
+        if (n < 0 && sock_retry())
+                BIO_set_retry_read(b);
+        return (int)n;
+}
+
+static int sock_write(BIO *b, const char *buf, int len)
+{
+        BIO_clear_retry_flags(b);
+        ssize_t n = send(sock_fd(b), buf, (size_t)len, MSG_NOSIGNAL);
+        if (n < 0 && sock_retry())
+                BIO_set_retry_write(b);
+        return (int)n;
+}
+
+static long sock_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+        (void)b;
+        (void)num;
+        (void)ptr;
+        return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static void sock_method_init(void)
+{
+        BIO_METHOD *m = BIO_meth_new(BIO_TYPE_SOCKET, "shunt socket");
+        if (m && BIO_meth_set_read(m, sock_read) && BIO_meth_set_write(m, sock_write) &&
+            BIO_meth_set_ctrl(m, sock_ctrl)) {
+                sock_method = m;
+                return;
+        }
+        BIO_meth_free(m);
+}
+
+/* A BIO on fd (not owned: closing is the caller's), or NULL. */
+static BIO *sock_bio_new(int fd)
+{
+        pthread_once(&sock_method_once, sock_method_init);
+        BIO *b = sock_method ? BIO_new(sock_method) : NULL;
+        if (!b)
+                return NULL;
+        BIO_set_data(b, (void *)(intptr_t)fd);
+        BIO_set_init(b, 1);
+        return b;
+}
+
 static int conn_new(struct tls_snapshot *snap, int fd, uint64_t id, bool server,
                     struct tls_conn **out)
 {
@@ -311,13 +379,15 @@ static int conn_new(struct tls_snapshot *snap, int fd, uint64_t id, bool server,
         if (!c)
                 return -ENOMEM;
         c->ssl = SSL_new(server ? snap->server : snap->client);
-        if (!c->ssl || !SSL_set_fd(c->ssl, fd)) {
+        BIO *bio = c->ssl ? sock_bio_new(fd) : NULL;
+        if (!bio) {
                 SSL_free(c->ssl);
                 free(c);
                 ERR_clear_error();
                 log_error(COMP, id, "cannot create a TLS session for fd %d", fd);
                 return -ENOMEM;
         }
+        SSL_set_bio(c->ssl, bio, bio); /* takes the one reference for both */
         SSL_set_app_data(c->ssl, c);
         if (server)
                 SSL_set_accept_state(c->ssl);
