@@ -818,7 +818,22 @@ def start_servers(env):
     for p, port in ((rrs, PORT_RR), (ip, PORT_BULK), (ng, PORT_HTTP)):
         wait_until(lambda p=p, port=port: p.alive() and listening(env.srv, port), 20,
                    "%s on %d" % (p.name, port))
+    check_origin(env)
     return [rrs, ip, ng]
+
+
+def check_origin(env):
+    """The origin itself, asked in its own pod with no proxy in the way, must
+    answer the scenarios' request with 200 and the file: otherwise every
+    contender would count errors that are the environment's, not theirs
+    (nginx's workers run as nobody and must be able to read the file)."""
+    out = run(env.srv, ["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w",
+                        "%{http_code} %{size_download}", "--max-time", "5",
+                        "http://%s:%d%s" % (SERVER, PORT_HTTP, HTTP_PATH)], 15).split()
+    if out != ["200", "128"]:
+        raise BenchError("the origin nginx answers %s directly (status, bytes), not 200 with "
+                         "128 bytes: an environment problem, not a proxy's (see %s)"
+                         % (" ".join(out) or "nothing", os.path.join(env.work, "nginx-origin.err")))
 
 
 # ---------------------------------------------------------------- main

@@ -11,13 +11,22 @@ PKGS=(
 	libnghttp2-dev libyaml-dev libcmocka-dev libclang-rt-14-dev
 	# runtime and tests
 	iproute2 iptables curl openssl socat netcat-openbsd tcpdump procps
-	python3 python3-pytest python3-grpcio prometheus
+	python3 python3-pytest python3-grpcio python3-cryptography prometheus
 	# benchmarks and peers
 	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf
 	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from
 	# pulling initramfs-tools, udev and a systemd upgrade for the kernel)
 	qemu-system-x86 busybox-static kmod cpio tiny-initramfs linux-image-cloud-amd64
 )
+
+# Test servers drop privileges (nginx's workers run as nobody; the proxy
+# runs as uid 1337): they must be able to search "/". A root directory made
+# by mktemp, as a debootstrapped chroot may have, is 0700, and every file
+# such a server opens is then refused (nginx answers 403).
+if [ "$(id -u)" -eq 0 ] && [ $((0$(stat -c %a /) & 5)) -ne 5 ]; then
+	echo "bootstrap: / was mode $(stat -c %a /); making it searchable by every user"
+	chmod o+rx /
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
