@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check/check.h"
+#include "core/config.h"
 #include "core/log.h"
 #include "core/strbuf.h"
 
@@ -49,6 +51,10 @@ static const char usage_text[] =
     "                   state, trust bundle\n"
     "  config           effective configuration and where each value came from\n"
     "  log-level LEVEL  set the daemon's log level (debug, info, warn, error)\n"
+    "  check [--pre] [--strict] [--cert-warn DURATION] [--pin-root DIR]\n"
+    "                   check this host and the running shuntd: one line per check,\n"
+    "                   PASS, WARN or FAIL with what to do; --pre: host checks only,\n"
+    "                   before an install; exit 1 on a FAIL (--strict: or a WARN)\n"
     "\n"
     "options:\n"
     "  --admin HOST:PORT  admin address (default " DEFAULT_ADMIN ", or $SHUNTCTL_ADMIN)\n"
@@ -921,6 +927,53 @@ static int cmd_config(void)
         return 0;
 }
 
+/* shuntctl check [--pre] [--strict] [--json] [--admin A] [--cert-warn D] [--pin-root DIR] */
+static int cmd_check(int argc, char **argv)
+{
+        struct check_options o = {.admin = g_admin};
+        bool strict = false;
+        for (int i = 0; i < argc; i++) {
+                const char *a = argv[i];
+                if (strcmp(a, "--pre") == 0) {
+                        o.pre = true;
+                } else if (strcmp(a, "--strict") == 0) {
+                        strict = true;
+                } else if (strcmp(a, "--json") == 0) {
+                        g_json = true;
+                } else if (strcmp(a, "--admin") == 0 && i + 1 < argc) {
+                        o.admin = argv[++i];
+                } else if (strcmp(a, "--pin-root") == 0 && i + 1 < argc) {
+                        o.pin_root = argv[++i];
+                } else if (strcmp(a, "--cert-warn") == 0 && i + 1 < argc) {
+                        uint64_t ms;
+                        if (parse_duration_ms(argv[++i], &ms) < 0 || ms < 1000)
+                                die_usage("--cert-warn %s: want a duration of at least 1s, "
+                                          "e.g. 6h",
+                                          argv[i]);
+                        o.cert_warn_s = (int64_t)(ms / 1000);
+                } else {
+                        die_usage("check: unknown or incomplete option '%s'", a);
+                }
+        }
+        struct endpoint ep;
+        if (parse_endpoint(o.admin, &ep) < 0)
+                die_usage("invalid admin address '%s' (want HOST:PORT, e.g. %s)", o.admin,
+                          DEFAULT_ADMIN);
+        struct check_report *r = check_run(&o);
+        if (!r)
+                die("out of memory");
+        struct strbuf out;
+        strbuf_init(&out);
+        check_report_write(r, g_json, strict, &out);
+        if (out.truncated)
+                die("out of memory");
+        fwrite(out.data, 1, out.len, stdout);
+        strbuf_free(&out);
+        enum check_status worst = check_report_worst(r);
+        check_report_free(r);
+        return worst == CHECK_FAIL || (strict && worst == CHECK_WARN) ? 1 : 0;
+}
+
 static int cmd_log_level(const char *level)
 {
         enum log_level lv;
@@ -955,6 +1008,8 @@ int main(int argc, char **argv)
                         g_admin = a + 8;
                 } else if (a[0] == '-' && a[1]) {
                         die_usage("unknown option '%s'", a);
+                } else if (!cmd && strcmp(a, "check") == 0) {
+                        return cmd_check(argc - i - 1, argv + i + 1);
                 } else if (!cmd) {
                         cmd = a;
                 } else if (nargs < 4) {

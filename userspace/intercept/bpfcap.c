@@ -36,6 +36,14 @@ static const struct link_desc link_descs[] = {
 };
 #define N_LINKS (sizeof(link_descs) / sizeof(link_descs[0]))
 
+/* The maps, each pinned as <root>/<name>. */
+static const char *const pinned_maps[] = {
+    "shunt_orig_by_cookie", "shunt_orig_by_tuple", "shunt_sockhash",
+    "shunt_shortcut_off",   "shunt_config",        "shunt_exclude_ports",
+    "shunt_exclude_cidrs",  "shunt_counters",      "shunt_flow",
+};
+#define N_PINNED_MAPS (sizeof(pinned_maps) / sizeof(pinned_maps[0]))
+
 struct bpfcap {
         struct shunt_capture *skel;
         char pin_root[PIN_PATH_MAX];
@@ -112,7 +120,7 @@ static int check_cgroup(const char *path, char *why, size_t whylen)
         return 0;
 }
 
-int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
+int bpfcap_probe_kernel(char *why, size_t whylen)
 {
         libbpf_setup();
         const char *refuse = getenv("SHUNT_BPF_REFUSE");
@@ -120,7 +128,23 @@ int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
                 snprintf(why, whylen,
                          "BPF program load refused: Operation not permitted (simulated: "
                          "SHUNT_BPF_REFUSE is set)");
-                return -1;
+                return -EPERM;
+        }
+        /* libbpf's probes report a refused load as "not supported": one load
+         * of our own first tells a refusal (EPERM: no CAP_BPF/CAP_NET_ADMIN,
+         * a user namespace, seccomp, lockdown) from a kernel that lacks it. */
+        const struct bpf_insn ret1[] = {
+            {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1},
+            {.code = BPF_JMP | BPF_EXIT},
+        };
+        LIBBPF_OPTS(bpf_prog_load_opts, lo, .expected_attach_type = BPF_CGROUP_INET4_CONNECT);
+        int pfd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, NULL, "GPL", ret1, 2, &lo);
+        if (pfd >= 0) {
+                close(pfd);
+        } else if (errno == EPERM || errno == EACCES) {
+                int e = errno;
+                snprintf(why, whylen, "BPF program load refused: %s", strerror(e));
+                return -e;
         }
         static const struct {
                 enum bpf_prog_type type;
@@ -136,7 +160,7 @@ int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
                 if (rc <= 0) {
                         snprintf(why, whylen, "BPF program type %s: %s", progs[i].name,
                                  rc == 0 ? "not supported by this kernel" : strerror(-rc));
-                        return -1;
+                        return rc == 0 ? -EOPNOTSUPP : rc;
                 }
         }
         static const struct {
@@ -152,7 +176,7 @@ int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
                 if (rc <= 0) {
                         snprintf(why, whylen, "BPF map type %s: %s", maps[i].name,
                                  rc == 0 ? "not supported by this kernel" : strerror(-rc));
-                        return -1;
+                        return rc == 0 ? -EOPNOTSUPP : rc;
                 }
         }
         static const struct {
@@ -174,10 +198,22 @@ int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
                 if (rc <= 0) {
                         snprintf(why, whylen, "BPF helper %s: %s", helpers[i].name,
                                  rc == 0 ? "not available" : strerror(-rc));
-                        return -1;
+                        return rc == 0 ? -EOPNOTSUPP : rc;
                 }
         }
-        return check_cgroup(cgroup_path, why, whylen) < 0 ? -1 : 0;
+        return 0;
+}
+
+int bpfcap_check_cgroup(const char *cgroup_path, char *why, size_t whylen)
+{
+        return check_cgroup(cgroup_path, why, whylen);
+}
+
+int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen)
+{
+        if (bpfcap_probe_kernel(why, whylen) < 0 || check_cgroup(cgroup_path, why, whylen) < 0)
+                return -1;
+        return 0;
 }
 
 /* ---- pins ---------------------------------------------------------------------------- */
@@ -246,13 +282,8 @@ int bpfcap_remove_pins(const char *pin_root)
                         log_warn("bpf", 0, "removing %s: %s", path, strerror(errno));
         }
         /* The sk_msg program is attached to the sockhash: it goes with the map. */
-        static const char *const maps[] = {
-            "shunt_orig_by_cookie", "shunt_orig_by_tuple", "shunt_sockhash",
-            "shunt_shortcut_off",   "shunt_config",        "shunt_exclude_ports",
-            "shunt_exclude_cidrs",  "shunt_counters",      "shunt_flow",
-        };
-        for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
-                if (pin_path(path, sizeof(path), pin_root, "", maps[i]) < 0)
+        for (size_t i = 0; i < N_PINNED_MAPS; i++) {
+                if (pin_path(path, sizeof(path), pin_root, "", pinned_maps[i]) < 0)
                         return -ENAMETOOLONG;
                 if (unlink(path) < 0 && errno != ENOENT)
                         log_warn("bpf", 0, "removing %s: %s", path, strerror(errno));
@@ -263,6 +294,91 @@ int bpfcap_remove_pins(const char *pin_root)
                          strerror(e));
                 return -e;
         }
+        return 0;
+}
+
+int bpfcap_pins_check(const char *pin_root, const char *cgroup_path, char *what, size_t len)
+{
+        char path[PIN_PATH_MAX];
+        struct statfs sf;
+        if (statfs(pin_root, &sf) < 0) {
+                snprintf(what, len, "%s: %s", pin_root, strerror(errno));
+                return -1;
+        }
+        if (sf.f_type != BPF_FS_MAGIC) {
+                snprintf(what, len, "%s is not on a bpffs", pin_root);
+                return -1;
+        }
+        uint64_t want_cgroup = 0;
+        if (cgroup_path && *cgroup_path) {
+                struct stat st;
+                if (stat(cgroup_path, &st) < 0) {
+                        snprintf(what, len, "redirect_cgroup %s: %s", cgroup_path, strerror(errno));
+                        return -1;
+                }
+                want_cgroup = (uint64_t)st.st_ino;
+        }
+        uint64_t cgroup = 0;
+        for (size_t i = 0; i < N_LINKS; i++) {
+                if (pin_path(path, sizeof(path), pin_root, "link_", link_descs[i].name) < 0) {
+                        snprintf(what, len, "%s: path too long", pin_root);
+                        return -1;
+                }
+                int fd = bpf_obj_get(path);
+                if (fd < 0) {
+                        snprintf(what, len, "link %s: %s", path, strerror(errno));
+                        return -1;
+                }
+                struct bpf_link_info info;
+                uint32_t ilen = sizeof(info);
+                memset(&info, 0, sizeof(info));
+                int rc = bpf_obj_get_info_by_fd(fd, &info, &ilen);
+                int e = errno;
+                close(fd);
+                if (rc < 0 || info.type != BPF_LINK_TYPE_CGROUP ||
+                    info.cgroup.attach_type != link_descs[i].type) {
+                        snprintf(what, len, "%s is not a cgroup %s link%s%s", path,
+                                 link_descs[i].name, rc < 0 ? ": " : "", rc < 0 ? strerror(e) : "");
+                        return -1;
+                }
+                if (info.prog_id == 0 || info.cgroup.cgroup_id == 0) {
+                        snprintf(what, len, "link %s is detached (its cgroup is gone?)", path);
+                        return -1;
+                }
+                if (want_cgroup && info.cgroup.cgroup_id != want_cgroup) {
+                        snprintf(what, len,
+                                 "link %s is attached to cgroup id %llu, not to redirect_cgroup "
+                                 "%s (id %llu)",
+                                 path, (unsigned long long)info.cgroup.cgroup_id, cgroup_path,
+                                 (unsigned long long)want_cgroup);
+                        return -1;
+                }
+                cgroup = info.cgroup.cgroup_id;
+        }
+        for (size_t i = 0; i < N_PINNED_MAPS; i++) {
+                if (pin_path(path, sizeof(path), pin_root, "", pinned_maps[i]) < 0) {
+                        snprintf(what, len, "%s: path too long", pin_root);
+                        return -1;
+                }
+                int fd = bpf_obj_get(path);
+                if (fd < 0) {
+                        snprintf(what, len, "map %s: %s", path, strerror(errno));
+                        return -1;
+                }
+                struct bpf_map_info info;
+                uint32_t ilen = sizeof(info);
+                memset(&info, 0, sizeof(info));
+                int rc = bpf_obj_get_info_by_fd(fd, &info, &ilen);
+                close(fd);
+                /* The kernel keeps the first BPF_OBJ_NAME_LEN - 1 bytes of a name. */
+                if (rc < 0 || !info.name[0] ||
+                    strncmp(info.name, pinned_maps[i], strlen(info.name)) != 0) {
+                        snprintf(what, len, "%s is not the map %s", path, pinned_maps[i]);
+                        return -1;
+                }
+        }
+        snprintf(what, len, "%zu links attached to cgroup id %llu, %zu maps pinned under %s",
+                 N_LINKS, (unsigned long long)cgroup, N_PINNED_MAPS, pin_root);
         return 0;
 }
 

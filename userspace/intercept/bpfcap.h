@@ -56,6 +56,18 @@ void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_con
  * orig_by_tuple, the sockhash, shortcut_off and flow to N entries so tests
  * can fill them. */
 int bpfcap_probe(const char *cgroup_path, char *why, size_t whylen);
+/* The two halves of bpfcap_probe: the kernel's program and map types and
+ * helpers (a few test loads: needs the privileges to load programs), and
+ * cgroup_path being a cgroup v2 directory. 0, or negative errno with why
+ * (-EOPNOTSUPP: the kernel lacks a type or helper; -EPERM: a load refused). */
+int bpfcap_probe_kernel(char *why, size_t whylen);
+int bpfcap_check_cgroup(const char *cgroup_path, char *why, size_t whylen);
+
+/* Inspects, without changing anything, what a running capture pinned under
+ * pin_root: every link a cgroup link of its hook with a program, attached to
+ * cgroup_path when that is set, and every map pinned. 0 with what saying so,
+ * or -1 with what naming the first pin missing or wrong. */
+int bpfcap_pins_check(const char *pin_root, const char *cgroup_path, char *what, size_t len);
 
 /* Loads, pins and attaches. NULL with err on failure (nothing is left
  * attached or pinned by a failed open, apart from pins that existed). */

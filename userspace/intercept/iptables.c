@@ -324,6 +324,55 @@ static int run_save(const struct family_tools *ft, bool counters, struct strbuf 
         return rc;
 }
 
+int ipt_probe(int family, char *version, size_t vlen, char *err, size_t errlen)
+{
+        const struct family_tools *ft = family == AF_INET6 ? &FAM_V6 : &FAM_V4;
+        char *argv[] = {(char *)ft->save, "--version", NULL};
+        struct strbuf out, se;
+        strbuf_init(&out);
+        strbuf_init(&se);
+        version[0] = '\0';
+        int rc = run_cmd(argv, NULL, 0, &out, &se);
+        if (rc != 0) {
+                char what[64];
+                snprintf(what, sizeof(what), "%s --version", ft->save);
+                set_err(err, errlen, what, rc, &se);
+                rc = rc > 0 ? -EIO : rc;
+        } else {
+                /* "iptables-save v1.8.9 (nf_tables)": keep the first line. */
+                snprintf(version, vlen, "%.*s", (int)strcspn(out.data ? out.data : "", "\n"),
+                         out.data ? out.data : "");
+                strbuf_reset(&out);
+                rc = run_save(ft, false, &out, err, errlen);
+        }
+        strbuf_free(&out);
+        strbuf_free(&se);
+        return rc;
+}
+
+int ipt_notrack_rules(int family)
+{
+        const struct family_tools *ft = family == AF_INET6 ? &FAM_V6 : &FAM_V4;
+        char *argv[] = {(char *)ft->save, "-t", "raw", NULL};
+        struct strbuf out;
+        strbuf_init(&out);
+        int rc = run_cmd(argv, NULL, 0, &out, NULL);
+        int n = 0;
+        if (rc != 0) {
+                n = rc > 0 ? -EIO : rc;
+        } else {
+                for (const char *p = out.data; p && *p;) {
+                        size_t len = strcspn(p, "\n");
+                        if (len > 3 && memcmp(p, "-A ", 3) == 0 &&
+                            (memmem(p, len, "-j NOTRACK", 10) || memmem(p, len, "--notrack", 9)))
+                                n++;
+                        p += len + (p[len] == '\n');
+                }
+        }
+        strbuf_free(&out);
+        return n;
+}
+
 /* ---- rendering ---------------------------------------------------------- */
 
 static void rule(struct strbuf *out, const char *chain, const char *match, bool comments,

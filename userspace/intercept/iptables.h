@@ -63,6 +63,17 @@ bool ipt_installed(int family);
  * not the outbound half is there). */
 bool ipt_inbound_installed(int family);
 
+/* For shuntctl check: the version line of <family>tables-save
+ * ("iptables-save v1.8.9 (nf_tables)": nf_tables or legacy backend) into
+ * version, then whether the nat table can be read here. 0, or negative
+ * errno with err naming the command and what it printed. */
+int ipt_probe(int family, char *version, size_t vlen, char *err, size_t errlen);
+
+/* Rules of the raw table that exempt packets from connection tracking
+ * (-j NOTRACK, -j CT --notrack): REDIRECT and SO_ORIGINAL_DST do not work
+ * for what they match. Their number, or negative errno. */
+int ipt_notrack_rules(int family);
+
 /* Installed rules with packet and byte counters, for shuntctl rules and
  * admin /rules: JSON {"ipv4": [{"chain", "rule", "packets", "bytes"}], "ipv6": [...]}. */
 int ipt_dump_json(struct strbuf *out);
