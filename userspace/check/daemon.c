@@ -282,7 +282,7 @@ static time_t parse_time(const char *s)
 
 static const char *renewal_advice(const char *source)
 {
-        if (strcmp(source, "file") == 0)
+        if (strcmp(source, "files") == 0)
                 return "the certificate files are written by an external CA (cert-manager, SPIRE, "
                        "a Secret): check that it renews mtls.certificate_file and "
                        "mtls.private_key_file; shuntd reloads them when they change";
@@ -440,7 +440,6 @@ static const char *discovery_advice(const char *type)
 static void check_discovery(struct check_ctx *c)
 {
         struct check_result *res;
-        const cJSON *sources = cJSON_GetObjectItemCaseSensitive(c->cache, "sources");
         if (!c->cache) {
                 res = check_add(c, CHECK_WARN, "discovery");
                 snprintf(res->detail, TEXT_MAX, "GET /debug/cache did not answer with JSON");
@@ -448,6 +447,7 @@ static void check_discovery(struct check_ctx *c)
                 return;
         }
         const cJSON *reg = cJSON_GetObjectItemCaseSensitive(c->cache, "registry");
+        const cJSON *sources = cJSON_GetObjectItemCaseSensitive(reg, "sources");
         const cJSON *s, *worst = NULL;
         enum check_status worst_st = CHECK_PASS;
         int n = 0;
@@ -477,25 +477,29 @@ static void check_discovery(struct check_ctx *c)
                 return;
         }
         const char *type = jstr(worst, "type", "?");
+        /* The file backend's source is called "file": name its path. */
+        const char *name = jstr(worst, "name", "?");
+        const cJSON *backend = cJSON_GetObjectItemCaseSensitive(c->cache, "backend");
+        if (strcmp(type, "file") == 0)
+                name = jstr(cJSON_GetObjectItemCaseSensitive(backend, "state"), "path", name);
         res = check_add(c, worst_st, "discovery");
         if (worst_st == CHECK_PASS) {
                 snprintf(res->detail, TEXT_MAX,
                          "%d source%s in sync (%s %s, last sync %s): %.0f services, %.0f endpoints",
-                         n, n == 1 ? "" : "s", type, jstr(worst, "name", "?"),
-                         jstr(worst, "last_sync", "?"), jnum(reg, "services", 0),
-                         jnum(reg, "endpoints", 0));
+                         n, n == 1 ? "" : "s", type, name, jstr(worst, "last_sync", "?"),
+                         jnum(reg, "services", 0), jnum(reg, "endpoints", 0));
                 return;
         }
         char stale[32];
         fmt_secs(jnum(worst, "staleness_seconds", 0), stale, sizeof(stale));
         if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(worst, "synced")))
                 snprintf(res->detail, TEXT_MAX, "%s source %s never synced (%.0f attempts): %s",
-                         type, jstr(worst, "name", "?"), jnum(worst, "failures", 0),
+                         type, name, jnum(worst, "failures", 0),
                          jstr(worst, "last_error", "no error recorded"));
         else
                 snprintf(res->detail, TEXT_MAX,
                          "%s source %s stale for %s (last sync %s, %.0f stale endpoints): %s", type,
-                         jstr(worst, "name", "?"), stale, jstr(worst, "last_sync", "?"),
+                         name, stale, jstr(worst, "last_sync", "?"),
                          jnum(reg, "stale_endpoints", 0),
                          jstr(worst, "last_error", "no error recorded"));
         snprintf(res->advice, TEXT_MAX, "%s", discovery_advice(type));

@@ -1,0 +1,301 @@
+"""shuntctl check: every check on this machine against a running shuntd in a
+pod (green), then one thing broken at a time, each time the right line
+failing with its advice and the exit status saying so:
+
+- the kernel refusing bpf() (a user namespace), and a user without CAP_BPF;
+- connection tracking unusable in the pod (a raw-table NOTRACK rule: the
+  connections it matches are not tracked, so REDIRECT and SO_ORIGINAL_DST
+  stop working, as in a pod whose operator exempted loopback from conntrack);
+- an expired certificate (file source, certificate from mtls_pki);
+- the admin API unreachable;
+- a stale registry (the file registry turned invalid);
+- the eBPF capture's pins gone (a link unpinned under the pin root).
+
+Not here: a shuntd holding capabilities it should not in the `--capture init`
+layout (that mode is engineer image-init's; the check reads `capture` from
+/config and fails such a shuntd with its advice, see README)."""
+
+import datetime
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+import mtls_pki as pki
+import shuntlib as sl
+from test_ebpf import CGROUP, PINS, InCgroup, cgroup, ebpf_args, mounts  # noqa: F401
+
+HOST = ["kernel-bpf", "kernel-btf", "cgroup-v2", "iptables", "conntrack", "capabilities"]
+DAEMON = ["admin", "shuntd-capabilities", "capture", "certificate", "ca", "discovery"]
+LINE = re.compile(r"^(PASS|WARN|FAIL) ([a-z0-9-]+): (.*)$")
+
+
+def parse(out):
+    """{name: (status, rest of the line)} from the text output; every line
+    but the summary must be a check line."""
+    lines = out.strip().splitlines()
+    assert re.match(r"^\d+ checks: \d+ passed, \d+ warnings, \d+ failed", lines[-1]), out
+    res = {}
+    for line in lines[:-1]:
+        m = LINE.match(line)
+        assert m, "not a check line: %r" % line
+        res[m.group(2)] = (m.group(1), m.group(3))
+    return res
+
+
+def check(pod, *args):
+    r = sl.shuntctl(pod, "check", *args)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.returncode, parse(r.stdout), r.stdout
+
+
+def host_check(*prefix, args=("--pre",)):
+    """shuntctl check run on the host, behind a command that restricts it."""
+    if not os.access(sl.SHUNTCTL, os.X_OK):
+        raise sl.HarnessError("shuntctl not found at %s" % sl.SHUNTCTL)
+    r = sl.run(list(prefix) + [sl.SHUNTCTL, "check"] + list(args), check=False)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.returncode, parse(r.stdout), r.stdout
+
+
+def need(tool):
+    path = shutil.which(tool)
+    assert path, "%s is needed by this test (Debian: util-linux)" % tool
+    return path
+
+
+@pytest.fixture(scope="module")
+def app():
+    """A pod with shuntd (iptables capture, a file registry)."""
+    pod = sl.Pod("app")
+    d = None
+    try:
+        reg = sl.registry_file(
+            {"services": [sl.service("web", "10.96.0.10", 8080, ["10.77.0.2"])]}
+        )
+        d = sl.Shuntd(pod, sl.shuntd_args(**{"service-discovery.file.path": reg}))
+        d.registry = reg
+        d.wait_ready()
+        yield pod, d
+    finally:
+        try:
+            sl.stop_checked([d] if d else [])
+        finally:
+            pod.delete()
+
+
+def test_green(app):
+    pod, d = app
+    rc, res, out = check(pod)
+    assert rc == 0, out
+    assert list(res) == HOST + DAEMON, out
+    assert "FAIL" not in [s for s, _ in res.values()], out
+    for name in ("kernel-bpf", "kernel-btf", "iptables", "conntrack", "capabilities", "admin",
+                 "shuntd-capabilities", "capture", "certificate", "ca", "discovery"):
+        assert res[name][0] == "PASS", out
+    assert "SO_ORIGINAL_DST answers in this network namespace" in res["conntrack"][1]
+    assert "pid %d," % d.json("/status")["pid"] in res["admin"][1]
+    assert "SIDECAR_PROXY_INBOUND" in res["capture"][1]
+    assert d.json("/certs")["current"]["serial"] in res["certificate"][1]
+    assert "1 source in sync (file %s" % d.registry in res["discovery"][1], out
+    assert "1 services" in res["discovery"][1]
+    # `ip netns exec` hides the host's cgroup2 mount: with --redirect
+    # iptables that is a warning that says it does not matter now.
+    if res["cgroup-v2"][0] == "WARN":
+        assert "not needed now: shuntd runs with --redirect iptables" in res["cgroup-v2"][1]
+
+    # --json: the same results; --strict: warnings fail.
+    r = sl.shuntctl(pod, "check", "--json")
+    j = json.loads(r.stdout)
+    assert [(c["name"], c["status"].upper()) for c in j["checks"]] == [
+        (n, s) for n, (s, _) in res.items()
+    ]
+    assert j["ok"] is True and j["fail"] == 0 and r.returncode == 0
+    warned = any(s == "WARN" for s, _ in res.values())
+    r = sl.shuntctl(pod, "check", "--strict")
+    assert r.returncode == (1 if warned else 0), r.stdout
+
+
+def test_pre_runs_host_checks_only(app):
+    pod, _ = app
+    rc, res, out = check(pod, "--pre")
+    assert list(res) == HOST, out
+    # Capture is installed in this pod, so conntrack is tested here.
+    assert res["conntrack"][0] == "PASS", out
+    rc, res, out = host_check()
+    assert list(res) == HOST, out
+    assert res["kernel-bpf"][0] == "PASS", out
+    # Nothing installed on the host: the test ran in a scratch namespace.
+    assert res["conntrack"] == (
+        "PASS",
+        "SO_ORIGINAL_DST answers behind the nat table (tested in a scratch network namespace: "
+        "capture is not installed here)",
+    ), out
+
+
+def test_bpf_refused_in_user_namespace():
+    # A user namespace holds every capability, but only for what it owns:
+    # the kernel refuses bpf() there, as for a rootless container.
+    rc, res, out = host_check(need("unshare"), "--user", "--map-root-user")
+    assert rc == 1, out
+    st, text = res["kernel-bpf"]
+    assert st == "FAIL", out
+    assert "BPF program load refused: Operation not permitted" in text
+    assert "user namespace" in text
+    assert "install capture from the host's user namespace with CAP_BPF" in text
+    assert res["capabilities"][0] == "FAIL", out
+    assert "inside a user namespace" in res["capabilities"][1]
+
+
+def test_bpf_without_capability():
+    # The installing user lacks CAP_BPF and CAP_SYS_ADMIN: nothing to probe
+    # with, which --pre reports as a failure of that user.
+    rc, res, out = host_check(
+        need("setpriv"), "--inh-caps=-all", "--bounding-set=-bpf,-sys_admin"
+    )
+    assert rc == 1, out
+    st, text = res["kernel-bpf"]
+    assert st == "FAIL", out
+    assert "not probed" in text and "neither CAP_BPF nor CAP_SYS_ADMIN" in text
+    assert "run the check as the user who installs capture" in text
+    assert res["capabilities"][0] == "WARN", out
+    assert "neither BPF nor SYS_ADMIN" in res["capabilities"][1]
+    assert res["iptables"][0] == "PASS", out
+
+
+def test_no_conntrack(app):
+    pod, _ = app
+    rule = ["-t", "raw", "-I", "OUTPUT", "-o", "lo", "-j", "CT", "--notrack"]
+    pod.run(["iptables"] + rule)
+    try:
+        rc, res, out = check(pod)
+        assert rc == 1, out
+        st, text = res["conntrack"]
+        assert st == "FAIL", out
+        assert "connection tracking does not see connections (SO_ORIGINAL_DST: ENOENT)" in text
+        assert "the raw table here has 1 NOTRACK rule" in text
+        assert "remove them for captured traffic" in text
+        assert [n for n, (s, _) in res.items() if s == "FAIL"] == ["conntrack"], out
+    finally:
+        pod.run(["iptables"] + ["-D" if a == "-I" else a for a in rule])
+    rc, res, out = check(pod)
+    assert res["conntrack"][0] == "PASS" and rc == 0, out
+
+
+def test_stale_registry(app):
+    pod, d = app
+    with open(d.registry, "w") as f:
+        f.write('{"services": [')
+    try:
+        sl.wait_until(
+            lambda: d.json("/debug/cache")["registry"]["stale_endpoints"] > 0, 10,
+            what="the registry marked stale",
+        )
+        rc, res, out = check(pod)
+        st, text = res["discovery"]
+        assert st == "WARN" and rc == 0, out
+        assert "file source %s stale for" % d.registry in text
+        assert "check that the registry file exists and is valid JSON" in text
+        r = sl.shuntctl(pod, "check", "--strict")
+        assert r.returncode == 1, r.stdout
+    finally:
+        sl.write_json(d.registry, {"services": [sl.service("web", "10.96.0.10", 8080, ["10.77.0.2"])]})
+    sl.wait_until(lambda: check(pod)[1]["discovery"][0] == "PASS", 10, what="discovery in sync")
+
+
+def test_admin_unreachable():
+    pod = sl.Pod("bare")
+    try:
+        rc, res, out = check(pod)
+        assert rc == 1, out
+        assert list(res) == HOST + ["admin"], out  # nothing asked of a daemon that is not there
+        st, text = res["admin"]
+        assert st == "FAIL"
+        assert text.startswith("cannot reach shuntd admin at 127.0.0.1:15003")
+        assert "start shuntd" in text and "--admin HOST:PORT" in text
+        rc, res, out = check(pod, "--admin", "127.0.0.1:1")
+        assert "cannot reach shuntd admin at 127.0.0.1:1:" in res["admin"][1], out
+    finally:
+        pod.delete()
+
+
+def test_expired_certificate():
+    # shuntd refuses an expired certificate at start: give it one that
+    # expires 4 s later, then ask once before and once after.
+    tmp = sl.tmpdir()
+    ca = pki.CA()
+    bundle = os.path.join(tmp, "ca.pem")
+    pki.write_bundle(bundle, ca)
+    now = pki._now()
+    pem, key, serial, _ = ca.issue_files(
+        tmp, "web", pki.spiffe("web"),
+        not_before=now - datetime.timedelta(hours=1),
+        not_after=now + datetime.timedelta(seconds=4),
+    )  # fmt: skip
+    pod = sl.Pod("certs")
+    d = None
+    try:
+        d = sl.Shuntd(
+            pod,
+            sl.shuntd_args(
+                **{
+                    "mtls.certificate-file": pem,
+                    "mtls.private-key-file": key,
+                    "mtls.ca-bundle": bundle,
+                }
+            ),
+        )
+        d.wait_ready()
+        rc, res, out = check(pod, "--cert-warn", "1h")
+        st, text = res["certificate"]
+        assert st == "WARN", out
+        assert "certificate serial %s expires in" % serial in text
+        assert "under the 1h00m threshold" in text and "source files" in text
+        sl.wait_until(lambda: d.json("/certs")["current"]["expires_in_s"] <= 0, 10,
+                      what="the certificate expired")
+        rc, res, out = check(pod)
+        assert rc == 1, out
+        st, text = res["certificate"]
+        assert st == "FAIL", out
+        assert "certificate serial %s of %s expired at" % (serial, pki.spiffe("web")) in text
+        assert "peers refuse an expired certificate" in text
+        assert "check that it renews mtls.certificate_file" in text
+    finally:
+        try:
+            sl.stop_checked([d] if d else [])
+        finally:
+            pod.delete()
+
+
+def test_ebpf_pins(cgroup):  # noqa: F811 - the fixture imported above
+    need("bpftool")
+    pod = sl.Pod("ebpf")
+    d = None
+    try:
+        d = sl.Shuntd(InCgroup(pod, CGROUP), ebpf_args(**{"log-level": "info"}))
+        d.wait_ready()
+        assert d.json("/status")["redirect_mode"] == "ebpf"
+        rc, res, out = check(pod)
+        assert rc == 0, out
+        st, text = res["capture"]
+        assert st == "PASS", out
+        assert "4 links attached to cgroup id %d, 9 maps pinned under %s" % (
+            os.stat(CGROUP).st_ino, PINS) in text
+        assert res["cgroup-v2"] == ("PASS", "cgroup v2 at %s (redirect_cgroup)" % CGROUP), out
+
+        # A cleanup of the bpffs removed a link's pin: capture goes on while
+        # shuntd holds the link, but not past its restart.
+        os.unlink(os.path.join(PINS, "link_sockops"))
+        rc, res, out = check(pod)
+        assert rc == 1, out
+        st, text = res["capture"]
+        assert st == "FAIL", out
+        assert "eBPF capture: link %s/link_sockops: No such file or directory" % PINS in text
+        assert "restart shuntd (capture self) or rerun shuntd init" in text
+    finally:
+        try:
+            sl.stop_checked([d] if d else [])
+        finally:
+            pod.delete()
