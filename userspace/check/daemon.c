@@ -102,6 +102,17 @@ void check_daemon_fetch(struct check_ctx *c)
         c->want_ebpf = !(strcmp(redirect, "iptables") == 0 || strcmp(redirect, "off") == 0);
 }
 
+/* False, with a WARN for check name, when path did not answer with JSON. */
+static bool answered(struct check_ctx *c, const cJSON *j, const char *name, const char *path)
+{
+        if (j)
+                return true;
+        struct check_result *res = check_add(c, CHECK_WARN, name);
+        snprintf(res->detail, TEXT_MAX, "GET %s did not answer with JSON", path);
+        snprintf(res->advice, TEXT_MAX, "see shuntd's log");
+        return false;
+}
+
 static bool check_admin(struct check_ctx *c)
 {
         struct check_result *res;
@@ -296,12 +307,8 @@ static const char *renewal_advice(const char *source)
 static void check_certificate(struct check_ctx *c)
 {
         struct check_result *res;
-        if (!c->certs) {
-                res = check_add(c, CHECK_WARN, "certificate");
-                snprintf(res->detail, TEXT_MAX, "GET /certs did not answer with JSON");
-                snprintf(res->advice, TEXT_MAX, "see shuntd's log");
+        if (!answered(c, c->certs, "certificate", "/certs"))
                 return;
-        }
         if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(c->certs, "identity"))) {
                 res = check_add(c, CHECK_PASS, "certificate");
                 snprintf(res->detail, TEXT_MAX, "mTLS disabled (mtls.mode %s): no certificate",
@@ -440,12 +447,8 @@ static const char *discovery_advice(const char *type)
 static void check_discovery(struct check_ctx *c)
 {
         struct check_result *res;
-        if (!c->cache) {
-                res = check_add(c, CHECK_WARN, "discovery");
-                snprintf(res->detail, TEXT_MAX, "GET /debug/cache did not answer with JSON");
-                snprintf(res->advice, TEXT_MAX, "see shuntd's log");
+        if (!answered(c, c->cache, "discovery", "/debug/cache"))
                 return;
-        }
         const cJSON *reg = cJSON_GetObjectItemCaseSensitive(c->cache, "registry");
         const cJSON *sources = cJSON_GetObjectItemCaseSensitive(reg, "sources");
         const cJSON *s, *worst = NULL;

@@ -297,6 +297,31 @@ int bpfcap_remove_pins(const char *pin_root)
         return 0;
 }
 
+/* The kernel's info on the object pinned as <root>/<prefix><name> (path
+ * filled for messages). 0, or -1 with what naming the pin. */
+static int pinned_info(const char *root, const char *prefix, const char *name, void *info,
+                       uint32_t infolen, char *path, size_t pathlen, char *what, size_t len)
+{
+        if (pin_path(path, pathlen, root, prefix, name) < 0) {
+                snprintf(what, len, "%s: path too long", root);
+                return -1;
+        }
+        int fd = bpf_obj_get(path);
+        if (fd < 0) {
+                snprintf(what, len, "%s %s: %s", prefix[0] ? "link" : "map", path, strerror(errno));
+                return -1;
+        }
+        memset(info, 0, infolen);
+        int rc = bpf_obj_get_info_by_fd(fd, info, &infolen);
+        int e = errno;
+        close(fd);
+        if (rc < 0) {
+                snprintf(what, len, "%s: %s", path, strerror(e));
+                return -1;
+        }
+        return 0;
+}
+
 int bpfcap_pins_check(const char *pin_root, const char *cgroup_path, char *what, size_t len)
 {
         char path[PIN_PATH_MAX];
@@ -320,25 +345,13 @@ int bpfcap_pins_check(const char *pin_root, const char *cgroup_path, char *what,
         }
         uint64_t cgroup = 0;
         for (size_t i = 0; i < N_LINKS; i++) {
-                if (pin_path(path, sizeof(path), pin_root, "link_", link_descs[i].name) < 0) {
-                        snprintf(what, len, "%s: path too long", pin_root);
-                        return -1;
-                }
-                int fd = bpf_obj_get(path);
-                if (fd < 0) {
-                        snprintf(what, len, "link %s: %s", path, strerror(errno));
-                        return -1;
-                }
                 struct bpf_link_info info;
-                uint32_t ilen = sizeof(info);
-                memset(&info, 0, sizeof(info));
-                int rc = bpf_obj_get_info_by_fd(fd, &info, &ilen);
-                int e = errno;
-                close(fd);
-                if (rc < 0 || info.type != BPF_LINK_TYPE_CGROUP ||
+                if (pinned_info(pin_root, "link_", link_descs[i].name, &info, sizeof(info), path,
+                                sizeof(path), what, len) < 0)
+                        return -1;
+                if (info.type != BPF_LINK_TYPE_CGROUP ||
                     info.cgroup.attach_type != link_descs[i].type) {
-                        snprintf(what, len, "%s is not a cgroup %s link%s%s", path,
-                                 link_descs[i].name, rc < 0 ? ": " : "", rc < 0 ? strerror(e) : "");
+                        snprintf(what, len, "%s is not a cgroup %s link", path, link_descs[i].name);
                         return -1;
                 }
                 if (info.prog_id == 0 || info.cgroup.cgroup_id == 0) {
@@ -356,23 +369,12 @@ int bpfcap_pins_check(const char *pin_root, const char *cgroup_path, char *what,
                 cgroup = info.cgroup.cgroup_id;
         }
         for (size_t i = 0; i < N_PINNED_MAPS; i++) {
-                if (pin_path(path, sizeof(path), pin_root, "", pinned_maps[i]) < 0) {
-                        snprintf(what, len, "%s: path too long", pin_root);
-                        return -1;
-                }
-                int fd = bpf_obj_get(path);
-                if (fd < 0) {
-                        snprintf(what, len, "map %s: %s", path, strerror(errno));
-                        return -1;
-                }
                 struct bpf_map_info info;
-                uint32_t ilen = sizeof(info);
-                memset(&info, 0, sizeof(info));
-                int rc = bpf_obj_get_info_by_fd(fd, &info, &ilen);
-                close(fd);
+                if (pinned_info(pin_root, "", pinned_maps[i], &info, sizeof(info), path,
+                                sizeof(path), what, len) < 0)
+                        return -1;
                 /* The kernel keeps the first BPF_OBJ_NAME_LEN - 1 bytes of a name. */
-                if (rc < 0 || !info.name[0] ||
-                    strncmp(info.name, pinned_maps[i], strlen(info.name)) != 0) {
+                if (!info.name[0] || strncmp(info.name, pinned_maps[i], strlen(info.name)) != 0) {
                         snprintf(what, len, "%s is not the map %s", path, pinned_maps[i]);
                         return -1;
                 }
