@@ -514,12 +514,13 @@ def hostport(v):
 class Shuntd:
     """One shuntd inside a pod, with its stderr (JSON logs) in a file."""
 
-    def __init__(self, pod, args=(), config=None, name="shuntd", env=None):
+    def __init__(self, pod, args=(), config=None, name="shuntd", env=None, wrap=()):
+        """wrap: a command shuntd runs under, e.g. ("prlimit", "--nofile=256:256", "--")."""
         if not os.access(SHUNTD, os.X_OK):
             raise HarnessError("shuntd not found at %s (set SHUNT_BUILD)" % SHUNTD)
         self.pod = pod
         self.config_path = None
-        argv = [SHUNTD]
+        argv = list(wrap) + [SHUNTD]
         if config is not None:
             self.config_path = os.path.join(tmpdir(), "shunt.json")
             self.write_config(config)

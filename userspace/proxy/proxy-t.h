@@ -57,6 +57,7 @@ enum http_local {
 enum stat_id {
         ST_ACCEPTED_IN,
         ST_ACCEPTED_OUT,
+        ST_ACCEPT_PAUSED, /* listeners paused: no descriptor left (EMFILE/ENFILE) */
         ST_ACTIVE_IN,
         ST_ACTIVE_OUT,
         ST_BYTES_UPSTREAM,   /* client -> upstream */
@@ -152,6 +153,9 @@ struct worker {
         int n_buf_cache;
         uint32_t buf_cache_size;
         uint64_t overload_logged_ms;
+        uint64_t fd_logged_ms;
+        int spare_fd;                    /* given up to accept and reset when none is left */
+        struct loop_timer accept_resume; /* ends a pause of the listeners (EMFILE/ENFILE) */
         struct upstream_pool *upstreams; /* idle upstream connections (upstream.c) */
         struct h1_worker *h1;            /* HTTP/1.1 sessions (h1proxy.c) */
         uint64_t rng;                    /* worker_random() state */
@@ -167,9 +171,17 @@ struct proxy {
         struct route_table *routes;      /* main thread's view of the latest one */
         struct snapshot_slot *tls_slot;  /* the TLS store's (tls/store.h), or NULL: no mTLS */
         _Atomic uint64_t active;         /* over all workers, for max_connections */
+        uint32_t fd_conn_limit;          /* connections RLIMIT_NOFILE leaves room for */
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
 };
+
+/* The connection limit in force: max_connections, or fewer when the
+ * descriptor limit cannot hold that many. */
+static inline uint32_t proxy_conn_limit(const struct proxy *p, const struct shunt_config *cfg)
+{
+        return cfg->max_connections < p->fd_conn_limit ? cfg->max_connections : p->fd_conn_limit;
+}
 
 static inline const struct shunt_config *worker_cfg(struct worker *w)
 {
@@ -282,6 +294,8 @@ void conn_render_open(struct strbuf *out, bool *first, struct worker *w, uint64_
 /* fd was just accepted on l from peer. */
 void relay_accept(struct worker *w, struct listener *l, int fd,
                   const struct sockaddr_storage *peer);
+/* Closes fd with a reset (SO_LINGER 0) and counts reason. */
+void relay_reject(struct worker *w, int fd, enum conn_reason reason);
 void relay_close_all(struct worker *w, enum conn_reason reason);
 void relay_render(struct worker *w, struct strbuf *out, bool *first);
 const char *conn_reason_name(enum conn_reason r);

@@ -2,12 +2,14 @@
 #include "proxy/proxy.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,9 +21,69 @@
 
 #define ACCEPT_BATCH   32
 #define LISTEN_BACKLOG 4096
+/* Descriptors per proxied connection (client and upstream), and those kept
+ * for the rest: listeners, event loops, admin, discovery, health checks, the
+ * idle upstream pool, HTTP/2 upstream sessions. */
+#define FDS_PER_CONN          2
+#define FD_RESERVE_BASE       64
+#define FD_RESERVE_PER_WORKER 16
+/* How long listeners rest when no descriptor is left. */
+#define ACCEPT_PAUSE_MS 100
+
+static void listeners_watch(struct worker *w, bool on)
+{
+        for (int i = 0; i < w->n_listeners; i++) {
+                struct listener *l = &w->listeners[i];
+                if (l->io.fd < 0)
+                        continue;
+                if (on)
+                        loop_io_add(w->loop, &l->io, EPOLLIN);
+                else
+                        loop_io_del(w->loop, &l->io);
+        }
+}
+
+static void on_accept_resume(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        struct worker *w = t->data;
+        if (w->spare_fd < 0) /* could not be taken back last time */
+                w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        listeners_watch(w, true);
+}
+
+/* accept() found no descriptor left (EMFILE/ENFILE). The listener is level
+ * triggered: retrying at once would spin. The spare descriptor is given up
+ * to take the oldest waiting connection and reset it (its client learns at
+ * once instead of waiting in the backlog), then the listeners rest for
+ * ACCEPT_PAUSE_MS. One log line a second at most. */
+static void accept_exhausted(struct worker *w, struct listener *l, int err)
+{
+        if (w->spare_fd >= 0) {
+                close(w->spare_fd);
+                int fd = accept4(l->io.fd, NULL, NULL, SOCK_CLOEXEC);
+                if (fd >= 0)
+                        relay_reject(w, fd, REASON_OVERLOAD);
+                w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+        listeners_watch(w, false);
+        loop_timer_arm(w->loop, &w->accept_resume, ACCEPT_PAUSE_MS);
+        stat_add(&w->stats, ST_ACCEPT_PAUSED, 1);
+        uint64_t now = loop_now_ms(w->loop);
+        if (now - w->fd_logged_ms >= 1000) {
+                w->fd_logged_ms = now;
+                log_error("proxy", 0,
+                          "accept: %s: no descriptor left, new connections reset and listeners "
+                          "paused for %d ms (shunt_accept_paused_total counts it; raise "
+                          "RLIMIT_NOFILE or lower max_connections)",
+                          strerror(err), ACCEPT_PAUSE_MS);
+        }
+}
 
 static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
 {
+        (void)loop;
+        (void)events;
         struct listener *l = (struct listener *)io;
         struct worker *w = io->data;
         for (int i = 0; i < ACCEPT_BATCH; i++) {
@@ -31,12 +93,41 @@ static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
                     accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0) {
                         if (errno == EMFILE || errno == ENFILE)
-                                log_error("proxy", 0, "accept: %s: shedding (raise the fd limit)",
-                                          strerror(errno));
+                                accept_exhausted(w, l, errno);
                         return;
                 }
                 relay_accept(w, l, fd, &peer);
         }
+}
+
+/* Descriptors kept for everything but proxied connections. */
+static uint64_t fd_reserve(int n_workers)
+{
+        return FD_RESERVE_BASE + (uint64_t)FD_RESERVE_PER_WORKER * (uint64_t)n_workers;
+}
+
+/* How many connections the descriptor limit leaves room for. */
+static uint32_t fd_conn_limit(int n_workers)
+{
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return UINT32_MAX;
+        uint64_t reserve = fd_reserve(n_workers);
+        uint64_t fit = rl.rlim_cur > reserve ? (rl.rlim_cur - reserve) / FDS_PER_CONN : 0;
+        return fit < 1 ? 1 : fit > UINT32_MAX ? UINT32_MAX : (uint32_t)fit;
+}
+
+/* At start and on reload: says so when max_connections asks for more. */
+static void conn_limit_report(const struct proxy *p, const struct shunt_config *cfg)
+{
+        if (cfg->max_connections <= p->fd_conn_limit)
+                return;
+        log_warn("proxy", 0,
+                 "max_connections %u needs more file descriptors than RLIMIT_NOFILE allows (%d per "
+                 "connection, %llu kept for listeners, loops and pools): at most %u connections; "
+                 "raise the limit (ulimit -n, LimitNOFILE) for more",
+                 cfg->max_connections, FDS_PER_CONN, (unsigned long long)fd_reserve(p->n_workers),
+                 p->fd_conn_limit);
 }
 
 static int listen_on(struct listener *l, const struct sockaddr_storage *addr, char *err,
@@ -138,6 +229,8 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
                 snprintf(err, errlen, "out of memory");
                 goto fail;
         }
+        p->fd_conn_limit = fd_conn_limit(p->n_workers);
+        conn_limit_report(p, cfg);
         for (int i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 w->proxy = p;
@@ -147,6 +240,8 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
                         snprintf(err, errlen, "worker %d: cannot create event loop", i);
                         goto fail;
                 }
+                w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                loop_timer_init(&w->accept_resume, on_accept_resume, w);
                 if (worker_listen(w, cfg, err, errlen) < 0)
                         goto fail;
                 for (int j = 0; j < w->n_listeners; j++) {
@@ -178,6 +273,7 @@ int proxy_start(struct proxy *p)
 
 void proxy_set_config(struct proxy *p, struct shunt_config *cfg)
 {
+        conn_limit_report(p, cfg);
         snapshot_ref(&cfg->snap);
         snapshot_publish(&p->cfg_slot, &cfg->snap);
         /* Resilience settings live in the route table: rebuild it. */
@@ -190,6 +286,7 @@ void proxy_set_config(struct proxy *p, struct shunt_config *cfg)
 static void close_listeners(void *arg)
 {
         struct worker *w = arg;
+        loop_timer_cancel(w->loop, &w->accept_resume);
         for (int i = 0; i < w->n_listeners; i++) {
                 if (w->listeners[i].io.fd < 0)
                         continue;
@@ -304,6 +401,8 @@ void proxy_free(struct proxy *p)
                 route_workers_free(w->route_workers);
                 while (w->n_buf_cache)
                         free(w->buf_cache[--w->n_buf_cache]);
+                if (w->spare_fd >= 0)
+                        close(w->spare_fd);
                 loop_free(w->loop);
         }
         free(p->workers);
@@ -368,6 +467,10 @@ static const struct metric_def proxy_metrics[] = {
      "counter",
      "Connections accepted on the capture listeners.",
      {{"direction=\"inbound\"", ST_ACCEPTED_IN}, {"direction=\"outbound\"", ST_ACCEPTED_OUT}}},
+    {"shunt_accept_paused_total",
+     "counter",
+     "Times the listeners paused because no file descriptor was left (EMFILE/ENFILE).",
+     {{"", ST_ACCEPT_PAUSED}}},
     {"shunt_connections_active",
      "gauge",
      "Connections being proxied now.",
@@ -515,8 +618,15 @@ void proxy_render_metrics(struct proxy *p, struct strbuf *out)
                                         sum(p, m->samples[k].id));
         }
         prom_family(out, "shunt_connections_rejected_total", "counter",
-                    "Connections refused because max_connections was reached.");
+                    "Connections refused because the connection limit was reached.");
         prom_sample_u64(out, "shunt_connections_rejected_total", NULL, rejected(p));
+        prom_family(out, "shunt_connections_limit", "gauge",
+                    "Connections accepted at most: max_connections, or fewer when RLIMIT_NOFILE "
+                    "cannot hold that many.");
+        struct snapshot *cs = snapshot_acquire(&p->cfg_slot, NULL);
+        prom_sample_u64(out, "shunt_connections_limit", NULL,
+                        proxy_conn_limit(p, (const struct shunt_config *)(void *)cs));
+        snapshot_unref(cs);
         render_range(p, out, "shunt_protocol_detected_total", "Connections by sniffed protocol.",
                      "protocol", PROTO_TCP, PROTO__COUNT, ST_PROTO_FIRST, proto_label);
         render_range(p, out, "shunt_grpc_requests_total",

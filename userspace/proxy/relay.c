@@ -802,7 +802,7 @@ static bool is_own_listener(struct worker *w, const struct sockaddr_storage *dst
         return false;
 }
 
-static void reject(struct worker *w, int fd, enum conn_reason reason)
+void relay_reject(struct worker *w, int fd, enum conn_reason reason)
 {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -925,17 +925,21 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
 
         stat_add(&w->stats, l->dir == DIR_INBOUND ? ST_ACCEPTED_IN : ST_ACCEPTED_OUT, 1);
         uint64_t active = atomic_fetch_add_explicit(&p->active, 1, memory_order_relaxed);
-        if (active >= cfg->max_connections) {
+        uint32_t limit = proxy_conn_limit(p, cfg);
+        if (active >= limit) {
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
-                reject(w, fd, REASON_OVERLOAD);
+                relay_reject(w, fd, REASON_OVERLOAD);
                 /* At most one line a second per worker: overload must not flood the log. */
                 uint64_t now = loop_now_ms(w->loop);
                 if (now - w->overload_logged_ms >= 1000) {
                         w->overload_logged_ms = now;
                         log_warn("proxy", 0,
-                                 "max_connections (%u) reached: refusing new connections "
+                                 "%s (%u) reached: refusing new connections "
                                  "(shunt_connections_rejected_total counts them)",
-                                 cfg->max_connections);
+                                 limit < cfg->max_connections
+                                     ? "connection limit fitted to RLIMIT_NOFILE"
+                                     : "max_connections",
+                                 limit);
                 }
                 return;
         }
@@ -973,7 +977,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                          sockaddr_format(peer, pbuf, sizeof(pbuf)),
                          refuse == REASON_LOOP ? "original destination is shuntd itself (loop)"
                                                : "no original destination (not redirected)");
-                reject(w, fd, refuse);
+                relay_reject(w, fd, refuse);
                 return;
         }
 
@@ -1007,7 +1011,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                                  : why == REASON_OVERLOAD
                                      ? "its service is at limits.max_connections"
                                      : "not a known service (outbound_policy registry_only)");
-                        reject(w, fd, why);
+                        relay_reject(w, fd, why);
                         return;
                 }
         }
@@ -1016,7 +1020,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         if (!c) {
                 route_release(&route);
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
-                reject(w, fd, REASON_NO_MEMORY);
+                relay_reject(w, fd, REASON_NO_MEMORY);
                 return;
         }
         c->w = w;
