@@ -674,3 +674,45 @@ def test_upgrade_tunnel(env):
         assert read_response(f)[0] == 200
     finally:
         s.close()
+
+
+def test_malformed_pipelined_request_after_a_long_response(env):
+    """A valid request for 3 MB, and pipelined behind it a malformed one: the
+    whole response arrives, then the 400, then shuntd's FIN. Closing with
+    the client's bytes unread would make the kernel reset the connection and
+    drop the tail of the response (issue 14, D4)."""
+    topo, d = env
+    n = 3_000_000
+    s = topo.app.connect(VIP_WEB, 80, timeout=10)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: web\r\n\r\n" % n
+                  + b"GET /x HTTP/1.1\r\nHost: web\r\nContent-Length: 5, 6\r\n\r\n")
+        # A reader slower than the backend: shuntd has the 400 ready long
+        # before the response is out.
+        got = bytearray()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                b = s.recv(16384)
+            except ConnectionResetError:
+                pytest.fail("reset after %d bytes" % len(got))
+            if not b:
+                break
+            got += b
+            time.sleep(0.001)
+    finally:
+        s.close()
+    head, _, rest = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    body = bytearray()
+    while True:
+        line, _, rest = rest.partition(b"\r\n")
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            rest = rest.partition(b"\r\n")[2]
+            break
+        body += rest[:size]
+        rest = rest[size + 2:]
+    assert len(body) == n, len(body)
+    assert rest.startswith(b"HTTP/1.1 400"), rest[:200]

@@ -1169,8 +1169,10 @@ static int finish_exchange(struct h1s *s)
                 s->state = S_CLOSING;
                 return 0;
         }
-        /* Next request: what follows this one in the buffer. */
+        /* Next request: what follows this one in the buffer. Nothing of its
+         * response went out: an error in its head is answered, not reset. */
         s->req.off = s->req.cls;
+        s->committed = false;
         s->state = S_HEAD;
         s->method_s[0] = s->target[0] = '\0';
         strbuf_reset(&s->req.head);
