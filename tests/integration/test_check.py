@@ -165,6 +165,31 @@ def test_bpf_without_capability():
     assert res["iptables"][0] == "PASS", out
 
 
+def test_unprivileged_view(app):
+    # Run as a proxy container would (uid 1337, no capability): what needs
+    # privileges warns and says where to run it instead; conntrack is still
+    # tested here (shuntd, on loopback, says capture is in this namespace).
+    pod, _ = app
+    r = pod.run(
+        [need("setpriv"), "--reuid", "1337", "--regid", "1337", "--clear-groups", "--inh-caps=-all",
+         "--bounding-set=-all", "--no-new-privs", sl.SHUNTCTL, "check"],
+        check=False,
+    )  # fmt: skip
+    res = parse(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert res["kernel-bpf"][0] == "WARN" and "run 'shuntctl check --pre' as root" in res["kernel-bpf"][1]
+    assert res["iptables"][0] == "WARN" and "needs CAP_NET_ADMIN" in res["iptables"][1]
+    assert res["capabilities"] == (
+        "WARN",
+        "this process (uid 1337) holds none: not NET_ADMIN, NET_RAW; host checks above ran "
+        "without them and may say less than the truth: run 'shuntctl check --pre' as root on the "
+        "node",
+    )
+    assert res["conntrack"] == ("PASS", "SO_ORIGINAL_DST answers in this network namespace")
+    for name in DAEMON:
+        assert res[name][0] == "PASS", r.stdout
+
+
 def test_no_conntrack(app):
     pod, _ = app
     rule = ["-t", "raw", "-I", "OUTPUT", "-o", "lo", "-j", "CT", "--notrack"]

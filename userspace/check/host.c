@@ -341,6 +341,23 @@ static void split_why(struct check_result *res, const char *why)
         snprintf(res->advice, TEXT_MAX, "%s", semi + 2);
 }
 
+/* Whether capture's nat rules are in this network namespace: as read here,
+ * or (reading needs NET_ADMIN) as reported by a shuntd reached on loopback,
+ * which shares this network namespace. */
+static bool capture_here(const struct check_ctx *c)
+{
+        if (ipt_inbound_installed(AF_INET))
+                return true;
+        const char *a = c->o->admin;
+        if (!c->admin_up || !(strncmp(a, "127.", 4) == 0 || strncmp(a, "[::1]", 5) == 0 ||
+                              strncmp(a, "localhost:", 10) == 0))
+                return false;
+        const cJSON *rules = cJSON_GetObjectItemCaseSensitive(c->status, "rules");
+        const char *by = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rules, "by"));
+        return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "installed")) ||
+               (by && strcmp(by, "init") == 0);
+}
+
 static void check_conntrack(struct check_ctx *c)
 {
         char why[512];
@@ -350,7 +367,7 @@ static void check_conntrack(struct check_ctx *c)
                 snprintf(res->detail, TEXT_MAX, "not used: shuntd runs with --redirect off");
                 return;
         }
-        if (ipt_inbound_installed(AF_INET)) {
+        if (capture_here(c)) {
                 /* Capture is installed in this network namespace: the
                  * self-test shuntd ran at start, again now. */
                 if (origdst_selftest(why, sizeof(why)) == 0) {
