@@ -138,6 +138,13 @@ class CA:
         return pem, kp, serial, key
 
 
+def client_files(tmp, ca, name, uri, **kw):
+    """s_client arguments (-cert, -key, -CAfile <tmp>/ca/ca.pem) for a client
+    certificate of uri issued by ca into tmp, and its serial."""
+    pem, key, serial, _ = ca.issue_files(tmp, name, uri, **kw)
+    return ["-cert", pem, "-key", key, "-CAfile", os.path.join(tmp, "ca", "ca.pem")], serial
+
+
 def write_bundle(path, *cas):
     _write(path, b"".join(c.pem for c in cas), 0o644)
 

@@ -669,6 +669,13 @@ class Shuntd:
         )
 
 
+def audit_lines(d, reason):
+    """The messages of d's audit lines (refused handshakes and connections)
+    with reason."""
+    msgs = [l.get("msg", "") for l in d.log_lines()]
+    return [m for m in msgs if "audit:" in m and "reason=" + reason + " " in m]
+
+
 def stop_checked(daemons):
     """Stops every daemon in turn; a bad exit or a
     sanitizer report in any one's log fails the caller."""

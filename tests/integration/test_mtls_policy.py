@@ -64,15 +64,8 @@ def mesh():
         sl.teardown(topo, daemons, procs)
 
 
-def audit_lines(d, reason):
-    """The messages of d's audit lines for handshakes refused with reason."""
-    msgs = [l.get("msg", "") for l in d.log_lines()]
-    return [m for m in msgs if "audit:" in m and "reason=" + reason + " " in m]
-
-
-def client_files(tmp, ca, name, uri, **kw):
-    pem, key, serial, _ = ca.issue_files(tmp, name, uri, **kw)
-    return ["-cert", pem, "-key", key, "-CAfile", os.path.join(tmp, "ca", "ca.pem")], serial
+audit_lines = sl.audit_lines
+client_files = pki.client_files
 
 
 def test_allow_list(mesh):

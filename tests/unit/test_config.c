@@ -288,6 +288,11 @@ static void test_file_values(void **state)
         assert_string_equal(c->mtls_allow[1].id, "spiffe://example.org/ns/ops/sa/probe");
         assert_int_equal(c->mtls_allow[2].port, 0); /* "*" */
         assert_string_equal(c->mtls_allow[2].id, "spiffe://example.org/ns/ops/sa/admin");
+        /* kept as compact JSON text for authz/ to parse */
+        assert_string_equal(c->authorization_policies,
+                            "[{\"name\":\"web\",\"ports\":[8080],\"deny\":[{\"namespace\":"
+                            "\"legacy\"}],\"allow\":[{\"namespace\":\"shop\",\"service_"
+                            "account\":\"web\"}]}]");
         assert_string_equal(c->lb_algorithm, "consistent_hash");
         assert_string_equal(c->lb_hash_key, "X-User-Id");
         assert_string_equal(c->redirect_cgroup, "/sys/fs/cgroup/unified/shop");
@@ -612,6 +617,12 @@ static void test_json_errors(void **state)
         json_err("{\"inbound_port\": 1, \"inbound_port\": 2}",
                  "config: inbound_port: duplicate key", NULL);
         json_err("{\"mtls\": {}, \"mtls\": {}}", "config: mtls: duplicate key", NULL);
+        /* authorization.policies: an array (its content is authz/'s to judge) */
+        json_err("{\"authorization\": {\"policies\": {\"name\": \"x\"}}}",
+                 "config: authorization.policies: {\"name\":\"x\"}: expected a JSON array", NULL);
+        json_err("{\"authorization\": {\"polices\": []}}",
+                 "config: authorization.polices: unknown key: allowed in authorization: policies",
+                 NULL);
         /* mtls.allow: ports, SPIFFE IDs, the trust domain, the bound */
         json_err("{\"mtls\": {\"allow\": [\"x\"]}}",
                  "config: mtls.allow: [\"x\"]: expected an object", NULL);

@@ -428,7 +428,7 @@ static void test_file_source(void **state)
         /* Never a key in the JSON. */
         struct strbuf sb;
         strbuf_init(&sb);
-        tls_store_render_json(st, &sb);
+        tls_store_render_json(st, &sb, "\"allow\":[]");
         assert_null(strstr(sb.data, "PRIVATE"));
         assert_non_null(strstr(sb.data, "\"source\":\"files\""));
         strbuf_free(&sb);
@@ -550,9 +550,6 @@ static void test_backoff_and_report(void **state)
         struct tls_store_options so;
         tls_store_options_init(&so);
         so.trust_domain = "cluster.local";
-        struct tls_allow_rule allow[] = {{8080, "spiffe://cluster.local/ns/a/sa/b"}};
-        so.allow = allow;
-        so.n_allow = 1;
         struct tls_store *st;
         assert_int_equal(tls_store_new(&so, &f.src, &st), 0);
         struct tls_snapshot *s = tls_store_acquire(st);
@@ -569,7 +566,7 @@ static void test_backoff_and_report(void **state)
         tls_store_rotate_now(st);
         next = tls_store_tick(st);
         assert_int_equal(f.fetches, 2);
-        tls_store_render_json(st, &sb);
+        tls_store_render_json(st, &sb, NULL);
         long retry = json_num(sb.data, "retry_in_ms");
         assert_true(retry >= 700 && retry <= 1200); /* 1 s ± 20 % (minus elapsed) */
         assert_true(next <= 1200);
@@ -585,7 +582,7 @@ static void test_backoff_and_report(void **state)
         tls_store_tick(st);
         assert_int_equal(f.fetches, 3);
         strbuf_reset(&sb);
-        tls_store_render_json(st, &sb);
+        tls_store_render_json(st, &sb, NULL);
         retry = json_num(sb.data, "retry_in_ms");
         assert_true(retry >= 1500 && retry <= 2400); /* 2 s ± 20 % */
         assert_int_equal(json_num(sb.data, "consecutive_failures"), 2);
@@ -598,13 +595,12 @@ static void test_backoff_and_report(void **state)
         tls_snapshot_unref(s);
 
         strbuf_reset(&sb);
-        tls_store_render_json(st, &sb);
+        tls_store_render_json(st, &sb, NULL);
         assert_non_null(strstr(sb.data, "\"state\":\"draining\""));
         assert_non_null(strstr(sb.data, "\"previous\":{\"identity\":"));
         assert_non_null(strstr(sb.data, first));
         assert_non_null(strstr(sb.data, "\"trust_bundle\":[{\"serial\":"));
-        assert_non_null(strstr(
-            sb.data, "\"allow\":[{\"port\":8080,\"id\":\"spiffe://cluster.local/ns/a/sa/b\"}]"));
+        assert_non_null(strstr(sb.data, "\"require_port\":true}"));
         assert_non_null(strstr(sb.data, "\"last_error\":null"));
         assert_null(strstr(sb.data, "PRIVATE"));
         /* Valid JSON: python's parser agrees. */
@@ -633,9 +629,6 @@ static void test_backoff_and_report(void **state)
         }
         strbuf_free(&sb);
 
-        /* Bad allow-list entries are refused. */
-        struct tls_allow_rule bad[] = {{0, "spiffe://Bad/x"}};
-        assert_int_equal(tls_store_set_allow(st, bad, 1), -EINVAL);
         tls_store_free(st);
         tls_ca_free(f.ca);
         tu_rmrf(tmp);

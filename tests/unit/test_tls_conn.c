@@ -118,6 +118,9 @@ static int wait_fd(int fd, short ev, int ms)
         return poll(&p, 1, ms);
 }
 
+/* The policies the server thread checks peers against (NULL: none). */
+static struct authz *srv_authz;
+
 static void *srv_main(void *arg)
 {
         struct srv *s = arg;
@@ -132,6 +135,7 @@ static void *srv_main(void *arg)
         struct tls_conn *c;
         if (tls_conn_server_new(snap, fd, 1, &c) < 0)
                 abort();
+        tls_conn_set_authz(c, srv_authz);
         tls_snapshot_unref(snap);
         uint64_t deadline = tu_now_ms() + (uint64_t)s->hs_timeout_ms;
         int rc;
@@ -326,15 +330,29 @@ static void test_server_vs_s_client(void **state)
             s_client(f, f->st, gc, gk, NULL, "-tls1_3", "www.example.com", &s, out, sizeof(out)),
             TLS_FAIL_NO_DESTINATION);
 
-        /* Allow-list for port 8080: another identity is refused there, not on 9090. */
-        struct tls_allow_rule allow[] = {{8080, "spiffe://cluster.local/ns/default/sa/frontend"}};
-        assert_int_equal(tls_store_set_allow(f->st, allow, 1), 0);
+        /* An allow rule for port 8080: another identity is refused there, not on 9090. */
+        char aerr[256];
+        srv_authz = authz_new(NULL);
+        assert_int_equal(authz_add_allow(srv_authz, 8080,
+                                         "spiffe://cluster.local/ns/default/sa/frontend", aerr,
+                                         sizeof(aerr)),
+                         0);
         assert_int_equal(client_with(f, "good", &s, out, sizeof(out)), TLS_FAIL_NOT_ALLOWED);
         assert_int_equal(
             s_client(f, f->st, gc, gk, NULL, "-tls1_3", "port-9090." TD, &s, out, sizeof(out)),
             TLS_OK);
         assert_int_equal(s.dst_port, 9090);
-        assert_int_equal(tls_store_set_allow(f->st, NULL, 0), 0);
+        authz_unref(srv_authz);
+        /* A deny rule for the client's namespace on every port. */
+        srv_authz = authz_new(NULL);
+        cJSON *pol = cJSON_Parse("{\"name\":\"no-default\",\"ports\":[\"*\"],"
+                                 "\"deny\":[{\"namespace\":\"default\"}]}");
+        assert_int_equal(authz_add_policy(srv_authz, pol, "file", NULL, NULL, aerr, sizeof(aerr)),
+                         0);
+        cJSON_Delete(pol);
+        assert_int_equal(client_with(f, "good", &s, out, sizeof(out)), TLS_FAIL_DENIED_BY_POLICY);
+        authz_unref(srv_authz);
+        srv_authz = NULL;
         assert_int_equal(client_with(f, "good", &s, out, sizeof(out)), TLS_OK);
 
         /* Every refusal is counted by reason. */
@@ -610,7 +628,7 @@ static void test_rotation_keeps_connections(void **state)
         transfer(longp.cli, longp.cfd, longp.srv, longp.sfd, seq++);
         struct strbuf sb;
         strbuf_init(&sb);
-        tls_store_render_json(st, &sb);
+        tls_store_render_json(st, &sb, NULL);
         assert_non_null(strstr(sb.data, "\"previous\":{\"identity\":"));
         strbuf_free(&sb);
         /* The long connection still holds its original snapshot. */
@@ -650,7 +668,7 @@ static void test_ca_overlap(void **state)
             s_client(f, st, c2, k2, both, "-tls1_3", "port-80." TD, &s, out, sizeof(out)), TLS_OK);
         struct strbuf sb;
         strbuf_init(&sb);
-        tls_store_render_json(st, &sb);
+        tls_store_render_json(st, &sb, NULL);
         /* Two CAs in the trust bundle. */
         const char *tb = strstr(sb.data, "\"trust_bundle\":[");
         assert_non_null(tb);
@@ -753,8 +771,11 @@ static void test_refusal_reaches_client(void **state)
         struct fix *f = *state;
         const char *id = "spiffe://cluster.local/ns/default/sa/rot";
         struct tls_store *st = store_new(f->cadir, id, 3600, NULL);
-        struct tls_allow_rule allow[] = {{0, "spiffe://cluster.local/ns/default/sa/someone"}};
-        assert_int_equal(tls_store_set_allow(st, allow, 1), 0);
+        struct authz *az = authz_new(NULL);
+        char aerr[256];
+        assert_int_equal(authz_add_allow(az, 0, "spiffe://cluster.local/ns/default/sa/someone",
+                                         aerr, sizeof(aerr)),
+                         0);
         uint16_t port;
         int lfd = tu_listen(&port);
         int cfd = tu_connect(port, true);
@@ -763,6 +784,8 @@ static void test_refusal_reaches_client(void **state)
         struct tls_snapshot *snap = tls_store_acquire(st);
         struct tls_conn *cli, *srv;
         assert_int_equal(tls_conn_server_new(snap, sfd, 1, &srv), 0);
+        tls_conn_set_authz(srv, az);
+        authz_unref(az); /* the connection holds its own reference */
         assert_int_equal(tls_conn_client_new(snap, cfd, 2, id, 443, &cli), 0);
         tls_snapshot_unref(snap);
         int rc_c = -EAGAIN, rc_s = -EAGAIN;

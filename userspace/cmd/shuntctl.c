@@ -49,6 +49,8 @@ static const char usage_text[] =
     "                   (SVC: name or namespace/name)\n"
     "  certs            mTLS: identity, certificate serials and validity, rotation\n"
     "                   state, trust bundle\n"
+    "  authz            inbound authorization: protected ports, policies (file and\n"
+    "                   Kubernetes) with their deny and allow rules, decisions\n"
     "  config           effective configuration and where each value came from\n"
     "  log-level LEVEL  set the daemon's log level (debug, info, warn, error)\n"
     "  check [--pre] [--strict] [--cert-warn DURATION] [--pin-root DIR]\n"
@@ -868,8 +870,14 @@ static int cmd_certs(void)
         /* The inbound allow-list (mtls.allow), one line per entry. */
         const cJSON *pol = cJSON_GetObjectItemCaseSensitive(j, "policy");
         const cJSON *allow = pol ? cJSON_GetObjectItemCaseSensitive(pol, "allow") : NULL;
+        double npol = 0;
+        jnum(pol, "authorization_policies", &npol);
+        if (npol > 0)
+                printf("%-15s%.0f policies (see shuntctl authz)\n", "authorization:", npol);
         if (cJSON_GetArraySize(allow) == 0) {
-                printf("%-15sany identity of the trust domain, every port\n", "inbound allow:");
+                if (npol <= 0)
+                        printf("%-15sany identity of the trust domain, every port\n",
+                               "inbound allow:");
         } else {
                 const cJSON *a;
                 bool first = true;
@@ -897,6 +905,88 @@ static int cmd_certs(void)
                 table_print(&t);
         else
                 printf("trust bundle: empty\n");
+        cJSON_Delete(j);
+        return 0;
+}
+
+/* "ns=a sa=b" or the identity; principals joined by "; ". */
+static void principals_text(const cJSON *list, char *out, size_t len)
+{
+        size_t n = 0;
+        out[0] = '\0';
+        const cJSON *p;
+        cJSON_ArrayForEach(p, list)
+        {
+                const char *id = jstr(p, "identity", NULL);
+                if (id) {
+                        n += (size_t)snprintf(out + n, n < len ? len - n : 0, "%s%s", n ? "; " : "",
+                                              id);
+                } else {
+                        const char *keys[] = {"trust_domain", "namespace", "service_account"};
+                        const char *tags[] = {"td", "ns", "sa"};
+                        bool first = true;
+                        for (int k = 0; k < 3; k++) {
+                                const char *v = jstr(p, keys[k], NULL);
+                                if (!v)
+                                        continue;
+                                n += (size_t)snprintf(out + n, n < len ? len - n : 0, "%s%s=%s",
+                                                      first ? (n ? "; " : "") : " ", tags[k], v);
+                                first = false;
+                        }
+                }
+                if (n >= len)
+                        break;
+        }
+        if (!out[0])
+                snprintf(out, len, "-");
+}
+
+static int cmd_authz(void)
+{
+        cJSON *j = fetch("GET", "/authz", NULL);
+        char b1[32], b2[32];
+        printf("%-17s%s\n", "mtls mode:", jstr(j, "mode", "?"));
+        printf("%-17s%s\n", "protected ports:", jstr(j, "protected_ports", "?"));
+        const cJSON *src = cJSON_GetObjectItemCaseSensitive(j, "sources");
+        printf("%-17sfile %s, kubernetes %s\n", "policies:", jint(src, "file", b1, sizeof(b1)),
+               jint(src, "kubernetes", b2, sizeof(b2)));
+        const cJSON *dec = cJSON_GetObjectItemCaseSensitive(j, "decisions");
+        printf("%-17s", "decisions:");
+        const cJSON *d;
+        bool first = true;
+        cJSON_ArrayForEach(d, dec)
+        {
+                printf("%s%s %s", first ? "" : ", ", d->string,
+                       jint(dec, d->string, b1, sizeof(b1)));
+                first = false;
+        }
+        printf("\n\n");
+        struct table t = {.ncols = 4, .header = {"POLICY", "PORTS", "DENY", "ALLOW"}};
+        const cJSON *p;
+        cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(j, "policies"))
+        {
+                char ports[256] = "", deny[2048], allow[2048];
+                size_t n = 0;
+                const cJSON *port;
+                cJSON_ArrayForEach(port, cJSON_GetObjectItemCaseSensitive(p, "ports"))
+                {
+                        if (cJSON_IsNumber(port))
+                                n += (size_t)snprintf(ports + n,
+                                                      n < sizeof(ports) ? sizeof(ports) - n : 0,
+                                                      "%s%d", n ? "," : "", (int)port->valuedouble);
+                        else
+                                n += (size_t)snprintf(ports + n,
+                                                      n < sizeof(ports) ? sizeof(ports) - n : 0,
+                                                      "%s*", n ? "," : "");
+                }
+                principals_text(cJSON_GetObjectItemCaseSensitive(p, "deny"), deny, sizeof(deny));
+                principals_text(cJSON_GetObjectItemCaseSensitive(p, "allow"), allow, sizeof(allow));
+                table_add(&t, jstr(p, "name", "?"), ports, deny, allow);
+        }
+        if (t.rows)
+                table_print(&t);
+        else
+                printf("no policy: any identity of the trust domain may reach every port\n");
         cJSON_Delete(j);
         return 0;
 }
@@ -1029,10 +1119,10 @@ int main(int argc, char **argv)
                 const char *name;
                 int nargs;
                 const char *argname;
-        } const cmds[] = {{"status", 0, NULL},       {"rules", 0, NULL},
-                          {"conns", 0, NULL},        {"config", 0, NULL},
-                          {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"},
-                          {"maps", 0, NULL},         {"certs", 0, NULL}};
+        } const cmds[] = {
+            {"status", 0, NULL}, {"rules", 0, NULL},        {"conns", 0, NULL},
+            {"config", 0, NULL}, {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"},
+            {"maps", 0, NULL},   {"certs", 0, NULL},        {"authz", 0, NULL}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -1059,6 +1149,8 @@ int main(int argc, char **argv)
                         return cmd_maps();
                 case 7:
                         return cmd_certs();
+                case 8:
+                        return cmd_authz();
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "admin/admin.h"
+#include "authz/authz.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/sockaddr.h"
@@ -47,7 +48,11 @@ struct daemon {
         struct disc_registry *registry;
         struct disc_backend *backend;
         struct disc_checker *health;
-        struct tls_store *tls;   /* NULL when mtls.mode is disabled */
+        struct tls_store *tls; /* NULL when mtls.mode is disabled */
+        /* Authorization: the file's policies (mtls.allow + authorization.policies),
+         * Kubernetes' (AuthorizationPolicy objects), and both merged (published). */
+        struct authz_stats authz_stats;
+        struct authz *authz_file, *authz_k8s, *authz;
         uint64_t routes_version; /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
@@ -191,6 +196,7 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         disc_render_metrics(d->registry, &resp->body);
         if (d->tls)
                 tls_store_render_metrics(d->tls, &resp->body);
+        authz_render_metrics(&d->authz_stats, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
@@ -257,9 +263,14 @@ static void h_certs(const struct admin_request *req, struct admin_response *resp
                 strbuf_append(&resp->body, ",\"identity\":null}");
                 return;
         }
-        struct strbuf sb;
+        struct strbuf sb, extra;
         strbuf_init(&sb);
-        tls_store_render_json(d->tls, &sb);
+        strbuf_init(&extra);
+        strbuf_append(&extra, "\"allow\":");
+        authz_render_allow_ids(d->authz, &extra);
+        strbuf_appendf(&extra, ",\"authorization_policies\":%zu", authz_policy_count(d->authz));
+        tls_store_render_json(d->tls, &sb, extra.data);
+        strbuf_free(&extra);
         if (sb.len > 2 && sb.data[0] == '{') {
                 strbuf_append(&resp->body, ",");
                 strbuf_appendn(&resp->body, sb.data + 1, sb.len - 1);
@@ -409,25 +420,6 @@ static void h_post_endpoints(const struct admin_request *req, struct admin_respo
 
 /* ---- mutual TLS: the certificate store ------------------------------------ */
 
-/* mtls.allow as the store's rules; returns the count. */
-static size_t allow_rules(const struct shunt_config *c, struct tls_allow_rule *out)
-{
-        for (size_t i = 0; i < c->n_mtls_allow; i++)
-                out[i] = (struct tls_allow_rule){c->mtls_allow[i].port, c->mtls_allow[i].id};
-        return c->n_mtls_allow;
-}
-
-static bool allow_equal(const struct shunt_config *a, const struct shunt_config *b)
-{
-        if (a->n_mtls_allow != b->n_mtls_allow)
-                return false;
-        for (size_t i = 0; i < a->n_mtls_allow; i++)
-                if (a->mtls_allow[i].port != b->mtls_allow[i].port ||
-                    strcmp(a->mtls_allow[i].id, b->mtls_allow[i].id))
-                        return false;
-        return true;
-}
-
 /* Builds the certificate source from the configuration: files when
  * mtls.certificate_file is set, else the built-in CA in mtls.ca_dir. */
 static int tls_open(struct daemon *d)
@@ -475,9 +467,6 @@ static int tls_open(struct daemon *d)
         tls_store_options_init(&so);
         so.trust_domain = c->trust_domain;
         so.clock_skew_s = c->mtls_clock_skew_s;
-        struct tls_allow_rule allow[CONFIG_MAX_ALLOW];
-        so.n_allow = allow_rules(c, allow);
-        so.allow = allow;
         rc = tls_store_new(&so, src, &d->tls);
         if (rc < 0)
                 return rc;
@@ -490,6 +479,98 @@ static int tls_open(struct daemon *d)
                  tls_snapshot_serial(snap), c->certificate_file[0] ? "files" : "builtin-ca");
         tls_snapshot_unref(snap);
         return 0;
+}
+
+/* ---- authorization ------------------------------------------------------------- */
+
+/* The file's policies: mtls.allow as allow rules, then authorization.policies.
+ * 0, or -errno with err "config: <key>: <what>". */
+static int authz_from_config(const struct shunt_config *c, struct authz_stats *stats,
+                             struct authz **out, char *err, size_t errlen)
+{
+        *out = NULL;
+        struct authz *a = authz_new(stats);
+        if (!a) {
+                snprintf(err, errlen, "config: authorization: out of memory");
+                return -ENOMEM;
+        }
+        char why[400];
+        int rc = 0;
+        for (size_t i = 0; rc == 0 && i < c->n_mtls_allow; i++)
+                rc = authz_add_allow(a, c->mtls_allow[i].port, c->mtls_allow[i].id, why,
+                                     sizeof(why));
+        if (rc) {
+                snprintf(err, errlen, "config: authorization (from mtls.allow): %s", why);
+        } else if (c->authorization_policies) {
+                cJSON *j = cJSON_Parse(c->authorization_policies);
+                rc = j ? authz_add_policies(a, j, "file", why, sizeof(why)) : -ENOMEM;
+                cJSON_Delete(j);
+                if (rc)
+                        snprintf(err, errlen, "config: authorization.policies: %s",
+                                 j ? why : "out of memory");
+        }
+        if (rc) {
+                authz_unref(a);
+                return rc;
+        }
+        *out = a;
+        return 0;
+}
+
+/* Merges the file's and Kubernetes' policies and hands them to the proxy;
+ * says which ports are protected. */
+static void authz_publish(struct daemon *d)
+{
+        struct authz *a = authz_new(&d->authz_stats);
+        char err[400];
+        if (!a || authz_merge(a, d->authz_file, err, sizeof(err)) < 0 ||
+            authz_merge(a, d->authz_k8s, err, sizeof(err)) < 0) {
+                log_error("authz", 0,
+                          "cannot merge the authorization policies (%s): the previous ones stay",
+                          a ? err : "out of memory");
+                authz_unref(a);
+                return;
+        }
+        char ports[512];
+        authz_describe_ports(a, ports, sizeof(ports));
+        log_info("authz", 0,
+                 "authorization: %zu policies (%zu from the file, %zu from Kubernetes), %zu "
+                 "rules; protected ports: %s",
+                 authz_policy_count(a), authz_policy_count(d->authz_file),
+                 authz_policy_count(d->authz_k8s), authz_rule_count(a), ports);
+        if (authz_policy_count(a) && d->cfg->mtls_mode == MTLS_DISABLED)
+                log_warn("authz", 0,
+                         "mtls.mode is disabled: no peer has an identity, so every connection to "
+                         "a protected port (%s) is refused",
+                         ports);
+        if (d->proxy)
+                proxy_set_authz(d->proxy, a);
+        authz_unref(d->authz);
+        d->authz = a;
+}
+
+static void h_authz(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        struct strbuf *b = &resp->body;
+        char ports[512];
+        authz_describe_ports(d->authz, ports, sizeof(ports));
+        strbuf_appendf(b,
+                       "{\"mode\":\"%s\",\"protected_ports\":", mtls_mode_name(d->cfg->mtls_mode));
+        strbuf_append_json_string(b, ports);
+        strbuf_appendf(b,
+                       ",\"rules\":%zu,\"bounds\":{\"policies_per_source\":%d,"
+                       "\"ports_per_policy\":%d,\"principals_per_list\":%d,\"rules\":%d},"
+                       "\"sources\":{\"file\":%zu,\"kubernetes\":%zu},\"decisions\":{",
+                       authz_rule_count(d->authz), AUTHZ_MAX_POLICIES, AUTHZ_MAX_PORTS,
+                       AUTHZ_MAX_PRINCIPALS, AUTHZ_MAX_RULES, authz_policy_count(d->authz_file),
+                       authz_policy_count(d->authz_k8s));
+        for (int r = 0; r < AUTHZ__REASONS; r++)
+                strbuf_appendf(b, "%s\"%s\":%llu", r ? "," : "", authz_reason_name(r),
+                               (unsigned long long)atomic_load(&d->authz_stats.decisions[r]));
+        strbuf_append(b, "},\"policies\":");
+        authz_render_policies(d->authz, b);
+        strbuf_append(b, "}");
 }
 
 /* ---- routes: a new registry snapshot becomes the proxy's route table ---- */
@@ -521,10 +602,17 @@ static void on_routes_tick(struct loop *loop, struct loop_timer *t)
 static void reload(struct daemon *d)
 {
         struct shunt_config *next;
+        struct authz *az = NULL;
         char err[512];
         if (config_reload(d->cfg, d->argc, d->argv, environ, &next, err, sizeof(err)) < 0) {
                 log_error("config", 0, "reload rejected, keeping the running configuration: %s",
                           err);
+                return;
+        }
+        if (authz_from_config(next, &d->authz_stats, &az, err, sizeof(err)) < 0) {
+                log_error("config", 0, "reload rejected, keeping the running configuration: %s",
+                          err);
+                snapshot_unref(&next->snap);
                 return;
         }
         struct shunt_config *old = d->cfg;
@@ -546,15 +634,10 @@ static void reload(struct daemon *d)
             next->mtls_clock_skew_s != old->mtls_clock_skew_s ||
             strcmp(next->mtls_key_type, old->mtls_key_type))
                 log_warn("config", 0, "mtls settings change only on restart");
-        /* The inbound allow-list applies to new handshakes at once. */
-        if (d->tls && !allow_equal(next, old)) {
-                struct tls_allow_rule allow[CONFIG_MAX_ALLOW];
-                size_t n = allow_rules(next, allow);
-                if (tls_store_set_allow(d->tls, allow, n) < 0)
-                        log_error("config", 0,
-                                  "mtls.allow: the new allow-list could not be applied; the "
-                                  "previous one stays");
-        }
+        /* Authorization applies to new handshakes and connections at once. */
+        authz_unref(d->authz_file);
+        d->authz_file = az;
+        authz_publish(d);
         log_set_level(next->log_level);
         d->cfg = next;
         d->cfg_generation++;
@@ -665,6 +748,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "%s\n", err);
                 return 2;
         }
+        if (authz_from_config(d.cfg, &d.authz_stats, &d.authz_file, err, sizeof(err)) < 0) {
+                fprintf(stderr, "%s\n", err);
+                snapshot_unref(&d.cfg->snap);
+                return 2;
+        }
         d.cfg_generation = 1;
         d.started_ms = clock_mono_ms();
         log_set_level(d.cfg->log_level);
@@ -703,6 +791,7 @@ int main(int argc, char **argv)
         }
         if (d.tls)
                 proxy_set_tls(d.proxy, tls_store_slot(d.tls));
+        authz_publish(&d);
         d.admin = admin_new(d.loop, d.cfg->admin_address, d.cfg->admin_port, err, sizeof(err));
         if (!d.admin) {
                 log_error("admin", 0, "cannot start the admin server: %s", err);
@@ -717,6 +806,7 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/rules", h_rules, &d);
         admin_route(d.admin, "GET", "/maps", h_maps, &d);
         admin_route(d.admin, "GET", "/certs", h_certs, &d);
+        admin_route(d.admin, "GET", "/authz", h_authz, &d);
         admin_route(d.admin, "GET", "/connections", h_connections, &d);
         admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
         admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);
@@ -802,6 +892,9 @@ out:
          * their final FIN or RST is translated back and reaches the client. */
         proxy_free(d.proxy);
         tls_store_free(d.tls); /* after every tls_conn is gone */
+        authz_unref(d.authz);
+        authz_unref(d.authz_file);
+        authz_unref(d.authz_k8s);
         rules_remove(&d);
         admin_free(d.admin);
         if (d.loop)

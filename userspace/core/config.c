@@ -41,6 +41,7 @@ enum ktype {
         K_CIDRS,   /* struct cidr[CONFIG_MAX_EXCLUDES] + size_t count */
         K_WEIGHTS, /* JSON object name -> weight, validated, not stored */
         K_ALLOW,   /* JSON object port -> [SPIFFE ID], struct config_allow[] + count */
+        K_JSONARR, /* JSON array kept as its text (char *, heap) for its component to read */
 };
 
 #define KF_SECRET       0x1 /* never shown: dump and errors say <redacted> */
@@ -219,6 +220,9 @@ static const struct key_desc keys[] = {
         {.path = "mtls.handshake_timeout", .env = "SHUNT_MTLS_HANDSHAKE_TIMEOUT", .type = K_DUR_MS,
          FIELD(mtls_handshake_timeout_ms), .min = 1, .max = MS_PER_HOUR, .def = "10s"},
         {.path = "mtls.allow", .type = K_ALLOW, LIST(mtls_allow, n_mtls_allow), .flags = KF_FILE_ONLY},
+        {.path = "authorization.policies", .type = K_JSONARR, FIELD(authorization_policies),
+         .flags = KF_FILE_ONLY,
+         .note = "inbound authorization policies, see the README's Authorization section"},
         {.path = "load_balancing.algorithm", .env = "LOAD_BALANCING_ALGORITHM", .type = K_STRENUM,
          FIELD(lb_algorithm), .names = lb_names, .def = "round_robin"},
         {.path = "load_balancing.hash_key", .type = K_STR, FIELD(lb_hash_key), .def = "X-Request-Key",
@@ -424,6 +428,10 @@ static void describe(const struct key_desc *d, char *buf, size_t n)
                          "every port): array of SPIFFE IDs spiffe://<mtls.trust_domain>/<path>, at "
                          "most %d IDs in all, each under %d bytes",
                          CONFIG_MAX_ALLOW, CONFIG_PATH_MAX);
+                break;
+        case K_JSONARR:
+                snprintf(buf, n, "expected a JSON array%s%s", d->note ? ": " : "",
+                         d->note ? d->note : "");
                 break;
         }
 }
@@ -753,6 +761,7 @@ static int set_text(struct ctx *x, const struct key_desc *d, enum config_source 
                 return store_list_text(x, d, src, text);
         case K_WEIGHTS:
         case K_ALLOW:
+        case K_JSONARR:
                 return bad(x, d, src, display, "only settable in the config file");
         }
         return 0;
@@ -798,6 +807,7 @@ static const char *json_kind(const struct key_desc *d)
                 return "a string";
         case K_PORTS:
         case K_CIDRS:
+        case K_JSONARR:
                 return "an array";
         case K_WEIGHTS:
         case K_ALLOW:
@@ -883,6 +893,18 @@ static int set_json(struct ctx *x, const struct key_desc *d, const cJSON *v)
                                          desc);
                                 return bad_json(x, d, e, what);
                         }
+                }
+                return 0;
+        }
+        case K_JSONARR: {
+                if (!cJSON_IsArray(v))
+                        return bad_json(x, d, v, NULL);
+                char **f = field(x->c, d);
+                free(*f);
+                *f = cJSON_PrintUnformatted(v);
+                if (!*f) {
+                        errf(x, "config: %s: out of memory", d->path);
+                        return -ENOMEM;
                 }
                 return 0;
         }
@@ -1197,6 +1219,7 @@ static const char *env_lookup(char *const envp[], const char *name)
 static void config_destroy(struct snapshot *s)
 {
         struct shunt_config *c = (struct shunt_config *)s;
+        free(c->authorization_policies);
         free(c->origins);
         free(c);
 }
@@ -1409,6 +1432,7 @@ static const char *value_hint(const struct key_desc *d)
                 return "CIDR,...";
         case K_WEIGHTS:
         case K_ALLOW:
+        case K_JSONARR:
                 return "";
         }
         return "";
@@ -1537,6 +1561,10 @@ static cJSON *dump_value(const struct shunt_config *c, const struct key_desc *d)
                 }
                 return o;
         }
+        case K_JSONARR: {
+                const char *t = *(char *const *)f;
+                return t ? cJSON_Parse(t) : cJSON_CreateArray();
+        }
         case K_WEIGHTS:
                 break;
         }
@@ -1550,7 +1578,8 @@ char *config_dump_json(const struct shunt_config *cfg)
                 return NULL;
         for (size_t i = 0; i < NKEYS; i++) {
                 const struct key_desc *d = &keys[i];
-                if ((d->flags & KF_FILE_ONLY) && d->type != K_ALLOW) /* K_ALLOW is stored */
+                if ((d->flags & KF_FILE_ONLY) && d->type != K_ALLOW &&
+                    d->type != K_JSONARR) /* these are stored */
                         continue;
                 cJSON *o = cJSON_AddObjectToObject(root, d->path);
                 cJSON *v = o ? dump_value(cfg, d) : NULL;

@@ -173,6 +173,9 @@ struct shunt_config {
                 char id[CONFIG_PATH_MAX];
         } mtls_allow[CONFIG_MAX_ALLOW];
         size_t n_mtls_allow;
+        /* authorization.policies (file only): the JSON array as text, NULL
+         * when not set; parsed and validated by authz/ (shuntd) */
+        char *authorization_policies;
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */

@@ -40,6 +40,7 @@ enum conn_reason {
         REASON_TLS_HANDSHAKE,       /* mTLS handshake failed or timed out (audit line says why) */
         REASON_PLAINTEXT_REFUSED,   /* inbound plaintext with mtls.mode strict */
         REASON_TLS_PORT_MISMATCH,   /* the SNI port is not the original destination's */
+        REASON_AUTHZ_REFUSED,       /* no identity on a port with authorization policies */
         REASON__COUNT,
 };
 
@@ -147,6 +148,7 @@ struct worker {
         struct snapshot_reader cfg_reader;
         struct snapshot_reader route_reader;
         struct snapshot_reader tls_reader;    /* when proxy->tls_slot is set */
+        struct snapshot_reader authz_reader;
         struct route_workers *route_workers;  /* lb cursors for the route table */
         struct conn *conns;                   /* doubly linked list of live connections */
         uint8_t *buf_cache[WORKER_BUF_CACHE]; /* free relay buffers of buf_cache_size */
@@ -170,6 +172,7 @@ struct proxy {
         struct snapshot_slot route_slot; /* struct route_table, published by main */
         struct route_table *routes;      /* main thread's view of the latest one */
         struct snapshot_slot *tls_slot;  /* the TLS store's (tls/store.h), or NULL: no mTLS */
+        struct snapshot_slot authz_slot; /* struct authz (authz/authz.h), published by main */
         _Atomic uint64_t active;         /* over all workers, for max_connections */
         uint32_t fd_conn_limit;          /* connections RLIMIT_NOFILE leaves room for */
         _Atomic uint64_t next_conn_id;

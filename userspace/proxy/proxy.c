@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "authz/authz.h"
 #include "core/log.h"
 #include "core/prom.h"
 #include "core/sockaddr.h"
@@ -219,6 +220,7 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
         }
         snapshot_slot_init(&p->cfg_slot);
         snapshot_slot_init(&p->route_slot);
+        snapshot_slot_init(&p->authz_slot);
         snapshot_ref(&cfg->snap);
         snapshot_publish(&p->cfg_slot, &cfg->snap);
         p->inbound_port = cfg->inbound_port;
@@ -379,6 +381,12 @@ void proxy_set_tls(struct proxy *p, struct snapshot_slot *slot)
         p->tls_slot = slot;
 }
 
+void proxy_set_authz(struct proxy *p, struct authz *a)
+{
+        authz_ref(a);
+        snapshot_publish(&p->authz_slot, authz_snapshot(a));
+}
+
 void proxy_free(struct proxy *p)
 {
         if (!p)
@@ -397,6 +405,7 @@ void proxy_free(struct proxy *p)
                 snapshot_reader_release(&w->cfg_reader);
                 snapshot_reader_release(&w->route_reader);
                 snapshot_reader_release(&w->tls_reader);
+                snapshot_reader_release(&w->authz_reader);
                 engines_worker_free(w);
                 route_workers_free(w->route_workers);
                 while (w->n_buf_cache)
@@ -408,6 +417,7 @@ void proxy_free(struct proxy *p)
         free(p->workers);
         snapshot_slot_destroy(&p->cfg_slot);
         snapshot_slot_destroy(&p->route_slot);
+        snapshot_slot_destroy(&p->authz_slot);
         free(p);
 }
 

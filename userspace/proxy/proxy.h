@@ -33,6 +33,11 @@ void proxy_set_registry(struct proxy *p, const struct disc_snapshot *disc);
  * the inbound port. Before proxy_start; the store must outlive the proxy. */
 struct snapshot_slot;
 void proxy_set_tls(struct proxy *p, struct snapshot_slot *slot);
+/* Publishes the inbound authorization policies (a new reference is taken):
+ * new TLS handshakes and new plaintext connections are checked against them
+ * (authz/authz.h); open connections are left alone. */
+struct authz;
+void proxy_set_authz(struct proxy *p, struct authz *a);
 /* Closes the listeners: no new connections; existing ones continue. */
 void proxy_stop_accepting(struct proxy *p);
 /* Connections open right now, over all workers. */

@@ -14,6 +14,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "authz/authz.h"
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
@@ -111,6 +112,7 @@ static const char *const reason_names[REASON__COUNT] = {
     [REASON_TLS_HANDSHAKE] = "tls_handshake",
     [REASON_PLAINTEXT_REFUSED] = "plaintext_refused",
     [REASON_TLS_PORT_MISMATCH] = "tls_port_mismatch",
+    [REASON_AUTHZ_REFUSED] = "authz_refused",
 };
 
 const char *conn_reason_name(enum conn_reason r)
@@ -515,6 +517,32 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
 
 #define worker_tls upstream_worker_tls
 
+static struct authz *worker_authz(struct worker *w)
+{
+        return authz_from_snapshot(snapshot_reader_get(&w->authz_reader, &w->proxy->authz_slot));
+}
+
+/* Inbound without an identity (plaintext, or non-mesh TLS relayed as it is):
+ * refused when the destination port has authorization policies (one audit
+ * line, counted). */
+static bool inbound_unidentified_refused(struct conn *c)
+{
+        uint16_t port = sockaddr_port(&c->orig_dst);
+        struct authz_verdict v;
+        if (authz_check(worker_authz(c->w), port, NULL, &v))
+                return false;
+        char pbuf[SOCKADDR_STRLEN];
+        log_warn("authz", c->id,
+                 "audit: inbound connection refused: peer=%s port=%u reason=%s detail=\"%s "
+                 "connection; port %u has authorization policies (%.100s)\" identity=\"\"",
+                 sockaddr_format(&c->client_addr, pbuf, sizeof(pbuf)), (unsigned)port,
+                 authz_reason_name(v.reason),
+                 c->peek ? (c->proto == PROTO_TLS ? "non-mesh TLS" : "plaintext")
+                         : "plaintext (mTLS disabled for this port)",
+                 (unsigned)port, v.policy);
+        return true;
+}
+
 /* Inbound with mTLS on, once the client's first bytes are known: terminate
  * mesh TLS (a port-<N> SNI name; in strict mode any TLS), refuse plaintext
  * in strict mode, or relay as it is. Returns a reason to end, or -1. */
@@ -552,6 +580,7 @@ static int inbound_decide(struct conn *c)
                 struct tls_snapshot *ts = worker_tls(c->w);
                 if (!ts || tls_conn_server_new(ts, c->cli.io.fd, c->id, &c->cli.tls) < 0)
                         return REASON_NO_MEMORY;
+                tls_conn_set_authz(c->cli.tls, worker_authz(c->w));
                 loop_timer_arm(c->w->loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms);
                 if (c->to_listener) {
                         sockaddr_set_port(&c->upstream, port);
@@ -569,6 +598,9 @@ static int inbound_decide(struct conn *c)
                          sockaddr_format(&c->orig_dst, dbuf, sizeof(dbuf)));
                 return REASON_PLAINTEXT_REFUSED;
         }
+        /* Permissive: no identity, so no policy of the port can admit it. */
+        if (!silent && inbound_unidentified_refused(c))
+                return REASON_AUTHZ_REFUSED;
         return -1;
 }
 
@@ -1072,6 +1104,11 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                 loop_timer_arm(w->loop, &c->sniff_timer, cfg->protocol_detection_timeout_ms);
         if (loop_io_add(w->loop, &c->cli.io, RELAY_EVENTS) < 0) {
                 conn_free(c, REASON_SOCKET, false);
+                return;
+        }
+        /* mTLS off for this port: nothing can carry an identity. */
+        if (c->dir == DIR_INBOUND && !c->peek && inbound_unidentified_refused(c)) {
+                conn_free(c, REASON_AUTHZ_REFUSED, true);
                 return;
         }
         log_debug("proxy", c->id, "%s %s -> %s via %s", dir_name(c->dir),

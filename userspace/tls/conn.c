@@ -41,6 +41,7 @@ static const char *const fail_names[TLS_FAIL__COUNT] = {
     [TLS_FAIL_HANDSHAKE_TIMEOUT] = "handshake_timeout",
     [TLS_FAIL_HANDSHAKE_ERROR] = "handshake_error",
     [TLS_FAIL_INTERNAL] = "internal_error",
+    [TLS_FAIL_DENIED_BY_POLICY] = "denied_by_policy",
 };
 
 const char *tls_fail_name(enum tls_fail f)
@@ -101,6 +102,7 @@ struct tls_conn {
         enum tls_fail fail;
         uint16_t dst_port;
         char *expected;
+        struct authz *authz;
         char detail[160];
         char peer_id[SPIFFE_ID_MAX + 1];
         char peer_serial[80];
@@ -117,20 +119,6 @@ static void set_fail(struct tls_conn *c, enum tls_fail f, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(c->detail, sizeof(c->detail), fmt, ap);
         va_end(ap);
-}
-
-static bool allowed(const struct tls_snapshot *snap, uint16_t port, const char *id)
-{
-        bool any_rule = false;
-        for (size_t i = 0; i < snap->n_allow; i++) {
-                const struct tls_allow *a = &snap->allow[i];
-                if (a->port != 0 && a->port != port)
-                        continue;
-                any_rule = true;
-                if (strcmp(a->id, id) == 0)
-                        return true;
-        }
-        return !any_rule;
 }
 
 static enum tls_fail map_x509_err(int err)
@@ -229,9 +217,15 @@ static enum ssl_verify_result_t verify_peer(SSL *ssl, uint8_t *alert)
                          snap->trust_domain);
                 return ssl_verify_invalid;
         }
-        if (c->server && !allowed(snap, c->dst_port, c->peer_id)) {
-                set_fail(c, TLS_FAIL_NOT_ALLOWED, "not on the allow-list for port %u",
-                         (unsigned)c->dst_port);
+        struct authz_verdict av;
+        if (c->server && !authz_check(c->authz, c->dst_port, c->peer_id, &av)) {
+                if (av.reason == AUTHZ_DENIED_BY_POLICY)
+                        set_fail(c, TLS_FAIL_DENIED_BY_POLICY, "port %u: denied by policy %.100s",
+                                 (unsigned)c->dst_port, av.policy);
+                else
+                        set_fail(c, TLS_FAIL_NOT_ALLOWED,
+                                 "port %u: no allow rule matches (policy %.100s)",
+                                 (unsigned)c->dst_port, av.policy);
                 *alert = SSL_AD_ACCESS_DENIED;
                 return ssl_verify_invalid;
         }
@@ -447,8 +441,17 @@ void tls_conn_free(struct tls_conn *c)
         SSL_free(c->ssl);
         atomic_fetch_sub_explicit(&c->snap->conns, 1, memory_order_relaxed);
         tls_snapshot_unref(c->snap);
+        authz_unref(c->authz);
         free(c->expected);
         free(c);
+}
+
+void tls_conn_set_authz(struct tls_conn *c, struct authz *a)
+{
+        if (a)
+                authz_ref(a);
+        authz_unref(c->authz);
+        c->authz = a;
 }
 
 static void report(struct tls_conn *c)
@@ -472,10 +475,11 @@ static void report(struct tls_conn *c)
         if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0)
                 sockaddr_format(&ss, addr, sizeof(addr));
         log_warn(COMP, c->id,
-                 "audit: %s TLS handshake refused: peer=%s reason=%s detail=\"%s\" identity=\"%s\" "
-                 "serial=%s",
-                 c->server ? "inbound" : "outbound", addr, tls_fail_name(c->fail), c->detail,
-                 c->peer_id, c->peer_serial[0] ? c->peer_serial : "-");
+                 "audit: %s TLS handshake refused: peer=%s port=%u reason=%s detail=\"%s\" "
+                 "identity=\"%s\" serial=%s",
+                 c->server ? "inbound" : "outbound", addr, (unsigned)c->dst_port,
+                 tls_fail_name(c->fail), c->detail, c->peer_id,
+                 c->peer_serial[0] ? c->peer_serial : "-");
 }
 
 /* Classifies a failed SSL call; returns the value for the caller. */

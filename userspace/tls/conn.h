@@ -11,13 +11,14 @@
  * client certificate. The peer's certificate must chain to the trust bundle,
  * be within its validity (± the clock-skew allowance), not be a CA, carry
  * exactly one URI SAN that is a SPIFFE ID (no CN fallback) in our trust
- * domain; the server then applies the allow-list for the destination port,
- * the client requires the exact SPIFFE ID it expects.
+ * domain; the server then applies the authorization policies of the
+ * destination port (authz/authz.h, given by tls_conn_set_authz), the client
+ * requires the exact SPIFFE ID it expects.
  *
  * Destination port: the client sends it as the SNI name
  * "port-<N>.<trust-domain>" (e.g. "port-8080.cluster.local"). The server
  * reads it from the ClientHello, before the client's certificate arrives, so
- * the per-port allow-list is applied during the handshake; a ClientHello
+ * the per-port policies are applied during the handshake; a ClientHello
  * without it is refused (no_destination) unless require_port is off.
  *
  * Use from an edge-triggered epoll loop: call tls_conn_handshake() until it
@@ -41,6 +42,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "authz/authz.h"
 #include "core/snapshot.h"
 
 enum tls_fail {
@@ -52,7 +54,7 @@ enum tls_fail {
         TLS_FAIL_NO_SPIFFE_ID,   /* no URI SAN */
         TLS_FAIL_BAD_SPIFFE_ID,  /* several URI SANs, or not a valid SPIFFE ID */
         TLS_FAIL_WRONG_TRUST_DOMAIN,
-        TLS_FAIL_NOT_ALLOWED,       /* not on the allow-list for the port */
+        TLS_FAIL_NOT_ALLOWED,       /* no allow rule of the port matches */
         TLS_FAIL_WRONG_IDENTITY,    /* server is not the expected SPIFFE ID */
         TLS_FAIL_BAD_CERTIFICATE,   /* CA certificate as leaf, wrong key usage, ... */
         TLS_FAIL_NO_DESTINATION,    /* no port-<N> SNI name */
@@ -61,6 +63,7 @@ enum tls_fail {
         TLS_FAIL_HANDSHAKE_TIMEOUT, /* the caller's timer fired */
         TLS_FAIL_HANDSHAKE_ERROR,   /* malformed, truncated, not TLS, peer closed */
         TLS_FAIL_INTERNAL,
+        TLS_FAIL_DENIED_BY_POLICY, /* a deny rule of the port matches */
         TLS_FAIL__COUNT
 };
 
@@ -99,6 +102,10 @@ int tls_conn_server_new(struct tls_snapshot *snap, int fd, uint64_t conn_id, str
 int tls_conn_client_new(struct tls_snapshot *snap, int fd, uint64_t conn_id,
                         const char *expected_id, uint16_t dst_port, struct tls_conn **out);
 void tls_conn_free(struct tls_conn *c);
+/* Server side, before the handshake: the policies the peer's identity is
+ * checked against for the destination port (a reference is taken; NULL:
+ * none, any identity of the trust domain). */
+void tls_conn_set_authz(struct tls_conn *c, struct authz *a);
 
 /* 0 when done; -EAGAIN (see tls_conn_want); -EPROTO when it failed
  * (tls_conn_fail says why). */

@@ -27,8 +27,6 @@ struct tls_store {
         char *trust_domain;
         uint32_t skew_s, drain_s, poll_ms;
         bool require_port;
-        struct tls_allow *allow;
-        size_t n_allow;
 
         struct tls_source *src;
         struct tls_material *mat; /* of cur */
@@ -67,65 +65,6 @@ void tls_store_options_init(struct tls_store_options *opt)
         opt->require_port = true;
 }
 
-static void allow_free(struct tls_allow *a, size_t n)
-{
-        for (size_t i = 0; i < n; i++)
-                free(a[i].id);
-        free(a);
-}
-
-/* An allowed ID outside our trust domain can never connect: say so. */
-static void allow_check_domain(const struct tls_allow *a, size_t n, const char *td)
-{
-        struct spiffe_id *id = malloc(sizeof(*id));
-        for (size_t i = 0; id && i < n; i++)
-                if (spiffe_id_parse(a[i].id, id, NULL) == 0 && strcmp(id->trust_domain, td))
-                        log_warn(COMP, 0,
-                                 "allow-list entry %s is not in trust domain %s: such a peer is "
-                                 "always refused",
-                                 a[i].id, td);
-        free(id);
-}
-
-static int allow_copy(const struct tls_allow_rule *in, size_t n, struct tls_allow **out)
-{
-        *out = NULL;
-        if (n > TLS_ALLOW_MAX) {
-                log_error(COMP, 0, "allow-list has %zu entries, at most %d are allowed", n,
-                          TLS_ALLOW_MAX);
-                return -E2BIG;
-        }
-        if (n == 0)
-                return 0;
-        struct tls_allow *a = calloc(n, sizeof(*a));
-        struct spiffe_id *id = malloc(sizeof(*id));
-        if (!a || !id) {
-                free(a);
-                free(id);
-                return -ENOMEM;
-        }
-        for (size_t i = 0; i < n; i++) {
-                const char *why;
-                if (spiffe_id_parse(in[i].id, id, &why) < 0) {
-                        log_error(COMP, 0, "allow-list entry %zu \"%s\" is not a SPIFFE ID: %s", i,
-                                  in[i].id ? in[i].id : "", why);
-                        allow_free(a, n);
-                        free(id);
-                        return -EINVAL;
-                }
-                a[i].port = in[i].port;
-                a[i].id = strdup(in[i].id);
-                if (!a[i].id) {
-                        allow_free(a, n);
-                        free(id);
-                        return -ENOMEM;
-                }
-        }
-        free(id);
-        *out = a;
-        return 0;
-}
-
 static void snap_destroy(struct snapshot *s)
 {
         struct tls_snapshot *snap = tls_snapshot_get(s);
@@ -135,7 +74,6 @@ static void snap_destroy(struct snapshot *s)
         X509_free(snap->leaf);
         free(snap->identity);
         free(snap->trust_domain);
-        allow_free(snap->allow, snap->n_allow);
         free(snap);
 }
 
@@ -162,18 +100,6 @@ static int snap_build(struct tls_store *st, const struct tls_material *m, struct
         for (size_t i = 0; rc == 0 && i < sk_X509_num(m->bundle); i++)
                 if (!X509_STORE_add_cert(snap->trust, sk_X509_value(m->bundle, i)))
                         rc = -ENOMEM;
-        if (rc == 0 && st->n_allow) {
-                struct tls_allow_rule *r = calloc(st->n_allow, sizeof(*r));
-                if (!r)
-                        rc = -ENOMEM;
-                for (size_t i = 0; rc == 0 && i < st->n_allow; i++)
-                        r[i] = (struct tls_allow_rule){st->allow[i].port, st->allow[i].id};
-                if (rc == 0) {
-                        rc = allow_copy(r, st->n_allow, &snap->allow);
-                        snap->n_allow = rc == 0 ? st->n_allow : 0;
-                }
-                free(r);
-        }
         if (rc == 0)
                 rc = tls_ctx_build(snap, m);
         if (rc < 0) {
@@ -265,11 +191,7 @@ int tls_store_new(const struct tls_store_options *opt, struct tls_source *src,
         st->drain_s = opt->drain_s;
         st->poll_ms = opt->poll_ms ? opt->poll_ms : TLS_DEFAULT_POLL_MS;
         st->require_port = opt->require_port;
-        int rc = st->trust_domain ? allow_copy(opt->allow, opt->n_allow, &st->allow) : -ENOMEM;
-        if (rc == 0) {
-                st->n_allow = opt->n_allow;
-                allow_check_domain(st->allow, st->n_allow, st->trust_domain);
-        }
+        int rc = st->trust_domain ? 0 : -ENOMEM;
         struct tls_material *m = NULL;
         char err[sizeof(st->last_error)] = "";
         if (rc == 0) {
@@ -305,7 +227,6 @@ void tls_store_free(struct tls_store *st)
         tls_snapshot_unref(st->prev);
         tls_material_free(st->mat);
         tls_source_free(st->src);
-        allow_free(st->allow, st->n_allow);
         free(st->trust_domain);
         pthread_mutex_destroy(&st->mu);
         free(st);
@@ -451,38 +372,6 @@ void tls_store_rotate_now(struct tls_store *st)
         pthread_mutex_unlock(&st->mu);
 }
 
-int tls_store_set_allow(struct tls_store *st, const struct tls_allow_rule *allow, size_t n)
-{
-        struct tls_allow *a;
-        int rc = allow_copy(allow, n, &a);
-        if (rc < 0)
-                return rc;
-        struct tls_snapshot *snap;
-        pthread_mutex_lock(&st->mu);
-        struct tls_allow *old = st->allow;
-        size_t old_n = st->n_allow;
-        st->allow = a;
-        st->n_allow = n;
-        rc = snap_build(st, st->mat, &snap);
-        if (rc < 0) {
-                st->allow = old;
-                st->n_allow = old_n;
-                pthread_mutex_unlock(&st->mu);
-                allow_free(a, n);
-                return rc;
-        }
-        struct tls_snapshot *prev_cur = st->cur;
-        st->cur = snap;
-        tls_snapshot_ref(snap);
-        snapshot_publish(&st->slot, &snap->base);
-        pthread_mutex_unlock(&st->mu);
-        allow_free(old, old_n);
-        tls_snapshot_unref(prev_cur);
-        allow_check_domain(a, n, st->trust_domain);
-        log_info(COMP, 0, "inbound allow-list replaced: %zu entries", n);
-        return 0;
-}
-
 /* ---- reporting --------------------------------------------------------------- */
 
 static void json_time(struct strbuf *sb, const char *key, int64_t t)
@@ -523,7 +412,7 @@ static void json_snap(struct strbuf *sb, const struct tls_snapshot *s, int64_t n
                        (long long)(s->not_after - now), (long long)tls_snapshot_conns(s));
 }
 
-void tls_store_render_json(struct tls_store *st, struct strbuf *sb)
+void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *policy_extra)
 {
         pthread_mutex_lock(&st->mu);
         int64_t now = time(NULL);
@@ -588,15 +477,13 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb)
         }
         strbuf_appendf(sb,
                        "],\"policy\":{\"tls\":\"1.3\",\"clock_skew_s\":%u,\"drain_s\":%u,"
-                       "\"require_port\":%s,\"allow\":[",
+                       "\"require_port\":%s",
                        st->skew_s, st->drain_s, st->require_port ? "true" : "false");
-        for (size_t i = 0; i < st->n_allow; i++) {
-                strbuf_appendf(sb, "%s{\"port\":%u,\"id\":", i ? "," : "",
-                               (unsigned)st->allow[i].port);
-                strbuf_append_json_string(sb, st->allow[i].id);
-                strbuf_append(sb, "}");
+        if (policy_extra && *policy_extra) {
+                strbuf_append(sb, ",");
+                strbuf_append(sb, policy_extra);
         }
-        strbuf_append(sb, "]}}");
+        strbuf_append(sb, "}}");
         pthread_mutex_unlock(&st->mu);
 }
 

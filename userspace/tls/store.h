@@ -31,12 +31,6 @@
 #define TLS_DEFAULT_SKEW_S  300u
 #define TLS_DEFAULT_DRAIN_S 300u
 #define TLS_DEFAULT_POLL_MS 1000u
-#define TLS_ALLOW_MAX       1024
-
-struct tls_allow_rule {
-        uint16_t port;  /* destination port; 0 = every port */
-        const char *id; /* a SPIFFE ID */
-};
 
 struct tls_store_options {
         const char *trust_domain; /* required */
@@ -44,11 +38,6 @@ struct tls_store_options {
         uint32_t drain_s;
         uint32_t poll_ms;  /* how often changed() is asked */
         bool require_port; /* inbound needs the port-<N> SNI name */
-        /* Inbound allow-list: when a port has rules (its own or port 0's), only
-         * those SPIFFE IDs may connect to it. No rule: any ID of the trust
-         * domain. */
-        const struct tls_allow_rule *allow;
-        size_t n_allow;
 };
 
 /* Sets the defaults above (require_port true). */
@@ -75,12 +64,11 @@ uint64_t tls_store_tick(struct tls_store *st);
 int tls_store_start(struct tls_store *st, struct loop *loop);
 /* Makes the next tick fetch a new certificate now (operator "rotate"). */
 void tls_store_rotate_now(struct tls_store *st);
-/* Replaces the allow-list; republishes the current certificate with it. */
-int tls_store_set_allow(struct tls_store *st, const struct tls_allow_rule *allow, size_t n);
 
 /* JSON object for /certs: identity, source, current and previous
- * certificate, rotation state, trust bundle, policy. No key material. */
-void tls_store_render_json(struct tls_store *st, struct strbuf *sb);
+ * certificate, rotation state, trust bundle, policy. No key material.
+ * policy_extra (NULL or JSON members, "\"k\":v,...") goes into "policy". */
+void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *policy_extra);
 /* Prometheus families shunt_tls_*. */
 void tls_store_render_metrics(struct tls_store *st, struct strbuf *sb);
 

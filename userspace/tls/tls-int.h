@@ -16,11 +16,6 @@ struct tls_stats {
         _Atomic uint64_t fail[2][TLS_FAIL__COUNT];
 };
 
-struct tls_allow {
-        uint16_t port; /* 0: every port */
-        char *id;
-};
-
 struct tls_snapshot {
         struct snapshot base;
         SSL_CTX *server;
@@ -33,8 +28,6 @@ struct tls_snapshot {
         char *trust_domain;
         uint32_t skew_s;
         bool require_port;
-        struct tls_allow *allow;
-        size_t n_allow;
         struct tls_stats *stats;
         _Atomic int64_t conns;
 };

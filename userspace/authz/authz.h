@@ -1,0 +1,119 @@
+/* Inbound authorization: per destination port, policies that deny and allow
+ * mesh peers by SPIFFE identity, namespace, service account or trust domain.
+ *
+ * A policy (the same JSON in the config file's authorization.policies and
+ * in the spec of a Kubernetes AuthorizationPolicy):
+ *
+ *   {"name": "web", "ports": [8080, "*"],
+ *    "deny":  [{"namespace": "legacy"}],
+ *    "allow": [{"identity": "spiffe://cluster.local/ns/shop/sa/frontend"},
+ *              {"namespace": "shop", "service_account": "checkout"},
+ *              {"trust_domain": "cluster.local"}]}
+ *
+ * A principal's fields must all match (identity exactly; namespace and
+ * service account from the mesh form .../ns/<ns>/sa/<sa>); a list matches
+ * when one principal does. For a connection to port P every policy naming P
+ * or "*" applies:
+ *   1. a deny principal matches         -> refused, denied_by_policy
+ *   2. an allow principal matches       -> admitted
+ *   3. no policy applies to P           -> admitted (the TLS layer already
+ *                                          requires our trust domain)
+ *   4. the peer has no identity         -> refused, no_identity (plaintext
+ *                                          on a port that has any rule)
+ *   5. some policy of P has allow rules -> refused, not_allowed
+ *   6. otherwise (deny rules only)      -> admitted
+ *
+ * A built struct authz is immutable and reference-counted (core/snapshot.h):
+ * the main thread builds one from every source and publishes it; workers
+ * check connections against it without locks. */
+#ifndef SHUNT_AUTHZ_AUTHZ_H
+#define SHUNT_AUTHZ_AUTHZ_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/snapshot.h"
+#include "core/strbuf.h"
+
+#define AUTHZ_MAX_POLICIES   128  /* per source (the file, Kubernetes) */
+#define AUTHZ_MAX_PORTS      32   /* per policy */
+#define AUTHZ_MAX_PRINCIPALS 64   /* per policy, in allow and in deny each */
+#define AUTHZ_MAX_RULES      4096 /* (port x principal) pairs in one built set */
+#define AUTHZ_NAME_MAX       254  /* policy name (incl. NUL) */
+
+enum authz_reason {
+        AUTHZ_OK = 0,
+        AUTHZ_DENIED_BY_POLICY,
+        AUTHZ_NOT_ALLOWED,
+        AUTHZ_NO_IDENTITY,
+        AUTHZ__REASONS
+};
+
+/* "allowed", "denied_by_policy", "not_allowed", "no_identity" (stable:
+ * metrics labels and audit lines). */
+const char *authz_reason_name(enum authz_reason r);
+
+/* Counters shared by every built set (owned by the caller, outlives them). */
+struct authz_stats {
+        _Atomic uint64_t decisions[AUTHZ__REASONS]; /* [AUTHZ_OK]: admitted by a rule */
+};
+
+struct authz_verdict {
+        enum authz_reason reason;
+        const char *policy; /* the deciding policy ("origin/name"), "" when none */
+};
+
+struct authz;
+
+/* An empty set (admits everything) counting into stats (may be NULL). */
+struct authz *authz_new(struct authz_stats *stats);
+void authz_ref(struct authz *a);
+void authz_unref(struct authz *a);
+/* The struct authz behind a snapshot taken from a slot it was published to. */
+struct authz *authz_from_snapshot(struct snapshot *s);
+struct snapshot *authz_snapshot(struct authz *a);
+
+/* Adds one policy (JSON object as above) from origin ("file",
+ * "kubernetes"). name: the policy's name when the object has none (a
+ * Kubernetes object's metadata.name), else NULL and "name" is required.
+ * ignore: a key the object may carry that is not ours to read ("selector"),
+ * or NULL. 0, or -EINVAL / -E2BIG / -ENOMEM with one line in err naming the
+ * policy and what is wrong; the set is unchanged then. */
+int authz_add_policy(struct authz *a, const cJSON *policy, const char *origin, const char *name,
+                     const char *ignore, char *err, size_t errlen);
+/* Adds every policy of a JSON array (the file's authorization.policies);
+ * names must be unique. Same errors, with the policy's index. */
+int authz_add_policies(struct authz *a, const cJSON *policies, const char *origin, char *err,
+                       size_t errlen);
+/* mtls.allow's entry: port (0 = every port) admits exactly id. Entries of
+ * one port join one policy "mtls.allow:<port>". */
+int authz_add_allow(struct authz *a, uint16_t port, const char *id, char *err, size_t errlen);
+/* Copies every policy of src into a (merging sources). */
+int authz_merge(struct authz *a, const struct authz *src, char *err, size_t errlen);
+
+size_t authz_policy_count(const struct authz *a);
+size_t authz_rule_count(const struct authz *a);
+
+/* The decision for a connection to port from peer_id (NULL or "" when the
+ * peer presented no identity); counted in the stats. true when admitted. */
+bool authz_check(const struct authz *a, uint16_t port, const char *peer_id,
+                 struct authz_verdict *v);
+/* Whether any policy applies to port (then plaintext is refused). */
+bool authz_port_protected(const struct authz *a, uint16_t port);
+/* The protected ports as text for the start-up log: "8080, 9090" or
+ * "every port" or "none". */
+void authz_describe_ports(const struct authz *a, char *buf, size_t len);
+
+/* JSON array of the policies for /authz. */
+void authz_render_policies(const struct authz *a, struct strbuf *sb);
+/* JSON array of {"port","id"}: each allow principal that is an exact
+ * identity (the shape of mtls.allow, for /certs). */
+void authz_render_allow_ids(const struct authz *a, struct strbuf *sb);
+/* Prometheus family shunt_authz_decisions_total{decision}. */
+void authz_render_metrics(const struct authz_stats *st, struct strbuf *sb);
+
+#endif
