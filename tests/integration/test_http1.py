@@ -716,3 +716,47 @@ def test_malformed_pipelined_request_after_a_long_response(env):
         rest = rest[size + 2:]
     assert len(body) == n, len(body)
     assert rest.startswith(b"HTTP/1.1 400"), rest[:200]
+
+
+def backend_view(topo, request):
+    """The backend's JSON account of one raw request sent through shuntd."""
+    out = raw(topo, VIP_WEB, request)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), out[:300]
+    return json.loads(body)
+
+
+def test_requests_normalised_or_refused(env):
+    """What a client could use to confuse the server or claim an identity is
+    normalised or refused, not forwarded as sent (issue 14, D11)."""
+    topo, _ = env
+    # Identity claims only a sidecar may make do not leave the pod.
+    v = backend_view(topo, b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n"
+                     b"X-Forwarded-Client-Cert: By=spiffe://cluster.local/ns/x/sa/admin\r\n\r\n")
+    assert "x-forwarded-client-cert" not in v["headers"], v
+    # An absolute-form target: origin form, Host from the target's authority.
+    v = backend_view(topo, b"GET http://web.default:80/p?q=1 HTTP/1.1\r\nHost: evil\r\n"
+                     b"Connection: close\r\n\r\n")
+    assert v["path"] == "/p?q=1" and v["headers"]["host"] == "web.default:80", v
+    # A Content-Length list goes out as one value.
+    v = backend_view(topo, b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5, 5\r\n"
+                     b"Connection: close\r\n\r\nhello")
+    assert v["headers"]["content-length"] == "5" and v["body_len"] == 5, v
+    # An h2c upgrade is not passed on: the request is answered in HTTP/1.1.
+    v = backend_view(topo, b"GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings, "
+                     b"close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+    assert "upgrade" not in v["headers"] and "http2-settings" not in v["headers"], v
+    # A request id the client declares hop-by-hop is replaced by a new one.
+    v = backend_view(topo, b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close, X-Request-ID\r\n"
+                     b"X-Request-ID: client-id\r\n\r\n")
+    rid = v["headers"].get("x-request-id", "")
+    assert rid and rid != "client-id", v
+    # Refused: userinfo in Host, CONNECT, framing fields in a trailer.
+    for req, status in (
+        (b"GET / HTTP/1.1\r\nHost: web@evil\r\n\r\n", b"400"),
+        (b"CONNECT web:80 HTTP/1.1\r\nHost: web:80\r\n\r\n", b"501"),
+        (b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"5\r\nhello\r\n0\r\nContent-Length: 500\r\n\r\n", b"400"),
+    ):
+        out = raw(topo, VIP_WEB, req)
+        assert out.startswith(b"HTTP/1.1 " + status), (req, out[:300])

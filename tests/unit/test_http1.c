@@ -282,6 +282,7 @@ static void test_request_errors(void **state)
         expect_req_error("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", HTTP1_E_BAD_HOST);
         expect_req_error("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", HTTP1_E_BAD_HOST);
         expect_req_error("GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", HTTP1_E_BAD_HOST);
+        expect_req_error("GET http://user@h/ HTTP/1.1\r\nHost: h\r\n\r\n", HTTP1_E_REQUEST_LINE);
         /* a status line is not a request */
         expect_req_error("HTTP/1.1 200 OK\r\n\r\n", HTTP1_E_REQUEST_LINE);
 }
@@ -611,6 +612,12 @@ static void test_chunked_errors(void **state)
         expect_chunk_error("0\r\n: v\r\n\r\n", HTTP1_E_TRAILER);
         expect_chunk_error("0\r\nA: b\r\n folded\r\n\r\n", HTTP1_E_TRAILER);
         expect_chunk_error("0\r\nA: b\x01x\r\n\r\n", HTTP1_E_TRAILER);
+        /* fields that frame, route or authorize a message never come as trailers */
+        expect_chunk_error("0\r\nContent-Length: 5\r\n\r\n", HTTP1_E_TRAILER_FORBIDDEN);
+        expect_chunk_error("0\r\nA: b\r\ntransfer-encoding: chunked\r\n\r\n",
+                           HTTP1_E_TRAILER_FORBIDDEN);
+        expect_chunk_error("0\r\nHOST: evil\r\n\r\n", HTTP1_E_TRAILER_FORBIDDEN);
+        expect_chunk_error("0\r\nAuthorization: x\r\n\r\n", HTTP1_E_TRAILER_FORBIDDEN);
 
         /* bounded extension and trailer */
         struct http1_limits lim;
@@ -705,6 +712,52 @@ static void test_helpers(void **state)
         assert_true(http1_has_request_id(&msg));
 }
 
+/* Issue 14 D11: what is normalised or refused instead of forwarded as sent. */
+static void test_forward_normalised(void **state)
+{
+        (void)state;
+        struct strbuf sb;
+        strbuf_init(&sb);
+        /* An absolute-form target whose authority differs from Host: origin
+         * form, Host from the target (RFC 9112 3.2.2). */
+        assert_true(
+            req("GET http://real.svc:8080/a?b=1 HTTP/1.1\r\nHost: other\r\nAccept: x\r\n\r\n") > 0);
+        assert_int_equal(http1_write_request_head(&msg, NULL, &sb), 0);
+        assert_string_equal(sb.data,
+                            "GET /a?b=1 HTTP/1.1\r\nHost: real.svc:8080\r\nAccept: x\r\n\r\n");
+        strbuf_reset(&sb);
+        assert_true(req("OPTIONS http://real.svc HTTP/1.1\r\nHost: real.svc\r\n\r\n") > 0);
+        assert_int_equal(http1_write_request_head(&msg, NULL, &sb), 0);
+        assert_string_equal(sb.data, "OPTIONS / HTTP/1.1\r\nHost: real.svc\r\n\r\n");
+        /* A Content-Length list of equal values goes out as one value. */
+        strbuf_reset(&sb);
+        assert_true(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n"
+                        "Content-Length: 5\r\n\r\n") > 0);
+        assert_int_equal(http1_write_request_head(&msg, NULL, &sb), 0);
+        assert_string_equal(sb.data, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n");
+        /* An X-Request-ID that Connection nominates does not go out: ours does. */
+        strbuf_reset(&sb);
+        assert_true(req("GET / HTTP/1.1\r\nHost: h\r\nConnection: close, X-Request-ID\r\n"
+                        "X-Request-ID: theirs\r\n\r\n") > 0);
+        struct http1_forward fw = {.request_id = "ours"};
+        assert_int_equal(http1_write_request_head(&msg, &fw, &sb), 0);
+        assert_string_equal(sb.data, "GET / HTTP/1.1\r\nHost: h\r\nX-Request-ID: ours\r\n\r\n");
+        /* Dropped fields, whatever their case. */
+        strbuf_reset(&sb);
+        assert_true(req("GET / HTTP/1.1\r\nHost: h\r\nx-forwarded-client-cert: By=spiffe://x\r\n"
+                        "A: b\r\n\r\n") > 0);
+        static const char *const drop[] = {"X-Forwarded-Client-Cert"};
+        struct http1_forward fd = {.drop = drop, .ndrop = 1};
+        assert_int_equal(http1_write_request_head(&msg, &fd, &sb), 0);
+        assert_string_equal(sb.data, "GET / HTTP/1.1\r\nHost: h\r\nA: b\r\n\r\n");
+        strbuf_free(&sb);
+        /* Userinfo, paths or spaces in Host are refused. */
+        expect_req_error("GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", HTTP1_E_BAD_HOST);
+        expect_req_error("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", HTTP1_E_BAD_HOST);
+        expect_req_error("GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", HTTP1_E_BAD_HOST);
+        assert_true(req("GET / HTTP/1.1\r\nHost: [fd00::1]:80\r\n\r\n") > 0);
+}
+
 static void test_write_request(void **state)
 {
         (void)state;
@@ -722,7 +775,7 @@ static void test_write_request(void **state)
         struct http1_header add[] = {{{"X-Forwarded-For", 15}, {"10.0.0.1", 8}}};
         struct http1_forward fw = {.request_id = "rid-1", .add = add, .nadd = 1};
         assert_int_equal(http1_write_request_head(&msg, &fw, &sb), 0);
-        assert_string_equal(sb.data, "GET http://h/p HTTP/1.1\r\nHost: h\r\n"
+        assert_string_equal(sb.data, "GET /p HTTP/1.1\r\nHost: h\r\n"
                                      "traceparent: 00-abc-01\r\nTransfer-Encoding: chunked\r\n"
                                      "Accept: */*\r\nX-Request-ID: rid-1\r\n"
                                      "X-Forwarded-For: 10.0.0.1\r\n\r\n");
@@ -761,7 +814,7 @@ static void test_write_request(void **state)
         strbuf_reset(&sb);
         assert_true(req("GET http://a.b:1/x HTTP/1.0\r\n\r\n") > 0);
         assert_int_equal(http1_write_request_head(&msg, &fw3, &sb), 0);
-        assert_string_equal(sb.data, "GET http://a.b:1/x HTTP/1.1\r\nHost: a.b:1\r\n\r\n");
+        assert_string_equal(sb.data, "GET /x HTTP/1.1\r\nHost: a.b:1\r\n\r\n");
         strbuf_reset(&sb);
         assert_true(req("GET / HTTP/1.0\r\n\r\n") > 0);
         assert_int_equal(http1_write_request_head(&msg, NULL, &sb), 0);
@@ -834,6 +887,7 @@ int main(void)
             cmocka_unit_test(test_chunked_large_sizes),
             cmocka_unit_test(test_helpers),
             cmocka_unit_test(test_write_request),
+            cmocka_unit_test(test_forward_normalised),
             cmocka_unit_test(test_write_response),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

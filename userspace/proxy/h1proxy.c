@@ -776,6 +776,21 @@ static void copy_slice(char *dst, size_t cap, struct http1_slice v)
 }
 
 /* A complete request head of head_len bytes at req.buf + req.off. */
+
+/* Fields an application's request never carries out of the pod: identity
+ * claims only a sidecar may make (Envoy's XFCC), and the settings of an
+ * h2c upgrade that is not passed on. */
+static const char *const client_dropped[] = {"X-Forwarded-Client-Cert", "HTTP2-Settings"};
+
+/* An Upgrade to h2c (cleartext HTTP/2, deprecated by RFC 9113) is not passed
+ * on: the server answers in HTTP/1.1, and requests stay balanced one by one
+ * instead of becoming one tunnel. */
+static bool upgrade_h2c(const struct http1_msg *m)
+{
+        struct http1_slice v;
+        return http1_header_get(m, "Upgrade", &v) == 0 && http1_list_has(v, "h2c");
+}
+
 static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_len)
 {
         struct worker *w = s->w;
@@ -798,10 +813,17 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->status = 0;
         s->upstream_addr.ss_family = 0;
         struct http1_slice rid;
-        if (http1_header_get(m, "X-Request-ID", &rid) == 0 && rid.n)
+        static const struct http1_slice rid_name = {"X-Request-ID", 12};
+        if (http1_header_get(m, "X-Request-ID", &rid) == 0 && rid.n &&
+            !http1_is_hop_by_hop(m, rid_name))
                 copy_slice(s->request_id, sizeof(s->request_id), rid);
         else
                 worker_request_id(s->w, s->request_id);
+        /* The connection already goes where the client connected: a CONNECT
+         * to the service would turn its endpoint into a tunnel we cannot
+         * follow. */
+        if (m->method == HTTP1_M_CONNECT)
+                return local_reply(s, 501, "CONNECT is not proxied", 0);
 
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);
@@ -814,10 +836,12 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
 
         /* An Upgrade (WebSocket) goes out with it; a 101 turns the
          * connection into a tunnel. HTTP/1.0 has no Upgrade. */
-        s->upgrade = m->upgrade && !s->http10;
+        s->upgrade = m->upgrade && !s->http10 && !upgrade_h2c(m);
         struct http1_forward fw = {
-            .request_id = http1_has_request_id(m) ? NULL : s->request_id,
+            .request_id = s->request_id, /* when the request has none that goes out */
             .keep_upgrade = s->upgrade,
+            .drop = client_dropped,
+            .ndrop = sizeof(client_dropped) / sizeof(client_dropped[0]),
         };
         strbuf_reset(&s->req.head);
         s->req.head_off = 0;

@@ -1,6 +1,7 @@
 /* HTTP/1.1 head parser, chunked decoder and head writer (see http1.h). */
 #include "proxy/http1.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -47,6 +48,7 @@ static const struct {
     [HTTP1_E_CHUNK_CRLF] = {"chunk not terminated by CRLF", 400},
     [HTTP1_E_TRAILER] = {"malformed trailer field", 400},
     [HTTP1_E_TRAILER_TOO_LARGE] = {"trailer section too large", 431},
+    [HTTP1_E_TRAILER_FORBIDDEN] = {"framing, routing or authorization field in a trailer", 400},
 };
 
 const char *http1_error_str(enum http1_error e)
@@ -236,6 +238,14 @@ static bool is_target_char(unsigned char c)
         return c > 0x20 && c < 0x7f;
 }
 
+/* RFC 3986 host [":" port]: unreserved, pct-encoded, sub-delims but ',', ':'
+ * and the IP-literal brackets. No userinfo ('@'), path, query or space. */
+static bool is_host_char(unsigned char c)
+{
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               (c && strchr("-._~%!$&'()*+;=:[]", c) != NULL);
+}
+
 static int parse_request_line(const char *p, size_t n, struct http1_msg *m, size_t off)
 {
         const char *sp1 = memchr(p, ' ', n);
@@ -308,6 +318,10 @@ static int parse_request_line(const char *p, size_t n, struct http1_msg *m, size
                         e++;
                 if (e == a)
                         return fail(m, HTTP1_E_REQUEST_LINE, off + mlen + 1);
+                /* No userinfo (RFC 9110 4.2.4): it goes out as the Host. */
+                for (size_t k = a; k < e; k++)
+                        if (!is_host_char((unsigned char)t[k]))
+                                return fail(m, HTTP1_E_REQUEST_LINE, off + mlen + 1 + k);
                 m->form = HTTP1_T_ABSOLUTE;
                 m->authority = (struct http1_slice){t + a, e - a};
         }
@@ -471,8 +485,7 @@ static int parse_head(const char *buf, const struct http1_limits *lim, struct ht
                                 return fail(m, HTTP1_E_BAD_HOST, pos);
                         host_seen = true;
                         for (size_t i = 0; i < h->value.n; i++)
-                                if (!is_target_char((unsigned char)h->value.p[i]) ||
-                                    h->value.p[i] == ',' || h->value.p[i] == '/')
+                                if (!is_host_char((unsigned char)h->value.p[i]))
                                         return fail(m, HTTP1_E_BAD_HOST, pos);
                         m->host = h->value;
                 } else if (m->is_request && http1_slice_eq_ci(h->name, "Expect")) {
@@ -694,6 +707,13 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
         static const struct http1_forward none = {0};
         if (!fw)
                 fw = &none;
+        bool absolute = m->is_request && m->form == HTTP1_T_ABSOLUTE && m->authority.n;
+        bool cl_written = false, id_written = false;
+        if (absolute) {
+                strbuf_append(out, "Host: ");
+                put(out, m->authority);
+                strbuf_append(out, "\r\n");
+        }
         for (size_t i = 0; i < m->nheaders; i++) {
                 const struct http1_header *h = &m->headers[i];
                 if (http1_is_hop_by_hop(m, h->name)) {
@@ -701,12 +721,29 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
                               http1_slice_eq_ci(h->name, "Upgrade")))
                                 continue;
                 }
+                if (http1_slice_eq_ci(h->name, "Content-Length")) {
+                        /* The parser checked every value of every field equal. */
+                        if (!cl_written)
+                                strbuf_appendf(out, "Content-Length: %llu\r\n",
+                                               (unsigned long long)m->content_length);
+                        cl_written = true;
+                        continue;
+                }
+                if (absolute && http1_slice_eq_ci(h->name, "Host"))
+                        continue; /* replaced by the target's authority, above */
+                size_t d = 0;
+                while (d < fw->ndrop && !http1_slice_eq_ci(h->name, fw->drop[d]))
+                        d++;
+                if (d < fw->ndrop)
+                        continue;
+                if (http1_slice_eq_ci(h->name, "X-Request-ID") && h->value.n)
+                        id_written = true;
                 put(out, h->name);
                 strbuf_append(out, ": ");
                 put(out, h->value);
                 strbuf_append(out, "\r\n");
         }
-        if (m->is_request && http1_header_find(m, "Host", 0) < 0) {
+        if (!absolute && m->is_request && http1_header_find(m, "Host", 0) < 0) {
                 /* An HTTP/1.0 request without Host goes out as HTTP/1.1,
                  * which needs one (RFC 9112 3.2): the target's authority, the
                  * caller's default, or empty. */
@@ -722,7 +759,7 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
                         strbuf_append(out, dh);
                 strbuf_append(out, "\r\n");
         }
-        if (fw->request_id && !http1_has_request_id(m)) {
+        if (fw->request_id && !id_written) {
                 if (!is_header_safe(fw->request_id)) {
                         log_error(COMP, 0, "request id %s has CR/LF, not added", fw->request_id);
                         return -EINVAL;
@@ -760,7 +797,16 @@ int http1_write_request_head(const struct http1_msg *req, const struct http1_for
 {
         put(out, req->method_str);
         strbuf_append(out, " ");
-        put(out, req->target);
+        if (req->form == HTTP1_T_ABSOLUTE && req->authority.n) {
+                /* Origin form: what follows the authority, "/" at least. */
+                const char *rest = req->authority.p + req->authority.n;
+                size_t n = (size_t)(req->target.p + req->target.n - rest);
+                if (n == 0 || rest[0] != '/')
+                        strbuf_append(out, "/");
+                strbuf_appendn(out, rest, n);
+        } else {
+                put(out, req->target);
+        }
         strbuf_append(out, " HTTP/1.1\r\n");
         return write_fields(req, fw, out);
 }
@@ -901,6 +947,36 @@ static int hexval(unsigned char ch)
         return -1;
 }
 
+/* RFC 9110 6.5.1: a trailer must not carry what frames or routes the
+ * message, or authorizes it; a recipient that merged one would be fooled.
+ * The name's bytes so far are in c->name (lower case, line_len of them). */
+static bool trailer_forbidden(const struct http1_chunked *c)
+{
+        static const char *const names[] = {
+            "content-length",
+            "transfer-encoding",
+            "host",
+            "trailer",
+            "te",
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "content-type",
+            "content-encoding",
+            "content-range",
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+        };
+        if (c->line_len >= sizeof(c->name))
+                return false; /* longer than any of them */
+        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+                if (strlen(names[k]) == c->line_len && !memcmp(names[k], c->name, c->line_len))
+                        return true;
+        return false;
+}
+
 ssize_t http1_chunked_feed(struct http1_chunked *c, const char *buf, size_t len, size_t *data_off,
                            size_t *data_len)
 {
@@ -1014,9 +1090,13 @@ ssize_t http1_chunked_feed(struct http1_chunked *c, const char *buf, size_t len,
                                 if (ch == ':') {
                                         if (c->line_len == 0)
                                                 return chunk_fail(c, HTTP1_E_TRAILER, i);
+                                        if (trailer_forbidden(c))
+                                                return chunk_fail(c, HTTP1_E_TRAILER_FORBIDDEN, i);
                                         c->line_has_colon = true;
                                 } else if (!is_tchar(ch)) {
                                         return chunk_fail(c, HTTP1_E_TRAILER, i);
+                                } else if (c->line_len < sizeof(c->name) - 1) {
+                                        c->name[c->line_len] = (char)tolower(ch);
                                 }
                                 c->line_len++;
                         } else {

@@ -82,6 +82,7 @@ enum http1_error {
         HTTP1_E_CHUNK_CRLF,        /* chunk size line or chunk data not ended by CRLF */
         HTTP1_E_TRAILER,           /* malformed trailer field line */
         HTTP1_E_TRAILER_TOO_LARGE, /* trailer section over max_trailer */
+        HTTP1_E_TRAILER_FORBIDDEN, /* a trailer field that frames, routes or authorizes */
         HTTP1_E_COUNT
 };
 
@@ -214,6 +215,8 @@ struct http1_forward {
                                            in its target (NULL: empty Host) */
         const struct http1_header *add; /* extra fields appended as given */
         size_t nadd;
+        const char *const *drop; /* fields not forwarded (case-insensitive names) */
+        size_t ndrop;
         bool keep_upgrade; /* forward Upgrade and send Connection: upgrade (msg->upgrade) */
         bool close;        /* send Connection: close */
 };
@@ -221,7 +224,12 @@ struct http1_forward {
 /* Writes the request head (request line as HTTP/1.1, fields without the
  * hop-by-hop ones, Transfer-Encoding and Content-Length kept because the body
  * is forwarded with its framing unchanged, a Host when the request had none,
- * then the additions) into out.
+ * then the additions) into out. Normalised on the way: an absolute-form
+ * target goes out in origin form with Host set to its authority (RFC 9112
+ * 3.2.2: a recipient uses the target's authority, never a differing Host);
+ * a Content-Length list ("5, 5") goes out as one value; X-Request-ID is
+ * added when the request has none that is forwarded (one that Connection
+ * nominates is not).
  * Returns 0, or -ENOSPC when out is fixed and too small, -ENOMEM when it
  * could not grow. */
 int http1_write_request_head(const struct http1_msg *req, const struct http1_forward *fw,
@@ -252,6 +260,7 @@ struct http1_chunked {
         size_t line_len;     /* bytes of the current trailer line */
         bool line_has_colon; /* current trailer line: ':' seen after a valid name */
         bool line_bad_name;  /* current trailer line: non-token byte before ':' */
+        char name[24];       /* current trailer field name, lower case, for the forbidden ones */
         size_t max_chunk_ext;
         size_t max_trailer;
         enum http1_error error;
