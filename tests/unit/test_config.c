@@ -299,9 +299,12 @@ static void test_file_values(void **state)
         assert_string_equal(c->bpf_pin_root, "/sys/fs/bpf/shunt-shop");
         assert_int_equal(c->bpf_shortcut, 0); /* off */
         assert_string_equal(c->path, FIX("full.json"));
-        /* every key in the file is recorded as coming from it */
+        assert_string_equal(c->mtls_ca_token_file, "/var/run/secrets/shop/token");
+        /* every key in the file is recorded as coming from it (but
+         * mtls.ca_address, which excludes certificate_file: test_tls_ca_source) */
         for (size_t i = 0; i < c->n_origins; i++)
-                assert_int_equal(c->origins[i].source, CONFIG_SRC_FILE);
+                if (strcmp(c->origins[i].key, "mtls.ca_address"))
+                        assert_int_equal(c->origins[i].source, CONFIG_SRC_FILE);
         snapshot_unref(&c->snap);
 }
 

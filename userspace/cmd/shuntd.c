@@ -420,8 +420,9 @@ static void h_post_endpoints(const struct admin_request *req, struct admin_respo
 
 /* ---- mutual TLS: the certificate store ------------------------------------ */
 
-/* Builds the certificate source from the configuration: files when
- * mtls.certificate_file is set, else the built-in CA in mtls.ca_dir. */
+/* Builds the certificate source from the configuration: shunt-ca when
+ * mtls.ca_address is set, files when mtls.certificate_file is set, else the
+ * built-in CA in mtls.ca_dir. */
 static int tls_open(struct daemon *d)
 {
         const struct shunt_config *c = d->cfg;
@@ -430,7 +431,24 @@ static int tls_open(struct daemon *d)
                 return -EINVAL;
         struct tls_source *src = NULL;
         int rc;
-        if (c->certificate_file[0]) {
+        if (c->mtls_ca_address[0]) {
+                /* The token names the identity; these two only override it
+                 * when the operator set them. */
+                bool ns_set = config_source_of(c, "mtls.namespace") > CONFIG_SRC_DEFAULT;
+                bool sa_set = config_source_of(c, "mtls.service_account") > CONFIG_SRC_DEFAULT;
+                struct tls_ca_source_options co = {
+                    .address = c->mtls_ca_address,
+                    .token_file = c->mtls_ca_token_file,
+                    .bundle_file = c->ca_bundle,
+                    .trust_domain = c->trust_domain,
+                    .ns_override = ns_set ? c->mtls_namespace : NULL,
+                    .sa_override = sa_set ? c->mtls_service_account : NULL,
+                    .key_type = kt,
+                    .mark = c->proxy_mark,
+                    .loop = d->loop,
+                };
+                rc = tls_source_ca_new(&co, &src);
+        } else if (c->certificate_file[0]) {
                 struct tls_files_options fo = {
                     .cert_file = c->certificate_file,
                     .key_file = c->private_key_file,
@@ -476,7 +494,10 @@ static int tls_open(struct daemon *d)
         struct tls_snapshot *snap = tls_store_acquire(d->tls);
         log_info("tls", 0, "mTLS %s: identity %s, serial %s, source %s",
                  mtls_mode_name(c->mtls_mode), tls_snapshot_identity(snap),
-                 tls_snapshot_serial(snap), c->certificate_file[0] ? "files" : "builtin-ca");
+                 tls_snapshot_serial(snap),
+                 c->mtls_ca_address[0]    ? "ca"
+                 : c->certificate_file[0] ? "files"
+                                          : "builtin-ca");
         tls_snapshot_unref(snap);
         return 0;
 }
@@ -630,6 +651,8 @@ static void reload(struct daemon *d)
             strcmp(next->certificate_file, old->certificate_file) ||
             strcmp(next->private_key_file, old->private_key_file) ||
             strcmp(next->ca_bundle, old->ca_bundle) ||
+            strcmp(next->mtls_ca_address, old->mtls_ca_address) ||
+            strcmp(next->mtls_ca_token_file, old->mtls_ca_token_file) ||
             next->cert_rotation_s != old->cert_rotation_s ||
             next->mtls_clock_skew_s != old->mtls_clock_skew_s ||
             strcmp(next->mtls_key_type, old->mtls_key_type))

@@ -76,8 +76,8 @@ static const char *const off_on_names[] = {"off", "on", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
-static const char *const lb_names[] = {"round_robin", "least_connections", "weighted",
-                                       "consistent_hash", "maglev", NULL};
+static const char *const lb_names[] = {
+    "round_robin", "least_connections", "weighted", "consistent_hash", "maglev", NULL};
 
 /* clang-format off */
 static const struct key_desc keys[] = {
@@ -199,7 +199,13 @@ static const struct key_desc keys[] = {
          .def = "cluster.local", .flags = KF_NONEMPTY | KF_TRUST_DOMAIN},
         {.path = "mtls.cert_rotation", .env = "CERT_ROTATION_INTERVAL", .type = K_DUR_S, FIELD(cert_rotation_s),
          .min = 1000, .max = 8760 * MS_PER_HOUR, .def = "24h"},
-        {.path = "mtls.ca_bundle", .env = "CA_BUNDLE_PATH", .type = K_STR, FIELD(ca_bundle)},
+        {.path = "mtls.ca_bundle", .env = "CA_BUNDLE_PATH", .type = K_STR, FIELD(ca_bundle),
+         .note = "trusted CAs; with ca_address it also verifies shunt-ca"},
+        {.path = "mtls.ca_address", .env = "SHUNT_CA_ADDRESS", .type = K_STR, FIELD(mtls_ca_address),
+         .note = "https://host[:port] of shunt-ca: certificates from it (the \"ca\" source)"},
+        {.path = "mtls.ca_token_file", .env = "SHUNT_CA_TOKEN_FILE", .type = K_STR, FIELD(mtls_ca_token_file),
+         .def = "/var/run/secrets/shunt/token", .flags = KF_NONEMPTY,
+         .note = "projected service-account token (audience shunt-ca), re-read on every request"},
         {.path = "mtls.certificate_file", .env = "CERTIFICATE_FILE", .type = K_STR, FIELD(certificate_file)},
         {.path = "mtls.private_key_file", .env = "PRIVATE_KEY_FILE", .type = K_STR, FIELD(private_key_file)},
         {.path = "mtls.mode", .env = "MTLS_MODE", .type = K_ENUM, FIELD(mtls_mode), .names = mtls_names,
@@ -1252,10 +1258,56 @@ static int check_ports(struct ctx *x)
         return 0;
 }
 
+/* "https://" host [":" port] ["/"]: no user info, path, query or blanks. */
+static bool valid_ca_address(const char *s)
+{
+        if (strncmp(s, "https://", 8) != 0)
+                return false;
+        const char *h = s + 8;
+        size_t n = strlen(h);
+        if (n && h[n - 1] == '/')
+                n--;
+        if (n == 0 || h[0] == ':')
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                unsigned char c = (unsigned char)h[i];
+                if (!isalnum(c) && !strchr(".-:[]", c))
+                        return false;
+        }
+        return true;
+}
+
+/* The ca source: where shunt-ca is and what verifies it; exclusive with files. */
+static int check_ca_source(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        const struct key_desc *d = find_key("mtls.ca_address");
+        enum config_source src = c->origins[key_index(d)].source;
+        if (!valid_ca_address(c->mtls_ca_address))
+                return bad(x, d, src, c->mtls_ca_address,
+                           "expected https://<host>[:<port>] (shunt-ca, e.g. "
+                           "https://shunt-ca.shunt-system.svc:15012)");
+        if (c->certificate_file[0] || c->private_key_file[0])
+                return bad(x, d, src, c->mtls_ca_address,
+                           "cannot be combined with mtls.certificate_file/private_key_file: "
+                           "choose one certificate source");
+        if (!c->ca_bundle[0]) {
+                const struct key_desc *b = find_key("mtls.ca_bundle");
+                return bad(x, b, c->origins[key_index(b)].source, "",
+                           "required when mtls.ca_address is set (it verifies shunt-ca's "
+                           "certificate)");
+        }
+        return 0;
+}
+
 /* The workload's identity defaults and the certificate source's keys. */
 static int check_mtls(struct ctx *x)
 {
         struct shunt_config *c = x->c;
+        /* With the ca source the identity comes from the service-account
+         * token: the host name (in a pod, the pod's name) is no service name. */
+        if (c->mtls_ca_address[0])
+                return check_ca_source(x);
         if (!c->mtls_service_name[0]) {
                 char host[256] = "";
                 if (gethostname(host, sizeof(host) - 1) < 0 || !host[0] || !valid_name(host) ||

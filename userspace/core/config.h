@@ -152,6 +152,12 @@ struct shunt_config {
          * of it is left) */
         uint32_t cert_rotation_s;
         char ca_bundle[CONFIG_PATH_MAX];        /* mtls.ca_bundle, CA_BUNDLE_PATH */
+        /* mtls.ca_address, SHUNT_CA_ADDRESS, "": https URL of shunt-ca; set, it
+         * selects the "ca" certificate source (identity from the token at
+         * mtls.ca_token_file, SHUNT_CA_TOKEN_FILE, /var/run/secrets/shunt/token;
+         * mtls.namespace and mtls.service_account override it only when set) */
+        char mtls_ca_address[CONFIG_PATH_MAX];
+        char mtls_ca_token_file[CONFIG_PATH_MAX];
         char certificate_file[CONFIG_PATH_MAX]; /* mtls.certificate_file, CERTIFICATE_FILE */
         char private_key_file[CONFIG_PATH_MAX]; /* mtls.private_key_file, PRIVATE_KEY_FILE */
         enum mtls_mode mtls_mode;               /* mtls.mode */

@@ -44,6 +44,8 @@ struct tls_store {
         uint64_t rotations, rotation_failures;
         int64_t last_rotation; /* unix seconds, 0: none since start */
         char last_error[512];
+        bool in_flight;        /* an asynchronous fetch is running */
+        const char *fetch_why; /* its reason (static text) */
 
         struct loop *loop;
         struct loop_timer timer;
@@ -251,11 +253,13 @@ static uint32_t jitter(uint32_t ms)
         return (uint32_t)((uint64_t)ms * (800 + r % 400) / 1000);
 }
 
-static void fetch_now(struct tls_store *st, const char *why)
+/* The end of a fetch, synchronous or not: install m, or count the failure
+ * and schedule the retry. */
+static void fetch_finish(struct tls_store *st, int rc, struct tls_material *m, const char *err_in,
+                         const char *why)
 {
-        char err[sizeof(st->last_error)] = "";
-        struct tls_material *m = NULL;
-        int rc = st->src->ops->fetch(st->src, &m, err, sizeof(err));
+        char err[sizeof(st->last_error)];
+        snprintf(err, sizeof(err), "%s", err_in ? err_in : "");
         if (rc == 0 &&
             (rc = tls_material_check(m, st->trust_domain, st->skew_s, err, sizeof(err))) < 0)
                 tls_material_free(m);
@@ -295,6 +299,36 @@ static void fetch_now(struct tls_store *st, const char *why)
         pthread_mutex_unlock(&st->mu);
 }
 
+static void on_fetched(void *ctx, int rc, struct tls_material *m, const char *err)
+{
+        struct tls_store *st = ctx;
+        st->in_flight = false;
+        fetch_finish(st, rc, m, err, st->fetch_why);
+        /* What is due next changed (rotation time, retry time). */
+        if (st->loop && loop_timer_arm(st->loop, &st->timer, tls_store_tick(st)) < 0)
+                log_error(COMP, 0, "cannot re-arm the certificate timer: out of memory");
+}
+
+static void fetch_now(struct tls_store *st, const char *why)
+{
+        char err[sizeof(st->last_error)] = "";
+        struct tls_material *m = NULL;
+        if (st->loop && st->src->ops->fetch_async) {
+                st->fetch_why = why;
+                int rc = st->src->ops->fetch_async(st->src, on_fetched, st, err, sizeof(err));
+                if (rc == 0) {
+                        st->in_flight = true;
+                        return;
+                }
+                if (rc != -EOPNOTSUPP) {
+                        fetch_finish(st, rc, NULL, err, why);
+                        return;
+                }
+        }
+        int rc = st->src->ops->fetch(st->src, &m, err, sizeof(err));
+        fetch_finish(st, rc, m, err, why);
+}
+
 uint64_t tls_store_tick(struct tls_store *st)
 {
         int64_t now = wall_ms();
@@ -322,7 +356,7 @@ uint64_t tls_store_tick(struct tls_store *st)
                         st->pending = true;
                         st->retry_at_ms = 0;
                 }
-                if (clock_mono_ms() >= st->retry_at_ms)
+                if (!st->in_flight && clock_mono_ms() >= st->retry_at_ms)
                         fetch_now(st, why ? why : "operator request");
         }
         /* Next wake-up. */
@@ -330,12 +364,12 @@ uint64_t tls_store_tick(struct tls_store *st)
         uint64_t next = TICK_MAX_MS;
         if (st->src->ops->changed && st->poll_ms < next)
                 next = st->poll_ms;
-        if (st->rotate_at_ms) {
+        if (st->rotate_at_ms && !st->pending) { /* pending: the retry time counts */
                 int64_t d = st->rotate_at_ms - now;
                 if (d < (int64_t)next)
                         next = d > 0 ? (uint64_t)d : 0;
         }
-        if (st->pending) {
+        if (st->pending && !st->in_flight) {
                 uint64_t m = clock_mono_ms();
                 uint64_t d = st->retry_at_ms > m ? st->retry_at_ms - m : 0;
                 if (d < next)
@@ -423,6 +457,8 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *
         strbuf_append_json_string(sb, st->trust_domain);
         strbuf_append(sb, ",\"source\":");
         strbuf_append_json_string(sb, st->src->ops->kind);
+        if (st->src->ops->render_json)
+                st->src->ops->render_json(st->src, sb);
         strbuf_append(sb, ",\"current\":");
         json_snap(sb, cur, now);
         EVP_PKEY *pk = X509_get_pubkey(st->mat->leaf);
@@ -447,9 +483,11 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *
         } else {
                 strbuf_append(sb, ",\"last_rotation\":null");
         }
-        strbuf_appendf(sb, ",\"rotations\":%llu,\"failures\":%llu,\"consecutive_failures\":%u",
+        strbuf_appendf(sb,
+                       ",\"rotations\":%llu,\"failures\":%llu,\"consecutive_failures\":%u,"
+                       "\"in_flight\":%s",
                        (unsigned long long)st->rotations, (unsigned long long)st->rotation_failures,
-                       st->failures);
+                       st->failures, st->in_flight ? "true" : "false");
         strbuf_append(sb, ",\"last_error\":");
         if (st->last_error[0])
                 strbuf_append_json_string(sb, st->last_error);
@@ -562,4 +600,6 @@ void tls_store_render_metrics(struct tls_store *st, struct strbuf *sb)
                     "TLS connections by the certificate they use.");
         prom_sample_u64(sb, "shunt_tls_connections", "cert=\"current\"", (uint64_t)cur_conns);
         prom_sample_u64(sb, "shunt_tls_connections", "cert=\"previous\"", (uint64_t)prev_conns);
+        if (st->src->ops->render_metrics)
+                st->src->ops->render_metrics(st->src, sb);
 }

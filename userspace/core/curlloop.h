@@ -1,0 +1,30 @@
+/* A libcurl multi handle driven by a core/loop: its sockets are watched by
+ * the loop's epoll and its timeouts by a loop timer, so transfers never block
+ * the thread that runs the loop. Main thread only, like the loop.
+ *
+ * The caller owns each easy handle and sets its options (timeouts included:
+ * nothing here bounds a transfer). */
+#ifndef SHUNT_CORE_CURLLOOP_H
+#define SHUNT_CORE_CURLLOOP_H
+
+#include <curl/curl.h>
+
+#include "core/loop.h"
+
+struct curl_loop;
+
+/* Called once when a transfer ends (rc from libcurl), after the easy handle
+ * has been removed from the multi: the callback may free or reuse it. */
+typedef void (*curl_loop_done_fn)(CURL *easy, CURLcode rc, void *ctx);
+
+/* NULL when out of memory. */
+struct curl_loop *curl_loop_new(struct loop *loop);
+/* Cancels what is in flight (no callbacks). */
+void curl_loop_free(struct curl_loop *cl);
+
+/* Starts e (CURLOPT_PRIVATE is taken over). 0 or -ENOMEM/-EINVAL. */
+int curl_loop_add(struct curl_loop *cl, CURL *e, curl_loop_done_fn fn, void *ctx);
+/* Stops e if it is in flight; its callback is not called. */
+void curl_loop_remove(struct curl_loop *cl, CURL *e);
+
+#endif
