@@ -840,6 +840,22 @@ static int cmd_certs(void)
         printf("%-15s%s\n", "identity:", id->valuestring);
         printf("%-15s%s\n", "trust domain:", jstr(j, "trust_domain", "?"));
         printf("%-15s%s\n", "source:", jstr(j, "source", "?"));
+        /* The ca source: where certificates come from and how the last request went. */
+        if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "ca_address"))) {
+                printf("%-15s%s (token %s, identity from the %s)\n",
+                       "ca:", jstr(j, "ca_address", "?"), jstr(j, "ca_token_file", "?"),
+                       jstr(j, "identity_from", "?"));
+                const cJSON *li = cJSON_GetObjectItemCaseSensitive(j, "last_issuance");
+                if (cJSON_IsObject(li)) {
+                        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(li, "message");
+                        printf("%-15s%s %s for %s%s%s\n", "last issuance:", jstr(li, "time", "?"),
+                               jstr(li, "result", "?"), jstr(li, "requested", "?"),
+                               cJSON_IsString(msg) ? ": " : "",
+                               cJSON_IsString(msg) ? msg->valuestring : "");
+                } else {
+                        printf("%-15snone yet\n", "last issuance:");
+                }
+        }
         const cJSON *cur = cJSON_GetObjectItemCaseSensitive(j, "current");
         if (cur) {
                 print_cert("certificate:", cur);
