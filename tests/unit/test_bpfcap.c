@@ -24,9 +24,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -738,6 +742,140 @@ static const char *const pinned[] = {
 };
 
 /* bpftool, a real reader of the pins, prints the counters by name. */
+/* ---- capture by an init process: the proxy without privileges ---------------------- */
+
+#define PROXY_ID 1337
+
+/* Whether this kernel lets a process without CAP_BPF use the objects it may
+ * open from bpffs: from 5.19 always (kernel.unprivileged_bpf_disabled then
+ * refuses only creating maps and loading programs, and ids), before only
+ * when that sysctl is 0. 6.1 and 6.18 both allow it. */
+static bool unprivileged_map_access(void)
+{
+        struct utsname u;
+        int major = 0, minor = 0;
+        if (uname(&u) == 0)
+                sscanf(u.release, "%d.%d", &major, &minor);
+        if (major > 5 || (major == 5 && minor >= 19))
+                return true;
+        FILE *f = fopen("/proc/sys/kernel/unprivileged_bpf_disabled", "re");
+        int v = 1;
+        if (f) {
+                if (fscanf(f, "%d", &v) != 1)
+                        v = 1;
+                fclose(f);
+        }
+        return v == 0;
+}
+
+/* As the proxy container: uid and gid 1337, no capability in any set. */
+static int drop_privileges(void)
+{
+        for (int cap = 0; cap <= 63; cap++)
+                if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+                        return -1;
+        if (setgroups(0, NULL) < 0 || setresgid(PROXY_ID, PROXY_ID, PROXY_ID) < 0 ||
+            setresuid(PROXY_ID, PROXY_ID, PROXY_ID) < 0)
+                return -1;
+        return 0;
+}
+
+/* v[0]: bpfcap_open_pinned's result; v[1]: a lookup through it worked;
+ * v[2]: a write through it failed with EPERM; v[3]: a link pin stayed
+ * closed. orig_sockopt: SO_ORIGINAL_DST, answered by the program either way. */
+static void child_unprivileged(struct result *r, void *arg)
+{
+        /* The pin root seen through a bind mount, as a pod mounts a host
+         * directory: the bpffs root above it may be closed (mode 0700). */
+        const char *pins = "/tmp/pins";
+        int ls = listener(AF_INET);
+        if (ls < 0 || unshare(CLONE_NEWNS) < 0 ||
+            mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+            mount("tmpfs", "/tmp", "tmpfs", 0, "mode=0755") < 0 || mkdir(pins, 0755) < 0 ||
+            mount(g_pins, pins, NULL, MS_BIND, NULL) < 0 || drop_privileges() < 0) {
+                step_fail(r, "listener, pin root mount, then dropping privileges");
+                return;
+        }
+        struct bpfcap *pinned_cap = NULL;
+        char err[512];
+        int rc = bpfcap_open_pinned(pins, &pinned_cap, err, sizeof(err));
+        r->v[0] = (uint64_t)(int64_t)rc;
+        struct sockaddr_storage dst, local, peer, orig;
+        sockaddr_from_string("10.200.0.7", 8081, &dst);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c < 0 || connect(c, (void *)&dst, sockaddr_len(&dst)) < 0) {
+                step_fail(r, "connect as uid 1337");
+                goto out;
+        }
+        int a = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+        if (a < 0) {
+                step_fail(r, "accept");
+                goto out;
+        }
+        socklen_t ol = sizeof(orig);
+        if (getsockopt(a, SOL_IP, SO_ORIGINAL_DST, &orig, &ol) < 0)
+                step_fail(r, "getsockopt(SO_ORIGINAL_DST) without privileges");
+        else
+                fmt(&orig, r->orig_sockopt, sizeof(r->orig_sockopt));
+        if (pinned_cap) {
+                socklen_t l = sizeof(local);
+                getsockname(a, (void *)&local, &l);
+                l = sizeof(peer);
+                getpeername(a, (void *)&peer, &l);
+                r->v[1] = bpfcap_lookup(pinned_cap, &peer, &local, &orig, true) == 0;
+                if (r->v[1])
+                        fmt(&orig, r->orig_lookup, sizeof(r->orig_lookup));
+                r->v[2] = bpfcap_shortcut_set(pinned_cap, a, false) == -EPERM;
+        }
+        char link[512];
+        snprintf(link, sizeof(link), "%s/link_connect4", pins);
+        r->v[3] = bpf_obj_get(link) < 0;
+        close(a);
+out:
+        if (c >= 0)
+                close(c);
+        bpfcap_close(pinned_cap, true); /* borrowed: detaches nothing */
+        close(ls);
+}
+
+static void test_shared_pins_unprivileged(void **state)
+{
+        LIVE();
+        char err[512];
+        assert_int_equal(bpfcap_share(g_cap, PROXY_ID, err, sizeof(err)), 0);
+        struct stat st;
+        assert_int_equal(stat(g_pins, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0750);
+        assert_int_equal(st.st_gid, PROXY_ID);
+        char path[512];
+        snprintf(path, sizeof(path), "%s/shunt_orig_by_tuple", g_pins);
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0640);
+        snprintf(path, sizeof(path), "%s/link_sockops", g_pins);
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+
+        struct result r;
+        in_cgroup(child_unprivileged, NULL, &r);
+        assert_true(r.ok);
+        assert_string_equal(r.orig_sockopt, "10.200.0.7:8081");
+        assert_true(r.v[3]); /* the links are root's */
+        if (unprivileged_map_access()) {
+                assert_int_equal((int64_t)r.v[0], 0);
+                assert_true(r.v[1]);
+                assert_string_equal(r.orig_lookup, "10.200.0.7:8081");
+                assert_true(r.v[2]); /* read-only: no writes */
+        } else {
+                print_message("this kernel refuses bpf() without CAP_BPF: the proxy falls back "
+                              "to SO_ORIGINAL_DST\n");
+                assert_int_equal((int64_t)r.v[0], -EPERM);
+        }
+        /* Still capturing for everyone else: the borrowed handle detached nothing. */
+        in_cgroup(child_v4, NULL, &r);
+        assert_true(r.ok);
+        assert_string_equal(r.orig_sockopt, "10.200.0.1:8080");
+}
+
 static void test_pins_and_bpftool(void **state)
 {
         LIVE();
@@ -845,6 +983,7 @@ int main(void)
             cmocka_unit_test(test_no_entries_left),
             cmocka_unit_test(test_shortcut_flag),
             cmocka_unit_test(test_flow_control),
+            cmocka_unit_test(test_shared_pins_unprivileged),
             cmocka_unit_test(test_pins_and_bpftool),
             cmocka_unit_test(test_restart_and_clean_exit),
             cmocka_unit_test(test_stale_pins_replaced),

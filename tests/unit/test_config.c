@@ -298,6 +298,8 @@ static void test_file_values(void **state)
         assert_string_equal(c->redirect_cgroup, "/sys/fs/cgroup/unified/shop");
         assert_string_equal(c->bpf_pin_root, "/sys/fs/bpf/shunt-shop");
         assert_int_equal(c->bpf_shortcut, 0); /* off */
+        assert_int_equal(c->capture, CAPTURE_INIT);
+        assert_int_equal(config_socket_mark(c), 0); /* no SO_MARK without CAP_NET_ADMIN */
         assert_string_equal(c->path, FIX("full.json"));
         assert_string_equal(c->mtls_ca_token_file, "/var/run/secrets/shop/token");
         /* every key in the file is recorded as coming from it (but
@@ -365,6 +367,12 @@ static void test_env_overrides_file(void **state)
                        "CONNECT_TIMEOUT=7s",
                        "REQUEST_TIMEOUT=250ms",
                        "IDLE_TIMEOUT=2m",
+                       "SHUNT_CAPTURE=self",
+                       "SHUNT_PROXY_UID=2000",
+                       "SHUNT_PROXY_MARK=0x77",
+                       "SHUNT_EXCLUDE_INBOUND_PORTS=22,8443",
+                       "SHUNT_EXCLUDE_OUTBOUND_PORTS=5432",
+                       "SHUNT_EXCLUDE_OUTBOUND_CIDRS=10.0.0.0/8, fd00::/8",
                        "SIDECAR_INBOUND_PORT=1", /* a later duplicate is ignored, as getenv does */
                        NULL};
         struct shunt_config *c = load_ok(argv, env);
@@ -396,6 +404,18 @@ static void test_env_overrides_file(void **state)
         assert_int_equal(c->connect_timeout_ms, 7000);
         assert_int_equal(c->request_timeout_ms, 250);
         assert_int_equal(c->idle_timeout_ms, 120000);
+        /* what the injected pod passes to shuntd init and the proxy */
+        assert_int_equal(c->capture, CAPTURE_SELF);
+        assert_int_equal(c->proxy_uid, 2000);
+        assert_int_equal(c->proxy_mark, 0x77);
+        assert_int_equal(config_socket_mark(c), 0x77);
+        assert_int_equal(c->n_exclude_inbound_ports, 2);
+        assert_int_equal(c->exclude_inbound_ports[1], 8443);
+        assert_int_equal(c->n_exclude_outbound_ports, 1);
+        assert_int_equal(c->exclude_outbound_ports[0], 5432);
+        assert_int_equal(c->n_exclude_outbound_cidrs, 2);
+        assert_int_equal(c->exclude_outbound_cidrs[1].family, AF_INET6);
+        assert_int_equal(config_source_of(c, "exclude_outbound_cidrs"), CONFIG_SRC_ENV);
         assert_int_equal(config_source_of(c, "inbound_port"), CONFIG_SRC_ENV);
         assert_int_equal(config_source_of(c, "mtls.trust_domain"), CONFIG_SRC_ENV);
         assert_int_equal(config_source_of(c, "load_balancing.hash_key"), CONFIG_SRC_FILE);
@@ -788,6 +808,11 @@ static void test_env_errors(void **state)
                  "config: LOAD_BALANCING_ALGORITHM (env): random: allowed: round_robin, "
                  "least_connections, weighted, consistent_hash",
                  NULL);
+        char *e_cap[] = {"SHUNT_CAPTURE=sidecar", NULL};
+        load_err(argv, e_cap, -EINVAL, "config: SHUNT_CAPTURE (env): sidecar: allowed: self, init",
+                 NULL);
+        char *e_cidr[] = {"SHUNT_EXCLUDE_OUTBOUND_CIDRS=10.0.0.0/33", NULL};
+        load_err(argv, e_cidr, -EINVAL, "config: SHUNT_EXCLUDE_OUTBOUND_CIDRS (env): ", NULL);
         char *e7[] = {"SHUNT_REDIRECT=bpf", NULL};
         load_err(argv, e7, -EINVAL,
                  "config: SHUNT_REDIRECT (env): bpf: allowed: iptables, off, auto, ebpf", NULL);

@@ -555,7 +555,11 @@ static int cmd_status(void)
         }
 
         const cJSON *rules = cJSON_GetObjectItemCaseSensitive(j, "rules");
-        if (rules) {
+        if (rules && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(rules, "installed"))) {
+                /* capture init: shuntd cannot read the nat table. */
+                printf("%-13s%s\n",
+                       "rules:", "installed by shuntd init (not readable without CAP_NET_ADMIN)");
+        } else if (rules) {
                 bool inst = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "installed"));
                 bool v6 = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rules, "ipv6"));
                 bool in_only =

@@ -6,7 +6,10 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <linux/capability.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "admin/admin.h"
@@ -56,6 +59,8 @@ struct daemon {
         uint64_t routes_version; /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
+        bool init_cmd;          /* `shuntd init`: install, then exit */
+        const char *init_found; /* capture init: "ebpf", "iptables", "off" or "unknown" */
         bool ready;
         bool draining;
         char redirect_reason[256];
@@ -66,10 +71,18 @@ extern char **environ;
 
 /* ---- capture rules ---------------------------------------------------------- */
 
-static uint32_t capture_uid(const struct shunt_config *cfg)
+/* The uid the capture of `shuntd init` skips and a capture=init shuntd runs as. */
+static uint32_t init_proxy_uid(const struct shunt_config *cfg)
 {
-        if (cfg->proxy_uid >= 0)
-                return (uint32_t)cfg->proxy_uid;
+        return cfg->proxy_uid >= 0 ? (uint32_t)cfg->proxy_uid : SHUNT_PROXY_UID_DEFAULT;
+}
+
+static uint32_t capture_uid(const struct daemon *d)
+{
+        if (d->init_cmd)
+                return init_proxy_uid(d->cfg);
+        if (d->cfg->proxy_uid >= 0)
+                return (uint32_t)d->cfg->proxy_uid;
         /* Automatic: our own uid, unless we are root, whom applications share. */
         uid_t me = geteuid();
         return me != 0 ? (uint32_t)me : IPT_UID_NONE;
@@ -77,7 +90,7 @@ static uint32_t capture_uid(const struct shunt_config *cfg)
 
 static void bpf_options(struct daemon *d, struct bpfcap_options *o)
 {
-        uint32_t uid = capture_uid(d->cfg);
+        uint32_t uid = capture_uid(d);
         bpfcap_options_from_config(o, d->cfg, uid == IPT_UID_NONE ? SHUNT_UID_NONE : uid);
 }
 
@@ -85,7 +98,7 @@ static void bpf_options(struct daemon *d, struct bpfcap_options *o)
 static int inbound_install(struct daemon *d, char *err, size_t errlen)
 {
         struct ipt_options o;
-        ipt_options_from_config(&o, d->cfg, capture_uid(d->cfg));
+        ipt_options_from_config(&o, d->cfg, capture_uid(d));
         o.inbound_only = true;
         char e[400];
         if (ipt_install(&o, e, sizeof(e)) < 0) {
@@ -136,7 +149,7 @@ static int rules_install(struct daemon *d)
                 return 0;
         }
         struct ipt_options o;
-        ipt_options_from_config(&o, d->cfg, capture_uid(d->cfg));
+        ipt_options_from_config(&o, d->cfg, capture_uid(d));
         if (ipt_install(&o, err, sizeof(err)) < 0) {
                 log_error("intercept", 0, "installing iptables rules failed: %s", err);
                 return -1;
@@ -149,6 +162,13 @@ static int rules_install(struct daemon *d)
 
 static void rules_remove(struct daemon *d)
 {
+        if (d->init_found) {
+                /* capture init: shuntd init's capture stays for the next start. */
+                origdst_use_bpf(NULL);
+                bpfcap_close(d->bpf, false);
+                d->bpf = NULL;
+                return;
+        }
         if (!d->rules_installed)
                 return;
         if (d->bpf) {
@@ -165,6 +185,208 @@ static void rules_remove(struct daemon *d)
         else
                 log_info("intercept", 0, "iptables capture removed");
         d->rules_installed = false;
+}
+
+/* The capture in effect: installed by us, or found (capture init). */
+static const char *active_mode(const struct daemon *d)
+{
+        if (d->init_found)
+                return d->init_found;
+        return d->bpf ? "ebpf" : d->rules_installed ? "iptables" : "off";
+}
+
+/* ---- capture installed by `shuntd init` ------------------------------------------ */
+
+static bool have_cap(int cap)
+{
+        struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+        struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+        memset(data, 0, sizeof(data));
+        if (syscall(SYS_capget, &hdr, data) < 0)
+                return false;
+        return (data[cap / 32].effective >> (cap % 32)) & 1;
+}
+
+/* eBPF capture's capabilities, or why not (the first one missing). */
+static bool bpf_caps(char *why, size_t whylen)
+{
+        static const struct {
+                int cap;
+                const char *name;
+        } need[] = {{CAP_BPF, "CAP_BPF"}, {CAP_PERFMON, "CAP_PERFMON"}};
+        for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+                if (!have_cap(need[i].cap) && !have_cap(CAP_SYS_ADMIN)) {
+                        snprintf(why, whylen,
+                                 "%s missing (eBPF capture needs NET_ADMIN, BPF and PERFMON)",
+                                 need[i].name);
+                        return false;
+                }
+        }
+        return true;
+}
+
+/* shuntd init with eBPF: the programs stay attached through their pins,
+ * which the proxy's group may read. */
+static int init_ebpf(struct daemon *d, char *why, size_t whylen)
+{
+        if (!bpf_caps(why, whylen) || bpf_install(d, why, whylen) < 0)
+                return -1;
+        uint32_t gid = init_proxy_uid(d->cfg);
+        char err[512];
+        if (bpfcap_share(d->bpf, gid, err, sizeof(err)) < 0)
+                log_warn("init", 0,
+                         "pins stay readable by root only (%s; run the init as group %u or with "
+                         "CAP_CHOWN): shuntd reads original destinations through SO_ORIGINAL_DST "
+                         "and shows no maps",
+                         err, gid);
+        log_info("init", 0, "eBPF capture pinned in %s (maps readable by group %u), cgroup %s",
+                 bpfcap_pin_root(d->bpf), gid, d->cfg->redirect_cgroup);
+        bpfcap_close(d->bpf, false); /* the pins keep it attached */
+        d->bpf = NULL;
+        origdst_use_bpf(NULL);
+        return 0;
+}
+
+/* shuntd init with iptables; a previous eBPF capture pinned at the same
+ * place (an earlier start with another mode) would capture twice: removed. */
+static int init_iptables(struct daemon *d)
+{
+        struct bpfcap_options o;
+        bpf_options(d, &o);
+        struct stat st;
+        if (stat(o.pin_root, &st) == 0) {
+                log_info("init", 0, "removing the eBPF capture pinned in %s", o.pin_root);
+                bpfcap_remove_pins(o.pin_root);
+        }
+        return rules_install(d);
+}
+
+/* `shuntd init [--config FILE] [--KEY VALUE ...]`: installs the capture
+ * for a proxy that runs without capabilities, then exits. */
+static int run_init(int argc, char **argv)
+{
+        struct daemon d = {.argc = argc, .argv = argv, .init_cmd = true};
+        char err[512], why[512];
+        if (config_load(argc, argv, environ, &d.cfg, err, sizeof(err)) < 0) {
+                fprintf(stderr, "%s\n", err);
+                return 2;
+        }
+        log_set_level(d.cfg->log_level);
+        int rc = 0;
+        if (d.cfg->redirect == REDIRECT_OFF) {
+                log_info("init", 0, "redirect off: nothing to install");
+                goto out;
+        }
+        if (!have_cap(CAP_NET_ADMIN)) {
+                log_error("init", 0,
+                          "shuntd init needs CAP_NET_ADMIN and CAP_NET_RAW (eBPF capture also "
+                          "CAP_BPF and CAP_PERFMON): add them to the init container's "
+                          "securityContext.capabilities");
+                rc = 1;
+                goto out;
+        }
+        switch (d.cfg->redirect) {
+        case REDIRECT_EBPF:
+                if (init_ebpf(&d, why, sizeof(why)) < 0) {
+                        log_error("init", 0, "eBPF capture unavailable: %s", why);
+                        rc = 1;
+                }
+                break;
+        case REDIRECT_AUTO:
+                if (init_ebpf(&d, why, sizeof(why)) == 0)
+                        break;
+                log_warn("init", 0, "redirect auto: using iptables, eBPF capture unavailable: %s",
+                         why);
+                /* fall through */
+        case REDIRECT_IPTABLES:
+                if (init_iptables(&d) < 0)
+                        rc = 1;
+                break;
+        case REDIRECT_OFF:
+                break;
+        }
+        if (rc == 0)
+                log_info("init", 0, "capture installed for a proxy running as uid %u; exiting",
+                         init_proxy_uid(d.cfg));
+out:
+        snapshot_unref(&d.cfg->snap);
+        return rc;
+}
+
+/* capture init: what `shuntd init` left, found without privileges. Pinned
+ * maps mean eBPF; without them, iptables (SO_ORIGINAL_DST either way). */
+static int capture_adopt(struct daemon *d, char *err, size_t errlen)
+{
+        const struct shunt_config *c = d->cfg;
+        uint32_t want = init_proxy_uid(c);
+        if (geteuid() != want) {
+                snprintf(err, errlen,
+                         "capture init: shuntd runs as uid %u but the capture skips uid %u "
+                         "(proxy_uid): its own upstream connections would be captured again; run "
+                         "it as uid %u or set proxy_uid",
+                         (unsigned)geteuid(), want, want);
+                return -1;
+        }
+        if (c->redirect == REDIRECT_OFF || c->redirect == REDIRECT_IPTABLES) {
+                d->init_found = c->redirect == REDIRECT_OFF ? "off" : "iptables";
+                snprintf(d->redirect_reason, sizeof(d->redirect_reason),
+                         "capture init: %s (installed by shuntd init)", d->init_found);
+                return 0;
+        }
+        struct bpfcap_options o;
+        bpf_options(d, &o);
+        char e[400];
+        int rc = bpfcap_open_pinned(o.pin_root, &d->bpf, e, sizeof(e));
+        if (rc == 0) {
+                uint32_t uid;
+                if (bpfcap_excluded_uid(d->bpf, &uid) == 0 && uid != want) {
+                        snprintf(err, errlen,
+                                 "capture init: the eBPF capture in %s skips uid %u, shuntd runs "
+                                 "as uid %u: its own connections would be captured again",
+                                 o.pin_root, uid, want);
+                        return -1;
+                }
+                origdst_use_bpf(d->bpf);
+                d->init_found = "ebpf";
+                snprintf(d->redirect_reason, sizeof(d->redirect_reason),
+                         "capture init: ebpf (maps in %.200s, read-only)", o.pin_root);
+                return 0;
+        }
+        if (rc == -ENOENT) {
+                if (c->redirect == REDIRECT_EBPF) {
+                        snprintf(err, errlen,
+                                 "capture init, redirect ebpf: no eBPF capture pinned (%s); run "
+                                 "shuntd init first, with the same bpf_pin_root",
+                                 e);
+                        return -1;
+                }
+                d->init_found = "iptables";
+                snprintf(d->redirect_reason, sizeof(d->redirect_reason),
+                         "capture init: iptables (no eBPF capture pinned in %.200s)", o.pin_root);
+                return 0;
+        }
+        /* Pinned but not ours to read: the getsockopt program still answers
+         * SO_ORIGINAL_DST. If even the directory is closed, the mode is not
+         * known, and shortcut-aware reads are right for both. */
+        struct stat st;
+        char probe[CONFIG_PATH_MAX + 32];
+        snprintf(probe, sizeof(probe), "%s/shunt_config", o.pin_root);
+        bool seen = stat(probe, &st) == 0;
+        d->init_found = seen || c->redirect == REDIRECT_EBPF ? "ebpf" : "unknown";
+        origdst_use_ebpf_without_maps();
+        log_warn("intercept", 0,
+                 "capture init: eBPF maps not readable (%s): original destinations by "
+                 "SO_ORIGINAL_DST (answered by the cgroup/getsockopt program), no /maps or "
+                 "shunt_bpf_* metrics%s",
+                 e,
+                 rc == -EACCES  ? "; shuntd init shares the pins with group proxy_uid, and every "
+                                  "directory above bpf_pin_root must be searchable"
+                 : rc == -EPERM ? "; this kernel refuses bpf() without CAP_BPF "
+                                  "(kernel.unprivileged_bpf_disabled, kernels before 5.19)"
+                                : "");
+        snprintf(d->redirect_reason, sizeof(d->redirect_reason),
+                 "capture init: %s, maps not readable (%.200s)", d->init_found, e);
+        return 0;
 }
 
 /* ---- admin handlers ------------------------------------------------------------ */
@@ -227,16 +449,24 @@ static void h_status(const struct admin_request *req, struct admin_response *res
         strbuf_appendf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime_s\":%llu,", SHUNT_VERSION,
                        (int)getpid(),
                        (unsigned long long)((clock_mono_ms() - d->started_ms) / 1000));
-        const char *active = d->bpf ? "ebpf" : d->rules_installed ? "iptables" : "off";
         strbuf_appendf(b,
                        "\"redirect_mode\":\"%s\",\"redirect_configured\":\"%s\","
-                       "\"redirect_reason\":",
-                       active, redirect_mode_name(d->cfg->redirect));
+                       "\"capture\":\"%s\",\"redirect_reason\":",
+                       active_mode(d), redirect_mode_name(d->cfg->redirect),
+                       capture_mode_name(d->cfg->capture));
         strbuf_append_json_string(b, d->redirect_reason);
         strbuf_appendf(b, ",\"ready\":%s,\"draining\":%s,\"workers\":%d,\"listeners\":",
                        d->ready ? "true" : "false", d->draining ? "true" : "false",
                        d->cfg->workers);
         proxy_render_listeners(d->proxy, b);
+        if (d->init_found) {
+                /* Reading the nat table needs CAP_NET_ADMIN, which we lack. */
+                strbuf_appendf(b,
+                               ",\"rules\":{\"installed\":null,\"ipv6\":null,"
+                               "\"inbound_only\":%s,\"by\":\"init\"},\"connections\":",
+                               strcmp(d->init_found, "iptables") ? "true" : "false");
+                goto counts;
+        }
         /* eBPF mode: the rules are the inbound half only. */
         bool (*check)(int) = d->bpf ? ipt_inbound_installed : ipt_installed;
         bool installed = d->rules_installed && check(AF_INET);
@@ -246,6 +476,7 @@ static void h_status(const struct admin_request *req, struct admin_response *res
                        "\"connections\":",
                        installed ? "true" : "false", installed6 ? "true" : "false",
                        d->bpf ? "true" : "false");
+counts:
         proxy_render_counts(d->proxy, b);
         strbuf_append(b, ",\"config\":{\"path\":");
         strbuf_append_json_string(b, d->cfg->path);
@@ -293,8 +524,7 @@ static void h_rules(const struct admin_request *req, struct admin_response *resp
 static void h_maps(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
         struct daemon *d = ctx;
-        const char *mode = d->bpf ? "ebpf" : d->rules_installed ? "iptables" : "off";
-        strbuf_appendf(&resp->body, "{\"mode\":\"%s\",\"reason\":", mode);
+        strbuf_appendf(&resp->body, "{\"mode\":\"%s\",\"reason\":", active_mode(d));
         strbuf_append_json_string(&resp->body, d->redirect_reason);
         strbuf_append(&resp->body, ",\"maps\":");
         if (d->bpf)
@@ -620,6 +850,26 @@ static void on_routes_tick(struct loop *loop, struct loop_timer *t)
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
+static bool same_list(const void *a, size_t na, const void *b, size_t nb, size_t elem)
+{
+        return na == nb && memcmp(a, b, na * elem) == 0;
+}
+
+/* What shuntd init wrote into the rules or maps differs. */
+static bool capture_changed(const struct shunt_config *a, const struct shunt_config *b)
+{
+        return a->proxy_uid != b->proxy_uid ||
+               !same_list(a->exclude_inbound_ports, a->n_exclude_inbound_ports,
+                          b->exclude_inbound_ports, b->n_exclude_inbound_ports,
+                          sizeof(a->exclude_inbound_ports[0])) ||
+               !same_list(a->exclude_outbound_ports, a->n_exclude_outbound_ports,
+                          b->exclude_outbound_ports, b->n_exclude_outbound_ports,
+                          sizeof(a->exclude_outbound_ports[0])) ||
+               !same_list(a->exclude_outbound_cidrs, a->n_exclude_outbound_cidrs,
+                          b->exclude_outbound_cidrs, b->n_exclude_outbound_cidrs,
+                          sizeof(a->exclude_outbound_cidrs[0]));
+}
+
 static void reload(struct daemon *d)
 {
         struct shunt_config *next;
@@ -667,6 +917,10 @@ static void reload(struct daemon *d)
         proxy_set_config(d->proxy, next);
         if (d->rules_installed)
                 rules_install(d); /* exclusions may have changed; replaced atomically */
+        else if (d->init_found && capture_changed(next, old))
+                log_warn("config", 0,
+                         "capture init: exclusions, ports and proxy_uid are applied by shuntd "
+                         "init; they change when the pod restarts");
         snapshot_unref(&old->snap);
         log_info("config", 0, "configuration reloaded (generation %llu)",
                  (unsigned long long)d->cfg_generation);
@@ -737,9 +991,12 @@ static void usage(FILE *f)
 {
         fprintf(f,
                 "usage: shuntd [--config FILE] [--KEY VALUE ...]\n"
+                "       shuntd init [--config FILE] [--KEY VALUE ...]\n"
                 "       shuntd --help | --version\n\n"
                 "Transparent service-mesh proxy. Every configuration key can be given as a flag;\n"
-                "flags override environment variables, which override the file.\n\n%s",
+                "flags override environment variables, which override the file.\n"
+                "`shuntd init` installs the capture (iptables chains, or eBPF programs pinned\n"
+                "under bpf_pin_root) for a shuntd started with --capture init, then exits.\n\n%s",
                 config_usage());
 }
 
@@ -754,6 +1011,15 @@ static void raise_fd_limit(void)
 
 int main(int argc, char **argv)
 {
+        if (argc > 1 && !strcmp(argv[1], "init")) {
+                for (int i = 2; i < argc; i++) {
+                        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+                                usage(stdout);
+                                return 0;
+                        }
+                }
+                return run_init(argc - 1, argv + 1);
+        }
         for (int i = 1; i < argc; i++) {
                 if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
                         usage(stdout);
@@ -841,7 +1107,7 @@ int main(int argc, char **argv)
         if (!d.registry || disc_backend_new(d.registry, d.cfg, &d.backend, err, sizeof(err)) < 0 ||
             disc_backend_start(d.backend, d.loop, err, sizeof(err)) < 0 ||
             disc_registry_attach(d.registry, d.loop) < 0 ||
-            !(d.health = disc_health_start(d.registry, d.loop, d.cfg->proxy_mark))) {
+            !(d.health = disc_health_start(d.registry, d.loop, config_socket_mark(d.cfg)))) {
                 log_error("discovery", 0, "service discovery: %s",
                           d.registry ? err : "out of memory");
                 d.exit_code = 1;
@@ -851,42 +1117,54 @@ int main(int argc, char **argv)
         loop_timer_init(&d.routes_timer, on_routes_tick, &d);
         loop_timer_arm(d.loop, &d.routes_timer, ROUTES_POLL_MS);
 
-        switch (d.cfg->redirect) {
-        case REDIRECT_IPTABLES:
-                if (rules_install(&d) < 0) {
+        if (d.cfg->capture == CAPTURE_INIT) {
+                if (capture_adopt(&d, err, sizeof(err)) < 0) {
+                        log_error("intercept", 0, "%s", err);
                         d.exit_code = 1;
                         goto out;
                 }
-                snprintf(d.redirect_reason, sizeof(d.redirect_reason), "configured: iptables");
-                break;
-        case REDIRECT_EBPF:
-                if (bpf_install(&d, err, sizeof(err)) < 0) {
-                        log_error("intercept", 0, "eBPF capture unavailable: %s", err);
-                        d.exit_code = 1;
-                        goto out;
-                }
-                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
-                         "configured: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
-                break;
-        case REDIRECT_AUTO:
-                if (bpf_install(&d, err, sizeof(err)) == 0) {
+                log_info("intercept", 0, "%s", d.redirect_reason);
+        } else {
+                switch (d.cfg->redirect) {
+                case REDIRECT_IPTABLES:
+                        if (rules_install(&d) < 0) {
+                                d.exit_code = 1;
+                                goto out;
+                        }
                         snprintf(d.redirect_reason, sizeof(d.redirect_reason),
-                                 "auto: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
+                                 "configured: iptables");
+                        break;
+                case REDIRECT_EBPF:
+                        if (bpf_install(&d, err, sizeof(err)) < 0) {
+                                log_error("intercept", 0, "eBPF capture unavailable: %s", err);
+                                d.exit_code = 1;
+                                goto out;
+                        }
+                        snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                                 "configured: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
+                        break;
+                case REDIRECT_AUTO:
+                        if (bpf_install(&d, err, sizeof(err)) == 0) {
+                                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                                         "auto: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
+                                break;
+                        }
+                        log_warn("intercept", 0,
+                                 "redirect auto: using iptables, eBPF capture unavailable: %s",
+                                 err);
+                        snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                                 "auto: iptables (eBPF: %.200s)", err);
+                        if (rules_install(&d) < 0) {
+                                d.exit_code = 1;
+                                goto out;
+                        }
+                        break;
+                case REDIRECT_OFF:
+                        snprintf(
+                            d.redirect_reason, sizeof(d.redirect_reason),
+                            "configured: off (connections must be redirected by something else)");
                         break;
                 }
-                log_warn("intercept", 0,
-                         "redirect auto: using iptables, eBPF capture unavailable: %s", err);
-                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
-                         "auto: iptables (eBPF: %.200s)", err);
-                if (rules_install(&d) < 0) {
-                        d.exit_code = 1;
-                        goto out;
-                }
-                break;
-        case REDIRECT_OFF:
-                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
-                         "configured: off (connections must be redirected by something else)");
-                break;
         }
         if (origdst_selftest(err, sizeof(err)) < 0) {
                 log_error("intercept", 0, "original destination self-test failed: %s", err);

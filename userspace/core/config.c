@@ -73,6 +73,7 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 static const char *const redirect_names[] = {"iptables", "off", "auto", "ebpf", NULL};
 static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
 static const char *const off_on_names[] = {"off", "on", NULL};
+static const char *const capture_names[] = {"self", "init", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
@@ -99,13 +100,19 @@ static const struct key_desc keys[] = {
         {.path = "bpf_shortcut", .env = "SHUNT_BPF_SHORTCUT", .type = K_ENUM, FIELD(bpf_shortcut),
          .names = off_on_names, .def = "on",
          .note = "eBPF mode: sk_msg shortcut between the application and shuntd; off = loopback TCP"},
-        {.path = "proxy_mark", .type = K_MARK, FIELD(proxy_mark), .min = 1, .max = UINT32_MAX, .def = "0x539"},
-        {.path = "proxy_uid", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX, .def = "-1",
-         .note = "-1 = automatic"},
-        {.path = "exclude_inbound_ports", .type = K_PORTS, LIST(exclude_inbound_ports, n_exclude_inbound_ports),
-         .def = "22"},
-        {.path = "exclude_outbound_ports", .type = K_PORTS, LIST(exclude_outbound_ports, n_exclude_outbound_ports)},
-        {.path = "exclude_outbound_cidrs", .type = K_CIDRS, LIST(exclude_outbound_cidrs, n_exclude_outbound_cidrs)},
+        {.path = "capture", .env = "SHUNT_CAPTURE", .type = K_ENUM, FIELD(capture), .names = capture_names,
+         .def = "self",
+         .note = "self: shuntd installs and removes its capture; init: `shuntd init` installed it, shuntd needs no capability"},
+        {.path = "proxy_mark", .env = "SHUNT_PROXY_MARK", .type = K_MARK, FIELD(proxy_mark), .min = 1,
+         .max = UINT32_MAX, .def = "0x539"},
+        {.path = "proxy_uid", .env = "SHUNT_PROXY_UID", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX,
+         .def = "-1", .note = "-1 = automatic: shuntd's own uid unless root; 1337 for shuntd init and capture init"},
+        {.path = "exclude_inbound_ports", .env = "SHUNT_EXCLUDE_INBOUND_PORTS", .type = K_PORTS,
+         LIST(exclude_inbound_ports, n_exclude_inbound_ports), .def = "22"},
+        {.path = "exclude_outbound_ports", .env = "SHUNT_EXCLUDE_OUTBOUND_PORTS", .type = K_PORTS,
+         LIST(exclude_outbound_ports, n_exclude_outbound_ports)},
+        {.path = "exclude_outbound_cidrs", .env = "SHUNT_EXCLUDE_OUTBOUND_CIDRS", .type = K_CIDRS,
+         LIST(exclude_outbound_cidrs, n_exclude_outbound_cidrs)},
         {.path = "outbound_policy", .env = "SHUNT_OUTBOUND_POLICY", .type = K_ENUM, FIELD(outbound_policy),
          .names = policy_names, .def = "allow_any"},
         {.path = "protocol_detection_timeout", .env = "SHUNT_PROTOCOL_DETECTION_TIMEOUT", .type = K_DUR_MS,
@@ -244,6 +251,7 @@ static const struct key_desc keys[] = {
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(enum redirect_mode) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(enum mtls_mode) == sizeof(int), "enum fields are stored as int");
+_Static_assert(sizeof(enum capture_mode) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(enum outbound_policy) == sizeof(int), "enum fields are stored as int");
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -1769,6 +1777,12 @@ const char *redirect_mode_name(enum redirect_mode m)
         return (unsigned)m < sizeof(redirect_names) / sizeof(redirect_names[0]) - 1
                    ? redirect_names[m]
                    : "?";
+}
+
+const char *capture_mode_name(enum capture_mode m)
+{
+        return (unsigned)m < sizeof(capture_names) / sizeof(capture_names[0]) - 1 ? capture_names[m]
+                                                                                  : "?";
 }
 
 const char *outbound_policy_name(enum outbound_policy p)

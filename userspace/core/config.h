@@ -26,6 +26,16 @@ enum redirect_mode {
         REDIRECT_EBPF,
 };
 
+/* Who installs the capture rules or programs. */
+enum capture_mode {
+        CAPTURE_SELF = 0, /* shuntd, at start; removed at exit (needs CAP_NET_ADMIN) */
+        CAPTURE_INIT,     /* `shuntd init` before shuntd starts; shuntd changes nothing */
+};
+
+/* The uid shuntd runs as in a pod (DESIGN.md); what capture by `shuntd init`
+ * excludes when proxy_uid is automatic. */
+#define SHUNT_PROXY_UID_DEFAULT 1337
+
 enum outbound_policy {
         OUTBOUND_ALLOW_ANY = 0,
         OUTBOUND_REGISTRY_ONLY,
@@ -80,9 +90,11 @@ struct shunt_config {
         char redirect_cgroup[CONFIG_PATH_MAX]; /* redirect_cgroup, SHUNT_REDIRECT_CGROUP, "" */
         char bpf_pin_root[CONFIG_PATH_MAX];    /* bpf_pin_root, SHUNT_BPF_PIN_ROOT, "" =
                                                   /sys/fs/bpf/shunt */
-        int bpf_shortcut;    /* bpf_shortcut, SHUNT_BPF_SHORTCUT, "off" 0 | "on" 1 (default) */
-        uint32_t proxy_mark; /* proxy_mark: SO_MARK of shuntd's sockets, 0x539 */
-        int proxy_uid;       /* proxy_uid: uid whose traffic is not captured; -1 = auto */
+        int bpf_shortcut; /* bpf_shortcut, SHUNT_BPF_SHORTCUT, "off" 0 | "on" 1 (default) */
+        enum capture_mode capture; /* capture, SHUNT_CAPTURE, "self" | "init" */
+        uint32_t proxy_mark; /* proxy_mark, SHUNT_PROXY_MARK: SO_MARK of shuntd's sockets, 0x539 */
+        int proxy_uid; /* proxy_uid, SHUNT_PROXY_UID: uid whose traffic is not captured; -1 = auto
+                        */
         /* default {22, admin_port}; a configured list is taken as given */
         uint16_t exclude_inbound_ports[CONFIG_MAX_EXCLUDES];
         size_t n_exclude_inbound_ports;
@@ -226,6 +238,14 @@ int config_source_of(const struct shunt_config *cfg, const char *key);
 
 const char *redirect_mode_name(enum redirect_mode m);
 const char *outbound_policy_name(enum outbound_policy p);
+const char *capture_mode_name(enum capture_mode m);
+
+/* The SO_MARK shuntd puts on its own sockets: proxy_mark, or 0 (none) with
+ * capture init, where shuntd holds no CAP_NET_ADMIN and is excluded by uid. */
+static inline uint32_t config_socket_mark(const struct shunt_config *cfg)
+{
+        return cfg->capture == CAPTURE_INIT ? 0 : cfg->proxy_mark;
+}
 const char *mtls_mode_name(enum mtls_mode m);
 
 #endif

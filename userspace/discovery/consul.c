@@ -598,7 +598,7 @@ static int consul_create(struct disc_registry *r, const struct shunt_config *cfg
         }
         snprintf(cb->token, sizeof(cb->token), "%s", cfg->consul_token);
         snprintf(cb->dc, sizeof(cb->dc), "%s", cfg->consul_datacenter);
-        cb->mark = cfg->proxy_mark;
+        cb->mark = config_socket_mark(cfg);
         cb->reg = r;
         cb->rand_state = (unsigned)clock_mono_ms() ^ (unsigned)getpid();
         int src = disc_source_add(r, "consul", DISC_SOURCE_CONSUL);

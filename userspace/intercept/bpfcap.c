@@ -50,6 +50,7 @@ struct bpfcap {
         int cgroup_fd;
         int link_fds[N_LINKS];
         bool msg_attached;
+        bool borrowed; /* bpfcap_open_pinned: maps read-only, nothing ever detached */
 };
 
 /* ---- libbpf messages into our log ------------------------------------------ */
@@ -650,10 +651,99 @@ fail:
         return NULL;
 }
 
+/* ---- capture installed by another process (shuntd init) ------------------------------------ */
+
+/* The maps a capture=init shuntd reads; the links stay root's. */
+#define SHARE_DIR_MODE 0750
+#define SHARE_MAP_MODE 0640
+
+int bpfcap_share(struct bpfcap *b, uint32_t gid, char *err, size_t errlen)
+{
+        char path[PIN_PATH_MAX];
+        if (chown(b->pin_root, (uid_t)-1, (gid_t)gid) < 0 ||
+            chmod(b->pin_root, SHARE_DIR_MODE) < 0) {
+                int e = errno;
+                snprintf(err, errlen, "%s: group %u, mode %o: %s", b->pin_root, gid, SHARE_DIR_MODE,
+                         strerror(e));
+                return -e;
+        }
+        struct bpf_map *m;
+        bpf_object__for_each_map(m, b->skel->obj)
+        {
+                if (pin_path(path, sizeof(path), b->pin_root, "", bpf_map__name(m)) < 0)
+                        return -ENAMETOOLONG;
+                if (chown(path, (uid_t)-1, (gid_t)gid) < 0 || chmod(path, SHARE_MAP_MODE) < 0) {
+                        int e = errno;
+                        snprintf(err, errlen, "%s: group %u, mode %o: %s", path, gid,
+                                 SHARE_MAP_MODE, strerror(e));
+                        return -e;
+                }
+        }
+        return 0;
+}
+
+int bpfcap_open_pinned(const char *pin_root, struct bpfcap **out, char *err, size_t errlen)
+{
+        libbpf_setup();
+        *out = NULL;
+        struct bpfcap *b = calloc(1, sizeof(*b));
+        if (!b) {
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+        }
+        b->borrowed = true;
+        b->cgroup_fd = -1;
+        for (size_t i = 0; i < N_LINKS; i++)
+                b->link_fds[i] = -1;
+        int rc = -ENAMETOOLONG;
+        if (strlen(pin_root) >= sizeof(b->pin_root)) {
+                snprintf(err, errlen, "bpf_pin_root %s: too long", pin_root);
+                goto fail;
+        }
+        snprintf(b->pin_root, sizeof(b->pin_root), "%s", pin_root);
+        /* Opened, never loaded: the object only names and types the maps. */
+        b->skel = shunt_capture__open();
+        if (!b->skel) {
+                rc = -errno;
+                snprintf(err, errlen, "opening the BPF object: %s", strerror(errno));
+                goto fail;
+        }
+        char path[PIN_PATH_MAX];
+        struct bpf_map *m;
+        bpf_object__for_each_map(m, b->skel->obj)
+        {
+                if (pin_path(path, sizeof(path), pin_root, "", bpf_map__name(m)) < 0) {
+                        snprintf(err, errlen, "bpf_pin_root %s: too long", pin_root);
+                        goto fail;
+                }
+                LIBBPF_OPTS(bpf_obj_get_opts, ro, .file_flags = BPF_F_RDONLY);
+                int fd = bpf_obj_get_opts(path, &ro);
+                if (fd < 0) {
+                        rc = -errno;
+                        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+                        goto fail;
+                }
+                rc = bpf_map__reuse_fd(m, fd);
+                close(fd);
+                if (rc < 0) {
+                        snprintf(err, errlen, "%s: not a map of this build (%s)", path,
+                                 strerror(-rc));
+                        goto fail;
+                }
+        }
+        *out = b;
+        return 0;
+fail:
+        bpfcap_close(b, false);
+        return rc;
+}
+
 void bpfcap_close(struct bpfcap *b, bool detach)
 {
         if (!b)
                 return;
+        if (b->borrowed)
+                detach = false; /* shuntd init's pins: not ours to remove */
         if (detach) {
                 /* Stop capturing first, so nothing new lands in the maps. */
                 for (size_t i = 0; i < N_LINKS; i++) {
@@ -675,6 +765,16 @@ void bpfcap_close(struct bpfcap *b, bool detach)
         if (b->cgroup_fd >= 0)
                 close(b->cgroup_fd);
         free(b);
+}
+
+int bpfcap_excluded_uid(struct bpfcap *b, uint32_t *uid)
+{
+        struct shunt_capture_config cfg;
+        uint32_t zero = 0;
+        if (bpf_map_lookup_elem(bpf_map__fd(b->skel->maps.shunt_config), &zero, &cfg) < 0)
+                return -errno;
+        *uid = cfg.uid;
+        return 0;
 }
 
 const char *bpfcap_pin_root(const struct bpfcap *b)

@@ -80,6 +80,24 @@ int bpfcap_configure(struct bpfcap *b, const struct bpfcap_options *o, char *err
  * exit). Without it the pins stay and capture continues (restart). */
 void bpfcap_close(struct bpfcap *b, bool detach);
 
+/* Capture by an init process (`shuntd init`): makes the pin root (mode 0750)
+ * and the pinned maps (0640) readable by group gid, the proxy's, so that a
+ * shuntd without capabilities can open them read-only. The links stay
+ * root's (0600): the proxy can neither detach nor replace the programs, nor
+ * change its own exclusions. Without CAP_CHOWN only a group the caller is
+ * in can be given (run the init with gid 1337). 0 or negative errno + err. */
+int bpfcap_share(struct bpfcap *b, uint32_t gid, char *err, size_t errlen);
+
+/* The capture another process pinned in pin_root, opened read-only without
+ * privileges (no program loaded, nothing attached; bpfcap_close never
+ * detaches it): lookups, counters and map dumps work, bpfcap_configure and
+ * bpfcap_shortcut_set fail with -EPERM, and bpfcap_lookup cannot consume.
+ * -ENOENT when nothing is pinned there; -EACCES when the pins are not
+ * readable by this uid; -EPERM when the kernel refuses bpf() to processes
+ * without CAP_BPF (kernel.unprivileged_bpf_disabled on kernels before 5.19);
+ * err says which path. */
+int bpfcap_open_pinned(const char *pin_root, struct bpfcap **out, char *err, size_t errlen);
+
 /* Removes the pins under pin_root (links detached first) left by another
  * run. 0 or negative errno. Idempotent. */
 int bpfcap_remove_pins(const char *pin_root);
@@ -134,6 +152,9 @@ void bpfcap_render_maps(struct bpfcap *b, struct strbuf *out);
 
 /* Counters as Prometheus text (shunt_bpf_*). */
 void bpfcap_render_metrics(struct bpfcap *b, struct strbuf *out);
+
+/* The uid the programs skip (SHUNT_UID_NONE: none), from the config map. */
+int bpfcap_excluded_uid(struct bpfcap *b, uint32_t *uid);
 
 const char *bpfcap_pin_root(const struct bpfcap *b);
 

@@ -39,6 +39,12 @@ void origdst_use_bpf(struct bpfcap *b)
         origdst_shortcut_enabled = b != NULL;
 }
 
+void origdst_use_ebpf_without_maps(void)
+{
+        bpf_capture = NULL;
+        origdst_shortcut_enabled = true;
+}
+
 /* ::ffff:a.b.c.d:port becomes a.b.c.d:port; anything else is left alone. */
 static void unmap_v4(struct sockaddr_storage *ss)
 {
@@ -168,8 +174,8 @@ out:
 
 int origdst_selftest(char *why, size_t whylen)
 {
-        if (bpf_capture)
-                return 0;
+        if (origdst_shortcut_enabled)
+                return 0; /* eBPF mode */
         if (selftest_family(AF_INET, why, whylen) < 0)
                 return -1;
         /* IPv6 may be disabled in a pod: only IPv4 is mandatory. */

@@ -30,6 +30,12 @@ enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
  * Set before the workers start; b must outlive them. */
 void origdst_use_bpf(struct bpfcap *b);
 
+/* eBPF capture whose maps this process cannot open (installed by `shuntd
+ * init`, see bpfcap_open_pinned): original destinations come from
+ * SO_ORIGINAL_DST, which the capture's cgroup/getsockopt program answers
+ * from its map, and reads are shortcut-aware as with origdst_use_bpf. */
+void origdst_use_ebpf_without_maps(void);
+
 /* eBPF mode: the application's end of an outbound connection may be a
  * sk_msg shortcut socket. Flow control (bpf/capture.bpf.c) moves each
  * direction between the shortcut and TCP as the reader keeps up or not, and

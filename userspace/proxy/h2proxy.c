@@ -760,7 +760,7 @@ static struct h2u *up_new(struct h2_worker *hw, const struct sockaddr_storage *a
         nghttp2_session_set_local_window_size(u->s.ng, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW);
 
         const char *what = "";
-        int fd = upstream_socket(addr, cfg->proxy_mark, &what);
+        int fd = upstream_socket(addr, config_socket_mark(cfg), &what);
         if (fd < 0 && strcmp(what, "connect") != 0) {
                 log_error("h2", 0, "upstream %s: %s", what, strerror(-fd));
                 nghttp2_session_del(u->s.ng);

@@ -880,7 +880,7 @@ static void conn_connect(struct conn *c)
         const struct shunt_config *cfg = worker_cfg(w);
         c->up.readable = c->up.writable = c->up.rdhup = false;
         const char *what = "";
-        int ufd = upstream_socket(&c->upstream, cfg->proxy_mark, &what);
+        int ufd = upstream_socket(&c->upstream, config_socket_mark(cfg), &what);
         if (ufd < 0 && strcmp(what, "connect") == 0) {
                 connect_failed(c, REASON_CONNECT_REFUSED, strerror(-ufd));
                 return;

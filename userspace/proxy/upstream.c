@@ -35,7 +35,7 @@ int upstream_socket(const struct sockaddr_storage *addr, uint32_t mark, const ch
         }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         /* The mark keeps our own connection out of the capture rules. */
-        if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
+        if (mark && setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
                 int err = errno;
                 close(fd);
                 *what = "SO_MARK (needs CAP_NET_ADMIN)";
@@ -352,7 +352,7 @@ struct upstream *upstream_get(struct worker *w, const struct sockaddr_storage *a
                 *what = "out of memory";
                 return NULL;
         }
-        int fd = upstream_socket(addr, cfg->proxy_mark, what);
+        int fd = upstream_socket(addr, config_socket_mark(cfg), what);
         if (fd < 0) {
                 free(u);
                 *err = fd;

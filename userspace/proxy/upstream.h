@@ -32,9 +32,10 @@ struct tls_snapshot;
 
 /* ---- building blocks shared with relay.c -------------------------------------- */
 
-/* Opens a marked, TCP_NODELAY, non-blocking socket and starts connecting it
- * to addr. Returns the fd (the connect may still be in progress), or -errno;
- * *what then names the step that failed ("socket", "SO_MARK", "connect"). */
+/* Opens a TCP_NODELAY, non-blocking socket marked with mark (0: unmarked,
+ * capture init excludes shuntd by uid) and starts connecting it to addr. Returns the fd (the
+ * connect may still be in progress), or -errno; *what then names the step that failed ("socket",
+ * "SO_MARK", "connect"). */
 int upstream_socket(const struct sockaddr_storage *addr, uint32_t mark, const char **what);
 
 /* The worker's current certificate snapshot, or NULL when mTLS is off. */
