@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,6 +58,8 @@ static const char usage_text[] =
     "                   check this host and the running shuntd: one line per check,\n"
     "                   PASS, WARN or FAIL with what to do; --pre: host checks only,\n"
     "                   before an install; exit 1 on a FAIL (--strict: or a WARN)\n"
+    "  ready [SECONDS]  exit 0 when shuntd is ready (GET /ready), else 1; with\n"
+    "                   SECONDS, ask once a second until then (a pod's probes)\n"
     "\n"
     "options:\n"
     "  --admin HOST:PORT  admin address (default " DEFAULT_ADMIN ", or $SHUNTCTL_ADMIN)\n"
@@ -830,6 +833,54 @@ static void print_cert(const char *label, const cJSON *c)
                jnum(c, "expires_in_s", &d) && d <= 0 ? "" : left);
 }
 
+/* Readiness for exec probes: the admin API listens on 127.0.0.1 inside the
+ * pod, where the kubelet's HTTP probes (sent to the pod IP) cannot reach it. */
+static int ready_once(void)
+{
+        struct http_response r;
+        http_call("GET", "/ready", NULL, &r);
+        if (r.status == 200) {
+                printf("ready\n");
+                return 0;
+        }
+        cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
+        const char *why = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "reason"));
+        fprintf(stderr, "shuntctl: shuntd at %s is not ready (%d%s%s)\n", g_admin, r.status,
+                why ? ": " : "", why ? why : "");
+        cJSON_Delete(j);
+        return 1;
+}
+
+static int cmd_ready(const char *seconds)
+{
+        if (!seconds)
+                return ready_once();
+        char *end;
+        long wait = strtol(seconds, &end, 10);
+        if (*end || end == seconds || wait < 1 || wait > 3600)
+                die_usage("invalid wait '%s' (want seconds 1..3600)", seconds);
+        /* One child per attempt: http_call exits on an unreachable daemon. */
+        for (long i = 0;; i++) {
+                fflush(NULL);
+                pid_t pid = fork();
+                if (pid < 0)
+                        die("fork: %s", strerror(errno));
+                if (pid == 0) {
+                        if (i + 1 < wait && !freopen("/dev/null", "w", stderr))
+                                _exit(1);
+                        exit(ready_once());
+                }
+                int st;
+                while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+                        ;
+                if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+                        return 0;
+                if (i + 1 >= wait)
+                        die("shuntd at %s not ready after %ld s", g_admin, wait);
+                sleep(1);
+        }
+}
+
 static int cmd_certs(void)
 {
         cJSON *j = fetch("GET", "/certs", NULL);
@@ -1139,10 +1190,11 @@ int main(int argc, char **argv)
                 const char *name;
                 int nargs;
                 const char *argname;
-        } const cmds[] = {
-            {"status", 0, NULL}, {"rules", 0, NULL},        {"conns", 0, NULL},
-            {"config", 0, NULL}, {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"},
-            {"maps", 0, NULL},   {"certs", 0, NULL},        {"authz", 0, NULL}};
+        } const cmds[] = {{"status", 0, NULL},       {"rules", 0, NULL},
+                          {"conns", 0, NULL},        {"config", 0, NULL},
+                          {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"},
+                          {"maps", 0, NULL},         {"certs", 0, NULL},
+                          {"authz", 0, NULL},        {"ready", -1, "[SECONDS]"}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -1171,6 +1223,8 @@ int main(int argc, char **argv)
                         return cmd_certs();
                 case 8:
                         return cmd_authz();
+                case 9:
+                        return cmd_ready(nargs ? args[0] : NULL);
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }
