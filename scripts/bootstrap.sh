@@ -12,6 +12,9 @@ PKGS=(
 	# runtime and tests
 	iproute2 iptables curl openssl socat netcat-openbsd tcpdump procps
 	python3 python3-pytest python3-grpcio python3-cryptography prometheus
+	# Kubernetes chart and injection tests (helm, kubectl and the schema
+	# validators come from npm: scripts/get-k8s-tools.sh)
+	python3-yaml python3-jsonpatch unzip
 	# benchmarks and peers
 	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf
 	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from
@@ -26,6 +29,12 @@ PKGS=(
 if [ "$(id -u)" -eq 0 ] && [ $((0$(stat -c %a /) & 5)) -ne 5 ]; then
 	echo "bootstrap: / was mode $(stat -c %a /); making it searchable by every user"
 	chmod o+rx /
+fi
+
+# npm from Debian's archive, unless node and npm are already installed
+# another way (Debian's npm package would conflict with such a nodejs).
+if ! command -v npm >/dev/null 2>&1; then
+	PKGS+=(npm)
 fi
 
 missing=()

