@@ -840,10 +840,12 @@ static int ready_once(void)
         struct http_response r;
         http_call("GET", "/ready", NULL, &r);
         if (r.status == 200) {
+                free(r.body);
                 printf("ready\n");
                 return 0;
         }
         cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
+        free(r.body);
         const char *why = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "reason"));
         fprintf(stderr, "shuntctl: shuntd at %s is not ready (%d%s%s)\n", g_admin, r.status,
                 why ? ": " : "", why ? why : "");
