@@ -449,13 +449,16 @@ static void test_ca_reachability(void **state)
 
         static const struct {
                 const char *bundle;
-                bool up;
+                bool up, refused;
                 const char *status, *want;
         } cases[] = {
-            {"root.pem", true, "pass", "/healthz answers 200 over TLS verified with"},
-            {"other.pem", true, "fail", "GET https://127.0.0.1:"},
-            {"missing.pem", true, "warn", "No such file or directory"},
-            {"root.pem", false, "fail", "GET https://127.0.0.1:"},
+            {"root.pem", true, false, "pass", "/healthz answers 200 over TLS verified with"},
+            {"root.pem", true, true, "warn",
+             "last issuance 2026-01-01T00:00:00Z: token_invalid; "
+             "the CA refused the service-account token"},
+            {"other.pem", true, false, "fail", "GET https://127.0.0.1:"},
+            {"missing.pem", true, false, "warn", "No such file or directory"},
+            {"root.pem", false, false, "fail", "GET https://127.0.0.1:"},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 if (!cases[i].up && srv > 0) {
@@ -469,9 +472,11 @@ static void test_ca_reachability(void **state)
                          "\"mtls.ca_bundle\":{\"value\":\"%s/%s\"}",
                          ca_port, dir, cases[i].bundle);
                 snprintf(extra, sizeof(extra),
-                         ",\"ca_address\":\"https://127.0.0.1:%u\","
-                         "\"last_issuance\":\"2026-01-01T00:00:00Z\"",
-                         ca_port);
+                         ",\"ca_address\":\"https://127.0.0.1:%u\",\"last_issuance\":"
+                         "{\"time\":\"2026-01-01T00:00:00Z\",\"result\":\"%s\",\"ok\":%s,"
+                         "\"http_status\":%d,\"message\":null}",
+                         ca_port, cases[i].refused ? "token_invalid" : "issued",
+                         cases[i].refused ? "false" : "true", cases[i].refused ? 401 : 200);
                 certs_json(certs, sizeof(certs), 20 * 3600, "ok", 0, extra);
                 struct responder r = {0};
                 daemon_routes(&r, 1, "self", certs, NULL, config);
@@ -482,7 +487,7 @@ static void test_ca_reachability(void **state)
                 if (strcmp(st, cases[i].status) != 0 || !strstr(t, cases[i].want))
                         fail_msg("case %zu: %s: %s", i, st, t);
                 if (i == 0)
-                        assert_contains(t, "last issuance 2026-01-01T00:00:00Z");
+                        assert_contains(t, "last issuance 2026-01-01T00:00:00Z: issued");
                 if (strcmp(st, "fail") == 0)
                         assert_contains(t, "certificates cannot be renewed");
                 cJSON_Delete(o.json);

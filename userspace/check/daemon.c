@@ -447,10 +447,32 @@ static void check_ca(struct check_ctx *c)
                          "(ConfigMap shunt-ca-bundle)");
                 return;
         }
-        const char *last = jstr(c->certs, "last_issuance", "");
-        res = check_add(c, CHECK_PASS, "ca");
-        snprintf(res->detail, TEXT_MAX, "%s answers 200 over TLS verified with %s%s%s", url, bundle,
-                 last[0] ? "; last issuance " : "", last);
+        /* Reachable; the last certificate request may still have been
+         * refused (a token the CA does not accept). */
+        const cJSON *last = cJSON_GetObjectItemCaseSensitive(c->certs, "last_issuance");
+        bool refused = cJSON_IsObject(last) && cJSON_IsFalse(cJSON_GetObjectItem(last, "ok"));
+        res = check_add(c, refused ? CHECK_WARN : CHECK_PASS, "ca");
+        snprintf(res->detail, TEXT_MAX, "%s answers 200 over TLS verified with %s", url, bundle);
+        if (cJSON_IsObject(last)) {
+                size_t n = strlen(res->detail);
+                snprintf(res->detail + n, TEXT_MAX - n, "; last issuance %s: %s%s%.300s",
+                         jstr(last, "time", "?"), jstr(last, "result", "?"),
+                         jstr(last, "message", "")[0] ? ", " : "", jstr(last, "message", ""));
+        }
+        if (!refused)
+                return;
+        long http = (long)jnum(last, "http_status", 0);
+        snprintf(res->advice, TEXT_MAX, "%s",
+                 http == 401   ? "the CA refused the service-account token: mtls.ca_token_file "
+                                 "must hold a projected token with audience shunt-ca that has "
+                                 "not expired (the projected volume renews it)"
+                 : http == 400 ? "the CA refused the request: the identity asked for must be the "
+                                 "one the token names (mtls.namespace and "
+                                 "mtls.service_account override it only when set)"
+                 : http == 429 || http == 503
+                     ? "the CA is busy or cannot review tokens right now; shuntd retries with "
+                       "backoff"
+                     : "see shuntd's log and the CA's");
 }
 
 static const char *discovery_advice(const char *type)
