@@ -138,6 +138,39 @@ def test_allow_list(mesh):
     sl.wait_until(lambda: len(b.json("/certs")["policy"]["allow"]) == 1, 10, what="reloaded list")
 
 
+def test_audit_lines_cannot_be_forged(mesh):
+    """A peer chooses the identity it presents: written into the audit line,
+    a URI SAN with quotes and spaces must not add fields of its own (issue
+    14, D8). The "audit" object of the line holds every field exactly; the
+    msg escapes them. A TLS 1.2 client refused for its version keeps its
+    address in the line."""
+    topo, a, b, tmp, ca = mesh
+    forged = ('spiffe://cluster.local/ns/default/sa/x" reason=accepted '
+              'identity="' + TESTER_ID)
+    args, serial = client_files(tmp, ca, "forger", forged)
+    r = pki.s_client(topo.app, T.REMOTE4, args)
+    assert "HTTP/1.1 200" not in r.stdout
+
+    def forged_lines():
+        return [l for l in b.log_lines() if l.get("audit", {}).get("serial") == serial]
+
+    sl.wait_until(forged_lines, 5, what="the forger's audit line")
+    line = forged_lines()[-1]
+    assert line["audit"]["identity"] == forged, line
+    assert line["audit"]["reason"] != "accepted", line
+    assert line["msg"].count(" reason=") == 1 and "reason=accepted" not in line["msg"], line
+    assert line["msg"].count(" identity=") == 1, line
+
+    before = len(audit_lines(b, "protocol_version"))
+    r = topo.app.run(["openssl", "s_client", "-connect", "%s:8080" % T.REMOTE4, "-servername",
+                      "port-8080." + pki.TD, "-tls1_2", "-quiet"] + args,
+                     timeout=20, check=False, input="")
+    sl.wait_until(lambda: len(audit_lines(b, "protocol_version")) > before, 5,
+                  what="protocol_version audit line")
+    line = audit_lines(b, "protocol_version")[-1]
+    assert "peer=%s:" % T.APP4 in line, line
+
+
 @pytest.mark.parametrize(
     "name,offset,reason",
     [
@@ -573,3 +606,4 @@ def test_files_source_broken_key_while_running(mesh):
                     assert line not in t, "private key material leaked"
     finally:
         sl.stop_checked([b2])
+

@@ -43,6 +43,9 @@ int log_level_parse(const char *s, enum log_level *out)
         return -EINVAL;
 }
 
+static void emit(enum log_level level, const char *component, uint64_t conn_id, const char *msg,
+                 const char *extra);
+
 void log_emit(enum log_level level, const char *component, uint64_t conn_id, const char *fmt, ...)
 {
         if (level < log_get_level())
@@ -53,13 +56,66 @@ void log_emit(enum log_level level, const char *component, uint64_t conn_id, con
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
+        emit(level, component, conn_id, msg, NULL);
+}
 
+static void append_audit_value(struct strbuf *sb, const char *v, bool quoted)
+{
+        static const char hex[] = "0123456789ABCDEF";
+        if (quoted)
+                strbuf_append(sb, "\"");
+        for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+                bool plain =
+                    *p > 0x20 && *p < 0x7f && *p != '"' && *p != '\\' && *p != '%' && *p != '=';
+                if (plain || (quoted && *p == ' ')) {
+                        strbuf_appendn(sb, (const char *)p, 1);
+                } else {
+                        char e[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+                        strbuf_appendn(sb, e, 3);
+                }
+        }
+        if (quoted)
+                strbuf_append(sb, "\"");
+}
+
+void log_audit(enum log_level level, const char *component, uint64_t conn_id, const char *what,
+               const struct log_field *fields, size_t n)
+{
+        if (level < log_get_level())
+                return;
+        char mbuf[1024], jbuf[1536];
+        struct strbuf msg, json;
+        strbuf_init_static(&msg, mbuf, sizeof(mbuf));
+        strbuf_init_static(&json, jbuf, sizeof(jbuf));
+        strbuf_appendf(&msg, "audit: %s:", what);
+        strbuf_append(&json, "\"audit\":{\"event\":");
+        strbuf_append_json_string(&json, what);
+        for (size_t i = 0; i < n; i++) {
+                const char *v = fields[i].value ? fields[i].value : "-";
+                strbuf_appendf(&msg, " %s=", fields[i].key);
+                append_audit_value(&msg, v, fields[i].quoted);
+                strbuf_append(&json, ",");
+                strbuf_append_json_string(&json, fields[i].key);
+                strbuf_append(&json, ":");
+                strbuf_append_json_string(&json, v);
+        }
+        strbuf_append(&json, "}");
+        if (json.truncated) /* never a broken object: the fields are in msg too */
+                json.len = 0;
+        emit(level, component, conn_id, msg.data, json.len ? json.data : NULL);
+}
+
+static void emit(enum log_level level, const char *component, uint64_t conn_id, const char *msg,
+                 const char *extra)
+{
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         struct tm tm;
         gmtime_r(&ts.tv_sec, &tm);
 
-        char line[2048];
+        /* Room for the header, a 1 KiB msg escaped at worst (6 bytes a byte)
+         * and an audit object: a line is never cut. */
+        char line[8192];
         struct strbuf sb;
         strbuf_init_static(&sb, line, sizeof(line));
         strbuf_appendf(&sb, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ\",\"level\":\"%s\"",
@@ -71,6 +127,10 @@ void log_emit(enum log_level level, const char *component, uint64_t conn_id, con
                 strbuf_appendf(&sb, ",\"conn\":%llu", (unsigned long long)conn_id);
         strbuf_append(&sb, ",\"msg\":");
         strbuf_append_json_string(&sb, msg);
+        if (extra) {
+                strbuf_append(&sb, ",");
+                strbuf_append(&sb, extra);
+        }
         strbuf_append(&sb, "}\n");
         /* One write(2) per line keeps lines from different threads whole. */
         ssize_t rc = write(STDERR_FILENO, sb.data, sb.len);

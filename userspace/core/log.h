@@ -7,6 +7,8 @@
 #ifndef SHUNT_CORE_LOG_H
 #define SHUNT_CORE_LOG_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum log_level {
@@ -25,6 +27,23 @@ const char *log_level_name(enum log_level level);
 /* conn_id 0 means "not about one connection" and is left out of the line. */
 void log_emit(enum log_level level, const char *component, uint64_t conn_id, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* One field of an audit record. */
+struct log_field {
+        const char *key;
+        const char *value; /* NULL: "-" */
+        bool quoted;       /* in msg, between double quotes (may hold spaces) */
+};
+
+/* An audit record: a line whose msg reads "audit: <what>: key=value ..."
+ * for people, and whose "audit" object holds the same fields as JSON
+ * strings (with "event": what) for programs. Values may come from a peer
+ * (a presented identity, an address): in msg every byte that could end a
+ * value or start another (space outside quotes, '"', '\', '%', '=' and any
+ * control or non-ASCII byte) is written as %XX, so no value can forge a
+ * field; the JSON object has them exactly, escaped as JSON. */
+void log_audit(enum log_level level, const char *component, uint64_t conn_id, const char *what,
+               const struct log_field *fields, size_t n);
 
 static inline int log_enabled(enum log_level level)
 {

@@ -531,15 +531,22 @@ static bool inbound_unidentified_refused(struct conn *c)
         struct authz_verdict v;
         if (authz_check(worker_authz(c->w), port, NULL, &v))
                 return false;
-        char pbuf[SOCKADDR_STRLEN];
-        log_warn("authz", c->id,
-                 "audit: inbound connection refused: peer=%s port=%u reason=%s detail=\"%s "
-                 "connection; port %u has authorization policies (%.100s)\" identity=\"\"",
-                 sockaddr_format(&c->client_addr, pbuf, sizeof(pbuf)), (unsigned)port,
-                 authz_reason_name(v.reason),
+        char pbuf[SOCKADDR_STRLEN], pnum[8], detail[200];
+        snprintf(pnum, sizeof(pnum), "%u", (unsigned)port);
+        snprintf(detail, sizeof(detail),
+                 "%s connection; port %u has authorization policies (%.100s)",
                  c->peek ? (c->proto == PROTO_TLS ? "non-mesh TLS" : "plaintext")
                          : "plaintext (mTLS disabled for this port)",
                  (unsigned)port, v.policy);
+        const struct log_field f[] = {
+            {"peer", sockaddr_format(&c->client_addr, pbuf, sizeof(pbuf)), false},
+            {"port", pnum, false},
+            {"reason", authz_reason_name(v.reason), false},
+            {"detail", detail, true},
+            {"identity", "", true},
+        };
+        log_audit(LOG_WARN, "authz", c->id, "inbound connection refused", f,
+                  sizeof(f) / sizeof(f[0]));
         return true;
 }
 
@@ -581,6 +588,7 @@ static int inbound_decide(struct conn *c)
                 if (!ts || tls_conn_server_new(ts, c->cli.io.fd, c->id, &c->cli.tls) < 0)
                         return REASON_NO_MEMORY;
                 tls_conn_set_authz(c->cli.tls, worker_authz(c->w));
+                tls_conn_set_peer(c->cli.tls, &c->client_addr);
                 loop_timer_arm(c->w->loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms);
                 if (c->to_listener) {
                         sockaddr_set_port(&c->upstream, port);

@@ -91,6 +91,7 @@ int upstream_tls_start(struct worker *w, int fd, uint64_t conn_id, const char *i
         struct tls_snapshot *ts = upstream_worker_tls(w);
         if (!ts || tls_conn_client_new(ts, fd, conn_id, identity, sockaddr_port(addr), tls) < 0)
                 return -1;
+        tls_conn_set_peer(*tls, addr);
         return 0;
 }
 

@@ -105,6 +105,7 @@ struct tls_conn {
         struct authz *authz;
         char detail[160];
         char peer_id[SPIFFE_ID_MAX + 1];
+        struct sockaddr_storage peer; /* for the audit line; family 0: ask the socket */
         char peer_serial[80];
 };
 
@@ -468,18 +469,28 @@ static void report(struct tls_conn *c)
                 return;
         }
         atomic_fetch_add_explicit(&c->snap->stats->fail[dir][c->fail], 1, memory_order_relaxed);
-        struct sockaddr_storage ss;
+        char addr[SOCKADDR_STRLEN] = "-", port[8];
+        struct sockaddr_storage ss = c->peer;
         socklen_t sl = sizeof(ss);
-        char addr[SOCKADDR_STRLEN] = "-";
-        memset(&ss, 0, sizeof(ss));
-        if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0)
+        if (ss.ss_family || getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0)
                 sockaddr_format(&ss, addr, sizeof(addr));
-        log_warn(COMP, c->id,
-                 "audit: %s TLS handshake refused: peer=%s port=%u reason=%s detail=\"%s\" "
-                 "identity=\"%s\" serial=%s",
-                 c->server ? "inbound" : "outbound", addr, (unsigned)c->dst_port,
-                 tls_fail_name(c->fail), c->detail, c->peer_id,
-                 c->peer_serial[0] ? c->peer_serial : "-");
+        snprintf(port, sizeof(port), "%u", (unsigned)c->dst_port);
+        const struct log_field f[] = {
+            {"peer", addr, false},
+            {"port", port, false},
+            {"reason", tls_fail_name(c->fail), false},
+            {"detail", c->detail, true},
+            {"identity", c->peer_id, true},
+            {"serial", c->peer_serial[0] ? c->peer_serial : NULL, false},
+        };
+        log_audit(LOG_WARN, COMP, c->id,
+                  c->server ? "inbound TLS handshake refused" : "outbound TLS handshake refused", f,
+                  sizeof(f) / sizeof(f[0]));
+}
+
+void tls_conn_set_peer(struct tls_conn *c, const struct sockaddr_storage *peer)
+{
+        c->peer = *peer;
 }
 
 /* Classifies a failed SSL call; returns the value for the caller. */

@@ -87,6 +87,7 @@ int64_t tls_snapshot_conns(const struct tls_snapshot *snap);
 /* ---- connections ------------------------------------------------------------ */
 
 struct tls_conn;
+struct sockaddr_storage;
 
 enum tls_want {
         TLS_WANT_NOTHING = 0,
@@ -99,6 +100,10 @@ enum tls_want {
 int tls_conn_server_new(struct tls_snapshot *snap, int fd, uint64_t conn_id, struct tls_conn **out);
 /* expected_id: the SPIFFE ID the server must present; dst_port: the
  * application port the peer forwards to (1..65535). */
+/* The peer's address, for the audit line of a refused handshake: a peer
+ * that resets at once (a TLS 1.2 client refused for its version) can no
+ * longer be asked with getpeername. */
+void tls_conn_set_peer(struct tls_conn *c, const struct sockaddr_storage *peer);
 int tls_conn_client_new(struct tls_snapshot *snap, int fd, uint64_t conn_id,
                         const char *expected_id, uint16_t dst_port, struct tls_conn **out);
 void tls_conn_free(struct tls_conn *c);
