@@ -136,7 +136,7 @@ static const struct key_desc keys[] = {
          .min = 1024, .max = 1048576, .def = "65536"},
         {.path = "http2.max_control_frames_per_second", .type = K_U32, FIELD(h2_max_control_frames),
          .min = 10, .max = 1000000, .def = "1000",
-         .note = "PING, SETTINGS, RST_STREAM, PRIORITY and empty DATA frames per client connection; more is a flood"},
+         .note = "PING, SETTINGS, RST_STREAM, PRIORITY, empty DATA, unearned WINDOW_UPDATE frames per client connection; more is a flood"},
         {.path = "timeouts.connect", .env = "CONNECT_TIMEOUT", .type = K_DUR_MS, FIELD(connect_timeout_ms),
          .min = 1, .max = 24 * MS_PER_HOUR, .def = "30s"},
         {.path = "timeouts.request", .env = "REQUEST_TIMEOUT", .type = K_DUR_MS, FIELD(request_timeout_ms),

@@ -47,6 +47,11 @@
 #define H2_UP_BUCKETS      256   /* upstream sessions by (endpoint, identity); power of two */
 #define H2_DIRTY_ROUNDS    100000
 #define H2_REASON_MAX      160
+#define H2_MAX_FIELDS      256   /* header fields per request or response (headers and trailers) */
+#define H2_WU_PER_FRAME    8     /* WINDOW_UPDATEs free per DATA frame sent or stream opened */
+#define H2_WU_CREDIT_MAX   16384 /* at most this many saved up */
+#define H2_PREFACE_LEN     24
+#define H2_FRAME_HEAD      9
 
 enum sess_kind { SESS_CLIENT, SESS_UPSTREAM };
 
@@ -100,6 +105,12 @@ struct h2c {
         uint64_t created_ms;
         uint64_t flood_window_ms;
         uint32_t flood_count;
+        /* The frame scanner (frame_scan): the client's frames by their
+         * 9-byte heads, as read, whatever nghttp2 does with them. */
+        uint32_t scan_skip; /* bytes left of the preface or of a payload */
+        uint8_t scan_head[H2_FRAME_HEAD];
+        uint8_t scan_hlen;
+        uint32_t wu_credit; /* WINDOW_UPDATEs that answer DATA we sent */
         bool flood, protocol_error, stalled, eof;
         bool draining; /* GOAWAY sent for the daemon's drain: ends with its last stream */
         uint64_t bytes_in, bytes_out;
@@ -136,7 +147,8 @@ struct h2s {
         bool routed;
         struct hdrs req, qtrail, resp, rtrail;
         uint32_t req_hdr_bytes;
-        uint32_t resp_hdr_bytes; /* response headers and trailers from upstream */
+        uint32_t req_fields, resp_fields; /* header fields, trailers included */
+        uint32_t resp_hdr_bytes;          /* response headers and trailers from upstream */
         struct bbuf reqb, respb;
         uint64_t req_sent; /* body bytes passed upstream */
         bool c_open, u_open;
@@ -1020,7 +1032,8 @@ static int up_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8
         /* The same bound as for requests: an upstream cannot make us hold
          * more (the stream is reset and the client told UNAVAILABLE/503). */
         st->resp_hdr_bytes += (uint32_t)(nl + vl + 32);
-        if (st->resp_hdr_bytes > hw_cfg(st->hw)->h2_max_header_list_size)
+        if (st->resp_hdr_bytes > hw_cfg(st->hw)->h2_max_header_list_size ||
+            ++st->resp_fields > H2_MAX_FIELDS)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         if (nl == 7 && !memcmp(name, ":status", 7)) {
                 st->blk_status = 0;
@@ -1166,11 +1179,91 @@ static void flood_count(struct h2c *c)
         if (++c->flood_count > hw_cfg(c->s.hw)->h2_max_control_frames && !c->flood) {
                 c->flood = true;
                 log_warn("h2", c->id,
-                         "frame flood: more than %u control or empty frames in a second; "
-                         "closing with GOAWAY ENHANCE_YOUR_CALM",
+                         "frame flood: more than %u frames that cost work without progress in "
+                         "a second; closing with GOAWAY ENHANCE_YOUR_CALM",
                          hw_cfg(c->s.hw)->h2_max_control_frames);
                 nghttp2_session_terminate_session(c->s.ng, NGHTTP2_ENHANCE_YOUR_CALM);
         }
+}
+
+/* A client's WINDOW_UPDATEs answer DATA we send it (stream and connection
+ * window, and more for clients that open windows ahead of reads, as gRPC
+ * does for a message it awaits) or open a new stream's window: each DATA
+ * frame sent and each stream opened makes H2_WU_PER_FRAME of them free. */
+static void wu_earn(struct h2c *c)
+{
+        c->wu_credit += H2_WU_PER_FRAME;
+        if (c->wu_credit > H2_WU_CREDIT_MAX)
+                c->wu_credit = H2_WU_CREDIT_MAX;
+}
+
+/* One frame head from the client: frames that make us work without moving
+ * a request forward count towards the flood limit; so do WINDOW_UPDATEs
+ * beyond the credit (wu_earn), and unknown frame types. */
+static void frame_classify(struct h2c *c, const uint8_t *head)
+{
+        uint32_t len = (uint32_t)head[0] << 16 | (uint32_t)head[1] << 8 | head[2];
+        uint8_t type = head[3], flags = head[4];
+        switch (type) {
+        case NGHTTP2_DATA:
+                if (len == 0 && !(flags & NGHTTP2_FLAG_END_STREAM))
+                        flood_count(c);
+                return;
+        case NGHTTP2_HEADERS:
+        case NGHTTP2_CONTINUATION: /* nghttp2 bounds CONTINUATION chains */
+        case NGHTTP2_GOAWAY:
+                return;
+        case NGHTTP2_PING:
+        case NGHTTP2_SETTINGS:
+                if (!(flags & NGHTTP2_FLAG_ACK))
+                        flood_count(c);
+                return;
+        case NGHTTP2_WINDOW_UPDATE:
+                if (c->wu_credit)
+                        c->wu_credit--;
+                else
+                        flood_count(c);
+                return;
+        default: /* RST_STREAM, PRIORITY, PUSH_PROMISE, extensions */
+                flood_count(c);
+                return;
+        }
+}
+
+/* Walks the frame heads in bytes read from the client before nghttp2 gets
+ * them: every frame is seen, including those nghttp2 drops without a
+ * callback (for a closed stream, an unknown type). */
+static void frame_scan(struct h2c *c, const uint8_t *p, size_t n)
+{
+        while (n && !c->flood) {
+                if (c->scan_skip) {
+                        size_t k = n < c->scan_skip ? n : c->scan_skip;
+                        c->scan_skip -= (uint32_t)k;
+                        p += k;
+                        n -= k;
+                        continue;
+                }
+                size_t k = H2_FRAME_HEAD - c->scan_hlen;
+                if (k > n)
+                        k = n;
+                memcpy(c->scan_head + c->scan_hlen, p, k);
+                c->scan_hlen += (uint8_t)k;
+                p += k;
+                n -= k;
+                if (c->scan_hlen < H2_FRAME_HEAD)
+                        return;
+                c->scan_hlen = 0;
+                c->scan_skip = (uint32_t)c->scan_head[0] << 16 | (uint32_t)c->scan_head[1] << 8 |
+                               c->scan_head[2];
+                frame_classify(c, c->scan_head);
+        }
+}
+
+/* Feeds bytes read from the client to its session. */
+static ssize_t client_recv(struct h2c *c, const uint8_t *p, size_t n)
+{
+        frame_scan(c, p, n);
+        return nghttp2_session_mem_recv(c->s.ng, p, n);
 }
 
 static int cl_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
@@ -1195,6 +1288,7 @@ static int cl_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void
         c->streams = st;
         c->n_streams++;
         c->n_total++;
+        wu_earn(c);
         stat_inc(c->s.hw, ST_H2_STREAMS);
         stat_inc(c->s.hw, ST_H2_STREAMS_ACTIVE);
         nghttp2_session_set_stream_user_data(ng, f->hd.stream_id, st);
@@ -1209,9 +1303,30 @@ static int cl_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8
         struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
         if (!st || f->hd.type != NGHTTP2_HEADERS)
                 return 0;
-        /* RFC 9113 6.5.2: name + value + 32 per field. */
+        /* RFC 9113 6.5.2: name + value + 32 per field. A list over the
+         * limit (bytes or H2_MAX_FIELDS) is answered 431 once its block
+         * ends; up to then its fields are decoded but not kept. One that
+         * goes on to twice the limit is no request but a decompression
+         * bomb (one-byte references to a large table entry): the failure
+         * makes nghttp2 reset the stream and skip the rest of the block.
+         * The block is still decompressed (HPACK state is per connection)
+         * but nothing more is validated, copied or handed to us, so it
+         * costs what its bytes cost, not what they expand to. A client
+         * doing it again and again is a flood. */
+        uint32_t max = hw_cfg(c->s.hw)->h2_max_header_list_size;
         st->req_hdr_bytes += (uint32_t)(nl + vl + 32);
-        if (st->req_hdr_bytes > hw_cfg(c->s.hw)->h2_max_header_list_size)
+        st->req_fields++;
+        if (st->req_hdr_bytes > 2 * max || st->req_fields > 2 * H2_MAX_FIELDS) {
+                if (warn_limit_allow(&c->s.hw->warn, loop_now_ms(hw_loop(c->s.hw)), "h2"))
+                        log_warn("h2", c->id,
+                                 "stream %d: header list past twice http2.max_header_list_size "
+                                 "or %u fields: reset, the rest of its block not decoded",
+                                 st->cid, 2 * H2_MAX_FIELDS);
+                stat_inc(c->s.hw, ST_H2_STREAM_RESETS);
+                flood_count(c);
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        if (st->req_hdr_bytes > max || st->req_fields > H2_MAX_FIELDS)
                 st->too_big = true;
         if (nl == 12 && !memcmp(name, "content-type", 12) && vl >= 16 &&
             !memcmp(value, "application/grpc", 16))
@@ -1239,7 +1354,7 @@ static void stream_start(struct h2s *st)
         struct h2_worker *hw = st->hw;
         if (st->too_big) {
                 stream_fail(st, GRPC_RESOURCE_EXHAUSTED, 431,
-                            "request header list over http2.max_header_list_size");
+                            "request header list over http2.max_header_list_size or 256 fields");
                 return;
         }
         if (st->grpc && st->timeout_ms) {
@@ -1253,27 +1368,10 @@ static void stream_start(struct h2s *st)
 
 static int cl_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
-        struct h2c *c = ud;
+        (void)ud;
         bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
-        switch (f->hd.type) {
-        case NGHTTP2_PING:
-        case NGHTTP2_SETTINGS:
-                if (!(f->hd.flags & NGHTTP2_FLAG_ACK))
-                        flood_count(c);
-                return 0;
-        case NGHTTP2_RST_STREAM:
-        case NGHTTP2_PRIORITY:
-                flood_count(c);
-                return 0;
-        case NGHTTP2_DATA:
-                if (f->hd.length == 0 && !end)
-                        flood_count(c);
-                break;
-        case NGHTTP2_HEADERS:
-                break;
-        default:
-                return 0;
-        }
+        if (f->hd.type != NGHTTP2_DATA && f->hd.type != NGHTTP2_HEADERS)
+                return 0; /* control frames were counted by frame_scan */
         struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
         if (!st)
                 return 0;
@@ -1324,6 +1422,8 @@ static int cl_on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *u
 {
         (void)ng;
         struct h2c *c = ud;
+        if (f->hd.type == NGHTTP2_DATA && f->hd.length)
+                wu_earn(c);
         if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM &&
             !c->flood) {
                 /* nghttp2's own flood checks (e.g. the stream reset rate). */
@@ -1381,7 +1481,9 @@ static int sess_read(struct sess *s, const char **what)
                         if ((size_t)n < sizeof(buf) && !s->tls && !s->rdhup && !s->drain_eagain)
                                 s->readable = false;
                         s->last_active_ms = loop_now_ms(hw_loop(s->hw));
-                        ssize_t rv = nghttp2_session_mem_recv(s->ng, buf, (size_t)n);
+                        ssize_t rv = s->kind == SESS_CLIENT
+                                         ? client_recv((struct h2c *)s, buf, (size_t)n)
+                                         : nghttp2_session_mem_recv(s->ng, buf, (size_t)n);
                         if (rv < 0) {
                                 *what = nghttp2_strerror((int)rv);
                                 if (s->kind == SESS_CLIENT) {
@@ -1700,6 +1802,7 @@ static void h2_start(struct worker *w, struct handoff *h)
         c->created_ms = created_ms;
         c->s.last_active_ms = c->s.last_write_ms = loop_now_ms(w->loop);
         c->flood_window_ms = c->s.last_active_ms;
+        c->scan_skip = H2_PREFACE_LEN;
         loop_io_init(&c->s.io, fd, on_client_io, c);
         loop_timer_init(&c->timer, on_client_timer, c);
         c->next = hw->conns;
@@ -1723,7 +1826,7 @@ static void h2_start(struct worker *w, struct handoff *h)
          * wait behind them (origdst.h): only EAGAIN says it is drained. */
         c->s.drain_eagain = origdst_shortcut_active();
         if (len) {
-                ssize_t rv = nghttp2_session_mem_recv(c->s.ng, pre, len);
+                ssize_t rv = client_recv(c, pre, len);
                 if (rv < 0) {
                         c->protocol_error = true;
                         c->s.dead = true;
