@@ -232,3 +232,64 @@ def test_sighup_bad_file_keeps_serving_good_file_applies(fresh_topo, start_shunt
         s.close()
     assert d.alive()
     assert_installed_once(topo.app)
+
+
+def reload_warnings(d, since, key):
+    return [l["msg"] for l in d.log_lines()[since:]
+            if l.get("msg", "").startswith("reload: %s changes only on restart" % key)]
+
+
+def test_sighup_keeps_what_changes_only_on_restart(fresh_topo, start_shuntd):
+    """Listener ports, workers and the capture they feed are taken at start:
+    a reload that changes them keeps the running values everywhere (the
+    rules still lead to the port that listens, /config says so) and warns
+    once per key. Before, the rules moved to the new port, nothing listened
+    there, and every outbound connection of the pod was refused."""
+    topo = fresh_topo
+    sl.spawn_remote_peers(topo, {}, ["echo"])
+    d = start_shuntd(topo.app, args=[], config=BASE_CONFIG)
+    assert outbound_echo(topo) == b"hello"
+    n = len(d.log_lines())
+    d.write_config(json.dumps(dict(BASE_CONFIG, outbound_port=16002, inbound_port=16001,
+                                   workers=3, log_level="debug")))
+    d.signal(signal.SIGHUP)
+    sl.wait_until(lambda: d.config_value("log_level")[0] == "debug", 5, what="reload applied")
+    for key in ("outbound_port", "inbound_port", "workers"):
+        assert len(reload_warnings(d, n, key)) == 1, (key, d.log_tail())
+    assert d.config_value("outbound_port")[0] == 15002
+    assert d.config_value("inbound_port")[0] == 15001
+    assert "--to-ports 15002" in topo.app.iptables_save()
+    assert "16002" not in topo.app.iptables_save()
+    assert outbound_echo(topo) == b"hello"
+    assert_installed_once(topo.app)
+
+
+def test_sighup_does_not_relax_mtls_mode(fresh_topo, start_shuntd):
+    """strict -> permissive on SIGHUP: mTLS settings are taken at start, so
+    plaintext stays refused (before, the reload opened the inbound side to
+    plaintext while the log said mTLS settings change only on restart)."""
+    topo = fresh_topo
+    sl.spawn_remote_peers(topo, {}, ["echo"])
+    cfg = dict(BASE_CONFIG, mtls={"mode": "strict"})
+    b = start_shuntd(topo.remote, args=sl.shuntd_args(), config=cfg)
+
+    def plaintext_echo():
+        try:
+            s = topo.app.connect(T.REMOTE4, 7000, timeout=3)
+        except OSError:
+            return False
+        try:
+            return sl.echo(s, b"plain", timeout=3) == b"plain"
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    assert not plaintext_echo()
+    n = len(b.log_lines())
+    b.write_config(json.dumps(dict(cfg, mtls={"mode": "permissive"}, log_level="debug")))
+    b.signal(signal.SIGHUP)
+    sl.wait_until(lambda: b.config_value("log_level")[0] == "debug", 5, what="reload applied")
+    assert len(reload_warnings(b, n, "mtls.mode")) == 1, b.log_tail()
+    assert b.config_value("mtls.mode")[0] == "strict"
+    assert not plaintext_echo()

@@ -929,10 +929,43 @@ static void test_reload(void **state)
         struct shunt_config *n = NULL;
         char err[256] = "";
         assert_int_equal(config_reload(c, 3, argv, no_env, &n, err, sizeof(err)), 0);
-        assert_int_equal(n->inbound_port, 16011);
+        /* Listener ports are taken at start: the running value is kept, with
+         * its provenance; what applies on reload does. */
+        assert_int_equal(n->inbound_port, 16001);
+        assert_int_equal(config_source_of(n, "inbound_port"), CONFIG_SRC_FILE);
         assert_int_equal(n->connect_timeout_ms, 1000);
+        assert_int_equal(config_source_of(n, "timeouts.connect"), CONFIG_SRC_FILE);
         assert_int_equal(c->inbound_port, 16001); /* the old one is untouched */
         snapshot_unref(&n->snap);
+
+        /* mTLS mode, discovery and capture exclusions under capture init are
+         * kept too; under capture self the exclusions apply. */
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fputs("{\"inbound_port\": 16001, \"mtls\": {\"mode\": \"disabled\"},"
+              " \"service_discovery\": {\"type\": \"consul\"},"
+              " \"exclude_outbound_ports\": [5432], \"max_connections\": 10}",
+              f);
+        fclose(f);
+        assert_int_equal(config_reload(c, 3, argv, no_env, &n, err, sizeof(err)), 0);
+        assert_int_equal(n->mtls_mode, c->mtls_mode);
+        assert_int_equal(config_source_of(n, "mtls.mode"), CONFIG_SRC_DEFAULT);
+        assert_string_equal(n->sd_type, "file");
+        assert_int_equal(n->n_exclude_outbound_ports, 1);
+        assert_int_equal(n->exclude_outbound_ports[0], 5432);
+        assert_int_equal(n->max_connections, 10);
+        snapshot_unref(&n->snap);
+        char *argv_init[] = {"shuntd", "--config", path, "--capture", "init", NULL};
+        struct shunt_config *ci = load_ok(argv_init, no_env);
+        assert_int_equal(ci->n_exclude_outbound_ports, 1);
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fputs("{\"inbound_port\": 16001, \"exclude_outbound_ports\": [5432, 6379]}", f);
+        fclose(f);
+        assert_int_equal(config_reload(ci, 5, argv_init, no_env, &n, err, sizeof(err)), 0);
+        assert_int_equal(n->n_exclude_outbound_ports, 1);
+        snapshot_unref(&n->snap);
+        snapshot_unref(&ci->snap);
 
         f = fopen(path, "w");
         assert_non_null(f);

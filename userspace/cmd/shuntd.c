@@ -850,26 +850,6 @@ static void on_routes_tick(struct loop *loop, struct loop_timer *t)
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
-static bool same_list(const void *a, size_t na, const void *b, size_t nb, size_t elem)
-{
-        return na == nb && memcmp(a, b, na * elem) == 0;
-}
-
-/* What shuntd init wrote into the rules or maps differs. */
-static bool capture_changed(const struct shunt_config *a, const struct shunt_config *b)
-{
-        return a->proxy_uid != b->proxy_uid ||
-               !same_list(a->exclude_inbound_ports, a->n_exclude_inbound_ports,
-                          b->exclude_inbound_ports, b->n_exclude_inbound_ports,
-                          sizeof(a->exclude_inbound_ports[0])) ||
-               !same_list(a->exclude_outbound_ports, a->n_exclude_outbound_ports,
-                          b->exclude_outbound_ports, b->n_exclude_outbound_ports,
-                          sizeof(a->exclude_outbound_ports[0])) ||
-               !same_list(a->exclude_outbound_cidrs, a->n_exclude_outbound_cidrs,
-                          b->exclude_outbound_cidrs, b->n_exclude_outbound_cidrs,
-                          sizeof(a->exclude_outbound_cidrs[0]));
-}
-
 static void reload(struct daemon *d)
 {
         struct shunt_config *next;
@@ -886,27 +866,9 @@ static void reload(struct daemon *d)
                 snapshot_unref(&next->snap);
                 return;
         }
+        /* Keys taken at start only kept their running values in next
+         * (config_reload): everything below applies what changed. */
         struct shunt_config *old = d->cfg;
-        if (next->inbound_port != old->inbound_port || next->outbound_port != old->outbound_port ||
-            next->workers != old->workers || strcmp(next->bind_address, old->bind_address) ||
-            next->admin_port != old->admin_port ||
-            strcmp(next->admin_address, old->admin_address) || next->redirect != old->redirect)
-                log_warn("config", 0,
-                         "listener addresses, workers and redirect mode change only on restart");
-        if (next->mtls_mode != old->mtls_mode || strcmp(next->trust_domain, old->trust_domain) ||
-            strcmp(next->mtls_ca_dir, old->mtls_ca_dir) ||
-            strcmp(next->mtls_namespace, old->mtls_namespace) ||
-            strcmp(next->mtls_service_account, old->mtls_service_account) ||
-            strcmp(next->mtls_service_name, old->mtls_service_name) ||
-            strcmp(next->certificate_file, old->certificate_file) ||
-            strcmp(next->private_key_file, old->private_key_file) ||
-            strcmp(next->ca_bundle, old->ca_bundle) ||
-            strcmp(next->mtls_ca_address, old->mtls_ca_address) ||
-            strcmp(next->mtls_ca_token_file, old->mtls_ca_token_file) ||
-            next->cert_rotation_s != old->cert_rotation_s ||
-            next->mtls_clock_skew_s != old->mtls_clock_skew_s ||
-            strcmp(next->mtls_key_type, old->mtls_key_type))
-                log_warn("config", 0, "mtls settings change only on restart");
         /* Authorization applies to new handshakes and connections at once. */
         authz_unref(d->authz_file);
         d->authz_file = az;
@@ -917,10 +879,6 @@ static void reload(struct daemon *d)
         proxy_set_config(d->proxy, next);
         if (d->rules_installed)
                 rules_install(d); /* exclusions may have changed; replaced atomically */
-        else if (d->init_found && capture_changed(next, old))
-                log_warn("config", 0,
-                         "capture init: exclusions, ports and proxy_uid are applied by shuntd "
-                         "init; they change when the pod restarts");
         snapshot_unref(&old->snap);
         log_info("config", 0, "configuration reloaded (generation %llu)",
                  (unsigned long long)d->cfg_generation);

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/log.h"
 #include "core/strbuf.h"
 
 #define CONFIG_FILE_MAX (4u << 20) /* a config file larger than this is refused */
@@ -49,6 +50,12 @@ enum ktype {
 #define KF_TRUST_DOMAIN 0x4  /* SPIFFE trust domain characters */
 #define KF_FILE_ONLY    0x8  /* no flag, not in the dump */
 #define KF_NAME         0x10 /* SPIFFE path segment: [A-Za-z0-9.-_], not "." or ".." */
+/* Taken at start only (listeners, capture, discovery, the certificate
+ * store): a reload keeps the running value everywhere and says so. */
+#define KF_RESTART 0x20
+/* Installed with the capture: applied on reload when shuntd installs its own
+ * capture, kept like KF_RESTART under capture init (shuntd init set them). */
+#define KF_CAPTURE 0x40
 
 struct key_desc {
         const char *path; /* dotted JSON path */
@@ -82,37 +89,37 @@ static const char *const lb_names[] = {
 
 /* clang-format off */
 static const struct key_desc keys[] = {
-        {.path = "inbound_port", .env = "SIDECAR_INBOUND_PORT", .type = K_PORT, FIELD(inbound_port), .def = "15001"},
-        {.path = "outbound_port", .env = "SIDECAR_OUTBOUND_PORT", .type = K_PORT, FIELD(outbound_port), .def = "15002"},
-        {.path = "admin_port", .env = "SIDECAR_ADMIN_PORT", .type = K_PORT, FIELD(admin_port), .def = "15003"},
-        {.path = "bind_address", .env = "SIDECAR_BIND_ADDRESS", .type = K_ADDR, FIELD(bind_address), .def = "0.0.0.0"},
-        {.path = "admin_address", .env = "SIDECAR_ADMIN_ADDRESS", .type = K_ADDR, FIELD(admin_address), .def = "127.0.0.1"},
+        {.path = "inbound_port", .env = "SIDECAR_INBOUND_PORT", .type = K_PORT, FIELD(inbound_port), .def = "15001", .flags = KF_RESTART},
+        {.path = "outbound_port", .env = "SIDECAR_OUTBOUND_PORT", .type = K_PORT, FIELD(outbound_port), .def = "15002", .flags = KF_RESTART},
+        {.path = "admin_port", .env = "SIDECAR_ADMIN_PORT", .type = K_PORT, FIELD(admin_port), .def = "15003", .flags = KF_RESTART},
+        {.path = "bind_address", .env = "SIDECAR_BIND_ADDRESS", .type = K_ADDR, FIELD(bind_address), .def = "0.0.0.0", .flags = KF_RESTART},
+        {.path = "admin_address", .env = "SIDECAR_ADMIN_ADDRESS", .type = K_ADDR, FIELD(admin_address), .def = "127.0.0.1", .flags = KF_RESTART},
         {.path = "workers", .env = "SHUNT_WORKERS", .type = K_INT, FIELD(workers), .min = 0, .max = WORKERS_MAX,
-         .def = "0", .note = "0 = one per online CPU"},
+         .def = "0", .note = "0 = one per online CPU", .flags = KF_RESTART},
         {.path = "log_level", .env = "SHUNT_LOG_LEVEL", .type = K_ENUM, FIELD(log_level), .names = log_level_names,
          .def = "info"},
         {.path = "redirect", .env = "SHUNT_REDIRECT", .type = K_ENUM, FIELD(redirect), .names = redirect_names,
-         .def = "auto", .note = "auto: eBPF when the kernel and redirect_cgroup allow it, else iptables (one log line says why)"},
+         .def = "auto", .note = "auto: eBPF when the kernel and redirect_cgroup allow it, else iptables (one log line says why)", .flags = KF_RESTART},
         {.path = "redirect_cgroup", .env = "SHUNT_REDIRECT_CGROUP", .type = K_STR, FIELD(redirect_cgroup),
-         .note = "cgroup v2 directory of the workload (eBPF capture); required by ebpf, auto falls back without it"},
+         .note = "cgroup v2 directory of the workload (eBPF capture); required by ebpf, auto falls back without it", .flags = KF_RESTART},
         {.path = "bpf_pin_root", .env = "SHUNT_BPF_PIN_ROOT", .type = K_STR, FIELD(bpf_pin_root),
-         .note = "bpffs directory for maps and links; empty = /sys/fs/bpf/shunt"},
+         .note = "bpffs directory for maps and links; empty = /sys/fs/bpf/shunt", .flags = KF_RESTART},
         {.path = "bpf_shortcut", .env = "SHUNT_BPF_SHORTCUT", .type = K_ENUM, FIELD(bpf_shortcut),
          .names = off_on_names, .def = "on",
          .note = "eBPF mode: sk_msg shortcut between the application and shuntd; off = loopback TCP"},
         {.path = "capture", .env = "SHUNT_CAPTURE", .type = K_ENUM, FIELD(capture), .names = capture_names,
          .def = "self",
-         .note = "self: shuntd installs and removes its capture; init: `shuntd init` installed it, shuntd needs no capability"},
+         .note = "self: shuntd installs and removes its capture; init: `shuntd init` installed it, shuntd needs no capability", .flags = KF_RESTART},
         {.path = "proxy_mark", .env = "SHUNT_PROXY_MARK", .type = K_MARK, FIELD(proxy_mark), .min = 1,
-         .max = UINT32_MAX, .def = "0x539"},
+         .max = UINT32_MAX, .def = "0x539", .flags = KF_RESTART},
         {.path = "proxy_uid", .env = "SHUNT_PROXY_UID", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX,
-         .def = "-1", .note = "-1 = automatic: shuntd's own uid unless root; 1337 for shuntd init and capture init"},
+         .def = "-1", .note = "-1 = automatic: shuntd's own uid unless root; 1337 for shuntd init and capture init", .flags = KF_RESTART},
         {.path = "exclude_inbound_ports", .env = "SHUNT_EXCLUDE_INBOUND_PORTS", .type = K_PORTS,
-         LIST(exclude_inbound_ports, n_exclude_inbound_ports), .def = "22"},
+         LIST(exclude_inbound_ports, n_exclude_inbound_ports), .def = "22", .flags = KF_CAPTURE},
         {.path = "exclude_outbound_ports", .env = "SHUNT_EXCLUDE_OUTBOUND_PORTS", .type = K_PORTS,
-         LIST(exclude_outbound_ports, n_exclude_outbound_ports)},
+         LIST(exclude_outbound_ports, n_exclude_outbound_ports), .flags = KF_CAPTURE},
         {.path = "exclude_outbound_cidrs", .env = "SHUNT_EXCLUDE_OUTBOUND_CIDRS", .type = K_CIDRS,
-         LIST(exclude_outbound_cidrs, n_exclude_outbound_cidrs)},
+         LIST(exclude_outbound_cidrs, n_exclude_outbound_cidrs), .flags = KF_CAPTURE},
         {.path = "outbound_policy", .env = "SHUNT_OUTBOUND_POLICY", .type = K_ENUM, FIELD(outbound_policy),
          .names = policy_names, .def = "allow_any"},
         {.path = "protocol_detection_timeout", .env = "SHUNT_PROTOCOL_DETECTION_TIMEOUT", .type = K_DUR_MS,
@@ -188,48 +195,48 @@ static const struct key_desc keys[] = {
         {.path = "retries.budget_min", .type = K_U32, FIELD(retry_budget_min), .min = 0, .max = 10000000,
          .def = "3", .note = "... but always this many"},
         {.path = "service_discovery.type", .env = "SERVICE_DISCOVERY_TYPE", .type = K_STRENUM, FIELD(sd_type),
-         .names = sd_names, .def = "file"},
-        {.path = "service_discovery.file.path", .type = K_STR, FIELD(sd_file_path)},
+         .names = sd_names, .def = "file", .flags = KF_RESTART},
+        {.path = "service_discovery.file.path", .type = K_STR, FIELD(sd_file_path), .flags = KF_RESTART},
         {.path = "service_discovery.kubernetes.kubeconfig_path", .env = "KUBECONFIG_PATH", .type = K_STR,
-         FIELD(k8s_kubeconfig)},
+         FIELD(k8s_kubeconfig), .flags = KF_RESTART},
         {.path = "service_discovery.kubernetes.namespace", .env = "KUBERNETES_NAMESPACE", .type = K_STR,
-         FIELD(k8s_namespace), .def = "default", .flags = KF_NONEMPTY},
+         FIELD(k8s_namespace), .def = "default", .flags = KF_NONEMPTY | KF_RESTART},
         {.path = "service_discovery.kubernetes.label_selector", .env = "KUBERNETES_LABEL_SELECTOR", .type = K_STR,
-         FIELD(k8s_label_selector)},
+         FIELD(k8s_label_selector), .flags = KF_RESTART},
         {.path = "service_discovery.consul.address", .env = "CONSUL_ADDRESS", .type = K_STR, FIELD(consul_address),
-         .def = "localhost:8500", .flags = KF_NONEMPTY},
+         .def = "localhost:8500", .flags = KF_NONEMPTY | KF_RESTART},
         {.path = "service_discovery.consul.token", .env = "CONSUL_TOKEN", .type = K_STR, FIELD(consul_token),
-         .flags = KF_SECRET},
+         .flags = KF_SECRET | KF_RESTART},
         {.path = "service_discovery.consul.datacenter", .env = "CONSUL_DATACENTER", .type = K_STR,
-         FIELD(consul_datacenter), .def = "dc1", .flags = KF_NONEMPTY},
+         FIELD(consul_datacenter), .def = "dc1", .flags = KF_NONEMPTY | KF_RESTART},
         {.path = "mtls.trust_domain", .env = "TRUST_DOMAIN", .type = K_STR, FIELD(trust_domain),
-         .def = "cluster.local", .flags = KF_NONEMPTY | KF_TRUST_DOMAIN},
+         .def = "cluster.local", .flags = KF_NONEMPTY | KF_TRUST_DOMAIN | KF_RESTART},
         {.path = "mtls.cert_rotation", .env = "CERT_ROTATION_INTERVAL", .type = K_DUR_S, FIELD(cert_rotation_s),
-         .min = 1000, .max = 8760 * MS_PER_HOUR, .def = "24h"},
+         .min = 1000, .max = 8760 * MS_PER_HOUR, .def = "24h", .flags = KF_RESTART},
         {.path = "mtls.ca_bundle", .env = "CA_BUNDLE_PATH", .type = K_STR, FIELD(ca_bundle),
-         .note = "trusted CAs; with ca_address it also verifies shunt-ca"},
+         .note = "trusted CAs; with ca_address it also verifies shunt-ca", .flags = KF_RESTART},
         {.path = "mtls.ca_address", .env = "SHUNT_CA_ADDRESS", .type = K_STR, FIELD(mtls_ca_address),
-         .note = "https://host[:port] of shunt-ca: certificates from it (the \"ca\" source)"},
+         .note = "https://host[:port] of shunt-ca: certificates from it (the \"ca\" source)", .flags = KF_RESTART},
         {.path = "mtls.ca_token_file", .env = "SHUNT_CA_TOKEN_FILE", .type = K_STR, FIELD(mtls_ca_token_file),
-         .def = "/var/run/secrets/shunt/token", .flags = KF_NONEMPTY,
+         .def = "/var/run/secrets/shunt/token", .flags = KF_NONEMPTY | KF_RESTART,
          .note = "projected service-account token (audience shunt-ca), re-read on every request"},
-        {.path = "mtls.certificate_file", .env = "CERTIFICATE_FILE", .type = K_STR, FIELD(certificate_file)},
-        {.path = "mtls.private_key_file", .env = "PRIVATE_KEY_FILE", .type = K_STR, FIELD(private_key_file)},
+        {.path = "mtls.certificate_file", .env = "CERTIFICATE_FILE", .type = K_STR, FIELD(certificate_file), .flags = KF_RESTART},
+        {.path = "mtls.private_key_file", .env = "PRIVATE_KEY_FILE", .type = K_STR, FIELD(private_key_file), .flags = KF_RESTART},
         {.path = "mtls.mode", .env = "MTLS_MODE", .type = K_ENUM, FIELD(mtls_mode), .names = mtls_names,
-         .def = "permissive"},
+         .def = "permissive", .flags = KF_RESTART},
         {.path = "mtls.ca_dir", .env = "SHUNT_MTLS_CA_DIR", .type = K_STR, FIELD(mtls_ca_dir),
-         .def = "/var/lib/shunt/ca", .flags = KF_NONEMPTY,
+         .def = "/var/lib/shunt/ca", .flags = KF_NONEMPTY | KF_RESTART,
          .note = "state directory of the built-in CA (ca.pem, ca-key.pem 0600); unused with certificate_file"},
         {.path = "mtls.namespace", .env = "SHUNT_MTLS_NAMESPACE", .type = K_STR, FIELD(mtls_namespace),
-         .def = "default", .flags = KF_NONEMPTY | KF_NAME},
+         .def = "default", .flags = KF_NONEMPTY | KF_NAME | KF_RESTART},
         {.path = "mtls.service_name", .env = "SHUNT_MTLS_SERVICE_NAME", .type = K_STR, FIELD(mtls_service_name),
-         .flags = KF_NAME, .note = "empty = the host name"},
+         .flags = KF_NAME | KF_RESTART, .note = "empty = the host name"},
         {.path = "mtls.service_account", .env = "SHUNT_MTLS_SERVICE_ACCOUNT", .type = K_STR,
-         FIELD(mtls_service_account), .flags = KF_NAME, .note = "empty = mtls.service_name"},
+         FIELD(mtls_service_account), .flags = KF_NAME | KF_RESTART, .note = "empty = mtls.service_name"},
         {.path = "mtls.key_type", .env = "SHUNT_MTLS_KEY_TYPE", .type = K_STRENUM, FIELD(mtls_key_type),
-         .names = key_type_names, .def = "ecdsa-p256"},
+         .names = key_type_names, .def = "ecdsa-p256", .flags = KF_RESTART},
         {.path = "mtls.clock_skew", .env = "SHUNT_MTLS_CLOCK_SKEW", .type = K_DUR_S, FIELD(mtls_clock_skew_s),
-         .min = 0, .max = 24 * MS_PER_HOUR, .def = "5m"},
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "5m", .flags = KF_RESTART},
         {.path = "mtls.handshake_timeout", .env = "SHUNT_MTLS_HANDSHAKE_TIMEOUT", .type = K_DUR_MS,
          FIELD(mtls_handshake_timeout_ms), .min = 1, .max = MS_PER_HOUR, .def = "10s"},
         {.path = "mtls.allow", .type = K_ALLOW, LIST(mtls_allow, n_mtls_allow), .flags = KF_FILE_ONLY},
@@ -1455,11 +1462,73 @@ int config_load(int argc, char *const argv[], char *const envp[], struct shunt_c
         return 0;
 }
 
+static cJSON *dump_value(const struct shunt_config *c, const struct key_desc *d);
+
+static bool value_equal(const struct shunt_config *a, const struct shunt_config *b,
+                        const struct key_desc *d)
+{
+        const char *fa = (const char *)a + d->off, *fb = (const char *)b + d->off;
+        switch (d->type) {
+        case K_ADDR:
+        case K_STR:
+        case K_STRENUM:
+                return strcmp(fa, fb) == 0;
+        case K_PORTS:
+        case K_CIDRS:
+                if (ccount(a, d) != ccount(b, d))
+                        return false;
+                return memcmp(fa, fb,
+                              ccount(a, d) * (d->type == K_PORTS ? sizeof(uint16_t)
+                                                                 : sizeof(struct cidr))) == 0;
+        default:
+                return memcmp(fa, fb, d->size) == 0;
+        }
+}
+
+static void value_text(const struct shunt_config *c, const struct key_desc *d, char *buf,
+                       size_t len)
+{
+        cJSON *v = dump_value(c, d);
+        char *t = v ? cJSON_PrintUnformatted(v) : NULL;
+        snprintf(buf, len, "%s", t ? t : "?");
+        free(t);
+        cJSON_Delete(v);
+}
+
+/* Keys taken at start only keep their running value in next, with their
+ * provenance, so rules, listeners and /config agree; one warning a key. */
+static void keep_restart_only(const struct shunt_config *old, struct shunt_config *next)
+{
+        for (size_t i = 0; i < NKEYS; i++) {
+                const struct key_desc *d = &keys[i];
+                bool restart = (d->flags & KF_RESTART) ||
+                               ((d->flags & KF_CAPTURE) && old->capture == CAPTURE_INIT);
+                if (!restart || value_equal(old, next, d))
+                        continue;
+                char was[128], asked[128];
+                value_text(old, d, was, sizeof(was));
+                value_text(next, d, asked, sizeof(asked));
+                log_warn("config", 0,
+                         "reload: %s changes only on restart%s: keeping %s (the %s now says %s)",
+                         d->path,
+                         (d->flags & KF_RESTART) ? "" : " (capture init: shuntd init set it)", was,
+                         config_source_name(next->origins[i].source), asked);
+                memcpy((char *)next + d->off, (const char *)old + d->off, d->size);
+                if (d->count_off)
+                        memcpy((char *)next + d->count_off, (const char *)old + d->count_off,
+                               sizeof(size_t));
+                next->origins[i].source = old->origins[i].source;
+        }
+}
+
 int config_reload(const struct shunt_config *old, int argc, char *const argv[], char *const envp[],
                   struct shunt_config **out, char *err, size_t errlen)
 {
-        (void)old; /* the sources are argv and envp; the file is read afresh */
-        return config_load(argc, argv, envp, out, err, errlen);
+        /* The sources are argv and envp; the file is read afresh. */
+        int rc = config_load(argc, argv, envp, out, err, errlen);
+        if (rc == 0)
+                keep_restart_only(old, *out);
+        return rc;
 }
 
 /* ---- output -------------------------------------------------------------- */
