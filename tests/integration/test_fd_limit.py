@@ -27,14 +27,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fds_in_use(pid):
-    """Descriptors pid holds, without those its main thread opens for a
-    moment (registry and certificate checks): the least of a few looks."""
-    counts = []
+def lowest_free_fd(pid):
+    """The lowest descriptor number pid could open next. RLIMIT_NOFILE bounds
+    descriptor numbers, not their count: set to this, every open fails until
+    a descriptor below it closes (the spare one shuntd gives up). The least
+    of a few looks, as the main thread opens files for a moment."""
+    looks = []
     for _ in range(10):
-        counts.append(len(os.listdir("/proc/%d/fd" % pid)))
+        used = {int(n) for n in os.listdir("/proc/%d/fd" % pid)}
+        looks.append(next(n for n in range(len(used) + 1) if n not in used))
         time.sleep(0.02)
-    return min(counts)
+    return min(looks)
 
 
 def open_clients(pod, n, host=T.REMOTE4, port=7000):
@@ -122,9 +125,8 @@ def test_accept_without_descriptors_pauses(env):
     extra = []
     try:
         assert sum(echoes(s) for s in held) == 20
-        used = fds_in_use(pid)
-        subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%d:4096" % used],
-                       check=True)
+        limit = lowest_free_fd(pid)
+        subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%d:4096" % limit], check=True)
         lines0 = d.log_text().count("no descriptor left")
         cpu0 = cpu_seconds(pid)
         extra = open_clients(topo.app, 60)

@@ -123,12 +123,13 @@ static void conn_limit_report(const struct proxy *p, const struct shunt_config *
 {
         if (cfg->max_connections <= p->fd_conn_limit)
                 return;
-        log_warn("proxy", 0,
-                 "max_connections %u needs more file descriptors than RLIMIT_NOFILE allows (%d per "
-                 "connection, %llu kept for listeners, loops and pools): at most %u connections; "
-                 "raise the limit (ulimit -n, LimitNOFILE) for more",
-                 cfg->max_connections, FDS_PER_CONN, (unsigned long long)fd_reserve(p->n_workers),
-                 p->fd_conn_limit);
+        log_warn(
+            "proxy", 0,
+            "max_connections %u needs more file descriptors than RLIMIT_NOFILE allows (%d per "
+            "connection, %llu kept for listeners, event queues and pools): at most %u connections; "
+            "raise the limit (ulimit -n, LimitNOFILE) for more",
+            cfg->max_connections, FDS_PER_CONN, (unsigned long long)fd_reserve(p->n_workers),
+            p->fd_conn_limit);
 }
 
 static int listen_on(struct listener *l, const struct sockaddr_storage *addr, char *err,
