@@ -38,33 +38,13 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "bench_util.h"
 #include "core/log.h"
 #include "tls/cert.h"
 #include "tls/spiffe.h"
 
 #define MAX_CONNS   1024
 #define LAT_SAMPLES (1u << 20)
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-        return x < y ? -1 : x > y;
-}
-
-static uint64_t pct(const uint64_t *v, size_t n, double p)
-{
-        if (!n)
-                return 0;
-        size_t i = (size_t)(p * (double)(n - 1) + 0.5);
-        return v[i < n ? i : n - 1];
-}
 
 static int die(const char *what)
 {

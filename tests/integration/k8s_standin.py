@@ -34,6 +34,15 @@ inject failures:
                 {"huge":{"kind":..,"object":..}} the object MODIFIED with a 17 MiB annotation
   GET  /stats   request counters
 
+Service-account tokens and TokenReview (for shunt-ca), see the section
+"service-account tokens" below:
+
+  POST /apis/authentication.k8s.io/v1/tokenreviews   (API, caller authenticated as above)
+  POST /token        {"namespace","service_account","audience","expires_in","pod"} -> {"token"}
+  POST /tokenreview  {"fail_status":500|0, "delay_s":S, "bad_json":bool,
+                      "delete_service_account":"ns/sa", "restore_service_account":"ns/sa"}
+  GET  /tokenreview  TokenReview counters
+
 State (objects and resourceVersion) is kept in --state so that a restarted
 server keeps its objects; its event history starts empty, as an API server's
 watch cache does after a restart.
@@ -42,12 +51,15 @@ watch cache does after a restart.
 import argparse
 import base64
 import copy
+import hashlib
+import hmac
 import json
 import os
 import ssl
 import threading
 import time
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 KINDS = {
@@ -362,12 +374,16 @@ class Control(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         st = self.server.state
+        if self.path == "/tokenreview":
+            return self.reply(200, st.authn.control({}))
         with st.cv:
             return self.reply(200, dict(st.stats, rv=st.rv, floor=st.floor))
 
     def do_POST(self):  # noqa: N802
         st = self.server.state
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        if self.path in ("/token", "/tokenreview"):
+            return control_post_authn(self, st, body)
         if self.path == "/apply":
             ok = st.apply(body["kind"], body["type"], body["object"])
             return self.reply(200 if ok else 404, {"rv": st.rv})
@@ -402,6 +418,209 @@ class Control(BaseHTTPRequestHandler):
         return self.reply(404, {"error": "unknown"})
 
 
+# ---- service-account tokens and TokenReview -------------------------------------------
+#
+# Tokens are JWT-shaped (header.payload.signature, base64url) like the
+# kubelet's projected tokens, HMAC-SHA256-signed with a secret only this
+# process knows. TokenReview follows authentication.k8s.io/v1: a TokenReview
+# object in, the same object with a status out (201 Created); a refused
+# token gets authenticated omitted, user {} and kube-apiserver's error text;
+# status.audiences is the intersection of spec.audiences (default: the API
+# server's own audience) and the token's aud.
+
+APISERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Authn:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.secret = os.urandom(32)
+        self.sa_uids = {}  # (ns, sa) -> uid; a deleted account gets a new uid when restored
+        self.deleted = set()
+        self.fail_status = 0
+        self.delay_s = 0.0
+        self.bad_json = False
+        self.stats = {"tokenreviews": 0, "authenticated": 0, "refused": 0, "failed": 0,
+                      "tokens": 0}
+
+    def sa_uid(self, ns, sa):
+        with self.lock:
+            return self.sa_uids.setdefault((ns, sa), str(uuid.uuid4()))
+
+    def mint(self, body):
+        ns, sa = body["namespace"], body["service_account"]
+        aud = body.get("audience", APISERVER_AUDIENCE)
+        now = int(time.time())
+        exp = now + int(body.get("expires_in", 3600))
+        claims = {"iss": "https://kubernetes.default.svc.cluster.local",
+                  "sub": "system:serviceaccount:%s:%s" % (ns, sa),
+                  "aud": aud if isinstance(aud, list) else [aud],
+                  "exp": exp, "iat": now, "nbf": now,
+                  "kubernetes.io": {"namespace": ns,
+                                    "serviceaccount": {"name": sa, "uid": self.sa_uid(ns, sa)}}}
+        pod = body.get("pod")
+        if pod:
+            claims["kubernetes.io"]["pod"] = {"name": pod, "uid": str(uuid.uuid5(
+                uuid.NAMESPACE_URL, "pod/%s/%s" % (ns, pod)))}
+        head = b64url(json.dumps({"alg": "HS256", "kid": "standin"}).encode())
+        payload = b64url(json.dumps(claims).encode())
+        sig = b64url(hmac.new(self.secret, ("%s.%s" % (head, payload)).encode(),
+                              hashlib.sha256).digest())
+        with self.lock:
+            self.stats["tokens"] += 1
+        return "%s.%s.%s" % (head, payload, sig)
+
+    def review(self, token, audiences):
+        """(status dict) for a token, as kube-apiserver's authenticators answer."""
+        def refused(why):
+            return {"user": {}, "error": "[invalid bearer token, %s]" % why}
+        parts = token.split(".")
+        if len(parts) != 3:
+            return refused("square/go-jose: compact JWS format must have three parts")
+        try:
+            claims = json.loads(b64url_decode(parts[1]))
+            want = hmac.new(self.secret, ("%s.%s" % (parts[0], parts[1])).encode(),
+                            hashlib.sha256).digest()
+            good = hmac.compare_digest(want, b64url_decode(parts[2]))
+        except (ValueError, TypeError):
+            return refused("square/go-jose: error in cryptographic primitive")
+        if not good:
+            return refused("square/go-jose: error in cryptographic primitive")
+        now = time.time()
+        if claims.get("exp", 0) <= now:
+            return refused("service account token has expired")
+        if claims.get("nbf", 0) > now + 60:
+            return refused("service account token is not valid yet")
+        audiences = audiences or [APISERVER_AUDIENCE]
+        inter = [a for a in audiences if a in claims.get("aud", [])]
+        if not inter:
+            return refused("token audiences %s is invalid for the target audiences %s" % (
+                json.dumps(claims.get("aud", [])), json.dumps(audiences)))
+        k = claims.get("kubernetes.io", {})
+        ns, sa = k.get("namespace", ""), k.get("serviceaccount", {}).get("name", "")
+        with self.lock:
+            uid = self.sa_uids.get((ns, sa))
+            gone = (ns, sa) in self.deleted
+        if gone or uid is None:
+            return refused('serviceaccounts "%s" not found' % sa)
+        if uid != k.get("serviceaccount", {}).get("uid"):
+            return refused("service account token has been invalidated")
+        extra = {}
+        if "pod" in k:
+            extra = {"authentication.kubernetes.io/pod-name": [k["pod"]["name"]],
+                     "authentication.kubernetes.io/pod-uid": [k["pod"]["uid"]]}
+        return {"authenticated": True,
+                "user": {"username": "system:serviceaccount:%s:%s" % (ns, sa), "uid": uid,
+                         "groups": ["system:serviceaccounts", "system:serviceaccounts:" + ns,
+                                    "system:authenticated"], "extra": extra},
+                "audiences": inter}
+
+    def control(self, body):
+        with self.lock:
+            if "fail_status" in body:
+                self.fail_status = int(body["fail_status"])
+            if "delay_s" in body:
+                self.delay_s = float(body["delay_s"])
+            if "bad_json" in body:
+                self.bad_json = bool(body["bad_json"])
+            if body.get("delete_service_account"):
+                self.deleted.add(tuple(body["delete_service_account"].split("/", 1)))
+            if body.get("restore_service_account"):
+                key = tuple(body["restore_service_account"].split("/", 1))
+                self.deleted.discard(key)
+                self.sa_uids[key] = str(uuid.uuid4())  # a new object: old tokens stay invalid
+            return dict(self.stats, fail_status=self.fail_status, delay_s=self.delay_s)
+
+
+def tokenreview_post(handler, authn):
+    """POST .../tokenreviews on the API listener (the caller already authenticated)."""
+    try:
+        n = int(handler.headers.get("Content-Length", "0"))
+        obj = json.loads(handler.rfile.read(n) or b"null")
+    except ValueError:
+        return handler.send_json(400, status(400, "BadRequest", "the request body is not JSON"))
+    with authn.lock:
+        authn.stats["tokenreviews"] += 1
+        fail, delay, bad = authn.fail_status, authn.delay_s, authn.bad_json
+    if delay:
+        time.sleep(delay)
+    if fail:
+        with authn.lock:
+            authn.stats["failed"] += 1
+        return handler.send_json(fail, status(fail, "InternalError", "Internal error occurred: "
+                                              "injected TokenReview failure"))
+    if bad:
+        body = b'{"kind":"TokenReview","status":{"authenticated":'
+        handler.send_response(201)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return None
+    if not isinstance(obj, dict) or obj.get("kind") != "TokenReview" or \
+            obj.get("apiVersion") != "authentication.k8s.io/v1":
+        return handler.send_json(400, status(400, "BadRequest", "the body is not an "
+                                             "authentication.k8s.io/v1 TokenReview"))
+    spec = obj.get("spec") or {}
+    token = spec.get("token", "")
+    if not isinstance(token, str) or not token:
+        return handler.send_json(422, status(422, "Invalid", 'TokenReview.authentication.k8s.io '
+                                             '"" is invalid: spec.token: Required value'))
+    st = authn.review(token, spec.get("audiences") or [])
+    with authn.lock:
+        authn.stats["authenticated" if st.get("authenticated") else "refused"] += 1
+    return handler.send_json(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                                   "metadata": {"creationTimestamp": None},
+                                   "spec": spec, "status": st})
+
+
+def api_authorized(handler, st):
+    """The caller's own credentials, as do_GET checks them: a client certificate or the
+    bearer token. Sends 401 and returns False otherwise."""
+    cert = None
+    try:
+        cert = handler.connection.getpeercert()
+    except (AttributeError, ValueError):
+        pass
+    if cert or handler.headers.get("Authorization") == "Bearer " + st.token:
+        return True
+    with st.cv:
+        st.stats["unauthorized"] += 1
+    handler.send_json(401, status(401, "Unauthorized", "Unauthorized"))
+    return False
+
+
+def api_post(handler):
+    st = handler.server.state
+    if not api_authorized(handler, st):
+        return None
+    if urllib.parse.urlsplit(handler.path).path == TOKENREVIEW_PATH:
+        return tokenreview_post(handler, st.authn)
+    return handler.send_json(405, status(405, "MethodNotAllowed", "the server does not allow "
+                                         "this method on the requested resource"))
+
+
+def control_post_authn(handler, st, body):
+    """Control endpoints of this section; None when the path is not one of them."""
+    if handler.path == "/token":
+        return handler.reply(200, {"token": st.authn.mint(body)})
+    if handler.path == "/tokenreview":
+        return handler.reply(200, st.authn.control(body))
+    return None
+
+
+Api.do_POST = api_post  # noqa: N815
+
+
 def hostport(s):
     h, p = s.rsplit(":", 1)
     return h.strip("[]"), int(p)
@@ -420,6 +639,7 @@ def main():
     ap.add_argument("--max-page", type=int, default=0, help="cap on list page sizes")
     a = ap.parse_args()
     st = State(a.state, a.token, a.bookmark_s)
+    st.authn = Authn()
     st.max_page = a.max_page
     api = ThreadingHTTPServer(hostport(a.listen), Api)
     api.daemon_threads = True

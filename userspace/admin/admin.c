@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "proxy/http1.h"
 
 #define COMP            "admin"
 #define WRITE_BUDGET    (256 * 1024) /* bytes written per wake-up */
@@ -73,59 +74,6 @@ struct admin {
 };
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-static const char *reason_phrase(int status)
-{
-        switch (status) {
-        case 100:
-                return "Continue";
-        case 200:
-                return "OK";
-        case 201:
-                return "Created";
-        case 202:
-                return "Accepted";
-        case 204:
-                return "No Content";
-        case 400:
-                return "Bad Request";
-        case 403:
-                return "Forbidden";
-        case 404:
-                return "Not Found";
-        case 405:
-                return "Method Not Allowed";
-        case 408:
-                return "Request Timeout";
-        case 409:
-                return "Conflict";
-        case 411:
-                return "Length Required";
-        case 413:
-                return "Content Too Large";
-        case 415:
-                return "Unsupported Media Type";
-        case 422:
-                return "Unprocessable Content";
-        case 429:
-                return "Too Many Requests";
-        case 431:
-                return "Request Header Fields Too Large";
-        case 500:
-                return "Internal Server Error";
-        case 501:
-                return "Not Implemented";
-        case 503:
-                return "Service Unavailable";
-        case 505:
-                return "HTTP Version Not Supported";
-        }
-        if (status >= 200 && status < 300)
-                return "OK";
-        if (status >= 400 && status < 500)
-                return "Client Error";
-        return "Server Error";
-}
 
 void admin_respond_error(struct admin_response *resp, int status, const char *msg)
 {
@@ -288,7 +236,7 @@ static void conn_respond(struct admin_conn *c, int status, const char *content_t
 {
         c->status = status;
         strbuf_reset(&c->out);
-        strbuf_appendf(&c->out, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+        strbuf_appendf(&c->out, "HTTP/1.1 %d %s\r\n", status, http1_status_text(status));
         strbuf_appendf(&c->out, "Content-Type: %s\r\n",
                        content_type ? content_type : "application/json");
         strbuf_appendf(&c->out, "Content-Length: %zu\r\n", body_len);

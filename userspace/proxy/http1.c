@@ -820,19 +820,45 @@ int http1_write_response_head(const struct http1_msg *resp, const struct http1_f
         return write_fields(resp, fw, out);
 }
 
-static const char *status_text(int status)
+const char *http1_status_text(int status)
 {
         switch (status) {
+        case 100:
+                return "Continue";
+        case 200:
+                return "OK";
+        case 201:
+                return "Created";
+        case 202:
+                return "Accepted";
+        case 204:
+                return "No Content";
         case 400:
                 return "Bad Request";
+        case 401:
+                return "Unauthorized";
+        case 403:
+                return "Forbidden";
         case 404:
                 return "Not Found";
+        case 405:
+                return "Method Not Allowed";
         case 408:
                 return "Request Timeout";
+        case 409:
+                return "Conflict";
+        case 411:
+                return "Length Required";
         case 413:
                 return "Content Too Large";
         case 414:
                 return "URI Too Long";
+        case 415:
+                return "Unsupported Media Type";
+        case 422:
+                return "Unprocessable Content";
+        case 429:
+                return "Too Many Requests";
         case 431:
                 return "Request Header Fields Too Large";
         case 500:
@@ -847,9 +873,12 @@ static const char *status_text(int status)
                 return "Gateway Timeout";
         case 505:
                 return "HTTP Version Not Supported";
-        default:
-                return "Error";
         }
+        if (status >= 200 && status < 300)
+                return "OK";
+        if (status >= 400 && status < 500)
+                return "Client Error";
+        return "Server Error";
 }
 
 int http1_write_error_response(struct strbuf *out, int status, const char *reason,
@@ -878,7 +907,7 @@ int http1_write_error_response_id(struct strbuf *out, int status, const char *re
                 log_error(COMP, 0, "error response status %d out of range", status);
                 return -EINVAL;
         }
-        strbuf_appendf(out, "HTTP/1.1 %d %s\r\n", status, status_text(status));
+        strbuf_appendf(out, "HTTP/1.1 %d %s\r\n", status, http1_status_text(status));
         strbuf_append(out, "Content-Type: text/plain\r\n");
         strbuf_appendf(out, "X-Shunt-Reason: %s\r\n", line);
         if (retry_after_s)

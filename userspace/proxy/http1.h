@@ -238,6 +238,10 @@ int http1_write_request_head(const struct http1_msg *req, const struct http1_for
 int http1_write_response_head(const struct http1_msg *resp, const struct http1_forward *fw,
                               struct strbuf *out);
 
+/* The reason phrase of a status code ("Not Found"); for codes not listed,
+ * one by class ("OK", "Client Error", "Server Error"). */
+const char *http1_status_text(int status);
+
 /* A complete short response a proxy generates itself (400, 431, 503, 504,
  * ...): status line, Content-Type: text/plain, X-Shunt-Reason: <reason> (one
  * line, control bytes replaced by spaces), Retry-After when retry_after_s > 0,

@@ -562,14 +562,45 @@ static int push_name(GENERAL_NAMES *names, int type, const char *value)
         return 0;
 }
 
-static int add_san(X509 *x, const char *uri, const char *dns)
+/* One "DNS:name" or "IP:address" entry of tls_issue_req.sans. */
+static int push_typed_name(GENERAL_NAMES *names, const char *san)
+{
+        if (strncmp(san, "DNS:", 4) == 0 && san[4])
+                return push_name(names, GEN_DNS, san + 4);
+        if (strncmp(san, "IP:", 3) != 0) {
+                log_error(COMP, 0,
+                          "subject alternative name \"%s\": use DNS:<name> or IP:<address>", san);
+                return -EINVAL;
+        }
+        ASN1_OCTET_STRING *ip = a2i_IPADDRESS(san + 3);
+        GENERAL_NAME *gn = ip ? GENERAL_NAME_new() : NULL;
+        if (!ip || !gn) {
+                ERR_clear_error();
+                ASN1_OCTET_STRING_free(ip);
+                log_error(COMP, 0, "subject alternative name \"%s\": not an IPv4 or IPv6 address",
+                          san);
+                return -EINVAL;
+        }
+        GENERAL_NAME_set0_value(gn, GEN_IPADD, ip);
+        if (!sk_GENERAL_NAME_push(names, gn)) {
+                GENERAL_NAME_free(gn);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static int add_san(X509 *x, const struct tls_issue_req *req)
 {
         GENERAL_NAMES *names = sk_GENERAL_NAME_new_null();
         if (!names)
                 return -ENOMEM;
-        int rc = push_name(names, GEN_URI, uri);
-        if (rc == 0 && dns && *dns)
-                rc = push_name(names, GEN_DNS, dns);
+        int rc = 0;
+        if (req->spiffe_id && *req->spiffe_id)
+                rc = push_name(names, GEN_URI, req->spiffe_id);
+        if (rc == 0 && req->dns_name && *req->dns_name)
+                rc = push_name(names, GEN_DNS, req->dns_name);
+        for (size_t i = 0; rc == 0 && i < req->n_sans; i++)
+                rc = push_typed_name(names, req->sans[i]);
         /* The subject is not empty, so the SAN is not critical (RFC 5280 4.2.1.6). */
         if (rc == 0 && !X509_add1_ext_i2d(x, NID_subject_alt_name, names, 0, X509V3_ADD_DEFAULT))
                 rc = -EINVAL;
@@ -802,25 +833,33 @@ done:
         return 0;
 }
 
-int tls_ca_issue(struct tls_ca *ca, const struct tls_issue_req *req, struct tls_material **out)
+/* The name a log line gives the certificate being made. */
+static const char *req_name(const struct tls_issue_req *req)
+{
+        if (req->spiffe_id && *req->spiffe_id)
+                return req->spiffe_id;
+        if (req->dns_name && *req->dns_name)
+                return req->dns_name;
+        return req->n_sans ? req->sans[0] : "(no name)";
+}
+
+/* A workload certificate for pub, signed by ca: the one place where the
+ * leaf's names and extensions are decided (tls_ca_issue and tls_ca_sign). */
+static int build_leaf(struct tls_ca *ca, EVP_PKEY *pub, const struct tls_issue_req *req, X509 **out)
 {
         char eb[160];
-        if (!req->spiffe_id || !*req->spiffe_id) {
-                log_error(COMP, 0, "certificate request without a SPIFFE ID");
+        if ((!req->spiffe_id || !*req->spiffe_id) && (!req->dns_name || !*req->dns_name) &&
+            req->n_sans == 0) {
+                log_error(COMP, 0, "certificate request without a SPIFFE ID or another name");
                 return -EINVAL;
         }
         if (req->not_after <= req->not_before) {
                 log_error(COMP, 0, "certificate request for %s: not_after is not after not_before",
-                          req->spiffe_id);
+                          req_name(req));
                 return -EINVAL;
         }
-        struct tls_material *m = tls_material_new();
-        if (!m)
-                return -ENOMEM;
-        int rc = tls_key_generate(req->key_type, &m->key);
-        X509 *x = rc == 0 ? X509_new() : NULL;
-        if (rc == 0 && !x)
-                rc = -ENOMEM;
+        X509 *x = X509_new();
+        int rc = x ? 0 : -ENOMEM;
         if (rc == 0 && !X509_set_version(x, X509_VERSION_3))
                 rc = -EINVAL;
         if (rc == 0)
@@ -831,14 +870,14 @@ int tls_ca_issue(struct tls_ca *ca, const struct tls_issue_req *req, struct tls_
                 X509_NAME *n = X509_get_subject_name(x);
                 char o[SPIFFE_TD_MAX + 1] = "shunt";
                 struct spiffe_id *id = malloc(sizeof(*id));
-                if (id && spiffe_id_parse(req->spiffe_id, id, NULL) == 0)
+                if (id && req->spiffe_id && spiffe_id_parse(req->spiffe_id, id, NULL) == 0)
                         snprintf(o, sizeof(o), "%s", id->trust_domain);
                 free(id);
                 rc = name_add(n, NID_organizationName, o);
                 if (rc == 0 && !X509_set_issuer_name(x, X509_get_subject_name(ca->cert)))
                         rc = -EINVAL;
         }
-        if (rc == 0 && !X509_set_pubkey(x, m->key))
+        if (rc == 0 && !X509_set_pubkey(x, pub))
                 rc = -EINVAL;
         if (rc == 0)
                 rc = add_basic_constraints(x, false);
@@ -847,22 +886,66 @@ int tls_ca_issue(struct tls_ca *ca, const struct tls_issue_req *req, struct tls_
         if (rc == 0)
                 rc = add_eku(x);
         if (rc == 0)
-                rc = add_san(x, req->spiffe_id, req->dns_name);
+                rc = add_san(x, req);
         if (rc == 0)
                 rc = add_key_ids(x, ca->cert);
         if (rc == 0 && !X509_sign(x, ca->key, EVP_sha256()))
                 rc = -EINVAL;
-        if (rc == 0 && (!X509_up_ref(ca->cert) || !sk_X509_push(m->bundle, ca->cert)))
-                rc = -ENOMEM;
         if (rc < 0) {
-                log_error(COMP, 0, "issuing a certificate for %s failed: %s", req->spiffe_id,
+                log_error(COMP, 0, "issuing a certificate for %s failed: %s", req_name(req),
                           ssl_err(eb, sizeof(eb)));
                 X509_free(x);
+                return rc;
+        }
+        *out = x;
+        return 0;
+}
+
+int tls_ca_sign(struct tls_ca *ca, EVP_PKEY *pub, const struct tls_issue_req *req, X509 **out)
+{
+        return build_leaf(ca, pub, req, out);
+}
+
+int tls_ca_issue(struct tls_ca *ca, const struct tls_issue_req *req, struct tls_material **out)
+{
+        struct tls_material *m = tls_material_new();
+        if (!m)
+                return -ENOMEM;
+        int rc = tls_key_generate(req->key_type, &m->key);
+        if (rc == 0)
+                rc = build_leaf(ca, m->key, req, &m->leaf);
+        if (rc == 0) {
+                X509_up_ref(ca->cert);
+                if (!sk_X509_push(m->bundle, ca->cert)) {
+                        X509_free(ca->cert);
+                        rc = -ENOMEM;
+                }
+        }
+        if (rc < 0) {
                 tls_material_free(m);
                 return rc;
         }
-        m->leaf = x;
         m->issued_at = time(NULL);
         *out = m;
         return 0;
+}
+
+char *tls_pem_encode_certs(X509 *const *certs, size_t n)
+{
+        BIO *b = BIO_new(BIO_s_mem());
+        if (!b)
+                return NULL;
+        bool ok = true;
+        for (size_t i = 0; ok && i < n; i++)
+                ok = PEM_write_bio_X509(b, certs[i]) == 1;
+        const uint8_t *d;
+        size_t len;
+        char *out = NULL;
+        if (ok && BIO_mem_contents(b, &d, &len) && (out = malloc(len + 1)) != NULL) {
+                memcpy(out, d, len);
+                out[len] = '\0';
+        }
+        BIO_free(b);
+        ERR_clear_error();
+        return out;
 }

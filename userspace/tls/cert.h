@@ -85,8 +85,12 @@ void tls_ca_free(struct tls_ca *ca);
 X509 *tls_ca_cert(const struct tls_ca *ca); /* borrowed */
 
 struct tls_issue_req {
-        const char *spiffe_id; /* required: URI SAN (not validated against a trust domain) */
-        const char *dns_name;  /* optional: DNS SAN */
+        /* URI SAN (not validated against a trust domain); required unless
+         * dns_name or sans give the certificate another name */
+        const char *spiffe_id;
+        const char *dns_name;    /* optional: DNS SAN */
+        const char *const *sans; /* optional: more SANs, "DNS:<name>" or "IP:<address>" */
+        size_t n_sans;
         enum tls_key_type key_type;
         time_t not_before;
         time_t not_after;
@@ -97,5 +101,12 @@ struct tls_issue_req {
  * positive serial, SKI/AKI. The material's bundle holds the CA certificate;
  * issued_at is the current time. */
 int tls_ca_issue(struct tls_ca *ca, const struct tls_issue_req *req, struct tls_material **out);
+/* The same certificate for a public key the caller brings (a CSR's): the
+ * names and extensions come from req only (key_type is not used). */
+int tls_ca_sign(struct tls_ca *ca, EVP_PKEY *pub, const struct tls_issue_req *req, X509 **out);
+
+/* The certificates as PEM text (malloc'd, NUL-terminated), NULL when out of
+ * memory. */
+char *tls_pem_encode_certs(X509 *const *certs, size_t n);
 
 #endif
