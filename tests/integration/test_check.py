@@ -11,9 +11,9 @@ failing with its advice and the exit status saying so:
 - a stale registry (the file registry turned invalid);
 - the eBPF capture's pins gone (a link unpinned under the pin root).
 
-Not here: a shuntd holding capabilities it should not in the `--capture init`
-layout (that mode is engineer image-init's; the check reads `capture` from
-/config and fails such a shuntd with its advice, see README)."""
+- in the `--capture init` layout (shuntd init, then the proxy as uid 1337):
+  green with a proxy holding no capability, failing with one that kept
+  NET_ADMIN."""
 
 import datetime
 import json
@@ -26,6 +26,7 @@ import pytest
 import mtls_pki as pki
 import shuntlib as sl
 from test_ebpf import CGROUP, PINS, InCgroup, cgroup, ebpf_args, mounts  # noqa: F401
+from test_init_capture import PROXY_UID, as_init, as_proxy
 
 HOST = ["kernel-bpf", "kernel-btf", "cgroup-v2", "iptables", "conntrack", "capabilities"]
 DAEMON = ["admin", "shuntd-capabilities", "capture", "certificate", "ca", "discovery"]
@@ -327,3 +328,76 @@ def test_ebpf_pins(cgroup):  # noqa: F811 - the fixture imported above
             sl.stop_checked([d] if d else [])
         finally:
             pod.delete()
+
+
+class Wrapped:
+    """A pod whose spawns run under a privilege wrapper (setpriv)."""
+
+    def __init__(self, pod, wrap):
+        self._pod, self._wrap = pod, wrap
+
+    def spawn(self, argv, name, env=None, stdout_pipe=False):
+        return self._pod.spawn(self._wrap(argv), name, env=env, stdout_pipe=stdout_pipe)
+
+    def __getattr__(self, name):
+        return getattr(self._pod, name)
+
+
+def as_proxy_with_net_admin(argv):
+    """A proxy container that kept NET_ADMIN (what the check must catch)."""
+    return ["setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID), "--clear-groups",
+            "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
+            "--bounding-set=-all,+net_admin"] + list(argv)
+
+
+def test_capture_init():
+    need("setpriv")
+    d = sl.tmpdir()
+    os.chmod(d, 0o755)
+    ca_dir = os.path.join(d, "ca")
+    os.mkdir(ca_dir, 0o700)
+    os.chown(ca_dir, PROXY_UID, PROXY_UID)
+    flags = sl.shuntd_args(redirect="iptables", proxy_uid=None, capture="init", workers="1") + [
+        "--mtls.ca-dir", ca_dir]
+    pod = sl.Pod("init")
+    proxy = None
+    try:
+        r = pod.run(as_init(["net_admin", "net_raw"], [sl.SHUNTD, "init"] + flags), check=False)
+        assert r.returncode == 0, r.stderr
+
+        # The layout as it should be: the proxy holds nothing.
+        proxy = sl.Shuntd(Wrapped(pod, as_proxy), flags, name="proxy")
+        proxy.wait_ready()
+        rc, res, out = check(pod)
+        assert rc == 0, out
+        assert res["shuntd-capabilities"][0] == "PASS", out
+        assert "holds no capability (capture init: an init container installed capture)" in (
+            res["shuntd-capabilities"][1])
+        assert res["capture"][0] == "PASS" and "SIDECAR_PROXY_INBOUND" in res["capture"][1], out
+        # From inside the proxy container: nothing to read the nat table
+        # with, what shuntd found at start; conntrack tested all the same.
+        r = pod.run(as_proxy([sl.SHUNTCTL, "check"]), check=False)
+        res = parse(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert res["capture"] == ("PASS", "iptables capture installed by shuntd init (shuntd found "
+                                          "it at start; reading the nat table again needs "
+                                          "NET_ADMIN, which this process lacks)"), r.stdout
+        assert res["conntrack"] == ("PASS", "SO_ORIGINAL_DST answers in this network namespace")
+        sl.stop_checked([proxy])
+        proxy = None
+
+        # A proxy container that kept NET_ADMIN.
+        proxy = sl.Shuntd(Wrapped(pod, as_proxy_with_net_admin), flags, name="proxy")
+        proxy.wait_ready()
+        rc, res, out = check(pod)
+        assert rc == 1, out
+        st, text = res["shuntd-capabilities"]
+        assert st == "FAIL", out
+        assert "holds NET_ADMIN although capture is installed by an init container" in text
+        assert "drop every capability in the proxy container" in text
+        assert [n for n, (s, _) in res.items() if s == "FAIL"] == ["shuntd-capabilities"], out
+    finally:
+        try:
+            sl.stop_checked([proxy] if proxy else [])
+        finally:
+            pod.delete()  # the init's rules go with the network namespace
