@@ -11,6 +11,7 @@ failing with its advice and the exit status saying so:
 - a stale registry (the file registry turned invalid);
 - the eBPF capture's pins gone (a link unpinned under the pin root).
 
+- shunt-ca gone while shuntd gets its certificates from it (the ca check);
 - in the `--capture init` layout (shuntd init, then the proxy as uid 1337):
   green with a proxy holding no capability, failing with one that kept
   NET_ADMIN."""
@@ -24,6 +25,7 @@ import shutil
 import pytest
 
 import mtls_pki as pki
+import shuntca
 import shuntlib as sl
 from test_ebpf import CGROUP, PINS, InCgroup, cgroup, ebpf_args, mounts  # noqa: F401
 from test_init_capture import PROXY_UID, as_init, as_proxy
@@ -401,3 +403,49 @@ def test_capture_init():
             sl.stop_checked([proxy] if proxy else [])
         finally:
             pod.delete()  # the init's rules go with the network namespace
+
+
+def test_ca_reachability():
+    pod = sl.Pod("ca")
+    api = ca = d = None
+    try:
+        api = shuntca.KubeApi(pod)
+        ca = shuntca.ShuntCA(pod, api)
+        token = os.path.join(sl.tmpdir(), "token")
+        with open(token, "w") as f:
+            f.write(api.token("shop", "web"))
+        d = sl.Shuntd(pod, sl.shuntd_args(**{
+            "mtls.ca-address": "https://127.0.0.1:%d" % ca.port,
+            "mtls.ca-token-file": token,
+            "mtls.ca-bundle": ca.bundle,
+        }))  # fmt: skip
+        d.wait_ready()
+        sl.wait_until(lambda: d.json("/certs").get("current"), 10, what="a certificate from shunt-ca")
+        rc, res, out = check(pod)
+        assert rc == 0, out
+        st, text = res["ca"]
+        assert st == "PASS", out
+        assert text.startswith(
+            "https://127.0.0.1:%d/healthz answers 200 over TLS verified with %s; last issuance "
+            % (ca.port, ca.bundle)), out
+        assert res["certificate"][0] == "PASS" and "source ca" in res["certificate"][1], out
+        assert "spiffe://cluster.local/ns/shop/sa/web" in res["certificate"][1]
+
+        # shunt-ca gone: the certificate still serves, renewal cannot happen.
+        assert ca.stop() == 0
+        rc, res, out = check(pod)
+        assert rc == 1, out
+        st, text = res["ca"]
+        assert st == "FAIL", out
+        assert text.startswith("GET https://127.0.0.1:%d/healthz: " % ca.port), out
+        assert "certificates cannot be renewed: check mtls.ca_address" in text
+        assert res["certificate"][0] == "PASS", out
+    finally:
+        try:
+            sl.stop_checked([d] if d else [])
+        finally:
+            if ca and ca.proc.alive():
+                ca.stop()
+            if api:
+                api.stop()
+            pod.delete()
