@@ -171,6 +171,38 @@ def test_audit_lines_cannot_be_forged(mesh):
     assert "peer=%s:" % T.APP4 in line, line
 
 
+def test_strict_connects_to_the_application_only_after_authentication(mesh):
+    """Strict mode: a client that has not finished a mesh handshake holds no
+    connection to the application and cannot tell an open port from a
+    closed one (issue 14, D9). Before, shuntd connected to the application
+    at accept: one application connection per unauthenticated client for up
+    to the handshake timeout, and a closed port answered with a reset."""
+    topo, a, b, tmp, ca = mesh
+
+    def app_conns():
+        out = topo.remote.run(["ss", "-Htn", "state", "established", "( sport = :7000 )"]).stdout
+        return len(out.splitlines())
+
+    base = app_conns()
+    opened, closed = topo.app.connect(T.REMOTE4, 7000), topo.app.connect(T.REMOTE4, 7999)
+    try:
+        for s in (opened, closed):
+            s.sendall(b"\x16\x03\x01\x00\x40")  # the start of a ClientHello, no more
+        time.sleep(0.5)  # well within mtls.handshake_timeout (1 s)
+        assert app_conns() == base
+        for s in (opened, closed):
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)  # still open, nothing said: the closed port looks the same
+    finally:
+        opened.close()
+        closed.close()
+    # An authenticated client does reach the application.
+    ok, _ = client_files(tmp, ca, "tester-d9", TESTER_ID)
+    r = pki.s_client(topo.app, T.REMOTE4, ok)
+    assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize(
     "name,offset,reason",
     [

@@ -590,12 +590,10 @@ static int inbound_decide(struct conn *c)
                 tls_conn_set_authz(c->cli.tls, worker_authz(c->w));
                 tls_conn_set_peer(c->cli.tls, &c->client_addr);
                 loop_timer_arm(c->w->loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms);
-                if (c->to_listener) {
+                /* The application is connected once the peer is
+                 * authenticated and authorized (conn_handshakes). */
+                if (c->to_listener)
                         sockaddr_set_port(&c->upstream, port);
-                        conn_connect(c);
-                        if (c->closed)
-                                return -2;
-                }
                 return -1;
         }
         if (c->in_mode == MTLS_STRICT) {
@@ -609,7 +607,8 @@ static int inbound_decide(struct conn *c)
         /* Permissive: no identity, so no policy of the port can admit it. */
         if (!silent && inbound_unidentified_refused(c))
                 return REASON_AUTHZ_REFUSED;
-        return -1;
+        conn_connect(c);
+        return c->closed ? -2 : -1;
 }
 
 /* TLS handshakes before any byte is relayed. 0 go on, 1 wait, -1 freed. */
@@ -635,6 +634,12 @@ static int conn_handshakes(struct conn *c)
                         conn_free(c, REASON_TLS_PORT_MISMATCH, true);
                         return -1;
                 }
+                /* Authenticated and authorized: now the application. An
+                 * unauthenticated client never holds a connection to it, nor
+                 * learns whether its port is open. */
+                conn_connect(c);
+                if (c->closed)
+                        return -1;
         }
         if (c->state == CONN_HANDSHAKE) {
                 int r = side_handshake(c, &c->up);
@@ -1122,7 +1127,9 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         log_debug("proxy", c->id, "%s %s -> %s via %s", dir_name(c->dir),
                   sockaddr_format(peer, pbuf, sizeof(pbuf)),
                   sockaddr_format(&dst, dbuf, sizeof(dbuf)), route_service_name(&c->route));
-        if (!c->to_listener && !c->no_endpoint)
+        /* Inbound with mTLS on connects once the client is known
+         * (inbound_decide, conn_handshakes). */
+        if (!c->peek && !c->no_endpoint)
                 conn_connect(c);
 }
 
