@@ -22,6 +22,7 @@ import os
 import re
 import resource
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,6 +90,26 @@ def raise_nofile(n):
     if want > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
+
+
+_any_user = {}
+
+
+def any_user(path):
+    """A copy of the program at path that every uid can execute, for a test
+    that runs it as another user (uid 1337, nginx's nobody): a checkout under
+    /root (mode 0700), as in CI and on a fresh machine, lets no other user in.
+    Programs outside the build directory are returned as they are."""
+    if not os.path.abspath(path).startswith(os.path.abspath(BUILD) + os.sep):
+        return path
+    if path not in _any_user:
+        d = tmpdir()
+        os.chmod(d, 0o755)
+        dst = os.path.join(d, os.path.basename(path))
+        shutil.copy(path, dst)
+        os.chmod(dst, 0o755)
+        _any_user[path] = dst
+    return _any_user[path]
 
 
 def tmpdir():

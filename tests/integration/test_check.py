@@ -178,7 +178,7 @@ def test_unprivileged_view(app):
     pod, _ = app
     r = pod.run(
         [need("setpriv"), "--reuid", "1337", "--regid", "1337", "--clear-groups", "--inh-caps=-all",
-         "--bounding-set=-all", "--no-new-privs", sl.SHUNTCTL, "check"],
+         "--bounding-set=-all", "--no-new-privs", sl.any_user(sl.SHUNTCTL), "check"],
         check=False,
     )  # fmt: skip
     res = parse(r.stdout)
@@ -349,7 +349,7 @@ def as_proxy_with_net_admin(argv):
     """A proxy container that kept NET_ADMIN (what the check must catch)."""
     return ["setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID), "--clear-groups",
             "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
-            "--bounding-set=-all,+net_admin"] + list(argv)
+            "--bounding-set=-all,+net_admin", sl.any_user(argv[0])] + list(argv[1:])
 
 
 def test_capture_init():

@@ -54,7 +54,8 @@ def as_init(caps, argv):
 def as_proxy(argv):
     """The proxy container: uid/gid 1337, no capability, no way to gain one."""
     return ["setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID), "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"] + list(argv)
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+            sl.any_user(argv[0])] + list(argv[1:])
 
 
 class Container:
