@@ -34,13 +34,14 @@
 
 #include "core/strbuf.h"
 #include "tls/cert.h"
+#include "tls/source.h"
 
 #define CA_DEFAULT_LISTEN        "0.0.0.0:15012"
 #define CA_DEFAULT_AUDIENCE      "shunt-ca"
 #define CA_DEFAULT_LIFETIME_S    (24u * 3600)
-#define CA_MIN_LIFETIME_S        600u
+#define CA_MIN_LIFETIME_S        10u /* short lifetimes: rotation tests */
 #define CA_MAX_LIFETIME_S        (90u * 24 * 3600)
-#define CA_BACKDATE_S            300u /* notBefore in the past: clocks that lag */
+#define CA_BACKDATE_S            TLS_DEFAULT_BACKDATE_S /* as the built-in CA: clocks that lag */
 #define CA_DEFAULT_MAX_BODY      (64u * 1024)
 #define CA_MAX_HEAD              (16u * 1024)
 #define CA_DEFAULT_WORKERS       16u  /* requests served at once */
