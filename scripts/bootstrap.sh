@@ -20,6 +20,9 @@ PKGS=(
 	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from
 	# pulling initramfs-tools, udev and a systemd upgrade for the kernel)
 	qemu-system-x86 busybox-static kmod cpio tiny-initramfs linux-image-cloud-amd64
+	# container image (scripts/build-image.sh) and its test: build, inspect, load;
+	# util-linux's setpriv drops capabilities in test_init_capture
+	buildah skopeo podman util-linux
 )
 
 # Test servers drop privileges (nginx's workers run as nobody; the proxy
