@@ -14,7 +14,10 @@ Then: the application's outbound request and a remote client's inbound
 request are captured and relayed, in iptables mode and in eBPF mode; the
 proxy's CapEff, CapPrm and CapBnd are 0; its own upstream connections are
 not captured again (the uid rule or the programs' uid check counts them, and
-shuntd accepted exactly one connection per request).
+shuntd accepted exactly one connection per request). Also: pins the proxy
+cannot open, redirect auto falling back to iptables, the init without its
+capabilities, the proxy under the wrong uid, and shutdown (preStop
+`shuntctl wait-idle`, then SIGTERM and drain with a request in flight).
 
 eBPF mode uses test_ebpf.py's cgroup2 and bpffs mounts under /run (`ip netns
 exec` hides the host's /sys); mounts, pins and cgroups are removed at the
@@ -23,6 +26,8 @@ end, also on failure."""
 import json
 import os
 import shutil
+import threading
+import time
 import sys
 
 import pytest
@@ -122,15 +127,16 @@ def files():
     return ca
 
 
-def start_pod(topo, cgs, mode, ca_dir, after_init=None):
+def start_pod(topo, cgs, mode, ca_dir, after_init=None, caps=None):
     """Init, then proxy (ready), then the application's server."""
     flags = sl.shuntd_args(redirect=mode, proxy_uid=None, capture="init", workers="1",
                            exclude_outbound_ports="5432") + ["--mtls.ca-dir", ca_dir]
-    if mode == "ebpf":
+    if mode != "iptables":
         flags += ["--redirect-cgroup", POD_CG, "--bpf-pin-root", PINS]
-    r = topo.app.run(cgroup_argv(cgs["init"], as_init(INIT_CAPS[mode], [sl.SHUNTD, "init"] + flags)),
-                     check=False)
+    r = topo.app.run(cgroup_argv(cgs["init"], as_init(caps or INIT_CAPS[mode],
+                                                      [sl.SHUNTD, "init"] + flags)), check=False)
     assert r.returncode == 0, r.stderr
+    start_pod.init_log = r.stderr
     assert "capture installed for a proxy running as uid 1337" in r.stderr
     if after_init:
         after_init()
@@ -247,6 +253,64 @@ def test_ebpf_maps_closed(fresh_topo, pod_cgroup, files, http_peer_fresh):
         assert proxy.json("/maps")["maps"] is None
         # Read by root here: answered by the program, not the proxy's map lookup.
         assert bpf_counters(PINS)["getsockopt_answered"] >= 3
+    finally:
+        app.stop()
+        sl.stop_checked([proxy])
+
+
+def test_shutdown_outlives_the_application(fresh_topo, pod_cgroup, files, http_peer_fresh):
+    """Shutdown as the kubelet does it without native sidecars: the
+    application gets SIGTERM while the proxy's preStop (`shuntctl wait-idle`)
+    holds the proxy's own SIGTERM back until the application has made no new
+    connection for 2 s; then shuntd drains: a request in flight at SIGTERM
+    still gets its whole answer, and shuntd exits 0."""
+    topo = fresh_topo
+    proxy, app = start_pod(topo, pod_cgroup, "iptables", files)
+    try:
+        t0 = time.monotonic()
+        hook = topo.app.spawn(as_proxy([sl.SHUNTCTL, "wait-idle", "20"]), "prestop",
+                              stdout_pipe=True)
+        for i in range(4):  # the application's last requests, 0.5 s apart
+            r = topo.app.run(cgroup_argv(pod_cgroup["app"], ["curl", "-sS", "--max-time", "10",
+                                                              REMOTE_HTTP + "last%d" % i]),
+                             check=False)
+            assert r.returncode == 0, r.stderr
+            time.sleep(0.5)
+        assert hook.wait(15) == 0, hook.read_stderr()
+        waited = time.monotonic() - t0
+        assert waited >= 2 + 1.5, waited  # not before the last request plus 2 s
+        assert "idle: no new connection for 2 s" in hook.popen.stdout.read().decode()
+
+        slow = {}
+
+        def in_flight():
+            slow["r"] = topo.app.run(cgroup_argv(pod_cgroup["app"], [
+                "curl", "-sS", "--max-time", "10", REMOTE_HTTP + "slow/1500"]), check=False)
+
+        th = threading.Thread(target=in_flight)
+        th.start()
+        sl.wait_until(lambda: proxy.json("/status")["connections"]["active"] >= 1, 5,
+                      what="the slow request through shuntd")
+        proxy.signal(15)
+        th.join(15)
+        assert slow["r"].returncode == 0 and json.loads(slow["r"].stdout)["path"] == "/slow/1500"
+        assert proxy.wait(10) == 0
+    finally:
+        app.stop()
+        sl.stop_checked([proxy])
+
+
+def test_auto_without_bpf_capabilities(fresh_topo, pod_cgroup, files, http_peer_fresh):
+    """redirect auto, the init without BPF and PERFMON: it falls back to
+    iptables; the proxy sees no pins, cannot tell the mode, and relays with
+    SO_ORIGINAL_DST (conntrack) and shortcut-aware reads."""
+    topo = fresh_topo
+    proxy, app = start_pod(topo, pod_cgroup, "auto", files, caps=INIT_CAPS["iptables"])
+    try:
+        assert "using iptables, eBPF capture unavailable: CAP_BPF missing" in start_pod.init_log
+        st = check_pod(topo, proxy, pod_cgroup)
+        assert st["redirect_mode"] == "unknown" and "maps not readable" in st["redirect_reason"]
+        assert "SIDECAR_PROXY_OUTBOUND" in topo.app.iptables_save()
     finally:
         app.stop()
         sl.stop_checked([proxy])

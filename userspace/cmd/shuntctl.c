@@ -60,6 +60,10 @@ static const char usage_text[] =
     "                   before an install; exit 1 on a FAIL (--strict: or a WARN)\n"
     "  ready [SECONDS]  exit 0 when shuntd is ready (GET /ready), else 1; with\n"
     "                   SECONDS, ask once a second until then (a pod's probes)\n"
+    "  wait-idle [SECONDS]\n"
+    "                   return once shuntd has accepted no new connection for 2 s\n"
+    "                   (the application is done), or is gone; exit 1 after SECONDS\n"
+    "                   (default 30) without that (a proxy's preStop hook)\n"
     "\n"
     "options:\n"
     "  --admin HOST:PORT  admin address (default " DEFAULT_ADMIN ", or $SHUNTCTL_ADMIN)\n"
@@ -883,6 +887,95 @@ static int cmd_ready(const char *seconds)
         }
 }
 
+/* Connections shuntd accepted so far, read in a child (http_call exits when
+ * shuntd is unreachable); -1 when it cannot be read. */
+static long long accepted_total(void)
+{
+        int p[2];
+        if (pipe(p) < 0)
+                die("pipe: %s", strerror(errno));
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0)
+                die("fork: %s", strerror(errno));
+        if (pid == 0) {
+                close(p[0]);
+                if (!freopen("/dev/null", "w", stderr))
+                        _exit(1);
+                g_json = false;
+                cJSON *j = fetch("GET", "/status", NULL);
+                double n;
+                long long v =
+                    jnum(cJSON_GetObjectItemCaseSensitive(j, "connections"), "accepted", &n)
+                        ? (long long)n
+                        : -1;
+                cJSON_Delete(j);
+                _exit(write(p[1], &v, sizeof(v)) == (ssize_t)sizeof(v) ? 0 : 1);
+        }
+        close(p[1]);
+        long long v = -1;
+        if (read(p[0], &v, sizeof(v)) != (ssize_t)sizeof(v))
+                v = -1;
+        close(p[0]);
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+                ;
+        return v;
+}
+
+/* preStop of a proxy that is not a native sidecar: the kubelet sends SIGTERM
+ * to the application and runs this at the same time; shuntd keeps serving
+ * (and the hook holds its own SIGTERM back) until the application has made
+ * no new connection for WAIT_IDLE_QUIET_MS. Connections still open then are
+ * shuntd's drain's to finish. */
+#define WAIT_IDLE_QUIET_MS 2000
+#define WAIT_IDLE_POLL_MS  200
+
+static uint64_t mono_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int cmd_wait_idle(const char *seconds)
+{
+        long max_s = 30;
+        if (seconds) {
+                char *end;
+                max_s = strtol(seconds, &end, 10);
+                if (*end || end == seconds || max_s < 1 || max_s > 3600)
+                        die_usage("invalid wait '%s' (want seconds 1..3600)", seconds);
+        }
+        uint64_t start = mono_ms(), since = start;
+        long long last = -2;
+        for (;;) {
+                long long n = accepted_total();
+                uint64_t now = mono_ms();
+                if (n < 0) {
+                        printf("shuntd at %s is gone: nothing to wait for\n", g_admin);
+                        return 0;
+                }
+                if (n != last) {
+                        last = n;
+                        since = now;
+                } else if (now - since >= WAIT_IDLE_QUIET_MS) {
+                        printf("idle: no new connection for %d s (%lld accepted in all)\n",
+                               WAIT_IDLE_QUIET_MS / 1000, n);
+                        return 0;
+                }
+                if (now - start >= (uint64_t)max_s * 1000) {
+                        fprintf(stderr,
+                                "shuntctl: shuntd at %s still accepting new connections after %ld "
+                                "s\n",
+                                g_admin, max_s);
+                        return 1;
+                }
+                struct timespec ts = {0, WAIT_IDLE_POLL_MS * 1000000L};
+                nanosleep(&ts, NULL);
+        }
+}
+
 static int cmd_certs(void)
 {
         cJSON *j = fetch("GET", "/certs", NULL);
@@ -1192,11 +1285,17 @@ int main(int argc, char **argv)
                 const char *name;
                 int nargs;
                 const char *argname;
-        } const cmds[] = {{"status", 0, NULL},       {"rules", 0, NULL},
-                          {"conns", 0, NULL},        {"config", 0, NULL},
-                          {"log-level", 1, "LEVEL"}, {"endpoints", -1, "[SERVICE]"},
-                          {"maps", 0, NULL},         {"certs", 0, NULL},
-                          {"authz", 0, NULL},        {"ready", -1, "[SECONDS]"}};
+        } const cmds[] = {{"status", 0, NULL},
+                          {"rules", 0, NULL},
+                          {"conns", 0, NULL},
+                          {"config", 0, NULL},
+                          {"log-level", 1, "LEVEL"},
+                          {"endpoints", -1, "[SERVICE]"},
+                          {"maps", 0, NULL},
+                          {"certs", 0, NULL},
+                          {"authz", 0, NULL},
+                          {"ready", -1, "[SECONDS]"},
+                          {"wait-idle", -1, "[SECONDS]"}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -1227,6 +1326,8 @@ int main(int argc, char **argv)
                         return cmd_authz();
                 case 9:
                         return cmd_ready(nargs ? args[0] : NULL);
+                case 10:
+                        return cmd_wait_idle(nargs ? args[0] : NULL);
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }

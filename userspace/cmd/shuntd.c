@@ -352,38 +352,28 @@ static int capture_adopt(struct daemon *d, char *err, size_t errlen)
                          "capture init: ebpf (maps in %.200s, read-only)", o.pin_root);
                 return 0;
         }
-        if (rc == -ENOENT) {
-                if (c->redirect == REDIRECT_EBPF) {
-                        snprintf(err, errlen,
-                                 "capture init, redirect ebpf: no eBPF capture pinned (%s); run "
-                                 "shuntd init first, with the same bpf_pin_root",
-                                 e);
-                        return -1;
-                }
-                d->init_found = "iptables";
-                snprintf(d->redirect_reason, sizeof(d->redirect_reason),
-                         "capture init: iptables (no eBPF capture pinned in %.200s)", o.pin_root);
-                return 0;
-        }
-        /* Pinned but not ours to read: the getsockopt program still answers
-         * SO_ORIGINAL_DST. If even the directory is closed, the mode is not
-         * known, and shortcut-aware reads are right for both. */
+        /* Not ours to read, or not visible here: the getsockopt program (if
+         * eBPF capture is there) still answers SO_ORIGINAL_DST, conntrack
+         * does otherwise. When the mode cannot be told (auto, nothing
+         * visible), reads are shortcut-aware, which is right for both. */
         struct stat st;
         char probe[CONFIG_PATH_MAX + 32];
         snprintf(probe, sizeof(probe), "%s/shunt_config", o.pin_root);
         bool seen = stat(probe, &st) == 0;
         d->init_found = seen || c->redirect == REDIRECT_EBPF ? "ebpf" : "unknown";
         origdst_use_ebpf_without_maps();
-        log_warn("intercept", 0,
+        log_emit(rc == -ENOENT ? LOG_INFO : LOG_WARN, "intercept", 0,
                  "capture init: eBPF maps not readable (%s): original destinations by "
-                 "SO_ORIGINAL_DST (answered by the cgroup/getsockopt program), no /maps or "
-                 "shunt_bpf_* metrics%s",
+                 "SO_ORIGINAL_DST (from the cgroup/getsockopt program, or conntrack), no /maps "
+                 "or shunt_bpf_* metrics%s",
                  e,
-                 rc == -EACCES  ? "; shuntd init shares the pins with group proxy_uid, and every "
-                                  "directory above bpf_pin_root must be searchable"
-                 : rc == -EPERM ? "; this kernel refuses bpf() without CAP_BPF "
-                                  "(kernel.unprivileged_bpf_disabled, kernels before 5.19)"
-                                : "");
+                 rc == -ENOENT   ? "; nothing pinned there: shuntd init used iptables, or this "
+                                   "container does not mount the pin root"
+                 : rc == -EACCES ? "; shuntd init shares the pins with group proxy_uid, and every "
+                                   "directory above bpf_pin_root must be searchable"
+                 : rc == -EPERM  ? "; this kernel refuses bpf() without CAP_BPF "
+                                   "(kernel.unprivileged_bpf_disabled, kernels before 5.19)"
+                                 : "");
         snprintf(d->redirect_reason, sizeof(d->redirect_reason),
                  "capture init: %s, maps not readable (%.200s)", d->init_found, e);
         return 0;
