@@ -355,7 +355,13 @@ def test_inject_real_deployments(rendered, case, fixture):
     assert env["SHUNT_PROXY_UID"] == "1337"
     assert env["TRUST_DOMAIN"] == cfg["trust_domain"]
     assert env["SHUNT_LOG_LEVEL"] == cfg["log_level"]
-    assert env_of(init) == env
+    init_env = env_of(init)
+    if cfg["capture"] != "iptables":
+        # Every container here has requests and some no limits: Burstable.
+        assert init_env.pop("SHUNT_REDIRECT_CGROUP") == \
+            "/host/sys/fs/cgroup/kubepods/burstable/pod$(SHUNT_POD_UID)"
+    assert init_env == env
+    assert init["securityContext"]["runAsGroup"] == 1337  # shares the eBPF pins
     if cfg["mtls_mode"]:
         assert env["MTLS_MODE"] == cfg["mtls_mode"]
     else:
@@ -383,7 +389,14 @@ def test_inject_real_deployments(rendered, case, fixture):
     assert mounts["/var/run/secrets/kubernetes.io/serviceaccount"]["name"] == "shunt-kube-api"
     hostpaths = [v for v in spec["volumes"] if "hostPath" in v]
     assert [v["hostPath"]["path"] for v in hostpaths] == (
-        ["/sys/fs/bpf"] if cfg["capture"] != "iptables" else [])
+        ["/sys/fs/bpf", "/sys/fs/cgroup"] if cfg["capture"] != "iptables" else [])
+    if cfg["capture"] != "iptables":
+        # The proxy reads the pinned maps; only the init container sees the
+        # node's cgroups, read-only.
+        assert mounts["/sys/fs/bpf"]["readOnly"] is True
+        imounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+        assert imounts["/host/sys/fs/cgroup"]["readOnly"] is True
+        assert "readOnly" not in imounts["/sys/fs/bpf"]
 
     # Idempotent: the injected pod is left as it is.
     again, resp2, note2 = kc.inject_pod(cfgfile, out)

@@ -40,6 +40,7 @@ static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 #define VOL_TMP     "shunt-tmp"
 #define VOL_RUN     "shunt-init-run"
 #define VOL_BPFFS   "shunt-bpffs"
+#define VOL_CGROUP  "shunt-host-cgroup"
 #define KUBE_SA_DIR "/var/run/secrets/kubernetes.io/serviceaccount"
 
 /* ---- value checks ---------------------------------------------------------- */
@@ -198,6 +199,7 @@ struct review {
         const char *mtls_mode;
         const char *log_level;
         const char *cpu_req, *cpu_lim, *mem_req, *mem_lim;
+        const char *qos; /* the pod's QoS class as its cgroup path spells it */
 };
 
 static void notef(struct review *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -301,9 +303,60 @@ static bool ebpf(const struct inject_config *c)
         return strcmp(c->capture, "iptables") != 0;
 }
 
-/* The environment both containers read: `shuntd init` takes the same
- * configuration as shuntd. */
-static cJSON *make_env(const struct review *r)
+/* "{qos}" in the template replaced by the QoS class. */
+static void pod_cgroup(const char *tmpl, const char *qos, char *out, size_t n)
+{
+        size_t o = 0;
+        for (const char *p = tmpl; *p && o + 1 < n;) {
+                if (!strncmp(p, "{qos}", 5)) {
+                        o += (size_t)snprintf(out + o, n - o, "%s", qos);
+                        p += 5;
+                } else {
+                        out[o++] = *p++;
+                }
+        }
+        out[o < n ? o : n - 1] = '\0';
+}
+
+/* One container's part in the pod's QoS class, by Kubernetes' rules: the pod
+ * is Guaranteed when every container has cpu and memory limits and requests
+ * equal to them (or left out), BestEffort when no container has any cpu or
+ * memory request or limit, else Burstable. Equal quantities written
+ * differently ("1" and "1000m") count as different here. */
+static void qos_add(const cJSON *resources, bool *any, bool *guaranteed)
+{
+        const cJSON *req = cJSON_GetObjectItemCaseSensitive(resources, "requests");
+        const cJSON *lim = cJSON_GetObjectItemCaseSensitive(resources, "limits");
+        const char *names[] = {"cpu", "memory"};
+        for (size_t i = 0; i < 2; i++) {
+                const cJSON *rq = cJSON_GetObjectItemCaseSensitive(req, names[i]);
+                const cJSON *li = cJSON_GetObjectItemCaseSensitive(lim, names[i]);
+                if (rq || li)
+                        *any = true;
+                if (!cJSON_IsString(li) ||
+                    (rq && (!cJSON_IsString(rq) || strcmp(rq->valuestring, li->valuestring))))
+                        *guaranteed = false;
+        }
+}
+
+static const char *pod_qos(const cJSON *spec, const cJSON *init_res, const cJSON *proxy_res)
+{
+        bool any = false, guaranteed = true;
+        const char *lists[] = {"containers", "initContainers"};
+        for (size_t i = 0; i < 2; i++) {
+                const cJSON *k;
+                cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(spec, lists[i]))
+                    qos_add(cJSON_GetObjectItemCaseSensitive(k, "resources"), &any, &guaranteed);
+        }
+        qos_add(init_res, &any, &guaranteed);
+        qos_add(proxy_res, &any, &guaranteed);
+        return !any ? "besteffort" : guaranteed ? "" : "burstable";
+}
+
+/* The environment both containers read (`shuntd init` takes the same
+ * configuration as shuntd); the pod's cgroup only for the init container,
+ * the only one that sees the node's cgroup tree. */
+static cJSON *make_env(const struct review *r, bool init)
 {
         const struct inject_config *c = r->cfg;
         cJSON *env = cJSON_CreateArray();
@@ -341,6 +394,10 @@ static cJSON *make_env(const struct review *r)
                 env_field(env, "SHUNT_POD_UID", "metadata.uid");
                 snprintf(buf, sizeof(buf), "%s/$(SHUNT_POD_UID)", c->bpf_pin_root);
                 env_value(env, "SHUNT_BPF_PIN_ROOT", buf);
+                if (init) {
+                        pod_cgroup(c->pod_cgroup, r->qos, buf, sizeof(buf));
+                        env_value(env, "SHUNT_REDIRECT_CGROUP", buf);
+                }
         }
         return env;
 }
@@ -372,7 +429,8 @@ static cJSON *security_context_init(const struct inject_config *c)
         static const char *const add_bpf[] = {"NET_ADMIN", "NET_RAW", "BPF", "PERFMON", NULL};
         cJSON *sc = cJSON_CreateObject();
         cJSON_AddNumberToObject(sc, "runAsUser", 0);
-        cJSON_AddNumberToObject(sc, "runAsGroup", 0);
+        /* The proxy's group: `shuntd init` shares the eBPF pins with it. */
+        cJSON_AddNumberToObject(sc, "runAsGroup", c->proxy_uid);
         cJSON_AddBoolToObject(sc, "runAsNonRoot", false);
         cJSON_AddBoolToObject(sc, "allowPrivilegeEscalation", false);
         cJSON_AddBoolToObject(sc, "privileged", false);
@@ -407,15 +465,17 @@ static cJSON *make_init(const struct review *r)
         cJSON_AddStringToObject(k, "imagePullPolicy", c->pull_policy);
         cJSON_AddItemToObject(k, "command", strings(cmd));
         cJSON_AddItemToObject(k, "args", strings(args));
-        cJSON_AddItemToObject(k, "env", make_env(r));
+        cJSON_AddItemToObject(k, "env", make_env(r, true));
         if (c->init_resources)
                 cJSON_AddItemToObject(k, "resources", cJSON_Duplicate(c->init_resources, true));
         cJSON_AddItemToObject(k, "securityContext", security_context_init(c));
         cJSON *mounts = cJSON_AddArrayToObject(k, "volumeMounts");
         /* iptables takes its lock in /run. */
         mount(mounts, VOL_RUN, "/run", false);
-        if (ebpf(c))
+        if (ebpf(c)) {
                 mount(mounts, VOL_BPFFS, "/sys/fs/bpf", false);
+                mount(mounts, VOL_CGROUP, INJECT_HOST_CGROUP, true);
+        }
         return k;
 }
 
@@ -453,7 +513,7 @@ static cJSON *make_proxy(const struct review *r)
         cJSON_AddStringToObject(k, "imagePullPolicy", c->pull_policy);
         cJSON_AddItemToObject(k, "command", strings(cmd));
         cJSON_AddItemToObject(k, "args", strings(args));
-        cJSON_AddItemToObject(k, "env", make_env(r));
+        cJSON_AddItemToObject(k, "env", make_env(r, false));
         cJSON *res = make_resources(r);
         if (cJSON_GetArraySize(res))
                 cJSON_AddItemToObject(k, "resources", res);
@@ -465,6 +525,10 @@ static cJSON *make_proxy(const struct review *r)
         mount(mounts, VOL_BUNDLE, INJECT_BUNDLE_DIR, true);
         mount(mounts, VOL_KUBE, KUBE_SA_DIR, true);
         mount(mounts, VOL_TMP, "/tmp", false);
+        /* eBPF: the maps the init container pinned, read-only (original
+         * destinations, /maps). */
+        if (ebpf(c))
+                mount(mounts, VOL_BPFFS, "/sys/fs/bpf", true);
         /* Started before the application, stopped after it. */
         if (c->native_sidecar) {
                 cJSON_AddStringToObject(k, "restartPolicy", "Always");
@@ -554,12 +618,16 @@ static cJSON *make_volumes(const struct review *r)
                 cJSON_AddItemToArray(vols, v);
         }
         if (ebpf(c)) {
-                v = cJSON_CreateObject();
-                cJSON_AddStringToObject(v, "name", VOL_BPFFS);
-                cJSON *hp = cJSON_AddObjectToObject(v, "hostPath");
-                cJSON_AddStringToObject(hp, "path", "/sys/fs/bpf");
-                cJSON_AddStringToObject(hp, "type", "Directory");
-                cJSON_AddItemToArray(vols, v);
+                const char *host[][2] = {{VOL_BPFFS, "/sys/fs/bpf"},
+                                         {VOL_CGROUP, "/sys/fs/cgroup"}};
+                for (size_t i = 0; i < 2; i++) {
+                        v = cJSON_CreateObject();
+                        cJSON_AddStringToObject(v, "name", host[i][0]);
+                        cJSON *hp = cJSON_AddObjectToObject(v, "hostPath");
+                        cJSON_AddStringToObject(hp, "path", host[i][1]);
+                        cJSON_AddStringToObject(hp, "type", "Directory");
+                        cJSON_AddItemToArray(vols, v);
+                }
         }
         return vols;
 }
@@ -752,6 +820,9 @@ static void review_pod(struct review *r, const cJSON *req)
                 return;
 
         const struct inject_config *c = r->cfg;
+        cJSON *proxy_res = make_resources(r);
+        r->qos = pod_qos(spec, c->init_resources, proxy_res);
+        cJSON_Delete(proxy_res);
         cJSON *patch = cJSON_CreateArray();
         if (!patch)
                 return;
