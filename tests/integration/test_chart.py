@@ -180,7 +180,7 @@ def test_rbac_is_minimal(rendered):
             for rule in o.get("rules", []):
                 assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         binding = kc.one(objs, "ClusterRoleBinding", "shunt-sidecar-shunt-system")
-        groups = [s["name"] for s in binding["subjects"]]
+        groups = [s["name"] for s in binding["subjects"] if s["kind"] == "Group"]
         ns = MATRIX[case].get("meshNamespaces")
         assert groups == (["system:serviceaccounts:%s" % n for n in ns] if ns
                           else ["system:serviceaccounts"])
@@ -268,13 +268,34 @@ def test_values_schema_refuses(values, expect):
 
 
 def test_helm_test_hook(rendered):
-    objs = rendered["sidecar-iptables"]
-    pod = kc.one(objs, "Pod", "shunt-test-ca")
-    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    (c,) = pod["spec"]["containers"]
-    assert kc.restricted_violations(pod["spec"], c) == []
-    assert "https://shunt-ca.shunt-system.svc:15012/ready" in c["command"]
-    assert "/var/run/shunt/bundle/ca.crt" in c["command"]
+    """helm test: a shuntd as a meshed pod's (native sidecar, certificate
+    from shunt-ca, Kubernetes discovery, no capture), then shuntctl check;
+    the whole pod passes Pod Security "restricted"."""
+    for case in ("sidecar-iptables", "trust-domain"):
+        objs = rendered[case]
+        pod = kc.one(objs, "Pod", "shunt-test-connectivity")
+        sa = kc.one(objs, "ServiceAccount", "shunt-test")
+        for o in (pod, sa):
+            assert o["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        spec = pod["spec"]
+        assert spec["serviceAccountName"] == "shunt-test" and spec["restartPolicy"] == "Never"
+        (proxy,) = spec["initContainers"]
+        (check,) = spec["containers"]
+        for c in (proxy, check):
+            assert kc.restricted_violations(spec, c) == [], c["name"]
+        assert proxy["restartPolicy"] == "Always"
+        assert proxy["startupProbe"]["exec"]["command"] == ["/usr/bin/shuntctl", "ready"]
+        env = env_of(proxy)
+        assert env["SHUNT_CA_ADDRESS"] == "https://shunt-ca.shunt-system.svc:15012"
+        assert env["TRUST_DOMAIN"] == MATRIX[case].get("trustDomain", "cluster.local")
+        assert env["SHUNT_REDIRECT"] == "off"
+        assert check["command"] == ["/usr/bin/shuntctl", "check"]
+        vols = {v["name"]: v for v in spec["volumes"]}
+        assert vols["token"]["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "shunt-ca"
+        # Its service account may read what sidecars read.
+        binding = kc.one(objs, "ClusterRoleBinding", "shunt-sidecar-shunt-system")
+        assert {"kind": "ServiceAccount", "name": "shunt-test",
+                "namespace": "shunt-system"} in binding["subjects"]
     assert not kc.find(rendered["no-webhook"], "Pod")
 
 
