@@ -148,6 +148,8 @@ def test_ca_deployment_is_restricted_and_wired(rendered):
         assert flag["--audience"] == "shunt-ca"
         assert flag["--listen"] == "0.0.0.0:15012"
         assert ("--inject-config" in flag) == (case != "no-webhook")
+        if case != "no-webhook":
+            assert flag["--max-body"] == "2097152"  # INJECT_MAX_REVIEW_BYTES
         assert dep["spec"]["replicas"] == MATRIX[case].get("ca", {}).get("replicas", 1)
         vols = {v["name"]: v for v in spec["volumes"]}
         assert vols["root"]["secret"]["secretName"] == "shunt-ca-root"
