@@ -69,8 +69,9 @@ def _set_args(values):
 
 
 def render(values=None, namespace="shunt-system", release="shunt", extra=()):
-    """Every object `helm template` renders, hooks included."""
-    p = helm("template", release, CHART, "--namespace", namespace, *_set_args(values), *extra)
+    """Every object `helm template` renders, hooks and CRDs included."""
+    p = helm("template", release, CHART, "--namespace", namespace, "--include-crds",
+             *_set_args(values), *extra)
     return [d for d in yaml.safe_load_all(p.stdout) if d]
 
 

@@ -129,6 +129,8 @@ def test_objects_rendered_per_case(rendered):
         want = {"shunt-system"} | set(MATRIX[case].get("meshNamespaces", []))
         assert cms == want, case
         for o in objs:
+            if o["kind"] == "CustomResourceDefinition":
+                continue  # charts/shunt/crds/ (see Authorization)
             if o["kind"] not in ("ClusterRole", "ClusterRoleBinding",
                                  "MutatingWebhookConfiguration"):
                 assert o["metadata"].get("namespace"), o["metadata"]["name"]
@@ -150,7 +152,13 @@ def test_ca_deployment_is_restricted_and_wired(rendered):
         assert ("--inject-config" in flag) == (case != "no-webhook")
         if case != "no-webhook":
             assert flag["--max-body"] == "2097152"  # INJECT_MAX_REVIEW_BYTES
-        assert dep["spec"]["replicas"] == MATRIX[case].get("ca", {}).get("replicas", 1)
+        replicas = MATRIX[case].get("ca", {}).get("replicas", 1)
+        assert dep["spec"]["replicas"] == replicas
+        pdbs = kc.find(objs, "PodDisruptionBudget", "shunt-ca")
+        assert len(pdbs) == (1 if replicas > 1 else 0)
+        for pdb in pdbs:
+            assert pdb["spec"]["selector"]["matchLabels"].items() <= \
+                dep["spec"]["template"]["metadata"]["labels"].items()
         vols = {v["name"]: v for v in spec["volumes"]}
         assert vols["root"]["secret"]["secretName"] == "shunt-ca-root"
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
