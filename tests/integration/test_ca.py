@@ -442,6 +442,15 @@ def test_busy_and_slow_clients(env):
         assert time.monotonic() - t0 < 2.5
         for h in held:
             h.close()
+        # a head in time, then a body that never comes: cut off, audited
+        s = slow.tls()
+        s.sendall(b"POST /v1/certificates HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        s.settimeout(5)
+        t0 = time.monotonic()
+        assert s.recv(100) == b""
+        assert time.monotonic() - t0 < 2.5
+        s.close()
+        audit_for(slow, reason="timeout")
         assert slow.request("GET", "/healthz")[0] == 200
         issue_ok(slow, api, "web", "after-busy")
     finally:
@@ -501,3 +510,34 @@ def test_restart_with_same_key_and_two_replicas(env):
     finally:
         a.stop()
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("argv,env,needle", [
+    (["--rate", "abc"], {}, "--rate"),
+    ([], {"SHUNT_CA_LIFETIME": "1x"}, "SHUNT_CA_LIFETIME"),
+    (["--lifetime", "5s"], {}, "--lifetime 5s"),
+    (["--listen", "nope"], {}, "--listen"),
+    (["--server-san", "IP:300.1.1.1"], {}, "IP:300.1.1.1"),
+    (["--trust-domain", "Bad.Domain"], {}, "--trust-domain"),
+    (["--ca-dir", ""], {}, "--ca-dir"),
+    (["--kubeconfig", "/nonexistent/kubeconfig"], {}, "/nonexistent/kubeconfig"),
+    (["--inject-config", "/nonexistent/inject.json"], {}, "/nonexistent/inject.json"),
+])
+def test_bad_flags_stop_start_up_with_one_line(argv, env, needle):
+    import subprocess
+    d = sl.tmpdir()
+    kc = os.path.join(d, "kc.json")
+    with open(kc, "w") as f:
+        json.dump({"current-context": "c", "contexts": [{"name": "c", "context": {
+            "cluster": "s", "user": "u"}}], "clusters": [{"name": "s", "cluster": {
+                "server": "http://127.0.0.1:1"}}], "users": [{"name": "u", "user": {}}]}, f)
+    base = [shuntca.SHUNT_CA, "--ca-dir", os.path.join(d, "ca"), "--kubeconfig", kc,
+            "--listen", "127.0.0.1:0"]
+    r = subprocess.run(base + argv, capture_output=True, text=True, timeout=20,
+                       env=dict(os.environ, **env))
+    assert r.returncode in (1, 2), r
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert any(needle in line for line in lines), r.stderr
+    assert len([line for line in lines if '"level":"error"' in line or
+                line.startswith("shunt-ca:")]) >= 1
+

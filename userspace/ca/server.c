@@ -540,8 +540,13 @@ static void serve_request(struct conn *c)
                 goto out;
         }
         if (rc < 0) {
-                log_warn(CA_COMP, 0, "client %s: request body not received within %ums: closed",
-                         c->peer, h->opt.read_timeout_ms);
+                char msg[128];
+                snprintf(msg, sizeof(msg), "request body not received within %ums: closed",
+                         h->opt.read_timeout_ms);
+                if (r->audited) /* no answer: the client had its time */
+                        ca_audit("refused", "", "", c->peer, "timeout", 408, msg);
+                else
+                        log_warn(CA_COMP, 0, "client %s: %s", c->peer, msg);
                 goto out;
         }
         body[body_len] = '\0';
