@@ -15,6 +15,8 @@ PKGS=(
 	# Kubernetes chart and injection tests (helm, kubectl and the schema
 	# validators come from npm: scripts/get-k8s-tools.sh)
 	python3-yaml python3-jsonpatch unzip
+	# the AuthorizationPolicy CRD's schema test
+	python3-jsonschema
 	# benchmarks and peers
 	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf
 	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from

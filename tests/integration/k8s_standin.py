@@ -69,6 +69,14 @@ KINDS = {
 }
 
 
+# ---- shunt.io AuthorizationPolicy (engineer authz): a namespaced custom
+# resource, served like the built-in kinds: list (pages), watch, 410, bookmarks.
+#   GET /apis/shunt.io/v1alpha1[/namespaces/NS]/authorizationpolicies
+#   POST /apply {"kind":"authorizationpolicies", ...}
+KINDS["authorizationpolicies"] = ("shunt.io/v1alpha1", "AuthorizationPolicy",
+                                  "AuthorizationPolicyList", "/apis/shunt.io/v1alpha1")
+
+
 class State:
     def __init__(self, path, token, bookmark_s):
         self.path = path

@@ -12,12 +12,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
 import mtls_pki as pki
 import shuntlib as sl
 from shuntlib import Topology as T
+from test_k8s import STANDIN, Env
+
+API, CTL = ("127.0.0.1", 16445), ("127.0.0.1", 16446)
 
 VIP_WEB = "10.96.0.40"
 WEB_ID = pki.spiffe("web")
@@ -42,10 +46,40 @@ def b_config(policies=(WEB_POLICY,), allow=None):
     return c
 
 
+class Kube(Env):
+    """The Kubernetes API stand-in in B's pod (B watches its policies)."""
+
+    def start_standin(self):
+        argv = [sys.executable, STANDIN, "--listen", "%s:%d" % API, "--control", "%s:%d" % CTL,
+                "--cert", os.path.join(self.dir, "srv.pem"), "--key",
+                os.path.join(self.dir, "srv.key"), "--token", self.token]
+        self.standin = self.topo.remote.spawn_ready(argv, "k8s-standin", what="stand-in")
+
+    def ctl(self, method, path, body=None):
+        status, _, data = self.topo.remote.http(CTL[0], CTL[1], method, path,
+                                                body=json.dumps(body) if body is not None else None)
+        assert status == 200, (path, status, data)
+        return json.loads(data)
+
+    def kubeconfig(self):
+        path = self.write_kubeconfig(self.token_file)
+        with open(path) as f:
+            kc = json.load(f)
+        kc["clusters"][0]["cluster"]["server"] = "https://%s:%d" % API
+        with open(path, "w") as f:
+            json.dump(kc, f)
+        return path
+
+
+def policy_obj(name, spec, ns="default"):
+    return {"metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
 @pytest.fixture(scope="module")
 def mesh():
     topo = T()
     procs, daemons = [], []
+    kube = Kube(topo)
     try:
         topo.route_vips()
         procs.append(topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
@@ -56,11 +90,25 @@ def mesh():
         reg = sl.registry_file({"services": [sl.service(
             "web", VIP_WEB, 8080, [T.REMOTE4], "TCP", port_name="p", service_port=80,
             identity=WEB_ID)]}, tmp)
+        kube.make_certs()
+        kube.token = "authz-token"
+        kube.token_file = os.path.join(kube.dir, "token")
+        with open(kube.token_file, "w") as f:
+            f.write(kube.token + "\n")
+        kube.start_standin()
+        procs.append(kube.standin)
+        labels = os.path.join(tmp, "labels")
+        with open(labels, "w") as f:
+            f.write('app="web"\npod-template-hash="5d8f7b"\nnote="a \\"quoted\\" value"\n')
         a, b = sl.start_mtls_pair(
             topo, daemons, ca_dir,
             a_flags={"service-discovery.file.path": reg, "exclude-outbound-ports": "15001"},
+            b_flags={"service-discovery.type": "kubernetes",
+                     "service-discovery.kubernetes.kubeconfig-path": kube.kubeconfig(),
+                     "authorization.pod-labels-file": labels},
             b_config=b_config())
         ca = pki.CA.load(ca_dir)
+        b.kube = kube
         yield topo, a, b, tmp, ca
     finally:
         sl.teardown(topo, daemons, procs)
@@ -201,6 +249,175 @@ def test_reload_applies_to_new_connections(mesh):
     b.write_config(b_config())
     b.signal(signal.SIGHUP)
     sl.wait_until(lambda: b.json("/authz")["protected_ports"] == "8080", 10, what="back")
+
+
+def kube_state(b):
+    return b.json("/authz")["kubernetes"]
+
+
+def test_kubernetes_policy_applies_without_restart(mesh):
+    topo, a, b, tmp, ca = mesh
+    kube = b.kube
+    sl.wait_until(lambda: kube_state(b)["listed"], 10, what="policies listed")
+    st = kube_state(b)
+    assert st["namespace"] == "default" and st["objects"] == [], st
+    assert st["labels"] == {"app": "web", "pod-template-hash": "5d8f7b", "note": 'a "quoted" value'}
+    tester = pki.spiffe("tester")
+    t_args, _ = certs(tmp, ca, "tester", tester)
+    s_args, _ = certs(tmp, ca, "stranger", STRANGER_ID)
+    shop_args, _ = certs(tmp, ca, "cart", SHOP_ID)
+
+    def reaches(args, port=9090):
+        return "HTTP/1.1 200" in pki.s_client(topo.app, T.REMOTE4, args, sni_port=port).stdout
+
+    assert reaches(t_args) and reaches(s_args) and not plaintext_refused(topo, 9090)
+
+    # Added: deny the tester's service account on 9090 (selector matches our labels).
+    spec = {"selector": {"matchLabels": {"app": "web"}}, "ports": [9090],
+            "deny": [{"service_account": "tester"}]}
+    kube.apply("authorizationpolicies", "ADDED", policy_obj("no-tester", spec))
+    sl.wait_until(lambda: b.json("/authz")["sources"]["kubernetes"] == 1, 10, what="k8s policy")
+    assert not reaches(t_args)
+    line = [l for l in sl.audit_lines(b, "denied_by_policy") if tester in l][-1]
+    assert "port=9090" in line and "kubernetes/no-tester" in line, line
+    assert reaches(s_args)  # only deny rules: others pass
+    assert plaintext_refused(topo, 9090)  # but no identity cannot be checked against them
+    assert any("port=9090" in l and "kubernetes/no-tester" in l
+               for l in sl.audit_lines(b, "no_identity"))
+    msgs = [l.get("msg", "") for l in b.log_lines()]
+    assert any("1 from Kubernetes" in m and "protected ports: 8080, 9090" in m for m in msgs)
+
+    # Modified: only namespace shop may reach 9090.
+    spec = {"selector": {"matchLabels": {"app": "web"}}, "ports": [9090],
+            "allow": [{"namespace": "shop"}]}
+    kube.apply("authorizationpolicies", "MODIFIED", policy_obj("no-tester", spec))
+    sl.wait_until(lambda: b.json("/authz")["policies"][-1]["allow"] == [{"namespace": "shop"}],
+                  10, what="modified policy")
+    assert not reaches(s_args) and reaches(shop_args)
+    assert any(STRANGER_ID in l and "port=9090" in l for l in sl.audit_lines(b, "not_allowed"))
+
+    # Merged with the file's: a Kubernetes deny on 8080 wins over the file's allow.
+    kube.apply("authorizationpolicies", "ADDED", policy_obj("no-shop-on-web", {
+        "ports": [8080], "deny": [{"namespace": "shop"}]}))
+    # Another workload's policy (selector not ours) is listed but does not apply.
+    kube.apply("authorizationpolicies", "ADDED", policy_obj("other-app", {
+        "selector": {"matchLabels": {"app": "other"}}, "ports": ["*"],
+        "deny": [{"namespace": "default"}]}))
+    # Another namespace's policy is not ours to see.
+    kube.apply("authorizationpolicies", "ADDED", policy_obj("elsewhere", {
+        "ports": ["*"], "deny": [{"namespace": "default"}]}, ns="shop"))
+    sl.wait_until(lambda: len(kube_state(b)["objects"]) == 3, 10, what="3 objects")
+    objs = {o["name"]: o for o in kube_state(b)["objects"]}
+    assert objs["other-app"]["applies"] is False and "does not match" in objs["other-app"]["why"]
+    assert objs["no-shop-on-web"]["applies"] is True
+    assert b.json("/authz")["sources"]["kubernetes"] == 2
+    assert "HTTP/1.1 200" not in pki.s_client(topo.app, T.REMOTE4, shop_args).stdout
+    r = topo.app.curl(["-s", "-m", "5", "http://%s/x" % VIP_WEB])  # A (default/client) still in
+    assert r.returncode == 0 and json.loads(r.stdout)["server"] == "web", r.stdout + r.stderr
+    r = sl.shuntctl(topo.remote, "authz")
+    assert "kubernetes/no-shop-on-web" in r.stdout and "file 1, kubernetes 2" in r.stdout, r.stdout
+
+    # Deleted: 9090 and 8080 as the file alone says again.
+    for name in ("no-tester", "no-shop-on-web", "other-app"):
+        kube.apply("authorizationpolicies", "DELETED", policy_obj(name, {}))
+    sl.wait_until(lambda: b.json("/authz")["sources"]["kubernetes"] == 0, 10, what="deleted")
+    assert reaches(s_args) and not plaintext_refused(topo, 9090)
+    assert "HTTP/1.1 200" in pki.s_client(topo.app, T.REMOTE4, shop_args).stdout
+
+
+def test_kubernetes_relist_after_gone(mesh):
+    """410 Gone: the policies are listed again and stay in force meanwhile."""
+    topo, a, b, tmp, ca = mesh
+    kube = b.kube
+    spec = {"ports": [9090], "deny": [{"namespace": "other"}]}
+    kube.apply("authorizationpolicies", "ADDED", policy_obj("gone-test", spec))
+    sl.wait_until(lambda: b.json("/authz")["sources"]["kubernetes"] == 1, 10, what="policy")
+    before = kube.stats()["list"]["authorizationpolicies"]
+    kube.ctl("POST", "/inject", {"gone_event": True})
+    sl.wait_until(lambda: kube.stats()["list"]["authorizationpolicies"] > before, 15,
+                  what="relist")
+    assert b.json("/authz")["sources"]["kubernetes"] == 1
+    s_args, _ = certs(tmp, ca, "stranger", STRANGER_ID)
+    assert "HTTP/1.1 200" not in pki.s_client(topo.app, T.REMOTE4, s_args, sni_port=9090).stdout
+    kube.apply("authorizationpolicies", "DELETED", policy_obj("gone-test", {}))
+    sl.wait_until(lambda: b.json("/authz")["sources"]["kubernetes"] == 0, 10, what="deleted")
+
+
+CRD = os.path.join(sl.SOURCE, "charts", "shunt", "crds", "authorizationpolicies.shunt.io.yaml")
+
+
+def crd_schema():
+    try:
+        import jsonschema  # noqa: F401
+        import yaml
+    except ImportError as e:
+        pytest.fail("%s: install python3-yaml and python3-jsonschema (scripts/bootstrap.sh)" % e)
+    with open(CRD) as f:
+        crd = yaml.safe_load(f)
+    return crd
+
+
+def readme_policy_objects():
+    """The AuthorizationPolicy objects of the README's yaml blocks."""
+    import yaml
+    with open(os.path.join(sl.SOURCE, "README.md")) as f:
+        text = f.read()
+    out = []
+    for block in text.split("```yaml")[1:]:
+        for doc in yaml.safe_load_all(block.split("```")[0]):
+            if isinstance(doc, dict) and doc.get("kind") == "AuthorizationPolicy":
+                out.append(doc)
+    return out
+
+
+def test_crd_schema():
+    """The CRD serves shunt.io/v1alpha1 AuthorizationPolicy (namespaced); its
+    schema takes the README's example and this file's policies and refuses
+    what shuntd would refuse."""
+    import jsonschema
+    crd = crd_schema()
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1" and crd["kind"] == "CustomResourceDefinition"
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == "authorizationpolicies.shunt.io"
+    assert spec["group"] == "shunt.io" and spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "AuthorizationPolicy"
+    assert spec["names"]["plural"] == "authorizationpolicies"
+    (v,) = spec["versions"]
+    assert v["name"] == "v1alpha1" and v["served"] and v["storage"]
+    schema = v["schema"]["openAPIV3Schema"]
+    check = jsonschema.Draft4Validator(schema)
+
+    def obj(s):
+        return {"apiVersion": "shunt.io/v1alpha1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "x", "namespace": "default"}, "spec": s}
+
+    examples = readme_policy_objects()
+    assert examples, "the README shows an AuthorizationPolicy"
+    good = examples + [obj({k: v for k, v in WEB_POLICY.items() if k != "name"}), obj({
+        "selector": {"matchLabels": {"app": "web"}}, "ports": [9090, "8080", "*"],
+        "deny": [{"service_account": "tester"}, {"trust_domain": "partner.org"}],
+        "allow": [{"identity": "spiffe://cluster.local/ns/a/sa/b"}]})]
+    for o in good:
+        errs = list(check.iter_errors(o))
+        assert not errs, (o, [e.message for e in errs])
+    bad = [
+        {"ports": [8080]},                                   # no rule
+        {"allow": [{"namespace": "a"}]},                     # no ports
+        {"ports": [], "allow": [{"namespace": "a"}]},
+        {"ports": [0], "allow": [{"namespace": "a"}]},
+        {"ports": ["http"], "allow": [{"namespace": "a"}]},
+        {"ports": list(range(1, 34)), "allow": [{"namespace": "a"}]},
+        {"ports": [80], "allow": []},
+        {"ports": [80], "allow": [{}]},
+        {"ports": [80], "deny": [{"namespace": "a/b"}]},
+        {"ports": [80], "deny": [{"identity": "http://x"}]},
+        {"ports": [80], "deny": [{"namespace": "n%d" % i} for i in range(65)]},
+        {"ports": [80], "deny": [{"namespace": "a"}],
+         "selector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}},
+        {"ports": [80], "deny": [{"namespace": "a"}], "selector": {"matchLabels": {"app": 1}}},
+    ]
+    for s in bad:
+        assert list(check.iter_errors(obj(s))), s
 
 
 @pytest.mark.parametrize("policies,want", [

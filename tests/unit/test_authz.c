@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "authz/authz.h"
 
@@ -84,7 +85,8 @@ static void test_deny_before_allow(void **state)
         /* No identity on a port with any rule: refused (D3). */
         assert_int_equal(check(a, 8080, NULL, &pol), AUTHZ_NO_IDENTITY);
         assert_string_equal(pol, "file/allow-shop");
-        assert_int_equal(check(a, 9090, "", NULL), AUTHZ_NO_IDENTITY);
+        assert_int_equal(check(a, 9090, "", &pol), AUTHZ_NO_IDENTITY);
+        assert_string_equal(pol, "file/no-batch"); /* deny rules only: the first policy */
         assert_true(authz_port_protected(a, 1));
         char buf[64];
         authz_describe_ports(a, buf, sizeof(buf));
@@ -327,6 +329,202 @@ static void test_counted(void **state)
         authz_unref(a);
 }
 
+/* ---- Kubernetes objects --------------------------------------------------------- */
+
+static int changes;
+static void on_change(void *arg)
+{
+        (void)arg;
+        changes++;
+}
+
+static char *write_tmp(const char *text)
+{
+        static char path[64];
+        snprintf(path, sizeof(path), "/tmp/test_authz_labels.XXXXXX");
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+        close(fd);
+        return path;
+}
+
+static void test_labels_file(void **state)
+{
+        struct authz_labels *l = NULL;
+        char err[300];
+        char *p = write_tmp("app=\"web\"\nversion=\"v1\"\nnote=\"a \\\"q\\\" \\\\ b\"\n\n");
+        assert_int_equal(authz_labels_read(p, &l, err, sizeof(err)), 0);
+        unlink(p);
+        struct authz_kube *k = authz_kube_new("default", on_change, NULL);
+        authz_kube_set_labels(k, l);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        authz_kube_render(k, &sb);
+        assert_non_null(strstr(sb.data, "\"labels\":{\"app\":\"web\",\"version\":\"v1\","
+                                        "\"note\":\"a \\\"q\\\" \\\\ b\"}"));
+        strbuf_free(&sb);
+        authz_kube_free(k);
+
+        const char *bad[] = {"app=web\n", "=\"x\"\n", "app=\"x\n", "app=\"a\"b\"\n",
+                             "app=\"bad \\q\"\n"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                p = write_tmp(bad[i]);
+                assert_int_equal(authz_labels_read(p, &l, err, sizeof(err)), -EINVAL);
+                assert_non_null(strstr(err, ":1: not key=\"value\""));
+                unlink(p);
+        }
+        char many[8192];
+        size_t n = 0;
+        for (int i = 0; i <= AUTHZ_MAX_LABELS; i++)
+                n += (size_t)snprintf(many + n, sizeof(many) - n, "l%d=\"v\"\n", i);
+        p = write_tmp(many);
+        assert_int_equal(authz_labels_read(p, &l, err, sizeof(err)), -E2BIG);
+        assert_non_null(strstr(err, "more than 64 labels"));
+        unlink(p);
+        assert_int_equal(authz_labels_read("/nonexistent/labels", &l, err, sizeof(err)), -ENOENT);
+        assert_null(l);
+}
+
+static int kapply(struct authz_kube *k, bool listing, const char *json, bool deleted, char *err,
+                  size_t len)
+{
+        cJSON *o = cJSON_Parse(json);
+        assert_non_null(o);
+        int rc = authz_kube_apply(k, listing, o, deleted, err, len);
+        cJSON_Delete(o);
+        return rc;
+}
+
+#define KOBJ(name, spec)                                                                           \
+        "{\"metadata\":{\"name\":\"" name "\",\"namespace\":\"shop\"},\"spec\":" spec "}"
+
+static void test_kube_objects(void **state)
+{
+        char err[300];
+        changes = 0;
+        struct authz_kube *k = authz_kube_new("shop", on_change, NULL);
+        struct authz_labels *l = NULL;
+        char *p = write_tmp("app=\"web\"\ntier=\"front\"\n");
+        assert_int_equal(authz_labels_read(p, &l, err, sizeof(err)), 0);
+        unlink(p);
+        authz_kube_set_labels(k, l);
+
+        /* A list: nothing changes until it completes. */
+        authz_kube_list_begin(k);
+        assert_int_equal(kapply(k, true,
+                                KOBJ("b-mine", "{\"selector\":{\"matchLabels\":{\"app\":\"web\","
+                                               "\"tier\":\"front\"}},\"ports\":[80],"
+                                               "\"deny\":[{\"namespace\":\"x\"}]}"),
+                                false, err, sizeof(err)),
+                         0);
+        assert_int_equal(kapply(k, true,
+                                KOBJ("a-all", "{\"ports\":[\"*\"],\"allow\":[{\"namespace\":"
+                                              "\"shop\"}]}"),
+                                false, err, sizeof(err)),
+                         0);
+        assert_int_equal(kapply(k, true,
+                                KOBJ("c-other", "{\"selector\":{\"matchLabels\":{\"app\":"
+                                                "\"web\",\"tier\":\"back\"}},\"ports\":[80],"
+                                                "\"deny\":[{\"namespace\":\"shop\"}]}"),
+                                false, err, sizeof(err)),
+                         0);
+        /* invalid: kept, shown, never applied */
+        assert_int_equal(
+            kapply(k, true, KOBJ("d-bad", "{\"ports\":[80]}"), false, err, sizeof(err)), 0);
+        assert_int_equal(kapply(k, true,
+                                KOBJ("e-expr", "{\"selector\":{\"matchExpressions\":[]},"
+                                               "\"ports\":[80],\"deny\":[{\"namespace\":\"x\"}]}"),
+                                false, err, sizeof(err)),
+                         0);
+        assert_int_equal(authz_kube_count(k), 0);
+        assert_int_equal(changes, 0);
+        authz_kube_list_end(k, true);
+        assert_int_equal(changes, 1);
+        assert_int_equal(authz_kube_count(k), 5);
+
+        struct authz *a = authz_kube_build(k, &stats);
+        assert_int_equal(authz_policy_count(a), 2); /* a-all and b-mine, in name order */
+        struct strbuf sb;
+        strbuf_init(&sb);
+        authz_render_policies(a, &sb);
+        assert_non_null(strstr(sb.data, "[{\"name\":\"kubernetes/a-all\""));
+        assert_non_null(strstr(sb.data, "},{\"name\":\"kubernetes/b-mine\""));
+        strbuf_reset(&sb);
+        authz_kube_render(k, &sb);
+        assert_non_null(strstr(sb.data, "\"name\":\"c-other\",\"applies\":false,\"why\":"
+                                        "\"spec.selector does not match this pod's labels\""));
+        assert_non_null(strstr(sb.data, "\"name\":\"d-bad\",\"applies\":false,\"why\":"
+                                        "\"policy kubernetes/d-bad: no rule"));
+        assert_non_null(strstr(sb.data, "\"name\":\"e-expr\",\"applies\":false,\"why\":"
+                                        "\"spec.selector: only matchLabels"));
+        assert_non_null(strstr(sb.data, "\"listed\":true"));
+        strbuf_free(&sb);
+        assert_int_equal(check(a, 80, TD "/ns/x/sa/y", NULL), AUTHZ_DENIED_BY_POLICY);
+        assert_int_equal(check(a, 80, TD "/ns/shop/sa/y", NULL), AUTHZ_OK);
+        authz_unref(a);
+
+        /* Events: modified, deleted, another namespace, no name. */
+        assert_int_equal(kapply(k, false,
+                                KOBJ("a-all", "{\"ports\":[\"*\"],\"allow\":[{\"namespace\":"
+                                              "\"ops\"}]}"),
+                                false, err, sizeof(err)),
+                         0);
+        assert_int_equal(changes, 2);
+        assert_int_equal(kapply(k, false, KOBJ("b-mine", "{}"), true, err, sizeof(err)), 0);
+        assert_int_equal(changes, 3);
+        assert_int_equal(kapply(k, false,
+                                "{\"metadata\":{\"name\":\"x\",\"namespace\":\"default\"},"
+                                "\"spec\":{}}",
+                                false, err, sizeof(err)),
+                         -EINVAL);
+        assert_non_null(strstr(err, "is not in namespace shop"));
+        assert_int_equal(kapply(k, false, "{\"metadata\":{},\"spec\":{}}", false, err, sizeof(err)),
+                         -EINVAL);
+        a = authz_kube_build(k, &stats);
+        assert_int_equal(authz_policy_count(a), 1);
+        assert_int_equal(check(a, 80, TD "/ns/shop/sa/y", NULL), AUTHZ_NOT_ALLOWED);
+        assert_int_equal(check(a, 80, TD "/ns/ops/sa/y", NULL), AUTHZ_OK);
+        authz_unref(a);
+
+        /* Labels unknown: objects with a selector do not apply. */
+        authz_kube_set_labels(k, NULL);
+        assert_int_equal(kapply(k, false,
+                                KOBJ("b-mine", "{\"selector\":{\"matchLabels\":{\"app\":\"web\"}},"
+                                               "\"ports\":[80],\"deny\":[{\"namespace\":\"x\"}]}"),
+                                false, err, sizeof(err)),
+                         0);
+        a = authz_kube_build(k, &stats);
+        assert_int_equal(authz_policy_count(a), 1);
+        authz_unref(a);
+
+        /* A failed list keeps what was there. */
+        authz_kube_list_begin(k);
+        assert_int_equal(kapply(k, true,
+                                KOBJ("z", "{\"ports\":[1],\"deny\":[{\"namespace\":"
+                                          "\"x\"}]}"),
+                                false, err, sizeof(err)),
+                         0);
+        authz_kube_list_end(k, false);
+        assert_int_equal(authz_kube_count(k), 5);
+
+        /* The bound on objects. */
+        authz_kube_list_begin(k);
+        for (int i = 0; i <= AUTHZ_MAX_POLICIES; i++) {
+                char obj[256];
+                snprintf(obj, sizeof(obj),
+                         "{\"metadata\":{\"name\":\"p%d\"},\"spec\":{\"ports\":[1],"
+                         "\"deny\":[{\"namespace\":\"x\"}]}}",
+                         i);
+                int rc = kapply(k, true, obj, false, err, sizeof(err));
+                assert_int_equal(rc, i < AUTHZ_MAX_POLICIES ? 0 : -E2BIG);
+        }
+        assert_non_null(strstr(err, "more than 128 objects in the namespace"));
+        authz_kube_list_end(k, false);
+        assert_int_equal(authz_kube_count(k), 5);
+        authz_kube_free(k);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -334,6 +532,7 @@ int main(void)
             cmocka_unit_test(test_principals),     cmocka_unit_test(test_mtls_allow),
             cmocka_unit_test(test_merge),          cmocka_unit_test(test_bad_input),
             cmocka_unit_test(test_bounds),         cmocka_unit_test(test_counted),
+            cmocka_unit_test(test_labels_file),    cmocka_unit_test(test_kube_objects),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

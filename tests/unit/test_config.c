@@ -288,6 +288,9 @@ static void test_file_values(void **state)
         assert_string_equal(c->mtls_allow[1].id, "spiffe://example.org/ns/ops/sa/probe");
         assert_int_equal(c->mtls_allow[2].port, 0); /* "*" */
         assert_string_equal(c->mtls_allow[2].id, "spiffe://example.org/ns/ops/sa/admin");
+        assert_int_equal(c->authz_kubernetes, 0);
+        assert_string_equal(c->authz_namespace, "shop");
+        assert_string_equal(c->authz_labels_file, "/run/podinfo/labels");
         /* kept as compact JSON text for authz/ to parse */
         assert_string_equal(c->authorization_policies,
                             "[{\"name\":\"web\",\"ports\":[8080],\"deny\":[{\"namespace\":"

@@ -621,26 +621,26 @@ bool authz_check(const struct authz *a, uint16_t port, const char *peer_id, stru
         struct id_parts id;
         if (have_id)
                 id_split(peer_id, &id);
-        bool any = false;
-        const char *allow_policy = NULL;
+        const char *first = NULL, *allow_policy = NULL;
         for (size_t i = 0; a && i < a->n; i++) {
                 const struct policy *p = &a->pols[i];
                 if (!applies(p, port))
                         continue;
-                any = true;
+                if (!first)
+                        first = p->name;
                 for (size_t j = 0; have_id && j < p->n_deny; j++)
                         if (principal_match(&p->deny[j], &id))
                                 return verdict(a, v, AUTHZ_DENIED_BY_POLICY, p->name);
                 if (p->n_allow && !allow_policy)
                         allow_policy = p->name;
         }
-        if (!any) {
+        if (!first) {
                 v->reason = AUTHZ_OK;
                 v->policy = "";
                 return true; /* not a decision of ours: not counted */
         }
         if (!have_id)
-                return verdict(a, v, AUTHZ_NO_IDENTITY, allow_policy);
+                return verdict(a, v, AUTHZ_NO_IDENTITY, allow_policy ? allow_policy : first);
         const char *first_allow = allow_policy;
         for (size_t i = 0; allow_policy && i < a->n; i++) {
                 const struct policy *p = &a->pols[i];

@@ -116,4 +116,47 @@ void authz_render_allow_ids(const struct authz *a, struct strbuf *sb);
 /* Prometheus family shunt_authz_decisions_total{decision}. */
 void authz_render_metrics(const struct authz_stats *st, struct strbuf *sb);
 
+/* ---- Kubernetes AuthorizationPolicy objects (shunt.io/v1alpha1) ------------ */
+
+/* The objects of the sidecar's namespace as watched (list, then events; the
+ * callbacks of a discovery/k8s.h struct k8s_object_sink), kept as their
+ * spec: at most AUTHZ_MAX_POLICIES objects of at most AUTHZ_MAX_SPEC_BYTES
+ * of JSON each. An object applies to this pod when every label of its
+ * spec.selector.matchLabels is among the pod's labels; an object without a
+ * selector applies to every pod of the namespace; with a selector and the
+ * pod's labels unknown it does not apply (said in /authz). */
+#define AUTHZ_MAX_SPEC_BYTES  65536
+#define AUTHZ_MAX_LABELS      64 /* pod labels, selector labels */
+#define AUTHZ_LABELS_FILE_MAX 65536
+
+struct authz_labels; /* key/value pairs */
+
+/* Reads a downward API labels file (lines key="value", the value quoted with
+ * backslash escapes). 0, -ENOENT (no file), or -EINVAL/-E2BIG with err. */
+int authz_labels_read(const char *path, struct authz_labels **out, char *err, size_t errlen);
+void authz_labels_free(struct authz_labels *l);
+
+struct authz_kube;
+
+/* ns: the namespace whose objects are watched; changed(arg) is called after
+ * each change that may alter the built policies. */
+struct authz_kube *authz_kube_new(const char *ns, void (*changed)(void *arg), void *arg);
+void authz_kube_free(struct authz_kube *k);
+/* Replaces the pod's labels (taken; NULL: unknown). */
+void authz_kube_set_labels(struct authz_kube *k, struct authz_labels *labels);
+
+/* The sink callbacks (arg is the struct authz_kube). */
+void authz_kube_list_begin(void *k);
+void authz_kube_list_end(void *k, bool complete);
+int authz_kube_apply(void *k, bool listing, const cJSON *obj, bool deleted, char *err,
+                     size_t errlen);
+size_t authz_kube_count(void *k);
+
+/* The policies of the objects that apply to this pod, in name order; an
+ * object that cannot be added (a bound of the built set) is left out and
+ * logged. A new reference, or NULL (out of memory). */
+struct authz *authz_kube_build(struct authz_kube *k, struct authz_stats *stats);
+/* {"namespace","listed","labels":{..}|null,"objects":[{"name","applies","why"}]} */
+void authz_kube_render(const struct authz_kube *k, struct strbuf *sb);
+
 #endif

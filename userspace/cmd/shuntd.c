@@ -24,6 +24,7 @@
 #include "intercept/origdst.h"
 #include "discovery/backend.h"
 #include "discovery/health.h"
+#include "discovery/k8s.h"
 #include "discovery/registry.h"
 #include "proxy/proxy.h"
 #include "tls/cert.h"
@@ -56,6 +57,8 @@ struct daemon {
          * Kubernetes' (AuthorizationPolicy objects), and both merged (published). */
         struct authz_stats authz_stats;
         struct authz *authz_file, *authz_k8s, *authz;
+        struct authz_kube *authz_kube; /* AuthorizationPolicy objects, when watched */
+        struct k8s_object_sink authz_sink;
         uint64_t routes_version; /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
@@ -790,6 +793,71 @@ static void authz_publish(struct daemon *d)
         d->authz = a;
 }
 
+/* Kubernetes' policies changed (or the pod's labels): rebuild and publish. */
+static void authz_kube_changed(void *arg)
+{
+        struct daemon *d = arg;
+        struct authz *a = authz_kube_build(d->authz_kube, &d->authz_stats);
+        if (!a) {
+                log_error("authz", 0,
+                          "out of memory building the Kubernetes policies: the "
+                          "previous ones stay");
+                return;
+        }
+        authz_unref(d->authz_k8s);
+        d->authz_k8s = a;
+        authz_publish(d);
+}
+
+/* The pod's labels for policy selectors; unknown (NULL) when unreadable. */
+static struct authz_labels *authz_pod_labels(const struct shunt_config *c)
+{
+        struct authz_labels *l = NULL;
+        char err[512];
+        int rc = authz_labels_read(c->authz_labels_file, &l, err, sizeof(err));
+        if (rc == -ENOENT)
+                log_warn("authz", 0,
+                         "no pod labels file %s (authorization.pod_labels_file): "
+                         "AuthorizationPolicy objects with a selector do not apply to this pod",
+                         c->authz_labels_file);
+        else if (rc < 0)
+                log_error("authz", 0,
+                          "pod labels unreadable, AuthorizationPolicy objects with a selector do "
+                          "not apply to this pod: %s",
+                          err);
+        return l;
+}
+
+/* With Kubernetes discovery: AuthorizationPolicy objects of the pod's
+ * namespace are watched by the same machinery. 0 or -errno (err). */
+static int authz_kube_open(struct daemon *d, char *err, size_t errlen)
+{
+        const struct shunt_config *c = d->cfg;
+        if (strcmp(disc_backend_type(d->backend), "kubernetes") || !c->authz_kubernetes)
+                return 0;
+        const char *ns = c->authz_namespace[0] ? c->authz_namespace : c->mtls_namespace;
+        d->authz_kube = authz_kube_new(ns, authz_kube_changed, d);
+        if (!d->authz_kube) {
+                snprintf(err, errlen, "authorization: out of memory");
+                return -ENOMEM;
+        }
+        authz_kube_set_labels(d->authz_kube, authz_pod_labels(c));
+        struct k8s_object_sink *s = &d->authz_sink;
+        s->kind = "authorizationpolicies";
+        snprintf(s->path, sizeof(s->path),
+                 "/apis/shunt.io/v1alpha1/namespaces/%s/authorizationpolicies", ns);
+        s->arg = d->authz_kube;
+        s->list_begin = authz_kube_list_begin;
+        s->list_end = authz_kube_list_end;
+        s->apply = authz_kube_apply;
+        s->count = authz_kube_count;
+        int rc = k8s_backend_add_sink(disc_backend_impl(d->backend), s);
+        if (rc < 0)
+                snprintf(err, errlen, "authorization: cannot watch AuthorizationPolicy: %s",
+                         strerror(-rc));
+        return rc;
+}
+
 static void h_authz(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
         struct daemon *d = ctx;
@@ -809,7 +877,12 @@ static void h_authz(const struct admin_request *req, struct admin_response *resp
         for (int r = 0; r < AUTHZ__REASONS; r++)
                 strbuf_appendf(b, "%s\"%s\":%llu", r ? "," : "", authz_reason_name(r),
                                (unsigned long long)atomic_load(&d->authz_stats.decisions[r]));
-        strbuf_append(b, "},\"policies\":");
+        strbuf_append(b, "},\"kubernetes\":");
+        if (d->authz_kube)
+                authz_kube_render(d->authz_kube, b);
+        else
+                strbuf_append(b, "null");
+        strbuf_append(b, ",\"policies\":");
         authz_render_policies(d->authz, b);
         strbuf_append(b, "}");
 }
@@ -862,6 +935,14 @@ static void reload(struct daemon *d)
         /* Authorization applies to new handshakes and connections at once. */
         authz_unref(d->authz_file);
         d->authz_file = az;
+        if (d->authz_kube) { /* the labels may have changed */
+                authz_kube_set_labels(d->authz_kube, authz_pod_labels(next));
+                struct authz *k = authz_kube_build(d->authz_kube, &d->authz_stats);
+                if (k) {
+                        authz_unref(d->authz_k8s);
+                        d->authz_k8s = k;
+                }
+        }
         authz_publish(d);
         log_set_level(next->log_level);
         d->cfg = next;
@@ -1053,6 +1134,7 @@ int main(int argc, char **argv)
 
         d.registry = disc_registry_new(NULL);
         if (!d.registry || disc_backend_new(d.registry, d.cfg, &d.backend, err, sizeof(err)) < 0 ||
+            authz_kube_open(&d, err, sizeof(err)) < 0 ||
             disc_backend_start(d.backend, d.loop, err, sizeof(err)) < 0 ||
             disc_registry_attach(d.registry, d.loop) < 0 ||
             !(d.health = disc_health_start(d.registry, d.loop, config_socket_mark(d.cfg)))) {
@@ -1160,6 +1242,7 @@ out:
         if (d.loop)
                 loop_timer_cancel(d.loop, &d.routes_timer);
         disc_backend_free(d.backend);
+        authz_kube_free(d.authz_kube); /* after the watch that feeds it */
         disc_health_stop(d.health);
         if (d.registry) {
                 disc_registry_detach(d.registry);

@@ -140,3 +140,13 @@ void disc_backend_free(struct disc_backend *b)
         b->ops->destroy(b->impl);
         free(b);
 }
+
+void *disc_backend_impl(struct disc_backend *b)
+{
+        return b ? b->impl : NULL;
+}
+
+const char *disc_backend_type(const struct disc_backend *b)
+{
+        return b ? b->ops->type : "";
+}

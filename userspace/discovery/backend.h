@@ -37,5 +37,9 @@ int disc_backend_start(struct disc_backend *b, struct loop *loop, char *err, siz
 /* {"type":"file","state":{...}} */
 void disc_backend_render(const struct disc_backend *b, struct strbuf *sb);
 void disc_backend_free(struct disc_backend *b);
+/* The backend's own object, for wiring its extras (k8s_backend_add_sink on
+ * a "kubernetes" backend); its type is disc_backend_type(). */
+void *disc_backend_impl(struct disc_backend *b);
+const char *disc_backend_type(const struct disc_backend *b);
 
 #endif

@@ -42,6 +42,8 @@ struct k8s;
 struct k8s_watch {
         struct k8s *k;
         enum k8s_kind kind;
+        const struct k8s_object_sink *sink; /* another component's resource (kind unused) */
+        bool sink_listing;                  /* between the sink's list_begin and list_end */
         enum wstate state;
         CURL *easy;
         struct curl_slist *hdrs;
@@ -87,7 +89,13 @@ struct k8s {
         uint64_t silence_ms;
         uint64_t n_builds;
         struct k8s_watch w[K8S__KINDS];
+        struct k8s_watch sw; /* the sink's watch, when sw.sink is set */
 };
+
+static const char *wname(const struct k8s_watch *w)
+{
+        return w->sink ? w->sink->kind : kind_name[w->kind];
+}
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -153,6 +161,10 @@ static void drop_paging(struct k8s_watch *w)
         k8s_cache_free(w->staging);
         w->staging = NULL;
         w->cont[0] = '\0';
+        if (w->sink_listing) { /* what the unfinished list brought is dropped */
+                w->sink_listing = false;
+                w->sink->list_end(w->sink->arg, false);
+        }
 }
 
 static void retry_cb(struct loop *loop, struct loop_timer *t)
@@ -174,14 +186,16 @@ static void fail(struct k8s_watch *w, const char *why)
                 jitter = (uint32_t)now_ms(k) * 2654435761u;
         /* base * [0.8, 1.2) */
         uint64_t delay = (uint64_t)w->backoff_ms * (800 + jitter % 400) / 1000;
-        log_warn(COMP, 0, "kubernetes: %s: %s; retrying in %llums", kind_name[w->kind], why,
+        log_warn(COMP, 0, "kubernetes: %s: %s; retrying in %llums", wname(w), why,
                  (unsigned long long)delay);
         w->backoff_ms =
             w->backoff_ms * 2 > K8S_BACKOFF_MAX_MS ? K8S_BACKOFF_MAX_MS : w->backoff_ms * 2;
-        char msg[DISC_ERROR_MAX];
-        snprintf(msg, sizeof(msg), "%s: %s", kind_name[w->kind], why);
-        disc_source_sync_failed(k->r, k->src, msg);
-        disc_registry_publish(k->r);
+        if (!w->sink) {
+                char msg[DISC_ERROR_MAX];
+                snprintf(msg, sizeof(msg), "%s: %s", wname(w), why);
+                disc_source_sync_failed(k->r, k->src, msg);
+                disc_registry_publish(k->r);
+        }
         w->state = W_BACKOFF;
         if (k->closing)
                 return;
@@ -208,6 +222,18 @@ static bool buf_append(struct k8s_watch *w, const char *p, size_t n, size_t max)
         return true;
 }
 
+static int sink_event(void *arg, const cJSON *obj, bool deleted, char *err, size_t errlen)
+{
+        const struct k8s_object_sink *sink = ((struct k8s_watch *)arg)->sink;
+        return sink->apply(sink->arg, false, obj, deleted, err, errlen);
+}
+
+static int sink_list_item(void *arg, const cJSON *obj, bool deleted, char *err, size_t errlen)
+{
+        const struct k8s_object_sink *sink = ((struct k8s_watch *)arg)->sink;
+        return sink->apply(sink->arg, true, obj, deleted, err, errlen);
+}
+
 static void watch_lines(struct k8s_watch *w)
 {
         struct k8s *k = w->k;
@@ -225,7 +251,10 @@ static void watch_lines(struct k8s_watch *w)
                         continue;
                 char err[DISC_ERROR_MAX];
                 err[0] = '\0';
-                switch (k8s_cache_event(k->cache, w->kind, line, n, w->rv, err, sizeof(err))) {
+                enum k8s_event_result r =
+                    w->sink ? k8s_event_parse(line, n, sink_event, w, w->rv, err, sizeof(err))
+                            : k8s_cache_event(k->cache, w->kind, line, n, w->rv, err, sizeof(err));
+                switch (r) {
                 case K8S_EV_APPLIED:
                         w->n_events++;
                         w->req_events++;
@@ -238,22 +267,21 @@ static void watch_lines(struct k8s_watch *w)
                 case K8S_EV_GONE:
                         w->gone = true;
                         w->n_gone++;
-                        log_info(COMP, 0, "kubernetes: %s watch: %s: relisting", kind_name[w->kind],
-                                 err);
+                        log_info(COMP, 0, "kubernetes: %s watch: %s: relisting", wname(w), err);
                         break;
                 case K8S_EV_ERROR:
                         snprintf(w->abort_why, sizeof(w->abort_why), "%s", err);
                         break;
                 case K8S_EV_BAD:
                         w->n_bad++;
-                        log_error(COMP, 0, "kubernetes: %s watch: event skipped: %s",
-                                  kind_name[w->kind], err);
+                        log_error(COMP, 0, "kubernetes: %s watch: event skipped: %s", wname(w),
+                                  err);
                         break;
                 }
         }
         memmove(w->buf, w->buf + off, w->len - off);
         w->len -= off;
-        if (dirty)
+        if (dirty && !w->sink)
                 rebuild(k);
 }
 
@@ -322,7 +350,7 @@ static void done(struct k8s_watch *w, CURLcode res)
                         w->n_gone++;
                 log_info(COMP, 0,
                          "kubernetes: %s: resourceVersion %s expired (410 Gone): relisting",
-                         kind_name[w->kind], w->rv);
+                         wname(w), w->rv);
                 release_easy(w);
                 w->rv[0] = '\0';
                 w->state = W_IDLE;
@@ -335,7 +363,7 @@ static void done(struct k8s_watch *w, CURLcode res)
                 log_info(COMP, 0,
                          "kubernetes: %s: list continue token expired (410 Gone): listing "
                          "again from the first page",
-                         kind_name[w->kind]);
+                         wname(w));
                 release_easy(w);
                 drop_paging(w);
                 w->state = W_IDLE;
@@ -359,12 +387,44 @@ static void done(struct k8s_watch *w, CURLcode res)
                 char m[256];
                 status_message(w, m, sizeof(m));
                 snprintf(why, sizeof(why), "HTTP %ld%s%s", status, m[0] ? ": " : "", m);
+                if (status == 404 && w->sink)
+                        snprintf(why + strlen(why), sizeof(why) - strlen(why),
+                                 " (is its CustomResourceDefinition installed?)");
                 if (status == 401 || status == 403)
                         log_error(COMP, 0,
                                   "kubernetes: %s: the API server refused the "
                                   "credentials from %s: %s",
-                                  kind_name[w->kind], k8s_creds_origin(k->creds), why);
+                                  wname(w), k8s_creds_origin(k->creds), why);
                 fail(w, why);
+                return;
+        }
+        if (w->state == W_LIST && w->sink) {
+                char err[DISC_ERROR_MAX];
+                if (!w->sink_listing) {
+                        w->sink_listing = true;
+                        w->sink->list_begin(w->sink->arg);
+                }
+                int rc =
+                    k8s_list_page_parse(w->sink->kind, w->buf ? w->buf : "", w->len, sink_list_item,
+                                        w, w->list_rv, w->cont, err, sizeof(err));
+                if (rc) {
+                        fail(w, err);
+                        return;
+                }
+                w->n_pages++;
+                release_easy(w);
+                w->backoff_ms = K8S_BACKOFF_MIN_MS;
+                if (!w->cont[0]) {
+                        w->sink_listing = false;
+                        w->sink->list_end(w->sink->arg, true);
+                        memcpy(w->rv, w->list_rv, sizeof(w->rv));
+                        w->listed = true;
+                        w->healthy = true;
+                        log_info(COMP, 0, "kubernetes: listed %zu %s at resourceVersion %s",
+                                 w->sink->count(w->sink->arg), wname(w), w->rv);
+                }
+                w->state = W_IDLE;
+                start(w);
                 return;
         }
         if (w->state == W_LIST) {
@@ -393,7 +453,7 @@ static void done(struct k8s_watch *w, CURLcode res)
                 w->listed = true;
                 w->healthy = true;
                 log_info(COMP, 0, "kubernetes: listed %zu %s at resourceVersion %s",
-                         k8s_cache_count(k->cache, w->kind), kind_name[w->kind], w->rv);
+                         k8s_cache_count(k->cache, w->kind), wname(w), w->rv);
                 rebuild(k);
                 check_sync(k);
                 w->state = W_IDLE;
@@ -418,8 +478,10 @@ static void start(struct k8s_watch *w)
         if (k->closing)
                 return;
         bool watch = w->listed && w->rv[0] && !w->cont[0];
-        char path[256];
-        if (k->ns[0])
+        char path[512];
+        if (w->sink)
+                snprintf(path, sizeof(path), "%s", w->sink->path);
+        else if (k->ns[0])
                 snprintf(path, sizeof(path),
                          w->kind == K8S_SERVICES ? "/api/v1/namespaces/%s/services"
                                                  : "/apis/discovery.k8s.io/v1/namespaces/%s/"
@@ -434,7 +496,9 @@ static void start(struct k8s_watch *w)
         char url[2 * K8S_MAX_CONTINUE + 1024];
         int n;
         /* Services: the configured selector. Slices: only those a Service owns. */
-        const char *sel = w->kind == K8S_SERVICES ? k->selector_q : "kubernetes.io%2Fservice-name";
+        const char *sel = w->sink                   ? NULL
+                          : w->kind == K8S_SERVICES ? k->selector_q
+                                                    : "kubernetes.io%2Fservice-name";
         char *rv_q = curl_easy_escape(NULL, w->rv, 0);
         char *cont_q = w->cont[0] ? curl_easy_escape(NULL, w->cont, 0) : NULL;
         if (watch)
@@ -585,8 +649,8 @@ static void tick_cb(struct loop *loop, struct loop_timer *t)
 {
         struct k8s *k = t->data;
         uint64_t now = now_ms(k);
-        for (int i = 0; i < K8S__KINDS; i++) {
-                struct k8s_watch *w = &k->w[i];
+        for (int i = 0; i <= K8S__KINDS; i++) {
+                struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw;
                 if (w->state == W_WATCH && now - w->last_data_ms > k->silence_ms) {
                         w->n_silent++;
                         char why[128];
@@ -607,12 +671,15 @@ static void k8s_destroy(void *impl)
         if (!k)
                 return;
         k->closing = true;
-        for (int i = 0; i < K8S__KINDS; i++) {
-                release_easy(&k->w[i]);
+        for (int i = 0; i <= K8S__KINDS; i++) {
+                struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw;
+                if (!w->k)
+                        continue; /* no sink */
+                release_easy(w);
                 if (k->loop)
-                        loop_timer_cancel(k->loop, &k->w[i].retry);
-                free(k->w[i].buf);
-                drop_paging(&k->w[i]);
+                        loop_timer_cancel(k->loop, &w->retry);
+                free(w->buf);
+                drop_paging(w);
         }
         if (k->loop) {
                 loop_timer_cancel(k->loop, &k->curl_timer);
@@ -720,6 +787,8 @@ static int k8s_start(void *impl, struct loop *loop, char *err, size_t errlen)
         k->loop = loop;
         for (int i = 0; i < K8S__KINDS; i++)
                 start(&k->w[i]);
+        if (k->sw.sink)
+                start(&k->sw);
         int rc = loop_timer_arm(loop, &k->tick, K8S_TICK_MS);
         if (rc)
                 snprintf(err, errlen, "kubernetes: cannot arm a timer");
@@ -740,9 +809,11 @@ static void k8s_render(const void *impl, struct strbuf *sb)
         strbuf_appendf(sb, ",\"watch_timeout_s\":%u,\"silence_ms\":%llu,\"builds\":%llu",
                        k->watch_s, (unsigned long long)k->silence_ms,
                        (unsigned long long)k->n_builds);
-        for (int i = 0; i < K8S__KINDS; i++) {
-                const struct k8s_watch *w = &k->w[i];
-                strbuf_appendf(sb, ",\"%s\":{\"state\":\"%s\",\"resource_version\":", kind_name[i],
+        for (int i = 0; i <= K8S__KINDS; i++) {
+                const struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw;
+                if (!w->k)
+                        continue; /* no sink */
+                strbuf_appendf(sb, ",\"%s\":{\"state\":\"%s\",\"resource_version\":", wname(w),
                                state_name[w->state]);
                 strbuf_append_json_string(sb, w->rv);
                 strbuf_appendf(
@@ -750,11 +821,11 @@ static void k8s_render(const void *impl, struct strbuf *sb)
                     ",\"objects\":%zu,\"lists\":%llu,\"watches\":%llu,\"bookmarks\":%llu,"
                     "\"bad_events\":%llu,\"gone\":%llu,\"failures\":%llu,\"silent\":%llu,"
                     "\"backoff_ms\":%u,\"pages\":%llu,\"continue_expired\":%llu,\"last_error\":",
-                    k8s_cache_count(k->cache, (enum k8s_kind)i), (unsigned long long)w->n_lists,
-                    (unsigned long long)w->n_watches, (unsigned long long)w->n_bookmarks,
-                    (unsigned long long)w->n_bad, (unsigned long long)w->n_gone,
-                    (unsigned long long)w->n_failures, (unsigned long long)w->n_silent,
-                    w->backoff_ms, (unsigned long long)w->n_pages,
+                    w->sink ? w->sink->count(w->sink->arg) : k8s_cache_count(k->cache, w->kind),
+                    (unsigned long long)w->n_lists, (unsigned long long)w->n_watches,
+                    (unsigned long long)w->n_bookmarks, (unsigned long long)w->n_bad,
+                    (unsigned long long)w->n_gone, (unsigned long long)w->n_failures,
+                    (unsigned long long)w->n_silent, w->backoff_ms, (unsigned long long)w->n_pages,
                     (unsigned long long)w->n_cont_expired);
                 if (w->last_error[0])
                         strbuf_append_json_string(sb, w->last_error);
@@ -763,6 +834,23 @@ static void k8s_render(const void *impl, struct strbuf *sb)
                 strbuf_append(sb, "}");
         }
         strbuf_append(sb, "}");
+}
+
+int k8s_backend_add_sink(void *impl, const struct k8s_object_sink *sink)
+{
+        struct k8s *k = impl;
+        if (!k || !sink || !sink->kind || !sink->path[0] || !sink->apply || !sink->list_begin ||
+            !sink->list_end || !sink->count)
+                return -EINVAL;
+        if (k->sw.sink || k->loop)
+                return -EBUSY;
+        struct k8s_watch *w = &k->sw;
+        w->k = k;
+        w->sink = sink;
+        w->backoff_ms = K8S_BACKOFF_MIN_MS;
+        loop_timer_init(&w->retry, retry_cb, w);
+        log_info(COMP, 0, "kubernetes: also watching %s (%s)", sink->kind, sink->path);
+        return 0;
 }
 
 const struct disc_backend_ops k8s_backend_ops = {

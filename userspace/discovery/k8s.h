@@ -21,7 +21,10 @@
 #ifndef SHUNT_DISCOVERY_K8S_H
 #define SHUNT_DISCOVERY_K8S_H
 
+#include <stdbool.h>
 #include <stddef.h>
+
+#include <cjson/cJSON.h>
 
 #include "discovery/backend.h"
 #include "discovery/registry.h"
@@ -82,6 +85,46 @@ enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, c
 int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **svcs, size_t *n);
 void k8s_specs_free(struct disc_service_spec *svcs, size_t n);
 size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind);
+
+/* ---- envelopes of any resource ------------------------------------------------ */
+
+/* Applies one object of a list or a watch event (deleted: a DELETED event).
+ * 0; -EINVAL: this object is skipped (err says why); another -errno: the
+ * list fails (out of memory, a bound of the consumer). */
+typedef int (*k8s_apply_fn)(void *arg, const cJSON *obj, bool deleted, char *err, size_t errlen);
+/* One list page: apply for each item; rv and cont as k8s_cache_list_page.
+ * what names the resource in err. */
+int k8s_list_page_parse(const char *what, const char *body, size_t len, k8s_apply_fn apply,
+                        void *arg, char *rv, char *cont, char *err, size_t errlen);
+/* One watch event line, ADDED/MODIFIED/DELETED going to apply. */
+enum k8s_event_result k8s_event_parse(const char *line, size_t len, k8s_apply_fn apply, void *arg,
+                                      char *rv, char *err, size_t errlen);
+
+/* ---- other components' resources ------------------------------------------------- */
+
+/* One more resource watched with the same machinery (paginated list, watch
+ * from resourceVersion with bookmarks, 410 -> relist, backoff, silence
+ * bound) for a component outside discovery. Its failures are logged and
+ * shown in /debug/cache; they do not make the registry stale. */
+struct k8s_object_sink {
+        const char *kind; /* plural, for logs: "authorizationpolicies" */
+        char path[512];   /* "/apis/<group>/<version>/namespaces/<ns>/<plural>" */
+        void *arg;
+        /* A list starts (first page) and ends (after the last page, or
+         * complete == false when it failed: what was applied since begin is
+         * dropped). */
+        void (*list_begin)(void *arg);
+        void (*list_end)(void *arg, bool complete);
+        /* An object of the list in progress, or a watch event. */
+        int (*apply)(void *arg, bool listing, const cJSON *obj, bool deleted, char *err,
+                     size_t errlen);
+        size_t (*count)(void *arg); /* objects held, for /debug/cache */
+};
+
+/* Adds the sink's watch to the kubernetes backend impl (disc_backend_impl()
+ * of a "kubernetes" backend), before it starts. The sink must outlive it.
+ * 0, -EBUSY (one sink already), -EINVAL. */
+int k8s_backend_add_sink(void *impl, const struct k8s_object_sink *sink);
 
 /* Maps a Service port's appProtocol to a declared protocol (PROTO_UNKNOWN
  * when absent or not one we know: the proxy sniffs). */

@@ -472,8 +472,8 @@ static void object_rv(const cJSON *obj, char *rv)
                 memcpy(rv, v, strlen(v) + 1);
 }
 
-int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const char *body, size_t len,
-                        char *rv, char *cont, char *err, size_t errlen)
+int k8s_list_page_parse(const char *what, const char *body, size_t len, k8s_apply_fn apply,
+                        void *arg, char *rv, char *cont, char *err, size_t errlen)
 {
         cJSON *root = cJSON_ParseWithLength(body, len);
         const cJSON *items = root ? FIELD(root, "items") : NULL;
@@ -482,8 +482,7 @@ int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const cha
         const char *lcont = str_at(md, "continue");
         if (!root || !(cJSON_IsArray(items) || cJSON_IsNull(items)) || !lrv ||
             strlen(lrv) >= K8S_MAX_RV || (lcont && strlen(lcont) >= K8S_MAX_CONTINUE)) {
-                snprintf(err, errlen, "%s list: %s",
-                         kind == K8S_SERVICES ? "services" : "endpointslices",
+                snprintf(err, errlen, "%s list: %s", what,
                          !root ? "not JSON"
                          : lcont && strlen(lcont) >= K8S_MAX_CONTINUE
                              ? "continue token too long"
@@ -495,19 +494,39 @@ int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const cha
         cJSON_ArrayForEach(it, (cJSON_IsArray(items) ? items : NULL))
         {
                 char why[DISC_ERROR_MAX];
-                int rc = apply_object(staging, kind, it, false, why, sizeof(why));
-                if (rc == -ENOMEM) {
-                        snprintf(err, errlen, "out of memory");
-                        cJSON_Delete(root);
-                        return -ENOMEM;
-                }
-                if (rc)
+                int rc = apply(arg, it, false, why, sizeof(why));
+                if (rc == -EINVAL) {
                         log_warn(COMP, 0, "kubernetes: list item skipped: %s", why);
+                } else if (rc) {
+                        /* out of memory, or a bound of the consumer: the list fails */
+                        snprintf(err, errlen, "%s", rc == -ENOMEM ? "out of memory" : why);
+                        cJSON_Delete(root);
+                        return rc;
+                }
         }
         memcpy(rv, lrv, strlen(lrv) + 1);
         snprintf(cont, K8S_MAX_CONTINUE, "%s", lcont ? lcont : "");
         cJSON_Delete(root);
         return 0;
+}
+
+struct cache_kind {
+        struct k8s_cache *c;
+        enum k8s_kind kind;
+};
+
+static int cache_apply(void *arg, const cJSON *obj, bool deleted, char *err, size_t errlen)
+{
+        struct cache_kind *ck = arg;
+        return apply_object(ck->c, ck->kind, obj, deleted, err, errlen);
+}
+
+int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const char *body, size_t len,
+                        char *rv, char *cont, char *err, size_t errlen)
+{
+        struct cache_kind ck = {staging, kind};
+        return k8s_list_page_parse(kind == K8S_SERVICES ? "services" : "endpointslices", body, len,
+                                   cache_apply, &ck, rv, cont, err, errlen);
 }
 
 void k8s_cache_take(struct k8s_cache *c, struct k8s_cache *staging, enum k8s_kind kind)
@@ -549,8 +568,8 @@ int k8s_cache_list(struct k8s_cache *c, enum k8s_kind kind, const char *body, si
         return rc;
 }
 
-enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, const char *line,
-                                      size_t len, char *rv, char *err, size_t errlen)
+enum k8s_event_result k8s_event_parse(const char *line, size_t len, k8s_apply_fn apply, void *arg,
+                                      char *rv, char *err, size_t errlen)
 {
         cJSON *ev = cJSON_ParseWithLength(line, len);
         enum k8s_event_result res = K8S_EV_BAD;
@@ -571,7 +590,7 @@ enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, c
                 res = cJSON_IsNumber(code) && code->valueint == 410 ? K8S_EV_GONE : K8S_EV_ERROR;
         } else if (strcmp(type, "ADDED") == 0 || strcmp(type, "MODIFIED") == 0 ||
                    strcmp(type, "DELETED") == 0) {
-                int rc = apply_object(c, kind, obj, type[0] == 'D', err, errlen);
+                int rc = apply(arg, obj, type[0] == 'D', err, errlen);
                 if (rc == 0) {
                         object_rv(obj, rv);
                         res = K8S_EV_APPLIED;
@@ -581,6 +600,13 @@ enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, c
         }
         cJSON_Delete(ev);
         return res;
+}
+
+enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, const char *line,
+                                      size_t len, char *rv, char *err, size_t errlen)
+{
+        struct cache_kind ck = {c, kind};
+        return k8s_event_parse(line, len, cache_apply, &ck, rv, err, errlen);
 }
 
 /* ---- build ------------------------------------------------------------------------- */
