@@ -25,6 +25,7 @@
 #include "discovery/backend.h"
 #include "discovery/health.h"
 #include "discovery/k8s.h"
+#include "discovery/k8s_creds.h"
 #include "discovery/registry.h"
 #include "proxy/proxy.h"
 #include "tls/cert.h"
@@ -835,7 +836,11 @@ static int authz_kube_open(struct daemon *d, char *err, size_t errlen)
         const struct shunt_config *c = d->cfg;
         if (strcmp(disc_backend_type(d->backend), "kubernetes") || !c->authz_kubernetes)
                 return 0;
-        const char *ns = c->authz_namespace[0] ? c->authz_namespace : c->mtls_namespace;
+        /* The pod's own namespace: set, else the service account's, else mtls.namespace. */
+        char pod_ns[CONFIG_STR_MAX];
+        const char *ns = c->authz_namespace[0]                            ? c->authz_namespace
+                         : k8s_pod_namespace(pod_ns, sizeof(pod_ns)) == 0 ? pod_ns
+                                                                          : c->mtls_namespace;
         d->authz_kube = authz_kube_new(ns, authz_kube_changed, d);
         if (!d->authz_kube) {
                 snprintf(err, errlen, "authorization: out of memory");

@@ -417,13 +417,35 @@ out:
         return rc;
 }
 
+static const char *sa_dir(void)
+{
+        const char *dir = getenv("SHUNT_K8S_SERVICEACCOUNT_DIR");
+        return dir && *dir ? dir : K8S_DEFAULT_SA_DIR;
+}
+
+int k8s_pod_namespace(char *out, size_t len)
+{
+        char path[PATH_MAX], err[PATH_MAX + 64];
+        snprintf(path, sizeof(path), "%s/namespace", sa_dir());
+        char *buf;
+        size_t n;
+        if (read_small_file(path, 256, &buf, &n, err, sizeof(err)) < 0)
+                return -ENOENT;
+        while (n && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+                buf[--n] = '\0';
+        int rc =
+            n && n < len && strspn(buf, "abcdefghijklmnopqrstuvwxyz0123456789-") == n ? 0 : -EINVAL;
+        if (rc == 0)
+                memcpy(out, buf, n + 1);
+        free(buf);
+        return rc;
+}
+
 static int load_in_cluster(struct k8s_creds *k, char *err, size_t errlen)
 {
         const char *host = getenv("KUBERNETES_SERVICE_HOST");
         const char *port = getenv("KUBERNETES_SERVICE_PORT");
-        const char *dir = getenv("SHUNT_K8S_SERVICEACCOUNT_DIR");
-        if (!dir || !*dir)
-                dir = K8S_DEFAULT_SA_DIR;
+        const char *dir = sa_dir();
         snprintf(k->mode, sizeof(k->mode), "in-cluster");
         snprintf(k->origin, sizeof(k->origin), "%s", dir);
         if (!port || !*port)

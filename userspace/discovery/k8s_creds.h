@@ -37,4 +37,9 @@ k8s_creds_server(const struct k8s_creds *c); /* "https://host:port", no '/' at t
  * -ENOMEM. */
 int k8s_creds_apply(struct k8s_creds *c, CURL *e, struct curl_slist **hdrs);
 
+/* The pod's namespace from the in-cluster service-account directory
+ * (SHUNT_K8S_SERVICEACCOUNT_DIR or the default)'s "namespace" file. 0, or
+ * -ENOENT (no such file: not in a pod), -EINVAL (not a namespace name). */
+int k8s_pod_namespace(char *out, size_t len);
+
 #endif
