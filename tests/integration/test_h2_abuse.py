@@ -53,6 +53,7 @@ def env():
                     "service-discovery.file.path": sl.registry_file(reg),
                     # One worker: every client shares its upstream session.
                     "workers": "1",
+                    "http2.stream-stall-timeout": "%dms" % (STALL * 1000),
                     "log-level": "info",
                 }
             ),
@@ -128,6 +129,11 @@ def good_client(topo, want, n, out):
         )
         out.append(r.stdout.split()[0] if r.stdout.strip() else "error: " + r.stderr.strip())
     out.append("done")
+
+
+def rss_kb(d):
+    with open("/proc/%d/status" % d.proc.pid) as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
 
 
 def shuntd_cpu_seconds(d):
@@ -297,3 +303,54 @@ def test_hpack_bomb_costs_what_its_bytes_cost(env):
         s.close()
     assert reader.of(HEADERS) and b"431" in reader.of(HEADERS)[0][4], reader.frames
     assert d.alive()
+
+
+# ---------------------------------------------------------------- D1
+
+STREAMS = 20  # 20 x 64 KiB stream windows > the upstream session's 1 MiB
+
+
+def test_client_granting_no_window_cannot_stall_others(env):
+    """A client asks for the 3 MB body on 20 streams with an initial window
+    of 0 and never opens it. All streams of the one worker share one
+    upstream session; before, their buffered bytes held its 1 MiB
+    connection window and another client's downloads on that session got
+    200 and no body. Now the other client downloads in full (SHA-256)
+    while the stalled streams still exist; those are reset (CANCEL) after
+    http2.stream_stall_timeout, counted, and shuntd's memory stays flat."""
+    topo, d, want = env
+    stalls = metric(d, "shunt_http2_streams_stalled_total")
+    rss0 = rss_kb(d)
+    s = topo.app.connect(VIP, 80)
+    reader = Reader(s)
+    try:
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 0)))
+        t0 = time.monotonic()
+        s.sendall(b"".join(frame(HEADERS, 5, 1 + 2 * i, get_block(b"/big.bin"))
+                           for i in range(STREAMS)))
+        sl.wait_until(lambda: len({f[3] for f in reader.of(HEADERS)}) == STREAMS, 10,
+                      what="every stalled stream's response headers")
+        time.sleep(0.5)  # nginx fills their windows meanwhile
+        good = []
+        good_client(topo, want, 2, good)
+        good_done = time.monotonic()
+        assert good == [want, want, "done"], good
+        first_rst = min([f[0] for f in reader.of(RST_STREAM)] or [float("inf")])
+        assert good_done < first_rst, "served only once the stalled streams were reset"
+        sl.wait_until(lambda: len({f[3] for f in reader.of(RST_STREAM)}) == STREAMS,
+                      STALL + 10, what="every stalled stream reset")
+        rss1 = rss_kb(d)
+    finally:
+        reader.stop()
+        s.close()
+    rsts = reader.of(RST_STREAM)
+    assert {f[3] for f in rsts} == {1 + 2 * i for i in range(STREAMS)}
+    assert all(int.from_bytes(f[4], "big") == 8 for f in rsts), rsts  # CANCEL
+    ended = [f[0] - t0 for f in rsts]
+    assert STALL - 0.5 <= min(ended) and max(ended) <= STALL + 5, ended
+    assert not reader.of(DATA) and not reader.of(GOAWAY)
+    assert metric(d, "shunt_http2_streams_stalled_total") == stalls + STREAMS
+    sl.wait_until(lambda: metric(d, "shunt_http2_streams_active") == 0, 10,
+                  what="no stream left")
+    # 20 streams hold at most 20 x 64 KiB; allocator slack aside, flat.
+    assert rss1 - rss0 < 32 * 1024, (rss0, rss1)

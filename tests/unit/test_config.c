@@ -240,6 +240,7 @@ static void test_file_values(void **state)
         assert_int_equal(c->h2_max_concurrent_streams, 64);
         assert_int_equal(c->h2_max_header_list_size, 32768);
         assert_int_equal(c->h2_max_control_frames, 500);
+        assert_int_equal(c->h2_stream_stall_timeout_ms, 45000);
         assert_string_equal(c->lb_local_zone, "eu-west-1a");
         assert_int_equal(c->lb_locality_min_percent, 50);
         assert_int_equal(c->cb_consecutive_failures, 7);

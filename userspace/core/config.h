@@ -116,6 +116,7 @@ struct shunt_config {
         uint32_t h2_max_concurrent_streams; /* http2.max_concurrent_streams, per client conn, 100 */
         uint32_t h2_max_header_list_size;   /* http2.max_header_list_size, bytes, 64KiB */
         uint32_t h2_max_control_frames;     /* http2.max_control_frames_per_second, 1000 */
+        uint32_t h2_stream_stall_timeout_ms; /* http2.stream_stall_timeout, 30s */
 
         /* HTTP/1.1 request-level proxying (proxy/h1proxy.c, proxy/upstream.c) */
         uint32_t http_upstream_idle_timeout_ms; /* http.upstream_idle_timeout, 4s */

@@ -12,12 +12,16 @@
  * done by pump() at the top of an event, where closing is safe.
  *
  * Flow control: automatic WINDOW_UPDATEs are off on every session. Bytes a
- * peer sends are kept in the stream's buffer and consumed on that session
- * (nghttp2_session_consume) only when the other session's data callback
- * copies them into a frame, and frames are produced only when the previous
+ * peer sends are kept in the stream's buffer. They are given back to the
+ * session's connection window at once (nghttp2_session_consume_connection)
+ * and to the stream's window only when the other session's data callback
+ * copies them into a frame; frames are produced only when the previous
  * batch (at most H2_OUT_BATCH bytes and one frame) has left. A stream thus
- * buffers at most H2_STREAM_WINDOW bytes each way and a session at most
- * H2_CONN_WINDOW, plus its output batch. */
+ * buffers at most H2_STREAM_WINDOW bytes each way, and a stream that does
+ * not move holds its own window only: an upstream session is shared by many
+ * clients' streams, and a client that grants no window must not be able to
+ * spend the connection window the others' streams need. A stream whose
+ * buffered bytes do not move for http2.stream_stall_timeout is ended. */
 #include "proxy/h2proxy.h"
 
 #include <errno.h>
@@ -168,6 +172,8 @@ struct h2s {
         uint64_t key_hash;
         struct loop_timer retry; /* backoff before a retry */
         struct loop_timer deadline;
+        struct loop_timer stall; /* bytes buffered and not moving */
+        uint64_t progress_ms;    /* when buffered bytes last moved, or began to wait */
         bool deadline_grpc;
         uint64_t timeout_ms;
         uint64_t start_ms;
@@ -439,12 +445,6 @@ static void stream_unlink_up(struct h2s *st)
                 st->unext->uprev = st->uprev;
         st->uprev = st->unext = NULL;
         u->n_streams--;
-        /* What was buffered from this stream still counts against the
-         * session's connection window: give it back. */
-        if (!u->s.closed && bbuf_avail(&st->respb)) {
-                nghttp2_session_consume_connection(u->s.ng, bbuf_avail(&st->respb));
-                mark_dirty(&u->s);
-        }
         if (!u->n_streams && !u->s.closed)
                 loop_timer_arm(hw_loop(st->hw), &u->timer, up_idle_ms(st->hw));
         st->u = NULL;
@@ -457,6 +457,7 @@ static void stream_free(struct h2s *st)
         struct h2_worker *hw = st->hw;
         loop_timer_cancel(hw_loop(hw), &st->deadline);
         loop_timer_cancel(hw_loop(hw), &st->retry);
+        loop_timer_cancel(hw_loop(hw), &st->stall);
         if (st->attempt_open)
                 route_request_done(&st->route, &st->upstream, ROUTE_CANCELLED);
         if (st->c) {
@@ -535,9 +536,10 @@ static ssize_t resp_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t 
         if (n) {
                 memcpy(buf, st->respb.p + st->respb.off, n);
                 st->respb.off += (uint32_t)n;
+                st->progress_ms = loop_now_ms(hw_loop(st->hw));
                 /* A local answer's body never came from upstream. */
                 if (st->u && !st->u->s.closed && !st->local) {
-                        nghttp2_session_consume(st->u->s.ng, st->uid, n);
+                        nghttp2_session_consume_stream(st->u->s.ng, st->uid, n);
                         mark_dirty(&st->u->s);
                 }
         }
@@ -571,8 +573,9 @@ static ssize_t req_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t l
                 memcpy(buf, st->reqb.p + st->reqb.off, n);
                 st->reqb.off += (uint32_t)n;
                 st->req_sent += n;
+                st->progress_ms = loop_now_ms(hw_loop(st->hw));
                 if (st->c && st->c_open) {
-                        nghttp2_session_consume(st->c->s.ng, st->cid, n);
+                        nghttp2_session_consume_stream(st->c->s.ng, st->cid, n);
                         mark_dirty(&st->c->s);
                 }
         }
@@ -625,10 +628,10 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
                          st->grpc ? grpc : http, reason);
         /* The request body is no longer wanted: drop it and reopen its window. */
         if (bbuf_avail(&st->reqb))
-                nghttp2_session_consume(c->s.ng, st->cid, bbuf_avail(&st->reqb));
+                nghttp2_session_consume_stream(c->s.ng, st->cid, bbuf_avail(&st->reqb));
         st->reqb.off = st->reqb.len = 0;
         if (st->u && !st->u->s.closed && bbuf_avail(&st->respb)) {
-                nghttp2_session_consume(st->u->s.ng, st->uid, bbuf_avail(&st->respb));
+                nghttp2_session_consume_stream(st->u->s.ng, st->uid, bbuf_avail(&st->respb));
                 mark_dirty(&st->u->s);
         }
         st->respb.off = st->respb.len = 0;
@@ -679,6 +682,50 @@ static void on_deadline(struct loop *loop, struct loop_timer *t)
                 stream_fail(st, GRPC_UNAVAILABLE, 504,
                             "upstream did not answer within timeouts.request");
         }
+        hw_run(hw);
+}
+
+/* Bytes went into a stream's buffer: the stall clock starts when they
+ * begin to wait (and again after the timer found nothing waiting). */
+static void stall_watch(struct h2s *st, bool was_empty)
+{
+        struct h2_worker *hw = st->hw;
+        if (!was_empty && loop_timer_armed(&st->stall))
+                return;
+        st->progress_ms = loop_now_ms(hw_loop(hw));
+        if (!loop_timer_armed(&st->stall))
+                loop_timer_arm(hw_loop(hw), &st->stall, hw_cfg(hw)->h2_stream_stall_timeout_ms);
+}
+
+/* A stream's buffered bytes have not moved for http2.stream_stall_timeout:
+ * the client grants no window for its response, or the upstream takes no
+ * more of its request. It holds one stream window each way, no more, but
+ * forever and in a stream slot of a shared upstream session: ended, with
+ * RST_STREAM CANCEL upstream and, towards the client, RST_STREAM CANCEL once
+ * the response began, else 504 (gRPC: DEADLINE_EXCEEDED). */
+static void on_stall(struct loop *loop, struct loop_timer *t)
+{
+        struct h2s *st = t->data;
+        struct h2_worker *hw = st->hw;
+        bool resp = st->c_open && !st->local && bbuf_avail(&st->respb);
+        bool req = st->u_open && bbuf_avail(&st->reqb);
+        if (!resp && !req)
+                return; /* drained: stall_watch arms it again */
+        uint64_t bound = hw_cfg(hw)->h2_stream_stall_timeout_ms;
+        uint64_t idle = loop_now_ms(loop) - st->progress_ms;
+        if (idle < bound) {
+                loop_timer_arm(loop, t, bound - idle);
+                return;
+        }
+        stat_inc(hw, ST_H2_STREAM_STALLS);
+        attempt_done(st, resp ? ROUTE_CANCELLED : ROUTE_TIMEOUT);
+        char why[H2_REASON_MAX];
+        snprintf(why, sizeof(why), "%s no bytes for %llu ms (http2.stream_stall_timeout)",
+                 resp ? "the client took" : "the upstream took", (unsigned long long)idle);
+        if (warn_limit_allow(&hw->warn, loop_now_ms(loop), "h2"))
+                log_warn("h2", st->c ? st->c->id : 0, "stream %d (%s) ended: %s", st->cid,
+                         route_service_name(&st->route), why);
+        stream_fail(st, GRPC_DEADLINE_EXCEEDED, 504, why);
         hw_run(hw);
 }
 
@@ -1119,8 +1166,13 @@ static int up_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uin
                 nghttp2_session_consume(ng, sid, len);
                 return 0;
         }
+        bool was_empty = !bbuf_avail(&st->respb);
         if (bbuf_put(&st->respb, data, len) < 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        /* Out of the shared connection window into the stream's own. */
+        nghttp2_session_consume_connection(ng, len);
+        mark_dirty(&st->u->s);
+        stall_watch(st, was_empty);
         resume_client(st);
         return 0;
 }
@@ -1282,6 +1334,7 @@ static int cl_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void
         st->start_ms = loop_now_ms(hw_loop(c->s.hw));
         loop_timer_init(&st->deadline, on_deadline, st);
         loop_timer_init(&st->retry, on_retry, st);
+        loop_timer_init(&st->stall, on_stall, st);
         st->cnext = c->streams;
         if (c->streams)
                 c->streams->cprev = st;
@@ -1398,8 +1451,13 @@ static int cl_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uin
                 mark_dirty(&c->s);
                 return 0;
         }
+        bool was_empty = !bbuf_avail(&st->reqb);
         if (bbuf_put(&st->reqb, data, len) < 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        /* The client's other streams do not wait for this one's upstream. */
+        nghttp2_session_consume_connection(ng, len);
+        mark_dirty(&c->s);
+        stall_watch(st, was_empty);
         resume_up(st);
         return 0;
 }

@@ -94,6 +94,7 @@ enum stat_id {
         ST_H2_REPLY_504,      /* upstream timeout (gRPC: DEADLINE_EXCEEDED) */
         ST_H2_REPLY_431,      /* request header list over the limit (gRPC: RESOURCE_EXHAUSTED) */
         ST_H2_STREAM_RESETS,  /* streams reset towards the client after the response began */
+        ST_H2_STREAM_STALLS,  /* streams ended: no progress for http2.stream_stall_timeout */
         ST_H2_FLOOD,          /* connections closed for a frame flood (GOAWAY ENHANCE_YOUR_CALM) */
         ST_H2_PROTOCOL_ERROR, /* connections closed for an HTTP/2 protocol error */
         ST_H2_WRITE_STALL,    /* connections closed: the client stopped reading */

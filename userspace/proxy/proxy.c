@@ -538,9 +538,16 @@ static const struct metric_def proxy_metrics[] = {
       {"status=\"431\"", ST_H2_REPLY_431}}},
     {"shunt_http2_stream_resets_total",
      "counter",
-     "HTTP/2 streams reset towards the client because the upstream failed after the response "
+     "HTTP/2 streams reset towards the client: the upstream failed after the response began, "
+     "a header list past twice the limit (an HPACK bomb), a stream stalled after its response "
      "began.",
      {{"", ST_H2_STREAM_RESETS}}},
+    {"shunt_http2_streams_stalled_total",
+     "counter",
+     "HTTP/2 streams ended because their buffered bytes did not move for "
+     "http2.stream_stall_timeout (the client granted no window, or the upstream took no "
+     "request bytes).",
+     {{"", ST_H2_STREAM_STALLS}}},
     {"shunt_http2_connections_closed_total",
      "counter",
      "HTTP/2 client connections closed by shuntd: frame flood, protocol error, client stopped "
