@@ -606,9 +606,20 @@ class Shuntd:
         status, _, body = self.pod.http(self.admin[0], self.admin[1], "GET", path, timeout=timeout)
         return status, body
 
-    def post(self, path, body, timeout=5.0):
+    def admin_token(self):
+        """The bearer token shuntd wrote to admin.token_file ("" when it
+        wrote none: admin.mutations off)."""
+        if self.config_value("admin.mutations")[0] != "token":
+            return ""
+        with open(self.config_value("admin.token_file")[0]) as f:
+            return f.read().strip()
+
+    def post(self, path, body, timeout=5.0, token=None):
+        """POST to the admin API with the daemon's token (token= another)."""
+        token = self.admin_token() if token is None else token
+        headers = {"Authorization": "Bearer " + token} if token else {}
         status, _, data = self.pod.http(
-            self.admin[0], self.admin[1], "POST", path, body=body, timeout=timeout
+            self.admin[0], self.admin[1], "POST", path, body=body, timeout=timeout, headers=headers
         )
         return status, data
 
@@ -744,6 +755,14 @@ def start_mtls_pair(topo, daemons, ca_dir=None, a_flags=None, b_flags=None, b_co
     return tuple(out)
 
 
+def _token_dir():
+    """A directory for a daemon's admin token, writable by a proxy that runs
+    as another uid (the capture init layout); the token file itself is 0600."""
+    d = tmpdir()
+    os.chmod(d, 0o1777)
+    return d
+
+
 def shuntd_args(**flags):
     """Test defaults as flags; keyword overrides (underscores -> dashes),
     None removes a default."""
@@ -753,6 +772,10 @@ def shuntd_args(**flags):
         "log-level": "debug",
         "proxy-uid": TEST_PROXY_UID,
         "drain-timeout": "2s",
+        # Tests change endpoints, breakers and the log level through the
+        # admin API: with a token file of the daemon's own.
+        "admin.mutations": "token",
+        "admin.token-file": os.path.join(_token_dir(), "admin-token"),
     }
     for k, v in flags.items():
         base[k.replace("_", "-")] = v

@@ -1,6 +1,7 @@
 """Admin API and shuntctl against a running shuntd with iptables capture."""
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -224,3 +225,42 @@ def test_shuntctl_bad_usage(topo):
     p = sl.shuntctl(topo.app, "frobnicate")
     assert p.returncode == 2
     assert "frobnicate" in p.stderr
+
+
+def test_admin_mutations_need_the_token(topo, shuntd):
+    """Any process in the pod may read the admin API, but only one that can
+    read shuntd's token file may change it (issue 14, D10): without the
+    token, POST /admin/endpoints and /admin/circuit-breaker are refused with
+    401 and change nothing; shuntctl run as another user says so; root's
+    shuntctl reads the token file and succeeds."""
+    reg = json.dumps({"service": "x", "endpoints": [{"address": "10.9.9.9", "port": 1}]})
+    for token in ("", "0" * 64):
+        for path in ("/admin/endpoints", "/admin/circuit-breaker?service=x&endpoint=10.9.9.9:1"
+                     "&state=forced_open", "/admin/log-level"):
+            status, body = shuntd.post(path, reg, token=token)
+            assert status == 401 and b"needs Authorization: Bearer" in body, (path, status, body)
+    assert "10.9.9.9" not in json.dumps(shuntd.json("/endpoints"))
+    token_file = shuntd.config_value("admin.token_file")[0]
+    assert oct(os.stat(token_file).st_mode & 0o777) == "0o600"
+    # Another user of the pod: can read state, cannot change it.
+    other = ["setpriv", "--reuid", "4242", "--regid", "4242", "--clear-groups",
+             sl.any_user(sl.SHUNTCTL)]
+    r = topo.app.run(other + ["status"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = topo.app.run(other + ["log-level", "info"], check=False)
+    assert r.returncode == 1 and "answered 401" in r.stderr, r.stdout + r.stderr
+    r = sl.shuntctl(topo.app, "log-level", "debug")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_admin_mutations_off_by_default(fresh_topo, start_shuntd):
+    """Started without admin flags, shuntd refuses every change through the
+    admin API (403, one line saying which key turns it on) and writes no
+    token file; reading is unaffected."""
+    d = start_shuntd(fresh_topo.app,
+                     args=sl.shuntd_args(**{"admin.mutations": None, "admin.token-file": None}))
+    assert d.config_value("admin.mutations") == ("off", "default")
+    status, body = d.post("/admin/log-level", "info", token="")
+    assert status == 403 and b"admin mutations are off (admin.mutations)" in body, body
+    assert not os.path.exists(d.config_value("admin.token_file")[0])
+    assert d.get("/status")[0] == 200

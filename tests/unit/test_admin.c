@@ -41,6 +41,9 @@ static pthread_t g_thread;
 static uint16_t g_port;
 
 #define BIG_LEN (4u * 1024 * 1024)
+/* Requests that change the server carry it (admin_set_token). */
+#define TOKEN "0123456789abcdef0123456789abcdef"
+#define AUTH  "Authorization: Bearer " TOKEN "\r\n"
 
 static uint64_t now_ms(void)
 {
@@ -126,7 +129,7 @@ static int setup_server(void **state)
                 return -1;
         }
         g_port = admin_port(g_admin);
-        if (!g_port)
+        if (!g_port || admin_set_token(g_admin, TOKEN) < 0)
                 return -1;
         int rc = 0;
         rc |= admin_route(g_admin, "GET", "/hello", h_hello, NULL);
@@ -238,7 +241,8 @@ static int curl_port(const char *host, uint16_t port, const char *extra, const c
 {
         struct strbuf cmd;
         strbuf_init(&cmd);
-        strbuf_append(&cmd, "curl -g -s -S --noproxy '*' --max-time 10 -w '\\n%{http_code}' ");
+        strbuf_append(&cmd, "curl -g -s -S --noproxy '*' --max-time 10 -w '\\n%{http_code}' "
+                            "-H 'Authorization: Bearer " TOKEN "' ");
         strbuf_append(&cmd, extra);
         strbuf_appendf(&cmd, " 'http://%s:%u%s'", host, port, path);
         FILE *p = popen(cmd.data, "r");
@@ -368,7 +372,8 @@ static void test_post_body(void **state)
 
         /* body arriving in pieces, after the head */
         int s = raw_connect();
-        const char head[] = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhel";
+        const char head[] =
+            "POST /echo HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: 11\r\n\r\nhel";
         send_all(s, head, sizeof(head) - 1);
         sleep_ms(50);
         send_all(s, "lo ", 3);
@@ -379,6 +384,52 @@ static void test_post_body(void **state)
         close(s);
         assert_int_equal(status_of(resp), 200);
         assert_non_null(strstr(resp, "\r\n\r\nhello world"));
+}
+
+static void set_token_task(void *arg)
+{
+        admin_set_token(g_admin, arg);
+}
+
+/* Requests that change shuntd need the token; reading does not. Without a
+ * token (admin.mutations off) they are refused. */
+static void test_mutations_need_token(void **state)
+{
+        (void)state;
+        char out[1024];
+        static const char *const refused[] = {
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok",
+            "POST /echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " TOKEN "x\r\n"
+            "Content-Length: 2\r\n\r\nok",
+            "POST /echo HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " TOKEN "\r\n"
+            "Content-Length: 2\r\n\r\nok",
+        };
+        for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+                raw_exchange(refused[i], strlen(refused[i]), out, sizeof(out));
+                if (status_of(out) != 401 || !strstr(out, "WWW-Authenticate: Bearer\r\n") ||
+                    !strstr(out, "needs Authorization: Bearer"))
+                        fail_msg("request %zu: want 401, got '%.200s'", i, out);
+        }
+        const char ok[] = "POST /echo HTTP/1.1\r\nHost: x\r\nauthorization: bearer " TOKEN
+                          "\r\nContent-Length: 2\r\n\r\nok";
+        raw_exchange(ok, sizeof(ok) - 1, out, sizeof(out));
+        assert_int_equal(status_of(out), 200);
+        /* Mutations off: refused whatever the request carries; GET still served. */
+        assert_int_equal(loop_call(g_loop, set_token_task, NULL, 2000), 0);
+        raw_exchange(ok, sizeof(ok) - 1, out, sizeof(out));
+        assert_int_equal(status_of(out), 403);
+        assert_non_null(strstr(out, "admin mutations are off (admin.mutations)"));
+        assert_alive();
+        assert_int_equal(loop_call(g_loop, set_token_task, (void *)TOKEN, 2000), 0);
+        /* A short or odd token is refused by the setter. */
+        struct loop *l = loop_new();
+        char err[256];
+        struct admin *a = l ? admin_new(l, "127.0.0.1", 0, err, sizeof(err)) : NULL;
+        assert_non_null(a);
+        assert_int_equal(admin_set_token(a, "short"), -EINVAL);
+        assert_int_equal(admin_set_token(a, "0123456789abcdef 123"), -EINVAL);
+        admin_free(a);
+        loop_free(l);
 }
 
 static void test_query(void **state)
@@ -431,7 +482,8 @@ static void test_bad_requests(void **state)
             {"GET /hello HTTP/1.0\r\n\r\n", 200},
             {"GET /hello HTTP/1.1\nHost: x\n\n", 200},
             {"GET /hello HTTP/1.1\r\nhost:x\r\nX-Empty:\r\n\r\n", 200},
-            {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            {"POST /echo HTTP/1.1\r\nHost: x\r\n" AUTH
+             "Content-Length: 2\r\nContent-Length: 2\r\n\r\nok",
              200},
         };
         char out[1024];
@@ -715,6 +767,8 @@ static void child_server(int wfd)
         admin_route(a, "GET", "/connections", h_fixed, (void *)CONNS_JSON);
         admin_route(a, "GET", "/config", h_fixed, (void *)CONFIG_JSON);
         admin_route(a, "POST", "/admin/log-level", h_log_level, NULL);
+        if (admin_set_token(a, TOKEN) < 0)
+                _exit(1);
         uint16_t port = admin_port(a);
         if (write(wfd, &port, sizeof(port)) != sizeof(port))
                 _exit(1);
@@ -759,6 +813,13 @@ static int setup_ctl(void **state)
         close(p[1]);
         ssize_t r = read(p[0], &g_child_port, sizeof(g_child_port));
         close(p[0]);
+        /* shuntctl's token for POST: the file shuntd would have written. */
+        static char tf[] = "/tmp/shunt-admin-token-XXXXXX";
+        int fd = mkstemp(tf);
+        if (fd < 0 || write(fd, TOKEN "\n", sizeof(TOKEN)) != (ssize_t)sizeof(TOKEN))
+                return -1;
+        close(fd);
+        setenv("SHUNTCTL_ADMIN_TOKEN_FILE", tf, 1);
         return r == sizeof(g_child_port) ? 0 : -1;
 }
 
@@ -1039,6 +1100,7 @@ int main(void)
             cmocka_unit_test(test_head),
             cmocka_unit_test(test_404_405),
             cmocka_unit_test(test_post_body),
+            cmocka_unit_test(test_mutations_need_token),
             cmocka_unit_test(test_query),
             cmocka_unit_test(test_bad_requests),
             cmocka_unit_test(test_head_limit),

@@ -306,6 +306,8 @@ static void test_file_values(void **state)
         assert_int_equal(config_socket_mark(c), 0); /* no SO_MARK without CAP_NET_ADMIN */
         assert_string_equal(c->path, FIX("full.json"));
         assert_string_equal(c->mtls_ca_token_file, "/var/run/secrets/shop/token");
+        assert_int_equal(c->admin_mutations, ADMIN_MUTATIONS_TOKEN);
+        assert_string_equal(c->admin_token_file, "/run/shop/admin-token");
         /* every key in the file is recorded as coming from it (but
          * mtls.ca_address, which excludes certificate_file: test_tls_ca_source) */
         for (size_t i = 0; i < c->n_origins; i++)

@@ -71,9 +71,43 @@ struct admin {
         struct admin_conn *conns;
         size_t nconns;
         bool overloaded;
+        /* Requests other than GET and HEAD: refused (no token), or allowed
+         * with "Authorization: Bearer <token>". */
+        char token[ADMIN_TOKEN_MAX + 1];
 };
 
 /* ---- helpers ---------------------------------------------------------------- */
+
+/* "Bearer <token>" equal to the admin's token, compared in constant time. */
+static bool bearer_matches(const struct admin *a, const char *value)
+{
+        size_t n = strlen(a->token);
+        if (!n || strncasecmp(value, "Bearer ", 7) != 0)
+                return false;
+        value += 7;
+        if (strlen(value) != n)
+                return false;
+        unsigned char diff = 0;
+        for (size_t i = 0; i < n; i++)
+                diff |= (unsigned char)(value[i] ^ a->token[i]);
+        return diff == 0;
+}
+
+int admin_set_token(struct admin *a, const char *token)
+{
+        if (!token) {
+                a->token[0] = '\0';
+                return 0;
+        }
+        size_t n = strlen(token);
+        if (n < 16 || n > ADMIN_TOKEN_MAX)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                if (token[i] <= ' ' || token[i] > '~')
+                        return -EINVAL;
+        memcpy(a->token, token, n + 1);
+        return 0;
+}
 
 void admin_respond_error(struct admin_response *resp, int status, const char *msg)
 {
@@ -384,6 +418,7 @@ static int conn_parse_head(struct admin_conn *c, size_t head_end)
 
         /* header fields */
         bool have_cl = false, have_te = false, have_host = false, expect_continue = false;
+        bool authorized = false;
         unsigned long long cl = 0;
         p = eol + 1;
         while (p < end) {
@@ -430,6 +465,8 @@ static int conn_parse_head(struct admin_conn *c, size_t head_end)
                 } else if (strcasecmp(name, "Expect") == 0) {
                         if (strcasecmp(value, "100-continue") == 0)
                                 expect_continue = true;
+                } else if (strcasecmp(name, "Authorization") == 0) {
+                        authorized |= bearer_matches(c->a, value);
                 }
                 p = eol + 1;
         }
@@ -469,6 +506,20 @@ static int conn_parse_head(struct admin_conn *c, size_t head_end)
                 return conn_error(c, 405, hdr, "method %s not allowed for %s; allowed: %s",
                                   c->method, c->path, allow),
                        405;
+        }
+        if (strcmp(match->method, "GET") != 0) {
+                if (!a->token[0])
+                        return conn_error(c, 403, NULL,
+                                          "%s %s changes shuntd: refused, admin mutations are off "
+                                          "(admin.mutations)",
+                                          c->method, c->path),
+                               403;
+                if (!authorized)
+                        return conn_error(c, 401, "WWW-Authenticate: Bearer\r\n",
+                                          "%s %s needs Authorization: Bearer <the token in "
+                                          "admin.token_file>",
+                                          c->method, c->path),
+                               401;
         }
         c->route = match;
         c->body_need = (size_t)cl;

@@ -57,6 +57,12 @@ uint16_t admin_port(const struct admin *a);
 /* Time a client has to send a complete request (and to read the response)
  * before the connection is closed. Applies to connections accepted later. */
 void admin_set_read_timeout_ms(struct admin *a, unsigned ms);
+/* Requests that change shuntd (every method but GET and HEAD): with token
+ * NULL they are refused with 403 (the default); with a token (16 to
+ * ADMIN_TOKEN_MAX visible ASCII bytes) they must carry "Authorization:
+ * Bearer <token>", else 401. Reading stays open. 0 or -EINVAL. */
+#define ADMIN_TOKEN_MAX 128
+int admin_set_token(struct admin *a, const char *token);
 /* Closes the listener and every connection. */
 void admin_free(struct admin *a);
 

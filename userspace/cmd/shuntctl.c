@@ -246,6 +246,40 @@ static long dechunk(char *buf, size_t len)
 /* Performs one request. On a transport failure prints the "cannot reach"
  * line and exits 1. */
 static void http_call(const char *method, const char *path, const char *body,
+                      struct http_response *resp);
+
+/* The bearer token a request that changes shuntd carries: read from
+ * SHUNTCTL_ADMIN_TOKEN_FILE, else from the admin.token_file /config names.
+ * Only a user who can read that file (shuntd's, or root) can change shuntd;
+ * without it the request goes out as it is and shuntd's answer says why. */
+static void admin_token(char *buf, size_t len)
+{
+        buf[0] = '\0';
+        char path[512] = "";
+        const char *env = getenv("SHUNTCTL_ADMIN_TOKEN_FILE");
+        if (env && *env) {
+                snprintf(path, sizeof(path), "%s", env);
+        } else {
+                struct http_response r;
+                http_call("GET", "/config", NULL, &r);
+                cJSON *j = r.status == 200 ? cJSON_ParseWithLength(r.body, r.body_len) : NULL;
+                cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "admin.token_file");
+                const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(k, "value"));
+                if (v)
+                        snprintf(path, sizeof(path), "%s", v);
+                cJSON_Delete(j);
+                free(r.body);
+        }
+        FILE *f = path[0] ? fopen(path, "re") : NULL;
+        if (!f)
+                return;
+        size_t n = fread(buf, 1, len - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        buf[strcspn(buf, "\r\n")] = '\0';
+}
+
+static void http_call(const char *method, const char *path, const char *body,
                       struct http_response *resp)
 {
         struct endpoint ep;
@@ -265,6 +299,12 @@ static void http_call(const char *method, const char *path, const char *body,
                        ep.host, v6 ? "]" : "", ep.port);
         strbuf_append(&req, "User-Agent: shuntctl/" SHUNTCTL_VERSION
                             "\r\nAccept: application/json\r\nConnection: close\r\n");
+        if (strcmp(method, "GET") != 0) {
+                char token[160];
+                admin_token(token, sizeof(token));
+                if (token[0])
+                        strbuf_appendf(&req, "Authorization: Bearer %s\r\n", token);
+        }
         if (body)
                 strbuf_appendf(&req, "Content-Type: text/plain\r\nContent-Length: %zu\r\n",
                                strlen(body));

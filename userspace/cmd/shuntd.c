@@ -1,5 +1,7 @@
 /* shuntd: parse, wire, run. The components do the work. */
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/random.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,7 @@ struct daemon {
         struct loop *loop;
         struct proxy *proxy;
         struct admin *admin;
+        bool admin_token_written; /* admin.token_file is ours to remove at exit */
         struct loop_io sig_io;
         struct loop_timer drain_timer;
         uint64_t drain_deadline_ms;
@@ -1021,6 +1024,49 @@ static void on_signal(struct loop *loop, struct loop_io *io, uint32_t events)
         }
 }
 
+/* admin.mutations token: a fresh random token, written where only shuntd's
+ * user can read it (0600, atomically), is what POST /admin/... must carry.
+ * Any other process in the pod can read state but not change it. */
+static int admin_token_install(struct daemon *d, char *err, size_t errlen)
+{
+        const char *path = d->cfg->admin_token_file;
+        unsigned char raw[32];
+        char token[2 * sizeof(raw) + 2], tmp[CONFIG_PATH_MAX + 16], dir[CONFIG_PATH_MAX];
+        if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+                snprintf(err, errlen, "admin.token_file: no random bytes: %s", strerror(errno));
+                return -1;
+        }
+        for (size_t i = 0; i < sizeof(raw); i++)
+                snprintf(token + 2 * i, 3, "%02x", raw[i]);
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+                *slash = '\0';
+                if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+                        snprintf(err, errlen,
+                                 "admin.token_file %s: cannot create its directory: %s", path,
+                                 strerror(errno));
+                        return -1;
+                }
+        }
+        snprintf(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        bool ok = fd >= 0 && fchmod(fd, 0600) == 0 &&
+                  write(fd, token, strlen(token)) == (ssize_t)strlen(token) && fsync(fd) == 0;
+        int e = errno;
+        if (fd >= 0)
+                close(fd);
+        if (!ok || rename(tmp, path) < 0) {
+                e = ok ? errno : e;
+                unlink(tmp);
+                snprintf(err, errlen, "admin.token_file %s: cannot write it: %s", path,
+                         strerror(e));
+                return -1;
+        }
+        d->admin_token_written = true;
+        return admin_set_token(d->admin, token);
+}
+
 static void usage(FILE *f)
 {
         fprintf(f,
@@ -1118,6 +1164,12 @@ int main(int argc, char **argv)
         d.admin = admin_new(d.loop, d.cfg->admin_address, d.cfg->admin_port, err, sizeof(err));
         if (!d.admin) {
                 log_error("admin", 0, "cannot start the admin server: %s", err);
+                d.exit_code = 1;
+                goto out;
+        }
+        if (d.cfg->admin_mutations == ADMIN_MUTATIONS_TOKEN &&
+            admin_token_install(&d, err, sizeof(err)) < 0) {
+                log_error("admin", 0, "%s", err);
                 d.exit_code = 1;
                 goto out;
         }
@@ -1244,6 +1296,8 @@ out:
         authz_unref(d.authz_k8s);
         rules_remove(&d);
         admin_free(d.admin);
+        if (d.admin_token_written)
+                unlink(d.cfg->admin_token_file);
         if (d.loop)
                 loop_timer_cancel(d.loop, &d.routes_timer);
         disc_backend_free(d.backend);

@@ -81,6 +81,7 @@ static const char *const redirect_names[] = {"iptables", "off", "auto", "ebpf", 
 static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
 static const char *const off_on_names[] = {"off", "on", NULL};
 static const char *const capture_names[] = {"self", "init", NULL};
+static const char *const mutation_names[] = {"off", "token", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
@@ -94,6 +95,12 @@ static const struct key_desc keys[] = {
         {.path = "admin_port", .env = "SIDECAR_ADMIN_PORT", .type = K_PORT, FIELD(admin_port), .def = "15003", .flags = KF_RESTART},
         {.path = "bind_address", .env = "SIDECAR_BIND_ADDRESS", .type = K_ADDR, FIELD(bind_address), .def = "0.0.0.0", .flags = KF_RESTART},
         {.path = "admin_address", .env = "SIDECAR_ADMIN_ADDRESS", .type = K_ADDR, FIELD(admin_address), .def = "127.0.0.1", .flags = KF_RESTART},
+        {.path = "admin.mutations", .env = "SHUNT_ADMIN_MUTATIONS", .type = K_ENUM, FIELD(admin_mutations),
+         .names = mutation_names, .def = "off", .flags = KF_RESTART,
+         .note = "POST /admin/... (endpoints, breakers, log level): off = refused; token = with the bearer token in admin.token_file"},
+        {.path = "admin.token_file", .env = "SHUNT_ADMIN_TOKEN_FILE", .type = K_STR, FIELD(admin_token_file),
+         .def = "/run/shunt/admin-token", .flags = KF_NONEMPTY | KF_RESTART,
+         .note = "written at start (0600, a fresh random token) when admin.mutations is token; removed at exit"},
         {.path = "workers", .env = "SHUNT_WORKERS", .type = K_INT, FIELD(workers), .min = 0, .max = WORKERS_MAX,
          .def = "0", .note = "0 = one per online CPU", .flags = KF_RESTART},
         {.path = "log_level", .env = "SHUNT_LOG_LEVEL", .type = K_ENUM, FIELD(log_level), .names = log_level_names,

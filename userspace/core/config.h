@@ -27,6 +27,11 @@ enum redirect_mode {
 };
 
 /* Who installs the capture rules or programs. */
+enum admin_mutations {
+        ADMIN_MUTATIONS_OFF = 0,
+        ADMIN_MUTATIONS_TOKEN,
+};
+
 enum capture_mode {
         CAPTURE_SELF = 0, /* shuntd, at start; removed at exit (needs CAP_NET_ADMIN) */
         CAPTURE_INIT,     /* `shuntd init` before shuntd starts; shuntd changes nothing */
@@ -76,11 +81,16 @@ struct shunt_config {
         struct snapshot snap; /* published to workers through a snapshot slot */
 
         /* network */
-        uint16_t inbound_port;    /* inbound_port, SIDECAR_INBOUND_PORT, 15001 */
-        uint16_t outbound_port;   /* outbound_port, SIDECAR_OUTBOUND_PORT, 15002 */
-        uint16_t admin_port;      /* admin_port, SIDECAR_ADMIN_PORT, 15003 */
-        char bind_address[64];    /* bind_address, SIDECAR_BIND_ADDRESS, "0.0.0.0" (v4 or v6) */
-        char admin_address[64];   /* admin_address, SIDECAR_ADMIN_ADDRESS, "127.0.0.1" */
+        uint16_t inbound_port;  /* inbound_port, SIDECAR_INBOUND_PORT, 15001 */
+        uint16_t outbound_port; /* outbound_port, SIDECAR_OUTBOUND_PORT, 15002 */
+        uint16_t admin_port;    /* admin_port, SIDECAR_ADMIN_PORT, 15003 */
+        char bind_address[64];  /* bind_address, SIDECAR_BIND_ADDRESS, "0.0.0.0" (v4 or v6) */
+        char admin_address[64]; /* admin_address, SIDECAR_ADMIN_ADDRESS, "127.0.0.1" */
+        /* admin.mutations, SHUNT_ADMIN_MUTATIONS, "off": requests that change
+         * shuntd (POST /admin/...) are refused ("off") or need the bearer
+         * token shuntd writes to admin.token_file at start ("token") */
+        enum admin_mutations admin_mutations;
+        char admin_token_file[CONFIG_PATH_MAX]; /* admin.token_file, "/run/shunt/admin-token" */
         int workers;              /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
         enum log_level log_level; /* log_level, SHUNT_LOG_LEVEL, info */
 
@@ -164,7 +174,7 @@ struct shunt_config {
          * workload certificates the built-in CA issues (renewed when a third
          * of it is left) */
         uint32_t cert_rotation_s;
-        char ca_bundle[CONFIG_PATH_MAX];        /* mtls.ca_bundle, CA_BUNDLE_PATH */
+        char ca_bundle[CONFIG_PATH_MAX]; /* mtls.ca_bundle, CA_BUNDLE_PATH */
         /* mtls.ca_address, SHUNT_CA_ADDRESS, "": https URL of shunt-ca; set, it
          * selects the "ca" certificate source (identity from the token at
          * mtls.ca_token_file, SHUNT_CA_TOKEN_FILE, /var/run/secrets/shunt/token;
