@@ -333,6 +333,19 @@ static void test_unreachable_async(void **state)
         assert_int_equal(d.rc, -EAGAIN);
         assert_non_null(strstr(d.err, "shunt-ca at https://127.0.0.1:1 is unreachable"));
 
+        /* After a failure, a new token (renamed over the old, as the kubelet
+         * does) is worth an immediate retry; nothing else is. */
+        assert_int_equal(src->ops->changed(src), 0);
+        char tmp[520];
+        snprintf(tmp, sizeof(tmp), "%s.new", tok);
+        t = jwt("{\"sub\":\"system:serviceaccount:shop:cart\",\"exp\":1}");
+        f = fopen(tmp, "w");
+        fprintf(f, "%s\n", t);
+        fclose(f);
+        free(t);
+        assert_int_equal(rename(tmp, tok), 0);
+        assert_int_equal(src->ops->changed(src), 1);
+
         struct strbuf sb;
         strbuf_init(&sb);
         src->ops->render_json(src, &sb);

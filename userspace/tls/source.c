@@ -10,6 +10,7 @@
 #include <openssl/err.h>
 
 #include "core/log.h"
+#include "tls/tls-int.h"
 
 #define COMP "tls"
 
@@ -24,16 +25,7 @@ static char *dup_opt(const char *s)
         return s && *s ? strdup(s) : NULL;
 }
 
-/* What identifies one version of a file. */
-struct file_sig {
-        dev_t dev;
-        ino_t ino;
-        off_t size;
-        struct timespec mtime, ctime;
-        int err; /* errno of stat, 0 when it worked */
-};
-
-static void file_sig_get(const char *path, struct file_sig *s)
+void tls_file_sig_get(const char *path, struct tls_file_sig *s)
 {
         struct stat st;
         memset(s, 0, sizeof(*s));
@@ -50,7 +42,7 @@ static void file_sig_get(const char *path, struct file_sig *s)
         s->ctime = st.st_ctim;
 }
 
-static bool file_sig_eq(const struct file_sig *a, const struct file_sig *b)
+bool tls_file_sig_eq(const struct tls_file_sig *a, const struct tls_file_sig *b)
 {
         return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
                a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
@@ -88,7 +80,7 @@ struct builtin {
         char *spiffe_id, *dns_name, *extra_bundle;
         enum tls_key_type key_type;
         uint32_t lifetime_s, backdate_s;
-        struct file_sig extra_sig;
+        struct tls_file_sig extra_sig;
 };
 
 static int builtin_fetch(struct tls_source *src, struct tls_material **out, char *err,
@@ -104,7 +96,7 @@ static int builtin_fetch(struct tls_source *src, struct tls_material **out, char
             .not_after = now + (time_t)b->lifetime_s,
         };
         struct tls_material *m;
-        file_sig_get(b->extra_bundle, &b->extra_sig);
+        tls_file_sig_get(b->extra_bundle, &b->extra_sig);
         int rc = tls_ca_issue(b->ca, &req, &m);
         if (rc < 0) {
                 snprintf(err, errlen, "the built-in CA could not issue a certificate for %s",
@@ -124,9 +116,9 @@ static int builtin_changed(struct tls_source *src)
         struct builtin *b = (struct builtin *)src;
         if (!b->extra_bundle)
                 return 0;
-        struct file_sig s;
-        file_sig_get(b->extra_bundle, &s);
-        return !file_sig_eq(&s, &b->extra_sig);
+        struct tls_file_sig s;
+        tls_file_sig_get(b->extra_bundle, &s);
+        return !tls_file_sig_eq(&s, &b->extra_sig);
 }
 
 static void builtin_destroy(struct tls_source *src)
@@ -183,14 +175,14 @@ struct files {
         struct tls_source src;
         char *cert, *key, *bundle, *td;
         uint32_t skew_s;
-        struct file_sig sig[3]; /* of the last attempt */
+        struct tls_file_sig sig[3]; /* of the last attempt */
 };
 
-static void files_sigs(struct files *f, struct file_sig sig[3])
+static void files_sigs(struct files *f, struct tls_file_sig sig[3])
 {
-        file_sig_get(f->cert, &sig[0]);
-        file_sig_get(f->key, &sig[1]);
-        file_sig_get(f->bundle, &sig[2]);
+        tls_file_sig_get(f->cert, &sig[0]);
+        tls_file_sig_get(f->key, &sig[1]);
+        tls_file_sig_get(f->bundle, &sig[2]);
 }
 
 static int files_fetch(struct tls_source *src, struct tls_material **out, char *err, size_t errlen)
@@ -233,10 +225,10 @@ fail:
 static int files_changed(struct tls_source *src)
 {
         struct files *f = (struct files *)src;
-        struct file_sig now[3];
+        struct tls_file_sig now[3];
         files_sigs(f, now);
         for (int i = 0; i < 3; i++)
-                if (!file_sig_eq(&now[i], &f->sig[i]))
+                if (!tls_file_sig_eq(&now[i], &f->sig[i]))
                         return 1;
         return 0;
 }

@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "core/prom.h"
 #include "tls/spiffe.h"
+#include "tls/tls-int.h"
 
 #define COMP "tls"
 
@@ -239,6 +240,10 @@ struct ca_src {
         struct curl_loop *cl; /* NULL without a loop */
         struct ca_req *inflight;
         bool issued; /* a certificate came since start */
+        /* The token and bundle files as the last request read them: when
+         * that request failed, a change is worth an immediate retry (a
+         * rotated token, a fixed bundle). */
+        struct tls_file_sig sig[2];
         /* The last attempt, for /certs and the metrics. */
         int64_t last_time;
         bool last_ok;
@@ -358,6 +363,8 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
         *out = NULL;
         char *token = NULL;
         size_t tlen = 0;
+        tls_file_sig_get(s->token_file, &s->sig[0]);
+        tls_file_sig_get(s->bundle_file, &s->sig[1]);
         int rc = read_token(s->token_file, &token, &tlen, err, errlen);
         if (rc < 0) {
                 note(s, false, "token_unreadable", 0, err);
@@ -583,6 +590,17 @@ static int ca_fetch(struct tls_source *src, struct tls_material **out, char *err
         }
 }
 
+static int ca_changed(struct tls_source *src)
+{
+        struct ca_src *s = (struct ca_src *)src;
+        if (s->inflight || !s->last_time || s->last_ok)
+                return 0;
+        struct tls_file_sig now[2];
+        tls_file_sig_get(s->token_file, &now[0]);
+        tls_file_sig_get(s->bundle_file, &now[1]);
+        return !tls_file_sig_eq(&now[0], &s->sig[0]) || !tls_file_sig_eq(&now[1], &s->sig[1]);
+}
+
 static void on_done(CURL *e, CURLcode cc, void *ctx)
 {
         struct ca_req *r = ctx;
@@ -697,6 +715,7 @@ static const struct tls_source_ops ca_ops = {
     .kind = "ca",
     .rotates = true,
     .fetch = ca_fetch,
+    .changed = ca_changed,
     .fetch_async = ca_fetch_async,
     .render_json = ca_render_json,
     .render_metrics = ca_render_metrics,

@@ -4,6 +4,8 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
 #include <openssl/ssl.h>
 
@@ -31,6 +33,19 @@ struct tls_snapshot {
         struct tls_stats *stats;
         _Atomic int64_t conns;
 };
+
+/* source.c: what identifies one version of a file (device, inode, size,
+ * mtime, ctime, or the errno of stat), so that a symlink swap and an
+ * in-place rewrite are both seen. */
+struct tls_file_sig {
+        dev_t dev;
+        ino_t ino;
+        off_t size;
+        struct timespec mtime, ctime;
+        int err;
+};
+void tls_file_sig_get(const char *path, struct tls_file_sig *s);
+bool tls_file_sig_eq(const struct tls_file_sig *a, const struct tls_file_sig *b);
 
 /* conn.c: builds snap->server and snap->client from m (snap's other fields
  * already set). 0 or -errno (logged). */
