@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -564,6 +565,20 @@ static int req_finish(struct ca_req *r, CURLcode cc, struct tls_material **out, 
         return 0;
 }
 
+/* Start-up blocks the main thread (signals wait in the mask for signalfd):
+ * a pending SIGTERM or SIGINT ends the wait for the CA. */
+static bool stop_pending(void)
+{
+        sigset_t set;
+        return sigpending(&set) == 0 &&
+               (sigismember(&set, SIGTERM) == 1 || sigismember(&set, SIGINT) == 1);
+}
+
+static int xfer_cb(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+        return stop_pending() ? 1 : 0;
+}
+
 static int ca_fetch(struct tls_source *src, struct tls_material **out, char *err, size_t errlen)
 {
         struct ca_src *s = (struct ca_src *)src;
@@ -577,6 +592,8 @@ static int ca_fetch(struct tls_source *src, struct tls_material **out, char *err
                 int rc = req_new(s, &r, err, errlen);
                 if (rc < 0)
                         return rc;
+                curl_easy_setopt(r->easy, CURLOPT_XFERINFOFUNCTION, xfer_cb);
+                curl_easy_setopt(r->easy, CURLOPT_NOPROGRESS, 0L);
                 CURLcode cc = curl_easy_perform(r->easy);
                 rc = req_finish(r, cc, out, err, errlen);
                 req_free(r);
@@ -585,7 +602,14 @@ static int ca_fetch(struct tls_source *src, struct tls_material **out, char *err
                         return rc;
                 log_warn(COMP, 0, "%s; retrying in %.1fs (start-up, until %.0fs have passed)", err,
                          backoff / 1000.0, s->start_ms / 1000.0);
-                usleep(backoff * 1000);
+                for (uint32_t slept = 0; slept < backoff; slept += 100) {
+                        if (stop_pending()) {
+                                snprintf(err, errlen, "stopped while waiting for shunt-ca at %s",
+                                         s->address);
+                                return -EINTR;
+                        }
+                        usleep(100 * 1000);
+                }
                 backoff = backoff * 2 > 8000 ? 8000 : backoff * 2;
         }
 }
