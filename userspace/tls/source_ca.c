@@ -559,8 +559,9 @@ static int req_finish(struct ca_req *r, CURLcode cc, struct tls_material **out, 
         tls_cert_serial_hex(m->leaf, s->last_serial, sizeof(s->last_serial));
         s->last_not_after = tls_cert_not_after(m->leaf);
         note(s, true, "ok", status, NULL);
-        log_info(COMP, 0, "audit: shunt-ca at %s issued %s serial %s (key made in memory)",
-                 s->address, got, s->last_serial);
+        const struct log_field f[] = {
+            {"ca", s->address, false}, {"identity", got, false}, {"serial", s->last_serial, false}};
+        log_audit(LOG_INFO, COMP, 0, "certificate issued by shunt-ca", f, sizeof(f) / sizeof(f[0]));
         *out = m;
         return 0;
 }
