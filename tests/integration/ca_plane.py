@@ -9,7 +9,7 @@ import os
 import shuntca
 import shuntlib as sl
 
-CA_IP = "10.78.255.1"
+CA_IP = "10.88.255.1"
 CA_PORT = 15012
 CA_ADDRESS = "https://%s:%d" % (CA_IP, CA_PORT)
 
@@ -22,9 +22,9 @@ class ControlPlane:
             self.pod.ip("link", "set", "lo", "up")
             self.pod.ip("addr", "add", CA_IP + "/32", "dev", "lo")
             for i, p in enumerate(pods):
-                sl.link(p, self.pod, "10.78.%d.1" % i, "10.78.%d.2" % i, "fd78:%d::1" % i,
-                        "fd78:%d::2" % i)  # fmt: skip
-                p.ip("route", "add", CA_IP, "via", "10.78.%d.2" % i)
+                sl.link(p, self.pod, "10.88.%d.1" % i, "10.88.%d.2" % i, "fd88:%d::1" % i,
+                        "fd88:%d::2" % i)  # fmt: skip
+                p.ip("route", "add", CA_IP, "via", "10.88.%d.2" % i)
             self.api = shuntca.KubeApi(self.pod)
             args = ["--listen", "0.0.0.0:%d" % CA_PORT, "--server-san", "IP:" + CA_IP,
                     "--lifetime", lifetime]  # fmt: skip
