@@ -5,7 +5,11 @@
 #  - end to end: build/ca_bench https against shunt-ca over HTTPS, a new TLS
 #    1.3 connection per certificate, each request's token checked with
 #    TokenReview at the Kubernetes API stand-in (tests/integration/
-#    k8s_standin.py, Python: its TokenReview round trip is part of the cost).
+#    k8s_standin.py, Python: its TokenReview round trip is part of the cost);
+#  - sidecar start to first certificate: build/shuntd with the ca source
+#    (mtls.ca_address) started N_START times; the time from its exec to its
+#    "certificate installed" log line (config, key, CSR, HTTPS, TokenReview,
+#    signing, TLS contexts).
 #
 #   bench/ca_bench.sh [--quick] [--build DIR] [--out DIR]
 #
@@ -23,9 +27,10 @@ ROUNDS=3
 SECONDS_EACH=10
 CONNS=16
 N_SIGN=5000
+N_START=10
 while [ $# -gt 0 ]; do
 	case "$1" in
-	--quick) ROUNDS=1 SECONDS_EACH=3 N_SIGN=1000 ;;
+	--quick) ROUNDS=1 SECONDS_EACH=3 N_SIGN=1000 N_START=3 ;;
 	--build) BUILD=$2; shift ;;
 	--out) OUT=$2; shift ;;
 	*) echo "usage: $0 [--quick] [--build DIR] [--out DIR]" >&2; exit 2 ;;
@@ -33,7 +38,7 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [ "$(id -u)" = 0 ] || { echo "ca_bench.sh: needs root (network namespace)" >&2; exit 2; }
-for b in "$BUILD/shunt-ca" "$BUILD/ca_bench"; do
+for b in "$BUILD/shunt-ca" "$BUILD/ca_bench" "$BUILD/shuntd"; do
 	[ -x "$b" ] || { echo "ca_bench.sh: $b missing: build first" >&2; exit 2; }
 done
 for t in openssl curl python3; do
@@ -98,17 +103,44 @@ for r in $(seq 1 $ROUNDS); do
 		"$TMP/w.csr" $CONNS $SECONDS_EACH)")
 	echo "${HTTPS_RUNS[-1]}" >&2
 done
+echo "== sidecar start to first certificate ($N_START starts of shuntd, ca source)" >&2
+START_RUNS=$(python3 - "$BUILD/shuntd" "$NS" "$TMP" "$CA" "$N_START" <<'PY'
+import datetime, json, subprocess, sys, time
+shuntd, ns, tmp, port, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+argv = ["ip", "netns", "exec", ns, shuntd, "--redirect", "off", "--workers", "1",
+        "--inbound-port", "15901", "--outbound-port", "15902", "--admin-port", "15903",
+        "--log-level", "info", "--mtls.ca-address", "https://127.0.0.1:" + port,
+        "--mtls.ca-bundle", tmp + "/bundle.pem", "--mtls.ca-token-file", tmp + "/token",
+        "--mtls.ca-dir", tmp + "/sidecar-ca-unused"]
+ms = []
+for _ in range(n):
+    t0 = time.time()
+    p = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if "certificate installed" in line:
+            ts = datetime.datetime.strptime(json.loads(line)["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            ms.append((ts.replace(tzinfo=datetime.timezone.utc).timestamp() - t0) * 1000)
+            break
+    p.terminate()
+    p.wait()
+    if len(ms) < _ + 1:
+        sys.exit("ca_bench.sh: shuntd got no certificate from shunt-ca")
+print(json.dumps({"starts": n, "ms": [round(x, 1) for x in ms]}))
+PY
+)
+echo "$START_RUNS" >&2
 TR_STATS=$(inns curl -s http://127.0.0.1:$CTL/tokenreview)
 
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 - "$OUT/ca-$STAMP" "$COMMIT" "$ROUNDS" "$SECONDS_EACH" "$CONNS" "$TR_STATS" \
-	"${#SIGN_RUNS[@]}" "${SIGN_RUNS[@]}" "${HTTPS_RUNS[@]}" <<'PY'
+	"$START_RUNS" "${#SIGN_RUNS[@]}" "${SIGN_RUNS[@]}" "${HTTPS_RUNS[@]}" <<'PY'
 import json, os, platform, statistics, sys
-out, commit, rounds, secs, conns, tr = sys.argv[1:7]
-n = int(sys.argv[7])
-runs = [json.loads(x) for x in sys.argv[8:]]
+out, commit, rounds, secs, conns, tr, start = sys.argv[1:8]
+n = int(sys.argv[8])
+runs = [json.loads(x) for x in sys.argv[9:]]
+start = json.loads(start)
 sign, https = runs[:n], runs[n:]
 med = lambda rs, f: statistics.median(f(r) for r in rs)  # noqa: E731
 res = {
@@ -121,11 +153,12 @@ res = {
     "https": {"runs": https, "median_per_s": med(https, lambda r: r["per_s"]),
               "median_p50_ms": med(https, lambda r: r["latency_ms"]["p50"]),
               "median_p99_ms": med(https, lambda r: r["latency_ms"]["p99"])},
+    "sidecar_start": dict(start, median_ms=statistics.median(start["ms"]), max_ms=max(start["ms"])),
     "tokenreview_standin": json.loads(tr),
 }
 with open(out + ".json", "w") as f:
     json.dump(res, f, indent=2)
-s, h = res["sign"], res["https"]
+s, h, st = res["sign"], res["https"], res["sidecar_start"]
 md = """# shunt-ca benchmark %s
 
 commit %s, kernel %s, %d CPUs; median of %d rounds.
@@ -134,13 +167,15 @@ commit %s, kernel %s, %d CPUs; median of %d rounds.
 |---|---|---|
 | signing alone (parse, check, verify, sign, PEM) | %.0f | p50 %.0f us |
 | end to end over HTTPS with TokenReview (%d clients, %d s) | %.0f | p50 %.1f ms, p99 %.1f ms |
+| sidecar start to first certificate (shuntd, ca source, %d starts) | — | median %.1f ms, max %.1f ms |
 
 The end-to-end figure includes a Python stand-in's TokenReview per
 certificate and a full TLS 1.3 handshake per certificate (a sidecar asks
 once per rotation, so a connection is not reused).
 """ % (os.path.basename(out), commit, res["kernel"], res["cpus"], res["rounds"],
        s["median_per_s"], s["median_p50_us"], res["clients"], res["seconds_each"],
-       h["median_per_s"], h["median_p50_ms"], h["median_p99_ms"])
+       h["median_per_s"], h["median_p50_ms"], h["median_p99_ms"],
+       st["starts"], st["median_ms"], st["max_ms"])
 with open(out + ".md", "w") as f:
     f.write(md)
 print(md)

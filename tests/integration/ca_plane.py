@@ -15,7 +15,9 @@ CA_ADDRESS = "https://%s:%d" % (CA_IP, CA_PORT)
 
 
 class ControlPlane:
-    def __init__(self, pods, lifetime="1h"):
+    def __init__(self, pods, lifetime="1h", api_listen="127.0.0.1"):
+        """api_listen: where the API stand-in listens in cp (0.0.0.0 when the
+        sidecars use it for discovery too, at CA_IP)."""
         self.pod = sl.Pod("cp")
         self.api = self.ca = None
         try:
@@ -25,7 +27,7 @@ class ControlPlane:
                 sl.link(p, self.pod, "10.88.%d.1" % i, "10.88.%d.2" % i, "fd88:%d::1" % i,
                         "fd88:%d::2" % i)  # fmt: skip
                 p.ip("route", "add", CA_IP, "via", "10.88.%d.2" % i)
-            self.api = shuntca.KubeApi(self.pod)
+            self.api = shuntca.KubeApi(self.pod, listen=api_listen)
             args = ["--listen", "0.0.0.0:%d" % CA_PORT, "--server-san", "IP:" + CA_IP,
                     "--lifetime", lifetime]  # fmt: skip
             self.ca = shuntca.ShuntCA(self.pod, self.api, port=CA_PORT, args=args)

@@ -55,13 +55,14 @@ def make_csr(d=None, key="ec", san=None, ca=False, name="w"):
 
 class KubeApi:
     """k8s_standin.py in pod, plain HTTP on 127.0.0.1 (the CA reaches it
-    through a kubeconfig with a bearer token of its own)."""
+    through a kubeconfig with a bearer token of its own); listen="0.0.0.0"
+    when sidecars in other pods use it for discovery too."""
 
-    def __init__(self, pod, port=16480, ctl_port=16481):
+    def __init__(self, pod, port=16480, ctl_port=16481, listen="127.0.0.1"):
         self.pod = pod
         self.port, self.ctl_port = port, ctl_port
         self.dir = sl.tmpdir()
-        argv = [sys.executable, STANDIN, "--listen", "127.0.0.1:%d" % port,
+        argv = [sys.executable, STANDIN, "--listen", "%s:%d" % (listen, port),
                 "--control", "127.0.0.1:%d" % ctl_port, "--token", CALLER_TOKEN]
         self.proc = pod.spawn_ready(argv, "k8s-standin-ca", what="k8s stand-in")
         self.kubeconfig = os.path.join(self.dir, "kubeconfig.json")
