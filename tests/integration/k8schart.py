@@ -77,8 +77,13 @@ def render(values=None, namespace="shunt-system", release="shunt", extra=()):
 
 def render_error(values, namespace="shunt-system"):
     """helm template's stderr for values it must refuse."""
-    p = helm("template", "shunt", CHART, "--namespace", namespace, *_set_args(values), check=False)
-    assert p.returncode != 0, "helm template accepted %r" % (values,)
+    return render_error_args(values, namespace=namespace)
+
+
+def render_error_args(values, *extra, namespace="shunt-system"):
+    p = helm("template", "shunt", CHART, "--namespace", namespace, *_set_args(values), *extra,
+             check=False)
+    assert p.returncode != 0, "helm template accepted %r %r" % (values, extra)
     return p.stderr
 
 

@@ -275,6 +275,18 @@ def test_values_schema_refuses(values, expect):
     assert expect in kc.render_error(values)
 
 
+def test_kubernetes_versions():
+    """Native sidecars need 1.29; the classic form installs from 1.26."""
+    err = kc.render_error_args({}, "--kube-version", "1.28.4")
+    assert "sidecar.nativeSidecar needs Kubernetes 1.29 or later (this cluster: v1.28.4)" in err
+    objs = kc.render({"sidecar": {"nativeSidecar": False}}, extra=("--kube-version", "1.28.4"))
+    assert json.loads(kc.one(objs, "ConfigMap", "shunt-inject")["data"]["config.json"])[
+        "native_sidecar"] is False
+    assert "chart requires kubeVersion" in kc.render_error_args(
+        {"sidecar": {"nativeSidecar": False}}, "--kube-version", "1.25.0")
+    assert kc.render({}, extra=("--kube-version", "1.29.0"))
+
+
 def test_helm_test_hook(rendered):
     """helm test: a shuntd as a meshed pod's (native sidecar, certificate
     from shunt-ca, Kubernetes discovery, no capture), then shuntctl check;
