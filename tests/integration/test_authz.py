@@ -343,6 +343,35 @@ def test_kubernetes_relist_after_gone(mesh):
     sl.wait_until(lambda: b.json("/authz")["sources"]["kubernetes"] == 0, 10, what="deleted")
 
 
+def test_plaintext_refused_with_mtls_disabled():
+    """D3 in every mode: with mtls.mode disabled nothing has an identity, so a
+    protected port refuses every connection (said at start); others relay."""
+    topo = T()
+    procs, daemons = [], []
+    try:
+        for port in (7000, 7001):
+            procs.append(topo.remote.spawn_peer("echo", "echo%d" % port,
+                                                ["%s:%d" % (T.REMOTE4, port)]))
+        d = sl.Shuntd(topo.remote, sl.shuntd_args(), config={
+            "mtls": {"mode": "disabled"},
+            "authorization": {"policies": [{"name": "echo", "ports": [7000],
+                                            "allow": [{"namespace": "default"}]}]}})
+        daemons.append(d)
+        d.wait_ready()
+        msgs = [l.get("msg", "") for l in d.log_lines()]
+        assert any("mtls.mode is disabled" in m and "(7000) is refused" in m for m in msgs), msgs
+        assert plaintext_refused(topo, 7000)
+        line = sl.audit_lines(d, "no_identity")[-1]
+        assert "port=7000" in line and "mTLS disabled for this port" in line, line
+        s = topo.app.connect(T.REMOTE4, 7001)
+        try:
+            assert sl.echo(s, b"open\n") == b"open\n"
+        finally:
+            s.close()
+    finally:
+        sl.teardown(topo, daemons, procs)
+
+
 CRD = os.path.join(sl.SOURCE, "charts", "shunt", "crds", "authorizationpolicies.shunt.io.yaml")
 
 
@@ -418,6 +447,9 @@ def test_crd_schema():
     ]
     for s in bad:
         assert list(check.iter_errors(obj(s))), s
+    # The CRD itself against the Kubernetes API's own schemas (kubernetes-models).
+    import k8schart as kc
+    assert kc.validate([crd]) == {}
 
 
 @pytest.mark.parametrize("policies,want", [
