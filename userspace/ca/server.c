@@ -15,7 +15,6 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,7 +111,7 @@ struct ca_http {
         bool stopping;
         pthread_t *threads; /* the workers, then the shed thread */
         unsigned nthreads;
-        _Atomic uint64_t n_dropped;
+        uint64_t n_dropped, drop_logged_ms; /* accept thread only */
 };
 
 /* ---- set-up ------------------------------------------------------------------------ */
@@ -673,12 +672,16 @@ static void enqueue(struct ca_http *h, const struct pending *p)
         if (queued)
                 return;
         char peer[SOCKADDR_STRLEN];
-        uint64_t n = atomic_fetch_add(&h->n_dropped, 1) + 1;
-        /* one line per 100 keeps a flood from flooding the log */
-        if (n % 100 == 1)
+        h->n_dropped++;
+        /* at most a line a second keeps a flood from flooding the log */
+        uint64_t now = clock_mono_ms();
+        if (now - h->drop_logged_ms >= 1000) {
+                h->drop_logged_ms = now;
                 log_warn(CA_COMP, 0,
                          "overloaded: connection from %s closed unanswered (%llu so far)",
-                         sockaddr_format(&p->peer, peer, sizeof(peer)), (unsigned long long)n);
+                         sockaddr_format(&p->peer, peer, sizeof(peer)),
+                         (unsigned long long)h->n_dropped);
+        }
         close(p->fd);
 }
 
