@@ -39,7 +39,12 @@ from test_ebpf import BPFFS, CGROOT, bpf_counters, cgroup_argv, mounts, remove_p
 PROXY_UID = 1337
 APP_PORT = 9090
 REMOTE_HTTP = "http://%s:8080/" % T.REMOTE4
-POD_CG = CGROOT + "/shunt-t-%d-pod" % os.getpid()
+# The node's hierarchy as the kubelet lays it out (systemd driver), under a
+# directory of this run's; shuntd init finds the pod's cgroup by its uid.
+NODE_CG = CGROOT + "/shunt-t-%d-node" % os.getpid()
+POD_UID = "5e0c4a7b-%04x-4d2e-9f10-3a5b7c9d1e2f" % (os.getpid() & 0xFFFF)
+POD_CG = NODE_CG + "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod%s.slice" % (
+    POD_UID.replace("-", "_"))
 PINS = BPFFS + "/pod"
 INIT_CAPS = {"iptables": ["net_admin", "net_raw"], "ebpf": ["net_admin", "net_raw", "bpf", "perfmon"]}
 
@@ -102,7 +107,7 @@ def kill_cgroup(cg):
 def pod_cgroup(mounts):
     """The pod's cgroup with a child per container, as the kubelet makes them."""
     cgs = {name: os.path.join(POD_CG, name) for name in ("init", "proxy", "app")}
-    os.mkdir(POD_CG)
+    os.makedirs(POD_CG)
     for cg in cgs.values():
         os.mkdir(cg)
     try:
@@ -111,7 +116,10 @@ def pod_cgroup(mounts):
         try:
             for cg in cgs.values():
                 kill_cgroup(cg)
-            os.rmdir(POD_CG)
+            d = POD_CG
+            while d != CGROOT:
+                os.rmdir(d)
+                d = os.path.dirname(d)
         finally:
             remove_pins(PINS)
 
@@ -132,7 +140,9 @@ def start_pod(topo, cgs, mode, ca_dir, after_init=None, caps=None):
     flags = sl.shuntd_args(redirect=mode, proxy_uid=None, capture="init", workers="1",
                            exclude_outbound_ports="5432") + ["--mtls.ca-dir", ca_dir]
     if mode != "iptables":
-        flags += ["--redirect-cgroup", POD_CG, "--bpf-pin-root", PINS]
+        # As the injected pod says it: the pod's uid, the node's cgroup2 root.
+        flags += ["--redirect-cgroup", "pod", "--pod-uid", POD_UID, "--cgroup-root", NODE_CG,
+                  "--bpf-pin-root", PINS]
     # Twice: a pod whose init containers run again finds its own capture.
     for _ in range(2):
         r = topo.app.run(cgroup_argv(cgs["init"], as_init(caps or INIT_CAPS[mode],
@@ -192,6 +202,17 @@ def test_init_without_capabilities_fails(topo):
     assert "SIDECAR_PROXY" not in topo.app.iptables_save()
 
 
+def test_pod_cgroup_not_found(topo, pod_cgroup):
+    r = topo.app.run(as_init(INIT_CAPS["ebpf"], [
+        sl.SHUNTD, "init", "--redirect", "ebpf", "--redirect-cgroup", "pod", "--pod-uid",
+        "0000-not-here", "--cgroup-root", NODE_CG, "--bpf-pin-root", PINS]), check=False)
+    assert r.returncode == 1
+    lines = [l for l in r.stderr.splitlines() if '"level":"error"' in l]
+    assert len(lines) == 1 and "no cgroup of pod 0000-not-here under cgroup_root" in lines[0], \
+        r.stderr
+    assert not os.path.exists(PINS)
+
+
 def test_proxy_as_wrong_uid_refuses(topo):
     """capture init, shuntd not running as the uid the capture skips: a loop
     would follow, so it does not start."""
@@ -238,6 +259,7 @@ def test_ebpf(fresh_topo, pod_cgroup, files, http_peer_fresh):
                                   for m in ("orig_by_tuple", "orig_by_cookie")), 5,
                       what="original destinations gone with their connections")
         assert "pinned link reused" in start_pod.init_log  # the second init
+        assert "redirect_cgroup pod: " + POD_CG in start_pod.init_log
         links = sl.run(["bpftool", "cgroup", "show", POD_CG]).stdout
         assert links.count("cgroup_inet4_connect") == 1, links
         # The pins: the directory and maps readable by group 1337, links root's.

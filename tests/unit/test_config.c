@@ -303,6 +303,8 @@ static void test_file_values(void **state)
         assert_string_equal(c->bpf_pin_root, "/sys/fs/bpf/shunt-shop");
         assert_int_equal(c->bpf_shortcut, 0); /* off */
         assert_int_equal(c->capture, CAPTURE_INIT);
+        assert_string_equal(c->pod_uid, "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6");
+        assert_string_equal(c->cgroup_root, "/run/shunt/node-cgroup");
         assert_int_equal(config_socket_mark(c), 0); /* no SO_MARK without CAP_NET_ADMIN */
         assert_string_equal(c->path, FIX("full.json"));
         assert_string_equal(c->mtls_ca_token_file, "/var/run/secrets/shop/token");

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <dirent.h>
 #include <linux/capability.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -232,11 +233,80 @@ static bool bpf_caps(char *why, size_t whylen)
         return true;
 }
 
+#define POD_CGROUP_DEPTH 3 /* kubepods.slice/kubepods-<qos>.slice/<pod> */
+
+/* Below dir (depth levels at most, only kubepods* directories), the
+ * directory the kubelet made for the pod whose uid is given twice (as is,
+ * and with '_' for '-'): kubepods[-<qos>]-pod<uid_>.slice (systemd driver)
+ * or pod<uid> (cgroupfs driver). */
+static bool find_pod_dir(const char *dir, const char *uid, const char *uid_, int depth, char *out,
+                         size_t outlen)
+{
+        DIR *dp = opendir(dir);
+        if (!dp)
+                return false;
+        bool found = false;
+        struct dirent *e;
+        char want[2][80];
+        snprintf(want[0], sizeof(want[0]), "pod%s", uid);
+        snprintf(want[1], sizeof(want[1]), "pod%s.slice", uid_);
+        while (!found && (e = readdir(dp))) {
+                if (e->d_type != DT_DIR || e->d_name[0] == '.')
+                        continue;
+                size_t n = strlen(e->d_name), w = strlen(want[1]);
+                bool is_pod =
+                    !strcmp(e->d_name, want[0]) || (n >= w && !strcmp(e->d_name + n - w, want[1]));
+                bool kube = !strncmp(e->d_name, "kubepods", 8);
+                char path[CONFIG_PATH_MAX];
+                if (snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= (int)sizeof(path))
+                        continue;
+                if (is_pod)
+                        found = snprintf(out, outlen, "%s", path) < (int)outlen;
+                else if (kube && depth > 1)
+                        found = find_pod_dir(path, uid, uid_, depth - 1, out, outlen);
+        }
+        closedir(dp);
+        return found;
+}
+
+/* redirect_cgroup "pod": the pod's cgroup in the node's hierarchy (a private
+ * cgroup namespace hides it from the container's own /sys/fs/cgroup). */
+static int resolve_pod_cgroup(struct shunt_config *c, char *why, size_t whylen)
+{
+        if (strcmp(c->redirect_cgroup, "pod") != 0)
+                return 0;
+        if (!c->pod_uid[0] || strlen(c->pod_uid) > 40 || strchr(c->pod_uid, '/')) {
+                snprintf(why, whylen,
+                         "redirect_cgroup pod: pod_uid %s: want the pod's metadata.uid (env "
+                         "SHUNT_POD_UID from the downward API)",
+                         c->pod_uid[0] ? c->pod_uid : "(not set)");
+                return -1;
+        }
+        char uid_[sizeof(c->pod_uid)];
+        snprintf(uid_, sizeof(uid_), "%s", c->pod_uid);
+        for (char *p = uid_; *p; p++)
+                if (*p == '-')
+                        *p = '_';
+        char found[CONFIG_PATH_MAX];
+        if (!find_pod_dir(c->cgroup_root, c->pod_uid, uid_, POD_CGROUP_DEPTH, found,
+                          sizeof(found))) {
+                snprintf(why, whylen,
+                         "redirect_cgroup pod: no cgroup of pod %s under cgroup_root %s (mount "
+                         "the node's /sys/fs/cgroup there)",
+                         c->pod_uid, c->cgroup_root);
+                return -1;
+        }
+        snprintf(c->redirect_cgroup, sizeof(c->redirect_cgroup), "%s", found);
+        log_info("init", 0, "redirect_cgroup pod: %s", found);
+        return 0;
+}
+
 /* shuntd init with eBPF: the programs stay attached through their pins,
  * which the proxy's group may read. */
 static int init_ebpf(struct daemon *d, char *why, size_t whylen)
 {
-        if (!bpf_caps(why, whylen) || bpf_install(d, why, whylen) < 0)
+        if (!bpf_caps(why, whylen) || resolve_pod_cgroup(d->cfg, why, whylen) < 0 ||
+            bpf_install(d, why, whylen) < 0)
                 return -1;
         uint32_t gid = init_proxy_uid(d->cfg);
         char err[512];

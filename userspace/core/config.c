@@ -108,7 +108,12 @@ static const struct key_desc keys[] = {
         {.path = "redirect", .env = "SHUNT_REDIRECT", .type = K_ENUM, FIELD(redirect), .names = redirect_names,
          .def = "auto", .note = "auto: eBPF when the kernel and redirect_cgroup allow it, else iptables (one log line says why)", .flags = KF_RESTART},
         {.path = "redirect_cgroup", .env = "SHUNT_REDIRECT_CGROUP", .type = K_STR, FIELD(redirect_cgroup),
-         .note = "cgroup v2 directory of the workload (eBPF capture); required by ebpf, auto falls back without it", .flags = KF_RESTART},
+         .note = "cgroup v2 directory of the workload (eBPF capture); required by ebpf, auto falls back without it; "
+                 "`pod` (shuntd init): the cgroup of pod pod_uid under cgroup_root", .flags = KF_RESTART},
+        {.path = "pod_uid", .env = "SHUNT_POD_UID", .type = K_STR, FIELD(pod_uid), .flags = KF_RESTART,
+         .note = "the Kubernetes pod's metadata.uid, for redirect_cgroup `pod`"},
+        {.path = "cgroup_root", .env = "SHUNT_CGROUP_ROOT", .type = K_STR, FIELD(cgroup_root), .flags = KF_RESTART,
+         .def = "/sys/fs/cgroup", .note = "the node's cgroup v2 hierarchy as mounted here, for redirect_cgroup `pod`"},
         {.path = "bpf_pin_root", .env = "SHUNT_BPF_PIN_ROOT", .type = K_STR, FIELD(bpf_pin_root),
          .note = "bpffs directory for maps and links; empty = /sys/fs/bpf/shunt", .flags = KF_RESTART},
         {.path = "bpf_shortcut", .env = "SHUNT_BPF_SHORTCUT", .type = K_ENUM, FIELD(bpf_shortcut),

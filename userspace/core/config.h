@@ -98,6 +98,8 @@ struct shunt_config {
         enum redirect_mode
             redirect; /* redirect, SHUNT_REDIRECT, "iptables" | "off" | "auto" | "ebpf" */
         char redirect_cgroup[CONFIG_PATH_MAX]; /* redirect_cgroup, SHUNT_REDIRECT_CGROUP, "" */
+        char pod_uid[64];                      /* pod_uid, SHUNT_POD_UID, "" */
+        char cgroup_root[CONFIG_PATH_MAX];     /* cgroup_root, SHUNT_CGROUP_ROOT, /sys/fs/cgroup */
         char bpf_pin_root[CONFIG_PATH_MAX];    /* bpf_pin_root, SHUNT_BPF_PIN_ROOT, "" =
                                                   /sys/fs/bpf/shunt */
         int bpf_shortcut; /* bpf_shortcut, SHUNT_BPF_SHORTCUT, "off" 0 | "on" 1 (default) */
