@@ -293,3 +293,29 @@ def test_sighup_does_not_relax_mtls_mode(fresh_topo, start_shuntd):
     assert len(reload_warnings(b, n, "mtls.mode")) == 1, b.log_tail()
     assert b.config_value("mtls.mode")[0] == "strict"
     assert not plaintext_echo()
+
+
+def test_capture_rules_put_back_when_removed_or_changed(fresh_topo, start_shuntd):
+    """Another tool flushes the nat table, or rewrites one of shuntd's rules:
+    within seconds shuntd notices, reinstalls its capture (once, atomically),
+    logs it and counts it; outbound traffic is captured again."""
+    topo = fresh_topo
+    sl.spawn_remote_peers(topo, {}, ["echo"])
+    d = start_shuntd(topo.app)
+    assert_installed_once(topo.app)
+    for n, (what, cmds) in enumerate((
+        ("flushed", [["iptables", "-t", "nat", "-F"], ["iptables", "-t", "nat", "-X"]]),
+        ("rewritten", [["iptables", "-t", "nat", "-I", "SIDECAR_PROXY_OUTBOUND", "1", "-p", "tcp",
+                        "-j", "RETURN"]]),
+    ), start=1):
+        for c in cmds:
+            topo.app.run(c)
+        sl.wait_until(lambda: d.metric("shunt_capture_repairs_total") == n, 15,
+                      what="capture rules %s, then put back" % what)
+        assert_installed_once(topo.app)
+        assert "-A SIDECAR_PROXY_OUTBOUND -p tcp -j RETURN" not in topo.app.iptables_save()
+        lines = [l["msg"] for l in d.log_lines() if "changed behind shuntd's back" in l.get("msg", "")]
+        assert len(lines) == n, lines
+        before = d.metric("shunt_connections_accepted_total", direction="outbound")
+        assert outbound_echo(topo) == b"hello"
+        assert d.metric("shunt_connections_accepted_total", direction="outbound") == before + 1

@@ -39,6 +39,9 @@
 #define SHUNT_VERSION  "0.1.0"
 #define DRAIN_POLL_MS  100
 #define ROUTES_POLL_MS 100 /* how often a new registry snapshot is looked for */
+#define CAPTURE_CHECK_MS                                                                           \
+        5000 /* how often the capture rules are compared with what was installed                   \
+              */
 
 struct daemon {
         int argc;
@@ -67,6 +70,11 @@ struct daemon {
         uint64_t routes_version; /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
+        /* Capture rules changed behind our back (another tool flushing the
+         * nat table) are put back: what they looked like when installed. */
+        struct loop_timer capture_timer;
+        struct strbuf capture_seen;
+        uint64_t capture_repairs;
         bool init_cmd;          /* `shuntd init`: install, then exit */
         const char *init_found; /* capture init: "ebpf", "iptables", "off" or "unknown" */
         bool ready;
@@ -139,7 +147,25 @@ static int bpf_install(struct daemon *d, char *why, size_t whylen)
         return 0;
 }
 
+static int rules_apply(struct daemon *d);
+
+/* The iptables rules as installed, to tell later whether they changed. */
+static void capture_remember(struct daemon *d)
+{
+        strbuf_reset(&d->capture_seen);
+        if (ipt_fingerprint(&d->capture_seen) < 0)
+                strbuf_reset(&d->capture_seen);
+}
+
 static int rules_install(struct daemon *d)
+{
+        int rc = rules_apply(d);
+        if (rc == 0)
+                capture_remember(d);
+        return rc;
+}
+
+static int rules_apply(struct daemon *d)
 {
         char err[512];
         if (d->bpf) {
@@ -335,7 +361,7 @@ static int init_iptables(struct daemon *d)
                 log_info("init", 0, "removing the eBPF capture pinned in %s", o.pin_root);
                 bpfcap_remove_pins(o.pin_root);
         }
-        return rules_install(d);
+        return rules_apply(d); /* shuntd init exits: nothing to watch */
 }
 
 /* `shuntd init [--config FILE] [--KEY VALUE ...]`: installs the capture
@@ -386,6 +412,7 @@ static int run_init(int argc, char **argv)
                 log_info("init", 0, "capture installed for a proxy running as uid %u; exiting",
                          init_proxy_uid(d.cfg));
 out:
+        strbuf_free(&d.capture_seen);
         snapshot_unref(&d.cfg->snap);
         return rc;
 }
@@ -491,6 +518,9 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
                     "Configuration generations applied after the first.");
         prom_sample_u64(&resp->body, "shunt_config_reloads_total", NULL, d->cfg_generation - 1);
+        prom_family(&resp->body, "shunt_capture_repairs_total", "counter",
+                    "Times the capture rules were found removed or changed and put back.");
+        prom_sample_u64(&resp->body, "shunt_capture_repairs_total", NULL, d->capture_repairs);
         prom_family(&resp->body, "shunt_uptime_seconds", "gauge", "Seconds since start.");
         prom_sample_u64(&resp->body, "shunt_uptime_seconds", NULL,
                         (clock_mono_ms() - d->started_ms) / 1000);
@@ -981,6 +1011,38 @@ static void update_routes(struct daemon *d)
         log_debug("route", 0, "routing by registry version %llu", (unsigned long long)v);
 }
 
+static size_t count_lines(const struct strbuf *sb)
+{
+        size_t n = 0;
+        for (size_t i = 0; i < sb->len; i++)
+                n += sb->data[i] == '\n';
+        return n;
+}
+
+/* Every CAPTURE_CHECK_MS: the rules as they are now against what was
+ * installed; removed or changed ones are put back, logged and counted. */
+static void on_capture_check(struct loop *loop, struct loop_timer *t)
+{
+        struct daemon *d = t->data;
+        if (d->rules_installed && !d->init_found && !d->draining && d->capture_seen.len) {
+                struct strbuf now;
+                strbuf_init(&now);
+                if (ipt_fingerprint(&now) == 0 &&
+                    (now.len != d->capture_seen.len ||
+                     memcmp(now.data, d->capture_seen.data, now.len) != 0)) {
+                        d->capture_repairs++;
+                        log_warn("intercept", 0,
+                                 "capture rules changed behind shuntd's back (%zu rule lines "
+                                 "installed, %zu now): reinstalling them "
+                                 "(shunt_capture_repairs_total counts it)",
+                                 count_lines(&d->capture_seen) - 1, count_lines(&now) - 1);
+                        rules_install(d);
+                }
+                strbuf_free(&now);
+        }
+        loop_timer_arm(loop, t, CAPTURE_CHECK_MS);
+}
+
 static void on_routes_tick(struct loop *loop, struct loop_timer *t)
 {
         struct daemon *d = t->data;
@@ -1273,6 +1335,8 @@ int main(int argc, char **argv)
         update_routes(&d);
         loop_timer_init(&d.routes_timer, on_routes_tick, &d);
         loop_timer_arm(d.loop, &d.routes_timer, ROUTES_POLL_MS);
+        loop_timer_init(&d.capture_timer, on_capture_check, &d);
+        loop_timer_arm(d.loop, &d.capture_timer, CAPTURE_CHECK_MS);
 
         if (d.cfg->capture == CAPTURE_INIT) {
                 if (capture_adopt(&d, err, sizeof(err)) < 0) {
@@ -1370,6 +1434,9 @@ out:
                 unlink(d.cfg->admin_token_file);
         if (d.loop)
                 loop_timer_cancel(d.loop, &d.routes_timer);
+        if (d.loop)
+                loop_timer_cancel(d.loop, &d.capture_timer);
+        strbuf_free(&d.capture_seen);
         disc_backend_free(d.backend);
         authz_kube_free(d.authz_kube); /* after the watch that feeds it */
         disc_health_stop(d.health);

@@ -912,13 +912,16 @@ bool ipt_installed(int family)
 
 /* ---- counters ----------------------------------------------------------- */
 
-static void dump_family(const struct family_tools *ft, struct strbuf *out, int *rc_out)
+/* Our rules of one family: as JSON with counters, or (text) one
+ * "chain rule" line each, without counters, to compare two readings. */
+static void dump_family(const struct family_tools *ft, bool text, struct strbuf *out, int *rc_out)
 {
         struct strbuf save;
         strbuf_init(&save);
         char err[512];
-        int rc = run_save(ft, true, &save, err, sizeof(err));
-        strbuf_append(out, "[");
+        int rc = run_save(ft, !text, &save, err, sizeof(err));
+        if (!text)
+                strbuf_append(out, "[");
         if (rc == 0) {
                 bool first = true;
                 const char *line = save.data ? save.data : "";
@@ -936,12 +939,16 @@ static void dump_family(const struct family_tools *ft, struct strbuf *out, int *
                                         rc = -ENOMEM;
                                         break;
                                 }
-                                strbuf_append(out, first ? "{\"chain\":" : ",{\"chain\":");
-                                strbuf_append_json_string(out, chain);
-                                strbuf_append(out, ",\"rule\":");
-                                strbuf_append_json_string(out, spec);
-                                strbuf_appendf(out, ",\"packets\":%llu,\"bytes\":%llu}", r.packets,
-                                               r.bytes);
+                                if (text) {
+                                        strbuf_appendf(out, "%s %s\n", chain, spec);
+                                } else {
+                                        strbuf_append(out, first ? "{\"chain\":" : ",{\"chain\":");
+                                        strbuf_append_json_string(out, chain);
+                                        strbuf_append(out, ",\"rule\":");
+                                        strbuf_append_json_string(out, spec);
+                                        strbuf_appendf(out, ",\"packets\":%llu,\"bytes\":%llu}",
+                                                       r.packets, r.bytes);
+                                }
                                 free(chain);
                                 free(spec);
                                 first = false;
@@ -951,20 +958,32 @@ static void dump_family(const struct family_tools *ft, struct strbuf *out, int *
         } else if (rc != -ENOENT) {
                 log_warn(COMP, 0, "%s: cannot read counters: %s", ft->label, err);
         }
-        strbuf_append(out, "]");
+        if (!text)
+                strbuf_append(out, "]");
         strbuf_free(&save);
         if (rc == -ENOENT)
                 rc = 0; /* the tool is absent: no rules of that family */
         *rc_out = rc;
 }
 
+int ipt_fingerprint(struct strbuf *out)
+{
+        int rc4 = 0, rc6 = 0;
+        dump_family(&FAM_V4, true, out, &rc4);
+        strbuf_append(out, "--\n");
+        dump_family(&FAM_V6, true, out, &rc6);
+        if (out->truncated)
+                return -ENOMEM;
+        return rc4 < 0 ? rc4 : rc6;
+}
+
 int ipt_dump_json(struct strbuf *out)
 {
         int rc4 = 0, rc6 = 0;
         strbuf_append(out, "{\"ipv4\":");
-        dump_family(&FAM_V4, out, &rc4);
+        dump_family(&FAM_V4, false, out, &rc4);
         strbuf_append(out, ",\"ipv6\":");
-        dump_family(&FAM_V6, out, &rc6);
+        dump_family(&FAM_V6, false, out, &rc6);
         strbuf_append(out, "}");
         if (out->truncated)
                 return -ENOMEM;

@@ -74,6 +74,11 @@ int ipt_probe(int family, char *version, size_t vlen, char *err, size_t errlen);
  * for what they match. Their number, or negative errno. */
 int ipt_notrack_rules(int family);
 
+/* Our rules and jumps as they are installed now, one "chain rule" line each
+ * (IPv4, "--", IPv6), without counters: two readings differ when something
+ * removed or changed them. 0 or negative errno. */
+int ipt_fingerprint(struct strbuf *out);
+
 /* Installed rules with packet and byte counters, for shuntctl rules and
  * admin /rules: JSON {"ipv4": [{"chain", "rule", "packets", "bytes"}], "ipv6": [...]}. */
 int ipt_dump_json(struct strbuf *out);
