@@ -6,6 +6,8 @@ the discovery backend uses:
 
   GET /api/v1[/namespaces/NS]/services
   GET /apis/discovery.k8s.io/v1[/namespaces/NS]/endpointslices
+  GET /api/v1[/namespaces/NS]/pods
+  GET /api/v1/namespaces                      (cluster-scoped)
       list:  {"kind":"...List","metadata":{"resourceVersion":"N"},"items":[...]}
       ?watch=1&resourceVersion=N[&allowWatchBookmarks=true][&timeoutSeconds=S]
              200, Transfer-Encoding: chunked, one JSON event per line
@@ -15,6 +17,9 @@ the discovery backend uses:
       ?limit=N[&continue=TOKEN]: pages (at most --max-page items each), the
              continue token in metadata.continue; an expired token -> 410
       ?labelSelector=k=v,k!=v,k,!k (equality and existence)
+      ?fieldSelector=metadata.name=X,metadata.namespace=Y
+      A watch with a selector sees an object that stops matching as DELETED
+      and one that starts matching as ADDED, as the API server's watch does.
   Authorization: Bearer TOKEN checked (401 Status otherwise), unless the
   client presented a certificate issued by --client-ca; TLS with the given
   certificate.
@@ -68,6 +73,44 @@ KINDS = {
                        "/apis/discovery.k8s.io/v1"),
 }
 
+# ---- pods and namespaces (k8s-identity) ------------------------------------
+# Namespaces are cluster-scoped (no metadata.namespace; key ("", name)).
+KINDS["pods"] = ("v1", "Pod", "PodList", "/api/v1")
+KINDS["namespaces"] = ("v1", "Namespace", "NamespaceList", "/api/v1")
+CLUSTER_SCOPED = {"namespaces"}
+
+
+def field_match(sel, obj):
+    """fieldSelector: metadata.name / metadata.namespace, = == and !=."""
+    md = obj.get("metadata") or {}
+    for term in (sel or "").split(","):
+        term = term.strip()
+        if not term:
+            continue
+        neg = "!=" in term
+        k, v = term.replace("!=", "=").replace("==", "=").split("=", 1)
+        have = md.get(k.strip()[len("metadata."):], "") if k.strip().startswith("metadata.") \
+            else None
+        if (have == v.strip()) == neg:
+            return False
+    return True
+
+
+def selector_event(line, old, visible):
+    """The event a watch with a selector sees for a history line whose object
+    was `old` before the change: None (not visible before nor after), or
+    the line, retyped ADDED/DELETED when the object starts/stops matching."""
+    ev = json.loads(line)
+    now_vis = visible(ev["object"])
+    old_vis = old is not None and visible(old)
+    if ev["type"] == "MODIFIED" and old is not None and old_vis != now_vis:
+        ev["type"] = "ADDED" if now_vis else "DELETED"
+        return json.dumps(ev).encode()
+    if ev["type"] == "DELETED":
+        return line if (old_vis if old is not None else now_vis) else None
+    return line if now_vis else None
+# ---- end pods and namespaces -------------------------------------------------
+
 
 # ---- shunt.io AuthorizationPolicy (engineer authz): a namespaced custom
 # resource, served like the built-in kinds: list (pages), watch, 410, bookmarks.
@@ -86,11 +129,12 @@ class State:
         if path and os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
-            self.objects = {k: {tuple(key.split("/", 1)): o for key, o in v.items()}
-                            for k, v in saved["objects"].items()}
+            self.objects.update({k: {tuple(key.split("/", 1)): o for key, o in v.items()}
+                                 for k, v in saved["objects"].items()})
             self.rv = saved["rv"]
         # history: list of (seq, rv, kind, line bytes); floor: oldest rv a watch may resume from
         self.history = []
+        self.before = {}  # seq -> the object before a MODIFIED/DELETED (selector watches)
         self.seq = 0
         self.floor = self.rv
         self.epoch = 0  # bumped by compaction: open watches of older epochs end
@@ -113,19 +157,31 @@ class State:
                 k: {"/".join(key): o for key, o in v.items()} for k, v in self.objects.items()}}, f)
         os.rename(tmp, self.path)
 
-    def push(self, kind, line, pending=False):
+    def push(self, kind, line, pending=False, before=None):
         # a pending entry (injected bad JSON) sorts after the current
         # resourceVersion: a watch opened from it still receives it
         self.seq += 1
         self.history.append((self.seq, self.rv + (0.5 if pending else 0), kind, line))
+        if before is not None:
+            self.before[self.seq] = before
         del self.history[:-2000]
+        for s in [s for s in self.before if s < self.history[0][0]]:
+            del self.before[s]
         self.cv.notify_all()
 
     def apply(self, kind, etype, obj):
         with self.cv:
             md = obj.setdefault("metadata", {})
-            md.setdefault("namespace", "default")
-            key = (md["namespace"], md["name"])
+            if kind in CLUSTER_SCOPED:
+                md.pop("namespace", None)
+                key = ("", md["name"])
+            else:
+                md.setdefault("namespace", "default")
+                key = (md["namespace"], md["name"])
+            before = copy.deepcopy(self.objects[kind].get(key))
+            if before is not None and etype != "DELETED":
+                md.setdefault("uid", before["metadata"].get("uid"))
+            md.setdefault("uid", "%08x-0000-4000-8000-%012x" % (self.rv, self.seq))
             self.rv += 1
             md["resourceVersion"] = str(self.rv)
             api, k, _, _ = KINDS[kind]
@@ -140,7 +196,7 @@ class State:
             else:
                 self.objects[kind][key] = obj
             line = json.dumps({"type": etype, "object": obj}).encode()
-            self.push(kind, line)
+            self.push(kind, line, before=before)
             self.save()
             return True
 
@@ -219,11 +275,12 @@ class Api(BaseHTTPRequestHandler):
             return self.send_json(404, status(404, "NotFound", "the server could not find the "
                                               "requested resource"))
         sel = q.get("labelSelector", "")
+        fsel = q.get("fieldSelector", "")
 
         def visible(obj):
             md = obj["metadata"]
             return (ns is None or md.get("namespace") == ns) and selector_match(
-                sel, md.get("labels") or {})
+                sel, md.get("labels") or {}) and field_match(fsel, obj)
 
         if q.get("watch") not in ("1", "true"):
             return self.list(st, kind, q, visible)
@@ -340,8 +397,8 @@ class Api(BaseHTTPRequestHandler):
                             if k != kind:
                                 continue
                             if line.startswith(b"{") and line.endswith(b"}"):
-                                ev = json.loads(line)
-                                if not visible(ev["object"]):
+                                line = selector_event(line, st.before.get(s), visible)
+                                if line is None:
                                     continue
                             out.append(line)
                         if not out and bookmarks and st.bookmark_s and \

@@ -445,6 +445,7 @@ static int create(const char *kubeconfig, char *err, size_t errlen)
         snprintf(cfg->sd_type, sizeof(cfg->sd_type), "kubernetes");
         snprintf(cfg->k8s_kubeconfig, sizeof(cfg->k8s_kubeconfig), "%s", kubeconfig);
         snprintf(cfg->k8s_namespace, sizeof(cfg->k8s_namespace), "default");
+        snprintf(cfg->trust_domain, sizeof(cfg->trust_domain), "cluster.local");
         struct disc_registry *r = disc_registry_new(NULL);
         struct disc_backend *b = NULL;
         int rc = disc_backend_new(r, cfg, &b, err, errlen);

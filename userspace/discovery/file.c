@@ -345,8 +345,8 @@ static const char *const hc_keys[] = {"type",
                                       "passive_failures",
                                       "ejection_time",
                                       NULL};
-static const char *const ep_keys[] = {"address", "port",   "weight", "zone",
-                                      "region",  "health", NULL};
+static const char *const ep_keys[] = {"address", "port",     "weight", "zone", "region",
+                                      "health",  "identity", "meshed", "mtls", NULL};
 
 #define FIELD(obj, key) cJSON_GetObjectItemCaseSensitive(obj, key)
 
@@ -514,6 +514,40 @@ static int parse_hc(struct vctx *v, const cJSON *x, struct disc_health_check *hc
         return 0;
 }
 
+/* "identity" (a SPIFFE ID) and "mtls" (strict, permissive, disabled) of a
+ * service or an endpoint; absent keys leave the outputs alone. */
+static int want_identity_mtls(struct vctx *v, const cJSON *x, char *identity, enum disc_mtls *mtls)
+{
+        const cJSON *f;
+        size_t old;
+        if ((f = FIELD(x, "identity"))) {
+                old = path_push_key(v, "identity");
+                if (want_string(v, f, DISC_IDENTITY_MAX, identity))
+                        return -EINVAL;
+                if (!spiffe_id(identity))
+                        return fail(v, f,
+                                    "'%s' is not a SPIFFE ID (spiffe://<trust-domain>/<path>)",
+                                    identity);
+                path_pop(v, old);
+        }
+        if ((f = FIELD(x, "mtls"))) {
+                old = path_push_key(v, "mtls");
+                static const enum disc_mtls modes[] = {DISC_MTLS_STRICT, DISC_MTLS_PERMISSIVE,
+                                                       DISC_MTLS_DISABLED};
+                bool ok = false;
+                for (size_t k = 0; cJSON_IsString(f) && k < 3; k++) {
+                        if (strcmp(f->valuestring, disc_mtls_name(modes[k])) == 0) {
+                                *mtls = modes[k];
+                                ok = true;
+                        }
+                }
+                if (!ok)
+                        return fail(v, f, "expected one of strict, permissive, disabled");
+                path_pop(v, old);
+        }
+        return 0;
+}
+
 static int parse_endpoint(struct vctx *v, const cJSON *x, const struct disc_service_spec *s,
                           struct disc_endpoint_spec *e, bool *has_port)
 {
@@ -570,7 +604,14 @@ static int parse_endpoint(struct vctx *v, const cJSON *x, const struct disc_serv
                         return fail(v, f, "expected one of healthy, unhealthy, unknown, draining");
                 path_pop(v, old);
         }
-        return 0;
+        if ((f = FIELD(x, "meshed"))) {
+                old = path_push_key(v, "meshed");
+                if (!cJSON_IsBool(f))
+                        return fail(v, f, "expected true or false");
+                e->unmeshed = cJSON_IsFalse(f);
+                path_pop(v, old);
+        }
+        return want_identity_mtls(v, x, e->identity, &e->mtls);
 }
 
 static int parse_service(struct vctx *v, const cJSON *x, struct disc_service_spec *s)
@@ -641,31 +682,8 @@ static int parse_service(struct vctx *v, const cJSON *x, struct disc_service_spe
                 }
                 path_pop(v, old);
         }
-        if ((f = FIELD(x, "identity"))) {
-                old = path_push_key(v, "identity");
-                if (want_string(v, f, sizeof(s->identity), s->identity))
-                        return -EINVAL;
-                if (!spiffe_id(s->identity))
-                        return fail(v, f,
-                                    "'%s' is not a SPIFFE ID (spiffe://<trust-domain>/<path>)",
-                                    s->identity);
-                path_pop(v, old);
-        }
-        if ((f = FIELD(x, "mtls"))) {
-                old = path_push_key(v, "mtls");
-                static const enum disc_mtls modes[] = {DISC_MTLS_STRICT, DISC_MTLS_PERMISSIVE,
-                                                       DISC_MTLS_DISABLED};
-                bool ok = false;
-                for (size_t k = 0; cJSON_IsString(f) && k < 3; k++) {
-                        if (strcmp(f->valuestring, disc_mtls_name(modes[k])) == 0) {
-                                s->mtls = modes[k];
-                                ok = true;
-                        }
-                }
-                if (!ok)
-                        return fail(v, f, "expected one of strict, permissive, disabled");
-                path_pop(v, old);
-        }
+        if (want_identity_mtls(v, x, s->identity, &s->mtls))
+                return -EINVAL;
         if ((f = FIELD(x, "load_balancing"))) {
                 old = path_push_key(v, "load_balancing");
                 if (parse_lb(v, f, s))

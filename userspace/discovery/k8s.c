@@ -34,7 +34,8 @@
 
 enum wstate { W_IDLE = 0, W_LIST, W_WATCH, W_BACKOFF };
 
-static const char *const kind_name[K8S__KINDS] = {"services", "endpointslices"};
+static const char *const kind_name[K8S__KINDS] = {"services", "endpointslices", "pods",
+                                                  "namespaces"};
 static const char *const state_name[] = {"idle", "listing", "watching", "backoff"};
 
 struct k8s;
@@ -85,6 +86,7 @@ struct k8s {
         struct k8s_creds *creds;
         char ns[DISC_NAME_MAX];
         char *selector_q; /* escaped label selector, or NULL */
+        char *ns_field_q; /* escaped fieldSelector metadata.name=<ns>, or NULL */
         uint32_t watch_s;
         uint64_t silence_ms;
         uint64_t n_builds;
@@ -106,10 +108,21 @@ static uint64_t now_ms(const struct k8s *k)
 
 /* ---- registry ------------------------------------------------------------------ */
 
+static bool all_listed(const struct k8s *k)
+{
+        for (int i = 0; i < K8S__KINDS; i++) {
+                if (!k->w[i].listed)
+                        return false;
+        }
+        return true;
+}
+
 static void rebuild(struct k8s *k)
 {
-        if (!k->w[K8S_SERVICES].listed || !k->w[K8S_SLICES].listed)
-                return; /* the first full picture needs both lists */
+        /* The first full picture needs every list: an endpoint whose pod is
+         * not known yet would be taken for not meshed. */
+        if (!all_listed(k))
+                return;
         struct disc_service_spec *svcs;
         size_t n;
         int rc = k8s_cache_build(k->cache, &svcs, &n);
@@ -128,8 +141,10 @@ static void rebuild(struct k8s *k)
 
 static void check_sync(struct k8s *k)
 {
-        if (k->w[K8S_SERVICES].healthy && k->w[K8S_SLICES].healthy && k->w[K8S_SERVICES].listed &&
-            k->w[K8S_SLICES].listed) {
+        bool healthy = true;
+        for (int i = 0; i < K8S__KINDS; i++)
+                healthy &= k->w[i].healthy;
+        if (healthy && all_listed(k)) {
                 disc_source_sync_ok(k->r, k->src);
                 disc_registry_publish(k->r);
         }
@@ -479,38 +494,42 @@ static void start(struct k8s_watch *w)
                 return;
         bool watch = w->listed && w->rv[0] && !w->cont[0];
         char path[512];
+        static const char *const group[K8S__KINDS] = {"/api/v1", "/apis/discovery.k8s.io/v1",
+                                                      "/api/v1", "/api/v1"};
         if (w->sink)
                 snprintf(path, sizeof(path), "%s", w->sink->path);
-        else if (k->ns[0])
-                snprintf(path, sizeof(path),
-                         w->kind == K8S_SERVICES ? "/api/v1/namespaces/%s/services"
-                                                 : "/apis/discovery.k8s.io/v1/namespaces/%s/"
-                                                   "endpointslices",
-                         k->ns);
+        else if (k->ns[0] && w->kind != K8S_NAMESPACES) /* namespaces are cluster-scoped */
+                snprintf(path, sizeof(path), "%s/namespaces/%s/%s", group[w->kind], k->ns,
+                         kind_name[w->kind]);
         else
-                snprintf(path, sizeof(path), "%s",
-                         w->kind == K8S_SERVICES ? "/api/v1/services"
-                                                 : "/apis/discovery.k8s.io/v1/endpointslices");
+                snprintf(path, sizeof(path), "%s/%s", group[w->kind], kind_name[w->kind]);
         const char *server = k8s_creds_server(k->creds);
         size_t slen = strlen(server);
         char url[2 * K8S_MAX_CONTINUE + 1024];
         int n;
-        /* Services: the configured selector. Slices: only those a Service owns. */
+        /* Services: the configured selector. Slices: only those a Service
+         * owns. Pods: only meshed ones (one that loses the label arrives as
+         * DELETED). Namespaces: only the configured one, if any. */
         const char *sel = w->sink                   ? NULL
                           : w->kind == K8S_SERVICES ? k->selector_q
-                                                    : "kubernetes.io%2Fservice-name";
+                          : w->kind == K8S_SLICES   ? "kubernetes.io%2Fservice-name"
+                          : w->kind == K8S_PODS     ? "shunt.io%2Fmeshed%3Dtrue"
+                                                    : NULL;
+        const char *fsel = !w->sink && w->kind == K8S_NAMESPACES ? k->ns_field_q : NULL;
         char *rv_q = curl_easy_escape(NULL, w->rv, 0);
         char *cont_q = w->cont[0] ? curl_easy_escape(NULL, w->cont, 0) : NULL;
         if (watch)
                 n = snprintf(url, sizeof(url),
                              "%.*s%s?watch=1&allowWatchBookmarks=true&resourceVersion=%s&"
-                             "timeoutSeconds=%u%s%s",
+                             "timeoutSeconds=%u%s%s%s%s",
                              (int)slen, server, path, rv_q ? rv_q : "", k->watch_s,
-                             sel ? "&labelSelector=" : "", sel ? sel : "");
+                             sel ? "&labelSelector=" : "", sel ? sel : "",
+                             fsel ? "&fieldSelector=" : "", fsel ? fsel : "");
         else
-                n = snprintf(url, sizeof(url), "%.*s%s?limit=%u%s%s%s%s", (int)slen, server, path,
-                             K8S_LIST_LIMIT, cont_q ? "&continue=" : "", cont_q ? cont_q : "",
-                             sel ? "&labelSelector=" : "", sel ? sel : "");
+                n = snprintf(url, sizeof(url), "%.*s%s?limit=%u%s%s%s%s%s%s", (int)slen, server,
+                             path, K8S_LIST_LIMIT, cont_q ? "&continue=" : "", cont_q ? cont_q : "",
+                             sel ? "&labelSelector=" : "", sel ? sel : "",
+                             fsel ? "&fieldSelector=" : "", fsel ? fsel : "");
         curl_free(rv_q);
         curl_free(cont_q);
         if (n < 0 || (size_t)n >= sizeof(url)) {
@@ -689,6 +708,7 @@ static void k8s_destroy(void *impl)
                 curl_multi_cleanup(k->multi);
         k8s_creds_free(k->creds);
         curl_free(k->selector_q);
+        curl_free(k->ns_field_q);
         k8s_cache_free(k->cache);
         free(k);
 }
@@ -729,8 +749,21 @@ static int k8s_create(struct disc_registry *r, const struct shunt_config *cfg, v
                 goto fail;
         }
         /* "*" watches every namespace (cluster-wide list and watch) */
-        if (strcmp(cfg->k8s_namespace, "*") != 0)
+        if (strcmp(cfg->k8s_namespace, "*") != 0) {
                 memcpy(k->ns, cfg->k8s_namespace, strlen(cfg->k8s_namespace) + 1);
+                char f[DISC_NAME_MAX + 16];
+                snprintf(f, sizeof(f), "metadata.name=%s", k->ns);
+                k->ns_field_q = curl_easy_escape(NULL, f, 0);
+                if (!k->ns_field_q) {
+                        snprintf(err, errlen, "kubernetes: out of memory");
+                        goto fail;
+                }
+        }
+        if (k8s_cache_set_trust_domain(k->cache, cfg->trust_domain) < 0) {
+                snprintf(err, errlen, "config: mtls.trust_domain '%.64s': empty or too long",
+                         cfg->trust_domain);
+                goto fail;
+        }
         if (cfg->k8s_label_selector[0]) {
                 k->selector_q = curl_easy_escape(NULL, cfg->k8s_label_selector, 0);
                 if (!k->selector_q) {

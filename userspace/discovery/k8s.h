@@ -47,8 +47,29 @@ extern const struct disc_backend_ops k8s_backend_ops;
 enum k8s_kind {
         K8S_SERVICES = 0,
         K8S_SLICES,
+        K8S_PODS,       /* only meshed pods: labelSelector shunt.io/meshed=true */
+        K8S_NAMESPACES, /* for their shunt.io/mtls-mode annotation */
         K8S__KINDS,
 };
+
+/* Mesh identity from Kubernetes (see README "Kubernetes"):
+ *  - a pod is meshed when it carries the label shunt.io/meshed: "true";
+ *  - an endpoint's identity is spiffe://<trust domain>/ns/<pod namespace>/
+ *    sa/<pod spec.serviceAccountName>, its pod found through the slice
+ *    endpoint's targetRef (kind Pod; uid checked when given), else by
+ *    address;
+ *  - the mTLS mode comes from the annotation shunt.io/mtls-mode (strict,
+ *    permissive, disabled) on the Pod, else the Service, else the
+ *    Namespace, else the daemon's mtls.mode.
+ * Only what routing needs is kept of a pod (namespace, name, uid, service
+ * account, meshed, mode, addresses), at most K8S_MAX_PODS of them. */
+#define K8S_LABEL_MESHED         "shunt.io/meshed"
+#define K8S_ANNOTATION_MODE      "shunt.io/mtls-mode"
+#define K8S_MAX_UID              64
+#define K8S_MAX_POD_IPS          2
+#define K8S_MAX_PODS             65536
+#define K8S_MAX_NAMESPACES       16384
+#define K8S_DEFAULT_TRUST_DOMAIN "cluster.local"
 
 /* What one watch event line did. */
 enum k8s_event_result {
@@ -63,6 +84,9 @@ struct k8s_cache;
 
 struct k8s_cache *k8s_cache_new(void);
 void k8s_cache_free(struct k8s_cache *c);
+/* The trust domain of the identities a build gives (default cluster.local).
+ * 0 or -EINVAL (empty or too long). */
+int k8s_cache_set_trust_domain(struct k8s_cache *c, const char *td);
 /* Replaces every object of kind with the items of a list response body;
  * rv (K8S_MAX_RV bytes) receives metadata.resourceVersion. Items that are
  * invalid are skipped with a warning. 0 or -EINVAL (the body is not a list;

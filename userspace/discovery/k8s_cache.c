@@ -1,6 +1,8 @@
-/* Kubernetes objects -> registry specs. Services and EndpointSlices are kept
- * parsed (only the fields the mesh uses); a build joins each Service with
- * the slices labelled kubernetes.io/service-name=<its name> in its namespace. */
+/* Kubernetes objects -> registry specs. Services, EndpointSlices, meshed
+ * Pods and Namespaces are kept parsed (only the fields the mesh uses); a
+ * build joins each Service with the slices labelled
+ * kubernetes.io/service-name=<its name> in its namespace, and each slice
+ * endpoint with its Pod (targetRef) for its identity and mTLS mode. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,13 +33,36 @@ struct k8s_svc {
         uint32_t n_vips;
         struct k8s_svc_port ports[DISC_MAX_PORTS];
         uint32_t n_ports;
+        enum disc_mtls mode; /* shunt.io/mtls-mode, DEFAULT if absent */
 };
 
 struct k8s_slice_ep {
         struct disc_addr addr; /* port 0 */
         enum disc_health health;
         char zone[DISC_NAME_MAX];
+        char pod[K8S_MAX_OBJECT_NAME]; /* targetRef of kind Pod: its name, "" if none */
+        char pod_uid[K8S_MAX_UID];     /* and its uid, "" if not given */
 };
+
+/* A meshed pod: only what routing needs. */
+struct k8s_pod {
+        struct k8s_pod *next; /* hash chain */
+        char ns[DISC_NAME_MAX];
+        char name[K8S_MAX_OBJECT_NAME];
+        char uid[K8S_MAX_UID];
+        char sa[K8S_MAX_OBJECT_NAME]; /* spec.serviceAccountName ("default" if absent) */
+        bool meshed;                  /* label shunt.io/meshed: "true" */
+        enum disc_mtls mode;          /* annotation shunt.io/mtls-mode */
+        struct disc_addr ips[K8S_MAX_POD_IPS];
+        uint32_t n_ips;
+};
+
+struct k8s_ns {
+        char name[DISC_NAME_MAX];
+        enum disc_mtls mode;
+};
+
+#define POD_BUCKETS 4096 /* power of two; chains stay short up to K8S_MAX_PODS */
 
 struct k8s_slice {
         char ns[DISC_NAME_MAX];
@@ -57,11 +82,43 @@ struct k8s_cache {
         size_t n_svcs, cap_svcs;
         struct k8s_slice *slices;
         size_t n_slices, cap_slices;
+        struct k8s_pod **pods; /* POD_BUCKETS chains, allocated with the first pod */
+        size_t n_pods;
+        uint64_t pods_shed; /* pods not kept: K8S_MAX_PODS reached */
+        struct k8s_ns *nss;
+        size_t n_nss, cap_nss;
+        char td[DISC_IDENTITY_MAX];
 };
 
 struct k8s_cache *k8s_cache_new(void)
 {
-        return calloc(1, sizeof(struct k8s_cache));
+        struct k8s_cache *c = calloc(1, sizeof(struct k8s_cache));
+        if (c)
+                snprintf(c->td, sizeof(c->td), "%s", K8S_DEFAULT_TRUST_DOMAIN);
+        return c;
+}
+
+int k8s_cache_set_trust_domain(struct k8s_cache *c, const char *td)
+{
+        /* Room for "spiffe://<td>/ns/<63>/sa/<a name>". */
+        if (!td || !*td || strlen(td) > 128)
+                return -EINVAL;
+        snprintf(c->td, sizeof(c->td), "%s", td);
+        return 0;
+}
+
+static void pods_clear(struct k8s_cache *c)
+{
+        for (size_t b = 0; c->pods && b < POD_BUCKETS; b++) {
+                while (c->pods[b]) {
+                        struct k8s_pod *p = c->pods[b];
+                        c->pods[b] = p->next;
+                        free(p);
+                }
+        }
+        free(c->pods);
+        c->pods = NULL;
+        c->n_pods = 0;
 }
 
 static void slices_clear(struct k8s_cache *c)
@@ -76,14 +133,25 @@ void k8s_cache_free(struct k8s_cache *c)
         if (!c)
                 return;
         slices_clear(c);
+        pods_clear(c);
         free(c->slices);
         free(c->svcs);
+        free(c->nss);
         free(c);
 }
 
 size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind)
 {
-        return kind == K8S_SERVICES ? c->n_svcs : c->n_slices;
+        switch (kind) {
+        case K8S_SERVICES:
+                return c->n_svcs;
+        case K8S_SLICES:
+                return c->n_slices;
+        case K8S_PODS:
+                return c->n_pods;
+        default:
+                return c->n_nss;
+        }
 }
 
 enum proto k8s_app_protocol(const char *ap)
@@ -161,6 +229,27 @@ static bool port_number(const cJSON *x, uint16_t *out)
         return true;
 }
 
+/* The shunt.io/mtls-mode annotation of obj (DEFAULT when absent; a value
+ * that is none of strict, permissive, disabled is logged and ignored). */
+static enum disc_mtls mode_annotation(const cJSON *obj, const char *kind, const char *ns,
+                                      const char *name)
+{
+        const char *v = str_at(FIELD(FIELD(obj, "metadata"), "annotations"), K8S_ANNOTATION_MODE);
+        if (!v)
+                return DISC_MTLS_DEFAULT;
+        static const enum disc_mtls modes[] = {DISC_MTLS_STRICT, DISC_MTLS_PERMISSIVE,
+                                               DISC_MTLS_DISABLED};
+        for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+                if (strcmp(v, disc_mtls_name(modes[i])) == 0)
+                        return modes[i];
+        }
+        log_warn(COMP, 0,
+                 "kubernetes: %s %s%s%s: annotation " K8S_ANNOTATION_MODE
+                 " '%.32s' is not strict, permissive or disabled: ignored",
+                 kind, ns, ns[0] ? "/" : "", name, v);
+        return DISC_MTLS_DEFAULT;
+}
+
 /* ---- Service ------------------------------------------------------------------ */
 
 static int add_vip(struct k8s_svc *s, const char *ip)
@@ -189,6 +278,7 @@ static int parse_service(const cJSON *obj, struct k8s_svc *s, char *err, size_t 
                 snprintf(err, errlen, "service %s/%s: no spec", s->ns, s->name);
                 return -EINVAL;
         }
+        s->mode = mode_annotation(obj, "service", s->ns, s->name);
         const cJSON *ips = FIELD(spec, "clusterIPs"), *ip;
         cJSON_ArrayForEach(ip, (cJSON_IsArray(ips) ? ips : NULL))
         {
@@ -347,6 +437,14 @@ static int parse_slice(const cJSON *obj, struct k8s_slice *s, char *err, size_t 
                                 return -EINVAL;
                         }
                         ep->health = h;
+                        const cJSON *ref = FIELD(e, "targetRef");
+                        const char *rk = str_at(ref, "kind"), *rn = str_at(ref, "name");
+                        const char *ru = str_at(ref, "uid");
+                        if (rk && rn && strcmp(rk, "Pod") == 0 && strlen(rn) < sizeof(ep->pod)) {
+                                memcpy(ep->pod, rn, strlen(rn) + 1);
+                                if (ru && strlen(ru) < sizeof(ep->pod_uid))
+                                        memcpy(ep->pod_uid, ru, strlen(ru) + 1);
+                        }
                         snprintf(ep->zone, sizeof(ep->zone), "%s",
                                  zone && strlen(zone) < sizeof(ep->zone) ? zone : "");
                         s->n_eps++;
@@ -356,7 +454,121 @@ static int parse_slice(const cJSON *obj, struct k8s_slice *s, char *err, size_t 
         return 0;
 }
 
+/* ---- Pod, Namespace ------------------------------------------------------------- */
+
+static int parse_pod(const cJSON *obj, struct k8s_pod *p, char *err, size_t errlen)
+{
+        memset(p, 0, sizeof(*p));
+        if (meta(obj, p->ns, p->name, sizeof(p->name), err, errlen))
+                return -EINVAL;
+        const cJSON *md = FIELD(obj, "metadata");
+        const char *uid = str_at(md, "uid");
+        if (uid && strlen(uid) < sizeof(p->uid))
+                memcpy(p->uid, uid, strlen(uid) + 1);
+        const char *meshed = str_at(FIELD(md, "labels"), K8S_LABEL_MESHED);
+        p->meshed = meshed && strcmp(meshed, "true") == 0;
+        p->mode = mode_annotation(obj, "pod", p->ns, p->name);
+        const cJSON *spec = FIELD(obj, "spec");
+        const char *sa = str_at(spec, "serviceAccountName");
+        if (!sa || !*sa)
+                sa = str_at(spec, "serviceAccount"); /* the deprecated alias */
+        if (!sa || !*sa)
+                sa = "default"; /* what the API server's admission sets */
+        if (copy_str(p->sa, sizeof(p->sa), sa, "spec.serviceAccountName", err, errlen))
+                return -EINVAL;
+        const cJSON *status = FIELD(obj, "status");
+        const cJSON *ips = FIELD(status, "podIPs"), *ip;
+        cJSON_ArrayForEach(ip, (cJSON_IsArray(ips) ? ips : NULL))
+        {
+                const char *v = str_at(ip, "ip");
+                if (v && p->n_ips < K8S_MAX_POD_IPS &&
+                    disc_addr_parse(v, 0, &p->ips[p->n_ips]) == 0)
+                        p->n_ips++;
+        }
+        const char *one = str_at(status, "podIP");
+        if (!p->n_ips && one && disc_addr_parse(one, 0, &p->ips[0]) == 0)
+                p->n_ips = 1;
+        return 0;
+}
+
 /* ---- the maps -------------------------------------------------------------------- */
+
+static size_t pod_bucket(const char *ns, const char *name)
+{
+        uint64_t h = 1469598103934665603ull; /* FNV-1a over "ns/name" */
+        for (const char *q = ns; *q; q++)
+                h = (h ^ (uint8_t)*q) * 1099511628211ull;
+        h = (h ^ '/') * 1099511628211ull;
+        for (const char *q = name; *q; q++)
+                h = (h ^ (uint8_t)*q) * 1099511628211ull;
+        return (size_t)(h & (POD_BUCKETS - 1));
+}
+
+static struct k8s_pod **pod_slot(const struct k8s_cache *c, const char *ns, const char *name)
+{
+        struct k8s_pod **pp = &c->pods[pod_bucket(ns, name)];
+        while (*pp && (strcmp((*pp)->name, name) || strcmp((*pp)->ns, ns)))
+                pp = &(*pp)->next;
+        return pp;
+}
+
+static const struct k8s_pod *find_pod(const struct k8s_cache *c, const char *ns, const char *name)
+{
+        return c->pods ? *pod_slot(c, ns, name) : NULL;
+}
+
+static int put_pod(struct k8s_cache *c, const struct k8s_pod *p)
+{
+        if (!c->pods && !(c->pods = calloc(POD_BUCKETS, sizeof(*c->pods))))
+                return -ENOMEM;
+        struct k8s_pod **pp = pod_slot(c, p->ns, p->name);
+        if (*pp) {
+                struct k8s_pod *next = (*pp)->next;
+                **pp = *p;
+                (*pp)->next = next;
+                return 0;
+        }
+        if (c->n_pods >= K8S_MAX_PODS) {
+                /* Shed: its endpoints are not meshed (plaintext, or refused
+                 * when strict) until others go. Said once per 1024. */
+                if (c->pods_shed++ % 1024 == 0)
+                        log_warn(COMP, 0,
+                                 "kubernetes: more than %d meshed pods: pod %s/%s not kept (%llu "
+                                 "so far); its endpoints are treated as not meshed",
+                                 K8S_MAX_PODS, p->ns, p->name, (unsigned long long)c->pods_shed);
+                return 0;
+        }
+        struct k8s_pod *n = malloc(sizeof(*n));
+        if (!n)
+                return -ENOMEM;
+        *n = *p;
+        n->next = NULL;
+        *pp = n;
+        c->n_pods++;
+        return 0;
+}
+
+static void del_pod(struct k8s_cache *c, const char *ns, const char *name)
+{
+        if (!c->pods)
+                return;
+        struct k8s_pod **pp = pod_slot(c, ns, name);
+        if (*pp) {
+                struct k8s_pod *gone = *pp;
+                *pp = gone->next;
+                free(gone);
+                c->n_pods--;
+        }
+}
+
+static struct k8s_ns *find_ns(const struct k8s_cache *c, const char *name)
+{
+        for (size_t i = 0; i < c->n_nss; i++) {
+                if (strcmp(c->nss[i].name, name) == 0)
+                        return &c->nss[i];
+        }
+        return NULL;
+}
 
 static struct k8s_svc *find_svc(struct k8s_cache *c, const char *ns, const char *name)
 {
@@ -434,9 +646,59 @@ static void del_slice(struct k8s_cache *c, const char *ns, const char *name)
         }
 }
 
+static int grow(void **arr, size_t *cap, size_t need, size_t elem);
+
+static int apply_ns(struct k8s_cache *c, const cJSON *obj, bool del, char *err, size_t errlen)
+{
+        struct k8s_ns n = {0};
+        const char *name = str_at(FIELD(obj, "metadata"), "name");
+        if (copy_str(n.name, sizeof(n.name), name, "metadata.name", err, errlen))
+                return -EINVAL;
+        struct k8s_ns *old = find_ns(c, n.name);
+        if (del) {
+                if (old)
+                        *old = c->nss[--c->n_nss];
+                return 0;
+        }
+        n.mode = mode_annotation(obj, "namespace", "", n.name);
+        if (old) {
+                *old = n;
+                return 0;
+        }
+        if (c->n_nss >= K8S_MAX_NAMESPACES) {
+                log_warn(COMP, 0, "kubernetes: more than %d namespaces: %s not kept",
+                         K8S_MAX_NAMESPACES, n.name);
+                return 0;
+        }
+        if (grow((void **)&c->nss, &c->cap_nss, c->n_nss + 1, sizeof(*c->nss)))
+                return -ENOMEM;
+        c->nss[c->n_nss++] = n;
+        return 0;
+}
+
 static int apply_object(struct k8s_cache *c, enum k8s_kind kind, const cJSON *obj, bool del,
                         char *err, size_t errlen)
 {
+        if (kind == K8S_NAMESPACES)
+                return apply_ns(c, obj, del, err, errlen);
+        if (kind == K8S_PODS) {
+                struct k8s_pod p;
+                if (del) {
+                        if (meta(obj, p.ns, p.name, sizeof(p.name), err, errlen))
+                                return -EINVAL;
+                        del_pod(c, p.ns, p.name);
+                        return 0;
+                }
+                if (parse_pod(obj, &p, err, errlen))
+                        return -EINVAL;
+                /* A pod that lost the label arrives as DELETED in a selector
+                 * watch; one listed without a selector is kept only when meshed. */
+                if (!p.meshed) {
+                        del_pod(c, p.ns, p.name);
+                        return 0;
+                }
+                return put_pod(c, &p);
+        }
         if (kind == K8S_SERVICES) {
                 struct k8s_svc s;
                 if (del) {
@@ -525,13 +787,28 @@ int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const cha
                         char *rv, char *cont, char *err, size_t errlen)
 {
         struct cache_kind ck = {staging, kind};
-        return k8s_list_page_parse(kind == K8S_SERVICES ? "services" : "endpointslices", body, len,
-                                   cache_apply, &ck, rv, cont, err, errlen);
+        static const char *const names[K8S__KINDS] = {"services", "endpointslices", "pods",
+                                                      "namespaces"};
+        return k8s_list_page_parse(names[kind], body, len, cache_apply, &ck, rv, cont, err, errlen);
 }
 
 void k8s_cache_take(struct k8s_cache *c, struct k8s_cache *staging, enum k8s_kind kind)
 {
-        if (kind == K8S_SERVICES) {
+        if (kind == K8S_PODS) {
+                pods_clear(c);
+                c->pods = staging->pods;
+                c->n_pods = staging->n_pods;
+                c->pods_shed += staging->pods_shed;
+                staging->pods = NULL;
+                staging->n_pods = 0;
+        } else if (kind == K8S_NAMESPACES) {
+                free(c->nss);
+                c->nss = staging->nss;
+                c->n_nss = staging->n_nss;
+                c->cap_nss = staging->cap_nss;
+                staging->nss = NULL;
+                staging->n_nss = staging->cap_nss = 0;
+        } else if (kind == K8S_SERVICES) {
                 free(c->svcs);
                 c->svcs = staging->svcs;
                 c->n_svcs = staging->n_svcs;
@@ -637,12 +914,71 @@ static int ep_cmp(const void *a, const void *b)
         return memcmp(&x->addr, &y->addr, sizeof(x->addr));
 }
 
+/* Pods by address, for slice endpoints without a targetRef. */
+struct pod_ip {
+        struct disc_addr addr;
+        const struct k8s_pod *pod;
+};
+
+static int pod_ip_cmp(const void *a, const void *b)
+{
+        const struct pod_ip *x = a, *y = b;
+        return memcmp(&x->addr, &y->addr, sizeof(x->addr));
+}
+
+struct build_ctx {
+        const struct k8s_cache *c;
+        struct pod_ip *ips;
+        size_t n_ips;
+};
+
+/* The meshed pod behind a slice endpoint of namespace ns, or NULL: not
+ * meshed, not known (yet), or the name now belongs to another pod (uid). */
+static const struct k8s_pod *endpoint_pod(const struct build_ctx *bc, const char *ns,
+                                          const struct k8s_slice_ep *e)
+{
+        if (e->pod[0]) {
+                const struct k8s_pod *p = find_pod(bc->c, ns, e->pod);
+                if (p && e->pod_uid[0] && p->uid[0] && strcmp(p->uid, e->pod_uid) != 0)
+                        return NULL;
+                return p;
+        }
+        struct pod_ip key = {.addr = e->addr};
+        const struct pod_ip *hit = bsearch(&key, bc->ips, bc->n_ips, sizeof(key), pod_ip_cmp);
+        return hit && strcmp(hit->pod->ns, ns) == 0 ? hit->pod : NULL;
+}
+
+/* Identity and mode of one endpoint from its pod. */
+static void endpoint_identity(const struct build_ctx *bc, const char *ns,
+                              const struct k8s_slice_ep *e, struct disc_endpoint_spec *es)
+{
+        const struct k8s_pod *p = endpoint_pod(bc, ns, e);
+        es->unmeshed = true;
+        if (!p || !p->meshed)
+                return;
+        int n = snprintf(es->identity, sizeof(es->identity), "spiffe://%s/ns/%s/sa/%s", bc->c->td,
+                         p->ns, p->sa);
+        if (n < 0 || (size_t)n >= sizeof(es->identity)) {
+                log_warn(COMP, 0,
+                         "kubernetes: pod %s/%s: identity longer than %d bytes: not meshed", p->ns,
+                         p->name, DISC_IDENTITY_MAX - 1);
+                es->identity[0] = '\0';
+                return;
+        }
+        es->unmeshed = false;
+        es->mtls = p->mode;
+}
+
 /* sls: the slices of this service (same namespace and service name), in
  * slice name order. */
-static int build_one(const struct k8s_slice *const *sls, size_t nsl, const struct k8s_svc *ks,
-                     struct disc_service_spec *sp)
+static int build_one(const struct build_ctx *bc, const struct k8s_slice *const *sls, size_t nsl,
+                     const struct k8s_svc *ks, struct disc_service_spec *sp)
 {
         disc_service_spec_init(sp);
+        /* Most specific first: the Service's annotation, else its Namespace's
+         * (a Pod's, per endpoint, wins over both). */
+        const struct k8s_ns *kn = ks->mode == DISC_MTLS_DEFAULT ? find_ns(bc->c, ks->ns) : NULL;
+        sp->mtls = kn ? kn->mode : ks->mode;
         memcpy(sp->name, ks->name, sizeof(sp->name));
         memcpy(sp->ns, ks->ns, sizeof(sp->ns));
         memcpy(sp->vips, ks->vips, sizeof(sp->vips));
@@ -684,6 +1020,7 @@ static int build_one(const struct k8s_slice *const *sls, size_t nsl, const struc
                                 es.weight = DISC_DEFAULT_WEIGHT;
                                 es.health = sl->eps[e].health;
                                 memcpy(es.zone, sl->eps[e].zone, sizeof(es.zone));
+                                endpoint_identity(bc, sl->ns, &sl->eps[e], &es);
                                 sp->endpoints[sp->n_endpoints++] = es;
                         }
                 }
@@ -742,19 +1079,35 @@ int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **out, s
         for (size_t i = 0; i < c->n_slices; i++)
                 idx[i] = &c->slices[i];
         qsort(idx, c->n_slices, sizeof(*idx), slice_cmp);
+        struct build_ctx bc = {.c = c};
+        bc.ips = calloc(c->n_pods * K8S_MAX_POD_IPS + 1, sizeof(*bc.ips));
+        if (!bc.ips) {
+                free(svcs);
+                free(idx);
+                return -ENOMEM;
+        }
+        for (size_t b = 0; c->pods && b < POD_BUCKETS; b++) {
+                for (const struct k8s_pod *p = c->pods[b]; p; p = p->next) {
+                        for (uint32_t k = 0; k < p->n_ips; k++)
+                                bc.ips[bc.n_ips++] = (struct pod_ip){.addr = p->ips[k], .pod = p};
+                }
+        }
+        qsort(bc.ips, bc.n_ips, sizeof(*bc.ips), pod_ip_cmp);
         for (size_t i = 0; i < c->n_svcs; i++) {
                 const struct k8s_svc *ks = &c->svcs[i];
                 size_t lo = slice_lower(idx, c->n_slices, ks->ns, ks->name), hi = lo;
                 while (hi < c->n_slices && strcmp(idx[hi]->ns, ks->ns) == 0 &&
                        strcmp(idx[hi]->svc, ks->name) == 0)
                         hi++;
-                if (build_one(idx + lo, hi - lo, ks, &svcs[i])) {
+                if (build_one(&bc, idx + lo, hi - lo, ks, &svcs[i])) {
                         k8s_specs_free(svcs, i + 1);
                         free(idx);
+                        free(bc.ips);
                         return -ENOMEM;
                 }
         }
         free(idx);
+        free(bc.ips);
         *out = svcs;
         *n = c->n_svcs;
         return 0;

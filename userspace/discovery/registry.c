@@ -512,7 +512,8 @@ static uint32_t ep_put(struct disc_registry *r, int src, uint32_t svc,
                 struct ep_rec *e = &r->eps[i];
                 if (e->spec.weight != n.weight || e->spec.health != n.health ||
                     strcmp(e->spec.zone, n.zone) || strcmp(e->spec.region, n.region) ||
-                    e->src != src)
+                    strcmp(e->spec.identity, n.identity) || e->spec.unmeshed != n.unmeshed ||
+                    e->spec.mtls != n.mtls || e->src != src)
                         r->dirty = true;
                 e->spec = n;
         }
@@ -557,9 +558,12 @@ static int check_spec(const struct disc_service_spec *s, size_t idx)
         for (uint32_t i = 0; i < s->n_endpoints; i++) {
                 const struct disc_endpoint_spec *e = &s->endpoints[i];
                 if ((e->addr.family != AF_INET && e->addr.family != AF_INET6) || !e->addr.port ||
-                    e->weight > DISC_WEIGHT_MAX || (unsigned)e->health >= DISC_HEALTH__COUNT) {
+                    e->weight > DISC_WEIGHT_MAX || (unsigned)e->health >= DISC_HEALTH__COUNT ||
+                    (unsigned)e->mtls > DISC_MTLS_DISABLED ||
+                    strnlen(e->identity, DISC_IDENTITY_MAX) == DISC_IDENTITY_MAX) {
                         log_error(COMP, 0,
-                                  "service %s/%s: endpoint %u: bad address, port, weight or health",
+                                  "service %s/%s: endpoint %u: bad address, port, weight, health, "
+                                  "mTLS mode or identity",
                                   s->ns, s->name, i);
                         return -EINVAL;
                 }
@@ -1234,7 +1238,8 @@ int disc_registry_publish(struct disc_registry *r)
         }
         for (uint32_t i = 0; i < r->n_ep_recs; i++) {
                 if (r->eps[i].used)
-                        strbytes += strlen(r->eps[i].spec.zone) + strlen(r->eps[i].spec.region) + 2;
+                        strbytes += strlen(r->eps[i].spec.zone) + strlen(r->eps[i].spec.region) +
+                                    strlen(r->eps[i].spec.identity) + 3;
         }
         sort_reg = r;
         qsort(order, ns, sizeof(*order), svc_order);
@@ -1365,6 +1370,12 @@ int disc_registry_publish(struct disc_registry *r)
                         ep->stale = r->sources[er->src].failing;
                         ep->zone = arena_str(&a, er->spec.zone);
                         ep->region = arena_str(&a, er->spec.region);
+                        /* The service's identity is already in the arena. */
+                        ep->identity = er->spec.unmeshed      ? ""
+                                       : er->spec.identity[0] ? arena_str(&a, er->spec.identity)
+                                                              : svc->identity;
+                        ep->meshed = ep->identity[0] != '\0';
+                        ep->mtls = er->spec.mtls != DISC_MTLS_DEFAULT ? er->spec.mtls : svc->mtls;
                 }
                 svc->n_endpoints = ei - first;
                 qsort(&snap->endpoints[first], svc->n_endpoints, sizeof(struct disc_endpoint),

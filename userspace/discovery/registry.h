@@ -155,6 +155,12 @@ struct disc_endpoint_spec {
         enum disc_health health;
         char zone[DISC_NAME_MAX];
         char region[DISC_NAME_MAX];
+        /* Mesh identity of this endpoint: its SPIFFE ID ("" = the service's).
+         * An endpoint is meshed when its effective identity is not empty and
+         * unmeshed is false; outbound mTLS to it then requires that identity. */
+        char identity[DISC_IDENTITY_MAX];
+        bool unmeshed;       /* no sidecar: never TLS, even when the service has an identity */
+        enum disc_mtls mtls; /* this endpoint's own mode; DEFAULT: the service's */
 };
 
 struct disc_service_spec {
@@ -196,6 +202,10 @@ struct disc_endpoint {
         bool stale;      /* its source is failing: data may be out of date */
         const char *zone;
         const char *region;
+        const char *identity; /* effective SPIFFE ID to require; "" when not meshed */
+        bool meshed;          /* identity[0] != 0 */
+        enum disc_mtls
+            mtls; /* effective: the endpoint's, else its service's (DEFAULT: mtls.mode) */
         uint32_t next_same_addr; /* index of the next endpoint with this address, or UINT32_MAX */
 };
 

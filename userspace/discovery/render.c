@@ -103,6 +103,10 @@ static void render_service(struct disc_registry *r, struct strbuf *sb,
                 strbuf_append_json_string(sb, ep->zone);
                 strbuf_append(sb, ",\"region\":");
                 strbuf_append_json_string(sb, ep->region);
+                strbuf_append(sb, ",\"identity\":");
+                strbuf_append_json_string(sb, ep->identity);
+                strbuf_appendf(sb, ",\"meshed\":%s,\"mtls\":\"%s\"", ep->meshed ? "true" : "false",
+                               disc_mtls_name(ep->mtls));
                 strbuf_appendf(
                     sb,
                     ",\"health\":\"%s\",\"declared_health\":\"%s\",\"active_health\":"

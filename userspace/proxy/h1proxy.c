@@ -622,18 +622,23 @@ static int connect_failed(struct h1s *s, const char *what)
         return local_reply(s, 503, reason, RETRY_AFTER_S);
 }
 
+/* The identity to require of s->upstream_addr ("" for plaintext), or NULL
+ * when it must not be reached (strict and not meshed: counted, logged). */
 static const char *upstream_identity(struct h1s *s)
 {
         struct worker *w = s->w;
-        if (!w->proxy->tls_slot || !s->route.table)
+        if (!s->route.table)
                 return "";
-        const char *id = route_identity(&s->route);
-        if (!id[0])
-                return "";
-        enum disc_mtls m = route_mtls(&s->route);
-        bool on = m == DISC_MTLS_DEFAULT ? worker_cfg(w)->mtls_mode != MTLS_DISABLED
-                                         : m != DISC_MTLS_DISABLED;
-        return on ? id : "";
+        switch (route_security(&s->route, worker_cfg(w)->mtls_mode, w->proxy->tls_slot != NULL)) {
+        case ROUTE_MTLS:
+                return route_identity(&s->route);
+        case ROUTE_REFUSED:
+                stat_add(&w->stats, ST_REASON_FIRST + REASON_MTLS_REQUIRED, 1);
+                return NULL;
+        case ROUTE_PLAINTEXT:
+                break;
+        }
+        return "";
 }
 
 /* Gets a connection to s->upstream_addr: pooled (ready at once) or new.
@@ -649,8 +654,14 @@ static int connect_upstream(struct h1s *s)
         s->resp.off = s->resp.len = s->resp.cls = 0;
         int err = 0;
         const char *what = "";
-        struct upstream *u = upstream_get(w, &s->upstream_addr, upstream_identity(s), s->fresh,
-                                          s->id, on_upstream, s, &err, &what);
+        const char *identity = upstream_identity(s);
+        if (!identity) {
+                char reason[320];
+                route_refusal(&s->route, &s->upstream_addr, reason, sizeof(reason));
+                return local_reply(s, 503, reason, 0);
+        }
+        struct upstream *u = upstream_get(w, &s->upstream_addr, identity, s->fresh, s->id,
+                                          on_upstream, s, &err, &what);
         s->fresh = false;
         if (!u) {
                 char detail[96];

@@ -891,12 +891,17 @@ static void stream_send(struct h2s *st)
         char why[H2_REASON_MAX];
         st->attempts++;
         const char *identity = "";
-        if (w->proxy->tls_slot && route_identity(&st->route)[0]) {
-                enum disc_mtls m = route_mtls(&st->route);
-                bool tls = m == DISC_MTLS_DEFAULT ? hw_cfg(hw)->mtls_mode != MTLS_DISABLED
-                                                  : m != DISC_MTLS_DISABLED;
-                if (tls)
-                        identity = route_identity(&st->route);
+        switch (route_security(&st->route, hw_cfg(hw)->mtls_mode, w->proxy->tls_slot != NULL)) {
+        case ROUTE_MTLS:
+                identity = route_identity(&st->route); /* this endpoint's own */
+                break;
+        case ROUTE_REFUSED:
+                stat_add(&w->stats, ST_REASON_FIRST + REASON_MTLS_REQUIRED, 1);
+                route_refusal(&st->route, &st->upstream, why, sizeof(why));
+                stream_fail(st, GRPC_UNAVAILABLE, 503, why);
+                return;
+        case ROUTE_PLAINTEXT:
+                break;
         }
         struct h2u *u = up_get(hw, &st->upstream, identity);
         if (!u) {

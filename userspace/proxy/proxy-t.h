@@ -41,6 +41,7 @@ enum conn_reason {
         REASON_PLAINTEXT_REFUSED,   /* inbound plaintext with mtls.mode strict */
         REASON_TLS_PORT_MISMATCH,   /* the SNI port is not the original destination's */
         REASON_AUTHZ_REFUSED,       /* no identity on a port with authorization policies */
+        REASON_MTLS_REQUIRED, /* outbound: the endpoint is not meshed and its mode is strict */
         REASON__COUNT,
 };
 
@@ -148,7 +149,7 @@ struct worker {
         int n_listeners;
         struct snapshot_reader cfg_reader;
         struct snapshot_reader route_reader;
-        struct snapshot_reader tls_reader;    /* when proxy->tls_slot is set */
+        struct snapshot_reader tls_reader; /* when proxy->tls_slot is set */
         struct snapshot_reader authz_reader;
         struct route_workers *route_workers;  /* lb cursors for the route table */
         struct conn *conns;                   /* doubly linked list of live connections */

@@ -348,6 +348,12 @@ static void hook_endpoint(void *ctx, const struct disc_service *svc, const struc
         struct proxy *p = ctx;
         struct sockaddr_storage sa;
         disc_addr_to_sockaddr(&ep->addr, &sa);
+        /* What outbound traffic to it does now: mtls, plaintext or refused. */
+        struct snapshot *cs = snapshot_acquire(&p->cfg_slot, NULL);
+        enum mtls_mode mode = ((const struct shunt_config *)(void *)cs)->mtls_mode;
+        snapshot_unref(cs);
+        strbuf_appendf(sb, ",\"outbound\":\"%s\"",
+                       route_security_name(route_endpoint_security(ep, mode, p->tls_slot != NULL)));
         route_render_endpoint(p->routes, svc, &sa, sb);
 }
 

@@ -76,8 +76,9 @@ struct conn {
         /* Inbound: mtls.mode, or the registry's "mtls" of the service this
          * pod's address and port serve (route_inbound_mtls). */
         enum mtls_mode in_mode;
-        bool cli_hs_done; /* inbound TLS handshake finished and checked */
-        bool tls_out;     /* outbound: originate TLS to the service's identity */
+        bool cli_hs_done;  /* inbound TLS handshake finished and checked */
+        bool tls_out;      /* outbound: originate TLS to the endpoint's identity */
+        bool mtls_refused; /* outbound: strict and the endpoint is not meshed (after sniffing) */
         /* Inbound, sent to the inbound port itself: only mesh TLS may go on,
          * to the port its SNI name carries; the connect waits for it. */
         bool to_listener;
@@ -113,6 +114,7 @@ static const char *const reason_names[REASON__COUNT] = {
     [REASON_PLAINTEXT_REFUSED] = "plaintext_refused",
     [REASON_TLS_PORT_MISMATCH] = "tls_port_mismatch",
     [REASON_AUTHZ_REFUSED] = "authz_refused",
+    [REASON_MTLS_REQUIRED] = "mtls_required",
 };
 
 const char *conn_reason_name(enum conn_reason r)
@@ -394,6 +396,7 @@ static int sniff_step(struct conn *c)
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t);
 static void connect_failed(struct conn *c, enum conn_reason reason, const char *what);
 static void conn_connect(struct conn *c);
+static void outbound_refusal(struct conn *c);
 
 static void sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port)
 {
@@ -678,6 +681,10 @@ static void conn_drive(struct conn *c)
                         conn_free(c, REASON_NO_ENDPOINT, true);
                         return;
                 }
+                if (c->mtls_refused) {
+                        conn_free(c, REASON_MTLS_REQUIRED, true);
+                        return;
+                }
         }
         if (c->sniffed && c->peek) {
                 int r = inbound_decide(c);
@@ -887,11 +894,29 @@ static enum conn_reason route_outbound(struct worker *w, const struct shunt_conf
 
 /* Opens the upstream socket and starts a non-blocking connect to
  * c->upstream; frees c on a local failure. */
+static void outbound_refusal(struct conn *c)
+{
+        char why[320];
+        route_refusal(&c->route, &c->upstream, why, sizeof(why));
+        log_warn("proxy", c->id, "outbound connection refused: %s", why);
+}
+
 static void conn_connect(struct conn *c)
 {
         struct worker *w = c->w;
         const struct shunt_config *cfg = worker_cfg(w);
         c->up.readable = c->up.writable = c->up.rdhup = false;
+        if (c->dir == DIR_OUTBOUND && c->route.table) {
+                /* Per endpoint: a retry may land on one with another identity. */
+                enum route_security sec =
+                    route_security(&c->route, cfg->mtls_mode, w->proxy->tls_slot != NULL);
+                if (sec == ROUTE_REFUSED) {
+                        outbound_refusal(c);
+                        conn_free(c, REASON_MTLS_REQUIRED, true);
+                        return;
+                }
+                c->tls_out = sec == ROUTE_MTLS;
+        }
         const char *what = "";
         int ufd = upstream_socket(&c->upstream, config_socket_mark(cfg), &what);
         if (ufd < 0 && strcmp(what, "connect") == 0) {
@@ -1093,10 +1118,11 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                 }
                 c->peek = p->tls_slot && c->in_mode != MTLS_DISABLED;
                 c->to_listener = c->peek && is_own_listener(w, &dst);
-        } else if (p->tls_slot && route.table && route_identity(&route)[0]) {
-                enum disc_mtls m = route_mtls(&route);
-                c->tls_out = m == DISC_MTLS_DEFAULT ? cfg->mtls_mode != MTLS_DISABLED
-                                                    : m != DISC_MTLS_DISABLED;
+        } else if (route.table &&
+                   route_security(&route, cfg->mtls_mode, p->tls_slot != NULL) == ROUTE_REFUSED) {
+                /* Sniff first: an HTTP client gets a 503 from its engine. */
+                outbound_refusal(c);
+                c->mtls_refused = true;
         }
         c->created_ms = c->last_active_ms = loop_now_ms(w->loop);
         loop_io_init(&c->cli.io, fd, on_client, c);
@@ -1129,7 +1155,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                   sockaddr_format(&dst, dbuf, sizeof(dbuf)), route_service_name(&c->route));
         /* Inbound with mTLS on connects once the client is known
          * (inbound_decide, conn_handshakes). */
-        if (!c->peek && !c->no_endpoint)
+        if (!c->peek && !c->no_endpoint && !c->mtls_refused)
                 conn_connect(c);
 }
 

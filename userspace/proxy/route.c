@@ -359,6 +359,28 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
         return LB_ENOENDPOINT;
 }
 
+/* The index in t's discovery snapshot of the endpoint at addr of entry's
+ * service (DISC_NONE-like UINT32_MAX when absent, which a table built from
+ * that snapshot never yields). */
+static uint32_t disc_ep_of(const struct route_table *t, uint32_t entry,
+                           const struct sockaddr_storage *addr)
+{
+        struct disc_addr a;
+        if (disc_addr_from_sockaddr(addr, &a) < 0)
+                return UINT32_MAX;
+        uint32_t svc = t->entries[entry].service;
+        const struct disc_endpoint *first = disc_snapshot_endpoint(t->disc, 0);
+        const struct disc_endpoint *ep = disc_find_endpoint(t->disc, &a);
+        for (uint32_t n = 0; ep && n < disc_snapshot_n_endpoints(t->disc); n++) {
+                if (ep->service == svc)
+                        return (uint32_t)(ep - first);
+                ep = ep->next_same_addr == UINT32_MAX
+                         ? NULL
+                         : disc_snapshot_endpoint(t->disc, ep->next_same_addr);
+        }
+        return UINT32_MAX;
+}
+
 static void use_take(struct route_table *t, uint32_t entry, const struct lb_pick *pick,
                      struct route_use *use)
 {
@@ -367,6 +389,7 @@ static void use_take(struct route_table *t, uint32_t entry, const struct lb_pick
         use->table = t;
         use->ep = pick->state;
         use->entry = entry;
+        use->disc_ep = disc_ep_of(t, entry, &pick->ep->addr);
 }
 
 /* The entry of the service port at dst; false when dst is no service. */
@@ -419,9 +442,8 @@ enum disc_mtls route_inbound_mtls(struct route_table *t, const struct sockaddr_s
         enum disc_mtls best = DISC_MTLS_DEFAULT;
         const struct disc_endpoint *ep = disc_find_endpoint(t->disc, &a);
         for (uint32_t n = 0; ep && n < disc_snapshot_n_endpoints(t->disc); n++) {
-                const struct disc_service *svc = disc_endpoint_service(t->disc, ep);
-                if (svc && rank[svc->mtls] > rank[best])
-                        best = svc->mtls;
+                if (rank[ep->mtls] > rank[best]) /* the endpoint's, else its service's */
+                        best = ep->mtls;
                 ep = ep->next_same_addr == UINT32_MAX
                          ? NULL
                          : disc_snapshot_endpoint(t->disc, ep->next_same_addr);
@@ -661,6 +683,7 @@ enum route_result route_retry_pick(struct route_use *use, struct route_workers *
         lb_conn_begin(pick.state);
         lb_conn_end(use->ep);
         use->ep = pick.state;
+        use->disc_ep = disc_ep_of(use->table, use->entry, upstream);
         if (probe)
                 use->held |= HELD_PROBE;
         return ROUTE_ENDPOINT;
@@ -713,20 +736,62 @@ const char *route_service_name(const struct route_use *use)
         return use->table ? use->table->entries[use->entry].key : "-";
 }
 
+static const struct disc_endpoint *use_endpoint(const struct route_use *use)
+{
+        const struct route_table *t = use->table;
+        if (!t || use->disc_ep >= disc_snapshot_n_endpoints(t->disc))
+                return NULL;
+        return disc_snapshot_endpoint(t->disc, use->disc_ep);
+}
+
 const char *route_identity(const struct route_use *use)
 {
-        if (!use->table)
-                return "";
-        const struct route_table *t = use->table;
-        return disc_snapshot_service(t->disc, t->entries[use->entry].service)->identity;
+        const struct disc_endpoint *ep = use_endpoint(use);
+        return ep ? ep->identity : "";
 }
 
 enum disc_mtls route_mtls(const struct route_use *use)
 {
-        if (!use->table)
-                return DISC_MTLS_DEFAULT;
-        const struct route_table *t = use->table;
-        return disc_snapshot_service(t->disc, t->entries[use->entry].service)->mtls;
+        const struct disc_endpoint *ep = use_endpoint(use);
+        return ep ? ep->mtls : DISC_MTLS_DEFAULT;
+}
+
+const char *route_security_name(enum route_security s)
+{
+        return s == ROUTE_MTLS ? "mtls" : s == ROUTE_REFUSED ? "refused" : "plaintext";
+}
+
+enum route_security route_endpoint_security(const struct disc_endpoint *ep, enum mtls_mode daemon,
+                                            bool have_tls)
+{
+        enum mtls_mode m = daemon;
+        if (ep->mtls != DISC_MTLS_DEFAULT)
+                m = ep->mtls == DISC_MTLS_STRICT       ? MTLS_STRICT
+                    : ep->mtls == DISC_MTLS_PERMISSIVE ? MTLS_PERMISSIVE
+                                                       : MTLS_DISABLED;
+        if (m == MTLS_DISABLED)
+                return ROUTE_PLAINTEXT;
+        if (ep->meshed && have_tls)
+                return ROUTE_MTLS;
+        return m == MTLS_STRICT ? ROUTE_REFUSED : ROUTE_PLAINTEXT;
+}
+
+enum route_security route_security(const struct route_use *use, enum mtls_mode daemon,
+                                   bool have_tls)
+{
+        const struct disc_endpoint *ep = use_endpoint(use);
+        return ep ? route_endpoint_security(ep, daemon, have_tls) : ROUTE_PLAINTEXT;
+}
+
+void route_refusal(const struct route_use *use, const struct sockaddr_storage *upstream, char *buf,
+                   size_t len)
+{
+        const struct disc_endpoint *ep = use_endpoint(use);
+        char abuf[SOCKADDR_STRLEN];
+        snprintf(buf, len, "%s endpoint %s %s and its mTLS mode is strict", route_service_name(use),
+                 sockaddr_format(upstream, abuf, sizeof(abuf)),
+                 ep && ep->meshed ? "is meshed but this proxy has no certificate"
+                                  : "is not meshed");
 }
 
 /* ---- main thread: time-driven transitions, rendering ---------------------- */

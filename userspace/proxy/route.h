@@ -49,6 +49,7 @@ struct route_use {
         enum proto declared; /* the port's declared protocol, PROTO_UNKNOWN if none */
         uint8_t held;        /* ROUTE_HELD_* (private) */
         uint8_t retries;     /* retries granted so far to this request */
+        uint32_t disc_ep;    /* the picked endpoint's index in the discovery snapshot */
 };
 
 /* Builds a route table from a discovery snapshot (taking a reference to it)
@@ -90,8 +91,9 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
 enum route_result route_lookup(struct route_table *t, const struct sockaddr_storage *dst,
                                enum proto *declared, const char **hash_key, const char **name);
 /* Inbound: the registry's mTLS mode for local, an address and port of this
- * pod that some service lists as one of its endpoints. Several services
- * listing it: the strictest mode set wins (strict, permissive, disabled).
+ * pod that some service lists as one of its endpoints (the endpoint's own
+ * mode, else its service's). Several services listing it: the strictest
+ * mode set wins (strict, permissive, disabled).
  * DISC_MTLS_DEFAULT when no service sets one, or t is NULL. */
 enum disc_mtls route_inbound_mtls(struct route_table *t, const struct sockaddr_storage *local);
 /* The hash key of the service at dst as the registry gives it ("" when
@@ -164,11 +166,35 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
 int route_force_open(struct route_table *t, const char *service,
                      const struct sockaddr_storage *addr, bool on);
 
-/* The SPIFFE ID of the service behind use ("" when none or no service) and
- * its mTLS mode as the registry says it (DISC_MTLS_DEFAULT when not set or no
- * service: the daemon's mtls.mode applies). */
+/* The SPIFFE ID of the endpoint use picked ("" when it is not meshed or
+ * there is no service) and its mTLS mode as the registry says it (the
+ * endpoint's, else its service's; DISC_MTLS_DEFAULT when not set or no
+ * service: the daemon's mtls.mode applies). Per endpoint: two endpoints of
+ * one service may have different identities. */
 const char *route_identity(const struct route_use *use);
 enum disc_mtls route_mtls(const struct route_use *use);
+
+/* How outbound traffic reaches an endpoint. */
+enum route_security {
+        ROUTE_PLAINTEXT = 0, /* not meshed (permissive) or mode disabled, or no service */
+        ROUTE_MTLS,          /* originate mTLS and require the endpoint's identity */
+        ROUTE_REFUSED,       /* not meshed (or no certificates) and its mode is strict */
+};
+const char *route_security_name(enum route_security s); /* "plaintext", "mtls", "refused" */
+/* The decision for ep: its effective mode (DISC_MTLS_DEFAULT: daemon, the
+ * daemon's mtls.mode) disabled -> plaintext; meshed and have_tls (this
+ * daemon has certificates) -> mTLS; else strict -> refused, otherwise
+ * plaintext. */
+enum route_security route_endpoint_security(const struct disc_endpoint *ep, enum mtls_mode daemon,
+                                            bool have_tls);
+/* The same for the endpoint use picked (ROUTE_PLAINTEXT when none: a
+ * passthrough destination). */
+enum route_security route_security(const struct route_use *use, enum mtls_mode daemon,
+                                   bool have_tls);
+/* One line for a refusal: "<ns/name> endpoint <addr> is not meshed and its
+ * mTLS mode is strict". */
+void route_refusal(const struct route_use *use, const struct sockaddr_storage *upstream, char *buf,
+                   size_t len);
 /* "ns/name" of the service behind use, for logs. */
 const char *route_service_name(const struct route_use *use);
 
