@@ -24,7 +24,10 @@ It prints "READY {...}" on stdout when both listeners are up. The control
 listener takes POST /control with a JSON object {"op": ...}:
 
   {"op": "set_service", "name", "instances": [{"id", "node", "node_address",
-      "address", "port", "tags", "tagged_addresses", "weights", "status"}]}
+      "address", "port", "tags", "tagged_addresses", "weights", "status",
+      "meta", "connect_native", "namespace"}]}
+      (meta: Service.Meta; connect_native: Service.Connect.Native, a
+      Connect-native instance; namespace: Service.Namespace, Enterprise)
   {"op": "delete_service", "name"}
   {"op": "set_status", "name", "id", "status": "passing|warning|critical"}
   {"op": "fail", "mode": "slow|bad_json|drop|http500", "count": N, "seconds": S}
@@ -157,10 +160,12 @@ class State:
                         "Tags": i.get("tags", []),
                         "Address": i.get("address", ""),
                         "TaggedAddresses": i.get("tagged_addresses", {}),
-                        "Meta": {},
+                        "Meta": i.get("meta", {}),
                         "Port": i["port"],
                         "Weights": i.get("weights", {"Passing": 1, "Warning": 1}),
                         "EnableTagOverride": False,
+                        "Connect": {"Native": True} if i.get("connect_native") else {},
+                        **({"Namespace": i["namespace"]} if "namespace" in i else {}),
                         "CreateIndex": s["index"],
                         "ModifyIndex": s["index"],
                     },

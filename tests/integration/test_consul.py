@@ -4,7 +4,10 @@ blocking queries on /v1/health/service/<name> with the ACL token and the
 datacenter, traffic through the service's virtual IP (TaggedAddresses
 consul-virtual), warning -> half weight, critical -> out, index resets,
 agent failures (down, bad JSON, dropped connection, rejected token) -> stale
-with traffic still flowing, and resync when the agent is back."""
+with traffic still flowing, and resync when the agent is back; mesh
+identities per instance (tag shunt-meshed: Consul's SPIFFE form, Meta
+shunt-identity, Connect native) and Meta shunt-mtls-mode strict refusing an
+instance that is not meshed."""
 
 import collections
 import json
@@ -351,3 +354,54 @@ def test_slow_answers_are_waited_for(env):
     agent.ctl(op="fail", mode="none", count=0)
     agent.set_web()
     wait_routed(d, all_passing, "all passing again")
+
+
+API_VIP = "240.0.0.11"
+
+
+def test_mesh_identities_and_strict(env):
+    topo, d, agent = env
+
+    def inst(i, **kw):
+        out = {"id": "api-%d" % i, "node": "node-%d" % i, "node_address": EP_ADDRS[i],
+               "address": EP_ADDRS[i], "port": PORT, "tags": ["protocol=http"],
+               "tagged_addresses": {"consul-virtual": {"Address": API_VIP, "Port": 80}}}
+        out.update(kw)
+        return out
+
+    agent.ctl(op="set_service", name="api", instances=[
+        inst(0, tags=["protocol=http", "shunt-meshed"]),
+        inst(1, meta={"shunt-identity": "spiffe://cluster.local/ns/shop/sa/api"}),
+        inst(2, connect_native=True, namespace="team-a"),
+    ])
+
+    def api_eps():
+        for svc in d.json("/endpoints")["services"]:
+            if svc["name"] == "api":
+                return {e["address"]: e for e in svc["endpoints"]}
+        return {}
+
+    eps = sl.wait_until(lambda: (lambda e: e if len(e) == 3 else None)(api_eps()), 10,
+                        what="api's three instances")
+    assert eps[EP_ADDRS[0]]["identity"] == "spiffe://cluster.local/ns/default/dc/dc1/svc/api"
+    assert eps[EP_ADDRS[1]]["identity"] == "spiffe://cluster.local/ns/shop/sa/api"
+    assert eps[EP_ADDRS[2]]["identity"] == "spiffe://cluster.local/ns/team-a/dc/dc1/svc/api"
+    assert all(e["meshed"] and e["outbound"] == "mtls" for e in eps.values()), eps
+
+    # One instance only, not meshed, and strict by its Meta: refused with
+    # the reason (and plaintext in permissive, the daemon's mode).
+    agent.ctl(op="set_service", name="api", instances=[inst(0, meta={"shunt-mtls-mode": "strict"})])
+    wait_routed(d, lambda js: any(s["name"] == "api" and len(s["endpoints"]) == 1 and
+                                  s["endpoints"][0]["outbound"] == "refused"
+                                  for s in js["services"]), "api refused")
+    e = api_eps()[EP_ADDRS[0]]
+    assert not e["meshed"] and e["identity"] == "" and e["mtls"] == "strict"
+    status, hdrs, _ = topo.app.http(API_VIP, 80, "GET", "/")
+    assert status == 503 and "not meshed" in hdrs.get("X-Shunt-Reason", ""), (status, hdrs)
+    agent.ctl(op="set_service", name="api", instances=[inst(0)])
+    wait_routed(d, lambda js: any(s["name"] == "api" and
+                                  s["endpoints"][0]["outbound"] == "plaintext"
+                                  for s in js["services"]), "api plaintext")
+    status, _, body = topo.app.http(API_VIP, 80, "GET", "/")
+    assert status == 200 and json.loads(body)["server"] == "ep0"
+    agent.ctl(op="delete_service", name="api")

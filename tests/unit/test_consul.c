@@ -4,7 +4,8 @@
  * timeouts), the backoff schedule, and the backend itself (catalog, health
  * mapping: Node.Address fallback, weights, warning, critical, virtual
  * addresses, protocol tag, locality; token and datacenter on the wire;
- * blocking index; bad JSON -> stale, last endpoints kept). */
+ * blocking index; bad JSON -> stale, last endpoints kept; identities from
+ * the tag shunt-meshed (Consul's SPIFFE form) and Meta shunt-identity). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -325,7 +326,8 @@ static void test_backoff(void **state)
 
 static const char HEALTH_WEB[] =
     "[{\"Node\":{\"Node\":\"n0\",\"Address\":\"10.1.0.1\",\"Datacenter\":\"dc9\"},"
-    "\"Service\":{\"ID\":\"w0\",\"Service\":\"web\",\"Tags\":[\"protocol=grpc\"],\"Address\":\"\","
+    "\"Service\":{\"ID\":\"w0\",\"Service\":\"web\",\"Tags\":[\"protocol=grpc\",\"shunt-meshed\"],"
+    "\"Address\":\"\","
     "\"Port\":9000,\"Weights\":{\"Passing\":3,\"Warning\":1},"
     "\"TaggedAddresses\":{\"consul-virtual\":{\"Address\":\"240.0.0.7\",\"Port\":80},"
     "\"virtual\":{\"Address\":\"10.96.0.7\",\"Port\":80}}},"
@@ -333,6 +335,8 @@ static const char HEALTH_WEB[] =
     "{\"CheckID\":\"service:w0\",\"Status\":\"passing\"}]},"
     "{\"Node\":{\"Node\":\"n1\",\"Address\":\"10.1.0.2\",\"Datacenter\":\"dc9\"},"
     "\"Service\":{\"ID\":\"w1\",\"Service\":\"web\",\"Address\":\"10.2.0.2\",\"Port\":9000,"
+    "\"Meta\":{\"shunt-identity\":\"spiffe://cluster.local/ns/shop/sa/web-1\","
+    "\"shunt-mtls-mode\":\"strict\"},"
     "\"Locality\":{\"Region\":\"eu\",\"Zone\":\"eu-1a\"}},"
     "\"Checks\":[{\"Status\":\"passing\"},{\"Status\":\"warning\"}]},"
     "{\"Node\":{\"Node\":\"n2\",\"Address\":\"10.1.0.3\"},"
@@ -414,6 +418,7 @@ static void test_backend(void **state)
         snprintf(cfg->consul_address, sizeof(cfg->consul_address), "http://127.0.0.1:%u/", s.port);
         snprintf(cfg->consul_token, sizeof(cfg->consul_token), "tok-1");
         snprintf(cfg->consul_datacenter, sizeof(cfg->consul_datacenter), "dc9");
+        snprintf(cfg->trust_domain, sizeof(cfg->trust_domain), "mesh.test");
         struct disc_registry *r = disc_registry_new(NULL);
         void *impl = NULL;
         char err[256];
@@ -444,6 +449,17 @@ static void test_backend(void **state)
         const struct disc_endpoint *e2 = ep_at(snap, "10.2.0.3"); /* critical: out */
         assert_int_equal(e2->health, DISC_HEALTH_UNHEALTHY);
         assert_false(disc_endpoint_routable(e2));
+        /* identities: the tag shunt-meshed gives Consul's service-mesh form;
+         * Meta shunt-identity is taken as is, with its shunt-mtls-mode;
+         * neither: not meshed. */
+        assert_true(e0->meshed);
+        assert_string_equal(e0->identity, "spiffe://mesh.test/ns/default/dc/dc9/svc/web");
+        assert_int_equal(e0->mtls, DISC_MTLS_DEFAULT);
+        assert_true(e1->meshed);
+        assert_string_equal(e1->identity, "spiffe://cluster.local/ns/shop/sa/web-1");
+        assert_int_equal(e1->mtls, DISC_MTLS_STRICT);
+        assert_false(e2->meshed);
+        assert_string_equal(e2->identity, "");
         assert_non_null(disc_find_service(snap, NULL, "consul"));
         disc_snapshot_release(snap);
 

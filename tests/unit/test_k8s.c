@@ -436,6 +436,242 @@ static void test_churn_bounded(void **state)
         k8s_cache_free(c);
 }
 
+/* ---- identities: pods, namespaces, annotations --------------------------------- */
+
+/* A pod event line: meshed (label), service account, address, mode
+ * annotation ("" = none), uid. */
+static void pod_line(char *buf, size_t len, const char *type, const char *ns, const char *name,
+                     bool meshed, const char *sa, const char *ip, const char *mode, const char *uid)
+{
+        char ann[128] = "";
+        if (mode[0])
+                snprintf(ann, sizeof(ann), ",\"annotations\":{\"shunt.io/mtls-mode\":\"%s\"}",
+                         mode);
+        snprintf(buf, len,
+                 "{\"type\":\"%s\",\"object\":{\"kind\":\"Pod\",\"metadata\":{\"name\":\"%s\","
+                 "\"namespace\":\"%s\",\"uid\":\"%s\",\"resourceVersion\":\"7\",\"labels\":{"
+                 "\"app\":\"web\"%s}%s},\"spec\":{\"serviceAccountName\":\"%s\"},\"status\":{"
+                 "\"podIP\":\"%s\",\"podIPs\":[{\"ip\":\"%s\"}]}}}",
+                 type, name, ns, uid, meshed ? ",\"shunt.io/meshed\":\"true\"" : "", ann, sa, ip,
+                 ip);
+}
+
+static void ns_line(char *buf, size_t len, const char *type, const char *name, const char *mode)
+{
+        snprintf(buf, len,
+                 "{\"type\":\"%s\",\"object\":{\"kind\":\"Namespace\",\"metadata\":{\"name\":"
+                 "\"%s\",\"resourceVersion\":\"8\"%s%s%s}}}",
+                 type, name, mode[0] ? ",\"annotations\":{\"shunt.io/mtls-mode\":\"" : "", mode,
+                 mode[0] ? "\"}" : "");
+}
+
+/* Service web in ns (mode annotation "" = none) with one slice: 10.1.0.1
+ * -> pod a (uid ua), 10.1.0.2 -> pod b, 10.1.0.3 -> pod gone (never
+ * listed), 10.1.0.4 without a targetRef. */
+static void web_with_pods(struct k8s_cache *c, const char *ns, const char *svc_mode)
+{
+        char rv[K8S_MAX_RV] = "", line[2048];
+        snprintf(line, sizeof(line),
+                 "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"web\",\"namespace\":"
+                 "\"%s\"%s%s%s},\"spec\":{\"clusterIP\":\"10.96.1.1\",\"ports\":[{\"port\":80,"
+                 "\"targetPort\":8080}]}}}",
+                 ns, svc_mode[0] ? ",\"annotations\":{\"shunt.io/mtls-mode\":\"" : "", svc_mode,
+                 svc_mode[0] ? "\"}" : "");
+        assert_int_equal(ev(c, K8S_SERVICES, line, rv), K8S_EV_APPLIED);
+        snprintf(
+            line, sizeof(line),
+            "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"web-1\",\"namespace\":"
+            "\"%s\",\"labels\":{\"kubernetes.io/service-name\":\"web\"}},\"addressType\":"
+            "\"IPv4\",\"ports\":[{\"port\":8080}],\"endpoints\":["
+            "{\"addresses\":[\"10.1.0.1\"],\"targetRef\":{\"kind\":\"Pod\",\"name\":\"a\","
+            "\"namespace\":\"%s\",\"uid\":\"ua\"}},"
+            "{\"addresses\":[\"10.1.0.2\"],\"targetRef\":{\"kind\":\"Pod\",\"name\":\"b\"}},"
+            "{\"addresses\":[\"10.1.0.3\"],\"targetRef\":{\"kind\":\"Pod\",\"name\":\"gone\"}},"
+            "{\"addresses\":[\"10.1.0.4\"]}]}}",
+            ns, ns);
+        assert_int_equal(ev(c, K8S_SLICES, line, rv), K8S_EV_APPLIED);
+}
+
+static struct disc_service_spec *built(struct k8s_cache *c, size_t *n)
+{
+        struct disc_service_spec *svcs;
+        assert_int_equal(k8s_cache_build(c, &svcs, n), 0);
+        return svcs;
+}
+
+static void test_pod_identity(void **state)
+{
+        struct k8s_cache *c = k8s_cache_new();
+        assert_int_equal(k8s_cache_set_trust_domain(c, "mesh.test"), 0);
+        assert_int_equal(k8s_cache_set_trust_domain(c, ""), -EINVAL);
+        char rv[K8S_MAX_RV] = "", line[2048];
+        web_with_pods(c, "shop", "");
+        /* Pods arrive after the slice (the race): nothing meshed yet. */
+        size_t n;
+        struct disc_service_spec *svcs = built(c, &n);
+        for (uint32_t i = 0; i < svcs[0].n_endpoints; i++) {
+                assert_true(svcs[0].endpoints[i].unmeshed);
+                assert_string_equal(svcs[0].endpoints[i].identity, "");
+        }
+        k8s_specs_free(svcs, n);
+
+        pod_line(line, sizeof(line), "ADDED", "shop", "a", true, "sa-x", "10.1.0.1", "", "ua");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        assert_string_equal(rv, "7");
+        pod_line(line, sizeof(line), "ADDED", "shop", "b", true, "sa-y", "10.1.0.2", "", "ub");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        /* 10.1.0.4 has no targetRef: found by address. */
+        pod_line(line, sizeof(line), "ADDED", "shop", "d", true, "sa-d", "10.1.0.4", "", "ud");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        /* A pod listed without the selector that is not meshed: not kept. */
+        pod_line(line, sizeof(line), "ADDED", "shop", "plain", false, "sa-p", "10.1.0.9", "", "up");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        assert_int_equal(k8s_cache_count(c, K8S_PODS), 3);
+
+        svcs = built(c, &n);
+        const struct disc_service_spec *w = spec(svcs, n, "web");
+        assert_non_null(w);
+        assert_int_equal(w->mtls, DISC_MTLS_DEFAULT);
+        assert_string_equal(ep(w, "10.1.0.1", 8080)->identity,
+                            "spiffe://mesh.test/ns/shop/sa/sa-x");
+        assert_false(ep(w, "10.1.0.1", 8080)->unmeshed);
+        assert_string_equal(ep(w, "10.1.0.2", 8080)->identity,
+                            "spiffe://mesh.test/ns/shop/sa/sa-y");
+        assert_string_equal(ep(w, "10.1.0.4", 8080)->identity,
+                            "spiffe://mesh.test/ns/shop/sa/sa-d");
+        /* A pod not (yet) known: not meshed. */
+        assert_true(ep(w, "10.1.0.3", 8080)->unmeshed);
+        assert_string_equal(ep(w, "10.1.0.3", 8080)->identity, "");
+        k8s_specs_free(svcs, n);
+
+        /* The name "a" now belongs to another pod (uid): not meshed until
+         * the slice names the new one. */
+        pod_line(line, sizeof(line), "MODIFIED", "shop", "a", true, "sa-x", "10.1.0.1", "", "ua2");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        svcs = built(c, &n);
+        assert_true(ep(&svcs[0], "10.1.0.1", 8080)->unmeshed);
+        k8s_specs_free(svcs, n);
+        pod_line(line, sizeof(line), "MODIFIED", "shop", "a", true, "sa-x", "10.1.0.1", "", "ua");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+
+        /* b moves meshed -> not meshed: as a MODIFIED without the label (a
+         * list or watch without the selector) and, with the selector, as
+         * DELETED. Either way its endpoint is no longer meshed. */
+        pod_line(line, sizeof(line), "MODIFIED", "shop", "b", false, "sa-y", "10.1.0.2", "", "ub");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        assert_int_equal(k8s_cache_count(c, K8S_PODS), 2);
+        svcs = built(c, &n);
+        assert_true(ep(&svcs[0], "10.1.0.2", 8080)->unmeshed);
+        assert_false(ep(&svcs[0], "10.1.0.1", 8080)->unmeshed);
+        k8s_specs_free(svcs, n);
+        pod_line(line, sizeof(line), "ADDED", "shop", "b", true, "sa-y", "10.1.0.2", "", "ub");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        pod_line(line, sizeof(line), "DELETED", "shop", "b", false, "sa-y", "10.1.0.2", "", "ub");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        /* Deleting what is not there is harmless. */
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        svcs = built(c, &n);
+        assert_true(ep(&svcs[0], "10.1.0.2", 8080)->unmeshed);
+        k8s_specs_free(svcs, n);
+        k8s_cache_free(c);
+}
+
+/* Pod > Service > Namespace > (DEFAULT: the daemon's mtls.mode). */
+static void test_mode_precedence(void **state)
+{
+        struct k8s_cache *c = k8s_cache_new();
+        char rv[K8S_MAX_RV] = "", line[2048];
+        web_with_pods(c, "shop", "");
+        pod_line(line, sizeof(line), "ADDED", "shop", "a", true, "sa-x", "10.1.0.1", "disabled",
+                 "ua");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        pod_line(line, sizeof(line), "ADDED", "shop", "b", true, "sa-y", "10.1.0.2", "", "ub");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        size_t n;
+        struct disc_service_spec *svcs = built(c, &n);
+        assert_int_equal(svcs[0].mtls, DISC_MTLS_DEFAULT);
+        assert_int_equal(ep(&svcs[0], "10.1.0.1", 8080)->mtls, DISC_MTLS_DISABLED);
+        assert_int_equal(ep(&svcs[0], "10.1.0.2", 8080)->mtls, DISC_MTLS_DEFAULT);
+        k8s_specs_free(svcs, n);
+
+        /* The namespace says strict: the service inherits it. */
+        ns_line(line, sizeof(line), "ADDED", "shop", "strict");
+        assert_int_equal(ev(c, K8S_NAMESPACES, line, rv), K8S_EV_APPLIED);
+        ns_line(line, sizeof(line), "ADDED", "other", "permissive");
+        assert_int_equal(ev(c, K8S_NAMESPACES, line, rv), K8S_EV_APPLIED);
+        assert_int_equal(k8s_cache_count(c, K8S_NAMESPACES), 2);
+        svcs = built(c, &n);
+        assert_int_equal(svcs[0].mtls, DISC_MTLS_STRICT);
+        assert_int_equal(ep(&svcs[0], "10.1.0.1", 8080)->mtls, DISC_MTLS_DISABLED); /* pod wins */
+        k8s_specs_free(svcs, n);
+
+        /* The service says permissive: it wins over the namespace. */
+        web_with_pods(c, "shop", "permissive");
+        svcs = built(c, &n);
+        assert_int_equal(svcs[0].mtls, DISC_MTLS_PERMISSIVE);
+        k8s_specs_free(svcs, n);
+
+        /* A value that is no mode is ignored (logged): the namespace's applies. */
+        web_with_pods(c, "shop", "bogus");
+        svcs = built(c, &n);
+        assert_int_equal(svcs[0].mtls, DISC_MTLS_STRICT);
+        k8s_specs_free(svcs, n);
+
+        /* The namespace goes: nothing above the service. */
+        ns_line(line, sizeof(line), "DELETED", "shop", "");
+        assert_int_equal(ev(c, K8S_NAMESPACES, line, rv), K8S_EV_APPLIED);
+        svcs = built(c, &n);
+        assert_int_equal(svcs[0].mtls, DISC_MTLS_DEFAULT);
+        k8s_specs_free(svcs, n);
+
+        /* Lists replace: a namespace list without "other". */
+        const char *list = "{\"kind\":\"NamespaceList\",\"metadata\":{\"resourceVersion\":\"99\"},"
+                           "\"items\":[{\"metadata\":{\"name\":\"shop\",\"annotations\":{"
+                           "\"shunt.io/mtls-mode\":\"disabled\"}}}]}";
+        char err[256];
+        assert_int_equal(
+            k8s_cache_list(c, K8S_NAMESPACES, list, strlen(list), rv, err, sizeof(err)), 0);
+        assert_string_equal(rv, "99");
+        assert_int_equal(k8s_cache_count(c, K8S_NAMESPACES), 1);
+        svcs = built(c, &n);
+        assert_int_equal(svcs[0].mtls, DISC_MTLS_DISABLED);
+        k8s_specs_free(svcs, n);
+        k8s_cache_free(c);
+}
+
+/* Pods beyond K8S_MAX_PODS are shed (their endpoints not meshed); churn over
+ * the pods kept does not grow memory. */
+static void test_pods_bounded(void **state)
+{
+        struct k8s_cache *c = k8s_cache_new();
+        char rv[K8S_MAX_RV] = "", line[1024], name[32], ip[32];
+        for (int i = 0; i < K8S_MAX_PODS + 10; i++) {
+                snprintf(name, sizeof(name), "p-%d", i);
+                snprintf(ip, sizeof(ip), "10.%d.%d.%d", 64 + i / 65536, (i / 256) % 256, i % 256);
+                pod_line(line, sizeof(line), "ADDED", "ns", name, true, "sa", ip, "", "u");
+                assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        }
+        assert_int_equal(k8s_cache_count(c, K8S_PODS), K8S_MAX_PODS);
+        size_t before = bytes_in_use();
+        for (int pass = 0; pass < 3; pass++) {
+                for (int i = 0; i < 2000; i++) {
+                        snprintf(name, sizeof(name), "p-%d", i);
+                        snprintf(ip, sizeof(ip), "10.64.%d.%d", (i / 256) % 256, i % 256);
+                        pod_line(line, sizeof(line), i % 2 ? "DELETED" : "MODIFIED", "ns", name,
+                                 true, "sa", ip, "", "u");
+                        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+                        if (i % 2) {
+                                pod_line(line, sizeof(line), "ADDED", "ns", name, true, "sa", ip,
+                                         "", "u");
+                                assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+                        }
+                }
+        }
+        assert_int_equal(k8s_cache_count(c, K8S_PODS), K8S_MAX_PODS);
+        assert_true(bytes_in_use() <= before + 4096);
+        k8s_cache_free(c);
+}
+
 /* ---- backend creation: credentials ------------------------------------------- */
 
 static int create(const char *kubeconfig, char *err, size_t errlen)
@@ -542,6 +778,8 @@ int main(void)
             cmocka_unit_test(test_list_errors),   cmocka_unit_test(test_list_pages),
             cmocka_unit_test(test_app_protocol),  cmocka_unit_test(test_many_services),
             cmocka_unit_test(test_churn_bounded), cmocka_unit_test(test_credentials),
+            cmocka_unit_test(test_pod_identity),  cmocka_unit_test(test_mode_precedence),
+            cmocka_unit_test(test_pods_bounded),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,7 +46,8 @@ static const char usage_text[] =
     "                   sockhash size, shortcut flags, exclusions, counters\n"
     "  conns            live proxied connections\n"
     "  endpoints [SVC]  services and endpoints with health, weight, zone, staleness,\n"
-    "                   circuit breaker, ejection and requests in flight\n"
+    "                   circuit breaker, ejection, requests in flight, outbound mTLS\n"
+    "                   (mtls, plaintext, refused; the mode) and the peer identity\n"
     "                   (SVC: name or namespace/name)\n"
     "  certs            mTLS: identity, certificate serials and validity, rotation\n"
     "                   state, trust bundle\n"
@@ -436,7 +437,7 @@ static cJSON *fetch(const char *method, const char *path, const char *body)
 
 /* ---- output helpers ----------------------------------------------------------- */
 
-#define MAX_COLS 12
+#define MAX_COLS 13
 
 struct table {
         int ncols;
@@ -814,11 +815,12 @@ static int cmd_endpoints(const char *service)
                 snprintf(path, sizeof(path), "/endpoints?service=%.200s", service);
         }
         cJSON *j = fetch("GET", path, NULL);
-        struct table t = {
-            .ncols = 11,
-            .header = {"SERVICE", "ENDPOINT", "HEALTH", "WEIGHT", "ZONE", "SOURCE", "STALE",
-                       "FAILURES", "BREAKER", "EJECTED_MS", "ACTIVE"},
-            .right = {false, false, false, true, false, false, true, true, false, true, true}};
+        struct table t = {.ncols = 13,
+                          .header = {"SERVICE", "ENDPOINT", "HEALTH", "WEIGHT", "ZONE", "SOURCE",
+                                     "STALE", "FAILURES", "BREAKER", "EJECTED_MS", "ACTIVE", "MTLS",
+                                     "PEER_IDENTITY"},
+                          .right = {false, false, false, true, false, false, true, true, false,
+                                    true, true, false, false}};
         const cJSON *svc;
         cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(j, "services"))
         {
@@ -850,10 +852,18 @@ static int cmd_endpoints(const char *service)
                                         jint(res, "ejected_for_ms", ejected, sizeof(ejected));
                                 jint(res, "active", active, sizeof(active));
                         }
+                        /* Outbound to it: mtls, plaintext or refused, with the
+                         * mode that decided (default: mtls.mode); the identity
+                         * its peer must present ("-": not meshed). */
+                        char mtls[48];
+                        snprintf(mtls, sizeof(mtls), "%s(%s)", jstr(ep, "outbound", "?"),
+                                 jstr(ep, "mtls", "?"));
+                        const char *peer = jstr(ep, "identity", "");
                         table_add(&t, name, addr, jstr(ep, "health", "?"),
                                   jint(ep, "weight", weight, sizeof(weight)),
                                   jstr(ep, "zone", "")[0] ? jstr(ep, "zone", "") : "-",
-                                  jstr(ep, "source", "?"), stale, fails, breaker, ejected, active);
+                                  jstr(ep, "source", "?"), stale, fails, breaker, ejected, active,
+                                  mtls, peer[0] ? peer : "-");
                 }
         }
         if (t.rows == 0)

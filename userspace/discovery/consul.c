@@ -41,6 +41,7 @@ struct consul {
         char address[CONFIG_STR_MAX]; /* as configured, for the Host header and logs */
         char token[CONFIG_STR_MAX];
         char dc[CONFIG_STR_MAX];
+        char td[CONFIG_STR_MAX]; /* mtls.trust_domain, for Consul-form identities */
         uint32_t mark;
         struct watch catalog;
         struct watch *svcs[CONSUL_MAX_WATCHES];
@@ -202,10 +203,79 @@ static enum proto tag_protocol(const cJSON *tags)
         return PROTO_UNKNOWN;
 }
 
+static bool has_tag(const cJSON *tags, const char *want)
+{
+        const cJSON *t;
+        cJSON_ArrayForEach(t, tags)
+        {
+                if (cJSON_IsString(t) && strcmp(t->valuestring, want) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* Mesh identity of one instance. Meshed when Service.Meta has
+ * "shunt-identity" (its SPIFFE ID, used as is), or the tag "shunt-meshed",
+ * Meta "shunt-meshed": "true" or Connect.Native; the identity is then
+ * Consul's service-mesh form spiffe://<trust domain>/ns/<Namespace or
+ * default>/dc/<Node.Datacenter>/svc/<Service>. Meta "shunt-mtls-mode" sets
+ * the instance's mode (strict, permissive, disabled). */
+static void instance_identity(const struct consul *cb, const char *name, const cJSON *svc,
+                              const cJSON *node, struct disc_endpoint_spec *e)
+{
+        const cJSON *meta = cJSON_GetObjectItemCaseSensitive(svc, "Meta");
+        const char *mode = jstr(meta, "shunt-mtls-mode");
+        if (mode) {
+                static const enum disc_mtls modes[] = {DISC_MTLS_STRICT, DISC_MTLS_PERMISSIVE,
+                                                       DISC_MTLS_DISABLED};
+                for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+                        if (strcmp(mode, disc_mtls_name(modes[i])) == 0)
+                                e->mtls = modes[i];
+                }
+                if (e->mtls == DISC_MTLS_DEFAULT)
+                        log_warn(COMP, 0,
+                                 "service %s: Meta shunt-mtls-mode '%.32s' is not strict, "
+                                 "permissive or disabled: ignored",
+                                 name, mode);
+        }
+        const char *id = jstr(meta, "shunt-identity");
+        const char *flag = jstr(meta, "shunt-meshed");
+        bool meshed = (id && id[0]) || (flag && strcmp(flag, "true") == 0) ||
+                      has_tag(cJSON_GetObjectItemCaseSensitive(svc, "Tags"), "shunt-meshed") ||
+                      cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+                          cJSON_GetObjectItemCaseSensitive(svc, "Connect"), "Native"));
+        e->unmeshed = true;
+        if (!meshed)
+                return;
+        int n;
+        if (id && id[0]) {
+                n = strncmp(id, "spiffe://", 9) == 0
+                        ? snprintf(e->identity, sizeof(e->identity), "%s", id)
+                        : -1;
+        } else {
+                const char *ns = jstr(svc, "Namespace"), *dc = jstr(node, "Datacenter");
+                const char *sname = jstr(svc, "Service");
+                n = snprintf(e->identity, sizeof(e->identity), "spiffe://%s/ns/%s/dc/%s/svc/%s",
+                             cb->td, ns && ns[0] ? ns : "default",
+                             dc && dc[0] ? dc : (cb->dc[0] ? cb->dc : "dc1"),
+                             sname && sname[0] ? sname : name);
+        }
+        if (n < 0 || (size_t)n >= sizeof(e->identity)) {
+                log_warn(COMP, 0,
+                         "service %s: Meta shunt-identity is not a SPIFFE ID of at most %d bytes: "
+                         "instance not meshed",
+                         name, DISC_IDENTITY_MAX - 1);
+                e->identity[0] = '\0';
+                return;
+        }
+        e->unmeshed = false;
+}
+
 /* Parses the body of /v1/health/service/<name> into s (endpoints in eps,
  * capacity CONSUL_MAX_INSTANCES). 0 or -EINVAL with why. */
-static int map_health(const char *name, const char *body, size_t len, struct disc_service_spec *s,
-                      struct disc_endpoint_spec *eps, char *why, size_t whylen)
+static int map_health(const struct consul *cb, const char *name, const char *body, size_t len,
+                      struct disc_service_spec *s, struct disc_endpoint_spec *eps, char *why,
+                      size_t whylen)
 {
         cJSON *root = cJSON_ParseWithLength(body, len);
         if (!cJSON_IsArray(root)) {
@@ -269,6 +339,7 @@ static int map_health(const char *name, const char *body, size_t len, struct dis
                         snprintf(e.region, sizeof(e.region), "%s", region);
                 if (zone)
                         snprintf(e.zone, sizeof(e.zone), "%s", zone);
+                instance_identity(cb, name, svc, node, &e);
                 add_vip(s, cJSON_GetObjectItemCaseSensitive(svc, "TaggedAddresses"),
                         "consul-virtual", &vport);
                 add_vip(s, cJSON_GetObjectItemCaseSensitive(svc, "TaggedAddresses"), "virtual",
@@ -399,7 +470,7 @@ static int apply_service(struct watch *w, const char *body, size_t len, char *wh
                 return -ENOMEM;
         }
         struct disc_service_spec s;
-        int rc = map_health(w->name, body, len, &s, eps, why, whylen);
+        int rc = map_health(cb, w->name, body, len, &s, eps, why, whylen);
         if (rc == 0) {
                 rc = disc_registry_upsert_service(cb->reg, cb->src, &s, true);
                 if (rc < 0)
@@ -598,6 +669,7 @@ static int consul_create(struct disc_registry *r, const struct shunt_config *cfg
         }
         snprintf(cb->token, sizeof(cb->token), "%s", cfg->consul_token);
         snprintf(cb->dc, sizeof(cb->dc), "%s", cfg->consul_datacenter);
+        snprintf(cb->td, sizeof(cb->td), "%s", cfg->trust_domain);
         cb->mark = config_socket_mark(cfg);
         cb->reg = r;
         cb->rand_state = (unsigned)clock_mono_ms() ^ (unsigned)getpid();

@@ -1,0 +1,257 @@
+"""Automatic mTLS from Kubernetes discovery: the identity of each endpoint
+comes from its Pod (EndpointSlice targetRef -> Pod -> serviceAccountName),
+whether it is meshed from the pod label shunt.io/meshed, its mode from the
+shunt.io/mtls-mode annotations (Pod > Service > Namespace > mtls.mode).
+
+Three pods: "app" (the client, shuntd-a with kubernetes discovery against
+the stand-in API server, k8s_standin.py), "remote" (endpoint web-x,
+shuntd-b with service account sa-x) and "remote2" (endpoint web-y,
+shuntd-c with service account sa-y), all sharing one built-in CA (ca_dir).
+The handshake lines and counters of the three daemons say which
+connections were mutual TLS and with which identity."""
+
+import json
+import os
+
+import pytest
+
+import shuntlib as sl
+from shuntlib import Topology as T
+from test_k8s import Env, WATCH_TIMEOUT_S
+
+NS = "shop"
+VIP = "10.96.0.30"
+X_ADDR, Y_ADDR = T.REMOTE4, "10.78.0.2"
+TD = "cluster.local"
+
+
+def spiffe(sa):
+    return "spiffe://%s/ns/%s/sa/%s" % (TD, NS, sa)
+
+
+def namespace_obj(mode=None):
+    md = {"name": NS}
+    if mode:
+        md["annotations"] = {"shunt.io/mtls-mode": mode}
+    return {"metadata": md}
+
+
+def service_obj(mode=None):
+    md = {"name": "web", "namespace": NS}
+    if mode:
+        md["annotations"] = {"shunt.io/mtls-mode": mode}
+    return {
+        "metadata": md,
+        "spec": {"clusterIP": VIP, "clusterIPs": [VIP],
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP",
+                            "appProtocol": "http"}]},
+    }
+
+
+def slice_obj():
+    return {
+        "metadata": {"name": "web-1", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [X_ADDR], "conditions": {"ready": True},
+             "targetRef": {"kind": "Pod", "namespace": NS, "name": "web-x"}},
+            {"addresses": [Y_ADDR], "conditions": {"ready": True},
+             "targetRef": {"kind": "Pod", "namespace": NS, "name": "web-y"}},
+        ],
+    }
+
+
+def pod_obj(name, sa, ip, meshed=True, mode=None):
+    labels = {"app": "web"}
+    if meshed:
+        labels["shunt.io/meshed"] = "true"
+    md = {"name": name, "namespace": NS, "labels": labels}
+    if mode:
+        md["annotations"] = {"shunt.io/mtls-mode": mode}
+    return {"metadata": md, "spec": {"serviceAccountName": sa, "containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    env = Env()
+    topo = env.topo
+    daemons, procs = [], []
+    try:
+        topo.route_vips()
+        r2 = sl.Pod("remote2")
+        topo.remote2 = r2
+        sl.link(topo.app, r2, "10.78.0.1", Y_ADDR, "fd78::1", "fd78::2")
+        procs.append(topo.remote.spawn_peer("http", "ep-x", ["%s:8080" % X_ADDR]))
+        procs.append(r2.spawn_peer("http", "ep-y", ["%s:8080" % Y_ADDR]))
+        env.make_certs()
+        env.token = "standin-token-id"
+        token_file = os.path.join(env.dir, "token")
+        with open(token_file, "w") as f:
+            f.write(env.token + "\n")
+        kubeconfig = env.write_kubeconfig(token_file)
+        env.start_standin()
+        procs.append(env.standin)
+        env.apply("namespaces", "ADDED", namespace_obj())
+        env.apply("services", "ADDED", service_obj())
+        env.apply("endpointslices", "ADDED", slice_obj())
+        env.apply("pods", "ADDED", pod_obj("web-x", "sa-x", X_ADDR))
+        env.apply("pods", "ADDED", pod_obj("web-y", "sa-y", Y_ADDR))
+        ca_dir = os.path.join(env.dir, "ca")
+        common = {"mtls.ca-dir": ca_dir, "mtls.namespace": NS, "mtls.mode": "permissive"}
+        a = sl.Shuntd(topo.app, sl.shuntd_args(**common, **{
+            "mtls.service-name": "client",
+            "service-discovery.type": "kubernetes",
+            "service-discovery.kubernetes.kubeconfig-path": kubeconfig,
+            "service-discovery.kubernetes.namespace": NS,
+        }), name="shuntd-a", env={"SHUNT_K8S_WATCH_TIMEOUT": str(WATCH_TIMEOUT_S)})
+        daemons.append(a)
+        a.wait_ready()
+        for pod, name, sa in ((topo.remote, "shuntd-b", "sa-x"), (r2, "shuntd-c", "sa-y")):
+            d = sl.Shuntd(pod, sl.shuntd_args(**common, **{
+                "mtls.service-name": name, "mtls.service-account": sa}), name=name)
+            daemons.append(d)
+            d.wait_ready()
+        yield env, a, daemons[1], daemons[2]
+    finally:
+        try:
+            sl.teardown(None, daemons, procs)
+        finally:
+            if getattr(topo, "remote2", None):
+                topo.remote2.delete()
+            topo.delete()
+
+
+def endpoints(d):
+    """address -> endpoint object of service shop/web in d's /endpoints."""
+    for s in d.json("/endpoints")["services"]:
+        if s["name"] == "web" and s["namespace"] == NS:
+            return {e["address"]: e for e in s["endpoints"]}
+    return {}
+
+
+def wait_endpoint(d, addr, **want):
+    def ok():
+        e = endpoints(d).get(addr)
+        return e if e and all(e.get(k) == v for k, v in want.items()) else None
+
+    return sl.wait_until(ok, 10, interval=0.1, what="endpoint %s %s" % (addr, want))
+
+
+def requests(env, n):
+    """n GETs through the service: {server: count}, and the refusals
+    (status, X-Shunt-Reason)."""
+    served, refused = {}, []
+    for _ in range(n):
+        status, hdrs, body = env.topo.app.http(VIP, 80, "GET", "/")
+        if status == 200:
+            name = json.loads(body)["server"]
+            served[name] = served.get(name, 0) + 1
+        else:
+            refused.append((status, hdrs.get("X-Shunt-Reason", "")))
+    return served, refused
+
+
+def routed(env):
+    try:
+        return env.topo.app.http(VIP, 80, "GET", "/")[0] == 200
+    except OSError:
+        return False
+
+
+def tls_in(d):
+    return d.metric("shunt_tls_handshakes_total", default=0.0, direction="inbound")
+
+
+def test_meshed_endpoints_each_verified_as_their_own(mesh):
+    env, a, b, c = mesh
+    ex = wait_endpoint(a, X_ADDR, meshed=True, outbound="mtls")
+    ey = wait_endpoint(a, Y_ADDR, meshed=True, outbound="mtls")
+    assert ex["identity"] == spiffe("sa-x") and ey["identity"] == spiffe("sa-y")
+    assert ex["mtls"] == "default"  # no annotation anywhere: mtls.mode (permissive)
+    # The proxy takes the registry's snapshot as its route table on its own tick.
+    sl.wait_until(lambda: routed(env), 5, what="the service routed")
+    bx, cy = tls_in(b), tls_in(c)
+    served, refused = requests(env, 8)
+    assert not refused and served.get("ep-x", 0) >= 2 and served.get("ep-y", 0) >= 2, served
+    # Each endpoint's own identity required and seen, on A's side and theirs.
+    log = a.log_text()
+    assert "outbound TLS handshake done: peer %s" % spiffe("sa-x") in log
+    assert "outbound TLS handshake done: peer %s" % spiffe("sa-y") in log
+    for d in (b, c):
+        sl.wait_until(lambda d=d: "inbound TLS handshake done: peer %s" % spiffe("client")
+                      in d.log_text(), 5, what="inbound handshake in " + d.proc.name)
+    assert tls_in(b) > bx and tls_in(c) > cy
+    # shuntctl shows the identity, meshed and the mode per endpoint.
+    out = sl.shuntctl(env.topo.app, "endpoints").stdout
+    assert spiffe("sa-x") in out and spiffe("sa-y") in out, out
+
+
+def test_unmeshed_pod_plaintext_in_permissive(mesh):
+    env, a, b, c = mesh
+    # The label goes: the selector watch sees the pod DELETED.
+    env.apply("pods", "MODIFIED", pod_obj("web-y", "sa-y", Y_ADDR, meshed=False))
+    e = wait_endpoint(a, Y_ADDR, meshed=False, outbound="plaintext")
+    assert e["identity"] == ""
+    wait_endpoint(a, X_ADDR, meshed=True, outbound="mtls")
+    cy = tls_in(c)
+    served, refused = sl.wait_until(
+        lambda: (lambda r: r if r[0].get("ep-y") and not r[1] else None)(requests(env, 6)), 10,
+        what="plaintext requests served by ep-y")
+    # Served by web-y without a handshake in its sidecar: plaintext.
+    assert tls_in(c) == cy
+    env.apply("pods", "MODIFIED", pod_obj("web-y", "sa-y", Y_ADDR))
+    wait_endpoint(a, Y_ADDR, meshed=True, outbound="mtls")
+
+
+def test_strict_refuses_unmeshed_with_reason(mesh):
+    env, a, b, c = mesh
+    before = a.metric("shunt_connections_closed_total", default=0.0, reason="mtls_required")
+    env.apply("namespaces", "MODIFIED", namespace_obj("strict"))
+    env.apply("pods", "MODIFIED", pod_obj("web-y", "sa-y", Y_ADDR, meshed=False))
+    e = wait_endpoint(a, Y_ADDR, meshed=False, outbound="refused")
+    assert e["mtls"] == "strict"
+    # The meshed endpoint keeps working over mTLS.
+    assert wait_endpoint(a, X_ADDR, outbound="mtls")["mtls"] == "strict"
+    # The proxy takes the new snapshot as its route table on its own tick.
+    sl.wait_until(lambda: requests(env, 4)[1], 5, what="a refusal")
+    served, refused = requests(env, 6)
+    assert "ep-y" not in served and served.get("ep-x"), served
+    assert refused, "no request landed on the unmeshed endpoint"
+    for status, reason in refused:
+        assert status == 503 and "not meshed" in reason and "strict" in reason, (status, reason)
+    assert a.metric("shunt_connections_closed_total", default=0.0,
+                    reason="mtls_required") >= before + len(refused)
+    assert "is not meshed and its mTLS mode is strict" in a.log_text()
+    # The Service's annotation is more specific than the Namespace's.
+    env.apply("services", "MODIFIED", service_obj("permissive"))
+    wait_endpoint(a, Y_ADDR, meshed=False, outbound="plaintext", mtls="permissive")
+    served, refused = sl.wait_until(
+        lambda: (lambda r: r if r[0].get("ep-y") and not r[1] else None)(requests(env, 6)), 10,
+        what="ep-y reached again")
+    env.apply("services", "MODIFIED", service_obj())
+    env.apply("namespaces", "MODIFIED", namespace_obj())
+    env.apply("pods", "MODIFIED", pod_obj("web-y", "sa-y", Y_ADDR))
+    wait_endpoint(a, Y_ADDR, meshed=True, outbound="mtls", mtls="default")
+
+
+def test_identity_mismatch_refused(mesh):
+    env, a, b, c = mesh
+    # The pod says service account sa-z; its sidecar presents sa-y.
+    env.apply("pods", "MODIFIED", pod_obj("web-y", "sa-z", Y_ADDR))
+    wait_endpoint(a, Y_ADDR, identity=spiffe("sa-z"), outbound="mtls")
+    fails = a.metric("shunt_tls_handshake_failures_total", default=0.0, direction="outbound",
+                     reason="wrong_identity")
+    sl.wait_until(lambda: "ep-y" not in requests(env, 4)[0], 5, what="route table update")
+    served, _ = requests(env, 8)
+    assert "ep-y" not in served, served  # never reached: retried on web-x or refused
+    a.wait_metric("shunt_tls_handshake_failures_total", lambda v: v > fails,
+                  direction="outbound", reason="wrong_identity")
+    audit = 'reason=wrong_identity detail="expected %s" identity="%s"' % (spiffe("sa-z"),
+                                                                           spiffe("sa-y"))
+    sl.wait_until(lambda: any(audit in ln.get("msg", "") for ln in a.log_lines()), 5,
+                  what="the audit line")
+    env.apply("pods", "MODIFIED", pod_obj("web-y", "sa-y", Y_ADDR))
+    wait_endpoint(a, Y_ADDR, identity=spiffe("sa-y"))
