@@ -3,8 +3,11 @@
  * named and numeric targetPorts, appProtocol, UDP left out, endpoint
  * conditions -> health, zones, slices joined by kubernetes.io/service-name
  * within a namespace, duplicates across slices, FQDN slices, headless
- * services; bookmarks, 410 and other ERROR events, bad JSON; and the
- * backend's credential errors (no cluster, kubeconfig problems). */
+ * services; bookmarks, 410 and other ERROR events, bad JSON; identities
+ * from pods (targetRef, uid, address fallback, meshed label, a pod moving
+ * meshed -> not meshed, a pod not known yet), mode precedence (Pod >
+ * Service > Namespace), pods bounded; and the backend's credential errors
+ * (no cluster, kubeconfig problems). */
 #include <errno.h>
 #include <malloc.h>
 #include <setjmp.h>

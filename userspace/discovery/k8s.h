@@ -1,6 +1,6 @@
-/* Kubernetes backend: Services (v1) and EndpointSlices (discovery.k8s.io/v1)
- * listed, then watched with resourceVersion and bookmarks, over libcurl multi
- * driven from the main loop.
+/* Kubernetes backend: Services (v1), EndpointSlices (discovery.k8s.io/v1),
+ * meshed Pods and Namespaces (v1) listed, then watched with resourceVersion
+ * and bookmarks, over libcurl multi driven from the main loop.
  *
  * Two parts:
  *  - the cache (pure, unit-tested): Kubernetes objects as received from list
@@ -10,7 +10,8 @@
  *    relist, reconnect with backoff (1 s doubling to 30 s, +-20 % jitter,
  *    reset on success) on a dropped or silent stream, staleness reported to
  *    the registry. The label selector applies to Services; EndpointSlices
- *    are joined to them by kubernetes.io/service-name.
+ *    are joined to them by kubernetes.io/service-name, their endpoints to
+ *    Pods by targetRef (identities, below).
  *
  * Tuning from the environment (until config keys exist):
  *   SHUNT_K8S_WATCH_TIMEOUT   seconds asked of the server per watch
