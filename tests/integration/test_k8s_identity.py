@@ -48,6 +48,29 @@ def service_obj(mode=None):
     }
 
 
+RAW_VIP = "10.96.0.31"
+
+
+def raw_service_obj():
+    """Service raw: no appProtocol (sniffed), only web-y behind it."""
+    return {
+        "metadata": {"name": "raw", "namespace": NS},
+        "spec": {"clusterIP": RAW_VIP, "clusterIPs": [RAW_VIP],
+                 "ports": [{"name": "tcp", "port": 81, "targetPort": 8080, "protocol": "TCP"}]},
+    }
+
+
+def raw_slice_obj():
+    return {
+        "metadata": {"name": "raw-1", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "raw"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [Y_ADDR], "conditions": {"ready": True},
+                       "targetRef": {"kind": "Pod", "namespace": NS, "name": "web-y"}}],
+    }
+
+
 def slice_obj():
     return {
         "metadata": {"name": "web-1", "namespace": NS,
@@ -97,6 +120,8 @@ def mesh():
         env.apply("namespaces", "ADDED", namespace_obj())
         env.apply("services", "ADDED", service_obj())
         env.apply("endpointslices", "ADDED", slice_obj())
+        env.apply("services", "ADDED", raw_service_obj())
+        env.apply("endpointslices", "ADDED", raw_slice_obj())
         env.apply("pods", "ADDED", pod_obj("web-x", "sa-x", X_ADDR))
         env.apply("pods", "ADDED", pod_obj("web-y", "sa-y", Y_ADDR))
         ca_dir = os.path.join(env.dir, "ca")
@@ -225,6 +250,24 @@ def test_strict_refuses_unmeshed_with_reason(mesh):
     assert a.metric("shunt_connections_closed_total", default=0.0,
                     reason="mtls_required") >= before + len(refused)
     assert "is not meshed and its mTLS mode is strict" in a.log_text()
+    # Sniffed ports: plain TCP bytes are refused (closed, nothing relayed);
+    # an HTTP request gets its 503 from the HTTP engine.
+    refused_before = a.metric("shunt_connections_closed_total", default=0.0,
+                              reason="mtls_required")
+    s = env.topo.app.connect(RAW_VIP, 81)
+    try:
+        s.sendall(b"hello, not http\r\n")
+        try:
+            got = sl.recv_all(s, timeout=5)
+        except ConnectionResetError:
+            got = b""
+        assert got == b"", got
+    finally:
+        s.close()
+    a.wait_metric("shunt_connections_closed_total", lambda v: v > refused_before,
+                  reason="mtls_required")
+    status, hdrs, _ = env.topo.app.http(RAW_VIP, 81, "GET", "/")
+    assert status == 503 and "not meshed" in hdrs.get("X-Shunt-Reason", ""), (status, hdrs)
     # The Service's annotation is more specific than the Namespace's.
     env.apply("services", "MODIFIED", service_obj("permissive"))
     wait_endpoint(a, Y_ADDR, meshed=False, outbound="plaintext", mtls="permissive")

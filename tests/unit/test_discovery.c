@@ -127,6 +127,69 @@ static void test_parse_full(void **state)
         free(text);
 }
 
+/* Identity per endpoint: its own, its service's, none ("meshed": false);
+ * its own mode over the service's, in the spec and in the snapshot. */
+static void test_endpoint_identity(void **state)
+{
+        (void)state;
+        static const char reg[] =
+            "{\"services\":[{\"name\":\"web\",\"addresses\":[\"10.96.0.1\"],\"ports\":[{"
+            "\"port\":80,\"target_port\":8080}],\"identity\":\"spiffe://td/ns/a/sa/web\","
+            "\"mtls\":\"strict\",\"endpoints\":["
+            "{\"address\":\"10.0.0.1\"},"
+            "{\"address\":\"10.0.0.2\",\"identity\":\"spiffe://td/ns/a/sa/canary\"},"
+            "{\"address\":\"10.0.0.3\",\"meshed\":false},"
+            "{\"address\":\"10.0.0.4\",\"mtls\":\"disabled\"}]},"
+            "{\"name\":\"plain\",\"addresses\":[\"10.96.0.2\"],\"ports\":[{\"port\":80}],"
+            "\"endpoints\":[{\"address\":\"10.0.0.9\"}]}]}";
+        struct disc_specs sp;
+        char err[512] = "";
+        if (disc_file_parse("t.json", reg, strlen(reg), &sp, err, sizeof(err)))
+                fail_msg("%s", err);
+        const struct disc_service_spec *web = &sp.svcs[0];
+        assert_string_equal(web->endpoints[0].identity, "");
+        assert_string_equal(web->endpoints[1].identity, "spiffe://td/ns/a/sa/canary");
+        assert_true(web->endpoints[2].unmeshed);
+        assert_int_equal(web->endpoints[3].mtls, DISC_MTLS_DISABLED);
+        struct disc_registry *r = new_reg();
+        int src = disc_source_add(r, "file", DISC_SOURCE_FILE);
+        assert_int_equal(disc_registry_replace(r, src, sp.svcs, sp.n), 0);
+        disc_specs_free(&sp);
+        assert_int_equal(disc_registry_publish(r), 0);
+        const struct disc_snapshot *snap = disc_registry_acquire(r);
+        static const struct {
+                const char *ip;
+                const char *identity;
+                bool meshed;
+                enum disc_mtls mtls;
+        } want[] = {
+            {"10.0.0.1", "spiffe://td/ns/a/sa/web", true, DISC_MTLS_STRICT},
+            {"10.0.0.2", "spiffe://td/ns/a/sa/canary", true, DISC_MTLS_STRICT},
+            {"10.0.0.3", "", false, DISC_MTLS_STRICT},
+            {"10.0.0.4", "spiffe://td/ns/a/sa/web", true, DISC_MTLS_DISABLED},
+            {"10.0.0.9", "", false, DISC_MTLS_DEFAULT},
+        };
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+                struct disc_addr a = A(want[i].ip, strcmp(want[i].ip, "10.0.0.9") ? 8080 : 80);
+                const struct disc_endpoint *ep = disc_find_endpoint(snap, &a);
+                assert_non_null(ep);
+                assert_string_equal(ep->identity, want[i].identity);
+                assert_int_equal(ep->meshed, want[i].meshed);
+                assert_int_equal(ep->mtls, want[i].mtls);
+        }
+        disc_snapshot_release(snap);
+        /* /endpoints shows them per endpoint */
+        struct strbuf sb;
+        strbuf_init(&sb);
+        disc_render_endpoints(r, &sb, "web");
+        assert_non_null(strstr(sb.data,
+                               "\"identity\":\"spiffe://td/ns/a/sa/canary\",\"meshed\":true,"
+                               "\"mtls\":\"strict\""));
+        assert_non_null(strstr(sb.data, "\"identity\":\"\",\"meshed\":false,\"mtls\":\"strict\""));
+        strbuf_free(&sb);
+        disc_registry_free(r);
+}
+
 struct bad_case {
         const char *json;
         const char *expect; /* substring of the error */
@@ -170,6 +233,12 @@ static const struct bad_case bad_cases[] = {
      "services[0].addresses[1]: '10.0.0.1' is listed twice"},
     {SVC(",\"identity\":\"web\""), "services[0].identity: 'web' is not a SPIFFE ID"},
     {SVC(",\"mtls\":\"on\""), "services[0].mtls: expected one of strict, permissive, disabled"},
+    {SVC(",\"endpoints\":[{\"address\":\"10.0.0.1\",\"identity\":\"sa/x\"}]"),
+     "services[0].endpoints[0].identity: 'sa/x' is not a SPIFFE ID"},
+    {SVC(",\"endpoints\":[{\"address\":\"10.0.0.1\",\"meshed\":\"no\"}]"),
+     "services[0].endpoints[0].meshed: expected true or false"},
+    {SVC(",\"endpoints\":[{\"address\":\"10.0.0.1\",\"mtls\":\"loose\"}]"),
+     "services[0].endpoints[0].mtls: expected one of strict, permissive, disabled"},
     {SVC(",\"load_balancing\":{\"algorithm\":\"random\"}"),
      "services[0].load_balancing.algorithm: expected one of round_robin"},
     {SVC(",\"load_balancing\":{\"hash\":\"x\"}"), "services[0].load_balancing.hash: unknown key"},
@@ -979,6 +1048,7 @@ int main(void)
         log_set_level(LOG_ERROR);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_parse_full),
+            cmocka_unit_test(test_endpoint_identity),
             cmocka_unit_test(test_validation_errors),
             cmocka_unit_test(test_validation_line),
             cmocka_unit_test(test_lookups),

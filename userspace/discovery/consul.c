@@ -225,19 +225,11 @@ static void instance_identity(const struct consul *cb, const char *name, const c
 {
         const cJSON *meta = cJSON_GetObjectItemCaseSensitive(svc, "Meta");
         const char *mode = jstr(meta, "shunt-mtls-mode");
-        if (mode) {
-                static const enum disc_mtls modes[] = {DISC_MTLS_STRICT, DISC_MTLS_PERMISSIVE,
-                                                       DISC_MTLS_DISABLED};
-                for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
-                        if (strcmp(mode, disc_mtls_name(modes[i])) == 0)
-                                e->mtls = modes[i];
-                }
-                if (e->mtls == DISC_MTLS_DEFAULT)
-                        log_warn(COMP, 0,
-                                 "service %s: Meta shunt-mtls-mode '%.32s' is not strict, "
-                                 "permissive or disabled: ignored",
-                                 name, mode);
-        }
+        if (mode && disc_mtls_parse(mode, &e->mtls) < 0)
+                log_warn(COMP, 0,
+                         "service %s: Meta shunt-mtls-mode '%.32s' is not strict, "
+                         "permissive or disabled: ignored",
+                         name, mode);
         const char *id = jstr(meta, "shunt-identity");
         const char *flag = jstr(meta, "shunt-meshed");
         bool meshed = (id && id[0]) || (flag && strcmp(flag, "true") == 0) ||

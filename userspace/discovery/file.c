@@ -532,16 +532,7 @@ static int want_identity_mtls(struct vctx *v, const cJSON *x, char *identity, en
         }
         if ((f = FIELD(x, "mtls"))) {
                 old = path_push_key(v, "mtls");
-                static const enum disc_mtls modes[] = {DISC_MTLS_STRICT, DISC_MTLS_PERMISSIVE,
-                                                       DISC_MTLS_DISABLED};
-                bool ok = false;
-                for (size_t k = 0; cJSON_IsString(f) && k < 3; k++) {
-                        if (strcmp(f->valuestring, disc_mtls_name(modes[k])) == 0) {
-                                *mtls = modes[k];
-                                ok = true;
-                        }
-                }
-                if (!ok)
+                if (!cJSON_IsString(f) || disc_mtls_parse(f->valuestring, mtls) < 0)
                         return fail(v, f, "expected one of strict, permissive, disabled");
                 path_pop(v, old);
         }

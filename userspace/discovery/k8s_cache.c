@@ -235,14 +235,11 @@ static enum disc_mtls mode_annotation(const cJSON *obj, const char *kind, const 
                                       const char *name)
 {
         const char *v = str_at(FIELD(FIELD(obj, "metadata"), "annotations"), K8S_ANNOTATION_MODE);
+        enum disc_mtls m;
         if (!v)
                 return DISC_MTLS_DEFAULT;
-        static const enum disc_mtls modes[] = {DISC_MTLS_STRICT, DISC_MTLS_PERMISSIVE,
-                                               DISC_MTLS_DISABLED};
-        for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
-                if (strcmp(v, disc_mtls_name(modes[i])) == 0)
-                        return modes[i];
-        }
+        if (disc_mtls_parse(v, &m) == 0)
+                return m;
         log_warn(COMP, 0,
                  "kubernetes: %s %s%s%s: annotation " K8S_ANNOTATION_MODE
                  " '%.32s' is not strict, permissive or disabled: ignored",

@@ -49,6 +49,17 @@ const char *disc_mtls_name(enum disc_mtls m)
         return (unsigned)m < 4 ? n[m] : "?";
 }
 
+int disc_mtls_parse(const char *s, enum disc_mtls *out)
+{
+        for (enum disc_mtls m = DISC_MTLS_STRICT; s && m <= DISC_MTLS_DISABLED; m++) {
+                if (strcmp(s, disc_mtls_name(m)) == 0) {
+                        *out = m;
+                        return 0;
+                }
+        }
+        return -EINVAL;
+}
+
 const char *disc_lb_name(enum disc_lb_algorithm a)
 {
         static const char *const n[] = {"default",  "round_robin",     "least_connections",

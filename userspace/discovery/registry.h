@@ -96,9 +96,11 @@ enum disc_outcome {
 const char *disc_health_name(enum disc_health h);            /* "healthy", ... */
 int disc_health_parse(const char *s, enum disc_health *out); /* any case; 0 or -EINVAL */
 const char *disc_mtls_name(enum disc_mtls m);                /* "default", "strict", ... */
-const char *disc_lb_name(enum disc_lb_algorithm a);          /* "default", "round_robin", ... */
-const char *disc_hc_type_name(enum disc_hc_type t);          /* "none", "tcp", "http" */
-const char *disc_source_kind_name(enum disc_source_kind k);  /* "file", ... */
+/* "strict", "permissive" or "disabled" (exact); 0 or -EINVAL. */
+int disc_mtls_parse(const char *s, enum disc_mtls *out);
+const char *disc_lb_name(enum disc_lb_algorithm a);         /* "default", "round_robin", ... */
+const char *disc_hc_type_name(enum disc_hc_type t);         /* "none", "tcp", "http" */
+const char *disc_source_kind_name(enum disc_source_kind k); /* "file", ... */
 
 /* An address and port in a fixed, comparable form: IPv4 uses the first four
  * bytes of addr, the rest and pad are zero. port is in host order. */
