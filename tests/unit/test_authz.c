@@ -243,6 +243,11 @@ static void test_bad_input(void **state)
                      "principal's namespace must be a string");
         expect_error("[{\"name\":\"p\",\"ports\":[80],\"allow\":[{\"namespace\":\"a/b\"}]}]",
                      -EINVAL, "namespace \"a/b\" is not a valid name");
+        /* Input in an error line is escaped: it stays one line. */
+        expect_error("[{\"name\":\"p\",\"ports\":[80],\"allow\":[{\"namespace\":\"a\\nb\\\"\"}]}]",
+                     -EINVAL, "namespace \"a\\nb\\\"\" is not a valid name");
+        expect_error("[{\"name\":\"p\",\"ports\":[80],\"allow\":[{\"x\\ny\":\"a\"}]}]", -EINVAL,
+                     "unknown key \"x\\ny\" in a principal");
         expect_error("[{\"name\":\"p\",\"ports\":[80],\"allow\":[{\"service_account\":\"..\"}]}]",
                      -EINVAL, "service_account \"..\" is not a valid name");
         expect_error("[{\"name\":\"p\",\"ports\":[80],\"allow\":[{\"trust_domain\":\"A_B:1\"}]}]",

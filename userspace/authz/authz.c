@@ -127,6 +127,18 @@ static int errf(char *err, size_t errlen, int rc, const char *fmt, ...)
         return rc;
 }
 
+/* s as a JSON string (quoted, escaped), its first max bytes: input shown in
+ * an error line can never break the line. */
+static const char *quoted(const char *s, size_t max, char *buf, size_t len)
+{
+        char cut[256];
+        snprintf(cut, sizeof(cut) < max + 1 ? sizeof(cut) : max + 1, "%s", s);
+        struct strbuf sb;
+        strbuf_init_static(&sb, buf, len);
+        strbuf_append_json_string(&sb, cut);
+        return buf;
+}
+
 static bool valid_policy_name(const char *s)
 {
         size_t n = strlen(s);
@@ -185,14 +197,15 @@ static int parse_principal(const cJSON *o, struct principal *p, char *why, size_
         if (!cJSON_IsObject(o))
                 return errf(why, len, -EINVAL, "a principal must be an object");
         const cJSON *f;
+        char q[600];
         cJSON_ArrayForEach(f, o)
         {
                 if (strcmp(f->string, "identity") && strcmp(f->string, "namespace") &&
                     strcmp(f->string, "service_account") && strcmp(f->string, "trust_domain"))
                         return errf(why, len, -EINVAL,
-                                    "unknown key \"%.40s\" in a principal: allowed identity, "
+                                    "unknown key %s in a principal: allowed identity, "
                                     "namespace, service_account, trust_domain",
-                                    f->string);
+                                    quoted(f->string, 40, q, sizeof(q)));
                 if (!cJSON_IsString(f))
                         return errf(why, len, -EINVAL, "principal's %s must be a string",
                                     f->string);
@@ -215,17 +228,18 @@ static int parse_principal(const cJSON *o, struct principal *p, char *why, size_
                 rc = errf(why, len, -EINVAL,
                           "identity names one peer exactly: no other field goes with it");
         } else if (p->id && (!(id = malloc(sizeof(*id))) || spiffe_id_parse(p->id, id, &w) < 0)) {
-                rc = id ? errf(why, len, -EINVAL, "identity \"%.100s\" is not a SPIFFE ID: %s",
-                               p->id, w ? w : "invalid")
+                rc = id ? errf(why, len, -EINVAL, "identity %s is not a SPIFFE ID: %s",
+                               quoted(p->id, 100, q, sizeof(q)), w ? w : "invalid")
                         : errf(why, len, -ENOMEM, "out of memory");
         } else if (p->ns && !spiffe_name_valid(p->ns)) {
-                rc = errf(why, len, -EINVAL, "namespace \"%.100s\" is not a valid name", p->ns);
+                rc = errf(why, len, -EINVAL, "namespace %s is not a valid name",
+                          quoted(p->ns, 100, q, sizeof(q)));
         } else if (p->sa && !spiffe_name_valid(p->sa)) {
-                rc = errf(why, len, -EINVAL, "service_account \"%.100s\" is not a valid name",
-                          p->sa);
+                rc = errf(why, len, -EINVAL, "service_account %s is not a valid name",
+                          quoted(p->sa, 100, q, sizeof(q)));
         } else if (p->td && !spiffe_trust_domain_valid(p->td)) {
-                rc = errf(why, len, -EINVAL, "trust_domain \"%.100s\" is not a valid trust domain",
-                          p->td);
+                rc = errf(why, len, -EINVAL, "trust_domain %s is not a valid trust domain",
+                          quoted(p->td, 100, q, sizeof(q)));
         }
         free(id);
         if (rc) {
@@ -335,15 +349,17 @@ int authz_add_policy(struct authz *a, const cJSON *o, const char *origin, const 
         char label[AUTHZ_NAME_MAX + 32];
         snprintf(label, sizeof(label), "%s/%s", origin, name);
         const cJSON *f;
+        char q[300];
         cJSON_ArrayForEach(f, o)
         {
                 if (strcmp(f->string, "ports") && strcmp(f->string, "allow") &&
                     strcmp(f->string, "deny") && (strcmp(f->string, "name") || !named_inside) &&
                     (!ignore || strcmp(f->string, ignore)))
                         return errf(err, errlen, -EINVAL,
-                                    "policy %s: unknown key \"%.40s\": allowed name, ports, "
-                                    "allow, deny%s%s",
-                                    label, f->string, ignore ? ", " : "", ignore ? ignore : "");
+                                    "policy %s: unknown key %s: allowed name, ports, allow, "
+                                    "deny%s%s",
+                                    label, quoted(f->string, 40, q, sizeof(q)), ignore ? ", " : "",
+                                    ignore ? ignore : "");
         }
         struct policy p;
         memset(&p, 0, sizeof(p));

@@ -321,14 +321,17 @@ int authz_kube_apply(void *arg, bool listing, const cJSON *obj, bool deleted, ch
         const cJSON *md = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(md, "name");
         const cJSON *ns = cJSON_GetObjectItemCaseSensitive(md, "namespace");
+        /* A DNS subdomain, as the API server requires: safe in a log line. */
         if (!cJSON_IsString(name) || !name->valuestring[0] ||
-            strlen(name->valuestring) > NAME_MAX_LEN) {
+            strlen(name->valuestring) > NAME_MAX_LEN ||
+            strspn(name->valuestring, "abcdefghijklmnopqrstuvwxyz0123456789.-") !=
+                strlen(name->valuestring)) {
                 snprintf(err, errlen, "authorizationpolicy without a valid metadata.name");
                 return -EINVAL;
         }
         if (cJSON_IsString(ns) && strcmp(ns->valuestring, k->ns)) {
-                snprintf(err, errlen, "authorizationpolicy %.64s/%.128s is not in namespace %s",
-                         ns->valuestring, name->valuestring, k->ns);
+                snprintf(err, errlen, "authorizationpolicy %s is not in namespace %s",
+                         name->valuestring, k->ns);
                 return -EINVAL;
         }
         struct kobj *old = set_find(set, name->valuestring);
