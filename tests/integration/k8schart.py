@@ -9,7 +9,10 @@
   webhook code (build/inject_review, the same userspace/inject that shunt-ca
   serves at /v1/inject) and its JSONPatch applied with python3-jsonpatch;
 - restricted_violations(pod_spec, container): what Pod Security
-  "restricted" would refuse about one container.
+  "restricted" would refuse about one container;
+- shunt_ca_argv(objs, ...) / image_binaries(): what the rendered shunt-ca
+  Deployment runs and the image's binaries, readable by uid 1337, for tests
+  that play the kubelet.
 """
 
 import base64
@@ -218,3 +221,59 @@ def restricted_violations(pod_spec, c, volumes=True):
         if set(vol) - allowed:
             v.append("volume %s of type %s" % (vol["name"], sorted(set(vol) - allowed)))
     return v
+
+
+# The shunt-ca Deployment's mounted files -> (file name here, source).
+_CA_MOUNTS = {
+    "/var/run/shunt-ca/root/tls.crt": "root.crt",
+    "/var/run/shunt-ca/root/tls.key": "root.key",
+    "/var/run/shunt/bundle/ca.crt": "bundle.pem",
+    "/etc/shunt/inject/config.json": "inject.json",
+}
+
+
+def exposed_dir():
+    """A directory uid 1337 can read (files written there are 0644)."""
+    d = sl.tmpdir()
+    os.chmod(d, 0o755)
+    return d
+
+
+def shunt_ca_argv(objs, namespace):
+    """(directory, args): the files the rendered shunt-ca Deployment mounts
+    (its root Secret, the bundle ConfigMap, the inject config) written to a
+    directory, and its container's args with the mount paths pointing there
+    and the downward API's namespace as --namespace."""
+    d = exposed_dir()
+    secret = one(objs, "Secret", "shunt-ca-root")["data"]
+    files = {
+        "root.crt": base64.b64decode(secret["tls.crt"]).decode(),
+        "root.key": base64.b64decode(secret["tls.key"]).decode(),
+        "bundle.pem": one(objs, "ConfigMap", "shunt-ca-bundle", namespace)["data"]["ca.crt"],
+        "inject.json": one(objs, "ConfigMap", "shunt-inject")["data"]["config.json"],
+    }
+    for name, text in files.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+        os.chmod(os.path.join(d, name), 0o644)
+    (c,) = one(objs, "Deployment", "shunt-ca")["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["/usr/bin/shunt-ca"]
+    assert {"name": "SHUNT_CA_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
+    args = [os.path.join(d, _CA_MOUNTS[a]) if a in _CA_MOUNTS else a for a in c["args"]]
+    return d, args + ["--namespace", namespace]
+
+
+def image_binaries():
+    """A function mapping a container command (/usr/bin/X ...) to copies of
+    the build's binaries that uid 1337 may execute."""
+    bindir = exposed_dir()
+    for b in ("shuntd", "shuntctl"):
+        shutil.copy(os.path.join(sl.BUILD, b), os.path.join(bindir, b))
+        os.chmod(os.path.join(bindir, b), 0o755)
+
+    def command(cmd):
+        assert cmd[0].startswith("/usr/bin/"), cmd
+        return [os.path.join(bindir, os.path.basename(cmd[0]))] + list(cmd[1:])
+
+    return command

@@ -16,12 +16,11 @@ config, its args), against the Kubernetes API stand-in in a pod.
 """
 
 import base64
+import http.client
 import json
 import os
 import shutil
-import socket
 import ssl
-import subprocess
 
 import pytest
 import yaml
@@ -29,56 +28,20 @@ import yaml
 import k8schart as kc
 import shuntlib as sl
 from shuntca import KubeApi, ShuntCA
+from test_chart import pod_from  # the ReplicaSet controller's pod
 
 FIXTURES = os.path.join(sl.SOURCE, "tests", "fixtures", "k8s")
 NS = "shunt-system"
-MOUNTS = {  # the Deployment's mount paths -> where the harness puts the files
-    "/var/run/shunt-ca/root/tls.crt": "root.crt",
-    "/var/run/shunt-ca/root/tls.key": "root.key",
-    "/var/run/shunt/bundle/ca.crt": "bundle.pem",
-    "/etc/shunt/inject/config.json": "inject.json",
-}
-
-
-def exposed_dir():
-    """A directory uid 1337 can read (files copied there are 0755/0644)."""
-    d = sl.tmpdir()
-    os.chmod(d, 0o755)
-    return d
 
 
 @pytest.fixture(scope="module")
-def chart():
+def ca():
     try:
         kc.tools()
     except kc.ToolError as e:
         pytest.fail(str(e), pytrace=False)
     objs = kc.render({"trustDomain": "chart.test"}, namespace=NS)
-    d = exposed_dir()
-    secret = kc.one(objs, "Secret", "shunt-ca-root")["data"]
-    files = {
-        "root.crt": base64.b64decode(secret["tls.crt"]).decode(),
-        "root.key": base64.b64decode(secret["tls.key"]).decode(),
-        "bundle.pem": kc.one(objs, "ConfigMap", "shunt-ca-bundle", NS)["data"]["ca.crt"],
-        "inject.json": kc.one(objs, "ConfigMap", "shunt-inject")["data"]["config.json"],
-    }
-    for name, text in files.items():
-        with open(os.path.join(d, name), "w") as f:
-            f.write(text)
-    return objs, d
-
-
-@pytest.fixture(scope="module")
-def ca(chart):
-    objs, d = chart
-    dep = kc.one(objs, "Deployment", "shunt-ca")
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert c["command"] == ["/usr/bin/shunt-ca"]
-    args = [os.path.join(d, MOUNTS[a]) if a in MOUNTS else a for a in c["args"]]
-    # The namespace comes from the downward API (SHUNT_CA_NAMESPACE).
-    assert {"name": "SHUNT_CA_NAMESPACE",
-            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
-    args += ["--namespace", NS]
+    d, args = kc.shunt_ca_argv(objs, NS)
     pod = sl.Pod("chartca")
     api = ca = None
     try:
@@ -108,7 +71,6 @@ def api_server_request(pod, objs, body, port=15012, declared=None):
     s = pod.connect("127.0.0.1", port, 10)
     tls = ctx.wrap_socket(s, server_hostname="%s.%s.svc" % (svc["name"], svc["namespace"]))
     version = tls.version()
-    import http.client
     try:
         head = ("POST %s?timeout=10s HTTP/1.1\r\nHost: %s.%s.svc:%d\r\n"
                 "Content-Type: application/json\r\nAccept: application/json\r\n"
@@ -127,7 +89,6 @@ def test_webhook_as_the_api_server_calls_it(ca):
     cfg = os.path.join(d, "inject.json")
     with open(os.path.join(FIXTURES, "deploy-web.yaml")) as f:
         dep = yaml.safe_load(f)
-    from test_chart import pod_from  # the ReplicaSet controller's pod
     review = kc.admission_review(pod_from(dep), namespace="demo")
     body = json.dumps(review).encode()
     status, answer, version = api_server_request(pod, objs, body)
@@ -166,17 +127,7 @@ def test_helm_test_pod_passes(ca):
     spec = tp["spec"]
     (proxy,) = spec["initContainers"]
     (check,) = spec["containers"]
-    # The binaries, as the image has them at /usr/bin, readable by uid 1337.
-    bindir = exposed_dir()
-    for b in ("shuntd", "shuntctl"):
-        shutil.copy(os.path.join(sl.BUILD, b), os.path.join(bindir, b))
-        os.chmod(os.path.join(bindir, b), 0o755)
-
-    def binary(cmd):
-        """The container's command with the image's /usr/bin/X as the copy."""
-        assert cmd[0].startswith("/usr/bin/")
-        return [os.path.join(bindir, os.path.basename(cmd[0]))] + list(cmd[1:])
-
+    binary = kc.image_binaries()  # the image's /usr/bin, readable by uid 1337
     # What the kubelet mounts: the projected token (audience shunt-ca, for
     # the pod's service account) and the bundle ConfigMap.
     token_vol = [v for v in spec["volumes"] if v["name"] == "token"][0]

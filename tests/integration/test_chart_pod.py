@@ -27,7 +27,6 @@ import shuntlib as sl
 from shuntca import KubeApi, ShuntCA
 from shuntlib import Topology as T
 from test_chart import load_fixture, pod_from
-from test_chart_ca import MOUNTS, exposed_dir
 from test_ebpf import BPFFS, CGROOT, cgroup_argv, mounts, remove_pins  # noqa: F401
 from test_init_capture import kill_cgroup
 
@@ -78,31 +77,14 @@ def cluster(topo, remote_peers):
     except kc.ToolError as e:
         pytest.fail(str(e), pytrace=False)
     objs = kc.render({"trustDomain": "pods.test"}, namespace=NS)
-    d = exposed_dir()
-    import base64
-    secret = kc.one(objs, "Secret", "shunt-ca-root")["data"]
-    for name, text in {
-        "root.crt": base64.b64decode(secret["tls.crt"]).decode(),
-        "root.key": base64.b64decode(secret["tls.key"]).decode(),
-        "bundle.pem": kc.one(objs, "ConfigMap", "shunt-ca-bundle", NS)["data"]["ca.crt"],
-        "inject.json": kc.one(objs, "ConfigMap", "shunt-inject")["data"]["config.json"],
-    }.items():
-        with open(os.path.join(d, name), "w") as f:
-            f.write(text)
-        os.chmod(os.path.join(d, name), 0o644)
-    (c,) = kc.one(objs, "Deployment", "shunt-ca")["spec"]["template"]["spec"]["containers"]
-    args = [os.path.join(d, MOUNTS[a]) if a in MOUNTS else a for a in c["args"]]
-    args += ["--namespace", NS, "--server-san", T.REMOTE4]
-    bindir = exposed_dir()
-    for b in ("shuntd", "shuntctl"):
-        shutil.copy(os.path.join(sl.BUILD, b), os.path.join(bindir, b))
-        os.chmod(os.path.join(bindir, b), 0o755)
+    d, args = kc.shunt_ca_argv(objs, NS)
+    args += ["--server-san", T.REMOTE4]
     ca_api = ca = disc_api = None
     try:
         ca_api = KubeApi(topo.remote)
         ca = ShuntCA(topo.remote, ca_api, args=args)
         disc_api = KubeApi(topo.app, port=16490, ctl_port=16491)
-        yield {"objs": objs, "dir": d, "bin": bindir, "ca_api": ca_api, "ca": ca,
+        yield {"objs": objs, "dir": d, "ca_api": ca_api, "ca": ca,
                "disc_api": disc_api}
     finally:
         try:
@@ -153,7 +135,8 @@ def host_path(path):
 
 @pytest.mark.parametrize("mode", ["iptables", "ebpf"])
 def test_injected_pod_runs(topo, cluster, mode, request):
-    d, bindir = cluster["dir"], cluster["bin"]
+    d = cluster["dir"]
+    binary = kc.image_binaries()
     cgs = request.getfixturevalue("pod_cgroups") if mode == "ebpf" else None
 
     def in_cg(name, argv):
@@ -171,10 +154,6 @@ def test_injected_pod_runs(topo, cluster, mode, request):
     init, proxy = spec["initContainers"]
     refs = {"metadata.uid": POD_UID, "metadata.namespace": "demo",
             "metadata.name": pod["metadata"]["generateName"] + "x1y2z"}
-
-    def binary(cmd):
-        assert cmd[0].startswith("/usr/bin/")
-        return [os.path.join(bindir, os.path.basename(cmd[0]))] + list(cmd[1:])
 
     def env_of(c):
         env = {k: host_path(v) for k, v in expand(c["env"], refs).items()}
