@@ -398,9 +398,9 @@ def test_inject_real_deployments(rendered, case, fixture):
     assert env["SHUNT_LOG_LEVEL"] == cfg["log_level"]
     init_env = env_of(init)
     if cfg["capture"] != "iptables":
-        # Every container here has requests and some no limits: Burstable.
-        assert init_env.pop("SHUNT_REDIRECT_CGROUP") == \
-            "/host/sys/fs/cgroup/kubepods/burstable/pod$(SHUNT_POD_UID)"
+        # shuntd init finds the pod's cgroup by its uid in the node's tree.
+        assert init_env.pop("SHUNT_REDIRECT_CGROUP") == "pod"
+        assert init_env.pop("SHUNT_CGROUP_ROOT") == "/host/sys/fs/cgroup"
     assert init_env == env
     assert init["securityContext"]["runAsGroup"] == 1337  # shares the eBPF pins
     if cfg["mtls_mode"]:

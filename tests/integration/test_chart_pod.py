@@ -100,12 +100,14 @@ def cluster(topo, remote_peers):
 def pod_cgroups(mounts):
     """eBPF mode: the node's cgroup tree (test_ebpf's cgroup2 mount standing
     for /host/sys/fs/cgroup) with the pod's cgroup where the kubelet's
-    cgroupfs driver puts a Burstable pod, one child per container; the
-    node's bpffs (test_ebpf's) with the pin directory's parent."""
-    pod_cg = os.path.join(CGROOT, "kubepods", "burstable", "pod" + POD_UID)
+    systemd driver puts a Burstable pod (the uid spelt with '_'), one child
+    per container; the node's bpffs (test_ebpf's) with the pin directory's
+    parent."""
+    slices = os.path.join(CGROOT, "kubepods.slice")
+    burst = os.path.join(slices, "kubepods-burstable.slice")
+    pod_cg = os.path.join(burst, "kubepods-burstable-pod%s.slice" % POD_UID.replace("-", "_"))
     made = []
-    for part in (os.path.join(CGROOT, "kubepods"), os.path.join(CGROOT, "kubepods", "burstable"),
-                 pod_cg):
+    for part in (slices, burst, pod_cg):
         os.mkdir(part)
         made.append(part)
     cgs = {n: os.path.join(pod_cg, n) for n in ("init", "proxy", "app")}
@@ -163,13 +165,16 @@ def test_injected_pod_runs(topo, cluster, mode, request):
     # 1. The init container: installs capture, exits 0.
     ienv = env_of(init)
     if mode == "ebpf":
-        assert ienv["SHUNT_REDIRECT_CGROUP"] == os.path.dirname(cgs["init"])
+        assert ienv["SHUNT_REDIRECT_CGROUP"] == "pod" and ienv["SHUNT_POD_UID"] == POD_UID
+        assert ienv["SHUNT_CGROUP_ROOT"] == CGROOT
         assert ienv["SHUNT_BPF_PIN_ROOT"] == os.path.join(BPFFS, "shunt", POD_UID)
     r = topo.app.run(in_cg("init", setpriv(init["securityContext"],
                                            binary(init["command"]) + init["args"])),
                      check=False, env=ienv, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "capture installed for a proxy running as uid 1337" in r.stderr, r.stderr
+    if mode == "ebpf":
+        assert "redirect_cgroup pod: " + os.path.dirname(cgs["init"]) in r.stderr, r.stderr
 
     # 2. The proxy: the kubelet mounts the projected token for the pod's
     # service account (audience from the volume) and the bundle.

@@ -268,70 +268,15 @@ static void test_classic_sidecar_and_ebpf(void **state)
         assert_non_null(strstr(text, "[\"NET_ADMIN\",\"NET_RAW\",\"BPF\",\"PERFMON\"]"));
         assert_non_null(strstr(text, "\"path\":\"/sys/fs/bpf\""));
         assert_non_null(strstr(text, "/sys/fs/bpf/shunt/$(SHUNT_POD_UID)"));
-        /* No requests or limits anywhere: BestEffort. */
-        assert_non_null(strstr(text,
-                               "{\"name\":\"SHUNT_REDIRECT_CGROUP\",\"value\":"
-                               "\"/host/sys/fs/cgroup/kubepods/besteffort/pod$(SHUNT_POD_UID)\"}"));
+        /* The init container finds the pod's cgroup in the node's tree. */
+        const char *cg = "{\"name\":\"SHUNT_REDIRECT_CGROUP\",\"value\":\"pod\"},{\"name\":"
+                         "\"SHUNT_CGROUP_ROOT\",\"value\":\"/host/sys/fs/cgroup\"}";
+        const char *at = strstr(text, cg);
+        assert_non_null(at);
+        assert_null(strstr(at + strlen(cg), "SHUNT_REDIRECT_CGROUP")); /* not the proxy's */
         free(text);
         answer_free(&a);
         inject_config_free(c);
-}
-
-/* The cgroup an eBPF init container attaches to follows the pod's QoS class. */
-static void check_cgroup(const char *cfg, const char *pod, const char *want)
-{
-        struct inject_config *c = config(cfg);
-        struct answer a = ask(c, review_for(pod, "CREATE"));
-        assert_true(allowed(&a));
-        char *text = cJSON_PrintUnformatted(a.patch);
-        char env[300];
-        snprintf(env, sizeof(env), "{\"name\":\"SHUNT_REDIRECT_CGROUP\",\"value\":\"%s\"}", want);
-        const char *at = strstr(text, env);
-        if (!at)
-                fail_msg("no %s in %s", env, text);
-        /* Once: the proxy does not see the node's cgroups, nor is told of them. */
-        assert_null(strstr(at + strlen(env), "SHUNT_REDIRECT_CGROUP"));
-        free(text);
-        answer_free(&a);
-        inject_config_free(c);
-}
-
-static void test_ebpf_pod_cgroup(void **state)
-{
-        const char *guaranteed = "{\"requests\":{\"cpu\":\"100m\",\"memory\":\"64Mi\"},"
-                                 "\"limits\":{\"cpu\":\"100m\",\"memory\":\"64Mi\"}}";
-        char cfg[512], pod[512];
-        snprintf(cfg, sizeof(cfg),
-                 "{\"capture\":\"ebpf\",\"proxy_resources\":%s,\"init_resources\":%s}", guaranteed,
-                 guaranteed);
-        /* Every container with limits, requests equal or left out: Guaranteed. */
-        snprintf(pod, sizeof(pod),
-                 "{\"metadata\":{\"name\":\"p\"},\"spec\":{\"containers\":[{\"name\":\"a\","
-                 "\"resources\":{\"limits\":{\"cpu\":\"1\",\"memory\":\"1Gi\"}}}]}}");
-        check_cgroup(cfg, pod, "/host/sys/fs/cgroup/kubepods//pod$(SHUNT_POD_UID)");
-        /* One container without a memory limit: Burstable. */
-        snprintf(pod, sizeof(pod),
-                 "{\"metadata\":{\"name\":\"p\"},\"spec\":{\"containers\":[{\"name\":\"a\","
-                 "\"resources\":{\"limits\":{\"cpu\":\"1\",\"memory\":\"1Gi\"}}},{\"name\":"
-                 "\"b\",\"resources\":{\"limits\":{\"cpu\":\"1\"}}}]}}");
-        check_cgroup(cfg, pod, "/host/sys/fs/cgroup/kubepods/burstable/pod$(SHUNT_POD_UID)");
-        /* A request that differs from its limit, in an init container: Burstable. */
-        snprintf(pod, sizeof(pod),
-                 "{\"metadata\":{\"name\":\"p\"},\"spec\":{\"initContainers\":[{\"name\":"
-                 "\"i\",\"resources\":{\"requests\":{\"cpu\":\"10m\"},\"limits\":{\"cpu\":"
-                 "\"1\",\"memory\":\"1Gi\"}}}],\"containers\":[{\"name\":\"a\",\"resources\":"
-                 "{\"limits\":{\"cpu\":\"1\",\"memory\":\"1Gi\"}}}]}}");
-        check_cgroup(cfg, pod, "/host/sys/fs/cgroup/kubepods/burstable/pod$(SHUNT_POD_UID)");
-        /* Another layout, and the per-pod proxy resources counted. */
-        snprintf(cfg, sizeof(cfg),
-                 "{\"capture\":\"auto\",\"pod_cgroup\":\"/host/sys/fs/cgroup/k8s/{qos}-"
-                 "$(SHUNT_POD_UID)\"}");
-        snprintf(pod, sizeof(pod),
-                 "{\"metadata\":{\"name\":\"p\",\"annotations\":{\"shunt.io/proxy-cpu-limit\":"
-                 "\"1\"}},\"spec\":{\"containers\":[{\"name\":\"a\"}]}}");
-        check_cgroup(cfg, pod, "/host/sys/fs/cgroup/k8s/burstable-$(SHUNT_POD_UID)");
-        config_error("{\"pod_cgroup\":\"/sys/fs/cgroup/kubepods\"}",
-                     "pod_cgroup: must start with /host/sys/fs/cgroup/");
 }
 
 static void test_left_alone(void **state)
@@ -458,7 +403,6 @@ int main(void)
             cmocka_unit_test(test_quantities),
             cmocka_unit_test(test_native_sidecar_patch),
             cmocka_unit_test(test_classic_sidecar_and_ebpf),
-            cmocka_unit_test(test_ebpf_pod_cgroup),
             cmocka_unit_test(test_left_alone),
             cmocka_unit_test(test_annotations),
             cmocka_unit_test(test_bad_requests),

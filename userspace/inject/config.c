@@ -187,10 +187,6 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
         snprintf(c->discovery, sizeof(c->discovery), "kubernetes");
         snprintf(c->bpf_pin_root, sizeof(c->bpf_pin_root), "/sys/fs/bpf/shunt");
         c->startup_timeout = 120;
-        /* The kubelet's cgroupfs driver layout; the systemd driver's slice
-         * names carry the uid with '_' for '-', which no $(VAR) can give. */
-        snprintf(c->pod_cgroup, sizeof(c->pod_cgroup),
-                 INJECT_HOST_CGROUP "/kubepods/{qos}/pod$(SHUNT_POD_UID)");
 
         int rc = 0;
         long v;
@@ -246,18 +242,7 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                 else if (!strcmp(k, "bpf_pin_root"))
                         rc = get_str(item, k, c->bpf_pin_root, sizeof(c->bpf_pin_root), NULL, true,
                                      err, errlen);
-                else if (!strcmp(k, "pod_cgroup")) {
-                        rc = get_str(item, k, c->pod_cgroup, sizeof(c->pod_cgroup), NULL, true, err,
-                                     errlen);
-                        if (!rc && strncmp(c->pod_cgroup, INJECT_HOST_CGROUP "/",
-                                           strlen(INJECT_HOST_CGROUP) + 1)) {
-                                errf(err, errlen,
-                                     "inject config: pod_cgroup: must start with %s/ (where the "
-                                     "node's /sys/fs/cgroup is mounted)",
-                                     INJECT_HOST_CGROUP);
-                                rc = -EINVAL;
-                        }
-                } else if (!strcmp(k, "proxy_resources"))
+                else if (!strcmp(k, "proxy_resources"))
                         rc = get_resources(item, k, &c->proxy_resources, err, errlen);
                 else if (!strcmp(k, "init_resources"))
                         rc = get_resources(item, k, &c->init_resources, err, errlen);
@@ -268,16 +253,15 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                 else if (!strcmp(k, "exclude_outbound_cidrs"))
                         rc = get_list(item, k, true, &c->exclude_cidrs, err, errlen);
                 else {
-                        errf(
-                            err, errlen,
-                            "inject config: unknown key '%.64s' (allowed: image, "
-                            "image_pull_policy, capture, native_sidecar, proxy_uid, "
-                            "startup_timeout_seconds, ca_address, trust_domain, token_audience, "
-                            "token_expiration_seconds, bundle_configmap, log_level, mtls_mode, "
-                            "discovery, bpf_pin_root, pod_cgroup, proxy_resources, init_resources, "
-                            "exclude_inbound_ports, exclude_outbound_ports, "
-                            "exclude_outbound_cidrs)",
-                            k);
+                        errf(err, errlen,
+                             "inject config: unknown key '%.64s' (allowed: image, "
+                             "image_pull_policy, capture, native_sidecar, proxy_uid, "
+                             "startup_timeout_seconds, ca_address, trust_domain, token_audience, "
+                             "token_expiration_seconds, bundle_configmap, log_level, mtls_mode, "
+                             "discovery, bpf_pin_root, proxy_resources, init_resources, "
+                             "exclude_inbound_ports, exclude_outbound_ports, "
+                             "exclude_outbound_cidrs)",
+                             k);
                         rc = -EINVAL;
                 }
                 if (rc)

@@ -38,16 +38,12 @@ struct inject_config {
         char mtls_mode[16]; /* empty: shuntd's own default */
         char discovery[16];
         char bpf_pin_root[200];
-        /* eBPF: the pod's cgroup v2 directory as the init container sees the
-         * node's /sys/fs/cgroup (mounted at INJECT_HOST_CGROUP); "{qos}" is
-         * replaced by the pod's QoS class (burstable, besteffort, or nothing
-         * for guaranteed), $(SHUNT_POD_UID) by the kubelet. */
-        char pod_cgroup[256];
         cJSON *proxy_resources; /* NULL: none */
         cJSON *init_resources;
         struct inject_list exclude_in, exclude_out, exclude_cidrs;
 };
 
+/* Where the init container sees the node's /sys/fs/cgroup (eBPF). */
 #define INJECT_HOST_CGROUP "/host/sys/fs/cgroup"
 
 int inject_enum_index(const char *const *names, const char *s);

@@ -199,7 +199,6 @@ struct review {
         const char *mtls_mode;
         const char *log_level;
         const char *cpu_req, *cpu_lim, *mem_req, *mem_lim;
-        const char *qos; /* the pod's QoS class as its cgroup path spells it */
 };
 
 static void notef(struct review *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -303,59 +302,9 @@ static bool ebpf(const struct inject_config *c)
         return strcmp(c->capture, "iptables") != 0;
 }
 
-/* "{qos}" in the template replaced by the QoS class. */
-static void pod_cgroup(const char *tmpl, const char *qos, char *out, size_t n)
-{
-        size_t o = 0;
-        for (const char *p = tmpl; *p && o + 1 < n;) {
-                if (!strncmp(p, "{qos}", 5)) {
-                        o += (size_t)snprintf(out + o, n - o, "%s", qos);
-                        p += 5;
-                } else {
-                        out[o++] = *p++;
-                }
-        }
-        out[o < n ? o : n - 1] = '\0';
-}
-
-/* One container's part in the pod's QoS class, by Kubernetes' rules: the pod
- * is Guaranteed when every container has cpu and memory limits and requests
- * equal to them (or left out), BestEffort when no container has any cpu or
- * memory request or limit, else Burstable. Equal quantities written
- * differently ("1" and "1000m") count as different here. */
-static void qos_add(const cJSON *resources, bool *any, bool *guaranteed)
-{
-        const cJSON *req = cJSON_GetObjectItemCaseSensitive(resources, "requests");
-        const cJSON *lim = cJSON_GetObjectItemCaseSensitive(resources, "limits");
-        const char *names[] = {"cpu", "memory"};
-        for (size_t i = 0; i < 2; i++) {
-                const cJSON *rq = cJSON_GetObjectItemCaseSensitive(req, names[i]);
-                const cJSON *li = cJSON_GetObjectItemCaseSensitive(lim, names[i]);
-                if (rq || li)
-                        *any = true;
-                if (!cJSON_IsString(li) ||
-                    (rq && (!cJSON_IsString(rq) || strcmp(rq->valuestring, li->valuestring))))
-                        *guaranteed = false;
-        }
-}
-
-static const char *pod_qos(const cJSON *spec, const cJSON *init_res, const cJSON *proxy_res)
-{
-        bool any = false, guaranteed = true;
-        const char *lists[] = {"containers", "initContainers"};
-        for (size_t i = 0; i < 2; i++) {
-                const cJSON *k;
-                cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(spec, lists[i]))
-                    qos_add(cJSON_GetObjectItemCaseSensitive(k, "resources"), &any, &guaranteed);
-        }
-        qos_add(init_res, &any, &guaranteed);
-        qos_add(proxy_res, &any, &guaranteed);
-        return !any ? "besteffort" : guaranteed ? "" : "burstable";
-}
-
 /* The environment both containers read (`shuntd init` takes the same
- * configuration as shuntd); the pod's cgroup only for the init container,
- * the only one that sees the node's cgroup tree. */
+ * configuration as shuntd); where to find the pod's cgroup only for the
+ * init container, the only one that sees the node's cgroup tree. */
 static cJSON *make_env(const struct review *r, bool init)
 {
         const struct inject_config *c = r->cfg;
@@ -394,9 +343,11 @@ static cJSON *make_env(const struct review *r, bool init)
                 env_field(env, "SHUNT_POD_UID", "metadata.uid");
                 snprintf(buf, sizeof(buf), "%s/$(SHUNT_POD_UID)", c->bpf_pin_root);
                 env_value(env, "SHUNT_BPF_PIN_ROOT", buf);
+                /* shuntd init finds the pod's cgroup (SHUNT_POD_UID) in the
+                 * node's hierarchy, whatever the kubelet's cgroup driver. */
                 if (init) {
-                        pod_cgroup(c->pod_cgroup, r->qos, buf, sizeof(buf));
-                        env_value(env, "SHUNT_REDIRECT_CGROUP", buf);
+                        env_value(env, "SHUNT_REDIRECT_CGROUP", "pod");
+                        env_value(env, "SHUNT_CGROUP_ROOT", INJECT_HOST_CGROUP);
                 }
         }
         return env;
@@ -820,9 +771,6 @@ static void review_pod(struct review *r, const cJSON *req)
                 return;
 
         const struct inject_config *c = r->cfg;
-        cJSON *proxy_res = make_resources(r);
-        r->qos = pod_qos(spec, c->init_resources, proxy_res);
-        cJSON_Delete(proxy_res);
         cJSON *patch = cJSON_CreateArray();
         if (!patch)
                 return;

@@ -81,7 +81,6 @@ replacing it would invalidate every workload certificate in the mesh.
   "mtls_mode" $s.mtlsMode
   "discovery" $s.discovery
   "bpf_pin_root" $s.bpfPinRoot
-  "pod_cgroup" $s.podCgroup
   "proxy_resources" $s.resources
   "init_resources" $s.initResources
   "exclude_inbound_ports" $s.excludeInboundPorts
