@@ -507,6 +507,29 @@ def test_restart_with_same_key_and_two_replicas(env):
                 assert ok, out
         finally:
             assert b.stop() == 0
+        # the bundle file is re-read when it changes; a broken or missing one
+        # keeps the current bundle
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", os.path.join(d, "third.key"), "-out", os.path.join(d, "third.pem"),
+                "-days", "2", "-subj", "/O=cluster.local/CN=third root")
+        with open(os.path.join(d, "third.pem")) as f:
+            third = f.read()
+        with open(os.path.join(d, "next.pem"), "a") as f:
+            f.write(third)
+        bundle = lambda: a.request("GET", "/v1/bundle")[2].decode()  # noqa: E731
+        sl.wait_until(lambda: bundle().count("BEGIN CERTIFICATE") == 3, 5, interval=0.2,
+                      what="the third root in /v1/bundle")
+        three = bundle()
+        assert third.strip() in three
+        with open(os.path.join(d, "next.pem"), "w") as f:
+            f.write("not a certificate\n")
+        time.sleep(2.5)
+        assert bundle() == three
+        os.unlink(os.path.join(d, "next.pem"))
+        time.sleep(2.5)
+        assert bundle() == three
+        errors = [line["msg"] for line in a.log_lines() if line.get("level") == "error"]
+        assert sum("next.pem" in m for m in errors) == 2, errors  # broken once, missing once
     finally:
         a.stop()
     shutil.rmtree(d, ignore_errors=True)

@@ -131,34 +131,50 @@ struct ca_service {
         struct ca_http *http;
         struct rate rate;
 
-        pthread_mutex_t mu;      /* bundle */
-        char *bundle_pem;        /* CA certificate + the bundle file's roots */
-        struct stat bundle_st;   /* of the bundle file when last read */
-        char *chain_pem;         /* appended to every leaf: the CA when it is an intermediate */
-        time_t serving_renew_at; /* when the serving certificate is renewed */
+        pthread_mutex_t mu;        /* bundle */
+        char *bundle_pem;          /* CA certificate + the bundle file's roots */
+        struct stat bundle_st;     /* of the bundle file when last read */
+        struct stat bundle_bad_st; /* of the last version that could not be read */
+        bool bundle_missing;       /* said once until it is back */
+        char *chain_pem;           /* appended to every leaf: the CA when it is an intermediate */
+        time_t serving_renew_at;   /* when the serving certificate is renewed */
         char **server_sans;
         size_t n_server_sans;
 };
 
 /* Reads the bundle file's roots (if any) and builds the bundle PEM: the CA
  * certificate first, then every other certificate of the file. */
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+        return a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+               a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size;
+}
+
+/* Later reads (initial false) keep the current bundle when the file is
+ * missing or broken, saying so once per change of the file. */
 static int load_bundle(struct ca_service *s, bool initial)
 {
         STACK_OF(X509) *extra = NULL;
         struct stat st = {0};
         if (s->opt.bundle_file && *s->opt.bundle_file) {
                 if (stat(s->opt.bundle_file, &st) < 0) {
-                        log_error(CA_COMP, 0, "--bundle-file %s: %s", s->opt.bundle_file,
-                                  strerror(errno));
-                        return -errno;
+                        int e = errno;
+                        if (initial || !s->bundle_missing)
+                                log_error(CA_COMP, 0, "--bundle-file %s: %s%s", s->opt.bundle_file,
+                                          strerror(e),
+                                          initial ? "" : " (the current trust bundle stays)");
+                        s->bundle_missing = true;
+                        return -e;
                 }
-                if (!initial && st.st_mtim.tv_sec == s->bundle_st.st_mtim.tv_sec &&
-                    st.st_mtim.tv_nsec == s->bundle_st.st_mtim.tv_nsec &&
-                    st.st_ino == s->bundle_st.st_ino && st.st_size == s->bundle_st.st_size)
+                s->bundle_missing = false;
+                if (!initial &&
+                    (same_file(&st, &s->bundle_st) || same_file(&st, &s->bundle_bad_st)))
                         return 0;
-                int rc = tls_pem_read_certs(s->opt.bundle_file, &extra);
-                if (rc < 0)
+                int rc = tls_pem_read_certs(s->opt.bundle_file, &extra); /* logs why */
+                if (rc < 0) {
+                        s->bundle_bad_st = st;
                         return rc;
+                }
         } else if (!initial) {
                 return 0;
         }
