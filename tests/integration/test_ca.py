@@ -32,8 +32,8 @@ def env():
     api = ca = None
     try:
         api = KubeApi(pod)
-        ca = ShuntCA(pod, api, args=["--tokenreview-timeout", "1s", "--rate", "2",
-                                     "--burst", "4"])
+        ca = ShuntCA(pod, api, args=["--tokenreview-timeout", "1s", "--rate", "0.5",
+                                     "--burst", "2"])
         yield pod, api, ca
     finally:
         try:
@@ -275,19 +275,21 @@ def test_one_megabyte_request(env):
 
 
 def test_rate_limit_per_identity(env):
+    """--rate 0.5 --burst 2: two at once, then one every 2 s (a request would
+    have to take 2 s for this test to see no refusal)."""
     pod, api, ca = env
     tok = api.token("web", "hasty")
     _, csr = make_csr()
     codes, retry = [], None
-    for _ in range(8):
+    for _ in range(4):
         status, hdrs, body = ca.certificate(tok, csr)
         codes.append(status)
         if status == 429:
             assert body["error"] == "rate_limited"
             retry = hdrs.get("Retry-After")
-    assert codes[:4] == [200] * 4, codes  # the burst
+    assert codes[:2] == [200] * 2, codes  # the burst
     assert 429 in codes, codes
-    assert retry is not None and int(retry) == 1  # 2 per second
+    assert retry is not None and 1 <= int(retry) <= 2
     audit_for(ca, reason="rate_limited", identity=spiffe("web", "hasty"))
     issue_ok(ca, api, "web", "patient")  # another identity is not limited
     time.sleep(int(retry))
@@ -439,7 +441,7 @@ def test_busy_and_slow_clients(env):
         for h in held:
             h.settimeout(5)
             assert h.recv(100) == b""
-        assert time.monotonic() - t0 < 2.5
+        assert time.monotonic() - t0 < 3.5
         for h in held:
             h.close()
         # a head in time, then a body that never comes: cut off, audited
@@ -448,7 +450,7 @@ def test_busy_and_slow_clients(env):
         s.settimeout(5)
         t0 = time.monotonic()
         assert s.recv(100) == b""
-        assert time.monotonic() - t0 < 2.5
+        assert time.monotonic() - t0 < 3.5
         s.close()
         audit_for(slow, reason="timeout")
         assert slow.request("GET", "/healthz")[0] == 200
