@@ -227,6 +227,29 @@ static __always_inline int record(void *ctx, const struct shunt_origdst *od)
         return 0;
 }
 
+/* failure_mode open: shuntd's outbound listener is gone (shuntd was killed
+ * or crashed), so a rewritten connect would be refused; it is left to go
+ * where the application asked. The listener is looked up in the caller's
+ * network namespace; a socket of shuntd's own closes with the process. */
+static __always_inline int listener_gone(void *ctx, struct shunt_capture_config *cfg, int v6)
+{
+        struct bpf_sock_tuple t = {};
+        struct bpf_sock *sk;
+        if (v6) {
+                t.ipv6.daddr[3] = bpf_htonl(1);
+                t.ipv6.dport = bpf_htons(cfg->outbound_port_host);
+                sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        } else {
+                t.ipv4.daddr = bpf_htonl(0x7f000001);
+                t.ipv4.dport = bpf_htons(cfg->outbound_port_host);
+                sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        }
+        if (!sk)
+                return 1;
+        bpf_sk_release(sk);
+        return 0;
+}
+
 SEC("cgroup/connect4")
 int shunt_connect4(struct bpf_sock_addr *ctx)
 {
@@ -244,6 +267,10 @@ int shunt_connect4(struct bpf_sock_addr *ctx)
         if (addr[0] == 0 || v4_loopback(addr[0]) ||
             excluded(bpf_ntohs(port), SHUNT_AF_INET, addr)) {
                 COUNT(skipped_excluded, 1);
+                return SK_PASS_RC;
+        }
+        if (cfg->fail_open && listener_gone(ctx, cfg, 0)) {
+                COUNT(skipped_no_listener, 1);
                 return SK_PASS_RC;
         }
         struct shunt_origdst od = {};
@@ -287,6 +314,10 @@ int shunt_connect6(struct bpf_sock_addr *ctx)
                         COUNT(skipped_excluded, 1);
                         return SK_PASS_RC;
                 }
+        }
+        if (cfg->fail_open && listener_gone(ctx, cfg, 1)) {
+                COUNT(skipped_no_listener, 1);
+                return SK_PASS_RC;
         }
         struct shunt_origdst od = {};
         put16(od.addr, addr[0], addr[1], addr[2], addr[3]);

@@ -75,6 +75,7 @@ struct shunt_capture_config {
         __u16 shortcut;           /* 1: pair local sockets in the sockhash */
         __u32 flow_high;          /* SHUNT_FLOW_HIGH: redirected bytes a reader may have unread */
         __u32 flow_low;           /* SHUNT_FLOW_LOW: at most this many for the shortcut to resume */
+        __u32 fail_open;          /* 1: nothing listens on outbound_port: connects left alone */
 };
 
 /* One direction of a paired connection, keyed by the receiving socket's own
@@ -120,7 +121,8 @@ struct shunt_counters {
         __u64 flow_resumed;  /* the reader caught up: its sender back on the shortcut */
         __u64 flow_tcp_msgs; /* sends that took TCP for flow control (paused or draining) */
         __u64 flow_tcp_bytes;
-        __u64 flow_unknown; /* a reader's queue could not be read: its sender took TCP */
+        __u64 flow_unknown;        /* a reader's queue could not be read: its sender took TCP */
+        __u64 skipped_no_listener; /* fail_open: shuntd's listener gone, connect left alone */
 };
 
 #endif

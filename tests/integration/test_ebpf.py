@@ -1064,6 +1064,69 @@ def test_kill_9_and_restart(fresh_topo, cgroup2):
         remove_pins(pins)
 
 
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_failure_mode_after_kill_9(fresh_topo, cgroup2, mode):
+    """What a dead shuntd (kill -9) leaves the pod is a setting (issue 14,
+    D12). closed (the default): captured connects are refused until shuntd
+    is back, or until `shuntctl cleanup` removes the capture it left.
+    open: the connect programs see that nothing listens on the outbound port
+    and leave connects alone, so the application reaches its destination
+    directly (counted); when shuntd is back, capture resumes."""
+    pins = PINS + "-fail-" + mode
+    procs = {}
+    d = d2 = None
+    args = sl.shuntd_args(redirect="ebpf", redirect_cgroup=cgroup2, bpf_pin_root=pins,
+                          failure_mode=mode)
+    wrap = cgroup_argv(cgroup2, [sys.executable, "-c", CLIENT, T.REMOTE4, "7001", "addr"])
+    try:
+        sl.spawn_remote_peers(fresh_topo, procs, ["addr-a"])
+        d = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2), args)
+        d.wait_ready()
+        assert d.config_value("failure_mode")[0] == mode
+        r = fresh_topo.app.run(wrap, timeout=30, check=False)
+        assert r.returncode == 0 and json.loads(r.stdout)["peername"] == ["127.0.0.1", 15002], r.stderr
+        d.proc.popen.kill()
+        d.proc.popen.wait(10)
+        before = bpf_counters(pins)
+        r = fresh_topo.app.run(wrap, timeout=30, check=False)
+        if mode == "closed":
+            assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr, r.stderr
+            # shuntctl cleanup removes what the dead shuntd left; it refuses
+            # while a shuntd answers (none does now).
+            c = sl.shuntctl(fresh_topo.app, "cleanup", "--pin-root", pins)
+            assert c.returncode == 0, c.stdout + c.stderr
+            assert "removed the eBPF capture pinned in %s" % pins in c.stdout, c.stdout
+            assert "removed the iptables capture" in c.stdout, c.stdout
+            assert not os.path.exists(pins)
+            assert "SIDECAR_PROXY" not in fresh_topo.app.iptables_save()
+            r = fresh_topo.app.run(wrap, timeout=30, check=False)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["peername"] == [T.REMOTE4, 7001], r.stdout
+            c = sl.shuntctl(fresh_topo.app, "cleanup", "--pin-root", pins)
+            assert c.returncode == 0 and "nothing to remove" in c.stdout, c.stdout
+        else:
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["peername"] == [T.REMOTE4, 7001], r.stdout
+            after = bpf_counters(pins)
+            assert after["skipped_no_listener"] == before["skipped_no_listener"] + 1, after
+            assert after["redirected"] == before["redirected"], after
+            d2 = sl.Shuntd(InCgroup(fresh_topo.app, cgroup2), args, name="shuntd-2")
+            d2.wait_ready()
+            # A running shuntd owns the capture: cleanup refuses.
+            c = sl.shuntctl(fresh_topo.app, "cleanup", "--pin-root", pins)
+            assert c.returncode == 1 and "owns the capture" in c.stderr, c.stdout + c.stderr
+            r = fresh_topo.app.run(wrap, timeout=30, check=False)
+            assert r.returncode == 0 and json.loads(r.stdout)["peername"] == ["127.0.0.1", 15002]
+    finally:
+        for x in (d, d2):
+            if x:
+                x.stop()
+        for p in procs.values():
+            p.stop()
+        remove_pins(pins)
+        sl.run(["ip", "netns", "exec", fresh_topo.app.name, "true"], check=False)
+
+
 def test_restart_reuses_pins(fresh_topo, cgroup2):
     """kill -9 then restart of a compatible build: maps are reused and the
     links get the new programs in place."""

@@ -918,6 +918,11 @@ static void test_flag_errors(void **state)
         load_err(a16, no_env, -EINVAL, "config: --bogus: unknown flag", NULL);
         char *a17[] = {"shuntd", "--", NULL};
         load_err(a17, no_env, -EINVAL, "config: --: unexpected argument", NULL);
+        char *afm[] = {"shuntd", "--redirect", "iptables", "--failure-mode", "open", NULL};
+        load_err(afm, no_env, -EINVAL,
+                 "config: --failure-mode: open: needs eBPF capture (redirect ebpf or auto): "
+                 "iptables capture can only fail closed",
+                 NULL);
         char *a18[] = {"shuntd", "--redirect=xdp", NULL};
         load_err(a18, no_env, -EINVAL,
                  "config: --redirect: xdp: allowed: iptables, off, auto, ebpf", NULL);

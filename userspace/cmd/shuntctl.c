@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +29,8 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/strbuf.h"
+#include "intercept/bpfcap.h"
+#include "intercept/iptables.h"
 
 #define DEFAULT_ADMIN    "127.0.0.1:15003"
 #define TIMEOUT_MS       5000
@@ -59,6 +62,10 @@ static const char usage_text[] =
     "                   check this host and the running shuntd: one line per check,\n"
     "                   PASS, WARN or FAIL with what to do; --pre: host checks only,\n"
     "                   before an install; exit 1 on a FAIL (--strict: or a WARN)\n"
+    "  cleanup [--pin-root DIR] [--force]\n"
+    "                   remove the capture a shuntd left behind (kill -9): the\n"
+    "                   iptables chains and the eBPF pins; refused while a shuntd\n"
+    "                   answers at the admin address (it owns the capture)\n"
     "  ready [SECONDS]  exit 0 when shuntd is ready (GET /ready), else 1; with\n"
     "                   SECONDS, ask once a second until then (a pod's probes)\n"
     "  wait-idle [SECONDS]\n"
@@ -1280,6 +1287,67 @@ static int cmd_check(int argc, char **argv)
         return worst == CHECK_FAIL || (strict && worst == CHECK_WARN) ? 1 : 0;
 }
 
+/* `shuntctl cleanup [--pin-root DIR] [--force]`: removes the capture a
+ * shuntd left behind (killed with -9, or a pod whose proxy is gone while its
+ * init container's capture stays): every outbound connect of the pod is
+ * refused until then. Refused while a shuntd answers at the admin address,
+ * since that one owns the capture (SIGTERM removes it; --force anyway). */
+static int cmd_cleanup(int argc, char **argv)
+{
+        const char *pin_root = SHUNT_PIN_ROOT;
+        bool force = false;
+        for (int i = 0; i < argc; i++) {
+                if (strcmp(argv[i], "--force") == 0)
+                        force = true;
+                else if (strcmp(argv[i], "--pin-root") == 0 && i + 1 < argc)
+                        pin_root = argv[++i];
+                else
+                        die_usage("cleanup: unknown or incomplete option '%s'", argv[i]);
+        }
+        struct endpoint ep;
+        char err[512];
+        if (parse_endpoint(g_admin, &ep) < 0)
+                die_usage("invalid admin address '%s' (want HOST:PORT, e.g. %s)", g_admin,
+                          DEFAULT_ADMIN);
+        int fd = connect_to(&ep, now_ms() + 1000, err, sizeof(err));
+        if (fd >= 0) {
+                close(fd);
+                if (!force)
+                        die("a shuntd answers at %s and owns the capture: stop it (SIGTERM "
+                            "removes its capture) or pass --force",
+                            g_admin);
+        }
+        bool v4 = ipt_installed(AF_INET), v6 = ipt_installed(AF_INET6);
+        bool in4 = ipt_inbound_installed(AF_INET), in6 = ipt_inbound_installed(AF_INET6);
+        struct stat st;
+        bool pins = stat(pin_root, &st) == 0;
+        int rc = 0;
+        if (v4 || v6 || in4 || in6) {
+                if (ipt_remove(err, sizeof(err)) < 0) {
+                        fprintf(stderr, "shuntctl: removing the iptables capture failed: %s\n",
+                                err);
+                        rc = 1;
+                } else {
+                        printf("removed the iptables capture (%s%s%s)\n", v4 || in4 ? "IPv4" : "",
+                               (v4 || in4) && (v6 || in6) ? ", " : "", v6 || in6 ? "IPv6" : "");
+                }
+        }
+        if (pins) {
+                int r = bpfcap_remove_pins(pin_root);
+                if (r < 0) {
+                        fprintf(stderr,
+                                "shuntctl: removing the eBPF capture pinned in %s failed: %s\n",
+                                pin_root, strerror(-r));
+                        rc = 1;
+                } else {
+                        printf("removed the eBPF capture pinned in %s\n", pin_root);
+                }
+        }
+        if (!rc && !pins && !(v4 || v6 || in4 || in6))
+                printf("nothing to remove: no capture chains, nothing pinned in %s\n", pin_root);
+        return rc;
+}
+
 static int cmd_log_level(const char *level)
 {
         enum log_level lv;
@@ -1316,6 +1384,8 @@ int main(int argc, char **argv)
                         die_usage("unknown option '%s'", a);
                 } else if (!cmd && strcmp(a, "check") == 0) {
                         return cmd_check(argc - i - 1, argv + i + 1);
+                } else if (!cmd && strcmp(a, "cleanup") == 0) {
+                        return cmd_cleanup(argc - i - 1, argv + i + 1);
                 } else if (!cmd) {
                         cmd = a;
                 } else if (nargs < 4) {

@@ -398,6 +398,14 @@ static int run_init(int argc, char **argv)
         case REDIRECT_AUTO:
                 if (init_ebpf(&d, why, sizeof(why)) == 0)
                         break;
+                if (d.cfg->failure_mode == FAILURE_OPEN) {
+                        log_error("init", 0,
+                                  "failure_mode open needs eBPF capture, which is unavailable "
+                                  "(%s); iptables capture can only fail closed",
+                                  why);
+                        rc = 1;
+                        break;
+                }
                 log_warn("init", 0, "redirect auto: using iptables, eBPF capture unavailable: %s",
                          why);
                 /* fall through */
@@ -1369,6 +1377,14 @@ int main(int argc, char **argv)
                                 snprintf(d.redirect_reason, sizeof(d.redirect_reason),
                                          "auto: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
                                 break;
+                        }
+                        if (d.cfg->failure_mode == FAILURE_OPEN) {
+                                log_error("intercept", 0,
+                                          "failure_mode open needs eBPF capture, which is "
+                                          "unavailable (%s); iptables capture can only fail closed",
+                                          err);
+                                d.exit_code = 1;
+                                goto out;
                         }
                         log_warn("intercept", 0,
                                  "redirect auto: using iptables, eBPF capture unavailable: %s",

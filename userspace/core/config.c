@@ -82,6 +82,7 @@ static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
 static const char *const off_on_names[] = {"off", "on", NULL};
 static const char *const capture_names[] = {"self", "init", NULL};
 static const char *const mutation_names[] = {"off", "token", NULL};
+static const char *const failure_names[] = {"closed", "open", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
@@ -122,6 +123,10 @@ static const struct key_desc keys[] = {
         {.path = "capture", .env = "SHUNT_CAPTURE", .type = K_ENUM, FIELD(capture), .names = capture_names,
          .def = "self",
          .note = "self: shuntd installs and removes its capture; init: `shuntd init` installed it, shuntd needs no capability", .flags = KF_RESTART},
+        {.path = "failure_mode", .env = "SHUNT_FAILURE_MODE", .type = K_ENUM, FIELD(failure_mode),
+         .names = failure_names, .def = "closed", .flags = KF_RESTART,
+         .note = "shuntd gone (killed, crashed): closed = captured connects refused until it is back or "
+                 "`shuntctl cleanup`; open = they go where the application asked (eBPF capture only)"},
         {.path = "proxy_mark", .env = "SHUNT_PROXY_MARK", .type = K_MARK, FIELD(proxy_mark), .min = 1,
          .max = UINT32_MAX, .def = "0x539", .flags = KF_RESTART},
         {.path = "proxy_uid", .env = "SHUNT_PROXY_UID", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX,
@@ -1394,10 +1399,25 @@ static int check_resilience(struct ctx *x)
         return 0;
 }
 
+/* failing open is the eBPF programs' doing: iptables REDIRECT cannot see
+ * that nothing listens any more. */
+static int check_failure_mode(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        if (c->failure_mode != FAILURE_OPEN || c->redirect != REDIRECT_IPTABLES)
+                return 0;
+        const struct key_desc *d = find_key("failure_mode");
+        return bad(x, d, c->origins[key_index(d)].source, "open",
+                   "needs eBPF capture (redirect ebpf or auto): iptables capture can only fail "
+                   "closed");
+}
+
 static int finish(struct ctx *x)
 {
         struct shunt_config *c = x->c;
         int rc = check_ports(x);
+        if (!rc)
+                rc = check_failure_mode(x);
         if (!rc)
                 rc = check_mtls(x);
         if (!rc)

@@ -26,6 +26,11 @@ enum redirect_mode {
         REDIRECT_EBPF,
 };
 
+enum failure_mode {
+        FAILURE_CLOSED = 0,
+        FAILURE_OPEN,
+};
+
 /* Who installs the capture rules or programs. */
 enum admin_mutations {
         ADMIN_MUTATIONS_OFF = 0,
@@ -104,6 +109,10 @@ struct shunt_config {
                                                   /sys/fs/bpf/shunt */
         int bpf_shortcut; /* bpf_shortcut, SHUNT_BPF_SHORTCUT, "off" 0 | "on" 1 (default) */
         enum capture_mode capture; /* capture, SHUNT_CAPTURE, "self" | "init" */
+        /* failure_mode, SHUNT_FAILURE_MODE, "closed": when shuntd is gone
+         * (killed, crashed) captured connects are refused ("closed") or go
+         * where the application asked ("open": eBPF capture only) */
+        enum failure_mode failure_mode;
         uint32_t proxy_mark; /* proxy_mark, SHUNT_PROXY_MARK: SO_MARK of shuntd's sockets, 0x539 */
         int proxy_uid; /* proxy_uid, SHUNT_PROXY_UID: uid whose traffic is not captured; -1 = auto
                         */
@@ -208,8 +217,8 @@ struct shunt_config {
          * when not set; parsed and validated by authz/ (shuntd) */
         char *authorization_policies;
         int authz_kubernetes; /* authorization.kubernetes, SHUNT_AUTHZ_KUBERNETES: off 0 | on 1 */
-        char authz_namespace[CONFIG_STR_MAX];     /* authorization.namespace; "" -> mtls.namespace */
-        char authz_labels_file[CONFIG_PATH_MAX];  /* authorization.pod_labels_file */
+        char authz_namespace[CONFIG_STR_MAX];    /* authorization.namespace; "" -> mtls.namespace */
+        char authz_labels_file[CONFIG_PATH_MAX]; /* authorization.pod_labels_file */
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */

@@ -94,6 +94,7 @@ void bpfcap_options_from_config(struct bpfcap_options *o, const struct shunt_con
         o->mark = cfg->proxy_mark;
         o->uid = cfg->proxy_uid >= 0 ? (uint32_t)cfg->proxy_uid : uid;
         o->shortcut = cfg->bpf_shortcut == 1;
+        o->fail_open = cfg->failure_mode == FAILURE_OPEN;
         o->exclude_ports = cfg->exclude_outbound_ports;
         o->n_exclude_ports = cfg->n_exclude_outbound_ports;
         o->exclude_cidrs = cfg->exclude_outbound_cidrs;
@@ -585,6 +586,7 @@ int bpfcap_configure(struct bpfcap *b, const struct bpfcap_options *o, char *err
             .shortcut = o->shortcut ? 1 : 0,
             .flow_high = SHUNT_FLOW_HIGH,
             .flow_low = SHUNT_FLOW_LOW,
+            .fail_open = o->fail_open ? 1 : 0,
         };
         uint32_t zero = 0;
         if (bpf_map_update_elem(bpf_map__fd(s->maps.shunt_config), &zero, &cfg, BPF_ANY) < 0) {
@@ -952,6 +954,8 @@ static const struct counter_row {
     ROW(flow_tcp_msgs, "Sends that took TCP for flow control (paused or draining)."),
     ROW(flow_tcp_bytes, "Bytes that took TCP for flow control."),
     ROW(flow_unknown, "Sends that took TCP because the reader's queue could not be read."),
+    ROW(skipped_no_listener, "failure_mode open: connects left alone because shuntd's outbound "
+                             "listener was gone."),
 #undef ROW
 };
 #define N_COUNTER_ROWS (sizeof(counter_rows) / sizeof(counter_rows[0]))

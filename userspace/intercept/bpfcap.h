@@ -35,6 +35,7 @@ struct bpfcap_options {
         uint32_t mark;                 /* SO_MARK of shuntd's sockets (0 = none) */
         uint32_t uid;                  /* shuntd's uid, or SHUNT_UID_NONE */
         bool shortcut;                 /* pair local sockets for the sk_msg shortcut */
+        bool fail_open;                /* no outbound listener: connects left alone */
         const uint16_t *exclude_ports; /* destination ports never captured */
         size_t n_exclude_ports;
         const struct cidr *exclude_cidrs; /* destination prefixes never captured */
