@@ -219,8 +219,14 @@ static void test_native_sidecar_patch(void **state)
         assert_true(cJSON_IsTrue(cJSON_GetObjectItem(sc, "readOnlyRootFilesystem")));
         assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(sc, "capabilities"), "add"));
         const cJSON *vols = op_at(&a, 2, "/spec/volumes");
-        assert_int_equal(cJSON_GetArraySize(vols), 5);
+        assert_int_equal(cJSON_GetArraySize(vols), 6);
         char *text = cJSON_PrintUnformatted(a.patch);
+        /* The pod's labels for AuthorizationPolicy selectors, where the
+         * proxy looks by default (authorization.pod_labels_file). */
+        assert_non_null(strstr(text, "{\"path\":\"labels\",\"fieldRef\":{\"apiVersion\":\"v1\","
+                                     "\"fieldPath\":\"metadata.labels\"}}"));
+        assert_non_null(strstr(text, "{\"name\":\"shunt-podinfo\",\"mountPath\":"
+                                     "\"/etc/shunt/podinfo\",\"readOnly\":true}"));
         assert_non_null(strstr(text, "\"audience\":\"shunt-ca\""));
         assert_non_null(strstr(text, "{\"name\":\"SHUNT_CA_ADDRESS\","
                                      "\"value\":\"https://shunt-ca.mesh.svc:15012\"}"));
@@ -235,12 +241,12 @@ static void test_native_sidecar_patch(void **state)
                               "\"containers\":[{\"name\":\"web\"}],\"volumes\":[{\"name\":"
                               "\"data\",\"emptyDir\":{}}]}}",
                               "CREATE"));
-        assert_int_equal(cJSON_GetArraySize(a.patch), 8);
+        assert_int_equal(cJSON_GetArraySize(a.patch), 9);
         assert_string_equal(cJSON_GetStringValue(op_at(&a, 0, "/metadata/labels/shunt.io~1meshed")),
                             "true");
         assert_string_equal(name_of(op_at(&a, 1, "/spec/initContainers/0")), "shunt-init");
         assert_string_equal(name_of(op_at(&a, 2, "/spec/initContainers/1")), "shunt-proxy");
-        for (int i = 3; i < 8; i++)
+        for (int i = 3; i < 9; i++)
                 op_at(&a, i, "/spec/volumes/-");
         answer_free(&a);
         inject_config_free(c);

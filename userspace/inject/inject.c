@@ -41,6 +41,7 @@ static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 #define VOL_RUN     "shunt-init-run"
 #define VOL_BPFFS   "shunt-bpffs"
 #define VOL_CGROUP  "shunt-host-cgroup"
+#define VOL_PODINFO "shunt-podinfo"
 #define KUBE_SA_DIR "/var/run/secrets/kubernetes.io/serviceaccount"
 
 /* ---- value checks ---------------------------------------------------------- */
@@ -475,6 +476,7 @@ static cJSON *make_proxy(const struct review *r)
         mount(mounts, VOL_TOKEN, INJECT_TOKEN_DIR, true);
         mount(mounts, VOL_BUNDLE, INJECT_BUNDLE_DIR, true);
         mount(mounts, VOL_KUBE, KUBE_SA_DIR, true);
+        mount(mounts, VOL_PODINFO, "/etc/shunt/podinfo", true);
         mount(mounts, VOL_TMP, "/tmp", false);
         /* eBPF: the maps the init container pinned, read-only (original
          * destinations, /maps). */
@@ -557,6 +559,20 @@ static cJSON *make_volumes(const struct review *r)
         cJSON_AddStringToObject(fr, "fieldPath", "metadata.namespace");
         cJSON_AddItemToArray(items, it);
         cJSON_AddItemToArray(srcs, s);
+        cJSON_AddItemToArray(vols, v);
+
+        /* The pod's labels, which AuthorizationPolicy selectors match
+         * (authorization.pod_labels_file's default path). */
+        v = cJSON_CreateObject();
+        cJSON_AddStringToObject(v, "name", VOL_PODINFO);
+        cJSON *dv = cJSON_AddObjectToObject(v, "downwardAPI");
+        items = cJSON_AddArrayToObject(dv, "items");
+        it = cJSON_CreateObject();
+        cJSON_AddStringToObject(it, "path", "labels");
+        fr = cJSON_AddObjectToObject(it, "fieldRef");
+        cJSON_AddStringToObject(fr, "apiVersion", "v1");
+        cJSON_AddStringToObject(fr, "fieldPath", "metadata.labels");
+        cJSON_AddItemToArray(items, it);
         cJSON_AddItemToArray(vols, v);
 
         const char *empty[] = {VOL_TMP, VOL_RUN};
