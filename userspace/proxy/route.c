@@ -764,16 +764,16 @@ const char *route_security_name(enum route_security s)
 enum route_security route_endpoint_security(const struct disc_endpoint *ep, enum mtls_mode daemon,
                                             bool have_tls)
 {
-        enum mtls_mode m = daemon;
-        if (ep->mtls != DISC_MTLS_DEFAULT)
-                m = ep->mtls == DISC_MTLS_STRICT       ? MTLS_STRICT
-                    : ep->mtls == DISC_MTLS_PERMISSIVE ? MTLS_PERMISSIVE
-                                                       : MTLS_DISABLED;
-        if (m == MTLS_DISABLED)
+        /* mtls.mode is this sidecar's own (inbound) mode: it can turn mTLS
+         * off, but only the destination's declared mode refuses plaintext
+         * (a mesh-wide strict must not cut off what is not in the mesh:
+         * the API server, a database without a sidecar). */
+        if (ep->mtls == DISC_MTLS_DISABLED ||
+            (ep->mtls == DISC_MTLS_DEFAULT && daemon == MTLS_DISABLED))
                 return ROUTE_PLAINTEXT;
         if (ep->meshed && have_tls)
                 return ROUTE_MTLS;
-        return m == MTLS_STRICT ? ROUTE_REFUSED : ROUTE_PLAINTEXT;
+        return ep->mtls == DISC_MTLS_STRICT ? ROUTE_REFUSED : ROUTE_PLAINTEXT;
 }
 
 enum route_security route_security(const struct route_use *use, enum mtls_mode daemon,

@@ -181,10 +181,11 @@ enum route_security {
         ROUTE_REFUSED,       /* not meshed (or no certificates) and its mode is strict */
 };
 const char *route_security_name(enum route_security s); /* "plaintext", "mtls", "refused" */
-/* The decision for ep: its effective mode (DISC_MTLS_DEFAULT: daemon, the
- * daemon's mtls.mode) disabled -> plaintext; meshed and have_tls (this
- * daemon has certificates) -> mTLS; else strict -> refused, otherwise
- * plaintext. */
+/* The decision for ep: its registry mode disabled (or not set and daemon,
+ * the daemon's mtls.mode, disabled) -> plaintext; meshed and have_tls (this
+ * daemon has certificates) -> mTLS; else the registry says strict (the
+ * destination demands it) -> refused, otherwise plaintext. The daemon's own
+ * strict mode is about its inbound side: it refuses nothing outbound. */
 enum route_security route_endpoint_security(const struct disc_endpoint *ep, enum mtls_mode daemon,
                                             bool have_tls);
 /* The same for the endpoint use picked (ROUTE_PLAINTEXT when none: a
