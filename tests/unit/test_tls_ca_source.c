@@ -141,31 +141,26 @@ static void claims_err(const char *tok, int want, const char *needle)
 
 static void test_claims_bad(void **state)
 {
-        /* Missing fields. */
-        char *t = jwt("{\"aud\":[\"shunt-ca\"]}");
-        claims_err(t, -EINVAL, "names no service account");
-        free(t);
-        t = jwt("{\"kubernetes.io\":{\"namespace\":\"shop\"}}");
-        claims_err(t, -EINVAL, "names no service account");
-        free(t);
-        t = jwt("{\"sub\":\"system:serviceaccount:shop\"}");
-        claims_err(t, -EINVAL, "system:serviceaccount:<namespace>:<name>");
-        free(t);
-        t = jwt("{\"sub\":\"system:serviceaccount::cart\"}");
-        claims_err(t, -EINVAL, "namespace is empty");
-        free(t);
-        t = jwt("{\"sub\":\"system:serviceaccount:shop:../x\"}");
-        claims_err(t, -EINVAL, "not a valid name");
-        free(t);
-        t = jwt("{\"kubernetes.io\":{\"namespace\":\"a/b\",\"serviceaccount\":{\"name\":\"c\"}}}");
-        claims_err(t, -EINVAL, "namespace \"a/b\" is not a valid name");
-        free(t);
-        t = jwt("[1,2]");
-        claims_err(t, -EINVAL, "not a JSON object");
-        free(t);
-        t = jwt("{\"sub\":");
-        claims_err(t, -EINVAL, "not a JSON object");
-        free(t);
+        /* Payloads with missing or bad fields. */
+        static const struct {
+                const char *payload, *needle;
+        } bad[] = {
+            {"{\"aud\":[\"shunt-ca\"]}", "names no service account"},
+            {"{\"kubernetes.io\":{\"namespace\":\"shop\"}}", "names no service account"},
+            {"{\"sub\":\"system:serviceaccount:shop\"}",
+             "system:serviceaccount:<namespace>:<name>"},
+            {"{\"sub\":\"system:serviceaccount::cart\"}", "namespace is empty"},
+            {"{\"sub\":\"system:serviceaccount:shop:../x\"}", "not a valid name"},
+            {"{\"kubernetes.io\":{\"namespace\":\"a/b\",\"serviceaccount\":{\"name\":\"c\"}}}",
+             "namespace \"a/b\" is not a valid name"},
+            {"[1,2]", "not a JSON object"},
+            {"{\"sub\":", "not a JSON object"},
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                char *t = jwt(bad[i].payload);
+                claims_err(t, -EINVAL, bad[i].needle);
+                free(t);
+        }
         /* Not base64url, not a JWT. */
         claims_err("aaa.b*cd.sig", -EINVAL, "not base64url");
         claims_err("aaa.b+cd.sig", -EINVAL, "not base64url");
@@ -254,7 +249,8 @@ static void test_config_errors(void **state)
 {
         char *argv[] = {"shuntd", NULL};
         char *e1[] = {"SHUNT_CA_ADDRESS=http://shunt-ca:15012", "CA_BUNDLE_PATH=/b", NULL};
-        cfg_err(argv, e1, "SHUNT_CA_ADDRESS (env): http://shunt-ca:15012", "expected https://<host>[:<port>]");
+        cfg_err(argv, e1, "SHUNT_CA_ADDRESS (env): http://shunt-ca:15012",
+                "expected https://<host>[:<port>]");
         char *e2[] = {"SHUNT_CA_ADDRESS=https://shunt-ca:15012/v1/certificates",
                       "CA_BUNDLE_PATH=/b", NULL};
         cfg_err(argv, e2, "SHUNT_CA_ADDRESS", "expected https://");
