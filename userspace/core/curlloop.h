@@ -3,7 +3,8 @@
  * the thread that runs the loop. Main thread only, like the loop.
  *
  * The caller owns each easy handle and sets its options (timeouts included:
- * nothing here bounds a transfer). */
+ * nothing here bounds a transfer). Used by the Kubernetes discovery backend
+ * and the "ca" certificate source. */
 #ifndef SHUNT_CORE_CURLLOOP_H
 #define SHUNT_CORE_CURLLOOP_H
 

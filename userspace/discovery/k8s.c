@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 
+#include "core/curlloop.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "discovery/k8s_creds.h"
@@ -70,18 +71,13 @@ struct k8s_watch {
         char last_error[DISC_ERROR_MAX];
 };
 
-struct k8s_sock {
-        struct loop_io io;
-        struct k8s *k;
-};
-
 struct k8s {
         struct disc_registry *r;
         int src;
         struct loop *loop;
-        CURLM *multi;
+        struct curl_loop *curl; /* from k8s_start on */
         bool closing;
-        struct loop_timer curl_timer, tick;
+        struct loop_timer tick;
         struct k8s_cache *cache;
         struct k8s_creds *creds;
         char ns[DISC_NAME_MAX];
@@ -153,11 +149,13 @@ static void check_sync(struct k8s *k)
 /* ---- requests --------------------------------------------------------------------- */
 
 static void start(struct k8s_watch *w);
+static void on_done(CURL *e, CURLcode res, void *ctx);
 
 static void release_easy(struct k8s_watch *w)
 {
         if (w->easy) {
-                curl_multi_remove_handle(w->k->multi, w->easy);
+                if (w->k->curl)
+                        curl_loop_remove(w->k->curl, w->easy);
                 curl_easy_cleanup(w->easy);
                 w->easy = NULL;
         }
@@ -487,6 +485,14 @@ static void done(struct k8s_watch *w, CURLcode res)
         start(w);
 }
 
+/* A transfer ended (curl_loop: already out of the multi). */
+static void on_done(CURL *e, CURLcode res, void *ctx)
+{
+        struct k8s_watch *w = ctx;
+        if (w->easy == e)
+                done(w, res);
+}
+
 static void start(struct k8s_watch *w)
 {
         struct k8s *k = w->k;
@@ -552,7 +558,6 @@ static void start(struct k8s_watch *w)
         w->req_events = 0;
         CURL *e = w->easy;
         curl_easy_setopt(e, CURLOPT_URL, url);
-        curl_easy_setopt(e, CURLOPT_PRIVATE, w);
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, w->hdrs);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, w);
@@ -576,92 +581,8 @@ static void start(struct k8s_watch *w)
                 w->n_lists++;
         w->started_ms = w->last_data_ms = now_ms(k);
         log_debug(COMP, 0, "kubernetes: %s %s", watch ? "watch" : "list", url);
-        CURLMcode mc = curl_multi_add_handle(k->multi, e);
-        if (mc != CURLM_OK)
-                fail(w, curl_multi_strerror(mc));
-}
-
-/* ---- curl multi on the loop ------------------------------------------------------------ */
-
-static void drain(struct k8s *k)
-{
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(k->multi, &left))) {
-                if (msg->msg != CURLMSG_DONE)
-                        continue;
-                struct k8s_watch *w = NULL;
-                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&w);
-                if (w && w->easy == msg->easy_handle)
-                        done(w, msg->data.result);
-        }
-}
-
-static void io_cb(struct loop *loop, struct loop_io *io, uint32_t events)
-{
-        struct k8s_sock *ks = io->data;
-        struct k8s *k = ks->k;
-        int act = 0;
-        if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
-                act |= CURL_CSELECT_IN;
-        if (events & EPOLLOUT)
-                act |= CURL_CSELECT_OUT;
-        if (events & EPOLLERR)
-                act |= CURL_CSELECT_ERR;
-        int running;
-        curl_multi_socket_action(k->multi, io->fd, act, &running);
-        drain(k);
-}
-
-static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
-{
-        struct k8s *k = userp;
-        struct k8s_sock *ks = socketp;
-        if (what == CURL_POLL_REMOVE) {
-                if (ks) {
-                        if (k->loop)
-                                loop_io_del(k->loop, &ks->io);
-                        curl_multi_assign(k->multi, s, NULL);
-                        if (k->closing || !k->loop)
-                                free(ks);
-                        else
-                                loop_defer_free(k->loop, ks);
-                }
-                return 0;
-        }
-        uint32_t ev = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-        if (!ks) {
-                ks = calloc(1, sizeof(*ks));
-                if (!ks)
-                        return -1;
-                ks->k = k;
-                loop_io_init(&ks->io, s, io_cb, ks);
-                if (loop_io_add(k->loop, &ks->io, ev)) {
-                        free(ks);
-                        return -1;
-                }
-                curl_multi_assign(k->multi, s, ks);
-                return 0;
-        }
-        return loop_io_mod(k->loop, &ks->io, ev) ? -1 : 0;
-}
-
-static void curl_timer_cb(struct loop *loop, struct loop_timer *t)
-{
-        struct k8s *k = t->data;
-        int running;
-        curl_multi_socket_action(k->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        drain(k);
-}
-
-static int timer_fn(CURLM *m, long ms, void *userp)
-{
-        struct k8s *k = userp;
-        if (ms < 0)
-                loop_timer_cancel(k->loop, &k->curl_timer);
-        else
-                loop_timer_arm(k->loop, &k->curl_timer, (uint64_t)ms);
-        return 0;
+        if (curl_loop_add(k->curl, e, on_done, w) < 0)
+                fail(w, "cannot start the request: out of memory");
 }
 
 static void tick_cb(struct loop *loop, struct loop_timer *t)
@@ -700,12 +621,9 @@ static void k8s_destroy(void *impl)
                 free(w->buf);
                 drop_paging(w);
         }
-        if (k->loop) {
-                loop_timer_cancel(k->loop, &k->curl_timer);
+        if (k->loop)
                 loop_timer_cancel(k->loop, &k->tick);
-        }
-        if (k->multi)
-                curl_multi_cleanup(k->multi);
+        curl_loop_free(k->curl);
         k8s_creds_free(k->creds);
         curl_free(k->selector_q);
         curl_free(k->ns_field_q);
@@ -727,8 +645,7 @@ static int k8s_create(struct disc_registry *r, const struct shunt_config *cfg, v
         }
         k->r = r;
         k->cache = k8s_cache_new();
-        k->multi = curl_multi_init();
-        if (!k->cache || !k->multi) {
+        if (!k->cache) {
                 snprintf(err, errlen, "kubernetes: out of memory");
                 goto fail;
         }
@@ -796,12 +713,7 @@ static int k8s_create(struct disc_registry *r, const struct shunt_config *cfg, v
                 w->backoff_ms = K8S_BACKOFF_MIN_MS;
                 loop_timer_init(&w->retry, retry_cb, w);
         }
-        loop_timer_init(&k->curl_timer, curl_timer_cb, k);
         loop_timer_init(&k->tick, tick_cb, k);
-        curl_multi_setopt(k->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-        curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
-        curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
-        curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
         log_info(COMP, 0,
                  "kubernetes: %s credentials from %s, server %s, namespace %s, label selector "
                  "'%s', watch timeout %us",
@@ -818,6 +730,11 @@ static int k8s_start(void *impl, struct loop *loop, char *err, size_t errlen)
 {
         struct k8s *k = impl;
         k->loop = loop;
+        k->curl = curl_loop_new(loop);
+        if (!k->curl) {
+                snprintf(err, errlen, "kubernetes: out of memory");
+                return -ENOMEM;
+        }
         for (int i = 0; i < K8S__KINDS; i++)
                 start(&k->w[i]);
         if (k->sw.sink)
