@@ -59,3 +59,34 @@ class ControlPlane:
                 self.api.stop()
         finally:
             self.pod.delete()
+
+
+def private_key_files(paths):
+    """The files among paths (and below those that are directories) whose
+    content holds a PEM private key."""
+    found = []
+    for path in paths:
+        files = [path] if os.path.isfile(path) else [
+            os.path.join(root, n) for root, _, ns in os.walk(path) for n in ns]  # fmt: skip
+        for p in files:
+            try:
+                with open(p, "rb") as f:
+                    if b"PRIVATE KEY" in f.read():
+                        found.append(p)
+            except OSError:
+                pass
+    return found
+
+
+def open_files(d):
+    """The regular files shuntd d has open."""
+    pid = d.proc.pid
+    out = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            t = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if t.startswith("/") and os.path.isfile(t) and not t.startswith(("/proc/", "/dev/")):
+            out.add(t)
+    return out

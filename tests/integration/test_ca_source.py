@@ -159,37 +159,6 @@ def served_cert(mesh, cert, key):
     return x509.load_pem_x509_certificate(pem.encode()), out, r.stderr
 
 
-def private_key_files(paths):
-    """The files among paths (and below those that are directories) whose
-    content holds a PEM private key."""
-    found = []
-    for path in paths:
-        files = [path] if os.path.isfile(path) else [
-            os.path.join(root, n) for root, _, ns in os.walk(path) for n in ns]  # fmt: skip
-        for p in files:
-            try:
-                with open(p, "rb") as f:
-                    if b"PRIVATE KEY" in f.read():
-                        found.append(p)
-            except OSError:
-                pass
-    return found
-
-
-def open_files(d):
-    """The regular files shuntd d has open."""
-    pid = d.proc.pid
-    out = set()
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            t = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if t.startswith("/") and os.path.isfile(t) and not t.startswith(("/proc/", "/dev/")):
-            out.add(t)
-    return out
-
-
 def test_identity_from_token(mesh_long):
     mesh = mesh_long
     a, b = mesh.start()
@@ -231,10 +200,10 @@ def test_identity_from_token(mesh_long):
     for d in (a, b):
         ca_dir = d.argv[d.argv.index("--mtls.ca-dir") + 1]
         assert not os.path.exists(ca_dir), ca_dir
-        paths += sorted(open_files(d))
-    assert private_key_files(paths) == [], paths
+        paths += sorted(ca_plane.open_files(d))
+    assert ca_plane.private_key_files(paths) == [], paths
     # (the check can fail: the tester's directory does hold one)
-    assert private_key_files([mesh.path("tester")]) == [key]
+    assert ca_plane.private_key_files([mesh.path("tester")]) == [key]
 
     # An override that disagrees with the token: refused at start, one line.
     r = mesh.cp.pod.run(

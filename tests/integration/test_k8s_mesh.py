@@ -228,35 +228,12 @@ def streams(pcap):
     return out
 
 
-def private_key_files(paths):
-    found = []
-    for path in paths:
-        files = [path] if os.path.isfile(path) else [
-            os.path.join(r, n) for r, _, ns in os.walk(path) for n in ns]  # fmt: skip
-        for p in files:
-            try:
-                with open(p, "rb") as f:
-                    if b"PRIVATE KEY" in f.read():
-                        found.append(p)
-            except OSError:
-                pass
-    return found
-
-
 def sidecar_files(c, d):
     """What a sidecar was given (token, bundle, kubeconfig directories), the
     built-in CA directory it could have used, and every file it has open."""
     paths = [c.path(d.proc.name + "/x")[:-2], c.path("bundle/x")[:-2], c.path("kube/x")[:-2]]
     paths.append(d.argv[d.argv.index("--mtls.ca-dir") + 1])
-    pid = d.proc.pid
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            t = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if t.startswith("/") and os.path.isfile(t) and not t.startswith(("/proc/", "/dev/")):
-            paths.append(t)
-    return paths
+    return paths + sorted(ca_plane.open_files(d))
 
 
 def served_identity(c, pod_host, cert, key):
@@ -326,8 +303,8 @@ def test_meshed_pods_talk_tls13_with_exact_identities(cluster):
     # search finds one where there is one).
     for d in (c.a, c.b, c.c):
         paths = sidecar_files(c, d)
-        assert private_key_files(paths) == [], paths
-    assert private_key_files([c.cp.ca.ca_dir])
+        assert ca_plane.private_key_files(paths) == [], paths
+    assert ca_plane.private_key_files([c.cp.ca.ca_dir])
 
 
 def test_unmeshed_pod_plaintext_then_strict(cluster):
