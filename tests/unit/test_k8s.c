@@ -547,6 +547,15 @@ static void test_pod_identity(void **state)
         assert_string_equal(ep(w, "10.1.0.3", 8080)->identity, "");
         k8s_specs_free(svcs, n);
 
+        /* Status churn (the same pod again): nothing a build reads changed. */
+        uint64_t changes = k8s_cache_changes(c);
+        pod_line(line, sizeof(line), "MODIFIED", "shop", "d", true, "sa-d", "10.1.0.4", "", "ud");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        assert_true(k8s_cache_changes(c) == changes);
+        pod_line(line, sizeof(line), "MODIFIED", "shop", "d", true, "sa-e", "10.1.0.4", "", "ud");
+        assert_int_equal(ev(c, K8S_PODS, line, rv), K8S_EV_APPLIED);
+        assert_true(k8s_cache_changes(c) != changes);
+
         /* The name "a" now belongs to another pod (uid): not meshed until
          * the slice names the new one. */
         pod_line(line, sizeof(line), "MODIFIED", "shop", "a", true, "sa-x", "10.1.0.1", "", "ua2");

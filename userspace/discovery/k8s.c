@@ -252,6 +252,7 @@ static void watch_lines(struct k8s_watch *w)
         struct k8s *k = w->k;
         size_t off = 0;
         bool dirty = false;
+        uint64_t changes = k8s_cache_changes(k->cache);
         char *nl;
         while (!w->gone && !w->abort_why[0] &&
                (nl = memchr(w->buf + off, '\n', w->len - off)) != NULL) {
@@ -294,7 +295,7 @@ static void watch_lines(struct k8s_watch *w)
         }
         memmove(w->buf, w->buf + off, w->len - off);
         w->len -= off;
-        if (dirty && !w->sink)
+        if (dirty && !w->sink && k8s_cache_changes(k->cache) != changes)
                 rebuild(k);
 }
 
@@ -756,9 +757,12 @@ static void k8s_render(const void *impl, struct strbuf *sb)
         strbuf_append_json_string(sb, k8s_creds_server(k->creds));
         strbuf_append(sb, ",\"namespace\":");
         strbuf_append_json_string(sb, k->ns);
-        strbuf_appendf(sb, ",\"watch_timeout_s\":%u,\"silence_ms\":%llu,\"builds\":%llu",
+        strbuf_appendf(sb,
+                       ",\"watch_timeout_s\":%u,\"silence_ms\":%llu,\"builds\":%llu,"
+                       "\"pods_shed\":%llu",
                        k->watch_s, (unsigned long long)k->silence_ms,
-                       (unsigned long long)k->n_builds);
+                       (unsigned long long)k->n_builds,
+                       (unsigned long long)k8s_cache_pods_shed(k->cache));
         for (int i = 0; i <= K8S__KINDS; i++) {
                 const struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw;
                 if (!w->k)

@@ -110,6 +110,12 @@ enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, c
 int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **svcs, size_t *n);
 void k8s_specs_free(struct disc_service_spec *svcs, size_t n);
 size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind);
+/* A counter bumped by every change a build would see (a pod event that
+ * changes nothing routing reads, status churn, leaves it): no change, no
+ * build. */
+uint64_t k8s_cache_changes(const struct k8s_cache *c);
+/* Pods not kept because K8S_MAX_PODS were held. */
+uint64_t k8s_cache_pods_shed(const struct k8s_cache *c);
 
 /* ---- envelopes of any resource ------------------------------------------------ */
 

@@ -85,6 +85,7 @@ struct k8s_cache {
         struct k8s_pod **pods; /* POD_BUCKETS chains, allocated with the first pod */
         size_t n_pods;
         uint64_t pods_shed; /* pods not kept: K8S_MAX_PODS reached */
+        uint64_t changes;   /* bumped by every change a build would see */
         struct k8s_ns *nss;
         size_t n_nss, cap_nss;
         char td[DISC_IDENTITY_MAX];
@@ -138,6 +139,16 @@ void k8s_cache_free(struct k8s_cache *c)
         free(c->svcs);
         free(c->nss);
         free(c);
+}
+
+uint64_t k8s_cache_changes(const struct k8s_cache *c)
+{
+        return c->changes;
+}
+
+uint64_t k8s_cache_pods_shed(const struct k8s_cache *c)
+{
+        return c->pods_shed;
 }
 
 size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind)
@@ -520,9 +531,16 @@ static int put_pod(struct k8s_cache *c, const struct k8s_pod *p)
                 return -ENOMEM;
         struct k8s_pod **pp = pod_slot(c, p->ns, p->name);
         if (*pp) {
-                struct k8s_pod *next = (*pp)->next;
-                **pp = *p;
-                (*pp)->next = next;
+                struct k8s_pod *o = *pp;
+                /* Most pod events are status churn (conditions, probes):
+                 * nothing routing reads changes, so no build. */
+                if (strcmp(o->uid, p->uid) || strcmp(o->sa, p->sa) || o->meshed != p->meshed ||
+                    o->mode != p->mode || o->n_ips != p->n_ips ||
+                    memcmp(o->ips, p->ips, sizeof(o->ips)))
+                        c->changes++;
+                struct k8s_pod *next = o->next;
+                *o = *p;
+                o->next = next;
                 return 0;
         }
         if (c->n_pods >= K8S_MAX_PODS) {
@@ -542,6 +560,7 @@ static int put_pod(struct k8s_cache *c, const struct k8s_pod *p)
         n->next = NULL;
         *pp = n;
         c->n_pods++;
+        c->changes++;
         return 0;
 }
 
@@ -555,6 +574,7 @@ static void del_pod(struct k8s_cache *c, const char *ns, const char *name)
                 *pp = gone->next;
                 free(gone);
                 c->n_pods--;
+                c->changes++;
         }
 }
 
@@ -653,15 +673,19 @@ static int apply_ns(struct k8s_cache *c, const cJSON *obj, bool del, char *err, 
                 return -EINVAL;
         struct k8s_ns *old = find_ns(c, n.name);
         if (del) {
-                if (old)
+                if (old) {
                         *old = c->nss[--c->n_nss];
+                        c->changes++;
+                }
                 return 0;
         }
         n.mode = mode_annotation(obj, "namespace", "", n.name);
         if (old) {
+                c->changes += old->mode != n.mode;
                 *old = n;
                 return 0;
         }
+        c->changes++;
         if (c->n_nss >= K8S_MAX_NAMESPACES) {
                 log_warn(COMP, 0, "kubernetes: more than %d namespaces: %s not kept",
                          K8S_MAX_NAMESPACES, n.name);
@@ -696,6 +720,7 @@ static int apply_object(struct k8s_cache *c, enum k8s_kind kind, const cJSON *ob
                 }
                 return put_pod(c, &p);
         }
+        c->changes++; /* Services and slices: every event counts */
         if (kind == K8S_SERVICES) {
                 struct k8s_svc s;
                 if (del) {
