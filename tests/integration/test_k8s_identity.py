@@ -12,12 +12,14 @@ connections were mutual TLS and with which identity."""
 
 import json
 import os
+import time
 
 import pytest
 
 import shuntlib as sl
 from shuntlib import Topology as T
 from test_k8s import Env, WATCH_TIMEOUT_S
+from test_mtls import tcp_payloads
 
 NS = "shop"
 VIP = "10.96.0.30"
@@ -158,11 +160,23 @@ def endpoints(d):
 
 
 def wait_endpoint(d, addr, **want):
+    """Waits until /endpoints shows addr with want, and the proxy routes by
+    that registry version (it takes new snapshots on its own tick)."""
     def ok():
-        e = endpoints(d).get(addr)
-        return e if e and all(e.get(k) == v for k, v in want.items()) else None
+        js = d.json("/endpoints")
+        for s in js["services"]:
+            if s["name"] == "web" and s["namespace"] == NS:
+                for e in s["endpoints"]:
+                    if e["address"] == addr and all(e.get(k) == v for k, v in want.items()):
+                        return js["version"], e
+        return None
 
-    return sl.wait_until(ok, 10, interval=0.1, what="endpoint %s %s" % (addr, want))
+    version, e = sl.wait_until(ok, 10, interval=0.1, what="endpoint %s %s" % (addr, want))
+    prefix = "routing by registry version "
+    sl.wait_until(lambda: any(ln.get("msg", "").startswith(prefix) and
+                              int(ln["msg"][len(prefix):]) >= version for ln in d.log_lines()),
+                  10, what="the proxy routing by version %d" % version)
+    return e
 
 
 def requests(env, n):
@@ -186,6 +200,21 @@ def routed(env):
         return False
 
 
+def on_the_wire(env, fn):
+    """Runs fn() while tcpdump records port 8080 on web-y's side of its link;
+    returns what fn returned and the TCP payloads seen."""
+    pcap = os.path.join(env.dir, "y.pcap")
+    dump = env.topo.remote2.spawn(["tcpdump", "-Z", "root", "-i", "e-app", "-U", "--immediate-mode",
+                                   "-n", "-s", "0", "-w", pcap, "tcp port 8080"], "tcpdump")
+    try:
+        sl.wait_until(lambda: "listening on" in dump.read_stderr(), 10, what="tcpdump listening")
+        out = fn()
+        time.sleep(0.3)
+    finally:
+        dump.stop()
+    return out, tcp_payloads(pcap)
+
+
 def tls_in(d):
     return d.metric("shunt_tls_handshakes_total", default=0.0, direction="inbound")
 
@@ -199,7 +228,11 @@ def test_meshed_endpoints_each_verified_as_their_own(mesh):
     # The proxy takes the registry's snapshot as its route table on its own tick.
     sl.wait_until(lambda: routed(env), 5, what="the service routed")
     bx, cy = tls_in(b), tls_in(c)
-    served, refused = requests(env, 8)
+    (served, refused), wire = on_the_wire(env, lambda: requests(env, 8))
+    # Only TLS records reach web-y (application data; the handshakes may
+    # have happened on pooled connections before).
+    assert wire and b"GET /" not in b"".join(wire), wire[:1]
+    assert any(p[:3] == b"\x17\x03\x03" for p in wire), wire[:1]
     assert not refused and served.get("ep-x", 0) >= 2 and served.get("ep-y", 0) >= 2, served
     # Each endpoint's own identity required and seen, on A's side and theirs.
     log = a.log_text()
@@ -222,11 +255,14 @@ def test_unmeshed_pod_plaintext_in_permissive(mesh):
     assert e["identity"] == ""
     wait_endpoint(a, X_ADDR, meshed=True, outbound="mtls")
     cy = tls_in(c)
-    served, refused = sl.wait_until(
+    sl.wait_until(
         lambda: (lambda r: r if r[0].get("ep-y") and not r[1] else None)(requests(env, 6)), 10,
         what="plaintext requests served by ep-y")
+    (served, refused), wire = on_the_wire(env, lambda: requests(env, 6))
+    assert served.get("ep-y") and not refused, (served, refused)
     # Served by web-y without a handshake in its sidecar: plaintext.
     assert tls_in(c) == cy
+    assert b"GET / HTTP/1.1" in b"".join(wire)
     env.apply("pods", "MODIFIED", pod_obj("web-y", "sa-y", Y_ADDR))
     wait_endpoint(a, Y_ADDR, meshed=True, outbound="mtls")
 
