@@ -340,7 +340,10 @@ def sample(t0, side, ns, proc):
             "active": int(metric_sum(m, "shunt_connections_active")),
             "rotations": int(metric_sum(m, "shunt_tls_rotations_total")),
             "reloads": int(metric_sum(m, "shunt_config_reloads_total")),
-            "serial": cert_serial(ns)}
+            "serial": cert_serial(ns),
+            # Sockets (any state, TIME-WAIT too) to the churned endpoint: the churn is followed.
+            "to_churned": len(subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htan", "dst", SRV_IP2],
+                                             capture_output=True, text=True, timeout=10).stdout.splitlines())}
 
 
 # ---------------------------------------------------------------- analysis
@@ -416,6 +419,9 @@ def write_report(path_md, res):
         L.append("| %s | %.1f → %.1f | %d → %d | %.2f → %.2f | %d | %d |" % (
             side, r["rss_first_mb"], r["rss_last_mb"], r["fds_first"], r["fds_last"],
             r["cpu_s_per_min_first"], r["cpu_s_per_min_last"], r["rotations_total"], r["reloads"]))
+    for side, r in res["analysis"].items():
+        L.append("\n%s shuntd CPU, seconds per minute over each sample interval: %s" % (
+            side, " ".join("%.2f" % v for v in r["cpu_s_per_min"])))
     L.append("\nEvents: %d registry rewrites (endpoint 10.81.0.3 added/removed), %d SIGHUPs per shuntd. "
              "Rotations: `shunt_tls_rotations_total`; distinct certificate serials `/certs` showed "
              "over the samples: client %d, server %d. Reloads: `shunt_config_reloads_total`.\n"
@@ -430,11 +436,12 @@ def write_report(path_md, res):
         "%s %s" % (side, ", ".join("%s %d" % (k, v) for k, v in c.items()))
         for side, c in res["shuntd_counters"].items()) + ".\n")
     L.append("## Samples (every %d s)\n" % SAMPLE_S)
-    L.append("| t s | shuntd | RSS MB | fds | CPU s | active conns | rotations | reloads |")
-    L.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+    L.append("| t s | shuntd | RSS MB | fds | CPU s | active conns | rotations | reloads | sockets to 10.81.0.3 |")
+    L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for x in res["samples"]:
-        L.append("| %.0f | %s | %.1f | %d | %.2f | %d | %d | %d |" % (
-            x["t"], x["side"], x["rss_mb"], x["fds"], x["cpu_s"], x["active"], x["rotations"], x["reloads"]))
+        L.append("| %.0f | %s | %.1f | %d | %.2f | %d | %d | %d | %s |" % (
+            x["t"], x["side"], x["rss_mb"], x["fds"], x["cpu_s"], x["active"], x["rotations"], x["reloads"],
+            x.get("to_churned", "-") if x["side"] == "client" else "-"))
     text = "\n".join(L) + "\n"
     with open(path_md, "w") as f:
         f.write(text)
@@ -562,6 +569,8 @@ def run(a):
         res["churns"], res["sighups"] = churns, sighups
         res["generators"] = {g.name: g.report() for g in gens}
         res["analysis"], res["failures"] = analyse(samples, a.minutes)
+        if not any(x.get("to_churned") for x in samples if x["side"] == "client"):
+            res["failures"].append("no connection ever went to the churned endpoint %s" % SRV_IP2)
         for g in gens:
             if g.errors:
                 res["failures"].append("%s: %d errors" % (g.name, g.errors))
