@@ -2,8 +2,9 @@
 # Installs what is missing, builds, and runs every test:
 #   1. an AddressSanitizer + UndefinedBehaviorSanitizer build runs the unit,
 #      fuzz and integration tests;
-#   2. a clang libFuzzer build fuzzes the HTTP/1.1 parser and the sniffer for
-#      a bounded time;
+#   2. a clang libFuzzer build fuzzes every target of tests/fuzz (the HTTP/1.1
+#      parser, the sniffer, shunt-ca's parsers, authorization policies, the
+#      injection webhook) for a bounded time, two at a time;
 #   3. the release build runs the whole suite last, so the output ends with
 #      ctest's summary line.
 # Integration tests need root (CI runs as root): they create and remove their
@@ -22,11 +23,13 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure -j"$jobs" -L 'unit|fuzz')
 (cd build-asan && ctest --output-on-failure -L integration)
 
-echo "== libFuzzer (clang, ASan+UBSan): the HTTP/1.1 parser and the sniffer, 60 s each"
+echo "== libFuzzer (clang, ASan+UBSan): every fuzz target, 40 s each, $jobs at a time"
+fuzz_targets=$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$//')
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSHUNT_SANITIZE=ON \
-	-DSHUNT_LIBFUZZER=ON >/dev/null
-cmake --build build-fuzz -j"$jobs" --target fuzz_http1 fuzz_sniff >/dev/null
-(cd build-fuzz && ctest --output-on-failure -L libfuzzer)
+	-DSHUNT_LIBFUZZER=ON -DSHUNT_FUZZ_SECONDS=40 >/dev/null
+# shellcheck disable=SC2086 # one target per word
+cmake --build build-fuzz -j"$jobs" --target $fuzz_targets >/dev/null
+(cd build-fuzz && ctest --output-on-failure -j"$jobs" -L libfuzzer)
 
 echo "== release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -168,8 +168,9 @@ static bool parse_port(const cJSON *v, uint16_t *out)
                 *out = (uint16_t)p;
                 return true;
         }
-        if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long)v->valuedouble ||
-            v->valuedouble < 1 || v->valuedouble > 65535)
+        /* The range first: converting a double out of long's range is undefined. */
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= 65535) ||
+            v->valuedouble != (double)(long)v->valuedouble)
                 return false;
         *out = (uint16_t)v->valuedouble;
         return true;
