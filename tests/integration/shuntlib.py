@@ -25,6 +25,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -837,6 +838,28 @@ def echo(sock, data, timeout=10.0):
 def addr_hello(sock, timeout=10.0):
     """First line of an `addr` peer: {"server", "peer", "local"}."""
     return json.loads(recv_line(sock, timeout))
+
+
+def pcap_tcp_segments(pcap):
+    """(source address, source port, payload) of every IPv4 TCP segment of an
+    Ethernet pcap, in capture order (empty payloads included)."""
+    with open(pcap, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return []
+    end = "<" if struct.unpack("<I", data[:4])[0] in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    out, off = [], 24
+    while off + 16 <= len(data):
+        caplen = struct.unpack(end + "I", data[off + 8 : off + 12])[0]
+        pkt = data[off + 16 : off + 16 + caplen]
+        off += 16 + caplen
+        if len(pkt) < 34 or pkt[12:14] != b"\x08\x00" or pkt[14 + 9] != 6:
+            continue
+        ip = pkt[14:]
+        tcp = ip[(ip[0] & 0x0F) * 4 :]
+        src = ".".join(map(str, ip[12:16]))
+        out.append((src, struct.unpack("!H", tcp[0:2])[0], tcp[(tcp[12] >> 4) * 4 :]))
+    return out
 
 
 def iptables_counts(text):

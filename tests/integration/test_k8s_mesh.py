@@ -209,22 +209,8 @@ def tls_records_only(stream):
 def streams(pcap):
     """TCP payload per direction ((src, sport) -> bytes) of an Ethernet pcap."""
     out = {}
-    with open(pcap, "rb") as f:
-        data = f.read()
-    off = 24
-    while off + 16 <= len(data):
-        incl = struct.unpack("<I", data[off + 8 : off + 12])[0]
-        pkt = data[off + 16 : off + 16 + incl]
-        off += 16 + incl
-        if len(pkt) < 34 or pkt[12:14] != b"\x08\x00":
-            continue
-        ip = pkt[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        if ip[9] != 6:
-            continue
-        tcp = ip[ihl:]
-        key = (".".join(map(str, ip[12:16])), struct.unpack("!H", tcp[0:2])[0])
-        out[key] = out.get(key, b"") + tcp[(tcp[12] >> 4) * 4 :]
+    for src, sport, payload in sl.pcap_tcp_segments(pcap):
+        out[(src, sport)] = out.get((src, sport), b"") + payload
     return out
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import ssl
-import struct
 import time
 
 import pytest
@@ -103,30 +102,7 @@ def mesh():
 
 def tcp_payloads(pcap):
     """TCP payloads of an Ethernet pcap (IPv4), in capture order."""
-    out = []
-    with open(pcap, "rb") as f:
-        data = f.read()
-    if len(data) < 24:
-        return out
-    magic = struct.unpack("<I", data[:4])[0]
-    end = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    off = 24
-    while off + 16 <= len(data):
-        _, _, caplen, _ = struct.unpack(end + "IIII", data[off : off + 16])
-        pkt = data[off + 16 : off + 16 + caplen]
-        off += 16 + caplen
-        if len(pkt) < 34 or pkt[12:14] != b"\x08\x00":
-            continue
-        ip = pkt[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        if ip[9] != 6:
-            continue
-        tcp = ip[ihl:]
-        doff = (tcp[12] >> 4) * 4
-        payload = tcp[doff:]
-        if payload:
-            out.append(payload)
-    return out
+    return [p for _, _, p in sl.pcap_tcp_segments(pcap) if p]
 
 
 def test_http_through_mtls(mesh):
