@@ -125,4 +125,30 @@ struct shunt_counters {
         __u64 skipped_no_listener; /* fail_open: shuntd's listener gone, connect left alone */
 };
 
+/* The layout is an ABI: pinned maps outlive a shuntd, so a new shuntd (an
+ * upgrade, another compiler, the BPF target) must read what an old one wrote.
+ * Any change here must be a deliberate, versioned one. */
+#define SHUNT_ABI_SIZE(type, n) _Static_assert(sizeof(struct type) == (n), #type " changed size")
+#define SHUNT_ABI_AT(type, field, n)                                                               \
+        _Static_assert(__builtin_offsetof(struct type, field) == (n), #type "." #field " moved")
+SHUNT_ABI_SIZE(shunt_tuple, 40);
+SHUNT_ABI_AT(shunt_tuple, sport, 32);
+SHUNT_ABI_AT(shunt_tuple, family, 36);
+SHUNT_ABI_SIZE(shunt_origdst, 40);
+SHUNT_ABI_AT(shunt_origdst, pid, 20);
+SHUNT_ABI_AT(shunt_origdst, created_ns, 24);
+SHUNT_ABI_AT(shunt_origdst, flags, 32);
+SHUNT_ABI_SIZE(shunt_capture_config, 28);
+SHUNT_ABI_AT(shunt_capture_config, outbound_port_host, 12);
+SHUNT_ABI_AT(shunt_capture_config, flow_high, 16);
+SHUNT_ABI_AT(shunt_capture_config, fail_open, 24);
+SHUNT_ABI_SIZE(shunt_flow, 24);
+SHUNT_ABI_AT(shunt_flow, state, 16);
+SHUNT_ABI_SIZE(shunt_cidr_key, 24);
+SHUNT_ABI_AT(shunt_cidr_key, addr, 5);
+SHUNT_ABI_SIZE(shunt_counters, 17 * 8);
+SHUNT_ABI_AT(shunt_counters, skipped_no_listener, 16 * 8);
+#undef SHUNT_ABI_SIZE
+#undef SHUNT_ABI_AT
+
 #endif
