@@ -1,4 +1,4 @@
-/* Fuzz target for the HTTP/1.1 parser (proxy/http1.h).
+/* Fuzz target for the HTTP/1.1 parser (http/http1.h).
  *
  * The input is parsed as a request head and as a response head (with the
  * default limits and with small ones), and as a chunked body. Checked for
@@ -24,7 +24,7 @@
 #include <string.h>
 
 #include "core/strbuf.h"
-#include "proxy/http1.h"
+#include "http/http1.h"
 
 static void die(const char *what)
 {

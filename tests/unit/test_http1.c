@@ -1,4 +1,4 @@
-/* HTTP/1.1 parser (proxy/http1.h): request and response heads, every error
+/* HTTP/1.1 parser (http/http1.h): request and response heads, every error
  * reason, smuggling attempts, incremental feeding at every split point,
  * pipelining, bounds, the chunked decoder across arbitrary splits, header
  * helpers and the forwarding writer. */
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "core/strbuf.h"
-#include "proxy/http1.h"
+#include "http/http1.h"
 
 static struct http1_msg msg;
 

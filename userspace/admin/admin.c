@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "proxy/http1.h"
+#include "http/http1.h"
 
 #define COMP            "admin"
 #define WRITE_BUDGET    (256 * 1024) /* bytes written per wake-up */

@@ -29,7 +29,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/sockaddr.h"
-#include "proxy/http1.h"
+#include "http/http1.h"
 
 #define CA_MAX_ROUTES    16
 #define SHED_QUEUE       16

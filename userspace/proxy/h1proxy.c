@@ -36,7 +36,7 @@
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
 #include "lb/lb.h"
-#include "proxy/http1.h"
+#include "http/http1.h"
 #include "proxy/proxy-t.h"
 #include "proxy/upstream.h"
 #include "tls/conn.h"

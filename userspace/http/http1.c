@@ -1,5 +1,5 @@
 /* HTTP/1.1 head parser, chunked decoder and head writer (see http1.h). */
-#include "proxy/http1.h"
+#include "http/http1.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -26,8 +26,8 @@
  * Bodies: msg->body says how the body is framed. A chunked body is decoded
  * by struct http1_chunked, which streams: it never holds more than its
  * small state, and reports payload ranges inside the bytes it is fed. */
-#ifndef SHUNT_PROXY_HTTP1_H
-#define SHUNT_PROXY_HTTP1_H
+#ifndef SHUNT_HTTP_HTTP1_H
+#define SHUNT_HTTP_HTTP1_H
 
 #include <stdbool.h>
 #include <stddef.h>
