@@ -16,14 +16,24 @@
  *    with the same method, target and body framing;
  *  - the chunked decoder reports payload inside what it consumed, consumes
  *    nothing after the end, and gives the same payload, end and error
- *    whether fed at once or in pieces. */
+ *    whether fed at once or in pieces;
+ *  - as the client reads a response (http/client.h: health checks,
+ *    shuntctl): the same status, body and error fed at once or in pieces,
+ *    the body never over its bound, a complete response only with a status;
+ *  - as the admin server reads a request (admin_parse_head): a status it
+ *    can send or a request with an origin-form path inside the buffer, the
+ *    same answer for every prefix fed before the head completed;
+ *  - a request the client writer accepts parses back with the same method
+ *    and target. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin/admin.h"
 #include "core/strbuf.h"
+#include "http/client.h"
 #include "http/http1.h"
 
 static void die(const char *what)
@@ -253,6 +263,134 @@ static void chunked(const uint8_t *data, size_t size, const struct http1_limits 
                 die("chunked: more payload than input");
 }
 
+struct client_out {
+        int rc;
+        int status;
+        uint64_t hash;
+        size_t body;
+};
+
+static void client(const uint8_t *data, size_t size, size_t max_head, size_t max_body,
+                   bool head_only, size_t step, struct client_out *out)
+{
+        struct http_reader r;
+        enum http1_method meth = (size && (data[0] & 4)) ? HTTP1_M_HEAD : HTTP1_M_GET;
+        http_reader_init(&r, meth, max_head, max_body, head_only);
+        int rc = 0;
+        for (size_t off = 0; off < size && rc == 0; off += step) {
+                size_t n = size - off < step ? size - off : step;
+                rc = http_reader_feed(&r, (const char *)data + off, n);
+        }
+        if (rc == 0)
+                rc = http_reader_eof(&r);
+        if (rc != 1 && rc != -EPROTO && rc != -EMSGSIZE)
+                die("client: bad return");
+        if ((rc == 1) != (r.state == HTTP_R_DONE) || (rc < 0 && !r.why[0]))
+                die("client: state and return disagree");
+        if (r.body.len > max_body || (head_only && r.body.len))
+                die("client: body over its bound");
+        memset(out, 0, sizeof(*out));
+        out->rc = rc;
+        out->hash = 1469598103934665603ull;
+        if (rc == 1) {
+                if (r.head.status < 100 || r.head.status > 599 ||
+                    (r.head.status < 200 && r.head.status != 101))
+                        die("client: complete without a final status");
+                out->status = r.head.status;
+                out->body = r.body.len;
+                for (size_t i = 0; i < r.body.len; i++)
+                        out->hash = (out->hash ^ (uint8_t)r.body.data[i]) * 1099511628211ull;
+        }
+        http_reader_free(&r);
+}
+
+static void clients(const uint8_t *data, size_t size)
+{
+        static const struct {
+                size_t head, body;
+                bool head_only;
+        } bounds[] = {{64 * 1024, 64 * 1024, false}, {256, 32, false}, {8192, 0, true}};
+        for (size_t b = 0; b < sizeof(bounds) / sizeof(bounds[0]); b++) {
+                struct client_out a, x, y;
+                client(data, size, bounds[b].head, bounds[b].body, bounds[b].head_only,
+                       size ? size : 1, &a);
+                client(data, size, bounds[b].head, bounds[b].body, bounds[b].head_only, 1, &x);
+                client(data, size, bounds[b].head, bounds[b].body, bounds[b].head_only,
+                       1 + (size ? data[size - 1] % 53 : 0), &y);
+                if (memcmp(&a, &x, sizeof(a)) != 0 || memcmp(&a, &y, sizeof(a)) != 0)
+                        die("client: result depends on how the input was split");
+        }
+}
+
+/* The admin's answer for buf[0..len) (a copy: the parser writes into it). */
+static int admin_once(const uint8_t *data, size_t len, size_t prefix_step)
+{
+        char *buf = malloc(len ? len : 1);
+        if (!buf)
+                die("oom");
+        memcpy(buf, data, len);
+        struct http1_msg *m = &again;
+        http1_msg_reset(m);
+        struct admin_head hd;
+        char why[160] = "";
+        int st = -EAGAIN;
+        for (size_t k = prefix_step; st == -EAGAIN; k += prefix_step) {
+                if (k > len)
+                        k = len;
+                st = admin_parse_head(buf, k, m, &hd, why, sizeof(why));
+                if (k == len)
+                        break;
+        }
+        if (st == 0) {
+                if (hd.path < buf || hd.path >= buf + len || hd.path[0] != '/' ||
+                    hd.query < hd.path || hd.query > buf + len || !hd.method[0] ||
+                    hd.body_len > ADMIN_MAX_BODY || hd.head_len > len || hd.n_authorization > 4)
+                        die("admin: accepted request out of bounds");
+        } else if (st != -EAGAIN) {
+                if (st < 400 || st > 505 || !why[0])
+                        die("admin: bad refusal");
+        }
+        free(buf);
+        return st;
+}
+
+static void admin(const uint8_t *data, size_t size)
+{
+        int a = admin_once(data, size, size ? size : 1);
+        int b = admin_once(data, size, 1 + (size ? data[0] % 29 : 0));
+        if (a != b)
+                die("admin: result depends on how the input was split");
+}
+
+/* The client writer: what it accepts is one request head that parses back. */
+static void writer(const uint8_t *data, size_t size)
+{
+        char part[3][64];
+        size_t p = 0, k = 0;
+        memset(part, 0, sizeof(part));
+        for (size_t i = 0; i < size && p < 3; i++) {
+                if (data[i] == '\n' || k == sizeof(part[0]) - 1) {
+                        p++;
+                        k = 0;
+                        continue;
+                }
+                part[p][k++] = data[i] ? (char)data[i] : 'x';
+        }
+        struct strbuf sb;
+        strbuf_init(&sb);
+        if (http_request_write(&sb, part[0], part[1], part[2], "X-Fuzz: 1\r\n", "ab", 2) == 0) {
+                http1_msg_reset(&again);
+                int rc = http1_parse_request_head(sb.data, sb.len, NULL, &again);
+                if (rc <= 0)
+                        die("client writer: request does not parse");
+                if (rc > 0 && (!http1_slice_eq(again.method_str, part[0]) ||
+                               !http1_slice_eq(again.target, part[1]) ||
+                               again.body != HTTP1_BODY_LENGTH || again.content_length != 2))
+                        die("client writer: request parses differently");
+        }
+        strbuf_free(&sb);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         struct http1_limits dflt, small;
@@ -280,5 +418,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                             (a.rc == 0 && a.consumed != o[j]->consumed))
                                 die("chunked: result depends on how the input was split");
         }
+        clients(data, size);
+        admin(data, size);
+        writer(data, size);
         return 0;
 }

@@ -478,9 +478,14 @@ static void test_bad_requests(void **state)
              411},
             {"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n", 413},
             {"VERYLONGMETHODNAME /hello HTTP/1.1\r\nHost: x\r\n\r\n", 501},
+            /* the one strict parser (http1.h): bare LF, absolute form, a
+             * transfer coding other than chunked */
+            {"GET /hello HTTP/1.1\nHost: x\n\n", 400},
+            {"GET http://x/hello HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+            {"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501},
+            {"GET /hello HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400},
             /* accepted variants */
             {"GET /hello HTTP/1.0\r\n\r\n", 200},
-            {"GET /hello HTTP/1.1\nHost: x\n\n", 200},
             {"GET /hello HTTP/1.1\r\nhost:x\r\nX-Empty:\r\n\r\n", 200},
             {"POST /echo HTTP/1.1\r\nHost: x\r\n" AUTH
              "Content-Length: 2\r\nContent-Length: 2\r\n\r\nok",

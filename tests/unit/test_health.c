@@ -28,7 +28,8 @@
 
 struct http_srv {
         struct loop_io lio;
-        int status; /* answered to every request; 0: send junk without a newline */
+        int status; /* answered to every request; 0: send junk without a newline;
+                       -1: a 200 whose head is malformed (a field line without ':') */
         unsigned requests;
         char last_host[128];
         char last_path[128];
@@ -58,7 +59,10 @@ static void conn_io(struct loop *loop, struct loop_io *io, uint32_t events)
                         sscanf(host + 8, "%127[^\r]", c->srv->last_host);
                 char resp[2048];
                 int n;
-                if (c->srv->status) {
+                if (c->srv->status < 0) {
+                        n = snprintf(resp, sizeof(resp),
+                                     "HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 0\r\n\r\n");
+                } else if (c->srv->status) {
                         n = snprintf(
                             resp, sizeof(resp),
                             "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -303,7 +307,11 @@ static void test_http_status(void **state)
         assert_true(t <= 10 + 5 + 5);
         srv.status = 302; /* a redirect passes */
         run_until(loop, r, "web", A(port), DISC_HEALTH_HEALTHY, 300);
-        srv.status = 0; /* junk beyond the read bound, no status line */
+        srv.status = 0; /* junk, no status line, then close */
+        run_until(loop, r, "web", A(port), DISC_HEALTH_UNHEALTHY, 300);
+        srv.status = 204;
+        run_until(loop, r, "web", A(port), DISC_HEALTH_HEALTHY, 300);
+        srv.status = -1; /* a 200 status line over a malformed head: not a pass */
         run_until(loop, r, "web", A(port), DISC_HEALTH_UNHEALTHY, 300);
         srv.status = 204;
         run_until(loop, r, "web", A(port), DISC_HEALTH_HEALTHY, 300);

@@ -43,6 +43,8 @@ struct admin_conn {
 
         char head[ADMIN_MAX_HEAD + 1];
         size_t head_len;
+        struct http1_msg msg; /* the parser's progress over head */
+        struct admin_head hd;
 
         /* parsed request */
         char method[16];
@@ -79,17 +81,14 @@ struct admin {
 /* ---- helpers ---------------------------------------------------------------- */
 
 /* "Bearer <token>" equal to the admin's token, compared in constant time. */
-static bool bearer_matches(const struct admin *a, const char *value)
+static bool bearer_matches(const struct admin *a, struct http1_slice v)
 {
         size_t n = strlen(a->token);
-        if (!n || strncasecmp(value, "Bearer ", 7) != 0)
-                return false;
-        value += 7;
-        if (strlen(value) != n)
+        if (!n || v.n != n + 7 || strncasecmp(v.p, "Bearer ", 7) != 0)
                 return false;
         unsigned char diff = 0;
         for (size_t i = 0; i < n; i++)
-                diff |= (unsigned char)(value[i] ^ a->token[i]);
+                diff |= (unsigned char)(v.p[7 + i] ^ a->token[i]);
         return diff == 0;
 }
 
@@ -342,145 +341,82 @@ static void conn_dispatch(struct admin_conn *c)
         strbuf_free(&resp.body);
 }
 
-static bool is_tchar(char ch)
+int admin_parse_head(char *buf, size_t len, struct http1_msg *m, struct admin_head *out, char *why,
+                     size_t whylen)
 {
-        unsigned char u = (unsigned char)ch;
-        if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9'))
-                return true;
-        return u && strchr("!#$%&'*+-.^_`|~", u) != NULL;
-}
-
-static char *trim_ows(char *s, char *end)
-{
-        while (s < end && (*s == ' ' || *s == '\t'))
-                s++;
-        while (end > s && (end[-1] == ' ' || end[-1] == '\t'))
-                end--;
-        *end = '\0';
-        return s;
-}
-
-/* Parses c->head[0..head_end). Returns 0 with the request fields set, or an
- * HTTP status with the response already started. */
-static int conn_parse_head(struct admin_conn *c, size_t head_end)
-{
-        char *p = c->head;
-        char *end = c->head + head_end;
-        for (char *q = p; q < end; q++) {
-                if (*q == '\0')
-                        return conn_error(c, 400, NULL, "NUL byte in request head"), 400;
+        struct http1_limits lim;
+        http1_limits_default(&lim);
+        lim.max_head = ADMIN_MAX_HEAD;
+        int rc = http1_parse_request_head(buf, len, &lim, m);
+        if (rc == 0 && len < ADMIN_MAX_HEAD)
+                return -EAGAIN;
+        if (rc == 0 || (rc < 0 && m->error == HTTP1_E_HEAD_TOO_LARGE)) {
+                snprintf(why, whylen, "request head exceeds the limit of %d bytes", ADMIN_MAX_HEAD);
+                return 431;
         }
-
-        /* request line */
-        char *eol = memchr(p, '\n', (size_t)(end - p));
-        char *line_end = eol;
-        if (line_end > p && line_end[-1] == '\r')
-                line_end--;
-        *line_end = '\0';
-        char *sp1 = strchr(p, ' ');
-        char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
-        if (!sp1 || !sp2 || strchr(sp2 + 1, ' ') || sp1 == p || sp2 == sp1 + 1)
-                return conn_error(c, 400, NULL, "malformed request line"), 400;
-        *sp1 = *sp2 = '\0';
-        if ((size_t)(sp1 - p) >= sizeof(c->method))
-                return conn_error(c, 501, NULL, "method not implemented"), 501;
-        for (char *q = p; q < sp1; q++)
-                if (!is_tchar(*q))
-                        return conn_error(c, 400, NULL, "malformed method"), 400;
-        memcpy(c->method, p, (size_t)(sp1 - p) + 1);
-        char *target = sp1 + 1;
-        char *version = sp2 + 1;
-        bool http11;
-        if (strcmp(version, "HTTP/1.1") == 0)
-                http11 = true;
-        else if (strcmp(version, "HTTP/1.0") == 0)
-                http11 = false;
-        else if (strncmp(version, "HTTP/", 5) == 0)
-                return conn_error(c, 505, NULL, "only HTTP/1.0 and HTTP/1.1 are supported"), 505;
-        else
-                return conn_error(c, 400, NULL, "malformed HTTP version"), 400;
-        if (target[0] != '/')
-                return conn_error(c, 400, NULL, "request target must be an absolute path"), 400;
-        for (char *q = target; *q; q++)
-                if ((unsigned char)*q <= 0x20 || *q == 0x7f)
-                        return conn_error(c, 400, NULL, "invalid character in request target"), 400;
+        if (rc < 0) {
+                snprintf(why, whylen, "%s", http1_error_str(m->error));
+                return http1_error_status(m->error);
+        }
+        if (m->method_str.n >= sizeof(out->method)) {
+                snprintf(why, whylen, "method not implemented");
+                return 501;
+        }
+        if (m->form != HTTP1_T_ORIGIN) {
+                snprintf(why, whylen, "request target must be an absolute path");
+                return 400;
+        }
+        if (m->body == HTTP1_BODY_CHUNKED) {
+                snprintf(why, whylen,
+                         "chunked request bodies are not supported; send "
+                         "Content-Length");
+                return 411;
+        }
+        if (m->body == HTTP1_BODY_LENGTH && m->content_length > ADMIN_MAX_BODY) {
+                snprintf(why, whylen, "request body of %llu bytes exceeds the limit of %d",
+                         (unsigned long long)m->content_length, ADMIN_MAX_BODY);
+                return 413;
+        }
+        memcpy(out->method, m->method_str.p, m->method_str.n);
+        out->method[m->method_str.n] = '\0';
+        out->expect_continue = m->expect_continue;
+        out->body_len = m->body == HTTP1_BODY_LENGTH ? (size_t)m->content_length : 0;
+        out->head_len = (size_t)rc;
+        out->n_authorization = 0;
+        for (int i = http1_header_find(m, "Authorization", 0); i >= 0 && out->n_authorization < 4;
+             i = http1_header_find(m, "Authorization", (size_t)i + 1))
+                out->authorization[out->n_authorization++] = m->headers[i].value;
+        /* The target is followed by the blank before the version, which the
+         * parser has read: it becomes the terminator. */
+        char *target = (char *)m->target.p;
+        target[m->target.n] = '\0';
         char *hash = strchr(target, '#');
         if (hash)
                 *hash = '\0';
         char *qm = strchr(target, '?');
         if (qm) {
                 *qm = '\0';
-                c->query = qm + 1;
+                out->query = qm + 1;
         } else {
-                c->query = target + strlen(target);
+                out->query = target + strlen(target);
         }
-        c->path = target;
+        out->path = target;
+        return 0;
+}
 
-        /* header fields */
-        bool have_cl = false, have_te = false, have_host = false, expect_continue = false;
+/* Routes the request whose head c->hd describes. Returns 0 with the route
+ * set, or an HTTP status with the response already started. */
+static int conn_route(struct admin_conn *c)
+{
         bool authorized = false;
-        unsigned long long cl = 0;
-        p = eol + 1;
-        while (p < end) {
-                eol = memchr(p, '\n', (size_t)(end - p));
-                if (!eol)
-                        break;
-                line_end = eol;
-                if (line_end > p && line_end[-1] == '\r')
-                        line_end--;
-                if (line_end == p)
-                        break; /* the empty line ending the head */
-                for (char *q = p; q < line_end; q++)
-                        if (*q == '\r')
-                                return conn_error(c, 400, NULL, "bare CR in header field"), 400;
-                if (*p == ' ' || *p == '\t')
-                        return conn_error(c, 400, NULL, "obsolete header line folding"), 400;
-                char *colon = memchr(p, ':', (size_t)(line_end - p));
-                if (!colon || colon == p)
-                        return conn_error(c, 400, NULL, "malformed header field"), 400;
-                for (char *q = p; q < colon; q++)
-                        if (!is_tchar(*q))
-                                return conn_error(c, 400, NULL, "malformed header field name"), 400;
-                *colon = '\0';
-                char *name = p;
-                char *value = trim_ows(colon + 1, line_end);
-                if (strcasecmp(name, "Content-Length") == 0) {
-                        if (!*value || strlen(value) > 18)
-                                return conn_error(c, 400, NULL, "invalid Content-Length"), 400;
-                        unsigned long long v = 0;
-                        for (char *q = value; *q; q++) {
-                                if (*q < '0' || *q > '9')
-                                        return conn_error(c, 400, NULL, "invalid Content-Length"),
-                                               400;
-                                v = v * 10 + (unsigned)(*q - '0');
-                        }
-                        if (have_cl && v != cl)
-                                return conn_error(c, 400, NULL, "conflicting Content-Length"), 400;
-                        have_cl = true;
-                        cl = v;
-                } else if (strcasecmp(name, "Transfer-Encoding") == 0) {
-                        have_te = true;
-                } else if (strcasecmp(name, "Host") == 0) {
-                        have_host = true;
-                } else if (strcasecmp(name, "Expect") == 0) {
-                        if (strcasecmp(value, "100-continue") == 0)
-                                expect_continue = true;
-                } else if (strcasecmp(name, "Authorization") == 0) {
-                        authorized |= bearer_matches(c->a, value);
-                }
-                p = eol + 1;
-        }
-        if (http11 && !have_host)
-                return conn_error(c, 400, NULL, "missing Host header"), 400;
-        if (have_te)
-                return conn_error(c, 411, NULL,
-                                  "chunked request bodies are not supported; send Content-Length"),
-                       411;
-        if (cl > ADMIN_MAX_BODY)
-                return conn_error(c, 413, NULL,
-                                  "request body of %llu bytes exceeds the limit of %d", cl,
-                                  ADMIN_MAX_BODY),
-                       413;
+        for (size_t i = 0; i < c->hd.n_authorization; i++)
+                authorized |= bearer_matches(c->a, c->hd.authorization[i]);
+        memcpy(c->method, c->hd.method, sizeof(c->method));
+        c->path = c->hd.path;
+        c->query = c->hd.query;
+        size_t cl = c->hd.body_len;
+        bool expect_continue = c->hd.expect_continue;
+        size_t head_end = c->hd.head_len;
 
         /* routing */
         struct admin *a = c->a;
@@ -539,22 +475,6 @@ static int conn_parse_head(struct admin_conn *c, size_t head_end)
         return 0;
 }
 
-/* Finds the end of the request head (after the empty line) in c->head, from
- * offset from. Returns the length of the head or 0. Accepts bare LF line
- * endings as RFC 9112 allows. */
-static size_t find_head_end(const char *buf, size_t len, size_t from)
-{
-        for (size_t i = from; i < len; i++) {
-                if (buf[i] != '\n')
-                        continue;
-                if (i + 1 < len && buf[i + 1] == '\n')
-                        return i + 2;
-                if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
-                        return i + 3;
-        }
-        return 0;
-}
-
 /* Returns true when the request was complete and has been dispatched (c may
  * then be gone). */
 static bool conn_body_complete(struct admin_conn *c)
@@ -602,21 +522,19 @@ static void conn_read(struct admin_conn *c)
                 }
                 budget -= (size_t)n;
                 if (c->state == C_HEAD) {
-                        size_t from = c->head_len > 2 ? c->head_len - 2 : 0;
                         c->head_len += (size_t)n;
-                        size_t head_end = find_head_end(c->head, c->head_len, from);
-                        if (!head_end) {
-                                if (c->head_len >= ADMIN_MAX_HEAD) {
-                                        c->path = NULL;
-                                        conn_error(c, 431, NULL,
-                                                   "request head exceeds the limit of %d bytes",
-                                                   ADMIN_MAX_HEAD);
-                                        return;
-                                }
+                        char why[160];
+                        int st = admin_parse_head(c->head, c->head_len, &c->msg, &c->hd, why,
+                                                  sizeof(why));
+                        if (st == -EAGAIN)
                                 continue;
+                        if (st) {
+                                conn_error(c, st, NULL, "%s", why);
+                                return;
                         }
+                        size_t head_end = c->hd.head_len;
                         size_t extra = c->head_len - head_end;
-                        if (conn_parse_head(c, head_end) != 0)
+                        if (conn_route(c) != 0)
                                 return;
                         if (extra > c->body_need)
                                 extra = c->body_need; /* pipelined bytes are ignored */

@@ -3,7 +3,8 @@
  * One request per connection; every response carries "Connection: close".
  * Bounds: 64 concurrent connections (more are answered 503 and closed),
  * 16 KiB request head (431), 1 MiB body with Content-Length (413; chunked
- * bodies get 411), a read timeout per connection (5 s by default) after which
+ * bodies get 411); heads are parsed by http/http1.h, strictly (bare LF,
+ * obs-fold, conflicting lengths: 400), a read timeout per connection (5 s by default) after which
  * the connection is closed. Unknown paths get 404, a known path with another
  * method 405 with Allow; both with a JSON body {"error":"..."}. A GET route
  * also answers HEAD.
@@ -13,11 +14,13 @@
 #ifndef SHUNT_ADMIN_ADMIN_H
 #define SHUNT_ADMIN_ADMIN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core/loop.h"
 #include "core/strbuf.h"
+#include "http/http1.h"
 
 #define ADMIN_MAX_CONNS               64
 #define ADMIN_MAX_HEAD                (16 * 1024)
@@ -65,6 +68,28 @@ void admin_set_read_timeout_ms(struct admin *a, unsigned ms);
 int admin_set_token(struct admin *a, const char *token);
 /* Closes the listener and every connection. */
 void admin_free(struct admin *a);
+
+/* A request head as the admin server reads it: http1.h's strict parser
+ * with ADMIN_MAX_HEAD, then what the admin adds (origin-form targets only,
+ * no chunked bodies, bodies up to ADMIN_MAX_BODY). */
+struct admin_head {
+        char method[16];
+        char *path;  /* NUL-terminated inside the parsed buffer */
+        char *query; /* after '?', "" if none; likewise */
+        bool expect_continue;
+        size_t body_len; /* Content-Length */
+        size_t head_len;
+        struct http1_slice authorization[4]; /* Authorization values (at most 4 looked at) */
+        size_t n_authorization;
+};
+/* Parses buf[0..len), the bytes received so far (m carries the parser's
+ * progress between calls: http1_msg_reset before the first). Returns 0 when
+ * the head is complete and acceptable (out filled; buf is changed in place to
+ * NUL-terminate path and query), -EAGAIN when more bytes are needed, or the
+ * status to refuse it with (400, 411, 413, 414, 431, 501, 505) and one line
+ * in why. */
+int admin_parse_head(char *buf, size_t len, struct http1_msg *m, struct admin_head *out, char *why,
+                     size_t whylen);
 
 /* Helpers for handlers: sets status and a JSON body {"error":"msg"}. */
 void admin_respond_error(struct admin_response *resp, int status, const char *msg);

@@ -29,13 +29,15 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/strbuf.h"
+#include "http/client.h"
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
 
-#define DEFAULT_ADMIN    "127.0.0.1:15003"
-#define TIMEOUT_MS       5000
-#define MAX_RESPONSE     (64u * 1024 * 1024)
-#define SHUNTCTL_VERSION "0.1.0"
+#define DEFAULT_ADMIN     "127.0.0.1:15003"
+#define TIMEOUT_MS        5000
+#define MAX_RESPONSE      (64u * 1024 * 1024)
+#define MAX_RESPONSE_HEAD (16u * 1024)
+#define SHUNTCTL_VERSION  "0.1.0"
 
 static const char usage_text[] =
     "usage: shuntctl [--admin HOST:PORT] [--json] COMMAND [ARGS]\n"
@@ -228,29 +230,6 @@ struct http_response {
         size_t body_len;
 };
 
-/* Decodes a chunked body in place. Returns the decoded length or -1. */
-static long dechunk(char *buf, size_t len)
-{
-        size_t in = 0, out = 0;
-        for (;;) {
-                char *eol = memmem(buf + in, len - in, "\r\n", 2);
-                if (!eol)
-                        return -1;
-                char *end;
-                unsigned long n = strtoul(buf + in, &end, 16);
-                if (end == buf + in)
-                        return -1;
-                in = (size_t)(eol - buf) + 2;
-                if (n == 0)
-                        return (long)out;
-                if (n > len - in || len - in - n < 2)
-                        return -1;
-                memmove(buf + out, buf + in, n);
-                out += n;
-                in += n + 2;
-        }
-}
-
 /* Performs one request. On a transport failure prints the "cannot reach"
  * line and exits 1. */
 static void http_call(const char *method, const char *path, const char *body,
@@ -303,32 +282,37 @@ static void http_call(const char *method, const char *path, const char *body,
         struct strbuf req;
         strbuf_init(&req);
         bool v6 = strchr(ep.host, ':') != NULL;
-        strbuf_appendf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%s\r\n", method, path, v6 ? "[" : "",
-                       ep.host, v6 ? "]" : "", ep.port);
-        strbuf_append(&req, "User-Agent: shuntctl/" SHUNTCTL_VERSION
-                            "\r\nAccept: application/json\r\nConnection: close\r\n");
+        char host[sizeof(ep.host) + sizeof(ep.port) + 3];
+        snprintf(host, sizeof(host), "%s%s%s:%s", v6 ? "[" : "", ep.host, v6 ? "]" : "", ep.port);
+        char extra[512];
+        int xl =
+            snprintf(extra, sizeof(extra),
+                     "User-Agent: shuntctl/" SHUNTCTL_VERSION "\r\nAccept: application/json\r\n");
         if (strcmp(method, "GET") != 0) {
                 char token[160];
                 admin_token(token, sizeof(token));
                 if (token[0])
-                        strbuf_appendf(&req, "Authorization: Bearer %s\r\n", token);
+                        xl += snprintf(extra + xl, sizeof(extra) - (size_t)xl,
+                                       "Authorization: Bearer %s\r\n", token);
         }
         if (body)
-                strbuf_appendf(&req, "Content-Type: text/plain\r\nContent-Length: %zu\r\n",
-                               strlen(body));
-        strbuf_append(&req, "\r\n");
-        if (body)
-                strbuf_append(&req, body);
-        if (req.truncated)
+                snprintf(extra + xl, sizeof(extra) - (size_t)xl, "Content-Type: text/plain\r\n");
+        int rc = http_request_write(&req, method, path, host, extra, body, body ? strlen(body) : 0);
+        if (rc == -EINVAL)
+                die("cannot send %s %s: the path or the admin token holds bytes a request head "
+                    "cannot "
+                    "carry",
+                    method, path);
+        if (rc < 0)
                 die("out of memory");
 
         size_t off = 0;
         while (off < req.len) {
                 ssize_t w = send(fd, req.data + off, req.len - off, MSG_NOSIGNAL);
                 if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                        int rc = wait_fd(fd, POLLOUT, deadline);
-                        if (rc < 0)
-                                die("cannot reach shuntd admin at %s: %s", g_admin, strerror(-rc));
+                        int wr = wait_fd(fd, POLLOUT, deadline);
+                        if (wr < 0)
+                                die("cannot reach shuntd admin at %s: %s", g_admin, strerror(-wr));
                         continue;
                 }
                 if (w < 0 && errno == EINTR)
@@ -339,74 +323,46 @@ static void http_call(const char *method, const char *path, const char *body,
         }
         strbuf_free(&req);
 
-        struct strbuf in;
-        strbuf_init(&in);
+        struct http_reader in;
+        http_reader_init(&in, HTTP1_M_GET, MAX_RESPONSE_HEAD, MAX_RESPONSE, false);
         char chunk[16384];
-        for (;;) {
+        for (rc = 0; rc == 0;) {
                 ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
                 if (n > 0) {
-                        strbuf_appendn(&in, chunk, (size_t)n);
-                        if (in.truncated || in.len > MAX_RESPONSE)
-                                die("response from shuntd admin at %s is too large", g_admin);
+                        rc = http_reader_feed(&in, chunk, (size_t)n);
                         continue;
                 }
-                if (n == 0)
-                        break;
+                if (n == 0) {
+                        rc = http_reader_eof(&in);
+                        continue;
+                }
                 if (errno == EINTR)
                         continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                        int rc = wait_fd(fd, POLLIN, deadline);
-                        if (rc < 0)
+                        int wr = wait_fd(fd, POLLIN, deadline);
+                        if (wr < 0)
                                 die("no answer from shuntd admin at %s: %s", g_admin,
-                                    strerror(-rc));
+                                    strerror(-wr));
                         continue;
                 }
-                /* A reset after a complete response still counts as complete. */
-                if (in.len)
-                        break;
-                die("cannot reach shuntd admin at %s: %s", g_admin, strerror(errno));
+                if (in.state == HTTP_R_HEAD && in.raw.len == 0)
+                        die("cannot reach shuntd admin at %s: %s", g_admin, strerror(errno));
+                /* A reset after a body read until close ends it; else the
+                 * reader says what is missing. */
+                rc = http_reader_eof(&in);
         }
         close(fd);
-
-        if (!in.data)
-                die("shuntd admin at %s closed the connection without answering", g_admin);
-        char *head_end = strstr(in.data, "\r\n\r\n");
-        int major, minor, status;
-        if (!head_end || sscanf(in.data, "HTTP/%d.%d %d", &major, &minor, &status) != 3)
-                die("malformed HTTP response from shuntd admin at %s", g_admin);
-        *head_end = '\0';
-        char *b = head_end + 4;
-        size_t blen = in.len - (size_t)(b - in.data);
-        long clen = -1;
-        bool chunked = false;
-        for (char *line = strstr(in.data, "\r\n"); line && line < head_end;
-             line = strstr(line, "\r\n")) {
-                line += 2;
-                if (strncasecmp(line, "Content-Length:", 15) == 0)
-                        clen = strtol(line + 15, NULL, 10);
-                else if (strncasecmp(line, "Transfer-Encoding:", 18) == 0 &&
-                         strcasestr(line, "chunked"))
-                        chunked = true;
-        }
-        if (chunked) {
-                long n = dechunk(b, blen);
-                if (n < 0)
-                        die("malformed chunked response from shuntd admin at %s", g_admin);
-                blen = (size_t)n;
-        } else if (clen >= 0) {
-                if ((size_t)clen > blen)
-                        die("truncated response from shuntd admin at %s (%zu of %ld bytes)",
-                            g_admin, blen, clen);
-                blen = (size_t)clen;
-        }
-        resp->status = status;
-        resp->body = malloc(blen + 1);
+        if (rc < 0)
+                die("bad HTTP response from shuntd admin at %s: %s", g_admin, in.why);
+        resp->status = in.head.status;
+        resp->body_len = in.body.len;
+        resp->body = malloc(in.body.len + 1);
         if (!resp->body)
                 die("out of memory");
-        memcpy(resp->body, b, blen);
-        resp->body[blen] = '\0';
-        resp->body_len = blen;
-        strbuf_free(&in);
+        if (in.body.len)
+                memcpy(resp->body, in.body.data, in.body.len);
+        resp->body[in.body.len] = '\0';
+        http_reader_free(&in);
 }
 
 /* Fetches path; prints the raw body and exits with --json; exits 1 on an

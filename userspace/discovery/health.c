@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "http/client.h"
 
 #define COMP "health"
 
@@ -35,9 +36,8 @@ struct probe {
         bool dead; /* freed (deferred): a later event of the same batch is ignored */
         char req[DISC_HC_PATH_MAX + DISC_NAME_MAX + 128];
         size_t req_len, req_off;
-        char resp[DISC_HEALTH_RESP_MAX + 1];
-        size_t resp_len;
-        char where[80]; /* "10.0.0.1:8080 of default/web" for logs */
+        struct http_reader resp; /* the status line and headers, at most DISC_HEALTH_RESP_MAX */
+        char where[80];          /* "10.0.0.1:8080 of default/web" for logs */
 };
 
 struct disc_checker {
@@ -151,6 +151,7 @@ static void probe_free(struct probe *p, bool deferred)
         if (p->next)
                 p->next->prev = p->prev;
         h->st.in_flight--;
+        http_reader_free(&p->resp);
         if (deferred)
                 loop_defer_free(h->loop, p);
         else
@@ -179,22 +180,6 @@ static void probe_timeout(struct loop *loop, struct loop_timer *tm)
 {
         (void)loop;
         probe_done(tm->data, false, "timed out");
-}
-
-/* 1: a complete status line was judged (*ok set); 0: need more. */
-static int parse_status(struct probe *p, bool *ok)
-{
-        p->resp[p->resp_len] = '\0';
-        char *eol = strstr(p->resp, "\r\n");
-        if (!eol)
-                eol = strchr(p->resp, '\n');
-        if (!eol)
-                return p->resp_len >= DISC_HEALTH_RESP_MAX ? (*ok = false, 1) : 0;
-        unsigned major, minor, code;
-        char sp;
-        *ok = sscanf(p->resp, "HTTP/%u.%u %3u%c", &major, &minor, &code, &sp) == 4 && major == 1 &&
-              sp == ' ' && code >= 200 && code < 400;
-        return 1;
 }
 
 static void probe_io(struct loop *loop, struct loop_io *io, uint32_t events)
@@ -241,32 +226,25 @@ static void probe_io(struct loop *loop, struct loop_io *io, uint32_t events)
         }
         /* P_READING */
         for (;;) {
-                if (p->resp_len >= DISC_HEALTH_RESP_MAX)
-                        break;
-                ssize_t r =
-                    recv(io->fd, p->resp + p->resp_len, DISC_HEALTH_RESP_MAX - p->resp_len, 0);
+                char buf[1024];
+                ssize_t r = recv(io->fd, buf, sizeof(buf), 0);
+                if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                        return;
                 if (r < 0) {
-                        if (errno == EAGAIN || errno == EINTR)
-                                return;
                         probe_done(p, false, strerror(errno));
                         return;
                 }
-                if (r == 0) {
-                        bool ok;
-                        if (parse_status(p, &ok) == 1)
-                                probe_done(p, ok, "bad status");
-                        else
-                                probe_done(p, false, "closed before a status line");
+                int rc = r ? http_reader_feed(&p->resp, buf, (size_t)r) : http_reader_eof(&p->resp);
+                if (rc == 0)
+                        continue;
+                if (rc < 0) {
+                        probe_done(p, false, p->resp.why);
                         return;
                 }
-                p->resp_len += (size_t)r;
-                bool ok;
-                if (parse_status(p, &ok) == 1) {
-                        probe_done(p, ok, "bad status line or status not 2xx/3xx");
-                        return;
-                }
+                int st = p->resp.head.status;
+                probe_done(p, st >= 200 && st < 400, "status not 2xx/3xx");
+                return;
         }
-        probe_done(p, false, "response too long without a status line");
 }
 
 /* Starts the probe of t; returns false when it could not start for a local
@@ -288,16 +266,20 @@ static bool probe_start(struct disc_checker *h, struct target *t)
         snprintf(p->where, sizeof(p->where), "%s%s%s:%u of %s/%s",
                  t->addr.family == AF_INET6 ? "[" : "", ip, t->addr.family == AF_INET6 ? "]" : "",
                  t->addr.port, svc->ns, svc->name);
+        http_reader_init(&p->resp, HTTP1_M_GET, DISC_HEALTH_RESP_MAX, 0, true);
         if (p->type == DISC_HC_HTTP) {
-                int n = snprintf(p->req, sizeof(p->req),
-                                 "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: shunt-health\r\n"
-                                 "Accept: */*\r\nConnection: close\r\n\r\n",
-                                 svc->hc.path[0] ? svc->hc.path : "/", svc->name);
-                if (n < 0 || (size_t)n >= sizeof(p->req)) {
+                struct strbuf req;
+                strbuf_init_static(&req, p->req, sizeof(p->req));
+                int rc =
+                    http_request_write(&req, "GET", svc->hc.path[0] ? svc->hc.path : "/", svc->name,
+                                       "User-Agent: shunt-health\r\nAccept: */*\r\n", NULL, 0);
+                if (rc < 0) {
+                        log_warn(COMP, 0, "health check of %s: path %s: %s", p->where, svc->hc.path,
+                                 strerror(-rc));
                         free(p);
                         return false;
                 }
-                p->req_len = (size_t)n;
+                p->req_len = req.len;
         }
         struct sockaddr_storage ss;
         disc_addr_to_sockaddr(&t->addr, &ss);

@@ -5,8 +5,9 @@
  *
  * TCP: a non-blocking connect that completes within the timeout.
  * HTTP: connect, "GET <path> HTTP/1.1" with "Host: <service name>" and
- * "Connection: close"; a 2xx or 3xx status line within the timeout passes;
- * at most DISC_HEALTH_RESP_MAX bytes are read.
+ * "Connection: close"; a well-formed response head (http/client.h, at most
+ * DISC_HEALTH_RESP_MAX bytes) with a 2xx or 3xx status within the timeout
+ * passes; the body is not read.
  *
  * The checker follows the registry: it compares the snapshot version on
  * every scan (every DISC_HEALTH_SCAN_MS while there are checks, every
@@ -31,7 +32,7 @@
 #define DISC_HEALTH_SCAN_MS      50
 #define DISC_HEALTH_IDLE_MS      500
 #define DISC_HEALTH_SHED_LOG_MS  10000
-#define DISC_HEALTH_RESP_MAX     1024 /* bytes read from an HTTP check's response */
+#define DISC_HEALTH_RESP_MAX     8192 /* bytes of an HTTP check's response head */
 #define DISC_HEALTH_MAX_TARGETS  DISC_DEFAULT_MAX_ENDPOINTS
 
 struct disc_checker;

@@ -246,6 +246,30 @@ static bool is_host_char(unsigned char c)
                (c && strchr("-._~%!$&'()*+;=:[]", c) != NULL);
 }
 
+bool http1_is_token(const char *s, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                if (!is_tchar((unsigned char)s[i]))
+                        return false;
+        return n > 0;
+}
+
+bool http1_is_visible(const char *s, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                if (!is_target_char((unsigned char)s[i]))
+                        return false;
+        return n > 0;
+}
+
+bool http1_is_host(const char *s, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                if (!is_host_char((unsigned char)s[i]))
+                        return false;
+        return true;
+}
+
 static int parse_request_line(const char *p, size_t n, struct http1_msg *m, size_t off)
 {
         const char *sp1 = memchr(p, ' ', n);

@@ -176,6 +176,12 @@ int http1_parse_response_head(const char *buf, size_t len, const struct http1_li
 
 bool http1_slice_eq(struct http1_slice s, const char *lit);    /* exact bytes */
 bool http1_slice_eq_ci(struct http1_slice s, const char *lit); /* ASCII case-insensitive */
+/* Character classes for writers that build heads: s[0..n) is a non-empty
+ * token (RFC 9110 5.6.2: methods, field names); visible ASCII without blanks
+ * (request targets); a Host value (RFC 3986 host[:port], no userinfo). */
+bool http1_is_token(const char *s, size_t n);
+bool http1_is_visible(const char *s, size_t n);
+bool http1_is_host(const char *s, size_t n);
 /* True when the comma-separated list in s holds token (case-insensitive). */
 bool http1_list_has(struct http1_slice s, const char *token);
 
