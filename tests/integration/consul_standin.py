@@ -19,6 +19,11 @@ With --token, X-Consul-Token (or ?token=) must match: else 403
 
     consul_standin.py --listen HOST:PORT --control HOST:PORT [--token T]
                       [--datacenter dc1] [--max-wait SECONDS] [--lifetime S]
+                      [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+
+With --tls-cert the API listener serves HTTPS (Consul's https port, 8501 by
+default); with --tls-client-ca it also requires a client certificate signed
+by those CAs, as an agent with verify_incoming does.
 
 It prints "READY {...}" on stdout when both listeners are up. The control
 listener takes POST /control with a JSON object {"op": ...}:
@@ -47,6 +52,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -357,10 +363,13 @@ def make_control(st, api):
 
 
 class Api:
-    """The API listener, which the test can stop and restart on the same port."""
+    """The API listener, which the test can stop and restart on the same port.
+    With tls (an ssl.SSLContext) it serves HTTPS, as an agent with an
+    https port and verify_incoming does."""
 
-    def __init__(self, host, port, handler):
+    def __init__(self, host, port, handler, tls=None):
         self.host, self.port, self.handler = host, port, handler
+        self.tls = tls
         self.server = None
         self.lock = threading.Lock()
 
@@ -371,6 +380,8 @@ class Api:
             ThreadingHTTPServer.allow_reuse_address = True
             ThreadingHTTPServer.daemon_threads = True
             srv = ThreadingHTTPServer((self.host, self.port), self.handler)
+            if self.tls:
+                srv.socket = self.tls.wrap_socket(srv.socket, server_side=True)
             self.port = srv.server_address[1]
             threading.Thread(target=srv.serve_forever, daemon=True).start()
             self.server = srv
@@ -396,9 +407,19 @@ def main():
     ap.add_argument("--datacenter", default="dc1")
     ap.add_argument("--max-wait", type=float, default=600)
     ap.add_argument("--lifetime", type=float, default=600)
+    ap.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-client-ca", help="require client certificates signed by these CAs")
     a = ap.parse_args()
     st = State(a.datacenter, a.token, a.max_wait)
-    api = Api(*hostport(a.listen), make_handler(st))
+    tls = None
+    if a.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(a.tls_cert, a.tls_key)
+        if a.tls_client_ca:
+            tls.verify_mode = ssl.CERT_REQUIRED
+            tls.load_verify_locations(a.tls_client_ca)
+    api = Api(*hostport(a.listen), make_handler(st), tls)
     api.up()
     ch, cp = hostport(a.control)
     ThreadingHTTPServer.daemon_threads = True

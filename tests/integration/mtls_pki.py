@@ -3,6 +3,7 @@ roots and SPIFFE leaf certificates with any validity, written as PEM files,
 plus the openssl s_client helpers the tests share."""
 
 import datetime
+import ipaddress
 import os
 import subprocess
 
@@ -93,8 +94,9 @@ class CA:
     def pem(self):
         return cert_pem(self.cert)
 
-    def issue(self, uri=None, dns=None, not_before=None, not_after=None):
-        """(cert PEM, key PEM, serial hex) of a leaf for uri (a SPIFFE ID)."""
+    def issue(self, uri=None, dns=None, not_before=None, not_after=None, ip=None):
+        """(cert PEM, key PEM, serial hex) of a leaf for uri (a SPIFFE ID),
+        dns and ip (an IP address SAN, as a server reached by address has)."""
         key = ec.generate_private_key(ec.SECP256R1())
         nb = not_before or _now() - datetime.timedelta(minutes=1)
         na = not_after or _now() + datetime.timedelta(hours=1)
@@ -103,6 +105,8 @@ class CA:
             sans.append(x509.UniformResourceIdentifier(uri))
         if dns:
             sans.append(x509.DNSName(dns))
+        if ip:
+            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
         b = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))

@@ -271,6 +271,10 @@ static void test_file_values(void **state)
         assert_string_equal(c->consul_address, "127.0.0.1:8500");
         assert_string_equal(c->consul_token, "s3cr3t-consul-token");
         assert_string_equal(c->consul_datacenter, "dc2");
+        assert_string_equal(c->consul_token_file, "/run/secrets/consul/token");
+        assert_string_equal(c->consul_ca_file, "/etc/consul.d/ca.pem");
+        assert_string_equal(c->consul_cert_file, "/etc/consul.d/client.pem");
+        assert_string_equal(c->consul_key_file, "/etc/consul.d/client-key.pem");
         assert_string_equal(c->trust_domain, "example.org");
         assert_int_equal(c->cert_rotation_s, 12 * 3600);
         assert_string_equal(c->ca_bundle, "/etc/shunt/ca.pem");
@@ -605,7 +609,8 @@ static void test_file_errors(void **state)
         char *a5[] = {"shuntd", "--config", FIX("unknown_deep.json"), NULL};
         load_err(a5, no_env, -EINVAL,
                  "config: service_discovery.consul.tokn: unknown key: allowed in "
-                 "service_discovery.consul: address, token, datacenter",
+                 "service_discovery.consul: address, token, token_file, ca_file, cert_file, "
+                 "key_file, datacenter",
                  NULL);
         char *a6[] = {"shuntd", "--config", FIX("wrong_type.json"), NULL};
         load_err(a6, no_env, -EINVAL,

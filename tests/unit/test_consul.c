@@ -198,15 +198,16 @@ static void run_until_flag(struct loop *loop, bool *flag, unsigned max)
         loop_timer_cancel(loop, &s.t);
 }
 
-static struct sockaddr_storage lo(uint16_t port)
+/* A client for the agent at 127.0.0.1:port, started on loop. */
+static struct chttp_client *client(struct loop *loop, uint16_t port)
 {
-        struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof(ss));
-        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons(port);
-        sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        return ss;
+        char addr[32], err[256];
+        snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+        struct chttp_client_config cfg = {.address = addr};
+        struct chttp_client *c = chttp_client_new(&cfg, err, sizeof(err));
+        assert_non_null(c);
+        assert_int_equal(chttp_client_start(c, loop), 0);
+        return c;
 }
 
 static struct result fetch(struct loop *loop, struct srv *s, const char *answer, size_t max_body,
@@ -214,13 +215,14 @@ static struct result fetch(struct loop *loop, struct srv *s, const char *answer,
 {
         struct result r = {0};
         s->fixed = answer;
-        struct sockaddr_storage to = lo(s->port);
+        struct chttp_client *hc = client(loop, s->port);
         char why[128];
-        struct chttp *c = chttp_get(loop, &to, "127.0.0.1", "/v1/x?index=3", "X-Test: 1\r\n",
-                                    timeout_ms, max_body, 0, on_done, &r, why, sizeof(why));
+        struct chttp *c = chttp_get(hc, "/v1/x?index=3", "X-Test: 1\r\n", timeout_ms, max_body,
+                                    on_done, &r, why, sizeof(why));
         assert_non_null(c);
         run_until_flag(loop, &r.done, 500);
         assert_true(r.done);
+        chttp_client_free(hc);
         return r;
 }
 
@@ -241,7 +243,9 @@ static void test_client(void **state)
         assert_int_equal(r.index, 42);
         assert_string_equal(r.body, "{\"a\":1}");
         assert_non_null(strstr(s.reqs[0], "GET /v1/x?index=3 HTTP/1.1\r\n"));
-        assert_non_null(strstr(s.reqs[0], "\r\nHost: 127.0.0.1\r\n"));
+        char host[64];
+        snprintf(host, sizeof(host), "\r\nHost: 127.0.0.1:%u\r\n", s.port);
+        assert_non_null(strstr(s.reqs[0], host));
         assert_non_null(strstr(s.reqs[0], "\r\nX-Test: 1\r\n"));
 
         r = fetch(loop, &s,
@@ -282,21 +286,23 @@ static void test_client(void **state)
         assert_int_equal(r.err, -EPROTO);
         r = fetch(loop, &s, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", 1024, 2000);
         assert_int_equal(r.err, -EPROTO);
-        r = fetch(loop, &s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", 1024, 2000);
-        assert_int_equal(r.err, -EPROTO);
         r = fetch(loop, &s, NULL, 1024, 100); /* never answers */
         assert_int_equal(r.err, -ETIMEDOUT);
 
         /* a cancelled request never calls back */
         struct result rc = {0};
-        struct sockaddr_storage to = lo(s.port);
         char why[128];
         s.fixed = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        struct chttp *c =
-            chttp_get(loop, &to, "h", "/", NULL, 1000, 1024, 0, on_done, &rc, why, sizeof(why));
+        struct chttp_client *hc = client(loop, s.port);
+        struct chttp *c = chttp_get(hc, "/", NULL, 1000, 1024, on_done, &rc, why, sizeof(why));
         assert_non_null(c);
         chttp_cancel(c);
         bool never = false;
+        run_until_flag(loop, &never, 20);
+        assert_false(rc.done);
+        /* one left in flight is cancelled with its client */
+        assert_non_null(chttp_get(hc, "/", NULL, 1000, 1024, on_done, &rc, why, sizeof(why)));
+        chttp_client_free(hc);
         run_until_flag(loop, &never, 20);
         assert_false(rc.done);
 
@@ -513,6 +519,20 @@ static void test_backend(void **state)
         loop_free(loop);
 }
 
+/* Creates the backend from cfg on a registry of its own and renders it. */
+static void render_created(const struct shunt_config *cfg, struct strbuf *sb)
+{
+        struct disc_registry *r = disc_registry_new(NULL);
+        void *impl = NULL;
+        char err[256];
+        if (disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)) != 0)
+                fail_msg("create: %s", err);
+        strbuf_init(sb);
+        disc_consul_ops.render(impl, sb);
+        disc_consul_ops.destroy(impl);
+        disc_registry_free(r);
+}
+
 static void test_bad_config(void **state)
 {
         (void)state;
@@ -520,11 +540,52 @@ static void test_bad_config(void **state)
         struct disc_registry *r = disc_registry_new(NULL);
         void *impl = NULL;
         char err[256];
-        snprintf(cfg->consul_address, sizeof(cfg->consul_address), "https://consul:8501");
+        snprintf(cfg->consul_address, sizeof(cfg->consul_address), "ftp://consul:8501");
         assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
         assert_non_null(strstr(err, "service_discovery.consul.address"));
         snprintf(cfg->consul_address, sizeof(cfg->consul_address), "[::1");
         assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        snprintf(cfg->consul_address, sizeof(cfg->consul_address), "consul:99999");
+        assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        snprintf(cfg->consul_address, sizeof(cfg->consul_address), "user@consul:8500");
+        assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        /* https: the TLS files must be readable, and only go with https */
+        snprintf(cfg->consul_address, sizeof(cfg->consul_address), "https://consul");
+        snprintf(cfg->consul_ca_file, sizeof(cfg->consul_ca_file), "/nonexistent/ca.pem");
+        assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "service_discovery.consul.ca_file: /nonexistent/ca.pem"));
+        snprintf(cfg->consul_ca_file, sizeof(cfg->consul_ca_file), "/dev/null");
+        snprintf(cfg->consul_cert_file, sizeof(cfg->consul_cert_file), "/dev/null");
+        assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "cert_file and key_file go together"));
+        snprintf(cfg->consul_key_file, sizeof(cfg->consul_key_file), "/dev/null");
+        struct strbuf sb;
+        render_created(cfg, &sb);
+        assert_non_null(strstr(sb.data, "\"address\":\"https://consul:8501\""));
+        strbuf_free(&sb);
+        snprintf(cfg->consul_address, sizeof(cfg->consul_address), "http://consul");
+        assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "need an https:// address"));
+        cfg->consul_ca_file[0] = cfg->consul_cert_file[0] = cfg->consul_key_file[0] = '\0';
+        /* the token from a file, trimmed; not both; not empty */
+        char tf[] = "/tmp/test_consul_token_XXXXXX";
+        int fd = mkstemp(tf);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, " tok-1\n", 7), 7);
+        close(fd);
+        snprintf(cfg->consul_token_file, sizeof(cfg->consul_token_file), "%s", tf);
+        render_created(cfg, &sb);
+        assert_non_null(strstr(sb.data, "\"acl_token\":true"));
+        strbuf_free(&sb);
+        snprintf(cfg->consul_token, sizeof(cfg->consul_token), "x");
+        assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "both set"));
+        cfg->consul_token[0] = '\0';
+        assert_int_equal(truncate(tf, 0), 0);
+        assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "token_file"));
+        unlink(tf);
+        cfg->consul_token_file[0] = '\0';
         snprintf(cfg->consul_address, sizeof(cfg->consul_address), "[::1]:8500");
         snprintf(cfg->consul_token, sizeof(cfg->consul_token), "a\nb");
         assert_int_equal(disc_consul_ops.create(r, cfg, &impl, err, sizeof(err)), -EINVAL);

@@ -17,6 +17,7 @@
 #include <curl/curl.h>
 #include <openssl/mem.h>
 
+#include "core/curlloop.h"
 #include "core/log.h"
 #include "core/strbuf.h"
 
@@ -120,30 +121,6 @@ out:
 
 /* ---- the HTTP call ----------------------------------------------------------------- */
 
-struct tr_body {
-        char *data;
-        size_t len;
-        bool too_big;
-};
-
-static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
-{
-        struct tr_body *b = ud;
-        size_t n = size * nmemb;
-        if (b->len + n > CA_TR_MAX_RESPONSE) {
-                b->too_big = true;
-                return 0;
-        }
-        char *d = realloc(b->data, b->len + n + 1);
-        if (!d)
-                return 0;
-        memcpy(d + b->len, p, n);
-        b->data = d;
-        b->len += n;
-        d[b->len] = '\0';
-        return n;
-}
-
 /* A curl handle per worker thread: connections to the API server are kept
  * alive between reviews. */
 static pthread_key_t easy_key;
@@ -191,7 +168,7 @@ enum ca_tr_result ca_tokenreview(struct k8s_creds *creds, const char *token, con
         snprintf(url, sizeof(url), "%s/apis/authentication.k8s.io/v1/tokenreviews",
                  k8s_creds_server(creds));
         enum ca_tr_result r = CA_TR_UNAVAILABLE;
-        struct tr_body body = {0};
+        struct curl_body body = {.max = CA_TR_MAX_RESPONSE};
         struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
         struct curl_slist *h2 = hdrs ? curl_slist_append(hdrs, "Accept: application/json") : NULL;
         CURL *e = thread_easy();
@@ -206,7 +183,7 @@ enum ca_tr_result ca_tokenreview(struct k8s_creds *creds, const char *token, con
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.data);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)req.len);
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, curl_body_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, &body);
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -222,8 +199,8 @@ enum ca_tr_result ca_tokenreview(struct k8s_creds *creds, const char *token, con
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
         if (cc != CURLE_OK) {
                 snprintf(msg, msglen, "TokenReview at %s failed: %s", k8s_creds_server(creds),
-                         body.too_big ? "answer over 1 MiB"
-                                      : (errbuf[0] ? errbuf : curl_easy_strerror(cc)));
+                         body.too_large ? "answer over 1 MiB"
+                                        : (errbuf[0] ? errbuf : curl_easy_strerror(cc)));
                 goto out;
         }
         if (code == 401 || code == 403) {
@@ -242,6 +219,6 @@ out:
         if (req.data)
                 OPENSSL_cleanse(req.data, req.len);
         strbuf_free(&req);
-        free(body.data);
+        curl_body_free(&body);
         return r;
 }

@@ -178,6 +178,10 @@ struct shunt_config {
         char consul_address[CONFIG_STR_MAX];     /* ...consul.address, CONSUL_ADDRESS */
         char consul_token[CONFIG_STR_MAX];       /* ...consul.token, CONSUL_TOKEN (never dumped) */
         char consul_datacenter[CONFIG_STR_MAX];  /* ...consul.datacenter, CONSUL_DATACENTER */
+        char consul_token_file[CONFIG_PATH_MAX]; /* ...consul.token_file, CONSUL_TOKEN_FILE */
+        char consul_ca_file[CONFIG_PATH_MAX];    /* ...consul.ca_file, CONSUL_CACERT */
+        char consul_cert_file[CONFIG_PATH_MAX];  /* ...consul.cert_file, CONSUL_CLIENT_CERT */
+        char consul_key_file[CONFIG_PATH_MAX];   /* ...consul.key_file, CONSUL_CLIENT_KEY */
 
         /* mTLS */
         char trust_domain[CONFIG_STR_MAX]; /* mtls.trust_domain, TRUST_DOMAIN */

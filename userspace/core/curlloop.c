@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 
 #include "core/log.h"
@@ -164,4 +165,29 @@ void curl_loop_free(struct curl_loop *cl)
         loop_timer_cancel(cl->loop, &cl->timer);
         curl_multi_cleanup(cl->multi);
         free(cl);
+}
+
+size_t curl_body_write(char *p, size_t size, size_t n, void *body)
+{
+        struct curl_body *b = body;
+        size_t len = size * n;
+        if (len > b->max - b->len) {
+                b->too_large = true;
+                return 0;
+        }
+        char *nb = realloc(b->data, b->len + len + 1);
+        if (!nb)
+                return 0;
+        memcpy(nb + b->len, p, len);
+        b->data = nb;
+        b->len += len;
+        b->data[b->len] = '\0';
+        return len;
+}
+
+void curl_body_free(struct curl_body *b)
+{
+        free(b->data);
+        b->data = NULL;
+        b->len = 0;
 }

@@ -9,6 +9,7 @@
 #define SHUNT_CORE_CURLLOOP_H
 
 #include <curl/curl.h>
+#include <stdbool.h>
 
 #include "core/loop.h"
 
@@ -27,5 +28,17 @@ void curl_loop_free(struct curl_loop *cl);
 int curl_loop_add(struct curl_loop *cl, CURL *e, curl_loop_done_fn fn, void *ctx);
 /* Stops e if it is in flight; its callback is not called. */
 void curl_loop_remove(struct curl_loop *cl, CURL *e);
+
+/* A response body collected with a bound: CURLOPT_WRITEFUNCTION
+ * curl_body_write, CURLOPT_WRITEDATA the struct (zeroed, max set). Past max
+ * (too_large set) or out of memory the transfer is aborted
+ * (CURLE_WRITE_ERROR). data is NUL-terminated once anything arrived. */
+struct curl_body {
+        char *data;
+        size_t len, max;
+        bool too_large;
+};
+size_t curl_body_write(char *p, size_t size, size_t n, void *body);
+void curl_body_free(struct curl_body *b);
 
 #endif

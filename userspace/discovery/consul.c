@@ -4,7 +4,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <strings.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -13,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/file.h"
 #include "core/log.h"
 #include "discovery/consul_http.h"
 
@@ -37,12 +37,11 @@ struct consul {
         struct disc_registry *reg;
         int src;
         struct loop *loop;
-        struct sockaddr_storage addr;
-        char address[CONFIG_STR_MAX]; /* as configured, for the Host header and logs */
+        struct chttp_client *http;
+        char address[CONFIG_STR_MAX + 16]; /* the agent's base URL, for logs */
         char token[CONFIG_STR_MAX];
         char dc[CONFIG_STR_MAX];
         char td[CONFIG_STR_MAX]; /* mtls.trust_domain, for Consul-form identities */
-        uint32_t mark;
         struct watch catalog;
         struct watch *svcs[CONSUL_MAX_WATCHES];
         uint32_t n_svcs;
@@ -568,72 +567,53 @@ static void watch_query(struct watch *w)
         char why[256];
         w->last_start_ms = loop_now_ms(cb->loop);
         w->requests++;
-        w->req = chttp_get(cb->loop, &cb->addr, cb->address, target, hdrs, timeout, CONSUL_RESP_MAX,
-                           cb->mark, on_response, w, why, sizeof(why));
+        w->req = chttp_get(cb->http, target, hdrs, timeout, CONSUL_RESP_MAX, on_response, w, why,
+                           sizeof(why));
         if (!w->req)
                 watch_failed(w, why);
 }
 
 /* ---- backend ops ------------------------------------------------------------- */
 
-static int parse_address(const char *in, struct sockaddr_storage *out, char *host, size_t hostlen,
-                         char *err, size_t errlen)
+/* The ACL token: service_discovery.consul.token, or the content of
+ * token_file (the form Kubernetes secrets and Vault agents leave behind). */
+static int consul_token(const struct shunt_config *cfg, char *out, size_t outlen, char *err,
+                        size_t errlen)
 {
-        const char *a = in[0] ? in : CONSUL_DEFAULT_ADDRESS;
-        if (strncmp(a, "https://", 8) == 0) {
-                snprintf(err, errlen,
-                         "config: service_discovery.consul.address: %s: https is not supported "
-                         "(use the agent's plain HTTP port, or a local agent)",
-                         in);
-                return -EINVAL;
-        }
-        if (strncmp(a, "http://", 7) == 0)
-                a += 7;
-        char buf[CONFIG_STR_MAX];
-        snprintf(buf, sizeof(buf), "%s", a);
-        size_t bl = strlen(buf);
-        if (bl && buf[bl - 1] == '/')
-                buf[--bl] = '\0';
-        char *h = buf, *port = NULL;
-        if (buf[0] == '[') {
-                char *e = strchr(buf, ']');
-                if (!e) {
+        char *buf = NULL;
+        size_t n = 0;
+        const char *tok = cfg->consul_token;
+        if (cfg->consul_token_file[0]) {
+                if (tok[0]) {
                         snprintf(err, errlen,
-                                 "config: service_discovery.consul.address: %s: "
-                                 "unterminated '['",
-                                 in);
+                                 "config: service_discovery.consul.token and token_file are both "
+                                 "set: keep one");
                         return -EINVAL;
                 }
-                *e = '\0';
-                h = buf + 1;
-                if (e[1] == ':')
-                        port = e + 2;
-                else if (e[1]) {
+                char why[CONFIG_PATH_MAX + 64];
+                int rc =
+                    file_read_token(cfg->consul_token_file, outlen - 1, &buf, &n, why, sizeof(why));
+                if (rc < 0) {
+                        snprintf(err, errlen, "config: service_discovery.consul.token_file: %s",
+                                 why);
+                        return rc;
+                }
+                tok = buf;
+        }
+        int rc = 0;
+        for (const char *p = tok; *p && !rc; p++) {
+                if ((unsigned char)*p < ' ' || *p == 0x7f) {
                         snprintf(err, errlen,
-                                 "config: service_discovery.consul.address: %s: "
-                                 "expected host:port",
-                                 in);
-                        return -EINVAL;
-                }
-        } else {
-                char *c = strrchr(buf, ':');
-                if (c && strchr(buf, ':') == c) {
-                        *c = '\0';
-                        port = c + 1;
+                                 "config: service_discovery.consul.%s: contains a control "
+                                 "character",
+                                 buf ? "token_file" : "token");
+                        rc = -EINVAL;
                 }
         }
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-        int rc = getaddrinfo(h, port && *port ? port : "8500", &hints, &res);
-        if (rc || !res) {
-                snprintf(err, errlen, "config: service_discovery.consul.address: %s: %s", in,
-                         rc ? gai_strerror(rc) : "no address");
-                return -EINVAL;
-        }
-        memset(out, 0, sizeof(*out));
-        memcpy(out, res->ai_addr, res->ai_addrlen);
-        freeaddrinfo(res);
-        snprintf(host, hostlen, "%s", a);
-        return 0;
+        if (!rc)
+                snprintf(out, outlen, "%s", tok);
+        free(buf);
+        return rc;
 }
 
 static int consul_create(struct disc_registry *r, const struct shunt_config *cfg, void **impl,
@@ -644,31 +624,28 @@ static int consul_create(struct disc_registry *r, const struct shunt_config *cfg
                 snprintf(err, errlen, "discovery: out of memory");
                 return -ENOMEM;
         }
-        int rc = parse_address(cfg->consul_address, &cb->addr, cb->address, sizeof(cb->address),
-                               err, errlen);
-        if (rc) {
+        const struct chttp_client_config hc = {
+            .address = cfg->consul_address[0] ? cfg->consul_address : CONSUL_DEFAULT_ADDRESS,
+            .ca_file = cfg->consul_ca_file,
+            .cert_file = cfg->consul_cert_file,
+            .key_file = cfg->consul_key_file,
+            .mark = config_socket_mark(cfg),
+        };
+        int rc = consul_token(cfg, cb->token, sizeof(cb->token), err, errlen);
+        if (rc < 0 || !(cb->http = chttp_client_new(&hc, err, errlen))) {
                 free(cb);
-                return rc;
+                return rc < 0 ? rc : -EINVAL;
         }
-        for (const char *p = cfg->consul_token; *p; p++) {
-                if ((unsigned char)*p < ' ' || *p == 0x7f) {
-                        snprintf(err, errlen,
-                                 "config: service_discovery.consul.token: contains a "
-                                 "control character");
-                        free(cb);
-                        return -EINVAL;
-                }
-        }
-        snprintf(cb->token, sizeof(cb->token), "%s", cfg->consul_token);
+        snprintf(cb->address, sizeof(cb->address), "%s", chttp_client_url(cb->http));
         snprintf(cb->dc, sizeof(cb->dc), "%s", cfg->consul_datacenter);
         snprintf(cb->td, sizeof(cb->td), "%s", cfg->trust_domain);
-        cb->mark = config_socket_mark(cfg);
         cb->reg = r;
         cb->rand_state = (unsigned)clock_mono_ms() ^ (unsigned)getpid();
         int src = disc_source_add(r, "consul", DISC_SOURCE_CONSUL);
         if (src < 0) {
                 snprintf(err, errlen, "discovery: cannot add the consul source: %s",
                          strerror(-src));
+                chttp_client_free(cb->http);
                 free(cb);
                 return src;
         }
@@ -681,9 +658,11 @@ static int consul_create(struct disc_registry *r, const struct shunt_config *cfg
 static int consul_start(void *impl, struct loop *loop, char *err, size_t errlen)
 {
         struct consul *cb = impl;
-        (void)err;
-        (void)errlen;
         cb->loop = loop;
+        if (chttp_client_start(cb->http, loop) < 0) {
+                snprintf(err, errlen, "discovery: consul: out of memory for the HTTP client");
+                return -ENOMEM;
+        }
         log_info(COMP, 0, "watching the Consul catalog at %s%s%s%s", cb->address,
                  cb->dc[0] ? " (datacenter " : "", cb->dc, cb->dc[0] ? ")" : "");
         /* an unreachable agent does not fail start-up: the watch retries */
@@ -738,6 +717,7 @@ static void consul_destroy(void *impl)
                 watch_stop(cb->svcs[i]);
                 free(cb->svcs[i]);
         }
+        chttp_client_free(cb->http);
         free(cb);
 }
 

@@ -21,6 +21,12 @@
  * declares the port protocol. Locality (Consul 1.17+) gives region and zone;
  * the region falls back to the node's datacenter.
  *
+ * The agent is reached at service_discovery.consul.address: host:port or
+ * http://host:port (plain HTTP, port 8500 by default), or https://host:port
+ * (port 8501 by default) verified against ...consul.ca_file, presenting
+ * ...consul.cert_file/key_file when set (consul_http.h). The ACL token comes
+ * from ...consul.token or ...consul.token_file.
+ *
  * Errors (connection refused or reset, timeouts, HTTP errors, 403 on a bad
  * token, invalid JSON) retry with backoff: 1 s doubling to 30 s, ±20 %
  * jitter, per watch. While any watch fails, the source is stale: the last

@@ -224,9 +224,7 @@ struct ca_req {
         char *body;
         EVP_PKEY *key;
         char expected[SPIFFE_ID_MAX + 1];
-        char *resp;
-        size_t resp_len;
-        bool too_large;
+        struct curl_body resp;
         char errbuf[CURL_ERROR_SIZE];
         tls_fetch_done_fn done;
         void *ctx;
@@ -269,26 +267,8 @@ static void req_free(struct ca_req *r)
                 free(r->body);
         }
         EVP_PKEY_free(r->key);
-        free(r->resp);
+        curl_body_free(&r->resp);
         free(r);
-}
-
-static size_t write_cb(char *p, size_t sz, size_t n, void *ud)
-{
-        struct ca_req *r = ud;
-        size_t len = sz * n;
-        if (r->resp_len + len > TLS_CA_RESPONSE_MAX) {
-                r->too_large = true;
-                return 0; /* aborts the transfer */
-        }
-        char *nb = realloc(r->resp, r->resp_len + len + 1);
-        if (!nb)
-                return 0;
-        memcpy(nb + r->resp_len, p, len);
-        r->resp = nb;
-        r->resp_len += len;
-        r->resp[r->resp_len] = '\0';
-        return len;
 }
 
 static int sockopt_cb(void *ud, curl_socket_t fd, curlsocktype purpose)
@@ -390,6 +370,7 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
                 free(token);
                 return -ENOMEM;
         }
+        r->resp.max = TLS_CA_RESPONSE_MAX;
         r->s = s;
         const char *ns = s->ns_override ? s->ns_override : cl.ns;
         const char *sa = s->sa_override ? s->sa_override : cl.sa;
@@ -446,8 +427,8 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, curl_body_write);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->resp);
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_CAINFO, s->bundle_file);
@@ -478,15 +459,15 @@ static int req_finish(struct ca_req *r, CURLcode cc, struct tls_material **out, 
         *out = NULL;
         if (cc != CURLE_OK) {
                 snprintf(err, errlen, "shunt-ca at %s is unreachable: %s", s->address,
-                         r->too_large   ? "its answer is larger than 256 KiB"
-                         : r->errbuf[0] ? r->errbuf
-                                        : curl_easy_strerror(cc));
-                note(s, false, r->too_large ? "too_large" : "unreachable", 0, err);
-                return r->too_large ? -EMSGSIZE : -EAGAIN;
+                         r->resp.too_large ? "its answer is larger than 256 KiB"
+                         : r->errbuf[0]    ? r->errbuf
+                                           : curl_easy_strerror(cc));
+                note(s, false, r->resp.too_large ? "too_large" : "unreachable", 0, err);
+                return r->resp.too_large ? -EMSGSIZE : -EAGAIN;
         }
         long status = 0;
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-        cJSON *j = r->resp ? cJSON_ParseWithLength(r->resp, r->resp_len) : NULL;
+        cJSON *j = r->resp.data ? cJSON_ParseWithLength(r->resp.data, r->resp.len) : NULL;
         if (status != 200) {
                 const char *code = jstr(j, "error"), *msg = jstr(j, "message");
                 snprintf(err, errlen, "shunt-ca at %s refused the request for %s: HTTP %ld %s%s%s",
