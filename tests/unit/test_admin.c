@@ -699,6 +699,54 @@ static void test_new_errors_and_ipv6(void **state)
         assert_string_equal(out, "{\"hello\":\"world\"}\n");
 }
 
+struct ro_task {
+        struct admin *a;
+        int route_get, route_post, token;
+        char err[256];
+};
+
+static void ro_new_task(void *arg)
+{
+        struct ro_task *t = arg;
+        t->a = admin_new_read_only(g_loop, "metrics", "::", 0, t->err, sizeof(t->err));
+        if (!t->a)
+                return;
+        t->route_get = admin_route(t->a, "GET", "/hello", h_hello, NULL);
+        t->route_post = admin_route(t->a, "POST", "/echo", h_echo, NULL);
+        t->token = admin_set_token(t->a, TOKEN);
+}
+
+/* The metrics listener: GET routes only, no token, so no request can change
+ * anything; on "::" it answers IPv4 clients too. */
+static void test_read_only_listener(void **state)
+{
+        struct ro_task t = {0};
+        assert_int_equal(loop_call(g_loop, ro_new_task, &t, 5000), 0);
+        if (!t.a) {
+                if (strstr(t.err, "Address family not supported"))
+                        skip(); /* no IPv6 here */
+                fail_msg("admin_new_read_only on [::]: %s", t.err);
+        }
+        assert_int_equal(t.route_get, 0);
+        assert_int_equal(t.route_post, -EPERM);
+        assert_int_equal(t.token, -EPERM);
+        uint16_t port = admin_port(t.a);
+        char out[1024];
+        assert_int_equal(curl_port("127.0.0.1", port, "", "/hello", out, sizeof(out)), 200);
+        assert_string_equal(out, "{\"hello\":\"world\"}\n");
+        assert_int_equal(
+            curl_port("127.0.0.1", port, "-i -X POST -d ok", "/hello", out, sizeof(out)), 405);
+        assert_non_null(strstr(out, "Allow: GET, HEAD\r\n"));
+        /* A path it does not serve is 404 whatever the method: POST /echo was
+         * never routed, and the admin listener's routes are not its. */
+        assert_int_equal(curl_port("127.0.0.1", port, "-X POST -d ok", "/echo", out, sizeof(out)),
+                         404);
+        assert_int_equal(curl_port("127.0.0.1", port, "", "/both", out, sizeof(out)), 404);
+        int code = curl_port("[::1]", port, "", "/hello", out, sizeof(out));
+        assert_int_equal(loop_call(g_loop, free_task, t.a, 5000), 0);
+        assert_true(code == 200 || code == 0); /* 0: no IPv6 loopback address */
+}
+
 /* ---- group 2: shuntctl against a fixed-JSON admin ------------------------------- */
 
 static pid_t g_child = -1;
@@ -1113,6 +1161,7 @@ int main(void)
             cmocka_unit_test(test_connection_limit),
             cmocka_unit_test(test_big_response_slow_reader),
             cmocka_unit_test(test_new_errors_and_ipv6),
+            cmocka_unit_test(test_read_only_listener),
         };
         const struct CMUnitTest ctl_tests[] = {
             cmocka_unit_test(test_ctl_status),      cmocka_unit_test(test_ctl_rules),

@@ -128,6 +128,9 @@ static void test_defaults(void **state)
         assert_int_equal(c->admin_port, 15003);
         assert_string_equal(c->bind_address, "0.0.0.0");
         assert_string_equal(c->admin_address, "127.0.0.1");
+        assert_string_equal(c->metrics_address, "0.0.0.0");
+        assert_int_equal(c->metrics_port, 15020);
+        assert_true(config_metrics_enabled(c));
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         assert_int_equal(c->workers, cpus > 256 ? 256 : cpus);
         assert_int_equal(c->log_level, LOG_INFO);
@@ -314,6 +317,8 @@ static void test_file_values(void **state)
         assert_string_equal(c->mtls_ca_token_file, "/var/run/secrets/shop/token");
         assert_int_equal(c->admin_mutations, ADMIN_MUTATIONS_TOKEN);
         assert_string_equal(c->admin_token_file, "/run/shop/admin-token");
+        assert_string_equal(c->metrics_address, "::");
+        assert_int_equal(c->metrics_port, 16020);
         /* every key in the file is recorded as coming from it (but
          * mtls.ca_address, which excludes certificate_file: test_tls_ca_source) */
         for (size_t i = 0; i < c->n_origins; i++)
@@ -356,6 +361,8 @@ static void test_env_overrides_file(void **state)
                        "SIDECAR_ADMIN_PORT=", /* empty: unset */
                        "SIDECAR_BIND_ADDRESS=10.1.2.3",
                        "SIDECAR_ADMIN_ADDRESS=::1",
+                       "SHUNT_ADMIN_METRICS_ADDRESS=off",
+                       "SHUNT_ADMIN_METRICS_PORT=17001", /* off: may equal another port */
                        "SHUNT_WORKERS=3",
                        "SHUNT_LOG_LEVEL=warn",
                        "SHUNT_REDIRECT=off",
@@ -393,6 +400,9 @@ static void test_env_overrides_file(void **state)
         assert_int_equal(config_source_of(c, "admin_port"), CONFIG_SRC_FILE);
         assert_string_equal(c->bind_address, "10.1.2.3");
         assert_string_equal(c->admin_address, "::1");
+        assert_string_equal(c->metrics_address, "off");
+        assert_false(config_metrics_enabled(c));
+        assert_int_equal(config_source_of(c, "admin.metrics_address"), CONFIG_SRC_ENV);
         assert_int_equal(c->workers, 3);
         assert_int_equal(c->log_level, LOG_WARN);
         assert_int_equal(c->redirect, REDIRECT_OFF);
@@ -690,6 +700,14 @@ static void test_json_errors(void **state)
         json_err("{\"inbound_port\": null}", "config: inbound_port: null: expected a port", NULL);
         json_err("{\"admin_port\": 15002}",
                  "config: admin_port: 15002: must differ from outbound_port (also 15002)", NULL);
+        json_err("{\"admin\": {\"metrics_port\": 15003}}",
+                 "config: admin.metrics_port: 15003: must differ from admin_port (also 15003)",
+                 NULL);
+        json_err("{\"admin\": {\"metrics_address\": \"any\"}}",
+                 "config: admin.metrics_address: \"any\": expected an IPv4 or IPv6 address or off",
+                 NULL);
+        json_err("{\"bind_address\": \"off\"}",
+                 "config: bind_address: \"off\": expected an IPv4 or IPv6 address", NULL);
         json_err("{\"bind_address\": \"localhost\"}",
                  "config: bind_address: \"localhost\": expected an IPv4 or IPv6 address", NULL);
         json_err("{\"bind_address\": 0}", "config: bind_address: 0: expected an IPv4 or IPv6",

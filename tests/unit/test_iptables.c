@@ -200,6 +200,7 @@ static void test_render_inbound_only(void **state)
         struct ipt_options o;
         base_options(&o);
         o.inbound_only = true;
+        o.metrics_port = 15020; /* reached from outside: never captured */
         struct strbuf sb;
         strbuf_init(&sb);
         ipt_render(&o, AF_INET, &sb);
@@ -209,6 +210,7 @@ static void test_render_inbound_only(void **state)
                            "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15003" C " -j RETURN\n"
                            "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15001" C " -j RETURN\n"
                            "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15002" C " -j RETURN\n"
+                           "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15020" C " -j RETURN\n"
                            "-A SIDECAR_PROXY_INBOUND -p tcp" C " -j REDIRECT --to-ports 15001\n"
                            "-A PREROUTING -p tcp" C " -j SIDECAR_PROXY_INBOUND\n"
                            "COMMIT\n";
@@ -255,9 +257,10 @@ static void test_render_no_mark_no_uid_no_comment(void **state)
         o.no_comments = true;
         o.n_exclude_outbound_cidrs = 0;
         o.n_exclude_outbound_ports = 0;
-        uint16_t in[] = {15001, 22, 22}; /* duplicates and our own port */
+        uint16_t in[] = {15001, 22, 22, 15020}; /* duplicates and our own ports */
         o.exclude_inbound_ports = in;
-        o.n_exclude_inbound_ports = 3;
+        o.n_exclude_inbound_ports = 4;
+        o.metrics_port = 15020;
         struct strbuf sb;
         strbuf_init(&sb);
         ipt_render(&o, AF_INET, &sb);
@@ -266,6 +269,7 @@ static void test_render_no_mark_no_uid_no_comment(void **state)
                            ":SIDECAR_PROXY_OUTBOUND - [0:0]\n"
                            "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15001 -j RETURN\n"
                            "-A SIDECAR_PROXY_INBOUND -p tcp --dport 22 -j RETURN\n"
+                           "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15020 -j RETURN\n"
                            "-A SIDECAR_PROXY_INBOUND -p tcp --dport 15002 -j RETURN\n"
                            "-A SIDECAR_PROXY_INBOUND -p tcp -j REDIRECT --to-ports 15001\n"
                            "-A SIDECAR_PROXY_OUTBOUND -p tcp -o lo -j RETURN\n"
@@ -305,6 +309,8 @@ static void test_options_from_config(void **state)
         struct shunt_config *cfg = calloc(1, sizeof(*cfg));
         cfg->inbound_port = 16001;
         cfg->outbound_port = 16002;
+        cfg->metrics_port = 16020;
+        snprintf(cfg->metrics_address, sizeof(cfg->metrics_address), "::");
         cfg->proxy_mark = 0x77;
         cfg->proxy_uid = -1;
         cfg->exclude_inbound_ports[0] = 22;
@@ -319,6 +325,7 @@ static void test_options_from_config(void **state)
         ipt_options_from_config(&o, cfg, 4242);
         assert_int_equal(o.inbound_port, 16001);
         assert_int_equal(o.outbound_port, 16002);
+        assert_int_equal(o.metrics_port, 16020);
         assert_int_equal(o.mark, 0x77);
         assert_int_equal(o.uid, 4242); /* proxy_uid -1: the caller's uid */
         assert_int_equal(o.n_exclude_inbound_ports, 2);
@@ -333,6 +340,9 @@ static void test_options_from_config(void **state)
         cfg->proxy_uid = 999; /* explicit configuration wins */
         ipt_options_from_config(&o, cfg, 4242);
         assert_int_equal(o.uid, 999);
+        snprintf(cfg->metrics_address, sizeof(cfg->metrics_address), "off");
+        ipt_options_from_config(&o, cfg, 4242);
+        assert_int_equal(o.metrics_port, 0); /* no listener: nothing to exempt */
         free(cfg);
 }
 

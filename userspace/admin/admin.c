@@ -64,6 +64,8 @@ struct admin_conn {
 
 struct admin {
         struct loop *loop;
+        const char *name; /* "admin" or the read-only listener's name, for logs */
+        bool read_only;   /* GET routes only, never a token: nothing served changes shuntd */
         struct loop_io lio;
         struct loop_timer accept_retry;
         uint16_t port;
@@ -94,6 +96,8 @@ static bool bearer_matches(const struct admin *a, struct http1_slice v)
 
 int admin_set_token(struct admin *a, const char *token)
 {
+        if (token && a->read_only)
+                return -EPERM;
         if (!token) {
                 a->token[0] = '\0';
                 return 0;
@@ -604,12 +608,14 @@ static void conn_on_timer(struct loop *loop, struct loop_timer *t)
 
 static void reject_overloaded(struct admin *a, int fd, const char *peer)
 {
-        static const char body[] = "{\"error\":\"too many admin connections (limit 64)\"}\n";
-        char resp[256];
+        char body[96], resp[320];
+        int bl =
+            snprintf(body, sizeof(body), "{\"error\":\"too many %s connections (limit %d)\"}\n",
+                     a->name, ADMIN_MAX_CONNS);
         int n = snprintf(resp, sizeof(resp),
                          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                         "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
-                         sizeof(body) - 1, body);
+                         "Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
+                         bl, body);
         /* Consume what the client already sent so that close() sends FIN, not RST. */
         char scratch[4096];
         for (int i = 0; i < 4 && recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT) > 0; i++)
@@ -619,7 +625,7 @@ static void reject_overloaded(struct admin *a, int fd, const char *peer)
         shutdown(fd, SHUT_WR);
         close(fd);
         if (!a->overloaded)
-                log_warn(COMP, 0, "admin connection limit (%d) reached; answering 503 to %s",
+                log_warn(COMP, 0, "%s connection limit (%d) reached; answering 503 to %s", a->name,
                          ADMIN_MAX_CONNS, peer);
         else
                 log_debug(COMP, 0, "%s -> 503 (connection limit)", peer);
@@ -645,8 +651,8 @@ static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
                                 continue;
                         if (errno == EAGAIN || errno == EWOULDBLOCK)
                                 return;
-                        log_warn(COMP, 0, "accept on admin port %u: %s; retrying in %d ms", a->port,
-                                 strerror(errno), ACCEPT_RETRY_MS);
+                        log_warn(COMP, 0, "accept on %s port %u: %s; retrying in %d ms", a->name,
+                                 a->port, strerror(errno), ACCEPT_RETRY_MS);
                         /* Out of descriptors or memory: stop polling the listener for
                          * a moment instead of spinning on it. */
                         loop_io_del(loop, &a->lio);
@@ -688,15 +694,15 @@ static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
 
 /* ---- public API --------------------------------------------------------------- */
 
-struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, char *err,
-                        size_t errlen)
+static struct admin *listener_new(struct loop *loop, const char *name, bool read_only,
+                                  const char *address, uint16_t port, char *err, size_t errlen)
 {
         struct sockaddr_storage ss;
         socklen_t sl;
         memset(&ss, 0, sizeof(ss));
         char host[INET6_ADDRSTRLEN + 2];
         if (!address || strlen(address) >= sizeof(host)) {
-                snprintf(err, errlen, "admin address '%s' is not an IPv4 or IPv6 literal",
+                snprintf(err, errlen, "%s address '%s' is not an IPv4 or IPv6 literal", name,
                          address ? address : "(null)");
                 return NULL;
         }
@@ -717,29 +723,34 @@ struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, c
                 sin6->sin6_port = htons(port);
                 sl = sizeof(*sin6);
         } else {
-                snprintf(err, errlen, "admin address '%s' is not an IPv4 or IPv6 literal", address);
+                snprintf(err, errlen, "%s address '%s' is not an IPv4 or IPv6 literal", name,
+                         address);
                 return NULL;
         }
 
         int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
-                snprintf(err, errlen, "admin socket for %s: %s", address, strerror(errno));
+                snprintf(err, errlen, "%s socket for %s: %s", name, address, strerror(errno));
                 return NULL;
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (ss.ss_family == AF_INET6)
-                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (ss.ss_family == AF_INET6) {
+                /* A read-only listener on "::" is for every address, IPv4 ones
+                 * too; otherwise an address is exactly that address. */
+                int v6only = !(read_only && IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr));
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+        }
         const char *fmt = ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u";
         char where[INET6_ADDRSTRLEN + 16];
         snprintf(where, sizeof(where), fmt, host, port);
         if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
-                snprintf(err, errlen, "admin: cannot bind %s: %s", where, strerror(errno));
+                snprintf(err, errlen, "%s: cannot bind %s: %s", name, where, strerror(errno));
                 close(fd);
                 return NULL;
         }
         if (listen(fd, 128) < 0) {
-                snprintf(err, errlen, "admin: cannot listen on %s: %s", where, strerror(errno));
+                snprintf(err, errlen, "%s: cannot listen on %s: %s", name, where, strerror(errno));
                 close(fd);
                 return NULL;
         }
@@ -749,11 +760,13 @@ struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, c
 
         struct admin *a = calloc(1, sizeof(*a));
         if (!a) {
-                snprintf(err, errlen, "admin: out of memory");
+                snprintf(err, errlen, "%s: out of memory", name);
                 close(fd);
                 return NULL;
         }
         a->loop = loop;
+        a->name = name;
+        a->read_only = read_only;
         a->read_timeout_ms = ADMIN_DEFAULT_READ_TIMEOUT_MS;
         a->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                     : ((struct sockaddr_in *)&bound)->sin_port);
@@ -761,14 +774,27 @@ struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, c
         loop_timer_init(&a->accept_retry, on_accept_retry, a);
         int rc = loop_io_add(loop, &a->lio, EPOLLIN);
         if (rc < 0) {
-                snprintf(err, errlen, "admin: epoll for %s: %s", where, strerror(-rc));
+                snprintf(err, errlen, "%s: epoll for %s: %s", name, where, strerror(-rc));
                 close(fd);
                 free(a);
                 return NULL;
         }
         snprintf(where, sizeof(where), fmt, host, a->port);
-        log_info(COMP, 0, "admin listening on http://%s", where);
+        log_info(COMP, 0, "%s listening on http://%s%s", name, where,
+                 read_only ? " (read-only)" : "");
         return a;
+}
+
+struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, char *err,
+                        size_t errlen)
+{
+        return listener_new(loop, "admin", false, address, port, err, errlen);
+}
+
+struct admin *admin_new_read_only(struct loop *loop, const char *name, const char *address,
+                                  uint16_t port, char *err, size_t errlen)
+{
+        return listener_new(loop, name, true, address, port, err, errlen);
 }
 
 int admin_route(struct admin *a, const char *method, const char *path, admin_handler_fn fn,
@@ -779,6 +805,8 @@ int admin_route(struct admin *a, const char *method, const char *path, admin_han
         if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0 &&
             strcmp(method, "PUT") != 0 && strcmp(method, "DELETE") != 0)
                 return -EINVAL;
+        if (a->read_only && strcmp(method, "GET") != 0)
+                return -EPERM;
         for (size_t i = 0; i < a->nroutes; i++) {
                 struct route *r = &a->routes[i];
                 if (strcmp(r->method, method) == 0 && strcmp(r->path, path) == 0) {

@@ -51,8 +51,16 @@ typedef void (*admin_handler_fn)(const struct admin_request *req, struct admin_r
  * returns NULL with a message naming the address in err. */
 struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, char *err,
                         size_t errlen);
+/* A read-only listener (the metrics port): the same server and bounds, but
+ * admin_route takes GET routes only (-EPERM for others) and admin_set_token
+ * refuses a token, so no request to it can change shuntd: a path it does
+ * not serve is 404, another method on one it does is 405. address "::"
+ * listens on every IPv6 and IPv4 address. name labels its log lines. */
+struct admin *admin_new_read_only(struct loop *loop, const char *name, const char *address,
+                                  uint16_t port, char *err, size_t errlen);
 /* Exact path match; method "GET" or "POST". A second route for the same
- * method and path replaces the first. Returns 0, -EINVAL or -ENOMEM. */
+ * method and path replaces the first. Returns 0, -EINVAL, -EPERM (not GET
+ * on a read-only listener) or -ENOMEM. */
 int admin_route(struct admin *a, const char *method, const char *path, admin_handler_fn fn,
                 void *ctx);
 /* The bound port (useful after binding port 0). */
@@ -63,7 +71,8 @@ void admin_set_read_timeout_ms(struct admin *a, unsigned ms);
 /* Requests that change shuntd (every method but GET and HEAD): with token
  * NULL they are refused with 403 (the default); with a token (16 to
  * ADMIN_TOKEN_MAX visible ASCII bytes) they must carry "Authorization:
- * Bearer <token>", else 401. Reading stays open. 0 or -EINVAL. */
+ * Bearer <token>", else 401. Reading stays open. 0, -EINVAL, or -EPERM
+ * (a token for a read-only listener). */
 #define ADMIN_TOKEN_MAX 128
 int admin_set_token(struct admin *a, const char *token);
 /* Closes the listener and every connection. */

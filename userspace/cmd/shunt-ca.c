@@ -10,6 +10,7 @@
 #include "ca/ca.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/version.h"
 #include "inject/inject.h"
 
 enum opt_kind {
@@ -82,7 +83,7 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-        fprintf(f, "usage: shunt-ca [--flag value]...\n\n");
+        fprintf(f, "usage: shunt-ca [--flag value]... | --help | --version\n\n");
         for (size_t i = 0; i < NFLAGS; i++)
                 fprintf(f, "  --%-20s %s\n", flags[i].name, flags[i].help);
         fprintf(f, "\nEvery flag has an environment mirror: --trust-domain is "
@@ -192,6 +193,8 @@ bad:
 
 int main(int argc, char **argv)
 {
+        if (shunt_version_flag(argc, argv, "shunt-ca"))
+                return 0;
         struct ca_options o;
         ca_options_default(&o);
         struct sans sans = {0};

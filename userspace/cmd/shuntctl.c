@@ -29,6 +29,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/strbuf.h"
+#include "core/version.h"
 #include "http/client.h"
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
@@ -37,7 +38,6 @@
 #define TIMEOUT_MS        5000
 #define MAX_RESPONSE      (64u * 1024 * 1024)
 #define MAX_RESPONSE_HEAD (16u * 1024)
-#define SHUNTCTL_VERSION  "0.1.0"
 
 static const char usage_text[] =
     "usage: shuntctl [--admin HOST:PORT] [--json] COMMAND [ARGS]\n"
@@ -79,6 +79,7 @@ static const char usage_text[] =
     "  --admin HOST:PORT  admin address (default " DEFAULT_ADMIN ", or $SHUNTCTL_ADMIN)\n"
     "  --json             print the daemon's JSON unchanged\n"
     "  -h, --help         show this help\n"
+    "  --version          print the version and commit\n"
     "\n"
     "exit status: 0 success, 1 daemon unreachable or error, 2 bad usage\n";
 
@@ -287,7 +288,7 @@ static void http_call(const char *method, const char *path, const char *body,
         char extra[512];
         int xl =
             snprintf(extra, sizeof(extra),
-                     "User-Agent: shuntctl/" SHUNTCTL_VERSION "\r\nAccept: application/json\r\n");
+                     "User-Agent: shuntctl/%s\r\nAccept: application/json\r\n", shunt_version());
         if (strcmp(method, "GET") != 0) {
                 char token[160];
                 admin_token(token, sizeof(token));
@@ -1317,6 +1318,8 @@ static int cmd_log_level(const char *level)
 
 int main(int argc, char **argv)
 {
+        if (shunt_version_flag(argc, argv, "shuntctl"))
+                return 0;
         const char *env = getenv("SHUNTCTL_ADMIN");
         if (env && *env)
                 g_admin = env;

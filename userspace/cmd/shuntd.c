@@ -22,6 +22,7 @@
 #include "core/sockaddr.h"
 #include "core/loop.h"
 #include "core/prom.h"
+#include "core/version.h"
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
 #include "intercept/origdst.h"
@@ -36,7 +37,6 @@
 #include "tls/spiffe.h"
 #include "tls/store.h"
 
-#define SHUNT_VERSION  "0.1.0"
 #define DRAIN_POLL_MS  100
 #define ROUTES_POLL_MS 100 /* how often a new registry snapshot is looked for */
 #define CAPTURE_CHECK_MS                                                                           \
@@ -51,6 +51,7 @@ struct daemon {
         struct loop *loop;
         struct proxy *proxy;
         struct admin *admin;
+        struct admin *metrics;    /* read-only GET /metrics for scrapers; NULL when off */
         bool admin_token_written; /* admin.token_file is ours to remove at exit */
         struct loop_io sig_io;
         struct loop_timer drain_timer;
@@ -529,9 +530,24 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         prom_family(&resp->body, "shunt_capture_repairs_total", "counter",
                     "Times the capture rules were found removed or changed and put back.");
         prom_sample_u64(&resp->body, "shunt_capture_repairs_total", NULL, d->capture_repairs);
+        shunt_build_info_render(&resp->body);
         prom_family(&resp->body, "shunt_uptime_seconds", "gauge", "Seconds since start.");
         prom_sample_u64(&resp->body, "shunt_uptime_seconds", NULL,
                         (clock_mono_ms() - d->started_ms) / 1000);
+}
+
+/* The read-only listener scrapers outside the pod reach (the admin API
+ * stays on localhost): GET /metrics and nothing else. */
+static int metrics_open(struct daemon *d, char *err, size_t errlen)
+{
+        d->metrics = admin_new_read_only(d->loop, "metrics", d->cfg->metrics_address,
+                                         d->cfg->metrics_port, err, errlen);
+        if (!d->metrics)
+                return -1;
+        int rc = admin_route(d->metrics, "GET", "/metrics", h_metrics, d);
+        if (rc < 0)
+                snprintf(err, errlen, "metrics: route /metrics: %s", strerror(-rc));
+        return rc;
 }
 
 static void h_config(const struct admin_request *req, struct admin_response *resp, void *ctx)
@@ -551,7 +567,7 @@ static void h_status(const struct admin_request *req, struct admin_response *res
 {
         struct daemon *d = ctx;
         struct strbuf *b = &resp->body;
-        strbuf_appendf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime_s\":%llu,", SHUNT_VERSION,
+        strbuf_appendf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime_s\":%llu,", shunt_version(),
                        (int)getpid(),
                        (unsigned long long)((clock_mono_ms() - d->started_ms) / 1000));
         strbuf_appendf(b,
@@ -1245,11 +1261,9 @@ int main(int argc, char **argv)
                         usage(stdout);
                         return 0;
                 }
-                if (!strcmp(argv[i], "--version")) {
-                        printf("shuntd %s\n", SHUNT_VERSION);
-                        return 0;
-                }
         }
+        if (shunt_version_flag(argc, argv, "shuntd"))
+                return 0;
 
         struct daemon d = {.argc = argc, .argv = argv, .exit_code = 0};
         char err[512];
@@ -1328,6 +1342,11 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/debug/cache", h_debug_cache, &d);
         admin_route(d.admin, "POST", "/admin/endpoints", h_post_endpoints, &d);
         admin_route(d.admin, "POST", "/admin/circuit-breaker", h_breaker, &d);
+        if (config_metrics_enabled(d.cfg) && metrics_open(&d, err, sizeof(err)) < 0) {
+                log_error("admin", 0, "cannot start the metrics listener: %s", err);
+                d.exit_code = 1;
+                goto out;
+        }
 
         d.registry = disc_registry_new(NULL);
         if (!d.registry || disc_backend_new(d.registry, d.cfg, &d.backend, err, sizeof(err)) < 0 ||
@@ -1446,6 +1465,7 @@ out:
         authz_unref(d.authz_k8s);
         rules_remove(&d);
         admin_free(d.admin);
+        admin_free(d.metrics);
         if (d.admin_token_written)
                 unlink(d.cfg->admin_token_file);
         if (d.loop)

@@ -56,6 +56,7 @@ enum ktype {
 /* Installed with the capture: applied on reload when shuntd installs its own
  * capture, kept like KF_RESTART under capture init (shuntd init set them). */
 #define KF_CAPTURE 0x40
+#define KF_OFF     0x80 /* K_ADDR: "off" is also allowed (the listener is not opened) */
 
 struct key_desc {
         const char *path; /* dotted JSON path */
@@ -102,6 +103,12 @@ static const struct key_desc keys[] = {
         {.path = "admin.token_file", .env = "SHUNT_ADMIN_TOKEN_FILE", .type = K_STR, FIELD(admin_token_file),
          .def = "/run/shunt/admin-token", .flags = KF_NONEMPTY | KF_RESTART,
          .note = "written at start (0600, a fresh random token) when admin.mutations is token; removed at exit"},
+        {.path = "admin.metrics_address", .env = "SHUNT_ADMIN_METRICS_ADDRESS", .type = K_ADDR, FIELD(metrics_address),
+         .def = "0.0.0.0", .flags = KF_RESTART | KF_OFF,
+         .note = "the read-only listener for GET /metrics (scrapers outside the pod; its port is never captured); "
+                 ":: = every IPv6 and IPv4 address"},
+        {.path = "admin.metrics_port", .env = "SHUNT_ADMIN_METRICS_PORT", .type = K_PORT, FIELD(metrics_port),
+         .def = "15020", .flags = KF_RESTART},
         {.path = "workers", .env = "SHUNT_WORKERS", .type = K_INT, FIELD(workers), .min = 0, .max = WORKERS_MAX,
          .def = "0", .note = "0 = one per online CPU", .flags = KF_RESTART},
         {.path = "log_level", .env = "SHUNT_LOG_LEVEL", .type = K_ENUM, FIELD(log_level), .names = log_level_names,
@@ -433,7 +440,9 @@ static void describe(const struct key_desc *d, char *buf, size_t n)
                          d->min, d->max);
                 break;
         case K_ADDR:
-                snprintf(buf, n, "expected an IPv4 or IPv6 address");
+                snprintf(buf, n, "expected an IPv4 or IPv6 address%s%s%s",
+                         d->flags & KF_OFF ? " or off" : "", d->note ? ", " : "",
+                         d->note ? d->note : "");
                 break;
         case K_STR:
                 if (d->flags & KF_TRUST_DOMAIN)
@@ -795,6 +804,10 @@ static int set_text(struct ctx *x, const struct key_desc *d, enum config_source 
                 break;
         case K_ADDR: {
                 unsigned char tmp[sizeof(struct in6_addr)];
+                if ((d->flags & KF_OFF) && !strcmp(text, "off")) {
+                        snprintf(field(x->c, d), d->size, "off");
+                        break;
+                }
                 if (strlen(text) >= d->size ||
                     (inet_pton(AF_INET, text, tmp) != 1 && inet_pton(AF_INET6, text, tmp) != 1))
                         return bad(x, d, src, display, NULL);
@@ -1291,10 +1304,11 @@ static const struct key_desc *later(const struct shunt_config *c, const struct k
 static int check_ports(struct ctx *x)
 {
         struct shunt_config *c = x->c;
-        const struct key_desc *p[3] = {find_key("inbound_port"), find_key("outbound_port"),
-                                       find_key("admin_port")};
-        for (int i = 0; i < 3; i++) {
-                for (int j = i + 1; j < 3; j++) {
+        const struct key_desc *p[4] = {find_key("inbound_port"), find_key("outbound_port"),
+                                       find_key("admin_port"), find_key("admin.metrics_port")};
+        int n = config_metrics_enabled(c) ? 4 : 3;
+        for (int i = 0; i < n; i++) {
+                for (int j = i + 1; j < n; j++) {
                         uint16_t a = *(uint16_t *)field(c, p[i]), b = *(uint16_t *)field(c, p[j]);
                         if (a != b)
                                 continue;
@@ -1307,6 +1321,11 @@ static int check_ports(struct ctx *x)
                 }
         }
         return 0;
+}
+
+bool config_metrics_enabled(const struct shunt_config *cfg)
+{
+        return strcmp(cfg->metrics_address, "off") != 0;
 }
 
 /* "https://" host [":" port] ["/"]: no user info, path, query or blanks. */

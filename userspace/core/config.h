@@ -96,6 +96,11 @@ struct shunt_config {
          * token shuntd writes to admin.token_file at start ("token") */
         enum admin_mutations admin_mutations;
         char admin_token_file[CONFIG_PATH_MAX]; /* admin.token_file, "/run/shunt/admin-token" */
+        /* admin.metrics_address, SHUNT_ADMIN_METRICS_ADDRESS, "0.0.0.0": the
+         * read-only listener that serves GET /metrics only, for scrapers
+         * outside the pod ("::" = every IPv6 and IPv4 address, "off" = none) */
+        char metrics_address[64];
+        uint16_t metrics_port;    /* admin.metrics_port, SHUNT_ADMIN_METRICS_PORT, 15020 */
         int workers;              /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
         enum log_level log_level; /* log_level, SHUNT_LOG_LEVEL, info */
 
@@ -276,5 +281,7 @@ static inline uint32_t config_socket_mark(const struct shunt_config *cfg)
         return cfg->capture == CAPTURE_INIT ? 0 : cfg->proxy_mark;
 }
 const char *mtls_mode_name(enum mtls_mode m);
+/* False when admin.metrics_address is "off". */
+bool config_metrics_enabled(const struct shunt_config *cfg);
 
 #endif

@@ -440,9 +440,9 @@ static void render(const struct ipt_options *o, int family, const char *stale_de
                 snprintf(m, sizeof(m), "--dport %u", in_ex[i]);
                 rule(out, IPT_CHAIN_INBOUND, m, comments, "RETURN");
         }
-        uint16_t own[2] = {o->inbound_port, o->outbound_port};
-        for (size_t i = 0; i < 2; i++) {
-                if (port_seen(in_ex, n_in_ex, own[i]) || port_seen(own, i, own[i]))
+        uint16_t own[3] = {o->inbound_port, o->outbound_port, o->metrics_port};
+        for (size_t i = 0; i < 3; i++) {
+                if (!own[i] || port_seen(in_ex, n_in_ex, own[i]) || port_seen(own, i, own[i]))
                         continue;
                 snprintf(m, sizeof(m), "--dport %u", own[i]);
                 rule(out, IPT_CHAIN_INBOUND, m, comments, "RETURN");
@@ -504,6 +504,7 @@ void ipt_options_from_config(struct ipt_options *o, const struct shunt_config *c
         memset(o, 0, sizeof(*o));
         o->inbound_port = cfg->inbound_port;
         o->outbound_port = cfg->outbound_port;
+        o->metrics_port = config_metrics_enabled(cfg) ? cfg->metrics_port : 0;
         o->mark = cfg->proxy_mark;
         o->uid = cfg->proxy_uid >= 0 ? (uint32_t)cfg->proxy_uid : uid;
         o->exclude_inbound_ports = cfg->exclude_inbound_ports;

@@ -4,7 +4,9 @@
  *   OUTPUT     -p tcp -j SIDECAR_PROXY_OUTBOUND  -> REDIRECT to outbound_port
  *
  * Excluded: shuntd's own traffic (by uid and by SO_MARK), loopback
- * destinations, configured inbound/outbound ports and outbound CIDRs.
+ * destinations, shuntd's own ports (its metrics listener's too, so that a
+ * scrape from outside reaches it), configured inbound/outbound ports and
+ * outbound CIDRs.
  * Rules are installed atomically with iptables-restore --noflush; a stale
  * set from a crashed run is replaced. */
 #ifndef SHUNT_INTERCEPT_IPTABLES_H
@@ -27,6 +29,8 @@
 struct ipt_options {
         uint16_t inbound_port;
         uint16_t outbound_port;
+        uint16_t metrics_port; /* shuntd's metrics listener, reached from outside: never
+                                  captured; 0 = none */
         uint32_t mark; /* SO_MARK on shuntd's sockets; 0 = no mark rule (0 would match all) */
         uint32_t uid;  /* uid whose traffic is never captured (shuntd's), or IPT_UID_NONE */
         const uint16_t *exclude_inbound_ports;
