@@ -27,6 +27,7 @@ MATRIX = {
     "sidecar-ebpf": {"sidecar": {"capture": "ebpf"}},
     "sidecar-auto-classic": {"sidecar": {"capture": "auto", "nativeSidecar": False}},
     "node-mode": {"nodeAgent": {"enabled": True}, "meshNamespaces": ["demo", "shop"]},
+    "node-mode-no-metrics": {"nodeAgent": {"enabled": True}, "metrics": {"enabled": False}},
     "trust-domain": {
         "trustDomain": "prod.example.org",
         "ca": {"replicas": 3, "lifetime": "12h"},
@@ -36,6 +37,8 @@ MATRIX = {
     "no-webhook": {"webhook": {"enabled": False}, "tests": {"enabled": False}},
 }
 SIDECAR_CASES = ["sidecar-iptables", "sidecar-ebpf", "sidecar-auto-classic", "trust-domain"]
+SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": "15020",
+          "prometheus.io/path": "/metrics"}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def test_objects_rendered_per_case(rendered):
         assert kc.one(objs, "Deployment", "shunt-ca")
         assert kc.one(objs, "Service", "shunt-ca")["spec"]["ports"][0]["port"] == 15012
         assert kc.one(objs, "Secret", "shunt-ca-root")["type"] == "kubernetes.io/tls"
-        assert bool(kc.find(objs, "DaemonSet")) == (case == "node-mode"), (case, kinds)
+        assert bool(kc.find(objs, "DaemonSet")) == case.startswith("node-mode"), (case, kinds)
         hooks = kc.find(objs, "MutatingWebhookConfiguration")
         assert len(hooks) == (0 if case == "no-webhook" else 1), case
         cms = {o["metadata"]["namespace"] for o in kc.find(objs, "ConfigMap", "shunt-ca-bundle")}
@@ -270,6 +273,8 @@ def test_existing_root_secret():
     ({"meshNamespaces": ["Demo"]}, "meshNamespaces"),
     ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"sidecar": {"mtlsMode": "STRICT"}}, "mtlsMode"),
+    ({"metrics": {"port": 0}}, "metrics.port"),
+    ({"metrics": {"scrapeAnnotations": "yes"}}, "scrapeAnnotations"),
 ])
 def test_values_schema_refuses(values, expect):
     assert expect in kc.render_error(values)
@@ -328,6 +333,14 @@ def test_node_agent_daemonset(rendered):
     assert set(caps["add"]) <= {"NET_ADMIN", "NET_RAW", "BPF", "PERFMON"}
     assert not c["securityContext"].get("privileged")
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    # The metrics listener on the node's addresses (hostNetwork), announced.
+    assert c["ports"] == [{"name": "shunt-metrics", "containerPort": 15020, "protocol": "TCP"}]
+    assert env_of(c)["SHUNT_ADMIN_METRICS_PORT"] == "15020"
+    assert ds["spec"]["template"]["metadata"]["annotations"] == SCRAPE
+    ds = kc.one(rendered["node-mode-no-metrics"], "DaemonSet", "shunt-node")
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    assert "ports" not in c and "annotations" not in ds["spec"]["template"]["metadata"]
+    assert env_of(c)["SHUNT_ADMIN_METRICS_ADDRESS"] == "off"
 
 
 # ---- the webhook ------------------------------------------------------------------------
@@ -396,6 +409,16 @@ def test_inject_real_deployments(rendered, case, fixture):
     assert env["SHUNT_PROXY_UID"] == "1337"
     assert env["TRUST_DOMAIN"] == cfg["trust_domain"]
     assert env["SHUNT_LOG_LEVEL"] == cfg["log_level"]
+    # The read-only metrics listener: declared on the proxy, left alone by
+    # the capture the init container installs (same setting), announced to
+    # Prometheus unless the pod has prometheus.io/ annotations of its own.
+    assert proxy["ports"] == [{"name": "shunt-metrics", "containerPort": 15020, "protocol": "TCP"}]
+    assert env["SHUNT_ADMIN_METRICS_PORT"] == "15020"
+    own_ann = pod["metadata"].get("annotations", {})
+    if any(k.startswith("prometheus.io/") for k in own_ann):
+        assert out["metadata"]["annotations"] == own_ann
+    else:
+        assert out["metadata"]["annotations"] == dict(own_ann, **SCRAPE)
     init_env = env_of(init)
     if cfg["capture"] != "iptables":
         # shuntd init finds the pod's cgroup by its uid in the node's tree.
@@ -456,6 +479,29 @@ def test_inject_pod_without_labels_or_volumes(rendered):
     # A label the pod already has with another value is set to "true".
     out, _, _ = kc.inject_pod(cfg, bare_pod(labels={"shunt.io/meshed": "false", "a/b~c": "x"}))
     assert out["metadata"]["labels"] == {"shunt.io/meshed": "true", "a/b~c": "x"}
+
+
+def test_metrics_values_reach_the_webhook():
+    objs = kc.render({"metrics": {"port": 9464, "scrapeAnnotations": False}})
+    cfgfile = kc.inject_config(objs)
+    assert json.load(open(cfgfile))["metrics_port"] == 9464
+    out, resp, _ = kc.inject_pod(cfgfile, bare_pod())
+    _, proxy = shunt_containers(out["spec"])
+    assert proxy["ports"][0]["containerPort"] == 9464
+    assert env_of(proxy)["SHUNT_ADMIN_METRICS_PORT"] == "9464"
+    assert "annotations" not in out["metadata"]
+    assert kc.validate([out]) == {}
+    cfgfile = kc.inject_config(kc.render({"metrics": {"enabled": False}}))
+    out, resp, _ = kc.inject_pod(cfgfile, bare_pod())
+    init, proxy = shunt_containers(out["spec"])
+    assert "ports" not in proxy and "annotations" not in out["metadata"]
+    assert env_of(proxy)["SHUNT_ADMIN_METRICS_ADDRESS"] == "off" == env_of(init)["SHUNT_ADMIN_METRICS_ADDRESS"]
+    # An application container on the port: injected, with a warning.
+    pod = bare_pod()
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": 15020}]
+    out, resp, _ = kc.inject_pod(kc.inject_config(kc.render({})), pod)
+    assert resp["warnings"] == ["shunt: container app declares port 15020, which the proxy's "
+                                "metrics listener takes"]
 
 
 def test_per_pod_annotations(rendered):

@@ -231,6 +231,11 @@ def test_injected_pod_runs(topo, cluster, mode, request):
         accepted = {dict(labels).get("direction"): v for (name, labels), v in m.items()
                     if name == "shunt_connections_accepted_total"}
         assert accepted.get("outbound", 0) >= 1 and accepted.get("inbound", 0) >= 1, accepted
+        # A scraper in another pod reaches the port the proxy declares: the
+        # capture shunt-init installed leaves it alone.
+        (mport,) = [x["containerPort"] for x in proxy["ports"] if x["name"] == "shunt-metrics"]
+        scraped = topo.remote.curl(["http://%s:%d/metrics" % (T.APP4, mport)])
+        assert scraped.returncode == 0 and "shunt_build_info{" in scraped.stdout, scraped.stderr
         status, _, st = topo.app.http("127.0.0.1", 15003, "GET", "/status")
         assert json.loads(st)["redirect_mode"] == mode, st
         status, _, certs = topo.app.http("127.0.0.1", 15003, "GET", "/certs")

@@ -202,7 +202,7 @@ static void test_native_sidecar_patch(void **state)
         assert_true(allowed(&a));
         assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(response(&a), "uid")),
                             "0df28fbd-5f5f-11e8-9c2d-fa7ae01bbebc");
-        assert_int_equal(cJSON_GetArraySize(a.patch), 3);
+        assert_int_equal(cJSON_GetArraySize(a.patch), 4);
         const cJSON *labels = op_at(&a, 0, "/metadata/labels");
         assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(labels, "shunt.io/meshed")),
                             "true");
@@ -220,7 +220,20 @@ static void test_native_sidecar_patch(void **state)
         assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(sc, "capabilities"), "add"));
         const cJSON *vols = op_at(&a, 2, "/spec/volumes");
         assert_int_equal(cJSON_GetArraySize(vols), 6);
+        /* The metrics listener: declared, and announced to scrapers. */
+        char *ports = cJSON_PrintUnformatted(cJSON_GetObjectItem(proxy, "ports"));
+        assert_string_equal(
+            ports, "[{\"name\":\"shunt-metrics\",\"containerPort\":15020,\"protocol\":\"TCP\"}]");
+        free(ports);
+        char *ann = cJSON_PrintUnformatted(op_at(&a, 3, "/metadata/annotations"));
+        assert_string_equal(ann, "{\"prometheus.io/scrape\":\"true\",\"prometheus.io/port\":"
+                                 "\"15020\",\"prometheus.io/path\":\"/metrics\"}");
+        free(ann);
         char *text = cJSON_PrintUnformatted(a.patch);
+        /* Both containers: the init container's capture leaves the port alone. */
+        const char *mp = "{\"name\":\"SHUNT_ADMIN_METRICS_PORT\",\"value\":\"15020\"}";
+        assert_non_null(strstr(text, mp));
+        assert_non_null(strstr(strstr(text, mp) + 1, mp));
         /* The pod's labels for AuthorizationPolicy selectors, where the
          * proxy looks by default (authorization.pod_labels_file). */
         assert_non_null(strstr(text, "{\"path\":\"labels\",\"fieldRef\":{\"apiVersion\":\"v1\","
@@ -241,13 +254,14 @@ static void test_native_sidecar_patch(void **state)
                               "\"containers\":[{\"name\":\"web\"}],\"volumes\":[{\"name\":"
                               "\"data\",\"emptyDir\":{}}]}}",
                               "CREATE"));
-        assert_int_equal(cJSON_GetArraySize(a.patch), 9);
+        assert_int_equal(cJSON_GetArraySize(a.patch), 10);
         assert_string_equal(cJSON_GetStringValue(op_at(&a, 0, "/metadata/labels/shunt.io~1meshed")),
                             "true");
         assert_string_equal(name_of(op_at(&a, 1, "/spec/initContainers/0")), "shunt-init");
         assert_string_equal(name_of(op_at(&a, 2, "/spec/initContainers/1")), "shunt-proxy");
         for (int i = 3; i < 9; i++)
                 op_at(&a, i, "/spec/volumes/-");
+        op_at(&a, 9, "/metadata/annotations");
         answer_free(&a);
         inject_config_free(c);
 }
@@ -358,6 +372,72 @@ static void test_annotations(void **state)
         inject_config_free(c);
 }
 
+/* The metrics port: the pod's own prometheus.io/ annotations are kept, a
+ * container on the same port is warned about, and the chart can turn the
+ * annotations or the listener off. */
+static void test_metrics_port(void **state)
+{
+        struct inject_config *c = config("{}");
+        struct answer a =
+            ask(c, review_for("{\"metadata\":{\"name\":\"p\",\"annotations\":{\"prometheus.io/"
+                              "scrape\":\"true\"}},\"spec\":{\"containers\":[{\"name\":\"a\","
+                              "\"ports\":[{\"containerPort\":15020}]}]}}",
+                              "CREATE"));
+        assert_true(allowed(&a));
+        char *text = cJSON_PrintUnformatted(a.patch);
+        assert_null(strstr(text, "prometheus.io"));
+        free(text);
+        char *w = cJSON_PrintUnformatted(cJSON_GetObjectItem(response(&a), "warnings"));
+        assert_string_equal(w, "[\"shunt: container a declares port 15020, which the proxy's "
+                               "metrics listener takes\"]");
+        free(w);
+        answer_free(&a);
+
+        /* Annotations of other kinds: the three are added one by one. */
+        a = ask(c, review_for("{\"metadata\":{\"name\":\"p\",\"annotations\":{\"a\":\"b\"}},"
+                              "\"spec\":{\"containers\":[{\"name\":\"a\"}]}}",
+                              "CREATE"));
+        int n = cJSON_GetArraySize(a.patch);
+        assert_string_equal(
+            cJSON_GetStringValue(op_at(&a, n - 3, "/metadata/annotations/prometheus.io~1scrape")),
+            "true");
+        assert_string_equal(
+            cJSON_GetStringValue(op_at(&a, n - 2, "/metadata/annotations/prometheus.io~1port")),
+            "15020");
+        assert_string_equal(
+            cJSON_GetStringValue(op_at(&a, n - 1, "/metadata/annotations/prometheus.io~1path")),
+            "/metrics");
+        answer_free(&a);
+        inject_config_free(c);
+
+        const char *pod = "{\"metadata\":{\"name\":\"p\"},\"spec\":{\"containers\":[{\"name\":"
+                          "\"a\"}]}}";
+        c = config("{\"metrics_port\":9464,\"scrape_annotations\":false}");
+        a = ask(c, review_for(pod, "CREATE"));
+        text = cJSON_PrintUnformatted(a.patch);
+        assert_non_null(strstr(text, "\"containerPort\":9464"));
+        assert_non_null(strstr(text, "{\"name\":\"SHUNT_ADMIN_METRICS_PORT\",\"value\":\"9464\"}"));
+        assert_null(strstr(text, "prometheus.io"));
+        free(text);
+        answer_free(&a);
+        inject_config_free(c);
+
+        c = config("{\"metrics_port\":0}");
+        a = ask(c, review_for(pod, "CREATE"));
+        text = cJSON_PrintUnformatted(a.patch);
+        assert_null(strstr(text, "\"ports\""));
+        assert_null(strstr(text, "prometheus.io"));
+        assert_non_null(
+            strstr(text, "{\"name\":\"SHUNT_ADMIN_METRICS_ADDRESS\",\"value\":\"off\"}"));
+        free(text);
+        answer_free(&a);
+        inject_config_free(c);
+
+        config_error("{\"metrics_port\":70000}", "metrics_port: expected an integer 0..65535");
+        config_error("{\"scrape_annotations\":\"yes\"}",
+                     "scrape_annotations: expected true or false");
+}
+
 static void test_bad_requests(void **state)
 {
         struct inject_config *c = config("{}");
@@ -411,6 +491,7 @@ int main(void)
             cmocka_unit_test(test_classic_sidecar_and_ebpf),
             cmocka_unit_test(test_left_alone),
             cmocka_unit_test(test_annotations),
+            cmocka_unit_test(test_metrics_port),
             cmocka_unit_test(test_bad_requests),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -105,8 +105,8 @@ static const struct key_desc keys[] = {
          .note = "written at start (0600, a fresh random token) when admin.mutations is token; removed at exit"},
         {.path = "admin.metrics_address", .env = "SHUNT_ADMIN_METRICS_ADDRESS", .type = K_ADDR, FIELD(metrics_address),
          .def = "0.0.0.0", .flags = KF_RESTART | KF_OFF,
-         .note = "the read-only listener for GET /metrics (scrapers outside the pod; its port is never captured); "
-                 ":: = every IPv6 and IPv4 address"},
+         .note = "of the read-only GET /metrics listener for scrapers outside the pod (its port is never "
+                 "captured); :: = every IPv6 and IPv4 address"},
         {.path = "admin.metrics_port", .env = "SHUNT_ADMIN_METRICS_PORT", .type = K_PORT, FIELD(metrics_port),
          .def = "15020", .flags = KF_RESTART},
         {.path = "workers", .env = "SHUNT_WORKERS", .type = K_INT, FIELD(workers), .min = 0, .max = WORKERS_MAX,

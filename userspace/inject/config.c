@@ -83,6 +83,16 @@ static int get_int(const cJSON *item, const char *key, long lo, long hi, long *o
         return 0;
 }
 
+static int get_bool(const cJSON *item, const char *key, bool *out, char *err, size_t errlen)
+{
+        if (!cJSON_IsBool(item)) {
+                errf(err, errlen, "inject config: %s: expected true or false", key);
+                return -EINVAL;
+        }
+        *out = cJSON_IsTrue(item);
+        return 0;
+}
+
 /* {"requests": {"cpu": Q, "memory": Q}, "limits": {...}}: every quantity
  * checked; the object is kept as it is for the patch. */
 static int get_resources(const cJSON *item, const char *key, cJSON **out, char *err, size_t errlen)
@@ -187,6 +197,8 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
         snprintf(c->discovery, sizeof(c->discovery), "kubernetes");
         snprintf(c->bpf_pin_root, sizeof(c->bpf_pin_root), "/sys/fs/bpf/shunt");
         c->startup_timeout = 120;
+        c->metrics_port = 15020;
+        c->scrape_annotations = true;
 
         int rc = 0;
         long v;
@@ -202,12 +214,13 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                 else if (!strcmp(k, "capture"))
                         rc = get_str(item, k, c->capture, sizeof(c->capture), capture_names, true,
                                      err, errlen);
-                else if (!strcmp(k, "native_sidecar")) {
-                        if (!cJSON_IsBool(item)) {
-                                errf(err, errlen, "inject config: %s: expected true or false", k);
-                                rc = -EINVAL;
-                        }
-                        c->native_sidecar = cJSON_IsTrue(item);
+                else if (!strcmp(k, "native_sidecar"))
+                        rc = get_bool(item, k, &c->native_sidecar, err, errlen);
+                else if (!strcmp(k, "scrape_annotations"))
+                        rc = get_bool(item, k, &c->scrape_annotations, err, errlen);
+                else if (!strcmp(k, "metrics_port")) {
+                        if (!(rc = get_int(item, k, 0, 65535, &v, err, errlen)))
+                                c->metrics_port = (int)v;
                 } else if (!strcmp(k, "proxy_uid")) {
                         if (!(rc = get_int(item, k, 1, 2147483647, &v, err, errlen)))
                                 c->proxy_uid = (int)v;
@@ -260,7 +273,7 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                              "token_expiration_seconds, bundle_configmap, log_level, mtls_mode, "
                              "discovery, bpf_pin_root, proxy_resources, init_resources, "
                              "exclude_inbound_ports, exclude_outbound_ports, "
-                             "exclude_outbound_cidrs)",
+                             "exclude_outbound_cidrs, metrics_port, scrape_annotations)",
                              k);
                         rc = -EINVAL;
                 }

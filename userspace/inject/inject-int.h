@@ -41,6 +41,8 @@ struct inject_config {
         cJSON *proxy_resources; /* NULL: none */
         cJSON *init_resources;
         struct inject_list exclude_in, exclude_out, exclude_cidrs;
+        int metrics_port;        /* shuntd's read-only metrics listener; 0 = none */
+        bool scrape_annotations; /* prometheus.io/ annotations for it on the pod */
 };
 
 /* Where the init container sees the node's /sys/fs/cgroup (eBPF). */

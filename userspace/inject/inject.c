@@ -34,6 +34,12 @@ static const char *const known_annotations[] = {INJECT_OPTOUT, A_EXCL_IN, A_EXCL
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 
+/* shuntd's read-only metrics listener, as a scraper finds it. */
+#define METRICS_PORT_NAME "shunt-metrics"
+#define A_PROM_SCRAPE     "prometheus.io/scrape"
+#define A_PROM_PORT       "prometheus.io/port"
+#define A_PROM_PATH       "prometheus.io/path"
+
 #define VOL_TOKEN   "shunt-token"
 #define VOL_BUNDLE  "shunt-ca-bundle"
 #define VOL_KUBE    "shunt-kube-api"
@@ -318,6 +324,14 @@ static cJSON *make_env(const struct review *r, bool init)
         env_value(env, "SHUNT_PROXY_UID", uid);
         env_value(env, "SHUNT_LOG_LEVEL", r->log_level);
         env_value(env, "TRUST_DOMAIN", c->trust_domain);
+        /* The init container too: the capture it installs leaves the
+         * metrics port alone. */
+        if (c->metrics_port) {
+                snprintf(uid, sizeof(uid), "%d", c->metrics_port);
+                env_value(env, "SHUNT_ADMIN_METRICS_PORT", uid);
+        } else {
+                env_value(env, "SHUNT_ADMIN_METRICS_ADDRESS", "off");
+        }
         if (r->mtls_mode && *r->mtls_mode)
                 env_value(env, "MTLS_MODE", r->mtls_mode);
         if (r->ex_in.n) {
@@ -466,6 +480,14 @@ static cJSON *make_proxy(const struct review *r)
         cJSON_AddItemToObject(k, "command", strings(cmd));
         cJSON_AddItemToObject(k, "args", strings(args));
         cJSON_AddItemToObject(k, "env", make_env(r, false));
+        if (c->metrics_port) {
+                cJSON *p = cJSON_CreateObject();
+                cJSON_AddStringToObject(p, "name", METRICS_PORT_NAME);
+                cJSON_AddNumberToObject(p, "containerPort", c->metrics_port);
+                cJSON_AddStringToObject(p, "protocol", "TCP");
+                cJSON *ports = cJSON_AddArrayToObject(k, "ports");
+                cJSON_AddItemToArray(ports, p);
+        }
         cJSON *res = make_resources(r);
         if (cJSON_GetArraySize(res))
                 cJSON_AddItemToObject(k, "resources", res);
@@ -633,22 +655,62 @@ static void add_all(cJSON *patch, const cJSON *spec, const char *key, cJSON *ite
         cJSON_Delete(items);
 }
 
-static void add_map_entry(cJSON *patch, const cJSON *meta, const char *map, const char *key,
-                          const char *value)
+/* Sets n {key, value} pairs in metadata.<map>: one "add" of the whole map
+ * when the pod has none (a second would replace the first). */
+static void add_map_entries(cJSON *patch, const cJSON *meta, const char *map,
+                            const char *const (*kv)[2], size_t n)
 {
         char path[160], esc[128];
         const cJSON *have = cJSON_GetObjectItemCaseSensitive(meta, map);
         if (!cJSON_IsObject(have)) {
                 cJSON *m = cJSON_CreateObject();
-                cJSON_AddStringToObject(m, key, value);
+                for (size_t i = 0; i < n; i++)
+                        cJSON_AddStringToObject(m, kv[i][0], kv[i][1]);
                 snprintf(path, sizeof(path), "/metadata/%s", map);
                 op_add(patch, path, m);
                 return;
         }
-        pointer_escape(key, esc, sizeof(esc));
-        snprintf(path, sizeof(path), "/metadata/%s/%s", map, esc);
-        /* "add" on an existing member replaces it (RFC 6902 4.1). */
-        op_add(patch, path, cJSON_CreateString(value));
+        for (size_t i = 0; i < n; i++) {
+                pointer_escape(kv[i][0], esc, sizeof(esc));
+                snprintf(path, sizeof(path), "/metadata/%s/%s", map, esc);
+                /* "add" on an existing member replaces it (RFC 6902 4.1). */
+                op_add(patch, path, cJSON_CreateString(kv[i][1]));
+        }
+}
+
+/* The prometheus.io/ annotations that point scrapers at the metrics
+ * listener, unless the pod has its own (its application's metrics: kept). */
+static void add_scrape_annotations(struct review *r, cJSON *patch, const cJSON *meta,
+                                   const cJSON *ann, const cJSON *containers)
+{
+        const struct inject_config *c = r->cfg;
+        if (!c->metrics_port)
+                return;
+        const cJSON *k;
+        cJSON_ArrayForEach(k, containers)
+        {
+                const cJSON *p;
+                cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(k, "ports"))
+                {
+                        const cJSON *n = cJSON_GetObjectItemCaseSensitive(p, "containerPort");
+                        if (!cJSON_IsNumber(n) || n->valuedouble != c->metrics_port)
+                                continue;
+                        char msg[200];
+                        snprintf(msg, sizeof(msg),
+                                 "shunt: container %.64s declares port %d, which the proxy's "
+                                 "metrics listener takes",
+                                 str_of(k, "name") ? str_of(k, "name") : "?", c->metrics_port);
+                        warn(r, msg);
+                }
+        }
+        if (!c->scrape_annotations || str_of(ann, A_PROM_SCRAPE) || str_of(ann, A_PROM_PORT) ||
+            str_of(ann, A_PROM_PATH))
+                return;
+        char port[8];
+        snprintf(port, sizeof(port), "%d", c->metrics_port);
+        const char *const kv[][2] = {
+            {A_PROM_SCRAPE, "true"}, {A_PROM_PORT, port}, {A_PROM_PATH, "/metrics"}};
+        add_map_entries(patch, meta, "annotations", kv, 3);
 }
 
 /* Reads the pod's shunt.io/ annotations into r; false (r->refuse set) on a bad one. */
@@ -790,7 +852,8 @@ static void review_pod(struct review *r, const cJSON *req)
         cJSON *patch = cJSON_CreateArray();
         if (!patch)
                 return;
-        add_map_entry(patch, meta, "labels", INJECT_MESHED_LABEL, "true");
+        const char *const meshed[][2] = {{INJECT_MESHED_LABEL, "true"}};
+        add_map_entries(patch, meta, "labels", meshed, 1);
 
         /* Native sidecar: capture first, then the proxy, then the pod's own
          * init containers (whose traffic is then proxied too). Classic form:
@@ -809,6 +872,7 @@ static void review_pod(struct review *r, const cJSON *req)
                 add_all(patch, spec, "containers", k, true);
         }
         add_all(patch, spec, "volumes", make_volumes(r), false);
+        add_scrape_annotations(r, patch, meta, ann, containers);
         r->patch = patch;
         notef(r, "injected %s (%s capture, %s sidecar)", r->pod, c->capture,
               c->native_sidecar ? "native" : "classic");

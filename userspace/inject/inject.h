@@ -3,8 +3,10 @@
  * An AdmissionReview v1 request for a Pod CREATE goes in; an AdmissionReview
  * v1 response comes out, with a base64 JSONPatch that adds shunt's capture
  * init container (`shuntd init`), the proxy (uid 1337, `--capture init`, no
- * capability), the projected token and trust-bundle volumes and the label
- * `shunt.io/meshed: "true"`. What to add comes from an inject config (JSON,
+ * capability, the metrics port 15020 declared), the projected token and
+ * trust-bundle volumes, the label `shunt.io/meshed: "true"` and, unless the
+ * pod has its own, the prometheus.io/ scrape annotations for that port. What to add comes from an
+ * inject config (JSON,
  * `--inject-config FILE` of shunt-ca; the chart renders it into a ConfigMap)
  * and from the pod's `shunt.io/` annotations. */
 #ifndef SHUNT_INJECT_INJECT_H

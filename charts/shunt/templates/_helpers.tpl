@@ -86,6 +86,8 @@ replacing it would invalidate every workload certificate in the mesh.
   "exclude_inbound_ports" $s.excludeInboundPorts
   "exclude_outbound_ports" $s.excludeOutboundPorts
   "exclude_outbound_cidrs" $s.excludeOutboundCIDRs
+  "metrics_port" (ternary (int .Values.metrics.port) 0 .Values.metrics.enabled)
+  "scrape_annotations" .Values.metrics.scrapeAnnotations
 -}}
 {{- toPrettyJson $cfg }}
 {{- end }}
