@@ -34,6 +34,7 @@
 #include "admin/admin.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "require.h"
 
 static struct loop *g_loop;
 static struct admin *g_admin;
@@ -375,7 +376,7 @@ static void test_post_body(void **state)
         const char head[] =
             "POST /echo HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: 11\r\n\r\nhel";
         send_all(s, head, sizeof(head) - 1);
-        sleep_ms(50);
+        sleep_ms(50); /* pieces apart in time, so the server reads them apart: the test */
         send_all(s, "lo ", 3);
         sleep_ms(50);
         send_all(s, "world", 5);
@@ -556,8 +557,10 @@ static void test_slow_client_timeout(void **state)
         if (n != 0 && !(n < 0 && errno == ECONNRESET))
                 fail_msg("expected the server to close, recv returned %zd (%s)", n,
                          n < 0 ? strerror(errno) : "data");
-        if (dt < 150 || dt > 2000)
-                fail_msg("closed after %llu ms, want about 200", (unsigned long long)dt);
+        /* Not before the timeout; no upper bound (a loaded machine may be
+         * slow): SO_RCVTIMEO (5 s) would show as n < 0 with EAGAIN above. */
+        if (dt < 150)
+                fail_msg("closed after %llu ms, before the 200 ms timeout", (unsigned long long)dt);
 
         /* one byte every 40 ms: the timeout covers the whole request, it is not
          * renewed by each byte */
@@ -565,7 +568,6 @@ static void test_slow_client_timeout(void **state)
         const char *req =
             "GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
             "aaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-        t0 = now_ms();
         bool closed = false;
         for (const char *p = req; *p && !closed; p++) {
                 if (send(fd, p, 1, MSG_NOSIGNAL) < 0)
@@ -580,40 +582,62 @@ static void test_slow_client_timeout(void **state)
                                          (int)n, buf);
                 }
         }
-        dt = now_ms() - t0;
         close(fd);
+        /* Closed before the last of the ~90 bytes (at least 3.6 s of
+         * dribbling): the timeout was not renewed by each byte. */
         assert_true(closed);
-        if (dt > 2000)
-                fail_msg("dribbling client kept for %llu ms", (unsigned long long)dt);
         set_read_timeout(ADMIN_DEFAULT_READ_TIMEOUT_MS);
         assert_alive();
 }
 
+struct own_task {
+        struct admin *a;
+        char err[256];
+};
+
+static void own_new_task(void *arg)
+{
+        struct own_task *t = arg;
+        t->a = admin_new(g_loop, "127.0.0.1", 0, t->err, sizeof(t->err));
+        if (t->a)
+                admin_route(t->a, "GET", "/hello", h_hello, NULL);
+}
+
+/* On a server of its own: the shared one may still hold the connections of
+ * earlier tests, which would count against the limit. */
 static void test_connection_limit(void **state)
 {
-        sleep_ms(300); /* earlier clients are gone */
+        struct own_task t = {0};
+        assert_int_equal(loop_call(g_loop, own_new_task, &t, 5000), 0);
+        if (!t.a)
+                fail_msg("admin_new: %s", t.err);
+        uint16_t port = admin_port(t.a);
         int holders[ADMIN_MAX_CONNS];
         const char part[] = "GET /hello HTTP/1.1\r\n";
         for (int i = 0; i < ADMIN_MAX_CONNS; i++) {
-                holders[i] = raw_connect();
+                holders[i] = raw_connect_port(port);
                 send_all(holders[i], part, sizeof(part) - 1);
         }
-        sleep_ms(300);
-        for (int i = 0; i < ADMIN_MAX_CONNS; i++) {
-                struct pollfd pfd = {.fd = holders[i], .events = POLLIN};
-                if (poll(&pfd, 1, 0) != 0)
-                        fail_msg("holder %d was answered or closed early", i);
-        }
+        /* The server accepts in connection order: an extra connection is
+         * answered only after every holder was accepted and counted. */
         char out[1024];
         for (int i = 0; i < 3; i++) {
                 const char req[] = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
-                raw_exchange(req, sizeof(req) - 1, out, sizeof(out));
+                int fd = raw_connect_port(port);
+                send_all(fd, req, sizeof(req) - 1);
+                read_all(fd, out, sizeof(out));
+                close(fd);
                 if (status_of(out) != 503)
                         fail_msg("extra connection %d: want 503, got '%.80s'", i, out);
                 assert_non_null(strstr(out, "too many admin connections"));
                 assert_non_null(strstr(out, "Retry-After: 1\r\n"));
         }
-        assert_int_equal(curl("", "/hello", out, sizeof(out)), 503);
+        assert_int_equal(curl_port("127.0.0.1", port, "", "/hello", out, sizeof(out)), 503);
+        for (int i = 0; i < ADMIN_MAX_CONNS; i++) {
+                struct pollfd pfd = {.fd = holders[i], .events = POLLIN};
+                if (poll(&pfd, 1, 0) != 0)
+                        fail_msg("holder %d was answered or closed early", i);
+        }
         /* a held connection still completes its request */
         const char rest[] = "Host: x\r\n\r\n";
         send_all(holders[0], rest, sizeof(rest) - 1);
@@ -621,7 +645,7 @@ static void test_connection_limit(void **state)
         assert_int_equal(status_of(out), 200);
         for (int i = 0; i < ADMIN_MAX_CONNS; i++)
                 close(holders[i]);
-        sleep_ms(100);
+        assert_int_equal(loop_call(g_loop, free_task, t.a, 5000), 0);
         assert_alive();
 }
 
@@ -637,9 +661,11 @@ static void test_big_response_slow_reader(void **state)
         assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
         const char req[] = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
         send_all(fd, req, sizeof(req) - 1);
-        sleep_ms(200);
-        /* The response does not fit the socket buffers: the server must go on
-         * serving others while this one waits for EPOLLOUT. */
+        /* Once the first bytes are here the server has started the response,
+         * which does not fit the socket buffers: it must go on serving others
+         * while this one waits for EPOLLOUT. */
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        assert_int_equal(poll(&pfd, 1, 5000), 1);
         assert_alive();
         assert_alive();
 
@@ -689,7 +715,7 @@ static void test_new_errors_and_ipv6(void **state)
         assert_int_equal(loop_call(g_loop, v6_new_task, &t, 5000), 0);
         if (!t.a) {
                 if (strstr(t.err, "Cannot assign requested address"))
-                        skip(); /* no IPv6 loopback here */
+                        require_missing("ipv6", "no IPv6 loopback here");
                 fail_msg("admin_new on [::1]: %s", t.err);
         }
         char out[256];
@@ -1141,8 +1167,8 @@ static void test_ctl_timeout(void **state)
         close(fd);
         assert_int_equal(rc, 1);
         assert_contains(err, "Connection timed out");
-        if (dt < 4500 || dt > 8000)
-                fail_msg("gave up after %llu ms, want 5000", (unsigned long long)dt);
+        if (dt < 4500) /* not before the deadline; ctest's timeout bounds a hang */
+                fail_msg("gave up after %llu ms, before the 5 s deadline", (unsigned long long)dt);
 }
 
 int main(void)

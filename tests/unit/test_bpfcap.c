@@ -2,10 +2,14 @@
  *
  * The process enters a private network namespace (only its own loopback
  * carries traffic), loads and attaches the programs to a throwaway cgroup
- * (/sys/fs/cgroup/unified/shunt-test-<pid>) with pins under a throwaway root
- * (/sys/fs/bpf/shunt-test-<pid>), and runs every scenario in a forked child
- * moved into that cgroup. Everything is removed at the end, also when a test
- * fails. Needs root; skipped otherwise. */
+ * (<cgroup2 mount>/shunt-test-<pid>, the mount found in /proc/self/mountinfo:
+ * /sys/fs/cgroup on a pure cgroup v2 host, /sys/fs/cgroup/unified on a
+ * hybrid one) with pins under a throwaway root (/sys/fs/bpf/shunt-test-<pid>),
+ * and runs every scenario in a forked child moved into that cgroup.
+ * Everything is removed at the end, also when a test fails. Needs root, a
+ * cgroup v2 mount and a kernel that loads the programs: without them every
+ * live test fails naming what is missing, unless SHUNT_ALLOW_SKIP allows it
+ * (require.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -38,6 +42,7 @@
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "intercept/bpfcap.h"
+#include "require.h"
 
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
@@ -57,7 +62,9 @@ static char g_cgroup[256];
 static char g_pins[256];
 static uint16_t g_port;
 static struct bpfcap *g_cap;
+static char g_cgroup2[200]; /* where cgroup v2 is mounted */
 static bool g_live;
+static const char *g_skip_name; /* what the live tests miss (require.h) */
 static char g_skip_why[1024];
 static struct cidr g_excl_cidr;
 
@@ -80,6 +87,27 @@ static int lo_up(void)
         return rc;
 }
 
+/* The mount point of the cgroup v2 hierarchy, from mountinfo
+ * ("ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [TAGS] - FSTYPE ..."). */
+static int find_cgroup2(char *out, size_t len)
+{
+        FILE *f = fopen("/proc/self/mountinfo", "r");
+        if (!f)
+                return -1;
+        char line[1024], mnt[512];
+        int rc = -1;
+        while (rc < 0 && fgets(line, sizeof(line), f)) {
+                const char *fs = strstr(line, " - ");
+                if (fs && strncmp(fs + 3, "cgroup2 ", 8) == 0 &&
+                    sscanf(line, "%*s %*s %*s %*s %511s", mnt) == 1)
+                        rc = snprintf(out, len, "%s", mnt) < (int)len ? 0 : -1;
+        }
+        fclose(f);
+        return rc;
+}
+
+/* A port on the private namespace's loopback: nothing else runs in that
+ * namespace, so the port cannot be taken between this probe and the bind. */
 static uint16_t free_port(void)
 {
         int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -110,22 +138,33 @@ static void options(struct bpfcap_options *o)
 static int group_setup(void **state)
 {
         if (geteuid() != 0) {
-                snprintf(g_skip_why, sizeof(g_skip_why), "not root");
+                g_skip_name = "root";
+                snprintf(g_skip_why, sizeof(g_skip_why), "eBPF capture tests need root");
                 return 0;
         }
         if (unshare(CLONE_NEWNET) < 0 || lo_up() < 0) {
+                g_skip_name = "netns";
                 snprintf(g_skip_why, sizeof(g_skip_why), "private network namespace: %s",
                          strerror(errno));
                 return 0;
         }
+        if (!g_cgroup2[0]) {
+                g_skip_name = "cgroup2";
+                snprintf(g_skip_why, sizeof(g_skip_why),
+                         "no cgroup v2 hierarchy in /proc/self/mountinfo");
+                return 0;
+        }
         char why[256];
-        snprintf(g_cgroup, sizeof(g_cgroup), "/sys/fs/cgroup/unified/shunt-test-%d", (int)getpid());
+        snprintf(g_cgroup, sizeof(g_cgroup), "%s/shunt-test-%d", g_cgroup2, (int)getpid());
         snprintf(g_pins, sizeof(g_pins), "/sys/fs/bpf/shunt-test-%d", (int)getpid());
         if (mkdir(g_cgroup, 0755) < 0) {
+                g_skip_name = "cgroup2";
                 snprintf(g_skip_why, sizeof(g_skip_why), "mkdir %s: %s", g_cgroup, strerror(errno));
+                g_cgroup[0] = '\0';
                 return 0;
         }
         if (bpfcap_probe(g_cgroup, why, sizeof(why)) < 0) {
+                g_skip_name = "bpf";
                 snprintf(g_skip_why, sizeof(g_skip_why), "probe: %s", why);
                 rmdir(g_cgroup);
                 g_cgroup[0] = '\0';
@@ -164,10 +203,8 @@ static int group_teardown(void **state)
 
 #define LIVE()                                                                                     \
         do {                                                                                       \
-                if (!g_live) {                                                                     \
-                        print_message("skipped: %s\n", g_skip_why);                                \
-                        skip();                                                                    \
-                }                                                                                  \
+                if (!g_live)                                                                       \
+                        require_missing(g_skip_name, g_skip_why);                                  \
         } while (0)
 
 /* ---- a child in the cgroup ------------------------------------------------------ */
@@ -879,6 +916,7 @@ static void test_shared_pins_unprivileged(void **state)
 static void test_pins_and_bpftool(void **state)
 {
         LIVE();
+        require_tool("bpftool", "bpftool");
         for (size_t i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++)
                 assert_true(exists(g_pins, pinned[i]));
         char cmd[600];
@@ -959,8 +997,12 @@ static void test_stale_pins_replaced(void **state)
 static void test_probe_refused(void **state)
 {
         char why[256];
+        if (geteuid() != 0) /* the probe needs CAP_BPF before it looks at the path */
+                require_missing("root", "eBPF capture tests need root");
+        if (!g_cgroup2[0])
+                require_missing("cgroup2", "no cgroup v2 hierarchy in /proc/self/mountinfo");
         setenv("SHUNT_BPF_REFUSE", "1", 1);
-        assert_int_equal(bpfcap_probe("/sys/fs/cgroup/unified", why, sizeof(why)), -1);
+        assert_int_equal(bpfcap_probe(g_cgroup2, why, sizeof(why)), -1);
         unsetenv("SHUNT_BPF_REFUSE");
         assert_non_null(strstr(why, "refused"));
         assert_int_equal(bpfcap_probe("/nonexistent-cgroup", why, sizeof(why)), -1);
@@ -974,6 +1016,8 @@ static void test_probe_refused(void **state)
 int main(void)
 {
         log_set_level(LOG_WARN);
+        if (find_cgroup2(g_cgroup2, sizeof(g_cgroup2)) < 0)
+                g_cgroup2[0] = '\0';
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_probe_refused),
             cmocka_unit_test(test_ipv4_capture),

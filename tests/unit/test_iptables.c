@@ -1,7 +1,8 @@
 /* iptables capture: rendering (golden), and live install/remove/counters and
  * real redirected traffic inside a private network namespace that this
  * process enters at start-up (it dies with the process; the host's tables
- * are never touched). The live tests are skipped when not root. */
+ * are never touched). The live tests fail when root, the namespace or
+ * iptables-save is missing, unless SHUNT_ALLOW_SKIP allows it (require.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,13 +26,15 @@
 #include <unistd.h>
 
 #include "intercept/iptables.h"
+#include "require.h"
 
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
 #endif
 
-static bool g_live;          /* inside our own network namespace, as root */
-static char g_skip_why[256]; /* why the live tests are skipped */
+static bool g_live;             /* inside our own network namespace, as root */
+static const char *g_skip_name; /* what the live tests miss (require.h) */
+static char g_skip_why[256];    /* and why */
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -350,10 +353,8 @@ static void test_options_from_config(void **state)
 
 #define LIVE()                                                                                     \
         do {                                                                                       \
-                if (!g_live) {                                                                     \
-                        fprintf(stderr, "skipped: %s\n", g_skip_why);                              \
-                        skip();                                                                    \
-                }                                                                                  \
+                if (!g_live)                                                                       \
+                        require_missing(g_skip_name, g_skip_why);                                  \
         } while (0)
 
 static const char *const JUMP_IN = "-A PREROUTING -p tcp" C " -j SIDECAR_PROXY_INBOUND";
@@ -964,22 +965,32 @@ static void test_ipv6_disabled_skipped(void **state)
 static int enter_namespace(void **state)
 {
         if (geteuid() != 0) {
+                g_skip_name = "root";
                 snprintf(g_skip_why, sizeof(g_skip_why), "live iptables tests need root");
                 return 0;
         }
         if (unshare(CLONE_NEWNET) != 0) {
+                g_skip_name = "netns";
                 snprintf(g_skip_why, sizeof(g_skip_why), "unshare(CLONE_NEWNET): %s",
                          strerror(errno));
                 return 0;
         }
         char *out = NULL;
         if (RUN(NULL, &out, "ip", "link", "set", "lo", "up") != 0) {
+                g_skip_name = "netns";
                 snprintf(g_skip_why, sizeof(g_skip_why), "ip link set lo up: %s", out ? out : "");
                 free(out);
                 return 0;
         }
         free(out);
+        if (!require_have_tool("iptables-save")) {
+                g_skip_name = "iptables-save";
+                snprintf(g_skip_why, sizeof(g_skip_why),
+                         "iptables-save is not installed (Debian package iptables)");
+                return 0;
+        }
         if (RUN(NULL, &out, "iptables-save", "-t", "nat") != 0) {
+                g_skip_name = "iptables-nat";
                 snprintf(g_skip_why, sizeof(g_skip_why), "iptables-save -t nat: %s",
                          out ? out : "");
                 free(out);
