@@ -1,7 +1,10 @@
 """Fixtures for shunt's integration tests (see shuntlib.py for the harness).
 
 Every fixture that creates something removes it in a finally block, so a
-failing test leaves no namespace, rule or process behind."""
+failing test leaves no namespace, rule or process behind. A skipped test
+counts as failed unless shuntlib.missing() allowed the skip (the
+SHUNT_ALLOW_SKIP variable): a machine without a tool never reports
+"passed" for checks it did not make."""
 
 import os
 
@@ -23,10 +26,38 @@ def pytest_unconfigure(config):
     sl.cleanup_all()
 
 
+def _unallowed_skip(rep):
+    """The message of a skip that shuntlib.missing() did not allow (a bare
+    pytest.skip, a skip mark, importorskip), or None."""
+    if not rep.skipped or hasattr(rep, "wasxfail"):
+        return None
+    lr = rep.longrepr
+    msg = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+    return None if sl.skip_allowed(msg) else msg
+
+
+def _fail_skip(rep, msg):
+    rep.outcome = "failed"
+    rep.longrepr = ("a skip counts as a failure unless %s allows it (shuntlib.missing): %s"
+                    % (sl.ALLOW_SKIP_VAR, msg))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    rep = outcome.get_result()
+    msg = _unallowed_skip(rep)
+    if msg is not None:
+        _fail_skip(rep, msg)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    msg = _unallowed_skip(rep)
+    if msg is not None:
+        _fail_skip(rep, msg)
     if rep.failed and rep.when in ("setup", "call"):
         for d in sl.recent_daemons():
             try:

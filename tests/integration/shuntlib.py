@@ -32,6 +32,8 @@ import tempfile
 import threading
 import time
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.path.join(HERE, "peers.py")
 SOURCE = os.environ.get("SHUNT_SOURCE") or os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -83,6 +85,59 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
                 msg += " (last error: %r)" % (last_exc,)
             raise HarnessError(msg)
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------- missing prerequisites
+#
+# No silent skips: a test whose tool, module, kernel feature or privilege is
+# missing fails with one line naming it, unless the environment variable
+# SHUNT_ALLOW_SKIP (names separated by commas or spaces, e.g.
+# SHUNT_ALLOW_SKIP=tcpdump,userns) allows that skip. scripts/test.sh and CI
+# leave it unset. conftest.py turns every other skip into a failure.
+
+ALLOW_SKIP_VAR = "SHUNT_ALLOW_SKIP"
+_allowed_skip_messages = set()
+
+
+def allowed_skips():
+    return {w for w in re.split(r"[,\s]+", os.environ.get(ALLOW_SKIP_VAR, "")) if w}
+
+
+def missing(name, reason, allowed_here=None):
+    """The prerequisite `name` is missing for `reason`: fails the test, or
+    skips it when SHUNT_ALLOW_SKIP names it. allowed_here: why this one
+    environment allows the skip without the variable (documented cases
+    only; the reason then says so)."""
+    if name in allowed_skips() or allowed_here:
+        msg = "%s missing, skip allowed (%s): %s" % (
+            name, allowed_here or "%s=%s" % (ALLOW_SKIP_VAR, name), reason)
+        _allowed_skip_messages.add(msg)
+        pytest.skip(msg)
+    pytest.fail("%s (set %s=%s to skip instead)" % (reason, ALLOW_SKIP_VAR, name), pytrace=False)
+
+
+def skip_allowed(message):
+    """Whether a skip's message is one that missing() allowed."""
+    return message.removeprefix("Skipped: ") in _allowed_skip_messages
+
+
+def require_tool(tool, package=None):
+    """The path of `tool`; missing() when it is not installed."""
+    path = shutil.which(tool)
+    if path is None:
+        missing(tool, "%s is not installed (Debian package %s; scripts/bootstrap.sh installs it)"
+                % (tool, package or tool))
+    return path
+
+
+def in_chroot():
+    """Whether this process runs chrooted: its root is not pid 1's. The
+    kernel refuses user namespaces to a chrooted process (EPERM)."""
+    try:
+        a, b = os.stat("/"), os.stat("/proc/1/root/")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
 def raise_nofile(n):

@@ -15,7 +15,6 @@ them, and unmounts them at the end."""
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -28,18 +27,6 @@ import pytest
 import shuntlib as sl
 from shuntlib import Topology as T
 
-
-def _ebpf_mode_built():
-    try:
-        out = subprocess.run([sl.SHUNTD, "--help"], capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        return True  # let the fixtures report the missing binary
-    return "auto, ebpf" in out
-
-
-if not _ebpf_mode_built():
-    pytest.skip("this shuntd does not accept redirect=ebpf yet (the config.c part of the eBPF "
-                "capture change is not applied)", allow_module_level=True)
 
 CGROOT = "/run/shunt-t-%d-cg" % os.getpid()
 BPFFS = "/run/shunt-t-%d-bpf" % os.getpid()
@@ -196,8 +183,7 @@ class InCgroup:
 
 @pytest.fixture(scope="module")
 def shuntd(topo, cgroup, peers):
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool is not installed")
+    sl.require_tool("bpftool")
     # Started inside the application's cgroup, as in a pod: its listeners
     # belong to the cgroup (so the accepted sockets are paired for the
     # shortcut) and its upstream connects meet the programs and must be
@@ -478,8 +464,7 @@ def test_shortcut_skips_loopback_tcp(topo, shuntd):
     connection while 1 MiB goes each way, and shunt_bpf counts the bytes;
     the same transfer with the shortcut off for that connection shows the
     segments and moves no shortcut bytes."""
-    if shutil.which("tcpdump") is None:
-        pytest.skip("tcpdump is not installed")
+    sl.require_tool("tcpdump")
     n = 1 << 20
     (on_data, on_all), on = transfer_on_lo(topo, "on", n, shortcut=True)
     (off_data, off_all), off = transfer_on_lo(topo, "off", n, shortcut=False)
@@ -1224,8 +1209,7 @@ def test_auto_uses_ebpf(fresh_topo, cgroup2):
 
 @pytest.fixture(scope="module")
 def iperf_server(topo):
-    if shutil.which("iperf3") is None:
-        pytest.skip("iperf3 is not installed")
+    sl.require_tool("iperf3")
     p = topo.remote.spawn(["iperf3", "-s", "-B", T.REMOTE4, "-p", "5201", "--idle-timeout", "120"],
                           "iperf3-server")
     try:

@@ -6,7 +6,6 @@ remote pod. Run under the BPF lock:
 flock /tmp/shunt-bpf.lock ctest -R integration.test_h2_ebpf"""
 
 import json
-import shutil
 import sys
 
 import pytest
@@ -24,8 +23,7 @@ PORT = 50051
 
 @pytest.fixture(scope="module")
 def env(topo, cgroup):  # noqa: F811 - the fixture imported above
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool is not installed")
+    sl.require_tool("bpftool")
     d = None
     try:
         topo.add_remote4()

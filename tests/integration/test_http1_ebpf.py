@@ -7,7 +7,6 @@ flock /tmp/shunt-bpf.lock ctest -R integration.test_http1_ebpf"""
 import collections
 import json
 import os
-import shutil
 
 import pytest
 
@@ -23,8 +22,7 @@ PORT = 8081
 
 @pytest.fixture(scope="module")
 def env(topo, cgroup):  # noqa: F811 - the fixture imported above
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool is not installed")
+    sl.require_tool("bpftool")
     procs = []
     d = None
     try:
