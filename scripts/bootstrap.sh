@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package shunt's build, tests, demo and benchmarks need.
-# Idempotent and quiet when everything is already present.
+# Idempotent and quiet when everything is already present. A test whose tool
+# is missing fails naming it (no silent skips), so every executable and
+# Python module the suite uses must come from this list.
 set -euo pipefail
 
 PKGS=(
@@ -17,8 +19,8 @@ PKGS=(
 	python3-yaml python3-jsonpatch unzip
 	# the AuthorizationPolicy CRD's schema test
 	python3-jsonschema
-	# benchmarks and peers
-	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf
+	# benchmarks and peers (git: the bench report names the source commit)
+	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf git
 	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from
 	# pulling initramfs-tools, udev and a systemd upgrade for the kernel)
 	qemu-system-x86 busybox-static kmod cpio tiny-initramfs linux-image-cloud-amd64
