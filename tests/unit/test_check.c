@@ -202,7 +202,8 @@ static void certs_json(char *out, size_t len, long left, const char *state, int 
 
 static void test_admin_unreachable(void **state)
 {
-        uint16_t port = tu_free_port();
+        int held;
+        uint16_t port = tu_closed_port(&held);
         struct outcome o = run(port, NULL);
         char t[2048];
         assert_string_equal(result(&o, "admin", t, sizeof(t)), "fail");
@@ -212,6 +213,7 @@ static void test_admin_unreachable(void **state)
         assert_string_equal(result(&o, "certificate", t, sizeof(t)), "absent");
         assert_int_equal(o.worst, CHECK_FAIL);
         cJSON_Delete(o.json);
+        close(held);
 }
 
 static void test_draining(void **state)
@@ -423,29 +425,11 @@ static void test_ca_reachability(void **state)
         make_ca(dir, "root", true);
         make_ca(dir, "other", false);
         sh(dir, "echo ok > healthz");
-        uint16_t ca_port = tu_free_port();
-        pid_t srv = fork();
-        assert_true(srv >= 0);
-        if (srv == 0) {
-                if (chdir(dir) < 0)
-                        _exit(127);
-                int null = open("/dev/null", O_WRONLY);
-                dup2(null, 1);
-                dup2(null, 2);
-                char accept[32];
-                snprintf(accept, sizeof(accept), "127.0.0.1:%u", ca_port);
-                execlp("openssl", "openssl", "s_server", "-accept", accept, "-cert", "srv.pem",
-                       "-key", "srv-key.pem", "-tls1_3", "-WWW", "-quiet", (char *)NULL);
-                _exit(127);
-        }
-        int fd = -1;
-        for (int i = 0; i < 200 && fd < 0; i++) {
-                fd = tu_connect(ca_port, false);
-                if (fd < 0)
-                        tu_sleep_ms(20);
-        }
-        assert_true(fd >= 0);
-        close(fd);
+        char *args[] = {"-cert", "srv.pem", "-key", "srv-key.pem", "-tls1_3", "-WWW", NULL};
+        uint16_t ca_port;
+        int srv_out, held = -1;
+        pid_t srv = tu_s_server(args, dir, &ca_port, &srv_out);
+        assert_int_not_equal(ca_port, 0);
 
         static const struct {
                 const char *bundle;
@@ -465,6 +449,15 @@ static void test_ca_reachability(void **state)
                         kill(srv, SIGKILL);
                         waitpid(srv, NULL, 0);
                         srv = 0;
+                        /* Held, never listened on: refused, and no other
+                         * process can start listening there meanwhile. */
+                        held = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                        int one = 1; /* past the server's TIME_WAIT sockets */
+                        setsockopt(held, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+                        struct sockaddr_in a = {.sin_family = AF_INET,
+                                                .sin_port = htons(ca_port),
+                                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+                        assert_int_equal(bind(held, (struct sockaddr *)&a, sizeof(a)), 0);
                 }
                 char config[1024], certs[2048], extra[600];
                 snprintf(config, sizeof(config),
@@ -497,13 +490,17 @@ static void test_ca_reachability(void **state)
                 kill(srv, SIGKILL);
                 waitpid(srv, NULL, 0);
         }
+        close(srv_out);
+        if (held >= 0)
+                close(held);
         tu_rmrf(dir);
         free(dir);
 }
 
 static void test_text_output(void **state)
 {
-        uint16_t port = tu_free_port();
+        int held;
+        uint16_t port = tu_closed_port(&held);
         char admin[64];
         snprintf(admin, sizeof(admin), "127.0.0.1:%u", port);
         struct check_options o = {.admin = admin, .pre = true};
@@ -526,6 +523,7 @@ static void test_text_output(void **state)
         assert_int_equal(strncmp(p, "6 checks: ", 10), 0);
         strbuf_free(&sb);
         check_report_free(rep);
+        close(held);
 }
 
 int main(void)

@@ -380,20 +380,6 @@ static void test_server_vs_s_client(void **state)
 
 /* ---- our client against openssl s_server ------------------------------------ */
 
-static pid_t spawn_quiet(char *const argv[])
-{
-        pid_t pid = fork();
-        if (pid == 0) {
-                int dn = open("/dev/null", O_RDWR);
-                dup2(dn, 0);
-                dup2(dn, 1);
-                dup2(dn, 2);
-                execvp(argv[0], argv);
-                _exit(127);
-        }
-        return pid;
-}
-
 /* Connects (retrying while s_server starts), handshakes, sends "abc\n" and
  * expects it reversed (s_server -rev). */
 static enum tls_fail client_run(struct tls_store *st, uint16_t port, const char *expected,
@@ -446,21 +432,21 @@ static void test_client_vs_s_server(void **state)
         char cert[600], key[600];
         snprintf(cert, sizeof(cert), "%s/srv.pem", f->tmp);
         snprintf(key, sizeof(key), "%s/srv-key.pem", f->tmp);
-        uint16_t port = tu_free_port();
-        char ps[16];
-        snprintf(ps, sizeof(ps), "%u", port);
         /* -Verify 1: s_server requires and checks our client certificate. */
-        char *argv[] = {
-            "openssl", "s_server", "-accept", ps,        "-tls1_3", "-cert", cert,
-            "-key",    key,        "-CAfile", f->cafile, "-Verify", "1",     "-verify_return_error",
-            "-rev",    "-quiet",   NULL};
-        pid_t pid = spawn_quiet(argv);
+        char *args[] = {"-tls1_3", "-cert",   cert,      "-key", key,
+                        "-CAfile", f->cafile, "-Verify", "1",    "-verify_return_error",
+                        "-rev",    NULL};
+        uint16_t port;
+        int out;
+        pid_t pid = tu_s_server(args, NULL, &port, &out);
+        assert_int_not_equal(port, 0);
         assert_int_equal(client_run(f->st, port, SERVER_ID, NULL, 0), TLS_OK);
         assert_int_equal(
             client_run(f->st, port, "spiffe://cluster.local/ns/default/sa/other", NULL, 0),
             TLS_FAIL_WRONG_IDENTITY);
         kill(pid, SIGTERM);
         waitpid(pid, NULL, 0);
+        close(out);
 
         /* A server from another CA. */
         char odir[600];
@@ -472,12 +458,12 @@ static void test_client_vs_s_server(void **state)
         tls_ca_free(other);
         snprintf(cert, sizeof(cert), "%s/srv2.pem", f->tmp);
         snprintf(key, sizeof(key), "%s/srv2-key.pem", f->tmp);
-        port = tu_free_port();
-        snprintf(ps, sizeof(ps), "%u", port);
-        pid = spawn_quiet(argv);
+        pid = tu_s_server(args, NULL, &port, &out);
+        assert_int_not_equal(port, 0);
         assert_int_equal(client_run(f->st, port, SERVER_ID, NULL, 0), TLS_FAIL_UNTRUSTED_CA);
         kill(pid, SIGTERM);
         waitpid(pid, NULL, 0);
+        close(out);
         struct tls_store_counts c;
         tls_store_counts(f->st, &c);
         assert_int_equal(c.handshakes_ok[1], 1);

@@ -145,13 +145,66 @@ static inline int tu_listen(uint16_t *port)
         return fd;
 }
 
-/* A free port: bound then released (for openssl s_server). */
-static inline uint16_t tu_free_port(void)
+/* A port nothing answers on: bound, never listened on, so a connect is
+ * refused and no other process (ctest -j) can take it while *fd is open. */
+static inline uint16_t tu_closed_port(int *fd)
 {
-        uint16_t p;
-        int fd = tu_listen(&p);
-        close(fd);
-        return p;
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t l = sizeof(a);
+        *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (*fd < 0 || bind(*fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+            getsockname(*fd, (struct sockaddr *)&a, &l) < 0)
+                abort();
+        return ntohs(a.sin_port);
+}
+
+/* Starts `openssl s_server -accept 127.0.0.1:0 args...` in dir (NULL: here)
+ * and reads the port it bound from its "ACCEPT 127.0.0.1:PORT" line: no
+ * free-port probe that another process could race. args must not hold
+ * -accept or -quiet (which hides that line). The server's stdout stays
+ * on *out (close it once the server is stopped); stderr goes to /dev/null.
+ * Returns the pid; *port is 0 when no ACCEPT line came within 10 s. */
+static inline pid_t tu_s_server(char *const args[], const char *dir, uint16_t *port, int *out)
+{
+        char *argv[40] = {"openssl", "s_server", "-accept", "127.0.0.1:0"};
+        size_t n = 4;
+        for (size_t i = 0; args[i] && n < 39; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        int p[2];
+        if (pipe(p) < 0)
+                abort();
+        pid_t pid = fork();
+        if (pid < 0)
+                abort();
+        if (pid == 0) {
+                int null = open("/dev/null", O_RDWR);
+                dup2(null, 0);
+                dup2(p[1], 1);
+                dup2(null, 2);
+                close(p[0]);
+                if (dir && chdir(dir) < 0)
+                        _exit(127);
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        close(p[1]);
+        *out = p[0];
+        *port = 0;
+        char buf[4096];
+        size_t used = 0;
+        struct pollfd pfd = {.fd = p[0], .events = POLLIN};
+        while (!*port && used < sizeof(buf) - 1 && poll(&pfd, 1, 10000) > 0) {
+                ssize_t r = read(p[0], buf + used, sizeof(buf) - 1 - used);
+                if (r <= 0)
+                        break;
+                used += (size_t)r;
+                buf[used] = '\0';
+                const char *a = strstr(buf, "ACCEPT 127.0.0.1:");
+                if (a && strchr(a, '\n'))
+                        *port = (uint16_t)atoi(a + strlen("ACCEPT 127.0.0.1:"));
+        }
+        return pid;
 }
 
 static inline int tu_connect(uint16_t port, bool nonblock)
