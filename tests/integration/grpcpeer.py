@@ -189,6 +189,9 @@ def run_bidi(args, ch):
                 if r["len"] != len(m) or r["sha256"] != hashlib.sha256(m).hexdigest():
                     return ("CORRUPT", seen, "message %d arrived altered" % k)
                 seen.append(r["server"])
+                # progress for a test that acts between replies (stdout
+                # carries only the result line)
+                print("bidi reply %d of call %d" % (k, i), file=sys.stderr, flush=True)
                 got.release()
             if len(seen) != len(msgs):
                 return ("SHORT", seen, "%d of %d replies" % (len(seen), len(msgs)))

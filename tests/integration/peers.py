@@ -26,6 +26,7 @@ Kinds:
 
 import argparse
 import asyncio
+import fcntl
 import hashlib
 import json
 import resource
@@ -33,6 +34,8 @@ import signal
 import socket
 import struct
 import sys
+import termios
+import time
 
 import httpbackend  # the HTTP/1.1 request parsing (this script's directory)
 
@@ -54,6 +57,11 @@ def make_listener(spec):
     s.bind((host, port))
     s.setblocking(False)
     return s
+
+
+def send_queue(sock):
+    """Bytes sent on sock that the peer has not acknowledged yet."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 def addr_of(sockname):
@@ -133,8 +141,12 @@ class Peer:
             writer.write(part)
             left -= len(part)
         await writer.drain()
-        await asyncio.sleep(0.2)
         sock = writer.get_extra_info("socket")
+        # The reset comes after the bytes: once the peer acknowledged them
+        # all (nothing left in the send queue), or after 5 s.
+        deadline = time.monotonic() + 5
+        while send_queue(sock) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
 

@@ -895,6 +895,47 @@ def addr_hello(sock, timeout=10.0):
     return json.loads(recv_line(sock, timeout))
 
 
+SYNC_PORT = 9  # UDP discard: what pcap_sync() sends, never answered in a pod
+
+
+def tcpdump(pod, iface, pcap, bpf_filter, snaplen=0, name="tcpdump"):
+    """tcpdump in pod recording iface into pcap: the packets bpf_filter
+    matches, plus pcap_sync()'s datagrams. Returns once it listens."""
+    dump = pod.spawn(["tcpdump", "-Z", "root", "-i", iface, "-U", "--immediate-mode", "-nn",
+                      "-s", str(snaplen), "-w", pcap,
+                      "(%s) or (udp dst port %d)" % (bpf_filter, SYNC_PORT)], name)
+    try:
+        wait_until(lambda: "listening on" in dump.read_stderr(), 10, what="tcpdump listening")
+    except BaseException:
+        dump.stop()
+        raise
+    return dump
+
+
+def pcap_sync(pod, iface, pcap, timeout=10):
+    """Waits until tcpdump() has written every packet that crossed iface
+    before this call: a datagram sent out of iface now is tapped after
+    them, in order, so once it is in pcap so are they. On lo it goes to
+    127.0.0.1, elsewhere to the link's broadcast (no ARP needed)."""
+    token = b"pcap-sync " + os.urandom(8).hex().encode()
+    s = pod.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if iface == "lo":
+            s.sendto(token, ("127.0.0.1", SYNC_PORT))
+        else:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.sendto(token, ("255.255.255.255", SYNC_PORT))
+    finally:
+        s.close()
+
+    def written():
+        with open(pcap, "rb") as f:
+            return token in f.read()
+
+    wait_until(written, timeout, what="tcpdump to write out %s" % pcap)
+
+
 def pcap_tcp_segments(pcap):
     """(source address, source port, payload) of every IPv4 TCP segment of an
     Ethernet pcap, in capture order (empty payloads included)."""

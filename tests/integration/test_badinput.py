@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import struct
-import time
 
 import pytest
 
@@ -122,7 +121,9 @@ def test_silent_client_is_relayed_after_detection_timeout(topo, shuntd):
         s.close()
     s = topo.app.connect(T.REMOTE4, 7000)
     try:
-        time.sleep(0.5)
+        # Quiet past the detection timeout: the verdict (tcp) comes first.
+        sl.wait_until(lambda: proto_count(shuntd, "tcp") == tcp_before + 2, 5,
+                      what="tcp verdict for the quiet echo client")
         assert sl.echo(s, b"late") == b"late"
     finally:
         s.close()

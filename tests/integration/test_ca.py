@@ -292,7 +292,7 @@ def test_rate_limit_per_identity(env):
     assert retry is not None and 1 <= int(retry) <= 2
     audit_for(ca, reason="rate_limited", identity=spiffe("web", "hasty"))
     issue_ok(ca, api, "web", "patient")  # another identity is not limited
-    time.sleep(int(retry))
+    time.sleep(int(retry))  # idles for the Retry-After the CA announced: what is tested
     assert ca.certificate(tok, csr)[0] == 200
 
 
@@ -420,10 +420,10 @@ def test_busy_and_slow_clients(env):
                    args=["--workers", "1", "--queue", "1", "--read-timeout", "1500ms"])
     try:
         # one slow client holds the worker, one waits in the queue: the next is told busy
-        held = []
-        for _ in range(2):  # one at a time: the worker takes the first before the second comes
-            held.append(shuntca.raw_socket(pod, slow.port))
-            time.sleep(0.2)
+        # The worker does the TLS handshake: once the first client's is done,
+        # the worker holds it, and the second (plain TCP) can only be queued.
+        held = [slow.tls()]
+        held.append(shuntca.raw_socket(pod, slow.port))
         s = slow.tls()
         data = b""
         while True:  # the busy answer comes without a request
@@ -523,15 +523,20 @@ def test_restart_with_same_key_and_two_replicas(env):
                       what="the third root in /v1/bundle")
         three = bundle()
         assert third.strip() in three
+        def next_pem_errors():
+            return sum("next.pem" in line["msg"] for line in a.log_lines()
+                       if line.get("level") == "error")
+
+        # The CA says when it has looked at the broken, then the missing file:
+        # the bundle it serves is unchanged after each.
         with open(os.path.join(d, "next.pem"), "w") as f:
             f.write("not a certificate\n")
-        time.sleep(2.5)
+        sl.wait_until(lambda: next_pem_errors() == 1, 10, what="the broken next.pem refused")
         assert bundle() == three
         os.unlink(os.path.join(d, "next.pem"))
-        time.sleep(2.5)
+        sl.wait_until(lambda: next_pem_errors() == 2, 10, what="the missing next.pem refused")
         assert bundle() == three
-        errors = [line["msg"] for line in a.log_lines() if line.get("level") == "error"]
-        assert sum("next.pem" in m for m in errors) == 2, errors  # broken once, missing once
+        assert next_pem_errors() == 2  # broken once, missing once
     finally:
         a.stop()
     shutil.rmtree(d, ignore_errors=True)

@@ -130,7 +130,7 @@ def test_no_redirect_loop(topo, shuntd):
         finally:
             s.close()
     assert accepted(shuntd, "outbound") == out_before + n
-    time.sleep(1.0)
+    time.sleep(1.0)  # a bounded look for late captured connections: what is tested
     assert accepted(shuntd, "outbound") == out_before + n
     assert accepted(shuntd, "inbound") == in_before
     assert shuntd.metric("shunt_errors_total", default=0.0, reason="loop") == 0

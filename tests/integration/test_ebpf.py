@@ -424,13 +424,9 @@ def transfer_on_lo(topo, name, n, shortcut):
     d = sl.tmpdir()
     pcap = os.path.join(d, name + ".pcap")
     go = os.path.join(d, name + ".go")
-    dump = topo.app.spawn(["tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-s", "128",
-                           "-w", pcap,
-                           "tcp port 15002"], "tcpdump-" + name)
+    dump = sl.tcpdump(topo.app, "lo", pcap, "tcp port 15002", snaplen=128, name="tcpdump-" + name)
     proc = None
     try:
-        sl.wait_until(lambda: os.path.exists(pcap) and
-                      "listening" in open(dump.err_path).read(), 10, what="tcpdump listening")
         wrap = cgroup_argv(CGROUP, [sys.executable, "-c", TRANSFER, T.REMOTE4, "7000", go, str(n)])
         proc = topo.app.spawn(wrap, "transfer-" + name, stdout_pipe=True)
         first = proc.readline(10)
@@ -449,7 +445,7 @@ def transfer_on_lo(topo, name, n, shortcut):
         res = json.loads(line)
         assert res["ok"], res
         after = bpf_counters()
-        time.sleep(0.3)  # let tcpdump write out the last packets
+        sl.pcap_sync(topo.app, "lo", pcap)
     finally:
         if proc:
             proc.stop()

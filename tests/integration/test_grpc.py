@@ -12,7 +12,6 @@ import socket
 import struct
 import sys
 import threading
-import time
 
 import pytest
 
@@ -179,7 +178,8 @@ def test_upstream_dying_mid_call_resets_that_call(env):
             10,
             what="the call open",
         )
-        time.sleep(1)  # the first reply is back; the client pauses 3 s
+        # the first reply is back; the client pauses 3 s before the next
+        sl.wait_until(lambda: "bidi reply 0 " in c.read_stderr(), 10, what="the first reply")
         servers[3].stop(signal.SIGKILL)
         line = c.readline(20)
     finally:

@@ -371,7 +371,7 @@ def test_slow_reader_bounded_memory_others_unaffected(env):
             s.sendall(b"GET /bytes/200000000 HTTP/1.1\r\nHost: web\r\n\r\n")
             stalled.append(s)
         peak = base
-        for _ in range(20):
+        for _ in range(20):  # RSS sampled for 2 s of stalling: the window is what is tested
             time.sleep(0.1)
             peak = max(peak, rss_kb(pid))
             assert keepalive(topo, VIP_WEB, 1)[0]["server"].startswith("ep")
@@ -700,7 +700,7 @@ def test_malformed_pipelined_request_after_a_long_response(env):
             if not b:
                 break
             got += b
-            time.sleep(0.001)
+            time.sleep(0.001)  # a slow reader: the pace is what is tested
     finally:
         s.close()
     head, _, rest = bytes(got).partition(b"\r\n\r\n")

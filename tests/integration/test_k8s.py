@@ -288,9 +288,11 @@ def test_bookmarks_and_rewatch(env):
     """Watches are asked for 2 s: the server ends them and shuntd watches
     again from its resourceVersion (no relist); bookmarks arrive."""
     before = env.stats()
-    time.sleep(2 * WATCH_TIMEOUT_S + 0.5)
-    after = env.stats()
-    assert after["watch"]["services"] > before["watch"]["services"]
+    after = sl.wait_until(
+        lambda: (lambda s: s if s["watch"]["services"] > before["watch"]["services"] else None)(
+            env.stats()), 4 * WATCH_TIMEOUT_S + 10, what="a new services watch")
+    sl.wait_until(lambda: k8s_state(env.daemon)["services"]["bookmarks"] >= 1, 10,
+                  what="a bookmark")
     assert after["list"] == before["list"]
     assert k8s_state(env.daemon)["services"]["bookmarks"] >= 1
 

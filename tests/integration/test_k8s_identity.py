@@ -12,7 +12,6 @@ connections were mutual TLS and with which identity."""
 
 import json
 import os
-import time
 
 import pytest
 
@@ -204,12 +203,10 @@ def on_the_wire(env, fn):
     """Runs fn() while tcpdump records port 8080 on web-y's side of its link;
     returns what fn returned and the TCP payloads seen."""
     pcap = os.path.join(env.dir, "y.pcap")
-    dump = env.topo.remote2.spawn(["tcpdump", "-Z", "root", "-i", "e-app", "-U", "--immediate-mode",
-                                   "-n", "-s", "0", "-w", pcap, "tcp port 8080"], "tcpdump")
+    dump = sl.tcpdump(env.topo.remote2, "e-app", pcap, "tcp port 8080")
     try:
-        sl.wait_until(lambda: "listening on" in dump.read_stderr(), 10, what="tcpdump listening")
         out = fn()
-        time.sleep(0.3)
+        sl.pcap_sync(env.topo.remote2, "e-app", pcap)
     finally:
         dump.stop()
     return out, tcp_payloads(pcap)

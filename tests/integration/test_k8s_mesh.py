@@ -21,7 +21,6 @@ without a sidecar.
 import json
 import os
 import struct
-import time
 
 import pytest
 
@@ -245,15 +244,13 @@ def test_meshed_pods_talk_tls13_with_exact_identities(cluster):
                   outbound="mtls")  # fmt: skip
 
     pcap = c.path("wire/web.pcap")
-    dump = c.topo.remote.spawn(["tcpdump", "-Z", "root", "-i", "e-app", "-U", "--immediate-mode",
-                                "-n", "-s", "0", "-w", pcap, "tcp port 8080"], "tcpdump")  # fmt: skip
+    dump = sl.tcpdump(c.topo.remote, "e-app", pcap, "tcp port 8080")
     try:
-        sl.wait_until(lambda: "listening on" in dump.read_stderr(), 10, what="tcpdump listening")
         for vip, server in ((VIP_WEB, "web"), (VIP_LEDGER, "ledger")):
             got = sl.wait_until(lambda v=vip: (lambda r: r if r[0] == 200 else None)(get(c, v)),
                                 10, what="GET through the mesh to " + server)  # fmt: skip
             assert json.loads(got[2])["server"] == server
-        time.sleep(0.3)
+        sl.pcap_sync(c.topo.remote, "e-app", pcap)
     finally:
         dump.stop()
     dirs = streams(pcap)

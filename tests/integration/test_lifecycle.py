@@ -78,7 +78,8 @@ def test_sigterm_drains_open_connection(fresh_topo, start_shuntd):
         assert sl.echo(s, b"before") == b"before"
         d.signal(signal.SIGTERM)
         # /ready reports not ready while draining (or the admin is gone).
-        time.sleep(0.3)
+        sl.wait_until(lambda: "no new connections; draining" in d.log_text(), 10,
+                      what="the drain started")
         assert d.alive()
         try:
             assert d.get("/ready")[0] == 503

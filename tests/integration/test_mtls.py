@@ -108,17 +108,14 @@ def tcp_payloads(pcap):
 def test_http_through_mtls(mesh):
     topo, a, b, tmp, _ = mesh
     pcap = os.path.join(tmp, "wire.pcap")
-    dump = topo.remote.spawn(
-        ["tcpdump", "-Z", "root", "-i", "e-app", "-U", "--immediate-mode", "-n", "-s", "0", "-w", pcap, "tcp port 8080"], "tcpdump"
-    )
+    dump = sl.tcpdump(topo.remote, "e-app", pcap, "tcp port 8080")
     try:
-        sl.wait_until(lambda: "listening on" in dump.read_stderr(), 10, what="tcpdump listening")
         r = topo.app.curl(["-s", "http://%s:8080/hello" % VIP_WEB])
         assert r.returncode == 0, r.stderr
         body = json.loads(r.stdout)
         assert body["server"] == "web"
         assert body["method"] == "GET"
-        time.sleep(0.3)
+        sl.pcap_sync(topo.remote, "e-app", pcap)
     finally:
         dump.stop()
     payloads = tcp_payloads(pcap)

@@ -438,12 +438,12 @@ def test_slow_client_hello(mesh):
     for split in (False, True):
         raw = topo.app.connect(T.REMOTE4, 8080)
         try:
-            time.sleep(0.4)
+            time.sleep(0.4)  # a client that waits before its ClientHello: what is tested
             if split:
                 # The first 3 bytes of the record header, the rest later.
                 hello = client_hello()
                 raw.sendall(hello[:3])
-                time.sleep(0.4)
+                time.sleep(0.4)  # the record split in time: what is tested
                 raw.sendall(hello[3:])
                 raw.settimeout(5)
                 assert raw.recv(1), "no ServerHello after a split ClientHello"

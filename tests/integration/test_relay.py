@@ -144,7 +144,7 @@ def test_idle_connection_survives_below_idle_timeout(topo, shuntd):
     """A quiet connection is not cut before idle_timeout (default 60 s)."""
     s = topo.app.connect(T.REMOTE4, 7000)
     try:
-        time.sleep(1.5)
+        time.sleep(1.5)  # quiet for a while, below the timeout: what is tested
         assert sl.echo(s, b"still here") == b"still here"
     finally:
         s.close()
