@@ -131,13 +131,21 @@ def require_tool(tool, package=None):
 
 
 def in_chroot():
-    """Whether this process runs chrooted: its root is not pid 1's. The
-    kernel refuses user namespaces to a chrooted process (EPERM)."""
+    """Whether this process runs chrooted, as the kernel sees it: its root
+    is not the root of its mount namespace. Seen from here: the mount on
+    "/" in its mountinfo (paths there are relative to each process's root)
+    is not the one pid 1 has on "/" (/proc/1/root itself may be unreadable,
+    as on this CI machine). The kernel refuses user namespaces to a
+    chrooted process (EPERM)."""
+    def root_mount(pid):  # the id of the last mount on "/" as that process sees it
+        with open("/proc/%s/mountinfo" % pid) as f:
+            ids = [line.split()[0] for line in f if line.split()[4] == "/"]
+        return ids[-1] if ids else None
+
     try:
-        a, b = os.stat("/"), os.stat("/proc/1/root/")
+        return root_mount("self") != root_mount(1)
     except OSError:
         return False
-    return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
 def raise_nofile(n):
