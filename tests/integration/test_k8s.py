@@ -287,6 +287,8 @@ def test_scale_3_5_2(env):
 def test_bookmarks_and_rewatch(env):
     """Watches are asked for 2 s: the server ends them and shuntd watches
     again from its resourceVersion (no relist); bookmarks arrive."""
+    # not relying on an earlier test: the first list of every kind is done
+    sl.wait_until(lambda: all(env.stats()["list"].values()), 20, what="the first lists")
     before = env.stats()
     after = sl.wait_until(
         lambda: (lambda s: s if s["watch"]["services"] > before["watch"]["services"] else None)(
