@@ -5,8 +5,10 @@ Content-Length and chunked request bodies, answers naming itself.
     httpbackend.py --listen 10.77.0.2:8081=ep0 --listen 10.77.0.3:8081=ep1 ...
 
 Every listener answers as its NAME. Paths:
-  /               JSON {"server", "method", "path", "headers", "body_len",
-                  "conn"}: headers as received (lower-case names), conn a
+  /               JSON {"server", "method", "path", "headers", "fields",
+                  "body_len", "conn"}: headers as received (lower-case names;
+                  the last of a repeated one), fields every header line in
+                  order ([name, value], duplicates kept), conn a
                   per-connection counter (shows keep-alive reuse)
   /slow/MS        the same after MS milliseconds
   /hang           never answers (reads until the client leaves)
@@ -47,9 +49,17 @@ def parse_listen(spec):
     return host, int(port), name or addr
 
 
+class Fields(dict):
+    """Headers by lower-case name; .lines keeps every line in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+
 async def read_head(reader, writer):
     """One request head: (method, path, version, headers by lower-case
-    name), or None at EOF or once a bad request line got its 400."""
+    name, a Fields), or None at EOF or once a bad request line got its 400."""
     line = await reader.readline()
     if not line:
         return None
@@ -59,13 +69,14 @@ async def read_head(reader, writer):
         await writer.drain()
         return None
     method, path, version = parts
-    headers = {}
+    headers = Fields()
     while True:
         h = await reader.readline()
         if h in (b"\r\n", b"\n", b""):
             break
         k, _, v = h.decode("latin-1").partition(":")
         headers[k.strip().lower()] = v.strip()
+        headers.lines.append([k.strip().lower(), v.strip()])
     return method, path, version, headers
 
 
@@ -150,6 +161,7 @@ class Backend:
                             "method": method,
                             "path": path,
                             "headers": headers,
+                            "fields": headers.lines,
                             "body_len": body_len,
                             "conn": conn,
                         }

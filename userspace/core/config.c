@@ -85,6 +85,8 @@ static const char *const capture_names[] = {"self", "init", NULL};
 static const char *const mutation_names[] = {"off", "token", NULL};
 static const char *const failure_names[] = {"closed", "open", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
+static const char *const fcc_names[] = {"sanitize", "sanitize_set", "append_forward",
+                                        "forward_only", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
 static const char *const lb_names[] = {
@@ -259,6 +261,9 @@ static const struct key_desc keys[] = {
         {.path = "mtls.private_key_file", .env = "PRIVATE_KEY_FILE", .type = K_STR, FIELD(private_key_file), .flags = KF_RESTART},
         {.path = "mtls.mode", .env = "MTLS_MODE", .type = K_ENUM, FIELD(mtls_mode), .names = mtls_names,
          .def = "permissive", .flags = KF_RESTART},
+        {.path = "mtls.forward_client_cert", .env = "SHUNT_MTLS_FORWARD_CLIENT_CERT", .type = K_ENUM,
+         FIELD(forward_client_cert), .names = fcc_names, .def = "sanitize_set",
+         .note = "inbound X-Forwarded-Client-Cert for the application (README, Mutual TLS)"},
         {.path = "mtls.ca_dir", .env = "SHUNT_MTLS_CA_DIR", .type = K_STR, FIELD(mtls_ca_dir),
          .def = "/var/lib/shunt/ca", .flags = KF_NONEMPTY | KF_RESTART,
          .note = "state directory of the built-in CA (ca.pem, ca-key.pem 0600); unused with certificate_file"},

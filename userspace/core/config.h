@@ -57,6 +57,15 @@ enum mtls_mode {
         MTLS_DISABLED,
 };
 
+/* mtls.forward_client_cert: what an inbound request's X-Forwarded-Client-Cert
+ * becomes on its way to the application (proxy/xfcc.h). */
+enum forward_client_cert {
+        FCC_SANITIZE = 0, /* removed */
+        FCC_SANITIZE_SET, /* removed, then set from the verified peer certificate */
+        FCC_APPEND_FORWARD,
+        FCC_FORWARD_ONLY,
+};
+
 /* An IPv4 or IPv6 prefix, e.g. 10.0.0.0/8 or fd00::/8. */
 struct cidr {
         int family; /* AF_INET or AF_INET6 */
@@ -204,6 +213,7 @@ struct shunt_config {
         char certificate_file[CONFIG_PATH_MAX]; /* mtls.certificate_file, CERTIFICATE_FILE */
         char private_key_file[CONFIG_PATH_MAX]; /* mtls.private_key_file, PRIVATE_KEY_FILE */
         enum mtls_mode mtls_mode;               /* mtls.mode */
+        enum forward_client_cert forward_client_cert; /* mtls.forward_client_cert */
         /* mtls.ca_dir, SHUNT_MTLS_CA_DIR, "/var/lib/shunt/ca": the built-in CA's
          * state (used when certificate_file is empty). The workload's identity is
          * spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>; its DNS

@@ -1,14 +1,19 @@
-/* HTTP/1.1 request-level proxying on the outbound side.
+/* HTTP/1.1 request-level proxying, both directions.
  *
  * The relay hands over an outbound connection to a known service once its
- * protocol is HTTP/1.x (declared for the port or sniffed). From then on the
- * session reads one request head at a time (http1.h, strict framing),
- * picks an endpoint for that request (route_pick_request, with the request's
- * hash key), takes an upstream connection from the worker's pool or opens
- * one (upstream.h), forwards the rewritten head and streams the body with
- * its framing unchanged, then streams the response back the same way. Only
- * one request is in flight per client connection; pipelined requests wait
- * in the input buffer.
+ * protocol is HTTP/1.x (declared for the port or sniffed), and an inbound
+ * one with mTLS on for its port once the sniffer found HTTP/1.x (in the
+ * plaintext of the terminated mesh TLS, or plain in permissive mode). From
+ * then on the session reads one request head at a time (http1.h, strict
+ * framing), picks an endpoint for that request (outbound:
+ * route_pick_request, with the request's hash key; inbound: always the
+ * local application at the original destination), takes an upstream
+ * connection from the worker's pool or opens one (upstream.h), forwards the
+ * rewritten head and streams the body with its framing unchanged, then
+ * streams the response back the same way. Only one request is in flight per
+ * client connection; pipelined requests wait in the input buffer. The
+ * client side of an inbound session may be TLS: it is read and written
+ * like a TLS upstream (upstream_io_*).
  *
  * Memory per session is bounded: two buffers of buffer_size (client input,
  * upstream input), taken from the worker's cache while a request is in
@@ -39,6 +44,7 @@
 #include "http/http1.h"
 #include "proxy/proxy-t.h"
 #include "proxy/upstream.h"
+#include "proxy/xfcc.h"
 #include "tls/conn.h"
 
 #define H1_EVENTS      (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
@@ -77,7 +83,10 @@ struct h1s {
         struct worker *w;
         struct h1s *prev, *next;
         uint64_t id;
+        enum conn_dir dir;
         struct loop_io io;
+        struct tls_conn *tls; /* inbound mesh TLS of the client side, or NULL */
+        char *xfcc;           /* with tls: the client's XFCC element (xfcc.h) */
         bool readable, writable, rdhup;
         bool closed;
         bool shut_wr;
@@ -241,9 +250,9 @@ static void access_log(struct h1s *s, const char *end)
                 return;
         char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN], ubuf[SOCKADDR_STRLEN];
         log_emit(LOG_INFO, "access", s->id,
-                 "outbound http1 %s -> %s service=%s upstream=%s method=%s target=%s status=%d "
+                 "%s http1 %s -> %s service=%s upstream=%s method=%s target=%s status=%d "
                  "request_id=%s attempts=%u duration_ms=%llu end=%s",
-                 sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)),
+                 conn_dir_name(s->dir), sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)),
                  sockaddr_format(&s->orig_dst, obuf, sizeof(obuf)), s->service,
                  s->upstream_addr.ss_family ? sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf))
                                             : "-",
@@ -288,6 +297,9 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
                 setsockopt(s->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         }
         loop_io_del(w->loop, &s->io);
+        tls_conn_free(s->tls);
+        s->tls = NULL;
+        free(s->xfcc);
         close(s->io.fd);
         flow_give(w, &s->req);
         flow_give(w, &s->resp);
@@ -307,7 +319,7 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
                           sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)),
                           conn_reason_name(reason), (unsigned long long)s->requests);
         }
-        session_end(w, reason);
+        session_end(w, s->dir, reason);
         loop_defer_free(w->loop, s);
 }
 
@@ -425,11 +437,12 @@ static int client_read(struct h1s *s, bool *progress)
                 }
                 if (f->len == f->cap)
                         return 0; /* full: the client waits (backpressure) */
-                ssize_t n = recv(s->io.fd, f->buf + f->len, f->cap - f->len, 0);
+                ssize_t n = upstream_io_recv(s->io.fd, s->tls, f->buf + f->len, f->cap - f->len);
                 if (n > 0) {
                         /* On the eBPF shortcut a short read does not mean
-                         * drained (intercept/origdst.h): read to EAGAIN. */
-                        if ((uint32_t)n < f->cap - f->len && !s->rdhup &&
+                         * drained (intercept/origdst.h): read to EAGAIN; so
+                         * on TLS (decrypted bytes epoll does not see). */
+                        if ((uint32_t)n < f->cap - f->len && !s->rdhup && !s->tls &&
                             !origdst_shortcut_active())
                                 s->readable = false;
                         f->len += (uint32_t)n;
@@ -486,13 +499,19 @@ static void flow_sent(struct flow *f, size_t k, bool forget)
                 f->off = f->len = f->cls = 0;
 }
 
-/* Sends what is ready of f to fd: one sendmsg for head and body. */
-static ssize_t flow_sendmsg(int fd, struct flow *f, bool body_ok, size_t *want)
+/* Sends what is ready of f to fd, either side: one sendmsg for head and
+ * body, or through tls (a record at a time) the first of them. *want gets
+ * what was offered (0: nothing to send). */
+static ssize_t flow_send(int fd, struct tls_conn *tls, struct flow *f, bool body_ok, size_t *want)
 {
         struct iovec iov[2];
         int n = flow_iov(f, body_ok, iov, want);
         if (n == 0)
                 return 0;
+        if (tls) {
+                *want = iov[0].iov_len;
+                return upstream_io_send(fd, tls, iov[0].iov_base, iov[0].iov_len);
+        }
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
         return sendmsg(fd, &mh, MSG_NOSIGNAL);
 }
@@ -504,7 +523,7 @@ static int client_write(struct h1s *s, bool *progress)
         struct flow *f = &s->resp;
         while (s->writable) {
                 size_t n;
-                ssize_t k = flow_sendmsg(s->io.fd, f, s->resp_head_done, &n);
+                ssize_t k = flow_send(s->io.fd, s->tls, f, s->resp_head_done, &n);
                 if (n == 0)
                         return 0;
                 if (k > 0) {
@@ -513,7 +532,7 @@ static int client_write(struct h1s *s, bool *progress)
                         f->bytes += (uint64_t)k;
                         stat_add(&s->w->stats, ST_BYTES_DOWNSTREAM, (uint64_t)k);
                         flow_sent(f, (size_t)k, true);
-                        if ((size_t)k < n)
+                        if ((size_t)k < n && !s->tls)
                                 s->writable = false;
                 } else if (errno == EAGAIN) {
                         s->writable = false;
@@ -693,6 +712,11 @@ static int attempt(struct h1s *s)
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);
         enum route_result rr;
+        if (s->dir == DIR_INBOUND) {
+                /* Every request to the local application, where the client sent it. */
+                s->upstream_addr = s->first_upstream;
+                return connect_upstream(s);
+        }
         if (s->first.table && !s->have_key) {
                 /* The relay picked for this connection before the hand-off:
                  * that pick serves the first request (its connection, if it
@@ -788,10 +812,10 @@ static void copy_slice(char *dst, size_t cap, struct http1_slice v)
 
 /* A complete request head of head_len bytes at req.buf + req.off. */
 
-/* Fields an application's request never carries out of the pod: identity
- * claims only a sidecar may make (Envoy's XFCC), and the settings of an
- * h2c upgrade that is not passed on. */
-static const char *const client_dropped[] = {"X-Forwarded-Client-Cert", "HTTP2-Settings"};
+/* Fields a request does not carry on: identity claims only a sidecar may
+ * make (XFCC; kept only when xfcc_action says so: the list without its
+ * first entry), and the settings of an h2c upgrade that is not passed on. */
+static const char *const client_dropped[] = {XFCC_NAME, "HTTP2-Settings"};
 
 /* An Upgrade to h2c (cleartext HTTP/2, deprecated by RFC 9113) is not passed
  * on: the server answers in HTTP/1.1, and requests stay balanced one by one
@@ -836,27 +860,47 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         if (m->method == HTTP1_M_CONNECT)
                 return local_reply(s, 501, "CONNECT is not proxied", 0);
 
-        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
-            &w->route_reader, &w->proxy->route_slot);
-        enum proto declared;
-        const char *hk = "", *name = NULL;
-        route_lookup(t, &s->orig_dst, &declared, &hk, &name);
-        if (name)
-                snprintf(s->service, sizeof(s->service), "%s", name);
-        s->have_key = request_key(m, hk[0] ? hk : cfg->lb_hash_key, &s->key_hash);
+        if (s->dir == DIR_OUTBOUND) {
+                struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+                    &w->route_reader, &w->proxy->route_slot);
+                enum proto declared;
+                const char *hk = "", *name = NULL;
+                route_lookup(t, &s->orig_dst, &declared, &hk, &name);
+                if (name)
+                        snprintf(s->service, sizeof(s->service), "%s", name);
+                s->have_key = request_key(m, hk[0] ? hk : cfg->lb_hash_key, &s->key_hash);
+        }
 
         /* An Upgrade (WebSocket) goes out with it; a 101 turns the
          * connection into a tunnel. HTTP/1.0 has no Upgrade. */
         s->upgrade = m->upgrade && !s->http10 && !upgrade_h2c(m);
+        enum xfcc_action xa = xfcc_action(s->dir, cfg->forward_client_cert, s->xfcc != NULL);
+        bool keep = xa == XFCC_KEEP;
         struct http1_forward fw = {
             .request_id = s->request_id, /* when the request has none that goes out */
             .keep_upgrade = s->upgrade,
-            .drop = client_dropped,
-            .ndrop = sizeof(client_dropped) / sizeof(client_dropped[0]),
+            .drop = client_dropped + keep,
+            .ndrop = sizeof(client_dropped) / sizeof(client_dropped[0]) - keep,
         };
+        struct strbuf xv; /* XFCC's value when we write it */
+        strbuf_init(&xv);
+        if (xa == XFCC_APPEND)
+                for (int i = http1_header_find(m, XFCC_NAME, 0); i >= 0;
+                     i = http1_header_find(m, XFCC_NAME, (size_t)i + 1))
+                        xfcc_list_add(&xv, m->headers[i].value.p, m->headers[i].value.n);
+        if (xa == XFCC_SET || xa == XFCC_APPEND)
+                xfcc_list_add(&xv, s->xfcc, strlen(s->xfcc));
+        struct http1_header xh = {.name = {XFCC_NAME, sizeof(XFCC_NAME) - 1},
+                                  .value = {xv.data, xv.len}};
+        if (xv.len) {
+                fw.add = &xh;
+                fw.nadd = 1;
+        }
         strbuf_reset(&s->req.head);
         s->req.head_off = 0;
-        if (http1_write_request_head(m, &fw, &s->req.head) < 0)
+        int wr = xv.truncated ? -ENOMEM : http1_write_request_head(m, &fw, &s->req.head);
+        strbuf_free(&xv);
+        if (wr < 0)
                 return local_reply(s, 400, "request head cannot be forwarded", 0);
         s->req.off += (uint32_t)head_len;
         s->req.cls = s->req.off;
@@ -987,19 +1031,9 @@ static int upstream_write(struct h1s *s, bool *progress)
         struct upstream *u = s->up;
         while (u->writable) {
                 size_t n;
-                ssize_t k;
-                if (u->tls) {
-                        /* TLS writes one buffer at a time. */
-                        struct iovec iov[2];
-                        if (flow_iov(f, true, iov, &n) == 0)
-                                return 0;
-                        n = iov[0].iov_len;
-                        k = upstream_send(u, iov[0].iov_base, n);
-                } else {
-                        k = flow_sendmsg(u->io.fd, f, true, &n);
-                        if (n == 0)
-                                return 0;
-                }
+                ssize_t k = flow_send(u->io.fd, u->tls, f, true, &n);
+                if (n == 0)
+                        return 0;
                 if (k > 0) {
                         *progress = true;
                         f->bytes += (uint64_t)k;
@@ -1070,9 +1104,8 @@ static int tunnel_step(struct h1s *s, bool *progress)
         if (q->off == q->len)
                 q->off = q->len = q->cls = 0;
         if (q->eof && q->off == q->len && !s->up_shut_wr) {
-                if (u->tls && tls_conn_shutdown(u->tls) == -EAGAIN)
+                if (upstream_io_shutdown(u->io.fd, u->tls) == -EAGAIN)
                         return 0;
-                shutdown(u->io.fd, SHUT_WR);
                 s->up_shut_wr = true;
         }
         if (upstream_read(s, progress) < 0 || s->closed)
@@ -1081,7 +1114,8 @@ static int tunnel_step(struct h1s *s, bool *progress)
         if (client_write(s, progress) < 0)
                 return -1;
         if (r->eof && r->head.len == 0 && r->off == r->len && !s->shut_wr) {
-                shutdown(s->io.fd, SHUT_WR);
+                if (upstream_io_shutdown(s->io.fd, s->tls) == -EAGAIN)
+                        return 0;
                 s->shut_wr = true;
         }
         if (s->shut_wr && s->up_shut_wr) {
@@ -1194,7 +1228,9 @@ static int finish_exchange(struct h1s *s)
         s->resp.off = s->resp.len = s->resp.cls = 0;
         if (s->resp_close && s->req.body_done && s->req.cls == s->req.len) {
                 /* The response is out and nothing of the client is left
-                 * unread: close now (its FIN follows the response). */
+                 * unread: close now (its FIN follows the response). Not
+                 * in S_EXCHANGE: the request is not aborted, nor logged twice. */
+                s->state = S_CLOSING;
                 session_free(s, REASON_DONE, false);
                 return -1;
         }
@@ -1276,7 +1312,8 @@ static int closing_step(struct h1s *s, bool *progress)
         if (!s->shut_wr) {
                 /* Everything is out: FIN, then read what the client still
                  * sends for a moment, so a reset does not eat our reply. */
-                shutdown(s->io.fd, SHUT_WR);
+                if (upstream_io_shutdown(s->io.fd, s->tls) == -EAGAIN)
+                        return 0;
                 s->shut_wr = true;
                 loop_timer_arm(s->w->loop, &s->timer, LINGER_MS);
         }
@@ -1328,7 +1365,7 @@ static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
         (void)loop;
         if (s->closed)
                 return;
-        upstream_io_mark(events, false, &s->readable, &s->writable, &s->rdhup);
+        upstream_io_mark(events, s->tls != NULL, &s->readable, &s->writable, &s->rdhup);
         drive(s);
 }
 
@@ -1394,12 +1431,17 @@ static void h1_start(struct worker *w, struct handoff *h)
                 worker_buf_give(w, h->buf, h->cap);
                 struct linger lg = {.l_onoff = 1, .l_linger = 0};
                 setsockopt(h->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+                tls_conn_free(h->tls);
                 close(h->fd);
-                session_end(w, REASON_NO_MEMORY);
+                session_end(w, h->dir, REASON_NO_MEMORY);
                 return;
         }
         s->w = w;
         s->id = h->id;
+        s->dir = h->dir;
+        s->tls = h->tls;
+        if (s->tls)
+                s->xfcc = xfcc_element(s->tls);
         s->client_addr = h->client_addr;
         s->orig_dst = h->orig_dst;
         s->created_ms = h->created_ms;
@@ -1417,7 +1459,8 @@ static void h1_start(struct worker *w, struct handoff *h)
             &w->route_reader, &w->proxy->route_slot);
         enum proto declared;
         const char *name = NULL;
-        route_lookup(t, &s->orig_dst, &declared, NULL, &name);
+        if (s->dir == DIR_OUTBOUND)
+                route_lookup(t, &s->orig_dst, &declared, NULL, &name);
         if (name)
                 snprintf(s->service, sizeof(s->service), "%s", name);
         s->state = S_HEAD;
@@ -1429,6 +1472,10 @@ static void h1_start(struct worker *w, struct handoff *h)
                 s->next->prev = s;
         w->h1->sessions = s;
         s->readable = s->writable = true;
+        if (s->tls && !s->xfcc) {
+                session_free(s, REASON_NO_MEMORY, true);
+                return;
+        }
         if (loop_io_add(w->loop, &s->io, H1_EVENTS) < 0) {
                 session_free(s, REASON_SOCKET, true);
                 return;
@@ -1450,7 +1497,7 @@ static void h1_render(struct worker *w, struct strbuf *out, bool *first)
         uint64_t now = clock_mono_ms();
         for (struct h1s *s = w->h1->sessions; s; s = s->next) {
                 char ubuf[SOCKADDR_STRLEN];
-                conn_render_open(out, first, w, s->id, DIR_OUTBOUND, &s->client_addr, &s->orig_dst,
+                conn_render_open(out, first, w, s->id, s->dir, &s->client_addr, &s->orig_dst,
                                  s->upstream_addr.ss_family
                                      ? sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf))
                                      : "",

@@ -39,6 +39,7 @@
 #include "intercept/origdst.h"
 #include "proxy/proxy-t.h"
 #include "proxy/upstream.h"
+#include "proxy/xfcc.h"
 #include "tls/conn.h"
 
 #define H2_EVENTS          (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
@@ -100,8 +101,11 @@ struct h2c {
         struct sess s; /* first: a struct sess * is a struct h2c * */
         struct h2c *prev, *next;
         uint64_t id;
+        enum conn_dir dir; /* inbound: s.tls is the peer's mesh TLS, or NULL (permissive) */
         enum proto proto;
         struct sockaddr_storage client, orig_dst;
+        struct sockaddr_storage app; /* inbound: every stream goes to the application here */
+        char *xfcc;                  /* with s.tls: the client's XFCC element (xfcc.h) */
         struct h2s *streams;
         uint32_t n_streams;
         uint64_t n_total;
@@ -985,16 +989,60 @@ static void stream_request_id(struct h2s *st)
                  REQUEST_ID_LEN);
 }
 
+/* The request's X-Forwarded-Client-Cert as xfcc_action says (the same
+ * decision as for HTTP/1.1). -ENOMEM, else 0. */
+static int stream_xfcc(struct h2s *st)
+{
+        struct h2c *c = st->c;
+        enum xfcc_action xa =
+            xfcc_action(c->dir, hw_cfg(st->hw)->forward_client_cert, c->xfcc != NULL);
+        if (xa == XFCC_KEEP)
+                return 0;
+        struct strbuf xv;
+        strbuf_init(&xv);
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < st->req.n; i++) {
+                const struct hdr *h = &st->req.v[i];
+                if (h->namelen == sizeof(XFCC_NAME) - 1 &&
+                    !memcmp(st->req.arena + h->name, XFCC_NAME, h->namelen)) {
+                        if (xa == XFCC_APPEND)
+                                xfcc_list_add(&xv, st->req.arena + h->value, h->valuelen);
+                        continue;
+                }
+                st->req.v[k++] = *h;
+        }
+        st->req.n = k;
+        int rc = 0;
+        if (xa == XFCC_SET || xa == XFCC_APPEND) {
+                xfcc_list_add(&xv, c->xfcc, strlen(c->xfcc));
+                rc = xv.truncated
+                         ? -ENOMEM
+                         : hdrs_add(&st->req, (const uint8_t *)XFCC_NAME, sizeof(XFCC_NAME) - 1,
+                                    (const uint8_t *)xv.data, xv.len);
+        }
+        strbuf_free(&xv);
+        return rc;
+}
+
 /* Picks the endpoint for a new request (route.h's per-request life). */
 static void stream_route(struct h2s *st)
 {
         struct h2_worker *hw = st->hw;
         struct worker *w = hw->w;
         struct h2c *c = st->c;
+        stream_request_id(st);
+        if (stream_xfcc(st) < 0) {
+                stream_fail(st, GRPC_UNAVAILABLE, 503, "out of memory");
+                return;
+        }
+        if (c->dir == DIR_INBOUND) {
+                st->upstream = c->app; /* no route: the local application */
+                stream_send(st);
+                return;
+        }
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);
         stream_key(st, t);
-        stream_request_id(st);
         enum route_result r =
             route_pick_request(t, &w->route_workers, (uint64_t)w->index, &c->orig_dst, &c->client,
                                st->has_key ? &st->key_hash : NULL, &st->upstream, &st->route);
@@ -1631,6 +1679,10 @@ static void client_free(struct h2c *c, const char *why)
         struct worker *w = hw->w;
         loop_timer_cancel(hw_loop(hw), &c->timer);
         loop_io_del(hw_loop(hw), &c->s.io);
+        tls_conn_free(c->s.tls);
+        c->s.tls = NULL;
+        free(c->xfcc);
+        c->xfcc = NULL;
         close(c->s.io.fd);
         c->s.closed = true;
         /* Every stream ends on the client side; upstream halves are reset. */
@@ -1674,13 +1726,13 @@ static void client_free(struct h2c *c, const char *why)
         } else if (!c->eof && !strcmp(why, "shutdown")) {
                 reason = REASON_SHUTDOWN;
         }
-        session_end(w, reason);
+        session_end(w, c->dir, reason);
         if (log_enabled(LOG_INFO)) {
                 char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
                 log_emit(LOG_INFO, "access", c->id,
-                         "outbound %s -> %s proto=%s streams=%llu sent=%llu received=%llu "
+                         "%s %s -> %s proto=%s streams=%llu sent=%llu received=%llu "
                          "duration_ms=%llu end=%s (%s)",
-                         sockaddr_format(&c->client, cbuf, sizeof(cbuf)),
+                         conn_dir_name(c->dir), sockaddr_format(&c->client, cbuf, sizeof(cbuf)),
                          sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)), proto_name(c->proto),
                          (unsigned long long)c->n_total, (unsigned long long)c->bytes_in,
                          (unsigned long long)c->bytes_out,
@@ -1760,7 +1812,7 @@ static void on_client_io(struct loop *loop, struct loop_io *io, uint32_t events)
         struct h2c *c = io->data;
         if (c->s.closed)
                 return;
-        upstream_io_mark(events, false, &c->s.readable, &c->s.writable, &c->s.rdhup);
+        upstream_io_mark(events, c->s.tls != NULL, &c->s.readable, &c->s.writable, &c->s.rdhup);
         mark_dirty(&c->s);
         hw_run(c->s.hw);
 }
@@ -1851,14 +1903,20 @@ static void h2_start(struct worker *w, struct handoff *h)
         if (!c || nghttp2_session_server_new2(&c->s.ng, hw->cb_server, c, hw->opt_server) != 0) {
                 log_error("h2", id, "out of memory for an HTTP/2 connection: closed");
                 free(c);
+                tls_conn_free(h->tls);
                 close(fd);
                 worker_buf_give(w, h->buf, h->cap);
-                session_end(w, REASON_NO_MEMORY);
+                session_end(w, h->dir, REASON_NO_MEMORY);
                 return;
         }
         c->s.kind = SESS_CLIENT;
         c->s.hw = hw;
+        c->s.tls = h->tls;
+        if (c->s.tls && !(c->xfcc = xfcc_element(c->s.tls)))
+                c->s.dead = true; /* out of memory: closed at the first pump */
         c->id = id;
+        c->dir = h->dir;
+        c->app = h->upstream;
         c->proto = proto;
         c->client = *client;
         c->orig_dst = *orig_dst;
@@ -2057,7 +2115,7 @@ static void h2_render(struct worker *w, struct strbuf *out, bool *first)
         for (struct h2c *c = hw->conns; c; c = c->next) {
                 /* One upstream per request: the connection itself has none. */
                 struct h2s *st = c->streams;
-                conn_render_open(out, first, w, c->id, DIR_OUTBOUND, &c->client, &c->orig_dst,
+                conn_render_open(out, first, w, c->id, c->dir, &c->client, &c->orig_dst,
                                  "per-request", st ? route_service_name(&st->route) : "-");
                 strbuf_appendf(out,
                                ",\"protocol\":\"%s\",\"state\":\"streams\",\"streams\":%u,"

@@ -138,6 +138,7 @@ struct proxy;
 struct upstream_pool;
 struct h1_worker;
 struct h2_worker;
+struct tls_conn;
 
 struct worker {
         struct proxy *proxy;
@@ -228,17 +229,25 @@ static inline void worker_request_id(struct worker *w, char out[REQUEST_ID_LEN +
 
 /* ---- protocol sessions: connections the relay hands over ------------------
  *
- * An outbound connection to a known service whose protocol (declared for
- * the port, or sniffed) has an engine below is not relayed byte for byte:
- * the relay hands the client socket to the engine, which proxies request by
- * request and picks an endpoint for each. To add an engine, give it a
- * struct proto_engine and list it in relay.c's engines[] under its
- * protocols. */
+ * A connection whose protocol (declared for the port, or sniffed) has an
+ * engine below is not relayed byte for byte: the relay hands the client
+ * side to the engine, which proxies request by request. Outbound (to a
+ * known service) the engine picks an endpoint for each request; inbound
+ * (mTLS on for the port: mesh TLS terminated, or permissive plaintext) every
+ * request goes to the local application at the original destination, and
+ * the client side is the TLS connection from the peer's shuntd. To add an
+ * engine, give it a struct proto_engine and list it in relay.c's engines[]
+ * under its protocols. */
 
 /* What the relay hands over. */
 struct handoff {
         uint64_t id;
+        enum conn_dir dir;
         int fd; /* client socket: non-blocking, not registered with the loop */
+        /* Inbound mesh TLS, established and checked (its peer's identity is
+         * the client's), or NULL: every client byte goes through it. The
+         * engine frees it (tls_conn_free) before closing fd. */
+        struct tls_conn *tls;
         enum proto proto;
         struct sockaddr_storage client_addr, orig_dst;
         uint8_t *buf; /* client bytes read so far, a worker buffer (worker_buf_take) or NULL */
@@ -252,6 +261,9 @@ struct handoff {
          * upstream pool. So a sniffed connection costs one pick, not two
          * (two picks per connection would skew round robin). */
         struct route_use route;
+        /* Outbound with a route: the picked endpoint. Inbound: where every
+         * request goes (the original destination, or the port a TLS client
+         * sent to shuntd's own port named). */
         struct sockaddr_storage upstream;
 };
 
@@ -276,9 +288,10 @@ struct proto_engine {
 extern const struct proto_engine h1_engine; /* h1proxy.c */
 extern const struct proto_engine h2_engine; /* h2proxy.c: HTTP/2 and gRPC */
 
-/* relay.c: a handed-over connection ended: counted as a connection that
- * ended for reason (active gauges, max_connections, reason counters). */
-void session_end(struct worker *w, enum conn_reason reason);
+/* relay.c: a handed-over connection ended: counted as a connection of
+ * direction dir that ended for reason (active gauges, max_connections,
+ * reason counters). */
+void session_end(struct worker *w, enum conn_dir dir, enum conn_reason reason);
 /* Buffers of buffer_size from the worker's cache; *cap gets the size. */
 uint8_t *worker_buf_take(struct worker *w, uint32_t *cap);
 void worker_buf_give(struct worker *w, uint8_t *buf, uint32_t cap);

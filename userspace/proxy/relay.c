@@ -76,7 +76,10 @@ struct conn {
         /* Inbound: mtls.mode, or the registry's "mtls" of the service this
          * pod's address and port serve (route_inbound_mtls). */
         enum mtls_mode in_mode;
-        bool cli_hs_done;  /* inbound TLS handshake finished and checked */
+        bool cli_hs_done; /* inbound TLS handshake finished and checked */
+        /* Inbound TLS terminated: its plaintext is being sniffed, and the
+         * application waits for the verdict (an engine's, or a relay). */
+        bool tls_sniff;
         bool tls_out;      /* outbound: originate TLS to the endpoint's identity */
         bool mtls_refused; /* outbound: strict and the endpoint is not meshed (after sniffing) */
         /* Inbound, sent to the inbound port itself: only mesh TLS may go on,
@@ -169,9 +172,9 @@ static void half_give_buf(struct worker *w, struct half *h)
         h->cap = h->off = h->len = 0;
 }
 
-void session_end(struct worker *w, enum conn_reason reason)
+void session_end(struct worker *w, enum conn_dir dir, enum conn_reason reason)
 {
-        stat_sub(&w->stats, ST_ACTIVE_OUT, 1);
+        stat_sub(&w->stats, dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
         stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
         atomic_fetch_sub_explicit(&w->proxy->active, 1, memory_order_relaxed);
 }
@@ -238,14 +241,17 @@ static void conn_detach(struct conn *c)
 }
 
 /* Hands c's client over to engine e (see proxy-t.h): what was read from the
- * client goes along; an upstream connect in flight is dropped (the engine
- * picks per request). */
+ * client goes along, and its TLS connection when inbound mesh TLS was
+ * terminated; an upstream connect in flight is dropped (the engine
+ * connects per request). */
 static void conn_handoff(struct conn *c, const struct proto_engine *e)
 {
         struct worker *w = c->w;
         struct handoff h = {
             .id = c->id,
+            .dir = c->dir,
             .fd = c->cli.io.fd,
+            .tls = c->cli.tls,
             .proto = c->proto,
             .client_addr = c->client_addr,
             .orig_dst = c->orig_dst,
@@ -257,6 +263,9 @@ static void conn_handoff(struct conn *c, const struct proto_engine *e)
         };
         c->c2u.buf = NULL;
         c->c2u.len = c->c2u.cap = 0;
+        c->cli.tls = NULL;
+        if (c->dir == DIR_INBOUND)
+                h.upstream = c->upstream;
         loop_io_del(w->loop, &c->cli.io);
         log_debug("proxy", c->id, "%s session for %s", e->name, route_service_name(&c->route));
         if (e->takes_route && c->route.table) {
@@ -343,6 +352,17 @@ static bool shortcut_side(const struct conn *c, const struct side *s)
         return origdst_shortcut_active() && c->dir == DIR_OUTBOUND && s == &c->cli;
 }
 
+/* recv/send on a side, through TLS when it has it; -1 with errno on failure. */
+static ssize_t side_recv(struct side *s, void *buf, size_t len)
+{
+        return upstream_io_recv(s->io.fd, s->tls, buf, len);
+}
+
+static ssize_t side_send(struct side *s, const void *buf, size_t len)
+{
+        return upstream_io_send(s->io.fd, s->tls, buf, len);
+}
+
 /* Reads what the client has sent so far into c2u and asks the sniffer.
  * Returns a reason when the client side failed, else -1. */
 static int sniff_step(struct conn *c)
@@ -365,10 +385,10 @@ static int sniff_step(struct conn *c)
                         return REASON_CLIENT_RESET;
         }
         while (!c->peek && c->cli.readable && !h->eof && h->len < h->cap) {
-                ssize_t n = recv(c->cli.io.fd, h->buf + h->len, h->cap - h->len, 0);
+                ssize_t n = side_recv(&c->cli, h->buf + h->len, h->cap - h->len);
                 if (n > 0) {
                         /* A short read drained the socket, unless a FIN waits. */
-                        if ((uint32_t)n < h->cap - h->len && !c->cli.rdhup &&
+                        if ((uint32_t)n < h->cap - h->len && !c->cli.rdhup && !c->cli.tls &&
                             !shortcut_side(c, &c->cli))
                                 c->cli.readable = false;
                         h->len += (uint32_t)n;
@@ -407,17 +427,6 @@ static void sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port)
 }
 
 /* ---- relay ---------------------------------------------------------------------- */
-
-/* recv/send on a side, through TLS when it has it; -1 with errno on failure. */
-static ssize_t side_recv(struct side *s, void *buf, size_t len)
-{
-        return upstream_io_recv(s->io.fd, s->tls, buf, len);
-}
-
-static ssize_t side_send(struct side *s, const void *buf, size_t len)
-{
-        return upstream_io_send(s->io.fd, s->tls, buf, len);
-}
 
 /* Runs a side's TLS handshake. 0 done, 1 waiting for the socket, -1 failed
  * (logged by the TLS layer as an audit line, and counted there). */
@@ -610,11 +619,16 @@ static int inbound_decide(struct conn *c)
         /* Permissive: no identity, so no policy of the port can admit it. */
         if (!silent && inbound_unidentified_refused(c))
                 return REASON_AUTHZ_REFUSED;
+        if (engines[c->proto]) {
+                conn_handoff(c, engines[c->proto]);
+                return -2;
+        }
         conn_connect(c);
         return c->closed ? -2 : -1;
 }
 
-/* TLS handshakes before any byte is relayed. 0 go on, 1 wait, -1 freed. */
+/* TLS handshakes before any byte is relayed. 0 go on, 1 wait, -1 freed, 2
+ * inbound TLS is established: sniff its plaintext. */
 static int conn_handshakes(struct conn *c)
 {
         if (c->cli.tls && !c->cli_hs_done) {
@@ -637,12 +651,18 @@ static int conn_handshakes(struct conn *c)
                         conn_free(c, REASON_TLS_PORT_MISMATCH, true);
                         return -1;
                 }
-                /* Authenticated and authorized: now the application. An
+                /* Authenticated and authorized: the application is
+                 * connected once the plaintext's protocol is known (an
+                 * engine's, per request, or here for a relay). An
                  * unauthenticated client never holds a connection to it, nor
                  * learns whether its port is open. */
-                conn_connect(c);
-                if (c->closed)
-                        return -1;
+                c->sniffed = false;
+                c->sniffed_len = 0;
+                c->tls_sniff = true;
+                c->cli.readable = true; /* TLS may hold decrypted bytes already */
+                loop_timer_arm(c->w->loop, &c->sniff_timer,
+                               worker_cfg(c->w)->protocol_detection_timeout_ms);
+                return 2;
         }
         if (c->state == CONN_HANDSHAKE) {
                 int r = side_handshake(c, &c->up);
@@ -662,6 +682,7 @@ static int conn_handshakes(struct conn *c)
 static void conn_drive(struct conn *c)
 {
         enum conn_reason reason = REASON_DONE;
+again:
         if (!c->sniffed) {
                 int r = sniff_step(c);
                 if (r >= 0) {
@@ -695,8 +716,23 @@ static void conn_drive(struct conn *c)
                         return;
                 }
         }
-        if (conn_handshakes(c) != 0)
+        int hs = conn_handshakes(c);
+        if (hs == 2)
+                goto again;
+        if (hs != 0)
                 return;
+        if (c->tls_sniff) {
+                if (!c->sniffed)
+                        return;
+                c->tls_sniff = false;
+                if (engines[c->proto]) {
+                        conn_handoff(c, engines[c->proto]);
+                        return;
+                }
+                conn_connect(c);
+                if (c->closed)
+                        return;
+        }
         /* Inbound with mTLS on: nothing flows before the decision. */
         if (c->state != CONN_RELAYING || c->peek)
                 return;
@@ -979,6 +1015,7 @@ static void start_session(struct worker *w, int fd, const struct sockaddr_storag
         stat_add(&w->stats, ST_ACTIVE_OUT, 1);
         struct handoff h = {
             .id = atomic_fetch_add_explicit(&p->next_conn_id, 1, memory_order_relaxed) + 1,
+            .dir = DIR_OUTBOUND,
             .fd = fd,
             .proto = proto,
             .client_addr = *peer,

@@ -119,6 +119,14 @@ ssize_t upstream_io_send(int fd, struct tls_conn *tls, const void *buf, size_t l
         return n;
 }
 
+int upstream_io_shutdown(int fd, struct tls_conn *tls)
+{
+        if (tls && tls_conn_shutdown(tls) == -EAGAIN)
+                return -EAGAIN;
+        shutdown(fd, SHUT_WR);
+        return 0;
+}
+
 ssize_t upstream_recv(struct upstream *u, void *buf, size_t len)
 {
         return upstream_io_recv(u->io.fd, u->tls, buf, len);

@@ -88,6 +88,9 @@ bool upstream_addr_equal(const struct sockaddr_storage *a, const struct sockaddr
 /* recv/send on fd, through tls when it is set; -1 with errno on failure. */
 ssize_t upstream_io_recv(int fd, struct tls_conn *tls, void *buf, size_t len);
 ssize_t upstream_io_send(int fd, struct tls_conn *tls, const void *buf, size_t len);
+/* Ends our direction of fd: close_notify first when tls is set, then FIN.
+ * 0, or -EAGAIN when the close_notify must wait for the socket (call again). */
+int upstream_io_shutdown(int fd, struct tls_conn *tls);
 
 /* ---- pooled connections ------------------------------------------------------ */
 

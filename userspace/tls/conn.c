@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -107,6 +108,7 @@ struct tls_conn {
         char peer_id[SPIFFE_ID_MAX + 1];
         struct sockaddr_storage peer; /* for the audit line; family 0: ask the socket */
         char peer_serial[80];
+        char peer_sha256[2 * SHA256_DIGEST_LENGTH + 1]; /* "" until asked */
 };
 
 static void set_fail(struct tls_conn *c, enum tls_fail f, const char *fmt, ...)
@@ -665,6 +667,19 @@ const char *tls_conn_peer_id(const struct tls_conn *c)
 const char *tls_conn_peer_serial(const struct tls_conn *c)
 {
         return c->peer_serial;
+}
+
+const char *tls_conn_peer_cert_sha256(struct tls_conn *c)
+{
+        const STACK_OF(CRYPTO_BUFFER) *chain = SSL_get0_peer_certificates(c->ssl);
+        if (c->peer_sha256[0] || !chain || sk_CRYPTO_BUFFER_num(chain) == 0)
+                return c->peer_sha256;
+        const CRYPTO_BUFFER *leaf = sk_CRYPTO_BUFFER_value(chain, 0);
+        uint8_t md[SHA256_DIGEST_LENGTH];
+        SHA256(CRYPTO_BUFFER_data(leaf), CRYPTO_BUFFER_len(leaf), md);
+        for (size_t i = 0; i < sizeof(md); i++)
+                snprintf(c->peer_sha256 + 2 * i, 3, "%02x", md[i]);
+        return c->peer_sha256;
 }
 
 uint16_t tls_conn_dst_port(const struct tls_conn *c)

@@ -138,6 +138,10 @@ const char *tls_conn_fail_detail(const struct tls_conn *c); /* "" when none */
 const char *tls_conn_peer_id(const struct tls_conn *c);
 /* Serial (hex) of the peer's leaf certificate, "" when none. */
 const char *tls_conn_peer_serial(const struct tls_conn *c);
+/* Lower-case hex SHA-256 of the peer's leaf certificate (DER), as
+ * X-Forwarded-Client-Cert's Hash carries it; "" when none. Computed on the
+ * first call. */
+const char *tls_conn_peer_cert_sha256(struct tls_conn *c);
 /* Server side: the destination port from the SNI name (0 when none). */
 uint16_t tls_conn_dst_port(const struct tls_conn *c);
 struct tls_snapshot *tls_conn_snapshot(const struct tls_conn *c); /* borrowed */
