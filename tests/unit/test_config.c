@@ -165,6 +165,7 @@ static void test_defaults(void **state)
         assert_string_equal(c->certificate_file, "");
         assert_string_equal(c->private_key_file, "");
         assert_int_equal(c->mtls_mode, MTLS_PERMISSIVE);
+        assert_int_equal(c->forward_client_cert, FCC_SANITIZE_SET);
         assert_string_equal(c->mtls_ca_dir, "/var/lib/shunt/ca");
         assert_string_equal(c->mtls_namespace, "default");
         char host[256] = "";
@@ -284,6 +285,7 @@ static void test_file_values(void **state)
         assert_string_equal(c->certificate_file, "/etc/shunt/tls.crt");
         assert_string_equal(c->private_key_file, "/etc/shunt/tls.key");
         assert_int_equal(c->mtls_mode, MTLS_STRICT);
+        assert_int_equal(c->forward_client_cert, FCC_APPEND_FORWARD);
         assert_string_equal(c->mtls_ca_dir, "/var/lib/shunt-shop/ca");
         assert_string_equal(c->mtls_namespace, "shop");
         assert_string_equal(c->mtls_service_name, "cart");
