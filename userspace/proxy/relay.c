@@ -562,6 +562,19 @@ static bool inbound_unidentified_refused(struct conn *c)
         return true;
 }
 
+/* Inbound, once the client is admitted and the application's protocol is
+ * known (permissive plaintext, or the plaintext inside terminated mesh
+ * TLS): an engine's protocol goes request by request (the engine connects
+ * to the application), anything else is relayed once connected. c may be
+ * gone after (c->closed). */
+static void inbound_to_application(struct conn *c)
+{
+        if (engines[c->proto])
+                conn_handoff(c, engines[c->proto]);
+        else
+                conn_connect(c);
+}
+
 /* Inbound with mTLS on, once the client's first bytes are known: terminate
  * mesh TLS (a port-<N> SNI name; in strict mode any TLS), refuse plaintext
  * in strict mode, or relay as it is. Returns a reason to end, or -1. */
@@ -619,11 +632,7 @@ static int inbound_decide(struct conn *c)
         /* Permissive: no identity, so no policy of the port can admit it. */
         if (!silent && inbound_unidentified_refused(c))
                 return REASON_AUTHZ_REFUSED;
-        if (engines[c->proto]) {
-                conn_handoff(c, engines[c->proto]);
-                return -2;
-        }
-        conn_connect(c);
+        inbound_to_application(c);
         return c->closed ? -2 : -1;
 }
 
@@ -725,11 +734,7 @@ again:
                 if (!c->sniffed)
                         return;
                 c->tls_sniff = false;
-                if (engines[c->proto]) {
-                        conn_handoff(c, engines[c->proto]);
-                        return;
-                }
-                conn_connect(c);
+                inbound_to_application(c);
                 if (c->closed)
                         return;
         }
