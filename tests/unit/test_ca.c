@@ -2,8 +2,11 @@
  * (valid ECDSA and RSA CSRs signed for exactly the token's SPIFFE ID, checked
  * with `openssl verify` and `openssl x509 -text`; another SPIFFE ID, extra
  * SANs, CA:TRUE, a broken signature, unsupported keys and garbage refused
- * with their reason), the serving certificate's DNS and IP names, and the
- * mapping of TokenReview answers to refusal reasons. */
+ * with their reason), the serving certificate's DNS and IP names, the
+ * mapping of TokenReview answers to refusal reasons and the pod a bound
+ * token names, and the decisions of delegated issuance (node.c) over
+ * TokenReview answers and Pod / PodList objects as the API server sends
+ * them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +14,8 @@
 #include <cmocka.h>
 
 #include <openssl/pem.h>
+
+#include <cjson/cJSON.h>
 
 #include "ca/ca-int.h"
 #include "core/log.h"
@@ -334,6 +339,304 @@ static void test_tokenreview_classification(void **state)
         }
 }
 
+/* A TokenReview answer for system:serviceaccount:<ns>:<sa> with extra (a
+ * JSON object body, may be empty). */
+static char *review_json(const char *ns, const char *sa, const char *extra)
+{
+        char *out = malloc(4096);
+        snprintf(out, 4096,
+                 "{\"kind\":\"TokenReview\",\"status\":{\"authenticated\":true,\"user\":{"
+                 "\"username\":\"system:serviceaccount:%s:%s\",\"uid\":\"u1\",\"groups\":["
+                 "\"system:serviceaccounts\"],\"extra\":{%s}},\"audiences\":[\"shunt-ca\"]}}",
+                 ns, sa, extra);
+        return out;
+}
+
+static void test_tokenreview_pod_binding(void **state)
+{
+        static const struct {
+                const char *extra;
+                const char *pod, *uid, *node;
+        } cases[] = {
+            /* Kubernetes 1.30+: the node comes with the pod */
+            {"\"authentication.kubernetes.io/pod-name\":[\"shunt-node-x1\"],"
+             "\"authentication.kubernetes.io/pod-uid\":[\"0d7e-11\"],"
+             "\"authentication.kubernetes.io/node-name\":[\"node-a\"],"
+             "\"authentication.kubernetes.io/node-uid\":[\"n-1\"],"
+             "\"authentication.kubernetes.io/credential-id\":[\"JTI=1\"]",
+             "shunt-node-x1", "0d7e-11", "node-a"},
+            /* before 1.30: pod only */
+            {"\"authentication.kubernetes.io/pod-name\":[\"shunt-node-x1\"],"
+             "\"authentication.kubernetes.io/pod-uid\":[\"0d7e-11\"]",
+             "shunt-node-x1", "0d7e-11", ""},
+            /* not bound to a pod (kubectl create token) */
+            {"", "", "", ""},
+            /* ambiguous or malformed values are not trusted */
+            {"\"authentication.kubernetes.io/pod-name\":[\"a\",\"b\"],"
+             "\"authentication.kubernetes.io/pod-uid\":[\"1\"],"
+             "\"authentication.kubernetes.io/node-name\":[\"node-a\",\"node-b\"]",
+             "", "", ""},
+            {"\"authentication.kubernetes.io/pod-name\":[\"../../x\"],"
+             "\"authentication.kubernetes.io/pod-uid\":[\"1\"],"
+             "\"authentication.kubernetes.io/node-name\":[\"Node_A\"]",
+             "", "", ""},
+            {"\"authentication.kubernetes.io/pod-name\":\"p\","
+             "\"authentication.kubernetes.io/pod-uid\":[7]",
+             "", "", ""},
+            /* a name without its uid cannot be checked */
+            {"\"authentication.kubernetes.io/pod-name\":[\"p\"]", "", "", ""},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char *j = review_json("shunt-system", "shunt-node", cases[i].extra);
+                struct ca_tr_identity id;
+                char msg[256] = "";
+                enum ca_tr_result r =
+                    ca_tr_classify(j, strlen(j), "shunt-ca", &id, msg, sizeof(msg));
+                if (r != CA_TR_OK)
+                        fail_msg("case %zu: %s (%s)", i, ca_tr_reason(r), msg);
+                assert_string_equal(id.ns, "shunt-system");
+                assert_string_equal(id.sa, "shunt-node");
+                if (strcmp(id.pod_name, cases[i].pod) || strcmp(id.pod_uid, cases[i].uid) ||
+                    strcmp(id.node_name, cases[i].node))
+                        fail_msg("case %zu: pod \"%s\" uid \"%s\" node \"%s\"", i, id.pod_name,
+                                 id.pod_uid, id.node_name);
+                free(j);
+        }
+}
+
+static void test_k8s_names(void **state)
+{
+        static const char *good[] = {"a", "web", "shunt-node-7xk2p", "ip-10-0-1-5.ec2.internal",
+                                     "0abc"};
+        static const char *bad[] = {"",   "-a", "a-",   "A",   "a_b", "a..b",
+                                    ".a", "a.", "a.-b", "a/b", "a b", "é"};
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+                if (!ca_k8s_name_valid(good[i], CA_K8S_NAME_MAX))
+                        fail_msg("\"%s\" refused", good[i]);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                if (ca_k8s_name_valid(bad[i], CA_K8S_NAME_MAX))
+                        fail_msg("\"%s\" accepted", bad[i]);
+        /* namespaces are labels: no dots, 63 at most */
+        assert_false(ca_k8s_name_valid("a.b", CA_K8S_NS_MAX));
+        static const struct {
+                size_t len, max;
+                bool ok;
+        } lens[] = {{63, CA_K8S_NS_MAX, true},
+                    {64, CA_K8S_NS_MAX, false},
+                    {253, CA_K8S_NAME_MAX, true},
+                    {254, CA_K8S_NAME_MAX, false}};
+        for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+                char name[300];
+                memset(name, 'a', lens[i].len);
+                name[lens[i].len] = '\0';
+                assert_int_equal(ca_k8s_name_valid(name, lens[i].max), lens[i].ok);
+        }
+}
+
+static void test_node_target_parse(void **state)
+{
+        static const struct {
+                const char *json;
+                int rc;
+                const char *in_msg;
+        } cases[] = {
+            {"{\"namespace\":\"web\",\"service_account\":\"frontend\"}", 0, NULL},
+            {"{\"namespace\":\"web\",\"service_account\":\"frontend\",\"pod\":\"frontend-0\","
+             "\"pod_uid\":\"1-2\"}",
+             0, NULL},
+            {"{\"namespace\":\"web\"}", -EINVAL, "service_account"},
+            {"{\"service_account\":\"frontend\"}", -EINVAL, "namespace"},
+            {"{\"namespace\":\"Web\",\"service_account\":\"frontend\"}", -EINVAL, "namespace"},
+            {"{\"namespace\":\"web\",\"service_account\":\"a/b\"}", -EINVAL, "service_account"},
+            {"{\"namespace\":\"web\",\"service_account\":\"f\",\"pod\":\"../x\"}", -EINVAL, "pod"},
+            {"{\"namespace\":\"web\",\"service_account\":\"f\",\"pod_uid\":\"1\"}", -EINVAL,
+             "pod_uid"},
+            {"{\"namespace\":\"web\",\"service_account\":\"f\",\"node\":\"n1\"}", -EINVAL,
+             "unknown field \"node\""},
+            {"{\"namespace\":\"web\",\"service_account\":7}", -EINVAL, "must be a string"},
+            {"[\"web\",\"frontend\"]", -EINVAL, "must be an object"},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                cJSON *o = cJSON_Parse(cases[i].json);
+                struct ca_node_target t;
+                char msg[256] = "";
+                int rc = ca_node_target_parse(o, &t, msg, sizeof(msg));
+                if (rc != cases[i].rc || (cases[i].in_msg && !strstr(msg, cases[i].in_msg)))
+                        fail_msg("case %zu: rc %d msg \"%s\"", i, rc, msg);
+                cJSON_Delete(o);
+        }
+        cJSON *o = cJSON_Parse("{\"namespace\":\"web\",\"service_account\":\"frontend\","
+                               "\"pod\":\"frontend-0\",\"pod_uid\":\"1-2\"}");
+        struct ca_node_target t;
+        char msg[256];
+        assert_int_equal(ca_node_target_parse(o, &t, msg, sizeof(msg)), 0);
+        assert_string_equal(t.ns, "web");
+        assert_string_equal(t.sa, "frontend");
+        assert_string_equal(t.pod, "frontend-0");
+        assert_string_equal(t.pod_uid, "1-2");
+        cJSON_Delete(o);
+}
+
+static void test_node_agents_listed(void **state)
+{
+        static const char *const agents[] = {"shunt-system/shunt-node", "ops/agent"};
+        struct ca_tr_identity who = {.ns = "shunt-system", .sa = "shunt-node"};
+        assert_true(ca_node_is_agent(agents, 2, &who));
+        snprintf(who.ns, sizeof(who.ns), "ops");
+        snprintf(who.sa, sizeof(who.sa), "agent");
+        assert_true(ca_node_is_agent(agents, 2, &who));
+        /* prefixes and the other half of the pair do not count */
+        snprintf(who.sa, sizeof(who.sa), "agen");
+        assert_false(ca_node_is_agent(agents, 2, &who));
+        snprintf(who.ns, sizeof(who.ns), "shunt");
+        snprintf(who.sa, sizeof(who.sa), "system/shunt-node");
+        assert_false(ca_node_is_agent(agents, 2, &who));
+        snprintf(who.ns, sizeof(who.ns), "shunt-system");
+        snprintf(who.sa, sizeof(who.sa), "shunt-node");
+        assert_false(ca_node_is_agent(agents, 0, &who));
+}
+
+/* A Pod as the API server returns it (fields that matter, and some that do
+ * not). */
+static char *pod_json(const char *ns, const char *name, const char *uid, const char *sa,
+                      const char *node, const char *phase)
+{
+        char *out = malloc(2048);
+        char nodefield[300] = "";
+        if (node)
+                snprintf(nodefield, sizeof(nodefield), "\"nodeName\":\"%s\",", node);
+        snprintf(out, 2048,
+                 "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":\"%s\","
+                 "\"namespace\":\"%s\",\"uid\":\"%s\",\"labels\":{\"app\":\"x\"}},\"spec\":{%s"
+                 "\"serviceAccountName\":\"%s\",\"containers\":[{\"name\":\"c\"}]},"
+                 "\"status\":{\"phase\":\"%s\",\"podIP\":\"10.0.0.5\"}}",
+                 name, ns, uid, nodefield, sa, phase);
+        return out;
+}
+
+static void test_node_of_agent(void **state)
+{
+        struct ca_tr_identity who = {.ns = "shunt-system",
+                                     .sa = "shunt-node",
+                                     .pod_name = "shunt-node-x1",
+                                     .pod_uid = "uid-1"};
+        static const struct {
+                const char *uid, *sa, *node;
+                enum ca_node_result r;
+                const char *in_msg;
+        } cases[] = {
+            {"uid-1", "shunt-node", "node-a", CA_NODE_OK, NULL},
+            /* deleted and a new pod of that name made: not the token's pod */
+            {"uid-2", "shunt-node", "node-a", CA_NODE_DENIED, "no longer exists"},
+            {"uid-1", "other", "node-a", CA_NODE_DENIED, "does not run as"},
+            {"uid-1", "shunt-node", NULL, CA_NODE_DENIED, "not scheduled"},
+            {"uid-1", "shunt-node", "Bad_Node", CA_NODE_DENIED, "not scheduled"},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char *j = pod_json("shunt-system", "shunt-node-x1", cases[i].uid, cases[i].sa,
+                                   cases[i].node, "Running");
+                char node[CA_K8S_NAME_MAX + 1], msg[512] = "";
+                enum ca_node_result r =
+                    ca_node_of_agent(j, strlen(j), &who, node, msg, sizeof(msg));
+                if (r != cases[i].r || (cases[i].in_msg && !strstr(msg, cases[i].in_msg)))
+                        fail_msg("case %zu: %d \"%s\"", i, r, msg);
+                if (r == CA_NODE_OK)
+                        assert_string_equal(node, "node-a");
+                else
+                        assert_string_equal(node, "");
+                free(j);
+        }
+        /* another pod's object (a confused or hostile answer) */
+        char *j =
+            pod_json("shunt-system", "shunt-node-zz", "uid-1", "shunt-node", "node-a", "Running");
+        char node[CA_K8S_NAME_MAX + 1], msg[512];
+        assert_int_equal(ca_node_of_agent(j, strlen(j), &who, node, msg, sizeof(msg)),
+                         CA_NODE_DENIED);
+        free(j);
+        static const char *garbage[] = {"", "{", "{\"kind\":\"Status\",\"code\":404}",
+                                        "{\"kind\":\"Pod\",\"metadata\":{}}"};
+        for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++)
+                assert_int_equal(
+                    ca_node_of_agent(garbage[i], strlen(garbage[i]), &who, node, msg, sizeof(msg)),
+                    CA_NODE_UNAVAILABLE);
+}
+
+static void test_node_match(void **state)
+{
+        struct ca_node_target any = {.ns = "web", .sa = "frontend"};
+        struct ca_node_target named = {.ns = "web", .sa = "frontend", .pod = "frontend-0"};
+        struct ca_node_target named_uid = {
+            .ns = "web", .sa = "frontend", .pod = "frontend-0", .pod_uid = "u0"};
+        static const struct {
+                const char *ns, *sa, *node, *phase;
+                int any, named, named_uid; /* 1: entitled */
+        } pods[] = {
+            {"web", "frontend", "node-a", "Running", 1, 1, 1},
+            {"web", "frontend", "node-a", "Pending", 1, 1, 1},
+            {"web", "frontend", "node-b", "Running", 0, 0, 0},
+            {"web", "frontend", NULL, "Pending", 0, 0, 0}, /* not scheduled yet */
+            {"web", "backend", "node-a", "Running", 0, 0, 0},
+            {"shop", "frontend", "node-a", "Running", 0, 0, 0},
+            {"web", "frontend", "node-a", "Succeeded", 0, 0, 0},
+            {"web", "frontend", "node-a", "Failed", 0, 0, 0},
+            {"web", "frontend", "node-a", "Unknown", 0, 0, 0},
+        };
+        for (size_t i = 0; i < sizeof(pods) / sizeof(pods[0]); i++) {
+                char *p = pod_json(pods[i].ns, "frontend-0", "u0", pods[i].sa, pods[i].node,
+                                   pods[i].phase);
+                /* as a list (other pods around it) and as the named pod */
+                char *other = pod_json("web", "frontend-9", "u9", "frontend", "node-b", "Running");
+                char list[8192];
+                snprintf(list, sizeof(list),
+                         "{\"kind\":\"PodList\",\"apiVersion\":\"v1\",\"metadata\":{"
+                         "\"resourceVersion\":\"5\"},\"items\":[%s,%s]}",
+                         other, p);
+                char pod[CA_K8S_NAME_MAX + 1], msg[512] = "";
+                enum ca_node_result r =
+                    ca_node_match(list, strlen(list), &any, "node-a", pod, msg, sizeof(msg));
+                if ((r == CA_NODE_OK) != pods[i].any)
+                        fail_msg("list case %zu: %d \"%s\"", i, r, msg);
+                if (r == CA_NODE_OK)
+                        assert_string_equal(pod, "frontend-0");
+                else
+                        assert_non_null(strstr(msg, "no Pending or Running pod of service account "
+                                                    "web/frontend is scheduled on node node-a"));
+                r = ca_node_match(p, strlen(p), &named, "node-a", pod, msg, sizeof(msg));
+                if ((r == CA_NODE_OK) != pods[i].named)
+                        fail_msg("named case %zu: %d \"%s\"", i, r, msg);
+                if (r != CA_NODE_OK)
+                        assert_non_null(strstr(msg, "pod web/frontend-0 "));
+                r = ca_node_match(p, strlen(p), &named_uid, "node-a", pod, msg, sizeof(msg));
+                if ((r == CA_NODE_OK) != pods[i].named_uid)
+                        fail_msg("named uid case %zu: %d \"%s\"", i, r, msg);
+                free(p);
+                free(other);
+        }
+        /* the named pod was replaced by one of the same name */
+        char *p = pod_json("web", "frontend-0", "u1", "frontend", "node-a", "Running");
+        char pod[CA_K8S_NAME_MAX + 1], msg[512];
+        assert_int_equal(ca_node_match(p, strlen(p), &named_uid, "node-a", pod, msg, sizeof(msg)),
+                         CA_NODE_DENIED);
+        assert_non_null(strstr(msg, "another uid"));
+        /* a Pod where a PodList was asked for, and the reverse, are not answers */
+        assert_int_equal(ca_node_match(p, strlen(p), &any, "node-a", pod, msg, sizeof(msg)),
+                         CA_NODE_UNAVAILABLE);
+        free(p);
+        static const char *list = "{\"kind\":\"PodList\",\"items\":[]}";
+        assert_int_equal(ca_node_match(list, strlen(list), &named, "node-a", pod, msg, sizeof(msg)),
+                         CA_NODE_UNAVAILABLE);
+        assert_int_equal(ca_node_match(list, strlen(list), &any, "node-a", pod, msg, sizeof(msg)),
+                         CA_NODE_DENIED);
+        static const char *garbage[] = {"", "[]", "{\"kind\":\"PodList\"}",
+                                        "{\"kind\":\"PodList\",\"items\":{}}",
+                                        "{\"kind\":\"PodList\",\"items\":[1,\"x\",{}]}"};
+        for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
+                enum ca_node_result r = ca_node_match(garbage[i], strlen(garbage[i]), &any,
+                                                      "node-a", pod, msg, sizeof(msg));
+                assert_true(r != CA_NODE_OK);
+        }
+}
+
 int main(void)
 {
         log_set_level(LOG_ERROR);
@@ -344,6 +647,12 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_broken_signature_and_garbage, setup, teardown),
             cmocka_unit_test_setup_teardown(test_serving_certificate_names, setup, teardown),
             cmocka_unit_test(test_tokenreview_classification),
+            cmocka_unit_test(test_tokenreview_pod_binding),
+            cmocka_unit_test(test_k8s_names),
+            cmocka_unit_test(test_node_target_parse),
+            cmocka_unit_test(test_node_agents_listed),
+            cmocka_unit_test(test_node_of_agent),
+            cmocka_unit_test(test_node_match),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,9 +6,14 @@
  * spiffe://<trust domain>/ns/<namespace>/sa/<service account> of the token,
  * nothing else the CSR asks for. The CA key never leaves this process.
  *
+ * A node agent (--node-agent-sa) may instead ask for the identity of a pod
+ * on its own node: {"csr", "for": {"namespace", "service_account"[, "pod"]}};
+ * the CA learns the agent's node from its pod-bound token and checks with
+ * the API server that such a pod is scheduled there (node.c).
+ *
  * HTTPS (TLS 1.3 only) API, one request per connection:
- *   POST /v1/certificates  Authorization: Bearer <token>, {"csr": "<PEM>"}
- *        200 {"spiffe_id","serial","not_before","not_after",
+ *   POST /v1/certificates  Authorization: Bearer <token>, {"csr": "<PEM>"[, "for": {..}]}
+ *        200 {"spiffe_id","serial","not_before","not_after",["node","pod",]
  *             "certificate_chain","trust_bundle"}
  *        errors {"error": "<reason>", "message": "<one line>"}
  *   GET  /v1/bundle        PEM of every trusted root
@@ -51,6 +56,8 @@
 #define CA_DEFAULT_RATE          5.0 /* certificates per second per identity */
 #define CA_DEFAULT_BURST         10u
 #define CA_MAX_SERVER_SANS       16
+#define CA_DEFAULT_NODE_AGENT    "shunt-node" /* the chart's DaemonSet, in --namespace */
+#define CA_MAX_NODE_AGENTS       8
 
 struct ca_options {
         const char *listen; /* "ip:port" */
@@ -70,6 +77,12 @@ struct ca_options {
         size_t max_body;
         double rate; /* per identity; burst tokens at most */
         unsigned burst;
+        /* Service accounts ("namespace/name") whose pods may ask for the
+         * identities of the pods on their node. Unless node_agents_set, the
+         * chart's <namespace>/shunt-node; set with none: nobody. */
+        const char *const *node_agents;
+        size_t n_node_agents;
+        bool node_agents_set;
 };
 
 /* Fills in the defaults above (trust domain cluster.local, namespace

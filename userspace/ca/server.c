@@ -565,6 +565,9 @@ static void serve_request(struct conn *c)
         struct ca_response resp = {.status = 200};
         strbuf_init(&resp.body);
         r->fn(&req, &resp, r->ctx);
+        /* the answer has its own time: the handler's API calls may have used
+         * up what the request's deadline left */
+        c->deadline_ms = clock_mono_ms() + h->opt.read_timeout_ms;
         if (resp.body.truncated)
                 ca_respond_error(&resp, 500, "internal", "out of memory");
         send_response(c, &resp, NULL);

@@ -44,24 +44,44 @@ void ca_options_default(struct ca_options *opt)
 
 /* ---- audit ------------------------------------------------------------------------- */
 
-void ca_audit(const char *result, const char *identity, const char *serial, const char *peer,
-              const char *reason, int status, const char *message)
+/* Who asked on whose behalf, for the audit line of a delegated request. */
+struct ca_delegation {
+        char agent[2 * SPIFFE_NAME_MAX + 2]; /* the node agent's "namespace/name" */
+        char node[CA_K8S_NAME_MAX + 1];      /* "" until known */
+        char pod[CA_K8S_NAME_MAX + 1];       /* the pod that entitles it, "" until known */
+};
+
+static void audit(const char *result, const char *identity, const char *serial, const char *peer,
+                  const char *reason, int status, const char *message,
+                  const struct ca_delegation *d)
 {
         char st[8];
         snprintf(st, sizeof(st), "%d", status);
-        const struct log_field f[] = {
+        struct log_field f[10] = {
             {"result", result, false},  {"identity", identity, false}, {"serial", serial, false},
             {"peer", peer, false},      {"reason", reason, false},     {"status", st, false},
             {"message", message, true},
         };
+        size_t n = 7;
+        if (d) {
+                f[n++] = (struct log_field){"agent", d->agent, false};
+                f[n++] = (struct log_field){"node", d->node, false};
+                f[n++] = (struct log_field){"pod", d->pod, false};
+        }
         bool ok = strcmp(result, "issued") == 0;
-        log_audit(ok ? LOG_INFO : LOG_WARN, CA_COMP, 0, "certificate", f, sizeof(f) / sizeof(f[0]));
+        log_audit(ok ? LOG_INFO : LOG_WARN, CA_COMP, 0, "certificate", f, n);
+}
+
+void ca_audit(const char *result, const char *identity, const char *serial, const char *peer,
+              const char *reason, int status, const char *message)
+{
+        audit(result, identity, serial, peer, reason, status, message, NULL);
 }
 
 /* ---- rate limit per identity ---------------------------------------------------------- */
 
 struct rate_slot {
-        char id[SPIFFE_ID_MAX + 1];
+        char id[SPIFFE_ID_MAX + 1]; /* an identity, or "identity@agent pod uid" */
         double tokens;
         uint64_t last_ms;
 };
@@ -140,6 +160,8 @@ struct ca_service {
         time_t serving_renew_at;   /* when the serving certificate is renewed */
         char **server_sans;
         size_t n_server_sans;
+        char **node_agents; /* "namespace/name" */
+        size_t n_node_agents;
 };
 
 /* Reads the bundle file's roots (if any) and builds the bundle PEM: the CA
@@ -276,78 +298,89 @@ static void tick(void *arg)
 /* ---- handlers ----------------------------------------------------------------------------- */
 
 static void refuse(struct ca_response *resp, const struct ca_request *req, const char *identity,
-                   int status, const char *reason, const char *message)
+                   int status, const char *reason, const char *message,
+                   const struct ca_delegation *d)
 {
         ca_respond_error(resp, status, reason, message);
-        ca_audit("refused", identity, "", req->peer, reason, status, message);
+        audit("refused", identity, "", req->peer, reason, status, message, d);
 }
 
-static void handle_certificates(const struct ca_request *req, struct ca_response *resp, void *ctx)
+static bool agent_listed(const struct ca_service *s, const struct ca_tr_identity *who)
 {
-        struct ca_service *s = ctx;
-        const char *a = req->authorization;
-        if (strncasecmp(a, "Bearer ", 7) != 0 || !a[7]) {
-                refuse(resp, req, "", 401, "no_token",
-                       "send the service-account token as Authorization: Bearer <token>");
-                return;
+        return ca_node_is_agent((const char *const *)s->node_agents, s->n_node_agents, who);
+}
+
+/* The checks of a delegated request after its token was reviewed: the
+ * token's account is a node agent's, bound to a pod; the agent asks at
+ * most --rate for one identity; its node is known; and a pod of the target
+ * identity is scheduled there. true when entitled; otherwise the answer is
+ * made (and audited). The rate limit comes before the pod look-ups so that
+ * a flood costs the API server nothing beyond the TokenReviews. */
+static bool delegate(struct ca_service *s, const struct ca_request *req, struct ca_response *resp,
+                     const struct ca_tr_identity *who, const struct ca_node_target *t,
+                     const char *identity, struct ca_delegation *d)
+{
+        char msg[768];
+        snprintf(d->agent, sizeof(d->agent), "%s/%s", who->ns, who->sa);
+        if (!agent_listed(s, who)) {
+                snprintf(msg, sizeof(msg),
+                         "service account %s is not a node agent (--node-agent-sa): it may only "
+                         "obtain its own identity",
+                         d->agent);
+                refuse(resp, req, identity, 403, "not_node_agent", msg, d);
+                return false;
         }
-        const char *token = a + 7;
-        while (*token == ' ')
-                token++;
-        cJSON *root = cJSON_ParseWithLength(req->body, req->body_len);
-        const cJSON *csr = cJSON_GetObjectItemCaseSensitive(root, "csr");
-        if (!cJSON_IsString(csr)) {
-                cJSON_Delete(root);
-                refuse(resp, req, "", 400, "bad_request",
-                       "the body must be JSON {\"csr\": \"<PEM CERTIFICATE REQUEST>\"}");
-                return;
+        if (!who->pod_name[0]) {
+                snprintf(msg, sizeof(msg),
+                         "the node agent's token is not bound to a pod (use a projected "
+                         "service-account token): its node cannot be known");
+                refuse(resp, req, identity, 403, "agent_not_pod_bound", msg, d);
+                return false;
         }
-        char msg[512];
-        struct ca_tr_identity who;
-        enum ca_tr_result tr =
-            ca_tokenreview(s->creds, token, s->opt.audience, s->opt.tokenreview_timeout_ms, &who,
-                           msg, sizeof(msg));
-        if (tr != CA_TR_OK) {
-                cJSON_Delete(root);
-                if (tr == CA_TR_UNAVAILABLE) {
-                        log_error(CA_COMP, 0, "TokenReview: %s", msg);
-                        resp->retry_after_s = 1;
-                        refuse(resp, req, "", 503, ca_tr_reason(tr),
-                               "the token cannot be checked now (TokenReview unavailable)");
-                } else {
-                        refuse(resp, req, "", 401, ca_tr_reason(tr), msg);
-                }
-                return;
-        }
-        struct spiffe_id *id = malloc(sizeof(*id));
-        if (!id || spiffe_id_build(s->opt.trust_domain, who.ns, who.sa, id) < 0) {
-                cJSON_Delete(root);
-                free(id);
-                refuse(resp, req, "", 401, "token_invalid",
-                       "the token's namespace or service account is not a valid SPIFFE path");
-                return;
-        }
-        unsigned wait = rate_take(&s->rate, id->uri);
+        char key[SPIFFE_ID_MAX + 1];
+        snprintf(key, sizeof(key), "%s@%s", identity, who->pod_uid);
+        unsigned wait = rate_take(&s->rate, key);
         if (wait) {
-                cJSON_Delete(root);
                 snprintf(msg, sizeof(msg), "more than %g certificates per second for %.300s",
-                         s->opt.rate, id->uri);
+                         s->opt.rate, identity);
                 resp->retry_after_s = wait;
-                refuse(resp, req, id->uri, 429, "rate_limited", msg);
-                free(id);
-                return;
+                refuse(resp, req, identity, 429, "rate_limited", msg, d);
+                return false;
         }
+        struct ca_node_lookup l = {.creds = s->creds, .timeout_ms = s->opt.tokenreview_timeout_ms};
+        enum ca_node_result r = ca_node_agent_node(&l, who, d->node, msg, sizeof(msg));
+        if (r == CA_NODE_OK)
+                r = ca_node_check(&l, t, d->node, d->pod, msg, sizeof(msg));
+        if (r == CA_NODE_UNAVAILABLE) {
+                log_error(CA_COMP, 0, "pods: %s", msg);
+                resp->retry_after_s = 1;
+                refuse(resp, req, identity, 503, "kube_api_unavailable",
+                       "the node agent's entitlement cannot be checked now (the API server did "
+                       "not answer)",
+                       d);
+                return false;
+        }
+        if (r != CA_NODE_OK) {
+                refuse(resp, req, identity, 403,
+                       d->node[0] ? "identity_not_on_node" : "agent_pod_gone", msg, d);
+                return false;
+        }
+        return true;
+}
+
+/* Signs csr_pem for identity and answers with the chain and the bundle. */
+static void issue(struct ca_service *s, const struct ca_request *req, struct ca_response *resp,
+                  const char *csr_pem, const char *identity, const struct ca_delegation *d)
+{
+        char msg[512];
         time_t now = time(NULL);
         X509 *leaf = NULL;
         const char *reason;
-        int rc = ca_csr_sign(s->ca, csr->valuestring, strlen(csr->valuestring), id->uri,
-                             now - CA_BACKDATE_S, now + (time_t)s->opt.lifetime_s, &leaf, &reason,
-                             msg, sizeof(msg));
-        cJSON_Delete(root);
+        int rc = ca_csr_sign(s->ca, csr_pem, strlen(csr_pem), identity, now - CA_BACKDATE_S,
+                             now + (time_t)s->opt.lifetime_s, &leaf, &reason, msg, sizeof(msg));
         if (rc < 0) {
-                refuse(resp, req, id->uri, strcmp(reason, "internal") == 0 ? 500 : 400, reason,
-                       msg);
-                free(id);
+                refuse(resp, req, identity, strcmp(reason, "internal") == 0 ? 500 : 400, reason,
+                       msg, d);
                 return;
         }
         char serial[80], nb[32], na[32];
@@ -360,15 +393,20 @@ static void handle_certificates(const struct ca_request *req, struct ca_response
         if (!leaf_pem || !bundle) {
                 free(leaf_pem);
                 free(bundle);
-                refuse(resp, req, id->uri, 500, "internal", "out of memory");
-                free(id);
+                refuse(resp, req, identity, 500, "internal", "out of memory", d);
                 return;
         }
         struct strbuf *b = &resp->body;
         strbuf_append(b, "{\"spiffe_id\":");
-        strbuf_append_json_string(b, id->uri);
+        strbuf_append_json_string(b, identity);
         strbuf_appendf(b, ",\"serial\":\"%s\",\"not_before\":\"%s\",\"not_after\":\"%s\"", serial,
                        nb, na);
+        if (d) {
+                strbuf_append(b, ",\"node\":");
+                strbuf_append_json_string(b, d->node);
+                strbuf_append(b, ",\"pod\":");
+                strbuf_append_json_string(b, d->pod);
+        }
         strbuf_append(b, ",\"certificate_chain\":");
         if (s->chain_pem) {
                 size_t n = strlen(leaf_pem) + strlen(s->chain_pem) + 1;
@@ -385,8 +423,90 @@ static void handle_certificates(const struct ca_request *req, struct ca_response
         free(leaf_pem);
         free(bundle);
         snprintf(msg, sizeof(msg), "serial %s until %s", serial, na);
-        ca_audit("issued", id->uri, serial, req->peer, "", 200, msg);
+        audit("issued", identity, serial, req->peer, "", 200, msg, d);
+}
+
+static void handle_certificates(const struct ca_request *req, struct ca_response *resp, void *ctx)
+{
+        struct ca_service *s = ctx;
+        const char *a = req->authorization;
+        if (strncasecmp(a, "Bearer ", 7) != 0 || !a[7]) {
+                refuse(resp, req, "", 401, "no_token",
+                       "send the service-account token as Authorization: Bearer <token>", NULL);
+                return;
+        }
+        const char *token = a + 7;
+        while (*token == ' ')
+                token++;
+        char msg[512];
+        cJSON *root = cJSON_ParseWithLength(req->body, req->body_len);
+        const cJSON *csr = cJSON_GetObjectItemCaseSensitive(root, "csr");
+        const cJSON *for_ = cJSON_GetObjectItemCaseSensitive(root, "for");
+        struct ca_node_target target;
+        struct spiffe_id *id = malloc(sizeof(*id));
+        struct ca_delegation *d = NULL;
+        if (!id) {
+                refuse(resp, req, "", 500, "internal", "out of memory", NULL);
+                goto out;
+        }
+        if (!cJSON_IsString(csr)) {
+                refuse(resp, req, "", 400, "bad_request",
+                       "the body must be JSON {\"csr\": \"<PEM CERTIFICATE REQUEST>\"[, \"for\": "
+                       "{...}]}",
+                       NULL);
+                goto out;
+        }
+        if (for_ && ca_node_target_parse(for_, &target, msg, sizeof(msg)) < 0) {
+                refuse(resp, req, "", 400, "bad_request", msg, NULL);
+                goto out;
+        }
+        struct ca_tr_identity who;
+        enum ca_tr_result tr =
+            ca_tokenreview(s->creds, token, s->opt.audience, s->opt.tokenreview_timeout_ms, &who,
+                           msg, sizeof(msg));
+        if (tr == CA_TR_UNAVAILABLE) {
+                log_error(CA_COMP, 0, "TokenReview: %s", msg);
+                resp->retry_after_s = 1;
+                refuse(resp, req, "", 503, ca_tr_reason(tr),
+                       "the token cannot be checked now (TokenReview unavailable)", NULL);
+                goto out;
+        }
+        if (tr != CA_TR_OK) {
+                refuse(resp, req, "", 401, ca_tr_reason(tr), msg, NULL);
+                goto out;
+        }
+        /* Kubernetes names (checked above for a target) are valid SPIFFE segments */
+        if (!spiffe_name_valid(who.ns) || !spiffe_name_valid(who.sa) ||
+            spiffe_id_build(s->opt.trust_domain, for_ ? target.ns : who.ns,
+                            for_ ? target.sa : who.sa, id) < 0) {
+                refuse(resp, req, "", 401, "token_invalid",
+                       "the token's namespace or service account is not a valid SPIFFE path", NULL);
+                goto out;
+        }
+        if (for_) {
+                d = calloc(1, sizeof(*d));
+                if (!d) {
+                        refuse(resp, req, id->uri, 500, "internal", "out of memory", NULL);
+                        goto out;
+                }
+                if (!delegate(s, req, resp, &who, &target, id->uri, d))
+                        goto out;
+        } else {
+                unsigned wait = rate_take(&s->rate, id->uri);
+                if (wait) {
+                        snprintf(msg, sizeof(msg),
+                                 "more than %g certificates per second for %.300s", s->opt.rate,
+                                 id->uri);
+                        resp->retry_after_s = wait;
+                        refuse(resp, req, id->uri, 429, "rate_limited", msg, NULL);
+                        goto out;
+                }
+        }
+        issue(s, req, resp, csr->valuestring, id->uri, d);
+out:
+        cJSON_Delete(root);
         free(id);
+        free(d);
 }
 
 static void handle_bundle(const struct ca_request *req, struct ca_response *resp, void *ctx)
@@ -452,6 +572,42 @@ static int server_names(struct ca_service *s)
                         rc = add_san(s, "DNS:%s%s", v, "");
         }
         return rc;
+}
+
+/* --node-agent-sa: "namespace/name" each, or the chart's DaemonSet. */
+static int node_agents(struct ca_service *s)
+{
+        char def[CA_K8S_NS_MAX + sizeof(CA_DEFAULT_NODE_AGENT) + 1];
+        snprintf(def, sizeof(def), "%s/%s", s->opt.namespace, CA_DEFAULT_NODE_AGENT);
+        const char *const defv[] = {def};
+        const char *const *v = s->opt.node_agents_set ? s->opt.node_agents : defv;
+        size_t n = s->opt.node_agents_set ? s->opt.n_node_agents : 1;
+        if (n > CA_MAX_NODE_AGENTS) {
+                log_error(CA_COMP, 0, "--node-agent-sa: at most %d service accounts",
+                          CA_MAX_NODE_AGENTS);
+                return -EINVAL;
+        }
+        s->node_agents = calloc(n ? n : 1, sizeof(*s->node_agents));
+        if (!s->node_agents)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                const char *slash = strchr(v[i], '/');
+                char ns[CA_K8S_NS_MAX + 2] = "";
+                if (slash && (size_t)(slash - v[i]) < sizeof(ns))
+                        snprintf(ns, sizeof(ns), "%.*s", (int)(slash - v[i]), v[i]);
+                if (!slash || !ca_k8s_name_valid(ns, CA_K8S_NS_MAX) ||
+                    !ca_k8s_name_valid(slash + 1, CA_K8S_NAME_MAX)) {
+                        log_error(CA_COMP, 0,
+                                  "--node-agent-sa \"%s\": expected <namespace>/<service account>",
+                                  v[i]);
+                        return -EINVAL;
+                }
+                s->node_agents[i] = strdup(v[i]);
+                if (!s->node_agents[i])
+                        return -ENOMEM;
+                s->n_node_agents++;
+        }
+        return 0;
 }
 
 int ca_service_new(const struct ca_options *opt, struct ca_service **out)
@@ -527,6 +683,8 @@ int ca_service_new(const struct ca_options *opt, struct ca_service **out)
         }
         if (rc == 0)
                 rc = server_names(s);
+        if (rc == 0)
+                rc = node_agents(s);
         struct ca_http_options ho = {
             .listen = opt->listen,
             .workers = opt->workers,
@@ -551,14 +709,17 @@ int ca_service_new(const struct ca_options *opt, struct ca_service **out)
                 ca_service_free(s);
                 return rc;
         }
-        char serial[80];
+        char serial[80], agents[CA_MAX_NODE_AGENTS * 320] = "";
         tls_cert_serial_hex(tls_ca_cert(s->ca), serial, sizeof(serial));
+        for (size_t i = 0; i < s->n_node_agents; i++)
+                snprintf(agents + strlen(agents), sizeof(agents) - strlen(agents), "%s%s",
+                         i ? ", " : "", s->node_agents[i]);
         log_info(CA_COMP, 0,
                  "shunt-ca: CA %s, trust domain %s, audience %s, TokenReview at %s (%s credentials "
-                 "from %s), lifetime %us, listening on %s (port %u)",
+                 "from %s), lifetime %us, node agents: %s, listening on %s (port %u)",
                  serial, opt->trust_domain, opt->audience, k8s_creds_server(s->creds),
-                 k8s_creds_mode(s->creds), k8s_creds_origin(s->creds), opt->lifetime_s, opt->listen,
-                 ca_http_port(s->http));
+                 k8s_creds_mode(s->creds), k8s_creds_origin(s->creds), opt->lifetime_s,
+                 agents[0] ? agents : "none", opt->listen, ca_http_port(s->http));
         *out = s;
         return 0;
 }
@@ -596,6 +757,9 @@ void ca_service_free(struct ca_service *s)
         for (size_t i = 0; i < s->n_server_sans; i++)
                 free(s->server_sans[i]);
         free(s->server_sans);
+        for (size_t i = 0; i < s->n_node_agents; i++)
+                free(s->node_agents[i]);
+        free(s->node_agents);
         free(s->rate.slots);
         pthread_mutex_destroy(&s->rate.mu);
         pthread_mutex_destroy(&s->mu);

@@ -4,20 +4,19 @@
  * in status.error (free text, e.g. "[invalid bearer token, token audiences
  * [\"x\"] is invalid for the target audiences [\"shunt-ca\"]]"), so the
  * reason is read from that text; an authenticated answer is still checked
- * for our audience in status.audiences and a service-account user name. */
+ * for our audience in status.audiences and a service-account user name.
+ * The pod a bound token belongs to (and, from Kubernetes 1.30, its node) is
+ * read from status.user.extra for delegated issuance (node.c). */
 #include "ca/ca-int.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
-#include <curl/curl.h>
 #include <openssl/mem.h>
 
-#include "core/curlloop.h"
 #include "core/log.h"
 #include "core/strbuf.h"
 
@@ -68,9 +67,39 @@ static bool sa_user(const char *user, struct ca_tr_identity *id)
                spiffe_name_valid(id->sa);
 }
 
+/* One value of status.user.extra (a list of strings): copied when the list
+ * holds exactly one string that fits; anything else leaves "" (treated as
+ * absent, so a node agent whose token does not say plainly which pod it is
+ * bound to is not trusted with a node). */
+static void extra_one(const cJSON *extra, const char *key, char *out, size_t outlen)
+{
+        out[0] = '\0';
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(extra, key);
+        const cJSON *s = cJSON_GetArrayItem(v, 0);
+        if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 1 || !cJSON_IsString(s) ||
+            strlen(s->valuestring) >= outlen)
+                return;
+        snprintf(out, outlen, "%s", s->valuestring);
+}
+
+static void read_extras(const cJSON *extra, struct ca_tr_identity *id)
+{
+        extra_one(extra, CA_EXTRA_POD_NAME, id->pod_name, sizeof(id->pod_name));
+        extra_one(extra, CA_EXTRA_POD_UID, id->pod_uid, sizeof(id->pod_uid));
+        extra_one(extra, CA_EXTRA_NODE_NAME, id->node_name, sizeof(id->node_name));
+        /* names go into API paths and selectors: only what Kubernetes allows */
+        if (!ca_k8s_name_valid(id->pod_name, CA_K8S_NAME_MAX) || !id->pod_uid[0]) {
+                id->pod_name[0] = '\0';
+                id->pod_uid[0] = '\0';
+        }
+        if (!ca_k8s_name_valid(id->node_name, CA_K8S_NAME_MAX))
+                id->node_name[0] = '\0';
+}
+
 enum ca_tr_result ca_tr_classify(const char *response_json, size_t len, const char *audience,
                                  struct ca_tr_identity *id, char *msg, size_t msglen)
 {
+        memset(id, 0, sizeof(*id));
         cJSON *root = cJSON_ParseWithLength(response_json, len);
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "status");
         const cJSON *kind = cJSON_GetObjectItemCaseSensitive(root, "kind");
@@ -113,6 +142,7 @@ enum ca_tr_result ca_tr_classify(const char *response_json, size_t len, const ch
                 r = CA_TR_INVALID;
                 goto out;
         }
+        read_extras(cJSON_GetObjectItemCaseSensitive(user, "extra"), id);
         r = CA_TR_OK;
 out:
         cJSON_Delete(root);
@@ -120,37 +150,6 @@ out:
 }
 
 /* ---- the HTTP call ----------------------------------------------------------------- */
-
-/* A curl handle per worker thread: connections to the API server are kept
- * alive between reviews. */
-static pthread_key_t easy_key;
-static pthread_once_t easy_once = PTHREAD_ONCE_INIT;
-
-static void easy_free(void *e)
-{
-        curl_easy_cleanup(e);
-}
-
-static void easy_key_init(void)
-{
-        pthread_key_create(&easy_key, easy_free);
-}
-
-static CURL *thread_easy(void)
-{
-        pthread_once(&easy_once, easy_key_init);
-        CURL *e = pthread_getspecific(easy_key);
-        if (!e) {
-                e = curl_easy_init();
-                if (e && pthread_setspecific(easy_key, e) != 0) {
-                        curl_easy_cleanup(e);
-                        e = NULL;
-                }
-        }
-        if (e)
-                curl_easy_reset(e);
-        return e;
-}
 
 enum ca_tr_result ca_tokenreview(struct k8s_creds *creds, const char *token, const char *audience,
                                  uint32_t timeout_ms, struct ca_tr_identity *id, char *msg,
@@ -164,61 +163,31 @@ enum ca_tr_result ca_tokenreview(struct k8s_creds *creds, const char *token, con
         strbuf_append(&req, ",\"audiences\":[");
         strbuf_append_json_string(&req, audience);
         strbuf_append(&req, "]}}");
-        char url[640];
-        snprintf(url, sizeof(url), "%s/apis/authentication.k8s.io/v1/tokenreviews",
-                 k8s_creds_server(creds));
         enum ca_tr_result r = CA_TR_UNAVAILABLE;
-        struct curl_body body = {.max = CA_TR_MAX_RESPONSE};
-        struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-        struct curl_slist *h2 = hdrs ? curl_slist_append(hdrs, "Accept: application/json") : NULL;
-        CURL *e = thread_easy();
-        if (req.truncated || !h2 || !e || k8s_creds_apply(creds, e, &h2) < 0) {
+        struct ca_kube_answer a = {0};
+        if (req.truncated) {
                 snprintf(msg, msglen, "out of memory");
-                curl_slist_free_all(h2 ? h2 : hdrs);
                 goto out;
         }
-        hdrs = h2;
-        char errbuf[CURL_ERROR_SIZE] = "";
-        curl_easy_setopt(e, CURLOPT_URL, url);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.data);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)req.len);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, curl_body_write);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, &body);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
-        CURLcode cc = curl_easy_perform(e);
-        long code = 0;
-        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-        curl_slist_free_all(hdrs);
-        /* the request held the token: no copy of it outlives the call */
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
-        if (cc != CURLE_OK) {
-                snprintf(msg, msglen, "TokenReview at %s failed: %s", k8s_creds_server(creds),
-                         body.too_large ? "answer over 1 MiB"
-                                        : (errbuf[0] ? errbuf : curl_easy_strerror(cc)));
+        if (ca_kube_call(creds, "/apis/authentication.k8s.io/v1/tokenreviews", req.data, req.len,
+                         timeout_ms, CA_TR_MAX_RESPONSE, &a, msg, msglen) < 0)
                 goto out;
-        }
-        if (code == 401 || code == 403) {
+        if (a.status == 401 || a.status == 403) {
                 snprintf(msg, msglen,
                          "the API server refused shunt-ca's own credentials for TokenReview "
                          "(HTTP %ld): it needs create on tokenreviews.authentication.k8s.io",
-                         code);
+                         a.status);
                 goto out;
         }
-        if (code != 200 && code != 201) {
-                snprintf(msg, msglen, "TokenReview answered HTTP %ld", code);
+        if (a.status != 200 && a.status != 201) {
+                snprintf(msg, msglen, "TokenReview answered HTTP %ld", a.status);
                 goto out;
         }
-        r = ca_tr_classify(body.data ? body.data : "", body.len, audience, id, msg, msglen);
+        r = ca_tr_classify(a.body ? a.body : "", a.len, audience, id, msg, msglen);
 out:
         if (req.data)
                 OPENSSL_cleanse(req.data, req.len);
         strbuf_free(&req);
-        curl_body_free(&body);
+        free(a.body);
         return r;
 }

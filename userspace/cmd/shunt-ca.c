@@ -16,6 +16,7 @@
 enum opt_kind {
         O_STR,
         O_SANS,
+        O_AGENTS,
         O_DURATION_S,
         O_DURATION_MS,
         O_UINT,
@@ -45,6 +46,10 @@ static const struct flag flags[] = {
     {"server-san", O_SANS,
      "extra name of the serving certificate: DNS:x, IP:x or bare "
      "(repeatable; comma-separated in the environment)"},
+    {"node-agent-sa", O_AGENTS,
+     "service account <namespace>/<name> of node agents, which may obtain the identities "
+     "of the pods on their node (repeatable; comma-separated in the environment; \"\": "
+     "none; default <namespace>/" CA_DEFAULT_NODE_AGENT ")"},
     {"key-type", O_KEY, "key type of a created root and the serving key (ecdsa-p256)"},
     {"workers", O_UINT, "requests served at once (16)"},
     {"queue", O_UINT, "accepted connections waiting for a worker (64)"},
@@ -90,13 +95,28 @@ static void usage(FILE *f)
                    "SHUNT_CA_TRUST_DOMAIN. Flags win.\n");
 }
 
-struct sans {
+struct list {
         const char *v[CA_MAX_SERVER_SANS];
         size_t n;
+        bool set;
 };
 
-static int set(struct ca_options *o, struct sans *sans, const struct flag *f, char *val,
-               const char *origin)
+/* Comma-separated values appended to l (at most max). */
+static int add_list(struct list *l, size_t max, char *val, const char *origin)
+{
+        l->set = true;
+        for (char *save, *tok = strtok_r(val, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                if (l->n == max) {
+                        fprintf(stderr, "shunt-ca: %s: at most %zu values\n", origin, max);
+                        return -EINVAL;
+                }
+                l->v[l->n++] = tok;
+        }
+        return 0;
+}
+
+static int set(struct ca_options *o, struct list *sans, struct list *agents, const struct flag *f,
+               char *val, const char *origin)
 {
         uint64_t ms;
         char *end;
@@ -130,16 +150,9 @@ static int set(struct ca_options *o, struct sans *sans, const struct flag *f, ch
                 return 0;
         }
         case O_SANS:
-                for (char *save, *tok = strtok_r(val, ",", &save); tok;
-                     tok = strtok_r(NULL, ",", &save)) {
-                        if (sans->n == CA_MAX_SERVER_SANS) {
-                                fprintf(stderr, "shunt-ca: %s: at most %d server names\n", origin,
-                                        CA_MAX_SERVER_SANS);
-                                return -EINVAL;
-                        }
-                        sans->v[sans->n++] = tok;
-                }
-                return 0;
+                return add_list(sans, CA_MAX_SERVER_SANS, val, origin);
+        case O_AGENTS:
+                return add_list(agents, CA_MAX_NODE_AGENTS, val, origin);
         case O_DURATION_S:
                 if (parse_duration_ms(val, &ms) < 0 || ms / 1000 > UINT32_MAX)
                         goto bad;
@@ -197,8 +210,8 @@ int main(int argc, char **argv)
                 return 0;
         struct ca_options o;
         ca_options_default(&o);
-        struct sans sans = {0};
-        struct sans env_sans = {0};
+        struct list sans = {0}, env_sans = {0};
+        struct list agents = {0}, env_agents = {0};
         char *env_vals[NFLAGS] = {0};
         int rc = 0;
         /* environment first, flags override */
@@ -215,7 +228,7 @@ int main(int argc, char **argv)
                 env_vals[i] = strdup(v);
                 if (!env_vals[i])
                         return 1;
-                rc = set(&o, &env_sans, &flags[i], env_vals[i], name);
+                rc = set(&o, &env_sans, &env_agents, &flags[i], env_vals[i], name);
         }
         struct option lo[NFLAGS + 2];
         for (size_t i = 0; i < NFLAGS; i++)
@@ -235,7 +248,7 @@ int main(int argc, char **argv)
                 }
                 char origin[64];
                 snprintf(origin, sizeof(origin), "--%s", flags[c - 1000].name);
-                rc = set(&o, &sans, &flags[c - 1000], optarg, origin);
+                rc = set(&o, &sans, &agents, &flags[c - 1000], optarg, origin);
         }
         if (rc == 0 && optind < argc) {
                 fprintf(stderr, "shunt-ca: unexpected argument \"%s\"\n", argv[optind]);
@@ -245,10 +258,14 @@ int main(int argc, char **argv)
                 rc = 2;
                 goto out;
         }
-        /* --server-san flags replace the environment's list */
-        struct sans *use = sans.n ? &sans : &env_sans;
+        /* flags replace the environment's list (--server-san, --node-agent-sa) */
+        struct list *use = sans.n ? &sans : &env_sans;
         o.server_sans = use->v;
         o.n_server_sans = use->n;
+        use = agents.set ? &agents : &env_agents;
+        o.node_agents = use->v;
+        o.n_node_agents = use->n;
+        o.node_agents_set = use->set;
 
         signal(SIGPIPE, SIG_IGN);
         struct inject_config *inject = NULL;
