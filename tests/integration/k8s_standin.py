@@ -48,6 +48,9 @@ Service-account tokens and TokenReview (for shunt-ca), see the section
                       "delete_service_account":"ns/sa", "restore_service_account":"ns/sa"}
   GET  /tokenreview  TokenReview counters
 
+Single pods, pod field selectors and pod-bound tokens (shunt-ca's delegated
+issuance): the section "node-mode identities" below.
+
 State (objects and resourceVersion) is kept in --state so that a restarted
 server keeps its objects; its event history starts empty, as an API server's
 watch cache does after a restart.
@@ -686,6 +689,163 @@ def control_post_authn(handler, st, body):
 Api.do_POST = api_post  # noqa: N815
 
 
+# ---- node-mode identities (engineer nodeca): what shunt-ca's delegated issuance
+# reads, as kube-apiserver serves it. Additive: the code above is unchanged
+# apart from main() creating a NodeAuthn.
+#   GET /api/v1/namespaces/NS/pods/NAME   one Pod, or a 404 Status
+#   ?fieldSelector= also on spec.nodeName, spec.serviceAccountName and
+#       status.phase (= == !=), the pod fields the API server selects on
+#   POST /token {"bound": true, "namespace", "service_account", "pod", ...}
+#       a token bound to a pod the stand-in holds, as the kubelet's TokenRequest
+#       makes one: the pod's real uid, and its node (name, uid) unless
+#       pod_node_info is off; 404 when there is no such pod
+#   TokenReview of a bound token: refused once its pod is gone or replaced
+#       ("service account token has been invalidated", as the service-account
+#       authenticator says); extra node-name/node-uid when the token has a node
+#   POST /tokenreview also takes
+#       {"pod_node_info": bool}    tokens minted from now on carry the node
+#                                  (true, the default: Kubernetes 1.30 and later)
+#       {"success_cache_s": S}     answer a token that authenticated from a cache
+#                                  for S s, as kube-apiserver does (10 s there;
+#                                  0, the default here: every review checks afresh)
+#       {"pods_fail_status": N}    GETs of pods answered with HTTP N (0: served)
+#       {"pods_delay_s": S}        GETs of pods answered after S s
+
+POD_FIELDS = {"spec.nodeName", "spec.serviceAccountName", "status.phase"}
+INVALIDATED = "service account token has been invalidated"
+_field_match_metadata = field_match
+
+
+def field_match(sel, obj):  # noqa: F811 (extends the one above with pod fields)
+    rest = []
+    for term in (sel or "").split(","):
+        term = term.strip()
+        key = term.replace("!=", "=").replace("==", "=").split("=", 1)[0].strip()
+        if key not in POD_FIELDS:
+            rest.append(term)
+            continue
+        neg = "!=" in term
+        want = term.replace("!=", "=").replace("==", "=").split("=", 1)[1].strip()
+        top, field = key.split(".")
+        if (((obj.get(top) or {}).get(field, "")) == want) == neg:
+            return False
+    return _field_match_metadata(",".join(rest), obj)
+
+
+class NodeAuthn(Authn):
+    def __init__(self, state):
+        super().__init__()
+        self.state = state
+        self.pod_node_info = True
+        self.success_cache_s = 0.0
+        self.pods_fail_status = 0
+        self.pods_delay_s = 0.0
+        self.cache = {}  # (token, audiences) -> (expiry, status)
+
+    def stored_pod(self, ns, name):
+        with self.state.cv:
+            return copy.deepcopy(self.state.objects["pods"].get((ns, name)))
+
+    def mint(self, body):
+        if not body.get("bound"):
+            return super().mint(body)
+        pod = self.stored_pod(body["namespace"], body["pod"])
+        if pod is None:
+            raise LookupError('pods "%s" not found' % body["pod"])
+        # an unbound token, then the claims TokenRequest adds for the pod
+        head, payload, _ = super().mint(dict(body, pod=None)).split(".")
+        claims = json.loads(b64url_decode(payload))
+        claims["kubernetes.io"]["pod"] = {"name": body["pod"], "uid": pod["metadata"]["uid"]}
+        node = (pod.get("spec") or {}).get("nodeName")
+        with self.lock:
+            with_node = self.pod_node_info
+        if node and with_node:
+            claims["kubernetes.io"]["node"] = {"name": node, "uid": str(uuid.uuid5(
+                uuid.NAMESPACE_URL, "node/" + node))}
+        claims["kubernetes.io"]["bound"] = True  # this stand-in's mark: validate the pod
+        payload = b64url(json.dumps(claims).encode())
+        sig = b64url(hmac.new(self.secret, ("%s.%s" % (head, payload)).encode(),
+                              hashlib.sha256).digest())
+        return "%s.%s.%s" % (head, payload, sig)
+
+    def review(self, token, audiences):
+        key = (token, tuple(audiences))
+        now = time.monotonic()
+        with self.lock:
+            hit = self.cache.get(key)
+            if hit and hit[0] > now:
+                return copy.deepcopy(hit[1])
+        st = super().review(token, audiences)
+        if not st.get("authenticated"):
+            return st
+        k = json.loads(b64url_decode(token.split(".")[1]))["kubernetes.io"]
+        if k.get("bound"):
+            pod = self.stored_pod(k["namespace"], k["pod"]["name"])
+            if pod is None or pod["metadata"]["uid"] != k["pod"]["uid"]:
+                return {"user": {}, "error": "[invalid bearer token, %s]" % INVALIDATED}
+        if "node" in k:
+            st["user"]["extra"]["authentication.kubernetes.io/node-name"] = [k["node"]["name"]]
+            st["user"]["extra"]["authentication.kubernetes.io/node-uid"] = [k["node"]["uid"]]
+        with self.lock:
+            if self.success_cache_s > 0:
+                self.cache[key] = (now + self.success_cache_s, copy.deepcopy(st))
+        return st
+
+    def control(self, body):
+        with self.lock:
+            if "pod_node_info" in body:
+                self.pod_node_info = bool(body["pod_node_info"])
+            if "success_cache_s" in body:
+                self.success_cache_s = float(body["success_cache_s"])
+                self.cache.clear()
+            if "pods_fail_status" in body:
+                self.pods_fail_status = int(body["pods_fail_status"])
+            if "pods_delay_s" in body:
+                self.pods_delay_s = float(body["pods_delay_s"])
+        return dict(super().control(body), pod_node_info=self.pod_node_info,
+                    success_cache_s=self.success_cache_s,
+                    pods_fail_status=self.pods_fail_status)
+
+
+_api_get_list_watch = Api.do_GET
+
+
+def api_get_pods(handler):
+    """GET of one pod; pod lists too when failures are injected; the rest as above."""
+    st = handler.server.state
+    parts = urllib.parse.urlsplit(handler.path).path.split("/")
+    one = len(parts) == 7 and parts[1:4] == ["api", "v1", "namespaces"] and parts[5] == "pods"
+    if not one and handler.route(urllib.parse.urlsplit(handler.path).path)[0] != "pods":
+        return _api_get_list_watch(handler)
+    with st.authn.lock:
+        fail, delay = st.authn.pods_fail_status, st.authn.pods_delay_s
+    if delay:
+        time.sleep(delay)
+    if not api_authorized(handler, st):
+        return None
+    if fail:
+        return handler.send_json(fail, status(fail, "InternalError", "Internal error occurred: "
+                                              "injected failure"))
+    if not one:
+        return _api_get_list_watch(handler)
+    pod = st.authn.stored_pod(parts[4], parts[6])
+    if pod is None:
+        return handler.send_json(404, status(404, "NotFound", 'pods "%s" not found' % parts[6]))
+    return handler.send_json(200, pod)
+
+
+Api.do_GET = api_get_pods  # noqa: N815
+_control_post_authn = control_post_authn
+
+
+def control_post_authn(handler, st, body):  # noqa: F811 (a bound token for a missing pod: 404)
+    try:
+        return _control_post_authn(handler, st, body)
+    except LookupError as e:
+        return handler.reply(404, {"error": str(e)})
+# ---- end node-mode identities -------------------------------------------------
+
+
 def hostport(s):
     h, p = s.rsplit(":", 1)
     return h.strip("[]"), int(p)
@@ -704,7 +864,7 @@ def main():
     ap.add_argument("--max-page", type=int, default=0, help="cap on list page sizes")
     a = ap.parse_args()
     st = State(a.state, a.token, a.bookmark_s)
-    st.authn = Authn()
+    st.authn = NodeAuthn(st)
     st.max_page = a.max_page
     api = ThreadingHTTPServer(hostport(a.listen), Api)
     api.daemon_threads = True
