@@ -151,6 +151,8 @@ def test_ca_deployment_is_restricted_and_wired(rendered):
         td = MATRIX[case].get("trustDomain", "cluster.local")
         assert flag["--trust-domain"] == td
         assert flag["--audience"] == "shunt-ca"
+        node_mode = MATRIX[case].get("nodeAgent", {}).get("enabled", False)
+        assert flag["--node-agent-sa"] == ("shunt-system/shunt-node" if node_mode else "")
         assert flag["--listen"] == "0.0.0.0:15012"
         assert ("--inject-config" in flag) == (case != "no-webhook")
         replicas = MATRIX[case].get("ca", {}).get("replicas", 1)
@@ -175,9 +177,11 @@ def test_rbac_is_minimal(rendered):
     for case, objs in rendered.items():
         roles = {r["metadata"]["name"]: r for r in kc.find(objs, "ClusterRole")}
         assert set(roles) == {"shunt-ca-shunt-system", "shunt-sidecar-shunt-system"}
+        node_mode = MATRIX[case].get("nodeAgent", {}).get("enabled", False)
         assert roles["shunt-ca-shunt-system"]["rules"] == [
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
-             "verbs": ["create"]}]
+             "verbs": ["create"]}] + ([{"apiGroups": [""], "resources": ["pods"],
+                                        "verbs": ["get", "list"]}] if node_mode else [])
         got = {(g, r, tuple(rule["verbs"])) for rule in roles["shunt-sidecar-shunt-system"]["rules"]
                for g in rule["apiGroups"] for r in rule["resources"]}
         ro = ("get", "list", "watch")

@@ -174,3 +174,29 @@ def test_helm_test_pod_passes(ca):
         assert lines["PASS admin"], r.stdout
     finally:
         sidecar.stop()
+
+
+def test_node_mode_ca_serves_the_daemonset_agent(ca):
+    """In node mode the rendered shunt-ca lets the DaemonSet's service account
+    obtain the identity of a pod on its node; as rendered without node mode,
+    nobody can."""
+    from test_ca_node import apply, bound_token, delegated, pod_obj
+    pod, api, default_ca, _, _ = ca
+    objs = kc.render({"trustDomain": "chart.test", "nodeAgent": {"enabled": True}}, namespace=NS)
+    agent_sa = kc.one(objs, "DaemonSet", "shunt-node")["spec"]["template"]["spec"][
+        "serviceAccountName"]
+    _, args = kc.shunt_ca_argv(objs, NS)
+    args = [a if a != "0.0.0.0:15012" else "127.0.0.1:15014" for a in args]
+    apply(api, pod_obj(NS, "shunt-node-x1", agent_sa, "node-1"))
+    apply(api, pod_obj("demo", "web-1", "web", "node-1"))
+    token = bound_token(api, NS, agent_sa, "shunt-node-x1")
+    node_ca = ShuntCA(pod, api, port=15014, args=args, name="shunt-ca-node-mode")
+    try:
+        status, _, body = delegated(node_ca, token, "demo", "web")
+        assert status == 200, body
+        assert body["spiffe_id"] == "spiffe://chart.test/ns/demo/sa/web"
+        assert (body["node"], body["pod"]) == ("node-1", "web-1")
+    finally:
+        assert node_ca.stop() == 0
+    status, _, body = delegated(default_ca, token, "demo", "web")
+    assert (status, body["error"]) == (403, "not_node_agent"), body
