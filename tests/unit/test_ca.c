@@ -612,6 +612,14 @@ static void test_node_match(void **state)
                 free(p);
                 free(other);
         }
+        /* an entitling pod without a valid name is not an answer to trust (found by
+         * libFuzzer: a name cut short by a NUL) */
+        char *noname = pod_json("web", "", "u0", "frontend", "node-a", "Running");
+        char nl[4096], nm[CA_K8S_NAME_MAX + 1], m[512];
+        snprintf(nl, sizeof(nl), "{\"kind\":\"PodList\",\"items\":[%s]}", noname);
+        assert_int_equal(ca_node_match(nl, strlen(nl), &any, "node-a", nm, m, sizeof(m)),
+                         CA_NODE_DENIED);
+        free(noname);
         /* the named pod was replaced by one of the same name */
         char *p = pod_json("web", "frontend-0", "u1", "frontend", "node-a", "Running");
         char pod[CA_K8S_NAME_MAX + 1], msg[512];

@@ -201,7 +201,7 @@ enum ca_node_result ca_node_match(const char *json, size_t len, const struct ca_
                 cJSON_ArrayForEach(it, items)
                 {
                         const char *name = path_str(it, "metadata", "name");
-                        if (name && strlen(name) <= CA_K8S_NAME_MAX && !mismatch(it, t, node)) {
+                        if (ca_k8s_name_valid(name, CA_K8S_NAME_MAX) && !mismatch(it, t, node)) {
                                 snprintf(pod, CA_K8S_NAME_MAX + 1, "%s", name);
                                 r = CA_NODE_OK;
                                 break;
