@@ -21,8 +21,9 @@
 #include "core/loop.h"
 #include "core/sockaddr.h"
 
-#define RATE_SLOTS 4096 /* identities tracked by the rate limiter */
-#define RATE_PROBE 8
+#define RATE_SLOTS   4096 /* identities tracked by the rate limiter */
+#define RATE_PROBE   8
+#define RATE_KEY_MAX (SPIFFE_ID_MAX + 1 + CA_K8S_UID_MAX) /* "identity@agent pod uid" */
 
 void ca_options_default(struct ca_options *opt)
 {
@@ -81,7 +82,7 @@ void ca_audit(const char *result, const char *identity, const char *serial, cons
 /* ---- rate limit per identity ---------------------------------------------------------- */
 
 struct rate_slot {
-        char id[SPIFFE_ID_MAX + 1]; /* an identity, or "identity@agent pod uid" */
+        char id[RATE_KEY_MAX + 1]; /* an identity, or "identity@agent pod uid" */
         double tokens;
         uint64_t last_ms;
 };
@@ -337,8 +338,8 @@ static bool delegate(struct ca_service *s, const struct ca_request *req, struct 
                 refuse(resp, req, identity, 403, "agent_not_pod_bound", msg, d);
                 return false;
         }
-        char key[SPIFFE_ID_MAX + 1];
-        snprintf(key, sizeof(key), "%s@%s", identity, who->pod_uid);
+        char key[RATE_KEY_MAX + 1];
+        snprintf(key, sizeof(key), "%.*s@%s", SPIFFE_ID_MAX, identity, who->pod_uid);
         unsigned wait = rate_take(&s->rate, key);
         if (wait) {
                 snprintf(msg, sizeof(msg), "more than %g certificates per second for %.300s",
