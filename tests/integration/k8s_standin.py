@@ -13,13 +13,26 @@ the discovery backend uses:
              200, Transfer-Encoding: chunked, one JSON event per line
              {"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":{...}};
              a resourceVersion older than the event history -> an ERROR event
-             with a Status of code 410 (or HTTP 410, see gone_as_status)
+             with a Status of code 410 (or HTTP 410, see gone_as_status).
+             The history keeps at most --history-max events and, with
+             --history-s (or /inject history_s), only those of the last S
+             seconds, as etcd's compaction does (5 minutes by default there):
+             the resourceVersion of a dropped event becomes the floor, and a
+             watch from anything older gets 410. resourceVersions are global
+             across kinds, so a client that sees no event of its own for S
+             seconds while other objects change must take the newer
+             resourceVersion from bookmarks, or relist.
       ?limit=N[&continue=TOKEN]: pages (at most --max-page items each), the
              continue token in metadata.continue; an expired token -> 410
       ?labelSelector=k=v,k!=v,k,!k (equality and existence)
       ?fieldSelector=metadata.name=X,metadata.namespace=Y
       A watch with a selector sees an object that stops matching as DELETED
-      and one that starts matching as ADDED, as the API server's watch does.
+      (carrying the object as it was before, at the event's resourceVersion)
+      and one that starts matching as ADDED, as the API server's watch cache
+      does.
+  A kind made forbidden (/inject forbid) answers lists and watches with 403
+  and the Status RBAC's authorizer writes ("services is forbidden: User ...
+  cannot watch resource ...", reason Forbidden, details.kind/group).
   Authorization: Bearer TOKEN checked (401 Status otherwise), unless the
   client presented a certificate issued by --client-ca; TLS with the given
   certificate.
@@ -37,6 +50,9 @@ inject failures:
                 {"token":"..."}                  the accepted bearer token
                 {"expire_continue":true}         the next list continue token gets 410
                 {"huge":{"kind":..,"object":..}} the object MODIFIED with a 17 MiB annotation
+                {"history_s":S}                  events older than S seconds compacted (0: no age limit)
+                {"forbid":["endpointslices",..]} those kinds answer 403 (RBAC); [] lifts it
+                {"list_delay_s":S}               lists answer only after S seconds
   GET  /stats   request counters
 
 Service-account tokens and TokenReview (for shunt-ca), see the section
@@ -102,12 +118,19 @@ def field_match(sel, obj):
 def selector_event(line, old, visible):
     """The event a watch with a selector sees for a history line whose object
     was `old` before the change: None (not visible before nor after), or
-    the line, retyped ADDED/DELETED when the object starts/stops matching."""
+    the line, retyped ADDED/DELETED when the object starts/stops matching.
+    Leaving the selector, the watch cache sends the object as it was (it
+    matched then) with the event's resourceVersion."""
     ev = json.loads(line)
     now_vis = visible(ev["object"])
     old_vis = old is not None and visible(old)
     if ev["type"] == "MODIFIED" and old is not None and old_vis != now_vis:
-        ev["type"] = "ADDED" if now_vis else "DELETED"
+        if now_vis:
+            ev["type"] = "ADDED"
+        else:
+            prev = copy.deepcopy(old)
+            prev["metadata"]["resourceVersion"] = ev["object"]["metadata"]["resourceVersion"]
+            ev = {"type": "DELETED", "object": prev}
         return json.dumps(ev).encode()
     if ev["type"] == "DELETED":
         return line if (old_vis if old is not None else now_vis) else None
@@ -124,7 +147,7 @@ KINDS["authorizationpolicies"] = ("shunt.io/v1alpha1", "AuthorizationPolicy",
 
 
 class State:
-    def __init__(self, path, token, bookmark_s):
+    def __init__(self, path, token, bookmark_s, history_max=2000, history_s=0.0):
         self.path = path
         self.cv = threading.Condition()
         self.objects = {k: {} for k in KINDS}
@@ -135,8 +158,13 @@ class State:
             self.objects.update({k: {tuple(key.split("/", 1)): o for key, o in v.items()}
                                  for k, v in saved["objects"].items()})
             self.rv = saved["rv"]
-        # history: list of (seq, rv, kind, line bytes); floor: oldest rv a watch may resume from
+        # history: list of (seq, rv, kind, line bytes, monotonic time); floor:
+        # oldest rv a watch may resume from
         self.history = []
+        self.history_max = history_max
+        self.history_s = history_s
+        self.forbid = set()
+        self.list_delay_s = 0.0
         self.before = {}  # seq -> the object before a MODIFIED/DELETED (selector watches)
         self.seq = 0
         self.floor = self.rv
@@ -149,7 +177,9 @@ class State:
         self.max_page = 0
         self.expire_continue = False
         self.stats = {"list": {k: 0 for k in KINDS}, "watch": {k: 0 for k in KINDS},
-                      "unauthorized": 0, "client_cert": 0, "pages": 0, "continue_expired": 0, "gone_status": 0, "gone_event": 0, "open_watches": 0}
+                      "unauthorized": 0, "client_cert": 0, "pages": 0, "continue_expired": 0, "gone_status": 0, "gone_event": 0, "open_watches": 0,
+                      "compacted": 0, "forbidden": 0, "lists_in_flight": 0,
+                      "watch_from": {k: None for k in KINDS}}
 
     def save(self):
         if not self.path:
@@ -164,13 +194,30 @@ class State:
         # a pending entry (injected bad JSON) sorts after the current
         # resourceVersion: a watch opened from it still receives it
         self.seq += 1
-        self.history.append((self.seq, self.rv + (0.5 if pending else 0), kind, line))
+        self.history.append((self.seq, self.rv + (0.5 if pending else 0), kind, line,
+                             time.monotonic()))
         if before is not None:
             self.before[self.seq] = before
-        del self.history[:-2000]
-        for s in [s for s in self.before if s < self.history[0][0]]:
-            del self.before[s]
+        self.compact()
         self.cv.notify_all()
+
+    def compact(self):
+        """Drops the events beyond --history-max, and those older than
+        history_s seconds; the newest dropped one's resourceVersion becomes
+        the floor: a watch from before it would miss it, so it gets 410."""
+        cut = max(0, len(self.history) - self.history_max)
+        if self.history_s:
+            old = time.monotonic() - self.history_s
+            while cut < len(self.history) and self.history[cut][4] < old:
+                cut += 1
+        if not cut:
+            return
+        self.floor = max(self.floor, self.history[cut - 1][1])
+        self.stats["compacted"] += cut
+        del self.history[:cut]
+        first = self.history[0][0] if self.history else self.seq + 1
+        for s in [s for s in self.before if s < first]:
+            del self.before[s]
 
     def apply(self, kind, etype, obj):
         with self.cv:
@@ -232,6 +279,27 @@ def status(code, reason, message):
             "message": message, "reason": reason, "code": code}
 
 
+def rbac_forbidden(kind, ns, verb, user):
+    """The Status kube-apiserver sends when the authorizer (RBAC) denies a
+    request: 403, reason Forbidden, the message naming user, verb, resource,
+    API group and scope."""
+    group = KINDS[kind][0].rpartition("/")[0]
+    where = 'in the namespace "%s"' % ns if ns else "at the cluster scope"
+    st = status(403, "Forbidden", '%s%s is forbidden: User "%s" cannot %s resource "%s" in '
+                'API group "%s" %s' % (kind, "." + group if group else "", user, verb, kind,
+                                       group, where))
+    st["details"] = dict({"kind": kind}, **({"group": group} if group else {}))
+    return st
+
+
+def cert_cn(cert):
+    for rdn in cert.get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                return v
+    return ""
+
+
 class Api(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "k8s-standin"
@@ -277,6 +345,14 @@ class Api(BaseHTTPRequestHandler):
         if not kind:
             return self.send_json(404, status(404, "NotFound", "the server could not find the "
                                               "requested resource"))
+        with st.cv:
+            forbidden = kind in st.forbid
+            if forbidden:
+                st.stats["forbidden"] += 1
+        if forbidden:
+            return self.send_json(403, rbac_forbidden(
+                kind, ns, "watch" if q.get("watch") in ("1", "true") else "list",
+                cert_cn(cert) if cert else st.user))
         sel = q.get("labelSelector", "")
         fsel = q.get("fieldSelector", "")
 
@@ -294,6 +370,12 @@ class Api(BaseHTTPRequestHandler):
         and a continue token (the server may return fewer than asked)."""
         api, _, lkind, _ = KINDS[kind]
         with st.cv:
+            delay = st.list_delay_s
+            st.stats["lists_in_flight"] += 1
+        if delay:
+            time.sleep(delay)  # a slow API server: the answer is late, not missing
+        with st.cv:
+            st.stats["lists_in_flight"] -= 1
             st.stats["list"][kind] += 1
             st.stats["pages"] += 1
             rv, after = st.rv, None
@@ -338,11 +420,13 @@ class Api(BaseHTTPRequestHandler):
         timeout = float(q.get("timeoutSeconds", "1800"))
         bookmarks = q.get("allowWatchBookmarks") == "true"
         with st.cv:
+            st.compact()
             st.stats["watch"][kind] += 1
+            st.stats["watch_from"][kind] = rv
             too_old = rv < st.floor
             if too_old and st.gone_as_status:
                 st.stats["gone_status"] += 1
-        msg = "too old resource version: %d (%d)" % (rv, st.floor)
+        msg = "too old resource version: %d (%d)" % (rv, int(st.floor))
         if too_old and st.gone_as_status:
             return self.send_json(410, status(410, "Expired", msg))
         self.send_response(200)
@@ -362,7 +446,7 @@ class Api(BaseHTTPRequestHandler):
             epoch = st.epoch
             # resume after rv: the entries newer than it
             seq = 0
-            for s, erv, _, _ in st.history:
+            for s, erv, _, _, _ in st.history:
                 if erv <= rv:
                     seq = s
             st.stats["open_watches"] += 1
@@ -393,7 +477,7 @@ class Api(BaseHTTPRequestHandler):
                         closing = True
                     else:
                         closing = False
-                        for s, erv, k, line in st.history:
+                        for s, erv, k, line, _ in st.history:
                             if s <= seq:
                                 continue
                             seq = s
@@ -445,6 +529,7 @@ class Control(BaseHTTPRequestHandler):
         if self.path == "/tokenreview":
             return self.reply(200, st.authn.control({}))
         with st.cv:
+            st.compact()
             return self.reply(200, dict(st.stats, rv=st.rv, floor=st.floor))
 
     def do_POST(self):  # noqa: N802
@@ -477,6 +562,13 @@ class Control(BaseHTTPRequestHandler):
                     obj = copy.deepcopy(body["huge"]["object"])
                     obj["metadata"].setdefault("annotations", {})["big"] = "x" * (17 << 20)
                     st.apply(body["huge"]["kind"], "MODIFIED", obj)
+                if "history_s" in body:
+                    st.history_s = float(body["history_s"])
+                    st.compact()
+                if "forbid" in body:
+                    st.forbid = set(body["forbid"])
+                if "list_delay_s" in body:
+                    st.list_delay_s = float(body["list_delay_s"])
                 if body.get("expire_continue"):
                     st.expire_continue = True
                 if "token" in body:
@@ -862,8 +954,14 @@ def main():
     ap.add_argument("--client-ca", help="also accept client certificates issued by this CA")
     ap.add_argument("--bookmark-s", type=float, default=1.0)
     ap.add_argument("--max-page", type=int, default=0, help="cap on list page sizes")
+    ap.add_argument("--history-max", type=int, default=2000, help="events kept for watches")
+    ap.add_argument("--history-s", type=float, default=0.0,
+                    help="events older than this are compacted (0: no age limit)")
+    ap.add_argument("--user", default="system:serviceaccount:shunt-system:shunt",
+                    help="the user a bearer token authenticates as (in 403 messages)")
     a = ap.parse_args()
-    st = State(a.state, a.token, a.bookmark_s)
+    st = State(a.state, a.token, a.bookmark_s, a.history_max, a.history_s)
+    st.user = a.user
     st.authn = NodeAuthn(st)
     st.max_page = a.max_page
     api = ThreadingHTTPServer(hostport(a.listen), Api)

@@ -284,19 +284,38 @@ def test_scale_3_5_2(env):
     print("scale propagation seconds:", ["%.3f" % x for x in lat])
 
 
+WATCHED = ("services", "endpointslices", "pods", "namespaces")
+
+
 def test_bookmarks_and_rewatch(env):
     """Watches are asked for 2 s: the server ends them and shuntd watches
-    again from its resourceVersion (no relist); bookmarks arrive."""
-    # not relying on an earlier test: the first list of every kind is done
-    sl.wait_until(lambda: all(env.stats()["list"].values()), 20, what="the first lists")
-    before = env.stats()
-    after = sl.wait_until(
-        lambda: (lambda s: s if s["watch"]["services"] > before["watch"]["services"] else None)(
-            env.stats()), 4 * WATCH_TIMEOUT_S + 10, what="a new services watch")
-    sl.wait_until(lambda: k8s_state(env.daemon)["services"]["bookmarks"] >= 1, 10,
-                  what="a bookmark")
-    assert after["list"] == before["list"]
-    assert k8s_state(env.daemon)["services"]["bookmarks"] >= 1
+    again, from the resourceVersion of the last bookmark. The stand-in
+    compacts events older than 2 s and another object changes, one none of
+    shuntd's watches sees: a watch resumed from the last event it saw would
+    now be too old (410, a relist); from the bookmark's it is not."""
+    d = env.daemon
+    # not relying on an earlier test: every resource is listed and watched
+    sl.wait_until(lambda: all(env.stats()["watch"][k] for k in WATCHED), 20,
+                  what="the first watches")
+    bookmarks = k8s_state(d)["services"]["bookmarks"]
+    env.ctl("POST", "/inject", {"history_s": 2})
+    try:
+        before = env.stats()
+        # "other" carries mesh=off: outside the services selector, no slice
+        rv = env.apply("services", "MODIFIED",
+                       service_obj("other", labels={"app": "other", "mesh": "off", "v": "2"}))["rv"]
+        sl.wait_until(lambda: env.stats()["floor"] >= rv, 10, what="the change compacted")
+        compacted = env.stats()
+        sl.wait_until(lambda: all(env.stats()["watch"][k] > compacted["watch"][k]
+                                  for k in WATCHED), 10, what="every resource watched again")
+        after = env.stats()
+    finally:
+        env.ctl("POST", "/inject", {"history_s": 0})
+    assert after["list"] == before["list"], "relisted: a watch resumed from a compacted version"
+    assert (after["gone_event"], after["gone_status"]) == (before["gone_event"],
+                                                           before["gone_status"])
+    assert all(after["watch_from"][k] >= rv for k in WATCHED), after["watch_from"]
+    assert k8s_state(d)["services"]["bookmarks"] > bookmarks
 
 
 def test_terminating_endpoint_drains(env):
@@ -327,13 +346,71 @@ def test_bad_json_event_skipped(env):
 
 
 def test_gone_event_relists(env):
+    """410 as an ERROR event: every resource is listed again. While the
+    (slow) lists run, the endpoints stay as they were, not stale, and carry
+    traffic: the new list replaces the old one only once complete."""
+    d = env.daemon
     before = env.stats()
-    env.ctl("POST", "/inject", {"gone_event": True})
+    env.ctl("POST", "/inject", {"list_delay_s": 2})
+    try:
+        env.ctl("POST", "/inject", {"gone_event": True})
+        sl.wait_until(lambda: env.stats()["lists_in_flight"] > 0, 10, what="a relist under way")
+        assert addrs(d) == sorted(EPS[:3]) and not web(d)["stale"]
+        assert served_by(env, 6).keys() <= names([0, 1, 2])
+    finally:
+        env.ctl("POST", "/inject", {"list_delay_s": 0})
     sl.wait_until(
-        lambda: all(env.stats()["list"][k] > before["list"][k] for k in before["list"]),
-        10, what="both resources relisted")
+        lambda: all(env.stats()["list"][k] > before["list"][k] for k in WATCHED),
+        10, what="every resource relisted")
     assert env.stats()["gone_event"] > before["gone_event"]
+    assert addrs(d) == sorted(EPS[:3])
     scale(env, [1, 2])
+    scale(env, range(3))
+
+
+def test_selector_exit_is_deleted(env):
+    """A Service relabelled out of the label selector arrives as DELETED
+    (carrying its old labels, which still match): shuntd drops it; back in,
+    it arrives as ADDED."""
+    d = env.daemon
+    env.apply("services", "MODIFIED", service_obj(labels={"app": "web", "mesh": "off"}))
+    sl.wait_until(lambda: web(d) is None, 10, what="web gone with its selector exit")
+    env.apply("services", "MODIFIED", service_obj())
+    sl.wait_until(lambda: addrs(d) == sorted(EPS[:3]), 10, what="web back (ADDED)")
+    sl.wait_until(lambda: served_set(env, 9) == names([0, 1, 2]), 10, what="traffic again")
+
+
+def test_forbidden_logged_counted_backed_off(env):
+    """RBAC takes list/watch on EndpointSlices away: 403 with the
+    authorizer's Status. shuntd keeps the last endpoints (stale), backs off,
+    says so in one clear line per resource (not one per retry), and counts
+    it (/debug/cache and shunt_discovery_access_denied_total)."""
+    d = env.daemon
+
+    def denied_metric():
+        return d.metric("shunt_discovery_access_denied_total", source="kubernetes",
+                        type="kubernetes")
+
+    metric = denied_metric()
+    denied = k8s_state(d)["endpointslices"]["denied"]
+    env.ctl("POST", "/inject", {"forbid": ["endpointslices"]})
+    try:
+        # the open watch ends (timeoutSeconds); watching again is refused
+        sl.wait_until(lambda: k8s_state(d)["endpointslices"]["denied"] >= denied + 3, 30,
+                      what="three refusals")
+        assert web(d)["stale"] and addrs(d, "healthy") == sorted(EPS[:3])
+        st = k8s_state(d)["endpointslices"]
+        assert "forbidden" in st["last_error"] and st["backoff_ms"] >= 4000, st
+        assert denied_metric() >= metric + 3
+        lines = [l["msg"] for l in d.log_lines() if "forbidden: the credentials" in l.get("msg", "")]
+        assert len(lines) == 1, lines
+        assert "permission to watch endpointslices" in lines[0], lines[0]
+        assert 'cannot watch resource "endpointslices" in API group "discovery.k8s.io"' in \
+            lines[0], lines[0]
+    finally:
+        env.ctl("POST", "/inject", {"forbid": []})
+    sl.wait_until(lambda: not web(d)["stale"], 40, what="synced once allowed again")
+    scale(env, [0, 3])
     scale(env, range(3))
 
 

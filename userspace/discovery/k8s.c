@@ -32,6 +32,8 @@
 #define K8S_KEEPALIVE_S     30L
 /* A watch that ends sooner than this with nothing received counts as failed. */
 #define K8S_MIN_WATCH_MS 1000
+/* Refusals (401/403) of one resource are logged at most this often. */
+#define K8S_DENIED_LOG_MS 60000
 
 enum wstate { W_IDLE = 0, W_LIST, W_WATCH, W_BACKOFF };
 
@@ -67,6 +69,9 @@ struct k8s_watch {
         char list_rv[K8S_MAX_RV];
         uint64_t n_pages, n_cont_expired;
         uint64_t n_lists, n_watches, n_events, n_bookmarks, n_bad, n_gone, n_failures, n_silent;
+        uint64_t n_denied;        /* 401/403 answers */
+        uint64_t denied_log_ms;   /* when a refusal was last logged (0: never) */
+        uint64_t denied_unlogged; /* refusals since then */
         struct loop_timer retry;
         char last_error[DISC_ERROR_MAX];
 };
@@ -186,7 +191,9 @@ static void retry_cb(struct loop *loop, struct loop_timer *t)
         start(w);
 }
 
-static void fail(struct k8s_watch *w, const char *why)
+/* A failed request: backoff, and the source is stale. quiet: the caller
+ * has logged it (or rate-limits its log). */
+static void fail_as(struct k8s_watch *w, const char *why, bool quiet)
 {
         struct k8s *k = w->k;
         release_easy(w);
@@ -199,8 +206,9 @@ static void fail(struct k8s_watch *w, const char *why)
                 jitter = (uint32_t)now_ms(k) * 2654435761u;
         /* base * [0.8, 1.2) */
         uint64_t delay = (uint64_t)w->backoff_ms * (800 + jitter % 400) / 1000;
-        log_warn(COMP, 0, "kubernetes: %s: %s; retrying in %llums", wname(w), why,
-                 (unsigned long long)delay);
+        if (!quiet)
+                log_warn(COMP, 0, "kubernetes: %s: %s; retrying in %llums", wname(w), why,
+                         (unsigned long long)delay);
         w->backoff_ms =
             w->backoff_ms * 2 > K8S_BACKOFF_MAX_MS ? K8S_BACKOFF_MAX_MS : w->backoff_ms * 2;
         if (!w->sink) {
@@ -213,6 +221,46 @@ static void fail(struct k8s_watch *w, const char *why)
         if (k->closing)
                 return;
         loop_timer_arm(k->loop, &w->retry, delay);
+}
+
+static void fail(struct k8s_watch *w, const char *why)
+{
+        fail_as(w, why, false);
+}
+
+/* 401 (credentials not accepted) or 403 (RBAC denies the verb): retried
+ * with the usual backoff, which alone would log up to twice a minute per
+ * resource for as long as the role is missing; logged once, then at most
+ * every K8S_DENIED_LOG_MS with the count in between, and counted. */
+static void denied(struct k8s_watch *w, long status, const char *why)
+{
+        struct k8s *k = w->k;
+        uint64_t now = now_ms(k);
+        w->n_denied++;
+        disc_source_denied(k->r, k->src);
+        if (w->denied_log_ms && now - w->denied_log_ms < K8S_DENIED_LOG_MS) {
+                w->denied_unlogged++;
+        } else {
+                char more[64] = "";
+                if (w->denied_unlogged)
+                        snprintf(more, sizeof(more), " (%llu more refusals since the last report)",
+                                 (unsigned long long)w->denied_unlogged);
+                if (status == 401)
+                        log_error(COMP, 0,
+                                  "kubernetes: %s: the API server refused the credentials from "
+                                  "%s: %s%s; retrying with backoff",
+                                  wname(w), k8s_creds_origin(k->creds), why, more);
+                else
+                        log_error(COMP, 0,
+                                  "kubernetes: %s: forbidden: the credentials from %s lack RBAC "
+                                  "permission to %s %s (grant list and watch): %s%s; retrying "
+                                  "with backoff",
+                                  wname(w), k8s_creds_origin(k->creds),
+                                  w->state == W_WATCH ? "watch" : "list", wname(w), why, more);
+                w->denied_log_ms = now ? now : 1;
+                w->denied_unlogged = 0;
+        }
+        fail_as(w, why, true);
 }
 
 static bool buf_append(struct k8s_watch *w, const char *p, size_t n, size_t max)
@@ -336,6 +384,8 @@ static size_t header_cb(char *p, size_t size, size_t nmemb, void *ud)
         if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) { /* end of the headers */
                 long code = 0;
                 curl_easy_getinfo(w->easy, CURLINFO_RESPONSE_CODE, &code);
+                if (code == 200)
+                        w->denied_log_ms = 0; /* a refusal after this is news again */
                 if (code == 200 && w->state == W_WATCH && !w->healthy) {
                         w->healthy = true;
                         w->backoff_ms = K8S_BACKOFF_MIN_MS;
@@ -405,11 +455,9 @@ static void done(struct k8s_watch *w, CURLcode res)
                         snprintf(why + strlen(why), sizeof(why) - strlen(why),
                                  " (is its CustomResourceDefinition installed?)");
                 if (status == 401 || status == 403)
-                        log_error(COMP, 0,
-                                  "kubernetes: %s: the API server refused the "
-                                  "credentials from %s: %s",
-                                  wname(w), k8s_creds_origin(k->creds), why);
-                fail(w, why);
+                        denied(w, status, why);
+                else
+                        fail(w, why);
                 return;
         }
         if (w->state == W_LIST && w->sink) {
@@ -774,13 +822,14 @@ static void k8s_render(const void *impl, struct strbuf *sb)
                     sb,
                     ",\"objects\":%zu,\"lists\":%llu,\"watches\":%llu,\"bookmarks\":%llu,"
                     "\"bad_events\":%llu,\"gone\":%llu,\"failures\":%llu,\"silent\":%llu,"
-                    "\"backoff_ms\":%u,\"pages\":%llu,\"continue_expired\":%llu,\"last_error\":",
+                    "\"backoff_ms\":%u,\"pages\":%llu,\"continue_expired\":%llu,\"denied\":%llu,"
+                    "\"last_error\":",
                     w->sink ? w->sink->count(w->sink->arg) : k8s_cache_count(k->cache, w->kind),
                     (unsigned long long)w->n_lists, (unsigned long long)w->n_watches,
                     (unsigned long long)w->n_bookmarks, (unsigned long long)w->n_bad,
                     (unsigned long long)w->n_gone, (unsigned long long)w->n_failures,
                     (unsigned long long)w->n_silent, w->backoff_ms, (unsigned long long)w->n_pages,
-                    (unsigned long long)w->n_cont_expired);
+                    (unsigned long long)w->n_cont_expired, (unsigned long long)w->n_denied);
                 if (w->last_error[0])
                         strbuf_append_json_string(sb, w->last_error);
                 else

@@ -36,6 +36,7 @@ struct source {
         bool failing;
         uint64_t last_ok_ms, last_attempt_ms;
         uint64_t n_ok, n_failed;
+        uint64_t n_denied; /* requests refused or filtered for lack of permission */
         char error[DISC_ERROR_MAX];
 };
 

@@ -707,6 +707,12 @@ void disc_source_sync_ok(struct disc_registry *r, int src)
         }
 }
 
+void disc_source_denied(struct disc_registry *r, int src)
+{
+        if (src_ok(r, src))
+                r->sources[src].n_denied++;
+}
+
 void disc_source_sync_failed(struct disc_registry *r, int src, const char *why)
 {
         if (!src_ok(r, src))

@@ -315,6 +315,10 @@ void disc_source_sync_ok(struct disc_registry *r, int src);
  * for /debug/cache. */
 void disc_source_sync_failed(struct disc_registry *r, int src, const char *why);
 bool disc_source_stale(const struct disc_registry *r, int src);
+/* The source's server refused a request for lack of permission (Kubernetes
+ * 401/403) or filtered its answer (Consul ACLs): counted for
+ * shunt_discovery_access_denied_total; the backend logs it. */
+void disc_source_denied(struct disc_registry *r, int src);
 /* Milliseconds since the last successful sync (0 if never synced). */
 uint64_t disc_source_staleness_ms(const struct disc_registry *r, int src);
 

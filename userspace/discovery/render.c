@@ -513,6 +513,9 @@ void disc_render_metrics(struct disc_registry *r, struct strbuf *sb)
             {"shunt_discovery_source_up", "gauge",
              "1 while the source syncs, 0 while it fails (its last data is kept)."},
             {"shunt_discovery_sync_failures_total", "counter", "Failed syncs of the source."},
+            {"shunt_discovery_access_denied_total", "counter",
+             "Requests the source's server refused for lack of permission (HTTP 401/403) or "
+             "answered with results filtered by ACLs."},
         };
         /* Samples of one family stay together, as the text format requires. */
         for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
@@ -527,7 +530,8 @@ void disc_render_metrics(struct disc_registry *r, struct strbuf *sb)
                         prom_label(&labels, "type", disc_source_kind_name(s->kind));
                         uint64_t v = f == 0   ? disc_source_staleness_ms(r, i) / 1000
                                      : f == 1 ? !s->failing
-                                              : s->n_failed;
+                                     : f == 2 ? s->n_failed
+                                              : s->n_denied;
                         prom_sample_u64(sb, fams[f].name, labels.data ? labels.data : "", v);
                         strbuf_free(&labels);
                 }
