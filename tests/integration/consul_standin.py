@@ -11,11 +11,15 @@ Both are blocking endpoints: every answer carries X-Consul-Index; with
 ?index=N (N > 0) the request hangs while the resource's index is still N or
 lower, until it changes (answered at once) or the wait runs out (answered
 with the same index: nothing changed). ?wait= takes "10s", "5m" or "100ms",
-default 5m, capped by --max-wait (real Consul caps at 10 minutes; a small cap
-keeps tests short; Consul also adds up to wait/16 of jitter, as here).
+default 5m, honoured in full up to 10 minutes as Consul does (--max-wait can
+lower that cap), plus up to wait/16 of jitter, as Consul adds.
 ?dc= must name --datacenter (else 500 "No path to datacenter").
 With --token, X-Consul-Token (or ?token=) must match: else 403
-"ACL not found".
+"ACL not found". A known token whose policy does not grant service:read on
+a service (set_acl) is not refused: as Consul does, the answer is 200 with
+that service filtered out (an empty array on /v1/health/service/<name>, no
+key in /v1/catalog/services) and X-Consul-Results-Filtered-By-ACLs: true.
+Weights default to {"Passing": 1, "Warning": 1}, as Consul fills them in.
 
     consul_standin.py --listen HOST:PORT --control HOST:PORT [--token T]
                       [--datacenter dc1] [--max-wait SECONDS] [--lifetime S]
@@ -41,6 +45,14 @@ listener takes POST /control with a JSON object {"op": ...}:
   {"op": "set_token", "token": T}  the ACL token required from now on
   {"op": "reset_index"}             every index goes backwards (like a
                                     restored snapshot or a new cluster)
+  {"op": "zero_index", "name", "on"} answers for that service carry
+                                    X-Consul-Index: 0 (a Consul bug the
+                                    documentation says still happens)
+  {"op": "spurious", "name", "seconds", "interval"}  the service's index
+                                    moves every interval seconds with the
+                                    same data (writes elsewhere, idempotent
+                                    writes): blocked queries wake up for nothing
+  {"op": "set_acl", "deny": [names]} the token lacks service:read on those
   {"op": "stats"}                   request counts and the last queries
 
 and answers {"ok": true, ...}. It exits after --lifetime seconds (default
@@ -75,6 +87,11 @@ class State:
         self.requests = 0
         self.blocked = 0
         self.by_status = {}
+        self.by_path = {}
+        self.waits = []  # recent blocked queries: {"path", "wait", "blocked_s", "index"}
+        self.zero = set()  # services answered with X-Consul-Index: 0
+        self.deny = set()  # services the token cannot read
+        self.spurious_wakeups = 0
         self.last = []  # recent (path, query, token) triples
 
     def bump(self):
@@ -92,7 +109,8 @@ class State:
                 i.get("tags") for i in self.services[name]["instances"]
             ]:
                 self.catalog_index = idx
-            self.services[name] = {"index": idx, "instances": [dict(i) for i in instances]}
+            self.services[name] = {"index": idx, "modify": idx,
+                                   "instances": [dict(i) for i in instances]}
             self.cv.notify_all()
 
     def delete_service(self, name):
@@ -108,10 +126,21 @@ class State:
             for inst in self.services[name]["instances"]:
                 if inst["id"] == iid:
                     inst["status"] = status
-                    self.services[name]["index"] = self.bump()
+                    self.services[name]["index"] = self.services[name]["modify"] = self.bump()
                     self.cv.notify_all()
                     return True
             return False
+
+    def churn(self, name, seconds, interval):
+        """The service's index moves, its data does not."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with self.cv:
+                if name in self.services:
+                    self.services[name]["index"] = self.bump()
+                    self.spurious_wakeups += 1
+                    self.cv.notify_all()
+            time.sleep(interval)
 
     def reset_index(self):
         """Every index goes backwards: a restored snapshot or a new cluster."""
@@ -119,7 +148,7 @@ class State:
             self.index = 2
             self.catalog_index = self.bump()
             for s in self.services.values():
-                s["index"] = self.bump()
+                s["index"] = s["modify"] = self.bump()
             self.cv.notify_all()
 
     # ---- reads ----------------------------------------------------------------
@@ -127,13 +156,17 @@ class State:
     def resource_index(self, kind, name):
         if kind == "catalog":
             return self.catalog_index
+        if name in self.zero:
+            return 0
         s = self.services.get(name)
         return s["index"] if s else self.catalog_index
 
-    def render(self, kind, name):
+    def render(self, kind, name, deny=()):
         if kind == "catalog":
             out = {}
             for n, s in sorted(self.services.items()):
+                if n in deny:
+                    continue
                 tags = []
                 for i in s["instances"]:
                     for t in i.get("tags", []):
@@ -142,7 +175,7 @@ class State:
                 out[n] = tags
             return out
         s = self.services.get(name)
-        if not s:
+        if not s or name in deny:
             return []
         out = []
         for i in s["instances"]:
@@ -172,8 +205,9 @@ class State:
                         "EnableTagOverride": False,
                         "Connect": {"Native": True} if i.get("connect_native") else {},
                         **({"Namespace": i["namespace"]} if "namespace" in i else {}),
-                        "CreateIndex": s["index"],
-                        "ModifyIndex": s["index"],
+                        # the entry's own indexes move with its data only
+                        "CreateIndex": s.get("modify", s["index"]),
+                        "ModifyIndex": s.get("modify", s["index"]),
                     },
                     "Checks": [
                         {
@@ -213,7 +247,7 @@ def make_handler(st):
         def log_message(self, fmt, *args):
             pass
 
-        def send(self, code, body, index=None, raw=False):
+        def send(self, code, body, index=None, raw=False, filtered=False):
             data = body if raw else json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -221,6 +255,8 @@ def make_handler(st):
                 self.send_header("X-Consul-Index", str(index))
                 self.send_header("X-Consul-KnownLeader", "true")
                 self.send_header("X-Consul-LastContact", "0")
+            if filtered:
+                self.send_header("X-Consul-Results-Filtered-By-ACLs", "true")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -233,6 +269,7 @@ def make_handler(st):
             token = self.headers.get("X-Consul-Token") or q.get("token", "")
             with st.cv:
                 st.requests += 1
+                st.by_path[u.path] = st.by_path.get(u.path, 0) + 1
                 st.last.append({"path": u.path, "query": q, "token": token})
                 del st.last[:-200]
                 mode = st.fail_mode
@@ -278,9 +315,11 @@ def make_handler(st):
             if wait is None:
                 self.send(400, b"Invalid wait time", raw=True)
                 return
+            asked = wait
             wait = min(wait, 600, st.max_wait)
             wait += random.uniform(0, wait / 16)
-            deadline = time.monotonic() + wait
+            t0 = time.monotonic()
+            deadline = t0 + wait
             with st.cv:
                 if want > 0 and st.resource_index(kind, name) <= want:
                     st.blocked += 1
@@ -289,12 +328,20 @@ def make_handler(st):
                         if left <= 0:
                             break
                         st.cv.wait(left)
+                    st.waits.append({"path": u.path, "wait": asked, "index": want,
+                                     "blocked_s": time.monotonic() - t0})
+                    del st.waits[:-100]
                 idx = st.resource_index(kind, name)
-                body = st.render(kind, name)
+                deny = set(st.deny) if token else set()
+                body = st.render(kind, name, deny)
+                # what the token could not read was left out: said only to
+                # an authenticated caller, as Consul does
+                filtered = bool(deny) and (name in deny if kind == "health" else
+                                           bool(deny & set(st.services)))
             if mode == "bad_json":
                 self.send(200, b'[{"Node": {"Node": "x"', index=idx + 1, raw=True)
                 return
-            self.send(200, body, index=idx)
+            self.send(200, body, index=idx, filtered=filtered)
 
     return H
 
@@ -344,6 +391,16 @@ def make_control(st, api):
                     st.token = req["token"]
             elif op == "reset_index":
                 st.reset_index()
+            elif op == "zero_index":
+                with st.cv:
+                    (st.zero.add if req.get("on", True) else st.zero.discard)(req["name"])
+                    st.cv.notify_all()
+            elif op == "spurious":
+                threading.Thread(target=st.churn, daemon=True, args=(
+                    req["name"], float(req["seconds"]), float(req.get("interval", 0.05)))).start()
+            elif op == "set_acl":
+                with st.cv:
+                    st.deny = set(req.get("deny", []))
             elif op == "stats":
                 with st.cv:
                     return {
@@ -351,6 +408,9 @@ def make_control(st, api):
                         "requests": st.requests,
                         "blocked": st.blocked,
                         "by_status": {str(k): v for k, v in st.by_status.items()},
+                        "by_path": dict(st.by_path),
+                        "waits": st.waits[-50:],
+                        "spurious_wakeups": st.spurious_wakeups,
                         "last": st.last[-50:],
                         "index": st.index,
                         "up": api.server is not None,

@@ -2,9 +2,11 @@
 (consul_standin.py): services learnt from the catalog, endpoints from
 blocking queries on /v1/health/service/<name> with the ACL token and the
 datacenter, traffic through the service's virtual IP (TaggedAddresses
-consul-virtual), warning -> half weight, critical -> out, index resets,
-agent failures (down, bad JSON, dropped connection, rejected token) -> stale
-with traffic still flowing, and resync when the agent is back; mesh
+consul-virtual), weights (Weights.Passing, Weights.Warning while a check
+warns, 0 -> out), critical -> out, index resets, X-Consul-Index 0, index
+churn with the same data (rate-limited, nothing applied), the full wait
+honoured, agent failures (down, bad JSON, dropped connection, rejected
+token) -> stale with traffic still flowing, and resync when the agent is back; mesh
 identities per instance (tag shunt-meshed: Consul's SPIFFE form, Meta
 shunt-identity, Connect native) and Meta shunt-mtls-mode strict refusing an
 instance that is not meshed."""
@@ -26,9 +28,11 @@ EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 API, CTL = 8500, 8600
 TOKEN = "s3cret-token"
+WAIT_S = 2  # SHUNT_CONSUL_WAIT: blocking queries of 2 s, which the agent honours in full
+WEIGHTS = {"Passing": 2, "Warning": 1}
 
 
-def instance(i, addr, status="passing"):
+def instance(i, addr, status="passing", weights=None):
     return {
         "id": "web-%d" % i,
         "node": "node-%d" % i,
@@ -38,6 +42,7 @@ def instance(i, addr, status="passing"):
         "tags": ["v1", "protocol=http"],
         "tagged_addresses": {"consul-virtual": {"Address": VIP, "Port": 80}},
         "status": status,
+        "weights": weights or WEIGHTS,
     }
 
 
@@ -51,7 +56,6 @@ class Agent:
                 "--control", "127.0.0.1:%d" % CTL,
                 "--token", TOKEN,
                 "--datacenter", "dc1",
-                "--max-wait", "1",
                 "--lifetime", "300",
             ],
             "consul-standin",
@@ -66,10 +70,14 @@ class Agent:
         assert status == 200 and out["ok"], out
         return out
 
-    def set_web(self, statuses=None, addrs=EP_ADDRS):
-        statuses = statuses or {}
+    def set_web(self, statuses=None, addrs=EP_ADDRS, weights=None):
+        statuses, weights = statuses or {}, weights or {}
         self.ctl(op="set_service", name="web",
-                 instances=[instance(i, a, statuses.get(i, "passing")) for i, a in enumerate(addrs)])
+                 instances=[instance(i, a, statuses.get(i, "passing"), weights.get(i))
+                            for i, a in enumerate(addrs)])
+
+    def web_requests(self):
+        return self.ctl(op="stats")["by_path"].get("/v1/health/service/web", 0)
 
 
 def _ready(daemon):
@@ -101,6 +109,7 @@ def env():
                 "service-discovery.consul.datacenter": "dc1",
                 "load-balancing.algorithm": "weighted",
             }),
+            env={"SHUNT_CONSUL_WAIT": str(WAIT_S)},
         )
         # (wait_ready notices an early exit only at its timeout)
         sl.wait_until(lambda: not daemon.alive() or _ready(daemon), 20, what="shuntd up or gone")
@@ -170,7 +179,7 @@ def served_by(topo, n):
 
 def all_passing(js):
     eps = svc_eps(js)
-    return len(eps) == 3 and all(e["health"] == "healthy" and e["weight"] == 100 for e in eps.values())
+    return len(eps) == 3 and all(e["health"] == "healthy" and e["weight"] == 200 for e in eps.values())
 
 
 def test_traffic_through_virtual_ip(env):
@@ -204,21 +213,39 @@ def test_traffic_through_virtual_ip(env):
     )
     after = {s["name"]: s for s in consul_state(d)["services"]}["web"]
     assert after["changes"] == before["changes"] and after["index"] == before["index"]
+    assert after["errors"] == before["errors"]
+    # the agent held them for the full wait asked (not cut short), and
+    # shuntd's request timeout outlasted it with Consul's jitter
+    waits = [w for w in agent.ctl(op="stats")["waits"] if w["path"] == "/v1/health/service/web"]
+    assert waits and all(w["wait"] == WAIT_S for w in waits), waits
+    assert any(w["blocked_s"] >= WAIT_S for w in waits), waits
 
 
-def test_warning_halves_weight_critical_takes_out(env):
+def test_warning_weight_critical_takes_out(env):
+    """Weights.Passing while passing, Weights.Warning while a check warns
+    (as Consul's own proxies weigh them), 0 or critical: out."""
     topo, d, agent = env
-    agent.set_web({1: "warning"})
+    agent.set_web({1: "warning"})  # Weights 2/1: 200:100:200
     wait_routed(
         d,
-        lambda js: svc_eps(js).get(EP_ADDRS[1], {}).get("weight") == 50
+        lambda js: svc_eps(js).get(EP_ADDRS[1], {}).get("weight") == 100
         and svc_eps(js)[EP_ADDRS[1]]["health"] == "healthy",
-        "ep1 at half weight",
+        "ep1 at its warning weight",
     )
     counts = served_by(topo, 250)
-    # smooth weighted round robin, weights 100:50:100, two workers
+    # smooth weighted round robin, weights 200:100:200, two workers
     assert 40 <= counts["ep1"] <= 60, counts
     assert 90 <= counts["ep0"] <= 110 and 90 <= counts["ep2"] <= 110, counts
+    agent.set_web({1: "warning"}, weights={1: {"Passing": 2, "Warning": 4}})
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[1], {}).get("weight") == 400,
+                "ep1 at a warning weight above its passing one")
+    counts = served_by(topo, 240)  # 200:400:200
+    assert 110 <= counts["ep1"] <= 130, counts
+    agent.set_web({1: "warning"}, weights={1: {"Passing": 2, "Warning": 0}})
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[1], {}).get("health") == "unhealthy",
+                "ep1 out at warning weight 0")
+    counts = served_by(topo, 40)
+    assert counts["ep1"] == 0 and sum(counts.values()) == 40, counts
     agent.set_web({1: "critical"})
     wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[1], {}).get("health") == "unhealthy", "ep1 out")
     counts = served_by(topo, 40)
@@ -283,7 +310,7 @@ def test_bad_answers_are_retried(env, mode):
     )
     # traffic keeps flowing meanwhile, and the change arrives after the retry
     assert sum(served_by(topo, 10).values()) == 10
-    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[2], {}).get("weight") == 50, "change after retry")
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[2], {}).get("weight") == 100, "change after retry")
     sl.wait_until(lambda: not consul_state(d)["stale"], 10, what="not stale after the retry")
     agent.set_web()
     wait_routed(d, all_passing, "all passing again")
@@ -315,6 +342,66 @@ def test_rejected_token(env):
     wait_routed(d, all_passing, "all passing again")
 
 
+def web_watch(d):
+    return {s["name"]: s for s in consul_state(d)["services"]}["web"]
+
+
+def test_index_churn_same_data(env):
+    """The index moves every 50 ms with the same data (writes elsewhere,
+    idempotent writes: Consul documents that a wake-up is no proof of a
+    change). shuntd applies nothing for them and, its answers coming back at
+    once, slows down to the rate limit instead of querying in a busy loop;
+    a real change made meanwhile still arrives."""
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+    before, reqs = web_watch(d), agent.web_requests()
+    spurious = agent.ctl(op="stats")["spurious_wakeups"]
+    agent.ctl(op="spurious", name="web", seconds=6, interval=0.05)
+    sl.wait_until(lambda: agent.ctl(op="stats")["spurious_wakeups"] >= spurious + 40, 15,
+                  what="the index churning")
+    agent.set_web({0: "warning"})
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[0], {}).get("weight") == 100,
+                "a change amid the churn")
+    sl.wait_until(lambda: agent.ctl(op="stats")["spurious_wakeups"] >= spurious + 100, 15,
+                  what="the churn nearly over")
+    churned = agent.web_requests() - reqs
+    after = web_watch(d)
+    # about 6 s of churn: a burst of 2, then one query per 5 s (plus the
+    # change's); a busy loop would have made dozens
+    assert churned <= 8, (churned, after)
+    assert after["rate_limited"] > before["rate_limited"], after
+    # only the real change was applied, none of the wake-ups
+    assert after["changes"] == before["changes"] + 1, (before, after)
+    assert after["errors"] == before["errors"]
+    agent.set_web()
+    wait_routed(d, all_passing, "all passing again")
+
+
+def test_index_zero(env):
+    """An agent answering X-Consul-Index: 0 (a bug Consul's documentation
+    says still happens): shuntd blocks on index 1, so its queries wait
+    instead of looping, and sees changes by content since the index does
+    not move."""
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+    agent.ctl(op="zero_index", name="web", on=True)
+    try:
+        sl.wait_until(lambda: web_watch(d)["zero_index"] > 0, 15, what="an index of 0 seen")
+        reqs = agent.web_requests()
+        agent.set_web({2: "warning"})
+        wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[2], {}).get("weight") == 100,
+                    "a change under index 0")
+        sl.wait_until(lambda: agent.web_requests() >= reqs + 3, 15, what="three more queries")
+        st = agent.ctl(op="stats")
+        blocked = [w for w in st["waits"] if w["path"] == "/v1/health/service/web"]
+        assert blocked[-1]["index"] == 1 and blocked[-1]["blocked_s"] >= WAIT_S, blocked[-3:]
+        assert [l for l in d.log_lines() if "X-Consul-Index 0" in l.get("msg", "")]
+    finally:
+        agent.ctl(op="zero_index", name="web", on=False)
+    agent.set_web()
+    wait_routed(d, all_passing, "all passing again")
+
+
 def test_catalog_learns_and_forgets_services(env):
     topo, d, agent = env
     agent.ctl(op="set_service", name="api", instances=[
@@ -340,7 +427,7 @@ def test_slow_answers_are_waited_for(env):
     errors = sum(s["errors"] for s in state["services"]) + state["catalog"]["errors"]
     agent.ctl(op="fail", mode="slow", seconds=1.5, count=3)
     agent.set_web({0: "warning"})
-    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[0], {}).get("weight") == 50, "change via slow answers")
+    wait_routed(d, lambda js: svc_eps(js).get(EP_ADDRS[0], {}).get("weight") == 100, "change via slow answers")
     state = consul_state(d)
     assert sum(s["errors"] for s in state["services"]) + state["catalog"]["errors"] == errors
     assert not state["stale"]

@@ -4,8 +4,10 @@
  * timeouts), the backoff schedule, and the backend itself (catalog, health
  * mapping: Node.Address fallback, weights, warning, critical, virtual
  * addresses, protocol tag, locality; token and datacenter on the wire;
- * blocking index; bad JSON -> stale, last endpoints kept; identities from
- * the tag shunt-meshed (Consul's SPIFFE form) and Meta shunt-identity). */
+ * blocking index (the canned server holds a query on the current index
+ * until woken); bad JSON -> stale, last endpoints kept; identities from
+ * the tag shunt-meshed (Consul's SPIFFE form) and Meta shunt-identity); the
+ * rate limit of quick answers (token bucket). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -56,6 +58,7 @@ struct sconn {
         char buf[4096];
         size_t len;
         bool answered;
+        bool held; /* answered with nothing yet: a blocked query */
 };
 
 static void sconn_close(struct loop *loop, struct sconn *c)
@@ -85,8 +88,10 @@ static void sconn_io(struct loop *loop, struct loop_io *io, uint32_t events)
                         c->s->reqs[c->s->n_reqs++] = strdup(c->buf);
                 const char *a = c->s->answer(c->s, c->buf);
                 c->answered = true;
-                if (!a)
-                        return; /* hold the connection open */
+                if (!a) {
+                        c->held = true; /* hold the connection open */
+                        return;
+                }
                 ssize_t w = send(io->fd, a, strlen(a), MSG_NOSIGNAL);
                 (void)w;
                 shutdown(io->fd, SHUT_WR);
@@ -136,6 +141,21 @@ static void srv_stop(struct loop *loop, struct srv *s)
         for (unsigned i = 0; i < s->n_reqs; i++)
                 free(s->reqs[i]);
         s->n_reqs = 0;
+}
+
+/* Answers the held connections whose answer is ready now: blocked queries
+ * woken by a change, as Consul does. */
+static void srv_wake(struct srv *s)
+{
+        for (struct sconn *c = s->conns; c; c = c->next) {
+                const char *a = c->held ? s->answer(s, c->buf) : NULL;
+                if (!a)
+                        continue;
+                c->held = false;
+                ssize_t w = send(c->io.fd, a, strlen(a), MSG_NOSIGNAL);
+                (void)w;
+                shutdown(c->io.fd, SHUT_WR);
+        }
 }
 
 static const char *answer_fixed(struct srv *s, const char *req)
@@ -341,6 +361,7 @@ static const char HEALTH_WEB[] =
     "{\"CheckID\":\"service:w0\",\"Status\":\"passing\"}]},"
     "{\"Node\":{\"Node\":\"n1\",\"Address\":\"10.1.0.2\",\"Datacenter\":\"dc9\"},"
     "\"Service\":{\"ID\":\"w1\",\"Service\":\"web\",\"Address\":\"10.2.0.2\",\"Port\":9000,"
+    "\"Weights\":{\"Passing\":2,\"Warning\":3},"
     "\"Meta\":{\"shunt-identity\":\"spiffe://cluster.local/ns/shop/sa/web-1\","
     "\"shunt-mtls-mode\":\"strict\"},"
     "\"Locality\":{\"Region\":\"eu\",\"Zone\":\"eu-1a\"}},"
@@ -364,6 +385,10 @@ static const char *answer_consul(struct srv *s, const char *req)
                 return answer_buf;
         }
         if (strncmp(req, "GET /v1/health/service/web", 26) == 0) {
+                /* a blocking query on the current index waits for a change */
+                const char *ix = strstr(req, "&index=");
+                if (ix && strtoul(ix + 7, NULL, 10) == s->health_index)
+                        return NULL;
                 snprintf(answer_buf, sizeof(answer_buf),
                          "HTTP/1.1 200 OK\r\nX-Consul-Index: %u\r\nContent-Length: %zu\r\n\r\n%s",
                          s->health_index, strlen(s->health_body), s->health_body);
@@ -447,9 +472,9 @@ static void test_backend(void **state)
         assert_int_equal(e0->health, DISC_HEALTH_HEALTHY);
         assert_int_equal(e0->weight, 300);
         assert_string_equal(e0->region, "dc9");
-        const struct disc_endpoint *e1 = ep_at(snap, "10.2.0.2"); /* warning: half */
+        const struct disc_endpoint *e1 = ep_at(snap, "10.2.0.2"); /* warning: Weights.Warning */
         assert_int_equal(e1->health, DISC_HEALTH_HEALTHY);
-        assert_int_equal(e1->weight, 50);
+        assert_int_equal(e1->weight, 300);
         assert_string_equal(e1->region, "eu");
         assert_string_equal(e1->zone, "eu-1a");
         const struct disc_endpoint *e2 = ep_at(snap, "10.2.0.3"); /* critical: out */
@@ -495,11 +520,13 @@ static void test_backend(void **state)
             "\"10.2.0.2\",\"Port\":9000},\"Checks\":[]}]";
         s.health_body = two;
         s.health_index = 12;
+        srv_wake(&s);
         run_until_web(loop, r, 2);
 
         /* bad JSON: stale, the last endpoints stay */
         s.health_body = "[{\"Node\":";
         s.health_index = 13;
+        srv_wake(&s);
         bool never = false;
         run_until_flag(loop, &never, 50);
         assert_true(disc_source_stale(r, 0));
@@ -531,6 +558,31 @@ static void render_created(const struct shunt_config *cfg, struct strbuf *sb)
         disc_consul_ops.render(impl, sb);
         disc_consul_ops.destroy(impl);
         disc_registry_free(r);
+}
+
+/* The rate limit of quick answers: two at once, then one per refill period;
+ * a pause refills the bucket, at most to its burst. */
+static void test_bucket(void **state)
+{
+        (void)state;
+        struct consul_bucket b = {0};
+        uint64_t t = 1000;
+        assert_int_equal(consul_bucket_take(&b, t), 0);
+        assert_int_equal(consul_bucket_take(&b, t + 10), 0);
+        uint32_t d = consul_bucket_take(&b, t + 20);
+        assert_int_equal(d, CONSUL_RATE_REFILL_MS - 20); /* 20 ms of refill were there */
+        /* churn: each query goes one refill period after the previous one */
+        t += 20 + d;
+        for (int i = 0; i < 5; i++) {
+                d = consul_bucket_take(&b, t);
+                assert_int_equal(d, CONSUL_RATE_REFILL_MS);
+                t += d;
+        }
+        /* quiet for long: the burst again, not more */
+        t += 100 * CONSUL_RATE_REFILL_MS;
+        assert_int_equal(consul_bucket_take(&b, t), 0);
+        assert_int_equal(consul_bucket_take(&b, t), 0);
+        assert_true(consul_bucket_take(&b, t) > 0);
 }
 
 static void test_bad_config(void **state)
@@ -598,9 +650,8 @@ int main(void)
 {
         log_set_level(LOG_ERROR);
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_client),
-            cmocka_unit_test(test_backoff),
-            cmocka_unit_test(test_backend),
+            cmocka_unit_test(test_client),     cmocka_unit_test(test_backoff),
+            cmocka_unit_test(test_backend),    cmocka_unit_test(test_bucket),
             cmocka_unit_test(test_bad_config),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

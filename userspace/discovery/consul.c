@@ -30,7 +30,12 @@ struct watch {
         uint64_t last_start_ms;
         uint32_t failures; /* consecutive */
         bool seen;         /* in the last catalog listing */
-        uint64_t requests, errors, resets, changes;
+        bool applied;      /* body_hash is that of the answer applied last */
+        bool limiting;     /* the rate limit delays queries (logged once) */
+        bool zero_logged;  /* an X-Consul-Index of 0 was logged */
+        uint64_t body_hash;
+        struct consul_bucket bucket;
+        uint64_t requests, errors, resets, changes, unchanged, limited, zero_index;
 };
 
 struct consul {
@@ -42,6 +47,7 @@ struct consul {
         char token[CONFIG_STR_MAX];
         char dc[CONFIG_STR_MAX];
         char td[CONFIG_STR_MAX]; /* mtls.trust_domain, for Consul-form identities */
+        uint32_t wait_s;         /* wait= of blocking queries */
         struct watch catalog;
         struct watch *svcs[CONSUL_MAX_WATCHES];
         uint32_t n_svcs;
@@ -64,6 +70,32 @@ uint32_t consul_backoff_ms(uint32_t failures, double r)
         /* ±20 % */
         double f = 0.8 + 0.4 * r;
         return (uint32_t)((double)ms * f);
+}
+
+uint32_t consul_bucket_take(struct consul_bucket *b, uint64_t now_ms)
+{
+        if (!b->init) {
+                b->init = true;
+                b->tokens_milli = CONSUL_RATE_BURST * 1000;
+                b->last_ms = now_ms;
+        }
+        uint64_t refill = 0;
+        if (now_ms > b->last_ms) {
+                refill = (now_ms - b->last_ms) * 1000 / CONSUL_RATE_REFILL_MS;
+                b->last_ms = now_ms;
+        }
+        b->tokens_milli = b->tokens_milli + refill > CONSUL_RATE_BURST * 1000
+                              ? CONSUL_RATE_BURST * 1000
+                              : b->tokens_milli + refill;
+        if (b->tokens_milli >= 1000) {
+                b->tokens_milli -= 1000;
+                return 0;
+        }
+        /* the token that comes next is taken now: the bucket stays empty */
+        uint32_t wait = (uint32_t)((1000 - b->tokens_milli) * CONSUL_RATE_REFILL_MS / 1000);
+        b->tokens_milli = 0;
+        b->last_ms = now_ms + wait;
+        return wait;
 }
 
 static double rnd(struct consul *cb)
@@ -311,17 +343,21 @@ static int map_health(const struct consul *cb, const char *name, const char *bod
                         if (r > worst)
                                 worst = r;
                 }
-                uint32_t base = 1;
-                const cJSON *wts = cJSON_GetObjectItemCaseSensitive(svc, "Weights");
-                const cJSON *wp = cJSON_GetObjectItemCaseSensitive(wts, "Passing");
-                if (cJSON_IsNumber(wp) && wp->valuedouble >= 0)
-                        base = wp->valuedouble > DISC_WEIGHT_MAX ? DISC_WEIGHT_MAX
-                                                                 : (uint32_t)wp->valuedouble;
-                uint64_t w = (uint64_t)base * CONSUL_WEIGHT_SCALE;
+                /* Weights.Passing while every check passes, Weights.Warning
+                 * while one warns (Consul's defaults: 1 and 1); 0 takes the
+                 * instance out, as Consul's own proxies do. */
+                const cJSON *wx = cJSON_GetObjectItemCaseSensitive(
+                    cJSON_GetObjectItemCaseSensitive(svc, "Weights"),
+                    worst == 1 ? "Warning" : "Passing");
+                uint64_t w = CONSUL_WEIGHT_SCALE;
+                if (cJSON_IsNumber(wx) && wx->valuedouble >= 0)
+                        w = wx->valuedouble >= DISC_WEIGHT_MAX
+                                ? DISC_WEIGHT_MAX
+                                : (uint64_t)wx->valuedouble * CONSUL_WEIGHT_SCALE;
                 if (w > DISC_WEIGHT_MAX)
                         w = DISC_WEIGHT_MAX;
-                e.weight = (uint32_t)(worst == 1 ? w / 2 : w);
-                e.health = worst == 2 ? DISC_HEALTH_UNHEALTHY : DISC_HEALTH_HEALTHY;
+                e.weight = (uint32_t)w;
+                e.health = worst == 2 || w == 0 ? DISC_HEALTH_UNHEALTHY : DISC_HEALTH_HEALTHY;
                 const cJSON *loc = cJSON_GetObjectItemCaseSensitive(svc, "Locality");
                 const char *region = jstr(loc, "Region"), *zone = jstr(loc, "Zone");
                 if (!region || !region[0])
@@ -474,12 +510,47 @@ static int apply_service(struct watch *w, const char *body, size_t len, char *wh
         return rc;
 }
 
+/* FNV-1a: tells an answer that changed from one that did not. */
+static uint64_t body_hash(const char *p, size_t n)
+{
+        uint64_t h = 14695981039346656037ull;
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+        return h;
+}
+
+/* The next query after an answer: at once, unless answers come back
+ * quickly (before half the wait) faster than the rate limit allows. */
+static void watch_again(struct watch *w, uint64_t now)
+{
+        struct consul *cb = w->cb;
+        bool quick = now - w->last_start_ms < (uint64_t)cb->wait_s * 1000 / 2;
+        uint32_t delay = quick ? consul_bucket_take(&w->bucket, now) : 0;
+        if (!delay) {
+                w->limiting = false;
+        } else {
+                w->limited++;
+                if (!w->limiting) {
+                        char what[DISC_NAME_MAX + 16];
+                        log_info(COMP, 0,
+                                 "consul %s: %s: answers come back at once (changes, or a new "
+                                 "index with the same data): rate-limited to one query every "
+                                 "%d s while this lasts",
+                                 cb->address, watch_what(w, what, sizeof(what)),
+                                 CONSUL_RATE_REFILL_MS / 1000);
+                        w->limiting = true;
+                }
+        }
+        watch_next(w, delay);
+}
+
 static void on_response(void *ctx, int err, const struct chttp_resp *resp, const char *why)
 {
         struct watch *w = ctx;
         struct consul *cb = w->cb;
         w->req = NULL;
         char msg[DISC_ERROR_MAX];
+        char what[DISC_NAME_MAX + 16];
         if (err) {
                 watch_failed(w, why);
                 return;
@@ -487,6 +558,8 @@ static void on_response(void *ctx, int err, const struct chttp_resp *resp, const
         if (resp->status != 200) {
                 snprintf(msg, sizeof(msg), "HTTP %d%s", resp->status,
                          resp->status == 403 ? " (ACL token rejected)" : "");
+                if (resp->status == 401 || resp->status == 403)
+                        disc_source_denied(cb->reg, cb->src);
                 watch_failed(w, msg);
                 return;
         }
@@ -496,23 +569,35 @@ static void on_response(void *ctx, int err, const struct chttp_resp *resp, const
                 return;
         }
         uint64_t idx = resp->index;
-        if (idx == 0)
-                idx = 1; /* must be > 0, or blocking would never block */
-        char what[DISC_NAME_MAX + 16];
-        if (w->index && idx == w->index) {
-                /* the wait ran out (or an idempotent write): nothing changed */
-                watch_ok(w);
-                watch_next(w, 0);
-                return;
+        if (idx == 0) {
+                /* a Consul bug, which its documentation says still happens:
+                 * blocking on 0 would return at once, forever */
+                w->zero_index++;
+                if (!w->zero_logged)
+                        log_warn(COMP, 0,
+                                 "consul %s: %s: X-Consul-Index 0 (a Consul bug): blocking on "
+                                 "index 1 instead, changes seen by content",
+                                 cb->address, watch_what(w, what, sizeof(what)));
+                w->zero_logged = true;
+                idx = 1;
         }
         bool reset = w->index && idx < w->index;
-        int rc = w->is_catalog ? apply_catalog(cb, resp->body, resp->body_len, msg, sizeof(msg))
-                               : apply_service(w, resp->body, resp->body_len, msg, sizeof(msg));
-        if (rc < 0) {
-                watch_failed(w, msg);
-                return;
+        uint64_t h = body_hash(resp->body, resp->body_len);
+        if (w->applied && h == w->body_hash) {
+                /* the wait ran out, or the index moved with the same data */
+                w->unchanged++;
+        } else {
+                int rc = w->is_catalog
+                             ? apply_catalog(cb, resp->body, resp->body_len, msg, sizeof(msg))
+                             : apply_service(w, resp->body, resp->body_len, msg, sizeof(msg));
+                if (rc < 0) {
+                        watch_failed(w, msg);
+                        return;
+                }
+                w->applied = true;
+                w->body_hash = h;
+                w->changes++;
         }
-        w->changes++;
         if (reset) {
                 /* went backwards (agent restarted, snapshot restored): start
                  * over with a non-blocking query */
@@ -525,7 +610,7 @@ static void on_response(void *ctx, int err, const struct chttp_resp *resp, const
                 w->index = idx;
         }
         watch_ok(w);
-        watch_next(w, 0);
+        watch_again(w, loop_now_ms(cb->loop));
 }
 
 static void url_escape(const char *in, char *out, size_t len)
@@ -553,9 +638,9 @@ static void watch_query(struct watch *w)
         char target[CHTTP_TARGET_MAX], name[DISC_NAME_MAX * 3 + 1], dc[CONFIG_STR_MAX * 3 + 1];
         url_escape(w->name, name, sizeof(name));
         url_escape(cb->dc, dc, sizeof(dc));
-        int n = snprintf(target, sizeof(target), "/v1/%s%s?wait=%ds%s%s",
+        int n = snprintf(target, sizeof(target), "/v1/%s%s?wait=%us%s%s",
                          w->is_catalog ? "catalog/services" : "health/service/",
-                         w->is_catalog ? "" : name, CONSUL_WAIT_S, dc[0] ? "&dc=" : "", dc);
+                         w->is_catalog ? "" : name, cb->wait_s, dc[0] ? "&dc=" : "", dc);
         if (w->index && n > 0 && (size_t)n < sizeof(target))
                 n += snprintf(target + n, sizeof(target) - (size_t)n, "&index=%llu",
                               (unsigned long long)w->index);
@@ -563,7 +648,7 @@ static void watch_query(struct watch *w)
         if (cb->token[0])
                 snprintf(hdrs, sizeof(hdrs), "X-Consul-Token: %s\r\n", cb->token);
         /* Consul adds up to wait/16 of jitter to the wait */
-        uint32_t timeout = CONSUL_WAIT_S * 1000 + CONSUL_WAIT_S * 1000 / 16 + 5000;
+        uint32_t timeout = cb->wait_s * 1000 + cb->wait_s * 1000 / 16 + 5000;
         char why[256];
         w->last_start_ms = loop_now_ms(cb->loop);
         w->requests++;
@@ -637,6 +722,20 @@ static int consul_create(struct disc_registry *r, const struct shunt_config *cfg
                 return rc < 0 ? rc : -EINVAL;
         }
         snprintf(cb->address, sizeof(cb->address), "%s", chttp_client_url(cb->http));
+        cb->wait_s = CONSUL_WAIT_S;
+        const char *ws = getenv("SHUNT_CONSUL_WAIT");
+        if (ws && *ws) {
+                char *end;
+                unsigned long v = strtoul(ws, &end, 10);
+                if (*end || v < 1 || v > CONSUL_WAIT_MAX_S) {
+                        snprintf(err, errlen, "SHUNT_CONSUL_WAIT: '%.32s' is not 1..%d seconds", ws,
+                                 CONSUL_WAIT_MAX_S);
+                        chttp_client_free(cb->http);
+                        free(cb);
+                        return -EINVAL;
+                }
+                cb->wait_s = (uint32_t)v;
+        }
         snprintf(cb->dc, sizeof(cb->dc), "%s", cfg->consul_datacenter);
         snprintf(cb->td, sizeof(cb->td), "%s", cfg->trust_domain);
         cb->reg = r;
@@ -674,10 +773,13 @@ static void render_watch(const struct watch *w, struct strbuf *sb)
 {
         strbuf_appendf(sb,
                        "\"index\":%llu,\"failures\":%u,\"requests\":%llu,\"errors\":%llu,"
-                       "\"changes\":%llu,\"index_resets\":%llu,\"in_flight\":%s",
+                       "\"changes\":%llu,\"unchanged\":%llu,\"rate_limited\":%llu,"
+                       "\"zero_index\":%llu,\"index_resets\":%llu,\"in_flight\":%s",
                        (unsigned long long)w->index, w->failures, (unsigned long long)w->requests,
                        (unsigned long long)w->errors, (unsigned long long)w->changes,
-                       (unsigned long long)w->resets, w->req ? "true" : "false");
+                       (unsigned long long)w->unchanged, (unsigned long long)w->limited,
+                       (unsigned long long)w->zero_index, (unsigned long long)w->resets,
+                       w->req ? "true" : "false");
 }
 
 static void consul_render(const void *impl, struct strbuf *sb)
@@ -687,6 +789,7 @@ static void consul_render(const void *impl, struct strbuf *sb)
         strbuf_append_json_string(sb, cb->address);
         strbuf_append(sb, ",\"datacenter\":");
         strbuf_append_json_string(sb, cb->dc);
+        strbuf_appendf(sb, ",\"wait_s\":%u", cb->wait_s);
         strbuf_appendf(sb, ",\"acl_token\":%s,\"stale\":%s,\"syncs\":%llu,\"last_error\":",
                        cb->token[0] ? "true" : "false", cb->n_failing ? "true" : "false",
                        (unsigned long long)cb->syncs);
