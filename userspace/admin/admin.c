@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/sockaddr.h"
 #include "http/http1.h"
 
 #define COMP            "admin"
@@ -754,9 +755,18 @@ static struct admin *listener_new(struct loop *loop, const char *name, bool read
                 close(fd);
                 return NULL;
         }
+        return admin_new_fd(loop, name, read_only, fd, err, errlen);
+}
+
+struct admin *admin_new_fd(struct loop *loop, const char *name, bool read_only, int fd, char *err,
+                           size_t errlen)
+{
         struct sockaddr_storage bound;
         socklen_t bl = sizeof(bound);
+        memset(&bound, 0, sizeof(bound));
         getsockname(fd, (struct sockaddr *)&bound, &bl);
+        char where[SOCKADDR_STRLEN];
+        sockaddr_format(&bound, where, sizeof(where));
 
         struct admin *a = calloc(1, sizeof(*a));
         if (!a) {
@@ -779,10 +789,14 @@ static struct admin *listener_new(struct loop *loop, const char *name, bool read
                 free(a);
                 return NULL;
         }
-        snprintf(where, sizeof(where), fmt, host, a->port);
         log_info(COMP, 0, "%s listening on http://%s%s", name, where,
                  read_only ? " (read-only)" : "");
         return a;
+}
+
+int admin_listen_fd(const struct admin *a)
+{
+        return a->lio.fd;
 }
 
 struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, char *err,

@@ -58,6 +58,13 @@ struct admin *admin_new(struct loop *loop, const char *address, uint16_t port, c
  * listens on every IPv6 and IPv4 address. name labels its log lines. */
 struct admin *admin_new_read_only(struct loop *loop, const char *name, const char *address,
                                   uint16_t port, char *err, size_t errlen);
+/* As admin_new or admin_new_read_only, serving on fd, a listening socket
+ * made elsewhere (taken over from the shuntd being upgraded); fd is the
+ * admin's, closed on failure too. */
+struct admin *admin_new_fd(struct loop *loop, const char *name, bool read_only, int fd, char *err,
+                           size_t errlen);
+/* The listening socket, to hand over. */
+int admin_listen_fd(const struct admin *a);
 /* Exact path match; method "GET" or "POST". A second route for the same
  * method and path replaces the first. Returns 0, -EINVAL, -EPERM (not GET
  * on a read-only listener) or -ENOMEM. */

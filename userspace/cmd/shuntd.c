@@ -31,6 +31,7 @@
 #include "discovery/k8s.h"
 #include "discovery/k8s_creds.h"
 #include "discovery/registry.h"
+#include "proxy/handover.h"
 #include "proxy/proxy.h"
 #include "tls/cert.h"
 #include "tls/source.h"
@@ -82,6 +83,16 @@ struct daemon {
         bool draining;
         char redirect_reason[256];
         int exit_code;
+        /* Zero-downtime upgrade (proxy/handover.h). */
+        bool takeover;                   /* started with --takeover */
+        struct handover_client *taking;  /* the shuntd taken over, until it commits */
+        struct handover_server *upgrade; /* our upgrade socket */
+        bool upgrade_busy;               /* a handover in progress: no capture repairs */
+        bool capture_not_ours;           /* adopted and not committed, or handed over */
+        pid_t taken_from, handed_to;
+        size_t adopted_listeners;
+        const char *adopted_capture; /* "iptables", "ebpf", or NULL */
+        struct loop_timer commit_timer;
 };
 
 extern char **environ;
@@ -127,17 +138,18 @@ static int inbound_install(struct daemon *d, char *err, size_t errlen)
 
 /* Probes and attaches eBPF capture (plus the inbound iptables rules); on
  * failure why says what is missing and nothing stays attached. */
-static int bpf_install(struct daemon *d, char *why, size_t whylen)
+static int bpf_install(struct daemon *d, bool adopt, char *why, size_t whylen)
 {
         struct bpfcap_options o;
         bpf_options(d, &o);
+        o.adopt = adopt;
         if (bpfcap_probe(o.cgroup_path, why, whylen) < 0)
                 return -1;
         d->bpf = bpfcap_open(&o, why, whylen);
         if (!d->bpf)
                 return -1;
         if (inbound_install(d, why, whylen) < 0) {
-                bpfcap_close(d->bpf, true);
+                bpfcap_close(d->bpf, !adopt);
                 d->bpf = NULL;
                 return -1;
         }
@@ -149,6 +161,10 @@ static int bpf_install(struct daemon *d, char *why, size_t whylen)
 }
 
 static int rules_apply(struct daemon *d);
+static void upgrade_render_status(const struct daemon *d, struct strbuf *b);
+static void upgrade_render_metrics(const struct daemon *d, struct strbuf *b);
+static int takeover_listener(struct daemon *d, enum handover_role role, const char *address,
+                             uint16_t port, struct admin **out, char *err, size_t errlen);
 
 /* The iptables rules as installed, to tell later whether they changed. */
 static void capture_remember(struct daemon *d)
@@ -197,6 +213,18 @@ static int rules_apply(struct daemon *d)
 
 static void rules_remove(struct daemon *d)
 {
+        if (d->capture_not_ours) {
+                /* Handed over, or adopted by a takeover that did not commit:
+                 * the other shuntd owns the rules and pins. */
+                origdst_use_bpf(NULL);
+                bpfcap_close(d->bpf, false);
+                d->bpf = NULL;
+                if (d->rules_installed)
+                        log_info("intercept", 0, "capture left in place: shuntd pid %d owns it",
+                                 (int)(d->handed_to ? d->handed_to : d->taken_from));
+                d->rules_installed = false;
+                return;
+        }
         if (d->init_found) {
                 /* capture init: shuntd init's capture stays for the next start. */
                 origdst_use_bpf(NULL);
@@ -333,7 +361,7 @@ static int resolve_pod_cgroup(struct shunt_config *c, char *why, size_t whylen)
 static int init_ebpf(struct daemon *d, char *why, size_t whylen)
 {
         if (!bpf_caps(why, whylen) || resolve_pod_cgroup(d->cfg, why, whylen) < 0 ||
-            bpf_install(d, why, whylen) < 0)
+            bpf_install(d, false, why, whylen) < 0)
                 return -1;
         uint32_t gid = init_proxy_uid(d->cfg);
         char err[512];
@@ -531,6 +559,7 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
                     "Times the capture rules were found removed or changed and put back.");
         prom_sample_u64(&resp->body, "shunt_capture_repairs_total", NULL, d->capture_repairs);
         shunt_build_info_render(&resp->body);
+        upgrade_render_metrics(d, &resp->body);
         prom_family(&resp->body, "shunt_uptime_seconds", "gauge", "Seconds since start.");
         prom_sample_u64(&resp->body, "shunt_uptime_seconds", NULL,
                         (clock_mono_ms() - d->started_ms) / 1000);
@@ -540,11 +569,18 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
  * stays on localhost): GET /metrics and nothing else. */
 static int metrics_open(struct daemon *d, char *err, size_t errlen)
 {
-        d->metrics = admin_new_read_only(d->loop, "metrics", d->cfg->metrics_address,
-                                         d->cfg->metrics_port, err, errlen);
+        /* Taking over: the old one's socket, or a new one when it had none. */
+        int rc = d->taking ? takeover_listener(d, HANDOVER_METRICS, d->cfg->metrics_address,
+                                               d->cfg->metrics_port, &d->metrics, err, errlen)
+                           : 1;
+        if (rc < 0)
+                return -1;
+        if (rc == 1)
+                d->metrics = admin_new_read_only(d->loop, "metrics", d->cfg->metrics_address,
+                                                 d->cfg->metrics_port, err, errlen);
         if (!d->metrics)
                 return -1;
-        int rc = admin_route(d->metrics, "GET", "/metrics", h_metrics, d);
+        rc = admin_route(d->metrics, "GET", "/metrics", h_metrics, d);
         if (rc < 0)
                 snprintf(err, errlen, "metrics: route /metrics: %s", strerror(-rc));
         return rc;
@@ -584,7 +620,7 @@ static void h_status(const struct admin_request *req, struct admin_response *res
                 /* Reading the nat table needs CAP_NET_ADMIN, which we lack. */
                 strbuf_appendf(b,
                                ",\"rules\":{\"installed\":null,\"ipv6\":null,"
-                               "\"inbound_only\":%s,\"by\":\"init\"},\"connections\":",
+                               "\"inbound_only\":%s,\"by\":\"init\"}",
                                strcmp(d->init_found, "iptables") ? "true" : "false");
                 goto counts;
         }
@@ -592,12 +628,12 @@ static void h_status(const struct admin_request *req, struct admin_response *res
         bool (*check)(int) = d->bpf ? ipt_inbound_installed : ipt_installed;
         bool installed = d->rules_installed && check(AF_INET);
         bool installed6 = d->rules_installed && check(AF_INET6);
-        strbuf_appendf(b,
-                       ",\"rules\":{\"installed\":%s,\"ipv6\":%s,\"inbound_only\":%s},"
-                       "\"connections\":",
+        strbuf_appendf(b, ",\"rules\":{\"installed\":%s,\"ipv6\":%s,\"inbound_only\":%s}",
                        installed ? "true" : "false", installed6 ? "true" : "false",
                        d->bpf ? "true" : "false");
 counts:
+        upgrade_render_status(d, b);
+        strbuf_append(b, ",\"connections\":");
         proxy_render_counts(d->proxy, b);
         strbuf_append(b, ",\"config\":{\"path\":");
         strbuf_append_json_string(b, d->cfg->path);
@@ -1048,7 +1084,8 @@ static size_t count_lines(const struct strbuf *sb)
 static void on_capture_check(struct loop *loop, struct loop_timer *t)
 {
         struct daemon *d = t->data;
-        if (d->rules_installed && !d->init_found && !d->draining && d->capture_seen.len) {
+        if (d->rules_installed && !d->init_found && !d->draining && !d->upgrade_busy &&
+            d->capture_seen.len) {
                 struct strbuf now;
                 strbuf_init(&now);
                 if (ipt_fingerprint(&now) == 0 &&
@@ -1153,12 +1190,277 @@ static void start_drain(struct daemon *d, const char *sig)
         }
         d->draining = true;
         d->ready = false;
+        handover_server_close_listener(d->upgrade); /* nothing left to hand over */
         log_info("shuntd", 0, "%s: no new connections; draining %llu for up to %u ms", sig,
                  (unsigned long long)proxy_active(d->proxy), d->cfg->drain_timeout_ms);
         proxy_stop_accepting(d->proxy);
         d->drain_deadline_ms = clock_mono_ms() + d->cfg->drain_timeout_ms;
         loop_timer_init(&d->drain_timer, on_drain_tick, d);
         on_drain_tick(d->loop, &d->drain_timer);
+}
+
+/* ---- upgrade: handing over to a new shuntd, taking over from an old one -------- */
+
+/* The capture as a new shuntd must continue it: "iptables" or "ebpf" when
+ * this shuntd installed it (and owns it), "init" when `shuntd init` did,
+ * "off" when there is none. */
+static const char *capture_owned(const struct daemon *d)
+{
+        if (d->init_found)
+                return "init";
+        return d->bpf ? "ebpf" : d->rules_installed ? "iptables" : "off";
+}
+
+static int up_offer(void *ctx, struct handover_listener *out, size_t max, char *capture,
+                    size_t caplen, char *pin_root, size_t pinlen)
+{
+        struct daemon *d = ctx;
+        if (d->draining || !d->ready || !d->admin || max < 1)
+                return -ESHUTDOWN;
+        size_t n = proxy_listeners(d->proxy, out, max - 1);
+        struct handover_listener *a = &out[n++];
+        memset(a, 0, sizeof(*a));
+        a->fd = admin_listen_fd(d->admin);
+        a->role = HANDOVER_ADMIN;
+        a->worker = -1;
+        socklen_t sl = sizeof(a->addr);
+        if (getsockname(a->fd, (struct sockaddr *)&a->addr, &sl) < 0)
+                return -errno;
+        if (d->metrics && n < max) {
+                a = &out[n++];
+                memset(a, 0, sizeof(*a));
+                a->fd = admin_listen_fd(d->metrics);
+                a->role = HANDOVER_METRICS;
+                a->worker = -1;
+                sl = sizeof(a->addr);
+                if (getsockname(a->fd, (struct sockaddr *)&a->addr, &sl) < 0)
+                        return -errno;
+        }
+        snprintf(capture, caplen, "%s", capture_owned(d));
+        snprintf(pin_root, pinlen, "%s", d->bpf ? bpfcap_pin_root(d->bpf) : "");
+        return (int)n;
+}
+
+static void up_begin(void *ctx, pid_t peer)
+{
+        struct daemon *d = ctx;
+        (void)peer;
+        d->upgrade_busy = true; /* the new one installs its rules; not a tampering */
+}
+
+static void up_abort(void *ctx, pid_t peer, const char *why)
+{
+        struct daemon *d = ctx;
+        (void)peer;
+        (void)why;
+        d->upgrade_busy = false; /* rules it changed are put back by the next check */
+}
+
+static void on_commit(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        struct daemon *d = t->data;
+        admin_free(d->admin); /* the new shuntd answers on those sockets now */
+        d->admin = NULL;
+        admin_free(d->metrics);
+        d->metrics = NULL;
+        start_drain(d, "handed over");
+}
+
+static void up_commit(void *ctx, pid_t peer)
+{
+        struct daemon *d = ctx;
+        d->handed_to = peer;
+        d->capture_not_ours = true;
+        d->upgrade_busy = false;
+        /* After this batch of events, which may hold admin connections'. */
+        loop_timer_arm(d->loop, &d->commit_timer, 0);
+}
+
+static const struct handover_server_ops upgrade_ops = {
+    .offer = up_offer,
+    .begin = up_begin,
+    .abort = up_abort,
+    .commit = up_commit,
+};
+
+/* Serving upgrade.socket is not needed to proxy: a failure is said, not fatal. */
+static void upgrade_serve(struct daemon *d)
+{
+        char err[512];
+        loop_timer_init(&d->commit_timer, on_commit, d);
+        if (handover_server_open(d->loop, d->cfg->upgrade_socket, d->taken_from != 0, &upgrade_ops,
+                                 d, &d->upgrade, err, sizeof(err)) < 0)
+                log_warn("upgrade", 0, "%s: this shuntd cannot be upgraded without downtime", err);
+}
+
+/* The admin (or metrics) listener of the shuntd taken over, which must be
+ * where this configuration listens, served as *out. 0, 1 when the old one
+ * had none, -1 with err. */
+static int takeover_listener(struct daemon *d, enum handover_role role, const char *address,
+                             uint16_t port, struct admin **out, char *err, size_t errlen)
+{
+        size_t n;
+        struct handover_listener *ls = handover_client_listeners(d->taking, &n);
+        char host[64], a[SOCKADDR_STRLEN], b[SOCKADDR_STRLEN];
+        snprintf(host, sizeof(host), "%s", address + (address[0] == '['));
+        char *br = strchr(host, ']');
+        if (br)
+                *br = '\0';
+        struct sockaddr_storage want;
+        if (sockaddr_from_string(host, port, &want) < 0)
+                memset(&want, 0, sizeof(want));
+        for (size_t i = 0; i < n; i++) {
+                if (ls[i].role != role || ls[i].fd < 0)
+                        continue;
+                if (strcmp(sockaddr_format(&ls[i].addr, a, sizeof(a)),
+                           sockaddr_format(&want, b, sizeof(b))) != 0) {
+                        snprintf(err, errlen,
+                                 "the %s listener taken over is on %s, this configuration's on "
+                                 "%s: listener addresses cannot change in an upgrade",
+                                 handover_role_name(role), a, b);
+                        return -1;
+                }
+                int fd = ls[i].fd;
+                ls[i].fd = -1;
+                *out = admin_new_fd(d->loop, handover_role_name(role), role == HANDOVER_METRICS, fd,
+                                    err, errlen);
+                return *out ? 0 : -1;
+        }
+        return 1;
+}
+
+/* The capture the old shuntd owns becomes this one's: the same mode and
+ * pins, the rules replaced atomically with this configuration's. It stays
+ * the old one's until COMMIT (capture_not_ours: a failure here or later
+ * removes nothing). 1 when the old one owns no capture: this one starts
+ * its own as usual. */
+static int capture_takeover(struct daemon *d, char *err, size_t errlen)
+{
+        const char *old = handover_client_capture(d->taking);
+        pid_t pid = d->taken_from;
+        bool init = d->cfg->capture == CAPTURE_INIT;
+        if (!strcmp(old, "init") != init) {
+                snprintf(err, errlen,
+                         "pid %d runs capture %s, this configuration capture %s: the capture "
+                         "cannot change in an upgrade (stop and start instead)",
+                         (int)pid, !strcmp(old, "init") ? "init" : "self",
+                         capture_mode_name(d->cfg->capture));
+                return -1;
+        }
+        bool ebpf = !strcmp(old, "ebpf");
+        if (!ebpf && strcmp(old, "iptables"))
+                return 1;
+        enum redirect_mode r = d->cfg->redirect;
+        if (r == REDIRECT_OFF || (r == REDIRECT_IPTABLES && ebpf) ||
+            (r == REDIRECT_EBPF && !ebpf) || (!ebpf && d->cfg->failure_mode == FAILURE_OPEN)) {
+                snprintf(err, errlen,
+                         "pid %d captures with %s, this configuration has redirect %s%s: the "
+                         "capture mode cannot change in an upgrade (stop and start instead)",
+                         (int)pid, old, redirect_mode_name(r),
+                         d->cfg->failure_mode == FAILURE_OPEN ? " and failure_mode open" : "");
+                return -1;
+        }
+        d->capture_not_ours = true;
+        char found[400];
+        if (ebpf) {
+                struct bpfcap_options o;
+                bpf_options(d, &o);
+                if (strcmp(o.pin_root, handover_client_pin_root(d->taking)) != 0) {
+                        snprintf(err, errlen,
+                                 "pid %d pinned its capture in %s, this configuration's "
+                                 "bpf_pin_root is %s",
+                                 (int)pid, handover_client_pin_root(d->taking), o.pin_root);
+                        return -1;
+                }
+                if (bpfcap_pins_check(o.pin_root, o.cgroup_path, found, sizeof(found)) < 0) {
+                        snprintf(err, errlen, "the eBPF capture of pid %d: %s", (int)pid, found);
+                        return -1;
+                }
+                char why[512];
+                if (bpf_install(d, true, why, sizeof(why)) < 0) {
+                        snprintf(err, errlen, "adopting the eBPF capture of pid %d: %s", (int)pid,
+                                 why);
+                        return -1;
+                }
+        } else {
+                snprintf(found, sizeof(found), "%s",
+                         ipt_installed(AF_INET) ? "rules found" : "rules missing, installed again");
+                if (rules_install(d) < 0) {
+                        snprintf(err, errlen, "adopting the iptables capture of pid %d failed",
+                                 (int)pid);
+                        return -1;
+                }
+        }
+        d->adopted_capture = ebpf ? "ebpf" : "iptables";
+        snprintf(d->redirect_reason, sizeof(d->redirect_reason),
+                 "takeover: %s (adopted from pid %d)", d->adopted_capture, (int)pid);
+        log_info("upgrade", 0,
+                 "takeover: adopted the %s capture of pid %d (%s); it is ours once pid %d commits",
+                 d->adopted_capture, (int)pid, found, (int)pid);
+        return 0;
+}
+
+/* Everything is set up and the workers run: the old shuntd commits, stops
+ * accepting and drains; this one accepts from now on and owns the capture. */
+static int takeover_commit(struct daemon *d)
+{
+        char err[512];
+        if (handover_client_ready(d->taking, err, sizeof(err)) < 0) {
+                log_error("upgrade", 0,
+                          "takeover failed: %s; pid %d keeps serving and owns the capture", err,
+                          (int)d->taken_from);
+                return -1;
+        }
+        handover_client_free(d->taking);
+        d->taking = NULL;
+        d->capture_not_ours = false;
+        if (proxy_start_accepting(d->proxy) < 0)
+                return -1;
+        log_info("upgrade", 0,
+                 "takeover from pid %d complete: accepting on %zu adopted listeners, capture %s",
+                 (int)d->taken_from, d->adopted_listeners,
+                 d->adopted_capture ? d->adopted_capture : active_mode(d));
+        return 0;
+}
+
+static void upgrade_render_status(const struct daemon *d, struct strbuf *b)
+{
+        struct handover_counts c;
+        handover_server_counts(d->upgrade, &c);
+        strbuf_append(b, ",\"upgrade\":{\"socket\":");
+        if (d->upgrade)
+                strbuf_append_json_string(b, d->cfg->upgrade_socket);
+        else
+                strbuf_append(b, "null");
+        strbuf_appendf(b,
+                       ",\"taken_over_from\":%d,\"handed_over_to\":%d,\"adopted_listeners\":%zu,"
+                       "\"adopted_capture\":\"%s\",\"handovers\":{\"completed\":%llu,"
+                       "\"failed\":%llu,\"refused\":%llu}}",
+                       (int)d->taken_from, (int)d->handed_to, d->adopted_listeners,
+                       d->adopted_capture ? d->adopted_capture : "", c.completed, c.failed,
+                       c.refused);
+}
+
+static void upgrade_render_metrics(const struct daemon *d, struct strbuf *b)
+{
+        struct handover_counts c;
+        handover_server_counts(d->upgrade, &c);
+        prom_family(b, "shunt_upgrade_handovers_total", "counter",
+                    "Handovers of this shuntd's listeners and capture to a new shuntd, by result.");
+        prom_sample_u64(b, "shunt_upgrade_handovers_total", "result=\"completed\"", c.completed);
+        prom_sample_u64(b, "shunt_upgrade_handovers_total", "result=\"failed\"", c.failed);
+        prom_sample_u64(b, "shunt_upgrade_handovers_total", "result=\"refused\"", c.refused);
+        prom_family(b, "shunt_upgrade_adopted_listeners", "gauge",
+                    "Listening sockets taken over from the shuntd this one replaced.");
+        prom_sample_u64(b, "shunt_upgrade_adopted_listeners", NULL, d->adopted_listeners);
+        prom_family(b, "shunt_upgrade_adopted_capture", "gauge",
+                    "1 when the capture (rules, pins) was adopted from the shuntd this one "
+                    "replaced.");
+        prom_sample_u64(b, "shunt_upgrade_adopted_capture", "mode=\"iptables\"",
+                        d->adopted_capture && !strcmp(d->adopted_capture, "iptables"));
+        prom_sample_u64(b, "shunt_upgrade_adopted_capture", "mode=\"ebpf\"",
+                        d->adopted_capture && !strcmp(d->adopted_capture, "ebpf"));
 }
 
 static void on_signal(struct loop *loop, struct loop_io *io, uint32_t events)
@@ -1226,13 +1528,16 @@ static int admin_token_install(struct daemon *d, char *err, size_t errlen)
 static void usage(FILE *f)
 {
         fprintf(f,
-                "usage: shuntd [--config FILE] [--KEY VALUE ...]\n"
+                "usage: shuntd [--takeover] [--config FILE] [--KEY VALUE ...]\n"
                 "       shuntd init [--config FILE] [--KEY VALUE ...]\n"
                 "       shuntd --help | --version\n\n"
                 "Transparent service-mesh proxy. Every configuration key can be given as a flag;\n"
                 "flags override environment variables, which override the file.\n"
                 "`shuntd init` installs the capture (iptables chains, or eBPF programs pinned\n"
-                "under bpf_pin_root) for a shuntd started with --capture init, then exits.\n\n%s",
+                "under bpf_pin_root) for a shuntd started with --capture init, then exits.\n"
+                "--takeover replaces the shuntd serving upgrade.socket without refusing a\n"
+                "connection: its listening sockets and capture are handed over, then it drains\n"
+                "and exits 0; on any failure it keeps serving and this one exits 1.\n\n%s",
                 config_usage());
 }
 
@@ -1265,7 +1570,17 @@ int main(int argc, char **argv)
         if (shunt_version_flag(argc, argv, "shuntd"))
                 return 0;
 
-        struct daemon d = {.argc = argc, .argv = argv, .exit_code = 0};
+        struct daemon d = {.argc = 0, .argv = argv, .exit_code = 0};
+        /* --takeover is not a configuration key: kept out of what
+         * config_load and every reload parse. */
+        for (int i = 0; i < argc; i++) {
+                if (i > 0 && !strcmp(argv[i], "--takeover"))
+                        d.takeover = true;
+                else
+                        argv[d.argc++] = argv[i];
+        }
+        argv[d.argc] = NULL;
+        argc = d.argc;
         char err[512];
         if (config_load(argc, argv, environ, &d.cfg, err, sizeof(err)) < 0) {
                 fprintf(stderr, "%s\n", err);
@@ -1298,6 +1613,21 @@ int main(int argc, char **argv)
         loop_io_init(&d.sig_io, sfd, on_signal, &d);
         loop_io_add(d.loop, &d.sig_io, EPOLLIN);
 
+        /* First, so that a takeover with nothing to take fails at once. */
+        if (d.takeover) {
+                int rc =
+                    handover_client_connect(d.cfg->upgrade_socket, &d.taking, err, sizeof(err));
+                if (rc < 0) {
+                        log_error("upgrade", 0, "takeover failed: %s%s", err,
+                                  rc == -ENOENT || rc == -ECONNREFUSED
+                                      ? " (no shuntd serves it: start without --takeover)"
+                                      : "");
+                        d.exit_code = 1;
+                        goto out;
+                }
+                d.taken_from = handover_client_peer(d.taking);
+        }
+
         if (d.cfg->mtls_mode != MTLS_DISABLED && tls_open(&d) < 0) {
                 log_error("tls", 0,
                           "cannot set up mTLS (mtls.mode %s; set mtls.mode disabled to "
@@ -1306,7 +1636,19 @@ int main(int argc, char **argv)
                 d.exit_code = 1;
                 goto out;
         }
-        d.proxy = proxy_new(d.cfg, err, sizeof(err));
+        if (d.taking) {
+                size_t n;
+                struct handover_listener *ls = handover_client_listeners(d.taking, &n);
+                d.adopted_listeners = n;
+                d.proxy = proxy_new_adopt(d.cfg, ls, n, err, sizeof(err));
+                if (!d.proxy) {
+                        log_error("upgrade", 0, "takeover failed: %s", err);
+                        d.exit_code = 1;
+                        goto out;
+                }
+        } else {
+                d.proxy = proxy_new(d.cfg, err, sizeof(err));
+        }
         if (!d.proxy) {
                 log_error("proxy", 0, "cannot start listeners: %s", err);
                 d.exit_code = 1;
@@ -1315,13 +1657,27 @@ int main(int argc, char **argv)
         if (d.tls)
                 proxy_set_tls(d.proxy, tls_store_slot(d.tls));
         authz_publish(&d);
-        d.admin = admin_new(d.loop, d.cfg->admin_address, d.cfg->admin_port, err, sizeof(err));
+        int taken = d.taking ? takeover_listener(&d, HANDOVER_ADMIN, d.cfg->admin_address,
+                                                 d.cfg->admin_port, &d.admin, err, sizeof(err))
+                             : 0;
+        if (taken != 0) {
+                if (taken == 1)
+                        snprintf(err, sizeof(err), "pid %d handed over no admin listener",
+                                 (int)d.taken_from);
+                log_error("upgrade", 0, "takeover failed: %s", err);
+                d.exit_code = 1;
+                goto out;
+        }
+        if (!d.taking)
+                d.admin =
+                    admin_new(d.loop, d.cfg->admin_address, d.cfg->admin_port, err, sizeof(err));
         if (!d.admin) {
                 log_error("admin", 0, "cannot start the admin server: %s", err);
                 d.exit_code = 1;
                 goto out;
         }
-        if (d.cfg->admin_mutations == ADMIN_MUTATIONS_TOKEN &&
+        /* Taking over: the old shuntd's token stays valid until it commits. */
+        if (!d.taking && d.cfg->admin_mutations == ADMIN_MUTATIONS_TOKEN &&
             admin_token_install(&d, err, sizeof(err)) < 0) {
                 log_error("admin", 0, "%s", err);
                 d.exit_code = 1;
@@ -1365,14 +1721,20 @@ int main(int argc, char **argv)
         loop_timer_init(&d.capture_timer, on_capture_check, &d);
         loop_timer_arm(d.loop, &d.capture_timer, CAPTURE_CHECK_MS);
 
-        if (d.cfg->capture == CAPTURE_INIT) {
+        int own = d.taking ? capture_takeover(&d, err, sizeof(err)) : 1;
+        if (own < 0) {
+                log_error("upgrade", 0, "takeover failed: %s", err);
+                d.exit_code = 1;
+                goto out;
+        }
+        if (own == 1 && d.cfg->capture == CAPTURE_INIT) {
                 if (capture_adopt(&d, err, sizeof(err)) < 0) {
                         log_error("intercept", 0, "%s", err);
                         d.exit_code = 1;
                         goto out;
                 }
                 log_info("intercept", 0, "%s", d.redirect_reason);
-        } else {
+        } else if (own == 1) {
                 switch (d.cfg->redirect) {
                 case REDIRECT_IPTABLES:
                         if (rules_install(&d) < 0) {
@@ -1383,7 +1745,7 @@ int main(int argc, char **argv)
                                  "configured: iptables");
                         break;
                 case REDIRECT_EBPF:
-                        if (bpf_install(&d, err, sizeof(err)) < 0) {
+                        if (bpf_install(&d, false, err, sizeof(err)) < 0) {
                                 log_error("intercept", 0, "eBPF capture unavailable: %s", err);
                                 d.exit_code = 1;
                                 goto out;
@@ -1392,7 +1754,7 @@ int main(int argc, char **argv)
                                  "configured: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
                         break;
                 case REDIRECT_AUTO:
-                        if (bpf_install(&d, err, sizeof(err)) == 0) {
+                        if (bpf_install(&d, false, err, sizeof(err)) == 0) {
                                 snprintf(d.redirect_reason, sizeof(d.redirect_reason),
                                          "auto: ebpf (cgroup %.200s)", d.cfg->redirect_cgroup);
                                 break;
@@ -1442,6 +1804,14 @@ int main(int argc, char **argv)
                 d.exit_code = 1;
                 goto out;
         }
+        if (d.taking && takeover_commit(&d) < 0) {
+                d.exit_code = 1;
+                goto out;
+        }
+        if (d.taken_from && d.cfg->admin_mutations == ADMIN_MUTATIONS_TOKEN &&
+            admin_token_install(&d, err, sizeof(err)) < 0)
+                log_error("admin", 0, "%s: POST /admin/... is refused", err);
+        upgrade_serve(&d);
         d.ready = true;
         log_info("shuntd", 0,
                  "ready: %d workers, inbound %s:%u, outbound %s:%u, admin %s:%u, redirect %s",
@@ -1466,8 +1836,13 @@ out:
         rules_remove(&d);
         admin_free(d.admin);
         admin_free(d.metrics);
-        if (d.admin_token_written)
+        /* Handed over: the path is the new shuntd's now. */
+        if (d.admin_token_written && !d.handed_to)
                 unlink(d.cfg->admin_token_file);
+        handover_client_free(d.taking);
+        handover_server_free(d.upgrade, !d.handed_to);
+        if (d.loop)
+                loop_timer_cancel(d.loop, &d.commit_timer);
         if (d.loop)
                 loop_timer_cancel(d.loop, &d.routes_timer);
         if (d.loop)

@@ -110,6 +110,7 @@ struct shunt_config {
          * outside the pod ("::" = every IPv6 and IPv4 address, "off" = none) */
         char metrics_address[64];
         uint16_t metrics_port;    /* admin.metrics_port, SHUNT_ADMIN_METRICS_PORT, 15020 */
+        char upgrade_socket[CONFIG_PATH_MAX];   /* upgrade.socket, "/run/shunt/upgrade.sock" */
         int workers;              /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
         enum log_level log_level; /* log_level, SHUNT_LOG_LEVEL, info */
 

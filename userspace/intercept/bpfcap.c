@@ -51,6 +51,7 @@ struct bpfcap {
         int link_fds[N_LINKS];
         bool msg_attached;
         bool borrowed; /* bpfcap_open_pinned: maps read-only, nothing ever detached */
+        bool adopt;    /* bpfcap_options.adopt */
 };
 
 /* ---- libbpf messages into our log ------------------------------------------ */
@@ -430,7 +431,8 @@ static int apply_test_map_max(struct shunt_capture *skel)
 
 /* Opens and loads the skeleton with its maps pinned under root; pinned maps
  * of a previous run are reused so live connections keep their entries. */
-static struct shunt_capture *load(const char *root, bool *reused, char *err, size_t errlen)
+static struct shunt_capture *load(const char *root, bool adopt, bool *reused, char *err,
+                                  size_t errlen)
 {
         for (int attempt = 0; attempt < 2; attempt++) {
                 struct shunt_capture *skel = shunt_capture__open();
@@ -448,7 +450,7 @@ static struct shunt_capture *load(const char *root, bool *reused, char *err, siz
                         return skel;
                 }
                 shunt_capture__destroy(skel);
-                if (attempt == 0 && rc != -EPERM && rc != -EACCES) {
+                if (attempt == 0 && !adopt && rc != -EPERM && rc != -EACCES) {
                         /* Maybe pins of an incompatible build: start clean. */
                         log_warn("bpf", 0,
                                  "loading with the pins in %s failed (%s): removing them and "
@@ -498,10 +500,23 @@ static int attach_link(struct bpfcap *b, size_t i, int prog_fd, char *err, size_
                                  link_descs[i].name);
                         return 0;
                 }
+                if (b->adopt) {
+                        snprintf(err, errlen,
+                                 "%s: the pinned link %s is not one of redirect_cgroup's or "
+                                 "cannot take the new program: not adopted",
+                                 link_descs[i].name, path);
+                        close(fd);
+                        return -ESTALE;
+                }
                 log_warn("bpf", 0, "%s: stale pinned link %s replaced", link_descs[i].name, path);
                 bpf_link_detach(fd);
                 close(fd);
                 unlink(path);
+        }
+        if (b->adopt) {
+                snprintf(err, errlen, "%s: nothing pinned at %s: not adopted", link_descs[i].name,
+                         path);
+                return -ENOENT;
         }
         fd = bpf_link_create(prog_fd, b->cgroup_fd, link_descs[i].type, NULL);
         if (fd < 0) {
@@ -629,7 +644,8 @@ struct bpfcap *bpfcap_open(const struct bpfcap_options *o, char *err, size_t err
                 goto fail;
         }
         bool reused = false;
-        b->skel = load(b->pin_root, &reused, err, errlen);
+        b->adopt = o->adopt;
+        b->skel = load(b->pin_root, o->adopt, &reused, err, errlen);
         if (!b->skel)
                 goto fail;
         if (bpfcap_configure(b, o, err, errlen) < 0)
@@ -646,10 +662,14 @@ struct bpfcap *bpfcap_open(const struct bpfcap_options *o, char *err, size_t err
                 if (attach_link(b, i, prog_fd_for(b, i), err, errlen) < 0)
                         goto fail;
         log_info("bpf", 0, "eBPF capture attached to %s (pins in %s%s): outbound -> %u",
-                 o->cgroup_path, b->pin_root, reused ? ", maps reused" : "", o->outbound_port);
+                 o->cgroup_path, b->pin_root,
+                 o->adopt ? ", adopted"
+                 : reused ? ", maps reused"
+                          : "",
+                 o->outbound_port);
         return b;
 fail:
-        bpfcap_close(b, true);
+        bpfcap_close(b, !o->adopt);
         return NULL;
 }
 

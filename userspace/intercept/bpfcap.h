@@ -40,6 +40,9 @@ struct bpfcap_options {
         size_t n_exclude_ports;
         const struct cidr *exclude_cidrs; /* destination prefixes never captured */
         size_t n_exclude_cidrs;
+        bool adopt; /* takeover: the pins of a running shuntd must be reused as they
+                       are (never removed or replaced), and a failed open detaches
+                       nothing */
 };
 
 /* Fills o from cfg (redirect_cgroup, bpf_pin_root, bpf_shortcut,

@@ -128,9 +128,10 @@ struct listener {
         struct loop_io io;
         enum conn_dir dir;
         struct sockaddr_storage addr;
+        bool listen_pending; /* bound, listen() waits for proxy_start_accepting */
 };
 
-#define WORKER_MAX_LISTENERS 4 /* {inbound, outbound} x {IPv4, IPv6} */
+#define WORKER_MAX_LISTENERS 4 /* bound by one worker: {inbound, outbound} x {IPv4, IPv6} */
 #define WORKER_BUF_CACHE     64
 
 struct conn;
@@ -146,7 +147,7 @@ struct worker {
         pthread_t thread;
         bool started;
         struct loop *loop;
-        struct listener listeners[WORKER_MAX_LISTENERS];
+        struct listener *listeners; /* more than 4 when taken over from more workers */
         int n_listeners;
         struct snapshot_reader cfg_reader;
         struct snapshot_reader route_reader;
@@ -180,6 +181,7 @@ struct proxy {
         uint32_t fd_conn_limit;          /* connections RLIMIT_NOFILE leaves room for */
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
+        bool accept_deferred; /* taken over: listeners join epoll at proxy_start_accepting */
 };
 
 /* The connection limit in force: max_connections, or fewer when the

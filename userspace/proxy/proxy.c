@@ -18,6 +18,7 @@
 #include "core/prom.h"
 #include "core/sockaddr.h"
 #include "proxy/h2proxy.h"
+#include "proxy/handover.h"
 #include "proxy/proxy-t.h"
 
 #define ACCEPT_BATCH   32
@@ -132,7 +133,10 @@ static void conn_limit_report(const struct proxy *p, const struct shunt_config *
             p->fd_conn_limit);
 }
 
-static int listen_on(struct listener *l, const struct sockaddr_storage *addr, char *err,
+/* defer: bound now, listen() at proxy_start_accepting (a socket that
+ * listens joins the port's SO_REUSEPORT group and gets a share of new
+ * connections, which a takeover must not strand if it fails). */
+static int listen_on(struct listener *l, const struct sockaddr_storage *addr, bool defer, char *err,
                      size_t errlen)
 {
         char abuf[SOCKADDR_STRLEN];
@@ -149,8 +153,9 @@ static int listen_on(struct listener *l, const struct sockaddr_storage *addr, ch
                 setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
         if (bind(fd, (const struct sockaddr *)addr, sockaddr_len(addr)) < 0)
                 goto fail;
-        if (listen(fd, LISTEN_BACKLOG) < 0)
+        if (!defer && listen(fd, LISTEN_BACKLOG) < 0)
                 goto fail;
+        l->listen_pending = defer;
         l->addr = *addr;
         l->io.fd = fd;
         return 0;
@@ -165,8 +170,14 @@ fail:;
 
 /* Binds one worker's listeners: inbound and outbound, on bind_address; a
  * wildcard IPv4 bind also gets an IPv6 wildcard listener when IPv6 works. */
-static int worker_listen(struct worker *w, const struct shunt_config *cfg, char *err, size_t errlen)
+static int worker_listen(struct worker *w, const struct shunt_config *cfg, bool defer, char *err,
+                         size_t errlen)
 {
+        w->listeners = calloc(WORKER_MAX_LISTENERS, sizeof(*w->listeners));
+        if (!w->listeners) {
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+        }
         const uint16_t ports[2] = {cfg->inbound_port, cfg->outbound_port};
         const enum conn_dir dirs[2] = {DIR_INBOUND, DIR_OUTBOUND};
         for (int i = 0; i < 2; i++) {
@@ -179,7 +190,7 @@ static int worker_listen(struct worker *w, const struct shunt_config *cfg, char 
                 struct listener *l = &w->listeners[w->n_listeners];
                 loop_io_init(&l->io, -1, on_accept, w);
                 l->dir = dirs[i];
-                int rc = listen_on(l, &addr, err, errlen);
+                int rc = listen_on(l, &addr, defer, err, errlen);
                 if (rc < 0)
                         return rc;
                 w->n_listeners++;
@@ -190,7 +201,7 @@ static int worker_listen(struct worker *w, const struct shunt_config *cfg, char 
                         loop_io_init(&l->io, -1, on_accept, w);
                         l->dir = dirs[i];
                         char e6[256];
-                        if (listen_on(l, &a6, e6, sizeof(e6)) == 0)
+                        if (listen_on(l, &a6, defer, e6, sizeof(e6)) == 0)
                                 w->n_listeners++;
                         else if (w->index == 0)
                                 log_warn("proxy", 0, "no IPv6 listener (%s): IPv6 is not proxied",
@@ -212,7 +223,71 @@ static void *worker_main(void *arg)
         return NULL;
 }
 
-struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
+/* Whether an inherited listener sits where cfg listens: the port of its
+ * role on bind_address, or the IPv6 wildcard that goes with 0.0.0.0. */
+static bool inherited_fits(const struct handover_listener *h, const struct shunt_config *cfg)
+{
+        uint16_t port = h->role == HANDOVER_INBOUND ? cfg->inbound_port : cfg->outbound_port;
+        struct sockaddr_storage want;
+        char a[SOCKADDR_STRLEN], b[SOCKADDR_STRLEN];
+        if (sockaddr_from_string(cfg->bind_address, port, &want) < 0)
+                return false;
+        if (!strcmp(sockaddr_format(&want, a, sizeof(a)), sockaddr_format(&h->addr, b, sizeof(b))))
+                return true;
+        struct sockaddr_storage a6;
+        sockaddr_from_string("::", port, &a6);
+        return want.ss_family == AF_INET && sockaddr_is_any(&want) &&
+               !strcmp(sockaddr_format(&a6, a, sizeof(a)), b);
+}
+
+/* Worker w takes the inherited listeners of the old workers w, w + n, w + 2n
+ * ...: when the old shuntd ran more workers, their extra sockets stay open
+ * here rather than being closed, because closing a SO_REUSEPORT listener
+ * resets the connections in its accept queue (net.ipv4.tcp_migrate_req
+ * would move them, but it is off by default and per network namespace).
+ * Those workers get a larger share of new connections; nothing is lost.
+ * 0 when w got at least one, 1 when none (it binds its own). */
+static int worker_adopt(struct worker *w, int n_workers, struct handover_listener *inh, size_t n,
+                        const struct shunt_config *cfg, char *err, size_t errlen)
+{
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+                mine += inh[i].role <= HANDOVER_OUTBOUND && inh[i].fd >= 0 &&
+                        (inh[i].worker < 0 ? 0 : inh[i].worker) % n_workers == w->index;
+        if (!mine)
+                return 1;
+        w->listeners = calloc(mine, sizeof(*w->listeners));
+        if (!w->listeners) {
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                struct handover_listener *h = &inh[i];
+                if (h->role > HANDOVER_OUTBOUND || h->fd < 0 ||
+                    (h->worker < 0 ? 0 : h->worker) % n_workers != w->index)
+                        continue;
+                if (!inherited_fits(h, cfg)) {
+                        char a[SOCKADDR_STRLEN];
+                        snprintf(err, errlen,
+                                 "the %s listener %s taken over is not where this configuration "
+                                 "listens (bind_address %s, inbound_port %u, outbound_port %u): "
+                                 "listener addresses cannot change in an upgrade",
+                                 handover_role_name(h->role),
+                                 sockaddr_format(&h->addr, a, sizeof(a)), cfg->bind_address,
+                                 cfg->inbound_port, cfg->outbound_port);
+                        return -EINVAL;
+                }
+                struct listener *l = &w->listeners[w->n_listeners++];
+                loop_io_init(&l->io, h->fd, on_accept, w);
+                l->dir = h->role == HANDOVER_INBOUND ? DIR_INBOUND : DIR_OUTBOUND;
+                l->addr = h->addr;
+                h->fd = -1;
+        }
+        return 0;
+}
+
+struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener *inh, size_t n_inh,
+                              char *err, size_t errlen)
 {
         struct proxy *p = calloc(1, sizeof(*p));
         if (!p) {
@@ -227,6 +302,7 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
         p->inbound_port = cfg->inbound_port;
         p->outbound_port = cfg->outbound_port;
         p->n_workers = cfg->workers > 0 ? cfg->workers : 1;
+        p->accept_deferred = inh != NULL;
         p->workers = calloc((size_t)p->n_workers, sizeof(*p->workers));
         if (!p->workers) {
                 snprintf(err, errlen, "out of memory");
@@ -245,9 +321,14 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
                 }
                 w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
                 loop_timer_init(&w->accept_resume, on_accept_resume, w);
-                if (worker_listen(w, cfg, err, errlen) < 0)
+                int rc = inh ? worker_adopt(w, p->n_workers, inh, n_inh, cfg, err, errlen) : 1;
+                if (rc < 0)
                         goto fail;
-                for (int j = 0; j < w->n_listeners; j++) {
+                /* More workers than the old shuntd had: these bind their own
+                 * sockets, which listen only once the handover commits. */
+                if (rc == 1 && worker_listen(w, cfg, inh != NULL, err, errlen) < 0)
+                        goto fail;
+                for (int j = 0; !p->accept_deferred && j < w->n_listeners; j++) {
                         if (loop_io_add(w->loop, &w->listeners[j].io, EPOLLIN) < 0) {
                                 snprintf(err, errlen, "worker %d: epoll: %s", i, strerror(errno));
                                 goto fail;
@@ -258,6 +339,65 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
 fail:
         proxy_free(p);
         return NULL;
+}
+
+struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
+{
+        return proxy_new_adopt(cfg, NULL, 0, err, errlen);
+}
+
+static void start_accepting(void *arg)
+{
+        listeners_watch(arg, true);
+}
+
+int proxy_start_accepting(struct proxy *p)
+{
+        if (!p->accept_deferred)
+                return 0;
+        for (int i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                for (int j = 0; j < w->n_listeners; j++) {
+                        struct listener *l = &w->listeners[j];
+                        if (l->listen_pending && listen(l->io.fd, LISTEN_BACKLOG) < 0) {
+                                int e = errno;
+                                log_error("proxy", 0, "worker %d: listen: %s", i, strerror(e));
+                                return -e;
+                        }
+                        l->listen_pending = false;
+                }
+        }
+        for (int i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                int rc = w->started ? loop_call(w->loop, start_accepting, w, 5000)
+                                    : (start_accepting(w), 0);
+                if (rc < 0) {
+                        log_error("proxy", 0, "worker %d did not start accepting: %s", i,
+                                  strerror(-rc));
+                        return rc;
+                }
+        }
+        p->accept_deferred = false;
+        return 0;
+}
+
+size_t proxy_listeners(struct proxy *p, struct handover_listener *out, size_t max)
+{
+        size_t n = 0;
+        for (int i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                for (int j = 0; j < w->n_listeners && n < max; j++) {
+                        const struct listener *l = &w->listeners[j];
+                        if (l->io.fd < 0 || l->listen_pending)
+                                continue;
+                        out[n].fd = l->io.fd;
+                        out[n].role = l->dir == DIR_INBOUND ? HANDOVER_INBOUND : HANDOVER_OUTBOUND;
+                        out[n].worker = i;
+                        out[n].addr = l->addr;
+                        n++;
+                }
+        }
+        return n;
 }
 
 int proxy_start(struct proxy *p)
@@ -419,6 +559,7 @@ void proxy_free(struct proxy *p)
                         free(w->buf_cache[--w->n_buf_cache]);
                 if (w->spare_fd >= 0)
                         close(w->spare_fd);
+                free(w->listeners);
                 loop_free(w->loop);
         }
         free(p->workers);
@@ -445,6 +586,14 @@ void proxy_render_listeners(struct proxy *p, struct strbuf *out)
         strbuf_append(out, "[");
         for (int i = 0; i < w->n_listeners; i++) {
                 char abuf[SOCKADDR_STRLEN];
+                /* Taken over from more workers: one socket per old worker. */
+                bool seen = false;
+                for (int j = 0; j < i && !seen; j++)
+                        seen = w->listeners[j].dir == w->listeners[i].dir &&
+                               !memcmp(&w->listeners[j].addr, &w->listeners[i].addr,
+                                       sizeof(w->listeners[i].addr));
+                if (seen)
+                        continue;
                 strbuf_appendf(out, "%s{\"name\":\"%s\",\"address\":", i ? "," : "",
                                names[w->listeners[i].dir]);
                 strbuf_append_json_string(

@@ -19,6 +19,19 @@ struct proxy;
 /* Creates the workers and binds their listeners (nothing runs yet). The
  * proxy takes a new reference to cfg. On failure err says which address. */
 struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen);
+/* As proxy_new, with the listening sockets of the shuntd this one takes
+ * over (proxy/handover.h): the inbound and outbound ones it takes (their
+ * fd set to -1); workers beyond the old count bind their own. Nothing is
+ * accepted until proxy_start_accepting. err names a listener whose address
+ * this configuration does not listen on. */
+struct handover_listener;
+struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener *inh, size_t n_inh,
+                              char *err, size_t errlen);
+/* After proxy_new_adopt and proxy_start: the workers accept from now on.
+ * 0 or negative errno (logged). */
+int proxy_start_accepting(struct proxy *p);
+/* Every open listener, to hand over (fds stay the proxy's). At most max. */
+size_t proxy_listeners(struct proxy *p, struct handover_listener *out, size_t max);
 /* Starts the worker threads. */
 int proxy_start(struct proxy *p);
 /* Publishes a new configuration to the workers (takes a new reference).
