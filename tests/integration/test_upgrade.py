@@ -224,9 +224,25 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
     assert new.metric("shunt_upgrade_adopted_capture", mode="iptables") == 1
     assert new.metric("shunt_connections_accepted_total", direction="outbound") > 0
     assert new.metric("shunt_connections_accepted_total", direction="inbound") > 0
-    assert os.path.exists(sock)  # the new one serves the upgrade socket now
-    # Its own normal stop removes what it adopted.
-    assert new.stop() == 0, new.log_tail()
+    # The new one serves the upgrade socket in turn: a second upgrade, to a
+    # single worker that keeps all 3 x 4 sockets open.
+    load = Load(topo.app, T.REMOTE4, 8080, "load-out-2")
+    newer = None
+    try:
+        load.wait_progress(50)
+        newer = takeover(topo.app, upgrade_args(sock, workers="1"), name="shuntd-newer")
+        wait_log(newer, "takeover from pid %d complete" % new.proc.pid)
+        assert new.wait(15) == 0, new.log_tail()
+        load.wait_progress(100)
+        assert_clean(load.finish(), "outbound, second upgrade")
+        assert newer.metric("shunt_upgrade_adopted_listeners") == 13
+        # Its own normal stop removes what it adopted.
+        assert newer.stop() == 0, newer.log_tail()
+    finally:
+        open(load.stop_path, "w").close()
+        for d in (new, newer):
+            if d is not None:
+                d.stop()
     assert not rules_present(topo.app)
     assert not os.path.exists(sock)
 

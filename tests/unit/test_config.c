@@ -321,6 +321,7 @@ static void test_file_values(void **state)
         assert_string_equal(c->admin_token_file, "/run/shop/admin-token");
         assert_string_equal(c->metrics_address, "::");
         assert_int_equal(c->metrics_port, 16020);
+        assert_string_equal(c->upgrade_socket, "/run/shop/upgrade.sock");
         /* every key in the file is recorded as coming from it (but
          * mtls.ca_address, which excludes certificate_file: test_tls_ca_source) */
         for (size_t i = 0; i < c->n_origins; i++)

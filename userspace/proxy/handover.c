@@ -83,7 +83,13 @@ static int msg_send(int fd, const struct wire_msg *m, const int *fds, size_t n)
                 c->cmsg_len = CMSG_LEN(sizeof(int) * n);
                 memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
         }
-        ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t w;
+        /* A full socket buffer (many listeners) waits for the reader, bounded. */
+        while ((w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EAGAIN) {
+                struct pollfd p = {.fd = fd, .events = POLLOUT};
+                if (poll(&p, 1, HANDOVER_REPLY_MS) <= 0)
+                        return -ETIMEDOUT;
+        }
         if (w < 0)
                 return -errno;
         return (size_t)w == len ? 0 : -EMSGSIZE;
