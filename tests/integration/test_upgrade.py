@@ -219,6 +219,8 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
     assert st["upgrade"]["taken_over_from"] == old.proc.pid
     assert st["upgrade"]["adopted_capture"] == "iptables"
     assert st["rules"]["installed"] is True
+    out = sl.shuntctl(topo.app, "status").stdout
+    assert "took over from pid %d (9 listeners, capture iptables)" % old.proc.pid in out, out
     # 2 workers x {inbound, outbound} x {IPv4, IPv6} + admin
     assert new.metric("shunt_upgrade_adopted_listeners") == 9
     assert new.metric("shunt_upgrade_adopted_capture", mode="iptables") == 1

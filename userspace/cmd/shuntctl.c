@@ -581,6 +581,24 @@ static int cmd_status(void)
                             : "not installed",
                        inst && in_only ? ", inbound only (outbound is eBPF)" : "");
         }
+        const cJSON *up = cJSON_GetObjectItemCaseSensitive(j, "upgrade");
+        if (up) {
+                const char *sock = jstr(up, "socket", "");
+                printf("%-13s%s%s", "upgrade:", sock[0] ? "shuntd --takeover through " : "",
+                       sock[0] ? sock : "not possible (no upgrade socket)");
+                if (jnum(up, "taken_over_from", &d) && d > 0)
+                        printf("; took over from pid %.0f (%s listeners, capture %s)", d,
+                               jint(up, "adopted_listeners", b1, sizeof(b1)),
+                               jstr(up, "adopted_capture", "")[0] ? jstr(up, "adopted_capture", "")
+                                                                  : "its own");
+                const cJSON *h = cJSON_GetObjectItemCaseSensitive(up, "handovers");
+                if (h)
+                        printf("; handovers: %s completed, %s failed, %s refused",
+                               jint(h, "completed", b1, sizeof(b1)),
+                               jint(h, "failed", b2, sizeof(b2)),
+                               jint(h, "refused", b3, sizeof(b3)));
+                printf("\n");
+        }
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "connections");
         if (c)
                 printf("%-13s%s active, %s accepted, %s rejected\n",
