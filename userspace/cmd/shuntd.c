@@ -1377,7 +1377,7 @@ static int capture_takeover(struct daemon *d, char *err, size_t errlen)
                         snprintf(err, errlen, "the eBPF capture of pid %d: %s", (int)pid, found);
                         return -1;
                 }
-                char why[512];
+                char why[400];
                 if (bpf_install(d, true, why, sizeof(why)) < 0) {
                         snprintf(err, errlen, "adopting the eBPF capture of pid %d: %s", (int)pid,
                                  why);
