@@ -117,11 +117,25 @@ class Load:
         sl.wait_until(lambda: self.done(key) >= start + more, timeout,
                       what="%d more %s requests (%s)" % (more, key, self.proc.read_stderr()[-300:]))
 
-    def finish(self):
+    def stop(self):
         open(self.stop_path, "w").close()
+
+    def finish(self):
+        self.stop()
         rc = self.proc.wait(30)
         assert rc == 0, (rc, self.proc.read_stderr())
         return json.loads(self.proc.read_stdout().strip().splitlines()[-1])
+
+
+def wait_loads(loads, more, key="ok"):
+    for l in loads:
+        l.wait_progress(more, key)
+
+
+def finish_loads(loads, more):
+    """Each loop answers `more` more requests, then stops: their outcomes."""
+    wait_loads(loads, more)
+    return [l.finish() for l in loads]
 
 
 def assert_clean(result, what):
@@ -181,8 +195,7 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
     loads = start_loads(topo)
     new = None
     try:
-        for l in loads:
-            l.wait_progress(50)
+        wait_loads(loads, 50)
         # A long-lived connection through the old shuntd, open across the upgrade.
         lived = topo.app.connect(T.REMOTE4, 7000)
         assert sl.echo(lived, b"before") == b"before"
@@ -190,8 +203,7 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
         new = takeover(topo.app, upgrade_args(sock, workers="3"))
         wait_log(new, "takeover from pid %d complete" % old.proc.pid)
         wait_log(old, "handover to pid")
-        for l in loads:
-            l.wait_progress(100)
+        wait_loads(loads, 100)
         # The old one drains: the long-lived connection still carries data.
         payload = bytes(range(256)) * 8192
         assert sl.echo(lived, payload, timeout=20) == payload
@@ -199,12 +211,10 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
         lived.close()
         assert old.wait(15) == 0, old.log_tail()
         assert rules_present(topo.app)  # left to the new one
-        for l in loads:
-            l.wait_progress(100)
-        results = [l.finish() for l in loads]
+        results = finish_loads(loads, 100)
     finally:
         for l in loads:
-            open(l.stop_path, "w").close()
+            l.stop()
         if new is not None and sys.exc_info()[0] is not None:
             new.stop()
     assert_clean(results[0], "outbound")
@@ -243,7 +253,7 @@ def test_takeover_iptables_zero_refused(env, start_shuntd):
         # Its own normal stop removes what it adopted.
         assert newer.stop() == 0, newer.log_tail()
     finally:
-        open(load.stop_path, "w").close()
+        load.stop()
         for d in (new, newer):
             if d is not None:
                 d.stop()
@@ -258,23 +268,19 @@ def test_naive_restart_refuses(env, start_shuntd):
     old = start_shuntd(topo.app, upgrade_args(sock))
     loads = start_loads(topo)
     try:
-        for l in loads:
-            l.wait_progress(50)
+        wait_loads(loads, 50)
         # An open connection keeps the old one draining, as in production.
         lived = topo.app.connect(T.REMOTE4, 7000)
         old.signal(signal.SIGTERM)
         wait_log(old, "no new connections; draining")
-        for l in loads:
-            l.wait_progress(30, key="all")
+        wait_loads(loads, 30, key="all")
         lived.close()
         assert old.wait(15) == 0
         start_shuntd(topo.app, upgrade_args(sock))
-        for l in loads:
-            l.wait_progress(50)
-        results = [l.finish() for l in loads]
+        results = finish_loads(loads, 50)
     finally:
         for l in loads:
-            open(l.stop_path, "w").close()
+            l.stop()
     lost = sum(r["refused"] + r["reset"] + r["timeout"] + len(r["other"]) for r in results)
     assert lost > 0, results
 
@@ -320,8 +326,7 @@ def test_new_killed_mid_handover_old_keeps_serving(env, start_shuntd):
     old = start_shuntd(topo.app, upgrade_args(sock))
     loads = start_loads(topo)
     try:
-        for l in loads:
-            l.wait_progress(50)
+        wait_loads(loads, 50)
         # HELLO is the new shuntd's first sendmsg, READY its second.
         wrap = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendmsg",
                 "-e", "inject=sendmsg:signal=SIGKILL:when=2"]
@@ -331,8 +336,7 @@ def test_new_killed_mid_handover_old_keeps_serving(env, start_shuntd):
         failed = wait_log(old, "failed: it closed the connection")
         assert "keeps serving" in failed["msg"]
         assert "adopted the iptables capture" in dying.log_text()
-        for l in loads:
-            l.wait_progress(100)
+        wait_loads(loads, 100)
         assert rules_present(topo.app)
         assert old.metric("shunt_upgrade_handovers_total", result="failed") == 1
         # A listener whose address changed: refused before anything is adopted.
@@ -340,19 +344,16 @@ def test_new_killed_mid_handover_old_keeps_serving(env, start_shuntd):
         assert moved.wait(20) == 1, moved.log_tail()
         errors = [l["msg"] for l in moved.log_lines() if l.get("level") == "error"]
         assert len(errors) == 1 and "cannot change in an upgrade" in errors[0], errors
-        for l in loads:
-            l.wait_progress(50)
+        wait_loads(loads, 50)
         # The old one still answers and owns everything; a real takeover works.
         assert old.json("/status")["upgrade"]["handovers"]["failed"] >= 1
         new = takeover(topo.app, upgrade_args(sock))
         wait_log(new, "takeover from pid %d complete" % old.proc.pid)
         assert old.wait(20) == 0, old.log_tail()
-        for l in loads:
-            l.wait_progress(50)
-        results = [l.finish() for l in loads]
+        results = finish_loads(loads, 50)
     finally:
         for l in loads:
-            open(l.stop_path, "w").close()
+            l.stop()
     assert_clean(results[0], "outbound")
     assert_clean(results[1], "inbound")
     assert new.stop() == 0
@@ -398,7 +399,7 @@ def test_takeover_ebpf_fewer_workers(topo, cgroup):  # noqa: F811 - fixtures imp
         assert not os.path.exists(os.path.join(PINS, "link_connect4"))
     finally:
         for l in loads:
-            open(l.stop_path, "w").close()
+            l.stop()
         for d in (new, old):
             if d is not None:
                 d.stop()
