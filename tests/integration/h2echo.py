@@ -6,10 +6,13 @@ the header tests: python3-h2 on asyncio.
 
 Every request is answered once its stream ended, with a JSON object
 {"server", "headers": [[name, value], ...] (every field as received, in
-order, duplicates kept), "body_len", "sha256"} of the request. A request
+order, duplicates kept), "trailers" (the same), "body_len", "sha256"} of
+the request. A request
 with content-type application/grpc gets it the gRPC way: one
 length-prefixed message, then trailers with grpc-status 0, so a grpcio
-client calling any method gets the JSON as its reply bytes.
+client calling any method gets the JSON as its reply bytes. GET /bytes/N
+answers N bytes (a repeated pattern) as the client's flow-control windows
+allow.
 Prints "READY" once every listener is up; exits after --lifetime seconds.
 """
 
@@ -31,7 +34,8 @@ class Conn(asyncio.Protocol):
         self.h2 = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         )
-        self.streams = {}  # id -> [headers, sha256, length]
+        self.streams = {}  # id -> [headers, sha256, length, trailers]
+        self.sending = {}  # id -> bytes of a /bytes/N answer not sent yet
         self.transport = None
 
     def connection_made(self, transport):
@@ -53,7 +57,11 @@ class Conn(asyncio.Protocol):
             return
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
-                self.streams[ev.stream_id] = [list(ev.headers), hashlib.sha256(), 0]
+                self.streams[ev.stream_id] = [list(ev.headers), hashlib.sha256(), 0, []]
+            elif isinstance(ev, h2.events.TrailersReceived):
+                st = self.streams.get(ev.stream_id)
+                if st:
+                    st[3] = list(ev.headers)
             elif isinstance(ev, h2.events.DataReceived):
                 st = self.streams.get(ev.stream_id)
                 if st:
@@ -65,14 +73,40 @@ class Conn(asyncio.Protocol):
                 self.answer(ev.stream_id)
             elif isinstance(ev, h2.events.StreamReset):
                 self.streams.pop(ev.stream_id, None)
+                self.sending.pop(ev.stream_id, None)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                pass  # send_pending below
+        self.send_pending()
         self.flush()
 
+    def send_pending(self):
+        for sid in list(self.sending):
+            left = self.sending[sid]
+            while left:
+                n = min(left, self.h2.local_flow_control_window(sid),
+                        self.h2.max_outbound_frame_size)  # fmt: skip
+                if n <= 0:
+                    break
+                self.h2.send_data(sid, b"0123456789abcdef" * (n // 16) + b"x" * (n % 16))
+                left -= n
+            self.sending[sid] = left
+            if not left:
+                self.h2.end_stream(sid)
+                del self.sending[sid]
+
     def answer(self, sid):
-        headers, sha, n = self.streams.pop(sid)
+        headers, sha, n, trailers = self.streams.pop(sid)
+        path = dict(headers).get(":path", "")
+        if path.startswith("/bytes/"):
+            size = int(path[7:])
+            self.h2.send_headers(sid, [(":status", "200"), ("content-length", str(size))])
+            self.sending[sid] = size
+            return
         body = json.dumps(
             {
                 "server": self.name,
                 "headers": [[k, v] for k, v in headers],
+                "trailers": [[k, v] for k, v in trailers],
                 "body_len": n,
                 "sha256": sha.hexdigest(),
             }

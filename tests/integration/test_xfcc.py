@@ -13,6 +13,7 @@ HTTP/2 streams keep working now that inbound HTTP is proxied per request."""
 import hashlib
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -164,6 +165,9 @@ def test_http1_through_the_mesh(mesh):
     r = topo.app.curl(["--data-binary", "@" + big, url + "post"])
     (o,) = h1_json(r)
     assert o["body_len"] == BIG and xfcc_of(o["fields"]) == [want], o
+    # A large response through B's engine and its TLS client side.
+    r = topo.app.curl(["-o", "/dev/null", "-w", "%{size_download}", url + "bytes/%d" % BIG])
+    assert r.returncode == 0 and r.stdout == str(BIG), r.stdout + r.stderr
     # B proxied them request by request (its access lines say so).
     assert any("inbound http1" in l.get("msg", "") for l in b.log_lines())
 
@@ -177,6 +181,17 @@ def test_http1_pipelined_on_mesh_tls(mesh):
     assert [o["path"] for o in out] == ["/p1", "/p2", "/p3"], out
     for o in out:
         assert xfcc_of(o["fields"]) == [ours(hashes["tester"], TESTER_ID)], o
+
+
+def test_http1_trailer_carries_no_identity(mesh):
+    """An XFCC in a chunked request's trailer is refused (400) before
+    anything reaches the application, like the other authorizing fields."""
+    topo, a, b, tester, hashes = mesh
+    data = ("POST /t HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "4\r\nbody\r\n0\r\nX-Forwarded-Client-Cert: " + FORGED + "\r\n\r\n")  # fmt: skip
+    r = pki.s_client(topo.app, T.REMOTE4, tester, sni_port=H1_PORT, data=data)
+    assert r.stdout.startswith("HTTP/1.1 400"), r.stdout + r.stderr
+    assert "trailer" in r.stdout, r.stdout
 
 
 def test_http2_through_the_mesh(mesh):
@@ -199,6 +214,56 @@ def test_http2_through_the_mesh(mesh):
     (o,) = h1_json(r)
     assert o["body_len"] == BIG and o["sha256"] == hashlib.sha256(data).hexdigest(), o
     assert xfcc_of(o["headers"]) == [want], o
+    # Large responses on concurrent streams, paced by the windows end to end.
+    r = topo.app.run(["nghttp", "-n", "-s", "-m", "4", url.replace("/s", "/bytes/%d" % BIG)],
+                     timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    # nghttp -s: one line per stream "id end start process code size path".
+    assert len(re.findall(r"^\s*\d+\s+\S+\s+\S+\s+\S+\s+200\s+3M\s+/bytes/", r.stdout, re.M)) == 4, r.stdout
+    r = topo.app.curl(["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{size_download}",
+                       url.replace("/s", "/bytes/%d" % BIG)])  # fmt: skip
+    assert r.returncode == 0 and r.stdout == str(BIG), r.stdout + r.stderr
+
+
+H2_TRAILERS_CLIENT = r"""
+import json, socket, sys
+import h2.connection, h2.events
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c = h2.connection.H2Connection()
+c.initiate_connection()
+sid = c.get_next_available_stream_id()
+c.send_headers(sid, [(":method", "POST"), (":path", "/t"), (":scheme", "http"),
+                     (":authority", "web2"), ("te", "trailers")])
+c.send_data(sid, b"body")
+c.send_headers(sid, [("x-forwarded-client-cert", sys.argv[3]), ("x-trailer", "kept")],
+               end_stream=True)
+s.sendall(c.data_to_send())
+body, done = b"", False
+while not done:
+    data = s.recv(65536)
+    if not data:
+        break
+    for ev in c.receive_data(data):
+        if isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+            body += ev.data
+            c.acknowledge_received_data(ev.flow_controlled_length, sid)
+        elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+            done = True
+    s.sendall(c.data_to_send())
+print(body.decode())
+"""
+
+
+def test_http2_trailers_carry_no_identity(mesh):
+    """An XFCC in a request's trailers (python3-h2 as the client) never
+    reaches the application; the other trailer fields do."""
+    topo, a, b, tester, hashes = mesh
+    r = topo.app.run(["/usr/bin/python3", "-c", H2_TRAILERS_CLIENT, VIP_H2, str(H2_PORT), FORGED],
+                     timeout=30, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    o = json.loads(r.stdout)
+    assert o["body_len"] == 4 and o["trailers"] == [["x-trailer", "kept"]], o
+    assert xfcc_of(o["headers"]) == [ours(hashes["a"], CLIENT_ID)], o
 
 
 def test_grpc_through_the_mesh(mesh):

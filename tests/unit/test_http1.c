@@ -618,6 +618,7 @@ static void test_chunked_errors(void **state)
                            HTTP1_E_TRAILER_FORBIDDEN);
         expect_chunk_error("0\r\nHOST: evil\r\n\r\n", HTTP1_E_TRAILER_FORBIDDEN);
         expect_chunk_error("0\r\nAuthorization: x\r\n\r\n", HTTP1_E_TRAILER_FORBIDDEN);
+        expect_chunk_error("0\r\nX-Forwarded-Client-Cert: By=x\r\n\r\n", HTTP1_E_TRAILER_FORBIDDEN);
 
         /* bounded extension and trailer */
         struct http1_limits lim;

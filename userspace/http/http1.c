@@ -1021,6 +1021,7 @@ static bool trailer_forbidden(const struct http1_chunked *c)
             "proxy-authorization",
             "cookie",
             "set-cookie",
+            "x-forwarded-client-cert", /* only a sidecar states an identity (proxy/xfcc.h) */
         };
         if (c->line_len >= sizeof(c->name))
                 return false; /* longer than any of them */

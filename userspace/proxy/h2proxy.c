@@ -1442,6 +1442,10 @@ static int cl_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8
         if (st->too_big)
                 return 0;
         struct hdrs *h = f->headers.cat == NGHTTP2_HCAT_REQUEST ? &st->req : &st->qtrail;
+        /* Trailers never carry an identity: an XFCC there is dropped (the
+         * head's goes by xfcc_action). */
+        if (h == &st->qtrail && nl == sizeof(XFCC_NAME) - 1 && !memcmp(name, XFCC_NAME, nl))
+                return 0;
         if (hdrs_add(h, name, nl, value, vl) < 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         return 0;
