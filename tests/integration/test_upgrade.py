@@ -317,6 +317,34 @@ def test_socket_of_another_uid_refused(env):
         os.unlink(sock)
 
 
+def test_bad_peers_on_the_upgrade_socket(env, start_shuntd):
+    """Garbage on the upgrade socket is dropped; a connection that holds it
+    makes a takeover meanwhile refused (one handover at a time), bounded by
+    the hello timeout; the old one serves throughout."""
+    topo, sock = env
+    old = start_shuntd(topo.app, upgrade_args(sock))
+    junk = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    junk.connect(sock)
+    junk.send(b"not a handover message")
+    wait_log(old, "left before HELLO: malformed message")
+    junk.close()
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        holder.connect(sock)  # and sends nothing; accepted before the next (FIFO)
+        d = takeover(topo.app, upgrade_args(sock), name="shuntd-refused")
+        assert d.wait(20) == 1, d.log_tail()
+        errors = [l["msg"] for l in d.log_lines() if l.get("level") == "error"]
+        assert len(errors) == 1 and "a handover is already in progress" in errors[0], errors
+        # The holder is dropped after the hello timeout (5 s).
+        holder.settimeout(15)
+        assert holder.recv(64) == b""
+    finally:
+        holder.close()
+    assert old.metric("shunt_upgrade_handovers_total", result="refused") == 1
+    assert old.json("/status")["ready"] is True
+    assert rules_present(topo.app)
+
+
 def test_new_killed_mid_handover_old_keeps_serving(env, start_shuntd):
     """The new shuntd dies (SIGKILL, injected by strace at its READY) after
     it received every socket and adopted the rules: the old one serves on,

@@ -512,7 +512,13 @@ static int recv_wait(struct handover_client *c, struct wire_msg *m, int *fds, si
                 return -ETIMEDOUT;
         if (r < 0)
                 return -errno;
-        return msg_recv(c->fd, m, fds, nfds);
+        int rc = msg_recv(c->fd, m, fds, nfds);
+        /* A peer that closed with our message unread makes the first read
+         * report ECONNRESET even when its last message (a refusal) waits:
+         * the error is reported once, the message is read next. */
+        if (rc == -ECONNRESET && msg_recv(c->fd, m, fds, nfds) == 0)
+                rc = 0;
+        return rc;
 }
 
 static const char *recv_error(int rc)
@@ -664,7 +670,8 @@ int handover_client_connect(const char *path, struct handover_client **out, char
         struct wire_msg hello;
         msg_init(&hello, MSG_HELLO);
         rc = msg_send(c->fd, &hello, NULL, 0);
-        if (rc < 0) {
+        /* Refused at once: the refusal waits in our queue (read below). */
+        if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
                 snprintf(err, errlen, "upgrade.socket %s: HELLO: %s", path, strerror(-rc));
                 goto fail;
         }
