@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/file.h"
 #include "core/log.h"
 
 #define COMP "authz"
@@ -124,27 +125,11 @@ static int label_line(const char *line, size_t len, size_t *klen, char *buf, siz
 int authz_labels_read(const char *path, struct authz_labels **out, char *err, size_t errlen)
 {
         *out = NULL;
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-                int e = errno;
-                snprintf(err, errlen, "%s: %s", path, strerror(e));
-                return e == ENOENT ? -ENOENT : -e;
-        }
-        char *data = malloc(AUTHZ_LABELS_FILE_MAX + 1);
-        size_t len = 0;
-        ssize_t r = 0;
-        while (data && len <= AUTHZ_LABELS_FILE_MAX &&
-               (r = read(fd, data + len, AUTHZ_LABELS_FILE_MAX + 1 - len)) > 0)
-                len += (size_t)r;
-        close(fd);
-        if (!data || r < 0 || len > AUTHZ_LABELS_FILE_MAX) {
-                snprintf(err, errlen, "%s: %s", path,
-                         !data   ? "out of memory"
-                         : r < 0 ? "read failed"
-                                 : "larger than 64 KiB");
-                free(data);
-                return !data ? -ENOMEM : -E2BIG;
-        }
+        char *data;
+        size_t len;
+        int frc = file_read(path, AUTHZ_LABELS_FILE_MAX, &data, &len, err, errlen);
+        if (frc < 0)
+                return frc;
         struct authz_labels *l = calloc(1, sizeof(*l));
         char val[1024];
         int rc = l ? 0 : -ENOMEM;

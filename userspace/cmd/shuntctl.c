@@ -26,6 +26,8 @@
 #include <unistd.h>
 
 #include "check/check.h"
+#include "core/file.h"
+#include "core/clock.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/strbuf.h"
@@ -154,18 +156,11 @@ static int parse_endpoint(const char *s, struct endpoint *ep)
         return 0;
 }
 
-static int64_t now_ms(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits for events on fd until the deadline. Returns 0 or -ETIMEDOUT/-errno. */
 static int wait_fd(int fd, short events, int64_t deadline)
 {
         for (;;) {
-                int64_t left = deadline - now_ms();
+                int64_t left = deadline - (int64_t)clock_mono_ms();
                 if (left <= 0)
                         return -ETIMEDOUT;
                 struct pollfd pfd = {.fd = fd, .events = events};
@@ -258,13 +253,12 @@ static void admin_token(char *buf, size_t len)
                 cJSON_Delete(j);
                 free(r.body);
         }
-        FILE *f = path[0] ? fopen(path, "re") : NULL;
-        if (!f)
+        char *tok, why[600];
+        size_t n;
+        if (!path[0] || file_read_token(path, len - 1, &tok, &n, why, sizeof(why)) < 0)
                 return;
-        size_t n = fread(buf, 1, len - 1, f);
-        fclose(f);
-        buf[n] = '\0';
-        buf[strcspn(buf, "\r\n")] = '\0';
+        memcpy(buf, tok, n + 1);
+        free(tok);
 }
 
 static void http_call(const char *method, const char *path, const char *body,
@@ -274,7 +268,7 @@ static void http_call(const char *method, const char *path, const char *body,
         if (parse_endpoint(g_admin, &ep) < 0)
                 die_usage("invalid admin address '%s' (want HOST:PORT, e.g. %s)", g_admin,
                           DEFAULT_ADMIN);
-        int64_t deadline = now_ms() + TIMEOUT_MS;
+        int64_t deadline = (int64_t)clock_mono_ms() + TIMEOUT_MS;
         char err[256];
         int fd = connect_to(&ep, deadline, err, sizeof(err));
         if (fd < 0)
@@ -963,13 +957,6 @@ static long long accepted_total(void)
 #define WAIT_IDLE_QUIET_MS 2000
 #define WAIT_IDLE_POLL_MS  200
 
-static uint64_t mono_ms(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static int cmd_wait_idle(const char *seconds)
 {
         long max_s = 30;
@@ -979,11 +966,11 @@ static int cmd_wait_idle(const char *seconds)
                 if (*end || end == seconds || max_s < 1 || max_s > 3600)
                         die_usage("invalid wait '%s' (want seconds 1..3600)", seconds);
         }
-        uint64_t start = mono_ms(), since = start;
+        uint64_t start = clock_mono_ms(), since = start;
         long long last = -2;
         for (;;) {
                 long long n = accepted_total();
-                uint64_t now = mono_ms();
+                uint64_t now = clock_mono_ms();
                 if (n < 0) {
                         printf("shuntd at %s is gone: nothing to wait for\n", g_admin);
                         return 0;
@@ -1284,7 +1271,7 @@ static int cmd_cleanup(int argc, char **argv)
         if (parse_endpoint(g_admin, &ep) < 0)
                 die_usage("invalid admin address '%s' (want HOST:PORT, e.g. %s)", g_admin,
                           DEFAULT_ADMIN);
-        int fd = connect_to(&ep, now_ms() + 1000, err, sizeof(err));
+        int fd = connect_to(&ep, (int64_t)clock_mono_ms() + 1000, err, sizeof(err));
         if (fd >= 0) {
                 close(fd);
                 if (!force)

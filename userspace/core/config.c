@@ -1,5 +1,6 @@
 /* Configuration: one table of key descriptors drives defaults, the JSON file,
  * the environment, the flags, validation messages, --help and the dump. */
+#include "core/file.h"
 #include "core/config.h"
 
 #include <arpa/inet.h>
@@ -1096,62 +1097,6 @@ static int walk(struct ctx *x, const cJSON *obj, const char *prefix)
         return 0;
 }
 
-/* Reads the whole file (a regular file, a pipe or /dev/stdin), at most
- * CONFIG_FILE_MAX bytes, NUL-terminated. */
-static int read_file(struct ctx *x, const char *path, char **out, size_t *len)
-{
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-                int e = errno;
-                errf(x, "config: %s: cannot open: %s", path, strerror(e));
-                return -e;
-        }
-        size_t cap = 4096, got = 0;
-        char *buf = malloc(cap);
-        int rc = 0;
-        while (buf) {
-                if (got + 1 == cap) {
-                        if (cap > CONFIG_FILE_MAX) {
-                                errf(x, "config: %s: larger than %u bytes", path, CONFIG_FILE_MAX);
-                                rc = -EFBIG;
-                                break;
-                        }
-                        char *nb = realloc(buf, cap * 2);
-                        if (!nb) {
-                                rc = -ENOMEM;
-                                errf(x, "config: %s: %s", path, strerror(ENOMEM));
-                                break;
-                        }
-                        buf = nb;
-                        cap *= 2;
-                }
-                ssize_t r = read(fd, buf + got, cap - 1 - got);
-                if (r < 0 && errno == EINTR)
-                        continue;
-                if (r < 0) {
-                        rc = -errno;
-                        errf(x, "config: %s: cannot read: %s", path, strerror(-rc));
-                        break;
-                }
-                if (r == 0)
-                        break;
-                got += (size_t)r;
-        }
-        close(fd);
-        if (!buf) {
-                errf(x, "config: %s: %s", path, strerror(ENOMEM));
-                rc = -ENOMEM;
-        }
-        if (rc) {
-                free(buf);
-                return rc;
-        }
-        buf[got] = '\0';
-        *out = buf;
-        *len = got;
-        return 0;
-}
-
 static unsigned line_of(const char *buf, const char *pos)
 {
         unsigned line = 1;
@@ -1164,7 +1109,11 @@ static int load_file(struct ctx *x, const char *path)
 {
         char *buf = NULL;
         size_t len = 0;
-        int rc = read_file(x, path, &buf, &len);
+        char why[CONFIG_PATH_MAX + 64];
+        /* a regular file, a pipe or /dev/stdin */
+        int rc = file_read(path, CONFIG_FILE_MAX, &buf, &len, why, sizeof(why));
+        if (rc < 0)
+                errf(x, "config: %s", why);
         if (rc)
                 return rc;
         const char *nul = memchr(buf, '\0', len);

@@ -38,13 +38,6 @@ struct loop {
         struct loop_task *task_tail;
 };
 
-uint64_t clock_mono_ms(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 uint64_t loop_now_ms(const struct loop *loop)
 {
         return loop->now_ms;

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/clock.h"
+
 struct loop;
 struct loop_io;
 struct loop_timer;
@@ -43,7 +45,6 @@ void loop_stop(struct loop *loop);
 
 /* Monotonic time in milliseconds, cached once per loop iteration. */
 uint64_t loop_now_ms(const struct loop *loop);
-uint64_t clock_mono_ms(void);
 
 static inline void loop_io_init(struct loop_io *io, int fd, loop_io_fn fn, void *data)
 {

@@ -16,5 +16,7 @@ socklen_t sockaddr_len(const struct sockaddr_storage *ss);
 /* Builds an address from a literal ("0.0.0.0", "::1") and a port. 0 or -EINVAL. */
 int sockaddr_from_string(const char *ip, uint16_t port, struct sockaddr_storage *out);
 bool sockaddr_is_any(const struct sockaddr_storage *ss);
+/* Same family, address and port (and IPv6 scope). */
+bool sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 
 #endif

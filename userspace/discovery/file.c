@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/file.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/loop.h"
@@ -963,23 +964,15 @@ int disc_file_check(struct disc_file *f, char *err, size_t errlen)
                          S_ISREG(st.st_mode) ? "larger than 64 MiB" : "not a regular file");
                 return reject(f, -EINVAL, msg, err, errlen);
         }
-        size_t len = (size_t)st.st_size;
-        char *buf = malloc(len + 1);
-        if (!buf) {
-                close(fd);
-                return reject(f, -ENOMEM, "out of memory reading the file registry", err, errlen);
-        }
-        size_t got = 0;
-        while (got < len) {
-                ssize_t n = read(fd, buf + got, len - got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        break;
-                got += (size_t)n;
-        }
+        char *buf;
+        size_t got;
+        int frc = file_read_fd(fd, DISC_FILE_MAX_BYTES, &buf, &got);
         close(fd);
-        buf[got] = '\0';
+        if (frc < 0) {
+                snprintf(msg, sizeof(msg), "%.300s: %s", f->path,
+                         frc == -EFBIG ? "larger than 64 MiB" : strerror(-frc));
+                return reject(f, frc, msg, err, errlen);
+        }
         struct disc_specs specs;
         int rc = disc_file_parse(f->path, buf, got, &specs, msg, sizeof(msg));
         free(buf);

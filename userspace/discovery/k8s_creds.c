@@ -21,6 +21,7 @@
 #include <yaml.h>
 #endif
 
+#include "core/file.h"
 #include "core/log.h"
 
 #define COMP "discovery"
@@ -46,44 +47,6 @@ struct k8s_creds {
         struct stat token_st;
 };
 
-static int read_small_file(const char *path, size_t max, char **out, size_t *outlen, char *err,
-                           size_t errlen)
-{
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0) {
-                snprintf(err, errlen, "%s: %s", path, strerror(errno));
-                if (fd >= 0)
-                        close(fd);
-                return -errno;
-        }
-        if (!S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
-                snprintf(err, errlen, "%s: not a regular file of at most %zu bytes", path, max);
-                close(fd);
-                return -EINVAL;
-        }
-        char *buf = malloc((size_t)st.st_size + 1);
-        if (!buf) {
-                close(fd);
-                snprintf(err, errlen, "%s: out of memory", path);
-                return -ENOMEM;
-        }
-        size_t got = 0;
-        while (got < (size_t)st.st_size) {
-                ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        break;
-                got += (size_t)n;
-        }
-        close(fd);
-        buf[got] = '\0';
-        *out = buf;
-        *outlen = got;
-        return 0;
-}
-
 /* Refreshes the bearer token from its file when the file changed (a
  * projected service-account token is rotated in place). */
 /* Caller holds k->mu. */
@@ -104,7 +67,7 @@ static void token_refresh(struct k8s_creds *k)
         char *buf;
         size_t len;
         char err[K8S_CREDS_ERROR_MAX];
-        if (read_small_file(k->token_file, K8S_TOKEN_MAX - 1, &buf, &len, err, sizeof(err))) {
+        if (file_read(k->token_file, K8S_TOKEN_MAX - 1, &buf, &len, err, sizeof(err))) {
                 log_warn(COMP, 0, "kubernetes: token: %s (keeping the last token)", err);
                 return;
         }
@@ -301,7 +264,7 @@ static int load_kubeconfig(struct k8s_creds *k, const char *path, char *err, siz
         char *text;
         size_t len;
         char msg[K8S_CREDS_ERROR_MAX];
-        if (read_small_file(path, K8S_KUBECONFIG_MAX, &text, &len, msg, sizeof(msg))) {
+        if (file_read(path, K8S_KUBECONFIG_MAX, &text, &len, msg, sizeof(msg))) {
                 snprintf(err, errlen, "kubernetes: kubeconfig %s", msg);
                 return -EINVAL;
         }
@@ -429,7 +392,7 @@ int k8s_pod_namespace(char *out, size_t len)
         snprintf(path, sizeof(path), "%s/namespace", sa_dir());
         char *buf;
         size_t n;
-        if (read_small_file(path, 256, &buf, &n, err, sizeof(err)) < 0)
+        if (file_read(path, 256, &buf, &n, err, sizeof(err)) < 0)
                 return -ENOENT;
         while (n && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
                 buf[--n] = '\0';

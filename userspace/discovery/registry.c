@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "core/hash.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "discovery/registry-int.h"
@@ -158,22 +159,12 @@ static int addr_cmp(const struct disc_addr *a, const struct disc_addr *b)
         return a->port < b->port ? -1 : a->port > b->port;
 }
 
-static inline uint64_t mix64(uint64_t x)
-{
-        x ^= x >> 33;
-        x *= 0xff51afd7ed558ccdULL;
-        x ^= x >> 33;
-        x *= 0xc4ceb9fe1a85ec53ULL;
-        x ^= x >> 33;
-        return x;
-}
-
 static inline uint64_t addr_hash(const struct disc_addr *a)
 {
         uint64_t w0, w1;
         memcpy(&w0, a->addr, 8);
         memcpy(&w1, a->addr + 8, 8);
-        return mix64(w0 ^ mix64(w1 ^ ((uint64_t)a->family << 16 | a->port)));
+        return hash_fmix64(w0 ^ hash_fmix64(w1 ^ ((uint64_t)a->family << 16 | a->port)));
 }
 
 static inline bool addr_eq(const struct disc_addr *a, const struct disc_addr *b)
@@ -195,7 +186,7 @@ static uint64_t name_hash(const char *ns, const char *name)
         uint64_t h = str_hash(0xcbf29ce484222325ULL, ns);
         h ^= '/';
         h *= 0x100000001b3ULL;
-        return mix64(str_hash(h, name));
+        return hash_fmix64(str_hash(h, name));
 }
 
 /* ---- defaults ------------------------------------------------------------ */
@@ -229,7 +220,7 @@ static void slot_table_unref(struct slot_table *t)
 
 static uint64_t ep_key_hash(uint32_t svc, const struct disc_addr *a)
 {
-        return mix64(addr_hash(a) ^ svc);
+        return hash_fmix64(addr_hash(a) ^ svc);
 }
 
 static int grow_buckets(uint32_t **buckets, uint32_t *nb, uint32_t want)
@@ -1233,8 +1224,7 @@ int disc_registry_publish(struct disc_registry *r)
 {
         if (!r->dirty)
                 return 0;
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        uint64_t t0 = clock_mono_ns();
         uint32_t ns = r->n_svcs, ne = r->n_eps, nv = 0, np = 0;
         size_t strbytes = 0;
         uint32_t *order = malloc(((size_t)ns + 1) * sizeof(*order));
@@ -1426,9 +1416,7 @@ int disc_registry_publish(struct disc_registry *r)
         r->version = snap->version;
         r->published_ms = disc_now_ms(r);
         r->snapshot_bytes = a.off;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        r->build_us_last =
-            (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000);
+        r->build_us_last = (clock_mono_ns() - t0) / 1000;
         r->dirty = false;
         snapshot_publish(&r->slot, &snap->base);
         log_debug(COMP, 0, "published snapshot %llu: %u services, %u endpoints, %zu bytes",

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/file.h"
+
 static const char *const capture_names[] = {"iptables", "ebpf", "auto", NULL};
 static const char *const pull_names[] = {"Always", "IfNotPresent", "Never", NULL};
 static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
@@ -292,36 +294,16 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
 int inject_config_load(const char *path, struct inject_config **out, char *err, size_t errlen)
 {
         *out = NULL;
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-                int e = errno;
-                errf(err, errlen, "inject config %s: %s", path, strerror(e));
-                return -e;
+        char *buf, why[512];
+        size_t len;
+        int rc = file_read(path, INJECT_MAX_CONFIG_BYTES, &buf, &len, why, sizeof(why));
+        if (rc < 0) {
+                errf(err, errlen, "inject config %s", why);
+                return rc;
         }
-        char *buf = malloc(INJECT_MAX_CONFIG_BYTES + 1);
-        size_t len = 0;
-        ssize_t n = 0;
-        while (buf && len <= INJECT_MAX_CONFIG_BYTES &&
-               (n = read(fd, buf + len, INJECT_MAX_CONFIG_BYTES + 1 - len)) > 0)
-                len += (size_t)n;
-        int e = n < 0 ? errno : 0;
-        close(fd);
-        if (!buf)
-                return -ENOMEM;
-        int rc;
-        if (e) {
-                errf(err, errlen, "inject config %s: %s", path, strerror(e));
-                rc = -e;
-        } else if (len > INJECT_MAX_CONFIG_BYTES) {
-                errf(err, errlen, "inject config %s: larger than %u bytes", path,
-                     INJECT_MAX_CONFIG_BYTES);
-                rc = -EFBIG;
-        } else {
-                char why[512];
-                rc = inject_config_parse(buf, len, out, why, sizeof(why));
-                if (rc)
-                        errf(err, errlen, "%s (file %s)", why, path);
-        }
+        rc = inject_config_parse(buf, len, out, why, sizeof(why));
+        if (rc)
+                errf(err, errlen, "%s (file %s)", why, path);
         free(buf);
         return rc;
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "capture.skel.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/prom.h"
 
@@ -1013,13 +1014,6 @@ static void append_endpoint(struct strbuf *out, uint16_t family, const uint8_t a
         strbuf_appendf(out, af == AF_INET6 ? "\"[%s]:%u\"" : "\"%s:%u\"", a, ntohs(port_be));
 }
 
-static uint64_t mono_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void append_origdst(struct strbuf *out, const struct shunt_origdst *od, uint64_t now)
 {
         strbuf_append(out, "\"original_dst\":");
@@ -1039,7 +1033,7 @@ static void render_map(struct strbuf *out, const char *name, struct bpf_map *m,
         uint32_t max = bpf_map__max_entries(m);
         size_t ksz = bpf_map__key_size(m);
         unsigned char key[64], next[64];
-        uint64_t now = mono_ns();
+        uint64_t now = clock_mono_ns();
         strbuf_appendf(out, "\"%s\":{", name);
         if (ksz > sizeof(key)) {
                 strbuf_append(out, "\"error\":\"key too large\"}");

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 
 #define COMP "iptables"
@@ -71,13 +72,6 @@ static int resolve_program(const char *prog, char *out, size_t outlen)
                 }
         }
         return -ENOENT;
-}
-
-static long long now_ms(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Appends what fd has to sb (at most max bytes kept). Returns 1 on EOF,
@@ -171,7 +165,7 @@ static int run_cmd(char *const argv[], const char *input, size_t inlen, struct s
         fcntl(out_pipe[0], F_SETFL, O_NONBLOCK);
         fcntl(err_pipe[0], F_SETFL, O_NONBLOCK);
 
-        long long deadline = now_ms() + CMD_TIMEOUT_MS;
+        uint64_t deadline = clock_mono_ms() + CMD_TIMEOUT_MS;
         bool out_open = true, err_open = true, timed_out = false;
         while (out_open || err_open) {
                 struct pollfd pf[2];
@@ -180,7 +174,7 @@ static int run_cmd(char *const argv[], const char *input, size_t inlen, struct s
                         pf[n++] = (struct pollfd){.fd = out_pipe[0], .events = POLLIN};
                 if (err_open)
                         pf[n++] = (struct pollfd){.fd = err_pipe[0], .events = POLLIN};
-                long long left = deadline - now_ms();
+                long long left = (long long)deadline - (long long)clock_mono_ms();
                 if (left <= 0) {
                         timed_out = true;
                         break;
@@ -220,7 +214,7 @@ static int run_cmd(char *const argv[], const char *input, size_t inlen, struct s
                         goto out_close;
                 }
                 if (w == 0) {
-                        if (now_ms() >= deadline) {
+                        if (clock_mono_ms() >= deadline) {
                                 timed_out = true;
                                 kill(pid, SIGKILL);
                         } else {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/sockaddr.h"
 #include "intercept/bpfcap.h"
 
 /* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
@@ -16,19 +17,6 @@
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
 #endif
-
-static int sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-        if (a->ss_family != b->ss_family)
-                return 0;
-        if (a->ss_family == AF_INET) {
-                const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-                return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-        }
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-}
 
 static struct bpfcap *bpf_capture;
 bool origdst_shortcut_enabled;

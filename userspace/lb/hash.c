@@ -3,21 +3,11 @@
 #include <netinet/in.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "lb/lb.h"
 
 #define FNV64_OFFSET 0xcbf29ce484222325ull
 #define FNV64_PRIME  0x100000001b3ull
-
-/* murmur3's 64-bit finalizer: every input bit affects every output bit. */
-static uint64_t fmix64(uint64_t k)
-{
-        k ^= k >> 33;
-        k *= 0xff51afd7ed558ccdull;
-        k ^= k >> 33;
-        k *= 0xc4ceb9fe1a85ec53ull;
-        k ^= k >> 33;
-        return k;
-}
 
 uint64_t lb_hash(const void *data, size_t len)
 {
@@ -28,7 +18,7 @@ uint64_t lb_hash(const void *data, size_t len)
                 h *= FNV64_PRIME;
         }
         /* Fold the length in so that prefixes of zero bytes differ. */
-        return fmix64(h ^ (uint64_t)len);
+        return hash_fmix64(h ^ (uint64_t)len);
 }
 
 uint64_t lb_mix64(uint64_t x)

@@ -135,13 +135,6 @@ static size_t addr_key(const struct sockaddr_storage *ss, unsigned char key[19])
         return 19;
 }
 
-static bool addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-        unsigned char ka[19], kb[19];
-        size_t la = addr_key(a, ka), lb = addr_key(b, kb);
-        return la == lb && memcmp(ka, kb, la) == 0;
-}
-
 static uint64_t addr_id(const struct sockaddr_storage *ss)
 {
         unsigned char key[19];
@@ -159,7 +152,7 @@ int lb_table_find(const struct lb_table *t, const struct sockaddr_storage *addr)
                 if (v == 0)
                         return -ENOENT;
                 const struct lb_endpoint *e = &t->eps[v - 1];
-                if (e->id == id && addr_equal(&e->addr, addr))
+                if (e->id == id && sockaddr_equal(&e->addr, addr))
                         return (int)(v - 1);
         }
 }

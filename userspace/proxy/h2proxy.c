@@ -866,7 +866,7 @@ static struct h2u *up_get(struct h2_worker *hw, const struct sockaddr_storage *a
         int count = 0;
         uint32_t b = (uint32_t)(upstream_key_hash(addr, identity) & (H2_UP_BUCKETS - 1));
         for (struct h2u *u = hw->up_bucket[b]; u; u = u->bnext) {
-                if (u->s.closed || u->s.dead || u->goaway || !upstream_addr_equal(&u->addr, addr) ||
+                if (u->s.closed || u->s.dead || u->goaway || !sockaddr_equal(&u->addr, addr) ||
                     strcmp(u->identity, identity))
                         continue;
                 count++;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/prom.h"
 #include "core/sockaddr.h"
@@ -103,13 +104,6 @@ static void resilience_config(const struct shunt_config *cfg, struct route_table
         if (lb_breaker_config_validate(b) < 0 || lb_outlier_config_validate(o) < 0 ||
             lb_limits_config_validate(&t->limits) < 0 || lb_retry_config_validate(r) < 0)
                 log_error("route", 0, "resilience settings out of range (see above)");
-}
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* Whether picks should consider the endpoint now: not ejected, breaker
@@ -328,7 +322,7 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
         uint64_t h = 0;
         if (e->hashed)
                 h = key_hash ? *key_hash : lb_hash_source_ip(client);
-        uint64_t now = now_ns();
+        uint64_t now = clock_mono_ns();
         /* Bounded: a refused endpoint is made unavailable, so each further
          * try sees one fewer. A retry picks among the others (local zone
          * first, then all) and comes back to the one that failed only when
@@ -554,12 +548,12 @@ void route_request_done(struct route_use *use, const struct sockaddr_storage *up
         if (o == ROUTE_CANCELLED) {
                 if (probe) {
                         lb_breaker_cancel(&st->breaker);
-                        ep_refresh(t, st, now_ns());
+                        ep_refresh(t, st, clock_mono_ns());
                 }
                 return;
         }
         passive_report(use, upstream, o == ROUTE_SUCCESS);
-        uint64_t now = now_ns();
+        uint64_t now = clock_mono_ns();
         char ubuf[SOCKADDR_STRLEN];
         int k = lb_breaker_peek(&st->breaker) == LB_BREAKER_OPEN
                     ? lb_table_find(t->entries[use->entry].lb, upstream)
@@ -805,7 +799,7 @@ void route_table_tick(struct route_table *t)
 {
         if (!t)
                 return;
-        uint64_t now = now_ns();
+        uint64_t now = clock_mono_ns();
         char ubuf[SOCKADDR_STRLEN];
         for (uint32_t i = 0; i < t->n_entries; i++) {
                 struct route_entry *e = &t->entries[i];
@@ -878,7 +872,7 @@ void route_render_metrics(struct route_table *t, struct strbuf *out)
         struct strbuf lb;
         strbuf_init(&lb);
         char ubuf[SOCKADDR_STRLEN];
-        uint64_t now = now_ns();
+        uint64_t now = clock_mono_ns();
         for (int f = 0; f < F__COUNT; f++) {
                 prom_family(out, fam[f][0], fam[f][1], fam[f][2]);
                 for (uint32_t i = 0; t && i < t->n_entries; i++) {
@@ -970,7 +964,7 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
 {
         strbuf_append(sb, ",\"resilience\":[");
         bool first = true;
-        uint64_t now = now_ns();
+        uint64_t now = clock_mono_ns();
         const struct route_entry *e;
         const struct disc_service *s;
         for (uint32_t i = 0; (e = next_entry_of(t, svc, &i, &s));) {
@@ -1011,7 +1005,7 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
 {
         strbuf_append(sb, ",\"resilience\":[");
         bool first = true;
-        uint64_t now = now_ns();
+        uint64_t now = clock_mono_ns();
         const struct route_entry *e;
         const struct disc_service *s;
         for (uint32_t i = 0; (e = next_entry_of(t, svc, &i, &s));) {
@@ -1044,7 +1038,7 @@ int route_force_open(struct route_table *t, const char *service,
                      const struct sockaddr_storage *addr, bool on)
 {
         int found = 0;
-        uint64_t now = now_ns();
+        uint64_t now = clock_mono_ns();
         for (uint32_t i = 0; t && i < t->n_entries; i++) {
                 const struct route_entry *e = &t->entries[i];
                 if (!e->lb)

@@ -154,24 +154,10 @@ static uint32_t key_bucket(const struct sockaddr_storage *addr, const char *iden
         return (uint32_t)(upstream_key_hash(addr, identity) & (POOL_BUCKETS - 1));
 }
 
-bool upstream_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-        if (a->ss_family != b->ss_family)
-                return false;
-        if (a->ss_family == AF_INET) {
-                const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-                return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-        }
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0 &&
-               x->sin6_scope_id == y->sin6_scope_id;
-}
-
 static bool same_key(const struct upstream *u, const struct sockaddr_storage *addr,
                      const char *identity)
 {
-        return upstream_addr_equal(&u->addr, addr) && strcmp(u->identity, identity) == 0;
+        return sockaddr_equal(&u->addr, addr) && strcmp(u->identity, identity) == 0;
 }
 
 static void pool_unlink(struct upstream *u)

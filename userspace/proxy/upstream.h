@@ -80,10 +80,9 @@ struct warn_limit {
 bool warn_limit_allow(struct warn_limit *wl, uint64_t now_ms, const char *component);
 
 /* The key of a reusable upstream connection (the pool's, h2proxy's
- * sessions): a hash of (address, identity), and address equality (family,
- * address, port; scope for IPv6). */
+ * sessions): a hash of (address, identity); equal addresses are
+ * sockaddr_equal's (core/sockaddr.h). */
 uint64_t upstream_key_hash(const struct sockaddr_storage *addr, const char *identity);
-bool upstream_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 
 /* recv/send on fd, through tls when it is set; -1 with errno on failure. */
 ssize_t upstream_io_recv(int fd, struct tls_conn *tls, void *buf, size_t len);

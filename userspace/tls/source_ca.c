@@ -21,6 +21,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "core/file.h"
 #include "core/curlloop.h"
 #include "core/log.h"
 #include "core/prom.h"
@@ -280,54 +281,6 @@ static int sockopt_cb(void *ud, curl_socket_t fd, curlsocktype purpose)
         return CURL_SOCKOPT_OK;
 }
 
-/* The token file, trimmed; malloc'd. */
-static int read_token(const char *path, char **out, size_t *outlen, char *err, size_t errlen)
-{
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-                int e = errno;
-                snprintf(err, errlen, "token file %s cannot be read: %s", path, strerror(e));
-                return -e;
-        }
-        char *buf = malloc(TLS_CA_TOKEN_MAX + 2);
-        size_t n = 0;
-        ssize_t k = 0;
-        while (buf && n < TLS_CA_TOKEN_MAX + 1 &&
-               (k = read(fd, buf + n, TLS_CA_TOKEN_MAX + 1 - n)) > 0)
-                n += (size_t)k;
-        int e = errno;
-        close(fd);
-        if (!buf)
-                return -ENOMEM;
-        if (k < 0) {
-                free(buf);
-                snprintf(err, errlen, "token file %s cannot be read: %s", path, strerror(e));
-                return -e;
-        }
-        if (n > TLS_CA_TOKEN_MAX) {
-                free(buf);
-                snprintf(err, errlen, "token file %s holds more than %d bytes", path,
-                         TLS_CA_TOKEN_MAX);
-                return -E2BIG;
-        }
-        while (n && isspace((unsigned char)buf[n - 1]))
-                n--;
-        size_t start = 0;
-        while (start < n && isspace((unsigned char)buf[start]))
-                start++;
-        memmove(buf, buf + start, n - start);
-        n -= start;
-        buf[n] = '\0';
-        if (n == 0) {
-                free(buf);
-                snprintf(err, errlen, "token file %s is empty", path);
-                return -EINVAL;
-        }
-        *out = buf;
-        *outlen = n;
-        return 0;
-}
-
 static void note(struct ca_src *s, bool ok, const char *result, long status, const char *msg)
 {
         s->last_time = time(NULL);
@@ -346,8 +299,11 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
         size_t tlen = 0;
         tls_file_sig_get(s->token_file, &s->sig[0]);
         tls_file_sig_get(s->bundle_file, &s->sig[1]);
-        int rc = read_token(s->token_file, &token, &tlen, err, errlen);
+        char tok_why[PATH_MAX + 64];
+        int rc = file_read_token(s->token_file, TLS_CA_TOKEN_MAX, &token, &tlen, tok_why,
+                                 sizeof(tok_why));
         if (rc < 0) {
+                snprintf(err, errlen, "token file %s", tok_why);
                 note(s, false, "token_unreadable", 0, err);
                 return rc;
         }
