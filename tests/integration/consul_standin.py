@@ -441,7 +441,10 @@ class Api:
             ThreadingHTTPServer.daemon_threads = True
             srv = ThreadingHTTPServer((self.host, self.port), self.handler)
             if self.tls:
-                srv.socket = self.tls.wrap_socket(srv.socket, server_side=True)
+                # The handshake runs in the request's thread (on its first
+                # read), so a client that never sends one holds no accept.
+                srv.socket = self.tls.wrap_socket(srv.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
             self.port = srv.server_address[1]
             threading.Thread(target=srv.serve_forever, daemon=True).start()
             self.server = srv

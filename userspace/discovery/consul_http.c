@@ -279,8 +279,10 @@ static int failure(struct chttp *r, CURLcode rc, char *why, size_t whylen)
         case CURLE_SEND_ERROR:
                 /* With TLS 1.3 an agent that wants a client certificate
                  * says so with an alert after the client's handshake ends:
-                 * the first read fails, not the handshake. */
-                if (c->https && (rc == CURLE_SSL_CONNECT_ERROR || strstr(detail, "alert"))) {
+                 * the first read fails, not the handshake, and when the
+                 * agent's close overtakes its alert, with a reset. */
+                if (c->https && (rc == CURLE_SSL_CONNECT_ERROR || strstr(detail, "alert") ||
+                                 !c->cert_file[0])) {
                         snprintf(why, whylen, "TLS: the agent refused the connection%s (%s)",
                                  c->cert_file[0] ? ""
                                                  : "; it may require a client certificate and "
