@@ -123,17 +123,6 @@ void admin_respond_error(struct admin_response *resp, int status, const char *ms
         strbuf_append(&resp->body, "}\n");
 }
 
-static int hexval(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* Decodes s[0..n) (percent escapes, '+' as space) into out; returns the decoded
  * length or -ENOSPC. */
 static int form_decode(const char *s, size_t n, char *out, size_t outlen)
@@ -143,9 +132,10 @@ static int form_decode(const char *s, size_t n, char *out, size_t outlen)
                 char c = s[i];
                 if (c == '+') {
                         c = ' ';
-                } else if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 &&
-                           hexval(s[i + 2]) >= 0) {
-                        c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+                } else if (c == '%' && i + 2 < n && http1_hex_digit((unsigned char)s[i + 1]) >= 0 &&
+                           http1_hex_digit((unsigned char)s[i + 2]) >= 0) {
+                        c = (char)(http1_hex_digit((unsigned char)s[i + 1]) * 16 +
+                                   http1_hex_digit((unsigned char)s[i + 2]));
                         i += 2;
                 }
                 if (o + 1 >= outlen)

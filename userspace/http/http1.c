@@ -989,7 +989,7 @@ static ssize_t chunk_fail(struct http1_chunked *c, enum http1_error e, size_t at
         return -EPROTO;
 }
 
-static int hexval(unsigned char ch)
+int http1_hex_digit(unsigned char ch)
 {
         if (ch >= '0' && ch <= '9')
                 return ch - '0';
@@ -1043,7 +1043,7 @@ ssize_t http1_chunked_feed(struct http1_chunked *c, const char *buf, size_t len,
                 unsigned char ch = (unsigned char)buf[i];
                 switch (c->state) {
                 case CH_SIZE: {
-                        int h = hexval(ch);
+                        int h = http1_hex_digit(ch);
                         if (h >= 0) {
                                 /* At most 16 hex digits and no leading overflow;
                                  * sizes are also kept below 2^62 so offsets

@@ -182,6 +182,8 @@ bool http1_slice_eq_ci(struct http1_slice s, const char *lit); /* ASCII case-ins
 bool http1_is_token(const char *s, size_t n);
 bool http1_is_visible(const char *s, size_t n);
 bool http1_is_host(const char *s, size_t n);
+/* The value of a hex digit (chunk sizes, percent escapes), or -1. */
+int http1_hex_digit(unsigned char c);
 /* True when the comma-separated list in s holds token (case-insensitive). */
 bool http1_list_has(struct http1_slice s, const char *token);
 
