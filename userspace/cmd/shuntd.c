@@ -1313,8 +1313,9 @@ static int takeover_listener(struct daemon *d, enum handover_role role, const ch
         for (size_t i = 0; i < n; i++) {
                 if (ls[i].role != role || ls[i].fd < 0)
                         continue;
-                if (strcmp(sockaddr_format(&ls[i].addr, a, sizeof(a)),
-                           sockaddr_format(&want, b, sizeof(b))) != 0) {
+                if (!sockaddr_equal(&ls[i].addr, &want)) {
+                        sockaddr_format(&ls[i].addr, a, sizeof(a));
+                        sockaddr_format(&want, b, sizeof(b));
                         snprintf(err, errlen,
                                  "the %s listener taken over is on %s, this configuration's on "
                                  "%s: listener addresses cannot change in an upgrade",

@@ -551,8 +551,8 @@ static int listener_check(const struct handover_listener *l, char *err, size_t e
                          handover_role_name(l->role), want);
                 return -EPROTO;
         }
-        if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0 ||
-            strcmp(sockaddr_format(&ss, got, sizeof(got)), want) != 0) {
+        if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0 || !sockaddr_equal(&ss, &l->addr)) {
+                sockaddr_format(&ss, got, sizeof(got));
                 snprintf(err, errlen, "%s listener: said %s, is bound to %s",
                          handover_role_name(l->role), want, got);
                 return -EPROTO;

@@ -228,16 +228,13 @@ static void *worker_main(void *arg)
 static bool inherited_fits(const struct handover_listener *h, const struct shunt_config *cfg)
 {
         uint16_t port = h->role == HANDOVER_INBOUND ? cfg->inbound_port : cfg->outbound_port;
-        struct sockaddr_storage want;
-        char a[SOCKADDR_STRLEN], b[SOCKADDR_STRLEN];
+        struct sockaddr_storage want, a6;
         if (sockaddr_from_string(cfg->bind_address, port, &want) < 0)
                 return false;
-        if (!strcmp(sockaddr_format(&want, a, sizeof(a)), sockaddr_format(&h->addr, b, sizeof(b))))
+        if (sockaddr_equal(&want, &h->addr))
                 return true;
-        struct sockaddr_storage a6;
         sockaddr_from_string("::", port, &a6);
-        return want.ss_family == AF_INET && sockaddr_is_any(&want) &&
-               !strcmp(sockaddr_format(&a6, a, sizeof(a)), b);
+        return want.ss_family == AF_INET && sockaddr_is_any(&want) && sockaddr_equal(&a6, &h->addr);
 }
 
 /* Worker w takes the inherited listeners of the old workers w, w + n, w + 2n
