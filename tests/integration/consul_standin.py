@@ -52,7 +52,12 @@ listener takes POST /control with a JSON object {"op": ...}:
                                     moves every interval seconds with the
                                     same data (writes elsewhere, idempotent
                                     writes): blocked queries wake up for nothing
-  {"op": "set_acl", "deny": [names]} the token lacks service:read on those
+  {"op": "set_acl", "deny": [names], "deny_nodes": [nodes]}  the token
+                                    lacks service:read on those services
+                                    (left out of the catalog and of their
+                                    health), node:read on those nodes (their
+                                    instances left out of health answers);
+                                    blocked queries see it at their next answer
   {"op": "stats"}                   request counts and the last queries
 
 and answers {"ok": true, ...}. It exits after --lifetime seconds (default
@@ -91,6 +96,7 @@ class State:
         self.waits = []  # recent blocked queries: {"path", "wait", "blocked_s", "index"}
         self.zero = set()  # services answered with X-Consul-Index: 0
         self.deny = set()  # services the token cannot read
+        self.deny_nodes = set()  # nodes the token cannot read
         self.spurious_wakeups = 0
         self.last = []  # recent (path, query, token) triples
 
@@ -161,7 +167,14 @@ class State:
         s = self.services.get(name)
         return s["index"] if s else self.catalog_index
 
-    def render(self, kind, name, deny=()):
+    def render(self, kind, name, deny=(), deny_nodes=()):
+        """The answer, less what deny/deny_nodes hide, and whether something
+        was hidden."""
+        out = self.render_all(kind, name, deny, deny_nodes)
+        full = self.render_all(kind, name, (), ())
+        return out, len(out) != len(full)
+
+    def render_all(self, kind, name, deny, deny_nodes):
         if kind == "catalog":
             out = {}
             for n, s in sorted(self.services.items()):
@@ -181,6 +194,8 @@ class State:
         for i in s["instances"]:
             node = i.get("node", "node-" + i["id"])
             sid = i["id"]
+            if node in deny_nodes:
+                continue
             out.append(
                 {
                     "Node": {
@@ -332,12 +347,10 @@ def make_handler(st):
                                      "blocked_s": time.monotonic() - t0})
                     del st.waits[:-100]
                 idx = st.resource_index(kind, name)
-                deny = set(st.deny) if token else set()
-                body = st.render(kind, name, deny)
-                # what the token could not read was left out: said only to
-                # an authenticated caller, as Consul does
-                filtered = bool(deny) and (name in deny if kind == "health" else
-                                           bool(deny & set(st.services)))
+                # what the token cannot read is left out, which Consul says
+                # only to an authenticated caller
+                body, filtered = st.render(kind, name, st.deny, st.deny_nodes)
+                filtered = filtered and bool(token)
             if mode == "bad_json":
                 self.send(200, b'[{"Node": {"Node": "x"', index=idx + 1, raw=True)
                 return
@@ -401,6 +414,7 @@ def make_control(st, api):
             elif op == "set_acl":
                 with st.cv:
                     st.deny = set(req.get("deny", []))
+                    st.deny_nodes = set(req.get("deny_nodes", []))
             elif op == "stats":
                 with st.cv:
                     return {

@@ -402,6 +402,41 @@ def test_index_zero(env):
     wait_routed(d, all_passing, "all passing again")
 
 
+def test_acl_filtered(env):
+    """A token lacking node:read on a node, then service:read on web: Consul
+    answers 200 with those left out and X-Consul-Results-Filtered-By-ACLs
+    (not 403). shuntd routes what the token may see and says why the rest is
+    missing: one warning per episode, counted."""
+    topo, d, agent = env
+    wait_routed(d, all_passing, "all passing")
+
+    def denied():
+        return d.metric("shunt_discovery_access_denied_total", source="consul", type="consul")
+
+    def filtered_logs(what):
+        return [l for l in d.log_lines()
+                if "filtered out by ACLs" in l.get("msg", "") and what in l["msg"]]
+
+    metric = denied()
+    try:
+        agent.ctl(op="set_acl", deny_nodes=["node-2"])
+        wait_routed(d, lambda js: sorted(svc_eps(js)) == sorted(EP_ADDRS[:2]),
+                    "ep2 left out by ACLs")
+        assert web_watch(d)["acl_filtered"] > 0 and denied() > metric
+        sl.wait_until(lambda: web_watch(d)["acl_filtered"] >= 3, 15, what="filtered answers")
+        logs = filtered_logs("service web")
+        assert len(logs) == 1 and "only the others" in logs[0]["msg"], logs  # once, not per answer
+        agent.ctl(op="set_acl", deny_nodes=["node-0", "node-1", "node-2"])
+        sl.wait_until(lambda: filtered_logs("none is left"), 15, what="every instance filtered")
+        agent.ctl(op="set_acl", deny=["web"])
+        sl.wait_until(lambda: web(d) is None, 15, what="web left out of the catalog")
+        assert filtered_logs("catalog")
+        assert not consul_state(d)["stale"]  # a valid answer, not a failure
+    finally:
+        agent.ctl(op="set_acl")
+    wait_routed(d, all_passing, "web back once the token may read it")
+
+
 def test_catalog_learns_and_forgets_services(env):
     topo, d, agent = env
     agent.ctl(op="set_service", name="api", instances=[

@@ -170,7 +170,7 @@ struct result {
         bool done;
         int err;
         int status;
-        bool has_index, index_valid;
+        bool has_index, index_valid, filtered;
         uint64_t index;
         char body[256];
         size_t body_len;
@@ -187,6 +187,7 @@ static void on_done(void *ctx, int err, const struct chttp_resp *resp, const cha
                 r->has_index = resp->has_index;
                 r->index_valid = resp->index_valid;
                 r->index = resp->index;
+                r->filtered = resp->filtered;
                 r->body_len = resp->body_len;
                 snprintf(r->body, sizeof(r->body), "%s", resp->body);
         }
@@ -261,6 +262,7 @@ static void test_client(void **state)
         assert_int_equal(r.status, 200);
         assert_true(r.has_index && r.index_valid);
         assert_int_equal(r.index, 42);
+        assert_false(r.filtered);
         assert_string_equal(r.body, "{\"a\":1}");
         assert_non_null(strstr(s.reqs[0], "GET /v1/x?index=3 HTTP/1.1\r\n"));
         char host[64];
@@ -276,6 +278,15 @@ static void test_client(void **state)
         assert_string_equal(r.body, "[1,2,3]");
         assert_int_equal(r.body_len, 7);
         assert_int_equal(r.index, 7);
+
+        /* what the token may not read was left out (Consul's ACL filtering) */
+        r = fetch(loop, &s,
+                  "HTTP/1.1 200 OK\r\nX-Consul-Index: 8\r\n"
+                  "x-consul-results-filtered-by-acls:  true\r\nContent-Length: 2\r\n\r\n[]",
+                  1024, 2000);
+        assert_int_equal(r.err, 0);
+        assert_true(r.filtered);
+        assert_string_equal(r.body, "[]");
 
         r = fetch(loop, &s, "HTTP/1.0 404 Not Found\r\n\r\nno such thing", 1024, 2000);
         assert_int_equal(r.err, 0);

@@ -33,9 +33,10 @@ struct watch {
         bool applied;      /* body_hash is that of the answer applied last */
         bool limiting;     /* the rate limit delays queries (logged once) */
         bool zero_logged;  /* an X-Consul-Index of 0 was logged */
+        int acl_state;     /* answers filtered by ACLs: 0 no, 1 some left, 2 none left */
         uint64_t body_hash;
         struct consul_bucket bucket;
-        uint64_t requests, errors, resets, changes, unchanged, limited, zero_index;
+        uint64_t requests, errors, resets, changes, unchanged, limited, zero_index, acl_filtered;
 };
 
 struct consul {
@@ -544,6 +545,46 @@ static void watch_again(struct watch *w, uint64_t now)
         watch_next(w, delay);
 }
 
+/* An answer Consul filtered for the token (X-Consul-Results-Filtered-By-
+ * ACLs): valid, and applied as it is (it is what this token may route to),
+ * but said once per episode (and again when nothing is left), counted, and
+ * in the denied metric, so that a service or instances missing for lack of
+ * permission are not mistaken for ones that do not exist. */
+static void acl_filtered(struct watch *w, const struct chttp_resp *resp)
+{
+        struct consul *cb = w->cb;
+        if (!resp->filtered) {
+                if (w->acl_state)
+                        log_info(COMP, 0, "consul %s: %s%s: no longer filtered by ACLs",
+                                 cb->address, w->is_catalog ? "catalog" : "service ", w->name);
+                w->acl_state = 0;
+                return;
+        }
+        w->acl_filtered++;
+        disc_source_denied(cb->reg, cb->src);
+        const char *p = resp->body;
+        while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '[' || *p == '{')
+                p++;
+        int state = *p == ']' || *p == '}' ? 2 : 1;
+        if (state == w->acl_state)
+                return; /* said already */
+        w->acl_state = state;
+        if (w->is_catalog)
+                log_warn(COMP, 0,
+                         "consul %s: catalog: services filtered out by ACLs "
+                         "(X-Consul-Results-Filtered-By-ACLs): the token lacks service:read on "
+                         "them, so they are not watched or routed",
+                         cb->address);
+        else
+                log_warn(COMP, 0,
+                         "consul %s: service %s: instances filtered out by ACLs "
+                         "(X-Consul-Results-Filtered-By-ACLs): the token lacks service:read on "
+                         "it or node:read on their nodes; %s",
+                         cb->address, w->name,
+                         state == 2 ? "none is left: the service has no endpoints"
+                                    : "only the others are routed");
+}
+
 static void on_response(void *ctx, int err, const struct chttp_resp *resp, const char *why)
 {
         struct watch *w = ctx;
@@ -582,6 +623,7 @@ static void on_response(void *ctx, int err, const struct chttp_resp *resp, const
                 idx = 1;
         }
         bool reset = w->index && idx < w->index;
+        acl_filtered(w, resp);
         uint64_t h = body_hash(resp->body, resp->body_len);
         if (w->applied && h == w->body_hash) {
                 /* the wait ran out, or the index moved with the same data */
@@ -774,12 +816,13 @@ static void render_watch(const struct watch *w, struct strbuf *sb)
         strbuf_appendf(sb,
                        "\"index\":%llu,\"failures\":%u,\"requests\":%llu,\"errors\":%llu,"
                        "\"changes\":%llu,\"unchanged\":%llu,\"rate_limited\":%llu,"
-                       "\"zero_index\":%llu,\"index_resets\":%llu,\"in_flight\":%s",
+                       "\"zero_index\":%llu,\"acl_filtered\":%llu,\"index_resets\":%llu,"
+                       "\"in_flight\":%s",
                        (unsigned long long)w->index, w->failures, (unsigned long long)w->requests,
                        (unsigned long long)w->errors, (unsigned long long)w->changes,
                        (unsigned long long)w->unchanged, (unsigned long long)w->limited,
-                       (unsigned long long)w->zero_index, (unsigned long long)w->resets,
-                       w->req ? "true" : "false");
+                       (unsigned long long)w->zero_index, (unsigned long long)w->acl_filtered,
+                       (unsigned long long)w->resets, w->req ? "true" : "false");
 }
 
 static void consul_render(const void *impl, struct strbuf *sb)

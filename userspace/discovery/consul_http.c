@@ -206,10 +206,20 @@ static size_t header_cb(char *p, size_t size, size_t n, void *ud)
         struct chttp *r = ud;
         size_t len = size * n;
         static const char name[] = "X-Consul-Index:";
+        static const char filtered[] = "X-Consul-Results-Filtered-By-ACLs:";
         if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
                 /* a new status line (after a 1xx): its own headers follow */
-                r->resp.has_index = r->resp.index_valid = false;
+                r->resp.has_index = r->resp.index_valid = r->resp.filtered = false;
                 r->resp.index = 0;
+        } else if (len > sizeof(filtered) - 1 &&
+                   strncasecmp(p, filtered, sizeof(filtered) - 1) == 0) {
+                const char *v = p + sizeof(filtered) - 1;
+                size_t vn = len - (sizeof(filtered) - 1);
+                while (vn && (*v == ' ' || *v == '\t')) {
+                        v++;
+                        vn--;
+                }
+                r->resp.filtered = vn >= 4 && strncasecmp(v, "true", 4) == 0;
         } else if (len > sizeof(name) - 1 && strncasecmp(p, name, sizeof(name) - 1) == 0) {
                 struct http1_slice v = {p + sizeof(name) - 1, len - (sizeof(name) - 1)};
                 while (v.n && (v.p[0] == ' ' || v.p[0] == '\t')) {

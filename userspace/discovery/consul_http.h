@@ -22,6 +22,7 @@ struct chttp_resp {
         bool has_index;   /* an X-Consul-Index header was present */
         bool index_valid; /* ... and it was a decimal number */
         uint64_t index;   /* its value */
+        bool filtered;    /* X-Consul-Results-Filtered-By-ACLs: true */
         const char *body; /* NUL-terminated */
         size_t body_len;
 };
