@@ -1,9 +1,12 @@
 """Kubernetes discovery against a stand-in API server (k8s_standin.py, HTTPS
 with a throwaway CA, bearer token) in the app pod: Services and
 EndpointSlices listed then watched; scaling, terminating endpoints, bad
-JSON, 410 Gone (as an event and as a status), a silent stream, a killed
-and restarted API server, a rotated token. Real traffic goes through the
-service's clusterIP to http peers in the remote pod."""
+JSON, 410 Gone (as an event and as a status; endpoints kept during the
+relist), watches resumed from bookmarks while the stand-in compacts its
+history by age, a Service leaving the label selector (DELETED), RBAC 403,
+a silent stream, a killed and restarted API server, a rotated token. Real
+traffic goes through the service's clusterIP to http peers in the remote
+pod."""
 
 import base64
 import collections
