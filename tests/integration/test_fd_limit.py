@@ -6,6 +6,7 @@ back."""
 
 import os
 import socket
+import signal
 import subprocess
 import time
 
@@ -87,6 +88,11 @@ def test_limit_fitted_to_rlimit_nofile(env):
     assert "max_connections 65536 needs more file descriptors" in d.log_text(), d.log_tail()
     assert "at most %d connections" % FIT in d.log_text(), d.log_tail()
     assert d.metric("shunt_connections_limit") == FIT
+    # A reload that keeps max_connections does not repeat the warning (the
+    # soak's logs had one per SIGHUP).
+    d.signal(signal.SIGHUP)
+    d.wait_metric("shunt_config_reloads_total", lambda v: v >= 1, timeout=10)
+    assert d.log_text().count("needs more file descriptors") == 1, d.log_tail()
 
     socks = open_clients(topo.app, FIT + 40)
     try:

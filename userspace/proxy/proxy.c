@@ -119,11 +119,14 @@ static uint32_t fd_conn_limit(int n_workers)
         return fit < 1 ? 1 : fit > UINT32_MAX ? UINT32_MAX : (uint32_t)fit;
 }
 
-/* At start and on reload: says so when max_connections asks for more. */
-static void conn_limit_report(const struct proxy *p, const struct shunt_config *cfg)
+/* At start and on reload: says so when max_connections asks for more; a
+ * reload that keeps the value does not say it again. */
+static void conn_limit_report(struct proxy *p, const struct shunt_config *cfg)
 {
-        if (cfg->max_connections <= p->fd_conn_limit)
+        if (cfg->max_connections <= p->fd_conn_limit ||
+            cfg->max_connections == p->fd_limit_reported)
                 return;
+        p->fd_limit_reported = cfg->max_connections;
         log_warn(
             "proxy", 0,
             "max_connections %u needs more file descriptors than RLIMIT_NOFILE allows (%d per "
