@@ -60,6 +60,8 @@ static const char usage_text[] =
     "                   state, trust bundle\n"
     "  authz            inbound authorization: protected ports, policies (file and\n"
     "                   Kubernetes) with their deny and allow rules, decisions\n"
+    "  pods             node mode: this node's meshed pods with their identity, state,\n"
+    "                   IPs, cgroup and network namespace inode; shed and failed counts\n"
     "  config           effective configuration and where each value came from\n"
     "  log-level LEVEL  set the daemon's log level (debug, info, warn, error)\n"
     "  check [--pre] [--strict] [--cert-warn DURATION] [--pin-root DIR]\n"
@@ -1126,6 +1128,46 @@ static void principals_text(const cJSON *list, char *out, size_t len)
                 snprintf(out, len, "-");
 }
 
+/* Node mode's pod table: one line per pod, then what was shed or given up. */
+static int cmd_pods(void)
+{
+        cJSON *j = fetch("GET", "/pods", NULL);
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "counters");
+        char b1[32], b2[32], b3[32], b4[32];
+        printf("node %s: %s pods held (at most %s), cgroup v2 at %s\n", jstr(j, "node", "?"),
+               jint(j, "pods_held", b1, sizeof(b1)), jint(j, "max_pods", b2, sizeof(b2)),
+               jstr(j, "cgroup_root", "?"));
+        printf("%-32s %-12s %-20s %-31s %-12s %s\n", "NAMESPACE/NAME", "STATE", "SERVICE ACCOUNT",
+               "IPS", "NETNS", "CGROUP");
+        const cJSON *p;
+        cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(j, "pods"))
+        {
+                char name[256], ips[128] = "";
+                snprintf(name, sizeof(name), "%s/%s", jstr(p, "namespace", "?"),
+                         jstr(p, "name", "?"));
+                const cJSON *ip;
+                cJSON_ArrayForEach(ip, cJSON_GetObjectItemCaseSensitive(p, "ips"))
+                {
+                        if (cJSON_IsString(ip))
+                                snprintf(ips + strlen(ips), sizeof(ips) - strlen(ips), "%s%s",
+                                         ips[0] ? "," : "", ip->valuestring);
+                }
+                const char *cg = jstr(p, "cgroup", "");
+                printf("%-32s %-12s %-20s %-31s %-12s %s\n", name, jstr(p, "state", "?"),
+                       jstr(p, "service_account", "?"), ips[0] ? ips : "-",
+                       jint(p, "netns_inode", b1, sizeof(b1)), cg[0] ? cg : "-");
+                const cJSON *e = cJSON_GetObjectItemCaseSensitive(p, "error");
+                if (cJSON_IsString(e))
+                        printf("%-32s %s (uid %s, %s attempts)\n", "", e->valuestring,
+                               jstr(p, "uid", "?"), jint(p, "attempts", b2, sizeof(b2)));
+        }
+        printf("shed %s (max_pods reached), failed %s, netns changed %s, uid replaced %s\n",
+               jint(c, "shed", b1, sizeof(b1)), jint(c, "failed", b2, sizeof(b2)),
+               jint(c, "netns_changed", b3, sizeof(b3)), jint(c, "uid_replaced", b4, sizeof(b4)));
+        cJSON_Delete(j);
+        return 0;
+}
+
 static int cmd_authz(void)
 {
         cJSON *j = fetch("GET", "/authz", NULL);
@@ -1379,7 +1421,8 @@ int main(int argc, char **argv)
                           {"certs", 0, NULL},
                           {"authz", 0, NULL},
                           {"ready", -1, "[SECONDS]"},
-                          {"wait-idle", -1, "[SECONDS]"}};
+                          {"wait-idle", -1, "[SECONDS]"},
+                          {"pods", 0, NULL}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -1412,6 +1455,8 @@ int main(int argc, char **argv)
                         return cmd_ready(nargs ? args[0] : NULL);
                 case 10:
                         return cmd_wait_idle(nargs ? args[0] : NULL);
+                case 11:
+                        return cmd_pods();
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }

@@ -17,6 +17,7 @@
 
 #include "admin/admin.h"
 #include "authz/authz.h"
+#include "node/pods.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/sockaddr.h"
@@ -69,7 +70,8 @@ struct daemon {
         struct authz *authz_file, *authz_k8s, *authz;
         struct authz_kube *authz_kube; /* AuthorizationPolicy objects, when watched */
         struct k8s_object_sink authz_sink;
-        uint64_t routes_version; /* registry version the proxy routes by */
+        struct node_pods *node_pods; /* node mode: the node's meshed pods */
+        uint64_t routes_version;     /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
         /* Capture rules changed behind our back (another tool flushing the
@@ -1026,6 +1028,40 @@ static int authz_kube_open(struct daemon *d, char *err, size_t errlen)
         return rc;
 }
 
+/* Node mode: the table of this node's meshed pods, fed by a Pods watch of
+ * the kubernetes backend (README, Node mode). 0 or -errno (err). */
+static int node_pods_open(struct daemon *d, char *err, size_t errlen)
+{
+        const struct shunt_config *c = d->cfg;
+        if (c->mode != 1)
+                return 0;
+        if (strcmp(disc_backend_type(d->backend), "kubernetes") != 0) {
+                snprintf(err, errlen, "config: mode node needs service_discovery.type kubernetes");
+                return -EINVAL;
+        }
+        struct node_pods_config nc = {.node = c->node_name,
+                                      .max_pods = c->node_max_pods,
+                                      .resolve_ms = c->node_resolve_timeout_ms};
+        d->node_pods = node_pods_new(&nc, err, errlen);
+        if (!d->node_pods)
+                return -EINVAL;
+        int rc = k8s_backend_add_sink(disc_backend_impl(d->backend), node_pods_sink(d->node_pods));
+        if (rc < 0)
+                snprintf(err, errlen, "node: cannot watch this node's pods: %s", strerror(-rc));
+        return rc < 0 ? rc : node_pods_start(d->node_pods, d->loop);
+}
+
+static void h_pods(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        (void)req;
+        if (!d->node_pods) {
+                admin_respond_error(resp, 404, "not in node mode (mode: sidecar)");
+                return;
+        }
+        node_pods_render(d->node_pods, &resp->body);
+}
+
 static void h_authz(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
         struct daemon *d = ctx;
@@ -1697,6 +1733,7 @@ int main(int argc, char **argv)
         admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
         admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);
         admin_route(d.admin, "GET", "/debug/cache", h_debug_cache, &d);
+        admin_route(d.admin, "GET", "/pods", h_pods, &d);
         admin_route(d.admin, "POST", "/admin/endpoints", h_post_endpoints, &d);
         admin_route(d.admin, "POST", "/admin/circuit-breaker", h_breaker, &d);
         if (config_metrics_enabled(d.cfg) && metrics_open(&d, err, sizeof(err)) < 0) {
@@ -1707,7 +1744,7 @@ int main(int argc, char **argv)
 
         d.registry = disc_registry_new(NULL);
         if (!d.registry || disc_backend_new(d.registry, d.cfg, &d.backend, err, sizeof(err)) < 0 ||
-            authz_kube_open(&d, err, sizeof(err)) < 0 ||
+            authz_kube_open(&d, err, sizeof(err)) < 0 || node_pods_open(&d, err, sizeof(err)) < 0 ||
             disc_backend_start(d.backend, d.loop, err, sizeof(err)) < 0 ||
             disc_registry_attach(d.registry, d.loop) < 0 ||
             !(d.health = disc_health_start(d.registry, d.loop, config_socket_mark(d.cfg)))) {
@@ -1851,6 +1888,7 @@ out:
         strbuf_free(&d.capture_seen);
         disc_backend_free(d.backend);
         authz_kube_free(d.authz_kube); /* after the watch that feeds it */
+        node_pods_free(d.node_pods);
         disc_health_stop(d.health);
         if (d.registry) {
                 disc_registry_detach(d.registry);

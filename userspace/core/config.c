@@ -89,6 +89,7 @@ static const char *const mtls_names[] = {"strict", "permissive", "disabled", NUL
 static const char *const fcc_names[] = {"sanitize", "sanitize_set", "append_forward",
                                         "forward_only", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
+static const char *const mode_names[] = {"sidecar", "node", NULL};
 static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
 static const char *const lb_names[] = {
     "round_robin", "least_connections", "weighted", "consistent_hash", "maglev", NULL};
@@ -295,6 +296,16 @@ static const struct key_desc keys[] = {
         {.path = "authorization.pod_labels_file", .env = "SHUNT_POD_LABELS_FILE", .type = K_STR,
          FIELD(authz_labels_file), .def = "/etc/shunt/podinfo/labels",
          .note = "the pod's labels (a downward API file) that policy selectors match"},
+        {.path = "mode", .env = "SHUNT_MODE", .type = K_ENUM, FIELD(mode), .names = mode_names,
+         .def = "sidecar", .flags = KF_RESTART,
+         .note = "node: one shuntd per node keeps the table of the node's meshed pods (README, Node mode; in progress)"},
+        {.path = "node.name", .env = "NODE_NAME", .type = K_STR, FIELD(node_name), .flags = KF_RESTART,
+         .note = "this node's name (spec.nodeName), from the downward API; needed in node mode"},
+        {.path = "node.max_pods", .type = K_U32, FIELD(node_max_pods), .min = 1, .max = 4096, .def = "256",
+         .flags = KF_RESTART, .note = "meshed pods held in node mode; more are shed, logged and counted"},
+        {.path = "node.resolve_timeout", .type = K_DUR_MS, FIELD(node_resolve_timeout_ms), .min = 1000,
+         .max = 24 * MS_PER_HOUR, .def = "120s", .flags = KF_RESTART,
+         .note = "how long a pod's cgroup and network namespace are looked for before it is marked failed"},
         {.path = "load_balancing.algorithm", .env = "LOAD_BALANCING_ALGORITHM", .type = K_STRENUM,
          FIELD(lb_algorithm), .names = lb_names, .def = "round_robin"},
         {.path = "load_balancing.hash_key", .type = K_STR, FIELD(lb_hash_key), .def = "X-Request-Key",

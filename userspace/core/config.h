@@ -109,10 +109,10 @@ struct shunt_config {
          * read-only listener that serves GET /metrics only, for scrapers
          * outside the pod ("::" = every IPv6 and IPv4 address, "off" = none) */
         char metrics_address[64];
-        uint16_t metrics_port;    /* admin.metrics_port, SHUNT_ADMIN_METRICS_PORT, 15020 */
-        char upgrade_socket[CONFIG_PATH_MAX];   /* upgrade.socket, "/run/shunt/upgrade.sock" */
-        int workers;              /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
-        enum log_level log_level; /* log_level, SHUNT_LOG_LEVEL, info */
+        uint16_t metrics_port; /* admin.metrics_port, SHUNT_ADMIN_METRICS_PORT, 15020 */
+        char upgrade_socket[CONFIG_PATH_MAX]; /* upgrade.socket, "/run/shunt/upgrade.sock" */
+        int workers;                          /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
+        enum log_level log_level;             /* log_level, SHUNT_LOG_LEVEL, info */
 
         /* capture */
         enum redirect_mode
@@ -211,9 +211,9 @@ struct shunt_config {
          * mtls.namespace and mtls.service_account override it only when set) */
         char mtls_ca_address[CONFIG_PATH_MAX];
         char mtls_ca_token_file[CONFIG_PATH_MAX];
-        char certificate_file[CONFIG_PATH_MAX]; /* mtls.certificate_file, CERTIFICATE_FILE */
-        char private_key_file[CONFIG_PATH_MAX]; /* mtls.private_key_file, PRIVATE_KEY_FILE */
-        enum mtls_mode mtls_mode;               /* mtls.mode */
+        char certificate_file[CONFIG_PATH_MAX];       /* mtls.certificate_file, CERTIFICATE_FILE */
+        char private_key_file[CONFIG_PATH_MAX];       /* mtls.private_key_file, PRIVATE_KEY_FILE */
+        enum mtls_mode mtls_mode;                     /* mtls.mode */
         enum forward_client_cert forward_client_cert; /* mtls.forward_client_cert */
         /* mtls.ca_dir, SHUNT_MTLS_CA_DIR, "/var/lib/shunt/ca": the built-in CA's
          * state (used when certificate_file is empty). The workload's identity is
@@ -239,6 +239,12 @@ struct shunt_config {
         int authz_kubernetes; /* authorization.kubernetes, SHUNT_AUTHZ_KUBERNETES: off 0 | on 1 */
         char authz_namespace[CONFIG_STR_MAX];    /* authorization.namespace; "" -> mtls.namespace */
         char authz_labels_file[CONFIG_PATH_MAX]; /* authorization.pod_labels_file */
+
+        /* node mode (README, Node mode) */
+        int mode;                         /* mode, SHUNT_MODE: sidecar 0 | node 1 */
+        char node_name[CONFIG_STR_MAX];   /* node.name, NODE_NAME */
+        uint32_t node_max_pods;           /* node.max_pods, 256 */
+        uint32_t node_resolve_timeout_ms; /* node.resolve_timeout, 120s */
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */

@@ -48,6 +48,7 @@ struct k8s_watch {
         enum k8s_kind kind;
         const struct k8s_object_sink *sink; /* another component's resource (kind unused) */
         bool sink_listing;                  /* between the sink's list_begin and list_end */
+        char *sink_label_q, *sink_field_q;  /* the sink's selectors, escaped (or NULL) */
         enum wstate state;
         CURL *easy;
         struct curl_slist *hdrs;
@@ -92,7 +93,7 @@ struct k8s {
         uint64_t silence_ms;
         uint64_t n_builds;
         struct k8s_watch w[K8S__KINDS];
-        struct k8s_watch sw; /* the sink's watch, when sw.sink is set */
+        struct k8s_watch sw[K8S_MAX_SINKS]; /* the sinks' watches, where sw[i].sink is set */
 };
 
 static const char *wname(const struct k8s_watch *w)
@@ -565,12 +566,14 @@ static void start(struct k8s_watch *w)
         /* Services: the configured selector. Slices: only those a Service
          * owns. Pods: only meshed ones (one that loses the label arrives as
          * DELETED). Namespaces: only the configured one, if any. */
-        const char *sel = w->sink                   ? NULL
+        const char *sel = w->sink                   ? w->sink_label_q
                           : w->kind == K8S_SERVICES ? k->selector_q
                           : w->kind == K8S_SLICES   ? "kubernetes.io%2Fservice-name"
                           : w->kind == K8S_PODS     ? "shunt.io%2Fmeshed%3Dtrue"
                                                     : NULL;
-        const char *fsel = !w->sink && w->kind == K8S_NAMESPACES ? k->ns_field_q : NULL;
+        const char *fsel = w->sink                     ? w->sink_field_q
+                           : w->kind == K8S_NAMESPACES ? k->ns_field_q
+                                                       : NULL;
         char *rv_q = curl_easy_escape(NULL, w->rv, 0);
         char *cont_q = w->cont[0] ? curl_easy_escape(NULL, w->cont, 0) : NULL;
         if (watch)
@@ -638,8 +641,8 @@ static void tick_cb(struct loop *loop, struct loop_timer *t)
 {
         struct k8s *k = t->data;
         uint64_t now = now_ms(k);
-        for (int i = 0; i <= K8S__KINDS; i++) {
-                struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw;
+        for (int i = 0; i < K8S__KINDS + K8S_MAX_SINKS; i++) {
+                struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw[i - K8S__KINDS];
                 if (w->state == W_WATCH && now - w->last_data_ms > k->silence_ms) {
                         w->n_silent++;
                         char why[128];
@@ -660,8 +663,8 @@ static void k8s_destroy(void *impl)
         if (!k)
                 return;
         k->closing = true;
-        for (int i = 0; i <= K8S__KINDS; i++) {
-                struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw;
+        for (int i = 0; i < K8S__KINDS + K8S_MAX_SINKS; i++) {
+                struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw[i - K8S__KINDS];
                 if (!w->k)
                         continue; /* no sink */
                 release_easy(w);
@@ -669,6 +672,8 @@ static void k8s_destroy(void *impl)
                         loop_timer_cancel(k->loop, &w->retry);
                 free(w->buf);
                 drop_paging(w);
+                curl_free(w->sink_label_q);
+                curl_free(w->sink_field_q);
         }
         if (k->loop)
                 loop_timer_cancel(k->loop, &k->tick);
@@ -786,8 +791,10 @@ static int k8s_start(void *impl, struct loop *loop, char *err, size_t errlen)
         }
         for (int i = 0; i < K8S__KINDS; i++)
                 start(&k->w[i]);
-        if (k->sw.sink)
-                start(&k->sw);
+        for (int i = 0; i < K8S_MAX_SINKS; i++) {
+                if (k->sw[i].sink)
+                        start(&k->sw[i]);
+        }
         int rc = loop_timer_arm(loop, &k->tick, K8S_TICK_MS);
         if (rc)
                 snprintf(err, errlen, "kubernetes: cannot arm a timer");
@@ -811,8 +818,8 @@ static void k8s_render(const void *impl, struct strbuf *sb)
                        k->watch_s, (unsigned long long)k->silence_ms,
                        (unsigned long long)k->n_builds,
                        (unsigned long long)k8s_cache_pods_shed(k->cache));
-        for (int i = 0; i <= K8S__KINDS; i++) {
-                const struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw;
+        for (int i = 0; i < K8S__KINDS + K8S_MAX_SINKS; i++) {
+                const struct k8s_watch *w = i < K8S__KINDS ? &k->w[i] : &k->sw[i - K8S__KINDS];
                 if (!w->k)
                         continue; /* no sink */
                 strbuf_appendf(sb, ",\"%s\":{\"state\":\"%s\",\"resource_version\":", wname(w),
@@ -845,11 +852,25 @@ int k8s_backend_add_sink(void *impl, const struct k8s_object_sink *sink)
         if (!k || !sink || !sink->kind || !sink->path[0] || !sink->apply || !sink->list_begin ||
             !sink->list_end || !sink->count)
                 return -EINVAL;
-        if (k->sw.sink || k->loop)
+        int i = 0;
+        while (i < K8S_MAX_SINKS && k->sw[i].sink)
+                i++;
+        if (i == K8S_MAX_SINKS || k->loop)
                 return -EBUSY;
-        struct k8s_watch *w = &k->sw;
+        struct k8s_watch *w = &k->sw[i];
         w->k = k;
         w->sink = sink;
+        w->sink_label_q =
+            sink->label_selector ? curl_easy_escape(NULL, sink->label_selector, 0) : NULL;
+        w->sink_field_q =
+            sink->field_selector ? curl_easy_escape(NULL, sink->field_selector, 0) : NULL;
+        if ((sink->label_selector && !w->sink_label_q) ||
+            (sink->field_selector && !w->sink_field_q)) {
+                curl_free(w->sink_label_q);
+                curl_free(w->sink_field_q);
+                memset(w, 0, sizeof(*w));
+                return -ENOMEM;
+        }
         w->backoff_ms = K8S_BACKOFF_MIN_MS;
         loop_timer_init(&w->retry, retry_cb, w);
         log_info(COMP, 0, "kubernetes: also watching %s (%s)", sink->kind, sink->path);

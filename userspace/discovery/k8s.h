@@ -150,11 +150,15 @@ struct k8s_object_sink {
         int (*apply)(void *arg, bool listing, const cJSON *obj, bool deleted, char *err,
                      size_t errlen);
         size_t (*count)(void *arg); /* objects held, for /debug/cache */
+        /* Optional, unescaped: the list and watch ask only for these
+         * ("shunt.io/meshed=true", "spec.nodeName=n1"); NULL: all. */
+        const char *label_selector, *field_selector;
 };
 
 /* Adds the sink's watch to the kubernetes backend impl (disc_backend_impl()
  * of a "kubernetes" backend), before it starts. The sink must outlive it.
- * 0, -EBUSY (one sink already), -EINVAL. */
+ * 0, -EBUSY (K8S_MAX_SINKS already, or started), -EINVAL, -ENOMEM. */
+#define K8S_MAX_SINKS 2 /* AuthorizationPolicy objects, the node's pods */
 int k8s_backend_add_sink(void *impl, const struct k8s_object_sink *sink);
 
 /* Maps a Service port's appProtocol to a declared protocol (PROTO_UNKNOWN

@@ -1,0 +1,103 @@
+/* Node mode, item 1: the meshed pods scheduled on this node, and for each
+ * its identity (namespace, name, uid, service account), IPs, cgroup v2
+ * directory and network namespace (held open as an fd).
+ *
+ * Fed by a Pods watch of the kubernetes backend (fieldSelector
+ * spec.nodeName=<node>, labelSelector shunt.io/meshed=true; see
+ * node_pods_sink), resolved on the node from kubelet's cgroup layout
+ * (node_cgroup_candidates) and a process of the pod (cgroup.procs ->
+ * /proc/<pid>/ns/net).
+ *
+ * Why a watch and not a CNI plugin (for now): the watch needs nothing on
+ * the node but shuntd and gives identity (service account) and the meshed
+ * label with the pod; its race is that the API can show a pod before its
+ * sandbox exists (no cgroup, no netns yet: the pod is PENDING and retried
+ * every NODE_RETRY_MS for at most node.resolve_timeout, counted) and keeps a
+ * deleted pod until the kubelet has stopped it (we hold the netns fd, so the
+ * namespace outlives the processes until DELETED). A CNI plugin is told at
+ * the exact moment the sandbox's netns is created and removed, but knows no
+ * labels or service account (it would still need the API, racing the other
+ * way: netns first, identity later), must be installed into the node's CNI
+ * chain and must not fail pod creation when shuntd is down.
+ *
+ * States: PENDING (no cgroup or no process yet) -> READY (netns held) ->
+ * removed on DELETED; PENDING past the bound -> FAILED (retried again when
+ * the pod object changes); HOST_NETWORK pods share the node's namespace and
+ * are listed, never resolved. A READY pod is revalidated every
+ * NODE_REVALIDATE_MS: a new sandbox (another netns inode) is taken, counted.
+ * A name that comes back with another uid is a new pod: everything held for
+ * the old one is released first.
+ *
+ * All functions run on the loop's thread. */
+#ifndef SHUNT_NODE_PODS_H
+#define SHUNT_NODE_PODS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/loop.h"
+#include "core/strbuf.h"
+#include "discovery/k8s.h"
+
+#define NODE_MAX_PODS_LIMIT 4096 /* node.max_pods upper bound */
+#define NODE_RETRY_MS       500  /* PENDING pods are looked at this often */
+#define NODE_REVALIDATE_MS  5000 /* READY pods' netns checked this often */
+#define NODE_MAX_CHILD_DIRS 64   /* container cgroups looked at per pod */
+#define NODE_PATH_MAX       512
+#define NODE_CGROUP_LAYOUTS 6 /* candidates of node_cgroup_candidates */
+
+enum node_pod_state {
+        NODE_POD_PENDING = 0,
+        NODE_POD_READY,
+        NODE_POD_FAILED,
+        NODE_POD_HOST_NETWORK,
+};
+
+const char *node_pod_state_name(enum node_pod_state s);
+
+/* The cgroup directories (relative to the cgroup v2 mount) kubelet may have
+ * made for pod uid with QoS class qos ("Guaranteed", "Burstable",
+ * "BestEffort"; NULL or unknown: every class), systemd driver first. Fills
+ * out[0..n) and returns n, or -EINVAL (uid not a plain uid). */
+int node_cgroup_candidates(const char *uid, const char *qos, char out[][NODE_PATH_MAX], int max);
+
+/* The mount point of the cgroup v2 hierarchy from a mountinfo file
+ * (/proc/self/mountinfo). 0, -ENOENT (none), -errno. */
+int node_cgroup2_mount(const char *mountinfo, char *out, size_t len);
+
+struct node_pods;
+
+struct node_pods_config {
+        const char *node;        /* spec.nodeName to watch */
+        uint32_t max_pods;       /* pods held at most; more are shed */
+        uint32_t resolve_ms;     /* how long a PENDING pod is retried */
+        const char *cgroup_root; /* NULL: the cgroup v2 mount from /proc/self/mountinfo */
+        const char *proc_root;   /* NULL: "/proc" */
+};
+
+/* NULL with err on failure (no cgroup v2 mount, bad config, no memory). */
+struct node_pods *node_pods_new(const struct node_pods_config *cfg, char *err, size_t errlen);
+void node_pods_free(struct node_pods *np);
+/* Arms the retry timer. */
+int node_pods_start(struct node_pods *np, struct loop *loop);
+/* The sink to add to the kubernetes backend (k8s_backend_add_sink); it
+ * lives as long as np. */
+const struct k8s_object_sink *node_pods_sink(struct node_pods *np);
+
+/* Applies one Pod object (a list item or a watch event), as the sink does.
+ * 0, or -EINVAL with err (the object is skipped). */
+int node_pods_apply(struct node_pods *np, const cJSON *obj, bool deleted, char *err, size_t errlen);
+/* Resolves PENDING pods and revalidates READY ones due at now_ms (the
+ * timer calls it; tests call it directly). */
+void node_pods_resolve(struct node_pods *np, uint64_t now_ms);
+
+size_t node_pods_count(const struct node_pods *np);
+/* The state of pod ns/name, or -ENOENT. */
+int node_pods_state(const struct node_pods *np, const char *ns, const char *name);
+/* {"node":..., "max_pods":..., "counters":{...}, "pods":[...]} */
+void node_pods_render(const struct node_pods *np, struct strbuf *sb);
+
+#endif
