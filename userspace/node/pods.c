@@ -448,7 +448,7 @@ static void apply_update(struct node_pods *np, struct pod *cur, const struct pod
                 cur->state = NODE_POD_PENDING; /* the pod changed: try again, afresh */
                 cur->since_ms = now;
                 cur->attempts = 0;
-                cur->next_ms = now;
+                resolve_one(np, cur, now);
         }
 }
 
@@ -489,7 +489,7 @@ int node_pods_apply(struct node_pods *np, const cJSON *obj, bool deleted, char *
                 if (!np->shedding)
                         log_warn(COMP, 0,
                                  "node: pod %s/%s not taken: node.max_pods (%u) pods held; "
-                                 "shedding until one leaves (counted in /debug/pods)",
+                                 "shedding until one leaves (counted in GET /pods)",
                                  in.ns, in.name, np->max_pods);
                 np->shedding = true;
                 return 0;
