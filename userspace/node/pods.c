@@ -313,7 +313,8 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
                 p->next_ms = now + NODE_REVALIDATE_MS;
                 return;
         }
-        p->attempts++;
+        if (p->attempts++)
+                np->c.retries++;
         if (fd >= 0) {
                 p->state = NODE_POD_READY;
                 p->netns_fd = fd;
@@ -342,8 +343,6 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
                          p->ns, p->name, p->uid, p->why, np->resolve_ms, p->attempts);
                 return;
         }
-        if (p->attempts > 1)
-                np->c.retries++;
         p->next_ms = now + NODE_RETRY_MS;
 }
 
