@@ -322,6 +322,10 @@ static void test_file_values(void **state)
         assert_string_equal(c->metrics_address, "::");
         assert_int_equal(c->metrics_port, 16020);
         assert_string_equal(c->upgrade_socket, "/run/shop/upgrade.sock");
+        assert_int_equal(c->mode, 1); /* node */
+        assert_string_equal(c->node_name, "node-7");
+        assert_int_equal(c->node_max_pods, 300);
+        assert_int_equal(c->node_resolve_timeout_ms, 90000);
         /* every key in the file is recorded as coming from it (but
          * mtls.ca_address, which excludes certificate_file: test_tls_ca_source) */
         for (size_t i = 0; i < c->n_origins; i++)
