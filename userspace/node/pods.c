@@ -18,6 +18,9 @@
 
 #define COMP "node"
 
+/* cgroup root + a pod directory + a container directory + a file name */
+#define DIR_MAX (4 * NODE_PATH_MAX)
+
 #define FIELD(o, k) cJSON_GetObjectItemCaseSensitive(o, k)
 
 struct pod {
@@ -168,6 +171,14 @@ static struct pod *find(struct node_pods *np, const char *ns, const char *name)
         return NULL;
 }
 
+/* rel is a candidate of node_cgroup_candidates: it fits. */
+static void set_cgroup(struct pod *p, const char *rel)
+{
+        size_t n = strnlen(rel, sizeof(p->cgroup) - 1);
+        memcpy(p->cgroup, rel, n);
+        p->cgroup[n] = '\0';
+}
+
 static void release(struct pod *p)
 {
         if (p->netns_fd >= 0)
@@ -191,8 +202,9 @@ static void remove_at(struct node_pods *np, size_t i, const char *why)
 /* The first process of dir's cgroup.procs, 0 if none. */
 static long first_pid(const char *dir)
 {
-        char path[NODE_PATH_MAX + 16];
-        snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+        char path[DIR_MAX + 16];
+        if (snprintf(path, sizeof(path), "%s/cgroup.procs", dir) >= (int)sizeof(path))
+                return 0;
         FILE *f = fopen(path, "re");
         long pid = 0;
         if (f) {
@@ -246,8 +258,9 @@ static int open_netns(const struct node_pods *np, long pid, const char *rel, uin
  * containers' cgroups (where kubelet's runtimes put them). */
 static int pod_netns(const struct node_pods *np, const char *rel, long *pid, uint64_t *ino)
 {
-        char dir[2 * NODE_PATH_MAX];
-        snprintf(dir, sizeof(dir), "%s/%s", np->cgroup_root, rel);
+        char dir[DIR_MAX];
+        if (snprintf(dir, sizeof(dir), "%s/%s", np->cgroup_root, rel) >= (int)sizeof(dir))
+                return -ENAMETOOLONG;
         long p = first_pid(dir);
         if (p > 0) {
                 int fd = open_netns(np, p, rel, ino);
@@ -265,9 +278,11 @@ static int pod_netns(const struct node_pods *np, const char *rel, long *pid, uin
                 if (e->d_type != DT_DIR || e->d_name[0] == '.')
                         continue;
                 seen++;
-                char sub[3 * NODE_PATH_MAX], subrel[2 * NODE_PATH_MAX];
-                snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
-                snprintf(subrel, sizeof(subrel), "%s/%s", rel, e->d_name);
+                char sub[DIR_MAX], subrel[DIR_MAX];
+                if (snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name) >= (int)sizeof(sub) ||
+                    snprintf(subrel, sizeof(subrel), "%s/%s", rel, e->d_name) >=
+                        (int)sizeof(subrel))
+                        continue;
                 p = first_pid(sub);
                 if (p > 0 && (rc = open_netns(np, p, subrel, ino)) >= 0)
                         *pid = p;
@@ -283,10 +298,11 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
         int nc = node_cgroup_candidates(p->uid, p->qos, cands, NODE_CGROUP_LAYOUTS);
         const char *rel = NULL;
         for (int i = 0; i < nc && !rel; i++) {
-                char dir[2 * NODE_PATH_MAX];
+                char dir[DIR_MAX];
                 struct stat st;
-                snprintf(dir, sizeof(dir), "%s/%s", np->cgroup_root, cands[i]);
-                if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+                if (snprintf(dir, sizeof(dir), "%s/%s", np->cgroup_root, cands[i]) <
+                        (int)sizeof(dir) &&
+                    stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
                         rel = cands[i];
         }
         long pid = 0;
@@ -305,7 +321,7 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
                         p->netns_fd = fd;
                         p->netns_ino = ino;
                         p->pid = pid;
-                        snprintf(p->cgroup, sizeof(p->cgroup), "%s", rel);
+                        set_cgroup(p, rel);
                         np->c.netns_changed++;
                 } else if (fd >= 0) {
                         close(fd);
@@ -320,7 +336,7 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
                 p->netns_fd = fd;
                 p->netns_ino = ino;
                 p->pid = pid;
-                snprintf(p->cgroup, sizeof(p->cgroup), "%s", rel);
+                set_cgroup(p, rel);
                 p->why[0] = '\0';
                 p->next_ms = now + NODE_REVALIDATE_MS;
                 np->c.resolved++;
@@ -333,7 +349,7 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
         snprintf(p->why, sizeof(p->why), "%s",
                  rel ? "no process in its cgroup yet" : "no cgroup yet");
         if (rel)
-                snprintf(p->cgroup, sizeof(p->cgroup), "%s", rel);
+                set_cgroup(p, rel);
         if (now - p->since_ms >= np->resolve_ms) {
                 p->state = NODE_POD_FAILED;
                 np->c.failed++;
