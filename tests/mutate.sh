@@ -15,7 +15,7 @@
 # integration tests it runs.
 #
 #   tests/mutate.sh                      every mutation, its named tests
-#   tests/mutate.sh --only breaker       mutations whose file name matches
+#   tests/mutate.sh --only 'breaker|hash' mutations whose file name matches (ERE)
 #   tests/mutate.sh --first              stop at the first test that catches it
 #   tests/mutate.sh --full               the whole ctest suite per mutation
 #   tests/mutate.sh --baseline           first run every named test unmutated
@@ -43,7 +43,7 @@ done
 
 patches=()
 for p in "$src"/tests/mutations/*.patch; do
-	case "$(basename "$p")" in *"$only"*) patches+=("$p") ;; esac
+	[[ "$(basename "$p")" =~ $only ]] && patches+=("$p")
 done
 [ ${#patches[@]} -gt 0 ] || { echo "mutate.sh: no mutation matches '$only'" >&2; exit 2; }
 

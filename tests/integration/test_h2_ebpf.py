@@ -12,7 +12,16 @@ import pytest
 
 import shuntlib as sl
 from shuntlib import Topology as T
-from test_ebpf import CGROUP, InCgroup, cgroup, ebpf_args, in_cgroup, mounts  # noqa: F401
+from test_ebpf import (  # noqa: F401 - fixtures
+    CGROUP,
+    InCgroup,
+    bpf_counters,
+    cgroup,
+    ebpf_args,
+    in_cgroup,
+    mounts,
+)
+from test_http1_ebpf import assert_shortcut_carried
 from test_grpc import GRPCPEER, grpc_server, service
 
 VIP = "10.96.5.10"  # GRPC declared
@@ -59,8 +68,11 @@ def client(topo, vip, *args, timeout=120):
 @pytest.mark.parametrize("vip", [VIP, VIP_SNIFF])
 def test_unary_spread_over_the_shortcut(env, vip):
     topo, d = env
+    before = bpf_counters()
     out = client(topo, vip, "unary", "--n", 150, "--size", 3000)
     assert out["codes"] == {"OK": 150}, out
+    # One channel; 150 requests of 3000 bytes each way.
+    assert_shortcut_carried(before, 1, 150 * 3000)
     assert sorted(out["servers"]) == ["ep0", "ep1", "ep2"], out
     assert all(40 <= n <= 60 for n in out["servers"].values()), out
 
@@ -69,7 +81,11 @@ def test_bidi_large_messages_over_the_shortcut(env):
     """Eight 1 MB messages each way per call, ten calls on one channel: the
     shortcut's bytes and TCP's are read until EAGAIN, nothing is lost."""
     topo, d = env
+    before = bpf_counters()
     out = client(topo, VIP, "bidi", "--calls", 10, "--messages", 8, "--size", 1000000)
     assert out["codes"] == {"OK": 10}, out
+    # 80 MB each way; flow control sends part of it over TCP while a reader
+    # lags: a tenth is a floor the shortcut beats.
+    assert_shortcut_carried(before, 1, 16_000_000)
     assert all(len(seen) == 8 and len(set(seen)) == 1 for seen in out["calls"]), out
     assert d.metric("shunt_http2_streams_active") == 0

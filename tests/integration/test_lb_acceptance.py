@@ -189,6 +189,40 @@ def test_consistent_hash_by_source_address(env):
     assert len(set(by_source.values())) == 1, collections.Counter(by_source.values())
     no_key = count(topo, VIPS["hash"], 50)
     assert len(no_key) == 1, no_key
+    # Many sources: each sticks to one endpoint over new connections (new
+    # source ports), and together they spread over the endpoints. 16 sources
+    # on 4 endpoints all landing on 2 or fewer has a chance below 1e-3.
+    sources = ["10.77.0.%d" % i for i in range(101, 117)]
+    for a in sources:
+        topo.app.ip("addr", "add", a + "/32", "dev", "e-remote")
+    for vip in (VIPS["source"], VIPS["hash"]):
+        picked = {}
+        for a in sources:
+            got = {get_from(topo, vip, a, {"X-Request-Key": "k%d" % n}) for n in range(3)}
+            assert len(got) == 1, (vip, a, got)
+            picked[a] = got.pop()
+        assert len(set(picked.values())) >= 3, (vip, collections.Counter(picked.values()))
+
+
+def get_from(topo, vip, src, headers):
+    """One request on a new connection from source address src of the app
+    pod; the endpoint's name. The key header must not matter: source_ip
+    ignores it, and the "hash" service has no hash_key (X-Request-Key would
+    be its key only when configured)."""
+    s = topo.app.socket()
+    s.settimeout(10)
+    s.bind((src, 0))
+    s.connect((vip, 80))
+    conn = http.client.HTTPConnection(vip, 80, timeout=10)
+    conn.sock = s
+    try:
+        conn.request("GET", "/", headers=headers if vip == VIPS["source"] else {})
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body)
+        return json.loads(body)["server"]
+    finally:
+        conn.close()
 
 
 def test_one_of_three_unhealthy_gets_nothing(env):

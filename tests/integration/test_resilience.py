@@ -150,6 +150,50 @@ class Load:
         self.thread.join(15)
 
 
+HALF_OPEN_PROBES = int(BREAKER_FLAGS["circuit-breaker.half-open-probes"])
+SYN_TAG = "shunt-test-syns"
+
+
+def count_syns(pod, addr, port, op="-I"):
+    """An iptables rule in pod (no target: it only counts) for the SYNs of
+    new connections to addr:port: what the proxy really attempts, whatever it
+    says in its metrics. op -D removes it."""
+    pod.run(["iptables", "-w", op, "INPUT", "-p", "tcp", "--syn", "-d", addr, "--dport",
+             str(port), "-m", "comment", "--comment", SYN_TAG])
+
+
+def syns(pod):
+    out = pod.run(["iptables", "-w", "-nvxL", "INPUT"]).stdout
+    return [int(l.split()[0]) for l in out.splitlines() if SYN_TAG in l][0]
+
+
+def assert_open_breaker_holds_back(d, pod, addr, vport):
+    """While the breaker is open no connection attempt reaches the endpoint
+    (flat until open_until); after it, each half-open period lets at most
+    half_open_probes through. Retries would hide either failure from the
+    client, so the SYNs on the wire are counted."""
+    got = {}
+
+    def fresh_open():
+        got["r"] = ep_resilience(d, addr, vport)
+        return got["r"]["breaker"] == "open" and got["r"]["half_open_in_ms"] >= 500
+
+    sl.wait_until(fresh_open, 10, what="an open period with 500 ms left")
+    n0, opens0 = syns(pod), got["r"]["breaker_opens"]
+    half_open_at = time.monotonic() + got["r"]["half_open_in_ms"] / 1000.0
+    while time.monotonic() < half_open_at - 0.1:
+        assert syns(pod) == n0, "a connection attempt to %s while its breaker is open" % addr
+        time.sleep(0.05)  # sampling the counter; nothing to wait for
+    sl.wait_until(lambda: syns(pod) > n0, 5, what="half-open probes after open_until")
+    # Two more open periods at most (1.5 s each): every period ends with at
+    # most half_open_probes attempts before the breaker opens again.
+    t_end = time.monotonic() + 2.0
+    sl.wait_until(lambda: time.monotonic() >= t_end, 3, what="2 s of half-open cycles")
+    n1, opens1 = syns(pod), ep_resilience(d, addr, vport)["breaker_opens"]
+    periods = opens1 - opens0 + 1
+    assert 0 < n1 - n0 <= HALF_OPEN_PROBES * periods, (n0, n1, opens0, opens1)
+
+
 def promtool_check(text):
     r = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
@@ -169,6 +213,14 @@ def test_kill_one_backend_under_load(env, vport):
     retries0 = d.metric("shunt_retries_total", default=0, service=svc)
     opened0 = d.metric("shunt_circuit_breaker_opened_total", default=0, **label)
 
+    count_syns(topo.remote, dead, PORT)
+    try:
+        kill_under_load(topo, d, procs, vport, dead, svc, label, retries0, opened0)
+    finally:
+        count_syns(topo.remote, dead, PORT, "-D")
+
+
+def kill_under_load(topo, d, procs, vport, dead, svc, label, retries0, opened0):
     with Load(topo, vport) as load:
         sl.wait_until(lambda: load.ok["ep2"] > 0, 10, what="load reaching ep2")
         killed_at = time.monotonic()
@@ -195,6 +247,7 @@ def test_kill_one_backend_under_load(env, vport):
         row = [l for l in out.stdout.splitlines() if "%s:%d" % (dead, PORT) in l]
         if vport == 80:  # shuntctl shows the first port's breaker
             assert row and row[0].split()[8] in ("open", "half_open"), out.stdout
+        assert_open_breaker_holds_back(d, topo.remote, dead, vport)
 
         # Requests move to the others; connect retries hid the failures.
         served_before = sum(load.ok.values())
@@ -260,16 +313,9 @@ def test_forced_open_by_the_operator(env):
     assert status == 404
 
 
-def stop_clean(d):
-    """Stops a daemon: exit 0 and no sanitizer report (ASan builds)."""
-    rc = d.stop()
-    log = d.log_text()
-    assert rc == 0 and "Sanitizer" not in log and "runtime error" not in log, d.log_tail(40)
-
-
 def test_daemon_exits_clean(env):
     _, d, _ = env
-    stop_clean(d)
+    sl.stop_checked([d])
 
 
 def test_connection_limit_per_service(fresh_topo, start_shuntd):
@@ -333,7 +379,7 @@ def test_connection_limit_per_service(fresh_topo, start_shuntd):
         assert d.metric("shunt_limit_overflows_total", **lab) == 1
         for s in held:
             s.close()
-        stop_clean(d)
+        sl.stop_checked([d])
     finally:
         for s in held:
             s.close()
@@ -375,7 +421,53 @@ def test_locality_and_retry_leave_the_zone(fresh_topo, start_shuntd):
             what="zone-a's breaker open",
         )
         assert d.metric("shunt_retries_total", service=SERVICE + ":81") >= 1
-        stop_clean(d)
+        sl.stop_checked([d])
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def test_outlier_ejection_stops_attempts(fresh_topo, start_shuntd):
+    """Outlier detection alone (the breaker would need 1000 failures): a dead
+    endpoint is ejected after 3 consecutive connect failures, and while it
+    is ejected no connection attempt reaches it (SYNs counted in its pod);
+    the requests meanwhile all succeed on the other two."""
+    topo = fresh_topo
+    topo.add_remote4()
+    topo.route_vips()
+    procs = []
+    try:
+        for i in range(len(EP_ADDRS)):
+            procs.append(start_backend(topo, i))
+        flags = dict(BREAKER_FLAGS)
+        flags.update({
+            "circuit-breaker.consecutive-failures": "1000",
+            "outlier-detection.consecutive-failures": "3",
+            "outlier-detection.base-ejection-time": "2s",
+            "outlier-detection.max-ejection-time": "4s",
+        })
+        path = sl.registry_file(registry())
+        d = start_shuntd(topo.app, sl.shuntd_args(**{"service-discovery.file.path": path}, **flags))
+        dead = EP_ADDRS[2]
+        procs[2].stop(signal.SIGKILL)
+        count_syns(topo.remote, dead, PORT)
+        got = {}
+
+        def ejected():
+            got["r"] = ep_resilience(d, dead, 81)
+            return got["r"]["ejected"] and got["r"]["ejected_for_ms"] >= 1000
+
+        with Load(topo, 81) as load:
+            sl.wait_until(ejected, 10, what="ep2 ejected with 1 s left")
+            n0, served0 = syns(topo.remote), sum(load.ok.values())
+            until = time.monotonic() + got["r"]["ejected_for_ms"] / 1000.0
+            while time.monotonic() < until - 0.1:
+                assert syns(topo.remote) == n0, "a connection attempt to an ejected endpoint"
+                time.sleep(0.05)  # sampling the counter; nothing to wait for
+            assert sum(load.ok.values()) >= served0 + 20, load.ok
+        assert load.failed == [], load.failed[:5]
+        assert set(load.ok) == {"ep0", "ep1"}, load.ok
+        assert ep_resilience(d, dead, 81)["breaker"] == "closed"  # ejection alone did it
     finally:
         for p in procs:
             p.stop()
