@@ -140,14 +140,34 @@ def test_thousand_concurrent_connections(topo, shuntd):
     assert st["connections"]["active"] == 0
 
 
-def test_idle_connection_survives_below_idle_timeout(topo, shuntd):
-    """A quiet connection is not cut before idle_timeout (default 60 s)."""
-    s = topo.app.connect(T.REMOTE4, 7000)
+def test_idle_connection_survives_below_idle_timeout(fresh_topo, start_shuntd):
+    """idle_timeout 2 s: a connection quiet for 1.2 s twice (2.4 s in all)
+    is kept, as every byte restarts the timer; left quiet, it is closed no
+    sooner than 2 s after its last byte. (The sleeps are the quiet periods
+    under test, not waits for something.)"""
+    topo = fresh_topo
+    procs = sl.spawn_remote_peers(topo, {}, ["echo"])
     try:
-        time.sleep(1.5)  # quiet for a while, below the timeout: what is tested
-        assert sl.echo(s, b"still here") == b"still here"
+        start_shuntd(topo.app, sl.shuntd_args(**{"timeouts.idle-timeout": "2s"}))
+        s = topo.app.connect(T.REMOTE4, 7000)
+        try:
+            assert sl.echo(s, b"a") == b"a"
+            for msg in (b"b", b"c"):
+                time.sleep(1.2)  # quiet, below the timeout: what is tested
+                assert sl.echo(s, msg) == msg
+            last = time.monotonic()
+            s.settimeout(10)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            quiet = time.monotonic() - last
+            assert 1.9 <= quiet < 8, quiet
+        finally:
+            s.close()
     finally:
-        s.close()
+        for p in procs.values():
+            p.stop()
 
 
 def test_idle_timeout_closes_quiet_connection(fresh_topo, start_shuntd):
