@@ -287,6 +287,19 @@ def test_scale_3_5_2(env):
     print("scale propagation seconds:", ["%.3f" % x for x in lat])
 
 
+def test_slice_deleted_takes_its_endpoints(env):
+    """A second EndpointSlice of the service adds its endpoints; when it is
+    DELETED they leave the routes (a delete taken as an update would keep
+    them serving)."""
+    extra = slice_obj(EPS[3:], name="web-fghij")
+    env.apply("endpointslices", "ADDED", extra)
+    sl.wait_until(lambda: addrs(env.daemon) == sorted(EPS), 10, what="two slices' endpoints")
+    sl.wait_until(lambda: served_set(env, 15) == names(range(5)), 10, what="traffic on five")
+    env.apply("endpointslices", "DELETED", extra)
+    sl.wait_until(lambda: addrs(env.daemon) == sorted(EPS[:3]), 10, what="the slice's endpoints gone")
+    sl.wait_until(lambda: served_set(env, 9) == names(range(3)), 10, what="traffic on three")
+
+
 WATCHED = ("services", "endpointslices", "pods", "namespaces")
 
 

@@ -11,6 +11,7 @@ per-service connection limit.
 Short thresholds and times (configured below) keep each test to seconds."""
 
 import collections
+import concurrent.futures
 import json
 import os
 import signal
@@ -471,3 +472,34 @@ def test_outlier_ejection_stops_attempts(fresh_topo, start_shuntd):
     finally:
         for p in procs:
             p.stop()
+
+
+def test_retry_budget_bounds_retries_in_flight(fresh_topo, start_shuntd):
+    """retries.budget_min 2 and budget_percent 0, and no endpoint listening:
+    of 8 requests at the same time each fails to connect, 2 are retried
+    (each holds its budget slot through a 300 ms backoff) and 6 are refused
+    a retry and counted; every client gets a 503. Without the budget a storm
+    of failures would multiply the load on a struggling service."""
+    topo = fresh_topo
+    topo.add_remote4()
+    topo.route_vips()
+    flags = dict(BREAKER_FLAGS)
+    flags.update({
+        "circuit-breaker.consecutive-failures": "1000",
+        "outlier-detection.consecutive-failures": "1000",
+        "retries.max-retries": "1",
+        "retries.backoff-base": "300ms",
+        "retries.backoff-max": "300ms",
+        "retries.budget-min": "2",
+        "retries.budget-percent": "0",
+    })
+    path = sl.registry_file(registry())
+    d = start_shuntd(topo.app, sl.shuntd_args(**{"service-discovery.file.path": path}, **flags))
+    svc = SERVICE + ":80"
+    retries0 = d.metric("shunt_retries_total", default=0, service=svc)
+    refused0 = d.metric("shunt_retry_budget_exhausted_total", default=0, service=svc)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: topo.app.http(VIP, 80, "GET", "/", timeout=10)[0], range(8)))
+    assert got == [503] * 8, got
+    assert d.metric("shunt_retries_total", service=svc) == retries0 + 2
+    assert d.metric("shunt_retry_budget_exhausted_total", service=svc) == refused0 + 6
