@@ -25,6 +25,9 @@
 # Exit status: 0 when every mutation was caught, 1 when one survived, 2 on
 # an error (a mutation that does not apply or build, a failing baseline).
 set -uo pipefail
+# One group, parsed whole before it runs: editing this file during a run
+# (bash reads a script as it goes) cannot change or break that run.
+{
 
 src=$(cd "$(dirname "$0")/.." && pwd)
 only="" first=0 full=0 baseline=0 report="" keep=0
@@ -172,3 +175,4 @@ cmake --build "$build" -j2 >"$logs/build-final.log" 2>&1
 } >"${report:-/dev/stdout}"
 [ "$status" = 0 ] || keep=1
 exit "$status"
+}

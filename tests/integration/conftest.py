@@ -114,8 +114,7 @@ def start_shuntd():
     try:
         yield start
     finally:
-        for d in started:
-            d.stop()
+        sl.stop_checked(started, exited_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -126,4 +125,4 @@ def shuntd(topo, remote_peers):
         d.wait_ready()
         yield d
     finally:
-        d.stop()
+        sl.stop_checked([d])

@@ -93,7 +93,7 @@ def test_builtin_ca(fresh_topo, start_shuntd):
     assert any(n.startswith("shunt_tls_") for n in names), sorted(names)
 
     # A restart reuses the CA (same root serial) and issues a new leaf.
-    d.stop()
+    sl.stop_checked([d])
     d2 = start_shuntd(fresh_topo.app, mtls_args(ca_dir))
     again = d2.json("/certs")
     assert again["trust_bundle"][0]["serial"] == certs["trust_bundle"][0]["serial"]
@@ -120,7 +120,7 @@ def test_disabled(fresh_topo, start_shuntd):
 def test_readable_ca_key_refused(fresh_topo, start_shuntd):
     ca_dir = os.path.join(sl.tmpdir(), "ca")
     d = start_shuntd(fresh_topo.app, mtls_args(ca_dir))
-    d.stop()
+    sl.stop_checked([d])
     key = os.path.join(ca_dir, "ca-key.pem")
     os.chmod(key, 0o644)
     d = start_shuntd(fresh_topo.app, mtls_args(ca_dir), ready=False)
@@ -183,7 +183,7 @@ def test_file_source(fresh_topo, start_shuntd):
     assert certs["trust_bundle"][0]["subject"].find("ext root") >= 0
     assert not os.path.exists(os.path.join(tmp, "unused"))
     assert_no_key([d.log_text(), json.dumps(certs)], key_body(key))
-    d.stop()
+    sl.stop_checked([d])
 
     bad_pem, bad_key = leaf("nouri", "DNS:web.shop.svc.cluster.local")
     args = mtls_args(

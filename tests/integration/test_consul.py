@@ -117,13 +117,14 @@ def env():
         daemon.wait_ready()
         yield topo, daemon, agent
     finally:
-        if daemon:
-            daemon.stop()
-        if agent:
-            agent.proc.stop()
-        for p in procs:
-            p.stop()
-        topo.delete()
+        try:
+            sl.stop_checked([daemon] if daemon else [], exited_ok=bool(_NOT_BUILT))
+        finally:
+            if agent:
+                agent.proc.stop()
+            for p in procs:
+                p.stop()
+            topo.delete()
 
 
 def web(d):

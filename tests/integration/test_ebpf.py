@@ -193,7 +193,7 @@ def shuntd(topo, cgroup, peers):
         d.wait_ready()
         yield d
     finally:
-        d.stop()
+        sl.stop_checked([d])
 
 
 def test_attached_and_pinned(shuntd):
@@ -229,10 +229,20 @@ def test_original_destination(topo, shuntd, host):
 
 
 def test_tcp_echo(topo, shuntd):
+    """1 MiB echoed through shuntd, not around it: the application's socket
+    was connected to the outbound listener, connect4/6 counted the redirect
+    and shuntd accepted the connection."""
     for host in (T.REMOTE4, T.REMOTE6):
+        before = bpf_counters()
+        accepted = shuntd.metric("shunt_connections_accepted_total", default=0.0,
+                                 direction="outbound")
         out = client(topo.app, host, 7000, "echo")
         assert out["echo_ok"], out
         assert out["echo_len"] == 256 * 4096
+        assert out["peername"][1] == 15002, out
+        assert bpf_counters()["redirected"] == before["redirected"] + 1
+        assert shuntd.metric("shunt_connections_accepted_total", direction="outbound") == \
+            accepted + 1
 
 
 def test_curl(topo, shuntd):
@@ -940,7 +950,7 @@ def test_full_maps_degrade_to_the_normal_path(fresh_topo, cgroup2):
         assert out["peername"] == ["127.0.0.1", 15002]  # captured again
     finally:
         if d:
-            d.stop()
+            sl.stop_checked([d], exited_ok=True)
         for p in procs.values():
             p.stop()
         remove_pins(pins)
@@ -1033,8 +1043,7 @@ def test_kill_9_and_restart(fresh_topo, cgroup2):
         assert json.loads(r.stdout)["reply"]["server"] == "addr-a"
         # The unproxied connection lived through it all.
         assert held.alive()
-        d2.stop()
-        assert d2.proc.popen.returncode == 0
+        sl.stop_checked([d2])
         assert not os.path.exists(pins)
     finally:
         for x in (held, relayed_conn, d, d2):
@@ -1146,7 +1155,7 @@ def test_clean_exit_detaches(fresh_topo, cgroup2):
         for v6 in (False, True):  # the inbound rules went with it
             assert "SIDECAR_PROXY" not in fresh_topo.app.iptables_save(v6=v6)
     finally:
-        d.stop()
+        sl.stop_checked([d], exited_ok=True)
         remove_pins(pins)
 
 
@@ -1161,7 +1170,7 @@ def test_ebpf_mode_fails_with_reason(fresh_topo, mounts):
                    for m in errs), errs
         assert not os.path.exists(PINS + "-no")
     finally:
-        d.stop()
+        sl.stop_checked([d], exited_ok=True)
 
 
 def test_auto_falls_back_to_iptables(fresh_topo, cgroup2):
@@ -1185,7 +1194,7 @@ def test_auto_falls_back_to_iptables(fresh_topo, cgroup2):
         assert "iptables" in st["redirect_reason"] and "refused" in st["redirect_reason"]
         assert not os.path.exists(pins)
     finally:
-        d.stop()
+        sl.stop_checked([d], exited_ok=True)
         remove_pins(pins)
 
 
@@ -1199,7 +1208,7 @@ def test_auto_uses_ebpf(fresh_topo, cgroup2):
         assert os.path.exists(os.path.join(pins, "link_connect4"))
         assert "SIDECAR_PROXY_OUTBOUND" not in fresh_topo.app.iptables_save()
     finally:
-        d.stop()
+        sl.stop_checked([d], exited_ok=True)
         remove_pins(pins)
 
 
@@ -1310,7 +1319,7 @@ def test_blocking_read_after_shut_wr(fresh_topo, cgroup2):
             d = None
     finally:
         if d:
-            d.stop()
+            sl.stop_checked([d], exited_ok=True)
         for p in procs.values():
             p.stop()
         remove_pins(pins)
