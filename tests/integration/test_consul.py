@@ -118,7 +118,7 @@ def env():
         yield topo, daemon, agent
     finally:
         try:
-            sl.stop_checked([daemon] if daemon else [], exited_ok=bool(_NOT_BUILT))
+            sl.stop_checked([daemon] if daemon else [])
         finally:
             if agent:
                 agent.proc.stop()
