@@ -10,12 +10,14 @@ Checked through `shuntctl pods`: exactly this node's meshed pods with their
 netns inode, cgroup, IPs and service account; pods on node-b and unmeshed
 pods absent; a pod created later appears, a deleted one disappears and its
 netns fd is closed (/proc/<shuntd>/fd); an IP change; the label removed; a
-pod whose cgroup appears after the pod resolves then; node.max_pods sheds,
+pod whose cgroup appears after the pod resolves then; a recreated sandbox
+(new netns) replaces the held one; node.max_pods sheds,
 logs and counts. Every cgroup, netns and process is removed at the end."""
 
 import errno
 import json
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -100,6 +102,17 @@ class KubePod:
         sl.wait_until(lambda: os.readlink("/proc/%d/exe" % self.proc.pid).endswith("/sleep"),
                       5, what="sleep running in " + self.name)
         return self
+
+    def new_sandbox(self):
+        """The sandbox recreated (the runtime restarted it): the process
+        killed, its netns removed, a new netns and process in the same
+        container cgroup."""
+        self.proc.stop(timeout=5)
+        self.netns.delete()
+        self.netns = sl.Pod(self.name + "-2")
+        self.proc = self.netns.spawn(["sleep", "300"], self.name + "-sleep-2")
+        with open(os.path.join(self.made[-1], "cgroup.procs"), "w") as f:
+            f.write(str(self.proc.pid))
 
     @property
     def netns_ino(self):
@@ -273,6 +286,23 @@ def test_cgroup_appears_late(node):
     assert table(env, d)["counters"]["retries"] >= 1
 
 
+def test_new_sandbox_taken(node):
+    """A ready pod whose sandbox is recreated: the new namespace replaces
+    the held one (looked at every 5 s), the old descriptor is closed."""
+    env, d, root, pods = node
+    a1 = next(p for p in pods if p.name == "a1")
+    old = a1.netns_ino
+    assert by_name(env, d)["a1"]["netns_inode"] == old
+    a1.new_sandbox()
+    new = a1.netns_ino
+    assert new != old
+    sl.wait_until(lambda: by_name(env, d)["a1"]["netns_inode"] == new, 12, interval=0.2,
+                  what="a1's new netns taken")
+    assert table(env, d)["counters"]["netns_changed"] >= 1
+    fds = netns_fds(d)
+    assert new in fds and old not in fds
+
+
 def test_max_pods_sheds(node):
     env, d, root, pods = node
     before = table(env, d)
@@ -288,3 +318,9 @@ def test_max_pods_sheds(node):
                for ln in d.log_lines())
     text = sl.shuntctl(env.topo.app, "pods").stdout
     assert "shed 1 (max_pods reached)" in text
+    metrics = d.metrics_text()
+    p = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "shunt_node_pods_shed_total 1\n" in metrics
+    assert 'shunt_node_pods{state="ready"} ' in metrics

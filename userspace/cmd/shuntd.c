@@ -552,6 +552,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         if (d->tls)
                 tls_store_render_metrics(d->tls, &resp->body);
         authz_render_metrics(&d->authz_stats, &resp->body);
+        if (d->node_pods)
+                node_pods_render_metrics(d->node_pods, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",

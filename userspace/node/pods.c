@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/prom.h"
 
 #define COMP "node"
 
@@ -724,4 +726,37 @@ void node_pods_render(const struct node_pods *np, struct strbuf *sb)
         }
         free(idx);
         strbuf_append(sb, "]}");
+}
+
+void node_pods_render_metrics(const struct node_pods *np, struct strbuf *sb)
+{
+        uint64_t by_state[sizeof(state_names) / sizeof(state_names[0])] = {0};
+        for (size_t i = 0; i < np->n; i++)
+                by_state[np->pods[i].state]++;
+        prom_family(sb, "shunt_node_pods", "gauge", "Meshed pods of this node held, by state.");
+        for (size_t k = 0; k < sizeof(by_state) / sizeof(by_state[0]); k++) {
+                char label[48];
+                snprintf(label, sizeof(label), "state=\"%s\"", state_names[k]);
+                prom_sample_u64(sb, "shunt_node_pods", label, by_state[k]);
+        }
+        static const struct {
+                const char *name, *help;
+                size_t off;
+        } c[] = {
+            {"shunt_node_pods_shed_total", "Pods not taken: node.max_pods were held.",
+             offsetof(struct node_pods, c.shed)},
+            {"shunt_node_pods_failed_total",
+             "Pods whose cgroup or network namespace did not show within node.resolve_timeout.",
+             offsetof(struct node_pods, c.failed)},
+            {"shunt_node_pods_retries_total", "Attempts at a pending pod after its first.",
+             offsetof(struct node_pods, c.retries)},
+            {"shunt_node_pods_netns_changed_total",
+             "Ready pods whose network namespace was replaced (a new sandbox).",
+             offsetof(struct node_pods, c.netns_changed)},
+        };
+        for (size_t k = 0; k < sizeof(c) / sizeof(c[0]); k++) {
+                prom_family(sb, c[k].name, "counter", c[k].help);
+                prom_sample_u64(sb, c[k].name, NULL,
+                                *(const uint64_t *)((const char *)np + c[k].off));
+        }
 }

@@ -99,5 +99,8 @@ size_t node_pods_count(const struct node_pods *np);
 int node_pods_state(const struct node_pods *np, const char *ns, const char *name);
 /* {"node":..., "max_pods":..., "counters":{...}, "pods":[...]} */
 void node_pods_render(const struct node_pods *np, struct strbuf *sb);
+/* Prometheus: shunt_node_pods{state}, shunt_node_pods_shed_total,
+ * _failed_total, _retries_total, _netns_changed_total. */
+void node_pods_render_metrics(const struct node_pods *np, struct strbuf *sb);
 
 #endif
