@@ -67,7 +67,8 @@ def env():
         path = sl.registry_file(
             {
                 "services": [
-                    service("greeter", VIP, PORT, "GRPC"),
+                    # passive ejection short: a restarted server is back in a test's wait
+                    service("greeter", VIP, PORT, "GRPC", health_check={"ejection_time": "1s"}),
                     service("greeter-sniffed", VIP_SNIFF, PORT),
                     service("greeter-down", VIP_DOWN, DEAD_PORT, "GRPC"),
                     service("greeter-stalled", VIP_STALL, STALL_PORT, "GRPC", [T.REMOTE4]),
@@ -85,6 +86,9 @@ def env():
                     "service-discovery.file.path": path,
                     "http2.max-control-frames-per-second": str(FLOOD_LIMIT),
                     "log-level": "debug",
+                    # a restarted server is back in rotation within a test's wait
+                    "circuit-breaker.open-timeout": "500ms",
+                    "outlier-detection.base-ejection-time": "500ms",
                 }
             ),
         ).wait_ready()
@@ -153,11 +157,17 @@ def test_killed_backend_is_retried_around(env):
     topo, d, servers = env
     retries = metric(d, "shunt_http2_stream_retries_total")
     servers[2].stop(signal.SIGKILL)
-    out = client(topo, VIP, "--parallel", 2, "unary", "--n", 90)
-    assert out["codes"] == {"OK": 90}, out
-    assert "ep2" not in out["servers"] and len(out["servers"]) == 2, out
-    assert metric(d, "shunt_http2_stream_retries_total") > retries
-    assert metric(d, "shunt_http2_upstream_sessions_total", event="failed") >= 1
+    try:
+        out = client(topo, VIP, "--parallel", 2, "unary", "--n", 90)
+        assert out["codes"] == {"OK": 90}, out
+        assert "ep2" not in out["servers"] and len(out["servers"]) == 2, out
+        assert metric(d, "shunt_http2_stream_retries_total") > retries
+        assert metric(d, "shunt_http2_upstream_sessions_total", event="failed") >= 1
+    finally:
+        # back in rotation before the next test, whichever runs next
+        servers[2] = grpc_server(topo.remote, "ep2", EP_ADDRS[2])
+        sl.wait_until(lambda: "ep2" in client(topo, VIP, "unary", "--n", 6)["servers"], 15,
+                      what="ep2 back")
 
 
 def test_upstream_dying_mid_call_resets_that_call(env):

@@ -28,6 +28,8 @@ def registry(endpoints, health=None, algorithm=None, extra_services=()):
         "namespace": "default",
         "addresses": [VIP4, VIP6],
         "ports": [{"name": "http", "port": 80, "target_port": PORT, "protocol": "HTTP"}],
+        # passive ejection short: a restarted endpoint is back within a test's wait
+        "health_check": {"ejection_time": "1s"},
         "endpoints": [
             {"address": a, "port": PORT, **({"health": health[a]} if health and a in health else {})}
             for a in endpoints
@@ -146,6 +148,8 @@ def test_failed_endpoint_is_retried_around(env):
         assert d.metric("shunt_connect_retries_total") > retries
     finally:
         procs[2] = topo.remote.spawn_peer("http", "ep2", ["%s:%d" % (EXTRA4, PORT)])
+        # back in rotation before the next test, whichever runs next
+        sl.wait_until(lambda: "ep2" in served_by(topo, VIP4, 6), 10, what="ep2 back")
 
 
 def test_registry_edit_is_followed(env):
