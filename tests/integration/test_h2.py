@@ -408,12 +408,24 @@ def test_request_id_added_and_kept(env):
     assert len(given) == 1 and "rid=abc-123 tp=" + tp in given[0], new
 
 
-def test_drain_sends_goaway_and_lets_streams_finish(env):
+def test_drain_sends_goaway_and_lets_streams_finish(fresh_topo, start_shuntd):
     """SIGTERM: every HTTP/2 client gets GOAWAY NO_ERROR; an idle connection
     closes at once, a busy one after its stream got its answer (here the 504
     of a backend that never answers), and shuntd finds nothing left before
-    drain_timeout. Runs last: it stops the module's shuntd."""
-    topo, d, logs, _ = env
+    drain_timeout. On a shuntd of its own: stopping the module's would break
+    every test that runs after this one."""
+    topo = fresh_topo
+    topo.add_remote4()
+    topo.route_vips()
+    topo.remote.spawn_peer(
+        "stall", "stalled", ["%s:%d" % (T.REMOTE4, STALL_PORT)], extra=["--stall", "120"]
+    )
+    path = sl.registry_file({"services": [
+        service("web2", VIP, PORT, "HTTP2"),
+        service("web2-stalled", VIP_STALL, STALL_PORT, "HTTP2", [T.REMOTE4]),
+    ]})
+    d = start_shuntd(topo.app, sl.shuntd_args(**{
+        "service-discovery.file.path": path, "timeouts.request": "1s", "drain-timeout": "10s"}))
     idle = topo.app.connect(VIP, 80)
     busy = topo.app.connect(VIP_STALL, 80)
     try:
