@@ -171,6 +171,8 @@ def env():
             }),
             env={"SHUNT_K8S_WATCH_TIMEOUT": str(WATCH_TIMEOUT_S)},
         ).wait_ready()
+        # every test starts synced, whichever runs first
+        sl.wait_until(lambda: addrs(e.daemon) == sorted(EPS[:3]), 20, what="first sync")
         yield e
     finally:
         rc = e.daemon.stop() if e.daemon else 0
@@ -501,6 +503,7 @@ def test_token_rotation(env):
     goes stale until the token file carries the new token, which it re-reads."""
     d = env.daemon
     env.ctl("POST", "/inject", {"token": "standin-token-2"})
+    env.token = "standin-token-2"  # what a restarted stand-in accepts from now on
     sl.wait_until(lambda: env.stats()["unauthorized"] > 0, 15, what="a request with the old token")
     sl.wait_until(lambda: web(d)["stale"], 10, what="stale while refused")
     assert [l for l in d.log_lines() if "refused the credentials" in l.get("msg", "")]
