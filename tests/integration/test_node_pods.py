@@ -41,7 +41,7 @@ def cgroup2_root():
             pre, _, post = line.partition(" - ")
             if post.split()[0] == "cgroup2" and pre.split()[3] == "/":
                 return pre.split()[4]
-    pytest.skip("no cgroup v2 hierarchy mounted")
+    sl.missing("cgroup2", "no cgroup v2 hierarchy mounted (/proc/self/mountinfo)")
 
 
 class NodeTopo:
