@@ -324,3 +324,28 @@ def test_max_pods_sheds(node):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "shunt_node_pods_shed_total 1\n" in metrics
     assert 'shunt_node_pods{state="ready"} ' in metrics
+
+
+@pytest.mark.parametrize("flags,env,why", [
+    (["--service-discovery.type", "file"], {"NODE_NAME": NODE},
+     "mode node needs service_discovery.type kubernetes"),
+    (["--service-discovery.type", "kubernetes",
+      "--service-discovery.kubernetes.kubeconfig-path", "KUBECONFIG"], {},
+     "node.name (NODE_NAME) is empty"),
+])
+def test_bad_node_config_refused(node, flags, env, why):
+    """Node mode without what it needs: shuntd exits 1 with one clear line."""
+    kenv, d, root, pods = node
+    kubeconfig = os.path.join(kenv.dir, "kubeconfig.json")
+    pod = sl.Pod("badnode")
+    try:
+        argv = [sl.SHUNTD] + sl.shuntd_args(**{"redirect": "off", "mode": "node",
+                                                "mtls.ca-dir": os.path.join(kenv.dir, "ca2")})
+        argv += [kubeconfig if f == "KUBECONFIG" else f for f in flags]
+        e = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+        e.update(env)
+        r = pod.run(argv, timeout=30, check=False, env=e)
+        assert r.returncode == 1, r.stderr
+        assert why in r.stderr
+    finally:
+        pod.delete()
