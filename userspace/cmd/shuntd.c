@@ -1569,7 +1569,7 @@ static void usage(FILE *f)
         fprintf(f,
                 "usage: shuntd [--takeover] [--config FILE] [--KEY VALUE ...]\n"
                 "       shuntd init [--config FILE] [--KEY VALUE ...]\n"
-                "       shuntd --help | --version\n\n"
+                "       shuntd --help | --version | --print-config-reference\n\n"
                 "Transparent service-mesh proxy. Every configuration key can be given as a flag;\n"
                 "flags override environment variables, which override the file.\n"
                 "`shuntd init` installs the capture (iptables chains, or eBPF programs pinned\n"
@@ -1608,6 +1608,16 @@ int main(int argc, char **argv)
         }
         if (shunt_version_flag(argc, argv, "shuntd"))
                 return 0;
+        if (argc == 2 && !strcmp(argv[1], "--print-config-reference")) {
+                char *md = config_reference_markdown();
+                if (!md) {
+                        fprintf(stderr, "shuntd: out of memory\n");
+                        return 1;
+                }
+                fputs(md, stdout);
+                free(md);
+                return 0;
+        }
 
         struct daemon d = {.argc = 0, .argv = argv, .exit_code = 0};
         /* --takeover is not a configuration key: kept out of what

@@ -270,6 +270,9 @@ int config_reload(const struct shunt_config *old, int argc, char *const argv[], 
 
 /* The flags config_load accepts, one per line, for --help. */
 const char *config_usage(void);
+/* The configuration reference (docs/configuration.md) as Markdown, from the
+ * same table. Returns a malloc'd string or NULL. */
+char *config_reference_markdown(void);
 
 /* Effective values as JSON: {"key": {"value": ..., "source": "default|file|env|flag"}}.
  * Secrets are shown as "<redacted>". Returns malloc'd string or NULL. */
