@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* shunt's eBPF capture: connect rewrite, original destinations, the local
- * socket shortcut and SO_ORIGINAL_DST. See DESIGN.md "Data path".
+ * socket shortcut and SO_ORIGINAL_DST. See docs/architecture.md, "Data path".
  *
  *   cgroup/connect4, connect6  an application's TCP connect() to a remote
  *                              address goes to shuntd's outbound listener;

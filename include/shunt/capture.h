@@ -20,11 +20,12 @@
 #define SHUNT_MAX_SOCKETS  65536
 #define SHUNT_MAX_EXCLUDES 64
 
-/* Flow control of the shortcut (DESIGN.md pitfall 1): a redirect lands in the
- * peer's receive queue with no window, so the sender's bytes take TCP while
- * more than SHUNT_FLOW_HIGH redirected bytes wait unread there, and come back
- * to the shortcut once no more than SHUNT_FLOW_LOW wait and the reader has
- * consumed every byte that went by TCP (so none is overtaken). */
+/* Flow control of the shortcut (docs/architecture.md, shortcut pitfall 1): a
+ * redirect lands in the peer's receive queue with no window, so the sender's
+ * bytes take TCP while more than SHUNT_FLOW_HIGH redirected bytes wait unread
+ * there, and come back to the shortcut once no more than SHUNT_FLOW_LOW wait
+ * and the reader has consumed every byte that went by TCP (so none is
+ * overtaken). */
 #define SHUNT_FLOW_HIGH (2u << 20)
 #define SHUNT_FLOW_LOW  (1u << 20)
 

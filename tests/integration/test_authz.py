@@ -387,9 +387,9 @@ def crd_schema():
 
 
 def readme_policy_objects():
-    """The AuthorizationPolicy objects of the README's yaml blocks."""
+    """The AuthorizationPolicy objects of docs/security.md's yaml blocks."""
     import yaml
-    with open(os.path.join(sl.SOURCE, "README.md")) as f:
+    with open(os.path.join(sl.SOURCE, "docs", "security.md")) as f:
         text = f.read()
     out = []
     for block in text.split("```yaml")[1:]:
@@ -401,7 +401,7 @@ def readme_policy_objects():
 
 def test_crd_schema():
     """The CRD serves shunt.io/v1alpha1 AuthorizationPolicy (namespaced); its
-    schema takes the README's example and this file's policies and refuses
+    schema takes docs/security.md's example and this file's policies and refuses
     what shuntd would refuse."""
     import jsonschema
     crd = crd_schema()
@@ -421,7 +421,7 @@ def test_crd_schema():
                 "metadata": {"name": "x", "namespace": "default"}, "spec": s}
 
     examples = readme_policy_objects()
-    assert examples, "the README shows an AuthorizationPolicy"
+    assert examples, "docs/security.md shows an AuthorizationPolicy"
     good = examples + [obj({k: v for k, v in WEB_POLICY.items() if k != "name"}), obj({
         "selector": {"matchLabels": {"app": "web"}}, "ports": [9090, "8080", "*"],
         "deny": [{"service_account": "tester"}, {"trust_domain": "partner.org"}],

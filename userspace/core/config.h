@@ -42,8 +42,9 @@ enum capture_mode {
         CAPTURE_INIT,     /* `shuntd init` before shuntd starts; shuntd changes nothing */
 };
 
-/* The uid shuntd runs as in a pod (DESIGN.md); what capture by `shuntd init`
- * excludes when proxy_uid is automatic. */
+/* The uid shuntd runs as in a pod (docs/architecture.md, "Names and
+ * interfaces"); what capture by `shuntd init` excludes when proxy_uid is
+ * automatic. */
 #define SHUNT_PROXY_UID_DEFAULT 1337
 
 enum outbound_policy {
@@ -160,7 +161,7 @@ struct shunt_config {
         uint32_t http_max_header_bytes;  /* http.max_request_header_bytes, 64KiB */
         uint32_t http_max_headers;       /* http.max_request_headers, 100 */
 
-        /* resilience, per upstream service (README "Resilience") */
+        /* resilience, per upstream service (docs/traffic.md, "Resilience") */
         char lb_local_zone[64];           /* load_balancing.local_zone, SHUNT_LOCAL_ZONE, "" */
         uint32_t lb_locality_min_percent; /* load_balancing.locality_min_percent, 70 */
         uint32_t cb_consecutive_failures; /* circuit_breaker.consecutive_failures, 5 */

@@ -53,7 +53,7 @@ enum k8s_kind {
         K8S__KINDS,
 };
 
-/* Mesh identity from Kubernetes (see README "Kubernetes"):
+/* Mesh identity from Kubernetes (see docs/discovery.md, "Kubernetes"):
  *  - a pod is meshed when it carries the label shunt.io/meshed: "true";
  *  - an endpoint's identity is spiffe://<trust domain>/ns/<pod namespace>/
  *    sa/<pod spec.serviceAccountName>, its pod found through the slice
