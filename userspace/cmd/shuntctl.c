@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,6 +75,9 @@ static const char usage_text[] =
     "                   answers at the admin address (it owns the capture)\n"
     "  ready [SECONDS]  exit 0 when shuntd is ready (GET /ready), else 1; with\n"
     "                   SECONDS, ask once a second until then (a pod's probes)\n"
+    "  reload           SIGHUP to the shuntd answering at the admin address (same\n"
+    "                   pid and network namespace); exit 0 once it applied the\n"
+    "                   configuration again, 1 when it rejected it (its log says why)\n"
     "  wait-idle [SECONDS]\n"
     "                   return once shuntd has accepted no new connection for 2 s\n"
     "                   (the application is done), or is gone; exit 1 after SECONDS\n"
@@ -915,9 +919,10 @@ static int cmd_ready(const char *seconds)
         }
 }
 
-/* Connections shuntd accepted so far, read in a child (http_call exits when
- * shuntd is unreachable); -1 when it cannot be read. */
-static long long accepted_total(void)
+/* A number of /status (obj.key, or key at the top when obj is NULL), read in
+ * a child (http_call exits when shuntd is unreachable); -1 when it cannot be
+ * read. */
+static long long status_number(const char *obj, const char *key)
 {
         int p[2];
         if (pipe(p) < 0)
@@ -933,10 +938,8 @@ static long long accepted_total(void)
                 g_json = false;
                 cJSON *j = fetch("GET", "/status", NULL);
                 double n;
-                long long v =
-                    jnum(cJSON_GetObjectItemCaseSensitive(j, "connections"), "accepted", &n)
-                        ? (long long)n
-                        : -1;
+                const cJSON *o = obj ? cJSON_GetObjectItemCaseSensitive(j, obj) : j;
+                long long v = jnum(o, key, &n) ? (long long)n : -1;
                 cJSON_Delete(j);
                 _exit(write(p[1], &v, sizeof(v)) == (ssize_t)sizeof(v) ? 0 : 1);
         }
@@ -949,6 +952,70 @@ static long long accepted_total(void)
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
                 ;
         return v;
+}
+
+static long long accepted_total(void)
+{
+        return status_number("connections", "accepted");
+}
+
+#define RELOAD_WAIT_MS 10000
+
+/* True when pid is a process named shuntd in this network namespace: the pid
+ * /status reports is in shuntd's pid namespace, and a pid of another
+ * namespace must not get a signal meant for shuntd. */
+static bool is_local_shuntd(long long pid)
+{
+        char path[64], err[128], *comm = NULL;
+        size_t len;
+        snprintf(path, sizeof(path), "/proc/%lld/comm", pid);
+        if (file_read_token(path, 64, &comm, &len, err, sizeof(err)) < 0)
+                return false;
+        bool named = strcmp(comm, "shuntd") == 0;
+        free(comm);
+        if (!named)
+                return false;
+        struct stat mine, its;
+        snprintf(path, sizeof(path), "/proc/%lld/ns/net", pid);
+        return stat("/proc/self/ns/net", &mine) == 0 && stat(path, &its) == 0 &&
+               mine.st_ino == its.st_ino && mine.st_dev == its.st_dev;
+}
+
+/* SIGHUP to the shuntd at the admin address, then wait for /status to show
+ * the next configuration generation: a rejected reload keeps the running
+ * configuration and the generation, and shuntd's log says why. */
+static int cmd_reload(void)
+{
+        long long pid = status_number(NULL, "pid");
+        long long gen = status_number("config", "generation");
+        if (pid <= 0 || gen < 0)
+                die("cannot read pid and configuration generation from shuntd admin at %s",
+                    g_admin);
+        if (!is_local_shuntd(pid))
+                die("pid %lld from shuntd admin at %s is not a shuntd in this pid and network "
+                    "namespace: run shuntctl where shuntd runs",
+                    pid, g_admin);
+        if (kill((pid_t)pid, SIGHUP) < 0)
+                die("cannot signal shuntd (pid %lld): %s", pid, strerror(errno));
+        uint64_t start = clock_mono_ms();
+        for (;;) {
+                long long now = status_number("config", "generation");
+                if (now > gen) {
+                        printf("reloaded: configuration generation %lld\n", now);
+                        return 0;
+                }
+                if (now < 0)
+                        die("shuntd at %s stopped answering during the reload", g_admin);
+                if (clock_mono_ms() - start >= RELOAD_WAIT_MS) {
+                        fprintf(stderr,
+                                "shuntctl: reload not applied (generation still %lld after %d s): "
+                                "shuntd rejected it, its log says why\n",
+                                now, RELOAD_WAIT_MS / 1000);
+                        return 1;
+                }
+                struct timespec ts = {0, 100 * 1000000L};
+                nanosleep(&ts, NULL);
+        }
 }
 
 /* preStop of a proxy that is not a native sidecar: the kubelet sends SIGTERM
@@ -1422,7 +1489,8 @@ int main(int argc, char **argv)
                           {"authz", 0, NULL},
                           {"ready", -1, "[SECONDS]"},
                           {"wait-idle", -1, "[SECONDS]"},
-                          {"pods", 0, NULL}};
+                          {"pods", 0, NULL},
+                          {"reload", 0, NULL}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -1457,6 +1525,8 @@ int main(int argc, char **argv)
                         return cmd_wait_idle(nargs ? args[0] : NULL);
                 case 11:
                         return cmd_pods();
+                case 12:
+                        return cmd_reload();
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }

@@ -1,0 +1,33 @@
+"""shuntctl reload against a real shuntd: the file's new value is applied
+and reported, a bad file is refused with the running configuration kept, and
+a shuntctl that cannot reach or see shuntd says so without signalling
+anything."""
+
+import shuntlib as sl
+
+
+def test_reload_applies_and_refuses(fresh_topo, start_shuntd):
+    pod = fresh_topo.app
+    d = start_shuntd(pod, config={"outbound_policy": "allow_any"})
+    assert d.config_value("outbound_policy")[0] == "allow_any"
+
+    d.write_config({"outbound_policy": "registry_only"})
+    p = sl.shuntctl(pod, "reload")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert p.stdout.strip() == "reloaded: configuration generation 2"
+    assert d.config_value("outbound_policy") == ("registry_only", "file")
+
+    d.write_config('{"outbound_policy": "nowhere"}')
+    p = sl.shuntctl(pod, "reload")
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "reload not applied (generation still 2" in p.stderr
+    assert d.alive()
+    assert d.config_value("outbound_policy") == ("registry_only", "file")
+    assert d.json("/status")["config"]["generation"] == 2
+
+
+def test_reload_without_a_shuntd(fresh_topo):
+    """Nothing answers: exit 1 with the address, no signal sent anywhere."""
+    p = sl.shuntctl(fresh_topo.remote, "reload")
+    assert p.returncode == 1
+    assert "127.0.0.1:15003" in p.stderr and "reload" not in p.stdout
