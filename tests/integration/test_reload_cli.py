@@ -1,7 +1,7 @@
-"""shuntctl reload against a real shuntd: the file's new value is applied
-and reported, a bad file is refused with the running configuration kept, and
-a shuntctl that cannot reach or see shuntd says so without signalling
-anything."""
+"""shuntctl reload and drain against a real shuntd: the file's new value is
+applied and reported, a bad file is refused with the running configuration
+kept, a drain returns once shuntd has exited cleanly, and a shuntctl that
+cannot reach shuntd says so without signalling anything."""
 
 import shuntlib as sl
 
@@ -31,3 +31,17 @@ def test_reload_without_a_shuntd(fresh_topo):
     p = sl.shuntctl(fresh_topo.remote, "reload")
     assert p.returncode == 1
     assert "127.0.0.1:15003" in p.stderr and "reload" not in p.stdout
+
+
+def test_drain_stops_gracefully(fresh_topo, start_shuntd):
+    """shuntctl drain returns once shuntd has drained, removed its capture
+    and exited 0."""
+    pod = fresh_topo.app
+    d = start_shuntd(pod)
+    assert "SIDECAR_PROXY_OUTBOUND" in pod.iptables_save()
+    p = sl.shuntctl(pod, "drain", timeout=30)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "drained: shuntd (pid %d) exited" % d.proc.pid in p.stdout
+    assert d.wait(5) == 0
+    assert "SIDECAR_PROXY" not in pod.iptables_save()
+    assert "SIDECAR_PROXY" not in pod.iptables_save(v6=True)

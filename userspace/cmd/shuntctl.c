@@ -78,6 +78,9 @@ static const char usage_text[] =
     "  reload           SIGHUP to the shuntd answering at the admin address (same\n"
     "                   pid and network namespace); exit 0 once it applied the\n"
     "                   configuration again, 1 when it rejected it (its log says why)\n"
+    "  drain            SIGTERM to that shuntd: it stops accepting, finishes what is in\n"
+    "                   flight (up to drain_timeout), removes its capture and exits;\n"
+    "                   returns when it has exited\n"
     "  wait-idle [SECONDS]\n"
     "                   return once shuntd has accepted no new connection for 2 s\n"
     "                   (the application is done), or is gone; exit 1 after SECONDS\n"
@@ -919,10 +922,10 @@ static int cmd_ready(const char *seconds)
         }
 }
 
-/* A number of /status (obj.key, or key at the top when obj is NULL), read in
- * a child (http_call exits when shuntd is unreachable); -1 when it cannot be
- * read. */
-static long long status_number(const char *obj, const char *key)
+/* A number of the admin JSON at path (obj.key, or key at the top when obj is
+ * NULL; a duration string counts in ms), read in a child (http_call exits
+ * when shuntd is unreachable); -1 when it cannot be read. */
+static long long admin_number(const char *path, const char *obj, const char *key)
 {
         int p[2];
         if (pipe(p) < 0)
@@ -936,10 +939,14 @@ static long long status_number(const char *obj, const char *key)
                 if (!freopen("/dev/null", "w", stderr))
                         _exit(1);
                 g_json = false;
-                cJSON *j = fetch("GET", "/status", NULL);
+                cJSON *j = fetch("GET", path, NULL);
                 double n;
+                uint64_t ms;
                 const cJSON *o = obj ? cJSON_GetObjectItemCaseSensitive(j, obj) : j;
-                long long v = jnum(o, key, &n) ? (long long)n : -1;
+                const char *text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));
+                long long v = jnum(o, key, &n)                            ? (long long)n
+                              : text && parse_duration_ms(text, &ms) == 0 ? (long long)ms
+                                                                          : -1;
                 cJSON_Delete(j);
                 _exit(write(p[1], &v, sizeof(v)) == (ssize_t)sizeof(v) ? 0 : 1);
         }
@@ -952,6 +959,11 @@ static long long status_number(const char *obj, const char *key)
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
                 ;
         return v;
+}
+
+static long long status_number(const char *obj, const char *key)
+{
+        return admin_number("/status", obj, key);
 }
 
 static long long accepted_total(void)
@@ -984,19 +996,27 @@ static bool is_local_shuntd(long long pid)
 /* SIGHUP to the shuntd at the admin address, then wait for /status to show
  * the next configuration generation: a rejected reload keeps the running
  * configuration and the generation, and shuntd's log says why. */
-static int cmd_reload(void)
+/* Sends sig to the shuntd at the admin address; returns its pid. */
+static long long signal_shuntd(int sig)
 {
         long long pid = status_number(NULL, "pid");
-        long long gen = status_number("config", "generation");
-        if (pid <= 0 || gen < 0)
-                die("cannot read pid and configuration generation from shuntd admin at %s",
-                    g_admin);
+        if (pid <= 0)
+                die("cannot reach shuntd admin at %s to read its pid", g_admin);
         if (!is_local_shuntd(pid))
                 die("pid %lld from shuntd admin at %s is not a shuntd in this pid and network "
                     "namespace: run shuntctl where shuntd runs",
                     pid, g_admin);
-        if (kill((pid_t)pid, SIGHUP) < 0)
+        if (kill((pid_t)pid, sig) < 0)
                 die("cannot signal shuntd (pid %lld): %s", pid, strerror(errno));
+        return pid;
+}
+
+static int cmd_reload(void)
+{
+        long long gen = status_number("config", "generation");
+        if (gen < 0)
+                die("cannot read the configuration generation from shuntd admin at %s", g_admin);
+        signal_shuntd(SIGHUP);
         uint64_t start = clock_mono_ms();
         for (;;) {
                 long long now = status_number("config", "generation");
@@ -1011,6 +1031,40 @@ static int cmd_reload(void)
                                 "shuntctl: reload not applied (generation still %lld after %d s): "
                                 "shuntd rejected it, its log says why\n",
                                 now, RELOAD_WAIT_MS / 1000);
+                        return 1;
+                }
+                struct timespec ts = {0, 100 * 1000000L};
+                nanosleep(&ts, NULL);
+        }
+}
+
+#define DRAIN_SLACK_MS 10000
+
+/* The graceful stop: SIGTERM, then shuntd stops accepting, finishes what is
+ * in flight for up to drain_timeout, removes its capture and exits. Waits
+ * for its process to end, bounded by drain_timeout and some slack. */
+static int cmd_drain(void)
+{
+        long long drain_ms = admin_number("/config", "drain_timeout", "value");
+        if (drain_ms < 0)
+                die("cannot read drain_timeout from shuntd admin at %s", g_admin);
+        long long pid = signal_shuntd(SIGTERM);
+        printf("draining shuntd (pid %lld, up to %lld ms)\n", pid, drain_ms);
+        fflush(stdout);
+        uint64_t start = clock_mono_ms();
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%lld", pid);
+        for (;;) {
+                struct stat st;
+                /* gone, or a zombie its parent has not reaped yet */
+                if (stat(path, &st) < 0 || !is_local_shuntd(pid)) {
+                        printf("drained: shuntd (pid %lld) exited\n", pid);
+                        return 0;
+                }
+                if (clock_mono_ms() - start >= (uint64_t)drain_ms + DRAIN_SLACK_MS) {
+                        fprintf(stderr,
+                                "shuntctl: shuntd (pid %lld) still running %lld ms after SIGTERM\n",
+                                pid, drain_ms + DRAIN_SLACK_MS);
                         return 1;
                 }
                 struct timespec ts = {0, 100 * 1000000L};
@@ -1490,7 +1544,8 @@ int main(int argc, char **argv)
                           {"ready", -1, "[SECONDS]"},
                           {"wait-idle", -1, "[SECONDS]"},
                           {"pods", 0, NULL},
-                          {"reload", 0, NULL}};
+                          {"reload", 0, NULL},
+                          {"drain", 0, NULL}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -1527,6 +1582,8 @@ int main(int argc, char **argv)
                         return cmd_pods();
                 case 12:
                         return cmd_reload();
+                case 13:
+                        return cmd_drain();
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }
