@@ -619,6 +619,7 @@ class Shuntd:
         e = dict(os.environ)
         if env:
             e.update(env)
+        self._spawn = (name, e)
         self.proc = pod.spawn(argv, name, env=e)
         with _lock:
             _daemons.append(self)
@@ -637,6 +638,13 @@ class Shuntd:
     # -- lifecycle
     def alive(self):
         return self.proc.alive()
+
+    def restart(self):
+        """After stop(): the same command again, ready. A test that replaced
+        a module's daemon for a while gives it back, so no later test depends
+        on running before that one."""
+        self.proc = self.pod.spawn(self.argv, self._spawn[0], env=self._spawn[1])
+        return self.wait_ready()
 
     def wait_ready(self, timeout=20.0):
         def ready():

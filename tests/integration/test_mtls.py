@@ -349,3 +349,4 @@ def test_permissive_plaintext_then_strict(mesh):
         assert r.returncode == 0 and json.loads(r.stdout)["server"] == "web", r.stderr
     finally:
         sl.stop_checked([b2])
+        b.restart()  # the module's B back, for whichever test runs next

@@ -533,6 +533,7 @@ def test_registry_mode_per_port(mesh):
     finally:
         peer.stop()
         sl.stop_checked([b2])
+        b.restart()  # the module's B back, for whichever test runs next
 
 
 def test_files_source_broken_key_while_running(mesh):
@@ -638,4 +639,5 @@ def test_files_source_broken_key_while_running(mesh):
                     assert line not in t, "private key material leaked"
     finally:
         sl.stop_checked([b2])
+        b.restart()  # the module's B back, for whichever test runs next
 
