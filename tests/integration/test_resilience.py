@@ -317,6 +317,7 @@ def test_forced_open_by_the_operator(env):
 def test_daemon_exits_clean(env):
     _, d, _ = env
     sl.stop_checked([d])
+    d.restart()  # back for whichever test runs next
 
 
 def test_connection_limit_per_service(fresh_topo, start_shuntd):
