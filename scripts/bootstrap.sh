@@ -7,7 +7,7 @@ set -euo pipefail
 
 PKGS=(
 	# build
-	build-essential cmake pkg-config clang llvm
+	build-essential cmake pkg-config clang llvm clang-format
 	libbpf-dev bpftool libelf-dev zlib1g-dev
 	libcjson-dev libcurl4-gnutls-dev android-libboringssl-dev
 	libnghttp2-dev libyaml-dev libcmocka-dev libclang-rt-14-dev

@@ -10,29 +10,29 @@
 #include <stdint.h>
 
 enum proto {
-	PROTO_UNKNOWN = 0, /* not decided yet */
-	PROTO_TCP,	   /* opaque bytes */
-	PROTO_HTTP1,	   /* HTTP/1.0 or 1.1 request line */
-	PROTO_HTTP2,	   /* HTTP/2 connection preface (prior knowledge, h2c) */
-	PROTO_GRPC,	   /* HTTP/2 whose first request has content-type application/grpc* */
-	PROTO_TLS,	   /* TLS ClientHello */
-	PROTO__COUNT,
+        PROTO_UNKNOWN = 0, /* not decided yet */
+        PROTO_TCP,         /* opaque bytes */
+        PROTO_HTTP1,       /* HTTP/1.0 or 1.1 request line */
+        PROTO_HTTP2,       /* HTTP/2 connection preface (prior knowledge, h2c) */
+        PROTO_GRPC,        /* HTTP/2 whose first request has content-type application/grpc* */
+        PROTO_TLS,         /* TLS ClientHello */
+        PROTO__COUNT,
 };
 
 enum sniff_status {
-	SNIFF_DONE = 0,	    /* result->proto is final */
-	SNIFF_NEED_MORE,    /* call again when more bytes arrive (or time out: TCP) */
+        SNIFF_DONE = 0,  /* result->proto is final */
+        SNIFF_NEED_MORE, /* call again when more bytes arrive (or time out: TCP) */
 };
 
 /* Upper bound on the bytes sniff() will ever ask for; past it, it decides. */
 #define SNIFF_MAX_BYTES 16384
 
 struct sniff_result {
-	enum proto proto;
-	char http_method[16]; /* PROTO_HTTP1: "GET", ... */
-	char sni[256];	      /* PROTO_TLS: server_name, "" if absent */
-	char alpn[64];	      /* PROTO_TLS: ALPN protocols offered, comma-separated */
-	char grpc_content_type[64]; /* PROTO_GRPC */
+        enum proto proto;
+        char http_method[16];       /* PROTO_HTTP1: "GET", ... */
+        char sni[256];              /* PROTO_TLS: server_name, "" if absent */
+        char alpn[64];              /* PROTO_TLS: ALPN protocols offered, comma-separated */
+        char grpc_content_type[64]; /* PROTO_GRPC */
 };
 
 /* buf holds every byte received so far (len of them). Never reads past len.
