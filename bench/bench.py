@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Driver of bench/run.sh: runs the scenarios for each contender and writes
 the raw results (one value per repetition) as JSON.
 

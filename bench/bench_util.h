@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Helpers shared by the C benchmark programs: a monotonic clock in
  * nanoseconds and percentiles of sorted samples. */
 #ifndef SHUNT_BENCH_UTIL_H

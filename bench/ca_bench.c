@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* shunt-ca benchmark helper (bench/ca_bench.sh drives it):
  *
  *   ca_bench sign N                     N certificates signed from one ECDSA

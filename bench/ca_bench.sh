@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # shunt-ca benchmark: certificates issued per second (ECDSA P-256 CSRs)
 #  - signing alone: build/ca_bench sign (CSR parse, checks, signature check,
 #    signing, PEM), in process;

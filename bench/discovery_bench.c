@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Discovery microbenchmark: snapshot build time and lookup cost at 10,000
  * endpoints, and memory under one million endpoint add/remove updates.
  *

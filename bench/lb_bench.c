@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Load-balancer microbenchmark: nanoseconds per pick for each algorithm at
  * 1,000 endpoints (one worker, warm caches), and table build times.
  *

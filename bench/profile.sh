@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Profiles shuntd during one benchmark scenario:
 #
 #   bench/profile.sh SCENARIO [run.sh options, e.g. --quick --build DIR --out DIR]

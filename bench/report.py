@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Turns a bench/run.sh result (OUT/<stamp>.json) into OUT/<stamp>.md and
 OUT/<stamp>-<scenario>-<metric>.png (gnuplot).
 

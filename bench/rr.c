@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* rr: request-response load tool for shunt's benchmarks (bench/run.sh).
  *
  *   rr server ADDR PORT

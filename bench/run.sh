@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Side-by-side benchmarks: shunt against the direct path, HAProxy and nginx.
 #
 #   bench/run.sh [--quick] [--scenario NAME[,NAME]] [--contenders a,b] [--reps N]

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """Driver of bench/soak.sh: a long run of mixed traffic through two shuntds
 (client pod: iptables capture, file registry, originates mTLS; server pod:
 inbound capture, strict mTLS) with endpoint churn, certificate rotation every

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Soak: mixed HTTP/1.1, HTTP/2 (h2c), gRPC and TCP traffic through two
 # shuntds over mTLS for --minutes, with endpoint churn every 20 s, certificate
 # rotation every minute and SIGHUP reloads every 45 s; RSS, descriptors, CPU

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* TLS benchmark helper (bench/tls_bench.sh drives it):
  *
  *   tls_bench issue N KEY_TYPE          N workload certificates from a fresh

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # mTLS benchmark: certificate issuance by the built-in CA, and full TLS 1.3
 # handshakes per second (client certificates, ECDSA P-256 everywhere) into
 # shuntd's inbound side next to HAProxy terminating TLS, in the same run.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Writes OUT (a C header) with the release version and the commit the tree
 # was built from. Run at every build (cmake -P) so the commit follows new
 # commits without a re-configure; the header is rewritten only when it

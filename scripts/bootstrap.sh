@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs every Debian package shunt's build, tests, demo and benchmarks need.
 # Idempotent and quiet when everything is already present. A test whose tool
 # is missing fails naming it (no silent skips), so every executable and

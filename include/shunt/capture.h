@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Map keys and values shared by the BPF capture programs (bpf/capture.bpf.c)
  * and userspace (userspace/intercept/bpfcap.c, shuntctl).
  *

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """docs/configuration.md must be what `shuntd --print-config-reference` prints,
 and name the same flags and environment variables as `shuntd --help`: the
 manual is generated from the config table and cannot drift from the daemon.

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Every relative link in README.md, CHANGELOG.md and docs/*.md points at a
 file that exists and, with a #fragment, at a heading that exists there (GitHub's
 anchor rules). External links are not fetched.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Replays a fuzz target's corpus, then feeds it a bounded number of
  * deterministic mutations of the corpus entries. Used when libFuzzer is not
  * built, so every ctest run still exercises the parser under the sanitizers.

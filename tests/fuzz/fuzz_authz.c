@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Fuzz target for the authorization policy parser and decision (authz/authz.h).
  *
  * The input is JSON text, read as the config file's authorization.policies

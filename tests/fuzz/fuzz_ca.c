@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Fuzz target for shunt-ca's parsers of peer input (ca/ca.h, ca/ca-int.h).
  *
  * The first byte modulo 4 picks the parser, the rest is its input:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Fuzz target for the HTTP/1.1 parser (http/http1.h).
  *
  * The input is parsed as a request head and as a response head (with the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Fuzz target for the sidecar-injection webhook (inject/inject.h).
  *
  * The input is an AdmissionReview body, answered with two inject configs

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Fuzz target for protocol sniffing.
  *
  * Runs sniff() on the input and on its prefixes, with and without eof, and

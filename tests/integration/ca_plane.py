@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The control plane of the sidecar tests that take certificates from
 shunt-ca: a pod "cp" joined to the test's pods, running the Kubernetes API
 stand-in and a real shunt-ca (shuntca.py's KubeApi and ShuntCA). Every

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures for shunt's integration tests (see shuntlib.py for the harness).
 
 Every fixture that creates something removes it in a finally block, so a

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """A stand-in for a Consul agent's HTTP API, for shunt's integration tests.
 
 Written from Consul's documented wire behaviour (HTTP API: catalog, health,

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """gRPC peers for shunt's HTTP/2 tests: a python3-grpcio server and client
 with generic handlers and raw-bytes (identity) serializers, so no protoc and
 no generated code are needed.

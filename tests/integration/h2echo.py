@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """An HTTP/2 (h2c, prior knowledge) server that tells what it received, for
 the header tests: python3-h2 on asyncio.
 

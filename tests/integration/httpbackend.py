@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """A small real HTTP/1.1 server for the integration tests: keep-alive,
 Content-Length and chunked request bodies, answers naming itself.
 

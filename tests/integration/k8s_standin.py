@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """A stand-in for the Kubernetes API server, for shunt's kubernetes discovery
 tests. Written from the API documentation (API concepts: efficient detection
 of changes, watch bookmarks, resource versions, 410 Gone), serving only what

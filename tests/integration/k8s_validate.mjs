@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Validates Kubernetes objects offline against the API's OpenAPI schemas,
 // as compiled into the npm package kubernetes-models (types, required
 // fields, enums, formats), plus the check the API server makes in strict

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers for the Helm chart and the injection webhook, for tests.
 
 - tools(): helm, kubectl and the schema validators (scripts/get-k8s-tools.sh,

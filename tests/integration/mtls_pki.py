@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A small external CA for the mTLS tests (python3-cryptography, not shuntd):
 roots and SPIFFE leaf certificates with any validity, written as PEM files,
 plus the openssl s_client helpers the tests share."""

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Test peers for shunt's integration tests and demo.
 
 Each server kind runs as its own process inside a pod's network namespace:

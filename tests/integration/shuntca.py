@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Harness for tests that need shunt-ca: the Kubernetes API stand-in (with
 TokenReview and POST /token), a kubeconfig for it, shunt-ca processes in a
 pod, and a client that sends real `openssl req` CSRs over HTTPS.

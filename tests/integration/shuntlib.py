@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Harness for shunt's integration tests: pods as network namespaces.
 
 A pod is a network namespace (named "shunt-t-<pid>-<n>-<role>") with lo up.

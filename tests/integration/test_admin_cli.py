@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Admin API and shuntctl against a running shuntd with iptables capture."""
 
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Inbound authorization policies, two pods with shuntd sharing the built-in
 CA: B (web on 8080, echo on 7000, http on 9090) in permissive mode with
 authorization.policies in its config file. Allowed identities pass (A's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Bad input: a bad configuration stops start-up with one clear line and
 exit code 2; bad bytes and bad peers on the data path get a clear log line
 and nothing else breaks."""

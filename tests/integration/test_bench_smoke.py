@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Smoke test of the benchmark harness (bench/run.sh), so it cannot rot.
 
 Runs the quick mode on one scenario (rr-64) for the direct path and shunt

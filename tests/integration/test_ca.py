@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """shunt-ca against the Kubernetes API stand-in (TokenReview): real CSRs from
 `openssl req`, HTTPS clients in a pod. A valid token and CSR get a
 certificate for exactly the token's identity that `openssl verify` accepts

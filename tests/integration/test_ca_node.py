@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """shunt-ca's delegated issuance (issue 16, node mode): a node agent
 (service account shunt-system/shunt-node, shunt-ca's default --node-agent-sa)
 asks with its own pod-bound token for the certificate of a pod's identity,

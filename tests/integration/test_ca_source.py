@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Sidecar certificates from shunt-ca (the "ca" certificate source), with a
 real shunt-ca and the Kubernetes API stand-in (TokenReview, minted projected
 tokens) in a control-plane pod, and shuntd in two pods:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Transparent capture: outbound (OUTPUT -> 15002) and inbound
 (PREROUTING -> 15001) traffic goes through shuntd, to the original
 destination, for IPv4 and IPv6, without loops."""

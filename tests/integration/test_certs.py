@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """mTLS control plane: shuntd's certificate store from the built-in CA or from
 files, /certs, `shuntctl certs`, the shunt_tls_* metrics, key hygiene."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Helm chart and the sidecar-injection webhook, checked for real.
 
 helm (3.17) lints and renders charts/shunt for a matrix of values; every

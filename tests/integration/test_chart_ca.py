@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The chart's objects run: shunt-ca started as the rendered Deployment
 starts it (the chart's generated root Secret, trust bundle and inject
 config, its args), against the Kubernetes API stand-in in a pod.

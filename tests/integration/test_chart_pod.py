@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """An injected pod, run as a kubelet would run it: the webhook's patched pod
 spec (the chart's inject config, a real Deployment's pod) decides what runs.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """shuntctl check: every check on this machine against a running shuntd in a
 pod (green), then one thing broken at a time, each time the right line
 failing with its advice and the exit status saying so:

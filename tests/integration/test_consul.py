@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The consul discovery backend against a stand-in Consul agent
 (consul_standin.py): services learnt from the catalog, endpoints from
 blocking queries on /v1/health/service/<name> with the ACL token and the

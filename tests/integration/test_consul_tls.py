@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Consul over HTTPS: the agent stand-in (consul_standin.py) serves its API
 over TLS and requires a client certificate, as an agent with an https port
 and verify_incoming does. shuntd reaches it with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The documentation agrees with a running shuntd: every metric family a
 shuntd with iptables capture serves is in docs/metrics.md's "Families" table,
 and every family that table lists is served (the eBPF and shunt-ca tables

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """eBPF capture end to end: shuntd --redirect ebpf in the app pod, the
 application in a cgroup of its own (shuntd is not in it), real peers in the
 remote pod.

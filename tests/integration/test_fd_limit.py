@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """File descriptors run out (issue 14, D2): the connection limit is fitted to
 RLIMIT_NOFILE, and when accept() still finds no descriptor left the
 listeners pause instead of spinning, the waiting clients are reset, the log

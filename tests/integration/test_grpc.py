@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gRPC through shuntd, request by request: python3-grpcio clients in the
 app pod call three grpcio servers (grpcpeer.py) in the remote pod through a
 service's virtual address. Every call is an HTTP/2 stream and gets its own

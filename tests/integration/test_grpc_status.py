@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gRPC: a grpc-status that is not 1-3 digits is UNKNOWN, never a code
 made of its characters ("0>" once read as 14, UNAVAILABLE, which counts
 against the endpoint). The upstream is a raw HTTP/2 server written here;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Plain HTTP/2 through shuntd, request by request: h2load, curl and nghttp in
 the app pod; three nginx servers speaking h2c (prior knowledge) in the
 remote pod. Requests spread over the endpoints per stream, bodies keep

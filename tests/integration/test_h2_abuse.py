@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP/2 clients that attack shuntd (issue 14 D1, D6, D7), each written as a
 raw client sending the frames an attacker would, against one nginx h2c
 endpoint, while a well-behaved curl client on the same service must be

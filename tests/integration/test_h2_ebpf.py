@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gRPC proxied per stream with eBPF capture: the application's bytes reach
 shuntd through the sk_msg shortcut (where a short read does not mean the
 socket is drained) and the HTTP/2 engine takes the connection over. The

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP/2 header blocks of every size cross shuntd whole: a request and a
 response with more fields than h2proxy keeps on its stack (32) take the
 allocated path, a small block the stack; nginx (h2c) behind, curl in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP/2: a stream answered by shuntd itself (timeouts.request ran out)
 while it waited out a retry's backoff must not be sent upstream when the
 backoff ends: the client has its answer. The client keeps its request

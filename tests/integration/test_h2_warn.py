@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP/2 streams answered by shuntd itself (a service with no endpoint):
 each is counted, but the log gets at most a line a second per worker, as
 for HTTP/1.1: a dead service under load must not flood the log."""

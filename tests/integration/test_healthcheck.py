@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Active health checks through shuntd with the file registry: a service of
 three endpoints with an http check (path /healthz, interval 200ms) on a
 separate health port. An endpoint whose check fails gets no new requests

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP/1.1 request-level proxying on the outbound side, with real clients
 (curl, wrk, raw sockets) and real HTTP/1.1 backends (httpbackend.py) in
 network namespaces, iptables capture."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP/1.1 request-level proxying with eBPF capture: the application's
 bytes reach shuntd through the sk_msg shortcut (where a short read does not
 mean the socket is drained). curl runs in the application's cgroup; real

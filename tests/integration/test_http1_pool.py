@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP/1.1 upstream pool: a connection whose server sent its FIN after the
 response (without Connection: close) while a slow client was still reading
 that response must not be pooled: the FIN's edge is spent, the pool would

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The container image: scripts/build-image.sh builds it from this build's
 binaries and Debian packages (about 15 s once the .deb files are in
 <build>/image-debs, a minute or two on a fresh machine), then:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Capture installed by an init container: this harness plays the kubelet.
 
 A pod is a network namespace plus a cgroup (with one child cgroup per

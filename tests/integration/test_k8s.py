@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Kubernetes discovery against a stand-in API server (k8s_standin.py, HTTPS
 with a throwaway CA, bearer token) in the app pod: Services and
 EndpointSlices listed then watched; scaling, terminating endpoints, bad

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Automatic mTLS from Kubernetes discovery: the identity of each endpoint
 comes from its Pod (EndpointSlice targetRef -> Pod -> serviceAccountName),
 whether it is meshed from the pod label shunt.io/meshed, its mode from the

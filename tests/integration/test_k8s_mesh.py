@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The mesh end to end, as a user who labels two namespaces into it gets it
 (issue 12): a control-plane pod with the Kubernetes API stand-in and a real
 shunt-ca; three meshed pods in two namespaces with different service

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The seed's load-balancing acceptance table (Milestone 4), through shuntd's
 HTTP/1.1 proxying with real HTTP/1.1 backends (httpbackend.py) that answer
 with their own name. Every request is counted by the name in its answer."""

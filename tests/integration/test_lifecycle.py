@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Lifecycle: SIGTERM drain and rule removal, restart after kill -9,
 SIGHUP reload (bad file keeps the old config, good file applies)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The read-only metrics listener (admin.metrics_address, port 15020) and the
 version every binary and /metrics report.
 

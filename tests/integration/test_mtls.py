@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Mutual TLS on the data path: two pods, each with shuntd (iptables capture),
 sharing one built-in CA. The app pod's registry lists the remote pod's service
 with its SPIFFE identity, so shuntd originates TLS 1.3 to it; the remote

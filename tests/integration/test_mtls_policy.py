@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """mTLS policy and bad input on inbound 15001, two pods with shuntd:
 mtls.allow (per-port allow-list of source SPIFFE IDs, also changed by a
 reload), expired and not-yet-valid client certificates, garbage on the

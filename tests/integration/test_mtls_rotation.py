@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Certificate and CA rotation under traffic, two pods with shuntd each:
 
 - workload certificates of a 15 s lifetime renew (every 10 s) while one

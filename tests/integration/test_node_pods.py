@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Node mode, the pod table (README "Node mode (in progress)"): shuntd with
 mode node and NODE_NAME=node-a watches the stand-in API server's Pods
 (fieldSelector spec.nodeName, labelSelector shunt.io/meshed=true) and

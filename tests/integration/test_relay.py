@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The TCP relay: server-first protocols, half-close, many connections."""
 
 import hashlib

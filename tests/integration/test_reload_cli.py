@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """shuntctl reload and drain against a real shuntd: the file's new value is
 applied and reported, a bad file is refused with the running configuration
 kept, a drain returns once shuntd has exited cleanly, and a shuntctl that

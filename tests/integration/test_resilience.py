@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Resilience with real backends: three HTTP servers in the remote pod behind
 one service with two ports: 80 declared HTTP (the HTTP/1.1 engine picks an
 endpoint per request) and 81 declared TCP (the relay picks one per

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Outbound routing by the file registry: a connection to a service's
 virtual address reaches one of its endpoints, chosen by the load balancer;
 the registry is watched; a failed endpoint is retried around; a service

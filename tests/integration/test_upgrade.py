@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Zero-downtime upgrade: `shuntd --takeover` takes the running shuntd's
 listening sockets (SCM_RIGHTS over upgrade.socket) and its capture (iptables
 rules, or the pinned eBPF programs and maps) while clients keep connecting;

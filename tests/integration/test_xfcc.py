@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Inbound HTTP through the request engines and X-Forwarded-Client-Cert
 (issue 14, D11): two pods with shuntd and certificates from an external CA
 (so the test knows each side's certificate), an HTTP/1.1 backend and an

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Test driver for userspace/inject: `inject_review CONFIG < review.json`
  * prints what the webhook would answer and, on stderr, "status N: note". */
 #include <errno.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Missing prerequisites in the cmocka unit tests: no silent skips.
  *
  * A test that cannot run because a tool, a kernel feature or a privilege is

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Admin HTTP server and shuntctl.
  *
  * Group 1 runs an admin server on 127.0.0.1 (port 0) in an event loop on a

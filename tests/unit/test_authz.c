@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* authz/authz.c: the policy format, its bounds and errors, and the decision
  * (deny first, then allow; no rule admits; no identity on a protected port
  * is refused). */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* eBPF capture (intercept/bpfcap.h, bpf/capture.bpf.c) on the running kernel.
  *
  * The process enters a private network namespace (only its own loopback

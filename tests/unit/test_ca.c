@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* ca: CSR checking and signing with CSRs made by the real `openssl req`
  * (valid ECDSA and RSA CSRs signed for exactly the token's SPIFFE ID, checked
  * with `openssl verify` and `openssl x509 -text`; another SPIFFE ID, extra

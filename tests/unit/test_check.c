@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* check: the decisions of the checks that read shuntd's admin API, fed from
  * a small HTTP responder with the JSON shuntd writes in states hard to reach
  * with a real one (renewal failing for minutes, a Kubernetes source that

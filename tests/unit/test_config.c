@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Configuration: sources, precedence, provenance, every validation error,
  * duration and CIDR parsing. */
 #include <stdarg.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Consul backend pieces against a canned HTTP server on the test's loop:
  * the HTTP client (Content-Length, chunked, read-until-close bodies,
  * X-Consul-Index, bounds, malformed answers, refused connections,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Discovery: the file registry (parsing, every validation error, reload on
  * edit and on atomic rename, last good kept), snapshot lookups (name,
  * virtual address, endpoint address; IPv4 and IPv6), snapshot isolation,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* core/file.h: whole-file reads at, below and over their bound, from a
  * file and from a pipe, and tokens trimmed (empty ones refused); and the
  * one address comparison of core/sockaddr.h. */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The upgrade handover protocol (proxy/handover.c), both ends in one
  * process: a server on an event loop in a thread offers real sockets, the
  * blocking client receives them. What a lying or broken peer offers (a UDP

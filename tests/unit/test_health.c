@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Active health checks against real listeners on 127.0.0.1, driving the
  * event loop from the test: a TCP endpoint whose listener goes away (and
  * comes back), an HTTP endpoint answering 200 then 500 then 302, a response

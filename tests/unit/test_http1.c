@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* HTTP/1.1 parser (http/http1.h): request and response heads, every error
  * reason, smuggling attempts, incremental feeding at every split point,
  * pipelining, bounds, the chunked decoder across arbitrary splits, header

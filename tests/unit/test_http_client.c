@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The client side of the HTTP/1.1 module (http/client.h), as the health
  * checks and shuntctl use it: the request writer refuses what would break
  * the head; the response reader gives the same answer fed at once or byte by

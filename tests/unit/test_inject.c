@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Sidecar injection (userspace/inject): the inject config's checks, the
  * JSONPatch operations for pods of every shape, idempotence, opt-out, the
  * per-pod annotations, malformed requests and the size bound. */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* iptables capture: rendering (golden), and live install/remove/counters and
  * real redirected traffic inside a private network namespace that this
  * process enters at start-up (it dies with the process; the host's tables

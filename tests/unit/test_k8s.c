@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Kubernetes discovery: list responses and watch events (fixtures written
  * from the API reference) mapped to registry specs: clusterIPs, ports with
  * named and numeric targetPorts, appProtocol, UDP left out, endpoint

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Load-balancer algorithms: the seed's acceptance table (lines 6251-6255) at
  * the library level, plus hashing, locality, availability and table
  * lifetimes. Deterministic: fixed seeds and fixed key sets. */

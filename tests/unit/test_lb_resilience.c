@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Resilience state machines with injected time and seeded randomness:
  * circuit breaker, outlier detection, per-service limits, retries. */
 #include <setjmp.h>

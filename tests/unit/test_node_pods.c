@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* node/pods.h: kubelet's cgroup layouts (both drivers, every QoS class),
  * the cgroup v2 mount from mountinfo, and the pod table's states: pending
  * until a process of the pod's cgroup shows, ready with its netns, failed

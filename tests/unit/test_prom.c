@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Prometheus text writer: name validation, escaping, value formatting, and a
  * complete exposition checked by the real promtool (missing promtool fails
  * the test, see require.h). */

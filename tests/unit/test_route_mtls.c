@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Outbound mTLS per endpoint through the route table: a pick (and a retry's
  * pick) carries the identity and mode of the endpoint it landed on, not of
  * its service; route_endpoint_security's table (registry mode x meshed x

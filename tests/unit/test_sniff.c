@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Protocol sniffing: whole, split and truncated inputs, real captures
  * (tests/fixtures/sniff/, made by capture.py with curl, openssl s_client and
  * python grpcio) and hand-built near misses. */

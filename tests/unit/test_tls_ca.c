@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* tls: SPIFFE IDs, the SNI port name, the built-in CA (state directory,
  * permissions, issued certificate fields checked with BoringSSL and with the
  * real `openssl x509`), the file source (reload, a bad new file keeps the old

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The "ca" certificate source: the CSR it sends, the token claims it reads,
  * its configuration keys, and a request that finds no CA on the main loop. */
 #include <stdarg.h>

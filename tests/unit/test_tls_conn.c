@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* tls: connections against real peers. Our server (a thread on 127.0.0.1)
  * against `openssl s_client`: a mesh certificate passes; no certificate,
  * another CA, another trust domain, expired, not yet valid, no SPIFFE URI

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Helpers shared by the tls unit tests: temporary directories, running real
  * peers (openssl), writing certificates to files, TCP on 127.0.0.1. */
 #ifndef SHUNT_TEST_TLS_UTIL_H

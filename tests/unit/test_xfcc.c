@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* proxy/xfcc: the X-Forwarded-Client-Cert decision for every direction,
  * mode and identity (outbound and unidentified clients never keep or get
  * one), and the comma-separated value it builds. The element itself is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Admin HTTP server: a small HTTP/1.1 server on the main thread's event loop.
  *
  * One request per connection; every response carries "Connection: close".

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Authorization policies: parsing, merging, the per-connection decision. */
 #include "authz/authz.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Inbound authorization: per destination port, policies that deny and allow
  * mesh peers by SPIFFE identity, namespace, service account or trust domain.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Kubernetes AuthorizationPolicy objects: the watched set, the pod's labels,
  * which objects select this pod. */
 #include "authz/authz.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Private to userspace/ca: the HTTPS server, TokenReview client and audit
  * lines shared by the files of the component. */
 #ifndef SHUNT_CA_INT_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* shunt-ca: the mesh's certificate authority service.
  *
  * A workload sends a PKCS#10 CSR with its projected service-account token;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* CSR checking and signing: the only names a certificate gets are the ones
  * the token proved; the CSR contributes its public key and nothing else. */
 #include "ca/ca.h"

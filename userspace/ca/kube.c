@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Calls to the Kubernetes API server over libcurl for the CA's workers:
  * TokenReview (tokenreview.c) and the pod look-ups of delegated issuance
  * (node.c). Blocking, one call at a time per worker thread, each under its

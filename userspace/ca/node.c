@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Delegated issuance: a node agent (node-mode shuntd, one per node) asks for
  * the certificate of a pod's identity on the pod's behalf. The agent proves
  * who it is with its own pod-bound token; which node it runs on comes from

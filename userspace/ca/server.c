@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The CA's HTTPS server: an accept thread and a fixed pool of workers that
  * each serve one connection at a time with blocking I/O under a deadline.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* shunt-ca's service: the CA, its trust bundle, the serving certificate and
  * the handlers of /v1/certificates, /v1/bundle, /healthz and /ready. */
 #include "ca/ca-int.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* TokenReview (authentication.k8s.io/v1) over libcurl: a TokenReview object
  * with spec.token and spec.audiences goes in, the same object with a status
  * comes back (201 Created). The API server says why a token is refused only

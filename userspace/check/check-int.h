@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Internals shared by the check component's files: the report, the run's
  * context and a few helpers. Not an API. */
 #ifndef SHUNT_CHECK_CHECK_INT_H

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* shuntctl check: the run, the report and the helpers the checks share. */
 #include <curl/curl.h>
 #include <errno.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* shuntctl check: can this host capture traffic, and is the shuntd running
  * here healthy? Each check ends in one result, PASS, WARN or FAIL, with what
  * was found and what to do about it.

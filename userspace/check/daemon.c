@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Checks of shuntctl check that ask the running shuntd (admin API): health
  * and readiness, shuntd's capabilities, its capture, its certificate, the CA
  * it gets certificates from, discovery sync. */

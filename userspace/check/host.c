@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Host checks of shuntctl check: the kernel's eBPF support, BTF, cgroup v2,
  * iptables, connection tracking and this process's capabilities. The probes
  * are the ones shuntd runs at start (intercept/), so a PASS here means the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* shunt-ca: parse flags (and their SHUNT_CA_* environment mirrors), wire the
  * CA service, run until SIGTERM/SIGINT. */
 #include <errno.h>

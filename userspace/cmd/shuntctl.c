@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* shuntctl: command-line client for shuntd's admin HTTP API.
  *
  *   shuntctl [--admin HOST:PORT] [--json] COMMAND [ARGS]

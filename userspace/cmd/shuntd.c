@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* shuntd: parse, wire, run. The components do the work. */
 #include <errno.h>
 #include <fcntl.h>

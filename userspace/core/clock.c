@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Monotonic time (see clock.h). */
 #include "core/clock.h"
 

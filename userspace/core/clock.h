@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The one monotonic clock (CLOCK_MONOTONIC) for code that runs outside a
  * loop or needs finer than loop_now_ms. */
 #ifndef SHUNT_CORE_CLOCK_H

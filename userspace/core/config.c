@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Configuration: one table of key descriptors drives defaults, the JSON file,
  * the environment, the flags, validation messages, --help and the dump. */
 #include "core/file.h"

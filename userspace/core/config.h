@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Configuration: defaults < JSON file (--config) < environment < flags.
  *
  * Every key remembers where its value came from, for the /config dump.

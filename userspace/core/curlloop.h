@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A libcurl multi handle driven by a core/loop: its sockets are watched by
  * the loop's epoll and its timeouts by a loop timer, so transfers never block
  * the thread that runs the loop. Main thread only, like the loop.

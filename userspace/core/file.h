@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Whole-file reads with an explicit bound: the one helper for configuration,
  * token, label and registry files. */
 #ifndef SHUNT_CORE_FILE_H

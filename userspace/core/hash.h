@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The one 64-bit mixer the registry and the load balancer hash with. */
 #ifndef SHUNT_CORE_HASH_H
 #define SHUNT_CORE_HASH_H

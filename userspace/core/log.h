@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Structured logging: one JSON object per line on stderr.
  *
  *   {"time":"2026-11-26T00:38:27.123456Z","level":"info","component":"proxy",

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Event loop: one per thread. epoll for file descriptors, a binary heap for
  * timers, and an eventfd-backed queue through which other threads hand work to
  * the loop's thread (loop_post, loop_call).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Prometheus text exposition format (version 0.0.4) writer.
  *
  * A metric family is written as its HELP and TYPE lines followed by its

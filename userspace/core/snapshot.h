@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Immutable, reference-counted snapshots published through one slot.
  *
  * The main thread builds a new object and publishes it; readers (workers)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Small helpers for IPv4/IPv6 socket addresses. */
 #ifndef SHUNT_CORE_SOCKADDR_H
 #define SHUNT_CORE_SOCKADDR_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A growable (or fixed) byte string for building text: JSON, metrics, HTTP. */
 #ifndef SHUNT_CORE_STRBUF_H
 #define SHUNT_CORE_STRBUF_H

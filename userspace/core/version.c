@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The version and commit baked in at build time (gen/shunt_version.h), as
  * every binary prints them and /metrics exposes them. */
 #include "core/version.h"

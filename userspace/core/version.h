@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* What this build is: the release version (semantic versioning, set in
  * CMakeLists.txt) and the commit it was built from (git describe at build
  * time, "unknown" without one). */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Backend selection and the file backend's adapter. */
 #include "discovery/backend.h"
 

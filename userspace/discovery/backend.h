@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Discovery backends behind one interface, chosen by service_discovery.type.
  *
  * A backend owns one registry source and feeds it through the registry's

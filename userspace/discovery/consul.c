@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The Consul backend: catalog and per-service blocking queries on the main
  * loop (see consul.h). */
 #include "discovery/consul.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The Consul discovery backend (service_discovery.type consul).
  *
  * A blocking query on /v1/catalog/services learns which services exist; each

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The Consul agent's HTTP API over libcurl on the main loop (see
  * consul_http.h). */
 #include "discovery/consul_http.h"

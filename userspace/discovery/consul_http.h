@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The Consul backend's HTTP client: GET requests to one agent over http or
  * https, on the libcurl multi machinery the Kubernetes client uses
  * (core/curlloop.h), driven by the main loop. https verifies the agent's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* File registry: strict parsing with JSON paths and line numbers, and
  * change detection. */
 #include "discovery/file.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The file registry backend: a JSON file of services and endpoints
  * (service_discovery.file.path), validated strictly, reloaded when it changes
  * (inotify on its directory, so atomic renames are seen at once, plus stat

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Active health checks driven from the main loop (see health.h). */
 #include "discovery/health.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Active health checks: for every service whose health check is tcp or
  * http, each endpoint is probed every interval from the main loop, and each
  * result is fed to disc_registry_active_result (which applies the healthy

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Kubernetes watcher: credentials, list then watch per resource over libcurl
  * multi on the main loop, relist on 410 Gone, backoff on failures, a silence
  * bound on watch streams, staleness reported to the registry. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Kubernetes backend: Services (v1), EndpointSlices (discovery.k8s.io/v1),
  * meshed Pods and Namespaces (v1) listed, then watched with resourceVersion
  * and bookmarks, over libcurl multi driven from the main loop.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Kubernetes objects -> registry specs. Services, EndpointSlices, meshed
  * Pods and Namespaces are kept parsed (only the fields the mesh uses); a
  * build joins each Service with the slices labelled

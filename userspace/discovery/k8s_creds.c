@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Credentials for the Kubernetes API (see k8s_creds.h): a kubeconfig (JSON,
  * or YAML through libyaml) or the in-cluster service account. */
 #include "discovery/k8s_creds.h"

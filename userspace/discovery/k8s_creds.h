@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Credentials for the Kubernetes API server, shared by the discovery
  * backend (k8s.c) and the certificate authority (shunt-ca's TokenReview):
  *

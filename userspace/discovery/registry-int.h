@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Internals of the registry shared by registry.c, render.c and the backends'
  * tests: record layouts. Not an API for other components. */
 #ifndef SHUNT_DISCOVERY_REGISTRY_INT_H

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The registry model (main thread), snapshot building and lock-free lookups.
  *
  * Records live in growable arrays addressed by index (services and

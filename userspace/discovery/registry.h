@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Service registry: the one model every discovery backend feeds (file,
  * Kubernetes, Consul, manual registration), and the immutable snapshots the
  * workers read.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Admin views of the registry (/endpoints, /debug/cache) and manual
  * registration (POST /admin/endpoints). Main thread. */
 #include <arpa/inet.h>

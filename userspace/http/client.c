@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* One bounded HTTP/1.1 request and response (see client.h). */
 #include "http/client.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The client side of the HTTP/1.1 module: writes one request and reads one
  * response (head through http1.h's strict parser, body by Content-Length,
  * chunked or until close), every size bounded by the caller. No I/O: the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* HTTP/1.1 head parser, chunked decoder and head writer (see http1.h). */
 #include "http/http1.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* HTTP/1.1 message heads and chunked bodies (RFC 9110, RFC 9112).
  *
  * Incremental, zero-copy, non-allocating. The caller keeps the bytes of a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The inject config: what the webhook adds to a pod, from one JSON file. */
 #include "inject/inject-int.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Inside the inject component: the config's fields and the value checks
  * config.c and inject.c share. */
 #ifndef SHUNT_INJECT_INJECT_INT_H

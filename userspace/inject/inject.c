@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The webhook: an AdmissionReview for a Pod in, a JSONPatch adding the
  * capture init container, the proxy, their volumes and the meshed label out. */
 #include "inject/inject-int.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Sidecar injection: the mutating admission webhook's logic, without I/O.
  *
  * An AdmissionReview v1 request for a Pod CREATE goes in; an AdmissionReview

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* eBPF capture loader: see bpfcap.h and bpf/capture.bpf.c. */
 #include "intercept/bpfcap.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* eBPF capture: loads bpf/capture.bpf.c, attaches it to a cgroup v2 and pins
  * its maps and links under a bpffs directory (SHUNT_PIN_ROOT by default).
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* iptables capture: renders the nat-table fragment, installs it atomically
  * with iptables-restore --noflush (stale jumps deleted and stale chains
  * flushed in the same transaction), removes it, and reports counters.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* iptables capture (nat table), mirrored for IPv6 with ip6tables.
  *
  *   PREROUTING -p tcp -j SIDECAR_PROXY_INBOUND   -> REDIRECT to inbound_port

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Original destination of a captured connection.
  *
  * One interface for every capture mode: iptables REDIRECT answers through

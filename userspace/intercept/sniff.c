@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Protocol sniffing on the client's first bytes.
  *
  * sniff() is stateless: every call re-parses the buffer from the start. Each

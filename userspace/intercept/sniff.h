@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Protocol sniffing on the first bytes a client sends.
  *
  * sniff() looks at what has arrived so far and either decides or asks for more.

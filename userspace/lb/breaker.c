@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Circuit breaker per endpoint: closed -> open -> half-open -> closed, and an
  * operator's forced open. The caller passes the time; any thread may call
  * (see struct lb_breaker for how without a lock). */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Hash functions and request-key helpers. */
 #include <errno.h>
 #include <netinet/in.h>

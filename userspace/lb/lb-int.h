@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Load-balancer internals shared by table.c (building) and pick.c
  * (selecting). Private to userspace/lb/. */
 #ifndef SHUNT_LB_LB_INT_H

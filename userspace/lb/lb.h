@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Load balancing: per-service tables built by the main thread, picks made by
  * workers without locks.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Per-service limits, retry policy and retry budget. */
 #include <string.h>
 #include <strings.h>

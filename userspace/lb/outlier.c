@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Outlier detection: consecutive connect failures or 5xx eject an endpoint
  * for a time that grows with each ejection, under a cap on how many
  * endpoints of the service may be out at once. */

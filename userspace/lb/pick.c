@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Picking an endpoint (worker threads): no locks, no read-modify-write
  * atomics; only relaxed loads of the shared per-endpoint flags and counts. */
 #include <errno.h>

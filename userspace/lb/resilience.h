@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Resilience state machines: circuit breaker, outlier detection, per-service
  * limits, retry policy and retry budget.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Building load-balancer tables (main thread). */
 #include <errno.h>
 #include <netinet/in.h>

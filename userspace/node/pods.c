@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The node's pod table: Pod objects of this node from the kubernetes
  * backend's watch, each resolved to its cgroup v2 directory and a held
  * network namespace fd. Why a watch and how its races are handled: pods.h. */

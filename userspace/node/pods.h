@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Node mode, item 1: the meshed pods scheduled on this node, and for each
  * its identity (namespace, name, uid, service account), IPs, cgroup v2
  * directory and network namespace (held open as an fd).

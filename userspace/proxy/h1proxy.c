@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* HTTP/1.1 request-level proxying, both directions.
  *
  * The relay hands over an outbound connection to a known service once its

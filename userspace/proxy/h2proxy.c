@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* HTTP/2 and gRPC request-level proxying; see h2proxy.h.
  *
  * Objects:

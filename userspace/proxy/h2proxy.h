@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* HTTP/2 and gRPC request-level proxying on the outbound side.
  *
  * A client connection to a service port that was sniffed (or declared) as

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* The upgrade handover protocol, both ends. See handover.h. */
 #include "proxy/handover.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Zero-downtime upgrade: a running shuntd hands its listening sockets to a
  * new one over a Unix socket (SCM_RIGHTS), so the kernel's accept queues
  * outlive the process that made them and no connection attempt is refused.

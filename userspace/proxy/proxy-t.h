@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Proxy internals shared by proxy.c (workers, listeners, reporting) and
  * relay.c (one connection's state machine). Private to userspace/proxy/. */
 #ifndef SHUNT_PROXY_PROXY_T_H

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Workers, listeners and reporting. See proxy.h. */
 #include "proxy/proxy.h"
 

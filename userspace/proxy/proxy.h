@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The proxy: N worker threads, each with its own event loop and its own
  * SO_REUSEPORT listeners on the inbound and outbound ports. A connection
  * lives on the worker that accepted it for its whole life.

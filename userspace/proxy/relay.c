@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* One proxied connection: accept, original destination, upstream connect in
  * parallel with protocol sniffing, then a bidirectional relay.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Outbound routing; see route.h. */
 #include "proxy/route.h"
 

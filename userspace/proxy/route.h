@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Outbound routing: from an original destination to an upstream address.
  *
  * The main thread turns each discovery snapshot into a route table: one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Upstream connections and the per-worker idle pool; see upstream.h. */
 #include "proxy/upstream.h"
 

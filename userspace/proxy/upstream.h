@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Upstream connections opened by the proxy itself, and a per-worker pool of
  * idle ones for request-level proxying.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* X-Forwarded-Client-Cert decisions and values; see xfcc.h. */
 #include "proxy/xfcc.h"
 

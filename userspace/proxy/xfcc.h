@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* X-Forwarded-Client-Cert (the format Envoy writes) on the requests the
  * HTTP engines forward: one decision for HTTP/1.1 and HTTP/2.
  *

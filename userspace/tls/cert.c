@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Certificates, keys, PEM files and the built-in CA (BoringSSL). */
 #include "tls/cert.h"
 

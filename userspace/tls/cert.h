@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Certificates, keys and the built-in CA.
  *
  * struct tls_material is one complete identity: the workload's certificate,

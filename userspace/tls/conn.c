@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* TLS contexts, peer verification and non-blocking connections (BoringSSL). */
 #include "tls/conn.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* TLS 1.3 connections between mesh sidecars, on non-blocking sockets.
  *
  * A worker takes the current struct tls_snapshot from the store's slot

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Certificate sources: the built-in CA and files written by an external CA. */
 #include "tls/source.h"
 

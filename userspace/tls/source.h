@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Certificate sources: where the workload's certificate comes from.
  *
  * - builtin: the embedded CA (cert.h) issues a fresh key and certificate on

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Certificate source "ca": a key made in memory, a CSR for the identity the
  * service-account token names, and a certificate from shunt-ca. */
 #include "tls/source.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* SPIFFE ID parsing and validation: see spiffe.h for the rules. */
 #include "tls/spiffe.h"
 

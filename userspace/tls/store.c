@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* Certificate store: snapshots, rotation with backoff, drain, reporting. */
 #include "tls/store.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Certificate store: the current identity, published to workers as an
  * immutable, reference-counted struct tls_snapshot (core/snapshot.h) holding
  * a ready server and client SSL_CTX, so certificate and key change together

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Private to userspace/tls: the snapshot layout shared by store.c and conn.c. */
 #ifndef SHUNT_TLS_INT_H
 #define SHUNT_TLS_INT_H
