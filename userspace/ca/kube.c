@@ -69,18 +69,13 @@ int ca_kube_call(struct k8s_creds *creds, const char *path, const char *post, si
         }
         hdrs = h2;
         char errbuf[CURL_ERROR_SIZE] = "";
-        curl_easy_setopt(e, CURLOPT_URL, url);
+        curl_request_init(e, url, "https,http", hdrs, errbuf);
         if (post) {
                 curl_easy_setopt(e, CURLOPT_POSTFIELDS, post);
                 curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)post_len);
         }
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, curl_body_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, &body);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
         CURLcode cc = curl_easy_perform(e);

@@ -192,3 +192,14 @@ void curl_body_free(struct curl_body *b)
         b->data = NULL;
         b->len = 0;
 }
+
+void curl_request_init(CURL *e, const char *url, const char *protocols, struct curl_slist *hdrs,
+                       char *errbuf)
+{
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, protocols);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+}

@@ -42,4 +42,11 @@ struct curl_body {
 size_t curl_body_write(char *p, size_t size, size_t n, void *body);
 void curl_body_free(struct curl_body *b);
 
+/* What every request of shunt's sets: the URL and the schemes it may take
+ * ("https" or "https,http": never a redirect to another scheme), headers,
+ * an error buffer of CURL_ERROR_SIZE, HTTP/1.1, no signals (the loop's
+ * threads must not get SIGALRM). Timeouts, bodies and TLS are the caller's. */
+void curl_request_init(CURL *e, const char *url, const char *protocols, struct curl_slist *hdrs,
+                       char *errbuf);
+
 #endif

@@ -383,18 +383,13 @@ struct chttp *chttp_get(struct chttp_client *c, const char *target, const char *
                 return NULL;
         }
         CURL *e = r->e;
-        curl_easy_setopt(e, CURLOPT_URL, url);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
+        curl_request_init(e, url, c->https ? "https" : "http", r->hdrs, r->errbuf);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, curl_body_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->body);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
         curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, sockopt_cb);
         curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, c);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, c->https ? "https" : "http");
         /* The agent is reached directly: proxy settings in the environment
          * are for the application, not for shunt. */
         curl_easy_setopt(e, CURLOPT_PROXY, "");

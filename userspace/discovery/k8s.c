@@ -610,16 +610,11 @@ static void start(struct k8s_watch *w)
         w->errbuf[0] = '\0';
         w->req_events = 0;
         CURL *e = w->easy;
-        curl_easy_setopt(e, CURLOPT_URL, url);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, w->hdrs);
+        curl_request_init(e, url, "https,http", w->hdrs, w->errbuf);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, w);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, w);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, w->errbuf);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https,http");
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)K8S_CONNECT_MS);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, K8S_KEEPALIVE_S);

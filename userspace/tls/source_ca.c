@@ -380,14 +380,10 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
                 return rc;
         }
         CURL *e = r->easy;
-        curl_easy_setopt(e, CURLOPT_URL, s->url);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
+        curl_request_init(e, s->url, "https", r->hdrs, r->errbuf);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, curl_body_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->resp);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_CAINFO, s->bundle_file);
         curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
         curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_3);
