@@ -25,6 +25,10 @@ VIP_SNIFF = "10.96.0.31"  # sniffed
 VIP_DOWN = "10.96.0.32"
 VIP_STALL = "10.96.0.33"
 VIP_HASH = "10.96.0.34"  # consistent hash on X-Request-Key
+# The same stalled backend behind a service of its own: the streams test's
+# timeouts open that service's circuit breaker (breaker and outlier state are
+# per service), which must not turn the 504 test's answer into a 503.
+VIP_STALL_STREAMS = "10.96.0.35"
 EP_ADDRS = sl.EP_ADDRS
 PORT = 8082
 DEAD_PORT = 8099
@@ -109,6 +113,9 @@ def env():
                     service("web2-down", VIP_DOWN, DEAD_PORT, "HTTP2"),
                     service("web2-stalled", VIP_STALL, STALL_PORT, "HTTP2", [T.REMOTE4]),
                     service(
+                        "web2-stalled-streams", VIP_STALL_STREAMS, STALL_PORT, "HTTP2", [T.REMOTE4]
+                    ),
+                    service(
                         "web2-hash",
                         VIP_HASH,
                         PORT,
@@ -155,6 +162,11 @@ def access_counts(logs):
 
 def test_h2load_requests_spread_over_endpoints(env):
     topo, d, logs, _ = env
+    # The session bounds below count sessions this run opens: sessions left
+    # idle by earlier tests would take some of its streams, so they must be
+    # gone first (http.upstream_idle_timeout closes them).
+    sl.wait_until(lambda: metric(d, "shunt_http2_upstream_sessions_active") == 0, 15,
+                  what="earlier tests' upstream sessions closed")
     before = access_counts(logs)
     streams = metric(d, "shunt_http2_streams_total")
     sessions = metric(d, "shunt_http2_upstream_sessions_total", event="opened")
@@ -361,11 +373,11 @@ def test_streams_over_the_limit_are_refused(env):
     get RST_STREAM REFUSED_STREAM, the others are served (here: 504, the
     endpoint never answers), and /connections shows the connection."""
     topo, d, _, _ = env
-    s = topo.app.connect(VIP_STALL, 80)
+    s = topo.app.connect(VIP_STALL_STREAMS, 80)
     try:
         hdrs = literal_headers(
             [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
-             (b":authority", VIP_STALL.encode())]
+             (b":authority", VIP_STALL_STREAMS.encode())]
         )
         n = MAX_STREAMS + 3
         s.sendall(PREFACE + frame(4, 0, 0) + b"".join(frame(1, 5, 2 * i + 1, hdrs) for i in range(n)))
@@ -374,7 +386,8 @@ def test_streams_over_the_limit_are_refused(env):
             5,
             what="the HTTP/2 connection in /connections",
         )
-        assert conns[0]["protocol"] == "http2" and conns[0]["original_dst"] == "%s:80" % VIP_STALL
+        assert conns[0]["protocol"] == "http2"
+        assert conns[0]["original_dst"] == "%s:80" % VIP_STALL_STREAMS
         frames = read_frames(s, 3)
     finally:
         s.close()
