@@ -244,6 +244,10 @@ def test_meshed_pods_talk_tls13_with_exact_identities(cluster):
     wait_endpoint(c.a, "billing", "ledger", R2_ADDR, meshed=True, identity=LEDGER,
                   outbound="mtls")  # fmt: skip
 
+    # The capture must see a handshake: connections that earlier requests
+    # (another test's) left in A's pool would carry these GETs without one,
+    # so http.upstream_idle_timeout closes them first.
+    c.a.wait_metric("shunt_upstream_idle_connections", lambda v: v == 0, timeout=15)
     pcap = c.path("wire/web.pcap")
     dump = sl.tcpdump(c.topo.remote, "e-app", pcap, "tcp port 8080")
     try:
