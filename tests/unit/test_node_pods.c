@@ -177,10 +177,42 @@ static double counter(struct fx *f, const char *name)
         "kubepods-burstable-pod0a1b2c3d_0000_4000_8000_00000000000a.slice"
 #define REL_B "kubepods/burstable/pod" UID_B
 
+/* An observer that keeps the READY episodes it was told of. */
+struct seen {
+        char log[512];
+        uint64_t live[8]; /* gens readied and not yet gone */
+        int n_live;
+};
+
+static void obs_ready(void *ctx, const struct node_pod_info *p)
+{
+        struct seen *s = ctx;
+        assert_true(p->netns_fd >= 0 && p->gen > 0 && p->cgroup[0]);
+        assert_true(s->n_live < 8);
+        s->live[s->n_live++] = p->gen;
+        size_t n = strlen(s->log);
+        snprintf(s->log + n, sizeof(s->log) - n, "+%s/%s ", p->name, p->sa);
+}
+
+static void obs_gone(void *ctx, const struct node_pod_info *p)
+{
+        struct seen *s = ctx;
+        int k = 0;
+        while (k < s->n_live && s->live[k] != p->gen)
+                k++;
+        assert_true(k < s->n_live); /* exactly one gone per ready, same gen */
+        s->live[k] = s->live[--s->n_live];
+        size_t n = strlen(s->log);
+        snprintf(s->log + n, sizeof(s->log) - n, "-%s ", p->name);
+}
+
 static void test_states(void **state)
 {
         (void)state;
         struct fx *f = fx_new(8);
+        struct seen seen = {0};
+        struct node_pods_observer obs = {.ready = obs_ready, .gone = obs_gone, .ctx = &seen};
+        assert_int_equal(node_pods_observe(f->np, &obs), 0);
         uint64_t t0 = clock_mono_ms();
         assert_int_equal(apply(f, "a", UID_A, "n1", true, false, NULL), 0);
         assert_int_equal(node_pods_state(f->np, "shop", "a"), NODE_POD_PENDING);
@@ -241,6 +273,9 @@ static void test_states(void **state)
         assert_int_equal(node_pods_apply(f->np, bad, false, err, sizeof(err)), -EINVAL);
         cJSON_Delete(bad);
         assert_int_equal(counter(f, "bad"), 1);
+        /* ready a, ready b, a replaced (gone, new a ready), a unmeshed, b deleted */
+        assert_string_equal(seen.log, "+a/sa-a +b/sa-b -a +a/sa-a -a -b ");
+        assert_int_equal(seen.n_live, 0);
         fx_free(f);
 }
 

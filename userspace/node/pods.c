@@ -41,7 +41,8 @@ struct pod {
         long pid; /* the process the namespace was taken from */
         uint64_t since_ms, next_ms;
         uint32_t attempts;
-        bool seen; /* in the list in progress */
+        uint64_t gen; /* of the current READY episode (node_pod_info.gen) */
+        bool seen;    /* in the list in progress */
         char why[160];
 };
 
@@ -57,6 +58,9 @@ struct node_pods {
         struct loop *loop;
         struct loop_timer tick;
         struct k8s_object_sink sink;
+        struct node_pods_observer obs[NODE_MAX_OBSERVERS];
+        size_t n_obs;
+        uint64_t gen;
         struct {
                 uint64_t added, removed, resolved, retries, failed, netns_changed, uid_replaced,
                     ips_changed, shed, bad;
@@ -182,8 +186,45 @@ static void set_cgroup(struct pod *p, const char *rel)
         p->cgroup[n] = '\0';
 }
 
-static void release(struct pod *p)
+static void info_of(const struct node_pods *np, const struct pod *p, struct node_pod_info *i)
 {
+        *i = (struct node_pod_info){.ns = p->ns,
+                                    .name = p->name,
+                                    .uid = p->uid,
+                                    .sa = p->sa,
+                                    .ips = p->ips,
+                                    .n_ips = p->n_ips,
+                                    .cgroup_root = np->cgroup_root,
+                                    .cgroup = p->cgroup,
+                                    .netns_fd = p->netns_fd,
+                                    .netns_ino = p->netns_ino,
+                                    .gen = p->gen};
+}
+
+static void tell(const struct node_pods *np, const struct pod *p, bool ready)
+{
+        struct node_pod_info i;
+        info_of(np, p, &i);
+        for (size_t k = 0; k < np->n_obs; k++) {
+                const struct node_pods_observer *o = &np->obs[k];
+                if (ready ? o->ready != NULL : o->gone != NULL)
+                        (ready ? o->ready : o->gone)(o->ctx, &i);
+        }
+}
+
+/* The pod is READY from now on (a new episode). */
+static void become_ready(struct node_pods *np, struct pod *p)
+{
+        p->state = NODE_POD_READY;
+        p->gen = ++np->gen;
+        tell(np, p, true);
+}
+
+/* Drops what is held for p; observers are told first if it was READY. */
+static void release(struct node_pods *np, struct pod *p)
+{
+        if (p->state == NODE_POD_READY && p->netns_fd >= 0)
+                tell(np, p, false);
         if (p->netns_fd >= 0)
                 close(p->netns_fd);
         p->netns_fd = -1;
@@ -196,7 +237,7 @@ static void remove_at(struct node_pods *np, size_t i, const char *why)
 {
         struct pod *p = &np->pods[i];
         log_info(COMP, 0, "node: pod %s/%s (%s) leaves the table: %s", p->ns, p->name, p->uid, why);
-        release(p);
+        release(np, p);
         np->pods[i] = np->pods[--np->n];
         np->c.removed++;
         np->shedding = false; /* room again: a new episode is logged */
@@ -320,12 +361,14 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
                                  "new sandbox)",
                                  p->ns, p->name, (unsigned long long)p->netns_ino,
                                  (unsigned long long)ino);
+                        tell(np, p, false);
                         close(p->netns_fd);
                         p->netns_fd = fd;
                         p->netns_ino = ino;
                         p->pid = pid;
                         set_cgroup(p, rel);
                         np->c.netns_changed++;
+                        become_ready(np, p);
                 } else if (fd >= 0) {
                         close(fd);
                 }
@@ -335,7 +378,6 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
         if (p->attempts++)
                 np->c.retries++;
         if (fd >= 0) {
-                p->state = NODE_POD_READY;
                 p->netns_fd = fd;
                 p->netns_ino = ino;
                 p->pid = pid;
@@ -347,6 +389,7 @@ static void resolve_one(struct node_pods *np, struct pod *p, uint64_t now)
                          "node: pod %s/%s ready: cgroup %s, netns %llu (pid %ld), after %u "
                          "attempts",
                          p->ns, p->name, rel, (unsigned long long)ino, pid, p->attempts);
+                become_ready(np, p);
                 return;
         }
         snprintf(p->why, sizeof(p->why), "%s",
@@ -460,7 +503,7 @@ static void apply_update(struct node_pods *np, struct pod *cur, const struct pod
         memcpy(cur->sa, in->sa, sizeof(cur->sa));
         memcpy(cur->qos, in->qos, sizeof(cur->qos));
         if (hostnet) {
-                release(cur);
+                release(np, cur);
                 cur->state = NODE_POD_HOST_NETWORK;
         } else if (cur->state == NODE_POD_FAILED || cur->state == NODE_POD_HOST_NETWORK) {
                 cur->state = NODE_POD_PENDING; /* the pod changed: try again, afresh */
@@ -636,6 +679,22 @@ struct node_pods *node_pods_new(const struct node_pods_config *cfg, char *err, s
         return np;
 }
 
+int node_pods_observe(struct node_pods *np, const struct node_pods_observer *obs)
+{
+        if (np->n_obs >= NODE_MAX_OBSERVERS)
+                return -ENOSPC;
+        np->obs[np->n_obs++] = *obs;
+        for (size_t i = 0; i < np->n; i++) {
+                if (np->pods[i].state == NODE_POD_READY) {
+                        struct node_pod_info info;
+                        info_of(np, &np->pods[i], &info);
+                        if (obs->ready)
+                                obs->ready(obs->ctx, &info);
+                }
+        }
+        return 0;
+}
+
 int node_pods_start(struct node_pods *np, struct loop *loop)
 {
         np->loop = loop;
@@ -649,7 +708,7 @@ void node_pods_free(struct node_pods *np)
         if (np->loop)
                 loop_timer_cancel(np->loop, &np->tick);
         for (size_t i = 0; i < np->n; i++)
-                release(&np->pods[i]);
+                release(np, &np->pods[i]);
         free(np->pods);
         free(np);
 }

@@ -79,9 +79,39 @@ struct node_pods_config {
         const char *proc_root;   /* NULL: "/proc" */
 };
 
+/* What the node's other parts (capture, identities) are told of a pod: valid
+ * during the call only (copy what is kept; dup netns_fd to keep it). */
+struct node_pod_info {
+        const char *ns, *name, *uid, *sa;
+        const char (*ips)[48];
+        uint32_t n_ips;
+        const char *cgroup_root; /* the cgroup v2 mount */
+        const char *cgroup;      /* the pod's directory, relative to cgroup_root */
+        int netns_fd;            /* borrowed */
+        uint64_t netns_ino;
+        uint64_t gen; /* new for every READY episode: the key of what is held for it */
+};
+
+#define NODE_MAX_OBSERVERS 4
+
+/* Told, on the loop's thread, when a pod becomes READY (ready) and when a
+ * READY pod stops being one (gone: deleted, unmeshed, shed, replaced by a pod
+ * of the same name, turned host-network, its sandbox replaced, or the table
+ * freed). A new sandbox is gone(old) then ready(new), with a new gen. Every
+ * ready is followed by exactly one gone with the same gen. The callbacks must
+ * not call back into np. */
+struct node_pods_observer {
+        void (*ready)(void *ctx, const struct node_pod_info *pod);
+        void (*gone)(void *ctx, const struct node_pod_info *pod);
+        void *ctx;
+};
+
 /* NULL with err on failure (no cgroup v2 mount, bad config, no memory). */
 struct node_pods *node_pods_new(const struct node_pods_config *cfg, char *err, size_t errlen);
 void node_pods_free(struct node_pods *np);
+/* Adds an observer (copied); pods already READY are told at once.
+ * 0, or -ENOSPC past NODE_MAX_OBSERVERS. */
+int node_pods_observe(struct node_pods *np, const struct node_pods_observer *obs);
 /* Arms the retry timer. */
 int node_pods_start(struct node_pods *np, struct loop *loop);
 /* The sink to add to the kubernetes backend (k8s_backend_add_sink); it
