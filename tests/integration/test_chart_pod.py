@@ -28,7 +28,7 @@ import shuntlib as sl
 from shuntca import KubeApi, ShuntCA
 from shuntlib import Topology as T
 from test_chart import load_fixture, pod_from
-from test_ebpf import BPFFS, CGROOT, cgroup_argv, mounts, remove_pins  # noqa: F401
+from ebpflib import BPFFS, CGROOT, cgroup_argv, mounts, remove_pins  # noqa: F401
 from test_init_capture import kill_cgroup
 
 NS = "shunt-system"

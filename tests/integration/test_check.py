@@ -29,7 +29,7 @@ import pytest
 import mtls_pki as pki
 import shuntca
 import shuntlib as sl
-from test_ebpf import CGROUP, PINS, InCgroup, cgroup, ebpf_args, mounts  # noqa: F401
+from ebpflib import CGROUP, PINS, InCgroup, cgroup, ebpf_args, mounts  # noqa: F401
 from test_init_capture import PROXY_UID, as_init, as_proxy
 
 HOST = ["kernel-bpf", "kernel-btf", "cgroup-v2", "iptables", "conntrack", "capabilities"]

@@ -3,38 +3,38 @@
 application in a cgroup of its own (shuntd is not in it), real peers in the
 remote pod.
 
-The cgroup (/sys/fs/cgroup/unified/shunt-t-<pid>-app) and the pin root
-(/sys/fs/bpf/shunt-t-<pid>) belong to this module and are removed at the
-end, also on failure. Processes are put into the cgroup by a shell that
-writes its own pid into cgroup.procs and then execs the client.
-
-`ip netns exec` mounts a fresh /sys for the command, which hides the host's
-cgroup2 (/sys/fs/cgroup/unified) and bpffs (/sys/fs/bpf) mounts. So this
-module mounts the cgroup2 hierarchy and a bpffs of its own under /run
-(/run/shunt-t-<pid>-cg, /run/shunt-t-<pid>-bpf) where every namespace sees
-them, and unmounts them at the end."""
+The mounts, the application's cgroup and the pin root come from ebpflib
+(shared with the other eBPF tests) and are removed at the end, also on
+failure. Processes are put into the cgroup by a shell that writes its own pid
+into cgroup.procs and then execs the client."""
 
 import json
 import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 
 import pytest
 
 import shuntlib as sl
+from ebpflib import (  # noqa: F401 - fixtures
+    CGROOT,
+    CGROUP,
+    PINS,
+    InCgroup,
+    bpf_counters,
+    cgroup,
+    cgroup2,
+    cgroup_argv,
+    ebpf_args,
+    in_cgroup,
+    mounts,
+    remove_pins,
+)
 from shuntlib import Topology as T
 
-
-CGROOT = "/run/shunt-t-%d-cg" % os.getpid()
-BPFFS = "/run/shunt-t-%d-bpf" % os.getpid()
-# The mount shows the whole cgroup2 hierarchy: the pod cgroup name must be
-# unique to this run, or two runs (or a killed one) would collide.
-CGROUP = CGROOT + "/shunt-t-%d-app" % os.getpid()
-PINS = BPFFS + "/shunt"
 
 # A client for the application side: connects, then either reads the addr
 # peer's JSON line or echoes a payload, and prints one JSON result line.
@@ -65,90 +65,10 @@ print(json.dumps(out))
 """
 
 
-def cgroup_argv(cgroup, argv):
-    """argv started inside cgroup: a shell writes its pid into cgroup.procs
-    and execs argv, so the pid stays the same."""
-    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup] + list(argv)
-
-
-def in_cgroup(pod, argv, timeout=30):
-    """Runs argv in pod's network namespace, inside the app cgroup."""
-    return pod.run(cgroup_argv(CGROUP, argv), timeout=timeout, check=False)
-
-
 def client(pod, host, port, mode):
     r = in_cgroup(pod, [sys.executable, "-c", CLIENT, host, str(port), mode])
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def remove_pins(root):
-    if not os.path.isdir(root):
-        return
-    for name in os.listdir(root):  # unlinking the last reference detaches a link
-        try:
-            os.unlink(os.path.join(root, name))
-        except OSError:
-            pass
-    os.rmdir(root)
-
-
-def bpf_counters(root=PINS):
-    """shunt_counters summed over CPUs, read by bpftool from the pin."""
-    r = sl.run(["bpftool", "-j", "map", "dump", "pinned", os.path.join(root, "shunt_counters")])
-    total = {}
-    for entry in json.loads(r.stdout):
-        for cpu in entry["formatted"]["values"]:
-            for k, v in cpu["value"].items():
-                total[k] = total.get(k, 0) + v
-    return total
-
-
-@pytest.fixture(scope="module")
-def mounts():
-    made = []
-    try:
-        for path, fstype in ((CGROOT, "cgroup2"), (BPFFS, "bpf")):
-            os.mkdir(path)
-            made.append(path)
-            sl.run(["mount", "-t", fstype, fstype, path])
-            made.append("mount:" + path)
-        yield
-    finally:
-        for m in reversed(made):
-            if m.startswith("mount:"):
-                subprocess.run(["umount", "-l", m[6:]], capture_output=True, timeout=10)
-            else:
-                os.rmdir(m)
-
-
-@pytest.fixture(scope="module")
-def cgroup(mounts):
-    os.mkdir(CGROUP)
-    try:
-        yield CGROUP
-    finally:
-        try:
-            with open(os.path.join(CGROUP, "cgroup.procs")) as f:
-                for pid in f.read().split():
-                    os.kill(int(pid), signal.SIGKILL)
-        except OSError:
-            pass
-        sl.wait_until(lambda: not open(os.path.join(CGROUP, "cgroup.procs")).read().strip(), 5)
-        os.rmdir(CGROUP)
-        remove_pins(PINS)
-
-
-@pytest.fixture
-def cgroup2(mounts):
-    """A second cgroup, for a daemon of a test's own (the module's shuntd holds
-    the first)."""
-    path = CGROUP + "-2"
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        os.rmdir(path)
 
 
 @pytest.fixture(scope="module")
@@ -160,26 +80,6 @@ def peers(topo):
     finally:
         for p in procs.values():
             p.stop()
-
-
-def ebpf_args(**kw):
-    return sl.shuntd_args(redirect="ebpf", redirect_cgroup=CGROUP, bpf_pin_root=PINS, **kw)
-
-
-class InCgroup:
-    """A pod whose spawned processes start inside cgroup (a shell writes its
-    pid into cgroup.procs and execs the command, so the pid is the same)."""
-
-    def __init__(self, pod, cgroup):
-        self._pod = pod
-        self._cgroup = cgroup
-
-    def spawn(self, argv, name, env=None, stdout_pipe=False):
-        argv = cgroup_argv(self._cgroup, argv)
-        return self._pod.spawn(argv, name, env=env, stdout_pipe=stdout_pipe)
-
-    def __getattr__(self, name):
-        return getattr(self._pod, name)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ import sys
 import pytest
 
 import shuntlib as sl
-from shuntlib import Topology as T
-from test_ebpf import (  # noqa: F401 - fixtures
+from ebpflib import (  # noqa: F401 - fixtures
     CGROUP,
     InCgroup,
     bpf_counters,

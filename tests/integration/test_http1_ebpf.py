@@ -13,8 +13,7 @@ import pytest
 
 import httpbackend
 import shuntlib as sl
-from shuntlib import Topology as T
-from test_ebpf import (  # noqa: F401 - fixtures
+from ebpflib import (  # noqa: F401 - fixtures
     CGROUP,
     PINS,
     InCgroup,

@@ -35,7 +35,7 @@ import pytest
 
 import shuntlib as sl
 from shuntlib import Topology as T
-from test_ebpf import BPFFS, CGROOT, bpf_counters, cgroup_argv, mounts, remove_pins  # noqa: F401
+from ebpflib import BPFFS, CGROOT, bpf_counters, cgroup_argv, mounts, remove_pins  # noqa: F401
 
 PROXY_UID = 1337
 APP_PORT = 9090

@@ -24,7 +24,7 @@ import pytest
 
 import shuntlib as sl
 from shuntlib import Topology as T
-from test_ebpf import CGROUP, PINS, InCgroup, cgroup, cgroup_argv, ebpf_args, mounts  # noqa: F401
+from ebpflib import CGROUP, PINS, InCgroup, cgroup, cgroup_argv, ebpf_args, mounts  # noqa: F401
 
 # connect + GET + read to EOF, in threads, until a stop file appears or the
 # bounds (seconds, requests) are reached; one JSON line of outcomes at exit.
