@@ -8,8 +8,13 @@ pod, and a client that sends real `openssl req` CSRs over HTTPS.
     tok = api.token("web", "frontend")      # audience shunt-ca
     key, csr = make_csr()                   # openssl req, ECDSA P-256
     status, hdrs, body = ca.certificate(tok, csr)
+
+or, for a module's fixture, all three at once:
+
+    with ca_env("ca", args=[...], prepare=lambda api: ...) as (pod, api, ca):
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -185,6 +190,30 @@ class ShuntCA:
             return status, hdrs, json.loads(data)
         except ValueError:
             return status, hdrs, data
+
+
+@contextlib.contextmanager
+def ca_env(name, args=(), prepare=None):
+    """A pod with the API stand-in and shunt-ca in it, yielded as (pod, api,
+    ca); prepare(api), when given, runs before shunt-ca starts. At the end
+    shunt-ca must stop with status 0 (its stderr is the message if not), and
+    the stand-in and the pod are removed in any case."""
+    pod = sl.Pod(name)
+    api = ca = None
+    try:
+        api = KubeApi(pod)
+        if prepare is not None:
+            prepare(api)
+        ca = ShuntCA(pod, api, args=list(args))
+        yield pod, api, ca
+    finally:
+        try:
+            if ca is not None:
+                assert ca.stop() == 0, ca.proc.read_stderr()[-3000:]
+        finally:
+            if api is not None:
+                api.stop()
+            pod.delete()
 
 
 def raw_socket(pod, port, timeout=5.0):

@@ -22,28 +22,15 @@ import pytest
 
 import shuntca
 import shuntlib as sl
-from shuntca import KubeApi, ShuntCA, make_csr, openssl
+from shuntca import ShuntCA, ca_env, make_csr, openssl
 
 TD = "cluster.local"
 
 
 @pytest.fixture(scope="module")
 def env():
-    pod = sl.Pod("ca")
-    api = ca = None
-    try:
-        api = KubeApi(pod)
-        ca = ShuntCA(pod, api, args=["--tokenreview-timeout", "1s", "--rate", "0.5",
-                                     "--burst", "2"])
-        yield pod, api, ca
-    finally:
-        try:
-            if ca is not None:
-                assert ca.stop() == 0, ca.proc.read_stderr()[-3000:]
-        finally:
-            if api is not None:
-                api.stop()
-            pod.delete()
+    with ca_env("ca", args=["--tokenreview-timeout", "1s", "--rate", "0.5", "--burst", "2"]) as e:
+        yield e
 
 
 def spiffe(ns, sa):

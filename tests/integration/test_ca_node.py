@@ -31,7 +31,7 @@ import subprocess
 import pytest
 
 import shuntlib as sl
-from shuntca import KubeApi, ShuntCA, make_csr, openssl
+from shuntca import KubeApi, ShuntCA, ca_env, make_csr, openssl
 
 TD = "cluster.local"
 AGENT_NS, AGENT_SA = "shunt-system", "shunt-node"
@@ -100,10 +100,7 @@ def refused(ca, status, body, code, reason, identity, **fields):
 
 @pytest.fixture(scope="module")
 def env():
-    pod = sl.Pod("canode")
-    api = ca = None
-    try:
-        api = KubeApi(pod)
+    def pods(api):
         for p in (pod_obj(AGENT_NS, "shunt-node-a", AGENT_SA, "node-a"),
                   pod_obj(AGENT_NS, "shunt-node-b", AGENT_SA, "node-b"),
                   pod_obj("web", "frontend-a1", "frontend", "node-a"),
@@ -113,18 +110,11 @@ def env():
                   pod_obj("web", "batch-a1", "batch", "node-a"),
                   pod_obj("web", "worker-x", "worker", None, phase="Pending")):
             apply(api, p)
-        # the default --node-agent-sa: shunt-system/shunt-node
-        ca = ShuntCA(pod, api, args=["--tokenreview-timeout", "1s"])
+
+    # the default --node-agent-sa: shunt-system/shunt-node
+    with ca_env("canode", args=["--tokenreview-timeout", "1s"], prepare=pods) as (pod, api, ca):
         agents = {n: bound_token(api, AGENT_NS, AGENT_SA, "shunt-node-" + n) for n in "ab"}
         yield pod, api, ca, agents
-    finally:
-        try:
-            if ca is not None:
-                assert ca.stop() == 0, ca.proc.read_stderr()[-3000:]
-        finally:
-            if api is not None:
-                api.stop()
-            pod.delete()
 
 
 def test_agent_gets_the_identity_of_a_pod_on_its_node(env):

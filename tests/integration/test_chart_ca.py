@@ -28,7 +28,7 @@ import yaml
 
 import k8schart as kc
 import shuntlib as sl
-from shuntca import KubeApi, ShuntCA
+from shuntca import ShuntCA, ca_env
 from test_chart import pod_from  # the ReplicaSet controller's pod
 
 FIXTURES = os.path.join(sl.SOURCE, "tests", "fixtures", "k8s")
@@ -43,20 +43,8 @@ def ca():
         pytest.fail(str(e), pytrace=False)
     objs = kc.render({"trustDomain": "chart.test"}, namespace=NS)
     d, args = kc.shunt_ca_argv(objs, NS)
-    pod = sl.Pod("chartca")
-    api = ca = None
-    try:
-        api = KubeApi(pod)
-        ca = ShuntCA(pod, api, args=args)
+    with ca_env("chartca", args=args) as (pod, api, ca):
         yield pod, api, ca, objs, d
-    finally:
-        try:
-            if ca is not None:
-                assert ca.stop() == 0, ca.proc.read_stderr()[-3000:]
-        finally:
-            if api is not None:
-                api.stop()
-            pod.delete()
 
 
 def api_server_request(pod, objs, body, port=15012, declared=None):
