@@ -481,6 +481,118 @@ static void test_bad_requests(void **state)
         strbuf_free(&out);
         inject_config_free(c);
 }
+/* Node mode: a namespace the node agent serves gets the meshed label and
+ * nothing else; other namespaces are injected as before. */
+static void test_node_mode_namespaces(void **state)
+{
+        config_error("{\"node_namespaces\":\"demo\"}", "expected an array of namespace names");
+        config_error("{\"node_namespaces\":[\"Demo\"]}", "namespace name or \"*\"");
+        config_error("{\"node_namespaces\":[\"\"]}", "namespace name");
+        config_error("{\"capture_from\":\"kubelet\"}", "'kubelet' is not one of pod, node");
+        config_error("{\"capture_from\":\"node\",\"capture\":\"ebpf\"}",
+                     "capture_from node needs capture iptables (not 'ebpf')");
+
+        struct inject_config *c = config("{\"node_namespaces\":[\"shop\",\"demo\"]}");
+        const char *pod = "{\"metadata\":{\"name\":\"p\",\"labels\":{\"app\":\"x\"}},"
+                          "\"spec\":{\"containers\":[{\"name\":\"web\"}]}}";
+        struct answer a = ask(c, review_for(pod, "CREATE")); /* namespace demo */
+        assert_true(allowed(&a));
+        assert_int_equal(cJSON_GetArraySize(a.patch), 1);
+        assert_string_equal(cJSON_GetStringValue(op_at(&a, 0, "/metadata/labels/shunt.io~1meshed")),
+                            "true");
+        assert_string_equal(a.note, "labelled demo/p: node mode (served by the node agent, no "
+                                    "sidecar)");
+        answer_free(&a);
+        /* Labelled already: no patch. */
+        a = ask(c, review_for("{\"metadata\":{\"name\":\"p\",\"labels\":{\"shunt.io/meshed\":"
+                              "\"true\"}},\"spec\":{\"containers\":[{\"name\":\"web\"}]}}",
+                              "CREATE"));
+        assert_true(allowed(&a));
+        assert_null(a.patch);
+        assert_null(cJSON_GetObjectItem(response(&a), "patch"));
+        answer_free(&a);
+        /* Opt-out and host network still win. */
+        a = ask(c, review_for("{\"metadata\":{\"name\":\"p\",\"annotations\":{\"shunt.io/inject\":"
+                              "\"false\"}},\"spec\":{\"containers\":[{\"name\":\"web\"}]}}",
+                              "CREATE"));
+        assert_null(a.patch);
+        answer_free(&a);
+        inject_config_free(c);
+
+        /* Another namespace: a sidecar as usual. */
+        c = config("{\"node_namespaces\":[\"shop\"]}");
+        a = ask(c, review_for(pod, "CREATE"));
+        assert_string_equal(name_of(op_at(&a, 1, "/spec/initContainers")->child), "shunt-init");
+        answer_free(&a);
+        inject_config_free(c);
+        /* "*": every namespace. */
+        c = config("{\"node_namespaces\":[\"*\"]}");
+        a = ask(c, review_for(pod, "CREATE"));
+        assert_int_equal(cJSON_GetArraySize(a.patch), 1);
+        answer_free(&a);
+        inject_config_free(c);
+}
+
+/* capture_from node: no init container (nothing that needs a capability),
+ * the capture's settings in the annotation, the proxy as usual. */
+static void test_capture_from_node(void **state)
+{
+        struct inject_config *c =
+            config("{\"capture_from\":\"node\",\"exclude_inbound_ports\":[9100]}");
+        struct answer a = ask(c, review_for("{\"metadata\":{\"name\":\"p\",\"annotations\":{"
+                                            "\"shunt.io/exclude-outbound-cidrs\":\"10.96.0.0/"
+                                            "12\"}},\"spec\":{\"containers\":[{\"name\":"
+                                            "\"web\"}]}}",
+                                            "CREATE"));
+        assert_true(allowed(&a));
+        const cJSON *inits = op_at(&a, 1, "/spec/initContainers");
+        assert_int_equal(cJSON_GetArraySize(inits), 1);
+        assert_string_equal(name_of(cJSON_GetArrayItem(inits, 0)), "shunt-proxy");
+        char *text = cJSON_PrintUnformatted(a.patch);
+        assert_null(strstr(text, "NET_ADMIN"));
+        assert_null(strstr(text, "shunt-init"));
+        assert_null(strstr(text, "\"add\":["));
+        free(text);
+        const cJSON *vols = op_at(&a, 2, "/spec/volumes");
+        assert_int_equal(cJSON_GetArraySize(vols), 5); /* no shunt-init-run */
+        /* the pod had annotations: one add each, the settings last */
+        op_at(&a, 3, "/metadata/annotations/prometheus.io~1scrape");
+        const cJSON *nc = op_at(&a, 6, "/metadata/annotations/shunt.io~1node-capture");
+        assert_string_equal(
+            cJSON_GetStringValue(nc),
+            "{\"SHUNT_REDIRECT\":\"iptables\",\"SHUNT_PROXY_UID\":\"1337\","
+            "\"SHUNT_ADMIN_METRICS_PORT\":\"15020\",\"SHUNT_EXCLUDE_INBOUND_PORTS\":"
+            "\"9100\",\"SHUNT_EXCLUDE_OUTBOUND_CIDRS\":\"10.96.0.0/12\"}");
+        assert_string_equal(a.note,
+                            "injected demo/p (iptables capture from the node, native sidecar)");
+        answer_free(&a);
+        /* No annotations on the pod: the scrape annotations create the map,
+         * the settings are added to it. */
+        a = ask(c, review_for("{\"metadata\":{\"name\":\"p\"},\"spec\":{\"containers\":"
+                              "[{\"name\":\"web\"}]}}",
+                              "CREATE"));
+        op_at(&a, 3, "/metadata/annotations");
+        op_at(&a, 4, "/metadata/annotations/shunt.io~1node-capture");
+        answer_free(&a);
+        inject_config_free(c);
+        /* Classic sidecar, no metrics: no init container at all, the map made
+         * by the settings. */
+        c = config("{\"capture_from\":\"node\",\"native_sidecar\":false,\"metrics_port\":0}");
+        a = ask(c, review_for("{\"metadata\":{\"name\":\"p\"},\"spec\":{\"containers\":"
+                              "[{\"name\":\"web\"}]}}",
+                              "CREATE"));
+        assert_string_equal(name_of(op_at(&a, 1, "/spec/containers/0")), "shunt-proxy");
+        op_at(&a, 2, "/spec/volumes");
+        const cJSON *ann = op_at(&a, cJSON_GetArraySize(a.patch) - 1, "/metadata/annotations");
+        assert_non_null(
+            strstr(cJSON_GetStringValue(cJSON_GetObjectItem(ann, "shunt.io/node-capture")),
+                   "\"SHUNT_ADMIN_METRICS_ADDRESS\":\"off\""));
+        text = cJSON_PrintUnformatted(a.patch);
+        assert_null(strstr(text, "initContainers"));
+        free(text);
+        answer_free(&a);
+        inject_config_free(c);
+}
 
 int main(void)
 {
@@ -494,6 +606,8 @@ int main(void)
             cmocka_unit_test(test_annotations),
             cmocka_unit_test(test_metrics_port),
             cmocka_unit_test(test_bad_requests),
+            cmocka_unit_test(test_node_mode_namespaces),
+            cmocka_unit_test(test_capture_from_node),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

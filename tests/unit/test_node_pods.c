@@ -297,14 +297,100 @@ static void test_bound(void **state)
         assert_int_equal(node_pods_state(f->np, "shop", "c"), NODE_POD_PENDING);
         fx_free(f);
 }
+/* Sidecar pods and the node-capture annotation reach the observers; a change
+ * of either is a new episode; observers add members to GET /pods. */
+struct kinds {
+        char log[256];
+};
+
+static void kinds_ready(void *ctx, const struct node_pod_info *p)
+{
+        struct kinds *k = ctx;
+        size_t n = strlen(k->log);
+        snprintf(k->log + n, sizeof(k->log) - n, "+%s:%d:%s ", p->name, p->sidecar,
+                 p->node_capture ? p->node_capture : "-");
+}
+
+static void kinds_gone(void *ctx, const struct node_pod_info *p)
+{
+        struct kinds *k = ctx;
+        size_t n = strlen(k->log);
+        snprintf(k->log + n, sizeof(k->log) - n, "-%s ", p->name);
+}
+
+static void kinds_render(void *ctx, const struct node_pod_info *p, struct strbuf *sb)
+{
+        (void)ctx;
+        strbuf_appendf(sb, ",\"extra\":\"%s-%s\"", p->name, p->gen ? "ready" : "not");
+}
+
+static int apply_meta(struct fx *f, const char *name, const char *uid, const char *annotations,
+                      const char *containers)
+{
+        char js[8192];
+        snprintf(js, sizeof(js),
+                 "{\"metadata\":{\"name\":\"%s\",\"namespace\":\"shop\",\"uid\":\"%s\","
+                 "\"labels\":{\"shunt.io/meshed\":\"true\"},\"annotations\":{%s}},"
+                 "\"spec\":{\"nodeName\":\"n1\",\"containers\":[%s]},"
+                 "\"status\":{\"qosClass\":\"Burstable\"}}",
+                 name, uid, annotations, containers);
+        cJSON *o = cJSON_Parse(js);
+        assert_non_null(o);
+        char err[256];
+        int rc = node_pods_apply(f->np, o, false, err, sizeof(err));
+        cJSON_Delete(o);
+        return rc;
+}
+
+static void test_sidecar_pods(void **state)
+{
+        (void)state;
+        struct fx *f = fx_new(8);
+        struct kinds k = {{0}};
+        struct node_pods_observer obs = {
+            .ready = kinds_ready, .gone = kinds_gone, .render = kinds_render, .ctx = &k};
+        assert_int_equal(node_pods_observe(f->np, &obs), 0);
+        fake_proc(f, REL_A, 4242, REL_A "/ctr");
+        assert_int_equal(apply_meta(f, "a", UID_A, "", "{\"name\":\"app\"}"), 0);
+        /* the same pod, now with a sidecar and the annotation: a new episode */
+        assert_int_equal(apply_meta(f, "a", UID_A, "\"shunt.io/node-capture\":\"{}\"",
+                                    "{\"name\":\"app\"},{\"name\":\"shunt-proxy\"}"),
+                         0);
+        /* unchanged: nothing told */
+        assert_int_equal(apply_meta(f, "a", UID_A, "\"shunt.io/node-capture\":\"{}\"",
+                                    "{\"name\":\"app\"},{\"name\":\"shunt-proxy\"}"),
+                         0);
+        assert_string_equal(k.log, "+a:0:- -a +a:1:{} ");
+        cJSON *j = render(f);
+        cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "pods"), 0);
+        assert_true(cJSON_IsTrue(cJSON_GetObjectItem(p, "sidecar")));
+        assert_true(cJSON_IsTrue(cJSON_GetObjectItem(p, "node_capture")));
+        assert_string_equal(cJSON_GetObjectItem(p, "extra")->valuestring, "a-ready");
+        cJSON_Delete(j);
+        /* a pending pod is rendered too, gen 0 */
+        assert_int_equal(apply_meta(f, "b", UID_B, "", "{\"name\":\"app\"}"), 0);
+        j = render(f);
+        p = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "pods"), 1);
+        assert_string_equal(cJSON_GetObjectItem(p, "extra")->valuestring, "b-not");
+        assert_true(cJSON_IsFalse(cJSON_GetObjectItem(p, "sidecar")));
+        cJSON_Delete(j);
+        /* an annotation past the bound: the object is refused, the pod kept as it was */
+        char big[NODE_CAPTURE_ANNOTATION_MAX + 64];
+        int n = snprintf(big, sizeof(big), "\"shunt.io/node-capture\":\"");
+        memset(big + n, 'x', NODE_CAPTURE_ANNOTATION_MAX + 1);
+        snprintf(big + n + NODE_CAPTURE_ANNOTATION_MAX + 1, 4, "\"");
+        assert_int_equal(apply_meta(f, "a", UID_A, big, "{\"name\":\"shunt-proxy\"}"), -EINVAL);
+        assert_int_equal(counter(f, "bad"), 1);
+        fx_free(f);
+        assert_string_equal(k.log, "+a:0:- -a +a:1:{} -a ");
+}
 
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_candidates),
-            cmocka_unit_test(test_mountinfo),
-            cmocka_unit_test(test_states),
-            cmocka_unit_test(test_bound),
+            cmocka_unit_test(test_candidates),   cmocka_unit_test(test_mountinfo),
+            cmocka_unit_test(test_states),       cmocka_unit_test(test_bound),
+            cmocka_unit_test(test_sidecar_pods),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@ static const char *const pull_names[] = {"Always", "IfNotPresent", "Never", NULL
 static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const mtls_names[] = {"strict", "permissive", "disabled", NULL};
 static const char *const sd_names[] = {"kubernetes", "file", "consul", NULL};
+static const char *const capture_from_names[] = {"pod", "node", NULL};
 
 static void errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -172,6 +173,38 @@ static int get_list(const cJSON *item, const char *key, bool cidrs, struct injec
         return 0;
 }
 
+/* node_namespaces: namespace names (DNS labels) or "*". */
+static int get_namespaces(const cJSON *item, const char *key, struct inject_config *c, char *err,
+                          size_t errlen)
+{
+        if (!cJSON_IsArray(item)) {
+                errf(err, errlen, "inject config: %s: expected an array of namespace names", key);
+                return -EINVAL;
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, item)
+        {
+                const char *v = cJSON_IsString(e) ? e->valuestring : NULL;
+                bool ok = v && *v && strlen(v) < sizeof(c->node_namespaces[0]);
+                for (const char *p = v; ok && *p && strcmp(v, "*"); p++)
+                        ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-';
+                if (!ok) {
+                        errf(err, errlen,
+                             "inject config: %s: every element must be a namespace name or \"*\"",
+                             key);
+                        return -EINVAL;
+                }
+                if (c->n_node_namespaces == INJECT_NODE_NAMESPACES_MAX) {
+                        errf(err, errlen, "inject config: %s: more than %d namespaces", key,
+                             INJECT_NODE_NAMESPACES_MAX);
+                        return -EINVAL;
+                }
+                snprintf(c->node_namespaces[c->n_node_namespaces++], sizeof(c->node_namespaces[0]),
+                         "%s", v);
+        }
+        return 0;
+}
+
 int inject_config_parse(const char *json, size_t len, struct inject_config **out, char *err,
                         size_t errlen)
 {
@@ -268,7 +301,14 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                         rc = get_list(item, k, false, &c->exclude_out, err, errlen);
                 else if (!strcmp(k, "exclude_outbound_cidrs"))
                         rc = get_list(item, k, true, &c->exclude_cidrs, err, errlen);
-                else {
+                else if (!strcmp(k, "node_namespaces"))
+                        rc = get_namespaces(item, k, c, err, errlen);
+                else if (!strcmp(k, "capture_from")) {
+                        char from[8];
+                        if (!(rc = get_str(item, k, from, sizeof(from), capture_from_names, true,
+                                           err, errlen)))
+                                c->capture_from_node = !strcmp(from, "node");
+                } else {
                         errf(err, errlen,
                              "inject config: unknown key '%.64s' (allowed: image, "
                              "image_pull_policy, capture, native_sidecar, proxy_uid, "
@@ -276,7 +316,8 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                              "token_expiration_seconds, bundle_configmap, log_level, mtls_mode, "
                              "discovery, bpf_pin_root, proxy_resources, init_resources, "
                              "exclude_inbound_ports, exclude_outbound_ports, "
-                             "exclude_outbound_cidrs, metrics_port, scrape_annotations)",
+                             "exclude_outbound_cidrs, metrics_port, scrape_annotations, "
+                             "node_namespaces, capture_from)",
                              k);
                         rc = -EINVAL;
                 }
@@ -284,6 +325,14 @@ int inject_config_parse(const char *json, size_t len, struct inject_config **out
                         break;
         }
         cJSON_Delete(root);
+        if (!rc && c->capture_from_node && strcmp(c->capture, "iptables")) {
+                /* The node agent installs what `shuntd init` would with
+                 * iptables; an eBPF capture needs the pod's own pins. */
+                errf(err, errlen,
+                     "inject config: capture_from node needs capture iptables (not '%s')",
+                     c->capture);
+                rc = -EINVAL;
+        }
         if (rc) {
                 inject_config_free(c);
                 return rc;

@@ -44,6 +44,11 @@ struct inject_config {
         struct inject_list exclude_in, exclude_out, exclude_cidrs;
         int metrics_port;        /* shuntd's read-only metrics listener; 0 = none */
         bool scrape_annotations; /* prometheus.io/ annotations for it on the pod */
+        /* Node mode: namespaces whose pods get no sidecar, only the meshed
+         * label ("*": every namespace the webhook sees). */
+        char node_namespaces[INJECT_NODE_NAMESPACES_MAX][64];
+        size_t n_node_namespaces;
+        bool capture_from_node; /* capture_from "node": no init container */
 };
 
 /* Where the init container sees the node's /sys/fs/cgroup (eBPF). */

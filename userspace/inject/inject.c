@@ -598,8 +598,9 @@ static cJSON *make_volumes(const struct review *r)
         cJSON_AddItemToArray(items, it);
         cJSON_AddItemToArray(vols, v);
 
+        /* VOL_RUN: the init container's iptables lock (none when the node captures). */
         const char *empty[] = {VOL_TMP, VOL_RUN};
-        for (size_t i = 0; i < 2; i++) {
+        for (size_t i = 0; i < (c->capture_from_node ? 1u : 2u); i++) {
                 v = cJSON_CreateObject();
                 cJSON_AddStringToObject(v, "name", empty[i]);
                 cJSON *ed = cJSON_AddObjectToObject(v, "emptyDir");
@@ -712,6 +713,52 @@ static void add_scrape_annotations(struct review *r, cJSON *patch, const cJSON *
         const char *const kv[][2] = {
             {A_PROM_SCRAPE, "true"}, {A_PROM_PORT, port}, {A_PROM_PATH, "/metrics"}};
         add_map_entries(patch, meta, "annotations", kv, 3);
+}
+
+/* capture_from node: what the init container's environment would have been
+ * (the capture's part of it), as one JSON object for the node agent. */
+static char *node_capture_settings(const struct review *r)
+{
+        static const char *const keys[] = {INJECT_NODE_CAPTURE_KEYS, NULL};
+        cJSON *env = make_env(r, true), *out = cJSON_CreateObject();
+        const cJSON *e;
+        cJSON_ArrayForEach(e, env)
+        {
+                const char *name = str_of(e, "name"), *value = str_of(e, "value");
+                if (name && value && inject_enum_index(keys, name) >= 0)
+                        cJSON_AddStringToObject(out, name, value);
+        }
+        char *text = cJSON_PrintUnformatted(out);
+        cJSON_Delete(out);
+        cJSON_Delete(env);
+        return text;
+}
+
+static bool node_namespace(const struct inject_config *c, const char *ns)
+{
+        for (size_t i = 0; i < c->n_node_namespaces; i++) {
+                if (!strcmp(c->node_namespaces[i], "*") ||
+                    (ns && !strcmp(c->node_namespaces[i], ns)))
+                        return true;
+        }
+        return false;
+}
+
+/* Node mode: the node agent serves the pod; it only needs to be selected. */
+static void review_node_mode(struct review *r, const cJSON *meta, const cJSON *labels)
+{
+        const char *have = str_of(labels, INJECT_MESHED_LABEL);
+        if (have && !strcmp(have, "true")) {
+                notef(r, "unchanged %s: node mode, already labelled %s", r->pod,
+                      INJECT_MESHED_LABEL);
+                return;
+        }
+        r->patch = cJSON_CreateArray();
+        if (!r->patch)
+                return;
+        const char *const meshed[][2] = {{INJECT_MESHED_LABEL, "true"}};
+        add_map_entries(r->patch, meta, "labels", meshed, 1);
+        notef(r, "labelled %s: node mode (served by the node agent, no sidecar)", r->pod);
 }
 
 /* Reads the pod's shunt.io/ annotations into r; false (r->refuse set) on a bad one. */
@@ -846,10 +893,14 @@ static void review_pod(struct review *r, const cJSON *req)
                 notef(r, "skipped %s: hostNetwork", r->pod);
                 return;
         }
+        const struct inject_config *c = r->cfg;
+        if (node_namespace(c, r->ns)) {
+                review_node_mode(r, meta, labels);
+                return;
+        }
         if (!read_annotations(r, ann))
                 return;
 
-        const struct inject_config *c = r->cfg;
         cJSON *patch = cJSON_CreateArray();
         if (!patch)
                 return;
@@ -862,20 +913,46 @@ static void review_pod(struct review *r, const cJSON *req)
          * would answer them yet), capture last, the proxy first among the
          * containers, holding the others back until ready (postStart). */
         cJSON *new_inits = cJSON_CreateArray();
-        cJSON_AddItemToArray(new_inits, make_init(r));
+        if (!c->capture_from_node)
+                cJSON_AddItemToArray(new_inits, make_init(r));
         if (c->native_sidecar) {
                 cJSON_AddItemToArray(new_inits, make_proxy(r));
                 add_all(patch, spec, "initContainers", new_inits, true);
         } else {
-                add_all(patch, spec, "initContainers", new_inits, false);
+                if (cJSON_GetArraySize(new_inits))
+                        add_all(patch, spec, "initContainers", new_inits, false);
+                else
+                        cJSON_Delete(new_inits);
                 cJSON *k = cJSON_CreateArray();
                 cJSON_AddItemToArray(k, make_proxy(r));
                 add_all(patch, spec, "containers", k, true);
         }
         add_all(patch, spec, "volumes", make_volumes(r), false);
         add_scrape_annotations(r, patch, meta, ann, containers);
+        if (c->capture_from_node) {
+                char *settings = node_capture_settings(r);
+                if (!settings) {
+                        cJSON_Delete(patch);
+                        return;
+                }
+                /* After the scrape annotations: the map exists by now when
+                 * they created it. */
+                const char *const kv[][2] = {{INJECT_NODE_CAPTURE_ANNOTATION, settings}};
+                cJSON *m = cJSON_GetObjectItemCaseSensitive(meta, "annotations");
+                bool created = !cJSON_IsObject(m) && c->metrics_port && c->scrape_annotations;
+                if (created) {
+                        char path[160], esc[128];
+                        pointer_escape(INJECT_NODE_CAPTURE_ANNOTATION, esc, sizeof(esc));
+                        snprintf(path, sizeof(path), "/metadata/annotations/%s", esc);
+                        op_add(patch, path, cJSON_CreateString(settings));
+                } else {
+                        add_map_entries(patch, meta, "annotations", kv, 1);
+                }
+                free(settings);
+        }
         r->patch = patch;
-        notef(r, "injected %s (%s capture, %s sidecar)", r->pod, c->capture,
+        notef(r, "injected %s (%s capture%s, %s sidecar)", r->pod, c->capture,
+              c->capture_from_node ? " from the node" : "",
               c->native_sidecar ? "native" : "classic");
 }
 

@@ -9,7 +9,14 @@
  * pod has its own, the prometheus.io/ scrape annotations for that port. What to add comes from an
  * inject config (JSON,
  * `--inject-config FILE` of shunt-ca; the chart renders it into a ConfigMap)
- * and from the pod's `shunt.io/` annotations. */
+ * and from the pod's `shunt.io/` annotations.
+ *
+ * Node mode (inject config node_namespaces): a pod of such a namespace gets
+ * no sidecar, only the meshed label, which the node agent's Pods watch
+ * selects. capture_from "node": sidecar pods get no init container (Pod
+ * Security "baseline" refuses NET_ADMIN); the capture's settings go into the
+ * annotation INJECT_NODE_CAPTURE_ANNOTATION, and the node agent installs
+ * that capture in the pod's network namespace (node/sidecar_capture.h). */
 #ifndef SHUNT_INJECT_INJECT_H
 #define SHUNT_INJECT_INJECT_H
 
@@ -33,6 +40,17 @@
 #define INJECT_BUNDLE_DIR     "/var/run/shunt/bundle"  /* trust bundle, file "ca.crt" */
 #define INJECT_BUNDLE_CM      "shunt-ca-bundle"
 #define INJECT_TOKEN_AUDIENCE "shunt-ca"
+/* capture_from "node": a JSON object of the environment `shuntd init` would
+ * have had, only the keys INJECT_NODE_CAPTURE_KEYS. */
+#define INJECT_NODE_CAPTURE_ANNOTATION "shunt.io/node-capture"
+/* What the capture depends on (config keys by their environment names);
+ * the node agent refuses any other key. */
+#define INJECT_NODE_CAPTURE_KEYS                                                                   \
+        "SHUNT_REDIRECT", "SHUNT_PROXY_UID", "SHUNT_PROXY_MARK", "SIDECAR_INBOUND_PORT",           \
+            "SIDECAR_OUTBOUND_PORT", "SHUNT_ADMIN_METRICS_PORT", "SHUNT_ADMIN_METRICS_ADDRESS",    \
+            "SHUNT_EXCLUDE_INBOUND_PORTS", "SHUNT_EXCLUDE_OUTBOUND_PORTS",                         \
+            "SHUNT_EXCLUDE_OUTBOUND_CIDRS"
+#define INJECT_NODE_NAMESPACES_MAX 64
 
 struct inject_config;
 

@@ -43,6 +43,8 @@ struct pod {
         uint32_t attempts;
         uint64_t gen; /* of the current READY episode (node_pod_info.gen) */
         bool seen;    /* in the list in progress */
+        bool sidecar;
+        char *node_capture; /* owned; NULL when the pod has no such annotation */
         char why[160];
 };
 
@@ -198,7 +200,9 @@ static void info_of(const struct node_pods *np, const struct pod *p, struct node
                                     .cgroup = p->cgroup,
                                     .netns_fd = p->netns_fd,
                                     .netns_ino = p->netns_ino,
-                                    .gen = p->gen};
+                                    .gen = p->state == NODE_POD_READY ? p->gen : 0,
+                                    .sidecar = p->sidecar,
+                                    .node_capture = p->node_capture};
 }
 
 static void tell(const struct node_pods *np, const struct pod *p, bool ready)
@@ -238,6 +242,7 @@ static void remove_at(struct node_pods *np, size_t i, const char *why)
         struct pod *p = &np->pods[i];
         log_info(COMP, 0, "node: pod %s/%s (%s) leaves the table: %s", p->ns, p->name, p->uid, why);
         release(np, p);
+        free(p->node_capture);
         np->pods[i] = np->pods[--np->n];
         np->c.removed++;
         np->shedding = false; /* room again: a new episode is logged */
@@ -477,7 +482,31 @@ static int parse(struct node_pods *np, const cJSON *obj, struct pod *p, bool *me
         *member = node && !strcmp(node, np->node) && meshed && !strcmp(meshed, "true") &&
                   !(phase && (!strcmp(phase, "Succeeded") || !strcmp(phase, "Failed")));
         *host_network = cJSON_IsTrue(FIELD(spec, "hostNetwork"));
+        static const char *const lists[] = {"containers", "initContainers"};
+        for (size_t l = 0; l < 2 && !p->sidecar; l++) {
+                const cJSON *k;
+                cJSON_ArrayForEach(k, FIELD(spec, lists[l]))
+                {
+                        const char *n = str_at(k, "name");
+                        p->sidecar |= n && !strcmp(n, NODE_SIDECAR_CONTAINER);
+                }
+        }
+        const char *nc = str_at(FIELD(m, "annotations"), NODE_CAPTURE_ANNOTATION);
+        if (nc && strlen(nc) > NODE_CAPTURE_ANNOTATION_MAX) {
+                snprintf(err, errlen, "pod %s/%s: annotation %s longer than %d bytes", p->ns,
+                         p->name, NODE_CAPTURE_ANNOTATION, NODE_CAPTURE_ANNOTATION_MAX);
+                return -EINVAL;
+        }
+        if (nc && !(p->node_capture = strdup(nc))) {
+                snprintf(err, errlen, "node: out of memory");
+                return -ENOMEM;
+        }
         return 0;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+        return a == b || (a && b && !strcmp(a, b));
 }
 
 static bool same_ips(const struct pod *a, const struct pod *b)
@@ -491,7 +520,7 @@ static bool same_ips(const struct pod *a, const struct pod *b)
         return true;
 }
 
-static void apply_update(struct node_pods *np, struct pod *cur, const struct pod *in, bool hostnet,
+static void apply_update(struct node_pods *np, struct pod *cur, struct pod *in, bool hostnet,
                          uint64_t now)
 {
         if (!same_ips(cur, in)) {
@@ -502,6 +531,18 @@ static void apply_update(struct node_pods *np, struct pod *cur, const struct pod
         }
         memcpy(cur->sa, in->sa, sizeof(cur->sa));
         memcpy(cur->qos, in->qos, sizeof(cur->qos));
+        if (cur->sidecar != in->sidecar || !same_str(cur->node_capture, in->node_capture)) {
+                /* What the observers act on changed: a new episode for them. */
+                bool was_ready = cur->state == NODE_POD_READY;
+                if (was_ready)
+                        tell(np, cur, false);
+                char *old = cur->node_capture;
+                cur->node_capture = in->node_capture;
+                in->node_capture = old;
+                cur->sidecar = in->sidecar;
+                if (was_ready)
+                        become_ready(np, cur);
+        }
         if (hostnet) {
                 release(np, cur);
                 cur->state = NODE_POD_HOST_NETWORK;
@@ -513,14 +554,29 @@ static void apply_update(struct node_pods *np, struct pod *cur, const struct pod
         }
 }
 
+static int apply_parsed(struct node_pods *np, struct pod *inp, bool member, bool hostnet,
+                        bool deleted, char *err, size_t errlen);
+
 int node_pods_apply(struct node_pods *np, const cJSON *obj, bool deleted, char *err, size_t errlen)
 {
         struct pod in;
         bool member, hostnet;
-        if (parse(np, obj, &in, &member, &hostnet, err, errlen)) {
+        int rc = parse(np, obj, &in, &member, &hostnet, err, errlen);
+        if (rc) {
+                free(in.node_capture);
                 np->c.bad++;
-                return -EINVAL;
+                return rc == -ENOMEM ? rc : -EINVAL;
         }
+        rc = apply_parsed(np, &in, member, hostnet, deleted, err, errlen);
+        free(in.node_capture); /* NULL when the table took it */
+        return rc;
+}
+
+/* in's node_capture is set to NULL when the table keeps it. */
+static int apply_parsed(struct node_pods *np, struct pod *inp, bool member, bool hostnet,
+                        bool deleted, char *err, size_t errlen)
+{
+        struct pod in = *inp;
         uint64_t now = now_ms(np);
         struct pod *cur = find(np, in.ns, in.name);
         if (cur && strcmp(cur->uid, in.uid) != 0) {
@@ -541,7 +597,7 @@ int node_pods_apply(struct node_pods *np, const cJSON *obj, bool deleted, char *
                 return 0;
         }
         if (cur) {
-                apply_update(np, cur, &in, hostnet, now);
+                apply_update(np, cur, inp, hostnet, now);
                 cur->seen = true;
                 return 0;
         }
@@ -567,6 +623,7 @@ int node_pods_apply(struct node_pods *np, const cJSON *obj, bool deleted, char *
         }
         cur = &np->pods[np->n++];
         *cur = in;
+        inp->node_capture = NULL; /* the table's now */
         cur->netns_fd = -1;
         cur->seen = true;
         cur->since_ms = cur->next_ms = now;
@@ -707,8 +764,10 @@ void node_pods_free(struct node_pods *np)
                 return;
         if (np->loop)
                 loop_timer_cancel(np->loop, &np->tick);
-        for (size_t i = 0; i < np->n; i++)
+        for (size_t i = 0; i < np->n; i++) {
                 release(np, &np->pods[i]);
+                free(np->pods[i].node_capture);
+        }
         free(np->pods);
         free(np);
 }
@@ -782,6 +841,14 @@ void node_pods_render(const struct node_pods *np, struct strbuf *sb)
                         strbuf_append_json_string(sb, p->why);
                 else
                         strbuf_append(sb, "null");
+                strbuf_appendf(sb, ",\"sidecar\":%s,\"node_capture\":%s",
+                               p->sidecar ? "true" : "false", p->node_capture ? "true" : "false");
+                struct node_pod_info info;
+                info_of(np, p, &info);
+                for (size_t k = 0; k < np->n_obs; k++) {
+                        if (np->obs[k].render)
+                                np->obs[k].render(np->obs[k].ctx, &info, sb);
+                }
                 strbuf_append(sb, "}");
         }
         free(idx);

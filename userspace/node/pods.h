@@ -42,6 +42,7 @@
 #include "core/loop.h"
 #include "core/strbuf.h"
 #include "discovery/k8s.h"
+#include "inject/inject.h"
 
 #define NODE_MAX_PODS_LIMIT 4096 /* node.max_pods upper bound */
 #define NODE_RETRY_MS       500  /* PENDING pods are looked at this often */
@@ -49,6 +50,16 @@
 #define NODE_MAX_CHILD_DIRS 64   /* container cgroups looked at per pod */
 #define NODE_PATH_MAX       512
 #define NODE_CGROUP_LAYOUTS 6 /* candidates of node_cgroup_candidates */
+
+/* A pod the injector gave a sidecar (a container or init container of this
+ * name) has its own proxy: node mode's capture and identities leave it
+ * alone. With sidecar.captureFrom=node the injector adds no capture init
+ * container and puts the capture's settings (a JSON object of the init
+ * container's environment) in this annotation instead: the node agent
+ * installs that capture in the pod's namespace (node/sidecar_capture.h). */
+#define NODE_SIDECAR_CONTAINER      "shunt-proxy"
+#define NODE_CAPTURE_ANNOTATION     "shunt.io/node-capture"
+#define NODE_CAPTURE_ANNOTATION_MAX 4096 /* longer: the pod object is refused */
 
 enum node_pod_state {
         NODE_POD_PENDING = 0,
@@ -89,7 +100,9 @@ struct node_pod_info {
         const char *cgroup;      /* the pod's directory, relative to cgroup_root */
         int netns_fd;            /* borrowed */
         uint64_t netns_ino;
-        uint64_t gen; /* new for every READY episode: the key of what is held for it */
+        uint64_t gen;             /* new for every READY episode: the key of what is held for it */
+        bool sidecar;             /* has its own proxy (NODE_SIDECAR_CONTAINER) */
+        const char *node_capture; /* NODE_CAPTURE_ANNOTATION's value, NULL when absent */
 };
 
 #define NODE_MAX_OBSERVERS 4
@@ -97,12 +110,15 @@ struct node_pod_info {
 /* Told, on the loop's thread, when a pod becomes READY (ready) and when a
  * READY pod stops being one (gone: deleted, unmeshed, shed, replaced by a pod
  * of the same name, turned host-network, its sandbox replaced, or the table
- * freed). A new sandbox is gone(old) then ready(new), with a new gen. Every
- * ready is followed by exactly one gone with the same gen. The callbacks must
- * not call back into np. */
+ * freed). A new sandbox, or a change of sidecar or node_capture, is
+ * gone(old) then ready(new), with a new gen. Every ready is followed by
+ * exactly one gone with the same gen. render (may be NULL) appends
+ * `,"key":value` members to each pod's object in node_pods_render (every
+ * state; gen 0 when not READY). The callbacks must not call back into np. */
 struct node_pods_observer {
         void (*ready)(void *ctx, const struct node_pod_info *pod);
         void (*gone)(void *ctx, const struct node_pod_info *pod);
+        void (*render)(void *ctx, const struct node_pod_info *pod, struct strbuf *sb);
         void *ctx;
 };
 
