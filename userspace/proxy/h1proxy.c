@@ -27,6 +27,7 @@
  * response head arrived within timeouts.request, 502 when the upstream
  * failed or sent garbage before the response started. After response bytes
  * went to the client a failure can only reset the client connection. */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@
 #include "lb/lb.h"
 #include "http/http1.h"
 #include "proxy/proxy-t.h"
+#include "proxy/states-int.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"
 #include "tls/conn.h"
@@ -72,14 +74,6 @@ struct flow {
         uint64_t bytes; /* sent to the destination, this session */
 };
 
-enum h1_state {
-        S_HEAD,     /* reading a request head (idle between requests) */
-        S_EXCHANGE, /* a request is in flight */
-        S_BACKOFF,  /* waiting to retry the request */
-        S_CLOSING,  /* sending a last response, then closing */
-        S_TUNNEL,   /* after a 101 (Upgrade): bytes both ways until both sides closed */
-};
-
 struct h1s {
         struct worker *w;
         struct h1s *prev, *next;
@@ -89,9 +83,7 @@ struct h1s {
         struct tls_conn *tls; /* inbound mesh TLS of the client side, or NULL */
         char *xfcc;           /* with tls: the client's XFCC element (xfcc.h) */
         bool readable, writable, rdhup;
-        bool closed;
-        bool shut_wr;
-        enum h1_state state;
+        enum h1_state state; /* the one state of the session: see states-int.h */
         struct sockaddr_storage client_addr, orig_dst, upstream_addr;
         char service[SERVICE_MAX];
         struct flow req, resp;
@@ -104,7 +96,8 @@ struct h1s {
         struct loop_timer req_timer; /* timeouts.request until the response head */
         uint64_t created_ms, last_active_ms, req_start_ms;
         uint64_t requests;
-        /* the request in flight */
+        /* The request in flight: facts of the request (begin_request sets
+         * them), independent of each other and of the session's state. */
         enum http1_method method;
         char method_s[16];
         char target[LOG_TARGET_MAX];
@@ -120,11 +113,12 @@ struct h1s {
         bool committed;      /* response bytes for this request went out */
         bool reported;       /* the attempt's outcome went to route_request_done */
         bool stale_retried;  /* re-sent once after a pooled connection broke */
-        bool resp_head_done;
-        bool resp_close; /* close the client after this response */
+        bool resp_close;     /* close the client after this response */
         bool upstream_keep_alive;
-        bool upgrade;    /* the request asks for an Upgrade (forwarded with it) */
-        bool up_shut_wr; /* tunnel: the client's FIN passed on upstream */
+        bool upgrade; /* the request asks for an Upgrade (forwarded with it) */
+        /* H1_TUNNEL's two half-closes, independent of each other */
+        bool cli_fin_sent; /* our FIN went to the client */
+        bool up_fin_sent;  /* the client's FIN passed on upstream */
         int status;
 };
 
@@ -222,21 +216,66 @@ static int flow_classify(struct flow *f)
         return 0;
 }
 
-static const char *state_name(const struct h1s *s)
+/* ---- the session's state machine ------------------------------------------------------ */
+
+/* The transitions of states-int.h's table, one bit per next state. */
+#define TO(x) (1u << (x))
+static const unsigned h1_next[H1__COUNT] = {
+    [H1_IDLE] = TO(H1_HEAD) | TO(H1_CLOSED),
+    [H1_HEAD] = TO(H1_AWAIT) | TO(H1_CLOSING) | TO(H1_CLOSED),
+    [H1_AWAIT] = TO(H1_AWAIT) | TO(H1_STREAM) | TO(H1_TUNNEL) | TO(H1_BACKOFF) | TO(H1_CLOSING) |
+                 TO(H1_CLOSED),
+    [H1_STREAM] = TO(H1_IDLE) | TO(H1_HEAD) | TO(H1_CLOSING) | TO(H1_CLOSED),
+    [H1_BACKOFF] = TO(H1_AWAIT) | TO(H1_CLOSING) | TO(H1_CLOSED),
+    [H1_CLOSING] = TO(H1_LINGER) | TO(H1_CLOSED),
+    [H1_LINGER] = TO(H1_CLOSED),
+    [H1_TUNNEL] = TO(H1_CLOSED),
+    [H1_CLOSED] = 0,
+};
+
+bool h1_transition_ok(enum h1_state from, enum h1_state to)
 {
-        switch (s->state) {
-        case S_HEAD:
-                return s->req.len > s->req.off ? "reading_request" : "idle";
-        case S_EXCHANGE:
-                return s->resp_head_done ? "streaming_response" : "awaiting_response";
-        case S_BACKOFF:
-                return "retry_backoff";
-        case S_CLOSING:
-                return "closing";
-        case S_TUNNEL:
-                return "tunnel";
-        }
-        return "unknown";
+        return (unsigned)from < H1__COUNT && (unsigned)to < H1__COUNT && (h1_next[from] & TO(to));
+}
+
+const char *h1_state_name(enum h1_state st)
+{
+        static const char *const names[H1__COUNT] = {
+            [H1_IDLE] = "idle",
+            [H1_HEAD] = "reading_request",
+            [H1_AWAIT] = "awaiting_response",
+            [H1_STREAM] = "streaming_response",
+            [H1_BACKOFF] = "retry_backoff",
+            [H1_CLOSING] = "closing",
+            [H1_LINGER] = "closing",
+            [H1_TUNNEL] = "tunnel",
+            [H1_CLOSED] = "closed",
+        };
+        return (unsigned)st < H1__COUNT ? names[st] : "unknown";
+}
+
+static void h1_set_state(struct h1s *s, enum h1_state next)
+{
+        assert(h1_transition_ok(s->state, next));
+        s->state = next;
+}
+
+static bool closed(const struct h1s *s)
+{
+        return s->state == H1_CLOSED;
+}
+
+/* The final response head went to the client: its body (or the tunnel's
+ * bytes) may follow. */
+static bool resp_started(const struct h1s *s)
+{
+        return s->state == H1_STREAM || s->state == H1_TUNNEL;
+}
+
+/* A request is in flight: ended now, it counts as aborted. */
+static bool in_flight(const struct h1s *s)
+{
+        return s->state == H1_AWAIT || s->state == H1_STREAM || s->state == H1_BACKOFF;
 }
 
 static void count_status(struct h1s *s, int status)
@@ -283,9 +322,9 @@ static void release_upstream(struct h1s *s, bool reusable, enum route_outcome o)
 static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
 {
         struct worker *w = s->w;
-        if (s->closed)
+        if (closed(s))
                 return;
-        if (s->state == S_EXCHANGE || s->state == S_BACKOFF) {
+        if (in_flight(s)) {
                 stat_add(&w->stats, ST_HTTP_ABORTED, 1);
                 access_log(s, conn_reason_name(reason));
         }
@@ -307,7 +346,7 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
         strbuf_free(&s->req.head);
         strbuf_free(&s->resp.head);
         msg_done(s);
-        s->closed = true;
+        h1_set_state(s, H1_CLOSED);
         if (s->prev)
                 s->prev->next = s->next;
         else
@@ -380,7 +419,7 @@ static enum http_local local_slot(int status)
 static int local_reply(struct h1s *s, int status, const char *reason, unsigned retry_after)
 {
         struct worker *w = s->w;
-        bool in_request = s->state != S_HEAD;
+        bool in_request = s->state != H1_IDLE && s->state != H1_HEAD;
         release_upstream(s, false, ROUTE_CANCELLED);
         loop_timer_cancel(w->loop, &s->req_timer);
         stat_add(&w->stats, ST_HTTP_LOCAL_FIRST + local_slot(status), 1);
@@ -408,7 +447,7 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
                 return -1;
         }
         s->committed = true;
-        s->state = S_CLOSING;
+        h1_set_state(s, H1_CLOSING);
         loop_timer_arm(w->loop, &s->timer, worker_cfg(w)->idle_timeout_ms);
         drive(s);
         return -1;
@@ -426,12 +465,12 @@ static int client_read(struct h1s *s, bool *progress)
                         session_free(s, REASON_NO_MEMORY, true);
                         return -1;
                 }
-                if (s->state == S_CLOSING)
+                if (s->state == H1_CLOSING || s->state == H1_LINGER)
                         f->len = f->off = f->cls = 0; /* draining: what comes is dropped */
                 if (f->len == f->cap && f->off > 0) {
                         /* Make room. Sent body bytes leave the buffer: no
                          * re-send of this request any more. */
-                        if (s->state != S_HEAD && f->off > s->body_start)
+                        if (s->state != H1_IDLE && s->state != H1_HEAD && f->off > s->body_start)
                                 s->body_dropped = true;
                         s->body_start = s->body_start > f->off ? s->body_start - f->off : 0;
                         flow_compact(f);
@@ -524,7 +563,7 @@ static int client_write(struct h1s *s, bool *progress)
         struct flow *f = &s->resp;
         while (s->writable) {
                 size_t n;
-                ssize_t k = flow_send(s->io.fd, s->tls, f, s->resp_head_done, &n);
+                ssize_t k = flow_send(s->io.fd, s->tls, f, resp_started(s), &n);
                 if (n == 0)
                         return 0;
                 if (k > 0) {
@@ -572,7 +611,7 @@ static int retry_later(struct h1s *s, uint32_t backoff_ms)
 {
         s->req.head_off = 0;
         s->req.off = s->body_start;
-        s->state = S_BACKOFF;
+        h1_set_state(s, H1_BACKOFF);
         loop_timer_arm(s->w->loop, &s->timer, backoff_ms);
         return -1;
 }
@@ -666,7 +705,7 @@ static const char *upstream_identity(struct h1s *s)
 static int connect_upstream(struct h1s *s)
 {
         struct worker *w = s->w;
-        s->state = S_EXCHANGE;
+        h1_set_state(s, H1_AWAIT);
         s->attempts++;
         s->reported = false;
         /* Nothing of a failed attempt's response is kept (none had begun). */
@@ -764,10 +803,10 @@ static int retry_now(struct h1s *s)
 static void on_upstream(struct upstream *u, enum upstream_event ev, void *owner)
 {
         struct h1s *s = owner;
-        if (s->closed || s->up != u)
+        if (closed(s) || s->up != u)
                 return;
         if (ev == UPSTREAM_FAILED) {
-                if (connect_failed(s, u->fail_what) < 0 || s->closed)
+                if (connect_failed(s, u->fail_what) < 0 || closed(s))
                         return;
         } else if (ev == UPSTREAM_READY) {
                 route_limit_release(&s->route, LB_LIMIT_PENDING);
@@ -844,7 +883,6 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->stale_retried = false;
         s->reported = false;
         s->committed = false;
-        s->resp_head_done = false;
         s->resp_close = !m->keep_alive || s->w->h1->draining;
         s->status = 0;
         s->upstream_addr.ss_family = 0;
@@ -920,7 +958,7 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         return attempt(s);
 }
 
-/* S_HEAD: parse what the client sent. */
+/* H1_IDLE, H1_HEAD: parse what the client sent. */
 static int parse_request(struct h1s *s, bool *progress)
 {
         struct flow *f = &s->req;
@@ -936,6 +974,8 @@ static int parse_request(struct h1s *s, bool *progress)
                 }
                 return 0;
         }
+        if (s->state == H1_IDLE)
+                h1_set_state(s, H1_HEAD);
         struct http1_msg *m = msg_get(s);
         if (!m) {
                 session_free(s, REASON_NO_MEMORY, true);
@@ -987,7 +1027,7 @@ static int upstream_read(struct h1s *s, bool *progress)
 {
         struct flow *f = &s->resp;
         struct upstream *u = s->up;
-        while (u->readable && !f->eof && !(s->resp_head_done && f->body_done)) {
+        while (u->readable && !f->eof && !(resp_started(s) && f->body_done)) {
                 if (flow_take(s->w, f) < 0) {
                         session_free(s, REASON_NO_MEMORY, true);
                         return -1;
@@ -1074,7 +1114,6 @@ static int start_tunnel(struct h1s *s, struct http1_msg *m, size_t head_len)
         msg_done(s);
         s->status = 101;
         s->committed = true;
-        s->resp_head_done = true;
         s->resp_close = true;
         f->off += (uint32_t)head_len;
         f->cls = f->off;
@@ -1088,38 +1127,38 @@ static int start_tunnel(struct h1s *s, struct http1_msg *m, size_t head_len)
         report(s, ROUTE_SUCCESS);
         count_status(s, 101);
         access_log(s, "upgraded");
-        s->state = S_TUNNEL;
+        h1_set_state(s, H1_TUNNEL);
         arm_idle(s);
         return 0;
 }
 
-/* S_TUNNEL: both ways, half-closes passed on once everything before them
+/* H1_TUNNEL: both ways, half-closes passed on once everything before them
  * went out; the session ends when both directions are closed. */
 static int tunnel_step(struct h1s *s, bool *progress)
 {
         struct flow *q = &s->req, *r = &s->resp;
         struct upstream *u = s->up;
         flow_classify(q);
-        if (upstream_write(s, progress) < 0 || s->closed)
+        if (upstream_write(s, progress) < 0 || closed(s))
                 return -1;
         if (q->off == q->len)
                 q->off = q->len = q->cls = 0;
-        if (q->eof && q->off == q->len && !s->up_shut_wr) {
+        if (q->eof && q->off == q->len && !s->up_fin_sent) {
                 if (upstream_io_shutdown(u->io.fd, u->tls) == -EAGAIN)
                         return 0;
-                s->up_shut_wr = true;
+                s->up_fin_sent = true;
         }
-        if (upstream_read(s, progress) < 0 || s->closed)
+        if (upstream_read(s, progress) < 0 || closed(s))
                 return -1;
         flow_classify(r);
         if (client_write(s, progress) < 0)
                 return -1;
-        if (r->eof && r->head.len == 0 && r->off == r->len && !s->shut_wr) {
+        if (r->eof && r->head.len == 0 && r->off == r->len && !s->cli_fin_sent) {
                 if (upstream_io_shutdown(s->io.fd, s->tls) == -EAGAIN)
                         return 0;
-                s->shut_wr = true;
+                s->cli_fin_sent = true;
         }
-        if (s->shut_wr && s->up_shut_wr) {
+        if (s->cli_fin_sent && s->up_fin_sent) {
                 session_free(s, REASON_DONE, false);
                 return -1;
         }
@@ -1131,7 +1170,7 @@ static int tunnel_step(struct h1s *s, bool *progress)
 static int parse_response(struct h1s *s, bool *progress)
 {
         struct flow *f = &s->resp;
-        while (!s->resp_head_done && f->len > f->off) {
+        while (s->state == H1_AWAIT && f->len > f->off) {
                 struct http1_msg *m = msg_get(s);
                 if (!m) {
                         session_free(s, REASON_NO_MEMORY, true);
@@ -1197,7 +1236,7 @@ static int parse_response(struct h1s *s, bool *progress)
                         return local_reply(s, 502, "cannot forward the response head", 0);
                 }
                 s->committed = true;
-                s->resp_head_done = true;
+                h1_set_state(s, H1_STREAM);
                 f->off += (uint32_t)rc;
                 f->cls = f->off;
                 flow_set_body(f, m);
@@ -1205,7 +1244,7 @@ static int parse_response(struct h1s *s, bool *progress)
                 loop_timer_cancel(s->w->loop, &s->req_timer);
                 arm_idle(s);
         }
-        if (s->resp_head_done && flow_classify(f) < 0) {
+        if (s->state == H1_STREAM && flow_classify(f) < 0) {
                 log_warn("http1", s->id, "upstream sent a malformed chunked body: %s",
                          http1_error_str(f->ch.error));
                 session_free(s, REASON_UPSTREAM_RESET, true);
@@ -1230,22 +1269,22 @@ static int finish_exchange(struct h1s *s)
         if (s->resp_close && s->req.body_done && s->req.cls == s->req.len) {
                 /* The response is out and nothing of the client is left
                  * unread: close now (its FIN follows the response). Not
-                 * in S_EXCHANGE: the request is not aborted, nor logged twice. */
-                s->state = S_CLOSING;
+                 * in flight: the request is not aborted, nor logged twice. */
+                h1_set_state(s, H1_CLOSING);
                 session_free(s, REASON_DONE, false);
                 return -1;
         }
         if (s->resp_close || !s->req.body_done) {
                 /* Bytes of the client may still come: FIN, then read them
                  * for a moment so a reset does not eat the response. */
-                s->state = S_CLOSING;
+                h1_set_state(s, H1_CLOSING);
                 return 0;
         }
         /* Next request: what follows this one in the buffer. Nothing of its
          * response went out: an error in its head is answered, not reset. */
         s->req.off = s->req.cls;
         s->committed = false;
-        s->state = S_HEAD;
+        h1_set_state(s, s->req.len > s->req.off ? H1_HEAD : H1_IDLE);
         s->method_s[0] = s->target[0] = '\0';
         strbuf_reset(&s->req.head);
         s->req.head_off = 0;
@@ -1270,23 +1309,23 @@ static int exchange_step(struct h1s *s, bool *progress)
         }
         struct upstream *u = s->up;
         if (u && u->state == UPSTREAM_OPEN) {
-                if (upstream_write(s, progress) < 0 || s->closed || s->up != u)
+                if (upstream_write(s, progress) < 0 || closed(s) || s->up != u)
                         return -1;
-                if (upstream_read(s, progress) < 0 || s->closed || s->up != u)
+                if (upstream_read(s, progress) < 0 || closed(s) || s->up != u)
                         return -1;
-                if (parse_response(s, progress) < 0 || s->closed)
+                if (parse_response(s, progress) < 0 || closed(s))
                         return -1;
-                if (s->state == S_TUNNEL)
+                if (s->state == H1_TUNNEL)
                         return 0; /* a 101: the tunnel takes over (drive loops) */
-                if (s->state != S_EXCHANGE)
+                if (s->state != H1_AWAIT && s->state != H1_STREAM)
                         return -1;
-                if (s->resp.eof && !s->resp_head_done) {
+                if (s->resp.eof && s->state == H1_AWAIT) {
                         if (s->resp.len == 0 && !s->committed)
                                 return upstream_broke(s, "closed the connection");
                         report(s, ROUTE_RESET);
                         return local_reply(s, 502, "upstream closed mid-response head", 0);
                 }
-                if (s->resp.eof && s->resp_head_done && !s->resp.body_done) {
+                if (s->resp.eof && s->state == H1_STREAM && !s->resp.body_done) {
                         log_warn("http1", s->id, "upstream closed mid-response body");
                         report(s, ROUTE_RESET);
                         /* Let what arrived reach the client first. */
@@ -1298,7 +1337,7 @@ static int exchange_step(struct h1s *s, bool *progress)
         }
         if (client_write(s, progress) < 0)
                 return -1;
-        if (s->resp_head_done && s->resp.body_done && s->resp.head.len == 0 &&
+        if (s->state == H1_STREAM && s->resp.body_done && s->resp.head.len == 0 &&
             s->resp.off == s->resp.cls)
                 return finish_exchange(s);
         return 0;
@@ -1310,12 +1349,12 @@ static int closing_step(struct h1s *s, bool *progress)
                 return -1;
         if (s->resp.head.len > 0 || s->resp.cls > s->resp.off)
                 return 0;
-        if (!s->shut_wr) {
+        if (s->state == H1_CLOSING) {
                 /* Everything is out: FIN, then read what the client still
                  * sends for a moment, so a reset does not eat our reply. */
                 if (upstream_io_shutdown(s->io.fd, s->tls) == -EAGAIN)
                         return 0;
-                s->shut_wr = true;
+                h1_set_state(s, H1_LINGER);
                 loop_timer_arm(s->w->loop, &s->timer, LINGER_MS);
         }
         if (s->req.eof) {
@@ -1328,30 +1367,36 @@ static int closing_step(struct h1s *s, bool *progress)
 static void drive(struct h1s *s)
 {
         bool progress = true;
-        while (progress && !s->closed) {
+        while (progress && !closed(s)) {
                 progress = false;
                 if (client_read(s, &progress) < 0)
                         return;
                 int r = 0;
                 switch (s->state) {
-                case S_HEAD:
+                case H1_IDLE:
+                case H1_HEAD:
                         r = parse_request(s, &progress);
                         break;
-                case S_EXCHANGE:
+                case H1_AWAIT:
+                case H1_STREAM:
                         r = exchange_step(s, &progress);
                         break;
-                case S_BACKOFF:
+                case H1_BACKOFF:
                         if (s->req.eof && !s->req.body_done) {
                                 session_free(s, REASON_CLIENT_RESET, false);
                                 return;
                         }
                         break;
-                case S_CLOSING:
+                case H1_CLOSING:
+                case H1_LINGER:
                         r = closing_step(s, &progress);
                         break;
-                case S_TUNNEL:
+                case H1_TUNNEL:
                         r = tunnel_step(s, &progress);
                         break;
+                case H1_CLOSED:
+                case H1__COUNT:
+                        return;
                 }
                 if (r < 0)
                         return;
@@ -1364,7 +1409,7 @@ static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
 {
         struct h1s *s = io->data;
         (void)loop;
-        if (s->closed)
+        if (closed(s))
                 return;
         upstream_io_mark(events, s->tls != NULL, &s->readable, &s->writable, &s->rdhup);
         drive(s);
@@ -1376,20 +1421,29 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
         uint64_t now = loop_now_ms(loop);
         const struct shunt_config *cfg = worker_cfg(s->w);
         switch (s->state) {
-        case S_BACKOFF:
+        case H1_BACKOFF:
                 if (retry_now(s) == 0)
                         drive(s);
                 return;
-        case S_CLOSING:
-                session_free(s, s->shut_wr ? REASON_DONE : REASON_IDLE_TIMEOUT, false);
+        case H1_CLOSING:
+                session_free(s, REASON_IDLE_TIMEOUT, false);
                 return;
-        case S_HEAD:
-        case S_EXCHANGE:
-        case S_TUNNEL:
+        case H1_LINGER:
+                session_free(s, REASON_DONE, false);
+                return;
+        case H1_CLOSED:
+        case H1__COUNT:
+                return;
+        case H1_IDLE:
+        case H1_HEAD:
+        case H1_AWAIT:
+        case H1_STREAM:
+        case H1_TUNNEL:
                 if (now - s->last_active_ms >= cfg->idle_timeout_ms) {
                         log_debug("http1", s->id, "idle for %llu ms: closing",
                                   (unsigned long long)(now - s->last_active_ms));
-                        session_free(s, REASON_IDLE_TIMEOUT, s->state != S_HEAD);
+                        session_free(s, REASON_IDLE_TIMEOUT,
+                                     s->state != H1_IDLE && s->state != H1_HEAD);
                         return;
                 }
                 loop_timer_arm(loop, t, cfg->idle_timeout_ms - (now - s->last_active_ms));
@@ -1401,13 +1455,12 @@ static void on_request_timeout(struct loop *loop, struct loop_timer *t)
 {
         struct h1s *s = t->data;
         (void)loop;
-        if (s->state == S_HEAD && s->req.len > s->req.off) {
+        if (s->state == H1_HEAD) {
                 local_reply(s, 408, "request head not complete within timeouts.request", 0);
                 return;
         }
-        if (s->state != S_EXCHANGE && s->state != S_BACKOFF)
-                return;
-        if (s->resp_head_done)
+        /* Only until the response head: no timeout for a body or a tunnel. */
+        if (s->state != H1_AWAIT && s->state != H1_BACKOFF)
                 return;
         const struct shunt_config *cfg = worker_cfg(s->w);
         char ubuf[SOCKADDR_STRLEN], reason[320];
@@ -1464,7 +1517,7 @@ static void h1_start(struct worker *w, struct handoff *h)
                 route_lookup(t, &s->orig_dst, &declared, NULL, &name);
         if (name)
                 snprintf(s->service, sizeof(s->service), "%s", name);
-        s->state = S_HEAD;
+        s->state = H1_IDLE; /* parse_request moves on when h brought bytes */
         loop_io_init(&s->io, h->fd, on_client, s);
         loop_timer_init(&s->timer, on_timer, s);
         loop_timer_init(&s->req_timer, on_request_timeout, s);
@@ -1506,7 +1559,7 @@ static void h1_render(struct worker *w, struct strbuf *out, bool *first)
                 strbuf_appendf(out,
                                ",\"protocol\":\"http1\",\"state\":\"%s\",\"bytes_in\":%llu,"
                                "\"bytes_out\":%llu,\"age_ms\":%llu,\"requests\":%llu,\"sni\":\"\"}",
-                               state_name(s), (unsigned long long)s->req.bytes,
+                               h1_state_name(s->state), (unsigned long long)s->req.bytes,
                                (unsigned long long)s->resp.bytes,
                                (unsigned long long)(now - s->created_ms),
                                (unsigned long long)s->requests);
@@ -1521,9 +1574,9 @@ static void h1_drain(struct worker *w)
         struct h1s *next;
         for (struct h1s *s = w->h1->sessions; s; s = next) {
                 next = s->next;
-                if (s->state == S_HEAD && s->req.len == s->req.off)
+                if (s->state == H1_IDLE)
                         session_free(s, REASON_SHUTDOWN, false); /* idle keep-alive */
-                else if (s->state != S_CLOSING)
+                else if (s->state != H1_CLOSING && s->state != H1_LINGER)
                         s->resp_close = true; /* after this response */
         }
 }

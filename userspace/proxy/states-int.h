@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The state machines of the proxy's connection and session kinds: one enum
+ * per kind, its transitions as a table (state, event, next state). Each
+ * kind changes state only through its *_set_state helper, which asserts the
+ * transition in debug builds; *_transition_ok is the table, for the unit
+ * tests (tests/unit/test_h1proxy.c, test_h2proxy.c). Flags left in the
+ * structs are facts independent of the state (readiness, half-closes of a
+ * tunnel, properties of the request in flight). Private to userspace/proxy/. */
+#ifndef SHUNT_PROXY_STATES_INT_H
+#define SHUNT_PROXY_STATES_INT_H
+
+#include <stdbool.h>
+
+/* ---- an HTTP/1.1 client session (h1proxy.c, struct h1s) ----------------------
+ *
+ *   state    event                                              next
+ *   IDLE     bytes of a request head arrive                     HEAD
+ *   IDLE     client FIN, idle timeout, drain, error             CLOSED
+ *   HEAD     complete head: the first upstream attempt starts   AWAIT
+ *   HEAD     refused head, CONNECT, no endpoint, 408: our reply CLOSING
+ *   HEAD     client FIN mid-head, idle timeout, error           CLOSED
+ *   AWAIT    final response head forwarded                      STREAM
+ *   AWAIT    101 to a request that asked for an Upgrade         TUNNEL
+ *   AWAIT    upstream failed, the retry policy allows another   BACKOFF
+ *   AWAIT    a pooled connection broke: again on a fresh one    AWAIT
+ *   AWAIT    502, 503 or 504 of ours                            CLOSING
+ *   AWAIT    reset after 1xx, idle timeout, error               CLOSED
+ *   STREAM   response out, keep-alive, nothing buffered         IDLE
+ *   STREAM   response out, keep-alive, next head buffered       HEAD
+ *   STREAM   response out, Connection: close (or drain)         CLOSING
+ *   STREAM   upstream reset mid-body, idle timeout, error       CLOSED
+ *   BACKOFF  backoff over: the next endpoint                    AWAIT
+ *   BACKOFF  no endpoint left: 503                              CLOSING
+ *   BACKOFF  client left mid-request, error                     CLOSED
+ *   CLOSING  the last response is out: FIN sent                 LINGER
+ *   CLOSING  nothing left to read, idle timeout, error          CLOSED
+ *   LINGER   client FIN, or the linger time is over             CLOSED
+ *   TUNNEL   both directions closed, idle timeout, error        CLOSED
+ *
+ * CLOSED is final: the session is freed after the current epoll batch and
+ * ignores the events left in it. */
+enum h1_state {
+        H1_IDLE,    /* between requests: no byte of the next head; holds no buffer */
+        H1_HEAD,    /* reading a request head */
+        H1_AWAIT,   /* a request in flight, no final response head yet */
+        H1_STREAM,  /* the response head went out: streaming the body */
+        H1_BACKOFF, /* waiting to retry the request on another endpoint */
+        H1_CLOSING, /* sending a last response, then FIN */
+        H1_LINGER,  /* FIN sent: reading what the client still sends, for a moment */
+        H1_TUNNEL,  /* after a 101 (Upgrade): bytes both ways until both sides closed */
+        H1_CLOSED,
+        H1__COUNT,
+};
+
+bool h1_transition_ok(enum h1_state from, enum h1_state to);
+/* The name /connections shows ("closing" for CLOSING and LINGER). */
+const char *h1_state_name(enum h1_state st);
+
+#endif
