@@ -20,7 +20,7 @@
 #include "core/loop.h"
 #include "core/snapshot.h"
 #include "core/strbuf.h"
-#include "proxy/proxy-t.h"
+#include "proxy/proxy-int.h"
 #include "proxy/proxy.h"
 
 #define RUN_UNTIL_ROUNDS 5000 /* 1 ms ticks: the bound of a wait (a failure, never a pass) */

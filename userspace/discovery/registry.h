@@ -30,7 +30,7 @@
 
 #include "core/snapshot.h"
 #include "core/strbuf.h"
-#include "intercept/sniff.h"
+#include "core/proto.h"
 
 /* ---- bounds ---------------------------------------------------------------- */
 #define DISC_NAME_MAX              64  /* service/namespace/port name, zone, region (incl. NUL) */

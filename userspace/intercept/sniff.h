@@ -10,15 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum proto {
-        PROTO_UNKNOWN = 0, /* not decided yet */
-        PROTO_TCP,         /* opaque bytes */
-        PROTO_HTTP1,       /* HTTP/1.0 or 1.1 request line */
-        PROTO_HTTP2,       /* HTTP/2 connection preface (prior knowledge, h2c) */
-        PROTO_GRPC,        /* HTTP/2 whose first request has content-type application/grpc* */
-        PROTO_TLS,         /* TLS ClientHello */
-        PROTO__COUNT,
-};
+#include "core/proto.h"
 
 enum sniff_status {
         SNIFF_DONE = 0,  /* result->proto is final */
@@ -39,9 +31,5 @@ struct sniff_result {
 /* buf holds every byte received so far (len of them). Never reads past len.
  * When eof is set no more bytes will come: the result is final. */
 enum sniff_status sniff(const uint8_t *buf, size_t len, int eof, struct sniff_result *result);
-
-const char *proto_name(enum proto p); /* "tcp", "http1", "http2", "grpc", "tls" */
-/* Parses a declared port protocol: "HTTP"|"HTTP2"|"GRPC"|"TCP"|"TLS" (any case). */
-int proto_parse(const char *s, enum proto *out);
 
 #endif

@@ -44,7 +44,7 @@
 #include "intercept/origdst.h"
 #include "lb/lb.h"
 #include "http/http1.h"
-#include "proxy/proxy-t.h"
+#include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"

@@ -38,7 +38,7 @@
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
-#include "proxy/proxy-t.h"
+#include "proxy/proxy-int.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"
 #include "tls/conn.h"

@@ -3,7 +3,7 @@
  *
  * A client connection to a service port that was sniffed (or declared) as
  * HTTP/2 or gRPC is handed over from the byte relay (relay.c, h2_engine in
- * proxy-t.h). It is then
+ * proxy-int.h). It is then
  * served by an nghttp2 server session; every request stream gets its own
  * endpoint from the route table and goes out on an nghttp2 client session
  * to that endpoint, shared with other streams (h2c to a plain backend, or
@@ -18,7 +18,7 @@
 #ifndef SHUNT_PROXY_H2PROXY_H
 #define SHUNT_PROXY_H2PROXY_H
 
-/* The engine the relay hands such connections to (proxy-t.h: h2_engine). */
+/* The engine the relay hands such connections to (proxy-int.h: h2_engine). */
 
 /* "OK", "CANCELLED", ... for gRPC status codes 0..16 (metrics labels). */
 const char *h2proxy_grpc_code_name(int code);

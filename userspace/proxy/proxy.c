@@ -20,7 +20,7 @@
 #include "core/sockaddr.h"
 #include "proxy/h2proxy.h"
 #include "proxy/handover.h"
-#include "proxy/proxy-t.h"
+#include "proxy/proxy-int.h"
 
 #define ACCEPT_BATCH   32
 #define LISTEN_BACKLOG 4096

@@ -19,7 +19,8 @@
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
-#include "proxy/proxy-t.h"
+#include "intercept/sniff.h"
+#include "proxy/proxy-int.h"
 #include "proxy/upstream.h"
 #include "tls/conn.h"
 
@@ -92,70 +93,9 @@ struct conn {
         char sni[256];
 };
 
-/* Protocol engines, by the protocol they take over (see proxy-t.h). */
-static const struct proto_engine *const engines[PROTO__COUNT] = {
-    [PROTO_HTTP1] = &h1_engine,
-    [PROTO_HTTP2] = &h2_engine,
-    [PROTO_GRPC] = &h2_engine,
-};
-
-static const char *const reason_names[REASON__COUNT] = {
-    [REASON_DONE] = "done",
-    [REASON_CLIENT_RESET] = "client_reset",
-    [REASON_UPSTREAM_RESET] = "upstream_reset",
-    [REASON_CONNECT_REFUSED] = "connect_refused",
-    [REASON_CONNECT_TIMEOUT] = "connect_timeout",
-    [REASON_IDLE_TIMEOUT] = "idle_timeout",
-    [REASON_NO_ORIGINAL_DST] = "no_original_dst",
-    [REASON_LOOP] = "loop",
-    [REASON_OVERLOAD] = "overload",
-    [REASON_NO_MEMORY] = "no_memory",
-    [REASON_SOCKET] = "socket",
-    [REASON_SHUTDOWN] = "shutdown",
-    [REASON_NO_ENDPOINT] = "no_endpoint",
-    [REASON_UNKNOWN_DESTINATION] = "unknown_destination",
-    [REASON_TLS_HANDSHAKE] = "tls_handshake",
-    [REASON_PLAINTEXT_REFUSED] = "plaintext_refused",
-    [REASON_TLS_PORT_MISMATCH] = "tls_port_mismatch",
-    [REASON_AUTHZ_REFUSED] = "authz_refused",
-    [REASON_MTLS_REQUIRED] = "mtls_required",
-};
-
-const char *conn_reason_name(enum conn_reason r)
-{
-        return (unsigned)r < REASON__COUNT ? reason_names[r] : "unknown";
-}
-
-const char *conn_dir_name(enum conn_dir d)
-{
-        return d == DIR_INBOUND ? "inbound" : "outbound";
-}
 #define dir_name conn_dir_name
 
 /* ---- buffers ------------------------------------------------------------ */
-
-uint8_t *worker_buf_take(struct worker *w, uint32_t *cap)
-{
-        uint32_t size = worker_cfg(w)->buffer_size;
-        if (w->buf_cache_size != size) {
-                while (w->n_buf_cache)
-                        free(w->buf_cache[--w->n_buf_cache]);
-                w->buf_cache_size = size;
-        }
-        uint8_t *b = w->n_buf_cache ? w->buf_cache[--w->n_buf_cache] : malloc(size);
-        *cap = b ? size : 0;
-        return b;
-}
-
-void worker_buf_give(struct worker *w, uint8_t *buf, uint32_t cap)
-{
-        if (!buf)
-                return;
-        if (cap == w->buf_cache_size && w->n_buf_cache < WORKER_BUF_CACHE)
-                w->buf_cache[w->n_buf_cache++] = buf;
-        else
-                free(buf);
-}
 
 static int half_take_buf(struct worker *w, struct half *h)
 {
@@ -171,43 +111,6 @@ static void half_give_buf(struct worker *w, struct half *h)
         worker_buf_give(w, h->buf, h->cap);
         h->buf = NULL;
         h->cap = h->off = h->len = 0;
-}
-
-void session_end(struct worker *w, enum conn_dir dir, enum conn_reason reason)
-{
-        stat_sub(&w->stats, dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
-        stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
-        atomic_fetch_sub_explicit(&w->proxy->active, 1, memory_order_relaxed);
-}
-
-/* Each engine once, though it may be listed under several protocols. */
-static const struct proto_engine *engine_at(int i)
-{
-        for (int j = 0; j < i; j++)
-                if (engines[j] == engines[i])
-                        return NULL;
-        return engines[i];
-}
-
-void engines_close_all(struct worker *w, enum conn_reason reason)
-{
-        for (int i = 0; i < PROTO__COUNT; i++)
-                if (engine_at(i))
-                        engines[i]->close_all(w, (int)reason);
-}
-
-void engines_drain(struct worker *w)
-{
-        for (int i = 0; i < PROTO__COUNT; i++)
-                if (engine_at(i) && engines[i]->drain)
-                        engines[i]->drain(w);
-}
-
-void engines_worker_free(struct worker *w)
-{
-        for (int i = 0; i < PROTO__COUNT; i++)
-                if (engine_at(i))
-                        engines[i]->worker_free(w);
 }
 
 /* ---- lifecycle -------------------------------------------------------------- */
@@ -241,7 +144,7 @@ static void conn_detach(struct conn *c)
         loop_defer_free(loop, c);
 }
 
-/* Hands c's client over to engine e (see proxy-t.h): what was read from the
+/* Hands c's client over to engine e (see proxy-int.h): what was read from the
  * client goes along, and its TLS connection when inbound mesh TLS was
  * terminated; an upstream connect in flight is dropped (the engine
  * connects per request). */
@@ -309,9 +212,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
         loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
 
-        stat_sub(&w->stats, c->dir == DIR_INBOUND ? ST_ACTIVE_IN : ST_ACTIVE_OUT, 1);
-        stat_add(&w->stats, ST_REASON_FIRST + reason, 1);
-        atomic_fetch_sub_explicit(&w->proxy->active, 1, memory_order_relaxed);
+        session_end(w, c->dir, reason);
 
         if (log_enabled(LOG_INFO)) {
                 char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN], ubuf[SOCKADDR_STRLEN];
@@ -570,8 +471,8 @@ static bool inbound_unidentified_refused(struct conn *c)
  * gone after (c->closed). */
 static void inbound_to_application(struct conn *c)
 {
-        if (engines[c->proto])
-                conn_handoff(c, engines[c->proto]);
+        if (engine_for(c->proto))
+                conn_handoff(c, engine_for(c->proto));
         else
                 conn_connect(c);
 }
@@ -704,8 +605,8 @@ again:
                 /* Not once the server's bytes reached the client (an HTTP/2
                  * server's SETTINGS belong to that session): then it stays a
                  * byte relay. */
-                if (engines[c->proto] && !c->u2c.bytes) {
-                        conn_handoff(c, engines[c->proto]);
+                if (engine_for(c->proto) && !c->u2c.bytes) {
+                        conn_handoff(c, engine_for(c->proto));
                         return;
                 }
                 if (c->no_endpoint) {
@@ -1028,7 +929,7 @@ static void start_session(struct worker *w, int fd, const struct sockaddr_storag
             .orig_dst = *dst,
             .created_ms = loop_now_ms(w->loop),
         };
-        engines[proto]->start(w, &h);
+        engine_for(proto)->start(w, &h);
 }
 
 void relay_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr_storage *peer)
@@ -1104,7 +1005,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                     &w->route_reader, &p->route_slot);
                 enum proto declared;
                 if (route_lookup(t, &dst, &declared, NULL, NULL) != ROUTE_PASSTHROUGH &&
-                    engines[declared]) {
+                    engine_for(declared)) {
                         start_session(w, fd, peer, &dst, declared);
                         return;
                 }
@@ -1210,26 +1111,6 @@ void relay_close_all(struct worker *w, enum conn_reason reason)
         upstream_pool_free(w);
 }
 
-void conn_render_open(struct strbuf *out, bool *first, struct worker *w, uint64_t id,
-                      enum conn_dir dir, const struct sockaddr_storage *client,
-                      const struct sockaddr_storage *orig_dst, const char *upstream,
-                      const char *service)
-{
-        char buf[SOCKADDR_STRLEN];
-        strbuf_append(out, *first ? "" : ",");
-        *first = false;
-        strbuf_appendf(out, "{\"id\":%llu,\"worker\":%d,\"direction\":\"%s\",",
-                       (unsigned long long)id, w->index, dir_name(dir));
-        strbuf_append(out, "\"client\":");
-        strbuf_append_json_string(out, sockaddr_format(client, buf, sizeof(buf)));
-        strbuf_append(out, ",\"original_dst\":");
-        strbuf_append_json_string(out, sockaddr_format(orig_dst, buf, sizeof(buf)));
-        strbuf_append(out, ",\"upstream\":");
-        strbuf_append_json_string(out, upstream);
-        strbuf_append(out, ",\"service\":");
-        strbuf_append_json_string(out, service);
-}
-
 void relay_render(struct worker *w, struct strbuf *out, bool *first)
 {
         uint64_t now = clock_mono_ms();
@@ -1252,7 +1133,5 @@ void relay_render(struct worker *w, struct strbuf *out, bool *first)
                 strbuf_append_json_string(out, c->sni);
                 strbuf_append(out, "}");
         }
-        for (int i = 0; i < PROTO__COUNT; i++)
-                if (engine_at(i))
-                        engines[i]->render(w, out, first);
+        engines_render(w, out, first);
 }

@@ -14,7 +14,7 @@
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "lb/lb.h"
-#include "proxy/proxy-t.h"
+#include "proxy/proxy-int.h"
 #include "tls/conn.h"
 
 #define UPSTREAM_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)

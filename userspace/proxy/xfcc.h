@@ -16,7 +16,7 @@
 
 #include "core/config.h"
 #include "core/strbuf.h"
-#include "proxy/proxy-t.h"
+#include "proxy/proxy-int.h"
 
 #define XFCC_NAME "x-forwarded-client-cert"
 

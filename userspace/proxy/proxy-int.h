@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Proxy internals shared by proxy.c (workers, listeners, reporting) and
- * relay.c (one connection's state machine). Private to userspace/proxy/. */
-#ifndef SHUNT_PROXY_PROXY_T_H
-#define SHUNT_PROXY_PROXY_T_H
+/* Proxy internals shared by proxy.c (workers, listeners, reporting),
+ * worker.c (services of a worker every connection kind uses), relay.c (one
+ * connection's state machine) and the protocol engines. Private to
+ * userspace/proxy/. */
+#ifndef SHUNT_PROXY_PROXY_INT_H
+#define SHUNT_PROXY_PROXY_INT_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -14,7 +16,7 @@
 #include "core/loop.h"
 #include "core/snapshot.h"
 #include "core/strbuf.h"
-#include "intercept/sniff.h"
+#include "core/proto.h"
 #include "proxy/route.h"
 
 enum conn_dir {
@@ -240,7 +242,7 @@ static inline void worker_request_id(struct worker *w, char out[REQUEST_ID_LEN +
  * (mTLS on for the port: mesh TLS terminated, or permissive plaintext) every
  * request goes to the local application at the original destination, and
  * the client side is the TLS connection from the peer's shuntd. To add an
- * engine, give it a struct proto_engine and list it in relay.c's engines[]
+ * engine, give it a struct proto_engine and list it in worker.c's engines[]
  * under its protocols. */
 
 /* What the relay hands over. */
@@ -292,18 +294,22 @@ struct proto_engine {
 extern const struct proto_engine h1_engine; /* h1proxy.c */
 extern const struct proto_engine h2_engine; /* h2proxy.c: HTTP/2 and gRPC */
 
-/* relay.c: a handed-over connection ended: counted as a connection of
+/* worker.c: a handed-over connection ended: counted as a connection of
  * direction dir that ended for reason (active gauges, max_connections,
  * reason counters). */
 void session_end(struct worker *w, enum conn_dir dir, enum conn_reason reason);
 /* Buffers of buffer_size from the worker's cache; *cap gets the size. */
 uint8_t *worker_buf_take(struct worker *w, uint32_t *cap);
 void worker_buf_give(struct worker *w, uint8_t *buf, uint32_t cap);
-/* Every engine's close_all / worker_free (proxy.c calls these). */
+/* The engine that takes connections of protocol p over, or NULL (relayed). */
+const struct proto_engine *engine_for(enum proto p);
+/* Every engine's close_all / worker_free / drain / render, each engine once. */
 void engines_close_all(struct worker *w, enum conn_reason reason);
 void engines_worker_free(struct worker *w);
 void engines_drain(struct worker *w);
+void engines_render(struct worker *w, struct strbuf *out, bool *first);
 const char *conn_dir_name(enum conn_dir d);
+const char *conn_reason_name(enum conn_reason r);
 /* /connections: opens one connection's object with the fields every kind
  * has (id, worker, direction, client, original_dst, upstream, service); the
  * caller appends its own and the closing brace. */
@@ -320,6 +326,5 @@ void relay_accept(struct worker *w, struct listener *l, int fd,
 void relay_reject(struct worker *w, int fd, enum conn_reason reason);
 void relay_close_all(struct worker *w, enum conn_reason reason);
 void relay_render(struct worker *w, struct strbuf *out, bool *first);
-const char *conn_reason_name(enum conn_reason r);
 
 #endif
