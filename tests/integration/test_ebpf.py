@@ -420,8 +420,10 @@ while sent < total:
     sent += n
 print(json.dumps({"sent": sent}), flush=True)
 # Then a trickle (4 KiB every 20 ms) until the stop file appears: sends
-# that find shuntd caught up.
-end = time.monotonic() + 20
+# that find shuntd caught up. Bounded by 60 s, longer than the test's two
+# waits together: a trickle that ended before them would leave nothing to
+# flip back on a loaded machine.
+end = time.monotonic() + 60
 while not os.path.exists(go + ".stop") and time.monotonic() < end:
     n = s.send(chunk[:4096])
     h.update(chunk[:n])
@@ -601,10 +603,12 @@ while got < total and time.monotonic() < end:
     if w:
         send_some()
 print(json.dumps({"sent": sent, "got": got}), flush=True)
-# Then 4 KiB echoes every 20 ms until the stop file appears: echoes that
-# find the application caught up.
-end = time.monotonic() + 20
-while got == total and not os.path.exists(go + ".stop") and time.monotonic() < end:
+# Then 4 KiB echoes every 20 ms until the stop file appears (60 s at most,
+# as PUSHER's trickle): echoes that find the application caught up. Only
+# when the bulk came back whole, and until the echo server closes.
+echoing = got == total
+end = time.monotonic() + 60
+while echoing and not os.path.exists(go + ".stop") and time.monotonic() < end:
     part = chunk[:4096]
     s.setblocking(True)
     s.sendall(part)
@@ -618,6 +622,7 @@ while got == total and not os.path.exists(go + ".stop") and time.monotonic() < e
         except BlockingIOError:
             continue  # pitfall 2
         if not b:
+            echoing = False
             break
         hr.update(b)
         got += len(b)
