@@ -59,7 +59,8 @@ static const char usage_text[] =
     "                   (mtls, plaintext, refused; the mode) and the peer identity\n"
     "                   (SVC: name or namespace/name)\n"
     "  certs            mTLS: identity, certificate serials and validity, rotation\n"
-    "                   state, trust bundle\n"
+    "                   state, trust bundle; node mode: every pod identity\n"
+    "                   (SPIFFE ID, pods, expiry, rotation state)\n"
     "  authz            inbound authorization: protected ports, policies (file and\n"
     "                   Kubernetes) with their deny and allow rules, decisions\n"
     "  pods             node mode: this node's meshed pods with their identity, state,\n"
@@ -1119,11 +1120,41 @@ static int cmd_wait_idle(const char *seconds)
         }
 }
 
+/* Node mode: one line per pod identity (namespace/service account). */
+static void print_node_identities(const cJSON *n)
+{
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(n, "counters");
+        char b[6][64];
+        printf("node identities: %s held (at most %s), drain %ss; issued %s, fetch failures %s, "
+               "shed %s\n",
+               jint(n, "held", b[0], sizeof(b[0])), jint(n, "max_identities", b[1], sizeof(b[1])),
+               jint(n, "drain_s", b[2], sizeof(b[2])), jint(c, "issued", b[3], sizeof(b[3])),
+               jint(c, "fetch_failures", b[4], sizeof(b[4])), jint(c, "shed", b[5], sizeof(b[5])));
+        printf("  %-52s %5s  %-9s %-21s %s\n", "SPIFFE ID", "PODS", "STATE", "EXPIRES", "ROTATION");
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(n, "identities"))
+        {
+                const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "store");
+                const cJSON *cur = cJSON_GetObjectItemCaseSensitive(st, "current");
+                const cJSON *rot = cJSON_GetObjectItemCaseSensitive(st, "rotation");
+                printf("  %-52s %5s  %-9s %-21s %s\n", jstr(it, "spiffe_id", "?"),
+                       jint(it, "pods", b[0], sizeof(b[0])), jstr(it, "state", "?"),
+                       cJSON_IsObject(cur) ? jstr(cur, "not_after", "?") : "-",
+                       jstr(rot, "state", "?"));
+                const cJSON *e = cJSON_GetObjectItemCaseSensitive(rot, "last_error");
+                if (cJSON_IsString(e))
+                        printf("  %-52s last error: %s\n", "", e->valuestring);
+        }
+}
+
 static int cmd_certs(void)
 {
         cJSON *j = fetch("GET", "/certs", NULL);
         char b1[64];
         printf("%-15s%s\n", "mtls mode:", jstr(j, "mode", "?"));
+        const cJSON *nid = cJSON_GetObjectItemCaseSensitive(j, "node_identities");
+        if (cJSON_IsObject(nid))
+                print_node_identities(nid);
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "identity");
         if (!cJSON_IsString(id)) {
                 printf("%-15snone (mtls.mode is disabled)\n", "identity:");

@@ -18,6 +18,7 @@
 
 #include "admin/admin.h"
 #include "authz/authz.h"
+#include "node/identity.h"
 #include "node/pods.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -72,7 +73,11 @@ struct daemon {
         struct authz_kube *authz_kube; /* AuthorizationPolicy objects, when watched */
         struct k8s_object_sink authz_sink;
         struct node_pods *node_pods; /* node mode: the node's meshed pods */
-        uint64_t routes_version;     /* registry version the proxy routes by */
+        /* node mode: the pods' identities, one certificate store per
+         * namespace/service account (node/identity.h); NULL when mtls is
+         * disabled. The capture takes its slots with node_identity_slot(). */
+        struct node_identities *node_ids;
+        uint64_t routes_version; /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
         /* Capture rules changed behind our back (another tool flushing the
@@ -555,6 +560,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         authz_render_metrics(&d->authz_stats, &resp->body);
         if (d->node_pods)
                 node_pods_render_metrics(d->node_pods, &resp->body);
+        if (d->node_ids)
+                node_identities_render_metrics(d->node_ids, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
@@ -652,6 +659,10 @@ static void h_certs(const struct admin_request *req, struct admin_response *resp
 {
         struct daemon *d = ctx;
         strbuf_appendf(&resp->body, "{\"mode\":\"%s\"", mtls_mode_name(d->cfg->mtls_mode));
+        if (d->node_ids) { /* node mode: the pods' identities first */
+                strbuf_append(&resp->body, ",\"node_identities\":");
+                node_identities_render(d->node_ids, &resp->body);
+        }
         if (!d->tls) {
                 strbuf_append(&resp->body, ",\"identity\":null}");
                 return;
@@ -1031,6 +1042,78 @@ static int authz_kube_open(struct daemon *d, char *err, size_t errlen)
         return rc;
 }
 
+/* Node mode: the source of one pod identity's certificate: shunt-ca by
+ * delegated issuance (the node agent's own token, mtls.ca_token_file, "for"
+ * the pod's namespace and service account), else the built-in CA. */
+static int node_id_source(void *ctx, const char *ns, const char *sa, const char *spiffe_id,
+                          struct tls_source **out, char *err, size_t errlen)
+{
+        struct daemon *d = ctx;
+        const struct shunt_config *c = d->cfg;
+        enum tls_key_type kt;
+        if (tls_key_type_parse(c->mtls_key_type, &kt) < 0)
+                return -EINVAL;
+        if (c->mtls_ca_address[0]) {
+                struct tls_ca_source_options co = {
+                    .address = c->mtls_ca_address,
+                    .token_file = c->mtls_ca_token_file,
+                    .bundle_file = c->ca_bundle,
+                    .trust_domain = c->trust_domain,
+                    .for_ns = ns,
+                    .for_sa = sa,
+                    .key_type = kt,
+                    .mark = c->proxy_mark,
+                    .loop = d->loop,
+                };
+                return tls_source_ca_new(&co, out);
+        }
+        if (c->certificate_file[0]) {
+                snprintf(err, errlen,
+                         "mtls.certificate_file holds one identity: node mode's pod identities "
+                         "need shunt-ca (mtls.ca_address) or the built-in CA");
+                return -EINVAL;
+        }
+        char dns[2 * CONFIG_STR_MAX + 32];
+        snprintf(dns, sizeof(dns), "%s.%s.svc.cluster.local", sa, ns);
+        struct tls_builtin_options bo = {
+            .ca = {.state_dir = c->mtls_ca_dir, .trust_domain = c->trust_domain, .key_type = kt},
+            .spiffe_id = spiffe_id,
+            .dns_name = dns,
+            .key_type = kt,
+            .lifetime_s = c->cert_rotation_s,
+            .backdate_s = TLS_DEFAULT_BACKDATE_S,
+            .extra_bundle_file = c->ca_bundle[0] ? c->ca_bundle : NULL,
+        };
+        return tls_source_builtin_new(&bo, out);
+}
+
+/* Node mode with mTLS: the pods' identities, observing the pod table. */
+static int node_ids_open(struct daemon *d, char *err, size_t errlen)
+{
+        const struct shunt_config *c = d->cfg;
+        if (!d->tls)
+                return 0;
+        if (c->certificate_file[0] && !c->mtls_ca_address[0]) {
+                snprintf(err, errlen,
+                         "config: mode node: mtls.certificate_file holds one identity; the pods' "
+                         "identities need shunt-ca (mtls.ca_address) or the built-in CA");
+                return -EINVAL;
+        }
+        struct node_identities_config ic = {.trust_domain = c->trust_domain,
+                                            .max_identities = c->node_max_pods,
+                                            .drain_s = c->node_identity_drain_s,
+                                            .clock_skew_s = c->mtls_clock_skew_s,
+                                            .make_source = node_id_source,
+                                            .source_ctx = d};
+        d->node_ids = node_identities_new(&ic, d->loop, err, errlen);
+        if (!d->node_ids)
+                return -EINVAL;
+        int rc = node_identities_attach(d->node_ids, d->node_pods);
+        if (rc < 0)
+                snprintf(err, errlen, "node: cannot observe the pod table: %s", strerror(-rc));
+        return rc;
+}
+
 /* Node mode: the table of this node's meshed pods, fed by a Pods watch of
  * the kubernetes backend (README, Node mode). 0 or -errno (err). */
 static int node_pods_open(struct daemon *d, char *err, size_t errlen)
@@ -1047,6 +1130,10 @@ static int node_pods_open(struct daemon *d, char *err, size_t errlen)
                                       .resolve_ms = c->node_resolve_timeout_ms};
         d->node_pods = node_pods_new(&nc, err, errlen);
         if (!d->node_pods)
+                return -EINVAL;
+        /* Identities observe first: a pod's identity exists when the
+         * capture (registered after) hears of it. */
+        if (node_ids_open(d, err, errlen) < 0)
                 return -EINVAL;
         int rc = k8s_backend_add_sink(disc_backend_impl(d->backend), node_pods_sink(d->node_pods));
         if (rc < 0)
@@ -1900,8 +1987,9 @@ out:
                 loop_timer_cancel(d.loop, &d.capture_timer);
         strbuf_free(&d.capture_seen);
         disc_backend_free(d.backend);
-        authz_kube_free(d.authz_kube); /* after the watch that feeds it */
-        node_pods_free(d.node_pods);
+        authz_kube_free(d.authz_kube);    /* after the watch that feeds it */
+        node_pods_free(d.node_pods);      /* tells node_ids every pod is gone */
+        node_identities_free(d.node_ids); /* after every tls_conn is gone (proxy_free) */
         disc_health_stop(d.health);
         if (d.registry) {
                 disc_registry_detach(d.registry);

@@ -247,6 +247,7 @@ struct shunt_config {
         char node_name[CONFIG_STR_MAX];   /* node.name, NODE_NAME */
         uint32_t node_max_pods;           /* node.max_pods, 256 */
         uint32_t node_resolve_timeout_ms; /* node.resolve_timeout, 120s */
+        uint32_t node_identity_drain_s;   /* node.identity_drain, 5m */
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */

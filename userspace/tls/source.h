@@ -97,6 +97,13 @@ struct tls_ca_source_options {
         /* Overrides of the token's claims; NULL or "" = from the token. */
         const char *ns_override;
         const char *sa_override;
+        /* Delegated issuance (node mode): the certificate of for_ns/for_sa,
+         * asked for on a pod's behalf with the node agent's own token as
+         * bearer (the request's "for": {"namespace", "service_account"}; the
+         * CA checks that a pod of that account runs on the agent's node).
+         * Both or neither; they take precedence over the overrides. */
+        const char *for_ns;
+        const char *for_sa;
         enum tls_key_type key_type;
         uint32_t mark;     /* SO_MARK of the connection to the CA; 0 = none */
         struct loop *loop; /* renewals run on it; NULL = blocking fetches only */

@@ -235,6 +235,7 @@ struct ca_req {
 struct ca_src {
         struct tls_source src;
         char *address, *url, *token_file, *bundle_file, *td, *ns_override, *sa_override;
+        char *for_ns, *for_sa; /* delegated issuance: the identity asked for */
         enum tls_key_type key_type;
         uint32_t mark;
         uint32_t start_ms;
@@ -329,8 +330,8 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
         }
         r->resp.max = TLS_CA_RESPONSE_MAX;
         r->s = s;
-        const char *ns = s->ns_override ? s->ns_override : cl.ns;
-        const char *sa = s->sa_override ? s->sa_override : cl.sa;
+        const char *ns = s->for_ns ? s->for_ns : s->ns_override ? s->ns_override : cl.ns;
+        const char *sa = s->for_sa ? s->for_sa : s->sa_override ? s->sa_override : cl.sa;
         rc = spiffe_id_build(s->td, ns, sa, id);
         if (rc == 0)
                 snprintf(r->expected, sizeof(r->expected), "%s", id->uri);
@@ -345,8 +346,12 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
         if (rc == 0 && (rc = tls_csr_build(r->key, r->expected, &csr)) < 0)
                 snprintf(err, errlen, "building the certificate request failed");
         cJSON *body = rc == 0 ? cJSON_CreateObject() : NULL;
-        if (rc == 0 && (!body || !cJSON_AddStringToObject(body, "csr", csr) ||
-                        !(r->body = cJSON_PrintUnformatted(body))))
+        cJSON *target = rc == 0 && body && s->for_ns ? cJSON_AddObjectToObject(body, "for") : NULL;
+        if (rc == 0 &&
+            (!body || !cJSON_AddStringToObject(body, "csr", csr) ||
+             (s->for_ns && (!target || !cJSON_AddStringToObject(target, "namespace", s->for_ns) ||
+                            !cJSON_AddStringToObject(target, "service_account", s->for_sa))) ||
+             !(r->body = cJSON_PrintUnformatted(body))))
                 rc = -ENOMEM;
         cJSON_Delete(body);
         free(csr);
@@ -472,10 +477,12 @@ static int req_finish(struct ca_req *r, CURLcode cc, struct tls_material **out, 
                 tls_cert_spiffe_uri(m->leaf, got, sizeof(got), &why);
                 if (strcmp(got, r->expected) || (id && strcmp(id, got))) {
                         snprintf(err, errlen,
-                                 "shunt-ca at %s issued a certificate for %s, but this sidecar "
+                                 "shunt-ca at %s issued a certificate for %s, but this %s "
                                  "expected %s (%s): refused",
-                                 s->address, got[0] ? got : "no SPIFFE ID", r->expected,
-                                 s->ns_override || s->sa_override
+                                 s->address, got[0] ? got : "no SPIFFE ID",
+                                 s->for_ns ? "node agent" : "sidecar", r->expected,
+                                 s->for_ns ? "asked for on a pod's behalf"
+                                 : s->ns_override || s->sa_override
                                      ? "mtls.namespace/mtls.service_account set explicitly"
                                      : "from the token's claims");
                         rc = -EPERM;
@@ -608,7 +615,9 @@ static void ca_render_json(struct tls_source *src, struct strbuf *sb)
         strbuf_append(sb, ",\"ca_token_file\":");
         strbuf_append_json_string(sb, s->token_file);
         strbuf_append(sb, ",\"identity_from\":");
-        strbuf_append_json_string(sb, s->ns_override || s->sa_override
+        strbuf_append_json_string(sb, s->for_ns ? "delegated (the node agent's token, on the "
+                                                  "pods' behalf)"
+                                      : s->ns_override || s->sa_override
                                           ? "token, with mtls.namespace/service_account overrides"
                                           : "token");
         strbuf_appendf(sb, ",\"ca_requests\":%llu,\"ca_issued\":%llu,\"last_issuance\":",
@@ -666,6 +675,8 @@ static void ca_destroy(struct tls_source *src)
         free(s->td);
         free(s->ns_override);
         free(s->sa_override);
+        free(s->for_ns);
+        free(s->for_sa);
         free(s);
         curl_global_cleanup();
 }
@@ -702,6 +713,12 @@ int tls_source_ca_new(const struct tls_ca_source_options *opt, struct tls_source
                 log_error(COMP, 0, "shunt-ca certificate source: no %s given", missing);
                 return -EINVAL;
         }
+        if (!opt->for_ns != !opt->for_sa || (opt->for_ns && (!*opt->for_ns || !*opt->for_sa))) {
+                log_error(COMP, 0,
+                          "shunt-ca certificate source: a delegated request needs both "
+                          "the namespace and the service account it is for");
+                return -EINVAL;
+        }
         if (strncmp(opt->address, "https://", 8) != 0) {
                 log_error(COMP, 0, "shunt-ca address %s is not an https:// URL", opt->address);
                 return -EINVAL;
@@ -731,6 +748,8 @@ int tls_source_ca_new(const struct tls_ca_source_options *opt, struct tls_source
         oom |= !s->td;
         s->ns_override = dup_nonempty(opt->ns_override, &oom);
         s->sa_override = dup_nonempty(opt->sa_override, &oom);
+        s->for_ns = dup_nonempty(opt->for_ns, &oom);
+        s->for_sa = dup_nonempty(opt->for_sa, &oom);
         s->key_type = opt->key_type;
         s->mark = opt->mark;
         s->start_ms = opt->start_ms ? opt->start_ms : TLS_CA_START_MS;

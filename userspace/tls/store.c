@@ -26,8 +26,10 @@
 struct tls_store {
         pthread_mutex_t mu; /* reporting fields, against readers on other threads */
         char *trust_domain;
+        char *identity; /* the expected one, for reporting before a certificate */
         uint32_t skew_s, drain_s, poll_ms;
         bool require_port;
+        bool log_once;
 
         struct tls_source *src;
         struct tls_material *mat; /* of cur */
@@ -190,11 +192,18 @@ int tls_store_new(const struct tls_store_options *opt, struct tls_source *src,
         snapshot_slot_init(&st->slot);
         st->src = src;
         st->trust_domain = strdup(opt->trust_domain);
+        st->identity = strdup(opt->identity ? opt->identity : "");
         st->skew_s = opt->clock_skew_s;
         st->drain_s = opt->drain_s;
         st->poll_ms = opt->poll_ms ? opt->poll_ms : TLS_DEFAULT_POLL_MS;
         st->require_port = opt->require_port;
-        int rc = st->trust_domain ? 0 : -ENOMEM;
+        st->log_once = opt->log_once;
+        int rc = st->trust_domain && st->identity ? 0 : -ENOMEM;
+        if (rc == 0 && opt->deferred) {
+                st->pending = true; /* the first tick fetches */
+                *out = st;
+                return 0;
+        }
         struct tls_material *m = NULL;
         char err[sizeof(st->last_error)] = "";
         if (rc == 0) {
@@ -231,6 +240,7 @@ void tls_store_free(struct tls_store *st)
         tls_material_free(st->mat);
         tls_source_free(st->src);
         free(st->trust_domain);
+        free(st->identity);
         pthread_mutex_destroy(&st->mu);
         free(st);
 }
@@ -243,7 +253,7 @@ struct snapshot_slot *tls_store_slot(struct tls_store *st)
 struct tls_snapshot *tls_store_acquire(struct tls_store *st)
 {
         uint64_t gen;
-        return tls_snapshot_get(snapshot_acquire(&st->slot, &gen));
+        return tls_snapshot_get(snapshot_acquire(&st->slot, &gen)); /* NULL: none yet */
 }
 
 static uint32_t jitter(uint32_t ms)
@@ -271,11 +281,15 @@ static void fetch_finish(struct tls_store *st, int rc, struct tls_material *m, c
         }
         pthread_mutex_lock(&st->mu);
         if (rc == 0) {
+                uint32_t failed = st->failures;
                 st->pending = false;
                 st->failures = 0;
                 st->backoff_ms = 0;
                 st->last_error[0] = 0;
                 pthread_mutex_unlock(&st->mu);
+                if (failed && st->log_once)
+                        log_info(COMP, 0, "certificate for %s obtained after %u failed attempts",
+                                 st->identity, failed);
                 return;
         }
         st->failures++;
@@ -289,14 +303,25 @@ static void fetch_finish(struct tls_store *st, int rc, struct tls_material *m, c
                 st->backoff_ms = BACKOFF_MAX_MS;
         uint32_t delay = jitter(st->backoff_ms);
         st->retry_at_ms = clock_mono_ms() + delay;
+        /* Logged once per run of failures when asked (many stores, one CA). */
+        enum log_level lvl = st->log_once && st->failures > 1 ? LOG_DEBUG : LOG_ERROR;
+        if (!st->cur) {
+                log_emit(lvl, COMP, 0,
+                         "first certificate for %s failed: %s; none is held, so its connections "
+                         "are refused; retrying in %.1fs with backoff%s",
+                         st->identity, st->last_error, delay / 1000.0,
+                         st->log_once ? " (further failures are logged at debug level)" : "");
+                pthread_mutex_unlock(&st->mu);
+                return;
+        }
         char na[32];
         tls_time_rfc3339(st->cur->not_after, na, sizeof(na));
-        log_error(COMP, 0,
-                  "certificate %s (%s) failed: %s; serial %s keeps serving (valid until %s), "
-                  "retrying in %.1fs with backoff%s",
-                  st->src->ops->rotates ? "renewal" : "reload", why, st->last_error,
-                  st->cur->serial, na, delay / 1000.0,
-                  st->src->ops->rotates ? "" : " and at once when the files change");
+        log_emit(lvl, COMP, 0,
+                 "certificate %s (%s) failed: %s; serial %s keeps serving (valid until %s), "
+                 "retrying in %.1fs with backoff%s",
+                 st->src->ops->rotates ? "renewal" : "reload", why, st->last_error, st->cur->serial,
+                 na, delay / 1000.0,
+                 st->src->ops->rotates ? "" : " and at once when the files change");
         pthread_mutex_unlock(&st->mu);
 }
 
@@ -358,7 +383,9 @@ uint64_t tls_store_tick(struct tls_store *st)
                         st->retry_at_ms = 0;
                 }
                 if (!st->in_flight && clock_mono_ms() >= st->retry_at_ms)
-                        fetch_now(st, why ? why : "operator request");
+                        fetch_now(st, why       ? why
+                                      : st->cur ? "operator request"
+                                                : "first certificate");
         }
         /* Next wake-up. */
         now = wall_ms();
@@ -453,7 +480,7 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *
         int64_t now = time(NULL);
         struct tls_snapshot *cur = st->cur;
         strbuf_append(sb, "{\"identity\":");
-        strbuf_append_json_string(sb, cur->identity);
+        strbuf_append_json_string(sb, cur ? cur->identity : st->identity);
         strbuf_append(sb, ",\"trust_domain\":");
         strbuf_append_json_string(sb, st->trust_domain);
         strbuf_append(sb, ",\"source\":");
@@ -461,16 +488,22 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *
         if (st->src->ops->render_json)
                 st->src->ops->render_json(st->src, sb);
         strbuf_append(sb, ",\"current\":");
-        json_snap(sb, cur, now);
-        EVP_PKEY *pk = X509_get_pubkey(st->mat->leaf);
-        strbuf_appendf(sb, ",\"key_type\":\"%s\"}",
-                       pk && EVP_PKEY_id(pk) == EVP_PKEY_RSA ? "rsa-2048" : "ecdsa-p256");
-        EVP_PKEY_free(pk);
+        if (cur) {
+                json_snap(sb, cur, now);
+                EVP_PKEY *pk = X509_get_pubkey(st->mat->leaf);
+                strbuf_appendf(sb, ",\"key_type\":\"%s\"}",
+                               pk && EVP_PKEY_id(pk) == EVP_PKEY_RSA ? "rsa-2048" : "ecdsa-p256");
+                EVP_PKEY_free(pk);
+        } else {
+                strbuf_append(sb, "null");
+        }
         strbuf_append(sb, ",\"rotation\":{\"state\":");
-        const char *state = st->last_error[0]       ? "retrying"
-                            : cur->not_after <= now ? "expired"
-                            : st->prev              ? "draining"
-                                                    : "ok";
+        const char *state = !cur && st->last_error[0] ? "retrying"
+                            : !cur                    ? "fetching"
+                            : st->last_error[0]       ? "retrying"
+                            : cur->not_after <= now   ? "expired"
+                            : st->prev                ? "draining"
+                                                      : "ok";
         strbuf_append_json_string(sb, state);
         if (st->rotate_at_ms) {
                 strbuf_append(sb, ",");
@@ -509,7 +542,7 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *
                 strbuf_append(sb, "null");
         }
         strbuf_append(sb, ",\"trust_bundle\":[");
-        for (size_t i = 0; i < sk_X509_num(st->mat->bundle); i++) {
+        for (size_t i = 0; st->mat && i < sk_X509_num(st->mat->bundle); i++) {
                 if (i)
                         strbuf_append(sb, ",");
                 json_cert(sb, sk_X509_value(st->mat->bundle, i), now);
@@ -534,6 +567,11 @@ void tls_store_counts(struct tls_store *st, struct tls_store_counts *out)
         out->rotation_failures = st->rotation_failures;
         out->retrying = st->last_error[0] != 0;
         out->draining = st->prev != NULL;
+        out->has_cert = st->cur != NULL;
+        out->not_after = st->cur ? st->cur->not_after : 0;
+        out->conns = (st->cur ? tls_snapshot_conns(st->cur) : 0) +
+                     (st->prev ? tls_snapshot_conns(st->prev) : 0);
+        out->consecutive_failures = st->failures;
         pthread_mutex_unlock(&st->mu);
         for (int d = 0; d < 2; d++) {
                 out->handshakes_ok[d] = atomic_load(&st->stats.ok[d]);
@@ -578,14 +616,14 @@ void tls_store_render_metrics(struct tls_store *st, struct strbuf *sb)
 
         pthread_mutex_lock(&st->mu);
         int64_t now = time(NULL);
-        int64_t cur_exp = st->cur->not_after - now;
-        int64_t bundle_exp = INT64_MAX;
-        for (size_t i = 0; i < sk_X509_num(st->mat->bundle); i++) {
+        int64_t cur_exp = st->cur ? st->cur->not_after - now : 0;
+        int64_t bundle_exp = st->mat ? INT64_MAX : 0;
+        for (size_t i = 0; st->mat && i < sk_X509_num(st->mat->bundle); i++) {
                 int64_t e = tls_cert_not_after(sk_X509_value(st->mat->bundle, i)) - now;
                 if (e < bundle_exp)
                         bundle_exp = e;
         }
-        int64_t cur_conns = tls_snapshot_conns(st->cur);
+        int64_t cur_conns = st->cur ? tls_snapshot_conns(st->cur) : 0;
         int64_t prev_conns = st->prev ? tls_snapshot_conns(st->prev) : 0;
         pthread_mutex_unlock(&st->mu);
         prom_family(sb, "shunt_tls_cert_expiry_seconds", "gauge",

@@ -39,6 +39,15 @@ struct tls_store_options {
         uint32_t drain_s;
         uint32_t poll_ms;  /* how often changed() is asked */
         bool require_port; /* inbound needs the port-<N> SNI name */
+        /* Deferred start (node mode's per-pod identities): tls_store_new
+         * fetches nothing; the first tick does (asynchronously when the
+         * source can), and the slot holds no snapshot until a certificate
+         * is installed. identity names it for reporting until then. */
+        bool deferred;
+        const char *identity;
+        /* A failed fetch is logged once per run of failures (the first, at
+         * error level; the rest at debug), and the recovery at info. */
+        bool log_once;
 };
 
 /* Sets the defaults above (require_port true). */
@@ -47,7 +56,7 @@ void tls_store_options_init(struct tls_store_options *opt);
 struct tls_store;
 
 /* Takes ownership of src (also on failure). Fetches the first certificate
- * now: failure is a start-up error. */
+ * now: failure is a start-up error (unless opt->deferred). */
 int tls_store_new(const struct tls_store_options *opt, struct tls_source *src,
                   struct tls_store **out);
 void tls_store_free(struct tls_store *st);
@@ -55,7 +64,8 @@ void tls_store_free(struct tls_store *st);
 /* The slot workers read: snapshot_reader_get(r, tls_store_slot(st)) then
  * tls_snapshot_get(). */
 struct snapshot_slot *tls_store_slot(struct tls_store *st);
-/* A new reference to the current snapshot (tls_snapshot_unref it). */
+/* A new reference to the current snapshot (tls_snapshot_unref it); NULL
+ * while a deferred store has none yet. */
 struct tls_snapshot *tls_store_acquire(struct tls_store *st);
 
 /* Does what is due (rotation, retry, reload, end of drain) and returns the
@@ -78,8 +88,12 @@ struct tls_store_counts {
         uint64_t rotation_failures;
         uint64_t handshakes_ok[2]; /* [0] inbound, [1] outbound */
         uint64_t handshake_fail[2][TLS_FAIL__COUNT];
-        bool retrying; /* the last fetch failed */
-        bool draining; /* a previous certificate is held */
+        bool retrying;     /* the last fetch failed */
+        bool draining;     /* a previous certificate is held */
+        bool has_cert;     /* a certificate is installed (false only while deferred) */
+        int64_t not_after; /* of the current certificate, 0 without one */
+        int64_t conns;     /* tls_conns holding the current or previous certificate */
+        uint32_t consecutive_failures;
 };
 void tls_store_counts(struct tls_store *st, struct tls_store_counts *out);
 /* The last fetch error ("" when the last fetch worked). */
