@@ -284,6 +284,37 @@ static void test_ca_down(void **state)
         fx_free(f);
 }
 
+/* A pod with its own sidecar holds its own identity: left alone. */
+static void test_sidecar_pod_left_alone(void **state)
+{
+        struct fx *f = fx_new(8);
+        struct node_pod_info p = {.ns = "shop",
+                                  .name = "legacy-1",
+                                  .uid = "u",
+                                  .sa = "legacy",
+                                  .gen = 7,
+                                  .netns_fd = -1,
+                                  .sidecar = true};
+        f->obs->ready(f->obs->ctx, &p);
+        assert_null(node_identity_slot(f->ids, "shop", "legacy"));
+        assert_int_equal(f->made, 0);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        f->obs->render(f->obs->ctx, &p, &sb);
+        assert_string_equal(sb.data, ",\"identity\":null");
+        f->obs->gone(f->obs->ctx, &p);
+        /* GET /pods shows a node-mode pod's identity and its state */
+        pod(f, true, "shop", "web-1", "web", 8);
+        p = (struct node_pod_info){.ns = "shop", .name = "web-1", .sa = "web", .gen = 8};
+        strbuf_reset(&sb);
+        f->obs->render(f->obs->ctx, &p, &sb);
+        assert_string_equal(sb.data, ",\"identity\":{\"spiffe_id\":"
+                                     "\"spiffe://cluster.local/ns/shop/sa/web\",\"state\":"
+                                     "\"fetching\"}");
+        strbuf_free(&sb);
+        fx_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -292,6 +323,7 @@ int main(void)
             cmocka_unit_test(test_kept_while_used),
             cmocka_unit_test(test_bound),
             cmocka_unit_test(test_ca_down),
+            cmocka_unit_test(test_sidecar_pod_left_alone),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

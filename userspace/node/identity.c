@@ -178,6 +178,8 @@ static void release(struct node_identities *ids, struct ident *i)
 static void on_ready(void *ctx, const struct node_pod_info *pod)
 {
         struct node_identities *ids = ctx;
+        if (pod->sidecar) /* its own proxy holds its identity */
+                return;
         if (!pod->sa || !pod->sa[0] || strlen(pod->ns) > SPIFFE_NAME_MAX ||
             strlen(pod->sa) > SPIFFE_NAME_MAX) {
                 log_error(COMP, 0, "pod %s/%s has no usable service account: no identity", pod->ns,
@@ -268,6 +270,26 @@ static void on_sweep(struct loop *loop, struct loop_timer *t)
                 log_error(COMP, 0, "cannot re-arm the identity sweep: out of memory");
 }
 
+/* GET /pods: each pod's identity, {"spiffe_id","state"}, or null (its own
+ * sidecar, or none held). */
+static void on_render(void *ctx, const struct node_pod_info *pod, struct strbuf *sb)
+{
+        struct node_identities *ids = ctx;
+        struct ident *i = pod->sidecar || !pod->sa ? NULL : find(ids, pod->ns, pod->sa);
+        enum node_identity_state st =
+            pod->sidecar || !pod->sa ? NODE_ID_NONE : node_identity_state(ids, pod->ns, pod->sa);
+        if (!i && st != NODE_ID_SHED) {
+                strbuf_append(sb, ",\"identity\":null");
+                return;
+        }
+        strbuf_append(sb, ",\"identity\":{\"spiffe_id\":");
+        if (i)
+                strbuf_append_json_string(sb, i->spiffe);
+        else
+                strbuf_append(sb, "null");
+        strbuf_appendf(sb, ",\"state\":\"%s\"}", node_identity_state_name(st));
+}
+
 struct node_identities *node_identities_new(const struct node_identities_config *cfg,
                                             struct loop *loop, char *err, size_t errlen)
 {
@@ -287,7 +309,8 @@ struct node_identities *node_identities_new(const struct node_identities_config 
         ids->cfg = *cfg;
         ids->cfg.trust_domain = ids->trust_domain;
         ids->loop = loop;
-        ids->obs = (struct node_pods_observer){.ready = on_ready, .gone = on_gone, .ctx = ids};
+        ids->obs = (struct node_pods_observer){
+            .ready = on_ready, .gone = on_gone, .render = on_render, .ctx = ids};
         loop_timer_init(&ids->sweep, on_sweep, ids);
         if (loop && loop_timer_arm(loop, &ids->sweep, NODE_ID_SWEEP_MS) < 0) {
                 snprintf(err, errlen, "node identities: out of memory");
