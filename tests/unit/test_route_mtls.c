@@ -18,7 +18,7 @@
 #include "core/log.h"
 #include "core/snapshot.h"
 #include "discovery/registry.h"
-#include "proxy/route.h"
+#include "route/route.h"
 
 static struct shunt_config *defaults(void)
 {

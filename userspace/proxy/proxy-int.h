@@ -17,7 +17,7 @@
 #include "core/snapshot.h"
 #include "core/strbuf.h"
 #include "core/proto.h"
-#include "proxy/route.h"
+#include "route/route.h"
 
 enum conn_dir {
         DIR_INBOUND = 0,

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Outbound routing; see route.h. */
-#include "proxy/route.h"
+#include "route/route.h"
 
 #include <stdio.h>
 #include <time.h>

@@ -5,9 +5,11 @@
  * load-balancer table per (service, port), built from the endpoints that
  * serve that port, carrying each table's state over from the previous route
  * table. Workers look the original destination up by virtual address and
- * port and pick an endpoint without a lock. Private to userspace/proxy/. */
-#ifndef SHUNT_PROXY_ROUTE_H
-#define SHUNT_PROXY_ROUTE_H
+ * port and pick an endpoint without a lock. The component between discovery
+ * (the registry it reads) and lb (the tables, breakers and outlier detection
+ * it drives); the proxy engines are its users. */
+#ifndef SHUNT_ROUTE_ROUTE_H
+#define SHUNT_ROUTE_ROUTE_H
 
 #include <stdint.h>
 #include <sys/socket.h>
@@ -20,7 +22,6 @@
 #include "lb/resilience.h"
 
 struct route_table;
-struct worker;
 
 enum route_result {
         ROUTE_PASSTHROUGH = 0, /* not a known service: relay to the original destination */
