@@ -51,7 +51,7 @@ import uuid
 import ca_plane
 import shuntca
 import shuntlib as sl
-from test_ebpf import cgroup_argv, remove_pins
+from ebpflib import cgroup_argv, remove_pins
 from test_node_pods import rmdir as rmdir_cgroup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -468,12 +468,24 @@ class Lab:
             self.cleanups.append(lambda pins=pins: remove_pins(pins))
             flags.update(extra or {})
             n.agent = sl.Shuntd(n.netns, sl.shuntd_args(**flags), name="shuntd-" + name,
-                                env={"NODE_NAME": name})
+                                env={"NODE_NAME": name}, wrap=self.only_lab_cgroup())
             out[name] = n.agent
         for d in out.values():
             d.wait_ready()
         self.wait_mesh(out.values())
         return out
+
+    def only_lab_cgroup(self):
+        """A command prefix that leaves the lab's cgroup v2 mount the only one
+        its process sees (shuntd in node mode takes the first it finds in
+        /proc/self/mountinfo, and other runs on this machine mount their
+        own under /run, which come and go). `ip netns exec` gives the
+        process a mount namespace of its own that is a slave of the host's:
+        what it unmounts stays unmounted there only."""
+        script = ("awk -v keep=\"$0\" '/ - cgroup2 / && $5 != keep {print $5}' "
+                  "/proc/self/mountinfo | while read -r m; do umount -l \"$m\"; done; "
+                  "exec \"$@\"")
+        return ("sh", "-c", script, self.cgroot)
 
     def stop_node_agents(self):
         daemons = [n.agent for n in self.nodes.values() if n.agent is not None]

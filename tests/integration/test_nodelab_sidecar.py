@@ -16,8 +16,10 @@ bench/node_bench.sh.
   exact identity;
 - between the nodes the wire carries only TLS records;
 - openssl s_client against a pod's inbound port sees that pod's certificate;
+- shuntd in node mode finds the lab's pods as a kubelet leaves them;
 - the lab leaves no namespace, cgroup, mount or pin behind."""
 
+import json
 import os
 
 import pytest
@@ -138,17 +140,38 @@ def test_s_client_sees_each_pods_certificate(lab):
         assert "Verify return code: 0" in r.stdout, r.stdout
 
 
-def test_lab_leaves_nothing_behind():
-    """A lab of its own, built and closed: no namespace, cgroup, mount or
-    pin of it remains."""
+def test_lab_pods_as_node_mode_sees_them_and_nothing_left_behind():
+    """A lab of its own: sidecars with eBPF capture on the pods' cgroups
+    relay; then each node's shuntd in node mode (pod table only, no
+    capture) finds exactly its node's pods in kubelet's layouts (systemd
+    driver on node-a, cgroupfs on node-b), with their network namespaces,
+    service accounts and IPs; closed, no namespace, cgroup, mount or pin of
+    it remains."""
     before = netns_names()
-    with nodelab.Lab(pods=nodelab.PODS[:2]) as lab:
+    with nodelab.Lab(pods=nodelab.PODS[:2] + nodelab.PODS[3:4]) as lab:
         lab.start_sidecars(redirect="ebpf")
         r = lab.client("frontend-0", "echo", lab.vip("shop", "web"), ECHO_PORT, "--conns", "2",
                        "--size", "1024")
         assert r["ok"] == 2, r
         made = [p.rel for p in lab.pods.values()]
         lab.stop_sidecars()
+        lab.start_node_agents(redirect="off")
+        for name, n in lab.nodes.items():
+            want = {p.name: p for p in lab.pods.values() if p.node is n}
+
+            def table(n=n, want=want):
+                r = sl.shuntctl(n.netns, "--json", "pods")
+                got = {p["name"]: p for p in json.loads(r.stdout)["pods"]}
+                return got if set(got) == set(want) and all(
+                    p["state"] == "ready" for p in got.values()) else None
+
+            got = sl.wait_until(table, 15, what="%s's pods ready in its table" % name)
+            for pod_name, p in want.items():
+                row = got[pod_name]
+                assert (row["cgroup"], row["service_account"], row["ips"], row["uid"]) == (
+                    p.rel, p.sa, [p.ip], p.uid), row
+                assert row["netns_inode"] == os.stat("/run/netns/" + p.netns.name).st_ino
+        lab.stop_node_agents()
     after = netns_names()
     assert after <= before, after - before
     with open("/proc/self/mountinfo") as f:
