@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -192,6 +193,18 @@ static inline void harness_render(struct harness *h, const struct proto_engine *
         bool first = true;
         strbuf_reset(out);
         e->render(h->w, out, &first);
+}
+
+/* The one connection of engine e shows state want in /connections. */
+static inline void harness_assert_state(struct harness *h, const struct proto_engine *e,
+                                        struct strbuf *sb, const char *want)
+{
+        harness_render(h, e, sb);
+        char needle[64];
+        snprintf(needle, sizeof(needle), "\"state\":\"%s\"", want);
+        if (!sb->data || !strstr(sb->data, needle))
+                fail_msg("want state %s, /connections has: %s", want,
+                         sb->data ? sb->data : "(nothing)");
 }
 
 /* A byte stream the test reads without blocking. */

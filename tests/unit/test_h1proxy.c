@@ -119,12 +119,7 @@ static int teardown(void **state)
 /* The state /connections shows for the one session. */
 static void assert_state(struct t *t, const char *want)
 {
-        harness_render(&t->h, &h1_engine, &t->sb);
-        char needle[64];
-        snprintf(needle, sizeof(needle), "\"state\":\"%s\"", want);
-        if (!t->sb.data || !strstr(t->sb.data, needle))
-                fail_msg("want state %s, /connections has: %s", want,
-                         t->sb.data ? t->sb.data : "(nothing)");
+        harness_assert_state(&t->h, &h1_engine, &t->sb, want);
 }
 
 static void start(struct t *t, const struct sockaddr_storage *app, const char *first)

@@ -25,6 +25,7 @@
  * buffered bytes do not move for http2.stream_stall_timeout is ended. */
 #include "proxy/h2proxy.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -39,6 +40,7 @@
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
 #include "proxy/proxy-int.h"
+#include "proxy/states-int.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"
 #include "tls/conn.h"
@@ -81,6 +83,10 @@ struct hdrs {
 
 struct sess {
         enum sess_kind kind;
+        union { /* the session's one state, by kind (states-int.h) */
+                enum h2c_state c;
+                enum h2u_state u;
+        } state;
         struct h2_worker *hw;
         struct loop_io io;
         nghttp2_session *ng;
@@ -89,14 +95,22 @@ struct sess {
         bool readable, writable;
         bool rdhup;        /* the peer's FIN is queued: a short read does not mean drained */
         bool drain_eagain; /* only EAGAIN says drained (TLS; the eBPF shortcut) */
-        bool dirty, closed;
-        bool dead; /* close at the next pump */
+        bool dirty;        /* on the worker's dirty list */
         struct sess *dnext;
         uint64_t last_active_ms;
         uint64_t last_write_ms; /* last time bytes left (write-stall check) */
 };
 
 struct h2s;
+
+/* What went wrong with a client connection, worst last: a worse fault
+ * replaces a milder one (client_fault), never the other way. */
+enum h2c_fault {
+        H2C_FAULT_NONE,
+        H2C_FAULT_STALL,    /* it read nothing of what we sent for timeouts.idle_timeout */
+        H2C_FAULT_PROTOCOL, /* an HTTP/2 protocol error (GOAWAY PROTOCOL_ERROR) */
+        H2C_FAULT_FLOOD,    /* a frame flood (GOAWAY ENHANCE_YOUR_CALM) */
+};
 
 struct h2c {
         struct sess s; /* first: a struct sess * is a struct h2c * */
@@ -119,13 +133,11 @@ struct h2c {
         uint32_t scan_skip; /* bytes left of the preface or of a payload */
         uint8_t scan_head[H2_FRAME_HEAD];
         uint8_t scan_hlen;
-        uint32_t wu_credit; /* WINDOW_UPDATEs that answer DATA we sent */
-        bool flood, protocol_error, stalled, eof;
-        bool draining; /* GOAWAY sent for the daemon's drain: ends with its last stream */
+        uint32_t wu_credit;   /* WINDOW_UPDATEs that answer DATA we sent */
+        enum h2c_fault fault; /* why it ends badly, if it does */
+        bool eof;             /* the client's FIN arrived */
         uint64_t bytes_in, bytes_out;
 };
-
-enum up_state { UP_CONNECTING, UP_HANDSHAKE, UP_READY };
 
 struct h2u {
         struct sess s;
@@ -133,13 +145,11 @@ struct h2u {
         struct h2u *bprev, *bnext; /* on hw->up_bucket[bucket] */
         uint32_t bucket;
         uint64_t id;
-        enum up_state state;
         struct sockaddr_storage addr;
         char identity[256]; /* "" = plaintext h2c */
         struct h2s *streams;
         uint32_t n_streams;
-        bool goaway;
-        const char *dead_why; /* a static string */
+        const char *dead_why; /* H2U_DEAD: why, a static string */
         struct loop_timer timer;
 };
 
@@ -381,9 +391,99 @@ static void stat_dec(struct h2_worker *hw, enum stat_id id)
         stat_sub(&hw->w->stats, id, 1);
 }
 
+/* ---- the sessions' state machines (states-int.h) -------------------------------- */
+
+#define TO(x) (1u << (x))
+static const unsigned h2c_next[H2C__COUNT] = {
+    [H2C_OPEN] = TO(H2C_DRAINING) | TO(H2C_DEAD) | TO(H2C_CLOSED),
+    [H2C_DRAINING] = TO(H2C_DEAD) | TO(H2C_CLOSED),
+    [H2C_DEAD] = TO(H2C_CLOSED),
+    [H2C_CLOSED] = 0,
+};
+static const unsigned h2u_next[H2U__COUNT] = {
+    [H2U_CONNECTING] = TO(H2U_HANDSHAKE) | TO(H2U_READY) | TO(H2U_DEAD) | TO(H2U_CLOSED),
+    [H2U_HANDSHAKE] = TO(H2U_READY) | TO(H2U_CLOSED),
+    [H2U_READY] = TO(H2U_GOAWAY) | TO(H2U_CLOSED),
+    [H2U_GOAWAY] = TO(H2U_CLOSED),
+    [H2U_DEAD] = TO(H2U_CLOSED),
+    [H2U_CLOSED] = 0,
+};
+
+bool h2c_transition_ok(enum h2c_state from, enum h2c_state to)
+{
+        return (unsigned)from < H2C__COUNT && (unsigned)to < H2C__COUNT &&
+               (h2c_next[from] & TO(to));
+}
+
+bool h2u_transition_ok(enum h2u_state from, enum h2u_state to)
+{
+        return (unsigned)from < H2U__COUNT && (unsigned)to < H2U__COUNT &&
+               (h2u_next[from] & TO(to));
+}
+
+const char *h2c_state_name(enum h2c_state st)
+{
+        static const char *const names[H2C__COUNT] = {
+            [H2C_OPEN] = "streams",
+            [H2C_DRAINING] = "draining",
+            [H2C_DEAD] = "closing",
+            [H2C_CLOSED] = "closed",
+        };
+        return (unsigned)st < H2C__COUNT ? names[st] : "unknown";
+}
+
+static void h2c_set_state(struct h2c *c, enum h2c_state next)
+{
+        assert(h2c_transition_ok(c->s.state.c, next));
+        c->s.state.c = next;
+}
+
+static void h2u_set_state(struct h2u *u, enum h2u_state next)
+{
+        assert(h2u_transition_ok(u->s.state.u, next));
+        u->s.state.u = next;
+}
+
+/* The client connection is to be closed at the next pump. */
+static void client_kill(struct h2c *c)
+{
+        if (c->s.state.c == H2C_OPEN || c->s.state.c == H2C_DRAINING)
+                h2c_set_state(c, H2C_DEAD);
+}
+
+static void client_fault(struct h2c *c, enum h2c_fault f)
+{
+        if (f > c->fault)
+                c->fault = f;
+}
+
+static bool client_flooded(const struct h2c *c)
+{
+        return c->fault == H2C_FAULT_FLOOD;
+}
+
+/* The upstream session was established (its streams may have gone out). */
+static bool up_opened(const struct h2u *u)
+{
+        return u->s.state.u == H2U_READY || u->s.state.u == H2U_GOAWAY;
+}
+
+/* A new stream may go on it: not failed, closed or told GOAWAY. */
+static bool up_takes_streams(const struct h2u *u)
+{
+        return u->s.state.u == H2U_CONNECTING || u->s.state.u == H2U_HANDSHAKE ||
+               u->s.state.u == H2U_READY;
+}
+
+/* Freed after this epoll batch: no more work, no callbacks. */
+static bool sess_closed(const struct sess *s)
+{
+        return s->kind == SESS_CLIENT ? s->state.c == H2C_CLOSED : s->state.u == H2U_CLOSED;
+}
+
 static void mark_dirty(struct sess *s)
 {
-        if (s->dirty || s->closed)
+        if (s->dirty || sess_closed(s))
                 return;
         s->dirty = true;
         s->dnext = s->hw->dirty;
@@ -450,7 +550,7 @@ static void stream_unlink_up(struct h2s *st)
                 st->unext->uprev = st->uprev;
         st->uprev = st->unext = NULL;
         u->n_streams--;
-        if (!u->n_streams && !u->s.closed)
+        if (!u->n_streams && !sess_closed(&u->s))
                 loop_timer_arm(hw_loop(st->hw), &u->timer, up_idle_ms(st->hw));
         st->u = NULL;
         st->u_open = false;
@@ -523,7 +623,7 @@ static enum route_outcome response_outcome(const struct h2s *st)
 static void stream_cancel_up(struct h2s *st)
 {
         attempt_done(st, ROUTE_CANCELLED);
-        if (st->u && st->u_open && !st->u->s.closed) {
+        if (st->u && st->u_open && !sess_closed(&st->u->s)) {
                 nghttp2_submit_rst_stream(st->u->s.ng, NGHTTP2_FLAG_NONE, st->uid, NGHTTP2_CANCEL);
                 mark_dirty(&st->u->s);
         }
@@ -543,7 +643,7 @@ static ssize_t resp_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t 
                 st->respb.off += (uint32_t)n;
                 st->progress_ms = loop_now_ms(hw_loop(st->hw));
                 /* A local answer's body never came from upstream. */
-                if (st->u && !st->u->s.closed && !st->local) {
+                if (st->u && !sess_closed(&st->u->s) && !st->local) {
                         nghttp2_session_consume_stream(st->u->s.ng, st->uid, n);
                         mark_dirty(&st->u->s);
                 }
@@ -610,7 +710,7 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
         /* The answer is final: a retry waiting out its backoff goes too. */
         loop_timer_cancel(hw_loop(hw), &st->retry);
         stream_cancel_up(st);
-        if (!st->c_open || !st->c || st->c->s.closed)
+        if (!st->c_open || !st->c || sess_closed(&st->c->s))
                 return;
         struct h2c *c = st->c;
         if (st->replied) {
@@ -635,7 +735,7 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
         if (bbuf_avail(&st->reqb))
                 nghttp2_session_consume_stream(c->s.ng, st->cid, bbuf_avail(&st->reqb));
         st->reqb.off = st->reqb.len = 0;
-        if (st->u && !st->u->s.closed && bbuf_avail(&st->respb)) {
+        if (st->u && !sess_closed(&st->u->s) && bbuf_avail(&st->respb)) {
                 nghttp2_session_consume_stream(st->u->s.ng, st->uid, bbuf_avail(&st->respb));
                 mark_dirty(&st->u->s);
         }
@@ -750,7 +850,8 @@ static void up_free(struct h2u *u)
         tls_conn_free(u->s.tls);
         nghttp2_session_del(u->s.ng);
         bbuf_free(&u->s.out);
-        u->s.closed = true;
+        if (u->s.state.u != H2U_CLOSED) /* up_fail closed it first */
+                h2u_set_state(u, H2U_CLOSED);
         if (u->prev)
                 u->prev->next = u->next;
         else
@@ -773,16 +874,17 @@ static void up_fail(struct h2u *u, const char *what)
 {
         struct h2_worker *hw = u->s.hw;
         char abuf[SOCKADDR_STRLEN], why[H2_REASON_MAX];
+        bool opened = up_opened(u);
         log_warn("h2", 0, "upstream session %llu to %s %s: %s", (unsigned long long)u->id,
                  sockaddr_format(&u->addr, abuf, sizeof(abuf)),
-                 u->state == UP_READY ? "failed" : "could not be opened", what);
+                 opened ? "failed" : "could not be opened", what);
         stat_inc(hw, ST_H2_UP_FAILED);
-        u->s.closed = true; /* no new streams, no callbacks from here on */
+        h2u_set_state(u, H2U_CLOSED); /* no new streams, no callbacks from here on */
         snprintf(why, sizeof(why), "upstream %s: %s", abuf, what);
         while (u->streams) {
                 struct h2s *st = u->streams;
                 bool fresh = !st->resp_started && !st->req_sent;
-                enum route_outcome o = u->state != UP_READY ? ROUTE_CONNECT_FAILURE : ROUTE_RESET;
+                enum route_outcome o = opened ? ROUTE_RESET : ROUTE_CONNECT_FAILURE;
                 stream_unlink_up(st);
                 attempt_done(st, o);
                 if (!st->c_open || st->local)
@@ -846,11 +948,11 @@ static struct h2u *up_new(struct h2_worker *hw, const struct sockaddr_storage *a
         u->s.last_active_ms = u->s.last_write_ms = loop_now_ms(hw_loop(hw));
         if (fd < 0) {
                 u->dead_why = strerror(-fd); /* up_fail at the next pump, with its streams */
-                u->s.dead = true;
+                h2u_set_state(u, H2U_DEAD);
                 mark_dirty(&u->s);
         } else if (loop_io_add(hw_loop(hw), &u->s.io, H2_EVENTS) < 0) {
                 u->dead_why = "cannot register with epoll";
-                u->s.dead = true;
+                h2u_set_state(u, H2U_DEAD);
                 mark_dirty(&u->s);
         }
         loop_timer_arm(hw_loop(hw), &u->timer, cfg->connect_timeout_ms);
@@ -867,7 +969,7 @@ static struct h2u *up_get(struct h2_worker *hw, const struct sockaddr_storage *a
         int count = 0;
         uint32_t b = (uint32_t)(upstream_key_hash(addr, identity) & (H2_UP_BUCKETS - 1));
         for (struct h2u *u = hw->up_bucket[b]; u; u = u->bnext) {
-                if (u->s.closed || u->s.dead || u->goaway || !sockaddr_equal(&u->addr, addr) ||
+                if (!up_takes_streams(u) || !sockaddr_equal(&u->addr, addr) ||
                     strcmp(u->identity, identity))
                         continue;
                 count++;
@@ -938,7 +1040,7 @@ static void stream_send(struct h2s *st)
                 u->streams->uprev = st;
         u->streams = st;
         u->n_streams++;
-        if (u->state == UP_READY)
+        if (u->s.state.u == H2U_READY)
                 loop_timer_cancel(hw_loop(hw), &u->timer); /* the idle timer */
         mark_dirty(&u->s);
 }
@@ -1166,7 +1268,9 @@ static int up_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *u
 {
         struct h2u *u = ud;
         if (f->hd.type == NGHTTP2_GOAWAY) {
-                u->goaway = true; /* streams past its last id come back refused: retried */
+                /* Streams past its last id come back refused: retried. */
+                if (u->s.state.u == H2U_READY)
+                        h2u_set_state(u, H2U_GOAWAY);
                 return 0;
         }
         struct h2s *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
@@ -1282,8 +1386,8 @@ static void flood_count(struct h2c *c)
                 c->flood_window_ms = now;
                 c->flood_count = 0;
         }
-        if (++c->flood_count > hw_cfg(c->s.hw)->h2_max_control_frames && !c->flood) {
-                c->flood = true;
+        if (++c->flood_count > hw_cfg(c->s.hw)->h2_max_control_frames && !client_flooded(c)) {
+                client_fault(c, H2C_FAULT_FLOOD);
                 log_warn("h2", c->id,
                          "frame flood: more than %u frames that cost work without progress in "
                          "a second; closing with GOAWAY ENHANCE_YOUR_CALM",
@@ -1341,7 +1445,7 @@ static void frame_classify(struct h2c *c, const uint8_t *head)
  * callback (for a closed stream, an unknown type). */
 static void frame_scan(struct h2c *c, const uint8_t *p, size_t n)
 {
-        while (n && !c->flood) {
+        while (n && !client_flooded(c)) {
                 if (c->scan_skip) {
                         size_t k = n < c->scan_skip ? n : c->scan_skip;
                         c->scan_skip -= (uint32_t)k;
@@ -1454,7 +1558,7 @@ static int cl_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8
 
 static void resume_up(struct h2s *st)
 {
-        if (st->u && st->u_open && !st->u->s.closed) {
+        if (st->u && st->u_open && !sess_closed(&st->u->s)) {
                 nghttp2_session_resume_data(st->u->s.ng, st->uid);
                 mark_dirty(&st->u->s);
         }
@@ -1541,13 +1645,13 @@ static int cl_on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *u
         if (f->hd.type == NGHTTP2_DATA && f->hd.length)
                 wu_earn(c);
         if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM &&
-            !c->flood) {
+            !client_flooded(c)) {
                 /* nghttp2's own flood checks (e.g. the stream reset rate). */
-                c->flood = true;
+                client_fault(c, H2C_FAULT_FLOOD);
                 log_warn("h2", c->id, "nghttp2 flood protection: GOAWAY ENHANCE_YOUR_CALM");
         }
         if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code == NGHTTP2_PROTOCOL_ERROR)
-                c->protocol_error = true;
+                client_fault(c, H2C_FAULT_PROTOCOL);
         if (f->hd.type == NGHTTP2_GOAWAY)
                 log_debug("h2", c->id, "GOAWAY sent: %s",
                           nghttp2_http2_strerror(f->goaway.error_code));
@@ -1591,7 +1695,7 @@ static int sess_read(struct sess *s, const char **what)
 {
         uint8_t buf[H2_READ_CHUNK];
         /* Not past a GOAWAY of ours (a flood ends here, not after the socket is drained). */
-        while (s->readable && !s->closed && nghttp2_session_want_read(s->ng)) {
+        while (s->readable && !sess_closed(s) && nghttp2_session_want_read(s->ng)) {
                 ssize_t n = sess_recv(s, buf, sizeof(buf));
                 if (n > 0) {
                         if ((size_t)n < sizeof(buf) && !s->tls && !s->rdhup && !s->drain_eagain)
@@ -1604,10 +1708,9 @@ static int sess_read(struct sess *s, const char **what)
                                 *what = nghttp2_strerror((int)rv);
                                 if (s->kind == SESS_CLIENT) {
                                         struct h2c *c = (struct h2c *)s;
-                                        if (rv == NGHTTP2_ERR_FLOODED)
-                                                c->flood = true;
-                                        else
-                                                c->protocol_error = true;
+                                        client_fault(c, rv == NGHTTP2_ERR_FLOODED
+                                                            ? H2C_FAULT_FLOOD
+                                                            : H2C_FAULT_PROTOCOL);
                                 }
                                 return -1;
                         }
@@ -1689,7 +1792,7 @@ static void client_free(struct h2c *c, const char *why)
         free(c->xfcc);
         c->xfcc = NULL;
         close(c->s.io.fd);
-        c->s.closed = true;
+        h2c_set_state(c, H2C_CLOSED);
         /* Every stream ends on the client side; upstream halves are reset. */
         while (c->streams) {
                 struct h2s *st = c->streams;
@@ -1716,12 +1819,12 @@ static void client_free(struct h2c *c, const char *why)
         if (c->next)
                 c->next->prev = c->prev;
         enum conn_reason reason = c->eof ? REASON_DONE : REASON_CLIENT_RESET;
-        if (c->flood) {
+        if (c->fault == H2C_FAULT_FLOOD) {
                 stat_inc(hw, ST_H2_FLOOD);
                 reason = REASON_CLIENT_RESET;
-        } else if (c->protocol_error) {
+        } else if (c->fault == H2C_FAULT_PROTOCOL) {
                 stat_inc(hw, ST_H2_PROTOCOL_ERROR);
-        } else if (c->stalled) {
+        } else if (c->fault == H2C_FAULT_STALL) {
                 stat_inc(hw, ST_H2_WRITE_STALL);
                 reason = REASON_IDLE_TIMEOUT;
         } else if (!c->eof && !strcmp(why, "idle")) {
@@ -1753,11 +1856,11 @@ static void pump(struct sess *s)
         const char *what = NULL;
         if (s->kind == SESS_UPSTREAM) {
                 struct h2u *u = (struct h2u *)s;
-                if (s->dead) {
+                if (u->s.state.u == H2U_DEAD) {
                         up_fail(u, u->dead_why ? u->dead_why : "connect failed");
                         return;
                 }
-                if (u->state != UP_READY)
+                if (!up_opened(u))
                         return;
                 if (sess_read(s, &what) < 0 || sess_write(s, &what) < 0) {
                         if (u->streams)
@@ -1776,7 +1879,7 @@ static void pump(struct sess *s)
                 return;
         }
         struct h2c *c = (struct h2c *)s;
-        if (s->dead) {
+        if (c->s.state.c == H2C_DEAD) {
                 client_free(c, "closed");
                 return;
         }
@@ -1788,12 +1891,15 @@ static void pump(struct sess *s)
                 client_free(c, what ? what : werr ? werr : "error");
                 return;
         }
-        if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) &&
-            !bbuf_avail(&s->out))
-                client_free(c, c->flood ? "flood" : "session ended");
-        else if (c->draining && !c->n_streams && !bbuf_avail(&s->out) &&
-                 !nghttp2_session_want_write(s->ng))
+        bool drained = c->s.state.c == H2C_DRAINING && !c->n_streams && !bbuf_avail(&s->out) &&
+                       !nghttp2_session_want_write(s->ng);
+        /* A drained session has nothing left to read either (our GOAWAY
+         * went out): that is its clean end, not the client's doing. */
+        if (drained && !client_flooded(c))
                 client_free(c, "drained");
+        else if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) &&
+                 !bbuf_avail(&s->out))
+                client_free(c, client_flooded(c) ? "flood" : "session ended");
 }
 
 static void hw_run(struct h2_worker *hw)
@@ -1805,7 +1911,7 @@ static void hw_run(struct h2_worker *hw)
                 struct sess *s = hw->dirty;
                 hw->dirty = s->dnext;
                 s->dirty = false;
-                if (!s->closed)
+                if (!sess_closed(s))
                         pump(s);
         }
         hw->running = false;
@@ -1815,7 +1921,7 @@ static void on_client_io(struct loop *loop, struct loop_io *io, uint32_t events)
 {
         (void)loop;
         struct h2c *c = io->data;
-        if (c->s.closed)
+        if (c->s.state.c == H2C_CLOSED)
                 return;
         upstream_io_mark(events, c->s.tls != NULL, &c->s.readable, &c->s.writable, &c->s.rdhup);
         mark_dirty(&c->s);
@@ -1829,7 +1935,7 @@ static void on_client_timer(struct loop *loop, struct loop_timer *t)
         uint64_t now = loop_now_ms(loop);
         uint64_t idle = cfg->idle_timeout_ms;
         if (bbuf_avail(&c->s.out) && now - c->s.last_write_ms >= idle) {
-                c->stalled = true;
+                client_fault(c, H2C_FAULT_STALL);
                 log_warn("h2", c->id, "client read nothing for %llu ms: closing",
                          (unsigned long long)(now - c->s.last_write_ms));
                 client_free(c, "stalled");
@@ -1841,9 +1947,10 @@ static void on_client_timer(struct loop *loop, struct loop_timer *t)
                           (unsigned long long)(now - c->s.last_active_ms));
                 nghttp2_session_terminate_session(c->s.ng, NGHTTP2_NO_ERROR);
                 mark_dirty(&c->s);
-                c->s.dead = !c->s.writable; /* nobody would read the GOAWAY */
+                if (!c->s.writable)
+                        client_kill(c); /* nobody would read the GOAWAY */
                 hw_run(c->s.hw);
-                if (!c->s.closed)
+                if (c->s.state.c != H2C_CLOSED)
                         loop_timer_arm(loop, t, 1000);
                 return;
         }
@@ -1918,7 +2025,7 @@ static void h2_start(struct worker *w, struct handoff *h)
         c->s.hw = hw;
         c->s.tls = h->tls;
         if (c->s.tls && !(c->xfcc = xfcc_element(c->s.tls)))
-                c->s.dead = true; /* out of memory: closed at the first pump */
+                client_kill(c); /* out of memory: closed at the first pump */
         c->id = id;
         c->dir = h->dir;
         c->app = h->upstream;
@@ -1954,15 +2061,14 @@ static void h2_start(struct worker *w, struct handoff *h)
         if (len) {
                 ssize_t rv = client_recv(c, pre, len);
                 if (rv < 0) {
-                        c->protocol_error = true;
-                        c->s.dead = true;
+                        client_fault(c, H2C_FAULT_PROTOCOL);
+                        client_kill(c);
                 }
         }
         worker_buf_give(w, h->buf, h->cap);
         h->buf = NULL;
-        if (loop_io_add(w->loop, &c->s.io, H2_EVENTS) < 0) {
-                c->s.dead = true;
-        }
+        if (loop_io_add(w->loop, &c->s.io, H2_EVENTS) < 0)
+                client_kill(c);
         loop_timer_arm(w->loop, &c->timer, cfg->idle_timeout_ms / 4 ? cfg->idle_timeout_ms / 4 : 1);
         mark_dirty(&c->s);
         hw_run(hw);
@@ -1979,11 +2085,11 @@ static void up_connected(struct h2u *u)
                         up_fail(u, "cannot start TLS");
                         return;
                 }
-                u->state = UP_HANDSHAKE;
+                h2u_set_state(u, H2U_HANDSHAKE);
                 loop_timer_arm(hw_loop(hw), &u->timer, hw_cfg(hw)->mtls_handshake_timeout_ms);
                 return;
         }
-        u->state = UP_READY;
+        h2u_set_state(u, H2U_READY);
         loop_timer_cancel(hw_loop(hw), &u->timer);
         if (!u->n_streams)
                 loop_timer_arm(hw_loop(hw), &u->timer, up_idle_ms(hw));
@@ -1994,10 +2100,10 @@ static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events)
         (void)loop;
         struct h2u *u = io->data;
         struct h2_worker *hw = u->s.hw;
-        if (u->s.closed)
+        if (u->s.state.u == H2U_CLOSED)
                 return;
         upstream_io_mark(events, u->s.tls, &u->s.readable, &u->s.writable, &u->s.rdhup);
-        if (u->state == UP_CONNECTING) {
+        if (u->s.state.u == H2U_CONNECTING) {
                 int err = upstream_connect_result(io->fd, events);
                 if (err == 1)
                         return;
@@ -2007,13 +2113,13 @@ static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events)
                         return;
                 }
                 up_connected(u);
-                if (u->s.closed) {
+                if (u->s.state.u == H2U_CLOSED) {
                         hw_run(hw);
                         return;
                 }
                 u->s.readable = u->s.writable = true;
         }
-        if (u->state == UP_HANDSHAKE) {
+        if (u->s.state.u == H2U_HANDSHAKE) {
                 int r = tls_conn_handshake(u->s.tls);
                 if (r == -EAGAIN) {
                         hw_run(hw);
@@ -2024,7 +2130,7 @@ static void on_up_io(struct loop *loop, struct loop_io *io, uint32_t events)
                         hw_run(hw);
                         return;
                 }
-                u->state = UP_READY;
+                h2u_set_state(u, H2U_READY);
                 loop_timer_cancel(hw_loop(hw), &u->timer);
                 u->s.readable = u->s.writable = true;
         }
@@ -2037,9 +2143,9 @@ static void on_up_timer(struct loop *loop, struct loop_timer *t)
         (void)loop;
         struct h2u *u = t->data;
         struct h2_worker *hw = u->s.hw;
-        if (u->state == UP_CONNECTING) {
+        if (u->s.state.u == H2U_CONNECTING || u->s.state.u == H2U_DEAD) {
                 up_fail(u, "connect timed out");
-        } else if (u->state == UP_HANDSHAKE) {
+        } else if (u->s.state.u == H2U_HANDSHAKE) {
                 tls_conn_timeout(u->s.tls);
                 up_fail(u, "TLS handshake timed out");
         } else if (!u->n_streams) {
@@ -2082,9 +2188,9 @@ static void h2_drain(struct worker *w)
         if (!hw)
                 return;
         for (struct h2c *c = hw->conns; c; c = c->next) {
-                if (c->s.closed || c->draining)
+                if (c->s.state.c != H2C_OPEN)
                         continue;
-                c->draining = true;
+                h2c_set_state(c, H2C_DRAINING);
                 nghttp2_submit_goaway(c->s.ng, NGHTTP2_FLAG_NONE,
                                       nghttp2_session_get_last_proc_stream_id(c->s.ng),
                                       NGHTTP2_NO_ERROR, NULL, 0);
@@ -2123,11 +2229,12 @@ static void h2_render(struct worker *w, struct strbuf *out, bool *first)
                 conn_render_open(out, first, w, c->id, c->dir, &c->client, &c->orig_dst,
                                  "per-request", st ? route_service_name(&st->route) : "-");
                 strbuf_appendf(out,
-                               ",\"protocol\":\"%s\",\"state\":\"streams\",\"streams\":%u,"
+                               ",\"protocol\":\"%s\",\"state\":\"%s\",\"streams\":%u,"
                                "\"streams_total\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                                "\"age_ms\":%llu,\"sni\":\"\"}",
-                               proto_name(c->proto), c->n_streams, (unsigned long long)c->n_total,
-                               (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out,
+                               proto_name(c->proto), h2c_state_name(c->s.state.c), c->n_streams,
+                               (unsigned long long)c->n_total, (unsigned long long)c->bytes_in,
+                               (unsigned long long)c->bytes_out,
                                (unsigned long long)(now - c->created_ms));
         }
 }

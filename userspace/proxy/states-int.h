@@ -56,4 +56,57 @@ bool h1_transition_ok(enum h1_state from, enum h1_state to);
 /* The name /connections shows ("closing" for CLOSING and LINGER). */
 const char *h1_state_name(enum h1_state st);
 
+/* ---- an HTTP/2 client connection (h2proxy.c, struct h2c) --------------------
+ *
+ *   state     event                                              next
+ *   OPEN      the daemon drains: GOAWAY (NO_ERROR) sent          DRAINING
+ *   OPEN      no memory, bad preface, no epoll, an idle GOAWAY   DEAD
+ *             the client would not read
+ *   OPEN      the session ended (FIN, GOAWAY, error, flood,      CLOSED
+ *             write stall, shutdown)
+ *   DRAINING  its last stream ended and everything went out      CLOSED
+ *   DRAINING  an idle GOAWAY the client would not read           DEAD
+ *   DRAINING  the session ended as in OPEN                       CLOSED
+ *   DEAD      the next pump                                      CLOSED
+ *
+ * Why a connection ended badly is a separate fact (enum h2c_fault in
+ * h2proxy.c: write stall, protocol error, flood), as is the client's FIN. */
+enum h2c_state {
+        H2C_OPEN,     /* serving streams */
+        H2C_DRAINING, /* GOAWAY sent for the daemon's drain: ends with its last stream */
+        H2C_DEAD,     /* closed at the next pump (never from inside nghttp2's callbacks) */
+        H2C_CLOSED,
+        H2C__COUNT,
+};
+
+/* ---- an HTTP/2 upstream session (h2proxy.c, struct h2u) ----------------------
+ *
+ *   state       event                                            next
+ *   CONNECTING  connected, plaintext                             READY
+ *   CONNECTING  connected, mTLS to the endpoint's identity       HANDSHAKE
+ *   CONNECTING  no socket, no epoll (failed at the next pump)    DEAD
+ *   CONNECTING  connect failed or timed out, shutdown            CLOSED
+ *   HANDSHAKE   TLS established                                  READY
+ *   HANDSHAKE   handshake failed or timed out, shutdown          CLOSED
+ *   READY       the server sent GOAWAY: no new stream on it      GOAWAY
+ *   READY       failed, idle timeout, the server closed it       CLOSED
+ *   GOAWAY      as READY                                         CLOSED
+ *   DEAD        the next pump: its streams retried or failed     CLOSED
+ *
+ * New streams go on CONNECTING, HANDSHAKE and READY sessions only. */
+enum h2u_state {
+        H2U_CONNECTING,
+        H2U_HANDSHAKE,
+        H2U_READY,
+        H2U_GOAWAY,
+        H2U_DEAD,
+        H2U_CLOSED,
+        H2U__COUNT,
+};
+
+bool h2c_transition_ok(enum h2c_state from, enum h2c_state to);
+bool h2u_transition_ok(enum h2u_state from, enum h2u_state to);
+/* The name /connections shows ("streams" while open). */
+const char *h2c_state_name(enum h2c_state st);
+
 #endif
