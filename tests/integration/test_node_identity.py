@@ -9,8 +9,10 @@ cgroup in kubelet's layout and a network namespace with a process each
 (test_node_pods.KubePod).
 
 - pods of two service accounts -> one certificate each, with the right
-  SPIFFE ID (/certs; the CA's audit names the agent, node-a and the pod, the
-  serial is the one /certs shows); `shuntctl certs` lists them;
+  SPIFFE ID (/certs, whose chain `openssl verify` checks against the CA's
+  bundle, with exactly that URI SAN; the CA's audit names the agent, node-a
+  and the pod, the serial is the one /certs shows); `shuntctl certs` lists
+  them;
 - a second pod of an account fetches nothing new (no CA request);
 - the last pod of an account leaves -> dropped once node.identity_drain is
   over, not before;
@@ -22,6 +24,7 @@ cgroup in kubelet's layout and a network namespace with a process each
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -151,6 +154,17 @@ def test_one_certificate_per_account(node):
         cur = store["current"]
         assert cur["identity"] == spiffe(sa) and cur["expires_in_s"] > 0
         assert store["last_issuance"]["requested"] == spiffe(sa)
+        # the chain shuntd holds verifies against shunt-ca's bundle and names
+        # exactly the pod's identity
+        leaf = os.path.join(node.dir, sa + ".pem")
+        with open(leaf, "w") as f:
+            f.write(i["certificate_chain"])
+        v = subprocess.run(["openssl", "verify", "-CAfile", node.bundle, leaf],
+                           capture_output=True, text=True, timeout=30)
+        assert v.returncode == 0, v.stdout + v.stderr
+        text = shuntca.openssl("x509", "-noout", "-text", "-in", leaf)
+        sans = re.search(r"Subject Alternative Name:.*?\n\s*(.*)\n", text).group(1).strip()
+        assert sans == "URI:" + spiffe(sa), text
         # the CA issued exactly that certificate, to the node agent, for a pod of node-a
         audits = sl.wait_until(lambda: node.issued(sa), 5, what="CA audit for " + sa)
         assert len(audits) == 1, audits
@@ -216,7 +230,8 @@ def test_ca_down_held_back_then_issued(node):
         failures0 = node.d.metric("shunt_node_identity_fetch_failures_total")
         node.add("cache-1", "cache", "10.244.1.35")
         i = node.identity("cache", state="retrying", pods=1)
-        assert i["store"]["current"] is None  # no certificate: its connections are refused
+        # no certificate: its connections are refused
+        assert i["store"]["current"] is None and i["certificate_chain"] is None
         assert "unreachable" in i["store"]["rotation"]["last_error"]
         # retried with backoff, counted
         node.d.wait_metric("shunt_node_identity_fetch_failures_total",

@@ -153,6 +153,11 @@ static void test_counted_and_dropped(void **state)
         assert_int_equal(node_identities_count(f->ids), 3);
         assert_string_equal(held(f, "bank", "web", b, sizeof(b)),
                             "spiffe://cluster.local/ns/bank/sa/web");
+        struct strbuf js;
+        strbuf_init(&js);
+        node_identities_render(f->ids, &js);
+        assert_non_null(strstr(js.data, "\"certificate_chain\":\"-----BEGIN CERTIFICATE-----"));
+        strbuf_free(&js);
 
         /* gone is matched by generation; an unknown one changes nothing */
         pod(f, false, "shop", "web-1", "web", 99);
@@ -280,6 +285,7 @@ static void test_ca_down(void **state)
         assert_non_null(strstr(sb.data, "\"state\":\"retrying\""));
         assert_non_null(strstr(sb.data, "shunt-ca is unreachable (test)"));
         assert_non_null(strstr(sb.data, "\"current\":null"));
+        assert_non_null(strstr(sb.data, "\"certificate_chain\":null"));
         strbuf_free(&sb);
         fx_free(f);
 }

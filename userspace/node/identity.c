@@ -438,6 +438,8 @@ void node_identities_render(struct node_identities *ids, struct strbuf *sb)
                             (unsigned long long)(i->drain_until > now ? i->drain_until - now : 0));
                 else
                         strbuf_append(sb, "null");
+                strbuf_append(sb, ",\"certificate_chain\":");
+                tls_store_render_chain_pem(i->st, sb);
                 strbuf_append(sb, ",\"store\":");
                 tls_store_render_json(i->st, sb, NULL);
                 strbuf_append(sb, i->next ? "}," : "}");

@@ -559,6 +559,25 @@ void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *
         pthread_mutex_unlock(&st->mu);
 }
 
+void tls_store_render_chain_pem(struct tls_store *st, struct strbuf *sb)
+{
+        X509 *certs[9];
+        size_t n = 0;
+        pthread_mutex_lock(&st->mu);
+        if (st->mat && st->mat->leaf) {
+                certs[n++] = st->mat->leaf;
+                for (size_t i = 0; i < sk_X509_num(st->mat->chain) && n < 9; i++)
+                        certs[n++] = sk_X509_value(st->mat->chain, i);
+        }
+        char *pem = n ? tls_pem_encode_certs(certs, n) : NULL;
+        pthread_mutex_unlock(&st->mu);
+        if (pem)
+                strbuf_append_json_string(sb, pem);
+        else
+                strbuf_append(sb, "null");
+        free(pem);
+}
+
 void tls_store_counts(struct tls_store *st, struct tls_store_counts *out)
 {
         memset(out, 0, sizeof(*out));

@@ -80,6 +80,9 @@ void tls_store_rotate_now(struct tls_store *st);
  * certificate, rotation state, trust bundle, policy. No key material.
  * policy_extra (NULL or JSON members, "\"k\":v,...") goes into "policy". */
 void tls_store_render_json(struct tls_store *st, struct strbuf *sb, const char *policy_extra);
+/* The current certificate chain (leaf first; public, no key) as a JSON
+ * string of PEM, or null while there is none. */
+void tls_store_render_chain_pem(struct tls_store *st, struct strbuf *sb);
 /* Prometheus families shunt_tls_*. */
 void tls_store_render_metrics(struct tls_store *st, struct strbuf *sb);
 
