@@ -20,7 +20,9 @@ cgroup in kubelet's layout and a network namespace with a process each
   are refused), its requests are retried with backoff and counted, logged
   once for the episode; the CA back -> the certificate arrives;
 - a meshed pod on node-b never gets an identity here (and nothing is asked
-  for it)."""
+  for it);
+- with a short lifetime from the CA, an identity is renewed (a new serial,
+  the old one draining)."""
 
 import json
 import os
@@ -247,3 +249,25 @@ def test_ca_down_held_back_then_issued(node):
     assert any("certificate for %s obtained after" % spiffe("cache") in ln.get("msg", "")
                for ln in node.d.log_lines())
     assert len(node.issued("cache")) == 1
+
+
+def test_rotated_as_the_store_does(node):
+    """With a short lifetime from the CA, an identity is renewed when a third
+    of it is left: a new serial, asked for again on the pod's behalf."""
+    ca = node.cp.ca
+    assert ca.stop() == 0
+    k = ca.argv.index("--lifetime")
+    ca.argv[k + 1] = "15s"  # renewed after 10 s
+    ca.start()
+    node.add("rot-1", "rot", "10.244.1.36")
+    first = node.identity("rot", pods=1)["store"]["current"]["serial"]
+
+    def renewed():
+        i = node.identities()[spiffe("rot")]
+        cur = i["store"]["current"]
+        return i if cur["serial"] != first and i["state"] == "ready" else None
+
+    i = sl.wait_until(renewed, 30, interval=0.2, what="rot's certificate renewed")
+    assert i["store"]["rotation"]["rotations"] >= 1
+    assert i["store"]["previous"]["serial"] == first  # the old one drains
+    assert len(node.issued("rot")) >= 2
