@@ -127,8 +127,13 @@ class Node:
             i = self.identities().get(spiffe(sa))
             return i if i and i["state"] == state and (pods is None or i["pods"] == pods) \
                 else None
-        return sl.wait_until(ok, 20, interval=0.1,
-                             what="identity %s %s (pods %s)" % (spiffe(sa), state, pods))
+        try:
+            return sl.wait_until(ok, 20, interval=0.1,
+                                 what="identity %s %s (pods %s)" % (spiffe(sa), state, pods))
+        except sl.HarnessError as e:
+            raise sl.HarnessError("%s; identity now %s; pods %s" % (
+                e, json.dumps(self.identities().get(spiffe(sa)))[:1500],
+                json.dumps(self.d.json("/pods").get("pods"))[:3000])) from None
 
     def issued(self, sa):
         """The CA's audits of certificates issued for sa's identity."""

@@ -31,8 +31,14 @@ MAX_PODS = 4
 # `ip netns exec` gives shuntd a mount namespace with a fresh /sys (no
 # cgroup mounts): the cgroup v2 hierarchy is mounted there, as the chart's
 # DaemonSet mounts the host's /sys/fs/cgroup, for shuntd to find in its
-# /proc/self/mountinfo.
-MOUNT_CGROUP2 = ("sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh")
+# /proc/self/mountinfo. Other runs on this machine mount the hierarchy under
+# /run for a while (nodelab.py): shuntd takes the first cgroup v2 mount it
+# finds, so those are unmounted first (in its namespace only, a slave of the
+# host's), lest it take one that goes away under it.
+MOUNT_CGROUP2 = ("sh", "-c",
+                 "awk '/ - cgroup2 / {print $5}' /proc/self/mountinfo | "
+                 'while read -r m; do umount -l "$m"; done; '
+                 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh")
 
 
 def cgroup2_root():
