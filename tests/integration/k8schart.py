@@ -26,6 +26,7 @@ import tempfile
 import uuid
 
 import jsonpatch
+import pytest
 import yaml
 
 import shuntlib as sl
@@ -77,6 +78,16 @@ def render(values=None, namespace="shunt-system", release="shunt", extra=()):
     p = helm("template", release, CHART, "--namespace", namespace, "--include-crds",
              *_set_args(values), *extra)
     return [d for d in yaml.safe_load_all(p.stdout) if d]
+
+
+def render_cases(matrix):
+    """{case: render(values)} for a module fixture; fails the test (not a
+    skip) when the tools cannot be had."""
+    try:
+        tools()
+    except ToolError as e:
+        pytest.fail(str(e), pytrace=False)
+    return {name: render(values) for name, values in matrix.items()}
 
 
 def render_error(values, namespace="shunt-system"):
@@ -221,6 +232,61 @@ def restricted_violations(pod_spec, c, volumes=True):
                    "persistentVolumeClaim", "projected", "secret"}
         if set(vol) - allowed:
             v.append("volume %s of type %s" % (vol["name"], sorted(set(vol) - allowed)))
+    return v
+
+
+# Pod Security "baseline" (v1.29+): the capabilities a container may add.
+BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                 "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+BASELINE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                    "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
+                    "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
+                    "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"}
+
+
+def baseline_violations(pod_spec):
+    """What Pod Security "baseline" (v1.29+) refuses about a pod spec: host
+    namespaces, privileged containers, added capabilities beyond its list,
+    hostPath volumes, host ports, /proc mount, seccomp Unconfined, SELinux
+    options, unsafe sysctls, AppArmor unconfined."""
+    v = []
+    for p in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(p):
+            v.append(p)
+    psc = pod_spec.get("securityContext") or {}
+    for vol in pod_spec.get("volumes") or []:
+        if "hostPath" in vol:
+            v.append("hostPath volume %s" % vol["name"])
+    for s in psc.get("sysctls") or []:
+        if s["name"] not in BASELINE_SYSCTLS:
+            v.append("sysctl %s" % s["name"])
+    conts = [("initContainers", c) for c in pod_spec.get("initContainers") or []] + \
+        [("containers", c) for c in pod_spec.get("containers") or []] + \
+        [("ephemeralContainers", c) for c in pod_spec.get("ephemeralContainers") or []]
+    for ctx in [("pod", psc)] + [("%s %s" % (k, c["name"]), c.get("securityContext") or {})
+                                 for k, c in conts]:
+        where, sc = ctx
+        if sc.get("privileged"):
+            v.append("%s: privileged" % where)
+        extra = set((sc.get("capabilities") or {}).get("add") or []) - BASELINE_CAPS
+        if extra:
+            v.append("%s: capabilities.add %s" % (where, sorted(extra)))
+        if sc.get("procMount", "Default") != "Default":
+            v.append("%s: procMount" % where)
+        if (sc.get("seccompProfile") or {}).get("type") == "Unconfined":
+            v.append("%s: seccomp Unconfined" % where)
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            v.append("%s: AppArmor Unconfined" % where)
+        se = sc.get("seLinuxOptions") or {}
+        if se.get("user") or se.get("role") or se.get("type") not in (
+                None, "", "container_t", "container_init_t", "container_kvm_t",
+                "container_engine_t"):
+            v.append("%s: seLinuxOptions" % where)
+    for k, c in conts:
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                v.append("%s %s: hostPort %d" % (k, c["name"], port["hostPort"]))
     return v
 
 

@@ -20,6 +20,7 @@
 #include "authz/authz.h"
 #include "node/identity.h"
 #include "node/pods.h"
+#include "node/sidecar_capture.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/sockaddr.h"
@@ -77,7 +78,8 @@ struct daemon {
          * namespace/service account (node/identity.h); NULL when mtls is
          * disabled. The capture takes its slots with node_identity_slot(). */
         struct node_identities *node_ids;
-        uint64_t routes_version; /* registry version the proxy routes by */
+        struct node_sidecar_capture *sidecar_capture; /* node mode: captureFrom=node pods */
+        uint64_t routes_version;                      /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
         /* Capture rules changed behind our back (another tool flushing the
@@ -562,6 +564,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
                 node_pods_render_metrics(d->node_pods, &resp->body);
         if (d->node_ids)
                 node_identities_render_metrics(d->node_ids, &resp->body);
+        if (d->sidecar_capture)
+                node_sidecar_capture_render_metrics(d->sidecar_capture, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
@@ -1135,6 +1139,12 @@ static int node_pods_open(struct daemon *d, char *err, size_t errlen)
          * capture (registered after) hears of it. */
         if (node_ids_open(d, err, errlen) < 0)
                 return -EINVAL;
+        d->sidecar_capture = node_sidecar_capture_new(NULL);
+        if (!d->sidecar_capture ||
+            node_sidecar_capture_attach(d->sidecar_capture, d->node_pods) < 0) {
+                snprintf(err, errlen, "node: sidecar capture: out of memory");
+                return -ENOMEM;
+        }
         int rc = k8s_backend_add_sink(disc_backend_impl(d->backend), node_pods_sink(d->node_pods));
         if (rc < 0)
                 snprintf(err, errlen, "node: cannot watch this node's pods: %s", strerror(-rc));
@@ -1987,8 +1997,10 @@ out:
                 loop_timer_cancel(d.loop, &d.capture_timer);
         strbuf_free(&d.capture_seen);
         disc_backend_free(d.backend);
-        authz_kube_free(d.authz_kube);    /* after the watch that feeds it */
-        node_pods_free(d.node_pods);      /* tells node_ids every pod is gone */
+        authz_kube_free(d.authz_kube);                /* after the watch that feeds it */
+        node_sidecar_capture_keep(d.sidecar_capture); /* the pods' capture outlives us */
+        node_pods_free(d.node_pods);                  /* tells node_ids every pod is gone */
+        node_sidecar_capture_free(d.sidecar_capture);
         node_identities_free(d.node_ids); /* after every tls_conn is gone (proxy_free) */
         disc_health_stop(d.health);
         if (d.registry) {

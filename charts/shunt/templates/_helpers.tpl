@@ -88,6 +88,8 @@ replacing it would invalidate every workload certificate in the mesh.
   "exclude_outbound_cidrs" $s.excludeOutboundCIDRs
   "metrics_port" (ternary (int .Values.metrics.port) 0 .Values.metrics.enabled)
   "scrape_annotations" .Values.metrics.scrapeAnnotations
+  "node_namespaces" (ternary .Values.nodeAgent.namespaces (list) .Values.nodeAgent.enabled)
+  "capture_from" $s.captureFrom
 -}}
 {{- toPrettyJson $cfg }}
 {{- end }}
