@@ -162,6 +162,51 @@ static inline int32_t lb_ep_active(const struct lb_ep_state *st)
         return atomic_load_explicit(&st->active, memory_order_relaxed);
 }
 
+/* ---- one endpoint's resilience: the one way the router drives it -------- *
+ *
+ * An endpoint is admitted when it is not ejected (outlier detection) and its
+ * circuit breaker is closed, or half-open with a free probe slot; each call
+ * below keeps lb_ep_available (what picks consider) in line with that. Any
+ * thread, no lock. The events tell the caller what to log. */
+
+enum lb_admit {
+        LB_ADMIT_REFUSED = 0, /* ejected, breaker open or forced open, no probe slot left */
+        LB_ADMIT_OK,          /* breaker closed */
+        LB_ADMIT_PROBE,       /* half-open: admitted as a probe (report it with probe set) */
+};
+
+struct lb_ep_events {
+        bool half_open; /* this call moved the breaker from open to half-open */
+        bool returned;  /* this call ended the endpoint's ejection */
+        bool ejected;   /* lb_ep_result: this result ejected the endpoint */
+        /* lb_ep_result: the breaker's state before and after the result. */
+        enum lb_breaker_state before, after;
+};
+
+/* Admission of a picked endpoint st of the service whose shared state is r
+ * (lb_table_res): an ejection whose time is up ends here, an open breaker
+ * whose time is up becomes half-open here, and half-open takes a probe slot
+ * (LB_ADMIT_PROBE). */
+enum lb_admit lb_ep_admit(struct lb_ep_state *st, struct lb_service_res *r,
+                          const struct lb_breaker_config *bc, const struct lb_outlier_config *oc,
+                          uint64_t now, struct lb_ep_events *ev);
+/* How an attempt on st ended (probe: it was admitted as LB_ADMIT_PROBE):
+ * feeds the breaker and, unless st left its service (or r is NULL), outlier
+ * detection over the service's n_endpoints. */
+void lb_ep_result(struct lb_ep_state *st, struct lb_service_res *r, uint32_t n_endpoints,
+                  const struct lb_breaker_config *bc, const struct lb_outlier_config *oc,
+                  enum lb_outcome o, bool probe, uint64_t now, struct lb_ep_events *ev);
+/* A probe admitted in half-open ended without a result. */
+void lb_ep_cancel(struct lb_ep_state *st, const struct lb_breaker_config *bc, uint64_t now);
+/* Time-driven steps (ejections that ended, open breakers whose time is up). */
+void lb_ep_tick(struct lb_ep_state *st, struct lb_service_res *r,
+                const struct lb_breaker_config *bc, const struct lb_outlier_config *oc,
+                uint64_t now, struct lb_ep_events *ev);
+/* Recomputes whether picks should consider st now; returns it. Two threads
+ * may store a stale value in a race, which the next admission or tick
+ * corrects. */
+bool lb_ep_refresh(struct lb_ep_state *st, const struct lb_breaker_config *bc, uint64_t now);
+
 /* Per-worker, per-service selection state. */
 struct lb_worker;
 struct lb_worker *lb_worker_new(uint64_t seed);

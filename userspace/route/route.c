@@ -66,8 +66,8 @@ struct snapshot *route_table_snapshot(struct route_table *t)
 
 #define MS_NS 1000000ull
 
-/* The configuration's resilience keys (validated by config.c with the same
- * bounds as the lb validators). */
+/* The configuration's resilience keys, as config.c validated them (its
+ * table's bounds are the lb validators'): not checked again here. */
 static void resilience_config(const struct shunt_config *cfg, struct route_table *t)
 {
         struct lb_breaker_config *b = &t->breaker;
@@ -100,68 +100,30 @@ static void resilience_config(const struct shunt_config *cfg, struct route_table
         t->connect_ms = cfg->connect_timeout_ms;
         t->request_ms = cfg->request_timeout_ms;
         t->idle_ms = cfg->idle_timeout_ms;
-        /* Config bounds are the lb validators' bounds; a mismatch would be a
-         * bug, and these log it. */
-        if (lb_breaker_config_validate(b) < 0 || lb_outlier_config_validate(o) < 0 ||
-            lb_limits_config_validate(&t->limits) < 0 || lb_retry_config_validate(r) < 0)
-                log_error("route", 0, "resilience settings out of range (see above)");
 }
 
-/* Whether picks should consider the endpoint now: not ejected, breaker
- * closed or half-open with a free probe slot. Any thread; two threads may
- * store a stale value in a race, which admit() corrects on the next pick
- * and the main thread's tick (route_table_tick) within its period. */
-static bool ep_refresh(const struct route_table *t, struct lb_ep_state *st, uint64_t now)
+/* An open breaker turned half-open (a worker's pick, a result or the main
+ * thread's tick): one line. */
+static void log_half_open(const struct route_table *t, const struct sockaddr_storage *addr,
+                          const char *key)
 {
-        bool ok = lb_outlier_ep_until(&st->outlier) == 0 &&
-                  lb_breaker_pickable(&st->breaker, &t->breaker, now);
-        lb_ep_set_available(st, ok);
-        return ok;
+        char ubuf[SOCKADDR_STRLEN];
+        log_info("route", 0,
+                 "circuit breaker of %s (service %s) half-open: up to %u probe requests",
+                 sockaddr_format(addr, ubuf, sizeof(ubuf)), key, t->breaker.half_open_probes);
 }
 
-/* The breaker's state now; the caller that moves it from open to
- * half-open logs it (a worker's pick or the main thread's tick). */
-static enum lb_breaker_state breaker_now(const struct route_table *t, const struct lb_endpoint *ep,
-                                         const char *key, uint64_t now)
-{
-        bool moved;
-        enum lb_breaker_state s = lb_breaker_advance(&ep->state->breaker, &t->breaker, now, &moved);
-        if (moved) {
-                char ubuf[SOCKADDR_STRLEN];
-                log_info("route", 0,
-                         "circuit breaker of %s (service %s) half-open: up to %u probe requests",
-                         sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), key,
-                         t->breaker.half_open_probes);
-        }
-        return s;
-}
-
-/* Admission of a picked endpoint: not ejected, breaker not open; in
- * half-open it takes a probe slot (*probe). */
+/* Admission of a picked endpoint (lb_ep_admit); *probe: as a half-open probe. */
 static bool admit(const struct route_table *t, const struct route_entry *e,
                   const struct lb_endpoint *ep, uint64_t now, bool *probe)
 {
-        struct lb_service_res *r = lb_table_res(e->lb);
-        struct lb_ep_state *st = ep->state;
-        *probe = false;
-        uint64_t until = lb_outlier_ep_until(&st->outlier);
-        if (until) {
-                if (now < until)
-                        return false;
-                lb_outlier_ep_expire(&t->outlier, &r->outlier, &st->outlier, now);
-        }
-        switch (breaker_now(t, ep, e->key, now)) {
-        case LB_BREAKER_CLOSED:
-                return until == 0 || ep_refresh(t, st, now);
-        case LB_BREAKER_HALF_OPEN:
-                if (lb_breaker_allow(&st->breaker, &t->breaker, now) < 0)
-                        return false;
-                *probe = true;
-                ep_refresh(t, st, now); /* the last free slot makes it unpickable */
-                return true;
-        default:
-                return false;
-        }
+        struct lb_ep_events ev;
+        enum lb_admit a =
+            lb_ep_admit(ep->state, lb_table_res(e->lb), &t->breaker, &t->outlier, now, &ev);
+        if (ev.half_open)
+                log_half_open(t, &ep->addr, e->key);
+        *probe = a == LB_ADMIT_PROBE;
+        return a != LB_ADMIT_REFUSED;
 }
 
 static enum lb_algorithm service_algorithm(const struct disc_service *svc,
@@ -338,7 +300,7 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
                         break;
                 if (admit(t, e, pick->ep, now, probe))
                         return 0;
-                ep_refresh(t, pick->state, now);
+                lb_ep_refresh(pick->state, &t->breaker, now);
                 if (e->hashed)
                         h = lb_mix64(h);
         }
@@ -547,54 +509,37 @@ void route_request_done(struct route_use *use, const struct sockaddr_storage *up
         bool probe = use->held & HELD_PROBE;
         use->held &= (uint8_t)~HELD_PROBE;
         if (o == ROUTE_CANCELLED) {
-                if (probe) {
-                        lb_breaker_cancel(&st->breaker);
-                        ep_refresh(t, st, clock_mono_ns());
-                }
+                if (probe)
+                        lb_ep_cancel(st, &t->breaker, clock_mono_ns());
                 return;
         }
         passive_report(use, upstream, o == ROUTE_SUCCESS);
         uint64_t now = clock_mono_ns();
+        struct lb_table *lb = t->entries[use->entry].lb;
+        struct lb_ep_events ev;
+        lb_ep_result(st, lb ? lb_table_res(lb) : NULL, lb ? (uint32_t)lb_table_count(lb) : 0,
+                     &t->breaker, &t->outlier, outlier_outcome(o), probe, now, &ev);
         char ubuf[SOCKADDR_STRLEN];
-        int k = lb_breaker_peek(&st->breaker) == LB_BREAKER_OPEN
-                    ? lb_table_find(t->entries[use->entry].lb, upstream)
-                    : -1;
-        if (k >= 0)
-                breaker_now(t, lb_table_endpoint(t->entries[use->entry].lb, (size_t)k),
-                            route_service_name(use), now);
-        enum lb_breaker_state before = lb_breaker_peek(&st->breaker);
-        enum lb_breaker_state after =
-            lb_breaker_result(&st->breaker, &t->breaker, o == ROUTE_SUCCESS, probe, now);
-        bool changed = before != after;
-        if (changed && after == LB_BREAKER_OPEN)
+        if (ev.half_open)
+                log_half_open(t, upstream, route_service_name(use));
+        if (ev.before != ev.after && ev.after == LB_BREAKER_OPEN)
                 log_warn("route", 0,
                          "circuit breaker of %s (service %s) opened after a %s: no requests for "
                          "%llu ms",
                          sockaddr_format(upstream, ubuf, sizeof(ubuf)), route_service_name(use),
                          route_outcome_name(o),
                          (unsigned long long)((lb_breaker_open_until(&st->breaker) - now) / MS_NS));
-        else if (changed && after == LB_BREAKER_CLOSED)
+        else if (ev.before != ev.after && ev.after == LB_BREAKER_CLOSED)
                 log_info("route", 0, "circuit breaker of %s (service %s) closed: probes succeeded",
                          sockaddr_format(upstream, ubuf, sizeof(ubuf)), route_service_name(use));
-        struct lb_table *lb = t->entries[use->entry].lb;
-        if (lb && !atomic_load_explicit(&st->gone, memory_order_relaxed)) {
-                struct lb_service_res *r = lb_table_res(lb);
-                if (lb_outlier_ep_record(&t->outlier, &r->outlier, &st->outlier,
-                                         (uint32_t)lb_table_count(lb), outlier_outcome(o),
-                                         now) == 1) {
-                        changed = true;
-                        log_warn(
-                            "route", 0,
-                            "%s (service %s) ejected for %llu ms after %u consecutive "
-                            "failures (ejection %u)",
-                            sockaddr_format(upstream, ubuf, sizeof(ubuf)), route_service_name(use),
-                            (unsigned long long)((lb_outlier_ep_until(&st->outlier) - now) / MS_NS),
-                            t->outlier.consecutive_failures,
-                            atomic_load_explicit(&st->outlier.count, memory_order_relaxed));
-                }
-        }
-        if (changed || probe || o != ROUTE_SUCCESS)
-                ep_refresh(t, st, now);
+        if (ev.ejected)
+                log_warn("route", 0,
+                         "%s (service %s) ejected for %llu ms after %u consecutive "
+                         "failures (ejection %u)",
+                         sockaddr_format(upstream, ubuf, sizeof(ubuf)), route_service_name(use),
+                         (unsigned long long)((lb_outlier_ep_until(&st->outlier) - now) / MS_NS),
+                         t->outlier.consecutive_failures,
+                         atomic_load_explicit(&st->outlier.count, memory_order_relaxed));
 }
 
 void route_report(struct route_use *use, const struct sockaddr_storage *upstream, bool ok)
@@ -809,12 +754,13 @@ void route_table_tick(struct route_table *t)
                 struct lb_service_res *r = lb_table_res(e->lb);
                 for (size_t k = 0; k < lb_table_count(e->lb); k++) {
                         const struct lb_endpoint *ep = lb_table_endpoint(e->lb, k);
-                        struct lb_ep_state *st = ep->state;
-                        if (lb_outlier_ep_expire(&t->outlier, &r->outlier, &st->outlier, now))
+                        struct lb_ep_events ev;
+                        lb_ep_tick(ep->state, r, &t->breaker, &t->outlier, now, &ev);
+                        if (ev.returned)
                                 log_info("route", 0, "%s (service %s) back from ejection",
                                          sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), e->key);
-                        breaker_now(t, ep, e->key, now);
-                        ep_refresh(t, st, now);
+                        if (ev.half_open)
+                                log_half_open(t, &ep->addr, e->key);
                 }
         }
 }
@@ -1054,7 +1000,7 @@ int route_force_open(struct route_table *t, const char *service,
                         continue;
                 struct lb_ep_state *st = lb_table_endpoint(e->lb, (size_t)k)->state;
                 lb_breaker_force_open(&st->breaker, on, now);
-                ep_refresh(t, st, now);
+                lb_ep_refresh(st, &t->breaker, now);
                 found++;
         }
         return found ? 0 : -ENOENT;
