@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The documentation agrees with a running shuntd: every metric family a
-shuntd with iptables capture serves is in docs/metrics.md's "Families" table,
+shuntd with iptables capture serves (shunt_* and process_*) is in
+docs/metrics.md's "Families" table,
 and every family that table lists is served (the eBPF and shunt-ca tables
 below it are not checked here: they need those modes)."""
 
@@ -15,7 +16,7 @@ def documented_families():
         text = f.read()
     section = text.split("\n## Families\n", 1)[1]
     table = section.split("\n\n| metric |", 1)[1].split("\n\n", 1)[0]
-    return set(re.findall(r"^\| `(shunt_[a-z0-9_]+)` \|", "| metric |" + table, re.M))
+    return set(re.findall(r"^\| `((?:shunt|process)_[a-z0-9_]+)` \|", "| metric |" + table, re.M))
 
 
 def test_metrics_reference_matches_shuntd(fresh_topo, start_shuntd):

@@ -322,6 +322,8 @@ static void test_file_values(void **state)
         assert_string_equal(c->admin_token_file, "/run/shop/admin-token");
         assert_string_equal(c->metrics_address, "::");
         assert_int_equal(c->metrics_port, 16020);
+        assert_int_equal(c->metrics_max_series, 5000);
+        assert_string_equal(c->metrics_histogram_buckets, "0.001,0.1,1");
         assert_string_equal(c->upgrade_socket, "/run/shop/upgrade.sock");
         assert_int_equal(c->mode, 1); /* node */
         assert_string_equal(c->node_name, "node-7");
@@ -886,6 +888,11 @@ static void test_flag_errors(void **state)
         char *a1[] = {"shuntd", "--inbound-port", "70000", NULL};
         load_err(a1, no_env, -EINVAL, "config: --inbound-port: 70000: expected a port 1..65535",
                  NULL);
+        char *hb[] = {"shuntd", "--metrics.histogram-buckets", "0.1,0.01", NULL};
+        load_err(
+            hb, no_env, -EINVAL,
+            "config: --metrics.histogram-buckets: 0.1,0.01: bounds must be strictly increasing",
+            NULL);
         char *a2[] = {"shuntd", "--inbound-port", NULL};
         load_err(a2, no_env, -EINVAL,
                  "config: --inbound-port: missing value: expected a port 1..65535", NULL);

@@ -575,6 +575,7 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
                     "Times the capture rules were found removed or changed and put back.");
         prom_sample_u64(&resp->body, "shunt_capture_repairs_total", NULL, d->capture_repairs);
         shunt_build_info_render(&resp->body);
+        prom_process_render(&resp->body);
         upgrade_render_metrics(d, &resp->body);
         prom_family(&resp->body, "shunt_uptime_seconds", "gauge", "Seconds since start.");
         prom_sample_u64(&resp->body, "shunt_uptime_seconds", NULL,

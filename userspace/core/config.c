@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/prom.h"
 #include "core/strbuf.h"
 
 #define CONFIG_FILE_MAX (4u << 20) /* a config file larger than this is refused */
@@ -114,6 +115,13 @@ static const struct key_desc keys[] = {
                  "captured); :: = every IPv6 and IPv4 address"},
         {.path = "admin.metrics_port", .env = "SHUNT_ADMIN_METRICS_PORT", .type = K_PORT, FIELD(metrics_port),
          .def = "15020", .flags = KF_RESTART},
+        {.path = "metrics.max_series", .env = "SHUNT_METRICS_MAX_SERIES", .type = K_U32, FIELD(metrics_max_series),
+         .min = 16, .max = 100000, .def = "1000", .flags = KF_RESTART,
+         .note = "label sets per request and TCP metric family; beyond it updates go to one series labelled "
+                 "\"other\" and count in shunt_metrics_series_overflow_total"},
+        {.path = "metrics.histogram_buckets", .env = "SHUNT_METRICS_HISTOGRAM_BUCKETS", .type = K_STR,
+         FIELD(metrics_histogram_buckets), .def = PROM_DEFAULT_BUCKETS, .flags = KF_RESTART,
+         .note = "upper bounds in seconds of shunt_request_duration_seconds, comma-separated, increasing, at most 32"},
         {.path = "upgrade.socket", .env = "SHUNT_UPGRADE_SOCKET", .type = K_STR, FIELD(upgrade_socket),
          .def = "/run/shunt/upgrade.sock", .flags = KF_NONEMPTY | KF_RESTART,
          .note = "Unix socket (0600) through which `shuntd --takeover` takes this shuntd's listeners and capture"},
@@ -1411,10 +1419,22 @@ static int check_failure_mode(struct ctx *x)
                    "closed");
 }
 
+static int check_metrics(struct ctx *x)
+{
+        struct prom_buckets b;
+        const char *why;
+        if (prom_buckets_parse(x->c->metrics_histogram_buckets, &b, &why) == 0)
+                return 0;
+        const struct key_desc *d = find_key("metrics.histogram_buckets");
+        return bad(x, d, x->c->origins[key_index(d)].source, x->c->metrics_histogram_buckets, why);
+}
+
 static int finish(struct ctx *x)
 {
         struct shunt_config *c = x->c;
         int rc = check_ports(x);
+        if (!rc)
+                rc = check_metrics(x);
         if (!rc)
                 rc = check_failure_mode(x);
         if (!rc)

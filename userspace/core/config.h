@@ -112,6 +112,11 @@ struct shunt_config {
          * outside the pod ("::" = every IPv6 and IPv4 address, "off" = none) */
         char metrics_address[64];
         uint16_t metrics_port; /* admin.metrics_port, SHUNT_ADMIN_METRICS_PORT, 15020 */
+        /* metrics.max_series, 1000: label sets per request/TCP family, more go
+         * to one "other" series; metrics.histogram_buckets: seconds, "a,b,..."
+         * (core/prom.h PROM_DEFAULT_BUCKETS). Both taken at start. */
+        uint32_t metrics_max_series;
+        char metrics_histogram_buckets[CONFIG_PATH_MAX];
         char upgrade_socket[CONFIG_PATH_MAX]; /* upgrade.socket, "/run/shunt/upgrade.sock" */
         int workers;                          /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
         enum log_level log_level;             /* log_level, SHUNT_LOG_LEVEL, info */

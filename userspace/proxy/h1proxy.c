@@ -39,6 +39,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
@@ -46,6 +47,7 @@
 #include "http/http1.h"
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
+#include "proxy/reqmetrics.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"
 #include "tls/conn.h"
@@ -95,6 +97,7 @@ struct h1s {
         struct loop_timer timer;     /* idle, backoff, linger */
         struct loop_timer req_timer; /* timeouts.request until the response head */
         uint64_t created_ms, last_active_ms, req_start_ms;
+        uint64_t req_start_ns; /* clock_mono_ns(), for shunt_request_duration_seconds */
         uint64_t requests;
         /* The request in flight: facts of the request (begin_request sets
          * them), independent of each other and of the session's state. */
@@ -284,6 +287,21 @@ static void count_status(struct h1s *s, int status)
                 stat_add(&s->w->stats, ST_HTTP_STATUS_FIRST + status / 100 - 1, 1);
 }
 
+/* The request ended (reqmetrics.h): once per request, with the status the
+ * client got (0: none). */
+static void count_request(struct h1s *s, int status)
+{
+        reqmetrics_request(s->w, &(struct req_end){.dir = s->dir,
+                                                   .protocol = "http1",
+                                                   .peer_tls = s->tls,
+                                                   .service = s->service,
+                                                   .route = &s->route,
+                                                   .orig_dst = &s->orig_dst,
+                                                   .status = status,
+                                                   .grpc_status = -1,
+                                                   .start_ns = s->req_start_ns});
+}
+
 static void access_log(struct h1s *s, const char *end)
 {
         if (!log_enabled(LOG_INFO))
@@ -326,6 +344,7 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
                 return;
         if (in_flight(s)) {
                 stat_add(&w->stats, ST_HTTP_ABORTED, 1);
+                count_request(s, s->status);
                 access_log(s, conn_reason_name(reason));
         }
         release_upstream(s, false, ROUTE_CANCELLED);
@@ -420,6 +439,8 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
 {
         struct worker *w = s->w;
         bool in_request = s->state != H1_IDLE && s->state != H1_HEAD;
+        if (s->method_s[0] && !s->committed) /* a request began, nothing of it answered */
+                count_request(s, status);
         release_upstream(s, false, ROUTE_CANCELLED);
         loop_timer_cancel(w->loop, &s->req_timer);
         stat_add(&w->stats, ST_HTTP_LOCAL_FIRST + local_slot(status), 1);
@@ -872,6 +893,7 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         const struct shunt_config *cfg = worker_cfg(w);
         s->requests++;
         s->req_start_ms = loop_now_ms(w->loop);
+        s->req_start_ns = clock_mono_ns();
         s->method = m->method;
         copy_slice(s->method_s, sizeof(s->method_s), m->method_str);
         copy_slice(s->target, sizeof(s->target), m->target);
@@ -1262,6 +1284,7 @@ static int finish_exchange(struct h1s *s)
         bool reusable = sent && s->upstream_keep_alive && !s->resp.eof &&
                         s->resp.len == s->resp.off && s->resp.kind != HTTP1_BODY_UNTIL_CLOSE;
         count_status(s, s->status);
+        count_request(s, s->status);
         access_log(s, "done");
         release_upstream(s, reusable, s->status >= 500 ? ROUTE_HTTP_5XX : ROUTE_SUCCESS);
         loop_timer_cancel(w->loop, &s->req_timer);

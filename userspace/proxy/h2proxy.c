@@ -36,11 +36,13 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
+#include "proxy/reqmetrics.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"
 #include "tls/conn.h"
@@ -192,6 +194,7 @@ struct h2s {
         bool deadline_grpc;
         uint64_t timeout_ms;
         uint64_t start_ms;
+        uint64_t start_ns; /* clock_mono_ns(), for shunt_request_duration_seconds */
 };
 
 struct h2_worker {
@@ -576,11 +579,19 @@ static void stream_free(struct h2s *st)
                 c->n_streams--;
                 c->s.last_active_ms = loop_now_ms(hw_loop(hw));
         }
-        if (st->grpc) {
-                int code = st->grpc_status >= 0 && st->grpc_status < GRPC_CODES ? st->grpc_status
-                                                                                : 2 /* UNKNOWN */;
+        int code = st->grpc_status >= 0 && st->grpc_status < GRPC_CODES ? st->grpc_status
+                                                                        : 2 /* UNKNOWN */;
+        if (st->grpc)
                 stat_inc(hw, (enum stat_id)(ST_GRPC_STATUS_FIRST + code));
-        }
+        if (st->c)
+                reqmetrics_request(hw->w, &(struct req_end){.dir = st->c->dir,
+                                                            .protocol = st->grpc ? "grpc" : "http2",
+                                                            .peer_tls = st->c->s.tls,
+                                                            .route = &st->route,
+                                                            .orig_dst = &st->c->orig_dst,
+                                                            .status = st->http_status,
+                                                            .grpc_status = st->grpc ? code : -1,
+                                                            .start_ns = st->start_ns});
         log_debug("h2", st->c ? st->c->id : 0,
                   "stream %d done: upstream %s status %d grpc-status %d attempts %u", st->cid,
                   st->routed ? "routed" : "none", st->http_status, st->grpc_status, st->attempts);
@@ -1490,6 +1501,7 @@ static int cl_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void
         st->c_open = true;
         st->grpc_status = -1;
         st->start_ms = loop_now_ms(hw_loop(c->s.hw));
+        st->start_ns = clock_mono_ns();
         loop_timer_init(&st->deadline, on_deadline, st);
         loop_timer_init(&st->retry, on_retry, st);
         loop_timer_init(&st->stall, on_stall, st);

@@ -21,6 +21,7 @@
 #include "proxy/h2proxy.h"
 #include "proxy/handover.h"
 #include "proxy/proxy-int.h"
+#include "proxy/reqmetrics.h"
 
 #define ACCEPT_BATCH   32
 #define LISTEN_BACKLOG 4096
@@ -305,7 +306,8 @@ struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener
         p->n_workers = cfg->workers > 0 ? cfg->workers : 1;
         p->accept_deferred = inh != NULL;
         p->workers = calloc((size_t)p->n_workers, sizeof(*p->workers));
-        if (!p->workers) {
+        p->reqm = reqmetrics_new(cfg, (uint32_t)p->n_workers);
+        if (!p->workers || !p->reqm) {
                 snprintf(err, errlen, "out of memory");
                 goto fail;
         }
@@ -567,6 +569,7 @@ void proxy_free(struct proxy *p)
         snapshot_slot_destroy(&p->cfg_slot);
         snapshot_slot_destroy(&p->route_slot);
         snapshot_slot_destroy(&p->authz_slot);
+        reqmetrics_free(p->reqm);
         free(p);
 }
 
@@ -818,6 +821,7 @@ void proxy_render_metrics(struct proxy *p, struct strbuf *out)
         render_range(p, out, "shunt_errors_total", "Connections that ended in an error.", "reason",
                      REASON_CLIENT_RESET, REASON__COUNT, ST_REASON_FIRST, reason_label);
         route_render_metrics(p->routes, out);
+        reqmetrics_render(p->reqm, out);
 }
 
 struct render_call {

@@ -21,6 +21,7 @@
 #include "intercept/origdst.h"
 #include "intercept/sniff.h"
 #include "proxy/proxy-int.h"
+#include "proxy/reqmetrics.h"
 #include "proxy/upstream.h"
 #include "tls/conn.h"
 
@@ -91,6 +92,7 @@ struct conn {
          * engine that can answer per request (503), else refused. */
         bool no_endpoint;
         char sni[256];
+        _Atomic uint64_t *tcp_cells; /* shunt_tcp_* series, once relaying (reqmetrics.h) */
 };
 
 #define dir_name conn_dir_name
@@ -212,6 +214,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
         loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
 
+        reqmetrics_tcp_close(c->tcp_cells, c->c2u.bytes, c->u2c.bytes);
         session_end(w, c->dir, reason);
 
         if (log_enabled(LOG_INFO)) {
@@ -643,6 +646,8 @@ again:
         /* Inbound with mTLS on: nothing flows before the decision. */
         if (c->state != CONN_RELAYING || c->peek)
                 return;
+        if (!c->tcp_cells && c->sniffed)
+                c->tcp_cells = reqmetrics_tcp_open(c->w, c->dir, c->cli.tls, &c->route, c->tls_out);
 
         uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
         if (c->sniffed && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM, REASON_CLIENT_RESET,

@@ -1,0 +1,429 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Golden-signal metrics checked by a real Prometheus server (Debian's
+`prometheus`): it scrapes two sidecars (A, the client's, outbound; B, the
+server's, inbound, over mutual TLS) while wrk (HTTP/1.1), h2load (HTTP/2) and
+a grpcio client (grpcpeer.py) run through them. PromQL over its HTTP API --
+totals and rate by source and destination, success rate, histogram_quantile
+over the buckets -- must agree with what the clients measured themselves:
+
+  - request counts: exact (h2load, gRPC), wrk's count plus at most its
+    connections (requests cut off when its run ends);
+  - success rate: within 0.01 of the client's;
+  - rate by source and destination: within 30 % of wrk's requests/s;
+  - latency: histogram_quantile interpolates inside a bucket, so it is
+    accurate to the bucket: within a factor 2.5 (the widest ratio between
+    adjacent default bounds) of the client's percentile, or 5 ms (a Python
+    client's own overhead on a busy machine).
+
+`promtool check metrics` must accept both sidecars' /metrics, and 10,000
+requests with distinct paths and response codes must not grow the series
+past metrics.max_series (the rest go to "other", counted). Prometheus runs in
+the client pod on 127.0.0.1 with a temporary configuration and storage, and
+is always stopped."""
+
+import json
+import os
+import re
+import sys
+import time
+import urllib.parse
+
+import pytest
+
+import httpbackend
+import mtls_pki as pki
+import shuntlib as sl
+from shuntlib import Topology as T
+
+GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
+H2ECHO = os.path.join(sl.HERE, "h2echo.py")
+VIP_WEB, VIP_H2, VIP_RPC, VIP_ECHO = "10.96.0.40", "10.96.0.41", "10.96.0.42", "10.96.0.43"
+H1_PORT, H2_PORT, RPC_PORT, ECHO_PORT = 8080, 8082, 50051, 7000
+PROM = "127.0.0.1:9090"
+SCRAPE_S = 1
+# A client in Python on a busy 2-core machine adds milliseconds of its own.
+ABS_MS = 5
+MAX_SERIES = 64
+WEB_ID = pki.spiffe("web")
+
+WRK_SCRIPT = """
+local n = 0
+request = function()
+  n = n + 1
+  if n % 10 == 0 then return wrk.format("GET", "/status/500") end
+  if n % 10 == 5 then return wrk.format("GET", "/slow/200") end
+  return wrk.format("GET", "/")
+end
+"""
+
+# A path and a status of their own per request (statuses 200..599 cycle).
+WRK_DISTINCT = """
+local n = 0
+request = function()
+  n = n + 1
+  if n > 10000 then return wrk.format("GET", "/") end
+  if n % 2 == 0 then return wrk.format("GET", "/status/" .. (200 + n % 400)) end
+  return wrk.format("GET", "/distinct/" .. n)
+end
+response = function(status, headers, body)
+  if n > 10000 then wrk.thread:stop() end
+end
+"""
+
+
+def registry():
+    def svc(name, vip, port, proto):
+        return sl.service(
+            name, vip, port, [T.REMOTE4], proto, port_name="p", service_port=80, identity=WEB_ID
+        )
+
+    return {
+        "services": [
+            svc("web", VIP_WEB, H1_PORT, "HTTP"),
+            svc("web2", VIP_H2, H2_PORT, "HTTP2"),
+            svc("rpc", VIP_RPC, RPC_PORT, "GRPC"),
+            svc("echo", VIP_ECHO, ECHO_PORT, "TCP"),
+        ]
+    }
+
+
+class Prometheus:
+    """A real Prometheus server in pod, scraping targets {pod label: addr}."""
+
+    def __init__(self, pod, targets, tmp):
+        sl.require_tool("prometheus", "prometheus")
+        cfg = os.path.join(tmp, "prometheus.yml")
+        with open(cfg, "w") as f:
+            f.write(
+                "global:\n  scrape_interval: %ds\n  scrape_timeout: %ds\n"
+                "scrape_configs:\n  - job_name: shunt\n    static_configs:\n" % (SCRAPE_S, SCRAPE_S)
+            )
+            for name, addr in targets.items():
+                f.write("      - targets: ['%s']\n        labels: {pod: '%s'}\n" % (addr, name))
+        self.pod = pod
+        self.proc = pod.spawn(
+            [
+                "prometheus",
+                "--config.file=" + cfg,
+                "--storage.tsdb.path=" + os.path.join(tmp, "tsdb"),
+                "--web.listen-address=" + PROM,
+                "--log.level=warn",
+            ],
+            "prometheus",
+        )
+        sl.wait_until(self.ready, 30, what="prometheus ready")
+
+    def ready(self):
+        if not self.proc.alive():
+            raise sl.HarnessError("prometheus exited: " + self.proc.read_stderr()[-2000:])
+        r = self.pod.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                          "http://%s/-/ready" % PROM], check=False)  # fmt: skip
+        return r.stdout.strip() == "200"
+
+    def query(self, q, at=None):
+        """Instant query: [(labels, value)]."""
+        args = ["curl", "-s", "-G", "http://%s/api/v1/query" % PROM,
+                "--data-urlencode", "query=" + q]  # fmt: skip
+        if at is not None:
+            args += ["--data-urlencode", "time=%.3f" % at]
+        r = self.pod.run(args, check=False)
+        out = json.loads(r.stdout)
+        assert out["status"] == "success", (q, out)
+        return [(s["metric"], float(s["value"][1])) for s in out["data"]["result"]]
+
+    def scalar(self, q, at=None):
+        res = self.query(q, at)
+        assert len(res) == 1, (q, res)
+        return res[0][1]
+
+    def targets_up(self):
+        return all(v == 1 for _, v in self.query("up")) and len(self.query("up")) == 2
+
+    def stop(self):
+        self.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    topo = T()
+    procs, daemons = [], []
+    prom = None
+    try:
+        topo.route_vips()
+        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]))
+        procs.append(topo.remote.spawn_ready(
+            [H2ECHO, "--name", "web2", "--listen", "%s:%d" % (T.REMOTE4, H2_PORT)], "h2echo"))
+        procs.append(topo.remote.spawn_ready(
+            [sys.executable, GRPCPEER, "server", "--name", "rpc", "--listen",
+             "%s:%d" % (T.REMOTE4, RPC_PORT)], "grpc-rpc", 20))
+        procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:%d" % (T.REMOTE4, ECHO_PORT)]))
+        # fmt: skip
+        tmp = sl.tmpdir()
+        reg = sl.registry_file(registry(), tmp)
+        a, b = sl.start_mtls_pair(
+            topo,
+            daemons,
+            os.path.join(tmp, "ca"),
+            a_flags={"service-discovery.file.path": reg, "metrics.max-series": str(MAX_SERIES),
+                     "log-level": "info"},
+            b_flags={"metrics.max-series": str(MAX_SERIES), "log-level": "info"},
+        )  # fmt: skip
+        prom = Prometheus(topo.app, {"a": "127.0.0.1:15020", "b": "%s:15020" % T.REMOTE4}, tmp)
+        procs.append(prom)
+        sl.wait_until(prom.targets_up, 20, what="both sidecars scraped")
+        yield topo, a, b, prom
+    finally:
+        sl.teardown(topo, daemons, procs)
+
+
+def settle(prom, daemons, q_of):
+    """Waits until Prometheus has scraped what each daemon serves now:
+    q_of(pod) is a PromQL sum, compared with the same sum over /metrics
+    (read again each time: requests cut off at a client's end still end)."""
+    for name, d, selector in daemons:
+
+        def caught_up():
+            want = sum(v for labels, v in d_samples(d, "shunt_requests_total") if selector(labels))
+            return (prom.query(q_of(name)) or [({}, -1)])[0][1] == want
+
+        sl.wait_until(caught_up, 10 * SCRAPE_S, what="prometheus caught up with " + name)
+
+
+def d_samples(d, name):
+    out = []
+    for line in d.metrics_text().splitlines():
+        if line.startswith(name + "{"):
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line[: line.rindex("}")]))
+            out.append((labels, float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def wrk_run(topo, script_text, tmp_name, args, timeout=90):
+    path = os.path.join(sl.tmpdir(), tmp_name)
+    with open(path, "w") as f:
+        f.write(script_text)
+    r = topo.app.run(["wrk", "-s", path] + args, timeout=timeout, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    total = int(re.search(r"(\d+) requests in", r.stdout).group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
+    return r.stdout, total, int(m.group(1)) if m else 0
+
+
+# The client's own timing of each request (wrk's latency distribution is
+# not per request here: with 4 connections at 165 requests/s Little's law
+# gives a 24 ms mean, wrk reported 60 ms).
+TIMED_CLIENT = r"""
+import http.client, json, sys, threading, time
+host, n = sys.argv[1], int(sys.argv[2])
+lat, lock = [], threading.Lock()
+def run():
+    c = http.client.HTTPConnection(host, 80, timeout=10)
+    for i in range(n):
+        t = time.perf_counter()
+        c.request("GET", "/slow/150" if i % 10 == 5 else "/slow/20")
+        r = c.getresponse()
+        r.read()
+        with lock:
+            lat.append(time.perf_counter() - t)
+ts = [threading.Thread(target=run) for _ in range(2)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(json.dumps(sorted(lat)))
+"""
+
+
+def percentile_ms(sorted_s, q):
+    return sorted_s[min(len(sorted_s) - 1, int(q * len(sorted_s)))] * 1000
+
+
+def close_enough(prom_s, client_ms, what):
+    p = prom_s * 1000
+    ok = abs(p - client_ms) <= ABS_MS or (client_ms / 2.5 <= p <= client_ms * 2.5)
+    assert ok, "%s: PromQL %.3f ms, client %.3f ms" % (what, p, client_ms)
+
+
+def test_http1_wrk(mesh):
+    topo, a, b, prom = mesh
+    sel = '{pod="%s",protocol="http1",destination_service="web"}'
+    t0 = time.time()
+    out, total, non2xx = wrk_run(
+        topo, WRK_SCRIPT, "mix.lua",
+        ["-t1", "-c4", "-d8s", "--timeout", "5s", "http://%s/" % VIP_WEB])  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    settle(prom, [("a", a, lambda l: l.get("protocol") == "http1"),
+                  ("b", b, lambda l: l.get("protocol") == "http1")],
+           lambda p: "sum(shunt_requests_total%s)" % (sel % p))  # fmt: skip
+
+    # Totals by source and destination, on both sides.
+    for pod, direction, src_service in (("a", "outbound", "client"), ("b", "inbound", "unknown")):
+        res = prom.query(
+            "sum by (direction, source_workload, source_namespace, source_service, "
+            "destination_workload, destination_namespace, destination_service, mtls) "
+            "(shunt_requests_total%s)" % (sel % pod))
+        assert len(res) == 1, res
+        labels, n = res[0]
+        assert labels == {
+            "direction": direction, "source_workload": "client", "source_namespace": "default",
+            "source_service": src_service, "destination_workload": "web",
+            "destination_namespace": "default", "destination_service": "web", "mtls": "true",
+        }, labels  # fmt: skip
+        assert total <= n <= total + 4, (pod, n, total)
+
+    # Rate by source and destination over a window inside the run.
+    at = t0 + 7.5
+    res = prom.query('sum by (source_workload, destination_service) '
+                     '(rate(shunt_requests_total%s[5s]))' % (sel % "b"), at)  # fmt: skip
+    assert len(res) == 1 and res[0][0] == {"source_workload": "client",
+                                          "destination_service": "web"}, res
+    assert 0.7 * rps <= res[0][1] <= 1.3 * rps, (res, rps)
+
+    # Success rate: the 500s are wrk's non-2xx.
+    for pod in ("a", "b"):
+        ok = prom.scalar('sum(shunt_requests_total{pod="%s",protocol="http1",'
+                         'response_code_class="2xx"}) / sum(shunt_requests_total%s)'
+                         % (pod, sel % pod))  # fmt: skip
+        assert abs(ok - (1 - non2xx / total)) <= 0.01, (pod, ok, non2xx, total)
+        codes = {l["response_code"] for l, _ in prom.query(
+            "sum by (response_code) (shunt_requests_total%s)" % (sel % pod))}
+        assert codes == {"200", "500"}, codes
+
+
+
+def test_http1_latency_quantiles(mesh):
+    """histogram_quantile over the increase of the buckets during the run.
+    The server sleeps 20 ms (nine requests in ten) or 150 ms: the client's
+    own overhead stays small against what is measured."""
+    topo, a, b, prom = mesh
+    t0 = time.time()
+    time.sleep(SCRAPE_S * 1.5)  # a scrape before the first request
+    r = topo.app.run([sys.executable, "-c", TIMED_CLIENT, VIP_WEB, "200"], timeout=120,
+                     check=False)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    lat = json.loads(r.stdout)
+    assert len(lat) == 400
+    settle(prom, [("a", a, lambda l: l.get("protocol") == "http1"),
+                  ("b", b, lambda l: l.get("protocol") == "http1")],
+           lambda p: 'sum(shunt_requests_total{pod="%s",protocol="http1"})' % p)  # fmt: skip
+    at = time.time()
+    window = int(at - t0) + 1
+    for pod in ("a", "b"):
+        sel = '{pod="%s",protocol="http1"}' % pod
+        n = prom.scalar("sum(increase(shunt_request_duration_seconds_count%s[%ds]))"
+                        % (sel, window), at)  # fmt: skip
+        assert 300 <= n <= 500, (pod, n)  # increase() extrapolates to the window's edges
+        for q in (0.5, 0.75, 0.95, 0.99):  # not 0.9: the edge between fast and slow
+            v = prom.scalar("histogram_quantile(%g, sum by (le) "
+                            "(increase(shunt_request_duration_seconds_bucket%s[%ds])))"
+                            % (q, sel, window), at)  # fmt: skip
+            close_enough(v, percentile_ms(lat, q), "p%g on %s" % (q * 100, pod))
+
+
+def test_http2_h2load(mesh):
+    topo, a, b, prom = mesh
+    sel = '{pod="%s",protocol="http2"}'  # B is destination "web" itself
+    before = {p: sum(v for _, v in prom.query("sum(shunt_requests_total%s)" % (sel % p)))
+              for p in ("a", "b")}  # fmt: skip
+    r = topo.app.run(["h2load", "-n", "600", "-c", "2", "-m", "4", "http://%s:80/" % VIP_H2],
+                     timeout=90, check=False)  # fmt: skip
+    assert r.returncode == 0 and "600 succeeded" in r.stdout, r.stdout + r.stderr
+    m = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", r.stdout)
+    mean_ms = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    settle(prom, [("a", a, lambda l: l.get("protocol") == "http2"),
+                  ("b", b, lambda l: l.get("protocol") == "http2")],
+           lambda p: "sum(shunt_requests_total%s)" % (sel % p))  # fmt: skip
+    for p in ("a", "b"):
+        n = prom.scalar("sum(shunt_requests_total%s)" % (sel % p))
+        assert n - before[p] == 600, (p, n, before[p])
+        ok = prom.scalar('sum(shunt_requests_total{pod="%s",protocol="http2",'
+                         'response_code="200",mtls="true"})' % p)  # fmt: skip
+        assert ok == n, (p, ok, n)
+        mean = prom.scalar("sum(shunt_request_duration_seconds_sum%s) / "
+                           "sum(shunt_request_duration_seconds_count%s)" % (sel % p, sel % p))
+        close_enough(mean, mean_ms, "mean on %s" % p)
+
+
+def test_grpc_calls(mesh):
+    topo, a, b, prom = mesh
+    sel = '{pod="%s",protocol="grpc"}'
+    t = time.monotonic()
+    r = topo.app.run([sys.executable, GRPCPEER, "client", "--target", "%s:80" % VIP_RPC,
+                      "--parallel", "4", "unary", "--n", "200", "--sleep-ms", "40"],
+                     timeout=120, check=False)  # fmt: skip
+    elapsed = time.monotonic() - t
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["codes"] == {"OK": 200}, res
+    settle(prom, [("a", a, lambda l: l.get("protocol") == "grpc"),
+                  ("b", b, lambda l: l.get("protocol") == "grpc")],
+           lambda p: "sum(shunt_requests_total%s)" % (sel % p))  # fmt: skip
+    for p in ("a", "b"):
+        got = {l["grpc_status"]: v for l, v in prom.query(
+            "sum by (grpc_status) (shunt_requests_total%s)" % (sel % p))}
+        assert got == {"OK": 200}, (p, got)
+        # Every call slept 40 ms at the server: the median is in (25, 50] ms
+        # and no call took longer than the client's whole run.
+        p50 = prom.scalar("histogram_quantile(0.5, sum by (le) "
+                          "(shunt_request_duration_seconds_bucket%s))" % (sel % p))
+        close_enough(p50, 40, "gRPC p50 on %s" % p)
+        mean = prom.scalar("sum(shunt_request_duration_seconds_sum%s) / "
+                           "sum(shunt_request_duration_seconds_count%s)" % (sel % p, sel % p))
+        assert 0.040 <= mean <= elapsed, (p, mean, elapsed)
+
+
+def test_tcp_bytes_per_service(mesh):
+    topo, a, b, prom = mesh
+    payload = os.urandom(100000)
+    for _ in range(3):
+        s = topo.app.connect(VIP_ECHO, 80)
+        try:
+            assert sl.echo(s, payload) == payload
+        finally:
+            s.close()
+    q = ('sum by (destination_service, mtls) (shunt_tcp_%s_total{pod="a",direction="outbound",'
+         'destination_service="echo"})')
+    sl.wait_until(lambda: [v for _, v in prom.query(q % "connections_closed")] == [3.0],
+                  10 * SCRAPE_S, what="three echo connections closed in prometheus")
+    labels, sent = prom.query(q % "sent_bytes")[0]
+    assert labels == {"destination_service": "echo", "mtls": "true"}, labels
+    assert sent == 3 * len(payload)
+    assert prom.query(q % "received_bytes")[0][1] == 3 * len(payload)
+    assert prom.query(q % "connections_opened")[0][1] == 3
+
+
+def test_promtool_accepts_the_scrapes(mesh):
+    topo, a, b, _ = mesh
+    sl.require_tool("promtool", "prometheus")
+    for d in (a, b):
+        text = d.metrics_text()
+        assert "shunt_request_duration_seconds_bucket{" in text
+        for fam in ("shunt_build_info", "process_resident_memory_bytes", "process_cpu_seconds_total",
+                    "process_open_fds", "process_max_fds", "process_start_time_seconds"):
+            assert re.search(r"^%s(\{| )" % fam, text, re.M), fam
+        r = sl.run(["promtool", "check", "metrics"], input=text, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_series_bounded(mesh):
+    """10,000 requests with distinct paths and 400 distinct statuses: the
+    request families keep at most metrics.max_series label sets, the rest
+    is one "other" series, and each update that went there is counted.
+    Last in the file: it fills the label sets of both daemons."""
+    topo, a, b, prom = mesh
+    r_over = {d: d.metric("shunt_metrics_series_overflow_total", default=0, group="requests")
+              for d in (a, b)}  # fmt: skip
+    out, total, _ = wrk_run(
+        topo, WRK_DISTINCT, "distinct.lua",
+        ["-t1", "-c8", "-d60s", "--timeout", "5s", "http://%s/" % VIP_WEB], timeout=120)  # fmt: skip
+    assert total >= 10000, out
+    for d in (a, b):
+        samples = d_samples(d, "shunt_requests_total")
+        assert len(samples) <= MAX_SERIES + 1, len(samples)
+        assert d.metric("shunt_metrics_series", group="requests") == MAX_SERIES
+        other = [v for l, v in samples if l["response_code"] == "other"]
+        over = d.metric("shunt_metrics_series_overflow_total", group="requests") - r_over[d]
+        assert other and over > 0 and other[0] >= over, (other, over)
+        buckets = len(d_samples(d, "shunt_request_duration_seconds_bucket"))
+        assert buckets <= (MAX_SERIES + 1) * 15, buckets
+    # What Prometheus holds is bounded the same way.
+    sl.wait_until(lambda: prom.query('count(shunt_requests_total{pod="b"})')[0][1] == MAX_SERIES + 1,
+                  10 * SCRAPE_S, what="prometheus sees the bounded set")
