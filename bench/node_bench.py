@@ -80,9 +80,10 @@ def run_mode(lab, mode, a):
     else:
         daemons = list(lab.start_node_agents(redirect="ebpf", workers=2,
                                              log_level="warn").values())
+    res = {"mode": mode, "ping": [], "conn": []}
     try:
         pods = len(lab.meshed_pods())
-        res = {"mode": mode, "memory_idle": memory(daemons, pods), "ping": [], "conn": []}
+        res["memory_idle"] = memory(daemons, pods)
         cpu0 = sum(cpu_s(d.proc.pid) for d in daemons)
         # warm-up: every client reaches every endpoint once
         for pod, ns, svc in CLIENTS:
@@ -115,10 +116,15 @@ def run_mode(lab, mode, a):
         res["memory_loaded"] = memory(daemons, pods)
         return res
     finally:
-        if mode == "sidecar":
-            lab.stop_sidecars()
-        else:
-            lab.stop_node_agents()
+        # a shuntd that does not stop cleanly (exit status, sanitizer report)
+        # fails the mode, with what was measured kept
+        try:
+            if mode == "sidecar":
+                lab.stop_sidecars()
+            else:
+                lab.stop_node_agents()
+        except (AssertionError, sl.HarnessError) as e:
+            res["stop_error"] = str(e).splitlines()[0][:300]
 
 
 def reason(e):
@@ -217,13 +223,17 @@ def main():
                 t0 = time.monotonic()
                 try:
                     res = run_mode(lab, mode, a)
-                except (sl.HarnessError, OSError, subprocess.TimeoutExpired) as e:
+                except (sl.HarnessError, OSError, subprocess.TimeoutExpired, AssertionError,
+                        ValueError, KeyError) as e:
                     doc["failed"][mode] = reason(e)
                     print("node_bench: %s mode failed: %s" % (mode, e), file=sys.stderr)
                     continue
                 res["seconds"] = time.monotonic() - t0
                 doc["results"][mode] = res
                 doc["summary"][mode] = summary(res)
+                if "stop_error" in res:
+                    doc["failed"][mode] = "measured, but shuntd did not stop cleanly: " + \
+                        res["stop_error"]
     finally:
         sl.cleanup_all()
     os.makedirs(a.out, exist_ok=True)

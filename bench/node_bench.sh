@@ -18,6 +18,7 @@
 # processes) is removed on exit, Ctrl-C or SIGTERM.
 set -euo pipefail
 
+ARGS="$*"
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 OUT="$HERE/results"
@@ -79,4 +80,4 @@ cc -O2 -std=gnu11 -Wall -Wextra -Werror -o "$WORK/rr" "$HERE/rr.c"
 # node_bench.py removes the lab itself (context manager, also on SIGTERM and
 # Ctrl-C through shuntlib's guards); this shell only removes the work directory.
 SHUNT_BUILD="$BUILD" SHUNT_SOURCE="$ROOT" /usr/bin/python3 "$HERE/node_bench.py" \
-	--rr "$WORK/rr" --out "$OUT" --command "bench/node_bench.sh $*" ${PASS[@]+"${PASS[@]}"}
+	--rr "$WORK/rr" --out "$OUT" --command "bench/node_bench.sh${ARGS:+ $ARGS}" ${PASS[@]+"${PASS[@]}"}

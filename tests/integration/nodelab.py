@@ -79,6 +79,17 @@ def spiffe(ns, sa):
     return "spiffe://%s/ns/%s/sa/%s" % (TD, ns, sa)
 
 
+def remove_pin_tree(root):
+    """remove_pins for a pin root with directories (node mode pins each
+    pod's programs under pods/<uid>/): left only by a shuntd that died."""
+    if not os.path.isdir(root):
+        return
+    for sub in os.listdir(root):
+        if os.path.isdir(os.path.join(root, sub)):
+            remove_pin_tree(os.path.join(root, sub))
+    remove_pins(root)
+
+
 class Node:
     """One node: a network namespace, its pod range and cgroup driver."""
 
@@ -465,7 +476,7 @@ class Lab:
                           "upgrade.socket": self.path("agent-%s/upgrade.sock" % name),
                           "workers": str(workers), "log-level": log_level,
                           "redirect": redirect, "bpf-pin-root": pins})
-            self.cleanups.append(lambda pins=pins: remove_pins(pins))
+            self.cleanups.append(lambda pins=pins: remove_pin_tree(pins))
             flags.update(extra or {})
             n.agent = sl.Shuntd(n.netns, sl.shuntd_args(**flags), name="shuntd-" + name,
                                 env={"NODE_NAME": name}, wrap=self.only_lab_cgroup())
@@ -473,7 +484,25 @@ class Lab:
         for d in out.values():
             d.wait_ready()
         self.wait_mesh(out.values())
+        if redirect != "off":
+            self.wait_captured(out)
         return out
+
+    def wait_captured(self, agents, timeout=30):
+        """Waits until each agent serves every meshed pod of its node: GET
+        /pods lists it under "capture", captured, with its identity's
+        certificate (until then its connections are refused: fail closed)."""
+        for node, d in agents.items():
+            want = {p.name for p in self.meshed_pods() if p.node.name == node}
+
+            def served(d=d, want=want):
+                got = {p["name"]: p for p in d.json("/pods").get("capture", {}).get("pods", [])}
+                return set(got) == want and all(
+                    got[n]["capture"] != "failed" and got[n]["identity"] == "ready" for n in want)
+
+            sl.wait_until(served, timeout, interval=0.1,
+                          what="%s capturing %s with their identities" % (d.proc.name,
+                                                                          sorted(want)))
 
     def only_lab_cgroup(self):
         """A command prefix that leaves the lab's cgroup v2 mount the only one
