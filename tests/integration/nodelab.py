@@ -547,6 +547,34 @@ class Lab:
         self.wait_mesh(daemons)
         return daemons
 
+    def tester_cert(self):
+        """A mesh client certificate (shop/tester, from shunt-ca): (cert, key) paths."""
+        if not hasattr(self, "_tester"):
+            d = self.path("tester/x")[:-2]
+            key, csr = shuntca.make_csr(d, san="URI:" + spiffe("shop", "tester"))
+            status, _, issued = self.cp.ca.certificate(self.cp.api.token("shop", "tester"), csr)
+            if status != 200:
+                raise sl.HarnessError("shunt-ca refused the tester's CSR: %r" % (issued,))
+            cert = os.path.join(d, "tls.crt")
+            with open(cert, "w") as f:
+                f.write(issued["certificate_chain"])
+            self._tester = (cert, key)
+        return self._tester
+
+    def served_certificate(self, netns, pod):
+        """`openssl s_client` from netns (TLS 1.3, the tester's certificate,
+        shunt-ca's bundle) against pod's inbound port: (subjectAltName text
+        of the certificate served, s_client's CompletedProcess)."""
+        cert, key = self.tester_cert()
+        r = netns.run(["openssl", "s_client", "-connect", "%s:15001" % self.pods[pod].ip,
+                       "-servername", "port-%d.%s" % (HTTP_PORT, TD), "-tls1_3",
+                       "-verify_return_error", "-CAfile", self.bundle, "-cert", cert, "-key", key],
+                      timeout=20, check=False, input="")
+        pem = r.stdout[r.stdout.find("-----BEGIN CERTIFICATE-----"):]
+        san = sl.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"], check=False,
+                     input=pem).stdout
+        return san, r
+
     # ------------------------------------------------------------ clients
     def client(self, pod, *args, timeout=120):
         """labclient.py in pod (its netns and app cgroup): the parsed JSON line."""

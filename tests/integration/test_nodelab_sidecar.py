@@ -25,9 +25,8 @@ import os
 import pytest
 
 import nodelab
-import shuntca
 import shuntlib as sl
-from nodelab import ECHO_PORT, HTTP_PORT, spiffe
+from nodelab import ECHO_PORT, HTTP_PORT
 from test_k8s_mesh import streams, tls_records_only
 from test_node_pods import cgroup2_root
 
@@ -118,24 +117,11 @@ def test_between_nodes_only_tls(lab):
 
 
 def test_s_client_sees_each_pods_certificate(lab):
-    d = lab.path("tester/x")[:-2]
-    key, csr = shuntca.make_csr(d, san="URI:" + spiffe("shop", "tester"))
-    status, _, issued = lab.cp.ca.certificate(lab.cp.api.token("shop", "tester"), csr)
-    assert status == 200, issued
-    cert = os.path.join(d, "tls.crt")
-    with open(cert, "w") as f:
-        f.write(issued["certificate_chain"])
     src = lab.pods["frontend-0"]
     for p in lab.meshed_pods():
         if p is src:
             continue
-        r = src.netns.run(["openssl", "s_client", "-connect", "%s:15001" % p.ip, "-servername",
-                           "port-%d.%s" % (HTTP_PORT, nodelab.TD), "-tls1_3",
-                           "-verify_return_error", "-CAfile", lab.bundle, "-cert", cert, "-key",
-                           key], timeout=20, check=False, input="")
-        pem = r.stdout[r.stdout.find("-----BEGIN CERTIFICATE-----"):]
-        san = sl.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"], check=False,
-                     input=pem).stdout
+        san, r = lab.served_certificate(src.netns, p.name)
         assert "URI:%s" % p.identity in san and "DNS:" not in san, (p.name, san, r.stderr)
         assert "Verify return code: 0" in r.stdout, r.stdout
 
