@@ -290,6 +290,43 @@ static void test_ca_down(void **state)
         fx_free(f);
 }
 
+static size_t count(const char *hay, const char *needle)
+{
+        size_t n = 0;
+        for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
+                n++;
+        return n;
+}
+
+/* A node agent starting with many pods: NODE_ID_MAX_FIRST_FETCHES first
+ * requests at a time, the others queued until those have an outcome. */
+static void test_first_requests_bounded(void **state)
+{
+        const int n = NODE_ID_MAX_FIRST_FETCHES + 3;
+        struct fx *f = fx_new(64);
+        for (int k = 0; k < n; k++) {
+                char sa[32];
+                snprintf(sa, sizeof(sa), "sa-%d", k);
+                pod(f, true, "shop", sa, sa, (uint64_t)k + 1);
+        }
+        struct strbuf sb;
+        strbuf_init(&sb);
+        node_identities_render(f->ids, &sb);
+        assert_int_equal(count(sb.data, "\"queued\":true"), 3);
+        assert_int_equal(node_identity_state(f->ids, "shop", "sa-0"), NODE_ID_FETCHING);
+        node_identities_tick(f->ids); /* the first ones are answered */
+        assert_int_equal(f->made, n);
+        assert_int_equal(node_identity_state(f->ids, "shop", "sa-0"), NODE_ID_READY);
+        assert_int_equal(node_identity_state(f->ids, "shop", "sa-18"), NODE_ID_FETCHING);
+        node_identities_tick(f->ids); /* then the queued ones */
+        strbuf_reset(&sb);
+        node_identities_render(f->ids, &sb);
+        assert_int_equal(count(sb.data, "\"queued\":true"), 0);
+        assert_int_equal(count(sb.data, "\"state\":\"ready\""), n);
+        strbuf_free(&sb);
+        fx_free(f);
+}
+
 /* A pod with its own sidecar holds its own identity: left alone. */
 static void test_sidecar_pod_left_alone(void **state)
 {
@@ -330,6 +367,7 @@ int main(void)
             cmocka_unit_test(test_bound),
             cmocka_unit_test(test_ca_down),
             cmocka_unit_test(test_sidecar_pod_left_alone),
+            cmocka_unit_test(test_first_requests_bounded),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,7 @@ struct ident {
         uint32_t pods;        /* READY pods counted */
         uint64_t drain_until; /* monotonic ms; valid while pods == 0 */
         struct tls_store *st;
+        bool started; /* its store asks for certificates; else queued (pump) */
 };
 
 /* One READY pod as told by node_pods: what it counted (id NULL: shed). */
@@ -78,6 +79,42 @@ static void ident_free(struct node_identities *ids, struct ident *i)
         free(i);
 }
 
+/* Starts queued stores while fewer than NODE_ID_MAX_FIRST_FETCHES started
+ * ones wait for the outcome of their first request: a node agent that starts
+ * with many pods does not send the CA a request per identity at once. */
+static void pump(struct node_identities *ids)
+{
+        size_t first = 0, queued = 0;
+        for (struct ident *i = ids->ids; i; i = i->next) {
+                struct tls_store_counts c;
+                if (!i->started) {
+                        queued++;
+                        continue;
+                }
+                tls_store_counts(i->st, &c);
+                if (!c.has_cert && c.rotation_failures == 0)
+                        first++;
+        }
+        /* oldest first: the list is newest first */
+        while (queued && first < NODE_ID_MAX_FIRST_FETCHES) {
+                struct ident *oldest = NULL;
+                for (struct ident *i = ids->ids; i; i = i->next)
+                        if (!i->started)
+                                oldest = i;
+                oldest->started = true;
+                queued--;
+                if (ids->loop && tls_store_start(oldest->st, ids->loop) < 0)
+                        log_error(COMP, 0, "identity %s: cannot arm its certificate timer",
+                                  oldest->spiffe);
+                struct tls_store_counts c;
+                tls_store_counts(oldest->st, &c);
+                if (!c.has_cert && c.rotation_failures == 0)
+                        first++;
+        }
+        if (queued && ids->loop) /* look again soon */
+                loop_timer_arm(ids->loop, &ids->sweep, NODE_ID_PUMP_MS);
+}
+
 /* A new identity with its store (deferred: the first certificate comes
  * asynchronously). NULL, with a logged reason, when it cannot be made. */
 static struct ident *ident_new(struct node_identities *ids, const char *ns, const char *sa)
@@ -112,9 +149,7 @@ static struct ident *ident_new(struct node_identities *ids, const char *ns, cons
                 so.deferred = true;
                 so.log_once = true;
                 so.identity = i->spiffe;
-                rc = tls_store_new(&so, src, &i->st); /* takes src */
-                if (rc == 0 && ids->loop)
-                        rc = tls_store_start(i->st, ids->loop);
+                rc = tls_store_new(&so, src, &i->st); /* takes src; started by pump() */
                 if (rc < 0)
                         snprintf(err, sizeof(err), "its certificate store cannot be made: %s",
                                  strerror(-rc));
@@ -136,6 +171,7 @@ static struct ident *ident_new(struct node_identities *ids, const char *ns, cons
         ids->n_created++;
         log_info(COMP, 0, "identity %s held for the pods of %s/%s on this node (%zu of %u)",
                  i->spiffe, ns, sa, ids->n_ids, ids->cfg.max_identities);
+        pump(ids);
         return i;
 }
 
@@ -254,20 +290,23 @@ void node_identities_sweep(struct node_identities *ids, uint64_t now_ms)
         }
         if (freed)
                 give_room(ids);
+        pump(ids);
 }
 
 void node_identities_tick(struct node_identities *ids)
 {
+        pump(ids);
         for (struct ident *i = ids->ids; i; i = i->next)
-                tls_store_tick(i->st);
+                if (i->started)
+                        tls_store_tick(i->st);
 }
 
 static void on_sweep(struct loop *loop, struct loop_timer *t)
 {
         struct node_identities *ids = t->data;
-        node_identities_sweep(ids, clock_mono_ms());
         if (loop_timer_arm(loop, &ids->sweep, NODE_ID_SWEEP_MS) < 0)
                 log_error(COMP, 0, "cannot re-arm the identity sweep: out of memory");
+        node_identities_sweep(ids, clock_mono_ms()); /* pump() may re-arm it sooner */
 }
 
 /* GET /pods: each pod's identity, {"spiffe_id","state"}, or null (its own
@@ -430,8 +469,9 @@ void node_identities_render(struct node_identities *ids, struct strbuf *sb)
                 strbuf_append_json_string(sb, i->ns);
                 strbuf_append(sb, ",\"service_account\":");
                 strbuf_append_json_string(sb, i->sa);
-                strbuf_appendf(sb, ",\"pods\":%u,\"state\":\"%s\",\"drop_in_ms\":", i->pods,
-                               node_identity_state_name(ident_state(i)));
+                strbuf_appendf(
+                    sb, ",\"pods\":%u,\"state\":\"%s\",\"queued\":%s,\"drop_in_ms\":", i->pods,
+                    node_identity_state_name(ident_state(i)), i->started ? "false" : "true");
                 if (i->pods == 0)
                         strbuf_appendf(
                             sb, "%llu",

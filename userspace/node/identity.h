@@ -19,7 +19,9 @@
  * snapshot (snapshot_reader_get returns NULL): the capture must refuse the
  * pod's connections then (outbound and inbound), and count them.
  *
- * Bound: at most max_identities stores (draining ones included); a pod whose
+ * Bounds: at most NODE_ID_MAX_FIRST_FETCHES identities wait for the outcome
+ * of their first request at once (the others are queued, state fetching);
+ * at most max_identities stores (draining ones included); a pod whose
  * identity finds no room has none (node_identity_slot NULL, logged and
  * counted) until room is made, when it is given one.
  *
@@ -41,6 +43,10 @@
 #include "tls/source.h"
 
 #define NODE_ID_SWEEP_MS 1000 /* how often ended drains are looked for */
+/* Identities whose first certificate request is out (or due) at once; more
+ * wait their turn, looked at every NODE_ID_PUMP_MS. */
+#define NODE_ID_MAX_FIRST_FETCHES 16
+#define NODE_ID_PUMP_MS           100
 
 struct node_identities;
 
