@@ -182,14 +182,13 @@ static struct ident *take(struct node_identities *ids, const char *ns, const cha
 {
         struct ident *i = find(ids, ns, sa);
         if (!i && ids->n_ids >= ids->cfg.max_identities) {
-                if (log_shed)
-                        ids->n_shed++;
-                if (log_shed)
-                        log_warn(COMP, 0,
-                                 "identity %s/%s shed: node.max_pods (%u) identities are held "
-                                 "(draining ones included); its pods' connections are refused "
-                                 "until one is dropped",
-                                 ns, sa, ids->cfg.max_identities);
+                if (!log_shed)
+                        return NULL;
+                ids->n_shed++;
+                log_warn(COMP, 0,
+                         "identity %s/%s shed: node.max_pods (%u) identities are held (draining "
+                         "ones included); its pods' connections are refused until one is dropped",
+                         ns, sa, ids->cfg.max_identities);
                 return NULL;
         }
         if (!i && !(i = ident_new(ids, ns, sa)))
