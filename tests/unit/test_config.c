@@ -330,6 +330,8 @@ static void test_file_values(void **state)
         assert_int_equal(c->node_max_pods, 300);
         assert_int_equal(c->node_resolve_timeout_ms, 90000);
         assert_int_equal(c->node_identity_drain_s, 120);
+        assert_int_equal(c->node_pod_max_connections, 64);
+        assert_int_equal(c->node_pod_workers, 2);
         /* every key in the file is recorded as coming from it (but
          * mtls.ca_address, which excludes certificate_file: test_tls_ca_source) */
         for (size_t i = 0; i < c->n_origins; i++)

@@ -1282,6 +1282,48 @@ static void principals_text(const cJSON *list, char *out, size_t len)
 }
 
 /* Node mode's pod table: one line per pod, then what was shed or given up. */
+/* GET /pods "capture": each pod's capture, identity, connections, bytes,
+ * refusals and memory (node/capture.h). */
+static void pods_capture(const cJSON *cap)
+{
+        if (!cJSON_IsObject(cap))
+                return;
+        char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
+        printf("\ncapture: outbound by %s, at most %s connections per pod\n",
+               jstr(cap, "outbound", "?"), jint(cap, "pod_max_connections", b1, sizeof(b1)));
+        printf("%-32s %-9s %-8s %-18s %-24s %-22s %s\n", "NAMESPACE/NAME", "CAPTURE", "IDENTITY",
+               "CONNS act/in/out", "BYTES up/down", "REFUSED limit/tls/oth", "MEMORY");
+        const cJSON *p;
+        cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(cap, "pods"))
+        {
+                char name[256], conns[112], bytes[80], refused[112], mem[112];
+                snprintf(name, sizeof(name), "%s/%s", jstr(p, "namespace", "?"),
+                         jstr(p, "name", "?"));
+                const cJSON *cn = cJSON_GetObjectItemCaseSensitive(p, "connections");
+                const cJSON *by = cJSON_GetObjectItemCaseSensitive(p, "bytes");
+                const cJSON *rf = cJSON_GetObjectItemCaseSensitive(p, "refused");
+                const cJSON *me = cJSON_GetObjectItemCaseSensitive(p, "memory");
+                snprintf(conns, sizeof(conns), "%s/%s/%s", jint(cn, "active", b1, sizeof(b1)),
+                         jint(cn, "inbound", b2, sizeof(b2)), jint(cn, "outbound", b3, sizeof(b3)));
+                snprintf(bytes, sizeof(bytes), "%s/%s", jint(by, "upstream", b4, sizeof(b4)),
+                         jint(by, "downstream", b5, sizeof(b5)));
+                snprintf(refused, sizeof(refused), "%s/%s/%s", jint(rf, "limit", b1, sizeof(b1)),
+                         jint(rf, "tls", b2, sizeof(b2)), jint(rf, "other", b3, sizeof(b3)));
+                snprintf(mem, sizeof(mem), "proxy %s B, bpf %s B",
+                         jint(me, "proxy_bytes", b4, sizeof(b4)),
+                         jint(me, "bpf_bytes", b6, sizeof(b6)));
+                printf("%-32s %-9s %-8s %-18s %-24s %-22s %s\n", name, jstr(p, "capture", "?"),
+                       jstr(p, "identity", "?"), conns, bytes, refused, mem);
+                const cJSON *e = cJSON_GetObjectItemCaseSensitive(p, "error");
+                if (cJSON_IsString(e))
+                        printf("%-32s %s\n", "", e->valuestring);
+        }
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(cap, "counters");
+        printf("captured %s, failed %s, released %s, without identity %s\n",
+               jint(c, "captured", b1, sizeof(b1)), jint(c, "failed", b2, sizeof(b2)),
+               jint(c, "released", b3, sizeof(b3)), jint(c, "no_identity", b4, sizeof(b4)));
+}
+
 static int cmd_pods(void)
 {
         cJSON *j = fetch("GET", "/pods", NULL);
@@ -1317,6 +1359,7 @@ static int cmd_pods(void)
         printf("shed %s (max_pods reached), failed %s, netns changed %s, uid replaced %s\n",
                jint(c, "shed", b1, sizeof(b1)), jint(c, "failed", b2, sizeof(b2)),
                jint(c, "netns_changed", b3, sizeof(b3)), jint(c, "uid_replaced", b4, sizeof(b4)));
+        pods_capture(cJSON_GetObjectItemCaseSensitive(j, "capture"));
         cJSON_Delete(j);
         return 0;
 }

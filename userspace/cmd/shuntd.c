@@ -19,6 +19,7 @@
 #include "admin/admin.h"
 #include "authz/authz.h"
 #include "node/identity.h"
+#include "node/capture.h"
 #include "node/pods.h"
 #include "node/sidecar_capture.h"
 #include "core/config.h"
@@ -79,7 +80,8 @@ struct daemon {
          * disabled. The capture takes its slots with node_identity_slot(). */
         struct node_identities *node_ids;
         struct node_sidecar_capture *sidecar_capture; /* node mode: captureFrom=node pods */
-        uint64_t routes_version;                      /* registry version the proxy routes by */
+        struct node_capture *node_capture; /* node mode: each meshed pod's capture and proxy */
+        uint64_t routes_version;           /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
         /* Capture rules changed behind our back (another tool flushing the
@@ -566,6 +568,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
                 node_identities_render_metrics(d->node_ids, &resp->body);
         if (d->sidecar_capture)
                 node_sidecar_capture_render_metrics(d->sidecar_capture, &resp->body);
+        if (d->node_capture)
+                node_capture_render_metrics(d->node_capture, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
@@ -974,6 +978,8 @@ static void authz_publish(struct daemon *d)
                          ports);
         if (d->proxy)
                 proxy_set_authz(d->proxy, a);
+        if (d->node_capture)
+                node_capture_set_authz(d->node_capture, a);
         authz_unref(d->authz);
         d->authz = a;
 }
@@ -1152,6 +1158,32 @@ static int node_pods_open(struct daemon *d, char *err, size_t errlen)
         return rc < 0 ? rc : node_pods_start(d->node_pods, d->loop);
 }
 
+/* Node mode: a pod's certificate slot, its identity's (node/identity.h). */
+static struct snapshot_slot *node_identity_of(void *ctx, const char *ns, const char *sa)
+{
+        struct daemon *d = ctx;
+        return d->node_ids ? node_identity_slot(d->node_ids, ns, sa) : NULL;
+}
+
+/* Node mode with redirect other than off: each READY pod's capture and
+ * proxy (node/capture.h). 0 or -errno (err). */
+static int node_capture_open(struct daemon *d, char *err, size_t errlen)
+{
+        if (!d->node_pods || d->cfg->redirect == REDIRECT_OFF)
+                return 0;
+        struct node_capture_config nc = {
+            .cfg = d->cfg, .identity = node_identity_of, .identity_ctx = d};
+        d->node_capture = node_capture_new(&nc, err, errlen);
+        if (!d->node_capture)
+                return -EINVAL;
+        const struct disc_snapshot *snap = disc_registry_acquire(d->registry);
+        node_capture_set_registry(d->node_capture, snap);
+        disc_snapshot_release(snap);
+        if (d->authz)
+                node_capture_set_authz(d->node_capture, d->authz);
+        return node_capture_attach(d->node_capture, d->node_pods);
+}
+
 static void h_pods(const struct admin_request *req, struct admin_response *resp, void *ctx)
 {
         struct daemon *d = ctx;
@@ -1161,6 +1193,12 @@ static void h_pods(const struct admin_request *req, struct admin_response *resp,
                 return;
         }
         node_pods_render(d->node_pods, &resp->body);
+        if (d->node_capture && resp->body.len && resp->body.data[resp->body.len - 1] == '}') {
+                resp->body.len--; /* the table's object gets a "capture" member */
+                strbuf_append(&resp->body, ",\"capture\":");
+                node_capture_render(d->node_capture, &resp->body);
+                strbuf_append(&resp->body, "}");
+        }
 }
 
 static void h_authz(const struct admin_request *req, struct admin_response *resp, void *ctx)
@@ -1203,6 +1241,8 @@ static void update_routes(struct daemon *d)
         if (!snap)
                 return;
         proxy_set_registry(d->proxy, snap);
+        if (d->node_capture)
+                node_capture_set_registry(d->node_capture, snap);
         disc_snapshot_release(snap);
         d->routes_version = v;
         log_debug("route", 0, "routing by registry version %llu", (unsigned long long)v);
@@ -1246,6 +1286,8 @@ static void on_routes_tick(struct loop *loop, struct loop_timer *t)
         struct daemon *d = t->data;
         update_routes(d);
         proxy_tick(d->proxy); /* breakers that become half-open, ejections that end */
+        if (d->node_capture)
+                node_capture_tick(d->node_capture);
         loop_timer_arm(loop, t, ROUTES_POLL_MS);
 }
 
@@ -1286,6 +1328,8 @@ static void reload(struct daemon *d)
         d->cfg = next;
         d->cfg_generation++;
         proxy_set_config(d->proxy, next);
+        if (d->node_capture)
+                node_capture_set_config(d->node_capture, next);
         if (d->rules_installed)
                 rules_install(d); /* exclusions may have changed; replaced atomically */
         snapshot_unref(&old->snap);
@@ -1883,6 +1927,17 @@ int main(int argc, char **argv)
                         goto out;
                 }
                 log_info("intercept", 0, "%s", d.redirect_reason);
+        } else if (own == 1 && d.node_pods) {
+                /* Node mode: nothing is captured in the node's own namespace;
+                 * each pod's capture lives in the pod's (node/capture.h). */
+                if (node_capture_open(&d, err, sizeof(err)) < 0) {
+                        log_error("node", 0, "%s", err);
+                        d.exit_code = 1;
+                        goto out;
+                }
+                snprintf(d.redirect_reason, sizeof(d.redirect_reason),
+                         "node mode: per pod, in each pod's network namespace (redirect %s)",
+                         redirect_mode_name(d.cfg->redirect));
         } else if (own == 1) {
                 switch (d.cfg->redirect) {
                 case REDIRECT_IPTABLES:
@@ -1933,7 +1988,7 @@ int main(int argc, char **argv)
                         break;
                 }
         }
-        if (origdst_selftest(err, sizeof(err)) < 0) {
+        if (!d.node_pods && origdst_selftest(err, sizeof(err)) < 0) {
                 /* With redirect off nothing may ever redirect to us (a
                  * client of shunt-ca and the API only, such as the chart's
                  * helm test pod), and a network namespace without nat
@@ -1978,7 +2033,8 @@ out:
         /* Close the remaining connections while the NAT rules still exist, so
          * their final FIN or RST is translated back and reaches the client. */
         proxy_free(d.proxy);
-        tls_store_free(d.tls); /* after every tls_conn is gone */
+        node_capture_stop(d.node_capture); /* every pod's proxy: before the stores */
+        tls_store_free(d.tls);             /* after every tls_conn is gone */
         authz_unref(d.authz);
         authz_unref(d.authz_file);
         authz_unref(d.authz_k8s);
@@ -2002,7 +2058,8 @@ out:
         node_sidecar_capture_keep(d.sidecar_capture); /* the pods' capture outlives us */
         node_pods_free(d.node_pods);                  /* tells node_ids every pod is gone */
         node_sidecar_capture_free(d.sidecar_capture);
-        node_identities_free(d.node_ids); /* after every tls_conn is gone (proxy_free) */
+        node_capture_free(d.node_capture); /* after the table's last gone */
+        node_identities_free(d.node_ids);  /* after every tls_conn is gone (proxy_free) */
         disc_health_stop(d.health);
         if (d.registry) {
                 disc_registry_detach(d.registry);

@@ -318,6 +318,11 @@ static const struct key_desc keys[] = {
         {.path = "node.identity_drain", .type = K_DUR_S, FIELD(node_identity_drain_s), .min = 0,
          .max = 24 * MS_PER_HOUR, .def = "5m", .flags = KF_RESTART,
          .note = "how long a pod identity's certificate is kept after the last pod of that service account left the node"},
+        {.path = "node.pod_max_connections", .type = K_U32, FIELD(node_pod_max_connections), .min = 1,
+         .max = 65536, .def = "1024",
+         .note = "node mode: connections at most per meshed pod (inbound and outbound together); more are refused and counted per pod"},
+        {.path = "node.pod_workers", .type = K_U32, FIELD(node_pod_workers), .min = 1, .max = 16, .def = "1",
+         .flags = KF_RESTART, .note = "node mode: worker threads per meshed pod (each pod's connections are served by its own)"},
         {.path = "load_balancing.algorithm", .env = "LOAD_BALANCING_ALGORITHM", .type = K_STRENUM,
          FIELD(lb_algorithm), .names = lb_names, .def = "round_robin"},
         {.path = "load_balancing.hash_key", .type = K_STR, FIELD(lb_hash_key), .def = "X-Request-Key",
@@ -1272,6 +1277,31 @@ static void config_destroy(struct snapshot *s)
         free(c->authorization_policies);
         free(c->origins);
         free(c);
+}
+
+struct shunt_config *config_clone(const struct shunt_config *c)
+{
+        struct shunt_config *n = malloc(sizeof(*n));
+        if (!n)
+                return NULL;
+        memcpy(n, c, sizeof(*n));
+        n->authorization_policies = NULL;
+        n->origins = NULL;
+        if (c->authorization_policies &&
+            !(n->authorization_policies = strdup(c->authorization_policies)))
+                goto fail;
+        if (c->origins) {
+                n->origins = malloc(c->n_origins * sizeof(*n->origins));
+                if (!n->origins)
+                        goto fail;
+                memcpy(n->origins, c->origins, c->n_origins * sizeof(*n->origins));
+        }
+        snapshot_init(&n->snap, config_destroy);
+        return n;
+fail:
+        free(n->authorization_policies);
+        free(n);
+        return NULL;
 }
 
 static const struct key_desc *later(const struct shunt_config *c, const struct key_desc *a,

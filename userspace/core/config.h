@@ -248,11 +248,13 @@ struct shunt_config {
         char authz_labels_file[CONFIG_PATH_MAX]; /* authorization.pod_labels_file */
 
         /* node mode (README, Node mode) */
-        int mode;                         /* mode, SHUNT_MODE: sidecar 0 | node 1 */
-        char node_name[CONFIG_STR_MAX];   /* node.name, NODE_NAME */
-        uint32_t node_max_pods;           /* node.max_pods, 256 */
-        uint32_t node_resolve_timeout_ms; /* node.resolve_timeout, 120s */
-        uint32_t node_identity_drain_s;   /* node.identity_drain, 5m */
+        int mode;                          /* mode, SHUNT_MODE: sidecar 0 | node 1 */
+        char node_name[CONFIG_STR_MAX];    /* node.name, NODE_NAME */
+        uint32_t node_max_pods;            /* node.max_pods, 256 */
+        uint32_t node_resolve_timeout_ms;  /* node.resolve_timeout, 120s */
+        uint32_t node_identity_drain_s;    /* node.identity_drain, 5m */
+        uint32_t node_pod_max_connections; /* node.pod_max_connections, 1024 */
+        uint32_t node_pod_workers;         /* node.pod_workers, 1 */
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */
@@ -278,6 +280,10 @@ int config_reload(const struct shunt_config *old, int argc, char *const argv[], 
 
 /* The flags config_load accepts, one per line, for --help. */
 const char *config_usage(void);
+/* A copy of c with one reference (the caller's), for a part that needs the
+ * same configuration with a few fields changed (node mode: each pod's
+ * proxy). NULL without memory. */
+struct shunt_config *config_clone(const struct shunt_config *c);
 /* The configuration reference (docs/configuration.md) as Markdown, from the
  * same table. Returns a malloc'd string or NULL. */
 char *config_reference_markdown(void);

@@ -272,6 +272,11 @@ static int ensure_pin_root(const char *root, char *err, size_t errlen)
         return 0;
 }
 
+int bpfcap_pin_dir(const char *dir, char *err, size_t errlen)
+{
+        return ensure_pin_root(dir, err, errlen);
+}
+
 int bpfcap_remove_pins(const char *pin_root)
 {
         char path[PIN_PATH_MAX];
@@ -404,22 +409,28 @@ static int set_pin_paths(struct shunt_capture *skel, const char *root)
         return 0;
 }
 
-/* SHUNT_BPF_TEST_MAP_MAX=N (tests only): orig_by_cookie, orig_by_tuple, the
+/* map_max (bpfcap_options), or SHUNT_BPF_TEST_MAP_MAX=N (tests only, wins):
+ * orig_by_cookie, orig_by_tuple, the
  * sockhash, shortcut_off and flow hold at most N entries, so a test can fill
  * them. */
-static int apply_test_map_max(struct shunt_capture *skel)
+static int apply_test_map_max(struct shunt_capture *skel, uint32_t map_max)
 {
         const char *v = getenv("SHUNT_BPF_TEST_MAP_MAX");
-        if (!v || !*v)
-                return 0;
-        char *end;
-        unsigned long n = strtoul(v, &end, 10);
-        if (*end || n < 1 || n > SHUNT_MAX_SOCKETS) {
-                log_error("bpf", 0, "SHUNT_BPF_TEST_MAP_MAX %s: want 1..%d", v, SHUNT_MAX_SOCKETS);
-                return -EINVAL;
+        unsigned long n = map_max;
+        if (v && *v) {
+                char *end;
+                n = strtoul(v, &end, 10);
+                if (*end || n < 1 || n > SHUNT_MAX_SOCKETS) {
+                        log_error("bpf", 0, "SHUNT_BPF_TEST_MAP_MAX %s: want 1..%d", v,
+                                  SHUNT_MAX_SOCKETS);
+                        return -EINVAL;
+                }
+                log_warn("bpf", 0,
+                         "SHUNT_BPF_TEST_MAP_MAX: capture maps limited to %lu entries (testing)",
+                         n);
         }
-        log_warn("bpf", 0, "SHUNT_BPF_TEST_MAP_MAX: capture maps limited to %lu entries (testing)",
-                 n);
+        if (n == 0 || n > SHUNT_MAX_SOCKETS)
+                return 0;
         struct bpf_map *maps[] = {skel->maps.shunt_orig_by_cookie, skel->maps.shunt_orig_by_tuple,
                                   skel->maps.shunt_sockhash, skel->maps.shunt_shortcut_off,
                                   skel->maps.shunt_flow};
@@ -433,8 +444,8 @@ static int apply_test_map_max(struct shunt_capture *skel)
 
 /* Opens and loads the skeleton with its maps pinned under root; pinned maps
  * of a previous run are reused so live connections keep their entries. */
-static struct shunt_capture *load(const char *root, bool adopt, bool *reused, char *err,
-                                  size_t errlen)
+static struct shunt_capture *load(const char *root, bool adopt, uint32_t map_max, bool *reused,
+                                  char *err, size_t errlen)
 {
         for (int attempt = 0; attempt < 2; attempt++) {
                 struct shunt_capture *skel = shunt_capture__open();
@@ -444,7 +455,7 @@ static struct shunt_capture *load(const char *root, bool adopt, bool *reused, ch
                 }
                 int rc = set_pin_paths(skel, root);
                 if (rc == 0)
-                        rc = apply_test_map_max(skel);
+                        rc = apply_test_map_max(skel, map_max);
                 if (rc == 0)
                         rc = shunt_capture__load(skel);
                 if (rc == 0) {
@@ -647,7 +658,7 @@ struct bpfcap *bpfcap_open(const struct bpfcap_options *o, char *err, size_t err
         }
         bool reused = false;
         b->adopt = o->adopt;
-        b->skel = load(b->pin_root, o->adopt, &reused, err, errlen);
+        b->skel = load(b->pin_root, o->adopt, o->map_max, &reused, err, errlen);
         if (!b->skel)
                 goto fail;
         if (bpfcap_configure(b, o, err, errlen) < 0)
@@ -914,6 +925,26 @@ int bpfcap_counters(struct bpfcap *b, struct shunt_counters *out)
         }
         free(per);
         return 0;
+}
+
+size_t bpfcap_memory_bytes(struct bpfcap *b)
+{
+        size_t total = 0;
+        struct bpf_map *m;
+        bpf_object__for_each_map(m, b->skel->obj)
+        {
+                char path[64], line[128];
+                snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", bpf_map__fd(m));
+                FILE *f = fopen(path, "re");
+                if (!f)
+                        continue;
+                unsigned long long v;
+                while (fgets(line, sizeof(line), f))
+                        if (sscanf(line, "memlock: %llu", &v) == 1)
+                                total += (size_t)v;
+                fclose(f);
+        }
+        return total;
 }
 
 int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m)

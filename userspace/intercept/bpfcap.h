@@ -41,9 +41,12 @@ struct bpfcap_options {
         size_t n_exclude_ports;
         const struct cidr *exclude_cidrs; /* destination prefixes never captured */
         size_t n_exclude_cidrs;
-        bool adopt; /* takeover: the pins of a running shuntd must be reused as they
-                       are (never removed or replaced), and a failed open detaches
-                       nothing */
+        uint32_t map_max; /* 0: SHUNT_MAX_ORIGDST / SHUNT_MAX_SOCKETS; else the entries of the
+                             per-connection maps (node mode sizes each pod's capture by its
+                             connection limit) */
+        bool adopt;       /* takeover: the pins of a running shuntd must be reused as they
+                             are (never removed or replaced), and a failed open detaches
+                             nothing */
 };
 
 /* Fills o from cfg (redirect_cgroup, bpf_pin_root, bpf_shortcut,
@@ -103,6 +106,12 @@ int bpfcap_share(struct bpfcap *b, uint32_t gid, char *err, size_t errlen);
  * err says which path. */
 int bpfcap_open_pinned(const char *pin_root, struct bpfcap **out, char *err, size_t errlen);
 
+/* Makes directory dir on the bpffs its parent is on (mounting a bpffs on
+ * /sys/fs/bpf when dir's parent is that and none is mounted), as
+ * bpfcap_open does for its pin root: for a tree of pin roots (node mode).
+ * 0 or negative errno with err. */
+int bpfcap_pin_dir(const char *dir, char *err, size_t errlen);
+
 /* Removes the pins under pin_root (links detached first) left by another
  * run. 0 or negative errno. Idempotent. */
 int bpfcap_remove_pins(const char *pin_root);
@@ -134,6 +143,9 @@ enum bpfcap_map {
 };
 /* Entries in a map now (walks the keys; bounded by the map size). */
 long bpfcap_map_entries(struct bpfcap *b, enum bpfcap_map m);
+
+/* Kernel memory of the maps (memlock in /proc/self/fdinfo), in bytes. */
+size_t bpfcap_memory_bytes(struct bpfcap *b);
 
 /* Map file descriptor, for tests and tools. */
 int bpfcap_map_fd(struct bpfcap *b, enum bpfcap_map m);

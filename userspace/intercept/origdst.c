@@ -20,7 +20,25 @@
 #endif
 
 static struct bpfcap *bpf_capture;
+/* Node mode: each pod's workers answer from that pod's capture. */
+static _Thread_local struct bpfcap *thread_capture;
 bool origdst_shortcut_enabled;
+
+void origdst_use_bpf_thread(struct bpfcap *b)
+{
+        thread_capture = b;
+}
+
+void origdst_forget(int fd)
+{
+        struct bpfcap *b = thread_capture; /* sidecar mode: sockops watches ours */
+        struct sockaddr_storage local, peer, out;
+        socklen_t ll = sizeof(local), pl = sizeof(peer);
+        if (!b || getsockname(fd, (struct sockaddr *)&local, &ll) < 0 ||
+            getpeername(fd, (struct sockaddr *)&peer, &pl) < 0)
+                return;
+        bpfcap_lookup(b, &peer, &local, &out, true);
+}
 
 void origdst_use_bpf(struct bpfcap *b)
 {
@@ -52,9 +70,10 @@ enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
         socklen_t len = sizeof(*out);
         int rc;
         memset(out, 0, sizeof(*out));
-        if (bpf_capture) {
+        struct bpfcap *capture = thread_capture ? thread_capture : bpf_capture;
+        if (capture) {
                 /* Consumed unless sockops removes it when our socket closes. */
-                rc = bpfcap_lookup(bpf_capture, peer, local, out, true);
+                rc = bpfcap_lookup(capture, peer, local, out, true);
                 if (rc == 0) {
                         unmap_v4(out);
                         return ORIGDST_OK;

@@ -31,6 +31,17 @@ enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
  * Set before the workers start; b must outlive them. */
 void origdst_use_bpf(struct bpfcap *b);
 
+/* Node mode: the calling thread (a pod's worker) answers from b, that
+ * pod's capture, before the process-wide one. NULL clears it. */
+void origdst_use_bpf_thread(struct bpfcap *b);
+
+/* Drops the original destination the calling thread's capture holds for
+ * the accepted socket fd without using it (a connection refused before its
+ * destination was asked: node mode's captures are not watched by sockops,
+ * so the entry would otherwise stay until its 4-tuple is reused). Only
+ * with origdst_use_bpf_thread; else nothing. */
+void origdst_forget(int fd);
+
 /* eBPF capture whose maps this process cannot open (installed by `shuntd
  * init`, see bpfcap_open_pinned): original destinations come from
  * SO_ORIGINAL_DST, which the capture's cgroup/getsockopt program answers

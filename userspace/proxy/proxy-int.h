@@ -187,6 +187,8 @@ struct proxy {
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
         bool accept_deferred; /* taken over: listeners join epoll at proxy_start_accepting */
+        int (*worker_init)(void *ctx); /* proxy_set_worker_init */
+        void *worker_init_ctx;
 };
 
 /* The connection limit in force: max_connections, or fewer when the
@@ -320,6 +322,8 @@ void conn_render_open(struct strbuf *out, bool *first, struct worker *w, uint64_
                       const char *service);
 
 /* relay.c */
+/* The size of one relayed connection's state (proxy_memory_bytes). */
+size_t relay_conn_bytes(void);
 /* fd was just accepted on l from peer. */
 void relay_accept(struct worker *w, struct listener *l, int fd,
                   const struct sockaddr_storage *peer);

@@ -222,6 +222,17 @@ static void *worker_main(void *arg)
         char name[16];
         snprintf(name, sizeof(name), "shunt-w%d", w->index);
         pthread_setname_np(pthread_self(), name);
+        struct proxy *p = w->proxy;
+        if (p->worker_init) {
+                int irc = p->worker_init(p->worker_init_ctx);
+                if (irc < 0) {
+                        /* Its listeners stay unserved: nothing is relayed from
+                         * the wrong place (node mode: the wrong namespace). */
+                        log_error("proxy", 0, "worker %d: start-up hook failed: %s", w->index,
+                                  strerror(-irc));
+                        return NULL;
+                }
+        }
         int rc = loop_run(w->loop);
         if (rc < 0)
                 log_error("proxy", 0, "worker %d: event loop failed: %s", w->index, strerror(-rc));
@@ -401,6 +412,22 @@ size_t proxy_listeners(struct proxy *p, struct handover_listener *out, size_t ma
                 }
         }
         return n;
+}
+
+void proxy_set_worker_init(struct proxy *p, int (*fn)(void *ctx), void *ctx)
+{
+        p->worker_init = fn;
+        p->worker_init_ctx = ctx;
+}
+
+size_t proxy_memory_bytes(struct proxy *p)
+{
+        const struct shunt_config *cfg = (const void *)p->cfg_slot.cur;
+        size_t per_conn = relay_conn_bytes() + 2 * (size_t)(cfg ? cfg->buffer_size : 0);
+        size_t n = sizeof(*p) + (size_t)p->n_workers * sizeof(struct worker);
+        for (int i = 0; i < p->n_workers; i++)
+                n += (size_t)p->workers[i].n_listeners * sizeof(struct listener);
+        return n + (size_t)atomic_load_explicit(&p->active, memory_order_relaxed) * per_conn;
 }
 
 int proxy_start(struct proxy *p)
@@ -610,6 +637,25 @@ void proxy_render_listeners(struct proxy *p, struct strbuf *out)
 static uint64_t rejected(struct proxy *p)
 {
         return sum(p, (enum stat_id)(ST_REASON_FIRST + REASON_OVERLOAD));
+}
+
+void proxy_totals(struct proxy *p, struct proxy_totals *t)
+{
+        t->accepted_in = sum(p, ST_ACCEPTED_IN);
+        t->accepted_out = sum(p, ST_ACCEPTED_OUT);
+        t->active = proxy_active(p);
+        t->bytes_upstream = sum(p, ST_BYTES_UPSTREAM);
+        t->bytes_downstream = sum(p, ST_BYTES_DOWNSTREAM);
+        t->refused_limit = rejected(p);
+        t->refused_tls = sum(p, (enum stat_id)(ST_REASON_FIRST + REASON_TLS_HANDSHAKE));
+        static const enum conn_reason other[] = {
+            REASON_NO_ORIGINAL_DST,   REASON_LOOP,          REASON_UNKNOWN_DESTINATION,
+            REASON_PLAINTEXT_REFUSED, REASON_AUTHZ_REFUSED, REASON_MTLS_REQUIRED,
+            REASON_TLS_PORT_MISMATCH, REASON_NO_ENDPOINT,
+        };
+        t->refused_other = 0;
+        for (size_t i = 0; i < sizeof(other) / sizeof(other[0]); i++)
+                t->refused_other += sum(p, (enum stat_id)(ST_REASON_FIRST + other[i]));
 }
 
 void proxy_render_counts(struct proxy *p, struct strbuf *out)

@@ -33,6 +33,15 @@ struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener
 int proxy_start_accepting(struct proxy *p);
 /* Every open listener, to hand over (fds stay the proxy's). At most max. */
 size_t proxy_listeners(struct proxy *p, struct handover_listener *out, size_t max);
+/* Runs fn(ctx) first on every worker thread (before proxy_start); a
+ * negative return leaves that worker idle, logged. Node mode enters the
+ * pod's network namespace there, so every socket the workers open is the
+ * pod's. */
+void proxy_set_worker_init(struct proxy *p, int (*fn)(void *ctx), void *ctx);
+/* An estimate of the memory the proxy holds now (main thread): workers,
+ * listeners and, per open connection, its state and two buffers of
+ * buffer_size (the bound: max_connections of those). */
+size_t proxy_memory_bytes(struct proxy *p);
 /* Starts the worker threads. */
 int proxy_start(struct proxy *p);
 /* Publishes a new configuration to the workers (takes a new reference).
@@ -63,6 +72,15 @@ void proxy_free(struct proxy *p);
 void proxy_render_listeners(struct proxy *p, struct strbuf *out);
 /* {"active","accepted","rejected"} counts. */
 void proxy_render_counts(struct proxy *p, struct strbuf *out);
+/* The proxy's totals over its workers (node mode reports them per pod). */
+struct proxy_totals {
+        uint64_t accepted_in, accepted_out, active;
+        uint64_t bytes_upstream, bytes_downstream; /* client -> upstream, upstream -> client */
+        uint64_t refused_limit;                    /* max_connections reached */
+        uint64_t refused_tls;                      /* mTLS handshake failed (or no certificate) */
+        uint64_t refused_other; /* policy, loop, no original destination, no endpoint */
+};
+void proxy_totals(struct proxy *p, struct proxy_totals *t);
 /* Prometheus text for every proxy counter. */
 void proxy_render_metrics(struct proxy *p, struct strbuf *out);
 /* Resilience (main thread): the time-driven breaker and ejection steps

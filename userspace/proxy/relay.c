@@ -947,6 +947,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         uint32_t limit = proxy_conn_limit(p, cfg);
         if (active >= limit) {
                 atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
+                origdst_forget(fd);
                 relay_reject(w, fd, REASON_OVERLOAD);
                 /* At most one line a second per worker: overload must not flood the log. */
                 uint64_t now = loop_now_ms(w->loop);
@@ -1106,6 +1107,11 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
          * (inbound_decide, conn_handshakes). */
         if (!c->peek && !c->no_endpoint && !c->mtls_refused)
                 conn_connect(c);
+}
+
+size_t relay_conn_bytes(void)
+{
+        return sizeof(struct conn);
 }
 
 void relay_close_all(struct worker *w, enum conn_reason reason)

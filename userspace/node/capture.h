@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Node mode, items 2 and 4: each READY pod's capture and proxy.
+ *
+ * For every pod node_pods reports READY (an observer), node shuntd builds,
+ * without anything running in the pod:
+ *
+ *   listeners  a proxy of the pod's own (proxy/proxy.h) whose inbound and
+ *              outbound listeners are bound INSIDE the pod's network
+ *              namespace: the main thread enters it (setns), binds and
+ *              listens, and comes back; a socket keeps the namespace it was
+ *              made in. The listener that accepts a connection therefore
+ *              says which pod speaks: nothing is looked up per connection.
+ *   workers    that proxy's worker threads (node.pod_workers) enter the
+ *              pod's namespace when they start (proxy_set_worker_init), so
+ *              every socket they open, upstream connections included, is
+ *              the pod's: an outbound connection leaves with the pod's IP and
+ *              routes, an inbound one reaches the application on the pod's
+ *              own loopback or address. Plaintext never leaves the pod's
+ *              namespace; the node's own network namespace is untouched.
+ *   outbound   eBPF (redirect ebpf, or auto when the kernel allows): the
+ *              programs of bpf/capture.bpf.c, unchanged, attached to the
+ *              pod's cgroup. They rewrite a connect to 127.0.0.1:outbound_port,
+ *              which in the pod's namespace is the pod's listener. One loaded
+ *              object per pod, pinned under <bpf_pin_root>/pods/<pod uid>,
+ *              rather than one object with a link per cgroup: the maps are
+ *              keyed by the application's view of the connection
+ *              (127.0.0.1:port -> 127.0.0.1:15002), which is the same in every
+ *              pod's namespace, so one shared map would let two pods' entries
+ *              collide and a connection be given another pod's destination.
+ *              Per pod they cannot, and a pod filling its maps (sized by
+ *              node.pod_max_connections) cannot fill another's. The cost is
+ *              a verifier run per pod at READY and the maps' kernel memory,
+ *              reported per pod. redirect iptables (or auto without eBPF):
+ *              the sidecar's OUTPUT rules (intercept/iptables.h) in the pod's
+ *              namespace; node shuntd's sockets carry proxy_mark and pass.
+ *   inbound    the sidecar's PREROUTING rules (intercept/iptables.h, as
+ *              `shuntd init` installs them) in the pod's namespace: REDIRECT
+ *              to the pod's inbound listener, whose proxy terminates mTLS
+ *              with the destination pod's certificate.
+ *   identity   the proxy's certificate slot is the pod's identity (namespace,
+ *              service account) from node_capture_identity_fn; outbound mTLS
+ *              presents the source pod's, inbound the destination pod's. No
+ *              slot (no identity held), or a slot without a certificate yet:
+ *              the pod's mesh connections fail the TLS step, are refused and
+ *              counted (refused_tls): fail closed.
+ *
+ * Isolation and bounds: each pod has its own connection limit
+ * (node.pod_max_connections, counted as refused_limit), its own event
+ * loop(s) and accept queue, so a pod flooding connections only fills its own
+ * listener's backlog and its own limit: the other pods' accepts run on their
+ * own threads, which the kernel schedules fairly. Memory per pod is the
+ * proxy's (bounded by the limit times two buffers) plus the kernel memory of
+ * its BPF maps; both are reported (GET /pods "capture", metrics
+ * shunt_node_pod_*). A thread per pod is the price: a node runs at most
+ * node.max_pods of them (kubelet's default is 110 pods per node).
+ *
+ * Pod gone (deleted, unmeshed, sandbox replaced): its BPF links are detached
+ * and pins removed first (no new connect is captured into a closing
+ * listener), then its proxy is freed (listeners closed, every connection
+ * closed, worker joined, buffers and TLS state freed), then its rules are
+ * removed inside its namespace (held open until then) and the namespace fd
+ * closed.
+ *
+ * The sk_msg shortcut: node shuntd's accepted sockets are in its own cgroup,
+ * not the pod's, so sockops never pairs them; pairing is off for pods and
+ * bytes between the application and its listener take loopback TCP.
+ *
+ * All functions run on the main loop's thread. */
+#ifndef SHUNT_NODE_CAPTURE_H
+#define SHUNT_NODE_CAPTURE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/strbuf.h"
+#include "node/pods.h"
+
+struct snapshot_slot;
+struct disc_snapshot;
+struct authz;
+struct node_capture;
+
+/* The certificate slot of identity ns/sa (node_identity_slot's signature),
+ * NULL when none is held. */
+typedef struct snapshot_slot *(*node_capture_identity_fn)(void *ctx, const char *ns,
+                                                          const char *sa);
+
+struct node_capture_config {
+        struct shunt_config *cfg;          /* the daemon's; a reference is taken */
+        node_capture_identity_fn identity; /* NULL: mTLS off (mtls.mode disabled) */
+        void *identity_ctx;
+};
+
+/* NULL with err (no memory, the node's own namespace cannot be opened). */
+struct node_capture *node_capture_new(const struct node_capture_config *c, char *err,
+                                      size_t errlen);
+/* Releases every pod's capture (as if each were gone) and captures no pod
+ * from now on (shutdown: before the certificate stores are freed). */
+void node_capture_stop(struct node_capture *nc);
+/* Stops, then frees (after the pod table, whose last gone calls may still
+ * come). NULL is fine. */
+void node_capture_free(struct node_capture *nc);
+/* Registers nc as an observer of np (pods already READY are captured now). */
+int node_capture_attach(struct node_capture *nc, struct node_pods *np);
+
+/* What every pod's proxy is given, now and for pods that come later. */
+void node_capture_set_registry(struct node_capture *nc, const struct disc_snapshot *disc);
+void node_capture_set_authz(struct node_capture *nc, struct authz *a);
+void node_capture_set_config(struct node_capture *nc, struct shunt_config *cfg);
+/* Every ~100 ms: each pod's proxy_tick. */
+void node_capture_tick(struct node_capture *nc);
+
+size_t node_capture_count(const struct node_capture *nc);
+/* {"mode":..., "pod_max_connections":..., "counters":{...}, "pods":[{"namespace","name",
+ * "uid","service_account","capture","identity","listeners","connections":{...},
+ * "bytes":{...},"refused":{...},"memory":{...}}]} */
+void node_capture_render(struct node_capture *nc, struct strbuf *sb);
+/* shunt_node_pod_* families with namespace and pod labels. */
+void node_capture_render_metrics(struct node_capture *nc, struct strbuf *sb);
+
+#endif
