@@ -186,16 +186,21 @@ static inline int harness_handoff(struct harness *h, const struct proto_engine *
         return sv[1];
 }
 
-/* The worker's /connections items of engine e. */
+/* The worker's /connections items of engine e, or (e NULL) all of them:
+ * the relay's connections, then every engine's sessions. */
 static inline void harness_render(struct harness *h, const struct proto_engine *e,
                                   struct strbuf *out)
 {
         bool first = true;
         strbuf_reset(out);
-        e->render(h->w, out, &first);
+        if (e)
+                e->render(h->w, out, &first);
+        else
+                relay_render(h->w, out, &first);
 }
 
-/* The one connection of engine e shows state want in /connections. */
+/* The one connection of engine e (NULL: the relay) shows state want in
+ * /connections. */
 static inline void harness_assert_state(struct harness *h, const struct proto_engine *e,
                                         struct strbuf *sb, const char *want)
 {

@@ -6,6 +6,7 @@
  * peer shutdown; readiness is tracked in flags that are cleared when a call
  * would block (or returns short), so a wake-up costs one read and one write
  * per direction and never an epoll_ctl. */
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,16 +23,11 @@
 #include "intercept/sniff.h"
 #include "proxy/proxy-int.h"
 #include "proxy/reqmetrics.h"
+#include "proxy/states-int.h"
 #include "proxy/upstream.h"
 #include "tls/conn.h"
 
 #define RELAY_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
-
-enum conn_state {
-        CONN_CONNECTING, /* upstream connect in flight (sniffing may go on too) */
-        CONN_HANDSHAKE,  /* outbound: TLS handshake with the peer's shuntd */
-        CONN_RELAYING,
-};
 
 /* A socket; with tls set, every byte goes through the TLS connection. A TLS
  * side is never taken as drained after a short read (the TLS layer may hold
@@ -60,11 +56,9 @@ struct conn {
         struct conn *prev, *next;
         uint64_t id;
         enum conn_dir dir;
-        enum conn_state state;
-        bool closed; /* freed after this epoll batch; ignore its remaining events */
-        bool sniffed;
-        enum proto proto;
-        uint32_t sniffed_len; /* bytes the sniffer has seen */
+        enum conn_state state; /* the one state of the connection: see states-int.h */
+        enum proto proto;      /* PROTO_UNKNOWN until the sniffer (or the port) says */
+        uint32_t sniffed_len;  /* bytes the sniffer has seen */
         struct side cli, up;
         struct half c2u, u2c;
         struct loop_timer timer;       /* connect timeout, then idle timeout */
@@ -73,29 +67,89 @@ struct conn {
         uint64_t last_active_ms;
         struct sockaddr_storage client_addr, orig_dst, upstream;
         struct route_use route; /* the service endpoint, when routed */
-        /* Inbound with mTLS on: the client's first bytes are peeked, not read,
-         * so a TLS handshake can start from the ClientHello. */
-        bool peek;
         /* Inbound: mtls.mode, or the registry's "mtls" of the service this
          * pod's address and port serve (route_inbound_mtls). */
         enum mtls_mode in_mode;
-        bool cli_hs_done; /* inbound TLS handshake finished and checked */
-        /* Inbound TLS terminated: its plaintext is being sniffed, and the
-         * application waits for the verdict (an engine's, or a relay). */
-        bool tls_sniff;
-        bool tls_out;      /* outbound: originate TLS to the endpoint's identity */
-        bool mtls_refused; /* outbound: strict and the endpoint is not meshed (after sniffing) */
+        bool tls_out; /* outbound: originate TLS to the endpoint's identity */
         /* Inbound, sent to the inbound port itself: only mesh TLS may go on,
          * to the port its SNI name carries; the connect waits for it. */
         bool to_listener;
-        /* Outbound to a known service with no endpoint: sniffed for an
-         * engine that can answer per request (503), else refused. */
-        bool no_endpoint;
+        /* Outbound, decided at accept and applied once sniffed, unless an
+         * engine answers per request (a 503) instead: REASON_NO_ENDPOINT (a
+         * known service with no endpoint; nothing is connected) or
+         * REASON_MTLS_REQUIRED (strict and the endpoint is not meshed).
+         * REASON__COUNT: none. */
+        enum conn_reason verdict;
         char sni[256];
         _Atomic uint64_t *tcp_cells; /* shunt_tcp_* series, once relaying (reqmetrics.h) */
 };
 
 #define dir_name conn_dir_name
+
+/* ---- the connection's state machine (states-int.h) ---------------------------- */
+
+#define TO(x) (1u << (x))
+static const unsigned conn_next[CONN__COUNT] = {
+    [CONN_PEEKING] = TO(CONN_TLS_ACCEPT) | TO(CONN_CONNECTING) | TO(CONN_CLOSED),
+    [CONN_TLS_ACCEPT] = TO(CONN_TLS_SNIFF) | TO(CONN_CLOSED),
+    [CONN_TLS_SNIFF] = TO(CONN_CONNECTING) | TO(CONN_CLOSED),
+    [CONN_CONNECTING] = TO(CONN_CONNECTING) | TO(CONN_HANDSHAKE) | TO(CONN_SNIFFING) |
+                        TO(CONN_RELAYING) | TO(CONN_CLOSED),
+    [CONN_HANDSHAKE] = TO(CONN_SNIFFING) | TO(CONN_RELAYING) | TO(CONN_CLOSED),
+    [CONN_SNIFFING] = TO(CONN_RELAYING) | TO(CONN_CLOSED),
+    [CONN_RELAYING] = TO(CONN_HALF_CLOSED) | TO(CONN_CLOSED),
+    [CONN_HALF_CLOSED] = TO(CONN_CLOSED),
+    [CONN_CLOSED] = 0,
+};
+
+bool conn_transition_ok(enum conn_state from, enum conn_state to)
+{
+        return (unsigned)from < CONN__COUNT && (unsigned)to < CONN__COUNT &&
+               (conn_next[from] & TO(to));
+}
+
+const char *conn_state_name(enum conn_state st)
+{
+        static const char *const names[CONN__COUNT] = {
+            [CONN_PEEKING] = "peeking",         [CONN_TLS_ACCEPT] = "tls_accept",
+            [CONN_TLS_SNIFF] = "tls_sniffing",  [CONN_CONNECTING] = "connecting",
+            [CONN_HANDSHAKE] = "tls_handshake", [CONN_SNIFFING] = "sniffing",
+            [CONN_RELAYING] = "relaying",       [CONN_HALF_CLOSED] = "half_closed",
+            [CONN_CLOSED] = "closed",
+        };
+        return (unsigned)st < CONN__COUNT ? names[st] : "unknown";
+}
+
+static void conn_set_state(struct conn *c, enum conn_state next)
+{
+        assert(conn_transition_ok(c->state, next));
+        c->state = next;
+}
+
+static bool closed(const struct conn *c)
+{
+        return c->state == CONN_CLOSED;
+}
+
+/* The client's protocol is known (sniffed, or declared for the port). */
+static bool proto_known(const struct conn *c)
+{
+        return c->proto != PROTO_UNKNOWN;
+}
+
+/* Connected to the upstream: bytes may flow (c2u once the protocol is known). */
+static bool connected(const struct conn *c)
+{
+        return c->state == CONN_SNIFFING || c->state == CONN_RELAYING ||
+               c->state == CONN_HALF_CLOSED;
+}
+
+/* The upstream is connected (and its TLS established): RELAYING when the
+ * protocol is known, else SNIFFING until it is. */
+static void conn_established(struct conn *c)
+{
+        conn_set_state(c, proto_known(c) ? CONN_RELAYING : CONN_SNIFFING);
+}
 
 /* ---- buffers ------------------------------------------------------------ */
 
@@ -134,7 +188,7 @@ static void conn_detach(struct conn *c)
         }
         half_give_buf(w, &c->c2u);
         half_give_buf(w, &c->u2c);
-        c->closed = true;
+        conn_set_state(c, CONN_CLOSED);
         if (c->prev)
                 c->prev->next = c->next;
         else
@@ -181,8 +235,8 @@ static void conn_handoff(struct conn *c, const struct proto_engine *e)
                 h.route = c->route;
                 h.upstream = c->upstream;
                 memset(&c->route, 0, sizeof(c->route));
-                if (c->state == CONN_RELAYING && c->up.io.fd >= 0 && c->u2c.len == 0 &&
-                    !c->u2c.eof && !c->up.rdhup) {
+                if ((c->state == CONN_RELAYING || c->state == CONN_HALF_CLOSED) &&
+                    c->up.io.fd >= 0 && c->u2c.len == 0 && !c->u2c.eof && !c->up.rdhup) {
                         loop_io_del(w->loop, &c->up.io);
                         upstream_adopt(w, c->up.io.fd, c->up.tls, &c->upstream,
                                        c->tls_out ? route_identity(&h.route) : "");
@@ -226,7 +280,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
                          sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)),
                          route_service_name(&c->route),
                          sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)),
-                         proto_name(c->sniffed ? c->proto : PROTO_TCP),
+                         proto_name(proto_known(c) ? c->proto : PROTO_TCP),
                          (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
                          (unsigned long long)(loop_now_ms(loop) - c->created_ms),
                          conn_reason_name(reason));
@@ -238,8 +292,9 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
 
 static void sniff_finish(struct conn *c, enum proto proto, const struct sniff_result *r)
 {
-        c->sniffed = true;
         c->proto = proto;
+        if (c->state == CONN_SNIFFING)
+                conn_set_state(c, CONN_RELAYING);
         loop_timer_cancel(c->w->loop, &c->sniff_timer);
         stat_add(&c->w->stats, ST_PROTO_FIRST + proto, 1);
         if (r && r->sni[0])
@@ -275,7 +330,8 @@ static int sniff_step(struct conn *c)
         struct half *h = &c->c2u;
         if (!h->buf && half_take_buf(c->w, h) < 0)
                 return REASON_NO_MEMORY;
-        if (c->peek && c->cli.readable && !h->eof) {
+        bool peek = c->state == CONN_PEEKING;
+        if (peek && c->cli.readable && !h->eof) {
                 /* The bytes stay in the socket: each new edge peeks them all again. */
                 ssize_t n;
                 do
@@ -289,7 +345,7 @@ static int sniff_step(struct conn *c)
                 else if (errno != EAGAIN)
                         return REASON_CLIENT_RESET;
         }
-        while (!c->peek && c->cli.readable && !h->eof && h->len < h->cap) {
+        while (!peek && c->cli.readable && !h->eof && h->len < h->cap) {
                 ssize_t n = side_recv(&c->cli, h->buf + h->len, h->cap - h->len);
                 if (n > 0) {
                         /* A short read drained the socket, unless a FIN waits. */
@@ -313,7 +369,7 @@ static int sniff_step(struct conn *c)
         memset(&r, 0, sizeof(r));
         if (sniff(h->buf, h->len, final, &r) == SNIFF_DONE || final)
                 sniff_finish(c, r.proto == PROTO_UNKNOWN ? PROTO_TCP : r.proto, &r);
-        if (h->len == 0 && c->sniffed)
+        if (h->len == 0 && proto_known(c))
                 half_give_buf(c->w, h);
         return -1;
 }
@@ -452,8 +508,8 @@ static bool inbound_unidentified_refused(struct conn *c)
         snprintf(pnum, sizeof(pnum), "%u", (unsigned)port);
         snprintf(detail, sizeof(detail),
                  "%s connection; port %u has authorization policies (%.100s)",
-                 c->peek ? (c->proto == PROTO_TLS ? "non-mesh TLS" : "plaintext")
-                         : "plaintext (mTLS disabled for this port)",
+                 c->state == CONN_PEEKING ? (c->proto == PROTO_TLS ? "non-mesh TLS" : "plaintext")
+                                          : "plaintext (mTLS disabled for this port)",
                  (unsigned)port, v.policy);
         const struct log_field f[] = {
             {"peer", sockaddr_format(&c->client_addr, pbuf, sizeof(pbuf)), false},
@@ -471,7 +527,7 @@ static bool inbound_unidentified_refused(struct conn *c)
  * known (permissive plaintext, or the plaintext inside terminated mesh
  * TLS): an engine's protocol goes request by request (the engine connects
  * to the application), anything else is relayed once connected. c may be
- * gone after (c->closed). */
+ * gone after (closed(c)). */
 static void inbound_to_application(struct conn *c)
 {
         if (engine_for(c->proto))
@@ -491,7 +547,6 @@ static int inbound_decide(struct conn *c)
          * TCP probe, a client giving up). Where nothing could be relayed
          * anyway, it ends quietly as done. */
         bool silent = h->eof && h->len == 0;
-        c->peek = false;
         /* What was peeked is still in the socket: from now on it is read. */
         h->len = h->off = 0;
         h->eof = false;
@@ -517,6 +572,7 @@ static int inbound_decide(struct conn *c)
                 struct tls_snapshot *ts = worker_tls(c->w);
                 if (!ts || tls_conn_server_new(ts, c->cli.io.fd, c->id, &c->cli.tls) < 0)
                         return REASON_NO_MEMORY;
+                conn_set_state(c, CONN_TLS_ACCEPT);
                 tls_conn_set_authz(c->cli.tls, worker_authz(c->w));
                 tls_conn_set_peer(c->cli.tls, &c->client_addr);
                 loop_timer_arm(c->w->loop, &c->sniff_timer, cfg->mtls_handshake_timeout_ms);
@@ -538,14 +594,14 @@ static int inbound_decide(struct conn *c)
         if (!silent && inbound_unidentified_refused(c))
                 return REASON_AUTHZ_REFUSED;
         inbound_to_application(c);
-        return c->closed ? -2 : -1;
+        return closed(c) ? -2 : -1;
 }
 
 /* TLS handshakes before any byte is relayed. 0 go on, 1 wait, -1 freed, 2
  * inbound TLS is established: sniff its plaintext. */
 static int conn_handshakes(struct conn *c)
 {
-        if (c->cli.tls && !c->cli_hs_done) {
+        if (c->state == CONN_TLS_ACCEPT) {
                 int r = side_handshake(c, &c->cli);
                 if (r < 0) {
                         conn_free(c, REASON_TLS_HANDSHAKE, true);
@@ -553,7 +609,6 @@ static int conn_handshakes(struct conn *c)
                 }
                 if (r > 0)
                         return 1;
-                c->cli_hs_done = true;
                 loop_timer_cancel(c->w->loop, &c->sniff_timer);
                 /* The allow-list was applied to the SNI port: forward only there. */
                 uint16_t sp = tls_conn_dst_port(c->cli.tls);
@@ -570,9 +625,9 @@ static int conn_handshakes(struct conn *c)
                  * engine's, per request, or here for a relay). An
                  * unauthenticated client never holds a connection to it, nor
                  * learns whether its port is open. */
-                c->sniffed = false;
+                c->proto = PROTO_UNKNOWN;
                 c->sniffed_len = 0;
-                c->tls_sniff = true;
+                conn_set_state(c, CONN_TLS_SNIFF);
                 c->cli.readable = true; /* TLS may hold decrypted bytes already */
                 loop_timer_arm(c->w->loop, &c->sniff_timer,
                                worker_cfg(c->w)->protocol_detection_timeout_ms);
@@ -586,7 +641,7 @@ static int conn_handshakes(struct conn *c)
                 }
                 if (r > 0)
                         return 1;
-                c->state = CONN_RELAYING;
+                conn_established(c);
                 c->last_active_ms = loop_now_ms(c->w->loop);
                 loop_timer_arm(c->w->loop, &c->timer, worker_cfg(c->w)->idle_timeout_ms);
         }
@@ -597,14 +652,15 @@ static void conn_drive(struct conn *c)
 {
         enum conn_reason reason = REASON_DONE;
 again:
-        if (!c->sniffed) {
+        if (!proto_known(c)) {
                 int r = sniff_step(c);
                 if (r >= 0) {
                         conn_free(c, (enum conn_reason)r, false);
                         return;
                 }
         }
-        if (c->sniffed && c->dir == DIR_OUTBOUND && (c->route.table || c->no_endpoint)) {
+        if (proto_known(c) && c->dir == DIR_OUTBOUND &&
+            (c->route.table || c->verdict != REASON__COUNT)) {
                 /* Not once the server's bytes reached the client (an HTTP/2
                  * server's SETTINGS belong to that session): then it stays a
                  * byte relay. */
@@ -612,16 +668,12 @@ again:
                         conn_handoff(c, engine_for(c->proto));
                         return;
                 }
-                if (c->no_endpoint) {
-                        conn_free(c, REASON_NO_ENDPOINT, true);
-                        return;
-                }
-                if (c->mtls_refused) {
-                        conn_free(c, REASON_MTLS_REQUIRED, true);
+                if (c->verdict != REASON__COUNT) {
+                        conn_free(c, c->verdict, true);
                         return;
                 }
         }
-        if (c->sniffed && c->peek) {
+        if (proto_known(c) && c->state == CONN_PEEKING) {
                 int r = inbound_decide(c);
                 if (r == -2)
                         return; /* freed by a failed connect */
@@ -635,28 +687,27 @@ again:
                 goto again;
         if (hs != 0)
                 return;
-        if (c->tls_sniff) {
-                if (!c->sniffed)
+        if (c->state == CONN_TLS_SNIFF) {
+                if (!proto_known(c))
                         return;
-                c->tls_sniff = false;
                 inbound_to_application(c);
-                if (c->closed)
+                if (closed(c))
                         return;
         }
-        /* Inbound with mTLS on: nothing flows before the decision. */
-        if (c->state != CONN_RELAYING || c->peek)
+        /* Nothing flows before the upstream is connected. */
+        if (!connected(c))
                 return;
-        if (!c->tcp_cells && c->sniffed)
+        if (!c->tcp_cells && proto_known(c))
                 c->tcp_cells = reqmetrics_tcp_open(c->w, c->dir, c->cli.tls, &c->route, c->tls_out);
 
         uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
-        if (c->sniffed && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM, REASON_CLIENT_RESET,
-                               REASON_UPSTREAM_RESET, &reason) < 0)
+        if (proto_known(c) && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM,
+                                   REASON_CLIENT_RESET, REASON_UPSTREAM_RESET, &reason) < 0)
                 goto fail;
         /* Outbound to a service, the server's bytes wait for the sniffer (at
          * most protocol_detection_timeout): an HTTP/2 server's SETTINGS must
          * not reach a client whose connection h2proxy may take over. */
-        if ((c->sniffed || c->dir != DIR_OUTBOUND || !c->route.table) &&
+        if ((proto_known(c) || c->dir != DIR_OUTBOUND || !c->route.table) &&
             pump(c, &c->up, &c->cli, &c->u2c, ST_BYTES_DOWNSTREAM, REASON_UPSTREAM_RESET,
                  REASON_CLIENT_RESET, &reason) < 0)
                 goto fail;
@@ -664,6 +715,8 @@ again:
                 c->last_active_ms = loop_now_ms(c->w->loop);
         if (c->c2u.shut && c->u2c.shut)
                 conn_free(c, REASON_DONE, false);
+        else if ((c->c2u.shut || c->u2c.shut) && c->state == CONN_RELAYING)
+                conn_set_state(c, CONN_HALF_CLOSED);
         return;
 fail:
         conn_free(c, reason, reason == REASON_UPSTREAM_RESET);
@@ -679,7 +732,7 @@ static void side_mark(struct side *s, uint32_t events)
 static void on_client(struct loop *loop, struct loop_io *io, uint32_t events)
 {
         struct conn *c = io->data;
-        if (c->closed)
+        if (closed(c))
                 return;
         side_mark(&c->cli, events);
         conn_drive(c);
@@ -693,7 +746,7 @@ static void arm_idle(struct conn *c)
 static void on_upstream(struct loop *loop, struct loop_io *io, uint32_t events)
 {
         struct conn *c = io->data;
-        if (c->closed)
+        if (closed(c))
                 return;
         side_mark(&c->up, events);
         if (c->state == CONN_CONNECTING) {
@@ -711,12 +764,12 @@ static void on_upstream(struct loop *loop, struct loop_io *io, uint32_t events)
                                 conn_free(c, REASON_NO_MEMORY, true);
                                 return;
                         }
-                        c->state = CONN_HANDSHAKE;
+                        conn_set_state(c, CONN_HANDSHAKE);
                         c->up.readable = c->up.writable = true;
                         loop_timer_arm(loop, &c->timer,
                                        worker_cfg(c->w)->mtls_handshake_timeout_ms);
                 } else {
-                        c->state = CONN_RELAYING;
+                        conn_established(c);
                         c->last_active_ms = loop_now_ms(loop);
                         arm_idle(c);
                 }
@@ -753,9 +806,9 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t)
 {
         struct conn *c = t->data;
-        if (c->sniffed) {
+        if (proto_known(c)) {
                 /* Inbound: the sniff timer now bounds the TLS handshake. */
-                if (c->cli.tls && !c->cli_hs_done) {
+                if (c->state == CONN_TLS_ACCEPT) {
                         tls_conn_timeout(c->cli.tls);
                         conn_free(c, REASON_TLS_HANDSHAKE, true);
                 }
@@ -766,7 +819,7 @@ static void on_sniff_timeout(struct loop *loop, struct loop_timer *t)
          * its ClientHello: it gets mtls.handshake_timeout, not a plaintext
          * verdict after protocol_detection_timeout. */
         const struct shunt_config *cfg = worker_cfg(c->w);
-        if (c->peek &&
+        if (c->state == CONN_PEEKING &&
             ((c->c2u.len && c->c2u.buf[0] == 0x16) || (!c->c2u.len && c->in_mode == MTLS_STRICT))) {
                 uint64_t age = loop_now_ms(loop) - c->created_ms;
                 if (age < cfg->mtls_handshake_timeout_ms) {
@@ -853,6 +906,7 @@ static void conn_connect(struct conn *c)
 {
         struct worker *w = c->w;
         const struct shunt_config *cfg = worker_cfg(w);
+        conn_set_state(c, CONN_CONNECTING); /* again, for a retry */
         c->up.readable = c->up.writable = c->up.rdhup = false;
         if (c->dir == DIR_OUTBOUND && c->route.table) {
                 /* Per endpoint: a retry may land on one with another identity. */
@@ -1047,11 +1101,11 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         c->id = atomic_fetch_add_explicit(&p->next_conn_id, 1, memory_order_relaxed) + 1;
         c->dir = l->dir;
         c->state = CONN_CONNECTING;
+        c->verdict = no_endpoint ? REASON_NO_ENDPOINT : REASON__COUNT;
         c->client_addr = *peer;
         c->orig_dst = dst;
         c->upstream = upstream;
         c->route = route;
-        c->no_endpoint = no_endpoint;
         if (l->dir == DIR_INBOUND) {
                 /* The registry may set the mode for this pod's service
                  * port; without certificates (mtls.mode disabled) nothing can
@@ -1066,13 +1120,16 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                                              : sm == DISC_MTLS_PERMISSIVE ? MTLS_PERMISSIVE
                                                                           : MTLS_DISABLED;
                 }
-                c->peek = p->tls_slot && c->in_mode != MTLS_DISABLED;
-                c->to_listener = c->peek && is_own_listener(w, &dst);
+                /* mTLS on: the client's first bytes are peeked, not read, so
+                 * a TLS handshake can start from the ClientHello. */
+                if (p->tls_slot && c->in_mode != MTLS_DISABLED)
+                        c->state = CONN_PEEKING;
+                c->to_listener = c->state == CONN_PEEKING && is_own_listener(w, &dst);
         } else if (route.table &&
                    route_security(&route, cfg->mtls_mode, p->tls_slot != NULL) == ROUTE_REFUSED) {
                 /* Sniff first: an HTTP client gets a 503 from its engine. */
                 outbound_refusal(c);
-                c->mtls_refused = true;
+                c->verdict = REASON_MTLS_REQUIRED;
         }
         c->created_ms = c->last_active_ms = loop_now_ms(w->loop);
         loop_io_init(&c->cli.io, fd, on_client, c);
@@ -1096,7 +1153,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                 return;
         }
         /* mTLS off for this port: nothing can carry an identity. */
-        if (c->dir == DIR_INBOUND && !c->peek && inbound_unidentified_refused(c)) {
+        if (c->dir == DIR_INBOUND && c->state != CONN_PEEKING && inbound_unidentified_refused(c)) {
                 conn_free(c, REASON_AUTHZ_REFUSED, true);
                 return;
         }
@@ -1105,7 +1162,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                   sockaddr_format(&dst, dbuf, sizeof(dbuf)), route_service_name(&c->route));
         /* Inbound with mTLS on connects once the client is known
          * (inbound_decide, conn_handshakes). */
-        if (!c->peek && !c->no_endpoint && !c->mtls_refused)
+        if (c->state != CONN_PEEKING && c->verdict == REASON__COUNT)
                 conn_connect(c);
 }
 
@@ -1130,16 +1187,12 @@ void relay_render(struct worker *w, struct strbuf *out, bool *first)
                 conn_render_open(out, first, w, c->id, c->dir, &c->client_addr, &c->orig_dst,
                                  sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)),
                                  route_service_name(&c->route));
-                const char *state = c->state == CONN_CONNECTING  ? "connecting"
-                                    : c->state == CONN_HANDSHAKE ? "tls_handshake"
-                                    : !c->sniffed                ? "sniffing"
-                                    : c->c2u.shut || c->u2c.shut ? "half_closed"
-                                                                 : "relaying";
                 strbuf_appendf(out,
                                ",\"protocol\":\"%s\",\"state\":\"%s\",\"bytes_in\":%llu,"
                                "\"bytes_out\":%llu,\"age_ms\":%llu,\"sni\":",
-                               c->sniffed ? proto_name(c->proto) : "unknown", state,
-                               (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
+                               proto_known(c) ? proto_name(c->proto) : "unknown",
+                               conn_state_name(c->state), (unsigned long long)c->c2u.bytes,
+                               (unsigned long long)c->u2c.bytes,
                                (unsigned long long)(now - c->created_ms));
                 strbuf_append_json_string(out, c->sni);
                 strbuf_append(out, "}");

@@ -3,13 +3,60 @@
  * per kind, its transitions as a table (state, event, next state). Each
  * kind changes state only through its *_set_state helper, which asserts the
  * transition in debug builds; *_transition_ok is the table, for the unit
- * tests (tests/unit/test_h1proxy.c, test_h2proxy.c). Flags left in the
+ * tests (tests/unit/test_relay.c, test_h1proxy.c, test_h2proxy.c). Flags left in the
  * structs are facts independent of the state (readiness, half-closes of a
  * tunnel, properties of the request in flight). Private to userspace/proxy/. */
 #ifndef SHUNT_PROXY_STATES_INT_H
 #define SHUNT_PROXY_STATES_INT_H
 
 #include <stdbool.h>
+
+/* ---- a relayed connection (relay.c, struct conn) ------------------------------
+ *
+ *   state       event                                             next
+ *   PEEKING     mesh TLS (or any TLS in strict mode)              TLS_ACCEPT
+ *   PEEKING     permissive plaintext or non-mesh TLS: relayed     CONNECTING
+ *   PEEKING     the same, an engine's protocol: handed over       CLOSED
+ *   PEEKING     strict plaintext, loop, authz, FIN, reset         CLOSED
+ *   TLS_ACCEPT  handshake done, peer checked, its port agrees     TLS_SNIFF
+ *   TLS_ACCEPT  handshake failed or timed out, port mismatch      CLOSED
+ *   TLS_SNIFF   the plaintext's protocol: relayed                 CONNECTING
+ *   TLS_SNIFF   an engine's protocol: handed over, or an error    CLOSED
+ *   CONNECTING  a retry on another endpoint after its backoff     CONNECTING
+ *   CONNECTING  connected, plaintext, protocol known              RELAYING
+ *   CONNECTING  connected, plaintext, protocol not known yet      SNIFFING
+ *   CONNECTING  connected, mTLS to the endpoint's identity        HANDSHAKE
+ *   CONNECTING  no retry left, timeout, handed over, refused      CLOSED
+ *   HANDSHAKE   TLS established (RELAYING when the protocol is    RELAYING
+ *               known, else SNIFFING)                             SNIFFING
+ *   HANDSHAKE   handshake failed or timed out, handed over        CLOSED
+ *   SNIFFING    the protocol is known                             RELAYING
+ *   SNIFFING    an error, the sniff deadline ends it              CLOSED
+ *   RELAYING    one direction's FIN passed on                     HALF_CLOSED
+ *   RELAYING    both done, a reset, idle timeout, handed over     CLOSED
+ *   HALF_CLOSED the other direction done, a reset, idle timeout   CLOSED
+ *
+ * Inbound connections with mTLS on start in PEEKING, every other one in
+ * CONNECTING (outbound with a verdict to apply once sniffed, see
+ * conn.verdict, without connecting). Sniffing runs alongside CONNECTING and
+ * HANDSHAKE: whether the protocol is known is conn.proto, not a state.
+ * CLOSED is final: freed after the current epoll batch. */
+enum conn_state {
+        CONN_PEEKING,     /* inbound, mTLS on: the first bytes are peeked to decide */
+        CONN_TLS_ACCEPT,  /* inbound mesh TLS handshake */
+        CONN_TLS_SNIFF,   /* inbound TLS established: its plaintext is sniffed, the app waits */
+        CONN_CONNECTING,  /* the upstream connect in flight, or a retry's backoff */
+        CONN_HANDSHAKE,   /* outbound: TLS handshake with the peer's shuntd */
+        CONN_SNIFFING,    /* connected, the protocol not known yet: the client's bytes wait */
+        CONN_RELAYING,    /* bytes both ways */
+        CONN_HALF_CLOSED, /* one direction's FIN passed on, the other still flows */
+        CONN_CLOSED,
+        CONN__COUNT,
+};
+
+bool conn_transition_ok(enum conn_state from, enum conn_state to);
+/* The name /connections shows. */
+const char *conn_state_name(enum conn_state st);
 
 /* ---- an HTTP/1.1 client session (h1proxy.c, struct h1s) ----------------------
  *
