@@ -188,6 +188,12 @@ time.sleep(600)
 """
 
 
+def seconds(ts):
+    """A log line's time (2026-12-07T19:24:58.753001Z) as seconds of the day."""
+    hms = ts.split("T")[1].rstrip("Z").split(":")
+    return int(hms[0]) * 3600 + int(hms[1]) * 60 + float(hms[2])
+
+
 def run_in(pod, script, *args, timeout=60):
     r = subprocess.run(pod.in_pod([sys.executable, "-c", script] + [str(a) for a in args]),
                        capture_output=True, text=True, timeout=timeout)
@@ -339,6 +345,23 @@ def test_pod_to_pod_captured_both_ways(lab):
     assert qa["bytes"]["downstream"] - before_a["bytes"]["downstream"] >= size
     assert qb["connections"]["inbound"] > before_b["connections"]["inbound"]
     assert qb["bytes"]["upstream"] - before_b["bytes"]["upstream"] >= size
+    # how long each pod's capture took on the main loop (reported, not asserted)
+    ready, took = {}, {}
+    for ln in d.log_lines():
+        m = ln.get("msg", "")
+        for name in pods:
+            if m.startswith("node: pod %s/%s ready:" % (NS, name)):
+                ready[name] = ln["time"]
+            elif m.startswith("pod %s/%s captured:" % (NS, name)) and name in ready:
+                took[name] = seconds(ln["time"]) - seconds(ready[name])
+    print("node capture: capture at READY took %s" % ", ".join(
+        "%s %.0f ms" % (k, 1000 * v) for k, v in sorted(took.items())))
+    # b's side saw a's own address: the upstream socket was made in a's namespace
+    sl.wait_until(lambda: any(
+        ln.get("component") == "access" and
+        ln.get("msg", "").startswith("inbound %s:" % a.ip) and
+        "-> %s:%d" % (b.ip, APP_PORT) in ln.get("msg", "") for ln in d.log_lines()), 10,
+        what="b's access line with a's address")
     text = sl.shuntctl(env.topo.app, "pods")
     assert text.returncode == 0, text.stderr
     assert "capture: outbound by ebpf" in text.stdout and "default/a " in text.stdout
