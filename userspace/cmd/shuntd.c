@@ -1148,7 +1148,7 @@ static int node_pods_open(struct daemon *d, char *err, size_t errlen)
                 return -EINVAL;
         d->sidecar_capture = node_sidecar_capture_new(NULL);
         if (!d->sidecar_capture ||
-            node_sidecar_capture_attach(d->sidecar_capture, d->node_pods) < 0) {
+            node_sidecar_capture_attach(d->sidecar_capture, d->node_pods, d->loop) < 0) {
                 snprintf(err, errlen, "node: sidecar capture: out of memory");
                 return -ENOMEM;
         }

@@ -23,24 +23,31 @@
 
 #define COMP "node"
 
-enum sc_state { SC_INSTALLED, SC_FAILED };
+enum sc_state { SC_INSTALLED, SC_RETRYING, SC_FAILED };
 
 /* What was done for one READY episode of a pod (its gen). */
 struct sc_pod {
         uint64_t gen;
         enum sc_state state;
-        uint64_t at_ms;
+        uint64_t at_ms, next_ms;
+        uint32_t attempts;
         uint16_t inbound_port, outbound_port;
         uint32_t uid;
+        int netns_fd;   /* a dup, held while an attempt is still to come */
+        char *settings; /* the annotation, held likewise */
+        uint64_t netns_ino;
+        char id[320]; /* namespace/name, for the log */
         char error[240];
 };
 
 struct node_sidecar_capture {
         struct node_sidecar_ops ops;
+        struct loop *loop; /* NULL: no retries */
+        struct loop_timer retry;
         struct sc_pod *pods;
         size_t n, cap;
         bool keep; /* exiting: nothing is removed */
-        uint64_t installed, removed, failures;
+        uint64_t installed, removed, failures, retries;
 };
 
 /* ---- the settings ------------------------------------------------------------- */
@@ -196,6 +203,91 @@ static struct sc_pod *find(struct node_sidecar_capture *sc, uint64_t gen)
         return NULL;
 }
 
+/* Drops what is held for further attempts. */
+static void settle(struct sc_pod *p)
+{
+        if (p->netns_fd >= 0)
+                close(p->netns_fd);
+        p->netns_fd = -1;
+        free(p->settings);
+        p->settings = NULL;
+}
+
+static void arm_retry(struct node_sidecar_capture *sc)
+{
+        if (!sc->loop)
+                return;
+        uint64_t now = loop_now_ms(sc->loop), next = UINT64_MAX;
+        for (size_t i = 0; i < sc->n; i++) {
+                if (sc->pods[i].state == SC_RETRYING && sc->pods[i].next_ms < next)
+                        next = sc->pods[i].next_ms;
+        }
+        if (next != UINT64_MAX)
+                loop_timer_arm(sc->loop, &sc->retry, next > now ? next - now : 0);
+}
+
+/* One attempt at p's capture. Bad settings are final; an install that fails
+ * (iptables busy or missing, the namespace going) is tried again, at most
+ * NODE_SIDECAR_ATTEMPTS times, NODE_SIDECAR_RETRY_MS apart and growing. */
+static void attempt(struct node_sidecar_capture *sc, struct sc_pod *p)
+{
+        p->attempts++;
+        struct shunt_config *cfg = NULL;
+        int rc = node_sidecar_capture_config(p->settings, &cfg, p->error, sizeof(p->error));
+        bool final = rc < 0;
+        if (rc == 0) {
+                struct ipt_options o;
+                init_options(&o, cfg);
+                p->inbound_port = o.inbound_port;
+                p->outbound_port = o.outbound_port;
+                p->uid = o.uid;
+                rc = sc->ops.install(sc->ops.ctx, p->netns_fd, cfg, p->error, sizeof(p->error));
+                snapshot_unref(&cfg->snap);
+                final = rc < 0 && (!sc->loop || p->attempts >= NODE_SIDECAR_ATTEMPTS);
+        }
+        if (rc == 0) {
+                p->state = SC_INSTALLED;
+                p->error[0] = '\0';
+                p->at_ms = clock_mono_ms();
+                sc->installed++;
+                settle(p);
+                log_info(COMP, 0,
+                         "node: pod %s: sidecar capture installed from the node in netns %llu "
+                         "(inbound -> %u, outbound -> %u, uid %u skipped)",
+                         p->id, (unsigned long long)p->netns_ino, p->inbound_port, p->outbound_port,
+                         p->uid);
+                return;
+        }
+        if (final) {
+                p->state = SC_FAILED;
+                sc->failures++;
+                settle(p);
+                log_warn(COMP, 0,
+                         "node: pod %s: sidecar capture from the node failed (attempt %u): %s (its "
+                         "traffic is not captured; fix the pod and recreate it)",
+                         p->id, p->attempts, p->error);
+                return;
+        }
+        p->state = SC_RETRYING;
+        p->next_ms = loop_now_ms(sc->loop) + (uint64_t)NODE_SIDECAR_RETRY_MS * p->attempts;
+        sc->retries++;
+        log_warn(COMP, 0,
+                 "node: pod %s: sidecar capture from the node failed (attempt %u of %u): %s; "
+                 "trying again",
+                 p->id, p->attempts, NODE_SIDECAR_ATTEMPTS, p->error);
+}
+
+static void on_retry(struct loop *loop, struct loop_timer *t)
+{
+        struct node_sidecar_capture *sc = t->data;
+        uint64_t now = loop_now_ms(loop);
+        for (size_t i = 0; i < sc->n; i++) {
+                if (sc->pods[i].state == SC_RETRYING && sc->pods[i].next_ms <= now)
+                        attempt(sc, &sc->pods[i]);
+        }
+        arm_retry(sc);
+}
+
 static void on_ready(void *ctx, const struct node_pod_info *pod)
 {
         struct node_sidecar_capture *sc = ctx;
@@ -216,35 +308,23 @@ static void on_ready(void *ctx, const struct node_pod_info *pod)
                 sc->cap = cap;
         }
         struct sc_pod *p = &sc->pods[sc->n++];
-        *p = (struct sc_pod){.gen = pod->gen, .at_ms = clock_mono_ms()};
-        struct shunt_config *cfg = NULL;
-        int rc = node_sidecar_capture_config(pod->node_capture, &cfg, p->error, sizeof(p->error));
-        if (rc == 0) {
-                struct ipt_options o;
-                init_options(&o, cfg);
-                p->inbound_port = o.inbound_port;
-                p->outbound_port = o.outbound_port;
-                p->uid = o.uid;
-                rc = sc->ops.install(sc->ops.ctx, pod->netns_fd, cfg, p->error, sizeof(p->error));
-                snapshot_unref(&cfg->snap);
-        }
-        if (rc < 0) {
+        *p = (struct sc_pod){.gen = pod->gen,
+                             .at_ms = clock_mono_ms(),
+                             .netns_ino = pod->netns_ino,
+                             .netns_fd = fcntl(pod->netns_fd, F_DUPFD_CLOEXEC, 0),
+                             .settings = strdup(pod->node_capture)};
+        snprintf(p->id, sizeof(p->id), "%.100s/%.200s", pod->ns, pod->name);
+        if (p->netns_fd < 0 || !p->settings) {
+                snprintf(p->error, sizeof(p->error), "out of memory or descriptors");
                 p->state = SC_FAILED;
                 sc->failures++;
-                log_warn(COMP, 0,
-                         "node: pod %s/%s: sidecar capture from the node failed: %s (its traffic "
-                         "is not captured; fix the pod and recreate it)",
-                         pod->ns, pod->name, p->error);
+                settle(p);
+                log_error(COMP, 0, "node: pod %s: sidecar capture not installed: %s", p->id,
+                          p->error);
                 return;
         }
-        p->state = SC_INSTALLED;
-        p->error[0] = '\0';
-        sc->installed++;
-        log_info(COMP, 0,
-                 "node: pod %s/%s: sidecar capture installed from the node in netns %llu "
-                 "(inbound -> %u, outbound -> %u, uid %u skipped)",
-                 pod->ns, pod->name, (unsigned long long)pod->netns_ino, p->inbound_port,
-                 p->outbound_port, p->uid);
+        attempt(sc, p);
+        arm_retry(sc);
 }
 
 static void on_gone(void *ctx, const struct node_pod_info *pod)
@@ -265,6 +345,7 @@ static void on_gone(void *ctx, const struct node_pod_info *pod)
                                  pod->name);
                 }
         }
+        settle(p);
         *p = sc->pods[--sc->n];
 }
 
@@ -281,8 +362,11 @@ static void on_render(void *ctx, const struct node_pod_info *pod, struct strbuf 
                 strbuf_append(sb, ",\"sidecar_capture\":{\"state\":\"waiting\"}");
                 return;
         }
-        if (p->state == SC_FAILED) {
-                strbuf_append(sb, ",\"sidecar_capture\":{\"state\":\"failed\",\"error\":");
+        if (p->state != SC_INSTALLED) {
+                strbuf_appendf(sb,
+                               ",\"sidecar_capture\":{\"state\":\"%s\",\"attempts\":%u,"
+                               "\"error\":",
+                               p->state == SC_FAILED ? "failed" : "retrying", p->attempts);
                 strbuf_append_json_string(sb, p->error);
                 strbuf_append(sb, "}");
                 return;
@@ -309,8 +393,11 @@ struct node_sidecar_capture *node_sidecar_capture_new(const struct node_sidecar_
         return sc;
 }
 
-int node_sidecar_capture_attach(struct node_sidecar_capture *sc, struct node_pods *np)
+int node_sidecar_capture_attach(struct node_sidecar_capture *sc, struct node_pods *np,
+                                struct loop *loop)
 {
+        sc->loop = loop;
+        loop_timer_init(&sc->retry, on_retry, sc);
         struct node_pods_observer obs = {
             .ready = on_ready, .gone = on_gone, .render = on_render, .ctx = sc};
         return node_pods_observe(np, &obs);
@@ -333,6 +420,10 @@ void node_sidecar_capture_free(struct node_sidecar_capture *sc)
 {
         if (!sc)
                 return;
+        if (sc->loop)
+                loop_timer_cancel(sc->loop, &sc->retry);
+        for (size_t i = 0; i < sc->n; i++)
+                settle(&sc->pods[i]);
         free(sc->pods);
         free(sc);
 }
@@ -354,4 +445,7 @@ void node_sidecar_capture_render_metrics(const struct node_sidecar_capture *sc, 
         prom_family(sb, "shunt_node_sidecar_capture_failures_total", "counter",
                     "Sidecar pods whose capture could not be installed from the node.");
         prom_sample_u64(sb, "shunt_node_sidecar_capture_failures_total", NULL, sc->failures);
+        prom_family(sb, "shunt_node_sidecar_capture_retries_total", "counter",
+                    "Failed installs of a sidecar pod's capture that are tried again.");
+        prom_sample_u64(sb, "shunt_node_sidecar_capture_retries_total", NULL, sc->retries);
 }

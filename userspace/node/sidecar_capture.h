@@ -27,6 +27,7 @@
 #define SHUNT_NODE_SIDECAR_CAPTURE_H
 
 #include "core/config.h"
+#include "core/loop.h"
 #include "core/strbuf.h"
 #include "node/pods.h"
 
@@ -41,10 +42,17 @@ struct node_sidecar_ops {
         void *ctx;
 };
 
+/* A failed install (not bad settings) is tried again this often (times the
+ * attempts made), up to this many attempts in all. */
+#define NODE_SIDECAR_RETRY_MS 1000
+#define NODE_SIDECAR_ATTEMPTS 5
+
 /* ops NULL: the real one. NULL when out of memory. */
 struct node_sidecar_capture *node_sidecar_capture_new(const struct node_sidecar_ops *ops);
-/* Registers as an observer of np (pods already READY are handled at once). */
-int node_sidecar_capture_attach(struct node_sidecar_capture *sc, struct node_pods *np);
+/* Registers as an observer of np (pods already READY are handled at once);
+ * retries run on loop (NULL: a failed install is final). */
+int node_sidecar_capture_attach(struct node_sidecar_capture *sc, struct node_pods *np,
+                                struct loop *loop);
 /* The node agent is exiting: what is installed stays (call before
  * node_pods_free, whose gone calls then remove nothing). */
 void node_sidecar_capture_keep(struct node_sidecar_capture *sc);
@@ -61,7 +69,7 @@ int node_sidecar_capture_config(const char *annotation, struct shunt_config **ou
 /* Pods with node capture installed, and failures. */
 size_t node_sidecar_capture_count(const struct node_sidecar_capture *sc);
 /* Prometheus: shunt_node_sidecar_captures (gauge),
- * shunt_node_sidecar_capture_failures_total. */
+ * shunt_node_sidecar_capture_failures_total, _retries_total. */
 void node_sidecar_capture_render_metrics(const struct node_sidecar_capture *sc, struct strbuf *sb);
 
 #endif
