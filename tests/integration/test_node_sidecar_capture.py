@@ -21,12 +21,18 @@ import struct
 
 import pytest
 
+import k8schart as kc
 import shuntlib as sl
 from test_node_pods import KubePod, by_name, make, node  # noqa: F401 (node: the fixture)
 
+# What the webhook writes for a pod with the chart's values below (checked
+# in test_installed_as_shuntd_init_installs against the real webhook).
 SETTINGS = {"SHUNT_REDIRECT": "iptables", "SHUNT_PROXY_UID": "1337",
             "SHUNT_ADMIN_METRICS_PORT": "15020", "SHUNT_EXCLUDE_INBOUND_PORTS": "9100",
             "SHUNT_EXCLUDE_OUTBOUND_CIDRS": "10.96.0.0/12"}
+CHART_VALUES = {"nodeAgent": {"enabled": True, "namespaces": []}, "sidecar": {"captureFrom": "node",
+                                                            "excludeInboundPorts": [9100]}}
+POD_ANNOTATIONS = {"shunt.io/exclude-outbound-cidrs": "10.96.0.0/12"}
 SO_ORIGINAL_DST = 80
 POD_ADDR = "10.250.0.2"
 DEST = "10.250.0.99"  # on the pod's veth subnet, answered by nobody
@@ -100,9 +106,21 @@ def delete(node_fx, p):
     pods.remove(p)
 
 
+def webhook_settings():
+    """The shunt.io/node-capture annotation the chart's webhook writes."""
+    objs = kc.render_cases({"c": CHART_VALUES})["c"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "sc1", "namespace": "shop", "annotations": POD_ANNOTATIONS},
+           "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}}
+    out, _, _ = kc.inject_pod(kc.inject_config(objs), pod, namespace="shop")
+    return out["metadata"]["annotations"]["shunt.io/node-capture"]
+
+
 def test_installed_as_shuntd_init_installs(node):
     env, d, root, pods = node
-    p = make_sidecar(node, "sc1", "10.244.1.51", settings=SETTINGS)
+    text = webhook_settings()  # the pod as injected, end to end
+    assert json.loads(text) == SETTINGS
+    p = make_sidecar(node, "sc1", "10.244.1.51", settings=text)
     st = wait_state(env, d, "sc1", "installed")
     assert st["mode"] == "iptables" and st["inbound_port"] == 15001
     assert st["outbound_port"] == 15002 and st["skipped_uid"] == 1337
