@@ -56,7 +56,9 @@ request = function()
 end
 """
 
-# A path and a status of their own per request (statuses 200..599 cycle).
+# A path and a status of their own per request (statuses 200..599 cycle);
+# stopped a little past 10,000 so that, with 8 connections in flight, at
+# least 10,000 complete (wrk itself still waits out -d).
 WRK_DISTINCT = """
 local n = 0
 request = function()
@@ -66,7 +68,7 @@ request = function()
   return wrk.format("GET", "/distinct/" .. n)
 end
 response = function(status, headers, body)
-  if n > 10000 then wrk.thread:stop() end
+  if n > 10016 then wrk.thread:stop() end
 end
 """
 
@@ -371,23 +373,43 @@ def test_grpc_calls(mesh):
 
 
 def test_tcp_bytes_per_service(mesh):
+    """Byte-relayed connections per destination service: bytes show while a
+    connection is open, and opened/closed count each connection."""
     topo, a, b, prom = mesh
     payload = os.urandom(100000)
-    for _ in range(3):
+    q = ('sum by (destination_service, destination_workload, mtls) (shunt_tcp_%s_total{pod="a",'
+         'direction="outbound",destination_service="echo"})')
+
+    def value(kind):
+        return sum(v for _, v in prom.query(q % kind))
+
+    base = {k: value(k) for k in ("connections_opened", "connections_closed", "received_bytes",
+                                  "sent_bytes")}  # fmt: skip
+    s = topo.app.connect(VIP_ECHO, 80)
+    try:
+        assert sl.echo(s, payload) == payload
+        # Still open: its bytes are there already, its end is not.
+        sl.wait_until(lambda: value("sent_bytes") - base["sent_bytes"] == len(payload),
+                      10 * SCRAPE_S, what="an open connection's bytes in prometheus")
+        assert value("received_bytes") - base["received_bytes"] == len(payload)
+        assert value("connections_opened") - base["connections_opened"] == 1
+        assert value("connections_closed") == base["connections_closed"]
+    finally:
+        s.close()
+    for _ in range(2):
         s = topo.app.connect(VIP_ECHO, 80)
         try:
             assert sl.echo(s, payload) == payload
         finally:
             s.close()
-    q = ('sum by (destination_service, mtls) (shunt_tcp_%s_total{pod="a",direction="outbound",'
-         'destination_service="echo"})')
-    sl.wait_until(lambda: [v for _, v in prom.query(q % "connections_closed")] == [3.0],
+    sl.wait_until(lambda: value("connections_closed") - base["connections_closed"] == 3,
                   10 * SCRAPE_S, what="three echo connections closed in prometheus")
-    labels, sent = prom.query(q % "sent_bytes")[0]
-    assert labels == {"destination_service": "echo", "mtls": "true"}, labels
-    assert sent == 3 * len(payload)
-    assert prom.query(q % "received_bytes")[0][1] == 3 * len(payload)
-    assert prom.query(q % "connections_opened")[0][1] == 3
+    labels, _ = prom.query(q % "sent_bytes")[0]
+    assert labels == {"destination_service": "echo", "destination_workload": "web",
+                      "mtls": "true"}, labels  # fmt: skip
+    assert value("sent_bytes") - base["sent_bytes"] == 3 * len(payload)
+    assert value("received_bytes") - base["received_bytes"] == 3 * len(payload)
+    assert value("connections_opened") - base["connections_opened"] == 3
 
 
 def test_promtool_accepts_the_scrapes(mesh):
@@ -413,7 +435,7 @@ def test_series_bounded(mesh):
               for d in (a, b)}  # fmt: skip
     out, total, _ = wrk_run(
         topo, WRK_DISTINCT, "distinct.lua",
-        ["-t1", "-c8", "-d60s", "--timeout", "5s", "http://%s/" % VIP_WEB], timeout=120)  # fmt: skip
+        ["-t1", "-c8", "-d25s", "--timeout", "5s", "http://%s/" % VIP_WEB], timeout=120)  # fmt: skip
     assert total >= 10000, out
     for d in (a, b):
         samples = d_samples(d, "shunt_requests_total")

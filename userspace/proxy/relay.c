@@ -268,7 +268,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
         loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
 
-        reqmetrics_tcp_close(c->tcp_cells, c->c2u.bytes, c->u2c.bytes);
+        reqmetrics_tcp_close(c->tcp_cells);
         session_end(w, c->dir, reason);
 
         if (log_enabled(LOG_INFO)) {
@@ -425,6 +425,8 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                                 h->off += (uint32_t)n;
                                 h->bytes += (uint64_t)n;
                                 stat_add(&c->w->stats, bytes_stat, (uint64_t)n);
+                                reqmetrics_tcp_bytes(c->tcp_cells, bytes_stat == ST_BYTES_UPSTREAM,
+                                                     (uint64_t)n);
                                 progress = true;
                                 /* TLS writes a record at a time: only EAGAIN says full. */
                                 if ((size_t)n < want && !dst->tls)
@@ -697,8 +699,11 @@ again:
         /* Nothing flows before the upstream is connected. */
         if (!connected(c))
                 return;
-        if (!c->tcp_cells && proto_known(c))
+        if (!c->tcp_cells && proto_known(c)) {
                 c->tcp_cells = reqmetrics_tcp_open(c->w, c->dir, c->cli.tls, &c->route, c->tls_out);
+                reqmetrics_tcp_bytes(c->tcp_cells, true, c->c2u.bytes);
+                reqmetrics_tcp_bytes(c->tcp_cells, false, c->u2c.bytes);
+        }
 
         uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
         if (proto_known(c) && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM,

@@ -281,13 +281,16 @@ _Atomic uint64_t *reqmetrics_tcp_open(struct worker *w, enum conn_dir dir,
         return cells;
 }
 
-void reqmetrics_tcp_close(_Atomic uint64_t *cells, uint64_t received, uint64_t sent)
+void reqmetrics_tcp_bytes(_Atomic uint64_t *cells, bool from_client, uint64_t n)
 {
-        if (!cells)
-                return;
-        prom_cell_add(&cells[TCP_CLOSED], 1);
-        prom_cell_add(&cells[TCP_RECEIVED], received);
-        prom_cell_add(&cells[TCP_SENT], sent);
+        if (cells && n)
+                prom_cell_add(&cells[from_client ? TCP_RECEIVED : TCP_SENT], n);
+}
+
+void reqmetrics_tcp_close(_Atomic uint64_t *cells)
+{
+        if (cells)
+                prom_cell_add(&cells[TCP_CLOSED], 1);
 }
 
 /* ---- rendering (admin thread) ------------------------------------------------- */
@@ -342,11 +345,10 @@ void reqmetrics_render(struct reqmetrics *m, struct strbuf *out)
         family(m, out, m->tcp, "shunt_tcp_connections_closed_total", "counter",
                "Connections relayed byte for byte that ended.", TCP_CLOSED);
         family(m, out, m->tcp, "shunt_tcp_received_bytes_total", "counter",
-               "Bytes received from the client of a byte-relayed connection, counted when it "
-               "ends.",
+               "Bytes received from the client of a byte-relayed connection, as they are relayed.",
                TCP_RECEIVED);
         family(m, out, m->tcp, "shunt_tcp_sent_bytes_total", "counter",
-               "Bytes sent to the client of a byte-relayed connection, counted when it ends.",
+               "Bytes sent to the client of a byte-relayed connection, as they are relayed.",
                TCP_SENT);
         static const char *const fams[] = {"requests", "tcp"};
         struct prom_series *sets[] = {m->req, m->tcp};

@@ -51,12 +51,13 @@ struct req_end {
 void reqmetrics_request(struct worker *w, const struct req_end *r);
 
 /* A byte-relayed (TCP) connection begins relaying: counted as opened; the
- * returned cells (never NULL once metrics exist, else NULL) go to
- * reqmetrics_tcp_close with its byte counts when it ends. */
+ * returned cells (NULL when there are no metrics) get its bytes as they
+ * move and its end. */
 _Atomic uint64_t *reqmetrics_tcp_open(struct worker *w, enum conn_dir dir,
                                       struct tls_conn *peer_tls, const struct route_use *route,
                                       bool mtls);
-/* received: bytes from the client; sent: bytes to the client. */
-void reqmetrics_tcp_close(_Atomic uint64_t *cells, uint64_t received, uint64_t sent);
+/* n bytes relayed: from the client (from_client) or to it. */
+void reqmetrics_tcp_bytes(_Atomic uint64_t *cells, bool from_client, uint64_t n);
+void reqmetrics_tcp_close(_Atomic uint64_t *cells);
 
 #endif
