@@ -2,6 +2,7 @@
 /* Upstream connections and the per-worker idle pool; see upstream.h. */
 #include "proxy/upstream.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -19,6 +20,27 @@
 
 #define UPSTREAM_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 #define POOL_BUCKETS    256 /* power of two */
+
+/* The transitions of upstream.h's table, one bit per next state. */
+#define TO(x) (1u << (x))
+static const unsigned upstream_next[UPSTREAM__COUNT] = {
+    [UPSTREAM_CONNECTING] = TO(UPSTREAM_HANDSHAKE) | TO(UPSTREAM_OPEN) | TO(UPSTREAM_DEAD),
+    [UPSTREAM_HANDSHAKE] = TO(UPSTREAM_OPEN) | TO(UPSTREAM_DEAD),
+    [UPSTREAM_OPEN] = TO(UPSTREAM_DEAD),
+    [UPSTREAM_DEAD] = TO(UPSTREAM_DEAD), /* failed, then closed by upstream_put */
+};
+
+bool upstream_transition_ok(enum upstream_state from, enum upstream_state to)
+{
+        return (unsigned)from < UPSTREAM__COUNT && (unsigned)to < UPSTREAM__COUNT &&
+               (upstream_next[from] & TO(to));
+}
+
+static void upstream_set_state(struct upstream *u, enum upstream_state next)
+{
+        assert(upstream_transition_ok(u->state, next));
+        u->state = next;
+}
 
 struct upstream_pool {
         struct upstream *bucket[POOL_BUCKETS]; /* idle connections, most recently used first */
@@ -188,7 +210,7 @@ static void upstream_close(struct upstream *u)
                 close(u->io.fd);
                 u->io.fd = -1;
         }
-        u->state = UPSTREAM_DEAD;
+        upstream_set_state(u, UPSTREAM_DEAD);
         /* An event for it may still be pending in this epoll batch. */
         loop_defer_free(loop, u);
 }
@@ -203,7 +225,7 @@ static void fail(struct upstream *u, int reason, const char *what)
                 close(u->io.fd);
                 u->io.fd = -1;
         }
-        u->state = UPSTREAM_DEAD;
+        upstream_set_state(u, UPSTREAM_DEAD);
         u->fail_reason = reason;
         u->fail_what = what;
         u->fn(u, UPSTREAM_FAILED, u->owner);
@@ -211,7 +233,7 @@ static void fail(struct upstream *u, int reason, const char *what)
 
 static void ready(struct upstream *u)
 {
-        u->state = UPSTREAM_OPEN;
+        upstream_set_state(u, UPSTREAM_OPEN);
         loop_timer_cancel(u->w->loop, &u->timer);
         u->readable = u->writable = true;
         u->fn(u, UPSTREAM_READY, u->owner);
@@ -274,7 +296,7 @@ static void on_io(struct loop *loop, struct loop_io *io, uint32_t events)
                                 fail(u, REASON_NO_MEMORY, "cannot start TLS");
                                 return;
                         }
-                        u->state = UPSTREAM_HANDSHAKE;
+                        upstream_set_state(u, UPSTREAM_HANDSHAKE);
                         loop_timer_arm(u->w->loop, &u->timer,
                                        worker_cfg(u->w)->mtls_handshake_timeout_ms);
                         handshake(u);

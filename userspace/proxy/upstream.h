@@ -100,12 +100,29 @@ enum upstream_event {
         UPSTREAM_IO,     /* readiness changed: readable / writable / rdhup updated */
 };
 
+/* A connection's states (upstream_set_state checks them in debug builds):
+ *
+ *   state       event                                          next
+ *   CONNECTING  connected, plaintext (READY to the owner)      OPEN
+ *   CONNECTING  connected, mTLS to the endpoint's identity     HANDSHAKE
+ *   CONNECTING  refused, timed out (FAILED to the owner)       DEAD
+ *   HANDSHAKE   TLS established (READY)                        OPEN
+ *   HANDSHAKE   handshake failed or timed out (FAILED)         DEAD
+ *   OPEN        closed: by its owner, idle expiry, the server  DEAD
+ *   DEAD        upstream_put after a failure: freed            DEAD
+ *
+ * An OPEN connection is its owner's or waits in the pool (in_pool); a
+ * pooled one is handed out OPEN (reused). Upstreams made elsewhere
+ * (upstream_adopt) start OPEN, in the pool. */
 enum upstream_state {
         UPSTREAM_CONNECTING,
         UPSTREAM_HANDSHAKE,
         UPSTREAM_OPEN,
         UPSTREAM_DEAD, /* failed; only upstream_put may follow */
+        UPSTREAM__COUNT,
 };
+
+bool upstream_transition_ok(enum upstream_state from, enum upstream_state to);
 
 struct upstream;
 typedef void (*upstream_fn)(struct upstream *u, enum upstream_event ev, void *owner);
