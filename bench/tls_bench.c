@@ -42,7 +42,7 @@
 #include "bench_util.h"
 #include "core/log.h"
 #include "tls/cert.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 
 #define MAX_CONNS   1024
 #define LAT_SAMPLES (1u << 20)

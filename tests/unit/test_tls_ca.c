@@ -14,7 +14,7 @@
 
 #include "require.h"
 #include "test_tls_util.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 #include "tls/source.h"
 #include "tls/store.h"
 

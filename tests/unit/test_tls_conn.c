@@ -20,7 +20,7 @@
 #include "test_tls_util.h"
 #include "core/loop.h"
 #include "tls/conn.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 #include "tls/source.h"
 #include "tls/store.h"
 

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "core/prom.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 
 /* One principal: every non-NULL field must match. */
 struct principal {

@@ -12,7 +12,7 @@
 
 #include "ca/ca.h"
 #include "discovery/k8s_creds.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 
 #define CA_COMP "ca"
 

@@ -40,7 +40,7 @@
 #include "proxy/proxy.h"
 #include "tls/cert.h"
 #include "tls/source.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 #include "tls/store.h"
 
 #define DRAIN_POLL_MS  100

@@ -686,7 +686,7 @@ static bool valid_name(const char *s)
 
 /* A SPIFFE ID as mtls.allow takes it: "spiffe://" <trust domain> then
  * "/"-separated path segments (valid_name). NULL when valid, else what is
- * wrong. The same rules as tls/spiffe.c, which core does not depend on. */
+ * wrong. The same rules as spiffe_id_parse (core/spiffe.c). */
 static const char *spiffe_id_problem(const char *s)
 {
         if (strncmp(s, "spiffe://", 9))

@@ -12,7 +12,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/prom.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 #include "tls/store.h"
 
 #define COMP "node"

@@ -13,7 +13,7 @@
 #include "route/route.h"
 #include "proxy/upstream.h"
 #include "tls/conn.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 
 #define NAME_MAX_ 254 /* SPIFFE names, service names: at most 253 characters */
 #define UNKNOWN   "unknown"

@@ -22,7 +22,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/log.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 
 #define COMP "tls"
 

@@ -20,7 +20,7 @@
 
 #include "core/log.h"
 #include "core/sockaddr.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 #include "tls/tls-int.h"
 
 #define COMP "tls"

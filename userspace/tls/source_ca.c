@@ -26,7 +26,7 @@
 #include "core/curlloop.h"
 #include "core/log.h"
 #include "core/prom.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 #include "tls/tls-int.h"
 
 #define COMP "tls"

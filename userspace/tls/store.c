@@ -14,7 +14,7 @@
 
 #include "core/log.h"
 #include "core/prom.h"
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 #include "tls/tls-int.h"
 
 #define COMP           "tls"

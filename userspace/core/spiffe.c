@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /* SPIFFE ID parsing and validation: see spiffe.h for the rules. */
-#include "tls/spiffe.h"
+#include "core/spiffe.h"
 
 #include <errno.h>
 #include <stdio.h>

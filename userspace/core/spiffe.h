@@ -17,8 +17,8 @@
  *   - the whole ID at most 2048 bytes.
  * Mesh names (namespace, service account) are additionally limited to 253
  * characters. */
-#ifndef SHUNT_TLS_SPIFFE_H
-#define SHUNT_TLS_SPIFFE_H
+#ifndef SHUNT_CORE_SPIFFE_H
+#define SHUNT_CORE_SPIFFE_H
 
 #include <stdbool.h>
 #include <stddef.h>
