@@ -134,17 +134,22 @@ static void pod_rules_remove(struct node_capture *nc, struct cap_pod *p)
 }
 
 /* Releases what p holds; p itself stays listed (failed) or is freed by the
- * caller. Links first: no connect is captured into a closing listener. */
+ * caller. The proxy first: its workers look accepted connections up in the
+ * pod's capture maps (origdst_use_bpf_thread) until proxy_free has joined
+ * them, so the capture may only be closed after it (closing it first freed
+ * it under the workers: a use-after-free in bpfcap_lookup, worker segfaults
+ * when a pod was deleted under traffic and on SIGTERM under load). A connect
+ * the pod makes in between is refused (no listener), never relayed. */
 static void pod_release(struct node_capture *nc, struct cap_pod *p)
 {
-        if (p->bpf) {
-                bpfcap_close(p->bpf, true);
-                p->bpf = NULL;
-        }
         if (p->proxy) {
                 proxy_stop_accepting(p->proxy);
                 proxy_free(p->proxy); /* every connection closed, workers joined */
                 p->proxy = NULL;
+        }
+        if (p->bpf) {
+                bpfcap_close(p->bpf, true);
+                p->bpf = NULL;
         }
         pod_rules_remove(nc, p);
         if (p->cfg) {

@@ -54,12 +54,12 @@
  * shunt_node_pod_*). A thread per pod is the price: a node runs at most
  * node.max_pods of them (kubelet's default is 110 pods per node).
  *
- * Pod gone (deleted, unmeshed, sandbox replaced): its BPF links are detached
- * and pins removed first (no new connect is captured into a closing
- * listener), then its proxy is freed (listeners closed, every connection
- * closed, worker joined, buffers and TLS state freed), then its rules are
- * removed inside its namespace (held open until then) and the namespace fd
- * closed.
+ * Pod gone (deleted, unmeshed, sandbox replaced): its proxy is freed first
+ * (listeners closed, every connection closed, worker joined, buffers and TLS
+ * state freed: the workers read the capture's maps until then), then its BPF
+ * links are detached and pins removed (a connect in between is refused, not
+ * relayed), then its rules are removed inside its namespace (held open until
+ * then) and the namespace fd closed.
  *
  * The sk_msg shortcut: node shuntd's accepted sockets are in its own cgroup,
  * not the pod's, so sockops never pairs them; pairing is off for pods and
