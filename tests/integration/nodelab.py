@@ -209,22 +209,31 @@ class LabPod:
         return self.netns.run(cgroup_argv(self.container(container), argv), timeout=timeout,
                               check=False)
 
+    def kill_cgroup(self):
+        """Every process of the pod (its cgroup tree) killed, as a runtime
+        stops a sandbox."""
+        for d in reversed(self.made):
+            try:
+                for pid in open(os.path.join(d, "cgroup.procs")).read().split():
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
     def stop(self):
         try:
             if self.sidecar is not None:
                 self.sidecar.stop()
             for p in self.procs.values():
                 p.stop(signal.SIGKILL, timeout=5)
+            self.kill_cgroup()
             if self.netns is not None:
-                self.netns.delete()  # kills whatever else runs in it
+                # The pod's processes are gone; a node agent's thread may be
+                # in the namespace right now (removing its rules): it is not
+                # the pod's to kill.
+                self.netns.delete(kill_others=False)
         finally:
+            self.kill_cgroup()
             for d in reversed(self.made):
-                procs = os.path.join(d, "cgroup.procs")
-                try:
-                    for pid in open(procs).read().split():
-                        os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
                 sl.wait_until(lambda d=d: rmdir_cgroup(d), 10, what="cgroup %s removed" % d)
             self.made = []
 

@@ -408,7 +408,10 @@ class Pod:
     def iptables_save(self, v6=False):
         return self.run(["ip6tables-save" if v6 else "iptables-save", "-t", "nat"]).stdout
 
-    def delete(self):
+    def delete(self, kill_others=True):
+        """kill_others=False leaves alone the processes the harness did not
+        start here that are in the namespace now (a node agent's thread
+        that entered it, as a runtime removing a sandbox would)."""
         # Processes first (a netns lives on while a process is in it).
         for p in list(_live_procs):
             if p.pod is self:
@@ -416,7 +419,7 @@ class Pod:
         r = subprocess.run(
             ["ip", "netns", "pids", self.name], capture_output=True, text=True, timeout=10
         )
-        for pid in r.stdout.split():
+        for pid in r.stdout.split() if kill_others else ():
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
