@@ -3,7 +3,8 @@
 """Every source file in git (C, headers, Python, shell, CMake, the
 Containerfile, JavaScript) names its license in an SPDX line among its first
 three lines: Apache-2.0, except the eBPF programs (bpf/*.bpf.c), which are
-GPL-2.0 because the kernel requires a GPL-compatible license string.
+GPL-2.0 because the kernel requires a GPL-compatible license string, and
+vmlinux/<arch>/vmlinux.h, the kernel's own types.
 
 usage: check_spdx.py SOURCE_DIR
 Prints one line per file that does not and exits 1 if there is any."""
@@ -31,7 +32,9 @@ def main():
             continue
         with open(path, encoding="utf-8", errors="replace") as fh:
             head = "".join(fh.readline() for _ in range(3))
-        want = "GPL-2.0" if f.endswith(".bpf.c") else "Apache-2.0"
+        # vmlinux/<arch>/vmlinux.h: the kernel's types (GPL-2.0 WITH Linux-syscall-note).
+        gpl = f.endswith(".bpf.c") or (f.startswith("vmlinux/") and f.endswith("/vmlinux.h"))
+        want = "GPL-2.0" if gpl else "Apache-2.0"
         checked += 1
         if "SPDX-License-Identifier: " + want not in head:
             missing.append(f"{f}: no 'SPDX-License-Identifier: {want}' in its first three lines")
