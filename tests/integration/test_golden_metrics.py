@@ -333,15 +333,21 @@ def test_http2_h2load(mesh):
     settle(prom, [("a", a, lambda l: l.get("protocol") == "http2"),
                   ("b", b, lambda l: l.get("protocol") == "http2")],
            lambda p: "sum(shunt_requests_total%s)" % (sel % p))  # fmt: skip
+    mean = {}
     for p in ("a", "b"):
         n = prom.scalar("sum(shunt_requests_total%s)" % (sel % p))
         assert n - before[p] == 600, (p, n, before[p])
         ok = prom.scalar('sum(shunt_requests_total{pod="%s",protocol="http2",'
                          'response_code="200",mtls="true"})' % p)  # fmt: skip
         assert ok == n, (p, ok, n)
-        mean = prom.scalar("sum(shunt_request_duration_seconds_sum%s) / "
-                           "sum(shunt_request_duration_seconds_count%s)" % (sel % p, sel % p))
-        close_enough(mean, mean_ms, "mean on %s" % p)
+        mean[p] = prom.scalar("sum(shunt_request_duration_seconds_sum%s) / "
+                              "sum(shunt_request_duration_seconds_count%s)" % (sel % p, sel % p))
+    # A (outbound) times what the client sees, less the client's own work;
+    # B (inbound) times a part of each of A's streams: the backend answers
+    # at once, so B's share of a loaded machine's milliseconds is small and
+    # only the order is certain (sums, not buckets: exact).
+    close_enough(mean["a"], mean_ms, "mean on a")
+    assert 0 < mean["b"] <= mean["a"], mean
 
 
 def test_grpc_calls(mesh):
