@@ -137,14 +137,12 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                    const struct lb_table *prev, struct lb_table **out);
 struct snapshot *lb_table_snapshot(struct lb_table *t);
 struct lb_table *lb_table_from_snapshot(struct snapshot *s);
-void lb_table_ref(struct lb_table *t);
 void lb_table_unref(struct lb_table *t);
 
 size_t lb_table_count(const struct lb_table *t);
 const struct lb_endpoint *lb_table_endpoint(const struct lb_table *t, size_t i);
 /* Index of the endpoint with this address, or -ENOENT. */
 int lb_table_find(const struct lb_table *t, const struct sockaddr_storage *addr);
-const struct lb_config *lb_table_config(const struct lb_table *t);
 /* Unique per built table (never reused in the process). */
 uint64_t lb_table_serial(const struct lb_table *t);
 /* Ring points or Maglev entries of the all-zones set (0 for other algorithms). */

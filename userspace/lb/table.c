@@ -248,11 +248,6 @@ struct lb_table *lb_table_from_snapshot(struct snapshot *s)
         return s ? (struct lb_table *)((char *)s - offsetof(struct lb_table, snap)) : NULL;
 }
 
-void lb_table_ref(struct lb_table *t)
-{
-        snapshot_ref(&t->snap);
-}
-
 void lb_table_unref(struct lb_table *t)
 {
         if (t)
@@ -267,11 +262,6 @@ size_t lb_table_count(const struct lb_table *t)
 const struct lb_endpoint *lb_table_endpoint(const struct lb_table *t, size_t i)
 {
         return i < t->n ? &t->eps[i] : NULL;
-}
-
-const struct lb_config *lb_table_config(const struct lb_table *t)
-{
-        return &t->cfg;
 }
 
 uint64_t lb_table_serial(const struct lb_table *t)

@@ -155,11 +155,6 @@ ssize_t upstream_recv(struct upstream *u, void *buf, size_t len)
         return upstream_io_recv(u->io.fd, u->tls, buf, len);
 }
 
-ssize_t upstream_send(struct upstream *u, const void *buf, size_t len)
-{
-        return upstream_io_send(u->io.fd, u->tls, buf, len);
-}
-
 /* ---- pool ------------------------------------------------------------------------ */
 
 uint64_t upstream_key_hash(const struct sockaddr_storage *addr, const char *identity)

@@ -163,9 +163,8 @@ struct upstream *upstream_get(struct worker *w, const struct sockaddr_storage *a
  * connection that carried a complete exchange and holds no unread byte),
  * else closed. */
 void upstream_put(struct upstream *u, bool reusable);
-/* Reads/writes u (through TLS when it has it); -1 with errno. */
+/* Reads u (through TLS when it has it); -1 with errno. */
 ssize_t upstream_recv(struct upstream *u, void *buf, size_t len);
-ssize_t upstream_send(struct upstream *u, const void *buf, size_t len);
 
 /* Puts an open connection made elsewhere (the relay's, before a hand-off)
  * into w's idle pool: fd (connected, non-blocking, not registered with

@@ -542,11 +542,6 @@ void route_request_done(struct route_use *use, const struct sockaddr_storage *up
                          atomic_load_explicit(&st->outlier.count, memory_order_relaxed));
 }
 
-void route_report(struct route_use *use, const struct sockaddr_storage *upstream, bool ok)
-{
-        route_request_done(use, upstream, ok ? ROUTE_SUCCESS : ROUTE_CONNECT_FAILURE);
-}
-
 static struct lb_service_res *use_res(const struct route_use *use)
 {
         struct lb_table *lb = use->table ? use->table->entries[use->entry].lb : NULL;

@@ -142,8 +142,6 @@ enum route_result route_retry_pick(struct route_use *use, struct route_workers *
 int route_limit_acquire(struct route_use *use, enum lb_limit_kind k);
 void route_limit_release(struct route_use *use, enum lb_limit_kind k);
 
-/* Reports a connect outcome (ROUTE_SUCCESS / ROUTE_CONNECT_FAILURE). */
-void route_report(struct route_use *use, const struct sockaddr_storage *upstream, bool ok);
 void route_release(struct route_use *use);
 /* ---- main thread ---------------------------------------------------------- */
 
