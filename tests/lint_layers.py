@@ -72,6 +72,51 @@ def main(root):
     return 1 if bad else 0
 
 
+def self_test():
+    """The checker on small trees: a clean one passes, and each kind of
+    violation is reported with its file and line."""
+    import contextlib
+    import io
+    import tempfile
+
+    def run(files):
+        with tempfile.TemporaryDirectory() as root:
+            with open(os.path.join(root, "CMakeLists.txt"), "w") as f:
+                f.write("set(SHUNT_LAYERS core lb proxy)\nset(SHUNT_DEPS_lb core)\n"
+                        "set(SHUNT_DEPS_proxy lb)\n")
+            for path, text in files.items():
+                os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+                with open(os.path.join(root, path), "w") as f:
+                    f.write(text)
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                rc = main(root)
+            return rc, out.getvalue()
+
+    clean = {"userspace/core/a.h": "", "userspace/lb/lb-int.h": "",
+             "userspace/lb/b.c": '#include "core/a.h"\n#include "lb/lb-int.h"\n',
+             "userspace/proxy/p.c": '#include "core/a.h"\n#include "lb/b.h"\n',
+             "userspace/cmd/m.c": '#include "proxy/p.h"\n'}
+    cases = [
+        ({}, 0, ""),
+        ({"userspace/lb/up.c": '\n#include "proxy/p.h"\n'}, 1,
+         "userspace/lb/up.c:2: lb includes proxy/p.h: proxy is not below it"),
+        ({"userspace/proxy/x.c": '#include "lb/lb-int.h"\n'}, 1,
+         "userspace/proxy/x.c:1: includes lb/lb-int.h, a private header of lb"),
+        ({"userspace/tls/t.c": ""}, 1,
+         "userspace/tls/: a component missing from SHUNT_LAYERS"),
+    ]
+    failed = 0
+    for extra, want_rc, want in cases:
+        rc, out = run(dict(clean, **extra))
+        if rc != want_rc or want not in out or (not want and out):
+            print("self-test: %r gave %d %r, expected %d %r" % (extra, rc, out, want_rc, want))
+            failed = 1
+    return failed
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--self-test"]:
+        sys.exit(self_test())
     sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else
                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
