@@ -22,6 +22,12 @@ from shunt-ca's delegated issuance. The node lab (nodelab.py):
 - node shuntd restarted under load: the load's errors stay within the
   restart, traffic resumes, the pods are served again with their identities
   and each pod's cgroup holds the capture once;
+- node shuntd stopped (SIGTERM): a connection through it finishes while it
+  drains; while it drains and after it exited, its pods stay captured (pins,
+  programs on their cgroups, rules) and fail closed: a pod's connect is
+  refused and a plaintext listener on the node sees nothing, a plaintext
+  connect into a pod from outside is refused; a pod deleted meanwhile has
+  its pins removed by the next agent, which adopts the others in place;
 - a pod flooding connections while another pod of the same node measures
   its request latency (printed): no request of the quiet pod fails and its
   p99 stays within an explicit bound.
@@ -31,6 +37,8 @@ baseline node mode must match; the node-only checks are then left out."""
 
 import json
 import os
+import signal
+import sys
 
 import pytest
 
@@ -49,6 +57,7 @@ NODE = MODE == "node"
 FLOOD_P50_FACTOR, FLOOD_P50_FLOOR_MS = 5.0, 2.0
 FLOOD_P99_FACTOR, FLOOD_P99_FLOOR_MS = 10.0, 250.0
 DRAIN_S = 3  # node.identity_drain: an identity is dropped this long after its last pod
+AGENT_DRAIN_S = 8  # the agents' drain_timeout
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,9 @@ def lab():
     sl.require_tool("bpftool")
     with nodelab.Lab() as lab:
         if NODE:
-            lab.start_node_agents(extra={"node.identity-drain": "%ds" % DRAIN_S})
+            # a drain long enough for a connection to finish through a stopping agent
+            lab.start_node_agents(extra={"node.identity-drain": "%ds" % DRAIN_S,
+                                         "drain-timeout": "%ds" % AGENT_DRAIN_S})
         else:
             lab.start_sidecars(redirect="ebpf")
         try:
@@ -348,6 +359,99 @@ def test_node_shuntd_restarted_under_load(lab):
     for client, ns, svc in (("frontend-0", "shop", "web"), ("batch-0", "billing", "ledger")):
         balanced(lab, client, ns, svc)
         echo_ok(lab, client, ns, svc)
+
+
+# A TCP listener that prints a line per connection it accepts (argv: address, port).
+PLAIN_LISTENER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+print("READY", flush=True)
+while True:
+    c, a = s.accept()
+    print("ACCEPT", a[0], flush=True)
+    c.close()
+"""
+# One connect (argv: address, port): prints "connected" or the errno's name.
+CONNECT_ONCE = """
+import errno, socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e)))
+"""
+PLAIN_PORT = 18099
+
+
+def connect_once(run, host, port):
+    r = run([sys.executable, "-c", CONNECT_ONCE, host, str(port)])
+    return r.stdout.strip()
+
+
+def fails_closed(lab, node):
+    """node's pods, with no agent serving them, send nothing in plaintext."""
+    n = lab.nodes[node]
+    other = next(o for o in lab.nodes.values() if o is not n)
+    for p in lab.meshed_pods():
+        if p.node is not n:
+            continue
+        # outbound: captured onto the pod's own (closed) listener, refused
+        assert connect_once(p.run, n.ip, PLAIN_PORT) == "ECONNREFUSED", p.name
+        assert connect_once(p.run, lab.vip("shop", "web"), ECHO_PORT) == "ECONNREFUSED", p.name
+        # inbound: redirected in the pod to its (closed) inbound listener
+        assert connect_once(other.netns.run, p.ip, HTTP_PORT) == "ECONNREFUSED", p.name
+
+
+def test_node_agent_down_pods_stay_captured_and_fail_closed(lab):
+    if not NODE:
+        pytest.skip("node mode only: a sidecar's SIGTERM removes its own capture")
+    node = lab.nodes["node-a"]
+    agent = node.agent
+    mine = [p for p in lab.meshed_pods() if p.node is node]
+    programs = {p.name: cgroup_programs(p.cgroup) for p in mine}
+    assert all(programs.values()), programs
+    # a pod that will be deleted while its agent is away
+    gone = lab.add_pod("gone-0", "shop", "web", "node-a")
+    lab.wait_captured({"node-a": agent})
+    gone_pins = os.path.join(lab.bpffs, "node-node-a", "pods", gone.uid)
+    assert os.path.isdir(gone_pins)
+    plain = sl.Proc(node.netns, [sys.executable, "-c", PLAIN_LISTENER, node.ip, str(PLAIN_PORT)],
+                    "plain-listener", stdout_pipe=True)
+    long = load(lab, "frontend-0", "shop", "web", 6, per_conn=10 ** 6, name="long-conn")
+    try:
+        assert plain.readline(20).strip() == "READY"
+        traffic_started(lab, "frontend-0", 1)
+        os.kill(agent.proc.popen.pid, signal.SIGTERM)
+        sl.wait_until(lambda: "no new connections; draining" in agent.log_text(), 10,
+                      what="node-a's agent draining")
+        fails_closed(lab, "node-a")  # while it drains
+        r = lab.client_result(long, timeout=60)
+        long = None
+        # the connection made through the old agent finished while it drained
+        assert r["errors"] == 0 and r["ok"] > 50, r
+        assert agent.proc.wait(30) == 0, agent.log_tail()
+        assert "capture left in place" in agent.log_text(), agent.log_tail()
+        fails_closed(lab, "node-a")  # no agent at all
+        assert {p.name: cgroup_programs(p.cgroup) for p in mine} == programs
+        for p in mine:
+            assert os.path.isdir(os.path.join(lab.bpffs, "node-node-a", "pods", p.uid)), p.name
+        lab.delete_pod("gone-0")
+        agent.restart()
+        lab.wait_captured({"node-a": agent})
+        sl.wait_until(lambda: not os.path.exists(gone_pins), 10, what="gone-0's pins removed")
+        assert "pod uid %s is not on this node any more" % gone.uid in agent.log_text()
+        for client, ns, svc in (("frontend-0", "shop", "web"), ("batch-0", "billing", "ledger")):
+            balanced(lab, client, ns, svc)
+        # adopted in place: each cgroup holds the capture once, as before
+        assert {p.name: cgroup_programs(p.cgroup) for p in mine} == programs
+    finally:
+        if long is not None:
+            lab.client_result(long, timeout=60)
+        plain.stop()
+    assert "ACCEPT" not in plain.read_stdout(), plain.read_stdout()
 
 
 def test_flooding_pod_does_not_starve_its_neighbour(lab):

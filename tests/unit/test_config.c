@@ -964,6 +964,11 @@ static void test_flag_errors(void **state)
                  "config: --failure-mode: open: needs eBPF capture (redirect ebpf or auto): "
                  "iptables capture can only fail closed",
                  NULL);
+        char *afn[] = {"shuntd", "--mode", "node", "--failure-mode", "open", NULL};
+        load_err(afn, no_env, -EINVAL,
+                 "config: --failure-mode: open: not with mode node: a pod's capture stays while "
+                 "no node agent runs and fails closed",
+                 NULL);
         char *a18[] = {"shuntd", "--redirect=xdp", NULL};
         load_err(a18, no_env, -EINVAL,
                  "config: --redirect: xdp: allowed: iptables, off, auto, ebpf", NULL);

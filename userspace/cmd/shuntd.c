@@ -1346,7 +1346,7 @@ static void finish(struct daemon *d)
 static void on_drain_tick(struct loop *loop, struct loop_timer *t)
 {
         struct daemon *d = t->data;
-        uint64_t active = proxy_active(d->proxy);
+        uint64_t active = proxy_active(d->proxy) + node_capture_active(d->node_capture);
         if (active == 0) {
                 log_info("shuntd", 0, "drained: no connections left");
                 finish(d);
@@ -1372,9 +1372,12 @@ static void start_drain(struct daemon *d, const char *sig)
         d->draining = true;
         d->ready = false;
         handover_server_close_listener(d->upgrade); /* nothing left to hand over */
-        log_info("shuntd", 0, "%s: no new connections; draining %llu for up to %u ms", sig,
-                 (unsigned long long)proxy_active(d->proxy), d->cfg->drain_timeout_ms);
+        log_info(
+            "shuntd", 0, "%s: no new connections; draining %llu for up to %u ms", sig,
+            (unsigned long long)(proxy_active(d->proxy) + node_capture_active(d->node_capture)),
+            d->cfg->drain_timeout_ms);
         proxy_stop_accepting(d->proxy);
+        node_capture_stop_accepting(d->node_capture);
         d->drain_deadline_ms = clock_mono_ms() + d->cfg->drain_timeout_ms;
         loop_timer_init(&d->drain_timer, on_drain_tick, d);
         on_drain_tick(d->loop, &d->drain_timer);
@@ -2033,6 +2036,7 @@ out:
         /* Close the remaining connections while the NAT rules still exist, so
          * their final FIN or RST is translated back and reaches the client. */
         proxy_free(d.proxy);
+        node_capture_keep(d.node_capture); /* the pods stay captured: fail closed */
         node_capture_stop(d.node_capture); /* every pod's proxy: before the stores */
         tls_store_free(d.tls);             /* after every tls_conn is gone */
         authz_unref(d.authz);

@@ -149,7 +149,8 @@ static const struct key_desc keys[] = {
         {.path = "failure_mode", .env = "SHUNT_FAILURE_MODE", .type = K_ENUM, FIELD(failure_mode),
          .names = failure_names, .def = "closed", .flags = KF_RESTART,
          .note = "shuntd gone (killed, crashed): closed = captured connects refused until it is back or "
-                 "`shuntctl cleanup`; open = they go where the application asked (eBPF capture only)"},
+                 "`shuntctl cleanup`; open = they go where the application asked (eBPF capture only; not "
+                 "with mode node, whose pods always fail closed)"},
         {.path = "proxy_mark", .env = "SHUNT_PROXY_MARK", .type = K_MARK, FIELD(proxy_mark), .min = 1,
          .max = UINT32_MAX, .def = "0x539", .flags = KF_RESTART},
         {.path = "proxy_uid", .env = "SHUNT_PROXY_UID", .type = K_INT, FIELD(proxy_uid), .min = -1, .max = INT_MAX,
@@ -1441,9 +1442,15 @@ static int check_resilience(struct ctx *x)
 static int check_failure_mode(struct ctx *x)
 {
         struct shunt_config *c = x->c;
+        const struct key_desc *d = find_key("failure_mode");
+        /* Node mode: each pod's capture outlives the agent (upgrades), and a
+         * pod must never send plaintext while no agent runs. */
+        if (c->failure_mode == FAILURE_OPEN && c->mode == 1)
+                return bad(x, d, c->origins[key_index(d)].source, "open",
+                           "not with mode node: a pod's capture stays while no node agent "
+                           "runs and fails closed");
         if (c->failure_mode != FAILURE_OPEN || c->redirect != REDIRECT_IPTABLES)
                 return 0;
-        const struct key_desc *d = find_key("failure_mode");
         return bad(x, d, c->origins[key_index(d)].source, "open",
                    "needs eBPF capture (redirect ebpf or auto): iptables capture can only fail "
                    "closed");

@@ -2,6 +2,7 @@
 /* Node mode: each READY pod's listeners, capture and proxy; see capture.h. */
 #include "node/capture.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "authz/authz.h"
@@ -58,9 +60,13 @@ struct node_capture {
         struct snapshot_slot empty; /* no identity: a slot without a certificate (fail closed) */
         struct cap_pod *pods;
         size_t n;
-        bool stopped; /* node_capture_stop: pods that become READY are not captured */
+        bool stopped;         /* node_capture_stop: pods that become READY are not captured */
+        bool keep;            /* node_capture_keep: the pods' capture outlives this process */
+        bool draining;        /* node_capture_stop_accepting: no listener of a pod any more */
+        struct node_pods *np; /* the table observed (node_pods_has_uid) */
+        bool swept;           /* the stale pins of a previous agent were looked at */
         struct {
-                uint64_t captured, failed, released, no_identity;
+                uint64_t captured, failed, released, no_identity, swept;
         } c;
 };
 
@@ -148,9 +154,11 @@ static void pod_release(struct node_capture *nc, struct cap_pod *p)
                 p->proxy = NULL;
         }
         if (p->bpf) {
-                bpfcap_close(p->bpf, true);
+                bpfcap_close(p->bpf, !nc->keep);
                 p->bpf = NULL;
         }
+        if (nc->keep)
+                p->rules = false; /* left in the pod's namespace for the next agent */
         pod_rules_remove(nc, p);
         if (p->cfg) {
                 snapshot_unref(&p->cfg->snap);
@@ -202,6 +210,10 @@ static int pod_bpf(struct node_capture *nc, struct cap_pod *p, const struct node
         o.uid = SHUNT_UID_NONE; /* node shuntd's sockets are not in the pod's cgroup */
         o.shortcut = false;     /* its accepted sockets never pair (capture.h) */
         o.map_max = pod_map_max(p->cfg);
+        /* Fail closed, always: the pins outlive the agent (node_capture_keep),
+         * and while no agent listens in the pod a captured connect must be
+         * refused, never sent where the application asked in plaintext. */
+        o.fail_open = false;
         p->bpf = bpfcap_open(&o, err, sizeof(err));
         if (!p->bpf) {
                 snprintf(p->error, sizeof(p->error), "eBPF capture: %s", err);
@@ -231,7 +243,7 @@ static void pod_set_tls(struct node_capture *nc, struct cap_pod *p)
 static void on_ready(void *ctx, const struct node_pod_info *pod)
 {
         struct node_capture *nc = ctx;
-        if (nc->stopped || pod->sidecar)
+        if (nc->stopped || nc->draining || pod->sidecar)
                 return; /* a pod with its own proxy is left alone */
         struct cap_pod *p = calloc(1, sizeof(*p));
         if (!p) {
@@ -383,6 +395,38 @@ void node_capture_stop(struct node_capture *nc)
         }
 }
 
+void node_capture_keep(struct node_capture *nc)
+{
+        if (!nc)
+                return;
+        nc->keep = true;
+        if (nc->n)
+                log_info("node", 0,
+                         "%zu pods' capture left in place (eBPF pins, rules in their "
+                         "namespaces): their connects are refused until the next node agent "
+                         "adopts them",
+                         nc->n);
+}
+
+void node_capture_stop_accepting(struct node_capture *nc)
+{
+        if (!nc)
+                return;
+        nc->draining = true;
+        for (struct cap_pod *p = nc->pods; p; p = p->next)
+                if (p->proxy)
+                        proxy_stop_accepting(p->proxy);
+}
+
+uint64_t node_capture_active(struct node_capture *nc)
+{
+        uint64_t n = 0;
+        for (struct cap_pod *p = nc ? nc->pods : NULL; p; p = p->next)
+                if (p->proxy)
+                        n += proxy_active(p->proxy);
+        return n;
+}
+
 void node_capture_free(struct node_capture *nc)
 {
         if (!nc)
@@ -396,14 +440,60 @@ void node_capture_free(struct node_capture *nc)
         snapshot_slot_destroy(&nc->empty);
         if (nc->self_ns >= 0)
                 close(nc->self_ns);
-        if (nc->ebpf)
+        if (nc->ebpf && !nc->keep)
                 rmdir(nc->pin_root); /* empty once every pod is gone */
         free(nc);
 }
 
+/* After the first complete list of the node's pods: the pins a previous
+ * agent left for pods that no longer exist (deleted while no agent ran;
+ * their cgroup, and with it the links' attachment, is gone) are removed.
+ * Not while pods are shed: a shed pod is real, its capture stays. */
+static void on_synced(void *ctx, bool shed)
+{
+        struct node_capture *nc = ctx;
+        if (nc->swept || !nc->ebpf || nc->stopped)
+                return;
+        if (shed) {
+                log_warn("node", 0,
+                         "pods shed (node.max_pods): stale pod pins are not looked for until "
+                         "a complete list holds every pod");
+                return;
+        }
+        nc->swept = true;
+        DIR *dir = opendir(nc->pin_root);
+        if (!dir)
+                return;
+        struct dirent *e;
+        uint64_t n = 0;
+        while ((e = readdir(dir)) != NULL) {
+                char path[sizeof(nc->pin_root) + 300];
+                struct stat st;
+                if (e->d_name[0] == '.' || node_pods_has_uid(nc->np, e->d_name))
+                        continue;
+                int len = snprintf(path, sizeof(path), "%s/%s", nc->pin_root, e->d_name);
+                if (len < 0 || (size_t)len >= sizeof(path) || lstat(path, &st) < 0 ||
+                    !S_ISDIR(st.st_mode))
+                        continue;
+                bpfcap_remove_pins(path); /* the directory too */
+                if (rmdir(path) < 0 && errno != ENOENT) {
+                        log_warn("node", 0, "stale pins of pod uid %s: %s: %s", e->d_name, path,
+                                 strerror(errno));
+                        continue;
+                }
+                log_info("node", 0, "pod uid %s is not on this node any more: its pins removed",
+                         e->d_name);
+                n++;
+        }
+        closedir(dir);
+        nc->c.swept += n;
+}
+
 int node_capture_attach(struct node_capture *nc, struct node_pods *np)
 {
-        struct node_pods_observer o = {.ready = on_ready, .gone = on_gone, .ctx = nc};
+        nc->np = np;
+        struct node_pods_observer o = {
+            .ready = on_ready, .gone = on_gone, .synced = on_synced, .ctx = nc};
         return node_pods_observe(np, &o);
 }
 
@@ -499,11 +589,12 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
         strbuf_appendf(sb,
                        "{\"outbound\":\"%s\",\"pod_max_connections\":%u,\"pod_workers\":%u,"
                        "\"pods_captured\":%zu,\"counters\":{\"captured\":%llu,\"failed\":%llu,"
-                       "\"released\":%llu,\"no_identity\":%llu},\"pods\":[",
+                       "\"released\":%llu,\"no_identity\":%llu,\"stale_pins_removed\":%llu},"
+                       "\"pods\":[",
                        nc->ebpf ? "ebpf" : "iptables", nc->cfg->node_pod_max_connections,
                        nc->cfg->node_pod_workers, nc->n, (unsigned long long)nc->c.captured,
                        (unsigned long long)nc->c.failed, (unsigned long long)nc->c.released,
-                       (unsigned long long)nc->c.no_identity);
+                       (unsigned long long)nc->c.no_identity, (unsigned long long)nc->c.swept);
         struct cap_pod **v = sorted(nc);
         for (size_t i = 0; v && i < nc->n; i++) {
                 struct cap_pod *p = v[i];

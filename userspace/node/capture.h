@@ -61,6 +61,14 @@
  * relayed), then its rules are removed inside its namespace (held open until
  * then) and the namespace fd closed.
  *
+ * Agent exit (SIGTERM, upgrade): the pods' listeners close at the drain's
+ * start, their connections drain, and at exit every pod's pins and rules
+ * stay (node_capture_keep): a pod's connects are refused, not sent in
+ * plaintext, until the next agent's bpfcap_open reuses the pins (programs
+ * swapped in place) and ipt_install replaces the rules in one restore. The
+ * next agent removes the pins of pods that left meanwhile once it has
+ * listed the node's pods (on_synced).
+ *
  * The sk_msg shortcut: node shuntd's accepted sockets are in its own cgroup,
  * not the pod's, so sockops never pairs them; pairing is off for pods and
  * bytes between the application and its listener take loopback TCP.
@@ -99,6 +107,16 @@ struct node_capture *node_capture_new(const struct node_capture_config *c, char 
 /* Releases every pod's capture (as if each were gone) and captures no pod
  * from now on (shutdown: before the certificate stores are freed). */
 void node_capture_stop(struct node_capture *nc);
+/* At exit, before node_capture_stop: every pod's capture stays (its eBPF
+ * programs pinned on its cgroup, its rules in its namespace); only the
+ * listeners close with this process, so a pod's connects are refused (fail
+ * closed) until the next agent adopts the pins and rules in place. */
+void node_capture_keep(struct node_capture *nc);
+/* Drain (SIGTERM, handed over): every pod's listeners closed, no pod
+ * captured from now on; open connections go on. */
+void node_capture_stop_accepting(struct node_capture *nc);
+/* Open connections over every pod. */
+uint64_t node_capture_active(struct node_capture *nc);
 /* Stops, then frees (after the pod table, whose last gone calls may still
  * come). NULL is fine. */
 void node_capture_free(struct node_capture *nc);

@@ -658,6 +658,17 @@ static void sink_end(void *arg, bool complete)
                 if (!np->pods[i].seen)
                         remove_at(np, i, "not in the list any more");
         }
+        for (size_t k = 0; k < np->n_obs; k++)
+                if (np->obs[k].synced)
+                        np->obs[k].synced(np->obs[k].ctx, np->shedding);
+}
+
+bool node_pods_has_uid(const struct node_pods *np, const char *uid)
+{
+        for (size_t i = 0; i < np->n; i++)
+                if (!strcmp(np->pods[i].uid, uid))
+                        return true;
+        return false;
 }
 
 static int sink_apply(void *arg, bool listing, const cJSON *obj, bool deleted, char *err,

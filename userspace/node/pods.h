@@ -119,6 +119,10 @@ struct node_pods_observer {
         void (*ready)(void *ctx, const struct node_pod_info *pod);
         void (*gone)(void *ctx, const struct node_pod_info *pod);
         void (*render)(void *ctx, const struct node_pod_info *pod, struct strbuf *sb);
+        /* Optional: a complete list of the node's pods was applied (after
+         * every ready and gone it caused); shed: some were left out
+         * (node.max_pods). node_pods_has_uid may be called from it. */
+        void (*synced)(void *ctx, bool shed);
         void *ctx;
 };
 
@@ -142,6 +146,8 @@ int node_pods_apply(struct node_pods *np, const cJSON *obj, bool deleted, char *
 void node_pods_resolve(struct node_pods *np, uint64_t now_ms);
 
 size_t node_pods_count(const struct node_pods *np);
+/* Whether a pod of this uid is held (any state). */
+bool node_pods_has_uid(const struct node_pods *np, const char *uid);
 /* The state of pod ns/name, or -ENOENT. */
 int node_pods_state(const struct node_pods *np, const char *ns, const char *name);
 /* {"node":..., "max_pods":..., "counters":{...}, "pods":[...]} */
