@@ -290,6 +290,146 @@ def test_http1_wrk(mesh):
         assert codes == {"200", "500"}, codes
 
 
+def test_shuntctl_top(mesh):
+    """shuntctl top on both sidecars while wrk runs: the web rows' requests/s
+    agree with wrk's rate, the success rate with its share of non-2xx, p50 is
+    at most p99; as plain text (not a terminal) it prints one snapshot per
+    refresh."""
+    topo, a, b, prom = mesh
+    script = os.path.join(sl.tmpdir(), "top.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT)
+    before = a.metric("shunt_requests_total", default=0)
+    wrk = topo.app.spawn(["wrk", "-s", script, "-t1", "-c4", "-d8s", "--timeout", "5s",
+                          "http://%s/" % VIP_WEB], "wrk-top")  # fmt: skip
+    try:
+        sl.wait_until(lambda: sum(v for _, v in d_samples(a, "shunt_requests_total")) > before + 50,
+                      10, what="wrk's requests through A")  # fmt: skip
+        rows = {}
+        for pod, where in (("a", topo.app), ("b", topo.remote)):
+            r = sl.shuntctl(where, "top", "--once", "--json", "--interval", "2")
+            assert r.returncode == 0, r.stdout + r.stderr
+            snap = json.loads(r.stdout)
+            assert snap["interval_seconds"] >= 2, snap
+            rows[pod] = {(x["direction"], x["service"]): x for x in snap["rows"]}
+        text = sl.shuntctl(topo.app, "top", "--count", "2", "--interval", "0.5", "--sort", "p99")
+        assert text.returncode == 0, text.stdout + text.stderr
+    finally:
+        rc = wrk.wait(30)
+        if rc is None:
+            wrk.stop()
+    assert rc == 0, wrk.read_stderr()
+    out = open(wrk.out_path).read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out).group(1))
+    for pod, key in (("a", ("outbound", "default/web")), ("b", ("inbound", "default/web"))):
+        row = rows[pod].get(key)
+        assert row, (pod, rows[pod])
+        assert 0.5 * rps <= row["requests_per_second"] <= 1.5 * rps, (pod, row, rps)
+        # wrk's 500s are one in ten; its window is the whole run, top's 2 s.
+        assert abs(row["success_rate"] - (1 - non2xx / total)) <= 0.05, (pod, row, non2xx, total)
+        assert 0 < row["p50_seconds"] <= row["p99_seconds"], row
+    # Not a terminal: no escape sequences, two snapshots one after the other.
+    assert "\033" not in text.stdout, text.stdout
+    assert text.stdout.count("sorted by p99") == 2, text.stdout
+    assert re.search(r"^outbound\s+default/web\s", text.stdout, re.M), text.stdout
+
+
+
+def tap_lines(proc, n_min, timeout=15):
+    """The JSON lines a `shuntctl tap --json` process printed, once it
+    printed at least n_min."""
+    def lines():
+        with open(proc.out_path) as f:
+            return [json.loads(x) for x in f.read().splitlines() if x.strip()]
+
+    sl.wait_until(lambda: len(lines()) >= n_min, timeout,
+                  what="%d tap lines (%s)" % (n_min, proc.read_stderr()[-500:]))  # fmt: skip
+    return lines()
+
+
+def tap_spawn(pod, name, *args):
+    return pod.spawn([sl.SHUNTCTL, "tap", "--json"] + list(args), name)
+
+
+def test_shuntctl_tap(mesh):
+    """shuntctl tap streams GET /tap: the requests that match its filter,
+    with their fields, on both sides; it ends after --max (or --seconds) with
+    a summary line; the fifth tap at once is refused (429), bad parameters
+    are 400, and the metrics listener has no /tap."""
+    topo, a, b, prom = mesh
+    out_a = tap_spawn(topo.app, "tap-a", "--service", "web", "--path", "/slow", "--max", "3",
+                      "--seconds", "20")  # fmt: skip
+    out_b = tap_spawn(topo.remote, "tap-b", "--direction", "inbound", "--status", "5xx",
+                      "--max", "2", "--seconds", "20")  # fmt: skip
+    try:
+        assert tap_lines(out_a, 1)[0]["tap"]["path"] == "/slow"
+        assert tap_lines(out_b, 1)[0]["tap"]["direction"] == "inbound"
+        for path in ("/", "/slow/5", "/status/500", "/slow/6", "/", "/status/503", "/slow/7"):
+            topo.app.http(VIP_WEB, 80, "GET", path)
+        assert out_a.wait(15) == 0 and out_b.wait(15) == 0
+    finally:
+        for p in (out_a, out_b):
+            if p.alive():
+                p.stop()
+    la, lb = tap_lines(out_a, 5), tap_lines(out_b, 4)
+    assert [x["path"] for x in la[1:4]] == ["/slow/5", "/slow/6", "/slow/7"], la
+    assert la[4] == {"end": "max", "events": 3, "dropped": 0, "ring_dropped": 0}, la[4]
+    ev = la[1]
+    assert ev["direction"] == "outbound" and ev["protocol"] == "http1" and ev["method"] == "GET"
+    assert ev["status"] == 200 and ev["grpc_status"] is None and ev["duration_ms"] >= 5, ev
+    assert ev["authority"] == VIP_WEB and ev["service"] == "default/web", ev
+    assert ev["source"] == pki.spiffe("client") and ev["destination"] == WEB_ID, ev
+    assert ev["endpoint"] == "%s:%d" % (T.REMOTE4, H1_PORT), ev
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$", ev["time"]), ev
+    assert [(x["path"], x["status"]) for x in lb[1:3]] == [("/status/500", 500),
+                                                          ("/status/503", 503)], lb  # fmt: skip
+    assert lb[1]["direction"] == "inbound" and lb[1]["source"] == pki.spiffe("client"), lb
+    assert lb[1]["destination"] == WEB_ID and lb[3]["end"] == "max", lb
+
+    # HTTP/2 streams show their pseudo-headers.
+    tap = tap_spawn(topo.app, "tap-h2", "--protocol", "http2", "--max", "2", "--seconds", "20")
+    try:
+        tap_lines(tap, 1)
+        r = topo.app.run(["h2load", "-n", "4", "-c", "1", "http://%s:80/h2path" % VIP_H2],
+                         timeout=30, check=False)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert tap.wait(15) == 0
+    finally:
+        if tap.alive():
+            tap.stop()
+    ev = tap_lines(tap, 4)[1]
+    assert (ev["protocol"], ev["method"], ev["path"], ev["status"]) == ("http2", "GET", "/h2path",
+                                                                         200), ev  # fmt: skip
+    assert ev["authority"].startswith(VIP_H2) and ev["service"] == "default/web2", ev
+
+    # At most four taps at once; a client that leaves frees its place.
+    taps = [tap_spawn(topo.app, "tap-%d" % i, "--seconds", "30") for i in range(4)]
+    try:
+        for t in taps:
+            tap_lines(t, 1)
+        r = sl.shuntctl(topo.app, "tap", "--seconds", "1")
+        assert r.returncode == 1 and "429" in r.stderr and "limit" in r.stderr, r.stderr
+        assert a.metric("shunt_tap_sessions") == 4
+        taps[0].stop()
+        a.wait_metric("shunt_tap_sessions", lambda v: v == 3, timeout=5)
+        r = sl.shuntctl(topo.app, "tap", "--seconds", "1", "--max", "1")
+        assert r.returncode == 0, r.stderr
+        assert "tap ended (time): 0 requests shown" in r.stderr, r.stderr
+    finally:
+        for t in taps:
+            if t.alive():
+                t.stop()
+    a.wait_metric("shunt_tap_sessions", lambda v: v == 0, timeout=5)
+    assert a.metric("shunt_tap_sessions_total", result="refused") >= 1
+    for q, why in (("?bogus=1", "unknown parameter"), ("?status=6xx", "status"),
+                   ("?max=0", "max"), ("?seconds=9999", "seconds")):  # fmt: skip
+        st, _, body = topo.app.http("127.0.0.1", 15003, "GET", "/tap" + q)
+        assert st == 400 and why in json.loads(body)["error"], (q, st, body)
+    st, _, _ = topo.app.http("127.0.0.1", 15020, "GET", "/tap")
+    assert st == 404
+
 
 def test_http1_latency_quantiles(mesh):
     """histogram_quantile over the increase of the buckets during the run.

@@ -32,7 +32,9 @@ struct route {
         void *ctx;
 };
 
-enum conn_state { C_HEAD, C_BODY, C_WRITE, C_LINGER };
+enum conn_state { C_HEAD, C_BODY, C_WRITE, C_LINGER, C_STREAM };
+
+#define STREAM_DRAIN_MAX (64 * 1024) /* bytes a streamed response's client may send */
 
 struct admin_conn {
         struct admin *a;
@@ -62,6 +64,10 @@ struct admin_conn {
         struct strbuf out;
         size_t out_off;
         size_t lingered;
+
+        /* a streamed response (admin_respond_stream) */
+        admin_stream_close_fn on_close;
+        void *close_ctx;
 };
 
 struct admin {
@@ -192,6 +198,10 @@ static void format_peer(const struct sockaddr_storage *ss, char *buf, size_t len
 static void conn_close(struct admin_conn *c)
 {
         struct admin *a = c->a;
+        admin_stream_close_fn on_close = c->on_close;
+        c->on_close = NULL;
+        if (on_close)
+                on_close(c->close_ctx);
         loop_timer_cancel(a->loop, &c->timer);
         loop_io_del(a->loop, &c->io);
         close(c->io.fd);
@@ -247,13 +257,24 @@ static bool conn_write(struct admin_conn *c)
                 c->out_off += (size_t)w;
                 budget -= (size_t)w;
         }
+        bool streaming = c->state == C_STREAM;
+        if (c->out_off == c->out.len && streaming) {
+                strbuf_reset(&c->out);
+                c->out_off = 0;
+                if (loop_io_mod(c->a->loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0) {
+                        conn_close(c);
+                        return false;
+                }
+                return true;
+        }
         if (c->out_off == c->out.len) {
                 conn_linger(c);
                 return true;
         }
         /* Not done: wait until writable (level-triggered, so an exhausted budget
          * on a writable socket simply comes back next loop iteration). */
-        if (loop_io_mod(c->a->loop, &c->io, EPOLLOUT) < 0) {
+        if (loop_io_mod(c->a->loop, &c->io,
+                        streaming ? EPOLLOUT | EPOLLIN | EPOLLRDHUP : EPOLLOUT) < 0) {
                 conn_close(c);
                 return false;
         }
@@ -313,6 +334,106 @@ static void conn_error(struct admin_conn *c, int status, const char *extra_heade
         strbuf_free(&r.body);
 }
 
+/* The head of a streamed response; the body follows in chunks as
+ * admin_stream_write is called. */
+static void stream_start(struct admin_conn *c, const char *content_type, const struct strbuf *first)
+{
+        c->status = 200;
+        strbuf_reset(&c->out);
+        c->out_off = 0;
+        strbuf_appendf(&c->out,
+                       "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n"
+                       "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                       content_type ? content_type : "application/json");
+        if (first->len && !first->truncated) {
+                strbuf_appendf(&c->out, "%zx\r\n", first->len);
+                strbuf_appendn(&c->out, first->data, first->len);
+                strbuf_append(&c->out, "\r\n");
+        }
+        log_debug(COMP, 0, "%s %s %s -> 200 (stream)", c->peer, c->method, c->path);
+        c->state = C_STREAM;
+        free(c->body);
+        c->body = NULL;
+        loop_timer_cancel(c->a->loop, &c->timer); /* the handler bounds the stream */
+        conn_write(c);
+}
+
+struct admin_stream *admin_respond_stream(struct admin_response *resp, const char *content_type,
+                                          admin_stream_close_fn on_close, void *ctx)
+{
+        struct admin_conn *c = resp->conn_;
+        if (!c || c->is_head || c->a->read_only)
+                return NULL;
+        resp->stream_ = true;
+        resp->content_type = content_type;
+        c->on_close = on_close;
+        c->close_ctx = ctx;
+        return (struct admin_stream *)c;
+}
+
+int admin_stream_write(struct admin_stream *st, const char *data, size_t len)
+{
+        struct admin_conn *c = (struct admin_conn *)st;
+        if (c->state != C_STREAM)
+                return -EPIPE;
+        if (!len)
+                return 0;
+        strbuf_appendf(&c->out, "%zx\r\n", len);
+        strbuf_appendn(&c->out, data, len);
+        strbuf_append(&c->out, "\r\n");
+        if (c->out.truncated) {
+                log_error(COMP, 0, "out of memory streaming to %s", c->peer);
+                conn_close(c);
+                return -ENOMEM;
+        }
+        return conn_write(c) ? 0 : -EPIPE;
+}
+
+size_t admin_stream_pending(const struct admin_stream *st)
+{
+        const struct admin_conn *c = (const struct admin_conn *)st;
+        return c->out.len - c->out_off;
+}
+
+struct loop *admin_stream_loop(const struct admin_stream *st)
+{
+        return ((const struct admin_conn *)st)->a->loop;
+}
+
+void admin_stream_end(struct admin_stream *st)
+{
+        struct admin_conn *c = (struct admin_conn *)st;
+        c->on_close = NULL;
+        if (c->state != C_STREAM)
+                return;
+        strbuf_append(&c->out, "0\r\n\r\n");
+        c->state = C_WRITE;
+        if (c->out.truncated || loop_timer_arm(c->a->loop, &c->timer, c->a->read_timeout_ms) < 0) {
+                conn_close(c);
+                return;
+        }
+        conn_write(c);
+}
+
+/* A streamed response's client: what it sends is read and dropped (up to
+ * STREAM_DRAIN_MAX); its close ends the stream. */
+static void stream_read(struct admin_conn *c)
+{
+        char scratch[4096];
+        for (;;) {
+                ssize_t n = recv(c->io.fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        return;
+                if (n <= 0 || (c->lingered += (size_t)n) > STREAM_DRAIN_MAX) {
+                        log_debug(COMP, 0, "%s: stream client gone", c->peer);
+                        conn_close(c);
+                        return;
+                }
+        }
+}
+
 static void conn_dispatch(struct admin_conn *c)
 {
         struct admin_request req = {
@@ -322,9 +443,14 @@ static void conn_dispatch(struct admin_conn *c)
             .body = c->body ? c->body : "",
             .body_len = c->body_len,
         };
-        struct admin_response resp = {.status = 200};
+        struct admin_response resp = {.status = 200, .conn_ = c};
         strbuf_init(&resp.body);
         c->route->fn(&req, &resp, c->route->ctx);
+        if (resp.stream_) {
+                stream_start(c, resp.content_type, &resp.body);
+                strbuf_free(&resp.body);
+                return;
+        }
         if (resp.body.truncated) {
                 strbuf_free(&resp.body);
                 conn_error(c, 500, NULL, "out of memory building the response");
@@ -585,6 +711,12 @@ static void conn_on_io(struct loop *loop, struct loop_io *io, uint32_t events)
         case C_LINGER:
                 conn_drain(c);
                 break;
+        case C_STREAM:
+                if ((events & EPOLLOUT) && !conn_write(c))
+                        break;
+                if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                        stream_read(c);
+                break;
         }
 }
 
@@ -592,7 +724,7 @@ static void conn_on_timer(struct loop *loop, struct loop_timer *t)
 {
         struct admin_conn *c = t->data;
         static const char *const names[] = {"reading the request head", "reading the request body",
-                                            "writing the response", "closing"};
+                                            "writing the response", "closing", "streaming"};
         if (c->state != C_LINGER)
                 log_debug(COMP, 0, "%s: timed out %s", c->peer, names[c->state]);
         conn_close(c);

@@ -38,10 +38,13 @@ struct admin_request {
         size_t body_len;
 };
 
+struct admin_conn;
 struct admin_response {
         int status;               /* 200 unless the handler sets it */
         const char *content_type; /* default "application/json"; must be a static string */
         struct strbuf body;
+        struct admin_conn *conn_; /* private to admin.c */
+        bool stream_;             /* private: admin_respond_stream was called */
 };
 
 typedef void (*admin_handler_fn)(const struct admin_request *req, struct admin_response *resp,
@@ -83,6 +86,29 @@ void admin_set_read_timeout_ms(struct admin *a, unsigned ms);
  * (a token for a read-only listener). */
 #define ADMIN_TOKEN_MAX 128
 int admin_set_token(struct admin *a, const char *token);
+/* A streamed response (a handler's answer whose end it does not know yet):
+ * in the handler, admin_respond_stream turns the response into "200" with
+ * Transfer-Encoding: chunked (resp's status is then ignored; what the
+ * handler put in resp's body, if anything, is the first chunk) and
+ * returns the stream, or NULL for a HEAD request or on a read-only listener
+ * (answer as usual then). The handler keeps the stream and later writes
+ * chunks, then ends it; the read timeout does not apply meanwhile (the
+ * handler bounds the stream). on_close(ctx) is called once if the
+ * connection goes (client closed, error, admin_free) before
+ * admin_stream_end; the stream must not be used after either. */
+struct admin_stream;
+typedef void (*admin_stream_close_fn)(void *ctx);
+struct admin_stream *admin_respond_stream(struct admin_response *resp, const char *content_type,
+                                          admin_stream_close_fn on_close, void *ctx);
+/* Queues one chunk and writes what the socket takes. 0, or -EPIPE/-ENOMEM
+ * when the connection is gone (on_close has then been called). */
+int admin_stream_write(struct admin_stream *st, const char *data, size_t len);
+/* Bytes queued and not yet taken by the socket: the caller's bound. */
+size_t admin_stream_pending(const struct admin_stream *st);
+struct loop *admin_stream_loop(const struct admin_stream *st);
+/* The last chunk; the connection closes once it is written (or after the
+ * read timeout). on_close is not called. */
+void admin_stream_end(struct admin_stream *st);
 /* Closes the listener and every connection. */
 void admin_free(struct admin *a);
 

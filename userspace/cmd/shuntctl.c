@@ -34,6 +34,7 @@
 #include "core/log.h"
 #include "core/strbuf.h"
 #include "core/version.h"
+#include "admin/top.h"
 #include "http/client.h"
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
@@ -75,6 +76,22 @@ static const char usage_text[] =
     "                   remove the capture a shuntd left behind (kill -9): the\n"
     "                   iptables chains and the eBPF pins; refused while a shuntd\n"
     "                   answers at the admin address (it owns the capture)\n"
+    "  top [--interval SECONDS] [--once] [--count N] [--sort KEY]\n"
+    "                   live table per destination service and direction from\n"
+    "                   /metrics: requests/s, success rate (not 5xx), p50 and p99\n"
+    "                   latency, bytes/s of byte-relayed traffic, in flight; the\n"
+    "                   rates are between two scrapes SECONDS apart (default 2,\n"
+    "                   0.5 to 60); KEY: rps (default), success, p50, p99, bytes,\n"
+    "                   active, name; redrawn on a terminal, printed one after\n"
+    "                   the other otherwise; --json: one JSON object per refresh\n"
+    "  tap [--service S] [--direction D] [--protocol P] [--method M] [--path PREFIX]\n"
+    "      [--status S] [--source ID-PREFIX] [--max N] [--seconds S]\n"
+    "                   live stream of the requests that end and match (GET /tap):\n"
+    "                   time, direction, protocol, method, authority and path,\n"
+    "                   status, duration, source -> destination identity, service,\n"
+    "                   endpoint; S: namespace/name or name; status: 503, 5xx or\n"
+    "                   none; ends after N requests (default 100) or S seconds\n"
+    "                   (default 30); --json: shuntd's NDJSON lines unchanged\n"
     "  ready [SECONDS]  exit 0 when shuntd is ready (GET /ready), else 1; with\n"
     "                   SECONDS, ask once a second until then (a pod's probes)\n"
     "  reload           SIGHUP to the shuntd answering at the admin address (same\n"
@@ -272,14 +289,32 @@ static void admin_token(char *buf, size_t len)
         free(tok);
 }
 
+/* A streamed response body: called with the decoded bytes as they arrive
+ * (then dropped); returns the bytes it used (the rest is kept for the next
+ * call). */
+typedef size_t (*body_sink_fn)(const char *data, size_t len, void *arg);
+static void http_exchange(const char *method, const char *path, const char *body,
+                          struct http_response *resp, body_sink_fn sink, void *sink_arg,
+                          int idle_ms);
+
 static void http_call(const char *method, const char *path, const char *body,
                       struct http_response *resp)
+{
+        http_exchange(method, path, body, resp, NULL, NULL, TIMEOUT_MS);
+}
+
+/* One request; with sink, the body goes to it as it comes and the deadline
+ * is idle_ms after the last bytes received (else idle_ms for the whole
+ * exchange). */
+static void http_exchange(const char *method, const char *path, const char *body,
+                          struct http_response *resp, body_sink_fn sink, void *sink_arg,
+                          int idle_ms)
 {
         struct endpoint ep;
         if (parse_endpoint(g_admin, &ep) < 0)
                 die_usage("invalid admin address '%s' (want HOST:PORT, e.g. %s)", g_admin,
                           DEFAULT_ADMIN);
-        int64_t deadline = (int64_t)clock_mono_ms() + TIMEOUT_MS;
+        int64_t deadline = (int64_t)clock_mono_ms() + (sink ? TIMEOUT_MS : idle_ms);
         char err[256];
         int fd = connect_to(&ep, deadline, err, sizeof(err));
         if (fd < 0)
@@ -336,6 +371,13 @@ static void http_call(const char *method, const char *path, const char *body,
                 ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
                 if (n > 0) {
                         rc = http_reader_feed(&in, chunk, (size_t)n);
+                        if (sink && in.state != HTTP_R_HEAD && in.head.status == 200 &&
+                            in.body.len) {
+                                size_t used = sink(in.body.data, in.body.len, sink_arg);
+                                memmove(in.body.data, in.body.data + used, in.body.len - used);
+                                in.body.len -= used;
+                                deadline = (int64_t)clock_mono_ms() + idle_ms;
+                        }
                         continue;
                 }
                 if (n == 0) {
@@ -1441,6 +1483,334 @@ static int cmd_config(void)
 }
 
 /* shuntctl check [--pre] [--strict] [--json] [--admin A] [--cert-warn D] [--pin-root DIR] */
+/* ---- top ---------------------------------------------------------------------- */
+
+#define TOP_MIN_INTERVAL_MS 500
+#define TOP_MAX_INTERVAL_MS 60000
+
+static void top_fetch(struct top_scrape *s, int64_t *at_ms)
+{
+        struct http_response r;
+        http_call("GET", "/metrics", NULL, &r);
+        *at_ms = (int64_t)clock_mono_ms();
+        if (r.status != 200)
+                die("shuntd admin at %s answered %d to GET /metrics", g_admin, r.status);
+        if (top_scrape_parse(r.body, r.body_len, s) < 0)
+                die("out of memory");
+        free(r.body);
+}
+
+static const char *fmt_pct(double v, char *buf, size_t len)
+{
+        if (isnan(v))
+                return "-";
+        snprintf(buf, len, "%.2f%%", v * 100);
+        return buf;
+}
+
+static const char *fmt_latency(double s, char *buf, size_t len)
+{
+        if (isnan(s))
+                return "-";
+        if (isinf(s))
+                return s > 0 ? ">max" : "-";
+        if (s < 0.001)
+                snprintf(buf, len, "%.0fus", s * 1e6);
+        else if (s < 1)
+                snprintf(buf, len, "%.2fms", s * 1e3);
+        else
+                snprintf(buf, len, "%.2fs", s);
+        return buf;
+}
+
+static void top_json_num(cJSON *o, const char *key, double v)
+{
+        if (isfinite(v))
+                cJSON_AddNumberToObject(o, key, v);
+        else
+                cJSON_AddNullToObject(o, key);
+}
+
+static void top_print(const struct top_view *v, int n, const struct top_scrape *cur, double seconds,
+                      const char *sort, bool tty, int max_rows)
+{
+        if (g_json) {
+                cJSON *root = cJSON_CreateObject();
+                cJSON_AddNumberToObject(root, "interval_seconds", seconds);
+                cJSON_AddNumberToObject(root, "rows_dropped", (double)cur->dropped_rows);
+                cJSON *rows = cJSON_AddArrayToObject(root, "rows");
+                for (int i = 0; i < n; i++) {
+                        cJSON *o = cJSON_CreateObject();
+                        cJSON_AddStringToObject(o, "direction", v[i].direction);
+                        cJSON_AddStringToObject(o, "service", v[i].service);
+                        top_json_num(o, "requests_per_second", v[i].rps);
+                        top_json_num(o, "success_rate", v[i].success);
+                        top_json_num(o, "p50_seconds", v[i].p50);
+                        top_json_num(o, "p99_seconds", v[i].p99);
+                        top_json_num(o, "bytes_per_second", v[i].bytes_per_s);
+                        top_json_num(o, "active", v[i].active);
+                        cJSON_AddItemToArray(rows, o);
+                }
+                char *text = cJSON_PrintUnformatted(root);
+                if (!text)
+                        die("out of memory");
+                printf("%s\n", text);
+                free(text);
+                cJSON_Delete(root);
+                fflush(stdout);
+                return;
+        }
+        if (tty)
+                fputs("\033[H\033[2J", stdout); /* home, clear the screen */
+        time_t now = time(NULL);
+        struct tm tm;
+        char when[32];
+        strftime(when, sizeof(when), "%H:%M:%S", localtime_r(&now, &tm));
+        printf("shuntd %s  %s  over %.1f s  sorted by %s  %d destination%s%s\n\n", g_admin, when,
+               seconds, sort, n, n == 1 ? "" : "s",
+               cur->dropped_rows ? "  (more not shown: row limit)" : "");
+        struct table t = {
+            .ncols = 8,
+            .header = {"DIRECTION", "SERVICE", "RPS", "SUCCESS", "P50", "P99", "BYTES/S", "ACTIVE"},
+            .right = {false, false, true, true, true, true, true, true}};
+        for (int i = 0; i < n && (max_rows <= 0 || i < max_rows); i++) {
+                char rps[32], ok[32], p50[32], p99[32], bytes[32], act[32];
+                snprintf(rps, sizeof(rps), "%.1f", v[i].rps);
+                snprintf(act, sizeof(act), "%.0f", v[i].active);
+                table_add(&t, v[i].direction, v[i].service, rps, fmt_pct(v[i].success, ok, 32),
+                          fmt_latency(v[i].p50, p50, 32), fmt_latency(v[i].p99, p99, 32),
+                          fmt_bytes(v[i].bytes_per_s, bytes, 32), act);
+        }
+        table_print(&t);
+        if (!n)
+                printf("(no proxied requests or connections yet)\n");
+        if (!tty)
+                putchar('\n');
+        fflush(stdout);
+}
+
+/* `shuntctl top [--interval SECONDS] [--once] [--count N] [--sort KEY]`:
+ * scrapes /metrics every interval and prints the rates between the last
+ * two scrapes. On a terminal the table is redrawn in place; otherwise (a
+ * pipe, a file) each refresh is printed after the last. */
+static int cmd_top(int argc, char **argv)
+{
+        int64_t interval_ms = 2000;
+        long count = 0;
+        const char *sort = "rps";
+        for (int i = 0; i < argc; i++) {
+                const char *a = argv[i];
+                if (strcmp(a, "--once") == 0) {
+                        count = 1;
+                } else if (strcmp(a, "--admin") == 0 && i + 1 < argc) {
+                        g_admin = argv[++i];
+                } else if (strcmp(a, "--json") == 0) {
+                        g_json = true;
+                } else if (strcmp(a, "--interval") == 0 && i + 1 < argc) {
+                        char *end;
+                        double sec = strtod(argv[++i], &end);
+                        if (*end || !(sec * 1000 >= TOP_MIN_INTERVAL_MS) ||
+                            !(sec * 1000 <= TOP_MAX_INTERVAL_MS))
+                                die_usage("top: --interval %s: want seconds from %.1f to %d",
+                                          argv[i], TOP_MIN_INTERVAL_MS / 1000.0,
+                                          TOP_MAX_INTERVAL_MS / 1000);
+                        interval_ms = (int64_t)(sec * 1000);
+                } else if (strcmp(a, "--count") == 0 && i + 1 < argc) {
+                        char *end;
+                        count = strtol(argv[++i], &end, 10);
+                        if (*end || count < 1 || count > 1000000)
+                                die_usage("top: --count %s: want 1 to 1000000", argv[i]);
+                } else if (strcmp(a, "--sort") == 0 && i + 1 < argc) {
+                        sort = argv[++i];
+                        if (top_sort_parse(sort) < 0)
+                                die_usage("top: --sort %s: want rps, success, p50, p99, bytes, "
+                                          "active or name",
+                                          sort);
+                } else {
+                        die_usage("top: unknown or incomplete option '%s'", a);
+                }
+        }
+        bool tty = isatty(STDOUT_FILENO) && !g_json;
+        int max_rows = 0;
+        struct top_scrape prev, cur;
+        int64_t prev_ms, cur_ms;
+        top_fetch(&prev, &prev_ms);
+        for (long k = 0; !count || k < count; k++) {
+                struct timespec ts = {.tv_sec = interval_ms / 1000,
+                                      .tv_nsec = (interval_ms % 1000) * 1000000};
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                        ;
+                top_fetch(&cur, &cur_ms);
+                struct top_view *v;
+                double sec = (double)(cur_ms - prev_ms) / 1000;
+                int n = top_compute(&prev, &cur, sec > 0 ? sec : 0.001, top_sort_parse(sort), &v);
+                if (n < 0)
+                        die("out of memory");
+                if (tty) {
+                        const char *lines = getenv("LINES");
+                        max_rows = lines && atoi(lines) > 4 ? atoi(lines) - 4 : 0;
+                }
+                top_print(v, n, &cur, sec, sort, tty, max_rows);
+                free(v);
+                top_scrape_free(&prev);
+                prev = cur;
+                prev_ms = cur_ms;
+        }
+        top_scrape_free(&prev);
+        return 0;
+}
+
+/* ---- tap ---------------------------------------------------------------------- */
+
+static void query_add(struct strbuf *q, const char *key, const char *v)
+{
+        strbuf_append(q, q->len ? "&" : "?");
+        strbuf_append(q, key);
+        strbuf_append(q, "=");
+        for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+                if (isalnum(*p) || strchr("-._~/:", *p))
+                        strbuf_appendn(q, (const char *)p, 1);
+                else
+                        strbuf_appendf(q, "%%%02X", *p);
+        }
+}
+
+struct tap_out {
+        long events;
+        bool ended;
+};
+
+static void tap_line(const char *line, size_t len, struct tap_out *o)
+{
+        if (g_json) {
+                fwrite(line, 1, len, stdout);
+                fputc('\n', stdout);
+        }
+        cJSON *j = cJSON_ParseWithLength(line, len);
+        if (!j) {
+                fprintf(stderr, "shuntctl: tap: a line that is not JSON: %.*s\n",
+                        (int)(len > 200 ? 200 : len), line);
+                return;
+        }
+        const char *end = jstr(j, "end", NULL);
+        if (end) {
+                double ev = 0, dr = 0, rd = 0;
+                jnum(j, "events", &ev);
+                jnum(j, "dropped", &dr);
+                jnum(j, "ring_dropped", &rd);
+                fprintf(stderr,
+                        "tap ended (%s): %.0f requests shown, %.0f dropped (client slow), %.0f "
+                        "not seen (rings full)\n",
+                        end, ev, dr, rd);
+                o->ended = true;
+        } else if (!cJSON_GetObjectItemCaseSensitive(j, "tap") && !g_json) {
+                const char *t = jstr(j, "time", "");
+                double st = 0, ms = 0;
+                jnum(j, "status", &st);
+                jnum(j, "duration_ms", &ms);
+                const char *grpc = jstr(j, "grpc_status", NULL);
+                char status[48];
+                if (grpc)
+                        snprintf(status, sizeof(status), "%.0f %s", st, grpc);
+                else
+                        snprintf(status, sizeof(status), "%.0f", st);
+                printf("%s %-8s %-5s %-6s %s%s %s %.3fms %s -> %s (%s) %s\n",
+                       strlen(t) > 11 ? t + 11 : t, jstr(j, "direction", "-"),
+                       jstr(j, "protocol", "-"), jstr(j, "method", "-"), jstr(j, "authority", ""),
+                       jstr(j, "path", "-"), status, ms, jstr(j, "source", "-"),
+                       jstr(j, "destination", "-"), jstr(j, "service", "-"),
+                       jstr(j, "endpoint", "-"));
+                o->events++;
+        }
+        fflush(stdout);
+        cJSON_Delete(j);
+}
+
+static size_t tap_sink(const char *data, size_t len, void *arg)
+{
+        size_t used = 0;
+        for (;;) {
+                const char *nl = memchr(data + used, '\n', len - used);
+                if (!nl)
+                        break;
+                size_t n = (size_t)(nl - data - used);
+                if (n)
+                        tap_line(data + used, n, arg);
+                used += n + 1;
+        }
+        return used;
+}
+
+/* `shuntctl tap [--service S] [--direction D] [--protocol P] [--method M]
+ * [--path PREFIX] [--status S] [--source ID-PREFIX] [--max N] [--seconds S]`:
+ * streams GET /tap, one line per request that matches. */
+static int cmd_tap(int argc, char **argv)
+{
+        static const char *const keys[] = {"service", "direction", "protocol", "method", "path",
+                                           "source",  "status",    "max",      "seconds"};
+        struct strbuf q;
+        strbuf_init(&q);
+        strbuf_append(&q, "/tap");
+        size_t base = q.len;
+        long seconds = 30;
+        for (int i = 0; i < argc; i++) {
+                const char *a = argv[i];
+                if (strcmp(a, "--json") == 0) {
+                        g_json = true;
+                        continue;
+                }
+                if (strcmp(a, "--admin") == 0 && i + 1 < argc) {
+                        g_admin = argv[++i];
+                        continue;
+                }
+                bool known = false;
+                for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]) && !known; k++) {
+                        if (strncmp(a, "--", 2) != 0 || strcmp(a + 2, keys[k]) != 0)
+                                continue;
+                        if (i + 1 >= argc)
+                                die_usage("tap: %s needs a value", a);
+                        known = true;
+                        struct strbuf part;
+                        strbuf_init(&part);
+                        query_add(&part, keys[k], argv[++i]);
+                        strbuf_append(&q, q.len == base ? "?" : "&");
+                        strbuf_append(&q, part.data + 1);
+                        strbuf_free(&part);
+                        if (strcmp(keys[k], "seconds") == 0)
+                                seconds = atol(argv[i]);
+                }
+                if (!known)
+                        die_usage("tap: unknown or incomplete option '%s'", a);
+        }
+        if (q.truncated)
+                die("out of memory");
+        struct tap_out o = {0};
+        struct http_response r;
+        /* shuntd ends the stream after --seconds; a stream silent for longer
+         * than that (and a margin) is a dead one. */
+        int idle_ms = (int)((seconds > 0 && seconds < 3600 ? seconds : 600) * 1000 + TIMEOUT_MS);
+        http_exchange("GET", q.data, NULL, &r, tap_sink, &o, idle_ms);
+        strbuf_free(&q);
+        if (r.status != 200) {
+                cJSON *e = cJSON_Parse(r.body);
+                const char *msg =
+                    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "error"));
+                fprintf(stderr, "shuntctl: shuntd admin at %s answered %d to GET /tap%s%s\n",
+                        g_admin, r.status, msg ? ": " : "", msg ? msg : "");
+                cJSON_Delete(e);
+                free(r.body);
+                return 1;
+        }
+        if (r.body_len)
+                tap_sink(r.body, r.body_len, &o);
+        free(r.body);
+        if (!o.ended) {
+                fprintf(stderr, "shuntctl: the tap stream ended without its last line\n");
+                return 1;
+        }
+        return 0;
+}
+
 static int cmd_check(int argc, char **argv)
 {
         struct check_options o = {.admin = g_admin};
@@ -1588,6 +1958,10 @@ int main(int argc, char **argv)
                         return cmd_check(argc - i - 1, argv + i + 1);
                 } else if (!cmd && strcmp(a, "cleanup") == 0) {
                         return cmd_cleanup(argc - i - 1, argv + i + 1);
+                } else if (!cmd && strcmp(a, "top") == 0) {
+                        return cmd_top(argc - i - 1, argv + i + 1);
+                } else if (!cmd && strcmp(a, "tap") == 0) {
+                        return cmd_tap(argc - i - 1, argv + i + 1);
                 } else if (!cmd) {
                         cmd = a;
                 } else if (nargs < 4) {

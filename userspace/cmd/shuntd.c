@@ -38,6 +38,7 @@
 #include "discovery/registry.h"
 #include "proxy/handover.h"
 #include "proxy/proxy.h"
+#include "proxy/tap.h"
 #include "tls/cert.h"
 #include "tls/source.h"
 #include "core/spiffe.h"
@@ -724,6 +725,12 @@ static void h_connections(const struct admin_request *req, struct admin_response
                 resp->status = 500;
                 strbuf_append(&resp->body, "{\"error\":\"out of memory\"}");
         }
+}
+
+static void h_tap(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        tap_serve(proxy_tap(d->proxy), req, resp);
 }
 
 static void h_log_level(const struct admin_request *req, struct admin_response *resp, void *ctx)
@@ -1888,6 +1895,7 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/certs", h_certs, &d);
         admin_route(d.admin, "GET", "/authz", h_authz, &d);
         admin_route(d.admin, "GET", "/connections", h_connections, &d);
+        admin_route(d.admin, "GET", "/tap", h_tap, &d);
         admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
         admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);
         admin_route(d.admin, "GET", "/debug/cache", h_debug_cache, &d);

@@ -48,6 +48,7 @@
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
 #include "proxy/reqmetrics.h"
+#include "proxy/tap.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"
 #include "tls/conn.h"
@@ -104,6 +105,7 @@ struct h1s {
         enum http1_method method;
         char method_s[16];
         char target[LOG_TARGET_MAX];
+        char host[128]; /* the request's Host, for the tap */
         char request_id[40];
         bool http10;       /* an HTTP/1.0 client */
         bool idempotent;   /* may be re-sent after an upstream failure */
@@ -299,7 +301,11 @@ static void count_request(struct h1s *s, int status)
                                                    .orig_dst = &s->orig_dst,
                                                    .status = status,
                                                    .grpc_status = -1,
-                                                   .start_ns = s->req_start_ns});
+                                                   .start_ns = s->req_start_ns,
+                                                   .method = s->method_s,
+                                                   .authority = s->host,
+                                                   .path = s->target,
+                                                   .endpoint = &s->upstream_addr});
 }
 
 static void access_log(struct h1s *s, const char *end)
@@ -897,6 +903,10 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->method = m->method;
         copy_slice(s->method_s, sizeof(s->method_s), m->method_str);
         copy_slice(s->target, sizeof(s->target), m->target);
+        struct http1_slice host = {0};
+        if (tap_attached(w->proxy->tap)) /* else not looked for: nothing shows it */
+                http1_header_get(m, "Host", &host);
+        copy_slice(s->host, sizeof(s->host), host);
         s->http10 = m->version_minor == 0;
         s->idempotent = method_idempotent(m->method);
         s->body_dropped = false;

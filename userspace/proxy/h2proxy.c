@@ -43,6 +43,7 @@
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
 #include "proxy/reqmetrics.h"
+#include "proxy/tap.h"
 #include "proxy/upstream.h"
 #include "proxy/xfcc.h"
 #include "tls/conn.h"
@@ -560,6 +561,21 @@ static void stream_unlink_up(struct h2s *st)
         st->uid = 0;
 }
 
+/* A pseudo-header of the request copied into buf (NULL when absent), for
+ * the tap. */
+static const char *req_pseudo(const struct h2s *st, const char *name, char *buf, size_t cap)
+{
+        size_t n = strlen(name);
+        for (uint32_t i = 0; i < st->req.n; i++) {
+                const struct hdr *h = &st->req.v[i];
+                if (h->namelen == n && !memcmp(st->req.arena + h->name, name, n)) {
+                        snprintf(buf, cap, "%.*s", (int)h->valuelen, st->req.arena + h->value);
+                        return buf;
+                }
+        }
+        return NULL;
+}
+
 static void stream_free(struct h2s *st)
 {
         struct h2_worker *hw = st->hw;
@@ -583,15 +599,25 @@ static void stream_free(struct h2s *st)
                                                                         : 2 /* UNKNOWN */;
         if (st->grpc)
                 stat_inc(hw, (enum stat_id)(ST_GRPC_STATUS_FIRST + code));
+        /* The request's names for the tap, looked up only while one is attached. */
+        char tm[16], ta[128], tp[256];
+        bool tapped = tap_attached(hw->w->proxy->tap);
         if (st->c)
-                reqmetrics_request(hw->w, &(struct req_end){.dir = st->c->dir,
-                                                            .protocol = st->grpc ? "grpc" : "http2",
-                                                            .peer_tls = st->c->s.tls,
-                                                            .route = &st->route,
-                                                            .orig_dst = &st->c->orig_dst,
-                                                            .status = st->http_status,
-                                                            .grpc_status = st->grpc ? code : -1,
-                                                            .start_ns = st->start_ns});
+                reqmetrics_request(
+                    hw->w,
+                    &(struct req_end){
+                        .dir = st->c->dir,
+                        .protocol = st->grpc ? "grpc" : "http2",
+                        .peer_tls = st->c->s.tls,
+                        .route = &st->route,
+                        .orig_dst = &st->c->orig_dst,
+                        .status = st->http_status,
+                        .grpc_status = st->grpc ? code : -1,
+                        .start_ns = st->start_ns,
+                        .method = tapped ? req_pseudo(st, ":method", tm, sizeof(tm)) : NULL,
+                        .authority = tapped ? req_pseudo(st, ":authority", ta, sizeof(ta)) : NULL,
+                        .path = tapped ? req_pseudo(st, ":path", tp, sizeof(tp)) : NULL,
+                        .endpoint = &st->upstream});
         log_debug("h2", st->c ? st->c->id : 0,
                   "stream %d done: upstream %s status %d grpc-status %d attempts %u", st->cid,
                   st->routed ? "routed" : "none", st->http_status, st->grpc_status, st->attempts);

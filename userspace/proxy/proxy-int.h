@@ -182,6 +182,7 @@ struct proxy {
         struct snapshot_slot authz_slot; /* struct authz (authz/authz.h), published by main */
         _Atomic uint64_t active;         /* over all workers, for max_connections */
         struct reqmetrics *reqm;         /* request and TCP metrics (reqmetrics.h), or NULL */
+        struct tap_hub *tap;             /* GET /tap (tap.h) */
         uint32_t fd_conn_limit;          /* connections RLIMIT_NOFILE leaves room for */
         uint32_t fd_limit_reported;      /* max_connections last warned about (0: none) */
         _Atomic uint64_t next_conn_id;

@@ -22,6 +22,7 @@
 #include "proxy/handover.h"
 #include "proxy/proxy-int.h"
 #include "proxy/reqmetrics.h"
+#include "proxy/tap.h"
 
 #define ACCEPT_BATCH   32
 #define LISTEN_BACKLOG 4096
@@ -318,7 +319,8 @@ struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener
         p->accept_deferred = inh != NULL;
         p->workers = calloc((size_t)p->n_workers, sizeof(*p->workers));
         p->reqm = reqmetrics_new(cfg, (uint32_t)p->n_workers);
-        if (!p->workers || !p->reqm) {
+        p->tap = tap_hub_new((uint32_t)p->n_workers);
+        if (!p->workers || !p->reqm || !p->tap) {
                 snprintf(err, errlen, "out of memory");
                 goto fail;
         }
@@ -597,6 +599,7 @@ void proxy_free(struct proxy *p)
         snapshot_slot_destroy(&p->route_slot);
         snapshot_slot_destroy(&p->authz_slot);
         reqmetrics_free(p->reqm);
+        tap_hub_free(p->tap);
         free(p);
 }
 
@@ -868,6 +871,7 @@ void proxy_render_metrics(struct proxy *p, struct strbuf *out)
                      REASON_CLIENT_RESET, REASON__COUNT, ST_REASON_FIRST, reason_label);
         route_render_metrics(p->routes, out);
         reqmetrics_render(p->reqm, out);
+        tap_render(p->tap, out);
 }
 
 struct render_call {
@@ -909,4 +913,9 @@ int proxy_render_connections(struct proxy *p, struct strbuf *out)
         }
         strbuf_append(out, "]}");
         return 0;
+}
+
+struct tap_hub *proxy_tap(struct proxy *p)
+{
+        return p ? p->tap : NULL;
 }

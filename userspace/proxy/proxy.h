@@ -83,6 +83,9 @@ struct proxy_totals {
 void proxy_totals(struct proxy *p, struct proxy_totals *t);
 /* Prometheus text for every proxy counter. */
 void proxy_render_metrics(struct proxy *p, struct strbuf *out);
+/* The request tap of p's workers (proxy/tap.h: tap_serve for GET /tap). */
+struct tap_hub;
+struct tap_hub *proxy_tap(struct proxy *p);
 /* Resilience (main thread): the time-driven breaker and ejection steps
  * (call every ~100 ms), the /endpoints hooks, and the operator's forced
  * open of one endpoint's breaker (0 or -ENOENT). */

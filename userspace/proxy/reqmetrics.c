@@ -14,6 +14,9 @@
 #include "proxy/upstream.h"
 #include "tls/conn.h"
 #include "core/spiffe.h"
+#include "core/sockaddr.h"
+#include "proxy/tap.h"
+#include <time.h>
 
 #define NAME_MAX_ 254 /* SPIFFE names, service names: at most 253 characters */
 #define UNKNOWN   "unknown"
@@ -242,6 +245,9 @@ static void common_labels(struct worker *w, enum conn_dir dir, struct tls_conn *
         }
 }
 
+static void tap_request(struct worker *w, const struct req_end *r, const char *ns,
+                        const char *service, uint64_t duration_ns);
+
 void reqmetrics_request(struct worker *w, const struct req_end *r)
 {
         struct reqmetrics *m = w->proxy->reqm;
@@ -264,6 +270,43 @@ void reqmetrics_request(struct worker *w, const struct req_end *r)
         uint64_t now = clock_mono_ns();
         _Atomic uint64_t *cells = prom_series_cells(m->req, (uint32_t)w->index, v);
         prom_hist_observe(cells, &m->buckets, now > r->start_ns ? now - r->start_ns : 0);
+        if (tap_attached(w->proxy->tap))
+                tap_request(w, r, v[L_DST_NAMESPACE], v[L_DST_SERVICE],
+                            now > r->start_ns ? now - r->start_ns : 0);
+}
+
+static void field(char *dst, size_t cap, const char *src)
+{
+        snprintf(dst, cap, "%s", src ? src : "");
+}
+
+/* A request for the tap: copied into the worker's ring (tap.h). */
+static void tap_request(struct worker *w, const struct req_end *r, const char *ns,
+                        const char *service, uint64_t duration_ns)
+{
+        struct tap_event ev;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ev.unix_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        ev.duration_ns = duration_ns;
+        ev.status = r->status >= 100 && r->status <= 599 ? r->status : 0;
+        ev.grpc_status = r->grpc_status;
+        field(ev.direction, sizeof(ev.direction), r->dir == DIR_INBOUND ? "inbound" : "outbound");
+        field(ev.protocol, sizeof(ev.protocol), r->protocol);
+        field(ev.method, sizeof(ev.method), r->method);
+        field(ev.authority, sizeof(ev.authority), r->authority);
+        field(ev.path, sizeof(ev.path), r->path);
+        struct tls_snapshot *ts_self = upstream_worker_tls(w);
+        const char *self = ts_self ? tls_snapshot_identity(ts_self) : NULL;
+        const char *peer = r->peer_tls ? tls_conn_peer_id(r->peer_tls) : NULL;
+        const char *dst = r->route && r->route->table ? route_identity(r->route) : NULL;
+        field(ev.source, sizeof(ev.source), r->dir == DIR_INBOUND ? peer : self);
+        field(ev.destination, sizeof(ev.destination), r->dir == DIR_INBOUND ? self : dst);
+        snprintf(ev.service, sizeof(ev.service), "%s/%s", ns, service);
+        ev.endpoint[0] = '\0';
+        if (r->endpoint && r->endpoint->ss_family)
+                sockaddr_format(r->endpoint, ev.endpoint, sizeof(ev.endpoint));
+        tap_publish(w->proxy->tap, (uint32_t)w->index, &ev);
 }
 
 _Atomic uint64_t *reqmetrics_tcp_open(struct worker *w, enum conn_dir dir,

@@ -47,6 +47,9 @@ struct req_end {
         int status;        /* HTTP status the client got; 0: none (aborted) */
         int grpc_status;   /* -1: not gRPC */
         uint64_t start_ns; /* clock_mono_ns() when the request began */
+        /* For the tap (tap.h); NULL when unknown. */
+        const char *method, *authority, *path;
+        const struct sockaddr_storage *endpoint; /* the upstream picked */
 };
 void reqmetrics_request(struct worker *w, const struct req_end *r);
 
