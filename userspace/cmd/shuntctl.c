@@ -59,6 +59,8 @@ static const char usage_text[] =
     "                   circuit breaker, ejection, requests in flight, outbound mTLS\n"
     "                   (mtls, plaintext, refused; the mode) and the peer identity\n"
     "                   (SVC: name or namespace/name)\n"
+    "  routes [SVC]     traffic routes per service port in precedence order: each\n"
+    "                   rule's matches, backends with weight and hits, filters\n"
     "  certs            mTLS: identity, certificate serials and validity, rotation\n"
     "                   state, trust bundle; node mode: every pod identity\n"
     "                   (SPIFFE ID, pods, expiry, rotation state)\n"
@@ -897,6 +899,95 @@ static int cmd_endpoints(const char *service)
         }
         if (t.rows == 0)
                 printf("no endpoints%s%s\n", service ? " for " : "", service ? service : "");
+        else
+                table_print(&t);
+        cJSON_Delete(j);
+        return 0;
+}
+
+/* One match as text: "PathPrefix /api GET h:x-user=~a.* q:v=1". */
+static void match_text(const cJSON *m, char *out, size_t cap)
+{
+        const cJSON *path = cJSON_GetObjectItemCaseSensitive(m, "path");
+        size_t off =
+            (size_t)snprintf(out, cap, "%s %s", jstr(path, "type", "?"), jstr(path, "value", "?"));
+        const char *method = jstr(m, "method", "");
+        if (method[0] && off < cap)
+                off += (size_t)snprintf(out + off, cap - off, " %s", method);
+        static const char *const kinds[][2] = {{"headers", "h"}, {"queryParams", "q"}};
+        for (int k = 0; k < 2; k++) {
+                const cJSON *x;
+                cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(m, kinds[k][0]))
+                {
+                        if (off >= cap)
+                                return;
+                        bool re = strcmp(jstr(x, "type", ""), "RegularExpression") == 0;
+                        off += (size_t)snprintf(out + off, cap - off, " %s:%s=%s%s", kinds[k][1],
+                                                jstr(x, "name", "?"), re ? "~" : "",
+                                                jstr(x, "value", "?"));
+                }
+        }
+}
+
+static int cmd_routes(const char *service)
+{
+        char path[256] = "/routes";
+        if (service) {
+                for (const char *p = service; *p; p++)
+                        if (!isalnum((unsigned char)*p) && !strchr("._-/", *p))
+                                die_usage("invalid service name '%s'", service);
+                snprintf(path, sizeof(path), "/routes?service=%.200s", service);
+        }
+        cJSON *j = fetch("GET", path, NULL);
+        struct table t = {
+            .ncols = 7,
+            .header = {"SERVICE", "ROUTE", "RULE", "MATCHES", "BACKENDS", "FILTERS", "HITS"},
+            .right = {false, false, true, false, false, false, true}};
+        const cJSON *svc;
+        cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(j, "services"))
+        {
+                char name[200], num[24];
+                snprintf(name, sizeof(name), "%s:%s", jstr(svc, "service", "?"),
+                         jint(svc, "port", num, sizeof(num)));
+                const cJSON *rule;
+                cJSON_ArrayForEach(rule, cJSON_GetObjectItemCaseSensitive(svc, "rules"))
+                {
+                        char matches[512] = "", backends[512] = "", filters[256] = "", one[256];
+                        const cJSON *x;
+                        cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(rule, "matches"))
+                        {
+                                match_text(x, one, sizeof(one));
+                                snprintf(matches + strlen(matches),
+                                         sizeof(matches) - strlen(matches), "%s%s",
+                                         matches[0] ? " | " : "", one);
+                        }
+                        cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(rule, "backends"))
+                        {
+                                char w[24], h[24];
+                                const char *sel = jstr(x, "selector", "");
+                                snprintf(backends + strlen(backends),
+                                         sizeof(backends) - strlen(backends),
+                                         "%s%s%s%s w=%s hits=%s", backends[0] ? ", " : "",
+                                         jstr(x, "name", "?"), sel[0] ? "#" : "", sel,
+                                         jint(x, "weight", w, sizeof(w)),
+                                         jint(x, "hits", h, sizeof(h)));
+                        }
+                        cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(rule, "filters"))
+                            snprintf(filters + strlen(filters), sizeof(filters) - strlen(filters),
+                                     "%s%s", filters[0] ? "," : "", jstr(x, "type", "?"));
+                        char idx[16], hits[24];
+                        table_add(&t, name, jstr(rule, "route", "?"),
+                                  jint(rule, "rule", idx, sizeof(idx)), matches,
+                                  backends[0] ? backends : "(the service)",
+                                  filters[0] ? filters : "-",
+                                  jint(rule, "hits", hits, sizeof(hits)));
+                }
+                char misses[24];
+                table_add(&t, name, "(none)", "-", "no rule matched: 404", "-", "-",
+                          jint(svc, "misses", misses, sizeof(misses)));
+        }
+        if (t.rows == 0)
+                printf("no routes%s%s\n", service ? " for " : "", service ? service : "");
         else
                 table_print(&t);
         cJSON_Delete(j);
@@ -1994,7 +2085,8 @@ int main(int argc, char **argv)
                           {"wait-idle", -1, "[SECONDS]"},
                           {"pods", 0, NULL},
                           {"reload", 0, NULL},
-                          {"drain", 0, NULL}};
+                          {"drain", 0, NULL},
+                          {"routes", -1, "[SERVICE]"}};
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 if (strcmp(cmd, cmds[i].name) != 0)
                         continue;
@@ -2033,6 +2125,8 @@ int main(int argc, char **argv)
                         return cmd_reload();
                 case 13:
                         return cmd_drain();
+                case 14:
+                        return cmd_routes(nargs ? args[0] : NULL);
                 default:
                         return cmd_endpoints(nargs ? args[0] : NULL);
                 }

@@ -762,6 +762,14 @@ static void h_endpoints(const struct admin_request *req, struct admin_response *
         disc_render_endpoints_with(d->registry, &resp->body, service[0] ? service : NULL, &hooks);
 }
 
+static void h_routes(const struct admin_request *req, struct admin_response *resp, void *ctx)
+{
+        struct daemon *d = ctx;
+        char service[160] = "";
+        admin_query_get(req->query, "service", service, sizeof(service));
+        proxy_render_routes(d->proxy, service[0] ? service : NULL, &resp->body);
+}
+
 /* "10.0.0.1:80" or "[fd00::1]:80". 0 or -EINVAL. */
 static int parse_hostport(const char *s, struct sockaddr_storage *out)
 {
@@ -1898,6 +1906,7 @@ int main(int argc, char **argv)
         admin_route(d.admin, "GET", "/tap", h_tap, &d);
         admin_route(d.admin, "POST", "/admin/log-level", h_log_level, &d);
         admin_route(d.admin, "GET", "/endpoints", h_endpoints, &d);
+        admin_route(d.admin, "GET", "/routes", h_routes, &d);
         admin_route(d.admin, "GET", "/debug/cache", h_debug_cache, &d);
         admin_route(d.admin, "GET", "/pods", h_pods, &d);
         admin_route(d.admin, "POST", "/admin/endpoints", h_post_endpoints, &d);

@@ -332,9 +332,9 @@ static int want_ip(struct vctx *v, const cJSON *x, struct disc_addr *out)
 /* ---- schema ---------------------------------------------------------------- */
 
 static const char *const root_keys[] = {"services", NULL};
-static const char *const svc_keys[] = {"name",      "namespace", "addresses",      "ports",
-                                       "identity",  "mtls",      "load_balancing", "health_check",
-                                       "endpoints", NULL};
+static const char *const svc_keys[] = {
+    "name",           "namespace",    "addresses", "ports",  "identity", "mtls",
+    "load_balancing", "health_check", "endpoints", "routes", NULL};
 static const char *const port_keys[] = {"name", "port", "target_port", "protocol", NULL};
 static const char *const lb_keys[] = {"algorithm", "hash_key", NULL};
 static const char *const hc_keys[] = {"type",
@@ -347,8 +347,8 @@ static const char *const hc_keys[] = {"type",
                                       "passive_failures",
                                       "ejection_time",
                                       NULL};
-static const char *const ep_keys[] = {"address", "port",     "weight", "zone", "region",
-                                      "health",  "identity", "meshed", "mtls", NULL};
+static const char *const ep_keys[] = {"address",  "port",   "weight", "zone",   "region", "health",
+                                      "identity", "meshed", "mtls",   "labels", NULL};
 
 #define FIELD(obj, key) cJSON_GetObjectItemCaseSensitive(obj, key)
 
@@ -604,6 +604,13 @@ static int parse_endpoint(struct vctx *v, const cJSON *x, const struct disc_serv
                 e->unmeshed = cJSON_IsFalse(f);
                 path_pop(v, old);
         }
+        if ((f = FIELD(x, "labels"))) {
+                char why[200];
+                old = path_push_key(v, "labels");
+                if (dr_labels_format(f, e->labels, sizeof(e->labels), why, sizeof(why)))
+                        return fail(v, f, "%s", why);
+                path_pop(v, old);
+        }
         return want_identity_mtls(v, x, e->identity, &e->mtls);
 }
 
@@ -729,10 +736,63 @@ static int parse_service(struct vctx *v, const cJSON *x, struct disc_service_spe
         return 0;
 }
 
+/* A route's backendRef names a service of this file (and one of its ports). */
+static bool file_service_exists(void *ctx, const char *ns, const char *name, uint16_t port)
+{
+        const struct disc_specs *specs = ctx;
+        for (size_t i = 0; i < specs->n; i++) {
+                const struct disc_service_spec *s = &specs->svcs[i];
+                if (strcmp(s->ns, ns) || strcmp(s->name, name))
+                        continue;
+                for (uint32_t p = 0; p < s->n_ports; p++)
+                        if (port == 0 || s->ports[p].port == port)
+                                return true;
+                return false;
+        }
+        return false;
+}
+
+/* Each service's "routes", once every service is known: a backendRef may
+ * name any service of the file. */
+static int parse_routes(struct vctx *v, const cJSON *svcs, struct disc_specs *out)
+{
+        size_t i = 0;
+        for (const cJSON *s = svcs->child; s; s = s->next, i++) {
+                const cJSON *f = FIELD(s, "routes");
+                if (!f)
+                        continue;
+                struct disc_service_spec *sp = &out->svcs[i];
+                uint16_t ports[DISC_MAX_PORTS];
+                for (uint32_t p = 0; p < sp->n_ports; p++)
+                        ports[p] = sp->ports[p].port;
+                struct dr_parse_ctx pc = {.ns = sp->ns,
+                                          .name = sp->name,
+                                          .ports = ports,
+                                          .n_ports = sp->n_ports,
+                                          .service_exists = file_service_exists,
+                                          .ctx = out};
+                char why[384], rel[192];
+                const cJSON *where = f;
+                if (dr_routes_parse(f, &pc, &sp->routes, why, sizeof(why), rel, sizeof(rel),
+                                    &where)) {
+                        size_t old = path_push_idx(v, i);
+                        path_push_key(v, "routes");
+                        snprintf(v->path + v->plen, sizeof(v->path) - v->plen, "%s", rel);
+                        v->plen = strlen(v->path);
+                        int rc = fail(v, where, "%s", why);
+                        path_pop(v, old);
+                        return rc;
+                }
+        }
+        return 0;
+}
+
 void disc_specs_free(struct disc_specs *s)
 {
-        for (size_t i = 0; s->svcs && i < s->n; i++)
+        for (size_t i = 0; s->svcs && i < s->n; i++) {
                 free(s->svcs[i].endpoints);
+                dr_routes_unref(s->svcs[i].routes);
+        }
         free(s->svcs);
         s->svcs = NULL;
         s->n = 0;
@@ -836,6 +896,8 @@ int disc_file_parse(const char *name, const char *text, size_t len, struct disc_
                 path_pop(&v, o2);
         }
         (void)old;
+        if (!rc)
+                rc = parse_routes(&v, svcs, out);
         cJSON_Delete(root);
         if (rc)
                 disc_specs_free(out);

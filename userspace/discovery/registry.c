@@ -417,6 +417,8 @@ static void svc_remove(struct disc_registry *r, uint32_t i)
                 ep_remove(r, s->ep_head);
         chain_unlink(r->svc_buckets, r->svc_nbuckets, s->hash, i, r->svcs, sizeof(*s),
                      offsetof(struct svc_rec, hnext));
+        dr_routes_unref(s->spec.routes);
+        s->spec.routes = NULL;
         s->used = false;
         s->hnext = r->svc_free;
         r->svc_free = i;
@@ -443,6 +445,7 @@ static uint32_t svc_get(struct disc_registry *r, int src, const struct disc_serv
                 s->used = true;
                 s->src = src;
                 s->ep_head = NONE;
+                dr_routes_ref(spec->routes);
                 s->spec = *spec;
                 s->spec.endpoints = NULL;
                 s->spec.n_endpoints = 0;
@@ -457,7 +460,10 @@ static uint32_t svc_get(struct disc_registry *r, int src, const struct disc_serv
         struct svc_rec *s = &r->svcs[i];
         if (define) {
                 bool hc_changed = memcmp(&s->spec.hc, &spec->hc, sizeof(spec->hc)) != 0;
+                struct dr_routes *old_routes = s->spec.routes;
+                dr_routes_ref(spec->routes);
                 s->spec = *spec;
+                dr_routes_unref(old_routes);
                 s->spec.endpoints = NULL;
                 s->spec.n_endpoints = 0;
                 s->src = src;
@@ -516,7 +522,7 @@ static uint32_t ep_put(struct disc_registry *r, int src, uint32_t svc,
                 if (e->spec.weight != n.weight || e->spec.health != n.health ||
                     strcmp(e->spec.zone, n.zone) || strcmp(e->spec.region, n.region) ||
                     strcmp(e->spec.identity, n.identity) || e->spec.unmeshed != n.unmeshed ||
-                    e->spec.mtls != n.mtls || e->src != src)
+                    e->spec.mtls != n.mtls || strcmp(e->spec.labels, n.labels) || e->src != src)
                         r->dirty = true;
                 e->spec = n;
         }
@@ -616,6 +622,9 @@ void disc_registry_free(struct disc_registry *r)
         disc_registry_detach(r);
         snapshot_slot_destroy(&r->slot);
         slot_table_unref(r->slots);
+        for (uint32_t i = 0; i < r->n_svc_recs; i++)
+                if (r->svcs[i].used)
+                        dr_routes_unref(r->svcs[i].spec.routes);
         free(r->svcs);
         free(r->svc_buckets);
         free(r->eps);
@@ -1096,6 +1105,8 @@ void disc_snapshot_release(const struct disc_snapshot *s)
 static void snapshot_destroy(struct snapshot *base)
 {
         struct disc_snapshot *s = (struct disc_snapshot *)(void *)base;
+        for (uint32_t i = 0; i < s->n_services; i++)
+                dr_routes_unref((struct dr_routes *)(uintptr_t)s->services[i].routes);
         slot_table_unref(s->slots);
         free(s);
 }
@@ -1247,7 +1258,8 @@ int disc_registry_publish(struct disc_registry *r)
         for (uint32_t i = 0; i < r->n_ep_recs; i++) {
                 if (r->eps[i].used)
                         strbytes += strlen(r->eps[i].spec.zone) + strlen(r->eps[i].spec.region) +
-                                    strlen(r->eps[i].spec.identity) + 3;
+                                    strlen(r->eps[i].spec.identity) +
+                                    strlen(r->eps[i].spec.labels) + 4;
         }
         sort_reg = r;
         qsort(order, ns, sizeof(*order), svc_order);
@@ -1305,6 +1317,8 @@ int disc_registry_publish(struct disc_registry *r)
                 svc->mtls = rec->spec.mtls;
                 svc->lb = rec->spec.lb;
                 svc->hc = rec->spec.hc;
+                svc->routes = rec->spec.routes;
+                dr_routes_ref(rec->spec.routes);
                 svc->source = (uint16_t)rec->src;
                 svc->stale = src->failing;
                 svc->ports = ports;
@@ -1378,6 +1392,7 @@ int disc_registry_publish(struct disc_registry *r)
                         ep->stale = r->sources[er->src].failing;
                         ep->zone = arena_str(&a, er->spec.zone);
                         ep->region = arena_str(&a, er->spec.region);
+                        ep->labels = arena_str(&a, er->spec.labels);
                         /* The service's identity is already in the arena. */
                         ep->identity = er->spec.unmeshed      ? ""
                                        : er->spec.identity[0] ? arena_str(&a, er->spec.identity)

@@ -31,6 +31,7 @@
 #include "core/snapshot.h"
 #include "core/strbuf.h"
 #include "core/proto.h"
+#include "discovery/routes.h"
 
 /* ---- bounds ---------------------------------------------------------------- */
 #define DISC_NAME_MAX              64  /* service/namespace/port name, zone, region (incl. NUL) */
@@ -164,6 +165,7 @@ struct disc_endpoint_spec {
         char identity[DISC_IDENTITY_MAX];
         bool unmeshed;       /* no sidecar: never TLS, even when the service has an identity */
         enum disc_mtls mtls; /* this endpoint's own mode; DEFAULT: the service's */
+        char labels[DR_LABELS_MAX]; /* "k=v,k=v" sorted by key; route backends select by them */
 };
 
 struct disc_service_spec {
@@ -180,6 +182,9 @@ struct disc_service_spec {
         uint32_t n_ports;
         struct disc_endpoint_spec *endpoints; /* owned by whoever built the spec */
         uint32_t n_endpoints;
+        /* Traffic routes (discovery/routes.h), NULL for none: a reference
+         * held by whoever built the spec; the registry takes its own. */
+        struct dr_routes *routes;
 };
 
 /* Fills defaults: namespace "default", health check defaults, nothing else. */
@@ -210,6 +215,7 @@ struct disc_endpoint {
         enum disc_mtls
             mtls; /* effective: the endpoint's, else its service's (DEFAULT: mtls.mode) */
         uint32_t next_same_addr; /* index of the next endpoint with this address, or UINT32_MAX */
+        const char *labels;      /* "k=v,k=v", "" when none */
 };
 
 struct disc_service {
@@ -231,6 +237,8 @@ struct disc_service {
         uint32_t n_healthy; /* health HEALTHY or UNKNOWN */
         uint16_t source;
         bool stale;
+        /* Traffic routes, NULL for none; the snapshot holds a reference. */
+        const struct dr_routes *routes;
 };
 
 struct disc_snapshot; /* opaque; starts with a struct snapshot */

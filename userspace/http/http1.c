@@ -822,7 +822,9 @@ int http1_write_request_head(const struct http1_msg *req, const struct http1_for
 {
         put(out, req->method_str);
         strbuf_append(out, " ");
-        if (req->form == HTTP1_T_ABSOLUTE && req->authority.n) {
+        if (fw && fw->target) {
+                strbuf_append(out, fw->target);
+        } else if (req->form == HTTP1_T_ABSOLUTE && req->authority.n) {
                 /* Origin form: what follows the authority, "/" at least. */
                 const char *rest = req->authority.p + req->authority.n;
                 size_t n = (size_t)(req->target.p + req->target.n - rest);

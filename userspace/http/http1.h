@@ -226,8 +226,9 @@ struct http1_forward {
         size_t nadd;
         const char *const *drop; /* fields not forwarded (case-insensitive names) */
         size_t ndrop;
-        bool keep_upgrade; /* forward Upgrade and send Connection: upgrade (msg->upgrade) */
-        bool close;        /* send Connection: close */
+        bool keep_upgrade;  /* forward Upgrade and send Connection: upgrade (msg->upgrade) */
+        bool close;         /* send Connection: close */
+        const char *target; /* request: written instead of the request's target (NULL: kept) */
 };
 
 /* Writes the request head (request line as HTTP/1.1, fields without the

@@ -94,6 +94,8 @@ struct h1s {
         struct upstream *up;
         struct route_use route;
         struct route_use first; /* the relay's pick, for the first request (hand-off) */
+        enum route_result rr;   /* the request's pick (route_pick_http), for attempt */
+        const char *location;   /* a redirect's Location while local_reply writes it */
         struct sockaddr_storage first_upstream;
         struct loop_timer timer;     /* idle, backoff, linger */
         struct loop_timer req_timer; /* timeouts.request until the response head */
@@ -441,6 +443,24 @@ static enum http_local local_slot(int status)
 /* Ends the request with a response of our own and closes the client after
  * it. When response bytes already went out, the client can only be reset.
  * Returns -1: the caller stops driving (the session may be gone). */
+/* A redirect's Location after the status line of a local reply. */
+static int insert_location(struct strbuf *head, const char *location)
+{
+        const char *eol = memchr(head->data, '\n', head->len);
+        if (!eol || strpbrk(location, "\r\n"))
+                return -1;
+        struct strbuf out;
+        strbuf_init(&out);
+        size_t first = (size_t)(eol - head->data) + 1;
+        strbuf_appendn(&out, head->data, first);
+        strbuf_appendf(&out, "Location: %s\r\n", location);
+        strbuf_appendn(&out, head->data + first, head->len - first);
+        strbuf_reset(head);
+        strbuf_appendn(head, out.data, out.len);
+        strbuf_free(&out);
+        return head->truncated ? -1 : 0;
+}
+
 static int local_reply(struct h1s *s, int status, const char *reason, unsigned retry_after)
 {
         struct worker *w = s->w;
@@ -469,7 +489,8 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
         s->resp.kind = HTTP1_BODY_NONE;
         s->resp.body_done = true;
         if (http1_write_error_response_id(&s->resp.head, status, reason, retry_after,
-                                          in_request ? s->request_id : NULL) < 0) {
+                                          in_request ? s->request_id : NULL) < 0 ||
+            (s->location && insert_location(&s->resp.head, s->location) < 0)) {
                 session_free(s, REASON_NO_MEMORY, true);
                 return -1;
         }
@@ -778,26 +799,13 @@ static int attempt(struct h1s *s)
         const struct shunt_config *cfg = worker_cfg(w);
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);
-        enum route_result rr;
+        (void)t;
         if (s->dir == DIR_INBOUND) {
                 /* Every request to the local application, where the client sent it. */
                 s->upstream_addr = s->first_upstream;
                 return connect_upstream(s);
         }
-        if (s->first.table && !s->have_key) {
-                /* The relay picked for this connection before the hand-off:
-                 * that pick serves the first request (its connection, if it
-                 * was open, waits in the pool). */
-                s->route = s->first;
-                s->upstream_addr = s->first_upstream;
-                memset(&s->first, 0, sizeof(s->first));
-                rr = ROUTE_ENDPOINT;
-        } else {
-                route_release(&s->first);
-                rr = route_pick_request(t, &w->route_workers, (uint64_t)w->index, &s->orig_dst,
-                                        &s->client_addr, s->have_key ? &s->key_hash : NULL,
-                                        &s->upstream_addr, &s->route);
-        }
+        enum route_result rr = s->rr; /* picked by begin_request */
         if (rr == ROUTE_NO_ENDPOINT) {
                 char reason[320];
                 snprintf(reason, sizeof(reason), "no healthy endpoint for %s", s->service);
@@ -867,6 +875,72 @@ static bool request_key(const struct http1_msg *m, const char *setting, uint64_t
         }
         *h = lb_hash_header_value(v.p, v.n);
         return true;
+}
+
+static bool msg_header(void *ctx, const char *name, const char **v, size_t *n)
+{
+        struct http1_slice sl;
+        if (http1_header_get(ctx, name, &sl) < 0)
+                return false;
+        *v = sl.p;
+        *n = sl.n;
+        return true;
+}
+
+/* The request's target in origin form (what follows an absolute form's
+ * authority). */
+static struct http1_slice origin_target(const struct http1_msg *m)
+{
+        if (m->form != HTTP1_T_ABSOLUTE || !m->authority.n)
+                return m->target;
+        const char *rest = m->authority.p + m->authority.n;
+        struct http1_slice r = {rest, (size_t)(m->target.p + m->target.n - rest)};
+        return r.n && rest[0] == '/' ? r : (struct http1_slice){"/", 1};
+}
+
+/* Outbound: the request's traffic route rule and backend, then an
+ * endpoint (route_pick_http), before its head is written since the rule
+ * may edit it. The relay picked for this connection before the hand-off:
+ * unless the service has routes, that pick serves the first request (its
+ * connection, if it was open, waits in the pool). */
+static enum route_result pick_request(struct h1s *s, struct route_table *t,
+                                      const struct http1_msg *m)
+{
+        struct worker *w = s->w;
+        if (s->first.table && !s->have_key && !s->first.routed) {
+                s->route = s->first;
+                s->upstream_addr = s->first_upstream;
+                memset(&s->first, 0, sizeof(s->first));
+                return ROUTE_ENDPOINT;
+        }
+        route_release(&s->first);
+        struct http1_slice target = origin_target(m);
+        struct dr_request dq = {.method = dr_method_parse(m->method_str.p, m->method_str.n),
+                                .path = target.p,
+                                .path_len = target.n,
+                                .header = msg_header,
+                                .ctx = (void *)(uintptr_t)m};
+        return route_pick_http(t, &w->route_workers, (uint64_t)w->index, &s->orig_dst,
+                               &s->client_addr, s->have_key ? &s->key_hash : NULL, &dq,
+                               &s->upstream_addr, &s->route);
+}
+
+/* A rule's RequestRedirect: 3xx with its Location. */
+static int redirect_reply(struct h1s *s, const struct http1_msg *m)
+{
+        struct http1_slice host = m->authority;
+        struct http1_slice hv;
+        if (!host.n && http1_header_get(m, "Host", &hv) == 0)
+                host = hv;
+        struct http1_slice target = origin_target(m);
+        char loc[2 * DR_VALUE_MAX];
+        if (dr_redirect_location(s->route.rule, s->route.match, s->tls ? "https" : "http", host.p,
+                                 host.n, target.p, target.n, loc, sizeof(loc)) < 0)
+                return local_reply(s, 500, "redirect location too long", 0);
+        s->location = loc;
+        int rc = local_reply(s, s->route.rule->redirect_status, "redirected by route", 0);
+        s->location = NULL;
+        return rc;
 }
 
 static void copy_slice(char *dst, size_t cap, struct http1_slice v)
@@ -940,6 +1014,11 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
                 if (name)
                         snprintf(s->service, sizeof(s->service), "%s", name);
                 s->have_key = request_key(m, hk[0] ? hk : cfg->lb_hash_key, &s->key_hash);
+                s->rr = pick_request(s, t, m);
+                if (s->rr == ROUTE_NO_ROUTE)
+                        return local_reply(s, 404, "no route of the service matches", 0);
+                if (s->rr == ROUTE_REDIRECT)
+                        return redirect_reply(s, m);
         }
 
         /* An Upgrade (WebSocket) goes out with it; a 101 turns the
@@ -961,12 +1040,33 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
                         xfcc_list_add(&xv, m->headers[i].value.p, m->headers[i].value.n);
         if (xa == XFCC_SET || xa == XFCC_APPEND)
                 xfcc_list_add(&xv, s->xfcc, strlen(s->xfcc));
-        struct http1_header xh = {.name = {XFCC_NAME, sizeof(XFCC_NAME) - 1},
-                                  .value = {xv.data, xv.len}};
-        if (xv.len) {
-                fw.add = &xh;
-                fw.nadd = 1;
+        /* The route rule's edits (route_request_edits) after XFCC's. */
+        struct route_edits ed;
+        struct http1_header adds[1 + ROUTE_EDITS_MAX];
+        const char *drops[2 + ROUTE_EDITS_MAX + 1];
+        size_t na = 0;
+        if (xv.len)
+                adds[na++] = (struct http1_header){.name = {XFCC_NAME, sizeof(XFCC_NAME) - 1},
+                                                   .value = {xv.data, xv.len}};
+        if (s->dir == DIR_OUTBOUND &&
+            route_request_edits(&s->route, origin_target(m).p, origin_target(m).n, &ed)) {
+                memcpy(drops, fw.drop, fw.ndrop * sizeof(*drops));
+                memcpy(drops + fw.ndrop, ed.drop, ed.ndrop * sizeof(*drops));
+                fw.ndrop += ed.ndrop;
+                for (size_t i = 0; i < ed.nadd; i++)
+                        adds[na++] = (struct http1_header){
+                            .name = {ed.add_name[i], strlen(ed.add_name[i])},
+                            .value = {ed.add_value[i], strlen(ed.add_value[i])}};
+                if (ed.host) {
+                        drops[fw.ndrop++] = "Host";
+                        adds[na++] = (struct http1_header){.name = {"Host", 4},
+                                                           .value = {ed.host, strlen(ed.host)}};
+                }
+                fw.drop = drops;
+                fw.target = ed.path_len >= 0 ? ed.path : NULL;
         }
+        fw.add = adds;
+        fw.nadd = na;
         strbuf_reset(&s->req.head);
         s->req.head_off = 0;
         int wr = xv.truncated ? -ENOMEM : http1_write_request_head(m, &fw, &s->req.head);
@@ -985,7 +1085,8 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->resp.kind = HTTP1_BODY_NONE;
         if (flow_classify(&s->req) < 0)
                 return local_reply(s, 400, http1_error_str(s->req.ch.error), 0);
-        loop_timer_arm(w->loop, &s->req_timer, cfg->request_timeout_ms);
+        loop_timer_arm(w->loop, &s->req_timer,
+                       route_timeout_ms(&s->route, cfg->request_timeout_ms));
         loop_timer_cancel(w->loop, &s->timer);
         return attempt(s);
 }
@@ -1258,10 +1359,21 @@ static int parse_response(struct h1s *s, bool *progress)
                     .name = {"Connection", 10},
                     .value = {"keep-alive", 10},
                 };
-                if (s->http10 && !s->resp_close) {
-                        fw.add = &ka;
-                        fw.nadd = 1;
+                struct http1_header adds[1 + ROUTE_EDITS_MAX];
+                size_t na = 0;
+                if (s->http10 && !s->resp_close)
+                        adds[na++] = ka;
+                struct route_edits ed; /* the route rule's ResponseHeaderModifier */
+                if (route_response_edits(&s->route, &ed)) {
+                        fw.drop = ed.drop;
+                        fw.ndrop = ed.ndrop;
+                        for (size_t i = 0; i < ed.nadd; i++)
+                                adds[na++] = (struct http1_header){
+                                    .name = {ed.add_name[i], strlen(ed.add_name[i])},
+                                    .value = {ed.add_value[i], strlen(ed.add_value[i])}};
                 }
+                fw.add = adds;
+                fw.nadd = na;
                 fw.close = s->resp_close;
                 if (http1_write_response_head(m, &fw, &f->head) < 0) {
                         msg_done(s);

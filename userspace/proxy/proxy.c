@@ -536,6 +536,11 @@ void proxy_render_hooks(struct proxy *p, struct disc_render_hooks *h)
         h->ctx = p;
 }
 
+void proxy_render_routes(struct proxy *p, const char *service, struct strbuf *sb)
+{
+        route_render_routes(p->routes, service, sb);
+}
+
 int proxy_force_open(struct proxy *p, const char *service, const struct sockaddr_storage *addr,
                      bool on)
 {

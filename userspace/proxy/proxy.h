@@ -93,6 +93,8 @@ void proxy_tick(struct proxy *p);
 struct disc_render_hooks;
 void proxy_render_hooks(struct proxy *p, struct disc_render_hooks *h);
 struct sockaddr_storage;
+/* GET /routes: the traffic routes in force (route_render_routes). */
+void proxy_render_routes(struct proxy *p, const char *service, struct strbuf *sb);
 int proxy_force_open(struct proxy *p, const char *service, const struct sockaddr_storage *addr,
                      bool on);
 /* {"connections":[...]} asking each worker for its live connections. */

@@ -887,6 +887,8 @@ static enum conn_reason route_outbound(struct worker *w, const struct shunt_conf
                 stat_add(&w->stats, ST_ROUTE_SERVICE, 1);
                 return REASON__COUNT;
         case ROUTE_NO_ENDPOINT:
+        case ROUTE_NO_ROUTE: /* per request only: route_pick never returns them */
+        case ROUTE_REDIRECT:
                 return REASON_NO_ENDPOINT;
         case ROUTE_PASSTHROUGH:
                 break;

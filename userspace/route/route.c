@@ -21,9 +21,19 @@ struct route_entry {
         struct lb_table *lb; /* NULL when the port has no endpoint at all */
         uint32_t service;    /* index in the discovery snapshot */
         uint32_t port_idx;
-        bool hashed;                     /* consistent hash / maglev: picks take a key hash */
-        char key[2 * DISC_NAME_MAX + 8]; /* "ns/name:port", to carry state over */
+        bool hashed; /* consistent hash / maglev: picks take a key hash */
+        /* "ns/name:port", or "ns/name:port#k=v,..." for a subset, to carry
+         * state over */
+        char key[2 * DISC_NAME_MAX + 8 + DR_LABELS_MAX];
+        /* The service port's traffic routes (NULL: none) and, per rule and
+         * backendRef, the entry its backend resolved to (ENTRY_NONE when
+         * that service or port is not in the registry now). */
+        const struct dr_routes *routes;
+        const struct dr_port_table *rt;
+        uint32_t (*bmap)[DR_MAX_BACKENDS];
 };
+
+#define ENTRY_NONE UINT32_MAX
 
 struct route_table {
         struct snapshot snap;
@@ -31,7 +41,9 @@ struct route_table {
         uint32_t *first_entry;            /* per service: index of its port 0 entry */
         struct route_entry *entries;
         uint32_t n_entries;
-        uint64_t serial; /* tells workers their cursors belong to another table */
+        uint32_t n_base;      /* entries of service ports; subsets follow */
+        uint32_t cap_entries; /* allocated */
+        uint64_t serial;      /* tells workers their cursors belong to another table */
         /* Resilience settings in force for requests picked from this table. */
         struct lb_retry_config retry;
         struct lb_limits_config limits;
@@ -49,9 +61,11 @@ struct route_workers {
 static void table_destroy(struct snapshot *s)
 {
         struct route_table *t = (struct route_table *)(void *)s;
-        for (uint32_t i = 0; i < t->n_entries; i++)
+        for (uint32_t i = 0; i < t->n_entries; i++) {
                 if (t->entries[i].lb)
                         lb_table_unref(t->entries[i].lb);
+                free(t->entries[i].bmap);
+        }
         if (t->disc)
                 disc_snapshot_release(t->disc);
         free(t->entries);
@@ -158,16 +172,21 @@ static const struct route_entry *find_prev(const struct route_table *prev, const
         return NULL;
 }
 
+/* The entry of svc's port port_idx, or of the subset of its endpoints that
+ * selector ("k=v,...", "" for all) selects. */
 static int build_entry(struct route_entry *e, const struct disc_service *svc, uint32_t port_idx,
-                       const struct shunt_config *cfg, const struct route_table *prev,
-                       const struct lb_limits_config *limits, struct lb_endpoint_in *scratch)
+                       const char *selector, const struct shunt_config *cfg,
+                       const struct route_table *prev, const struct lb_limits_config *limits,
+                       struct lb_endpoint_in *scratch)
 {
-        snprintf(e->key, sizeof(e->key), "%s/%s:%u", svc->ns, svc->name, svc->ports[port_idx].port);
+        snprintf(e->key, sizeof(e->key), "%s/%s:%u%s%s", svc->ns, svc->name,
+                 svc->ports[port_idx].port, selector[0] ? "#" : "", selector);
         e->port_idx = port_idx;
         size_t n = 0;
         for (uint32_t i = 0; i < svc->n_endpoints; i++) {
                 const struct disc_endpoint *ep = &svc->endpoints[i];
-                if (!disc_endpoint_serves(svc, port_idx, ep))
+                if (!disc_endpoint_serves(svc, port_idx, ep) ||
+                    !dr_labels_select(selector, ep->labels ? ep->labels : ""))
                         continue;
                 struct lb_endpoint_in *in = &scratch[n++];
                 memset(in, 0, sizeof(*in));
@@ -191,6 +210,73 @@ static int build_entry(struct route_entry *e, const struct disc_service *svc, ui
         return rc;
 }
 
+/* The index of port number `port` in svc, or -1. */
+static int port_index(const struct disc_service *svc, uint16_t port)
+{
+        for (uint32_t i = 0; i < svc->n_ports; i++)
+                if (svc->ports[i].port == port)
+                        return (int)i;
+        return -1;
+}
+
+/* Resolves the backendRefs of entry e's routes to entries: a whole service
+ * port is that port's entry, a selector gets an entry of its own (one per
+ * distinct service, port and selector), appended at t->n_entries. */
+static void resolve_backends(struct route_table *t, struct route_entry *e,
+                             const struct shunt_config *cfg, const struct route_table *prev,
+                             struct lb_endpoint_in *scratch)
+{
+        const struct disc_service *svc = disc_snapshot_service(t->disc, e->service);
+        const struct dr_routes *r = svc->routes;
+        e->routes = r;
+        e->rt = dr_port_table(r, svc->ports[e->port_idx].port);
+        if (!e->rt)
+                return;
+        e->bmap = calloc(r->n_rules, sizeof(*e->bmap));
+        if (!e->bmap) {
+                e->rt = NULL;
+                log_error("route", 0, "service %s: out of memory for its routes", e->key);
+                return;
+        }
+        for (uint32_t u = 0; u < r->n_rules; u++) {
+                const struct dr_rule *rule = &r->rules[u];
+                for (uint32_t b = 0; b < rule->n_backends; b++) {
+                        const struct dr_backend *be = &rule->backends[b];
+                        e->bmap[u][b] = ENTRY_NONE;
+                        const struct disc_service *to =
+                            disc_find_service(t->disc, be->ns, be->name);
+                        int pi =
+                            to ? port_index(to, be->port ? be->port : svc->ports[e->port_idx].port)
+                               : -1;
+                        if (pi < 0)
+                                continue;
+                        uint32_t s = (uint32_t)(to - disc_snapshot_service(t->disc, 0));
+                        if (!be->selector[0]) {
+                                e->bmap[u][b] = t->first_entry[s] + (uint32_t)pi;
+                                continue;
+                        }
+                        char key[sizeof(e->key)];
+                        snprintf(key, sizeof(key), "%s/%s:%u#%s", to->ns, to->name,
+                                 to->ports[pi].port, be->selector);
+                        uint32_t k = t->n_base;
+                        while (k < t->n_entries && strcmp(t->entries[k].key, key))
+                                k++;
+                        if (k == t->n_entries) {
+                                if (k == t->cap_entries)
+                                        continue; /* counted before the build: not reached */
+                                struct route_entry *se = &t->entries[t->n_entries++];
+                                se->service = s;
+                                int rc = build_entry(se, to, (uint32_t)pi, be->selector, cfg, prev,
+                                                     &t->limits, scratch);
+                                if (rc < 0)
+                                        log_error("route", 0, "subset %s: load-balancer table: %s",
+                                                  se->key, strerror(-rc));
+                        }
+                        e->bmap[u][b] = k;
+                }
+        }
+}
+
 struct route_table *route_table_build(const struct disc_snapshot *disc,
                                       const struct shunt_config *cfg,
                                       const struct route_table *prev)
@@ -205,6 +291,13 @@ struct route_table *route_table_build(const struct disc_snapshot *disc,
                 n_entries += svc->n_ports;
                 if (svc->n_endpoints > max_eps)
                         max_eps = svc->n_endpoints;
+        }
+        uint32_t n_base = n_entries;
+        for (uint32_t s = 0; s < n_svc; s++) { /* room for every subset backend */
+                const struct dr_routes *r = disc_snapshot_service(disc, s)->routes;
+                for (uint32_t u = 0; r && u < r->n_rules; u++)
+                        for (uint32_t b = 0; b < r->rules[u].n_backends; b++)
+                                n_entries += r->rules[u].backends[b].selector[0] ? 1 : 0;
         }
         struct lb_endpoint_in *scratch = calloc(max_eps, sizeof(*scratch));
         if (!t || !scratch)
@@ -224,12 +317,17 @@ struct route_table *route_table_build(const struct disc_snapshot *disc,
                 for (uint32_t k = 0; k < svc->n_ports; k++) {
                         struct route_entry *e = &t->entries[t->n_entries++];
                         e->service = s;
-                        int rc = build_entry(e, svc, k, cfg, prev, &t->limits, scratch);
+                        int rc = build_entry(e, svc, k, "", cfg, prev, &t->limits, scratch);
                         if (rc < 0)
                                 log_error("route", 0, "service %s: load-balancer table: %s", e->key,
                                           strerror(-rc));
                 }
         }
+        t->n_base = n_base;
+        t->cap_entries = n_entries;
+        for (uint32_t i = 0; i < n_base; i++)
+                if (disc_snapshot_service(disc, t->entries[i].service)->routes)
+                        resolve_backends(t, &t->entries[i], cfg, prev, scratch);
         free(scratch);
         return t;
 fail:
@@ -364,9 +462,60 @@ static bool find_entry(struct route_table *t, const struct sockaddr_storage *dst
         return true;
 }
 
+static _Thread_local uint64_t split_rng;
+
+/* A uniform 64-bit number for a weighted split (splitmix64 per thread). */
+static uint64_t split_random(uint64_t seed)
+{
+        if (!split_rng)
+                split_rng = lb_mix64(seed ^ clock_mono_ns() ^ (uint64_t)(uintptr_t)&split_rng) | 1;
+        split_rng += 0x9e3779b97f4a7c15ull;
+        return lb_mix64(split_rng);
+}
+
+/* What a connection (no request: plain TCP, or before HTTP is seen)
+ * offers to matching: only rules without conditions match it. */
+static const struct dr_request no_request = {.method = -1, .path = "/", .path_len = 1};
+
+/* Applies the routes of use->entry, if any, to req: sets use->rule and
+ * use->match and moves use->entry to the picked backend's entry. */
+static enum route_result apply_routes(struct route_table *t, uint64_t seed,
+                                      const uint64_t *key_hash, const struct dr_request *req,
+                                      struct route_use *use)
+{
+        const struct route_entry *e = &t->entries[use->entry];
+        if (!e->rt)
+                return ROUTE_ENDPOINT;
+        use->routed = 1;
+        const struct dr_match *m = dr_match_request(e->rt, req ? req : &no_request);
+        if (!m) {
+                struct dr_routes *r = (struct dr_routes *)(uintptr_t)e->routes;
+                atomic_fetch_add_explicit(&r->misses, 1, memory_order_relaxed);
+                /* A connection no rule takes goes to the service itself. */
+                return req ? ROUTE_NO_ROUTE : ROUTE_ENDPOINT;
+        }
+        struct dr_rule *rule = &((struct dr_routes *)(uintptr_t)e->routes)->rules[m->rule];
+        atomic_fetch_add_explicit(&rule->hits, 1, memory_order_relaxed);
+        use->rule = rule;
+        use->match = m;
+        if (rule->redirect) /* a connection goes to the service itself */
+                return req ? ROUTE_REDIRECT : ROUTE_ENDPOINT;
+        int b = dr_pick_backend(rule, rule->sticky && key_hash ? lb_mix64(*key_hash)
+                                                               : split_random(seed));
+        if (b < 0)
+                return ROUTE_ENDPOINT;
+        atomic_fetch_add_explicit(&rule->backends[b].hits, 1, memory_order_relaxed);
+        uint32_t to = e->bmap[m->rule][b];
+        if (to == ENTRY_NONE)
+                return ROUTE_NO_ENDPOINT;
+        use->entry = to;
+        return ROUTE_ENDPOINT;
+}
+
 static enum route_result pick_new(struct route_table *t, struct route_workers **rw, uint64_t seed,
                                   const struct sockaddr_storage *dst,
                                   const struct sockaddr_storage *client, const uint64_t *key_hash,
+                                  const struct dr_request *req,
                                   const struct sockaddr_storage *exclude,
                                   struct sockaddr_storage *upstream, struct route_use *use)
 {
@@ -374,6 +523,9 @@ static enum route_result pick_new(struct route_table *t, struct route_workers **
         use->declared = PROTO_UNKNOWN;
         if (!t || !find_entry(t, dst, use))
                 return ROUTE_PASSTHROUGH;
+        enum route_result rr = apply_routes(t, seed, key_hash, req, use);
+        if (rr != ROUTE_ENDPOINT)
+                return rr;
         uint32_t entry = use->entry;
         struct lb_pick pick;
         bool probe;
@@ -434,7 +586,7 @@ enum route_result route_pick(struct route_table *t, struct route_workers **rw, u
                              const struct sockaddr_storage *exclude,
                              struct sockaddr_storage *upstream, struct route_use *use)
 {
-        return pick_new(t, rw, seed, dst, client, NULL, exclude, upstream, use);
+        return pick_new(t, rw, seed, dst, client, NULL, NULL, exclude, upstream, use);
 }
 
 enum route_result route_pick_request(struct route_table *t, struct route_workers **rw,
@@ -443,7 +595,65 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
                                      const uint64_t *key_hash, struct sockaddr_storage *upstream,
                                      struct route_use *use)
 {
-        return pick_new(t, rw, seed, dst, client, key_hash, NULL, upstream, use);
+        return pick_new(t, rw, seed, dst, client, key_hash, NULL, NULL, upstream, use);
+}
+
+enum route_result route_pick_http(struct route_table *t, struct route_workers **rw, uint64_t seed,
+                                  const struct sockaddr_storage *dst,
+                                  const struct sockaddr_storage *client, const uint64_t *key_hash,
+                                  const struct dr_request *req, struct sockaddr_storage *upstream,
+                                  struct route_use *use)
+{
+        return pick_new(t, rw, seed, dst, client, key_hash, req, NULL, upstream, use);
+}
+
+static void header_edits(const struct dr_header_mod *h, struct route_edits *e)
+{
+        for (uint32_t i = 0; i < h->n_remove; i++)
+                e->drop[e->ndrop++] = h->remove[i].name;
+        for (uint32_t i = 0; i < h->n_set; i++) {
+                e->drop[e->ndrop++] = h->set[i].name;
+                e->add_name[e->nadd] = h->set[i].name;
+                e->add_value[e->nadd++] = h->set[i].value;
+        }
+        for (uint32_t i = 0; i < h->n_add; i++) {
+                e->add_name[e->nadd] = h->add[i].name;
+                e->add_value[e->nadd++] = h->add[i].value;
+        }
+}
+
+bool route_request_edits(const struct route_use *use, const char *path, size_t path_len,
+                         struct route_edits *e)
+{
+        e->ndrop = e->nadd = 0;
+        e->host = NULL;
+        e->path_len = -1;
+        const struct dr_rule *r = use->rule;
+        if (!r)
+                return false;
+        if (r->has_req_hdr)
+                header_edits(&r->req_hdr, e);
+        e->host = r->rewrite_host;
+        if (r->rewrite)
+                e->path_len =
+                    dr_rewrite_path(r, use->match, path, path_len, e->path, sizeof(e->path));
+        return e->ndrop || e->nadd || e->host || e->path_len >= 0;
+}
+
+bool route_response_edits(const struct route_use *use, struct route_edits *e)
+{
+        e->ndrop = e->nadd = 0;
+        e->host = NULL;
+        e->path_len = -1;
+        if (!use->rule || !use->rule->has_resp_hdr)
+                return false;
+        header_edits(&use->rule->resp_hdr, e);
+        return true;
+}
+
+uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt)
+{
+        return use->rule && use->rule->timeout_ms ? use->rule->timeout_ms : dflt;
 }
 
 const char *route_hash_key(struct route_table *t, const struct sockaddr_storage *dst)
@@ -565,7 +775,22 @@ bool route_retry_allowed(struct route_use *use, enum route_outcome o, int status
         struct lb_service_res *r = use_res(use);
         if (!r)
                 return false;
-        const struct lb_retry_config *c = &use->table->retry;
+        struct lb_retry_config rc = use->table->retry;
+        const struct lb_retry_config *c = &rc;
+        const struct dr_rule *rule = use->rule;
+        if (rule && rule->retry_attempts >= 0) /* the route's retry policy */
+                rc.max_retries = (uint32_t)rule->retry_attempts;
+        if (rule && rule->retry_backoff_ms)
+                rc.backoff_base_ns = rule->retry_backoff_ms * MS_NS;
+        if (rule && (rule->retry_codes[0] | rule->retry_codes[1]) && o == ROUTE_HTTP_5XX) {
+                /* Its codes say which statuses are safe to retry. */
+                int code = status - 500;
+                if (code < 0 || code > 99 || !(rule->retry_codes[code / 64] >> (code % 64) & 1))
+                        return false;
+                idempotent = true;
+                rc.retry_5xx = true;
+                status = 503;
+        }
         enum lb_retry_cause cause;
         switch (o) {
         case ROUTE_CONNECT_FAILURE:
@@ -664,6 +889,8 @@ void route_release(struct route_use *use)
                 snapshot_unref(&use->table->snap);
         use->ep = NULL;
         use->table = NULL;
+        use->rule = NULL;
+        use->match = NULL;
 }
 
 const char *route_service_name(const struct route_use *use)
@@ -760,6 +987,8 @@ void route_table_tick(struct route_table *t)
         }
 }
 
+static void render_route_metrics(const struct route_table *t, struct strbuf *out);
+
 static void labels_svc(struct strbuf *lb, const struct route_entry *e, const char *ep)
 {
         strbuf_reset(lb);
@@ -817,7 +1046,7 @@ void route_render_metrics(struct route_table *t, struct strbuf *out)
         uint64_t now = clock_mono_ns();
         for (int f = 0; f < F__COUNT; f++) {
                 prom_family(out, fam[f][0], fam[f][1], fam[f][2]);
-                for (uint32_t i = 0; t && i < t->n_entries; i++) {
+                for (uint32_t i = 0; t && i < t->n_base; i++) {
                         const struct route_entry *e = &t->entries[i];
                         if (!e->lb)
                                 continue;
@@ -881,6 +1110,97 @@ void route_render_metrics(struct route_table *t, struct strbuf *out)
                 }
         }
         strbuf_free(&lb);
+        render_route_metrics(t, out);
+}
+
+/* Traffic route counters: per rule, per backend of a rule, and requests
+ * no rule matched, for each service port with routes. */
+static void render_route_metrics(const struct route_table *t, struct strbuf *out)
+{
+        static const char *const fam[][3] = {
+            {"shunt_route_requests_total", "counter",
+             "Requests (TCP: connections) that took a traffic route rule."},
+            {"shunt_route_backend_requests_total", "counter",
+             "Requests (TCP: connections) a traffic route rule sent to each of its backends."},
+            {"shunt_route_unmatched_total", "counter",
+             "Requests on a service port with traffic routes that no rule matched (404)."},
+        };
+        struct strbuf lb;
+        strbuf_init(&lb);
+        for (int f = 0; f < 3; f++) {
+                prom_family(out, fam[f][0], fam[f][1], fam[f][2]);
+                for (uint32_t i = 0; t && i < t->n_base; i++) {
+                        const struct route_entry *e = &t->entries[i];
+                        if (!e->rt)
+                                continue;
+                        const struct dr_routes *r = e->routes;
+                        if (f == 2) {
+                                labels_svc(&lb, e, NULL);
+                                prom_sample_u64(
+                                    out, fam[f][0], lb.data,
+                                    atomic_load_explicit(&r->misses, memory_order_relaxed));
+                                continue;
+                        }
+                        for (uint32_t u = 0; u < r->n_rules; u++) {
+                                const struct dr_rule *rule = &r->rules[u];
+                                const struct dr_route *rt = &r->routes[rule->route];
+                                if (rt->port &&
+                                    rt->port != disc_snapshot_service(t->disc, e->service)
+                                                    ->ports[e->port_idx]
+                                                    .port)
+                                        continue;
+                                char idx[16];
+                                snprintf(idx, sizeof(idx), "%u", rule->index);
+                                for (uint32_t b = 0; b < (f == 0 ? 1 : rule->n_backends); b++) {
+                                        labels_svc(&lb, e, NULL);
+                                        prom_label(&lb, "route", rt->name);
+                                        prom_label(&lb, "rule", idx);
+                                        uint64_t v;
+                                        if (f == 0) {
+                                                v = atomic_load_explicit(&rule->hits,
+                                                                         memory_order_relaxed);
+                                        } else {
+                                                const struct dr_backend *be = &rule->backends[b];
+                                                char name[2 * DR_NAME_MAX + DR_LABELS_MAX + 4];
+                                                snprintf(name, sizeof(name), "%s/%s%s%s", be->ns,
+                                                         be->name, be->selector[0] ? "#" : "",
+                                                         be->selector);
+                                                prom_label(&lb, "backend", name);
+                                                v = atomic_load_explicit(&be->hits,
+                                                                         memory_order_relaxed);
+                                        }
+                                        prom_sample_u64(out, fam[f][0], lb.data, v);
+                                }
+                        }
+                }
+        }
+        strbuf_free(&lb);
+}
+
+void route_render_routes(struct route_table *t, const char *service, struct strbuf *sb)
+{
+        strbuf_append(sb, "{\"services\":[");
+        bool first = true;
+        for (uint32_t i = 0; t && i < t->n_base; i++) {
+                const struct route_entry *e = &t->entries[i];
+                if (!e->rt)
+                        continue;
+                const struct disc_service *s = disc_snapshot_service(t->disc, e->service);
+                char name[2 * DISC_NAME_MAX + 2];
+                snprintf(name, sizeof(name), "%s/%s", s->ns, s->name);
+                if (service && strcmp(name, service) && strcmp(s->name, service))
+                        continue;
+                strbuf_append(sb, first ? "{\"service\":" : ",{\"service\":");
+                first = false;
+                strbuf_append_json_string(sb, name);
+                strbuf_appendf(
+                    sb, ",\"port\":%u,\"misses\":%llu,\"rules\":", s->ports[e->port_idx].port,
+                    (unsigned long long)atomic_load_explicit(&e->routes->misses,
+                                                             memory_order_relaxed));
+                dr_render_port(e->routes, s->ports[e->port_idx].port, sb);
+                strbuf_append(sb, "}");
+        }
+        strbuf_append(sb, "]}");
 }
 
 /* The next entry from *i on (then past it) of service svc (by namespace
@@ -889,7 +1209,7 @@ static const struct route_entry *next_entry_of(const struct route_table *t,
                                                const struct disc_service *svc, uint32_t *i,
                                                const struct disc_service **s)
 {
-        for (; t && *i < t->n_entries; (*i)++) {
+        for (; t && *i < t->n_base; (*i)++) {
                 const struct route_entry *e = &t->entries[*i];
                 if (!e->lb)
                         continue;

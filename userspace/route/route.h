@@ -27,6 +27,8 @@ enum route_result {
         ROUTE_PASSTHROUGH = 0, /* not a known service: relay to the original destination */
         ROUTE_ENDPOINT,        /* a service endpoint was picked */
         ROUTE_NO_ENDPOINT,     /* a known service with no endpoint that can serve */
+        ROUTE_NO_ROUTE,        /* the service port has routes and none matched: 404 */
+        ROUTE_REDIRECT,        /* the matched rule redirects: use->rule says where */
 };
 
 /* How one attempt (a request, or for plain TCP a connection) on an endpoint
@@ -51,7 +53,13 @@ struct route_use {
         enum proto declared; /* the port's declared protocol, PROTO_UNKNOWN if none */
         uint8_t held;        /* ROUTE_HELD_* (private) */
         uint8_t retries;     /* retries granted so far to this request */
+        uint8_t routed;      /* the service port has traffic routes */
         uint32_t disc_ep;    /* the picked endpoint's index in the discovery snapshot */
+        /* The traffic route rule and match the request took (NULL: none).
+         * Valid while use holds its table (ROUTE_ENDPOINT), else until the
+         * worker next refreshes its route table: use them at once. */
+        const struct dr_rule *rule;
+        const struct dr_match *match;
 };
 
 /* Builds a route table from a discovery snapshot (taking a reference to it)
@@ -85,6 +93,45 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
                                      const struct sockaddr_storage *client,
                                      const uint64_t *key_hash, struct sockaddr_storage *upstream,
                                      struct route_use *use);
+/* As route_pick_request, after the service port's traffic routes
+ * (discovery/routes.h) when it has some: the first rule req matches in
+ * precedence order picks a backend by weight (random, or by key_hash when
+ * the rule is sticky), then an endpoint of that backend. Besides the
+ * results above: ROUTE_NO_ROUTE (no rule matched: answer 404) and
+ * ROUTE_REDIRECT (answer use->rule's redirect, see dr_redirect_location);
+ * neither holds anything. Hits are counted per rule and backend. */
+enum route_result route_pick_http(struct route_table *t, struct route_workers **rw, uint64_t seed,
+                                  const struct sockaddr_storage *dst,
+                                  const struct sockaddr_storage *client, const uint64_t *key_hash,
+                                  const struct dr_request *req, struct sockaddr_storage *upstream,
+                                  struct route_use *use);
+/* The request edits of use's rule (its RequestHeaderModifier and
+ * URLRewrite), in a form both HTTP engines apply: fields to drop (remove,
+ * and set's names), fields to add (set, then add), the new path (with the
+ * request's query) and Host / :authority. */
+#define ROUTE_EDITS_MAX (2 * DR_MAX_HEADER_OPS + 1)
+struct route_edits {
+        const char *drop[ROUTE_EDITS_MAX];
+        size_t ndrop;
+        const char *add_name[ROUTE_EDITS_MAX];
+        const char *add_value[ROUTE_EDITS_MAX];
+        size_t nadd;
+        const char *host; /* NULL: kept */
+        int path_len;     /* -1: the path is kept */
+        char path[DR_VALUE_MAX * 2];
+};
+/* Fills e for a request to path[0..path_len) (origin form). False when use
+ * took no rule or its rule edits nothing. */
+bool route_request_edits(const struct route_use *use, const char *path, size_t path_len,
+                         struct route_edits *e);
+/* The same for the response (ResponseHeaderModifier; no path or host). */
+bool route_response_edits(const struct route_use *use, struct route_edits *e);
+/* The request timeout for use: its rule's timeouts.request, else dflt. */
+uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt);
+/* GET /routes: {"services":[{"service","port","misses","rules":[...]}]}
+ * for every service port with routes (service: NULL for all, or "name",
+ * "ns/name"). */
+void route_render_routes(struct route_table *t, const char *service, struct strbuf *sb);
 /* What dst is, without picking: ROUTE_PASSTHROUGH (no service),
  * ROUTE_ENDPOINT (a service port with endpoints) or ROUTE_NO_ENDPOINT.
  * *declared gets the port's declared protocol (PROTO_UNKNOWN if none),
