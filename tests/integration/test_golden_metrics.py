@@ -558,6 +558,74 @@ def test_tcp_bytes_per_service(mesh):
     assert value("connections_opened") - base["connections_opened"] == 3
 
 
+DASHBOARD = os.path.join(sl.SOURCE, "charts", "shunt", "files", "grafana-dashboard.json")
+RULES = os.path.join(sl.SOURCE, "charts", "shunt", "files", "prometheus-rules.yaml")
+
+
+def test_dashboard_and_alert_queries(mesh):
+    """Every query of the Grafana dashboard (its variables set to "All", the
+    rate window to 30s) returns data from what Prometheus scraped of the two
+    sidecars after a little HTTP/1.1, HTTP/2 and TCP traffic; the variables'
+    label_values queries list the services; every alert expression parses
+    and evaluates."""
+    import yaml
+
+    topo, a, b, prom = mesh
+
+    def settled():
+        settle(prom, [("a", a, lambda l: True), ("b", b, lambda l: True)],
+               lambda p: 'sum(shunt_requests_total{pod="%s"})' % p)  # fmt: skip
+
+    # Twice: a rate needs the series scraped before the traffic it counts.
+    s = topo.app.connect(VIP_ECHO, 80)
+    try:
+        for n in (1, 20):
+            for _ in range(n):
+                assert topo.app.http(VIP_WEB, 80, "GET", "/")[0] == 200
+            r = topo.app.run(["h2load", "-n", str(n), "-c", "1", "http://%s:80/" % VIP_H2],
+                             timeout=30, check=False)  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert sl.echo(s, b"x" * 1000) == b"x" * 1000
+            settled()
+            time.sleep(2 * SCRAPE_S)  # the TCP bytes too
+    finally:
+        s.close()
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    subst = {"$namespace": ".*", "$service": ".*", "$direction": ".*", "$__rate_interval": "30s"}
+    checked = 0
+    for panel in dash["panels"]:
+        for t in panel.get("targets", []):
+            q = t["expr"]
+            for k, v in subst.items():
+                q = q.replace(k, v)
+            assert "$" not in q, q
+            res = prom.query(q)
+            assert res, "dashboard panel %r returns no data: %s" % (panel["title"], q)
+            checked += 1
+            if panel["title"] in ("Request rate", "Latency p50", "Success rate (not 5xx)"):
+                assert any(v > 0 for _, v in res), (panel["title"], res)
+    assert checked >= 15, checked
+    for var in dash["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        m = re.match(r"label_values\((.*), (\w+)\)$", var["query"]["query"])
+        assert m, var
+        sel = m.group(1).replace("$namespace", ".*")
+        r = topo.app.run(["curl", "-s", "-G", "http://%s/api/v1/series" % PROM,
+                          "--data-urlencode", "match[]=" + sel], check=False)  # fmt: skip
+        values = {x.get(m.group(2)) for x in json.loads(r.stdout)["data"]}
+        assert "web" in values or "default" in values, (var["name"], values)
+    with open(RULES) as f:
+        rules = yaml.safe_load(f)
+    n = 0
+    for g in rules["groups"]:
+        for rule in g["rules"]:
+            prom.query(rule["expr"])  # asserts status success
+            n += 1
+    assert n == 11, n
+
+
 def test_promtool_accepts_the_scrapes(mesh):
     topo, a, b, _ = mesh
     sl.require_tool("promtool", "prometheus")
