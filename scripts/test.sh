@@ -10,7 +10,9 @@
 #      integration tests (discovery, shunt-ca, chart, docs, node pod table:
 #      their logic does not depend on the optimiser and the stricter ASan run
 #      covers them), with vmtest, last, so the output ends with ctest's
-#      summary line. That keeps the whole run under 30 minutes on 2 cores.
+#      summary line. Integration tests run two at a time (ctest -j2; those
+#      that measure run alone, tests/CMakeLists.txt SHUNT_SOLO_TESTS). That
+#      keeps the whole run under 30 minutes on 2 cores.
 # Integration tests need root (CI runs as root): they create and remove their
 # own network namespaces.
 set -euo pipefail
@@ -30,7 +32,7 @@ cmake --build build-asan -j"$jobs" >/dev/null
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure -j"$jobs" -L 'unit|fuzz')
-(cd build-asan && ctest --output-on-failure -L integration)
+(cd build-asan && ctest --output-on-failure -j2 -L integration)
 
 echo "== libFuzzer (clang, ASan+UBSan): every fuzz target, 40 s each, $jobs at a time"
 fuzz_targets=$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$//')
@@ -45,4 +47,4 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs" >/dev/null
 cd build
 asan_only='^integration\.test_(consul|consul_tls|k8s|k8s_identity|k8s_mesh|ca|ca_source|ca_node|chart|chart_ca|chart_node|reload_cli|node_pods|node_identity|node_sidecar_capture|nodelab_sidecar|node_mesh|docs|check)$'
-ctest --output-on-failure -E "$asan_only"
+ctest --output-on-failure -j2 -E "$asan_only"
