@@ -5,10 +5,13 @@ match pinning requests to v2, Gateway API precedence (exact, regex,
 longest prefix), a path rewrite and header edits seen by the backend, a
 redirect, a per-route timeout, no match -> 404, GET /routes and shuntctl
 routes with hit counts, and a bad routes file rejected with the last good
-routes kept."""
+routes kept. HTTP/2 (curl, h2echo.py) and gRPC (grpcio, grpcpeer.py): the
+same matches, edits and a GRPCRoute method match."""
 
 import json
+import os
 import re
+import sys
 import time
 
 import pytest
@@ -21,6 +24,10 @@ VIP = "10.96.2.10"
 EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 URL = "http://%s" % VIP
+VIP_H2, VIP_GRPC = "10.96.2.11", "10.96.2.12"
+H2_PORT, GRPC_PORT = 8082, 8083
+H2ECHO = os.path.join(sl.HERE, "h2echo.py")
+GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
 
 
 def v1_v2(weight_v1, weight_v2):
@@ -90,9 +97,79 @@ ROUTES = [
 ]
 
 
+def labelled(name, port, protocol):
+    return {
+        "name": name,
+        "namespace": "default",
+        "ports": [{"name": "p", "port": 80, "target_port": port, "protocol": protocol}],
+        "endpoints": [
+            {"address": EP_ADDRS[0], "port": port, "labels": {"version": "v1"}},
+            {"address": EP_ADDRS[1], "port": port, "labels": {"version": "v2"}},
+        ],
+    }
+
+
+def sel(name, version):
+    return [{"name": name, "selector": {"version": version}}]
+
+
+H2_ROUTES = [
+    {
+        "name": "h2",
+        "rules": [
+            {
+                "matches": [{**prefix("/h2"), "headers": [{"name": "x-canary", "value": "always"}]}],
+                "backendRefs": sel("reviews-h2", "v2"),
+            },
+            {
+                "matches": [prefix("/h2")],
+                "filters": [
+                    {
+                        "type": "URLRewrite",
+                        "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}},
+                    },
+                    {
+                        "type": "RequestHeaderModifier",
+                        "requestHeaderModifier": {"set": [{"name": "X-Route", "value": "h2"}], "remove": ["x-secret"]},
+                    },
+                ],
+                "backendRefs": sel("reviews-h2", "v1"),
+            },
+        ],
+    }
+]
+
+GRPC_ROUTES = [
+    {
+        "name": "grpc",
+        "kind": "GRPCRoute",
+        "rules": [
+            {
+                "matches": [{"method": {"service": "shunt.Test", "method": "Unary"}}],
+                "backendRefs": sel("reviews-grpc", "v2"),
+            }
+        ],
+    }
+]
+
+
 def registry(routes):
     return {
         "services": [
+            labelled("reviews-h2", H2_PORT, "HTTP2"),
+            labelled("reviews-grpc", GRPC_PORT, "GRPC"),
+            {
+                "name": "web-h2",
+                "addresses": [VIP_H2],
+                "ports": [{"port": 80, "protocol": "HTTP2"}],
+                "routes": H2_ROUTES,
+            },
+            {
+                "name": "web-grpc",
+                "addresses": [VIP_GRPC],
+                "ports": [{"port": 80, "protocol": "GRPC"}],
+                "routes": GRPC_ROUTES,
+            },
             {
                 "name": "web",
                 "namespace": "default",
@@ -122,6 +199,19 @@ def env():
         topo.add_remote4()
         topo.route_vips()
         procs.append(httpbackend.spawn(topo.remote, ["%s:%d=v1" % (EP_ADDRS[0], PORT), "%s:%d=v2" % (EP_ADDRS[1], PORT)]))
+        for i, v in enumerate(["v1", "v2"]):
+            procs.append(
+                topo.remote.spawn_ready(
+                    [sys.executable, H2ECHO, "--name", v, "--listen", "%s:%d" % (EP_ADDRS[i], H2_PORT)], "h2echo-" + v
+                )
+            )
+            procs.append(
+                topo.remote.spawn_ready(
+                    [sys.executable, GRPCPEER, "server", "--name", v, "--listen", "%s:%d" % (EP_ADDRS[i], GRPC_PORT)],
+                    "grpc-" + v,
+                    20,
+                )
+            )
         path = sl.registry_file(registry(ROUTES))
         daemon = sl.Shuntd(
             topo.app,
@@ -231,6 +321,49 @@ def test_routes_admin_and_cli(env):
     assert m[("shunt_route_requests_total", (("route", "reviews"), ("rule", "1"), ("service", "default/web:80")))] >= 2000
     out = sl.shuntctl(topo.app, "--admin", "127.0.0.1:15003", "routes", "web").stdout
     assert "default/web:80" in out and "reviews#version=v1 w=90" in out, out
+
+
+def h2_get(topo, path, headers=()):
+    args = ["--http2-prior-knowledge", "-s", "-i", "--max-time", "10"]
+    for h in headers:
+        args += ["-H", h]
+    r = topo.app.curl(args + ["http://%s%s" % (VIP_H2, path)], timeout=20)
+    head, _, body = r.stdout.replace("\r\n", "\n").partition("\n\n")
+    return int(head.split()[1]), body
+
+
+def test_h2_match_rewrite_headers(env):
+    topo, _, _ = env
+    status, body = h2_get(topo, "/h2/a?q=1", headers=["x-secret: s", "x-route: client"])
+    assert status == 200, body
+    seen = json.loads(body)
+    hdrs = dict(seen["headers"])
+    assert seen["server"] == "v1"
+    assert hdrs[":path"] == "/new/a?q=1"
+    assert hdrs.get("x-route") == "h2"
+    assert "x-secret" not in hdrs
+    status, body = h2_get(topo, "/h2/a", headers=["x-canary: always"])
+    assert status == 200 and json.loads(body)["server"] == "v2"
+    assert h2_get(topo, "/other")[0] == 404
+
+
+def grpc_client(topo, vip, *args):
+    r = topo.app.run(
+        [sys.executable, GRPCPEER, "client", "--target", "%s:80" % vip] + [str(a) for a in args],
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return json.loads(r.stdout)
+
+
+def test_grpc_method_match(env):
+    topo, _, _ = env
+    out = grpc_client(topo, VIP_GRPC, "unary", "--n", 50)
+    assert out["servers"] == {"v2": 50}, out
+    # no rule for Bidi: UNIMPLEMENTED, as the Gateway API's 404
+    out = grpc_client(topo, VIP_GRPC, "bidi", "--calls", 1, "--messages", 1)
+    assert out["codes"] == {"UNIMPLEMENTED": 1}, out
 
 
 def last_error(daemon):

@@ -542,19 +542,15 @@ static int parse_filter(struct pctx *p, const cJSON *x, struct dr_rule *u)
         size_t old = push(p, kinds[kind].key, 0);
         switch (kind) {
         case 0:
-                if (u->has_req_hdr)
-                        return bad(p, body, "a second RequestHeaderModifier in one rule");
-                u->has_req_hdr = true;
-                if (parse_hdr_mod(p, body, &u->req_hdr))
+        case 1: {
+                bool *has = kind ? &u->has_resp_hdr : &u->has_req_hdr;
+                if (*has)
+                        return bad(p, body, "a second %s in one rule", ts);
+                *has = true;
+                if (parse_hdr_mod(p, body, kind ? &u->resp_hdr : &u->req_hdr))
                         return -EINVAL;
                 break;
-        case 1:
-                if (u->has_resp_hdr)
-                        return bad(p, body, "a second ResponseHeaderModifier in one rule");
-                u->has_resp_hdr = true;
-                if (parse_hdr_mod(p, body, &u->resp_hdr))
-                        return -EINVAL;
-                break;
+        }
         case 2: {
                 static const char *const rkeys[] = {"hostname", "path", NULL};
                 if (u->rewrite || u->rewrite_host)

@@ -26,6 +26,7 @@
 #include "proxy/h2proxy.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -167,6 +168,7 @@ struct h2s {
         struct route_use route;
         struct sockaddr_storage upstream;
         bool routed;
+        const char *location; /* a route's redirect while stream_fail answers */
         struct hdrs req, qtrail, resp, rtrail;
         uint32_t req_hdr_bytes;
         uint32_t req_fields, resp_fields; /* header fields, trailers included */
@@ -239,6 +241,7 @@ const char *h2proxy_grpc_code_name(int code)
 }
 
 #define GRPC_DEADLINE_EXCEEDED  4
+#define GRPC_UNIMPLEMENTED      12
 #define GRPC_RESOURCE_EXHAUSTED 8
 #define GRPC_UNAVAILABLE        14
 
@@ -797,12 +800,16 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
                 snprintf(clen, sizeof(clen), "%u", bbuf_avail(&st->respb));
                 st->resp_eof = true;
                 hdrs_clear(&st->rtrail);
-                nghttp2_nv nv[] = {NV(":status", status), NV("content-type", "text/plain"),
+                nghttp2_nv nv[] = {NV(":status", status),      NV("content-type", "text/plain"),
                                    NV("content-length", clen), NV("x-shunt-reason", reason),
-                                   NV("retry-after", "1")};
+                                   NV("retry-after", "1"),     NV("location", "")};
                 nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = resp_read};
+                if (st->location) { /* a route's redirect, in place of Retry-After */
+                        nv[4] = (nghttp2_nv)NV("location", st->location);
+                }
                 /* Retry-After only where retrying may help (503). */
-                nghttp2_submit_response(c->s.ng, st->cid, nv, http == 503 ? 5 : 4, &prd);
+                nghttp2_submit_response(c->s.ng, st->cid, nv, http == 503 || st->location ? 5 : 4,
+                                        &prd);
         }
         mark_dirty(&c->s);
 }
@@ -1164,6 +1171,118 @@ static int stream_xfcc(struct h2s *st)
         return rc;
 }
 
+/* ---- traffic routes (route_pick_http, route_*_edits) ---- */
+
+static int hdrs_find(const struct hdrs *h, const char *name, size_t nl)
+{
+        for (uint32_t i = 0; i < h->n; i++)
+                if (h->v[i].namelen == nl && !strncasecmp(h->arena + h->v[i].name, name, nl))
+                        return (int)i;
+        return -1;
+}
+
+static bool stream_header(void *ctx, const char *name, const char **v, size_t *n)
+{
+        const struct hdrs *h = ctx;
+        int i = hdrs_find(h, name, strlen(name));
+        if (i < 0)
+                return false;
+        *v = h->arena + h->v[i].value;
+        *n = h->v[i].valuelen;
+        return true;
+}
+
+/* Sets the value of entry i (a pseudo-header keeps its place). */
+static int hdrs_set_value(struct hdrs *h, int i, const char *v, size_t vl)
+{
+        if (hdrs_add(h, (const uint8_t *)"", 0, (const uint8_t *)v, vl) < 0)
+                return -ENOMEM;
+        h->n--;
+        h->v[i].value = h->v[h->n].value;
+        h->v[i].valuelen = (uint32_t)vl;
+        return 0;
+}
+
+/* Applies a rule's edits to h: drops, then additions (names lower-cased,
+ * as HTTP/2 wants them), :path and :authority. -ENOMEM, else 0. */
+static int hdrs_edit(struct hdrs *h, const struct route_edits *ed)
+{
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < h->n; i++) {
+                bool drop = false;
+                for (size_t d = 0; d < ed->ndrop && !drop; d++)
+                        drop = h->v[i].namelen == strlen(ed->drop[d]) &&
+                               !strncasecmp(h->arena + h->v[i].name, ed->drop[d], h->v[i].namelen);
+                if (!drop)
+                        h->v[k++] = h->v[i];
+        }
+        h->n = k;
+        for (size_t i = 0; i < ed->nadd; i++) {
+                char name[DR_NAME_MAX];
+                size_t nl = strlen(ed->add_name[i]);
+                for (size_t j = 0; j < nl; j++)
+                        name[j] = (char)tolower((unsigned char)ed->add_name[i][j]);
+                if (hdrs_add(h, (const uint8_t *)name, nl, (const uint8_t *)ed->add_value[i],
+                             strlen(ed->add_value[i])) < 0)
+                        return -ENOMEM;
+        }
+        int i;
+        if (ed->path_len >= 0 && (i = hdrs_find(h, ":path", 5)) >= 0 &&
+            hdrs_set_value(h, i, ed->path, (size_t)ed->path_len) < 0)
+                return -ENOMEM;
+        if (ed->host && (i = hdrs_find(h, ":authority", 10)) >= 0 &&
+            hdrs_set_value(h, i, ed->host, strlen(ed->host)) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+/* The stream's rule and backend, then an endpoint (route_pick_http); the
+ * rule's request edits and timeout applied. A redirect or no matching rule
+ * is answered here (ROUTE_REDIRECT / ROUTE_NO_ROUTE returned). */
+static enum route_result stream_pick(struct h2s *st, struct route_table *t)
+{
+        struct worker *w = st->hw->w;
+        const char *method = "", *path = "/";
+        size_t ml = 0, pl = 1;
+        stream_header(&st->req, ":method", &method, &ml);
+        stream_header(&st->req, ":path", &path, &pl);
+        struct dr_request dq = {.method = dr_method_parse(method, ml),
+                                .path = path,
+                                .path_len = pl,
+                                .header = stream_header,
+                                .ctx = &st->req};
+        enum route_result r = route_pick_http(
+            t, &w->route_workers, (uint64_t)w->index, &st->c->orig_dst, &st->c->client,
+            st->has_key ? &st->key_hash : NULL, &dq, &st->upstream, &st->route);
+        if (r == ROUTE_NO_ROUTE) {
+                stream_fail(st, GRPC_UNIMPLEMENTED, 404, "no route of the service matches");
+        } else if (r == ROUTE_REDIRECT) {
+                const char *host = "";
+                size_t hl = 0;
+                stream_header(&st->req, ":authority", &host, &hl);
+                char loc[2 * DR_VALUE_MAX];
+                if (dr_redirect_location(st->route.rule, st->route.match, "http", host, hl, path,
+                                         pl, loc, sizeof(loc)) < 0) {
+                        stream_fail(st, GRPC_UNAVAILABLE, 500, "redirect location too long");
+                } else {
+                        st->location = loc;
+                        stream_fail(st, GRPC_UNIMPLEMENTED, st->route.rule->redirect_status,
+                                    "redirected by route");
+                        st->location = NULL;
+                }
+        } else if (r == ROUTE_ENDPOINT) {
+                struct route_edits ed;
+                if (route_request_edits(&st->route, path, pl, &ed) && hdrs_edit(&st->req, &ed) < 0)
+                        stream_fail(st, GRPC_UNAVAILABLE, 503, "out of memory");
+                uint32_t ms = route_timeout_ms(&st->route, 0);
+                if (ms && !st->deadline_grpc) {
+                        st->deadline_grpc = st->grpc;
+                        loop_timer_arm(hw_loop(st->hw), &st->deadline, ms);
+                }
+        }
+        return r;
+}
+
 /* Picks the endpoint for a new request (route.h's per-request life). */
 static void stream_route(struct h2s *st)
 {
@@ -1183,9 +1302,9 @@ static void stream_route(struct h2s *st)
         struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
             &w->route_reader, &w->proxy->route_slot);
         stream_key(st, t);
-        enum route_result r =
-            route_pick_request(t, &w->route_workers, (uint64_t)w->index, &c->orig_dst, &c->client,
-                               st->has_key ? &st->key_hash : NULL, &st->upstream, &st->route);
+        enum route_result r = stream_pick(st, t);
+        if (r == ROUTE_NO_ROUTE || r == ROUTE_REDIRECT || (r == ROUTE_ENDPOINT && st->replied))
+                return; /* answered */
         if (r != ROUTE_ENDPOINT) {
                 stream_fail(st, GRPC_UNAVAILABLE, 503,
                             r == ROUTE_NO_ENDPOINT
@@ -1326,6 +1445,9 @@ static int up_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *u
                                 loop_timer_cancel(hw_loop(st->hw), &st->deadline);
                         if (end)
                                 st->resp_eof = true;
+                        struct route_edits ed; /* the route rule's response edits */
+                        if (route_response_edits(&st->route, &ed) && hdrs_edit(&st->resp, &ed) < 0)
+                                ed.nadd = 0; /* out of memory: forwarded without them */
                         if (st->c_open && !st->replied) {
                                 nghttp2_nv nvs[H2_NV_STACK], *nv = hdrs_nv(&st->resp, nvs);
                                 nghttp2_data_provider prd = {.source = {.ptr = st},
