@@ -19,6 +19,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 ROOT=$(dirname "$HERE")
 BUILD=$ROOT/build
 OUT=$HERE/results
@@ -61,19 +63,7 @@ APP_PORT=8080
 HAP_PORT=9443
 CIP=10.98.0.1
 SIP=10.98.0.2
-ip netns add "$CLI"
-ip netns add "$SRV"
-ip -n "$CLI" link add tb-srv type veth peer name tb-cli netns "$SRV"
-ip -n "$CLI" addr add $CIP/24 dev tb-srv
-ip -n "$SRV" addr add $SIP/24 dev tb-cli
-for ns in "$CLI" "$SRV"; do
-	ip -n "$ns" link set lo up
-	ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
-	ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1
-	ip netns exec "$ns" sysctl -qw net.core.somaxconn=4096
-done
-ip -n "$CLI" link set tb-srv up
-ip -n "$SRV" link set tb-cli up
+bench_netns_pair "$CLI" "$SRV" $CIP $SIP tb-srv tb-cli
 
 echo "== certificate issuance (built-in CA)" >&2
 ISSUE_EC=$("$BUILD/tls_bench" issue "$N_ECDSA" ecdsa-p256)
@@ -106,15 +96,7 @@ backend app
 	server app 127.0.0.1:$APP_PORT
 EOF
 
-wait_port() { # ns addr port
-	for _ in $(seq 1 100); do
-		ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "tls_bench.sh: nothing listens on $2:$3 in $1" >&2
-	return 1
-}
-wait_port "$SRV" 127.0.0.1 $APP_PORT
+bench_wait_port tls_bench.sh "$SRV" 127.0.0.1 $APP_PORT
 
 ip netns exec "$SRV" "$BUILD/shuntd" --redirect iptables --workers 2 --log-level warn \
 	--mtls.mode strict --mtls.ca-dir "$TMP/ca" --mtls.service-name web \
@@ -130,7 +112,7 @@ ip netns exec "$SRV" curl -sf http://127.0.0.1:15003/ready >/dev/null ||
 
 ip netns exec "$SRV" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
 PIDS+=($!)
-wait_port "$SRV" $SIP $HAP_PORT
+bench_wait_port tls_bench.sh "$SRV" $SIP $HAP_PORT
 
 # One round against one proxy; sets RESULT (one JSON line). A round without
 # a single completed handshake is a broken setup, not a result of 0/s: stop

@@ -20,13 +20,14 @@ import pytest
 import shuntlib as sl
 
 RUN_SH = os.path.join(sl.SOURCE, "bench", "run.sh")
+OBS_SH = os.path.join(sl.SOURCE, "bench", "obs_bench.sh")
 
 
-def bench(args, timeout=150):
+def bench(args, timeout=150, script=RUN_SH):
     out = tempfile.mkdtemp(prefix=sl.RUN_PREFIX + "bench-")
     sl._tmpdirs.append(out)
     p = subprocess.Popen(
-        ["bash", RUN_SH, "--build", sl.BUILD, "--out", out] + list(args),
+        ["bash", script, "--build", sl.BUILD, "--out", out] + list(args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -42,7 +43,7 @@ def bench(args, timeout=150):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.communicate(timeout=10)
-        pytest.fail("bench/run.sh %s did not finish in %d s" % (" ".join(args), timeout))
+        pytest.fail("%s %s did not finish in %d s" % (script, " ".join(args), timeout))
     return p.returncode, stdout, stderr, out, p.pid
 
 
@@ -130,3 +131,33 @@ def test_unknown_scenario_is_refused():
     assert rc != 0
     assert "no-such-scenario" in stderr
     assert leftovers(pid) == []
+
+
+def test_obs_bench_quick():
+    """bench/obs_bench.sh --quick on the baseline and the tap: both modes
+    ran through the two sidecars (the script fails when the client shuntd
+    proxied fewer requests than wrk made), the report has the ratios, and
+    nothing is left behind."""
+    rc, stdout, stderr, out, pid = bench(["--quick", "--modes", "metrics,tap"], timeout=120,
+                                         script=OBS_SH)  # fmt: skip
+    assert rc == 0, "obs_bench.sh failed (%d):\n%s\n%s" % (rc, stdout[-2000:], stderr[-3000:])
+    names = sl.run(["ip", "netns", "list"]).stdout
+    assert "shunt-obsb-c%d" % pid not in names and "shunt-obsb-s%d" % pid not in names, names
+    jsons = [f for f in os.listdir(out) if f.startswith("obs-") and f.endswith(".json")]
+    assert len(jsons) == 1, os.listdir(out)
+    with open(os.path.join(out, jsons[0])) as f:
+        r = json.load(f)
+    assert list(r["modes"]) == ["metrics", "tap"]
+    for m, x in r["modes"].items():
+        assert x["median_requests_per_s"] > 0 and x["errors"] == 0, (m, x)
+        assert x["runs"][0]["proxied"] > 0, (m, x)
+    assert r["modes"]["metrics"]["requests_per_s_ratio"] == 1.0
+    assert r["modes"]["tap"]["requests_per_s_ratio"] > 0
+    md = open(os.path.join(out, jsons[0][: -len(".json")] + ".md")).read()
+    assert "| tap |" in md and "| metrics |" in md
+
+
+def test_obs_bench_refuses_unknown_mode():
+    rc, _, stderr, _, _ = bench(["--quick", "--modes", "metrics,tracing"], timeout=30,
+                                script=OBS_SH)  # fmt: skip
+    assert rc == 2 and "unknown mode 'tracing'" in stderr, stderr

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -1737,10 +1738,9 @@ static int cmd_top(int argc, char **argv)
                 int n = top_compute(&prev, &cur, sec > 0 ? sec : 0.001, top_sort_parse(sort), &v);
                 if (n < 0)
                         die("out of memory");
-                if (tty) {
-                        const char *lines = getenv("LINES");
-                        max_rows = lines && atoi(lines) > 4 ? atoi(lines) - 4 : 0;
-                }
+                struct winsize ws;
+                if (tty && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0)
+                        max_rows = ws.ws_row > 4 ? ws.ws_row - 4 : 1; /* the header's lines */
                 top_print(v, n, &cur, sec, sort, tty, max_rows);
                 free(v);
                 top_scrape_free(&prev);

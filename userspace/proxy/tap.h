@@ -24,7 +24,7 @@
 #include "core/strbuf.h"
 
 #define TAP_MAX_SESSIONS    4
-#define TAP_RING_SLOTS      256
+#define TAP_RING_SLOTS      1024
 #define TAP_DRAIN_MS        20
 #define TAP_MAX_PENDING     (256 * 1024)
 #define TAP_DEFAULT_MAX     100
