@@ -359,6 +359,9 @@ def test_shuntctl_tap(mesh):
     a summary line; the fifth tap at once is refused (429), bad parameters
     are 400, and the metrics listener has no /tap."""
     topo, a, b, prom = mesh
+    # Requests an earlier test's client left in flight end first.
+    sl.wait_until(lambda: sum(v for _, v in d_samples(a, "shunt_endpoint_active")) == 0, 15,
+                  what="no request in flight through A")  # fmt: skip
     out_a = tap_spawn(topo.app, "tap-a", "--service", "web", "--path", "/slow", "--max", "3",
                       "--seconds", "20")  # fmt: skip
     out_b = tap_spawn(topo.remote, "tap-b", "--direction", "inbound", "--status", "5xx",
