@@ -767,6 +767,23 @@ class Shuntd:
                 out.append({"_raw": line})
         return out
 
+    def access_lines(self, type=None):
+        """Parsed access log lines (access_log.destination stdout, the
+        default: one JSON object per line, docs/observability.md), of one
+        type ("http", "tcp") or all. A line that is not JSON fails the
+        caller: every access line must parse."""
+        out = []
+        for line in self.proc.read_stdout().splitlines():
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise HarnessError("access line is not JSON: %r" % line) from None
+            if type is None or obj.get("type") == type:
+                out.append(obj)
+        return out
+
     def log_tail(self, n=60):
         lines = self.log_text().splitlines()
         return "--- shuntd log (%s, last %d of %d lines) ---\n%s" % (

@@ -142,15 +142,14 @@ def test_client_that_sends_nothing_and_closes(topo, shuntd):
 
 
 def conn_end(shuntd, client, end):
-    """The access line of the connection from client ("addr:port -> ")
-    names how it ended."""
+    """The access line of the connection from client ("addr:port") names
+    how it ended."""
     lines = sl.wait_until(
-        lambda: [l["msg"] for l in shuntd.log_lines()
-                 if l.get("component") == "access" and client in l.get("msg", "")],
+        lambda: [l for l in shuntd.access_lines("tcp") if l.get("client") == client],
         5,
         what="the access line of " + client,
     )
-    assert len(lines) == 1 and lines[0].endswith(" end=" + end), lines
+    assert len(lines) == 1 and lines[0]["end"] == end, lines
 
 
 def test_upstream_reset_mid_stream(topo, shuntd):
@@ -158,7 +157,7 @@ def test_upstream_reset_mid_stream(topo, shuntd):
     reset too (an EOF would make the truncated data look complete), shuntd
     logs this connection's end as upstream_reset and serves others."""
     s = topo.app.connect(T.REMOTE4, 7200)
-    me = "%s:%d -> " % s.getsockname()[:2]
+    me = "%s:%d" % s.getsockname()[:2]
     got = 0
     ended = None
     try:
@@ -192,7 +191,7 @@ def test_client_reset_mid_stream(topo, shuntd):
     """A client that resets while data is in flight: shuntd logs it,
     frees the connection, and serves others."""
     s = topo.app.connect(T.REMOTE4, 7000)
-    me = "%s:%d -> " % s.getsockname()[:2]
+    me = "%s:%d" % s.getsockname()[:2]
     s.sendall(os.urandom(512 * 1024))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
@@ -222,9 +221,10 @@ def test_connect_refused_upstream(topo, shuntd):
     except ConnectionResetError:
         pass
     sl.wait_until(
-        lambda: [l for l in shuntd.log_lines()[n_lines:] if "7999" in l.get("msg", "")],
+        lambda: [l for l in shuntd.access_lines("tcp")
+                 if l["destination"].endswith(":7999") and l["end"] == "connect_refused"],
         5,
-        what="a log line naming the refused destination",
+        what="an access line naming the refused destination",
     )
     shuntd.wait_metric("shunt_errors_total", lambda v: v >= 1, reason="connect_refused")
     assert sl.echo(topo.app.connect(T.REMOTE4, 7000), b"ok") == b"ok"

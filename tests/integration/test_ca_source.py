@@ -304,12 +304,12 @@ def test_renewal_outage_and_token_rotation(mesh_short):
     assert sent.hexdigest() == got.hexdigest(), "bytes lost or reordered"
 
     def stream_lines():
-        return [m for m in msgs(a) if "-> %s:7000" % VIP_ECHO in m and " end=" in m]
+        return [l for l in a.access_lines("tcp") if l["destination"] == "%s:7000" % VIP_ECHO]
 
     sl.wait_until(stream_lines, 5, what="the stream's access line")
     lines = stream_lines()
-    assert len(lines) == 1 and "end=done" in lines[0], lines
-    assert "sent=%d received=%d" % (n_sent, n_got) in lines[0], lines[0]
+    assert len(lines) == 1 and lines[0]["end"] == "done", lines
+    assert (lines[0]["bytes_received"], lines[0]["bytes_sent"]) == (n_sent, n_got), lines[0]
     fails = [m for m in msgs(a) + msgs(b) if "certificate renewal" in m and "failed" in m]
     assert any("unreachable" in m for m in fails), fails
     assert any("wrong_audience" in m for m in msgs(a) if "failed" in m)

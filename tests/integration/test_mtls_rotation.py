@@ -167,12 +167,12 @@ def test_rotation_while_streaming(mesh):
 
     # One connection, ended cleanly; no handshake failed on either side.
     def stream_lines():
-        return [m for m in msgs(a) if "-> %s:7000" % VIP_ECHO in m and " end=" in m]
+        return [l for l in a.access_lines("tcp") if l["destination"] == "%s:7000" % VIP_ECHO]
 
     sl.wait_until(stream_lines, 5, what="the stream's access line")
     lines = stream_lines()
-    assert len(lines) == 1 and "end=done" in lines[0], lines
-    assert "sent=%d received=%d" % (n_sent, n_got) in lines[0], lines[0]
+    assert len(lines) == 1 and lines[0]["end"] == "done", lines
+    assert (lines[0]["bytes_received"], lines[0]["bytes_sent"]) == (n_sent, n_got), lines[0]
     assert not failures(a) and not failures(b), (failures(a), failures(b))
 
 

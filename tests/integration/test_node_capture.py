@@ -358,9 +358,8 @@ def test_pod_to_pod_captured_both_ways(lab):
         "%s %.0f ms" % (k, 1000 * v) for k, v in sorted(took.items())))
     # b's side saw a's own address: the upstream socket was made in a's namespace
     sl.wait_until(lambda: any(
-        ln.get("component") == "access" and
-        ln.get("msg", "").startswith("inbound %s:" % a.ip) and
-        "-> %s:%d" % (b.ip, APP_PORT) in ln.get("msg", "") for ln in d.log_lines()), 10,
+        ln["direction"] == "inbound" and ln["client"].startswith("%s:" % a.ip) and
+        ln["destination"] == "%s:%d" % (b.ip, APP_PORT) for ln in d.access_lines()), 10,
         what="b's access line with a's address")
     text = sl.shuntctl(env.topo.app, "pods")
     assert text.returncode == 0, text.stderr

@@ -324,6 +324,19 @@ static void test_file_values(void **state)
         assert_int_equal(c->metrics_port, 16020);
         assert_int_equal(c->metrics_max_series, 5000);
         assert_string_equal(c->metrics_histogram_buckets, "0.001,0.1,1");
+        assert_int_equal(c->access_log_enabled, 0);
+        assert_string_equal(c->access_log_sampling, "0.5");
+        assert_true(c->access_log_ratio == 0.5);
+        assert_string_equal(c->access_log_destination, "/var/log/shop/access.log");
+        assert_int_equal(c->access_log_buffer_size, 1 << 20);
+        assert_int_equal(c->tracing_enabled, 1);
+        assert_string_equal(c->tracing_endpoint, "https://otel.shop:4318/v1/traces");
+        assert_true(c->tracing_ratio == 0.25);
+        assert_string_equal(c->tracing_service_name, "shop");
+        assert_int_equal(c->tracing_queue_size, 4096);
+        assert_int_equal(c->tracing_batch_size, 256);
+        assert_int_equal(c->tracing_timeout_ms, 2000);
+        assert_int_equal(c->tracing_flush_interval_ms, 500);
         assert_string_equal(c->upgrade_socket, "/run/shop/upgrade.sock");
         assert_int_equal(c->mode, 1); /* node */
         assert_string_equal(c->node_name, "node-7");
@@ -829,6 +842,15 @@ static void test_json_errors(void **state)
         snprintf(json, sizeof(json), "{\"mtls\": {\"ca_bundle\": \"%s\"}}", long_path);
         json_err(json, "config: mtls.ca_bundle: \"ppp",
                  "...: expected a string of at most 255 bytes", NULL);
+        /* access_log and tracing: ratios, the destination, the endpoint */
+        json_err("{\"tracing\": {\"sampling\": \"1.5\"}}", "tracing.sampling", "1.5",
+                 "a number from 0 to 1", NULL);
+        json_err("{\"access_log\": {\"sampling\": \"half\"}}", "access_log.sampling", "half",
+                 "a number from 0 to 1", NULL);
+        json_err("{\"access_log\": {\"destination\": \"logs/a.log\"}}", "access_log.destination",
+                 "stdout, stderr or an absolute path", NULL);
+        json_err("{\"tracing\": {\"endpoint\": \"otel:4318\"}}", "tracing.endpoint",
+                 "an http:// or https:// URL", NULL);
 }
 
 static void test_env_errors(void **state)

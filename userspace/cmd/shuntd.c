@@ -37,6 +37,7 @@
 #include "discovery/k8s_creds.h"
 #include "discovery/registry.h"
 #include "proxy/handover.h"
+#include "proxy/obs.h"
 #include "proxy/proxy.h"
 #include "proxy/tap.h"
 #include "tls/cert.h"
@@ -582,6 +583,7 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         shunt_build_info_render(&resp->body);
         prom_process_render(&resp->body);
         upgrade_render_metrics(d, &resp->body);
+        obs_render_metrics(&resp->body);
         prom_family(&resp->body, "shunt_uptime_seconds", "gauge", "Seconds since start.");
         prom_sample_u64(&resp->body, "shunt_uptime_seconds", NULL,
                         (clock_mono_ms() - d->started_ms) / 1000);
@@ -1846,6 +1848,11 @@ int main(int argc, char **argv)
                 d.exit_code = 1;
                 goto out;
         }
+        if (obs_start(d.cfg, shunt_version(), err, sizeof(err)) < 0) { /* access log, traces */
+                log_error("shuntd", 0, "%s", err);
+                d.exit_code = 1;
+                goto out;
+        }
         if (d.taking) {
                 size_t n;
                 struct handover_listener *ls = handover_client_listeners(d.taking, &n);
@@ -2055,6 +2062,7 @@ out:
         proxy_free(d.proxy);
         node_capture_keep(d.node_capture); /* the pods stay captured: fail closed */
         node_capture_stop(d.node_capture); /* every pod's proxy: before the stores */
+        obs_stop();                        /* after every worker's last access line */
         tls_store_free(d.tls);             /* after every tls_conn is gone */
         authz_unref(d.authz);
         authz_unref(d.authz_file);

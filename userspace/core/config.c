@@ -331,6 +331,41 @@ static const struct key_desc keys[] = {
         /* The seed's per-service weights map. Weights are carried by the service
          * registry (each endpoint's "weight"), so this is validated and not stored. */
         {.path = "load_balancing.weights", .type = K_WEIGHTS, .min = 0, .max = LB_WEIGHT_MAX, .flags = KF_FILE_ONLY},
+        {.path = "access_log.enabled", .env = "SHUNT_ACCESS_LOG", .type = K_ENUM, FIELD(access_log_enabled),
+         .names = off_on_names, .def = "on",
+         .note = "one JSON line per HTTP/1.1 request, HTTP/2 stream, gRPC call and TCP connection, whatever log_level is (docs/observability.md)"},
+        {.path = "access_log.sampling", .env = "SHUNT_ACCESS_LOG_SAMPLING", .type = K_STR, FIELD(access_log_sampling),
+         .def = "1", .flags = KF_NONEMPTY,
+         .note = "ratio in [0, 1] of requests and connections logged; lines of errors (status 0, 4xx, 5xx, a connection that ended in error) are always written"},
+        {.path = "access_log.destination", .env = "SHUNT_ACCESS_LOG_DESTINATION", .type = K_STR,
+         FIELD(access_log_destination), .def = "stdout", .flags = KF_NONEMPTY | KF_RESTART,
+         .note = "stdout, stderr or an absolute file path (opened for appending)"},
+        {.path = "access_log.buffer_size", .type = K_BYTES, FIELD(access_log_buffer_size), .min = 4096,
+         .max = 64 << 20, .def = "256KiB", .flags = KF_RESTART,
+         .note = "per worker: lines wait here for the writer thread; a full buffer drops the line (shunt_access_log_dropped_total)"},
+        {.path = "tracing.enabled", .env = "SHUNT_TRACING", .type = K_ENUM, FIELD(tracing_enabled),
+         .names = off_on_names, .def = "off", .flags = KF_RESTART,
+         .note = "a span per proxied HTTP request, HTTP/2 stream and gRPC call, exported as OTLP/HTTP JSON (docs/observability.md)"},
+        {.path = "tracing.endpoint", .env = "SHUNT_TRACING_ENDPOINT", .type = K_STR, FIELD(tracing_endpoint),
+         .def = "http://127.0.0.1:4318/v1/traces", .flags = KF_NONEMPTY | KF_RESTART,
+         .note = "the collector's OTLP/HTTP traces URL (http:// or https://)"},
+        {.path = "tracing.sampling", .env = "SHUNT_TRACING_SAMPLING", .type = K_STR, FIELD(tracing_sampling),
+         .def = "0.01", .flags = KF_NONEMPTY,
+         .note = "ratio in [0, 1] of new traces sampled; an incoming context's decision (traceparent flags, b3 sampled) is always followed"},
+        {.path = "tracing.service_name", .env = "SHUNT_TRACING_SERVICE_NAME", .type = K_STR,
+         FIELD(tracing_service_name), .flags = KF_RESTART,
+         .note = "the spans' service.name; empty = mtls.service_name, else the host name"},
+        {.path = "tracing.queue_size", .type = K_U32, FIELD(tracing_queue_size), .min = 16, .max = 1 << 20,
+         .def = "2048", .flags = KF_RESTART,
+         .note = "finished spans waiting for export, per worker; beyond it spans are dropped and counted (shunt_trace_spans_dropped_total)"},
+        {.path = "tracing.batch_size", .type = K_U32, FIELD(tracing_batch_size), .min = 1, .max = 65536,
+         .def = "512", .flags = KF_RESTART, .note = "spans per export request at most"},
+        {.path = "tracing.timeout", .type = K_DUR_MS, FIELD(tracing_timeout_ms), .min = 100,
+         .max = 60000, .def = "5s", .flags = KF_RESTART,
+         .note = "an export request's limit; a batch that fails or times out is dropped and counted"},
+        {.path = "tracing.flush_interval", .type = K_DUR_MS, FIELD(tracing_flush_interval_ms), .min = 10,
+         .max = 60000, .def = "1s", .flags = KF_RESTART,
+         .note = "a partial batch waits at most this long before it is sent"},
 };
 /* clang-format on */
 
@@ -1466,12 +1501,51 @@ static int check_metrics(struct ctx *x)
         return bad(x, d, x->c->origins[key_index(d)].source, x->c->metrics_histogram_buckets, why);
 }
 
+/* A sampling ratio: a decimal number in [0, 1]. */
+static int check_ratio(struct ctx *x, const char *key, const char *text, double *out)
+{
+        char *end;
+        errno = 0;
+        double v = strtod(text, &end);
+        if (errno || end == text || *end || !(v >= 0.0 && v <= 1.0)) {
+                const struct key_desc *d = find_key(key);
+                return bad(x, d, x->c->origins[key_index(d)].source, text, "a number from 0 to 1");
+        }
+        *out = v;
+        return 0;
+}
+
+static int check_observability(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        int rc =
+            check_ratio(x, "access_log.sampling", c->access_log_sampling, &c->access_log_ratio);
+        if (!rc)
+                rc = check_ratio(x, "tracing.sampling", c->tracing_sampling, &c->tracing_ratio);
+        if (rc)
+                return rc;
+        const char *dst = c->access_log_destination;
+        if (strcmp(dst, "stdout") && strcmp(dst, "stderr") && dst[0] != '/') {
+                const struct key_desc *d = find_key("access_log.destination");
+                return bad(x, d, c->origins[key_index(d)].source, dst,
+                           "stdout, stderr or an absolute path");
+        }
+        const char *ep = c->tracing_endpoint;
+        if (strncmp(ep, "http://", 7) && strncmp(ep, "https://", 8)) {
+                const struct key_desc *d = find_key("tracing.endpoint");
+                return bad(x, d, c->origins[key_index(d)].source, ep, "an http:// or https:// URL");
+        }
+        return 0;
+}
+
 static int finish(struct ctx *x)
 {
         struct shunt_config *c = x->c;
         int rc = check_ports(x);
         if (!rc)
                 rc = check_metrics(x);
+        if (!rc)
+                rc = check_observability(x);
         if (!rc)
                 rc = check_failure_mode(x);
         if (!rc)

@@ -117,6 +117,28 @@ struct shunt_config {
          * (core/prom.h PROM_DEFAULT_BUCKETS). Both taken at start. */
         uint32_t metrics_max_series;
         char metrics_histogram_buckets[CONFIG_PATH_MAX];
+        /* access_log.*: one JSON line per request, stream, call and TCP
+         * connection (docs/observability.md), apart from log_level.
+         * enabled and sampling apply on reload; destination and
+         * buffer_size are taken at start. sampling is a ratio in [0, 1]
+         * as text; access_log_ratio its value (config_load computes it). */
+        int access_log_enabled; /* "off" 0 | "on" 1 (default) */
+        char access_log_sampling[16];
+        double access_log_ratio;
+        char access_log_destination[CONFIG_PATH_MAX]; /* "stdout", "stderr" or a file */
+        uint32_t access_log_buffer_size;              /* bytes per worker */
+        /* tracing.*: spans exported as OTLP/HTTP JSON (docs/observability.md).
+         * enabled, endpoint, sizes and timeout taken at start; sampling
+         * applies on reload (tracing_ratio computed from it). */
+        int tracing_enabled; /* "off" 0 (default) | "on" 1 */
+        char tracing_endpoint[CONFIG_PATH_MAX];
+        char tracing_sampling[16];
+        double tracing_ratio;
+        char tracing_service_name[128];
+        uint32_t tracing_queue_size; /* spans per worker */
+        uint32_t tracing_batch_size; /* spans per POST */
+        uint32_t tracing_timeout_ms;
+        uint32_t tracing_flush_interval_ms;
         char upgrade_socket[CONFIG_PATH_MAX]; /* upgrade.socket, "/run/shunt/upgrade.sock" */
         int workers;                          /* workers, SHUNT_WORKERS; 0 = online CPUs; 1..256 */
         enum log_level log_level;             /* log_level, SHUNT_LOG_LEVEL, info */

@@ -45,6 +45,8 @@
 #include "intercept/origdst.h"
 #include "lb/lb.h"
 #include "http/http1.h"
+#include "http/tracectx.h"
+#include "proxy/obs.h"
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
 #include "proxy/reqmetrics.h"
@@ -109,9 +111,11 @@ struct h1s {
         char target[LOG_TARGET_MAX];
         char host[128]; /* the request's Host, for the tap */
         char request_id[40];
-        bool http10;       /* an HTTP/1.0 client */
-        bool idempotent;   /* may be re-sent after an upstream failure */
-        bool body_dropped; /* body bytes left the buffer: cannot be re-sent */
+        struct span_ctx span;             /* this request's span (obs.h) */
+        uint64_t req_bytes0, resp_bytes0; /* req.bytes, resp.bytes when it began */
+        bool http10;                      /* an HTTP/1.0 client */
+        bool idempotent;                  /* may be re-sent after an upstream failure */
+        bool body_dropped;                /* body bytes left the buffer: cannot be re-sent */
         bool have_key;
         uint64_t key_hash;
         uint32_t body_start; /* the request body in req.buf, for a re-send */
@@ -292,9 +296,10 @@ static void count_status(struct h1s *s, int status)
 }
 
 /* The request ended (reqmetrics.h): once per request, with the status the
- * client got (0: none). */
-static void count_request(struct h1s *s, int status)
+ * client got (0: none) and how it ended. Metrics, access line, span. */
+static void count_request(struct h1s *s, int status, const char *end)
 {
+        bool head = s->method_s[0] != '\0'; /* else a head that never parsed */
         reqmetrics_request(s->w, &(struct req_end){.dir = s->dir,
                                                    .protocol = "http1",
                                                    .peer_tls = s->tls,
@@ -304,26 +309,18 @@ static void count_request(struct h1s *s, int status)
                                                    .status = status,
                                                    .grpc_status = -1,
                                                    .start_ns = s->req_start_ns,
-                                                   .method = s->method_s,
-                                                   .authority = s->host,
-                                                   .path = s->target,
-                                                   .endpoint = &s->upstream_addr});
-}
-
-static void access_log(struct h1s *s, const char *end)
-{
-        if (!log_enabled(LOG_INFO))
-                return;
-        char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN], ubuf[SOCKADDR_STRLEN];
-        log_emit(LOG_INFO, "access", s->id,
-                 "%s http1 %s -> %s service=%s upstream=%s method=%s target=%s status=%d "
-                 "request_id=%s attempts=%u duration_ms=%llu end=%s",
-                 conn_dir_name(s->dir), sockaddr_format(&s->client_addr, cbuf, sizeof(cbuf)),
-                 sockaddr_format(&s->orig_dst, obuf, sizeof(obuf)), s->service,
-                 s->upstream_addr.ss_family ? sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf))
-                                            : "-",
-                 s->method_s, s->target, s->status, s->request_id, s->attempts,
-                 (unsigned long long)(loop_now_ms(s->w->loop) - s->req_start_ms), end);
+                                                   .conn_id = s->id,
+                                                   .method = head ? s->method_s : NULL,
+                                                   .path = head ? s->target : NULL,
+                                                   .authority = head ? s->host : NULL,
+                                                   .request_id = s->request_id,
+                                                   .span = head ? &s->span : NULL,
+                                                   .client = &s->client_addr,
+                                                   .endpoint = &s->upstream_addr,
+                                                   .bytes_received = s->req.bytes - s->req_bytes0,
+                                                   .bytes_sent = s->resp.bytes - s->resp_bytes0,
+                                                   .attempts = s->attempts,
+                                                   .end = end});
 }
 
 static void up_drop(struct h1s *s, bool reusable)
@@ -352,8 +349,7 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
                 return;
         if (in_flight(s)) {
                 stat_add(&w->stats, ST_HTTP_ABORTED, 1);
-                count_request(s, s->status);
-                access_log(s, conn_reason_name(reason));
+                count_request(s, s->status, conn_reason_name(reason));
         }
         release_upstream(s, false, ROUTE_CANCELLED);
         route_release(&s->first);
@@ -465,8 +461,17 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
 {
         struct worker *w = s->w;
         bool in_request = s->state != H1_IDLE && s->state != H1_HEAD;
-        if (s->method_s[0] && !s->committed) /* a request began, nothing of it answered */
-                count_request(s, status);
+        if (!s->committed) {           /* nothing of it answered: this answer ends the request */
+                if (!s->method_s[0]) { /* the head never parsed: a request of its own */
+                        s->req_start_ns = clock_mono_ns();
+                        s->req_bytes0 = s->req.bytes;
+                        s->resp_bytes0 = s->resp.bytes;
+                        s->attempts = 0;
+                        s->upstream_addr.ss_family = 0;
+                        worker_request_id(s->w, s->request_id);
+                }
+                count_request(s, status, "local");
+        }
         release_upstream(s, false, ROUTE_CANCELLED);
         loop_timer_cancel(w->loop, &s->req_timer);
         stat_add(&w->stats, ST_HTTP_LOCAL_FIRST + local_slot(status), 1);
@@ -481,8 +486,6 @@ static int local_reply(struct h1s *s, int status, const char *reason, unsigned r
         }
         s->status = status;
         count_status(s, status);
-        if (in_request)
-                access_log(s, "local");
         strbuf_reset(&s->resp.head);
         s->resp.head_off = 0;
         s->resp.off = s->resp.len = s->resp.cls = 0;
@@ -967,6 +970,36 @@ static bool upgrade_h2c(const struct http1_msg *m)
         return http1_header_get(m, "Upgrade", &v) == 0 && http1_list_has(v, "h2c");
 }
 
+/* The request's span under its trace context: traceparent first, then
+ * b3, then the X-B3-* fields (a malformed one is ignored: a new trace). */
+static void trace_begin(struct h1s *s, const struct http1_msg *m)
+{
+        struct trace_ctx in;
+        struct http1_slice v;
+        bool have = false;
+        if (http1_header_get(m, "traceparent", &v) == 0)
+                have = trace_parse_traceparent(v.p, v.n, &in) == 0;
+        if (!have && http1_header_get(m, "b3", &v) == 0)
+                have = trace_parse_b3(v.p, v.n, &in) == 0;
+        if (!have) {
+                struct http1_slice f[4];
+                static const char *const names[4] = {"X-B3-TraceId", "X-B3-SpanId", "X-B3-Sampled",
+                                                     "X-B3-Flags"};
+                bool any = false;
+                for (int i = 0; i < 4; i++) {
+                        if (http1_header_get(m, names[i], &f[i]) < 0)
+                                f[i] = (struct http1_slice){NULL, 0};
+                        any |= f[i].p != NULL;
+                }
+                have = any && trace_parse_b3_multi(f[0].p, f[0].n, f[1].p, f[1].n, f[2].p, f[2].n,
+                                                   f[3].p, f[3].n, &in) == 0;
+        }
+        enum trace_format b3 = http1_header_get(m, "b3", &v) == 0             ? TRACE_FMT_B3_SINGLE
+                               : http1_header_get(m, "X-B3-TraceId", &v) == 0 ? TRACE_FMT_B3_MULTI
+                                                                              : TRACE_FMT_NONE;
+        obs_trace_begin(s->w, have ? &in : NULL, b3, &s->span);
+}
+
 static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_len)
 {
         struct worker *w = s->w;
@@ -978,8 +1011,7 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         copy_slice(s->method_s, sizeof(s->method_s), m->method_str);
         copy_slice(s->target, sizeof(s->target), m->target);
         struct http1_slice host = {0};
-        if (tap_attached(w->proxy->tap)) /* else not looked for: nothing shows it */
-                http1_header_get(m, "Host", &host);
+        http1_header_get(m, "Host", &host); /* for the access log, span and tap */
         copy_slice(s->host, sizeof(s->host), host);
         s->http10 = m->version_minor == 0;
         s->idempotent = method_idempotent(m->method);
@@ -992,6 +1024,9 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->resp_close = !m->keep_alive || s->w->h1->draining;
         s->status = 0;
         s->upstream_addr.ss_family = 0;
+        s->req_bytes0 = s->req.bytes;
+        s->resp_bytes0 = s->resp.bytes;
+        trace_begin(s, m);
         struct http1_slice rid;
         static const struct http1_slice rid_name = {"X-Request-ID", 12};
         if (http1_header_get(m, "X-Request-ID", &rid) == 0 && rid.n &&
@@ -1026,11 +1061,20 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->upgrade = m->upgrade && !s->http10 && !upgrade_h2c(m);
         enum xfcc_action xa = xfcc_action(s->dir, cfg->forward_client_cert, s->xfcc != NULL);
         bool keep = xa == XFCC_KEEP;
+        /* Fields not forwarded: client_dropped (less XFCC when kept), and
+         * the trace context when ours replaces it. */
+        const char *drop[2 + OBS_TRACE_IN_FIELDS];
+        size_t ndrop = 0;
+        for (size_t i = keep; i < sizeof(client_dropped) / sizeof(client_dropped[0]); i++)
+                drop[ndrop++] = client_dropped[i];
+        if (s->span.active)
+                for (size_t i = 0; i < OBS_TRACE_IN_FIELDS; i++)
+                        drop[ndrop++] = obs_trace_in_fields[i];
         struct http1_forward fw = {
             .request_id = s->request_id, /* when the request has none that goes out */
             .keep_upgrade = s->upgrade,
-            .drop = client_dropped + keep,
-            .ndrop = sizeof(client_dropped) / sizeof(client_dropped[0]) - keep,
+            .drop = drop,
+            .ndrop = ndrop,
         };
         struct strbuf xv; /* XFCC's value when we write it */
         strbuf_init(&xv);
@@ -1042,8 +1086,8 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
                 xfcc_list_add(&xv, s->xfcc, strlen(s->xfcc));
         /* The route rule's edits (route_request_edits) after XFCC's. */
         struct route_edits ed;
-        struct http1_header adds[1 + ROUTE_EDITS_MAX];
-        const char *drops[2 + ROUTE_EDITS_MAX + 1];
+        struct http1_header adds[2 + ROUTE_EDITS_MAX + OBS_TRACE_HDRS_MAX];
+        const char *drops[2 + OBS_TRACE_IN_FIELDS + ROUTE_EDITS_MAX + 1];
         size_t na = 0;
         if (xv.len)
                 adds[na++] = (struct http1_header){.name = {XFCC_NAME, sizeof(XFCC_NAME) - 1},
@@ -1065,6 +1109,12 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
                 fw.drop = drops;
                 fw.target = ed.path_len >= 0 ? ed.path : NULL;
         }
+        /* Our trace context (obs.h) when tracing is on. */
+        struct obs_trace_hdrs th;
+        obs_trace_headers(&s->span, &th);
+        for (int i = 0; i < th.n; i++)
+                adds[na++] = (struct http1_header){.name = {th.name[i], strlen(th.name[i])},
+                                                   .value = {th.value[i], th.len[i]}};
         fw.add = adds;
         fw.nadd = na;
         strbuf_reset(&s->req.head);
@@ -1259,7 +1309,7 @@ static int start_tunnel(struct h1s *s, struct http1_msg *m, size_t head_len)
         loop_timer_cancel(s->w->loop, &s->req_timer);
         report(s, ROUTE_SUCCESS);
         count_status(s, 101);
-        access_log(s, "upgraded");
+        count_request(s, 101, "upgraded");
         h1_set_state(s, H1_TUNNEL);
         arm_idle(s);
         return 0;
@@ -1406,8 +1456,7 @@ static int finish_exchange(struct h1s *s)
         bool reusable = sent && s->upstream_keep_alive && !s->resp.eof &&
                         s->resp.len == s->resp.off && s->resp.kind != HTTP1_BODY_UNTIL_CLOSE;
         count_status(s, s->status);
-        count_request(s, s->status);
-        access_log(s, "done");
+        count_request(s, s->status, "done");
         release_upstream(s, reusable, s->status >= 500 ? ROUTE_HTTP_5XX : ROUTE_SUCCESS);
         loop_timer_cancel(w->loop, &s->req_timer);
         s->resp.off = s->resp.len = s->resp.cls = 0;

@@ -43,6 +43,7 @@
 #include "intercept/origdst.h"
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
+#include "proxy/obs.h"
 #include "proxy/reqmetrics.h"
 #include "proxy/tap.h"
 #include "proxy/upstream.h"
@@ -174,7 +175,9 @@ struct h2s {
         uint32_t req_fields, resp_fields; /* header fields, trailers included */
         uint32_t resp_hdr_bytes;          /* response headers and trailers from upstream */
         struct bbuf reqb, respb;
-        uint64_t req_sent; /* body bytes passed upstream */
+        uint64_t req_sent;    /* body bytes passed upstream */
+        uint64_t resp_sent;   /* body bytes given to the client */
+        struct span_ctx span; /* this stream's span (obs.h) */
         bool c_open, u_open;
         bool req_eof, resp_eof;
         bool grpc, too_big;
@@ -579,6 +582,39 @@ static const char *req_pseudo(const struct h2s *st, const char *name, char *buf,
         return NULL;
 }
 
+/* The stream ended: the per-request end hook (reqmetrics.h). */
+static void stream_end_hook(struct h2s *st, int grpc_code)
+{
+        char method[16], path[256], authority[128], rid[40];
+        struct h2c *c = st->c;
+        reqmetrics_request(
+            st->hw->w, &(struct req_end){
+                           .dir = c->dir,
+                           .protocol = st->grpc ? "grpc" : "http2",
+                           .peer_tls = c->s.tls,
+                           .route = &st->route,
+                           .orig_dst = &c->orig_dst,
+                           .status = st->http_status,
+                           .grpc_status = st->grpc ? grpc_code : -1,
+                           .start_ns = st->start_ns,
+                           .conn_id = c->id,
+                           .stream_id = (uint32_t)st->cid,
+                           .method = req_pseudo(st, ":method", method, sizeof(method)),
+                           .path = req_pseudo(st, ":path", path, sizeof(path)),
+                           .authority = req_pseudo(st, ":authority", authority, sizeof(authority)),
+                           .request_id = req_pseudo(st, "x-request-id", rid, sizeof(rid)),
+                           .span = &st->span,
+                           .client = &c->client,
+                           .endpoint = st->routed || c->dir == DIR_INBOUND ? &st->upstream : NULL,
+                           .bytes_received = st->req_sent,
+                           .bytes_sent = st->resp_sent,
+                           .attempts = st->attempts,
+                           .end = st->local      ? "local"
+                                  : st->resp_eof ? "done"
+                                                 : "reset",
+                       });
+}
+
 static void stream_free(struct h2s *st)
 {
         struct h2_worker *hw = st->hw;
@@ -602,25 +638,8 @@ static void stream_free(struct h2s *st)
                                                                         : 2 /* UNKNOWN */;
         if (st->grpc)
                 stat_inc(hw, (enum stat_id)(ST_GRPC_STATUS_FIRST + code));
-        /* The request's names for the tap, looked up only while one is attached. */
-        char tm[16], ta[128], tp[256];
-        bool tapped = tap_attached(hw->w->proxy->tap);
         if (st->c)
-                reqmetrics_request(
-                    hw->w,
-                    &(struct req_end){
-                        .dir = st->c->dir,
-                        .protocol = st->grpc ? "grpc" : "http2",
-                        .peer_tls = st->c->s.tls,
-                        .route = &st->route,
-                        .orig_dst = &st->c->orig_dst,
-                        .status = st->http_status,
-                        .grpc_status = st->grpc ? code : -1,
-                        .start_ns = st->start_ns,
-                        .method = tapped ? req_pseudo(st, ":method", tm, sizeof(tm)) : NULL,
-                        .authority = tapped ? req_pseudo(st, ":authority", ta, sizeof(ta)) : NULL,
-                        .path = tapped ? req_pseudo(st, ":path", tp, sizeof(tp)) : NULL,
-                        .endpoint = &st->upstream});
+                stream_end_hook(st, code);
         log_debug("h2", st->c ? st->c->id : 0,
                   "stream %d done: upstream %s status %d grpc-status %d attempts %u", st->cid,
                   st->routed ? "routed" : "none", st->http_status, st->grpc_status, st->attempts);
@@ -681,6 +700,7 @@ static ssize_t resp_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t 
         if (n) {
                 memcpy(buf, st->respb.p + st->respb.off, n);
                 st->respb.off += (uint32_t)n;
+                st->resp_sent += n;
                 st->progress_ms = loop_now_ms(hw_loop(st->hw));
                 /* A local answer's body never came from upstream. */
                 if (st->u && !sess_closed(&st->u->s) && !st->local) {
@@ -1136,6 +1156,58 @@ static void stream_request_id(struct h2s *st)
                  REQUEST_ID_LEN);
 }
 
+/* The stream's span under the request's trace context (as the HTTP/1.1
+ * engine: traceparent, then b3, then X-B3-*); when tracing is on, the
+ * incoming trace fields are replaced by ours. -ENOMEM, else 0. */
+static int stream_trace(struct h2s *st)
+{
+        const char *v[OBS_TRACE_IN_FIELDS] = {0};
+        size_t n[OBS_TRACE_IN_FIELDS] = {0};
+        for (uint32_t i = 0; i < st->req.n; i++) {
+                const struct hdr *h = &st->req.v[i];
+                for (int k = 0; k < OBS_TRACE_IN_FIELDS; k++)
+                        if (!v[k] && h->namelen == strlen(obs_trace_in_fields[k]) &&
+                            !memcmp(st->req.arena + h->name, obs_trace_in_fields[k], h->namelen)) {
+                                v[k] = st->req.arena + h->value;
+                                n[k] = h->valuelen;
+                        }
+        }
+        /* obs_trace_in_fields: traceparent, b3, x-b3-traceid, x-b3-spanid,
+         * x-b3-parentspanid, x-b3-sampled, x-b3-flags */
+        struct trace_ctx in;
+        bool have = v[0] && trace_parse_traceparent(v[0], n[0], &in) == 0;
+        if (!have && v[1])
+                have = trace_parse_b3(v[1], n[1], &in) == 0;
+        if (!have && (v[2] || v[3] || v[5] || v[6]))
+                have =
+                    trace_parse_b3_multi(v[2], n[2], v[3], n[3], v[5], n[5], v[6], n[6], &in) == 0;
+        enum trace_format b3 = v[1]   ? TRACE_FMT_B3_SINGLE
+                               : v[2] ? TRACE_FMT_B3_MULTI
+                                      : TRACE_FMT_NONE;
+        obs_trace_begin(st->hw->w, have ? &in : NULL, b3, &st->span);
+        if (!st->span.active)
+                return 0;
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < st->req.n; i++) {
+                const struct hdr *h = &st->req.v[i];
+                bool trace_field = false;
+                for (int j = 0; j < OBS_TRACE_IN_FIELDS && !trace_field; j++)
+                        trace_field =
+                            h->namelen == strlen(obs_trace_in_fields[j]) &&
+                            !memcmp(st->req.arena + h->name, obs_trace_in_fields[j], h->namelen);
+                if (!trace_field)
+                        st->req.v[k++] = *h;
+        }
+        st->req.n = k;
+        struct obs_trace_hdrs th;
+        obs_trace_headers(&st->span, &th);
+        for (int i = 0; i < th.n; i++)
+                if (hdrs_add(&st->req, (const uint8_t *)th.name[i], strlen(th.name[i]),
+                             (const uint8_t *)th.value[i], th.len[i]) < 0)
+                        return -ENOMEM;
+        return 0;
+}
+
 /* The request's X-Forwarded-Client-Cert as xfcc_action says (the same
  * decision as for HTTP/1.1). -ENOMEM, else 0. */
 static int stream_xfcc(struct h2s *st)
@@ -1290,7 +1362,7 @@ static void stream_route(struct h2s *st)
         struct worker *w = hw->w;
         struct h2c *c = st->c;
         stream_request_id(st);
-        if (stream_xfcc(st) < 0) {
+        if (stream_trace(st) < 0 || stream_xfcc(st) < 0) {
                 stream_fail(st, GRPC_UNAVAILABLE, 503, "out of memory");
                 return;
         }
@@ -1995,17 +2067,17 @@ static void client_free(struct h2c *c, const char *why)
                 reason = REASON_SHUTDOWN;
         }
         session_end(w, c->dir, reason);
-        if (log_enabled(LOG_INFO)) {
+        if (log_enabled(LOG_DEBUG)) { /* the streams have their access lines */
                 char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN];
-                log_emit(LOG_INFO, "access", c->id,
-                         "%s %s -> %s proto=%s streams=%llu sent=%llu received=%llu "
-                         "duration_ms=%llu end=%s (%s)",
-                         conn_dir_name(c->dir), sockaddr_format(&c->client, cbuf, sizeof(cbuf)),
-                         sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)), proto_name(c->proto),
-                         (unsigned long long)c->n_total, (unsigned long long)c->bytes_in,
-                         (unsigned long long)c->bytes_out,
-                         (unsigned long long)(loop_now_ms(hw_loop(hw)) - c->created_ms),
-                         conn_reason_name(reason), why);
+                log_debug("h2", c->id,
+                          "%s %s -> %s proto=%s streams=%llu sent=%llu received=%llu "
+                          "duration_ms=%llu end=%s (%s)",
+                          conn_dir_name(c->dir), sockaddr_format(&c->client, cbuf, sizeof(cbuf)),
+                          sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)), proto_name(c->proto),
+                          (unsigned long long)c->n_total, (unsigned long long)c->bytes_in,
+                          (unsigned long long)c->bytes_out,
+                          (unsigned long long)(loop_now_ms(hw_loop(hw)) - c->created_ms),
+                          conn_reason_name(reason), why);
         }
         loop_defer_free(hw_loop(hw), c);
 }

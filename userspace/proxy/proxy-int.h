@@ -143,6 +143,7 @@ struct upstream_pool;
 struct h1_worker;
 struct h2_worker;
 struct tls_conn;
+struct obs_worker;
 
 struct worker {
         struct proxy *proxy;
@@ -169,6 +170,7 @@ struct worker {
         struct h1_worker *h1;            /* HTTP/1.1 sessions (h1proxy.c) */
         uint64_t rng;                    /* worker_random() state */
         struct h2_worker *h2;            /* HTTP/2 proxy state (h2proxy.c), created on first use */
+        struct obs_worker *obs;          /* access-log and span rings (obs.h), on first use */
         struct worker_stats stats;
 };
 

@@ -21,6 +21,7 @@
 #include "proxy/h2proxy.h"
 #include "proxy/handover.h"
 #include "proxy/proxy-int.h"
+#include "proxy/obs.h"
 #include "proxy/reqmetrics.h"
 #include "proxy/tap.h"
 
@@ -598,6 +599,8 @@ void proxy_free(struct proxy *p)
                         close(w->spare_fd);
                 free(w->listeners);
                 loop_free(w->loop);
+                obs_worker_detach(w->obs); /* nothing of this worker logs any more */
+                w->obs = NULL;
         }
         free(p->workers);
         snapshot_slot_destroy(&p->cfg_slot);

@@ -22,6 +22,7 @@
 #include "intercept/origdst.h"
 #include "intercept/sniff.h"
 #include "proxy/proxy-int.h"
+#include "proxy/obs.h"
 #include "proxy/reqmetrics.h"
 #include "proxy/states-int.h"
 #include "proxy/upstream.h"
@@ -260,6 +261,26 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
                 struct linger lg = {.l_onoff = 1, .l_linger = 0};
                 setsockopt(c->cli.io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         }
+        /* The access line while the client's identity is at hand. */
+        const char *peer = c->dir == DIR_INBOUND
+                               ? (c->cli.tls ? tls_conn_peer_id(c->cli.tls) : NULL)
+                           : c->tls_out && c->route.table ? route_identity(&c->route)
+                                                          : NULL;
+        obs_tcp_end(w, &(struct obs_tcp_end){
+                           .conn_id = c->id,
+                           .inbound = c->dir == DIR_INBOUND,
+                           .protocol = proto_name(proto_known(c) ? c->proto : PROTO_TCP),
+                           .client = &c->client_addr,
+                           .orig_dst = &c->orig_dst,
+                           .upstream = &c->upstream,
+                           .service = route_service_name(&c->route),
+                           .peer_id = peer,
+                           .bytes_received = c->c2u.bytes,
+                           .bytes_sent = c->u2c.bytes,
+                           .duration_ms = loop_now_ms(loop) - c->created_ms,
+                           .end = conn_reason_name(reason),
+                           .error = reason != REASON_DONE,
+                       });
         /* Deregister before close(): a fork() elsewhere in the process (the
          * iptables commands) can hold the socket open for a moment, and a
          * closed but still open file keeps delivering events. */
@@ -270,21 +291,6 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
 
         reqmetrics_tcp_close(c->tcp_cells);
         session_end(w, c->dir, reason);
-
-        if (log_enabled(LOG_INFO)) {
-                char cbuf[SOCKADDR_STRLEN], obuf[SOCKADDR_STRLEN], ubuf[SOCKADDR_STRLEN];
-                log_emit(LOG_INFO, "access", c->id,
-                         "%s %s -> %s service=%s upstream=%s proto=%s sent=%llu received=%llu "
-                         "duration_ms=%llu end=%s",
-                         dir_name(c->dir), sockaddr_format(&c->client_addr, cbuf, sizeof(cbuf)),
-                         sockaddr_format(&c->orig_dst, obuf, sizeof(obuf)),
-                         route_service_name(&c->route),
-                         sockaddr_format(&c->upstream, ubuf, sizeof(ubuf)),
-                         proto_name(proto_known(c) ? c->proto : PROTO_TCP),
-                         (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes,
-                         (unsigned long long)(loop_now_ms(loop) - c->created_ms),
-                         conn_reason_name(reason));
-        }
         conn_detach(c);
 }
 

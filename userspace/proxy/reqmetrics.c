@@ -10,6 +10,7 @@
 #include "core/clock.h"
 #include "core/prom.h"
 #include "proxy/h2proxy.h"
+#include "proxy/obs.h"
 #include "route/route.h"
 #include "proxy/upstream.h"
 #include "tls/conn.h"
@@ -250,6 +251,7 @@ static void tap_request(struct worker *w, const struct req_end *r, const char *n
 
 void reqmetrics_request(struct worker *w, const struct req_end *r)
 {
+        obs_request_end(w, r);
         struct reqmetrics *m = w->proxy->reqm;
         if (!m)
                 return;

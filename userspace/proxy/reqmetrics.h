@@ -22,6 +22,7 @@
 
 struct reqmetrics;
 struct tls_conn;
+struct span_ctx;
 
 /* Sized by cfg (metrics.max_series, metrics.histogram_buckets: both taken
  * at start) for workers shards. NULL on allocation failure. */
@@ -47,10 +48,26 @@ struct req_end {
         int status;        /* HTTP status the client got; 0: none (aborted) */
         int grpc_status;   /* -1: not gRPC */
         uint64_t start_ns; /* clock_mono_ns() when the request began */
-        /* For the tap (tap.h); NULL when unknown. */
-        const char *method, *authority, *path;
-        const struct sockaddr_storage *endpoint; /* the upstream picked */
+        /* The request as access logs, traces and `shuntctl tap` show it.
+         * Every pointer may be NULL (unknown: a head that could not be
+         * parsed), strings are NUL-terminated, valid only during the call
+         * and may be truncated (path at 128 bytes). */
+        uint64_t conn_id;            /* the client connection's id */
+        uint32_t stream_id;          /* HTTP/2: the client's stream id; 0 for HTTP/1.1 */
+        const char *method;          /* "GET" */
+        const char *path;            /* the target as received ("/a?b"; gRPC "/pkg.Svc/M") */
+        const char *authority;       /* Host or :authority */
+        const char *request_id;      /* x-request-id, the client's or ours */
+        const struct span_ctx *span; /* trace and span ids (proxy/obs.h); NULL: none */
+        const struct sockaddr_storage *client;   /* the client's address */
+        const struct sockaddr_storage *endpoint; /* the upstream picked; NULL/family 0: none */
+        uint64_t bytes_received;                 /* from the client (forwarded upstream) */
+        uint64_t bytes_sent;                     /* to the client */
+        uint32_t attempts;                       /* upstream attempts */
+        const char *end; /* how it ended: "done", "local", or a conn_reason_name */
 };
+/* The one per-request end hook: metrics, then access log and span
+ * (proxy/obs.h). Every engine calls it once per request. */
 void reqmetrics_request(struct worker *w, const struct req_end *r);
 
 /* A byte-relayed (TCP) connection begins relaying: counted as opened; the

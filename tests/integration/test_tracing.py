@@ -1,0 +1,283 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Traces (docs/observability.md) through two sidecars: A (the client's,
+outbound) and B (the server's, inbound, over mutual TLS), each exporting to
+its own OTLP/HTTP JSON receiver (otlprecv.py: every payload checked against
+the OTLP protobuf JSON mapping) on 127.0.0.1:4318 in its pod.
+
+  - a curl request with a traceparent gives A's CLIENT span (child of the
+    client's span) and B's SERVER span (child of A's), both with the
+    client's trace id; the backend sees a traceparent naming B's span, and
+    the tracestate unchanged; without a traceparent, a new trace; B3 single
+    and multi are understood; not sampled is respected;
+  - h2load gives one span per stream, grpcio one per call (rpc.* attributes);
+  - collector down, then slow (answers after seconds): requests all succeed,
+    drops are counted, RSS stays within a bound; spans flow again after."""
+
+import json
+import os
+import re
+import sys
+
+import pytest
+
+import httpbackend
+import mtls_pki as pki
+import shuntlib as sl
+from shuntlib import Topology as T
+
+GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
+H2ECHO = os.path.join(sl.HERE, "h2echo.py")
+OTLPRECV = os.path.join(sl.HERE, "otlprecv.py")
+VIP_WEB, VIP_H2, VIP_RPC = "10.96.0.60", "10.96.0.61", "10.96.0.62"
+H1_PORT, H2_PORT, RPC_PORT = 8080, 8082, 50051
+COLLECTOR = "127.0.0.1:4318"
+WEB_ID = pki.spiffe("web")
+CLIENT_ID = pki.spiffe("client")
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+SERVER, CLIENT = 2, 3
+
+
+def registry():
+    def svc(name, vip, port, proto):
+        return sl.service(name, vip, port, [T.REMOTE4], proto, port_name="p", service_port=80,
+                          identity=WEB_ID)
+
+    return {"services": [svc("web", VIP_WEB, H1_PORT, "HTTP"), svc("web2", VIP_H2, H2_PORT, "HTTP2"),
+                         svc("rpc", VIP_RPC, RPC_PORT, "GRPC")]}  # fmt: skip
+
+
+class Receiver:
+    """otlprecv.py in pod; its requests as parsed lines."""
+
+    def __init__(self, pod, *extra):
+        self.pod = pod
+        self.out = os.path.join(sl.tmpdir(), "otlp.jsonl")
+        self.extra = extra
+        self.proc = None
+        self.start(*extra)
+
+    def start(self, *extra):
+        open(self.out, "a").close()
+        self.proc = self.pod.spawn_ready(
+            [sys.executable, OTLPRECV, "--listen", COLLECTOR, "--out", self.out] + list(extra),
+            "otlprecv")
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def requests(self):
+        with open(self.out) as f:
+            return [json.loads(l) for l in f if l.strip()]
+
+    def spans(self):
+        out = []
+        for r in self.requests():
+            assert not r["errors"], r["errors"]
+            assert r["content_type"] == "application/json" and r["path"] == "/v1/traces", r
+            out += r["spans"]
+        return out
+
+    def wait_spans(self, pred, n=1, timeout=10):
+        def got():
+            s = [x for x in self.spans() if pred(x)]
+            return s if len(s) >= n else None
+
+        return sl.wait_until(got, timeout, what="%d span(s) at the receiver" % n)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    topo = T()
+    procs, daemons = [], []
+    try:
+        topo.route_vips()
+        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]))
+        procs.append(topo.remote.spawn_ready(
+            [H2ECHO, "--name", "web2", "--listen", "%s:%d" % (T.REMOTE4, H2_PORT)], "h2echo"))
+        procs.append(topo.remote.spawn_ready(
+            [sys.executable, GRPCPEER, "server", "--name", "rpc", "--listen",
+             "%s:%d" % (T.REMOTE4, RPC_PORT)], "grpc-rpc", 20))  # fmt: skip
+        ra, rb = Receiver(topo.app), Receiver(topo.remote)
+        procs += [ra, rb]
+        tmp = sl.tmpdir()
+        reg = sl.registry_file(registry(), tmp)
+        tracing = {"tracing.enabled": "on", "tracing.endpoint": "http://%s/v1/traces" % COLLECTOR,
+                   "tracing.sampling": "1", "tracing.flush-interval": "100ms",
+                   "tracing.queue-size": "64", "tracing.batch-size": "16",
+                   "tracing.timeout": "1s", "log-level": "info"}  # fmt: skip
+        a, b = sl.start_mtls_pair(topo, daemons, os.path.join(tmp, "ca"),
+                                  a_flags=dict(tracing, **{"service-discovery.file.path": reg,
+                                                           "tracing.service-name": "client"}),
+                                  b_flags=dict(tracing, **{"tracing.service-name": "web"}))
+        # fmt: skip
+        yield topo, a, b, ra, rb
+    finally:
+        sl.teardown(topo, daemons, procs)
+
+
+def attrs(span):
+    return span["attributes"]
+
+
+def curl_json(topo, *args):
+    r = topo.app.curl(["-s"] + list(args))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_parent_and_child_spans(mesh):
+    topo, a, b, ra, rb = mesh
+    tp = "00-%s-%s-01" % (TRACE, PARENT)
+    seen = curl_json(topo, "-H", "traceparent: " + tp, "-H", "tracestate: vendor=x,other=y",
+                     "-H", "X-Request-ID: rid-trace-1", "http://%s/x?q=1" % VIP_WEB)
+    h = seen["headers"]
+    m = re.match(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$", h["traceparent"])
+    assert m and m.group(1) == TRACE and m.group(2) != PARENT, h
+    assert h["tracestate"] == "vendor=x,other=y", h
+
+    out = ra.wait_spans(lambda s: s["traceId"] == TRACE)
+    inn = rb.wait_spans(lambda s: s["traceId"] == TRACE)
+    assert len(out) == 1 and len(inn) == 1, (out, inn)
+    o, i = out[0], inn[0]
+    assert (o["kind"], o["parentSpanId"]) == (CLIENT, PARENT), o
+    assert (i["kind"], i["parentSpanId"]) == (SERVER, o["spanId"]), (i, o)
+    assert i["spanId"] == m.group(2), "the backend's parent is B's span"
+    assert int(o["startTimeUnixNano"]) <= int(i["startTimeUnixNano"])
+    assert int(i["endTimeUnixNano"]) <= int(o["endTimeUnixNano"])
+    for s, peer in ((o, WEB_ID), (i, CLIENT_ID)):
+        at = attrs(s)
+        assert (s["name"], at["http.request.method"], at["url.path"], at["url.query"],
+                at["http.response.status_code"], at["server.address"],
+                at["network.protocol.version"], at["shunt.peer.spiffe_id"],
+                at["shunt.request_id"]) == ("GET", "GET", "/x", "q=1", 200, VIP_WEB, "1.1", peer,
+                                            "rid-trace-1"), at  # fmt: skip
+        assert s["status"] == 0
+    assert attrs(o)["shunt.endpoint"] == "%s:%d" % (T.REMOTE4, H1_PORT)
+    assert attrs(o)["network.peer.port"] == H1_PORT
+    assert ra.requests()[-1]["resource"]["service.name"] == "client"
+    assert rb.requests()[-1]["resource"]["service.name"] == "web"
+    # The access lines carry the same ids.
+    line = sl.wait_until(lambda: [l for l in a.access_lines("http")
+                                  if l["request_id"] == "rid-trace-1"], 5, what="A's line")[0]
+    assert (line["trace_id"], line["span_id"], line["sampled"]) == (TRACE, o["spanId"], True)
+
+
+def test_new_trace_b3_and_not_sampled(mesh):
+    topo, a, b, ra, rb = mesh
+    # No context: a new trace, A's span its root, B's its child.
+    seen = curl_json(topo, "http://%s/" % VIP_WEB)
+    tid = seen["headers"]["traceparent"].split("-")[1]
+    assert tid != TRACE
+    o = ra.wait_spans(lambda s: s["traceId"] == tid)[0]
+    i = rb.wait_spans(lambda s: s["traceId"] == tid)[0]
+    assert o["parentSpanId"] is None and i["parentSpanId"] == o["spanId"], (o, i)
+
+    # B3 single: child of its span; the b3 header goes on rewritten.
+    t3, p3 = "80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1"
+    seen = curl_json(topo, "-H", "b3: %s-%s-1" % (t3, p3), "http://%s/" % VIP_WEB)
+    o = ra.wait_spans(lambda s: s["traceId"] == t3)[0]
+    i = rb.wait_spans(lambda s: s["traceId"] == t3)[0]
+    assert o["parentSpanId"] == p3 and i["parentSpanId"] == o["spanId"]
+    assert seen["headers"]["b3"] == "%s-%s-1" % (t3, i["spanId"]), seen["headers"]
+    assert seen["headers"]["traceparent"] == "00-%s-%s-01" % (t3, i["spanId"])
+
+    # B3 multi with a 64-bit trace id.
+    seen = curl_json(topo, "-H", "X-B3-TraceId: 463ac35c9f6413ad", "-H",
+                     "X-B3-SpanId: a2fb4a1d1a96d312", "-H", "X-B3-Sampled: 1",
+                     "http://%s/" % VIP_WEB)  # fmt: skip
+    t64 = "0000000000000000463ac35c9f6413ad"
+    o = ra.wait_spans(lambda s: s["traceId"] == t64)[0]
+    assert o["parentSpanId"] == "a2fb4a1d1a96d312"
+    h = seen["headers"]
+    assert (h["x-b3-traceid"], h["x-b3-sampled"]) == (t64, "1") and "x-b3-spanid" in h, h
+
+    # Not sampled: no span, the ids still go on with the flag off.
+    tn = "11111111111111111111111111111111"
+    seen = curl_json(topo, "-H", "traceparent: 00-%s-%s-00" % (tn, PARENT),
+                     "http://%s/" % VIP_WEB)
+    assert re.match(r"^00-%s-[0-9a-f]{16}-00$" % tn, seen["headers"]["traceparent"]), seen
+    # A later sampled request is exported after it: none of the unsampled.
+    seen = curl_json(topo, "http://%s/" % VIP_WEB)
+    after = seen["headers"]["traceparent"].split("-")[1]
+    rb.wait_spans(lambda s: s["traceId"] == after)
+    assert not [s for s in ra.spans() + rb.spans() if s["traceId"] == tn]
+    # A malformed traceparent starts a new trace.
+    seen = curl_json(topo, "-H", "traceparent: 00-%s-%s-0x" % (TRACE, PARENT),
+                     "http://%s/" % VIP_WEB)
+    assert seen["headers"]["traceparent"].split("-")[1] != TRACE
+
+
+def test_h2_streams_and_grpc_calls(mesh):
+    topo, a, b, ra, rb = mesh
+    th = "22222222222222222222222222222222"
+    r = topo.app.run(["h2load", "-n", "12", "-c", "1", "-m", "4", "-H",
+                      "traceparent: 00-%s-%s-01" % (th, PARENT), "http://%s:80/" % VIP_H2],
+                     timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0 and "12 succeeded" in r.stdout, r.stdout + r.stderr
+    out = ra.wait_spans(lambda s: s["traceId"] == th, 12)
+    inn = rb.wait_spans(lambda s: s["traceId"] == th, 12)
+    assert len(out) == 12 and len({s["spanId"] for s in out}) == 12
+    assert {s["parentSpanId"] for s in out} == {PARENT}
+    assert {s["parentSpanId"] for s in inn} == {s["spanId"] for s in out}
+    for s in out:
+        assert attrs(s)["network.protocol.version"] == "2" and s["kind"] == CLIENT
+        assert attrs(s)["http.response.status_code"] == 200
+
+    r = topo.app.run([sys.executable, GRPCPEER, "client", "--target", "%s:80" % VIP_RPC,
+                      "unary", "--n", "5"], timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0 and json.loads(r.stdout)["codes"] == {"OK": 5}, r.stdout
+    calls = ra.wait_spans(lambda s: attrs(s).get("rpc.system") == "grpc", 5)
+    assert len(calls) == 5 and len({s["traceId"] for s in calls}) == 5
+    for s in calls:
+        at = attrs(s)
+        assert (s["name"], at["rpc.service"], at["rpc.method"], at["rpc.grpc.status_code"]) == (
+            "shunt.Test/Unary", "shunt.Test", "Unary", 0), s
+    server = rb.wait_spans(lambda s: attrs(s).get("rpc.system") == "grpc", 5)
+    assert {s["parentSpanId"] for s in server} == {s["spanId"] for s in calls}
+
+
+def dropped(d):
+    m = d.metrics()
+    return sum(m.get(("shunt_trace_spans_dropped_total", (("reason", r),)), 0)
+               for r in ("queue_full", "export_failed"))
+
+
+def load(topo):
+    """A bounded burst of traced requests; all must succeed."""
+    r = topo.app.run(["h2load", "-n", "600", "-c", "2", "-m", "8", "http://%s:80/" % VIP_H2],
+                     timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0 and "600 succeeded" in r.stdout, r.stdout + r.stderr
+
+
+def test_collector_down_and_slow(mesh):
+    topo, a, b, ra, rb = mesh
+    rss0 = a.metric("process_resident_memory_bytes")
+    ra.stop()
+    d0 = dropped(a)
+    load(topo)
+    sl.wait_until(lambda: dropped(a) > d0, 10, what="spans dropped with the collector down")
+    m = a.metrics()
+    assert m[("shunt_trace_export_requests_total", (("result", "error"),))] > 0
+    assert m[("shunt_trace_spans_dropped_total", (("reason", "export_failed"),))] > 0
+
+    # Slow: answers after 3 s, past tracing.timeout (1 s).
+    ra.start("--delay", "3")
+    d1 = dropped(a)
+    load(topo)
+    load(topo)
+    sl.wait_until(lambda: dropped(a) > d1, 10, what="spans dropped with the collector slow")
+    # The exporter waits out its timeout: the workers' queues fill and shed.
+    m = a.metrics()
+    assert m[("shunt_trace_spans_dropped_total", (("reason", "queue_full"),))] > 0
+    rss1 = a.metric("process_resident_memory_bytes")
+    assert rss1 - rss0 < 16 << 20, (rss0, rss1)
+
+    # Back to normal: spans flow again.
+    ra.stop()
+    ra.start()
+    seen = curl_json(topo, "http://%s/" % VIP_WEB)
+    tid = seen["headers"]["traceparent"].split("-")[1]
+    ra.wait_spans(lambda s: s["traceId"] == tid, timeout=15)
