@@ -7,8 +7,8 @@
 # direct path (no shuntd) for scale:
 #
 #   direct      wrk straight to nginx, no shuntd
-#   metrics     both shuntds, log level warn (no access lines), no tap
-#   access-log  log level info: one access line per request on both sides
+#   metrics     both shuntds, access_log.enabled off, no tap
+#   access-log  access_log.enabled on: one JSON access line per request on both sides
 #   tap         a tap attached on both sides (GET /tap filtering on a path no
 #               request has: every request is copied to the ring, none shown)
 #
@@ -126,9 +126,10 @@ shuntd_ready() { # ns log
 
 # Both shuntds with the mode's flags; the client side creates the CA first.
 start_shuntds() { # mode
-	local level=warn
-	[ "$1" = access-log ] && level=info
-	local common=(--redirect iptables --workers 2 --log-level "$level" --proxy-uid $SHUNTD_UID
+	local level=warn alog=off
+	[ "$1" = access-log ] && alog=on
+	local common=(--redirect iptables --workers 2 --log-level "$level" --access-log.enabled "$alog"
+		--proxy-uid $SHUNTD_UID
 		--drain-timeout 1s --mtls.ca-dir "$TMP/ca" --mtls.key-type ecdsa-p256)
 	ip netns exec "$CLI" "$BUILD/shuntd" "${common[@]}" --mtls.service-name client \
 		--service-discovery.file.path "$TMP/registry.json" >"$TMP/client-$1.log" 2>&1 &
