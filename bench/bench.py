@@ -40,6 +40,8 @@ CONTENDERS = {
     "direct": "l4",
     "shunt-iptables": "l4",
     "shunt-ebpf": "l4",
+    "shunt-splice": "l4",
+    "shunt-relay": "l4",
     "shunt-http": "http",
     "haproxy-tcp": "l4",
     "haproxy-http": "http",
@@ -47,6 +49,15 @@ CONTENDERS = {
     "nginx-http": "http",
     "shunt-mtls": "mtls",
     "haproxy-mtls": "mtls",
+}
+# shuntd contenders that are another mode with settings of their own:
+# shunt-splice is eBPF capture without the sk_msg shortcut, so the relay's two
+# sockets are spliced in the kernel (tcp_splice, the default, docs/architecture.md
+# "Splice"); shunt-relay is iptables capture with tcp_splice off, every byte
+# through shuntd's userspace relay as before the splice existed.
+SHUNT_VARIANTS = {
+    "shunt-splice": ("ebpf", ["--bpf-shortcut", "off"]),
+    "shunt-relay": ("iptables", ["--tcp-splice", "off"]),
 }
 PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "haproxy-mtls")
 MTLS_CONN, MTLS_CONN_HTTP, MTLS_HTTP = 29001, 29002, 29080  # client pod, haproxy-mtls
@@ -478,7 +489,7 @@ class Contender:
         n = self.name
         if n == "direct":
             return
-        if n == "shunt-ebpf":
+        if n in ("shunt-ebpf", "shunt-splice"):
             self.bpf_lock = BpfLock()
             self.bpf_lock.acquire()
         if n == "shunt-mtls":
@@ -487,6 +498,8 @@ class Contender:
         if n.startswith("shunt-"):
             mode = n.split("-", 1)[1]
             extra = []
+            if n in SHUNT_VARIANTS:
+                mode, extra = SHUNT_VARIANTS[n][0], list(SHUNT_VARIANTS[n][1])
             if mode == "http":
                 mode = "iptables"
                 extra = ["--service-discovery.file.path", write_http_registry(e)]
@@ -1003,7 +1016,8 @@ def main():
     skipped = []
     modes = shuntd_modes(env.shuntd)
     for c in list(contenders):
-        if CONTENDERS[c] == "l4" and c.startswith("shunt-") and c.split("-", 1)[1] not in modes:
+        mode = SHUNT_VARIANTS[c][0] if c in SHUNT_VARIANTS else c.split("-", 1)[1]
+        if CONTENDERS[c] == "l4" and c.startswith("shunt-") and mode not in modes:
             skipped.append({"contender": c, "reason": "shuntd has no --redirect %s yet (allowed: %s); "
                             "the contender starts shuntd with it as soon as it exists"
                             % (c.split("-", 1)[1], ", ".join(sorted(modes)) or "?")})

@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "haproxy-mtls")
-ORDER = ["direct", "shunt-iptables", "shunt-ebpf", "shunt-http", "haproxy-tcp", "haproxy-http",
+ORDER = ["direct", "shunt-iptables", "shunt-ebpf", "shunt-splice", "shunt-relay", "shunt-http", "haproxy-tcp", "haproxy-http",
          "nginx-stream", "nginx-http", "shunt-mtls", "haproxy-mtls"]
 SCENARIO_ORDER = ["rr-64", "rr-4k", "bulk-1", "bulk-8", "http-keepalive", "http-close",
                   "conn-setup", "idle-10k", "mtls-handshake", "mtls-keepalive", "resources"]

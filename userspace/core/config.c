@@ -84,6 +84,7 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 static const char *const redirect_names[] = {"iptables", "off", "auto", "ebpf", NULL};
 static const char *const policy_names[] = {"allow_any", "registry_only", NULL};
 static const char *const off_on_names[] = {"off", "on", NULL};
+static const char *const splice_names[] = {"off", "auto", NULL};
 static const char *const capture_names[] = {"self", "init", NULL};
 static const char *const mutation_names[] = {"off", "token", NULL};
 static const char *const failure_names[] = {"closed", "open", NULL};
@@ -140,6 +141,10 @@ static const struct key_desc keys[] = {
          .def = "/sys/fs/cgroup", .note = "the node's cgroup v2 hierarchy as mounted here, for redirect_cgroup `pod`"},
         {.path = "bpf_pin_root", .env = "SHUNT_BPF_PIN_ROOT", .type = K_STR, FIELD(bpf_pin_root),
          .note = "bpffs directory for maps and links; empty = /sys/fs/bpf/shunt", .flags = KF_RESTART},
+        {.path = "tcp_splice", .env = "SHUNT_TCP_SPLICE", .type = K_ENUM, FIELD(tcp_splice),
+         .names = splice_names, .def = "auto", .flags = KF_RESTART,
+         .note = "plain TCP relays (no TLS, no request-level feature) handed to the kernel once their first bytes are through "
+                 "(sockhash + sk_skb verdict); auto = when the kernel can, per connection the userspace relay otherwise; off = always the userspace relay"},
         {.path = "bpf_shortcut", .env = "SHUNT_BPF_SHORTCUT", .type = K_ENUM, FIELD(bpf_shortcut),
          .names = off_on_names, .def = "on",
          .note = "eBPF mode: sk_msg shortcut between the application and shuntd; off = loopback TCP"},

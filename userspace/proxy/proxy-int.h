@@ -104,7 +104,15 @@ enum stat_id {
         ST_H2_WRITE_STALL,    /* connections closed: the client stopped reading */
         ST_GRPC_STATUS_FIRST, /* one per gRPC status code 0..16 */
         ST_GRPC_STATUS_LAST = ST_GRPC_STATUS_FIRST + 16,
-        ST_PROTO_FIRST, /* one per enum proto, PROTO_UNKNOWN unused */
+        /* in-kernel splice of plain TCP relays (relay.c, intercept/splice.h) */
+        ST_SPLICE_STARTED,         /* connections handed to the kernel */
+        ST_SPLICE_ACTIVE,          /* gauge: spliced connections open now */
+        ST_SPLICE_FALLBACK_FULL,   /* left to the userspace relay: a splice map was full */
+        ST_SPLICE_FALLBACK_KERNEL, /* left to the userspace relay: the kernel cannot splice */
+        ST_SPLICE_FALLBACK_ERROR,  /* left to the userspace relay: an insert failed */
+        ST_SPLICE_RETURNED_FIN,    /* halves back in userspace for a FIN or an error */
+        ST_SPLICE_RETURNED_FLOW,   /* halves back in userspace by flow control */
+        ST_PROTO_FIRST,            /* one per enum proto, PROTO_UNKNOWN unused */
         ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
         ST__COUNT = ST_REASON_FIRST + REASON__COUNT,
 };
@@ -190,6 +198,7 @@ struct proxy {
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
         bool accept_deferred; /* taken over: listeners join epoll at proxy_start_accepting */
+        bool splice;          /* tcp_splice auto and the splice program loaded (splice_open) */
         int (*worker_init)(void *ctx); /* proxy_set_worker_init */
         void *worker_init_ctx;
 };

@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/prom.h"
 #include "core/sockaddr.h"
+#include "intercept/splice.h"
 #include "proxy/h2proxy.h"
 #include "proxy/handover.h"
 #include "proxy/proxy-int.h"
@@ -327,6 +328,19 @@ struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener
         }
         p->fd_conn_limit = fd_conn_limit(p->n_workers);
         conn_limit_report(p, cfg);
+        if (cfg->tcp_splice) {
+                char why[256];
+                p->splice = splice_open(why, sizeof(why)) == 0;
+                if (p->splice)
+                        log_info("proxy", 0,
+                                 "tcp_splice auto: plain TCP relays go to the kernel "
+                                 "(sockhash + sk_skb verdict)");
+                else
+                        log_warn("proxy", 0,
+                                 "tcp_splice auto: the kernel cannot splice (%s): every relay "
+                                 "stays in userspace (shunt_splice_fallback_total counts them)",
+                                 why);
+        }
         for (int i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 w->proxy = p;
@@ -608,6 +622,8 @@ void proxy_free(struct proxy *p)
         snapshot_slot_destroy(&p->authz_slot);
         reqmetrics_free(p->reqm);
         tap_hub_free(p->tap);
+        if (p->splice)
+                splice_close();
         free(p);
 }
 
@@ -771,6 +787,27 @@ static const struct metric_def proxy_metrics[] = {
      {{"reason=\"flood\"", ST_H2_FLOOD},
       {"reason=\"protocol_error\"", ST_H2_PROTOCOL_ERROR},
       {"reason=\"write_stall\"", ST_H2_WRITE_STALL}}},
+    {"shunt_splice_connections_total",
+     "counter",
+     "Plain TCP relays handed to the kernel (tcp_splice): sockets paired in the splice map.",
+     {{"", ST_SPLICE_STARTED}}},
+    {"shunt_splice_connections_active",
+     "gauge",
+     "Spliced connections open now.",
+     {{"", ST_SPLICE_ACTIVE}}},
+    {"shunt_splice_fallback_total",
+     "counter",
+     "Relays left in userspace though tcp_splice is auto: a splice map was full, the kernel "
+     "cannot splice (not loaded), or the insert failed.",
+     {{"reason=\"map_full\"", ST_SPLICE_FALLBACK_FULL},
+      {"reason=\"kernel\"", ST_SPLICE_FALLBACK_KERNEL},
+      {"reason=\"error\"", ST_SPLICE_FALLBACK_ERROR}}},
+    {"shunt_splice_returned_total",
+     "counter",
+     "Spliced directions that went back to the userspace relay: a FIN, reset or error on the "
+     "source, or flow control (the destination was full).",
+     {{"reason=\"fin_or_error\"", ST_SPLICE_RETURNED_FIN},
+      {"reason=\"flow_control\"", ST_SPLICE_RETURNED_FLOW}}},
     {"shunt_protocol_detection_timeouts_total",
      "counter",
      "Connections whose client sent nothing within protocol_detection_timeout.",
@@ -877,6 +914,7 @@ void proxy_render_metrics(struct proxy *p, struct strbuf *out)
                      HTTP_LOCAL__COUNT, ST_HTTP_LOCAL_FIRST, local_label);
         render_range(p, out, "shunt_errors_total", "Connections that ended in an error.", "reason",
                      REASON_CLIENT_RESET, REASON__COUNT, ST_REASON_FIRST, reason_label);
+        splice_render_metrics(out);
         route_render_metrics(p->routes, out);
         reqmetrics_render(p->reqm, out);
         tap_render(p->tap, out);

@@ -21,6 +21,7 @@
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
 #include "intercept/sniff.h"
+#include "intercept/splice.h"
 #include "proxy/proxy-int.h"
 #include "proxy/obs.h"
 #include "proxy/reqmetrics.h"
@@ -38,6 +39,7 @@ struct side {
         bool readable;
         bool writable;
         bool rdhup; /* the peer's FIN is queued: a short read does not mean drained */
+        bool psock; /* in the splice map: reads (its own queue, then TCP's) go until EAGAIN */
         struct tls_conn *tls;
 };
 
@@ -50,6 +52,13 @@ struct half {
         uint64_t bytes;
         bool eof;  /* the source sent FIN */
         bool shut; /* FIN passed on to the destination */
+        /* Spliced (splice.h): the kernel moves this direction's bytes, or
+         * did and they may still be on their way to the destination, which
+         * shuntd then may not write into yet (draining). */
+        bool kernel, draining;
+        bool wait_passed; /* an EOF came before every passed byte was read */
+        uint64_t kfolded; /* kernel bytes already added to bytes */
+        uint64_t uread;   /* bytes shuntd read from the source since the splice */
 };
 
 struct conn {
@@ -83,6 +92,11 @@ struct conn {
         enum conn_reason verdict;
         char sni[256];
         _Atomic uint64_t *tcp_cells; /* shunt_tcp_* series, once relaying (reqmetrics.h) */
+        /* tcp_splice: tried once per connection; spliced while in the map */
+        bool splice_tried, spliced;
+        struct splice_pair splice;
+        struct loop_timer splice_timer; /* waits for a returning half's bytes to drain */
+        uint32_t splice_wait_ms;
 };
 
 #define dir_name conn_dir_name
@@ -179,6 +193,7 @@ static void conn_detach(struct conn *c)
         struct loop *loop = w->loop;
         loop_timer_cancel(loop, &c->timer);
         loop_timer_cancel(loop, &c->sniff_timer);
+        loop_timer_cancel(loop, &c->splice_timer);
         tls_conn_free(c->cli.tls);
         tls_conn_free(c->up.tls);
         c->cli.tls = c->up.tls = NULL;
@@ -249,6 +264,9 @@ static void conn_handoff(struct conn *c, const struct proto_engine *e)
         e->start(w, &h);
 }
 
+static void splice_finish(struct conn *c);
+static bool splice_eof_early(struct conn *c, struct half *h);
+
 static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client)
 {
         struct worker *w = c->w;
@@ -286,6 +304,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
          * closed but still open file keeps delivering events. */
         tls_conn_free(c->cli.tls);
         c->cli.tls = NULL;
+        splice_finish(c);
         loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
 
@@ -381,6 +400,7 @@ static int sniff_step(struct conn *c)
 }
 
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t);
+static void on_splice_timer(struct loop *loop, struct loop_timer *t);
 static void connect_failed(struct conn *c, enum conn_reason reason, const char *what);
 static void conn_connect(struct conn *c);
 static void outbound_refusal(struct conn *c);
@@ -421,10 +441,12 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                 enum stat_id bytes_stat, enum conn_reason src_err, enum conn_reason dst_err,
                 enum conn_reason *reason)
 {
+        if (h->kernel)
+                return 0; /* the kernel moves it (splice) */
         bool progress;
         do {
                 progress = false;
-                if (h->len > h->off && dst->writable) {
+                if (h->len > h->off && dst->writable && !h->draining) {
                         size_t want = h->len - h->off;
                         ssize_t n = side_send(dst, h->buf + h->off, want);
                         if (n > 0) {
@@ -455,13 +477,18 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                         ssize_t n = side_recv(src, h->buf + h->len, space);
                         if (n > 0) {
                                 h->len += (uint32_t)n;
+                                h->uread += (uint64_t)n;
                                 progress = true;
                                 if ((size_t)n < space && !src->rdhup && !src->tls &&
-                                    !shortcut_side(c, src))
+                                    !shortcut_side(c, src) && !src->psock)
                                         src->readable = false;
                         } else if (n == 0) {
-                                h->eof = true;
-                                progress = true;
+                                if (src->psock && splice_eof_early(c, h)) {
+                                        src->readable = false;
+                                } else {
+                                        h->eof = true;
+                                        progress = true;
+                                }
                         } else if (errno == EAGAIN) {
                                 src->readable = false;
                         } else if (errno != EINTR) {
@@ -471,7 +498,7 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                 }
         } while (progress);
 
-        if (h->len == h->off) {
+        if (h->len == h->off && !h->draining) {
                 half_give_buf(c->w, h);
                 if (h->eof && !h->shut) {
                         /* Half-close: pass the FIN on only once every byte is out;
@@ -494,6 +521,193 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                 }
         }
         return 0;
+}
+
+/* ---- in-kernel splice (intercept/splice.h) --------------------------------------- */
+
+/* Half i of the splice pair: 0 is c2u (arrives on the client socket), 1 u2c. */
+static struct half *splice_half(struct conn *c, int i)
+{
+        return i == 0 ? &c->c2u : &c->u2c;
+}
+
+static struct side *splice_src(struct conn *c, int i)
+{
+        return i == 0 ? &c->cli : &c->up;
+}
+
+/* Adds what the kernel moved for half i to its byte counts (once). */
+static void splice_fold(struct conn *c, int i, uint64_t redirected)
+{
+        struct half *h = splice_half(c, i);
+        if (redirected <= h->kfolded)
+                return;
+        uint64_t n = redirected - h->kfolded;
+        h->kfolded = redirected;
+        h->bytes += n;
+        stat_add(&c->w->stats, i == 0 ? ST_BYTES_UPSTREAM : ST_BYTES_DOWNSTREAM, n);
+        reqmetrics_tcp_bytes(c->tcp_cells, i == 0, n);
+}
+
+/* Bytes of half i so far, the kernel's included (for /connections). */
+static uint64_t splice_bytes(const struct conn *c, int i)
+{
+        const struct half *h = i == 0 ? &c->c2u : &c->u2c;
+        uint64_t redirected = 0;
+        if (c->spliced && splice_half_state(&c->splice, i, &redirected, NULL) == 0 &&
+            redirected > h->kfolded)
+                return h->bytes + (redirected - h->kfolded);
+        return h->bytes;
+}
+
+/* A spliced half whose source shows an event (bytes the program left to
+ * shuntd, a FIN, an error) comes back to userspace for good: stopped in the
+ * map, then a syscall that takes the source socket's lock (TCP_INFO), so a
+ * verdict still running on it has finished and counted its bytes. Its bytes
+ * are read as they come but written only once every byte the kernel took
+ * is in the destination's send queue (draining); until then a short timer
+ * looks again. */
+static void splice_poll(struct conn *c)
+{
+        for (int i = 0; i < 2; i++) {
+                struct half *h = splice_half(c, i);
+                struct side *src = splice_src(c, i);
+                if (h->kernel && (src->readable || src->rdhup)) {
+                        uint64_t redirected = 0;
+                        bool kernel = true;
+                        splice_half_state(&c->splice, i, &redirected, &kernel);
+                        splice_stop_half(&c->splice, i);
+                        (void)splice_idle_ms(src->io.fd);
+                        h->kernel = false;
+                        h->draining = true;
+                        src->readable = true;
+                        stat_add(&c->w->stats,
+                                 kernel ? ST_SPLICE_RETURNED_FIN : ST_SPLICE_RETURNED_FLOW, 1);
+                        log_debug("splice", c->id, "%s back to userspace (%s)",
+                                  i == 0 ? "client->upstream" : "upstream->client",
+                                  kernel ? "FIN, reset or stray bytes" : "flow control");
+                }
+                if (h->wait_passed) {
+                        h->wait_passed = false;
+                        src->readable = true;
+                }
+                if (h->draining) {
+                        struct side *dst = i == 0 ? &c->up : &c->cli;
+                        int r = splice_half_drained(&c->splice, i, dst->io.fd, 0);
+                        if (r != 0) {
+                                /* Drained, or the destination cannot say (closed,
+                                 * reset): the write that follows finds out. */
+                                uint64_t redirected = 0;
+                                splice_half_state(&c->splice, i, &redirected, NULL);
+                                log_debug("splice", c->id,
+                                          "half %d drained (%d): kernel moved %llu", i, r,
+                                          (unsigned long long)redirected);
+                                splice_fold(c, i, redirected);
+                                h->draining = false;
+                        }
+                }
+        }
+        if (c->c2u.draining || c->u2c.draining) {
+                c->splice_wait_ms = c->splice_wait_ms ? c->splice_wait_ms * 2 : 1;
+                if (c->splice_wait_ms > 64)
+                        c->splice_wait_ms = 64;
+                loop_timer_arm(c->w->loop, &c->splice_timer, c->splice_wait_ms);
+        } else {
+                c->splice_wait_ms = 0;
+        }
+}
+
+/* Once a plain relay (no TLS either side, its protocol known, nothing left
+ * to decide) has both buffers empty and both sockets drained, the kernel
+ * takes it over (tried once per connection; a failure leaves it here,
+ * counted). */
+static void splice_try(struct conn *c)
+{
+        const struct shunt_config *cfg = worker_cfg(c->w);
+        if (c->splice_tried || !cfg->tcp_splice || c->state != CONN_RELAYING || !proto_known(c) ||
+            c->cli.tls || c->up.tls || c->up.io.fd < 0)
+                return;
+        if (c->c2u.len || c->u2c.len || c->c2u.eof || c->u2c.eof || c->cli.readable ||
+            c->up.readable || c->cli.rdhup || c->up.rdhup)
+                return;
+        c->splice_tried = true;
+        /* The application's end of an outbound connection on the sk_msg
+         * shortcut: its bytes land in shuntd's socket's own queue, which no
+         * verdict program sees. Those connections stay in userspace. */
+        if (shortcut_side(c, &c->cli) && cfg->bpf_shortcut == 1)
+                return;
+        if (!c->w->proxy->splice) {
+                stat_add(&c->w->stats, ST_SPLICE_FALLBACK_KERNEL, 1);
+                return;
+        }
+        const int fds[2] = {c->cli.io.fd, c->up.io.fd};
+        enum splice_result r = splice_start(fds, &c->splice);
+        c->c2u.uread = c->u2c.uread = 0;
+        if (r != SPLICE_OK) {
+                stat_add(&c->w->stats,
+                         r == SPLICE_MAP_FULL      ? ST_SPLICE_FALLBACK_FULL
+                         : r == SPLICE_UNAVAILABLE ? ST_SPLICE_FALLBACK_KERNEL
+                                                   : ST_SPLICE_FALLBACK_ERROR,
+                         1);
+                /* The upstream may be in the map already, its half stopped. */
+                c->up.psock = c->splice.cookie[1] != 0;
+                log_debug("splice", c->id, "left in userspace: %s",
+                          r == SPLICE_MAP_FULL ? "a splice map is full" : "the insert failed");
+                return;
+        }
+        c->spliced = true;
+        c->cli.psock = c->up.psock = true;
+        c->c2u.kernel = c->u2c.kernel = true;
+        stat_add(&c->w->stats, ST_SPLICE_STARTED, 1);
+        stat_add(&c->w->stats, ST_SPLICE_ACTIVE, 1);
+        log_debug("splice", c->id, "spliced in the kernel after %llu bytes up, %llu down",
+                  (unsigned long long)c->c2u.bytes, (unsigned long long)c->u2c.bytes);
+}
+
+/* At the end: the kernel's bytes counted, the pair's entries removed (the
+ * sockets leave the sockhash as they close). */
+static void splice_finish(struct conn *c)
+{
+        if (!c->splice.cookie[0] && !c->splice.cookie[1])
+                return;
+        uint64_t redirected[2];
+        splice_end(&c->splice, redirected);
+        if (c->spliced) {
+                splice_fold(c, 0, redirected[0]);
+                splice_fold(c, 1, redirected[1]);
+                stat_sub(&c->w->stats, ST_SPLICE_ACTIVE, 1);
+        }
+        memset(&c->splice, 0, sizeof(c->splice));
+        c->spliced = false;
+}
+
+/* A read of a spliced source returned EOF: true (not yet) while bytes the
+ * program passed to shuntd still wait in the kernel's psock queue; a short
+ * timer reads again. */
+static bool splice_eof_early(struct conn *c, struct half *h)
+{
+        int i = h == &c->c2u ? 0 : 1;
+        uint64_t passed = 0;
+        if (!c->splice.cookie[i] || splice_half_passed(&c->splice, i, &passed) < 0 ||
+            passed <= h->uread)
+                return false;
+        h->wait_passed = true;
+        if (!loop_timer_armed(&c->splice_timer))
+                loop_timer_arm(c->w->loop, &c->splice_timer, 1);
+        return true;
+}
+
+/* Idle time of a spliced connection: the kernel's traffic is in tcp_info. */
+static uint64_t splice_quiet_ms(const struct conn *c, uint64_t quiet)
+{
+        if (!c->c2u.kernel && !c->u2c.kernel)
+                return quiet;
+        uint64_t a = splice_idle_ms(c->cli.io.fd), b = splice_idle_ms(c->up.io.fd);
+        if (a < quiet)
+                quiet = a;
+        if (b < quiet)
+                quiet = b;
+        return quiet;
 }
 
 #define worker_tls upstream_worker_tls
@@ -711,6 +925,8 @@ again:
                 reqmetrics_tcp_bytes(c->tcp_cells, false, c->u2c.bytes);
         }
 
+        if (c->spliced || c->splice.cookie[1])
+                splice_poll(c);
         uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
         if (proto_known(c) && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM,
                                    REASON_CLIENT_RESET, REASON_UPSTREAM_RESET, &reason) < 0)
@@ -724,10 +940,13 @@ again:
                 goto fail;
         if (c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof != before)
                 c->last_active_ms = loop_now_ms(c->w->loop);
-        if (c->c2u.shut && c->u2c.shut)
+        if (c->c2u.shut && c->u2c.shut) {
                 conn_free(c, REASON_DONE, false);
-        else if ((c->c2u.shut || c->u2c.shut) && c->state == CONN_RELAYING)
+                return;
+        }
+        if ((c->c2u.shut || c->u2c.shut) && c->state == CONN_RELAYING)
                 conn_set_state(c, CONN_HALF_CLOSED);
+        splice_try(c);
         return;
 fail:
         conn_free(c, reason, reason == REASON_UPSTREAM_RESET);
@@ -806,12 +1025,22 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
         }
         uint64_t idle = worker_cfg(c->w)->idle_timeout_ms;
         uint64_t quiet = loop_now_ms(loop) - c->last_active_ms;
+        if (c->spliced)
+                quiet = splice_quiet_ms(c, quiet);
         if (quiet >= idle) {
                 log_debug("proxy", c->id, "idle for %llu ms: closing", (unsigned long long)quiet);
                 conn_free(c, REASON_IDLE_TIMEOUT, false);
                 return;
         }
         loop_timer_arm(loop, t, idle - quiet);
+}
+
+static void on_splice_timer(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        struct conn *c = t->data;
+        if (!closed(c))
+                conn_drive(c);
 }
 
 static void on_sniff_timeout(struct loop *loop, struct loop_timer *t)
@@ -1149,6 +1378,7 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
         loop_io_init(&c->up.io, -1, on_upstream, c);
         loop_timer_init(&c->timer, on_timer, c);
         loop_timer_init(&c->sniff_timer, on_sniff_timeout, c);
+        loop_timer_init(&c->splice_timer, on_splice_timer, c);
 
         c->next = w->conns;
         if (w->conns)
@@ -1204,10 +1434,14 @@ void relay_render(struct worker *w, struct strbuf *out, bool *first)
                                ",\"protocol\":\"%s\",\"state\":\"%s\",\"bytes_in\":%llu,"
                                "\"bytes_out\":%llu,\"age_ms\":%llu,\"sni\":",
                                proto_known(c) ? proto_name(c->proto) : "unknown",
-                               conn_state_name(c->state), (unsigned long long)c->c2u.bytes,
-                               (unsigned long long)c->u2c.bytes,
+                               conn_state_name(c->state), (unsigned long long)splice_bytes(c, 0),
+                               (unsigned long long)splice_bytes(c, 1),
                                (unsigned long long)(now - c->created_ms));
                 strbuf_append_json_string(out, c->sni);
+                if (c->spliced)
+                        strbuf_appendf(out, ",\"spliced\":{\"upstream\":%s,\"downstream\":%s}",
+                                       c->c2u.kernel ? "true" : "false",
+                                       c->u2c.kernel ? "true" : "false");
                 strbuf_append(out, "}");
         }
         engines_render(w, out, first);
