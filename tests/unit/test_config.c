@@ -137,6 +137,7 @@ static void test_defaults(void **state)
         assert_int_equal(c->log_level, LOG_INFO);
         assert_int_equal(c->redirect, REDIRECT_AUTO);
         assert_int_equal(c->bpf_shortcut, 1); /* on */
+        assert_int_equal(c->tcp_splice, 1);   /* auto */
         assert_int_equal(c->proxy_mark, 0x539);
         assert_int_equal(c->proxy_uid, -1);
         assert_int_equal(c->n_exclude_inbound_ports, 2); /* 22 and the admin port */
@@ -312,6 +313,7 @@ static void test_file_values(void **state)
         assert_string_equal(c->redirect_cgroup, "/sys/fs/cgroup/unified/shop");
         assert_string_equal(c->bpf_pin_root, "/sys/fs/bpf/shunt-shop");
         assert_int_equal(c->bpf_shortcut, 0); /* off */
+        assert_int_equal(c->tcp_splice, 0);   /* off */
         assert_int_equal(c->capture, CAPTURE_INIT);
         assert_string_equal(c->pod_uid, "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6");
         assert_string_equal(c->cgroup_root, "/run/shunt/node-cgroup");

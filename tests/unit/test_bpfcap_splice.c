@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: Apache-2.0
+/* The in-kernel splice (intercept/splice.h, bpf/splice.bpf.c) under the
+ * relay, on loopback: a relayed connection is spliced once its first bytes
+ * are through, bulk bytes both ways arrive in order, a slow reader is held
+ * back, half-close and the end leave the maps empty. Named test_bpfcap_* so
+ * that vmtest runs it on Linux 6.1 as well (needs root: it loads BPF). The
+ * original destination is faked as in test_relay. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cmocka.h>
+
+#include "intercept/origdst.h"
+#include "intercept/splice.h"
+#include "proxy_harness.h"
+
+static struct sockaddr_storage fake_dst;
+
+enum origdst_result __wrap_origdst_get(int fd, const struct sockaddr_storage *local,
+                                       const struct sockaddr_storage *peer,
+                                       struct sockaddr_storage *out);
+enum origdst_result __wrap_origdst_get(int fd, const struct sockaddr_storage *local,
+                                       const struct sockaddr_storage *peer,
+                                       struct sockaddr_storage *out)
+{
+        (void)fd;
+        (void)local;
+        (void)peer;
+        *out = fake_dst;
+        return ORIGDST_OK;
+}
+
+/* One direction of bulk bytes: byte i is pattern(i), so a lost, doubled or
+ * reordered byte shows at its offset. */
+struct stream {
+        int from, to;
+        uint64_t sent, got, total;
+        bool eof, bad;
+};
+
+static uint8_t pattern(uint64_t i)
+{
+        return (uint8_t)(i * 131 + (i >> 9) * 7 + (i >> 17));
+}
+
+struct t {
+        struct harness h;
+        int front, lfd;
+        struct sockaddr_storage front_addr, app_addr;
+        int cli, app;
+        struct stream up, down;
+        bool reader_paused; /* the application reads nothing */
+};
+
+static int setup(void **state)
+{
+        struct t *t = calloc(1, sizeof(*t));
+        assert_non_null(t);
+        harness_init(&t->h);
+        t->h.cfg->protocol_detection_timeout_ms = 20;
+        char why[256];
+        if (splice_open(why, sizeof(why)) < 0)
+                fail_msg("the kernel cannot splice: %s", why);
+        t->h.p->splice = true; /* proxy_free closes it */
+        t->front = app_listen(&t->front_addr);
+        t->lfd = app_listen(&t->app_addr);
+        t->cli = t->app = -1;
+        fake_dst = t->app_addr;
+        *state = t;
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        struct t *t = *state;
+        harness_free(&t->h);
+        if (t->cli >= 0)
+                close(t->cli);
+        if (t->app >= 0)
+                close(t->app);
+        close(t->front);
+        close(t->lfd);
+        free(t);
+        return 0;
+}
+
+static bool app_accepted(void *arg)
+{
+        struct t *t = arg;
+        if (t->app < 0)
+                t->app = accept4(t->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        return t->app >= 0;
+}
+
+static void connect_through(struct t *t)
+{
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(c >= 0);
+        assert_int_equal(connect(c, (struct sockaddr *)&t->front_addr, sizeof(struct sockaddr_in)),
+                         0);
+        assert_int_equal(fcntl(c, F_SETFL, O_NONBLOCK), 0);
+        struct sockaddr_storage peer;
+        socklen_t sl = sizeof(peer);
+        int fd = -1;
+        for (int i = 0; i < RUN_UNTIL_ROUNDS && fd < 0; i++)
+                fd = accept4(t->front, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        assert_true(fd >= 0);
+        struct listener l;
+        memset(&l, 0, sizeof(l));
+        l.dir = DIR_OUTBOUND;
+        t->cli = c;
+        relay_accept(t->h.w, &l, fd, &peer);
+        run_until(&t->h, app_accepted, t, "the upstream connection");
+}
+
+/* Moves what it can of one stream; true when it is complete. */
+static bool stream_step(struct stream *s, bool read)
+{
+        uint8_t buf[65536];
+        while (s->sent < s->total) {
+                size_t n = s->total - s->sent < sizeof(buf) ? s->total - s->sent : sizeof(buf);
+                for (size_t i = 0; i < n; i++)
+                        buf[i] = pattern(s->sent + i);
+                ssize_t k = send(s->from, buf, n, MSG_NOSIGNAL);
+                if (k <= 0)
+                        break;
+                s->sent += (uint64_t)k;
+        }
+        if (s->sent == s->total && !s->eof) {
+                shutdown(s->from, SHUT_WR);
+                s->eof = true;
+        }
+        while (read) {
+                ssize_t k = recv(s->to, buf, sizeof(buf), 0);
+                if (k <= 0)
+                        break;
+                for (ssize_t i = 0; i < k; i++)
+                        if (buf[i] != pattern(s->got + (uint64_t)i))
+                                s->bad = true;
+                s->got += (uint64_t)k;
+        }
+        return s->got >= s->total;
+}
+
+struct one_byte {
+        int fd;
+        char c;
+};
+
+static bool got_byte(void *arg)
+{
+        struct one_byte *b = arg;
+        return recv(b->fd, &b->c, 1, 0) == 1;
+}
+
+static bool echo_byte(struct t *t, int from, int to)
+{
+        struct one_byte b = {.fd = to};
+        if (send(from, "\x01", 1, MSG_NOSIGNAL) != 1)
+                return false;
+        run_until(&t->h, got_byte, &b, "one byte through");
+        return b.c == 1;
+}
+
+static bool spliced(void *arg)
+{
+        struct t *t = arg;
+        return harness_stat(&t->h, ST_SPLICE_STARTED) == 1;
+}
+
+static bool both_done(void *arg)
+{
+        struct t *t = arg;
+        bool a = stream_step(&t->up, !t->reader_paused);
+        bool b = stream_step(&t->down, true);
+        return a && b;
+}
+
+static bool ended(void *arg)
+{
+        struct t *t = arg;
+        char c;
+        /* Both peers see EOF: the FINs were passed on. */
+        return recv(t->cli, &c, 1, 0) == 0 && recv(t->app, &c, 1, 0) == 0 &&
+               harness_stat(&t->h, ST_SPLICE_ACTIVE) == 0;
+}
+
+static void splice_connection(struct t *t)
+{
+        connect_through(t);
+        assert_true(echo_byte(t, t->cli, t->app)); /* sniffed: TCP, relayed */
+        assert_true(echo_byte(t, t->app, t->cli));
+        run_until(&t->h, spliced, t, "the connection spliced");
+        assert_int_equal(splice_sockets(), 2);
+}
+
+/* Bulk both ways at once through a spliced connection, then half-close each
+ * way: every byte in place, FINs passed on, the maps empty at the end. */
+static void test_bulk_both_ways_and_half_close(void **state)
+{
+        struct t *t = *state;
+        splice_connection(t);
+        t->up = (struct stream){.from = t->cli, .to = t->app, .total = 24u << 20};
+        t->down = (struct stream){.from = t->app, .to = t->cli, .total = 24u << 20};
+        run_until(&t->h, both_done, t, "24 MiB each way");
+        assert_false(t->up.bad);
+        assert_false(t->down.bad);
+        run_until(&t->h, ended, t, "both FINs through, the connection ended");
+        assert_int_equal(harness_stat(&t->h, ST_REASON_FIRST + REASON_DONE), 1);
+        assert_int_equal(splice_halves(), 0);
+        assert_int_equal(splice_sockets(), 0);
+}
+
+static bool writer_stuck(void *arg)
+{
+        struct t *t = arg;
+        static int still;
+        uint64_t before = t->up.sent;
+        stream_step(&t->up, false);
+        still = t->up.sent == before && t->up.sent > 0 ? still + 1 : 0;
+        return still >= 500; /* half a second of loop time without progress */
+}
+
+/* The application reads nothing: the client is held back within the
+ * kernel's bounded queues (not the 256 MiB it wants to send), a spliced
+ * direction goes back to the relay, and once the application reads every
+ * byte arrives in place. */
+static void test_slow_reader_held_back(void **state)
+{
+        struct t *t = *state;
+        splice_connection(t);
+        t->up = (struct stream){.from = t->cli, .to = t->app, .total = 256u << 20};
+        t->down = (struct stream){.from = t->app, .to = t->cli, .total = 0, .eof = true};
+        t->reader_paused = true;
+        run_until(&t->h, writer_stuck, t, "the writer held back");
+        assert_true(t->up.sent < (64u << 20));
+        assert_true(harness_stat(&t->h, ST_SPLICE_RETURNED_FLOW) >= 1);
+        t->reader_paused = false;
+        run_until(&t->h, both_done, t, "every byte once the reader reads");
+        assert_false(t->up.bad);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_bulk_both_ways_and_half_close, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_slow_reader_held_back, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
