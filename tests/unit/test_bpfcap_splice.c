@@ -17,20 +17,46 @@
 #include "intercept/splice.h"
 #include "proxy_harness.h"
 
+/* The original destination, faked as in test_relay, but without a link
+ * option: this file defines every symbol of intercept/origdst.c, so the
+ * linker never takes that object from the library. */
 static struct sockaddr_storage fake_dst;
+bool origdst_shortcut_enabled;
 
-enum origdst_result __wrap_origdst_get(int fd, const struct sockaddr_storage *local,
-                                       const struct sockaddr_storage *peer,
-                                       struct sockaddr_storage *out);
-enum origdst_result __wrap_origdst_get(int fd, const struct sockaddr_storage *local,
-                                       const struct sockaddr_storage *peer,
-                                       struct sockaddr_storage *out)
+enum origdst_result origdst_get(int fd, const struct sockaddr_storage *local,
+                                const struct sockaddr_storage *peer, struct sockaddr_storage *out)
 {
         (void)fd;
         (void)local;
         (void)peer;
         *out = fake_dst;
         return ORIGDST_OK;
+}
+
+void origdst_use_bpf(struct bpfcap *b)
+{
+        (void)b;
+}
+
+void origdst_use_bpf_thread(struct bpfcap *b)
+{
+        (void)b;
+}
+
+void origdst_forget(int fd)
+{
+        (void)fd;
+}
+
+void origdst_use_ebpf_without_maps(void)
+{
+}
+
+int origdst_selftest(char *why, size_t whylen)
+{
+        (void)why;
+        (void)whylen;
+        return 0;
 }
 
 /* One direction of bulk bytes: byte i is pattern(i), so a lost, doubled or
