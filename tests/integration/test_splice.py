@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import signal
 import socket
 import struct
@@ -384,8 +383,11 @@ def test_accounting(topo, servers, shuntd):
     n = 1000 + (3 << 20)
     assert reply.startswith(b"%d " % n)
     assert spliced(shuntd) >= before
-    sl.wait_until(lambda: re.search(r"sent=%d received=%d duration_ms=\d+ end=done" % (n, len(reply)),
-                                    shuntd.log_text()), 10, what="the access log line")
+    def logged():
+        return [a for a in shuntd.access_lines("tcp")
+                if a.get("bytes_received") == n and a.get("bytes_sent") == len(reply)]
+
+    sl.wait_until(logged, 10, what="the access log line with the kernel's bytes")
     assert shuntd.metric("shunt_bytes_total", direction="upstream") >= up0 + n
 
 

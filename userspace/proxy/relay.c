@@ -279,6 +279,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
                 struct linger lg = {.l_onoff = 1, .l_linger = 0};
                 setsockopt(c->cli.io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         }
+        splice_finish(c); /* the kernel's bytes counted before the access line */
         /* The access line while the client's identity is at hand. */
         const char *peer = c->dir == DIR_INBOUND
                                ? (c->cli.tls ? tls_conn_peer_id(c->cli.tls) : NULL)
@@ -304,7 +305,6 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
          * closed but still open file keeps delivering events. */
         tls_conn_free(c->cli.tls);
         c->cli.tls = NULL;
-        splice_finish(c);
         loop_io_del(loop, &c->cli.io);
         close(c->cli.io.fd);
 
