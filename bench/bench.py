@@ -1016,7 +1016,7 @@ def main():
     skipped = []
     modes = shuntd_modes(env.shuntd)
     for c in list(contenders):
-        mode = SHUNT_VARIANTS[c][0] if c in SHUNT_VARIANTS else c.split("-", 1)[1]
+        mode = SHUNT_VARIANTS[c][0] if c in SHUNT_VARIANTS else c.split("-", 1)[-1]
         if CONTENDERS[c] == "l4" and c.startswith("shunt-") and mode not in modes:
             skipped.append({"contender": c, "reason": "shuntd has no --redirect %s yet (allowed: %s); "
                             "the contender starts shuntd with it as soon as it exists"
