@@ -500,14 +500,16 @@ class Lab:
     def wait_captured(self, agents, timeout=30):
         """Waits until each agent serves every meshed pod of its node: GET
         /pods lists it under "capture", captured, with its identity's
-        certificate (until then its connections are refused: fail closed)."""
+        certificate (until then its connections are refused: fail closed),
+        accepting (once its routes and certificate are there)."""
         for node, d in agents.items():
             want = {p.name for p in self.meshed_pods() if p.node.name == node}
 
             def served(d=d, want=want):
                 got = {p["name"]: p for p in d.json("/pods").get("capture", {}).get("pods", [])}
                 return set(got) == want and all(
-                    got[n]["capture"] != "failed" and got[n]["identity"] == "ready" for n in want)
+                    got[n]["capture"] != "failed" and got[n]["identity"] == "ready"
+                    and got[n]["accepting"] for n in want)
 
             sl.wait_until(served, timeout, interval=0.1,
                           what="%s capturing %s with their identities" % (d.proc.name,

@@ -296,7 +296,7 @@ def capture(d):
 def captured(d, name):
     def ok():
         p = capture(d).get(name)
-        return p if p and p["capture"] == "ebpf" else None
+        return p if p and p["capture"] == "ebpf" and p["accepting"] else None
 
     # capture at READY runs on the main loop (a BPF load and iptables-restore
     # per pod): seconds under ASan on a loaded machine

@@ -405,14 +405,20 @@ def fails_closed(lab, node):
         assert connect_once(other.netns.run, p.ip, HTTP_PORT) == "ECONNREFUSED", p.name
 
 
-def test_node_agent_down_pods_stay_captured_and_fail_closed(lab):
-    if not NODE:
-        pytest.skip("node mode only: a sidecar's SIGTERM removes its own capture")
+def node_a_capture(lab):
+    """node-a, its meshed pods and the programs attached to each one's cgroup."""
     node = lab.nodes["node-a"]
-    agent = node.agent
     mine = [p for p in lab.meshed_pods() if p.node is node]
     programs = {p.name: cgroup_programs(p.cgroup) for p in mine}
     assert all(programs.values()), programs
+    return node, mine, programs
+
+
+def test_node_agent_down_pods_stay_captured_and_fail_closed(lab):
+    if not NODE:
+        pytest.skip("node mode only: a sidecar's SIGTERM removes its own capture")
+    node, mine, programs = node_a_capture(lab)
+    agent = node.agent
     # a pod that will be deleted while its agent is away
     gone = lab.add_pod("gone-0", "shop", "web", "node-a")
     lab.wait_captured({"node-a": agent})
@@ -452,6 +458,51 @@ def test_node_agent_down_pods_stay_captured_and_fail_closed(lab):
             lab.client_result(long, timeout=60)
         plain.stop()
     assert "ACCEPT" not in plain.read_stdout(), plain.read_stdout()
+
+
+def log_has(d, text):
+    return any(text in ln.get("msg", "") for ln in d.log_lines())
+
+
+def test_node_agent_replaced_by_takeover_under_load(lab):
+    if not NODE:
+        pytest.skip("node mode only: test_upgrade.py takes a sidecar over")
+    node, mine, programs = node_a_capture(lab)
+    old = node.agent
+    wrap = lab.only_lab_cgroup()
+    args = old.argv[len(wrap) + 1:]
+    bg = [load(lab, "frontend-0", "shop", "web", 12, name="t-frontend"),
+          load(lab, "batch-0", "billing", "ledger", 12, name="t-batch")]
+    new = None
+    try:
+        traffic_started(lab, "frontend-0", 20)
+        new = sl.Shuntd(node.netns, args + ["--takeover"], name="shuntd-node-a-new",
+                        env={"NODE_NAME": "node-a"}, wrap=wrap)
+        sl.wait_until(lambda: log_has(new, "takeover from pid %d complete" % old.proc.pid), 30,
+                      what="the takeover of node-a's agent")
+        node.agent = new
+        # every pod's listeners handed over, in its namespace, and adopted
+        assert log_has(new, "and the listeners of %d pods" % len(mine)), new.log_tail()
+        lab.wait_captured({"node-a": new})
+        for p in mine:
+            assert log_has(new, "pod %s/%s captured" % (p.ns, p.name)), p.name
+        assert sum(log_has(new, "pod %s/%s captured: outbound by eBPF on its cgroup, inbound "
+                                "rules and the taken over agent's listeners" % (p.ns, p.name))
+                   for p in mine) == len(mine), new.log_tail(40)
+        assert old.proc.wait(30) == 0, old.log_tail()
+        assert log_has(old, "capture left in place"), old.log_tail()
+    finally:
+        results = [lab.client_result(p, timeout=60) for p in bg]
+        if new is not None and node.agent is not new:
+            new.stop()
+    for r in results:
+        print("takeover under load:", json.dumps(r))
+        # nothing refused or reset: the queued connects wait in the handed
+        # over listeners until the new agent accepts them
+        assert r["errors"] == 0 and r["ok"] > 50, r
+    assert {p.name: cgroup_programs(p.cgroup) for p in mine} == programs
+    for client, ns, svc in (("frontend-0", "shop", "web"), ("batch-0", "billing", "ledger")):
+        balanced(lab, client, ns, svc)
 
 
 def test_flooding_pod_does_not_starve_its_neighbour(lab):

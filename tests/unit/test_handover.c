@@ -38,6 +38,7 @@ struct fx {
         char path[108];
         struct handover_listener offer[N_MANY];
         size_t n_offer;
+        size_t n_main; /* offer[0..n_main): the daemon's; then 2 per pod (0: all the daemon's) */
         pthread_mutex_t mu;
         pthread_cond_t cv;
         int begun, aborted, committed;
@@ -47,11 +48,25 @@ static int on_offer(void *ctx, struct handover_listener *out, size_t max, char *
                     size_t caplen, char *pin_root, size_t pinlen)
 {
         struct fx *f = ctx;
-        size_t n = f->n_offer < max ? f->n_offer : max;
+        size_t n = f->n_main ? f->n_main : f->n_offer;
+        n = n < max ? n : max;
         memcpy(out, f->offer, n * sizeof(*out));
         snprintf(capture, caplen, "iptables");
         snprintf(pin_root, pinlen, "%s", "");
         return (int)n;
+}
+
+/* Pod i: offer[n_main + 2i], offer[n_main + 2i + 1], uid "uid-<i>". */
+static int on_offer_pod(void *ctx, size_t index, char *uid, size_t uidlen,
+                        struct handover_listener *out, size_t max)
+{
+        struct fx *f = ctx;
+        size_t first = f->n_main + 2 * index;
+        if (!f->n_main || first + 2 > f->n_offer || max < 2)
+                return -ENOENT;
+        snprintf(uid, uidlen, "uid-%zu", index);
+        memcpy(out, &f->offer[first], 2 * sizeof(*out));
+        return 2;
 }
 
 static void bump(struct fx *f, int *what)
@@ -84,8 +99,11 @@ static void on_commit(void *ctx, pid_t peer)
         bump(f, &f->committed);
 }
 
-static const struct handover_server_ops ops = {
-    .offer = on_offer, .begin = on_begin, .abort = on_abort, .commit = on_commit};
+static const struct handover_server_ops ops = {.offer = on_offer,
+                                               .begin = on_begin,
+                                               .abort = on_abort,
+                                               .commit = on_commit,
+                                               .offer_pod = on_offer_pod};
 
 /* Waits (bounded) until *what reaches n. */
 static int wait_count(struct fx *f, int *what, int n)
@@ -207,6 +225,40 @@ static void test_hands_over_every_socket_and_commits(void **state)
         assert_int_equal(counts.failed, 0);
 }
 
+/* Node mode: each pod's listeners after the daemon's, under its uid. */
+static void test_hands_over_pods_listeners(void **state)
+{
+        struct fx *f = *state;
+        f->n_main = 2;
+        for (int i = 0; i < 2 + 2 * 30; i++) /* 30 pods: a message each */
+                offer_socket(f, SOCK_STREAM, true, i % 2 ? HANDOVER_OUTBOUND : HANDOVER_INBOUND);
+        struct handover_client *c;
+        char err[512] = "";
+        int rc = handover_client_connect(f->path, &c, err, sizeof(err));
+        if (rc)
+                print_message("%s\n", err);
+        assert_int_equal(rc, 0);
+        size_t n, np;
+        handover_client_listeners(c, &n);
+        assert_int_equal(n, 2);
+        struct handover_pod *pods = handover_client_pods(c, &np);
+        assert_int_equal(np, 30);
+        for (size_t i = 0; i < np; i++) {
+                char uid[32];
+                snprintf(uid, sizeof(uid), "uid-%zu", i);
+                assert_string_equal(pods[i].uid, uid);
+                assert_int_equal(pods[i].n, 2);
+                for (size_t j = 0; j < 2; j++) {
+                        const struct handover_listener *want = &f->offer[2 + 2 * i + j];
+                        assert_int_equal(inode_of(pods[i].ls[j].fd), inode_of(want->fd));
+                        assert_int_equal(pods[i].ls[j].role, want->role);
+                }
+        }
+        assert_int_equal(handover_client_ready(c, err, sizeof(err)), 0);
+        assert_int_equal(wait_count(f, &f->committed, 1), 1);
+        handover_client_free(c); /* closes the pods' descriptors not taken */
+}
+
 static void expect_refused(struct fx *f, const char *want, const char *want2)
 {
         struct handover_client *c = NULL;
@@ -309,6 +361,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_hands_over_every_socket_and_commits, setup,
                                             teardown),
+            cmocka_unit_test_setup_teardown(test_hands_over_pods_listeners, setup, teardown),
             cmocka_unit_test_setup_teardown(test_refuses_a_udp_socket, setup, teardown),
             cmocka_unit_test_setup_teardown(test_refuses_a_socket_that_does_not_listen, setup,
                                             teardown),

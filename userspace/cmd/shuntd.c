@@ -1190,6 +1190,8 @@ static int node_capture_open(struct daemon *d, char *err, size_t errlen)
                 return 0;
         struct node_capture_config nc = {
             .cfg = d->cfg, .identity = node_identity_of, .identity_ctx = d};
+        if (d->taking) /* the pods' listeners of the agent taken over */
+                nc.inherited = handover_client_pods(d->taking, &nc.n_inherited);
         d->node_capture = node_capture_new(&nc, err, errlen);
         if (!d->node_capture)
                 return -EINVAL;
@@ -1478,8 +1480,18 @@ static void up_commit(void *ctx, pid_t peer)
         loop_timer_arm(d->loop, &d->commit_timer, 0);
 }
 
+static int up_offer_pod(void *ctx, size_t index, char *uid, size_t uidlen,
+                        struct handover_listener *out, size_t max)
+{
+        struct daemon *d = ctx;
+        return d->node_capture
+                   ? node_capture_offer_pod(d->node_capture, index, uid, uidlen, out, max)
+                   : -ENOENT;
+}
+
 static const struct handover_server_ops upgrade_ops = {
     .offer = up_offer,
+    .offer_pod = up_offer_pod,
     .begin = up_begin,
     .abort = up_abort,
     .commit = up_commit,

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,9 +24,13 @@
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
 #include "intercept/origdst.h"
+#include "proxy/handover.h"
 #include "proxy/proxy.h"
 
 #define CAP_ERR_MAX 320
+/* A captured pod's listeners accept at the latest this long after it was
+ * captured (pod_try_accept). */
+#define NODE_ACCEPT_WAIT_MS 10000
 
 enum cap_outbound {
         CAP_OUT_EBPF,
@@ -39,8 +45,11 @@ struct cap_pod {
         struct shunt_config *cfg; /* the proxy's: the daemon's with the per-pod bounds */
         struct proxy *proxy;
         struct bpfcap *bpf;
-        bool rules;    /* iptables rules installed in the pod's namespace */
-        bool identity; /* a slot of the pod's identity (else the empty one) */
+        bool rules;            /* iptables rules installed in the pod's namespace */
+        bool adopted;          /* its listeners are the agent's taken over */
+        bool accepting;        /* its listeners accept (pod_try_accept) */
+        uint64_t accept_by_ms; /* they accept from then on, known routes and certificate or not */
+        bool identity;         /* a slot of the pod's identity (else the empty one) */
         struct snapshot_slot *slot;
         char error[CAP_ERR_MAX]; /* why the pod is not captured, "" when it is */
         uint64_t ready_ms;
@@ -60,11 +69,14 @@ struct node_capture {
         struct snapshot_slot empty; /* no identity: a slot without a certificate (fail closed) */
         struct cap_pod *pods;
         size_t n;
-        bool stopped;         /* node_capture_stop: pods that become READY are not captured */
-        bool keep;            /* node_capture_keep: the pods' capture outlives this process */
-        bool draining;        /* node_capture_stop_accepting: no listener of a pod any more */
-        struct node_pods *np; /* the table observed (node_pods_has_uid) */
-        bool swept;           /* the stale pins of a previous agent were looked at */
+        bool stopped;  /* node_capture_stop: pods that become READY are not captured */
+        bool keep;     /* node_capture_keep: the pods' capture outlives this process */
+        bool draining; /* node_capture_stop_accepting: no listener of a pod any more */
+        struct handover_pod *inherited; /* taking over: pods' listeners not adopted yet */
+        size_t n_inherited;
+        uint64_t adopted_pods; /* pods that adopted the listeners of the agent taken over */
+        struct node_pods *np;  /* the table observed (node_pods_has_uid) */
+        bool swept;            /* the stale pins of a previous agent were looked at */
         struct {
                 uint64_t captured, failed, released, no_identity, swept;
         } c;
@@ -166,8 +178,46 @@ static void pod_release(struct node_capture *nc, struct cap_pod *p)
         }
 }
 
+static void inherited_close(struct handover_pod *h)
+{
+        for (size_t i = 0; i < h->n; i++)
+                if (h->ls[i].fd >= 0)
+                        close(h->ls[i].fd);
+        free(h->ls);
+        h->ls = NULL;
+        h->n = 0;
+}
+
+/* Whether socket fd is in the network namespace of inode ino. */
+static bool socket_in_netns(int fd, uint64_t ino)
+{
+        int ns = ioctl(fd, SIOCGSKNS);
+        struct stat st;
+        bool in = ns >= 0 && fstat(ns, &st) == 0 && (uint64_t)st.st_ino == ino;
+        if (ns >= 0)
+                close(ns);
+        return in;
+}
+
+/* The listeners the agent taken over had for pod uid, in the namespace of
+ * inode ino; NULL when none (the pod's own are opened), closed when the
+ * pod's sandbox changed since. */
+static struct handover_pod *inherited_take(struct node_capture *nc, const char *uid, uint64_t ino)
+{
+        for (size_t i = 0; i < nc->n_inherited; i++) {
+                struct handover_pod *h = &nc->inherited[i];
+                if (!h->ls || strcmp(h->uid, uid))
+                        continue;
+                if (h->n && socket_in_netns(h->ls[0].fd, ino))
+                        return h;
+                inherited_close(h);
+                return NULL;
+        }
+        return NULL;
+}
+
 /* Listeners (and rules) inside the pod's namespace, from the main thread. */
-static int pod_listen(struct node_capture *nc, struct cap_pod *p)
+static int pod_listen(struct node_capture *nc, struct cap_pod *p, const struct node_pod_info *pod)
 {
         char err[256];
         int rc = enter_netns(p->netns_fd);
@@ -176,7 +226,18 @@ static int pod_listen(struct node_capture *nc, struct cap_pod *p)
                          strerror(-rc));
                 return rc;
         }
-        p->proxy = proxy_new(p->cfg, err, sizeof(err));
+        struct handover_pod *h = inherited_take(nc, p->uid, pod->netns_ino);
+        p->adopted = h != NULL;
+        /* Inherited listeners accept only once the pod can be served
+         * (pod_try_accept) and keep their queued connects until then; a
+         * pod's own listen and accept at once. */
+        if (h) {
+                p->proxy = proxy_new_adopt(p->cfg, h->ls, h->n, err, sizeof(err));
+                inherited_close(h); /* what the proxy did not take */
+        } else {
+                p->proxy = proxy_new(p->cfg, err, sizeof(err));
+                p->accepting = true;
+        }
         if (!p->proxy) {
                 leave_netns(nc);
                 snprintf(p->error, sizeof(p->error), "listeners: %s", err);
@@ -240,6 +301,34 @@ static void pod_set_tls(struct node_capture *nc, struct cap_pod *p)
         proxy_set_tls(p->proxy, slot);
 }
 
+static bool slot_has_certificate(struct snapshot_slot *slot);
+
+/* The listeners a pod inherited from the agent taken over accept once its
+ * proxy knows the routes (the first discovery snapshot after the start:
+ * before it every destination would look unknown and be passed through)
+ * and its identity holds a certificate (before it every mesh connection is
+ * refused), or NODE_ACCEPT_WAIT_MS after it was captured, whichever comes
+ * first (logged); the connects queued in them wait until then. */
+static void pod_try_accept(struct node_capture *nc, struct cap_pod *p)
+{
+        if (p->accepting || !p->proxy || nc->draining)
+                return;
+        bool routes = nc->disc && disc_snapshot_version(nc->disc) > 1;
+        bool cert = !p->slot || slot_has_certificate(p->slot);
+        bool late = clock_mono_ms() >= p->accept_by_ms;
+        if (!(routes && cert) && !late)
+                return;
+        if (proxy_start_accepting(p->proxy) < 0)
+                return; /* logged; tried again at the next tick */
+        p->accepting = true;
+        if (!(routes && cert))
+                log_warn("node", 0,
+                         "pod %s/%s: accepting after %d ms without %s: its connections may be "
+                         "refused",
+                         p->ns, p->name, NODE_ACCEPT_WAIT_MS,
+                         !routes ? "the routes of a discovery sync" : "a certificate");
+}
+
 static void on_ready(void *ctx, const struct node_pod_info *pod)
 {
         struct node_capture *nc = ctx;
@@ -271,7 +360,7 @@ static void on_ready(void *ctx, const struct node_pod_info *pod)
                 snprintf(p->error, sizeof(p->error), "out of memory");
                 goto fail;
         }
-        if (pod_listen(nc, p) < 0 || (nc->ebpf && pod_bpf(nc, p, pod) < 0))
+        if (pod_listen(nc, p, pod) < 0 || (nc->ebpf && pod_bpf(nc, p, pod) < 0))
                 goto fail;
         pod_set_tls(nc, p);
         if (nc->disc)
@@ -284,10 +373,14 @@ static void on_ready(void *ctx, const struct node_pod_info *pod)
                 goto fail;
         }
         nc->c.captured++;
+        nc->adopted_pods += p->adopted;
+        p->accept_by_ms = clock_mono_ms() + NODE_ACCEPT_WAIT_MS;
+        pod_try_accept(nc, p);
         log_info("node", 0,
-                 "pod %s/%s captured: outbound by %s, inbound rules and listeners in its network "
-                 "namespace (netns inode %llu), identity %s, at most %u connections",
+                 "pod %s/%s captured: outbound by %s, inbound rules and %s listeners in its "
+                 "network namespace (netns inode %llu), identity %s, at most %u connections",
                  p->ns, p->name, nc->ebpf ? "eBPF on its cgroup" : "iptables",
+                 p->adopted ? "the taken over agent's" : "its own",
                  (unsigned long long)pod->netns_ino,
                  p->slot == NULL ? "none (mTLS disabled)"
                  : p->identity   ? "held"
@@ -379,6 +472,20 @@ struct node_capture *node_capture_new(const struct node_capture_config *c, char 
                         return NULL;
                 }
         }
+        if (c->n_inherited) {
+                nc->inherited = calloc(c->n_inherited, sizeof(*nc->inherited));
+                if (!nc->inherited) {
+                        snprintf(err, errlen, "out of memory");
+                        node_capture_free(nc);
+                        return NULL;
+                }
+                for (size_t i = 0; i < c->n_inherited; i++) {
+                        nc->inherited[i] = c->inherited[i]; /* the listeners move here */
+                        c->inherited[i].ls = NULL;
+                        c->inherited[i].n = 0;
+                }
+                nc->n_inherited = c->n_inherited;
+        }
         return nc;
 }
 
@@ -418,6 +525,18 @@ void node_capture_stop_accepting(struct node_capture *nc)
                         proxy_stop_accepting(p->proxy);
 }
 
+int node_capture_offer_pod(struct node_capture *nc, size_t index, char *uid, size_t uidlen,
+                           struct handover_listener *out, size_t max)
+{
+        struct cap_pod *p = nc ? nc->pods : NULL;
+        for (size_t i = 0; p && i < index; i++)
+                p = p->next;
+        if (!p)
+                return -ENOENT;
+        snprintf(uid, uidlen, "%s", p->uid);
+        return p->proxy && !nc->draining ? (int)proxy_listeners(p->proxy, out, max) : 0;
+}
+
 uint64_t node_capture_active(struct node_capture *nc)
 {
         uint64_t n = 0;
@@ -438,6 +557,9 @@ void node_capture_free(struct node_capture *nc)
         if (nc->cfg)
                 snapshot_unref(&nc->cfg->snap);
         snapshot_slot_destroy(&nc->empty);
+        for (size_t i = 0; i < nc->n_inherited; i++)
+                inherited_close(&nc->inherited[i]);
+        free(nc->inherited);
         if (nc->self_ns >= 0)
                 close(nc->self_ns);
         if (nc->ebpf && !nc->keep)
@@ -452,6 +574,9 @@ void node_capture_free(struct node_capture *nc)
 static void on_synced(void *ctx, bool shed)
 {
         struct node_capture *nc = ctx;
+        for (size_t i = 0; i < nc->n_inherited; i++)
+                if (nc->inherited[i].ls && !node_pods_has_uid(nc->np, nc->inherited[i].uid))
+                        inherited_close(&nc->inherited[i]);
         if (nc->swept || !nc->ebpf || nc->stopped)
                 return;
         if (shed) {
@@ -508,6 +633,8 @@ void node_capture_set_registry(struct node_capture *nc, const struct disc_snapsh
         nc->disc = disc;
         if (old)
                 disc_snapshot_release(old);
+        for (struct cap_pod *p = nc->pods; p; p = p->next)
+                pod_try_accept(nc, p);
 }
 
 void node_capture_set_authz(struct node_capture *nc, struct authz *a)
@@ -542,9 +669,11 @@ void node_capture_set_config(struct node_capture *nc, struct shunt_config *cfg)
 
 void node_capture_tick(struct node_capture *nc)
 {
-        for (struct cap_pod *p = nc->pods; p; p = p->next)
+        for (struct cap_pod *p = nc->pods; p; p = p->next) {
                 if (p->proxy)
                         proxy_tick(p->proxy);
+                pod_try_accept(nc, p);
+        }
 }
 
 size_t node_capture_count(const struct node_capture *nc)
@@ -615,6 +744,8 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
                         strbuf_append_json_string(sb, p->error);
                 else
                         strbuf_append(sb, "null");
+                strbuf_appendf(sb, ",\"accepting\":%s,\"listeners_from\":\"%s\"",
+                               p->accepting ? "true" : "false", p->adopted ? "takeover" : "own");
                 strbuf_appendf(sb, ",\"identity\":\"%s\"",
                                !p->slot                        ? "off"
                                : !p->identity                  ? "none"

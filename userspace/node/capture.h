@@ -69,9 +69,23 @@
  * next agent removes the pins of pods that left meanwhile once it has
  * listed the node's pods (on_synced).
  *
- * The sk_msg shortcut: node shuntd's accepted sockets are in its own cgroup,
- * not the pod's, so sockops never pairs them; pairing is off for pods and
- * bytes between the application and its listener take loopback TCP.
+ * The sk_msg shortcut: off for pods, bytes between the application and its
+ * listener take loopback TCP. Why it cannot pair with the programs on the
+ * pod's cgroup: a socket belongs to the cgroup of the task that created it
+ * (sk_cgrp_data, set at socket()), and an accepted socket copies its
+ * listener's. The application's socket is the pod's, so its
+ * ACTIVE_ESTABLISHED runs the pod's sockops; the listener is node shuntd's
+ * (made by the main thread, in the agent's cgroup), so the accepted end's
+ * PASSIVE_ESTABLISHED runs whatever is attached to the agent's cgroup, not
+ * the pod's programs: it never enters the pod's sockhash, and sk_msg finds
+ * no peer to redirect to. Two ways to pair them, not built: create each
+ * pod's listening sockets from a helper process moved into the pod's
+ * cgroup for the socket() call and passed back by SCM_RIGHTS (the accepted
+ * ends are then the pod's; cost: a fork and a cgroup migration per pod, and
+ * the sockets' memory charged to the pod); or sockops and sk_msg also on
+ * the agent's cgroup with one sockhash keyed by network namespace cookie
+ * plus 4-tuple (every pod has the same 127.0.0.1:15002 tuples), a change of
+ * the map keys in bpf/capture.bpf.c.
  *
  * All functions run on the main loop's thread. */
 #ifndef SHUNT_NODE_CAPTURE_H
@@ -95,10 +109,21 @@ struct node_capture;
 typedef struct snapshot_slot *(*node_capture_identity_fn)(void *ctx, const char *ns,
                                                           const char *sa);
 
+struct handover_pod;
+struct handover_listener;
+
 struct node_capture_config {
         struct shunt_config *cfg;          /* the daemon's; a reference is taken */
         node_capture_identity_fn identity; /* NULL: mTLS off (mtls.mode disabled) */
         void *identity_ctx;
+        /* Taking over (shuntd --takeover): the pods' listeners of the agent
+         * taken over, taken by node_capture_new (each pod's ls moved out).
+         * A pod that becomes READY with listeners here (in its namespace)
+         * adopts them instead of opening its own: the connects queued in
+         * them are accepted, none is refused. Those of pods not on the node
+         * any more are closed after the first complete Pods list. */
+        struct handover_pod *inherited;
+        size_t n_inherited;
 };
 
 /* NULL with err (no memory, the node's own namespace cannot be opened). */
@@ -117,6 +142,11 @@ void node_capture_keep(struct node_capture *nc);
 void node_capture_stop_accepting(struct node_capture *nc);
 /* Open connections over every pod. */
 uint64_t node_capture_active(struct node_capture *nc);
+/* Handing over (handover_server_ops.offer_pod): the listeners of the
+ * index-th pod into out and its uid; their number (0: none), -ENOENT past
+ * the last pod. */
+int node_capture_offer_pod(struct node_capture *nc, size_t index, char *uid, size_t uidlen,
+                           struct handover_listener *out, size_t max);
 /* Stops, then frees (after the pod table, whose last gone calls may still
  * come). NULL is fine. */
 void node_capture_free(struct node_capture *nc);

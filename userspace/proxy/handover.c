@@ -22,7 +22,17 @@
 #define HANDOVER_MAGIC   0x73687576u /* "shuv" */
 #define HANDOVER_VERSION 1
 
-enum msg_type { MSG_HELLO = 1, MSG_OFFER, MSG_LISTENERS, MSG_READY, MSG_COMMIT, MSG_REFUSE };
+enum msg_type {
+        MSG_HELLO = 1,
+        MSG_OFFER,
+        MSG_LISTENERS,
+        MSG_READY,
+        MSG_COMMIT,
+        MSG_REFUSE,
+        MSG_POD, /* text: the pod's uid ("" and no items: the last one was sent) */
+};
+
+#define HELLO_PODS "pods" /* HELLO's text: the new shuntd takes pods' listeners */
 
 /* Both ends run the same build or a compatible one: the version says which
  * layout follows. Fixed-size fields only; sockaddr_storage is local ABI,
@@ -66,7 +76,7 @@ static void msg_init(struct wire_msg *m, enum msg_type type)
 static int msg_send(int fd, const struct wire_msg *m, const int *fds, size_t n)
 {
         size_t len = MSG_HEAD_LEN + (size_t)m->count * sizeof(m->items[0]);
-        if (m->type != MSG_LISTENERS)
+        if (m->type != MSG_LISTENERS && m->type != MSG_POD)
                 len = MSG_HEAD_LEN;
         struct iovec iov = {.iov_base = (void *)m, .iov_len = len};
         union {
@@ -130,7 +140,7 @@ static int msg_recv(int fd, struct wire_msg *m, int *fds, size_t *nfds)
                 return -ECONNRESET;
         bool bad = (size_t)r < MSG_HEAD_LEN || m->magic != HANDOVER_MAGIC ||
                    m->version != HANDOVER_VERSION || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC));
-        if (!bad && m->type == MSG_LISTENERS)
+        if (!bad && (m->type == MSG_LISTENERS || m->type == MSG_POD))
                 bad = m->count > HANDOVER_FDS_PER_MSG ||
                       (size_t)r != MSG_HEAD_LEN + m->count * sizeof(m->items[0]) ||
                       *nfds != m->count;
@@ -175,6 +185,7 @@ struct handover_server {
         struct loop_timer timer;
         pid_t peer;
         bool began; /* HELLO answered: ops->begin ran */
+        bool pods;  /* the new one takes the pods' listeners (HELLO_PODS) */
         const struct handover_server_ops *ops;
         void *ctx;
         char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -213,6 +224,39 @@ static void refuse(int fd, const char *why)
         msg_send(fd, &m, NULL, 0);
 }
 
+/* One POD message per pod that has listeners, then an empty one. */
+static int send_pods(struct handover_server *s, struct wire_msg *m, struct handover_listener *ls,
+                     size_t *pods, size_t *sent)
+{
+        int rc = 0;
+        for (size_t i = 0; s->ops->offer_pod && rc == 0 && i < HANDOVER_MAX_PODS; i++) {
+                char uid[HANDOVER_POD_UID] = "";
+                int k = s->ops->offer_pod(s->ctx, i, uid, sizeof(uid), ls, HANDOVER_FDS_PER_MSG);
+                if (k == -ENOENT)
+                        break;
+                if (k <= 0 || !uid[0])
+                        continue; /* a pod without listeners (failed): its own are made */
+                int fds[HANDOVER_FDS_PER_MSG];
+                msg_init(m, MSG_POD);
+                snprintf(m->text, sizeof(m->text), "%s", uid);
+                m->count = (uint32_t)k;
+                for (int j = 0; j < k; j++) {
+                        m->items[j].role = ls[j].role;
+                        m->items[j].worker = ls[j].worker;
+                        m->items[j].addr = ls[j].addr;
+                        fds[j] = ls[j].fd;
+                }
+                rc = msg_send(s->conn.fd, m, fds, (size_t)k);
+                (*pods)++;
+                *sent += (size_t)k;
+        }
+        if (rc == 0) {
+                msg_init(m, MSG_POD);
+                rc = msg_send(s->conn.fd, m, NULL, 0);
+        }
+        return rc;
+}
+
 static int send_offer(struct handover_server *s, char *why, size_t whylen)
 {
         struct handover_listener *ls = calloc(HANDOVER_MAX_LISTENERS, sizeof(*ls));
@@ -231,6 +275,8 @@ static int send_offer(struct handover_server *s, char *why, size_t whylen)
         }
         size_t n = (size_t)rc;
         m->count = (uint32_t)n;
+        char capture[sizeof(m->capture)];
+        memcpy(capture, m->capture, sizeof(capture));
         rc = msg_send(s->conn.fd, m, NULL, 0);
         for (size_t i = 0; rc == 0 && i < n; i += HANDOVER_FDS_PER_MSG) {
                 size_t k = n - i < HANDOVER_FDS_PER_MSG ? n - i : HANDOVER_FDS_PER_MSG;
@@ -245,13 +291,22 @@ static int send_offer(struct handover_server *s, char *why, size_t whylen)
                 }
                 rc = msg_send(s->conn.fd, m, fds, k);
         }
-        if (rc < 0)
+        if (rc < 0) {
                 snprintf(why, whylen, "sending the listeners: %s", strerror(-rc));
-        else
-                log_info(COMP, 0,
-                         "handover to pid %d: sent %zu listening sockets (capture %s); still "
-                         "serving until it is ready",
-                         (int)s->peer, n, m->capture);
+                goto out;
+        }
+        size_t pods = 0, pod_ls = 0;
+        if (s->pods) { /* asked for: at least the empty POD that ends them */
+                rc = send_pods(s, m, ls, &pods, &pod_ls);
+                if (rc < 0) {
+                        snprintf(why, whylen, "sending the pods' listeners: %s", strerror(-rc));
+                        goto out;
+                }
+        }
+        log_info(COMP, 0,
+                 "handover to pid %d: sent %zu listening sockets (capture %s) and the %zu of "
+                 "%zu pods; still serving until it is ready",
+                 (int)s->peer, n, capture, pod_ls, pods);
 out:
         free(ls);
         free(m);
@@ -286,6 +341,7 @@ static void on_conn(struct loop *loop, struct loop_io *io, uint32_t events)
         }
         if (m->type == MSG_HELLO && !s->began) {
                 s->began = true;
+                s->pods = !strncmp(m->text, HELLO_PODS, sizeof(m->text));
                 s->ops->begin(s->ctx, s->peer);
                 if (send_offer(s, why, sizeof(why)) < 0) {
                         conn_end(s, why);
@@ -501,6 +557,8 @@ struct handover_client {
         char pin_root[HANDOVER_TEXT_MAX];
         struct handover_listener *ls;
         size_t n;
+        struct handover_pod *pods;
+        size_t n_pods;
 };
 
 /* One message within timeout_ms. */
@@ -561,6 +619,14 @@ static int listener_check(const struct handover_listener *l, char *err, size_t e
         return 0;
 }
 
+static void from_wire(struct handover_listener *l, int fd, const struct wire_listener *w)
+{
+        l->fd = fd;
+        l->role = (enum handover_role)w->role;
+        l->worker = w->worker;
+        l->addr = w->addr;
+}
+
 static int receive_offer(struct handover_client *c, char *err, size_t errlen)
 {
         struct wire_msg *m = malloc(sizeof(*m));
@@ -611,13 +677,78 @@ static int receive_offer(struct handover_client *c, char *err, size_t errlen)
                 }
                 for (size_t i = 0; i < nfds; i++) {
                         struct handover_listener *l = &c->ls[c->n++];
-                        l->fd = fds[i];
-                        l->role = (enum handover_role)m->items[i].role;
-                        l->worker = m->items[i].worker;
-                        l->addr = m->items[i].addr;
+                        from_wire(l, fds[i], &m->items[i]);
                         if (rc == 0)
                                 rc = listener_check(l, err, errlen);
                 }
+        }
+        free(m);
+        return rc;
+}
+
+/* The POD messages up to the empty one (bounded by HANDOVER_MAX_PODS). */
+static int receive_pods(struct handover_client *c, char *err, size_t errlen)
+{
+        struct wire_msg *m = malloc(sizeof(*m));
+        c->pods = calloc(16, sizeof(*c->pods));
+        size_t cap = 16;
+        if (!m || !c->pods) {
+                free(m);
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+        }
+        int fds[HANDOVER_FDS_PER_MSG];
+        size_t nfds;
+        int rc;
+        for (;;) {
+                rc = recv_wait(c, m, fds, &nfds, HANDOVER_REPLY_MS);
+                bool bad = rc == 0 && (m->type != MSG_POD || m->count != nfds ||
+                                       (nfds && c->n_pods == HANDOVER_MAX_PODS) ||
+                                       strnlen(m->text, sizeof(m->text)) >= HANDOVER_POD_UID);
+                if (rc < 0 || bad) {
+                        while (rc == 0 && nfds)
+                                close(fds[--nfds]);
+                        rc = rc < 0 ? rc : -EPROTO;
+                        snprintf(err, errlen,
+                                 "pid %d: receiving the pods' listeners (%zu pods): %s",
+                                 (int)c->peer, c->n_pods, recv_error(rc));
+                        break;
+                }
+                if (!nfds && !m->text[0])
+                        break; /* the last one */
+                if (c->n_pods == cap) {
+                        struct handover_pod *np = realloc(c->pods, cap * 2 * sizeof(*np));
+                        if (np) {
+                                memset(np + cap, 0, cap * sizeof(*np));
+                                c->pods = np;
+                                cap *= 2;
+                        }
+                }
+                struct handover_pod *pod = &c->pods[c->n_pods];
+                pod->ls = c->n_pods < cap ? calloc(nfds ? nfds : 1, sizeof(*pod->ls)) : NULL;
+                if (!pod->ls) {
+                        while (nfds)
+                                close(fds[--nfds]);
+                        snprintf(err, errlen, "out of memory");
+                        rc = -ENOMEM;
+                        break;
+                }
+                c->n_pods++;
+                memcpy(pod->uid, m->text, sizeof(pod->uid)); /* NUL-terminated: checked */
+                pod->uid[sizeof(pod->uid) - 1] = '\0';
+                for (size_t i = 0; i < nfds; i++) {
+                        struct handover_listener *l = &pod->ls[pod->n++];
+                        from_wire(l, fds[i], &m->items[i]);
+                        if (rc == 0 &&
+                            (l->role > HANDOVER_OUTBOUND || listener_check(l, err, errlen) < 0)) {
+                                if (l->role > HANDOVER_OUTBOUND)
+                                        snprintf(err, errlen, "pod %s: a listener of role %s",
+                                                 pod->uid, handover_role_name(l->role));
+                                rc = -EPROTO;
+                        }
+                }
+                if (rc < 0)
+                        break;
         }
         free(m);
         return rc;
@@ -670,6 +801,7 @@ int handover_client_connect(const char *path, struct handover_client **out, char
         c->peer = cred.pid;
         struct wire_msg hello;
         msg_init(&hello, MSG_HELLO);
+        snprintf(hello.text, sizeof(hello.text), "%s", HELLO_PODS);
         rc = msg_send(c->fd, &hello, NULL, 0);
         /* Refused at once: the refusal waits in our queue (read below). */
         if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
@@ -677,10 +809,14 @@ int handover_client_connect(const char *path, struct handover_client **out, char
                 goto fail;
         }
         rc = receive_offer(c, err, errlen);
+        if (rc == 0)
+                rc = receive_pods(c, err, errlen);
         if (rc < 0)
                 goto fail;
-        log_info(COMP, 0, "takeover: %zu listening sockets received from pid %d (capture %s)", c->n,
-                 (int)c->peer, c->capture);
+        log_info(COMP, 0,
+                 "takeover: %zu listening sockets received from pid %d (capture %s), and the "
+                 "listeners of %zu pods",
+                 c->n, (int)c->peer, c->capture, c->n_pods);
         *out = c;
         return 0;
 fail:
@@ -707,6 +843,12 @@ struct handover_listener *handover_client_listeners(struct handover_client *c, s
 {
         *n = c->n;
         return c->ls;
+}
+
+struct handover_pod *handover_client_pods(struct handover_client *c, size_t *n)
+{
+        *n = c->n_pods;
+        return c->pods;
 }
 
 int handover_client_ready(struct handover_client *c, char *err, size_t errlen)
@@ -749,6 +891,13 @@ void handover_client_free(struct handover_client *c)
                 if (c->ls[i].fd >= 0)
                         close(c->ls[i].fd);
         free(c->ls);
+        for (size_t i = 0; i < c->n_pods; i++) {
+                for (size_t j = 0; j < c->pods[i].n; j++)
+                        if (c->pods[i].ls[j].fd >= 0)
+                                close(c->pods[i].ls[j].fd);
+                free(c->pods[i].ls);
+        }
+        free(c->pods);
         if (c->fd >= 0)
                 close(c->fd);
         free(c);

@@ -14,6 +14,12 @@
  *   old -> new  COMMIT     the old one stops accepting and drains; the new
  *                          one accepts and owns the capture from now on
  *
+ * Node mode adds each meshed pod's listeners (opened in the pod's network
+ * namespace), when the new one's HELLO says it takes them ("pods"): after
+ * the LISTENERS, one POD message per pod (its uid, up to
+ * HANDOVER_FDS_PER_MSG listeners with their fds), then an empty POD. An
+ * older new shuntd does not ask and gets none (it opens its own).
+ *
  * Both ends check the other's credentials (SO_PEERCRED: root or the same
  * uid). Until COMMIT the old one owns everything and keeps accepting: a new
  * one that dies or gives up loses nothing, because the sockets it held stay
@@ -52,6 +58,15 @@ struct handover_listener {
 #define HANDOVER_TIMEOUT_MS 30000
 #define HANDOVER_REPLY_MS   5000
 #define HANDOVER_TEXT_MAX   256
+#define HANDOVER_MAX_PODS   4096 /* NODE_MAX_PODS_LIMIT */
+#define HANDOVER_POD_UID    64
+
+/* A node-mode pod's listeners (role inbound or outbound). */
+struct handover_pod {
+        char uid[HANDOVER_POD_UID];
+        struct handover_listener *ls;
+        size_t n;
+};
 
 const char *handover_role_name(enum handover_role r);
 
@@ -71,6 +86,11 @@ struct handover_server_ops {
         void (*abort)(void *ctx, pid_t peer, const char *why);
         /* COMMIT was sent: stop accepting, drain, leave the capture. */
         void (*commit)(void *ctx, pid_t peer);
+        /* Optional (node mode): the listeners of the index-th pod into out
+         * (at most max) and its uid; their number, or -ENOENT past the last
+         * pod. Called after offer. */
+        int (*offer_pod)(void *ctx, size_t index, char *uid, size_t uidlen,
+                         struct handover_listener *out, size_t max);
 };
 
 /* Serves path on loop (its directory is made 0700 when missing). A live
@@ -107,6 +127,8 @@ const char *handover_client_capture(const struct handover_client *c);
 const char *handover_client_pin_root(const struct handover_client *c);
 /* The listeners received; the caller may take an fd (and set it to -1). */
 struct handover_listener *handover_client_listeners(struct handover_client *c, size_t *n);
+/* The pods' listeners received (node mode); the caller may take an fd. */
+struct handover_pod *handover_client_pods(struct handover_client *c, size_t *n);
 /* Sends READY and waits for COMMIT. 0, or negative errno with err (the old
  * shuntd is still the owner then). */
 int handover_client_ready(struct handover_client *c, char *err, size_t errlen);
