@@ -81,6 +81,11 @@ XTABLES=/usr/lib/$ARCH_TRIPLET/xtables
 TOOLS=(/usr/sbin/xtables-nft-multi /usr/bin/ip)
 for t in "${TOOLS[@]}"; do [ -x "$t" ] || die "$t missing (install iptables and iproute2)"; done
 mapfile -t MODULES < <(ls "$XTABLES"/*.so)
+# libcurl is loaded at run time, not linked (userspace/core/curl.c): it and the
+# libraries it needs go in like the xtables modules.
+CURL_SO=$(ldconfig -p | awk '$1 == "libcurl-gnutls.so.4" && /x86-64/ {print $NF; exit}')
+[ -n "$CURL_SO" ] || die "libcurl-gnutls.so.4 missing (install libcurl3-gnutls)"
+MODULES+=("$CURL_SO")
 mapfile -t LIBS < <(ldd "${BINS[@]}" "${TOOLS[@]}" "${MODULES[@]}" 2>/dev/null |
 	awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u)
 grep -q "not found" <(ldd "${BINS[@]}" "${TOOLS[@]}" 2>&1) &&

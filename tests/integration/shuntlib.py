@@ -872,6 +872,8 @@ def shuntd_args(**flags):
         # admin API: with a token file of the daemon's own.
         "admin.mutations": "token",
         "admin.token-file": os.path.join(_token_dir(), "admin-token"),
+        # Not the shared /run/shunt/upgrade.sock: tests run two at a time.
+        "upgrade.socket": os.path.join(tmpdir(), "upgrade.sock"),
     }
     for k, v in flags.items():
         base[k.replace("_", "-")] = v
