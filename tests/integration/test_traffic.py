@@ -24,7 +24,7 @@ VIP = "10.96.2.10"
 EP_ADDRS = sl.EP_ADDRS
 PORT = 8081
 URL = "http://%s" % VIP
-VIP_H2, VIP_GRPC = "10.96.2.11", "10.96.2.12"
+VIP_H2, VIP_GRPC, VIP_TCP = "10.96.2.11", "10.96.2.12", "10.96.2.13"
 H2_PORT, GRPC_PORT = 8082, 8083
 H2ECHO = os.path.join(sl.HERE, "h2echo.py")
 GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
@@ -163,6 +163,12 @@ def registry(routes):
                 "addresses": [VIP_H2],
                 "ports": [{"port": 80, "protocol": "HTTP2"}],
                 "routes": H2_ROUTES,
+            },
+            {
+                "name": "web-tcp",
+                "addresses": [VIP_TCP],
+                "ports": [{"port": 80, "protocol": "TCP"}],
+                "routes": [{"name": "tcp", "rules": [{"backendRefs": v1_v2(80, 20)}]}],
             },
             {
                 "name": "web-grpc",
@@ -364,6 +370,15 @@ def test_grpc_method_match(env):
     # no rule for Bidi: UNIMPLEMENTED, as the Gateway API's 404
     out = grpc_client(topo, VIP_GRPC, "bidi", "--calls", 1, "--messages", 1)
     assert out["codes"] == {"UNIMPLEMENTED": 1}, out
+
+
+def test_tcp_split_per_connection(env):
+    """A TCP service's rule without matches splits connections by weight;
+    each connection stays on its backend."""
+    topo, _, _ = env
+    names = servers(topo, "http://%s/tcp" % VIP_TCP, 400, headers=["Connection: close"])
+    share = names.count("v1") / len(names) * 100
+    assert 73 <= share <= 87, "v1 got %.1f %% of 400 connections, want 80 +- 7" % share
 
 
 def last_error(daemon):
