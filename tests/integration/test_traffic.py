@@ -92,6 +92,11 @@ ROUTES = [
                 ],
             },
             {"matches": [prefix("/slow")], "timeouts": {"request": "300ms"}, "backendRefs": only("v1")},
+            {
+                "matches": [prefix("/fault")],
+                "fault": {"abort": {"httpStatus": 503, "percentage": 10}},
+                "backendRefs": only("v1"),
+            },
         ],
     }
 ]
@@ -370,6 +375,19 @@ def test_grpc_method_match(env):
     # no rule for Bidi: UNIMPLEMENTED, as the Gateway API's 404
     out = grpc_client(topo, VIP_GRPC, "bidi", "--calls", 1, "--messages", 1)
     assert out["codes"] == {"UNIMPLEMENTED": 1}, out
+
+
+def test_fault_abort_10_percent(env):
+    topo, daemon, _ = env
+    out = topo.app.curl(
+        ["-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "--max-time", "60", URL + "/fault?i=[1-2000]"],
+        timeout=90,
+    ).stdout.split()
+    assert len(out) == 2000 and set(out) <= {"200", "503"}, set(out)
+    share = out.count("503") / 20.0
+    assert 8 <= share <= 12, "%.1f %% aborted, want 10 +- 2" % share
+    rule = [r for s in daemon.json("/routes")["services"] for r in s["rules"] if "fault" in r][0]
+    assert rule["faults"] == out.count("503")
 
 
 def test_tcp_split_per_connection(env):

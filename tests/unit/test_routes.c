@@ -322,6 +322,11 @@ static void test_bad_input(void **state)
         assert_non_null(strstr(e, "not a valid header name"));
         e = parse_error("[{\"name\": \"a\", \"rules\": [{}]}, {\"name\": \"a\", \"rules\": [{}]}]");
         assert_non_null(strstr(e, "route name 'a' is used twice"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {\"abort\": {\"httpStatus\": "
+                        "503, \"percentage\": 0}}}]}]");
+        assert_non_null(strstr(e, "rules[0].fault.abort.percentage: 'percentage' must be"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {\"delay\": {}}}]}]");
+        assert_non_null(strstr(e, "fault.delay: fault delays are not supported yet"));
         /* The line of the offending value is named. */
         e = parse_error(
             "[{\"name\": \"a\", \"rules\": [{\"timeouts\": {\"request\": \"soon\"}}]}]");

@@ -735,11 +735,49 @@ static int parse_backend(struct pctx *p, const cJSON *x, uint16_t route_port, st
         return 0;
 }
 
+/* fault (extension, as Istio's HTTPFaultInjection): {"abort": {"httpStatus",
+ * "grpcStatus", "percentage"}}. */
+static int parse_fault(struct pctx *p, const cJSON *x, struct dr_rule *u)
+{
+        static const char *const keys[] = {"abort", "delay", NULL};
+        static const char *const akeys[] = {"httpStatus", "grpcStatus", "percentage", NULL};
+        if (keys_ok(p, x, keys))
+                return -EINVAL;
+        if (cJSON_GetObjectItemCaseSensitive(x, "delay"))
+                return push(p, "delay", 0), bad(p, x, "fault delays are not supported yet");
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(x, "abort");
+        if (!a)
+                return bad(p, x, "a fault needs 'abort'");
+        push(p, "abort", 0);
+        long long v;
+        if (keys_ok(p, a, akeys))
+                return -EINVAL;
+        int rc = int_field(p, a, "httpStatus", 200, 599, &v);
+        if (rc < 0)
+                return rc;
+        if (rc)
+                return bad(p, a, "an abort needs 'httpStatus'");
+        u->abort_http = (uint16_t)v;
+        u->abort_grpc = 14; /* UNAVAILABLE */
+        if ((rc = int_field(p, a, "grpcStatus", 1, 16, &v)) < 0)
+                return rc;
+        if (rc == 0)
+                u->abort_grpc = (int16_t)v;
+        const cJSON *pc = cJSON_GetObjectItemCaseSensitive(a, "percentage");
+        if (!cJSON_IsNumber(pc) || pc->valuedouble <= 0 || pc->valuedouble > 100)
+                return push(p, "percentage", 0),
+                       bad(p, pc ? pc : a, "'percentage' must be a number above 0, at most 100");
+        u->abort_ppm = (uint32_t)(pc->valuedouble * 10000 + 0.5);
+        p->plen = strlen(p->path) - strlen(".abort");
+        p->path[p->plen] = '\0';
+        return 0;
+}
+
 static int parse_rule(struct pctx *p, const cJSON *x, const struct dr_route *rt, uint32_t route,
                       uint32_t index)
 {
-        static const char *const keys[] = {"name",     "matches", "filters", "backendRefs",
-                                           "timeouts", "retry",   "sticky",  NULL};
+        static const char *const keys[] = {"name",  "matches", "filters", "backendRefs", "timeouts",
+                                           "retry", "sticky",  "fault",   NULL};
         struct dr_routes *r = p->r;
         if (r->n_rules >= DR_MAX_RULES)
                 return bad(p, x, "more than %d rules for one service", DR_MAX_RULES);
@@ -842,6 +880,12 @@ static int parse_rule(struct pctx *p, const cJSON *x, const struct dr_route *rt,
                         int code = (int)c->valuedouble - 500;
                         u->retry_codes[code / 64] |= 1ull << (code % 64);
                 }
+                pop(p, old);
+        }
+        if ((f = cJSON_GetObjectItemCaseSensitive(x, "fault"))) {
+                old = push(p, "fault", 0);
+                if (parse_fault(p, f, u))
+                        return -EINVAL;
                 pop(p, old);
         }
         if ((f = cJSON_GetObjectItemCaseSensitive(x, "sticky"))) {
@@ -1372,7 +1416,15 @@ static void render_rule(const struct dr_routes *r, const struct dr_rule *u, uint
                         strbuf_appendf(sb, "%s%d", first ? "" : ",", 500 + c);
                         first = false;
                 }
-        strbuf_appendf(sb, "]},\"sticky\":%s}", u->sticky ? "true" : "false");
+        strbuf_appendf(sb, "]},\"sticky\":%s", u->sticky ? "true" : "false");
+        if (u->abort_ppm)
+                strbuf_appendf(
+                    sb,
+                    ",\"fault\":{\"abort\":{\"httpStatus\":%u,\"grpcStatus\":%d,"
+                    "\"percentage\":%.4g}},\"faults\":%llu",
+                    u->abort_http, u->abort_grpc, u->abort_ppm / 10000.0,
+                    (unsigned long long)atomic_load_explicit(&u->faults, memory_order_relaxed));
+        strbuf_append(sb, "}");
 }
 
 void dr_render_port(const struct dr_routes *r, uint16_t port, struct strbuf *sb)

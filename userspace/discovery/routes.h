@@ -144,7 +144,13 @@ struct dr_rule {
         int retry_attempts;          /* retry.attempts, -1: the service default */
         uint32_t retry_backoff_ms;   /* retry.backoff, 0: the service default */
         uint64_t retry_codes[2];     /* retry.codes: bit (code - 500) of 500..599; 0: default */
+        /* fault.abort (extension): answer abort_http (gRPC: abort_grpc)
+         * to abort_ppm of every million requests, without a backend. */
+        uint32_t abort_ppm;
+        uint16_t abort_http;
+        int16_t abort_grpc;
         _Atomic uint64_t hits;
+        _Atomic uint64_t faults;
 };
 
 struct dr_route {

@@ -1054,6 +1054,9 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
                         return local_reply(s, 404, "no route of the service matches", 0);
                 if (s->rr == ROUTE_REDIRECT)
                         return redirect_reply(s, m);
+                if (s->rr == ROUTE_ABORT)
+                        return local_reply(s, s->route.rule->abort_http, "fault injected by route",
+                                           0);
         }
 
         /* An Upgrade (WebSocket) goes out with it; a 101 turns the

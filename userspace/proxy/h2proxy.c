@@ -1326,7 +1326,10 @@ static enum route_result stream_pick(struct h2s *st, struct route_table *t)
         enum route_result r = route_pick_http(
             t, &w->route_workers, (uint64_t)w->index, &st->c->orig_dst, &st->c->client,
             st->has_key ? &st->key_hash : NULL, &dq, &st->upstream, &st->route);
-        if (r == ROUTE_NO_ROUTE) {
+        if (r == ROUTE_ABORT) {
+                stream_fail(st, st->route.rule->abort_grpc, st->route.rule->abort_http,
+                            "fault injected by route");
+        } else if (r == ROUTE_NO_ROUTE) {
                 stream_fail(st, GRPC_UNIMPLEMENTED, 404, "no route of the service matches");
         } else if (r == ROUTE_REDIRECT) {
                 const char *host = "";
@@ -1375,7 +1378,8 @@ static void stream_route(struct h2s *st)
             &w->route_reader, &w->proxy->route_slot);
         stream_key(st, t);
         enum route_result r = stream_pick(st, t);
-        if (r == ROUTE_NO_ROUTE || r == ROUTE_REDIRECT || (r == ROUTE_ENDPOINT && st->replied))
+        if (r == ROUTE_NO_ROUTE || r == ROUTE_REDIRECT || r == ROUTE_ABORT ||
+            (r == ROUTE_ENDPOINT && st->replied))
                 return; /* answered */
         if (r != ROUTE_ENDPOINT) {
                 stream_fail(st, GRPC_UNAVAILABLE, 503,

@@ -500,6 +500,10 @@ static enum route_result apply_routes(struct route_table *t, uint64_t seed,
         use->match = m;
         if (rule->redirect) /* a connection goes to the service itself */
                 return req ? ROUTE_REDIRECT : ROUTE_ENDPOINT;
+        if (req && rule->abort_ppm && split_random(seed) % 1000000 < rule->abort_ppm) {
+                atomic_fetch_add_explicit(&rule->faults, 1, memory_order_relaxed);
+                return ROUTE_ABORT;
+        }
         int b = dr_pick_backend(rule, rule->sticky && key_hash ? lb_mix64(*key_hash)
                                                                : split_random(seed));
         if (b < 0)
@@ -1124,10 +1128,12 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
              "Requests (TCP: connections) a traffic route rule sent to each of its backends."},
             {"shunt_route_unmatched_total", "counter",
              "Requests on a service port with traffic routes that no rule matched (404)."},
+            {"shunt_route_faults_total", "counter",
+             "Requests a traffic route rule's fault injection aborted."},
         };
         struct strbuf lb;
         strbuf_init(&lb);
-        for (int f = 0; f < 3; f++) {
+        for (int f = 0; f < 4; f++) {
                 prom_family(out, fam[f][0], fam[f][1], fam[f][2]);
                 for (uint32_t i = 0; t && i < t->n_base; i++) {
                         const struct route_entry *e = &t->entries[i];
@@ -1151,13 +1157,16 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
                                         continue;
                                 char idx[16];
                                 snprintf(idx, sizeof(idx), "%u", rule->index);
-                                for (uint32_t b = 0; b < (f == 0 ? 1 : rule->n_backends); b++) {
+                                if (f == 3 && !rule->abort_ppm)
+                                        continue;
+                                for (uint32_t b = 0; b < (f == 1 ? rule->n_backends : 1); b++) {
                                         labels_svc(&lb, e, NULL);
                                         prom_label(&lb, "route", rt->name);
                                         prom_label(&lb, "rule", idx);
                                         uint64_t v;
-                                        if (f == 0) {
-                                                v = atomic_load_explicit(&rule->hits,
+                                        if (f != 1) {
+                                                v = atomic_load_explicit(f == 0 ? &rule->hits
+                                                                                : &rule->faults,
                                                                          memory_order_relaxed);
                                         } else {
                                                 const struct dr_backend *be = &rule->backends[b];

@@ -29,6 +29,7 @@ enum route_result {
         ROUTE_NO_ENDPOINT,     /* a known service with no endpoint that can serve */
         ROUTE_NO_ROUTE,        /* the service port has routes and none matched: 404 */
         ROUTE_REDIRECT,        /* the matched rule redirects: use->rule says where */
+        ROUTE_ABORT,           /* the rule's fault injection aborts it: use->rule->abort_* */
 };
 
 /* How one attempt (a request, or for plain TCP a connection) on an endpoint
@@ -98,7 +99,9 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
  * precedence order picks a backend by weight (random, or by key_hash when
  * the rule is sticky), then an endpoint of that backend. Besides the
  * results above: ROUTE_NO_ROUTE (no rule matched: answer 404) and
- * ROUTE_REDIRECT (answer use->rule's redirect, see dr_redirect_location);
+ * ROUTE_REDIRECT (answer use->rule's redirect, see dr_redirect_location),
+ * ROUTE_ABORT (an injected fault: answer use->rule->abort_http, gRPC
+ * abort_grpc);
  * neither holds anything. Hits are counted per rule and backend. */
 enum route_result route_pick_http(struct route_table *t, struct route_workers **rw, uint64_t seed,
                                   const struct sockaddr_storage *dst,
