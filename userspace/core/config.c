@@ -93,7 +93,7 @@ static const char *const fcc_names[] = {"sanitize", "sanitize_set", "append_forw
                                         "forward_only", NULL};
 static const char *const key_type_names[] = {"ecdsa-p256", "rsa-2048", NULL};
 static const char *const mode_names[] = {"sidecar", "node", NULL};
-static const char *const sd_names[] = {"file", "kubernetes", "consul", NULL};
+static const char *const sd_names[] = {"file", "kubernetes", "consul", "dns", NULL};
 static const char *const lb_names[] = {
     "round_robin", "least_connections", "weighted", "consistent_hash", "maglev", NULL};
 
@@ -266,6 +266,30 @@ static const struct key_desc keys[] = {
          .flags = KF_RESTART, .note = "https: the client certificate's key"},
         {.path = "service_discovery.consul.datacenter", .env = "CONSUL_DATACENTER", .type = K_STR,
          FIELD(consul_datacenter), .def = "dc1", .flags = KF_NONEMPTY | KF_RESTART},
+        {.path = "service_discovery.dns.servers", .env = "SHUNT_DNS_SERVERS", .type = K_STR, FIELD(dns_servers),
+         .flags = KF_RESTART,
+         .note = "name servers, comma-separated: ip, ip:port, [ipv6]:port; empty = /etc/resolv.conf"},
+        {.path = "service_discovery.dns.min_ttl", .type = K_DUR_MS, FIELD(dns_min_ttl_ms), .min = 1000,
+         .max = 24 * MS_PER_HOUR, .def = "5s", .flags = KF_RESTART,
+         .note = "floor of the TTL that schedules the next lookup of a name"},
+        {.path = "service_discovery.dns.max_ttl", .type = K_DUR_MS, FIELD(dns_max_ttl_ms), .min = 1000,
+         .max = 24 * MS_PER_HOUR, .def = "300s", .flags = KF_RESTART,
+         .note = "ceiling of that TTL; at least min_ttl"},
+        {.path = "service_discovery.dns.timeout", .type = K_DUR_MS, FIELD(dns_timeout_ms), .min = 100,
+         .max = 60000, .def = "1s", .flags = KF_RESTART,
+         .note = "first try of a query; each later try waits twice as long as the one before"},
+        {.path = "service_discovery.dns.attempts", .type = K_U32, FIELD(dns_attempts), .min = 1, .max = 10,
+         .def = "2", .flags = KF_RESTART, .note = "tries of a query per server before it fails"},
+        {.path = "service_discovery.dns.fallback", .env = "SHUNT_DNS_FALLBACK", .type = K_ENUM, FIELD(dns_fallback),
+         .names = off_on_names, .def = "off", .flags = KF_RESTART,
+         .note = "on (with type file, kubernetes or consul): the DNS endpoints of dns.services are added while "
+                 "that registry has been failing for fallback_after (docs/discovery.md, DNS)"},
+        {.path = "service_discovery.dns.fallback_after", .type = K_DUR_MS, FIELD(dns_fallback_after_ms),
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "30s", .flags = KF_RESTART},
+        {.path = "service_discovery.dns.services", .type = K_JSONARR, FIELD(dns_services),
+         .flags = KF_FILE_ONLY | KF_RESTART,
+         .note = "services as in the file registry, each with \"dns\": {\"name\", \"type\": A|AAAA|A+AAAA|SRV} "
+                 "instead of endpoints (docs/discovery.md, DNS)"},
         {.path = "mtls.trust_domain", .env = "TRUST_DOMAIN", .type = K_STR, FIELD(trust_domain),
          .def = "cluster.local", .flags = KF_NONEMPTY | KF_TRUST_DOMAIN | KF_RESTART},
         {.path = "mtls.cert_rotation", .env = "CERT_ROTATION_INTERVAL", .type = K_DUR_S, FIELD(cert_rotation_s),
@@ -1316,6 +1340,7 @@ static void config_destroy(struct snapshot *s)
 {
         struct shunt_config *c = (struct shunt_config *)s;
         free(c->authorization_policies);
+        free(c->dns_services);
         free(c->origins);
         free(c);
 }
@@ -1327,9 +1352,12 @@ struct shunt_config *config_clone(const struct shunt_config *c)
                 return NULL;
         memcpy(n, c, sizeof(*n));
         n->authorization_policies = NULL;
+        n->dns_services = NULL;
         n->origins = NULL;
         if (c->authorization_policies &&
             !(n->authorization_policies = strdup(c->authorization_policies)))
+                goto fail;
+        if (c->dns_services && !(n->dns_services = strdup(c->dns_services)))
                 goto fail;
         if (c->origins) {
                 n->origins = malloc(c->n_origins * sizeof(*n->origins));
@@ -1341,6 +1369,7 @@ struct shunt_config *config_clone(const struct shunt_config *c)
         return n;
 fail:
         free(n->authorization_policies);
+        free(n->dns_services);
         free(n);
         return NULL;
 }
@@ -1473,6 +1502,13 @@ static int check_resilience(struct ctx *x)
                 snprintf(v, sizeof(v), "%ums", c->retry_backoff_max_ms);
                 return bad(x, d, c->origins[key_index(d)].source, v,
                            "at least retries.backoff_base");
+        }
+        if (c->dns_max_ttl_ms < c->dns_min_ttl_ms) {
+                const struct key_desc *d = find_key("service_discovery.dns.max_ttl");
+                char v[32];
+                snprintf(v, sizeof(v), "%ums", c->dns_max_ttl_ms);
+                return bad(x, d, c->origins[key_index(d)].source, v,
+                           "at least service_discovery.dns.min_ttl");
         }
         return 0;
 }

@@ -215,8 +215,8 @@ struct shunt_config {
         uint32_t retry_budget_min;        /* retries.budget_min, 3 */
 
         /* service discovery */
-        char sd_type[16];                     /* service_discovery.type: file|kubernetes|consul */
-        char sd_file_path[CONFIG_PATH_MAX];   /* service_discovery.file.path */
+        char sd_type[16];                   /* service_discovery.type: file|kubernetes|consul|dns */
+        char sd_file_path[CONFIG_PATH_MAX]; /* service_discovery.file.path */
         char k8s_kubeconfig[CONFIG_PATH_MAX]; /* ...kubernetes.kubeconfig_path, KUBECONFIG_PATH */
         char k8s_namespace[CONFIG_STR_MAX];   /* ...kubernetes.namespace, KUBERNETES_NAMESPACE */
         char k8s_label_selector[CONFIG_STR_MAX]; /* ...label_selector */
@@ -227,6 +227,16 @@ struct shunt_config {
         char consul_ca_file[CONFIG_PATH_MAX];    /* ...consul.ca_file, CONSUL_CACERT */
         char consul_cert_file[CONFIG_PATH_MAX];  /* ...consul.cert_file, CONSUL_CLIENT_CERT */
         char consul_key_file[CONFIG_PATH_MAX];   /* ...consul.key_file, CONSUL_CLIENT_KEY */
+        /* DNS discovery (discovery/dns.h): type dns, or dns.fallback on next
+         * to another type */
+        char dns_servers[CONFIG_PATH_MAX]; /* ...dns.servers, SHUNT_DNS_SERVERS, "" = resolv.conf */
+        uint32_t dns_min_ttl_ms;           /* ...dns.min_ttl, 5s */
+        uint32_t dns_max_ttl_ms;           /* ...dns.max_ttl, 300s */
+        uint32_t dns_timeout_ms;           /* ...dns.timeout, 1s (per try) */
+        uint32_t dns_attempts;             /* ...dns.attempts, 2 */
+        int dns_fallback;                  /* ...dns.fallback: off 0 | on 1 */
+        uint32_t dns_fallback_after_ms;    /* ...dns.fallback_after, 30s */
+        char *dns_services;                /* ...dns.services (file only): JSON array text */
 
         /* mTLS */
         char trust_domain[CONFIG_STR_MAX]; /* mtls.trust_domain, TRUST_DOMAIN */

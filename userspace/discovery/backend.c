@@ -9,12 +9,14 @@
 
 #include "core/log.h"
 #include "discovery/consul.h"
+#include "discovery/dns.h"
 #include "discovery/file.h"
 #include "discovery/k8s.h"
 
 struct disc_backend {
         const struct disc_backend_ops *ops;
         void *impl;
+        void *dns_fallback; /* a struct dns of disc_dns_ops (dns.fallback on), or NULL */
 };
 
 /* ---- file ------------------------------------------------------------------ */
@@ -87,7 +89,7 @@ static const struct disc_backend_ops file_ops = {
 };
 
 static const struct disc_backend_ops *const backends[] = {&file_ops, &k8s_backend_ops,
-                                                          &disc_consul_ops};
+                                                          &disc_consul_ops, &disc_dns_ops};
 
 int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
                      struct disc_backend **out, char *err, size_t errlen)
@@ -101,7 +103,7 @@ int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
         if (!ops) {
                 snprintf(err, errlen,
                          "config: service_discovery.type: %s: unknown (allowed: file, kubernetes, "
-                         "consul)",
+                         "consul, dns)",
                          type);
                 return -ENOTSUP;
         }
@@ -116,13 +118,23 @@ int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
                 free(b);
                 return rc;
         }
+        if (ops != &disc_dns_ops) {
+                b->dns_fallback = disc_dns_fallback_new(r, cfg, err, errlen);
+                if (!b->dns_fallback && err[0]) {
+                        disc_backend_free(b);
+                        return -EINVAL;
+                }
+        }
         *out = b;
         return 0;
 }
 
 int disc_backend_start(struct disc_backend *b, struct loop *loop, char *err, size_t errlen)
 {
-        return b->ops->start(b->impl, loop, err, errlen);
+        int rc = b->ops->start(b->impl, loop, err, errlen);
+        if (!rc && b->dns_fallback)
+                rc = disc_dns_ops.start(b->dns_fallback, loop, err, errlen);
+        return rc;
 }
 
 void disc_backend_render(const struct disc_backend *b, struct strbuf *sb)
@@ -131,6 +143,10 @@ void disc_backend_render(const struct disc_backend *b, struct strbuf *sb)
         strbuf_append_json_string(sb, b->ops->type);
         strbuf_append(sb, ",\"state\":");
         b->ops->render(b->impl, sb);
+        if (b->dns_fallback) {
+                strbuf_append(sb, ",\"dns_fallback\":");
+                disc_dns_ops.render(b->dns_fallback, sb);
+        }
         strbuf_append(sb, "}");
 }
 
@@ -138,6 +154,8 @@ void disc_backend_free(struct disc_backend *b)
 {
         if (!b)
                 return;
+        if (b->dns_fallback)
+                disc_dns_ops.destroy(b->dns_fallback);
         b->ops->destroy(b->impl);
         free(b);
 }

@@ -108,6 +108,8 @@ static bool preorder_index(const cJSON *n, const cJSON *x, size_t *idx)
 /* ---- validation context ------------------------------------------------- */
 
 struct vctx {
+        const struct disc_file_ext *ext; /* NULL for a registry file */
+        size_t svc_index;
         const char *name;
         const char *text;
         size_t len;
@@ -121,8 +123,8 @@ struct vctx {
 static unsigned line_of(const struct vctx *v, const cJSON *node)
 {
         size_t idx = 0;
-        if (!node || !preorder_index(v->root, node, &idx))
-                return 0;
+        if (v->ext || !node || !preorder_index(v->root, node, &idx))
+                return 0; /* embedded text (ext): its lines are not the user's */
         size_t n = value_lines(v->text, v->text + v->len, NULL, 0);
         unsigned *lines = malloc((n ? n : 1) * sizeof(*lines));
         if (!lines)
@@ -616,7 +618,14 @@ static int parse_endpoint(struct vctx *v, const cJSON *x, const struct disc_serv
 
 static int parse_service(struct vctx *v, const cJSON *x, struct disc_service_spec *s)
 {
-        if (check_keys(v, x, svc_keys))
+        const char *keys[sizeof(svc_keys) / sizeof(svc_keys[0]) + 1];
+        size_t nk = 0;
+        for (; svc_keys[nk]; nk++)
+                keys[nk] = svc_keys[nk];
+        if (v->ext)
+                keys[nk++] = v->ext->key;
+        keys[nk] = NULL;
+        if (check_keys(v, x, keys))
                 return -EINVAL;
         const cJSON *f;
         size_t old;
@@ -733,6 +742,16 @@ static int parse_service(struct vctx *v, const cJSON *x, struct disc_service_spe
                 }
                 path_pop(v, old);
         }
+        if (v->ext) {
+                f = FIELD(x, v->ext->key);
+                if (!f && v->ext->required)
+                        return fail(v, x, "missing key '%s'", v->ext->key);
+                char why[256] = "";
+                old = path_push_key(v, v->ext->key);
+                if (f && v->ext->parse(v->ext->ctx, v->svc_index, f, x, s, why, sizeof(why)))
+                        return fail(v, f, "%s", why);
+                path_pop(v, old);
+        }
         return 0;
 }
 
@@ -801,8 +820,16 @@ void disc_specs_free(struct disc_specs *s)
 int disc_file_parse(const char *name, const char *text, size_t len, struct disc_specs *out,
                     char *err, size_t errlen)
 {
+        return disc_file_parse_ext(name, text, len, NULL, out, err, errlen);
+}
+
+int disc_file_parse_ext(const char *name, const char *text, size_t len,
+                        const struct disc_file_ext *ext, struct disc_specs *out, char *err,
+                        size_t errlen)
+{
         memset(out, 0, sizeof(*out));
-        struct vctx v = {.name = name, .text = text, .len = len, .err = err, .errlen = errlen};
+        struct vctx v = {
+            .ext = ext, .name = name, .text = text, .len = len, .err = err, .errlen = errlen};
         const char *end = NULL;
         cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
         if (!root) {
@@ -850,6 +877,7 @@ int disc_file_parse(const char *name, const char *text, size_t len, struct disc_
                 size_t o2 = path_push_idx(&v, i);
                 struct disc_service_spec *sp = &out->svcs[i];
                 out->n = i + 1;
+                v.svc_index = i;
                 rc = parse_service(&v, s, sp);
                 if (rc)
                         break;

@@ -8,6 +8,7 @@
 #ifndef SHUNT_DISCOVERY_FILE_H
 #define SHUNT_DISCOVERY_FILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,6 +29,25 @@ struct disc_specs {
 int disc_file_parse(const char *name, const char *text, size_t len, struct disc_specs *out,
                     char *err, size_t errlen);
 void disc_specs_free(struct disc_specs *s);
+
+/* A key of each service that the registry file does not have, parsed by
+ * another backend (the DNS backend's "dns"). */
+struct cJSON;
+struct disc_file_ext {
+        const char *key;
+        bool required;
+        /* value: the key's value; svc: the whole service object; s: the
+         * service as parsed so far (everything but the key); i: its index.
+         * 0, or -EINVAL with a reason in why (the parser adds the path). */
+        int (*parse)(void *ctx, size_t i, const struct cJSON *value, const struct cJSON *svc,
+                     struct disc_service_spec *s, char *why, size_t whylen);
+        void *ctx;
+};
+/* disc_file_parse with ext's key allowed (and parsed) in every service.
+ * With ext set, text is taken as generated (errors name no line). */
+int disc_file_parse_ext(const char *name, const char *text, size_t len,
+                        const struct disc_file_ext *ext, struct disc_specs *out, char *err,
+                        size_t errlen);
 
 struct disc_file;
 struct loop;

@@ -77,8 +77,8 @@ const char *disc_hc_type_name(enum disc_hc_type t)
 
 const char *disc_source_kind_name(enum disc_source_kind k)
 {
-        static const char *const n[] = {"file", "kubernetes", "consul", "manual"};
-        return (unsigned)k < 4 ? n[k] : "?";
+        static const char *const n[] = {"file", "kubernetes", "consul", "manual", "dns"};
+        return (unsigned)k < 5 ? n[k] : "?";
 }
 
 /* ---- addresses ----------------------------------------------------------- */

@@ -87,6 +87,7 @@ enum disc_source_kind {
         DISC_SOURCE_KUBERNETES,
         DISC_SOURCE_CONSUL,
         DISC_SOURCE_MANUAL, /* POST /admin/endpoints */
+        DISC_SOURCE_DNS,
 };
 
 /* Outcome of one connection or request, reported by a worker. */
