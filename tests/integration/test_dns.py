@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import struct
-import sys
 
 import pytest
 
@@ -139,7 +138,9 @@ def env():
         dns = Dnsmasq(topo.remote)
         dns.start()
         daemon = sl.Shuntd(
-            topo.app, sl.shuntd_args(),
+            topo.app, sl.shuntd_args(**{
+                # its own upgrade socket: not the default path other daemons share
+                "upgrade.socket": os.path.join(sl.tmpdir(), "upgrade.sock")}),
             config={"service_discovery": {"type": "dns", "dns": dns_config()}},
         )
         daemon.wait_ready()
@@ -390,7 +391,12 @@ BAD = [
 
 @pytest.mark.parametrize("sd,words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_dns_config_stops_start_up(sd, words):
-    pod = sl.Pod("dnscfg")
+    refused(sd, words)
+
+
+def refused(sd, words):
+    """shuntd with {"service_discovery": sd} refuses to start, saying words."""
+    pod = sl.Pod("sdcfg")
     try:
         path = os.path.join(sl.tmpdir(), "bad.json")
         with open(path, "w") as f:

@@ -74,7 +74,10 @@ def openssl(*args):
 
 
 class Env:
-    def __init__(self, topo=None):
+    def __init__(self, topo=None, api=API, ctl=CTL):
+        """api, ctl: the stand-in's API and control addresses (test_clusters
+        runs two)."""
+        self.api, self.ctl_at = api, ctl
         self.topo = topo or T()
         self.procs = []
         self.standin = None
@@ -102,7 +105,7 @@ class Env:
             "kind": "Config",
             "current-context": "test",
             "clusters": [{"name": "standin", "cluster": {
-                "server": "https://%s:%d" % API, "certificate-authority-data": ca}}],
+                "server": "https://%s:%d" % self.api, "certificate-authority-data": ca}}],
             "users": [{"name": "mesh", "user": {"tokenFile": token_file}}],
             "contexts": [{"name": "test", "context": {"cluster": "standin", "user": "mesh"}}],
         }
@@ -122,7 +125,8 @@ class Env:
                 "-CAcreateserial", "-out", p("client.pem"), "-days", "1", "-extfile", p("cext"))
 
     def start_standin(self, client_ca=False, max_page=0):
-        argv = [sys.executable, STANDIN, "--listen", "%s:%d" % API, "--control", "%s:%d" % CTL,
+        argv = [sys.executable, STANDIN, "--listen", "%s:%d" % self.api, "--control",
+                "%s:%d" % self.ctl_at,
                 "--cert", os.path.join(self.dir, "srv.pem"), "--key", os.path.join(self.dir, "srv.key"),
                 "--token", self.token, "--state", os.path.join(self.dir, "state.json")]
         if client_ca:
@@ -132,7 +136,7 @@ class Env:
         self.standin = self.topo.app.spawn_ready(argv, "k8s-standin", what="stand-in")
 
     def ctl(self, method, path, body=None):
-        status, _, data = self.topo.app.http(CTL[0], CTL[1], method, path,
+        status, _, data = self.topo.app.http(self.ctl_at[0], self.ctl_at[1], method, path,
                                              body=json.dumps(body) if body is not None else None)
         assert status == 200, (path, status, data)
         return json.loads(data)

@@ -401,6 +401,51 @@ static void test_lookups(void **state)
         disc_registry_free(r);
 }
 
+/* The cluster is part of an endpoint's key: the same address from two
+ * clusters is two endpoints, each removed on its own. */
+static void test_cluster_key(void **state)
+{
+        (void)state;
+        struct disc_registry *r = disc_registry_new(NULL);
+        int src = disc_source_add(r, "t", DISC_SOURCE_FILE);
+        struct disc_service_spec sp;
+        disc_service_spec_init(&sp);
+        snprintf(sp.name, sizeof(sp.name), "web");
+        sp.ports[0].port = 80;
+        sp.ports[0].target_port = 8080;
+        sp.n_ports = 1;
+        struct disc_endpoint_spec e[3];
+        memset(e, 0, sizeof(e));
+        for (int i = 0; i < 3; i++) {
+                e[i].addr = A(i == 2 ? "10.0.0.2" : "10.0.0.1", 8080);
+                e[i].weight = 1;
+        }
+        snprintf(e[0].cluster, sizeof(e[0].cluster), "east");
+        snprintf(e[1].cluster, sizeof(e[1].cluster), "west");
+        sp.endpoints = e;
+        sp.n_endpoints = 3;
+        assert_int_equal(disc_registry_replace(r, src, &sp, 1), 0);
+        assert_int_equal(disc_registry_publish(r), 0);
+        const struct disc_snapshot *s = disc_registry_acquire(r);
+        const struct disc_service *web = disc_find_service(s, NULL, "web");
+        assert_int_equal(web->n_endpoints, 3);
+        /* sorted by address, then cluster ("" first) */
+        assert_string_equal(web->endpoints[0].cluster, "east");
+        assert_string_equal(web->endpoints[1].cluster, "west");
+        assert_string_equal(web->endpoints[2].cluster, "");
+        disc_snapshot_release(s);
+        sp.endpoints = &e[1];
+        sp.n_endpoints = 2;
+        assert_int_equal(disc_registry_replace(r, src, &sp, 1), 0);
+        assert_int_equal(disc_registry_publish(r), 0);
+        s = disc_registry_acquire(r);
+        web = disc_find_service(s, NULL, "web");
+        assert_int_equal(web->n_endpoints, 2);
+        assert_string_equal(web->endpoints[0].cluster, "west");
+        disc_snapshot_release(s);
+        disc_registry_free(r);
+}
+
 static void test_snapshot_isolation(void **state)
 {
         (void)state;
@@ -1049,6 +1094,7 @@ int main(void)
         log_set_level(LOG_ERROR);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_parse_full),
+            cmocka_unit_test(test_cluster_key),
             cmocka_unit_test(test_endpoint_identity),
             cmocka_unit_test(test_validation_errors),
             cmocka_unit_test(test_validation_line),

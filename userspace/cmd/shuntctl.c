@@ -451,7 +451,7 @@ static cJSON *fetch(const char *method, const char *path, const char *body)
 
 /* ---- output helpers ----------------------------------------------------------- */
 
-#define MAX_COLS 13
+#define MAX_COLS 14
 
 struct table {
         int ncols;
@@ -847,12 +847,12 @@ static int cmd_endpoints(const char *service)
                 snprintf(path, sizeof(path), "/endpoints?service=%.200s", service);
         }
         cJSON *j = fetch("GET", path, NULL);
-        struct table t = {.ncols = 13,
+        struct table t = {.ncols = 14,
                           .header = {"SERVICE", "ENDPOINT", "HEALTH", "WEIGHT", "ZONE", "SOURCE",
                                      "STALE", "FAILURES", "BREAKER", "EJECTED_MS", "ACTIVE", "MTLS",
-                                     "PEER_IDENTITY"},
+                                     "PEER_IDENTITY", "CLUSTER"},
                           .right = {false, false, false, true, false, false, true, true, false,
-                                    true, true, false, false}};
+                                    true, true, false, false, false}};
         const cJSON *svc;
         cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(j, "services"))
         {
@@ -895,7 +895,8 @@ static int cmd_endpoints(const char *service)
                                   jint(ep, "weight", weight, sizeof(weight)),
                                   jstr(ep, "zone", "")[0] ? jstr(ep, "zone", "") : "-",
                                   jstr(ep, "source", "?"), stale, fails, breaker, ejected, active,
-                                  mtls, peer[0] ? peer : "-");
+                                  mtls, peer[0] ? peer : "-",
+                                  jstr(ep, "cluster", "")[0] ? jstr(ep, "cluster", "") : "-");
                 }
         }
         if (t.rows == 0)

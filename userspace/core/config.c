@@ -266,6 +266,10 @@ static const struct key_desc keys[] = {
          .flags = KF_RESTART, .note = "https: the client certificate's key"},
         {.path = "service_discovery.consul.datacenter", .env = "CONSUL_DATACENTER", .type = K_STR,
          FIELD(consul_datacenter), .def = "dc1", .flags = KF_NONEMPTY | KF_RESTART},
+        {.path = "service_discovery.clusters", .type = K_JSONARR, FIELD(sd_clusters),
+         .flags = KF_FILE_ONLY | KF_RESTART,
+         .note = "several registries at once: [{\"name\", \"region\", \"zone\", \"priority\", \"trust_domain\", "
+                 "\"type\": file|kubernetes|consul, and that type's settings}] (docs/discovery.md, Clusters)"},
         {.path = "service_discovery.dns.servers", .env = "SHUNT_DNS_SERVERS", .type = K_STR, FIELD(dns_servers),
          .flags = KF_RESTART,
          .note = "name servers, comma-separated: ip, ip:port, [ipv6]:port; empty = /etc/resolv.conf"},
@@ -1341,6 +1345,7 @@ static void config_destroy(struct snapshot *s)
         struct shunt_config *c = (struct shunt_config *)s;
         free(c->authorization_policies);
         free(c->dns_services);
+        free(c->sd_clusters);
         free(c->origins);
         free(c);
 }
@@ -1353,11 +1358,14 @@ struct shunt_config *config_clone(const struct shunt_config *c)
         memcpy(n, c, sizeof(*n));
         n->authorization_policies = NULL;
         n->dns_services = NULL;
+        n->sd_clusters = NULL;
         n->origins = NULL;
         if (c->authorization_policies &&
             !(n->authorization_policies = strdup(c->authorization_policies)))
                 goto fail;
         if (c->dns_services && !(n->dns_services = strdup(c->dns_services)))
+                goto fail;
+        if (c->sd_clusters && !(n->sd_clusters = strdup(c->sd_clusters)))
                 goto fail;
         if (c->origins) {
                 n->origins = malloc(c->n_origins * sizeof(*n->origins));
@@ -1370,6 +1378,7 @@ struct shunt_config *config_clone(const struct shunt_config *c)
 fail:
         free(n->authorization_policies);
         free(n->dns_services);
+        free(n->sd_clusters);
         free(n);
         return NULL;
 }

@@ -237,6 +237,9 @@ struct shunt_config {
         int dns_fallback;                  /* ...dns.fallback: off 0 | on 1 */
         uint32_t dns_fallback_after_ms;    /* ...dns.fallback_after, 30s */
         char *dns_services;                /* ...dns.services (file only): JSON array text */
+        /* service_discovery.clusters (file only): JSON array text, several
+         * registries at once (discovery/cluster.h); NULL: one registry */
+        char *sd_clusters;
 
         /* mTLS */
         char trust_domain[CONFIG_STR_MAX]; /* mtls.trust_domain, TRUST_DOMAIN */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "discovery/cluster.h"
 #include "discovery/consul.h"
 #include "discovery/dns.h"
 #include "discovery/file.h"
@@ -95,8 +96,8 @@ int disc_backend_new(struct disc_registry *r, const struct shunt_config *cfg,
                      struct disc_backend **out, char *err, size_t errlen)
 {
         const char *type = cfg->sd_type[0] ? cfg->sd_type : "file";
-        const struct disc_backend_ops *ops = NULL;
-        for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++) {
+        const struct disc_backend_ops *ops = cfg->sd_clusters ? &disc_cluster_ops : NULL;
+        for (size_t i = 0; !ops && i < sizeof(backends) / sizeof(backends[0]); i++) {
                 if (strcmp(backends[i]->type, type) == 0)
                         ops = backends[i];
         }

@@ -219,9 +219,10 @@ static void slot_table_unref(struct slot_table *t)
 
 /* ---- hash maps (chained by record index) ---------------------------------- */
 
-static uint64_t ep_key_hash(uint32_t svc, const struct disc_addr *a)
+/* An endpoint's key: its service, address and port, and its cluster. */
+static uint64_t ep_key_hash(uint32_t svc, const struct disc_addr *a, const char *cluster)
 {
-        return hash_fmix64(addr_hash(a) ^ svc);
+        return hash_fmix64(str_hash(addr_hash(a) ^ svc, cluster));
 }
 
 static int grow_buckets(uint32_t **buckets, uint32_t *nb, uint32_t want)
@@ -261,7 +262,8 @@ static void ep_rehash(struct disc_registry *r)
                 struct ep_rec *e = &r->eps[i];
                 if (!e->used)
                         continue;
-                uint32_t b = (uint32_t)(ep_key_hash(e->svc, &e->spec.addr) & (r->ep_nbuckets - 1));
+                uint32_t b = (uint32_t)(ep_key_hash(e->svc, &e->spec.addr, e->spec.cluster) &
+                                        (r->ep_nbuckets - 1));
                 e->hnext = r->ep_buckets[b];
                 r->ep_buckets[b] = i;
         }
@@ -281,14 +283,16 @@ uint32_t disc_svc_find(const struct disc_registry *r, const char *ns, const char
         return NONE;
 }
 
-static uint32_t ep_find(const struct disc_registry *r, uint32_t svc, const struct disc_addr *a)
+static uint32_t ep_find(const struct disc_registry *r, uint32_t svc, const struct disc_addr *a,
+                        const char *cluster)
 {
         if (!r->ep_nbuckets)
                 return NONE;
-        uint64_t h = ep_key_hash(svc, a);
+        uint64_t h = ep_key_hash(svc, a, cluster);
         for (uint32_t i = r->ep_buckets[h & (r->ep_nbuckets - 1)]; i != NONE; i = r->eps[i].hnext) {
                 const struct ep_rec *e = &r->eps[i];
-                if (e->svc == svc && addr_eq(&e->spec.addr, a))
+                if (e->svc == svc && addr_eq(&e->spec.addr, a) &&
+                    strcmp(e->spec.cluster, cluster) == 0)
                         return i;
         }
         return NONE;
@@ -387,8 +391,9 @@ static void ep_remove(struct disc_registry *r, uint32_t i)
 {
         struct ep_rec *e = &r->eps[i];
         struct svc_rec *s = &r->svcs[e->svc];
-        chain_unlink(r->ep_buckets, r->ep_nbuckets, ep_key_hash(e->svc, &e->spec.addr), i, r->eps,
-                     sizeof(*e), offsetof(struct ep_rec, hnext));
+        chain_unlink(r->ep_buckets, r->ep_nbuckets,
+                     ep_key_hash(e->svc, &e->spec.addr, e->spec.cluster), i, r->eps, sizeof(*e),
+                     offsetof(struct ep_rec, hnext));
         if (e->prev != NONE)
                 r->eps[e->prev].next = e->next;
         else
@@ -486,7 +491,7 @@ static uint32_t ep_put(struct disc_registry *r, int src, uint32_t svc,
 {
         struct disc_endpoint_spec n = *spec;
         addr_norm(&n.addr, &spec->addr);
-        uint32_t i = ep_find(r, svc, &n.addr);
+        uint32_t i = ep_find(r, svc, &n.addr, n.cluster);
         if (i == NONE) {
                 int g = grow_buckets(&r->ep_buckets, &r->ep_nbuckets, r->n_eps + 1);
                 if (g < 0)
@@ -512,7 +517,8 @@ static uint32_t ep_put(struct disc_registry *r, int src, uint32_t svc,
                         r->eps[s->ep_head].prev = i;
                 s->ep_head = i;
                 s->n_eps++;
-                uint32_t b = (uint32_t)(ep_key_hash(svc, &n.addr) & (r->ep_nbuckets - 1));
+                uint32_t b =
+                    (uint32_t)(ep_key_hash(svc, &n.addr, n.cluster) & (r->ep_nbuckets - 1));
                 e->hnext = r->ep_buckets[b];
                 r->ep_buckets[b] = i;
                 r->n_eps++;
@@ -932,7 +938,7 @@ int disc_registry_remove_endpoint(struct disc_registry *r, int src, const char *
                 return -ENOENT;
         struct disc_addr a;
         addr_norm(&a, addr);
-        uint32_t e = ep_find(r, s, &a);
+        uint32_t e = ep_find(r, s, &a, "");
         if (e == NONE || r->eps[e].src != src)
                 return -ENOENT;
         ep_remove(r, e);
@@ -1206,8 +1212,9 @@ static int svc_order(const void *a, const void *b)
 
 static int ep_order(const void *a, const void *b)
 {
-        return addr_cmp(&((const struct disc_endpoint *)a)->addr,
-                        &((const struct disc_endpoint *)b)->addr);
+        const struct disc_endpoint *x = a, *y = b;
+        int c = addr_cmp(&x->addr, &y->addr);
+        return c ? c : strcmp(x->cluster, y->cluster);
 }
 
 /* Bump allocator over one block. */
@@ -1259,7 +1266,8 @@ int disc_registry_publish(struct disc_registry *r)
                 if (r->eps[i].used)
                         strbytes += strlen(r->eps[i].spec.zone) + strlen(r->eps[i].spec.region) +
                                     strlen(r->eps[i].spec.identity) +
-                                    strlen(r->eps[i].spec.labels) + 4;
+                                    strlen(r->eps[i].spec.labels) + strlen(r->eps[i].spec.cluster) +
+                                    5;
         }
         sort_reg = r;
         qsort(order, ns, sizeof(*order), svc_order);
@@ -1393,6 +1401,7 @@ int disc_registry_publish(struct disc_registry *r)
                         ep->zone = arena_str(&a, er->spec.zone);
                         ep->region = arena_str(&a, er->spec.region);
                         ep->labels = arena_str(&a, er->spec.labels);
+                        ep->cluster = arena_str(&a, er->spec.cluster);
                         /* The service's identity is already in the arena. */
                         ep->identity = er->spec.unmeshed      ? ""
                                        : er->spec.identity[0] ? arena_str(&a, er->spec.identity)

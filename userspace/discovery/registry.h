@@ -167,6 +167,9 @@ struct disc_endpoint_spec {
         bool unmeshed;       /* no sidecar: never TLS, even when the service has an identity */
         enum disc_mtls mtls; /* this endpoint's own mode; DEFAULT: the service's */
         char labels[DR_LABELS_MAX]; /* "k=v,k=v" sorted by key; route backends select by them */
+        /* The cluster it comes from (service_discovery.clusters), part of its
+         * key: the same address in two clusters is two endpoints. "" alone. */
+        char cluster[DISC_NAME_MAX];
 };
 
 struct disc_service_spec {
@@ -211,6 +214,7 @@ struct disc_endpoint {
         bool stale;      /* its source is failing: data may be out of date */
         const char *zone;
         const char *region;
+        const char *cluster;  /* "" outside service_discovery.clusters */
         const char *identity; /* effective SPIFFE ID to require; "" when not meshed */
         bool meshed;          /* identity[0] != 0 */
         enum disc_mtls

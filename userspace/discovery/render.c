@@ -50,7 +50,7 @@ static void append_src(struct strbuf *sb, const struct disc_registry *r, int src
 
 static void render_service(struct disc_registry *r, struct strbuf *sb,
                            const struct disc_snapshot *snap, const struct disc_service *svc,
-                           const struct disc_render_hooks *hooks)
+                           const struct disc_render_hooks *hooks, const char *cluster)
 {
         uint32_t si = disc_svc_find(r, svc->ns, svc->name);
         if (si == DISC_NONE)
@@ -94,16 +94,22 @@ static void render_service(struct disc_registry *r, struct strbuf *sb,
                        hc->unhealthy_threshold, hc->passive_failures, hc->ejection_ms);
         strbuf_appendf(sb, ",\"endpoints_total\":%u,\"endpoints_routable\":%u,\"endpoints\":[",
                        svc->n_endpoints, svc->n_healthy);
+        bool first = true;
         for (uint32_t i = 0; i < svc->n_endpoints; i++) {
                 const struct disc_endpoint *ep = &svc->endpoints[i];
                 const struct ep_rec *e = &r->eps[ep->slot];
-                strbuf_append(sb, i ? ",{\"address\":" : "{\"address\":");
+                if (cluster[0] && strcmp(ep->cluster, cluster) != 0)
+                        continue;
+                strbuf_append(sb, first ? "{\"address\":" : ",{\"address\":");
+                first = false;
                 strbuf_append_json_string(sb, disc_addr_ip(&ep->addr, ip, sizeof(ip)));
                 strbuf_appendf(sb, ",\"port\":%u,\"weight\":%u,\"zone\":", ep->addr.port,
                                ep->weight);
                 strbuf_append_json_string(sb, ep->zone);
                 strbuf_append(sb, ",\"region\":");
                 strbuf_append_json_string(sb, ep->region);
+                strbuf_append(sb, ",\"cluster\":");
+                strbuf_append_json_string(sb, ep->cluster);
                 strbuf_append(sb, ",\"identity\":");
                 strbuf_append_json_string(sb, ep->identity);
                 strbuf_appendf(sb, ",\"meshed\":%s,\"mtls\":\"%s\"", ep->meshed ? "true" : "false",
@@ -142,12 +148,20 @@ void disc_render_endpoints_with(struct disc_registry *r, struct strbuf *sb, cons
 {
         disc_registry_publish(r); /* so the snapshot shows every change */
         const struct disc_snapshot *snap = disc_registry_acquire(r);
-        char ns[DISC_NAME_MAX] = "", name[DISC_NAME_MAX] = "";
+        char ns[DISC_NAME_MAX] = "", name[DISC_NAME_MAX] = "", cluster[DISC_NAME_MAX] = "";
         if (service && *service) {
-                const char *slash = strchr(service, '/');
+                const char *slash = strchr(service, '/'), *dot = strchr(service, '.');
                 if (slash) {
                         snprintf(ns, sizeof(ns), "%.*s", (int)(slash - service), service);
                         snprintf(name, sizeof(name), "%s", slash + 1);
+                } else if (dot) {
+                        /* name.namespace, or name.namespace.cluster: one cluster's */
+                        const char *dot2 = strchr(dot + 1, '.');
+                        snprintf(name, sizeof(name), "%.*s", (int)(dot - service), service);
+                        snprintf(ns, sizeof(ns), "%.*s",
+                                 (int)(dot2 ? dot2 - dot - 1 : (long)strlen(dot + 1)), dot + 1);
+                        if (dot2)
+                                snprintf(cluster, sizeof(cluster), "%s", dot2 + 1);
                 } else {
                         snprintf(name, sizeof(name), "%s", service);
                 }
@@ -162,7 +176,7 @@ void disc_render_endpoints_with(struct disc_registry *r, struct strbuf *sb, cons
                 if (!first)
                         strbuf_append(sb, ",");
                 first = false;
-                render_service(r, sb, snap, svc, hooks);
+                render_service(r, sb, snap, svc, hooks, cluster);
         }
         strbuf_append(sb, "]}");
         disc_snapshot_release(snap);
