@@ -1790,13 +1790,15 @@ static const char *value_hint(const struct key_desc *d)
         return "";
 }
 
-static char usage_text[16384];
+/* Grown as needed and kept for the process (a fixed buffer once cut the
+ * last keys off --help without a word). */
+static struct strbuf usage_sb;
 static pthread_once_t usage_once = PTHREAD_ONCE_INIT;
 
 static void build_usage(void)
 {
         struct strbuf sb;
-        strbuf_init_static(&sb, usage_text, sizeof(usage_text));
+        strbuf_init(&sb);
         strbuf_append(
             &sb, "  --config FILE\n      the JSON configuration file; its keys are the flag names "
                  "with '-' written '_' (dots = nesting)\n");
@@ -1811,12 +1813,13 @@ static void build_usage(void)
                                what, d->env ? "; env " : "", d->env ? d->env : "",
                                d->def ? "\"" : "", d->def ? d->def : "(empty)", d->def ? "\"" : "");
         }
+        usage_sb = sb;
 }
 
 const char *config_usage(void)
 {
         pthread_once(&usage_once, build_usage);
-        return usage_text;
+        return usage_sb.data && !usage_sb.truncated ? usage_sb.data : "(out of memory)\n";
 }
 
 /* describe() already quotes the note for these types. */
