@@ -170,7 +170,8 @@ def test_http1_through_the_mesh(mesh):
     r = topo.app.curl(["-o", "/dev/null", "-w", "%{size_download}", url + "bytes/%d" % BIG])
     assert r.returncode == 0 and r.stdout == str(BIG), r.stdout + r.stderr
     # B proxied them request by request (its access lines say so).
-    assert any("inbound http1" in l.get("msg", "") for l in b.log_lines())
+    sl.wait_until(lambda: any(l["direction"] == "inbound" and l["protocol"] == "http1"
+                              for l in b.access_lines("http")), 10, what="B's inbound http1 access lines")
 
 
 def test_http1_pipelined_on_mesh_tls(mesh):
