@@ -180,11 +180,14 @@ static int int_field(struct pctx *p, const cJSON *o, const char *key, long long 
         if (!f)
                 return 1;
         size_t old = push(p, key, 0);
-        double d = cJSON_IsNumber(f) ? f->valuedouble : 0;
-        if (!cJSON_IsNumber(f) || d != (double)(long long)d)
+        if (!cJSON_IsNumber(f))
                 return bad(p, f, "expected an integer");
-        if (d < (double)min || d > (double)max)
-                return bad(p, f, "%lld is out of range %lld..%lld", (long long)d, min, max);
+        double d = f->valuedouble;
+        /* The range first: a cast of a double beyond long long is undefined. */
+        if (!(d >= (double)min && d <= (double)max))
+                return bad(p, f, "%g is out of range %lld..%lld", d, min, max);
+        if (d != (double)(long long)d)
+                return bad(p, f, "expected an integer");
         *out = (long long)d;
         pop(p, old);
         return 0;
