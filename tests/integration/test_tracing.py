@@ -155,8 +155,10 @@ def test_parent_and_child_spans(mesh):
     assert (o["kind"], o["parentSpanId"]) == (CLIENT, PARENT), o
     assert (i["kind"], i["parentSpanId"]) == (SERVER, o["spanId"]), (i, o)
     assert i["spanId"] == m.group(2), "the backend's parent is B's span"
+    # A's span starts before B receives the request (causal); the ends are
+    # not ordered: B ends its span after its last write, which A may have
+    # read and ended on first.
     assert int(o["startTimeUnixNano"]) <= int(i["startTimeUnixNano"])
-    assert int(i["endTimeUnixNano"]) <= int(o["endTimeUnixNano"])
     for s, peer in ((o, WEB_ID), (i, CLIENT_ID)):
         at = attrs(s)
         assert (s["name"], at["http.request.method"], at["url.path"], at["url.query"],
