@@ -677,6 +677,11 @@ class Shuntd:
     def stop(self, timeout=15.0):
         return self.proc.stop(signal.SIGTERM, timeout)
 
+    def mapped_files(self):
+        """The files mapped into the running process (/proc/PID/maps)."""
+        with open("/proc/%d/maps" % self.proc.pid) as f:
+            return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+
     # -- admin
     def get(self, path, timeout=5.0):
         status, _, body = self.pod.http(self.admin[0], self.admin[1], "GET", path, timeout=timeout)

@@ -283,6 +283,8 @@ def test_initial_sync_and_mapping(env):
     assert stats["list"]["services"] >= 1 and stats["list"]["endpointslices"] >= 1
     sl.wait_until(lambda: served_set(env, 9) == names([0, 1, 2]), 10,
                   what="traffic through the clusterIP")
+    # the Kubernetes backend loaded libcurl at first use (core/curl.c)
+    assert any("libcurl-gnutls.so" in p for p in d.mapped_files())
 
 
 def test_scale_3_5_2(env):

@@ -57,6 +57,11 @@ def test_sigterm_removes_rules_and_exits_zero(fresh_topo, start_shuntd):
     assert_installed_once(topo.app)
     assert outbound_echo(topo) == b"hello"
     assert d.metric("shunt_connections_accepted_total", direction="outbound") == 1
+    # libcurl (and GnuTLS, LDAP, Kerberos with it) is loaded only by what
+    # needs it (core/curl.c): a sidecar on the file registry never maps it.
+    libs = {p for p in d.mapped_files() if "/lib" in p}
+    assert any("libssl" in p for p in libs), sorted(libs)
+    assert not [p for p in libs if "libcurl" in p or "gnutls" in p], sorted(libs)
 
     d.signal(signal.SIGTERM)
     rc = d.wait(15)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "check/check-int.h"
+#include "core/curlloop.h"
 #include "core/log.h"
 
 #define HTTP_TIMEOUT_MS 5000
@@ -113,11 +114,8 @@ int check_http_get(const char *url, const char *cainfo, long *status, struct str
         curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, http_body_cb);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, body);
-        if (cainfo) {
-                /* Only the configured bundle: no system roots. */
-                curl_easy_setopt(h, CURLOPT_CAINFO, cainfo);
-                curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
-        }
+        if (cainfo)
+                curl_trust_only(h, cainfo);
         CURLcode rc = curl_easy_perform(h);
         int ret = 0;
         if (rc != CURLE_OK) {

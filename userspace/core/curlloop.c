@@ -203,3 +203,9 @@ void curl_request_init(CURL *e, const char *url, const char *protocols, struct c
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 }
+
+void curl_trust_only(CURL *e, const char *ca_file)
+{
+        curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+}

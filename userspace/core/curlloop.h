@@ -49,4 +49,9 @@ void curl_body_free(struct curl_body *b);
 void curl_request_init(CURL *e, const char *url, const char *protocols, struct curl_slist *hdrs,
                        char *errbuf);
 
+/* The server's certificate must chain to the roots in ca_file and to no
+ * other: libcurl's default directory of system roots is switched off too
+ * (CAINFO alone would add to it, not replace it). */
+void curl_trust_only(CURL *e, const char *ca_file);
+
 #endif

@@ -398,10 +398,8 @@ struct chttp *chttp_get(struct chttp_client *c, const char *target, const char *
                          (long)(timeout_ms < CHTTP_CONNECT_MS ? timeout_ms : CHTTP_CONNECT_MS));
         curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
-        if (c->ca_file[0]) { /* that CA only: no system roots */
-                curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
-                curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-        }
+        if (c->ca_file[0])
+                curl_trust_only(e, c->ca_file);
         if (c->cert_file[0]) {
                 curl_easy_setopt(e, CURLOPT_SSLCERT, c->cert_file);
                 curl_easy_setopt(e, CURLOPT_SSLKEY, c->key_file);

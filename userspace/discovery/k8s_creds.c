@@ -22,6 +22,7 @@
 #include <yaml.h>
 #endif
 
+#include "core/curlloop.h"
 #include "core/file.h"
 #include "core/log.h"
 
@@ -518,10 +519,8 @@ int k8s_creds_apply(struct k8s_creds *k, CURL *e, struct curl_slist **hdrs)
                         rc = -ENOMEM;
         }
         pthread_mutex_unlock(&k->mu);
-        if (k->ca_path[0]) { /* the cluster's CA only, as kubectl: no system roots */
-                curl_easy_setopt(e, CURLOPT_CAINFO, k->ca_path);
-                curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-        }
+        if (k->ca_path[0]) /* the cluster's CA only, as kubectl */
+                curl_trust_only(e, k->ca_path);
         if (k->cert_path[0]) {
                 curl_easy_setopt(e, CURLOPT_SSLCERT, k->cert_path);
                 curl_easy_setopt(e, CURLOPT_SSLKEY, k->key_path);

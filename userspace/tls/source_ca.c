@@ -389,8 +389,7 @@ static int req_new(struct ca_src *s, struct ca_req **out, char *err, size_t errl
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, curl_body_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->resp);
-        curl_easy_setopt(e, CURLOPT_CAINFO, s->bundle_file);
-        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+        curl_trust_only(e, s->bundle_file);
         curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_3);
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)TLS_CA_CONNECT_MS);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)TLS_CA_REQUEST_MS);
