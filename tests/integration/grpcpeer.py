@@ -18,7 +18,8 @@ no generated code are needed.
                        [--pause-ms MS]
         All calls share ONE channel (one HTTP/2 connection). Prints one JSON
         object: {"servers": {name: n}, "codes": {code: n}, "details": [...],
-        "calls": [...]} (for bidi, "calls" lists the servers each call saw).
+        "calls": [...]} (for bidi, "calls" lists the servers each call saw;
+        for unary, "latencies" each call's seconds).
 """
 
 import argparse
@@ -140,17 +141,21 @@ def run_unary(args, ch):
     out = {"servers": collections.Counter(), "codes": collections.Counter(), "details": []}
     want = hashlib.sha256(payload).hexdigest()
 
+    out["latencies"] = []  # seconds per call, in order
+
     def one(_):
+        t0 = time.monotonic()
         try:
             r = parse_reply(call(payload, timeout=args.timeout, metadata=md))
             if r["len"] != len(payload) or r["sha256"] != want:
-                return ("CORRUPT", None, "request arrived altered")
-            return ("OK", r["server"], None)
+                return ("CORRUPT", None, "request arrived altered", time.monotonic() - t0)
+            return ("OK", r["server"], None, time.monotonic() - t0)
         except grpc.RpcError as e:
-            return (code_name(e), None, e.details())
+            return (code_name(e), None, e.details(), time.monotonic() - t0)
 
     with futures.ThreadPoolExecutor(max_workers=args.parallel) as ex:
-        for code, server, detail in ex.map(one, range(args.n)):
+        for code, server, detail, took in ex.map(one, range(args.n)):
+            out["latencies"].append(round(took, 4))
             out["codes"][code] += 1
             if server:
                 out["servers"][server] += 1

@@ -138,19 +138,22 @@ static void test_transition_table(void **state)
                 enum h1_state from, to;
                 bool ok;
         } cases[] = {
-            {H1_IDLE, H1_HEAD, true},      {H1_HEAD, H1_AWAIT, true},
-            {H1_AWAIT, H1_STREAM, true},   {H1_STREAM, H1_IDLE, true},
-            {H1_STREAM, H1_HEAD, true},    {H1_STREAM, H1_CLOSING, true},
-            {H1_AWAIT, H1_TUNNEL, true},   {H1_AWAIT, H1_BACKOFF, true},
-            {H1_AWAIT, H1_AWAIT, true},    {H1_BACKOFF, H1_AWAIT, true},
-            {H1_HEAD, H1_CLOSING, true},   {H1_CLOSING, H1_LINGER, true},
-            {H1_LINGER, H1_CLOSED, true},  {H1_TUNNEL, H1_CLOSED, true},
-            {H1_IDLE, H1_STREAM, false},   {H1_IDLE, H1_CLOSING, false},
-            {H1_HEAD, H1_STREAM, false},   {H1_STREAM, H1_AWAIT, false},
-            {H1_STREAM, H1_TUNNEL, false}, {H1_BACKOFF, H1_STREAM, false},
-            {H1_CLOSING, H1_IDLE, false},  {H1_LINGER, H1_CLOSING, false},
-            {H1_TUNNEL, H1_IDLE, false},   {H1_CLOSED, H1_IDLE, false},
-            {H1_CLOSED, H1_CLOSED, false}, {H1__COUNT, H1_IDLE, false},
+            {H1_IDLE, H1_HEAD, true},       {H1_HEAD, H1_AWAIT, true},
+            {H1_AWAIT, H1_STREAM, true},    {H1_STREAM, H1_IDLE, true},
+            {H1_STREAM, H1_HEAD, true},     {H1_STREAM, H1_CLOSING, true},
+            {H1_AWAIT, H1_TUNNEL, true},    {H1_AWAIT, H1_BACKOFF, true},
+            {H1_AWAIT, H1_AWAIT, true},     {H1_BACKOFF, H1_AWAIT, true},
+            {H1_HEAD, H1_CLOSING, true},    {H1_CLOSING, H1_LINGER, true},
+            {H1_HEAD, H1_DELAY, true},      {H1_DELAY, H1_AWAIT, true},
+            {H1_DELAY, H1_CLOSING, true},   {H1_DELAY, H1_STREAM, false},
+            {H1_AWAIT, H1_DELAY, false},    {H1_LINGER, H1_CLOSED, true},
+            {H1_TUNNEL, H1_CLOSED, true},   {H1_IDLE, H1_STREAM, false},
+            {H1_IDLE, H1_CLOSING, false},   {H1_HEAD, H1_STREAM, false},
+            {H1_STREAM, H1_AWAIT, false},   {H1_STREAM, H1_TUNNEL, false},
+            {H1_BACKOFF, H1_STREAM, false}, {H1_CLOSING, H1_IDLE, false},
+            {H1_LINGER, H1_CLOSING, false}, {H1_TUNNEL, H1_IDLE, false},
+            {H1_CLOSED, H1_IDLE, false},    {H1_CLOSED, H1_CLOSED, false},
+            {H1__COUNT, H1_IDLE, false},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
                 if (h1_transition_ok(cases[i].from, cases[i].to) != cases[i].ok)

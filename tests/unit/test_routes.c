@@ -211,6 +211,31 @@ static void test_weighted_pick(void **state)
         disc_specs_free(&specs);
 }
 
+static void test_fault(void **state)
+{
+        (void)state;
+        struct disc_specs specs;
+        char err[512];
+        const char *routes =
+            "[{\"name\": \"f\", \"rules\": [{\"fault\": {"
+            " \"abort\": {\"httpStatus\": 503, \"grpcStatus\": 8, \"percentage\": 2.5},"
+            " \"delay\": {\"fixedDelay\": \"250ms\", \"percentage\": 30}}}]}]";
+        assert_int_equal(parse(routes, &specs, err, sizeof(err)), 0);
+        const struct dr_rule *u = &specs.svcs[0].routes->rules[0];
+        assert_int_equal(u->abort_ppm, 25000);
+        assert_int_equal(u->abort_http, 503);
+        assert_int_equal(u->abort_grpc, 8);
+        assert_int_equal(u->delay_ppm, 300000);
+        assert_int_equal(u->delay_ms, 250);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        dr_render_port(specs.svcs[0].routes, 80, &sb);
+        assert_non_null(strstr(sb.data, "\"delay\":{\"fixedDelay_ms\":250,\"percentage\":30}"));
+        assert_non_null(strstr(sb.data, "\"faults\":0,\"delays\":0"));
+        strbuf_free(&sb);
+        disc_specs_free(&specs);
+}
+
 static void test_rewrite_redirect(void **state)
 {
         (void)state;
@@ -326,7 +351,15 @@ static void test_bad_input(void **state)
                         "503, \"percentage\": 0}}}]}]");
         assert_non_null(strstr(e, "rules[0].fault.abort.percentage: 'percentage' must be"));
         e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {\"delay\": {}}}]}]");
-        assert_non_null(strstr(e, "fault.delay: fault delays are not supported yet"));
+        assert_non_null(strstr(e, "fault.delay: a delay needs 'fixedDelay'"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {\"delay\": "
+                        "{\"fixedDelay\": \"2h\", \"percentage\": 5}}}]}]");
+        assert_non_null(strstr(e, "fault.delay.fixedDelay: out of range"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {\"delay\": "
+                        "{\"fixedDelay\": \"1s\"}}}]}]");
+        assert_non_null(strstr(e, "fault.delay.percentage: 'percentage' must be"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {}}]}]");
+        assert_non_null(strstr(e, "rules[0].fault: a fault needs 'abort' or 'delay'"));
         /* The line of the offending value is named. */
         e = parse_error(
             "[{\"name\": \"a\", \"rules\": [{\"timeouts\": {\"request\": \"soon\"}}]}]");
@@ -339,6 +372,7 @@ int main(void)
             cmocka_unit_test(test_regex),         cmocka_unit_test(test_precedence),
             cmocka_unit_test(test_weighted_pick), cmocka_unit_test(test_rewrite_redirect),
             cmocka_unit_test(test_grpc),          cmocka_unit_test(test_bad_input),
+            cmocka_unit_test(test_fault),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

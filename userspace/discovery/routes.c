@@ -738,20 +738,20 @@ static int parse_backend(struct pctx *p, const cJSON *x, uint16_t route_port, st
         return 0;
 }
 
-/* fault (extension, as Istio's HTTPFaultInjection): {"abort": {"httpStatus",
- * "grpcStatus", "percentage"}}. */
-static int parse_fault(struct pctx *p, const cJSON *x, struct dr_rule *u)
+/* A fault's "percentage": a number in (0, 100], as parts per million. */
+static int percent_field(struct pctx *p, const cJSON *o, uint32_t *ppm)
 {
-        static const char *const keys[] = {"abort", "delay", NULL};
+        const cJSON *pc = cJSON_GetObjectItemCaseSensitive(o, "percentage");
+        if (!cJSON_IsNumber(pc) || pc->valuedouble <= 0 || pc->valuedouble > 100)
+                return push(p, "percentage", 0),
+                       bad(p, pc ? pc : o, "'percentage' must be a number above 0, at most 100");
+        *ppm = (uint32_t)(pc->valuedouble * 10000 + 0.5);
+        return 0;
+}
+
+static int parse_abort(struct pctx *p, const cJSON *a, struct dr_rule *u)
+{
         static const char *const akeys[] = {"httpStatus", "grpcStatus", "percentage", NULL};
-        if (keys_ok(p, x, keys))
-                return -EINVAL;
-        if (cJSON_GetObjectItemCaseSensitive(x, "delay"))
-                return push(p, "delay", 0), bad(p, x, "fault delays are not supported yet");
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(x, "abort");
-        if (!a)
-                return bad(p, x, "a fault needs 'abort'");
-        push(p, "abort", 0);
         long long v;
         if (keys_ok(p, a, akeys))
                 return -EINVAL;
@@ -766,13 +766,43 @@ static int parse_fault(struct pctx *p, const cJSON *x, struct dr_rule *u)
                 return rc;
         if (rc == 0)
                 u->abort_grpc = (int16_t)v;
-        const cJSON *pc = cJSON_GetObjectItemCaseSensitive(a, "percentage");
-        if (!cJSON_IsNumber(pc) || pc->valuedouble <= 0 || pc->valuedouble > 100)
-                return push(p, "percentage", 0),
-                       bad(p, pc ? pc : a, "'percentage' must be a number above 0, at most 100");
-        u->abort_ppm = (uint32_t)(pc->valuedouble * 10000 + 0.5);
-        p->plen = strlen(p->path) - strlen(".abort");
-        p->path[p->plen] = '\0';
+        return percent_field(p, a, &u->abort_ppm);
+}
+
+static int parse_delay(struct pctx *p, const cJSON *d, struct dr_rule *u)
+{
+        static const char *const dkeys[] = {"fixedDelay", "percentage", NULL};
+        if (keys_ok(p, d, dkeys) || duration_field(p, d, "fixedDelay", &u->delay_ms))
+                return -EINVAL;
+        if (!u->delay_ms)
+                return bad(p, d, "a delay needs 'fixedDelay'");
+        return percent_field(p, d, &u->delay_ppm);
+}
+
+/* fault (extension, as Istio's HTTPFaultInjection): {"abort": {"httpStatus",
+ * "grpcStatus", "percentage"}, "delay": {"fixedDelay", "percentage"}}. */
+static int parse_fault(struct pctx *p, const cJSON *x, struct dr_rule *u)
+{
+        static const char *const keys[] = {"abort", "delay", NULL};
+        if (keys_ok(p, x, keys))
+                return -EINVAL;
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(x, "abort");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(x, "delay");
+        if (!a && !d)
+                return bad(p, x, "a fault needs 'abort' or 'delay'");
+        size_t old;
+        if (a) {
+                old = push(p, "abort", 0);
+                if (parse_abort(p, a, u))
+                        return -EINVAL;
+                pop(p, old);
+        }
+        if (d) {
+                old = push(p, "delay", 0);
+                if (parse_delay(p, d, u))
+                        return -EINVAL;
+                pop(p, old);
+        }
         return 0;
 }
 
@@ -1420,13 +1450,22 @@ static void render_rule(const struct dr_routes *r, const struct dr_rule *u, uint
                         first = false;
                 }
         strbuf_appendf(sb, "]},\"sticky\":%s", u->sticky ? "true" : "false");
-        if (u->abort_ppm)
+        if (u->abort_ppm || u->delay_ppm) {
+                strbuf_append(sb, ",\"fault\":{");
+                if (u->abort_ppm)
+                        strbuf_appendf(sb,
+                                       "\"abort\":{\"httpStatus\":%u,\"grpcStatus\":%d,"
+                                       "\"percentage\":%.4g}",
+                                       u->abort_http, u->abort_grpc, u->abort_ppm / 10000.0);
+                if (u->delay_ppm)
+                        strbuf_appendf(sb, "%s\"delay\":{\"fixedDelay_ms\":%u,\"percentage\":%.4g}",
+                                       u->abort_ppm ? "," : "", u->delay_ms,
+                                       u->delay_ppm / 10000.0);
                 strbuf_appendf(
-                    sb,
-                    ",\"fault\":{\"abort\":{\"httpStatus\":%u,\"grpcStatus\":%d,"
-                    "\"percentage\":%.4g}},\"faults\":%llu",
-                    u->abort_http, u->abort_grpc, u->abort_ppm / 10000.0,
-                    (unsigned long long)atomic_load_explicit(&u->faults, memory_order_relaxed));
+                    sb, "},\"faults\":%llu,\"delays\":%llu",
+                    (unsigned long long)atomic_load_explicit(&u->faults, memory_order_relaxed),
+                    (unsigned long long)atomic_load_explicit(&u->delays, memory_order_relaxed));
+        }
         strbuf_append(sb, "}");
 }
 

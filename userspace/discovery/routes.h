@@ -149,8 +149,13 @@ struct dr_rule {
         uint32_t abort_ppm;
         uint16_t abort_http;
         int16_t abort_grpc;
+        /* fault.delay (extension): hold delay_ppm of every million requests
+         * for delay_ms before they go upstream (an aborted one is not held). */
+        uint32_t delay_ppm;
+        uint32_t delay_ms;
         _Atomic uint64_t hits;
-        _Atomic uint64_t faults;
+        _Atomic uint64_t faults; /* aborted */
+        _Atomic uint64_t delays; /* delayed */
 };
 
 struct dr_route {

@@ -233,11 +233,12 @@ static int flow_classify(struct flow *f)
 #define TO(x) (1u << (x))
 static const unsigned h1_next[H1__COUNT] = {
     [H1_IDLE] = TO(H1_HEAD) | TO(H1_CLOSED),
-    [H1_HEAD] = TO(H1_AWAIT) | TO(H1_CLOSING) | TO(H1_CLOSED),
+    [H1_HEAD] = TO(H1_AWAIT) | TO(H1_DELAY) | TO(H1_CLOSING) | TO(H1_CLOSED),
     [H1_AWAIT] = TO(H1_AWAIT) | TO(H1_STREAM) | TO(H1_TUNNEL) | TO(H1_BACKOFF) | TO(H1_CLOSING) |
                  TO(H1_CLOSED),
     [H1_STREAM] = TO(H1_IDLE) | TO(H1_HEAD) | TO(H1_CLOSING) | TO(H1_CLOSED),
     [H1_BACKOFF] = TO(H1_AWAIT) | TO(H1_CLOSING) | TO(H1_CLOSED),
+    [H1_DELAY] = TO(H1_AWAIT) | TO(H1_CLOSING) | TO(H1_CLOSED),
     [H1_CLOSING] = TO(H1_LINGER) | TO(H1_CLOSED),
     [H1_LINGER] = TO(H1_CLOSED),
     [H1_TUNNEL] = TO(H1_CLOSED),
@@ -257,6 +258,7 @@ const char *h1_state_name(enum h1_state st)
             [H1_AWAIT] = "awaiting_response",
             [H1_STREAM] = "streaming_response",
             [H1_BACKOFF] = "retry_backoff",
+            [H1_DELAY] = "fault_delay",
             [H1_CLOSING] = "closing",
             [H1_LINGER] = "closing",
             [H1_TUNNEL] = "tunnel",
@@ -286,7 +288,8 @@ static bool resp_started(const struct h1s *s)
 /* A request is in flight: ended now, it counts as aborted. */
 static bool in_flight(const struct h1s *s)
 {
-        return s->state == H1_AWAIT || s->state == H1_STREAM || s->state == H1_BACKOFF;
+        return s->state == H1_AWAIT || s->state == H1_STREAM || s->state == H1_BACKOFF ||
+               s->state == H1_DELAY;
 }
 
 static void count_status(struct h1s *s, int status)
@@ -1141,6 +1144,11 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         loop_timer_arm(w->loop, &s->req_timer,
                        route_timeout_ms(&s->route, cfg->request_timeout_ms));
         loop_timer_cancel(w->loop, &s->timer);
+        if (s->route.delay_ms) { /* on_timer starts the attempt */
+                h1_set_state(s, H1_DELAY);
+                loop_timer_arm(w->loop, &s->timer, s->route.delay_ms);
+                return -1;
+        }
         return attempt(s);
 }
 
@@ -1579,6 +1587,7 @@ static void drive(struct h1s *s)
                         r = exchange_step(s, &progress);
                         break;
                 case H1_BACKOFF:
+                case H1_DELAY:
                         if (s->req.eof && !s->req.body_done) {
                                 session_free(s, REASON_CLIENT_RESET, false);
                                 return;
@@ -1622,6 +1631,10 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
                 if (retry_now(s) == 0)
                         drive(s);
                 return;
+        case H1_DELAY:
+                if (attempt(s) == 0)
+                        drive(s);
+                return;
         case H1_CLOSING:
                 session_free(s, REASON_IDLE_TIMEOUT, false);
                 return;
@@ -1657,7 +1670,7 @@ static void on_request_timeout(struct loop *loop, struct loop_timer *t)
                 return;
         }
         /* Only until the response head: no timeout for a body or a tunnel. */
-        if (s->state != H1_AWAIT && s->state != H1_BACKOFF)
+        if (s->state != H1_AWAIT && s->state != H1_BACKOFF && s->state != H1_DELAY)
                 return;
         const struct shunt_config *cfg = worker_cfg(s->w);
         char ubuf[SOCKADDR_STRLEN], reason[320];

@@ -193,7 +193,8 @@ struct h2s {
         bool attempt_open; /* an attempt on st->upstream awaits route_request_done */
         bool has_key;      /* key_hash: the request's consistent-hash key */
         uint64_t key_hash;
-        struct loop_timer retry; /* backoff before a retry */
+        struct loop_timer retry; /* backoff before a retry, or a route's fault delay */
+        bool delaying;           /* retry holds the route's fault delay */
         struct loop_timer deadline;
         struct loop_timer stall; /* bytes buffered and not moving */
         uint64_t progress_ms;    /* when buffered bytes last moved, or began to wait */
@@ -1358,6 +1359,16 @@ static enum route_result stream_pick(struct h2s *st, struct route_table *t)
         return r;
 }
 
+/* The first attempt of a picked stream: a request slot, then upstream. */
+static void stream_go(struct h2s *st)
+{
+        if (route_limit_acquire(&st->route, LB_LIMIT_REQUESTS) < 0) {
+                stream_fail(st, GRPC_UNAVAILABLE, 503, "the service is at limits.max_requests");
+                return;
+        }
+        stream_send(st);
+}
+
 /* Picks the endpoint for a new request (route.h's per-request life). */
 static void stream_route(struct h2s *st)
 {
@@ -1389,11 +1400,12 @@ static void stream_route(struct h2s *st)
                 return;
         }
         st->routed = true;
-        if (route_limit_acquire(&st->route, LB_LIMIT_REQUESTS) < 0) {
-                stream_fail(st, GRPC_UNAVAILABLE, 503, "the service is at limits.max_requests");
+        if (st->route.delay_ms) { /* on_retry goes on */
+                st->delaying = true;
+                loop_timer_arm(hw_loop(hw), &st->retry, st->route.delay_ms);
                 return;
         }
-        stream_send(st);
+        stream_go(st);
 }
 
 static void on_retry(struct loop *loop, struct loop_timer *t)
@@ -1402,6 +1414,12 @@ static void on_retry(struct loop *loop, struct loop_timer *t)
         struct h2s *st = t->data;
         struct h2_worker *hw = st->hw;
         struct worker *w = hw->w;
+        if (st->delaying) { /* the route's fault delay is over */
+                st->delaying = false;
+                stream_go(st);
+                hw_run(hw);
+                return;
+        }
         enum route_result r =
             route_retry_pick(&st->route, &w->route_workers, (uint64_t)w->index, &st->c->client,
                              st->has_key ? &st->key_hash : NULL, &st->upstream);

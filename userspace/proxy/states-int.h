@@ -64,6 +64,7 @@ const char *conn_state_name(enum conn_state st);
  *   IDLE     bytes of a request head arrive                     HEAD
  *   IDLE     client FIN, idle timeout, drain, error             CLOSED
  *   HEAD     complete head: the first upstream attempt starts   AWAIT
+ *   HEAD     complete head, the route injects a delay           DELAY
  *   HEAD     refused head, CONNECT, no endpoint, 408: our reply CLOSING
  *   HEAD     client FIN mid-head, idle timeout, error           CLOSED
  *   AWAIT    final response head forwarded                      STREAM
@@ -79,6 +80,9 @@ const char *conn_state_name(enum conn_state st);
  *   BACKOFF  backoff over: the next endpoint                    AWAIT
  *   BACKOFF  no endpoint left: 503                              CLOSING
  *   BACKOFF  client left mid-request, error                     CLOSED
+ *   DELAY    the delay is over: the first attempt starts        AWAIT
+ *   DELAY    no endpoint, limits, timeouts.request: our reply   CLOSING
+ *   DELAY    client left mid-request, error                     CLOSED
  *   CLOSING  the last response is out: FIN sent                 LINGER
  *   CLOSING  nothing left to read, idle timeout, error          CLOSED
  *   LINGER   client FIN, or the linger time is over             CLOSED
@@ -92,6 +96,7 @@ enum h1_state {
         H1_AWAIT,   /* a request in flight, no final response head yet */
         H1_STREAM,  /* the response head went out: streaming the body */
         H1_BACKOFF, /* waiting to retry the request on another endpoint */
+        H1_DELAY,   /* a route's fault delay: the request waits on a timer */
         H1_CLOSING, /* sending a last response, then FIN */
         H1_LINGER,  /* FIN sent: reading what the client still sends, for a moment */
         H1_TUNNEL,  /* after a 101 (Upgrade): bytes both ways until both sides closed */

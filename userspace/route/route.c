@@ -504,6 +504,10 @@ static enum route_result apply_routes(struct route_table *t, uint64_t seed,
                 atomic_fetch_add_explicit(&rule->faults, 1, memory_order_relaxed);
                 return ROUTE_ABORT;
         }
+        if (req && rule->delay_ppm && split_random(seed) % 1000000 < rule->delay_ppm) {
+                atomic_fetch_add_explicit(&rule->delays, 1, memory_order_relaxed);
+                use->delay_ms = rule->delay_ms;
+        }
         int b = dr_pick_backend(rule, rule->sticky && key_hash ? lb_mix64(*key_hash)
                                                                : split_random(seed));
         if (b < 0)
@@ -1130,10 +1134,12 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
              "Requests on a service port with traffic routes that no rule matched (404)."},
             {"shunt_route_faults_total", "counter",
              "Requests a traffic route rule's fault injection aborted."},
+            {"shunt_route_delays_total", "counter",
+             "Requests a traffic route rule's fault injection delayed."},
         };
         struct strbuf lb;
         strbuf_init(&lb);
-        for (int f = 0; f < 4; f++) {
+        for (int f = 0; f < (int)(sizeof(fam) / sizeof(fam[0])); f++) {
                 prom_family(out, fam[f][0], fam[f][1], fam[f][2]);
                 for (uint32_t i = 0; t && i < t->n_base; i++) {
                         const struct route_entry *e = &t->entries[i];
@@ -1157,7 +1163,7 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
                                         continue;
                                 char idx[16];
                                 snprintf(idx, sizeof(idx), "%u", rule->index);
-                                if (f == 3 && !rule->abort_ppm)
+                                if ((f == 3 && !rule->abort_ppm) || (f == 4 && !rule->delay_ppm))
                                         continue;
                                 for (uint32_t b = 0; b < (f == 1 ? rule->n_backends : 1); b++) {
                                         labels_svc(&lb, e, NULL);
@@ -1165,8 +1171,9 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
                                         prom_label(&lb, "rule", idx);
                                         uint64_t v;
                                         if (f != 1) {
-                                                v = atomic_load_explicit(f == 0 ? &rule->hits
-                                                                                : &rule->faults,
+                                                v = atomic_load_explicit(f == 0   ? &rule->hits
+                                                                         : f == 3 ? &rule->faults
+                                                                                  : &rule->delays,
                                                                          memory_order_relaxed);
                                         } else {
                                                 const struct dr_backend *be = &rule->backends[b];

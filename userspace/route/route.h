@@ -61,6 +61,10 @@ struct route_use {
          * worker next refreshes its route table: use them at once. */
         const struct dr_rule *rule;
         const struct dr_match *match;
+        /* The rule's fault delay drawn for this request (ms, 0: none): the
+         * engine holds the request on a timer that long before its first
+         * attempt (the picked endpoint stays held meanwhile). */
+        uint32_t delay_ms;
 };
 
 /* Builds a route table from a discovery snapshot (taking a reference to it)
@@ -101,7 +105,7 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
  * results above: ROUTE_NO_ROUTE (no rule matched: answer 404) and
  * ROUTE_REDIRECT (answer use->rule's redirect, see dr_redirect_location),
  * ROUTE_ABORT (an injected fault: answer use->rule->abort_http, gRPC
- * abort_grpc);
+ * abort_grpc); a ROUTE_ENDPOINT may carry an injected delay (use->delay_ms);
  * neither holds anything. Hits are counted per rule and backend. */
 enum route_result route_pick_http(struct route_table *t, struct route_workers **rw, uint64_t seed,
                                   const struct sockaddr_storage *dst,

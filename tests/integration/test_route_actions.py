@@ -1,0 +1,154 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Traffic route actions of issue 20 on the outbound path, with real
+clients (curl over HTTP/1.1 and HTTP/2, python grpcio) and real backends
+(httpbackend.py, h2echo.py, grpcpeer.py): fault delays for a share of the
+requests, held on a timer without holding up the others."""
+
+import json
+import os
+import sys
+
+import pytest
+
+import httpbackend
+import shuntlib as sl
+from shuntlib import Topology as T
+
+EP = sl.EP_ADDRS[0]
+VIP_H1, VIP_H2, VIP_GRPC = "10.96.3.10", "10.96.3.11", "10.96.3.12"
+H1_PORT, H2_PORT, GRPC_PORT = 8091, 8092, 8093
+H2ECHO = os.path.join(sl.HERE, "h2echo.py")
+GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
+
+DELAY_MS, DELAY_PCT = 400, 25
+
+
+def prefix(p):
+    return {"path": {"type": "PathPrefix", "value": p}}
+
+
+def delay_rule(matches=None):
+    rule = {"fault": {"delay": {"fixedDelay": "%dms" % DELAY_MS, "percentage": DELAY_PCT}}}
+    if matches:
+        rule["matches"] = matches
+    return rule
+
+
+def registry():
+    def svc(name, vip, port, proto, routes):
+        s = sl.service(name, vip, port, [EP], protocol=proto)
+        s["routes"] = routes
+        return s
+
+    return {
+        "services": [
+            svc("api", VIP_H1, H1_PORT, "HTTP", [{"name": "api", "rules": [delay_rule([prefix("/delay")]), {}]}]),
+            svc("api-h2", VIP_H2, H2_PORT, "HTTP2", [{"name": "h2", "rules": [delay_rule([prefix("/delay")]), {}]}]),
+            svc("api-grpc", VIP_GRPC, GRPC_PORT, "GRPC", [{"name": "grpc", "kind": "GRPCRoute", "rules": [delay_rule()]}]),
+        ]
+    }
+
+
+@pytest.fixture(scope="module")
+def env():
+    sl.require_tool("curl")
+    topo = T()
+    procs = []
+    daemon = None
+    try:
+        topo.add_remote4()
+        topo.route_vips()
+        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=primary" % (EP, H1_PORT)]))
+        procs.append(
+            topo.remote.spawn_ready([sys.executable, H2ECHO, "--name", "h2", "--listen", "%s:%d" % (EP, H2_PORT)], "h2echo")
+        )
+        procs.append(
+            topo.remote.spawn_ready(
+                [sys.executable, GRPCPEER, "server", "--name", "g", "--listen", "%s:%d" % (EP, GRPC_PORT)], "grpc", 20
+            )
+        )
+        path = sl.registry_file(registry())
+        daemon = sl.Shuntd(topo.app, sl.shuntd_args(**{"service-discovery.file.path": path})).wait_ready()
+        yield topo, daemon, path
+    finally:
+        sl.teardown(topo, [daemon], procs)
+
+
+def rule_of(daemon, service, key):
+    """The /routes rule of service that has key."""
+    j = daemon.json("/routes?service=" + service)
+    return [r for s in j["services"] for r in s["rules"] if key in r][0]
+
+
+def timed_curl(topo, url, n):
+    """n requests to url (curl --parallel, 20 at a time): [(status, seconds)]."""
+    args = ["-s", "-Z", "--parallel-max", "20", "-o", "/dev/null", "--max-time", "20"]
+    args += ["-w", "%{http_code} %{time_total} %{exitcode} %{errormsg}\\n", "%s?i=[1-%d]" % (url, n)]
+    out = topo.app.curl(args, timeout=60).stdout.split("\n")
+    res = [(int(l.split()[0]), float(l.split()[1])) for l in out if l.strip()]
+    assert all(l.split()[0] != "000" for l in out if l.strip()), [l for l in out if l.startswith("000")][:3]
+    assert len(res) == n, out[-5:]
+    return res
+
+
+def check_delays(took, delays, n):
+    """took: each request's seconds; delays: the rule's counter. Every
+    delayed request took at least the delay; the others did not (a little
+    slack for a loaded machine's stalls); the share is DELAY_PCT within
+    about 3 standard deviations."""
+    slow = sum(1 for t in took if t >= DELAY_MS / 1000.0)
+    assert slow >= delays, "%d requests were counted delayed, only %d took %d ms" % (delays, slow, DELAY_MS)
+    assert slow <= delays + max(2, n // 50), "%d requests took %d ms, %d were delayed" % (slow, DELAY_MS, delays)
+    share = 100.0 * delays / n
+    sigma = 100.0 * (DELAY_PCT / 100.0 * (1 - DELAY_PCT / 100.0) / n) ** 0.5
+    assert abs(share - DELAY_PCT) <= 3.5 * sigma, "%.1f %% delayed, want %d" % (share, DELAY_PCT)
+
+
+def test_fault_delay_http1(env):
+    topo, daemon, _ = env
+    n = 300
+    res = timed_curl(topo, "http://%s/delay" % VIP_H1, n)
+    assert {c for c, _ in res} == {200}
+    rule = rule_of(daemon, "api", "fault")
+    assert rule["fault"]["delay"] == {"fixedDelay_ms": DELAY_MS, "percentage": DELAY_PCT}
+    check_delays([t for _, t in res], rule["delays"], n)
+    m = daemon.metrics()
+    assert m[("shunt_route_delays_total", (("route", "api"), ("rule", "0"), ("service", "default/api:80")))] == rule["delays"]
+    # a request of another rule is never delayed
+    assert max(t for _, t in timed_curl(topo, "http://%s/other" % VIP_H1, 40)) < DELAY_MS / 1000.0
+
+
+def h2load(topo, url, n, streams=20):
+    """n requests over ONE HTTP/2 connection (h2load, streams at a time):
+    [(status, seconds)] from its per-request log."""
+    sl.require_tool("h2load", "nghttp2-client")
+    log = os.path.join(sl.tmpdir(), "h2load-%d.log" % os.getpid())
+    topo.app.run(["h2load", "-n", str(n), "-c", "1", "-m", str(streams), "--log-file", log, url], timeout=60)
+    with open(log) as f:
+        res = [(int(l.split()[1]), int(l.split()[2]) / 1e6) for l in f if l.strip()]
+    os.unlink(log)
+    assert len(res) == n, res[:5]
+    return res
+
+
+def test_fault_delay_http2_streams_of_one_connection(env):
+    """One HTTP/2 connection: a delayed stream holds up none of the others."""
+    topo, daemon, _ = env
+    n = 300
+    res = h2load(topo, "http://%s/delay" % VIP_H2, n)
+    assert {c for c, _ in res} == {200}
+    check_delays([t for _, t in res], rule_of(daemon, "api-h2", "fault")["delays"], n)
+
+
+def test_fault_delay_grpc(env):
+    topo, daemon, _ = env
+    n = 200
+    r = topo.app.run(
+        [sys.executable, GRPCPEER, "client", "--target", "%s:80" % VIP_GRPC, "--parallel", "20", "unary", "--n", str(n)],
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = json.loads(r.stdout)
+    assert out["codes"] == {"OK": n}, out
+    check_delays(out["latencies"], rule_of(daemon, "api-grpc", "fault")["delays"], n)
