@@ -18,8 +18,8 @@
 # TEST is an executable in the build directory (test_iptables), a path to one,
 # or kernel.features (bpftool's probe of the guest kernel, checked against what
 # shunt's BPF programs use). Default: every test_bpfcap* in the build directory
-# but test_bpfcap_splice (known failure on 6.1, said at the start),
-# or test_iptables test_sniff test_config when there are none; kernel.features
+# (test_bpfcap_splice among them: the in-kernel splice on 6.1), or
+# test_iptables test_sniff test_config when there are none; kernel.features
 # always runs first.
 #
 # Exit status: 0 all passed; 1 a test failed; 2 the guest did not finish
@@ -105,12 +105,8 @@ moddir=/lib/modules/$kver
 
 # ---- tests --------------------------------------------------------------------
 if [ ${#tests[@]} -eq 0 ]; then
-	# test_bpfcap_splice is left out by default and said so: on 6.1 the relay
-	# never splices its connection (known, issue 19; tcp_splice is off by
-	# default). Name it as a TEST argument to run it.
 	mapfile -t tests < <(find "$build" -maxdepth 1 -type f -perm -u+x -name 'test_bpfcap*' \
-		! -name test_bpfcap_splice -printf '%f\n' | sort)
-	echo "vmtest: not running test_bpfcap_splice (known failure on 6.1: the connection is never spliced; tcp_splice is off by default)" >&2
+		-printf '%f\n' | sort)
 	[ ${#tests[@]} -gt 0 ] || tests=(test_iptables test_sniff test_config)
 	tests=(kernel.features "${tests[@]}")
 fi
