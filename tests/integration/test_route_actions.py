@@ -2,11 +2,16 @@
 """Traffic route actions of issue 20 on the outbound path, with real
 clients (curl over HTTP/1.1 and HTTP/2, python grpcio) and real backends
 (httpbackend.py, h2echo.py, grpcpeer.py): fault delays for a share of the
-requests, held on a timer without holding up the others."""
+requests, held on a timer without holding up the others; local rate
+limits per rule and per source (the accepted rate measured with wrk, 429 /
+RESOURCE_EXHAUSTED at once with Retry-After). It measures rates and
+latencies: it runs alone (SHUNT_SOLO_TESTS)."""
 
 import json
 import os
+import re
 import sys
+import time
 
 import pytest
 
@@ -15,7 +20,9 @@ import shuntlib as sl
 from shuntlib import Topology as T
 
 EP = sl.EP_ADDRS[0]
-VIP_H1, VIP_H2, VIP_GRPC = "10.96.3.10", "10.96.3.11", "10.96.3.12"
+VIP_H1, VIP_H2, VIP_GRPC, VIP_GRPC_RL = "10.96.3.10", "10.96.3.11", "10.96.3.12", "10.96.3.13"
+SECOND_SOURCE = "10.77.0.9"  # another client address in the app pod
+RATE, BURST = 200, 20
 H1_PORT, H2_PORT, GRPC_PORT = 8091, 8092, 8093
 H2ECHO = os.path.join(sl.HERE, "h2echo.py")
 GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
@@ -40,11 +47,33 @@ def registry():
         s["routes"] = routes
         return s
 
+    def limited(path, rps, burst, per_source=False):
+        return {"matches": [prefix(path)], "rateLimit": {"requestsPerSecond": rps, "burst": burst, "perSource": per_source}}
+
+    api_rules = [
+        delay_rule([prefix("/delay")]),
+        limited("/limited", RATE, BURST),
+        limited("/per-source", 0.1, 3, per_source=True),
+        {},
+    ]
     return {
         "services": [
-            svc("api", VIP_H1, H1_PORT, "HTTP", [{"name": "api", "rules": [delay_rule([prefix("/delay")]), {}]}]),
-            svc("api-h2", VIP_H2, H2_PORT, "HTTP2", [{"name": "h2", "rules": [delay_rule([prefix("/delay")]), {}]}]),
+            svc("api", VIP_H1, H1_PORT, "HTTP", [{"name": "api", "rules": api_rules}]),
+            svc(
+                "api-h2",
+                VIP_H2,
+                H2_PORT,
+                "HTTP2",
+                [{"name": "h2", "rules": [delay_rule([prefix("/delay")]), limited("/limited", 0.1, 2), {}]}],
+            ),
             svc("api-grpc", VIP_GRPC, GRPC_PORT, "GRPC", [{"name": "grpc", "kind": "GRPCRoute", "rules": [delay_rule()]}]),
+            svc(
+                "api-grpc-rl",
+                VIP_GRPC_RL,
+                GRPC_PORT,
+                "GRPC",
+                [{"name": "grpc-rl", "kind": "GRPCRoute", "rules": [{"rateLimit": {"requestsPerSecond": 0.1, "burst": 3}}]}],
+            ),
         ]
     }
 
@@ -58,6 +87,7 @@ def env():
     try:
         topo.add_remote4()
         topo.route_vips()
+        topo.app.ip("addr", "add", SECOND_SOURCE + "/24", "dev", "e-remote")
         procs.append(httpbackend.spawn(topo.remote, ["%s:%d=primary" % (EP, H1_PORT)]))
         procs.append(
             topo.remote.spawn_ready([sys.executable, H2ECHO, "--name", "h2", "--listen", "%s:%d" % (EP, H2_PORT)], "h2echo")
@@ -74,10 +104,13 @@ def env():
         sl.teardown(topo, [daemon], procs)
 
 
-def rule_of(daemon, service, key):
-    """The /routes rule of service that has key."""
+def rule_of(daemon, service, key, path=None):
+    """The /routes rule of service that has key (and matches path)."""
     j = daemon.json("/routes?service=" + service)
-    return [r for s in j["services"] for r in s["rules"] if key in r][0]
+    rules = [r for s in j["services"] for r in s["rules"] if key in r]
+    if path:
+        rules = [r for r in rules if r["matches"][0]["path"]["value"] == path]
+    return rules[0]
 
 
 def timed_curl(topo, url, n):
@@ -152,3 +185,77 @@ def test_fault_delay_grpc(env):
     out = json.loads(r.stdout)
     assert out["codes"] == {"OK": n}, out
     check_delays(out["latencies"], rule_of(daemon, "api-grpc", "fault")["delays"], n)
+
+
+def grpc_unary(topo, vip, n, parallel=20):
+    r = topo.app.run(
+        [sys.executable, GRPCPEER, "client", "--target", "%s:80" % vip, "--parallel", str(parallel), "unary", "--n", str(n)],
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return json.loads(r.stdout)
+
+
+def test_rate_limit_accepted_rate(env):
+    """wrk offers far more than the limit for 4 s: what it gets through is
+    the burst plus RATE a second, within 5 %; the rest is 429."""
+    topo, daemon, _ = env
+    sl.require_tool("wrk")
+    r = topo.app.run(["wrk", "-t2", "-c16", "-d4s", "--timeout", "5s", "http://%s/limited" % VIP_H1], timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    total = int(re.search(r"(\d+) requests in ([\d.]+)(m?s)", r.stdout).group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", r.stdout)
+    secs = float(m.group(2)) / (1000.0 if m.group(3) == "ms" else 1.0)
+    refused = int((re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout) or [0, 0])[1])
+    accepted = total - refused
+    assert refused > accepted, "wrk did not offer more than the limit: %s" % r.stdout
+    rate = (accepted - BURST) / secs
+    assert abs(rate - RATE) <= 0.05 * RATE, "accepted %.1f requests/s, the limit is %d: %s" % (rate, RATE, r.stdout)
+    rule = rule_of(daemon, "api", "rateLimit", "/limited")
+    assert rule["rateLimit"] == {"requestsPerSecond": RATE, "burst": BURST, "perSource": False}
+    # every 429 wrk saw was counted (the daemon may have refused a few more
+    # that wrk's end cut off)
+    assert refused <= rule["rate_limited"] <= refused + 16 * 2, (refused, rule["rate_limited"])
+    m = daemon.metrics()
+    assert m[("shunt_route_rate_limited_total", (("route", "api"), ("rule", "1"), ("service", "default/api:80")))] == rule["rate_limited"]
+
+
+def test_rate_limit_per_source_and_429_at_once(env):
+    """A per-source limit of 3 and 0.1 a second: each client address has
+    its own bucket; the refused request is answered at once (not held
+    until a token is back, 10 s away) with Retry-After."""
+    topo, daemon, _ = env
+
+    def one(source):
+        r = topo.app.curl(
+            ["-s", "-o", "/dev/null", "-D", "-", "--interface", source, "-w", "%{http_code} %{time_total}", "--max-time", "10"]
+            + ["http://%s/per-source" % VIP_H1]
+        )
+        head, _, last = r.stdout.rpartition("\n")
+        code, took = last.split()
+        ra = re.search(r"(?im)^retry-after: *(\d+)", head)
+        return int(code), float(took), int(ra.group(1)) if ra else None
+
+    a = [one(T.APP4) for _ in range(5)]
+    assert [c for c, _, _ in a] == [200, 200, 200, 429, 429], a
+    for code, took, ra in a[3:]:
+        assert took < 1.0, "a 429 took %.2f s" % took
+        assert ra is not None and 1 <= ra <= 10, ra
+    # another source still has its whole burst
+    assert [one(SECOND_SOURCE)[0] for _ in range(4)] == [200, 200, 200, 429]
+    assert rule_of(daemon, "api", "rateLimit", "/per-source")["rate_limited"] == 3
+
+
+def test_rate_limit_http2_and_grpc(env):
+    topo, _, _ = env
+    codes = []
+    for _ in range(3):
+        r = topo.app.curl(["--http2-prior-knowledge", "-s", "-o", "/dev/null", "-D", "-", "--max-time", "10", "http://%s/limited" % VIP_H2])
+        codes.append(int(r.stdout.split()[1]))
+    assert codes == [200, 200, 429], codes
+    assert re.search(r"(?im)^retry-after: *\d+", r.stdout), r.stdout
+    t0 = time.monotonic()
+    out = grpc_unary(topo, VIP_GRPC_RL, 10, parallel=1)
+    assert out["codes"] == {"OK": 3, "RESOURCE_EXHAUSTED": 7}, out
+    assert time.monotonic() - t0 < 10

@@ -234,6 +234,31 @@ static void test_fault(void **state)
         assert_non_null(strstr(sb.data, "\"faults\":0,\"delays\":0"));
         strbuf_free(&sb);
         disc_specs_free(&specs);
+        /* rateLimit: the burst defaults to a second's worth; a thread takes
+         * 10 ms of the rate at a time, at most a quarter of the burst. */
+        routes = "[{\"name\": \"r\", \"rules\": ["
+                 " {\"matches\": [{\"path\": {\"value\": \"/a\"}}],"
+                 "  \"rateLimit\": {\"requestsPerSecond\": 1000}},"
+                 " {\"rateLimit\": {\"requestsPerSecond\": 0.5, \"burst\": 3, \"perSource\": "
+                 "true}}]}]";
+        assert_int_equal(parse(routes, &specs, err, sizeof(err)), 0);
+        const struct dr_ratelimit *a = specs.svcs[0].routes->rules[0].rl;
+        const struct dr_ratelimit *b = specs.svcs[0].routes->rules[1].rl;
+        assert_int_equal(a->burst, 1000);
+        assert_int_equal(a->chunk, 10);
+        assert_int_equal(a->interval_ns, 1000000);
+        assert_false(a->per_source);
+        assert_null(a->sources);
+        assert_int_equal(b->burst, 3);
+        assert_int_equal(b->chunk, 1);
+        assert_true(b->per_source);
+        assert_non_null(b->sources);
+        strbuf_init(&sb);
+        dr_render_port(specs.svcs[0].routes, 80, &sb);
+        assert_non_null(strstr(sb.data, "\"rateLimit\":{\"requestsPerSecond\":0.5,\"burst\":3,"
+                                        "\"perSource\":true},\"rate_limited\":0"));
+        strbuf_free(&sb);
+        disc_specs_free(&specs);
 }
 
 static void test_rewrite_redirect(void **state)
@@ -358,6 +383,15 @@ static void test_bad_input(void **state)
         e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {\"delay\": "
                         "{\"fixedDelay\": \"1s\"}}}]}]");
         assert_non_null(strstr(e, "fault.delay.percentage: 'percentage' must be"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"rateLimit\": {\"burst\": 5}}]}]");
+        assert_non_null(
+            strstr(e, "rules[0].rateLimit.requestsPerSecond: 'requestsPerSecond' must"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"rateLimit\": "
+                        "{\"requestsPerSecond\": 5, \"burst\": 0}}]}]");
+        assert_non_null(strstr(e, "rateLimit.burst: 0 is out of range 1..1000000"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"rateLimit\": "
+                        "{\"requestsPerSecond\": 5, \"perSource\": 1}}]}]");
+        assert_non_null(strstr(e, "rateLimit.perSource: expected true or false"));
         e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {}}]}]");
         assert_non_null(strstr(e, "rules[0].fault: a fault needs 'abort' or 'delay'"));
         /* The line of the offending value is named. */

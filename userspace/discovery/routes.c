@@ -53,6 +53,9 @@ static void routes_free(struct dr_routes *r)
                 free(u->redirect_scheme);
                 free(u->redirect_host);
                 free(u->redirect_path);
+                if (u->rl)
+                        free(u->rl->sources);
+                free(u->rl);
         }
         for (uint32_t i = 0; i < r->n_ports; i++)
                 free(r->ports[i].matches);
@@ -806,11 +809,56 @@ static int parse_fault(struct pctx *p, const cJSON *x, struct dr_rule *u)
         return 0;
 }
 
+/* rateLimit (extension): {"requestsPerSecond", "burst", "perSource"}. */
+static int parse_rate_limit(struct pctx *p, const cJSON *x, struct dr_rule *u)
+{
+        static const char *const keys[] = {"requestsPerSecond", "burst", "perSource", NULL};
+        if (keys_ok(p, x, keys))
+                return -EINVAL;
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(x, "requestsPerSecond");
+        if (!cJSON_IsNumber(f) || !(f->valuedouble >= 0.001 && f->valuedouble <= DR_RL_RPS_MAX))
+                return push(p, "requestsPerSecond", 0),
+                       bad(p, f ? f : x, "'requestsPerSecond' must be a number 0.001..%d",
+                           DR_RL_RPS_MAX);
+        double rps = f->valuedouble;
+        long long burst = 0;
+        int rc = int_field(p, x, "burst", 1, DR_RL_RPS_MAX, &burst);
+        if (rc < 0)
+                return rc;
+        if (rc) /* default: one second's worth */
+                burst = rps < 1 ? 1 : (long long)(rps + 0.5);
+        const cJSON *ps = cJSON_GetObjectItemCaseSensitive(x, "perSource");
+        if (ps && !cJSON_IsBool(ps))
+                return push(p, "perSource", 0), bad(p, ps, "expected true or false");
+        struct dr_ratelimit *rl = aligned_alloc(64, sizeof(*rl));
+        if (!rl)
+                return bad(p, x, "out of memory");
+        memset(rl, 0, sizeof(*rl));
+        u->rl = rl;
+        rl->rps = rps;
+        rl->burst = (uint32_t)burst;
+        rl->interval_ns = (uint64_t)(1e9 / rps);
+        /* 10 ms of the rate per take from the shared bucket, at most a
+         * quarter of the burst: what a thread may hold unspent is small. */
+        double chunk = rps / 100;
+        if (chunk > burst / 4.0)
+                chunk = burst / 4.0;
+        rl->chunk = chunk < 1 ? 1 : (uint32_t)chunk;
+        rl->per_source = cJSON_IsTrue(ps);
+        if (rl->per_source) {
+                rl->chunk = 1; /* no per-thread cache: each source is its own bucket */
+                rl->sources = calloc(DR_RL_SOURCES, sizeof(*rl->sources));
+                if (!rl->sources)
+                        return bad(p, x, "out of memory");
+        }
+        return 0;
+}
+
 static int parse_rule(struct pctx *p, const cJSON *x, const struct dr_route *rt, uint32_t route,
                       uint32_t index)
 {
         static const char *const keys[] = {"name",  "matches", "filters", "backendRefs", "timeouts",
-                                           "retry", "sticky",  "fault",   NULL};
+                                           "retry", "sticky",  "fault",   "rateLimit",   NULL};
         struct dr_routes *r = p->r;
         if (r->n_rules >= DR_MAX_RULES)
                 return bad(p, x, "more than %d rules for one service", DR_MAX_RULES);
@@ -918,6 +966,12 @@ static int parse_rule(struct pctx *p, const cJSON *x, const struct dr_route *rt,
         if ((f = cJSON_GetObjectItemCaseSensitive(x, "fault"))) {
                 old = push(p, "fault", 0);
                 if (parse_fault(p, f, u))
+                        return -EINVAL;
+                pop(p, old);
+        }
+        if ((f = cJSON_GetObjectItemCaseSensitive(x, "rateLimit"))) {
+                old = push(p, "rateLimit", 0);
+                if (parse_rate_limit(p, f, u))
                         return -EINVAL;
                 pop(p, old);
         }
@@ -1466,6 +1520,15 @@ static void render_rule(const struct dr_routes *r, const struct dr_rule *u, uint
                     (unsigned long long)atomic_load_explicit(&u->faults, memory_order_relaxed),
                     (unsigned long long)atomic_load_explicit(&u->delays, memory_order_relaxed));
         }
+        if (u->rl)
+                strbuf_appendf(
+                    sb,
+                    ",\"rateLimit\":{\"requestsPerSecond\":%.6g,\"burst\":%u,\"perSource\":%s},"
+                    "\"rate_limited\":%llu,\"rate_limit_evictions\":%llu",
+                    u->rl->rps, u->rl->burst, u->rl->per_source ? "true" : "false",
+                    (unsigned long long)atomic_load_explicit(&u->rl->limited, memory_order_relaxed),
+                    (unsigned long long)atomic_load_explicit(&u->rl->evictions,
+                                                             memory_order_relaxed));
         strbuf_append(sb, "}");
 }
 

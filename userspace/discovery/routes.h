@@ -120,6 +120,36 @@ struct dr_backend {
         _Atomic uint64_t hits;
 };
 
+/* rateLimit (extension): a token bucket of `burst` requests refilled at
+ * `rps` a second, for the rule as a whole or for each source of its
+ * requests (per_source). State shared by the workers and changed
+ * lock-free (route.c): the bucket is GCRA's theoretical arrival time (one
+ * atomic); each thread takes the rule's tokens in chunks into a slot of
+ * its own and spends them without touching the shared word. */
+#define DR_RL_SLOTS   16   /* per-thread caches of the rule's bucket */
+#define DR_RL_SOURCES 1024 /* source buckets of a per-source limit (a power of two) */
+#define DR_RL_RPS_MAX 1000000
+struct dr_rl_slot {
+        _Atomic int64_t tokens;
+        char pad[56]; /* one cache line each */
+};
+struct dr_rl_source {
+        _Atomic uint64_t key; /* hash of the source | 1; 0: free */
+        _Atomic uint64_t tat;
+};
+struct dr_ratelimit {
+        double rps;
+        uint32_t burst;
+        bool per_source;
+        uint64_t interval_ns; /* one token's worth of time: 1e9 / rps */
+        uint32_t chunk;       /* tokens a thread takes from the rule's bucket at once */
+        _Atomic uint64_t tat; /* the rule's bucket: GCRA's theoretical arrival time (ns) */
+        struct dr_rl_slot slots[DR_RL_SLOTS];
+        struct dr_rl_source *sources; /* per_source: DR_RL_SOURCES of them */
+        _Atomic uint64_t limited;     /* requests refused (429) */
+        _Atomic uint64_t evictions;   /* busy source buckets reused for another source */
+};
+
 struct dr_rule {
         uint32_t route; /* index in dr_routes.routes */
         uint32_t index; /* index in its route's rules */
@@ -153,6 +183,7 @@ struct dr_rule {
          * for delay_ms before they go upstream (an aborted one is not held). */
         uint32_t delay_ppm;
         uint32_t delay_ms;
+        struct dr_ratelimit *rl; /* rateLimit (extension), NULL: none */
         _Atomic uint64_t hits;
         _Atomic uint64_t faults; /* aborted */
         _Atomic uint64_t delays; /* delayed */

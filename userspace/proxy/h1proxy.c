@@ -1060,6 +1060,8 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
                 if (s->rr == ROUTE_ABORT)
                         return local_reply(s, s->route.rule->abort_http, "fault injected by route",
                                            0);
+                if (s->rr == ROUTE_RATE_LIMITED)
+                        return local_reply(s, 429, "rate limited by route", s->route.retry_after_s);
         }
 
         /* An Upgrade (WebSocket) goes out with it; a 101 turns the

@@ -195,6 +195,7 @@ struct h2s {
         uint64_t key_hash;
         struct loop_timer retry; /* backoff before a retry, or a route's fault delay */
         bool delaying;           /* retry holds the route's fault delay */
+        uint32_t retry_after_s;  /* a local answer's Retry-After (0: 1 s on a 503) */
         struct loop_timer deadline;
         struct loop_timer stall; /* bytes buffered and not moving */
         uint64_t progress_ms;    /* when buffered bytes last moved, or began to wait */
@@ -804,16 +805,20 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
         char code[16];
         if (st->grpc) {
                 char msg[3 * H2_REASON_MAX + 1];
+                char ra[16];
                 snprintf(code, sizeof(code), "%d", grpc);
+                snprintf(ra, sizeof(ra), "%u", st->retry_after_s);
                 st->grpc_status = grpc;
                 st->http_status = 200;
                 nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
                                    NV("grpc-status", code),
-                                   NV("grpc-message", grpc_encode(reason, msg, sizeof(msg)))};
-                nghttp2_submit_response(c->s.ng, st->cid, nv, 4, NULL);
+                                   NV("grpc-message", grpc_encode(reason, msg, sizeof(msg))),
+                                   NV("retry-after", ra)};
+                nghttp2_submit_response(c->s.ng, st->cid, nv, st->retry_after_s ? 5 : 4, NULL);
         } else {
-                char status[8], clen[16];
+                char status[8], clen[16], ra[16];
                 snprintf(status, sizeof(status), "%d", http);
+                snprintf(ra, sizeof(ra), "%u", st->retry_after_s ? st->retry_after_s : 1);
                 st->http_status = http;
                 st->respb.off = st->respb.len = 0;
                 bbuf_put(&st->respb, (const uint8_t *)reason, strlen(reason));
@@ -823,13 +828,14 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
                 hdrs_clear(&st->rtrail);
                 nghttp2_nv nv[] = {NV(":status", status),      NV("content-type", "text/plain"),
                                    NV("content-length", clen), NV("x-shunt-reason", reason),
-                                   NV("retry-after", "1"),     NV("location", "")};
+                                   NV("retry-after", ra),      NV("location", "")};
                 nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = resp_read};
                 if (st->location) { /* a route's redirect, in place of Retry-After */
                         nv[4] = (nghttp2_nv)NV("location", st->location);
                 }
-                /* Retry-After only where retrying may help (503). */
-                nghttp2_submit_response(c->s.ng, st->cid, nv, http == 503 || st->location ? 5 : 4,
+                /* Retry-After only where retrying may help (503, 429). */
+                nghttp2_submit_response(c->s.ng, st->cid, nv,
+                                        http == 503 || st->retry_after_s || st->location ? 5 : 4,
                                         &prd);
         }
         mark_dirty(&c->s);
@@ -1330,6 +1336,9 @@ static enum route_result stream_pick(struct h2s *st, struct route_table *t)
         if (r == ROUTE_ABORT) {
                 stream_fail(st, st->route.rule->abort_grpc, st->route.rule->abort_http,
                             "fault injected by route");
+        } else if (r == ROUTE_RATE_LIMITED) {
+                st->retry_after_s = st->route.retry_after_s;
+                stream_fail(st, GRPC_RESOURCE_EXHAUSTED, 429, "rate limited by route");
         } else if (r == ROUTE_NO_ROUTE) {
                 stream_fail(st, GRPC_UNIMPLEMENTED, 404, "no route of the service matches");
         } else if (r == ROUTE_REDIRECT) {
@@ -1390,7 +1399,7 @@ static void stream_route(struct h2s *st)
         stream_key(st, t);
         enum route_result r = stream_pick(st, t);
         if (r == ROUTE_NO_ROUTE || r == ROUTE_REDIRECT || r == ROUTE_ABORT ||
-            (r == ROUTE_ENDPOINT && st->replied))
+            r == ROUTE_RATE_LIMITED || (r == ROUTE_ENDPOINT && st->replied))
                 return; /* answered */
         if (r != ROUTE_ENDPOINT) {
                 stream_fail(st, GRPC_UNAVAILABLE, 503,

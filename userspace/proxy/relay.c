@@ -1125,6 +1125,7 @@ static enum conn_reason route_outbound(struct worker *w, const struct shunt_conf
         case ROUTE_NO_ROUTE: /* per request only: route_pick never returns them */
         case ROUTE_REDIRECT:
         case ROUTE_ABORT:
+        case ROUTE_RATE_LIMITED:
                 return REASON_NO_ENDPOINT;
         case ROUTE_PASSTHROUGH:
                 break;

@@ -473,6 +473,96 @@ static uint64_t split_random(uint64_t seed)
         return lb_mix64(split_rng);
 }
 
+/* ---- local rate limits (dr_ratelimit) ----
+ *
+ * A bucket is GCRA's theoretical arrival time (tat): taking k tokens at
+ * `now` moves it to max(tat, now) + k * interval, allowed while that stays
+ * within burst * interval of now. One compare-and-swap, no lock. The
+ * rule's bucket is shared by the workers; each thread takes `chunk` tokens
+ * at a time into its own slot and spends those without touching the
+ * shared word (at most chunk - 1 tokens per thread stay unspent). */
+
+/* Takes k tokens from *tat. 0, or the ns until one token is back. */
+static uint64_t gcra_take(_Atomic uint64_t *tat, const struct dr_ratelimit *rl, uint64_t k,
+                          uint64_t now)
+{
+        uint64_t tau = (uint64_t)rl->burst * rl->interval_ns;
+        uint64_t t = atomic_load_explicit(tat, memory_order_relaxed);
+        for (;;) {
+                uint64_t base = t > now ? t : now, next = base + k * rl->interval_ns;
+                if (next - now > tau) {
+                        uint64_t one = base + rl->interval_ns - now; /* a single token */
+                        return one > tau ? one - tau : 1;
+                }
+                if (atomic_compare_exchange_weak_explicit(tat, &t, next, memory_order_relaxed,
+                                                          memory_order_relaxed))
+                        return 0;
+        }
+}
+
+/* The bucket of source h (a hash) in a per-source limit: its slot, or the
+ * most idle of the probed ones taken over (counted when it was not full). */
+#define RL_PROBES 8
+static _Atomic uint64_t *source_bucket(struct dr_ratelimit *rl, uint64_t h, uint64_t now)
+{
+        h |= 1;
+        uint32_t mask = DR_RL_SOURCES - 1, i = (uint32_t)(h >> 32) & mask;
+        struct dr_rl_source *idle = NULL;
+        for (uint32_t n = 0; n < RL_PROBES; n++, i = (i + 1) & mask) {
+                struct dr_rl_source *s = &rl->sources[i];
+                uint64_t k = atomic_load_explicit(&s->key, memory_order_relaxed);
+                if (k == h)
+                        return &s->tat;
+                if (k == 0 && atomic_compare_exchange_strong_explicit(
+                                  &s->key, &k, h, memory_order_relaxed, memory_order_relaxed))
+                        return &s->tat;
+                if (k == h) /* another thread claimed it for the same source */
+                        return &s->tat;
+                if (!idle || atomic_load_explicit(&s->tat, memory_order_relaxed) <
+                                 atomic_load_explicit(&idle->tat, memory_order_relaxed))
+                        idle = s;
+        }
+        /* Every probed bucket is another source's: reuse the most idle one.
+         * A bucket whose time has passed is full, so nothing is lost. */
+        if (atomic_load_explicit(&idle->tat, memory_order_relaxed) > now)
+                atomic_fetch_add_explicit(&rl->evictions, 1, memory_order_relaxed);
+        atomic_store_explicit(&idle->key, h, memory_order_relaxed);
+        atomic_store_explicit(&idle->tat, 0, memory_order_relaxed);
+        return &idle->tat;
+}
+
+static _Thread_local int rl_slot = -1;
+static _Atomic unsigned rl_next_slot;
+
+/* Whether a request of rule may go now (0) or the seconds until it may. */
+static uint32_t rate_limit(struct dr_ratelimit *rl, const struct sockaddr_storage *client)
+{
+        uint64_t now = clock_mono_ns(), wait;
+        if (rl->per_source) {
+                uint64_t h = client ? lb_hash_source_ip(client) : 0;
+                wait = gcra_take(source_bucket(rl, h, now), rl, 1, now);
+        } else {
+                if (rl_slot < 0)
+                        rl_slot = (int)(atomic_fetch_add(&rl_next_slot, 1) % DR_RL_SLOTS);
+                struct dr_rl_slot *sl = &rl->slots[rl_slot];
+                /* Threads beyond DR_RL_SLOTS share a slot: atomics keep it exact. */
+                if (atomic_fetch_sub_explicit(&sl->tokens, 1, memory_order_relaxed) > 0)
+                        return 0;
+                atomic_fetch_add_explicit(&sl->tokens, 1, memory_order_relaxed);
+                wait = rl->chunk > 1 ? gcra_take(&rl->tat, rl, rl->chunk, now) : 1;
+                if (wait == 0) {
+                        atomic_fetch_add_explicit(&sl->tokens, rl->chunk - 1, memory_order_relaxed);
+                        return 0;
+                }
+                wait = gcra_take(&rl->tat, rl, 1, now);
+        }
+        if (wait == 0)
+                return 0;
+        atomic_fetch_add_explicit(&rl->limited, 1, memory_order_relaxed);
+        uint64_t s = (wait + 999999999ull) / 1000000000ull;
+        return s ? (uint32_t)(s > UINT32_MAX ? UINT32_MAX : s) : 1;
+}
+
 /* What a connection (no request: plain TCP, or before HTTP is seen)
  * offers to matching: only rules without conditions match it. */
 static const struct dr_request no_request = {.method = -1, .path = "/", .path_len = 1};
@@ -481,7 +571,7 @@ static const struct dr_request no_request = {.method = -1, .path = "/", .path_le
  * use->match and moves use->entry to the picked backend's entry. */
 static enum route_result apply_routes(struct route_table *t, uint64_t seed,
                                       const uint64_t *key_hash, const struct dr_request *req,
-                                      struct route_use *use)
+                                      const struct sockaddr_storage *client, struct route_use *use)
 {
         const struct route_entry *e = &t->entries[use->entry];
         if (!e->rt)
@@ -500,6 +590,8 @@ static enum route_result apply_routes(struct route_table *t, uint64_t seed,
         use->match = m;
         if (rule->redirect) /* a connection goes to the service itself */
                 return req ? ROUTE_REDIRECT : ROUTE_ENDPOINT;
+        if (req && rule->rl && (use->retry_after_s = rate_limit(rule->rl, client)))
+                return ROUTE_RATE_LIMITED;
         if (req && rule->abort_ppm && split_random(seed) % 1000000 < rule->abort_ppm) {
                 atomic_fetch_add_explicit(&rule->faults, 1, memory_order_relaxed);
                 return ROUTE_ABORT;
@@ -531,7 +623,7 @@ static enum route_result pick_new(struct route_table *t, struct route_workers **
         use->declared = PROTO_UNKNOWN;
         if (!t || !find_entry(t, dst, use))
                 return ROUTE_PASSTHROUGH;
-        enum route_result rr = apply_routes(t, seed, key_hash, req, use);
+        enum route_result rr = apply_routes(t, seed, key_hash, req, client, use);
         if (rr != ROUTE_ENDPOINT)
                 return rr;
         uint32_t entry = use->entry;
@@ -1136,6 +1228,8 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
              "Requests a traffic route rule's fault injection aborted."},
             {"shunt_route_delays_total", "counter",
              "Requests a traffic route rule's fault injection delayed."},
+            {"shunt_route_rate_limited_total", "counter",
+             "Requests a traffic route rule's local rate limit refused (429)."},
         };
         struct strbuf lb;
         strbuf_init(&lb);
@@ -1163,7 +1257,8 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
                                         continue;
                                 char idx[16];
                                 snprintf(idx, sizeof(idx), "%u", rule->index);
-                                if ((f == 3 && !rule->abort_ppm) || (f == 4 && !rule->delay_ppm))
+                                if ((f == 3 && !rule->abort_ppm) || (f == 4 && !rule->delay_ppm) ||
+                                    (f == 5 && !rule->rl))
                                         continue;
                                 for (uint32_t b = 0; b < (f == 1 ? rule->n_backends : 1); b++) {
                                         labels_svc(&lb, e, NULL);
@@ -1173,7 +1268,9 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
                                         if (f != 1) {
                                                 v = atomic_load_explicit(f == 0   ? &rule->hits
                                                                          : f == 3 ? &rule->faults
-                                                                                  : &rule->delays,
+                                                                         : f == 4
+                                                                             ? &rule->delays
+                                                                             : &rule->rl->limited,
                                                                          memory_order_relaxed);
                                         } else {
                                                 const struct dr_backend *be = &rule->backends[b];

@@ -30,6 +30,8 @@ enum route_result {
         ROUTE_NO_ROUTE,        /* the service port has routes and none matched: 404 */
         ROUTE_REDIRECT,        /* the matched rule redirects: use->rule says where */
         ROUTE_ABORT,           /* the rule's fault injection aborts it: use->rule->abort_* */
+        ROUTE_RATE_LIMITED,    /* the rule's rateLimit refused it: 429 (gRPC RESOURCE_EXHAUSTED),
+                                  Retry-After use->retry_after_s */
 };
 
 /* How one attempt (a request, or for plain TCP a connection) on an endpoint
@@ -65,6 +67,7 @@ struct route_use {
          * engine holds the request on a timer that long before its first
          * attempt (the picked endpoint stays held meanwhile). */
         uint32_t delay_ms;
+        uint32_t retry_after_s; /* ROUTE_RATE_LIMITED: when a token is back (s, >= 1) */
 };
 
 /* Builds a route table from a discovery snapshot (taking a reference to it)
@@ -105,7 +108,9 @@ enum route_result route_pick_request(struct route_table *t, struct route_workers
  * results above: ROUTE_NO_ROUTE (no rule matched: answer 404) and
  * ROUTE_REDIRECT (answer use->rule's redirect, see dr_redirect_location),
  * ROUTE_ABORT (an injected fault: answer use->rule->abort_http, gRPC
- * abort_grpc); a ROUTE_ENDPOINT may carry an injected delay (use->delay_ms);
+ * abort_grpc), ROUTE_RATE_LIMITED (the rule's local rate limit, keyed
+ * by client's address when per source); a ROUTE_ENDPOINT may carry an
+ * injected delay (use->delay_ms);
  * neither holds anything. Hits are counted per rule and backend. */
 enum route_result route_pick_http(struct route_table *t, struct route_workers **rw, uint64_t seed,
                                   const struct sockaddr_storage *dst,
