@@ -21,10 +21,12 @@ import json
 import os
 import platform
 import re
+import shutil
 import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,8 +80,18 @@ SCENARIOS = {
                        "connect + 64 B round trip (setup time); direct is plaintext"),
     "mtls-keepalive": ("mtls", "mTLS pod to pod, HTTP/1.1 keep-alive over reused mTLS "
                        "connections, wrk -t1 -c16; direct is plaintext"),
+    # Counted, not timed (only when named): the proxy's own work per request,
+    # which a machine shared with other work does not change.
+    "cost-rr": ("l4", "cost per 64 B round trip over one connection (rr ping): user-space "
+                "instructions of the proxy (valgrind --tool=callgrind) and its system calls "
+                "(strace -c -f, attached for the measured round trips only)"),
+    "cost-http": ("http", "cost per HTTP/1.1 keep-alive request (h2load --h1 -c16, 128-byte "
+                  "file): instructions (callgrind) and system calls (strace -c -f)"),
+    "cost-conn": ("l4", "cost per new connection (rr conn: connect, 64 B round trip, close): "
+                  "instructions (callgrind) and system calls (strace -c -f)"),
 }
 QUICK_SCENARIOS = ["rr-64", "bulk-1", "http-keepalive", "http-close"]
+COST_SCENARIOS = ("cost-rr", "cost-http", "cost-conn")
 
 # metric name -> (unit, "higher"|"lower" is better)
 METRICS = {
@@ -105,6 +117,8 @@ METRICS = {
     "errors": ("count", "lower"),
     "tls_handshakes_per_conn": ("handshakes / connection", "lower"),
     "tls_handshakes": ("count", "lower"),
+    "instr_per_req": ("user-space instructions / request", "lower"),
+    "syscalls_per_req": ("system calls / request", "lower"),
 }
 
 MTLS_NOTE = (
@@ -471,6 +485,7 @@ class Contender:
         self.proc = None  # the proxy in the client pod
         self.procs = []  # every process of the contender (haproxy-mtls: two)
         self.bpf_lock = None  # held while shunt-ebpf runs
+        self.wrap = []  # a command the proxy runs under (cost-*: valgrind)
 
     def target(self, scenario_port, mtls=None):
         """(host, port) the client connects to for a server port; mtls is the
@@ -505,12 +520,12 @@ class Contender:
                 extra = ["--service-discovery.file.path", write_http_registry(e)]
             argv = [
                 e.shuntd, "--redirect", mode, "--workers", "2", "--log-level", "warn",
-                "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s",
+                "--access-log.enabled", "off", "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s",
                 "--mtls.ca-dir", os.path.join(e.work, "ca-" + n),
             ] + extra
             if mode == "ebpf":
                 argv += ["--redirect-cgroup", e.cgroup, "--bpf-pin-root", e.pins]
-            self.proc = Proc(e.cli, argv, n, e.work)
+            self.proc = Proc(e.cli, self.wrap + argv, n, e.work)
             self.procs = [self.proc]
 
             def ready():
@@ -524,7 +539,7 @@ class Contender:
                 )
                 return r.stdout.strip() == "200"
 
-            wait_until(ready, 20, "shuntd /ready")
+            wait_until(ready, 90 if self.wrap else 20, "shuntd /ready")
             return
         ports = {e.cli: (PROXY_RR, PROXY_BULK, PROXY_HTTP_TCP, PROXY_HTTP_HTTP)}
         if n == "haproxy-mtls":
@@ -536,10 +551,10 @@ class Contender:
             ports = {e.cli: (MTLS_CONN, MTLS_CONN_HTTP, MTLS_HTTP), e.srv: MTLS_SERVER_PORTS}
         elif n.startswith("haproxy-"):
             cfg = render("haproxy.cfg", os.path.join(e.work, "haproxy.cfg"), e.work)
-            self.proc = Proc(e.cli, ["haproxy", "-db", "-f", cfg], n, e.work)
+            self.proc = Proc(e.cli, self.wrap + ["haproxy", "-db", "-f", cfg], n, e.work)
         elif n.startswith("nginx-"):
             cfg = render("nginx-proxy.conf", os.path.join(e.work, "nginx-proxy.conf"), e.work)
-            self.proc = Proc(e.cli, ["nginx", "-c", cfg, "-p", e.work], n, e.work)
+            self.proc = Proc(e.cli, self.wrap + ["nginx", "-c", cfg, "-p", e.work], n, e.work)
         else:
             raise BenchError("no start rule for contender %s" % n)
         self.procs.append(self.proc)
@@ -550,10 +565,11 @@ class Contender:
                     raise BenchError("%s exited: %s" % (p.name, p.stderr_tail()))
             return all(listening(ns, p) for ns, ps in ports.items() for p in ps)
 
-        wait_until(up, 20, "%s listening" % n)
+        wait_until(up, 90 if self.wrap else 20, "%s listening" % n)
         # nginx workers start after the master binds: wait for them too.
         if n.startswith("nginx-"):
-            wait_until(lambda: len(session_pids(self.proc.pid)) >= 3, 10, "nginx workers")
+            wait_until(lambda: len(session_pids(self.proc.pid)) >= 3, 60 if self.wrap else 10,
+                       "nginx workers")
 
     def _shuntd_ready(self, ns, proc):
         def ready():
@@ -577,7 +593,7 @@ class Contender:
         e = self.env
         ca = os.path.join(e.work, "ca-shunt-mtls")
         common = ["--redirect", "iptables", "--workers", "2", "--log-level", "warn",
-                  "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s", "--mtls.ca-dir", ca,
+                  "--access-log.enabled", "off", "--proxy-uid", SHUNTD_UID, "--drain-timeout", "1s", "--mtls.ca-dir", ca,
                   "--mtls.key-type", "ecdsa-p256"]
         cli = Proc(e.cli, [e.shuntd] + common + [
             "--mtls.service-name", "bench-client",
@@ -609,7 +625,7 @@ class Contender:
 
     def stop(self):
         for p in reversed(self.procs):
-            p.stop()
+            p.stop(timeout=60 if self.wrap else 10)  # callgrind writes its counts at exit
         self.procs = []
         self.proc = None
         if self.bpf_lock:
@@ -731,7 +747,133 @@ def scenario_idle(env, c):
     }
 
 
+# ---------------------------------------------------------------- cost per request
+
+
+def cost_load(env, c, name, count):
+    """count requests of cost scenario name through contender c."""
+    if name == "cost-rr":
+        host, port = c.target(PORT_RR)
+        rr(env, "ping", host, port, 64, count, 0, timeout=600)
+    elif name == "cost-conn":
+        host, port = c.target(PORT_RR)
+        rr(env, "conn", host, port, 64, count, timeout=600)
+    else:
+        host, port = c.target(PORT_HTTP)
+        out = run(env.cli, ["h2load", "--h1", "-c16", "-n", str(count),
+                            "http://%s:%d%s" % (host, port, HTTP_PATH)], 600)
+        m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+        if not m or int(m.group(1)) != count:
+            raise BenchError("h2load: %d requests did not all succeed: %s"
+                             % (count, out.strip().splitlines()[-8:]))
+
+
+def traced(pid):
+    """True when every thread of pid has a tracer (strace attached)."""
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                if re.search(r"^TracerPid:\s+0$", f.read(), re.M):
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def strace_calls(path):
+    """The total number of calls in a `strace -c` summary."""
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[-1] == "total":
+                return int(parts[3])
+    raise BenchError("strace wrote no summary to %s" % path)
+
+
+def callgrind_total(paths):
+    """Instructions executed (Ir) summed over callgrind output files."""
+    total = 0
+    for path in paths:
+        with open(path) as f:
+            m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+        if not m:
+            raise BenchError("no instruction total in %s" % path)
+        total += int(m.group(1))
+    return total
+
+
+def scenario_cost(env, c, name):
+    """System calls: strace attached to every process of the running proxy
+    for the measured requests only. Instructions: the proxy started twice
+    under callgrind, once with the warm-up and once with the warm-up and the
+    measured requests; the difference, per request, leaves start and stop
+    out. A proxy's timers tick meanwhile: the runs are seconds apart."""
+    n = env.p["cost_n"]
+    warm = max(100, n // 10)
+    cost_load(env, c, name, warm)
+    pids = [pid for p in c.procs for pid in session_pids(p.pid)]
+    out = os.path.join(env.work, "strace-%s-%s.txt" % (c.name, name))
+    argv = ["strace", "-c", "-f", "-o", out]
+    for pid in pids:
+        argv += ["-p", str(pid)]
+    st = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        wait_until(lambda: all(traced(pid) for pid in pids), 20, "strace attached to %s" % c.name)
+        cost_load(env, c, name, n)
+    finally:
+        st.send_signal(signal.SIGINT)  # detaches and writes the summary
+        st.wait(timeout=60)
+    result = {"syscalls_per_req": strace_calls(out) / n}
+    instr = []
+    c.stop()
+    try:
+        for total in (warm, warm + n):
+            d = tempfile.mkdtemp(prefix="cg-", dir=env.work)
+            os.chmod(d, 0o1777)  # nginx's workers run as nobody and write their own file
+            c.wrap = ["valgrind", "--tool=callgrind", "--quiet",
+                      "--callgrind-out-file=%s/%%p.out" % d]
+            c.start()
+            cost_load(env, c, name, total)
+            c.stop()
+            files = [os.path.join(d, f) for f in os.listdir(d)]
+            if not files:
+                raise BenchError("callgrind wrote nothing for %s" % c.name)
+            instr.append(callgrind_total(files))
+            if env.profile and total > warm and c.name.startswith("shunt-"):
+                result.setdefault("_profiles", []).append(callgrind_report(env, c, name, files))
+    finally:
+        c.stop()
+        c.wrap = []
+        c.start()
+    result["instr_per_req"] = (instr[1] - instr[0]) / n
+    return result
+
+
+def callgrind_report(env, c, name, files):
+    """--profile with a cost scenario: the functions that executed the most
+    instructions in the measured run (warm-up, start and stop included),
+    next to the report."""
+    path = os.path.join(env.out, "%s-callgrind-%s-%s.txt" % (env.stamp, name, c.name))
+    def annotate(*opts):
+        out = subprocess.run(["callgrind_annotate", "--threshold=99"] + list(opts) + files,
+                             capture_output=True, text=True, timeout=120).stdout
+        lines = out.splitlines()
+        top = [i for i, l in enumerate(lines) if "PROGRAM TOTALS" in l]
+        return "\n".join(lines[top[0]:top[0] + 70] if top else lines[:90]) + "\n"
+
+    with open(path, "w") as f:
+        f.write("callgrind, %s through %s: instructions per function, self\n\n" % (name, c.name))
+        f.write(annotate("--inclusive=no"))
+        f.write("\nand inclusive (the function and what it calls)\n\n")
+        f.write(annotate("--inclusive=yes"))
+    log("callgrind profile written to %s" % path)
+    return path
+
+
 def run_scenario(env, name, c):
+    if name in COST_SCENARIOS:
+        return scenario_cost(env, c, name)
     if name == "rr-64":
         return scenario_rr(env, c, 64)
     if name == "rr-4k":
@@ -777,6 +919,8 @@ def applies(scenario, contender):
         return ck == "mtls" or contender == "direct"
     if ck == "mtls":
         return False
+    if scenario in COST_SCENARIOS and contender == "direct":
+        return False  # no proxy to count
     return kind == "http" or ck == "l4"
 
 
@@ -980,10 +1124,10 @@ def main():
 
     if env.quick:
         env.p = {"reps": 3, "rr_count": 3000, "bulk_s": 1, "http_s": 2, "conn_count": 1000,
-                 "idle_conns": 10000}
+                 "idle_conns": 10000, "cost_n": 1000}
     else:
         env.p = {"reps": 3, "rr_count": 20000, "bulk_s": 5, "http_s": 8, "conn_count": 5000,
-                 "idle_conns": 10000}
+                 "idle_conns": 10000, "cost_n": 5000}
     if env.reps:
         env.p["reps"] = max(1, min(env.reps, 50))
     # A single-process proxy needs two descriptors per proxied connection.
@@ -1004,10 +1148,16 @@ def main():
     for s in env.scenario:
         scenarios += [x for x in s.split(",") if x]
     if not scenarios:
-        scenarios = QUICK_SCENARIOS if env.quick else list(SCENARIOS)
+        scenarios = QUICK_SCENARIOS if env.quick else [s for s in SCENARIOS
+                                                       if s not in COST_SCENARIOS]
     for s in scenarios:
         if s not in SCENARIOS:
             raise SystemExit("bench: unknown scenario %r; known: %s" % (s, ", ".join(SCENARIOS)))
+    need = {"valgrind", "strace", "h2load"} if set(scenarios) & set(COST_SCENARIOS) else set()
+    missing = sorted(x for x in need if not shutil.which(x))
+    if missing:
+        raise SystemExit("bench: the cost scenarios need %s (scripts/bootstrap.sh installs them)"
+                         % ", ".join(missing))
     contenders = [x for x in env.contenders.split(",") if x] or list(CONTENDERS)
     for c in contenders:
         if c not in CONTENDERS:
@@ -1039,9 +1189,9 @@ def main():
             "Every process in the client pod (load generators and proxies) runs in the "
             "pod's cgroup; shunt-ebpf attaches its programs there (cgroup/connect4, "
             "sockops, sk_msg shortcut between the client and shuntd).",
-            "shuntd runs with --workers 2 --log-level warn (its per-connection access log is "
-            "info level, so it is off), HAProxy with nbthread 2 and no log, nginx with "
-            "worker_processes 2 and access_log off.",
+            "shuntd runs with --workers 2 --log-level warn --access-log.enabled off (its "
+            "access log is on by default; bench/obs_bench.sh measures what it costs), HAProxy "
+            "with nbthread 2 and no log, nginx with worker_processes 2 and access_log off.",
             "The machine may be shared with other work (here: other engineers building and "
             "testing during the run; the load average at start and end is above, and each "
             "scenario's in the JSON under tcp): compare ratios within one run, not absolute "
@@ -1103,6 +1253,7 @@ def main():
                             if prof:
                                 profiled.add(s)
                                 result.setdefault("profiles", []).append(profile_stop(env, prof, s))
+                        result.setdefault("profiles", []).extend(vals.pop("_profiles", []))
                         for k, v in vals.items():
                             res.setdefault(s, {}).setdefault(cname, {}).setdefault(k, []).append(v)
                         tcp = result["tcp"].setdefault(s, {}).setdefault(cname, [])

@@ -23,7 +23,8 @@ PEERS = ("haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "haproxy-m
 ORDER = ["direct", "shunt-iptables", "shunt-ebpf", "shunt-splice", "shunt-relay", "shunt-http", "haproxy-tcp", "haproxy-http",
          "nginx-stream", "nginx-http", "shunt-mtls", "haproxy-mtls"]
 SCENARIO_ORDER = ["rr-64", "rr-4k", "bulk-1", "bulk-8", "http-keepalive", "http-close",
-                  "conn-setup", "idle-10k", "mtls-handshake", "mtls-keepalive", "resources"]
+                  "conn-setup", "idle-10k", "mtls-handshake", "mtls-keepalive", "cost-rr",
+                  "cost-http", "cost-conn", "resources"]
 CHARTS = {
     "rr-64": ["p50_us", "p99_us"],
     "rr-4k": ["p50_us"],
@@ -128,7 +129,10 @@ HEADLINE = [
     ("bulk-8", "gbit_s"), ("http-keepalive", "req_s"), ("http-keepalive", "cpu_s_per_100k"),
     ("http-close", "conn_s"), ("http-close", "cpu_s_per_100k"), ("conn-setup", "setup_p50_us"),
     ("idle-10k", "rss_10k_mb"), ("mtls-handshake", "conn_s"), ("mtls-handshake", "cpu_s_per_100k"),
-    ("mtls-keepalive", "req_s"), ("mtls-keepalive", "cpu_s_per_100k"), ("resources", "rss_idle_mb"),
+    ("mtls-keepalive", "req_s"), ("mtls-keepalive", "cpu_s_per_100k"),
+    ("cost-rr", "instr_per_req"), ("cost-rr", "syscalls_per_req"),
+    ("cost-http", "instr_per_req"), ("cost-http", "syscalls_per_req"),
+    ("cost-conn", "instr_per_req"), ("cost-conn", "syscalls_per_req"), ("resources", "rss_idle_mb"),
 ]
 SHUNTS = ("shunt-iptables", "shunt-ebpf", "shunt-http", "shunt-mtls")
 

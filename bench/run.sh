@@ -28,6 +28,8 @@ BUILD_ARG=
 usage() {
 	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 	echo "scenarios: rr-64 rr-4k bulk-1 bulk-8 http-keepalive http-close conn-setup idle-10k mtls-handshake mtls-keepalive"
+	echo "           cost-rr cost-http cost-conn (counted, not timed; only when named: instructions"
+	echo "           under callgrind and system calls under strace per request)"
 	echo "contenders: direct shunt-iptables shunt-ebpf shunt-splice shunt-relay shunt-http haproxy-tcp haproxy-http nginx-stream nginx-http shunt-mtls haproxy-mtls"
 }
 while [ $# -gt 0 ]; do

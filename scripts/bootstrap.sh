@@ -27,8 +27,9 @@ PKGS=(
 	python3-yaml python3-jsonpatch unzip
 	# the AuthorizationPolicy CRD's schema test
 	python3-jsonschema
-	# benchmarks and peers (git: the bench report names the source commit)
-	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf git
+	# benchmarks and peers (git: the bench report names the source commit;
+	# valgrind counts instructions per request in the cost-* scenarios)
+	haproxy nginx libnginx-mod-stream wrk nghttp2-client sockperf iperf3 gnuplot-nox linux-perf git valgrind
 	# vmtest: Debian's 6.1 kernel under qemu (tiny-initramfs keeps apt from
 	# pulling initramfs-tools, udev and a systemd upgrade for the kernel)
 	qemu-system-x86 busybox-static kmod cpio tiny-initramfs linux-image-cloud-amd64

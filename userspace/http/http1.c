@@ -72,7 +72,26 @@ static bool is_tchar(unsigned char c)
 {
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
                 return true;
-        return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+        switch (c) {
+        case '!':
+        case '#':
+        case '$':
+        case '%':
+        case '&':
+        case '\'':
+        case '*':
+        case '+':
+        case '-':
+        case '.':
+        case '^':
+        case '_':
+        case '`':
+        case '|':
+        case '~':
+                return true;
+        default:
+                return false;
+        }
 }
 
 /* field-vchar / SP / HTAB, obs-text allowed */
@@ -86,29 +105,14 @@ static bool is_ows(char c)
         return c == ' ' || c == '\t';
 }
 
-static unsigned char lower(unsigned char c)
+bool http1_mem_eq_ci(const char *a, const char *b, size_t n)
 {
-        return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
-}
-
-static bool mem_eq_ci(const char *a, const char *b, size_t n)
-{
-        for (size_t i = 0; i < n; i++)
-                if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
+        for (size_t i = 0; i < n; i++) {
+                unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+                if (x != y && ((x | 0x20) != (y | 0x20) || (unsigned char)((x | 0x20) - 'a') > 25))
                         return false;
+        }
         return true;
-}
-
-bool http1_slice_eq(struct http1_slice s, const char *lit)
-{
-        size_t n = strlen(lit);
-        return s.n == n && memcmp(s.p, lit, n) == 0;
-}
-
-bool http1_slice_eq_ci(struct http1_slice s, const char *lit)
-{
-        size_t n = strlen(lit);
-        return s.n == n && mem_eq_ci(s.p, lit, n);
 }
 
 static struct http1_slice trim(const char *p, size_t n)
@@ -166,16 +170,26 @@ static int fail(struct http1_msg *m, enum http1_error e, size_t at)
         return -EPROTO;
 }
 
-/* Returns 1 when the head ends at m->head_len, 0 for more, -EPROTO. */
+/* Fails the byte at i of a line: over the head's or the line's limit. */
+static int scan_limit(struct http1_msg *m, const struct http1_limits *lim, size_t i)
+{
+        if (i >= lim->max_head)
+                return fail(m, HTTP1_E_HEAD_TOO_LARGE, i);
+        if (!m->started && m->is_request)
+                return fail(m, HTTP1_E_LINE_TOO_LONG, i);
+        return fail(m, HTTP1_E_HEAD_TOO_LARGE, i);
+}
+
+/* Returns 1 when the head ends at m->head_len, 0 for more, -EPROTO. Lines
+ * are found with memchr; the bytes between are checked by the parser. */
 static int scan(const char *buf, size_t len, const struct http1_limits *lim, struct http1_msg *m)
 {
         size_t i = m->scan;
-        for (; i < len; i++) {
-                unsigned char c = (unsigned char)buf[i];
+        while (i < len) {
                 if (i >= lim->max_head)
                         return fail(m, HTTP1_E_HEAD_TOO_LARGE, i);
                 if (m->cr) {
-                        if (c != '\n')
+                        if (buf[i] != '\n')
                                 return fail(m, HTTP1_E_LINE_ENDING, i);
                         m->cr = false;
                         size_t line_len = i - 1 - m->line_start;
@@ -193,20 +207,31 @@ static int scan(const char *buf, size_t len, const struct http1_limits *lim, str
                                 if (m->lines - 1 > lim->max_headers)
                                         return fail(m, HTTP1_E_TOO_MANY_HEADERS, i);
                         }
-                        m->line_start = i + 1;
+                        m->line_start = ++i;
                         continue;
                 }
-                if (c == '\r') {
-                        m->cr = true;
-                        continue;
+                /* Bytes i..stop are the line's own up to its CR (or a bare
+                 * LF, or the end of what has arrived). */
+                const char *cr = memchr(buf + i, '\r', len - i);
+                size_t stop = cr ? (size_t)(cr - buf) : len;
+                const char *lf = memchr(buf + i, '\n', stop - i);
+                if (lf)
+                        stop = (size_t)(lf - buf);
+                size_t first_bad = lim->max_head;
+                if (lim->max_line < first_bad - m->line_start && m->line_start < first_bad)
+                        first_bad = m->line_start + lim->max_line;
+                if (first_bad < i)
+                        first_bad = i;
+                if (first_bad < stop || (stop < len && stop >= lim->max_head))
+                        return scan_limit(m, lim, first_bad < stop ? first_bad : stop);
+                if (stop == len) {
+                        i = len;
+                        break;
                 }
-                if (c == '\n')
-                        return fail(m, HTTP1_E_LINE_ENDING, i);
-                if (i - m->line_start >= lim->max_line) {
-                        if (!m->started && m->is_request)
-                                return fail(m, HTTP1_E_LINE_TOO_LONG, i);
-                        return fail(m, HTTP1_E_HEAD_TOO_LARGE, i);
-                }
+                if (lf)
+                        return fail(m, HTTP1_E_LINE_ENDING, stop);
+                m->cr = true;
+                i = stop + 1;
         }
         m->scan = i;
         return 0;
@@ -687,7 +712,8 @@ int http1_hash_key(const struct http1_msg *req, enum http1_key_source src, const
         return 0;
 }
 
-bool http1_is_hop_by_hop(const struct http1_msg *msg, struct http1_slice name)
+/* conn: the index of msg's first Connection field, or -1. */
+static bool hop_by_hop(const struct http1_msg *msg, struct http1_slice name, int conn)
 {
         static const char *const fixed[] = {"Connection", "Keep-Alive", "Proxy-Connection",
                                             "TE",         "Trailer",    "Upgrade"};
@@ -700,15 +726,19 @@ bool http1_is_hop_by_hop(const struct http1_msg *msg, struct http1_slice name)
         if (http1_slice_eq_ci(name, "Host") || http1_slice_eq_ci(name, "Content-Length") ||
             http1_slice_eq_ci(name, "Transfer-Encoding"))
                 return false;
-        for (int i = http1_header_find(msg, "Connection", 0); i >= 0;
-             i = http1_header_find(msg, "Connection", (size_t)i + 1)) {
+        for (int i = conn; i >= 0; i = http1_header_find(msg, "Connection", (size_t)i + 1)) {
                 size_t pos = 0;
                 struct http1_slice e;
                 while (list_next(msg->headers[i].value, &pos, &e))
-                        if (e.n == name.n && mem_eq_ci(e.p, name.p, name.n))
+                        if (e.n == name.n && http1_mem_eq_ci(e.p, name.p, name.n))
                                 return true;
         }
         return false;
+}
+
+bool http1_is_hop_by_hop(const struct http1_msg *msg, struct http1_slice name)
+{
+        return hop_by_hop(msg, name, http1_header_find(msg, "Connection", 0));
 }
 
 /* ---- writers ---- */
@@ -734,6 +764,7 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
                 fw = &none;
         bool absolute = m->is_request && m->form == HTTP1_T_ABSOLUTE && m->authority.n;
         bool cl_written = false, id_written = false;
+        int conn = http1_header_find(m, "Connection", 0);
         if (absolute) {
                 strbuf_append(out, "Host: ");
                 put(out, m->authority);
@@ -741,7 +772,7 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
         }
         for (size_t i = 0; i < m->nheaders; i++) {
                 const struct http1_header *h = &m->headers[i];
-                if (http1_is_hop_by_hop(m, h->name)) {
+                if (hop_by_hop(m, h->name, conn)) {
                         if (!(fw->keep_upgrade && m->upgrade &&
                               http1_slice_eq_ci(h->name, "Upgrade")))
                                 continue;

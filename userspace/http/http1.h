@@ -33,6 +33,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 struct strbuf;
@@ -175,8 +176,20 @@ int http1_parse_response_head(const char *buf, size_t len, const struct http1_li
 
 /* ---- header helpers (case-insensitive names) ---- */
 
-bool http1_slice_eq(struct http1_slice s, const char *lit);    /* exact bytes */
-bool http1_slice_eq_ci(struct http1_slice s, const char *lit); /* ASCII case-insensitive */
+/* ASCII case-insensitive comparison of n bytes. */
+bool http1_mem_eq_ci(const char *a, const char *b, size_t n);
+/* s equals lit: exact bytes, or ASCII case-insensitive. Inline, so that a
+ * literal's length is a constant and most names differ by length alone. */
+static inline bool http1_slice_eq(struct http1_slice s, const char *lit)
+{
+        size_t n = strlen(lit);
+        return s.n == n && memcmp(s.p, lit, n) == 0;
+}
+static inline bool http1_slice_eq_ci(struct http1_slice s, const char *lit)
+{
+        size_t n = strlen(lit);
+        return s.n == n && http1_mem_eq_ci(s.p, lit, n);
+}
 /* Character classes for writers that build heads: s[0..n) is a non-empty
  * token (RFC 9110 5.6.2: methods, field names); visible ASCII without blanks
  * (request targets); a Host value (RFC 3986 host[:port], no userinfo). */
