@@ -184,7 +184,9 @@ def test_rbac_is_minimal(rendered):
         ro = ("get", "list", "watch")
         assert got == {("", "services", ro), ("", "pods", ro), ("", "namespaces", ro),
                        ("discovery.k8s.io", "endpointslices", ro),
-                       ("shunt.io", "authorizationpolicies", ro)}
+                       ("shunt.io", "authorizationpolicies", ro),
+                       ("gateway.networking.k8s.io", "httproutes", ro),
+                       ("gateway.networking.k8s.io", "grpcroutes", ro)}
         for o in objs:
             assert o["kind"] not in ("Role", "RoleBinding") or o["metadata"]["name"].startswith("shunt")
             text = json.dumps(o)

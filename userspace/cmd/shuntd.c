@@ -770,6 +770,16 @@ static void h_routes(const struct admin_request *req, struct admin_response *res
         char service[160] = "";
         admin_query_get(req->query, "service", service, sizeof(service));
         proxy_render_routes(d->proxy, service[0] ? service : NULL, &resp->body);
+        /* The Kubernetes routes that cannot be applied, as "rejected". */
+        struct strbuf *b = &resp->body;
+        if (d->backend && strcmp(disc_backend_type(d->backend), "kubernetes") == 0 && b->len &&
+            b->data[b->len - 1] == '}') {
+                b->len--;
+                strbuf_append(b, ",\"rejected\":");
+                k8s_backend_render_routes(disc_backend_impl(d->backend),
+                                          service[0] ? service : NULL, b);
+                strbuf_append(b, "}");
+        }
 }
 
 /* "10.0.0.1:80" or "[fd00::1]:80". 0 or -EINVAL. */

@@ -38,8 +38,8 @@
 
 enum wstate { W_IDLE = 0, W_LIST, W_WATCH, W_BACKOFF };
 
-static const char *const kind_name[K8S__KINDS] = {"services", "endpointslices", "pods",
-                                                  "namespaces"};
+static const char *const kind_name[K8S__KINDS] = {"services",   "endpointslices", "pods",
+                                                  "namespaces", "httproutes",     "grpcroutes"};
 static const char *const state_name[] = {"idle", "listing", "watching", "backoff"};
 
 struct k8s;
@@ -72,6 +72,7 @@ struct k8s_watch {
         uint64_t n_pages, n_cont_expired;
         uint64_t n_lists, n_watches, n_events, n_bookmarks, n_bad, n_gone, n_failures, n_silent;
         uint64_t n_denied;        /* 401/403 answers */
+        uint64_t n_missing;       /* 404 answers of an optional kind (its CRD is missing) */
         uint64_t denied_log_ms;   /* when a refusal was last logged (0: never) */
         uint64_t denied_unlogged; /* refusals since then */
         struct loop_timer retry;
@@ -114,7 +115,9 @@ static uint64_t now_ms(const struct k8s *k)
 static bool all_listed(const struct k8s *k)
 {
         for (int i = 0; i < K8S__KINDS; i++) {
-                if (!k->w[i].listed)
+                /* an optional kind holds the first build back until it
+                 * fails once (its CRD missing, or not granted) */
+                if (!k->w[i].listed && !(k8s_kind_optional(i) && k->w[i].n_failures))
                         return false;
         }
         return true;
@@ -146,7 +149,7 @@ static void check_sync(struct k8s *k)
 {
         bool healthy = true;
         for (int i = 0; i < K8S__KINDS; i++)
-                healthy &= k->w[i].healthy;
+                healthy &= k->w[i].healthy || k8s_kind_optional(i);
         if (healthy && all_listed(k)) {
                 disc_source_sync_ok(k->r, k->src);
                 disc_registry_publish(k->r);
@@ -213,7 +216,7 @@ static void fail_as(struct k8s_watch *w, const char *why, bool quiet)
                          (unsigned long long)delay);
         w->backoff_ms =
             w->backoff_ms * 2 > K8S_BACKOFF_MAX_MS ? K8S_BACKOFF_MAX_MS : w->backoff_ms * 2;
-        if (!w->sink) {
+        if (!w->sink && !k8s_kind_optional(w->kind)) {
                 char msg[DISC_ERROR_MAX];
                 snprintf(msg, sizeof(msg), "%s: %s", wname(w), why);
                 disc_source_sync_failed(k->r, k->src, msg);
@@ -223,6 +226,12 @@ static void fail_as(struct k8s_watch *w, const char *why, bool quiet)
         if (k->closing)
                 return;
         loop_timer_arm(k->loop, &w->retry, delay);
+        /* An optional kind's first failure no longer holds the first build
+         * back: the others may all be listed already. */
+        if (!w->sink && k8s_kind_optional(w->kind) && w->n_failures == 1 && !w->listed) {
+                rebuild(k);
+                check_sync(k);
+        }
 }
 
 static void fail(struct k8s_watch *w, const char *why)
@@ -453,10 +462,19 @@ static void done(struct k8s_watch *w, CURLcode res)
                 char m[256];
                 status_message(w, m, sizeof(m));
                 snprintf(why, sizeof(why), "HTTP %ld%s%s", status, m[0] ? ": " : "", m);
-                if (status == 404 && w->sink)
+                if (status == 404 && (w->sink || k8s_kind_optional(w->kind)))
                         snprintf(why + strlen(why), sizeof(why) - strlen(why),
                                  " (is its CustomResourceDefinition installed?)");
-                if (status == 401 || status == 403)
+                if (status == 404 && !w->sink && k8s_kind_optional(w->kind)) {
+                        /* No Gateway API in this cluster: said once, then
+                         * looked for again quietly with the backoff. */
+                        if (!w->n_missing++)
+                                log_warn(COMP, 0,
+                                         "kubernetes: %s: %s: no routes are read from it until "
+                                         "it is installed",
+                                         wname(w), why);
+                        fail_as(w, why, true);
+                } else if (status == 401 || status == 403)
                         denied(w, status, why);
                 else
                         fail(w, why);
@@ -551,8 +569,9 @@ static void start(struct k8s_watch *w)
                 return;
         bool watch = w->listed && w->rv[0] && !w->cont[0];
         char path[512];
-        static const char *const group[K8S__KINDS] = {"/api/v1", "/apis/discovery.k8s.io/v1",
-                                                      "/api/v1", "/api/v1"};
+        static const char *const group[K8S__KINDS] = {
+            "/api/v1", "/apis/discovery.k8s.io/v1",          "/api/v1",
+            "/api/v1", "/apis/gateway.networking.k8s.io/v1", "/apis/gateway.networking.k8s.io/v1"};
         if (w->sink)
                 snprintf(path, sizeof(path), "%s", w->sink->path);
         else if (k->ns[0] && w->kind != K8S_NAMESPACES) /* namespaces are cluster-scoped */
@@ -826,13 +845,14 @@ static void k8s_render(const void *impl, struct strbuf *sb)
                     ",\"objects\":%zu,\"lists\":%llu,\"watches\":%llu,\"bookmarks\":%llu,"
                     "\"bad_events\":%llu,\"gone\":%llu,\"failures\":%llu,\"silent\":%llu,"
                     "\"backoff_ms\":%u,\"pages\":%llu,\"continue_expired\":%llu,\"denied\":%llu,"
-                    "\"last_error\":",
+                    "\"missing\":%llu,\"last_error\":",
                     w->sink ? w->sink->count(w->sink->arg) : k8s_cache_count(k->cache, w->kind),
                     (unsigned long long)w->n_lists, (unsigned long long)w->n_watches,
                     (unsigned long long)w->n_bookmarks, (unsigned long long)w->n_bad,
                     (unsigned long long)w->n_gone, (unsigned long long)w->n_failures,
                     (unsigned long long)w->n_silent, w->backoff_ms, (unsigned long long)w->n_pages,
-                    (unsigned long long)w->n_cont_expired, (unsigned long long)w->n_denied);
+                    (unsigned long long)w->n_cont_expired, (unsigned long long)w->n_denied,
+                    (unsigned long long)w->n_missing);
                 if (w->last_error[0])
                         strbuf_append_json_string(sb, w->last_error);
                 else
@@ -871,6 +891,12 @@ int k8s_backend_add_sink(void *impl, const struct k8s_object_sink *sink)
         loop_timer_init(&w->retry, retry_cb, w);
         log_info(COMP, 0, "kubernetes: also watching %s (%s)", sink->kind, sink->path);
         return 0;
+}
+
+void k8s_backend_render_routes(void *impl, const char *service, struct strbuf *sb)
+{
+        const struct k8s *k = impl;
+        k8s_cache_render_routes(k->cache, service, sb);
 }
 
 const struct disc_backend_ops k8s_backend_ops = {

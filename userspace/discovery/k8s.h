@@ -51,8 +51,18 @@ enum k8s_kind {
         K8S_SLICES,
         K8S_PODS,       /* only meshed pods: labelSelector shunt.io/meshed=true */
         K8S_NAMESPACES, /* for their shunt.io/mtls-mode annotation */
+        K8S_HTTPROUTES, /* gateway.networking.k8s.io/v1 HTTPRoute (optional, below) */
+        K8S_GRPCROUTES, /* gateway.networking.k8s.io/v1 GRPCRoute (optional, below) */
         K8S__KINDS,
 };
+/* The Gateway API kinds are optional: their CRDs may not be installed (404)
+ * or the role may not grant them (403). Their failures are logged and shown
+ * in /debug/cache but neither hold back the first build (once they have
+ * failed once) nor make the source stale. */
+static inline bool k8s_kind_optional(enum k8s_kind k)
+{
+        return k == K8S_HTTPROUTES || k == K8S_GRPCROUTES;
+}
 
 /* Mesh identity from Kubernetes (see docs/discovery.md, "Kubernetes"):
  *  - a pod is meshed when it carries the label shunt.io/meshed: "true";
@@ -108,7 +118,9 @@ enum k8s_event_result k8s_cache_event(struct k8s_cache *c, enum k8s_kind kind, c
                                       size_t len, char *rv, char *err, size_t errlen);
 /* The registry specs for every cached Service with its slices' endpoints.
  * Free with k8s_specs_free. 0 or -ENOMEM. */
-int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **svcs, size_t *n);
+int k8s_cache_build(struct k8s_cache *c, struct disc_service_spec **svcs, size_t *n);
+/* The routes that cannot be applied (k8s_route_store_render). */
+void k8s_cache_render_routes(const struct k8s_cache *c, const char *service, struct strbuf *sb);
 void k8s_specs_free(struct disc_service_spec *svcs, size_t n);
 size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind);
 /* A counter bumped by every change a build would see (a pod event that
@@ -161,6 +173,68 @@ struct k8s_object_sink {
  * 0, -EBUSY (K8S_MAX_SINKS already, or started), -EINVAL, -ENOMEM. */
 #define K8S_MAX_SINKS 2 /* AuthorizationPolicy objects, the node's pods */
 int k8s_backend_add_sink(void *impl, const struct k8s_object_sink *sink);
+
+/* ---- Gateway API routes (k8s_routes.c) ------------------------------------------
+ *
+ * HTTPRoute and GRPCRoute objects whose parentRefs name a Service (group ""
+ * and kind Service: the GAMMA mesh profile; port and sectionName, a port's
+ * name, optional) attach their rules to that Service (and port) in the
+ * route model (routes.h). Routes of a Gateway are left alone. Only
+ * producer routes (in the Service's namespace) and Service backends in the
+ * route's namespace (no ReferenceGrant) are applied. A version that cannot
+ * be applied is logged once with its reason and listed by
+ * k8s_route_store_render; the last version that could stays in force. */
+#define K8S_ROUTE_MAX_PARENTS 32 /* the API's own bound on parentRefs */
+#define K8S_ROUTE_ERR_MAX     512
+
+struct k8s_route_parent {
+        char ns[DISC_NAME_MAX];
+        char name[DISC_NAME_MAX];
+        uint16_t port;               /* 0: not given */
+        char section[DISC_NAME_MAX]; /* sectionName (a port's name), "" if not given */
+};
+
+/* A Gateway API Duration ("1h30m", "500ms") in ms. 0 or -EINVAL. */
+int k8s_gateway_duration_ms(const char *s, uint64_t *ms);
+/* One HTTPRoute (grpc false) or GRPCRoute object as a route of the model's
+ * JSON form ({"name", "kind", "rules"}, no "port": each parent gives its
+ * own), validated on its own: every check that depends on no other object
+ * (regexes, weights, bounds, field names and types). 0 with *out (NULL
+ * when no parentRef names a Service: nothing to do) and the Service
+ * parents; -EINVAL with one line in err naming the field
+ * ("spec.rules[1].matches[0].path.value: ..."). */
+int k8s_route_translate(const cJSON *obj, bool grpc, cJSON **out, struct k8s_route_parent *parents,
+                        uint32_t *n_parents, char *err, size_t errlen);
+
+/* The route objects of a cache, with the version of each in force. */
+struct k8s_route_store;
+struct k8s_route_store *k8s_route_store_new(void);
+void k8s_route_store_free(struct k8s_route_store *s);
+/* One object of a list or watch event. An object that cannot be translated
+ * is kept (its error recorded and logged once; its last good version stays
+ * in force): 0. -EINVAL only for an object without a name; -ENOMEM. */
+int k8s_route_store_apply(struct k8s_route_store *s, bool grpc, const cJSON *obj, bool deleted,
+                          char *err, size_t errlen);
+size_t k8s_route_store_count(const struct k8s_route_store *s, bool grpc);
+/* After a complete list into staging: its objects of that kind replace s's
+ * (an object refused now keeps the good version s had). */
+void k8s_route_store_take(struct k8s_route_store *s, struct k8s_route_store *staging, bool grpc);
+/* Sets svcs[i].routes (a new reference) for every Service with routes:
+ * the routes attached to it in the Gateway API's order (oldest
+ * creationTimestamp, then namespace/name), each first checked alone
+ * against the Service (its ports, its backends among svcs), then all
+ * together; one that fails is left out with its reason, the rest apply.
+ * Matches that tie keep precedence order (the older route wins). */
+int k8s_route_store_attach(struct k8s_route_store *s, struct disc_service_spec *svcs, size_t n);
+/* [{"kind", "namespace", "name", "resource_version", "error", "in_force"}]
+ * for every route with a problem (service: NULL, or "ns/name" / "name"
+ * of a parent). */
+void k8s_route_store_render(const struct k8s_route_store *s, const char *service,
+                            struct strbuf *sb);
+
+/* GET /routes' "rejected": k8s_route_store_render of the backend impl
+ * (disc_backend_impl() of a "kubernetes" backend). */
+void k8s_backend_render_routes(void *impl, const char *service, struct strbuf *sb);
 
 /* Maps a Service port's appProtocol to a declared protocol (PROTO_UNKNOWN
  * when absent or not one we know: the proxy sniffs). */

@@ -90,11 +90,16 @@ struct k8s_cache {
         struct k8s_ns *nss;
         size_t n_nss, cap_nss;
         char td[DISC_IDENTITY_MAX];
+        struct k8s_route_store *routes; /* HTTPRoutes and GRPCRoutes (k8s_routes.c) */
 };
 
 struct k8s_cache *k8s_cache_new(void)
 {
         struct k8s_cache *c = calloc(1, sizeof(struct k8s_cache));
+        if (c && !(c->routes = k8s_route_store_new())) {
+                free(c);
+                return NULL;
+        }
         if (c)
                 snprintf(c->td, sizeof(c->td), "%s", K8S_DEFAULT_TRUST_DOMAIN);
         return c;
@@ -139,6 +144,7 @@ void k8s_cache_free(struct k8s_cache *c)
         free(c->slices);
         free(c->svcs);
         free(c->nss);
+        k8s_route_store_free(c->routes);
         free(c);
 }
 
@@ -161,6 +167,9 @@ size_t k8s_cache_count(const struct k8s_cache *c, enum k8s_kind kind)
                 return c->n_slices;
         case K8S_PODS:
                 return c->n_pods;
+        case K8S_HTTPROUTES:
+        case K8S_GRPCROUTES:
+                return k8s_route_store_count(c->routes, kind == K8S_GRPCROUTES);
         default:
                 return c->n_nss;
         }
@@ -703,6 +712,11 @@ static int apply_object(struct k8s_cache *c, enum k8s_kind kind, const cJSON *ob
 {
         if (kind == K8S_NAMESPACES)
                 return apply_ns(c, obj, del, err, errlen);
+        if (k8s_kind_optional(kind)) {
+                c->changes++;
+                return k8s_route_store_apply(c->routes, kind == K8S_GRPCROUTES, obj, del, err,
+                                             errlen);
+        }
         if (kind == K8S_PODS) {
                 struct k8s_pod p;
                 if (del) {
@@ -810,14 +824,17 @@ int k8s_cache_list_page(struct k8s_cache *staging, enum k8s_kind kind, const cha
                         char *rv, char *cont, char *err, size_t errlen)
 {
         struct cache_kind ck = {staging, kind};
-        static const char *const names[K8S__KINDS] = {"services", "endpointslices", "pods",
-                                                      "namespaces"};
+        static const char *const names[K8S__KINDS] = {"services",   "endpointslices", "pods",
+                                                      "namespaces", "httproutes",     "grpcroutes"};
         return k8s_list_page_parse(names[kind], body, len, cache_apply, &ck, rv, cont, err, errlen);
 }
 
 void k8s_cache_take(struct k8s_cache *c, struct k8s_cache *staging, enum k8s_kind kind)
 {
-        if (kind == K8S_PODS) {
+        if (k8s_kind_optional(kind)) {
+                k8s_route_store_take(c->routes, staging->routes, kind == K8S_GRPCROUTES);
+                c->changes++;
+        } else if (kind == K8S_PODS) {
                 pods_clear(c);
                 c->pods = staging->pods;
                 c->n_pods = staging->n_pods;
@@ -915,8 +932,10 @@ void k8s_specs_free(struct disc_service_spec *svcs, size_t n)
 {
         if (!svcs)
                 return;
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
                 free(svcs[i].endpoints);
+                dr_routes_unref(svcs[i].routes);
+        }
         free(svcs);
 }
 
@@ -1090,7 +1109,7 @@ static size_t slice_lower(const struct k8s_slice *const *idx, size_t n, const ch
         return lo;
 }
 
-int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **out, size_t *n)
+int k8s_cache_build(struct k8s_cache *c, struct disc_service_spec **out, size_t *n)
 {
         struct disc_service_spec *svcs = calloc(c->n_svcs ? c->n_svcs : 1, sizeof(*svcs));
         const struct k8s_slice **idx = calloc(c->n_slices ? c->n_slices : 1, sizeof(*idx));
@@ -1131,7 +1150,16 @@ int k8s_cache_build(const struct k8s_cache *c, struct disc_service_spec **out, s
         }
         free(idx);
         free(bc.ips);
+        if (k8s_route_store_attach(c->routes, svcs, c->n_svcs)) {
+                k8s_specs_free(svcs, c->n_svcs);
+                return -ENOMEM;
+        }
         *out = svcs;
         *n = c->n_svcs;
         return 0;
+}
+
+void k8s_cache_render_routes(const struct k8s_cache *c, const char *service, struct strbuf *sb)
+{
+        k8s_route_store_render(c->routes, service, sb);
 }

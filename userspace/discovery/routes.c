@@ -1069,7 +1069,7 @@ static int build_ports(struct pctx *p, const cJSON *arr)
                         free(list);
                         continue;
                 }
-                for (uint32_t i = 0; i < n; i++) {
+                for (uint32_t i = 0; i < n && !pc->overlaps_allowed; i++) {
                         for (uint32_t j = 0; j < i; j++) {
                                 if (!same_match(list[i], list[j]))
                                         continue;
@@ -1151,8 +1151,10 @@ int dr_routes_parse(const cJSON *arr, const struct dr_parse_ctx *pc, struct dr_r
                     (rc = str_field(&p, x, "kind", 16, false, &kind)))
                         goto out_route;
                 snprintf(rt->name, sizeof(rt->name), "%s", name);
+                rt->grpc = kind && strcmp(kind, "GRPCRoute") == 0;
                 for (uint32_t k = 0; k + 1 < r->n_routes; k++)
-                        if (strcmp(r->routes[k].name, rt->name) == 0) {
+                        if (strcmp(r->routes[k].name, rt->name) == 0 &&
+                            r->routes[k].grpc == rt->grpc) {
                                 rc = bad(&p, x, "route name '%s' is used twice", rt->name);
                                 goto out_route;
                         }
@@ -1160,7 +1162,6 @@ int dr_routes_parse(const cJSON *arr, const struct dr_parse_ctx *pc, struct dr_r
                         rc = bad(&p, x, "'kind' must be \"HTTPRoute\" or \"GRPCRoute\"");
                         goto out_route;
                 }
-                rt->grpc = kind && strcmp(kind, "GRPCRoute") == 0;
                 if ((rc = int_field(&p, x, "port", 1, 65535, &v)) < 0)
                         goto out_route;
                 rt->port = rc == 0 ? (uint16_t)v : 0;

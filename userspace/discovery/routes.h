@@ -231,6 +231,10 @@ struct dr_parse_ctx {
         /* Whether ns/name exists and has port (0: any port); NULL: not checked. */
         bool (*service_exists)(void *ctx, const char *ns, const char *name, uint16_t port);
         void *ctx;
+        /* Gateway API semantics for matches that tie (the Kubernetes source):
+         * kept, the first in precedence wins, instead of refused as an
+         * overlap (the registry file's stricter rule). */
+        bool overlaps_allowed;
 };
 
 /* Parses and compiles a service's "routes" array. 0 with *out set (NULL
