@@ -869,9 +869,27 @@ static void test_write_response(void **state)
         strbuf_free(&sb);
 }
 
+/* The decimal writer of the heads (Content-Length, status) against printf. */
+static void test_append_u64(void **state)
+{
+        (void)state;
+        const uint64_t vs[] = {0, 7, 10, 200, 65535, 1000000007ull, UINT64_MAX};
+        for (size_t i = 0; i < sizeof(vs) / sizeof(vs[0]); i++) {
+                char want[32], got[32];
+                snprintf(want, sizeof(want), "x%llu", (unsigned long long)vs[i]);
+                struct strbuf sb;
+                strbuf_init_static(&sb, got, sizeof(got));
+                strbuf_append(&sb, "x");
+                strbuf_append_u64(&sb, vs[i]);
+                assert_int_equal(sb.len, strlen(want));
+                assert_memory_equal(got, want, sb.len);
+        }
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_append_u64),
             cmocka_unit_test(test_simple_get),
             cmocka_unit_test(test_all_methods),
             cmocka_unit_test(test_absolute_form),

@@ -69,9 +69,15 @@ void strbuf_appendn(struct strbuf *sb, const char *s, size_t n)
         sb->data[sb->len] = '\0';
 }
 
-void strbuf_append(struct strbuf *sb, const char *s)
+void strbuf_append_u64(struct strbuf *sb, uint64_t v)
 {
-        strbuf_appendn(sb, s, strlen(s));
+        char d[20];
+        size_t i = sizeof(d);
+        do {
+                d[--i] = (char)('0' + v % 10);
+                v /= 10;
+        } while (v);
+        strbuf_appendn(sb, d + i, sizeof(d) - i);
 }
 
 void strbuf_appendf(struct strbuf *sb, const char *fmt, ...)

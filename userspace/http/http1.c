@@ -779,9 +779,11 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
                 }
                 if (http1_slice_eq_ci(h->name, "Content-Length")) {
                         /* The parser checked every value of every field equal. */
-                        if (!cl_written)
-                                strbuf_appendf(out, "Content-Length: %llu\r\n",
-                                               (unsigned long long)m->content_length);
+                        if (!cl_written) {
+                                strbuf_append(out, "Content-Length: ");
+                                strbuf_append_u64(out, m->content_length);
+                                strbuf_append(out, "\r\n");
+                        }
                         cl_written = true;
                         continue;
                 }
@@ -820,7 +822,9 @@ static int write_fields(const struct http1_msg *m, const struct http1_forward *f
                         log_error(COMP, 0, "request id %s has CR/LF, not added", fw->request_id);
                         return -EINVAL;
                 }
-                strbuf_appendf(out, "X-Request-ID: %s\r\n", fw->request_id);
+                strbuf_append(out, "X-Request-ID: ");
+                strbuf_append(out, fw->request_id);
+                strbuf_append(out, "\r\n");
         }
         for (size_t i = 0; i < fw->nadd; i++) {
                 const struct http1_header *h = &fw->add[i];
@@ -872,7 +876,13 @@ int http1_write_request_head(const struct http1_msg *req, const struct http1_for
 int http1_write_response_head(const struct http1_msg *resp, const struct http1_forward *fw,
                               struct strbuf *out)
 {
-        strbuf_appendf(out, "HTTP/1.1 %03d ", resp->status);
+        if (resp->status >= 100 && resp->status <= 999) {
+                strbuf_append(out, "HTTP/1.1 ");
+                strbuf_append_u64(out, (uint64_t)resp->status);
+                strbuf_append(out, " ");
+        } else {
+                strbuf_appendf(out, "HTTP/1.1 %03d ", resp->status);
+        }
         put(out, resp->reason);
         strbuf_append(out, "\r\n");
         return write_fields(resp, fw, out);
