@@ -1,18 +1,25 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0
 # Observability overhead (issue 18): HTTP/1.1 requests/s and p99 through two
-# sidecars (client shuntd -> mTLS -> server shuntd -> nginx) with the
-# observability features in each configuration, reported as ratios to the
-# baseline "metrics" (request metrics are always on in shuntd), with the
-# direct path (no shuntd) for scale:
+# sidecars (client shuntd -> mTLS -> server shuntd -> nginx) with each
+# observability feature on, and all of them, reported as ratios to the
+# baseline "off" (every feature off), with the direct path (no shuntd) for
+# scale. Each feature is on on both sidecars:
 #
 #   direct      wrk straight to nginx, no shuntd
-#   metrics     both shuntds, access_log.enabled off, no tap
-#   access-log  access_log.enabled on: one JSON access line per request on both sides
-#   tap         a tap attached on both sides (GET /tap filtering on a path no
-#               request has: every request is copied to the ring, none shown)
+#   off         metrics.requests off, access_log.enabled off, tracing off, no tap
+#   metrics     metrics.requests on (request metrics and their histogram)
+#   tracing     tracing on, sampling 1: a span per request on each side,
+#               exported to a collector in each namespace (nginx answering
+#               200 {} on 127.0.0.1:4318)
+#   tracing-unsampled  tracing on, sampling 0: headers read and rewritten, no span
+#   access-log  access_log.enabled on: one JSON access line per request
+#   tap         a tap attached (GET /tap filtering on a path no request has:
+#               every request is copied to the ring, none shown)
+#   all         metrics, tracing sampled and the access log together
 #
-#   bench/obs_bench.sh [--quick] [--modes LIST] [--build DIR] [--out DIR]
+#   bench/obs_bench.sh [--quick] [--rounds N] [--seconds S] [--modes LIST]
+#                      [--build DIR] [--out DIR]
 #
 # Two network namespaces joined by a veth pair: wrk (keep-alive, 16
 # connections, 2 threads, --latency) in the client one, whose shuntd
@@ -23,7 +30,7 @@
 # runs ROUNDS times (the modes interleaved), SECONDS each after a 1 s warm-up
 # on fresh shuntds; the report takes the median.
 #
-# --quick: 1 round of 3 s. Writes OUT/obs-<UTC time>.{json,md} (OUT:
+# --quick: 1 round of 3 s (--rounds, --seconds: other counts). Writes OUT/obs-<UTC time>.{json,md} (OUT:
 # bench/results) and prints the table. Needs root; removes its namespaces,
 # processes and files on exit, Ctrl-C or SIGTERM. KEEP=1 keeps the temporary
 # directory (logs).
@@ -37,15 +44,18 @@ BUILD=${SHUNT_BUILD:-$ROOT/build}
 OUT=$HERE/results
 ROUNDS=3
 SECONDS_EACH=10
-MODES="direct,metrics,access-log,tap"
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+ALL_MODES="direct,off,metrics,tracing,tracing-unsampled,access-log,tap,all"
+MODES=$ALL_MODES
+usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick) ROUNDS=1 SECONDS_EACH=3 ;;
-	--modes | --build | --out)
+	--modes | --build | --out | --rounds | --seconds)
 		[ $# -ge 2 ] || { echo "obs_bench.sh: $1 needs a value" >&2; exit 2; }
 		case "$1" in
 		--modes) MODES=$2 ;;
+		--rounds) ROUNDS=$2 ;;
+		--seconds) SECONDS_EACH=$2 ;;
 		--build) BUILD=$2 ;;
 		--out) OUT=$2 ;;
 		esac
@@ -57,12 +67,11 @@ while [ $# -gt 0 ]; do
 	shift
 done
 for m in ${MODES//,/ }; do
-	case "$m" in
-	direct | metrics | access-log | tap) ;;
-	*) echo "obs_bench.sh: unknown mode '$m' (direct, metrics, access-log, tap)" >&2; exit 2 ;;
-	esac
+	[[ ",$ALL_MODES," == *",$m,"* ]] || { echo "obs_bench.sh: unknown mode '$m' (${ALL_MODES//,/, })" >&2; exit 2; }
 done
-[[ ",$MODES," == *",metrics,"* ]] || { echo "obs_bench.sh: --modes must include metrics (the baseline)" >&2; exit 2; }
+[[ ",$MODES," == *",off,"* ]] || { echo "obs_bench.sh: --modes must include off (the baseline)" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ && "$SECONDS_EACH" =~ ^[1-9][0-9]*$ ]] ||
+	{ echo "obs_bench.sh: --rounds and --seconds take a positive integer" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "obs_bench.sh: needs root (network namespaces, iptables)" >&2; exit 2; }
 missing=()
 for cmd in ip iptables nginx wrk curl python3; do
@@ -106,6 +115,33 @@ ip netns exec "$SRV" nginx -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 &
 PIDS+=($!)
 bench_wait_port obs_bench.sh "$SRV" $SIP $APP_PORT
 
+# The trace collectors: one per namespace on 127.0.0.1:4318 (shuntd's
+# default tracing.endpoint), an nginx that reads each OTLP/HTTP export and
+# answers 200 {} (an empty ExportTraceServiceResponse).
+for ns in "$CLI" "$SRV"; do
+	ip -n "$ns" link set lo up
+	cat >"$TMP/otlp-$ns.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/otlp-$ns.pid;
+error_log $TMP/otlp-$ns.err error;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/otlp-$ns-body;
+    client_max_body_size 64m;
+    client_body_buffer_size 4m;
+    server {
+        listen 127.0.0.1:4318;
+        location = /v1/traces { default_type application/json; return 200 '{}'; }
+    }
+}
+EOF
+	ip netns exec "$ns" nginx -c "$TMP/otlp-$ns.conf" >"$TMP/otlp-$ns.out" 2>&1 &
+	PIDS+=($!)
+	bench_wait_port obs_bench.sh "$ns" 127.0.0.1 4318
+done
+
 cat >"$TMP/registry.json" <<EOF
 {"services": [{"name": "web", "namespace": "default", "addresses": ["$VIP"],
   "ports": [{"name": "http", "port": 80, "target_port": $APP_PORT, "protocol": "HTTP"}],
@@ -126,10 +162,16 @@ shuntd_ready() { # ns log
 
 # Both shuntds with the mode's flags; the client side creates the CA first.
 start_shuntds() { # mode
-	local level=warn alog=off
-	[ "$1" = access-log ] && alog=on
-	local common=(--redirect iptables --workers 2 --log-level "$level" --access-log.enabled "$alog"
-		--proxy-uid $SHUNTD_UID
+	local metrics=off alog=off tracing=(--tracing.enabled off)
+	case "$1" in
+	metrics) metrics=on ;;
+	access-log) alog=on ;;
+	tracing) tracing=(--tracing.enabled on --tracing.sampling 1) ;;
+	tracing-unsampled) tracing=(--tracing.enabled on --tracing.sampling 0) ;;
+	all) metrics=on alog=on tracing=(--tracing.enabled on --tracing.sampling 1) ;;
+	esac
+	local common=(--redirect iptables --workers 2 --log-level warn --access-log.enabled "$alog"
+		--metrics.requests "$metrics" "${tracing[@]}" --proxy-uid "$SHUNTD_UID"
 		--drain-timeout 1s --mtls.ca-dir "$TMP/ca" --mtls.key-type ecdsa-p256)
 	ip netns exec "$CLI" "$BUILD/shuntd" "${common[@]}" --mtls.service-name client \
 		--service-discovery.file.path "$TMP/registry.json" >"$TMP/client-$1.log" 2>&1 &
@@ -159,7 +201,8 @@ stop_shuntds() {
 	SHUNTD_PIDS=()
 }
 
-# One round of one mode: sets RESULT to "requests_per_s p99_ms errors".
+# One round of one mode: sets RESULT to "requests_per_s p99_ms errors
+# proxied tap_ring_drops spans_exported spans_dropped".
 run() { # mode
 	local url="http://$VIP/128.bin"
 	if [ "$1" = direct ]; then
@@ -171,13 +214,23 @@ run() { # mode
 	local out
 	out=$(ip netns exec "$CLI" wrk -t2 -c16 -d"${SECONDS_EACH}s" --latency "$url")
 	# What the client side's shuntd proxied (it must be all of wrk's
-	# requests) and, with a tap, what its rings dropped.
-	local proxied=0 dropped=0
+	# requests: shunt_http_requests_total counts whatever metrics.requests
+	# says), what a tap's rings dropped, and the spans both sides exported
+	# and dropped once the last batch is out (a sampled mode must export).
+	local proxied=0 dropped=0 exported=0 sdropped=0
 	if [ "$1" != direct ]; then
-		local m
+		local m ns
 		m=$(ip netns exec "$CLI" curl -s http://127.0.0.1:15003/metrics)
-		proxied=$(awk '/^shunt_requests_total\{/ && /direction="outbound"/ {n+=$NF} END {printf "%d", n}' <<<"$m")
+		proxied=$(awk '/^shunt_http_requests_total\{/ {n+=$NF} END {printf "%d", n}' <<<"$m")
 		dropped=$(awk '/^shunt_tap_dropped_total\{reason="ring"\}/ {printf "%d", $NF}' <<<"$m")
+		if [ "$1" = tracing ] || [ "$1" = all ]; then
+			sleep 2 # tracing.flush_interval (1 s): the last partial batch
+		fi
+		for ns in "$CLI" "$SRV"; do
+			m=$(ip netns exec "$ns" curl -s http://127.0.0.1:15003/metrics)
+			exported=$((exported + $(awk '/^shunt_trace_spans_exported_total / {n+=$NF} END {printf "%d", n}' <<<"$m")))
+			sdropped=$((sdropped + $(awk '/^shunt_trace_spans_dropped_total\{/ {n+=$NF} END {printf "%d", n}' <<<"$m")))
+		done
 		stop_shuntds
 	fi
 	local rps p99 errs
@@ -195,15 +248,20 @@ run() { # mode
 		echo "obs_bench.sh: $1: the client shuntd proxied $proxied requests, wrk made $total: traffic went around it" >&2
 		exit 1
 	fi
-	RESULT="$rps $p99 $errs $proxied ${dropped:-0}"
+	if { [ "$1" = tracing ] || [ "$1" = all ]; } && [ "$exported" -eq 0 ]; then
+		echo "obs_bench.sh: $1: no span was exported (collector: $TMP/otlp-*.err)" >&2
+		exit 1
+	fi
+	RESULT="$rps $p99 $errs $proxied ${dropped:-0} $exported $sdropped"
 }
 
 RUNS=()
-for r in $(seq 1 $ROUNDS); do
+for r in $(seq 1 "$ROUNDS"); do
 	for m in ${MODES//,/ }; do
 		echo "== round $r: $m" >&2
 		run "$m"
-		echo "   requests/s, p99 ms, errors, proxied by the client shuntd, tap ring drops: $RESULT" >&2
+		echo "   requests/s, p99 ms, errors, proxied by the client shuntd, tap ring drops," \
+			"spans exported, spans dropped: $RESULT" >&2
 		RUNS+=("$m $RESULT")
 	done
 done
@@ -217,20 +275,23 @@ out, commit, rounds, secs, modes = sys.argv[1:6]
 modes = modes.split(",")
 runs = {m: [] for m in modes}
 for line in sys.argv[6:]:
-    m, rps, p99, errs, proxied, dropped = line.split()
+    m, rps, p99, errs, proxied, dropped, exported, sdropped = line.split()
     runs[m].append({"requests_per_s": float(rps), "p99_ms": float(p99), "errors": int(errs),
-                    "proxied": int(proxied), "tap_ring_dropped": int(dropped)})
+                    "proxied": int(proxied), "tap_ring_dropped": int(dropped),
+                    "spans_exported": int(exported), "spans_dropped": int(sdropped)})
 res = {"what": "HTTP/1.1 keep-alive, 128-byte responses, wrk -t2 -c16, through two shuntds "
                "(strict mTLS, request-level proxying on both sides)",
        "commit": commit, "kernel": platform.release(), "cpus": os.cpu_count(),
-       "rounds": int(rounds), "seconds_each": int(secs), "baseline": "metrics", "modes": {}}
+       "rounds": int(rounds), "seconds_each": int(secs), "baseline": "off", "modes": {}}
 for m in modes:
     r = runs[m]
     res["modes"][m] = {"runs": r, "median_requests_per_s": statistics.median(x["requests_per_s"] for x in r),
                        "median_p99_ms": statistics.median(x["p99_ms"] for x in r),
                        "errors": sum(x["errors"] for x in r),
-                       "tap_ring_dropped": sum(x["tap_ring_dropped"] for x in r)}
-base = res["modes"]["metrics"]
+                       "tap_ring_dropped": sum(x["tap_ring_dropped"] for x in r),
+                       "spans_exported": sum(x["spans_exported"] for x in r),
+                       "spans_dropped": sum(x["spans_dropped"] for x in r)}
+base = res["modes"]["off"]
 for m in modes:
     x = res["modes"][m]
     x["requests_per_s_ratio"] = round(x["median_requests_per_s"] / base["median_requests_per_s"], 3)
@@ -238,15 +299,17 @@ for m in modes:
 json.dump(res, open(out + ".json", "w"), indent=1)
 md = ["# Observability overhead %s (commit %s, %d CPUs, kernel %s)" % (
           os.path.basename(out), commit, res["cpus"], res["kernel"]), "",
-      res["what"] + "; median of %s rounds of %s s. Ratios to `metrics` (request metrics are "
-      "always on in shuntd; `direct` is nginx without shuntd, for scale)." % (rounds, secs), "",
-      "| mode | requests/s | ratio | p99 | ratio | errors | tap ring drops |",
-      "|---|---|---|---|---|---|---|"]
+      res["what"] + "; median of %s rounds of %s s. Ratios to `off` (every observability "
+      "feature off; `direct` is nginx without shuntd, for scale). Spans: exported and dropped "
+      "by both sides, all rounds." % (rounds, secs), "",
+      "| mode | requests/s | ratio | p99 | ratio | errors | tap ring drops | spans exported | spans dropped |",
+      "|---|---|---|---|---|---|---|---|---|"]
 for m in modes:
     x = res["modes"][m]
-    md.append("| %s | %.0f | %.2f | %.2f ms | %.2f | %d | %d |" % (
+    md.append("| %s | %.0f | %.2f | %.2f ms | %.2f | %d | %d | %d | %d |" % (
         m, x["median_requests_per_s"], x["requests_per_s_ratio"], x["median_p99_ms"],
-        x["p99_ratio"] or 0, x["errors"], x["tap_ring_dropped"]))
+        x["p99_ratio"] or 0, x["errors"], x["tap_ring_dropped"], x["spans_exported"],
+        x["spans_dropped"]))
 open(out + ".md", "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 print("\nwritten: %s.json, %s.md" % (out, out))

@@ -7,11 +7,13 @@ and types; one line per HTTP/1.1 request (curl), per HTTP/2 stream (h2load),
 per gRPC call (grpcio) and per TCP connection; local answers included (a 503
 with no endpoint, a 431 for an oversized head); the request id is the
 client's x-request-id, else one made by A that B logs too; log_level warn
-does not turn access logging off; shunt_access_log_* counts the lines."""
+does not turn access logging off; shunt_access_log_* counts the lines;
+metrics.requests off (a reload) stops the request metrics, not the lines."""
 
 import json
 import os
 import re
+import signal
 import sys
 
 import pytest
@@ -80,7 +82,8 @@ def mesh():
         a, b = sl.start_mtls_pair(topo, daemons, os.path.join(tmp, "ca"),
                                   a_flags={"service-discovery.file.path": reg,
                                            "log-level": "warn"},
-                                  b_flags={"log-level": "warn"})  # fmt: skip
+                                  b_flags={"log-level": "warn"},
+                                  b_config={"metrics": {"requests": "on"}})  # fmt: skip
         yield topo, a, b
     finally:
         sl.teardown(topo, daemons, procs)
@@ -194,3 +197,39 @@ def test_tcp_connection_and_every_line(mesh):
         m = d.metrics()
         assert m[("shunt_access_log_lines_total", ())] >= len(d.access_lines()) > 0
         assert m[("shunt_access_log_dropped_total", ())] == 0
+
+
+def inbound_requests(d):
+    return sum(v for (name, labels), v in d.metrics().items()
+               if name == "shunt_requests_total" and ("direction", "inbound") in labels)  # fmt: skip
+
+
+def reload(d, config):
+    n = d.metric("shunt_config_reloads_total")
+    d.write_config(config)
+    d.signal(signal.SIGHUP)
+    d.wait_metric("shunt_config_reloads_total", lambda v: v > n)
+
+
+def test_request_metrics_switch(mesh):
+    """metrics.requests off on B (a reload): its requests are proxied and
+    logged as before, shunt_requests_total and the histogram stay still;
+    on again, they count."""
+    topo, a, b = mesh
+    try:
+        reload(b, {"metrics": {"requests": "off"}})
+        before = inbound_requests(b)
+        hist = b.metrics()
+        for i in range(3):
+            topo.app.curl(["-s", "-o", "/dev/null", "-H", "X-Request-ID: rid-nom-%d" % i,
+                           "http://%s/" % VIP_WEB])  # fmt: skip
+        lines_for(b, lambda l: (l.get("request_id") or "").startswith("rid-nom-"), 3,
+                  "B's lines with request metrics off")  # fmt: skip
+        assert inbound_requests(b) == before
+        assert {k: v for k, v in b.metrics().items()
+                if k[0].startswith("shunt_request_duration_seconds")} == {
+            k: v for k, v in hist.items() if k[0].startswith("shunt_request_duration_seconds")}
+    finally:
+        reload(b, {"metrics": {"requests": "on"}})
+    topo.app.curl(["-s", "-o", "/dev/null", "http://%s/" % VIP_WEB])
+    sl.wait_until(lambda: inbound_requests(b) == before + 1, 5, what="B counting again")

@@ -134,11 +134,12 @@ def test_unknown_scenario_is_refused():
 
 
 def test_obs_bench_quick():
-    """bench/obs_bench.sh --quick on the baseline and the tap: both modes
-    ran through the two sidecars (the script fails when the client shuntd
-    proxied fewer requests than wrk made), the report has the ratios, and
-    nothing is left behind."""
-    rc, stdout, stderr, out, pid = bench(["--quick", "--modes", "metrics,tap"], timeout=120,
+    """bench/obs_bench.sh --quick on the baseline (every feature off) and
+    tracing sampled: both modes ran through the two sidecars (the script
+    fails when the client shuntd proxied fewer requests than wrk made, or
+    a sampled mode exported no span), the report has the ratios, and
+    nothing is left behind (the collectors included)."""
+    rc, stdout, stderr, out, pid = bench(["--quick", "--modes", "off,tracing"], timeout=120,
                                          script=OBS_SH)  # fmt: skip
     assert rc == 0, "obs_bench.sh failed (%d):\n%s\n%s" % (rc, stdout[-2000:], stderr[-3000:])
     names = sl.run(["ip", "netns", "list"]).stdout
@@ -147,17 +148,20 @@ def test_obs_bench_quick():
     assert len(jsons) == 1, os.listdir(out)
     with open(os.path.join(out, jsons[0])) as f:
         r = json.load(f)
-    assert list(r["modes"]) == ["metrics", "tap"]
+    assert list(r["modes"]) == ["off", "tracing"] and r["baseline"] == "off"
     for m, x in r["modes"].items():
         assert x["median_requests_per_s"] > 0 and x["errors"] == 0, (m, x)
         assert x["runs"][0]["proxied"] > 0, (m, x)
-    assert r["modes"]["metrics"]["requests_per_s_ratio"] == 1.0
-    assert r["modes"]["tap"]["requests_per_s_ratio"] > 0
+    assert r["modes"]["off"]["requests_per_s_ratio"] == 1.0
+    assert r["modes"]["off"]["spans_exported"] == 0
+    assert r["modes"]["tracing"]["requests_per_s_ratio"] > 0
+    # Both sides export a span per request (sampling 1), none dropped here.
+    assert r["modes"]["tracing"]["spans_exported"] >= r["modes"]["tracing"]["runs"][0]["proxied"]
     md = open(os.path.join(out, jsons[0][: -len(".json")] + ".md")).read()
-    assert "| tap |" in md and "| metrics |" in md
+    assert "| tracing |" in md and "| off |" in md
 
 
 def test_obs_bench_refuses_unknown_mode():
-    rc, _, stderr, _, _ = bench(["--quick", "--modes", "metrics,tracing"], timeout=30,
+    rc, _, stderr, _, _ = bench(["--quick", "--modes", "off,tracing-sampled"], timeout=30,
                                 script=OBS_SH)  # fmt: skip
-    assert rc == 2 and "unknown mode 'tracing'" in stderr, stderr
+    assert rc == 2 and "unknown mode 'tracing-sampled'" in stderr, stderr

@@ -132,6 +132,7 @@ static void test_defaults(void **state)
         assert_string_equal(c->metrics_address, "0.0.0.0");
         assert_int_equal(c->metrics_port, 15020);
         assert_true(config_metrics_enabled(c));
+        assert_int_equal(c->metrics_requests, 1);
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         assert_int_equal(c->workers, cpus > 256 ? 256 : cpus);
         assert_int_equal(c->log_level, LOG_INFO);
@@ -335,6 +336,7 @@ static void test_file_values(void **state)
         assert_int_equal(c->metrics_port, 16020);
         assert_int_equal(c->metrics_max_series, 5000);
         assert_string_equal(c->metrics_histogram_buckets, "0.001,0.1,1");
+        assert_int_equal(c->metrics_requests, 0);
         assert_int_equal(c->access_log_enabled, 0);
         assert_string_equal(c->access_log_sampling, "0.5");
         assert_true(c->access_log_ratio == 0.5);

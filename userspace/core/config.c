@@ -120,6 +120,10 @@ static const struct key_desc keys[] = {
          .min = 16, .max = 100000, .def = "1000", .flags = KF_RESTART,
          .note = "label sets per request and TCP metric family; beyond it updates go to one series labelled "
                  "\"other\" and count in shunt_metrics_series_overflow_total"},
+        {.path = "metrics.requests", .env = "SHUNT_METRICS_REQUESTS", .type = K_ENUM, FIELD(metrics_requests),
+         .names = off_on_names, .def = "on",
+         .note = "off: shunt_requests_total, shunt_request_duration_seconds and shunt_tcp_* are not updated (applies on reload; "
+                 "their families stay, with the series they had)"},
         {.path = "metrics.histogram_buckets", .env = "SHUNT_METRICS_HISTOGRAM_BUCKETS", .type = K_STR,
          FIELD(metrics_histogram_buckets), .def = PROM_DEFAULT_BUCKETS, .flags = KF_RESTART,
          .note = "upper bounds in seconds of shunt_request_duration_seconds, comma-separated, increasing, at most 32"},

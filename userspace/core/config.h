@@ -114,8 +114,11 @@ struct shunt_config {
         uint16_t metrics_port; /* admin.metrics_port, SHUNT_ADMIN_METRICS_PORT, 15020 */
         /* metrics.max_series, 1000: label sets per request/TCP family, more go
          * to one "other" series; metrics.histogram_buckets: seconds, "a,b,..."
-         * (core/prom.h PROM_DEFAULT_BUCKETS). Both taken at start. */
+         * (core/prom.h PROM_DEFAULT_BUCKETS). Both taken at start.
+         * metrics.requests: "off" 0 | "on" 1 (default): the request and TCP
+         * families updated (applies on reload). */
         uint32_t metrics_max_series;
+        int metrics_requests;
         char metrics_histogram_buckets[CONFIG_PATH_MAX];
         /* access_log.*: one JSON line per request, stream, call and TCP
          * connection (docs/observability.md), apart from log_level.

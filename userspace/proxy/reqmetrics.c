@@ -255,6 +255,9 @@ void reqmetrics_request(struct worker *w, const struct req_end *r)
         struct reqmetrics *m = w->proxy->reqm;
         if (!m)
                 return;
+        bool counted = worker_cfg(w)->metrics_requests, tapped = tap_attached(w->proxy->tap);
+        if (!counted && !tapped)
+                return;
         const char *v[L__REQ];
         char buf[2][NAME_MAX_], code[16], cls[16];
         common_labels(w, r->dir, r->peer_tls, r->service, r->route, r->orig_dst,
@@ -270,11 +273,12 @@ void reqmetrics_request(struct worker *w, const struct req_end *r)
         v[L_CLASS] = cls;
         v[L_GRPC] = r->grpc_status >= 0 ? h2proxy_grpc_code_name(r->grpc_status) : "";
         uint64_t now = clock_mono_ns();
-        _Atomic uint64_t *cells = prom_series_cells(m->req, (uint32_t)w->index, v);
-        prom_hist_observe(cells, &m->buckets, now > r->start_ns ? now - r->start_ns : 0);
-        if (tap_attached(w->proxy->tap))
-                tap_request(w, r, v[L_DST_NAMESPACE], v[L_DST_SERVICE],
-                            now > r->start_ns ? now - r->start_ns : 0);
+        uint64_t duration = now > r->start_ns ? now - r->start_ns : 0;
+        if (counted)
+                prom_hist_observe(prom_series_cells(m->req, (uint32_t)w->index, v), &m->buckets,
+                                  duration);
+        if (tapped)
+                tap_request(w, r, v[L_DST_NAMESPACE], v[L_DST_SERVICE], duration);
 }
 
 static void field(char *dst, size_t cap, const char *src)
@@ -316,7 +320,7 @@ _Atomic uint64_t *reqmetrics_tcp_open(struct worker *w, enum conn_dir dir,
                                       bool mtls)
 {
         struct reqmetrics *m = w->proxy->reqm;
-        if (!m)
+        if (!m || !worker_cfg(w)->metrics_requests)
                 return NULL;
         const char *v[L__TCP];
         char buf[2][NAME_MAX_];
