@@ -24,6 +24,7 @@ cgroups:
   answered.
 Everything made (namespaces, cgroups, pins, processes) is removed."""
 
+import contextlib
 import json
 import os
 import socket
@@ -44,7 +45,7 @@ NS = "default"
 VIP = "10.96.0.50"
 SVC_PORT, APP_PORT = 80, 8080
 POD_LIMIT = 8
-PIN_ROOT = "/sys/fs/bpf/shunt-nodecap"
+PIN_ROOT = "/sys/fs/bpf/shunt-nodecap-%d" % os.getpid()
 GATEWAY = "169.254.1.1"
 
 
@@ -222,59 +223,63 @@ def service_objs(backends):
     return svc, sl_
 
 
-@pytest.fixture(scope="module")
-def lab():
+@contextlib.contextmanager
+def capture_lab(tag, specs, args=None, forbid=()):
+    """A node namespace with CniPods (name, ip, service account) of specs,
+    the API stand-in with them, Service b backed by b's echo (b must be
+    among them) and one node shuntd capturing them with redirect ebpf.
+    forbid: kinds the stand-in refuses from the start (so discovery cannot
+    sync). Yields (env, shuntd, {name: pod}) once the admin API answers;
+    everything is removed after."""
     sl.require_tool("iptables")
     root = cgroup2_root()
     env = Env(NodeTopo())
     pods, daemons, procs = [], [], []
     try:
         env.make_certs()
-        env.token = "standin-token-nodecap"
+        env.token = "standin-token-" + tag
         token_file = os.path.join(env.dir, "token")
         with open(token_file, "w") as f:
             f.write(env.token + "\n")
         kubeconfig = env.write_kubeconfig(token_file)
         env.start_standin()
         procs.append(env.standin)
-
-        def mk(name, ip, sa):
+        if forbid:
+            env.ctl("POST", "/inject", {"forbid": list(forbid)})
+        by_name = {}
+        for name, ip, sa in specs:
             p = CniPod(root, name, "cgroupfs", "Guaranteed", ip, sa)
             p.node_ns = env.topo.app
             pods.append(p)
-            return p.start()
-
-        a = mk("a", "10.244.1.11", "sa-a")
-        b = mk("b", "10.244.1.12", "b")
-        c = mk("c", "10.244.1.13", "sa-c")
-        dd = mk("d", "10.244.1.14", "sa-d")
+            by_name[name] = p.start()
+        b = by_name["b"]
         # the server of service b, in b (inbound capture does not need the cgroup)
         echo = b.netns.spawn_peer("echo", "b-echo", "0.0.0.0:%d" % APP_PORT)
         procs.append(echo)
         svc, slc = service_objs([b])
         env.apply("services", "ADDED", svc)
         env.apply("endpointslices", "ADDED", slc)
-        for p in (a, b, c, dd):
+        for p in pods:
             env.apply("pods", "ADDED", pod_obj(p))
-        d = sl.Shuntd(env.topo.app, sl.shuntd_args(**{
+        d = sl.Shuntd(env.topo.app, sl.shuntd_args(**dict({
             "redirect": "ebpf",
             "mode": "node",
             # libbpf's debug lines for every pod's load slow the main loop
             "log-level": "info",
             "proxy-uid": None,
             "bpf-pin-root": PIN_ROOT,
-            "node.pod-max-connections": str(POD_LIMIT),
             "service-discovery.type": "kubernetes",
             "service-discovery.kubernetes.kubeconfig-path": kubeconfig,
             "mtls.ca-dir": os.path.join(env.dir, "ca"),
             # each pod's own certificate from the built-in CA (node/identity.h)
             "mtls.namespace": NS,
-        }), name="shuntd-node", env={"NODE_NAME": NODE,
-                                     "SHUNT_K8S_WATCH_TIMEOUT": str(WATCH_TIMEOUT_S)},
+        }, **(args or {}))), name="shuntd-node-" + tag,
+            env={"NODE_NAME": NODE, "SHUNT_K8S_WATCH_TIMEOUT": str(WATCH_TIMEOUT_S)},
             wrap=MOUNT_CGROUP2)
         daemons.append(d)
-        d.wait_ready()
-        yield env, d, {"a": a, "b": b, "c": c, "d": dd}
+        # not /ready, which waits for the discovery sync (forbid holds it back)
+        sl.wait_until(lambda: admin_answers(d), 30, what="node shuntd's admin API")
+        yield env, d, by_name
     finally:
         try:
             sl.teardown(None, daemons, procs)
@@ -282,6 +287,24 @@ def lab():
             for p in reversed(pods):
                 p.stop()
             env.topo.delete()
+
+
+def admin_answers(d):
+    if not d.proc.alive():
+        raise sl.HarnessError("shuntd exited:\n%s" % d.log_tail())
+    try:
+        return d.get("/pods")[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with capture_lab("nodecap", [("a", "10.244.1.11", "sa-a"), ("b", "10.244.1.12", "b"),
+                                 ("c", "10.244.1.13", "sa-c"), ("d", "10.244.1.14", "sa-d")],
+                     {"node.pod-max-connections": str(POD_LIMIT)}) as (env, d, pods):
+        d.wait_ready()
+        yield env, d, pods
 
 
 def pinned(d, pod):

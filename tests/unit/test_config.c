@@ -358,6 +358,7 @@ static void test_file_values(void **state)
         assert_int_equal(c->node_identity_drain_s, 120);
         assert_int_equal(c->node_pod_max_connections, 64);
         assert_int_equal(c->node_pod_workers, 2);
+        assert_int_equal(c->node_accept_timeout_ms, 15000);
         /* every key in the file is recorded as coming from it (but
          * mtls.ca_address, which excludes certificate_file: test_tls_ca_source) */
         for (size_t i = 0; i < c->n_origins; i++)

@@ -294,6 +294,7 @@ struct shunt_config {
         uint32_t node_identity_drain_s;    /* node.identity_drain, 5m */
         uint32_t node_pod_max_connections; /* node.pod_max_connections, 1024 */
         uint32_t node_pod_workers;         /* node.pod_workers, 1 */
+        uint32_t node_accept_timeout_ms;   /* node.accept_timeout, 10s */
 
         /* load balancing */
         char lb_algorithm[32];            /* load_balancing.algorithm, LOAD_BALANCING_ALGORITHM */

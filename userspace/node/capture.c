@@ -28,10 +28,6 @@
 #include "proxy/proxy.h"
 
 #define CAP_ERR_MAX 320
-/* A captured pod's listeners accept at the latest this long after it was
- * captured (pod_try_accept). */
-#define NODE_ACCEPT_WAIT_MS 10000
-
 enum cap_outbound {
         CAP_OUT_EBPF,
         CAP_OUT_IPTABLES,
@@ -48,7 +44,8 @@ struct cap_pod {
         bool rules;            /* iptables rules installed in the pod's namespace */
         bool adopted;          /* its listeners are the agent's taken over */
         bool accepting;        /* its listeners accept (pod_try_accept) */
-        uint64_t accept_by_ms; /* they accept from then on, known routes and certificate or not */
+        bool refusing;         /* ... and reset what they accept: not ready in time */
+        uint64_t accept_by_ms; /* connects wait in the backlog until then at most */
         bool identity;         /* a slot of the pod's identity (else the empty one) */
         struct snapshot_slot *slot;
         char error[CAP_ERR_MAX]; /* why the pod is not captured, "" when it is */
@@ -228,15 +225,14 @@ static int pod_listen(struct node_capture *nc, struct cap_pod *p, const struct n
         }
         struct handover_pod *h = inherited_take(nc, p->uid, pod->netns_ino);
         p->adopted = h != NULL;
-        /* Inherited listeners accept only once the pod can be served
-         * (pod_try_accept) and keep their queued connects until then; a
-         * pod's own listen and accept at once. */
+        /* Inherited listeners and a pod's own alike accept only once the
+         * pod can be served (pod_try_accept): their connects wait in the
+         * backlog until then. */
         if (h) {
                 p->proxy = proxy_new_adopt(p->cfg, h->ls, h->n, err, sizeof(err));
                 inherited_close(h); /* what the proxy did not take */
         } else {
-                p->proxy = proxy_new(p->cfg, err, sizeof(err));
-                p->accepting = true;
+                p->proxy = proxy_new_gated(p->cfg, err, sizeof(err));
         }
         if (!p->proxy) {
                 leave_netns(nc);
@@ -303,30 +299,41 @@ static void pod_set_tls(struct node_capture *nc, struct cap_pod *p)
 
 static bool slot_has_certificate(struct snapshot_slot *slot);
 
-/* The listeners a pod inherited from the agent taken over accept once its
- * proxy knows the routes (the first discovery snapshot after the start:
- * before it every destination would look unknown and be passed through)
- * and its identity holds a certificate (before it every mesh connection is
- * refused), or NODE_ACCEPT_WAIT_MS after it was captured, whichever comes
- * first (logged); the connects queued in them wait until then. */
+/* A pod's listeners, its own or inherited from the agent taken over, accept
+ * once its proxy knows the routes (the first discovery snapshot after the
+ * start: before it every destination would look unknown and be passed
+ * through in plaintext) and its identity holds a certificate (before it
+ * every mesh connection would be refused by TLS); the connects queued in
+ * them wait until then, in the backlog (LISTEN_BACKLOG at most), for at most
+ * node.accept_timeout after the pod was captured. Past that they fail
+ * closed: every connection accepted is reset and counted (not_ready) until
+ * both are there. A pod without an identity held (mesh connections refused
+ * by TLS anyway) or with mTLS off waits for the routes only. */
 static void pod_try_accept(struct node_capture *nc, struct cap_pod *p)
 {
-        if (p->accepting || !p->proxy || nc->draining)
+        if (!p->proxy || nc->draining || (p->accepting && !p->refusing))
                 return;
         bool routes = nc->disc && disc_snapshot_version(nc->disc) > 1;
-        bool cert = !p->slot || slot_has_certificate(p->slot);
-        bool late = clock_mono_ms() >= p->accept_by_ms;
-        if (!(routes && cert) && !late)
+        bool cert = !p->slot || !p->identity || slot_has_certificate(p->slot);
+        bool ready = routes && cert;
+        if (!ready && (p->refusing || clock_mono_ms() < p->accept_by_ms))
                 return;
-        if (proxy_start_accepting(p->proxy) < 0)
+        proxy_set_refusing(p->proxy, !ready); /* before the first accept */
+        if (!p->accepting && proxy_start_accepting(p->proxy) < 0)
                 return; /* logged; tried again at the next tick */
         p->accepting = true;
-        if (!(routes && cert))
+        if (ready && p->refusing)
+                log_info("node", 0,
+                         "pod %s/%s: routes and certificate there: its connections "
+                         "are served from now on",
+                         p->ns, p->name);
+        else if (!ready)
                 log_warn("node", 0,
-                         "pod %s/%s: accepting after %d ms without %s: its connections may be "
-                         "refused",
-                         p->ns, p->name, NODE_ACCEPT_WAIT_MS,
-                         !routes ? "the routes of a discovery sync" : "a certificate");
+                         "pod %s/%s: no %s %u ms after it was captured: its connections are "
+                         "refused (reset, counted not_ready) until it has them (fail closed)",
+                         p->ns, p->name, !routes ? "routes from a discovery sync" : "certificate",
+                         p->cfg->node_accept_timeout_ms);
+        p->refusing = !ready;
 }
 
 static void on_ready(void *ctx, const struct node_pod_info *pod)
@@ -374,7 +381,7 @@ static void on_ready(void *ctx, const struct node_pod_info *pod)
         }
         nc->c.captured++;
         nc->adopted_pods += p->adopted;
-        p->accept_by_ms = clock_mono_ms() + NODE_ACCEPT_WAIT_MS;
+        p->accept_by_ms = clock_mono_ms() + p->cfg->node_accept_timeout_ms;
         pod_try_accept(nc, p);
         log_info("node", 0,
                  "pod %s/%s captured: outbound by %s, inbound rules and %s listeners in its "
@@ -744,8 +751,12 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
                         strbuf_append_json_string(sb, p->error);
                 else
                         strbuf_append(sb, "null");
-                strbuf_appendf(sb, ",\"accepting\":%s,\"listeners_from\":\"%s\"",
-                               p->accepting ? "true" : "false", p->adopted ? "takeover" : "own");
+                strbuf_appendf(sb, ",\"accepting\":%s,\"gate\":\"%s\",\"listeners_from\":\"%s\"",
+                               p->accepting && !p->refusing ? "true" : "false",
+                               !p->accepting ? "waiting"
+                               : p->refusing ? "refusing"
+                                             : "open",
+                               p->adopted ? "takeover" : "own");
                 strbuf_appendf(sb, ",\"identity\":\"%s\"",
                                !p->slot                        ? "off"
                                : !p->identity                  ? "none"
@@ -760,13 +771,15 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
                             sb,
                             ",\"connections\":{\"active\":%llu,\"inbound\":%llu,\"outbound\":%llu,"
                             "\"limit\":%u},\"bytes\":{\"upstream\":%llu,\"downstream\":%llu},"
-                            "\"refused\":{\"limit\":%llu,\"tls\":%llu,\"other\":%llu},"
+                            "\"refused\":{\"limit\":%llu,\"tls\":%llu,\"not_ready\":%llu,"
+                            "\"other\":%llu},"
                             "\"memory\":{\"proxy_bytes\":%zu,\"bpf_bytes\":%zu}",
                             (unsigned long long)t.active, (unsigned long long)t.accepted_in,
                             (unsigned long long)t.accepted_out, p->cfg->max_connections,
                             (unsigned long long)t.bytes_upstream,
                             (unsigned long long)t.bytes_downstream,
                             (unsigned long long)t.refused_limit, (unsigned long long)t.refused_tls,
+                            (unsigned long long)t.refused_not_ready,
                             (unsigned long long)t.refused_other, proxy_memory_bytes(p->proxy),
                             p->bpf ? bpfcap_memory_bytes(p->bpf) : (size_t)0);
                 }
@@ -797,7 +810,8 @@ void node_capture_render_metrics(struct node_capture *nc, struct strbuf *sb)
              "Bytes relayed for a meshed pod: upstream (from its clients) and downstream."},
             {"shunt_node_pod_refused_total", "counter",
              "A meshed pod's connections refused: limit (node.pod_max_connections), tls (mTLS "
-             "failed or no certificate: fail closed), other (policy, no endpoint, loop)."},
+             "failed or no certificate: fail closed), not_ready (no routes or certificate within "
+             "node.accept_timeout: fail closed), other (policy, no endpoint, loop)."},
             {"shunt_node_pod_memory_bytes", "gauge",
              "Memory held for a meshed pod: its proxy (state and buffers) and its BPF maps."},
         };
@@ -835,6 +849,8 @@ void node_capture_render_metrics(struct node_capture *nc, struct strbuf *sb)
                                 prom_sample_u64(sb, n, l.data, t.refused_limit);
                                 pod_labels(&l, p, "reason", "tls");
                                 prom_sample_u64(sb, n, l.data, t.refused_tls);
+                                pod_labels(&l, p, "reason", "not_ready");
+                                prom_sample_u64(sb, n, l.data, t.refused_not_ready);
                                 pod_labels(&l, p, "reason", "other");
                                 prom_sample_u64(sb, n, l.data, t.refused_other);
                                 break;

@@ -45,6 +45,7 @@ enum conn_reason {
         REASON_TLS_PORT_MISMATCH,   /* the SNI port is not the original destination's */
         REASON_AUTHZ_REFUSED,       /* no identity on a port with authorization policies */
         REASON_MTLS_REQUIRED, /* outbound: the endpoint is not meshed and its mode is strict */
+        REASON_NOT_READY,     /* node mode: the pod's routes or certificate not there in time */
         REASON__COUNT,
 };
 
@@ -197,8 +198,9 @@ struct proxy {
         uint32_t fd_limit_reported;      /* max_connections last warned about (0: none) */
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
-        bool accept_deferred; /* taken over: listeners join epoll at proxy_start_accepting */
-        bool splice;          /* tcp_splice auto and the splice program loaded (splice_open) */
+        bool accept_deferred;  /* taken over: listeners join epoll at proxy_start_accepting */
+        _Atomic bool refusing; /* proxy_set_refusing: every accepted connection reset */
+        bool splice;           /* tcp_splice auto and the splice program loaded (splice_open) */
         int (*worker_init)(void *ctx); /* proxy_set_worker_init */
         void *worker_init_ctx;
 };

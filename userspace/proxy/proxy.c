@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/prom.h"
 #include "core/sockaddr.h"
+#include "intercept/origdst.h"
 #include "intercept/splice.h"
 #include "proxy/h2proxy.h"
 #include "proxy/handover.h"
@@ -102,6 +103,11 @@ static void on_accept(struct loop *loop, struct loop_io *io, uint32_t events)
                         if (errno == EMFILE || errno == ENFILE)
                                 accept_exhausted(w, l, errno);
                         return;
+                }
+                if (atomic_load_explicit(&w->proxy->refusing, memory_order_relaxed)) {
+                        origdst_forget(fd);
+                        relay_reject(w, fd, REASON_NOT_READY);
+                        continue;
                 }
                 relay_accept(w, l, fd, &peer);
         }
@@ -302,8 +308,8 @@ static int worker_adopt(struct worker *w, int n_workers, struct handover_listene
         return 0;
 }
 
-struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener *inh, size_t n_inh,
-                              char *err, size_t errlen)
+static struct proxy *proxy_create(struct shunt_config *cfg, struct handover_listener *inh,
+                                  size_t n_inh, bool gated, char *err, size_t errlen)
 {
         struct proxy *p = calloc(1, sizeof(*p));
         if (!p) {
@@ -318,7 +324,7 @@ struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener
         p->inbound_port = cfg->inbound_port;
         p->outbound_port = cfg->outbound_port;
         p->n_workers = cfg->workers > 0 ? cfg->workers : 1;
-        p->accept_deferred = inh != NULL;
+        p->accept_deferred = inh != NULL || gated;
         p->workers = calloc((size_t)p->n_workers, sizeof(*p->workers));
         p->reqm = reqmetrics_new(cfg, (uint32_t)p->n_workers);
         p->tap = tap_hub_new((uint32_t)p->n_workers);
@@ -372,9 +378,25 @@ fail:
         return NULL;
 }
 
+struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener *inh, size_t n_inh,
+                              char *err, size_t errlen)
+{
+        return proxy_create(cfg, inh, n_inh, false, err, errlen);
+}
+
 struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
 {
-        return proxy_new_adopt(cfg, NULL, 0, err, errlen);
+        return proxy_create(cfg, NULL, 0, false, err, errlen);
+}
+
+struct proxy *proxy_new_gated(struct shunt_config *cfg, char *err, size_t errlen)
+{
+        return proxy_create(cfg, NULL, 0, true, err, errlen);
+}
+
+void proxy_set_refusing(struct proxy *p, bool on)
+{
+        atomic_store_explicit(&p->refusing, on, memory_order_relaxed);
 }
 
 static void start_accepting(void *arg)
@@ -680,6 +702,7 @@ void proxy_totals(struct proxy *p, struct proxy_totals *t)
             REASON_PLAINTEXT_REFUSED, REASON_AUTHZ_REFUSED, REASON_MTLS_REQUIRED,
             REASON_TLS_PORT_MISMATCH, REASON_NO_ENDPOINT,
         };
+        t->refused_not_ready = sum(p, (enum stat_id)(ST_REASON_FIRST + REASON_NOT_READY));
         t->refused_other = 0;
         for (size_t i = 0; i < sizeof(other) / sizeof(other[0]); i++)
                 t->refused_other += sum(p, (enum stat_id)(ST_REASON_FIRST + other[i]));

@@ -28,7 +28,15 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen);
 struct handover_listener;
 struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener *inh, size_t n_inh,
                               char *err, size_t errlen);
-/* After proxy_new_adopt and proxy_start: the workers accept from now on.
+/* As proxy_new, but the listeners, which listen at once (connects wait in
+ * their backlog, LISTEN_BACKLOG at most), are accepted from only after
+ * proxy_start_accepting (node mode: a pod not ready to be served yet). */
+struct proxy *proxy_new_gated(struct shunt_config *cfg, char *err, size_t errlen);
+/* While on, every connection accepted is reset at once and counted (reason
+ * not_ready): a pod's listeners whose queued connects must not wait longer
+ * but cannot be served yet fail closed. Any thread. */
+void proxy_set_refusing(struct proxy *p, bool on);
+/* After proxy_new_adopt or proxy_new_gated, and proxy_start: the workers accept from now on.
  * 0 or negative errno (logged). */
 int proxy_start_accepting(struct proxy *p);
 /* Every open listener, to hand over (fds stay the proxy's). At most max. */
@@ -78,7 +86,8 @@ struct proxy_totals {
         uint64_t bytes_upstream, bytes_downstream; /* client -> upstream, upstream -> client */
         uint64_t refused_limit;                    /* max_connections reached */
         uint64_t refused_tls;                      /* mTLS handshake failed (or no certificate) */
-        uint64_t refused_other; /* policy, loop, no original destination, no endpoint */
+        uint64_t refused_other;     /* policy, loop, no original destination, no endpoint */
+        uint64_t refused_not_ready; /* proxy_set_refusing */
 };
 void proxy_totals(struct proxy *p, struct proxy_totals *t);
 /* Prometheus text for every proxy counter. */

@@ -35,6 +35,7 @@ static const char *const reason_names[REASON__COUNT] = {
     [REASON_TLS_PORT_MISMATCH] = "tls_port_mismatch",
     [REASON_AUTHZ_REFUSED] = "authz_refused",
     [REASON_MTLS_REQUIRED] = "mtls_required",
+    [REASON_NOT_READY] = "not_ready",
 };
 
 const char *conn_reason_name(enum conn_reason r)
