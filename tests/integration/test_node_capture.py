@@ -246,12 +246,14 @@ def capture_lab(tag, specs, args=None, forbid=()):
         procs.append(env.standin)
         if forbid:
             env.ctl("POST", "/inject", {"forbid": list(forbid)})
-        by_name = {}
-        for name, ip, sa in specs:
+        def make_pod(name, ip, sa):
             p = CniPod(root, name, "cgroupfs", "Guaranteed", ip, sa)
             p.node_ns = env.topo.app
             pods.append(p)
-            by_name[name] = p.start()
+            return p.start()
+
+        env.make_pod = make_pod  # more pods later, removed with the lab's
+        by_name = {name: make_pod(name, ip, sa) for name, ip, sa in specs}
         b = by_name["b"]
         # the server of service b, in b (inbound capture does not need the cgroup)
         echo = b.netns.spawn_peer("echo", "b-echo", "0.0.0.0:%d" % APP_PORT)
@@ -259,7 +261,7 @@ def capture_lab(tag, specs, args=None, forbid=()):
         svc, slc = service_objs([b])
         env.apply("services", "ADDED", svc)
         env.apply("endpointslices", "ADDED", slc)
-        for p in pods:
+        for p in list(pods):
             env.apply("pods", "ADDED", pod_obj(p))
         d = sl.Shuntd(env.topo.app, sl.shuntd_args(**dict({
             "redirect": "ebpf",
@@ -501,3 +503,46 @@ def test_pod_deleted_mid_connection(lab):
         holder.stop()
         if s:
             s.close()
+
+
+def test_setup_off_the_main_loop(lab):
+    """Four pods created at once are set up by the setup thread: while some
+    are still being set up the admin API answers and an existing pod's
+    connections are served; deleted at once, they are torn down the same
+    way and leave nothing."""
+    env, d, pods = lab
+    captured(d, "d")
+    routed(env, d)
+    new = [env.make_pod("s%d" % i, "10.244.1.%d" % (31 + i), "sa-s") for i in range(4)]
+    names = [p.name for p in new]
+    for p in new:
+        env.apply("pods", "ADDED", pod_obj(p))
+
+    def states():
+        return {n: p["capture"] for n, p in capture(d).items()}
+
+    served_meanwhile, polls = 0, 0
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        polls += 1
+        now = states()
+        if all(now.get(n) == "ebpf" for n in names):
+            break
+        if any(now.get(n) == "setting_up" for n in names):
+            r = run_in(pods["d"], ECHO_CLIENT, VIP, SVC_PORT, 1000)
+            if r["same"] and any(states().get(n) == "setting_up" for n in names):
+                served_meanwhile += 1  # d answered, /pods answered, setup still running
+        time.sleep(0.05)
+    for n in names:
+        captured(d, n)
+    print("node capture: %d polls, d served %d times while pods were set up" % (
+        polls, served_meanwhile))
+    assert served_meanwhile >= 1
+    for p in new:
+        env.apply("pods", "DELETED", pod_obj(p))
+    sl.wait_until(lambda: not set(names) & set(capture(d)), 60, interval=0.1,
+                  what="the four pods released")
+    for p in new:
+        assert not os.path.exists(pinned(d, p))
+        assert ":15002" not in p.netns.run(["ss", "-Htln"]).stdout
+    assert run_in(pods["d"], ECHO_CLIENT, VIP, SVC_PORT, 1000)["same"]

@@ -97,6 +97,12 @@ def served_by(lab, pod):
     return p.node.agent if NODE else p.sidecar
 
 
+def serving(lab, node):
+    """node's agent serves each meshed pod of its node: a pod is ready in its
+    table before the setup thread has captured it."""
+    lab.wait_captured({node: lab.nodes[node].agent})
+
+
 def pods_table(lab, node):
     r = sl.shuntctl(lab.nodes[node].netns, "--json", "pods")
     assert r.returncode == 0, r.stderr
@@ -227,6 +233,7 @@ def test_pod_created_and_deleted_while_traffic_flows(lab):
             sl.wait_until(lambda: {"audit-0", "web-2"} <= {
                 n for n, p in pods_table(lab, "node-b").items() if p["state"] == "ready"}, 15,
                 what="node-b serving audit-0 and web-2")
+            serving(lab, "node-b")
         else:
             lab.start_sidecars_for(["audit-0", "web-2"], redirect="ebpf")
         assert balanced(lab, "frontend-0", "shop", "web", n=30)["web-2"] >= 5
@@ -294,6 +301,7 @@ def test_pod_leaving_the_mesh(lab):
         if NODE:
             sl.wait_until(lambda: pods_table(lab, "node-b").get("ledger-1", {}).get("state")
                           == "ready", 15, what="ledger-1 back in node-b's table")
+            serving(lab, "node-b")
         else:
             lab.start_sidecars_for(["ledger-1"], redirect="ebpf")
         sl.wait_until(lambda: not plain_echo(), 15, what="ledger-1 captured again")
@@ -347,6 +355,7 @@ def test_node_shuntd_restarted_under_load(lab):
                                       for p in pods_table(lab, "node-a").values())
                           and len(pods_table(lab, "node-a")) == len(node_a_pods), 15,
                           what="node-a's pods ready again")
+            serving(lab, "node-a")
     finally:
         results = [lab.client_result(p, timeout=60) for p in bg]
     for r in results:

@@ -1199,7 +1199,7 @@ static int node_capture_open(struct daemon *d, char *err, size_t errlen)
         if (!d->node_pods || d->cfg->redirect == REDIRECT_OFF)
                 return 0;
         struct node_capture_config nc = {
-            .cfg = d->cfg, .identity = node_identity_of, .identity_ctx = d};
+            .cfg = d->cfg, .identity = node_identity_of, .identity_ctx = d, .loop = d->loop};
         if (d->taking) /* the pods' listeners of the agent taken over */
                 nc.inherited = handover_client_pods(d->taking, &nc.n_inherited);
         d->node_capture = node_capture_new(&nc, err, errlen);

@@ -5,12 +5,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,9 +31,18 @@
 #include "proxy/proxy.h"
 
 #define CAP_ERR_MAX 320
-enum cap_outbound {
-        CAP_OUT_EBPF,
-        CAP_OUT_IPTABLES,
+/* A pod's capture: made (setup) and undone (teardown) by the setup thread,
+ * its proxy started and served on the main thread in between. */
+enum cap_state {
+        CAP_SETUP,     /* queued or being set up: the setup thread's fields are its */
+        CAP_LIVE,      /* captured, its proxy started */
+        CAP_FAILED,    /* not captured (error), nothing held */
+        CAP_RELEASING, /* gone: queued or being torn down */
+};
+
+enum cap_job {
+        JOB_SETUP,
+        JOB_TEARDOWN,
 };
 
 struct cap_pod {
@@ -38,11 +50,25 @@ struct cap_pod {
         char ns[64], name[256], uid[64], sa[256];
         uint64_t gen;
         int netns_fd; /* ours (a dup): the namespace outlives the pod's processes until gone */
+        uint64_t netns_ino;
+        char cgroup[NODE_PATH_MAX * 2]; /* the cgroup's full path */
+        enum cap_state state;           /* main thread's */
+        /* Written by the setup thread while the pod is queued (CAP_SETUP,
+         * CAP_RELEASING): the main thread reads them only once it is LIVE or
+         * FAILED, or after the thread is joined. */
         struct shunt_config *cfg; /* the proxy's: the daemon's with the per-pod bounds */
         struct proxy *proxy;
         struct bpfcap *bpf;
-        bool rules;            /* iptables rules installed in the pod's namespace */
-        bool adopted;          /* its listeners are the agent's taken over */
+        bool rules;              /* iptables rules installed in the pod's namespace */
+        bool adopted;            /* its listeners are the agent's taken over */
+        struct handover_pod inh; /* the listeners taken over for it (moved here), until setup */
+        bool keep_capture;       /* teardown: pins and rules stay (node_capture_keep) */
+        int setup_rc;
+        uint64_t cfg_gen; /* nc->cfg_gen when cfg was made */
+        /* Under nc->mu. */
+        enum cap_job job;
+        bool cancelled;        /* gone while its setup ran: torn down right after */
+        struct cap_pod *qnext; /* in the job queue or the done list */
         bool accepting;        /* its listeners accept (pod_try_accept) */
         bool refusing;         /* ... and reset what they accept: not ready in time */
         uint64_t accept_by_ms; /* connects wait in the backlog until then at most */
@@ -66,9 +92,24 @@ struct node_capture {
         struct snapshot_slot empty; /* no identity: a slot without a certificate (fail closed) */
         struct cap_pod *pods;
         size_t n;
-        bool stopped;  /* node_capture_stop: pods that become READY are not captured */
-        bool keep;     /* node_capture_keep: the pods' capture outlives this process */
-        bool draining; /* node_capture_stop_accepting: no listener of a pod any more */
+        bool stopped;     /* node_capture_stop: pods that become READY are not captured */
+        bool keep;        /* node_capture_keep: the pods' capture outlives this process */
+        bool draining;    /* node_capture_stop_accepting: no listener of a pod any more */
+        uint64_t cfg_gen; /* node_capture_set_config calls */
+        /* The setup thread: pods' setup and teardown (setns, listeners, rules,
+         * BPF load and attach: ~0.5 s each) off the main loop, one at a time
+         * and in order (a pod replaced is torn down before its successor,
+         * which reuses its pin directory, is set up). Finished jobs go to
+         * the done list and the eventfd wakes the main loop. */
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        pthread_t thread;
+        bool thread_started, quit;
+        struct cap_pod *q_head, *q_tail, *running, *done;
+        size_t queued; /* jobs queued or running */
+        int efd;
+        struct loop *loop;
+        struct loop_io efd_io;
         struct handover_pod *inherited; /* taking over: pods' listeners not adopted yet */
         size_t n_inherited;
         uint64_t adopted_pods; /* pods that adopted the listeners of the agent taken over */
@@ -95,6 +136,12 @@ static void leave_netns(struct node_capture *nc)
                           strerror(errno));
                 abort();
         }
+}
+
+/* p's proxy when the main thread may use it (captured), else NULL. */
+static struct proxy *live(const struct cap_pod *p)
+{
+        return p->state == CAP_LIVE ? p->proxy : NULL;
 }
 
 static int pod_worker_init(void *ctx)
@@ -155,7 +202,7 @@ static void pod_rules_remove(struct node_capture *nc, struct cap_pod *p)
  * it under the workers: a use-after-free in bpfcap_lookup, worker segfaults
  * when a pod was deleted under traffic and on SIGTERM under load). A connect
  * the pod makes in between is refused (no listener), never relayed. */
-static void pod_release(struct node_capture *nc, struct cap_pod *p)
+static void pod_release(struct node_capture *nc, struct cap_pod *p, bool keep)
 {
         if (p->proxy) {
                 proxy_stop_accepting(p->proxy);
@@ -163,10 +210,10 @@ static void pod_release(struct node_capture *nc, struct cap_pod *p)
                 p->proxy = NULL;
         }
         if (p->bpf) {
-                bpfcap_close(p->bpf, !nc->keep);
+                bpfcap_close(p->bpf, !keep);
                 p->bpf = NULL;
         }
-        if (nc->keep)
+        if (keep)
                 p->rules = false; /* left in the pod's namespace for the next agent */
         pod_rules_remove(nc, p);
         if (p->cfg) {
@@ -196,25 +243,28 @@ static bool socket_in_netns(int fd, uint64_t ino)
         return in;
 }
 
-/* The listeners the agent taken over had for pod uid, in the namespace of
- * inode ino; NULL when none (the pod's own are opened), closed when the
- * pod's sandbox changed since. */
-static struct handover_pod *inherited_take(struct node_capture *nc, const char *uid, uint64_t ino)
+/* The listeners the agent taken over had for pod p, in its namespace, moved
+ * into p->inh (left empty when none: the pod's own are opened); closed when
+ * the pod's sandbox changed since. */
+static void inherited_take(struct node_capture *nc, struct cap_pod *p)
 {
         for (size_t i = 0; i < nc->n_inherited; i++) {
                 struct handover_pod *h = &nc->inherited[i];
-                if (!h->ls || strcmp(h->uid, uid))
+                if (!h->ls || strcmp(h->uid, p->uid))
                         continue;
-                if (h->n && socket_in_netns(h->ls[0].fd, ino))
-                        return h;
-                inherited_close(h);
-                return NULL;
+                if (h->n && socket_in_netns(h->ls[0].fd, p->netns_ino)) {
+                        p->inh = *h;
+                        h->ls = NULL;
+                        h->n = 0;
+                } else {
+                        inherited_close(h);
+                }
+                return;
         }
-        return NULL;
 }
 
-/* Listeners (and rules) inside the pod's namespace, from the main thread. */
-static int pod_listen(struct node_capture *nc, struct cap_pod *p, const struct node_pod_info *pod)
+/* Listeners (and rules) inside the pod's namespace (setup thread). */
+static int pod_listen(struct node_capture *nc, struct cap_pod *p)
 {
         char err[256];
         int rc = enter_netns(p->netns_fd);
@@ -223,14 +273,13 @@ static int pod_listen(struct node_capture *nc, struct cap_pod *p, const struct n
                          strerror(-rc));
                 return rc;
         }
-        struct handover_pod *h = inherited_take(nc, p->uid, pod->netns_ino);
-        p->adopted = h != NULL;
+        p->adopted = p->inh.ls != NULL;
         /* Inherited listeners and a pod's own alike accept only once the
          * pod can be served (pod_try_accept): their connects wait in the
          * backlog until then. */
-        if (h) {
-                p->proxy = proxy_new_adopt(p->cfg, h->ls, h->n, err, sizeof(err));
-                inherited_close(h); /* what the proxy did not take */
+        if (p->adopted) {
+                p->proxy = proxy_new_adopt(p->cfg, p->inh.ls, p->inh.n, err, sizeof(err));
+                inherited_close(&p->inh); /* what the proxy did not take */
         } else {
                 p->proxy = proxy_new_gated(p->cfg, err, sizeof(err));
         }
@@ -252,10 +301,9 @@ static int pod_listen(struct node_capture *nc, struct cap_pod *p, const struct n
         return 0;
 }
 
-static int pod_bpf(struct node_capture *nc, struct cap_pod *p, const struct node_pod_info *pod)
+static int pod_bpf(struct node_capture *nc, struct cap_pod *p)
 {
-        char cgroup[NODE_PATH_MAX * 2], root[512], err[256];
-        snprintf(cgroup, sizeof(cgroup), "%s/%s", pod->cgroup_root, pod->cgroup);
+        char root[512], err[256];
         if (pod_pin_root(nc, p, root, sizeof(root)) < 0) {
                 snprintf(p->error, sizeof(p->error), "pin path too long");
                 return -ENAMETOOLONG;
@@ -263,7 +311,7 @@ static int pod_bpf(struct node_capture *nc, struct cap_pod *p, const struct node
         struct bpfcap_options o;
         bpfcap_options_from_config(&o, p->cfg, SHUNT_UID_NONE);
         o.pin_root = root;
-        o.cgroup_path = cgroup;
+        o.cgroup_path = p->cgroup;
         o.uid = SHUNT_UID_NONE; /* node shuntd's sockets are not in the pod's cgroup */
         o.shortcut = false;     /* its accepted sockets never pair (capture.h) */
         o.map_max = pod_map_max(p->cfg);
@@ -311,7 +359,7 @@ static bool slot_has_certificate(struct snapshot_slot *slot);
  * by TLS anyway) or with mTLS off waits for the routes only. */
 static void pod_try_accept(struct node_capture *nc, struct cap_pod *p)
 {
-        if (!p->proxy || nc->draining || (p->accepting && !p->refusing))
+        if (!live(p) || nc->draining || (p->accepting && !p->refusing))
                 return;
         bool routes = nc->disc && disc_snapshot_version(nc->disc) > 1;
         bool cert = !p->slot || !p->identity || slot_has_certificate(p->slot);
@@ -336,6 +384,235 @@ static void pod_try_accept(struct node_capture *nc, struct cap_pod *p)
         p->refusing = !ready;
 }
 
+/* The main thread's part once the setup thread has made the listeners,
+ * rules and capture: identity, routes, policies, workers, accept gate. */
+static void pod_start(struct node_capture *nc, struct cap_pod *p)
+{
+        if (nc->cfg_gen != p->cfg_gen) { /* reloaded while it was set up */
+                struct shunt_config *c = pod_config(nc->cfg);
+                if (c) {
+                        proxy_set_config(p->proxy, c);
+                        snapshot_unref(&p->cfg->snap);
+                        p->cfg = c;
+                }
+        }
+        pod_set_tls(nc, p);
+        if (nc->disc)
+                proxy_set_registry(p->proxy, nc->disc);
+        if (nc->authz)
+                proxy_set_authz(p->proxy, nc->authz);
+        proxy_set_worker_init(p->proxy, pod_worker_init, p);
+        p->state = CAP_LIVE;
+        if (nc->draining) {
+                /* Held (its capture stays, fail closed) but not served. */
+                snprintf(p->error, sizeof(p->error), "not served: the agent is draining");
+                return;
+        }
+        if (proxy_start(p->proxy) < 0) {
+                snprintf(p->error, sizeof(p->error), "cannot start its workers");
+                nc->c.failed++;
+                log_error("node", 0, "pod %s/%s not captured: %s", p->ns, p->name, p->error);
+                pod_release(nc, p, false);
+                p->state = CAP_FAILED;
+                return;
+        }
+        nc->c.captured++;
+        nc->adopted_pods += p->adopted;
+        p->accept_by_ms = clock_mono_ms() + p->cfg->node_accept_timeout_ms;
+        pod_try_accept(nc, p);
+        log_info("node", 0,
+                 "pod %s/%s captured: outbound by %s, inbound rules and %s listeners in its "
+                 "network namespace (netns inode %llu), identity %s, at most %u connections",
+                 p->ns, p->name, nc->ebpf ? "eBPF on its cgroup" : "iptables",
+                 p->adopted ? "the taken over agent's" : "its own",
+                 (unsigned long long)p->netns_ino,
+                 p->slot == NULL ? "none (mTLS disabled)"
+                 : p->identity   ? "held"
+                                 : "missing (refused)",
+                 p->cfg->max_connections);
+}
+
+/* Frees p (unlinked), releasing what it still holds: keep as pod_release. */
+static void pod_free(struct node_capture *nc, struct cap_pod *p, bool keep)
+{
+        pod_release(nc, p, keep);
+        inherited_close(&p->inh);
+        if (p->netns_fd >= 0)
+                close(p->netns_fd);
+        free(p);
+}
+
+static void pod_unlink(struct node_capture *nc, struct cap_pod *p)
+{
+        for (struct cap_pod **pp = &nc->pods; *pp; pp = &(*pp)->next) {
+                if (*pp == p) {
+                        *pp = p->next;
+                        nc->n--;
+                        return;
+                }
+        }
+}
+
+/* ---- the setup thread ------------------------------------------------------------ */
+
+static void pod_setup(struct node_capture *nc, struct cap_pod *p)
+{
+        p->setup_rc = pod_listen(nc, p);
+        if (p->setup_rc == 0 && nc->ebpf)
+                p->setup_rc = pod_bpf(nc, p);
+        if (p->setup_rc < 0)
+                pod_release(nc, p, false); /* what was made of it */
+}
+
+/* Main thread: a job the setup thread finished (or ran inline). */
+static void job_done(struct node_capture *nc, struct cap_pod *p)
+{
+        if (p->job == JOB_TEARDOWN) {
+                pod_unlink(nc, p);
+                nc->c.released++;
+                log_info("node", 0,
+                         "pod %s/%s gone: its capture, listeners and connections released", p->ns,
+                         p->name);
+                pod_free(nc, p, p->keep_capture);
+                return;
+        }
+        if (p->setup_rc < 0) {
+                p->state = CAP_FAILED;
+                nc->c.failed++;
+                log_error("node", 0, "pod %s/%s not captured: %s", p->ns, p->name, p->error);
+                return;
+        }
+        pod_start(nc, p);
+}
+
+static void *setup_main(void *arg)
+{
+        struct node_capture *nc = arg;
+        pthread_setname_np(pthread_self(), "shunt-podsetup");
+        pthread_mutex_lock(&nc->mu);
+        for (;;) {
+                while (!nc->q_head && !nc->quit)
+                        pthread_cond_wait(&nc->cv, &nc->mu);
+                if (nc->quit)
+                        break;
+                struct cap_pod *p = nc->q_head;
+                nc->q_head = p->qnext;
+                if (!nc->q_head)
+                        nc->q_tail = NULL;
+                nc->running = p;
+                enum cap_job job = p->job;
+                pthread_mutex_unlock(&nc->mu);
+                if (job == JOB_SETUP)
+                        pod_setup(nc, p);
+                else
+                        pod_release(nc, p, p->keep_capture);
+                pthread_mutex_lock(&nc->mu);
+                if (job == JOB_SETUP && p->cancelled) {
+                        /* Gone while it was set up: undone before the next
+                         * job, which may be its successor's setup. */
+                        p->job = JOB_TEARDOWN;
+                        pthread_mutex_unlock(&nc->mu);
+                        pod_release(nc, p, p->keep_capture);
+                        pthread_mutex_lock(&nc->mu);
+                }
+                nc->running = NULL;
+                p->qnext = nc->done;
+                nc->done = p;
+                uint64_t one = 1;
+                if (write(nc->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+                        log_warn("node", 0, "pod setup: eventfd: %s", strerror(errno));
+        }
+        pthread_mutex_unlock(&nc->mu);
+        return NULL;
+}
+
+/* Main thread: runs the jobs the setup thread finished, in the order they
+ * finished. */
+static void jobs_collect(struct node_capture *nc)
+{
+        pthread_mutex_lock(&nc->mu);
+        struct cap_pod *l = nc->done, *fifo = NULL;
+        nc->done = NULL;
+        pthread_mutex_unlock(&nc->mu);
+        while (l) {
+                struct cap_pod *next = l->qnext;
+                l->qnext = fifo;
+                fifo = l;
+                l = next;
+        }
+        while (fifo) {
+                struct cap_pod *next = fifo->qnext;
+                nc->queued--;
+                job_done(nc, fifo);
+                fifo = next;
+        }
+}
+
+static void on_jobs_done(struct loop *loop, struct loop_io *io, uint32_t events)
+{
+        (void)loop;
+        (void)events;
+        struct node_capture *nc = io->data;
+        uint64_t n;
+        if (read(nc->efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+                log_warn("node", 0, "pod setup: eventfd: %s", strerror(errno));
+        jobs_collect(nc);
+}
+
+/* Queues p's job for the setup thread (started at the first), or runs it
+ * here when there is none. */
+static void job_push(struct node_capture *nc, struct cap_pod *p, enum cap_job job)
+{
+        p->job = job;
+        nc->queued++;
+        if (!nc->thread_started && !nc->quit) {
+                int rc = pthread_create(&nc->thread, NULL, setup_main, nc);
+                nc->thread_started = rc == 0;
+                if (rc)
+                        log_warn("node", 0,
+                                 "no pod setup thread (%s): pods are set up on the main loop",
+                                 strerror(rc));
+        }
+        if (!nc->thread_started) {
+                if (job == JOB_SETUP)
+                        pod_setup(nc, p);
+                else
+                        pod_release(nc, p, p->keep_capture);
+                nc->queued--;
+                job_done(nc, p);
+                return;
+        }
+        pthread_mutex_lock(&nc->mu);
+        p->qnext = NULL;
+        if (nc->q_tail)
+                nc->q_tail->qnext = p;
+        else
+                nc->q_head = p;
+        nc->q_tail = p;
+        pthread_cond_signal(&nc->cv);
+        pthread_mutex_unlock(&nc->mu);
+}
+
+/* Takes p out of the queue if its job has not started (under nc->mu). */
+static bool job_unqueue(struct node_capture *nc, struct cap_pod *p)
+{
+        struct cap_pod *prev = NULL;
+        for (struct cap_pod *q = nc->q_head; q; prev = q, q = q->qnext) {
+                if (q != p)
+                        continue;
+                if (prev)
+                        prev->qnext = q->qnext;
+                else
+                        nc->q_head = q->qnext;
+                if (nc->q_tail == q)
+                        nc->q_tail = prev;
+                return true;
+        }
+        return false;
+}
+
+/* ---- pods ready and gone ----------------------------------------------------------- */
+
 static void on_ready(void *ctx, const struct node_pod_info *pod)
 {
         struct node_capture *nc = ctx;
@@ -352,8 +629,11 @@ static void on_ready(void *ctx, const struct node_pod_info *pod)
         snprintf(p->name, sizeof(p->name), "%s", pod->name);
         snprintf(p->uid, sizeof(p->uid), "%s", pod->uid);
         snprintf(p->sa, sizeof(p->sa), "%s", pod->sa);
+        snprintf(p->cgroup, sizeof(p->cgroup), "%s/%s", pod->cgroup_root, pod->cgroup);
         p->gen = pod->gen;
+        p->netns_ino = pod->netns_ino;
         p->ready_ms = clock_mono_ms();
+        p->state = CAP_SETUP;
         p->netns_fd = fcntl(pod->netns_fd, F_DUPFD_CLOEXEC, 0);
         p->next = nc->pods;
         nc->pods = p;
@@ -363,68 +643,61 @@ static void on_ready(void *ctx, const struct node_pod_info *pod)
                 goto fail;
         }
         p->cfg = pod_config(nc->cfg);
+        p->cfg_gen = nc->cfg_gen;
         if (!p->cfg) {
                 snprintf(p->error, sizeof(p->error), "out of memory");
                 goto fail;
         }
-        if (pod_listen(nc, p, pod) < 0 || (nc->ebpf && pod_bpf(nc, p, pod) < 0))
-                goto fail;
-        pod_set_tls(nc, p);
-        if (nc->disc)
-                proxy_set_registry(p->proxy, nc->disc);
-        if (nc->authz)
-                proxy_set_authz(p->proxy, nc->authz);
-        proxy_set_worker_init(p->proxy, pod_worker_init, p);
-        if (proxy_start(p->proxy) < 0) {
-                snprintf(p->error, sizeof(p->error), "cannot start its workers");
-                goto fail;
-        }
-        nc->c.captured++;
-        nc->adopted_pods += p->adopted;
-        p->accept_by_ms = clock_mono_ms() + p->cfg->node_accept_timeout_ms;
-        pod_try_accept(nc, p);
-        log_info("node", 0,
-                 "pod %s/%s captured: outbound by %s, inbound rules and %s listeners in its "
-                 "network namespace (netns inode %llu), identity %s, at most %u connections",
-                 p->ns, p->name, nc->ebpf ? "eBPF on its cgroup" : "iptables",
-                 p->adopted ? "the taken over agent's" : "its own",
-                 (unsigned long long)pod->netns_ino,
-                 p->slot == NULL ? "none (mTLS disabled)"
-                 : p->identity   ? "held"
-                                 : "missing (refused)",
-                 p->cfg->max_connections);
+        inherited_take(nc, p);
+        job_push(nc, p, JOB_SETUP);
         return;
 fail:
+        p->state = CAP_FAILED;
         nc->c.failed++;
         log_error("node", 0, "pod %s/%s not captured: %s", p->ns, p->name, p->error);
-        pod_release(nc, p);
-}
-
-static void pod_free(struct node_capture *nc, struct cap_pod *p)
-{
-        pod_release(nc, p);
-        if (p->netns_fd >= 0)
-                close(p->netns_fd);
-        free(p);
+        pod_release(nc, p, false);
 }
 
 static void on_gone(void *ctx, const struct node_pod_info *pod)
 {
         struct node_capture *nc = ctx;
-        for (struct cap_pod **pp = &nc->pods; *pp; pp = &(*pp)->next) {
-                struct cap_pod *p = *pp;
-                if (p->gen != pod->gen)
-                        continue;
-                *pp = p->next;
-                nc->n--;
-                nc->c.released++;
-                bool captured = p->proxy != NULL;
-                pod_free(nc, p);
-                log_info("node", 0, "pod %s/%s gone: %s", pod->ns, pod->name,
-                         captured ? "its capture, listeners and connections released"
-                                  : "nothing was held");
+        struct cap_pod *p = nc->pods;
+        while (p && (p->gen != pod->gen || p->state == CAP_RELEASING))
+                p = p->next;
+        if (!p)
+                return;
+        if (p->state == CAP_SETUP) {
+                pthread_mutex_lock(&nc->mu);
+                bool queued = job_unqueue(nc, p);
+                if (!queued) {
+                        p->keep_capture = nc->keep;
+                        p->cancelled = true; /* being set up: torn down right after */
+                }
+                pthread_mutex_unlock(&nc->mu);
+                if (queued) {
+                        nc->queued--;
+                        pod_unlink(nc, p);
+                        nc->c.released++;
+                        log_info("node", 0, "pod %s/%s gone before it was set up", p->ns, p->name);
+                        pod_free(nc, p, false); /* nothing made yet */
+                        return;
+                }
+                p->state = CAP_RELEASING;
                 return;
         }
+        if (p->state == CAP_FAILED) {
+                pod_unlink(nc, p);
+                nc->c.released++;
+                log_info("node", 0, "pod %s/%s gone: nothing was held", p->ns, p->name);
+                pod_free(nc, p, false);
+                return;
+        }
+        /* Its proxy (every connection closed, workers joined), capture and
+         * rules are released by the setup thread; listed as releasing until
+         * then. */
+        p->state = CAP_RELEASING;
+        p->keep_capture = nc->keep;
+        job_push(nc, p, JOB_TEARDOWN);
 }
 
 /* ---- the table ---------------------------------------------------------------------- */
@@ -436,11 +709,24 @@ struct node_capture *node_capture_new(const struct node_capture_config *c, char 
                 snprintf(err, errlen, "out of memory");
                 return NULL;
         }
+        pthread_mutex_init(&nc->mu, NULL);
+        pthread_cond_init(&nc->cv, NULL);
         nc->self_ns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (nc->self_ns < 0) {
-                snprintf(err, errlen, "node: /proc/thread-self/ns/net: %s", strerror(errno));
+        nc->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (nc->self_ns < 0 || nc->efd < 0) {
+                snprintf(err, errlen, "node: %s: %s",
+                         nc->self_ns < 0 ? "/proc/thread-self/ns/net" : "eventfd", strerror(errno));
+                if (nc->self_ns >= 0)
+                        close(nc->self_ns);
+                pthread_mutex_destroy(&nc->mu);
+                pthread_cond_destroy(&nc->cv);
                 free(nc);
                 return NULL;
+        }
+        if (c->loop) {
+                loop_io_init(&nc->efd_io, nc->efd, on_jobs_done, nc);
+                if (loop_io_add(c->loop, &nc->efd_io, EPOLLIN) == 0)
+                        nc->loop = c->loop; /* else node_capture_tick collects */
         }
         snapshot_slot_init(&nc->empty);
         snapshot_ref(&c->cfg->snap);
@@ -501,11 +787,28 @@ void node_capture_stop(struct node_capture *nc)
         if (!nc)
                 return;
         nc->stopped = true;
+        /* The setup thread ends after its current job; what it finished is
+         * collected, what it did not start stays listed and is freed below
+         * (a pod gone and not torn down yet with its own keep). */
+        pthread_mutex_lock(&nc->mu);
+        nc->quit = true;
+        pthread_cond_signal(&nc->cv);
+        pthread_mutex_unlock(&nc->mu);
+        if (nc->thread_started) {
+                pthread_join(nc->thread, NULL);
+                nc->thread_started = false;
+        }
+        if (nc->loop && nc->efd >= 0)
+                loop_io_del(nc->loop, &nc->efd_io);
+        nc->loop = NULL;
+        jobs_collect(nc);
+        nc->q_head = nc->q_tail = NULL;
+        nc->queued = 0;
         while (nc->pods) {
                 struct cap_pod *p = nc->pods;
                 nc->pods = p->next;
                 nc->n--;
-                pod_free(nc, p);
+                pod_free(nc, p, p->state == CAP_RELEASING ? p->keep_capture : nc->keep);
         }
 }
 
@@ -528,7 +831,7 @@ void node_capture_stop_accepting(struct node_capture *nc)
                 return;
         nc->draining = true;
         for (struct cap_pod *p = nc->pods; p; p = p->next)
-                if (p->proxy)
+                if (live(p))
                         proxy_stop_accepting(p->proxy);
 }
 
@@ -541,14 +844,14 @@ int node_capture_offer_pod(struct node_capture *nc, size_t index, char *uid, siz
         if (!p)
                 return -ENOENT;
         snprintf(uid, uidlen, "%s", p->uid);
-        return p->proxy && !nc->draining ? (int)proxy_listeners(p->proxy, out, max) : 0;
+        return live(p) && !nc->draining ? (int)proxy_listeners(p->proxy, out, max) : 0;
 }
 
 uint64_t node_capture_active(struct node_capture *nc)
 {
         uint64_t n = 0;
         for (struct cap_pod *p = nc ? nc->pods : NULL; p; p = p->next)
-                if (p->proxy)
+                if (live(p))
                         n += proxy_active(p->proxy);
         return n;
 }
@@ -569,6 +872,9 @@ void node_capture_free(struct node_capture *nc)
         free(nc->inherited);
         if (nc->self_ns >= 0)
                 close(nc->self_ns);
+        close(nc->efd);
+        pthread_mutex_destroy(&nc->mu);
+        pthread_cond_destroy(&nc->cv);
         if (nc->ebpf && !nc->keep)
                 rmdir(nc->pin_root); /* empty once every pod is gone */
         free(nc);
@@ -632,7 +938,7 @@ int node_capture_attach(struct node_capture *nc, struct node_pods *np)
 void node_capture_set_registry(struct node_capture *nc, const struct disc_snapshot *disc)
 {
         for (struct cap_pod *p = nc->pods; p; p = p->next)
-                if (p->proxy)
+                if (live(p))
                         proxy_set_registry(p->proxy, disc);
         const struct disc_snapshot *old = nc->disc;
         /* A disc_snapshot starts with its struct snapshot (registry.h). */
@@ -647,7 +953,7 @@ void node_capture_set_registry(struct node_capture *nc, const struct disc_snapsh
 void node_capture_set_authz(struct node_capture *nc, struct authz *a)
 {
         for (struct cap_pod *p = nc->pods; p; p = p->next)
-                if (p->proxy)
+                if (live(p))
                         proxy_set_authz(p->proxy, a);
         authz_ref(a);
         authz_unref(nc->authz);
@@ -659,8 +965,9 @@ void node_capture_set_config(struct node_capture *nc, struct shunt_config *cfg)
         snapshot_ref(&cfg->snap);
         snapshot_unref(&nc->cfg->snap);
         nc->cfg = cfg;
+        nc->cfg_gen++; /* pods being set up take it at pod_start */
         for (struct cap_pod *p = nc->pods; p; p = p->next) {
-                if (!p->proxy)
+                if (!live(p))
                         continue;
                 struct shunt_config *c = pod_config(cfg);
                 if (!c) {
@@ -676,8 +983,9 @@ void node_capture_set_config(struct node_capture *nc, struct shunt_config *cfg)
 
 void node_capture_tick(struct node_capture *nc)
 {
+        jobs_collect(nc); /* without a loop: finished setups are taken here */
         for (struct cap_pod *p = nc->pods; p; p = p->next) {
-                if (p->proxy)
+                if (live(p))
                         proxy_tick(p->proxy);
                 pod_try_accept(nc, p);
         }
@@ -724,13 +1032,14 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
 {
         strbuf_appendf(sb,
                        "{\"outbound\":\"%s\",\"pod_max_connections\":%u,\"pod_workers\":%u,"
-                       "\"pods_captured\":%zu,\"counters\":{\"captured\":%llu,\"failed\":%llu,"
-                       "\"released\":%llu,\"no_identity\":%llu,\"stale_pins_removed\":%llu},"
-                       "\"pods\":[",
+                       "\"pods_captured\":%zu,\"setup_jobs\":%zu,\"counters\":{\"captured\":%llu,"
+                       "\"failed\":%llu,\"released\":%llu,\"no_identity\":%llu,"
+                       "\"stale_pins_removed\":%llu},\"pods\":[",
                        nc->ebpf ? "ebpf" : "iptables", nc->cfg->node_pod_max_connections,
-                       nc->cfg->node_pod_workers, nc->n, (unsigned long long)nc->c.captured,
-                       (unsigned long long)nc->c.failed, (unsigned long long)nc->c.released,
-                       (unsigned long long)nc->c.no_identity, (unsigned long long)nc->c.swept);
+                       nc->cfg->node_pod_workers, nc->n, nc->queued,
+                       (unsigned long long)nc->c.captured, (unsigned long long)nc->c.failed,
+                       (unsigned long long)nc->c.released, (unsigned long long)nc->c.no_identity,
+                       (unsigned long long)nc->c.swept);
         struct cap_pod **v = sorted(nc);
         for (size_t i = 0; v && i < nc->n; i++) {
                 struct cap_pod *p = v[i];
@@ -742,12 +1051,16 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
                 strbuf_append_json_string(sb, p->uid);
                 strbuf_append(sb, ",\"service_account\":");
                 strbuf_append_json_string(sb, p->sa);
+                /* What the setup thread writes is read once it is done. */
+                bool settled = p->state == CAP_LIVE || p->state == CAP_FAILED;
                 strbuf_appendf(sb, ",\"generation\":%llu,\"capture\":\"%s\",\"error\":",
                                (unsigned long long)p->gen,
-                               !p->proxy ? "failed"
-                               : p->bpf  ? "ebpf"
-                                         : "iptables");
-                if (p->error[0])
+                               p->state == CAP_SETUP       ? "setting_up"
+                               : p->state == CAP_RELEASING ? "releasing"
+                               : !p->proxy                 ? "failed"
+                               : p->bpf                    ? "ebpf"
+                                                           : "iptables");
+                if (settled && p->error[0])
                         strbuf_append_json_string(sb, p->error);
                 else
                         strbuf_append(sb, "null");
@@ -756,13 +1069,13 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
                                !p->accepting ? "waiting"
                                : p->refusing ? "refusing"
                                              : "open",
-                               p->adopted ? "takeover" : "own");
+                               settled && p->adopted ? "takeover" : "own");
                 strbuf_appendf(sb, ",\"identity\":\"%s\"",
                                !p->slot                        ? "off"
                                : !p->identity                  ? "none"
                                : slot_has_certificate(p->slot) ? "ready"
                                                                : "pending");
-                if (p->proxy) {
+                if (live(p)) {
                         struct proxy_totals t;
                         proxy_totals(p->proxy, &t);
                         strbuf_append(sb, ",\"listeners\":");
@@ -822,7 +1135,7 @@ void node_capture_render_metrics(struct node_capture *nc, struct strbuf *sb)
                 prom_family(sb, fam[f].name, fam[f].type, fam[f].help);
                 for (size_t i = 0; v && i < nc->n; i++) {
                         struct cap_pod *p = v[i];
-                        if (!p->proxy)
+                        if (!live(p))
                                 continue;
                         struct proxy_totals t;
                         proxy_totals(p->proxy, &t);
@@ -867,12 +1180,19 @@ void node_capture_render_metrics(struct node_capture *nc, struct strbuf *sb)
         strbuf_free(&l);
         free(v);
         prom_family(sb, "shunt_node_capture_pods", "gauge",
-                    "Meshed pods of this node by capture state (captured, failed).");
-        size_t failed = 0;
+                    "Meshed pods of this node by capture state (setting_up, captured, failed, "
+                    "releasing).");
+        static const char *const state_labels[] = {
+            [CAP_SETUP] = "state=\"setting_up\"",
+            [CAP_LIVE] = "state=\"captured\"",
+            [CAP_FAILED] = "state=\"failed\"",
+            [CAP_RELEASING] = "state=\"releasing\"",
+        };
+        size_t by_state[4] = {0};
         for (struct cap_pod *p = nc->pods; p; p = p->next)
-                failed += p->proxy == NULL;
-        prom_sample_u64(sb, "shunt_node_capture_pods", "state=\"captured\"", nc->n - failed);
-        prom_sample_u64(sb, "shunt_node_capture_pods", "state=\"failed\"", failed);
+                by_state[p->state]++;
+        for (size_t i = 0; i < 4; i++)
+                prom_sample_u64(sb, "shunt_node_capture_pods", state_labels[i], by_state[i]);
         prom_family(sb, "shunt_node_capture_no_identity_total", "counter",
                     "Pods captured without an identity held: their mesh connections are refused.");
         prom_sample_u64(sb, "shunt_node_capture_no_identity_total", NULL, nc->c.no_identity);

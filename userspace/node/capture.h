@@ -6,9 +6,9 @@
  *
  *   listeners  a proxy of the pod's own (proxy/proxy.h) whose inbound and
  *              outbound listeners are bound INSIDE the pod's network
- *              namespace: the main thread enters it (setns), binds and
- *              listens, and comes back; a socket keeps the namespace it was
- *              made in. The listener that accepts a connection therefore
+ *              namespace: the setup thread (below) enters it (setns),
+ *              binds and listens, and comes back; a socket keeps the
+ *              namespace it was made in. The listener that accepts a connection therefore
  *              says which pod speaks: nothing is looked up per connection.
  *   workers    that proxy's worker threads (node.pod_workers) enter the
  *              pod's namespace when they start (proxy_set_worker_init), so
@@ -54,6 +54,18 @@
  * shunt_node_pod_*). A thread per pod is the price: a node runs at most
  * node.max_pods of them (kubelet's default is 110 pods per node).
  *
+ * Setup off the main loop: making a pod's listeners, rules and BPF capture
+ * (setns, a verifier run, iptables-restore in the pod: ~0.5 s, seconds under
+ * load) and undoing them run on one setup thread, one pod at a time in the
+ * order the pods came and went (a replaced pod is undone before its
+ * successor, which reuses its pin directory, is made). Its queue holds at
+ * most one job per pod listed (node.max_pods, plus pods leaving). The main
+ * loop queues the job and goes on serving the admin API and the other pods;
+ * the finished job comes back through an eventfd, and the main thread gives
+ * the proxy its identity, routes and policies and starts its workers. GET
+ * /pods shows such a pod as setting_up or releasing meanwhile, and keeps a
+ * leaving pod listed until everything it held is released.
+ *
  * Pod gone (deleted, unmeshed, sandbox replaced): its proxy is freed first
  * (listeners closed, every connection closed, worker joined, buffers and TLS
  * state freed: the workers read the capture's maps until then), then its BPF
@@ -87,7 +99,8 @@
  * plus 4-tuple (every pod has the same 127.0.0.1:15002 tuples), a change of
  * the map keys in bpf/capture.bpf.c.
  *
- * All functions run on the main loop's thread. */
+ * All functions run on the main loop's thread; the setup thread only runs
+ * the jobs they queue. */
 #ifndef SHUNT_NODE_CAPTURE_H
 #define SHUNT_NODE_CAPTURE_H
 
@@ -101,6 +114,7 @@
 
 struct snapshot_slot;
 struct disc_snapshot;
+struct loop;
 struct authz;
 struct node_capture;
 
@@ -124,6 +138,9 @@ struct node_capture_config {
          * any more are closed after the first complete Pods list. */
         struct handover_pod *inherited;
         size_t n_inherited;
+        /* The main loop, which is told when the setup thread has finished
+         * a pod (NULL: node_capture_tick looks). */
+        struct loop *loop;
 };
 
 /* NULL with err (no memory, the node's own namespace cannot be opened). */
