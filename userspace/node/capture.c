@@ -991,11 +991,6 @@ void node_capture_tick(struct node_capture *nc)
         }
 }
 
-size_t node_capture_count(const struct node_capture *nc)
-{
-        return nc->n;
-}
-
 /* ---- reporting -------------------------------------------------------------------------- */
 
 static bool slot_has_certificate(struct snapshot_slot *slot)
@@ -1043,14 +1038,7 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
         struct cap_pod **v = sorted(nc);
         for (size_t i = 0; v && i < nc->n; i++) {
                 struct cap_pod *p = v[i];
-                strbuf_append(sb, i ? ",{\"namespace\":" : "{\"namespace\":");
-                strbuf_append_json_string(sb, p->ns);
-                strbuf_append(sb, ",\"name\":");
-                strbuf_append_json_string(sb, p->name);
-                strbuf_append(sb, ",\"uid\":");
-                strbuf_append_json_string(sb, p->uid);
-                strbuf_append(sb, ",\"service_account\":");
-                strbuf_append_json_string(sb, p->sa);
+                node_pod_render_head(sb, i == 0, p->ns, p->name, p->uid, p->sa);
                 /* What the setup thread writes is read once it is done. */
                 bool settled = p->state == CAP_LIVE || p->state == CAP_FAILED;
                 strbuf_appendf(sb, ",\"generation\":%llu,\"capture\":\"%s\",\"error\":",
@@ -1102,13 +1090,16 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
         strbuf_append(sb, "]}");
 }
 
-static void pod_labels(struct strbuf *l, const struct cap_pod *p, const char *k, const char *v)
+/* One sample of family n for pod p, labelled k=v too unless k is NULL (l: scratch). */
+static void pod_sample(struct strbuf *sb, const char *n, struct strbuf *l, const struct cap_pod *p,
+                       const char *k, const char *v, uint64_t x)
 {
         strbuf_reset(l);
         prom_label(l, "namespace", p->ns);
         prom_label(l, "pod", p->name);
         if (k)
                 prom_label(l, k, v);
+        prom_sample_u64(sb, n, l->data, x);
 }
 
 void node_capture_render_metrics(struct node_capture *nc, struct strbuf *sb)
@@ -1142,37 +1133,29 @@ void node_capture_render_metrics(struct node_capture *nc, struct strbuf *sb)
                         const char *n = fam[f].name;
                         switch (f) {
                         case 0:
-                                pod_labels(&l, p, "direction", "inbound");
-                                prom_sample_u64(sb, n, l.data, t.accepted_in);
-                                pod_labels(&l, p, "direction", "outbound");
-                                prom_sample_u64(sb, n, l.data, t.accepted_out);
+                                pod_sample(sb, n, &l, p, "direction", "inbound", t.accepted_in);
+                                pod_sample(sb, n, &l, p, "direction", "outbound", t.accepted_out);
                                 break;
                         case 1:
-                                pod_labels(&l, p, NULL, NULL);
-                                prom_sample_u64(sb, n, l.data, t.active);
+                                pod_sample(sb, n, &l, p, NULL, NULL, t.active);
                                 break;
                         case 2:
-                                pod_labels(&l, p, "direction", "upstream");
-                                prom_sample_u64(sb, n, l.data, t.bytes_upstream);
-                                pod_labels(&l, p, "direction", "downstream");
-                                prom_sample_u64(sb, n, l.data, t.bytes_downstream);
+                                pod_sample(sb, n, &l, p, "direction", "upstream", t.bytes_upstream);
+                                pod_sample(sb, n, &l, p, "direction", "downstream",
+                                           t.bytes_downstream);
                                 break;
                         case 3:
-                                pod_labels(&l, p, "reason", "limit");
-                                prom_sample_u64(sb, n, l.data, t.refused_limit);
-                                pod_labels(&l, p, "reason", "tls");
-                                prom_sample_u64(sb, n, l.data, t.refused_tls);
-                                pod_labels(&l, p, "reason", "not_ready");
-                                prom_sample_u64(sb, n, l.data, t.refused_not_ready);
-                                pod_labels(&l, p, "reason", "other");
-                                prom_sample_u64(sb, n, l.data, t.refused_other);
+                                pod_sample(sb, n, &l, p, "reason", "limit", t.refused_limit);
+                                pod_sample(sb, n, &l, p, "reason", "tls", t.refused_tls);
+                                pod_sample(sb, n, &l, p, "reason", "not_ready",
+                                           t.refused_not_ready);
+                                pod_sample(sb, n, &l, p, "reason", "other", t.refused_other);
                                 break;
                         default:
-                                pod_labels(&l, p, "part", "proxy");
-                                prom_sample_u64(sb, n, l.data, proxy_memory_bytes(p->proxy));
-                                pod_labels(&l, p, "part", "bpf");
-                                prom_sample_u64(sb, n, l.data,
-                                                p->bpf ? bpfcap_memory_bytes(p->bpf) : 0);
+                                pod_sample(sb, n, &l, p, "part", "proxy",
+                                           proxy_memory_bytes(p->proxy));
+                                pod_sample(sb, n, &l, p, "part", "bpf",
+                                           p->bpf ? bpfcap_memory_bytes(p->bpf) : 0);
                                 break;
                         }
                 }

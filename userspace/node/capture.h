@@ -177,7 +177,6 @@ void node_capture_set_config(struct node_capture *nc, struct shunt_config *cfg);
 /* Every ~100 ms: each pod's proxy_tick. */
 void node_capture_tick(struct node_capture *nc);
 
-size_t node_capture_count(const struct node_capture *nc);
 /* {"mode":..., "pod_max_connections":..., "counters":{...}, "pods":[{"namespace","name",
  * "uid","service_account","capture","identity","listeners","connections":{...},
  * "bytes":{...},"refused":{...},"memory":{...}}]} */

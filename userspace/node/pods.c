@@ -801,6 +801,19 @@ static int pod_cmp(const void *a, const void *b)
         return r ? r : strcmp(x->name, y->name);
 }
 
+void node_pod_render_head(struct strbuf *sb, bool first, const char *ns, const char *name,
+                          const char *uid, const char *sa)
+{
+        strbuf_append(sb, first ? "{\"namespace\":" : ",{\"namespace\":");
+        strbuf_append_json_string(sb, ns);
+        strbuf_append(sb, ",\"name\":");
+        strbuf_append_json_string(sb, name);
+        strbuf_append(sb, ",\"uid\":");
+        strbuf_append_json_string(sb, uid);
+        strbuf_append(sb, ",\"service_account\":");
+        strbuf_append_json_string(sb, sa);
+}
+
 void node_pods_render(const struct node_pods *np, struct strbuf *sb)
 {
         strbuf_append(sb, "{\"node\":");
@@ -830,14 +843,7 @@ void node_pods_render(const struct node_pods *np, struct strbuf *sb)
         qsort(idx, np->n, sizeof(*idx), pod_cmp);
         for (size_t i = 0; i < np->n; i++) {
                 const struct pod *p = idx[i];
-                strbuf_append(sb, i ? ",{\"namespace\":" : "{\"namespace\":");
-                strbuf_append_json_string(sb, p->ns);
-                strbuf_append(sb, ",\"name\":");
-                strbuf_append_json_string(sb, p->name);
-                strbuf_append(sb, ",\"uid\":");
-                strbuf_append_json_string(sb, p->uid);
-                strbuf_append(sb, ",\"service_account\":");
-                strbuf_append_json_string(sb, p->sa);
+                node_pod_render_head(sb, i == 0, p->ns, p->name, p->uid, p->sa);
                 strbuf_appendf(sb, ",\"state\":\"%s\",\"ips\":[", node_pod_state_name(p->state));
                 for (uint32_t k = 0; k < p->n_ips; k++) {
                         if (k)

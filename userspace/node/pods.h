@@ -150,6 +150,10 @@ size_t node_pods_count(const struct node_pods *np);
 bool node_pods_has_uid(const struct node_pods *np, const char *uid);
 /* The state of pod ns/name, or -ENOENT. */
 int node_pods_state(const struct node_pods *np, const char *ns, const char *name);
+/* Opens a pod's object in a JSON array (a comma first unless first):
+ * {"namespace":ns,"name":name,"uid":uid,"service_account":sa (left open). */
+void node_pod_render_head(struct strbuf *sb, bool first, const char *ns, const char *name,
+                          const char *uid, const char *sa);
 /* {"node":..., "max_pods":..., "counters":{...}, "pods":[...]} */
 void node_pods_render(const struct node_pods *np, struct strbuf *sb);
 /* Prometheus: shunt_node_pods{state}, shunt_node_pods_shed_total,
