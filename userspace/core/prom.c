@@ -10,6 +10,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "core/hash.h"
+
 static bool is_alpha_(char c)
 {
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
@@ -413,10 +415,18 @@ _Atomic uint64_t *prom_series_cells(struct prom_series *s, uint32_t shard, const
                 shard = 0;
         if (!key_build(s, vals, buf, sizeof(buf), &len))
                 return shard_cells(s, shard, s->max);
-        /* FNV-1a, 64 bits. */
-        uint64_t h = 0xcbf29ce484222325ull;
-        for (size_t i = 0; i < len; i++)
-                h = (h ^ (uint8_t)buf[i]) * 0x100000001b3ull;
+        /* Eight bytes at a time through the mixer (the key is built on
+         * every request: a byte-wise hash was a tenth of its cost). */
+        uint64_t h = 0x9e3779b97f4a7c15ull ^ len;
+        size_t at = 0;
+        for (; at + 8 <= len; at += 8) {
+                uint64_t word;
+                memcpy(&word, buf + at, 8);
+                h = hash_fmix64(h ^ word);
+        }
+        uint64_t tail = 0;
+        memcpy(&tail, buf + at, len - at);
+        h = hash_fmix64(h ^ tail);
         uint64_t tag = h & ~(uint64_t)SLOT_STATE;
         uint64_t i = h & s->mask;
         for (uint64_t probes = 0; probes <= s->mask;) {
