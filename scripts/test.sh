@@ -46,5 +46,5 @@ echo "== release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs" >/dev/null
 cd build
-asan_only='^integration\.test_(consul|clusters|dns|consul_tls|k8s|k8s_identity|k8s_mesh|ca|ca_source|ca_node|chart|chart_ca|chart_node|chart_monitoring|reload_cli|node_pods|node_identity|node_sidecar_capture|nodelab_sidecar|node_mesh|docs|check)$'
+asan_only='^integration\.test_(consul|clusters|dns|consul_tls|k8s|k8s_identity|k8s_mesh|k8s_routes|ca|ca_source|ca_node|chart|chart_ca|chart_node|chart_monitoring|reload_cli|node_pods|node_identity|node_sidecar_capture|nodelab_sidecar|node_mesh|docs|check)$'
 ctest --output-on-failure -j2 -E "$asan_only"

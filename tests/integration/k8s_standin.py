@@ -31,6 +31,9 @@ the discovery backend uses:
       (carrying the object as it was before, at the event's resourceVersion)
       and one that starts matching as ADDED, as the API server's watch cache
       does.
+  GET /apis/gateway.networking.k8s.io/v1[/namespaces/NS]/httproutes|grpcroutes
+      the same, for Gateway API routes: the CRD schema's defaults filled in
+      and its validation applied at POST /apply (422), see "Gateway API routes"
   A kind made forbidden (/inject forbid) answers lists and watches with 403
   and the Status RBAC's authorizer writes ("services is forbidden: User ...
   cannot watch resource ...", reason Forbidden, details.kind/group).
@@ -937,6 +940,213 @@ def control_post_authn(handler, st, body):  # noqa: F811 (a bound token for a mi
     except LookupError as e:
         return handler.reply(404, {"error": str(e)})
 # ---- end node-mode identities -------------------------------------------------
+
+
+# ---- Gateway API routes (engineer gamma): HTTPRoute and GRPCRoute of
+# gateway.networking.k8s.io/v1, served like the other kinds (list, pages,
+# watch, 410, bookmarks, selectors). What kube-apiserver does with a custom
+# resource before storing it, written from the published CRD schemas:
+#   - the structural schema's defaults are filled in (parentRefs group
+#     gateway.networking.k8s.io and kind Gateway; backendRefs group "", kind
+#     Service, weight 1; an HTTPRoute without rules gets one matching "/";
+#     a match without path gets PathPrefix "/"; header, query and gRPC
+#     method matches type Exact; RequestRedirect statusCode 302);
+#   - an object the schema refuses (types, enums, maxItems, patterns,
+#     ranges, and the CEL rules below) is not stored: POST /apply answers
+#     422 with the Status the API server writes ("HTTPRoute.gateway.
+#     networking.k8s.io "NAME" is invalid: FIELD: ...", reason Invalid).
+# What the schema lets through (a regex that does not compile, weights
+# summing to 0, a backend that does not exist) is stored: the consumer
+# must refuse it. Every object also gets metadata.creationTimestamp when
+# created (kept on updates), as every object does.
+GW = "gateway.networking.k8s.io"
+KINDS["httproutes"] = (GW + "/v1", "HTTPRoute", "HTTPRouteList", "/apis/" + GW + "/v1")
+KINDS["grpcroutes"] = (GW + "/v1", "GRPCRoute", "GRPCRouteList", "/apis/" + GW + "/v1")
+TOKEN_RE = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+DURATION_RE = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+HTTP_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier",
+                "ResponseHeaderModifier": "responseHeaderModifier",
+                "RequestMirror": "requestMirror", "RequestRedirect": "requestRedirect",
+                "URLRewrite": "urlRewrite", "ExtensionRef": "extensionRef", "CORS": "cors"}
+GRPC_FILTERS = {k: v for k, v in HTTP_FILTERS.items()
+                if k in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
+                         "ExtensionRef")}
+
+
+class Invalid(ValueError):
+    pass
+
+
+def _check(ok, field, why):
+    if not ok:
+        raise Invalid("%s: %s" % (field, why))
+
+
+def _items(obj, key, field, max_items):
+    v = obj.get(key)
+    if v is None:
+        return []
+    _check(isinstance(v, list), field, "Invalid value: must be an array")
+    _check(len(v) <= max_items, field, "Too many: %d: must have at most %d items" % (
+        len(v), max_items))
+    return v
+
+
+def _duration_ms(text):
+    import re
+    total = 0
+    for num, unit in re.findall(r"([0-9]+)(ms|h|m|s)", text):
+        total += int(num) * {"h": 3600000, "m": 60000, "s": 1000, "ms": 1}[unit]
+    return total
+
+
+def _route_defaults_and_check(kind, obj):
+    import re
+    grpc = kind == "grpcroutes"
+    spec = obj.setdefault("spec", {})
+    _check(isinstance(spec, dict), "spec", "Invalid value: must be an object")
+    for i, p in enumerate(_items(spec, "parentRefs", "spec.parentRefs", 32)):
+        f = "spec.parentRefs[%d]" % i
+        _check(isinstance(p, dict) and p.get("name"), f + ".name", "Required value")
+        p.setdefault("group", GW)
+        p.setdefault("kind", "Gateway")
+        if "port" in p:
+            _check(isinstance(p["port"], int) and 1 <= p["port"] <= 65535, f + ".port",
+                   "Invalid value: must be 1..65535")
+    _items(spec, "hostnames", "spec.hostnames", 16)
+    if "rules" not in spec and not grpc:
+        spec["rules"] = [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]
+    rules = _items(spec, "rules", "spec.rules", 16)
+    _check(grpc or "rules" not in spec or rules, "spec.rules", "Required value: at least 1 item")
+    _check(sum(len(r.get("matches") or []) for r in rules if isinstance(r, dict)) <= 128,
+           "spec.rules", "Invalid value: at most 128 matches across all rules")
+    for k, r in enumerate(rules):
+        f = "spec.rules[%d]" % k
+        _check(isinstance(r, dict), f, "Invalid value: must be an object")
+        if "matches" not in r and not grpc:
+            r["matches"] = [{"path": {"type": "PathPrefix", "value": "/"}}]
+        for m_i, m in enumerate(_items(r, "matches", f + ".matches", 64)):
+            mf = "%s.matches[%d]" % (f, m_i)
+            if grpc:
+                meth = m.get("method")
+                if meth is not None:
+                    meth.setdefault("type", "Exact")
+                    _check(meth["type"] in ("Exact", "RegularExpression"), mf + ".method.type",
+                           "Unsupported value")
+                    _check(meth.get("service") or meth.get("method"), mf + ".method",
+                           "Invalid value: one or both of 'service' or 'method' must be specified")
+                    if meth["type"] == "Exact":
+                        _check(re.match(r"(?i)^\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$",
+                                        meth.get("service", "x")), mf + ".method.service",
+                               "Invalid value: not a gRPC service name")
+                        _check(re.match(r"^[A-Za-z_][A-Za-z_0-9]*$", meth.get("method", "x")),
+                               mf + ".method.method", "Invalid value: not a gRPC method name")
+            else:
+                path = m.setdefault("path", {"type": "PathPrefix", "value": "/"})
+                path.setdefault("type", "PathPrefix")
+                path.setdefault("value", "/")
+                _check(path["type"] in ("Exact", "PathPrefix", "RegularExpression"),
+                       mf + ".path.type", 'Unsupported value: "%s"' % path["type"])
+                _check(len(path["value"]) <= 1024, mf + ".path.value", "Too long")
+                _check(path["type"] == "RegularExpression" or path["value"].startswith("/"),
+                       mf + ".path", "Invalid value: value must be an absolute path and start "
+                       "with '/' when type one of ['Exact', 'PathPrefix']")
+                if "method" in m:
+                    _check(m["method"] in HTTP_METHODS, mf + ".method",
+                           'Unsupported value: "%s"' % m["method"])
+            for key, vmax in (("headers", 4096), ("queryParams", 1024)):
+                if grpc and key == "queryParams":
+                    continue
+                for h_i, h in enumerate(_items(m, key, "%s.%s" % (mf, key), 16)):
+                    hf = "%s.%s[%d]" % (mf, key, h_i)
+                    h.setdefault("type", "Exact")
+                    _check(h["type"] in ("Exact", "RegularExpression"), hf + ".type",
+                           "Unsupported value")
+                    _check(re.match(TOKEN_RE, h.get("name", "")), hf + ".name", "Invalid value")
+                    _check(1 <= len(h.get("value", "")) <= vmax, hf + ".value", "Invalid value")
+        filters = _items(r, "filters", f + ".filters", 16)
+        allowed = GRPC_FILTERS if grpc else HTTP_FILTERS
+        types = [x.get("type") for x in filters]
+        for x_i, x in enumerate(filters):
+            xf = "%s.filters[%d]" % (f, x_i)
+            _check(x.get("type") in allowed, xf + ".type", 'Unsupported value: "%s"' % x.get("type"))
+            _check(allowed[x["type"]] in x, xf, "Invalid value: filter.%s must be specified for "
+                   "%s filter.type" % (allowed[x["type"]], x["type"]))
+            for other in allowed.values():
+                _check(other == allowed[x["type"]] or other not in x, xf, "Invalid value: "
+                       "filter.%s must be nil if the filter.type is not its type" % other)
+            if x["type"] == "RequestRedirect":
+                x["requestRedirect"].setdefault("statusCode", 302)
+                _check(x["requestRedirect"]["statusCode"] in (301, 302, 303, 307, 308),
+                       xf + ".requestRedirect.statusCode", "Unsupported value")
+        _check(not ("RequestRedirect" in types and "URLRewrite" in types), f + ".filters",
+               "Invalid value: May specify either httpRouteFilterRequestRedirect or "
+               "httpRouteFilterRequestRewrite, but not both")
+        backends = _items(r, "backendRefs", f + ".backendRefs", 16)
+        _check(not ("RequestRedirect" in types and backends), f, "Invalid value: "
+               "RequestRedirect filter must not be used together with backendRefs")
+        for b_i, b in enumerate(backends):
+            bf = "%s.backendRefs[%d]" % (f, b_i)
+            _check(b.get("name"), bf + ".name", "Required value")
+            b.setdefault("group", "")
+            b.setdefault("kind", "Service")
+            b.setdefault("weight", 1)
+            _check(isinstance(b["weight"], int) and 0 <= b["weight"] <= 1000000,
+                   bf + ".weight", "Invalid value: must be 0..1000000")
+            _check(not (b["group"] == "" and b["kind"] == "Service") or "port" in b, bf,
+                   "Invalid value: Must have port for Service reference")
+            if "port" in b:
+                _check(isinstance(b["port"], int) and 1 <= b["port"] <= 65535, bf + ".port",
+                       "Invalid value: must be 1..65535")
+        t = r.get("timeouts")
+        if t is not None:
+            _check(not grpc, f + ".timeouts", 'Unknown field "timeouts"')
+            for key in ("request", "backendRequest"):
+                if key in t:
+                    _check(isinstance(t[key], str) and re.match(DURATION_RE, t[key]),
+                           "%s.timeouts.%s" % (f, key), 'Invalid value: "%s": should match '
+                           "'%s'" % (t.get(key), DURATION_RE))
+            if "request" in t and "backendRequest" in t and _duration_ms(t["request"]):
+                _check(_duration_ms(t["backendRequest"]) <= _duration_ms(t["request"]),
+                       f + ".timeouts", "Invalid value: backendRequest timeout cannot be longer "
+                       "than request timeout")
+
+
+_state_apply = State.apply
+
+
+def _apply_with_schema(self, kind, etype, obj):  # noqa: E302 (wraps State.apply above)
+    md = obj.setdefault("metadata", {})
+    if kind in ("httproutes", "grpcroutes") and etype != "DELETED":
+        try:
+            _route_defaults_and_check(kind, obj)
+        except Invalid as e:
+            raise Invalid('%s.%s "%s" is invalid: %s' % (KINDS[kind][1], GW, md.get("name", ""),
+                                                        e))
+    if etype != "DELETED":
+        with self.cv:
+            key = ("", md.get("name")) if kind in CLUSTER_SCOPED else (
+                md.get("namespace", "default"), md.get("name"))
+            before = self.objects[kind].get(key)
+        md["creationTimestamp"] = before["metadata"].get("creationTimestamp") if before else \
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return _state_apply(self, kind, etype, obj)
+
+
+State.apply = _apply_with_schema
+_control_post = Control.do_POST
+
+
+def _control_post_invalid(self):  # noqa: N802 (an object the schema refuses: 422)
+    try:
+        return _control_post(self)
+    except Invalid as e:
+        return self.reply(422, status(422, "Invalid", str(e)))
+
+
+Control.do_POST = _control_post_invalid
+# ---- end Gateway API routes -------------------------------------------------------
 
 
 def hostport(s):

@@ -992,6 +992,17 @@ static int cmd_routes(const char *service)
                 printf("no routes%s%s\n", service ? " for " : "", service ? service : "");
         else
                 table_print(&t);
+        /* Kubernetes routes that cannot be applied, and why. */
+        const cJSON *x;
+        cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(j, "rejected"))
+        {
+                const cJSON *f = cJSON_GetObjectItemCaseSensitive(x, "in_force");
+                printf("rejected: %s %s/%s (resourceVersion %s): %s; %s%s\n", jstr(x, "kind", "?"),
+                       jstr(x, "namespace", "?"), jstr(x, "name", "?"),
+                       jstr(x, "resource_version", "?"), jstr(x, "error", "?"),
+                       cJSON_IsString(f) ? "in force: resourceVersion " : "not applied",
+                       cJSON_IsString(f) ? f->valuestring : "");
+        }
         cJSON_Delete(j);
         return 0;
 }

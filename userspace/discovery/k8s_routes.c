@@ -471,6 +471,8 @@ static const char *kind_of(const struct k8s_route *r)
 static void log_problem(struct k8s_route *r)
 {
         const char *p = r->err[0] ? r->err : r->build_err;
+        if (!p[0])
+                r->logged[0] = '\0'; /* the next problem is news again */
         if (!p[0] || strcmp(p, r->logged) == 0)
                 return;
         snprintf(r->logged, sizeof(r->logged), "%s", p);
@@ -540,8 +542,15 @@ int k8s_route_store_apply(struct k8s_route_store *s, bool grpc, const cJSON *obj
         snprintf(r->created, sizeof(r->created), "%s",
                  created && strlen(created) < sizeof(r->created) ? created : "");
         if (rc) {
-                /* the last good version (if any) stays in force */
-                free(parents);
+                /* the last good version (if any) stays in force; without one,
+                 * the parents say where it was meant to go (/routes) */
+                if (!r->good) {
+                        free(r->parents);
+                        r->parents = parents;
+                        r->n_parents = np;
+                } else {
+                        free(parents);
+                }
                 snprintf(r->err, sizeof(r->err), "%s", why);
                 return 0; /* logged by the next build, which knows what stays in force */
         }
@@ -567,6 +576,7 @@ void k8s_route_store_take(struct k8s_route_store *s, struct k8s_route_store *sta
                 snprintf(nr->logged, sizeof(nr->logged), "%s", old->logged);
                 snprintf(nr->build_err, sizeof(nr->build_err), "%s", old->build_err);
                 if (!nr->good && old->good) {
+                        free(nr->parents);
                         nr->good = old->good;
                         nr->parents = old->parents;
                         nr->n_parents = old->n_parents;
