@@ -147,6 +147,33 @@ class Env:
     def stats(self):
         return self.ctl("GET", "/stats")
 
+    def token_kubeconfig(self, token):
+        """Certificates, the bearer token in a file, and a kubeconfig naming
+        both: its path."""
+        self.make_certs()
+        self.token = token
+        self.token_file = os.path.join(self.dir, "token")
+        with open(self.token_file, "w") as f:
+            f.write(token + "\n")
+        os.chmod(self.token_file, 0o644)
+        return self.write_kubeconfig(self.token_file)
+
+    def close(self):
+        """Stops everything (shuntd first)."""
+        self.rc = self.daemon.stop() if self.daemon else 0
+        if self.standin:
+            self.standin.stop()
+        for p in self.procs:
+            p.stop()
+        self.topo.delete()
+
+    def check_clean_exit(self):
+        """After close: shuntd exited cleanly (curl handles, memfds and the
+        cache freed: no leak report in the ASan build)."""
+        if self.daemon:
+            assert self.rc == 0, self.daemon.log_tail()
+            assert "Sanitizer" not in self.daemon.log_text()
+
 
 @pytest.fixture(scope="module")
 def env():
@@ -156,13 +183,7 @@ def env():
         e.topo.route_vips()
         for i, a in enumerate(EPS):
             e.procs.append(e.topo.remote.spawn_peer("http", "ep%d" % i, ["%s:%d" % (a, PORT)]))
-        e.make_certs()
-        e.token = "standin-token-1"
-        e.token_file = os.path.join(e.dir, "token")
-        with open(e.token_file, "w") as f:
-            f.write(e.token + "\n")
-        os.chmod(e.token_file, 0o644)
-        kubeconfig = e.write_kubeconfig(e.token_file)
+        kubeconfig = e.token_kubeconfig("standin-token-1")
         e.start_standin()
         e.apply("services", "ADDED", service_obj())
         e.apply("services", "ADDED", service_obj("other", labels={"app": "other", "mesh": "off"}))
@@ -180,16 +201,8 @@ def env():
         sl.wait_until(lambda: addrs(e.daemon) == sorted(EPS[:3]), 20, what="first sync")
         yield e
     finally:
-        rc = e.daemon.stop() if e.daemon else 0
-        if e.standin:
-            e.standin.stop()
-        for p in e.procs:
-            p.stop()
-        e.topo.delete()
-    # a clean exit: curl handles, memfds and the cache freed (ASan build: no leak report)
-    if e.daemon:
-        assert rc == 0, e.daemon.log_tail()
-        assert "Sanitizer" not in e.daemon.log_text()
+        e.close()
+    e.check_clean_exit()
 
 
 def web(d):

@@ -83,12 +83,7 @@ def env():
             e.procs.append(e.topo.remote.spawn_ready(
                 [sys.executable, GRPCPEER, "server", "--name", v, "--listen",
                  "%s:%d" % (EP[i], GRPC_PORT)], "grpc-" + v, 20))
-        e.make_certs()
-        e.token = "standin-token-routes"
-        token_file = os.path.join(e.dir, "token")
-        with open(token_file, "w") as f:
-            f.write(e.token + "\n")
-        kubeconfig = e.write_kubeconfig(token_file)
+        kubeconfig = e.token_kubeconfig("standin-token-routes")
         e.start_standin()
         for name, addr in (("reviews", EP[0]), ("reviews-v2", EP[1])):
             e.apply("services", "ADDED", service(name))
@@ -108,15 +103,8 @@ def env():
                       what="first sync")
         yield e
     finally:
-        rc = e.daemon.stop() if e.daemon else 0
-        if e.standin:
-            e.standin.stop()
-        for p in e.procs:
-            p.stop()
-        e.topo.delete()
-    if e.daemon:
-        assert rc == 0, e.daemon.log_tail()
-        assert "Sanitizer" not in e.daemon.log_text()
+        e.close()
+    e.check_clean_exit()
 
 
 def servers(e, path, n=20, headers=()):
