@@ -44,15 +44,26 @@ class Servers(sl.ThreadedServer):
         self.kind = kind
         self.got = {}
         self.release = threading.Event()
+        self.expect = None  # bytes the next stall connection should carry
+        self.first_diff = {}  # tag: offset of the first byte not as expected
         super().__init__(pod, T.REMOTE4, port, backlog=64)
 
-    def _read_all(self, conn):
+    def _read_all(self, conn, n_tag=None):
         h = hashlib.sha256()
         n = 0
+        expect = self.expect if n_tag is not None else None
         while True:
             b = conn.recv(1 << 18)
             if not b:
+                if expect is not None and n_tag not in self.first_diff and n != len(expect):
+                    self.first_diff[n_tag] = min(n, len(expect))
                 return n, h.hexdigest()
+            if expect is not None and n_tag not in self.first_diff:
+                want = expect[n:n + len(b)]
+                if b != want:
+                    self.first_diff[n_tag] = n + next(
+                        (i for i in range(min(len(b), len(want))) if b[i] != want[i]),
+                        min(len(b), len(want)))
             n += len(b)
             h.update(b)
 
@@ -62,7 +73,7 @@ class Servers(sl.ThreadedServer):
             self.release.wait(60)
         if self.kind in ("sink", "stall"):
             try:
-                count, sha = self._read_all(conn)
+                count, sha = self._read_all(conn, n if self.kind == "stall" else None)
             except ConnectionResetError:
                 self.got[n] = (-1, "reset")
                 return
@@ -284,32 +295,49 @@ def _send_until_stuck(s, total, stuck_for=1.5):
     return sent, data
 
 
-@pytest.mark.xfail(strict=False, reason="known bug: when a half goes back to the relay under "
-                   "flow control the server can get bytes twice (seen once: 14,480 extra); "
-                   "tcp_splice is off by default until it is fixed")
 def test_slow_reader_upstream_holds_writer_back(topo, servers, shuntd):
     """The server reads nothing: the client is held back after the kernel's
     bounded queues (not the 96 MiB it tries to send); once the server
-    reads, every byte arrives in order."""
+    reads, every byte arrives once and in order: the server compares each
+    byte with the stream sent (the first difference is reported) and the
+    SHA-256 of all of them must match. A direction that went back to the
+    relay under flow control must not repeat bytes the kernel already moved
+    (seen once: 14,480 bytes twice); were the kernel to repeat some, shuntd
+    resets the connection (shunt_splice_overruns_total) and this fails."""
     total = 96 << 20
     before = spliced(shuntd)
+    overruns = shuntd.metric("shunt_splice_overruns_total") or 0
+    stall = servers["stall"]
+    data = seeded(total, 5)
+    stall.expect = b"x" * 1000 + data
+    tags = set(stall.got)
     s = topo.app.connect(T.REMOTE4, STALL_PORT, timeout=60)
     try:
         s.sendall(b"x" * 1000)  # relayed by shuntd, then spliced
         sl.wait_until(lambda: spliced(shuntd) >= before + 1, 10, what="spliced")
-        sent, data = _send_until_stuck(s, total)
+        sent, _ = _send_until_stuck(s, total)
         sent += 1000
         assert sent < 48 << 20, "accepted %d bytes with a reader that reads nothing" % sent
-        servers["stall"].release.set()
+        stall.release.set()
         s.setblocking(True)
         s.settimeout(60)
-        s.sendall(data[sent - 1000:])
-        s.shutdown(socket.SHUT_WR)
-        reply = sl.recv_all(s, timeout=60)
+        try:
+            s.sendall(data[sent - 1000:])
+            s.shutdown(socket.SHUT_WR)
+            reply = sl.recv_all(s, timeout=60)
+        except ConnectionResetError as e:
+            raise AssertionError("reset after %d bytes; overruns %s -> %s" % (
+                sent, overruns, shuntd.metric("shunt_splice_overruns_total"))) from e
     finally:
         s.close()
-    want = hashlib.sha256(b"x" * 1000 + data)
-    assert reply == b"%d %s\n" % (total + 1000, want.hexdigest().encode())
+    want = hashlib.sha256(stall.expect)
+    new = [t for t in stall.got if t not in tags]
+    diff = {t: stall.first_diff.get(t) for t in new}
+    assert reply == b"%d %s\n" % (total + 1000, want.hexdigest().encode()), (
+        "server got %r, want %d bytes; first byte not as sent at %s (client sent %d before "
+        "the server read)" % (reply, total + 1000, diff, sent))
+    assert all(v is None for v in diff.values()), diff
+    assert (shuntd.metric("shunt_splice_overruns_total") or 0) == overruns
     # Whether the kernel's queues alone held the writer back or the program
     # handed the half back to the relay (shunt_splice_returned_total
     # {reason="flow_control"}) depends on timing; the bound above holds

@@ -5,6 +5,7 @@
  * back, half-close and the end leave the maps empty. Named test_bpfcap_* so
  * that vmtest runs it on Linux 6.1 as well (needs root: it loads BPF). The
  * original destination is faked as in test_relay. */
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -270,11 +271,84 @@ static void test_slow_reader_held_back(void **state)
         assert_false(t->up.bad);
 }
 
+/* A loopback connection: *out_client connected to *out_server. */
+static void loopback_pair(int *out_client, int *out_server)
+{
+        struct sockaddr_storage addr;
+        int l = app_listen(&addr);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(c >= 0);
+        assert_int_equal(connect(c, (struct sockaddr *)&addr, sizeof(struct sockaddr_in)), 0);
+        int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        assert_true(s >= 0);
+        close(l);
+        *out_client = c;
+        *out_server = s;
+}
+
+/* Reads n bytes of value v from fd (at most 5 s a read). */
+static void read_exactly(int fd, size_t n, uint8_t v)
+{
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        uint8_t buf[4096];
+        while (n > 0) {
+                assert_int_equal(poll(&pfd, 1, 5000), 1);
+                ssize_t k = recv(fd, buf, n < sizeof(buf) ? n : sizeof(buf), MSG_DONTWAIT);
+                assert_true(k > 0);
+                for (ssize_t i = 0; i < k; i++)
+                        assert_int_equal(buf[i], v);
+                n -= (size_t)k;
+        }
+}
+
+/* The check a direction makes before the relay writes after the kernel's
+ * bytes: two loopback connections a-b and c-d, b and c spliced as the
+ * relay's two sockets. The kernel's bytes from a reach d and the check
+ * finds exactly them in c (drained); a byte written into c by anyone else,
+ * as a kernel that repeats bytes would, shows as an overrun (the relay then
+ * resets the connection rather than go on with a corrupt stream). */
+static void test_drain_check_catches_repeated_bytes(void **state)
+{
+        (void)state;
+        int a, b, c, d;
+        loopback_pair(&a, &b);
+        loopback_pair(&d, &c);
+        const int fds[2] = {b, c};
+        struct splice_pair p;
+        assert_int_equal(splice_start(fds, &p), SPLICE_OK);
+        uint8_t buf[4096];
+        memset(buf, 7, sizeof(buf));
+        assert_int_equal(send(a, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+        read_exactly(d, sizeof(buf), 7);
+        uint64_t moved = 0, gave = 0;
+        assert_int_equal(splice_half_drained(&p, 0, c, 0, &moved, &gave), 1);
+        assert_int_equal(moved, sizeof(buf));
+        assert_int_equal(gave, sizeof(buf));
+        assert_int_equal(splice_stop_half(&p, 0), 0);
+        /* shuntd's own bytes, declared: still drained. */
+        assert_int_equal(send(c, buf, 100, 0), 100);
+        assert_int_equal(splice_half_drained(&p, 0, c, 100, &moved, &gave), 1);
+        /* Undeclared bytes: more than the kernel was given. */
+        assert_int_equal(splice_half_drained(&p, 0, c, 0, &moved, &gave), SPLICE_DRAIN_OVERRUN);
+        assert_int_equal(moved, sizeof(buf) + 100);
+        read_exactly(d, 100, 7);
+        uint64_t redirected[2];
+        splice_end(&p, redirected);
+        assert_int_equal(redirected[0], sizeof(buf));
+        assert_int_equal(redirected[1], 0);
+        close(a);
+        close(b);
+        close(c);
+        close(d);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_bulk_both_ways_and_half_close, setup, teardown),
             cmocka_unit_test_setup_teardown(test_slow_reader_held_back, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_drain_check_catches_repeated_bytes, setup,
+                                            teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

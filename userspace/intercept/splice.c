@@ -229,7 +229,8 @@ int splice_half_passed(const struct splice_pair *p, int i, uint64_t *passed)
         return 0;
 }
 
-int splice_half_drained(const struct splice_pair *p, int i, int fd_dst, uint64_t user_written)
+int splice_half_drained(const struct splice_pair *p, int i, int fd_dst, uint64_t user_written,
+                        uint64_t *moved, uint64_t *gave)
 {
         uint64_t redirected = 0, now = 0;
         int rc = splice_half_state(p, i, &redirected, NULL);
@@ -238,8 +239,18 @@ int splice_half_drained(const struct splice_pair *p, int i, int fd_dst, uint64_t
         rc = written(fd_dst, false, &now);
         if (rc < 0)
                 return rc;
+        if (gave)
+                *gave = redirected;
+        if (now < p->base[1 - i] + user_written)
+                return 0;
+        /* now is never more than the truth (see written), so more bytes
+         * than the program redirected means the kernel wrote some twice. */
         uint64_t kernel_in = now - p->base[1 - i] - user_written;
-        return now >= p->base[1 - i] + user_written && kernel_in >= redirected;
+        if (moved)
+                *moved = kernel_in;
+        if (kernel_in > redirected)
+                return SPLICE_DRAIN_OVERRUN;
+        return kernel_in == redirected;
 }
 
 void splice_end(const struct splice_pair *p, uint64_t redirected[2])

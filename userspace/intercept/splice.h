@@ -62,9 +62,15 @@ int splice_half_passed(const struct splice_pair *p, int i, uint64_t *passed);
 
 /* 1 when every byte the kernel took for half i is in the send queue of its
  * destination fd_dst (so shuntd may write there after them), 0 when some
- * are still on their way, negative errno. user_written: bytes shuntd wrote
- * into fd_dst since splice_start. */
-int splice_half_drained(const struct splice_pair *p, int i, int fd_dst, uint64_t user_written);
+ * are still on their way, SPLICE_DRAIN_OVERRUN when fd_dst holds MORE bytes
+ * from the kernel than the program redirected (the kernel's socket-map
+ * worker wrote some twice: the stream is corrupt), negative errno.
+ * user_written: bytes shuntd wrote into fd_dst since splice_start. moved and
+ * gave (either may be NULL): the kernel's bytes found in fd_dst, and the
+ * bytes the program redirected. */
+#define SPLICE_DRAIN_OVERRUN 2
+int splice_half_drained(const struct splice_pair *p, int i, int fd_dst, uint64_t user_written,
+                        uint64_t *moved, uint64_t *gave);
 
 /* Bytes the kernel moved for each half; removes the pair's entries (the
  * sockets leave the sockhash when they close). */

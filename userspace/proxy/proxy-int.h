@@ -113,6 +113,7 @@ enum stat_id {
         ST_SPLICE_FALLBACK_ERROR,  /* left to the userspace relay: an insert failed */
         ST_SPLICE_RETURNED_FIN,    /* halves back in userspace for a FIN or an error */
         ST_SPLICE_RETURNED_FLOW,   /* halves back in userspace by flow control */
+        ST_SPLICE_OVERRUN,         /* connections reset: the kernel repeated spliced bytes */
         ST_PROTO_FIRST,            /* one per enum proto, PROTO_UNKNOWN unused */
         ST_REASON_FIRST = ST_PROTO_FIRST + PROTO__COUNT,
         ST__COUNT = ST_REASON_FIRST + REASON__COUNT,

@@ -831,6 +831,11 @@ static const struct metric_def proxy_metrics[] = {
      "source, or flow control (the destination was full).",
      {{"reason=\"fin_or_error\"", ST_SPLICE_RETURNED_FIN},
       {"reason=\"flow_control\"", ST_SPLICE_RETURNED_FLOW}}},
+    {"shunt_splice_overruns_total",
+     "counter",
+     "Spliced connections reset because the kernel put more bytes into a destination than the "
+     "splice program gave it (bytes repeated: the stream was corrupt).",
+     {{"", ST_SPLICE_OVERRUN}}},
     {"shunt_protocol_detection_timeouts_total",
      "counter",
      "Connections whose client sent nothing within protocol_detection_timeout.",

@@ -8,6 +8,7 @@
  * per direction and never an epoll_ctl. */
 #include <assert.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -560,14 +561,38 @@ static uint64_t splice_bytes(const struct conn *c, int i)
         return h->bytes;
 }
 
+/* The kernel put more of half i's bytes into the destination than the
+ * program gave it: some went twice, the peer has a corrupt stream. Both
+ * sides are reset (never a silent corruption), counted, said once per
+ * process at error level. */
+static void splice_overrun(struct conn *c, int i, uint64_t moved, uint64_t gave)
+{
+        static atomic_bool said;
+        stat_add(&c->w->stats, ST_SPLICE_OVERRUN, 1);
+        if (!atomic_exchange(&said, true))
+                log_error("splice", c->id,
+                          "the kernel wrote %llu bytes of a spliced direction (%s) for %llu it "
+                          "was given: its socket-map worker repeated bytes; both sides reset "
+                          "(shunt_splice_overruns_total counts it; tcp_splice: off avoids it)",
+                          (unsigned long long)moved,
+                          i == 0 ? "client->upstream" : "upstream->client",
+                          (unsigned long long)gave);
+        else
+                log_debug("splice", c->id, "overrun: %llu bytes for %llu",
+                          (unsigned long long)moved, (unsigned long long)gave);
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->up.io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        conn_free(c, REASON_SOCKET, true);
+}
+
 /* A spliced half whose source shows an event (bytes the program left to
  * shuntd, a FIN, an error) comes back to userspace for good: stopped in the
  * map, then a syscall that takes the source socket's lock (TCP_INFO), so a
  * verdict still running on it has finished and counted its bytes. Its bytes
  * are read as they come but written only once every byte the kernel took
  * is in the destination's send queue (draining); until then a short timer
- * looks again. */
-static void splice_poll(struct conn *c)
+ * looks again. False: c was freed (splice_overrun). */
+static bool splice_poll(struct conn *c)
 {
         for (int i = 0; i < 2; i++) {
                 struct half *h = splice_half(c, i);
@@ -593,14 +618,20 @@ static void splice_poll(struct conn *c)
                 }
                 if (h->draining) {
                         struct side *dst = i == 0 ? &c->up : &c->cli;
-                        int r = splice_half_drained(&c->splice, i, dst->io.fd, 0);
+                        uint64_t moved = 0, gave = 0;
+                        int r = splice_half_drained(&c->splice, i, dst->io.fd, 0, &moved, &gave);
+                        if (r == SPLICE_DRAIN_OVERRUN) {
+                                splice_overrun(c, i, moved, gave);
+                                return false;
+                        }
                         if (r != 0) {
                                 /* Drained, or the destination cannot say (closed,
                                  * reset): the write that follows finds out. */
                                 uint64_t redirected = 0;
                                 splice_half_state(&c->splice, i, &redirected, NULL);
                                 log_debug("splice", c->id,
-                                          "half %d drained (%d): kernel moved %llu", i, r,
+                                          "half %d drained (%d): kernel moved %llu of %llu", i, r,
+                                          (unsigned long long)moved,
                                           (unsigned long long)redirected);
                                 splice_fold(c, i, redirected);
                                 h->draining = false;
@@ -615,6 +646,7 @@ static void splice_poll(struct conn *c)
         } else {
                 c->splice_wait_ms = 0;
         }
+        return true;
 }
 
 /* Once a plain relay (no TLS either side, its protocol known, nothing left
@@ -925,8 +957,8 @@ again:
                 reqmetrics_tcp_bytes(c->tcp_cells, false, c->u2c.bytes);
         }
 
-        if (c->spliced || c->splice.cookie[1])
-                splice_poll(c);
+        if ((c->spliced || c->splice.cookie[1]) && !splice_poll(c))
+                return; /* freed */
         uint64_t before = c->c2u.bytes + c->u2c.bytes + c->c2u.eof + c->u2c.eof;
         if (proto_known(c) && pump(c, &c->cli, &c->up, &c->c2u, ST_BYTES_UPSTREAM,
                                    REASON_CLIENT_RESET, REASON_UPSTREAM_RESET, &reason) < 0)
