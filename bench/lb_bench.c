@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Load-balancer microbenchmark: nanoseconds per pick for each algorithm at
- * 1,000 endpoints (one worker, warm caches), and table build times.
+ * 1,000 endpoints (one worker, warm caches), and table build times; then
+ * the cost of locality tiers: endpoints in three tiers (local zone, local
+ * region, a remote region) against the same endpoints in one, as a ratio.
  *
  *   lb_bench [endpoints] [picks]      defaults: 1000 endpoints, 2,000,000 picks
  *
@@ -49,9 +51,13 @@ struct row {
         /* Also what the proxy adds per request: a clock read, the breaker and
          * ejection check before, the result to both after. */
         bool resilience;
+        /* Locality tiers: 0 off; 1 every endpoint in the local tier; 3 a
+         * third in each of local, region and remote; 4 the same with half
+         * the local ones unavailable (70 % local, 30 % spilled). */
+        int tiers;
 };
 
-static int bench_row(const struct row *r, unsigned n, unsigned picks)
+static int bench_row(const struct row *r, unsigned n, unsigned picks, double *ns_per_pick)
 {
         struct lb_config c;
         lb_config_default(&c);
@@ -64,6 +70,16 @@ static int bench_row(const struct row *r, unsigned n, unsigned picks)
         struct lb_endpoint_in *eps = make_endpoints(n, r->wmax);
         if (!eps)
                 return -ENOMEM;
+        if (r->tiers) {
+                snprintf(c.local_region, sizeof(c.local_region), "r-local");
+                snprintf(c.local_zone, sizeof(c.local_zone), "zone-0");
+                for (unsigned i = 0; i <= n; i++) {
+                        unsigned k = r->tiers == 1 ? 0 : i % 3;
+                        snprintf(eps[i].zone, sizeof(eps[i].zone), "zone-%u", k);
+                        snprintf(eps[i].region, sizeof(eps[i].region), "%s",
+                                 k == 2 ? "r-far" : "r-local");
+                }
+        }
         struct lb_table *t = NULL;
         uint64_t b0 = now_ns();
         int rc = lb_table_build(&c, eps, n, NULL, &t);
@@ -84,6 +100,9 @@ static int bench_row(const struct row *r, unsigned n, unsigned picks)
                 return rc;
         }
 
+        if (r->tiers == 4) /* half the local tier's breakers open */
+                for (unsigned i = 0; i < n; i += 6)
+                        lb_ep_set_available(lb_table_endpoint(t, i)->state, false);
         /* Some load for least connections. */
         for (unsigned i = 0; i < n; i++)
                 for (unsigned k = 0; k < i % 4; k++)
@@ -128,6 +147,7 @@ static int bench_row(const struct row *r, unsigned n, unsigned picks)
                 }
         }
         uint64_t dt = now_ns() - t0;
+        *ns_per_pick = (double)dt / picks;
         printf("| %-34s | %8.1f | %10.3f | %12.3f | %9zu |\n", r->name, (double)dt / picks,
                (double)build / 1e6, (double)rebuild / 1e6, lb_table_hash_size(t));
         for (unsigned i = 0; i < n; i++)
@@ -151,21 +171,31 @@ int main(int argc, char **argv)
         }
         log_set_level(LOG_WARN);
         static const struct row rows[] = {
-            {"round_robin", LB_ROUND_ROBIN, 1, false, false, 0, 65536, false},
-            {"round_robin + breaker/outlier", LB_ROUND_ROBIN, 1, false, false, 0, 65536, true},
-            {"round_robin, locality", LB_ROUND_ROBIN, 1, false, true, 0, 65536, false},
-            {"least_connections (p2c)", LB_LEAST_CONNECTIONS, 1, false, false, 0, 65536, false},
+            {"round_robin", LB_ROUND_ROBIN, 1, false, false, 0, 65536, false, 0},
+            {"round_robin + breaker/outlier", LB_ROUND_ROBIN, 1, false, false, 0, 65536, true, 0},
+            {"round_robin, locality", LB_ROUND_ROBIN, 1, false, true, 0, 65536, false, 0},
+            {"least_connections (p2c)", LB_LEAST_CONNECTIONS, 1, false, false, 0, 65536, false, 0},
             {"least_connections (exact scan)", LB_LEAST_CONNECTIONS, 1, false, false,
-             LB_ENDPOINTS_MAX, 65536, false},
-            {"weighted 1..10 (schedule)", LB_WEIGHTED, 10, false, false, 0, 65536, false},
-            {"weighted 1..100 (scaled schedule)", LB_WEIGHTED, 100, false, false, 0, 65536, false},
-            {"weighted 1..10 (per-pick scan)", LB_WEIGHTED, 10, false, false, 0, 0, false},
-            {"consistent_hash (ring)", LB_CONSISTENT_HASH, 1, true, false, 0, 65536, false},
+             LB_ENDPOINTS_MAX, 65536, false, 0},
+            {"weighted 1..10 (schedule)", LB_WEIGHTED, 10, false, false, 0, 65536, false, 0},
+            {"weighted 1..100 (scaled schedule)", LB_WEIGHTED, 100, false, false, 0, 65536, false,
+             0},
+            {"weighted 1..10 (per-pick scan)", LB_WEIGHTED, 10, false, false, 0, 0, false, 0},
+            {"consistent_hash (ring)", LB_CONSISTENT_HASH, 1, true, false, 0, 65536, false, 0},
             {"consistent_hash, weighted 1..10", LB_CONSISTENT_HASH, 10, true, false, 0, 65536,
-             false},
-            {"maglev (65537)", LB_MAGLEV, 1, true, false, 0, 65536, false},
-            {"maglev, weighted 1..10", LB_MAGLEV, 10, true, false, 0, 65536, false},
+             false, 0},
+            {"maglev (65537)", LB_MAGLEV, 1, true, false, 0, 65536, false, 0},
+            {"maglev, weighted 1..10", LB_MAGLEV, 10, true, false, 0, 65536, false, 0},
+            {"round_robin, 1 tier", LB_ROUND_ROBIN, 1, false, false, 0, 65536, false, 1},
+            {"round_robin, 3 tiers", LB_ROUND_ROBIN, 1, false, false, 0, 65536, false, 3},
+            {"round_robin, 3 tiers, 30 % spilled", LB_ROUND_ROBIN, 1, false, false, 0, 65536, false,
+             4},
+            {"maglev, 1 tier", LB_MAGLEV, 1, true, false, 0, 65536, false, 1},
+            {"maglev, 3 tiers", LB_MAGLEV, 1, true, false, 0, 65536, false, 3},
+            {"maglev, 3 tiers, 30 % spilled", LB_MAGLEV, 1, true, false, 0, 65536, false, 4},
         };
+        double ns[sizeof(rows) / sizeof(rows[0])];
+        size_t one_rr = 0, one_mg = 0;
         printf("lb_bench: %u endpoints (2 %% unhealthy, 3 zones), %u picks per row, one worker\n\n",
                n, picks);
         printf("| %-34s | %8s | %10s | %12s | %9s |\n", "algorithm", "ns/pick", "build ms",
@@ -173,11 +203,18 @@ int main(int argc, char **argv)
         printf("|%s|%s|%s|%s|%s|\n", "------------------------------------", "----------",
                "------------", "--------------", "-----------");
         for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
-                int rc = bench_row(&rows[i], n, picks);
+                int rc = bench_row(&rows[i], n, picks, &ns[i]);
                 if (rc < 0) {
                         fprintf(stderr, "%s: %s\n", rows[i].name, strerror(-rc));
                         return 1;
                 }
+                if (rows[i].tiers == 1)
+                        *(rows[i].algo == LB_MAGLEV ? &one_mg : &one_rr) = i;
         }
+        printf("\nlocality tiers: pick cost against the same endpoints in one tier\n");
+        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+                if (rows[i].tiers > 1)
+                        printf("  %-34s %.2fx\n", rows[i].name,
+                               ns[i] / ns[rows[i].algo == LB_MAGLEV ? one_mg : one_rr]);
         return 0;
 }

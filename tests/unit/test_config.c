@@ -353,6 +353,13 @@ static void test_file_values(void **state)
         assert_string_equal(c->upgrade_socket, "/run/shop/upgrade.sock");
         assert_int_equal(c->mode, 1); /* node */
         assert_string_equal(c->node_name, "node-7");
+        assert_string_equal(c->lb_local_region, "eu-west-1");
+        assert_string_equal(c->lb_failover, "eu-central-1,us-east-1");
+        assert_int_equal(c->lb_overprovisioning_percent, 150);
+        assert_int_equal(c->lb_tier[0].connect_ms, 15000);
+        assert_int_equal(c->lb_tier[1].request_ms, 120000);
+        assert_int_equal(c->lb_tier[1].max_retries, 7);
+        assert_int_equal(c->lb_tier[0].consecutive_failures, 10);
         assert_int_equal(c->node_max_pods, 300);
         assert_int_equal(c->node_resolve_timeout_ms, 90000);
         assert_int_equal(c->node_identity_drain_s, 120);
@@ -966,6 +973,20 @@ static void test_flag_errors(void **state)
                  "at least retries.backoff_base", NULL);
         char *r5[] = {"shuntd", "--retries.max-retries=11", NULL};
         load_err(r5, no_env, -EINVAL, "--retries.max-retries: 11", NULL);
+        char *f1[] = {"shuntd", "--load-balancing.failover=r2", NULL};
+        load_err(f1, no_env, -EINVAL,
+                 "--load-balancing.failover: r2:", "needs load_balancing.local_region", NULL);
+        char *f2[] = {"shuntd", "--load-balancing.local-region=r1",
+                      "--load-balancing.failover=r2,r1", NULL};
+        load_err(f2, no_env, -EINVAL, "lists load_balancing.local_region", NULL);
+        char *f3[] = {"shuntd", "--load-balancing.local-region=r1",
+                      "--load-balancing.failover=r2,r3,r4,r5,r6,r7", NULL};
+        load_err(f3, no_env, -EINVAL, "at most 5 regions", NULL);
+        char *f4[] = {"shuntd", "--load-balancing.local-region=r1",
+                      "--load-balancing.failover=r2,,r3", NULL};
+        load_err(f4, no_env, -EINVAL, "1..63 bytes", NULL);
+        char *f5[] = {"shuntd", "--load-balancing.overprovisioning-percent=99", NULL};
+        load_err(f5, no_env, -EINVAL, "--load-balancing.overprovisioning-percent: 99", NULL);
         char *a11[] = {"shuntd", "--exclude-outbound-cidrs", "10.0.0.0/8,,fd00::/8", NULL};
         load_err(a11, no_env, -EINVAL,
                  "config: --exclude-outbound-cidrs: 10.0.0.0/8,,fd00::/8: expected a CIDR like",

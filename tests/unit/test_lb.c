@@ -656,6 +656,147 @@ static void test_locality(void **state)
         }
 }
 
+/* ---- locality tiers ---------------------------------------------------------- */
+
+/* Envoy's overprovisioning arithmetic, exactly (basis points). */
+static void test_tier_loads(void **state)
+{
+        (void)state;
+        static const struct {
+                uint32_t avail[3], total[3], factor, want[3];
+        } cases[] = {
+            /* all healthy: everything local */
+            {{10, 5, 5}, {10, 5, 5}, 140, {10000, 0, 0}},
+            /* 8 of 10: 80 % * 1.4 = 112 % >= 100 %: still everything local */
+            {{8, 5, 5}, {10, 5, 5}, 140, {10000, 0, 0}},
+            /* 5 of 10: 70 %; the region takes the other 30 % */
+            {{5, 5, 5}, {10, 5, 5}, 140, {7000, 3000, 0}},
+            /* 1 of 3 (46.66 %), region 1 of 4 (35 %): 18.34 % spills on */
+            {{1, 1, 5}, {3, 4, 5}, 140, {4666, 3500, 1834}},
+            /* factor 1.0: 50 % healthy keeps exactly 50 % */
+            {{5, 5, 0}, {10, 5, 0}, 100, {5000, 5000, 0}},
+            /* an empty tier (total 0) takes nothing; the next one does */
+            {{0, 2, 5}, {0, 4, 5}, 140, {0, 7000, 3000}},
+            /* degraded (healths sum below 100 %): 14 % and 28 % scaled up,
+             * the rounding's remainder to the first */
+            {{1, 0, 2}, {10, 5, 10}, 140, {3334, 0, 6666}},
+            /* nothing available anywhere: all zero */
+            {{0, 0, 0}, {10, 5, 5}, 140, {0, 0, 0}},
+        };
+        for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+                uint32_t l[3];
+                lb_tier_loads(cases[c].avail, cases[c].total, 3, cases[c].factor, l);
+                for (int k = 0; k < 3; k++) {
+                        if (l[k] != cases[c].want[k])
+                                print_error("case %zu tier %d: %u, want %u\n", c, k, l[k],
+                                            cases[c].want[k]);
+                        assert_int_equal(l[k], cases[c].want[k]);
+                }
+        }
+        assert_string_equal(lb_tier_name(0, 0), "local");
+        assert_string_equal(lb_tier_name(0, 1), "region");
+        assert_string_equal(lb_tier_name(0, 2), "remote");
+        assert_string_equal(lb_tier_name(2, 3), "failover2");
+        assert_string_equal(lb_tier_name(2, 4), "remote");
+}
+
+static struct lb_endpoint_in mkep_r(unsigned i, const char *zone, const char *region)
+{
+        struct lb_endpoint_in e = mkep(i, 1, zone, true);
+        snprintf(e.region, sizeof(e.region), "%s", region);
+        return e;
+}
+
+/* Picks follow the tier loads: local only while healthy enough, then the
+ * share the arithmetic says spills, the failover region before the rest,
+ * and back when the local endpoints return. Every algorithm. */
+/* cnt[i]: picks of endpoint i among n keyed picks. */
+static void count_picks(struct lb_worker *w, const struct lb_table *t, unsigned n, int *cnt,
+                        size_t ncnt)
+{
+        memset(cnt, 0, ncnt * sizeof(*cnt));
+        for (unsigned k = 0; k < n; k++) {
+                uint64_t h = key_hash(k);
+                int p = pick(w, t, &h);
+                assert_true(p >= 0 && (size_t)p < ncnt);
+                cnt[p]++;
+        }
+}
+
+static void test_tier_picks(void **state)
+{
+        (void)state;
+        for (size_t a = 0; a < sizeof(all_algos) / sizeof(all_algos[0]); a++) {
+                struct lb_config c = cfg_for(all_algos[a]);
+                snprintf(c.local_zone, sizeof(c.local_zone), "z1");
+                snprintf(c.local_region, sizeof(c.local_region), "r1");
+                snprintf(c.failover[0], sizeof(c.failover[0]), "r3");
+                c.n_failover = 1;
+                /* local: 0,1; region: 2; failover r3: 3; remote r2 and none: 4,5 */
+                struct lb_endpoint_in eps[6] = {mkep_r(1, "z1", "r1"), mkep_r(2, "z1", "r1"),
+                                                mkep_r(3, "z2", "r1"), mkep_r(4, "z9", "r3"),
+                                                mkep_r(5, "z5", "r2"), mkep_r(6, "", "")};
+                struct lb_table *t = build(&c, eps, 6, NULL);
+                assert_int_equal(lb_table_tiers(t), 4);
+                static const uint8_t want_tier[6] = {0, 0, 1, 2, 3, 3};
+                for (int i = 0; i < 6; i++)
+                        assert_int_equal(lb_table_endpoint(t, i)->tier, want_tier[i]);
+                struct lb_worker *w = lb_worker_new(a + 300);
+                int cnt[6];
+                enum { N = 2000 };
+#define RUN() count_picks(w, t, N, cnt, 6)
+                RUN();
+                assert_int_equal(cnt[0] + cnt[1], N);
+                /* One of two local: 70 % local, 30 % to the region's one. */
+                lb_ep_set_available(lb_table_endpoint(t, 1)->state, false);
+                RUN();
+                assert_int_equal(cnt[1], 0);
+                assert_true(cnt[0] > N * 60 / 100 && cnt[0] < N * 80 / 100);
+                assert_int_equal(cnt[0] + cnt[2], N);
+                uint32_t tot, av, load;
+                lb_table_tier_state(t, 0, &tot, &av, &load);
+                assert_int_equal(tot, 2);
+                assert_int_equal(av, 1);
+                assert_int_equal(load, 7000);
+                /* Local and region gone: the failover region, not remote. */
+                lb_ep_set_available(lb_table_endpoint(t, 0)->state, false);
+                lb_ep_set_available(lb_table_endpoint(t, 2)->state, false);
+                RUN();
+                assert_int_equal(cnt[3], N);
+                /* ... and remote once that is gone too. */
+                lb_ep_set_available(lb_table_endpoint(t, 3)->state, false);
+                RUN();
+                assert_int_equal(cnt[4] + cnt[5], N);
+                assert_true(cnt[4] > 0 && cnt[5] > 0);
+                /* A retry excluding the only remote-tier survivor... */
+                lb_ep_set_available(lb_table_endpoint(t, 5)->state, false);
+                struct lb_pick p;
+                assert_int_equal(lb_pick_excluding(w, t, NULL, 4, &p), LB_ENOENDPOINT);
+                /* Everything back: local only again. */
+                for (int i = 0; i < 6; i++)
+                        lb_ep_set_available(lb_table_endpoint(t, i)->state, true);
+                RUN();
+                assert_int_equal(cnt[0] + cnt[1], N);
+                /* A retry off a local endpoint stays local while another is. */
+                for (unsigned k = 0; k < 50; k++) {
+                        uint64_t h = key_hash(k);
+                        assert_int_equal(lb_pick_excluding(w, t, &h, 0, &p), 0);
+                        assert_int_equal(p.index, 1);
+                }
+                lb_table_unref(t);
+                /* Unhealthy in discovery counts against the tier's share. */
+                eps[0].healthy = false;
+                t = build(&c, eps, 6, NULL);
+                RUN();
+                assert_int_equal(cnt[0], 0);
+                assert_true(cnt[1] > N * 60 / 100 && cnt[1] < N * 80 / 100);
+                assert_int_equal(cnt[1] + cnt[2], N);
+#undef RUN
+                lb_worker_free(w);
+                lb_table_unref(t);
+        }
+}
+
 /* ---- tables: validation, identity, lifetimes -------------------------------- */
 
 /* A retry's pick never returns the endpoint that failed while another can
@@ -729,6 +870,8 @@ static void test_table_validation(void **state)
         BAD(ring_weight_unit, 0);
         BAD(ring_max_points, 100);
         BAD(locality_min_percent, 101);
+        BAD(overprovisioning_percent, 99);
+        BAD(overprovisioning_percent, 1001);
         BAD(p2c_threshold, 1);
         BAD(swrr_schedule_max, LB_SWRR_SCHEDULE_MAX + 1);
         BAD(algorithm, (enum lb_algorithm)9);
@@ -881,6 +1024,8 @@ int main(void)
             cmocka_unit_test(test_maglev_even),
             cmocka_unit_test(test_ring_cap),
             cmocka_unit_test(test_locality),
+            cmocka_unit_test(test_tier_loads),
+            cmocka_unit_test(test_tier_picks),
             cmocka_unit_test(test_pick_excluding),
             cmocka_unit_test(test_table_validation),
             cmocka_unit_test(test_state_carryover),

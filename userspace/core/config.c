@@ -208,6 +208,29 @@ static const struct key_desc keys[] = {
         {.path = "load_balancing.locality_min_percent", .type = K_U32, FIELD(lb_locality_min_percent), .min = 0,
          .max = 100, .def = "70",
          .note = "stay local while max(1, ceil(p% of the zone's endpoints)) are healthy and available"},
+        {.path = "load_balancing.local_region", .env = "SHUNT_LOCAL_REGION", .type = K_STR, FIELD(lb_local_region),
+         .note = "this workload's region: turns on locality tiers (local zone, local region, failover regions, the rest); empty = off"},
+        {.path = "load_balancing.failover", .type = K_STR, FIELD(lb_failover),
+         .note = "regions tried after the local region, in order, comma-separated (at most 5); the others come last"},
+        {.path = "load_balancing.overprovisioning_percent", .type = K_U32, FIELD(lb_overprovisioning_percent),
+         .min = 100, .max = 1000, .def = "140",
+         .note = "Envoy's overprovisioning factor in percent: a tier takes min(100, healthy% * factor) of the traffic, the rest spills to the next"},
+        {.path = "load_balancing.tiers.region.connect_timeout", .type = K_DUR_MS, FIELD(lb_tier[0].connect_ms),
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "0", .note = "timeouts.connect for endpoints of the local region's other zones; 0 = timeouts.connect"},
+        {.path = "load_balancing.tiers.region.request_timeout", .type = K_DUR_MS, FIELD(lb_tier[0].request_ms),
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "0", .note = "timeouts.request for endpoints of the local region's other zones; 0 = timeouts.request"},
+        {.path = "load_balancing.tiers.region.max_retries", .type = K_INT, FIELD(lb_tier[0].max_retries),
+         .min = -1, .max = 10, .def = "-1", .note = "retries.max_retries when the failed attempt went to the local region's other zones; -1 = retries.max_retries"},
+        {.path = "load_balancing.tiers.region.consecutive_failures", .type = K_U32, FIELD(lb_tier[0].consecutive_failures),
+         .min = 0, .max = 1000000, .def = "0", .note = "circuit_breaker.consecutive_failures of the local region's other zones's endpoints; 0 = circuit_breaker.consecutive_failures"},
+        {.path = "load_balancing.tiers.remote.connect_timeout", .type = K_DUR_MS, FIELD(lb_tier[1].connect_ms),
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "0", .note = "timeouts.connect for endpoints of the other regions; 0 = timeouts.connect"},
+        {.path = "load_balancing.tiers.remote.request_timeout", .type = K_DUR_MS, FIELD(lb_tier[1].request_ms),
+         .min = 0, .max = 24 * MS_PER_HOUR, .def = "0", .note = "timeouts.request for endpoints of the other regions; 0 = timeouts.request"},
+        {.path = "load_balancing.tiers.remote.max_retries", .type = K_INT, FIELD(lb_tier[1].max_retries),
+         .min = -1, .max = 10, .def = "-1", .note = "retries.max_retries when the failed attempt went to the other regions; -1 = retries.max_retries"},
+        {.path = "load_balancing.tiers.remote.consecutive_failures", .type = K_U32, FIELD(lb_tier[1].consecutive_failures),
+         .min = 0, .max = 1000000, .def = "0", .note = "circuit_breaker.consecutive_failures of the other regions's endpoints; 0 = circuit_breaker.consecutive_failures"},
         {.path = "circuit_breaker.consecutive_failures", .type = K_U32, FIELD(cb_consecutive_failures),
          .min = 1, .max = 1000000, .def = "5", .note = "failures in a row that open an endpoint's breaker"},
         {.path = "circuit_breaker.failure_percent", .type = K_U32, FIELD(cb_failure_percent), .min = 1, .max = 100,
@@ -1502,6 +1525,41 @@ static int check_mtls(struct ctx *x)
 }
 
 /* Pairs of keys where one bounds the other. */
+/* load_balancing.failover: at most LB_FAILOVER_MAX (5) distinct regions of
+ * at most 63 bytes, none the local one, and only with local_region. */
+static int check_failover(struct ctx *x)
+{
+        struct shunt_config *c = x->c;
+        if (!c->lb_failover[0])
+                return 0;
+        const struct key_desc *d = find_key("load_balancing.failover");
+        const char *src_v = c->lb_failover;
+        enum config_source src = c->origins[key_index(d)].source;
+        if (!c->lb_local_region[0])
+                return bad(x, d, src, src_v, "needs load_balancing.local_region");
+        char seen[5][64];
+        int n = 0;
+        for (const char *p = c->lb_failover; *p;) {
+                size_t len = strcspn(p, ",");
+                if (len == 0 || len >= sizeof(seen[0]))
+                        return bad(x, d, src, src_v, "comma-separated region names of 1..63 bytes");
+                if (n == 5)
+                        return bad(x, d, src, src_v, "at most 5 regions");
+                memcpy(seen[n], p, len);
+                seen[n][len] = 0;
+                if (strcmp(seen[n], c->lb_local_region) == 0)
+                        return bad(x, d, src, src_v, "lists load_balancing.local_region");
+                for (int k = 0; k < n; k++)
+                        if (strcmp(seen[k], seen[n]) == 0)
+                                return bad(x, d, src, src_v, "lists a region twice");
+                n++;
+                p += len;
+                if (*p == ',')
+                        p++;
+        }
+        return 0;
+}
+
 static int check_resilience(struct ctx *x)
 {
         struct shunt_config *c = x->c;
@@ -1519,6 +1577,9 @@ static int check_resilience(struct ctx *x)
                 return bad(x, d, c->origins[key_index(d)].source, v,
                            "at least retries.backoff_base");
         }
+        int frc = check_failover(x);
+        if (frc)
+                return frc;
         if (c->dns_max_ttl_ms < c->dns_min_ttl_ms) {
                 const struct key_desc *d = find_key("service_discovery.dns.max_ttl");
                 char v[32];

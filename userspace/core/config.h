@@ -196,6 +196,16 @@ struct shunt_config {
         /* resilience, per upstream service (docs/traffic.md, "Resilience") */
         char lb_local_zone[64];           /* load_balancing.local_zone, SHUNT_LOCAL_ZONE, "" */
         uint32_t lb_locality_min_percent; /* load_balancing.locality_min_percent, 70 */
+        /* Locality tiers (docs/traffic.md, "Locality tiers") */
+        char lb_local_region[64]; /* load_balancing.local_region, SHUNT_LOCAL_REGION, "" */
+        char lb_failover[384];    /* load_balancing.failover: regions, comma-separated */
+        uint32_t lb_overprovisioning_percent; /* load_balancing.overprovisioning_percent, 140 */
+        /* load_balancing.tiers.{region,remote}.*: 0 (-1 for retries) = the
+         * global key's value */
+        struct {
+                uint32_t connect_ms, request_ms, consecutive_failures;
+                int max_retries;
+        } lb_tier[2];
         uint32_t cb_consecutive_failures; /* circuit_breaker.consecutive_failures, 5 */
         uint32_t cb_failure_percent;      /* circuit_breaker.failure_percent, 50 */
         uint32_t cb_min_requests;         /* circuit_breaker.min_requests, 20 */

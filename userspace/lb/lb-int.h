@@ -14,6 +14,7 @@ struct lb_shared {
          * the locality decision only then. */
         _Atomic uint64_t avail_gen;
         struct lb_service_res res;
+        _Atomic uint64_t tier_picks[LB_TIERS_MAX];
 };
 
 struct lb_point {
@@ -51,8 +52,20 @@ struct lb_table {
         uint32_t local_total; /* endpoints in the local zone, healthy or not */
         uint32_t local_need;  /* available local endpoints needed to stay local */
         struct lb_set all, local;
+        /* Locality tiers: n_tiers > 0 when cfg.local_region is set. */
+        uint32_t n_tiers;
+        uint32_t tier_total[LB_TIERS_MAX]; /* endpoints per tier, healthy or not */
+        struct lb_set tier[LB_TIERS_MAX];
 };
 
-enum { SET_ALL = 0, SET_LOCAL = 1 };
+/* Candidate sets: all, the local zone's, then tier k at SET_TIER0 + k. */
+enum { SET_ALL = 0, SET_LOCAL = 1, SET_TIER0 = 2, SET_COUNT = SET_TIER0 + LB_TIERS_MAX };
+
+static inline const struct lb_set *lb_set_at(const struct lb_table *t, int which)
+{
+        return which == SET_ALL     ? &t->all
+               : which == SET_LOCAL ? &t->local
+                                    : &t->tier[which - SET_TIER0];
+}
 
 #endif

@@ -33,6 +33,21 @@
  *   or not (default 70 %, about Envoy's 1.4 overprovisioning factor). Below
  *   that, picks use every healthy, available endpoint of every zone.
  *
+ * Locality tiers (cfg.local_region set; replaces the zone rule above)
+ *   Every endpoint falls in one tier: 0 "local" (the local region and, when
+ *   local_zone is set, that zone), 1 "region" (the local region, another
+ *   zone), 2.. "failover1".. (the regions of cfg.failover, in order), last
+ *   "remote" (every other region, and endpoints without one). Envoy's
+ *   priority-level arithmetic with its overprovisioning factor (default
+ *   1.4, cfg.overprovisioning_percent 140): tier i's health is
+ *   h_i = min(100 %, available_i / total_i * factor) (total_i: every endpoint
+ *   of the tier, healthy or not); tiers take load in order, each
+ *   min(h_i, what the tiers before left), and what is left spills to the next
+ *   (lb_tier_loads). When the healths add up to less than 100 % the loads are
+ *   h_i scaled up to sum to 100 %. A pick draws the tier by these loads (the
+ *   hash algorithms draw it from the request's hash), then picks in it; a
+ *   tier with nothing available after all falls to the next ones in order.
+ *
  * Errors: a pick with nothing to pick returns -EHOSTUNREACH (LB_ENOENDPOINT). */
 #ifndef SHUNT_LB_LB_H
 #define SHUNT_LB_LB_H
@@ -57,6 +72,9 @@
 #define LB_MAGLEV_SIZE_MAX   1048573u /* a prime; upper bound for maglev_table_size */
 #define LB_SWRR_SCHEDULE_MAX 1048576u /* upper bound for swrr_schedule_max */
 #define LB_P2C_THRESHOLD_MAX LB_ENDPOINTS_MAX
+#define LB_FAILOVER_MAX      5 /* regions in cfg.failover */
+#define LB_TIERS_MAX         (LB_FAILOVER_MAX + 3)
+#define LB_OVERPROV_DEFAULT  140 /* percent: Envoy's factor 1.4 */
 
 enum lb_algorithm {
         LB_ROUND_ROBIN = 0,
@@ -85,6 +103,11 @@ struct lb_config {
          * down to fit (shares exact to half a scaled unit). 0 = compute per
          * pick, O(endpoints). */
         uint32_t swrr_schedule_max;
+        /* Locality tiers (above); "" = off. */
+        char local_region[LB_ZONE_MAX];
+        char failover[LB_FAILOVER_MAX][LB_ZONE_MAX]; /* regions, in order */
+        uint32_t n_failover;
+        uint32_t overprovisioning_percent; /* 100..1000, default 140 */
 };
 
 void lb_config_default(struct lb_config *cfg);
@@ -96,6 +119,7 @@ struct lb_endpoint_in {
         struct sockaddr_storage addr; /* AF_INET or AF_INET6, with the port */
         uint32_t weight;              /* 0..LB_WEIGHT_MAX */
         char zone[LB_ZONE_MAX];
+        char region[LB_ZONE_MAX]; /* tiers only */
         bool healthy;
 };
 
@@ -120,7 +144,8 @@ struct lb_endpoint {
         uint64_t id; /* lb_hash of family, address and port: stable across tables */
         uint32_t weight;
         bool healthy;
-        bool local; /* zone == cfg.local_zone */
+        bool local;   /* zone == cfg.local_zone */
+        uint8_t tier; /* locality tier (0 without tiers) */
         char zone[LB_ZONE_MAX];
         struct lb_ep_state *state;
 };
@@ -147,6 +172,27 @@ int lb_table_find(const struct lb_table *t, const struct sockaddr_storage *addr)
 uint64_t lb_table_serial(const struct lb_table *t);
 /* Ring points or Maglev entries of the all-zones set (0 for other algorithms). */
 size_t lb_table_hash_size(const struct lb_table *t);
+
+/* ---- locality tiers -------------------------------------------------------- */
+
+/* The spill arithmetic: avail[i] and total[i] of n tiers (total 0: an empty
+ * tier), the overprovisioning factor in percent; loads_bp[i] gets tier i's
+ * share of picks in basis points, summing to 10000, or all 0 when no tier
+ * has an available endpoint. */
+void lb_tier_loads(const uint32_t *avail, const uint32_t *total, uint32_t n,
+                   uint32_t overprov_percent, uint32_t *loads_bp);
+/* "local", "region", "failover1".."failover5", "remote" for tier k of a
+ * configuration with n_failover failover regions (static strings). */
+const char *lb_tier_name(uint32_t n_failover, uint32_t k);
+/* Whether t was built with tiers, and its number of tiers. */
+uint32_t lb_table_tiers(const struct lb_table *t);
+/* Tier k of t now (main thread; counts availability as picks see it):
+ * endpoints, available ones, and its load in basis points. */
+void lb_table_tier_state(const struct lb_table *t, uint32_t k, uint32_t *total, uint32_t *avail,
+                         uint32_t *load_bp);
+/* Picks counted per tier (shared by every table of the service). */
+void lb_table_tier_picked(const struct lb_table *t, uint32_t k);
+uint64_t lb_table_tier_picks(const struct lb_table *t, uint32_t k);
 
 /* Marks an endpoint (un)available for picks: breaker open, outlier ejected.
  * Any thread. */

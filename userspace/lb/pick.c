@@ -27,7 +27,8 @@ struct lb_worker {
         uint64_t serial; /* table the state below belongs to; 0 = none */
         uint64_t avail_gen;
         bool use_local;
-        struct wset s[2];
+        uint32_t cum[LB_TIERS_MAX]; /* tiers: cumulative loads in basis points */
+        struct wset s[SET_COUNT];
 };
 
 static uint64_t rnd(struct lb_worker *w)
@@ -61,8 +62,8 @@ void lb_worker_free(struct lb_worker *w)
 {
         if (!w)
                 return;
-        free(w->s[0].cw);
-        free(w->s[1].cw);
+        for (int k = 0; k < SET_COUNT; k++)
+                free(w->s[k].cw);
         free(w);
 }
 
@@ -93,11 +94,11 @@ static int wset_bind(struct lb_worker *w, struct wset *ws, const struct lb_set *
 static int worker_bind(struct lb_worker *w, const struct lb_table *t)
 {
         w->serial = 0;
-        int rc = wset_bind(w, &w->s[SET_ALL], &t->all, t->cfg.algorithm);
-        if (rc == 0)
-                rc = wset_bind(w, &w->s[SET_LOCAL], &t->local, t->cfg.algorithm);
-        if (rc < 0)
-                return rc;
+        for (int k = 0; k < SET_TIER0 + (int)t->n_tiers; k++) {
+                int rc = wset_bind(w, &w->s[k], lb_set_at(t, k), t->cfg.algorithm);
+                if (rc < 0)
+                        return rc;
+        }
         w->serial = t->serial;
         w->avail_gen = 0; /* never a real generation: forces the locality check */
         return 0;
@@ -247,7 +248,7 @@ static int pick_maglev(const struct lb_table *t, const struct lb_set *s, uint64_
 
 static int pick_set(struct lb_worker *w, const struct lb_table *t, int which, const uint64_t *hash)
 {
-        const struct lb_set *s = which == SET_LOCAL ? &t->local : &t->all;
+        const struct lb_set *s = lb_set_at(t, which);
         struct wset *ws = &w->s[which];
         int r;
         switch (t->cfg.algorithm) {
@@ -291,6 +292,50 @@ static bool use_local(struct lb_worker *w, const struct lb_table *t)
         return w->use_local;
 }
 
+/* Tiers: the loads are redone only when some endpoint's availability
+ * changed; the tier is drawn by them (by the hash when there is one, so a
+ * key keeps its tier while the loads stay). */
+static int draw_tier(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash)
+{
+        uint64_t gen = atomic_load_explicit(&t->shared->avail_gen, memory_order_acquire);
+        if (gen != w->avail_gen) {
+                uint32_t av[LB_TIERS_MAX] = {0}, loads[LB_TIERS_MAX];
+                for (uint32_t k = 0; k < t->n_tiers; k++)
+                        for (uint32_t m = 0; m < t->tier[k].n; m++)
+                                av[k] += avail(t, t->tier[k].idx[m]);
+                lb_tier_loads(av, t->tier_total, t->n_tiers, t->cfg.overprovisioning_percent,
+                              loads);
+                uint32_t c = 0;
+                for (uint32_t k = 0; k < t->n_tiers; k++)
+                        w->cum[k] = c += loads[k];
+                w->avail_gen = gen;
+        }
+        uint32_t r = hash ? (uint32_t)(lb_mix64(*hash) % 10000) : rnd_below(w, 10000);
+        for (uint32_t k = 0; k < t->n_tiers; k++)
+                if (r < w->cum[k])
+                        return (int)k;
+        return 0; /* nothing available: the sets are tried in order */
+}
+
+/* The candidate sets in the order a pick tries them. */
+static int set_order(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
+                     int order[SET_COUNT])
+{
+        int n = 0;
+        if (t->n_tiers) {
+                int first = draw_tier(w, t, hash);
+                order[n++] = SET_TIER0 + first;
+                for (int k = 0; k < (int)t->n_tiers; k++)
+                        if (k != first && t->tier[k].n)
+                                order[n++] = SET_TIER0 + k;
+                return n;
+        }
+        if (use_local(w, t))
+                order[n++] = SET_LOCAL;
+        order[n++] = SET_ALL;
+        return n;
+}
+
 int lb_pick(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
             struct lb_pick *out)
 {
@@ -300,10 +345,17 @@ int lb_pick(struct lb_worker *w, const struct lb_table *t, const uint64_t *hash,
                         return rc;
         }
         int i = LB_ENOENDPOINT;
-        if (use_local(w, t))
-                i = pick_set(w, t, SET_LOCAL, hash);
-        if (i < 0)
-                i = pick_set(w, t, SET_ALL, hash);
+        if (t->n_tiers) {
+                int order[SET_COUNT];
+                int n = set_order(w, t, hash, order);
+                for (int k = 0; k < n && i < 0; k++)
+                        i = pick_set(w, t, order[k], hash);
+        } else {
+                if (use_local(w, t))
+                        i = pick_set(w, t, SET_LOCAL, hash);
+                if (i < 0)
+                        i = pick_set(w, t, SET_ALL, hash);
+        }
         if (i < 0) {
                 log_debug(COMP, 0, "pick: no healthy available endpoint among %u", t->n);
                 return LB_ENOENDPOINT;
@@ -324,8 +376,11 @@ int lb_pick_excluding(struct lb_worker *w, const struct lb_table *t, const uint6
         }
         uint64_t h = hash ? *hash : 0;
         int i = LB_ENOENDPOINT;
-        for (int k = use_local(w, t) ? SET_LOCAL : SET_ALL; k >= SET_ALL && i < 0; k--) {
-                const struct lb_set *s = k == SET_LOCAL ? &t->local : &t->all;
+        int order[SET_COUNT];
+        int n_order = set_order(w, t, hash, order);
+        for (int o = 0; o < n_order && i < 0; o++) {
+                int k = order[o];
+                const struct lb_set *s = lb_set_at(t, k);
                 /* The algorithm first (round robin and the schedules move on
                  * at each call, a hash is mixed to land elsewhere), a few
                  * times; then the set's next available member in rotation,

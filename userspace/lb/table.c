@@ -56,6 +56,7 @@ void lb_config_default(struct lb_config *cfg)
         cfg->maglev_table_size = 65537;
         cfg->p2c_threshold = 32;
         cfg->swrr_schedule_max = 65536;
+        cfg->overprovisioning_percent = LB_OVERPROV_DEFAULT;
 }
 
 static bool is_prime(uint32_t v)
@@ -108,6 +109,17 @@ int lb_config_validate(const struct lb_config *cfg)
         if (cfg->p2c_threshold < 2 || cfg->p2c_threshold > LB_P2C_THRESHOLD_MAX) {
                 log_error(COMP, 0, "lb.p2c_threshold: %u (allowed: 2..%u)", cfg->p2c_threshold,
                           LB_P2C_THRESHOLD_MAX);
+                return -EINVAL;
+        }
+        if (strnlen(cfg->local_region, LB_ZONE_MAX) >= LB_ZONE_MAX ||
+            cfg->n_failover > LB_FAILOVER_MAX) {
+                log_error(COMP, 0, "lb.local_region / lb.failover: at most %d regions of %d bytes",
+                          LB_FAILOVER_MAX, LB_ZONE_MAX - 1);
+                return -EINVAL;
+        }
+        if (cfg->overprovisioning_percent < 100 || cfg->overprovisioning_percent > 1000) {
+                log_error(COMP, 0, "lb.overprovisioning_percent: %u (allowed: 100..1000)",
+                          cfg->overprovisioning_percent);
                 return -EINVAL;
         }
         if (cfg->swrr_schedule_max > LB_SWRR_SCHEDULE_MAX) {
@@ -226,6 +238,8 @@ static void table_free(struct lb_table *t)
                         state_unref(t->eps[i].state);
         set_free(&t->all);
         set_free(&t->local);
+        for (uint32_t k = 0; k < LB_TIERS_MAX; k++)
+                set_free(&t->tier[k]);
         free(t->eps);
         free(t->keymap);
         if (t->shared)
@@ -599,15 +613,21 @@ out:
 
 /* ---- build ---------------------------------------------------------------- */
 
-static int build_set(struct lb_table *t, struct lb_set *s, bool local_only,
-                     const struct lb_table *prev, const struct lb_set *ps,
+static bool in_set(const struct lb_endpoint *e, int which)
+{
+        return which == SET_ALL || (which == SET_LOCAL ? e->local : e->tier == which - SET_TIER0);
+}
+
+static int build_set(struct lb_table *t, int which, const struct lb_table *prev,
                      const int32_t *prev_to_new)
 {
+        struct lb_set *s = (struct lb_set *)lb_set_at(t, which);
+        const struct lb_set *ps = prev ? lb_set_at(prev, which) : NULL;
         s->idx = malloc((t->n ? t->n : 1) * sizeof(*s->idx));
         if (!s->idx)
                 return -ENOMEM;
         for (uint32_t i = 0; i < t->n; i++)
-                if (t->eps[i].healthy && (!local_only || t->eps[i].local))
+                if (t->eps[i].healthy && in_set(&t->eps[i], which))
                         s->idx[s->n++] = i;
         int rc = set_weights(t, s);
         if (rc < 0)
@@ -624,6 +644,105 @@ static int build_set(struct lb_table *t, struct lb_set *s, bool local_only,
         }
 }
 
+/* ---- locality tiers ------------------------------------------------------- */
+
+static uint8_t tier_of(const struct lb_config *c, const struct lb_endpoint_in *in)
+{
+        if (strcmp(in->region, c->local_region) == 0)
+                return c->local_zone[0] && strcmp(in->zone, c->local_zone) ? 1 : 0;
+        for (uint32_t k = 0; k < c->n_failover; k++)
+                if (strcmp(in->region, c->failover[k]) == 0)
+                        return (uint8_t)(2 + k);
+        return (uint8_t)(2 + c->n_failover);
+}
+
+static bool same_tiers(const struct lb_config *a, const struct lb_config *b)
+{
+        if (strcmp(a->local_region, b->local_region) || a->n_failover != b->n_failover)
+                return false;
+        for (uint32_t k = 0; k < a->n_failover; k++)
+                if (strcmp(a->failover[k], b->failover[k]))
+                        return false;
+        return true;
+}
+
+void lb_tier_loads(const uint32_t *avail, const uint32_t *total, uint32_t n,
+                   uint32_t overprov_percent, uint32_t *loads_bp)
+{
+        uint32_t health[LB_TIERS_MAX];
+        uint64_t sum = 0;
+        if (n > LB_TIERS_MAX)
+                n = LB_TIERS_MAX;
+        for (uint32_t k = 0; k < n; k++) {
+                /* basis points: avail / total * factor, at most 100 % */
+                uint64_t h = total[k] ? (uint64_t)avail[k] * overprov_percent * 100 / total[k] : 0;
+                health[k] = h > 10000 ? 10000 : (uint32_t)h;
+                sum += health[k];
+        }
+        if (sum == 0) {
+                memset(loads_bp, 0, n * sizeof(*loads_bp));
+                return;
+        }
+        if (sum >= 10000) { /* in order, each what it can take of what is left */
+                uint32_t left = 10000;
+                for (uint32_t k = 0; k < n; k++) {
+                        loads_bp[k] = health[k] < left ? health[k] : left;
+                        left -= loads_bp[k];
+                }
+                return;
+        }
+        /* Degraded: the healths scaled up to 100 %; the rounding's remainder
+         * goes to the first tier with any health. */
+        uint32_t given = 0, first = UINT32_MAX;
+        for (uint32_t k = 0; k < n; k++) {
+                loads_bp[k] = (uint32_t)((uint64_t)health[k] * 10000 / sum);
+                given += loads_bp[k];
+                if (health[k] && first == UINT32_MAX)
+                        first = k;
+        }
+        loads_bp[first] += 10000 - given;
+}
+
+const char *lb_tier_name(uint32_t n_failover, uint32_t k)
+{
+        static const char *const names[] = {"local",     "region",    "failover1", "failover2",
+                                            "failover3", "failover4", "failover5"};
+        if (k == 2 + n_failover)
+                return "remote";
+        return k < sizeof(names) / sizeof(names[0]) ? names[k] : "remote";
+}
+
+uint32_t lb_table_tiers(const struct lb_table *t)
+{
+        return t->n_tiers;
+}
+
+void lb_table_tier_state(const struct lb_table *t, uint32_t k, uint32_t *total, uint32_t *avail,
+                         uint32_t *load_bp)
+{
+        uint32_t av[LB_TIERS_MAX] = {0}, loads[LB_TIERS_MAX] = {0};
+        for (uint32_t j = 0; j < t->n_tiers; j++)
+                for (uint32_t m = 0; m < t->tier[j].n; m++)
+                        av[j] += lb_ep_available(t->eps[t->tier[j].idx[m]].state);
+        lb_tier_loads(av, t->tier_total, t->n_tiers, t->cfg.overprovisioning_percent, loads);
+        *total = k < t->n_tiers ? t->tier_total[k] : 0;
+        *avail = k < t->n_tiers ? av[k] : 0;
+        *load_bp = k < t->n_tiers ? loads[k] : 0;
+}
+
+void lb_table_tier_picked(const struct lb_table *t, uint32_t k)
+{
+        if (k < LB_TIERS_MAX)
+                atomic_fetch_add_explicit(&t->shared->tier_picks[k], 1, memory_order_relaxed);
+}
+
+uint64_t lb_table_tier_picks(const struct lb_table *t, uint32_t k)
+{
+        return k < LB_TIERS_MAX
+                   ? atomic_load_explicit(&t->shared->tier_picks[k], memory_order_relaxed)
+                   : 0;
+}
+
 static int check_endpoint(const struct lb_endpoint_in *in, size_t i)
 {
         if (in->addr.ss_family != AF_INET && in->addr.ss_family != AF_INET6) {
@@ -637,8 +756,9 @@ static int check_endpoint(const struct lb_endpoint_in *in, size_t i)
                           sockaddr_format(&in->addr, buf, sizeof(buf)), in->weight, LB_WEIGHT_MAX);
                 return -EINVAL;
         }
-        if (strnlen(in->zone, LB_ZONE_MAX) >= LB_ZONE_MAX) {
-                log_error(COMP, 0, "endpoint %s: zone longer than %d bytes",
+        if (strnlen(in->zone, LB_ZONE_MAX) >= LB_ZONE_MAX ||
+            strnlen(in->region, LB_ZONE_MAX) >= LB_ZONE_MAX) {
+                log_error(COMP, 0, "endpoint %s: zone or region longer than %d bytes",
                           sockaddr_format(&in->addr, buf, sizeof(buf)), LB_ZONE_MAX - 1);
                 return -EINVAL;
         }
@@ -709,6 +829,10 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                 e->local = cfg->local_zone[0] && strcmp(e->zone, cfg->local_zone) == 0;
                 if (e->local)
                         t->local_total++;
+                if (cfg->local_region[0]) {
+                        e->tier = tier_of(cfg, &eps[i]);
+                        t->tier_total[e->tier]++;
+                }
                 if (lb_table_find(t, &e->addr) >= 0) {
                         char buf[SOCKADDR_STRLEN];
                         log_error(COMP, 0, "endpoint %s: listed twice",
@@ -740,9 +864,11 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
         uint64_t need = ((uint64_t)cfg->locality_min_percent * t->local_total + 99) / 100;
         t->local_need = need > 0 ? (uint32_t)need : 1;
 
+        t->n_tiers = cfg->local_region[0] ? cfg->n_failover + 3 : 0;
         bool same_ring = prev && prev->cfg.algorithm == LB_CONSISTENT_HASH &&
                          cfg->algorithm == LB_CONSISTENT_HASH &&
-                         strcmp(prev->cfg.local_zone, cfg->local_zone) == 0;
+                         strcmp(prev->cfg.local_zone, cfg->local_zone) == 0 &&
+                         same_tiers(&prev->cfg, cfg);
         if (same_ring) {
                 prev_to_new = malloc((prev->n ? prev->n : 1) * sizeof(*prev_to_new));
                 if (!prev_to_new)
@@ -750,11 +876,11 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                 for (uint32_t i = 0; i < prev->n; i++)
                         prev_to_new[i] = lb_table_find(t, &prev->eps[i].addr);
         }
-        rc = build_set(t, &t->all, false, same_ring ? prev : NULL, same_ring ? &prev->all : NULL,
-                       prev_to_new);
-        if (rc == 0 && cfg->local_zone[0])
-                rc = build_set(t, &t->local, true, same_ring ? prev : NULL,
-                               same_ring ? &prev->local : NULL, prev_to_new);
+        rc = build_set(t, SET_ALL, same_ring ? prev : NULL, prev_to_new);
+        if (rc == 0 && cfg->local_zone[0] && !t->n_tiers)
+                rc = build_set(t, SET_LOCAL, same_ring ? prev : NULL, prev_to_new);
+        for (uint32_t k = 0; rc == 0 && k < t->n_tiers; k++)
+                rc = build_set(t, SET_TIER0 + (int)k, same_ring ? prev : NULL, prev_to_new);
         if (rc < 0)
                 goto fail;
         /* Endpoints that left the service: out of its ejection count, and

@@ -788,6 +788,8 @@ static int connect_upstream(struct h1s *s)
                 return connect_failed(s, detail);
         }
         s->up = u;
+        upstream_connect_timeout(
+            u, route_connect_timeout_ms(&s->route, worker_cfg(w)->connect_timeout_ms));
         u->requests++;
         if (u->state != UPSTREAM_OPEN && s->route.table &&
             route_limit_acquire(&s->route, LB_LIMIT_PENDING) < 0) {

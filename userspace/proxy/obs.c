@@ -358,6 +358,8 @@ void obs_request_end(struct worker *w, const struct req_end *r)
         json_field_addr(&sb, "destination", r->orig_dst);
         json_field_str(&sb, "service", service_of(r));
         json_field_addr(&sb, "upstream", r->endpoint);
+        if (r->dir != DIR_INBOUND && r->route && r->route->locality)
+                json_field_str(&sb, "locality", r->route->locality);
         json_field_str(&sb, "peer_identity", peer_identity(r));
         json_field_str(&sb, "method", r->method);
         json_field_str(&sb, "path", r->path);
@@ -401,6 +403,8 @@ void obs_tcp_end(struct worker *w, const struct obs_tcp_end *t)
         json_field_addr(&sb, "destination", t->orig_dst);
         json_field_str(&sb, "service", t->service && strcmp(t->service, "-") ? t->service : NULL);
         json_field_addr(&sb, "upstream", t->upstream);
+        if (t->locality)
+                json_field_str(&sb, "locality", t->locality);
         json_field_str(&sb, "peer_identity", t->peer_id);
         strbuf_appendf(&sb, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%llu",
                        (unsigned long long)t->bytes_received, (unsigned long long)t->bytes_sent,

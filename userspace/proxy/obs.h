@@ -93,8 +93,9 @@ struct obs_tcp_end {
         bool inbound;
         const char *protocol; /* sniffed: "tcp", "tls", ... */
         const struct sockaddr_storage *client, *orig_dst, *upstream;
-        const char *service; /* NULL or "-": none */
-        const char *peer_id; /* the client's (inbound) or endpoint's (outbound) SPIFFE ID */
+        const char *service;  /* NULL or "-": none */
+        const char *peer_id;  /* the client's (inbound) or endpoint's (outbound) SPIFFE ID */
+        const char *locality; /* outbound: the endpoint's locality tier, NULL without tiers */
         uint64_t bytes_received, bytes_sent; /* from the client, to the client */
         uint64_t duration_ms;
         const char *end; /* conn_reason_name */

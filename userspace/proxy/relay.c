@@ -295,6 +295,7 @@ static void conn_free(struct conn *c, enum conn_reason reason, bool reset_client
                            .upstream = &c->upstream,
                            .service = route_service_name(&c->route),
                            .peer_id = peer,
+                           .locality = c->dir == DIR_OUTBOUND ? route_locality(&c->route) : NULL,
                            .bytes_received = c->c2u.bytes,
                            .bytes_sent = c->u2c.bytes,
                            .duration_ms = loop_now_ms(loop) - c->created_ms,
@@ -1212,7 +1213,8 @@ static void conn_connect(struct conn *c)
                 conn_free(c, REASON_SOCKET, false);
                 return;
         }
-        loop_timer_arm(w->loop, &c->timer, cfg->connect_timeout_ms);
+        loop_timer_arm(w->loop, &c->timer,
+                       route_connect_timeout_ms(&c->route, cfg->connect_timeout_ms));
 }
 
 /* A connect to c->upstream failed. A service connection is retried on

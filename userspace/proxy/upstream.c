@@ -392,6 +392,12 @@ struct upstream *upstream_get(struct worker *w, const struct sockaddr_storage *a
         return u;
 }
 
+void upstream_connect_timeout(struct upstream *u, uint32_t ms)
+{
+        if (u->state == UPSTREAM_CONNECTING)
+                loop_timer_arm(u->w->loop, &u->timer, ms);
+}
+
 void upstream_put(struct upstream *u, bool reusable)
 {
         struct worker *w = u->w;

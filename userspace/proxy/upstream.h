@@ -159,6 +159,9 @@ struct upstream {
 struct upstream *upstream_get(struct worker *w, const struct sockaddr_storage *addr,
                               const char *identity, bool fresh, uint64_t conn_id, upstream_fn fn,
                               void *owner, int *err, const char **what);
+/* A new connection's connect timeout (upstream_get armed
+ * timeouts.connect): re-armed to ms while it is still connecting. */
+void upstream_connect_timeout(struct upstream *u, uint32_t ms);
 /* The owner is done with u: back to the idle pool when reusable (an open
  * connection that carried a complete exchange and holds no unread byte),
  * else closed. */

@@ -50,7 +50,24 @@ struct route_table {
         struct lb_breaker_config breaker;
         struct lb_outlier_config outlier;
         uint32_t connect_ms, request_ms, idle_ms; /* timeouts.*, shown in /endpoints */
+        /* Locality tiers: the settings of each class (0 local, 1 region,
+         * 2 remote: tier_class), class 0 being the global ones above. */
+        struct lb_config tiers; /* local_zone, local_region, failover, factor */
+        struct lb_breaker_config tier_breaker[3];
+        uint32_t tier_connect_ms[3], tier_request_ms[3], tier_retries[3];
 };
+
+/* The settings class of locality tier k: local, region, or remote (the
+ * failover regions and the rest). */
+static unsigned tier_class(uint8_t k)
+{
+        return k < 2 ? k : 2;
+}
+
+static const struct lb_breaker_config *bc_of(const struct route_table *t, uint8_t tier)
+{
+        return &t->tier_breaker[tier_class(tier)];
+}
 
 struct route_workers {
         uint64_t serial;
@@ -114,6 +131,35 @@ static void resilience_config(const struct shunt_config *cfg, struct route_table
         t->connect_ms = cfg->connect_timeout_ms;
         t->request_ms = cfg->request_timeout_ms;
         t->idle_ms = cfg->idle_timeout_ms;
+        struct lb_config *lc = &t->tiers;
+        lb_config_default(lc);
+        snprintf(lc->local_zone, sizeof(lc->local_zone), "%s", cfg->lb_local_zone);
+        snprintf(lc->local_region, sizeof(lc->local_region), "%s", cfg->lb_local_region);
+        lc->locality_min_percent = cfg->lb_locality_min_percent;
+        lc->overprovisioning_percent = cfg->lb_overprovisioning_percent;
+        /* config.c validated the list: at most LB_FAILOVER_MAX names */
+        for (const char *p = cfg->lb_failover; *p && lc->n_failover < LB_FAILOVER_MAX;) {
+                size_t len = strcspn(p, ",");
+                snprintf(lc->failover[lc->n_failover++], LB_ZONE_MAX, "%.*s", (int)len, p);
+                p += len + (p[len] == ',');
+        }
+        for (unsigned k = 0; k < 3; k++) {
+                t->tier_breaker[k] = *b;
+                t->tier_connect_ms[k] = t->connect_ms;
+                t->tier_request_ms[k] = t->request_ms;
+                t->tier_retries[k] = r->max_retries;
+                if (k == 0)
+                        continue;
+                if (cfg->lb_tier[k - 1].consecutive_failures)
+                        t->tier_breaker[k].consecutive_failures =
+                            cfg->lb_tier[k - 1].consecutive_failures;
+                if (cfg->lb_tier[k - 1].connect_ms)
+                        t->tier_connect_ms[k] = cfg->lb_tier[k - 1].connect_ms;
+                if (cfg->lb_tier[k - 1].request_ms)
+                        t->tier_request_ms[k] = cfg->lb_tier[k - 1].request_ms;
+                if (cfg->lb_tier[k - 1].max_retries >= 0)
+                        t->tier_retries[k] = (uint32_t)cfg->lb_tier[k - 1].max_retries;
+        }
 }
 
 /* An open breaker turned half-open (a worker's pick, a result or the main
@@ -133,7 +179,7 @@ static bool admit(const struct route_table *t, const struct route_entry *e,
 {
         struct lb_ep_events ev;
         enum lb_admit a =
-            lb_ep_admit(ep->state, lb_table_res(e->lb), &t->breaker, &t->outlier, now, &ev);
+            lb_ep_admit(ep->state, lb_table_res(e->lb), bc_of(t, ep->tier), &t->outlier, now, &ev);
         if (ev.half_open)
                 log_half_open(t, &ep->addr, e->key);
         *probe = a == LB_ADMIT_PROBE;
@@ -177,7 +223,7 @@ static const struct route_entry *find_prev(const struct route_table *prev, const
 static int build_entry(struct route_entry *e, const struct disc_service *svc, uint32_t port_idx,
                        const char *selector, const struct shunt_config *cfg,
                        const struct route_table *prev, const struct lb_limits_config *limits,
-                       struct lb_endpoint_in *scratch)
+                       const struct lb_config *tiers, struct lb_endpoint_in *scratch)
 {
         snprintf(e->key, sizeof(e->key), "%s/%s:%u%s%s", svc->ns, svc->name,
                  svc->ports[port_idx].port, selector[0] ? "#" : "", selector);
@@ -194,14 +240,12 @@ static int build_entry(struct route_entry *e, const struct disc_service *svc, ui
                 in->weight = ep->weight;
                 in->healthy = disc_endpoint_routable(ep);
                 snprintf(in->zone, sizeof(in->zone), "%s", ep->zone ? ep->zone : "");
+                snprintf(in->region, sizeof(in->region), "%s", ep->region ? ep->region : "");
         }
         if (n == 0)
                 return 0;
-        struct lb_config lc;
-        lb_config_default(&lc);
+        struct lb_config lc = *tiers;
         lc.algorithm = service_algorithm(svc, cfg);
-        snprintf(lc.local_zone, sizeof(lc.local_zone), "%s", cfg->lb_local_zone);
-        lc.locality_min_percent = cfg->lb_locality_min_percent;
         e->hashed = lc.algorithm == LB_CONSISTENT_HASH || lc.algorithm == LB_MAGLEV;
         const struct route_entry *pe = find_prev(prev, e->key);
         int rc = lb_table_build(&lc, scratch, n, pe ? pe->lb : NULL, &e->lb);
@@ -267,7 +311,7 @@ static void resolve_backends(struct route_table *t, struct route_entry *e,
                                 struct route_entry *se = &t->entries[t->n_entries++];
                                 se->service = s;
                                 int rc = build_entry(se, to, (uint32_t)pi, be->selector, cfg, prev,
-                                                     &t->limits, scratch);
+                                                     &t->limits, &t->tiers, scratch);
                                 if (rc < 0)
                                         log_error("route", 0, "subset %s: load-balancer table: %s",
                                                   se->key, strerror(-rc));
@@ -317,7 +361,8 @@ struct route_table *route_table_build(const struct disc_snapshot *disc,
                 for (uint32_t k = 0; k < svc->n_ports; k++) {
                         struct route_entry *e = &t->entries[t->n_entries++];
                         e->service = s;
-                        int rc = build_entry(e, svc, k, "", cfg, prev, &t->limits, scratch);
+                        int rc =
+                            build_entry(e, svc, k, "", cfg, prev, &t->limits, &t->tiers, scratch);
                         if (rc < 0)
                                 log_error("route", 0, "service %s: load-balancer table: %s", e->key,
                                           strerror(-rc));
@@ -398,7 +443,7 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
                         break;
                 if (admit(t, e, pick->ep, now, probe))
                         return 0;
-                lb_ep_refresh(pick->state, &t->breaker, now);
+                lb_ep_refresh(pick->state, bc_of(t, pick->ep->tier), now);
                 if (e->hashed)
                         h = lb_mix64(h);
         }
@@ -436,6 +481,19 @@ static uint32_t disc_ep_of(const struct route_table *t, uint32_t entry,
         return UINT32_MAX;
 }
 
+/* The locality tier of the endpoint use now holds, counted per tier. */
+static void use_tier(const struct route_table *t, uint32_t entry, const struct lb_pick *pick,
+                     struct route_use *use)
+{
+        const struct lb_table *lb = t->entries[entry].lb;
+        use->tier = pick->ep->tier;
+        use->locality = NULL;
+        if (!lb_table_tiers(lb))
+                return;
+        use->locality = lb_tier_name(t->tiers.n_failover, use->tier);
+        lb_table_tier_picked(lb, use->tier);
+}
+
 static void use_take(struct route_table *t, uint32_t entry, const struct lb_pick *pick,
                      struct route_use *use)
 {
@@ -445,6 +503,7 @@ static void use_take(struct route_table *t, uint32_t entry, const struct lb_pick
         use->ep = pick->state;
         use->entry = entry;
         use->disc_ep = disc_ep_of(t, entry, &pick->ep->addr);
+        use_tier(t, entry, pick, use);
 }
 
 /* The entry of the service port at dst; false when dst is no service. */
@@ -753,7 +812,23 @@ bool route_response_edits(const struct route_use *use, struct route_edits *e)
 
 uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt)
 {
-        return use->rule && use->rule->timeout_ms ? use->rule->timeout_ms : dflt;
+        if (use->rule && use->rule->timeout_ms)
+                return use->rule->timeout_ms;
+        if (use->table && use->locality && tier_class(use->tier))
+                return use->table->tier_request_ms[tier_class(use->tier)];
+        return dflt;
+}
+
+uint32_t route_connect_timeout_ms(const struct route_use *use, uint32_t dflt)
+{
+        if (use->table && use->locality && tier_class(use->tier))
+                return use->table->tier_connect_ms[tier_class(use->tier)];
+        return dflt;
+}
+
+const char *route_locality(const struct route_use *use)
+{
+        return use->locality;
 }
 
 const char *route_hash_key(struct route_table *t, const struct sockaddr_storage *dst)
@@ -818,17 +893,18 @@ void route_request_done(struct route_use *use, const struct sockaddr_storage *up
         struct lb_ep_state *st = use->ep;
         bool probe = use->held & HELD_PROBE;
         use->held &= (uint8_t)~HELD_PROBE;
+        const struct lb_breaker_config *bc = bc_of(t, use->tier);
         if (o == ROUTE_CANCELLED) {
                 if (probe)
-                        lb_ep_cancel(st, &t->breaker, clock_mono_ns());
+                        lb_ep_cancel(st, bc, clock_mono_ns());
                 return;
         }
         passive_report(use, upstream, o == ROUTE_SUCCESS);
         uint64_t now = clock_mono_ns();
         struct lb_table *lb = t->entries[use->entry].lb;
         struct lb_ep_events ev;
-        lb_ep_result(st, lb ? lb_table_res(lb) : NULL, lb ? (uint32_t)lb_table_count(lb) : 0,
-                     &t->breaker, &t->outlier, outlier_outcome(o), probe, now, &ev);
+        lb_ep_result(st, lb ? lb_table_res(lb) : NULL, lb ? (uint32_t)lb_table_count(lb) : 0, bc,
+                     &t->outlier, outlier_outcome(o), probe, now, &ev);
         char ubuf[SOCKADDR_STRLEN];
         if (ev.half_open)
                 log_half_open(t, upstream, route_service_name(use));
@@ -877,6 +953,7 @@ bool route_retry_allowed(struct route_use *use, enum route_outcome o, int status
                 return false;
         struct lb_retry_config rc = use->table->retry;
         const struct lb_retry_config *c = &rc;
+        rc.max_retries = use->table->tier_retries[tier_class(use->tier)];
         const struct dr_rule *rule = use->rule;
         if (rule && rule->retry_attempts >= 0) /* the route's retry policy */
                 rc.max_retries = (uint32_t)rule->retry_attempts;
@@ -944,6 +1021,7 @@ enum route_result route_retry_pick(struct route_use *use, struct route_workers *
         lb_conn_end(use->ep);
         use->ep = pick.state;
         use->disc_ep = disc_ep_of(use->table, use->entry, upstream);
+        use_tier(use->table, use->entry, &pick, use);
         if (probe)
                 use->held |= HELD_PROBE;
         return ROUTE_ENDPOINT;
@@ -1077,7 +1155,7 @@ void route_table_tick(struct route_table *t)
                 for (size_t k = 0; k < lb_table_count(e->lb); k++) {
                         const struct lb_endpoint *ep = lb_table_endpoint(e->lb, k);
                         struct lb_ep_events ev;
-                        lb_ep_tick(ep->state, r, &t->breaker, &t->outlier, now, &ev);
+                        lb_ep_tick(ep->state, r, bc_of(t, ep->tier), &t->outlier, now, &ev);
                         if (ev.returned)
                                 log_info("route", 0, "%s (service %s) back from ejection",
                                          sockaddr_format(&ep->addr, ubuf, sizeof(ubuf)), e->key);
@@ -1088,6 +1166,7 @@ void route_table_tick(struct route_table *t)
 }
 
 static void render_route_metrics(const struct route_table *t, struct strbuf *out);
+static void render_locality_metrics(const struct route_table *t, struct strbuf *out);
 
 static void labels_svc(struct strbuf *lb, const struct route_entry *e, const char *ep)
 {
@@ -1211,6 +1290,41 @@ void route_render_metrics(struct route_table *t, struct strbuf *out)
         }
         strbuf_free(&lb);
         render_route_metrics(t, out);
+        render_locality_metrics(t, out);
+}
+
+/* Locality tiers, per service port with tiers: picks per tier and each
+ * tier's share of picks now. */
+static void render_locality_metrics(const struct route_table *t, struct strbuf *out)
+{
+        static const char *const fam[][3] = {
+            {"shunt_locality_picks_total", "counter",
+             "Endpoints picked per locality tier (load_balancing.local_region)."},
+            {"shunt_locality_load_percent", "gauge",
+             "Share of picks a locality tier takes now (overprovisioning arithmetic)."},
+        };
+        struct strbuf lb;
+        strbuf_init(&lb);
+        for (int f = 0; f < 2; f++) {
+                prom_family(out, fam[f][0], fam[f][1], fam[f][2]);
+                for (uint32_t i = 0; t && i < t->n_base; i++) {
+                        const struct route_entry *e = &t->entries[i];
+                        uint32_t n = e->lb ? lb_table_tiers(e->lb) : 0;
+                        for (uint32_t k = 0; k < n; k++) {
+                                labels_svc(&lb, e, NULL);
+                                prom_label(&lb, "tier", lb_tier_name(t->tiers.n_failover, k));
+                                if (f == 0) {
+                                        prom_sample_u64(out, fam[f][0], lb.data,
+                                                        lb_table_tier_picks(e->lb, k));
+                                        continue;
+                                }
+                                uint32_t total, avail, load;
+                                lb_table_tier_state(e->lb, k, &total, &avail, &load);
+                                prom_sample(out, fam[f][0], lb.data, load / 100.0);
+                        }
+                }
+        }
+        strbuf_free(&lb);
 }
 
 /* Traffic route counters: per rule, per backend of a rule, and requests
@@ -1335,6 +1449,37 @@ static const struct route_entry *next_entry_of(const struct route_table *t,
         return NULL;
 }
 
+/* ,"locality":[...] of a service port with tiers: per tier its endpoints,
+ * the available ones, its share of picks now, picks so far and its
+ * settings. */
+static void render_tiers(const struct route_table *t, const struct lb_table *lb, struct strbuf *sb)
+{
+        uint32_t n = lb_table_tiers(lb);
+        if (!n)
+                return;
+        strbuf_append(sb, ",\"locality\":[");
+        for (uint32_t k = 0; k < n; k++) {
+                uint32_t total, avail, load;
+                lb_table_tier_state(lb, k, &total, &avail, &load);
+                unsigned c = tier_class((uint8_t)k);
+                strbuf_appendf(sb, "%s{\"tier\":\"%s\"", k ? "," : "",
+                               lb_tier_name(t->tiers.n_failover, k));
+                if (k >= 2 && k - 2 < t->tiers.n_failover) {
+                        strbuf_append(sb, ",\"region\":");
+                        strbuf_append_json_string(sb, t->tiers.failover[k - 2]);
+                }
+                strbuf_appendf(sb,
+                               ",\"endpoints\":%u,\"available\":%u,\"load_percent\":%u.%02u,"
+                               "\"picks\":%llu,\"connect_timeout_ms\":%u,\"request_timeout_ms\":%u,"
+                               "\"max_retries\":%u,\"consecutive_failures\":%u}",
+                               total, avail, load / 100, load % 100,
+                               (unsigned long long)lb_table_tier_picks(lb, k),
+                               t->tier_connect_ms[c], t->tier_request_ms[c], t->tier_retries[c],
+                               t->tier_breaker[c].consecutive_failures);
+        }
+        strbuf_append(sb, "]");
+}
+
 void route_render_service(struct route_table *t, const struct disc_service *svc, struct strbuf *sb)
 {
         strbuf_append(sb, ",\"resilience\":[");
@@ -1356,7 +1501,7 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
                     "u,"
                     "\"breakers\":{\"closed\":%llu,\"open\":%llu,\"half_open\":%llu,"
                     "\"forced_open\":%llu},\"max_retries\":%u,\"timeouts_ms\":{\"connect\":%u,"
-                    "\"request\":%u,\"idle\":%u}}",
+                    "\"request\":%u,\"idle\":%u}",
                     first ? "" : ",", s->ports[e->port_idx].port,
                     lb_limits_current(&r->limits, LB_LIMIT_CONNECTIONS),
                     lb_limits_current(&r->limits, LB_LIMIT_PENDING),
@@ -1370,6 +1515,8 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
                     (unsigned long long)cnt[0], (unsigned long long)cnt[1],
                     (unsigned long long)cnt[2], (unsigned long long)cnt[3], t->retry.max_retries,
                     t->connect_ms, t->request_ms, t->idle_ms);
+                render_tiers(t, e->lb, sb);
+                strbuf_append(sb, "}");
                 first = false;
         }
         strbuf_append(sb, "]");
@@ -1387,7 +1534,8 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
                 int k = lb_table_find(e->lb, addr);
                 if (k < 0)
                         continue;
-                struct lb_ep_state *st = lb_table_endpoint(e->lb, (size_t)k)->state;
+                const struct lb_endpoint *lep = lb_table_endpoint(e->lb, (size_t)k);
+                struct lb_ep_state *st = lep->state;
                 enum lb_breaker_state bs = lb_breaker_view(&st->breaker, now);
                 uint64_t open_until = lb_breaker_open_until(&st->breaker);
                 uint64_t ej = lb_outlier_ep_until(&st->outlier);
@@ -1395,7 +1543,7 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
                     sb,
                     "%s{\"port\":%u,\"breaker\":\"%s\",\"breaker_opens\":%llu,"
                     "\"half_open_in_ms\":%llu,\"ejected\":%s,\"ejected_for_ms\":%llu,"
-                    "\"ejections\":%u,\"active\":%d,\"available\":%s}",
+                    "\"ejections\":%u,\"active\":%d,\"available\":%s",
                     first ? "" : ",", s->ports[e->port_idx].port, lb_breaker_state_name(bs),
                     (unsigned long long)lb_breaker_opens(&st->breaker),
                     (unsigned long long)(bs == LB_BREAKER_OPEN && open_until > now
@@ -1404,6 +1552,10 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
                     ej ? "true" : "false", (unsigned long long)(ej > now ? (ej - now) / MS_NS : 0),
                     atomic_load_explicit(&st->outlier.count, memory_order_relaxed),
                     lb_ep_active(st), lb_ep_available(st) ? "true" : "false");
+                if (lb_table_tiers(e->lb))
+                        strbuf_appendf(sb, ",\"tier\":\"%s\"",
+                                       lb_tier_name(t->tiers.n_failover, lep->tier));
+                strbuf_append(sb, "}");
                 first = false;
         }
         strbuf_append(sb, "]");
@@ -1426,9 +1578,10 @@ int route_force_open(struct route_table *t, const char *service,
                 int k = lb_table_find(e->lb, addr);
                 if (k < 0)
                         continue;
-                struct lb_ep_state *st = lb_table_endpoint(e->lb, (size_t)k)->state;
+                const struct lb_endpoint *lep = lb_table_endpoint(e->lb, (size_t)k);
+                struct lb_ep_state *st = lep->state;
                 lb_breaker_force_open(&st->breaker, on, now);
-                lb_ep_refresh(st, &t->breaker, now);
+                lb_ep_refresh(st, bc_of(t, lep->tier), now);
                 found++;
         }
         return found ? 0 : -ENOENT;

@@ -58,6 +58,10 @@ struct route_use {
         uint8_t retries;     /* retries granted so far to this request */
         uint8_t routed;      /* the service port has traffic routes */
         uint32_t disc_ep;    /* the picked endpoint's index in the discovery snapshot */
+        uint8_t tier;        /* the picked endpoint's locality tier (lb.h) */
+        /* Its name ("local", "region", "failover1", "remote"; a static
+         * string, still valid after route_release), NULL without tiers. */
+        const char *locality;
         /* The traffic route rule and match the request took (NULL: none).
          * Valid while use holds its table (ROUTE_ENDPOINT), else until the
          * worker next refreshes its route table: use them at once. */
@@ -138,8 +142,13 @@ bool route_request_edits(const struct route_use *use, const char *path, size_t p
                          struct route_edits *e);
 /* The same for the response (ResponseHeaderModifier; no path or host). */
 bool route_response_edits(const struct route_use *use, struct route_edits *e);
-/* The request timeout for use: its rule's timeouts.request, else dflt. */
+/* The request timeout for use: its rule's timeouts.request, else the
+ * picked endpoint's locality tier's (load_balancing.tiers.*), else dflt. */
 uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt);
+/* The connect timeout for use's endpoint: its locality tier's, else dflt. */
+uint32_t route_connect_timeout_ms(const struct route_use *use, uint32_t dflt);
+/* use->locality: the picked endpoint's locality tier, NULL without tiers. */
+const char *route_locality(const struct route_use *use);
 /* GET /routes: {"services":[{"service","port","misses","rules":[...]}]}
  * for every service port with routes (service: NULL for all, or "name",
  * "ns/name"). */
