@@ -236,12 +236,7 @@ def capture_lab(tag, specs, args=None, forbid=()):
     env = Env(NodeTopo())
     pods, daemons, procs = [], [], []
     try:
-        env.make_certs()
-        env.token = "standin-token-" + tag
-        token_file = os.path.join(env.dir, "token")
-        with open(token_file, "w") as f:
-            f.write(env.token + "\n")
-        kubeconfig = env.write_kubeconfig(token_file)
+        kubeconfig = env.token_kubeconfig("standin-token-" + tag)
         env.start_standin()
         procs.append(env.standin)
         if forbid:
@@ -405,6 +400,7 @@ def test_limit_per_pod(lab):
     env, d, pods = lab
     c = pods["c"]
     captured(d, "c")
+    captured(d, "d")  # its counters are read below (pods are set up one by one)
     routed(env, d)
     before = capture(d)["c"]["refused"]["limit"]
     holder = sl.Proc(c.netns, c.in_cgroup([sys.executable, "-c", HOLD_CLIENT, VIP, str(SVC_PORT),
