@@ -68,36 +68,31 @@ int http1_error_status(enum http1_error e)
 
 /* ---- character classes (RFC 9110 5.6.2, 5.5) ---- */
 
-static bool is_tchar(unsigned char c)
+/* One table for the two classes every byte of a head is checked against. */
+enum { CC_VALUE = 1, CC_TCHAR = 2, CC_BOTH = CC_VALUE | CC_TCHAR };
+static const uint8_t char_class[256] = {
+    ['\t'] = CC_VALUE,        [' '] = CC_VALUE,
+    ['!'] = CC_BOTH,          ['"'] = CC_VALUE,
+    ['#' ... '\''] = CC_BOTH, ['(' ... ')'] = CC_VALUE,
+    ['*' ... '+'] = CC_BOTH,  [','] = CC_VALUE,
+    ['-' ... '.'] = CC_BOTH,  ['/'] = CC_VALUE,
+    ['0' ... '9'] = CC_BOTH,  [':' ... '@'] = CC_VALUE,
+    ['A' ... 'Z'] = CC_BOTH,  ['[' ... ']'] = CC_VALUE,
+    ['^' ... 'z'] = CC_BOTH,  ['{'] = CC_VALUE,
+    ['|'] = CC_BOTH,          ['}'] = CC_VALUE,
+    ['~'] = CC_BOTH,          [0x80 ... 0xff] = CC_VALUE,
+};
+
+/* token characters (RFC 9110 5.6.2) */
+static inline bool is_tchar(unsigned char c)
 {
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-                return true;
-        switch (c) {
-        case '!':
-        case '#':
-        case '$':
-        case '%':
-        case '&':
-        case '\'':
-        case '*':
-        case '+':
-        case '-':
-        case '.':
-        case '^':
-        case '_':
-        case '`':
-        case '|':
-        case '~':
-                return true;
-        default:
-                return false;
-        }
+        return char_class[c] & CC_TCHAR;
 }
 
 /* field-vchar / SP / HTAB, obs-text allowed */
-static bool is_value_char(unsigned char c)
+static inline bool is_value_char(unsigned char c)
 {
-        return c == ' ' || c == '\t' || (c > 0x20 && c != 0x7f);
+        return char_class[c] & CC_VALUE;
 }
 
 static bool is_ows(char c)
