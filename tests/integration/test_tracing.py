@@ -10,6 +10,7 @@ the OTLP protobuf JSON mapping) on 127.0.0.1:4318 in its pod.
     the tracestate unchanged; without a traceparent, a new trace; B3 single
     and multi are understood; not sampled is respected;
   - h2load gives one span per stream, grpcio one per call (rpc.* attributes);
+  - shuntctl tap lines carry the request id and the trace id;
   - collector down, then slow (answers after seconds): requests all succeed,
     drops are counted, RSS stays within a bound over thousands of requests
     (memory flat); spans flow again after."""
@@ -37,6 +38,7 @@ WEB_ID = pki.spiffe("web")
 CLIENT_ID = pki.spiffe("client")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
+TRACE_TAP = "5bf92f3577b34da6a3ce929d0e0e4737"
 SERVER, CLIENT = 2, 3
 
 
@@ -122,6 +124,11 @@ def mesh():
         procs += [ra, rb]
         tmp = sl.tmpdir()
         reg = sl.registry_file(registry(), tmp)
+        # B's registry has the client's service (its identity, an endpoint
+        # B never calls): B's inbound requests name it as source_service.
+        reg_b = os.path.join(tmp, "registry-b.json")
+        sl.write_json(reg_b, {"services": [sl.service(
+            "client", "10.96.0.69", 8080, [T.APP4], "HTTP", identity=CLIENT_ID)]})  # fmt: skip
         # Under ASan (build-asan) freed memory waits in a quarantine (256 MB
         # by default, and 1 MB per thread) and RSS grows by design until it
         # is full: none keeps the RSS checks about shuntd's own memory (with
@@ -138,7 +145,8 @@ def mesh():
             a, b = sl.start_mtls_pair(topo, daemons, os.path.join(tmp, "ca"),
                                       a_flags=dict(tracing, **{"service-discovery.file.path": reg,
                                                                "tracing.service-name": "client"}),
-                                      b_flags=dict(tracing, **{"tracing.service-name": "web"}))
+                                      b_flags=dict(tracing, **{"tracing.service-name": "web",
+                                                               "service-discovery.file.path": reg_b}))
         finally:
             if asan is None:
                 del os.environ["ASAN_OPTIONS"]
@@ -192,6 +200,12 @@ def test_parent_and_child_spans(mesh):
     assert attrs(o)["network.peer.port"] == H1_PORT
     assert ra.requests()[-1]["resource"]["service.name"] == "client"
     assert rb.requests()[-1]["resource"]["service.name"] == "web"
+    # B's request metrics name the client's workload (its certificate) and
+    # service (the registry's service with that identity).
+    inbound = [dict(l) for (n, l), v in b.metrics().items()
+               if n == "shunt_requests_total" and ("direction", "inbound") in l]  # fmt: skip
+    assert inbound and all((l["source_workload"], l["source_namespace"], l["source_service"]) ==
+                           ("client", "default", "client") for l in inbound), inbound  # fmt: skip
     # The access lines carry the same ids.
     line = sl.wait_until(lambda: [l for l in a.access_lines("http")
                                   if l["request_id"] == "rid-trace-1"], 5, what="A's line")[0]
@@ -330,3 +344,25 @@ def test_collector_down_and_slow(mesh):
     seen = curl_json(topo, "http://%s/" % VIP_WEB)
     tid = seen["headers"]["traceparent"].split("-")[1]
     ra.wait_spans(lambda s: s["traceId"] == tid, timeout=15)
+
+
+def test_tap_shows_trace_and_request_ids(mesh):
+    """shuntctl tap shows each request's request id and trace id (this
+    sidecar's span), so an operator can go from a tapped request to its
+    access lines and its trace."""
+    topo, a, b, ra, rb = mesh
+    tap = topo.app.spawn([sl.SHUNTCTL, "tap", "--path", "/tapped", "--max", "1", "--seconds", "20"],
+                         "tap-ids")  # fmt: skip
+    try:
+        a.wait_metric("shunt_tap_sessions", lambda v: v == 1, timeout=10)
+        curl_json(topo, "-H", "traceparent: 00-%s-%s-01" % (TRACE_TAP, PARENT), "-H",
+                  "X-Request-ID: rid-tap-1", "http://%s/tapped" % VIP_WEB)  # fmt: skip
+        assert tap.wait(15) == 0, tap.read_stderr()
+    finally:
+        if tap.alive():
+            tap.stop()
+    line = tap.read_stdout()
+    assert "/tapped" in line and " request_id=rid-tap-1" in line, line
+    assert " trace_id=%s" % TRACE_TAP in line, line
+    # The trace it names is the one A exported.
+    ra.wait_spans(lambda s: s["traceId"] == TRACE_TAP and attrs(s)["shunt.request_id"] == "rid-tap-1")

@@ -43,6 +43,8 @@ static void event(struct tap_event *ev, const char *path, int status)
         snprintf(ev->destination, sizeof(ev->destination), "spiffe://td/ns/shop/sa/web");
         snprintf(ev->service, sizeof(ev->service), "shop/web");
         snprintf(ev->endpoint, sizeof(ev->endpoint), "10.0.0.1:8080");
+        snprintf(ev->request_id, sizeof(ev->request_id), "rid-1");
+        snprintf(ev->trace_id, sizeof(ev->trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
 }
 
 static void test_filter_parse(void **state)
@@ -148,6 +150,10 @@ static void test_event_json(void **state)
         assert_int_equal(cJSON_GetObjectItem(j, "status")->valueint, 200);
         assert_true(cJSON_GetObjectItem(j, "duration_ms")->valuedouble == 2.5);
         assert_string_equal(cJSON_GetObjectItem(j, "service")->valuestring, "shop/web");
+        assert_string_equal(cJSON_GetObjectItem(j, "request_id")->valuestring, "rid-1");
+        assert_string_equal(cJSON_GetObjectItem(j, "trace_id")->valuestring,
+                            "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "span_id"))); /* tracing off here */
         cJSON_Delete(j);
         strbuf_free(&sb);
 }

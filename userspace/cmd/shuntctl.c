@@ -1817,12 +1817,15 @@ static void tap_line(const char *line, size_t len, struct tap_out *o)
                         snprintf(status, sizeof(status), "%.0f %s", st, grpc);
                 else
                         snprintf(status, sizeof(status), "%.0f", st);
-                printf("%s %-8s %-5s %-6s %s%s %s %.3fms %s -> %s (%s) %s\n",
+                /* The ids to find the request's access lines and trace by. */
+                const char *rid = jstr(j, "request_id", NULL), *tid = jstr(j, "trace_id", NULL);
+                printf("%s %-8s %-5s %-6s %s%s %s %.3fms %s -> %s (%s) %s%s%s%s%s\n",
                        strlen(t) > 11 ? t + 11 : t, jstr(j, "direction", "-"),
                        jstr(j, "protocol", "-"), jstr(j, "method", "-"), jstr(j, "authority", ""),
                        jstr(j, "path", "-"), status, ms, jstr(j, "source", "-"),
                        jstr(j, "destination", "-"), jstr(j, "service", "-"),
-                       jstr(j, "endpoint", "-"));
+                       jstr(j, "endpoint", "-"), rid ? " request_id=" : "", rid ? rid : "",
+                       tid ? " trace_id=" : "", tid ? tid : "");
                 o->events++;
         }
         fflush(stdout);

@@ -21,6 +21,7 @@
 
 #define NAME_MAX_ 254 /* SPIFFE names, service names: at most 253 characters */
 #define UNKNOWN   "unknown"
+#define SRC_CACHE 8 /* inbound peers whose service a worker remembers */
 
 enum {
         L_DIRECTION,
@@ -61,6 +62,14 @@ struct who {
         char workload[NAME_MAX_], ns[NAME_MAX_], service[NAME_MAX_];
 };
 
+/* An inbound peer's SPIFFE ID and the registry service it is, for one
+ * registry snapshot version. */
+struct src_service {
+        uint64_t version; /* 0: empty */
+        char id[SPIFFE_ID_MAX + 1];
+        char service[NAME_MAX_];
+};
+
 /* Per worker, written by its thread only. */
 struct reqm_worker {
         /* This sidecar's own workload, for the configuration and certificate
@@ -75,6 +84,8 @@ struct reqm_worker {
         char dst_id[SPIFFE_ID_MAX + 1];
         char dst_workload[NAME_MAX_];
         struct spiffe_id scratch;
+        struct src_service src[SRC_CACHE]; /* replaced round robin */
+        uint32_t src_next;
 };
 
 struct reqmetrics {
@@ -163,6 +174,47 @@ static void peer_labels(struct reqm_worker *rw, struct tls_conn *tls, const char
         }
 }
 
+/* The registry service whose identity is id: the first service (registry
+ * order) whose own identity, or one of whose endpoints' identity, it is. */
+static const char *service_of_identity(const struct disc_snapshot *d, const char *id)
+{
+        uint32_t n = disc_snapshot_n_services(d);
+        for (uint32_t s = 0; s < n; s++) {
+                const struct disc_service *svc = disc_snapshot_service(d, s);
+                if (!strcmp(svc->identity, id))
+                        return svc->name;
+                for (uint32_t e = 0; e < svc->n_endpoints; e++)
+                        if (svc->endpoints[e].meshed && !strcmp(svc->endpoints[e].identity, id))
+                                return svc->name;
+        }
+        return NULL;
+}
+
+/* The inbound client's service: looked up by its SPIFFE ID in the registry
+ * (a certificate names a workload, not a service), remembered per worker
+ * for the registry version; "unknown" when nothing in the registry has
+ * that identity, or without one (plaintext). */
+static const char *peer_service(struct worker *w, struct reqm_worker *rw, struct tls_conn *tls)
+{
+        const char *id = tls ? tls_conn_peer_id(tls) : NULL;
+        if (!id || !*id)
+                return UNKNOWN;
+        struct route_table *t = (struct route_table *)(void *)snapshot_reader_get(
+            &w->route_reader, &w->proxy->route_slot);
+        const struct disc_snapshot *d = t ? route_table_disc(t) : NULL;
+        if (!d)
+                return UNKNOWN;
+        uint64_t version = disc_snapshot_version(d);
+        for (uint32_t i = 0; i < SRC_CACHE; i++)
+                if (rw->src[i].version == version && !strcmp(rw->src[i].id, id))
+                        return rw->src[i].service;
+        struct src_service *c = &rw->src[rw->src_next++ % SRC_CACHE];
+        c->version = version;
+        snprintf(c->id, sizeof(c->id), "%s", id);
+        copy(c->service, service_of_identity(d, id));
+        return c->service;
+}
+
 /* "ns/name:port" -> ns and name. */
 static void split_service(const char *key, char *ns, char *name)
 {
@@ -230,7 +282,7 @@ static void common_labels(struct worker *w, enum conn_dir dir, struct tls_conn *
         v[L_DIRECTION] = dir == DIR_INBOUND ? "inbound" : "outbound";
         if (dir == DIR_INBOUND) {
                 peer_labels(rw, peer_tls, &v[L_SRC_WORKLOAD], &v[L_SRC_NAMESPACE]);
-                v[L_SRC_SERVICE] = UNKNOWN;
+                v[L_SRC_SERVICE] = peer_service(w, rw, peer_tls);
                 v[L_DST_WORKLOAD] = self->workload;
                 v[L_DST_NAMESPACE] = self->ns;
                 v[L_DST_SERVICE] = self->service;
@@ -312,6 +364,12 @@ static void tap_request(struct worker *w, const struct req_end *r, const char *n
         ev.endpoint[0] = '\0';
         if (r->endpoint && r->endpoint->ss_family)
                 sockaddr_format(r->endpoint, ev.endpoint, sizeof(ev.endpoint));
+        field(ev.request_id, sizeof(ev.request_id), r->request_id);
+        ev.trace_id[0] = ev.span_id[0] = '\0';
+        if (r->span && r->span->active) {
+                trace_hex(r->span->trace_id, 16, ev.trace_id);
+                trace_hex(r->span->span_id, 8, ev.span_id);
+        }
         tap_publish(w->proxy->tap, (uint32_t)w->index, &ev);
 }
 

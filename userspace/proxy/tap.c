@@ -283,6 +283,9 @@ void tap_event_json(const struct tap_event *ev, struct strbuf *out)
         json_field(out, "destination", ev->destination);
         json_field(out, "service", ev->service);
         json_field(out, "endpoint", ev->endpoint);
+        json_field(out, "request_id", ev->request_id);
+        json_field(out, "trace_id", ev->trace_id);
+        json_field(out, "span_id", ev->span_id);
         strbuf_append(out, "}\n");
 }
 

@@ -51,6 +51,8 @@ struct tap_event {
         char source[256], destination[256]; /* SPIFFE IDs, "" when none */
         char service[128];                  /* destination "namespace/name" */
         char endpoint[64];                  /* the upstream address, "" when none */
+        char request_id[64];                /* x-request-id (the client's or ours), "" when none */
+        char trace_id[33], span_id[17];     /* this sidecar's span (hex), "" when tracing is off */
 };
 
 /* Worker index's ring takes ev (copied); false when it was full (counted). */
