@@ -33,7 +33,8 @@ the discovery backend uses:
       does.
   GET /apis/gateway.networking.k8s.io/v1[/namespaces/NS]/httproutes|grpcroutes
       the same, for Gateway API routes: the CRD schema's defaults filled in
-      and its validation applied at POST /apply (422), see "Gateway API routes"
+      and its validation applied at POST /apply (422); POST /missing
+      {"kinds": [...]} makes them 404 as without their CRDs; see "Gateway API routes"
   A kind made forbidden (/inject forbid) answers lists and watches with 403
   and the Status RBAC's authorizer writes ("services is forbidden: User ...
   cannot watch resource ...", reason Forbidden, details.kind/group).
@@ -1146,6 +1147,34 @@ def _control_post_invalid(self):  # noqa: N802 (an object the schema refuses: 42
 
 
 Control.do_POST = _control_post_invalid
+_api_route = Api.route
+
+
+def _route_unless_missing(self, path):
+    """POST /missing {"kinds": [...]}: those kinds answer 404 (NotFound), as
+    the API server does for a resource whose CRD is not installed; []
+    installs them again (their objects were kept)."""
+    kind, ns = _api_route(self, path)
+    if kind in getattr(self.server.state, "missing", ()):
+        return None, None
+    return kind, ns
+
+
+Api.route = _route_unless_missing
+_control_post_schema = Control.do_POST
+
+
+def _control_post_missing(self):  # noqa: N802
+    if self.path != "/missing":
+        return _control_post_schema(self)
+    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+    st = self.server.state
+    with st.cv:
+        st.missing = set(body.get("kinds", []))
+    return self.reply(200, {"missing": sorted(st.missing)})
+
+
+Control.do_POST = _control_post_missing
 # ---- end Gateway API routes -------------------------------------------------------
 
 

@@ -9,7 +9,9 @@ requests across the changes is never dropped. Objects that cannot be
 applied (a regex that does not compile, weights summing to 0, a backend
 that does not exist) are logged once, listed in /routes "rejected", and
 ignored; a bad change keeps the last good version in force; an object the
-schema refuses never reaches shuntd (422)."""
+schema refuses never reaches shuntd (422). shuntd starts while the CRDs are
+missing (404): discovery syncs, not stale, said once; installed, the
+routes are read."""
 
 import json
 import os
@@ -85,6 +87,8 @@ def env():
                  "%s:%d" % (EP[i], GRPC_PORT)], "grpc-" + v, 20))
         kubeconfig = e.token_kubeconfig("standin-token-routes")
         e.start_standin()
+        # shuntd starts without the Gateway API CRDs (test_crds_installed_later)
+        e.ctl("POST", "/missing", {"kinds": ["httproutes", "grpcroutes"]})
         for name, addr in (("reviews", EP[0]), ("reviews-v2", EP[1])):
             e.apply("services", "ADDED", service(name))
             e.apply("endpointslices", "ADDED", endpoints(name, addr))
@@ -146,6 +150,34 @@ def grpc_client(e, *args):
                         "%s:80" % VIPS["rpc"]] + [str(a) for a in args], timeout=60, check=False)
     assert r.returncode == 0, (r.stdout, r.stderr)
     return json.loads(r.stdout)
+
+
+def k8s_missing(e, kind):
+    """/debug/cache: the 404s (CRD missing) the kind's watch has had."""
+    found = re.search(r'"%s": \{[^}]*?"missing": (\d+)' % kind,
+                      json.dumps(e.daemon.json("/debug/cache")))
+    return int(found.group(1)) if found else 0
+
+
+def test_crds_installed_later(env):
+    """Without the Gateway API CRDs (404) discovery still syncs, is not
+    stale, and says so once per kind; installed, the routes are read."""
+    e = env
+    svcs = e.daemon.json("/endpoints")["services"]
+    assert svcs and not any(s["stale"] for s in svcs), svcs
+    assert k8s_missing(e, "httproutes") >= 1 and k8s_missing(e, "grpcroutes") >= 1
+    e.apply("httproutes", "ADDED", http_route("early", [{"backendRefs": [backend("reviews-v2")]}]))
+    # another round of the backoff: 404 again, not said again
+    sl.wait_until(lambda: all(k8s_missing(e, k) >= 2 for k in ("httproutes", "grpcroutes")), 10,
+                  what="a second 404")
+    log = e.daemon.log_text()
+    for kind in ("httproutes", "grpcroutes"):
+        assert log.count("kubernetes: %s: HTTP 404" % kind) == 1, log[-3000:]
+    e.ctl("POST", "/missing", {"kinds": []})
+    sl.wait_until(lambda: route_names(e) == ["early"], 40, what="routes read once installed")
+    assert set(servers(e, "/", n=5)) == {"v2"}
+    e.apply("httproutes", "DELETED", {"metadata": {"name": "early", "namespace": NS}})
+    sl.wait_until(lambda: route_names(e) == [], 5, what="early deleted")
 
 
 def test_httproute_create_change_delete(env):
