@@ -145,8 +145,8 @@ static void resilience_config(const struct shunt_config *cfg, struct route_table
         }
         for (unsigned k = 0; k < 3; k++) {
                 t->tier_breaker[k] = *b;
-                t->tier_connect_ms[k] = t->connect_ms;
-                t->tier_request_ms[k] = t->request_ms;
+                t->tier_connect_ms[k] = 0; /* 0: not set, the global timeouts */
+                t->tier_request_ms[k] = 0;
                 t->tier_retries[k] = r->max_retries;
                 if (k == 0)
                         continue;
@@ -814,14 +814,14 @@ uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt)
 {
         if (use->rule && use->rule->timeout_ms)
                 return use->rule->timeout_ms;
-        if (use->table && use->locality && tier_class(use->tier))
+        if (use->table && use->locality && use->table->tier_request_ms[tier_class(use->tier)])
                 return use->table->tier_request_ms[tier_class(use->tier)];
         return dflt;
 }
 
 uint32_t route_connect_timeout_ms(const struct route_use *use, uint32_t dflt)
 {
-        if (use->table && use->locality && tier_class(use->tier))
+        if (use->table && use->locality && use->table->tier_connect_ms[tier_class(use->tier)])
                 return use->table->tier_connect_ms[tier_class(use->tier)];
         return dflt;
 }
@@ -1474,8 +1474,9 @@ static void render_tiers(const struct route_table *t, const struct lb_table *lb,
                                "\"max_retries\":%u,\"consecutive_failures\":%u}",
                                total, avail, load / 100, load % 100,
                                (unsigned long long)lb_table_tier_picks(lb, k),
-                               t->tier_connect_ms[c], t->tier_request_ms[c], t->tier_retries[c],
-                               t->tier_breaker[c].consecutive_failures);
+                               t->tier_connect_ms[c] ? t->tier_connect_ms[c] : t->connect_ms,
+                               t->tier_request_ms[c] ? t->tier_request_ms[c] : t->request_ms,
+                               t->tier_retries[c], t->tier_breaker[c].consecutive_failures);
         }
         strbuf_append(sb, "]");
 }
