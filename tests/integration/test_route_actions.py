@@ -4,13 +4,18 @@ clients (curl over HTTP/1.1 and HTTP/2, python grpcio) and real backends
 (httpbackend.py, h2echo.py, grpcpeer.py): fault delays for a share of the
 requests, held on a timer without holding up the others; local rate
 limits per rule and per source (the accepted rate measured with wrk, 429 /
-RESOURCE_EXHAUSTED at once with Retry-After). It measures rates and
-latencies: it runs alone (SHUNT_SOLO_TESTS)."""
+RESOURCE_EXHAUSTED at once with Retry-After); request mirrors (the
+copies, a share, and a mirror that answers after 5 s or never leaves the
+primary's latency alone, its copies bounded and their drops counted). It
+measures rates and latencies: it runs alone (SHUNT_SOLO_TESTS)."""
 
 import json
 import os
 import re
+import socket
+import statistics
 import sys
+import threading
 import time
 
 import pytest
@@ -23,6 +28,8 @@ EP = sl.EP_ADDRS[0]
 VIP_H1, VIP_H2, VIP_GRPC, VIP_GRPC_RL = "10.96.3.10", "10.96.3.11", "10.96.3.12", "10.96.3.13"
 SECOND_SOURCE = "10.77.0.9"  # another client address in the app pod
 RATE, BURST = 200, 20
+SHADOW, SHADOW_PORT = sl.EP_ADDRS[1], 8095
+MIRROR_MAX_IN_FLIGHT = 20  # per worker (2 workers)
 H1_PORT, H2_PORT, GRPC_PORT = 8091, 8092, 8093
 H2ECHO = os.path.join(sl.HERE, "h2echo.py")
 GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
@@ -50,7 +57,15 @@ def registry():
     def limited(path, rps, burst, per_source=False):
         return {"matches": [prefix(path)], "rateLimit": {"requestsPerSecond": rps, "burst": burst, "perSource": per_source}}
 
+    def mirrored(path, percent=None):
+        m = {"backendRef": {"name": "shadow", "port": 80}}
+        if percent is not None:
+            m["percent"] = percent
+        return {"matches": [prefix(path)], "filters": [{"type": "RequestMirror", "requestMirror": m}]}
+
     api_rules = [
+        mirrored("/mirror"),
+        mirrored("/half", 50),
         delay_rule([prefix("/delay")]),
         limited("/limited", RATE, BURST),
         limited("/per-source", 0.1, 3, per_source=True),
@@ -59,6 +74,7 @@ def registry():
     return {
         "services": [
             svc("api", VIP_H1, H1_PORT, "HTTP", [{"name": "api", "rules": api_rules}]),
+            sl.service("shadow", "10.96.3.20", SHADOW_PORT, [SHADOW], protocol="HTTP"),
             svc(
                 "api-h2",
                 VIP_H2,
@@ -83,7 +99,7 @@ def env():
     sl.require_tool("curl")
     topo = T()
     procs = []
-    daemon = None
+    daemon = shadow = None
     try:
         topo.add_remote4()
         topo.route_vips()
@@ -97,11 +113,61 @@ def env():
                 [sys.executable, GRPCPEER, "server", "--name", "g", "--listen", "%s:%d" % (EP, GRPC_PORT)], "grpc", 20
             )
         )
+        shadow = MirrorServer(topo.remote, SHADOW, SHADOW_PORT)
         path = sl.registry_file(registry())
-        daemon = sl.Shuntd(topo.app, sl.shuntd_args(**{"service-discovery.file.path": path})).wait_ready()
-        yield topo, daemon, path
+        args = {"service-discovery.file.path": path, "http.mirror-max-in-flight": MIRROR_MAX_IN_FLIGHT}
+        daemon = sl.Shuntd(topo.app, sl.shuntd_args(**args)).wait_ready()
+        yield topo, daemon, shadow
     finally:
+        if shadow:
+            shadow.close()
         sl.teardown(topo, [daemon], procs)
+
+
+class MirrorServer(sl.ThreadedServer):
+    """The mirror's backend: records each request (path, body) it reads,
+    then answers at once ("fast"), after 5 s ("slow") or never ("never":
+    holds the connection until the client leaves)."""
+
+    def __init__(self, pod, addr, port):
+        super().__init__(pod, addr, port, backlog=256)
+        self.mode = "fast"
+        self.got = []
+        self.open = 0
+        self.lock = threading.Lock()
+
+    def serve(self, conn, n):
+        with self.lock:
+            self.open += 1
+        try:
+            conn.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            want = int((re.search(rb"(?im)^content-length: *(\d+)", head) or [0, b"0"])[1])
+            while len(body) < want:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            with self.lock:
+                self.got.append((head.split()[1].decode(), body, head.decode("latin-1")))
+            if self.mode == "slow":
+                time.sleep(5)
+            elif self.mode == "never":
+                while conn.recv(65536):
+                    pass
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nshadow")
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
 
 
 def rule_of(daemon, service, key, path=None):
@@ -115,7 +181,7 @@ def rule_of(daemon, service, key, path=None):
 
 def timed_curl(topo, url, n):
     """n requests to url (curl --parallel, 20 at a time): [(status, seconds)]."""
-    args = ["-s", "-Z", "--parallel-max", "20", "-o", "/dev/null", "--max-time", "20"]
+    args = ["-s", "-Z", "--parallel-immediate", "--parallel-max", "20", "-o", "/dev/null", "--max-time", "20"]
     args += ["-w", "%{http_code} %{time_total} %{exitcode} %{errormsg}\\n", "%s?i=[1-%d]" % (url, n)]
     out = topo.app.curl(args, timeout=60).stdout.split("\n")
     res = [(int(l.split()[0]), float(l.split()[1])) for l in out if l.strip()]
@@ -146,7 +212,7 @@ def test_fault_delay_http1(env):
     assert rule["fault"]["delay"] == {"fixedDelay_ms": DELAY_MS, "percentage": DELAY_PCT}
     check_delays([t for _, t in res], rule["delays"], n)
     m = daemon.metrics()
-    assert m[("shunt_route_delays_total", (("route", "api"), ("rule", "0"), ("service", "default/api:80")))] == rule["delays"]
+    assert m[("shunt_route_delays_total", (("route", "api"), ("rule", "2"), ("service", "default/api:80")))] == rule["delays"]
     # a request of another rule is never delayed
     assert max(t for _, t in timed_curl(topo, "http://%s/other" % VIP_H1, 40)) < DELAY_MS / 1000.0
 
@@ -218,7 +284,7 @@ def test_rate_limit_accepted_rate(env):
     # that wrk's end cut off)
     assert refused <= rule["rate_limited"] <= refused + 16 * 2, (refused, rule["rate_limited"])
     m = daemon.metrics()
-    assert m[("shunt_route_rate_limited_total", (("route", "api"), ("rule", "1"), ("service", "default/api:80")))] == rule["rate_limited"]
+    assert m[("shunt_route_rate_limited_total", (("route", "api"), ("rule", "3"), ("service", "default/api:80")))] == rule["rate_limited"]
 
 
 def test_rate_limit_per_source_and_429_at_once(env):
@@ -259,3 +325,63 @@ def test_rate_limit_http2_and_grpc(env):
     out = grpc_unary(topo, VIP_GRPC_RL, 10, parallel=1)
     assert out["codes"] == {"OK": 3, "RESOURCE_EXHAUSTED": 7}, out
     assert time.monotonic() - t0 < 10
+
+
+def test_mirror_copies(env):
+    """Every request of the rule reaches the mirror, head and body as the
+    primary got them (Connection: close); the primary gets its own answer."""
+    topo, daemon, shadow = env
+    shadow.mode, shadow.got = "fast", []
+    for i in range(20):
+        r = topo.app.curl(["-s", "--max-time", "10", "--data-binary", "body-%d" % i, "http://%s/mirror/%d" % (VIP_H1, i)])
+        assert json.loads(r.stdout)["server"] == "primary"
+    sl.wait_until(lambda: len(shadow.got) == 20, 10, what="20 copies at the mirror")
+    assert sorted((p, b) for p, b, _ in shadow.got) == sorted(("/mirror/%d" % i, b"body-%d" % i) for i in range(20))
+    assert all(re.search(r"(?im)^connection: close$", h) for _, _, h in shadow.got)
+    rule = rule_of(daemon, "api", "filters", "/mirror")
+    f = [f for f in rule["filters"] if f["type"] == "RequestMirror"][0]
+    assert (f["backend"], f["percent"], f["mirrors"], f["drops"]) == ("default/shadow", 100, 20, 0), f
+    # a share: 50 % of 400 within about 3.5 standard deviations (10 points)
+    shadow.got = []
+    out = topo.app.curl(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "http://%s/half?i=[1-400]" % VIP_H1], timeout=60).stdout
+    assert out.split() == ["200"] * 400
+    f = [f for f in rule_of(daemon, "api", "filters", "/half")["filters"] if f["type"] == "RequestMirror"][0]
+    # (a copy the bound refused is drawn too: the mirror is slower than curl here)
+    assert 160 <= f["mirrors"] + f["drops"] <= 240 and f["drops"] <= 40, f
+    sl.wait_until(lambda: len(shadow.got) == f["mirrors"], 10, what="the share's copies at the mirror")
+    m = daemon.metrics()
+    assert m[("shunt_route_mirrors_total", (("route", "api"), ("rule", "1"), ("service", "default/api:80")))] == f["mirrors"]
+
+
+def p50_ms(topo, path, n=60):
+    out = topo.app.curl(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}\\n", "http://%s%s?i=[1-%d]" % (VIP_H1, path, n)], timeout=60).stdout.split("\n")
+    res = [l.split() for l in out if l.strip()]
+    assert len(res) == n and {c for c, _ in res} == {"200"}, res[:3]
+    return statistics.median(float(t) for _, t in res) * 1000
+
+
+def test_mirror_slow_or_silent_leaves_primary_alone(env):
+    """A mirror that answers after 5 s, then one that never answers: the
+    primary's p50 stays that of a request without a mirror (same run,
+    generous tolerance); the copies in flight stay within
+    http.mirror_max_in_flight per worker and the rest are dropped, counted."""
+    topo, daemon, shadow = env
+    base = p50_ms(topo, "/other")
+    for mode in ("slow", "never"):
+        shadow.mode = mode
+        before = [f for f in rule_of(daemon, "api", "filters", "/mirror")["filters"] if f["type"] == "RequestMirror"][0]
+        t0 = time.monotonic()
+        mirrored = p50_ms(topo, "/mirror")
+        took = time.monotonic() - t0
+        assert mirrored <= 2 * base + 10, "p50 %.1f ms with a %s mirror, %.1f ms without" % (mirrored, mode, base)
+        assert took < 5, "60 requests took %.1f s with a %s mirror" % (took, mode)
+        after = [f for f in rule_of(daemon, "api", "filters", "/mirror")["filters"] if f["type"] == "RequestMirror"][0]
+        sent, dropped = after["mirrors"] - before["mirrors"], after["drops"] - before["drops"]
+        assert sent + dropped == 60, (sent, dropped)
+        assert sent <= 2 * MIRROR_MAX_IN_FLIGHT and dropped >= 60 - 2 * MIRROR_MAX_IN_FLIGHT, (mode, sent, dropped)
+        assert shadow.open <= 2 * MIRROR_MAX_IN_FLIGHT
+        # the copies go away after http.mirror_timeout (5 s), answered or not
+        sl.wait_until(lambda: shadow.open == 0, 15, what="the mirror's connections closed")
+    shadow.mode = "fast"
+    m = daemon.metrics()
+    assert m[("shunt_route_mirror_drops_total", (("route", "api"), ("rule", "0"), ("service", "default/api:80")))] >= 40

@@ -244,6 +244,9 @@ static void test_file_values(void **state)
         assert_int_equal(c->http_upstream_max_idle, 8);
         assert_int_equal(c->http_max_header_bytes, 16384);
         assert_int_equal(c->http_max_headers, 50);
+        assert_int_equal(c->mirror_max_in_flight, 32);
+        assert_int_equal(c->mirror_max_body, 32768);
+        assert_int_equal(c->mirror_timeout_ms, 3000);
         assert_int_equal(c->h2_max_concurrent_streams, 64);
         assert_int_equal(c->h2_max_header_list_size, 32768);
         assert_int_equal(c->h2_max_control_frames, 500);

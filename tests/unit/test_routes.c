@@ -234,6 +234,19 @@ static void test_fault(void **state)
         assert_non_null(strstr(sb.data, "\"faults\":0,\"delays\":0"));
         strbuf_free(&sb);
         disc_specs_free(&specs);
+        /* RequestMirror: a fraction, rendered as a percent */
+        routes = "[{\"name\": \"m\", \"rules\": [{\"filters\": [{\"type\": \"RequestMirror\","
+                 " \"requestMirror\": {\"backendRef\": {\"name\": \"reviews\", \"port\": 80},"
+                 " \"fraction\": {\"numerator\": 1, \"denominator\": 8}}}]}]}]";
+        assert_int_equal(parse(routes, &specs, err, sizeof(err)), 0);
+        assert_true(specs.svcs[0].routes->rules[0].has_mirror);
+        assert_int_equal(specs.svcs[0].routes->rules[0].mirror_ppm, 125000);
+        strbuf_init(&sb);
+        dr_render_port(specs.svcs[0].routes, 80, &sb);
+        assert_non_null(strstr(sb.data, "{\"type\":\"RequestMirror\",\"backend\":\"default/"
+                                        "reviews\",\"port\":80,\"percent\":12.5,\"mirrors\":0"));
+        strbuf_free(&sb);
+        disc_specs_free(&specs);
         /* rateLimit: the burst defaults to a second's worth; a thread takes
          * 10 ms of the rate at a time, at most a quarter of the burst. */
         routes = "[{\"name\": \"r\", \"rules\": ["
@@ -392,6 +405,16 @@ static void test_bad_input(void **state)
         e = parse_error("[{\"name\": \"a\", \"rules\": [{\"rateLimit\": "
                         "{\"requestsPerSecond\": 5, \"perSource\": 1}}]}]");
         assert_non_null(strstr(e, "rateLimit.perSource: expected true or false"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"filters\": [{\"type\": "
+                        "\"RequestMirror\", \"requestMirror\": {\"backendRef\": {\"name\": "
+                        "\"reviews\"}, \"percent\": 5, \"fraction\": {\"numerator\": 1}}}]}]}]");
+        assert_non_null(
+            strstr(e, "requestMirror.fraction: 'percent' and 'fraction' are exclusive"));
+        e = parse_error("[{\"name\": \"a\", \"rules\": [{\"filters\": [{\"type\": "
+                        "\"RequestMirror\", \"requestMirror\": {\"backendRef\": {\"name\": "
+                        "\"ghost\"}}}]}]}]");
+        assert_non_null(
+            strstr(e, "requestMirror.backendRef: unknown backend service default/ghost"));
         e = parse_error("[{\"name\": \"a\", \"rules\": [{\"fault\": {}}]}]");
         assert_non_null(strstr(e, "rules[0].fault: a fault needs 'abort' or 'delay'"));
         /* The line of the offending value is named. */

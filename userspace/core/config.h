@@ -192,6 +192,10 @@ struct shunt_config {
         uint32_t http_upstream_max_idle; /* http.upstream_max_idle, per endpoint+worker, 32 */
         uint32_t http_max_header_bytes;  /* http.max_request_header_bytes, 64KiB */
         uint32_t http_max_headers;       /* http.max_request_headers, 100 */
+        /* route RequestMirror copies (proxy/mirror.c), per worker */
+        uint32_t mirror_max_in_flight; /* http.mirror_max_in_flight, 64 */
+        uint32_t mirror_max_body;      /* http.mirror_max_body, bytes, 64KiB */
+        uint32_t mirror_timeout_ms;    /* http.mirror_timeout, 5s */
 
         /* resilience, per upstream service (docs/traffic.md, "Resilience") */
         char lb_local_zone[64];           /* load_balancing.local_zone, SHUNT_LOCAL_ZONE, "" */

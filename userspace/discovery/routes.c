@@ -516,11 +516,15 @@ static int parse_path_mod(struct pctx *p, const cJSON *x, enum dr_rewrite *type,
         return 0;
 }
 
-static int parse_filter(struct pctx *p, const cJSON *x, struct dr_rule *u)
+static int parse_backend(struct pctx *p, const cJSON *x, uint16_t route_port, struct dr_backend *b);
+static int parse_mirror(struct pctx *p, const cJSON *x, uint16_t route_port, struct dr_rule *u);
+
+static int parse_filter(struct pctx *p, const cJSON *x, uint16_t route_port, struct dr_rule *u)
 {
         static const char *const keys[] = {
             "type",       "requestHeaderModifier", "responseHeaderModifier",
-            "urlRewrite", "requestRedirect",       NULL};
+            "urlRewrite", "requestRedirect",       "requestMirror",
+            NULL};
         if (keys_ok(p, x, keys))
                 return -EINVAL;
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(x, "type");
@@ -530,15 +534,16 @@ static int parse_filter(struct pctx *p, const cJSON *x, struct dr_rule *u)
         } kinds[] = {{"RequestHeaderModifier", "requestHeaderModifier"},
                      {"ResponseHeaderModifier", "responseHeaderModifier"},
                      {"URLRewrite", "urlRewrite"},
-                     {"RequestRedirect", "requestRedirect"}};
+                     {"RequestRedirect", "requestRedirect"},
+                     {"RequestMirror", "requestMirror"}};
         int kind = -1;
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
                 if (strcmp(ts, kinds[i].type) == 0)
                         kind = i;
         if (kind < 0)
                 return bad(p, t ? t : x,
                            "'type' must be RequestHeaderModifier, ResponseHeaderModifier, "
-                           "URLRewrite or RequestRedirect");
+                           "URLRewrite, RequestRedirect or RequestMirror");
         const cJSON *body = cJSON_GetObjectItemCaseSensitive(x, kinds[kind].key);
         if (!body)
                 return bad(p, x, "a %s filter needs '%s'", ts, kinds[kind].key);
@@ -573,6 +578,10 @@ static int parse_filter(struct pctx *p, const cJSON *x, struct dr_rule *u)
                         return bad(p, body, "a URLRewrite needs 'hostname' or 'path'");
                 break;
         }
+        case 4:
+                if (parse_mirror(p, body, route_port, u))
+                        return -EINVAL;
+                break;
         default: {
                 static const char *const rkeys[] = {"scheme", "hostname",   "path",
                                                     "port",   "statusCode", NULL};
@@ -741,6 +750,53 @@ static int parse_backend(struct pctx *p, const cJSON *x, uint16_t route_port, st
         return 0;
 }
 
+/* RequestMirror: {"backendRef", "percent" 0..100 | "fraction":
+ * {"numerator", "denominator"}} (default: every request). */
+static int parse_mirror(struct pctx *p, const cJSON *x, uint16_t route_port, struct dr_rule *u)
+{
+        static const char *const keys[] = {"backendRef", "percent", "fraction", NULL};
+        if (u->has_mirror)
+                return bad(p, x, "a second RequestMirror in one rule (one is supported)");
+        if (keys_ok(p, x, keys))
+                return -EINVAL;
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(x, "backendRef");
+        if (!cJSON_IsObject(b))
+                return bad(p, b ? b : x, "a RequestMirror needs 'backendRef', an object");
+        size_t old = push(p, "backendRef", 0);
+        if (parse_backend(p, b, route_port, &u->mirror))
+                return -EINVAL;
+        pop(p, old);
+        u->has_mirror = true;
+        u->mirror_ppm = 1000000;
+        long long v;
+        int rc = int_field(p, x, "percent", 0, 100, &v);
+        if (rc < 0)
+                return rc;
+        if (rc == 0)
+                u->mirror_ppm = (uint32_t)v * 10000;
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(x, "fraction");
+        if (f) {
+                static const char *const fkeys[] = {"numerator", "denominator", NULL};
+                long long num, den = 100;
+                old = push(p, "fraction", 0);
+                if (rc == 0)
+                        return bad(p, f, "'percent' and 'fraction' are exclusive");
+                if (keys_ok(p, f, fkeys))
+                        return -EINVAL;
+                if ((rc = int_field(p, f, "numerator", 0, 1000000, &num)) < 0)
+                        return rc;
+                if (rc)
+                        return bad(p, f, "a fraction needs 'numerator'");
+                if ((rc = int_field(p, f, "denominator", 1, 1000000, &den)) < 0)
+                        return rc;
+                if (num > den)
+                        return bad(p, f, "the numerator is above the denominator");
+                u->mirror_ppm = (uint32_t)(num * 1000000 / den);
+                pop(p, old);
+        }
+        return 0;
+}
+
 /* A fault's "percentage": a number in (0, 100], as parts per million. */
 static int percent_field(struct pctx *p, const cJSON *o, uint32_t *ppm)
 {
@@ -898,7 +954,7 @@ static int parse_rule(struct pctx *p, const cJSON *x, const struct dr_route *rt,
                 i = 0;
                 for (const cJSON *f = arr->child; f; f = f->next, i++) {
                         size_t o2 = push(p, NULL, i);
-                        if (parse_filter(p, f, u))
+                        if (parse_filter(p, f, rt->port, u))
                                 return -EINVAL;
                         pop(p, o2);
                 }
@@ -1493,6 +1549,20 @@ static void render_rule(const struct dr_routes *r, const struct dr_rule *u, uint
                 strbuf_appendf(sb, ",\"port\":%u,\"path\":", u->redirect_port);
                 strbuf_append_json_string(sb, u->redirect_path ? u->redirect_path : "");
                 strbuf_append(sb, "}");
+        }
+        if (u->has_mirror) {
+                strbuf_append(sb, sb->len > mark ? "," : "");
+                strbuf_append(sb, "{\"type\":\"RequestMirror\",\"backend\":");
+                char name[2 * DR_NAME_MAX + DR_LABELS_MAX + 4];
+                snprintf(name, sizeof(name), "%s/%s%s%s", u->mirror.ns, u->mirror.name,
+                         u->mirror.selector[0] ? "#" : "", u->mirror.selector);
+                strbuf_append_json_string(sb, name);
+                strbuf_appendf(
+                    sb, ",\"port\":%u,\"percent\":%.4g,\"mirrors\":%llu,\"drops\":%llu}",
+                    u->mirror.port, u->mirror_ppm / 10000.0,
+                    (unsigned long long)atomic_load_explicit(&u->mirrors, memory_order_relaxed),
+                    (unsigned long long)atomic_load_explicit(&u->mirror_drops,
+                                                             memory_order_relaxed));
         }
         strbuf_appendf(sb, "],\"timeouts\":{\"request_ms\":%u,\"backend_request_ms\":%u}",
                        u->timeout_ms, u->backend_timeout_ms);

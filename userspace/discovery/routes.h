@@ -184,6 +184,13 @@ struct dr_rule {
         uint32_t delay_ppm;
         uint32_t delay_ms;
         struct dr_ratelimit *rl; /* rateLimit (extension), NULL: none */
+        /* RequestMirror: a copy of mirror_ppm of every million requests to
+         * mirror (its weight unused), answer discarded. */
+        bool has_mirror;
+        uint32_t mirror_ppm;
+        struct dr_backend mirror;
+        _Atomic uint64_t mirrors;      /* copies sent */
+        _Atomic uint64_t mirror_drops; /* copies not sent: a bound, no endpoint */
         _Atomic uint64_t hits;
         _Atomic uint64_t faults; /* aborted */
         _Atomic uint64_t delays; /* delayed */

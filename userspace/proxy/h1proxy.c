@@ -46,6 +46,7 @@
 #include "lb/lb.h"
 #include "http/http1.h"
 #include "http/tracectx.h"
+#include "proxy/mirror-int.h"
 #include "proxy/obs.h"
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
@@ -138,6 +139,7 @@ struct h1_worker {
         bool draining;               /* every response says Connection: close */
         struct warn_limit warn;      /* failed requests: one line a second */
         struct http1_msg *spare_msg; /* see msg_get */
+        struct mirrors *mirrors;     /* route mirrors' request copies, on first use */
 };
 
 static bool warn_allowed(struct h1s *s)
@@ -1005,6 +1007,54 @@ static void trace_begin(struct h1s *s, const struct http1_msg *m)
         obs_trace_begin(s->w, have ? &in : NULL, b3, &s->span);
 }
 
+/* The route rule's RequestMirror drew this request: a copy of its head
+ * as it goes upstream (with Connection: close) and of its body to an
+ * endpoint of the mirror backend, not waited for; or a drop, counted. */
+static void mirror_request(struct h1s *s)
+{
+        struct worker *w = s->w;
+        const struct shunt_config *cfg = worker_cfg(w);
+        const char *why = NULL;
+        struct sockaddr_storage to;
+        const struct strbuf *h = &s->req.head;
+        if (s->upgrade)
+                why = "an Upgrade is not mirrored";
+        else if (!s->req.body_done)
+                why = "its body did not all come with its head";
+        else if (s->req.cls - s->body_start > cfg->mirror_max_body)
+                why = "its body is larger than http.mirror_max_body";
+        else if (h->len < 4 || memcmp(h->data + h->len - 4, "\r\n\r\n", 4))
+                why = "no request head";
+        else if (!route_mirror_pick(&s->route, &w->route_workers, (uint64_t)w->index,
+                                    &s->client_addr, &to))
+                why = "no endpoint of the mirror backend";
+        if (!why && !w->h1->mirrors && !(w->h1->mirrors = mirrors_new(w->loop)))
+                why = "out of memory";
+        if (!why) {
+                static const char close_field[] = "Connection: close\r\n\r\n";
+                char *copy = malloc(h->len + sizeof(close_field));
+                int rc = -ENOMEM;
+                if (copy) {
+                        memcpy(copy, h->data, h->len - 2);
+                        memcpy(copy + h->len - 2, close_field, sizeof(close_field) - 1);
+                        rc = mirror_send(w->h1->mirrors, &to, config_socket_mark(cfg), copy,
+                                         h->len - 2 + sizeof(close_field) - 1,
+                                         s->req.buf + s->body_start, s->req.cls - s->body_start,
+                                         cfg->mirror_max_in_flight, cfg->mirror_timeout_ms);
+                        free(copy);
+                }
+                if (rc == -ENOBUFS)
+                        why = "http.mirror_max_in_flight copies in flight";
+                else if (rc < 0)
+                        why = strerror(-rc);
+        }
+        route_mirror_count(&s->route, why == NULL);
+        if (why && warn_allowed(s))
+                log_warn("http1", s->id,
+                         "%s %s service=%s: request copy for the mirror dropped: %s", s->method_s,
+                         s->target, s->service, why);
+}
+
 static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_len)
 {
         struct worker *w = s->w;
@@ -1145,12 +1195,15 @@ static int begin_request(struct h1s *s, const struct http1_msg *m, size_t head_l
         s->resp.kind = HTTP1_BODY_NONE;
         if (flow_classify(&s->req) < 0)
                 return local_reply(s, 400, http1_error_str(s->req.ch.error), 0);
+        if (s->route.mirror)
+                mirror_request(s);
         loop_timer_arm(w->loop, &s->req_timer,
                        route_timeout_ms(&s->route, cfg->request_timeout_ms));
         loop_timer_cancel(w->loop, &s->timer);
         if (s->route.delay_ms) { /* on_timer starts the attempt */
                 h1_set_state(s, H1_DELAY);
-                loop_timer_arm(w->loop, &s->timer, s->route.delay_ms);
+                /* + 1: the loop's clock counts whole ms, never fire early */
+                loop_timer_arm(w->loop, &s->timer, s->route.delay_ms + 1);
                 return -1;
         }
         return attempt(s);
@@ -1797,8 +1850,10 @@ static void h1_drain(struct worker *w)
 
 static void h1_worker_free(struct worker *w)
 {
-        if (w->h1)
+        if (w->h1) {
                 free(w->h1->spare_msg);
+                mirrors_free(w->h1->mirrors);
+        }
         free(w->h1);
         w->h1 = NULL;
 }

@@ -1411,7 +1411,8 @@ static void stream_route(struct h2s *st)
         st->routed = true;
         if (st->route.delay_ms) { /* on_retry goes on */
                 st->delaying = true;
-                loop_timer_arm(hw_loop(hw), &st->retry, st->route.delay_ms);
+                /* + 1: the loop's clock counts whole ms, never fire early */
+                loop_timer_arm(hw_loop(hw), &st->retry, st->route.delay_ms + 1);
                 return;
         }
         stream_go(st);

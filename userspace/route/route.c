@@ -31,6 +31,7 @@ struct route_entry {
         const struct dr_routes *routes;
         const struct dr_port_table *rt;
         uint32_t (*bmap)[DR_MAX_BACKENDS];
+        uint32_t *mmap; /* per rule: its RequestMirror's entry, ENTRY_NONE */
 };
 
 #define ENTRY_NONE UINT32_MAX
@@ -82,6 +83,7 @@ static void table_destroy(struct snapshot *s)
                 if (t->entries[i].lb)
                         lb_table_unref(t->entries[i].lb);
                 free(t->entries[i].bmap);
+                free(t->entries[i].mmap);
         }
         if (t->disc)
                 disc_snapshot_release(t->disc);
@@ -263,9 +265,43 @@ static int port_index(const struct disc_service *svc, uint16_t port)
         return -1;
 }
 
-/* Resolves the backendRefs of entry e's routes to entries: a whole service
+/* The entry backendRef be of entry e's routes resolves to: a whole service
  * port is that port's entry, a selector gets an entry of its own (one per
- * distinct service, port and selector), appended at t->n_entries. */
+ * distinct service, port and selector), appended at t->n_entries.
+ * ENTRY_NONE when that service or port is not in the registry now. */
+static uint32_t resolve_backend(struct route_table *t, const struct route_entry *e,
+                                const struct dr_backend *be, const struct shunt_config *cfg,
+                                const struct route_table *prev, struct lb_endpoint_in *scratch)
+{
+        const struct disc_service *svc = disc_snapshot_service(t->disc, e->service);
+        const struct disc_service *to = disc_find_service(t->disc, be->ns, be->name);
+        int pi = to ? port_index(to, be->port ? be->port : svc->ports[e->port_idx].port) : -1;
+        if (pi < 0)
+                return ENTRY_NONE;
+        uint32_t s = (uint32_t)(to - disc_snapshot_service(t->disc, 0));
+        if (!be->selector[0])
+                return t->first_entry[s] + (uint32_t)pi;
+        char key[sizeof(e->key)];
+        snprintf(key, sizeof(key), "%s/%s:%u#%s", to->ns, to->name, to->ports[pi].port,
+                 be->selector);
+        uint32_t k = t->n_base;
+        while (k < t->n_entries && strcmp(t->entries[k].key, key))
+                k++;
+        if (k == t->n_entries) {
+                if (k == t->cap_entries)
+                        return ENTRY_NONE; /* counted before the build: not reached */
+                struct route_entry *se = &t->entries[t->n_entries++];
+                se->service = s;
+                int rc = build_entry(se, to, (uint32_t)pi, be->selector, cfg, prev, &t->limits,
+                                     &t->tiers, scratch);
+                if (rc < 0)
+                        log_error("route", 0, "subset %s: load-balancer table: %s", se->key,
+                                  strerror(-rc));
+        }
+        return k;
+}
+
+/* Resolves the backendRefs (and mirrors) of entry e's routes to entries. */
 static void resolve_backends(struct route_table *t, struct route_entry *e,
                              const struct shunt_config *cfg, const struct route_table *prev,
                              struct lb_endpoint_in *scratch)
@@ -277,47 +313,20 @@ static void resolve_backends(struct route_table *t, struct route_entry *e,
         if (!e->rt)
                 return;
         e->bmap = calloc(r->n_rules, sizeof(*e->bmap));
-        if (!e->bmap) {
+        e->mmap = calloc(r->n_rules, sizeof(*e->mmap));
+        if (!e->bmap || !e->mmap) {
                 e->rt = NULL;
                 log_error("route", 0, "service %s: out of memory for its routes", e->key);
                 return;
         }
         for (uint32_t u = 0; u < r->n_rules; u++) {
                 const struct dr_rule *rule = &r->rules[u];
-                for (uint32_t b = 0; b < rule->n_backends; b++) {
-                        const struct dr_backend *be = &rule->backends[b];
-                        e->bmap[u][b] = ENTRY_NONE;
-                        const struct disc_service *to =
-                            disc_find_service(t->disc, be->ns, be->name);
-                        int pi =
-                            to ? port_index(to, be->port ? be->port : svc->ports[e->port_idx].port)
-                               : -1;
-                        if (pi < 0)
-                                continue;
-                        uint32_t s = (uint32_t)(to - disc_snapshot_service(t->disc, 0));
-                        if (!be->selector[0]) {
-                                e->bmap[u][b] = t->first_entry[s] + (uint32_t)pi;
-                                continue;
-                        }
-                        char key[sizeof(e->key)];
-                        snprintf(key, sizeof(key), "%s/%s:%u#%s", to->ns, to->name,
-                                 to->ports[pi].port, be->selector);
-                        uint32_t k = t->n_base;
-                        while (k < t->n_entries && strcmp(t->entries[k].key, key))
-                                k++;
-                        if (k == t->n_entries) {
-                                if (k == t->cap_entries)
-                                        continue; /* counted before the build: not reached */
-                                struct route_entry *se = &t->entries[t->n_entries++];
-                                se->service = s;
-                                int rc = build_entry(se, to, (uint32_t)pi, be->selector, cfg, prev,
-                                                     &t->limits, &t->tiers, scratch);
-                                if (rc < 0)
-                                        log_error("route", 0, "subset %s: load-balancer table: %s",
-                                                  se->key, strerror(-rc));
-                        }
-                        e->bmap[u][b] = k;
-                }
+                for (uint32_t b = 0; b < rule->n_backends; b++)
+                        e->bmap[u][b] =
+                            resolve_backend(t, e, &rule->backends[b], cfg, prev, scratch);
+                e->mmap[u] = rule->has_mirror
+                                 ? resolve_backend(t, e, &rule->mirror, cfg, prev, scratch)
+                                 : ENTRY_NONE;
         }
 }
 
@@ -339,9 +348,11 @@ struct route_table *route_table_build(const struct disc_snapshot *disc,
         uint32_t n_base = n_entries;
         for (uint32_t s = 0; s < n_svc; s++) { /* room for every subset backend */
                 const struct dr_routes *r = disc_snapshot_service(disc, s)->routes;
-                for (uint32_t u = 0; r && u < r->n_rules; u++)
+                for (uint32_t u = 0; r && u < r->n_rules; u++) {
                         for (uint32_t b = 0; b < r->rules[u].n_backends; b++)
                                 n_entries += r->rules[u].backends[b].selector[0] ? 1 : 0;
+                        n_entries += r->rules[u].has_mirror && r->rules[u].mirror.selector[0];
+                }
         }
         struct lb_endpoint_in *scratch = calloc(max_eps, sizeof(*scratch));
         if (!t || !scratch)
@@ -659,6 +670,10 @@ static enum route_result apply_routes(struct route_table *t, uint64_t seed,
                 atomic_fetch_add_explicit(&rule->delays, 1, memory_order_relaxed);
                 use->delay_ms = rule->delay_ms;
         }
+        if (req && rule->has_mirror && split_random(seed) % 1000000 < rule->mirror_ppm) {
+                use->mirror = 1;
+                use->mirror_entry = e->mmap[m->rule];
+        }
         int b = dr_pick_backend(rule, rule->sticky && key_hash ? lb_mix64(*key_hash)
                                                                : split_random(seed));
         if (b < 0)
@@ -808,6 +823,33 @@ bool route_response_edits(const struct route_use *use, struct route_edits *e)
                 return false;
         header_edits(&use->rule->resp_hdr, e);
         return true;
+}
+
+bool route_mirror_pick(struct route_use *use, struct route_workers **rw, uint64_t seed,
+                       const struct sockaddr_storage *client, struct sockaddr_storage *addr)
+{
+        struct route_table *t = use->table;
+        if (!use->mirror || !t || use->mirror_entry == ENTRY_NONE)
+                return false;
+        struct route_entry *e = &t->entries[use->mirror_entry];
+        struct lb_worker *lw = e->lb ? entry_worker(t, rw, use->mirror_entry, seed) : NULL;
+        if (!lw)
+                return false;
+        uint64_t h = lb_hash_source_ip(client);
+        struct lb_pick pick;
+        /* No admission, nothing held: a mirror's result feeds no breaker. */
+        if (lb_pick(lw, e->lb, e->hashed ? &h : NULL, &pick) < 0)
+                return false;
+        *addr = pick.ep->addr;
+        return true;
+}
+
+void route_mirror_count(const struct route_use *use, bool sent)
+{
+        struct dr_rule *r = (struct dr_rule *)(uintptr_t)use->rule;
+        if (r && use->mirror)
+                atomic_fetch_add_explicit(sent ? &r->mirrors : &r->mirror_drops, 1,
+                                          memory_order_relaxed);
 }
 
 uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt)
@@ -1344,6 +1386,10 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
              "Requests a traffic route rule's fault injection delayed."},
             {"shunt_route_rate_limited_total", "counter",
              "Requests a traffic route rule's local rate limit refused (429)."},
+            {"shunt_route_mirrors_total", "counter",
+             "Request copies a traffic route rule's RequestMirror sent."},
+            {"shunt_route_mirror_drops_total", "counter",
+             "Request copies a traffic route rule's RequestMirror dropped (a bound, no endpoint)."},
         };
         struct strbuf lb;
         strbuf_init(&lb);
@@ -1372,7 +1418,7 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
                                 char idx[16];
                                 snprintf(idx, sizeof(idx), "%u", rule->index);
                                 if ((f == 3 && !rule->abort_ppm) || (f == 4 && !rule->delay_ppm) ||
-                                    (f == 5 && !rule->rl))
+                                    (f == 5 && !rule->rl) || (f >= 6 && !rule->has_mirror))
                                         continue;
                                 for (uint32_t b = 0; b < (f == 1 ? rule->n_backends : 1); b++) {
                                         labels_svc(&lb, e, NULL);
@@ -1380,11 +1426,16 @@ static void render_route_metrics(const struct route_table *t, struct strbuf *out
                                         prom_label(&lb, "rule", idx);
                                         uint64_t v;
                                         if (f != 1) {
-                                                v = atomic_load_explicit(f == 0   ? &rule->hits
-                                                                         : f == 3 ? &rule->faults
-                                                                         : f == 4
-                                                                             ? &rule->delays
-                                                                             : &rule->rl->limited,
+                                                const _Atomic uint64_t *c[] = {
+                                                    &rule->hits,
+                                                    NULL,
+                                                    NULL,
+                                                    &rule->faults,
+                                                    &rule->delays,
+                                                    rule->rl ? &rule->rl->limited : NULL,
+                                                    &rule->mirrors,
+                                                    &rule->mirror_drops};
+                                                v = atomic_load_explicit(c[f],
                                                                          memory_order_relaxed);
                                         } else {
                                                 const struct dr_backend *be = &rule->backends[b];

@@ -72,6 +72,8 @@ struct route_use {
          * attempt (the picked endpoint stays held meanwhile). */
         uint32_t delay_ms;
         uint32_t retry_after_s; /* ROUTE_RATE_LIMITED: when a token is back (s, >= 1) */
+        uint8_t mirror;         /* the rule's RequestMirror drew this request */
+        uint32_t mirror_entry;  /* private: the mirror backend's entry */
 };
 
 /* Builds a route table from a discovery snapshot (taking a reference to it)
@@ -142,6 +144,14 @@ bool route_request_edits(const struct route_use *use, const char *path, size_t p
                          struct route_edits *e);
 /* The same for the response (ResponseHeaderModifier; no path or host). */
 bool route_response_edits(const struct route_use *use, struct route_edits *e);
+/* When use's rule mirrors this request (drawn by its percent): an endpoint
+ * of the mirror backend in *addr (no breaker or limit is involved, nothing
+ * is held). False when not mirrored, or no endpoint (then count a drop). */
+bool route_mirror_pick(struct route_use *use, struct route_workers **rw, uint64_t seed,
+                       const struct sockaddr_storage *client, struct sockaddr_storage *addr);
+/* Counts a mirrored request of use's rule: sent, or dropped (a bound, no
+ * endpoint). Nothing when use's rule did not draw a mirror. */
+void route_mirror_count(const struct route_use *use, bool sent);
 /* The request timeout for use: its rule's timeouts.request, else the
  * picked endpoint's locality tier's (load_balancing.tiers.*), else dflt. */
 uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt);
