@@ -233,3 +233,38 @@ def test_request_metrics_switch(mesh):
         reload(b, {"metrics": {"requests": "on"}})
     topo.app.curl(["-s", "-o", "/dev/null", "http://%s/" % VIP_WEB])
     sl.wait_until(lambda: inbound_requests(b) == before + 1, 5, what="B counting again")
+
+
+def test_inbound_http_parsed_with_mtls_disabled():
+    """mtls.mode disabled: inbound HTTP is still proxied request by request,
+    so it is counted, logged and traced like the rest (issue 18), and the
+    application gets the request; a TCP port stays a byte relay."""
+    topo = T()
+    procs, daemons = [], []
+    try:
+        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]))
+        procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:%d" % (T.REMOTE4, ECHO_PORT)]))
+        b = sl.Shuntd(topo.remote, sl.shuntd_args(**{"mtls.mode": "disabled", "log-level": "warn"}),
+                      name="shuntd-b")  # fmt: skip
+        daemons.append(b)
+        b.wait_ready()
+        for i in range(3):
+            r = topo.app.curl(["-s", "-H", "X-Request-ID: rid-dis-%d" % i,
+                               "http://%s:%d/d%d" % (T.REMOTE4, H1_PORT, i)])  # fmt: skip
+            assert json.loads(r.stdout)["server"] == "web", r
+        lines = lines_for(b, lambda l: (l.get("request_id") or "").startswith("rid-dis-"), 3,
+                          "B's inbound lines with mTLS disabled")  # fmt: skip
+        for i, line in enumerate(sorted(lines, key=lambda l: l["request_id"])):
+            check_fields(line)
+            assert (line["type"], line["direction"], line["method"], line["path"], line["status"],
+                    line["peer_identity"]) == ("http", "inbound", "GET", "/d%d" % i, 200, None), line
+        sl.wait_until(lambda: inbound_requests(b) >= 3, 5, what="B's inbound request metrics")
+        s = topo.app.connect(T.REMOTE4, ECHO_PORT)
+        try:
+            assert sl.echo(s, b"plain") == b"plain"
+        finally:
+            s.close()
+        lines_for(b, lambda l: l["type"] == "tcp" and l["direction"] == "inbound", 1,
+                  "B's inbound TCP line")  # fmt: skip
+    finally:
+        sl.teardown(topo, daemons, procs)

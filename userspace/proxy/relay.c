@@ -763,8 +763,9 @@ static bool inbound_unidentified_refused(struct conn *c)
         snprintf(pnum, sizeof(pnum), "%u", (unsigned)port);
         snprintf(detail, sizeof(detail),
                  "%s connection; port %u has authorization policies (%.100s)",
-                 c->state == CONN_PEEKING ? (c->proto == PROTO_TLS ? "non-mesh TLS" : "plaintext")
-                                          : "plaintext (mTLS disabled for this port)",
+                 c->proto == PROTO_TLS         ? "non-mesh TLS"
+                 : c->in_mode == MTLS_DISABLED ? "plaintext (mTLS disabled for this port)"
+                                               : "plaintext",
                  (unsigned)port, v.policy);
         const struct log_field f[] = {
             {"peer", sockaddr_format(&c->client_addr, pbuf, sizeof(pbuf)), false},
@@ -791,9 +792,12 @@ static void inbound_to_application(struct conn *c)
                 conn_connect(c);
 }
 
-/* Inbound with mTLS on, once the client's first bytes are known: terminate
- * mesh TLS (a port-<N> SNI name; in strict mode any TLS), refuse plaintext
- * in strict mode, or relay as it is. Returns a reason to end, or -1. */
+/* Inbound, once the client's first bytes are known: terminate mesh TLS (a
+ * port-<N> SNI name; in strict mode any TLS; never with mTLS disabled),
+ * refuse plaintext in strict mode, or go to the application (an HTTP
+ * engine's protocol request by request, parsed for metrics, spans and the
+ * access log; anything else relayed as it is). Returns a reason to end, or
+ * -1. */
 static int inbound_decide(struct conn *c)
 {
         const struct shunt_config *cfg = worker_cfg(c->w);
@@ -808,7 +812,7 @@ static int inbound_decide(struct conn *c)
         half_give_buf(c->w, h);
         c->cli.readable = c->cli.writable = true;
         uint16_t port;
-        bool mesh = c->proto == PROTO_TLS &&
+        bool mesh = c->proto == PROTO_TLS && c->in_mode != MTLS_DISABLED &&
                     (c->in_mode == MTLS_STRICT || tls_sni_port(c->sni, &port) == 0);
         if (silent && (c->to_listener || c->in_mode == MTLS_STRICT))
                 return REASON_DONE;
@@ -1398,11 +1402,14 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                                              : sm == DISC_MTLS_PERMISSIVE ? MTLS_PERMISSIVE
                                                                           : MTLS_DISABLED;
                 }
-                /* mTLS on: the client's first bytes are peeked, not read, so
-                 * a TLS handshake can start from the ClientHello. */
-                if (p->tls_slot && c->in_mode != MTLS_DISABLED)
-                        c->state = CONN_PEEKING;
-                c->to_listener = c->state == CONN_PEEKING && is_own_listener(w, &dst);
+                if (!p->tls_slot)
+                        c->in_mode = MTLS_DISABLED;
+                /* The client's first bytes are peeked, not read: a TLS
+                 * handshake can start from the ClientHello (mTLS on), and
+                 * an HTTP client's requests go to an engine whatever the
+                 * mode (inbound_decide). */
+                c->state = CONN_PEEKING;
+                c->to_listener = c->in_mode != MTLS_DISABLED && is_own_listener(w, &dst);
         } else if (route.table &&
                    route_security(&route, cfg->mtls_mode, p->tls_slot != NULL) == ROUTE_REFUSED) {
                 /* Sniff first: an HTTP client gets a 503 from its engine. */
@@ -1429,11 +1436,6 @@ void relay_accept(struct worker *w, struct listener *l, int fd, const struct soc
                 loop_timer_arm(w->loop, &c->sniff_timer, cfg->protocol_detection_timeout_ms);
         if (loop_io_add(w->loop, &c->cli.io, RELAY_EVENTS) < 0) {
                 conn_free(c, REASON_SOCKET, false);
-                return;
-        }
-        /* mTLS off for this port: nothing can carry an identity. */
-        if (c->dir == DIR_INBOUND && c->state != CONN_PEEKING && inbound_unidentified_refused(c)) {
-                conn_free(c, REASON_AUTHZ_REFUSED, true);
                 return;
         }
         log_debug("proxy", c->id, "%s %s -> %s via %s", dir_name(c->dir),
