@@ -4,7 +4,17 @@
 Once shuntd has relayed a connection's first bytes, its two sockets go into
 a sockhash and an sk_skb verdict program moves the bytes. Every test checks
 the bytes end to end (SHA-256) and that the connections were spliced
-(shunt_splice_connections_total), not merely relayed."""
+(shunt_splice_connections_total), not merely relayed.
+
+Issue 19's list for the splice path, case by case: 1 and 8 connections
+each way (test_bulk_*_sha), both ways at once with the client's FIN first
+(test_bulk_both_directions_echo) and the server's first
+(test_bulk_downstream_sha), slow readers each way (test_slow_reader_*, every
+byte compared), resets each way (test_reset_*), 10,000 short connections
+leaving no map entries, a switch-over with bytes in flight, shuntd killed
+with spliced connections open (docs/architecture.md, "Splice"); the kernel
+path on 6.1 is unit.test_bpfcap_splice in vmtest. The slow readers measure
+flow control: this test runs alone (SHUNT_SOLO_TESTS)."""
 
 import hashlib
 import json
