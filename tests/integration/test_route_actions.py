@@ -385,3 +385,14 @@ def test_mirror_slow_or_silent_leaves_primary_alone(env):
     shadow.mode = "fast"
     m = daemon.metrics()
     assert m[("shunt_route_mirror_drops_total", (("route", "api"), ("rule", "0"), ("service", "default/api:80")))] >= 40
+
+
+def test_shuntctl_routes_counters(env):
+    """shuntctl routes shows each rule's mirror, fault and rate-limit counters."""
+    topo, daemon, _ = env
+    out = sl.shuntctl(topo.app, "--admin", "127.0.0.1:15003", "routes", "api").stdout
+    rules = {r["matches"][0]["path"]["value"]: r for r in daemon.json("/routes?service=api")["services"][0]["rules"]}
+    mirror = [f for f in rules["/mirror"]["filters"] if f["type"] == "RequestMirror"][0]
+    assert "RequestMirror(mirrors=%d drops=%d)" % (mirror["mirrors"], mirror["drops"]) in out, out
+    assert "fault(aborts=0 delays=%d)" % rules["/delay"]["delays"] in out, out
+    assert "rateLimit(limited=%d)" % rules["/limited"]["rate_limited"] in out, out

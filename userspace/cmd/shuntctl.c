@@ -62,6 +62,7 @@ static const char usage_text[] =
     "                   (SVC: name or namespace/name)\n"
     "  routes [SVC]     traffic routes per service port in precedence order: each\n"
     "                   rule's matches, backends with weight and hits, filters\n"
+    "                   (mirror, fault and rate-limit counters)\n"
     "  certs            mTLS: identity, certificate serials and validity, rotation\n"
     "                   state, trust bundle; node mode: every pod identity\n"
     "                   (SPIFFE ID, pods, expiry, rotation state)\n"
@@ -974,9 +975,31 @@ static int cmd_routes(const char *service)
                                          jint(x, "weight", w, sizeof(w)),
                                          jint(x, "hits", h, sizeof(h)));
                         }
+                        char a[24], b[24];
                         cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(rule, "filters"))
-                            snprintf(filters + strlen(filters), sizeof(filters) - strlen(filters),
-                                     "%s%s", filters[0] ? "," : "", jstr(x, "type", "?"));
+                        {
+                                snprintf(filters + strlen(filters),
+                                         sizeof(filters) - strlen(filters), "%s%s",
+                                         filters[0] ? "," : "", jstr(x, "type", "?"));
+                                if (cJSON_GetObjectItemCaseSensitive(x, "mirrors"))
+                                        snprintf(filters + strlen(filters),
+                                                 sizeof(filters) - strlen(filters),
+                                                 "(mirrors=%s drops=%s)",
+                                                 jint(x, "mirrors", a, sizeof(a)),
+                                                 jint(x, "drops", b, sizeof(b)));
+                        }
+                        /* shunt's extensions, with their counters */
+                        if (cJSON_GetObjectItemCaseSensitive(rule, "fault"))
+                                snprintf(filters + strlen(filters),
+                                         sizeof(filters) - strlen(filters),
+                                         "%sfault(aborts=%s delays=%s)", filters[0] ? "," : "",
+                                         jint(rule, "faults", a, sizeof(a)),
+                                         jint(rule, "delays", b, sizeof(b)));
+                        if (cJSON_GetObjectItemCaseSensitive(rule, "rateLimit"))
+                                snprintf(filters + strlen(filters),
+                                         sizeof(filters) - strlen(filters),
+                                         "%srateLimit(limited=%s)", filters[0] ? "," : "",
+                                         jint(rule, "rate_limited", a, sizeof(a)));
                         char idx[16], hits[24];
                         table_add(&t, name, jstr(rule, "route", "?"),
                                   jint(rule, "rule", idx, sizeof(idx)), matches,
