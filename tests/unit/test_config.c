@@ -31,7 +31,7 @@ static int count(char **v)
 static struct shunt_config *load_ok(char **argv, char **envp)
 {
         struct shunt_config *c = NULL;
-        char err[512] = "";
+        char err[CONFIG_ERR_MAX] = "";
         int rc = config_load(count(argv), argv, envp, &c, err, sizeof(err));
         if (rc)
                 print_error("config_load failed: %d: %s\n", rc, err);
@@ -46,7 +46,7 @@ static struct shunt_config *load_ok(char **argv, char **envp)
 static void load_err(char **argv, char **envp, int want_rc, ...)
 {
         struct shunt_config *c = (struct shunt_config *)0x1;
-        char err[512] = "";
+        char err[CONFIG_ERR_MAX] = "";
         int rc = config_load(count(argv), argv, envp, &c, err, sizeof(err));
         if (rc != want_rc)
                 print_error("rc %d (want %d): %s\n", rc, want_rc, err);
@@ -84,7 +84,7 @@ static void json_err(const char *json, ...)
         char *path = tmp_file(json);
         char *argv[] = {"shuntd", "--config", path, NULL};
         struct shunt_config *c = (struct shunt_config *)0x1;
-        char err[512] = "";
+        char err[CONFIG_ERR_MAX] = "";
         int rc = config_load(count(argv), argv, no_env, &c, err, sizeof(err));
         unlink(path);
         free(path);
@@ -704,7 +704,7 @@ static void test_json_errors(void **state)
         json_err("[1, 2]", ":1: the top level must be a JSON object", NULL);
         json_err("{\"inbound_prot\": 1}",
                  "config: inbound_prot: unknown key: allowed at the top level",
-                 "inbound_port, outbound_port", "load_balancing", NULL);
+                 "inbound_port, outbound_port", "load_balancing", ", access_log, tracing", NULL);
         json_err("{\"timeouts\": 5}",
                  "config: timeouts: 5: expected an object with keys connect, request, idle_timeout",
                  NULL);

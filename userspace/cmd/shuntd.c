@@ -412,7 +412,7 @@ static int init_iptables(struct daemon *d)
 static int run_init(int argc, char **argv)
 {
         struct daemon d = {.argc = argc, .argv = argv, .init_cmd = true};
-        char err[512], why[512];
+        char err[CONFIG_ERR_MAX], why[512];
         if (config_load(argc, argv, environ, &d.cfg, err, sizeof(err)) < 0) {
                 fprintf(stderr, "%s\n", err);
                 return 2;
@@ -1326,7 +1326,7 @@ static void reload(struct daemon *d)
 {
         struct shunt_config *next;
         struct authz *az = NULL;
-        char err[512];
+        char err[CONFIG_ERR_MAX];
         if (config_reload(d->cfg, d->argc, d->argv, environ, &next, err, sizeof(err)) < 0) {
                 log_error("config", 0, "reload rejected, keeping the running configuration: %s",
                           err);
@@ -1815,7 +1815,7 @@ int main(int argc, char **argv)
         }
         argv[d.argc] = NULL;
         argc = d.argc;
-        char err[512];
+        char err[CONFIG_ERR_MAX];
         if (config_load(argc, argv, environ, &d.cfg, err, sizeof(err)) < 0) {
                 fprintf(stderr, "%s\n", err);
                 return 2;

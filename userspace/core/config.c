@@ -1195,7 +1195,7 @@ static int walk(struct ctx *x, const cJSON *obj, const char *prefix)
         const cJSON *child;
         cJSON_ArrayForEach(child, obj)
         {
-                char path[KEY_MAX], allowed[1024];
+                char path[KEY_MAX], allowed[CONFIG_ERR_MAX];
                 const char *name = child->string ? child->string : "";
                 int n = snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "." : "", name);
                 bool too_long = n < 0 || (size_t)n >= sizeof(path);

@@ -321,6 +321,9 @@ struct shunt_config {
         size_t n_origins;
 };
 
+/* Room for a config error: one line, which may list the allowed keys. */
+#define CONFIG_ERR_MAX 2048
+
 /* Builds a configuration from defaults, the file named by --config (if any),
  * envp and argv (flags: see config_usage()). argv[0] is skipped; unknown
  * flags are errors. On failure returns -EINVAL (or -errno for I/O) and writes
