@@ -893,7 +893,8 @@ enum k8s_event_result k8s_event_parse(const char *line, size_t len, k8s_apply_fn
         const char *type = ev ? str_at(ev, "type") : NULL;
         const cJSON *obj = ev ? FIELD(ev, "object") : NULL;
         if (!ev) {
-                snprintf(err, errlen, "watch event is not JSON: %.80s", line);
+                snprintf(err, errlen, "watch event is not JSON: %.*s", len < 80 ? (int)len : 80,
+                         line); /* the line only: it need not end in a NUL */
         } else if (!type || !cJSON_IsObject(obj)) {
                 snprintf(err, errlen, "watch event without type or object");
         } else if (strcmp(type, "BOOKMARK") == 0) {
