@@ -129,9 +129,16 @@ void reqmetrics_free(struct reqmetrics *m)
         free(m);
 }
 
+/* src (or "unknown"), cut to NAME_MAX_ - 1 bytes; no printf: it runs per request. */
 static void copy(char *dst, const char *src)
 {
-        snprintf(dst, NAME_MAX_, "%s", src && *src ? src : UNKNOWN);
+        if (!src || !*src)
+                src = UNKNOWN;
+        size_t n = 0;
+        while (n < NAME_MAX_ - 1 && src[n])
+                n++;
+        memcpy(dst, src, n);
+        dst[n] = '\0';
 }
 
 /* This sidecar: mtls.service_name (else the host name), mtls.namespace and
@@ -311,16 +318,18 @@ void reqmetrics_request(struct worker *w, const struct req_end *r)
         if (!counted && !tapped)
                 return;
         const char *v[L__REQ];
-        char buf[2][NAME_MAX_], code[16], cls[16];
+        char buf[2][NAME_MAX_], code[4] = "0", cls[5] = "none";
         common_labels(w, r->dir, r->peer_tls, r->service, r->route, r->orig_dst,
                       r->dir == DIR_OUTBOUND && outbound_mtls(w, r->route), v, buf);
         v[L_PROTOCOL] = r->protocol;
         int status = r->status >= 100 && r->status <= 599 ? r->status : 0;
-        snprintf(code, sizeof(code), "%d", status);
-        if (status)
-                snprintf(cls, sizeof(cls), "%dxx", status / 100);
-        else
-                snprintf(cls, sizeof(cls), "none");
+        if (status) { /* "503" and "5xx" */
+                code[0] = cls[0] = (char)('0' + status / 100);
+                code[1] = (char)('0' + status / 10 % 10);
+                code[2] = (char)('0' + status % 10);
+                code[3] = '\0';
+                memcpy(cls + 1, "xx", 3);
+        }
         v[L_CODE] = code;
         v[L_CLASS] = cls;
         v[L_GRPC] = r->grpc_status >= 0 ? h2proxy_grpc_code_name(r->grpc_status) : "";
