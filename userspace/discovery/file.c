@@ -755,12 +755,11 @@ static int parse_service(struct vctx *v, const cJSON *x, struct disc_service_spe
         return 0;
 }
 
-/* A route's backendRef names a service of this file (and one of its ports). */
-static bool file_service_exists(void *ctx, const char *ns, const char *name, uint16_t port)
+bool disc_specs_have(const struct disc_service_spec *svcs, size_t n, const char *ns,
+                     const char *name, uint16_t port)
 {
-        const struct disc_specs *specs = ctx;
-        for (size_t i = 0; i < specs->n; i++) {
-                const struct disc_service_spec *s = &specs->svcs[i];
+        for (size_t i = 0; i < n; i++) {
+                const struct disc_service_spec *s = &svcs[i];
                 if (strcmp(s->ns, ns) || strcmp(s->name, name))
                         continue;
                 for (uint32_t p = 0; p < s->n_ports; p++)
@@ -769,6 +768,13 @@ static bool file_service_exists(void *ctx, const char *ns, const char *name, uin
                 return false;
         }
         return false;
+}
+
+/* A route's backendRef names a service of this file (and one of its ports). */
+static bool file_service_exists(void *ctx, const char *ns, const char *name, uint16_t port)
+{
+        const struct disc_specs *specs = ctx;
+        return disc_specs_have(specs->svcs, specs->n, ns, name, port);
 }
 
 /* Each service's "routes", once every service is known: a backendRef may

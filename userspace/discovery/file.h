@@ -24,6 +24,10 @@ struct disc_specs {
         size_t n;
 };
 
+/* svcs[0..n) has the service ns/name with port (0: any port). */
+bool disc_specs_have(const struct disc_service_spec *svcs, size_t n, const char *ns,
+                     const char *name, uint16_t port);
+
 /* Parses and validates the text of a registry file (name is used in error
  * messages only). 0, or -EINVAL with one line in err. */
 int disc_file_parse(const char *name, const char *text, size_t len, struct disc_specs *out,

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/log.h"
+#include "discovery/file.h"
 #include "discovery/k8s.h"
 #include "discovery/routes.h"
 
@@ -622,16 +623,7 @@ struct attach_ctx {
 static bool svc_exists(void *ctx, const char *ns, const char *name, uint16_t port)
 {
         const struct attach_ctx *a = ctx;
-        for (size_t i = 0; i < a->n; i++) {
-                const struct disc_service_spec *s = &a->svcs[i];
-                if (strcmp(s->ns, ns) || strcmp(s->name, name))
-                        continue;
-                for (uint32_t p = 0; p < s->n_ports; p++)
-                        if (port == 0 || s->ports[p].port == port)
-                                return true;
-                return false;
-        }
-        return false;
+        return disc_specs_have(a->svcs, a->n, ns, name, port);
 }
 
 static int route_order(const void *a, const void *b)
