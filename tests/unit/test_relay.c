@@ -225,14 +225,14 @@ static void test_transition_table(void **state)
                                  s != CONN_CLOSED);
 }
 
-/* CONNECTING -> SNIFFING (connected, the client silent) -> RELAYING (the
- * sniff deadline: TCP) -> HALF_CLOSED (the client's FIN) -> CLOSED (the
- * application's): a clean end, every byte through. */
+/* Outbound: CONNECTING -> SNIFFING (connected, the client silent) ->
+ * RELAYING (the client's first bytes: TCP) -> HALF_CLOSED (the client's
+ * FIN) -> CLOSED (the application's): a clean end, every byte through. */
 static void test_relay_and_half_close(void **state)
 {
         struct t *t = *state;
         t->h.cfg->protocol_detection_timeout_ms = 60000; /* seen sniffing, however slow */
-        client_connect(t, DIR_INBOUND);
+        client_connect(t, DIR_OUTBOUND);
         run_until(&t->h, sniffing, t, "connected, sniffing");
         send_all(t->cli.fd, "\x01ping"); /* no protocol starts so: TCP at once */
         run_until(&t->h, app_has_ping, t, "the client's bytes at the application");
@@ -251,8 +251,33 @@ static void test_relay_and_half_close(void **state)
         assert_false(t->cli.reset);
         run_until(&t->h, no_conn, t, "the connection to end");
         assert_int_equal(harness_stat(&t->h, ST_REASON_FIRST + REASON_DONE), 1);
-        assert_int_equal(harness_stat(&t->h, ST_ACTIVE_IN), 0);
+        assert_int_equal(harness_stat(&t->h, ST_ACTIVE_OUT), 0);
         assert_int_equal(atomic_load(&t->h.p->active), 0);
+}
+
+static bool peeking(void *arg)
+{
+        return state_is(arg, "peeking");
+}
+
+/* Inbound, whatever mtls.mode: PEEKING until the client's first bytes say
+ * what they are (an HTTP client's requests would go to an engine), and only
+ * then is the application connected: CONNECTING -> RELAYING. */
+static void test_inbound_connects_after_first_bytes(void **state)
+{
+        struct t *t = *state;
+        t->h.cfg->protocol_detection_timeout_ms = 60000;
+        client_connect(t, DIR_INBOUND);
+        run_until(&t->h, peeking, t, "peeking at the client's first bytes");
+        assert_false(app_accept(t));
+        assert_int_equal(t->accepted, 0);
+        send_all(t->cli.fd, "\x01ping"); /* no protocol starts so: TCP at once */
+        run_until(&t->h, app_has_ping, t, "the client's bytes at the application");
+        assert_state(t, "relaying");
+        assert_int_equal(t->accepted, 1);
+        assert_int_equal(harness_stat(&t->h, ST_PROTO_FIRST + PROTO_TCP), 1);
+        send_all(t->app.fd, "pong");
+        run_until(&t->h, cli_has_pong, t, "the application's bytes at the client");
 }
 
 /* Outbound to an address no service has: relayed as it is (passthrough),
@@ -406,6 +431,8 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_transition_table),
             cmocka_unit_test_setup_teardown(test_relay_and_half_close, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_inbound_connects_after_first_bytes, setup,
+                                            teardown),
             cmocka_unit_test_setup_teardown(test_outbound_passthrough, setup, teardown),
             cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_upstream_reset, setup, teardown),
