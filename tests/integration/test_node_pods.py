@@ -42,12 +42,21 @@ MOUNT_CGROUP2 = ("sh", "-c",
 
 
 def cgroup2_root():
-    """The cgroup v2 mount, as shuntd finds it (never a fixed path)."""
+    """The cgroup v2 mount, as shuntd finds it (never a fixed path): the
+    hierarchy's root, at a path that still reaches it (a mount covered by
+    another, as stacked `mount --rbind`s of /sys leave, is passed over)."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             pre, _, post = line.partition(" - ")
-            if post.split()[0] == "cgroup2" and pre.split()[3] == "/":
-                return pre.split()[4]
+            _, _, dev, root, mnt = pre.split()[:5]
+            if post.split()[0] != "cgroup2" or root != "/":
+                continue
+            maj, mino = (int(x) for x in dev.split(":"))
+            try:
+                if os.stat(mnt).st_dev == os.makedev(maj, mino):
+                    return mnt
+            except OSError:
+                pass
     sl.missing("cgroup2", "no cgroup v2 hierarchy mounted (/proc/self/mountinfo)")
 
 

@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "core/clock.h"
+#include "core/mount.h"
 #include "node/pods.h"
 
 #define UID_A "0a1b2c3d-0000-4000-8000-00000000000a"
@@ -63,22 +65,40 @@ static char *write_tmp(const char *text)
 static void test_mountinfo(void **state)
 {
         (void)state;
-        char out[NODE_PATH_MAX];
+        char out[NODE_PATH_MAX], text[2048];
+        /* Mount points that exist: this test's directory stands for the
+         * hierarchy (its device is the "mount"'s), /proc for a mount whose
+         * path lands on another device (covered by a later mount). */
+        char dir[] = "/tmp/test_node_cg_XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        struct stat st;
+        assert_int_equal(stat(dir, &st), 0);
+        unsigned maj = major(st.st_dev), min = minor(st.st_dev);
         /* hybrid: v1 controllers, v2 under unified; a bind of a sub-cgroup
-         * first (root not "/") is not the hierarchy's root */
-        char *p = write_tmp("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
-                            "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
-                            "40 31 0:38 /sub /mnt/sub rw - cgroup2 cgroup2 rw\n"
-                            "41 31 0:38 / /sys/fs/cgroup/unified rw shared:9 - cgroup2 cgroup2 "
-                            "rw\n");
-        assert_int_equal(node_cgroup2_mount(p, out, sizeof(out)), 0);
-        assert_string_equal(out, "/sys/fs/cgroup/unified");
-        assert_int_equal(node_cgroup2_mount(p, out, 10), -ENAMETOOLONG);
+         * (root not "/") and a covered mount come first and are passed over */
+        snprintf(text, sizeof(text),
+                 "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+                 "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+                 "40 31 %u:%u /sub %s rw - cgroup2 cgroup2 rw\n"
+                 "41 31 %u:%u / /proc rw - cgroup2 cgroup2 rw\n"
+                 "42 31 %u:%u / /nonexistent/cg rw - cgroup2 cgroup2 rw\n"
+                 "43 31 %u:%u / %s rw shared:9 - cgroup2 cgroup2 rw\n",
+                 maj, min, dir, maj, min, maj, min, maj, min, dir);
+        char *p = write_tmp(text);
+        assert_int_equal(cgroup2_mount(p, out, sizeof(out)), 0);
+        assert_string_equal(out, dir);
+        assert_int_equal(cgroup2_mount(p, out, 10), -ENAMETOOLONG);
+        unlink(p);
+        /* only the covered one: none reachable */
+        snprintf(text, sizeof(text), "41 31 %u:%u / /proc rw - cgroup2 cgroup2 rw\n", maj, min);
+        p = write_tmp(text);
+        assert_int_equal(cgroup2_mount(p, out, sizeof(out)), -ENOENT);
         unlink(p);
         p = write_tmp("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n");
-        assert_int_equal(node_cgroup2_mount(p, out, sizeof(out)), -ENOENT);
+        assert_int_equal(cgroup2_mount(p, out, sizeof(out)), -ENOENT);
         unlink(p);
-        assert_int_equal(node_cgroup2_mount("/nonexistent/mountinfo", out, sizeof(out)), -ENOENT);
+        assert_int_equal(cgroup2_mount("/nonexistent/mountinfo", out, sizeof(out)), -ENOENT);
+        rmdir(dir);
 }
 
 /* ---- the table ---------------------------------------------------------- */

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "check/check-int.h"
+#include "core/mount.h"
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
 #include "intercept/origdst.h"
@@ -119,28 +120,6 @@ static void check_kernel_btf(struct check_ctx *c)
         not_needed(c, res);
 }
 
-/* The mount point of the first cgroup v2 hierarchy in mountinfo, or -1. */
-static int find_cgroup2(char *out, size_t len)
-{
-        FILE *f = fopen("/proc/self/mountinfo", "r");
-        if (!f)
-                return -1;
-        char line[1024];
-        int ret = -1;
-        while (ret < 0 && fgets(line, sizeof(line), f)) {
-                /* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [TAGS] - FSTYPE ... */
-                char mnt[512];
-                const char *sep = strstr(line, " - ");
-                if (sep && strncmp(sep + 3, "cgroup2 ", 8) == 0 &&
-                    sscanf(line, "%*s %*s %*s %*s %511s", mnt) == 1) {
-                        snprintf(out, len, "%s", mnt);
-                        ret = 0;
-                }
-        }
-        fclose(f);
-        return ret;
-}
-
 static void check_cgroup_v2(struct check_ctx *c)
 {
         char path[512], why[512];
@@ -149,7 +128,7 @@ static void check_cgroup_v2(struct check_ctx *c)
         enum check_status bad = c->want_ebpf ? CHECK_FAIL : CHECK_WARN;
         if (configured[0]) {
                 snprintf(path, sizeof(path), "%s", configured);
-        } else if (find_cgroup2(path, sizeof(path)) < 0) {
+        } else if (cgroup2_mount("/proc/self/mountinfo", path, sizeof(path)) < 0) {
                 res = check_add(c, bad, "cgroup-v2");
                 snprintf(res->detail, TEXT_MAX, "no cgroup v2 hierarchy is mounted");
                 snprintf(res->advice, TEXT_MAX,

@@ -17,6 +17,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/mount.h"
 #include "core/prom.h"
 
 #define COMP "node"
@@ -131,37 +132,6 @@ int node_cgroup_candidates(const char *uid, const char *qos, char out[][NODE_PAT
                 }
         }
         return n;
-}
-
-int node_cgroup2_mount(const char *mountinfo, char *out, size_t len)
-{
-        FILE *f = fopen(mountinfo, "re");
-        if (!f)
-                return -errno;
-        char line[4096];
-        int rc = -ENOENT;
-        while (rc == -ENOENT && fgets(line, sizeof(line), f)) {
-                /* id parent maj:min root mountpoint options [optional...] - fstype source
-                 * super-options */
-                char *sep = strstr(line, " - ");
-                char root[NODE_PATH_MAX], mnt[NODE_PATH_MAX], fstype[32];
-                if (!sep || sscanf(sep + 3, "%31s", fstype) != 1 || strcmp(fstype, "cgroup2"))
-                        continue;
-                if (sscanf(line, "%*s %*s %*s %511s %511s", root, mnt) != 2)
-                        continue;
-                /* Only the hierarchy's own root: a bind of a sub-cgroup (root
-                 * not "/") would hide the pods' directories. */
-                if (strcmp(root, "/") != 0)
-                        continue;
-                if (strlen(mnt) >= len) {
-                        rc = -ENAMETOOLONG;
-                        break;
-                }
-                snprintf(out, len, "%s", mnt);
-                rc = 0;
-        }
-        fclose(f);
-        return rc;
 }
 
 /* ---- the table ------------------------------------------------------------ */
@@ -722,11 +692,12 @@ struct node_pods *node_pods_new(const struct node_pods_config *cfg, char *err, s
         if (cfg->cgroup_root)
                 snprintf(np->cgroup_root, sizeof(np->cgroup_root), "%s", cfg->cgroup_root);
         else
-                rc = node_cgroup2_mount("/proc/self/mountinfo", np->cgroup_root,
-                                        sizeof(np->cgroup_root));
+                rc =
+                    cgroup2_mount("/proc/self/mountinfo", np->cgroup_root, sizeof(np->cgroup_root));
         if (rc) {
                 snprintf(err, errlen,
-                         "node: no cgroup v2 hierarchy mounted (from /proc/self/mountinfo): %s",
+                         "node: no cgroup v2 hierarchy mounted where this process reaches it "
+                         "(/proc/self/mountinfo): %s",
                          strerror(-rc));
                 free(np);
                 return NULL;

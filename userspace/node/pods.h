@@ -76,17 +76,13 @@ const char *node_pod_state_name(enum node_pod_state s);
  * out[0..n) and returns n, or -EINVAL (uid not a plain uid). */
 int node_cgroup_candidates(const char *uid, const char *qos, char out[][NODE_PATH_MAX], int max);
 
-/* The mount point of the cgroup v2 hierarchy from a mountinfo file
- * (/proc/self/mountinfo). 0, -ENOENT (none), -errno. */
-int node_cgroup2_mount(const char *mountinfo, char *out, size_t len);
-
 struct node_pods;
 
 struct node_pods_config {
         const char *node;        /* spec.nodeName to watch */
         uint32_t max_pods;       /* pods held at most; more are shed */
         uint32_t resolve_ms;     /* how long a PENDING pod is retried */
-        const char *cgroup_root; /* NULL: the cgroup v2 mount from /proc/self/mountinfo */
+        const char *cgroup_root; /* NULL: cgroup2_mount() of /proc/self/mountinfo */
         const char *proc_root;   /* NULL: "/proc" */
 };
 
