@@ -11,7 +11,6 @@ does not turn access logging off; shunt_access_log_* counts the lines;
 metrics.requests off (a reload) stops the request metrics, not the lines."""
 
 import json
-import os
 import re
 import signal
 import sys
@@ -21,13 +20,12 @@ import pytest
 import httpbackend
 import mtls_pki as pki
 import shuntlib as sl
+import sidecar_pair
 from shuntlib import Topology as T
+from sidecar_pair import ECHO_PORT, GRPCPEER, H1_PORT, H2_PORT, RPC_PORT
 
-GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
-H2ECHO = os.path.join(sl.HERE, "h2echo.py")
 VIP_WEB, VIP_H2, VIP_RPC, VIP_ECHO, VIP_NONE = (
     "10.96.0.50", "10.96.0.51", "10.96.0.52", "10.96.0.53", "10.96.0.54")
-H1_PORT, H2_PORT, RPC_PORT, ECHO_PORT = 8080, 8082, 50051, 7000
 WEB_ID = pki.spiffe("web")
 CLIENT_ID = pki.spiffe("client")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -65,28 +63,10 @@ def registry():
 
 @pytest.fixture(scope="module")
 def mesh():
-    topo = T()
-    procs, daemons = [], []
-    try:
-        topo.route_vips()
-        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]))
-        procs.append(topo.remote.spawn_ready(
-            [H2ECHO, "--name", "web2", "--listen", "%s:%d" % (T.REMOTE4, H2_PORT)], "h2echo"))
-        procs.append(topo.remote.spawn_ready(
-            [sys.executable, GRPCPEER, "server", "--name", "rpc", "--listen",
-             "%s:%d" % (T.REMOTE4, RPC_PORT)], "grpc-rpc", 20))
-        procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:%d" % (T.REMOTE4, ECHO_PORT)]))
-        # fmt: skip
-        tmp = sl.tmpdir()
-        reg = sl.registry_file(registry(), tmp)
-        a, b = sl.start_mtls_pair(topo, daemons, os.path.join(tmp, "ca"),
-                                  a_flags={"service-discovery.file.path": reg,
-                                           "log-level": "warn"},
-                                  b_flags={"log-level": "warn"},
-                                  b_config={"metrics": {"requests": "on"}})  # fmt: skip
-        yield topo, a, b
-    finally:
-        sl.teardown(topo, daemons, procs)
+    with sidecar_pair.mesh(("web", "web2", "rpc", "echo")) as m:
+        a, b = m.start(registry(), a_flags={"log-level": "warn"}, b_flags={"log-level": "warn"},
+                       b_config={"metrics": {"requests": "on"}})  # fmt: skip
+        yield m.topo, a, b
 
 
 def check_fields(line):

@@ -30,15 +30,13 @@ import urllib.parse
 
 import pytest
 
-import httpbackend
 import mtls_pki as pki
 import shuntlib as sl
+import sidecar_pair
 from shuntlib import Topology as T
+from sidecar_pair import ECHO_PORT, GRPCPEER, H1_PORT, H2_PORT, RPC_PORT
 
-GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
-H2ECHO = os.path.join(sl.HERE, "h2echo.py")
 VIP_WEB, VIP_H2, VIP_RPC, VIP_ECHO = "10.96.0.40", "10.96.0.41", "10.96.0.42", "10.96.0.43"
-H1_PORT, H2_PORT, RPC_PORT, ECHO_PORT = 8080, 8082, 50051, 7000
 PROM = "127.0.0.1:9090"
 SCRAPE_S = 1
 # A client in Python on a busy 2-core machine adds milliseconds of its own.
@@ -147,35 +145,16 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def mesh():
-    topo = T()
-    procs, daemons = [], []
-    prom = None
-    try:
-        topo.route_vips()
-        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]))
-        procs.append(topo.remote.spawn_ready(
-            [H2ECHO, "--name", "web2", "--listen", "%s:%d" % (T.REMOTE4, H2_PORT)], "h2echo"))
-        procs.append(topo.remote.spawn_ready(
-            [sys.executable, GRPCPEER, "server", "--name", "rpc", "--listen",
-             "%s:%d" % (T.REMOTE4, RPC_PORT)], "grpc-rpc", 20))
-        procs.append(topo.remote.spawn_peer("echo", "echo", ["%s:%d" % (T.REMOTE4, ECHO_PORT)]))
-        # fmt: skip
-        tmp = sl.tmpdir()
-        reg = sl.registry_file(registry(), tmp)
-        a, b = sl.start_mtls_pair(
-            topo,
-            daemons,
-            os.path.join(tmp, "ca"),
-            a_flags={"service-discovery.file.path": reg, "metrics.max-series": str(MAX_SERIES),
-                     "log-level": "info"},
+    with sidecar_pair.mesh(("web", "web2", "rpc", "echo")) as m:
+        a, b = m.start(
+            registry(),
+            a_flags={"metrics.max-series": str(MAX_SERIES), "log-level": "info"},
             b_flags={"metrics.max-series": str(MAX_SERIES), "log-level": "info"},
-        )  # fmt: skip
-        prom = Prometheus(topo.app, {"a": "127.0.0.1:15020", "b": "%s:15020" % T.REMOTE4}, tmp)
-        procs.append(prom)
+        )
+        prom = Prometheus(m.topo.app, {"a": "127.0.0.1:15020", "b": "%s:15020" % T.REMOTE4}, m.tmp)
+        m.procs.append(prom)
         sl.wait_until(prom.targets_up, 20, what="both sidecars scraped")
-        yield topo, a, b, prom
-    finally:
-        sl.teardown(topo, daemons, procs)
+        yield m.topo, a, b, prom
 
 
 def settle(prom, daemons, q_of):

@@ -23,16 +23,14 @@ import sys
 
 import pytest
 
-import httpbackend
 import mtls_pki as pki
 import shuntlib as sl
+import sidecar_pair
 from shuntlib import Topology as T
+from sidecar_pair import GRPCPEER, H1_PORT, H2_PORT, RPC_PORT
 
-GRPCPEER = os.path.join(sl.HERE, "grpcpeer.py")
-H2ECHO = os.path.join(sl.HERE, "h2echo.py")
 OTLPRECV = os.path.join(sl.HERE, "otlprecv.py")
 VIP_WEB, VIP_H2, VIP_RPC = "10.96.0.60", "10.96.0.61", "10.96.0.62"
-H1_PORT, H2_PORT, RPC_PORT = 8080, 8082, 50051
 COLLECTOR = "127.0.0.1:4318"
 WEB_ID = pki.spiffe("web")
 CLIENT_ID = pki.spiffe("client")
@@ -110,23 +108,12 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def mesh():
-    topo = T()
-    procs, daemons = [], []
-    try:
-        topo.route_vips()
-        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]))
-        procs.append(topo.remote.spawn_ready(
-            [H2ECHO, "--name", "web2", "--listen", "%s:%d" % (T.REMOTE4, H2_PORT)], "h2echo"))
-        procs.append(topo.remote.spawn_ready(
-            [sys.executable, GRPCPEER, "server", "--name", "rpc", "--listen",
-             "%s:%d" % (T.REMOTE4, RPC_PORT)], "grpc-rpc", 20))  # fmt: skip
-        ra, rb = Receiver(topo.app), Receiver(topo.remote)
-        procs += [ra, rb]
-        tmp = sl.tmpdir()
-        reg = sl.registry_file(registry(), tmp)
+    with sidecar_pair.mesh(("web", "web2", "rpc")) as m:
+        ra, rb = Receiver(m.topo.app), Receiver(m.topo.remote)
+        m.procs += [ra, rb]
         # B's registry has the client's service (its identity, an endpoint
         # B never calls): B's inbound requests name it as source_service.
-        reg_b = os.path.join(tmp, "registry-b.json")
+        reg_b = os.path.join(m.tmp, "registry-b.json")
         sl.write_json(reg_b, {"services": [sl.service(
             "client", "10.96.0.69", 8080, [T.APP4], "HTTP", identity=CLIENT_ID)]})  # fmt: skip
         # Under ASan (build-asan) freed memory waits in a quarantine (256 MB
@@ -142,19 +129,15 @@ def mesh():
                    "tracing.queue-size": "64", "tracing.batch-size": "16",
                    "tracing.timeout": "1s", "log-level": "info"}  # fmt: skip
         try:
-            a, b = sl.start_mtls_pair(topo, daemons, os.path.join(tmp, "ca"),
-                                      a_flags=dict(tracing, **{"service-discovery.file.path": reg,
-                                                               "tracing.service-name": "client"}),
-                                      b_flags=dict(tracing, **{"tracing.service-name": "web",
-                                                               "service-discovery.file.path": reg_b}))
+            a, b = m.start(registry(), a_flags=dict(tracing, **{"tracing.service-name": "client"}),
+                           b_flags=dict(tracing, **{"tracing.service-name": "web",
+                                                    "service-discovery.file.path": reg_b}))
         finally:
             if asan is None:
                 del os.environ["ASAN_OPTIONS"]
             else:
                 os.environ["ASAN_OPTIONS"] = asan  # fmt: skip
-        yield topo, a, b, ra, rb
-    finally:
-        sl.teardown(topo, daemons, procs)
+        yield m.topo, a, b, ra, rb
 
 
 def attrs(span):

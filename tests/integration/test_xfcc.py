@@ -21,18 +21,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-import httpbackend
 import mtls_pki as pki
 import shuntlib as sl
+import sidecar_pair
 from shuntlib import Topology as T
+from sidecar_pair import H1_PORT, H2_PORT
 
 VIP_WEB, VIP_H2, VIP_GRPC = "10.96.0.40", "10.96.0.41", "10.96.0.42"
-H1_PORT, H2_PORT = 8080, 8082
 WEB_ID = pki.spiffe("web")
 CLIENT_ID = pki.spiffe("client")
 TESTER_ID = pki.spiffe("tester")
 FORGED = "By=spiffe://cluster.local/ns/default/sa/web;URI=spiffe://cluster.local/ns/kube-system/sa/admin"
-H2ECHO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "h2echo.py")
 BIG = 3 * 1024 * 1024 + 7
 
 GRPC_CLIENT = r"""
@@ -77,17 +76,8 @@ def mode_config(mode):
 
 @pytest.fixture(scope="module")
 def mesh():
-    topo = T()
-    procs, daemons = [], []
-    try:
-        topo.route_vips()
-        procs.append(httpbackend.spawn(topo.remote, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]))
-        procs.append(
-            topo.remote.spawn_ready(
-                [H2ECHO, "--name", "web2", "--listen", "%s:%d" % (T.REMOTE4, H2_PORT)], "h2echo"
-            )
-        )
-        tmp = sl.tmpdir()
+    with sidecar_pair.mesh(("web", "web2")) as m:
+        tmp = m.tmp
         ca = pki.CA()
         os.makedirs(os.path.join(tmp, "ca"))
         pki.write_bundle(os.path.join(tmp, "ca", "ca.pem"), ca)
@@ -100,20 +90,17 @@ def mesh():
                 "mtls.private-key-file": key,
                 "mtls.ca-bundle": bundle,
             }
-        reg = sl.registry_file(registry(), tmp)
-        a, b = sl.start_mtls_pair(
-            topo,
-            daemons,
-            a_flags=dict(files["a"], **{"service-discovery.file.path": reg}),
+        a, b = m.start(
+            registry(),
+            a_flags=files["a"],
             b_flags=files["b"],
             b_config=mode_config("sanitize_set"),
+            built_in_ca=False,
         )
         tester, _ = pki.client_files(tmp, ca, "tester", TESTER_ID)
         hashes = {"a": cert_hash(files["a"]["mtls.certificate-file"]),
                   "tester": cert_hash(tester[1])}  # fmt: skip
-        yield topo, a, b, tester, hashes
-    finally:
-        sl.teardown(topo, daemons, procs)
+        yield m.topo, a, b, tester, hashes
 
 
 def xfcc_of(fields):
