@@ -186,6 +186,32 @@ static inline int harness_handoff(struct harness *h, const struct proto_engine *
         return sv[1];
 }
 
+/* A client connection through the relay, as a listener of direction dir
+ * accepted it: the test's client connects to front (a loopback listener
+ * the test holds, at front_addr), and the accepted end goes to
+ * relay_accept. Returns the client's socket (non-blocking). */
+static inline int harness_relay_connect(struct harness *h, int front,
+                                        const struct sockaddr_storage *front_addr,
+                                        enum conn_dir dir)
+{
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(c >= 0);
+        assert_int_equal(
+            connect(c, (const struct sockaddr *)front_addr, sizeof(struct sockaddr_in)), 0);
+        assert_int_equal(fcntl(c, F_SETFL, O_NONBLOCK), 0);
+        struct sockaddr_storage peer;
+        socklen_t sl = sizeof(peer);
+        int fd = -1;
+        for (int i = 0; i < RUN_UNTIL_ROUNDS && fd < 0; i++)
+                fd = accept4(front, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        assert_true(fd >= 0);
+        struct listener l;
+        memset(&l, 0, sizeof(l));
+        l.dir = dir;
+        relay_accept(h->w, &l, fd, &peer);
+        return c;
+}
+
 /* The worker's /connections items of engine e, or (e NULL) all of them:
  * the relay's connections, then every engine's sessions. */
 static inline void harness_render(struct harness *h, const struct proto_engine *e,

@@ -125,22 +125,7 @@ static bool app_accepted(void *arg)
 
 static void connect_through(struct t *t)
 {
-        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_true(c >= 0);
-        assert_int_equal(connect(c, (struct sockaddr *)&t->front_addr, sizeof(struct sockaddr_in)),
-                         0);
-        assert_int_equal(fcntl(c, F_SETFL, O_NONBLOCK), 0);
-        struct sockaddr_storage peer;
-        socklen_t sl = sizeof(peer);
-        int fd = -1;
-        for (int i = 0; i < RUN_UNTIL_ROUNDS && fd < 0; i++)
-                fd = accept4(t->front, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        assert_true(fd >= 0);
-        struct listener l;
-        memset(&l, 0, sizeof(l));
-        l.dir = DIR_OUTBOUND;
-        t->cli = c;
-        relay_accept(t->h.w, &l, fd, &peer);
+        t->cli = harness_relay_connect(&t->h, t->front, &t->front_addr, DIR_OUTBOUND);
         run_until(&t->h, app_accepted, t, "the upstream connection");
 }
 

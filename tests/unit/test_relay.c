@@ -84,25 +84,11 @@ static int teardown(void **state)
  * accepted it. */
 static void client_connect(struct t *t, enum conn_dir dir)
 {
-        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_true(c >= 0);
-        assert_int_equal(connect(c, (struct sockaddr *)&t->front_addr, sizeof(struct sockaddr_in)),
-                         0);
-        assert_int_equal(fcntl(c, F_SETFL, O_NONBLOCK), 0);
-        struct sockaddr_storage peer;
-        socklen_t sl = sizeof(peer);
-        int fd = -1;
-        for (int i = 0; i < RUN_UNTIL_ROUNDS && fd < 0; i++)
-                fd = accept4(t->front, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        assert_true(fd >= 0);
-        struct listener l;
-        memset(&l, 0, sizeof(l));
-        l.dir = dir;
+        int c = harness_relay_connect(&t->h, t->front, &t->front_addr, dir);
         if (t->cli.fd >= 0)
                 close(t->cli.fd);
         memset(&t->cli, 0, sizeof(t->cli));
         t->cli.fd = c;
-        relay_accept(t->h.w, &l, fd, &peer);
 }
 
 static void render(struct t *t)
