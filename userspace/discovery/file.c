@@ -770,11 +770,24 @@ bool disc_specs_have(const struct disc_service_spec *svcs, size_t n, const char 
         return false;
 }
 
-/* A route's backendRef names a service of this file (and one of its ports). */
-static bool file_service_exists(void *ctx, const char *ns, const char *name, uint16_t port)
+/* A route's backendRef names a service of ctx (and one of its ports). */
+static bool specs_service_exists(void *ctx, const char *ns, const char *name, uint16_t port)
 {
         const struct disc_specs *specs = ctx;
         return disc_specs_have(specs->svcs, specs->n, ns, name, port);
+}
+
+void disc_specs_route_ctx(struct disc_specs *all, const struct disc_service_spec *sp,
+                          uint16_t ports[DISC_MAX_PORTS], struct dr_parse_ctx *pc)
+{
+        for (uint32_t p = 0; p < sp->n_ports; p++)
+                ports[p] = sp->ports[p].port;
+        *pc = (struct dr_parse_ctx){.ns = sp->ns,
+                                    .name = sp->name,
+                                    .ports = ports,
+                                    .n_ports = sp->n_ports,
+                                    .service_exists = specs_service_exists,
+                                    .ctx = all};
 }
 
 /* Each service's "routes", once every service is known: a backendRef may
@@ -788,14 +801,8 @@ static int parse_routes(struct vctx *v, const cJSON *svcs, struct disc_specs *ou
                         continue;
                 struct disc_service_spec *sp = &out->svcs[i];
                 uint16_t ports[DISC_MAX_PORTS];
-                for (uint32_t p = 0; p < sp->n_ports; p++)
-                        ports[p] = sp->ports[p].port;
-                struct dr_parse_ctx pc = {.ns = sp->ns,
-                                          .name = sp->name,
-                                          .ports = ports,
-                                          .n_ports = sp->n_ports,
-                                          .service_exists = file_service_exists,
-                                          .ctx = out};
+                struct dr_parse_ctx pc;
+                disc_specs_route_ctx(out, sp, ports, &pc);
                 char why[384], rel[192];
                 const cJSON *where = f;
                 if (dr_routes_parse(f, &pc, &sp->routes, why, sizeof(why), rel, sizeof(rel),

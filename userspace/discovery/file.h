@@ -28,6 +28,13 @@ struct disc_specs {
 bool disc_specs_have(const struct disc_service_spec *svcs, size_t n, const char *ns,
                      const char *name, uint16_t port);
 
+/* *pc for parsing sp's routes (dr_routes_parse, discovery/routes.h): sp's
+ * namespace, name and port numbers (copied into ports), a backendRef
+ * checked with disc_specs_have against all; nothing else set. */
+struct dr_parse_ctx;
+void disc_specs_route_ctx(struct disc_specs *all, const struct disc_service_spec *sp,
+                          uint16_t ports[DISC_MAX_PORTS], struct dr_parse_ctx *pc);
+
 /* Parses and validates the text of a registry file (name is used in error
  * messages only). 0, or -EINVAL with one line in err. */
 int disc_file_parse(const char *name, const char *text, size_t len, struct disc_specs *out,

@@ -615,17 +615,6 @@ void k8s_route_store_take(struct k8s_route_store *s, struct k8s_route_store *sta
 
 /* ---- the build ------------------------------------------------------------------ */
 
-struct attach_ctx {
-        const struct disc_service_spec *svcs;
-        size_t n;
-};
-
-static bool svc_exists(void *ctx, const char *ns, const char *name, uint16_t port)
-{
-        const struct attach_ctx *a = ctx;
-        return disc_specs_have(a->svcs, a->n, ns, name, port);
-}
-
 static int route_order(const void *a, const void *b)
 {
         const struct k8s_route *x = *(const struct k8s_route *const *)a;
@@ -751,7 +740,7 @@ int k8s_route_store_attach(struct k8s_route_store *s, struct disc_service_spec *
                 if (s->v[i].good)
                         order[no++] = &s->v[i];
         qsort(order, no, sizeof(*order), route_order);
-        struct attach_ctx ac = {svcs, n};
+        struct disc_specs all = {svcs, n};
         for (size_t i = 0; i < n && no; i++) {
                 struct disc_service_spec *sp = &svcs[i];
                 size_t nc = 0;
@@ -760,15 +749,9 @@ int k8s_route_store_attach(struct k8s_route_store *s, struct disc_service_spec *
                 if (!nc)
                         continue;
                 uint16_t ports[DISC_MAX_PORTS];
-                for (uint32_t p = 0; p < sp->n_ports; p++)
-                        ports[p] = sp->ports[p].port;
-                struct dr_parse_ctx pc = {.ns = sp->ns,
-                                          .name = sp->name,
-                                          .ports = ports,
-                                          .n_ports = sp->n_ports,
-                                          .service_exists = svc_exists,
-                                          .ctx = &ac,
-                                          .overlaps_allowed = true};
+                struct dr_parse_ctx pc;
+                disc_specs_route_ctx(&all, sp, ports, &pc);
+                pc.overlaps_allowed = true;
                 char why[K8S_ROUTE_ERR_MAX];
                 long bad;
                 /* Each alone (its ports, its backends), then together (bounds
