@@ -281,6 +281,21 @@ static int parse_kv(struct pctx *p, const cJSON *arr, bool header, struct dr_kv_
         return 0;
 }
 
+/* o's array key (optional, at most DR_MAX_KV_MATCHES) of header (else
+ * query parameter) matches, parsed into out[0..*n); on failure the path
+ * names key. */
+static int kv_field(struct pctx *p, const cJSON *o, const char *key, bool header,
+                    struct dr_kv_match *out, uint32_t *n)
+{
+        int err;
+        const cJSON *arr = array_field(p, o, key, DR_MAX_KV_MATCHES, &err);
+        size_t old = push(p, key, 0);
+        if (err || (arr && parse_kv(p, arr, header, out, n)))
+                return -EINVAL;
+        pop(p, old);
+        return 0;
+}
+
 static int set_path(struct pctx *p, const cJSON *at, struct dr_match *m, enum dr_path_type type,
                     const char *value)
 {
@@ -349,17 +364,9 @@ static int parse_http_match(struct pctx *p, const cJSON *x, struct dr_match *m)
                                    "expected one of GET, HEAD, POST, PUT, DELETE, CONNECT, "
                                    "OPTIONS, TRACE, PATCH");
         }
-        int err;
-        const cJSON *arr = array_field(p, x, "headers", DR_MAX_KV_MATCHES, &err);
-        size_t old = push(p, "headers", 0);
-        if (err || (arr && parse_kv(p, arr, true, m->headers, &m->n_headers)))
+        if (kv_field(p, x, "headers", true, m->headers, &m->n_headers) ||
+            kv_field(p, x, "queryParams", false, m->query, &m->n_query))
                 return -EINVAL;
-        pop(p, old);
-        arr = array_field(p, x, "queryParams", DR_MAX_KV_MATCHES, &err);
-        old = push(p, "queryParams", 0);
-        if (err || (arr && parse_kv(p, arr, false, m->query, &m->n_query)))
-                return -EINVAL;
-        pop(p, old);
         return 0;
 }
 
@@ -429,13 +436,7 @@ static int parse_grpc_match(struct pctx *p, const cJSON *x, struct dr_match *m)
         free(meth);
         if (rc)
                 return rc;
-        int err;
-        const cJSON *arr = array_field(p, x, "headers", DR_MAX_KV_MATCHES, &err);
-        size_t old = push(p, "headers", 0);
-        if (err || (arr && parse_kv(p, arr, true, m->headers, &m->n_headers)))
-                return -EINVAL;
-        pop(p, old);
-        return 0;
+        return kv_field(p, x, "headers", true, m->headers, &m->n_headers);
 fail:
         free(svc);
         free(meth);
