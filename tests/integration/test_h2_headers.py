@@ -73,12 +73,7 @@ def env():
         ).wait_ready()
         yield topo, daemon, os.path.join(d, "access.log")
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            if nginx:
-                nginx.stop()
-            topo.delete()
+        sl.teardown(topo, [daemon], [nginx] if nginx else [])
 
 
 def test_many_and_few_header_fields(env):

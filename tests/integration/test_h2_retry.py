@@ -65,10 +65,7 @@ def env():
         ).wait_ready()
         yield topo, daemon
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            topo.delete()
+        sl.teardown(topo, [daemon])
 
 
 def test_answered_stream_is_not_retried_after_its_backoff(env):

@@ -27,10 +27,7 @@ def env():
         ).wait_ready()
         yield topo, daemon
     finally:
-        try:
-            sl.stop_checked([daemon] if daemon else [])
-        finally:
-            topo.delete()
+        sl.teardown(topo, [daemon])
 
 
 def test_local_answers_do_not_flood_the_log(env):
