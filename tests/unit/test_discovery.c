@@ -7,7 +7,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,22 +26,7 @@
 #include "discovery/backend.h"
 #include "discovery/file.h"
 #include "discovery/registry.h"
-
-static char *slurp(const char *path, size_t *len)
-{
-        FILE *f = fopen(path, "rb");
-        assert_non_null(f);
-        fseek(f, 0, SEEK_END);
-        long n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *buf = malloc((size_t)n + 1);
-        assert_non_null(buf);
-        assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-        buf[n] = '\0';
-        fclose(f);
-        *len = (size_t)n;
-        return buf;
-}
+#include "test_disc_util.h"
 
 static const char *fixture(const char *name)
 {
@@ -79,7 +63,7 @@ static void test_parse_full(void **state)
 {
         (void)state;
         size_t len;
-        char *text = slurp(fixture("full.json"), &len);
+        char *text = slurp_path(fixture("full.json"), &len);
         struct disc_specs s;
         char err[512] = "";
         int rc = disc_file_parse("full.json", text, len, &s, err, sizeof(err));
@@ -325,7 +309,7 @@ static struct disc_registry *load_full(int *src)
 {
         struct disc_registry *r = new_reg();
         size_t len;
-        char *text = slurp(fixture("full.json"), &len);
+        char *text = slurp_path(fixture("full.json"), &len);
         struct disc_specs s;
         char err[512];
         assert_int_equal(disc_file_parse("full.json", text, len, &s, err, sizeof(err)), 0);
@@ -951,17 +935,6 @@ static void test_admin_apply_and_render(void **state)
 }
 
 /* ---- bounded memory under churn -------------------------------------------- */
-
-/* Bytes in use: the sanitizer's own count under ASan (its allocator replaces
- * glibc's, so mallinfo2 would not see it), mallinfo2 otherwise. */
-size_t __sanitizer_get_current_allocated_bytes(void) __attribute__((weak));
-
-static size_t bytes_in_use(void)
-{
-        if (__sanitizer_get_current_allocated_bytes)
-                return __sanitizer_get_current_allocated_bytes();
-        return mallinfo2().uordblks;
-}
 
 static void test_memory_bounded(void **state)
 {

@@ -10,7 +10,6 @@
  * Service > Namespace), pods bounded; and the backend's credential errors
  * (no cluster, kubeconfig problems). */
 #include <errno.h>
-#include <malloc.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,23 +26,13 @@
 #include "discovery/backend.h"
 #include "discovery/k8s.h"
 #include "discovery/registry.h"
+#include "test_disc_util.h"
 
 static char *slurp(const char *name, size_t *len)
 {
         char path[512];
         snprintf(path, sizeof(path), "%s/k8s/%s", SHUNT_FIXTURES, name);
-        FILE *f = fopen(path, "rb");
-        assert_non_null(f);
-        fseek(f, 0, SEEK_END);
-        long n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *buf = malloc((size_t)n + 1);
-        assert_non_null(buf);
-        assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-        buf[n] = '\0';
-        fclose(f);
-        *len = (size_t)n;
-        return buf;
+        return slurp_path(path, len);
 }
 
 static struct k8s_cache *loaded(void)
@@ -393,16 +382,6 @@ static void test_many_services(void **state)
         }
         k8s_specs_free(svcs, n);
         k8s_cache_free(c);
-}
-
-/* Bytes in use: the sanitizer's count under ASan, mallinfo2 otherwise. */
-size_t __sanitizer_get_current_allocated_bytes(void) __attribute__((weak));
-
-static size_t bytes_in_use(void)
-{
-        if (__sanitizer_get_current_allocated_bytes)
-                return __sanitizer_get_current_allocated_bytes();
-        return mallinfo2().uordblks;
 }
 
 /* Watch churn: slices added, modified and deleted over and over, with a
