@@ -6,8 +6,10 @@ requests, held on a timer without holding up the others; local rate
 limits per rule and per source (the accepted rate measured with wrk, 429 /
 RESOURCE_EXHAUSTED at once with Retry-After); request mirrors (the
 copies, a share, and a mirror that answers after 5 s or never leaves the
-primary's latency alone, its copies bounded and their drops counted). It
-measures rates and latencies: it runs alone (SHUNT_SOLO_TESTS)."""
+primary's latency alone, its copies bounded and their drops counted), for
+HTTP/1.1 and for HTTP/2 and gRPC (curl --http2-prior-knowledge, h2load,
+grpcio) to an HTTP/2 mirror (python3-h2). It measures rates and latencies:
+it runs alone (SHUNT_SOLO_TESTS)."""
 
 import json
 import os
@@ -18,6 +20,10 @@ import sys
 import threading
 import time
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import pytest
 
 import httpbackend
@@ -26,9 +32,10 @@ from shuntlib import Topology as T
 
 EP = sl.EP_ADDRS[0]
 VIP_H1, VIP_H2, VIP_GRPC, VIP_GRPC_RL = "10.96.3.10", "10.96.3.11", "10.96.3.12", "10.96.3.13"
+VIP_H2M, VIP_GRPCM = "10.96.3.14", "10.96.3.15"  # mirrored HTTP/2 and gRPC
 SECOND_SOURCE = "10.77.0.9"  # another client address in the app pod
 RATE, BURST = 200, 20
-SHADOW, SHADOW_PORT = sl.EP_ADDRS[1], 8095
+SHADOW, SHADOW_PORT, SHADOW_H2_PORT = sl.EP_ADDRS[1], 8095, 8096
 MIRROR_MAX_IN_FLIGHT = 20  # per worker (2 workers)
 H1_PORT, H2_PORT, GRPC_PORT = 8091, 8092, 8093
 H2ECHO = os.path.join(sl.HERE, "h2echo.py")
@@ -57,11 +64,14 @@ def registry():
     def limited(path, rps, burst, per_source=False):
         return {"matches": [prefix(path)], "rateLimit": {"requestsPerSecond": rps, "burst": burst, "perSource": per_source}}
 
-    def mirrored(path, percent=None):
-        m = {"backendRef": {"name": "shadow", "port": 80}}
+    def mirrored(path, percent=None, to="shadow"):
+        m = {"backendRef": {"name": to, "port": 80}}
         if percent is not None:
             m["percent"] = percent
-        return {"matches": [prefix(path)], "filters": [{"type": "RequestMirror", "requestMirror": m}]}
+        rule = {"filters": [{"type": "RequestMirror", "requestMirror": m}]}
+        if path:
+            rule["matches"] = [prefix(path)]
+        return rule
 
     api_rules = [
         mirrored("/mirror"),
@@ -75,6 +85,9 @@ def registry():
         "services": [
             svc("api", VIP_H1, H1_PORT, "HTTP", [{"name": "api", "rules": api_rules}]),
             sl.service("shadow", "10.96.3.20", SHADOW_PORT, [SHADOW], protocol="HTTP"),
+            sl.service("shadow-h2", "10.96.3.21", SHADOW_H2_PORT, [SHADOW], protocol="HTTP2"),
+            svc("api-h2m", VIP_H2M, H2_PORT, "HTTP2", [{"name": "h2m", "rules": [mirrored("/mirror", to="shadow-h2"), {}]}]),
+            svc("api-grpcm", VIP_GRPCM, GRPC_PORT, "GRPC", [{"name": "grpcm", "kind": "GRPCRoute", "rules": [mirrored(None, to="shadow-h2")]}]),
             svc(
                 "api-h2",
                 VIP_H2,
@@ -124,6 +137,14 @@ def env():
         sl.teardown(topo, [daemon], procs)
 
 
+@pytest.fixture(scope="module")
+def shadow_h2(env):
+    """The HTTP/2 mirror's backend (shadow-h2)."""
+    srv = H2MirrorServer(env[0].remote, SHADOW, SHADOW_H2_PORT)
+    yield srv
+    srv.close()
+
+
 class MirrorServer(sl.ThreadedServer):
     """The mirror's backend: records each request (path, body) it reads,
     then answers at once ("fast"), after 5 s ("slow") or never ("never":
@@ -164,6 +185,53 @@ class MirrorServer(sl.ThreadedServer):
                 return
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nshadow")
         except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
+
+
+class H2MirrorServer(MirrorServer):
+    """The same for HTTP/2 (cleartext, prior knowledge; python3-h2): each
+    stream's (path, body, fields) recorded when it ended, then answered (a
+    gRPC request the gRPC way) at once, after 5 s or never."""
+
+    def serve(self, conn, n):
+        with self.lock:
+            self.open += 1
+        try:
+            conn.settimeout(30)
+            c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+            c.initiate_connection()
+            conn.sendall(c.data_to_send())
+            streams = {}
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        streams[ev.stream_id] = [dict(ev.headers), b""]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        streams[ev.stream_id][1] += ev.data
+                        c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        fields, body = streams.pop(ev.stream_id)
+                        with self.lock:
+                            self.got.append((fields[":path"], body, fields))
+                        if self.mode == "slow":
+                            time.sleep(5)
+                        if self.mode == "never":
+                            continue
+                        if fields.get("content-type", "").startswith("application/grpc"):
+                            c.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/grpc")])
+                            c.send_data(ev.stream_id, b"\0\0\0\0\0")
+                            c.send_headers(ev.stream_id, [("grpc-status", "0")], end_stream=True)
+                        else:
+                            c.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "6")])
+                            c.send_data(ev.stream_id, b"shadow", end_stream=True)
+                conn.sendall(c.data_to_send())
+        except (OSError, h2.exceptions.ProtocolError):
             pass
         finally:
             with self.lock:
@@ -396,3 +464,95 @@ def test_shuntctl_routes_counters(env):
     assert "RequestMirror(mirrors=%d drops=%d)" % (mirror["mirrors"], mirror["drops"]) in out, out
     assert "fault(aborts=0 delays=%d)" % rules["/delay"]["delays"] in out, out
     assert "rateLimit(limited=%d)" % rules["/limited"]["rate_limited"] in out, out
+
+
+def mirror_filter(daemon, service, path=None):
+    return [f for f in rule_of(daemon, service, "filters", path)["filters"] if f["type"] == "RequestMirror"][0]
+
+
+def test_mirror_http2_copies(env, shadow_h2):
+    """HTTP/2: every request of the rule reaches the HTTP/2 mirror, its
+    fields as they went upstream and its body, once complete; a body of
+    http.mirror_max_body (64 KiB, one byte over the stream's first window)
+    is copied, one byte more is dropped and counted; the primary gets its
+    own answer every time."""
+    topo, daemon, _ = env
+    shadow_h2.mode, shadow_h2.got = "fast", []
+    for i in range(10):
+        r = topo.app.curl(
+            ["--http2-prior-knowledge", "-s", "--max-time", "10", "--data-binary", "body-%d" % i, "http://%s/mirror/%d" % (VIP_H2M, i)]
+        )
+        assert json.loads(r.stdout)["server"] == "h2", r.stdout
+    # ten more streams on one connection at once
+    res = h2load(topo, "http://%s/mirror/many" % VIP_H2M, 10, streams=10)
+    assert {c for c, _ in res} == {200}
+    sl.wait_until(lambda: len(shadow_h2.got) == 20, 10, what="20 copies at the HTTP/2 mirror")
+    got = sorted((p, b) for p, b, _ in shadow_h2.got)
+    assert got == sorted([("/mirror/%d" % i, b"body-%d" % i) for i in range(10)] + [("/mirror/many", b"")] * 10), got
+    fields = shadow_h2.got[0][2]
+    assert fields[":method"] in ("GET", "POST") and fields[":authority"] and fields.get("x-request-id"), fields
+    f = mirror_filter(daemon, "api-h2m", "/mirror")
+    assert (f["backend"], f["mirrors"], f["drops"]) == ("default/shadow-h2", 20, 0), f
+    # the body bound: 64 KiB copied, 64 KiB + 1 not
+    body = os.path.join(sl.tmpdir(), "mirror-body-%d" % os.getpid())
+    try:
+        for size in (65536, 65537):
+            with open(body, "wb") as fh:
+                fh.write(b"m" * size)
+            r = topo.app.curl(
+                ["--http2-prior-knowledge", "-s", "--max-time", "10", "--data-binary", "@" + body, "http://%s/mirror/big%d" % (VIP_H2M, size)]
+            )
+            assert json.loads(r.stdout)["body_len"] == size, r.stdout
+    finally:
+        os.unlink(body)
+    sl.wait_until(lambda: len(shadow_h2.got) == 21, 10, what="the 64 KiB copy")
+    assert [(p, len(b)) for p, b, _ in shadow_h2.got[20:]] == [("/mirror/big65536", 65536)]
+    f = mirror_filter(daemon, "api-h2m", "/mirror")
+    assert (f["mirrors"], f["drops"]) == (21, 1), f
+    m = daemon.metrics()
+    assert m[("shunt_route_mirror_drops_total", (("route", "h2m"), ("rule", "0"), ("service", "default/api-h2m:80")))] == 1
+
+
+def test_mirror_grpc_copies(env, shadow_h2):
+    """gRPC: each call of the GRPCRoute's rule reaches the mirror as a gRPC
+    request (path, content-type, message); the calls all succeed. One call
+    at a time: the Python mirror must not fall 20 copies behind (a copy over
+    http.mirror_max_in_flight is dropped, as it should be)."""
+    topo, daemon, _ = env
+    shadow_h2.mode, shadow_h2.got = "fast", []
+    out = grpc_unary(topo, VIP_GRPCM, 30, parallel=1)
+    assert out["codes"] == {"OK": 30}, out
+    sl.wait_until(lambda: len(shadow_h2.got) == 30, 10, what="30 gRPC copies at the mirror")
+    for path, body, fields in shadow_h2.got:
+        assert fields["content-type"].startswith("application/grpc") and path.count("/") == 2, (path, fields)
+        assert len(body) >= 5 and body[0] == 0, body  # one length-prefixed message
+    f = mirror_filter(daemon, "api-grpcm")
+    assert (f["mirrors"], f["drops"]) == (30, 0), f
+
+
+def test_mirror_http2_slow_or_silent_leaves_primary_alone(env, shadow_h2):
+    """One HTTP/2 connection, 20 streams at a time, to a mirror answering
+    after 5 s, then one that never answers: the primary's p50 stays that of
+    the same requests without a mirror; the worker holds at most
+    http.mirror_max_in_flight copies (one connection: one worker), the rest
+    dropped and counted, and the copies' connections close after
+    http.mirror_timeout."""
+    topo, daemon, _ = env
+    base = statistics.median(t for _, t in h2load(topo, "http://%s/other" % VIP_H2M, 100)) * 1000
+    for mode in ("slow", "never"):
+        shadow_h2.mode = mode
+        before = mirror_filter(daemon, "api-h2m", "/mirror")
+        t0 = time.monotonic()
+        res = h2load(topo, "http://%s/mirror/%s" % (VIP_H2M, mode), 100)
+        took = time.monotonic() - t0
+        assert {c for c, _ in res} == {200}
+        mirrored = statistics.median(t for _, t in res) * 1000
+        assert mirrored <= 2 * base + 10, "p50 %.1f ms with a %s mirror, %.1f ms without" % (mirrored, mode, base)
+        assert took < 5, "100 requests took %.1f s with a %s mirror" % (took, mode)
+        after = mirror_filter(daemon, "api-h2m", "/mirror")
+        sent, dropped = after["mirrors"] - before["mirrors"], after["drops"] - before["drops"]
+        assert sent + dropped == 100, (sent, dropped)
+        assert sent <= MIRROR_MAX_IN_FLIGHT and dropped >= 100 - MIRROR_MAX_IN_FLIGHT, (mode, sent, dropped)
+        assert shadow_h2.open <= MIRROR_MAX_IN_FLIGHT
+        sl.wait_until(lambda: shadow_h2.open == 0, 15, what="the mirror's connections closed")
+    shadow_h2.mode = "fast"

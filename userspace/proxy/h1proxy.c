@@ -139,7 +139,6 @@ struct h1_worker {
         bool draining;               /* every response says Connection: close */
         struct warn_limit warn;      /* failed requests: one line a second */
         struct http1_msg *spare_msg; /* see msg_get */
-        struct mirrors *mirrors;     /* route mirrors' request copies, on first use */
 };
 
 static bool warn_allowed(struct h1s *s)
@@ -1028,7 +1027,8 @@ static void mirror_request(struct h1s *s)
         else if (!route_mirror_pick(&s->route, &w->route_workers, (uint64_t)w->index,
                                     &s->client_addr, &to))
                 why = "no endpoint of the mirror backend";
-        if (!why && !w->h1->mirrors && !(w->h1->mirrors = mirrors_new(w->loop)))
+        struct mirrors *ms = why ? NULL : worker_mirrors(w);
+        if (!why && !ms)
                 why = "out of memory";
         if (!why) {
                 static const char close_field[] = "Connection: close\r\n\r\n";
@@ -1037,7 +1037,7 @@ static void mirror_request(struct h1s *s)
                 if (copy) {
                         memcpy(copy, h->data, h->len - 2);
                         memcpy(copy + h->len - 2, close_field, sizeof(close_field) - 1);
-                        rc = mirror_send(w->h1->mirrors, &to, config_socket_mark(cfg), copy,
+                        rc = mirror_send(ms, &to, config_socket_mark(cfg), copy,
                                          h->len - 2 + sizeof(close_field) - 1,
                                          s->req.buf + s->body_start, s->req.cls - s->body_start,
                                          cfg->mirror_max_in_flight, cfg->mirror_timeout_ms);
@@ -1850,10 +1850,8 @@ static void h1_drain(struct worker *w)
 
 static void h1_worker_free(struct worker *w)
 {
-        if (w->h1) {
+        if (w->h1)
                 free(w->h1->spare_msg);
-                mirrors_free(w->h1->mirrors);
-        }
         free(w->h1);
         w->h1 = NULL;
 }

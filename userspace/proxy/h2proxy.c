@@ -41,6 +41,7 @@
 #include "core/log.h"
 #include "core/sockaddr.h"
 #include "intercept/origdst.h"
+#include "proxy/mirror-int.h"
 #include "proxy/proxy-int.h"
 #include "proxy/states-int.h"
 #include "proxy/obs.h"
@@ -202,7 +203,8 @@ struct h2s {
         bool deadline_grpc;
         uint64_t timeout_ms;
         uint64_t start_ms;
-        uint64_t start_ns; /* clock_mono_ns(), for shunt_request_duration_seconds */
+        uint64_t start_ns;     /* clock_mono_ns(), for shunt_request_duration_seconds */
+        struct mirror *mirror; /* the route's RequestMirror copy until the request ends */
 };
 
 struct h2_worker {
@@ -255,6 +257,7 @@ static void hw_run(struct h2_worker *hw);
 static void stream_fail(struct h2s *st, int grpc, int http, const char *reason);
 static void stream_maybe_free(struct h2s *st);
 static void stream_route(struct h2s *st);
+static void stream_mirror_end(struct h2s *st, const char *why);
 static void stream_retry(struct h2s *st, enum route_outcome o, const char *what);
 
 /* ---- small buffers -------------------------------------------------------------- */
@@ -640,6 +643,8 @@ static void stream_free(struct h2s *st)
                                                                         : 2 /* UNKNOWN */;
         if (st->grpc)
                 stat_inc(hw, (enum stat_id)(ST_GRPC_STATUS_FIRST + code));
+        if (st->mirror)
+                stream_mirror_end(st, "the request ended before it was complete");
         if (st->c)
                 stream_end_hook(st, code);
         log_debug("h2", st->c ? st->c->id : 0,
@@ -1368,6 +1373,66 @@ static enum route_result stream_pick(struct h2s *st, struct route_table *t)
         return r;
 }
 
+/* ---- request mirrors (mirror-int.h) ---- */
+
+static void stream_mirror_end(struct h2s *st, const char *why)
+{
+        struct mirror *m = st->mirror;
+        st->mirror = NULL;
+        if (m && why) {
+                mirror_h2_cancel(m);
+        } else if (m) {
+                int rc = mirror_h2_send(m);
+                why = rc < 0 ? strerror(-rc) : NULL;
+        }
+        route_mirror_count(&st->route, why == NULL);
+        if (why && warn_limit_allow(&st->hw->warn, loop_now_ms(hw_loop(st->hw)), "h2"))
+                log_warn("h2", st->c ? st->c->id : 0,
+                         "stream %d (%s): request copy for the mirror dropped: %s", st->cid,
+                         route_service_name(&st->route), why);
+}
+
+static void mirror_expired(void *owner)
+{
+        struct h2s *st = owner;
+        st->mirror = NULL;
+        stream_mirror_end(st, "the request did not end within http.mirror_timeout");
+}
+
+/* The route rule's RequestMirror drew this stream: a copy of its head as
+ * it goes upstream and of its body goes to an endpoint of the mirror
+ * backend once the request is complete, not waited for; or a drop,
+ * counted. */
+static void stream_mirror_begin(struct h2s *st)
+{
+        struct worker *w = st->hw->w;
+        const struct shunt_config *cfg = hw_cfg(st->hw);
+        struct sockaddr_storage to;
+        struct mirrors *ms = NULL;
+        const char *why = NULL;
+        if (!route_mirror_pick(&st->route, &w->route_workers, (uint64_t)w->index, &st->c->client,
+                               &to))
+                why = "no endpoint of the mirror backend";
+        else if (!(ms = worker_mirrors(w)))
+                why = "out of memory";
+        nghttp2_nv nvs[H2_NV_STACK], *nv = why ? NULL : hdrs_nv(&st->req, nvs);
+        if (!why && nv) {
+                int err = -ENOMEM;
+                st->mirror =
+                    mirror_h2_begin(ms, &to, config_socket_mark(cfg), nv, st->req.n, !st->req_eof,
+                                    cfg->mirror_max_in_flight, cfg->mirror_max_body,
+                                    cfg->mirror_timeout_ms, mirror_expired, st, &err);
+                hdrs_nv_done(nv, nvs);
+                if (!st->mirror)
+                        why = err == -ENOBUFS ? "http.mirror_max_in_flight copies in flight"
+                                              : strerror(-err);
+        } else if (!why) {
+                why = "out of memory";
+        }
+        if (why || st->req_eof)
+                stream_mirror_end(st, why);
+}
+
 /* The first attempt of a picked stream: a request slot, then upstream. */
 static void stream_go(struct h2s *st)
 {
@@ -1409,6 +1474,8 @@ static void stream_route(struct h2s *st)
                 return;
         }
         st->routed = true;
+        if (st->route.mirror)
+                stream_mirror_begin(st);
         if (st->route.delay_ms) { /* on_retry goes on */
                 st->delaying = true;
                 /* + 1: the loop's clock counts whole ms, never fire early */
@@ -1860,6 +1927,8 @@ static int cl_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *u
                 stream_start(st);
                 return 0;
         }
+        if (end && st->mirror)
+                stream_mirror_end(st, NULL);
         if (end || f->hd.type == NGHTTP2_HEADERS)
                 resume_up(st);
         return 0;
@@ -1872,6 +1941,8 @@ static int cl_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uin
         struct h2c *c = ud;
         c->bytes_in += len;
         struct h2s *st = nghttp2_session_get_stream_user_data(ng, sid);
+        if (st && st->mirror && mirror_h2_body(st->mirror, data, len) < 0)
+                stream_mirror_end(st, "its body is larger than http.mirror_max_body");
         if (!st || st->local) {
                 nghttp2_session_consume(ng, sid, len);
                 mark_dirty(&c->s);

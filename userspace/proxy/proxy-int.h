@@ -181,6 +181,7 @@ struct worker {
         uint64_t rng;                    /* worker_random() state */
         struct h2_worker *h2;            /* HTTP/2 proxy state (h2proxy.c), created on first use */
         struct obs_worker *obs;          /* access-log and span rings (obs.h), on first use */
+        struct mirrors *mirrors;         /* route mirrors' copies (mirror-int.h), on first use */
         struct worker_stats stats;
 };
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "core/sockaddr.h"
+#include "proxy/mirror-int.h"
 #include "proxy/proxy-int.h"
 
 /* Protocol engines, by the protocol they take over (see proxy-int.h). */
@@ -108,6 +109,8 @@ void engines_worker_free(struct worker *w)
         for (int i = 0; i < PROTO__COUNT; i++)
                 if (engine_at(i))
                         engines[i]->worker_free(w);
+        mirrors_free(w->mirrors); /* after the engines: their requests' copies first */
+        w->mirrors = NULL;
 }
 
 const struct proto_engine *engine_for(enum proto p)
