@@ -27,6 +27,7 @@ struct policy {
 struct authz {
         struct snapshot base;
         struct authz_stats *stats;
+        char *scope; /* authz_set_scope, NULL */
         struct policy *pols;
         size_t n, cap;
         size_t n_rules;
@@ -65,12 +66,31 @@ static void policy_free(struct policy *p)
         memset(p, 0, sizeof(*p));
 }
 
+struct authz_stats *authz_stats_new(struct authz_stats *parent)
+{
+        struct authz_stats *st = calloc(1, sizeof(*st));
+        if (!st)
+                return NULL;
+        st->parent = parent;
+        atomic_init(&st->refs, 1);
+        return st;
+}
+
+void authz_stats_unref(struct authz_stats *st)
+{
+        if (st && atomic_load(&st->refs) &&
+            atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel) == 1)
+                free(st);
+}
+
 static void destroy(struct snapshot *s)
 {
         struct authz *a = authz_from_snapshot(s);
         for (size_t i = 0; i < a->n; i++)
                 policy_free(&a->pols[i]);
         free(a->pols);
+        free(a->scope);
+        authz_stats_unref(a->stats);
         free(a);
 }
 
@@ -80,8 +100,27 @@ struct authz *authz_new(struct authz_stats *stats)
         if (!a)
                 return NULL;
         snapshot_init(&a->base, destroy);
+        /* The caller holds a reference while it passes stats: one more can
+         * be taken without a race. */
+        if (stats && atomic_load(&stats->refs))
+                atomic_fetch_add_explicit(&stats->refs, 1, memory_order_relaxed);
         a->stats = stats;
         return a;
+}
+
+int authz_set_scope(struct authz *a, const char *scope)
+{
+        char *s = scope ? strdup(scope) : NULL;
+        if (scope && !s)
+                return -ENOMEM;
+        free(a->scope);
+        a->scope = s;
+        return 0;
+}
+
+const char *authz_scope(const struct authz *a)
+{
+        return a ? a->scope : NULL;
 }
 
 void authz_ref(struct authz *a)
@@ -562,6 +601,29 @@ int authz_merge(struct authz *a, const struct authz *src, char *err, size_t errl
         return 0;
 }
 
+int authz_add_deny_all(struct authz *a, const char *name, char *err, size_t errlen)
+{
+        struct policy p;
+        memset(&p, 0, sizeof(p));
+        p.ports[p.n_ports++] = 0;
+        /* A principal without a field matches every identity (parsing never
+         * makes one: it is refused there for exactly that reason). */
+        p.deny = calloc(1, sizeof(*p.deny));
+        p.name = strdup(name);
+        if (!p.deny || !p.name) {
+                policy_free(&p);
+                return errf(err, errlen, -ENOMEM, "out of memory");
+        }
+        p.n_deny = 1;
+        if (grow(a)) {
+                policy_free(&p);
+                return errf(err, errlen, -ENOMEM, "out of memory");
+        }
+        a->n_rules += policy_rules(&p);
+        a->pols[a->n++] = p;
+        return 0;
+}
+
 /* ---- the decision ---------------------------------------------------------------- */
 
 /* The parts of a (verified) SPIFFE ID, without copies. */
@@ -628,8 +690,8 @@ static bool verdict(const struct authz *a, struct authz_verdict *v, enum authz_r
 {
         v->reason = r;
         v->policy = policy ? policy : "";
-        if (a && a->stats)
-                atomic_fetch_add_explicit(&a->stats->decisions[r], 1, memory_order_relaxed);
+        for (struct authz_stats *st = a ? a->stats : NULL; st; st = st->parent)
+                atomic_fetch_add_explicit(&st->decisions[r], 1, memory_order_relaxed);
         return r == AUTHZ_OK;
 }
 
@@ -753,6 +815,17 @@ void authz_render_policies(const struct authz *a, struct strbuf *sb)
                 strbuf_append(sb, ",\"allow\":");
                 render_list(sb, p->allow, p->n_allow);
                 strbuf_append(sb, "}");
+        }
+        strbuf_append(sb, "]");
+}
+
+void authz_render_policy_names(const struct authz *a, struct strbuf *sb)
+{
+        strbuf_append(sb, "[");
+        for (size_t i = 0; a && i < a->n; i++) {
+                if (i)
+                        strbuf_append(sb, ",");
+                strbuf_append_json_string(sb, a->pols[i].name);
         }
         strbuf_append(sb, "]");
 }

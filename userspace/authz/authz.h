@@ -58,10 +58,20 @@ enum authz_reason {
  * metrics labels and audit lines). */
 const char *authz_reason_name(enum authz_reason r);
 
-/* Counters shared by every built set (owned by the caller, outlives them). */
+/* Counters shared by every built set: the caller's (refs 0, outlives them),
+ * or reference-counted (authz_stats_new: each set built with it holds a
+ * reference, so the counters live as long as the last set that counts into
+ * them, e.g. one node-mode pod's). A decision is counted in parent too. */
 struct authz_stats {
         _Atomic uint64_t decisions[AUTHZ__REASONS]; /* [AUTHZ_OK]: admitted by a rule */
+        struct authz_stats *parent;                 /* NULL, or counted there too */
+        _Atomic uint32_t refs;                      /* 0: not reference-counted */
 };
+
+/* Reference-counted counters (one reference, the caller's), NULL without
+ * memory; parent (may be NULL) must outlive them. */
+struct authz_stats *authz_stats_new(struct authz_stats *parent);
+void authz_stats_unref(struct authz_stats *st);
 
 struct authz_verdict {
         enum authz_reason reason;
@@ -70,7 +80,8 @@ struct authz_verdict {
 
 struct authz;
 
-/* An empty set (admits everything) counting into stats (may be NULL). */
+/* An empty set (admits everything) counting into stats (may be NULL; a
+ * reference is taken when reference-counted). */
 struct authz *authz_new(struct authz_stats *stats);
 void authz_ref(struct authz *a);
 void authz_unref(struct authz *a);
@@ -95,6 +106,15 @@ int authz_add_policies(struct authz *a, const cJSON *policies, const char *origi
 int authz_add_allow(struct authz *a, uint16_t port, const char *id, char *err, size_t errlen);
 /* Copies every policy of src into a (merging sources). */
 int authz_merge(struct authz *a, const struct authz *src, char *err, size_t errlen);
+/* A policy name that refuses every connection to every port (a deny rule
+ * that matches every identity; no identity is refused as on any protected
+ * port): fail closed where the policies that apply are not all known. */
+int authz_add_deny_all(struct authz *a, const char *name, char *err, size_t errlen);
+/* Whose set this is ("shop/web-0": node mode's pod), named in the audit
+ * lines of its refusals; NULL (the default) for the daemon's own. 0 or
+ * -ENOMEM. */
+int authz_set_scope(struct authz *a, const char *scope);
+const char *authz_scope(const struct authz *a);
 
 size_t authz_policy_count(const struct authz *a);
 size_t authz_rule_count(const struct authz *a);
@@ -111,6 +131,8 @@ void authz_describe_ports(const struct authz *a, char *buf, size_t len);
 
 /* JSON array of the policies for /authz. */
 void authz_render_policies(const struct authz *a, struct strbuf *sb);
+/* JSON array of the policies' names ("origin/name"), in their order. */
+void authz_render_policy_names(const struct authz *a, struct strbuf *sb);
 /* JSON array of {"port","id"}: each allow principal that is an exact
  * identity (the shape of mtls.allow, for /certs). */
 void authz_render_allow_ids(const struct authz *a, struct strbuf *sb);
@@ -145,6 +167,12 @@ struct authz_kube *authz_kube_new(const char *ns, void (*changed)(void *arg), vo
 void authz_kube_free(struct authz_kube *k);
 /* Replaces the pod's labels (taken; NULL: unknown). */
 void authz_kube_set_labels(struct authz_kube *k, struct authz_labels *labels);
+/* A pod's labels from its metadata.labels object (NULL or not an object:
+ * none, an empty set). 0, -E2BIG (more than AUTHZ_MAX_LABELS), -EINVAL (a
+ * value not a string), -ENOMEM. */
+int authz_labels_from_json(const cJSON *labels, struct authz_labels **out);
+/* The namespace watched. */
+const char *authz_kube_namespace(const struct authz_kube *k);
 
 /* The sink callbacks (arg is the struct authz_kube). */
 void authz_kube_list_begin(void *k);
@@ -157,6 +185,10 @@ size_t authz_kube_count(void *k);
  * object that cannot be added (a bound of the built set) is left out and
  * logged. A new reference, or NULL (out of memory). */
 struct authz *authz_kube_build(struct authz_kube *k, struct authz_stats *stats);
+/* The same for a pod of the namespace with these labels (NULL: unknown),
+ * whatever authz_kube_set_labels holds (node mode: one set per pod). */
+struct authz *authz_kube_build_for(struct authz_kube *k, const struct authz_labels *labels,
+                                   struct authz_stats *stats);
 /* {"namespace","listed","labels":{..}|null,"objects":[{"name","applies","why"}]} */
 void authz_kube_render(const struct authz_kube *k, struct strbuf *sb);
 

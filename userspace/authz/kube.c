@@ -162,6 +162,26 @@ int authz_labels_read(const char *path, struct authz_labels **out, char *err, si
         return 0;
 }
 
+int authz_labels_from_json(const cJSON *labels, struct authz_labels **out)
+{
+        *out = calloc(1, sizeof(**out));
+        if (!*out)
+                return -ENOMEM;
+        const cJSON *e, *obj = cJSON_IsObject(labels) ? labels : NULL;
+        cJSON_ArrayForEach(e, obj)
+        {
+                int rc = cJSON_IsString(e) ? labels_add(*out, e->string, strlen(e->string),
+                                                        e->valuestring, strlen(e->valuestring))
+                                           : -EINVAL;
+                if (rc) {
+                        authz_labels_free(*out);
+                        *out = NULL;
+                        return rc;
+                }
+        }
+        return 0;
+}
+
 /* ---- objects ------------------------------------------------------------------- */
 
 static void kobj_clear(struct kobj *o)
@@ -216,6 +236,11 @@ static void notify(struct authz_kube *k)
 {
         if (k->changed)
                 k->changed(k->arg);
+}
+
+const char *authz_kube_namespace(const struct authz_kube *k)
+{
+        return k->ns;
 }
 
 void authz_kube_set_labels(struct authz_kube *k, struct authz_labels *labels)
@@ -379,17 +404,17 @@ int authz_kube_apply(void *arg, bool listing, const cJSON *obj, bool deleted, ch
         return 0;
 }
 
-/* "" when the object applies to this pod, else why not. */
-static const char *applies(const struct authz_kube *k, const struct kobj *o)
+/* "" when the object applies to a pod with these labels, else why not. */
+static const char *applies_to(const struct authz_labels *labels, const struct kobj *o)
 {
         if (o->why[0])
                 return o->why;
         if (!o->has_selector)
                 return "";
-        if (!k->labels)
+        if (!labels)
                 return "the pod's labels are unknown (authorization.pod_labels_file)";
         for (size_t i = 0; i < o->sel.n; i++) {
-                const char *v = labels_get(k->labels, o->sel.key[i]);
+                const char *v = labels_get(labels, o->sel.key[i]);
                 if (!v || strcmp(v, o->sel.value[i]))
                         return "spec.selector does not match this pod's labels";
         }
@@ -401,7 +426,18 @@ static int by_name(const void *a, const void *b)
         return strcmp(((const struct kobj *)a)->name, ((const struct kobj *)b)->name);
 }
 
+static const char *applies(const struct authz_kube *k, const struct kobj *o)
+{
+        return applies_to(k->labels, o);
+}
+
 struct authz *authz_kube_build(struct authz_kube *k, struct authz_stats *stats)
+{
+        return authz_kube_build_for(k, k->labels, stats);
+}
+
+struct authz *authz_kube_build_for(struct authz_kube *k, const struct authz_labels *labels,
+                                   struct authz_stats *stats)
 {
         struct authz *a = authz_new(stats);
         if (!a)
@@ -410,7 +446,7 @@ struct authz *authz_kube_build(struct authz_kube *k, struct authz_stats *stats)
                 qsort(k->live.o, k->live.n, sizeof(*k->live.o), by_name);
         for (size_t i = 0; i < k->live.n; i++) {
                 const struct kobj *o = &k->live.o[i];
-                if (applies(k, o)[0])
+                if (applies_to(labels, o)[0])
                         continue;
                 cJSON *spec = cJSON_Parse(o->spec);
                 char err[400];

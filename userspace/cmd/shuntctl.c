@@ -1493,6 +1493,31 @@ static void pods_capture(const cJSON *cap)
                jint(c, "released", b3, sizeof(b3)), jint(c, "no_identity", b4, sizeof(b4)));
 }
 
+/* A pod's own authorization policies (GET /pods "authz", node/policies.h). */
+static void pod_policies(const cJSON *az)
+{
+        if (!cJSON_IsObject(az))
+                return;
+        char names[512] = "", b1[32], b2[32];
+        const cJSON *n;
+        cJSON_ArrayForEach(n, cJSON_GetObjectItemCaseSensitive(az, "policies"))
+        {
+                if (cJSON_IsString(n))
+                        snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+                                 names[0] ? ", " : "", n->valuestring);
+        }
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(az, "decisions"), *x;
+        double refused = 0;
+        cJSON_ArrayForEach(x, d)
+        {
+                if (cJSON_IsNumber(x) && strcmp(x->string, "allowed"))
+                        refused += x->valuedouble;
+        }
+        snprintf(b2, sizeof(b2), "%.0f", refused);
+        printf("%-32s policies %s: %s (allowed %s, refused %s)\n", "", jstr(az, "state", "?"),
+               names[0] ? names : "none", jint(d, "allowed", b1, sizeof(b1)), b2);
+}
+
 static int cmd_pods(void)
 {
         cJSON *j = fetch("GET", "/pods", NULL);
@@ -1524,6 +1549,7 @@ static int cmd_pods(void)
                 if (cJSON_IsString(e))
                         printf("%-32s %s (uid %s, %s attempts)\n", "", e->valuestring,
                                jstr(p, "uid", "?"), jint(p, "attempts", b2, sizeof(b2)));
+                pod_policies(cJSON_GetObjectItemCaseSensitive(p, "authz"));
         }
         printf("shed %s (max_pods reached), failed %s, netns changed %s, uid replaced %s\n",
                jint(c, "shed", b1, sizeof(b1)), jint(c, "failed", b2, sizeof(b2)),

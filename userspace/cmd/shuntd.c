@@ -21,6 +21,7 @@
 #include "node/identity.h"
 #include "node/capture.h"
 #include "node/pods.h"
+#include "node/policies.h"
 #include "node/sidecar_capture.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -82,8 +83,9 @@ struct daemon {
          * disabled. The capture takes its slots with node_identity_slot(). */
         struct node_identities *node_ids;
         struct node_sidecar_capture *sidecar_capture; /* node mode: captureFrom=node pods */
-        struct node_capture *node_capture; /* node mode: each meshed pod's capture and proxy */
-        uint64_t routes_version;           /* registry version the proxy routes by */
+        struct node_capture *node_capture;   /* node mode: each meshed pod's capture and proxy */
+        struct node_policies *node_policies; /* node mode: each meshed pod's own policies */
+        uint64_t routes_version;             /* registry version the proxy routes by */
         struct loop_timer routes_timer;
         bool rules_installed;
         /* Capture rules changed behind our back (another tool flushing the
@@ -572,6 +574,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
                 node_sidecar_capture_render_metrics(d->sidecar_capture, &resp->body);
         if (d->node_capture)
                 node_capture_render_metrics(d->node_capture, &resp->body);
+        if (d->node_policies)
+                node_policies_render_metrics(d->node_policies, &resp->body);
         prom_family(&resp->body, "shunt_ready", "gauge", "1 when listeners and rules are up.");
         prom_sample_u64(&resp->body, "shunt_ready", NULL, d->ready);
         prom_family(&resp->body, "shunt_config_reloads_total", "counter",
@@ -1005,8 +1009,8 @@ static void authz_publish(struct daemon *d)
                          ports);
         if (d->proxy)
                 proxy_set_authz(d->proxy, a);
-        if (d->node_capture)
-                node_capture_set_authz(d->node_capture, a);
+        if (d->node_policies) /* node mode: the file's policies go with each pod's own */
+                node_policies_set_file(d->node_policies, d->authz_file);
         authz_unref(d->authz);
         d->authz = a;
 }
@@ -1053,6 +1057,8 @@ static int authz_kube_open(struct daemon *d, char *err, size_t errlen)
         const struct shunt_config *c = d->cfg;
         if (strcmp(disc_backend_type(d->backend), "kubernetes") || !c->authz_kubernetes)
                 return 0;
+        if (c->mode == 1)
+                return 0; /* node mode: every namespace's, for each pod (node_policies_open) */
         /* The pod's own namespace: set, else the service account's, else mtls.namespace. */
         char pod_ns[CONFIG_STR_MAX];
         const char *ns = c->authz_namespace[0]                            ? c->authz_namespace
@@ -1152,6 +1158,39 @@ static int node_ids_open(struct daemon *d, char *err, size_t errlen)
         return rc;
 }
 
+/* Node mode: a pod's policies were built anew: its proxy takes them. */
+static void node_policies_changed(void *ctx, uint64_t gen)
+{
+        struct daemon *d = ctx;
+        if (d->node_capture)
+                node_capture_pod_authz_changed(d->node_capture, gen);
+}
+
+/* Node mode: each pod's own authorization policies (node/policies.h), from
+ * a watch of AuthorizationPolicy objects in every namespace. 0 or -errno. */
+static int node_policies_open(struct daemon *d, char *err, size_t errlen)
+{
+        bool kube = d->cfg->authz_kubernetes;
+        struct node_policies_config pc = {.kubernetes = kube,
+                                          .total = &d->authz_stats,
+                                          .changed = node_policies_changed,
+                                          .ctx = d};
+        d->node_policies = node_policies_new(&pc);
+        if (!d->node_policies) {
+                snprintf(err, errlen, "node: authorization: out of memory");
+                return -ENOMEM;
+        }
+        node_policies_set_file(d->node_policies, d->authz_file);
+        int rc = node_policies_attach(d->node_policies, d->node_pods);
+        if (rc == 0 && kube)
+                rc = k8s_backend_add_sink(disc_backend_impl(d->backend),
+                                          node_policies_sink(d->node_policies));
+        if (rc < 0)
+                snprintf(err, errlen, "node: cannot watch AuthorizationPolicy objects: %s",
+                         strerror(-rc));
+        return rc;
+}
+
 /* Node mode: the table of this node's meshed pods, fed by a Pods watch of
  * the kubernetes backend (README, Node mode). 0 or -errno (err). */
 static int node_pods_open(struct daemon *d, char *err, size_t errlen)
@@ -1171,7 +1210,7 @@ static int node_pods_open(struct daemon *d, char *err, size_t errlen)
                 return -EINVAL;
         /* Identities observe first: a pod's identity exists when the
          * capture (registered after) hears of it. */
-        if (node_ids_open(d, err, errlen) < 0)
+        if (node_ids_open(d, err, errlen) < 0 || node_policies_open(d, err, errlen) < 0)
                 return -EINVAL;
         d->sidecar_capture = node_sidecar_capture_new(NULL);
         if (!d->sidecar_capture ||
@@ -1192,14 +1231,25 @@ static struct snapshot_slot *node_identity_of(void *ctx, const char *ns, const c
         return d->node_ids ? node_identity_slot(d->node_ids, ns, sa) : NULL;
 }
 
+/* Node mode: a pod's own policies (node/policies.h). */
+static struct authz *node_authz_of(void *ctx, uint64_t gen)
+{
+        struct daemon *d = ctx;
+        return node_policies_get(d->node_policies, gen);
+}
+
 /* Node mode with redirect other than off: each READY pod's capture and
  * proxy (node/capture.h). 0 or -errno (err). */
 static int node_capture_open(struct daemon *d, char *err, size_t errlen)
 {
         if (!d->node_pods || d->cfg->redirect == REDIRECT_OFF)
                 return 0;
-        struct node_capture_config nc = {
-            .cfg = d->cfg, .identity = node_identity_of, .identity_ctx = d, .loop = d->loop};
+        struct node_capture_config nc = {.cfg = d->cfg,
+                                         .identity = node_identity_of,
+                                         .identity_ctx = d,
+                                         .authz = d->node_policies ? node_authz_of : NULL,
+                                         .authz_ctx = d,
+                                         .loop = d->loop};
         if (d->taking) /* the pods' listeners of the agent taken over */
                 nc.inherited = handover_client_pods(d->taking, &nc.n_inherited);
         d->node_capture = node_capture_new(&nc, err, errlen);
@@ -1208,8 +1258,6 @@ static int node_capture_open(struct daemon *d, char *err, size_t errlen)
         const struct disc_snapshot *snap = disc_registry_acquire(d->registry);
         node_capture_set_registry(d->node_capture, snap);
         disc_snapshot_release(snap);
-        if (d->authz)
-                node_capture_set_authz(d->node_capture, d->authz);
         return node_capture_attach(d->node_capture, d->node_pods);
 }
 
@@ -1254,6 +1302,10 @@ static void h_authz(const struct admin_request *req, struct admin_response *resp
                 authz_kube_render(d->authz_kube, b);
         else
                 strbuf_append(b, "null");
+        if (d->node_policies) { /* node mode: each pod's are in GET /pods */
+                strbuf_append(b, ",\"node\":");
+                node_policies_render(d->node_policies, b);
+        }
         strbuf_append(b, ",\"policies\":");
         authz_render_policies(d->authz, b);
         strbuf_append(b, "}");
@@ -2109,8 +2161,9 @@ out:
         node_sidecar_capture_keep(d.sidecar_capture); /* the pods' capture outlives us */
         node_pods_free(d.node_pods);                  /* tells node_ids every pod is gone */
         node_sidecar_capture_free(d.sidecar_capture);
-        node_capture_free(d.node_capture); /* after the table's last gone */
-        node_identities_free(d.node_ids);  /* after every tls_conn is gone (proxy_free) */
+        node_capture_free(d.node_capture);   /* after the table's last gone */
+        node_policies_free(d.node_policies); /* after the watch and the table's last gone */
+        node_identities_free(d.node_ids);    /* after every tls_conn is gone (proxy_free) */
         disc_health_stop(d.health);
         if (d.registry) {
                 disc_registry_detach(d.registry);

@@ -84,7 +84,8 @@ struct node_capture {
         node_capture_identity_fn identity;
         void *identity_ctx;
         const struct disc_snapshot *disc; /* the latest routes, for pods that come */
-        struct authz *authz;
+        node_capture_authz_fn authz;
+        void *authz_ctx;
         int self_ns; /* the main thread's own network namespace */
         char pin_root[384];
         bool ebpf;                  /* outbound by eBPF (else iptables) */
@@ -363,7 +364,8 @@ static void pod_try_accept(struct node_capture *nc, struct cap_pod *p)
                 return;
         bool routes = nc->disc && disc_snapshot_version(nc->disc) > 1;
         bool cert = !p->slot || !p->identity || slot_has_certificate(p->slot);
-        bool ready = routes && cert;
+        bool policies = !nc->authz || nc->authz(nc->authz_ctx, p->gen);
+        bool ready = routes && cert && policies;
         if (!ready && (p->refusing || clock_mono_ms() < p->accept_by_ms))
                 return;
         proxy_set_refusing(p->proxy, !ready); /* before the first accept */
@@ -379,7 +381,10 @@ static void pod_try_accept(struct node_capture *nc, struct cap_pod *p)
                 log_warn("node", 0,
                          "pod %s/%s: no %s %u ms after it was captured: its connections are "
                          "refused (reset, counted not_ready) until it has them (fail closed)",
-                         p->ns, p->name, !routes ? "routes from a discovery sync" : "certificate",
+                         p->ns, p->name,
+                         !routes ? "routes from a discovery sync"
+                         : !cert ? "certificate"
+                                 : "authorization policies (the first list)",
                          p->cfg->node_accept_timeout_ms);
         p->refusing = !ready;
 }
@@ -399,8 +404,9 @@ static void pod_start(struct node_capture *nc, struct cap_pod *p)
         pod_set_tls(nc, p);
         if (nc->disc)
                 proxy_set_registry(p->proxy, nc->disc);
-        if (nc->authz)
-                proxy_set_authz(p->proxy, nc->authz);
+        struct authz *az = nc->authz ? nc->authz(nc->authz_ctx, p->gen) : NULL;
+        if (az)
+                proxy_set_authz(p->proxy, az);
         proxy_set_worker_init(p->proxy, pod_worker_init, p);
         p->state = CAP_LIVE;
         if (nc->draining) {
@@ -733,6 +739,8 @@ struct node_capture *node_capture_new(const struct node_capture_config *c, char 
         nc->cfg = c->cfg;
         nc->identity = c->identity;
         nc->identity_ctx = c->identity_ctx;
+        nc->authz = c->authz;
+        nc->authz_ctx = c->authz_ctx;
         const char *root = c->cfg->bpf_pin_root[0] ? c->cfg->bpf_pin_root : SHUNT_PIN_ROOT;
         snprintf(nc->pin_root, sizeof(nc->pin_root), "%s/pods", root);
         switch (c->cfg->redirect) {
@@ -863,7 +871,6 @@ void node_capture_free(struct node_capture *nc)
         node_capture_stop(nc);
         if (nc->disc)
                 disc_snapshot_release(nc->disc);
-        authz_unref(nc->authz);
         if (nc->cfg)
                 snapshot_unref(&nc->cfg->snap);
         snapshot_slot_destroy(&nc->empty);
@@ -950,14 +957,16 @@ void node_capture_set_registry(struct node_capture *nc, const struct disc_snapsh
                 pod_try_accept(nc, p);
 }
 
-void node_capture_set_authz(struct node_capture *nc, struct authz *a)
+void node_capture_pod_authz_changed(struct node_capture *nc, uint64_t gen)
 {
-        for (struct cap_pod *p = nc->pods; p; p = p->next)
-                if (live(p))
+        for (struct cap_pod *p = nc->pods; p; p = p->next) {
+                if (p->gen != gen || !live(p))
+                        continue;
+                struct authz *a = nc->authz ? nc->authz(nc->authz_ctx, gen) : NULL;
+                if (a)
                         proxy_set_authz(p->proxy, a);
-        authz_ref(a);
-        authz_unref(nc->authz);
-        nc->authz = a;
+                pod_try_accept(nc, p);
+        }
 }
 
 void node_capture_set_config(struct node_capture *nc, struct shunt_config *cfg)

@@ -37,6 +37,10 @@
  *              `shuntd init` installs them) in the pod's namespace: REDIRECT
  *              to the pod's inbound listener, whose proxy terminates mTLS
  *              with the destination pod's certificate.
+ *   policies   the proxy's authorization policies are the pod's own
+ *              (node/policies.h: its namespace's objects that select its
+ *              labels, plus the file's), published to its proxy when they
+ *              change; its listeners accept only once they are known.
  *   identity   the proxy's certificate slot is the pod's identity (namespace,
  *              service account) from node_capture_identity_fn; outbound mTLS
  *              presents the source pod's, inbound the destination pod's. No
@@ -123,6 +127,11 @@ struct node_capture;
 typedef struct snapshot_slot *(*node_capture_identity_fn)(void *ctx, const char *ns,
                                                           const char *sa);
 
+/* The authorization policies of READY pod gen (node_policies_get's
+ * signature): borrowed, NULL while they are not known (the pod's listeners
+ * do not accept until they are: fail closed). */
+typedef struct authz *(*node_capture_authz_fn)(void *ctx, uint64_t gen);
+
 struct handover_pod;
 struct handover_listener;
 
@@ -130,6 +139,8 @@ struct node_capture_config {
         struct shunt_config *cfg;          /* the daemon's; a reference is taken */
         node_capture_identity_fn identity; /* NULL: mTLS off (mtls.mode disabled) */
         void *identity_ctx;
+        node_capture_authz_fn authz; /* each pod's own policies; NULL: none */
+        void *authz_ctx;
         /* Taking over (shuntd --takeover): the pods' listeners of the agent
          * taken over, taken by node_capture_new (each pod's ls moved out).
          * A pod that becomes READY with listeners here (in its namespace)
@@ -172,7 +183,8 @@ int node_capture_attach(struct node_capture *nc, struct node_pods *np);
 
 /* What every pod's proxy is given, now and for pods that come later. */
 void node_capture_set_registry(struct node_capture *nc, const struct disc_snapshot *disc);
-void node_capture_set_authz(struct node_capture *nc, struct authz *a);
+/* Pod gen's policies changed: its proxy is given them (node_capture_authz_fn). */
+void node_capture_pod_authz_changed(struct node_capture *nc, uint64_t gen);
 void node_capture_set_config(struct node_capture *nc, struct shunt_config *cfg);
 /* Every ~100 ms: each pod's proxy_tick. */
 void node_capture_tick(struct node_capture *nc);

@@ -46,6 +46,7 @@ struct pod {
         bool seen;    /* in the list in progress */
         bool sidecar;
         char *node_capture; /* owned; NULL when the pod has no such annotation */
+        char *labels;       /* owned: metadata.labels as compact JSON, NULL when none */
         char why[160];
 };
 
@@ -172,7 +173,8 @@ static void info_of(const struct node_pods *np, const struct pod *p, struct node
                                     .netns_ino = p->netns_ino,
                                     .gen = p->state == NODE_POD_READY ? p->gen : 0,
                                     .sidecar = p->sidecar,
-                                    .node_capture = p->node_capture};
+                                    .node_capture = p->node_capture,
+                                    .labels = p->labels};
 }
 
 static void tell(const struct node_pods *np, const struct pod *p, bool ready)
@@ -213,6 +215,7 @@ static void remove_at(struct node_pods *np, size_t i, const char *why)
         log_info(COMP, 0, "node: pod %s/%s (%s) leaves the table: %s", p->ns, p->name, p->uid, why);
         release(np, p);
         free(p->node_capture);
+        free(p->labels);
         np->pods[i] = np->pods[--np->n];
         np->c.removed++;
         np->shedding = false; /* room again: a new episode is logged */
@@ -471,6 +474,11 @@ static int parse(struct node_pods *np, const cJSON *obj, struct pod *p, bool *me
                 snprintf(err, errlen, "node: out of memory");
                 return -ENOMEM;
         }
+        const cJSON *labels = FIELD(m, "labels");
+        if (cJSON_IsObject(labels) && !(p->labels = cJSON_PrintUnformatted(labels))) {
+                snprintf(err, errlen, "node: out of memory");
+                return -ENOMEM;
+        }
         return 0;
 }
 
@@ -501,6 +509,18 @@ static void apply_update(struct node_pods *np, struct pod *cur, struct pod *in, 
         }
         memcpy(cur->sa, in->sa, sizeof(cur->sa));
         memcpy(cur->qos, in->qos, sizeof(cur->qos));
+        if (!same_str(cur->labels, in->labels)) {
+                char *old = cur->labels;
+                cur->labels = in->labels;
+                in->labels = old;
+                if (cur->state == NODE_POD_READY) {
+                        struct node_pod_info i;
+                        info_of(np, cur, &i);
+                        for (size_t k = 0; k < np->n_obs; k++)
+                                if (np->obs[k].updated)
+                                        np->obs[k].updated(np->obs[k].ctx, &i);
+                }
+        }
         if (cur->sidecar != in->sidecar || !same_str(cur->node_capture, in->node_capture)) {
                 /* What the observers act on changed: a new episode for them. */
                 bool was_ready = cur->state == NODE_POD_READY;
@@ -534,11 +554,13 @@ int node_pods_apply(struct node_pods *np, const cJSON *obj, bool deleted, char *
         int rc = parse(np, obj, &in, &member, &hostnet, err, errlen);
         if (rc) {
                 free(in.node_capture);
+                free(in.labels);
                 np->c.bad++;
                 return rc == -ENOMEM ? rc : -EINVAL;
         }
         rc = apply_parsed(np, &in, member, hostnet, deleted, err, errlen);
         free(in.node_capture); /* NULL when the table took it */
+        free(in.labels);
         return rc;
 }
 
@@ -594,6 +616,7 @@ static int apply_parsed(struct node_pods *np, struct pod *inp, bool member, bool
         cur = &np->pods[np->n++];
         *cur = in;
         inp->node_capture = NULL; /* the table's now */
+        inp->labels = NULL;
         cur->netns_fd = -1;
         cur->seen = true;
         cur->since_ms = cur->next_ms = now;
@@ -749,6 +772,7 @@ void node_pods_free(struct node_pods *np)
         for (size_t i = 0; i < np->n; i++) {
                 release(np, &np->pods[i]);
                 free(np->pods[i].node_capture);
+                free(np->pods[i].labels);
         }
         free(np->pods);
         free(np);

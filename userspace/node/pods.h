@@ -99,6 +99,7 @@ struct node_pod_info {
         uint64_t gen;             /* new for every READY episode: the key of what is held for it */
         bool sidecar;             /* has its own proxy (NODE_SIDECAR_CONTAINER) */
         const char *node_capture; /* NODE_CAPTURE_ANNOTATION's value, NULL when absent */
+        const char *labels;       /* metadata.labels as compact JSON, NULL when absent */
 };
 
 #define NODE_MAX_OBSERVERS 4
@@ -119,6 +120,9 @@ struct node_pods_observer {
          * every ready and gone it caused); shed: some were left out
          * (node.max_pods). node_pods_has_uid may be called from it. */
         void (*synced)(void *ctx, bool shed);
+        /* Optional: a READY pod's labels changed (same gen: nothing else
+         * of the pod is affected; authorization policies select by them). */
+        void (*updated)(void *ctx, const struct node_pod_info *pod);
         void *ctx;
 };
 

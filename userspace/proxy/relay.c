@@ -773,9 +773,10 @@ static bool inbound_unidentified_refused(struct conn *c)
             {"reason", authz_reason_name(v.reason), false},
             {"detail", detail, true},
             {"identity", "", true},
+            {"pod", authz_scope(worker_authz(c->w)), true}, /* node mode's pod */
         };
         log_audit(LOG_WARN, "authz", c->id, "inbound connection refused", f,
-                  sizeof(f) / sizeof(f[0]));
+                  sizeof(f) / sizeof(f[0]) - (authz_scope(worker_authz(c->w)) ? 0 : 1));
         return true;
 }
 

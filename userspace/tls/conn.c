@@ -485,10 +485,13 @@ static void report(struct tls_conn *c)
             {"detail", c->detail, true},
             {"identity", c->peer_id, true},
             {"serial", c->peer_serial[0] ? c->peer_serial : NULL, false},
+            /* node mode: the destination pod whose policies decided */
+            {"pod", authz_scope(c->authz), true},
         };
+        size_t n = sizeof(f) / sizeof(f[0]) - (authz_scope(c->authz) ? 0 : 1);
         log_audit(LOG_WARN, COMP, c->id,
                   c->server ? "inbound TLS handshake refused" : "outbound TLS handshake refused", f,
-                  sizeof(f) / sizeof(f[0]));
+                  n);
 }
 
 void tls_conn_set_peer(struct tls_conn *c, const struct sockaddr_storage *peer)
