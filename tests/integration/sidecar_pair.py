@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The two-sidecar mesh of the request-level observability tests
-(test_access_log, test_tracing, test_golden_metrics, test_xfcc): a
-Topology with the services' virtual addresses routed, backends in the
-remote pod, and two shuntd over mutual TLS -- A in the app pod (the
-client's, outbound, with the file registry) and B in the remote pod (the
-server's, inbound) -- as shuntlib.start_mtls_pair starts them.
+"""The two-sidecar mesh of the request-level and certificate tests
+(test_access_log, test_tracing, test_golden_metrics, test_xfcc,
+test_mtls_rotation, test_ca_source): a Topology with the services' virtual
+addresses routed, backends in the remote pod, and two shuntd over mutual
+TLS -- A in the app pod (the client's, outbound, with the file registry)
+and B in the remote pod (the server's, inbound) -- as
+shuntlib.start_mtls_pair starts them.
 
     with sidecar_pair.mesh(("web", "web2")) as m:
         m.procs.append(...)                      # more processes to stop
@@ -12,9 +13,10 @@ server's, inbound) -- as shuntlib.start_mtls_pair starts them.
         yield m.topo, a, b
 
 Everything started (backends, m.procs, daemons, the topology) is stopped
-and removed when the block ends, whatever happened."""
+and removed when the block ends (Mesh.close), whatever happened."""
 
 import contextlib
+import json
 import os
 import sys
 
@@ -27,9 +29,11 @@ H2ECHO = os.path.join(sl.HERE, "h2echo.py")
 H1_PORT, H2_PORT, RPC_PORT, ECHO_PORT = 8080, 8082, 50051, 7000
 
 # name -> how it starts in a pod: each backend on T.REMOTE4, named as its
-# service (HTTP/1.1 httpbackend.py, HTTP/2 h2echo.py, grpcio, TCP echo).
+# service (HTTP/1.1 httpbackend.py, HTTP/2 h2echo.py, grpcio, TCP echo);
+# "web-peer" is a "web" of peers.py's http kind (one of the two at a time).
 BACKENDS = {
     "web": lambda pod: httpbackend.spawn(pod, ["%s:%d=web" % (T.REMOTE4, H1_PORT)]),
+    "web-peer": lambda pod: pod.spawn_peer("http", "web", ["%s:%d" % (T.REMOTE4, H1_PORT)]),
     "web2": lambda pod: pod.spawn_ready(
         [H2ECHO, "--name", "web2", "--listen", "%s:%d" % (T.REMOTE4, H2_PORT)], "h2echo"),
     "rpc": lambda pod: pod.spawn_ready(
@@ -40,14 +44,28 @@ BACKENDS = {
 
 
 class Mesh:
-    """topo, its backends and any other process in procs, the daemons that
-    started, and a temporary directory (tmp) for the registry and CA."""
+    """topo with the named BACKENDS started (in that order) in the remote
+    pod, any other process to stop in procs, the daemons that started, and
+    a temporary directory (tmp) for the registry and CA. close() ends it."""
 
-    def __init__(self, topo):
-        self.topo = topo
+    def __init__(self, backends=()):
+        self.topo = T()
         self.procs = []
         self.daemons = []
         self.tmp = None
+        try:
+            self.tmp = sl.tmpdir()
+            self.topo.route_vips()
+            for name in backends:
+                self.procs.append(BACKENDS[name](self.topo.remote))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Its daemons stop_checked, its procs stopped, the topology
+        deleted (shuntlib.teardown)."""
+        sl.teardown(self.topo, self.daemons, self.procs)
 
     def start(self, registry, a_flags=None, b_flags=None, b_config=None, built_in_ca=True):
         """Writes registry ({"services": [...]}) as A's file registry and
@@ -64,18 +82,18 @@ class Mesh:
             b_config=b_config,
         )
 
+    def curl_ok(self, vip, path="/r"):
+        """Whether curl in the app pod gets the web backend's answer for path
+        on vip:H1_PORT."""
+        r = self.topo.app.curl(["-s", "-m", "5", "http://%s:%d%s" % (vip, H1_PORT, path)])
+        return r.returncode == 0 and json.loads(r.stdout or "{}").get("server") == "web"
+
 
 @contextlib.contextmanager
 def mesh(backends):
-    """A Mesh with the named BACKENDS started (in that order) in the remote
-    pod; at the end its daemons are stop_checked, its procs stopped and
-    the topology deleted (shuntlib.teardown)."""
-    m = Mesh(T())
+    """A Mesh(backends), closed at the end of the block."""
+    m = Mesh(backends)
     try:
-        m.tmp = sl.tmpdir()
-        m.topo.route_vips()
-        for name in backends:
-            m.procs.append(BACKENDS[name](m.topo.remote))
         yield m
     finally:
-        sl.teardown(m.topo, m.daemons, m.procs)
+        m.close()

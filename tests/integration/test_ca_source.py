@@ -26,6 +26,7 @@ import ca_plane
 import mtls_pki as pki
 import shuntca
 import shuntlib as sl
+import sidecar_pair
 from shuntlib import Topology as T
 
 VIP_WEB, VIP_ECHO = "10.96.0.40", "10.96.0.41"
@@ -45,16 +46,11 @@ def registry():
     return {"services": [svc("web", VIP_WEB, 8080), svc("echo", VIP_ECHO, 7000)]}
 
 
-class Mesh:
+class Mesh(sidecar_pair.Mesh):
     def __init__(self, lifetime):
-        self.topo = T()
-        self.procs, self.daemons = [], []
         self.cp = None
-        self.tmp = sl.tmpdir()
+        super().__init__(("web-peer", "echo"))
         os.chmod(self.tmp, 0o755)
-        self.topo.route_vips()
-        self.procs.append(self.topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
-        self.procs.append(self.topo.remote.spawn_peer("echo", "echo", ["%s:7000" % T.REMOTE4]))
         self.cp = ca_plane.ControlPlane([self.topo.app, self.topo.remote], lifetime=lifetime)
         self.bundle = self.cp.bundle(self.path("bundle/ca.crt"))
         self.tokens = {"a": self.path("a/token"), "b": self.path("b/token")}
@@ -77,25 +73,16 @@ class Mesh:
         return f
 
     def start(self):
-        a_flags = self.flags("a")
-        a_flags.update(
-            {
-                "service-discovery.file.path": sl.registry_file(registry(), self.tmp),
-                "exclude-outbound-ports": "15001",
-            }
+        return super().start(
+            registry(),
+            a_flags=self.flags("a", **{"exclude-outbound-ports": "15001"}),
+            b_flags=self.flags("b"),
+            built_in_ca=False,
         )
-        self.a, self.b = sl.start_mtls_pair(
-            self.topo, self.daemons, a_flags=a_flags, b_flags=self.flags("b")
-        )
-        return self.a, self.b
-
-    def curl_ok(self, path="/r"):
-        r = self.topo.app.curl(["-s", "-m", "5", "http://%s:8080%s" % (VIP_WEB, path)])
-        return r.returncode == 0 and json.loads(r.stdout or "{}").get("server") == "web"
 
     def close(self):
         try:
-            sl.teardown(self.topo, self.daemons, self.procs)
+            super().close()
         finally:
             if self.cp:
                 self.cp.close()
@@ -183,7 +170,7 @@ def test_identity_from_token(mesh_long):
     assert pki.serial_hex(served.serial_number) == certs(b)["current"]["serial"]
     assert "HTTP/1.1 200" in out, out + err
     # Through both sidecars: A presents cart's certificate, B accepts it.
-    assert mesh.curl_ok("/through")
+    assert mesh.curl_ok(VIP_WEB, "/through")
     # Each side saw the other's exact identity in its handshake (debug lines).
     for d, peer, way in ((b, CART_ID, "inbound"), (a, WEB_ID, "outbound")):
         sl.wait_until(
@@ -268,7 +255,7 @@ def test_renewal_outage_and_token_rotation(mesh_short):
         assert pump(LIFETIME_S, retrying), "renewal did not fail while the CA was down"
         assert a.metric("shunt_tls_rotation_retrying") == 1
         # New connections are still served with the current certificates.
-        assert mesh.curl_ok("/during-outage")
+        assert mesh.curl_ok(VIP_WEB, "/during-outage")
         # Down for longer than a renewal period (two thirds of the lifetime).
         pump(max(0.0, LIFETIME_S * 2 / 3 + 1 - (time.monotonic() - down_at)))
         assert {d: certs(d)["current"]["serial"] for d in (a, b)} == second
@@ -295,7 +282,7 @@ def test_renewal_outage_and_token_rotation(mesh_short):
         ), certs(a)["last_issuance"]
         assert certs(a)["identity"] == CART_ID
         assert certs(a)["last_issuance"]["result"] == "ok"
-        assert mesh.curl_ok("/after")
+        assert mesh.curl_ok(VIP_WEB, "/after")
         s.shutdown(1)
         assert sl.recv_all(s, timeout=10) == b""
     finally:

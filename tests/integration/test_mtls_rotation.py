@@ -13,7 +13,6 @@
   root through mtls.ca_bundle."""
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -23,6 +22,7 @@ import pytest
 
 import mtls_pki as pki
 import shuntlib as sl
+import sidecar_pair
 from shuntlib import Topology as T
 
 VIP_WEB, VIP_ECHO = "10.96.0.40", "10.96.0.41"
@@ -41,35 +41,16 @@ def registry():
     return {"services": [svc("web", VIP_WEB, 8080), svc("echo", VIP_ECHO, 7000)]}
 
 
-class Mesh:
+class Mesh(sidecar_pair.Mesh):
     """Two pods, the web and echo servers in the remote one, and a
     registry for pod A. start() takes each daemon's flags."""
 
     def __init__(self):
-        self.topo = T()
-        self.procs, self.daemons = [], []
-        self.tmp = sl.tmpdir()
-        self.reg = sl.registry_file(registry(), self.tmp)
-        self.topo.route_vips()
-        self.procs.append(self.topo.remote.spawn_peer("http", "web", ["%s:8080" % T.REMOTE4]))
-        self.procs.append(self.topo.remote.spawn_peer("echo", "echo", ["%s:7000" % T.REMOTE4]))
+        super().__init__(("web-peer", "echo"))
 
     def start(self, a_flags, b_flags):
-        a_flags = dict(a_flags)
-        a_flags.update(
-            {"service-discovery.file.path": self.reg, "exclude-outbound-ports": "15001"}
-        )
-        self.a, self.b = sl.start_mtls_pair(
-            self.topo, self.daemons, a_flags=a_flags, b_flags=b_flags
-        )
-        return self.a, self.b
-
-    def close(self):
-        sl.teardown(self.topo, self.daemons, self.procs)
-
-    def curl_ok(self, path="/r"):
-        r = self.topo.app.curl(["-s", "-m", "5", "http://%s:8080%s" % (VIP_WEB, path)])
-        return r.returncode == 0 and json.loads(r.stdout or "{}").get("server") == "web"
+        a_flags = dict(a_flags, **{"exclude-outbound-ports": "15001"})
+        return super().start(registry(), a_flags=a_flags, b_flags=b_flags, built_in_ca=False)
 
 
 @pytest.fixture
@@ -131,7 +112,7 @@ def test_rotation_while_streaming(mesh):
                 serial = pki.served_serial(mesh.topo.app, T.REMOTE4, ca_pem, tpem, tkey)
                 after = b.json("/certs")["current"]["serial"]
                 served.append((serial, before, after))
-                assert mesh.curl_ok("/during")
+                assert mesh.curl_ok(VIP_WEB, "/during")
             time.sleep(0.02)
         # The stream's end: a half-close goes through and the echo server
         # closes its side: a clean end, no reset.
@@ -210,7 +191,7 @@ def test_ca_rotation_files(mesh):
     mb.publish(b_cert, b_key, old.pem)
     a, b = mesh.start(files_flags(ma), files_flags(mb))
     assert b.json("/certs")["source"] == "files"
-    assert mesh.curl_ok()
+    assert mesh.curl_ok(VIP_WEB)
     long_lived = mesh.topo.app.connect(VIP_ECHO, 7000)
     try:
         assert sl.echo(long_lived, b"old CA\n") == b"old CA\n"
@@ -235,7 +216,7 @@ def test_ca_rotation_files(mesh):
         b_cert2, b_key2, b_serial2 = new.issue(WEB_ID, dns="web.default.svc.cluster.local")
         mb.publish(b_cert2, b_key2, old.pem + new.pem)
         wait_serial(b, b_serial2, "B on the new CA")
-        assert mesh.curl_ok("/overlap")  # old-CA client -> new-CA server
+        assert mesh.curl_ok(VIP_WEB, "/overlap")  # old-CA client -> new-CA server
         assert s_client_ok(mesh, old_pem, old_key, both)
         assert s_client_ok(mesh, new_pem, new_key, both)
         assert sl.echo(long_lived, b"overlap\n") == b"overlap\n"
@@ -243,12 +224,12 @@ def test_ca_rotation_files(mesh):
         a_cert2, a_key2, a_serial2 = new.issue(CLIENT_ID)
         ma.publish(a_cert2, a_key2, old.pem + new.pem)
         wait_serial(a, a_serial2, "A on the new CA")
-        assert mesh.curl_ok("/both-new")
+        assert mesh.curl_ok(VIP_WEB, "/both-new")
         ma.publish(a_cert2, a_key2, new.pem)
         mb.publish(b_cert2, b_key2, new.pem)
         wait_bundle(a, 1, "A trusts the new root only")
         wait_bundle(b, 1, "B trusts the new root only")
-        assert mesh.curl_ok("/after")
+        assert mesh.curl_ok(VIP_WEB, "/after")
         assert s_client_ok(mesh, new_pem, new_key, both)
         n_untrusted = len([m for m in msgs(b) if "reason=untrusted_ca" in m])
         assert not s_client_ok(mesh, old_pem, old_key, both)
@@ -287,7 +268,7 @@ def test_ca_rotation_builtin(mesh):
         {"mtls.ca-dir": dirs[1], "mtls.ca-bundle": extra_b},
     )
     # Without overlap, A does not trust B's new root.
-    assert not mesh.curl_ok("/no-overlap")
+    assert not mesh.curl_ok(VIP_WEB, "/no-overlap")
     sl.wait_until(
         lambda: any("outbound" in m and "reason=untrusted_ca" in m for m in msgs(a)),
         5,
@@ -297,7 +278,9 @@ def test_ca_rotation_builtin(mesh):
     pki.write_bundle(extra_b, new, old)
     wait_bundle(a, 3, "A's bundle: its CA and the file's two")
     wait_bundle(b, 3, "B's bundle: its CA and the file's two")
-    sl.wait_until(lambda: mesh.curl_ok("/overlap"), 10, interval=0.3, what="overlap works")
+    sl.wait_until(
+        lambda: mesh.curl_ok(VIP_WEB, "/overlap"), 10, interval=0.3, what="overlap works"
+    )
     subjects = {c["subject"] for c in b.json("/certs")["trust_bundle"]}
     assert any("old root" in s for s in subjects) and any("new root" in s for s in subjects)
     # Clients from either CA reach B.
