@@ -527,6 +527,31 @@ def spawn_remote_peers(topo, procs, names=None):
     return procs
 
 
+def spawn_nginx(pod, d, conf, addr, port, name="nginx"):
+    """nginx (Debian's) in pod with the configuration text conf, written as
+    d/nginx.conf (its error log d/error.log); returns its Proc once
+    addr:port accepts (10 s at most; else stopped, and HarnessError)."""
+    path = os.path.join(d, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    p = pod.spawn(
+        ["nginx", "-e", os.path.join(d, "error.log"), "-c", path, "-g", "daemon off;"], name
+    )
+
+    def up():
+        if not p.alive():
+            raise HarnessError("%s exited: %s" % (name, p.read_stderr()))
+        pod.connect(addr, port, timeout=1).close()
+        return True
+
+    try:
+        wait_until(up, 10, what="%s listening" % name)
+    except BaseException:
+        p.stop()
+        raise
+    return p
+
+
 # ---------------------------------------------------------------- registry
 
 

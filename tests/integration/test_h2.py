@@ -70,22 +70,8 @@ def nginx(pod, name, addr, big):
     os.makedirs(os.path.join(d, "www"))
     shutil.copy(big, os.path.join(d, "www", "big.bin"))
     os.chmod(d, 0o755)
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=d, addr=addr, port=PORT, name=name))
-    p = pod.spawn(
-        ["nginx", "-e", os.path.join(d, "error.log"), "-c", conf, "-g", "daemon off;"],
-        "nginx-" + name,
-    )
-
-    def up():
-        if not p.alive():
-            raise sl.HarnessError("nginx %s exited: %s" % (name, p.read_stderr()))
-        s = pod.connect(addr, PORT, timeout=1)
-        s.close()
-        return True
-
-    sl.wait_until(up, 10, what="nginx %s listening" % name)
+    conf = NGINX_CONF.format(dir=d, addr=addr, port=PORT, name=name)
+    sl.spawn_nginx(pod, d, conf, addr, PORT, "nginx-" + name)
     return os.path.join(d, "access.log")
 
 

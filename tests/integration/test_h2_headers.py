@@ -49,21 +49,9 @@ def env():
         topo.route_vips()
         d = sl.tmpdir()
         os.chmod(d, 0o755)
-        conf = os.path.join(d, "nginx.conf")
         adds = "\n".join('            add_header X-R%d "v%d";' % (i, i) for i in range(MANY))
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=d, addr=T.REMOTE4, port=PORT, adds=adds, last=MANY - 1))
-        nginx = topo.remote.spawn(
-            ["nginx", "-e", os.path.join(d, "error.log"), "-c", conf, "-g", "daemon off;"], "nginx"
-        )
-
-        def up():
-            if not nginx.alive():
-                raise sl.HarnessError("nginx exited: %s" % nginx.read_stderr())
-            topo.remote.connect(T.REMOTE4, PORT, timeout=1).close()
-            return True
-
-        sl.wait_until(up, 10, what="nginx listening")
+        conf = NGINX_CONF.format(dir=d, addr=T.REMOTE4, port=PORT, adds=adds, last=MANY - 1)
+        nginx = sl.spawn_nginx(topo.remote, d, conf, T.REMOTE4, PORT)
         reg = {"services": [sl.service("hdrs", VIP, PORT, [T.REMOTE4], protocol="HTTP2")]}
         daemon = sl.Shuntd(
             topo.app,
