@@ -106,6 +106,17 @@ def ebpf_args(**kw):
     return sl.shuntd_args(redirect="ebpf", redirect_cgroup=CGROUP, bpf_pin_root=PINS, **kw)
 
 
+def start_ebpf_shuntd(pod, daemons, **flags):
+    """shuntd in pod, inside CGROUP, with ebpf_args(**flags): joins daemons
+    as soon as it exists (the caller stop_checks them), then is ready and
+    redirecting with eBPF. Returns it."""
+    d = sl.Shuntd(InCgroup(pod, CGROUP), ebpf_args(**flags))
+    daemons.append(d)
+    d.wait_ready()
+    assert d.json("/status")["redirect_mode"] == "ebpf"
+    return d
+
+
 class InCgroup:
     """A pod whose spawned processes start inside cgroup (a shell writes its
     pid into cgroup.procs and execs the command, so the pid is the same)."""

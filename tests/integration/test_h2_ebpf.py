@@ -13,13 +13,11 @@ import pytest
 
 import shuntlib as sl
 from ebpflib import (  # noqa: F401 - fixtures
-    CGROUP,
-    InCgroup,
     bpf_counters,
     cgroup,
-    ebpf_args,
     in_cgroup,
     mounts,
+    start_ebpf_shuntd,
 )
 from test_http1_ebpf import assert_shortcut_carried
 from test_grpc import GRPCPEER, grpc_server, service
@@ -33,7 +31,7 @@ PORT = 50051
 @pytest.fixture(scope="module")
 def env(topo, cgroup):  # noqa: F811 - the fixture imported above
     sl.require_tool("bpftool")
-    d = None
+    daemons = []
     try:
         topo.add_remote4()
         topo.route_vips()
@@ -47,15 +45,12 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
                 ]
             }
         )
-        d = sl.Shuntd(
-            InCgroup(topo.app, CGROUP),
-            ebpf_args(**{"service-discovery.file.path": reg, "log-level": "info"}),
+        d = start_ebpf_shuntd(
+            topo.app, daemons, **{"service-discovery.file.path": reg, "log-level": "info"}
         )
-        d.wait_ready()
-        assert d.json("/status")["redirect_mode"] == "ebpf"
         yield topo, d
     finally:
-        sl.stop_checked([d] if d else [])
+        sl.stop_checked(daemons)
 
 
 def client(topo, vip, *args, timeout=120):

@@ -14,14 +14,12 @@ import pytest
 import httpbackend
 import shuntlib as sl
 from ebpflib import (  # noqa: F401 - fixtures
-    CGROUP,
     PINS,
-    InCgroup,
     bpf_counters,
     cgroup,
-    ebpf_args,
     in_cgroup,
     mounts,
+    start_ebpf_shuntd,
 )
 
 VIP = "10.96.4.10"
@@ -32,8 +30,7 @@ PORT = 8081
 @pytest.fixture(scope="module")
 def env(topo, cgroup):  # noqa: F811 - the fixture imported above
     sl.require_tool("bpftool")
-    procs = []
-    d = None
+    procs, daemons = [], []
     try:
         topo.add_remote4()
         topo.route_vips()
@@ -43,15 +40,12 @@ def env(topo, cgroup):  # noqa: F811 - the fixture imported above
             )
         )
         reg = sl.registry_file({"services": [sl.service("web", VIP, PORT, EP_ADDRS, "HTTP")]})
-        d = sl.Shuntd(
-            InCgroup(topo.app, CGROUP),
-            ebpf_args(**{"service-discovery.file.path": reg, "log-level": "info"}),
+        d = start_ebpf_shuntd(
+            topo.app, daemons, **{"service-discovery.file.path": reg, "log-level": "info"}
         )
-        d.wait_ready()
-        assert d.json("/status")["redirect_mode"] == "ebpf"
         yield topo, d
     finally:
-        sl.teardown(None, [d], procs)
+        sl.teardown(None, daemons, procs)
 
 
 def curl(topo, args, timeout=30):
