@@ -405,12 +405,63 @@ static void test_sidecar_pods(void **state)
         assert_string_equal(k.log, "+a:0:- -a +a:1:{} -a ");
 }
 
+/* A READY pod's labels reach the observers (ready with them, updated when
+ * they change: the same episode), nothing when unchanged. */
+static void labels_ready(void *ctx, const struct node_pod_info *p)
+{
+        struct kinds *k = ctx;
+        size_t n = strlen(k->log);
+        snprintf(k->log + n, sizeof(k->log) - n, "+%s:%llu:%s ", p->name,
+                 (unsigned long long)p->gen, p->labels ? p->labels : "-");
+}
+
+static void labels_updated(void *ctx, const struct node_pod_info *p)
+{
+        struct kinds *k = ctx;
+        size_t n = strlen(k->log);
+        snprintf(k->log + n, sizeof(k->log) - n, "~%s:%llu:%s ", p->name,
+                 (unsigned long long)p->gen, p->labels ? p->labels : "-");
+}
+
+static int apply_labels(struct fx *f, const char *labels)
+{
+        char js[1024];
+        snprintf(js, sizeof(js),
+                 "{\"metadata\":{\"name\":\"a\",\"namespace\":\"shop\",\"uid\":\"%s\","
+                 "\"labels\":{\"shunt.io/meshed\":\"true\"%s}},"
+                 "\"spec\":{\"nodeName\":\"n1\"},\"status\":{\"qosClass\":\"Burstable\"}}",
+                 UID_A, labels);
+        cJSON *o = cJSON_Parse(js);
+        assert_non_null(o);
+        char err[256];
+        int rc = node_pods_apply(f->np, o, false, err, sizeof(err));
+        cJSON_Delete(o);
+        return rc;
+}
+
+static void test_labels(void **state)
+{
+        (void)state;
+        struct fx *f = fx_new(8);
+        struct kinds k = {{0}};
+        struct node_pods_observer obs = {
+            .ready = labels_ready, .gone = kinds_gone, .updated = labels_updated, .ctx = &k};
+        assert_int_equal(node_pods_observe(f->np, &obs), 0);
+        fake_proc(f, REL_A, 4242, REL_A "/ctr");
+        assert_int_equal(apply_labels(f, ",\"app\":\"web\""), 0);
+        assert_int_equal(apply_labels(f, ",\"app\":\"web\""), 0); /* unchanged */
+        assert_int_equal(apply_labels(f, ",\"app\":\"canary\""), 0);
+        assert_string_equal(k.log, "+a:1:{\"shunt.io/meshed\":\"true\",\"app\":\"web\"} "
+                                   "~a:1:{\"shunt.io/meshed\":\"true\",\"app\":\"canary\"} ");
+        fx_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_candidates),   cmocka_unit_test(test_mountinfo),
             cmocka_unit_test(test_states),       cmocka_unit_test(test_bound),
-            cmocka_unit_test(test_sidecar_pods),
+            cmocka_unit_test(test_sidecar_pods), cmocka_unit_test(test_labels),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
