@@ -133,6 +133,44 @@ static void test_principals(void **state)
         authz_unref(a);
 }
 
+/* Federation: with the local trust domain set, an allow principal naming a
+ * namespace or service account without trust_domain is ours only; one that
+ * names the other domain (or an exact identity of it) admits it; deny
+ * principals keep matching every domain. */
+static void test_local_trust_domain(void **state)
+{
+        struct authz *a = build("[{\"name\":\"p\",\"ports\":[80],"
+                                "\"deny\":[{\"namespace\":\"legacy\"}],\"allow\":["
+                                "{\"namespace\":\"shop\"},"
+                                "{\"service_account\":\"ops\"},"
+                                "{\"trust_domain\":\"partner.org\",\"namespace\":\"shop\"},"
+                                "{\"identity\":\"spiffe://partner.org/ns/a/sa/b\"},"
+                                "{\"namespace\":\"legacy\"}]}]");
+        /* Unset: as before, any domain. */
+        assert_int_equal(check(a, 80, "spiffe://other.org/ns/shop/sa/x", NULL), AUTHZ_OK);
+        authz_set_local_trust_domain(a, "cluster.local");
+        assert_int_equal(check(a, 80, TD "/ns/shop/sa/x", NULL), AUTHZ_OK);
+        assert_int_equal(check(a, 80, TD "/ns/any/sa/ops", NULL), AUTHZ_OK);
+        assert_int_equal(check(a, 80, "spiffe://other.org/ns/shop/sa/x", NULL), AUTHZ_NOT_ALLOWED);
+        assert_int_equal(check(a, 80, "spiffe://other.org/ns/any/sa/ops", NULL), AUTHZ_NOT_ALLOWED);
+        assert_int_equal(check(a, 80, "spiffe://partner.org/ns/shop/sa/x", NULL), AUTHZ_OK);
+        assert_int_equal(check(a, 80, "spiffe://partner.org/ns/a/sa/b", NULL), AUTHZ_OK);
+        assert_int_equal(check(a, 80, "spiffe://partner.org/ns/a/sa/c", NULL), AUTHZ_NOT_ALLOWED);
+        assert_int_equal(check(a, 80, "spiffe://partner.org/ns/legacy/sa/x", NULL),
+                         AUTHZ_DENIED_BY_POLICY);
+        assert_int_equal(check(a, 80, TD "/ns/legacy/sa/x", NULL), AUTHZ_DENIED_BY_POLICY);
+        /* A merged set (node mode's per-pod ones) carries it. */
+        struct authz *m = authz_new(&stats);
+        char err[256];
+        assert_int_equal(authz_merge(m, a, err, sizeof(err)), 0);
+        assert_int_equal(check(m, 80, "spiffe://other.org/ns/shop/sa/x", NULL), AUTHZ_NOT_ALLOWED);
+        assert_int_equal(check(m, 80, TD "/ns/shop/sa/x", NULL), AUTHZ_OK);
+        authz_unref(m);
+        authz_set_local_trust_domain(a, NULL);
+        assert_int_equal(check(a, 80, "spiffe://other.org/ns/shop/sa/x", NULL), AUTHZ_OK);
+        authz_unref(a);
+}
+
 static void test_mtls_allow(void **state)
 {
         struct authz *a = authz_new(&stats);
@@ -534,11 +572,17 @@ static void test_kube_objects(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_no_rule_admits), cmocka_unit_test(test_deny_before_allow),
-            cmocka_unit_test(test_principals),     cmocka_unit_test(test_mtls_allow),
-            cmocka_unit_test(test_merge),          cmocka_unit_test(test_bad_input),
-            cmocka_unit_test(test_bounds),         cmocka_unit_test(test_counted),
-            cmocka_unit_test(test_labels_file),    cmocka_unit_test(test_kube_objects),
+            cmocka_unit_test(test_no_rule_admits),
+            cmocka_unit_test(test_deny_before_allow),
+            cmocka_unit_test(test_principals),
+            cmocka_unit_test(test_mtls_allow),
+            cmocka_unit_test(test_local_trust_domain),
+            cmocka_unit_test(test_merge),
+            cmocka_unit_test(test_bad_input),
+            cmocka_unit_test(test_bounds),
+            cmocka_unit_test(test_counted),
+            cmocka_unit_test(test_labels_file),
+            cmocka_unit_test(test_kube_objects),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

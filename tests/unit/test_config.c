@@ -286,6 +286,8 @@ static void test_file_values(void **state)
         assert_string_equal(c->consul_cert_file, "/etc/consul.d/client.pem");
         assert_string_equal(c->consul_key_file, "/etc/consul.d/client-key.pem");
         assert_non_null(strstr(c->sd_clusters, "\"trust_domain\":\"dc2.example.org\""));
+        assert_non_null(
+            strstr(c->mtls_federation, "\"bundle_file\":\"/etc/shunt/bundles/dc2.json\""));
         assert_string_equal(c->dns_servers, "10.0.0.53,[fd00::53]:5353");
         assert_int_equal(c->dns_min_ttl_ms, 2000);
         assert_int_equal(c->dns_max_ttl_ms, 600000);

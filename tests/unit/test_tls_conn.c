@@ -15,12 +15,15 @@
 
 #include <pthread.h>
 
+#include <openssl/base64.h>
+#include <openssl/mem.h>
 #include <openssl/rand.h>
 
 #include "test_tls_util.h"
 #include "core/loop.h"
 #include "tls/conn.h"
 #include "core/spiffe.h"
+#include "tls/federation.h"
 #include "tls/source.h"
 #include "tls/store.h"
 
@@ -35,11 +38,12 @@ struct fix {
         struct tls_store *st;
 };
 
-static struct tls_store *store_new(const char *cadir, const char *id, uint32_t lifetime,
-                                   const char *extra_bundle)
+static struct tls_store *store_new_fed(const char *cadir, const char *td, const char *id,
+                                       uint32_t lifetime, const char *extra_bundle,
+                                       struct tls_federation *fed)
 {
         struct tls_builtin_options bo = {
-            .ca = {.state_dir = cadir, .trust_domain = TD},
+            .ca = {.state_dir = cadir, .trust_domain = td},
             .spiffe_id = id,
             .dns_name = "server.default.svc.cluster.local",
             .lifetime_s = lifetime,
@@ -50,10 +54,17 @@ static struct tls_store *store_new(const char *cadir, const char *id, uint32_t l
         assert_int_equal(tls_source_builtin_new(&bo, &src), 0);
         struct tls_store_options so;
         tls_store_options_init(&so);
-        so.trust_domain = TD;
+        so.trust_domain = td;
+        so.federation = fed;
         struct tls_store *st;
         assert_int_equal(tls_store_new(&so, src, &st), 0);
         return st;
+}
+
+static struct tls_store *store_new(const char *cadir, const char *id, uint32_t lifetime,
+                                   const char *extra_bundle)
+{
+        return store_new_fed(cadir, TD, id, lifetime, extra_bundle, NULL);
 }
 
 static int setup(void **state)
@@ -479,7 +490,9 @@ struct pair {
         struct tls_conn *cli, *srv;
 };
 
-static void pair_open(struct tls_store *st, const char *expected, struct pair *p)
+/* A client of cst against a server of sst. */
+static void pair_open2(struct tls_store *sst, struct tls_store *cst, const char *expected,
+                       struct pair *p)
 {
         uint16_t port;
         int lfd = tu_listen(&port);
@@ -488,8 +501,10 @@ static void pair_open(struct tls_store *st, const char *expected, struct pair *p
         p->sfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         assert_true(p->sfd >= 0);
         close(lfd);
-        struct tls_snapshot *snap = tls_store_acquire(st);
+        struct tls_snapshot *snap = tls_store_acquire(sst);
         assert_int_equal(tls_conn_server_new(snap, p->sfd, 1, &p->srv), 0);
+        tls_snapshot_unref(snap);
+        snap = tls_store_acquire(cst);
         assert_int_equal(tls_conn_client_new(snap, p->cfd, 2, expected, 8080, &p->cli), 0);
         tls_snapshot_unref(snap);
         int rc_c = -EAGAIN, rc_s = -EAGAIN;
@@ -506,6 +521,11 @@ static void pair_open(struct tls_store *st, const char *expected, struct pair *p
         }
         assert_int_equal(rc_c, 0);
         assert_int_equal(rc_s, 0);
+}
+
+static void pair_open(struct tls_store *st, const char *expected, struct pair *p)
+{
+        pair_open2(st, st, expected, p);
 }
 
 static void pair_close(struct pair *p)
@@ -835,6 +855,253 @@ static void test_store_on_loop(void **state)
         loop_free(loop);
 }
 
+/* ---- trust-domain federation ------------------------------------------------- */
+
+#define OTD          "other.example"
+#define OTHER_CLIENT "spiffe://other.example/ns/default/sa/client"
+#define OTHER_SERVER "spiffe://other.example/ns/default/sa/server"
+
+static X509 *ca_cert_of(const char *dir)
+{
+        char p[700];
+        tu_path(p, sizeof(p), dir, "ca.pem");
+        STACK_OF(X509) * sk;
+        assert_int_equal(tls_pem_read_certs(p, &sk), 0);
+        X509 *x = sk_X509_shift(sk);
+        sk_X509_pop_free(sk, X509_free);
+        return x;
+}
+
+/* Replaces path (rename, as a ConfigMap mount does) with text. */
+static void replace_file(const char *path, const char *text)
+{
+        char tmp[700];
+        snprintf(tmp, sizeof(tmp), "%s.new", path);
+        FILE *fp = fopen(tmp, "w");
+        assert_non_null(fp);
+        fputs(text, fp);
+        fclose(fp);
+        assert_int_equal(rename(tmp, path), 0);
+}
+
+/* The SPIFFE bundle format: a JWK set, each CA an x509-svid key with x5c;
+ * a jwt-svid key beside them is skipped. */
+static void write_spiffe_bundle(const char *path, X509 *const *cas, size_t n)
+{
+        struct strbuf sb;
+        strbuf_init(&sb);
+        strbuf_append(&sb, "{\"spiffe_sequence\":2,\"spiffe_refresh_hint\":300,\"keys\":["
+                           "{\"use\":\"jwt-svid\",\"kid\":\"k1\",\"kty\":\"EC\",\"crv\":\"P-256\","
+                           "\"x\":\"AA\",\"y\":\"AA\"}");
+        for (size_t i = 0; i < n; i++) {
+                uint8_t *der = NULL;
+                int dl = i2d_X509(cas[i], &der);
+                assert_true(dl > 0);
+                size_t bl;
+                assert_true(EVP_EncodedLength(&bl, (size_t)dl));
+                char *b64 = malloc(bl);
+                EVP_EncodeBlock((uint8_t *)b64, der, (size_t)dl);
+                strbuf_appendf(&sb, ",{\"use\":\"x509-svid\",\"kty\":\"EC\",\"x5c\":[\"%s\"]}",
+                               b64);
+                free(b64);
+                OPENSSL_free(der);
+        }
+        strbuf_append(&sb, "]}\n");
+        replace_file(path, sb.data);
+        strbuf_free(&sb);
+}
+
+static enum tls_fail fed_client(struct fix *f, struct tls_store *st, const char *name,
+                                struct srv *s)
+{
+        char cert[600], key[600], out[8192];
+        snprintf(cert, sizeof(cert), "%s/%s.pem", f->tmp, name);
+        snprintf(key, sizeof(key), "%s/%s-key.pem", f->tmp, name);
+        return s_client(f, st, cert, key, NULL, "-tls1_3", "port-8080." TD, s, out, sizeof(out));
+}
+
+static bool has_line(struct tls_federation *fed, const char *line)
+{
+        struct strbuf sb;
+        strbuf_init(&sb);
+        tls_federation_render_metrics(fed, &sb);
+        bool ok = sb.data && strstr(sb.data, line);
+        if (!ok)
+                fprintf(stderr, "no \"%s\" in:\n%s", line, sb.data ? sb.data : "");
+        strbuf_free(&sb);
+        return ok;
+}
+
+/* A peer of a federated domain is verified against that domain's bundle
+ * only: real s_client peers with certificates of two CAs, crafted to claim
+ * the other's domain; rotation of the federated root with overlap (SPIFFE
+ * bundle format); a bad new file keeps the old bundle; our client against a
+ * server of the other domain; policies naming the other domain. */
+static void test_federation(void **state)
+{
+        struct fix *f = *state;
+        char cab[600], cac[600], bundle[600], json[1400], err[600];
+        tu_path(cab, sizeof(cab), f->tmp, "ca-b");
+        tu_path(cac, sizeof(cac), f->tmp, "ca-c");
+        tu_path(bundle, sizeof(bundle), f->tmp, "other-bundle.pem");
+        struct tls_ca_options bo = {.state_dir = cab}, co = {.state_dir = cac};
+        struct tls_ca *b, *c;
+        assert_int_equal(tls_ca_open(&bo, &b), 0);
+        assert_int_equal(tls_ca_open(&co, &c), 0);
+        X509 *bca = ca_cert_of(cab), *cca = ca_cert_of(cac);
+        tu_write_certs(bundle, &bca, 1); /* PEM first */
+        snprintf(json, sizeof(json), "[{\"trust_domain\":\"" OTD "\",\"bundle_file\":\"%s\"}]",
+                 bundle);
+        struct tls_federation *fed;
+        assert_int_equal(tls_federation_new(TD, json, &fed, err, sizeof(err)), 0);
+        assert_int_equal(tls_federation_count(fed), 1);
+        struct tls_store *st = store_new_fed(f->cadir, TD, SERVER_ID, 3600, NULL, fed);
+
+        issue_to(f->ca, f->tmp, "good", CLIENT_ID, -60, 3600);
+        issue_to(b, f->tmp, "fedok", OTHER_CLIENT, -60, 3600);
+        issue_to(b, f->tmp, "claims-a", CLIENT_ID, -60, 3600);        /* SAN ours, B's CA */
+        issue_to(f->ca, f->tmp, "claims-b", OTHER_CLIENT, -60, 3600); /* SAN B's, our CA */
+        issue_to(b, f->tmp, "third-b", "spiffe://third.example/ns/default/sa/client", -60, 3600);
+        issue_to(f->ca, f->tmp, "third-a", "spiffe://third.example/ns/default/sa/client", -60,
+                 3600);
+        issue_to(c, f->tmp, "fedc", OTHER_CLIENT, -60, 3600);
+
+        struct srv s;
+        assert_int_equal(fed_client(f, st, "good", &s), TLS_OK);
+        assert_int_equal(fed_client(f, st, "fedok", &s), TLS_OK);
+        assert_string_equal(s.peer_id, OTHER_CLIENT);
+        assert_true(s.echoed);
+        /* A chain to B's CA is never accepted as our domain, nor ours as B. */
+        assert_int_equal(fed_client(f, st, "claims-a", &s), TLS_FAIL_WRONG_DOMAIN_CHAIN);
+        assert_string_equal(s.peer_id, CLIENT_ID);
+        assert_int_equal(fed_client(f, st, "claims-b", &s), TLS_FAIL_WRONG_DOMAIN_CHAIN);
+        /* A domain neither ours nor federated: checked against our bundle. */
+        assert_int_equal(fed_client(f, st, "third-b", &s), TLS_FAIL_UNTRUSTED_CA);
+        assert_int_equal(fed_client(f, st, "third-a", &s), TLS_FAIL_WRONG_TRUST_DOMAIN);
+        /* C is not in the bundle yet. */
+        assert_int_equal(fed_client(f, st, "fedc", &s), TLS_FAIL_UNTRUSTED_CA);
+
+        /* Policies naming identities of the other domain. */
+        char aerr[256];
+        srv_authz = authz_new(NULL);
+        cJSON *pol = cJSON_Parse("{\"name\":\"fed\",\"ports\":[8080],"
+                                 "\"allow\":[{\"identity\":\"" OTHER_CLIENT "\"}]}");
+        assert_int_equal(authz_add_policy(srv_authz, pol, "file", NULL, NULL, aerr, sizeof(aerr)),
+                         0);
+        cJSON_Delete(pol);
+        assert_int_equal(fed_client(f, st, "fedok", &s), TLS_OK);
+        assert_int_equal(fed_client(f, st, "good", &s), TLS_FAIL_NOT_ALLOWED);
+        authz_unref(srv_authz);
+        srv_authz = authz_new(NULL);
+        pol = cJSON_Parse("{\"name\":\"fed-ns\",\"ports\":[\"*\"],"
+                          "\"allow\":[{\"trust_domain\":\"" OTD "\",\"namespace\":\"default\"}]}");
+        assert_int_equal(authz_add_policy(srv_authz, pol, "file", NULL, NULL, aerr, sizeof(aerr)),
+                         0);
+        cJSON_Delete(pol);
+        assert_int_equal(fed_client(f, st, "fedok", &s), TLS_OK);
+        assert_int_equal(fed_client(f, st, "good", &s), TLS_FAIL_NOT_ALLOWED);
+        authz_unref(srv_authz);
+        srv_authz = NULL;
+
+        struct tls_store_counts cnt;
+        tls_store_counts(st, &cnt);
+        assert_int_equal(cnt.handshake_fail[0][TLS_FAIL_WRONG_DOMAIN_CHAIN], 2);
+        struct strbuf sb;
+        strbuf_init(&sb);
+        tls_store_render_metrics(st, &sb);
+        assert_non_null(strstr(sb.data, "shunt_tls_handshake_failures_total{direction=\"inbound\","
+                                        "reason=\"wrong_domain_chain\"} 2\n"));
+        strbuf_free(&sb);
+        /* fedok 3 times, good/claims-a are ours; claims-b and fedc refused. */
+        assert_true(has_line(fed, "shunt_tls_federation_handshakes_total{trust_domain=\"" OTD
+                                  "\",direction=\"inbound\",result=\"ok\"} 3\n"));
+        assert_true(has_line(fed, "shunt_tls_federation_handshakes_total{trust_domain=\"" OTD
+                                  "\",direction=\"inbound\",result=\"refused\"} 2\n"));
+
+        /* B's root rotates to C with overlap, in the SPIFFE bundle format. */
+        X509 *both[2] = {bca, cca};
+        write_spiffe_bundle(bundle, both, 2);
+        tls_federation_tick(fed);
+        assert_true(has_line(fed, "shunt_tls_federation_bundle_reloads_total{trust_domain=\"" OTD
+                                  "\",result=\"ok\"} 1\n"));
+        assert_int_equal(fed_client(f, st, "fedc", &s), TLS_OK);
+        assert_int_equal(fed_client(f, st, "fedok", &s), TLS_OK);
+        /* The end of the overlap: B's certificates are no longer accepted. */
+        write_spiffe_bundle(bundle, &cca, 1);
+        tls_federation_tick(fed);
+        assert_int_equal(fed_client(f, st, "fedok", &s), TLS_FAIL_UNTRUSTED_CA);
+        assert_int_equal(fed_client(f, st, "fedc", &s), TLS_OK);
+        /* A broken new version is refused; C's bundle stays. */
+        replace_file(bundle, "{\"keys\": [{\"use\": \"x509-svid\", \"x5c\": [\"!!\"]}]}");
+        tls_federation_tick(fed);
+        assert_true(has_line(fed, "shunt_tls_federation_bundle_reloads_total{trust_domain=\"" OTD
+                                  "\",result=\"error\"} 1\n"));
+        assert_int_equal(fed_client(f, st, "fedc", &s), TLS_OK);
+        strbuf_init(&sb);
+        tls_federation_render_json(fed, &sb);
+        assert_non_null(strstr(sb.data, "\"format\":\"spiffe\""));
+        assert_non_null(strstr(sb.data, "x5c is not base64"));
+        strbuf_free(&sb);
+
+        /* Our client against a server of the other domain (C's CA, which
+         * federates our domain in turn): verified against C's bundle. */
+        char ourca[700], json2[2000];
+        tu_path(ourca, sizeof(ourca), f->cadir, "ca.pem");
+        snprintf(json2, sizeof(json2), "[{\"trust_domain\":\"" TD "\",\"bundle_file\":\"%s\"}]",
+                 ourca);
+        struct tls_federation *fed2;
+        assert_int_equal(tls_federation_new(OTD, json2, &fed2, err, sizeof(err)), 0);
+        struct tls_store *other = store_new_fed(cac, OTD, OTHER_SERVER, 3600, NULL, fed2);
+        struct pair p;
+        pair_open2(other, st, OTHER_SERVER, &p);
+        assert_string_equal(tls_conn_peer_id(p.cli), OTHER_SERVER);
+        assert_string_equal(tls_conn_peer_id(p.srv), SERVER_ID);
+        transfer(p.cli, p.cfd, p.srv, p.sfd, 3);
+        pair_close(&p);
+        assert_true(has_line(fed, "shunt_tls_federation_handshakes_total{trust_domain=\"" OTD
+                                  "\",direction=\"outbound\",result=\"ok\"} 1\n"));
+        tls_store_free(other);
+        tls_federation_free(fed2);
+
+        /* Configuration errors: one sentence each. */
+        struct tls_federation *bad = NULL;
+        const struct {
+                const char *json, *want;
+        } cases[] = {
+            {"{}", "expected a JSON array"},
+            {"[{\"trust_domain\":\"" TD "\",\"bundle_file\":\"/x\"}]", "our own"},
+            {"[{\"trust_domain\":\"Bad Domain\",\"bundle_file\":\"/x\"}]", "not valid"},
+            {"[{\"trust_domain\":\"x.org\"}]", "expected {"},
+            {"[{\"trust_domain\":\"x.org\",\"bundle_file\":\"/x\",\"url\":1}]", "unknown field"},
+            {"[{\"trust_domain\":\"x.org\",\"bundle_file\":\"/nonexistent/b.pem\"}]",
+             "/nonexistent/b.pem"},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                err[0] = 0;
+                assert_true(tls_federation_new(TD, cases[i].json, &bad, err, sizeof(err)) < 0);
+                if (!strstr(err, cases[i].want))
+                        fail_msg("case %zu: \"%s\" lacks \"%s\"", i, err, cases[i].want);
+        }
+        /* Twice the same domain; a leaf instead of a CA. */
+        snprintf(json2, sizeof(json2),
+                 "[{\"trust_domain\":\"x.org\",\"bundle_file\":\"%s\"},"
+                 "{\"trust_domain\":\"x.org\",\"bundle_file\":\"%s\"}]",
+                 ourca, ourca);
+        assert_true(tls_federation_new(TD, json2, &bad, err, sizeof(err)) < 0);
+        assert_non_null(strstr(err, "given twice"));
+        snprintf(json2, sizeof(json2),
+                 "[{\"trust_domain\":\"x.org\",\"bundle_file\":\"%s/good.pem\"}]", f->tmp);
+        assert_true(tls_federation_new(TD, json2, &bad, err, sizeof(err)) < 0);
+        assert_non_null(strstr(err, "not a CA"));
+
+        tls_store_free(st);
+        tls_federation_free(fed);
+        X509_free(bca);
+        X509_free(cca);
+        tls_ca_free(b);
+        tls_ca_free(c);
+}
+
 int main(void)
 {
         /* The default disposition, whatever ctest or a shell handed us: a
@@ -849,6 +1116,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_ca_overlap, setup, teardown),
             cmocka_unit_test_setup_teardown(test_rotation_keeps_connections, setup, teardown),
             cmocka_unit_test_setup_teardown(test_write_epipe_no_sigpipe, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_federation, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,7 @@ struct authz {
         struct policy *pols;
         size_t n, cap;
         size_t n_rules;
+        char local_td[256]; /* "" = allow principals without trust_domain match any */
 };
 
 static const char *const reason_names[AUTHZ__REASONS] = {
@@ -121,6 +122,11 @@ int authz_set_scope(struct authz *a, const char *scope)
 const char *authz_scope(const struct authz *a)
 {
         return a ? a->scope : NULL;
+}
+
+void authz_set_local_trust_domain(struct authz *a, const char *td)
+{
+        snprintf(a->local_td, sizeof(a->local_td), "%s", td ? td : "");
 }
 
 void authz_ref(struct authz *a)
@@ -568,6 +574,8 @@ static int copy_list(const struct principal *in, size_t n, struct principal **ou
 
 int authz_merge(struct authz *a, const struct authz *src, char *err, size_t errlen)
 {
+        if (src && !a->local_td[0]) /* the local trust domain goes with the rules */
+                memcpy(a->local_td, src->local_td, sizeof(a->local_td));
         for (size_t i = 0; src && i < src->n; i++) {
                 const struct policy *s = &src->pols[i];
                 struct policy p;
@@ -664,11 +672,17 @@ static bool part_eq(const char *want, const char *have, size_t len)
         return have && strlen(want) == len && !memcmp(want, have, len);
 }
 
-static bool principal_match(const struct principal *p, const struct id_parts *id)
+/* local_td (allow principals, when set): a principal that names a namespace
+ * or a service account and no trust domain is one of ours. */
+static bool principal_match(const struct principal *p, const struct id_parts *id,
+                            const char *local_td)
 {
         if (p->id)
                 return !strcmp(p->id, id->uri);
         if (p->td && !part_eq(p->td, id->td, id->td_len))
+                return false;
+        if (!p->td && local_td && *local_td && (p->ns || p->sa) &&
+            !part_eq(local_td, id->td, id->td_len))
                 return false;
         if (p->ns && !part_eq(p->ns, id->ns, id->ns_len))
                 return false;
@@ -709,7 +723,7 @@ bool authz_check(const struct authz *a, uint16_t port, const char *peer_id, stru
                 if (!first)
                         first = p->name;
                 for (size_t j = 0; have_id && j < p->n_deny; j++)
-                        if (principal_match(&p->deny[j], &id))
+                        if (principal_match(&p->deny[j], &id, NULL))
                                 return verdict(a, v, AUTHZ_DENIED_BY_POLICY, p->name);
                 if (p->n_allow && !allow_policy)
                         allow_policy = p->name;
@@ -727,7 +741,7 @@ bool authz_check(const struct authz *a, uint16_t port, const char *peer_id, stru
                 if (!applies(p, port))
                         continue;
                 for (size_t j = 0; j < p->n_allow; j++)
-                        if (principal_match(&p->allow[j], &id))
+                        if (principal_match(&p->allow[j], &id, a->local_td))
                                 return verdict(a, v, AUTHZ_OK, p->name);
         }
         if (first_allow)

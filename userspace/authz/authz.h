@@ -12,8 +12,9 @@
  *              {"trust_domain": "cluster.local"}]}
  *
  * A principal's fields must all match (identity exactly; namespace and
- * service account from the mesh form .../ns/<ns>/sa/<sa>); a list matches
- * when one principal does. For a connection to port P every policy naming P
+ * service account from the mesh form .../ns/<ns>/sa/<sa>; with a local
+ * trust domain set, an allow principal without trust_domain means ours);
+ * a list matches when one principal does. For a connection to port P every policy naming P
  * or "*" applies:
  *   1. a deny principal matches         -> refused, denied_by_policy
  *   2. an allow principal matches       -> admitted
@@ -83,6 +84,12 @@ struct authz;
 /* An empty set (admits everything) counting into stats (may be NULL; a
  * reference is taken when reference-counted). */
 struct authz *authz_new(struct authz_stats *stats);
+/* Before publishing (federation): an allow principal that names a
+ * namespace or service account without a trust_domain then matches only
+ * identities of td (another domain's namespaces are that domain's). Deny
+ * principals keep matching every trust domain. NULL or "": any.
+ * authz_merge carries it into a set that has none. */
+void authz_set_local_trust_domain(struct authz *a, const char *td);
 void authz_ref(struct authz *a);
 void authz_unref(struct authz *a);
 /* The struct authz behind a snapshot taken from a slot it was published to. */

@@ -44,6 +44,7 @@
 #include "tls/cert.h"
 #include "tls/source.h"
 #include "core/spiffe.h"
+#include "tls/federation.h"
 #include "tls/store.h"
 
 #define DRAIN_POLL_MS  100
@@ -70,7 +71,8 @@ struct daemon {
         struct disc_registry *registry;
         struct disc_backend *backend;
         struct disc_checker *health;
-        struct tls_store *tls; /* NULL when mtls.mode is disabled */
+        struct tls_store *tls;      /* NULL when mtls.mode is disabled */
+        struct tls_federation *fed; /* mtls.federation; with tls */
         /* Authorization: the file's policies (mtls.allow + authorization.policies),
          * Kubernetes' (AuthorizationPolicy objects), and both merged (published). */
         struct authz_stats authz_stats;
@@ -565,6 +567,8 @@ static void h_metrics(const struct admin_request *req, struct admin_response *re
         disc_render_metrics(d->registry, &resp->body);
         if (d->tls)
                 tls_store_render_metrics(d->tls, &resp->body);
+        if (d->fed)
+                tls_federation_render_metrics(d->fed, &resp->body);
         authz_render_metrics(&d->authz_stats, &resp->body);
         if (d->node_pods)
                 node_pods_render_metrics(d->node_pods, &resp->body);
@@ -683,6 +687,8 @@ static void h_certs(const struct admin_request *req, struct admin_response *resp
                 strbuf_append(&resp->body, ",\"identity\":null}");
                 return;
         }
+        strbuf_append(&resp->body, ",\"federation\":");
+        tls_federation_render_json(d->fed, &resp->body);
         struct strbuf sb, extra;
         strbuf_init(&sb);
         strbuf_init(&extra);
@@ -924,10 +930,15 @@ static int tls_open(struct daemon *d)
         }
         if (rc < 0)
                 return rc;
+        if (d->fed && (rc = tls_federation_start(d->fed, d->loop)) < 0) {
+                tls_source_free(src);
+                return rc;
+        }
         struct tls_store_options so;
         tls_store_options_init(&so);
         so.trust_domain = c->trust_domain;
         so.clock_skew_s = c->mtls_clock_skew_s;
+        so.federation = d->fed;
         rc = tls_store_new(&so, src, &d->tls);
         if (rc < 0)
                 return rc;
@@ -958,6 +969,7 @@ static int authz_from_config(const struct shunt_config *c, struct authz_stats *s
                 snprintf(err, errlen, "config: authorization: out of memory");
                 return -ENOMEM;
         }
+        authz_set_local_trust_domain(a, c->trust_domain);
         char why[400];
         int rc = 0;
         for (size_t i = 0; rc == 0 && i < c->n_mtls_allow; i++)
@@ -995,6 +1007,7 @@ static void authz_publish(struct daemon *d)
                 authz_unref(a);
                 return;
         }
+        authz_set_local_trust_domain(a, d->cfg->trust_domain);
         char ports[512];
         authz_describe_ports(a, ports, sizeof(ports));
         log_info("authz", 0,
@@ -1148,7 +1161,8 @@ static int node_ids_open(struct daemon *d, char *err, size_t errlen)
                                             .drain_s = c->node_identity_drain_s,
                                             .clock_skew_s = c->mtls_clock_skew_s,
                                             .make_source = node_id_source,
-                                            .source_ctx = d};
+                                            .source_ctx = d,
+                                            .federation = d->fed};
         d->node_ids = node_identities_new(&ic, d->loop, err, errlen);
         if (!d->node_ids)
                 return -EINVAL;
@@ -1877,6 +1891,16 @@ int main(int argc, char **argv)
                 snapshot_unref(&d.cfg->snap);
                 return 2;
         }
+        /* The federated bundles are read now: a missing or bad one is a
+         * configuration error. */
+        if (d.cfg->mtls_mode != MTLS_DISABLED &&
+            tls_federation_new(d.cfg->trust_domain, d.cfg->mtls_federation, &d.fed, err,
+                               sizeof(err)) < 0) {
+                fprintf(stderr, "config: mtls.federation: %s\n", err);
+                authz_unref(d.authz_file);
+                snapshot_unref(&d.cfg->snap);
+                return 2;
+        }
         d.cfg_generation = 1;
         d.started_ms = clock_mono_ms();
         log_set_level(d.cfg->log_level);
@@ -2164,6 +2188,7 @@ out:
         node_capture_free(d.node_capture);   /* after the table's last gone */
         node_policies_free(d.node_policies); /* after the watch and the table's last gone */
         node_identities_free(d.node_ids);    /* after every tls_conn is gone (proxy_free) */
+        tls_federation_free(d.fed);          /* after every store that borrows it */
         disc_health_stop(d.health);
         if (d.registry) {
                 disc_registry_detach(d.registry);

@@ -363,6 +363,11 @@ static const struct key_desc keys[] = {
          .min = 0, .max = 24 * MS_PER_HOUR, .def = "5m", .flags = KF_RESTART},
         {.path = "mtls.handshake_timeout", .env = "SHUNT_MTLS_HANDSHAKE_TIMEOUT", .type = K_DUR_MS,
          FIELD(mtls_handshake_timeout_ms), .min = 1, .max = MS_PER_HOUR, .def = "10s"},
+        {.path = "mtls.federation", .type = K_JSONARR, FIELD(mtls_federation),
+         .flags = KF_FILE_ONLY | KF_RESTART,
+         .note = "federated trust domains: [{\"trust_domain\", \"bundle_file\": PEM or SPIFFE bundle "
+                 "(JWK set)}]; a peer is verified against the bundle of its SPIFFE ID's domain only; "
+                 "files reloaded on change (README, Multi-cluster)"},
         {.path = "mtls.allow", .type = K_ALLOW, LIST(mtls_allow, n_mtls_allow), .flags = KF_FILE_ONLY},
         {.path = "authorization.policies", .type = K_JSONARR, FIELD(authorization_policies),
          .flags = KF_FILE_ONLY,
@@ -1385,6 +1390,7 @@ static void config_destroy(struct snapshot *s)
         free(c->authorization_policies);
         free(c->dns_services);
         free(c->sd_clusters);
+        free(c->mtls_federation);
         free(c->origins);
         free(c);
 }
@@ -1398,6 +1404,7 @@ struct shunt_config *config_clone(const struct shunt_config *c)
         n->authorization_policies = NULL;
         n->dns_services = NULL;
         n->sd_clusters = NULL;
+        n->mtls_federation = NULL;
         n->origins = NULL;
         if (c->authorization_policies &&
             !(n->authorization_policies = strdup(c->authorization_policies)))
@@ -1405,6 +1412,8 @@ struct shunt_config *config_clone(const struct shunt_config *c)
         if (c->dns_services && !(n->dns_services = strdup(c->dns_services)))
                 goto fail;
         if (c->sd_clusters && !(n->sd_clusters = strdup(c->sd_clusters)))
+                goto fail;
+        if (c->mtls_federation && !(n->mtls_federation = strdup(c->mtls_federation)))
                 goto fail;
         if (c->origins) {
                 n->origins = malloc(c->n_origins * sizeof(*n->origins));
@@ -1418,6 +1427,7 @@ fail:
         free(n->authorization_policies);
         free(n->dns_services);
         free(n->sd_clusters);
+        free(n->mtls_federation);
         free(n);
         return NULL;
 }

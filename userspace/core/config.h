@@ -296,7 +296,8 @@ struct shunt_config {
         /* authorization.policies (file only): the JSON array as text, NULL
          * when not set; parsed and validated by authz/ (shuntd) */
         char *authorization_policies;
-        int authz_kubernetes; /* authorization.kubernetes, SHUNT_AUTHZ_KUBERNETES: off 0 | on 1 */
+        char *mtls_federation; /* JSON array text (tls/federation.h), NULL when unset */
+        int authz_kubernetes;  /* authorization.kubernetes, SHUNT_AUTHZ_KUBERNETES: off 0 | on 1 */
         char authz_namespace[CONFIG_STR_MAX];    /* authorization.namespace; "" -> mtls.namespace */
         char authz_labels_file[CONFIG_PATH_MAX]; /* authorization.pod_labels_file */
 

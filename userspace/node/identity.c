@@ -149,6 +149,7 @@ static struct ident *ident_new(struct node_identities *ids, const char *ns, cons
                 so.deferred = true;
                 so.log_once = true;
                 so.identity = i->spiffe;
+                so.federation = ids->cfg.federation;
                 rc = tls_store_new(&so, src, &i->st); /* takes src; started by pump() */
                 if (rc < 0)
                         snprintf(err, sizeof(err), "its certificate store cannot be made: %s",

@@ -42,6 +42,8 @@
 #include "node/pods.h"
 #include "tls/source.h"
 
+struct tls_federation;
+
 #define NODE_ID_SWEEP_MS 1000 /* how often ended drains are looked for */
 /* Identities whose first certificate request is out (or due) at once; more
  * wait their turn, looked at every NODE_ID_PUMP_MS. */
@@ -63,6 +65,7 @@ struct node_identities_config {
         uint32_t clock_skew_s;
         node_identity_source_fn make_source;
         void *source_ctx;
+        struct tls_federation *federation; /* borrowed, outlives ids; NULL: none */
 };
 
 /* NULL with err (bad config, no memory). loop: the main loop (the stores'

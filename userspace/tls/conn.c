@@ -44,6 +44,7 @@ static const char *const fail_names[TLS_FAIL__COUNT] = {
     [TLS_FAIL_HANDSHAKE_ERROR] = "handshake_error",
     [TLS_FAIL_INTERNAL] = "internal_error",
     [TLS_FAIL_DENIED_BY_POLICY] = "denied_by_policy",
+    [TLS_FAIL_WRONG_DOMAIN_CHAIN] = "wrong_domain_chain",
 };
 
 const char *tls_fail_name(enum tls_fail f)
@@ -146,13 +147,13 @@ static enum tls_fail map_x509_err(int err)
 }
 
 /* X509_V_ERR code of verifying chain (leaf first) against the bundle at t. */
-static int chain_verify(struct tls_snapshot *snap, STACK_OF(X509) * chain, bool server, time_t t)
+static int chain_verify(X509_STORE *trust, STACK_OF(X509) * chain, bool server, time_t t)
 {
         X509_STORE_CTX *ctx = X509_STORE_CTX_new();
         if (!ctx)
                 return X509_V_ERR_OUT_OF_MEM;
         int rc = X509_V_ERR_UNSPECIFIED;
-        if (X509_STORE_CTX_init(ctx, snap->trust, sk_X509_value(chain, 0), chain) &&
+        if (X509_STORE_CTX_init(ctx, trust, sk_X509_value(chain, 0), chain) &&
             X509_STORE_CTX_set_purpose(ctx, server ? X509_PURPOSE_SSL_CLIENT
                                                    : X509_PURPOSE_SSL_SERVER)) {
                 X509_STORE_CTX_set_time(ctx, 0, t);
@@ -165,36 +166,47 @@ static int chain_verify(struct tls_snapshot *snap, STACK_OF(X509) * chain, bool 
         return rc;
 }
 
-static enum ssl_verify_result_t verify_peer(SSL *ssl, uint8_t *alert)
+/* chain_verify now, then within the clock-skew allowance. */
+static int chain_verify_skew(X509_STORE *trust, STACK_OF(X509) * chain, bool server,
+                             uint32_t skew_s)
 {
-        struct tls_conn *c = SSL_get_app_data(ssl);
-        struct tls_snapshot *snap = c->snap;
-        STACK_OF(X509) *chain = SSL_get_peer_full_cert_chain(ssl);
-        *alert = SSL_AD_BAD_CERTIFICATE;
-        if (!chain || sk_X509_num(chain) == 0) {
-                set_fail(c, TLS_FAIL_NO_CERTIFICATE, "peer presented no certificate");
-                *alert = SSL_AD_CERTIFICATE_REQUIRED;
-                return ssl_verify_invalid;
-        }
-        X509 *leaf = sk_X509_value(chain, 0);
-        tls_cert_serial_hex(leaf, c->peer_serial, sizeof(c->peer_serial));
-        const char *why = NULL;
-        int urc = tls_cert_spiffe_uri(leaf, c->peer_id, sizeof(c->peer_id), &why);
-
         time_t now = time(NULL);
-        int v = chain_verify(snap, chain, c->server, now);
+        int v = chain_verify(trust, chain, server, now);
         if (v == X509_V_ERR_CERT_HAS_EXPIRED)
-                v = chain_verify(snap, chain, c->server, now - (time_t)snap->skew_s);
+                v = chain_verify(trust, chain, server, now - (time_t)skew_s);
         else if (v == X509_V_ERR_CERT_NOT_YET_VALID)
-                v = chain_verify(snap, chain, c->server, now + (time_t)snap->skew_s);
-        if (v != X509_V_OK) {
-                enum tls_fail f = map_x509_err(v);
-                set_fail(c, f, "%s", X509_verify_cert_error_string(v));
-                *alert = f == TLS_FAIL_EXPIRED        ? SSL_AD_CERTIFICATE_EXPIRED
-                         : f == TLS_FAIL_UNTRUSTED_CA ? SSL_AD_UNKNOWN_CA
-                                                      : SSL_AD_BAD_CERTIFICATE;
-                return ssl_verify_invalid;
+                v = chain_verify(trust, chain, server, now + (time_t)skew_s);
+        return v;
+}
+
+/* The trust domain (ours or a federated one, other than the one tried,
+ * fed_i: its index, -1 for ours) whose bundle chain does lead to, or NULL.
+ * *set is acquired when needed (the caller releases it). */
+static const char *chain_domain(struct tls_snapshot *snap, struct tls_fed_set **set, int fed_i,
+                                STACK_OF(X509) * chain, bool server)
+{
+        if (fed_i >= 0 && chain_verify_skew(snap->trust, chain, server, snap->skew_s) == X509_V_OK)
+                return snap->trust_domain;
+        size_t n = tls_fed_domains(snap->fed);
+        if (!n)
+                return NULL;
+        if (!*set)
+                *set = tls_fed_acquire(snap->fed);
+        for (size_t i = 0; i < n; i++) {
+                X509_STORE *st = tls_fed_store(*set, (int)i);
+                if ((int)i != fed_i && st &&
+                    chain_verify_skew(st, chain, server, snap->skew_s) == X509_V_OK)
+                        return tls_fed_name(snap->fed, (int)i);
         }
+        return NULL;
+}
+
+/* The checks after the chain: leaf, SPIFFE ID, trust domain, policy. */
+static enum ssl_verify_result_t verify_identity(struct tls_conn *c, X509 *leaf, int urc,
+                                                const char *why, const char *td, bool known_td,
+                                                uint8_t *alert)
+{
+        struct tls_snapshot *snap = c->snap;
         if (X509_check_ca(leaf) > 0) {
                 set_fail(c, TLS_FAIL_BAD_CERTIFICATE, "peer's leaf certificate is a CA");
                 return ssl_verify_invalid;
@@ -207,18 +219,14 @@ static enum ssl_verify_result_t verify_peer(SSL *ssl, uint8_t *alert)
                 set_fail(c, TLS_FAIL_BAD_SPIFFE_ID, "%s", why ? why : "invalid URI SAN");
                 return ssl_verify_invalid;
         }
-        struct spiffe_id *id = malloc(sizeof(*id));
-        if (!id || spiffe_id_parse(c->peer_id, id, NULL) < 0) {
-                free(id);
-                set_fail(c, TLS_FAIL_INTERNAL, "out of memory");
-                *alert = SSL_AD_INTERNAL_ERROR;
-                return ssl_verify_invalid;
-        }
-        bool td_ok = strcmp(id->trust_domain, snap->trust_domain) == 0;
-        free(id);
-        if (!td_ok) {
-                set_fail(c, TLS_FAIL_WRONG_TRUST_DOMAIN, "trust domain is not %s",
-                         snap->trust_domain);
+        if (!known_td) {
+                if (tls_fed_domains(snap->fed))
+                        set_fail(c, TLS_FAIL_WRONG_TRUST_DOMAIN,
+                                 "trust domain %.100s is neither ours (%.100s) nor federated", td,
+                                 snap->trust_domain);
+                else
+                        set_fail(c, TLS_FAIL_WRONG_TRUST_DOMAIN, "trust domain is not %s",
+                                 snap->trust_domain);
                 return ssl_verify_invalid;
         }
         struct authz_verdict av;
@@ -238,6 +246,70 @@ static enum ssl_verify_result_t verify_peer(SSL *ssl, uint8_t *alert)
                 return ssl_verify_invalid;
         }
         return ssl_verify_ok;
+}
+
+static enum ssl_verify_result_t verify_peer(SSL *ssl, uint8_t *alert)
+{
+        struct tls_conn *c = SSL_get_app_data(ssl);
+        struct tls_snapshot *snap = c->snap;
+        STACK_OF(X509) *chain = SSL_get_peer_full_cert_chain(ssl);
+        *alert = SSL_AD_BAD_CERTIFICATE;
+        if (!chain || sk_X509_num(chain) == 0) {
+                set_fail(c, TLS_FAIL_NO_CERTIFICATE, "peer presented no certificate");
+                *alert = SSL_AD_CERTIFICATE_REQUIRED;
+                return ssl_verify_invalid;
+        }
+        X509 *leaf = sk_X509_value(chain, 0);
+        tls_cert_serial_hex(leaf, c->peer_serial, sizeof(c->peer_serial));
+        const char *why = NULL;
+        int urc = tls_cert_spiffe_uri(leaf, c->peer_id, sizeof(c->peer_id), &why);
+        /* The trust domain the SPIFFE ID names picks the bundle: ours, or a
+         * federated domain's and only that one. Without a usable ID, or for a
+         * domain we do not know, ours (the ID is refused after the chain). */
+        char td[SPIFFE_TD_MAX + 1] = "";
+        if (urc == 0) {
+                struct spiffe_id *id = malloc(sizeof(*id));
+                if (!id || spiffe_id_parse(c->peer_id, id, NULL) < 0) {
+                        free(id);
+                        set_fail(c, TLS_FAIL_INTERNAL, "out of memory");
+                        *alert = SSL_AD_INTERNAL_ERROR;
+                        return ssl_verify_invalid;
+                }
+                snprintf(td, sizeof(td), "%s", id->trust_domain);
+                free(id);
+        }
+        bool own = urc == 0 && strcmp(td, snap->trust_domain) == 0;
+        int fed_i = urc == 0 && !own ? tls_fed_find(snap->fed, td) : -1;
+        struct tls_fed_set *set = fed_i >= 0 ? tls_fed_acquire(snap->fed) : NULL;
+        X509_STORE *store = fed_i >= 0 ? tls_fed_store(set, fed_i) : snap->trust;
+        enum ssl_verify_result_t res;
+        int v = store ? chain_verify_skew(store, chain, c->server, snap->skew_s)
+                      : X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY;
+        if (v != X509_V_OK) {
+                enum tls_fail f = map_x509_err(v);
+                const char *other = f == TLS_FAIL_UNTRUSTED_CA && (own || fed_i >= 0)
+                                        ? chain_domain(snap, &set, fed_i, chain, c->server)
+                                        : NULL;
+                if (other)
+                        set_fail(c, TLS_FAIL_WRONG_DOMAIN_CHAIN,
+                                 "the SPIFFE ID names trust domain %.100s but the chain leads to "
+                                 "the bundle of %.100s",
+                                 td, other);
+                else
+                        set_fail(c, f, "%s%s%.100s%s", X509_verify_cert_error_string(v),
+                                 fed_i >= 0 ? " (bundle of federated trust domain " : "",
+                                 fed_i >= 0 ? td : "", fed_i >= 0 ? ")" : "");
+                *alert = f == TLS_FAIL_EXPIRED        ? SSL_AD_CERTIFICATE_EXPIRED
+                         : f == TLS_FAIL_UNTRUSTED_CA ? SSL_AD_UNKNOWN_CA
+                                                      : SSL_AD_BAD_CERTIFICATE;
+                res = ssl_verify_invalid;
+        } else {
+                res = verify_identity(c, leaf, urc, why, td, own || fed_i >= 0, alert);
+        }
+        tls_fed_release(set);
+        if (fed_i >= 0)
+                tls_fed_count(snap->fed, fed_i, c->server, res == ssl_verify_ok);
+        return res;
 }
 
 static int on_servername(SSL *ssl, int *alert, void *arg)

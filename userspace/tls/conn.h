@@ -12,7 +12,9 @@
  * client certificate. The peer's certificate must chain to the trust bundle,
  * be within its validity (± the clock-skew allowance), not be a CA, carry
  * exactly one URI SAN that is a SPIFFE ID (no CN fallback) in our trust
- * domain; the server then applies the authorization policies of the
+ * domain or a federated one (tls/federation.h): the chain is checked against
+ * the bundle of the trust domain the SPIFFE ID names, and only that one; the
+ * server then applies the authorization policies of the
  * destination port (authz/authz.h, given by tls_conn_set_authz), the client
  * requires the exact SPIFFE ID it expects.
  *
@@ -65,6 +67,9 @@ enum tls_fail {
         TLS_FAIL_HANDSHAKE_ERROR,   /* malformed, truncated, not TLS, peer closed */
         TLS_FAIL_INTERNAL,
         TLS_FAIL_DENIED_BY_POLICY, /* a deny rule of the port matches */
+        /* the SPIFFE ID names one trust domain (ours or federated) but the
+         * chain leads to another one's bundle */
+        TLS_FAIL_WRONG_DOMAIN_CHAIN,
         TLS_FAIL__COUNT
 };
 

@@ -30,6 +30,7 @@ struct tls_store {
         uint32_t skew_s, drain_s, poll_ms;
         bool require_port;
         bool log_once;
+        struct tls_federation *fed;
 
         struct tls_source *src;
         struct tls_material *mat; /* of cur */
@@ -97,6 +98,7 @@ static int snap_build(struct tls_store *st, const struct tls_material *m, struct
         snap->trust_domain = strdup(st->trust_domain);
         snap->skew_s = st->skew_s;
         snap->require_port = st->require_port;
+        snap->fed = st->fed;
         snap->stats = &st->stats;
         snap->trust = X509_STORE_new();
         snap->leaf = m->leaf;
@@ -198,6 +200,7 @@ int tls_store_new(const struct tls_store_options *opt, struct tls_source *src,
         st->poll_ms = opt->poll_ms ? opt->poll_ms : TLS_DEFAULT_POLL_MS;
         st->require_port = opt->require_port;
         st->log_once = opt->log_once;
+        st->fed = opt->federation;
         int rc = st->trust_domain && st->identity ? 0 : -ENOMEM;
         if (rc == 0 && opt->deferred) {
                 st->pending = true; /* the first tick fetches */

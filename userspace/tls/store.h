@@ -48,6 +48,9 @@ struct tls_store_options {
         /* A failed fetch is logged once per run of failures (the first, at
          * error level; the rest at debug), and the recovery at info. */
         bool log_once;
+        /* Federated trust domains (tls/federation.h), borrowed: it must
+         * outlive the store. NULL: our trust domain only. */
+        struct tls_federation *federation;
 };
 
 /* Sets the defaults above (require_port true). */
