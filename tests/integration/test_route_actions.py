@@ -33,6 +33,10 @@ from shuntlib import Topology as T
 EP = sl.EP_ADDRS[0]
 VIP_H1, VIP_H2, VIP_GRPC, VIP_GRPC_RL = "10.96.3.10", "10.96.3.11", "10.96.3.12", "10.96.3.13"
 VIP_H2M, VIP_GRPCM = "10.96.3.14", "10.96.3.15"  # mirrored HTTP/2 and gRPC
+# per-try timeouts: a live and a stalled endpoint each (HTTP/1.1, HTTP/2,
+# gRPC), and a service of stalled endpoints only
+VIP_TRY, VIP_TRY_H2, VIP_TRY_GRPC, VIP_TRY_ALL = "10.96.3.16", "10.96.3.17", "10.96.3.18", "10.96.3.19"
+TRY_MS = 300
 SECOND_SOURCE = "10.77.0.9"  # another client address in the app pod
 RATE, BURST = 200, 20
 SHADOW, SHADOW_PORT, SHADOW_H2_PORT = sl.EP_ADDRS[1], 8095, 8096
@@ -53,6 +57,15 @@ def delay_rule(matches=None):
     if matches:
         rule["matches"] = matches
     return rule
+
+
+def try_svc(name, vip, port, proto, addrs, request, attempts=2):
+    """A service whose one rule gives each try TRY_MS (timeouts.backendRequest)
+    and the request `request`, with `attempts` retries."""
+    s = sl.service(name, vip, port, addrs, protocol=proto)
+    rule = {"timeouts": {"request": request, "backendRequest": "%dms" % TRY_MS}, "retry": {"attempts": attempts}}
+    s["routes"] = [{"name": "try", "rules": [rule]}]
+    return s
 
 
 def registry():
@@ -86,6 +99,10 @@ def registry():
             svc("api", VIP_H1, H1_PORT, "HTTP", [{"name": "api", "rules": api_rules}]),
             sl.service("shadow", "10.96.3.20", SHADOW_PORT, [SHADOW], protocol="HTTP"),
             sl.service("shadow-h2", "10.96.3.21", SHADOW_H2_PORT, [SHADOW], protocol="HTTP2"),
+            try_svc("api-try", VIP_TRY, H1_PORT, "HTTP", [EP, SHADOW], "3s"),
+            try_svc("api-try-h2", VIP_TRY_H2, H2_PORT, "HTTP2", [EP, SHADOW], "3s"),
+            try_svc("api-try-grpc", VIP_TRY_GRPC, GRPC_PORT, "GRPC", [EP, SHADOW], "3s"),
+            try_svc("api-try-all", VIP_TRY_ALL, H1_PORT, "HTTP", [SHADOW], "1s", attempts=10),
             svc("api-h2m", VIP_H2M, H2_PORT, "HTTP2", [{"name": "h2m", "rules": [mirrored("/mirror", to="shadow-h2"), {}]}]),
             svc("api-grpcm", VIP_GRPCM, GRPC_PORT, "GRPC", [{"name": "grpcm", "kind": "GRPCRoute", "rules": [mirrored(None, to="shadow-h2")]}]),
             svc(
@@ -556,3 +573,85 @@ def test_mirror_http2_slow_or_silent_leaves_primary_alone(env, shadow_h2):
         assert shadow_h2.open <= MIRROR_MAX_IN_FLIGHT
         sl.wait_until(lambda: shadow_h2.open == 0, 15, what="the mirror's connections closed")
     shadow_h2.mode = "fast"
+
+
+@pytest.fixture(scope="module")
+def stalled(env):
+    """Endpoints that take requests and never answer, beside the live ones:
+    SHADOW on the HTTP/1.1, HTTP/2 and gRPC ports."""
+    topo = env[0]
+    srvs = {"h1": MirrorServer(topo.remote, SHADOW, H1_PORT), "h2": H2MirrorServer(topo.remote, SHADOW, H2_PORT),
+            "grpc": H2MirrorServer(topo.remote, SHADOW, GRPC_PORT)}
+    for srv in srvs.values():
+        srv.mode = "never"
+    yield srvs
+    for srv in srvs.values():
+        srv.close()
+
+
+def check_tries(took, stalled_got, n):
+    """took: each request's seconds. A request that went to the stalled
+    endpoint first took a try's timeout more (no more than that and a
+    loaded machine's slack); the others did not (but for a stall or two of
+    a loaded machine)."""
+    slow = sum(1 for t in took if t >= TRY_MS / 1000.0)
+    assert slow >= 1 and stalled_got >= 1, (took, stalled_got)
+    assert max(took) < 3 * TRY_MS / 1000.0 + 0.5, took
+    assert stalled_got <= slow <= stalled_got + 2, (took, stalled_got)
+
+
+def test_per_try_timeout_http1(env, stalled):
+    """HTTP/1.1: a try the stalled endpoint holds is given up after
+    timeouts.backendRequest and the request (a POST, its body too: the rule
+    has a retry policy) goes to the live endpoint; every request succeeds
+    with the body it sent."""
+    topo, daemon, _ = env
+    stalled["h1"].got = []
+    took = []
+    for i in range(12):
+        r = topo.app.curl(["-s", "--max-time", "10", "-w", "\n%{time_total}", "--data-binary", "try-%d" % i, "http://%s/try/%d" % (VIP_TRY, i)])
+        body, _, t = r.stdout.rpartition("\n")
+        j = json.loads(body)
+        assert (j["server"], j["body_len"]) == ("primary", len("try-%d" % i)), r.stdout
+        took.append(float(t))
+    check_tries(took, len(stalled["h1"].got), 12)
+    assert {p for p, _, _ in stalled["h1"].got} <= {"/try/%d" % i for i in range(12)}
+
+
+def test_per_try_timeout_http2(env, stalled):
+    topo, daemon, _ = env
+    stalled["h2"].got = []
+    took = []
+    for i in range(12):
+        r = topo.app.curl(
+            ["--http2-prior-knowledge", "-s", "--max-time", "10", "-w", "\n%{time_total}", "--data-binary", "try-%d" % i, "http://%s/try/%d" % (VIP_TRY_H2, i)]
+        )
+        body, _, t = r.stdout.rpartition("\n")
+        j = json.loads(body)
+        assert (j["server"], j["body_len"]) == ("h2", len("try-%d" % i)), r.stdout
+        took.append(float(t))
+    check_tries(took, len(stalled["h2"].got), 12)
+
+
+def test_per_try_timeout_grpc(env, stalled):
+    """gRPC: the call's message goes again, unaltered (grpcpeer checks its
+    digest), to the live endpoint after a try's timeout."""
+    topo, daemon, _ = env
+    stalled["grpc"].got = []
+    out = grpc_unary(topo, VIP_TRY_GRPC, 12, parallel=1)
+    assert out["codes"] == {"OK": 12}, out
+    check_tries(out["latencies"], len(stalled["grpc"].got), 12)
+
+
+def test_per_try_timeouts_bounded_by_the_request_timeout(env, stalled):
+    """Every endpoint stalls and the rule allows 10 retries of 300 ms tries:
+    timeouts.request (1 s) still ends the request, with 504."""
+    topo, daemon, _ = env
+    stalled["h1"].got = []
+    r = topo.app.curl(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "--max-time", "10", "http://%s/all" % VIP_TRY_ALL])
+    code, took = r.stdout.split()
+    assert code == "504", r.stdout
+    assert 0.95 <= float(took) < 2.0, r.stdout
+    assert 2 <= len(stalled["h1"].got) <= 4, len(stalled["h1"].got)
+    rule = rule_of(daemon, "api-try-all", "timeouts")
+    assert rule["timeouts"] == {"request_ms": 1000, "backend_request_ms": TRY_MS}, rule

@@ -148,6 +148,7 @@ static void test_translate_http(void **state)
                       "\"filters\":[{\"type\":\"RequestRedirect\",\"requestRedirect\":"
                       "{\"scheme\":\"https\",\"statusCode\":301}}]},"
                       "{\"backendRefs\":[{\"name\":\"reviews\",\"port\":80}],"
+                      "\"timeouts\":{\"backendRequest\":\"250ms\"},"
                       "\"filters\":[{\"type\":\"ResponseHeaderModifier\","
                       "\"responseHeaderModifier\":{\"add\":[{\"name\":\"x-r\",\"value\":\"1\"}]}}]}"
                       "]"));
@@ -168,6 +169,9 @@ static void test_translate_http(void **state)
         assert_int_equal(u->backends[1].weight, 10);
         assert_int_equal(u->timeout_ms, 90000);
         assert_int_equal(u->backend_timeout_ms, 0); /* "0s": off */
+        /* a try's timeout (per-try), the request's left as the service's */
+        assert_int_equal(r->rules[2].backend_timeout_ms, 250);
+        assert_int_equal(r->rules[2].timeout_ms, 0);
         assert_true(u->has_req_hdr);
         assert_int_equal(u->req_hdr.n_set, 1);
         assert_int_equal(u->rewrite, DR_REWRITE_PREFIX);

@@ -986,9 +986,6 @@ static int parse_rule(struct pctx *p, const cJSON *x, const struct dr_route *rt,
         if (f) {
                 static const char *const tkeys[] = {"request", "backendRequest", NULL};
                 old = push(p, "timeouts", 0);
-                if (cJSON_GetObjectItemCaseSensitive(f, "backendRequest"))
-                        return push(p, "backendRequest", 0),
-                               bad(p, f, "a per-try timeout (backendRequest) is not supported yet");
                 if (keys_ok(p, f, tkeys) || duration_field(p, f, "request", &u->timeout_ms) ||
                     duration_field(p, f, "backendRequest", &u->backend_timeout_ms))
                         return -EINVAL;

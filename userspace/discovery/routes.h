@@ -170,7 +170,7 @@ struct dr_rule {
         enum dr_rewrite redirect_path_type;
         char *redirect_path;
         uint32_t timeout_ms;         /* timeouts.request, 0: the service default */
-        uint32_t backend_timeout_ms; /* timeouts.backendRequest, 0: not set */
+        uint32_t backend_timeout_ms; /* timeouts.backendRequest (a try's), 0: not set */
         int retry_attempts;          /* retry.attempts, -1: the service default */
         uint32_t retry_backoff_ms;   /* retry.backoff, 0: the service default */
         uint64_t retry_codes[2];     /* retry.codes: bit (code - 500) of 500..599; 0: default */

@@ -102,6 +102,7 @@ struct h1s {
         struct sockaddr_storage first_upstream;
         struct loop_timer timer;     /* idle, backoff, linger */
         struct loop_timer req_timer; /* timeouts.request until the response head */
+        struct loop_timer try_timer; /* the rule's timeouts.backendRequest, per try */
         uint64_t created_ms, last_active_ms, req_start_ms;
         uint64_t req_start_ns; /* clock_mono_ns(), for shunt_request_duration_seconds */
         uint64_t requests;
@@ -359,6 +360,7 @@ static void session_free(struct h1s *s, enum conn_reason reason, bool reset)
         route_release(&s->first);
         loop_timer_cancel(w->loop, &s->timer);
         loop_timer_cancel(w->loop, &s->req_timer);
+        loop_timer_cancel(w->loop, &s->try_timer);
         if (reset) {
                 struct linger lg = {.l_onoff = 1, .l_linger = 0};
                 setsockopt(s->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -789,6 +791,11 @@ static int connect_upstream(struct h1s *s)
                 return connect_failed(s, detail);
         }
         s->up = u;
+        uint32_t try_ms = route_try_timeout_ms(&s->route);
+        if (try_ms) /* on_try_timeout */
+                loop_timer_arm(w->loop, &s->try_timer, try_ms);
+        else
+                loop_timer_cancel(w->loop, &s->try_timer);
         upstream_connect_timeout(
             u, route_connect_timeout_ms(&s->route, worker_cfg(w)->connect_timeout_ms));
         u->requests++;
@@ -1504,6 +1511,7 @@ static int parse_response(struct h1s *s, bool *progress)
                 flow_set_body(f, m);
                 msg_done(s);
                 loop_timer_cancel(s->w->loop, &s->req_timer);
+                loop_timer_cancel(s->w->loop, &s->try_timer);
                 arm_idle(s);
         }
         if (s->state == H1_STREAM && flow_classify(f) < 0) {
@@ -1718,6 +1726,37 @@ static void on_timer(struct loop *loop, struct loop_timer *t)
         }
 }
 
+/* The try passed its rule's timeouts.backendRequest before a response
+ * head: its connection is closed and the request goes to another endpoint
+ * as after a reset (idempotent, its body all still here, the retry policy
+ * and budget agreeing), else 504. timeouts.request bounds all the tries. */
+static void on_try_timeout(struct loop *loop, struct loop_timer *t)
+{
+        struct h1s *s = t->data;
+        (void)loop;
+        if (closed(s) || s->state != H1_AWAIT || s->committed || !s->up)
+                return;
+        char ubuf[SOCKADDR_STRLEN], reason[320];
+        sockaddr_format(&s->upstream_addr, ubuf, sizeof(ubuf));
+        up_drop(s, false);
+        report(s, ROUTE_TIMEOUT);
+        route_limit_release(&s->route, LB_LIMIT_PENDING);
+        uint32_t backoff_ms;
+        if (!s->body_dropped &&
+            route_retry_allowed(&s->route, ROUTE_TIMEOUT, 0, s->idempotent, &backoff_ms)) {
+                stat_add(&s->w->stats, ST_HTTP_RETRIES, 1);
+                log_debug("http1", s->id,
+                          "no response from %s within the try's timeout: re-sending %s", ubuf,
+                          s->method_s);
+                retry_later(s, backoff_ms);
+                return;
+        }
+        snprintf(reason, sizeof(reason),
+                 "no response from %s within the route's timeouts.backendRequest (%u ms)", ubuf,
+                 route_try_timeout_ms(&s->route));
+        local_reply(s, 504, reason, 0);
+}
+
 static void on_request_timeout(struct loop *loop, struct loop_timer *t)
 {
         struct h1s *s = t->data;
@@ -1788,6 +1827,7 @@ static void h1_start(struct worker *w, struct handoff *h)
         loop_io_init(&s->io, h->fd, on_client, s);
         loop_timer_init(&s->timer, on_timer, s);
         loop_timer_init(&s->req_timer, on_request_timeout, s);
+        loop_timer_init(&s->try_timer, on_try_timeout, s);
         s->next = w->h1->sessions;
         if (s->next)
                 s->next->prev = s;

@@ -205,6 +205,13 @@ struct h2s {
         uint64_t start_ms;
         uint64_t start_ns;     /* clock_mono_ns(), for shunt_request_duration_seconds */
         struct mirror *mirror; /* the route's RequestMirror copy until the request ends */
+        /* Per-try timeouts (the rule's timeouts.backendRequest): the try's
+         * timer, and the body bytes this try sent, kept (at most one stream
+         * window) to go again on the next try. */
+        struct loop_timer try_t;
+        struct bbuf replay;
+        bool no_replay;  /* more than a window was sent: no retry after a try's timeout */
+        uint32_t resend; /* bytes at the front of reqb sent before: window given back */
 };
 
 struct h2_worker {
@@ -258,6 +265,7 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason);
 static void stream_maybe_free(struct h2s *st);
 static void stream_route(struct h2s *st);
 static void stream_mirror_end(struct h2s *st, const char *why);
+static bool stream_idempotent(const struct h2s *st);
 static void stream_retry(struct h2s *st, enum route_outcome o, const char *what);
 
 /* ---- small buffers -------------------------------------------------------------- */
@@ -626,6 +634,7 @@ static void stream_free(struct h2s *st)
         loop_timer_cancel(hw_loop(hw), &st->deadline);
         loop_timer_cancel(hw_loop(hw), &st->retry);
         loop_timer_cancel(hw_loop(hw), &st->stall);
+        loop_timer_cancel(hw_loop(hw), &st->try_t);
         if (st->attempt_open)
                 route_request_done(&st->route, &st->upstream, ROUTE_CANCELLED);
         if (st->c) {
@@ -658,6 +667,7 @@ static void stream_free(struct h2s *st)
         hdrs_free(&st->rtrail);
         bbuf_free(&st->reqb);
         bbuf_free(&st->respb);
+        bbuf_free(&st->replay);
         free(st);
 }
 
@@ -732,22 +742,39 @@ static ssize_t resp_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t 
         return (ssize_t)n;
 }
 
+/* A try with a timeout keeps what it sent of the body for the next try,
+ * up to one stream window (then the request cannot go again). */
+static void keep_for_replay(struct h2s *st, const uint8_t *p, size_t n)
+{
+        if (st->no_replay || !route_try_timeout_ms(&st->route))
+                return;
+        if (bbuf_avail(&st->replay) + n > H2_STREAM_WINDOW || bbuf_put(&st->replay, p, n) < 0) {
+                st->no_replay = true;
+                bbuf_free(&st->replay);
+        }
+}
+
 /* Reading the request body for the upstream (upstream session's callback). */
 static ssize_t req_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length,
                         uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
         (void)ud;
         struct h2s *st = src->ptr;
+        if (!st->u || st->u->s.ng != ng || st->uid != sid)
+                return NGHTTP2_ERR_DEFERRED; /* a try given up (its reset follows) */
         size_t n = bbuf_avail(&st->reqb);
         if (n > length)
                 n = length;
         if (n) {
                 memcpy(buf, st->reqb.p + st->reqb.off, n);
+                keep_for_replay(st, buf, n);
                 st->reqb.off += (uint32_t)n;
                 st->req_sent += n;
                 st->progress_ms = loop_now_ms(hw_loop(st->hw));
-                if (st->c && st->c_open) {
-                        nghttp2_session_consume_stream(st->c->s.ng, st->cid, n);
+                size_t give = n - (n < st->resend ? n : st->resend);
+                st->resend -= (uint32_t)(n - give);
+                if (give && st->c && st->c_open) {
+                        nghttp2_session_consume_stream(st->c->s.ng, st->cid, give);
                         mark_dirty(&st->c->s);
                 }
         }
@@ -798,10 +825,13 @@ static void stream_fail(struct h2s *st, int grpc, int http, const char *reason)
                 log_warn("h2", c->id, "stream %d (%s) answered locally: %s %d: %s", st->cid,
                          route_service_name(&st->route), st->grpc ? "grpc-status" : "status",
                          st->grpc ? grpc : http, reason);
-        /* The request body is no longer wanted: drop it and reopen its window. */
-        if (bbuf_avail(&st->reqb))
-                nghttp2_session_consume_stream(c->s.ng, st->cid, bbuf_avail(&st->reqb));
+        /* The request body is no longer wanted: drop it and reopen its window
+         * (bytes re-queued for another try had theirs already). */
+        if (bbuf_avail(&st->reqb) > st->resend)
+                nghttp2_session_consume_stream(c->s.ng, st->cid,
+                                               bbuf_avail(&st->reqb) - st->resend);
         st->reqb.off = st->reqb.len = 0;
+        st->resend = 0;
         if (st->u && !sess_closed(&st->u->s) && bbuf_avail(&st->respb)) {
                 nghttp2_session_consume_stream(st->u->s.ng, st->uid, bbuf_avail(&st->respb));
                 mark_dirty(&st->u->s);
@@ -1118,7 +1148,65 @@ static void stream_send(struct h2s *st)
         u->n_streams++;
         if (u->s.state.u == H2U_READY)
                 loop_timer_cancel(hw_loop(hw), &u->timer); /* the idle timer */
+        uint32_t try_ms = route_try_timeout_ms(&st->route);
+        if (try_ms) /* on_try_timeout */
+                loop_timer_arm(hw_loop(hw), &st->try_t, try_ms);
         mark_dirty(&u->s);
+}
+
+/* The try passed its rule's timeouts.backendRequest before the response
+ * headers: its upstream stream is reset (CANCEL) and the request goes to
+ * another endpoint as after a reset (idempotent, the retry policy and
+ * budget agreeing), its body sent so far first; else 504 (gRPC
+ * UNAVAILABLE). The request's own deadline bounds all the tries. */
+static void on_try_timeout(struct loop *loop, struct loop_timer *t)
+{
+        (void)loop;
+        struct h2s *st = t->data;
+        struct h2_worker *hw = st->hw;
+        if (st->resp_started || !st->u || !st->u_open || st->local || !st->c_open)
+                return;
+        attempt_done(st, ROUTE_TIMEOUT);
+        struct h2u *u = st->u;
+        if (!sess_closed(&u->s)) { /* off this try's stream: its close is not ours */
+                nghttp2_submit_rst_stream(u->s.ng, NGHTTP2_FLAG_NONE, st->uid, NGHTTP2_CANCEL);
+                nghttp2_session_set_stream_user_data(u->s.ng, st->uid, NULL);
+                mark_dirty(&u->s);
+        }
+        stream_unlink_up(st);
+        bool again = !st->no_replay;
+        uint32_t sent = bbuf_avail(&st->replay);
+        if (again && sent) { /* reqb becomes what this try sent, then the rest */
+                struct bbuf nb = {0};
+                if (bbuf_put(&nb, st->replay.p + st->replay.off, sent) < 0 ||
+                    (bbuf_avail(&st->reqb) &&
+                     bbuf_put(&nb, st->reqb.p + st->reqb.off, bbuf_avail(&st->reqb)) < 0)) {
+                        bbuf_free(&nb);
+                        again = false;
+                } else {
+                        bbuf_free(&st->reqb);
+                        st->reqb = nb;
+                        st->req_sent -= sent;
+                        st->resend += sent;
+                }
+                st->replay.off = st->replay.len = 0;
+        }
+        uint32_t backoff = 0;
+        if (again &&
+            route_retry_allowed(&st->route, ROUTE_TIMEOUT, 0, stream_idempotent(st), &backoff)) {
+                stat_inc(hw, ST_H2_STREAM_RETRIES);
+                log_debug("h2", st->c->id,
+                          "stream %d: no response within the try's timeout, retry in %u ms",
+                          st->cid, backoff);
+                loop_timer_arm(hw_loop(hw), &st->retry, backoff);
+        } else {
+                char why[H2_REASON_MAX];
+                snprintf(why, sizeof(why),
+                         "no response within the route's timeouts.backendRequest (%u ms)",
+                         route_try_timeout_ms(&st->route));
+                stream_fail(st, GRPC_UNAVAILABLE, 504, why);
+        }
+        hw_run(hw);
 }
 
 /* The request's consistent-hash key, as for HTTP/1.1: the service's
@@ -1611,6 +1699,7 @@ static int up_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *u
                                 return 0;
                         }
                         st->resp_started = true;
+                        loop_timer_cancel(hw_loop(st->hw), &st->try_t);
                         st->http_status = st->blk_status;
                         if (!st->deadline_grpc)
                                 loop_timer_cancel(hw_loop(st->hw), &st->deadline);
@@ -1824,6 +1913,7 @@ static int cl_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void
         loop_timer_init(&st->deadline, on_deadline, st);
         loop_timer_init(&st->retry, on_retry, st);
         loop_timer_init(&st->stall, on_stall, st);
+        loop_timer_init(&st->try_t, on_try_timeout, st);
         st->cnext = c->streams;
         if (c->streams)
                 c->streams->cprev = st;

@@ -861,6 +861,11 @@ uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt)
         return dflt;
 }
 
+uint32_t route_try_timeout_ms(const struct route_use *use)
+{
+        return use->rule ? use->rule->backend_timeout_ms : 0;
+}
+
 uint32_t route_connect_timeout_ms(const struct route_use *use, uint32_t dflt)
 {
         if (use->table && use->locality && use->table->tier_connect_ms[tier_class(use->tier)])
@@ -1020,6 +1025,18 @@ bool route_retry_allowed(struct route_use *use, enum route_outcome o, int status
                 break;
         case ROUTE_HTTP_5XX:
                 cause = LB_RETRY_STATUS;
+                break;
+        case ROUTE_TIMEOUT:
+                /* A try that passed its rule's timeouts.backendRequest: as a
+                 * reset (the endpoint may have acted on it), any method when
+                 * the rule has its own retry policy (asked for with it, as
+                 * the Gateway API has it). The request's own timeout is
+                 * never retried (it is not reported here). */
+                if (!rule || !rule->backend_timeout_ms)
+                        return false;
+                if (rule->retry_attempts >= 0)
+                        idempotent = true;
+                cause = LB_RETRY_RESET;
                 break;
         default:
                 return false; /* success, cancelled, or a request timeout: never retried */

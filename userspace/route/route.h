@@ -155,6 +155,11 @@ void route_mirror_count(const struct route_use *use, bool sent);
 /* The request timeout for use: its rule's timeouts.request, else the
  * picked endpoint's locality tier's (load_balancing.tiers.*), else dflt. */
 uint32_t route_timeout_ms(const struct route_use *use, uint32_t dflt);
+/* The timeout of one try (an attempt on one endpoint, until the response
+ * head): its rule's timeouts.backendRequest, 0 when none. A try past it
+ * is reported ROUTE_TIMEOUT and may be retried (route_retry_allowed); the
+ * request's timeout (route_timeout_ms) still bounds all its tries. */
+uint32_t route_try_timeout_ms(const struct route_use *use);
 /* The connect timeout for use's endpoint: its locality tier's, else dflt. */
 uint32_t route_connect_timeout_ms(const struct route_use *use, uint32_t dflt);
 /* use->locality: the picked endpoint's locality tier, NULL without tiers. */
@@ -196,9 +201,10 @@ void route_request_done(struct route_use *use, const struct sockaddr_storage *up
                         enum route_outcome o);
 /* After route_request_done reported a failure: may the request be tried
  * again on another endpoint? Connect failures are retried for any request;
- * a reset and a 502/503/504 (status, else 0) only when idempotent; a request
- * timeout never. At most retries.max_retries per request, and the service's
- * retry budget must have room: retries in flight <= max(retries.budget_min,
+ * a reset, a try past its rule's per-try timeout (ROUTE_TIMEOUT with
+ * timeouts.backendRequest set) and a 502/503/504 (status, else 0) only
+ * when idempotent; a request timeout never. At most retries.max_retries per request, and the
+ * service's retry budget must have room: retries in flight <= max(retries.budget_min,
  * retries.budget_percent % of the service's active requests). On true,
  * *backoff_ms is the jittered delay to wait before route_retry_pick (the
  * budget slot is held by use until route_release). False is counted
