@@ -22,7 +22,17 @@
  * what it reads only after the kernel has put every redirected byte in the
  * peer's send queue (it compares `redirected` with the peer's tcp_info).
  * A zero-length skb (a bare FIN) is neither redirected nor queued: shuntd
- * sees the FIN and passes it on after the peer has drained. */
+ * sees the FIN and passes it on after the peer has drained.
+ *
+ * Repeated bytes: TCP queues a segment that starts before rcv_nxt (a
+ * retransmission that overlaps bytes already received, GRO-merged with new
+ * ones) as it is, and only tcp_recvmsg skips its head by copied_seq; the
+ * kernel's read_skb hands the whole skb to this program, and a redirect or
+ * a pass would deliver those bytes a second time (tcp_eat_skb then also
+ * moves copied_seq past rcv_nxt). So each half keeps the sequence number
+ * after the last byte it saw (next_seq, from the socket's copied_seq at the
+ * first skb) and cuts an skb's head that lies before it. An skb that cannot
+ * be cut marks the half broken: shuntd resets the connection. */
 #include "vmlinux.h"
 
 #include <bpf/bpf_core_read.h>
@@ -91,9 +101,75 @@ static __always_inline __s64 peer_backlog(struct bpf_sock *peer, __u32 *full)
         return BPF_CORE_READ(ps, ingress_skb.qlen);
 }
 
+/* The first TCP sequence number of skb: TCP_SKB_CB(skb)->seq. The context
+ * is the kernel's sk_buff; the read goes through bpf_probe_read_kernel
+ * (shuntd loads this program with CAP_BPF and CAP_PERFMON). */
+static __always_inline int skb_seq(struct __sk_buff *skb, __u32 *seq)
+{
+        unsigned long off = bpf_core_field_offset(struct sk_buff, cb) +
+                            bpf_core_field_offset(struct tcp_skb_cb, seq);
+        return bpf_probe_read_kernel(seq, sizeof(*seq), (void *)((unsigned long)skb + off));
+}
+
+/* The socket's copied_seq (the first byte not yet consumed), or -1. */
+static __always_inline int own_copied_seq(__u64 cookie, __u32 *out)
+{
+        struct bpf_sock *self = bpf_map_lookup_elem(&splice_socks, &cookie);
+        if (!self)
+                return -1;
+        struct tcp_sock *tp = bpf_skc_to_tcp_sock(self);
+        int rc = -1;
+        if (tp) {
+                *out = BPF_CORE_READ(tp, copied_seq);
+                rc = 0;
+        }
+        bpf_sk_release(self);
+        return rc;
+}
+
+#define CUT_STEP  4095u /* what sk_skb's bpf_skb_adjust_room takes off at once */
+#define CUT_STEPS 128   /* 511 KiB: more than any skb's repeated head */
+
+/* Cuts the bytes of skb that come before h->next_seq. 0, or -1: the half
+ * is broken (its peer would get bytes twice). */
+static __always_inline int cut_repeat(struct __sk_buff *skb, struct shunt_splice_half *h,
+                                      __u64 cookie, const struct shunt_splice_config *cfg)
+{
+        __u32 seq;
+        if (skb_seq(skb, &seq) < 0)
+                return -1;
+        if (!h->seq_known) {
+                if (own_copied_seq(cookie, &h->next_seq) < 0)
+                        return -1;
+                h->seq_known = 1;
+        }
+        __u32 len = skb->len;
+        __s32 dup = (__s32)(h->next_seq - seq);
+        if (dup <= 0) {
+                h->next_seq = seq + len;
+                return 0;
+        }
+        if ((__u32)dup >= len)
+                return -1; /* TCP queues none of these: never seen */
+        COUNT(repeats, 1);
+        COUNT(repeated_bytes, (__u32)dup);
+        h->next_seq = seq + len;
+        if (cfg && cfg->keep_repeats)
+                return 0;
+        __u32 left = (__u32)dup;
+        for (int i = 0; i < CUT_STEPS && left > 0; i++) {
+                __u32 n = left < CUT_STEP ? left : CUT_STEP;
+                if (bpf_skb_adjust_room(skb, -(__s32)n, 0, 0) < 0)
+                        return -1;
+                left -= n;
+        }
+        return left ? -1 : 0;
+}
+
 static __always_inline int to_shuntd(struct shunt_splice_half *h, __u32 len)
 {
-        h->state = SHUNT_SPLICE_USER;
+        if (h->state == SHUNT_SPLICE_KERNEL)
+                h->state = SHUNT_SPLICE_USER;
         h->passed += len;
         COUNT(passed_bytes, len);
         return SK_PASS;
@@ -115,6 +191,11 @@ int shunt_splice_verdict(struct __sk_buff *skb)
                 COUNT(fins, 1);
                 return SK_DROP;
         }
+        __u32 zero = 0;
+        struct shunt_splice_config *cfg = bpf_map_lookup_elem(&splice_cfg, &zero);
+        if (h->state != SHUNT_SPLICE_BROKEN && cut_repeat(skb, h, cookie, cfg) < 0)
+                h->state = SHUNT_SPLICE_BROKEN;
+        len = skb->len;
         if (h->state != SHUNT_SPLICE_KERNEL)
                 return to_shuntd(h, len);
         if (bpf_map_lookup_elem(&splice_stop, &cookie)) {
@@ -130,8 +211,6 @@ int shunt_splice_verdict(struct __sk_buff *skb)
         __u32 full = 0;
         __s64 backlog = peer_backlog(peer, &full);
         bpf_sk_release(peer);
-        __u32 zero = 0;
-        struct shunt_splice_config *cfg = bpf_map_lookup_elem(&splice_cfg, &zero);
         __s64 qmax = cfg && cfg->qlen_max ? cfg->qlen_max : SHUNT_SPLICE_QLEN_MAX;
         if (backlog < 0 || (full && backlog >= qmax)) {
                 COUNT(paused, 1);

@@ -6,6 +6,8 @@
  * that vmtest runs it on Linux 6.1 as well (needs root: it loads BPF). The
  * original destination is faked as in test_relay. */
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -88,7 +90,7 @@ static int setup(void **state)
         assert_non_null(t);
         harness_init(&t->h);
         t->h.cfg->protocol_detection_timeout_ms = 20;
-        t->h.cfg->tcp_splice = 1; /* auto: the default is off */
+        t->h.cfg->tcp_splice = 1; /* auto (the default; the harness may differ) */
         char why[256];
         if (splice_open(why, sizeof(why)) < 0)
                 fail_msg("the kernel cannot splice: %s", why);
@@ -327,6 +329,215 @@ static void test_drain_check_catches_repeated_bytes(void **state)
         close(d);
 }
 
+/* ---- switch-over with bytes in flight both ways ---------------------------------- */
+
+/* One echo connection driven by three threads (blocking sockets) while the
+ * test's thread runs the worker's loop: the client writes total bytes in
+ * chunks of varied sizes then half-closes, the application echoes what it
+ * reads (in reads of varied sizes) and half-closes at EOF, the client's
+ * reader compares every byte it gets with the stream it sent. */
+struct echo_run {
+        int cli, app;
+        _Atomic uint64_t sent, echoed;
+        uint64_t total, got, first_bad;
+        uint32_t seed;
+        atomic_int done; /* threads finished */
+        bool bad;
+};
+
+static uint32_t rnd_next(uint32_t *s)
+{
+        *s ^= *s << 13;
+        *s ^= *s >> 17;
+        *s ^= *s << 5;
+        return *s;
+}
+
+static void set_blocking(int fd)
+{
+        int fl = fcntl(fd, F_GETFL);
+        assert_true(fl >= 0);
+        assert_int_equal(fcntl(fd, F_SETFL, fl & ~O_NONBLOCK), 0);
+}
+
+/* Sends n bytes on a blocking socket, adding them to *count as they go. */
+static bool send_counted(int fd, const uint8_t *p, size_t n, _Atomic uint64_t *count)
+{
+        while (n > 0) {
+                ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+                if (k <= 0)
+                        return false;
+                p += k;
+                n -= (size_t)k;
+                atomic_fetch_add(count, (uint64_t)k);
+        }
+        return true;
+}
+
+static void *echo_writer(void *arg)
+{
+        struct echo_run *r = arg;
+        static const uint32_t sizes[] = {1, 7, 100, 1400, 9000, 65536, 300000};
+        uint32_t s = r->seed;
+        uint8_t *buf = malloc(300000);
+        uint64_t off = 0;
+        bool ok = buf != NULL;
+        while (ok && off < r->total) {
+                uint64_t n = sizes[rnd_next(&s) % 7];
+                if (n > r->total - off)
+                        n = r->total - off;
+                for (uint64_t i = 0; i < n; i++)
+                        buf[i] = pattern(off + i);
+                ok = send_counted(r->cli, buf, n, &r->sent);
+                off += n;
+        }
+        if (ok)
+                shutdown(r->cli, SHUT_WR);
+        free(buf);
+        atomic_fetch_add(&r->done, 1);
+        return NULL;
+}
+
+static void *echo_app(void *arg)
+{
+        struct echo_run *r = arg;
+        static const uint32_t sizes[] = {1, 100, 4096, 65536, 200000};
+        uint32_t s = r->seed * 7 + 1;
+        uint8_t *buf = malloc(200000);
+        bool ok = buf != NULL;
+        while (ok) {
+                if (r->seed % 2 && rnd_next(&s) % 8 == 0)
+                        usleep(rnd_next(&s) % 8000); /* a slow application now and then */
+                ssize_t k = recv(r->app, buf, sizes[rnd_next(&s) % 5], 0);
+                if (k <= 0)
+                        break;
+                ok = send_counted(r->app, buf, (size_t)k, &r->echoed);
+        }
+        if (ok)
+                shutdown(r->app, SHUT_WR);
+        free(buf);
+        atomic_fetch_add(&r->done, 1);
+        return NULL;
+}
+
+static void *echo_reader(void *arg)
+{
+        struct echo_run *r = arg;
+        uint8_t buf[65536];
+        uint32_t s = r->seed * 13 + 5;
+        for (;;) {
+                if (r->seed % 4 >= 2 && rnd_next(&s) % 8 == 0)
+                        usleep(rnd_next(&s) % 8000); /* a slow client now and then */
+                ssize_t k = recv(r->cli, buf, sizeof(buf), 0);
+                if (k <= 0)
+                        break;
+                for (ssize_t i = 0; i < k; i++) {
+                        if (!r->bad && buf[i] != pattern(r->got + (uint64_t)i)) {
+                                r->bad = true;
+                                r->first_bad = r->got + (uint64_t)i;
+                        }
+                }
+                r->got += (uint64_t)k;
+        }
+        atomic_fetch_add(&r->done, 1);
+        return NULL;
+}
+
+/* run_until without the failure: returns when pred holds or the bound ends. */
+static void run_until_or(struct harness *h, harness_pred pred, void *arg)
+{
+        struct until u = {.pred = pred, .arg = arg, .left = RUN_UNTIL_ROUNDS};
+        loop_timer_init(&u.t, until_tick, &u);
+        loop_timer_arm(h->w->loop, &u.t, 0);
+        loop_run(h->w->loop);
+        loop_timer_cancel(h->w->loop, &u.t);
+}
+
+static bool echo_finished(void *arg)
+{
+        struct echo_run *r = arg;
+        return atomic_load(&r->done) == 3;
+}
+
+/* A switch-over while bytes are in flight both ways, repeated: twenty echo
+ * connections, each spliced once both relay buffers are empty between two
+ * reads, each returning to the relay at its FINs (or under flow control);
+ * every byte arrives once and in order. */
+static void test_switch_over_in_flight(void **state)
+{
+        struct t *t = *state;
+        int rounds = 20;
+        const char *env = getenv("SHUNT_SPLICE_TEST_ROUNDS"); /* longer hunts by hand */
+        if (env && atoi(env) > 0 && atoi(env) <= 10000)
+                rounds = atoi(env);
+        int bad = 0;
+        int first = getenv("SHUNT_SPLICE_TEST_FIRST") ? atoi(getenv("SHUNT_SPLICE_TEST_FIRST")) : 0;
+        for (int k = first; k < first + rounds; k++) {
+                t->cli = t->app = -1;
+                connect_through(t);
+                set_blocking(t->cli);
+                set_blocking(t->app);
+                if (k % 3 == 1) {
+                        /* Small receive buffers: the relay's sockets fill sooner. */
+                        int small = 16384;
+                        setsockopt(t->cli, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+                        setsockopt(t->app, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+                }
+                struct echo_run r = {.cli = t->cli,
+                                     .app = t->app,
+                                     .total = 2u << 20,
+                                     .seed = 2463534242u + (uint32_t)k};
+                pthread_t th[3];
+                assert_int_equal(pthread_create(&th[0], NULL, echo_writer, &r), 0);
+                assert_int_equal(pthread_create(&th[1], NULL, echo_app, &r), 0);
+                assert_int_equal(pthread_create(&th[2], NULL, echo_reader, &r), 0);
+                /* Bounded: 12 rounds of run_until's bound; a slow one is said. */
+                for (int wait = 0; wait < 12 && !echo_finished(&r); wait++) {
+                        run_until_or(&t->h, echo_finished, &r);
+                        if (!echo_finished(&r)) {
+                                struct strbuf out;
+                                strbuf_init(&out);
+                                harness_render(&t->h, NULL, &out);
+                                print_message("connection %d still open: sent %llu, echoed %llu, "
+                                              "got %llu: %s\n",
+                                              k, (unsigned long long)r.sent,
+                                              (unsigned long long)r.echoed,
+                                              (unsigned long long)r.got, out.data);
+                                strbuf_free(&out);
+                        }
+                }
+                bool finished = echo_finished(&r);
+                if (!finished) {
+                        /* The threads end on the shut sockets before r goes. */
+                        shutdown(t->cli, SHUT_RDWR);
+                        shutdown(t->app, SHUT_RDWR);
+                }
+                for (int i = 0; i < 3; i++)
+                        pthread_join(th[i], NULL);
+                if (!finished)
+                        fail_msg("connection %d not done in 60 s of loop time", k);
+                if (r.bad || r.got != r.total) {
+                        bad++;
+                        print_message("connection %d: got %llu bytes of %llu, first difference "
+                                      "at %lld (spliced so far %llu, overruns %llu)\n",
+                                      k, (unsigned long long)r.got, (unsigned long long)r.total,
+                                      r.bad ? (long long)r.first_bad : -1LL,
+                                      (unsigned long long)harness_stat(&t->h, ST_SPLICE_STARTED),
+                                      (unsigned long long)harness_stat(&t->h, ST_SPLICE_OVERRUN));
+                }
+                close(t->cli);
+                close(t->app);
+                t->cli = t->app = -1;
+        }
+        print_message("%d connections, %llu spliced, %llu back to the relay under flow control, "
+                      "%llu at a FIN\n",
+                      rounds, (unsigned long long)harness_stat(&t->h, ST_SPLICE_STARTED),
+                      (unsigned long long)harness_stat(&t->h, ST_SPLICE_RETURNED_FLOW),
+                      (unsigned long long)harness_stat(&t->h, ST_SPLICE_RETURNED_FIN));
+        assert_int_equal(bad, 0);
+        assert_true(harness_stat(&t->h, ST_SPLICE_STARTED) >= (uint64_t)rounds / 2);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -334,6 +545,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_slow_reader_held_back, setup, teardown),
             cmocka_unit_test_setup_teardown(test_drain_check_catches_repeated_bytes, setup,
                                             teardown),
+            cmocka_unit_test_setup_teardown(test_switch_over_in_flight, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -68,6 +68,8 @@ static int load(char *why, size_t whylen)
                 bpf_map__set_max_entries(s->maps.splice_halves, (uint32_t)n);
                 bpf_map__set_max_entries(s->maps.splice_stop, (uint32_t)n);
         }
+        bool keep = getenv("SHUNT_SPLICE_TEST_KEEP_REPEATS") &&
+                    strcmp(getenv("SHUNT_SPLICE_TEST_KEEP_REPEATS"), "1") == 0;
         rc = shunt_splice__load(s);
         if (rc < 0) {
                 snprintf(why, whylen, "loading the splice program: %s", strerror(-rc));
@@ -81,6 +83,16 @@ static int load(char *why, size_t whylen)
                          strerror(errno));
                 shunt_splice__destroy(s);
                 return rc;
+        }
+        if (keep) {
+                /* Tests only: the kernel's repeated bytes go on uncut, as
+                 * before the program cut them (the reproducer's control). */
+                uint32_t zero = 0;
+                struct shunt_splice_config cfg = {.keep_repeats = 1};
+                log_warn(
+                    "splice", 0,
+                    "SHUNT_SPLICE_TEST_KEEP_REPEATS: retransmitted bytes go on twice (testing)");
+                bpf_map_update_elem(bpf_map__fd(s->maps.splice_cfg), &zero, &cfg, BPF_ANY);
         }
         skel = s;
         halves_fd = bpf_map__fd(s->maps.splice_halves);
@@ -233,9 +245,13 @@ int splice_half_drained(const struct splice_pair *p, int i, int fd_dst, uint64_t
                         uint64_t *moved, uint64_t *gave)
 {
         uint64_t redirected = 0, now = 0;
-        int rc = splice_half_state(p, i, &redirected, NULL);
-        if (rc < 0)
-                return rc;
+        struct shunt_splice_half h;
+        if (halves_fd < 0 || bpf_map_lookup_elem(halves_fd, &p->cookie[i], &h) < 0)
+                return halves_fd < 0 ? -ENOENT : -errno;
+        if (h.state == SHUNT_SPLICE_BROKEN)
+                return SPLICE_DRAIN_BROKEN;
+        redirected = h.redirected;
+        int rc;
         rc = written(fd_dst, false, &now);
         if (rc < 0)
                 return rc;
@@ -317,6 +333,9 @@ static const struct {
     ROW(stopped, "Socket buffers that found their half stopped by shuntd (FIN, error, end)."),
     ROW(no_peer, "Socket buffers whose destination socket was not in the splice map."),
     ROW(fins, "Bare FINs on spliced sockets left to shuntd."),
+    ROW(repeats, "Socket buffers of spliced sockets that began with bytes already taken (a TCP "
+                 "retransmission overlapping received bytes): the repeated head is cut."),
+    ROW(repeated_bytes, "Bytes cut from the head of those socket buffers (never delivered twice)."),
 #undef ROW
 };
 

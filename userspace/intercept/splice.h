@@ -67,8 +67,10 @@ int splice_half_passed(const struct splice_pair *p, int i, uint64_t *passed);
  * worker wrote some twice: the stream is corrupt), negative errno.
  * user_written: bytes shuntd wrote into fd_dst since splice_start. moved and
  * gave (either may be NULL): the kernel's bytes found in fd_dst, and the
- * bytes the program redirected. */
+ * bytes the program redirected. SPLICE_DRAIN_BROKEN: the program met an
+ * skb repeating bytes it could not cut (fd_dst would get them twice). */
 #define SPLICE_DRAIN_OVERRUN 2
+#define SPLICE_DRAIN_BROKEN  3
 int splice_half_drained(const struct splice_pair *p, int i, int fd_dst, uint64_t user_written,
                         uint64_t *moved, uint64_t *gave);
 

@@ -566,11 +566,17 @@ static uint64_t splice_bytes(const struct conn *c, int i)
  * program gave it: some went twice, the peer has a corrupt stream. Both
  * sides are reset (never a silent corruption), counted, said once per
  * process at error level. */
-static void splice_overrun(struct conn *c, int i, uint64_t moved, uint64_t gave)
+static void splice_overrun(struct conn *c, int i, uint64_t moved, uint64_t gave, bool broken)
 {
         static atomic_bool said;
         stat_add(&c->w->stats, ST_SPLICE_OVERRUN, 1);
-        if (!atomic_exchange(&said, true))
+        if (broken && !atomic_exchange(&said, true))
+                log_error("splice", c->id,
+                          "a spliced direction (%s) received a retransmission repeating bytes "
+                          "the splice program could not cut; both sides reset "
+                          "(shunt_splice_overruns_total counts it; tcp_splice: off avoids it)",
+                          i == 0 ? "client->upstream" : "upstream->client");
+        else if (!broken && !atomic_exchange(&said, true))
                 log_error("splice", c->id,
                           "the kernel wrote %llu bytes of a spliced direction (%s) for %llu it "
                           "was given: its socket-map worker repeated bytes; both sides reset "
@@ -621,8 +627,8 @@ static bool splice_poll(struct conn *c)
                         struct side *dst = i == 0 ? &c->up : &c->cli;
                         uint64_t moved = 0, gave = 0;
                         int r = splice_half_drained(&c->splice, i, dst->io.fd, 0, &moved, &gave);
-                        if (r == SPLICE_DRAIN_OVERRUN) {
-                                splice_overrun(c, i, moved, gave);
+                        if (r == SPLICE_DRAIN_OVERRUN || r == SPLICE_DRAIN_BROKEN) {
+                                splice_overrun(c, i, moved, gave, r == SPLICE_DRAIN_BROKEN);
                                 return false;
                         }
                         if (r != 0) {
