@@ -106,8 +106,9 @@ static __always_inline __s64 peer_backlog(struct bpf_sock *peer, __u32 *full)
  * (shuntd loads this program with CAP_BPF and CAP_PERFMON). */
 static __always_inline int skb_seq(struct __sk_buff *skb, __u32 *seq)
 {
-        unsigned long off = bpf_core_field_offset(struct sk_buff, cb) +
-                            bpf_core_field_offset(struct tcp_skb_cb, seq);
+        /* seq is the first field of struct tcp_skb_cb, which is not in
+         * every kernel's BTF (the cb array is). */
+        unsigned long off = bpf_core_field_offset(struct sk_buff, cb);
         return bpf_probe_read_kernel(seq, sizeof(*seq), (void *)((unsigned long)skb + off));
 }
 

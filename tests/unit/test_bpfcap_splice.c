@@ -459,7 +459,7 @@ static bool echo_finished(void *arg)
         return atomic_load(&r->done) == 3;
 }
 
-/* A switch-over while bytes are in flight both ways, repeated: twenty echo
+/* A switch-over while bytes are in flight both ways, repeated: twenty 1 MiB echo
  * connections, each spliced once both relay buffers are empty between two
  * reads, each returning to the relay at its FINs (or under flow control);
  * every byte arrives once and in order. */
@@ -485,7 +485,7 @@ static void test_switch_over_in_flight(void **state)
                 }
                 struct echo_run r = {.cli = t->cli,
                                      .app = t->app,
-                                     .total = 2u << 20,
+                                     .total = 1u << 20,
                                      .seed = 2463534242u + (uint32_t)k};
                 pthread_t th[3];
                 assert_int_equal(pthread_create(&th[0], NULL, echo_writer, &r), 0);
