@@ -12,7 +12,8 @@ inbound rules there. Checked with real sockets from processes in the pods'
 cgroups:
 - pod A's client to pod B's Service is captured in A, sent with mTLS from
   A's namespace (A's address), captured inbound in B, delivered to B's
-  server: every byte comes back, the per-pod counters (GET /pods "capture",
+  server: every byte comes back, the client's hop to A's listener takes the
+  sk_msg shortcut (the listener made in A's cgroup), the per-pod counters (GET /pods "capture",
   shuntctl pods, metrics with namespace/pod labels) count them; the node's
   own namespace has no rule and no listener of the pods;
 - pod A deleted mid-connection: its connection ends, its BPF pins, rules,
@@ -365,6 +366,12 @@ def test_pod_to_pod_captured_both_ways(lab):
     assert qa["bytes"]["downstream"] - before_a["bytes"]["downstream"] >= size
     assert qb["connections"]["inbound"] > before_b["connections"]["inbound"]
     assert qb["bytes"]["upstream"] - before_b["bytes"]["upstream"] >= size
+    # the sk_msg shortcut: a's listeners were made in a's cgroup (podsock.h),
+    # so the accepted end paired with the client's socket and carried bytes
+    sa, sb = before_a["shortcut"], qa["shortcut"]
+    print("node capture: a's shortcut before %s, after %s" % (sa, sb))
+    assert sa["listeners_in_pod"] and sb["listeners_in_pod"]
+    assert sb["paired"] - sa["paired"] >= 2 and sb["bytes"] - sa["bytes"] > 0, (sa, sb)
     # how long each pod's capture took on the main loop (reported, not asserted)
     ready, took = {}, {}
     for ln in d.log_lines():

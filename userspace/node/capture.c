@@ -27,6 +27,7 @@
 #include "intercept/bpfcap.h"
 #include "intercept/iptables.h"
 #include "intercept/origdst.h"
+#include "node/podsock.h"
 #include "proxy/handover.h"
 #include "proxy/proxy.h"
 
@@ -61,6 +62,7 @@ struct cap_pod {
         struct bpfcap *bpf;
         bool rules;              /* iptables rules installed in the pod's namespace */
         bool adopted;            /* its listeners are the agent's taken over */
+        bool listeners_in_pod;   /* made in the pod's cgroup (podsock.h): the shortcut pairs */
         struct handover_pod inh; /* the listeners taken over for it (moved here), until setup */
         bool keep_capture;       /* teardown: pins and rules stay (node_capture_keep) */
         int setup_rc;
@@ -264,6 +266,11 @@ static void inherited_take(struct node_capture *nc, struct cap_pod *p)
         }
 }
 
+static bool pod_wants_shortcut(const struct node_capture *nc, const struct cap_pod *p)
+{
+        return nc->ebpf && p->cfg->bpf_shortcut == 1;
+}
+
 /* Listeners (and rules) inside the pod's namespace (setup thread). */
 static int pod_listen(struct node_capture *nc, struct cap_pod *p)
 {
@@ -281,8 +288,24 @@ static int pod_listen(struct node_capture *nc, struct cap_pod *p)
         if (p->adopted) {
                 p->proxy = proxy_new_adopt(p->cfg, p->inh.ls, p->inh.n, err, sizeof(err));
                 inherited_close(&p->inh); /* what the proxy did not take */
+        } else if (pod_wants_shortcut(nc, p)) {
+                /* The shortcut pairs the application's socket with the
+                 * accepted one only when the listener is the pod's (podsock.h). */
+                struct podsock ps;
+                char why[256];
+                if (podsock_start(&ps, p->cgroup, why, sizeof(why)) == 0) {
+                        p->proxy = proxy_new_gated(p->cfg, podsock_socket, &ps, err, sizeof(err));
+                        p->listeners_in_pod = true;
+                        podsock_stop(&ps);
+                } else {
+                        log_warn("node", 0,
+                                 "pod %s/%s: its listeners are the agent's, no sk_msg shortcut "
+                                 "for it: %s",
+                                 p->ns, p->name, why);
+                        p->proxy = proxy_new_gated(p->cfg, NULL, NULL, err, sizeof(err));
+                }
         } else {
-                p->proxy = proxy_new_gated(p->cfg, err, sizeof(err));
+                p->proxy = proxy_new_gated(p->cfg, NULL, NULL, err, sizeof(err));
         }
         if (!p->proxy) {
                 leave_netns(nc);
@@ -314,7 +337,8 @@ static int pod_bpf(struct node_capture *nc, struct cap_pod *p)
         o.pin_root = root;
         o.cgroup_path = p->cgroup;
         o.uid = SHUNT_UID_NONE; /* node shuntd's sockets are not in the pod's cgroup */
-        o.shortcut = false;     /* its accepted sockets never pair (capture.h) */
+        /* Pairs only when the listeners are the pod's (capture.h). */
+        o.shortcut = pod_wants_shortcut(nc, p) && (p->listeners_in_pod || p->adopted);
         o.map_max = pod_map_max(p->cfg);
         /* Fail closed, always: the pins outlive the agent (node_capture_keep),
          * and while no agent listens in the pod a captured connect must be
@@ -763,6 +787,8 @@ struct node_capture *node_capture_new(const struct node_capture_config *c, char 
                                  nc->ebpf_why);
                 break;
         }
+        if (nc->ebpf && c->cfg->bpf_shortcut == 1)
+                origdst_use_ebpf_without_maps(); /* the relays read until EAGAIN */
         if (nc->ebpf) {
                 /* <root>/pods/<uid>: both directories on the bpffs first. */
                 char e[256];
@@ -1092,6 +1118,16 @@ void node_capture_render(struct node_capture *nc, struct strbuf *sb)
                             (unsigned long long)t.refused_not_ready,
                             (unsigned long long)t.refused_other, proxy_memory_bytes(p->proxy),
                             p->bpf ? bpfcap_memory_bytes(p->bpf) : (size_t)0);
+                        struct shunt_counters k = {0};
+                        if (p->bpf)
+                                bpfcap_counters(p->bpf, &k);
+                        strbuf_appendf(sb,
+                                       ",\"shortcut\":{\"listeners_in_pod\":%s,\"paired\":%llu,"
+                                       "\"msgs\":%llu,\"bytes\":%llu}",
+                                       p->listeners_in_pod ? "true" : "false",
+                                       (unsigned long long)k.sockhash_added,
+                                       (unsigned long long)k.shortcut_msgs,
+                                       (unsigned long long)k.shortcut_bytes);
                 }
                 strbuf_append(sb, "}");
         }

@@ -85,23 +85,16 @@
  * next agent removes the pins of pods that left meanwhile once it has
  * listed the node's pods (on_synced).
  *
- * The sk_msg shortcut: off for pods, bytes between the application and its
- * listener take loopback TCP. Why it cannot pair with the programs on the
- * pod's cgroup: a socket belongs to the cgroup of the task that created it
- * (sk_cgrp_data, set at socket()), and an accepted socket copies its
- * listener's. The application's socket is the pod's, so its
- * ACTIVE_ESTABLISHED runs the pod's sockops; the listener is node shuntd's
- * (made by the main thread, in the agent's cgroup), so the accepted end's
- * PASSIVE_ESTABLISHED runs whatever is attached to the agent's cgroup, not
- * the pod's programs: it never enters the pod's sockhash, and sk_msg finds
- * no peer to redirect to. Two ways to pair them, not built: create each
- * pod's listening sockets from a helper process moved into the pod's
- * cgroup for the socket() call and passed back by SCM_RIGHTS (the accepted
- * ends are then the pod's; cost: a fork and a cgroup migration per pod, and
- * the sockets' memory charged to the pod); or sockops and sk_msg also on
- * the agent's cgroup with one sockhash keyed by network namespace cookie
- * plus 4-tuple (every pod has the same 127.0.0.1:15002 tuples), a change of
- * the map keys in bpf/capture.bpf.c.
+ * The sk_msg shortcut: a socket belongs to the cgroup of the task that
+ * created it (sk_cgrp_data, set at socket()), and an accepted socket copies
+ * its listener's. The application's socket is the pod's, so its
+ * ACTIVE_ESTABLISHED runs the pod's sockops; for the accepted end's
+ * PASSIVE_ESTABLISHED to run them too (and join the pod's sockhash), the
+ * pod's listening sockets are made in the pod's cgroup by a child process
+ * (podsock.h). Where that child cannot join, the listeners are the agent's
+ * and the pod's hop stays on loopback TCP (logged; GET /pods shows
+ * shortcut.listeners_in_pod). Listeners taken over were made the same way
+ * by the previous agent.
  *
  * All functions run on the main loop's thread; the setup thread only runs
  * the jobs they queue. */

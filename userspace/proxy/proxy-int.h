@@ -17,6 +17,7 @@
 #include "core/snapshot.h"
 #include "core/strbuf.h"
 #include "core/proto.h"
+#include "proxy/proxy.h"
 #include "route/route.h"
 
 enum conn_dir {
@@ -200,6 +201,8 @@ struct proxy {
         uint32_t fd_limit_reported;      /* max_connections last warned about (0: none) */
         _Atomic uint64_t next_conn_id;
         uint16_t inbound_port, outbound_port;
+        proxy_socket_fn sock; /* makes the listening sockets (NULL: socket(2)); creation only */
+        void *sock_ctx;
         bool accept_deferred;  /* taken over: listeners join epoll at proxy_start_accepting */
         _Atomic bool refusing; /* proxy_set_refusing: every accepted connection reset */
         bool splice;           /* tcp_splice auto and the splice program loaded (splice_open) */

@@ -150,11 +150,17 @@ static void conn_limit_report(struct proxy *p, const struct shunt_config *cfg)
 /* defer: bound now, listen() at proxy_start_accepting (a socket that
  * listens joins the port's SO_REUSEPORT group and gets a share of new
  * connections, which a takeover must not strand if it fails). */
-static int listen_on(struct listener *l, const struct sockaddr_storage *addr, bool defer, char *err,
-                     size_t errlen)
+static int listen_on(const struct proxy *p, struct listener *l, const struct sockaddr_storage *addr,
+                     bool defer, char *err, size_t errlen)
 {
         char abuf[SOCKADDR_STRLEN];
-        int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int fd;
+        if (!p->sock) {
+                fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        } else if ((fd = p->sock(p->sock_ctx, addr->ss_family)) < 0) {
+                errno = -fd;
+                fd = -1;
+        }
         if (fd < 0)
                 goto fail;
         int one = 1;
@@ -204,7 +210,7 @@ static int worker_listen(struct worker *w, const struct shunt_config *cfg, bool 
                 struct listener *l = &w->listeners[w->n_listeners];
                 loop_io_init(&l->io, -1, on_accept, w);
                 l->dir = dirs[i];
-                int rc = listen_on(l, &addr, defer, err, errlen);
+                int rc = listen_on(w->proxy, l, &addr, defer, err, errlen);
                 if (rc < 0)
                         return rc;
                 w->n_listeners++;
@@ -215,7 +221,7 @@ static int worker_listen(struct worker *w, const struct shunt_config *cfg, bool 
                         loop_io_init(&l->io, -1, on_accept, w);
                         l->dir = dirs[i];
                         char e6[256];
-                        if (listen_on(l, &a6, defer, e6, sizeof(e6)) == 0)
+                        if (listen_on(w->proxy, l, &a6, defer, e6, sizeof(e6)) == 0)
                                 w->n_listeners++;
                         else if (w->index == 0)
                                 log_warn("proxy", 0, "no IPv6 listener (%s): IPv6 is not proxied",
@@ -309,7 +315,8 @@ static int worker_adopt(struct worker *w, int n_workers, struct handover_listene
 }
 
 static struct proxy *proxy_create(struct shunt_config *cfg, struct handover_listener *inh,
-                                  size_t n_inh, bool gated, char *err, size_t errlen)
+                                  size_t n_inh, bool gated, proxy_socket_fn sock, void *sock_ctx,
+                                  char *err, size_t errlen)
 {
         struct proxy *p = calloc(1, sizeof(*p));
         if (!p) {
@@ -325,6 +332,8 @@ static struct proxy *proxy_create(struct shunt_config *cfg, struct handover_list
         p->outbound_port = cfg->outbound_port;
         p->n_workers = cfg->workers > 0 ? cfg->workers : 1;
         p->accept_deferred = inh != NULL || gated;
+        p->sock = sock;
+        p->sock_ctx = sock_ctx;
         p->workers = calloc((size_t)p->n_workers, sizeof(*p->workers));
         p->reqm = reqmetrics_new(cfg, (uint32_t)p->n_workers);
         p->tap = tap_hub_new((uint32_t)p->n_workers);
@@ -372,6 +381,7 @@ static struct proxy *proxy_create(struct shunt_config *cfg, struct handover_list
                         }
                 }
         }
+        p->sock = NULL; /* the maker lives during this call only */
         return p;
 fail:
         proxy_free(p);
@@ -381,17 +391,18 @@ fail:
 struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener *inh, size_t n_inh,
                               char *err, size_t errlen)
 {
-        return proxy_create(cfg, inh, n_inh, false, err, errlen);
+        return proxy_create(cfg, inh, n_inh, false, NULL, NULL, err, errlen);
 }
 
 struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen)
 {
-        return proxy_create(cfg, NULL, 0, false, err, errlen);
+        return proxy_create(cfg, NULL, 0, false, NULL, NULL, err, errlen);
 }
 
-struct proxy *proxy_new_gated(struct shunt_config *cfg, char *err, size_t errlen)
+struct proxy *proxy_new_gated(struct shunt_config *cfg, proxy_socket_fn sock, void *sock_ctx,
+                              char *err, size_t errlen)
 {
-        return proxy_create(cfg, NULL, 0, true, err, errlen);
+        return proxy_create(cfg, NULL, 0, true, sock, sock_ctx, err, errlen);
 }
 
 void proxy_set_refusing(struct proxy *p, bool on)

@@ -28,10 +28,16 @@ struct proxy *proxy_new(struct shunt_config *cfg, char *err, size_t errlen);
 struct handover_listener;
 struct proxy *proxy_new_adopt(struct shunt_config *cfg, struct handover_listener *inh, size_t n_inh,
                               char *err, size_t errlen);
+/* Makes one listening socket of family (AF_INET, AF_INET6), non-blocking
+ * and close-on-exec: an fd, or -errno. */
+typedef int (*proxy_socket_fn)(void *ctx, int family);
 /* As proxy_new, but the listeners, which listen at once (connects wait in
  * their backlog, LISTEN_BACKLOG at most), are accepted from only after
- * proxy_start_accepting (node mode: a pod not ready to be served yet). */
-struct proxy *proxy_new_gated(struct shunt_config *cfg, char *err, size_t errlen);
+ * proxy_start_accepting (node mode: a pod not ready to be served yet).
+ * sock (NULL: socket(2)) makes the listening sockets, during this call
+ * only: node mode makes a pod's in the pod's cgroup. */
+struct proxy *proxy_new_gated(struct shunt_config *cfg, proxy_socket_fn sock, void *sock_ctx,
+                              char *err, size_t errlen);
 /* While on, every connection accepted is reset at once and counted (reason
  * not_ready): a pod's listeners whose queued connects must not wait longer
  * but cannot be served yet fail closed. Any thread. */
