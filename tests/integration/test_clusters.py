@@ -130,11 +130,18 @@ def test_one_service_across_clusters(env):
 
 def test_same_address_in_both_clusters(env):
     """Endpoint keys carry the cluster: an address both clusters list is two
-    endpoints, each leaving with its own cluster."""
+    endpoints, in the registry and in the load-balancer table, each leaving
+    with its own cluster, and traffic keeps flowing."""
     topo, d, east, west = env
     west.apply("endpointslices", "MODIFIED", slice_obj(WEST_EPS + [EAST_EPS[0]]))
     wait_routed(d, lambda d: eps(d) == sorted(all_four() + [(EAST_EPS[0], "west")]),
                 "10.77.0.2 in both clusters")
+    # The load-balancer table keys endpoints by cluster too: the service's
+    # port keeps its table (a duplicate address refused it before) and every
+    # endpoint is still served.
+    for vip in (EAST_VIP, WEST_VIP):
+        assert sorted(served(topo, vip, 24)) == ["ep0", "ep1", "ep2", "ep3"]
+    assert "listed twice" not in d.log_text()
     east.apply("endpointslices", "MODIFIED", slice_obj(EAST_EPS[1:], zone="zone-a"))
     wait_routed(d, lambda d: eps(d) == sorted([(EAST_EPS[1], "east"), (EAST_EPS[0], "west")] +
                                             [(a, "west") for a in WEST_EPS]),

@@ -898,6 +898,63 @@ static void test_table_validation(void **state)
         lb_table_unref(t);
 }
 
+/* Two clusters with overlapping pod networks: the same address twice, told
+ * apart by their keys (the cluster). Both are members with their own state,
+ * carried to the next table by address and key; ref comes back with a pick;
+ * the same address and key twice is still refused. Every algorithm. */
+static void test_same_address_two_keys(void **state)
+{
+        for (int a = LB_ROUND_ROBIN; a <= LB_MAGLEV; a++) {
+                struct lb_config c = cfg_for((enum lb_algorithm)a);
+                struct lb_endpoint_in eps[3] = {mkep(1, 1, "", true), mkep(1, 1, "", true),
+                                                mkep(2, 1, "", true)};
+                eps[0].key = 11, eps[0].ref = 100;
+                eps[1].key = 22, eps[1].ref = 200;
+                eps[2].ref = 300;
+                struct lb_table *t = build(&c, eps, 3, NULL);
+                assert_int_equal(lb_table_find_key(t, &eps[0].addr, 11), 0);
+                assert_int_equal(lb_table_find_key(t, &eps[0].addr, 22), 1);
+                assert_int_equal(lb_table_find_key(t, &eps[0].addr, 33), -ENOENT);
+                assert_int_equal(lb_table_find_key(t, &eps[2].addr, 0), 2);
+                assert_true(lb_table_find(t, &eps[0].addr) == 0); /* by address: the first */
+                struct lb_ep_state *s0 = lb_table_endpoint(t, 0)->state;
+                struct lb_ep_state *s1 = lb_table_endpoint(t, 1)->state;
+                assert_ptr_not_equal(s0, s1);
+                assert_int_not_equal(lb_table_endpoint(t, 0)->id, lb_table_endpoint(t, 1)->id);
+                /* Both are picked (hashing: some of 1,000 keys reach each). */
+                struct lb_worker *w = lb_worker_new(1);
+                int seen[3] = {0};
+                for (unsigned k = 0; k < NKEYS; k++) {
+                        uint64_t h = key_hash(k);
+                        struct lb_pick p;
+                        assert_int_equal(lb_pick(w, t, &h, &p), 0);
+                        assert_int_equal(p.ep->ref, eps[p.index].ref);
+                        seen[p.index]++;
+                }
+                assert_true(seen[0] > 0 && seen[1] > 0 && seen[2] > 0);
+                /* Next table: the other cluster's copy first; states follow the key. */
+                lb_ep_set_available(s1, false);
+                struct lb_endpoint_in next[2] = {eps[1], eps[0]};
+                struct lb_table *t2 = build(&c, next, 2, t);
+                assert_ptr_equal(lb_table_endpoint(t2, 0)->state, s1);
+                assert_ptr_equal(lb_table_endpoint(t2, 1)->state, s0);
+                assert_false(lb_ep_available(lb_table_endpoint(t2, 0)->state));
+                /* One cluster's copy leaves: the other keeps serving. */
+                struct lb_table *t3 = build(&c, next + 1, 1, t2);
+                assert_ptr_equal(lb_table_endpoint(t3, 0)->state, s0);
+                assert_int_equal(pick(w, t3, NULL), 0);
+                lb_table_unref(t);
+                lb_table_unref(t2);
+                lb_table_unref(t3);
+                lb_worker_free(w);
+                /* The same address and key twice is one endpoint listed twice. */
+                struct lb_table *bad = NULL;
+                eps[1].key = 11;
+                assert_int_equal(lb_table_build(&c, eps, 3, NULL, &bad), -EINVAL);
+                assert_null(bad);
+        }
+}
+
 /* State survives rebuilds; a connection may outlive every table. */
 static void test_state_carryover(void **state)
 {
@@ -1029,6 +1086,7 @@ int main(void)
             cmocka_unit_test(test_pick_excluding),
             cmocka_unit_test(test_table_validation),
             cmocka_unit_test(test_state_carryover),
+            cmocka_unit_test(test_same_address_two_keys),
             cmocka_unit_test(test_worker_rebind),
             cmocka_unit_test(test_hash_helpers),
         };

@@ -38,6 +38,27 @@ static void sa(const char *ip, uint16_t port, struct sockaddr_storage *out)
         disc_addr_to_sockaddr(&a, out);
 }
 
+/* Publishes service web (10.96.0.1:80 -> 8080) with identity and eps. */
+static const struct disc_snapshot *publish_web(struct disc_registry *r, const char *identity,
+                                               struct disc_endpoint_spec *eps, size_t n)
+{
+        struct disc_service_spec s;
+        disc_service_spec_init(&s);
+        snprintf(s.name, sizeof(s.name), "web");
+        snprintf(s.identity, sizeof(s.identity), "%s", identity);
+        assert_int_equal(disc_addr_parse("10.96.0.1", 0, &s.vips[0]), 0);
+        s.n_vips = 1;
+        s.ports[0].port = 80;
+        s.ports[0].target_port = 8080;
+        s.n_ports = 1;
+        s.endpoints = eps;
+        s.n_endpoints = (uint32_t)n;
+        int src = disc_source_add(r, "file", DISC_SOURCE_FILE);
+        assert_int_equal(disc_registry_replace(r, src, &s, 1), 0);
+        assert_int_equal(disc_registry_publish(r), 0);
+        return disc_registry_acquire(r);
+}
+
 /* web (10.96.0.1:80 -> 8080, identity .../web): 10.0.0.1 its service's
  * identity, 10.0.0.2 its own, 10.0.0.3 not meshed and strict. */
 static const struct disc_snapshot *registry(struct disc_registry *r)
@@ -53,21 +74,7 @@ static const struct disc_snapshot *registry(struct disc_registry *r)
         snprintf(eps[1].identity, sizeof(eps[1].identity), "spiffe://td/ns/a/sa/canary");
         eps[2].unmeshed = true;
         eps[2].mtls = DISC_MTLS_STRICT;
-        struct disc_service_spec s;
-        disc_service_spec_init(&s);
-        snprintf(s.name, sizeof(s.name), "web");
-        snprintf(s.identity, sizeof(s.identity), "spiffe://td/ns/a/sa/web");
-        assert_int_equal(disc_addr_parse("10.96.0.1", 0, &s.vips[0]), 0);
-        s.n_vips = 1;
-        s.ports[0].port = 80;
-        s.ports[0].target_port = 8080;
-        s.n_ports = 1;
-        s.endpoints = eps;
-        s.n_endpoints = 3;
-        int src = disc_source_add(r, "file", DISC_SOURCE_FILE);
-        assert_int_equal(disc_registry_replace(r, src, &s, 1), 0);
-        assert_int_equal(disc_registry_publish(r), 0);
-        return disc_registry_acquire(r);
+        return publish_web(r, "spiffe://td/ns/a/sa/web", eps, 3);
 }
 
 static void test_pick_carries_endpoint_identity(void **state)
@@ -180,11 +187,75 @@ static void test_security_table(void **state)
         }
 }
 
+/* Overlapping pod networks: 10.0.0.9:8080 in clusters east and west, each
+ * with its own identity (its trust domain). Both are members of the table,
+ * and a pick expects the identity of the cluster it landed on (the address
+ * alone would find the first). */
+static void test_same_address_two_clusters(void **state)
+{
+        (void)state;
+        struct shunt_config *cfg = defaults();
+        struct disc_registry *r = disc_registry_new(NULL);
+        struct disc_endpoint_spec eps[2];
+        memset(eps, 0, sizeof(eps));
+        const char *clusters[] = {"east", "west"};
+        for (int i = 0; i < 2; i++) {
+                assert_int_equal(disc_addr_parse("10.0.0.9", 8080, &eps[i].addr), 0);
+                eps[i].weight = 1;
+                eps[i].health = DISC_HEALTH_HEALTHY;
+                snprintf(eps[i].cluster, sizeof(eps[i].cluster), "%s", clusters[i]);
+                snprintf(eps[i].identity, sizeof(eps[i].identity),
+                         "spiffe://%s.example/ns/a/sa/web", clusters[i]);
+        }
+        const struct disc_snapshot *snap = publish_web(r, "", eps, 2);
+        assert_int_equal(disc_snapshot_n_endpoints(snap), 2);
+        struct route_table *t = route_table_build(snap, cfg, NULL);
+        assert_non_null(t);
+        struct route_workers *rw = NULL;
+        struct sockaddr_storage dst, client, up;
+        sa("10.96.0.1", 80, &dst);
+        sa("10.1.0.1", 40000, &client);
+        int seen = 0;
+        for (int i = 0; i < 20; i++) {
+                struct route_use use;
+                assert_int_equal(route_pick(t, &rw, 1, &dst, &client, NULL, &up, &use),
+                                 ROUTE_ENDPOINT);
+                const char *id = route_identity(&use);
+                if (!strcmp(id, "spiffe://east.example/ns/a/sa/web"))
+                        seen |= 1;
+                else if (!strcmp(id, "spiffe://west.example/ns/a/sa/web"))
+                        seen |= 2;
+                else
+                        fail_msg("identity %s", id);
+                route_release(&use);
+        }
+        assert_int_equal(seen, 3); /* round robin over both clusters' copies */
+        /* A retry leaves the copy that failed for the other cluster's. */
+        for (int i = 0; i < 4; i++) {
+                struct route_use use;
+                assert_int_equal(route_pick(t, &rw, 1, &dst, &client, NULL, &up, &use),
+                                 ROUTE_ENDPOINT);
+                char before[128];
+                snprintf(before, sizeof(before), "%s", route_identity(&use));
+                struct sockaddr_storage next = up;
+                assert_int_equal(route_retry_pick(&use, &rw, 1, &client, NULL, &next),
+                                 ROUTE_ENDPOINT);
+                assert_string_not_equal(route_identity(&use), before);
+                route_release(&use);
+        }
+        route_workers_free(rw);
+        snapshot_unref(route_table_snapshot(t));
+        disc_snapshot_release(snap);
+        disc_registry_free(r);
+        snapshot_unref(&cfg->snap);
+}
+
 int main(void)
 {
         log_set_level(LOG_ERROR);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_pick_carries_endpoint_identity),
+            cmocka_unit_test(test_same_address_two_clusters),
             cmocka_unit_test(test_security_table),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

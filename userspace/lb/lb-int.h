@@ -49,6 +49,7 @@ struct lb_table {
         uint32_t n;
         uint32_t *keymap; /* open addressing: table index + 1, 0 = empty */
         uint32_t keymap_mask;
+        bool keyed;           /* some endpoint has a key (lb_endpoint_in.key) */
         uint32_t local_total; /* endpoints in the local zone, healthy or not */
         uint32_t local_need;  /* available local endpoints needed to stay local */
         struct lb_set all, local;

@@ -121,6 +121,11 @@ struct lb_endpoint_in {
         char zone[LB_ZONE_MAX];
         char region[LB_ZONE_MAX]; /* tiers only */
         bool healthy;
+        /* Tells apart endpoints at one address (their cluster, when pod
+         * networks of two clusters overlap): part of the endpoint's key,
+         * 0 = none. ref: the caller's own index, handed back in lb_endpoint. */
+        uint64_t key;
+        uint32_t ref;
 };
 
 struct lb_shared;
@@ -141,7 +146,9 @@ struct lb_ep_state {
 /* One endpoint of a table, read-only. */
 struct lb_endpoint {
         struct sockaddr_storage addr;
-        uint64_t id; /* lb_hash of family, address and port: stable across tables */
+        uint64_t id;  /* lb_hash of family, address, port and key: stable across tables */
+        uint64_t key; /* lb_endpoint_in.key */
+        uint32_t ref; /* lb_endpoint_in.ref */
         uint32_t weight;
         bool healthy;
         bool local;   /* zone == cfg.local_zone */
@@ -168,6 +175,9 @@ size_t lb_table_count(const struct lb_table *t);
 const struct lb_endpoint *lb_table_endpoint(const struct lb_table *t, size_t i);
 /* Index of the endpoint with this address, or -ENOENT. */
 int lb_table_find(const struct lb_table *t, const struct sockaddr_storage *addr);
+/* The endpoint at addr with key (lb_endpoint_in.key), or -ENOENT.
+ * lb_table_find returns the first endpoint at addr whatever its key. */
+int lb_table_find_key(const struct lb_table *t, const struct sockaddr_storage *addr, uint64_t key);
 /* Unique per built table (never reused in the process). */
 uint64_t lb_table_serial(const struct lb_table *t);
 /* Ring points or Maglev entries of the all-zones set (0 for other algorithms). */

@@ -148,26 +148,40 @@ static size_t addr_key(const struct sockaddr_storage *ss, unsigned char key[19])
         return 19;
 }
 
-static uint64_t addr_id(const struct sockaddr_storage *ss)
+/* Without a key, the hash of the address alone (the ids of tables built
+ * before keys existed). */
+static uint64_t addr_id(const struct sockaddr_storage *ss, uint64_t k)
 {
         unsigned char key[19];
         size_t len = addr_key(ss, key);
-        return lb_hash(key, len);
+        uint64_t id = lb_hash(key, len);
+        return k ? lb_mix64(id ^ k) : id;
 }
 
-int lb_table_find(const struct lb_table *t, const struct sockaddr_storage *addr)
+int lb_table_find_key(const struct lb_table *t, const struct sockaddr_storage *addr, uint64_t key)
 {
         if (!t || (addr->ss_family != AF_INET && addr->ss_family != AF_INET6))
                 return -ENOENT;
-        uint64_t id = addr_id(addr);
+        uint64_t id = addr_id(addr, key);
         for (uint32_t i = (uint32_t)id & t->keymap_mask;; i = (i + 1) & t->keymap_mask) {
                 uint32_t v = t->keymap[i];
                 if (v == 0)
                         return -ENOENT;
                 const struct lb_endpoint *e = &t->eps[v - 1];
-                if (e->id == id && sockaddr_equal(&e->addr, addr))
+                if (e->id == id && e->key == key && sockaddr_equal(&e->addr, addr))
                         return (int)(v - 1);
         }
+}
+
+int lb_table_find(const struct lb_table *t, const struct sockaddr_storage *addr)
+{
+        int i = lb_table_find_key(t, addr, 0);
+        if (i >= 0 || !t || !t->keyed)
+                return i;
+        for (uint32_t k = 0; k < t->n; k++) /* keyed endpoints: by address alone */
+                if (sockaddr_equal(&t->eps[k].addr, addr))
+                        return (int)k;
+        return -ENOENT;
 }
 
 /* ---- shared state --------------------------------------------------------- */
@@ -822,7 +836,10 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
         for (uint32_t i = 0; i < t->n; i++) {
                 struct lb_endpoint *e = &t->eps[i];
                 e->addr = eps[i].addr;
-                e->id = addr_id(&e->addr);
+                e->key = eps[i].key;
+                e->ref = eps[i].ref;
+                e->id = addr_id(&e->addr, e->key);
+                t->keyed |= e->key != 0;
                 e->weight = eps[i].weight;
                 e->healthy = eps[i].healthy;
                 memcpy(e->zone, eps[i].zone, sizeof(e->zone));
@@ -833,7 +850,7 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                         e->tier = tier_of(cfg, &eps[i]);
                         t->tier_total[e->tier]++;
                 }
-                if (lb_table_find(t, &e->addr) >= 0) {
+                if (lb_table_find_key(t, &e->addr, e->key) >= 0) {
                         char buf[SOCKADDR_STRLEN];
                         log_error(COMP, 0, "endpoint %s: listed twice",
                                   sockaddr_format(&e->addr, buf, sizeof(buf)));
@@ -845,7 +862,7 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                         slot = (slot + 1) & t->keymap_mask;
                 t->keymap[slot] = i + 1;
 
-                int pi = prev ? lb_table_find(prev, &e->addr) : -ENOENT;
+                int pi = prev ? lb_table_find_key(prev, &e->addr, e->key) : -ENOENT;
                 if (pi >= 0) {
                         e->state = prev->eps[pi].state;
                         state_ref(e->state);
@@ -874,7 +891,7 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
                 if (!prev_to_new)
                         goto fail;
                 for (uint32_t i = 0; i < prev->n; i++)
-                        prev_to_new[i] = lb_table_find(t, &prev->eps[i].addr);
+                        prev_to_new[i] = lb_table_find_key(t, &prev->eps[i].addr, prev->eps[i].key);
         }
         rc = build_set(t, SET_ALL, same_ring ? prev : NULL, prev_to_new);
         if (rc == 0 && cfg->local_zone[0] && !t->n_tiers)
@@ -886,7 +903,7 @@ int lb_table_build(const struct lb_config *cfg, const struct lb_endpoint_in *eps
         /* Endpoints that left the service: out of its ejection count, and
          * late results of their connections no longer count. */
         for (uint32_t i = 0; prev && i < prev->n; i++) {
-                if (lb_table_find(t, &prev->eps[i].addr) >= 0)
+                if (lb_table_find_key(t, &prev->eps[i].addr, prev->eps[i].key) >= 0)
                         continue;
                 struct lb_ep_state *st = prev->eps[i].state;
                 atomic_store_explicit(&st->gone, 1, memory_order_relaxed);

@@ -574,7 +574,7 @@ static void hook_endpoint(void *ctx, const struct disc_service *svc, const struc
         snapshot_unref(cs);
         strbuf_appendf(sb, ",\"outbound\":\"%s\"",
                        route_security_name(route_endpoint_security(ep, mode, p->tls_slot != NULL)));
-        route_render_endpoint(p->routes, svc, &sa, sb);
+        route_render_endpoint(p->routes, svc, &sa, ep->cluster, sb);
 }
 
 void proxy_render_hooks(struct proxy *p, struct disc_render_hooks *h)

@@ -220,12 +220,20 @@ static const struct route_entry *find_prev(const struct route_table *prev, const
         return NULL;
 }
 
+/* An endpoint's key in the load-balancer tables: its cluster (0 outside
+ * service_discovery.clusters). */
+static uint64_t cluster_key(const char *cluster)
+{
+        return cluster && cluster[0] ? lb_hash(cluster, strlen(cluster)) | 1 : 0;
+}
+
 /* The entry of svc's port port_idx, or of the subset of its endpoints that
  * selector ("k=v,...", "" for all) selects. */
-static int build_entry(struct route_entry *e, const struct disc_service *svc, uint32_t port_idx,
-                       const char *selector, const struct shunt_config *cfg,
-                       const struct route_table *prev, const struct lb_limits_config *limits,
-                       const struct lb_config *tiers, struct lb_endpoint_in *scratch)
+static int build_entry(struct route_entry *e, const struct disc_snapshot *disc,
+                       const struct disc_service *svc, uint32_t port_idx, const char *selector,
+                       const struct shunt_config *cfg, const struct route_table *prev,
+                       const struct lb_limits_config *limits, const struct lb_config *tiers,
+                       struct lb_endpoint_in *scratch)
 {
         snprintf(e->key, sizeof(e->key), "%s/%s:%u%s%s", svc->ns, svc->name,
                  svc->ports[port_idx].port, selector[0] ? "#" : "", selector);
@@ -239,6 +247,11 @@ static int build_entry(struct route_entry *e, const struct disc_service *svc, ui
                 struct lb_endpoint_in *in = &scratch[n++];
                 memset(in, 0, sizeof(*in));
                 disc_addr_to_sockaddr(&ep->addr, &in->addr);
+                /* Two clusters may use the same pod address: the cluster is
+                 * part of the endpoint's key, and ref finds the endpoint (its
+                 * identity, its cluster) again after a pick. */
+                in->key = cluster_key(ep->cluster);
+                in->ref = (uint32_t)(ep - disc_snapshot_endpoint(disc, 0));
                 in->weight = ep->weight;
                 in->healthy = disc_endpoint_routable(ep);
                 snprintf(in->zone, sizeof(in->zone), "%s", ep->zone ? ep->zone : "");
@@ -292,8 +305,8 @@ static uint32_t resolve_backend(struct route_table *t, const struct route_entry 
                         return ENTRY_NONE; /* counted before the build: not reached */
                 struct route_entry *se = &t->entries[t->n_entries++];
                 se->service = s;
-                int rc = build_entry(se, to, (uint32_t)pi, be->selector, cfg, prev, &t->limits,
-                                     &t->tiers, scratch);
+                int rc = build_entry(se, t->disc, to, (uint32_t)pi, be->selector, cfg, prev,
+                                     &t->limits, &t->tiers, scratch);
                 if (rc < 0)
                         log_error("route", 0, "subset %s: load-balancer table: %s", se->key,
                                   strerror(-rc));
@@ -372,8 +385,8 @@ struct route_table *route_table_build(const struct disc_snapshot *disc,
                 for (uint32_t k = 0; k < svc->n_ports; k++) {
                         struct route_entry *e = &t->entries[t->n_entries++];
                         e->service = s;
-                        int rc =
-                            build_entry(e, svc, k, "", cfg, prev, &t->limits, &t->tiers, scratch);
+                        int rc = build_entry(e, t->disc, svc, k, "", cfg, prev, &t->limits,
+                                             &t->tiers, scratch);
                         if (rc < 0)
                                 log_error("route", 0, "service %s: load-balancer table: %s", e->key,
                                           strerror(-rc));
@@ -426,9 +439,21 @@ static struct lb_worker *entry_worker(struct route_table *t, struct route_worker
 /* One pick on entry `entry` of t: not exclude unless nothing else is left,
  * and only an endpoint the breaker and outlier detection admit (*probe:
  * it was admitted as a half-open probe). */
+/* The index in lb of the endpoint whose state is st, else the first at
+ * addr (st NULL): two clusters' copies of one address differ by state. */
+static int find_excluded(const struct lb_table *lb, const struct lb_ep_state *st,
+                         const struct sockaddr_storage *addr)
+{
+        for (size_t k = 0; st && k < lb_table_count(lb); k++)
+                if (lb_table_endpoint(lb, k)->state == st)
+                        return (int)k;
+        return addr ? lb_table_find(lb, addr) : -1;
+}
+
 static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t seed, uint32_t entry,
                    const struct sockaddr_storage *client, const uint64_t *key_hash,
-                   const struct sockaddr_storage *exclude, struct lb_pick *pick, bool *probe)
+                   const struct sockaddr_storage *exclude, const struct lb_ep_state *exclude_st,
+                   struct lb_pick *pick, bool *probe)
 {
         struct route_entry *e = &t->entries[entry];
         if (!e->lb)
@@ -445,7 +470,7 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
          * first, then all) and comes back to the one that failed only when
          * nothing else is left. */
         size_t n = lb_table_count(e->lb);
-        int xi = exclude ? lb_table_find(e->lb, exclude) : -1;
+        int xi = find_excluded(e->lb, exclude_st, exclude);
         for (size_t i = 0; i <= n; i++) {
                 int rc = xi >= 0 ? lb_pick_excluding(lw, e->lb, e->hashed ? &h : NULL, (uint32_t)xi,
                                                      pick)
@@ -470,28 +495,6 @@ static int pick_on(struct route_table *t, struct route_workers **rw, uint64_t se
         return LB_ENOENDPOINT;
 }
 
-/* The index in t's discovery snapshot of the endpoint at addr of entry's
- * service (DISC_NONE-like UINT32_MAX when absent, which a table built from
- * that snapshot never yields). */
-static uint32_t disc_ep_of(const struct route_table *t, uint32_t entry,
-                           const struct sockaddr_storage *addr)
-{
-        struct disc_addr a;
-        if (disc_addr_from_sockaddr(addr, &a) < 0)
-                return UINT32_MAX;
-        uint32_t svc = t->entries[entry].service;
-        const struct disc_endpoint *first = disc_snapshot_endpoint(t->disc, 0);
-        const struct disc_endpoint *ep = disc_find_endpoint(t->disc, &a);
-        for (uint32_t n = 0; ep && n < disc_snapshot_n_endpoints(t->disc); n++) {
-                if (ep->service == svc)
-                        return (uint32_t)(ep - first);
-                ep = ep->next_same_addr == UINT32_MAX
-                         ? NULL
-                         : disc_snapshot_endpoint(t->disc, ep->next_same_addr);
-        }
-        return UINT32_MAX;
-}
-
 /* The locality tier of the endpoint use now holds, counted per tier. */
 static void use_tier(const struct route_table *t, uint32_t entry, const struct lb_pick *pick,
                      struct route_use *use)
@@ -513,7 +516,7 @@ static void use_take(struct route_table *t, uint32_t entry, const struct lb_pick
         use->table = t;
         use->ep = pick->state;
         use->entry = entry;
-        use->disc_ep = disc_ep_of(t, entry, &pick->ep->addr);
+        use->disc_ep = pick->ep->ref; /* its cluster's, when clusters share the address */
         use_tier(t, entry, pick, use);
 }
 
@@ -703,7 +706,7 @@ static enum route_result pick_new(struct route_table *t, struct route_workers **
         uint32_t entry = use->entry;
         struct lb_pick pick;
         bool probe;
-        if (pick_on(t, rw, seed, entry, client, key_hash, exclude, &pick, &probe) < 0)
+        if (pick_on(t, rw, seed, entry, client, key_hash, exclude, NULL, &pick, &probe) < 0)
                 return ROUTE_NO_ENDPOINT;
         *upstream = pick.ep->addr;
         use_take(t, entry, &pick, use);
@@ -1072,14 +1075,14 @@ enum route_result route_retry_pick(struct route_use *use, struct route_workers *
                 lb_breaker_cancel(&use->ep->breaker);
                 use->held &= (uint8_t)~HELD_PROBE;
         }
-        if (pick_on(use->table, rw, seed, use->entry, client, key_hash, upstream, &pick, &probe) <
-            0)
+        if (pick_on(use->table, rw, seed, use->entry, client, key_hash, upstream, use->ep, &pick,
+                    &probe) < 0)
                 return ROUTE_NO_ENDPOINT;
         *upstream = pick.ep->addr;
         lb_conn_begin(pick.state);
         lb_conn_end(use->ep);
         use->ep = pick.state;
-        use->disc_ep = disc_ep_of(use->table, use->entry, upstream);
+        use->disc_ep = pick.ep->ref;
         use_tier(use->table, use->entry, &pick, use);
         if (probe)
                 use->held |= HELD_PROBE;
@@ -1592,7 +1595,8 @@ void route_render_service(struct route_table *t, const struct disc_service *svc,
 }
 
 void route_render_endpoint(struct route_table *t, const struct disc_service *svc,
-                           const struct sockaddr_storage *addr, struct strbuf *sb)
+                           const struct sockaddr_storage *addr, const char *cluster,
+                           struct strbuf *sb)
 {
         strbuf_append(sb, ",\"resilience\":[");
         bool first = true;
@@ -1600,7 +1604,7 @@ void route_render_endpoint(struct route_table *t, const struct disc_service *svc
         const struct route_entry *e;
         const struct disc_service *s;
         for (uint32_t i = 0; (e = next_entry_of(t, svc, &i, &s));) {
-                int k = lb_table_find(e->lb, addr);
+                int k = lb_table_find_key(e->lb, addr, cluster_key(cluster));
                 if (k < 0)
                         continue;
                 const struct lb_endpoint *lep = lb_table_endpoint(e->lb, (size_t)k);

@@ -243,7 +243,8 @@ void route_render_metrics(struct route_table *t, struct strbuf *out);
  * ejected_for_ms, ejections, active, available). */
 void route_render_service(struct route_table *t, const struct disc_service *svc, struct strbuf *sb);
 void route_render_endpoint(struct route_table *t, const struct disc_service *svc,
-                           const struct sockaddr_storage *addr, struct strbuf *sb);
+                           const struct sockaddr_storage *addr, const char *cluster,
+                           struct strbuf *sb);
 /* Operator override: forces the breaker of endpoint addr of service
  * ("ns/name", "name" or "ns/name:port") open, or releases it (closed).
  * 0 or -ENOENT. */
