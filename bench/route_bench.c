@@ -3,8 +3,8 @@
  * (route_pick_http + route_release, one worker, warm caches) for a service
  * with no routes (today's pick) and with 1, 100 and 1,000 rules, for a
  * request that takes the first rule in precedence order, one that takes
- * the last (every rule tried), and the same with a header and a regex
- * match on every rule.
+ * the last in that order (every rule tried, before the path index), and
+ * the same with a header and a regex match on every rule.
  *
  *   route_bench [picks]      default 1,000,000 picks per row
  *

@@ -79,8 +79,10 @@ static void test_regex(void **state)
 /* One service "web" (ports 80, 81) and "reviews" (80) with routes. */
 static int parse(const char *routes_json, struct disc_specs *out, char *err, size_t errlen)
 {
-        char text[16384];
-        snprintf(text, sizeof(text),
+        size_t cap = strlen(routes_json) + 1024;
+        char *text = malloc(cap);
+        assert_non_null(text);
+        snprintf(text, cap,
                  "{\"services\": [{\"name\": \"web\", \"addresses\": [\"10.96.0.1\"],"
                  " \"ports\": [{\"port\": 80, \"protocol\": \"HTTP\"}, {\"port\": 81}],"
                  " \"routes\": %s},"
@@ -88,7 +90,9 @@ static int parse(const char *routes_json, struct disc_specs *out, char *err, siz
                  "  \"endpoints\": [{\"address\": \"10.0.0.1\", \"labels\": {\"version\": "
                  "\"v1\"}}, {\"address\": \"10.0.0.2\", \"labels\": {\"version\": \"v2\"}}]}]}",
                  routes_json);
-        return disc_file_parse("reg.json", text, strlen(text), out, err, errlen);
+        int rc = disc_file_parse("reg.json", text, strlen(text), out, err, errlen);
+        free(text);
+        return rc;
 }
 
 static const char *parse_error(const char *routes_json)
@@ -423,13 +427,65 @@ static void test_bad_input(void **state)
         assert_non_null(strstr(e, "reg.json:1: services[0].routes[0].rules[0].timeouts.request"));
 }
 
+/* 803 rules on one port: the path index (exact paths and prefixes hashed,
+ * regexes and "/" always tried) gives what precedence order gives. */
+static void test_index_large(void **state)
+{
+        (void)state;
+        size_t cap = 256 * 1024, n = 0;
+        char *j = malloc(cap);
+        assert_non_null(j);
+#define RULE(...) n += (size_t)snprintf(j + n, cap - n, __VA_ARGS__)
+        RULE("[{\"name\": \"a\", \"rules\": [");
+        for (int i = 0; i < 400; i++) /* rules 0..399 */
+                RULE("{\"matches\": [{\"path\": {\"value\": \"/p%d\"}}]},", i);
+        for (int i = 0; i < 200; i++) /* 400..599 */
+                RULE("{\"matches\": [{\"path\": {\"type\": \"Exact\", \"value\": \"/p%d/e\"}}]},",
+                     i);
+        for (int i = 0; i < 200; i++) /* 600..799 */
+                RULE("{\"matches\": [{\"path\": {\"value\": \"/p%d/deep/\"}}]},", i);
+        RULE("{\"matches\": [{\"path\": {\"value\": \"/p7\"}, \"headers\": [{\"name\": "
+             "\"x-v\", \"value\": \"2\"}]}]},"); /* 800 */
+        RULE("{\"matches\": [{\"path\": {\"type\": \"RegularExpression\", \"value\": "
+             "\"/r/[0-9]+\"}}]},");                                 /* 801 */
+        RULE("{\"matches\": [{\"path\": {\"value\": \"/\"}}]}]}]"); /* 802 */
+#undef RULE
+        assert_true(n < cap);
+        struct disc_specs specs;
+        char err[512];
+        int rc = parse(j, &specs, err, sizeof(err));
+        free(j);
+        if (rc)
+                fail_msg("%s", err);
+        const struct dr_routes *r = specs.svcs[0].routes;
+        assert_non_null(r);
+        assert_int_equal(dr_port_table(r, 80)->n, 803);
+        struct hdrs none = {{0}, {0}}, v2 = {{"X-V"}, {"2"}};
+        assert_string_equal(take(r, "GET", "/p5/x", &none), "a/5");
+        assert_string_equal(take(r, "GET", "/p5", &none), "a/5");
+        assert_string_equal(take(r, "GET", "/p55?q=1", &none), "a/55");
+        assert_string_equal(take(r, "GET", "/p5x", &none), "a/802");  /* by path element */
+        assert_string_equal(take(r, "GET", "/p3/e", &none), "a/403"); /* exact first */
+        assert_string_equal(take(r, "GET", "/p3/e/f", &none), "a/3");
+        assert_string_equal(take(r, "GET", "/p3/deep/z", &none), "a/603"); /* longest prefix */
+        assert_string_equal(take(r, "GET", "/p3/deep", &none), "a/603");
+        assert_string_equal(take(r, "GET", "/p300/deep", &none), "a/300");
+        assert_string_equal(take(r, "GET", "/p7/x", &v2), "a/800"); /* more headers */
+        assert_string_equal(take(r, "GET", "/p7/x", &none), "a/7");
+        assert_string_equal(take(r, "GET", "/r/12", &none), "a/801");
+        assert_string_equal(take(r, "GET", "/r/x", &none), "a/802");
+        assert_string_equal(take(r, "GET", "/", &none), "a/802");
+        assert_string_equal(take(r, "GET", "/a/b/c/d/e/f/g/h?x", &none), "a/802");
+        disc_specs_free(&specs);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_regex),         cmocka_unit_test(test_precedence),
             cmocka_unit_test(test_weighted_pick), cmocka_unit_test(test_rewrite_redirect),
             cmocka_unit_test(test_grpc),          cmocka_unit_test(test_bad_input),
-            cmocka_unit_test(test_fault),
+            cmocka_unit_test(test_fault),         cmocka_unit_test(test_index_large),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

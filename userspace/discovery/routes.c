@@ -13,6 +13,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/config.h"
+#include "core/hash.h"
 
 /* ---- lifetime --------------------------------------------------------------- */
 
@@ -57,8 +58,11 @@ static void routes_free(struct dr_routes *r)
                         free(u->rl->sources);
                 free(u->rl);
         }
-        for (uint32_t i = 0; i < r->n_ports; i++)
+        for (uint32_t i = 0; i < r->n_ports; i++) {
                 free(r->ports[i].matches);
+                free(r->ports[i].slots);
+                free(r->ports[i].pos);
+        }
         free(r->ports);
         free(r->matches);
         free(r->rules);
@@ -1099,6 +1103,90 @@ static bool same_match(const struct dr_match *a, const struct dr_match *b)
                kv_set_equal(a->query, a->n_query, b->query, b->n_query, false);
 }
 
+/* ---- the path index (dr_port_table) ---- */
+
+#define IDX_EXACT  1
+#define IDX_PREFIX 2
+#define IDX_LISTS  64 /* keys a request's path may hit; more: the linear walk */
+
+static uint32_t idx_kind(const struct dr_match *m)
+{
+        if (m->path_type == DR_PATH_EXACT)
+                return IDX_EXACT;
+        if (m->path_type == DR_PATH_PREFIX && m->path_len > 1)
+                return IDX_PREFIX;
+        return 0; /* a regex, or "/": any path */
+}
+
+static uint64_t idx_hash(uint32_t kind, const char *p, size_t n)
+{
+        uint64_t h = hash_fmix64(0x9e3779b97f4a7c15ull ^ kind ^ ((uint64_t)n << 8));
+        for (size_t i = 0; i < n; i += 8) {
+                uint64_t w = 0;
+                memcpy(&w, p + i, n - i < 8 ? n - i : 8);
+                h = hash_fmix64(h ^ w);
+        }
+        return h;
+}
+
+/* The slot of (kind, p[0..n)): found, or the empty one it would take
+ * (read only: workers look up without a lock). */
+static struct dr_idx_slot *idx_slot(const struct dr_port_table *t, uint32_t kind, const char *p,
+                                    size_t n)
+{
+        uint64_t h = idx_hash(kind, p, n);
+        for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
+                struct dr_idx_slot *s = &t->slots[i];
+                if (!s->kind ||
+                    (s->hash == h && s->kind == kind && s->len == n && memcmp(s->key, p, n) == 0))
+                        return s;
+        }
+}
+
+static int build_index(struct dr_port_table *t)
+{
+        uint32_t cap = 8;
+        while (cap < 2 * t->n)
+                cap *= 2;
+        t->slots = calloc(cap, sizeof(*t->slots));
+        t->pos = calloc(t->n, sizeof(*t->pos));
+        if (!t->slots || !t->pos)
+                return -ENOMEM;
+        t->mask = cap - 1;
+        for (uint32_t i = 0; i < t->n; i++) { /* count */
+                const struct dr_match *m = t->matches[i];
+                uint32_t kind = idx_kind(m);
+                if (!kind) {
+                        t->n_always++;
+                        continue;
+                }
+                struct dr_idx_slot *s = idx_slot(t, kind, m->path, m->path_len);
+                s->hash = idx_hash(kind, m->path, m->path_len);
+                s->kind = kind;
+                s->key = m->path;
+                s->len = (uint32_t)m->path_len;
+                s->n++;
+        }
+        uint32_t off = t->n_always;
+        for (uint32_t i = 0; i <= t->mask; i++)
+                if (t->slots[i].kind) {
+                        t->slots[i].off = off;
+                        off += t->slots[i].n;
+                        t->slots[i].n = 0;
+                }
+        uint32_t na = 0;
+        for (uint32_t i = 0; i < t->n; i++) { /* fill, in precedence order */
+                const struct dr_match *m = t->matches[i];
+                uint32_t kind = idx_kind(m);
+                struct dr_idx_slot *s = kind ? idx_slot(t, kind, m->path, m->path_len) : NULL;
+                if (s)
+                        t->pos[s->off + s->n++] = i;
+                else
+                        t->pos[na++] = i;
+        }
+        return 0;
+}
+
 static int build_ports(struct pctx *p, const cJSON *arr)
 {
         struct dr_routes *r = p->r;
@@ -1146,6 +1234,8 @@ static int build_ports(struct pctx *p, const cJSON *arr)
                 t->port = port;
                 t->matches = list;
                 t->n = n;
+                if (build_index(t) < 0)
+                        return bad(p, arr, "out of memory");
         }
         return 0;
 }
@@ -1344,6 +1434,42 @@ const struct dr_match *dr_match_request(const struct dr_port_table *t, const str
         size_t plen = qm ? (size_t)(qm - req->path) : req->path_len;
         const char *q = qm ? qm + 1 : req->path + req->path_len;
         size_t qn = (size_t)(req->path + req->path_len - q);
+        /* The lists of positions the path can match (each position is in
+         * one list), walked together in precedence order. */
+        const uint32_t *at[IDX_LISTS], *end[IDX_LISTS];
+        int nl = 0;
+        if (t->n_always) {
+                at[nl] = t->pos;
+                end[nl++] = t->pos + t->n_always;
+        }
+        const struct dr_idx_slot *s = idx_slot(t, IDX_EXACT, req->path, plen);
+        if (s->kind) {
+                at[nl] = t->pos + s->off;
+                end[nl++] = t->pos + s->off + s->n;
+        }
+        for (size_t k = 2; k <= plen; k++) { /* every prefix ending at a path element */
+                if (k < plen && req->path[k] != '/')
+                        continue;
+                s = idx_slot(t, IDX_PREFIX, req->path, k);
+                if (!s->kind)
+                        continue;
+                if (nl == IDX_LISTS)
+                        goto linear;
+                at[nl] = t->pos + s->off;
+                end[nl++] = t->pos + s->off + s->n;
+        }
+        for (;;) {
+                int best = -1;
+                for (int j = 0; j < nl; j++)
+                        if (at[j] < end[j] && (best < 0 || *at[j] < *at[best]))
+                                best = j;
+                if (best < 0)
+                        return NULL;
+                const struct dr_match *m = t->matches[*at[best]++];
+                if (one_match(m, req, plen, q, qn))
+                        return m;
+        }
+linear:
         for (uint32_t i = 0; i < t->n; i++)
                 if (one_match(t->matches[i], req, plen, q, qn))
                         return t->matches[i];

@@ -202,11 +202,26 @@ struct dr_route {
         bool grpc;     /* GRPCRoute */
 };
 
-/* The precedence-sorted matches for one service port. */
+/* The precedence-sorted matches for one service port, and their index by
+ * path: exact paths and prefixes hashed (kind 1 exact, 2 prefix), each
+ * key with the positions of its matches in precedence order; regex paths
+ * and the prefix "/" match any path and are always tried. A request tries
+ * only the matches its path can take, in precedence order (routes.c). */
+struct dr_idx_slot {
+        uint64_t hash;
+        const char *key;
+        uint32_t len;
+        uint32_t kind;   /* 0: empty */
+        uint32_t off, n; /* its positions: pos[off .. off + n) */
+};
 struct dr_port_table {
         uint16_t port;
         const struct dr_match **matches;
         uint32_t n;
+        struct dr_idx_slot *slots; /* mask + 1 of them */
+        uint32_t mask;
+        uint32_t *pos;     /* n positions: the always-tried first, then each key's */
+        uint32_t n_always; /* pos[0 .. n_always) */
 };
 
 struct dr_routes {
