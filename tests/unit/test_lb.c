@@ -723,6 +723,41 @@ static void count_picks(struct lb_worker *w, const struct lb_table *t, unsigned 
         }
 }
 
+/* shunt_locality_picks_total across a reload that changes the failover
+ * chain: "remote" is index 2 with no failover region and 3 with one; its
+ * count stays with its name, and the new failover1 tier starts at 0. */
+static void test_tier_picks_after_reload(void **state)
+{
+        (void)state;
+        struct lb_config c = cfg_for(LB_ROUND_ROBIN);
+        snprintf(c.local_zone, sizeof(c.local_zone), "z1");
+        snprintf(c.local_region, sizeof(c.local_region), "r1");
+        struct lb_endpoint_in eps[2] = {mkep_r(1, "z1", "r1"), mkep_r(2, "z9", "r3")};
+        struct lb_table *t1 = build(&c, eps, 2, NULL);
+        assert_int_equal(lb_table_tiers(t1), 3);
+        assert_string_equal(lb_tier_name(0, 2), "remote");
+        for (int i = 0; i < 5; i++)
+                lb_table_tier_picked(t1, 2);
+        lb_table_tier_picked(t1, 0);
+        c.n_failover = 1;
+        snprintf(c.failover[0], sizeof(c.failover[0]), "r3");
+        struct lb_table *t2 = build(&c, eps, 2, t1);
+        assert_int_equal(lb_table_tiers(t2), 4);
+        assert_string_equal(lb_tier_name(1, 3), "remote");
+        assert_int_equal(lb_table_tier_picks(t2, 3), 5); /* remote */
+        assert_int_equal(lb_table_tier_picks(t2, 2), 0); /* failover1: new */
+        assert_int_equal(lb_table_tier_picks(t2, 0), 1); /* local */
+        /* The old table (connections still on it) counts into the same names. */
+        lb_table_tier_picked(t1, 2);
+        lb_table_tier_picked(t2, 2);
+        assert_int_equal(lb_table_tier_picks(t2, 3), 6);
+        assert_int_equal(lb_table_tier_picks(t1, 2), 6);
+        assert_int_equal(lb_table_tier_picks(t2, 2), 1);
+        assert_int_equal(lb_table_tier_picks(t2, 4), 0); /* no such tier */
+        lb_table_unref(t1);
+        lb_table_unref(t2);
+}
+
 static void test_tier_picks(void **state)
 {
         (void)state;
@@ -1086,6 +1121,7 @@ int main(void)
             cmocka_unit_test(test_pick_excluding),
             cmocka_unit_test(test_table_validation),
             cmocka_unit_test(test_state_carryover),
+            cmocka_unit_test(test_tier_picks_after_reload),
             cmocka_unit_test(test_same_address_two_keys),
             cmocka_unit_test(test_worker_rebind),
             cmocka_unit_test(test_hash_helpers),

@@ -744,17 +744,27 @@ void lb_table_tier_state(const struct lb_table *t, uint32_t k, uint32_t *total, 
         *load_bp = k < t->n_tiers ? loads[k] : 0;
 }
 
+/* The counters are kept per tier name, not per index: "remote" is index
+ * 2 + n_failover, so a reload that changes load_balancing.failover moves
+ * it, and a table of each layout may count at once (old connections). The
+ * slot of "remote" is the last one whatever the layout. */
+static uint32_t tier_slot(const struct lb_table *t, uint32_t k)
+{
+        return k >= 2 + t->cfg.n_failover ? LB_TIERS_MAX - 1 : k;
+}
+
 void lb_table_tier_picked(const struct lb_table *t, uint32_t k)
 {
-        if (k < LB_TIERS_MAX)
-                atomic_fetch_add_explicit(&t->shared->tier_picks[k], 1, memory_order_relaxed);
+        if (k < t->n_tiers)
+                atomic_fetch_add_explicit(&t->shared->tier_picks[tier_slot(t, k)], 1,
+                                          memory_order_relaxed);
 }
 
 uint64_t lb_table_tier_picks(const struct lb_table *t, uint32_t k)
 {
-        return k < LB_TIERS_MAX
-                   ? atomic_load_explicit(&t->shared->tier_picks[k], memory_order_relaxed)
-                   : 0;
+        return k < t->n_tiers ? atomic_load_explicit(&t->shared->tier_picks[tier_slot(t, k)],
+                                                     memory_order_relaxed)
+                              : 0;
 }
 
 static int check_endpoint(const struct lb_endpoint_in *in, size_t i)
