@@ -35,8 +35,15 @@
 #define CA_MAX_ROUTES    16
 #define SHED_QUEUE       16
 #define SHED_DEADLINE_MS 1000
-#define LINGER_MAX_BYTES (256u * 1024)
-#define LINGER_MS        300
+/* After an early answer (413 to a body too large) the client may still be
+ * sending: what it sends is read and dropped, up to these bounds, so that
+ * closing does not reset the connection before it has read the answer (a
+ * reset discards the client's unread receive queue). A 1 MiB body sent
+ * anyway fits; a client silent for LINGER_IDLE_MS, or that sends more or
+ * longer, holds the worker no longer and may get a reset. */
+#define LINGER_MAX_BYTES (4u * 1024 * 1024)
+#define LINGER_MS        2000
+#define LINGER_IDLE_MS   300
 #define TICK_MS          1000
 
 struct route {
@@ -580,20 +587,27 @@ out:
 }
 
 /* After the answer: close_notify, then read and drop what the client still
- * sends (bounded) so that closing does not reset the connection before the
- * client has read the answer. */
+ * sends (the LINGER bounds) so that closing does not reset the connection
+ * before the client has read the answer. A client cut off for its slowness
+ * is not waited for. */
 static void linger_close(struct conn *c)
 {
-        if (!c->timed_out) {
-                c->deadline_ms = clock_mono_ms() + LINGER_MS;
-                if (arm(c))
-                        SSL_shutdown(c->ssl);
+        if (c->timed_out) {
+                close(c->fd);
+                return;
         }
+        c->deadline_ms = clock_mono_ms() + LINGER_IDLE_MS;
+        if (arm(c))
+                SSL_shutdown(c->ssl);
         shutdown(c->fd, SHUT_WR);
-        c->deadline_ms = clock_mono_ms() + LINGER_MS;
+        uint64_t end = clock_mono_ms() + LINGER_MS;
         char junk[16384];
         size_t total = 0;
-        while (total < LINGER_MAX_BYTES && arm(c)) {
+        for (;;) {
+                uint64_t idle = clock_mono_ms() + LINGER_IDLE_MS;
+                c->deadline_ms = idle < end ? idle : end;
+                if (total >= LINGER_MAX_BYTES || !arm(c))
+                        break;
                 ssize_t n = recv(c->fd, junk, sizeof(junk), 0);
                 if (n <= 0)
                         break;
