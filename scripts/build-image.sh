@@ -83,7 +83,9 @@ for t in "${TOOLS[@]}"; do [ -x "$t" ] || die "$t missing (install iptables and 
 mapfile -t MODULES < <(ls "$XTABLES"/*.so)
 # libcurl is loaded at run time, not linked (userspace/core/curl.c): it and the
 # libraries it needs go in like the xtables modules.
-CURL_SO=$(ldconfig -p | awk '$1 == "libcurl-gnutls.so.4" && /x86-64/ {print $NF; exit}')
+# awk reads to the end (no early exit): ldconfig would die of SIGPIPE, and
+# pipefail would make that the script's exit (141)
+CURL_SO=$(ldconfig -p | awk '$1 == "libcurl-gnutls.so.4" && /x86-64/ && !f {print $NF; f = 1}')
 [ -n "$CURL_SO" ] || die "libcurl-gnutls.so.4 missing (install libcurl3-gnutls)"
 MODULES+=("$CURL_SO")
 mapfile -t LIBS < <(ldd "${BINS[@]}" "${TOOLS[@]}" "${MODULES[@]}" 2>/dev/null |
