@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "authz/authz.h"
@@ -31,6 +33,8 @@
 #include "tls/conn.h"
 
 #define RELAY_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+/* How long an upstream reset waits for the client send queue (reset_hold). */
+#define RESET_HOLD_MS 1000
 
 /* A socket; with tls set, every byte goes through the TLS connection. A TLS
  * side is never taken as drained after a short read (the TLS layer may hold
@@ -58,6 +62,7 @@ struct half {
          * shuntd then may not write into yet (draining). */
         bool kernel, draining;
         bool wait_passed; /* an EOF came before every passed byte was read */
+        bool src_reset;   /* the source was reset: failed once its bytes are out */
         uint64_t kfolded; /* kernel bytes already added to bytes */
         uint64_t uread;   /* bytes shuntd read from the source since the splice */
 };
@@ -98,6 +103,7 @@ struct conn {
         struct splice_pair splice;
         struct loop_timer splice_timer; /* waits for a returning half's bytes to drain */
         uint32_t splice_wait_ms;
+        uint64_t reset_by_ms; /* an upstream reset held until then at most (reset_hold) */
 };
 
 #define dir_name conn_dir_name
@@ -470,7 +476,7 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                 }
                 if (h->buf && h->off == h->len)
                         h->off = h->len = 0;
-                if (!h->eof && src->readable && (!h->buf || h->len < h->cap)) {
+                if (!h->eof && !h->src_reset && src->readable && (!h->buf || h->len < h->cap)) {
                         if (!h->buf && half_take_buf(c->w, h) < 0) {
                                 *reason = REASON_NO_MEMORY;
                                 return -1;
@@ -494,9 +500,16 @@ static int pump(struct conn *c, struct side *src, struct side *dst, struct half 
                         } else if (errno == EAGAIN) {
                                 src->readable = false;
                         } else if (errno != EINTR) {
-                                *reason = src_err;
-                                return -1;
+                                /* Bytes read (or spliced) before the reset go
+                                 * out first, then the reset. */
+                                h->src_reset = true;
+                                src->readable = false;
+                                progress = true;
                         }
+                }
+                if (h->src_reset && h->len == h->off && !h->draining) {
+                        *reason = src_err;
+                        return -1;
                 }
         } while (progress);
 
@@ -914,6 +927,23 @@ static int conn_handshakes(struct conn *c)
         return 0;
 }
 
+/* An upstream reset reaches the client as a reset (SO_LINGER 0), which
+ * throws away what the client's socket has not sent yet: the bytes passed on
+ * before the reset. So the reset waits, a short timer at a time, until that
+ * send queue is empty, RESET_HOLD_MS at most. True: still waiting (nothing
+ * is read or written meanwhile). */
+static bool reset_hold(struct conn *c)
+{
+        uint64_t now = loop_now_ms(c->w->loop);
+        int outq = 0;
+        if (!c->reset_by_ms)
+                c->reset_by_ms = now + RESET_HOLD_MS;
+        if (now >= c->reset_by_ms || ioctl(c->cli.io.fd, SIOCOUTQ, &outq) < 0 || outq <= 0)
+                return false;
+        loop_timer_arm(c->w->loop, &c->splice_timer, 2);
+        return true;
+}
+
 static void conn_drive(struct conn *c)
 {
         enum conn_reason reason = REASON_DONE;
@@ -993,6 +1023,8 @@ again:
         splice_try(c);
         return;
 fail:
+        if (reason == REASON_UPSTREAM_RESET && reset_hold(c))
+                return;
         conn_free(c, reason, reason == REASON_UPSTREAM_RESET);
 }
 
