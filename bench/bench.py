@@ -54,8 +54,7 @@ CONTENDERS = {
 }
 # shuntd contenders that are another mode with settings of their own:
 # shunt-splice is eBPF capture without the sk_msg shortcut, so the relay's two
-# sockets are spliced in the kernel (tcp_splice auto, the default, said
-# explicitly; docs/architecture.md "Splice"); shunt-relay is iptables capture with tcp_splice off, every byte
+# sockets are spliced in the kernel (tcp_splice auto, off by default; docs/architecture.md "Splice"); shunt-relay is iptables capture with tcp_splice off, every byte
 # through shuntd's userspace relay as before the splice existed.
 SHUNT_VARIANTS = {
     "shunt-splice": ("ebpf", ["--bpf-shortcut", "off", "--tcp-splice", "auto"]),

@@ -168,9 +168,10 @@ def _parallel(fn, n, *args):
 
 
 def splice_args(**kw):
-    """shuntd_args with tcp_splice as the default leaves it (auto): these
-    tests are the default's (test_splice_is_on checks it is auto)."""
-    return sl.shuntd_args(**kw)
+    """shuntd_args with tcp_splice auto (the default is off: with it on, an
+    ASan build's shuntd sometimes crashed LeakSanitizer's tracer at exit in
+    test_k8s, cause not found; docs/architecture.md, Splice)."""
+    return sl.shuntd_args(**dict({"tcp_splice": "auto"}, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -185,11 +186,10 @@ def shuntd(topo, remote_peers):
 
 
 def test_splice_is_on(shuntd):
-    """tcp_splice auto by default (no flag, no file, no environment), and
-    this kernel can."""
+    """tcp_splice auto (asked for: off is the default), and this kernel can."""
     value, source = shuntd.config_value("tcp_splice")
     assert value == "auto"
-    assert source in (None, "default"), source
+    assert source not in (None, "default"), source
     assert "tcp_splice auto: plain TCP relays go to the kernel" in shuntd.log_text()
 
 

@@ -90,7 +90,7 @@ static int setup(void **state)
         assert_non_null(t);
         harness_init(&t->h);
         t->h.cfg->protocol_detection_timeout_ms = 20;
-        t->h.cfg->tcp_splice = 1; /* auto (the default; the harness may differ) */
+        t->h.cfg->tcp_splice = 1; /* auto (off by default) */
         char why[256];
         if (splice_open(why, sizeof(why)) < 0)
                 fail_msg("the kernel cannot splice: %s", why);

@@ -138,7 +138,7 @@ static void test_defaults(void **state)
         assert_int_equal(c->log_level, LOG_INFO);
         assert_int_equal(c->redirect, REDIRECT_AUTO);
         assert_int_equal(c->bpf_shortcut, 1); /* on */
-        assert_int_equal(c->tcp_splice, 1);   /* auto */
+        assert_int_equal(c->tcp_splice, 0);   /* off: see docs/architecture.md, Splice */
         assert_int_equal(c->proxy_mark, 0x539);
         assert_int_equal(c->proxy_uid, -1);
         assert_int_equal(c->n_exclude_inbound_ports, 2); /* 22 and the admin port */

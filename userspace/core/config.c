@@ -146,7 +146,7 @@ static const struct key_desc keys[] = {
         {.path = "bpf_pin_root", .env = "SHUNT_BPF_PIN_ROOT", .type = K_STR, FIELD(bpf_pin_root),
          .note = "bpffs directory for maps and links; empty = /sys/fs/bpf/shunt", .flags = KF_RESTART},
         {.path = "tcp_splice", .env = "SHUNT_TCP_SPLICE", .type = K_ENUM, FIELD(tcp_splice),
-         .names = splice_names, .def = "auto", .flags = KF_RESTART,
+         .names = splice_names, .def = "off", .flags = KF_RESTART,
          .note = "plain TCP relays (no TLS, no request-level feature) handed to the kernel once their first bytes are through "
                  "(sockhash + sk_skb verdict); auto = when the kernel can, per connection the userspace relay otherwise; off = always the userspace relay"},
         {.path = "bpf_shortcut", .env = "SHUNT_BPF_SHORTCUT", .type = K_ENUM, FIELD(bpf_shortcut),

@@ -155,7 +155,7 @@ struct shunt_config {
         char bpf_pin_root[CONFIG_PATH_MAX];    /* bpf_pin_root, SHUNT_BPF_PIN_ROOT, "" =
                                                   /sys/fs/bpf/shunt */
         int bpf_shortcut; /* bpf_shortcut, SHUNT_BPF_SHORTCUT, "off" 0 | "on" 1 (default) */
-        int tcp_splice;   /* tcp_splice, SHUNT_TCP_SPLICE, "off" 0 | "auto" 1 (default) */
+        int tcp_splice;   /* tcp_splice, SHUNT_TCP_SPLICE, "off" 0 (default) | "auto" 1 */
         enum capture_mode capture; /* capture, SHUNT_CAPTURE, "self" | "init" */
         /* failure_mode, SHUNT_FAILURE_MODE, "closed": when shuntd is gone
          * (killed, crashed) captured connects are refused ("closed") or go
